@@ -1,0 +1,204 @@
+"""The pipeline's YAML configuration, validated on load.
+
+A wrong or missing key is a one-line `ConfigError` that names the key. Secrets (the Flickr key and
+secret) never live here: they come from the environment, see `mlc_pipeline.secrets`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+FLICKR_REST_URL = "https://api.flickr.com/services/rest/"
+SIZE_KEYS = ("url_sq", "url_q", "url_t", "url_s", "url_n", "url_m", "url_z", "url_c", "url_l", "url_o")
+LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
+RESERVED_LABELS = {"other"}
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line that names the offending key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RetrySettings(Strict):
+    attempts: int = Field(6, ge=1, le=20)
+    base_delay_s: float = Field(0.5, ge=0)
+    max_delay_s: float = Field(30.0, ge=0)
+
+
+class LocalWorld(Strict):
+    """The bundled Flickr-compatible server, started in-process on loopback (`source.kind: local`)."""
+
+    port: int = Field(8765, ge=0, le=65535)   # fixed, so recorded image URLs stay valid across runs
+    seed: int = 0
+    scale: float = Field(1.0, gt=0, le=10)
+    folder: str | None = None          # serve a folder tree instead of the generated world
+    query_map: dict[str, str] = {}     # folder mode: query text -> subfolder
+    faults: str = ""                   # FaultSpec string, e.g. "http500=0.1,img429=0.2"
+    result_cap: int = Field(4000, ge=1)
+
+
+class SourceSettings(Strict):
+    kind: Literal["flickr", "local"] = "flickr"
+    rest_url: str = FLICKR_REST_URL
+    allowed_hosts: list[str] = ["live.staticflickr.com"]
+    licenses: list[int] | Literal["any"] = [4, 5, 9, 10, 11]
+    sizes: list[str] = ["url_c", "url_z", "url_m"]
+    per_host_concurrency: int = Field(16, ge=1, le=64)
+    max_calls_per_hour: int = Field(3600, ge=1)
+    per_page: int = Field(250, ge=1, le=500)
+    timeout_s: float = Field(20.0, gt=0)
+    max_image_bytes: int = Field(20_000_000, ge=1024)
+    max_retry_after_s: float = Field(120.0, ge=0)
+    retry: RetrySettings = RetrySettings()
+    safe_search: int = Field(1, ge=1, le=3)
+    local: LocalWorld = LocalWorld()
+
+    @field_validator("sizes")
+    @classmethod
+    def known_sizes(cls, sizes: list[str]) -> list[str]:
+        unknown = [s for s in sizes if s not in SIZE_KEYS]
+        if unknown or not sizes:
+            raise ValueError(f"unknown size {unknown or '(none given)'}; choose from {', '.join(SIZE_KEYS)}")
+        return sizes
+
+    @field_validator("rest_url")
+    @classmethod
+    def http_url(cls, url: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"must be an http(s) URL, got {url!r}")
+        return url
+
+
+class QuerySet(Strict):
+    queries: list[str] = Field(min_length=1)
+    count: int = Field(ge=1)
+
+    @field_validator("queries")
+    @classmethod
+    def non_blank(cls, queries: list[str]) -> list[str]:
+        if any(not q.strip() for q in queries):
+            raise ValueError("queries must not be blank")
+        return queries
+
+
+class CurateSettings(Strict):
+    min_side: int = Field(64, ge=1)
+    max_aspect: float = Field(4.0, ge=1)
+    max_pixels: int = Field(64_000_000, ge=1)
+    hamming_threshold: int = Field(8, ge=0, le=32)
+    workers: int | None = None
+
+
+class BuildSettings(Strict):
+    name: str = "default"
+    max_side: int = Field(256, ge=32)
+    jpeg_quality: int = Field(90, ge=50, le=100)
+    split: dict[str, float] = {"train": 0.7, "valid": 0.15, "test": 0.15}
+
+
+class TrainSettings(Strict):
+    arch: str = "resnet18"
+    pretrained: str = "auto"
+    image_size: int = Field(64, ge=16)
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float | None = None
+    other_mode: Literal["negative", "class"] = "negative"
+    head: Literal["sigmoid", "softmax"] = "sigmoid"
+    threshold_mode: Literal["per-class-f1", "global-f1", "target-precision"] = "per-class-f1"
+    target_precision: float = Field(0.95, gt=0, le=1)
+    seed: int = 42
+    compare_baselines: bool = True
+
+
+class MineSettings(Strict):
+    rounds: int = Field(1, ge=0, le=10)
+    pool: QuerySet | None = None    # fresh "other" candidates, scored for hard negatives
+    min_improvement: float = 0.0    # stop early when unknown-accepted improves less than this
+
+
+class Config(Strict):
+    data_dir: Path = Path("data")
+    source: SourceSettings = SourceSettings()
+    classes: dict[str, QuerySet] = Field(min_length=1)
+    other: QuerySet
+    probe: QuerySet | None = None   # unknown kinds: evaluation only, never trained on
+    curate: CurateSettings = CurateSettings()
+    build: BuildSettings = BuildSettings()
+    train: TrainSettings = TrainSettings()
+    mine: MineSettings = MineSettings()
+
+    @field_validator("classes")
+    @classmethod
+    def label_names(cls, classes: dict[str, QuerySet]) -> dict[str, QuerySet]:
+        for name in classes:
+            if not LABEL_RE.match(name) or name in RESERVED_LABELS:
+                raise ValueError(f"class name {name!r} must be lowercase letters, digits, '-' or '_' and not 'other'")
+        return classes
+
+    @model_validator(mode="after")
+    def local_hosts(self) -> "Config":
+        if self.source.kind == "flickr" and not self.source.allowed_hosts:
+            raise ValueError("source.allowed_hosts must name at least one image host")
+        return self
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.data_dir / "catalog.sqlite"
+
+
+def _error_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        msg = "required key is missing"
+    elif err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = len(exc.errors()) - 1
+    return f"{where}: {msg}" + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+
+
+def parse_config(data: dict, base_dir: Path | None = None) -> Config:
+    """Validate a config mapping; `data_dir` is resolved relative to `base_dir` when relative."""
+    if not isinstance(data, dict):
+        raise ConfigError("config: the file must hold a YAML mapping")
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"config: {_error_line(exc)}") from None
+    if base_dir is not None and not cfg.data_dir.is_absolute():
+        cfg.data_dir = (base_dir / cfg.data_dir).resolve()
+    return cfg
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> Config:
+    """Load and validate a YAML config. Relative `data_dir` is taken from the current directory."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config: file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = deep_merge(data or {}, overrides or {})
+    return parse_config(data, Path.cwd())
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    """Overrides like {"train": {"epochs": 2}} replace leaves only."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
