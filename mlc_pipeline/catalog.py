@@ -45,6 +45,9 @@ CREATE TABLE IF NOT EXISTS candidates (
   attempts INTEGER NOT NULL DEFAULT 0,
   phash TEXT, img_width INTEGER, img_height INTEGER, duplicate_of INTEGER,
   hashed_sha256 TEXT,               -- the sha256 the phash/verify results belong to
+  verify_reason TEXT,               -- NULL when the file verified fine
+  curated_label TEXT,               -- labels after duplicate-conflict resolution
+  mined_round INTEGER, mined_score REAL, mined_model TEXT,
   run_id TEXT, first_seen_at REAL NOT NULL, updated_at REAL NOT NULL,
   UNIQUE (source, photo_id)
 );
