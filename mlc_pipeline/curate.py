@@ -1,0 +1,175 @@
+"""Curate: verify every downloaded file, hash it, quarantine the bad, resolve duplicates.
+
+Verification and hashes are cached in the catalog against the file's sha256, so an unchanged file
+is never decoded twice. Duplicate resolution is recomputed on every run over everything that
+verified, because a new image can change which copy of a group is the best one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .catalog import Catalog
+from .config import Config
+from .dedup import DedupItem, resolve_duplicates
+from .hashing import inspect_files
+from .neardup import find_pairs
+from .verify import VerifyLimits
+
+log = logging.getLogger(__name__)
+FILE_STATUSES = ("downloaded", "accepted", "rejected", "duplicate")
+PURPOSE_PRIORITY = ("train", "probe", "pool")   # a duplicate across purposes stays in the first
+
+
+@dataclass
+class CurateSummary:
+    run_id: str
+    inspected: int = 0
+    reused: int = 0
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)
+    conflicts: dict[str, int] = field(default_factory=dict)
+
+
+def limits_of(cfg: Config) -> VerifyLimits:
+    c = cfg.curate
+    return VerifyLimits(max_pixels=c.max_pixels, min_side=c.min_side, max_aspect=c.max_aspect,
+                        max_bytes=cfg.source.max_image_bytes)
+
+
+def quarantine(path: Path, data_dir: Path, reason: str) -> Path:
+    """Move a rejected file aside (never delete): data/quarantine/<reason>/<name>."""
+    folder = data_dir / "quarantine" / reason.split(":")[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / path.name
+    os.replace(path, dest)
+    return dest
+
+
+def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str, summary: CurateSummary) -> None:
+    """Inspect the files whose cached results are missing or stale; quarantine the failures."""
+    todo = [r for r in rows if r["hashed_sha256"] != r["sha256"] or r["hashed_sha256"] is None]
+    summary.reused = len(rows) - len(todo)
+    paths = [r["file_path"] for r in todo]
+    records = inspect_files(paths, limits_of(cfg), workers=cfg.curate.workers) if paths else []
+    summary.inspected = len(records)
+    with catalog.transaction():
+        for row, rec in zip(todo, records):
+            fields = dict(hashed_sha256=row["sha256"], phash=rec.phash, img_width=rec.width,
+                          img_height=rec.height, verify_reason=rec.reason)
+            catalog.update_fields(row["id"], **fields)
+            row.update(fields)
+            if rec.reason:
+                moved = quarantine(Path(row["file_path"]), cfg.data_dir, rec.reason)
+                catalog.set_status(row["id"], "rejected", rec.reason, run_id, "curate", file_path=str(moved))
+                row.update(status="rejected", reason=rec.reason, file_path=str(moved))
+
+
+def labels_of(row: dict) -> frozenset[str]:
+    return frozenset() if row["label"] == "other" else frozenset(row["label"].split())
+
+
+def resolve(cfg: Config, rows: list[dict]) -> dict[int, tuple[str, str | None, int | None, str | None]]:
+    """Decide every verified row: id -> (status, reason, duplicate_of, curated_label)."""
+    threshold = cfg.curate.hamming_threshold
+    decisions: dict[int, tuple] = {}
+    by_purpose: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_purpose[r["purpose"]].append(r)
+    kept_higher: list[dict] = []     # kept rows of purposes earlier in PURPOSE_PRIORITY
+    for purpose in PURPOSE_PRIORITY:
+        group = by_purpose.get(purpose, [])
+        if not group:
+            continue
+        # Across purposes first: a probe or pool image that duplicates a training image would leak.
+        if kept_higher:
+            dup_of = cross_duplicates(kept_higher, group, threshold)
+            for r in group:
+                if r["id"] in dup_of:
+                    kid, dist = dup_of[r["id"]]
+                    kind = "exact" if dist == 0 else "near"
+                    decisions[r["id"]] = ("duplicate", f"{kind}-duplicate-of-{purpose_of(kept_higher, kid)}:d={dist}", kid, None)
+            group = [r for r in group if r["id"] not in dup_of]
+        items = [DedupItem(id=r["id"], labels=labels_of(r), sha256=r["sha256"], phash=r["phash"],
+                           pixels=(r["img_width"] or 0) * (r["img_height"] or 0), first_seen=r["first_seen_at"])
+                 for r in group]
+        result = resolve_duplicates(items, threshold)
+        conflicts = {i: res for ids, _, res in result.conflicts for i in ids}
+        for r in group:
+            rid = r["id"]
+            if rid in result.duplicates:
+                kid, kind, dist = result.duplicates[rid]
+                decisions[rid] = ("duplicate", f"{kind}-duplicate:d={dist}", kid, None)
+            else:
+                labels = result.kept[rid]
+                label = " ".join(sorted(labels)) if labels else "other"
+                decisions[rid] = ("accepted", f"conflict:{conflicts[rid]}" if rid in conflicts else None, None, label)
+                kept_higher.append(r)
+    return decisions
+
+
+def purpose_of(rows: list[dict], rid: int) -> str:
+    return next(r["purpose"] for r in rows if r["id"] == rid)
+
+
+def cross_duplicates(kept: list[dict], new: list[dict], threshold: int) -> dict[int, tuple[int, int]]:
+    """new row id -> (kept row id, distance) for new rows within the threshold of a kept row."""
+    hashes = np.array([int(r["phash"], 16) for r in kept + new], dtype=np.uint64)
+    pairs = find_pairs(hashes, threshold)
+    n_kept = len(kept)
+    out: dict[int, tuple[int, int]] = {}
+    for i, j in pairs:
+        i, j = int(i), int(j)
+        if (i < n_kept) == (j < n_kept):
+            continue
+        k, m = (i, j) if i < n_kept else (j, i)
+        dist = int(bin(int(hashes[k]) ^ int(hashes[m])).count("1"))
+        if kept[k]["sha256"] == new[m - n_kept]["sha256"]:
+            dist = 0
+        nid = new[m - n_kept]["id"]
+        if nid not in out or dist < out[nid][1]:
+            out[nid] = (kept[k]["id"], dist)
+    return out
+
+
+def curate(cfg: Config) -> CurateSummary:
+    with Catalog(cfg.catalog_path) as catalog:
+        run_id = catalog.start_run("curate")
+        summary = CurateSummary(run_id)
+        try:
+            rows = catalog.candidates(f"status IN ({','.join('?' * len(FILE_STATUSES))})", FILE_STATUSES)
+            rows = [r for r in rows if r["status"] != "rejected" or r["verify_reason"] is None]
+            missing = [r for r in rows if not Path(r["file_path"]).exists()]
+            for r in missing:   # the next collect downloads it again
+                log.warning("candidate %s: file %s is gone; marked for re-download", r["id"], r["file_path"])
+                catalog.set_status(r["id"], "failed", "transient:file-missing", run_id, "curate")
+            gone = {r["id"] for r in missing}
+            rows = [r for r in rows if r["id"] not in gone]
+            verify_and_hash(cfg, catalog, rows, run_id, summary)
+            ok = [r for r in rows if r["status"] != "rejected"]
+            decisions = resolve(cfg, ok)
+            with catalog.transaction():
+                for r in ok:
+                    status, reason, dup_of, label = decisions[r["id"]]
+                    if status == "accepted" and reason is None and (r["reason"] or "").startswith("hard-negative"):
+                        reason = r["reason"]      # mining's record stays
+                    if (r["status"], r["reason"], r["duplicate_of"], r["curated_label"]) != (status, reason, dup_of, label):
+                        catalog.set_status(r["id"], status, reason, run_id, "curate", duplicate_of=dup_of,
+                                           curated_label=label)
+        except BaseException as exc:
+            catalog.finish_run(run_id, "failed", {"error": type(exc).__name__})
+            raise
+        counts = Counter(d[0] for d in decisions.values())
+        summary.accepted = counts["accepted"]
+        summary.rejected = dict(Counter(r["reason"].split(":")[0] for r in catalog.candidates("status='rejected'")))
+        summary.duplicates = dict(Counter(d[1].split(":")[0] for d in decisions.values() if d[0] == "duplicate"))
+        summary.conflicts = dict(Counter(d[1] for d in decisions.values() if d[0] == "accepted" and d[1]))
+        catalog.finish_run(run_id, "completed", summary.__dict__)
+        return summary
