@@ -3,5 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The HTML report is tested in a real headless browser: Debian's chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+  else
+    echo "test.sh: chromium is missing; install Debian's chromium package (sudo apt-get install chromium)" >&2
+  fi
+fi
 export PREFECT_SERVER_ANALYTICS_ENABLED=false PYTHONUNBUFFERED=1
 exec .venv/bin/python -m pytest -q "$@"
