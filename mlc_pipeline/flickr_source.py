@@ -37,6 +37,10 @@ class InvalidKeyError(SourceError):
     pass
 
 
+class RetriesExhausted(SourceError):
+    """A transient fault (105, 5xx, timeouts) outlasted every retry: worth another try later."""
+
+
 def as_int(value) -> int | None:
     """Flickr mixes strings and ints for numbers ("total": "234", "height_c": 600)."""
     try:
@@ -108,7 +112,7 @@ class FlickrSource:
         try:
             return with_retries(once, r.attempts, r.base_delay_s, r.max_delay_s, what=f"flickr.{method}")
         except Transient as exc:
-            raise SourceError(f"flickr.{method} still failing after {r.attempts} attempts: {exc}") from None
+            raise RetriesExhausted(f"flickr.{method} still failing after {r.attempts} attempts: {exc}") from None
 
     @property
     def api_calls(self) -> int:

@@ -1,0 +1,165 @@
+"""The Prefect artifacts of a run: a markdown summary and tables, built from the stages' results.
+
+Keys are fixed, so the UI's Artifacts page shows each one's history across runs (keys may only hold
+lowercase letters, digits and dashes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+SUMMARY_KEY = "mlc-run-summary"
+DATASET_SUMMARY_KEY = "mlc-dataset-summary"
+PER_CLASS_KEY = "mlc-per-class-metrics"
+REJECTED_KEY = "mlc-rejected-by-reason"
+MINED_KEY = "mlc-mined-negatives"
+
+
+def plain(value: Any) -> Any:
+    """JSON-able copy: dataclasses -> dicts, Paths -> str (task results must travel to Dask workers
+    and the API)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def md_escape(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+# --------------------------------------------------------------------------------------- tables
+
+def per_class_rows(models: list[dict]) -> list[dict]:
+    """One row per (round, class) of the product models' test metrics: before and after mining."""
+    rows = []
+    for m in models:
+        test = m["metrics"].get("test", {})
+        for cls, v in test.get("per_class", {}).items():
+            rows.append({"round": m["round"], "dataset": m["dataset_version"], "model": m["bundle"],
+                         "class": cls, "precision": round(v["precision"], 3), "recall": round(v["recall"], 3),
+                         "f1": round(v["f1"], 3), "support": v["support"]})
+    return rows
+
+
+def rejected_rows(curated: dict) -> list[dict]:
+    """What curation removed, by reason (rejections are catalog-wide; duplicates are recomputed every run)."""
+    rows = [{"status": "rejected", "reason": r, "count": n} for r, n in sorted(curated.get("rejected", {}).items())]
+    rows += [{"status": "duplicate", "reason": r, "count": n} for r, n in sorted(curated.get("duplicates", {}).items())]
+    rows += [{"status": "accepted (label conflict)", "reason": r, "count": n}
+             for r, n in sorted(curated.get("conflicts", {}).items())]
+    return rows or [{"status": "-", "reason": "nothing removed", "count": 0}]
+
+
+def mined_rows(mined: list[dict]) -> list[dict]:
+    rows = [{"round": m["round"], "photo_id": n["photo_id"], "score": n["score"], "accepted_as": n["accepted_as"]}
+            for m in mined for n in m.get("negatives", [])]
+    if not rows:
+        why = "no mining round ran" if not mined else "the model accepted no pool image"
+        rows = [{"round": "-", "photo_id": f"({why})", "score": "", "accepted_as": ""}]
+    return rows
+
+
+# ------------------------------------------------------------------------------------- markdown
+
+def counts_markdown(counts: dict) -> list[str]:
+    splits = ("train", "valid", "test", "probe")
+    lines = ["| label | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+    for label, per in counts.get("per_label_split", {}).items():
+        lines.append(f"| {md_escape(label)} | " + " | ".join(str(per.get(s, 0)) for s in splits) + " |")
+    lines.append(f"\nImages: **{counts.get('images', 0)}**")
+    return lines
+
+
+def rounds_markdown(models: list[dict], mined: list[dict]) -> list[str]:
+    added = {m["round"]: m.get("added", 0) for m in mined}
+    lines = ["| round | dataset | model | macro F1 | unknown accepted (test other) | unknown accepted (probe) "
+             "| negatives added |", "|---|---|---|---|---|---|---|"]
+    for m in models:
+        t = m["metrics"].get("test", {})
+        lines.append(f"| {m['round']} | {m['dataset_version']} | {m['bundle']} | {t.get('macro_f1', 0):.3f} "
+                     f"| {pct(t.get('unknown_accepted'))} | {pct(t.get('probe_accepted'))} "
+                     f"| {added.get(m['round'], 0) if m['round'] else '-'} |")
+    return lines
+
+
+def summary_markdown(run: dict) -> str:
+    """The run summary: dataset version and counts, model metrics before/after mining, the report."""
+    title = run.get("title", "collect-and-train")
+    lines = [f"# {title}: {run['status']}", ""]
+    if run.get("error"):
+        lines += ["## Failed", "", f"**{md_escape(run['error'])}**", ""]
+    lines += [f"- config: `{run['config_path']}`" + (f" with overrides `{run['overrides']}`" if run.get("overrides") else ""),
+              f"- data root: `{run.get('data_dir', '?')}`"]
+    if run.get("report"):
+        lines.append(f"- HTML report: `{run['report']}`")
+    lines += [f"- latest dataset version: **{run.get('latest_dataset') or 'none'}**",
+              f"- latest model: **{run.get('latest_model') or 'none'}**", ""]
+    c = run.get("collect")
+    if c:
+        lines += ["## Collect", "",
+                  f"{c['downloaded']} downloaded, {c['found_new']} new candidates, {c['api_calls']} API calls; "
+                  f"failed: {c.get('failed') or 'none'}; shortfall: {c.get('shortfall') or 'none'}", ""]
+    k = run.get("curate")
+    if k:
+        lines += ["## Curate", "",
+                  f"{k['accepted']} accepted; {k['inspected']} files inspected, {k['reused']} reused from the "
+                  f"catalog's per-content cache; rejected {sum(k.get('rejected', {}).values())}, "
+                  f"duplicates {sum(k.get('duplicates', {}).values())} (table `{REJECTED_KEY}`)", ""]
+    builds = run.get("builds") or []
+    if builds:
+        b = builds[-1]
+        lines += [f"## Dataset {b['name']} {b['version']}", "",
+                  ("published in this run" if b["published"] else "unchanged (identical to the latest version)")
+                  + f": `{b['path']}`", ""]
+        if len(builds) > 1:
+            lines += ["Versions built in this run: " + ", ".join(x["version"] for x in builds), ""]
+        lines += counts_markdown(b.get("counts", {})) + [""]
+    models = run.get("models") or []
+    if models:
+        lines += ["## Model: before and after mining (test split)", ""]
+        lines += rounds_markdown(models, run.get("mined") or []) + [""]
+        if run.get("stopped_early"):
+            lines += ["Mining stopped early (nothing left to mine, or no further improvement).", ""]
+        lines += [f"Per-class metrics: table `{PER_CLASS_KEY}`; mined negatives: table `{MINED_KEY}`.", ""]
+    if run.get("alternatives"):
+        lines += ["## Alternatives on the same data (round 0)", "",
+                  "| variant | macro F1 | unknown accepted (test other) | unknown accepted (probe) |",
+                  "|---|---|---|---|"]
+        for name, m in run["alternatives"].items():
+            t = m.get("test", m)
+            lines.append(f"| {name} | {t.get('macro_f1', 0):.3f} | {pct(t.get('unknown_accepted'))} "
+                         f"| {pct(t.get('probe_accepted'))} |")
+        lines.append("")
+    if run.get("seconds"):
+        lines += ["## Time per stage (s)", "", ", ".join(f"{k} {v}" for k, v in run["seconds"].items()), ""]
+    return "\n".join(lines)
+
+
+def publish(run: dict, summary_key: str = SUMMARY_KEY) -> None:
+    """Create every artifact the run has data for (called on success and on failure)."""
+    status = run["status"]
+    create_markdown_artifact(summary_markdown(run), key=summary_key,
+                             description=f"{run.get('title', 'run')} summary ({status})")
+    if run.get("curate"):
+        create_table_artifact(rejected_rows(run["curate"]), key=REJECTED_KEY,
+                              description="curation: files rejected or removed, by reason")
+    if run.get("models"):
+        create_table_artifact(per_class_rows(run["models"]), key=PER_CLASS_KEY,
+                              description="per-class test metrics of the product model, every round")
+    if run.get("models") or run.get("mined"):
+        create_table_artifact(mined_rows(run.get("mined") or []), key=MINED_KEY,
+                              description="hard negatives mined from the pool (moved into training 'other')")

@@ -1,0 +1,328 @@
+"""The Prefect flows: `collect-and-train` (the whole job, nightly) and `rebuild-report`.
+
+One task per stage, each a thin call of a library function (the same ones `mlc run` calls through
+`mlc_pipeline.pipeline.run_pipeline`). What Prefect adds is orchestration only: retries of a
+transiently failing collect, a concurrency limit on Flickr across runs, run logs, artifacts, a
+schedule. See docs/orchestration.md.
+
+Resume and safety come from the library, not from Prefect state: collect commits every search result
+and download to the catalog as it happens, curate caches verification per file content, a dataset
+version or a model bundle is published by an atomic rename (and LATEST moves only afterwards). So a
+failed run leaves every published version as it was, and the next run carries on from the catalog.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+from prefect.context import get_run_context
+from prefect.exceptions import MissingContextError
+
+from flows.artifacts import DATASET_SUMMARY_KEY, plain, publish
+from flows.progress import DownloadProgress, downloads_wanted
+from flows.runtime import FLICKR_LIMIT, retry_condition, task_runner
+from mlc_pipeline.config import Config, load_config
+from mlc_pipeline.pipeline import mining_stop
+
+DEFAULT_CONFIG = "configs/offline.yaml"
+
+# Every stage reads and writes the data root: its output is not a function of its inputs, so Prefect
+# result caching (INPUTS-keyed) would be wrong here. The pure, expensive part of curate (decode,
+# verify, hash) is cached in the catalog per file sha256; build is content-fingerprinted (an
+# identical dataset is not published twice). See docs/orchestration.md, "Caching".
+STAGE = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+class StageFailed(RuntimeError):
+    """A stage failed; the message names the stage, the cause and what was left in place."""
+
+
+# ------------------------------------------------------------------------------------------ tasks
+
+@task(name="collect", retries=2, retry_delay_seconds=[60, 300], retry_jitter_factor=0.3,
+      retry_condition_fn=retry_condition, tags=["flickr"], **STAGE)
+def collect_stage(cfg: Config) -> dict:
+    """Search and download until every set has its count; resumes from the catalog."""
+    from mlc_pipeline.collect import collect
+
+    logger = get_run_logger()
+    wanted = downloads_wanted(cfg)
+    logger.info("collect: %d images missing from the catalog; data root %s", wanted, cfg.data_dir)
+    progress = DownloadProgress(wanted, logger=logger)
+    # One collect at a time across all runs on this server (global concurrency limit, if created);
+    # within the run, the library's token bucket keeps calls under source.max_calls_per_hour.
+    with concurrency(FLICKR_LIMIT, occupy=1, strict=False, raise_on_lease_renewal_failure=False):
+        summary = collect(cfg, progress=False, on_progress=progress)
+    progress.finish(summary.downloaded)
+    logger.info("collect: %d downloaded, %d new candidates, %d API calls, failed %s, shortfall %s",
+                summary.downloaded, summary.found_new, summary.api_calls, summary.failed or "none",
+                summary.shortfall or "none")
+    return plain(summary)
+
+
+@task(name="curate", **STAGE)
+def curate_stage(cfg: Config) -> dict:
+    """Verify, hash, quarantine, deduplicate (verification cached per file content in the catalog)."""
+    from mlc_pipeline.curate import curate
+
+    s = curate(cfg)
+    get_run_logger().info("curate: %d accepted, %d inspected, %d reused from cache, rejected %s, duplicates %s",
+                          s.accepted, s.inspected, s.reused, s.rejected or "none", s.duplicates or "none")
+    return plain(s)
+
+
+@task(name="build", **STAGE)
+def build_stage(cfg: Config) -> dict:
+    """Publish a new dataset version (atomic; skipped when identical to the latest)."""
+    from mlc_pipeline.dataset import build_dataset
+
+    r = build_dataset(cfg)
+    get_run_logger().info("build: dataset %s %s %s (%d images) at %s", r.name, r.version,
+                          "published" if r.published else "unchanged", r.counts.get("images", 0), r.path)
+    return plain(r)
+
+
+@task(name="train", **STAGE)
+def train_stage(cfg: Config, dataset_dir: str, round_no: int) -> dict:
+    """Train the product model on a dataset version; models/LATEST moves only once the bundle is whole."""
+    from mlc_pipeline.models import train_version
+
+    m = train_version(cfg, dataset_dir, tag=f"r{round_no}")
+    test = m.metrics.get("test", {})
+    get_run_logger().info("train (round %d): %s on %s in %.0f s; test macro F1 %.3f, unknown accepted %s, "
+                          "probe accepted %s", round_no, m.bundle_dir.name, m.dataset_version, m.train_seconds,
+                          test.get("macro_f1", 0.0), test.get("unknown_accepted"), test.get("probe_accepted"))
+    return {"round": round_no, "bundle": m.bundle_dir.name, **plain(m)}
+
+
+@task(name="train-alternative", **STAGE)
+def train_alternative_stage(cfg: Config, dataset_dir: str, variant: str) -> dict:
+    """An alternative head on the same data, for the report's comparison (never published as LATEST)."""
+    from mlc_pipeline.models import train_version
+
+    m = train_version(cfg, dataset_dir, tag="r0", variant=variant, publish=False)
+    get_run_logger().info("alternative %s: test macro F1 %.3f", variant, m.metrics["test"]["macro_f1"])
+    return m.metrics
+
+
+@task(name="mine", **STAGE)
+def mine_stage(cfg: Config, bundle_dir: str, round_no: int) -> dict:
+    """Score the pool with the model; pool images it wrongly accepts become training negatives."""
+    from mlc_pipeline.mine import mine_round
+
+    r = mine_round(cfg, bundle_dir, round_no)
+    get_run_logger().info("mine (round %d): %d of %d pool images accepted as a class -> hard negatives; "
+                          "%d class images listed for review", round_no, r.added, r.scored, len(r.review))
+    out = plain(r)
+    out["review"] = len(r.review)
+    return out
+
+
+@task(name="report", **STAGE)
+def report_stage(cfg: Config, rounds: list[dict], alternatives: dict, stopped_early: bool,
+                 seconds: dict) -> str:
+    """The self-contained HTML report (data and, when models were trained, the model section)."""
+    from mlc_pipeline.report import write_html_report
+
+    extra = []
+    name = "latest-dataset.html"
+    if rounds:
+        from mlc_pipeline.modelreport import model_section
+        from mlc_pipeline.models import models_root
+        from mlc_pipeline.pipeline import PipelineResult, RoundRecord
+
+        result = PipelineResult(rounds=[RoundRecord(**r) for r in rounds], alternatives=alternatives,
+                                seconds=seconds, stopped_early=stopped_early)
+        extra.append(model_section(result, models_root(cfg)))
+        name = "latest.html"
+    path = write_html_report(cfg, cfg.data_dir / "reports" / name, extra_sections=extra)
+    get_run_logger().info("report: %s", path)
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+def alternative_variants(cfg: Config) -> list[str]:
+    from mlc_pipeline.models import VARIANTS
+
+    product = {"head": cfg.train.head, "other_mode": cfg.train.other_mode}
+    return [name for name, spec in VARIANTS.items() if spec != product]
+
+
+def round_record(model: dict, added: int = 0) -> dict:
+    """The fields of `mlc_pipeline.pipeline.RoundRecord` (what the HTML report's model section reads)."""
+    test = model["metrics"]["test"]
+    return {"round": model["round"], "dataset_version": model["dataset_version"], "bundle": model["bundle"],
+            "macro_f1": test["macro_f1"], "unknown_accepted": test.get("unknown_accepted"),
+            "probe_accepted": test.get("probe_accepted"), "negatives_added": added}
+
+
+def published_state(cfg: Config | None) -> dict:
+    """The latest dataset version and model as they are on disk now (never modified by a failure)."""
+    if cfg is None:
+        return {}
+    from mlc_pipeline.dataset import latest_version
+    from mlc_pipeline.models import latest_model
+
+    model = latest_model(cfg)
+    return {"latest_dataset": latest_version(cfg.data_dir / "datasets" / cfg.build.name),
+            "latest_model": model.name if model else None}
+
+
+def flow_run_name() -> str:
+    try:
+        return get_run_context().flow_run.name
+    except MissingContextError:      # called outside a flow run (plain .fn() use)
+        return "?"
+
+
+class Run:
+    """What a flow run did so far: the stages' results, for the artifacts and the return value."""
+
+    def __init__(self, title: str, config_path: str, overrides: dict | None):
+        self.data: dict[str, Any] = {"title": title, "status": "running", "config_path": config_path,
+                                     "overrides": overrides or {}, "builds": [], "models": [], "mined": [],
+                                     "seconds": {}}
+        self.cfg: Config | None = None
+        self.stage = "config"
+
+    @contextmanager
+    def stage_of(self, name: str) -> Iterator[None]:
+        """Name the running stage and time it; a failure becomes a StageFailed naming it."""
+        self.stage = name
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.data["seconds"][name] = round(self.data["seconds"].get(name, 0) + time.monotonic() - started, 1)
+
+    def fail(self, exc: BaseException) -> StageFailed:
+        from mlc_pipeline.secrets import redact
+
+        state = published_state(self.cfg)
+        self.data.update(state)
+        msg = (f"stage '{self.stage}' failed: {type(exc).__name__}: {redact(str(exc))}. "
+               f"Published versions are never modified by a failed stage: latest dataset "
+               f"{state.get('latest_dataset') or 'none'}, latest model {state.get('latest_model') or 'none'}. "
+               "Rerun to resume: what was collected and curated is kept in the catalog.")
+        self.data.update(status="Failed", error=msg, failed_stage=self.stage)
+        return StageFailed(msg)
+
+    def finish(self) -> dict:
+        self.data.update(published_state(self.cfg))
+        self.data["status"] = "Completed"
+        return self.data
+
+
+def publish_artifacts(run: Run, key: str | None = None) -> None:
+    try:
+        if key:
+            publish(run.data, summary_key=key)
+        else:
+            publish(run.data)
+    except Exception as exc:   # artifacts are a report; never mask the run's real outcome
+        get_run_logger().warning("artifacts not created: %s", exc)
+
+
+def start(run: Run, config_path: str, overrides: dict | None) -> Config:
+    logger = get_run_logger()
+    cfg = load_config(config_path, overrides)
+    run.cfg = cfg
+    run.data["data_dir"] = str(cfg.data_dir)
+    logger.info("flow run %s: config %s%s, data root %s", flow_run_name(), config_path,
+                f" with overrides {overrides}" if overrides else "", cfg.data_dir)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------ flows
+
+@flow(name="collect-and-train", task_runner=task_runner(), validate_parameters=True,
+      description="Collect, curate, build, train, mine hard negatives and retrain, report.")
+def collect_and_train(config_path: str = DEFAULT_CONFIG, overrides: dict | None = None) -> dict:
+    """The whole pipeline, one task per stage. Parameters: the pipeline YAML config (relative to the
+    working directory, which the deployment's pull step sets to the project root) and overrides
+    merged into it (e.g. {"train": {"epochs": 2}})."""
+    logger = get_run_logger()
+    run = Run("collect-and-train", config_path, overrides)
+    try:
+        cfg = start(run, config_path, overrides)
+        with run.stage_of("collect"):
+            run.data["collect"] = collect_stage.submit(cfg).result()
+        with run.stage_of("curate"):
+            run.data["curate"] = curate_stage.submit(cfg).result()
+        with run.stage_of("build"):
+            ds = build_stage.submit(cfg).result()
+            run.data["builds"].append(ds)
+        with run.stage_of("train"):
+            model = train_stage.submit(cfg, ds["path"], 0).result()
+            run.data["models"].append(model)
+        rounds = [round_record(model)]
+        if cfg.train.compare_baselines:
+            with run.stage_of("alternatives"):
+                names = alternative_variants(cfg)
+                futures = [train_alternative_stage.submit(cfg, ds["path"], n) for n in names]
+                run.data["alternatives"] = {n: f.result() for n, f in zip(names, futures)}
+        for r in range(1, cfg.mine.rounds + 1):           # the loop of pipeline.run_pipeline
+            with run.stage_of("mine"):
+                mined = mine_stage.submit(cfg, model["bundle_dir"], r).result()
+                run.data["mined"].append(mined)
+            if why := mining_stop(cfg, r, mined["added"]):
+                logger.info("%s; stopping", why)
+                run.data["stopped_early"] = True
+                break
+            with run.stage_of("build"):
+                ds = build_stage.submit(cfg).result()     # mined images were curated already
+                run.data["builds"].append(ds)
+            with run.stage_of("train"):
+                model = train_stage.submit(cfg, ds["path"], r).result()
+                run.data["models"].append(model)
+            rounds.append(round_record(model, mined["added"]))
+            if why := mining_stop(cfg, r, mined["added"], rounds[-2]["probe_accepted"], rounds[-1]["probe_accepted"]):
+                logger.info("%s; stopping", why)
+                run.data["stopped_early"] = r < cfg.mine.rounds
+                break
+        with run.stage_of("report"):
+            run.data["report"] = report_stage.submit(
+                cfg, rounds, run.data.get("alternatives", {}), bool(run.data.get("stopped_early")),
+                dict(run.data["seconds"])).result()
+    except Exception as exc:
+        failure = run.fail(exc)
+        logger.error(str(failure))
+        publish_artifacts(run)
+        raise failure from exc
+    result = run.finish()
+    publish_artifacts(run)
+    logger.info("done: dataset %s, model %s, report %s", result.get("latest_dataset"), result.get("latest_model"),
+                result.get("report"))
+    return result
+
+
+@flow(name="rebuild-report", task_runner=task_runner(), validate_parameters=True,
+      description="Curate what is in the catalog, build a dataset version if it changed, write the report. "
+                  "No downloads, no training.")
+def rebuild_report(config_path: str = DEFAULT_CONFIG, overrides: dict | None = None) -> dict:
+    logger = get_run_logger()
+    run = Run("rebuild-report", config_path, overrides)
+    try:
+        cfg = start(run, config_path, overrides)
+        with run.stage_of("curate"):
+            run.data["curate"] = curate_stage.submit(cfg).result()
+        with run.stage_of("build"):
+            run.data["builds"].append(build_stage.submit(cfg).result())
+        with run.stage_of("report"):
+            run.data["report"] = report_stage.submit(cfg, [], {}, False, {}).result()
+    except Exception as exc:
+        failure = run.fail(exc)
+        logger.error(str(failure))
+        publish_artifacts(run, DATASET_SUMMARY_KEY)
+        raise failure from exc
+    result = run.finish()
+    publish_artifacts(run, DATASET_SUMMARY_KEY)
+    return result
+

@@ -1,0 +1,71 @@
+"""A Prefect progress artifact driven by collect's `on_progress(done, total)` callback, throttled."""
+
+from __future__ import annotations
+
+import time
+
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.collect import targets
+from mlc_pipeline.config import Config
+
+PROGRESS_KEY = "mlc-download-progress"
+
+
+def downloads_wanted(cfg: Config) -> int:
+    """Images still missing before this collect starts (what a resumed run has left to do)."""
+    with Catalog(cfg.catalog_path) as catalog:
+        return sum(max(0, count - catalog.count_downloaded(t.purpose, t.label)) for t, _, count in targets(cfg))
+
+
+class DownloadProgress:
+    """Turns collect's per-batch `on_progress(i, n)` calls into one run-wide percentage.
+
+    collect downloads in batches (one per set, and again after a search finds more), calling
+    `on_progress(i, n)` after every finished download of a batch. The percentage is finished
+    downloads over the images still missing when the run started; failed downloads are retried
+    from further candidates, so it is held at 99% until collect returns. The artifact is updated at
+    most every `min_interval_s` seconds (each update is an API call).
+    """
+
+    def __init__(self, wanted: int, min_interval_s: float = 2.0, logger=None,
+                 clock=time.monotonic, key: str | None = PROGRESS_KEY):
+        self.wanted = wanted
+        self.done = 0
+        self.min_interval_s = min_interval_s
+        self.clock = clock
+        self.logger = logger
+        self.shown = 0.0
+        self.last = clock()
+        self.updates = 0
+        self.artifact_id = create_progress_artifact(
+            0.0, key=key, description=f"collect: downloading {wanted} missing images")
+
+    def percent(self) -> float:
+        if self.wanted <= 0:
+            return 99.0
+        return min(99.0, round(100.0 * self.done / self.wanted, 1))
+
+    def __call__(self, i: int, n: int) -> None:
+        """The `on_progress` callback: one download of a batch of `n` finished (the i-th)."""
+        self.done += 1
+        now = self.clock()
+        if now - self.last < self.min_interval_s:
+            return
+        self._show(self.percent(), f"collect: {self.done} downloads of ~{self.wanted} missing images")
+        self.last = now
+
+    def finish(self, downloaded: int) -> None:
+        self._show(100.0, f"collect: done, {downloaded} images downloaded in this run")
+
+    def _show(self, pct: float, description: str) -> None:
+        if pct == self.shown and pct != 100.0:
+            return
+        try:
+            update_progress_artifact(self.artifact_id, pct, description=description)
+            self.updates += 1
+            self.shown = pct
+        except Exception as exc:   # a progress bar must never fail a download
+            if self.logger:
+                self.logger.warning("progress artifact not updated: %s", exc)

@@ -1,0 +1,63 @@
+"""Run-time settings of the flows: the task runner, the Flickr concurrency limit, retry rules."""
+
+from __future__ import annotations
+
+import os
+
+from prefect.task_runners import ThreadPoolTaskRunner
+
+DASK_ADDRESS_ENV = "MLC_DASK_ADDRESS"       # e.g. tcp://scheduler:8786 -> DaskTaskRunner(address=...)
+TASK_WORKERS_ENV = "MLC_TASK_WORKERS"       # threads of the default ThreadPoolTaskRunner
+# A global concurrency limit (`prefect gcl create mlc-flickr --limit 1`): one collect at a time across
+# every run and deployment on the server. Missing limit = no limit (strict=False), so a bare
+# `prefect_test_harness` or a fresh server still runs.
+FLICKR_LIMIT = os.environ.get("MLC_FLICKR_CONCURRENCY_LIMIT", "mlc-flickr")
+
+
+def task_runner(address: str | None = None):
+    """Threads by default; a Dask cluster when an address is given (argument or $MLC_DASK_ADDRESS).
+
+    Stage tasks run one after another (each stage needs the previous one's output); what the runner
+    spreads out is the independent work inside a run (the alternative models trained for the report).
+    On a 2-core box one thread at a time is right: torch already uses both cores.
+    """
+    address = address or os.environ.get(DASK_ADDRESS_ENV) or None
+    if address:
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as exc:   # optional extra: pip install -e '.[dask]'
+            raise RuntimeError(f"{DASK_ADDRESS_ENV}={address} needs prefect-dask: "
+                               "pip install -e '.[dask]'") from exc
+        return DaskTaskRunner(address=address)
+    return ThreadPoolTaskRunner(max_workers=int(os.environ.get(TASK_WORKERS_ENV, "1")))
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a failed collect is worth another attempt later (Prefect task retries).
+
+    The library already retries every API call and download with backoff; a collect that still fails
+    is retried by Prefect only when the cause can go away (the API down for longer than the in-library
+    retries waited, a network error). A wrong config, a missing or rejected key, or a request Flickr
+    refuses outright fail at once: retrying them only burns the call budget.
+    """
+    from mlc_pipeline.config import ConfigError
+    from mlc_pipeline.flickr_source import InvalidKeyError, RetriesExhausted, SourceError
+    from mlc_pipeline.secrets import MissingCredentials
+
+    if isinstance(exc, (ConfigError, MissingCredentials, InvalidKeyError, ValueError, TypeError,
+                        KeyError, AttributeError)):
+        return False
+    if isinstance(exc, SourceError):
+        return isinstance(exc, RetriesExhausted)      # a transient fault outlasted the retries
+    return isinstance(exc, (OSError, RuntimeError))   # network, disk; RuntimeError e.g. a dead pool
+
+
+def retry_condition(task, task_run, state) -> bool:
+    """`retry_condition_fn` for Prefect: retry only what `is_retryable` accepts."""
+    exc = state.data if isinstance(getattr(state, "data", None), BaseException) else None
+    if exc is None:
+        try:
+            exc = state.result(raise_on_failure=False)
+        except Exception as err:     # the result could not be read: do not guess, retry
+            exc = err
+    return not isinstance(exc, BaseException) or is_retryable(exc)

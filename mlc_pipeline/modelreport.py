@@ -1,0 +1,68 @@
+"""The model part of the report: rounds of mining, the alternatives side by side, per-class metrics,
+loss curves. Used by the HTML page and by Prefect's markdown artifacts."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from .evaluate import compare_table
+
+
+def pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def rounds_markdown(result) -> str:
+    lines = ["| round | dataset | macro F1 | unknown accepted (test other) | unknown accepted (probe) | negatives added |",
+             "|---|---|---|---|---|---|"]
+    for r in result.rounds:
+        lines.append(f"| {r.round} | {r.dataset_version} | {r.macro_f1:.3f} | {pct(r.unknown_accepted)} "
+                     f"| {pct(r.probe_accepted)} | {r.negatives_added} |")
+    return "\n".join(lines) + "\n"
+
+
+def variants_markdown(result, metrics_by_bundle: dict[str, dict]) -> str:
+    first = result.rounds[0]
+    rows = [(f"sigmoid, other as negatives (product, round 0)", metrics_by_bundle[first.bundle])]
+    rows += [(name, m["test"]) for name, m in result.alternatives.items()]
+    if len(result.rounds) > 1:
+        last = result.rounds[-1]
+        rows.append((f"product after mining (round {last.round})", metrics_by_bundle[last.bundle]))
+    return compare_table(rows)
+
+
+def md_to_html_table(md: str) -> str:
+    lines = [l for l in md.strip().splitlines() if not set(l) <= set("|-")]
+    cells = [[c.strip() for c in l.strip("|").split("|")] for l in lines]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells[1:])
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def model_section(result, models_dir: Path) -> str:
+    """HTML for a PipelineResult whose bundles live in `models_dir`."""
+    if not result.rounds:
+        return ""
+    metrics = {r.bundle: json.loads((models_dir / r.bundle / "metrics.json").read_text())["test"]
+               for r in result.rounds}
+    last = result.rounds[-1]
+    bundle = models_dir / last.bundle
+    parts = ["<h2 id='model'>Model</h2>", "<h3>Mining rounds</h3>", md_to_html_table(rounds_markdown(result)),
+             "<h3>Alternatives on the same data</h3>", md_to_html_table(variants_markdown(result, metrics)),
+             f"<h3>Per-class metrics ({html.escape(last.bundle)}, test split)</h3>",
+             md_to_html_table(per_class_markdown(metrics[last.bundle]))]
+    loss = bundle / "loss.png"
+    if loss.exists():
+        parts.append(f"<h3>Loss curves</h3><img alt='loss curves' src='data:image/png;base64,"
+                     f"{base64.b64encode(loss.read_bytes()).decode()}'>")
+    return "\n".join(parts)
+
+
+def per_class_markdown(metrics: dict) -> str:
+    lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for c, m in metrics["per_class"].items():
+        lines.append(f"| {c} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,85 @@
+"""Train the models of a dataset version: the product model and, for the report, the alternatives.
+
+Bundles live in data/models/<bundle>/ (see mlc_pipeline.train); data/models/LATEST names the newest
+product model, updated only after its bundle is complete, so a failed training never replaces it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Config
+from .dataset import write_text_atomic
+from .train import TrainConfig, train_model
+
+log = logging.getLogger(__name__)
+
+# The alternatives the report compares (shared/notes/fastai.md, last section).
+VARIANTS = {
+    "sigmoid-negatives": {"head": "sigmoid", "other_mode": "negative"},   # the product default
+    "sigmoid-other-class": {"head": "sigmoid", "other_mode": "class"},
+    "softmax-other-class": {"head": "softmax", "other_mode": "class"},    # the seeds' single-label recipe
+}
+
+
+@dataclass
+class ModelResult:
+    bundle_dir: Path
+    dataset_version: str
+    variant: str
+    metrics: dict
+    train_seconds: float
+    variants: dict[str, dict] = field(default_factory=dict)    # name -> metrics of the alternatives
+
+
+def train_config(cfg: Config, **overrides) -> TrainConfig:
+    t = cfg.train
+    values = dict(arch=t.arch, pretrained=t.pretrained, image_size=t.image_size, epochs=t.epochs,
+                  batch_size=t.batch_size, lr=t.lr, seed=t.seed, other_mode=t.other_mode, head=t.head,
+                  threshold_mode=t.threshold_mode, target_precision=t.target_precision)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def models_root(cfg: Config) -> Path:
+    return cfg.data_dir / "models"
+
+
+def latest_model(cfg: Config) -> Path | None:
+    pointer = models_root(cfg) / "LATEST"
+    if not pointer.exists():
+        return None
+    path = models_root(cfg) / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def train_version(cfg: Config, dataset_dir: str | Path, tag: str = "", variant: str | None = None,
+                  publish: bool = True) -> ModelResult:
+    """Train one model on a dataset version. `variant` picks one of VARIANTS; None = the config's."""
+    dataset_dir = Path(dataset_dir)
+    version = dataset_dir.name
+    overrides = VARIANTS[variant] if variant else {}
+    name = variant or f"{cfg.train.head}-{'negatives' if cfg.train.other_mode == 'negative' else 'other-class'}"
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    bundle = models_root(cfg) / f"{cfg.build.name}-{version}{'-' + tag if tag else ''}-{name}-{stamp}"
+    models_root(cfg).mkdir(parents=True, exist_ok=True)
+    result = train_model(dataset_dir / "manifest.csv", bundle, train_config(cfg, **overrides),
+                         dataset_version=f"{cfg.build.name}/{version}", classes=list(cfg.classes))
+    if publish:
+        write_text_atomic(models_root(cfg) / "LATEST", bundle.name + "\n")
+    return ModelResult(bundle, version, name, result.metrics, result.train_seconds)
+
+
+def train_alternatives(cfg: Config, dataset_dir: str | Path, tag: str = "") -> dict[str, dict]:
+    """The other heads on the same data, for the side-by-side table (never published as LATEST)."""
+    product = {"head": cfg.train.head, "other_mode": cfg.train.other_mode}
+    out = {}
+    for name, spec in VARIANTS.items():
+        if spec == product:
+            continue
+        log.info("training the %s alternative for comparison", name)
+        out[name] = train_version(cfg, dataset_dir, tag=tag, variant=name, publish=False).metrics
+    return out

@@ -1,0 +1,100 @@
+"""The whole job in-process (`mlc run`): collect, curate, build, train, mine rounds, retrain, report.
+
+The Prefect flow in flows/ wires the same stage functions; this is the plain-Python equivalent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .collect import collect
+from .config import Config
+from .curate import curate
+from .dataset import build_dataset
+from .evaluate import compare_table
+from .mine import mine_round
+from .models import models_root, train_alternatives, train_version
+from .report import write_html_report
+from .modelreport import model_section
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    dataset_version: str
+    bundle: str
+    macro_f1: float
+    unknown_accepted: float | None
+    probe_accepted: float | None
+    negatives_added: int = 0
+
+
+@dataclass
+class PipelineResult:
+    rounds: list[RoundRecord] = field(default_factory=list)
+    alternatives: dict[str, dict] = field(default_factory=dict)
+    report: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+    stopped_early: bool = False
+
+
+def record(round_no: int, version: str, model, added: int = 0) -> RoundRecord:
+    test = model.metrics["test"]
+    return RoundRecord(round_no, version, model.bundle_dir.name, test["macro_f1"], test.get("unknown_accepted"),
+                       test.get("probe_accepted"), added)
+
+
+def mining_stop(cfg: Config, round_no: int, added: int, before: float | None = None,
+                after: float | None = None) -> str | None:
+    """Why the mining loop stops after this round (None: go on). Shared by `mlc run` and the flow.
+
+    Called once with `added` only (after mining: nothing mined, nothing to retrain on), then with the
+    probe acceptance before and after retraining."""
+    if added == 0:
+        return f"round {round_no}: the model accepts no pool image; nothing to mine"
+    if before is not None and after is not None and before - after <= cfg.mine.min_improvement:
+        return f"round {round_no}: probe acceptance {before:.3f} -> {after:.3f}, no longer improving"
+    return None
+
+
+def run_pipeline(cfg: Config, progress: bool = True, train_alternative_models: bool | None = None) -> PipelineResult:
+    out = PipelineResult()
+    clock = time.monotonic()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        out.seconds[stage] = round(out.seconds.get(stage, 0) + now - clock, 1)
+        clock = now
+
+    collect(cfg, progress=progress); lap("collect")
+    curate(cfg); lap("curate")
+    ds = build_dataset(cfg); lap("build")
+    model = train_version(cfg, ds.path, tag="r0"); lap("train")
+    out.rounds.append(record(0, ds.version, model))
+    if cfg.train.compare_baselines if train_alternative_models is None else train_alternative_models:
+        out.alternatives = train_alternatives(cfg, ds.path, tag="r0"); lap("alternatives")
+    for r in range(1, cfg.mine.rounds + 1):
+        mined = mine_round(cfg, model.bundle_dir, r); lap("mine")
+        if why := mining_stop(cfg, r, mined.added):
+            log.info("%s; stopping", why)
+            out.stopped_early = True
+            break
+        ds = build_dataset(cfg); lap("build")    # mined images were curated already
+        model = train_version(cfg, ds.path, tag=f"r{r}"); lap("train")
+        out.rounds.append(record(r, ds.version, model, mined.added))
+        if why := mining_stop(cfg, r, mined.added, out.rounds[-2].probe_accepted, out.rounds[-1].probe_accepted):
+            log.info("%s; stopping", why)
+            out.stopped_early = r < cfg.mine.rounds
+            break
+    report = cfg.data_dir / "reports" / "latest.html"
+    write_html_report(cfg, report, extra_sections=[model_section(out, models_root(cfg))]); lap("report")
+    out.report = str(report)
+    (cfg.data_dir / "reports" / "latest.json").write_text(json.dumps(asdict(out), indent=2, default=str))
+    return out

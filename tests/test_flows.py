@@ -1,0 +1,230 @@
+"""The `collect-and-train` flow in-process under `prefect_test_harness` (a real API on temp SQLite),
+on a tiny config against the bundled local Flickr-compatible server.
+
+- a run completes and leaves its artifacts (summary markdown, tables, download progress);
+- a run whose collect hits a fault retrying cannot fix fails with a message naming the stage, leaves
+  the published dataset version and model as they were, and the next run resumes (downloads only what
+  is still missing) and completes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:          # flows/ is a top-level folder, not part of the installed package
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from prefect.client.orchestration import get_client  # noqa: E402
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterId  # noqa: E402
+from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+
+from flows.artifacts import MINED_KEY, PER_CLASS_KEY, REJECTED_KEY, SUMMARY_KEY  # noqa: E402
+from flows.collect_and_train import collect_and_train, rebuild_report  # noqa: E402
+from flows.progress import PROGRESS_KEY, DownloadProgress  # noqa: E402
+from flows.runtime import is_retryable, task_runner  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_config(folder: Path, port: int) -> Path:
+    """Two classes of 20, a handful of negatives, probes and pool images; 1 epoch at 32 px."""
+    path = folder / "tiny.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        data_dir: {folder / 'data'}
+        source:
+          kind: local
+          local: {{seed: 0, scale: 0.1, port: {port}}}
+          sizes: [url_n, url_m]
+          retry: {{attempts: 2, base_delay_s: 0.05, max_delay_s: 0.2}}
+        classes:
+          balloon: {{queries: ["balloon"], count: 20}}
+          kite: {{queries: ["kite"], count: 20}}
+        other: {{queries: ["landscape", "texture"], count: 24}}
+        probe: {{queries: ["house"], count: 6}}
+        train: {{epochs: 1, image_size: 32, batch_size: 32, pretrained: none, compare_baselines: false}}
+        mine:
+          rounds: 1
+          pool: {{queries: ["toys", "shapes"], count: 24}}
+        """))
+    return path
+
+
+@pytest.fixture(scope="session")
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("flow")
+    return tiny_config(folder, free_port())
+
+
+def artifacts_of(flow_run_id) -> dict[str, list]:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    out: dict[str, list] = {}
+    for a in found:
+        out.setdefault(a.key or f"(no key: {a.type})", []).append(a)
+    return out
+
+
+def downloaded_files(cfg_path: Path) -> int:
+    from mlc_pipeline.catalog import Catalog
+    from mlc_pipeline.config import load_config
+
+    with Catalog(load_config(cfg_path).catalog_path) as catalog:
+        return sum(r["n"] for r in catalog.counts()
+                   if r["status"] in ("downloaded", "accepted", "rejected", "duplicate"))
+
+
+def published(data: Path) -> dict:
+    """What is published: dataset versions (with their dataset.json bytes) and models/LATEST."""
+    root = data / "datasets" / "default"
+    return {"LATEST": (root / "LATEST").read_text() if (root / "LATEST").exists() else None,
+            "versions": {p.name: (p / "dataset.json").read_bytes() for p in sorted(root.glob("v*"))},
+            "model": (data / "models" / "LATEST").read_text() if (data / "models" / "LATEST").exists() else None}
+
+
+# ------------------------------------------------------------------------------------ unit parts
+
+def test_task_runner_is_a_setting(monkeypatch):
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    monkeypatch.delenv("MLC_DASK_ADDRESS", raising=False)
+    assert isinstance(task_runner(), ThreadPoolTaskRunner)
+    monkeypatch.setenv("MLC_DASK_ADDRESS", "tcp://127.0.0.1:8786")
+    runner = task_runner()
+    assert isinstance(runner, DaskTaskRunner) and runner.address == "tcp://127.0.0.1:8786"
+
+
+def test_retry_only_what_can_go_away():
+    from mlc_pipeline.config import ConfigError
+    from mlc_pipeline.flickr_source import InvalidKeyError, SourceError
+
+    assert is_retryable(SourceError("flickr.photos.search still failing after 6 attempts: HTTP 500"))
+    assert is_retryable(ConnectionError("reset"))
+    assert not is_retryable(SourceError("Flickr API error: Parameterless searches have been disabled"))
+    assert not is_retryable(InvalidKeyError("Flickr rejected the API key"))
+    assert not is_retryable(ConfigError("config: classes: required key is missing"))
+
+
+def test_progress_is_throttled(harness):
+    from prefect import flow
+
+    clock = iter(x * 0.5 for x in range(10_000))
+
+    @flow
+    def fake_collect() -> DownloadProgress:
+        p = DownloadProgress(40, min_interval_s=2.0, clock=lambda: next(clock), key="test-progress")
+        for i in range(1, 41):                    # one batch of 40 downloads, 0.5 s apart
+            p(i, 40)
+        p.finish(40)
+        return p
+
+    p = fake_collect()
+    assert 5 <= p.updates <= 12                   # ~every 4th call, plus the final 100%
+    with get_client(sync_client=True) as client:
+        [art] = client.read_artifacts(artifact_filter=ArtifactFilter(id=ArtifactFilterId(any_=[p.artifact_id])))
+    assert art.type == "progress" and float(art.data) == 100.0
+
+
+# ------------------------------------------------------------------------------------ the flow
+
+def test_flow_completes_with_artifacts(harness, project):
+    state = collect_and_train(config_path=str(project), overrides={}, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    data = project.parent / "data"
+
+    assert result["collect"]["downloaded"] > 0
+    assert [b["version"] for b in result["builds"]] == ["v1", "v2"]        # v2: with the mined negatives
+    assert [m["round"] for m in result["models"]] == [0, 1]
+    assert result["latest_dataset"] == "v2"
+    assert (data / "models" / "LATEST").read_text().strip() == result["latest_model"]
+    assert Path(result["report"]).is_file() and result["report"].endswith(".html")
+
+    arts = artifacts_of(state.state_details.flow_run_id)
+    assert {SUMMARY_KEY, PER_CLASS_KEY, REJECTED_KEY, MINED_KEY, PROGRESS_KEY} <= set(arts), sorted(arts)
+    summary = arts[SUMMARY_KEY][0].data
+    for text in ("Completed", "Dataset default v2", "before and after mining", result["report"], "balloon"):
+        assert text in summary, text
+    per_class = json.loads(arts[PER_CLASS_KEY][0].data)
+    assert {(r["round"], r["class"]) for r in per_class} == {(0, "balloon"), (0, "kite"), (1, "balloon"), (1, "kite")}
+    mined = json.loads(arts[MINED_KEY][0].data)
+    assert len(mined) == result["mined"][0]["added"] or result["mined"][0]["added"] == 0
+    assert json.loads(arts[REJECTED_KEY][0].data)
+    assert float(arts[PROGRESS_KEY][0].data) == 100.0
+
+
+def test_failed_stage_keeps_published_versions_and_rerun_resumes(harness, project):
+    data = project.parent / "data"
+    if not (data / "models" / "LATEST").exists():         # run alone: make a first good run
+        assert collect_and_train(config_path=str(project), return_state=True).is_completed()
+    before = published(data)
+    files_before = downloaded_files(project)
+
+    # More images for every class, and a mining pool whose query the API refuses outright (code 3,
+    # as Flickr answers a search with no usable words): collect downloads the new class images, then
+    # fails on the pool. That is not a transient fault, so it is not retried.
+    bigger = {"classes": {"balloon": {"count": 26}, "kite": {"count": 26}}}
+    broken = {**bigger, "mine": {"pool": {"queries": ["???"], "count": 30}}}
+    state = collect_and_train(config_path=str(project), overrides=broken, return_state=True)
+    assert state.is_failed()
+    assert "stage 'collect' failed" in state.message and "Parameterless" in state.message, state.message
+    assert "latest dataset v2" in state.message
+    files_after_failure = downloaded_files(project)
+    assert files_after_failure > files_before            # it got halfway
+    assert published(data) == before                      # nothing published, nothing touched
+    arts = artifacts_of(state.state_details.flow_run_id)
+    assert "Failed" in arts[SUMMARY_KEY][0].data and "stage 'collect' failed" in arts[SUMMARY_KEY][0].data
+
+    # The rerun (the pool fixed; no mining round, to keep the test short) only downloads what is missing.
+    fixed = {**bigger, "mine": {"rounds": 0, "pool": {"count": 30}}}
+    state = collect_and_train(config_path=str(project), overrides=fixed, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    files_now = downloaded_files(project)
+    needed_since_good_run = files_now - files_before
+    assert result["collect"]["downloaded"] == files_now - files_after_failure
+    assert result["collect"]["downloaded"] < needed_since_good_run      # resumed, not started over
+    assert result["curate"]["inspected"] <= files_now - files_before     # verification cached per content
+    assert result["curate"]["reused"] > 0
+    after = published(data)
+    assert after["LATEST"].strip() == "v3" and after["model"] != before["model"]
+    assert {k: after["versions"][k] for k in before["versions"]} == before["versions"]   # old versions intact
+
+
+def test_rebuild_report_flow(harness, project):
+    if not (project.parent / "data" / "datasets").exists():    # run alone: something to rebuild from
+        assert collect_and_train(config_path=str(project), overrides={"mine": {"rounds": 0}},
+                                 return_state=True).is_completed()
+    state = rebuild_report(config_path=str(project), return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result["builds"][0]["published"] is False          # nothing changed since the last build
+    assert Path(result["report"]).is_file()
+    assert "mlc-dataset-summary" in artifacts_of(state.state_details.flow_run_id)
+
+
+def test_bad_config_fails_with_a_clear_message(harness, project):
+    state = collect_and_train(config_path=str(project), overrides={"train": {"epochz": 1}}, return_state=True)
+    assert state.is_failed()
+    assert "stage 'config' failed" in state.message and "train.epochz: unknown key" in state.message
