@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 from tqdm import tqdm
 
-from .catalog import Catalog, Found
+from .catalog import Catalog, Found, merge_labels
 from .config import Config
 from .download import Downloader, DownloadJob, clean_stale_temp
 from .flickr_source import FlickrSource, Target
@@ -67,6 +67,16 @@ def open_source(cfg: Config) -> Iterator[tuple[FlickrSource, list[str]]]:
         yield source, [srv.static_host, *s.allowed_hosts]
 
 
+def gains_label(known: dict | None, found: Found) -> bool:
+    """Does recording `found` give its target one more candidate? A new photo does; a known one does
+    when the merge adds the target's label (a photo of two classes found by the second class query)."""
+    if known is None:
+        return True
+    if known["purpose"] != found.purpose or known["status"] in ("failed", "skipped"):
+        return False
+    return found.label not in known["label"].split() and found.label in merge_labels(known["label"], found.label).split()
+
+
 class Collector:
     def __init__(self, cfg: Config, catalog: Catalog, source: FlickrSource, allowed_hosts: list[str],
                  progress: bool = True, on_progress: Callable[[int, int], None] | None = None):
@@ -85,22 +95,23 @@ class Collector:
         return self.catalog.count_downloaded(target.purpose, target.label)
 
     def search_more(self, results: Iterator[Found], wanted: int, run_id: str) -> tuple[int, bool]:
-        """Pull search results until `wanted` new candidates are recorded. Returns (new, exhausted)."""
-        new, batch = 0, []
+        """Pull search results until `wanted` more candidates hold the target's label.
+        Returns (gained, exhausted)."""
+        gained, batch = 0, []
         for found in results:
-            known = self.catalog.get_by_photo(found.source, found.photo_id) is not None
+            known = self.catalog.get_by_photo(found.source, found.photo_id)
             batch.append(found)           # known photos are recorded too: their query and labels merge
-            new += not known
+            gained += gains_label(known, found)
             if len(batch) >= 100:
                 self.catalog.upsert_found(batch, run_id)
                 batch = []
-            if new >= wanted:
+            if gained >= wanted:
                 break
         else:
             self.catalog.upsert_found(batch, run_id)
-            return new, True
+            return gained, True
         self.catalog.upsert_found(batch, run_id)
-        return new, False
+        return gained, False
 
     def collect_target(self, target: Target, queries: list[str], count: int, run_id: str,
                        summary: CollectSummary) -> None:

@@ -1,0 +1,238 @@
+"""Chaos run: the pipeline under every fault the bundled server can inject, and under kill -9.
+
+    .venv/bin/python bench/chaos.py [--kills 20] [--scale 0.25] [--seed 0] [--train] [--json out.json]
+
+Phase 1, faults: collect -> curate -> build against a server with every fault on (HTTP 500, code
+105, 429 + Retry-After, slow responses, truncated / empty / HTML bodies, offsite redirects,
+oversize bodies, exact and near duplicates under new ids). Reports: every candidate accounted for,
+no crash, injected-duplicate recall, every published image decodes fully.
+
+Phase 2, interruption: a reference run to completion, then a second data root driven through
+`--kills` SIGKILLs at random moments of collect, curate, build (and train with --train), each
+followed by the next command; finally the stages run to completion. The final catalog and dataset
+must equal the reference's, no partial file may exist anywhere, and every dataset version (and
+model) published along the way must be byte-identical at the end.
+
+Stages run as `mlc` subprocesses (so SIGKILL is real); the server runs in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image
+
+from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
+
+MLC = [sys.executable, "-m", "mlc_pipeline.cli"]
+ENV = {**os.environ, "FLICKR_API_KEY": "chaos-key-0000", "FLICKR_API_SECRET": "chaos-secret-0000"}
+STAGES = ["collect", "curate", "build"]
+
+
+def write_config(path: Path, data_dir: Path, srv: FlickrServer) -> Path:
+    path.write_text(f"""
+data_dir: {data_dir}
+source:
+  kind: flickr
+  rest_url: "{srv.rest_url}"
+  allowed_hosts: ["{srv.static_host}"]
+  sizes: [url_n, url_m]
+  per_page: 100
+  timeout_s: 1.0
+  retry: {{attempts: 8, base_delay_s: 0.05, max_delay_s: 0.5}}
+  max_retry_after_s: 2
+  max_image_bytes: 5000000
+classes:
+  balloon: {{queries: [balloon], count: 60}}
+  kite: {{queries: [kite], count: 60}}
+  sailboat: {{queries: [sailboat], count: 60}}
+other: {{queries: [landscape, texture, pattern, garden], count: 100}}
+probe: {{queries: [house, fish], count: 30}}
+train: {{epochs: 1, image_size: 32, compare_baselines: false}}
+""")
+    return path
+
+
+def mlc(stage: str, cfg: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(MLC + [stage, "-c", str(cfg)] + (["--no-progress"] if stage == "collect" else []),
+                          env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def catalog_snapshot(db: Path) -> list[tuple]:
+    con = sqlite3.connect(db)
+    pid = dict(con.execute("SELECT id, photo_id FROM candidates"))
+    rows = con.execute("SELECT photo_id, purpose, label, status, reason, sha256, phash, curated_label, duplicate_of "
+                       "FROM candidates").fetchall()
+    con.close()
+    return sorted(r[:-1] + (pid.get(r[-1]),) for r in rows)
+
+
+def dataset_snapshot(root: Path) -> tuple[str, str]:
+    latest = (root / "LATEST").read_text().strip()
+    folder = root / latest
+    manifest = [line.split(",", 4)[:3] + line.split(",")[4:] for line in (folder / "manifest.csv").read_text().splitlines()]
+    h = hashlib.sha256()
+    for f in sorted((folder / "images").rglob("*")):
+        if f.is_file():
+            h.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
+    drop_candidate_id = "\n".join(",".join(c for i, c in enumerate(row) if i != 3) for row in manifest)
+    return hashlib.sha256(drop_candidate_id.encode()).hexdigest(), h.hexdigest()
+
+
+def tree_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            h.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def partial_files(data: Path) -> list[str]:
+    bad = []
+    for f in data.rglob("*"):
+        name = f.name
+        if name.endswith(".part") or name.startswith(".build-") or ".tmp" in name or name.startswith(".latest"):
+            bad.append(str(f.relative_to(data)))
+    return bad
+
+
+def phase_faults(srv: FlickrServer, work: Path) -> dict:
+    cfg = write_config(work / "faults.yaml", work / "faults", srv)
+    codes = {s: mlc(s, cfg).returncode for s in STAGES}
+    db = work / "faults" / "catalog.sqlite"
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT photo_id, status, reason, duplicate_of, id FROM candidates").fetchall()
+    con.close()
+    status = Counter(r[1] for r in rows)
+    reasons = Counter(f"{r[1]}: {(r[2] or '').split(':')[0]}" for r in rows if r[2])
+    unexplained = [r[0] for r in rows if r[1] in ("failed", "rejected", "duplicate", "skipped") and not r[2]]
+    offered = srv.stats()["offered"]
+    recorded = {r[0] for r in rows}
+    # injected duplicates: both twins downloaded and verified -> the later one must be marked duplicate
+    by_pid = {r[0]: r for r in rows}
+    id_to_pid = {r[4]: r[0] for r in rows}
+    eligible = found = 0
+    for p in srv.world.photos:
+        if p.dup_of and p.id in by_pid and p.dup_of in by_pid:
+            a, b = by_pid[p.id], by_pid[p.dup_of]
+            if {a[1], b[1]} <= {"accepted", "duplicate"}:
+                eligible += 1
+                found += (a[1] == "duplicate" and id_to_pid.get(a[3]) == b[0]) or (
+                    b[1] == "duplicate" and id_to_pid.get(b[3]) == a[0])
+    latest = (work / "faults" / "datasets" / "default" / "LATEST").read_text().strip()
+    folder = work / "faults" / "datasets" / "default" / latest
+    undecodable = []
+    images = list((folder / "images").rglob("*.jpg"))
+    for f in images:
+        try:
+            with Image.open(f) as im:
+                im.load()
+        except OSError as exc:
+            undecodable.append(f"{f.name}: {exc}")
+    return {"exit_codes": codes, "candidates": len(rows), "by_status": dict(status), "by_reason": dict(reasons),
+            "unexplained": unexplained, "offered_by_server": len(offered), "recorded": len(recorded),
+            "recorded_not_offered": len(recorded - offered), "offered_not_needed": len(offered - recorded),
+            "faults_injected": srv.stats()["faults_injected"], "duplicate_twins": eligible,
+            "duplicates_found": found, "duplicate_recall": found / eligible if eligible else None,
+            "dataset_images": len(images), "undecodable": undecodable, "partial_files": partial_files(work / "faults")}
+
+
+def phase_kills(srv: FlickrServer, work: Path, kills: int, seed: int, train: bool) -> dict:
+    rng = random.Random(seed)
+    stages = STAGES + (["train"] if train else [])
+    ref_cfg = write_config(work / "ref.yaml", work / "ref", srv)
+    timing = {}
+    for s in stages:
+        t0 = time.monotonic()
+        res = mlc(s, ref_cfg)
+        assert res.returncode == 0, f"reference {s} failed: {res.stderr[-2000:]}"
+        timing[s] = time.monotonic() - t0
+    cfg = write_config(work / "killed.yaml", work / "killed", srv)
+    published: dict[str, str] = {}
+    kill_log = []
+    for k in range(kills):
+        stage = stages[k % len(stages)]
+        proc = subprocess.Popen(MLC + [stage, "-c", str(cfg)] + (["--no-progress"] if stage == "collect" else []),
+                                env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        delay = rng.uniform(0.3, max(0.6, timing[stage] * 1.2))
+        time.sleep(delay)
+        killed = proc.poll() is None
+        if killed:
+            proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate()
+        kill_log.append({"stage": stage, "after_s": round(delay, 2), "killed": killed,
+                         "exit": proc.returncode if not killed else "SIGKILL"})
+        if not killed and proc.returncode != 0:
+            kill_log[-1]["error"] = err[-300:]
+        for v in (work / "killed" / "datasets" / "default").glob("v*"):
+            published.setdefault(v.name, tree_digest(v))
+        models = work / "killed" / "models"
+        for m in models.glob("*") if models.exists() else []:
+            if m.is_dir() and not m.name.startswith("."):
+                published.setdefault(f"model:{m.name}", tree_digest(m))
+    for s in stages:
+        res = mlc(s, cfg)
+        assert res.returncode == 0, f"final {s} failed: {res.stderr[-2000:]}"
+    changed = [name for name, digest in published.items()
+               if tree_digest(work / "killed" / ("models/" + name[6:] if name.startswith("model:")
+                                                  else "datasets/default/" + name)) != digest]
+    same_catalog = catalog_snapshot(work / "killed" / "catalog.sqlite") == catalog_snapshot(work / "ref" / "catalog.sqlite")
+    ds_killed = dataset_snapshot(work / "killed" / "datasets" / "default")
+    ds_ref = dataset_snapshot(work / "ref" / "datasets" / "default")
+    return {"kills": sum(k["killed"] for k in kill_log), "attempts": len(kill_log), "log": kill_log,
+            "same_catalog": same_catalog, "same_manifest": ds_killed[0] == ds_ref[0],
+            "same_images": ds_killed[1] == ds_ref[1], "versions_published_while_killing": sorted(published),
+            "published_then_changed": changed, "partial_files": partial_files(work / "killed"),
+            "reference_seconds": {k: round(v, 1) for k, v in timing.items()}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--scale", type=float, default=0.25)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train", action="store_true", help="also kill and resume training (slower)")
+    ap.add_argument("--json", help="write the full report here")
+    args = ap.parse_args()
+    faults = FaultSpec.parse(f"all,seed={args.seed}")
+    report = {"fault_spec": faults.__dict__}
+    with tempfile.TemporaryDirectory(prefix="mlc-chaos-") as tmp:
+        work = Path(tmp)
+        t0 = time.monotonic()
+        with FlickrServer(WorldSpec(seed=args.seed, scale=args.scale), faults) as srv:
+            report["faults"] = phase_faults(srv, work)
+        with FlickrServer(WorldSpec(seed=args.seed, scale=args.scale), faults) as srv:
+            report["interruption"] = phase_kills(srv, work, args.kills, args.seed, args.train)
+        report["seconds"] = round(time.monotonic() - t0, 1)
+    f, k = report["faults"], report["interruption"]
+    ok = (all(c == 0 for c in f["exit_codes"].values()) and not f["unexplained"] and not f["undecodable"]
+          and f["recorded_not_offered"] == 0 and not f["partial_files"] and k["same_catalog"]
+          and k["same_manifest"] and k["same_images"] and not k["published_then_changed"] and not k["partial_files"])
+    print(json.dumps({"faults": {x: f[x] for x in f if x != "faults_injected"}, "faults_injected": f["faults_injected"]},
+                     indent=1, default=str))
+    print(f"kills: {k['kills']} of {k['attempts']} attempts (stages {sorted({x['stage'] for x in k['log']})}); "
+          f"same catalog {k['same_catalog']}, same manifest {k['same_manifest']}, same images {k['same_images']}; "
+          f"versions published while killing {k['versions_published_while_killing']}, changed later "
+          f"{k['published_then_changed']}; partial files {k['partial_files']}")
+    print(f"duplicate recall: {f['duplicates_found']}/{f['duplicate_twins']}; "
+          f"undecodable dataset images: {len(f['undecodable'])}; total {report['seconds']} s")
+    print("CHAOS: PASS" if ok else "CHAOS: FAIL")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
