@@ -1,0 +1,140 @@
+"""Fault injection: which request fails, how, and how often; all deterministic by FaultSpec.seed."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import Counter
+from dataclasses import dataclass, fields
+
+API_FAULTS = ("http500", "code105", "slow")
+# Persistent image faults: a photo that has one keeps it on every attempt.
+PHOTO_FAULTS = ("truncated", "empty", "html", "redirect_offsite", "oversize")
+DUPLICATE_FAULTS = ("dup_exact", "dup_near")
+RATE_FIELDS = API_FAULTS + ("img429",) + PHOTO_FAULTS + DUPLICATE_FAULTS
+
+
+@dataclass
+class FaultSpec:
+    """Rates (0..1) of each fault, all off by default, plus the knobs that shape them."""
+
+    http500: float = 0.0
+    code105: float = 0.0
+    slow: float = 0.0
+    img429: float = 0.0
+    truncated: float = 0.0
+    empty: float = 0.0
+    html: float = 0.0
+    dup_exact: float = 0.0
+    dup_near: float = 0.0
+    redirect_offsite: float = 0.0
+    oversize: float = 0.0
+    seed: int = 0
+    slow_ms: int = 1500
+    retry_after_s: int = 1
+    image_latency_ms: int = 0  # added to every image response (benchmarks)
+    fault_repeats: int = 1  # consecutive failing attempts of one request before it succeeds
+
+    @classmethod
+    def parse(cls, text: str) -> "FaultSpec":
+        """Parse 'http500=0.1,img429=0.2,seed=3'. The word 'all' starts from all_on()."""
+        spec = cls()
+        known = [f.name for f in fields(cls)]
+        for item in (part.strip() for part in (text or "").split(",")):
+            if not item:
+                continue
+            if item == "all":
+                spec = cls.all_on()
+                continue
+            name, sep, value = item.partition("=")
+            name = name.strip()
+            if not sep or name not in known:
+                raise ValueError(f"bad fault setting {item!r}; known names: {', '.join(known)}")
+            try:
+                number = float(value) if name in RATE_FIELDS else int(value)
+            except ValueError as error:
+                raise ValueError(f"bad value in fault setting {item!r}") from error
+            if name in RATE_FIELDS and not 0.0 <= number <= 1.0:
+                raise ValueError(f"fault rate {name}={value} is not within 0..1")
+            setattr(spec, name, number)
+        return spec
+
+    @classmethod
+    def all_on(cls) -> "FaultSpec":
+        """Every fault at a moderate rate: a client with sane retries must still finish."""
+        return cls(
+            http500=0.05, code105=0.05, slow=0.02, img429=0.1,
+            truncated=0.02, empty=0.02, html=0.02, dup_exact=0.03, dup_near=0.03,
+            redirect_offsite=0.02, oversize=0.01, slow_ms=1500,
+        )
+
+
+def unit_hash(*parts: object) -> float:
+    """A stable pseudo-random number in [0, 1) from the given parts (same on every run and machine)."""
+    digest = hashlib.sha256("\x1f".join(str(part) for part in parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def pick_by_rates(u: float, rates: list[tuple[str, float]]) -> str | None:
+    """Map u in [0, 1) onto mutually exclusive faults laid end to end; None if u falls past them all."""
+    edge = 0.0
+    for name, rate in rates:
+        edge += rate
+        if u < edge:
+            return name
+    return None
+
+
+class FaultPlan:
+    """Live fault decisions for one server: counts attempts per request and every fault injected."""
+
+    def __init__(self, spec: FaultSpec):
+        self.spec = spec
+        self._lock = threading.Lock()
+        self._attempts: Counter[tuple[str, str]] = Counter()
+        self._injected: Counter[str] = Counter()
+
+    def _next_attempt(self, scope: str, key: str) -> int:
+        with self._lock:
+            attempt = self._attempts[(scope, key)]
+            self._attempts[(scope, key)] += 1
+        return attempt
+
+    def api_fault(self, request_key: str) -> str | None:
+        """The fault to inject into this API request ('http500' | 'code105' | 'slow'), or None.
+
+        request_key identifies the request without nonces or keys, so a retry is the same request:
+        it fails for its first fault_repeats attempts and then succeeds.
+        """
+        rates = [(name, getattr(self.spec, name)) for name in API_FAULTS]
+        fault = pick_by_rates(unit_hash(self.spec.seed, "api", request_key), rates)
+        if fault is None or self._next_attempt("api", request_key) >= self.spec.fault_repeats:
+            return None
+        self.count(fault)
+        return fault
+
+    def image_429(self, url_path: str) -> bool:
+        """Whether this image URL answers 429 now (its first fault_repeats attempts do)."""
+        if unit_hash(self.spec.seed, "img429", url_path) >= self.spec.img429:
+            return False
+        if self._next_attempt("img429", url_path) >= self.spec.fault_repeats:
+            return False
+        self.count("img429")
+        return True
+
+    def photo_fault(self, photo_id: str) -> str | None:
+        """The persistent fault of a photo (every size, every attempt), or None. Not counted here."""
+        rates = [(name, getattr(self.spec, name)) for name in PHOTO_FAULTS]
+        return pick_by_rates(unit_hash(self.spec.seed, "photo", photo_id), rates)
+
+    def html_lies_about_type(self, photo_id: str) -> bool:
+        """Half of the HTML error pages claim to be image/jpeg."""
+        return unit_hash(self.spec.seed, "html-type", photo_id) < 0.5
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._injected[name] += n
+
+    def injected(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._injected)
