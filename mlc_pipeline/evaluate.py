@@ -1,0 +1,268 @@
+"""Threshold calibration and evaluation of a multi-label classifier that should say "none of these".
+
+Everything here is plain numpy on arrays of probabilities, so it is fast to test with hand-made
+numbers. Only `evaluate_bundle` touches a model, and it imports torch/fastai lazily.
+
+Conventions used throughout:
+- `probs` is (N, K): one column per entry of `classes` (the model's output vocabulary, which holds an
+  explicit "other" column when the model was trained with one).
+- `targets` is (N, K) of 0/1 over the same columns.
+- "real" classes are all columns except "other". An image with no real label is an "other" image.
+- An image is "accepted" when the model claims at least one real class for it. For an image of a kind
+  the model was never meant to know, acceptance is the failure we measure.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+OTHER = "other"  # the explicit "other" class name (config.RESERVED_LABELS keeps real classes off it)
+THRESHOLD_MODES = ("per-class-f1", "global-f1", "target-precision")
+DEFAULT_THRESHOLD = 0.5
+
+
+# ---------------------------------------------------------------- calibration
+
+def calibrate_thresholds(probs: np.ndarray, targets: np.ndarray, mode: str = "per-class-f1",
+                         target_precision: float | None = None) -> np.ndarray:
+    """One decision threshold per column, chosen on held-out (valid) predictions.
+
+    - 'per-class-f1': each class gets the threshold that maximises its own F1.
+    - 'global-f1': one threshold shared by all classes, maximising micro F1 over every (image, class).
+    - 'target-precision': each class gets the lowest threshold whose precision reaches
+      `target_precision` (so recall is as high as that precision allows).
+
+    A chosen threshold sits halfway between the lowest accepted and the highest rejected score rather
+    than exactly on a validation score: with a few hundred validation images that margin generalises
+    better than a cut that touches one sample. A class with no positive (or no negative) validation
+    example cannot be calibrated and keeps 0.5, with a warning.
+    """
+    probs, targets = _as_2d(probs, targets)
+    if mode not in THRESHOLD_MODES:
+        raise ValueError(f"threshold mode must be one of {THRESHOLD_MODES}, got {mode!r}")
+    if mode == "target-precision" and not (target_precision and 0 < target_precision <= 1):
+        raise ValueError("threshold mode 'target-precision' needs 0 < target_precision <= 1")
+    n_classes = probs.shape[1]
+    if mode == "global-f1":
+        return np.full(n_classes, _best_f1_threshold(probs.ravel(), targets.ravel()))
+    thresholds = np.full(n_classes, DEFAULT_THRESHOLD)
+    for c in range(n_classes):
+        n_pos = int(targets[:, c].sum())
+        if n_pos == 0 or n_pos == len(targets):
+            log.warning("class column %d has %d positives out of %d validation images: "
+                        "keeping threshold %.2f", c, n_pos, len(targets), DEFAULT_THRESHOLD)
+            continue
+        if mode == "per-class-f1":
+            thresholds[c] = _best_f1_threshold(probs[:, c], targets[:, c])
+        else:
+            thresholds[c] = _precision_threshold(probs[:, c], targets[:, c], target_precision, c)
+    return thresholds
+
+
+def _ranked(scores: np.ndarray, truth: np.ndarray):
+    """Scores sorted high to low, with cumulative true positives at each cut.
+
+    Cutting after position k accepts the k+1 highest scores. Only cuts between two *different*
+    scores are valid (ties must fall on the same side), hence `valid_cut`.
+    """
+    order = np.argsort(-scores, kind="stable")
+    s, t = scores[order], truth[order].astype(float)
+    tp = np.cumsum(t)
+    n_accepted = np.arange(1, len(s) + 1)
+    next_lower = np.append(s[1:], -np.inf)
+    valid_cut = s > next_lower
+    return s, tp, n_accepted, next_lower, valid_cut
+
+
+def _cut_threshold(score: float, next_lower: float) -> float:
+    """Halfway between the lowest accepted score and the highest rejected one."""
+    if np.isinf(next_lower):  # everything accepted: go a bit below the lowest score
+        return float(max(0.0, score - 1e-3))
+    return float((score + next_lower) / 2)
+
+
+def _best_f1_threshold(scores: np.ndarray, truth: np.ndarray) -> float:
+    s, tp, n_accepted, next_lower, valid_cut = _ranked(scores, truth)
+    n_pos = truth.sum()
+    if n_pos == 0:
+        return DEFAULT_THRESHOLD
+    f1 = 2 * tp / (n_accepted + n_pos)  # 2TP / (2TP + FP + FN) with TP+FP = accepted, TP+FN = pos
+    f1 = np.where(valid_cut, f1, -1)
+    k = int(np.argmax(f1))  # first maximum = highest threshold among equally good cuts
+    return _cut_threshold(s[k], next_lower[k])
+
+
+def _precision_threshold(scores: np.ndarray, truth: np.ndarray, target: float, column: int) -> float:
+    s, tp, n_accepted, next_lower, valid_cut = _ranked(scores, truth)
+    precision = tp / n_accepted
+    ok = valid_cut & (precision >= target)
+    if not ok.any():
+        # Unreachable: accept nothing rather than pretend. Above the top score no image passes.
+        log.warning("class column %d never reaches precision %.2f on validation: it will accept "
+                    "(almost) nothing", column, target)
+        return float(min(1.0, s[0] + 1e-6))
+    k = int(np.nonzero(ok)[0].max())  # the largest accepted set that still meets the target
+    return _cut_threshold(s[k], next_lower[k])
+
+
+# ---------------------------------------------------------------- decisions
+
+def real_class_indices(classes: list[str]) -> list[int]:
+    return [i for i, c in enumerate(classes) if c != OTHER]
+
+
+def predict_matrix(probs: np.ndarray, thresholds: np.ndarray | None, classes: list[str],
+                   head: str = "sigmoid") -> np.ndarray:
+    """Boolean (N, K) decisions over `classes`; the "other" column is never a claimed label.
+
+    sigmoid: every real class whose probability reaches its threshold (the "other" column of an
+    other_mode='class' model is only a training signal; its images are recognised by claiming nothing).
+    softmax: the argmax class, unless the argmax is "other".
+    """
+    probs = np.asarray(probs, dtype=float)
+    if head == "softmax":
+        pred = np.zeros(probs.shape, dtype=bool)
+        pred[np.arange(len(probs)), probs.argmax(axis=1)] = True
+    elif head == "sigmoid":
+        if thresholds is None:
+            raise ValueError("the sigmoid head needs thresholds")
+        pred = probs >= np.asarray(thresholds, dtype=float)[None, :]
+    else:
+        raise ValueError(f"head must be 'sigmoid' or 'softmax', got {head!r}")
+    if OTHER in classes:
+        pred[:, classes.index(OTHER)] = False
+    return pred
+
+
+# ---------------------------------------------------------------- metrics
+
+def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray | None, classes: list[str],
+             is_unknown_mask: np.ndarray | None = None, head: str = "sigmoid") -> dict:
+    """Score predictions. Rows flagged in `is_unknown_mask` are probe images (kinds that appear under
+    no query): they count only towards `probe_accepted`.
+
+    Returned keys:
+      per_class[c]: precision, recall, f1, support (over labelled + "other" rows, probes excluded)
+      macro_f1: mean F1 over real classes
+      accuracy: exact match (predicted set == true set) over images with at least one label
+      unknown_accepted: fraction of "other" rows (no label, not probe) that got any real class
+      probe_accepted: the same fraction over probe rows
+      fpr95_unknown / fpr95_probe: threshold-free comparison across heads: score = max real-class
+        probability; the cut keeps 95% of labelled images; fraction of unknowns still above it
+        (the "FPR at 95% TPR" of the open-set literature; for softmax this is max-softmax thresholding)
+      n_labelled, n_unknown, n_probe
+    Rates with no rows to measure are None (JSON null), never a misleading 0.
+    """
+    probs, targets = _as_2d(probs, targets)
+    n = len(probs)
+    probe = np.zeros(n, dtype=bool) if is_unknown_mask is None else np.asarray(is_unknown_mask, dtype=bool)
+    real = real_class_indices(classes)
+    pred = predict_matrix(probs, thresholds, classes, head)[:, real]
+    truth = targets[:, real].astype(bool)
+    accepted = pred.any(axis=1)
+    labelled = truth.any(axis=1) & ~probe
+    unknown = ~truth.any(axis=1) & ~probe
+    scored = ~probe
+
+    per_class = {}
+    for j, ci in enumerate(real):
+        p, t = pred[scored, j], truth[scored, j]
+        tp, fp, fn = int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum())
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        per_class[classes[ci]] = {"precision": precision, "recall": recall, "f1": f1, "support": int(t.sum())}
+
+    score = probs[:, real].max(axis=1) if real else np.zeros(n)
+    cut = float(np.quantile(score[labelled], 0.05)) if labelled.any() else None
+    return {
+        "per_class": per_class,
+        "macro_f1": float(np.mean([m["f1"] for m in per_class.values()])) if per_class else 0.0,
+        "accuracy": _rate((pred == truth).all(axis=1), labelled),
+        "unknown_accepted": _rate(accepted, unknown),
+        "probe_accepted": _rate(accepted, probe),
+        "fpr95_unknown": None if cut is None else _rate(score >= cut, unknown),
+        "fpr95_probe": None if cut is None else _rate(score >= cut, probe),
+        "n_labelled": int(labelled.sum()),
+        "n_unknown": int(unknown.sum()),
+        "n_probe": int(probe.sum()),
+    }
+
+
+def _rate(hit: np.ndarray, rows: np.ndarray) -> float | None:
+    return float(hit[rows].mean()) if rows.any() else None
+
+
+def _as_2d(probs, targets):
+    probs, targets = np.asarray(probs, dtype=float), np.asarray(targets)
+    if probs.ndim == 1:
+        probs, targets = probs[:, None], targets.reshape(-1, 1)
+    if probs.shape != targets.shape:
+        raise ValueError(f"probs {probs.shape} and targets {targets.shape} must have the same shape")
+    return probs, targets
+
+
+def targets_from_labels(label_lists: list[list[str]], classes: list[str]) -> np.ndarray:
+    """Multi-hot (N, K) targets. An image with no label is an "other" image: it gets the "other"
+    column when the vocabulary has one. Labels outside `classes` are an error, not silently dropped."""
+    index = {c: i for i, c in enumerate(classes)}
+    out = np.zeros((len(label_lists), len(classes)), dtype=np.int8)
+    for row, labels in enumerate(label_lists):
+        unknown = [lab for lab in labels if lab not in index]
+        if unknown:
+            raise ValueError(f"label(s) {unknown} are not in the model's classes {classes}")
+        for lab in labels:
+            out[row, index[lab]] = 1
+        if not labels and OTHER in index:
+            out[row, index[OTHER]] = 1
+    return out
+
+
+# ---------------------------------------------------------------- bundles and reports
+
+def evaluate_bundle(bundle_dir: str | Path, manifest_csv: str | Path, batch_size: int = 64) -> dict:
+    """Score a model bundle on a dataset version's test split (probe rows as the unknown kinds).
+
+    Rows whose image cannot be decoded are left out and counted in `n_unreadable`.
+    """
+    from mlc_pipeline.predict import load_bundle  # torch/fastai only when a model is involved
+    return evaluate_loaded_bundle(load_bundle(bundle_dir), manifest_csv, batch_size)
+
+
+def evaluate_loaded_bundle(bundle, manifest_csv: str | Path, batch_size: int = 64,
+                           splits: tuple[str, ...] = ("test",)) -> dict:
+    from mlc_pipeline.train import read_manifest
+    from mlc_pipeline.predict import score_paths
+    df = read_manifest(manifest_csv)
+    rows = df[df["split"].isin(list(splits) + ["probe"])].reset_index(drop=True)
+    probs = score_paths(bundle, list(rows["abs_path"]), batch_size=batch_size)
+    readable = ~np.isnan(probs).any(axis=1)
+    rows, probs = rows[readable].reset_index(drop=True), probs[readable]
+    targets = targets_from_labels([[] if s == "probe" else labs for labs, s in zip(rows["label_list"], rows["split"])],
+                                  bundle.vocab)
+    result = evaluate(probs, targets, bundle.thresholds, bundle.vocab,
+                      is_unknown_mask=(rows["split"] == "probe").to_numpy(), head=bundle.head)
+    result["splits"] = list(splits)
+    result["n_unreadable"] = int((~readable).sum())
+    return result
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def compare_table(rows: list[tuple[str, dict]] | dict[str, dict]) -> str:
+    """Markdown table of variants side by side: rows are (variant name, metrics dict from evaluate)."""
+    items = rows.items() if isinstance(rows, dict) else rows
+    lines = ["| variant | macro F1 | in-domain accuracy | unknown accepted (test other) "
+             "| unknown accepted (probe) | FPR@95%TPR (probe) |",
+             "|---|---|---|---|---|---|"]
+    for name, m in items:
+        lines.append(f"| {name} | {m['macro_f1']:.3f} | {_pct(m['accuracy'])} | {_pct(m['unknown_accepted'])} "
+                     f"| {_pct(m['probe_accepted'])} | {_pct(m.get('fpr95_probe'))} |")
+    return "\n".join(lines) + "\n"

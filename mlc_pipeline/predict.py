@@ -1,0 +1,153 @@
+"""Load a model bundle safely and score images with it.
+
+Trust model: `export.pkl` is a pickle, and unpickling runs code. A bundle is therefore a trusted file,
+like a script: only load bundles this pipeline wrote. `load_bundle` checks that export.pkl still has
+the sha256 recorded in bundle.json *before* unpickling, which catches corruption, truncation and a
+swapped file. It is an integrity check, not a signature: whoever can rewrite export.pkl can rewrite
+bundle.json too, so the folder itself must be writable only by people you trust.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlc_pipeline.evaluate import OTHER, predict_matrix
+
+log = logging.getLogger(__name__)
+
+REQUIRED_KEYS = ("vocab", "classes", "head", "thresholds", "export_sha256", "image_size")
+
+
+class BundleError(Exception):
+    """A model bundle that is missing, unreadable, or not the file that was recorded."""
+
+
+@dataclass
+class Bundle:
+    path: Path
+    learn: object                      # fastai Learner
+    classes: list[str]                 # real classes
+    vocab: list[str]                   # model output columns, may end with "other"
+    thresholds: np.ndarray | None      # per vocab column (sigmoid); None for softmax
+    head: str
+    other_mode: str
+    image_size: int
+    meta: dict = field(repr=False)
+
+
+@dataclass
+class Prediction:
+    path: str
+    labels: list[tuple[str, float]]    # claimed classes with their probability, most likely first
+    none_of: bool                      # no class claimed: an unknown/"other" image (or an error)
+    error: str | None = None           # why the image could not be scored
+    probs: dict[str, float] = field(default_factory=dict)
+
+
+def load_bundle(bundle_dir: str | Path) -> Bundle:
+    from mlc_pipeline.train import sha256_file  # noqa: local import keeps `predict` light to import
+
+    bundle_dir = Path(bundle_dir)
+    meta_path, export_path = bundle_dir / "bundle.json", bundle_dir / "export.pkl"
+    if not bundle_dir.is_dir():
+        raise BundleError(f"model bundle not found: {bundle_dir} is not a folder")
+    if not meta_path.is_file():
+        raise BundleError(f"{meta_path}: missing (not a model bundle folder?)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{meta_path}: unreadable or not JSON ({exc})") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise BundleError(f"{meta_path}: missing key(s) {missing}")
+    if not export_path.is_file():
+        raise BundleError(f"{export_path}: missing")
+    actual = sha256_file(export_path)
+    if actual != meta["export_sha256"]:
+        raise BundleError(f"{export_path}: sha256 {actual[:12]}... does not match the {meta['export_sha256'][:12]}... "
+                          f"recorded in {meta_path.name}; refusing to unpickle a changed file")
+    learn = _unpickle_learner(export_path)
+    vocab = [str(v) for v in learn.dls.vocab]
+    if vocab != list(meta["vocab"]):
+        raise BundleError(f"{export_path}: model vocab {vocab} differs from {meta_path.name} vocab {meta['vocab']}")
+    thresholds = None if meta["thresholds"] is None else np.asarray(meta["thresholds"], dtype=float)
+    if meta["head"] == "sigmoid" and (thresholds is None or len(thresholds) != len(vocab)):
+        raise BundleError(f"{meta_path}: a sigmoid bundle needs one threshold per vocab entry")
+    return Bundle(path=bundle_dir, learn=learn, classes=list(meta["classes"]), vocab=vocab,
+                  thresholds=thresholds, head=meta["head"], other_mode=meta.get("other_mode", "negative"),
+                  image_size=int(meta["image_size"]), meta=meta)
+
+
+def _unpickle_learner(export_path: Path):
+    import torch
+    from fastai.learner import load_learner
+
+    with warnings.catch_warnings():
+        # fastai warns on every load that pickle is unsafe; we checked the hash just above.
+        warnings.filterwarnings("ignore", message=".*insecure pickle.*")
+        try:
+            return load_learner(export_path, cpu=not torch.cuda.is_available())
+        except Exception as exc:  # any unpickling failure: report which file, not a deep traceback
+            raise BundleError(f"{export_path}: could not be loaded ({type(exc).__name__}: {exc})") from exc
+
+
+def _decode(path) -> object:
+    from fastai.vision.core import PILImage
+    return PILImage.create(path)  # opens, fully decodes (load) and converts to RGB
+
+
+def score_with_errors(bundle: Bundle, paths: list, batch_size: int = 64) -> tuple[np.ndarray, dict[int, str]]:
+    """Probabilities (N, len(vocab)); rows of images that failed are NaN and listed in the errors
+    dict (index -> message). Images are decoded here, one batch at a time, so one bad file costs
+    one row, not the batch, and memory stays at one batch of pictures."""
+    learn = bundle.learn
+    probs = np.full((len(paths), len(bundle.vocab)), np.nan, dtype=np.float32)
+    errors: dict[int, str] = {}
+    for start in range(0, len(paths), batch_size):
+        images, rows = [], []
+        for i in range(start, min(start + batch_size, len(paths))):
+            try:
+                images.append(_decode(paths[i]))
+                rows.append(i)
+            except Exception as exc:  # PIL raises many types for a bad file; each becomes a row error
+                errors[i] = f"cannot decode image: {type(exc).__name__}: {exc}"
+        if not images:
+            continue
+        # Items are already PILImages, so test_dl starts its pipeline after the path reader.
+        dl = learn.dls.test_dl(images, bs=batch_size, num_workers=0)
+        with learn.no_bar(), learn.no_logging():
+            batch_probs, _ = learn.get_preds(dl=dl)
+        probs[rows] = batch_probs.float().numpy()
+    if errors:
+        log.warning("%d of %d images could not be scored (first: %s)", len(errors), len(paths),
+                    next(iter(errors.values())))
+    return probs, errors
+
+
+def score_paths(bundle: Bundle, paths: list, batch_size: int = 64) -> np.ndarray:
+    """Probabilities (N, len(vocab)) in `bundle.vocab` order; NaN rows for images that failed."""
+    return score_with_errors(bundle, paths, batch_size)[0]
+
+
+def predict_paths(bundle: Bundle, paths: list, batch_size: int = 64) -> list[Prediction]:
+    probs, errors = score_with_errors(bundle, paths, batch_size)
+    ok = ~np.isnan(probs).any(axis=1)
+    decisions = np.zeros(probs.shape, dtype=bool)
+    if ok.any():
+        decisions[ok] = predict_matrix(probs[ok], bundle.thresholds, bundle.vocab, bundle.head)
+    out = []
+    for i, path in enumerate(paths):
+        if i in errors:
+            out.append(Prediction(path=str(path), labels=[], none_of=True, error=errors[i]))
+            continue
+        row = {c: float(p) for c, p in zip(bundle.vocab, probs[i])}
+        labels = sorted(((c, row[c]) for c, hit in zip(bundle.vocab, decisions[i]) if hit and c != OTHER),
+                        key=lambda cp: -cp[1])
+        out.append(Prediction(path=str(path), labels=labels, none_of=not labels, probs=row))
+    return out

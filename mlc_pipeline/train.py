@@ -1,0 +1,477 @@
+"""Train a classifier on a published dataset version and write a self-describing model bundle.
+
+The default recipe is multi-label: a sigmoid per class trained with BCE, where "other" images carry
+no label at all, so the loss pushes every class towards 0 on them (`other_mode='negative'`). That is
+what lets the model answer "none of these". Two baselines use the same code path: an explicit
+"other" class under the sigmoid head (`other_mode='class'`), and a single-label softmax with "other"
+as a class (`head='softmax'`).
+
+Everything defaults to what fits a 2-core CPU without pretrained weights (see docs/training.md for
+the measured speeds behind the defaults).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import pickle
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torchvision
+from fastai.vision.all import (
+    AccumMetric, BCEWithLogitsLossFlat, CancelFitException, CategoryBlock, Callback,
+    ColReader, ColSplitter, CrossEntropyLossFlat, DataBlock, ImageBlock, MultiCategoryBlock, Normalize,
+    Recorder, Resize, ResizeMethod, accuracy, aug_transforms, create_body, default_split,
+    imagenet_stats, model_meta, set_seed, vision_learner,
+)
+from fastai.metrics import ActivationType
+
+from mlc_pipeline import __version__
+from mlc_pipeline.evaluate import (
+    OTHER, THRESHOLD_MODES, calibrate_thresholds, evaluate, evaluate_loaded_bundle,
+)
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test", "probe")
+BUNDLE_FORMAT = 1
+
+# fastai knows how to cut and split resnets, squeezenets, densenets...; it has no entry for the
+# MobileNets, and without one it would call the removed `arch(pretrained=...)` API. torchvision's
+# mobilenet_v3 children are (features, avgpool, classifier): the body is everything before avgpool.
+for _arch in (torchvision.models.mobilenet_v3_small, torchvision.models.mobilenet_v3_large):
+    model_meta.setdefault(_arch, {"cut": -2, "split": default_split, "stats": imagenet_stats, "weights": "DEFAULT"})
+
+
+@dataclass
+class TrainConfig:
+    """Field names match `config.TrainSettings`, so `TrainConfig(**settings)` works."""
+
+    arch: str = "resnet18"            # a torchvision.models function name
+    pretrained: str = "auto"          # 'auto' | 'imagenet' | 'none' | path to a torchvision state dict
+    image_size: int = 64              # 2 cores: 180 img/s at 64 px, 107 at 96, 65 at 128 (resnet18)
+    epochs: int = 12                  # from scratch, 6 epochs underfit (macro F1 0.72 vs 0.84 at 12)
+    batch_size: int = 64
+    lr: float | None = None           # None: 3e-3 from scratch, 2e-3 fine-tuning (measured, no lr_find)
+    seed: int = 42
+    other_mode: str = "negative"      # 'negative': "other" = no label | 'class': an explicit "other" class
+    head: str = "sigmoid"             # 'sigmoid' (multi-label) | 'softmax' (single-label baseline)
+    threshold_mode: str = "per-class-f1"   # | 'global-f1' | 'target-precision'
+    target_precision: float = 0.95
+    workers: int = 0                  # DataLoader processes; 0 on a 2-core box (workers steal the cores)
+    max_train_seconds: float | None = None  # stop training early (after an epoch if possible) past this
+    augment: bool = True              # flips, small rotations/zoom/lighting on the batch
+
+    def __post_init__(self):
+        if self.head not in ("sigmoid", "softmax"):
+            raise ValueError(f"head must be 'sigmoid' or 'softmax', got {self.head!r}")
+        if self.other_mode not in ("negative", "class"):
+            raise ValueError(f"other_mode must be 'negative' or 'class', got {self.other_mode!r}")
+        if self.threshold_mode not in THRESHOLD_MODES:
+            raise ValueError(f"threshold_mode must be one of {THRESHOLD_MODES}, got {self.threshold_mode!r}")
+        if not callable(getattr(torchvision.models, self.arch, None)):
+            raise ValueError(f"arch {self.arch!r} is not a torchvision.models function (e.g. resnet18)")
+
+    @classmethod
+    def from_settings(cls, settings) -> "TrainConfig":
+        """From a pydantic model or dict, ignoring keys that are not training options."""
+        data = settings.model_dump() if hasattr(settings, "model_dump") else dict(settings)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @property
+    def effective_other_mode(self) -> str:
+        # A softmax must put "other" images somewhere: they are always a class there.
+        return "class" if self.head == "softmax" else self.other_mode
+
+
+# The variants the report compares side by side (config overrides on top of a TrainConfig).
+VARIANTS: dict[str, dict] = {
+    "sigmoid, other = negatives": {"head": "sigmoid", "other_mode": "negative"},
+    "sigmoid + other class": {"head": "sigmoid", "other_mode": "class"},
+    "softmax + other class": {"head": "softmax", "other_mode": "class"},
+}
+
+
+@dataclass
+class TrainResult:
+    bundle_dir: Path
+    classes: list[str]                # the real classes
+    vocab: list[str]                  # the model's output columns (may include "other")
+    thresholds: list[float] | None    # per vocab column; None for the softmax head (argmax decides)
+    metrics: dict                     # what metrics.json holds
+    history: list[dict]               # per epoch: train_loss, valid_loss
+    train_seconds: float
+    images_per_second: float
+    stopped_early: bool
+    pretrained_used: str              # 'none' | 'imagenet' | the weights path
+
+
+# ---------------------------------------------------------------- manifest
+
+def read_manifest(manifest_csv: str | Path) -> pd.DataFrame:
+    """The manifest as a DataFrame, plus `abs_path` and `label_list` columns.
+
+    Read as strings with no NaN conversion: an empty `labels` cell (an "other" image) must stay ''.
+    """
+    manifest_csv = Path(manifest_csv)
+    if not manifest_csv.is_file():
+        raise FileNotFoundError(f"manifest not found: {manifest_csv}")
+    df = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
+    missing = {"path", "labels", "split"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{manifest_csv}: missing column(s) {sorted(missing)}")
+    bad = sorted(set(df["split"]) - set(SPLITS))
+    if bad:
+        raise ValueError(f"{manifest_csv}: unknown split value(s) {bad}; expected {SPLITS}")
+    root = manifest_csv.parent.resolve()
+    df["abs_path"] = [str(root / p) for p in df["path"]]
+    df["label_list"] = [sorted(set(s.split())) for s in df["labels"]]
+    return df
+
+
+def classes_in(df: pd.DataFrame, classes: list[str] | None = None) -> list[str]:
+    """The union of labels (sorted), or the explicit list after checking the manifest against it."""
+    found = sorted({lab for labs in df["label_list"] for lab in labs})
+    if OTHER in found:
+        raise ValueError(f"'{OTHER}' is reserved: 'other' images have an empty labels cell")
+    if classes is None:
+        if not found:
+            raise ValueError("the manifest has no labelled image")
+        return found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise ValueError(f"manifest labels {unknown} are not among the given classes {classes}")
+    return list(classes)
+
+
+# ---------------------------------------------------------------- data and model
+
+def _training_frame(df: pd.DataFrame, cfg: TrainConfig) -> pd.DataFrame:
+    """Train + valid rows with the target column the chosen head needs. Test and probe never train."""
+    rows = df[df["split"].isin(["train", "valid"])].copy()
+    rows["is_valid"] = rows["split"] == "valid"
+    if cfg.head == "softmax":
+        # A softmax can't say "both": drop two-label images rather than teach half the truth.
+        multi = rows["label_list"].map(len) > 1
+        if multi.any():
+            log.info("softmax head: dropping %d multi-label train/valid images", int(multi.sum()))
+        rows = rows[~multi].copy()
+        rows["target"] = [labs[0] if labs else OTHER for labs in rows["label_list"]]
+    elif cfg.other_mode == "class":
+        rows["target"] = [labs if labs else [OTHER] for labs in rows["label_list"]]
+    else:
+        rows["target"] = rows["label_list"]
+    for split in ("train", "valid"):
+        if not (rows["split"] == split).any():
+            raise ValueError(f"the manifest has no usable '{split}' image")
+    return rows.reset_index(drop=True)
+
+
+def build_dataloaders(rows: pd.DataFrame, classes: list[str], cfg: TrainConfig, device=None):
+    vocab = classes + ([OTHER] if cfg.effective_other_mode == "class" else [])
+    # Keep the given order (classes sorted, "other" last) in every head: CategoryBlock sorts by default.
+    y_block = CategoryBlock(vocab=vocab, sort=False) if cfg.head == "softmax" else MultiCategoryBlock(vocab=vocab)
+    # Squish, not crop: a shape near the border must stay in the picture. Always normalise with
+    # ImageNet stats (fastai adds it only when pretrained) so scratch and pretrained runs match.
+    batch_tfms = [Normalize.from_stats(*imagenet_stats)]
+    if cfg.augment:
+        batch_tfms = aug_transforms(max_rotate=10, max_zoom=1.1, max_warp=0.1) + batch_tfms
+    block = DataBlock(
+        blocks=(ImageBlock, y_block),
+        get_x=ColReader("abs_path"),
+        get_y=ColReader("target"),
+        splitter=ColSplitter("is_valid"),
+        item_tfms=Resize(cfg.image_size, method=ResizeMethod.Squish),
+        batch_tfms=batch_tfms,
+    )
+    return block.dataloaders(rows, bs=cfg.batch_size, num_workers=cfg.workers, device=device)
+
+
+def resolve_pretrained(cfg: TrainConfig) -> str:
+    """'none', 'imagenet' (torchvision's cached file) or a weights path. Never downloads."""
+    choice = str(cfg.pretrained).strip()
+    if choice.lower() in ("none", "false", "scratch", ""):
+        return "none"
+    if choice.lower() in ("auto", "imagenet", "true"):
+        weights = torchvision.models.get_model_weights(getattr(torchvision.models, cfg.arch)).DEFAULT
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        if cached.is_file():
+            return "imagenet"
+        if choice.lower() != "auto":
+            raise FileNotFoundError(f"pretrained='{choice}' but {cached} is missing (offline: no download)")
+        log.warning("no ImageNet weights for %s at %s: training from scratch (slower to learn, lower "
+                    "accuracy). Put the file there or set pretrained to a weights path.", cfg.arch, cached)
+        return "none"
+    path = Path(choice).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights file not found: {path}")
+    return str(path)
+
+
+def _load_backbone_weights(learn, arch_name: str, weights_path: str) -> None:
+    """Load a torchvision state dict file into the learner's body (same cut as fastai uses)."""
+    arch = getattr(torchvision.models, arch_name)
+    donor = arch(weights=None)
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)  # tensors only: no code
+    donor.load_state_dict(state)
+    body = create_body(donor, pretrained=True, cut=model_meta.get(arch, {}).get("cut"))
+    learn.model[0].load_state_dict(body.state_dict())
+
+
+def macro_f1_at_half(preds: torch.Tensor, targs: torch.Tensor) -> float:
+    """Training-time progress metric: macro F1 at 0.5 (calibrated numbers come after training)."""
+    pred, targ = preds >= 0.5, targs.bool()
+    tp = (pred & targ).sum(0).float()
+    denom = pred.sum(0).float() + targ.sum(0).float()
+    return (2 * tp / denom.clamp(min=1)).mean().item()
+
+
+def macro_f1_metric():
+    return AccumMetric(macro_f1_at_half, activation=ActivationType.Sigmoid, flatten=False)
+
+
+# ---------------------------------------------------------------- callbacks
+
+class LossHistory(Callback):
+    """Per-batch train loss and per-epoch train/valid loss, kept across fine_tune's two fits
+    (fastai's Recorder resets at every fit)."""
+
+    order = Recorder.order + 1
+
+    def __init__(self):
+        self.batch_losses, self.epochs = [], []
+        self.train_phase_seconds = 0.0  # time in training batches only: the img/s we report
+        self._phase_start = None
+
+    def before_train(self):
+        self._phase_start = time.monotonic()
+
+    def after_train(self):
+        self.train_phase_seconds += time.monotonic() - self._phase_start
+        self._phase_start = None
+
+    def after_cancel_fit(self):  # a time-budget stop skips after_train
+        if self._phase_start is not None:
+            self.after_train()
+
+    def after_batch(self):
+        if self.training:
+            self.batch_losses.append(self.learn.loss.item())
+
+    def after_epoch(self):
+        train_loss, valid_loss = self.learn.recorder.values[-1][:2]
+        self.epochs.append({"epoch": len(self.epochs) + 1, "train_loss": float(train_loss),
+                            "valid_loss": float(valid_loss), "n_batches": len(self.batch_losses)})
+        log.info("epoch %d: train loss %.4f, valid loss %.4f", len(self.epochs), train_loss, valid_loss)
+
+
+class TimeBudget(Callback):
+    """Stop training when the next epoch would overrun `max_seconds`, or hard at `max_seconds`."""
+
+    order = LossHistory.order + 1  # after Recorder and LossHistory have logged the finished epoch
+
+    def __init__(self, max_seconds: float):
+        self.max_seconds, self.start, self.stopped = max_seconds, None, False
+        self.epoch_start = None
+
+    def before_fit(self):
+        if self.start is None:
+            self.start = time.monotonic()
+
+    def before_epoch(self):
+        self.epoch_start = time.monotonic()
+
+    def after_batch(self):
+        if self.training and time.monotonic() - self.start > self.max_seconds:
+            self._stop("mid-epoch")
+
+    def after_epoch(self):
+        now = time.monotonic()
+        if now - self.start + (now - self.epoch_start) > self.max_seconds and self.epoch < self.n_epoch - 1:
+            self._stop(f"after epoch {self.epoch + 1}/{self.n_epoch}")
+
+    def _stop(self, where: str):
+        self.stopped = True
+        log.warning("training time budget of %.0f s reached: stopping %s", self.max_seconds, where)
+        raise CancelFitException()
+
+
+# ---------------------------------------------------------------- training
+
+def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig | None = None,
+                dataset_version: str = "", classes: list[str] | None = None,
+                overwrite: bool = False) -> TrainResult:
+    """Train on the train split, calibrate on valid, evaluate on test + probe, write the bundle.
+
+    The bundle folder is built next to `out_dir` and renamed into place, so a crash never leaves a
+    half-written bundle that looks complete.
+    """
+    cfg = cfg or TrainConfig()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} exists (pass overwrite=True to replace it)")
+    df = read_manifest(manifest_csv)
+    classes = classes_in(df, classes)
+    rows = _training_frame(df, cfg)
+
+    n_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(n_threads)
+    # Seed before building the loaders (their shuffling RNG is drawn from the global one) and the
+    # model (its init). On CPU with workers=0 two runs with the same seed give the same weights.
+    set_seed(cfg.seed, reproducible=True)
+    dls = build_dataloaders(rows, classes, cfg)
+    vocab = list(dls.vocab)
+    pretrained = resolve_pretrained(cfg)
+
+    if cfg.head == "softmax":
+        loss_func, metrics = CrossEntropyLossFlat(), [accuracy]
+    else:
+        loss_func, metrics = BCEWithLogitsLossFlat(thresh=0.5), [macro_f1_metric()]
+    learn = vision_learner(dls, getattr(torchvision.models, cfg.arch), pretrained=pretrained == "imagenet",
+                           normalize=False, loss_func=loss_func, metrics=metrics)
+    if pretrained not in ("none", "imagenet"):
+        _load_backbone_weights(learn, cfg.arch, pretrained)
+        learn.freeze()
+    if torch.cuda.is_available():
+        learn.to_fp16()
+
+    history, budget = LossHistory(), TimeBudget(cfg.max_train_seconds or float("inf"))
+    fit_cbs = [history, budget]
+    n_train = len(dls.train_ds)
+    log.info("training %s (%s, %s, pretrained=%s) on %d images, validating on %d, vocab %s",
+             cfg.arch, cfg.head, cfg.effective_other_mode, pretrained, n_train, len(dls.valid_ds), vocab)
+    start = time.monotonic()
+    with learn.no_bar(), learn.no_logging():  # progress goes to `log` through LossHistory
+        if pretrained == "none":
+            learn.fit_one_cycle(cfg.epochs, cfg.lr or 3e-3, cbs=fit_cbs)
+        else:
+            learn.fine_tune(cfg.epochs, cfg.lr or 2e-3, cbs=fit_cbs)
+    train_seconds = time.monotonic() - start
+    images_seen = len(history.batch_losses) * cfg.batch_size
+    if torch.cuda.is_available():
+        learn.to_fp32()  # the bundle must load on a CPU-only machine
+
+    # Calibrate on valid: these images were not trained on, the test split stays untouched.
+    valid_probs, valid_targets = _valid_predictions(learn, cfg, vocab)
+    thresholds = None
+    if cfg.head == "sigmoid":
+        thresholds = calibrate_thresholds(valid_probs, valid_targets, cfg.threshold_mode, cfg.target_precision)
+        # fastai's `predict`/decoded preds use the loss's thresh; a per-class tensor broadcasts over
+        # the class axis, so `learn.predict` on the exported learner agrees with the bundle.
+        learn.loss_func.thresh = torch.tensor(thresholds, dtype=torch.float32)
+    valid_metrics = evaluate(valid_probs, valid_targets, thresholds, vocab, head=cfg.head)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out_dir.parent / f"{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp_dir.mkdir()
+    try:
+        learn.export(tmp_dir / "export.pkl", pickle_module=pickle)  # stdlib pickle: by reference only
+        meta = {
+            "format": BUNDLE_FORMAT,
+            "classes": classes,
+            "vocab": vocab,
+            "thresholds": None if thresholds is None else [float(t) for t in thresholds],
+            "head": cfg.head,
+            "other_mode": cfg.effective_other_mode,
+            "arch": cfg.arch,
+            "image_size": cfg.image_size,
+            "pretrained": pretrained,
+            "dataset_version": dataset_version,
+            "manifest": str(Path(manifest_csv).resolve()),
+            "export_sha256": sha256_file(tmp_dir / "export.pkl"),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": dataclasses.asdict(cfg),
+            "n_train": n_train,
+            "n_valid": len(dls.valid_ds),
+            "history": history.epochs,
+            "train_seconds": round(train_seconds, 2),
+            "images_per_second": round(images_seen / max(history.train_phase_seconds, 1e-9), 2),
+            "stopped_early": budget.stopped,
+            "versions": {"mlc_pipeline": __version__, "torch": torch.__version__,
+                         "torchvision": torchvision.__version__, "fastai": _fastai_version()},
+        }
+        (tmp_dir / "bundle.json").write_text(json.dumps(meta, indent=2))
+        # Score the exported artifact itself, through the same loader users get.
+        from mlc_pipeline.predict import load_bundle
+        test_metrics = evaluate_loaded_bundle(load_bundle(tmp_dir), manifest_csv, batch_size=max(cfg.batch_size, 64))
+        metrics = {"valid": valid_metrics, "test": test_metrics}
+        (tmp_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        plot_losses(history, tmp_dir / "loss.png", title=f"{cfg.arch} {cfg.head}/{cfg.effective_other_mode}")
+        _move_into_place(tmp_dir, out_dir)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir)
+
+    return TrainResult(
+        bundle_dir=out_dir, classes=classes, vocab=vocab, thresholds=meta["thresholds"], metrics=metrics,
+        history=history.epochs, train_seconds=train_seconds, images_per_second=meta["images_per_second"],
+        stopped_early=budget.stopped, pretrained_used=pretrained,
+    )
+
+
+def _valid_predictions(learn, cfg: TrainConfig, vocab: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    with learn.no_bar(), learn.no_logging():
+        probs, targs = learn.get_preds(ds_idx=1)  # activation applied: sigmoid or softmax
+    probs = probs.float().numpy()
+    if cfg.head == "softmax":
+        targets = np.zeros_like(probs, dtype=np.int8)
+        targets[np.arange(len(targs)), targs.long().numpy()] = 1
+    else:
+        targets = targs.numpy().astype(np.int8)
+    return probs, targets
+
+
+def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
+    if out_dir.exists():  # overwrite: swap, so a reader sees the old or the new bundle, never neither
+        old = out_dir.parent / f"{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        out_dir.rename(old)
+        tmp_dir.rename(out_dir)
+        shutil.rmtree(old)
+    else:
+        tmp_dir.rename(out_dir)
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fastai_version() -> str:
+    import fastai
+    return fastai.__version__
+
+
+def plot_losses(history: LossHistory, path: Path, title: str = "") -> None:
+    import matplotlib
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    batches = np.asarray(history.batch_losses)
+    if len(batches):
+        ax.plot(np.arange(1, len(batches) + 1), batches, color="tab:blue", alpha=0.3, label="train (batch)")
+    ends = [e["n_batches"] for e in history.epochs]
+    ax.plot(ends, [e["train_loss"] for e in history.epochs], "o-", color="tab:blue", label="train (epoch)")
+    ax.plot(ends, [e["valid_loss"] for e in history.epochs], "o-", color="tab:orange", label="valid")
+    ax.set_xlabel("batch")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,121 @@
+"""Calibration and metrics against numbers worked out by hand (pure numpy, milliseconds)."""
+
+import numpy as np
+import pytest
+
+from mlc_pipeline.evaluate import (
+    calibrate_thresholds, compare_table, evaluate, predict_matrix, targets_from_labels,
+)
+
+# Two classes, four validation images each. Column 0 separates at 0.8 | 0.3, column 1 at 0.15 | 0.1.
+PROBS = np.array([[0.9, 0.2], [0.8, 0.15], [0.3, 0.1], [0.2, 0.05]])
+TARGETS = np.array([[1, 1], [1, 1], [0, 0], [0, 0]])
+
+
+def test_per_class_f1_puts_each_threshold_in_its_own_gap():
+    t = calibrate_thresholds(PROBS, TARGETS, "per-class-f1")
+    np.testing.assert_allclose(t, [0.55, 0.125])  # midpoints of the gaps, far from the 0.5 default
+
+
+def test_ties_stay_on_one_side_of_the_threshold():
+    # 0.7 is both a positive and a negative: the cut can't split them. Accepting both (F1 2/3)
+    # beats accepting neither (F1 0).
+    t = calibrate_thresholds(np.array([0.7, 0.7, 0.2]), np.array([1, 0, 0]), "per-class-f1")
+    np.testing.assert_allclose(t, [0.45])
+
+
+def test_global_f1_shares_one_threshold():
+    # Flattened and ranked, micro F1 peaks (0.8: 4 TP of 6 accepted, 4 positives) between 0.15 and 0.1.
+    t = calibrate_thresholds(PROBS, TARGETS, "global-f1")
+    np.testing.assert_allclose(t, [0.125, 0.125])
+
+
+def test_target_precision_keeps_the_largest_set_that_meets_it():
+    scores, truth = np.array([0.9, 0.8, 0.7, 0.6, 0.5]), np.array([1, 1, 0, 1, 0])
+    # precision by accepted count: 1, 1, 2/3, 3/4, 3/5
+    np.testing.assert_allclose(calibrate_thresholds(scores, truth, "target-precision", 0.75), [0.55])
+    np.testing.assert_allclose(calibrate_thresholds(scores, truth, "target-precision", 0.9), [0.75])
+
+
+def test_unreachable_precision_accepts_nothing():
+    t = calibrate_thresholds(np.array([0.9, 0.1]), np.array([0, 1]), "target-precision", 0.9)
+    assert t[0] > 0.9
+
+
+def test_uncalibratable_class_keeps_default(caplog):
+    t = calibrate_thresholds(np.array([[0.9, 0.2], [0.1, 0.3]]), np.array([[1, 0], [0, 0]]), "per-class-f1")
+    assert t[1] == 0.5 and "keeping threshold" in caplog.text
+
+
+def test_bad_arguments_are_errors():
+    with pytest.raises(ValueError, match="threshold mode"):
+        calibrate_thresholds(PROBS, TARGETS, "best")
+    with pytest.raises(ValueError, match="target_precision"):
+        calibrate_thresholds(PROBS, TARGETS, "target-precision")
+    with pytest.raises(ValueError, match="same shape"):
+        calibrate_thresholds(PROBS, TARGETS[:, :1], "per-class-f1")
+
+
+def test_evaluate_sigmoid_by_hand():
+    probs = np.array([
+        [0.9, 0.1],   # a        -> {a}     right
+        [0.8, 0.7],   # a, b     -> {a, b}  right
+        [0.2, 0.6],   # a        -> {b}     wrong: a missed, b false
+        [0.1, 0.2],   # other    -> {}      rejected
+        [0.6, 0.1],   # other    -> {a}     accepted (a false positive)
+        [0.3, 0.9],   # probe    -> {b}     accepted
+        [0.1, 0.1],   # probe    -> {}
+        [0.2, 0.3],   # probe    -> {}
+    ])
+    targets = np.array([[1, 0], [1, 1], [1, 0], [0, 0], [0, 0], [0, 0], [0, 0], [0, 0]])
+    probe = np.array([0, 0, 0, 0, 0, 1, 1, 1], dtype=bool)
+    m = evaluate(probs, targets, np.array([0.5, 0.5]), ["a", "b"], is_unknown_mask=probe)
+    a, b = m["per_class"]["a"], m["per_class"]["b"]
+    assert (a["precision"], a["recall"], a["support"]) == pytest.approx((2 / 3, 2 / 3, 3))
+    assert (b["precision"], b["recall"], b["f1"], b["support"]) == pytest.approx((0.5, 1.0, 2 / 3, 1))
+    assert m["macro_f1"] == pytest.approx(2 / 3)
+    assert m["accuracy"] == pytest.approx(2 / 3)
+    assert m["unknown_accepted"] == pytest.approx(0.5)
+    assert m["probe_accepted"] == pytest.approx(1 / 3)
+    # max-prob score; 5% quantile of labelled scores [0.6, 0.8, 0.9] = 0.62 -> unknowns 0.2, 0.6 below
+    assert m["fpr95_unknown"] == 0.0 and m["fpr95_probe"] == pytest.approx(1 / 3)
+    assert (m["n_labelled"], m["n_unknown"], m["n_probe"]) == (3, 2, 3)
+
+
+def test_evaluate_softmax_uses_argmax_and_other_rejects():
+    classes = ["a", "b", "other"]
+    probs = np.array([[0.7, 0.2, 0.1],   # a -> a
+                      [0.3, 0.3, 0.4],   # other -> other (rejected)
+                      [0.2, 0.5, 0.3],   # other -> b (accepted)
+                      [0.1, 0.2, 0.7]])  # probe -> other
+    targets = targets_from_labels([["a"], [], [], []], classes)
+    m = evaluate(probs, targets, None, classes, is_unknown_mask=np.array([0, 0, 0, 1], bool), head="softmax")
+    assert set(m["per_class"]) == {"a", "b"}  # "other" is not a class to score
+    assert m["per_class"]["a"]["f1"] == 1.0 and m["per_class"]["b"]["f1"] == 0.0
+    assert m["macro_f1"] == pytest.approx(0.5)
+    assert m["accuracy"] == 1.0 and m["unknown_accepted"] == 0.5 and m["probe_accepted"] == 0.0
+
+
+def test_other_column_is_never_a_claimed_label():
+    classes = ["a", "other"]
+    pred = predict_matrix(np.array([[0.1, 0.9], [0.8, 0.9]]), np.array([0.5, 0.5]), classes)
+    assert pred.tolist() == [[False, False], [True, False]]
+
+
+def test_missing_groups_give_none_not_zero():
+    m = evaluate(np.array([[0.9]]), np.array([[1]]), np.array([0.5]), ["a"])
+    assert m["unknown_accepted"] is None and m["probe_accepted"] is None and m["accuracy"] == 1.0
+
+
+def test_targets_from_labels():
+    t = targets_from_labels([["a"], [], ["a", "b"]], ["a", "b", "other"])
+    assert t.tolist() == [[1, 0, 0], [0, 0, 1], [1, 1, 0]]
+    with pytest.raises(ValueError, match="not in the model's classes"):
+        targets_from_labels([["zebra"]], ["a"])
+
+
+def test_compare_table():
+    m = evaluate(np.array([[0.9], [0.6]]), np.array([[1], [0]]), np.array([0.5]), ["a"])
+    table = compare_table([("sigmoid, negatives", m)])
+    assert "| sigmoid, negatives | 0.667 | 100.0% | 100.0% | n/a |" in table
+    assert table.count("\n") == 3

@@ -1,0 +1,236 @@
+"""End-to-end training on a tiny synthetic shapes dataset (seconds on 2 CPU cores).
+
+"red" = red discs, "blue" = blue squares, some images hold both, "other" = noise and stripes
+(no label), probe = green triangles (a kind no query asked for: evaluation only).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from mlc_pipeline.train import TrainConfig, read_manifest, train_model
+
+SIZE = 40
+SPLIT_CYCLE = ["train"] * 6 + ["valid"] * 2 + ["test"] * 2  # 60/20/20
+
+
+def _background(rng: np.random.Generator) -> Image.Image:
+    base = rng.integers(150, 256, size=3)
+    noise = rng.integers(-25, 26, size=(SIZE, SIZE, 3))
+    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+
+
+def _disc(draw, rng, color=(220, 20, 20)):
+    r = int(rng.integers(6, 10)); x, y = rng.integers(r, SIZE - r, size=2)
+    draw.ellipse([x - r, y - r, x + r, y + r], fill=color)
+
+
+def _square(draw, rng, color=(20, 20, 220)):
+    s = int(rng.integers(10, 16)); x, y = rng.integers(0, SIZE - s, size=2)
+    draw.rectangle([x, y, x + s, y + s], fill=color)
+
+
+def _draw(kind: str, rng: np.random.Generator) -> Image.Image:
+    if kind == "other":  # noise, stripes, or shapes in colours no class uses
+        style = rng.integers(3)
+        if style == 0:
+            return Image.fromarray(rng.integers(0, 256, size=(SIZE, SIZE, 3), dtype=np.uint8))
+        im = _background(rng); d = ImageDraw.Draw(im)
+        if style == 1:
+            for x in range(0, SIZE, int(rng.integers(4, 9))):
+                d.line([x, 0, x, SIZE], fill=tuple(int(v) for v in rng.integers(0, 120, size=3)), width=2)
+        else:
+            _disc(d, rng, color=(230, 200, 30))
+            _square(d, rng, color=(90, 90, 90))
+        return im
+    im = _background(rng); d = ImageDraw.Draw(im)
+    if kind == "probe":
+        x, y = rng.integers(4, SIZE - 20, size=2)
+        d.polygon([(x, y + 16), (x + 16, y + 16), (x + 8, y)], fill=(20, 170, 20))
+    if "red" in kind:
+        _disc(d, rng)
+    if "blue" in kind:
+        _square(d, rng)
+    return im
+
+
+def make_shapes_dataset(root: Path, n_per_kind: int = 48, seed: int = 0) -> Path:
+    """Write images + manifest.csv under `root`; return the manifest path."""
+    rng = np.random.default_rng(seed)
+    kinds = {"red": "red", "blue": "blue", "red+blue": "blue red", "other": "", "probe": ""}
+    rows = []
+    for kind, labels in kinds.items():
+        n = n_per_kind // 2 if kind == "red+blue" else n_per_kind
+        for i in range(n):
+            rel = f"images/{kind}_{i:03d}.jpg"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            _draw(kind, rng).save(root / rel, quality=90)
+            split = "probe" if kind == "probe" else SPLIT_CYCLE[i % len(SPLIT_CYCLE)]
+            rows.append({"path": rel, "labels": labels, "split": split, "source": "synthetic",
+                         "photo_id": f"{kind}{i}"})
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+FAST = dict(image_size=32, epochs=8, batch_size=16, seed=0, lr=3e-3)
+
+
+@functools.lru_cache(maxsize=None)
+def trained_bundle(head: str = "sigmoid", other_mode: str = "negative") -> tuple[Path, Path]:
+    """(manifest, bundle_dir), trained once per test session and shared with test_predict."""
+    root = Path(tempfile.mkdtemp(prefix="mlc-train-test-"))
+    manifest = make_shapes_dataset(root / "dataset")
+    cfg = TrainConfig(head=head, other_mode=other_mode, **FAST)
+    train_model(manifest, root / "bundle", cfg, dataset_version="test-v1")
+    return manifest, root / "bundle"
+
+
+# ---------------------------------------------------------------- the main run
+
+def test_bundle_is_complete_and_consistent():
+    manifest, bundle = trained_bundle()
+    for name in ("export.pkl", "bundle.json", "metrics.json", "loss.png"):
+        assert (bundle / name).is_file(), name
+    assert not [p for p in bundle.parent.iterdir() if ".tmp-" in p.name]  # built aside, renamed in
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["classes"] == ["blue", "red"] and meta["vocab"] == ["blue", "red"]
+    assert meta["head"] == "sigmoid" and meta["other_mode"] == "negative"
+    assert meta["dataset_version"] == "test-v1" and meta["image_size"] == FAST["image_size"]
+    assert meta["pretrained"] == "none" and meta["config"]["epochs"] == FAST["epochs"]
+    from mlc_pipeline.train import sha256_file
+    assert meta["export_sha256"] == sha256_file(bundle / "export.pkl")
+    assert [e["epoch"] for e in meta["history"]] == list(range(1, FAST["epochs"] + 1))
+    assert all(e["train_loss"] > 0 and e["valid_loss"] > 0 for e in meta["history"])
+    assert meta["images_per_second"] > 0
+
+
+def test_thresholds_are_calibrated_and_used_for_decoding():
+    _, bundle = trained_bundle()
+    meta = json.loads((bundle / "bundle.json").read_text())
+    thresholds = np.array(meta["thresholds"])
+    assert len(thresholds) == 2 and np.all((thresholds > 0) & (thresholds <= 1))
+    assert np.any(np.abs(thresholds - 0.5) > 1e-3)  # chosen from the data, not the default
+    from mlc_pipeline.predict import load_bundle
+    learn = load_bundle(bundle).learn
+    np.testing.assert_allclose(learn.loss_func.thresh.numpy(), thresholds, rtol=1e-6)
+
+
+def test_metrics_well_above_chance():
+    _, bundle = trained_bundle()
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    test = metrics["test"]
+    for key in ("per_class", "macro_f1", "accuracy", "unknown_accepted", "probe_accepted",
+                "fpr95_unknown", "fpr95_probe", "n_labelled", "n_unknown", "n_probe"):
+        assert key in test, key
+    assert set(test["per_class"]) == {"red", "blue"}
+    assert test["n_probe"] == 48 and test["n_unknown"] == 8 and test["n_labelled"] == 20
+    assert test["macro_f1"] > 0.8        # an always-yes guesser scores ~0.6 here, a coin ~0.45
+    assert test["unknown_accepted"] <= 0.25
+    assert test["probe_accepted"] < 0.5
+    assert metrics["valid"]["macro_f1"] > 0.8
+
+
+@pytest.mark.parametrize("head,other_mode", [("softmax", "negative"), ("sigmoid", "class")])
+def test_baseline_variants_train_and_report(head, other_mode):
+    manifest, bundle = trained_bundle(head, other_mode)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["vocab"] == ["blue", "red", "other"] and meta["other_mode"] == "class"
+    assert (meta["thresholds"] is None) == (head == "softmax")
+    test = json.loads((bundle / "metrics.json").read_text())["test"]
+    assert set(test["per_class"]) == {"red", "blue"}
+    assert test["macro_f1"] > 0.6  # softmax drops the two-label images and can't predict them
+
+
+# ---------------------------------------------------------------- small runs and inputs
+
+def _small_dataset(tmp_path) -> Path:
+    return make_shapes_dataset(tmp_path / "ds", n_per_kind=10)
+
+
+def test_same_seed_same_model(tmp_path):
+    manifest = _small_dataset(tmp_path)
+    cfg = TrainConfig(image_size=32, epochs=1, batch_size=8, seed=3, augment=False)
+    a = train_model(manifest, tmp_path / "a", cfg)
+    b = train_model(manifest, tmp_path / "b", cfg)
+    assert a.history == b.history and a.thresholds == b.thresholds
+
+
+def test_time_budget_stops_early_but_still_writes_a_bundle(tmp_path, caplog):
+    manifest = _small_dataset(tmp_path)
+    result = train_model(manifest, tmp_path / "b", TrainConfig(image_size=32, epochs=5, batch_size=8,
+                                                               max_train_seconds=0.01))
+    assert result.stopped_early and len(result.history) < 5
+    assert (tmp_path / "b" / "export.pkl").is_file() and "time budget" in caplog.text
+
+
+def test_weights_file_is_loaded_and_fine_tuned(tmp_path):
+    import torch
+    import torchvision
+    weights = tmp_path / "r18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    manifest = _small_dataset(tmp_path)
+    result = train_model(manifest, tmp_path / "b",
+                         TrainConfig(image_size=32, epochs=1, batch_size=8, pretrained=str(weights)))
+    assert result.pretrained_used == str(weights)
+    assert len(result.history) == 2  # fine_tune: one frozen epoch, then the unfrozen one
+
+
+def test_existing_bundle_is_not_overwritten_silently(tmp_path):
+    manifest = _small_dataset(tmp_path)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(FileExistsError):
+        train_model(manifest, tmp_path / "b", TrainConfig(epochs=1))
+
+
+def test_pretrained_auto_falls_back_to_scratch_offline(tmp_path, monkeypatch, caplog):
+    from mlc_pipeline.train import resolve_pretrained
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert resolve_pretrained(TrainConfig(pretrained="auto")) == "none"
+    assert "training from scratch" in caplog.text
+    with pytest.raises(FileNotFoundError, match="no download"):
+        resolve_pretrained(TrainConfig(pretrained="imagenet"))
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")
+    assert resolve_pretrained(TrainConfig(pretrained="auto")) == "imagenet"
+    assert resolve_pretrained(TrainConfig(pretrained="none")) == "none"
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        resolve_pretrained(TrainConfig(pretrained=str(tmp_path / "nope.pth")))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="head"):
+        TrainConfig(head="tanh")
+    with pytest.raises(ValueError, match="arch"):
+        TrainConfig(arch="resnet_nonexistent")
+    cfg = TrainConfig.from_settings({"epochs": 2, "compare_baselines": True})
+    assert cfg.epochs == 2 and TrainConfig(head="softmax").effective_other_mode == "class"
+
+
+def test_manifest_reading(tmp_path):
+    manifest = _small_dataset(tmp_path)
+    df = read_manifest(manifest)
+    assert df["label_list"].map(len).max() == 2 and (df["label_list"].map(len) == 0).any()
+    assert Path(df["abs_path"][0]).is_file()
+    text = manifest.read_text()
+    (tmp_path / "bad_split.csv").write_text(text.replace(",valid,", ",validation,"))
+    with pytest.raises(ValueError, match="unknown split"):
+        read_manifest(tmp_path / "bad_split.csv")
+    (tmp_path / "no_labels.csv").write_text("path,split\na.jpg,train\n")
+    with pytest.raises(ValueError, match="missing column"):
+        read_manifest(tmp_path / "no_labels.csv")
+    with pytest.raises(FileNotFoundError):
+        read_manifest(tmp_path / "absent.csv")
