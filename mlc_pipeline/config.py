@@ -109,7 +109,7 @@ class TrainSettings(Strict):
     arch: str = "resnet18"
     pretrained: str = "auto"
     image_size: int = Field(64, ge=16)
-    epochs: int = Field(6, ge=1)
+    epochs: int = Field(12, ge=1)     # from scratch: 6 underfit (docs/training.md)
     batch_size: int = Field(64, ge=1)
     lr: float | None = None
     other_mode: Literal["negative", "class"] = "negative"

@@ -31,6 +31,20 @@ class Credentials:
 
 
 _known_secrets: set[str] = set()
+KEY_BLOCK, SECRET_BLOCK = "flickr-api-key", "flickr-api-secret"
+
+
+def prefect_secret_blocks() -> tuple[str, str]:
+    """Key and secret from Prefect Secret blocks `flickr-api-key` / `flickr-api-secret`, when a
+    Prefect server is configured (PREFECT_API_URL) and the blocks exist; ("", "") otherwise."""
+    from prefect.blocks.system import Secret
+    values = []
+    for name in (KEY_BLOCK, SECRET_BLOCK):
+        try:
+            values.append(Secret.load(name).get().strip())
+        except ValueError:            # Prefect raises ValueError for a block that does not exist
+            values.append("")
+    return values[0], values[1]
 
 
 def remember(*values: str) -> None:
@@ -53,6 +67,8 @@ def flickr_credentials(local: bool) -> Credentials:
     """
     key = os.environ.get(KEY_ENV, "").strip()
     secret = os.environ.get(SECRET_ENV, "").strip()
+    if not key and os.environ.get("PREFECT_API_URL"):
+        key, secret = prefect_secret_blocks()
     if not key:
         if local:
             return Credentials(OFFLINE_KEY, OFFLINE_KEY)

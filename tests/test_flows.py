@@ -228,3 +228,21 @@ def test_bad_config_fails_with_a_clear_message(harness, project):
     state = collect_and_train(config_path=str(project), overrides={"train": {"epochz": 1}}, return_state=True)
     assert state.is_failed()
     assert "stage 'config' failed" in state.message and "train.epochz: unknown key" in state.message
+
+
+def test_credentials_from_prefect_secret_blocks(harness, monkeypatch):
+    """With no environment variables, the key and secret come from Prefect Secret blocks (and are
+    masked like any other secret)."""
+    from prefect.blocks.system import Secret
+    from prefect.settings import PREFECT_API_URL
+
+    from mlc_pipeline.secrets import KEY_BLOCK, SECRET_BLOCK, flickr_credentials, redact
+
+    monkeypatch.delenv("FLICKR_API_KEY", raising=False)
+    monkeypatch.delenv("FLICKR_API_SECRET", raising=False)
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+    Secret(value="block-key-13579").save(KEY_BLOCK, overwrite=True)
+    Secret(value="block-secret-24680").save(SECRET_BLOCK, overwrite=True)
+    creds = flickr_credentials(local=False)
+    assert (creds.key, creds.secret) == ("block-key-13579", "block-secret-24680")
+    assert "block-key-13579" not in repr(creds) and redact("k=block-key-13579") == "k=***"
