@@ -234,3 +234,10 @@ def test_manifest_reading(tmp_path):
         read_manifest(tmp_path / "no_labels.csv")
     with pytest.raises(FileNotFoundError):
         read_manifest(tmp_path / "absent.csv")
+    from mlc_pipeline.train import classes_in
+    assert classes_in(df) == ["blue", "red"]
+    with pytest.raises(ValueError, match="not among the given classes"):
+        classes_in(df, ["red"])
+    (tmp_path / "other.csv").write_text("path,labels,split\na.jpg,other,train\n")
+    with pytest.raises(ValueError, match="reserved"):
+        classes_in(read_manifest(tmp_path / "other.csv"))
