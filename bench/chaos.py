@@ -162,29 +162,31 @@ def phase_kills(srv: FlickrServer, work: Path, kills: int, seed: int, train: boo
     cfg = write_config(work / "killed.yaml", work / "killed", srv)
     published: dict[str, str] = {}
     kill_log = []
-    for k in range(kills):
-        stage = stages[k % len(stages)]
-        proc = subprocess.Popen(MLC + [stage, "-c", str(cfg)] + (["--no-progress"] if stage == "collect" else []),
-                                env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        delay = rng.uniform(0.3, max(0.6, timing[stage] * 1.2))
-        time.sleep(delay)
-        killed = proc.poll() is None
-        if killed:
-            proc.send_signal(signal.SIGKILL)
-        _, err = proc.communicate()
-        kill_log.append({"stage": stage, "after_s": round(delay, 2), "killed": killed,
-                         "exit": proc.returncode if not killed else "SIGKILL"})
-        if not killed and proc.returncode != 0:
-            kill_log[-1]["error"] = err[-300:]
-        for v in (work / "killed" / "datasets" / "default").glob("v*"):
-            published.setdefault(v.name, tree_digest(v))
-        models = work / "killed" / "models"
-        for m in models.glob("*") if models.exists() else []:
-            if m.is_dir() and not m.name.startswith("."):
-                published.setdefault(f"model:{m.name}", tree_digest(m))
-    for s in stages:
-        res = mlc(s, cfg)
-        assert res.returncode == 0, f"final {s} failed: {res.stderr[-2000:]}"
+    quota = {s: kills // len(stages) + (i < kills % len(stages)) for i, s in enumerate(stages)}
+    for stage in stages:                     # kill each stage while it really works, then let it finish
+        for _ in range(quota[stage]):
+            proc = subprocess.Popen(MLC + [stage, "-c", str(cfg)] + (["--no-progress"] if stage == "collect" else []),
+                                    env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            delay = rng.uniform(0.2, max(0.5, timing[stage] * 0.9))
+            time.sleep(delay)
+            killed = proc.poll() is None
+            if killed:
+                proc.send_signal(signal.SIGKILL)
+            _, err = proc.communicate()
+            kill_log.append({"stage": stage, "after_s": round(delay, 2), "killed": killed,
+                             "exit": "SIGKILL" if killed else proc.returncode})
+            if not killed and proc.returncode != 0:
+                kill_log[-1]["error"] = err[-300:]
+            for v in (work / "killed" / "datasets" / "default").glob("v*"):
+                published.setdefault(v.name, tree_digest(v))
+            models = work / "killed" / "models"
+            for m in models.glob("*") if models.exists() else []:
+                if m.is_dir() and not m.name.startswith("."):
+                    published.setdefault(f"model:{m.name}", tree_digest(m))
+            if not killed:
+                break                        # the stage finished before the kill: nothing left to interrupt
+        res = mlc(stage, cfg)
+        assert res.returncode == 0, f"{stage} after kills failed: {res.stderr[-2000:]}"
     changed = [name for name, digest in published.items()
                if tree_digest(work / "killed" / ("models/" + name[6:] if name.startswith("model:")
                                                   else "datasets/default/" + name)) != digest]

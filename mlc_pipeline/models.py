@@ -6,6 +6,7 @@ product model, updated only after its bundle is complete, so a failed training n
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -36,12 +37,7 @@ class ModelResult:
 
 
 def train_config(cfg: Config, **overrides) -> TrainConfig:
-    t = cfg.train
-    values = dict(arch=t.arch, pretrained=t.pretrained, image_size=t.image_size, epochs=t.epochs,
-                  batch_size=t.batch_size, lr=t.lr, seed=t.seed, other_mode=t.other_mode, head=t.head,
-                  threshold_mode=t.threshold_mode, target_precision=t.target_precision)
-    values.update(overrides)
-    return TrainConfig(**values)
+    return dataclasses.replace(TrainConfig.from_settings(cfg.train), **overrides)
 
 
 def models_root(cfg: Config) -> Path:

@@ -70,6 +70,7 @@ class TrainConfig:
     threshold_mode: str = "per-class-f1"   # | 'global-f1' | 'target-precision'
     target_precision: float = 0.95
     workers: int = 0                  # DataLoader processes; 0 on a 2-core box (workers steal the cores)
+    threads: int | None = None        # torch threads; None = every core this process may use
     max_train_seconds: float | None = None  # stop training early (after an epoch if possible) past this
     augment: bool = True              # flips, small rotations/zoom/lighting on the batch
 
@@ -94,14 +95,6 @@ class TrainConfig:
     def effective_other_mode(self) -> str:
         # A softmax must put "other" images somewhere: they are always a class there.
         return "class" if self.head == "softmax" else self.other_mode
-
-
-# The variants the report compares side by side (config overrides on top of a TrainConfig).
-VARIANTS: dict[str, dict] = {
-    "sigmoid, other = negatives": {"head": "sigmoid", "other_mode": "negative"},
-    "sigmoid + other class": {"head": "sigmoid", "other_mode": "class"},
-    "softmax + other class": {"head": "softmax", "other_mode": "class"},
-}
 
 
 @dataclass
@@ -326,8 +319,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     classes = classes_in(df, classes)
     rows = _training_frame(df, cfg)
 
-    n_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(n_threads)
+    torch.set_num_threads(cfg.threads or available_cores())
     # Seed before building the loaders (their shuffling RNG is drawn from the global one) and the
     # model (its init). On CPU with workers=0 two runs with the same seed give the same weights.
     set_seed(cfg.seed, reproducible=True)
@@ -352,12 +344,13 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     n_train = len(dls.train_ds)
     log.info("training %s (%s, %s, pretrained=%s) on %d images, validating on %d, vocab %s",
              cfg.arch, cfg.head, cfg.effective_other_mode, pretrained, n_train, len(dls.valid_ds), vocab)
+    lr = cfg.lr or (3e-3 if pretrained == "none" else 2e-3)
     start = time.monotonic()
     with learn.no_bar(), learn.no_logging():  # progress goes to `log` through LossHistory
         if pretrained == "none":
-            learn.fit_one_cycle(cfg.epochs, cfg.lr or 3e-3, cbs=fit_cbs)
+            learn.fit_one_cycle(cfg.epochs, lr, cbs=fit_cbs)
         else:
-            learn.fine_tune(cfg.epochs, cfg.lr or 2e-3, cbs=fit_cbs)
+            learn.fine_tune(cfg.epochs, lr, cbs=fit_cbs)
     train_seconds = time.monotonic() - start
     images_seen = len(history.batch_losses) * cfg.batch_size
     if torch.cuda.is_available():
@@ -393,6 +386,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             "export_sha256": sha256_file(tmp_dir / "export.pkl"),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": dataclasses.asdict(cfg),
+            "lr": lr,
             "n_train": n_train,
             "n_valid": len(dls.valid_ds),
             "history": history.epochs,
@@ -443,6 +437,10 @@ def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
         tmp_dir.rename(out_dir)
 
 
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -468,6 +466,9 @@ def plot_losses(history: LossHistory, path: Path, title: str = "") -> None:
     ends = [e["n_batches"] for e in history.epochs]
     ax.plot(ends, [e["train_loss"] for e in history.epochs], "o-", color="tab:blue", label="train (epoch)")
     ax.plot(ends, [e["valid_loss"] for e in history.epochs], "o-", color="tab:orange", label="valid")
+    values = np.r_[batches, [e["valid_loss"] for e in history.epochs]]
+    if len(values):  # one early from-scratch spike (valid loss 5+) would flatten every other point
+        ax.set_ylim(0, 1.1 * float(np.percentile(values, 98)))
     ax.set_xlabel("batch")
     ax.set_ylabel("loss")
     ax.set_title(title)
