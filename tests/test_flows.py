@@ -117,9 +117,9 @@ def test_task_runner_is_a_setting(monkeypatch):
 
 def test_retry_only_what_can_go_away():
     from mlc_pipeline.config import ConfigError
-    from mlc_pipeline.flickr_source import InvalidKeyError, SourceError
+    from mlc_pipeline.flickr_source import InvalidKeyError, RetriesExhausted, SourceError
 
-    assert is_retryable(SourceError("flickr.photos.search still failing after 6 attempts: HTTP 500"))
+    assert is_retryable(RetriesExhausted("flickr.photos.search still failing after 6 attempts: HTTP 500"))
     assert is_retryable(ConnectionError("reset"))
     assert not is_retryable(SourceError("Flickr API error: Parameterless searches have been disabled"))
     assert not is_retryable(InvalidKeyError("Flickr rejected the API key"))
