@@ -11,8 +11,12 @@ stream, so truncated JPEGs are still rejected.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import logging
 import os
+import signal
+import sys
 from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -24,6 +28,8 @@ from PIL import Image
 
 from .verify import (ORIENTATION_TRANSPOSE, VerifyLimits, decode_checked, exif_orientation,
                      read_limited, require_strict_decoding, to_rgb)
+
+log = logging.getLogger(__name__)
 
 # phash resizes to 32x32; decoding to >= 128 px on the short side keeps it within ~0.3 bits of a
 # full decode while skipping most of the IDCT work on large JPEGs.
@@ -111,6 +117,21 @@ def inspect_files(paths: Iterable[str | os.PathLike], limits: VerifyLimits = Ver
     return records  # type: ignore[return-value]  # every slot is filled by now
 
 
+def _die_with_parent() -> None:
+    """Pool workers exit when the parent dies (kill -9 of the pipeline): forked workers share the
+    task pipe's write end, so without this they would wait on it forever."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL) != 0:      # PR_SET_PDEATHSIG
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+        if os.getppid() == 1:                      # the parent died before prctl took effect
+            os._exit(1)
+
+
+def new_pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, initializer=_die_with_parent)
+
+
 def _inspect_chunk(paths: Sequence[str], limits: VerifyLimits) -> list[FileRecord]:
     return [inspect_file(p, limits) for p in paths]
 
@@ -118,7 +139,7 @@ def _inspect_chunk(paths: Sequence[str], limits: VerifyLimits) -> list[FileRecor
 def _run_chunks(paths, chunks, limits, workers, records) -> list[int]:
     "Run chunks with a bounded number in flight; return the file indices lost to a dead worker."
     todo, lost, running = list(reversed(chunks)), [], {}
-    pool = ProcessPoolExecutor(workers)
+    pool = new_pool(workers)
     try:
         while todo or running:
             while todo and len(running) < 2 * workers:
@@ -138,7 +159,7 @@ def _run_chunks(paths, chunks, limits, workers, records) -> list[int]:
                     lost.extend(chunk)
                 running.clear()
                 pool.shutdown(wait=True, cancel_futures=True)
-                pool = ProcessPoolExecutor(workers)
+                pool = new_pool(workers)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return sorted(lost)
@@ -148,7 +169,7 @@ def _run_one_by_one(paths, indices, limits, records) -> None:
     "Inspect suspects alone in a one-worker pool, so a crash is pinned on exactly one file."
     if not indices:
         return
-    pool = ProcessPoolExecutor(1)
+    pool = new_pool(1)
     try:
         for i in indices:
             try:
@@ -157,7 +178,7 @@ def _run_one_by_one(paths, indices, limits, records) -> None:
                 records[i] = FileRecord(path=paths[i], ok=False, reason="decode-error:WorkerCrashed",
                                         sha256=None, phash=None)
                 pool.shutdown(wait=True)
-                pool = ProcessPoolExecutor(1)
+                pool = new_pool(1)
     finally:
         pool.shutdown(wait=True)
 
