@@ -159,11 +159,30 @@ def phase_kills(srv: FlickrServer, work: Path, kills: int, seed: int, train: boo
         res = mlc(s, ref_cfg)
         assert res.returncode == 0, f"reference {s} failed: {res.stderr[-2000:]}"
         timing[s] = time.monotonic() - t0
-    cfg = write_config(work / "killed.yaml", work / "killed", srv)
+    rounds, kill_log = [], []
+    while sum(k["killed"] for k in kill_log) < kills and len(rounds) < 6:   # fresh data roots until enough kills
+        root = work / f"killed{len(rounds)}"
+        log, result = kill_round(srv, root, stages, kills, timing, rng)
+        kill_log += log
+        rounds.append(result)
+    return {"kills": sum(k["killed"] for k in kill_log), "attempts": len(kill_log), "rounds": len(rounds),
+            "log": kill_log, "same_catalog": all(r["same_catalog"] for r in rounds),
+            "same_manifest": all(r["same_manifest"] for r in rounds), "same_images": all(r["same_images"] for r in rounds),
+            "versions_published_while_killing": sorted({v for r in rounds for v in r["published"]}),
+            "published_then_changed": [c for r in rounds for c in r["changed"]],
+            "partial_files": [f for r in rounds for f in r["partial_files"]],
+            "orphan_processes_left": sum(r["orphans"] for r in rounds),
+            "reference_seconds": {k: round(v, 1) for k, v in timing.items()}}
+
+
+def kill_round(srv, root: Path, stages: list[str], kills: int, timing: dict, rng: random.Random):
+    """One fresh data root: kill each stage while it really works, then let it finish; compare."""
+    work = root.parent
+    cfg = write_config(work / f"{root.name}.yaml", root, srv)
     published: dict[str, str] = {}
     kill_log = []
     quota = {s: kills // len(stages) + (i < kills % len(stages)) for i, s in enumerate(stages)}
-    for stage in stages:                     # kill each stage while it really works, then let it finish
+    for stage in stages:
         for _ in range(quota[stage]):
             proc = subprocess.Popen(MLC + [stage, "-c", str(cfg)] + (["--no-progress"] if stage == "collect" else []),
                                     env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -175,9 +194,9 @@ def phase_kills(srv: FlickrServer, work: Path, kills: int, seed: int, train: boo
             proc.wait()     # only the parent is killed: its pool workers must die with it (PDEATHSIG)
             kill_log.append({"stage": stage, "after_s": round(delay, 2), "killed": killed,
                              "exit": "SIGKILL" if killed else proc.returncode})
-            for v in (work / "killed" / "datasets" / "default").glob("v*"):
+            for v in (root / "datasets" / "default").glob("v*"):
                 published.setdefault(v.name, tree_digest(v))
-            models = work / "killed" / "models"
+            models = root / "models"
             for m in models.glob("*") if models.exists() else []:
                 if m.is_dir() and not m.name.startswith("."):
                     published.setdefault(f"model:{m.name}", tree_digest(m))
@@ -186,17 +205,16 @@ def phase_kills(srv: FlickrServer, work: Path, kills: int, seed: int, train: boo
         res = mlc(stage, cfg)
         assert res.returncode == 0, f"{stage} after kills failed: {res.stderr[-2000:]}"
     changed = [name for name, digest in published.items()
-               if tree_digest(work / "killed" / ("models/" + name[6:] if name.startswith("model:")
-                                                  else "datasets/default/" + name)) != digest]
-    same_catalog = catalog_snapshot(work / "killed" / "catalog.sqlite") == catalog_snapshot(work / "ref" / "catalog.sqlite")
-    ds_killed = dataset_snapshot(work / "killed" / "datasets" / "default")
+               if tree_digest(root / ("models/" + name[6:] if name.startswith("model:")
+                                      else "datasets/default/" + name)) != digest]
+    time.sleep(0.5)
+    orphans = subprocess.run(["pgrep", "-f", f"-c {cfg}"], capture_output=True, text=True).stdout.split()
+    ds_killed = dataset_snapshot(root / "datasets" / "default")
     ds_ref = dataset_snapshot(work / "ref" / "datasets" / "default")
-    orphans = subprocess.run(["pgrep", "-f", f"mlc_pipeline.cli .* -c {cfg}"], capture_output=True, text=True).stdout.split()
-    return {"kills": sum(k["killed"] for k in kill_log), "orphan_processes_left": len(orphans), "attempts": len(kill_log), "log": kill_log,
-            "same_catalog": same_catalog, "same_manifest": ds_killed[0] == ds_ref[0],
-            "same_images": ds_killed[1] == ds_ref[1], "versions_published_while_killing": sorted(published),
-            "published_then_changed": changed, "partial_files": partial_files(work / "killed"),
-            "reference_seconds": {k: round(v, 1) for k, v in timing.items()}}
+    return kill_log, {"same_catalog": catalog_snapshot(root / "catalog.sqlite") == catalog_snapshot(work / "ref" / "catalog.sqlite"),
+                      "same_manifest": ds_killed[0] == ds_ref[0], "same_images": ds_killed[1] == ds_ref[1],
+                      "published": sorted(published), "changed": changed, "partial_files": partial_files(root),
+                      "orphans": len(orphans)}
 
 
 def main() -> int:
@@ -223,10 +241,10 @@ def main() -> int:
           and k["same_manifest"] and k["same_images"] and not k["published_then_changed"] and not k["partial_files"] and not k["orphan_processes_left"])
     print(json.dumps({"faults": {x: f[x] for x in f if x != "faults_injected"}, "faults_injected": f["faults_injected"]},
                      indent=1, default=str))
-    print(f"kills: {k['kills']} of {k['attempts']} attempts (stages {sorted({x['stage'] for x in k['log']})}); "
+    print(f"kills: {k['kills']} of {k['attempts']} attempts over {k['rounds']} fresh data roots (stages {sorted({x['stage'] for x in k['log']})}); "
           f"same catalog {k['same_catalog']}, same manifest {k['same_manifest']}, same images {k['same_images']}; "
           f"versions published while killing {k['versions_published_while_killing']}, changed later "
-          f"{k['published_then_changed']}; partial files {k['partial_files']}")
+          f"{k['published_then_changed']}; partial files {k['partial_files']}; orphan processes {k['orphan_processes_left']}")
     print(f"duplicate recall: {f['duplicates_found']}/{f['duplicate_twins']}; "
           f"undecodable dataset images: {len(f['undecodable'])}; total {report['seconds']} s")
     print("CHAOS: PASS" if ok else "CHAOS: FAIL")
