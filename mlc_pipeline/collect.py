@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import cycle
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -67,6 +66,18 @@ def open_source(cfg: Config) -> Iterator[tuple[FlickrSource, list[str]]]:
         yield source, [srv.static_host, *s.allowed_hosts]
 
 
+def interleave(streams: list[Iterator[Found]]) -> Iterator[Found]:
+    """Round-robin over streams, one item at a time, until all are exhausted."""
+    live = list(streams)
+    while live:
+        for stream in list(live):
+            item = next(stream, None)
+            if item is None:
+                live.remove(stream)
+            else:
+                yield item
+
+
 def gains_label(known: dict | None, found: Found) -> bool:
     """Does recording `found` give its target one more candidate? A new photo does; a known one does
     when the merge adds the target's label (a photo of two classes found by the second class query)."""
@@ -115,21 +126,18 @@ class Collector:
 
     def collect_target(self, target: Target, queries: list[str], count: int, run_id: str,
                        summary: CollectSummary) -> None:
-        streams = {q: self.source.search(q, target) for q in queries}
-        exhausted: set[str] = set()
-        order = cycle(queries)
+        # One stream, queries taking turns item by item: the order never depends on where an
+        # earlier run stopped, so a resumed run records exactly what an uninterrupted one would.
+        results = interleave([self.source.search(q, target) for q in queries])
+        exhausted = False
         while True:
             need = count - self.have(target)
             if need <= 0:
                 return
             jobs = self.pending(target, need)
-            if len(jobs) < need and len(exhausted) < len(queries):
-                q = next(q for q in order if q not in exhausted)    # queries take turns
-                share = max(1, -(-(need - len(jobs)) // (len(queries) - len(exhausted))))
-                added, done = self.search_more(streams[q], share, run_id)
+            if len(jobs) < need and not exhausted:
+                added, exhausted = self.search_more(results, need - len(jobs), run_id)
                 summary.found_new += added
-                if done:
-                    exhausted.add(q)
                 continue
             if not jobs:
                 summary.shortfall[f"{target.purpose}/{target.label}"] = need
