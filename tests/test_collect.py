@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 from PIL import Image
 
 from mlc_pipeline.catalog import Catalog
@@ -22,11 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MLC = [sys.executable, "-m", "mlc_pipeline.cli"]
 FAST_RETRY = {"attempts": 6, "base_delay_s": 0.01, "max_delay_s": 0.05}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_cfg(tmp_path, **source):

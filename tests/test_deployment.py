@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import free_port
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,11 +28,6 @@ PREFECT = str(BIN / "prefect") if (BIN / "prefect").exists() else "prefect"
 POOL = "mlc-local"
 pytestmark = pytest.mark.slow
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_config(folder: Path, port: int) -> Path:

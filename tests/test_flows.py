@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:          # flows/ is a top-level folder, not part of the installed package
@@ -33,11 +33,6 @@ from flows.collect_and_train import collect_and_train, rebuild_report  # noqa: E
 from flows.progress import PROGRESS_KEY, DownloadProgress  # noqa: E402
 from flows.runtime import is_retryable, task_runner  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_config(folder: Path, port: int) -> Path:
