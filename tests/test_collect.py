@@ -242,3 +242,23 @@ other: {{queries: [landscape, texture, pattern], count: 60}}
         if r["status"] == "downloaded":
             with Image.open(r["file_path"]) as im:
                 im.load()                      # every kept file decodes fully: nothing half-written
+
+
+def test_cli_serve_flickr_help_and_serving():
+    res = subprocess.run(MLC + ["serve-flickr", "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "--faults" in res.stdout
+    proc = subprocess.Popen(MLC + ["serve-flickr", "--port", "0", "--scale", "0.05"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        line = ""
+        while "REST endpoint:" not in line:
+            line = proc.stdout.readline()
+            assert line, "the server exited before announcing its endpoint"
+        url = line.split("REST endpoint:")[1].strip()
+        import requests
+        reply = requests.get(url, params={"method": "flickr.photos.licenses.getInfo", "api_key": "k",
+                                          "format": "json", "nojsoncallback": 1}, timeout=10).json()
+        assert reply["stat"] == "ok" and len(reply["licenses"]["license"]) == 17
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
