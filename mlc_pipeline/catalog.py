@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS licenses (id INTEGER PRIMARY KEY, name TEXT NOT NULL,
 PHOTO_FIELDS = ("url", "size_key", "width", "height", "license_id", "license_name", "owner",
                 "owner_name", "title", "date_taken", "date_upload", "tags")
 PURPOSE_RANK = {"train": 0, "probe": 1, "pool": 2}   # a photo wanted for training stays training
+FILE_STATUSES = ("downloaded", "accepted", "rejected", "duplicate")   # candidates that have a file
 
 
 @dataclass
@@ -227,10 +228,9 @@ class Catalog:
 
     def count_downloaded(self, purpose: str, label: str) -> int:
         """Candidates of a purpose holding `label` (a class, or 'other') that have a file."""
-        statuses = ("downloaded", "accepted", "rejected", "duplicate")
         rows = self.db.execute(
-            f"SELECT label FROM candidates WHERE purpose=? AND status IN ({','.join('?' * len(statuses))})",
-            (purpose, *statuses))
+            f"SELECT label FROM candidates WHERE purpose=? AND status IN ({','.join('?' * len(FILE_STATUSES))})",
+            (purpose, *FILE_STATUSES))
         return sum(1 for r in rows if label in r["label"].split())
 
     def counts(self) -> list[dict]:

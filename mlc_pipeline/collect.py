@@ -22,7 +22,6 @@ from .flickr_source import FlickrSource, Target
 from .secrets import flickr_credentials, install_log_redaction
 
 log = logging.getLogger(__name__)
-FILE_STATUSES = ("downloaded", "accepted", "rejected", "duplicate")
 
 
 @dataclass

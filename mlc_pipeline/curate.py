@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import Catalog
+from .catalog import FILE_STATUSES, Catalog
 from .config import Config
 from .dedup import DedupItem, resolve_duplicates
 from .hashing import inspect_files
@@ -23,7 +23,6 @@ from .neardup import find_pairs
 from .verify import VerifyLimits
 
 log = logging.getLogger(__name__)
-FILE_STATUSES = ("downloaded", "accepted", "rejected", "duplicate")
 PURPOSE_PRIORITY = ("train", "probe", "pool")   # a duplicate across purposes stays in the first
 
 
