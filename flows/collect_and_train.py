@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,7 +29,8 @@ from flows.artifacts import DATASET_SUMMARY_KEY, plain, publish
 from flows.progress import DownloadProgress, downloads_wanted
 from flows.runtime import FLICKR_LIMIT, retry_condition, task_runner
 from mlc_pipeline.config import Config, load_config
-from mlc_pipeline.pipeline import mining_stop
+from mlc_pipeline.models import alternative_variants
+from mlc_pipeline.pipeline import mining_stop, record
 
 DEFAULT_CONFIG = "configs/offline.yaml"
 
@@ -148,19 +150,9 @@ def report_stage(cfg: Config, rounds: list[dict], alternatives: dict, stopped_ea
 
 # ---------------------------------------------------------------------------------------- helpers
 
-def alternative_variants(cfg: Config) -> list[str]:
-    from mlc_pipeline.models import VARIANTS
-
-    product = {"head": cfg.train.head, "other_mode": cfg.train.other_mode}
-    return [name for name, spec in VARIANTS.items() if spec != product]
-
-
 def round_record(model: dict, added: int = 0) -> dict:
-    """The fields of `mlc_pipeline.pipeline.RoundRecord` (what the HTML report's model section reads)."""
-    test = model["metrics"]["test"]
-    return {"round": model["round"], "dataset_version": model["dataset_version"], "bundle": model["bundle"],
-            "macro_f1": test["macro_f1"], "unknown_accepted": test.get("unknown_accepted"),
-            "probe_accepted": test.get("probe_accepted"), "negatives_added": added}
+    """A train task's result as `mlc_pipeline.pipeline.RoundRecord` fields (what the report reads)."""
+    return asdict(record(model["round"], model["dataset_version"], model["bundle"], model["metrics"], added))
 
 
 def published_state(cfg: Config | None) -> dict:

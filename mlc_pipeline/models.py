@@ -69,13 +69,16 @@ def train_version(cfg: Config, dataset_dir: str | Path, tag: str = "", variant: 
     return ModelResult(bundle, version, name, result.metrics, result.train_seconds)
 
 
+def alternative_variants(cfg: Config) -> list[str]:
+    """The VARIANTS other than the configured product model."""
+    product = {"head": cfg.train.head, "other_mode": cfg.train.other_mode}
+    return [name for name, spec in VARIANTS.items() if spec != product]
+
+
 def train_alternatives(cfg: Config, dataset_dir: str | Path, tag: str = "") -> dict[str, dict]:
     """The other heads on the same data, for the side-by-side table (never published as LATEST)."""
-    product = {"head": cfg.train.head, "other_mode": cfg.train.other_mode}
     out = {}
-    for name, spec in VARIANTS.items():
-        if spec == product:
-            continue
+    for name in alternative_variants(cfg):
         log.info("training the %s alternative for comparison", name)
         out[name] = train_version(cfg, dataset_dir, tag=tag, variant=name, publish=False).metrics
     return out

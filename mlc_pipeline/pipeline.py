@@ -44,9 +44,10 @@ class PipelineResult:
     stopped_early: bool = False
 
 
-def record(round_no: int, version: str, model, added: int = 0) -> RoundRecord:
-    test = model.metrics["test"]
-    return RoundRecord(round_no, version, model.bundle_dir.name, test["macro_f1"], test.get("unknown_accepted"),
+def record(round_no: int, version: str, bundle: str, metrics: dict, added: int = 0) -> RoundRecord:
+    """One mining round's line of the report, from a model's metrics (shared with the flow)."""
+    test = metrics["test"]
+    return RoundRecord(round_no, version, bundle, test["macro_f1"], test.get("unknown_accepted"),
                        test.get("probe_accepted"), added)
 
 
@@ -77,7 +78,7 @@ def run_pipeline(cfg: Config, progress: bool = True, train_alternative_models: b
     curate(cfg); lap("curate")
     ds = build_dataset(cfg); lap("build")
     model = train_version(cfg, ds.path, tag="r0"); lap("train")
-    out.rounds.append(record(0, ds.version, model))
+    out.rounds.append(record(0, ds.version, model.bundle_dir.name, model.metrics))
     if cfg.train.compare_baselines if train_alternative_models is None else train_alternative_models:
         out.alternatives = train_alternatives(cfg, ds.path, tag="r0"); lap("alternatives")
     for r in range(1, cfg.mine.rounds + 1):
@@ -88,7 +89,7 @@ def run_pipeline(cfg: Config, progress: bool = True, train_alternative_models: b
             break
         ds = build_dataset(cfg); lap("build")    # mined images were curated already
         model = train_version(cfg, ds.path, tag=f"r{r}"); lap("train")
-        out.rounds.append(record(r, ds.version, model, mined.added))
+        out.rounds.append(record(r, ds.version, model.bundle_dir.name, model.metrics, mined.added))
         if why := mining_stop(cfg, r, mined.added, out.rounds[-2].probe_accepted, out.rounds[-1].probe_accepted):
             log.info("%s; stopping", why)
             out.stopped_early = r < cfg.mine.rounds
