@@ -24,16 +24,23 @@ log = logging.getLogger(__name__)
 OTHER = "other"  # the explicit "other" class name (config.RESERVED_LABELS keeps real classes off it)
 THRESHOLD_MODES = ("per-class-f1", "global-f1", "target-precision")
 DEFAULT_THRESHOLD = 0.5
+# F1 modes: the highest threshold whose validation F1 is within this of the best. On a few hundred
+# validation images F1 is flat over a wide range of thresholds and the exact argmax is noise; the
+# highest cut in that flat range rejects far more unknown images for the same F1 (docs/training.md).
+DEFAULT_F1_TOLERANCE = 0.02
 
 
 # ---------------------------------------------------------------- calibration
 
 def calibrate_thresholds(probs: np.ndarray, targets: np.ndarray, mode: str = "per-class-f1",
-                         target_precision: float | None = None) -> np.ndarray:
+                         target_precision: float | None = None,
+                         f1_tolerance: float = DEFAULT_F1_TOLERANCE) -> np.ndarray:
     """One decision threshold per column, chosen on held-out (valid) predictions.
 
-    - 'per-class-f1': each class gets the threshold that maximises its own F1.
-    - 'global-f1': one threshold shared by all classes, maximising micro F1 over every (image, class).
+    - 'per-class-f1': each class gets the highest threshold whose F1 is within `f1_tolerance` of
+      the best F1 it can reach (0: the F1 maximum itself).
+    - 'global-f1': one threshold shared by all classes, the same rule on micro F1 over every
+      (image, class).
     - 'target-precision': each class gets the lowest threshold whose precision reaches
       `target_precision` (so recall is as high as that precision allows).
 
@@ -47,9 +54,11 @@ def calibrate_thresholds(probs: np.ndarray, targets: np.ndarray, mode: str = "pe
         raise ValueError(f"threshold mode must be one of {THRESHOLD_MODES}, got {mode!r}")
     if mode == "target-precision" and not (target_precision and 0 < target_precision <= 1):
         raise ValueError("threshold mode 'target-precision' needs 0 < target_precision <= 1")
+    if not 0 <= f1_tolerance < 1:
+        raise ValueError(f"f1_tolerance must be in [0, 1), got {f1_tolerance}")
     n_classes = probs.shape[1]
     if mode == "global-f1":
-        return np.full(n_classes, _best_f1_threshold(probs.ravel(), targets.ravel()))
+        return np.full(n_classes, _best_f1_threshold(probs.ravel(), targets.ravel(), f1_tolerance))
     thresholds = np.full(n_classes, DEFAULT_THRESHOLD)
     for c in range(n_classes):
         n_pos = int(targets[:, c].sum())
@@ -58,7 +67,7 @@ def calibrate_thresholds(probs: np.ndarray, targets: np.ndarray, mode: str = "pe
                         "keeping threshold %.2f", c, n_pos, len(targets), DEFAULT_THRESHOLD)
             continue
         if mode == "per-class-f1":
-            thresholds[c] = _best_f1_threshold(probs[:, c], targets[:, c])
+            thresholds[c] = _best_f1_threshold(probs[:, c], targets[:, c], f1_tolerance)
         else:
             thresholds[c] = _precision_threshold(probs[:, c], targets[:, c], target_precision, c)
     return thresholds
@@ -86,14 +95,15 @@ def _cut_threshold(score: float, next_lower: float) -> float:
     return float((score + next_lower) / 2)
 
 
-def _best_f1_threshold(scores: np.ndarray, truth: np.ndarray) -> float:
+def _best_f1_threshold(scores: np.ndarray, truth: np.ndarray, tolerance: float = 0.0) -> float:
     s, tp, n_accepted, next_lower, valid_cut = _ranked(scores, truth)
     n_pos = truth.sum()
     if n_pos == 0:
         return DEFAULT_THRESHOLD
     f1 = 2 * tp / (n_accepted + n_pos)  # 2TP / (2TP + FP + FN) with TP+FP = accepted, TP+FN = pos
     f1 = np.where(valid_cut, f1, -1)
-    k = int(np.argmax(f1))  # first maximum = highest threshold among equally good cuts
+    # Scores run high to low, so the first cut that is good enough is the highest threshold.
+    k = int(np.nonzero(f1 >= f1.max() - tolerance - 1e-12)[0].min())
     return _cut_threshold(s[k], next_lower[k])
 
 

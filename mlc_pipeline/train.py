@@ -31,15 +31,15 @@ import torch
 import torchvision
 from fastai.vision.all import (
     AccumMetric, BCEWithLogitsLossFlat, CancelFitException, CategoryBlock, Callback,
-    ColReader, ColSplitter, CrossEntropyLossFlat, DataBlock, ImageBlock, MultiCategoryBlock, Normalize,
+    ColReader, ColSplitter, CrossEntropyLossFlat, DataBlock, ImageBlock, Learner, MultiCategoryBlock, Normalize,
     Recorder, Resize, ResizeMethod, accuracy, aug_transforms, create_body, default_split,
     imagenet_stats, model_meta, set_seed, vision_learner,
 )
 from fastai.metrics import ActivationType
 
-from mlc_pipeline import __version__
+from mlc_pipeline import __version__, nets
 from mlc_pipeline.evaluate import (
-    OTHER, THRESHOLD_MODES, calibrate_thresholds, evaluate, evaluate_loaded_bundle,
+    DEFAULT_F1_TOLERANCE, OTHER, THRESHOLD_MODES, calibrate_thresholds, evaluate, evaluate_loaded_bundle,
 )
 
 log = logging.getLogger(__name__)
@@ -58,17 +58,18 @@ for _arch in (torchvision.models.mobilenet_v3_small, torchvision.models.mobilene
 class TrainConfig:
     """Field names match `config.TrainSettings`, so `TrainConfig(**settings)` works."""
 
-    arch: str = "resnet18"            # a torchvision.models function name
-    pretrained: str = "auto"          # 'auto' | 'imagenet' | 'none' | path to a torchvision state dict
-    image_size: int = 64              # 2 cores: 180 img/s at 64 px, 107 at 96, 65 at 128 (resnet18)
-    epochs: int = 12                  # from scratch, 6 epochs underfit (macro F1 0.72 vs 0.84 at 12)
+    arch: str = "mlcnet"              # nets.WIDTHS name (small CNN for scratch CPU training) or a torchvision.models function name
+    pretrained: str = "auto"          # 'auto' | 'imagenet' | 'none' | path to a state dict (torchvision's, or an mlcnet's)
+    image_size: int = 64              # 2 cores: mlcnet ~300 img/s at 64 px; resnet18 180 at 64, 107 at 96
+    epochs: int = 20                  # mlcnet from scratch: 12 epochs 0.88 macro F1, 20 epochs 0.93 (docs/training.md)
     batch_size: int = 64
-    lr: float | None = None           # None: 3e-3 from scratch, 2e-3 fine-tuning (measured, no lr_find)
+    lr: float | None = None           # None: 5e-3 mlcnet, 3e-3 torchvision from scratch, 2e-3 fine-tuning (measured)
     seed: int = 42
     other_mode: str = "negative"      # 'negative': "other" = no label | 'class': an explicit "other" class
     head: str = "sigmoid"             # 'sigmoid' (multi-label) | 'softmax' (single-label baseline)
     threshold_mode: str = "per-class-f1"   # | 'global-f1' | 'target-precision'
     target_precision: float = 0.95
+    f1_tolerance: float = DEFAULT_F1_TOLERANCE  # F1 modes: highest threshold within this of the best F1
     workers: int = 0                  # DataLoader processes; 0 on a 2-core box (workers steal the cores)
     threads: int | None = None        # torch threads; None = every core this process may use
     max_train_seconds: float | None = None  # stop training early (after an epoch if possible) past this
@@ -81,8 +82,9 @@ class TrainConfig:
             raise ValueError(f"other_mode must be 'negative' or 'class', got {self.other_mode!r}")
         if self.threshold_mode not in THRESHOLD_MODES:
             raise ValueError(f"threshold_mode must be one of {THRESHOLD_MODES}, got {self.threshold_mode!r}")
-        if not callable(getattr(torchvision.models, self.arch, None)):
-            raise ValueError(f"arch {self.arch!r} is not a torchvision.models function (e.g. resnet18)")
+        if not nets.is_local_arch(self.arch) and not callable(getattr(torchvision.models, self.arch, None)):
+            raise ValueError(f"arch {self.arch!r} is neither one of {sorted(nets.WIDTHS)} "
+                             f"nor a torchvision.models function (e.g. resnet18)")
 
     @classmethod
     def from_settings(cls, settings) -> "TrainConfig":
@@ -197,6 +199,11 @@ def resolve_pretrained(cfg: TrainConfig) -> str:
     choice = str(cfg.pretrained).strip()
     if choice.lower() in ("none", "false", "scratch", ""):
         return "none"
+    if nets.is_local_arch(cfg.arch) and choice.lower() in ("auto", "imagenet", "true"):
+        if choice.lower() != "auto":
+            raise ValueError(f"pretrained='{choice}': there are no ImageNet weights for {cfg.arch} "
+                             "(use 'auto', 'none' or a weights file of this architecture)")
+        return "none"  # 'auto' for a net that has no published weights: scratch is the plan, no warning
     if choice.lower() in ("auto", "imagenet", "true"):
         weights = torchvision.models.get_model_weights(getattr(torchvision.models, cfg.arch)).DEFAULT
         cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
@@ -214,7 +221,15 @@ def resolve_pretrained(cfg: TrainConfig) -> str:
 
 
 def _load_backbone_weights(learn, arch_name: str, weights_path: str) -> None:
-    """Load a torchvision state dict file into the learner's body (same cut as fastai uses)."""
+    """Load a torchvision state dict file into the learner's body (same cut as fastai uses); for an
+    mlcnet, a state dict of the whole model (its body keys, '0.*', are used; the head is new)."""
+    if nets.is_local_arch(arch_name):
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        body = {k[2:]: v for k, v in state.items() if k.startswith("0.")}
+        if not body:
+            raise ValueError(f"{weights_path}: no body weights ('0.*' keys) for {arch_name}")
+        learn.model[0].load_state_dict(body)
+        return
     arch = getattr(torchvision.models, arch_name)
     donor = arch(weights=None)
     state = torch.load(weights_path, map_location="cpu", weights_only=True)  # tensors only: no code
@@ -331,8 +346,12 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         loss_func, metrics = CrossEntropyLossFlat(), [accuracy]
     else:
         loss_func, metrics = BCEWithLogitsLossFlat(thresh=0.5), [macro_f1_metric()]
-    learn = vision_learner(dls, getattr(torchvision.models, cfg.arch), pretrained=pretrained == "imagenet",
-                           normalize=False, loss_func=loss_func, metrics=metrics)
+    if nets.is_local_arch(cfg.arch):
+        learn = Learner(dls, nets.mlcnet(len(vocab), cfg.arch), loss_func=loss_func, metrics=metrics,
+                        splitter=nets.body_head_splitter)
+    else:
+        learn = vision_learner(dls, getattr(torchvision.models, cfg.arch), pretrained=pretrained == "imagenet",
+                               normalize=False, loss_func=loss_func, metrics=metrics)
     if pretrained not in ("none", "imagenet"):
         _load_backbone_weights(learn, cfg.arch, pretrained)
         learn.freeze()
@@ -344,7 +363,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     n_train = len(dls.train_ds)
     log.info("training %s (%s, %s, pretrained=%s) on %d images, validating on %d, vocab %s",
              cfg.arch, cfg.head, cfg.effective_other_mode, pretrained, n_train, len(dls.valid_ds), vocab)
-    lr = cfg.lr or (3e-3 if pretrained == "none" else 2e-3)
+    lr = cfg.lr or default_lr(cfg.arch, pretrained)
     start = time.monotonic()
     with learn.no_bar(), learn.no_logging():  # progress goes to `log` through LossHistory
         if pretrained == "none":
@@ -360,14 +379,18 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     valid_probs, valid_targets = _valid_predictions(learn, cfg, vocab)
     thresholds = None
     if cfg.head == "sigmoid":
-        thresholds = calibrate_thresholds(valid_probs, valid_targets, cfg.threshold_mode, cfg.target_precision)
+        thresholds = calibrate_thresholds(valid_probs, valid_targets, cfg.threshold_mode, cfg.target_precision,
+                                          cfg.f1_tolerance)
         # fastai's `predict`/decoded preds use the loss's thresh; a per-class tensor broadcasts over
         # the class axis, so `learn.predict` on the exported learner agrees with the bundle.
         learn.loss_func.thresh = torch.tensor(thresholds, dtype=torch.float32)
     valid_metrics = evaluate(valid_probs, valid_targets, thresholds, vocab, head=cfg.head)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out_dir.parent / f"{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    remove_stale_tmp_dirs(out_dir.parent)
+    # The writer's pid is in the name, so a later run can tell a killed writer's leftovers from a
+    # bundle another live process is still writing.
+    tmp_dir = out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp_dir.mkdir()
     try:
         learn.export(tmp_dir / "export.pkl", pickle_module=pickle)  # stdlib pickle: by reference only
@@ -415,6 +438,13 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     )
 
 
+def default_lr(arch: str, pretrained: str) -> float:
+    """Measured on the offline world (docs/training.md); no lr_find, which costs an epoch's time."""
+    if pretrained != "none":
+        return 2e-3
+    return 5e-3 if nets.is_local_arch(arch) else 3e-3
+
+
 def _valid_predictions(learn, cfg: TrainConfig, vocab: list[str]) -> tuple[np.ndarray, np.ndarray]:
     with learn.no_bar(), learn.no_logging():
         probs, targs = learn.get_preds(ds_idx=1)  # activation applied: sigmoid or softmax
@@ -425,6 +455,28 @@ def _valid_predictions(learn, cfg: TrainConfig, vocab: list[str]) -> tuple[np.nd
     else:
         targets = targs.numpy().astype(np.int8)
     return probs, targets
+
+
+def remove_stale_tmp_dirs(parent: Path) -> list[Path]:
+    """Delete half-written bundles (`*.tmp-<pid>-*`) whose writer is gone (killed, e.g. kill -9)."""
+    removed = []
+    for path in parent.glob("*.tmp-*-*"):
+        pid = path.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if path.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            log.info("removing %s, left by a training that did not finish", path)
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:

@@ -24,6 +24,16 @@ def test_ties_stay_on_one_side_of_the_threshold():
     np.testing.assert_allclose(t, [0.45])
 
 
+def test_f1_tolerance_takes_the_highest_nearly_best_cut():
+    scores, truth = np.array([0.9, 0.8, 0.7, 0.6, 0.4, 0.3]), np.array([1, 1, 1, 0, 1, 0])
+    # F1 accepting the top 1..6: 0.4, 0.667, 0.857, 0.75, 0.889 (best), 0.8
+    np.testing.assert_allclose(calibrate_thresholds(scores, truth, "per-class-f1", f1_tolerance=0), [0.35])
+    np.testing.assert_allclose(calibrate_thresholds(scores, truth, "per-class-f1", f1_tolerance=0.05), [0.65])
+    np.testing.assert_allclose(calibrate_thresholds(scores, truth, "global-f1", f1_tolerance=0.05), [0.65])
+    with pytest.raises(ValueError, match="f1_tolerance"):
+        calibrate_thresholds(scores, truth, "per-class-f1", f1_tolerance=1.5)
+
+
 def test_global_f1_shares_one_threshold():
     # Flattened and ranked, micro F1 peaks (0.8: 4 TP of 6 accepted, 4 positives) between 0.15 and 0.1.
     t = calibrate_thresholds(PROBS, TARGETS, "global-f1")

@@ -195,10 +195,31 @@ def test_weights_file_is_loaded_and_fine_tuned(tmp_path):
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     manifest = _small_dataset(tmp_path)
-    result = train_model(manifest, tmp_path / "b",
-                         TrainConfig(image_size=32, epochs=1, batch_size=8, threads=1, pretrained=str(weights)))
+    result = train_model(manifest, tmp_path / "b", TrainConfig(arch="resnet18", image_size=32, epochs=1, batch_size=8,
+                                                               threads=1, pretrained=str(weights)))
     assert result.pretrained_used == str(weights)
     assert len(result.history) == 2  # fine_tune: one frozen epoch, then the unfrozen one
+
+
+def test_mlcnet_weights_from_an_earlier_model_are_loaded(tmp_path):
+    import torch
+    from mlc_pipeline.nets import mlcnet
+    from mlc_pipeline.predict import load_bundle
+    torch.manual_seed(0)
+    donor = mlcnet(5)  # another vocab size: only the body is reused, the head is new
+    weights = tmp_path / "mlcnet.pth"
+    torch.save(donor.state_dict(), weights)
+    manifest = _small_dataset(tmp_path)
+    cfg = TrainConfig(image_size=32, epochs=1, batch_size=8, threads=1, pretrained=str(weights), lr=1e-9)
+    result = train_model(manifest, tmp_path / "b", cfg)
+    assert result.pretrained_used == str(weights) and len(result.history) == 2
+    body = load_bundle(tmp_path / "b").learn.model[0]
+    first_conv = body[0][0].weight.detach()
+    assert torch.allclose(first_conv, donor[0][0][0].weight, atol=1e-4)  # lr ~0: still the donor's
+    torch.save({"not": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="no body weights"):
+        train_model(manifest, tmp_path / "c", TrainConfig(image_size=32, epochs=1, batch_size=8, threads=1,
+                                                          pretrained=str(tmp_path / "bad.pth")))
 
 
 def test_existing_bundle_is_not_overwritten_silently(tmp_path):
@@ -211,15 +232,21 @@ def test_existing_bundle_is_not_overwritten_silently(tmp_path):
 def test_pretrained_auto_falls_back_to_scratch_offline(tmp_path, monkeypatch, caplog):
     from mlc_pipeline.train import resolve_pretrained
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    assert resolve_pretrained(TrainConfig(pretrained="auto")) == "none"
+    r18 = dict(arch="resnet18")
+    assert resolve_pretrained(TrainConfig(pretrained="auto", **r18)) == "none"
     assert "training from scratch" in caplog.text
     with pytest.raises(FileNotFoundError, match="no download"):
-        resolve_pretrained(TrainConfig(pretrained="imagenet"))
+        resolve_pretrained(TrainConfig(pretrained="imagenet", **r18))
     cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"")
-    assert resolve_pretrained(TrainConfig(pretrained="auto")) == "imagenet"
-    assert resolve_pretrained(TrainConfig(pretrained="none")) == "none"
+    assert resolve_pretrained(TrainConfig(pretrained="auto", **r18)) == "imagenet"
+    assert resolve_pretrained(TrainConfig(pretrained="none", **r18)) == "none"
+    # mlcnet has no published weights: 'auto' means scratch without a warning, 'imagenet' is an error
+    caplog.clear()
+    assert resolve_pretrained(TrainConfig(pretrained="auto")) == "none" and "from scratch" not in caplog.text
+    with pytest.raises(ValueError, match="no ImageNet weights for mlcnet"):
+        resolve_pretrained(TrainConfig(pretrained="imagenet"))
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         resolve_pretrained(TrainConfig(pretrained=str(tmp_path / "nope.pth")))
 
@@ -254,3 +281,19 @@ def test_manifest_reading(tmp_path):
     (tmp_path / "other.csv").write_text("path,labels,split\na.jpg,other,train\n")
     with pytest.raises(ValueError, match="reserved"):
         classes_in(read_manifest(tmp_path / "other.csv"))
+
+
+def test_half_written_bundles_of_dead_writers_are_removed(tmp_path):
+    import os
+    import subprocess
+    from mlc_pipeline.train import remove_stale_tmp_dirs
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: its pid names no process now
+    stale = tmp_path / f"m1.tmp-{dead.pid}-abcd1234"
+    live = tmp_path / f"m2.tmp-{os.getpid()}-abcd1234"
+    bundle = tmp_path / "m3"
+    for d in (stale, live, bundle):
+        d.mkdir()
+        (d / "export.pkl").write_bytes(b"x")
+    assert remove_stale_tmp_dirs(tmp_path) == [stale]
+    assert not stale.exists() and live.is_dir() and bundle.is_dir()

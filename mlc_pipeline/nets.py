@@ -1,0 +1,60 @@
+"""Small convolutional networks for training from scratch on a CPU.
+
+torchvision's ImageNet architectures cut a 64 px image down to 16 px in their first two layers
+(stride-2 conv + max-pool); trained from scratch on a thousand images they underfit (docs/training.md).
+`mlcnet` keeps full resolution in its first stage, halves it four times, and averages + max-pools
+the last feature map so one small object anywhere in the picture still drives the output.
+
+Models live in this importable module so an exported learner unpickles by reference.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# name -> channels per stage; each stage is two 3x3 conv + BN + ReLU, then a 2x2 max-pool.
+# Measured on the offline world, 64 px, 2 cores (docs/training.md): "mlcnet" ~3x resnet18's speed.
+WIDTHS = {
+    "mlcnet": (16, 32, 64, 128),
+    "mlcnet_wide": (32, 64, 128, 256),
+}
+
+
+def conv_bn(ni: int, nf: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(ni, nf, 3, padding=1, bias=False), nn.BatchNorm2d(nf), nn.ReLU(inplace=True))
+
+
+class ConcatPool(nn.Module):
+    """Average and max over the feature map, side by side (fastai's AdaptiveConcatPool2d, flattened)."""
+
+    def __init__(self):
+        super().__init__()
+        self.avg, self.max = nn.AdaptiveAvgPool2d(1), nn.AdaptiveMaxPool2d(1)
+
+    def forward(self, x):
+        return torch.cat([self.max(x), self.avg(x)], 1).flatten(1)
+
+
+def mlcnet(n_out: int, name: str = "mlcnet", dropout: float = 0.25) -> nn.Sequential:
+    widths = WIDTHS[name]
+    layers, ni = [], 3
+    for nf in widths:
+        layers += [conv_bn(ni, nf), conv_bn(nf, nf), nn.MaxPool2d(2)]
+        ni = nf
+    body = nn.Sequential(*layers)
+    head = nn.Sequential(ConcatPool(), nn.Dropout(dropout), nn.Linear(2 * ni, n_out))
+    model = nn.Sequential(body, head)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    return model
+
+
+def is_local_arch(name: str) -> bool:
+    return name in WIDTHS
+
+
+def body_head_splitter(model: nn.Sequential) -> list:
+    """Two parameter groups, so fastai can freeze the body when fine-tuning from given weights."""
+    return [list(model[0].parameters()), list(model[1].parameters())]
