@@ -1,0 +1,102 @@
+"""Hard-negative mining against a real trained model (the shapes bundle of test_train) and a real
+catalog: the pool images the model accepts become round-1 training negatives, nothing else moves,
+and class images it confidently rejects are listed for review, never moved.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+from PIL import Image, ImageDraw
+from test_train import _background, _disc, _draw, trained_bundle
+
+from mlc_pipeline.catalog import Catalog, Found
+from mlc_pipeline.config import Config
+from mlc_pipeline.dataset import dataset_rows
+from mlc_pipeline.mine import REVIEW_BELOW, mine_round
+from mlc_pipeline.predict import load_bundle, predict_paths, score_paths
+
+
+def _red_disc_image(rng) -> Image.Image:
+    im = _background(rng)
+    _disc(ImageDraw.Draw(im), rng)
+    return im
+
+
+def _plant(catalog: Catalog, run_id: str, folder, items: list[tuple[str, str, str, Image.Image]]) -> dict[str, int]:
+    """Record (photo_id, purpose, label, image) as curated, accepted candidates; photo_id -> id."""
+    catalog.upsert_found([Found("local", pid, purpose, label, "q", f"http://x/{pid}", "url_m", 40, 40, 4,
+                                "CC BY 2.0", "o", "owner", "t", None, None, "t")
+                          for pid, purpose, label, _ in items], run_id)
+    ids = {}
+    with catalog.transaction():
+        for pid, purpose, label, image in items:
+            path = folder / f"{pid}.jpg"
+            image.save(path, quality=90)
+            row = catalog.get_by_photo("local", pid)
+            catalog.set_status(row["id"], "accepted", None, run_id, "curate", file_path=str(path),
+                               sha256=pid, phash="0" * 16, curated_label=label)
+            ids[pid] = row["id"]
+    return ids
+
+
+def test_mining_moves_accepted_pool_images_only(tmp_path):
+    _, bundle_dir = trained_bundle()
+    rng = np.random.default_rng(7)
+    cfg = Config(data_dir=tmp_path / "data", classes={"red": {"queries": ["red"], "count": 1},
+                                                      "blue": {"queries": ["blue"], "count": 1}},
+                 other={"queries": ["noise"], "count": 1})
+    cfg.data_dir.mkdir()
+    images = tmp_path / "files"
+    images.mkdir()
+    items = ([(f"pool-red{i}", "pool", "other", _red_disc_image(rng)) for i in range(8)]       # look like a class
+             + [(f"pool-noise{i}", "pool", "other", _draw("other", rng)) for i in range(8)]   # look like nothing
+             + [(f"class-red{i}", "train", "red", _red_disc_image(rng)) for i in range(6)]
+             + [("class-mislabelled", "train", "red", _draw("blue", rng))]
+             + [(f"probe{i}", "probe", "other", _draw("probe", rng)) for i in range(4)])
+    with Catalog(cfg.catalog_path) as catalog:
+        run_id = catalog.start_run("plant")
+        ids = _plant(catalog, run_id, images, items)
+        before = {r["id"]: dict(r) for r in catalog.candidates()}
+
+    result = mine_round(cfg, bundle_dir, round_no=1)
+
+    # What the model itself says about each pool image, through the public predict API.
+    bundle = load_bundle(bundle_dir)
+    pool = [pid for pid, purpose, _, _ in items if purpose == "pool"]
+    said = {pid: p for pid, p in zip(pool, predict_paths(bundle, [images / f"{pid}.jpg" for pid in pool]))}
+    should_mine = {pid for pid, p in said.items() if not p.none_of}
+    assert {pid for pid in should_mine if pid.startswith("pool-red")}, "the model accepts no red disc: a useless test"
+    assert should_mine != set(pool), "the model accepts every pool image: a useless test"
+
+    with Catalog(cfg.catalog_path) as catalog:
+        after = {r["id"]: dict(r) for r in catalog.candidates()}
+        mined = {r["photo_id"] for r in after.values() if r["mined_round"] is not None}
+        assert mined == should_mine and result.added == len(mined) and result.scored == len(pool)
+        for pid in mined:
+            row = after[ids[pid]]
+            assert (row["purpose"], row["curated_label"], row["status"]) == ("train", "other", "accepted")
+            assert row["mined_model"] == bundle_dir.name and row["reason"] == "hard-negative:round=1"
+            top = max(p for _, p in said[pid].labels)
+            assert abs(row["mined_score"] - top) < 1e-4
+        # Nothing else moved: class images, probes and rejected pool images are exactly as before.
+        for cid, row in after.items():
+            if row["photo_id"] not in mined:
+                assert {k: row[k] for k in ("purpose", "label", "curated_label", "status", "mined_round")} == \
+                       {k: before[cid][k] for k in ("purpose", "label", "curated_label", "status", "mined_round")}
+        rows = dataset_rows(cfg, catalog)
+    in_dataset = {r["photo_id"]: r for r in rows}
+    for pid in mined:  # the next dataset version trains on them as negatives; test/valid stay fixed
+        assert in_dataset[pid]["split"] == "train" and in_dataset[pid]["labels"] == "" and in_dataset[pid]["mined_round"] == 1
+    assert not {pid for pid in pool if pid not in mined} & set(in_dataset)
+
+    # Review: class images whose own label scores under REVIEW_BELOW, listed, never moved.
+    class_ids = [pid for pid, purpose, _, _ in items if purpose == "train"]
+    red = bundle.vocab.index("red")
+    scores = score_paths(bundle, [images / f"{pid}.jpg" for pid in class_ids])[:, red]
+    expected_review = {pid for pid, s in zip(class_ids, scores) if s < REVIEW_BELOW}
+    assert {r["photo_id"] for r in result.review} == expected_review
+    assert "class-mislabelled" in expected_review  # a blue square labelled red
+    with open(bundle_dir / "review.csv") as f:
+        assert {r["photo_id"] for r in csv.DictReader(f)} == expected_review
