@@ -143,7 +143,13 @@ def test_progress_is_throttled(harness):
 
 # ------------------------------------------------------------------------------------ the flow
 
-def test_flow_completes_with_artifacts(harness, project):
+FLOW_KEY, FLOW_SECRET = "flowkey-5e1f7a2b9c", "flowsecret-0d3e8b6a4f"
+
+
+def test_flow_completes_with_artifacts(harness, project, monkeypatch):
+    # The local server accepts any key: a distinctive one lets us grep for it afterwards.
+    monkeypatch.setenv("FLICKR_API_KEY", FLOW_KEY)
+    monkeypatch.setenv("FLICKR_API_SECRET", FLOW_SECRET)
     state = collect_and_train(config_path=str(project), overrides={}, return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
@@ -167,6 +173,26 @@ def test_flow_completes_with_artifacts(harness, project):
     assert len(mined) == result["mined"][0]["added"] or result["mined"][0]["added"] == 0
     assert json.loads(arts[REJECTED_KEY][0].data)
     assert float(arts[PROGRESS_KEY][0].data) == 100.0
+    assert_no_secret_in_run(state.state_details.flow_run_id, data)
+
+
+def assert_no_secret_in_run(flow_run_id, data: Path) -> None:
+    """The key and secret appear in no Prefect artifact, no flow-run log, no file the run wrote."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    texts = []
+    for group in artifacts_of(flow_run_id).values():
+        texts += [f"{a.key} {a.description} {a.data}" for a in group]
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        texts += [rec.message for rec in logs]
+        texts.append(str(client.read_flow_run(flow_run_id).state))
+    assert len(logs) > 5 and len(texts) > 10  # the grep below looked at something
+    files = [p for p in data.rglob("*") if p.is_file()]
+    assert len(files) > 50
+    for needle in (FLOW_KEY, FLOW_SECRET):
+        assert not [t for t in texts if needle in t], f"{needle} in Prefect artifacts or logs"
+        assert not [p for p in files if needle.encode() in p.read_bytes()], f"{needle} in a file under {data}"
 
 
 def test_failed_stage_keeps_published_versions_and_rerun_resumes(harness, project):

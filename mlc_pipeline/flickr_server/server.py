@@ -35,6 +35,7 @@ class _Stats:
         self.lock = threading.Lock()
         self.api_calls = 0
         self.api_calls_by_method: Counter[str] = Counter()
+        self.api_call_times: list[float] = []  # time.monotonic() of each call: the rate a client really kept
         self.image_requests = 0
         self.images_in_flight = 0
         self.max_concurrent_image_connections = 0
@@ -49,6 +50,7 @@ class _Stats:
         with self.lock:
             self.api_calls += 1
             self.api_calls_by_method[method] += 1
+            self.api_call_times.append(time.monotonic())
 
     def image_started(self) -> None:
         with self.lock:
@@ -308,6 +310,7 @@ class FlickrServer:
             return {
                 "api_calls": stats.api_calls,
                 "api_calls_by_method": dict(stats.api_calls_by_method),
+                "api_call_times": list(stats.api_call_times),
                 "image_requests": stats.image_requests,
                 "max_concurrent_image_connections": stats.max_concurrent_image_connections,
                 "connections_opened": stats.connections_opened,
