@@ -29,7 +29,8 @@ from .config import Config
 from .verify import load_rgb
 
 MANIFEST_COLUMNS = ["path", "labels", "split", "candidate_id", "source", "photo_id", "url", "license_id",
-                    "license", "owner", "title", "date_taken", "sha256", "phash", "purpose", "mined_round"]
+                    "license", "owner", "title", "date_taken", "sha256", "phash", "purpose", "mined_round",
+                    "query"]
 SPLITS = ("train", "valid", "test")
 
 
@@ -55,6 +56,12 @@ def split_of(source: str, photo_id: str, fractions: dict[str, float]) -> str:
     return SPLITS[-1]
 
 
+def first_query(queries_json: str | None) -> str:
+    """The query that first found a photo (the catalog keeps them all): says which kind a probe is."""
+    queries = json.loads(queries_json) if queries_json else []
+    return queries[0] if queries else ""
+
+
 def folder_name(labels: str) -> str:
     """fastai's parent_label reads the folder; a multi-label image sits in 'a+b' (manifest is authoritative)."""
     return "+".join(labels.split()) if labels else "other"
@@ -78,7 +85,8 @@ def dataset_rows(cfg: Config, catalog: Catalog) -> list[dict]:
             "license": c["license_name"] or "", "owner": c["owner_name"] or c["owner"] or "",
             "title": c["title"] or "", "date_taken": c["date_taken"] or "", "sha256": c["sha256"],
             "phash": c["phash"], "purpose": c["purpose"],
-            "mined_round": "" if c["mined_round"] is None else c["mined_round"], "_file": c["file_path"]})
+            "mined_round": "" if c["mined_round"] is None else c["mined_round"],
+            "query": first_query(c["queries"]), "_file": c["file_path"]})
     return sorted(rows, key=lambda r: r["path"])
 
 

@@ -259,7 +259,26 @@ def evaluate_loaded_bundle(bundle, manifest_csv: str | Path, batch_size: int = 6
                       is_unknown_mask=(rows["split"] == "probe").to_numpy(), head=bundle.head)
     result["splits"] = list(splits)
     result["n_unreadable"] = int((~readable).sum())
+    if "query" in rows.columns:
+        is_probe = (rows["split"] == "probe").to_numpy()
+        result["probe_by_query"] = probe_by_query(probs[is_probe], rows["query"][is_probe].tolist(),
+                                                  bundle.thresholds, bundle.vocab, bundle.head)
     return result
+
+
+def probe_by_query(probs: np.ndarray, queries: list[str], thresholds, classes: list[str],
+                   head: str = "sigmoid") -> dict[str, dict]:
+    """For each probe query (a kind never trained on): how many images, the share accepted, and as
+    which classes. Says *what* the model mistakes for a class, not only how often."""
+    pred = predict_matrix(probs, thresholds, classes, head) if len(probs) else np.zeros((0, len(classes)), bool)
+    out = {}
+    for query in sorted(set(queries)):
+        rows = np.array([q == query for q in queries])
+        hits = pred[rows]
+        out[query] = {"n": int(rows.sum()), "accepted": float(hits.any(axis=1).mean()),
+                      "accepted_as": {classes[j]: int(hits[:, j].sum()) for j in real_class_indices(classes)
+                                      if hits[:, j].any()}}
+    return out
 
 
 def _pct(x: float | None) -> str:

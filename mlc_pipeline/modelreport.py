@@ -54,6 +54,9 @@ def model_section(result, models_dir: Path) -> str:
              "<h3>Alternatives on the same data</h3>", md_to_html_table(variants_markdown(result, metrics)),
              f"<h3>Per-class metrics ({html.escape(last.bundle)}, test split)</h3>",
              md_to_html_table(per_class_markdown(metrics[last.bundle]))]
+    probes = probe_markdown(result, metrics)
+    if probes:
+        parts += ["<h3>Unknown kinds (probe queries): accepted, and as what</h3>", md_to_html_table(probes)]
     loss = bundle / "loss.png"
     if loss.exists():
         parts.append(f"<h3>Loss curves</h3><img alt='loss curves' src='data:image/png;base64,"
@@ -65,4 +68,25 @@ def per_class_markdown(metrics: dict) -> str:
     lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for c, m in metrics["per_class"].items():
         lines.append(f"| {c} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |")
+    return "\n".join(lines) + "\n"
+
+
+def probe_markdown(result, metrics_by_bundle: dict[str, dict]) -> str:
+    """One row per probe query, one column per round: share accepted and the classes it was taken for."""
+    rounds = [r for r in result.rounds if metrics_by_bundle[r.bundle].get("probe_by_query")]
+    if not rounds:
+        return ""
+    queries = sorted({q for r in rounds for q in metrics_by_bundle[r.bundle]["probe_by_query"]})
+    lines = ["| probe query | " + " | ".join(f"round {r.round}" for r in rounds) + " |",
+             "|---|" + "---|" * len(rounds)]
+    for q in queries:
+        cells = []
+        for r in rounds:
+            m = metrics_by_bundle[r.bundle]["probe_by_query"].get(q)
+            if m is None:
+                cells.append("n/a")
+                continue
+            taken = ", ".join(f"{c} {n}" for c, n in sorted(m["accepted_as"].items(), key=lambda x: -x[1]))
+            cells.append(f"{pct(m['accepted'])} of {m['n']}" + (f" (as {taken})" if taken else ""))
+        lines.append(f"| {q} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

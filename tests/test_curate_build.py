@@ -137,6 +137,8 @@ def test_build_publishes_a_complete_version(curated):
     assert list(manifest[0].keys()) == MANIFEST_COLUMNS
     accepted = {r["id"] for r in rows.values() if r["status"] == "accepted"}
     assert {int(m["candidate_id"]) for m in manifest} == accepted
+    for m in manifest:  # the query that found it: the report breaks probe acceptance down by it
+        assert m["query"] == json.loads(rows[int(m["candidate_id"])]["queries"])[0]
     for m in manifest:
         with Image.open(folder / m["path"]) as im:
             im.load()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mlc_pipeline.evaluate import (
-    calibrate_thresholds, compare_table, evaluate, predict_matrix, targets_from_labels,
+    calibrate_thresholds, compare_table, evaluate, predict_matrix, probe_by_query, targets_from_labels,
 )
 
 # Two classes, four validation images each. Column 0 separates at 0.8 | 0.3, column 1 at 0.15 | 0.1.
@@ -129,3 +129,14 @@ def test_compare_table():
     table = compare_table([("sigmoid, negatives", m)])
     assert "| sigmoid, negatives | 0.667 | 100.0% | 100.0% | n/a |" in table
     assert table.count("\n") == 3
+
+
+def test_probe_acceptance_by_query_says_what_was_mistaken_for_what():
+    probs = np.array([[0.9, 0.1], [0.2, 0.1], [0.1, 0.8], [0.7, 0.9], [0.1, 0.1]])
+    out = probe_by_query(probs, ["fish", "fish", "flower", "flower", "house"], [0.5, 0.5], ["a", "b"])
+    assert out == {"fish": {"n": 2, "accepted": 0.5, "accepted_as": {"a": 1}},
+                   "flower": {"n": 2, "accepted": 1.0, "accepted_as": {"a": 1, "b": 2}},
+                   "house": {"n": 1, "accepted": 0.0, "accepted_as": {}}}
+    # an explicit "other" column is never a claimed class
+    out = probe_by_query(np.array([[0.1, 0.9]]), ["x"], [0.5, 0.5], ["a", "other"])
+    assert out == {"x": {"n": 1, "accepted": 0.0, "accepted_as": {}}}

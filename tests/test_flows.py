@@ -161,6 +161,8 @@ def test_flow_completes_with_artifacts(harness, project, monkeypatch):
     assert result["latest_dataset"] == "v2"
     assert (data / "models" / "LATEST").read_text().strip() == result["latest_model"]
     assert Path(result["report"]).is_file() and result["report"].endswith(".html")
+    page = Path(result["report"]).read_text()
+    assert "Unknown kinds (probe queries)" in page and "<td>house</td>" in page  # what unknowns were taken for
 
     arts = artifacts_of(state.state_details.flow_run_id)
     assert {SUMMARY_KEY, PER_CLASS_KEY, REJECTED_KEY, MINED_KEY, PROGRESS_KEY} <= set(arts), sorted(arts)
