@@ -109,7 +109,7 @@ class TrainSettings(Strict):
     arch: str = "mlcnet"              # small CNN for from-scratch CPU training; or a torchvision name
     pretrained: str = "auto"
     image_size: int = Field(64, ge=16)
-    epochs: int = Field(20, ge=1)     # mlcnet from scratch: 12 underfit (docs/training.md)
+    epochs: int = Field(30, ge=1)     # mlcnet from scratch: 12 underfit, 30 rejects more unknowns than 20 (docs/training.md)
     batch_size: int = Field(64, ge=1)
     lr: float | None = None
     other_mode: Literal["negative", "class"] = "negative"
