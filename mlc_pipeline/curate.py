@@ -61,8 +61,15 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
     summary.inspected = len(records)
     with catalog.transaction():
         for row, rec in zip(todo, records):
-            fields = dict(hashed_sha256=row["sha256"], phash=rec.phash, img_width=rec.width,
-                          img_height=rec.height, verify_reason=rec.reason)
+            fields = dict(phash=rec.phash, img_width=rec.width, img_height=rec.height, verify_reason=rec.reason)
+            if rec.sha256 and rec.sha256 != row["sha256"]:
+                # The bytes on disk are the truth: a file recorded without a hash, or changed since
+                # its download, is judged (and deduplicated) by what it holds now.
+                if row["sha256"]:
+                    log.warning("candidate %s: file changed since download (sha256 %s..., was %s...)",
+                                row["id"], rec.sha256[:12], row["sha256"][:12])
+                fields["sha256"] = rec.sha256
+            fields["hashed_sha256"] = fields.get("sha256", row["sha256"])
             catalog.update_fields(row["id"], **fields)
             row.update(fields)
             if rec.reason:

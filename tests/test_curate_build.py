@@ -222,3 +222,31 @@ def test_html_report_in_a_real_browser(curated, tmp_path):
     assert arr.std() > 20 and len(np.unique(arr.reshape(-1, 3)[::97], axis=0)) > 200
     dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.stdout.count("<img") >= 30 and "data:image/jpeg;base64" in dom.stdout
+
+
+def test_curate_judges_the_bytes_on_disk_not_the_recorded_hash(tmp_path):
+    """A downloaded file recorded without a sha256, or changed on disk since its download, is
+    hashed from its bytes; curation neither crashes nor deduplicates it by a stale hash."""
+    from mlc_pipeline.catalog import Found
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), "classes": {"ants": {"queries": ["ants"], "count": 5}},
+                        "other": {"queries": ["x"], "count": 5}})
+    cfg.data_dir.mkdir()
+    photos = sorted(FIXTURES.glob("ants/*.jpg"))[:3]
+    with Catalog(cfg.catalog_path) as c:
+        run = c.start_run("plant")
+        c.upsert_found([Found("flickr", f"p{i}", "train", "ants", "ants", f"http://h/{i}", "url_m", None, None, 4,
+                              "CC BY 2.0", "o", "o", "t", None, None, "ants") for i in range(3)], run)
+        for i, photo in enumerate(photos):
+            dest = tmp_path / f"p{i}.jpg"
+            shutil.copyfile(photo, dest)
+            recorded = {0: None, 1: "f" * 64, 2: hashlib.sha256(dest.read_bytes()).hexdigest()}[i]
+            c.set_status(c.get_by_photo("flickr", f"p{i}")["id"], "downloaded", None, run, "download",
+                         file_path=str(dest), sha256=recorded)
+    summary = curate(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        rows = {r["photo_id"]: r for r in c.candidates()}
+    assert summary.inspected == 3
+    for i, photo in enumerate(photos):
+        row = rows[f"p{i}"]
+        assert row["status"] == "accepted" and row["sha256"] == hashlib.sha256(photo.read_bytes()).hexdigest()
+        assert row["hashed_sha256"] == row["sha256"]
