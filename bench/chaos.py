@@ -11,7 +11,9 @@ Phase 2, interruption: a reference run to completion, then a second data root dr
 `--kills` SIGKILLs at random moments of collect, curate, build (and train with --train), each
 followed by the next command; finally the stages run to completion. The final catalog and dataset
 must equal the reference's, no partial file may exist anywhere, and every dataset version (and
-model) published along the way must be byte-identical at the end.
+model) published along the way must be byte-identical at the end. With --train, a first model is
+trained before the training kills, and after every kill `models/LATEST` must name a complete
+bundle whose export.pkl matches its recorded checksum.
 
 Stages run as `mlc` subprocesses (so SIGKILL is real); the server runs in this process.
 """
@@ -171,6 +173,7 @@ def phase_kills(srv: FlickrServer, work: Path, kills: int, seed: int, train: boo
             "versions_published_while_killing": sorted({v for r in rounds for v in r["published"]}),
             "published_then_changed": [c for r in rounds for c in r["changed"]],
             "partial_files": [f for r in rounds for f in r["partial_files"]],
+            "broken_latest_model": [b for r in rounds for b in r["broken_latest"]],
             "orphan_processes_left": sum(r["orphans"] for r in rounds),
             "reference_seconds": {k: round(v, 1) for k, v in timing.items()}}
 
@@ -182,12 +185,23 @@ def kill_round(srv, root: Path, stages: list[str], kills: int, timing: dict, rng
     published: dict[str, str] = {}
     kill_log = []
     quota = {s: kills // len(stages) + (i < kills % len(stages)) for i, s in enumerate(stages)}
+    broken_latest = []
     for stage in stages:
+        if stage == "train":
+            # A model first, so each kill below interrupts the training of the *next* one: the
+            # published model must survive every kill byte for byte.
+            res = mlc(stage, cfg)
+            assert res.returncode == 0, f"first train failed: {res.stderr[-2000:]}"
         for _ in range(quota[stage]):
             proc = subprocess.Popen(MLC + [stage, "-c", str(cfg)] + (["--no-progress"] if stage == "collect" else []),
                                     env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            # the reference run met the server's one-off faults first, so later runs are faster
-            delay = rng.uniform(0.2, max(0.5, min(timing[stage] * 0.9, 1.5)))
+            # The reference run met the server's one-off faults first, so later collects are
+            # faster; a training's time is its own (its first seconds are imports), so spread the
+            # kills over all of it.
+            cap = timing[stage] * 0.95 if stage == "train" else max(0.5, min(timing[stage] * 0.9, 1.5))
+            if stage == "collect":  # a warm server answers a whole small collect in about a second
+                cap = min(cap, 0.8)
+            delay = rng.uniform(0.1, cap)
             time.sleep(delay)
             killed = proc.poll() is None
             if killed:
@@ -199,8 +213,11 @@ def kill_round(srv, root: Path, stages: list[str], kills: int, timing: dict, rng
                 published.setdefault(v.name, tree_digest(v))
             models = root / "models"
             for m in models.glob("*") if models.exists() else []:
-                if m.is_dir() and not m.name.startswith("."):
+                if m.is_dir() and not m.name.startswith(".") and ".tmp-" not in m.name:
                     published.setdefault(f"model:{m.name}", tree_digest(m))
+            problem = latest_model_problem(models)
+            if problem:
+                broken_latest.append(f"after killing {stage} at {delay:.2f} s: {problem}")
             if not killed:
                 break                        # the stage finished before the kill: nothing left to interrupt
         res = mlc(stage, cfg)
@@ -215,7 +232,21 @@ def kill_round(srv, root: Path, stages: list[str], kills: int, timing: dict, rng
     return kill_log, {"same_catalog": catalog_snapshot(root / "catalog.sqlite") == catalog_snapshot(work / "ref" / "catalog.sqlite"),
                       "same_manifest": ds_killed[0] == ds_ref[0], "same_images": ds_killed[1] == ds_ref[1],
                       "published": sorted(published), "changed": changed, "partial_files": partial_files(root),
-                      "orphans": len(orphans)}
+                      "orphans": len(orphans), "broken_latest": broken_latest}
+
+
+def latest_model_problem(models: Path) -> str | None:
+    """None when models/LATEST is absent or names a complete bundle that passes its checksum."""
+    pointer = models / "LATEST"
+    if not pointer.exists():
+        return None
+    bundle = models / pointer.read_text().strip()
+    try:
+        meta = json.loads((bundle / "bundle.json").read_text())
+        digest = hashlib.sha256((bundle / "export.pkl").read_bytes()).hexdigest()
+    except (OSError, ValueError) as exc:
+        return f"LATEST names {bundle.name}: {exc}"
+    return None if digest == meta.get("export_sha256") else f"LATEST names {bundle.name}: checksum mismatch"
 
 
 def main() -> int:
@@ -241,13 +272,15 @@ def main() -> int:
     f, k = report["faults"], report["interruption"]
     ok = (all(c == 0 for c in f["exit_codes"].values()) and not f["unexplained"] and not f["undecodable"]
           and f["recorded_not_offered"] == 0 and not f["partial_files"] and k["same_catalog"]
-          and k["same_manifest"] and k["same_images"] and not k["published_then_changed"] and not k["partial_files"] and not k["orphan_processes_left"])
+          and k["same_manifest"] and k["same_images"] and not k["published_then_changed"] and not k["partial_files"] and not k["orphan_processes_left"]
+          and not k["broken_latest_model"])
     print(json.dumps({"faults": {x: f[x] for x in f if x != "faults_injected"}, "faults_injected": f["faults_injected"]},
                      indent=1, default=str))
     print(f"kills: {k['kills']} of {k['attempts']} attempts over {k['rounds']} fresh data roots (stages {sorted({x['stage'] for x in k['log']})}); "
           f"same catalog {k['same_catalog']}, same manifest {k['same_manifest']}, same images {k['same_images']}; "
           f"versions published while killing {k['versions_published_while_killing']}, changed later "
-          f"{k['published_then_changed']}; partial files {k['partial_files']}; orphan processes {k['orphan_processes_left']}")
+          f"{k['published_then_changed']}; partial files {k['partial_files']}; orphan processes {k['orphan_processes_left']}; "
+          f"models/LATEST broken after a kill: {k['broken_latest_model']}")
     print(f"duplicate recall: {f['duplicates_found']}/{f['duplicate_twins']}; "
           f"undecodable dataset images: {len(f['undecodable'])}; total {report['seconds']} s")
     print("CHAOS: PASS" if ok else "CHAOS: FAIL")
