@@ -36,6 +36,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from common import FAST_RETRIES, source_yaml
+
 from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
 
 MLC = [sys.executable, "-m", "mlc_pipeline.cli"]
@@ -46,16 +48,7 @@ STAGES = ["collect", "curate", "build"]
 def write_config(path: Path, data_dir: Path, srv: FlickrServer) -> Path:
     path.write_text(f"""
 data_dir: {data_dir}
-source:
-  kind: flickr
-  rest_url: "{srv.rest_url}"
-  allowed_hosts: ["{srv.static_host}"]
-  sizes: [url_n, url_m]
-  per_page: 25
-  timeout_s: 1.0
-  retry: {{attempts: 8, base_delay_s: 0.05, max_delay_s: 0.5}}
-  max_retry_after_s: 2
-  max_image_bytes: 5000000
+{source_yaml(srv, per_page=25, **FAST_RETRIES)}
 classes:
   balloon: {{queries: [balloon], count: 60}}
   kite: {{queries: [kite], count: 60}}

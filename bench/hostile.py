@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from badfiles import make_bad_files  # noqa: E402  (the same corpus the unit tests use)
+from common import source_yaml  # noqa: E402
 
 from mlc_pipeline.catalog import Catalog, Found  # noqa: E402
 from mlc_pipeline.flickr_server import FlickrServer, WorldSpec  # noqa: E402
@@ -76,11 +77,7 @@ def run_measured(args: list[str], timeout: float) -> dict:
 def write_config(path: Path, data_dir: Path, srv: FlickrServer) -> Path:
     path.write_text(f"""
 data_dir: {data_dir}
-source:
-  kind: flickr
-  rest_url: "{srv.rest_url}"
-  allowed_hosts: ["{srv.static_host}"]
-  sizes: [url_n, url_m]
+{source_yaml(srv)}
 classes:
   balloon: {{queries: [balloon], count: 40}}
   kite: {{queries: [kite], count: 40}}

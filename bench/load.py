@@ -27,6 +27,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from common import FAST_RETRIES, source_yaml
+
 from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
 from mlc_pipeline.retry import RateLimiter
 
@@ -38,19 +40,11 @@ def write_config(path: Path, data_dir: Path, srv: FlickrServer, images: int, bud
     per_class = images * 3 // 10
     other = images - 3 * per_class
     classes = "\n".join(f"  {c}: {{queries: [{c}], count: {per_class}}}" for c in CLASSES)
+    source = source_yaml(srv, per_page=per_page, max_calls_per_hour=budget,
+                         **{**FAST_RETRIES, "timeout_s": 2.0, "retry": "{attempts: 8, base_delay_s: 0.05, max_delay_s: 1.0}"})
     path.write_text(f"""
 data_dir: {data_dir}
-source:
-  kind: flickr
-  rest_url: "{srv.rest_url}"
-  allowed_hosts: ["{srv.static_host}"]
-  sizes: [url_n, url_m]
-  per_page: {per_page}
-  max_calls_per_hour: {budget}
-  timeout_s: 2.0
-  retry: {{attempts: 8, base_delay_s: 0.05, max_delay_s: 1.0}}
-  max_retry_after_s: 2
-  max_image_bytes: 5000000
+{source}
 classes:
 {classes}
 other: {{queries: [landscape, texture, pattern, street, sky, garden], count: {other}}}
