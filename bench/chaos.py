@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/chaos.py [--kills 20] [--scale 0.25] [--seed 0] [--train] [--json out.json]
 
-Phase 1, faults: collect -> curate -> build against a server with every fault on (HTTP 500, code
+Phase 1, faults: collect -> curate -> build -> train against a server with every fault on (HTTP 500, code
 105, 429 + Retry-After, slow responses, truncated / empty / HTML bodies, offsite redirects,
 oversize bodies, exact and near duplicates under new ids). Reports: every candidate accounted for,
 no crash, injected-duplicate recall, every published image decodes fully.
@@ -105,7 +105,7 @@ def partial_files(data: Path) -> list[str]:
 
 def phase_faults(srv: FlickrServer, work: Path) -> dict:
     cfg = write_config(work / "faults.yaml", work / "faults", srv)
-    codes = {s: mlc(s, cfg).returncode for s in STAGES}
+    codes = {s: mlc(s, cfg).returncode for s in STAGES + ["train"]}   # train: the model side of the flow too
     db = work / "faults" / "catalog.sqlite"
     con = sqlite3.connect(db)
     rows = con.execute("SELECT photo_id, status, reason, duplicate_of, id FROM candidates").fetchall()
@@ -141,7 +141,9 @@ def phase_faults(srv: FlickrServer, work: Path) -> dict:
             "recorded_not_offered": len(recorded - offered), "offered_not_needed": len(offered - recorded),
             "faults_injected": srv.stats()["faults_injected"], "duplicate_twins": eligible,
             "duplicates_found": found, "duplicate_recall": found / eligible if eligible else None,
-            "dataset_images": len(images), "undecodable": undecodable, "partial_files": partial_files(work / "faults")}
+            "dataset_images": len(images), "undecodable": undecodable, "partial_files": partial_files(work / "faults"),
+            "model_problem": latest_model_problem(work / "faults" / "models") if (work / "faults" / "models" / "LATEST").exists()
+            else "no model published"}
 
 
 def phase_kills(srv: FlickrServer, work: Path, kills: int, seed: int, train: bool) -> dict:
@@ -264,6 +266,7 @@ def main() -> int:
         report["seconds"] = round(time.monotonic() - t0, 1)
     f, k = report["faults"], report["interruption"]
     ok = (all(c == 0 for c in f["exit_codes"].values()) and not f["unexplained"] and not f["undecodable"]
+          and not f["model_problem"]
           and f["recorded_not_offered"] == 0 and not f["partial_files"] and k["same_catalog"]
           and k["same_manifest"] and k["same_images"] and not k["published_then_changed"] and not k["partial_files"] and not k["orphan_processes_left"]
           and not k["broken_latest_model"])
