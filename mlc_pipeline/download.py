@@ -25,6 +25,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from .config import SourceSettings
+from .procs import pid_alive
 from .retry import backoff_delay
 from .secrets import redact
 
@@ -115,23 +116,13 @@ def clean_stale_temp(tmp_root: Path) -> int:
         return 0
     for d in tmp_root.iterdir():
         pid = d.name.split("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
             continue
         for f in d.glob("*"):
             f.unlink()
             removed += 1
         d.rmdir()
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Downloader:

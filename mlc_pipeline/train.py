@@ -38,6 +38,7 @@ from fastai.vision.all import (
 from fastai.metrics import ActivationType
 
 from mlc_pipeline import __version__, nets
+from mlc_pipeline.procs import pid_alive
 from mlc_pipeline.evaluate import (
     DEFAULT_F1_TOLERANCE, OTHER, THRESHOLD_MODES, calibrate_thresholds, evaluate, evaluate_loaded_bundle,
 )
@@ -462,21 +463,11 @@ def remove_stale_tmp_dirs(parent: Path) -> list[Path]:
     removed = []
     for path in parent.glob("*.tmp-*-*"):
         pid = path.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
-        if path.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+        if path.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
             log.info("removing %s, left by a training that did not finish", path)
             shutil.rmtree(path)
             removed.append(path)
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
