@@ -204,7 +204,8 @@ def resolve_pretrained(cfg: TrainConfig) -> str:
         if choice.lower() != "auto":
             raise ValueError(f"pretrained='{choice}': there are no ImageNet weights for {cfg.arch} "
                              "(use 'auto', 'none' or a weights file of this architecture)")
-        return "none"  # 'auto' for a net that has no published weights: scratch is the plan, no warning
+        log.info("%s has no published weights: training from scratch (the plan for it, not a fallback)", cfg.arch)
+        return "none"
     if choice.lower() in ("auto", "imagenet", "true"):
         weights = torchvision.models.get_model_weights(getattr(torchvision.models, cfg.arch)).DEFAULT
         cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
