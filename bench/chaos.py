@@ -75,15 +75,13 @@ def catalog_snapshot(db: Path) -> list[tuple]:
 
 
 def dataset_snapshot(root: Path) -> tuple[str, str]:
-    latest = (root / "LATEST").read_text().strip()
-    folder = root / latest
-    manifest = [line.split(",", 4)[:3] + line.split(",")[4:] for line in (folder / "manifest.csv").read_text().splitlines()]
-    h = hashlib.sha256()
-    for f in sorted((folder / "images").rglob("*")):
-        if f.is_file():
-            h.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
-    drop_candidate_id = "\n".join(",".join(c for i, c in enumerate(row) if i != 3) for row in manifest)
-    return hashlib.sha256(drop_candidate_id.encode()).hexdigest(), h.hexdigest()
+    """(digest of the latest manifest without its candidate ids, digest of its image files)."""
+    folder = root / (root / "LATEST").read_text().strip()
+    rows = [line.split(",") for line in (folder / "manifest.csv").read_text().splitlines()]
+    # Column 3 is candidate_id: catalog row ids differ between two data roots. The columns before
+    # it (path, labels, split) hold no comma, so a plain split finds it.
+    without_ids = "\n".join(",".join(c for i, c in enumerate(row) if i != 3) for row in rows)
+    return hashlib.sha256(without_ids.encode()).hexdigest(), tree_digest(folder / "images")
 
 
 def tree_digest(folder: Path) -> str:
