@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import re
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from flickrapi.exceptions import FlickrError
 from PIL import Image
 
 from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec, build_world
+from mlc_pipeline.flickr_server.objects import draw_distractor
 
 ALL_URL_EXTRAS = "url_sq,url_t,url_q,url_s,url_n,url_m,url_z,url_c,url_l"
 ALL_EXTRAS = "license,owner_name,date_upload,date_taken,tags,o_dims," + ALL_URL_EXTRAS
@@ -512,3 +514,16 @@ def test_serve_main_cli_serves_until_interrupted():
         assert process.wait(timeout=10) == 0
         process.stdout.close()
         process.stderr.close()
+
+
+def test_distractors_include_multicolour_toys():
+    # A "colorful toys" pool of one-colour primitives only would teach mining nothing about objects with
+    # several coloured parts (docs/training.md: the kite model took every such thing for a kite).
+    drawn = [draw_distractor(random.Random(seed), 500, 400, 300) for seed in range(600)]
+    fills = [{op[2] for op in ops if op[0] == "poly"} for ops in drawn]
+    multicolour = sum(len(colours) >= 2 for colours in fills) / len(drawn)
+    assert 0.25 < multicolour < 0.45
+    assert sum(len(colours) == 1 for colours in fills) / len(drawn) > 0.5
+    for ops in drawn:
+        for op in ops:
+            assert op[0] in ("poly", "line") and all(0 < x < 1000 and 0 < y < 800 for x, y in op[1])

@@ -123,7 +123,11 @@ def draw_fish(rng, cx, cy, size):
 
 
 def draw_distractor(rng: random.Random, cx: float, cy: float, size: float) -> list[Op]:
-    """Object-like shapes that are none of the classes: the hard negatives."""
+    """Object-like shapes that are none of the classes: the hard negatives. Most are one-colour
+    primitives; about a third are toys made of several coloured parts, because a "colorful toys"
+    search returns those too, and without them no negative has inner edges or several colours."""
+    if rng.random() < 0.35:
+        return _draw_toy(rng, cx, cy, size)
     color = random_color(rng, (0.4, 1.0), (0.5, 1.0))
     outline = shade(color, 0.6) if rng.random() < 0.5 else None
     shape = rng.choices(["circle", "triangle", "square", "star", "rhombus", "line", "ring"], [25, 22, 20, 10, 8, 8, 7])[0]
@@ -145,6 +149,43 @@ def draw_distractor(rng: random.Random, cx: float, cy: float, size: float) -> li
         return [("poly", rotate([(cx, cy - r), (cx + 0.6 * r, cy), (cx, cy + r), (cx - 0.6 * r, cy)], cx, cy, rng.uniform(-40, 40)), color, outline, 2)]
     line = wavy_line(cx, cy - r, rng.uniform(-60, 60), 2 * r, 0.1 * r, rng.uniform(0.5, 2), rng.uniform(0, 6.3))
     return [("line", line, rng.choice([(40, 40, 40), (235, 235, 235), color]), max(2, 0.04 * size))]
+
+
+def _draw_toy(rng: random.Random, cx: float, cy: float, size: float) -> list[Op]:
+    """A toy of several coloured parts: beach ball, striped block, chequered cube face or target."""
+    colors = [random_color(rng, (0.5, 1.0), (0.6, 1.0)) for _ in range(3)]
+    seam = rng.choice([(30, 30, 30), (245, 245, 245), None])
+    r = size / 2
+    toy = rng.choice(["beachball", "stripes", "chequer", "target"])
+    ops: list[Op] = []
+    if toy == "beachball":  # wedges of alternating colours meeting in the middle
+        n = rng.choice([4, 6, 8])
+        start = rng.uniform(0, 360)
+        for i in range(n):
+            arc = [(cx + r * math.cos(math.radians(start + (i + t / 6) * 360 / n)),
+                    cy + r * math.sin(math.radians(start + (i + t / 6) * 360 / n))) for t in range(7)]
+            ops.append(("poly", [(cx, cy)] + arc, colors[i % (2 if n == 4 else 3)], seam, 1))
+        ops.append(("poly", ellipse(cx, cy, 0.12 * r, 0.12 * r, 12), (245, 245, 245), None, 0))
+        return ops
+    if toy == "stripes":  # a block of 2-4 coloured bands
+        w, h = r, r * rng.uniform(0.5, 1.0)
+        n = rng.randint(2, 4)
+        for i in range(n):
+            x0, x1 = cx - w + 2 * w * i / n, cx - w + 2 * w * (i + 1) / n
+            ops.append(("poly", [(x0, cy - h), (x1, cy - h), (x1, cy + h), (x0, cy + h)], colors[i % 3], seam, 1))
+    elif toy == "chequer":  # a 2x2 or 3x3 face of coloured squares
+        n = rng.choice([2, 3])
+        cell = 2 * r / n
+        for i in range(n):
+            for j in range(n):
+                x0, y0 = cx - r + i * cell, cy - r + j * cell
+                ops.append(("poly", [(x0, y0), (x0 + cell, y0), (x0 + cell, y0 + cell), (x0, y0 + cell)],
+                            colors[(i + j) % 2 if n == 2 else (i + 2 * j) % 3], seam or (30, 30, 30), 1))
+    else:  # target: concentric rings
+        for i, k in enumerate((1.0, 0.7, 0.4)):
+            ops.append(("poly", ellipse(cx, cy, k * r, k * r), colors[i], seam, 1))
+        return ops
+    return _rotate_ops(ops, cx, cy, rng.uniform(0, 90))
 
 
 def draw_clutter(rng: random.Random, cw: int, ch: int) -> list[Op]:
