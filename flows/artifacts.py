@@ -12,6 +12,8 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from mlc_pipeline.evaluate import pct
+
 SUMMARY_KEY = "mlc-run-summary"
 DATASET_SUMMARY_KEY = "mlc-dataset-summary"
 PER_CLASS_KEY = "mlc-per-class-metrics"
@@ -31,10 +33,6 @@ def plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-def pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def md_escape(text: Any) -> str:

@@ -281,7 +281,8 @@ def probe_by_query(probs: np.ndarray, queries: list[str], thresholds, classes: l
     return out
 
 
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
+    """A rate as a percentage for tables; "n/a" where there was nothing to measure."""
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
@@ -292,6 +293,6 @@ def compare_table(rows: list[tuple[str, dict]] | dict[str, dict]) -> str:
              "| unknown accepted (probe) | FPR@95%TPR (probe) |",
              "|---|---|---|---|---|---|"]
     for name, m in items:
-        lines.append(f"| {name} | {m['macro_f1']:.3f} | {_pct(m['accuracy'])} | {_pct(m['unknown_accepted'])} "
-                     f"| {_pct(m['probe_accepted'])} | {_pct(m.get('fpr95_probe'))} |")
+        lines.append(f"| {name} | {m['macro_f1']:.3f} | {pct(m['accuracy'])} | {pct(m['unknown_accepted'])} "
+                     f"| {pct(m['probe_accepted'])} | {pct(m.get('fpr95_probe'))} |")
     return "\n".join(lines) + "\n"

@@ -8,11 +8,7 @@ import html
 import json
 from pathlib import Path
 
-from .evaluate import compare_table
-
-
-def pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
+from .evaluate import compare_table, pct
 
 
 def rounds_markdown(result) -> str:
