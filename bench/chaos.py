@@ -39,6 +39,7 @@ from PIL import Image
 from common import FAST_RETRIES, source_yaml
 
 from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
+from mlc_pipeline.hashing import sha256_file
 
 MLC = [sys.executable, "-m", "mlc_pipeline.cli"]
 ENV = {**os.environ, "FLICKR_API_KEY": "chaos-key-0000", "FLICKR_API_SECRET": "chaos-secret-0000"}
@@ -236,7 +237,7 @@ def latest_model_problem(models: Path) -> str | None:
     bundle = models / pointer.read_text().strip()
     try:
         meta = json.loads((bundle / "bundle.json").read_text())
-        digest = hashlib.sha256((bundle / "export.pkl").read_bytes()).hexdigest()
+        digest = sha256_file(bundle / "export.pkl")
     except (OSError, ValueError) as exc:
         return f"LATEST names {bundle.name}: {exc}"
     return None if digest == meta.get("export_sha256") else f"LATEST names {bundle.name}: checksum mismatch"

@@ -117,6 +117,15 @@ def inspect_files(paths: Iterable[str | os.PathLike], limits: VerifyLimits = Ver
     return records  # type: ignore[return-value]  # every slot is filled by now
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file read in 1 MiB chunks (model exports run to megabytes; never held whole)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _die_with_parent() -> None:
     """Pool workers exit when the parent dies (kill -9 of the pipeline): forked workers share the
     task pipe's write end, so without this they would wait on it forever."""

@@ -51,7 +51,7 @@ class Prediction:
 
 
 def load_bundle(bundle_dir: str | Path) -> Bundle:
-    from mlc_pipeline.train import sha256_file  # noqa: local import keeps `predict` light to import
+    from mlc_pipeline.hashing import sha256_file  # local: `predict` itself stays numpy-only to import
 
     bundle_dir = Path(bundle_dir)
     meta_path, export_path = bundle_dir / "bundle.json", bundle_dir / "export.pkl"

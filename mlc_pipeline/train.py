@@ -13,7 +13,6 @@ the measured speeds behind the defaults).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from fastai.vision.all import (
 from fastai.metrics import ActivationType
 
 from mlc_pipeline import __version__, nets
+from mlc_pipeline.hashing import sha256_file
 from mlc_pipeline.procs import pid_alive
 from mlc_pipeline.evaluate import (
     DEFAULT_F1_TOLERANCE, OTHER, THRESHOLD_MODES, calibrate_thresholds, evaluate, evaluate_loaded_bundle,
@@ -483,14 +483,6 @@ def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
 
 def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fastai_version() -> str:

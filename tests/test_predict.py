@@ -103,7 +103,7 @@ def test_altered_export_is_refused_before_unpickling(bundle_copy):
 
 
 def test_corrupt_export_with_matching_hash_is_a_bundle_error(bundle_copy):
-    from mlc_pipeline.train import sha256_file
+    from mlc_pipeline.hashing import sha256_file
     export = bundle_copy / "export.pkl"
     export.write_bytes(export.read_bytes()[:5000])  # truncated, hash re-recorded: unpickling fails
     meta = json.loads((bundle_copy / "bundle.json").read_text())

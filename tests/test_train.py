@@ -122,7 +122,7 @@ def test_bundle_is_complete_and_consistent():
     assert meta["head"] == "sigmoid" and meta["other_mode"] == "negative"
     assert meta["dataset_version"] == "test-v1" and meta["image_size"] == FAST["image_size"]
     assert meta["pretrained"] == "none" and meta["config"]["epochs"] == FAST["epochs"]
-    from mlc_pipeline.train import sha256_file
+    from mlc_pipeline.hashing import sha256_file
     assert meta["export_sha256"] == sha256_file(bundle / "export.pkl")
     assert [e["epoch"] for e in meta["history"]] == list(range(1, FAST["epochs"] + 1))
     assert all(e["train_loss"] > 0 and e["valid_loss"] > 0 for e in meta["history"])
