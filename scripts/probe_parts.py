@@ -55,13 +55,11 @@ def main(bundle_dirs: list[str], pictures: int = 80) -> None:
     bundles = [load_bundle(b) for b in bundle_dirs]
     out = Path(tempfile.mkdtemp(prefix="probe-parts-"))
     try:
-        for name, drawer in VARIANTS.items():
+        for v, (name, drawer) in enumerate(VARIANTS.items()):
             scenes.OBJECT_DRAWERS["flower"] = drawer  # the same backgrounds and placements as real probe flowers
-            paths = []
-            for i in range(pictures):
-                path = out / f"{len(paths)}-{i}.jpg"
+            paths = [out / f"{v}-{i}.jpg" for i in range(pictures)]
+            for i, path in enumerate(paths):
                 render_scene("flower", 1000 + i, (4, 3), 320, 240).save(path)
-                paths.append(path)
             cells = []
             for bundle in bundles:
                 accepted = score_paths(bundle, paths) >= np.array(bundle.thresholds)
