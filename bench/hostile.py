@@ -41,7 +41,8 @@ ENV = {**os.environ, "FLICKR_API_KEY": "hostile-key-0000", "FLICKR_API_SECRET": 
 
 
 def run_measured(args: list[str], timeout: float) -> dict:
-    """Like run(), with the child's own peak RSS from os.wait4 (not a running maximum over children)."""
+    """Run `mlc ARGS...` under a wall-clock limit: its exit, output, and its own peak RSS from os.wait4
+    (not a running maximum over children)."""
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "mlc_pipeline.cli", *args], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -129,9 +130,7 @@ def main() -> int:
         corpus = make_bad_files(work / "corpus")
         data = work / "data"
         cfg = write_config(work / "hostile.yaml", data, srv)
-        steps = [("collect", ["collect", "-c", str(cfg), "--no-progress"])]
-        for name, cmd in steps:
-            report["commands"][name] = run_measured(cmd, args.timeout)
+        report["commands"]["collect"] = run_measured(["collect", "-c", str(cfg), "--no-progress"], args.timeout)
         planted = plant(data, corpus, args.copies)
         for name, cmd in [("curate", ["curate", "-c", str(cfg)]), ("build", ["build", "-c", str(cfg)]),
                           ("train", ["train", "-c", str(cfg)])]:
