@@ -23,7 +23,6 @@ MLC = [sys.executable, "-m", "mlc_pipeline.cli"]
 FAST_RETRY = {"attempts": 6, "base_delay_s": 0.01, "max_delay_s": 0.05}
 
 
-
 def make_cfg(tmp_path, **source):
     """A config for a FlickrServer started by the test (source.kind: flickr, pointed at it)."""
     data = {

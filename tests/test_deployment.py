@@ -29,7 +29,6 @@ POOL = "mlc-local"
 pytestmark = pytest.mark.slow
 
 
-
 def tiny_config(folder: Path, port: int) -> Path:
     path = folder / "tiny.yaml"
     path.write_text(textwrap.dedent(f"""\

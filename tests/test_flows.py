@@ -34,7 +34,6 @@ from flows.progress import PROGRESS_KEY, DownloadProgress  # noqa: E402
 from flows.runtime import is_retryable, task_runner  # noqa: E402
 
 
-
 def tiny_config(folder: Path, port: int) -> Path:
     """Two classes of 20, a handful of negatives, probes and pool images; 1 epoch at 32 px."""
     path = folder / "tiny.yaml"
