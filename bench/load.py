@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import resource
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from common import FAST_RETRIES, source_yaml
 
+from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
 from mlc_pipeline.retry import RateLimiter
 
@@ -36,10 +36,15 @@ ENV = {**os.environ, "FLICKR_API_KEY": "load-key-0000", "FLICKR_API_SECRET": "lo
 CLASSES = ("balloon", "kite", "sailboat")
 
 
-def write_config(path: Path, data_dir: Path, srv: FlickrServer, images: int, budget: int, per_page: int) -> Path:
+def targets(images: int) -> dict[str, int]:
+    """Images wanted per label: 30% per class, the rest "other"."""
     per_class = images * 3 // 10
-    other = images - 3 * per_class
-    classes = "\n".join(f"  {c}: {{queries: [{c}], count: {per_class}}}" for c in CLASSES)
+    return {**{c: per_class for c in CLASSES}, "other": images - 3 * per_class}
+
+
+def write_config(path: Path, data_dir: Path, srv: FlickrServer, images: int, budget: int, per_page: int) -> Path:
+    wanted = targets(images)
+    classes = "\n".join(f"  {c}: {{queries: [{c}], count: {wanted[c]}}}" for c in CLASSES)
     source = source_yaml(srv, per_page=per_page, max_calls_per_hour=budget,
                          **{**FAST_RETRIES, "timeout_s": 2.0, "retry": "{attempts: 8, base_delay_s: 0.05, max_delay_s: 1.0}"})
     path.write_text(f"""
@@ -47,7 +52,7 @@ data_dir: {data_dir}
 {source}
 classes:
 {classes}
-other: {{queries: [landscape, texture, pattern, street, sky, garden], count: {other}}}
+other: {{queries: [landscape, texture, pattern, street, sky, garden], count: {wanted["other"]}}}
 """)
     return path
 
@@ -84,15 +89,11 @@ def main() -> int:
         seconds = time.monotonic() - t0
         peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
         stats = srv.stats()
-        con = sqlite3.connect(work / "data" / "catalog.sqlite")
-        rows = con.execute("SELECT status, reason FROM candidates").fetchall()
-        # A photo of two classes fills a slot of each: count per target, as the collector does.
-        have = {c: con.execute("SELECT COUNT(*) FROM candidates WHERE status='downloaded' AND purpose='train' "
-                               "AND (' ' || label || ' ') LIKE ?", (f"% {c} %",)).fetchone()[0]
-                for c in (*CLASSES, "other")}
-        con.close()
-        per_class = args.images * 3 // 10
-        wanted = {**{c: per_class for c in CLASSES}, "other": args.images - 3 * per_class}
+        with Catalog(work / "data" / "catalog.sqlite") as catalog:
+            rows = [(r["status"], r["reason"]) for r in catalog.candidates()]
+            # A photo of two classes fills a slot of each: counted per target, as the collector does.
+            wanted = targets(args.images)
+            have = {label: catalog.count_downloaded("train", label) for label in wanted}
         by_status = Counter(r[0] for r in rows)
         reasons = Counter(f"{r[0]}: {(r[1] or '').split(':')[0]}" for r in rows if r[1])
         unexplained = sum(1 for r in rows if r[0] in ("failed", "skipped") and not r[1])
