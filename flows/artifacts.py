@@ -12,6 +12,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from mlc_pipeline.curves import curve_markdown
 from mlc_pipeline.evaluate import pct
 
 SUMMARY_KEY = "mlc-run-summary"
@@ -133,6 +134,12 @@ def summary_markdown(run: dict) -> str:
         if run.get("stopped_early"):
             lines += ["Mining stopped early (nothing left to mine, or no further improvement).", ""]
         lines += [f"Per-class metrics: table `{PER_CLASS_KEY}`; mined negatives: table `{MINED_KEY}`.", ""]
+        curve = models[-1]["metrics"].get("test", {}).get("curve")
+        if curve:
+            lines += [f"## Operating curve of {models[-1]['bundle']} (test split)", "",
+                      "Each row is one value of `train.max_unknown_accepted`; the chosen row is marked. "
+                      "The plot is in the bundle (`curve.png`) and the HTML report.", "",
+                      curve_markdown(curve)]
     if run.get("alternatives"):
         lines += ["## Alternatives on the same data (round 0)", "",
                   "| variant | macro F1 | unknown accepted (test other) | unknown accepted (probe) |",

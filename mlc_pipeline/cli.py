@@ -63,15 +63,22 @@ def cmd_train(args) -> int:
 
 
 def cmd_mine(args) -> int:
-    from .mine import mine_round
+    from .mine import mine_round, undo_round
     from .models import latest_model
     cfg = load_config(args.config, parse_overrides(args.set))
+    if args.undo:
+        changed = undo_round(cfg, args.round, args.photo_id or None)
+        print(f"round {args.round}: {changed} mined or held pool images put back into the pool "
+              f"(the next `mlc build` leaves them out)")
+        return 0
     bundle = args.model or latest_model(cfg)
     if bundle is None:
         raise ConfigError("no model yet: run `mlc train` first (or pass --model BUNDLE)")
     res = mine_round(cfg, bundle, args.round)
     print(f"round {res.round}: scored {res.scored} pool images, {res.added} hard negatives added "
-          f"(next `mlc build` includes them); {len(res.review)} class images listed for review in {bundle}/review.csv")
+          f"(next `mlc build` includes them), {len(res.held)} held for review, {res.over_cap} over the round's cap; "
+          f"every decision with its score in {bundle}/mined.csv (undo: `mlc mine --undo --round {res.round}`); "
+          f"{len(res.review)} class images listed for review in {bundle}/review.csv")
     return 0
 
 
@@ -165,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config(p)
     p.add_argument("--model", help="model bundle (default: data/models/LATEST)")
     p.add_argument("--round", type=int, default=1)
+    p.add_argument("--undo", action="store_true", help="put round ROUND's mined negatives back into the pool")
+    p.add_argument("--photo-id", action="append", help="with --undo: only these photos (repeatable)")
     p.set_defaults(func=cmd_mine)
 
     p = sub.add_parser("predict", help="which classes an image shows, or none of them")

@@ -119,12 +119,20 @@ class TrainSettings(Strict):
     f1_tolerance: float = Field(0.02, ge=0, lt=1)   # F1 modes: highest threshold within this of the best
     seed: int = 42
     compare_baselines: bool = True
+    max_unknown_accepted: float | None = Field(None, ge=0, le=1)   # cap on held-out "other" accepted
+    crop: Literal["squish", "random"] = "squish"
+    min_scale: float = Field(0.35, gt=0, le=1)
+    mixup: float = Field(0.0, ge=0)
+    tta: bool = False
 
 
 class MineSettings(Strict):
     rounds: int = Field(1, ge=0, le=10)
     pool: QuerySet | None = None    # fresh "other" candidates, scored for hard negatives
     min_improvement: float = 0.0    # stop early when unknown-accepted improves less than this
+    hold_above: float | None = Field(None, gt=0, le=1.01)   # held for review at this score or more; None: the
+                                                            # class's median validation positive (docs/training.md)
+    max_per_round: int | None = Field(None, ge=1)    # None: as many as the training "other" set holds
 
 
 class Config(Strict):

@@ -8,6 +8,7 @@ import html
 import json
 from pathlib import Path
 
+from .curves import curve_markdown, plot_curves
 from .evaluate import compare_table, pct
 
 
@@ -50,6 +51,17 @@ def model_section(result, models_dir: Path) -> str:
              "<h3>Alternatives on the same data</h3>", md_to_html_table(variants_markdown(result, metrics)),
              f"<h3>Per-class metrics ({html.escape(last.bundle)}, test split)</h3>",
              md_to_html_table(per_class_markdown(metrics[last.bundle]))]
+    curves = {f"round {r.round}": metrics[r.bundle]["curve"] for r in result.rounds if metrics[r.bundle].get("curve")}
+    if curves:
+        png = plot_curves(curves, models_dir / last.bundle / "curves-all-rounds.png",
+                          title="macro F1 against unknowns accepted, every round (★ = chosen)")
+        parts += ["<h3>Operating curve: accuracy against unknowns accepted</h3>",
+                  "<p>Each point is one value of <code>train.max_unknown_accepted</code> (the share of held-out "
+                  "'other' images the thresholds may accept); solid lines: test 'other' images, dashed: probe "
+                  "images (kinds under no query). The star is the operating point in use.</p>",
+                  f"<img alt='operating curve' src='data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}'>",
+                  md_to_html_table(curve_markdown(metrics[last.bundle].get("curve", [])))
+                  if metrics[last.bundle].get("curve") else ""]
     probes = probe_markdown(result, metrics)
     if probes:
         parts += ["<h3>Unknown kinds (probe queries): accepted, and as what</h3>", md_to_html_table(probes)]

@@ -31,16 +31,18 @@ import torchvision
 from fastai.vision.all import (
     AccumMetric, BCEWithLogitsLossFlat, CancelFitException, CategoryBlock, Callback,
     ColReader, ColSplitter, CrossEntropyLossFlat, DataBlock, ImageBlock, Learner, MultiCategoryBlock, Normalize,
-    Recorder, Resize, ResizeMethod, accuracy, aug_transforms, create_body, default_split,
+    MixUp, RandomResizedCrop, Recorder, Resize, ResizeMethod, accuracy, aug_transforms, create_body, default_split,
     imagenet_stats, model_meta, set_seed, vision_learner,
 )
 from fastai.metrics import ActivationType
 
 from mlc_pipeline import __version__, nets
+from mlc_pipeline.curves import plot_curves
 from mlc_pipeline.hashing import sha256_file
 from mlc_pipeline.procs import pid_alive
 from mlc_pipeline.evaluate import (
-    DEFAULT_F1_TOLERANCE, OTHER, THRESHOLD_MODES, calibrate_thresholds, evaluate, evaluate_loaded_bundle,
+    DEFAULT_F1_TOLERANCE, OTHER, THRESHOLD_MODES, calibrate_thresholds, capping_path, evaluate,
+    evaluate_loaded_bundle, pick_capped,
 )
 
 log = logging.getLogger(__name__)
@@ -75,12 +77,21 @@ class TrainConfig:
     threads: int | None = None        # torch threads; None = every core this process may use
     max_train_seconds: float | None = None  # stop training early (after an epoch if possible) past this
     augment: bool = True              # flips, small rotations/zoom/lighting on the batch
+    crop: str = "squish"              # 'squish' the whole picture | 'random' resized crops (train only)
+    min_scale: float = 0.35           # crop='random': smallest share of the picture a crop keeps
+    mixup: float = 0.0                # MixUp alpha (0 = off)
+    tta: bool = False                 # score the picture and its mirror image, average (2x predict time)
+    max_unknown_accepted: float | None = None  # cap on held-out "other" images accepted (None: F1 only)
 
     def __post_init__(self):
         if self.head not in ("sigmoid", "softmax"):
             raise ValueError(f"head must be 'sigmoid' or 'softmax', got {self.head!r}")
         if self.other_mode not in ("negative", "class"):
             raise ValueError(f"other_mode must be 'negative' or 'class', got {self.other_mode!r}")
+        if self.max_unknown_accepted is not None and not 0 <= self.max_unknown_accepted <= 1:
+            raise ValueError(f"max_unknown_accepted must be in [0, 1], got {self.max_unknown_accepted}")
+        if self.crop not in ("squish", "random"):
+            raise ValueError(f"crop must be 'squish' or 'random', got {self.crop!r}")
         if self.threshold_mode not in THRESHOLD_MODES:
             raise ValueError(f"threshold_mode must be one of {THRESHOLD_MODES}, got {self.threshold_mode!r}")
         if not nets.is_local_arch(self.arch) and not callable(getattr(torchvision.models, self.arch, None)):
@@ -189,10 +200,18 @@ def build_dataloaders(rows: pd.DataFrame, classes: list[str], cfg: TrainConfig, 
         get_x=ColReader("abs_path"),
         get_y=ColReader("target"),
         splitter=ColSplitter("is_valid"),
-        item_tfms=Resize(cfg.image_size, method=ResizeMethod.Squish),
+        item_tfms=item_transforms(cfg),
         batch_tfms=batch_tfms,
     )
     return block.dataloaders(rows, bs=cfg.batch_size, num_workers=cfg.workers, device=device)
+
+
+def item_transforms(cfg: TrainConfig):
+    """Squish keeps every pixel; random resized crops (valid/predict: the squished picture, centre
+    crop of 1/8) show the net parts of objects at several scales, which real photos need."""
+    if cfg.crop == "random":
+        return RandomResizedCrop(cfg.image_size, min_scale=cfg.min_scale)
+    return Resize(cfg.image_size, method=ResizeMethod.Squish)
 
 
 def resolve_pretrained(cfg: TrainConfig) -> str:
@@ -361,7 +380,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         learn.to_fp16()
 
     history, budget = LossHistory(), TimeBudget(cfg.max_train_seconds or float("inf"))
-    fit_cbs = [history, budget]
+    fit_cbs = [history, budget] + ([MixUp(cfg.mixup)] if cfg.mixup > 0 else [])
     n_train = len(dls.train_ds)
     log.info("training %s (%s, %s, pretrained=%s) on %d images, validating on %d, vocab %s",
              cfg.arch, cfg.head, cfg.effective_other_mode, pretrained, n_train, len(dls.valid_ds), vocab)
@@ -379,10 +398,15 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
 
     # Calibrate on valid: these images were not trained on, the test split stays untouched.
     valid_probs, valid_targets = _valid_predictions(learn, cfg, vocab)
-    thresholds = None
+    thresholds, curve_path = None, []
     if cfg.head == "sigmoid":
         thresholds = calibrate_thresholds(valid_probs, valid_targets, cfg.threshold_mode, cfg.target_precision,
                                           cfg.f1_tolerance)
+        # Every point from these thresholds to "accept no held-out other image": the report's curve,
+        # and the operating point when the user caps unknown acceptance.
+        curve_path = capping_path(valid_probs, valid_targets, vocab, start=thresholds)
+        if cfg.max_unknown_accepted is not None:
+            thresholds = pick_capped(curve_path, cfg.max_unknown_accepted)
         # fastai's `predict`/decoded preds use the loss's thresh; a per-class tensor broadcasts over
         # the class axis, so `learn.predict` on the exported learner agrees with the bundle.
         learn.loss_func.thresh = torch.tensor(thresholds, dtype=torch.float32)
@@ -401,6 +425,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             "classes": classes,
             "vocab": vocab,
             "thresholds": None if thresholds is None else [float(t) for t in thresholds],
+            "typical_positive_scores": typical_positive_scores(valid_probs, valid_targets),
             "head": cfg.head,
             "other_mode": cfg.effective_other_mode,
             "arch": cfg.arch,
@@ -424,10 +449,13 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         (tmp_dir / "bundle.json").write_text(json.dumps(meta, indent=2))
         # Score the exported artifact itself, through the same loader users get.
         from mlc_pipeline.predict import load_bundle
-        test_metrics = evaluate_loaded_bundle(load_bundle(tmp_dir), manifest_csv, batch_size=max(cfg.batch_size, 64))
+        test_metrics = evaluate_loaded_bundle(load_bundle(tmp_dir), manifest_csv, batch_size=max(cfg.batch_size, 64),
+                                              curve_path=curve_path)
         metrics = {"valid": valid_metrics, "test": test_metrics}
         (tmp_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         plot_losses(history, tmp_dir / "loss.png", title=f"{cfg.arch} {cfg.head}/{cfg.effective_other_mode}")
+        if test_metrics.get("curve"):
+            plot_curves({out_dir.name: test_metrics["curve"]}, tmp_dir / "curve.png")
         _move_into_place(tmp_dir, out_dir)
     finally:
         if tmp_dir.exists():
@@ -438,6 +466,13 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         history=history.epochs, train_seconds=train_seconds, images_per_second=meta["images_per_second"],
         stopped_early=budget.stopped, pretrained_used=pretrained,
     )
+
+
+def typical_positive_scores(probs: np.ndarray, targets: np.ndarray) -> list[float | None]:
+    """Per column, the median score of its validation positives (None without any): how sure the
+    model is of a typical image of the class. Mining holds pool images it is surer of than that."""
+    return [float(np.median(probs[targets[:, c] == 1, c])) if (targets[:, c] == 1).any() else None
+            for c in range(probs.shape[1])]
 
 
 def default_lr(arch: str, pretrained: str) -> float:
