@@ -98,6 +98,7 @@ def operating_points(bundle, df, tta: bool, caps=(0.0, 0.02, 0.05, 0.1)) -> dict
     probs_eval = np.vstack([p["test"], p["probe"]])
     targ_eval = np.vstack([t_test, np.zeros((len(p["probe"]), len(vocab)), dtype=np.int8)])
     mask = np.r_[np.zeros(len(p["test"]), bool), np.ones(len(p["probe"]), bool)]
+    out["ood_fpr95_probe"] = ood_scores(probs_eval, targ_eval, mask, vocab)
     if bundle.head == "softmax":
         m = evaluate(probs_eval, targ_eval, None, vocab, mask, head="softmax")
         out["argmax"] = summary(m)
@@ -109,6 +110,22 @@ def operating_points(bundle, df, tta: bool, caps=(0.0, 0.02, 0.05, 0.1)) -> dict
     for name, thr in rules.items():
         m = evaluate(probs_eval, targ_eval, thr, vocab, mask)
         out[name] = summary(m) | {"thresholds": [round(float(t), 3) for t in thr]}
+    return out
+
+
+def ood_scores(probs, targets, probe, vocab) -> dict:
+    """Threshold-free: share of probes scoring above the 5th percentile of labelled test images,
+    for max-probability (what per-class thresholds use) and joint energy (sum of softplus logits)."""
+    from mlc_pipeline.evaluate import real_class_indices
+    real = real_class_indices(vocab)
+    p = np.clip(probs[:, real], 1e-6, 1 - 1e-6)
+    logits = np.log(p / (1 - p))
+    labelled = targets[:, real].any(axis=1) & ~probe
+    out = {}
+    for name, score in (("max_prob", p.max(axis=1)), ("joint_energy", np.log1p(np.exp(logits)).sum(axis=1)),
+                        ("logsumexp", np.log(np.exp(logits).sum(axis=1)))):
+        cut = np.quantile(score[labelled], 0.05)
+        out[name] = round(float((score[probe] >= cut).mean()), 3)
     return out
 
 
