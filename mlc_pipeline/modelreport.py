@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import tempfile
 from pathlib import Path
 
 from .curves import curve_markdown, plot_curves
@@ -53,13 +54,14 @@ def model_section(result, models_dir: Path) -> str:
              md_to_html_table(per_class_markdown(metrics[last.bundle]))]
     curves = {f"round {r.round}": metrics[r.bundle]["curve"] for r in result.rounds if metrics[r.bundle].get("curve")}
     if curves:
-        png = plot_curves(curves, models_dir / last.bundle / "curves-all-rounds.png",
-                          title="macro F1 against unknowns accepted, every round (★ = chosen)")
+        with tempfile.TemporaryDirectory() as tmp:   # embedded in the page; published bundles stay as written
+            png = plot_curves(curves, Path(tmp) / "curves.png",
+                              title="macro F1 against unknowns accepted, every round (★ = chosen)").read_bytes()
         parts += ["<h3>Operating curve: accuracy against unknowns accepted</h3>",
                   "<p>Each point is one value of <code>train.max_unknown_accepted</code> (the share of held-out "
                   "'other' images the thresholds may accept); solid lines: test 'other' images, dashed: probe "
                   "images (kinds under no query). The star is the operating point in use.</p>",
-                  f"<img alt='operating curve' src='data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}'>",
+                  f"<img alt='operating curve' src='data:image/png;base64,{base64.b64encode(png).decode()}'>",
                   md_to_html_table(curve_markdown(metrics[last.bundle].get("curve", [])))
                   if metrics[last.bundle].get("curve") else ""]
     probes = probe_markdown(result, metrics)

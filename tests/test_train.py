@@ -155,6 +155,35 @@ def test_metrics_well_above_chance():
     assert metrics["valid"]["macro_f1"] > 0.8
 
 
+def test_operating_curve_runs_from_the_chosen_point_to_no_unknown_accepted():
+    _, bundle = trained_bundle()
+    curve = json.loads((bundle / "metrics.json").read_text())["test"]["curve"]
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert (bundle / "curve.png").is_file()
+    rates = [p["valid_other_accepted"] for p in curve]
+    assert rates == sorted(rates, reverse=True) and rates[-1] == 0.0 and len(set(rates)) == len(rates)
+    [chosen] = [p for p in curve if p["chosen"]]
+    assert np.allclose(chosen["thresholds"], meta["thresholds"], atol=1e-4)
+    test = json.loads((bundle / "metrics.json").read_text())["test"]
+    assert chosen["macro_f1"] == pytest.approx(test["macro_f1"]) and chosen["probe_accepted"] == pytest.approx(test["probe_accepted"])
+    # Higher thresholds never accept more: each step only raises them.
+    steps = np.array([p["thresholds"] for p in curve])
+    assert (np.diff(steps, axis=0) >= -1e-9).all()
+
+
+def test_a_cap_on_unknowns_accepted_is_met_on_validation(tmp_path):
+    manifest, _ = trained_bundle()
+    from mlc_pipeline.evaluate import evaluate_loaded_bundle
+    from mlc_pipeline.predict import load_bundle
+    result = train_model(manifest, tmp_path / "capped", TrainConfig(max_unknown_accepted=0.0, **FAST))
+    meta = json.loads((tmp_path / "capped" / "bundle.json").read_text())
+    assert meta["config"]["max_unknown_accepted"] == 0.0
+    valid = evaluate_loaded_bundle(load_bundle(tmp_path / "capped"), manifest, splits=("valid",))
+    assert valid["unknown_accepted"] == 0.0     # no held-out "other" image of the calibration split
+    [chosen] = [p for p in result.metrics["test"]["curve"] if p["chosen"]]
+    assert chosen["valid_other_accepted"] == 0.0
+
+
 @pytest.mark.parametrize("head,other_mode", [("softmax", "negative"), ("sigmoid", "class")])
 def test_baseline_variants_train_and_report(head, other_mode):
     manifest, bundle = trained_bundle(head, other_mode)
