@@ -133,8 +133,19 @@ def test_cached_imagenet_file_is_used_by_auto(torch_home, tmp_path, monkeypatch,
     assert w["sha256"] == sha256_file(cached)
     assert meta["image_size"] == 32 and meta["config"]["epochs"] == 1   # explicit values beat the recipe
     assert len(meta["history"]) == 2                                    # fine_tune: frozen epoch first
-    assert "ImageNet weights ResNet18_Weights.IMAGENET1K_V1 (resnet18-f37072fd.pth)" in network_line(meta)
+    line = "Network: resnet18, ImageNet weights ResNet18_Weights.IMAGENET1K_V1 (resnet18-f37072fd.pth), fine-tuned"
     assert "arch auto: the pretrained recipe" in network_line(meta)
+    # ... and the HTML report and the Prefect run summary say so
+    from mlc_pipeline.modelreport import model_section
+    from mlc_pipeline.pipeline import PipelineResult, RoundRecord
+    metrics = json.loads((tmp_path / "bundle" / "metrics.json").read_text())
+    html_part = model_section(PipelineResult(rounds=[RoundRecord(0, "v1", "bundle", 0.5, None, None)]), tmp_path)
+    assert line in html_part
+    from flows.artifacts import summary_markdown
+    run = {"status": "completed", "config_path": "c.yaml", "models": [
+        {"round": 0, "dataset_version": "v1", "bundle": "bundle", "bundle_dir": str(tmp_path / "bundle"),
+         "metrics": metrics}]}
+    assert line in summary_markdown(run)
 
     # The trained body holds the file's weights (lr ~0), not a fresh initialisation.
     from mlc_pipeline.predict import load_bundle
