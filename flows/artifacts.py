@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from mlc_pipeline.curves import curve_markdown
 from mlc_pipeline.evaluate import pct
+from mlc_pipeline.modelreport import bundle_network_line
 
 SUMMARY_KEY = "mlc-run-summary"
 DATASET_SUMMARY_KEY = "mlc-dataset-summary"
@@ -130,6 +131,8 @@ def summary_markdown(run: dict) -> str:
     models = run.get("models") or []
     if models:
         lines += ["## Model: before and after mining (test split)", ""]
+        if models[-1].get("bundle_dir"):
+            lines += [f"Network: {md_escape(bundle_network_line(models[-1]['bundle_dir']))}", ""]
         lines += rounds_markdown(models, run.get("mined") or []) + [""]
         if run.get("stopped_early"):
             lines += ["Mining stopped early (nothing left to mine, or no further improvement).", ""]

@@ -106,10 +106,11 @@ class BuildSettings(Strict):
 
 
 class TrainSettings(Strict):
-    arch: str = "mlcnet"              # small CNN for from-scratch CPU training; or a torchvision name
-    pretrained: str = "auto"
-    image_size: int = Field(64, ge=16)
-    epochs: int = Field(30, ge=1)     # mlcnet from scratch: 12 underfit, 30 rejects more unknowns than 20 (docs/training.md)
+    arch: str = "auto"                # auto: a fine-tuned ImageNet net when weights are available, else the
+                                      # from-scratch recipe (mlc_pipeline/weights.py RECIPES); or mlcnet, resnet18, ...
+    pretrained: str = "auto"          # auto | imagenet | none | a weights file
+    image_size: int | None = Field(None, ge=16)   # None: the recipe's
+    epochs: int | None = Field(None, ge=1)        # None: the recipe's
     batch_size: int = Field(64, ge=1)
     lr: float | None = None
     other_mode: Literal["negative", "class"] = "negative"

@@ -48,7 +48,8 @@ def model_section(result, models_dir: Path) -> str:
                for r in result.rounds}
     last = result.rounds[-1]
     bundle = models_dir / last.bundle
-    parts = ["<h2 id='model'>Model</h2>", "<h3>Mining rounds</h3>", md_to_html_table(rounds_markdown(result)),
+    parts = ["<h2 id='model'>Model</h2>", f"<p>Network: {html.escape(bundle_network_line(bundle))}</p>",
+             "<h3>Mining rounds</h3>", md_to_html_table(rounds_markdown(result)),
              "<h3>Alternatives on the same data</h3>", md_to_html_table(variants_markdown(result, metrics)),
              f"<h3>Per-class metrics ({html.escape(last.bundle)}, test split)</h3>",
              md_to_html_table(per_class_markdown(metrics[last.bundle]))]
@@ -100,3 +101,32 @@ def probe_markdown(result, metrics_by_bundle: dict[str, dict]) -> str:
             cells.append(f"{pct(m['accepted'])} of {m['n']}" + (f" (as {taken})" if taken else ""))
         lines.append(f"| {q} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def bundle_network_line(bundle_dir: str | Path) -> str:
+    """network_line() of a bundle folder, or why it cannot be read."""
+    path = Path(bundle_dir) / "bundle.json"
+    try:
+        return network_line(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:
+        return f"unknown ({path}: {exc})"
+
+
+def network_line(meta: dict) -> str:
+    """One line from bundle.json: the network, its starting weights, and what `arch: auto` chose."""
+    w = meta.get("weights") or {"pretrained": meta.get("pretrained", "?")}   # bundles before weights.py
+    config = meta.get("config") or {}
+    if w.get("pretrained") == "imagenet":
+        start = f"ImageNet weights {w.get('name')} ({Path(w.get('file') or '?').name}), fine-tuned"
+    elif w.get("pretrained", "none") != "none":
+        start = f"weights from {w['pretrained']}, fine-tuned"
+    else:
+        start = "trained from scratch"
+    line = f"{meta.get('arch', '?')}, {start}, {meta.get('image_size', '?')} px, {config.get('epochs', '?')} epochs"
+    if w.get("sha256"):
+        line += f" (weights sha256 {w['sha256'][:12]}…)"
+    if (w.get("requested") or {}).get("arch") == "auto":
+        line += f"; arch auto: the {w.get('recipe')} recipe"
+    if w.get("fallback"):
+        line += f", because {w['fallback']}"
+    return line

@@ -40,6 +40,7 @@ from mlc_pipeline import __version__, nets
 from mlc_pipeline.curves import plot_curves
 from mlc_pipeline.hashing import sha256_file
 from mlc_pipeline.procs import pid_alive
+from mlc_pipeline.weights import load_backbone_weights, resolve_training
 from mlc_pipeline.evaluate import (
     DEFAULT_F1_TOLERANCE, OTHER, THRESHOLD_MODES, calibrate_thresholds, capping_path, evaluate,
     evaluate_loaded_bundle, pick_capped,
@@ -61,12 +62,12 @@ for _arch in (torchvision.models.mobilenet_v3_small, torchvision.models.mobilene
 class TrainConfig:
     """Field names match `config.TrainSettings`, so `TrainConfig(**settings)` works."""
 
-    arch: str = "mlcnet"              # nets.WIDTHS name (small CNN for scratch CPU training) or a torchvision.models function name
-    pretrained: str = "auto"          # 'auto' | 'imagenet' | 'none' | path to a state dict (torchvision's, or an mlcnet's)
-    image_size: int = 64              # 2 cores: mlcnet ~300 img/s at 64 px; resnet18 180 at 64, 107 at 96
-    epochs: int = 30                  # mlcnet from scratch: 12 underfit; 30 rejects more unknowns than 20 (docs/training.md)
+    arch: str = "auto"                # 'auto' (weights.RECIPES) | nets.WIDTHS name | a torchvision.models function name
+    pretrained: str = "auto"          # 'auto' | 'imagenet' | 'none' | path to a state dict (mlc_pipeline/weights.py)
+    image_size: int | None = None     # None: the recipe's (weights.RECIPES)
+    epochs: int | None = None         # None: the recipe's
     batch_size: int = 64
-    lr: float | None = None           # None: 5e-3 mlcnet, 3e-3 torchvision from scratch, 2e-3 fine-tuning (measured)
+    lr: float | None = None           # None: the recipe's, else 5e-3 mlcnet, 3e-3 torchvision from scratch, 2e-3 fine-tuning
     seed: int = 42
     other_mode: str = "negative"      # 'negative': "other" = no label | 'class': an explicit "other" class
     head: str = "sigmoid"             # 'sigmoid' (multi-label) | 'softmax' (single-label baseline)
@@ -94,7 +95,7 @@ class TrainConfig:
             raise ValueError(f"crop must be 'squish' or 'random', got {self.crop!r}")
         if self.threshold_mode not in THRESHOLD_MODES:
             raise ValueError(f"threshold_mode must be one of {THRESHOLD_MODES}, got {self.threshold_mode!r}")
-        if not nets.is_local_arch(self.arch) and not callable(getattr(torchvision.models, self.arch, None)):
+        if self.arch != "auto" and not nets.is_local_arch(self.arch) and not callable(getattr(torchvision.models, self.arch, None)):
             raise ValueError(f"arch {self.arch!r} is neither one of {sorted(nets.WIDTHS)} "
                              f"nor a torchvision.models function (e.g. resnet18)")
 
@@ -214,51 +215,6 @@ def item_transforms(cfg: TrainConfig):
     return Resize(cfg.image_size, method=ResizeMethod.Squish)
 
 
-def resolve_pretrained(cfg: TrainConfig) -> str:
-    """'none', 'imagenet' (torchvision's cached file) or a weights path. Never downloads."""
-    choice = str(cfg.pretrained).strip()
-    if choice.lower() in ("none", "false", "scratch", ""):
-        return "none"
-    if nets.is_local_arch(cfg.arch) and choice.lower() in ("auto", "imagenet", "true"):
-        if choice.lower() != "auto":
-            raise ValueError(f"pretrained='{choice}': there are no ImageNet weights for {cfg.arch} "
-                             "(use 'auto', 'none' or a weights file of this architecture)")
-        log.info("%s has no published weights: training from scratch (the plan for it, not a fallback)", cfg.arch)
-        return "none"
-    if choice.lower() in ("auto", "imagenet", "true"):
-        weights = torchvision.models.get_model_weights(getattr(torchvision.models, cfg.arch)).DEFAULT
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-        if cached.is_file():
-            return "imagenet"
-        if choice.lower() != "auto":
-            raise FileNotFoundError(f"pretrained='{choice}' but {cached} is missing (offline: no download)")
-        log.warning("no ImageNet weights for %s at %s: training from scratch (slower to learn, lower "
-                    "accuracy). Put the file there or set pretrained to a weights path.", cfg.arch, cached)
-        return "none"
-    path = Path(choice).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights file not found: {path}")
-    return str(path)
-
-
-def _load_backbone_weights(learn, arch_name: str, weights_path: str) -> None:
-    """Load a torchvision state dict file into the learner's body (same cut as fastai uses); for an
-    mlcnet, a state dict of the whole model (its body keys, '0.*', are used; the head is new)."""
-    if nets.is_local_arch(arch_name):
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        body = {k[2:]: v for k, v in state.items() if k.startswith("0.")}
-        if not body:
-            raise ValueError(f"{weights_path}: no body weights ('0.*' keys) for {arch_name}")
-        learn.model[0].load_state_dict(body)
-        return
-    arch = getattr(torchvision.models, arch_name)
-    donor = arch(weights=None)
-    state = torch.load(weights_path, map_location="cpu", weights_only=True)  # tensors only: no code
-    donor.load_state_dict(state)
-    body = create_body(donor, pretrained=True, cut=model_meta.get(arch, {}).get("cut"))
-    learn.model[0].load_state_dict(body.state_dict())
-
-
 def macro_f1_at_half(preds: torch.Tensor, targs: torch.Tensor) -> float:
     """Training-time progress metric: macro F1 at 0.5 (calibrated numbers come after training)."""
     pred, targ = preds >= 0.5, targs.bool()
@@ -355,13 +311,15 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     classes = classes_in(df, classes)
     rows = _training_frame(df, cfg)
 
+    # arch 'auto', the recipe's image size/epochs/lr, the starting weights (may download): before anything is built
+    cfg, weights = resolve_training(cfg)
     torch.set_num_threads(cfg.threads or available_cores())
     # Seed before building the loaders (their shuffling RNG is drawn from the global one) and the
     # model (its init). On CPU with workers=0 two runs with the same seed give the same weights.
     set_seed(cfg.seed, reproducible=True)
     dls = build_dataloaders(rows, classes, cfg)
     vocab = list(dls.vocab)
-    pretrained = resolve_pretrained(cfg)
+    pretrained = weights.pretrained
 
     if cfg.head == "softmax":
         loss_func, metrics = CrossEntropyLossFlat(), [accuracy]
@@ -371,10 +329,10 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         learn = Learner(dls, nets.mlcnet(len(vocab), cfg.arch), loss_func=loss_func, metrics=metrics,
                         splitter=nets.body_head_splitter)
     else:
-        learn = vision_learner(dls, getattr(torchvision.models, cfg.arch), pretrained=pretrained == "imagenet",
+        learn = vision_learner(dls, getattr(torchvision.models, cfg.arch), pretrained=False,  # weights: below
                                normalize=False, loss_func=loss_func, metrics=metrics)
-    if pretrained not in ("none", "imagenet"):
-        _load_backbone_weights(learn, cfg.arch, pretrained)
+    if weights.file:
+        load_backbone_weights(learn, cfg.arch, weights.file)
         learn.freeze()
     if torch.cuda.is_available():
         learn.to_fp16()
@@ -431,6 +389,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             "arch": cfg.arch,
             "image_size": cfg.image_size,
             "pretrained": pretrained,
+            "weights": weights.record(),
             "dataset_version": dataset_version,
             "manifest": str(Path(manifest_csv).resolve()),
             "export_sha256": sha256_file(tmp_dir / "export.pkl"),

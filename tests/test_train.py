@@ -259,7 +259,7 @@ def test_existing_bundle_is_not_overwritten_silently(tmp_path):
 
 
 def test_pretrained_auto_falls_back_to_scratch_offline(tmp_path, monkeypatch, caplog):
-    from mlc_pipeline.train import resolve_pretrained
+    from mlc_pipeline.weights import resolve_pretrained
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     r18 = dict(arch="resnet18")
     assert resolve_pretrained(TrainConfig(pretrained="auto", **r18)) == "none"
@@ -273,10 +273,10 @@ def test_pretrained_auto_falls_back_to_scratch_offline(tmp_path, monkeypatch, ca
     assert resolve_pretrained(TrainConfig(pretrained="none", **r18)) == "none"
     # mlcnet has no published weights: 'auto' means scratch without a warning, 'imagenet' is an error
     caplog.clear()
-    assert resolve_pretrained(TrainConfig(pretrained="auto")) == "none"
+    assert resolve_pretrained(TrainConfig(arch="mlcnet", pretrained="auto")) == "none"
     assert not [r for r in caplog.records if r.levelname == "WARNING"]  # said at INFO: nothing went wrong
     with pytest.raises(ValueError, match="no ImageNet weights for mlcnet"):
-        resolve_pretrained(TrainConfig(pretrained="imagenet"))
+        resolve_pretrained(TrainConfig(arch="mlcnet", pretrained="imagenet"))
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         resolve_pretrained(TrainConfig(pretrained=str(tmp_path / "nope.pth")))
 
