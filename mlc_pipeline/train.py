@@ -82,7 +82,7 @@ class TrainConfig:
     min_scale: float = 0.35           # crop='random': smallest share of the picture a crop keeps
     mixup: float | None = None        # MixUp alpha (0 = off; None: the recipe's)
     tta: bool = False                 # score the picture and its mirror image, average (2x predict time)
-    max_unknown_accepted: float | None = None  # cap on held-out "other" images accepted (None: F1 only)
+    max_unknown_accepted: float | None = 0.05  # cap on held-out "other" images accepted (None: the F1 point)
 
     def __post_init__(self):
         if self.head not in ("sigmoid", "softmax"):
