@@ -120,10 +120,10 @@ class TrainSettings(Strict):
     f1_tolerance: float = Field(0.02, ge=0, lt=1)   # F1 modes: highest threshold within this of the best
     seed: int = 42
     compare_baselines: bool = True
-    max_unknown_accepted: float | None = Field(None, ge=0, le=1)   # cap on held-out "other" accepted
-    crop: Literal["squish", "random"] = "squish"
+    max_unknown_accepted: float | None = Field(0.05, ge=0, le=1)   # cap on held-out "other" accepted (null: F1 point)
+    crop: Literal["squish", "random"] | None = None   # None: the recipe's (weights.RECIPES)
     min_scale: float = Field(0.35, gt=0, le=1)
-    mixup: float = Field(0.0, ge=0)
+    mixup: float | None = Field(None, ge=0)          # None: the recipe's
     tta: bool = False
 
 

@@ -78,11 +78,11 @@ class TrainConfig:
     threads: int | None = None        # torch threads; None = every core this process may use
     max_train_seconds: float | None = None  # stop training early (after an epoch if possible) past this
     augment: bool = True              # flips, small rotations/zoom/lighting on the batch
-    crop: str = "squish"              # 'squish' the whole picture | 'random' resized crops (train only)
+    crop: str | None = None           # None: the recipe's | 'squish' the whole picture | 'random' resized crops
     min_scale: float = 0.35           # crop='random': smallest share of the picture a crop keeps
-    mixup: float = 0.0                # MixUp alpha (0 = off)
+    mixup: float | None = None        # MixUp alpha (0 = off; None: the recipe's)
     tta: bool = False                 # score the picture and its mirror image, average (2x predict time)
-    max_unknown_accepted: float | None = None  # cap on held-out "other" images accepted (None: F1 only)
+    max_unknown_accepted: float | None = 0.05  # cap on held-out "other" images accepted (None: the F1 point)
 
     def __post_init__(self):
         if self.head not in ("sigmoid", "softmax"):
@@ -91,7 +91,7 @@ class TrainConfig:
             raise ValueError(f"other_mode must be 'negative' or 'class', got {self.other_mode!r}")
         if self.max_unknown_accepted is not None and not 0 <= self.max_unknown_accepted <= 1:
             raise ValueError(f"max_unknown_accepted must be in [0, 1], got {self.max_unknown_accepted}")
-        if self.crop not in ("squish", "random"):
+        if self.crop not in (None, "squish", "random"):
             raise ValueError(f"crop must be 'squish' or 'random', got {self.crop!r}")
         if self.threshold_mode not in THRESHOLD_MODES:
             raise ValueError(f"threshold_mode must be one of {THRESHOLD_MODES}, got {self.threshold_mode!r}")
@@ -191,8 +191,7 @@ def build_dataloaders(rows: pd.DataFrame, classes: list[str], cfg: TrainConfig, 
     vocab = classes + ([OTHER] if cfg.effective_other_mode == "class" else [])
     # Keep the given order (classes sorted, "other" last) in every head: CategoryBlock sorts by default.
     y_block = CategoryBlock(vocab=vocab, sort=False) if cfg.head == "softmax" else MultiCategoryBlock(vocab=vocab)
-    # Squish, not crop: a shape near the border must stay in the picture. Always normalise with
-    # ImageNet stats (fastai adds it only when pretrained) so scratch and pretrained runs match.
+    # Always normalise with ImageNet stats (fastai adds it only when pretrained) so scratch and pretrained runs match.
     batch_tfms = [Normalize.from_stats(*imagenet_stats)]
     if cfg.augment:
         batch_tfms = aug_transforms(max_rotate=10, max_zoom=1.1, max_warp=0.1) + batch_tfms

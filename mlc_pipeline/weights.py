@@ -47,12 +47,12 @@ RECIPES = {
     # not 224: ImageNet features transfer at 160 px, and on 2 cores resnet18 trains at ~17 img/s at
     # 224 px (shared/notes/environment.md), about twice that at 160 px by pixel count (not measured
     # here: no ImageNet weights offline). To be checked on real photos when weights are at hand.
-    "pretrained": {"arch": "resnet18", "image_size": 160, "epochs": 3, "lr": None},
-    # PLACEHOLDER: today's from-scratch defaults, copied unchanged; the recipe measured on real
-    # photos (issue 11, point 4) replaces these numbers.
-    "scratch": {"arch": "mlcnet", "image_size": 64, "epochs": 30, "lr": None},
+    "pretrained": {"arch": "resnet18", "image_size": 160, "epochs": 3, "lr": None, "crop": "random", "mixup": 0.0},
+    # From scratch on a CPU, chosen on real photos (bench/recipes.py, docs/training.md "Recipe"):
+    # random resized crops beat squishing at the same cost.
+    "scratch": {"arch": "mlcnet", "image_size": 64, "epochs": 30, "lr": None, "crop": "random", "mixup": 0.0},
 }
-RECIPE_FIELDS = ("image_size", "epochs", "lr")
+RECIPE_FIELDS = ("image_size", "epochs", "lr", "crop", "mixup")
 
 DOWNLOAD_TIMEOUT_S = 10.0      # per socket operation: a black-holed network fails in seconds, not minutes
 RETRY_FAILED_DOWNLOAD_S = 600  # within one process, a failed download is not retried before this
