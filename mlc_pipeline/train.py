@@ -31,7 +31,7 @@ import torchvision
 from fastai.vision.all import (
     AccumMetric, BCEWithLogitsLossFlat, CancelFitException, CategoryBlock, Callback,
     ColReader, ColSplitter, CrossEntropyLossFlat, DataBlock, ImageBlock, Learner, MultiCategoryBlock, Normalize,
-    MixUp, RandomResizedCrop, Recorder, Resize, ResizeMethod, accuracy, aug_transforms, create_body, default_split,
+    MixUp, RandomResizedCrop, Recorder, Resize, ResizeMethod, accuracy, aug_transforms, default_split,
     imagenet_stats, model_meta, set_seed, vision_learner,
 )
 from fastai.metrics import ActivationType
