@@ -251,7 +251,7 @@ class Shortfall:
         if self.duplicates:
             parts.append(f"{self.duplicates} duplicates removed")
         if self.failed:
-            parts.append(f"{sum(self.failed.values())} downloads failed: " + ", ".join(
+            parts.append(f"{sum(self.failed.values())} not downloaded: " + ", ".join(
                 f"{reason} {n}" for reason, n in sorted(self.failed.items(), key=lambda x: (-x[1], x[0]))))
         return f"{self.set}: {self.usable} of {self.count} usable ({'; '.join(parts)})"
 

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from mlc_pipeline.catalog import Catalog
-from mlc_pipeline.collect import collect, collect_and_curate, shortfalls
+from mlc_pipeline.collect import Shortfall, collect, collect_and_curate, shortfalls, usable_needed, usable_rate
 from mlc_pipeline.config import parse_config
 from mlc_pipeline.curate import curate
 from mlc_pipeline.flickr_server import FlickrServer, WorldSpec
@@ -125,6 +125,7 @@ def test_rounds_top_every_set_up_to_its_usable_count(tmp_path, server):
     assert curated.rejected.get("too-small", 0) > 0
     with Catalog(cfg.catalog_path) as c:
         assert sum(c.set_tally("train", "other")["rejected"].values()) > 0
+        assert c.set_tally("train", "ants")["duplicate"].get("exact-duplicate", 0) > 0   # copies, topped up too
     # Every file was fetched once: no photo in the catalog is downloaded again by a later round.
     assert server.stats()["image_requests"] == files_fetched(cfg)
 
@@ -188,6 +189,21 @@ def test_collect_alone_counts_known_rejections_and_converges(tmp_path, server):
 
 
 # ------------------------------------------------------------------ the report and training sides
+
+def test_usable_rate_plans_top_ups_and_lines_name_every_loss():
+    tally = {"accepted": 151, "downloaded": 0, "pending": 0, "rejected": {"too-small": 140, "truncated": 9},
+             "duplicate": {"near-duplicate": 12}, "failed": {"http-404": 2}, "skipped": {"no-allowed-size": 1}}
+    assert usable_rate(tally) == pytest.approx(151 / 312)
+    assert usable_needed(tally, 300) == 149
+    assert usable_needed({**tally, "downloaded": 100}, 300) == pytest.approx(149 - 100 * 151 / 312)
+    fresh = {"accepted": 0, "downloaded": 0, "pending": 0, "rejected": {}, "duplicate": {}, "failed": {}, "skipped": {}}
+    assert usable_rate(fresh) == 1.0 and usable_needed(fresh, 300) == 300
+    assert usable_rate({**fresh, "rejected": {"too-small": 50}}) == 0.2      # the floor: 5 downloads per image
+    s = Shortfall("other", "train/other", 151, 300, "queries exhausted", tally["rejected"], 12,
+                  {"http-404": 2, "no-allowed-size": 1}, 0)
+    assert s.line() == ("other: 151 of 300 usable (queries exhausted; 149 rejected: too-small 140, truncated 9; "
+                        "12 duplicates removed; 3 not downloaded: http-404 2, no-allowed-size 1)")
+
 
 def test_artifact_summary_lists_short_sets_and_training_warnings():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # flows/ is a top-level folder
