@@ -40,7 +40,7 @@ def md_to_html_table(md: str) -> str:
 
 def data_warnings(result, models_dir: Path) -> list[str]:
     """The run's short sets, then the warnings the last model recorded about its training data."""
-    lines = [f"short set: {line}" for line in getattr(result, "shortfall", None) or []]
+    lines = [f"short set after collection: {line}" for line in getattr(result, "shortfall", None) or []]
     if result.rounds:
         metrics = models_dir / result.rounds[-1].bundle / "metrics.json"
         lines += [f"training: {w}" for w in json.loads(metrics.read_text()).get("warnings", [])]

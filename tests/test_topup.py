@@ -268,4 +268,4 @@ def test_training_records_a_starved_other_set(tmp_path, caplog):
     result = PipelineResult(rounds=[record(0, "shapes", model.bundle_dir.name, model.metrics)],
                             shortfall=["other: 2 of 12 usable (queries exhausted)"])
     html = model_section(result, model.bundle_dir.parent)
-    assert "short set: other: 2 of 12 usable (queries exhausted)" in html and escape(expected) in html
+    assert "short set after collection: other: 2 of 12 usable (queries exhausted)" in html and escape(expected) in html
