@@ -128,6 +128,10 @@ def test_rounds_top_every_set_up_to_its_usable_count(tmp_path, server):
         assert c.set_tally("train", "ants")["duplicate"].get("exact-duplicate", 0) > 0   # copies, topped up too
     # Every file was fetched once: no photo in the catalog is downloaded again by a later round.
     assert server.stats()["image_requests"] == files_fetched(cfg)
+    # Each round's search went on from where the last one stopped: no result page was asked for
+    # twice (56 ants, 45 other, 25 pool and 12 probe results at 10 per page). Restarting the
+    # searches every round made 27 calls here.
+    assert server.stats()["api_calls_by_method"]["flickr.photos.search"] <= 6 + 5 + 3 + 2
 
     # A rerun needs nothing: no download, and the catalog is unchanged.
     before = server.stats()["image_requests"]
