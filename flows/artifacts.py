@@ -12,7 +12,9 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from mlc_pipeline.curves import curve_markdown
 from mlc_pipeline.evaluate import pct
+from mlc_pipeline.modelreport import bundle_network_line
 
 SUMMARY_KEY = "mlc-run-summary"
 DATASET_SUMMARY_KEY = "mlc-dataset-summary"
@@ -138,6 +140,8 @@ def summary_markdown(run: dict) -> str:
     models = run.get("models") or []
     if models:
         lines += ["## Model: before and after mining (test split)", ""]
+        if models[-1].get("bundle_dir"):
+            lines += [f"Network: {md_escape(bundle_network_line(models[-1]['bundle_dir']))}", ""]
         lines += rounds_markdown(models, run.get("mined") or []) + [""]
         if run.get("stopped_early"):
             lines += ["Mining stopped early (nothing left to mine, or no further improvement).", ""]
@@ -145,6 +149,12 @@ def summary_markdown(run: dict) -> str:
         if warnings:
             lines += ["**Training data warnings** (latest model):", ""] + [f"- {md_escape(w)}" for w in warnings] + [""]
         lines += [f"Per-class metrics: table `{PER_CLASS_KEY}`; mined negatives: table `{MINED_KEY}`.", ""]
+        curve = models[-1]["metrics"].get("test", {}).get("curve")
+        if curve:
+            lines += [f"## Operating curve of {models[-1]['bundle']} (test split)", "",
+                      "Each row is one value of `train.max_unknown_accepted`; the chosen row is marked. "
+                      "The plot is in the bundle (`curve.png`) and the HTML report.", "",
+                      curve_markdown(curve)]
     if run.get("alternatives"):
         lines += ["## Alternatives on the same data (round 0)", "",
                   "| variant | macro F1 | unknown accepted (test other) | unknown accepted (probe) |",

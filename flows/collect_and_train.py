@@ -30,7 +30,7 @@ from flows.progress import DownloadProgress, downloads_wanted
 from flows.runtime import FLICKR_LIMIT, retry_condition, task_runner
 from mlc_pipeline.config import Config, load_config
 from mlc_pipeline.models import alternative_variants
-from mlc_pipeline.pipeline import mining_stop, record
+from mlc_pipeline.pipeline import mining_stop, record, unknown_rate
 
 DEFAULT_CONFIG = "configs/offline.yaml"
 
@@ -277,7 +277,8 @@ def collect_and_train(config_path: str = DEFAULT_CONFIG, overrides: dict | None 
                 model = train_stage.submit(cfg, ds["path"], r).result()
                 run.data["models"].append(model)
             rounds.append(round_record(model, mined["added"]))
-            if why := mining_stop(cfg, r, mined["added"], rounds[-2]["probe_accepted"], rounds[-1]["probe_accepted"]):
+            if why := mining_stop(cfg, r, mined["added"], *(unknown_rate(x["unknown_accepted"], x["probe_accepted"])
+                                                            for x in rounds[-2:])):
                 logger.info("%s; stopping", why)
                 run.data["stopped_early"] = r < cfg.mine.rounds
                 break

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import sys
 import traceback
+from pathlib import Path
 
 from .config import ConfigError, load_config
+from .hashing import sha256_file
 from .secrets import MissingCredentials, install_log_redaction, redact
 
 log = logging.getLogger("mlc")
@@ -48,11 +52,11 @@ def dataset_dir(cfg, version: str | None):
 
 def cmd_train(args) -> int:
     from .models import train_alternatives, train_version
-    from .modelreport import per_class_markdown, pct
+    from .modelreport import bundle_network_line, per_class_markdown, pct
     cfg = load_config(args.config, parse_overrides(args.set))
     res = train_version(cfg, dataset_dir(cfg, args.version))
     test = res.metrics["test"]
-    print(f"model bundle: {res.bundle_dir}\n" + per_class_markdown(test) +
+    print(f"model bundle: {res.bundle_dir}\nnetwork: {bundle_network_line(res.bundle_dir)}\n" + per_class_markdown(test) +
           f"macro F1 {test['macro_f1']:.3f}; unknown accepted: test other {pct(test['unknown_accepted'])}, "
           f"probe {pct(test['probe_accepted'])}")
     if args.alternatives:
@@ -63,15 +67,22 @@ def cmd_train(args) -> int:
 
 
 def cmd_mine(args) -> int:
-    from .mine import mine_round
+    from .mine import mine_round, undo_round
     from .models import latest_model
     cfg = load_config(args.config, parse_overrides(args.set))
+    if args.undo:
+        changed = undo_round(cfg, args.round, args.photo_id or None)
+        print(f"round {args.round}: {changed} mined or held pool images put back into the pool "
+              f"(the next `mlc build` leaves them out)")
+        return 0
     bundle = args.model or latest_model(cfg)
     if bundle is None:
         raise ConfigError("no model yet: run `mlc train` first (or pass --model BUNDLE)")
     res = mine_round(cfg, bundle, args.round)
     print(f"round {res.round}: scored {res.scored} pool images, {res.added} hard negatives added "
-          f"(next `mlc build` includes them); {len(res.review)} class images listed for review in {bundle}/review.csv")
+          f"(next `mlc build` includes them), {len(res.held)} held for review, {res.over_cap} over the round's cap; "
+          f"every decision with its score in {bundle}/mined.csv (undo: `mlc mine --undo --round {res.round}`); "
+          f"{len(res.review)} class images listed for review in {bundle}/review.csv")
     return 0
 
 
@@ -106,6 +117,33 @@ def cmd_run(args) -> int:
     from .modelreport import data_warnings
     print("\n".join(data_warnings(res, models_root(cfg))) or "every set has its count of usable images")
     print(f"stage seconds: {res.seconds}\nreport: {res.report}")
+    return 0
+
+
+def cmd_weights(args) -> int:
+    """Pre-fetch torchvision's ImageNet weights (for copying to machines without internet), or list the cache."""
+    from . import weights as w
+    if args.action == "list":
+        rows = w.cached_weights([args.arch] if args.arch else None)
+        if not args.all and not args.arch:
+            rows = [r for r in rows if r["cached"] or r["arch"] == w.RECIPES["pretrained"]["arch"]]
+        print(f"torch hub cache: {w.hub_checkpoints_dir()}")
+        for r in rows:
+            print(f"{r['arch']:<22} {'cached ' if r['cached'] else 'missing'}  {r['weights']:<40} {Path(r['file']).name}")
+        return 0
+    arch = args.arch or w.RECIPES["pretrained"]["arch"]
+    try:
+        weights = w.imagenet_weights(arch)
+        cached = w.cache_path(weights, args.dest)
+        if cached.is_file():
+            path = cached
+        else:  # torch.hub announces the download on stdout; failing, one line on stderr says it all
+            with contextlib.redirect_stdout(io.StringIO()):
+                path = w.download(weights, args.dest, progress=True, timeout=args.timeout)
+    except (ValueError, w.WeightsUnavailable) as exc:
+        print(f"mlc weights fetch: {arch}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{w.weights_name(weights)}\n{path}\nsha256 {sha256_file(path)}")
     return 0
 
 
@@ -168,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config(p)
     p.add_argument("--model", help="model bundle (default: data/models/LATEST)")
     p.add_argument("--round", type=int, default=1)
+    p.add_argument("--undo", action="store_true", help="put round ROUND's mined negatives back into the pool")
+    p.add_argument("--photo-id", action="append", help="with --undo: only these photos (repeatable)")
     p.set_defaults(func=cmd_mine)
 
     p = sub.add_parser("predict", help="which classes an image shows, or none of them")
@@ -185,6 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER, help="see `mlc serve-flickr --help`")
     p.set_defaults(func=cmd_serve_flickr)
+
+    p = sub.add_parser("weights", help="pre-fetch torchvision ImageNet weights, or list what the cache holds",
+                       description="fetch: download ARCH's ImageNet weights (default: arch auto's network) into the "
+                                   "torch hub cache ($TORCH_HOME/hub/checkpoints) or --dest, print file and sha256; "
+                                   "copy that file to a machine without internet (docs/training.md). "
+                                   "list: which networks' weights the cache holds.")
+    p.add_argument("action", choices=["fetch", "list"])
+    p.add_argument("arch", nargs="?", help="a torchvision.models name, e.g. resnet18")
+    p.add_argument("--dest", help="fetch: folder to save into (default: the torch hub cache)")
+    p.add_argument("--timeout", type=float, default=30.0, help="fetch: seconds without progress before giving up")
+    p.add_argument("--all", action="store_true", help="list: every torchvision network, cached or not")
+    p.set_defaults(func=cmd_weights)
 
     p = sub.add_parser("inspect", help="what is in the catalog and the datasets")
     add_config(p)

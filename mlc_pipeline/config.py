@@ -106,10 +106,11 @@ class BuildSettings(Strict):
 
 
 class TrainSettings(Strict):
-    arch: str = "mlcnet"              # small CNN for from-scratch CPU training; or a torchvision name
-    pretrained: str = "auto"
-    image_size: int = Field(64, ge=16)
-    epochs: int = Field(30, ge=1)     # mlcnet from scratch: 12 underfit, 30 rejects more unknowns than 20 (docs/training.md)
+    arch: str = "auto"                # auto: a fine-tuned ImageNet net when weights are available, else the
+                                      # from-scratch recipe (mlc_pipeline/weights.py RECIPES); or mlcnet, resnet18, ...
+    pretrained: str = "auto"          # auto | imagenet | none | a weights file
+    image_size: int | None = Field(None, ge=16)   # None: the recipe's
+    epochs: int | None = Field(None, ge=1)        # None: the recipe's
     batch_size: int = Field(64, ge=1)
     lr: float | None = None
     other_mode: Literal["negative", "class"] = "negative"
@@ -119,12 +120,20 @@ class TrainSettings(Strict):
     f1_tolerance: float = Field(0.02, ge=0, lt=1)   # F1 modes: highest threshold within this of the best
     seed: int = 42
     compare_baselines: bool = True
+    max_unknown_accepted: float | None = Field(0.05, ge=0, le=1)   # cap on held-out "other" accepted (null: F1 point)
+    crop: Literal["squish", "random"] | None = None   # None: the recipe's (weights.RECIPES)
+    min_scale: float = Field(0.35, gt=0, le=1)
+    mixup: float | None = Field(None, ge=0)          # None: the recipe's
+    tta: bool = False
 
 
 class MineSettings(Strict):
     rounds: int = Field(1, ge=0, le=10)
     pool: QuerySet | None = None    # fresh "other" candidates, scored for hard negatives
     min_improvement: float = 0.0    # stop early when unknown-accepted improves less than this
+    hold_above: float | None = Field(None, gt=0, le=1.01)   # held for review at this score or more; None: the
+                                                            # class's median validation positive (docs/training.md)
+    max_per_round: int | None = Field(None, ge=1)    # None: as many as the training "other" set holds
 
 
 class Config(Strict):

@@ -73,6 +73,71 @@ def calibrate_thresholds(probs: np.ndarray, targets: np.ndarray, mode: str = "pe
     return thresholds
 
 
+def calibrate_capped(probs: np.ndarray, targets: np.ndarray, classes: list[str], max_accepted: float,
+                     start: np.ndarray | None = None, f1_tolerance: float = DEFAULT_F1_TOLERANCE) -> np.ndarray:
+    """Per-class thresholds that accept at most `max_accepted` of the held-out "other" images (rows
+    with no real label), keeping as much macro F1 as that allows: `capping_path` + `pick_capped`."""
+    return pick_capped(capping_path(probs, targets, classes, start, f1_tolerance), max_accepted)
+
+
+def pick_capped(path: list[tuple[int, int, np.ndarray]], max_accepted: float) -> np.ndarray:
+    """The first point of a `capping_path` that accepts at most `max_accepted` of its "other" rows.
+    With no "other" row there is nothing to cap: the path's start is returned, with a warning."""
+    if not 0 <= max_accepted <= 1:
+        raise ValueError(f"max_accepted must be in [0, 1], got {max_accepted}")
+    n_other = path[0][1]
+    if not n_other:
+        log.warning("no 'other' image in the validation split: cannot cap unknown acceptance")
+        return path[0][2]
+    allowed = int(np.floor(max_accepted * n_other + 1e-9))
+    return next(thr for n_acc, _, thr in path if n_acc <= allowed)
+
+
+def capping_path(probs: np.ndarray, targets: np.ndarray, classes: list[str], start: np.ndarray | None = None,
+                 f1_tolerance: float = DEFAULT_F1_TOLERANCE) -> list[tuple[int, int, np.ndarray]]:
+    """The thresholds from `start` to "accept no held-out other image", one "other" row at a time:
+    [(other rows accepted, other rows, thresholds), ...], acceptance strictly falling.
+
+    Each step removes the accepted "other" row whose removal costs the least validation macro F1:
+    every class that accepts it gets its threshold raised to just above that row's score (halfway to
+    the next higher score in that column). Greedy and exact on the validation rows; a few hundred
+    rows make it cheap. Every point is an operating point a user can pick (`max_unknown_accepted`).
+    """
+    probs, targets = _as_2d(probs, targets)
+    thresholds = (calibrate_thresholds(probs, targets, "per-class-f1", f1_tolerance=f1_tolerance)
+                  if start is None else np.asarray(start, dtype=float).copy())
+    real = real_class_indices(classes)
+    other_rows = np.nonzero(~targets[:, real].astype(bool).any(axis=1))[0]
+
+    def accepted_rows(thr):
+        return [r for r in other_rows if (probs[r, real] >= thr[real]).any()]
+
+    accepted = accepted_rows(thresholds)
+    path = [(len(accepted), len(other_rows), thresholds)]
+    while accepted:
+        best = None
+        for r in accepted:
+            trial = thresholds.copy()
+            for c in real:
+                if probs[r, c] >= trial[c]:
+                    higher = probs[:, c][probs[:, c] > probs[r, c]]
+                    trial[c] = (probs[r, c] + higher.min()) / 2 if len(higher) else probs[r, c] + 1e-6
+            f1 = _macro_f1(probs[:, real], targets[:, real], trial[real])
+            if best is None or f1 > best[0]:
+                best = (f1, trial)
+        thresholds = best[1]
+        accepted = accepted_rows(thresholds)
+        path.append((len(accepted), len(other_rows), thresholds))
+    return path
+
+
+def _macro_f1(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray) -> float:
+    pred, truth = probs >= thresholds[None, :], targets.astype(bool)
+    tp = (pred & truth).sum(0)
+    denom = pred.sum(0) + truth.sum(0)
+    return float(np.mean(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)))
+
+
 def _ranked(scores: np.ndarray, truth: np.ndarray):
     """Scores sorted high to low, with cumulative true positives at each cut.
 
@@ -245,7 +310,9 @@ def evaluate_bundle(bundle_dir: str | Path, manifest_csv: str | Path, batch_size
 
 
 def evaluate_loaded_bundle(bundle, manifest_csv: str | Path, batch_size: int = 64,
-                           splits: tuple[str, ...] = ("test",)) -> dict:
+                           splits: tuple[str, ...] = ("test",), curve_path: list | None = None) -> dict:
+    """Score a loaded bundle on `splits` + probe rows. With a `capping_path` (from calibration),
+    `result["curve"]` holds every operating point of that path scored on these rows."""
     from mlc_pipeline.train import read_manifest
     from mlc_pipeline.predict import score_paths
     df = read_manifest(manifest_csv)
@@ -259,11 +326,30 @@ def evaluate_loaded_bundle(bundle, manifest_csv: str | Path, batch_size: int = 6
                       is_unknown_mask=(rows["split"] == "probe").to_numpy(), head=bundle.head)
     result["splits"] = list(splits)
     result["n_unreadable"] = int((~readable).sum())
+    if curve_path:
+        result["curve"] = operating_curve(curve_path, probs, targets, bundle.vocab,
+                                          (rows["split"] == "probe").to_numpy(), bundle.thresholds)
     if "query" in rows.columns:
         is_probe = (rows["split"] == "probe").to_numpy()
         result["probe_by_query"] = probe_by_query(probs[is_probe], rows["query"][is_probe].tolist(),
                                                   bundle.thresholds, bundle.vocab, bundle.head)
     return result
+
+
+def operating_curve(path: list, probs: np.ndarray, targets: np.ndarray, classes: list[str],
+                    is_probe: np.ndarray, chosen: np.ndarray | None = None) -> list[dict]:
+    """Each point of a `capping_path` scored on held-out rows: the share of validation "other"
+    images it accepts (what `max_unknown_accepted` caps), and on these rows the macro F1 and the
+    shares of "other" and probe images accepted. The point equal to `chosen` is marked."""
+    points = []
+    for n_acc, n_other, thr in path:
+        m = evaluate(probs, targets, thr, classes, is_unknown_mask=is_probe)
+        points.append({"valid_other_accepted": n_acc / n_other if n_other else None,
+                       "macro_f1": m["macro_f1"], "unknown_accepted": m["unknown_accepted"],
+                       "probe_accepted": m["probe_accepted"],
+                       "chosen": chosen is not None and np.allclose(thr, chosen),
+                       "thresholds": [round(float(t), 4) for t in thr]})
+    return points
 
 
 def probe_by_query(probs: np.ndarray, queries: list[str], thresholds, classes: list[str],

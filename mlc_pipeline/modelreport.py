@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import html
 import json
+import tempfile
 from pathlib import Path
 
+from .curves import curve_markdown, plot_curves
 from .evaluate import compare_table, pct
 
 
@@ -55,7 +57,7 @@ def model_section(result, models_dir: Path) -> str:
                for r in result.rounds}
     last = result.rounds[-1]
     bundle = models_dir / last.bundle
-    parts = ["<h2 id='model'>Model</h2>"]
+    parts = ["<h2 id='model'>Model</h2>", f"<p>Network: {html.escape(bundle_network_line(bundle))}</p>"]
     warnings = data_warnings(result, models_dir)
     if warnings:
         parts += ["<h3 id='data-warnings'>Data warnings</h3><ul>"]
@@ -64,6 +66,18 @@ def model_section(result, models_dir: Path) -> str:
              "<h3>Alternatives on the same data</h3>", md_to_html_table(variants_markdown(result, metrics)),
              f"<h3>Per-class metrics ({html.escape(last.bundle)}, test split)</h3>",
              md_to_html_table(per_class_markdown(metrics[last.bundle]))]
+    curves = {f"round {r.round}": metrics[r.bundle]["curve"] for r in result.rounds if metrics[r.bundle].get("curve")}
+    if curves:
+        with tempfile.TemporaryDirectory() as tmp:   # embedded in the page; published bundles stay as written
+            png = plot_curves(curves, Path(tmp) / "curves.png",
+                              title="macro F1 against unknowns accepted, every round (★ = chosen)").read_bytes()
+        parts += ["<h3>Operating curve: accuracy against unknowns accepted</h3>",
+                  "<p>Each point is one value of <code>train.max_unknown_accepted</code> (the share of held-out "
+                  "'other' images the thresholds may accept); solid lines: test 'other' images, dashed: probe "
+                  "images (kinds under no query). The star is the operating point in use.</p>",
+                  f"<img alt='operating curve' src='data:image/png;base64,{base64.b64encode(png).decode()}'>",
+                  md_to_html_table(curve_markdown(metrics[last.bundle].get("curve", [])))
+                  if metrics[last.bundle].get("curve") else ""]
     probes = probe_markdown(result, metrics)
     if probes:
         parts += ["<h3>Unknown kinds (probe queries): accepted, and as what</h3>", md_to_html_table(probes)]
@@ -100,3 +114,32 @@ def probe_markdown(result, metrics_by_bundle: dict[str, dict]) -> str:
             cells.append(f"{pct(m['accepted'])} of {m['n']}" + (f" (as {taken})" if taken else ""))
         lines.append(f"| {q} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def bundle_network_line(bundle_dir: str | Path) -> str:
+    """network_line() of a bundle folder, or why it cannot be read."""
+    path = Path(bundle_dir) / "bundle.json"
+    try:
+        return network_line(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:
+        return f"unknown ({path}: {exc})"
+
+
+def network_line(meta: dict) -> str:
+    """One line from bundle.json: the network, its starting weights, and what `arch: auto` chose."""
+    w = meta.get("weights") or {"pretrained": meta.get("pretrained", "?")}   # bundles before weights.py
+    config = meta.get("config") or {}
+    if w.get("pretrained") == "imagenet":
+        start = f"ImageNet weights {w.get('name')} ({Path(w.get('file') or '?').name}), fine-tuned"
+    elif w.get("pretrained", "none") != "none":
+        start = f"weights from {w['pretrained']}, fine-tuned"
+    else:
+        start = "trained from scratch"
+    line = f"{meta.get('arch', '?')}, {start}, {meta.get('image_size', '?')} px, {config.get('epochs', '?')} epochs"
+    if w.get("sha256"):
+        line += f" (weights sha256 {w['sha256'][:12]}…)"
+    if (w.get("requested") or {}).get("arch") == "auto":
+        line += f"; arch auto: the {w.get('recipe')} recipe"
+    if w.get("fallback"):
+        line += f", because {w['fallback']}"
+    return line

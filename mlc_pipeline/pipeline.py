@@ -51,16 +51,23 @@ def record(round_no: int, version: str, bundle: str, metrics: dict, added: int =
                        test.get("probe_accepted"), added)
 
 
+def unknown_rate(test_other: float | None, probe: float | None) -> float | None:
+    """What mining should lower: the mean of the held-out "other" and probe acceptance (either
+    alone when the other is not measured)."""
+    rates = [r for r in (test_other, probe) if r is not None]
+    return sum(rates) / len(rates) if rates else None
+
+
 def mining_stop(cfg: Config, round_no: int, added: int, before: float | None = None,
                 after: float | None = None) -> str | None:
     """Why the mining loop stops after this round (None: go on). Shared by `mlc run` and the flow.
 
     Called once with `added` only (after mining: nothing mined, nothing to retrain on), then with the
-    probe acceptance before and after retraining."""
+    `unknown_rate` before and after retraining."""
     if added == 0:
         return f"round {round_no}: the model accepts no pool image; nothing to mine"
     if before is not None and after is not None and before - after <= cfg.mine.min_improvement:
-        return f"round {round_no}: probe acceptance {before:.3f} -> {after:.3f}, no longer improving"
+        return f"round {round_no}: unknowns accepted {before:.3f} -> {after:.3f}, no longer improving"
     return None
 
 
@@ -93,7 +100,8 @@ def run_pipeline(cfg: Config, progress: bool = True, train_alternative_models: b
         ds = build_dataset(cfg); lap("build")    # mined images were curated already
         model = train_version(cfg, ds.path, tag=f"r{r}"); lap("train")
         out.rounds.append(record(r, ds.version, model.bundle_dir.name, model.metrics, mined.added))
-        if why := mining_stop(cfg, r, mined.added, out.rounds[-2].probe_accepted, out.rounds[-1].probe_accepted):
+        if why := mining_stop(cfg, r, mined.added, *(unknown_rate(x.unknown_accepted, x.probe_accepted)
+                                                     for x in out.rounds[-2:])):
             log.info("%s; stopping", why)
             out.stopped_early = r < cfg.mine.rounds
             break

@@ -119,15 +119,29 @@ def score_with_errors(bundle: Bundle, paths: list, batch_size: int = 64) -> tupl
                 errors[i] = f"cannot decode image: {type(exc).__name__}: {exc}"
         if not images:
             continue
-        # Items are already PILImages, so test_dl starts its pipeline after the path reader.
-        dl = learn.dls.test_dl(images, bs=batch_size, num_workers=0)
-        with learn.no_bar(), learn.no_logging():
-            batch_probs, _ = learn.get_preds(dl=dl)
-        probs[rows] = batch_probs.float().numpy()
+        batch_probs = _probabilities(learn, images, batch_size)
+        if bundle.meta.get("config", {}).get("tta"):
+            # Test-time augmentation: the mirror image too, probabilities averaged (trained with flips).
+            batch_probs = (batch_probs + _probabilities(learn, [_mirror(im) for im in images], batch_size)) / 2
+        probs[rows] = batch_probs
     if errors:
         log.warning("%d of %d images could not be scored (first: %s)", len(errors), len(paths),
                     next(iter(errors.values())))
     return probs, errors
+
+
+def _probabilities(learn, images: list, batch_size: int) -> np.ndarray:
+    # Items are already PILImages, so test_dl starts its pipeline after the path reader.
+    dl = learn.dls.test_dl(images, bs=batch_size, num_workers=0)
+    with learn.no_bar(), learn.no_logging():
+        batch_probs, _ = learn.get_preds(dl=dl)
+    return batch_probs.float().numpy()
+
+
+def _mirror(image):
+    from fastai.vision.core import PILImage
+    from PIL import Image
+    return PILImage.create(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
 
 
 def score_paths(bundle: Bundle, paths: list, batch_size: int = 64) -> np.ndarray:

@@ -31,16 +31,19 @@ import torchvision
 from fastai.vision.all import (
     AccumMetric, BCEWithLogitsLossFlat, CancelFitException, CategoryBlock, Callback,
     ColReader, ColSplitter, CrossEntropyLossFlat, DataBlock, ImageBlock, Learner, MultiCategoryBlock, Normalize,
-    Recorder, Resize, ResizeMethod, accuracy, aug_transforms, create_body, default_split,
+    MixUp, RandomResizedCrop, Recorder, Resize, ResizeMethod, accuracy, aug_transforms, default_split,
     imagenet_stats, model_meta, set_seed, vision_learner,
 )
 from fastai.metrics import ActivationType
 
 from mlc_pipeline import __version__, nets
+from mlc_pipeline.curves import plot_curves
 from mlc_pipeline.hashing import sha256_file
 from mlc_pipeline.procs import pid_alive
+from mlc_pipeline.weights import load_backbone_weights, resolve_training
 from mlc_pipeline.evaluate import (
-    DEFAULT_F1_TOLERANCE, OTHER, THRESHOLD_MODES, calibrate_thresholds, evaluate, evaluate_loaded_bundle,
+    DEFAULT_F1_TOLERANCE, OTHER, THRESHOLD_MODES, calibrate_thresholds, capping_path, evaluate,
+    evaluate_loaded_bundle, pick_capped,
 )
 
 log = logging.getLogger(__name__)
@@ -59,12 +62,12 @@ for _arch in (torchvision.models.mobilenet_v3_small, torchvision.models.mobilene
 class TrainConfig:
     """Field names match `config.TrainSettings`, so `TrainConfig(**settings)` works."""
 
-    arch: str = "mlcnet"              # nets.WIDTHS name (small CNN for scratch CPU training) or a torchvision.models function name
-    pretrained: str = "auto"          # 'auto' | 'imagenet' | 'none' | path to a state dict (torchvision's, or an mlcnet's)
-    image_size: int = 64              # 2 cores: mlcnet ~300 img/s at 64 px; resnet18 180 at 64, 107 at 96
-    epochs: int = 30                  # mlcnet from scratch: 12 underfit; 30 rejects more unknowns than 20 (docs/training.md)
+    arch: str = "auto"                # 'auto' (weights.RECIPES) | nets.WIDTHS name | a torchvision.models function name
+    pretrained: str = "auto"          # 'auto' | 'imagenet' | 'none' | path to a state dict (mlc_pipeline/weights.py)
+    image_size: int | None = None     # None: the recipe's (weights.RECIPES)
+    epochs: int | None = None         # None: the recipe's
     batch_size: int = 64
-    lr: float | None = None           # None: 5e-3 mlcnet, 3e-3 torchvision from scratch, 2e-3 fine-tuning (measured)
+    lr: float | None = None           # None: the recipe's, else 5e-3 mlcnet, 3e-3 torchvision from scratch, 2e-3 fine-tuning
     seed: int = 42
     other_mode: str = "negative"      # 'negative': "other" = no label | 'class': an explicit "other" class
     head: str = "sigmoid"             # 'sigmoid' (multi-label) | 'softmax' (single-label baseline)
@@ -75,15 +78,24 @@ class TrainConfig:
     threads: int | None = None        # torch threads; None = every core this process may use
     max_train_seconds: float | None = None  # stop training early (after an epoch if possible) past this
     augment: bool = True              # flips, small rotations/zoom/lighting on the batch
+    crop: str | None = None           # None: the recipe's | 'squish' the whole picture | 'random' resized crops
+    min_scale: float = 0.35           # crop='random': smallest share of the picture a crop keeps
+    mixup: float | None = None        # MixUp alpha (0 = off; None: the recipe's)
+    tta: bool = False                 # score the picture and its mirror image, average (2x predict time)
+    max_unknown_accepted: float | None = 0.05  # cap on held-out "other" images accepted (None: the F1 point)
 
     def __post_init__(self):
         if self.head not in ("sigmoid", "softmax"):
             raise ValueError(f"head must be 'sigmoid' or 'softmax', got {self.head!r}")
         if self.other_mode not in ("negative", "class"):
             raise ValueError(f"other_mode must be 'negative' or 'class', got {self.other_mode!r}")
+        if self.max_unknown_accepted is not None and not 0 <= self.max_unknown_accepted <= 1:
+            raise ValueError(f"max_unknown_accepted must be in [0, 1], got {self.max_unknown_accepted}")
+        if self.crop not in (None, "squish", "random"):
+            raise ValueError(f"crop must be 'squish' or 'random', got {self.crop!r}")
         if self.threshold_mode not in THRESHOLD_MODES:
             raise ValueError(f"threshold_mode must be one of {THRESHOLD_MODES}, got {self.threshold_mode!r}")
-        if not nets.is_local_arch(self.arch) and not callable(getattr(torchvision.models, self.arch, None)):
+        if self.arch != "auto" and not nets.is_local_arch(self.arch) and not callable(getattr(torchvision.models, self.arch, None)):
             raise ValueError(f"arch {self.arch!r} is neither one of {sorted(nets.WIDTHS)} "
                              f"nor a torchvision.models function (e.g. resnet18)")
 
@@ -179,8 +191,7 @@ def build_dataloaders(rows: pd.DataFrame, classes: list[str], cfg: TrainConfig, 
     vocab = classes + ([OTHER] if cfg.effective_other_mode == "class" else [])
     # Keep the given order (classes sorted, "other" last) in every head: CategoryBlock sorts by default.
     y_block = CategoryBlock(vocab=vocab, sort=False) if cfg.head == "softmax" else MultiCategoryBlock(vocab=vocab)
-    # Squish, not crop: a shape near the border must stay in the picture. Always normalise with
-    # ImageNet stats (fastai adds it only when pretrained) so scratch and pretrained runs match.
+    # Always normalise with ImageNet stats (fastai adds it only when pretrained) so scratch and pretrained runs match.
     batch_tfms = [Normalize.from_stats(*imagenet_stats)]
     if cfg.augment:
         batch_tfms = aug_transforms(max_rotate=10, max_zoom=1.1, max_warp=0.1) + batch_tfms
@@ -189,55 +200,18 @@ def build_dataloaders(rows: pd.DataFrame, classes: list[str], cfg: TrainConfig, 
         get_x=ColReader("abs_path"),
         get_y=ColReader("target"),
         splitter=ColSplitter("is_valid"),
-        item_tfms=Resize(cfg.image_size, method=ResizeMethod.Squish),
+        item_tfms=item_transforms(cfg),
         batch_tfms=batch_tfms,
     )
     return block.dataloaders(rows, bs=cfg.batch_size, num_workers=cfg.workers, device=device)
 
 
-def resolve_pretrained(cfg: TrainConfig) -> str:
-    """'none', 'imagenet' (torchvision's cached file) or a weights path. Never downloads."""
-    choice = str(cfg.pretrained).strip()
-    if choice.lower() in ("none", "false", "scratch", ""):
-        return "none"
-    if nets.is_local_arch(cfg.arch) and choice.lower() in ("auto", "imagenet", "true"):
-        if choice.lower() != "auto":
-            raise ValueError(f"pretrained='{choice}': there are no ImageNet weights for {cfg.arch} "
-                             "(use 'auto', 'none' or a weights file of this architecture)")
-        log.info("%s has no published weights: training from scratch (the plan for it, not a fallback)", cfg.arch)
-        return "none"
-    if choice.lower() in ("auto", "imagenet", "true"):
-        weights = torchvision.models.get_model_weights(getattr(torchvision.models, cfg.arch)).DEFAULT
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-        if cached.is_file():
-            return "imagenet"
-        if choice.lower() != "auto":
-            raise FileNotFoundError(f"pretrained='{choice}' but {cached} is missing (offline: no download)")
-        log.warning("no ImageNet weights for %s at %s: training from scratch (slower to learn, lower "
-                    "accuracy). Put the file there or set pretrained to a weights path.", cfg.arch, cached)
-        return "none"
-    path = Path(choice).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights file not found: {path}")
-    return str(path)
-
-
-def _load_backbone_weights(learn, arch_name: str, weights_path: str) -> None:
-    """Load a torchvision state dict file into the learner's body (same cut as fastai uses); for an
-    mlcnet, a state dict of the whole model (its body keys, '0.*', are used; the head is new)."""
-    if nets.is_local_arch(arch_name):
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        body = {k[2:]: v for k, v in state.items() if k.startswith("0.")}
-        if not body:
-            raise ValueError(f"{weights_path}: no body weights ('0.*' keys) for {arch_name}")
-        learn.model[0].load_state_dict(body)
-        return
-    arch = getattr(torchvision.models, arch_name)
-    donor = arch(weights=None)
-    state = torch.load(weights_path, map_location="cpu", weights_only=True)  # tensors only: no code
-    donor.load_state_dict(state)
-    body = create_body(donor, pretrained=True, cut=model_meta.get(arch, {}).get("cut"))
-    learn.model[0].load_state_dict(body.state_dict())
+def item_transforms(cfg: TrainConfig):
+    """Squish keeps every pixel; random resized crops (valid/predict: the squished picture, centre
+    crop of 1/8) show the net parts of objects at several scales, which real photos need."""
+    if cfg.crop == "random":
+        return RandomResizedCrop(cfg.image_size, min_scale=cfg.min_scale)
+    return Resize(cfg.image_size, method=ResizeMethod.Squish)
 
 
 def macro_f1_at_half(preds: torch.Tensor, targs: torch.Tensor) -> float:
@@ -336,13 +310,15 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     classes = classes_in(df, classes)
     rows = _training_frame(df, cfg)
 
+    # arch 'auto', the recipe's image size/epochs/lr, the starting weights (may download): before anything is built
+    cfg, weights = resolve_training(cfg)
     torch.set_num_threads(cfg.threads or available_cores())
     # Seed before building the loaders (their shuffling RNG is drawn from the global one) and the
     # model (its init). On CPU with workers=0 two runs with the same seed give the same weights.
     set_seed(cfg.seed, reproducible=True)
     dls = build_dataloaders(rows, classes, cfg)
     vocab = list(dls.vocab)
-    pretrained = resolve_pretrained(cfg)
+    pretrained = weights.pretrained
 
     if cfg.head == "softmax":
         loss_func, metrics = CrossEntropyLossFlat(), [accuracy]
@@ -352,16 +328,16 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         learn = Learner(dls, nets.mlcnet(len(vocab), cfg.arch), loss_func=loss_func, metrics=metrics,
                         splitter=nets.body_head_splitter)
     else:
-        learn = vision_learner(dls, getattr(torchvision.models, cfg.arch), pretrained=pretrained == "imagenet",
+        learn = vision_learner(dls, getattr(torchvision.models, cfg.arch), pretrained=False,  # weights: below
                                normalize=False, loss_func=loss_func, metrics=metrics)
-    if pretrained not in ("none", "imagenet"):
-        _load_backbone_weights(learn, cfg.arch, pretrained)
+    if weights.file:
+        load_backbone_weights(learn, cfg.arch, weights.file)
         learn.freeze()
     if torch.cuda.is_available():
         learn.to_fp16()
 
     history, budget = LossHistory(), TimeBudget(cfg.max_train_seconds or float("inf"))
-    fit_cbs = [history, budget]
+    fit_cbs = [history, budget] + ([MixUp(cfg.mixup)] if cfg.mixup > 0 else [])
     n_train = len(dls.train_ds)
     log.info("training %s (%s, %s, pretrained=%s) on %d images, validating on %d, vocab %s",
              cfg.arch, cfg.head, cfg.effective_other_mode, pretrained, n_train, len(dls.valid_ds), vocab)
@@ -379,10 +355,15 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
 
     # Calibrate on valid: these images were not trained on, the test split stays untouched.
     valid_probs, valid_targets = _valid_predictions(learn, cfg, vocab)
-    thresholds = None
+    thresholds, curve_path = None, []
     if cfg.head == "sigmoid":
         thresholds = calibrate_thresholds(valid_probs, valid_targets, cfg.threshold_mode, cfg.target_precision,
                                           cfg.f1_tolerance)
+        # Every point from these thresholds to "accept no held-out other image": the report's curve,
+        # and the operating point when the user caps unknown acceptance.
+        curve_path = capping_path(valid_probs, valid_targets, vocab, start=thresholds)
+        if cfg.max_unknown_accepted is not None:
+            thresholds = pick_capped(curve_path, cfg.max_unknown_accepted)
         # fastai's `predict`/decoded preds use the loss's thresh; a per-class tensor broadcasts over
         # the class axis, so `learn.predict` on the exported learner agrees with the bundle.
         learn.loss_func.thresh = torch.tensor(thresholds, dtype=torch.float32)
@@ -401,11 +382,13 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             "classes": classes,
             "vocab": vocab,
             "thresholds": None if thresholds is None else [float(t) for t in thresholds],
+            "typical_positive_scores": typical_positive_scores(valid_probs, valid_targets),
             "head": cfg.head,
             "other_mode": cfg.effective_other_mode,
             "arch": cfg.arch,
             "image_size": cfg.image_size,
             "pretrained": pretrained,
+            "weights": weights.record(),
             "dataset_version": dataset_version,
             "manifest": str(Path(manifest_csv).resolve()),
             "export_sha256": sha256_file(tmp_dir / "export.pkl"),
@@ -425,10 +408,13 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         (tmp_dir / "bundle.json").write_text(json.dumps(meta, indent=2))
         # Score the exported artifact itself, through the same loader users get.
         from mlc_pipeline.predict import load_bundle
-        test_metrics = evaluate_loaded_bundle(load_bundle(tmp_dir), manifest_csv, batch_size=max(cfg.batch_size, 64))
+        test_metrics = evaluate_loaded_bundle(load_bundle(tmp_dir), manifest_csv, batch_size=max(cfg.batch_size, 64),
+                                              curve_path=curve_path)
         metrics = {"valid": valid_metrics, "test": test_metrics, "warnings": meta["warnings"]}
         (tmp_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         plot_losses(history, tmp_dir / "loss.png", title=f"{cfg.arch} {cfg.head}/{cfg.effective_other_mode}")
+        if test_metrics.get("curve"):
+            plot_curves({out_dir.name: test_metrics["curve"]}, tmp_dir / "curve.png")
         _move_into_place(tmp_dir, out_dir)
     finally:
         if tmp_dir.exists():
@@ -439,6 +425,13 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         history=history.epochs, train_seconds=train_seconds, images_per_second=meta["images_per_second"],
         stopped_early=budget.stopped, pretrained_used=pretrained,
     )
+
+
+def typical_positive_scores(probs: np.ndarray, targets: np.ndarray) -> list[float | None]:
+    """Per column, the median score of its validation positives (None without any): how sure the
+    model is of a typical image of the class. Mining holds pool images it is surer of than that."""
+    return [float(np.median(probs[targets[:, c] == 1, c])) if (targets[:, c] == 1).any() else None
+            for c in range(probs.shape[1])]
 
 
 def default_lr(arch: str, pretrained: str) -> float:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from mlc_pipeline.evaluate import (
-    calibrate_thresholds, compare_table, evaluate, predict_matrix, probe_by_query, targets_from_labels,
+    calibrate_capped, calibrate_thresholds, capping_path, compare_table, evaluate, operating_curve,
+    predict_matrix, probe_by_query, targets_from_labels,
 )
 
 # Two classes, four validation images each. Column 0 separates at 0.8 | 0.3, column 1 at 0.15 | 0.1.
@@ -140,3 +141,68 @@ def test_probe_acceptance_by_query_says_what_was_mistaken_for_what():
     # an explicit "other" column is never a claimed class
     out = probe_by_query(np.array([[0.1, 0.9]]), ["x"], [0.5, 0.5], ["a", "other"])
     assert out == {"x": {"n": 1, "accepted": 0.0, "accepted_as": {}}}
+
+
+# Capping unknown acceptance. Two classes; rows 0-3 are class images, rows 4-7 "other" images.
+# Other row 4 scores high on class a only (cheap to reject: no positive of a sits near it),
+# other row 5 scores like the weakest positive of b (rejecting it costs b a true positive).
+CAP_PROBS = np.array([[0.95, 0.1], [0.9, 0.1], [0.1, 0.9], [0.1, 0.6],
+                      [0.7, 0.1], [0.1, 0.65], [0.2, 0.3], [0.1, 0.2]])
+CAP_TARGETS = np.array([[1, 0], [1, 0], [0, 1], [0, 1], [0, 0], [0, 0], [0, 0], [0, 0]])
+CLASSES = ["a", "b"]
+
+
+def accepted_other(thresholds):
+    return int((CAP_PROBS[4:] >= thresholds).any(axis=1).sum())
+
+
+def test_capping_path_removes_one_other_image_at_a_time_cheapest_first():
+    start = np.array([0.4, 0.25])             # accepts rows 4, 5 and 6 among the "other" images
+    path = capping_path(CAP_PROBS, CAP_TARGETS, CLASSES, start=start)
+    assert [n for n, _, _ in path] == [3, 2, 1, 0] and all(total == 4 for _, total, _ in path)
+    assert accepted_other(path[0][2]) == 3
+    # Rows 4 (0.7 on a, below both positives of a) and 6 (0.3 on b, below both positives of b) cost
+    # nothing; row 5 last: b's threshold must pass 0.65, above the 0.6 positive, the one step that
+    # costs F1.
+    np.testing.assert_allclose(path[1][2], [0.8, 0.25])
+    np.testing.assert_allclose(path[2][2], [0.8, 0.45])
+    np.testing.assert_allclose(path[3][2], [0.8, 0.775])
+
+
+def test_calibrate_capped_takes_the_first_point_under_the_cap():
+    start = np.array([0.4, 0.25])
+    np.testing.assert_allclose(calibrate_capped(CAP_PROBS, CAP_TARGETS, CLASSES, 0.25, start=start), [0.8, 0.45])
+    np.testing.assert_allclose(calibrate_capped(CAP_PROBS, CAP_TARGETS, CLASSES, 0.0, start=start), [0.8, 0.775])
+    np.testing.assert_allclose(calibrate_capped(CAP_PROBS, CAP_TARGETS, CLASSES, 1.0, start=start), start)
+    with pytest.raises(ValueError, match="max_accepted"):
+        calibrate_capped(CAP_PROBS, CAP_TARGETS, CLASSES, 1.5)
+
+
+def test_capping_a_saturated_score_terminates():
+    probs = np.array([[1.0], [1.0], [0.2]], dtype=np.float32)   # an "other" row scoring exactly 1.0
+    t = calibrate_capped(probs, np.array([[1], [0], [0]]), ["a"], 0.0, start=np.array([0.5]))
+    assert t[0] > 1.0
+
+
+def test_without_other_rows_the_cap_changes_nothing(caplog):
+    start = np.array([0.4, 0.25])
+    t = calibrate_capped(CAP_PROBS[:4], CAP_TARGETS[:4], CLASSES, 0.0, start=start)
+    np.testing.assert_allclose(t, start)
+    assert "cannot cap" in caplog.text
+
+
+def test_operating_curve_scores_each_point_and_marks_the_chosen_one():
+    start = np.array([0.4, 0.25])
+    path = capping_path(CAP_PROBS, CAP_TARGETS, CLASSES, start=start)
+    probe = np.array([False] * 8 + [True, True])
+    probs = np.vstack([CAP_PROBS, [[0.5, 0.1], [0.1, 0.1]]])
+    targets = np.vstack([CAP_TARGETS, [[0, 0], [0, 0]]])
+    curve = operating_curve(path, probs, targets, CLASSES, probe, chosen=path[2][2])
+    assert [p["valid_other_accepted"] for p in curve] == [0.75, 0.5, 0.25, 0.0]
+    assert [p["chosen"] for p in curve] == [False, False, True, False]
+    assert [p["probe_accepted"] for p in curve] == [0.5, 0.0, 0.0, 0.0]
+    # First point: a accepts rows 0, 1, 4 (F1 4/5); b accepts 2, 3, 5, 6 (F1 4/6).
+    assert curve[0]["macro_f1"] == pytest.approx((4 / 5 + 4 / 6) / 2)
+    assert curve[0]["unknown_accepted"] == pytest.approx(3 / 4)
+    # Last: a exact (F1 1), b keeps only row 2 (F1 2/3), no "other" image accepted.
+    assert curve[-1]["macro_f1"] == pytest.approx((1 + 2 / 3) / 2) and curve[-1]["unknown_accepted"] == 0.0

@@ -166,7 +166,9 @@ def test_flow_completes_with_artifacts(harness, project, monkeypatch):
     arts = artifacts_of(state.state_details.flow_run_id)
     assert {SUMMARY_KEY, PER_CLASS_KEY, REJECTED_KEY, MINED_KEY, PROGRESS_KEY} <= set(arts), sorted(arts)
     summary = arts[SUMMARY_KEY][0].data
-    for text in ("Completed", "Dataset default v2", "before and after mining", result["report"], "balloon"):
+    assert "Operating curve" in page and "max_unknown_accepted" in page
+    for text in ("Completed", "Dataset default v2", "before and after mining", result["report"], "balloon",
+                 "Operating curve", "**chosen**"):
         assert text in summary, text
     per_class = json.loads(arts[PER_CLASS_KEY][0].data)
     assert {(r["round"], r["class"]) for r in per_class} == {(0, "balloon"), (0, "kite"), (1, "balloon"), (1, "kite")}

@@ -96,7 +96,8 @@ def make_shapes_dataset(root: Path, n_per_kind: int = 48, seed: int = 0) -> Path
 
 # One thread: the same numbers on any machine (results depend on the thread count), and a 32 px
 # model gains little from a second thread, while a busy machine makes two threads crawl.
-FAST = dict(image_size=32, epochs=8, batch_size=16, seed=0, lr=3e-3, threads=1)
+# squish: these drawn shapes sit anywhere, up to the border; a random crop would cut them out.
+FAST = dict(image_size=32, epochs=8, batch_size=16, seed=0, lr=3e-3, threads=1, crop="squish", mixup=0.0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -153,6 +154,35 @@ def test_metrics_well_above_chance():
     assert test["unknown_accepted"] <= 0.25
     assert test["probe_accepted"] < 0.5
     assert metrics["valid"]["macro_f1"] > 0.8
+
+
+def test_operating_curve_runs_from_the_chosen_point_to_no_unknown_accepted():
+    _, bundle = trained_bundle()
+    curve = json.loads((bundle / "metrics.json").read_text())["test"]["curve"]
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert (bundle / "curve.png").is_file()
+    rates = [p["valid_other_accepted"] for p in curve]
+    assert rates == sorted(rates, reverse=True) and rates[-1] == 0.0 and len(set(rates)) == len(rates)
+    [chosen] = [p for p in curve if p["chosen"]]
+    assert np.allclose(chosen["thresholds"], meta["thresholds"], atol=1e-4)
+    test = json.loads((bundle / "metrics.json").read_text())["test"]
+    assert chosen["macro_f1"] == pytest.approx(test["macro_f1"]) and chosen["probe_accepted"] == pytest.approx(test["probe_accepted"])
+    # Higher thresholds never accept more: each step only raises them.
+    steps = np.array([p["thresholds"] for p in curve])
+    assert (np.diff(steps, axis=0) >= -1e-9).all()
+
+
+def test_a_cap_on_unknowns_accepted_is_met_on_validation(tmp_path):
+    manifest, _ = trained_bundle()
+    from mlc_pipeline.evaluate import evaluate_loaded_bundle
+    from mlc_pipeline.predict import load_bundle
+    result = train_model(manifest, tmp_path / "capped", TrainConfig(max_unknown_accepted=0.0, **FAST))
+    meta = json.loads((tmp_path / "capped" / "bundle.json").read_text())
+    assert meta["config"]["max_unknown_accepted"] == 0.0
+    valid = evaluate_loaded_bundle(load_bundle(tmp_path / "capped"), manifest, splits=("valid",))
+    assert valid["unknown_accepted"] == 0.0     # no held-out "other" image of the calibration split
+    [chosen] = [p for p in result.metrics["test"]["curve"] if p["chosen"]]
+    assert chosen["valid_other_accepted"] == 0.0
 
 
 @pytest.mark.parametrize("head,other_mode", [("softmax", "negative"), ("sigmoid", "class")])
@@ -230,7 +260,7 @@ def test_existing_bundle_is_not_overwritten_silently(tmp_path):
 
 
 def test_pretrained_auto_falls_back_to_scratch_offline(tmp_path, monkeypatch, caplog):
-    from mlc_pipeline.train import resolve_pretrained
+    from mlc_pipeline.weights import resolve_pretrained
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     r18 = dict(arch="resnet18")
     assert resolve_pretrained(TrainConfig(pretrained="auto", **r18)) == "none"
@@ -244,10 +274,10 @@ def test_pretrained_auto_falls_back_to_scratch_offline(tmp_path, monkeypatch, ca
     assert resolve_pretrained(TrainConfig(pretrained="none", **r18)) == "none"
     # mlcnet has no published weights: 'auto' means scratch without a warning, 'imagenet' is an error
     caplog.clear()
-    assert resolve_pretrained(TrainConfig(pretrained="auto")) == "none"
+    assert resolve_pretrained(TrainConfig(arch="mlcnet", pretrained="auto")) == "none"
     assert not [r for r in caplog.records if r.levelname == "WARNING"]  # said at INFO: nothing went wrong
     with pytest.raises(ValueError, match="no ImageNet weights for mlcnet"):
-        resolve_pretrained(TrainConfig(pretrained="imagenet"))
+        resolve_pretrained(TrainConfig(arch="mlcnet", pretrained="imagenet"))
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         resolve_pretrained(TrainConfig(pretrained=str(tmp_path / "nope.pth")))
 

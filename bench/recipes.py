@@ -1,0 +1,190 @@
+"""Training recipes measured on real photos (shared/fixtures), the evidence behind the defaults.
+
+Builds small dataset versions straight from the fixture folders (no collection: this measures
+training only), trains the product's code path (`train_model`) once per recipe, scores valid, test,
+"other" and probe images, and then compares operating points on the same scores:
+
+- `f1`: today's per-class F1 calibration (highest threshold within f1_tolerance of the best);
+- `capX`: thresholds that accept at most X of the valid "other" images (`calibrate_capped`);
+- each with and without test-time flips (TTA).
+
+Worlds (each a user's config in miniature; probes are a kind under no query):
+- pets:    classes cat, dog;     other ants;            probe bees
+- insects: classes ants, bees;   other dogs (half);     probe cats   (pool: the other half of dogs)
+
+    .venv/bin/python bench/recipes.py --world insects --recipe arch=mlcnet,image_size=64 --recipe ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mlc_pipeline.evaluate import calibrate_thresholds, evaluate, targets_from_labels  # noqa: E402
+
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+WORLDS = {
+    # name: {set: (folder, label or "" for other, count or None for all)}
+    "pets": {"cat": ("pets/cat", "cat", 300), "dog": ("pets/dog", "dog", 300),
+             "other": ("hymenoptera/ants", "", None), "probe": ("hymenoptera/bees", "", None)},
+    "insects": {"ants": ("hymenoptera/ants", "ants", None), "bees": ("hymenoptera/bees", "bees", None),
+                "other": ("pets/dog", "", 300), "probe": ("pets/cat", "", 300)},
+}
+SPLIT = (("train", 0.7), ("valid", 0.15), ("test", 0.15))
+
+
+def build_world(name: str, out: Path, seed: int = 0) -> Path:
+    """A dataset folder with manifest.csv: class and "other" images split 70/15/15, probes apart."""
+    import csv
+    if (out / "manifest.csv").exists():
+        return out / "manifest.csv"
+    rng = random.Random(seed)
+    rows = []
+    for set_name, (folder, label, count) in WORLDS[name].items():
+        files = sorted((FIXTURES / folder).glob("*.jpg"))
+        rng.shuffle(files)
+        files = files[:count] if count else files
+        (out / set_name).mkdir(parents=True, exist_ok=True)
+        for i, f in enumerate(files):
+            dest = out / set_name / f.name
+            shutil.copyfile(f, dest)
+            if set_name == "probe":
+                split = "probe"
+            else:
+                frac = i / len(files)
+                split = "train" if frac < 0.7 else "valid" if frac < 0.85 else "test"
+            rows.append({"path": f"{set_name}/{f.name}", "labels": label, "split": split, "query": set_name})
+    with open(out / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["path", "labels", "split", "query"])
+        w.writeheader()
+        w.writerows(rows)
+    return out / "manifest.csv"
+
+
+def scores(bundle, paths: list[str], tta: bool) -> np.ndarray:
+    from mlc_pipeline.predict import score_paths
+    probs = score_paths(bundle, paths)
+    if not tta:
+        return probs
+    from PIL import Image
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        flipped = []
+        for i, p in enumerate(paths):
+            q = Path(tmp) / f"{i}.png"
+            Image.open(p).convert("RGB").transpose(Image.FLIP_LEFT_RIGHT).save(q)
+            flipped.append(str(q))
+        return (probs + score_paths(bundle, flipped)) / 2
+
+
+def operating_points(bundle, df, tta: bool, caps=(0.0, 0.02, 0.05, 0.1)) -> dict:
+    from mlc_pipeline.evaluate import calibrate_capped
+    vocab = bundle.vocab
+    out = {}
+    parts = {s: df[df["split"] == s].reset_index(drop=True) for s in ("valid", "test", "probe")}
+    p = {s: scores(bundle, list(parts[s]["abs_path"]), tta) for s in parts}
+    t_valid = targets_from_labels(list(parts["valid"]["label_list"]), vocab)
+    t_test = targets_from_labels(list(parts["test"]["label_list"]), vocab)
+    probs_eval = np.vstack([p["test"], p["probe"]])
+    targ_eval = np.vstack([t_test, np.zeros((len(p["probe"]), len(vocab)), dtype=np.int8)])
+    mask = np.r_[np.zeros(len(p["test"]), bool), np.ones(len(p["probe"]), bool)]
+    out["ood_fpr95_probe"] = ood_scores(probs_eval, targ_eval, mask, vocab)
+    if bundle.head == "softmax":
+        m = evaluate(probs_eval, targ_eval, None, vocab, mask, head="softmax")
+        out["argmax"] = summary(m)
+        return out
+    rules = {"f1": calibrate_thresholds(p["valid"], t_valid, "per-class-f1", f1_tolerance=0.02),
+             "f1max": calibrate_thresholds(p["valid"], t_valid, "per-class-f1", f1_tolerance=0.0)}
+    for cap in caps:
+        rules[f"cap{cap:g}"] = calibrate_capped(p["valid"], t_valid, vocab, cap)
+    for name, thr in rules.items():
+        m = evaluate(probs_eval, targ_eval, thr, vocab, mask)
+        out[name] = summary(m) | {"thresholds": [round(float(t), 3) for t in thr]}
+    return out
+
+
+def ood_scores(probs, targets, probe, vocab) -> dict:
+    """Threshold-free: share of probes scoring above the 5th percentile of labelled test images,
+    for max-probability (what per-class thresholds use) and joint energy (sum of softplus logits)."""
+    from mlc_pipeline.evaluate import real_class_indices
+    real = real_class_indices(vocab)
+    p = np.clip(probs[:, real], 1e-6, 1 - 1e-6)
+    logits = np.log(p / (1 - p))
+    labelled = targets[:, real].any(axis=1) & ~probe
+    out = {}
+    for name, score in (("max_prob", p.max(axis=1)), ("joint_energy", np.log1p(np.exp(logits)).sum(axis=1)),
+                        ("logsumexp", np.log(np.exp(logits).sum(axis=1)))):
+        cut = np.quantile(score[labelled], 0.05)
+        out[name] = round(float((score[probe] >= cut).mean()), 3)
+    return out
+
+
+def summary(m: dict) -> dict:
+    return {"f1": round(m["macro_f1"], 3), "other": m["unknown_accepted"], "probe": m["probe_accepted"],
+            "fpr95_probe": m["fpr95_probe"]}
+
+
+def parse_recipe(text: str) -> dict:
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                continue
+        if value in ("true", "false"):
+            value = value == "true"
+        out[key] = value
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", choices=sorted(WORLDS), default="insects")
+    ap.add_argument("--recipe", action="append", required=True, help="TrainConfig overrides, k=v,k=v")
+    ap.add_argument("--seed", type=int, default=0, help="world split seed")
+    ap.add_argument("--work", default="/tmp/recipes")
+    ap.add_argument("--out", default=None, help="append JSON lines here")
+    args = ap.parse_args()
+
+    from mlc_pipeline.predict import load_bundle
+    from mlc_pipeline.train import TrainConfig, read_manifest, train_model
+
+    work = Path(args.work)
+    manifest = build_world(args.world, work / f"{args.world}-s{args.seed}", args.seed)
+    df = read_manifest(manifest)
+    classes = sorted({lab for labs in df["label_list"] for lab in labs})
+    for text in args.recipe:
+        overrides = parse_recipe(text)
+        cfg = TrainConfig(**overrides)
+        bundle_dir = work / "bundles" / f"{args.world}-s{args.seed}-{text.replace('=', '').replace(',', '_')}-{time.time_ns()}"
+        start = time.monotonic()
+        result = train_model(manifest, bundle_dir, cfg, classes=classes)
+        seconds = time.monotonic() - start
+        bundle = load_bundle(bundle_dir)
+        line = {"world": args.world, "seed": args.seed, "recipe": text, "train_s": round(seconds, 1),
+                "img_s": result.images_per_second, "n_train": bundle.meta["n_train"],
+                "epochs_run": len(result.history), "stopped_early": result.stopped_early}
+        for tta in (False, True):
+            line["tta" if tta else "plain"] = operating_points(bundle, df, tta)
+        print(json.dumps(line), flush=True)
+        if args.out:
+            with open(args.out, "a") as fh:
+                fh.write(json.dumps(line) + "\n")
+        shutil.rmtree(bundle_dir)
+
+
+if __name__ == "__main__":
+    main()
