@@ -96,6 +96,14 @@ def rounds_markdown(models: list[dict], mined: list[dict]) -> list[str]:
     return lines
 
 
+def short_sets_markdown(collected: dict) -> list[str]:
+    """One line per set that ended with fewer usable images than its count, and by how much."""
+    short = collected.get("short") or []
+    if not short:
+        return []
+    return ["**Short sets** (fewer usable images than their count):", ""] + [f"- {md_escape(s)}" for s in short] + [""]
+
+
 def summary_markdown(run: dict) -> str:
     """The run summary: dataset version and counts, model metrics before/after mining, the report."""
     title = run.get("title", "collect-and-train")
@@ -113,6 +121,7 @@ def summary_markdown(run: dict) -> str:
         lines += ["## Collect", "",
                   f"{c['downloaded']} downloaded, {c['found_new']} new candidates, {c['api_calls']} API calls; "
                   f"failed: {c.get('failed') or 'none'}; shortfall: {c.get('shortfall') or 'none'}", ""]
+        lines += short_sets_markdown(c)
     k = run.get("curate")
     if k:
         lines += ["## Curate", "",
@@ -136,6 +145,9 @@ def summary_markdown(run: dict) -> str:
         lines += rounds_markdown(models, run.get("mined") or []) + [""]
         if run.get("stopped_early"):
             lines += ["Mining stopped early (nothing left to mine, or no further improvement).", ""]
+        warnings = models[-1]["metrics"].get("warnings") or []
+        if warnings:
+            lines += ["**Training data warnings** (latest model):", ""] + [f"- {md_escape(w)}" for w in warnings] + [""]
         lines += [f"Per-class metrics: table `{PER_CLASS_KEY}`; mined negatives: table `{MINED_KEY}`.", ""]
         curve = models[-1]["metrics"].get("test", {}).get("curve")
         if curve:

@@ -50,8 +50,9 @@ class StageFailed(RuntimeError):
 @task(name="collect", retries=2, retry_delay_seconds=[60, 300], retry_jitter_factor=0.3,
       retry_condition_fn=retry_condition, tags=["flickr"], **STAGE)
 def collect_stage(cfg: Config) -> dict:
-    """Search and download until every set has its count; resumes from the catalog."""
-    from mlc_pipeline.collect import collect
+    """Search, download and curate in rounds until every set has its count of usable images (or its
+    queries run dry); resumes from the catalog."""
+    from mlc_pipeline.collect import collect_and_curate
 
     logger = get_run_logger()
     wanted = downloads_wanted(cfg)
@@ -60,11 +61,12 @@ def collect_stage(cfg: Config) -> dict:
     # One collect at a time across all runs on this server (global concurrency limit, if created);
     # within the run, the library's token bucket keeps calls under source.max_calls_per_hour.
     with concurrency(FLICKR_LIMIT, occupy=1, strict=False, raise_on_lease_renewal_failure=False):
-        summary = collect(cfg, progress=False, on_progress=progress)
+        summary, _ = collect_and_curate(cfg, progress=False, on_progress=progress)
     progress.finish(summary.downloaded)
-    logger.info("collect: %d downloaded, %d new candidates, %d API calls, failed %s, shortfall %s",
-                summary.downloaded, summary.found_new, summary.api_calls, summary.failed or "none",
-                summary.shortfall or "none")
+    logger.info("collect: %d downloaded in %d collect/curate rounds, %d new candidates, %d API calls, failed %s",
+                summary.downloaded, summary.rounds, summary.found_new, summary.api_calls, summary.failed or "none")
+    for line in summary.short:
+        logger.warning("short set: %s", line)
     return plain(summary)
 
 
@@ -128,7 +130,7 @@ def mine_stage(cfg: Config, bundle_dir: str, round_no: int) -> dict:
 
 @task(name="report", **STAGE)
 def report_stage(cfg: Config, rounds: list[dict], alternatives: dict, stopped_early: bool,
-                 seconds: dict) -> str:
+                 seconds: dict, shortfall: list[str] | None = None) -> str:
     """The self-contained HTML report (data and, when models were trained, the model section)."""
     from mlc_pipeline.report import write_html_report
 
@@ -140,7 +142,7 @@ def report_stage(cfg: Config, rounds: list[dict], alternatives: dict, stopped_ea
         from mlc_pipeline.pipeline import PipelineResult, RoundRecord
 
         result = PipelineResult(rounds=[RoundRecord(**r) for r in rounds], alternatives=alternatives,
-                                seconds=seconds, stopped_early=stopped_early)
+                                seconds=seconds, stopped_early=stopped_early, shortfall=shortfall or [])
         extra.append(model_section(result, models_root(cfg)))
         name = "latest.html"
     path = write_html_report(cfg, cfg.data_dir / "reports" / name, extra_sections=extra)
@@ -283,7 +285,7 @@ def collect_and_train(config_path: str = DEFAULT_CONFIG, overrides: dict | None 
         with run.stage_of("report"):
             run.data["report"] = report_stage.submit(
                 cfg, rounds, run.data.get("alternatives", {}), bool(run.data.get("stopped_early")),
-                dict(run.data["seconds"])).result()
+                dict(run.data["seconds"]), run.data["collect"].get("short", [])).result()
     except Exception as exc:
         failure = run.fail(exc)
         logger.error(str(failure))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from mlc_pipeline.catalog import Catalog
-from mlc_pipeline.collect import targets
+from mlc_pipeline.collect import targets, usable_needed
 from mlc_pipeline.config import Config
 
 PROGRESS_KEY = "mlc-download-progress"
@@ -16,7 +17,8 @@ PROGRESS_KEY = "mlc-download-progress"
 def downloads_wanted(cfg: Config) -> int:
     """Images still missing before this collect starts (what a resumed run has left to do)."""
     with Catalog(cfg.catalog_path) as catalog:
-        return sum(max(0, count - catalog.count_downloaded(t.purpose, t.label)) for t, _, count in targets(cfg))
+        return sum(max(0, math.ceil(usable_needed(catalog.set_tally(t.purpose, t.label), count)))
+                   for t, _, count in targets(cfg))
 
 
 class DownloadProgress:

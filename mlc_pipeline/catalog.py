@@ -13,6 +13,7 @@ Status lifecycle of a candidate:
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 import uuid
@@ -232,6 +233,26 @@ class Catalog:
             f"SELECT label FROM candidates WHERE purpose=? AND status IN ({','.join('?' * len(FILE_STATUSES))})",
             (purpose, *FILE_STATUSES))
         return sum(1 for r in rows if label in r["label"].split())
+
+    def set_tally(self, purpose: str, label: str) -> dict:
+        """Where the candidates of one set (a purpose and a class, or 'other') stand, for top-ups and
+        shortfall reports: accepted counts by the labels curation settled on; the other statuses by
+        the label the search gave, with their reasons cut before the first ':' or '='."""
+        out: dict = {"accepted": 0, "downloaded": 0, "pending": 0,
+                     "rejected": {}, "duplicate": {}, "failed": {}, "skipped": {}}
+        rows = self.db.execute("SELECT status, reason, label, curated_label FROM candidates WHERE purpose=?",
+                               (purpose,))
+        for r in rows:
+            status = r["status"]
+            labels = (r["curated_label"] or r["label"]) if status == "accepted" else r["label"]
+            if label not in labels.split():
+                continue
+            if isinstance(out.get(status), int):
+                out[status] += 1
+            elif status in out:
+                reason = re.split("[:=]", r["reason"] or "unknown", maxsplit=1)[0]
+                out[status][reason] = out[status].get(reason, 0) + 1
+        return out
 
     def count_accepted(self, purpose: str, label: str) -> int:
         """Accepted candidates of a purpose whose curated labels hold `label` (a class, or 'other')."""

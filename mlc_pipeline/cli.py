@@ -113,6 +113,9 @@ def cmd_run(args) -> int:
     cfg = load_config(args.config, parse_overrides(args.set))
     res = run_pipeline(cfg, progress=not args.no_progress)
     print(rounds_markdown(res))
+    from .models import models_root
+    from .modelreport import data_warnings
+    print("\n".join(data_warnings(res, models_root(cfg))) or "every set has its count of usable images")
     print(f"stage seconds: {res.seconds}\nreport: {res.report}")
     return 0
 

@@ -40,6 +40,15 @@ def md_to_html_table(md: str) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def data_warnings(result, models_dir: Path) -> list[str]:
+    """The run's short sets, then the warnings the last model recorded about its training data."""
+    lines = [f"short set after collection: {line}" for line in getattr(result, "shortfall", None) or []]
+    if result.rounds:
+        metrics = models_dir / result.rounds[-1].bundle / "metrics.json"
+        lines += [f"training: {w}" for w in json.loads(metrics.read_text()).get("warnings", [])]
+    return lines
+
+
 def model_section(result, models_dir: Path) -> str:
     """HTML for a PipelineResult whose bundles live in `models_dir`."""
     if not result.rounds:
@@ -48,8 +57,12 @@ def model_section(result, models_dir: Path) -> str:
                for r in result.rounds}
     last = result.rounds[-1]
     bundle = models_dir / last.bundle
-    parts = ["<h2 id='model'>Model</h2>", f"<p>Network: {html.escape(bundle_network_line(bundle))}</p>",
-             "<h3>Mining rounds</h3>", md_to_html_table(rounds_markdown(result)),
+    parts = ["<h2 id='model'>Model</h2>", f"<p>Network: {html.escape(bundle_network_line(bundle))}</p>"]
+    warnings = data_warnings(result, models_dir)
+    if warnings:
+        parts += ["<h3 id='data-warnings'>Data warnings</h3><ul>"]
+        parts += [f"<li>{html.escape(w)}</li>" for w in warnings] + ["</ul>"]
+    parts += ["<h3>Mining rounds</h3>", md_to_html_table(rounds_markdown(result)),
              "<h3>Alternatives on the same data</h3>", md_to_html_table(variants_markdown(result, metrics)),
              f"<h3>Per-class metrics ({html.escape(last.bundle)}, test split)</h3>",
              md_to_html_table(per_class_markdown(metrics[last.bundle]))]

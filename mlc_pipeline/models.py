@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config
-from .dataset import write_text_atomic
+from .dataset import read_manifest, write_text_atomic
 from .train import TrainConfig, train_model
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,27 @@ def latest_model(cfg: Config) -> Path | None:
     return path if path.is_dir() else None
 
 
+def other_set_warnings(rows: list[dict]) -> list[str]:
+    """Warnings about the training split's "other" images (manifest rows): a model that sees no
+    image of none of its classes, or far fewer than of each class, accepts the unknown."""
+    train = [r for r in rows if r["split"] == "train"]
+    per_class: dict[str, int] = {}
+    for r in train:
+        for label in r["labels"].split():
+            per_class[label] = per_class.get(label, 0) + 1
+    if not per_class:
+        return []
+    other = sum(1 for r in train if not r["labels"].split())
+    mean = sum(per_class.values()) / len(per_class)
+    if other == 0:
+        return ["no 'other' images in the training split: the model never sees an image of none of its "
+                "classes and cannot learn to say 'none of these' (add `other` queries or raise other.count)"]
+    if other < mean:
+        return [f"'other' has {other} training images, fewer than the classes' mean of {mean:.0f}: "
+                "the model will accept more unknown images (add `other` queries or raise other.count)"]
+    return []
+
+
 def train_version(cfg: Config, dataset_dir: str | Path, tag: str = "", variant: str | None = None,
                   publish: bool = True) -> ModelResult:
     """Train one model on a dataset version. `variant` picks one of VARIANTS; None = the config's."""
@@ -62,8 +83,12 @@ def train_version(cfg: Config, dataset_dir: str | Path, tag: str = "", variant: 
     stamp = time.strftime("%Y%m%dT%H%M%S")
     bundle = models_root(cfg) / f"{cfg.build.name}-{version}{'-' + tag if tag else ''}-{name}-{stamp}"
     models_root(cfg).mkdir(parents=True, exist_ok=True)
+    warnings = other_set_warnings(read_manifest(dataset_dir / "manifest.csv"))
+    for w in warnings:
+        log.warning("dataset %s: %s", version, w)
     result = train_model(dataset_dir / "manifest.csv", bundle, train_config(cfg, **overrides),
-                         dataset_version=f"{cfg.build.name}/{version}", classes=list(cfg.classes))
+                         dataset_version=f"{cfg.build.name}/{version}", classes=list(cfg.classes),
+                         warnings=warnings)
     if publish:
         write_text_atomic(models_root(cfg) / "LATEST", bundle.name + "\n")
     return ModelResult(bundle, version, name, result.metrics, result.train_seconds)

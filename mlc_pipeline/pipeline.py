@@ -11,9 +11,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .collect import collect
+from .collect import collect_and_curate
 from .config import Config
-from .curate import curate
 from .dataset import build_dataset
 from .evaluate import compare_table
 from .mine import mine_round
@@ -42,6 +41,7 @@ class PipelineResult:
     report: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
+    shortfall: list[str] = field(default_factory=list)   # one line per set short of usable images
 
 
 def record(round_no: int, version: str, bundle: str, metrics: dict, added: int = 0) -> RoundRecord:
@@ -81,8 +81,11 @@ def run_pipeline(cfg: Config, progress: bool = True, train_alternative_models: b
         out.seconds[stage] = round(out.seconds.get(stage, 0) + now - clock, 1)
         clock = now
 
-    collect(cfg, progress=progress); lap("collect")
-    curate(cfg); lap("curate")
+    # Collect and curate in rounds until every set has `count` usable images or its queries run dry.
+    collected, _ = collect_and_curate(cfg, progress=progress); lap("collect")
+    out.seconds["curate"] = collected.seconds.get("curate", 0.0)
+    out.seconds["collect"] = round(out.seconds["collect"] - out.seconds["curate"], 1)
+    out.shortfall = collected.short
     ds = build_dataset(cfg); lap("build")
     model = train_version(cfg, ds.path, tag="r0"); lap("train")
     out.rounds.append(record(0, ds.version, model.bundle_dir.name, model.metrics))

@@ -4,6 +4,7 @@ changed since the previous version — in the terminal, as JSON, or as one self-
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -33,6 +34,18 @@ def catalog_summary(catalog: Catalog) -> dict:
         "reasons": [dict(r) for r in catalog.reasons()],
         "runs": catalog.runs(10),
     }
+
+
+def short_sets(cfg: Config, catalog: Catalog) -> list:
+    """The sets with fewer usable images than their `count` (collect.Shortfall, one line each)."""
+    from .collect import last_exhausted, shortfalls
+    return shortfalls(cfg, catalog, last_exhausted(catalog))
+
+
+def format_short_sets(short: list) -> str:
+    if not short:
+        return "Every set has its count of usable images."
+    return "\n".join(["Short sets: fewer usable images than their count"] + [f"  {s.line()}" for s in short])
 
 
 def format_catalog_summary(summary: dict) -> str:
@@ -157,10 +170,14 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
         quarantined = catalog.candidates("status='rejected'")
         dups = catalog.candidates("status='duplicate'")
         by_id = {r["id"]: r for r in catalog.candidates("status='accepted'")}
+        short = short_sets(cfg, catalog)
     parts = [f"<h1>mlc-pipeline report{' — ' + html.escape(ds['name'] + ' ' + ds['version']) if ds else ''}</h1>"]
     statuses = sorted({s for v in cat["by_label"].values() for s in v})
     parts += ["<h2>Catalog</h2>", table(["set"] + statuses, [[k] + [v.get(s, 0) for s in statuses]
                                                               for k, v in sorted(cat["by_label"].items())])]
+    if short:
+        parts += ["<h3 id='short-sets'>Short sets: fewer usable images than their count</h3><ul>"]
+        parts += [f"<li>{html.escape(s.line())}</li>" for s in short] + ["</ul>"]
     if ds:
         splits = ["train", "valid", "test", "probe"]
         parts += [f"<h2 id='dataset'>Dataset {html.escape(ds['version'])}</h2>",
@@ -217,12 +234,16 @@ def write_html_report(cfg: Config, path: str | Path, version: str | None = None,
 def inspect_main(cfg: Config, args) -> int:
     with Catalog(cfg.catalog_path) as catalog:
         summary = catalog_summary(catalog)
+        short = short_sets(cfg, catalog)
     ds = dataset_summary(cfg, getattr(args, "version", None))
     if getattr(args, "json", False):
-        out = {"catalog": summary, "dataset": {k: v for k, v in ds.items() if k != "rows"} if ds else None}
+        out = {"catalog": summary, "dataset": {k: v for k, v in ds.items() if k != "rows"} if ds else None,
+               "shortfall": [{**dataclasses.asdict(s), "line": s.line()} for s in short]}
         print(json.dumps(out, indent=2, default=str))
     else:
         print(format_catalog_summary(summary))
+        print()
+        print(format_short_sets(short))
         print()
         print(format_dataset_summary(ds) if ds else "No dataset version yet: run `mlc build`.")
     if getattr(args, "html", None):

@@ -296,7 +296,7 @@ class TimeBudget(Callback):
 
 def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig | None = None,
                 dataset_version: str = "", classes: list[str] | None = None,
-                overwrite: bool = False) -> TrainResult:
+                overwrite: bool = False, warnings: list[str] | None = None) -> TrainResult:
     """Train on the train split, calibrate on valid, evaluate on test + probe, write the bundle.
 
     The bundle folder is built next to `out_dir` and renamed into place, so a crash never leaves a
@@ -403,6 +403,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             "train_seconds": round(train_seconds, 2),
             "images_per_second": round(images_seen / max(history.train_phase_seconds, 1e-9), 2),
             "stopped_early": budget.stopped,
+            "warnings": list(warnings or []),     # about the data, e.g. models.other_set_warnings
             "versions": {"mlc_pipeline": __version__, "torch": torch.__version__,
                          "torchvision": torchvision.__version__, "fastai": _fastai_version()},
         }
@@ -411,7 +412,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         from mlc_pipeline.predict import load_bundle
         test_metrics = evaluate_loaded_bundle(load_bundle(tmp_dir), manifest_csv, batch_size=max(cfg.batch_size, 64),
                                               curve_path=curve_path)
-        metrics = {"valid": valid_metrics, "test": test_metrics}
+        metrics = {"valid": valid_metrics, "test": test_metrics, "warnings": meta["warnings"]}
         (tmp_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         plot_losses(history, tmp_dir / "loss.png", title=f"{cfg.arch} {cfg.head}/{cfg.effective_other_mode}")
         if test_metrics.get("curve"):
