@@ -9,30 +9,44 @@ import sys
 import traceback
 
 from .config import ConfigError, load_config
+from .dataset import VersionDamaged
+from .locking import DataRootBusy
 from .secrets import MissingCredentials, install_log_redaction, redact
 
 log = logging.getLogger("mlc")
 
 
+def writing(cfg, args):
+    """The data root's write lock for this command: wait for another writer, or fail with --no-wait."""
+    from .locking import data_root_lock
+    return data_root_lock(cfg.data_dir, f"mlc {args.command}", wait=not args.no_wait)
+
+
 def cmd_collect(args) -> int:
     from .collect import collect
     cfg = load_config(args.config, parse_overrides(args.set))
-    summary = collect(cfg, progress=not args.no_progress)
+    with writing(cfg, args):
+        summary = collect(cfg, progress=not args.no_progress)
     print(json.dumps(summary.__dict__, indent=2, default=str))
     return 0
 
 
 def cmd_curate(args) -> int:
     from .curate import curate
-    summary = curate(load_config(args.config, parse_overrides(args.set)))
+    cfg = load_config(args.config, parse_overrides(args.set))
+    with writing(cfg, args):
+        summary = curate(cfg)
     print(json.dumps(summary.__dict__, indent=2, default=str))
     return 0
 
 
 def cmd_build(args) -> int:
     from .dataset import build_dataset
-    res = build_dataset(load_config(args.config, parse_overrides(args.set)))
-    state = "published" if res.published else "unchanged (identical to the latest version; not published again)"
+    cfg = load_config(args.config, parse_overrides(args.set))
+    with writing(cfg, args):
+        res = build_dataset(cfg, repair=args.repair)
+    state = ("published" if res.published else
+             "unchanged (identical to the latest version, its files verified; not published again)")
     print(f"dataset {res.name} {res.version}: {state}\n  {res.path}\n  {res.counts['images']} images")
     return 0
 
@@ -50,15 +64,16 @@ def cmd_train(args) -> int:
     from .models import train_alternatives, train_version
     from .modelreport import per_class_markdown, pct
     cfg = load_config(args.config, parse_overrides(args.set))
-    res = train_version(cfg, dataset_dir(cfg, args.version))
-    test = res.metrics["test"]
-    print(f"model bundle: {res.bundle_dir}\n" + per_class_markdown(test) +
-          f"macro F1 {test['macro_f1']:.3f}; unknown accepted: test other {pct(test['unknown_accepted'])}, "
-          f"probe {pct(test['probe_accepted'])}")
-    if args.alternatives:
-        from .evaluate import compare_table
-        alts = train_alternatives(cfg, dataset_dir(cfg, args.version))
-        print(compare_table([(res.variant, test)] + [(k, v["test"]) for k, v in alts.items()]))
+    with writing(cfg, args):
+        res = train_version(cfg, dataset_dir(cfg, args.version))
+        test = res.metrics["test"]
+        print(f"model bundle: {res.bundle_dir}\n" + per_class_markdown(test) +
+              f"macro F1 {test['macro_f1']:.3f}; unknown accepted: test other {pct(test['unknown_accepted'])}, "
+              f"probe {pct(test['probe_accepted'])}")
+        if args.alternatives:
+            from .evaluate import compare_table
+            alts = train_alternatives(cfg, dataset_dir(cfg, args.version))
+            print(compare_table([(res.variant, test)] + [(k, v["test"]) for k, v in alts.items()]))
     return 0
 
 
@@ -69,7 +84,8 @@ def cmd_mine(args) -> int:
     bundle = args.model or latest_model(cfg)
     if bundle is None:
         raise ConfigError("no model yet: run `mlc train` first (or pass --model BUNDLE)")
-    res = mine_round(cfg, bundle, args.round)
+    with writing(cfg, args):
+        res = mine_round(cfg, bundle, args.round)
     print(f"round {res.round}: scored {res.scored} pool images, {res.added} hard negatives added "
           f"(next `mlc build` includes them); {len(res.review)} class images listed for review in {bundle}/review.csv")
     return 0
@@ -99,8 +115,11 @@ def cmd_predict(args) -> int:
 def cmd_run(args) -> int:
     from .pipeline import run_pipeline
     from .modelreport import rounds_markdown
+    from .models import check_train_settings
     cfg = load_config(args.config, parse_overrides(args.set))
-    res = run_pipeline(cfg, progress=not args.no_progress)
+    check_train_settings(cfg)         # before waiting for the lock, and before collecting
+    with writing(cfg, args):
+        res = run_pipeline(cfg, progress=not args.no_progress)
     print(rounds_markdown(res))
     print(f"stage seconds: {res.seconds}\nreport: {res.report}")
     return 0
@@ -137,32 +156,41 @@ def add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
 
 
+def add_writer(p: argparse.ArgumentParser) -> None:
+    add_config(p)
+    p.add_argument("--no-wait", action="store_true",
+                   help="fail at once (exit code 75) when another command is writing to the data root")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlc", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("collect", help="search the source and download images into the catalog")
-    add_config(p)
+    add_writer(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("curate", help="verify, hash, quarantine and deduplicate what was collected")
-    add_config(p)
+    add_writer(p)
     p.set_defaults(func=cmd_curate)
 
     p = sub.add_parser("build", help="publish the curated images as a new dataset version")
-    add_config(p)
+    add_writer(p)
+    p.add_argument("--repair", action="store_true",
+                   help="publish a fresh version from the catalog even if the latest one's content is "
+                        "unchanged (use when the latest version's files were deleted or changed)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("train", help="train the multi-label model on a dataset version")
-    add_config(p)
+    add_writer(p)
     p.add_argument("--version", help="dataset version (default: latest)")
     p.add_argument("--alternatives", action="store_true", help="also train the comparison heads")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("mine", help="move pool images the model wrongly accepts into the negatives")
-    add_config(p)
+    add_writer(p)
     p.add_argument("--model", help="model bundle (default: data/models/LATEST)")
     p.add_argument("--round", type=int, default=1)
     p.set_defaults(func=cmd_mine)
@@ -174,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("run", help="the whole job in-process: collect, curate, build, train, mine, retrain, report")
-    add_config(p)
+    add_writer(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -208,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, MissingCredentials) as exc:
         print(f"mlc: {redact(str(exc))}", file=sys.stderr)
         return 2
+    except DataRootBusy as exc:
+        print(f"mlc: {exc}", file=sys.stderr)
+        return 75                               # EX_TEMPFAIL: try again later
+    except VersionDamaged as exc:
+        print(f"mlc: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("mlc: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
