@@ -61,10 +61,12 @@ def dataset_dir(cfg, version: str | None):
 
 
 def cmd_train(args) -> int:
-    from .models import train_alternatives, train_version
-    from .modelreport import per_class_markdown, pct
     cfg = load_config(args.config, parse_overrides(args.set))
-    with writing(cfg, args):
+    with writing(cfg, args):          # before importing torch: --no-wait answers at once
+        from .dataset import verify_version
+        verify_version(dataset_dir(cfg, args.version))     # a damaged version: one line, before torch loads
+        from .models import train_alternatives, train_version
+        from .modelreport import per_class_markdown, pct
         res = train_version(cfg, dataset_dir(cfg, args.version))
         test = res.metrics["test"]
         print(f"model bundle: {res.bundle_dir}\n" + per_class_markdown(test) +
@@ -78,13 +80,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_mine(args) -> int:
-    from .mine import mine_round
-    from .models import latest_model
     cfg = load_config(args.config, parse_overrides(args.set))
-    bundle = args.model or latest_model(cfg)
-    if bundle is None:
-        raise ConfigError("no model yet: run `mlc train` first (or pass --model BUNDLE)")
-    with writing(cfg, args):
+    with writing(cfg, args):          # before importing torch: --no-wait answers at once
+        from .mine import mine_round
+        from .models import latest_model
+        bundle = args.model or latest_model(cfg)
+        if bundle is None:
+            raise ConfigError("no model yet: run `mlc train` first (or pass --model BUNDLE)")
         res = mine_round(cfg, bundle, args.round)
     print(f"round {res.round}: scored {res.scored} pool images, {res.added} hard negatives added "
           f"(next `mlc build` includes them); {len(res.review)} class images listed for review in {bundle}/review.csv")
@@ -147,8 +149,25 @@ def cmd_serve_flickr(args) -> int:
 
 
 def cmd_inspect(args) -> int:
+    """Read-only (no lock). The version shown is verified too: a damaged one is reported after the
+    summary, as one line, with exit code 3."""
+    from .dataset import latest_version, verify_version
     from .report import inspect_main
-    return inspect_main(load_config(args.config, parse_overrides(args.set)), args)
+    cfg = load_config(args.config, parse_overrides(args.set))
+    root = cfg.data_dir / "datasets" / cfg.build.name
+    version = args.version or latest_version(root)
+    damage = None
+    if version and (root / version / "dataset.json").exists():
+        try:
+            verify_version(root / version)
+        except VersionDamaged as exc:
+            damage = exc
+            if not (root / version / "manifest.csv").exists():
+                raise                       # nothing to summarise
+    rc = inspect_main(cfg, args)
+    if damage:
+        raise damage
+    return rc
 
 
 def add_config(p: argparse.ArgumentParser) -> None:
