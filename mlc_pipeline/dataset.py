@@ -275,6 +275,13 @@ def verify_version(folder: str | Path) -> list[dict]:
     return rows
 
 
+def recorded_fingerprint(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "dataset.json").read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def remove_stale_builds(root: Path) -> list[Path]:
     """Drop `.build-<version>-<pid>[-<id>]` folders whose writer is dead (a killed build: never
     published). A live writer's folder is never touched, whoever it belongs to."""
@@ -305,7 +312,7 @@ def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
     fp = fingerprint(rows, cfg)
     previous = latest_version(root)
     counts = count_rows(rows)
-    if previous and json.loads((root / previous / "dataset.json").read_text()).get("fingerprint") == fp:
+    if previous and recorded_fingerprint(root / previous) in (fp, None):    # None: unreadable, verify says why
         try:
             verify_version(root / previous)
             point_latest(root, previous)
