@@ -14,7 +14,7 @@ failed run leaves every published version as it was, and the next run carries on
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,7 +29,8 @@ from flows.artifacts import DATASET_SUMMARY_KEY, plain, publish
 from flows.progress import DownloadProgress, downloads_wanted
 from flows.runtime import FLICKR_LIMIT, retry_condition, task_runner
 from mlc_pipeline.config import Config, load_config
-from mlc_pipeline.models import alternative_variants
+from mlc_pipeline.locking import DataRootBusy, data_root_lock
+from mlc_pipeline.models import alternative_variants, check_train_settings
 from mlc_pipeline.pipeline import mining_stop, record, unknown_rate
 
 DEFAULT_CONFIG = "configs/offline.yaml"
@@ -185,6 +186,17 @@ class Run:
                                      "seconds": {}}
         self.cfg: Config | None = None
         self.stage = "config"
+        self.held = ExitStack()
+
+    def hold_data_root(self, cfg: Config) -> None:
+        """The data root's write lock, for the whole run: a manual `mlc` command or another flow run
+        on the same data root waits (the tasks run in this process's threads and need no lock)."""
+        command = f"prefect flow {self.data['title']} ({flow_run_name()})"
+        try:
+            self.held.enter_context(data_root_lock(cfg.data_dir, command, wait=False))
+        except DataRootBusy as exc:
+            get_run_logger().warning("%s; waiting", str(exc).split(";")[0])
+            self.held.enter_context(data_root_lock(cfg.data_dir, command))
 
     @contextmanager
     def stage_of(self, name: str) -> Iterator[None]:
@@ -231,6 +243,7 @@ def start(run: Run, config_path: str, overrides: dict | None) -> Config:
     run.data["data_dir"] = str(cfg.data_dir)
     logger.info("flow run %s: config %s%s, data root %s", flow_run_name(), config_path,
                 f" with overrides {overrides}" if overrides else "", cfg.data_dir)
+    run.hold_data_root(cfg)
     return cfg
 
 
@@ -246,6 +259,7 @@ def collect_and_train(config_path: str = DEFAULT_CONFIG, overrides: dict | None 
     run = Run("collect-and-train", config_path, overrides)
     try:
         cfg = start(run, config_path, overrides)
+        check_train_settings(cfg)     # a wrong arch fails before collecting, not at the train stage
         with run.stage_of("collect"):
             run.data["collect"] = collect_stage.submit(cfg).result()
         with run.stage_of("curate"):
@@ -291,6 +305,8 @@ def collect_and_train(config_path: str = DEFAULT_CONFIG, overrides: dict | None 
         logger.error(str(failure))
         publish_artifacts(run)
         raise failure from exc
+    finally:
+        run.held.close()
     result = run.finish()
     publish_artifacts(run)
     logger.info("done: dataset %s, model %s, report %s", result.get("latest_dataset"), result.get("latest_model"),
@@ -317,6 +333,8 @@ def rebuild_report(config_path: str = DEFAULT_CONFIG, overrides: dict | None = N
         logger.error(str(failure))
         publish_artifacts(run, DATASET_SUMMARY_KEY)
         raise failure from exc
+    finally:
+        run.held.close()
     result = run.finish()
     publish_artifacts(run, DATASET_SUMMARY_KEY)
     return result

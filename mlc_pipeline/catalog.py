@@ -8,11 +8,18 @@ Status lifecycle of a candidate:
   pending -> downloaded | failed | skipped           (collect)
   downloaded -> accepted | rejected | duplicate      (curate)
 `reason` says why for every status but pending/downloaded/accepted; `events` keeps the history.
+
+File paths are stored relative to the data root (the catalog's folder), so a data root can be moved
+or copied as a whole; `candidates()`/`get()` return them as usable paths under the catalog's own
+root. A file outside the data root keeps its absolute path. Schema 1 catalogs stored absolute paths:
+`_migrate` rewrites them on open (see docs/reliability.md, "Relative paths").
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 import sqlite3
 import time
@@ -22,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2            # 2: file_path relative to the data root
+MIGRATION_DIRS = ("raw", "quarantine")   # where file_path points inside a data root
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -108,9 +117,84 @@ class Catalog:
         self.db.execute("PRAGMA synchronous=NORMAL")   # WAL + NORMAL: durable at checkpoints, never corrupt
         self.db.executescript(SCHEMA)
         self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self._migrate()
 
     def close(self) -> None:
         self.db.close()
+
+    # --- file paths: relative to the data root ------------------------------------------------
+    @property
+    def root(self) -> Path:
+        """The data root: the catalog's own folder, wherever it has been moved or copied to."""
+        return Path(os.path.abspath(self.path.parent))
+
+    def stored_path(self, path: str | os.PathLike | None) -> str | None:
+        """How a file path is recorded: relative (POSIX) when inside the data root, else absolute."""
+        if path is None:
+            return None
+        p = Path(os.path.abspath(path))
+        for candidate, root in ((p, self.root), (Path(os.path.realpath(p)), Path(os.path.realpath(self.root)))):
+            if candidate.is_relative_to(root):
+                return candidate.relative_to(root).as_posix()
+        return str(p)
+
+    def usable_path(self, stored: str | None) -> str | None:
+        """A recorded path as one to open: relative ones are resolved against this data root."""
+        if not stored:
+            return stored
+        return stored if os.path.isabs(stored) else str(self.root / stored)
+
+    def _row(self, row: sqlite3.Row) -> dict:
+        out = dict(row)
+        if "file_path" in out:
+            out["file_path"] = self.usable_path(out["file_path"])
+        return out
+
+    def _migrate(self) -> None:
+        """Schema 1 -> 2: absolute file paths inside the data root become relative. A path under an
+        old location of the data root (it was moved or copied) is rewritten when the same file is
+        present under this root; the copy must never work on the original's files."""
+        version = int(self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"catalog {self.path} has schema version {version}; this mlc-pipeline reads "
+                               f"up to {SCHEMA_VERSION}: upgrade mlc-pipeline")
+        if version == SCHEMA_VERSION:
+            return
+        try:
+            with self.transaction():
+                rows = self.db.execute("SELECT id, file_path FROM candidates WHERE file_path IS NOT NULL").fetchall()
+                moved = kept = 0
+                for r in rows:
+                    new = self._migrated_path(r["file_path"])
+                    if new != r["file_path"]:
+                        self.db.execute("UPDATE candidates SET file_path=? WHERE id=?", (new, r["id"]))
+                        moved += 1
+                    elif os.path.isabs(new):
+                        kept += 1
+                self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('migrated_to_2', ?)",
+                                (json.dumps({"at": time.time(), "root": str(self.root), "relative": moved,
+                                             "left_absolute": kept}),))
+        except sqlite3.OperationalError as exc:
+            if "readonly" not in str(exc):
+                raise
+            log.warning("catalog %s is read-only: its schema %d paths are used as recorded until a "
+                        "writable open migrates them", self.path, version)
+            return
+        log.info("catalog %s migrated to schema %d: %d file paths made relative to the data root, "
+                 "%d outside it left absolute", self.path, SCHEMA_VERSION, moved, kept)
+
+    def _migrated_path(self, stored: str) -> str:
+        if not os.path.isabs(stored):
+            return stored
+        rel = self.stored_path(stored)
+        if not os.path.isabs(rel):
+            return rel
+        parts = Path(stored).parts
+        for i in range(len(parts) - 1, 0, -1):       # .../<old root>/raw/<...>: the same file here?
+            if parts[i] in MIGRATION_DIRS and (self.root.joinpath(*parts[i:])).is_file():
+                return Path(*parts[i:]).as_posix()
+        return stored
 
     def __enter__(self) -> "Catalog":
         return self
@@ -197,6 +281,8 @@ class Catalog:
     def set_status(self, cid: int, status: str, reason: str | None, run_id: str | None, stage: str,
                    **fields) -> None:
         now = time.time()
+        if "file_path" in fields:
+            fields["file_path"] = self.stored_path(fields["file_path"])
         cols = {"status": status, "reason": reason, "updated_at": now, **fields}
         if run_id:
             cols["run_id"] = run_id
@@ -205,6 +291,8 @@ class Catalog:
         self._event(cid, run_id, stage, status, reason, now)
 
     def update_fields(self, cid: int, **fields) -> None:
+        if "file_path" in fields:
+            fields["file_path"] = self.stored_path(fields["file_path"])
         self.db.execute(f"UPDATE candidates SET {', '.join(k + '=?' for k in fields)} WHERE id=?",
                         (*fields.values(), cid))
 
@@ -214,15 +302,15 @@ class Catalog:
                         (cid, run_id, at, stage, status, reason))
 
     def candidates(self, where: str = "1=1", params: tuple = ()) -> list[dict]:
-        return [dict(r) for r in self.db.execute(f"SELECT * FROM candidates WHERE {where} ORDER BY id", params)]
+        return [self._row(r) for r in self.db.execute(f"SELECT * FROM candidates WHERE {where} ORDER BY id", params)]
 
     def get(self, cid: int) -> dict | None:
         row = self.db.execute("SELECT * FROM candidates WHERE id=?", (cid,)).fetchone()
-        return dict(row) if row else None
+        return self._row(row) if row else None
 
     def get_by_photo(self, source: str, photo_id: str) -> dict | None:
         row = self.db.execute("SELECT * FROM candidates WHERE source=? AND photo_id=?", (source, photo_id)).fetchone()
-        return dict(row) if row else None
+        return self._row(row) if row else None
 
     def events(self, cid: int) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM events WHERE candidate_id=? ORDER BY id", (cid,))]
@@ -261,7 +349,7 @@ class Catalog:
 
     def mined_in_round(self, round_no: int) -> list[dict]:
         """Pool images a mining round moved into the negatives, or held back for review."""
-        return [dict(r) for r in self.db.execute(
+        return [self._row(r) for r in self.db.execute(
             "SELECT * FROM candidates WHERE mined_round=? OR (reason LIKE 'held:%' AND reason LIKE ?) ORDER BY id",
             (round_no, f"%:round={round_no}"))]
 

@@ -12,31 +12,45 @@ import traceback
 from pathlib import Path
 
 from .config import ConfigError, load_config
+from .dataset import VersionDamaged
 from .hashing import sha256_file
+from .locking import DataRootBusy
 from .secrets import MissingCredentials, install_log_redaction, redact
 
 log = logging.getLogger("mlc")
 
 
+def writing(cfg, args):
+    """The data root's write lock for this command: wait for another writer, or fail with --no-wait."""
+    from .locking import data_root_lock
+    return data_root_lock(cfg.data_dir, f"mlc {args.command}", wait=not args.no_wait)
+
+
 def cmd_collect(args) -> int:
     from .collect import collect
     cfg = load_config(args.config, parse_overrides(args.set))
-    summary = collect(cfg, progress=not args.no_progress)
+    with writing(cfg, args):
+        summary = collect(cfg, progress=not args.no_progress)
     print(json.dumps(summary.__dict__, indent=2, default=str))
     return 0
 
 
 def cmd_curate(args) -> int:
     from .curate import curate
-    summary = curate(load_config(args.config, parse_overrides(args.set)))
+    cfg = load_config(args.config, parse_overrides(args.set))
+    with writing(cfg, args):
+        summary = curate(cfg)
     print(json.dumps(summary.__dict__, indent=2, default=str))
     return 0
 
 
 def cmd_build(args) -> int:
     from .dataset import build_dataset
-    res = build_dataset(load_config(args.config, parse_overrides(args.set)))
-    state = "published" if res.published else "unchanged (identical to the latest version; not published again)"
+    cfg = load_config(args.config, parse_overrides(args.set))
+    with writing(cfg, args):
+        res = build_dataset(cfg, repair=args.repair)
+    state = ("published" if res.published else
+             "unchanged (identical to the latest version, its files verified; not published again)")
     print(f"dataset {res.name} {res.version}: {state}\n  {res.path}\n  {res.counts['images']} images")
     return 0
 
@@ -51,34 +65,39 @@ def dataset_dir(cfg, version: str | None):
 
 
 def cmd_train(args) -> int:
-    from .models import train_alternatives, train_version
-    from .modelreport import bundle_network_line, per_class_markdown, pct
     cfg = load_config(args.config, parse_overrides(args.set))
-    res = train_version(cfg, dataset_dir(cfg, args.version))
-    test = res.metrics["test"]
-    print(f"model bundle: {res.bundle_dir}\nnetwork: {bundle_network_line(res.bundle_dir)}\n" + per_class_markdown(test) +
-          f"macro F1 {test['macro_f1']:.3f}; unknown accepted: test other {pct(test['unknown_accepted'])}, "
-          f"probe {pct(test['probe_accepted'])}")
-    if args.alternatives:
-        from .evaluate import compare_table
-        alts = train_alternatives(cfg, dataset_dir(cfg, args.version))
-        print(compare_table([(res.variant, test)] + [(k, v["test"]) for k, v in alts.items()]))
+    with writing(cfg, args):          # before importing torch: --no-wait answers at once
+        from .dataset import verify_version
+        verify_version(dataset_dir(cfg, args.version))     # a damaged version: one line, before torch loads
+        from .models import train_alternatives, train_version
+        from .modelreport import bundle_network_line, per_class_markdown, pct
+        res = train_version(cfg, dataset_dir(cfg, args.version))
+        test = res.metrics["test"]
+        print(f"model bundle: {res.bundle_dir}\nnetwork: {bundle_network_line(res.bundle_dir)}\n" +
+              per_class_markdown(test) +
+              f"macro F1 {test['macro_f1']:.3f}; unknown accepted: test other {pct(test['unknown_accepted'])}, "
+              f"probe {pct(test['probe_accepted'])}")
+        if args.alternatives:
+            from .evaluate import compare_table
+            alts = train_alternatives(cfg, dataset_dir(cfg, args.version))
+            print(compare_table([(res.variant, test)] + [(k, v["test"]) for k, v in alts.items()]))
     return 0
 
 
 def cmd_mine(args) -> int:
-    from .mine import mine_round, undo_round
-    from .models import latest_model
     cfg = load_config(args.config, parse_overrides(args.set))
-    if args.undo:
-        changed = undo_round(cfg, args.round, args.photo_id or None)
-        print(f"round {args.round}: {changed} mined or held pool images put back into the pool "
-              f"(the next `mlc build` leaves them out)")
-        return 0
-    bundle = args.model or latest_model(cfg)
-    if bundle is None:
-        raise ConfigError("no model yet: run `mlc train` first (or pass --model BUNDLE)")
-    res = mine_round(cfg, bundle, args.round)
+    with writing(cfg, args):          # before importing torch: --no-wait answers at once
+        from .mine import mine_round, undo_round
+        from .models import latest_model
+        if args.undo:
+            changed = undo_round(cfg, args.round, args.photo_id or None)
+            print(f"round {args.round}: {changed} mined or held pool images put back into the pool "
+                  f"(the next `mlc build` leaves them out)")
+            return 0
+        bundle = args.model or latest_model(cfg)
+        if bundle is None:
+            raise ConfigError("no model yet: run `mlc train` first (or pass --model BUNDLE)")
+        res = mine_round(cfg, bundle, args.round)
     print(f"round {res.round}: scored {res.scored} pool images, {res.added} hard negatives added "
           f"(next `mlc build` includes them), {len(res.held)} held for review, {res.over_cap} over the round's cap; "
           f"every decision with its score in {bundle}/mined.csv (undo: `mlc mine --undo --round {res.round}`); "
@@ -110,8 +129,11 @@ def cmd_predict(args) -> int:
 def cmd_run(args) -> int:
     from .pipeline import run_pipeline
     from .modelreport import rounds_markdown
+    from .models import check_train_settings
     cfg = load_config(args.config, parse_overrides(args.set))
-    res = run_pipeline(cfg, progress=not args.no_progress)
+    check_train_settings(cfg)         # before waiting for the lock, and before collecting
+    with writing(cfg, args):
+        res = run_pipeline(cfg, progress=not args.no_progress)
     print(rounds_markdown(res))
     from .models import models_root
     from .modelreport import data_warnings
@@ -169,13 +191,36 @@ def cmd_serve_flickr(args) -> int:
 
 
 def cmd_inspect(args) -> int:
+    """Read-only (no lock). The version shown is verified too: a damaged one is reported after the
+    summary, as one line, with exit code 3."""
+    from .dataset import latest_version, verify_version
     from .report import inspect_main
-    return inspect_main(load_config(args.config, parse_overrides(args.set)), args)
+    cfg = load_config(args.config, parse_overrides(args.set))
+    root = cfg.data_dir / "datasets" / cfg.build.name
+    version = args.version or latest_version(root)
+    damage = None
+    if version and (root / version / "dataset.json").exists():
+        try:
+            verify_version(root / version)
+        except VersionDamaged as exc:
+            damage = exc
+            if not (root / version / "manifest.csv").exists():
+                raise                       # nothing to summarise
+    rc = inspect_main(cfg, args)
+    if damage:
+        raise damage
+    return rc
 
 
 def add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", required=True, help="pipeline YAML config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+
+
+def add_writer(p: argparse.ArgumentParser) -> None:
+    add_config(p)
+    p.add_argument("--no-wait", action="store_true",
+                   help="fail at once (exit code 75) when another command is writing to the data root")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,26 +229,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("collect", help="search the source and download images into the catalog")
-    add_config(p)
+    add_writer(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("curate", help="verify, hash, quarantine and deduplicate what was collected")
-    add_config(p)
+    add_writer(p)
     p.set_defaults(func=cmd_curate)
 
     p = sub.add_parser("build", help="publish the curated images as a new dataset version")
-    add_config(p)
+    add_writer(p)
+    p.add_argument("--repair", action="store_true",
+                   help="publish a fresh version from the catalog even if the latest one's content is "
+                        "unchanged (use when the latest version's files were deleted or changed)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("train", help="train the multi-label model on a dataset version")
-    add_config(p)
+    add_writer(p)
     p.add_argument("--version", help="dataset version (default: latest)")
     p.add_argument("--alternatives", action="store_true", help="also train the comparison heads")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("mine", help="move pool images the model wrongly accepts into the negatives")
-    add_config(p)
+    add_writer(p)
     p.add_argument("--model", help="model bundle (default: data/models/LATEST)")
     p.add_argument("--round", type=int, default=1)
     p.add_argument("--undo", action="store_true", help="put round ROUND's mined negatives back into the pool")
@@ -217,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("run", help="the whole job in-process: collect, curate, build, train, mine, retrain, report")
-    add_config(p)
+    add_writer(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -263,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, MissingCredentials) as exc:
         print(f"mlc: {redact(str(exc))}", file=sys.stderr)
         return 2
+    except DataRootBusy as exc:
+        print(f"mlc: {exc}", file=sys.stderr)
+        return 75                               # EX_TEMPFAIL: try again later
+    except VersionDamaged as exc:
+        print(f"mlc: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("mlc: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -6,6 +6,7 @@ secret) never live here: they come from the environment, see `mlc_pipeline.secre
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Literal
@@ -17,6 +18,10 @@ FLICKR_REST_URL = "https://api.flickr.com/services/rest/"
 SIZE_KEYS = ("url_sq", "url_q", "url_t", "url_s", "url_n", "url_m", "url_z", "url_c", "url_l", "url_o")
 LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
 RESERVED_LABELS = {"other"}
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")   # one safe path component: no '/', no '..'
+SPLIT_KEYS = ("train", "valid", "test")
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -104,6 +109,28 @@ class BuildSettings(Strict):
     jpeg_quality: int = Field(90, ge=50, le=100)
     split: dict[str, float] = {"train": 0.7, "valid": 0.15, "test": 0.15}
 
+    @field_validator("name")
+    @classmethod
+    def safe_name(cls, name: str) -> str:
+        if not NAME_RE.match(name) or ".." in name:
+            raise ValueError(f"{name!r} must be one folder name: letters, digits, '.', '-' or '_' "
+                             "(no '/', no '..'), at most 64 characters")
+        return name
+
+    @field_validator("split")
+    @classmethod
+    def known_splits(cls, split: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(split) - set(SPLIT_KEYS))
+        if unknown:
+            raise ValueError(f"unknown split {unknown}; the splits are {', '.join(SPLIT_KEYS)}")
+        if any(v < 0 for v in split.values()):
+            raise ValueError("split fractions must not be negative")
+        if split.get("train", 0) <= 0 or split.get("valid", 0) <= 0:
+            raise ValueError("train and valid need a fraction above 0 (training learns on one, calibrates on the other)")
+        if abs(sum(split.values()) - 1) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, they sum to {sum(split.values()):g}")
+        return split
+
 
 class TrainSettings(Strict):
     arch: str = "auto"                # auto: a fine-tuned ImageNet net when weights are available, else the
@@ -112,7 +139,7 @@ class TrainSettings(Strict):
     image_size: int | None = Field(None, ge=16)   # None: the recipe's
     epochs: int | None = Field(None, ge=1)        # None: the recipe's
     batch_size: int = Field(64, ge=1)
-    lr: float | None = None
+    lr: float | None = Field(None, gt=0)
     other_mode: Literal["negative", "class"] = "negative"
     head: Literal["sigmoid", "softmax"] = "sigmoid"
     threshold_mode: Literal["per-class-f1", "global-f1", "target-precision"] = "per-class-f1"
@@ -161,6 +188,24 @@ class Config(Strict):
             raise ValueError("source.allowed_hosts must name at least one image host")
         return self
 
+    @model_validator(mode="after")
+    def shared_queries(self) -> "Config":
+        """A query under two sets finds the same photos for both: say what happens to them."""
+        sets = [(f"classes.{name}", q) for name, q in self.classes.items()] + [("other", self.other)]
+        sets += [("probe", self.probe)] if self.probe else []
+        sets += [("mine.pool", self.mine.pool)] if self.mine.pool else []
+        seen: dict[str, str] = {}
+        for where, qs in sets:
+            for query in qs.queries:
+                key = " ".join(query.lower().split())
+                if key in seen and seen[key] != where:
+                    log.warning("config: query %r is under both %s and %s: the photos it finds %s", query,
+                                seen[key], where, "get both labels" if where.startswith("classes.")
+                                else f"stay in {seen[key]} only (a class wins over other, training over "
+                                     "probe and pool)")
+                seen.setdefault(key, where)
+        return self
+
     @property
     def catalog_path(self) -> Path:
         return self.data_dir / "catalog.sqlite"
@@ -195,11 +240,19 @@ def load_config(path: str | Path, overrides: dict | None = None) -> Config:
     """Load and validate a YAML config. Relative `data_dir` is taken from the current directory."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config: file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config: {path} is a folder, not a YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config: {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                          f"at offset {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config: {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config: {path} must hold a YAML mapping (key: value lines), "
+                          f"not a {type(data).__name__}")
     data = deep_merge(data or {}, overrides or {})
     return parse_config(data, Path.cwd())
 

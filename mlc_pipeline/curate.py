@@ -44,7 +44,11 @@ def limits_of(cfg: Config) -> VerifyLimits:
 
 
 def quarantine(path: Path, data_dir: Path, reason: str) -> Path:
-    """Move a rejected file aside (never delete): data/quarantine/<reason>/<name>."""
+    """Move a rejected file aside (never delete): data/quarantine/<reason>/<name>. A file outside
+    this data root (a catalog still naming another root's files) is never moved: it is not ours."""
+    if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(data_dir)):
+        log.warning("%s is outside the data root %s: rejected (%s) but left where it is", path, data_dir, reason)
+        return path
     folder = data_dir / "quarantine" / reason.split(":")[0]
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / path.name

@@ -5,11 +5,18 @@
     manifest.csv                              one row per image: labels, split, source, licence...
     ATTRIBUTION.md                            owner, title, licence and URL of every image
     README.md                                 the dataset card
-    dataset.json                              parameters, counts and the content fingerprint
+    SHA256SUMS                                sha256 of every published image (`sha256sum -c` format)
+    dataset.json                              parameters, counts, the content fingerprint, SHA256SUMS's digest
   data/datasets/<name>/latest -> v<N>         (and LATEST, a text file, for filesystems without links)
 
 A version is built aside and renamed into place, so a killed build leaves nothing half-published;
 earlier versions are never touched; a build identical to the latest version is not published.
+
+A published version is verified before it is used (`verify_version`: build, train, inspect): the
+manifest must match the fingerprint in dataset.json (a relabelled, added or removed row changes it),
+every path must stay inside the version folder, and every image must exist with the sha256 recorded
+in SHA256SUMS. A damaged version is a `VersionDamaged` error naming the version and the file;
+`mlc build --repair` publishes a fresh version from the catalog.
 """
 
 from __future__ import annotations
@@ -17,21 +24,33 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
+import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .catalog import Catalog
 from .config import Config
+from .hashing import sha256_file
+from .procs import pid_alive
 from .verify import load_rgb
+
+log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["path", "labels", "split", "candidate_id", "source", "photo_id", "url", "license_id",
                     "license", "owner", "title", "date_taken", "sha256", "phash", "purpose", "mined_round",
                     "query"]
 SPLITS = ("train", "valid", "test")
+SUMS_NAME = "SHA256SUMS"
+REPAIR_HINT = "run `mlc build --repair -c <config>` to publish a fresh version from the catalog"
+
+
+class VersionDamaged(RuntimeError):
+    """A published dataset version whose files no longer match what was published (one line)."""
 
 
 @dataclass
@@ -91,7 +110,11 @@ def dataset_rows(cfg: Config, catalog: Catalog) -> list[dict]:
 
 
 def fingerprint(rows: list[dict], cfg: Config) -> str:
-    h = hashlib.sha256(json.dumps([cfg.build.max_side, cfg.build.jpeg_quality], sort_keys=True).encode())
+    return _fingerprint(rows, cfg.build.max_side, cfg.build.jpeg_quality)
+
+
+def _fingerprint(rows: list[dict], max_side: int, jpeg_quality: int) -> str:
+    h = hashlib.sha256(json.dumps([max_side, jpeg_quality], sort_keys=True).encode())
     for r in rows:
         h.update(f"{r['path']}|{r['labels']}|{r['split']}|{r['sha256']}|{r['license_id']}\n".encode())
     return h.hexdigest()
@@ -184,12 +207,103 @@ def curation_counts(catalog: Catalog) -> dict:
     return dict(out)
 
 
-def build_dataset(cfg: Config) -> BuildResult:
+def safe_member(folder: Path, rel: str) -> Path | None:
+    """`folder/rel` if `rel` is a plain relative path that stays inside `folder`, else None."""
+    parts = Path(rel).parts
+    if not rel or Path(rel).is_absolute() or "\\" in rel or any(p in ("..", "") for p in parts):
+        return None
+    path = folder / rel
+    try:
+        path.resolve().relative_to(folder.resolve())    # a symlink inside may not point outside either
+    except ValueError:
+        return None
+    return path
+
+
+def write_sums(folder: Path, rows: list[dict]) -> str:
+    """SHA256SUMS of the published images; returns the digest of that file (kept in dataset.json)."""
+    lines = "".join(f"{sha256_file(folder / r['path'])}  {r['path']}\n" for r in rows)
+    (folder / SUMS_NAME).write_text(lines)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def verify_version(folder: str | Path) -> list[dict]:
+    """Check a published version against its manifest, fingerprint and SHA256SUMS; return its rows.
+
+    Raises VersionDamaged, a one-line message naming the version and the first problem found.
+    Versions published before SHA256SUMS existed are checked for the manifest and the files' presence.
+    """
+    folder = Path(folder)
+    where = f"dataset {folder.parent.name} {folder.name}"
+
+    def damaged(what: str) -> VersionDamaged:
+        return VersionDamaged(f"{where} is damaged: {what}; {REPAIR_HINT}")
+
+    try:
+        meta = json.loads((folder / "dataset.json").read_text())
+        rows = read_manifest(folder / "manifest.csv")
+    except FileNotFoundError as exc:
+        raise damaged(f"{Path(exc.filename).name} is missing") from None
+    except (ValueError, csv.Error, UnicodeDecodeError) as exc:
+        raise damaged(f"dataset.json or manifest.csv is unreadable ({exc})") from None
+    for n, r in enumerate(rows, start=2):               # line 1 is the header
+        if None in r.values() or set(MANIFEST_COLUMNS) - set(r):
+            raise damaged(f"manifest.csv line {n} does not have the manifest's columns")
+        if safe_member(folder, r["path"]) is None:
+            raise damaged(f"manifest.csv line {n} has path {r['path']!r}, outside the version folder")
+    build = meta.get("params", {}).get("build", {})
+    # The CSV writes a missing licence id as '', the fingerprint was computed on None.
+    as_built = [{**r, "license_id": r["license_id"] or None} for r in rows]
+    if _fingerprint(as_built, build.get("max_side"), build.get("jpeg_quality")) != meta.get("fingerprint"):
+        raise damaged("manifest.csv was changed since publication (its fingerprint does not match dataset.json)")
+    for r in rows:
+        if not (folder / r["path"]).is_file():
+            raise damaged(f"file {r['path']} is missing")
+    if "files_sha256" in meta:
+        try:
+            sums = (folder / SUMS_NAME).read_text()
+        except FileNotFoundError:
+            raise damaged(f"{SUMS_NAME} is missing") from None
+        if hashlib.sha256(sums.encode()).hexdigest() != meta["files_sha256"]:
+            raise damaged(f"{SUMS_NAME} was changed since publication")
+        recorded = dict(reversed(line.split("  ", 1)) for line in sums.splitlines() if line)
+        if set(recorded) != {r["path"] for r in rows}:
+            raise damaged(f"{SUMS_NAME} and manifest.csv list different files")
+        for r in rows:
+            if sha256_file(folder / r["path"]) != recorded[r["path"]]:
+                raise damaged(f"file {r['path']} was changed since publication")
+    return rows
+
+
+def recorded_fingerprint(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "dataset.json").read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def remove_stale_builds(root: Path) -> list[Path]:
+    """Drop `.build-<version>-<pid>[-<id>]` folders whose writer is dead (a killed build: never
+    published). A live writer's folder is never touched, whoever it belongs to."""
+    removed = []
+    for stale in root.glob(".build-*"):
+        pid = stale.name.split("-")[2] if stale.name.count("-") >= 2 else ""
+        if stale.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(stale)
+            removed.append(stale)
+    return removed
+
+
+def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
+    """Publish the catalog's accepted images as a new version, unless identical to the latest one.
+
+    The latest version is verified before it is called identical: a damaged one is a VersionDamaged
+    error, or with `repair` the reason to publish a fresh version from the catalog.
+    """
     name = cfg.build.name
     root = cfg.data_dir / "datasets" / name
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".build-*"):          # a killed build: never published, safe to drop
-        shutil.rmtree(stale)
+    remove_stale_builds(root)
     with Catalog(cfg.catalog_path) as catalog:
         rows = dataset_rows(cfg, catalog)
         curation = curation_counts(catalog)
@@ -198,26 +312,44 @@ def build_dataset(cfg: Config) -> BuildResult:
     fp = fingerprint(rows, cfg)
     previous = latest_version(root)
     counts = count_rows(rows)
-    if previous and (root / previous / "dataset.json").exists():
-        if json.loads((root / previous / "dataset.json").read_text()).get("fingerprint") == fp:
+    if previous and recorded_fingerprint(root / previous) in (fp, None):    # None: unreadable, verify says why
+        try:
+            verify_version(root / previous)
             point_latest(root, previous)
             return BuildResult(name, previous, root / previous, False, counts, fp)
-    version = f"v{int(previous[1:]) + 1 if previous else 1}"
-    while (root / version).exists():                # never overwrite, whatever LATEST says
-        version = f"v{int(version[1:]) + 1}"
-    tmp = root / f".build-{version}-{os.getpid()}"
+        except VersionDamaged as exc:
+            if not repair:
+                raise
+            log.warning("%s: publishing a fresh version from the catalog", exc)
+    tmp = root / f".build-{previous or 'v0'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
-    for r in rows:
-        dest = tmp / r["path"]
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        load_rgb(r["_file"], max_side=cfg.build.max_side).save(dest, "JPEG", quality=cfg.build.jpeg_quality)
-    write_manifest(tmp / "manifest.csv", rows)
-    (tmp / "ATTRIBUTION.md").write_text(attribution(rows, version))
-    (tmp / "README.md").write_text(dataset_card(name, version, cfg, counts, curation, previous))
-    meta = {"name": name, "version": version, "previous": previous, "fingerprint": fp, "counts": counts,
-            "curation": curation, "created_at": time.time(),
-            "params": {"build": cfg.build.model_dump(), "curate": cfg.curate.model_dump()}}
-    (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, default=str))
-    os.rename(tmp, root / version)                 # the publish: atomic on one filesystem
+    try:
+        for r in rows:
+            dest = tmp / r["path"]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            load_rgb(r["_file"], max_side=cfg.build.max_side).save(dest, "JPEG", quality=cfg.build.jpeg_quality)
+        write_manifest(tmp / "manifest.csv", rows)
+        files_sha256 = write_sums(tmp, rows)
+        version = f"v{int(previous[1:]) + 1 if previous else 1}"
+        while True:
+            while (root / version).exists():            # never overwrite, whatever LATEST says
+                version = f"v{int(version[1:]) + 1}"
+            (tmp / "ATTRIBUTION.md").write_text(attribution(rows, version))
+            (tmp / "README.md").write_text(dataset_card(name, version, cfg, counts, curation, previous))
+            meta = {"name": name, "version": version, "previous": previous, "fingerprint": fp,
+                    "files_sha256": files_sha256, "counts": counts, "curation": curation,
+                    "created_at": time.time(),
+                    "params": {"build": cfg.build.model_dump(), "curate": cfg.curate.model_dump()}}
+            (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, default=str))
+            try:
+                os.rename(tmp, root / version)         # the publish: atomic on one filesystem
+                break
+            except OSError:
+                if not (root / version).exists():       # not a name taken meanwhile: a real error
+                    raise
+                log.info("version %s was published meanwhile by another build; taking the next number", version)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
     point_latest(root, version)
     return BuildResult(name, version, root / version, True, counts, fp)

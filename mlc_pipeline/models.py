@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Config
-from .dataset import read_manifest, write_text_atomic
+from .config import Config, ConfigError
+from .dataset import read_manifest, verify_version, write_text_atomic
 from .train import TrainConfig, train_model
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,25 @@ def train_config(cfg: Config, **overrides) -> TrainConfig:
     return dataclasses.replace(TrainConfig.from_settings(cfg.train), **overrides)
 
 
+def check_train_settings(cfg: Config) -> None:
+    """The training options as train_model will see them (arch, head...), checked before a run
+    spends an hour collecting: a ConfigError naming the problem."""
+    try:
+        train_config(cfg)
+    except ValueError as exc:
+        raise ConfigError(f"config: train: {exc}") from None
+
+
 def models_root(cfg: Config) -> Path:
     return cfg.data_dir / "models"
+
+
+def bundle_name(prefix: str) -> str:
+    """`<prefix>-<UTC time to the microsecond>-<random>`: unique even for two trainings started in the
+    same second (a bundle once replaced another one then), and still sorted by time."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}"
+    return f"{prefix}-{stamp}-{uuid.uuid4().hex[:6]}"
 
 
 def latest_model(cfg: Config) -> Path | None:
@@ -80,8 +98,8 @@ def train_version(cfg: Config, dataset_dir: str | Path, tag: str = "", variant: 
     version = dataset_dir.name
     overrides = VARIANTS[variant] if variant else {}
     name = variant or f"{cfg.train.head}-{'negatives' if cfg.train.other_mode == 'negative' else 'other-class'}"
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    bundle = models_root(cfg) / f"{cfg.build.name}-{version}{'-' + tag if tag else ''}-{name}-{stamp}"
+    verify_version(dataset_dir)     # a missing, changed or escaping file stops here, with one line
+    bundle = models_root(cfg) / bundle_name(f"{cfg.build.name}-{version}{'-' + tag if tag else ''}-{name}")
     models_root(cfg).mkdir(parents=True, exist_ok=True)
     warnings = other_set_warnings(read_manifest(dataset_dir / "manifest.csv"))
     for w in warnings:

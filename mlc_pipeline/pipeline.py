@@ -16,7 +16,8 @@ from .config import Config
 from .dataset import build_dataset
 from .evaluate import compare_table
 from .mine import mine_round
-from .models import models_root, train_alternatives, train_version
+from .locking import data_root_lock
+from .models import check_train_settings, models_root, train_alternatives, train_version
 from .report import write_html_report
 from .modelreport import model_section
 
@@ -72,6 +73,13 @@ def mining_stop(cfg: Config, round_no: int, added: int, before: float | None = N
 
 
 def run_pipeline(cfg: Config, progress: bool = True, train_alternative_models: bool | None = None) -> PipelineResult:
+    """The whole job, holding the data root's write lock (waits for another writer to finish)."""
+    check_train_settings(cfg)       # a wrong arch fails now, not after collecting for an hour
+    with data_root_lock(cfg.data_dir, "mlc run"):
+        return _run_pipeline(cfg, progress, train_alternative_models)
+
+
+def _run_pipeline(cfg: Config, progress: bool, train_alternative_models: bool | None) -> PipelineResult:
     out = PipelineResult()
     clock = time.monotonic()
 

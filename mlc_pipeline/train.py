@@ -143,6 +143,9 @@ def read_manifest(manifest_csv: str | Path) -> pd.DataFrame:
     bad = sorted(set(df["split"]) - set(SPLITS))
     if bad:
         raise ValueError(f"{manifest_csv}: unknown split value(s) {bad}; expected {SPLITS}")
+    escaping = [p for p in df["path"] if not p or Path(p).is_absolute() or ".." in Path(p).parts]
+    if escaping:    # a manifest names files inside its own folder only
+        raise ValueError(f"{manifest_csv}: path {escaping[0]!r} is outside the dataset folder")
     root = manifest_csv.parent.resolve()
     df["abs_path"] = [str(root / p) for p in df["path"]]
     df["label_list"] = [sorted(set(s.split())) for s in df["labels"]]

@@ -68,3 +68,60 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_overrides_replace_leaves(tmp_path):
     cfg = load_config(write(tmp_path, GOOD), {"source": {"per_host_concurrency": 4}})
     assert cfg.source.per_host_concurrency == 4 and cfg.source.max_calls_per_hour == 3600
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"build": {"name": "../../../escape"}}, "build.name"),
+    ({"build": {"name": "a/b"}}, "build.name"),
+    ({"build": {"name": ".."}}, "build.name"),
+    ({"build": {"split": {"training": 0.8, "valid": 0.2}}}, "build.split: unknown split ['training']"),
+    ({"build": {"split": {}}}, "build.split"),
+    ({"build": {"split": {"train": 0.8, "valid": 0.1}}}, "sum to 1"),
+    ({"build": {"split": {"train": 1.0}}}, "train and valid"),
+    ({"train": {"lr": -1}}, "train.lr"),
+    ({"train": {"lr": 0}}, "train.lr"),
+])
+def test_values_that_escape_or_break_are_refused(tmp_path, override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, GOOD), override)
+    assert key in str(err.value) and "\n" not in str(err.value)
+
+
+def test_good_names_and_splits_pass(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD), {"build": {"name": "bears-2026.v2",
+                                                         "split": {"train": 0.7, "valid": 0.15, "test": 0.15}}})
+    assert cfg.build.name == "bears-2026.v2"
+    assert load_config(write(tmp_path, GOOD), {"build": {"split": {"train": 0.8, "valid": 0.2}}})
+
+
+def test_a_file_that_is_not_a_mapping_or_not_utf8_is_one_line(tmp_path):
+    for text in ("- a\n- b\n", "just a sentence\n", "42\n"):
+        with pytest.raises(ConfigError, match="must hold a YAML mapping") as err:
+            load_config(write(tmp_path, text))
+        assert "pipeline.yaml" in str(err.value)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(textwrap.dedent(GOOD).encode() + "# caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text") as err:
+        load_config(latin)
+    assert "\n" not in str(err.value)
+
+
+def test_the_same_query_under_two_sets_is_a_warning(tmp_path, caplog):
+    text = GOOD.replace('["black bear"]', '["grizzly bear"]').replace('"landscape"]', '"landscape", "Teddy  Bear"]')
+    with caplog.at_level("WARNING", logger="mlc_pipeline.config"):
+        load_config(write(tmp_path, text))
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("classes.grizzly and classes.black" in w and "both labels" in w for w in warnings), warnings
+    assert any("classes.teddy and other" in w and "stay in classes.teddy" in w for w in warnings), warnings
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mlc_pipeline.config"):
+        load_config(write(tmp_path, GOOD))
+    assert not caplog.records
+
+
+def test_an_unknown_arch_fails_before_collecting(tmp_path):
+    from mlc_pipeline.models import check_train_settings
+    cfg = load_config(write(tmp_path, GOOD), {"train": {"arch": "resnet_nope"}})
+    with pytest.raises(ConfigError, match="resnet_nope"):
+        check_train_settings(cfg)
+    check_train_settings(load_config(write(tmp_path, GOOD), {"train": {"arch": "resnet18"}}))

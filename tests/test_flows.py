@@ -248,6 +248,32 @@ def test_rebuild_report_flow(harness, project):
     assert "mlc-dataset-summary" in artifacts_of(state.state_details.flow_run_id)
 
 
+def test_flow_waits_for_another_writer_on_its_data_root(harness, project):
+    """A manual `mlc` command holding the data root: the flow starts no stage until it is done."""
+    import subprocess
+    import time
+
+    from mlc_pipeline.catalog import Catalog
+    from mlc_pipeline.config import load_config
+
+    if not (project.parent / "data" / "datasets").exists():    # run alone: something to rebuild from
+        assert collect_and_train(config_path=str(project), overrides={"mine": {"rounds": 0}},
+                                 return_state=True).is_completed()
+    hold = ("import sys, time\nfrom mlc_pipeline.locking import data_root_lock\n"
+            "with data_root_lock(sys.argv[1], 'mlc curate'):\n    print('held', flush=True)\n    time.sleep(4)\n"
+            "print(time.time(), flush=True)\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(project.parent / "data")], stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline().strip() == "held"
+    state = rebuild_report(config_path=str(project), return_state=True)
+    released = float(holder.stdout.readline())
+    holder.wait(timeout=30)
+    assert state.is_completed(), state.message
+    with Catalog(load_config(project).catalog_path) as catalog:
+        curate_started = max(r["started_at"] for r in catalog.runs() if r["command"] == "curate")
+    assert curate_started >= released          # the flow's first stage waited for the holder
+
+
 def test_bad_config_fails_with_a_clear_message(harness, project):
     state = collect_and_train(config_path=str(project), overrides={"train": {"epochz": 1}}, return_state=True)
     assert state.is_failed()

@@ -1,0 +1,103 @@
+"""One writer per data root: an advisory lock held by every command that writes into it.
+
+collect, curate, build, train, mine and run (and the Prefect flows) take `data_root_lock`; inspect
+and predict never do. A second writer waits, after logging who holds the lock, or with `wait=False`
+fails at once with `DataRootBusy`, a one-line message naming the holder.
+
+The lock is the `filelock` library's FileLock (fcntl.flock on Unix) on `<data_dir>/.mlc.lock`. The
+kernel drops it when its holder exits, even after kill -9, so a crashed run never leaves the data
+root locked. The holder (pid, command, start time,
+host) is written to `<data_dir>/.mlc.lock.json` for the message only: it is never trusted as the
+lock itself. flock is per host: two machines sharing a data root over NFS are not excluded.
+
+The lock is re-entrant within a process: a command that holds it may call stages that take it
+again (`mlc run` calls build_dataset, the flow's tasks run in threads of the flow's process).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from filelock import FileLock, Timeout
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".mlc.lock"
+INFO_NAME = ".mlc.lock.json"
+
+
+class DataRootBusy(RuntimeError):
+    """Another process holds the data root's write lock (raised only with wait=False)."""
+
+
+def _root(data_dir: str | Path) -> Path:
+    return Path(os.path.realpath(data_dir))
+
+
+def holder(data_dir: str | Path) -> dict | None:
+    """What the lock's info file says about the current holder (None if unknown)."""
+    try:
+        return json.loads((_root(data_dir) / INFO_NAME).read_text())
+    except (OSError, ValueError):     # no holder recorded yet, or being rewritten right now
+        return None
+
+
+def describe(info: dict | None) -> str:
+    if not info:
+        return "another process (its details are not recorded yet)"
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(info.get("started_at", 0)))
+    return f"pid {info.get('pid')} ({info.get('command')}, started {started} on {info.get('host')})"
+
+
+def _write_info(root: Path, command: str) -> None:
+    info = {"pid": os.getpid(), "command": command, "started_at": time.time(), "host": socket.gethostname()}
+    tmp = root / f".{INFO_NAME}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, root / INFO_NAME)
+
+
+def _clear_info(root: Path) -> None:
+    info = holder(root)
+    if info and info.get("pid") == os.getpid():
+        (root / INFO_NAME).unlink(missing_ok=True)
+
+
+def _lock(root: Path) -> FileLock:
+    # One object per path in a process (is_singleton), counting its holders across threads
+    # (thread_local=False): that is what makes the lock re-entrant for a flow and its task threads.
+    # preserve_lock_file: never unlink the lock file, so every process locks the same inode.
+    return FileLock(root / LOCK_NAME, thread_local=False, is_singleton=True, preserve_lock_file=True)
+
+
+@contextmanager
+def data_root_lock(data_dir: str | Path, command: str, wait: bool = True) -> Iterator[None]:
+    """Hold the data root's write lock for the duration of the block (re-entrant in a process)."""
+    root = _root(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = _lock(root)
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        who = describe(holder(root))
+        if not wait:
+            raise DataRootBusy(f"data root {root} is in use by {who}; "
+                               "wait for it to finish, or rerun without --no-wait to queue") from None
+        log.warning("data root %s is in use by %s; waiting for it to finish (Ctrl-C to stop)", root, who)
+        lock.acquire()
+        log.info("data root %s is free now: %s goes ahead", root, command)
+    if lock.lock_counter == 1:       # the outermost holder in this process
+        _write_info(root, command)
+    try:
+        yield
+    finally:
+        if lock.lock_counter == 1:
+            _clear_info(root)
+        lock.release()
+

@@ -1,0 +1,75 @@
+"""A small curated data root of real photos, for the storage tests (locking, versions, paths).
+
+Collect and curate run in-process against the bundled server in folder mode; the tests then drive
+`mlc` subprocesses (real processes, as a user would) against the config file written here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from mlc_pipeline.collect import collect
+from mlc_pipeline.config import load_config
+from mlc_pipeline.curate import curate
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "hymenoptera"
+MLC = [sys.executable, "-m", "mlc_pipeline.cli"]
+
+
+def make_world(root: Path, per_class: int = 12) -> Path:
+    ants, bees = sorted((FIXTURES / "ants").glob("*.jpg")), sorted((FIXTURES / "bees").glob("*.jpg"))
+    for name, files in (("ants", ants[:per_class]), ("bees", bees[:per_class]), ("scenery", ants[100:108])):
+        (root / name).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, root / name / f.name)
+    return root
+
+
+def write_config(path: Path, data_dir: Path, world: Path, **extra) -> Path:
+    data = {
+        "data_dir": str(data_dir),
+        "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s"],
+                   "local": {"port": 0, "folder": str(world),
+                             "query_map": {"ants": "ants", "bees": "bees", "scenery": "scenery"}}},
+        "classes": {"ants": {"queries": ["ants"], "count": 100}, "bees": {"queries": ["bees"], "count": 100}},
+        "other": {"queries": ["scenery"], "count": 100},
+        "curate": {"min_side": 64},
+        "build": {"max_side": 96},
+        "train": {"epochs": 1, "image_size": 32, "batch_size": 16, "pretrained": "none",
+                  "compare_baselines": False},
+    }
+    for key, value in extra.items():
+        data[key] = {**data.get(key, {}), **value}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def curated_root(tmp: Path, per_class: int = 12) -> Path:
+    """A collected and curated data root under tmp/data; returns its config file."""
+    world = make_world(tmp / "world", per_class)
+    cfg_path = write_config(tmp / "cfg.yaml", tmp / "data", world)
+    cfg = load_config(cfg_path)
+    collect(cfg, progress=False)
+    curate(cfg)
+    return cfg_path
+
+
+def mlc(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(MLC + list(args), capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+
+
+def mlc_start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(MLC + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
