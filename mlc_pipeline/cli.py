@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import traceback
 
@@ -12,6 +13,15 @@ from .config import ConfigError, load_config
 from .secrets import MissingCredentials, install_log_redaction, redact
 
 log = logging.getLogger("mlc")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so every stage unwinds the same way: the
+    queue is cancelled, what finished is recorded and the run is marked interrupted."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 def cmd_collect(args) -> int:
@@ -83,9 +93,10 @@ def cmd_predict(args) -> int:
         print(f"mlc: {exc}", file=sys.stderr)
         return 2
     preds = predict_paths(bundle, args.images)
+    failed = sum(p.error is not None for p in preds)
     if args.json:
         print(json.dumps([p.__dict__ for p in preds], indent=2, default=str))
-        return 0
+        return 1 if failed else 0
     for p in preds:
         if p.error:
             print(f"{p.path}: error: {p.error}")
@@ -93,6 +104,9 @@ def cmd_predict(args) -> int:
             print(f"{p.path}: none of: {', '.join(bundle.classes)}")
         else:
             print(f"{p.path}: " + ", ".join(f"{c} ({prob:.2f})" for c, prob in p.labels))
+    if failed:
+        print(f"mlc: {failed} of {len(preds)} images could not be scored (listed above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -203,16 +217,28 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("flickrapi").setLevel(logging.WARNING)   # it logs every call's parameters
     install_log_redaction()
+    from .catalog import CatalogError
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return args.func(args)
     except (ConfigError, MissingCredentials) as exc:
         print(f"mlc: {redact(str(exc))}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("mlc: terminated (SIGTERM); rerun the same command to resume", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("mlc: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except CatalogError as exc:
+        print(f"mlc: {redact(str(exc))}", file=sys.stderr)
+        return 1
     except Exception as exc:  # the last line of defence: secrets masked, traceback only for bugs
+        from .download import StorageError
         from .flickr_source import SourceError
+        if isinstance(exc, StorageError):
+            print(f"mlc: {redact(str(exc))}", file=sys.stderr)
+            return 1
         if not isinstance(exc, SourceError):
             print(redact(traceback.format_exc()), file=sys.stderr)
         print(f"mlc: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)

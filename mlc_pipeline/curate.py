@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import FILE_STATUSES, Catalog
+from .catalog import FILE_STATUSES, Catalog, run_end_status
 from .config import Config
 from .dedup import DedupItem, resolve_duplicates
 from .hashing import inspect_files
@@ -170,7 +170,7 @@ def curate(cfg: Config) -> CurateSummary:
                         catalog.set_status(r["id"], status, reason, run_id, "curate", duplicate_of=dup_of,
                                            curated_label=label)
         except BaseException as exc:
-            catalog.finish_run(run_id, "failed", {"error": type(exc).__name__})
+            catalog.finish_run(run_id, run_end_status(exc), {"error": type(exc).__name__})
             raise
         counts = Counter(d[0] for d in decisions.values())
         summary.accepted = counts["accepted"]
