@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import signal
@@ -13,6 +14,7 @@ from .config import ConfigError, load_config
 from .secrets import MissingCredentials, install_log_redaction, redact
 
 log = logging.getLogger("mlc")
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)   # an OSError with one of these: one line, no traceback
 
 
 class Terminated(KeyboardInterrupt):
@@ -92,7 +94,7 @@ def cmd_predict(args) -> int:
     except BundleError as exc:
         print(f"mlc: {exc}", file=sys.stderr)
         return 2
-    preds = predict_paths(bundle, args.images)
+    preds = predict_paths(bundle, args.images, max_pixels=args.max_pixels)
     failed = sum(p.error is not None for p in preds)
     if args.json:
         print(json.dumps([p.__dict__ for p in preds], indent=2, default=str))
@@ -185,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", help="model bundle folder")
     p.add_argument("images", nargs="+")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--max-pixels", type=int, default=64_000_000,
+                   help="refuse larger images from their header, before decoding (default: 64 MP)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("run", help="the whole job in-process: collect, curate, build, train, mine, retrain, report")
@@ -233,16 +237,28 @@ def main(argv: list[str] | None = None) -> int:
     except CatalogError as exc:
         print(f"mlc: {redact(str(exc))}", file=sys.stderr)
         return 1
-    except Exception as exc:  # the last line of defence: secrets masked, traceback only for bugs
-        from .download import StorageError
-        from .flickr_source import SourceError
-        if isinstance(exc, StorageError):
-            print(f"mlc: {redact(str(exc))}", file=sys.stderr)
-            return 1
-        if not isinstance(exc, SourceError):
-            print(redact(traceback.format_exc()), file=sys.stderr)
-        print(f"mlc: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            return last_line_of_defence(exc)
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"mlc: cannot write{where}: {exc.strerror} ({errno.errorcode[exc.errno]}); free space or fix the "
+              f"disk, then rerun the same command", file=sys.stderr)
         return 1
+    except Exception as exc:
+        return last_line_of_defence(exc)
+
+
+def last_line_of_defence(exc: Exception) -> int:
+    """Secrets masked, a traceback only for bugs."""
+    from .download import StorageError
+    from .flickr_source import SourceError
+    if isinstance(exc, StorageError):
+        print(f"mlc: {redact(str(exc))}", file=sys.stderr)
+        return 1
+    if not isinstance(exc, SourceError):
+        print(redact(traceback.format_exc()), file=sys.stderr)
+    print(f"mlc: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

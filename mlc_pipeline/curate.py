@@ -48,7 +48,13 @@ def quarantine(path: Path, data_dir: Path, reason: str) -> Path:
     folder = data_dir / "quarantine" / reason.split(":")[0]
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / path.name
-    os.replace(path, dest)
+    try:
+        os.replace(path, dest)
+    except FileNotFoundError:
+        # Another curate of the same data root moved it first (the data-root lock normally keeps
+        # them apart): the file is where it belongs, which is not an error.
+        if not dest.exists():
+            log.warning("%s is gone and not in %s either; recorded as quarantined there", path, folder)
     return dest
 
 

@@ -55,28 +55,37 @@ def catalog_state(data: Path) -> tuple[set[str], list[dict]]:
         return files, c.runs()
 
 
-def interrupt_collect(tmp_path: Path, sig: int) -> tuple[subprocess.CompletedProcess, float]:
+def default_sigint() -> None:
+    """In the child: Ctrl-C as in a terminal (a shell's background job starts with SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def interrupt_collect(tmp_path: Path, sig: int) -> tuple[subprocess.CompletedProcess, float, int]:
     """Start a collect with a long download queue, signal it once images are landing, time the exit."""
     cfg = write_config(tmp_path, faults="image_latency_ms=300", count=120, per_host_concurrency=4)
     proc = subprocess.Popen(MLC + ["collect", "-c", str(cfg), "--no-progress"], env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
     t0 = time.monotonic()
     while len(image_files(tmp_path / "data")) < 10:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() - t0 < 60, "no image downloaded within 60 s"
         time.sleep(0.05)
+    at_signal = len(image_files(tmp_path / "data"))
     proc.send_signal(sig)
     t_sig = time.monotonic()
     out, err = proc.communicate(timeout=60)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), time.monotonic() - t_sig
+    landed_after = len(image_files(tmp_path / "data")) - at_signal
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), time.monotonic() - t_sig, landed_after
 
 
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_signal_cancels_the_queue_and_records_every_finished_download(tmp_path, sig, code, word):
-    res, took = interrupt_collect(tmp_path, sig)
-    # The 120 queued images of the first class at 4 at a time and 300 ms each take ~9 s to drain.
-    print(f"exit {took:.2f} s after the signal")
-    assert took < 3, f"exit took {took:.1f} s after the signal"
+    res, took, landed_after = interrupt_collect(tmp_path, sig)
+    # The ~100 images still queued for the first class (4 at a time, 300 ms each: ~9 s) are not
+    # waited for: only the 4 in flight may land (and 4 more racing our count). Seconds are a poor
+    # measure on a loaded machine (unloaded the exit takes ~1 s): the bound only catches a hang.
+    assert landed_after <= 8, f"{landed_after} images landed after the signal"
+    assert took < 30, f"exit took {took:.1f} s after the signal"
     assert res.returncode == code, res.stderr[-2000:]
     assert res.stderr.strip().splitlines()[-1].startswith(f"mlc: {word}"), res.stderr[-2000:]
     assert "Traceback" not in res.stderr
