@@ -52,9 +52,11 @@ def quarantine(path: Path, data_dir: Path, reason: str) -> Path:
         os.replace(path, dest)
     except FileNotFoundError:
         # Another curate of the same data root moved it first (the data-root lock normally keeps
-        # them apart): the file is where it belongs, which is not an error.
-        if not dest.exists():
+        # them apart), perhaps under another reason: record where it really is; not an error.
+        moved = dest if dest.exists() else next((data_dir / "quarantine").glob(f"*/{path.name}"), None)
+        if moved is None:
             log.warning("%s is gone and not in %s either; recorded as quarantined there", path, folder)
+        return moved or dest
     return dest
 
 

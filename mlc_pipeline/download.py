@@ -291,18 +291,23 @@ class Downloader:
         except (Rejected, Retryable, StorageError, Cancelled):
             raise
         except Exception as exc:
-            with self.slots_lock:
-                cut = me in self.was_cut
-                self.was_cut.discard(me)
-            if cut:
-                if self.stopping.is_set():
-                    raise Cancelled() from None
-                raise Rejected(f"transient:{self._deadline_reason()}") from None
+            if self._take_cut():
+                raise self._cut_error() from None
             if isinstance(exc, (requests.Timeout, requests.ConnectionError)):
                 raise Retryable(type(exc).__name__.lower()) from None
             if isinstance(exc, requests.exceptions.ChunkedEncodingError):
                 raise Retryable("connection-broken") from None
             raise
+
+    def _take_cut(self) -> bool:
+        """Whether the watchdog cut this thread's response (and forget it)."""
+        with self.slots_lock:
+            cut = threading.get_ident() in self.was_cut
+            self.was_cut.discard(threading.get_ident())
+        return cut
+
+    def _cut_error(self) -> Exception:
+        return Cancelled() if self.stopping.is_set() else Rejected(f"transient:{self._deadline_reason()}")
 
     def _read(self, resp: requests.Response, url: str, job: DownloadJob, attempt: int) -> DownloadResult | str:
         code = resp.status_code
@@ -348,6 +353,8 @@ class Downloader:
                 ext = image_extension(head)
                 if ext is None:
                     raise Rejected("not-an-image:bad-magic")
+                if self._take_cut():     # a body without Content-Length ends cleanly when cut
+                    raise self._cut_error()
                 path = final_path(self.raw_dir, job.photo_id, ext)
                 os.replace(tmp, path)
         finally:

@@ -112,12 +112,15 @@ def test_trickling_host_is_cut_at_the_deadline_and_recorded(tmp_path, monkeypatc
         t0 = time.monotonic()
         summary = collect(cfg, progress=False)
         took = time.monotonic() - t0
-        trickled = srv.stats()["faults_injected"].get("trickle", 0)
-    assert trickled > 0
-    assert took < 30, took
+        plan = srv._app.faults
+    assert took < 60, took
     with Catalog(cfg.catalog_path) as c:
-        failed = c.candidates("status='failed'")
-    assert len(failed) == trickled and {r["reason"] for r in failed} == {"transient:deadline-exceeded:2s"}
+        tried = c.candidates("status IN ('failed', 'downloaded')")
+    trickled = [r for r in tried if plan.photo_fault(r["photo_id"]) == "trickle"]
+    assert trickled and all(r["status"] == "failed" for r in trickled)
+    # On a loaded machine an ordinary image may miss a 2 s deadline too: the same reason, then.
+    reasons = {r["reason"] for r in tried if r["status"] == "failed"}
+    assert all(r.startswith("transient:deadline-exceeded:2s") for r in reasons), reasons
     assert summary.shortfall == {}, "other results took the trickled photos' places"
     assert not list((tmp_path / "data").rglob("*.part"))
 
