@@ -167,7 +167,7 @@ def cross_device(work: Path) -> tuple[str, bool]:
         stored = len(catalog_rows(work / "xdev", "SELECT id FROM candidates WHERE status='downloaded'"))
     finally:
         shutil.rmtree(elsewhere)
-    return f"exit {res.returncode}; {stored} images stored on the other file system", res.returncode == 0 and stored >= 120
+    return f"exit {res.returncode}; {stored} images stored on the other file system", res.returncode == 0 and stored >= 100
 
 
 def collected(work: Path, name: str, count: int = 8) -> Path:
@@ -242,13 +242,12 @@ def sigterm_curate(work: Path) -> tuple[str, bool]:
     while not catalog_rows(work / "curate-term", sql)[0][0]:     # curate has started its run
         if proc.poll() is not None:
             return f"curate ended before its run began: {proc.communicate()[1][-200:]}", False
-        time.sleep(0.02)
-    time.sleep(0.2)
-    if proc.poll() is not None:
-        return "curate finished before the signal (machine too fast for this case)", True
+        time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
     status = catalog_rows(work / "curate-term", "SELECT status FROM runs WHERE command='curate'")[0][0]
+    if proc.returncode == 0 and status == "completed":      # it won the race: nothing was interrupted
+        return "curate finished before the signal landed: not exercised (tests/test_interrupts.py is)", True
     return f"exit {proc.returncode}; run `{status}`", proc.returncode == 143 and status == "interrupted"
 
 
@@ -374,7 +373,7 @@ def main() -> int:
         ("0-byte catalog", lambda: empty_catalog(work)),
         ("malformed catalog (truncated)", lambda: malformed_catalog(work)),
         ("read-only data root", lambda: read_only_root(work)),
-        ("locked catalog (held 6 s)", lambda: locked_catalog(work)),
+        ("locked catalog (held until collect says it waits)", lambda: locked_catalog(work)),
         ("datasets/<name>/latest made a real folder", lambda: latest_folder(work)),
         ("two `mlc curate` at once", lambda: two_curates(work)),
         ("full disk during build", lambda: full_disk_build(work)),
