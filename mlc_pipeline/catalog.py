@@ -28,10 +28,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
+from urllib.parse import quote
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2            # 2: file_path relative to the data root
 MIGRATION_DIRS = ("raw", "quarantine")   # where file_path points inside a data root
-log = logging.getLogger(__name__)
+LOCK_NOTICE_S = 2.0        # a catalog locked this long gets a line saying what we wait for
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -107,17 +110,129 @@ def merge_labels(current: str, new: str) -> str:
     return " ".join(sorted(labels)) if labels else "other"
 
 
+class CatalogError(Exception):
+    """A catalog that cannot be opened as it is; the message names the file and what to do."""
+
+
+def run_end_status(exc: BaseException) -> str:
+    """How a run that raised `exc` is recorded: Ctrl-C and SIGTERM (a KeyboardInterrupt subclass in
+    the CLI) are 'interrupted', anything else 'failed'."""
+    return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+
+
 class Catalog:
-    def __init__(self, path: str | Path):
+    """`readonly=True` (inspect, reports) never writes, never waits for a writer and works on a
+    read-only data root; a missing catalog then reads as an empty one. Writers wait up to
+    `lock_timeout_s` for another writer, saying so after a couple of seconds."""
+
+    def __init__(self, path: str | Path, readonly: bool = False, lock_timeout_s: float = 60.0):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")   # WAL + NORMAL: durable at checkpoints, never corrupt
-        self.db.executescript(SCHEMA)
-        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        self._migrate()
+        if self.path.exists() and self.path.stat().st_size == 0:
+            raise CatalogError(f"{self.path}: the catalog is an empty (0-byte) file, not a new catalog (truncated, or "
+                               f"a failed copy?): restore it from a backup, or delete it to start over (everything "
+                               f"is then downloaded again)")
+        self.db = self._open_readonly() if readonly else self._open_writable(lock_timeout_s)
+        if not readonly:
+            self._migrate()
+
+    def _open_writable(self, lock_timeout_s: float) -> sqlite3.Connection:
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CatalogError(f"{folder}: cannot create the data folder ({exc.strerror}); check data_dir") from None
+        if not os.access(folder, os.W_OK) or (self.path.exists() and not os.access(self.path, os.W_OK)):
+            raise CatalogError(f"{self.path}: the catalog (or its folder) is read-only; this command writes to it. "
+                               f"Read-only commands (`mlc inspect`) work; make {folder} writable to run this one")
+        try:
+            db = sqlite3.connect(self.path, timeout=LOCK_NOTICE_S, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            self._check_readable(db)
+            self._wait_for_writer(db, lock_timeout_s)
+            db.execute(f"PRAGMA busy_timeout={int(lock_timeout_s * 1000)}")   # later writes wait as long
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")   # WAL + NORMAL: durable at checkpoints, never corrupt
+            db.executescript(SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.DatabaseError as exc:
+            raise self._unusable(exc) from None
+        return db
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        if not self.path.exists():     # nothing collected yet: an empty catalog, and no file written
+            db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            db.executescript(SCHEMA)
+        else:
+            where = quote(str(self.path.resolve()))
+            try:
+                db = sqlite3.connect(f"file:{where}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+                self._check_readable(db)
+            except sqlite3.OperationalError as exc:
+                if os.access(self.path.parent, os.W_OK):
+                    raise self._unusable(exc) from None
+                # A read-only folder: SQLite cannot create the WAL index beside the file, so read it
+                # as an unchanging file (no writer can be at work on a read-only data root).
+                try:
+                    db = sqlite3.connect(f"file:{where}?immutable=1", uri=True, isolation_level=None,
+                                         check_same_thread=False)
+                    self._check_readable(db)
+                except sqlite3.DatabaseError as exc:
+                    raise self._unusable(exc) from None
+            except sqlite3.DatabaseError as exc:
+                raise self._unusable(exc) from None
+            db.execute("PRAGMA query_only=1")
+        db.row_factory = sqlite3.Row
+        return db
+
+    def _check_readable(self, db: sqlite3.Connection) -> None:
+        """Fail now, naming the file, on something that is not an intact SQLite catalog."""
+        bad = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if bad != "ok":
+            raise sqlite3.DatabaseError(f"quick_check: {bad}")
+
+    def _wait_for_writer(self, db: sqlite3.Connection, lock_timeout_s: float) -> None:
+        """Take and release the write lock once, so a second writer is told whom it waits for."""
+        deadline = time.monotonic() + lock_timeout_s
+        told = False
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("ROLLBACK")
+                if told:
+                    log.warning("%s: the other writer is done; going on", self.path)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+            holders = self._running_runs(db)
+            if time.monotonic() >= deadline:
+                raise sqlite3.OperationalError(f"still locked by another process after {lock_timeout_s:g} s "
+                                               f"({holders}): wait for it to finish or stop it, then rerun")
+            if not told:
+                log.warning("%s: locked by another process (%s); waiting up to %g s", self.path, holders,
+                            lock_timeout_s)
+                told = True
+
+    @staticmethod
+    def _running_runs(db: sqlite3.Connection) -> str:
+        try:
+            rows = db.execute("SELECT command, run_id FROM runs WHERE status='running' ORDER BY started_at").fetchall()
+        except sqlite3.DatabaseError:      # no runs table yet, or locked even for readers
+            return "no run recorded as running"
+        return "runs recorded as running: " + ", ".join(f"{r[0]} {r[1]}" for r in rows) if rows else (
+            "no run recorded as running: a killed run, or another program holding the file")
+
+    def _unusable(self, exc: BaseException) -> CatalogError:
+        text = str(exc)
+        if "locked" in text:
+            return CatalogError(f"{self.path}: {text}")
+        if "readonly" in text or "read-only" in text:
+            return CatalogError(f"{self.path}: the catalog is read-only ({text}); make the data root writable")
+        if "unable to open" in text:
+            return CatalogError(f"{self.path}: cannot open the catalog ({text}); check the file's permissions")
+        return CatalogError(f"{self.path}: not a readable catalog ({text}): the file is damaged or not an mlc "
+                            f"catalog. Restore it from a backup (it is never replaced by a new one); to start "
+                            f"over instead, move it aside and rerun")
 
     def close(self) -> None:
         self.db.close()

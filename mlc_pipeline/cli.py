@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import io
 import json
 import logging
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -18,6 +20,16 @@ from .locking import DataRootBusy
 from .secrets import MissingCredentials, install_log_redaction, redact
 
 log = logging.getLogger("mlc")
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)   # an OSError with one of these: one line, no traceback
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so every stage unwinds the same way: the
+    queue is cancelled, what finished is recorded and the run is marked interrupted."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 def writing(cfg, args):
@@ -112,10 +124,11 @@ def cmd_predict(args) -> int:
     except BundleError as exc:
         print(f"mlc: {exc}", file=sys.stderr)
         return 2
-    preds = predict_paths(bundle, args.images)
+    preds = predict_paths(bundle, args.images, max_pixels=args.max_pixels)
+    failed = sum(p.error is not None for p in preds)
     if args.json:
         print(json.dumps([p.__dict__ for p in preds], indent=2, default=str))
-        return 0
+        return 1 if failed else 0
     for p in preds:
         if p.error:
             print(f"{p.path}: error: {p.error}")
@@ -123,6 +136,9 @@ def cmd_predict(args) -> int:
             print(f"{p.path}: none of: {', '.join(bundle.classes)}")
         else:
             print(f"{p.path}: " + ", ".join(f"{c} ({prob:.2f})" for c, prob in p.labels))
+    if failed:
+        print(f"mlc: {failed} of {len(preds)} images could not be scored (listed above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -262,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", help="model bundle folder")
     p.add_argument("images", nargs="+")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--max-pixels", type=int, default=64_000_000,
+                   help="refuse larger images from their header, before decoding (default: 64 MP)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("run", help="the whole job in-process: collect, curate, build, train, mine, retrain, report")
@@ -306,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("flickrapi").setLevel(logging.WARNING)   # it logs every call's parameters
     install_log_redaction()
+    from .catalog import CatalogError
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return args.func(args)
     except (ConfigError, MissingCredentials) as exc:
@@ -317,15 +337,37 @@ def main(argv: list[str] | None = None) -> int:
     except VersionDamaged as exc:
         print(f"mlc: {exc}", file=sys.stderr)
         return 3
+    except Terminated:
+        print("mlc: terminated (SIGTERM); rerun the same command to resume", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("mlc: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except Exception as exc:  # the last line of defence: secrets masked, traceback only for bugs
-        from .flickr_source import SourceError
-        if not isinstance(exc, SourceError):
-            print(redact(traceback.format_exc()), file=sys.stderr)
-        print(f"mlc: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
+    except CatalogError as exc:
+        print(f"mlc: {redact(str(exc))}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            return last_line_of_defence(exc)
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"mlc: cannot write{where}: {exc.strerror} ({errno.errorcode[exc.errno]}); free space or fix the "
+              f"disk, then rerun the same command", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        return last_line_of_defence(exc)
+
+
+def last_line_of_defence(exc: Exception) -> int:
+    """Secrets masked, a traceback only for bugs."""
+    from .download import StorageError
+    from .flickr_source import SourceError
+    if isinstance(exc, StorageError):
+        print(f"mlc: {redact(str(exc))}", file=sys.stderr)
+        return 1
+    if not isinstance(exc, SourceError):
+        print(redact(traceback.format_exc()), file=sys.stderr)
+    print(f"mlc: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 from tqdm import tqdm
 
-from .catalog import Catalog, Found, merge_labels
+from .catalog import Catalog, Found, merge_labels, run_end_status
 from .config import Config
 from .download import Downloader, DownloadJob, clean_stale_temp
 from .flickr_source import FlickrSource, Target
@@ -192,7 +192,10 @@ class Collector:
     def download(self, rows: list[dict], run_id: str, summary: CollectSummary, what: str) -> None:
         jobs = [DownloadJob(r["id"], r["photo_id"], self.source.current_url(r["url"])) for r in rows]
         bar = tqdm(total=len(jobs), desc=f"download {what}", unit="img", disable=not self.progress, leave=False)
-        for i, res in enumerate(self.downloader.run(jobs), 1):
+        done = 0
+
+        def record(res) -> None:
+            nonlocal done
             if res.ok:
                 self.catalog.set_status(res.cid, "downloaded", None, run_id, "download", attempts=res.attempts,
                                         file_path=str(res.path), bytes=res.bytes, sha256=res.sha256,
@@ -202,10 +205,16 @@ class Collector:
                 self.catalog.set_status(res.cid, "failed", res.reason, run_id, "download", attempts=res.attempts)
                 key = res.reason.split(":")[0] if res.reason.startswith("transient") else res.reason.split("=")[0]
                 summary.failed[key] = summary.failed.get(key, 0) + 1
+            done += 1
             bar.update(1)
             if self.on_progress:
-                self.on_progress(i, len(jobs))
-        bar.close()
+                self.on_progress(done, len(jobs))
+
+        try:
+            # Ctrl-C or a write error: the downloader still records what finished, then re-raises.
+            self.downloader.run_into(jobs, record)
+        finally:
+            bar.close()
 
     def collect_all(self, summary: CollectSummary) -> None:
         for target, queries, count in targets(self.cfg):
@@ -295,7 +304,8 @@ def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int
     """The catalog, a collector on the configured source and the run's summary, recorded as one
     collect run (completed with the summary as it stands when the block ends)."""
     install_log_redaction()
-    clean_stale_temp(cfg.data_dir / "tmp" / "downloads")
+    clean_stale_temp(cfg.data_dir / "raw")
+    clean_stale_temp(cfg.data_dir / "tmp" / "downloads")      # where versions before 2026-12 wrote them
     with Catalog(cfg.catalog_path) as catalog, open_source(cfg) as (source, hosts):
         run_id = catalog.start_run("collect")
         summary = CollectSummary(run_id)
@@ -309,7 +319,7 @@ def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int
             summary.api_calls = source.api_calls
             summary.max_connections_per_host = dict(collector.downloader.max_in_flight)
         except BaseException as exc:
-            catalog.finish_run(run_id, "failed", {"error": type(exc).__name__})
+            catalog.finish_run(run_id, run_end_status(exc), {"error": type(exc).__name__, **summary.__dict__})
             raise
         catalog.finish_run(run_id, "completed", summary.__dict__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import FILE_STATUSES, Catalog
+from .catalog import FILE_STATUSES, Catalog, run_end_status
 from .config import Config
 from .dedup import DedupItem, resolve_duplicates
 from .hashing import inspect_files
@@ -52,7 +52,15 @@ def quarantine(path: Path, data_dir: Path, reason: str) -> Path:
     folder = data_dir / "quarantine" / reason.split(":")[0]
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / path.name
-    os.replace(path, dest)
+    try:
+        os.replace(path, dest)
+    except FileNotFoundError:
+        # Another curate of the same data root moved it first (the data-root lock normally keeps
+        # them apart), perhaps under another reason: record where it really is; not an error.
+        moved = dest if dest.exists() else next((data_dir / "quarantine").glob(f"*/{path.name}"), None)
+        if moved is None:
+            log.warning("%s is gone and not in %s either; recorded as quarantined there", path, folder)
+        return moved or dest
     return dest
 
 
@@ -174,7 +182,7 @@ def curate(cfg: Config) -> CurateSummary:
                         catalog.set_status(r["id"], status, reason, run_id, "curate", duplicate_of=dup_of,
                                            curated_label=label)
         except BaseException as exc:
-            catalog.finish_run(run_id, "failed", {"error": type(exc).__name__})
+            catalog.finish_run(run_id, run_end_status(exc), {"error": type(exc).__name__})
             raise
         counts = Counter(d[0] for d in decisions.values())
         summary.accepted = counts["accepted"]

@@ -45,6 +45,7 @@ MANIFEST_COLUMNS = ["path", "labels", "split", "candidate_id", "source", "photo_
                     "license", "owner", "title", "date_taken", "sha256", "phash", "purpose", "mined_round",
                     "query"]
 SPLITS = ("train", "valid", "test")
+log = logging.getLogger(__name__)
 SUMS_NAME = "SHA256SUMS"
 REPAIR_HINT = "run `mlc build --repair -c <config>` to publish a fresh version from the catalog"
 
@@ -139,7 +140,22 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def move_aside_real_latest(root: Path) -> Path | None:
+    """`latest` must be a link. A real folder there (`cp -rL` of a data root, a sync tool that
+    follows links) would block every later build; it is moved aside, never deleted: it may hold
+    the only copy of something a user put there."""
+    latest = root / "latest"
+    if latest.is_symlink() or not latest.is_dir():
+        return None
+    aside = root / f"latest.real-folder-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    os.rename(latest, aside)
+    log.warning("%s was a real folder, not a link (copied with cp -L?): moved it to %s (delete it once you "
+                "no longer need it); latest now points at the newest version", latest, aside.name)
+    return aside
+
+
 def point_latest(root: Path, version: str) -> None:
+    move_aside_real_latest(root)
     link_tmp = root / f".latest.tmp-{os.getpid()}"
     if link_tmp.is_symlink() or link_tmp.exists():
         link_tmp.unlink()

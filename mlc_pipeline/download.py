@@ -1,21 +1,28 @@
 """Concurrent, bounded, validated image downloads with atomic writes.
 
-Each job either ends as a file at its final path (written to a temporary file, then renamed, so a
-killed run never leaves a partial image) or as a recorded reason. Reasons starting with
-`transient:` are retried by the next run; the others are final.
+Each job either ends as a file at its final path (written to a temporary file beside it, then
+renamed, so a killed run never leaves a partial image and the rename never crosses file systems) or
+as a recorded reason. Reasons starting with `transient:` are retried by the next run; the others are
+final. Every job has a total deadline (`source.download_deadline_s`, all attempts together): a host
+that trickles bytes is cut by a watchdog that shuts the socket down. A write error (disk full,
+read-only, permissions) is not a per-image failure: it stops the whole run (`StorageError`), as Ctrl-C
+does; either way the queue is cancelled and every download that finished is still handed back.
 """
 
 from __future__ import annotations
 
 import email.utils
+import errno
 import hashlib
 import logging
 import os
 import re
+import socket
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -34,6 +41,8 @@ log = logging.getLogger(__name__)
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_REDIRECTS = 5
 CHUNK = 64 * 1024
+WATCHDOG_TICK_S = 0.1
+STOP_WAIT_S = 10.0        # after Ctrl-C: how long cut downloads get to unwind before we stop waiting
 MAGIC = (  # (prefix, offset, extension)
     (b"\xff\xd8\xff", 0, "jpg"), (b"\x89PNG\r\n\x1a\n", 0, "png"), (b"GIF87a", 0, "gif"),
     (b"GIF89a", 0, "gif"), (b"WEBP", 8, "webp"), (b"BM", 0, "bmp"), (b"II*\x00", 0, "tif"),
@@ -68,6 +77,30 @@ class Retryable(Exception):
     def __init__(self, reason: str, wait_s: float | None = None):
         super().__init__(reason)
         self.wait_s = wait_s
+
+
+class Cancelled(Exception):
+    """The run is stopping (Ctrl-C or a write error): this job did not finish and stays pending."""
+
+
+class StorageError(Exception):
+    """Images cannot be written (disk full, read-only, no permission...): every later image would
+    fail the same way, so the run stops instead of burning through the search results."""
+
+
+WRITE_PROBLEMS = {
+    errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied", errno.EFBIG: "the file size limit was reached",
+    errno.EXDEV: "a rename across file systems", errno.EIO: "an I/O error of the disk",
+}
+
+
+def storage_error(exc: OSError, folder: Path) -> StorageError:
+    what = WRITE_PROBLEMS.get(exc.errno, exc.strerror or type(exc).__name__)
+    code = errno.errorcode.get(exc.errno, "?") if exc.errno else type(exc).__name__
+    return StorageError(f"cannot write images to {folder}: {what} ({code}); free space or fix the folder, "
+                        f"then rerun the same command (downloads that finished are recorded)")
 
 
 def image_extension(head: bytes) -> str | None:
@@ -105,39 +138,67 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def shard_dir(raw_dir: Path, photo_id: str) -> Path:
+    return raw_dir / photo_id[-2:].rjust(2, "_")
+
+
 def final_path(raw_dir: Path, photo_id: str, ext: str) -> Path:
-    return raw_dir / photo_id[-2:].rjust(2, "_") / f"{photo_id}.{ext}"
+    return shard_dir(raw_dir, photo_id) / f"{photo_id}.{ext}"
 
 
-def clean_stale_temp(tmp_root: Path) -> int:
-    """Remove temp folders of download processes that are no longer alive (killed runs)."""
+def temp_path(raw_dir: Path, photo_id: str) -> Path:
+    """Beside its final path (same folder, so the same file system: the rename never hits EXDEV);
+    hidden, and named by the writing process so a later run can tell whether it is stale."""
+    return shard_dir(raw_dir, photo_id) / f".{photo_id}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part"
+
+
+def clean_stale_temp(root: Path) -> int:
+    """Remove partial files (`*.part`) of download processes that are no longer alive (killed runs):
+    the hidden ones beside the images, and those of older versions in <pid>-<hex> folders."""
     removed = 0
-    if not tmp_root.exists():
+    if not root.exists():
         return 0
-    for d in tmp_root.iterdir():
-        pid = d.name.split("-")[0]
+    for f in root.rglob("*.part"):
+        owner = f.name.split(".")[-2] if f.name.startswith(".") else f.parent.name
+        pid = owner.split("-")[0]
         if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
             continue
-        for f in d.glob("*"):
-            f.unlink()
-            removed += 1
-        d.rmdir()
+        f.unlink(missing_ok=True)
+        removed += 1
+    for d in root.iterdir():         # the empty <pid>-<hex> folders older versions wrote into
+        if d.is_dir() and "-" in d.name and d.name.split("-")[0].isdigit() and not any(d.iterdir()):
+            d.rmdir()
     return removed
 
 
+def cut_connection(resp: requests.Response) -> None:
+    """Shut the socket of a response another thread is reading: its blocked read returns at once."""
+    conn = getattr(resp.raw, "connection", None)
+    sock = getattr(conn, "sock", None)
+    if sock is None:
+        return                         # already released: the reader finished on its own
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError as exc:             # closed between our look and the shutdown: nothing left to cut
+        log.debug("cutting a download: %s", exc)
+
+
 class Downloader:
-    def __init__(self, settings: SourceSettings, allowed_hosts: list[str], raw_dir: Path, tmp_root: Path,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, settings: SourceSettings, allowed_hosts: list[str], raw_dir: Path,
+                 tmp_root: Path | None = None, sleep: Callable[[float], object] | None = None):
+        # tmp_root is unused (temp files live beside their images); kept for callers of older versions.
         self.s = settings
         self.allowed = list(allowed_hosts)
         self.raw_dir = raw_dir
-        self.tmp_dir = tmp_root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.sleep = sleep
+        self.stopping = threading.Event()
+        self.sleep = sleep or self.stopping.wait      # a retry wait ends early when the run stops
         self.local = threading.local()
         self.host_slots: dict[str, threading.BoundedSemaphore] = {}
         self.slots_lock = threading.Lock()
         self.in_flight: dict[str, int] = {}
         self.max_in_flight: dict[str, int] = {}   # measured, so tests can prove the per-host bound
+        self.watched: dict[int, tuple[float, requests.Response]] = {}   # thread -> (deadline, response)
+        self.was_cut: set[int] = set()                                  # threads whose response was cut
 
     # --- plumbing ----------------------------------------------------------------------------
     def session(self) -> requests.Session:
@@ -166,8 +227,11 @@ class Downloader:
     def fetch(self, job: DownloadJob) -> DownloadResult:
         if not SAFE_ID.match(job.photo_id):
             return DownloadResult(job.cid, False, reason="unsafe-photo-id")
+        self.local.deadline = time.monotonic() + self.s.download_deadline_s
         attempts = self.s.retry.attempts
         for attempt in range(attempts):
+            if self.stopping.is_set():
+                raise Cancelled()
             try:
                 return self._fetch_once(job, attempt + 1)
             except Rejected as exc:
@@ -177,8 +241,15 @@ class Downloader:
                     return DownloadResult(job.cid, False, reason=f"transient:{exc}", attempts=attempt + 1)
                 wait = exc.wait_s if exc.wait_s is not None else backoff_delay(
                     attempt, self.s.retry.base_delay_s, self.s.retry.max_delay_s)
-                self.sleep(min(wait, self.s.max_retry_after_s))
+                wait = min(wait, self.s.max_retry_after_s)
+                if time.monotonic() + wait >= self.local.deadline:
+                    return DownloadResult(job.cid, False, reason=f"transient:{self._deadline_reason()}:after-{exc}",
+                                          attempts=attempt + 1)
+                self.sleep(wait)
         raise AssertionError("unreachable")
+
+    def _deadline_reason(self) -> str:
+        return f"deadline-exceeded:{self.s.download_deadline_s:g}s"
 
     def _fetch_once(self, job: DownloadJob, attempt: int) -> DownloadResult:
         url = job.url
@@ -187,6 +258,8 @@ class Downloader:
                 raise Rejected(f"host-not-allowed:{host_of(url) or url[:40]}")
             host = host_of(url)
             with self.slot(host):
+                if self.stopping.is_set():     # queued behind the host's slots while the run stopped
+                    raise Cancelled()
                 self._track(host, +1)
                 try:
                     result = self._get(url, job, attempt)
@@ -198,73 +271,178 @@ class Downloader:
         raise Rejected("too-many-redirects")
 
     def _get(self, url: str, job: DownloadJob, attempt: int) -> DownloadResult | str:
+        left = self.local.deadline - time.monotonic()
+        if left <= 0:
+            raise Rejected(f"transient:{self._deadline_reason()}")
+        me = threading.get_ident()
         try:
-            with self.session().get(url, stream=True, timeout=self.s.timeout_s, allow_redirects=False) as resp:
-                code = resp.status_code
-                if code in (301, 302, 303, 307, 308):
-                    location = resp.headers.get("Location")
-                    if not location:
-                        raise Rejected(f"http-{code}-without-location")
-                    return urljoin(url, location)
-                if code == 429:
-                    raise Retryable("http-429", retry_after_seconds(resp.headers.get("Retry-After")))
-                if code >= 500:
-                    raise Retryable(f"http-{code}")
-                if code != 200:
-                    raise Rejected(f"http-{code}")
-                ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
-                if not ctype.startswith("image/"):
-                    raise Rejected(f"not-an-image:content-type={ctype or 'none'}")
-                declared = resp.headers.get("Content-Length")
-                if declared and declared.isdigit() and int(declared) > self.s.max_image_bytes:
-                    raise Rejected("too-large")
-                return self._save(resp, job, ctype, attempt)
-        except (requests.Timeout, requests.ConnectionError) as exc:
-            raise Retryable(type(exc).__name__.lower()) from None
-        except requests.exceptions.ChunkedEncodingError:
-            raise Retryable("connection-broken") from None
+            # The read timeout also bounds waiting for the headers by what is left of the deadline;
+            # the watchdog bounds the body (a byte every few seconds never trips a read timeout).
+            timeout = (self.s.timeout_s, min(self.s.timeout_s, left))
+            with self.session().get(url, stream=True, timeout=timeout, allow_redirects=False) as resp:
+                with self.slots_lock:
+                    self.watched[me] = (self.local.deadline, resp)
+                    self.was_cut.discard(me)
+                try:
+                    return self._read(resp, url, job, attempt)
+                finally:
+                    with self.slots_lock:
+                        self.watched.pop(me, None)
+        except (Rejected, Retryable, StorageError, Cancelled):
+            raise
+        except Exception as exc:
+            if self._take_cut():
+                raise self._cut_error() from None
+            if isinstance(exc, (requests.Timeout, requests.ConnectionError)):
+                raise Retryable(type(exc).__name__.lower()) from None
+            if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+                raise Retryable("connection-broken") from None
+            raise
+
+    def _take_cut(self) -> bool:
+        """Whether the watchdog cut this thread's response (and forget it)."""
+        with self.slots_lock:
+            cut = threading.get_ident() in self.was_cut
+            self.was_cut.discard(threading.get_ident())
+        return cut
+
+    def _cut_error(self) -> Exception:
+        return Cancelled() if self.stopping.is_set() else Rejected(f"transient:{self._deadline_reason()}")
+
+    def _read(self, resp: requests.Response, url: str, job: DownloadJob, attempt: int) -> DownloadResult | str:
+        code = resp.status_code
+        if code in (301, 302, 303, 307, 308):
+            location = resp.headers.get("Location")
+            if not location:
+                raise Rejected(f"http-{code}-without-location")
+            return urljoin(url, location)
+        if code == 429:
+            raise Retryable("http-429", retry_after_seconds(resp.headers.get("Retry-After")))
+        if code >= 500:
+            raise Retryable(f"http-{code}")
+        if code != 200:
+            raise Rejected(f"http-{code}")
+        ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if not ctype.startswith("image/"):
+            raise Rejected(f"not-an-image:content-type={ctype or 'none'}")
+        declared = resp.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > self.s.max_image_bytes:
+            raise Rejected("too-large")
+        return self._save(resp, job, ctype, attempt)
 
     def _save(self, resp: requests.Response, job: DownloadJob, ctype: str, attempt: int) -> DownloadResult:
-        """Stream to a temp file (size cap enforced on bytes really received), then rename."""
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp_dir / f"{job.photo_id}.part"
+        """Stream to a temp file beside the final path (size cap enforced on bytes really received),
+        then rename. A failing write is a StorageError, never a per-image failure."""
+        folder = shard_dir(self.raw_dir, job.photo_id)
+        tmp = temp_path(self.raw_dir, job.photo_id)
         digest, size, head = hashlib.sha256(), 0, b""
         try:
-            with open(tmp, "wb") as out:
-                for chunk in resp.iter_content(CHUNK):
-                    size += len(chunk)
-                    if size > self.s.max_image_bytes:
-                        raise Rejected("too-large")
-                    if len(head) < 16:
-                        head += chunk[:16]
-                    digest.update(chunk)
-                    out.write(chunk)
-            if size == 0:
-                raise Rejected("empty-body")
-            ext = image_extension(head)
-            if ext is None:
-                raise Rejected("not-an-image:bad-magic")
-            path = final_path(self.raw_dir, job.photo_id, ext)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, path)
+            with disk_errors(folder):
+                folder.mkdir(parents=True, exist_ok=True)
+                with open(tmp, "wb") as out:
+                    for chunk in resp.iter_content(CHUNK):
+                        size += len(chunk)
+                        if size > self.s.max_image_bytes:
+                            raise Rejected("too-large")
+                        if len(head) < 16:
+                            head += chunk[:16]
+                        digest.update(chunk)
+                        out.write(chunk)
+                if size == 0:
+                    raise Rejected("empty-body")
+                ext = image_extension(head)
+                if ext is None:
+                    raise Rejected("not-an-image:bad-magic")
+                if self._take_cut():     # a body without Content-Length ends cleanly when cut
+                    raise self._cut_error()
+                path = final_path(self.raw_dir, job.photo_id, ext)
+                os.replace(tmp, path)
         finally:
             if tmp.exists():
                 tmp.unlink()
         return DownloadResult(job.cid, True, path, size, digest.hexdigest(), ctype, None, attempt)
 
     # --- many jobs ---------------------------------------------------------------------------
-    def run(self, jobs: list[DownloadJob]) -> Iterator[DownloadResult]:
-        """Results in completion order. Workers = per-host bound x distinct hosts (capped)."""
+    def run(self, jobs: list[DownloadJob]) -> list[DownloadResult]:
+        """All results, in completion order (see run_into)."""
+        out: list[DownloadResult] = []
+        self.run_into(jobs, out.append)
+        return out
+
+    def run_into(self, jobs: list[DownloadJob], record: Callable[[DownloadResult], None]) -> None:
+        """Download `jobs`, handing each result to `record` in the calling thread as it completes.
+        Workers = per-host bound x distinct hosts (capped).
+
+        On Ctrl-C (or SIGTERM turned into one), a write error, or any exception from `record`: the
+        queue is cancelled, downloads in flight are cut, every download that finished is still
+        handed to `record` (no file in raw/ the catalog does not know), and the exception goes on."""
         hosts = {host_of(j.url) for j in jobs} or {""}
         workers = min(64, self.s.per_host_concurrency * len(hosts), max(1, len(jobs)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="download") as pool:
-            futures = {pool.submit(self.fetch, job): job for job in jobs}
+        self.stopping.clear()
+        watchdog_done = threading.Event()
+        watchdog = threading.Thread(target=self._watchdog, args=(watchdog_done,), name="download-deadline",
+                                    daemon=True)
+        watchdog.start()
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="download")
+        futures = {pool.submit(self.fetch, job): job for job in jobs}
+        recorded: set[Future] = set()
+        try:
             for fut in as_completed(futures):
-                job = futures[fut]
+                res = self._outcome(fut, futures[fut])
+                record(res)
+                recorded.add(fut)
+        except BaseException:
+            self.stopping.set()             # workers stop taking jobs; the watchdog cuts live sockets
+            for fut in futures:
+                fut.cancel()
+            wait([f for f in futures if not f.done()], timeout=STOP_WAIT_S)
+            for fut, job in futures.items():
+                if fut in recorded or not fut.done() or fut.cancelled():
+                    continue
                 try:
-                    yield fut.result()
-                except Exception as exc:  # a bug or an OS error: record it, never lose the other jobs
-                    log.error("download of photo %s failed unexpectedly: %s", job.photo_id, redact(repr(exc)))
-                    yield DownloadResult(job.cid, False, reason=f"transient:error:{type(exc).__name__}")
-        if self.tmp_dir.exists() and not any(self.tmp_dir.iterdir()):
-            self.tmp_dir.rmdir()
+                    res = self._outcome(fut, job)
+                except StorageError:
+                    continue                # nothing was written: the candidate stays pending
+                if res is not None:
+                    record(res)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            watchdog_done.set()
+            watchdog.join()
+
+    def _outcome(self, fut: Future, job: DownloadJob) -> DownloadResult | None:
+        """A finished job's result; None for a cancelled one; StorageError goes on (the run stops)."""
+        try:
+            return fut.result()
+        except StorageError:
+            raise
+        except Cancelled:
+            return None
+        except Exception as exc:  # a bug: record it, never lose the other jobs
+            log.error("download of photo %s failed unexpectedly: %s", job.photo_id, redact(repr(exc)))
+            return DownloadResult(job.cid, False, reason=f"transient:error:{type(exc).__name__}")
+
+    def _watchdog(self, done: threading.Event) -> None:
+        """Cut responses past their deadline, and all of them once the run stops."""
+        while not done.wait(WATCHDOG_TICK_S):
+            now, stopping = time.monotonic(), self.stopping.is_set()
+            with self.slots_lock:
+                due = [(t, r) for t, (deadline, r) in self.watched.items() if stopping or now >= deadline]
+                for t, _ in due:
+                    del self.watched[t]
+                    self.was_cut.add(t)
+            for _, resp in due:
+                cut_connection(resp)
+
+
+@contextmanager
+def disk_errors(folder: Path) -> Iterator[None]:
+    """Turn an OSError of a local file operation into a StorageError naming the folder. Network
+    errors (requests' exceptions are OSErrors too) pass through unchanged."""
+    try:
+        yield
+    except requests.RequestException:
+        raise
+    except OSError as exc:
+        raise storage_error(exc, folder) from None

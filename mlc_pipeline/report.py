@@ -106,7 +106,7 @@ def dataset_summary(cfg: Config, version: str | None = None) -> dict | None:
 
 
 def conflict_rows(cfg: Config) -> list[dict]:
-    with Catalog(cfg.catalog_path) as catalog:
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
         return [{"id": r["id"], "photo_id": r["photo_id"], "label": r["label"], "curated_label": r["curated_label"],
                  "resolution": r["reason"]} for r in catalog.candidates("status='accepted' AND reason LIKE 'conflict:%'")]
 
@@ -165,7 +165,7 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 def html_report(cfg: Config, version: str | None = None, extra_sections: list[str] | None = None) -> str:
     ds = dataset_summary(cfg, version)
-    with Catalog(cfg.catalog_path) as catalog:
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
         cat = catalog_summary(catalog)
         quarantined = catalog.candidates("status='rejected'")
         dups = catalog.candidates("status='duplicate'")
@@ -232,7 +232,7 @@ def write_html_report(cfg: Config, path: str | Path, version: str | None = None,
 
 
 def inspect_main(cfg: Config, args) -> int:
-    with Catalog(cfg.catalog_path) as catalog:
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
         summary = catalog_summary(catalog)
         short = short_sets(cfg, catalog)
     ds = dataset_summary(cfg, getattr(args, "version", None))

@@ -13,6 +13,7 @@ the measured speeds behind the defaults).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -379,7 +380,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     tmp_dir = out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp_dir.mkdir()
     try:
-        learn.export(tmp_dir / "export.pkl", pickle_module=pickle)  # stdlib pickle: by reference only
+        export_learner(learn, tmp_dir / "export.pkl")
         meta = {
             "format": BUNDLE_FORMAT,
             "classes": classes,
@@ -437,6 +438,23 @@ def typical_positive_scores(probs: np.ndarray, targets: np.ndarray) -> list[floa
     model is of a typical image of the class. Mining holds pool images it is surer of than that."""
     return [float(np.median(probs[targets[:, c] == 1, c])) if (targets[:, c] == 1).any() else None
             for c in range(probs.shape[1])]
+
+
+def export_learner(learn, path: Path) -> None:
+    """learn.export, with a full disk reported as one: torch's zip writer says only "enforce fail at
+    inline_container.cc" when a write fails, the cli turns an ENOSPC OSError into one clear line."""
+    try:
+        learn.export(path, pickle_module=pickle)  # stdlib pickle: by reference only
+    except (OSError, RuntimeError) as exc:
+        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        if not full and "inline_container" not in str(exc) and "file write failed" not in str(exc):
+            raise
+        free = shutil.disk_usage(path.parent).free
+        if not full and free > 256 * 2**20:    # room enough: some other write failure, not a full disk
+            raise OSError(errno.EIO, f"could not write the model bundle: {str(exc).splitlines()[0][:200]}",
+                          str(path)) from exc
+        raise OSError(errno.ENOSPC, f"No space left on device for the model bundle ({free / 2**20:.1f} MB free there; "
+                                    f"the export failed with: {str(exc).splitlines()[0][:120]})", str(path)) from exc
 
 
 def default_lr(arch: str, pretrained: str) -> float:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 
 API_FAULTS = ("http500", "code105", "slow")
 # Persistent image faults: a photo that has one keeps it on every attempt.
-PHOTO_FAULTS = ("truncated", "empty", "html", "redirect_offsite", "oversize")
+PHOTO_FAULTS = ("truncated", "empty", "html", "redirect_offsite", "oversize", "trickle")
 DUPLICATE_FAULTS = ("dup_exact", "dup_near")
 RATE_FIELDS = API_FAULTS + ("img429",) + PHOTO_FAULTS + DUPLICATE_FAULTS
 
@@ -29,9 +29,11 @@ class FaultSpec:
     dup_near: float = 0.0
     redirect_offsite: float = 0.0
     oversize: float = 0.0
+    trickle: float = 0.0  # the image arrives one byte every trickle_ms (a host that never times out a read)
     seed: int = 0
     slow_ms: int = 1500
     retry_after_s: int = 1
+    trickle_ms: int = 5000
     image_latency_ms: int = 0  # added to every image response (benchmarks)
     fault_repeats: int = 1  # consecutive failing attempts of one request before it succeeds
 

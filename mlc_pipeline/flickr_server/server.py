@@ -200,6 +200,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, "image/jpeg", data[: int(len(data) * 0.6)])
         elif fault == "oversize":
             self._stream_oversize(data)
+        elif fault == "trickle":
+            self._trickle(data)
         else:
             self._send(200, _content_type(data), data)
 
@@ -220,6 +222,23 @@ class _Handler(BaseHTTPRequestHandler):
                 sent += len(piece)
         except (BrokenPipeError, ConnectionResetError) as error:
             log.debug("client stopped reading an oversize body (expected for a careful client): %s", error)
+
+    def _trickle(self, data: bytes) -> None:
+        """The right length announced, then one byte every trickle_ms: each read gets a byte long
+        before any read timeout, so only a total deadline ends the download."""
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", _content_type(data))
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        pause = self.app.faults.spec.trickle_ms / 1000
+        try:
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(pause)
+        except (BrokenPipeError, ConnectionResetError) as error:
+            log.debug("client gave up on a trickled body (expected for a client with a deadline): %s", error)
 
     # ------------------------------------------------------------------ plumbing
 
