@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS candidates (
   hashed_sha256 TEXT,               -- the sha256 the phash/verify results belong to
   verify_reason TEXT,               -- NULL when the file verified fine
   curated_label TEXT,               -- labels after duplicate-conflict resolution
+  view_hashes TEXT,                 -- phashes of centre crops (hashing.view_phashes), comma-separated
   mined_round INTEGER, mined_score REAL, mined_model TEXT,
   run_id TEXT, first_seen_at REAL NOT NULL, updated_at REAL NOT NULL,
   UNIQUE (source, photo_id)
@@ -60,6 +61,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_candidate ON events (candidate_id);
 CREATE TABLE IF NOT EXISTS licenses (id INTEGER PRIMARY KEY, name TEXT NOT NULL, url TEXT);
 """
+# Columns added after a catalog may have been created: (table, column, type), added when missing.
+ADDED_COLUMNS = (("candidates", "view_hashes", "TEXT"),)
 
 # Candidate fields that describe the photo (as the source reported it); updated on every sighting.
 PHOTO_FIELDS = ("url", "size_key", "width", "height", "license_id", "license_name", "owner",
@@ -106,6 +109,9 @@ class Catalog:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")   # WAL + NORMAL: durable at checkpoints, never corrupt
         self.db.executescript(SCHEMA)
+        for table, column, kind in ADDED_COLUMNS:
+            if column not in {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
@@ -243,3 +249,4 @@ class Catalog:
         rows = self.db.execute("SELECT status, reason, COUNT(*) AS n FROM candidates WHERE reason IS NOT NULL "
                                "GROUP BY status, reason ORDER BY n DESC")
         return [dict(r) for r in rows]
+
