@@ -95,6 +95,11 @@ def main() -> None:
     brute = find_pairs_bruteforce(sample, t)
     print(f"ours      find_pairs on {len(sample):,}: {ours_s:6.3f} s, {len(ours)} pairs; "
           f"equal to brute force: {np.array_equal(ours, brute)}")
+    try:
+        import imagededup  # noqa: F401
+    except ImportError:
+        print("baseline  imagededup is not installed (pip install -e .[bench]): comparison skipped")
+        return
     base_s, base_pairs = imagededup_pairs(sample, t)
     print(f"baseline  imagededup find_duplicates on {len(sample):,}: {base_s:6.3f} s, {len(base_pairs)} pairs; "
           f"same pairs as ours: {base_pairs == {tuple(p) for p in ours.tolist()}}")

@@ -7,6 +7,7 @@ workers hand their results back to the thread that owns it.
 Status lifecycle of a candidate:
   pending -> downloaded | failed | skipped           (collect)
   downloaded -> accepted | rejected | duplicate      (curate)
+  any -> removed                                     (`mlc remove`: a takedown; final)
 `reason` says why for every status but pending/downloaded/accepted; `events` keeps the history.
 
 File paths are stored relative to the data root (the catalog's folder), so a data root can be moved
@@ -60,6 +61,7 @@ CREATE TABLE IF NOT EXISTS candidates (
   hashed_sha256 TEXT,               -- the sha256 the phash/verify results belong to
   verify_reason TEXT,               -- NULL when the file verified fine
   curated_label TEXT,               -- labels after duplicate-conflict resolution
+  view_hashes TEXT,                 -- phashes of centre crops (hashing.view_phashes), comma-separated
   mined_round INTEGER, mined_score REAL, mined_model TEXT,
   run_id TEXT, first_seen_at REAL NOT NULL, updated_at REAL NOT NULL,
   UNIQUE (source, photo_id)
@@ -72,7 +74,14 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_candidate ON events (candidate_id);
 CREATE TABLE IF NOT EXISTS licenses (id INTEGER PRIMARY KEY, name TEXT NOT NULL, url TEXT);
+CREATE TABLE IF NOT EXISTS removals (
+  id INTEGER PRIMARY KEY, candidate_id INTEGER NOT NULL, source TEXT NOT NULL, photo_id TEXT NOT NULL,
+  owner TEXT, selector TEXT NOT NULL, reason TEXT NOT NULL, run_id TEXT, at REAL NOT NULL,
+  files_deleted TEXT NOT NULL       -- JSON list of the paths deleted
+);
 """
+# Columns added after a catalog may have been created: (table, column, type), added when missing.
+ADDED_COLUMNS = (("candidates", "view_hashes", "TEXT"),)
 
 # Candidate fields that describe the photo (as the source reported it); updated on every sighting.
 PHOTO_FIELDS = ("url", "size_key", "width", "height", "license_id", "license_name", "owner",
@@ -153,6 +162,9 @@ class Catalog:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")   # WAL + NORMAL: durable at checkpoints, never corrupt
             db.executescript(SCHEMA)
+            for table, column, kind in ADDED_COLUMNS:   # columns added since a catalog was created
+                if column not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as exc:
             raise self._unusable(exc) from None
@@ -478,3 +490,32 @@ class Catalog:
         rows = self.db.execute("SELECT status, reason, COUNT(*) AS n FROM candidates WHERE reason IS NOT NULL "
                                "GROUP BY status, reason ORDER BY n DESC")
         return [dict(r) for r in rows]
+
+    # --- takedowns ------------------------------------------------------------------------
+    def removal_targets(self, photo_id: str | None = None, owner: str | None = None,
+                        query: str | None = None) -> list[dict]:
+        """Candidates a takedown names: by photo id, by owner (id or name), or by a search query."""
+        if photo_id is not None:
+            return self.candidates("photo_id=?", (photo_id,))
+        if owner is not None:
+            return self.candidates("owner=? OR owner_name=?", (owner, owner))
+        if query is not None:
+            return self.candidates("EXISTS (SELECT 1 FROM json_each(candidates.queries) WHERE value=?)", (query,))
+        raise ValueError("name a photo id, an owner or a query")
+
+    def record_removal(self, row: dict, selector: str, reason: str, run_id: str, files_deleted: list[str]) -> None:
+        """Mark a candidate removed for good and keep the decision, its reason and what was deleted."""
+        now = time.time()
+        self.db.execute("INSERT INTO removals (candidate_id, source, photo_id, owner, selector, reason, run_id, at, "
+                        "files_deleted) VALUES (?,?,?,?,?,?,?,?,?)",
+                        (row["id"], row["source"], row["photo_id"], row["owner"], selector, reason, run_id, now,
+                         json.dumps(files_deleted)))
+        self.set_status(row["id"], "removed", f"takedown:{reason}", run_id, "remove", file_path=None)
+
+    def removed_owners(self) -> set[str]:
+        "Owners removed as a whole (`mlc remove --owner`): their later photos stay out too."
+        rows = self.db.execute("SELECT DISTINCT owner FROM removals WHERE selector LIKE 'owner:%' AND owner IS NOT NULL")
+        return {r["owner"] for r in rows}
+
+    def removals(self) -> list[dict]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM removals ORDER BY id")]

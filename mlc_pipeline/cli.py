@@ -201,6 +201,30 @@ def parse_overrides(items: list[str] | None) -> dict:
     return out
 
 
+def cmd_remove(args) -> int:
+    from .takedown import remove_photos
+    cfg = load_config(args.config, parse_overrides(args.set))
+    try:
+        res = remove_photos(cfg, args.reason, photo_id=args.photo_id, owner=args.owner, query=args.query)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if not res.removed and not res.already_removed:
+        print("mlc: no candidate in the catalog matches; nothing removed", file=sys.stderr)
+        return 2
+    print(f"removed {len(res.removed)} photo(s) (reason: {args.reason.strip()}); {len(res.files_deleted)} file(s) "
+          f"deleted from raw/ and the quarantine" +
+          (f"; {len(res.already_removed)} already removed" if res.already_removed else ""))
+    for r in res.removed:
+        print(f"  {r['source']}:{r['photo_id']}  owner {r['owner_name'] or r['owner'] or '?'}  was {r['status']}")
+    if res.published_in:
+        print("published versions that still contain them (rebuild with `mlc build`, or withdraw them):")
+        for version, ids in res.published_in.items():
+            print(f"  {version}: {len(ids)} photo(s): {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}")
+    else:
+        print("no published version contains them")
+    return 0
+
+
 def cmd_serve_flickr(args) -> int:
     from .flickr_server import serve_main
     return serve_main(args.rest)
@@ -286,6 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_writer(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("remove", help="take photos down (owner request, licence change): out of every future version")
+    add_config(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--photo-id", help="the source's photo id")
+    which.add_argument("--owner", help="every photo of this owner (id or name), now and later")
+    which.add_argument("--query", help="every photo found by this search query")
+    p.add_argument("--reason", required=True, help="why (kept in the catalog)")
+    p.set_defaults(func=cmd_remove)
 
     p = sub.add_parser("serve-flickr", help="run the bundled Flickr-compatible server (offline world)",
                        add_help=False)

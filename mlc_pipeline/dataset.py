@@ -90,7 +90,10 @@ def folder_name(labels: str) -> str:
 def dataset_rows(cfg: Config, catalog: Catalog) -> list[dict]:
     """Everything accepted for training or probing, with its split; mined negatives train only."""
     rows = []
+    removed_owners = catalog.removed_owners()       # `mlc remove --owner`: later photos stay out too
     for c in catalog.candidates("status='accepted' AND purpose IN ('train', 'probe')"):
+        if c["owner"] in removed_owners:
+            continue
         labels = "" if c["curated_label"] in (None, "other") else c["curated_label"]
         if c["purpose"] == "probe":
             split = "probe"

@@ -26,6 +26,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from .similarity import VIEW_CROPS, crop_view
 from .verify import (ORIENTATION_TRANSPOSE, VerifyLimits, decode_checked, exif_orientation,
                      read_limited, require_strict_decoding, to_rgb)
 
@@ -49,6 +50,7 @@ class FileRecord:
     width: int | None = None    # after EXIF orientation
     height: int | None = None
     frames: int | None = None
+    view_hashes: str | None = None  # phashes of the centre crops in similarity.VIEW_CROPS, comma-separated
 
 
 def inspect_file(path: str | os.PathLike, limits: VerifyLimits = VerifyLimits()) -> FileRecord:
@@ -62,24 +64,38 @@ def inspect_file(path: str | os.PathLike, limits: VerifyLimits = VerifyLimits())
     side = HASH_DECODE_SIDE
     try:
         check, frame = decode_checked(data, limits, draft=("L", (side, side)))
-        phash = perceptual_hash(frame, exif_orientation(frame)) if check.ok else None
+        hashes = view_phashes(frame, exif_orientation(frame)) if check.ok else [None]
     except Exception as e:  # noqa: BLE001 -- last line of defence: one hostile file must not end a batch
         return FileRecord(path=path, ok=False, reason=f"decode-error:{type(e).__name__}",
                           sha256=sha256, phash=None, n_bytes=len(data))
-    return FileRecord(path=path, ok=check.ok, reason=check.reason, sha256=sha256, phash=phash,
+    return FileRecord(path=path, ok=check.ok, reason=check.reason, sha256=sha256, phash=hashes[0],
                       n_bytes=len(data), format=check.format, mode=check.mode,
-                      width=check.width, height=check.height, frames=check.frames)
+                      width=check.width, height=check.height, frames=check.frames,
+                      view_hashes=",".join(hashes[1:]) if check.ok else None)
 
 
 def perceptual_hash(im: Image.Image, orientation: int = 1) -> str:
     "64-bit phash (16 hex digits) of a loaded image, as displayed under EXIF `orientation`."
+    return str(imagehash.phash(_hash_grey(im, orientation)))
+
+
+def view_phashes(im: Image.Image, orientation: int = 1) -> list[str]:
+    """phash of the full image, then of each centre crop in `similarity.VIEW_CROPS`.
+
+    A copy cropped by c % per side matches the original's c % view: the crop views make the phash
+    search crop-robust (docs/curation.md, "Crops")."""
+    grey = _hash_grey(im, orientation)
+    return [str(imagehash.phash(crop_view(grey, c))) for c in (0.0, *VIEW_CROPS)]
+
+
+def _hash_grey(im: Image.Image, orientation: int) -> Image.Image:
     grey = im if im.mode == "L" else to_rgb(im).convert("L")
     factor = _reduce_factor(grey.size)
     if factor > 1:  # box-reduce like JPEG draft does, so PNG and JPEG copies hash alike
         grey = grey.reduce(factor)
     if orientation in ORIENTATION_TRANSPOSE:
         grey = grey.transpose(ORIENTATION_TRANSPOSE[orientation])
-    return str(imagehash.phash(grey))
+    return grey
 
 
 def _reduce_factor(size: tuple[int, int]) -> int:
