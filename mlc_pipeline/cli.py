@@ -16,7 +16,7 @@ from pathlib import Path
 from .config import ConfigError, load_config
 from .dataset import VersionDamaged
 from .hashing import sha256_file
-from .locking import DataRootBusy
+from .locking import DataRootBusy, ReadOnlyDataRoot
 from .secrets import MissingCredentials, install_log_redaction, redact
 
 log = logging.getLogger("mlc")
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mlc: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except CatalogError as exc:
+    except (CatalogError, ReadOnlyDataRoot) as exc:
         print(f"mlc: {redact(str(exc))}", file=sys.stderr)
         return 1
     except OSError as exc:

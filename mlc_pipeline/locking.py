@@ -16,6 +16,8 @@ again (`mlc run` calls build_dataset, the flow's tasks run in threads of the flo
 
 from __future__ import annotations
 
+import errno
+
 import json
 import logging
 import os
@@ -76,6 +78,10 @@ def _lock(root: Path) -> FileLock:
     return FileLock(root / LOCK_NAME, thread_local=False, is_singleton=True, preserve_lock_file=True)
 
 
+class ReadOnlyDataRoot(OSError):
+    """A writer pointed at a data root it cannot write to (one line, naming it)."""
+
+
 @contextmanager
 def data_root_lock(data_dir: str | Path, command: str, wait: bool = True) -> Iterator[None]:
     """Hold the data root's write lock for the duration of the block (re-entrant in a process)."""
@@ -84,6 +90,12 @@ def data_root_lock(data_dir: str | Path, command: str, wait: bool = True) -> Ite
     lock = _lock(root)
     try:
         lock.acquire(blocking=False)
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise ReadOnlyDataRoot(f"data root {root} is read-only ({exc.strerror}): {command} writes to it (catalog "
+                               f"{root / 'catalog.sqlite'}). Read-only commands (`mlc inspect`) work; make the "
+                               f"data root writable to run this one") from None
     except Timeout:
         who = describe(holder(root))
         if not wait:

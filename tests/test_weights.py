@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import shutil
 import os
 import socket
 import subprocess
@@ -55,10 +56,12 @@ def hymenoptera_manifest(root: Path, per_class: int = 8) -> Path:
     """A tiny real-photo dataset: ants and bees, cats as "other" (no label), 6 train / 1 valid / 1 test each."""
     rows = ["path,labels,split"]
     splits = ["train"] * 6 + ["valid", "test"]
+    root.mkdir(parents=True, exist_ok=True)
     for label, folder in (("ant", "hymenoptera/ants"), ("bee", "hymenoptera/bees"), ("", "pets/cat")):
         for i, src in enumerate(sorted((FIXTURES / folder).glob("*.jpg"))[:per_class]):
-            rows.append(f"{src},{label},{splits[i % len(splits)]}")
-    root.mkdir(parents=True, exist_ok=True)
+            # Copied in: a manifest's paths may not leave its folder.
+            shutil.copyfile(src, root / f"{label or 'other'}-{src.name}")
+            rows.append(f"{label or 'other'}-{src.name},{label},{splits[i % len(splits)]}")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     return root / "manifest.csv"
 
