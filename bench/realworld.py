@@ -164,7 +164,7 @@ def main() -> int:
     cfg = load_config(config, parse_overrides(args.set))
 
     start = time.monotonic()
-    result = run_pipeline(cfg, progress=False, train_alternative_models=True)
+    result = run_pipeline(cfg, progress=False, train_alternative_models=None if args.skip_seeds else True)
     product_seconds = time.monotonic() - start
     models = cfg.data_dir / "models"
     metrics = {r.bundle: json.loads((models / r.bundle / "metrics.json").read_text())["test"] for r in result.rounds}
