@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import Catalog
+from .catalog import Catalog, run_end_status
 from .config import Config
 from .evaluate import predict_matrix
 from .predict import load_bundle, score_with_errors
@@ -106,49 +106,53 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
     settings = cfg.mine
     with Catalog(cfg.catalog_path) as catalog:
         run_id = catalog.start_run(f"mine-{round_no}")
-        pool = [r for r in catalog.candidates("status='accepted' AND purpose='pool'")
-                if not (r["reason"] or "").startswith(HELD)]
-        probs, errors = score_with_errors(bundle, [r["file_path"] for r in pool])
-        result.scored, result.errors = len(pool) - len(errors), len(errors)
-        accepted = accepted_classes(bundle, probs, mining_thresholds(bundle))
-        class_rows = [r for r in catalog.candidates("status='accepted' AND purpose='train'")
-                      if r["curated_label"] and r["curated_label"] != "other"]
-        hits = [i for i in range(len(pool)) if accepted[i].any()]
-        hold_at = hold_scores(bundle, settings.hold_above)
-        near = nearest_class_image([pool[i]["phash"] for i in hits], class_rows, NEAR_COPY_BITS)
-        candidates = []
-        for i, twin in zip(hits, near):
-            j = int(np.nanargmax(np.where(accepted[i], probs[i], -1)))
-            entry = {"candidate_id": pool[i]["id"], "photo_id": pool[i]["photo_id"], "file": pool[i]["file_path"],
-                     "score": round(float(probs[i, j]), 4), "accepted_as": bundle.vocab[j]}
-            if twin is not None:
-                entry["decision"] = f"held:near-duplicate-of:{twin['id']}"
-            elif entry["score"] >= hold_at[j]:
-                entry["decision"] = f"held:confident:{entry['accepted_as']}"
-            else:
-                entry["decision"] = "added"
-            candidates.append(entry)
-        to_add = sorted((e for e in candidates if e["decision"] == "added"), key=lambda e: -e["score"])
-        cap = max_per_round(settings, catalog)
-        for e in to_add[cap:]:
-            e["decision"] = "over-cap"
-        with catalog.transaction():
-            for e in candidates:
-                if e["decision"] == "added":
-                    catalog.set_status(e["candidate_id"], "accepted", f"hard-negative:round={round_no}", run_id, "mine",
-                                       purpose="train", curated_label="other", mined_round=round_no,
-                                       mined_score=e["score"], mined_model=model)
-                elif e["decision"].startswith(HELD):
-                    catalog.set_status(e["candidate_id"], "accepted", f"{e['decision']}:round={round_no}", run_id,
-                                       "mine", mined_score=e["score"], mined_model=model)
-        result.negatives = [{k: e[k] for k in ("photo_id", "score", "accepted_as")} for e in candidates
-                            if e["decision"] == "added"]
-        result.held = [e for e in candidates if e["decision"].startswith(HELD)]
-        result.over_cap = sum(e["decision"] == "over-cap" for e in candidates)
-        result.added = len(result.negatives)
-        result.review = review_class_images(catalog, bundle, cfg)
-        catalog.finish_run(run_id, "completed", {"scored": result.scored, "added": result.added,
-                                                 "held": len(result.held), "over_cap": result.over_cap})
+        try:
+            pool = [r for r in catalog.candidates("status='accepted' AND purpose='pool'")
+                    if not (r["reason"] or "").startswith(HELD)]
+            probs, errors = score_with_errors(bundle, [r["file_path"] for r in pool])
+            result.scored, result.errors = len(pool) - len(errors), len(errors)
+            accepted = accepted_classes(bundle, probs, mining_thresholds(bundle))
+            class_rows = [r for r in catalog.candidates("status='accepted' AND purpose='train'")
+                          if r["curated_label"] and r["curated_label"] != "other"]
+            hits = [i for i in range(len(pool)) if accepted[i].any()]
+            hold_at = hold_scores(bundle, settings.hold_above)
+            near = nearest_class_image([pool[i]["phash"] for i in hits], class_rows, NEAR_COPY_BITS)
+            candidates = []
+            for i, twin in zip(hits, near):
+                j = int(np.nanargmax(np.where(accepted[i], probs[i], -1)))
+                entry = {"candidate_id": pool[i]["id"], "photo_id": pool[i]["photo_id"], "file": pool[i]["file_path"],
+                         "score": round(float(probs[i, j]), 4), "accepted_as": bundle.vocab[j]}
+                if twin is not None:
+                    entry["decision"] = f"held:near-duplicate-of:{twin['id']}"
+                elif entry["score"] >= hold_at[j]:
+                    entry["decision"] = f"held:confident:{entry['accepted_as']}"
+                else:
+                    entry["decision"] = "added"
+                candidates.append(entry)
+            to_add = sorted((e for e in candidates if e["decision"] == "added"), key=lambda e: -e["score"])
+            cap = max_per_round(settings, catalog)
+            for e in to_add[cap:]:
+                e["decision"] = "over-cap"
+            with catalog.transaction():
+                for e in candidates:
+                    if e["decision"] == "added":
+                        catalog.set_status(e["candidate_id"], "accepted", f"hard-negative:round={round_no}", run_id, "mine",
+                                           purpose="train", curated_label="other", mined_round=round_no,
+                                           mined_score=e["score"], mined_model=model)
+                    elif e["decision"].startswith(HELD):
+                        catalog.set_status(e["candidate_id"], "accepted", f"{e['decision']}:round={round_no}", run_id,
+                                           "mine", mined_score=e["score"], mined_model=model)
+            result.negatives = [{k: e[k] for k in ("photo_id", "score", "accepted_as")} for e in candidates
+                                if e["decision"] == "added"]
+            result.held = [e for e in candidates if e["decision"].startswith(HELD)]
+            result.over_cap = sum(e["decision"] == "over-cap" for e in candidates)
+            result.added = len(result.negatives)
+            result.review = review_class_images(catalog, bundle, cfg)
+            catalog.finish_run(run_id, "completed", {"scored": result.scored, "added": result.added,
+                                                     "held": len(result.held), "over_cap": result.over_cap})
+        except BaseException as exc:   # Ctrl-C and SIGTERM too: the run is never left 'running'
+            catalog.finish_run(run_id, run_end_status(exc), {"error": type(exc).__name__})
+            raise
     write_csv(Path(bundle_dir) / "review.csv", result.review, REVIEW_COLUMNS)
     write_csv(Path(bundle_dir) / "mined.csv", candidates, MINED_COLUMNS)
     log.info("mining round %d: %d of %d pool images accepted as a class: %d -> hard negatives, %d held for review, "

@@ -162,3 +162,19 @@ def test_pool_queries_that_share_a_word_with_a_class_are_flagged():
                  mine={"pool": {"queries": ["bear cubs", "plush rabbit"], "count": 1}})
     warnings = pool_overlaps(cfg)
     assert len(warnings) == 1 and "'bear cubs'" in warnings[0] and "teddy" in warnings[0]
+
+
+def test_an_interrupted_round_is_recorded_as_interrupted(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM (a KeyboardInterrupt in the CLI) while scoring: the run is never left 'running'."""
+    _, bundle_dir = trained_bundle()
+    cfg, *_ = _planted_world(tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("mlc_pipeline.mine.score_with_errors", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        mine_round(cfg, bundle_dir, round_no=1)
+    with Catalog(cfg.catalog_path) as catalog:
+        [run] = [r for r in catalog.runs() if r["command"] == "mine-1"]
+    assert run["status"] == "interrupted"
