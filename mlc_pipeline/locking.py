@@ -90,12 +90,6 @@ def data_root_lock(data_dir: str | Path, command: str, wait: bool = True) -> Ite
     lock = _lock(root)
     try:
         lock.acquire(blocking=False)
-    except OSError as exc:
-        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise
-        raise ReadOnlyDataRoot(f"data root {root} is read-only ({exc.strerror}): {command} writes to it (catalog "
-                               f"{root / 'catalog.sqlite'}). Read-only commands (`mlc inspect`) work; make the "
-                               f"data root writable to run this one") from None
     except Timeout:
         who = describe(holder(root))
         if not wait:
@@ -104,6 +98,12 @@ def data_root_lock(data_dir: str | Path, command: str, wait: bool = True) -> Ite
         log.warning("data root %s is in use by %s; waiting for it to finish (Ctrl-C to stop)", root, who)
         lock.acquire()
         log.info("data root %s is free now: %s goes ahead", root, command)
+    except OSError as exc:          # after Timeout, which is an OSError too
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise ReadOnlyDataRoot(f"data root {root} is read-only ({exc.strerror}): {command} writes to it (catalog "
+                               f"{root / 'catalog.sqlite'}). Read-only commands (`mlc inspect`) work; make the "
+                               f"data root writable to run this one") from None
     if lock.lock_counter == 1:       # the outermost holder in this process
         _write_info(root, command)
     try:
