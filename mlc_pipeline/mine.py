@@ -44,24 +44,11 @@ class MineResult:
     over_cap: int = 0                  # accepted, not held, but beyond this round's cap (scored again next round)
 
 
-def mining_thresholds(bundle) -> np.ndarray | None:
-    """The thresholds a pool image must reach to count as a hard negative: the looser of the bundle's
-    operating point and its F1 point. A cap on unknowns accepted raises the thresholds until almost
-    no "other" image passes; the images the F1 point still accepts are the ones the model confuses,
-    and the ones the next model should learn from."""
-    if bundle.thresholds is None:
-        return None
-    f1 = bundle.meta.get("f1_thresholds")
-    return bundle.thresholds if f1 is None else np.minimum(bundle.thresholds, np.asarray(f1, dtype=float))
-
-
-def accepted_classes(bundle, probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
-    """Boolean (N, vocab) of the classes each image is accepted as (never the "other" column), at
-    `thresholds` (default: the bundle's)."""
+def accepted_classes(bundle, probs: np.ndarray) -> np.ndarray:
+    """Boolean (N, vocab) of the classes each image is accepted as (never the "other" column)."""
     ok = ~np.isnan(probs).any(axis=1)
     pred = np.zeros(probs.shape, dtype=bool)
-    pred[ok] = predict_matrix(probs[ok], bundle.thresholds if thresholds is None else thresholds,
-                              bundle.vocab, bundle.head)
+    pred[ok] = predict_matrix(probs[ok], bundle.thresholds, bundle.vocab, bundle.head)
     return pred
 
 
@@ -111,7 +98,7 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
                     if not (r["reason"] or "").startswith(HELD)]
             probs, errors = score_with_errors(bundle, [r["file_path"] for r in pool])
             result.scored, result.errors = len(pool) - len(errors), len(errors)
-            accepted = accepted_classes(bundle, probs, mining_thresholds(bundle))
+            accepted = accepted_classes(bundle, probs)
             class_rows = [r for r in catalog.candidates("status='accepted' AND purpose='train'")
                           if r["curated_label"] and r["curated_label"] != "other"]
             hits = [i for i in range(len(pool)) if accepted[i].any()]

@@ -386,8 +386,6 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             "classes": classes,
             "vocab": vocab,
             "thresholds": None if thresholds is None else [float(t) for t in thresholds],
-            # The F1 point the cap started from: mining looks for pool images accepted there.
-            "f1_thresholds": [float(t) for t in curve_path[0][2]] if curve_path else None,
             "typical_positive_scores": typical_positive_scores(valid_probs, valid_targets),
             "head": cfg.head,
             "other_mode": cfg.effective_other_mode,

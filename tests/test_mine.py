@@ -16,8 +16,8 @@ from test_train import _background, _disc, _draw, trained_bundle
 from mlc_pipeline.catalog import Catalog, Found
 from mlc_pipeline.config import Config
 from mlc_pipeline.dataset import dataset_rows
-from mlc_pipeline.mine import REVIEW_BELOW, mine_round, mining_thresholds, pool_overlaps, undo_round
-from mlc_pipeline.predict import load_bundle, score_paths
+from mlc_pipeline.mine import REVIEW_BELOW, mine_round, pool_overlaps, undo_round
+from mlc_pipeline.predict import load_bundle, predict_paths, score_paths
 
 
 def _red_disc_image(rng) -> Image.Image:
@@ -72,13 +72,9 @@ def test_mining_moves_accepted_pool_images_only(tmp_path):
     # What the model itself says about each pool image, through the public predict API.
     bundle = load_bundle(bundle_dir)
     pool = [pid for pid, purpose, _, _ in items if purpose == "pool"]
-    # Mining counts what the F1 point accepts (the looser of it and the capped operating point).
-    thresholds = mining_thresholds(bundle)
-    assert thresholds is not None and (thresholds <= bundle.thresholds).all()
-    probs = score_paths(bundle, [images / f"{pid}.jpg" for pid in pool])
-    hits = probs >= thresholds[None, :]
-    accepted = {pid for pid, h in zip(pool, hits) if h.any()}
-    top = {pid: float(p[h].max()) for pid, p, h in zip(pool, probs, hits) if h.any()}
+    said = {pid: p for pid, p in zip(pool, predict_paths(bundle, [images / f"{pid}.jpg" for pid in pool]))}
+    accepted = {pid for pid, p in said.items() if not p.none_of}
+    top = {pid: max(p for _, p in said[pid].labels) for pid in accepted}
     assert "pool-copy-of-class" in accepted, "the model rejects a copy of its own class image: a useless test"
     # Hold back the more confident half of the lookalikes.
     cfg.mine.hold_above = hold_above = float(np.median([top[p] for p in accepted if p.startswith("pool-red")]))
