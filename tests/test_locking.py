@@ -53,14 +53,13 @@ def release(proc: subprocess.Popen) -> None:
 
 
 def test_no_wait_fails_at_once_naming_the_holder(root, held):
+    # The holder never lets go during this test: a command that returns at all did not wait.
     for command in (["build"], ["curate"], ["train"], ["mine"], ["collect", "--no-progress"], ["run"]):
-        start = time.monotonic()
         res = mlc(*command, "-c", str(root), "--no-wait")
         assert res.returncode == 75, (command, res.stderr)
         line = last_line(res.stderr)
         assert f"pid {held.pid}" in line and "test holder" in line and "in use" in line, line
         assert "Traceback" not in res.stderr, res.stderr
-        assert time.monotonic() - start < 30
 
 
 def test_a_second_writer_waits_then_goes_ahead(root, held):
