@@ -142,6 +142,22 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import ExportError, export_version, resolve_version
+    cfg = load_config(args.config, parse_overrides(args.set)) if args.config else None
+    try:
+        version_dir = resolve_version(args.version, cfg.data_dir / "datasets" / cfg.build.name if cfg else None)
+        out = Path(args.out) if args.out else ((cfg.data_dir / "exports" if cfg else Path.cwd()) /
+                                              f"{version_dir.parent.name}-{version_dir.name}-{args.format}")
+        res = export_version(version_dir, args.format, out, force=args.force, shard_size=args.shard_size)
+    except ExportError as exc:
+        print(f"mlc export: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported {version_dir.parent.name} {version_dir.name} as {res.format}: {res.images} images "
+          f"({res.files} files) in {res.path}")
+    return 0
+
+
 def cmd_run(args) -> int:
     from .pipeline import run_pipeline
     from .modelreport import rounds_markdown
@@ -305,6 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=64_000_000,
                    help="refuse larger images from their header, before decoding (default: 64 MP)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write a published dataset version as imagefolder, hf, webdataset or fiftyone")
+    p.add_argument("version", help="a version folder, or with -c: vN or latest")
+    p.add_argument("--format", required=True, choices=["imagefolder", "hf", "webdataset", "fiftyone"])
+    p.add_argument("--out", help="output folder (default: DATA_DIR/exports/NAME-vN-FORMAT with -c, else ./NAME-vN-FORMAT)")
+    p.add_argument("--force", action="store_true", help="replace an earlier export at --out")
+    p.add_argument("--shard-size", type=int, default=1000, help="webdataset: images per tar shard")
+    p.add_argument("-c", "--config", help="pipeline YAML config (to name versions as vN / latest)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("run", help="the whole job in-process: collect, curate, build, train, mine, retrain, report")
     add_writer(p)
