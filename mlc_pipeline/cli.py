@@ -106,7 +106,11 @@ def cmd_mine(args) -> int:
             print(f"round {args.round}: {changed} mined or held pool images put back into the pool "
                   f"(the next `mlc build` leaves them out)")
             return 0
-        bundle = args.model or latest_model(cfg)
+        if args.model:                # a folder, a bundle name, or latest
+            from .registry import models_dir, resolve_bundle
+            bundle = resolve_bundle(args.model, models_dir(cfg))
+        else:
+            bundle = latest_model(cfg)
         if bundle is None:
             raise ConfigError("no model yet: run `mlc train` first (or pass --model BUNDLE)")
         res = mine_round(cfg, bundle, args.round)
@@ -117,28 +121,46 @@ def cmd_mine(args) -> int:
     return 0
 
 
+def models_dir_of(args) -> Path:
+    """The models folder of -c CONFIG's data root, or ./data/models without one."""
+    from .registry import models_dir
+    if getattr(args, "config", None):
+        return models_dir(load_config(args.config, parse_overrides(args.set)))
+    return Path("data") / "models"
+
+
 def cmd_predict(args) -> int:
-    from .predict import BundleError, load_bundle, predict_paths
-    try:
-        bundle = load_bundle(args.bundle)
-    except BundleError as exc:
-        print(f"mlc: {exc}", file=sys.stderr)
-        return 2
-    preds = predict_paths(bundle, args.images, max_pixels=args.max_pixels)
-    failed = sum(p.error is not None for p in preds)
-    if args.json:
-        print(json.dumps([p.__dict__ for p in preds], indent=2, default=str))
-        return 1 if failed else 0
-    for p in preds:
-        if p.error:
-            print(f"{p.path}: error: {p.error}")
-        elif p.none_of:
-            print(f"{p.path}: none of: {', '.join(bundle.classes)}")
-        else:
-            print(f"{p.path}: " + ", ".join(f"{c} ({prob:.2f})" for c, prob in p.labels))
-    if failed:
-        print(f"mlc: {failed} of {len(preds)} images could not be scored (listed above)", file=sys.stderr)
-        return 1
+    from .predict_cli import run_predict
+    if args.model:
+        bundle, inputs = args.model, args.inputs
+    elif len(args.inputs) < 2:
+        raise ConfigError("give the model and the images: `mlc predict --model BUNDLE|latest IMAGE...` "
+                          "(or the older `mlc predict BUNDLE IMAGE...`)")
+    else:
+        bundle, inputs = args.inputs[0], args.inputs[1:]
+    return run_predict(bundle, inputs, models_dir_of(args), args.json, args.max_pixels)
+
+
+def cmd_models(args) -> int:
+    from . import registry
+    models_dir = models_dir_of(args)
+    if args.compare:
+        a, b = (registry.resolve_bundle(spec, models_dir) for spec in args.compare)
+        print(registry.compare(a, b), end="")
+        return 0
+    infos = registry.list_bundles(models_dir)
+    if not infos:
+        print(f"no model bundles under {models_dir}")
+        return 0
+    print(registry.bundles_table(infos), end="")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from . import registry
+    models_dir = models_dir_of(args)
+    previous, new = registry.promote(args.bundle, models_dir)   # RegistryError: a ConfigError, one line
+    print(f"{models_dir / registry.POINTER}: {previous or '(none)'} -> {new}")
     return 0
 
 
@@ -308,19 +330,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mine", help="move pool images the model wrongly accepts into the negatives")
     add_writer(p)
-    p.add_argument("--model", help="model bundle (default: data/models/LATEST)")
+    p.add_argument("--model", help="model bundle: folder, name or latest (default: data/models/LATEST)")
     p.add_argument("--round", type=int, default=1)
     p.add_argument("--undo", action="store_true", help="put round ROUND's mined negatives back into the pool")
     p.add_argument("--photo-id", action="append", help="with --undo: only these photos (repeatable)")
     p.set_defaults(func=cmd_mine)
 
     p = sub.add_parser("predict", help="which classes an image shows, or none of them")
-    p.add_argument("bundle", help="model bundle folder")
-    p.add_argument("images", nargs="+")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="images, folders, quoted globs, @list.txt; without --model the first is the bundle")
+    p.add_argument("--model", help="bundle folder, bundle name, or latest (data/models/LATEST, or -c's data root)")
+    p.add_argument("-c", "--config", help="pipeline YAML config (its data root's models)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--max-pixels", type=int, default=64_000_000,
                    help="refuse larger images from their header, before decoding (default: 64 MP)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("models", help="list model bundles with their metrics, or compare two")
+    p.add_argument("-c", "--config", help="pipeline YAML config (default: ./data/models)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two bundles (folder, name or latest)")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("promote", help="make a bundle the LATEST model (what predict/mine use by default)")
+    p.add_argument("bundle", help="bundle name or folder under the models folder")
+    p.add_argument("-c", "--config", help="pipeline YAML config (default: ./data/models)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("export", help="write a published dataset version as imagefolder, hf, webdataset or fiftyone")
     p.add_argument("version", help="a version folder, or with -c: vN or latest")
