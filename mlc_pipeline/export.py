@@ -215,10 +215,11 @@ def hf_card(version_dir: Path, meta: dict, per_split: dict[str, list[dict]]) -> 
     splits = "\n".join(f"  - split: {s}\n    path: {s}/*" for s in order)
     licences = sorted(meta.get("counts", {}).get("licenses", {}))
     card = (version_dir / "README.md").read_text() if (version_dir / "README.md").is_file() else ""
-    return (f"---\nlicense: other\nlicense_details: \"per image, see the license column and ATTRIBUTION.md: "
-            f"{'; '.join(licences)}\"\ntask_categories:\n- image-classification\n"
+    return (f"---\nlicense: other\ntask_categories:\n- image-classification\n"
             f"configs:\n- config_name: default\n  data_files:\n{splits}\n"
-            f"dataset_info:\n  features:\n" + "\n".join(features) + "\n---\n\n" + card)
+            f"dataset_info:\n  features:\n" + "\n".join(features) + "\n---\n\n" +
+            f"Licences differ per image: see each row's `license`, `owner` and `url`, and ATTRIBUTION.md "
+            f"({'; '.join(licences) or 'none recorded'}).\n\n" + card)
 
 
 def write_webdataset(version_dir: Path, rows: list[dict], out: Path, meta: dict, shard_size: int) -> int:
