@@ -81,7 +81,7 @@ def read_info(path: Path, latest: str | None = None) -> BundleInfo:
     info.dataset_version = str(meta.get("dataset_version", ""))
     info.created_at = str(meta.get("created_at", ""))
     info.head = f"{meta.get('head', '?')}/{meta.get('other_mode', '?')}"
-    info.network = network_line(meta)
+    info.network = network_line(meta).split(";")[0]     # the network and its weights; not why auto chose it
     try:
         info.test = json.loads((path / "metrics.json").read_text()).get("test", {})
     except (OSError, ValueError) as exc:
