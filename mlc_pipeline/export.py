@@ -30,7 +30,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from glob import escape as glob_escape
+
 from .dataset import latest_version, verify_version
+from .procs import pid_alive
 
 FORMATS = ("imagefolder", "hf", "webdataset", "fiftyone")
 OTHER_FOLDER = "other"               # images of none of the classes
@@ -102,6 +105,7 @@ def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bo
     rows = verify_version(version_dir)        # VersionDamaged: one line, nothing written
     meta = json.loads((version_dir / "dataset.json").read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(out)
     tmp = out.parent / f".{out.name}.export-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -126,6 +130,9 @@ def check_destination(version_dir: Path, out: Path, force: bool) -> None:
     src, dst = version_dir.resolve(), out.resolve()
     if dst == src or src in dst.parents or dst in src.parents:
         raise ExportError(f"--out {out} overlaps the dataset version {version_dir}; choose another folder")
+    if src.parent in dst.parents:              # next to the versions, an export would pass for one
+        raise ExportError(f"--out {out} is inside {version_dir.parent}, where the versions are published; "
+                          f"choose another folder")
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise ExportError(f"--out {out} exists and is not a folder; choose another path")
     if not out.exists():
@@ -135,6 +142,15 @@ def check_destination(version_dir: Path, out: Path, force: bool) -> None:
     if not (out / MARKER).is_file() and any(out.iterdir()):
         raise ExportError(f"{out} is not an earlier export (no {MARKER}) and not empty; --force replaces only "
                           f"exports: remove it yourself or choose another folder")
+
+
+def remove_stale_tmp(out: Path) -> None:
+    """Folders a killed export left next to `out` (`.<name>.export-<pid>-<id>`, `.<name>.replaced-...`);
+    a live exporter's are left alone."""
+    for stale in out.parent.glob(f".{glob_escape(out.name)}.*-*-*"):
+        kind, pid = stale.name[len(out.name) + 2:].split("-")[:2]
+        if kind in ("export", "replaced") and pid.isdigit() and not pid_alive(int(pid)) and stale.is_dir():
+            shutil.rmtree(stale)
 
 
 def replace_dir(new: Path, out: Path) -> None:

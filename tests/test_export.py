@@ -176,7 +176,18 @@ def test_existing_output_needs_force_and_force_replaces_only_exports(version, tm
         export_version(version, "hf", version / "exported", force=True)
     with pytest.raises(ExportError, match="overlaps"):
         export_version(version, "hf", version.parent.parent, force=True)
+    with pytest.raises(ExportError, match="where the versions are published"):
+        export_version(version, "hf", version.parent / "v2")
     assert leftovers(tmp_path) == []
+
+
+def test_a_killed_exports_leftovers_are_removed_and_a_live_ones_kept(version, tmp_path):
+    dead = tmp_path / ".out.export-999999999-abcd1234"          # no such pid
+    live = tmp_path / f".out.export-{os.getpid()}-abcd1234"
+    for folder in (dead, live):
+        (folder / "train").mkdir(parents=True)
+    export_version(version, "imagefolder", tmp_path / "out")
+    assert not dead.exists() and live.is_dir()
 
 
 def test_cli_exports_latest_by_config_and_reports_mistakes_in_one_line(version, tmp_path):
