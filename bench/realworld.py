@@ -96,8 +96,8 @@ def seeds_recipe(manifest: Path, head: str, seed: int) -> dict:
         BCEWithLogitsLossFlat, CategoryBlock, ColReader, ColSplitter, CrossEntropyLossFlat, DataBlock, ImageBlock,
         MultiCategoryBlock, RandomResizedCrop, aug_transforms, set_seed, vision_learner,
     )
-    from mlc_pipeline.evaluate import OTHER, evaluate, targets_from_labels
-    from mlc_pipeline.train import available_cores, read_manifest
+    from mlc_pipeline.model.metrics import OTHER, evaluate, targets_from_labels
+    from mlc_pipeline.model.train import available_cores, read_manifest
 
     torch.set_num_threads(available_cores())
     set_seed(seed, reproducible=True)
@@ -151,8 +151,8 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from mlc_pipeline.cli import parse_overrides
     from mlc_pipeline.config import load_config
-    from mlc_pipeline.curves import curve_markdown
-    from mlc_pipeline.evaluate import pct
+    from mlc_pipeline.report.curves import curve_markdown
+    from mlc_pipeline.model.metrics import pct
     from mlc_pipeline.pipeline import run_pipeline
 
     work = Path(args.work or tempfile.mkdtemp(prefix="mlc-realworld-"))

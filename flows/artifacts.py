@@ -12,9 +12,9 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from mlc_pipeline.curves import curve_markdown
-from mlc_pipeline.evaluate import pct
-from mlc_pipeline.modelreport import bundle_network_line
+from mlc_pipeline.report.curves import curve_markdown
+from mlc_pipeline.model.metrics import pct
+from mlc_pipeline.report.model import bundle_network_line
 
 SUMMARY_KEY = "mlc-run-summary"
 DATASET_SUMMARY_KEY = "mlc-dataset-summary"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any, Iterator
 
 from prefect import flow, get_run_logger, task
@@ -30,7 +29,7 @@ from flows.progress import DownloadProgress, downloads_wanted
 from flows.runtime import FLICKR_LIMIT, retry_condition, task_runner
 from mlc_pipeline.config import Config, load_config
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
-from mlc_pipeline.models import alternative_variants, check_train_settings
+from mlc_pipeline.model.variants import alternative_variants, check_train_settings
 from mlc_pipeline.pipeline import mining_stop, record, unknown_rate
 
 DEFAULT_CONFIG = "configs/offline.yaml"
@@ -53,7 +52,7 @@ class StageFailed(RuntimeError):
 def collect_stage(cfg: Config) -> dict:
     """Search, download and curate in rounds until every set has its count of usable images (or its
     queries run dry); resumes from the catalog."""
-    from mlc_pipeline.collect import collect_and_curate
+    from mlc_pipeline.collect.stage import collect_and_curate
 
     logger = get_run_logger()
     wanted = downloads_wanted(cfg)
@@ -74,7 +73,7 @@ def collect_stage(cfg: Config) -> dict:
 @task(name="curate", **STAGE)
 def curate_stage(cfg: Config) -> dict:
     """Verify, hash, quarantine, deduplicate (verification cached per file content in the catalog)."""
-    from mlc_pipeline.curate import curate
+    from mlc_pipeline.curate.stage import curate
 
     s = curate(cfg)
     get_run_logger().info("curate: %d accepted, %d inspected, %d reused from cache, rejected %s, duplicates %s",
@@ -85,7 +84,7 @@ def curate_stage(cfg: Config) -> dict:
 @task(name="build", **STAGE)
 def build_stage(cfg: Config) -> dict:
     """Publish a new dataset version (atomic; skipped when identical to the latest)."""
-    from mlc_pipeline.dataset import build_dataset
+    from mlc_pipeline.dataset.build import build_dataset
 
     r = build_dataset(cfg)
     get_run_logger().info("build: dataset %s %s %s (%d images) at %s", r.name, r.version,
@@ -96,7 +95,7 @@ def build_stage(cfg: Config) -> dict:
 @task(name="train", **STAGE)
 def train_stage(cfg: Config, dataset_dir: str, round_no: int) -> dict:
     """Train the product model on a dataset version; models/LATEST moves only once the bundle is whole."""
-    from mlc_pipeline.models import train_version
+    from mlc_pipeline.model.variants import train_version
 
     m = train_version(cfg, dataset_dir, tag=f"r{round_no}")
     test = m.metrics.get("test", {})
@@ -109,7 +108,7 @@ def train_stage(cfg: Config, dataset_dir: str, round_no: int) -> dict:
 @task(name="train-alternative", **STAGE)
 def train_alternative_stage(cfg: Config, dataset_dir: str, variant: str) -> dict:
     """An alternative head on the same data, for the report's comparison (never published as LATEST)."""
-    from mlc_pipeline.models import train_version
+    from mlc_pipeline.model.variants import train_version
 
     m = train_version(cfg, dataset_dir, tag="r0", variant=variant, publish=False)
     get_run_logger().info("alternative %s: test macro F1 %.3f", variant, m.metrics["test"]["macro_f1"])
@@ -119,7 +118,7 @@ def train_alternative_stage(cfg: Config, dataset_dir: str, variant: str) -> dict
 @task(name="mine", **STAGE)
 def mine_stage(cfg: Config, bundle_dir: str, round_no: int) -> dict:
     """Score the pool with the model; pool images it wrongly accepts become training negatives."""
-    from mlc_pipeline.mine import mine_round
+    from mlc_pipeline.model.mine import mine_round
 
     r = mine_round(cfg, bundle_dir, round_no)
     get_run_logger().info("mine (round %d): %d of %d pool images accepted as a class -> hard negatives; "
@@ -133,13 +132,13 @@ def mine_stage(cfg: Config, bundle_dir: str, round_no: int) -> dict:
 def report_stage(cfg: Config, rounds: list[dict], alternatives: dict, stopped_early: bool,
                  seconds: dict, shortfall: list[str] | None = None) -> str:
     """The self-contained HTML report (data and, when models were trained, the model section)."""
-    from mlc_pipeline.report import write_html_report
+    from mlc_pipeline.report.inspect import write_html_report
 
     extra = []
     name = "latest-dataset.html"
     if rounds:
-        from mlc_pipeline.modelreport import model_section
-        from mlc_pipeline.models import models_root
+        from mlc_pipeline.report.model import model_section
+        from mlc_pipeline.model.variants import models_root
         from mlc_pipeline.pipeline import PipelineResult, RoundRecord
 
         result = PipelineResult(rounds=[RoundRecord(**r) for r in rounds], alternatives=alternatives,
@@ -162,8 +161,8 @@ def published_state(cfg: Config | None) -> dict:
     """The latest dataset version and model as they are on disk now (never modified by a failure)."""
     if cfg is None:
         return {}
-    from mlc_pipeline.dataset import latest_version
-    from mlc_pipeline.models import latest_model
+    from mlc_pipeline.dataset.build import latest_version
+    from mlc_pipeline.model.variants import latest_model
 
     model = latest_model(cfg)
     return {"latest_dataset": latest_version(cfg.data_dir / "datasets" / cfg.build.name),

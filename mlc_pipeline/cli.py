@@ -13,11 +13,11 @@ import sys
 import traceback
 from pathlib import Path
 
-from .config import ConfigError, load_config
-from .dataset import VersionDamaged
-from .hashing import sha256_file
-from .locking import DataRootBusy, ReadOnlyDataRoot
-from .secrets import MissingCredentials, install_log_redaction, redact
+from mlc_pipeline.config import ConfigError, load_config
+from mlc_pipeline.dataset.build import VersionDamaged
+from mlc_pipeline.fsutil import sha256_file
+from mlc_pipeline.locking import DataRootBusy, ReadOnlyDataRoot
+from mlc_pipeline.secrets import MissingCredentials, install_log_redaction, redact
 
 log = logging.getLogger("mlc")
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)   # an OSError with one of these: one line, no traceback
@@ -34,12 +34,12 @@ def raise_terminated(signum, frame) -> None:
 
 def writing(cfg, args):
     """The data root's write lock for this command: wait for another writer, or fail with --no-wait."""
-    from .locking import data_root_lock
+    from mlc_pipeline.locking import data_root_lock
     return data_root_lock(cfg.data_dir, f"mlc {args.command}", wait=not args.no_wait)
 
 
 def cmd_collect(args) -> int:
-    from .collect import collect
+    from mlc_pipeline.collect.stage import collect
     cfg = load_config(args.config, parse_overrides(args.set))
     with writing(cfg, args):
         summary = collect(cfg, progress=not args.no_progress)
@@ -48,7 +48,7 @@ def cmd_collect(args) -> int:
 
 
 def cmd_curate(args) -> int:
-    from .curate import curate
+    from mlc_pipeline.curate.stage import curate
     cfg = load_config(args.config, parse_overrides(args.set))
     with writing(cfg, args):
         summary = curate(cfg)
@@ -57,7 +57,7 @@ def cmd_curate(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from .dataset import build_dataset
+    from mlc_pipeline.dataset.build import build_dataset
     cfg = load_config(args.config, parse_overrides(args.set))
     with writing(cfg, args):
         res = build_dataset(cfg, repair=args.repair)
@@ -68,7 +68,7 @@ def cmd_build(args) -> int:
 
 
 def dataset_dir(cfg, version: str | None):
-    from .dataset import latest_version
+    from mlc_pipeline.dataset.build import latest_version
     root = cfg.data_dir / "datasets" / cfg.build.name
     version = version or latest_version(root)
     if not version or not (root / version / "manifest.csv").exists():
@@ -79,10 +79,10 @@ def dataset_dir(cfg, version: str | None):
 def cmd_train(args) -> int:
     cfg = load_config(args.config, parse_overrides(args.set))
     with writing(cfg, args):          # before importing torch: --no-wait answers at once
-        from .dataset import verify_version
+        from mlc_pipeline.dataset.build import verify_version
         verify_version(dataset_dir(cfg, args.version))     # a damaged version: one line, before torch loads
-        from .models import train_alternatives, train_version
-        from .modelreport import bundle_network_line, per_class_markdown, pct
+        from mlc_pipeline.model.variants import train_alternatives, train_version
+        from mlc_pipeline.report.model import bundle_network_line, per_class_markdown, pct
         res = train_version(cfg, dataset_dir(cfg, args.version))
         test = res.metrics["test"]
         print(f"model bundle: {res.bundle_dir}\nnetwork: {bundle_network_line(res.bundle_dir)}\n" +
@@ -90,7 +90,7 @@ def cmd_train(args) -> int:
               f"macro F1 {test['macro_f1']:.3f}; unknown accepted: test other {pct(test['unknown_accepted'])}, "
               f"probe {pct(test['probe_accepted'])}")
         if args.alternatives:
-            from .evaluate import compare_table
+            from mlc_pipeline.model.metrics import compare_table
             alts = train_alternatives(cfg, dataset_dir(cfg, args.version))
             print(compare_table([(res.variant, test)] + [(k, v["test"]) for k, v in alts.items()]))
     return 0
@@ -99,8 +99,8 @@ def cmd_train(args) -> int:
 def cmd_mine(args) -> int:
     cfg = load_config(args.config, parse_overrides(args.set))
     with writing(cfg, args):          # before importing torch: --no-wait answers at once
-        from .mine import mine_round, undo_round
-        from .models import latest_model
+        from mlc_pipeline.model.mine import mine_round, undo_round
+        from mlc_pipeline.model.variants import latest_model
         if args.undo:
             changed = undo_round(cfg, args.round, args.photo_id or None)
             print(f"round {args.round}: {changed} mined or held pool images put back into the pool "
@@ -118,7 +118,8 @@ def cmd_mine(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import BundleError, load_bundle, predict_paths
+    from mlc_pipeline.model.predict import predict_paths
+    from mlc_pipeline.model.bundle import BundleError, load_bundle
     try:
         bundle = load_bundle(args.bundle)
     except BundleError as exc:
@@ -143,16 +144,16 @@ def cmd_predict(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .pipeline import run_pipeline
-    from .modelreport import rounds_markdown
-    from .models import check_train_settings
+    from mlc_pipeline.pipeline import run_pipeline
+    from mlc_pipeline.report.model import rounds_markdown
+    from mlc_pipeline.model.variants import check_train_settings
     cfg = load_config(args.config, parse_overrides(args.set))
     check_train_settings(cfg)         # before waiting for the lock, and before collecting
     with writing(cfg, args):
         res = run_pipeline(cfg, progress=not args.no_progress)
     print(rounds_markdown(res))
-    from .models import models_root
-    from .modelreport import data_warnings
+    from mlc_pipeline.model.variants import models_root
+    from mlc_pipeline.report.model import data_warnings
     print("\n".join(data_warnings(res, models_root(cfg))) or "every set has its count of usable images")
     print(f"stage seconds: {res.seconds}\nreport: {res.report}")
     return 0
@@ -160,7 +161,7 @@ def cmd_run(args) -> int:
 
 def cmd_weights(args) -> int:
     """Pre-fetch torchvision's ImageNet weights (for copying to machines without internet), or list the cache."""
-    from . import weights as w
+    from mlc_pipeline.model import weights as w
     if args.action == "list":
         rows = w.cached_weights([args.arch] if args.arch else None)
         if not args.all and not args.arch:
@@ -202,7 +203,7 @@ def parse_overrides(items: list[str] | None) -> dict:
 
 
 def cmd_remove(args) -> int:
-    from .takedown import remove_photos
+    from mlc_pipeline.curate.takedown import remove_photos
     cfg = load_config(args.config, parse_overrides(args.set))
     try:
         res = remove_photos(cfg, args.reason, photo_id=args.photo_id, owner=args.owner, query=args.query)
@@ -226,15 +227,15 @@ def cmd_remove(args) -> int:
 
 
 def cmd_serve_flickr(args) -> int:
-    from .flickr_server import serve_main
+    from mlc_pipeline.flickr_server import serve_main
     return serve_main(args.rest)
 
 
 def cmd_inspect(args) -> int:
     """Read-only (no lock). The version shown is verified too: a damaged one is reported after the
     summary, as one line, with exit code 3."""
-    from .dataset import latest_version, verify_version
-    from .report import inspect_main
+    from mlc_pipeline.dataset.build import latest_version, verify_version
+    from mlc_pipeline.report.inspect import inspect_main
     cfg = load_config(args.config, parse_overrides(args.set))
     root = cfg.data_dir / "datasets" / cfg.build.name
     version = args.version or latest_version(root)
@@ -349,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve-flickr"]:          # its own parser: options like --help pass straight through
-        from .flickr_server import serve_main
+        from mlc_pipeline.flickr_server import serve_main
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("flickrapi").setLevel(logging.WARNING)   # it logs every call's parameters
     install_log_redaction()
-    from .catalog import CatalogError
+    from mlc_pipeline.catalog import CatalogError
     signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return args.func(args)
@@ -392,8 +393,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def last_line_of_defence(exc: Exception) -> int:
     """Secrets masked, a traceback only for bugs."""
-    from .download import StorageError
-    from .flickr_source import SourceError
+    from mlc_pipeline.collect.download import StorageError
+    from mlc_pipeline.collect.flickr import SourceError
     if isinstance(exc, StorageError):
         print(f"mlc: {redact(str(exc))}", file=sys.stderr)
         return 1

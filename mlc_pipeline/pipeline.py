@@ -9,17 +9,15 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-from .collect import collect_and_curate
-from .config import Config
-from .dataset import build_dataset
-from .evaluate import compare_table
-from .mine import mine_round
-from .locking import data_root_lock
-from .models import check_train_settings, models_root, train_alternatives, train_version
-from .report import write_html_report
-from .modelreport import model_section
+from mlc_pipeline.collect.stage import collect_and_curate
+from mlc_pipeline.config import Config
+from mlc_pipeline.dataset.build import build_dataset
+from mlc_pipeline.model.mine import mine_round
+from mlc_pipeline.locking import data_root_lock
+from mlc_pipeline.model.variants import check_train_settings, models_root, train_alternatives, train_version
+from mlc_pipeline.report.inspect import write_html_report
+from mlc_pipeline.report.model import model_section
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mlc_pipeline.predict import load_bundle, score_paths
+from mlc_pipeline.model.predict import score_paths
+
+from mlc_pipeline.model.bundle import load_bundle
 
 OLD = Path(__file__).parent / "data" / "bundle-0.1.0"
 

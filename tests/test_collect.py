@@ -13,10 +13,10 @@ from helpers import free_port
 from PIL import Image
 
 from mlc_pipeline.catalog import Catalog
-from mlc_pipeline.collect import collect
+from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import parse_config
 from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
-from mlc_pipeline.flickr_source import InvalidKeyError, SourceError
+from mlc_pipeline.collect.flickr import InvalidKeyError, SourceError
 
 ROOT = Path(__file__).resolve().parents[1]
 MLC = [sys.executable, "-m", "mlc_pipeline.cli"]

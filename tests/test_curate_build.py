@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlc_pipeline import dataset as dataset_mod
+from mlc_pipeline.dataset import build as dataset_mod
 from mlc_pipeline.catalog import Catalog
-from mlc_pipeline.collect import collect
+from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import parse_config
-from mlc_pipeline.curate import curate
-from mlc_pipeline.dataset import MANIFEST_COLUMNS, build_dataset, read_manifest
+from mlc_pipeline.curate.stage import curate
+from mlc_pipeline.dataset.build import MANIFEST_COLUMNS, build_dataset, read_manifest
 from mlc_pipeline.flickr_server.folder import photo_id_for
-from mlc_pipeline.hashing import hex_to_uint64
-from mlc_pipeline.neardup import find_pairs
-from mlc_pipeline.report import dataset_summary, format_dataset_summary, write_html_report
+from mlc_pipeline.curate.hashing import hex_to_uint64
+from mlc_pipeline.curate.neardup import find_pairs
+from mlc_pipeline.report.inspect import dataset_summary, format_dataset_summary, write_html_report
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "hymenoptera"
 

@@ -3,10 +3,10 @@ import pytest
 from PIL import Image
 
 from badfiles import fixture_photos
-from mlc_pipeline.dedup import (DEFAULT_THRESHOLD, Candidate, Conflict, DedupItem, Duplicate, Review,
+from mlc_pipeline.curate.dedup import (DEFAULT_THRESHOLD, Candidate, Conflict, DedupItem, Duplicate, Review,
                                 resolve_duplicates)
-from mlc_pipeline.hashing import inspect_files
-from mlc_pipeline.similarity import CONFIRM, SURE, FileSimilarity
+from mlc_pipeline.curate.hashing import inspect_files
+from mlc_pipeline.curate.similarity import CONFIRM, SURE, FileSimilarity
 
 
 def sure(a, b):        # a second signal that confirms every candidate beyond doubt

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mlc_pipeline.evaluate import (
+from mlc_pipeline.model.metrics import (
     calibrate_capped, calibrate_thresholds, capping_path, compare_table, evaluate, operating_curve,
     predict_matrix, probe_by_query, targets_from_labels,
 )

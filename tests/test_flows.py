@@ -115,7 +115,7 @@ def test_task_runner_is_a_setting(monkeypatch):
 
 def test_retry_only_what_can_go_away():
     from mlc_pipeline.config import ConfigError
-    from mlc_pipeline.flickr_source import InvalidKeyError, RetriesExhausted, SourceError
+    from mlc_pipeline.collect.flickr import InvalidKeyError, RetriesExhausted, SourceError
 
     assert is_retryable(RetriesExhausted("flickr.photos.search still failing after 6 attempts: HTTP 500"))
     assert is_retryable(ConnectionError("reset"))

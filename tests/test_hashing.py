@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import mlc_pipeline.hashing as hashing
+import mlc_pipeline.curate.hashing as hashing
 from badfiles import fixture_photos, make_bad_files
-from mlc_pipeline.hashing import (hamming, hamming_uint64, hex_to_uint64, inspect_file, inspect_files,
+from mlc_pipeline.curate.hashing import (hamming, hamming_uint64, hex_to_uint64, inspect_file, inspect_files,
                                   popcount64, uint64_to_hex)
-from mlc_pipeline.verify import check_image
+from mlc_pipeline.curate.verify import check_image
 
 pytestmark = pytest.mark.skipif(not fixture_photos(), reason="fixture photos missing (../shared/fixtures)")
 

@@ -18,7 +18,7 @@ import pytest
 from helpers import free_port
 
 from mlc_pipeline.catalog import Catalog
-from mlc_pipeline.collect import collect
+from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import parse_config
 from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
 
@@ -128,7 +128,7 @@ def test_trickling_host_is_cut_at_the_deadline_and_recorded(tmp_path, monkeypatc
 def test_a_retry_never_waits_past_the_deadline(tmp_path):
     """A 429 with Retry-After longer than the deadline is not slept through."""
     from mlc_pipeline.config import SourceSettings
-    from mlc_pipeline.download import Downloader, DownloadJob
+    from mlc_pipeline.collect.download import Downloader, DownloadJob
     with FlickrServer(WorldSpec(seed=2, scale=0.05), FaultSpec.parse("img429=1.0,retry_after_s=30,fault_repeats=5")) as srv:
         photo = srv.world.photos[0]
         settings = SourceSettings(download_deadline_s=1.5, retry={"attempts": 5})
@@ -209,7 +209,7 @@ def test_images_on_another_file_system_than_tmp(tmp_path):
 
 
 def test_stale_partial_files_of_a_killed_run_are_removed(tmp_path):
-    from mlc_pipeline.download import clean_stale_temp
+    from mlc_pipeline.collect.download import clean_stale_temp
     shard = tmp_path / "raw" / "local" / "12"
     shard.mkdir(parents=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -231,7 +231,7 @@ def test_sigterm_marks_curate_interrupted(tmp_path):
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     code = ("import os, signal, sys\n"
-            "from mlc_pipeline import curate as m\n"
+            "from mlc_pipeline.curate import stage as m\n"
             "def slow(*a, **k):\n"
             "    print('working', flush=True); import time; time.sleep(30)\n"
             "m.verify_and_hash = slow\n"

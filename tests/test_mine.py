@@ -15,9 +15,10 @@ from test_train import _background, _disc, _draw, trained_bundle
 
 from mlc_pipeline.catalog import Catalog, Found
 from mlc_pipeline.config import Config
-from mlc_pipeline.dataset import dataset_rows
-from mlc_pipeline.mine import REVIEW_BELOW, mine_round, pool_overlaps, undo_round
-from mlc_pipeline.predict import load_bundle, predict_paths, score_paths
+from mlc_pipeline.dataset.build import dataset_rows
+from mlc_pipeline.model.mine import REVIEW_BELOW, mine_round, pool_overlaps, undo_round
+from mlc_pipeline.model.predict import predict_paths, score_paths
+from mlc_pipeline.model.bundle import load_bundle
 
 
 def _red_disc_image(rng) -> Image.Image:
@@ -168,7 +169,7 @@ def test_an_interrupted_round_is_recorded_as_interrupted(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("mlc_pipeline.mine.score_with_errors", interrupted)
+    monkeypatch.setattr("mlc_pipeline.model.mine.score_with_errors", interrupted)
     with pytest.raises(KeyboardInterrupt):
         mine_round(cfg, bundle_dir, round_no=1)
     with Catalog(cfg.catalog_path) as catalog:

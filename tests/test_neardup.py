@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-import mlc_pipeline.neardup as neardup
+import mlc_pipeline.curate.neardup as neardup
 from badfiles import fixture_photos
-from mlc_pipeline.dedup import DEFAULT_THRESHOLD
-from mlc_pipeline.hashing import hex_to_uint64, inspect_files
-from mlc_pipeline.neardup import (find_pairs, find_pairs_bruteforce, group_hashes, group_pairs,
+from mlc_pipeline.curate.dedup import DEFAULT_THRESHOLD
+from mlc_pipeline.curate.hashing import hex_to_uint64, inspect_files
+from mlc_pipeline.curate.neardup import (find_pairs, find_pairs_bruteforce, group_hashes, group_pairs,
                                   plan_chunks)
 
 

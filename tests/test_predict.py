@@ -13,9 +13,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import trained_bundle  # noqa: E402  (one tiny training shared by both files)
 
-from mlc_pipeline.evaluate import evaluate_bundle  # noqa: E402
-from mlc_pipeline.predict import BundleError, load_bundle, predict_paths, score_paths  # noqa: E402
-from mlc_pipeline.train import read_manifest  # noqa: E402
+from mlc_pipeline.model.metrics import evaluate_bundle  # noqa: E402
+from mlc_pipeline.model.predict import predict_paths, score_paths  # noqa: E402
+from mlc_pipeline.model.bundle import BundleError, load_bundle
+from mlc_pipeline.model.train import read_manifest  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_altered_export_is_refused_before_unpickling(bundle_copy):
 
 
 def test_corrupt_export_with_matching_hash_is_a_bundle_error(bundle_copy):
-    from mlc_pipeline.hashing import sha256_file
+    from mlc_pipeline.fsutil import sha256_file
     export = bundle_copy / "export.pkl"
     export.write_bytes(export.read_bytes()[:5000])  # truncated, hash re-recorded: unpickling fails
     meta = json.loads((bundle_copy / "bundle.json").read_text())

@@ -14,8 +14,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import trained_bundle  # noqa: E402  (one tiny training shared with test_predict)
 
-from mlc_pipeline.predict import load_bundle, predict_paths, score_with_errors  # noqa: E402
-from mlc_pipeline.train import read_manifest  # noqa: E402
+from mlc_pipeline.model.predict import predict_paths, score_with_errors  # noqa: E402
+
+from mlc_pipeline.model.bundle import load_bundle
+from mlc_pipeline.model.train import read_manifest  # noqa: E402
 
 MLC = [sys.executable, "-m", "mlc_pipeline.cli"]
 # `mlc` that prints its own peak memory (ru_maxrss, KB) as the last line of stderr.

@@ -1,7 +1,7 @@
 import pytest
 
-from mlc_pipeline.retry import RateLimiter, Transient, backoff_delay, with_retries
-from mlc_pipeline.download import host_allowed, image_extension, retry_after_seconds
+from mlc_pipeline.collect.retry import RateLimiter, Transient, backoff_delay, with_retries
+from mlc_pipeline.collect.download import host_allowed, image_extension, retry_after_seconds
 
 
 class FakeClock:

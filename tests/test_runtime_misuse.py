@@ -101,7 +101,7 @@ def test_full_disk_during_model_export_says_disk_space(tmp_path):
     out = tmp_path / "models"
     out.mkdir()
     code = ("import sys\nfrom pathlib import Path\nfrom fastai.learner import load_learner\n"
-            "from mlc_pipeline.train import export_learner\n"
+            "from mlc_pipeline.model.bundle import export_learner\n"
             f"learn = load_learner({str(bundle / 'export.pkl')!r}, cpu=True)\n"
             "try:\n"
             f"    export_learner(learn, Path({str(out)!r}) / 'export.pkl')\n"

@@ -20,14 +20,14 @@ import pytest
 from PIL import Image
 
 from mlc_pipeline.catalog import Catalog
-from mlc_pipeline.collect import Shortfall, collect, collect_and_curate, shortfalls, usable_needed, usable_rate
+from mlc_pipeline.collect.stage import Shortfall, collect, collect_and_curate, shortfalls, usable_needed, usable_rate
 from mlc_pipeline.config import parse_config
-from mlc_pipeline.curate import curate
+from mlc_pipeline.curate.stage import curate
 from mlc_pipeline.flickr_server import FlickrServer, WorldSpec
-from mlc_pipeline.modelreport import model_section
-from mlc_pipeline.models import other_set_warnings, train_version
+from mlc_pipeline.report.model import model_section
+from mlc_pipeline.model.variants import other_set_warnings, train_version
 from mlc_pipeline.pipeline import PipelineResult, record
-from mlc_pipeline.report import inspect_main
+from mlc_pipeline.report.inspect import inspect_main
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "hymenoptera"
 FAST_RETRY = {"attempts": 3, "base_delay_s": 0.01, "max_delay_s": 0.05}
@@ -246,7 +246,7 @@ def test_training_records_a_starved_other_set(tmp_path, caplog, monkeypatch):
 
     # A hand-made manifest, never published by `mlc build`: no dataset.json or SHA256SUMS to verify
     # (tests/test_versions_verify.py covers that check).
-    monkeypatch.setattr("mlc_pipeline.models.verify_version", lambda folder: None)
+    monkeypatch.setattr("mlc_pipeline.model.variants.verify_version", lambda folder: None)
 
     manifest = make_shapes_dataset(tmp_path / "shapes", n_per_kind=20)
     rows = list(csv.DictReader(open(manifest, newline="")))
@@ -266,7 +266,7 @@ def test_training_records_a_starved_other_set(tmp_path, caplog, monkeypatch):
                         "other": {"queries": ["o"], "count": 1},
                         "train": {"epochs": 1, "image_size": 32, "batch_size": 16, "pretrained": "none",
                                   "compare_baselines": False}})
-    with caplog.at_level(logging.WARNING, logger="mlc_pipeline.models"):
+    with caplog.at_level(logging.WARNING, logger="mlc_pipeline.model.variants"):
         model = train_version(cfg, manifest.parent, tag="r0")
     expected = "'other' has 2 training images, fewer than the classes' mean of"
     assert any(expected in r.getMessage() for r in caplog.records)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mlc_pipeline.train import TrainConfig, read_manifest, train_model
+from mlc_pipeline.model.train import TrainConfig, read_manifest, train_model
 
 SIZE = 40
 SPLIT_CYCLE = ["train"] * 6 + ["valid"] * 2 + ["test"] * 2  # 60/20/20
@@ -123,7 +123,7 @@ def test_bundle_is_complete_and_consistent():
     assert meta["head"] == "sigmoid" and meta["other_mode"] == "negative"
     assert meta["dataset_version"] == "test-v1" and meta["image_size"] == FAST["image_size"]
     assert meta["pretrained"] == "none" and meta["config"]["epochs"] == FAST["epochs"]
-    from mlc_pipeline.hashing import sha256_file
+    from mlc_pipeline.fsutil import sha256_file
     assert meta["export_sha256"] == sha256_file(bundle / "export.pkl")
     assert [e["epoch"] for e in meta["history"]] == list(range(1, FAST["epochs"] + 1))
     assert all(e["train_loss"] > 0 and e["valid_loss"] > 0 for e in meta["history"])
@@ -136,7 +136,7 @@ def test_thresholds_are_calibrated_and_used_for_decoding():
     thresholds = np.array(meta["thresholds"])
     assert len(thresholds) == 2 and np.all((thresholds > 0) & (thresholds <= 1))
     assert np.any(np.abs(thresholds - 0.5) > 1e-3)  # chosen from the data, not the default
-    from mlc_pipeline.predict import load_bundle
+    from mlc_pipeline.model.bundle import load_bundle
     learn = load_bundle(bundle).learn
     np.testing.assert_allclose(learn.loss_func.thresh.numpy(), thresholds, rtol=1e-6)
 
@@ -174,8 +174,8 @@ def test_operating_curve_runs_from_the_chosen_point_to_no_unknown_accepted():
 
 def test_a_cap_on_unknowns_accepted_is_met_on_validation(tmp_path):
     manifest, _ = trained_bundle()
-    from mlc_pipeline.evaluate import evaluate_loaded_bundle
-    from mlc_pipeline.predict import load_bundle
+    from mlc_pipeline.model.metrics import evaluate_loaded_bundle
+    from mlc_pipeline.model.bundle import load_bundle
     result = train_model(manifest, tmp_path / "capped", TrainConfig(max_unknown_accepted=0.0, **FAST))
     meta = json.loads((tmp_path / "capped" / "bundle.json").read_text())
     assert meta["config"]["max_unknown_accepted"] == 0.0
@@ -233,8 +233,8 @@ def test_weights_file_is_loaded_and_fine_tuned(tmp_path):
 
 def test_mlcnet_weights_from_an_earlier_model_are_loaded(tmp_path):
     import torch
-    from mlc_pipeline.nets import mlcnet
-    from mlc_pipeline.predict import load_bundle
+    from mlc_pipeline.model.nets import mlcnet
+    from mlc_pipeline.model.bundle import load_bundle
     torch.manual_seed(0)
     donor = mlcnet(5)  # another vocab size: only the body is reused, the head is new
     weights = tmp_path / "mlcnet.pth"
@@ -260,7 +260,7 @@ def test_existing_bundle_is_not_overwritten_silently(tmp_path):
 
 
 def test_pretrained_auto_falls_back_to_scratch_offline(tmp_path, monkeypatch, caplog):
-    from mlc_pipeline.weights import resolve_pretrained
+    from mlc_pipeline.model.weights import resolve_pretrained
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     r18 = dict(arch="resnet18")
     assert resolve_pretrained(TrainConfig(pretrained="auto", **r18)) == "none"
@@ -305,7 +305,7 @@ def test_manifest_reading(tmp_path):
         read_manifest(tmp_path / "no_labels.csv")
     with pytest.raises(FileNotFoundError):
         read_manifest(tmp_path / "absent.csv")
-    from mlc_pipeline.train import classes_in
+    from mlc_pipeline.model.train import classes_in
     assert classes_in(df) == ["blue", "red"]
     with pytest.raises(ValueError, match="not among the given classes"):
         classes_in(df, ["red"])
@@ -317,7 +317,7 @@ def test_manifest_reading(tmp_path):
 def test_half_written_bundles_of_dead_writers_are_removed(tmp_path):
     import os
     import subprocess
-    from mlc_pipeline.train import remove_stale_tmp_dirs
+    from mlc_pipeline.model.train import remove_stale_tmp_dirs
     dead = subprocess.Popen(["true"])
     dead.wait()  # reaped: its pid names no process now
     stale = tmp_path / f"m1.tmp-{dead.pid}-abcd1234"

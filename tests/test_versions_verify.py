@@ -15,10 +15,10 @@ import yaml
 
 from mlc_pipeline.catalog import SCHEMA_VERSION, Catalog
 from mlc_pipeline.config import load_config
-from mlc_pipeline.curate import curate
-from mlc_pipeline.dataset import VersionDamaged, build_dataset, verify_version
-from mlc_pipeline.models import bundle_name
-from mlc_pipeline.train import read_manifest as train_read_manifest
+from mlc_pipeline.curate.stage import curate
+from mlc_pipeline.dataset.build import VersionDamaged, build_dataset, verify_version
+from mlc_pipeline.model.variants import bundle_name
+from mlc_pipeline.model.train import read_manifest as train_read_manifest
 from storage_world import curated_root, last_line, mlc, write_config
 
 

@@ -22,11 +22,11 @@ import pytest
 import torch
 import torchvision
 
-from mlc_pipeline import weights as W
+from mlc_pipeline.model import weights as W
 from mlc_pipeline.config import load_config
 from mlc_pipeline.cli import main as mlc_main, parse_overrides
-from mlc_pipeline.modelreport import network_line
-from mlc_pipeline.train import TrainConfig, train_model
+from mlc_pipeline.report.model import network_line
+from mlc_pipeline.model.train import TrainConfig, train_model
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 R18 = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
@@ -135,14 +135,14 @@ def test_cached_imagenet_file_is_used_by_auto(torch_home, tmp_path, monkeypatch,
     w = meta["weights"]
     assert w["name"] == "ResNet18_Weights.IMAGENET1K_V1" and w["file"] == str(cached)
     assert w["recipe"] == "pretrained" and w["requested"] == {"arch": "auto", "pretrained": "auto"}
-    from mlc_pipeline.hashing import sha256_file
+    from mlc_pipeline.fsutil import sha256_file
     assert w["sha256"] == sha256_file(cached)
     assert meta["image_size"] == 32 and meta["config"]["epochs"] == 1   # explicit values beat the recipe
     assert len(meta["history"]) == 2                                    # fine_tune: frozen epoch first
     line = "Network: resnet18, ImageNet weights ResNet18_Weights.IMAGENET1K_V1 (resnet18-f37072fd.pth), fine-tuned"
     assert "arch auto: the pretrained recipe" in network_line(meta)
     # ... and the HTML report and the Prefect run summary say so
-    from mlc_pipeline.modelreport import model_section
+    from mlc_pipeline.report.model import model_section
     from mlc_pipeline.pipeline import PipelineResult, RoundRecord
     metrics = json.loads((tmp_path / "bundle" / "metrics.json").read_text())
     html_part = model_section(PipelineResult(rounds=[RoundRecord(0, "v1", "bundle", 0.5, None, None)]), tmp_path)
@@ -154,7 +154,7 @@ def test_cached_imagenet_file_is_used_by_auto(torch_home, tmp_path, monkeypatch,
     assert line in summary_markdown(run)
 
     # The trained body holds the file's weights (lr ~0), not a fresh initialisation.
-    from mlc_pipeline.predict import load_bundle
+    from mlc_pipeline.model.bundle import load_bundle
     body = load_bundle(tmp_path / "bundle").learn.model[0].state_dict()
     donor = torchvision.models.resnet18(weights=None)
     donor.load_state_dict(state)
@@ -202,7 +202,7 @@ def test_a_weights_path_picks_the_network_it_fits(tmp_path):
     cfg, choice = W.resolve_training(TrainConfig(pretrained=str(path)))
     assert cfg.arch == "resnet18" and choice.pretrained == str(path) and choice.recipe == "pretrained"
     assert choice.file == str(path) and len(choice.sha256) == 64
-    from mlc_pipeline.nets import mlcnet
+    from mlc_pipeline.model.nets import mlcnet
     torch.save(mlcnet(3).state_dict(), tmp_path / "m.pth")   # an earlier mlcnet model, as before arch: auto
     cfg, choice = W.resolve_training(TrainConfig(pretrained=str(tmp_path / "m.pth")))
     assert cfg.arch == "mlcnet" and choice.recipe == "scratch"
@@ -264,7 +264,7 @@ def test_a_download_that_fails_its_hash_check_is_not_used(torch_home, serve_weig
 
 def test_a_successful_download_goes_through_torchvision_into_the_cache(torch_home, serve_weights, tmp_path):
     fake_imagenet_file(tmp_path / "served.pth")
-    from mlc_pipeline.hashing import sha256_file
+    from mlc_pipeline.fsutil import sha256_file
     digest = sha256_file(tmp_path / "served.pth")
     name = f"resnet18-{digest[:8]}.pth"       # torchvision's naming: the hash prefix is checked
     server = serve_weights(200, (tmp_path / "served.pth").read_bytes(), name)
@@ -336,7 +336,7 @@ def test_weights_fetch_and_list_with_a_file_at_hand(torch_home, tmp_path, capsys
     fake_imagenet_file(dest / "resnet18-f37072fd.pth")
     assert mlc_main(["weights", "fetch", "resnet18", "--dest", str(dest)]) == 0
     out = capsys.readouterr().out.splitlines()
-    from mlc_pipeline.hashing import sha256_file
+    from mlc_pipeline.fsutil import sha256_file
     assert out == ["ResNet18_Weights.IMAGENET1K_V1", str(dest / "resnet18-f37072fd.pth"),
                    f"sha256 {sha256_file(dest / 'resnet18-f37072fd.pth')}"]
     assert mlc_main(["weights", "list"]) == 0

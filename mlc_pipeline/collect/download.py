@@ -31,10 +31,10 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from .config import SourceSettings
-from .procs import pid_alive
-from .retry import backoff_delay
-from .secrets import redact
+from mlc_pipeline.config import SourceSettings
+from mlc_pipeline.fsutil import remove_dead_leftovers
+from mlc_pipeline.collect.retry import backoff_delay
+from mlc_pipeline.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -155,16 +155,13 @@ def temp_path(raw_dir: Path, photo_id: str) -> Path:
 def clean_stale_temp(root: Path) -> int:
     """Remove partial files (`*.part`) of download processes that are no longer alive (killed runs):
     the hidden ones beside the images, and those of older versions in <pid>-<hex> folders."""
-    removed = 0
     if not root.exists():
         return 0
-    for f in root.rglob("*.part"):
-        owner = f.name.split(".")[-2] if f.name.startswith(".") else f.parent.name
-        pid = owner.split("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
-            continue
-        f.unlink(missing_ok=True)
-        removed += 1
+
+    def writer(f: Path) -> str:
+        return (f.name.split(".")[-2] if f.name.startswith(".") else f.parent.name).split("-")[0]
+
+    removed = len(remove_dead_leftovers(root.rglob("*.part"), writer, spare_own=False))
     for d in root.iterdir():         # the empty <pid>-<hex> folders older versions wrote into
         if d.is_dir() and "-" in d.name and d.name.split("-")[0].isdigit() and not any(d.iterdir()):
             d.rmdir()

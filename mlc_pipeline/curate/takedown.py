@@ -15,9 +15,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .catalog import Catalog
-from .config import Config
-from .dataset import read_manifest, versions
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.config import Config
+from mlc_pipeline.dataset.build import read_manifest, versions
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from .hashing import hamming, hex_to_uint64
-from .neardup import find_pairs
-from .similarity import CONFIRM, SURE, Confirm
+from mlc_pipeline.curate.hashing import hamming, hex_to_uint64
+from mlc_pipeline.curate.neardup import find_pairs
+from mlc_pipeline.curate.similarity import CONFIRM, SURE, Confirm
 
 # Chosen with bench/calibrate_threshold.py on the 398 fixture photos: at 10 bits every re-encoded,
 # resized (50-90%) or brightened copy is found, 78% of 5%-crops are, and no pair of distinct photos is

@@ -17,10 +17,10 @@ import requests
 from urllib.parse import urlsplit, urlunsplit
 from flickrapi.exceptions import FlickrError
 
-from .catalog import Found
-from .config import SourceSettings
-from .retry import RateLimiter, Transient, with_retries
-from .secrets import Credentials, redact
+from mlc_pipeline.catalog import Found
+from mlc_pipeline.config import SourceSettings
+from mlc_pipeline.collect.retry import RateLimiter, Transient, with_retries
+from mlc_pipeline.secrets import Credentials, redact
 
 log = logging.getLogger(__name__)
 

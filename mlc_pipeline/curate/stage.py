@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import FILE_STATUSES, Catalog, run_end_status
-from .config import Config
-from .dataset import read_manifest, versions
-from .dedup import DedupItem, resolve_duplicates, view_distance
-from .hashing import hex_to_uint64, inspect_files
-from .neardup import find_pairs
-from .similarity import CONFIRM, FileSimilarity
-from .verify import VerifyLimits
+from mlc_pipeline.catalog import FILE_STATUSES, Catalog, run_end_status
+from mlc_pipeline.config import Config
+from mlc_pipeline.dataset.build import read_manifest, versions
+from mlc_pipeline.curate.dedup import DedupItem, resolve_duplicates, view_distance
+from mlc_pipeline.curate.hashing import hex_to_uint64, inspect_files
+from mlc_pipeline.curate.neardup import find_pairs
+from mlc_pipeline.curate.similarity import CONFIRM, FileSimilarity
+from mlc_pipeline.curate.verify import VerifyLimits
 
 log = logging.getLogger(__name__)
 PURPOSE_PRIORITY = ("train", "probe", "pool")   # a duplicate across purposes stays in the first

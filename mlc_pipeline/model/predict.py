@@ -1,44 +1,16 @@
-"""Load a model bundle safely and score images with it.
-
-Trust model: `export.pkl` is a pickle, and unpickling runs code. A bundle is therefore a trusted file,
-like a script: only load bundles this pipeline wrote. `load_bundle` checks that export.pkl still has
-the sha256 recorded in bundle.json *before* unpickling, which catches corruption, truncation and a
-swapped file. It is an integrity check, not a signature: whoever can rewrite export.pkl can rewrite
-bundle.json too, so the folder itself must be writable only by people you trust.
-"""
+"""Score images with a model bundle (see model/bundle.py for what a bundle is and its trust model)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from mlc_pipeline.evaluate import OTHER, predict_matrix
+from mlc_pipeline.model.bundle import Bundle
+from mlc_pipeline.model.metrics import OTHER, predict_matrix
 
 log = logging.getLogger(__name__)
-
-REQUIRED_KEYS = ("vocab", "classes", "head", "thresholds", "export_sha256", "image_size")
-
-
-class BundleError(Exception):
-    """A model bundle that is missing, unreadable, or not the file that was recorded."""
-
-
-@dataclass
-class Bundle:
-    path: Path
-    learn: object                      # fastai Learner
-    classes: list[str]                 # real classes
-    vocab: list[str]                   # model output columns, may end with "other"
-    thresholds: np.ndarray | None      # per vocab column (sigmoid); None for softmax
-    head: str
-    other_mode: str
-    image_size: int
-    meta: dict = field(repr=False)
 
 
 @dataclass
@@ -48,53 +20,6 @@ class Prediction:
     none_of: bool                      # no class claimed: an unknown/"other" image (or an error)
     error: str | None = None           # why the image could not be scored
     probs: dict[str, float] = field(default_factory=dict)
-
-
-def load_bundle(bundle_dir: str | Path) -> Bundle:
-    from mlc_pipeline.hashing import sha256_file  # local: `predict` itself stays numpy-only to import
-
-    bundle_dir = Path(bundle_dir)
-    meta_path, export_path = bundle_dir / "bundle.json", bundle_dir / "export.pkl"
-    if not bundle_dir.is_dir():
-        raise BundleError(f"model bundle not found: {bundle_dir} is not a folder")
-    if not meta_path.is_file():
-        raise BundleError(f"{meta_path}: missing (not a model bundle folder?)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{meta_path}: unreadable or not JSON ({exc})") from None
-    missing = [k for k in REQUIRED_KEYS if not isinstance(meta, dict) or k not in meta]
-    if missing:
-        raise BundleError(f"{meta_path}: missing key(s) {missing}")
-    if not export_path.is_file():
-        raise BundleError(f"{export_path}: missing")
-    actual = sha256_file(export_path)
-    if actual != meta["export_sha256"]:
-        raise BundleError(f"{export_path}: sha256 {actual[:12]}... does not match the {meta['export_sha256'][:12]}... "
-                          f"recorded in {meta_path.name}; refusing to unpickle a changed file")
-    learn = _unpickle_learner(export_path)
-    vocab = [str(v) for v in learn.dls.vocab]
-    if vocab != list(meta["vocab"]):
-        raise BundleError(f"{export_path}: model vocab {vocab} differs from {meta_path.name} vocab {meta['vocab']}")
-    thresholds = None if meta["thresholds"] is None else np.asarray(meta["thresholds"], dtype=float)
-    if meta["head"] == "sigmoid" and (thresholds is None or len(thresholds) != len(vocab)):
-        raise BundleError(f"{meta_path}: a sigmoid bundle needs one threshold per vocab entry")
-    return Bundle(path=bundle_dir, learn=learn, classes=list(meta["classes"]), vocab=vocab,
-                  thresholds=thresholds, head=meta["head"], other_mode=meta.get("other_mode", "negative"),
-                  image_size=int(meta["image_size"]), meta=meta)
-
-
-def _unpickle_learner(export_path: Path):
-    import torch
-    from fastai.learner import load_learner
-
-    with warnings.catch_warnings():
-        # fastai warns on every load that pickle is unsafe; we checked the hash just above.
-        warnings.filterwarnings("ignore", message=".*insecure pickle.*")
-        try:
-            return load_learner(export_path, cpu=not torch.cuda.is_available())
-        except Exception as exc:  # any unpickling failure: report which file, not a deep traceback
-            raise BundleError(f"{export_path}: could not be loaded ({type(exc).__name__}: {exc})") from exc
 
 
 MAX_PIXELS = 64_000_000      # per image, as curation's default: above 50 MP camera output

@@ -23,11 +23,11 @@ from typing import Callable, Iterator
 
 from tqdm import tqdm
 
-from .catalog import Catalog, Found, merge_labels, run_end_status
-from .config import Config
-from .download import Downloader, DownloadJob, clean_stale_temp
-from .flickr_source import FlickrSource, Target
-from .secrets import flickr_credentials, install_log_redaction
+from mlc_pipeline.catalog import Catalog, Found, merge_labels, run_end_status
+from mlc_pipeline.config import Config
+from mlc_pipeline.collect.download import Downloader, DownloadJob, clean_stale_temp
+from mlc_pipeline.collect.flickr import FlickrSource, Target
+from mlc_pipeline.secrets import flickr_credentials, install_log_redaction
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def open_source(cfg: Config) -> Iterator[tuple[FlickrSource, list[str]]]:
     if s.kind == "flickr":
         yield FlickrSource(s, flickr_credentials(local=False), "flickr", result_cap=s.result_cap), s.allowed_hosts
         return
-    from .flickr_server import FaultSpec, FlickrServer, WorldSpec
+    from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
     world = WorldSpec(kind="folder" if s.local.folder else "default", seed=s.local.seed, scale=s.local.scale,
                       folder=s.local.folder, query_map=dict(s.local.query_map), result_cap=s.local.result_cap)
     with FlickrServer(world, FaultSpec.parse(s.local.faults), host="127.0.0.1", port=s.local.port) as srv:
@@ -342,7 +342,7 @@ def collect_and_curate(cfg: Config, progress: bool = True, on_progress: Callable
 
     Returns (CollectSummary, the last round's CurateSummary); `summary.short` holds one line per set
     that fell short."""
-    from .curate import curate
+    from mlc_pipeline.curate.stage import curate
 
     curated = None
     seconds = {"collect": 0.0, "curate": 0.0}

@@ -7,17 +7,18 @@ the model confidently rejects are listed for review (possible label noise), neve
 
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .catalog import Catalog, run_end_status
-from .config import Config
-from .evaluate import predict_matrix
-from .predict import load_bundle, score_with_errors
+from mlc_pipeline.fsutil import write_csv_atomic
+from mlc_pipeline.catalog import Catalog, run_end_status
+from mlc_pipeline.config import Config
+from mlc_pipeline.model.metrics import predict_matrix
+from mlc_pipeline.model.predict import score_with_errors
+from mlc_pipeline.model.bundle import load_bundle
 
 log = logging.getLogger(__name__)
 REVIEW_BELOW = 0.05     # a class image whose own label scores under this is listed for review
@@ -222,9 +223,4 @@ def review_class_images(catalog: Catalog, bundle, cfg: Config) -> list[dict]:
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+    write_csv_atomic(path, rows, columns)

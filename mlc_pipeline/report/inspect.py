@@ -14,9 +14,10 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from .catalog import Catalog
-from .config import Config
-from .dataset import latest_version, read_manifest, versions
+from mlc_pipeline.fsutil import write_text_atomic
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.config import Config
+from mlc_pipeline.dataset.build import latest_version, read_manifest, versions
 
 log = logging.getLogger(__name__)
 GRID_LIMIT = 48        # thumbnails per label on the page (the manifest has them all)
@@ -38,7 +39,7 @@ def catalog_summary(catalog: Catalog) -> dict:
 
 def short_sets(cfg: Config, catalog: Catalog) -> list:
     """The sets with fewer usable images than their `count` (collect.Shortfall, one line each)."""
-    from .collect import last_exhausted, shortfalls
+    from mlc_pipeline.collect.stage import last_exhausted, shortfalls
     return shortfalls(cfg, catalog, last_exhausted(catalog))
 
 
@@ -225,9 +226,7 @@ def write_html_report(cfg: Config, path: str | Path, version: str | None = None,
                       extra_sections: list[str] | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(html_report(cfg, version, extra_sections))
-    tmp.replace(path)
+    write_text_atomic(path, html_report(cfg, version, extra_sections))
     return path
 
 

@@ -26,8 +26,8 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from .similarity import VIEW_CROPS, crop_view
-from .verify import (ORIENTATION_TRANSPOSE, VerifyLimits, decode_checked, exif_orientation,
+from mlc_pipeline.curate.similarity import VIEW_CROPS, crop_view
+from mlc_pipeline.curate.verify import (ORIENTATION_TRANSPOSE, VerifyLimits, decode_checked, exif_orientation,
                      read_limited, require_strict_decoding, to_rgb)
 
 log = logging.getLogger(__name__)
@@ -131,15 +131,6 @@ def inspect_files(paths: Iterable[str | os.PathLike], limits: VerifyLimits = Ver
     lost = _run_chunks(paths, chunks, limits, workers, records)
     _run_one_by_one(paths, lost, limits, records)
     return records  # type: ignore[return-value]  # every slot is filled by now
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """sha256 of a file read in 1 MiB chunks (model exports run to megabytes; never held whole)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _die_with_parent() -> None:

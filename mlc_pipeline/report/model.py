@@ -9,8 +9,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from .curves import curve_markdown, plot_curves
-from .evaluate import compare_table, pct
+from mlc_pipeline.report.curves import curve_markdown, plot_curves
+from mlc_pipeline.model.metrics import compare_table, pct
 
 
 def rounds_markdown(result) -> str:

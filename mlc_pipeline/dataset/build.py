@@ -33,11 +33,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .catalog import Catalog
-from .config import Config
-from .hashing import sha256_file
-from .procs import pid_alive
-from .verify import load_rgb
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.config import Config
+from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, write_text_atomic
+from mlc_pipeline.curate.verify import load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +134,6 @@ def latest_version(root: Path) -> str | None:
     pointer update is repaired by the next build."""
     vs = [v for v in versions(root) if (root / v / "dataset.json").exists()]
     return vs[-1] if vs else None
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def move_aside_real_latest(root: Path) -> Path | None:
@@ -304,13 +297,8 @@ def recorded_fingerprint(folder: Path) -> str | None:
 def remove_stale_builds(root: Path) -> list[Path]:
     """Drop `.build-<version>-<pid>[-<id>]` folders whose writer is dead (a killed build: never
     published). A live writer's folder is never touched, whoever it belongs to."""
-    removed = []
-    for stale in root.glob(".build-*"):
-        pid = stale.name.split("-")[2] if stale.name.count("-") >= 2 else ""
-        if stale.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(stale)
-            removed.append(stale)
-    return removed
+    return remove_dead_leftovers([p for p in root.glob(".build-*") if p.is_dir()],
+                                 lambda p: p.name.split("-")[2] if p.name.count("-") >= 2 else "")
 
 
 def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:

@@ -305,7 +305,7 @@ def evaluate_bundle(bundle_dir: str | Path, manifest_csv: str | Path, batch_size
 
     Rows whose image cannot be decoded are left out and counted in `n_unreadable`.
     """
-    from mlc_pipeline.predict import load_bundle  # torch/fastai only when a model is involved
+    from mlc_pipeline.model.bundle import load_bundle  # torch/fastai only when a model is involved
     return evaluate_loaded_bundle(load_bundle(bundle_dir), manifest_csv, batch_size)
 
 
@@ -313,8 +313,8 @@ def evaluate_loaded_bundle(bundle, manifest_csv: str | Path, batch_size: int = 6
                            splits: tuple[str, ...] = ("test",), curve_path: list | None = None) -> dict:
     """Score a loaded bundle on `splits` + probe rows. With a `capping_path` (from calibration),
     `result["curve"]` holds every operating point of that path scored on these rows."""
-    from mlc_pipeline.train import read_manifest
-    from mlc_pipeline.predict import score_paths
+    from mlc_pipeline.model.train import read_manifest
+    from mlc_pipeline.model.predict import score_paths
     df = read_manifest(manifest_csv)
     rows = df[df["split"].isin(list(splits) + ["probe"])].reset_index(drop=True)
     probs = score_paths(bundle, list(rows["abs_path"]), batch_size=batch_size)

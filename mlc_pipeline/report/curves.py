@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .evaluate import pct
+from mlc_pipeline.model.metrics import pct
 
 
 def chosen_point(curve: list[dict]) -> dict | None:

@@ -1,6 +1,6 @@
 """Train the models of a dataset version: the product model and, for the report, the alternatives.
 
-Bundles live in data/models/<bundle>/ (see mlc_pipeline.train); data/models/LATEST names the newest
+Bundles live in data/models/<bundle>/ (see mlc_pipeline.model.train); data/models/LATEST names the newest
 product model, updated only after its bundle is complete, so a failed training never replaces it.
 """
 
@@ -13,9 +13,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Config, ConfigError
-from .dataset import read_manifest, verify_version, write_text_atomic
-from .train import TrainConfig, train_model
+from mlc_pipeline.fsutil import write_text_atomic
+from mlc_pipeline.config import Config, ConfigError
+from mlc_pipeline.dataset.build import read_manifest, verify_version
+from mlc_pipeline.model.train import TrainConfig, train_model
 
 log = logging.getLogger(__name__)
 

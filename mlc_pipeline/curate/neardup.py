@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.csgraph
 
-from .hashing import popcount64
+from mlc_pipeline.curate.hashing import popcount64
 
 EXPAND_BLOCK = 4_000_000     # candidate pairs materialised at once (~100 MB of temporaries)
 

@@ -13,11 +13,9 @@ the measured speeds behind the defaults).
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import logging
 import os
-import pickle
 import shutil
 import time
 import uuid
@@ -37,12 +35,14 @@ from fastai.vision.all import (
 )
 from fastai.metrics import ActivationType
 
-from mlc_pipeline import __version__, nets
-from mlc_pipeline.curves import plot_curves
-from mlc_pipeline.hashing import sha256_file
-from mlc_pipeline.procs import pid_alive
-from mlc_pipeline.weights import load_backbone_weights, resolve_training
-from mlc_pipeline.evaluate import (
+from mlc_pipeline import __version__
+
+from mlc_pipeline.model import nets
+from mlc_pipeline.model.bundle import export_learner
+from mlc_pipeline.report.curves import plot_curves
+from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file
+from mlc_pipeline.model.weights import load_backbone_weights, resolve_training
+from mlc_pipeline.model.metrics import (
     DEFAULT_F1_TOLERANCE, OTHER, THRESHOLD_MODES, calibrate_thresholds, capping_path, evaluate,
     evaluate_loaded_bundle, pick_capped,
 )
@@ -411,7 +411,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         }
         (tmp_dir / "bundle.json").write_text(json.dumps(meta, indent=2))
         # Score the exported artifact itself, through the same loader users get.
-        from mlc_pipeline.predict import load_bundle
+        from mlc_pipeline.model.bundle import load_bundle
         test_metrics = evaluate_loaded_bundle(load_bundle(tmp_dir), manifest_csv, batch_size=max(cfg.batch_size, 64),
                                               curve_path=curve_path)
         metrics = {"valid": valid_metrics, "test": test_metrics, "warnings": meta["warnings"]}
@@ -438,23 +438,6 @@ def typical_positive_scores(probs: np.ndarray, targets: np.ndarray) -> list[floa
             for c in range(probs.shape[1])]
 
 
-def export_learner(learn, path: Path) -> None:
-    """learn.export, with a full disk reported as one: torch's zip writer says only "enforce fail at
-    inline_container.cc" when a write fails, the cli turns an ENOSPC OSError into one clear line."""
-    try:
-        learn.export(path, pickle_module=pickle)  # stdlib pickle: by reference only
-    except (OSError, RuntimeError) as exc:
-        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        if not full and "inline_container" not in str(exc) and "file write failed" not in str(exc):
-            raise
-        free = shutil.disk_usage(path.parent).free
-        if not full and free > 256 * 2**20:    # room enough: some other write failure, not a full disk
-            raise OSError(errno.EIO, f"could not write the model bundle: {str(exc).splitlines()[0][:200]}",
-                          str(path)) from exc
-        raise OSError(errno.ENOSPC, f"No space left on device for the model bundle ({free / 2**20:.1f} MB free there; "
-                                    f"the export failed with: {str(exc).splitlines()[0][:120]})", str(path)) from exc
-
-
 def default_lr(arch: str, pretrained: str) -> float:
     """Measured on the offline world (docs/training.md); no lr_find, which costs an epoch's time."""
     if pretrained != "none":
@@ -476,13 +459,10 @@ def _valid_predictions(learn, cfg: TrainConfig, vocab: list[str]) -> tuple[np.nd
 
 def remove_stale_tmp_dirs(parent: Path) -> list[Path]:
     """Delete half-written bundles (`*.tmp-<pid>-*`) whose writer is gone (killed, e.g. kill -9)."""
-    removed = []
-    for path in parent.glob("*.tmp-*-*"):
-        pid = path.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
-        if path.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
-            log.info("removing %s, left by a training that did not finish", path)
-            shutil.rmtree(path)
-            removed.append(path)
+    removed = remove_dead_leftovers([p for p in parent.glob("*.tmp-*-*") if p.is_dir()],
+                                    lambda p: p.name.rsplit(".tmp-", 1)[1].split("-", 1)[0])
+    for path in removed:
+        log.info("removed %s, left by a training that did not finish", path)
     return removed
 
 

@@ -35,8 +35,8 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 
-from mlc_pipeline import nets
-from mlc_pipeline.hashing import sha256_file
+from mlc_pipeline.model import nets
+from mlc_pipeline.fsutil import sha256_file
 
 log = logging.getLogger(__name__)
 
