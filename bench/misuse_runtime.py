@@ -347,10 +347,12 @@ def tiny_bundle(work: Path) -> tuple[Path, list[str]]:
     sys.path.insert(0, str(ROOT / "tests"))
     from test_train import FAST, make_shapes_dataset
 
-    from mlc_pipeline.model.train import TrainConfig, read_manifest, train_model
+    from mlc_pipeline.model.train import TrainConfig, train_model
+
+    from mlc_pipeline.manifest import read_manifest_frame
     manifest = make_shapes_dataset(work / "shapes")
     train_model(manifest, work / "bundle", TrainConfig(**FAST), dataset_version="misuse")
-    df = read_manifest(manifest)
+    df = read_manifest_frame(manifest)
     return work / "bundle", list(df[df["split"] == "test"]["abs_path"])
 
 

@@ -97,11 +97,12 @@ def seeds_recipe(manifest: Path, head: str, seed: int) -> dict:
         MultiCategoryBlock, RandomResizedCrop, aug_transforms, set_seed, vision_learner,
     )
     from mlc_pipeline.model.metrics import OTHER, evaluate, targets_from_labels
-    from mlc_pipeline.model.train import available_cores, read_manifest
+    from mlc_pipeline.model.train import available_cores
+    from mlc_pipeline.manifest import read_manifest_frame
 
     torch.set_num_threads(available_cores())
     set_seed(seed, reproducible=True)
-    df = read_manifest(manifest)
+    df = read_manifest_frame(manifest)
     rows = df[df["split"].isin(["train", "valid"])].copy()
     rows["is_valid"] = rows["split"] == "valid"
     if head == "softmax":

@@ -160,11 +160,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from mlc_pipeline.model.bundle import load_bundle
-    from mlc_pipeline.model.train import TrainConfig, read_manifest, train_model
+    from mlc_pipeline.model.train import TrainConfig, train_model
+    from mlc_pipeline.manifest import read_manifest_frame
 
     work = Path(args.work)
     manifest = build_world(args.world, work / f"{args.world}-s{args.seed}", args.seed)
-    df = read_manifest(manifest)
+    df = read_manifest_frame(manifest)
     classes = sorted({lab for labs in df["label_list"] for lab in labs})
     for text in args.recipe:
         overrides = parse_recipe(text)

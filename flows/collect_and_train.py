@@ -161,7 +161,7 @@ def published_state(cfg: Config | None) -> dict:
     """The latest dataset version and model as they are on disk now (never modified by a failure)."""
     if cfg is None:
         return {}
-    from mlc_pipeline.dataset.build import latest_version
+    from mlc_pipeline.manifest import latest_version
     from mlc_pipeline.model.variants import latest_model
 
     model = latest_model(cfg)

@@ -68,7 +68,7 @@ def cmd_build(args) -> int:
 
 
 def dataset_dir(cfg, version: str | None):
-    from mlc_pipeline.dataset.build import latest_version
+    from mlc_pipeline.manifest import latest_version
     root = cfg.data_dir / "datasets" / cfg.build.name
     version = version or latest_version(root)
     if not version or not (root / version / "manifest.csv").exists():
@@ -234,7 +234,8 @@ def cmd_serve_flickr(args) -> int:
 def cmd_inspect(args) -> int:
     """Read-only (no lock). The version shown is verified too: a damaged one is reported after the
     summary, as one line, with exit code 3."""
-    from mlc_pipeline.dataset.build import latest_version, verify_version
+    from mlc_pipeline.dataset.build import verify_version
+    from mlc_pipeline.manifest import latest_version
     from mlc_pipeline.report.inspect import inspect_main
     cfg = load_config(args.config, parse_overrides(args.set))
     root = cfg.data_dir / "datasets" / cfg.build.name

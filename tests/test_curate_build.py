@@ -17,7 +17,8 @@ from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import parse_config
 from mlc_pipeline.curate.stage import curate
-from mlc_pipeline.dataset.build import MANIFEST_COLUMNS, build_dataset, read_manifest
+from mlc_pipeline.dataset.build import build_dataset
+from mlc_pipeline.manifest import MANIFEST_COLUMNS, read_manifest
 from mlc_pipeline.flickr_server.folder import photo_id_for
 from mlc_pipeline.curate.hashing import hex_to_uint64
 from mlc_pipeline.curate.neardup import find_pairs

@@ -16,7 +16,7 @@ from test_train import trained_bundle  # noqa: E402  (one tiny training shared b
 from mlc_pipeline.model.metrics import evaluate_bundle  # noqa: E402
 from mlc_pipeline.model.predict import predict_paths, score_paths  # noqa: E402
 from mlc_pipeline.model.bundle import BundleError, load_bundle
-from mlc_pipeline.model.train import read_manifest  # noqa: E402
+from mlc_pipeline.manifest import read_manifest_frame  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def bundle():
 
 @pytest.fixture(scope="module")
 def manifest_df():
-    return read_manifest(trained_bundle()[0])
+    return read_manifest_frame(trained_bundle()[0])
 
 
 def _paths(df, split=None, labels=None):

@@ -17,7 +17,7 @@ from test_train import trained_bundle  # noqa: E402  (one tiny training shared w
 from mlc_pipeline.model.predict import predict_paths, score_with_errors  # noqa: E402
 
 from mlc_pipeline.model.bundle import load_bundle
-from mlc_pipeline.model.train import read_manifest  # noqa: E402
+from mlc_pipeline.manifest import read_manifest_frame  # noqa: E402
 
 MLC = [sys.executable, "-m", "mlc_pipeline.cli"]
 # `mlc` that prints its own peak memory (ru_maxrss, KB) as the last line of stderr.
@@ -42,7 +42,7 @@ def png_bomb(path: Path, side: int = 13000) -> Path:
 @pytest.fixture(scope="module")
 def bundle_and_images():
     manifest, bundle_dir = trained_bundle()
-    df = read_manifest(manifest)
+    df = read_manifest_frame(manifest)
     return bundle_dir, list(df[df["split"] == "test"]["abs_path"])
 
 

@@ -16,7 +16,8 @@ from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import parse_config
 from mlc_pipeline.curate.stage import curate
-from mlc_pipeline.dataset.build import build_dataset, read_manifest
+from mlc_pipeline.dataset.build import build_dataset
+from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.flickr_server.folder import photo_id_for
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "hymenoptera"

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mlc_pipeline.model.train import TrainConfig, read_manifest, train_model
+from mlc_pipeline.model.train import TrainConfig, train_model
+
+from mlc_pipeline.manifest import read_manifest_frame
 
 SIZE = 40
 SPLIT_CYCLE = ["train"] * 6 + ["valid"] * 2 + ["test"] * 2  # 60/20/20
@@ -293,25 +295,25 @@ def test_config_validation():
 
 def test_manifest_reading(tmp_path):
     manifest = _small_dataset(tmp_path)
-    df = read_manifest(manifest)
+    df = read_manifest_frame(manifest)
     assert df["label_list"].map(len).max() == 2 and (df["label_list"].map(len) == 0).any()
     assert Path(df["abs_path"][0]).is_file()
     text = manifest.read_text()
     (tmp_path / "bad_split.csv").write_text(text.replace(",valid,", ",validation,"))
     with pytest.raises(ValueError, match="unknown split"):
-        read_manifest(tmp_path / "bad_split.csv")
+        read_manifest_frame(tmp_path / "bad_split.csv")
     (tmp_path / "no_labels.csv").write_text("path,split\na.jpg,train\n")
     with pytest.raises(ValueError, match="missing column"):
-        read_manifest(tmp_path / "no_labels.csv")
+        read_manifest_frame(tmp_path / "no_labels.csv")
     with pytest.raises(FileNotFoundError):
-        read_manifest(tmp_path / "absent.csv")
+        read_manifest_frame(tmp_path / "absent.csv")
     from mlc_pipeline.model.train import classes_in
     assert classes_in(df) == ["blue", "red"]
     with pytest.raises(ValueError, match="not among the given classes"):
         classes_in(df, ["red"])
     (tmp_path / "other.csv").write_text("path,labels,split\na.jpg,other,train\n")
     with pytest.raises(ValueError, match="reserved"):
-        classes_in(read_manifest(tmp_path / "other.csv"))
+        classes_in(read_manifest_frame(tmp_path / "other.csv"))
 
 
 def test_half_written_bundles_of_dead_writers_are_removed(tmp_path):

@@ -18,7 +18,7 @@ from mlc_pipeline.config import load_config
 from mlc_pipeline.curate.stage import curate
 from mlc_pipeline.dataset.build import VersionDamaged, build_dataset, verify_version
 from mlc_pipeline.model.variants import bundle_name
-from mlc_pipeline.model.train import read_manifest as train_read_manifest
+from mlc_pipeline.manifest import read_manifest_frame
 from storage_world import curated_root, last_line, mlc, write_config
 
 
@@ -124,7 +124,7 @@ def test_train_reader_rejects_paths_leaving_the_folder(tmp_path):
     for bad in ("../x.jpg", "/etc/x.jpg", "images/../../x.jpg"):
         (tmp_path / "manifest.csv").write_text(f"path,labels,split\n{bad},a,train\n")
         with pytest.raises(ValueError, match="outside the dataset folder"):
-            train_read_manifest(tmp_path / "manifest.csv")
+            read_manifest_frame(tmp_path / "manifest.csv")
 
 
 def test_a_version_without_sha256sums_is_still_checked_for_missing_files(built):

@@ -17,7 +17,7 @@ import numpy as np
 
 from mlc_pipeline.catalog import FILE_STATUSES, Catalog, run_end_status
 from mlc_pipeline.config import Config
-from mlc_pipeline.dataset.build import read_manifest, versions
+from mlc_pipeline.manifest import read_manifest, versions
 from mlc_pipeline.curate.dedup import DedupItem, resolve_duplicates, view_distance
 from mlc_pipeline.curate.hashing import hex_to_uint64, inspect_files
 from mlc_pipeline.curate.neardup import find_pairs

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import Config
-from mlc_pipeline.dataset.build import read_manifest, versions
+from mlc_pipeline.manifest import read_manifest, versions
 
 log = logging.getLogger(__name__)
 

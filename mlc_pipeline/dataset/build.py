@@ -36,14 +36,11 @@ from pathlib import Path
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, write_text_atomic
+from mlc_pipeline.manifest import MANIFEST_COLUMNS, SPLITS, latest_version, read_manifest, write_manifest
 from mlc_pipeline.curate.verify import load_rgb
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ["path", "labels", "split", "candidate_id", "source", "photo_id", "url", "license_id",
-                    "license", "owner", "title", "date_taken", "sha256", "phash", "purpose", "mined_round",
-                    "query"]
-SPLITS = ("train", "valid", "test")
 log = logging.getLogger(__name__)
 SUMS_NAME = "SHA256SUMS"
 REPAIR_HINT = "run `mlc build --repair -c <config>` to publish a fresh version from the catalog"
@@ -123,19 +120,6 @@ def _fingerprint(rows: list[dict], max_side: int, jpeg_quality: int) -> str:
     return h.hexdigest()
 
 
-def versions(root: Path) -> list[str]:
-    found = [p.name for p in root.glob("v*") if p.is_dir() and p.name[1:].isdigit()]
-    return sorted(found, key=lambda v: int(v[1:]))
-
-
-def latest_version(root: Path) -> str | None:
-    """The newest complete version. A version folder only ever appears whole (rename), so the
-    pointer files are derived from the folders, and a build killed between the rename and the
-    pointer update is repaired by the next build."""
-    vs = [v for v in versions(root) if (root / v / "dataset.json").exists()]
-    return vs[-1] if vs else None
-
-
 def move_aside_real_latest(root: Path) -> Path | None:
     """`latest` must be a link. A real folder there (`cp -rL` of a data root, a sync tool that
     follows links) would block every later build; it is moved aside, never deleted: it may hold
@@ -158,18 +142,6 @@ def point_latest(root: Path, version: str) -> None:
     link_tmp.symlink_to(version, target_is_directory=True)
     os.replace(link_tmp, root / "latest")
     write_text_atomic(root / "LATEST", version + "\n")
-
-
-def write_manifest(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, MANIFEST_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-
-
-def read_manifest(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def count_rows(rows: list[dict]) -> dict:

@@ -313,9 +313,9 @@ def evaluate_loaded_bundle(bundle, manifest_csv: str | Path, batch_size: int = 6
                            splits: tuple[str, ...] = ("test",), curve_path: list | None = None) -> dict:
     """Score a loaded bundle on `splits` + probe rows. With a `capping_path` (from calibration),
     `result["curve"]` holds every operating point of that path scored on these rows."""
-    from mlc_pipeline.model.train import read_manifest
+    from mlc_pipeline.manifest import read_manifest_frame
     from mlc_pipeline.model.predict import score_paths
-    df = read_manifest(manifest_csv)
+    df = read_manifest_frame(manifest_csv)
     rows = df[df["split"].isin(list(splits) + ["probe"])].reset_index(drop=True)
     probs = score_paths(bundle, list(rows["abs_path"]), batch_size=batch_size)
     readable = ~np.isnan(probs).any(axis=1)

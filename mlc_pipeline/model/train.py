@@ -39,6 +39,7 @@ from mlc_pipeline import __version__
 
 from mlc_pipeline.model import nets
 from mlc_pipeline.model.bundle import export_learner
+from mlc_pipeline.manifest import read_manifest_frame
 from mlc_pipeline.report.curves import plot_curves
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file
 from mlc_pipeline.model.weights import load_backbone_weights, resolve_training
@@ -49,7 +50,6 @@ from mlc_pipeline.model.metrics import (
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "valid", "test", "probe")
 BUNDLE_FORMAT = 1
 
 # fastai knows how to cut and split resnets, squeezenets, densenets...; it has no entry for the
@@ -128,30 +128,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------- manifest
-
-def read_manifest(manifest_csv: str | Path) -> pd.DataFrame:
-    """The manifest as a DataFrame, plus `abs_path` and `label_list` columns.
-
-    Read as strings with no NaN conversion: an empty `labels` cell (an "other" image) must stay ''.
-    """
-    manifest_csv = Path(manifest_csv)
-    if not manifest_csv.is_file():
-        raise FileNotFoundError(f"manifest not found: {manifest_csv}")
-    df = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
-    missing = {"path", "labels", "split"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{manifest_csv}: missing column(s) {sorted(missing)}")
-    bad = sorted(set(df["split"]) - set(SPLITS))
-    if bad:
-        raise ValueError(f"{manifest_csv}: unknown split value(s) {bad}; expected {SPLITS}")
-    escaping = [p for p in df["path"] if not p or Path(p).is_absolute() or ".." in Path(p).parts]
-    if escaping:    # a manifest names files inside its own folder only
-        raise ValueError(f"{manifest_csv}: path {escaping[0]!r} is outside the dataset folder")
-    root = manifest_csv.parent.resolve()
-    df["abs_path"] = [str(root / p) for p in df["path"]]
-    df["label_list"] = [sorted(set(s.split())) for s in df["labels"]]
-    return df
-
 
 def classes_in(df: pd.DataFrame, classes: list[str] | None = None) -> list[str]:
     """The union of labels (sorted), or the explicit list after checking the manifest against it."""
@@ -310,7 +286,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists (pass overwrite=True to replace it)")
-    df = read_manifest(manifest_csv)
+    df = read_manifest_frame(manifest_csv)
     classes = classes_in(df, classes)
     rows = _training_frame(df, cfg)
 

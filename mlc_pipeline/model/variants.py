@@ -15,7 +15,8 @@ from pathlib import Path
 
 from mlc_pipeline.fsutil import write_text_atomic
 from mlc_pipeline.config import Config, ConfigError
-from mlc_pipeline.dataset.build import read_manifest, verify_version
+from mlc_pipeline.dataset.build import verify_version
+from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.model.train import TrainConfig, train_model
 
 log = logging.getLogger(__name__)

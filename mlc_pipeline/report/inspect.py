@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from mlc_pipeline.fsutil import write_text_atomic
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import Config
-from mlc_pipeline.dataset.build import latest_version, read_manifest, versions
+from mlc_pipeline.manifest import latest_version, read_manifest, versions
 
 log = logging.getLogger(__name__)
 GRID_LIMIT = 48        # thumbnails per label on the page (the manifest has them all)
