@@ -153,7 +153,7 @@ def main() -> int:
     from mlc_pipeline.cli import parse_overrides
     from mlc_pipeline.config import load_config
     from mlc_pipeline.report.curves import curve_markdown
-    from mlc_pipeline.model.metrics import pct
+    from mlc_pipeline.report.tables import pct
     from mlc_pipeline.pipeline import run_pipeline
 
     work = Path(args.work or tempfile.mkdtemp(prefix="mlc-realworld-"))

@@ -13,7 +13,7 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from mlc_pipeline.report.curves import curve_markdown
-from mlc_pipeline.model.metrics import pct
+from mlc_pipeline.report.tables import pct
 from mlc_pipeline.report.model import bundle_network_line
 
 SUMMARY_KEY = "mlc-run-summary"

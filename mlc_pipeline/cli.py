@@ -82,7 +82,8 @@ def cmd_train(args) -> int:
         from mlc_pipeline.dataset.build import verify_version
         verify_version(dataset_dir(cfg, args.version))     # a damaged version: one line, before torch loads
         from mlc_pipeline.model.variants import train_alternatives, train_version
-        from mlc_pipeline.report.model import bundle_network_line, per_class_markdown, pct
+        from mlc_pipeline.report.model import bundle_network_line, per_class_markdown
+        from mlc_pipeline.report.tables import pct
         res = train_version(cfg, dataset_dir(cfg, args.version))
         test = res.metrics["test"]
         print(f"model bundle: {res.bundle_dir}\nnetwork: {bundle_network_line(res.bundle_dir)}\n" +
@@ -90,7 +91,7 @@ def cmd_train(args) -> int:
               f"macro F1 {test['macro_f1']:.3f}; unknown accepted: test other {pct(test['unknown_accepted'])}, "
               f"probe {pct(test['probe_accepted'])}")
         if args.alternatives:
-            from mlc_pipeline.model.metrics import compare_table
+            from mlc_pipeline.report.tables import compare_table
             alts = train_alternatives(cfg, dataset_dir(cfg, args.version))
             print(compare_table([(res.variant, test)] + [(k, v["test"]) for k, v in alts.items()]))
     return 0

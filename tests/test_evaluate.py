@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from mlc_pipeline.model.metrics import (
-    calibrate_capped, calibrate_thresholds, capping_path, compare_table, evaluate, operating_curve,
-    predict_matrix, probe_by_query, targets_from_labels,
+    calibrate_capped, calibrate_thresholds, capping_path, evaluate, operating_curve, predict_matrix, probe_by_query,
+    targets_from_labels,
 )
+from mlc_pipeline.report.tables import compare_table
 
 # Two classes, four validation images each. Column 0 separates at 0.8 | 0.3, column 1 at 0.15 | 0.1.
 PROBS = np.array([[0.9, 0.2], [0.8, 0.15], [0.3, 0.1], [0.2, 0.05]])

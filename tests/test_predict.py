@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import trained_bundle  # noqa: E402  (one tiny training shared by both files)
 
-from mlc_pipeline.model.metrics import evaluate_bundle  # noqa: E402
+from mlc_pipeline.model.assess import evaluate_bundle  # noqa: E402
 from mlc_pipeline.model.predict import predict_paths, score_paths  # noqa: E402
 from mlc_pipeline.model.bundle import BundleError, load_bundle
 from mlc_pipeline.manifest import read_manifest_frame  # noqa: E402

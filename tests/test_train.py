@@ -176,7 +176,7 @@ def test_operating_curve_runs_from_the_chosen_point_to_no_unknown_accepted():
 
 def test_a_cap_on_unknowns_accepted_is_met_on_validation(tmp_path):
     manifest, _ = trained_bundle()
-    from mlc_pipeline.model.metrics import evaluate_loaded_bundle
+    from mlc_pipeline.model.assess import evaluate_loaded_bundle
     from mlc_pipeline.model.bundle import load_bundle
     result = train_model(manifest, tmp_path / "capped", TrainConfig(max_unknown_accepted=0.0, **FAST))
     meta = json.loads((tmp_path / "capped" / "bundle.json").read_text())

@@ -119,7 +119,7 @@ def export_learner(learn, path: Path) -> None:
 # old module path -> today's, for class paths pickled by 0.1.x bundles (tests/test_bundle_compat.py)
 LEGACY_MODULES = {
     "mlc_pipeline.nets": "mlc_pipeline.model.nets",
-    "mlc_pipeline.train": "mlc_pipeline.model.train",
+    "mlc_pipeline.train": "mlc_pipeline.model.learner",   # macro_f1_at_half
 }
 
 

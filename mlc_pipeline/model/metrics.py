@@ -1,7 +1,7 @@
 """Threshold calibration and evaluation of a multi-label classifier that should say "none of these".
 
 Everything here is plain numpy on arrays of probabilities, so it is fast to test with hand-made
-numbers. Only `evaluate_bundle` touches a model, and it imports torch/fastai lazily.
+numbers. Scoring a model bundle on a dataset version is model/assess.py.
 
 Conventions used throughout:
 - `probs` is (N, K): one column per entry of `classes` (the model's output vocabulary, which holds an
@@ -15,7 +15,6 @@ Conventions used throughout:
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
@@ -298,44 +297,6 @@ def targets_from_labels(label_lists: list[list[str]], classes: list[str]) -> np.
     return out
 
 
-# ---------------------------------------------------------------- bundles and reports
-
-def evaluate_bundle(bundle_dir: str | Path, manifest_csv: str | Path, batch_size: int = 64) -> dict:
-    """Score a model bundle on a dataset version's test split (probe rows as the unknown kinds).
-
-    Rows whose image cannot be decoded are left out and counted in `n_unreadable`.
-    """
-    from mlc_pipeline.model.bundle import load_bundle  # torch/fastai only when a model is involved
-    return evaluate_loaded_bundle(load_bundle(bundle_dir), manifest_csv, batch_size)
-
-
-def evaluate_loaded_bundle(bundle, manifest_csv: str | Path, batch_size: int = 64,
-                           splits: tuple[str, ...] = ("test",), curve_path: list | None = None) -> dict:
-    """Score a loaded bundle on `splits` + probe rows. With a `capping_path` (from calibration),
-    `result["curve"]` holds every operating point of that path scored on these rows."""
-    from mlc_pipeline.manifest import read_manifest_frame
-    from mlc_pipeline.model.predict import score_paths
-    df = read_manifest_frame(manifest_csv)
-    rows = df[df["split"].isin(list(splits) + ["probe"])].reset_index(drop=True)
-    probs = score_paths(bundle, list(rows["abs_path"]), batch_size=batch_size)
-    readable = ~np.isnan(probs).any(axis=1)
-    rows, probs = rows[readable].reset_index(drop=True), probs[readable]
-    targets = targets_from_labels([[] if s == "probe" else labs for labs, s in zip(rows["label_list"], rows["split"])],
-                                  bundle.vocab)
-    result = evaluate(probs, targets, bundle.thresholds, bundle.vocab,
-                      is_unknown_mask=(rows["split"] == "probe").to_numpy(), head=bundle.head)
-    result["splits"] = list(splits)
-    result["n_unreadable"] = int((~readable).sum())
-    if curve_path:
-        result["curve"] = operating_curve(curve_path, probs, targets, bundle.vocab,
-                                          (rows["split"] == "probe").to_numpy(), bundle.thresholds)
-    if "query" in rows.columns:
-        is_probe = (rows["split"] == "probe").to_numpy()
-        result["probe_by_query"] = probe_by_query(probs[is_probe], rows["query"][is_probe].tolist(),
-                                                  bundle.thresholds, bundle.vocab, bundle.head)
-    return result
-
-
 def operating_curve(path: list, probs: np.ndarray, targets: np.ndarray, classes: list[str],
                     is_probe: np.ndarray, chosen: np.ndarray | None = None) -> list[dict]:
     """Each point of a `capping_path` scored on held-out rows: the share of validation "other"
@@ -365,20 +326,3 @@ def probe_by_query(probs: np.ndarray, queries: list[str], thresholds, classes: l
                       "accepted_as": {classes[j]: int(hits[:, j].sum()) for j in real_class_indices(classes)
                                       if hits[:, j].any()}}
     return out
-
-
-def pct(x: float | None) -> str:
-    """A rate as a percentage for tables; "n/a" where there was nothing to measure."""
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
-def compare_table(rows: list[tuple[str, dict]] | dict[str, dict]) -> str:
-    """Markdown table of variants side by side: rows are (variant name, metrics dict from evaluate)."""
-    items = rows.items() if isinstance(rows, dict) else rows
-    lines = ["| variant | macro F1 | in-domain accuracy | unknown accepted (test other) "
-             "| unknown accepted (probe) | FPR@95%TPR (probe) |",
-             "|---|---|---|---|---|---|"]
-    for name, m in items:
-        lines.append(f"| {name} | {m['macro_f1']:.3f} | {pct(m['accuracy'])} | {pct(m['unknown_accepted'])} "
-                     f"| {pct(m['probe_accepted'])} | {pct(m.get('fpr95_probe'))} |")
-    return "\n".join(lines) + "\n"

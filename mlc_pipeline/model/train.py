@@ -12,7 +12,6 @@ the measured speeds behind the defaults).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -28,25 +27,25 @@ import pandas as pd
 import torch
 import torchvision
 from fastai.vision.all import (
-    AccumMetric, BCEWithLogitsLossFlat, CancelFitException, CategoryBlock, Callback,
-    ColReader, ColSplitter, CrossEntropyLossFlat, DataBlock, ImageBlock, Learner, MultiCategoryBlock, Normalize,
-    MixUp, RandomResizedCrop, Recorder, Resize, ResizeMethod, accuracy, aug_transforms, default_split,
-    imagenet_stats, model_meta, set_seed, vision_learner,
+    BCEWithLogitsLossFlat, CrossEntropyLossFlat, Learner, MixUp, accuracy, default_split, imagenet_stats, model_meta,
+    set_seed, vision_learner,
 )
-from fastai.metrics import ActivationType
+from pydantic import model_validator
 
 from mlc_pipeline import __version__
+from mlc_pipeline.config import TrainSettings
 
 from mlc_pipeline.model import nets
 from mlc_pipeline.model.bundle import export_learner
+from mlc_pipeline.model.learner import LossHistory, TimeBudget, training_frame, build_dataloaders, macro_f1_metric
 from mlc_pipeline.manifest import read_manifest_frame
-from mlc_pipeline.report.curves import plot_curves
+from mlc_pipeline.model.plots import plot_curves, plot_losses
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file
 from mlc_pipeline.model.weights import load_backbone_weights, resolve_training
 from mlc_pipeline.model.metrics import (
-    DEFAULT_F1_TOLERANCE, OTHER, THRESHOLD_MODES, calibrate_thresholds, capping_path, evaluate,
-    evaluate_loaded_bundle, pick_capped,
+    OTHER, calibrate_thresholds, capping_path, evaluate, pick_capped,
 )
+from mlc_pipeline.model.assess import evaluate_loaded_bundle
 
 log = logging.getLogger(__name__)
 
@@ -59,53 +58,27 @@ for _arch in (torchvision.models.mobilenet_v3_small, torchvision.models.mobilene
     model_meta.setdefault(_arch, {"cut": -2, "split": default_split, "stats": imagenet_stats, "weights": "DEFAULT"})
 
 
-@dataclass
-class TrainConfig:
-    """Field names match `config.TrainSettings`, so `TrainConfig(**settings)` works."""
+class TrainConfig(TrainSettings):
+    """One training run's options: the config file's `train:` settings (declared once, in
+    config.TrainSettings, with their defaults and bounds) plus runtime knobs no config file sets."""
 
-    arch: str = "auto"                # 'auto' (weights.RECIPES) | nets.WIDTHS name | a torchvision.models function name
-    pretrained: str = "auto"          # 'auto' | 'imagenet' | 'none' | path to a state dict (mlc_pipeline/weights.py)
-    image_size: int | None = None     # None: the recipe's (weights.RECIPES)
-    epochs: int | None = None         # None: the recipe's
-    batch_size: int = 64
-    lr: float | None = None           # None: the recipe's, else 5e-3 mlcnet, 3e-3 torchvision from scratch, 2e-3 fine-tuning
-    seed: int = 42
-    other_mode: str = "negative"      # 'negative': "other" = no label | 'class': an explicit "other" class
-    head: str = "sigmoid"             # 'sigmoid' (multi-label) | 'softmax' (single-label baseline)
-    threshold_mode: str = "per-class-f1"   # | 'global-f1' | 'target-precision'
-    target_precision: float = 0.95
-    f1_tolerance: float = DEFAULT_F1_TOLERANCE  # F1 modes: highest threshold within this of the best F1
     workers: int = 0                  # DataLoader processes; 0 on a 2-core box (workers steal the cores)
     threads: int | None = None        # torch threads; None = every core this process may use
     max_train_seconds: float | None = None  # stop training early (after an epoch if possible) past this
     augment: bool = True              # flips, small rotations/zoom/lighting on the batch
-    crop: str | None = None           # None: the recipe's | 'squish' the whole picture | 'random' resized crops
-    min_scale: float = 0.35           # crop='random': smallest share of the picture a crop keeps
-    mixup: float | None = None        # MixUp alpha (0 = off; None: the recipe's)
-    tta: bool = False                 # score the picture and its mirror image, average (2x predict time)
-    max_unknown_accepted: float | None = 0.05  # cap on held-out "other" images accepted (None: the F1 point)
 
-    def __post_init__(self):
-        if self.head not in ("sigmoid", "softmax"):
-            raise ValueError(f"head must be 'sigmoid' or 'softmax', got {self.head!r}")
-        if self.other_mode not in ("negative", "class"):
-            raise ValueError(f"other_mode must be 'negative' or 'class', got {self.other_mode!r}")
-        if self.max_unknown_accepted is not None and not 0 <= self.max_unknown_accepted <= 1:
-            raise ValueError(f"max_unknown_accepted must be in [0, 1], got {self.max_unknown_accepted}")
-        if self.crop not in (None, "squish", "random"):
-            raise ValueError(f"crop must be 'squish' or 'random', got {self.crop!r}")
-        if self.threshold_mode not in THRESHOLD_MODES:
-            raise ValueError(f"threshold_mode must be one of {THRESHOLD_MODES}, got {self.threshold_mode!r}")
+    @model_validator(mode="after")
+    def _known_arch(self):
         if self.arch != "auto" and not nets.is_local_arch(self.arch) and not callable(getattr(torchvision.models, self.arch, None)):
             raise ValueError(f"arch {self.arch!r} is neither one of {sorted(nets.WIDTHS)} "
                              f"nor a torchvision.models function (e.g. resnet18)")
+        return self
 
     @classmethod
     def from_settings(cls, settings) -> "TrainConfig":
-        """From a pydantic model or dict, ignoring keys that are not training options."""
+        """From a TrainSettings or a dict, ignoring keys that are not training options."""
         data = settings.model_dump() if hasattr(settings, "model_dump") else dict(settings)
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
 
     @property
     def effective_other_mode(self) -> str:
@@ -144,134 +117,6 @@ def classes_in(df: pd.DataFrame, classes: list[str] | None = None) -> list[str]:
     return list(classes)
 
 
-# ---------------------------------------------------------------- data and model
-
-def _training_frame(df: pd.DataFrame, cfg: TrainConfig) -> pd.DataFrame:
-    """Train + valid rows with the target column the chosen head needs. Test and probe never train."""
-    rows = df[df["split"].isin(["train", "valid"])].copy()
-    rows["is_valid"] = rows["split"] == "valid"
-    if cfg.head == "softmax":
-        # A softmax can't say "both": drop two-label images rather than teach half the truth.
-        multi = rows["label_list"].map(len) > 1
-        if multi.any():
-            log.info("softmax head: dropping %d multi-label train/valid images", int(multi.sum()))
-        rows = rows[~multi].copy()
-        rows["target"] = [labs[0] if labs else OTHER for labs in rows["label_list"]]
-    elif cfg.other_mode == "class":
-        rows["target"] = [labs if labs else [OTHER] for labs in rows["label_list"]]
-    else:
-        rows["target"] = rows["label_list"]
-    for split in ("train", "valid"):
-        if not (rows["split"] == split).any():
-            raise ValueError(f"the manifest has no usable '{split}' image")
-    return rows.reset_index(drop=True)
-
-
-def build_dataloaders(rows: pd.DataFrame, classes: list[str], cfg: TrainConfig, device=None):
-    vocab = classes + ([OTHER] if cfg.effective_other_mode == "class" else [])
-    # Keep the given order (classes sorted, "other" last) in every head: CategoryBlock sorts by default.
-    y_block = CategoryBlock(vocab=vocab, sort=False) if cfg.head == "softmax" else MultiCategoryBlock(vocab=vocab)
-    # Always normalise with ImageNet stats (fastai adds it only when pretrained) so scratch and pretrained runs match.
-    batch_tfms = [Normalize.from_stats(*imagenet_stats)]
-    if cfg.augment:
-        batch_tfms = aug_transforms(max_rotate=10, max_zoom=1.1, max_warp=0.1) + batch_tfms
-    block = DataBlock(
-        blocks=(ImageBlock, y_block),
-        get_x=ColReader("abs_path"),
-        get_y=ColReader("target"),
-        splitter=ColSplitter("is_valid"),
-        item_tfms=item_transforms(cfg),
-        batch_tfms=batch_tfms,
-    )
-    return block.dataloaders(rows, bs=cfg.batch_size, num_workers=cfg.workers, device=device)
-
-
-def item_transforms(cfg: TrainConfig):
-    """Squish keeps every pixel; random resized crops (valid/predict: the squished picture, centre
-    crop of 1/8) show the net parts of objects at several scales, which real photos need."""
-    if cfg.crop == "random":
-        return RandomResizedCrop(cfg.image_size, min_scale=cfg.min_scale)
-    return Resize(cfg.image_size, method=ResizeMethod.Squish)
-
-
-def macro_f1_at_half(preds: torch.Tensor, targs: torch.Tensor) -> float:
-    """Training-time progress metric: macro F1 at 0.5 (calibrated numbers come after training)."""
-    pred, targ = preds >= 0.5, targs.bool()
-    tp = (pred & targ).sum(0).float()
-    denom = pred.sum(0).float() + targ.sum(0).float()
-    return (2 * tp / denom.clamp(min=1)).mean().item()
-
-
-def macro_f1_metric():
-    return AccumMetric(macro_f1_at_half, activation=ActivationType.Sigmoid, flatten=False)
-
-
-# ---------------------------------------------------------------- callbacks
-
-class LossHistory(Callback):
-    """Per-batch train loss and per-epoch train/valid loss, kept across fine_tune's two fits
-    (fastai's Recorder resets at every fit)."""
-
-    order = Recorder.order + 1
-
-    def __init__(self):
-        self.batch_losses, self.epochs = [], []
-        self.train_phase_seconds = 0.0  # time in training batches only: the img/s we report
-        self._phase_start = None
-
-    def before_train(self):
-        self._phase_start = time.monotonic()
-
-    def after_train(self):
-        self.train_phase_seconds += time.monotonic() - self._phase_start
-        self._phase_start = None
-
-    def after_cancel_fit(self):  # a time-budget stop skips after_train
-        if self._phase_start is not None:
-            self.after_train()
-
-    def after_batch(self):
-        if self.training:
-            self.batch_losses.append(self.learn.loss.item())
-
-    def after_epoch(self):
-        train_loss, valid_loss = self.learn.recorder.values[-1][:2]
-        self.epochs.append({"epoch": len(self.epochs) + 1, "train_loss": float(train_loss),
-                            "valid_loss": float(valid_loss), "n_batches": len(self.batch_losses)})
-        log.info("epoch %d: train loss %.4f, valid loss %.4f", len(self.epochs), train_loss, valid_loss)
-
-
-class TimeBudget(Callback):
-    """Stop training when the next epoch would overrun `max_seconds`, or hard at `max_seconds`."""
-
-    order = LossHistory.order + 1  # after Recorder and LossHistory have logged the finished epoch
-
-    def __init__(self, max_seconds: float):
-        self.max_seconds, self.start, self.stopped = max_seconds, None, False
-        self.epoch_start = None
-
-    def before_fit(self):
-        if self.start is None:
-            self.start = time.monotonic()
-
-    def before_epoch(self):
-        self.epoch_start = time.monotonic()
-
-    def after_batch(self):
-        if self.training and time.monotonic() - self.start > self.max_seconds:
-            self._stop("mid-epoch")
-
-    def after_epoch(self):
-        now = time.monotonic()
-        if now - self.start + (now - self.epoch_start) > self.max_seconds and self.epoch < self.n_epoch - 1:
-            self._stop(f"after epoch {self.epoch + 1}/{self.n_epoch}")
-
-    def _stop(self, where: str):
-        self.stopped = True
-        log.warning("training time budget of %.0f s reached: stopping %s", self.max_seconds, where)
-        raise CancelFitException()
-
-
 # ---------------------------------------------------------------- training
 
 def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig | None = None,
@@ -288,7 +133,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         raise FileExistsError(f"{out_dir} exists (pass overwrite=True to replace it)")
     df = read_manifest_frame(manifest_csv)
     classes = classes_in(df, classes)
-    rows = _training_frame(df, cfg)
+    rows = training_frame(df, cfg)
 
     # arch 'auto', the recipe's image size/epochs/lr, the starting weights (may download): before anything is built
     cfg, weights = resolve_training(cfg)
@@ -373,7 +218,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             "manifest": str(Path(manifest_csv).resolve()),
             "export_sha256": sha256_file(tmp_dir / "export.pkl"),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": dataclasses.asdict(cfg),
+            "config": cfg.model_dump(),
             "lr": lr,
             "n_train": n_train,
             "n_valid": len(dls.valid_ds),
@@ -459,27 +304,3 @@ def available_cores() -> int:
 def _fastai_version() -> str:
     import fastai
     return fastai.__version__
-
-
-def plot_losses(history: LossHistory, path: Path, title: str = "") -> None:
-    import matplotlib
-    matplotlib.use("Agg")  # no display on servers
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    batches = np.asarray(history.batch_losses)
-    if len(batches):
-        ax.plot(np.arange(1, len(batches) + 1), batches, color="tab:blue", alpha=0.3, label="train (batch)")
-    ends = [e["n_batches"] for e in history.epochs]
-    ax.plot(ends, [e["train_loss"] for e in history.epochs], "o-", color="tab:blue", label="train (epoch)")
-    ax.plot(ends, [e["valid_loss"] for e in history.epochs], "o-", color="tab:orange", label="valid")
-    values = np.r_[batches, [e["valid_loss"] for e in history.epochs]]
-    if len(values):  # one early from-scratch spike (valid loss 5+) would flatten every other point
-        ax.set_ylim(0, 1.1 * float(np.percentile(values, 98)))
-    ax.set_xlabel("batch")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)

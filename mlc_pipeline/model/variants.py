@@ -6,7 +6,6 @@ product model, updated only after its bundle is complete, so a failed training n
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import uuid
@@ -40,7 +39,7 @@ class ModelResult:
 
 
 def train_config(cfg: Config, **overrides) -> TrainConfig:
-    return dataclasses.replace(TrainConfig.from_settings(cfg.train), **overrides)
+    return TrainConfig.from_settings(cfg.train).model_copy(update=overrides)
 
 
 def check_train_settings(cfg: Config) -> None:

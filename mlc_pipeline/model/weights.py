@@ -244,7 +244,7 @@ def resolve_training(cfg):
                 arch = RECIPES["scratch"]["arch"]
     recipe = "pretrained" if pretrained != "none" and not nets.is_local_arch(arch) else "scratch"
     filled = {k: RECIPES[recipe][k] for k in RECIPE_FIELDS if getattr(cfg, k) is None}
-    resolved = dataclasses.replace(cfg, arch=arch, **filled)
+    resolved = cfg.model_copy(update={"arch": arch, **filled})
     if extra.get("fallback"):
         log.warning("pretrained=auto: %s; training from scratch instead (%s, %s px, %s epochs). For a machine "
                     "without internet see `mlc weights fetch` in docs/training.md.", extra["fallback"],

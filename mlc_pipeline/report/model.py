@@ -9,8 +9,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from mlc_pipeline.report.curves import curve_markdown, plot_curves
-from mlc_pipeline.model.metrics import compare_table, pct
+from mlc_pipeline.report.curves import curve_markdown
+
+from mlc_pipeline.model.plots import plot_curves
+from mlc_pipeline.report.tables import compare_table, pct
 
 
 def rounds_markdown(result) -> str:
