@@ -6,8 +6,6 @@ lowercase letters, digits and dashes).
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -21,20 +19,6 @@ DATASET_SUMMARY_KEY = "mlc-dataset-summary"
 PER_CLASS_KEY = "mlc-per-class-metrics"
 REJECTED_KEY = "mlc-rejected-by-reason"
 MINED_KEY = "mlc-mined-negatives"
-
-
-def plain(value: Any) -> Any:
-    """JSON-able copy: dataclasses -> dicts, Paths -> str (task results must travel to Dask workers
-    and the API)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def md_escape(text: Any) -> str:

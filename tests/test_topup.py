@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from mlc_pipeline.catalog import Catalog
-from mlc_pipeline.collect.stage import Shortfall, collect, collect_and_curate, shortfalls, usable_needed, usable_rate
+from mlc_pipeline.collect.stage import Shortfall, collect, shortfalls, usable_needed, usable_rate
+from mlc_pipeline.pipeline import collect_and_curate
 from mlc_pipeline.config import parse_config
 from mlc_pipeline.curate.stage import curate
 from mlc_pipeline.flickr_server import FlickrServer, WorldSpec

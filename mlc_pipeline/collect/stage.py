@@ -2,7 +2,7 @@
 
 `count` is a count of *usable* images (accepted by curation). A set's images that curation rejected
 or removed as duplicates do not count, so a collect after a curate tops the set up from further
-search results; `collect_and_curate` (what `mlc run` and the flow use) alternates the two until no
+search results; `collect_in_rounds` (pipeline.collect_and_curate, what `mlc run` and the flow use) alternates the two until no
 set is short or no short set can get more, and says by how much each set fell short.
 
 Resumable: search results and download outcomes are committed to the catalog as they happen, and a
@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
@@ -42,9 +42,9 @@ class CollectSummary:
     shortfall: dict[str, int] = field(default_factory=dict)   # "purpose/label" -> usable images missing
     max_connections_per_host: dict[str, int] = field(default_factory=dict)
     exhausted: list[str] = field(default_factory=list)        # sets whose queries ran dry
-    rounds: int = 1                                           # collect -> curate rounds (collect_and_curate)
+    rounds: int = 1                                           # collect -> curate rounds (collect_in_rounds)
     short: list[str] = field(default_factory=list)            # one line per short set, for people
-    seconds: dict[str, float] = field(default_factory=dict)   # collect / curate time (collect_and_curate)
+    seconds: dict[str, float] = field(default_factory=dict)   # collect / curate time (collect_in_rounds)
 
 
 def targets(cfg: Config) -> list[tuple[Target, list[str], int]]:
@@ -235,7 +235,7 @@ class Collector:
         return n
 
 
-TOPUP_ROUNDS = 5          # collect -> curate rounds of `collect_and_curate` at most
+TOPUP_ROUNDS = 5          # collect -> curate rounds of `collect_in_rounds` at most
 
 
 @dataclass
@@ -334,16 +334,15 @@ def collect(cfg: Config, progress: bool = True, on_progress: Callable[[int, int]
     return summary
 
 
-def collect_and_curate(cfg: Config, progress: bool = True, on_progress: Callable[[int, int], None] | None = None,
-                       max_rounds: int = TOPUP_ROUNDS):
-    """Collect and curate in rounds until every set has `count` usable images, or no short set can
+def collect_in_rounds(cfg: Config, curate: Callable[[Config], Any], progress: bool = True,
+                      on_progress: Callable[[int, int], None] | None = None, max_rounds: int = TOPUP_ROUNDS):
+    """Collect and `curate` in rounds until every set has `count` usable images, or no short set can
     get more (its queries ran dry), or `max_rounds` ran. Each round's searches go on from where the
-    previous round's stopped; photos already in the catalog are never downloaded again.
+    previous round's stopped; photos already in the catalog are never downloaded again. (`curate` is
+    passed in, curate.curate in practice: collect itself knows nothing of curation.)
 
     Returns (CollectSummary, the last round's CurateSummary); `summary.short` holds one line per set
     that fell short."""
-    from mlc_pipeline.curate.stage import curate
-
     curated = None
     seconds = {"collect": 0.0, "curate": 0.0}
     with collect_session(cfg, progress, on_progress) as (catalog, collector, summary):
