@@ -150,7 +150,7 @@ def main() -> int:
 
     import logging
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from mlc_pipeline.cli import parse_overrides
+    from mlc_pipeline.config import parse_overrides
     from mlc_pipeline.config import load_config
     from mlc_pipeline.report.curves import curve_markdown
     from mlc_pipeline.report.tables import pct

@@ -146,7 +146,7 @@ def published_state(cfg: Config | None) -> dict:
     from mlc_pipeline.model.variants import latest_model
 
     model = latest_model(cfg)
-    return {"latest_dataset": latest_version(cfg.data_dir / "datasets" / cfg.build.name),
+    return {"latest_dataset": latest_version(cfg.layout.datasets),
             "latest_model": model.name if model else None}
 
 

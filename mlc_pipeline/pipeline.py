@@ -102,7 +102,7 @@ def collect_and_curate(cfg: Config, progress: bool = True, on_progress: Callable
 def write_run_report(cfg: Config, result: PipelineResult) -> str:
     """The HTML report (data, and the model section when models were trained) and, for a run that
     trained, latest.json with the run's figures."""
-    reports = cfg.data_dir / "reports"
+    reports = cfg.layout.reports
     name = "latest.html" if result.rounds else "latest-dataset.html"
     extra = [model_section(result, models_root(cfg))] if result.rounds else []
     path = write_html_report(cfg, reports / name, extra_sections=extra)

@@ -16,7 +16,7 @@ from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import parse_config
 from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
-from mlc_pipeline.collect.flickr import InvalidKeyError, SourceError
+from mlc_pipeline.collect.flickr import InvalidKeyError
 
 ROOT = Path(__file__).resolve().parents[1]
 MLC = [sys.executable, "-m", "mlc_pipeline.cli"]

@@ -1,10 +1,7 @@
 """Curate and build end to end on real photos served by the bundled server in folder mode."""
 
-import csv
 import hashlib
-import io
 import json
-import os
 import shutil
 from pathlib import Path
 

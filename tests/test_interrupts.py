@@ -15,34 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from helpers import ENV, MLC, needs_namespaces, write_config
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import parse_config
 from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
-
-MLC = [sys.executable, "-m", "mlc_pipeline.cli"]
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("FLICKR_")}
-
-
-def write_config(tmp_path: Path, faults: str = "", count: int = 40, data: str = "data", **source) -> Path:
-    extra = "".join(f"\n  {k}: {v}" for k, v in source.items())
-    p = tmp_path / f"{data}.yaml"
-    p.write_text(f"""
-data_dir: {tmp_path / data}
-source:
-  kind: local
-  local: {{seed: 3, scale: 0.3, port: {free_port()}, faults: "{faults}"}}
-  sizes: [url_n, url_m]
-  retry: {{attempts: 3, base_delay_s: 0.01, max_delay_s: 0.05}}{extra}
-classes:
-  balloon: {{queries: [balloon], count: {count}}}
-  kite: {{queries: [kite], count: {count}}}
-other: {{queries: [landscape, texture], count: {count}}}
-""")
-    return p
-
 
 def image_files(data: Path) -> set[str]:
     """Every image file in raw/ (temp files are hidden `.part` files and are not images)."""
@@ -139,17 +117,6 @@ def test_a_retry_never_waits_past_the_deadline(tmp_path):
     assert not res.ok and res.reason.startswith("transient:deadline-exceeded:1.5s")
 
 
-# --- disk faults, in a user + mount namespace ---------------------------------------------------
-
-def namespaces_work() -> bool:
-    if not shutil.which("unshare"):
-        return False
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt 2>/dev/null || "
-                            "mount -t tmpfs -o size=64k tmpfs /tmp"], capture_output=True, timeout=30)
-    return probe.returncode == 0
-
-
-needs_namespaces = pytest.mark.skipif(not namespaces_work(), reason="unprivileged user+mount namespaces unavailable")
 
 
 def collect_in_namespace(cfg: Path, mount: str) -> subprocess.CompletedProcess:
@@ -209,7 +176,7 @@ def test_images_on_another_file_system_than_tmp(tmp_path):
 
 
 def test_stale_partial_files_of_a_killed_run_are_removed(tmp_path):
-    from mlc_pipeline.collect.download import clean_stale_temp
+    from mlc_pipeline.collect.rawfiles import clean_stale_temp
     shard = tmp_path / "raw" / "local" / "12"
     shard.mkdir(parents=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -11,7 +11,7 @@ import imagehash
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-from test_train import _background, _disc, _draw, trained_bundle
+from shapes import background, disc, draw, trained_bundle
 
 from mlc_pipeline.catalog import Catalog, Found
 from mlc_pipeline.config import Config
@@ -22,8 +22,8 @@ from mlc_pipeline.model.bundle import load_bundle
 
 
 def _red_disc_image(rng) -> Image.Image:
-    im = _background(rng)
-    _disc(ImageDraw.Draw(im), rng)
+    im = background(rng)
+    disc(ImageDraw.Draw(im), rng)
     return im
 
 
@@ -56,9 +56,9 @@ def _planted_world(tmp_path, **mine):
     images.mkdir()
     classes = [(f"class-red{i}", "train", "red", _red_disc_image(rng)) for i in range(6)]
     items = ([(f"pool-red{i}", "pool", "other", _red_disc_image(rng)) for i in range(8)]       # look like a class
-             + [(f"pool-noise{i}", "pool", "other", _draw("other", rng)) for i in range(8)]   # look like nothing
-             + classes + [("class-mislabelled", "train", "red", _draw("blue", rng))]
-             + [(f"probe{i}", "probe", "other", _draw("probe", rng)) for i in range(4)]
+             + [(f"pool-noise{i}", "pool", "other", draw("other", rng)) for i in range(8)]   # look like nothing
+             + classes + [("class-mislabelled", "train", "red", draw("blue", rng))]
+             + [(f"probe{i}", "probe", "other", draw("probe", rng)) for i in range(4)]
              + [("pool-copy-of-class", "pool", "other", classes[0][3].copy())])             # a class member in the pool
     with Catalog(cfg.catalog_path) as catalog:
         run_id = catalog.start_run("plant")

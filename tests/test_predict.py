@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import trained_bundle  # noqa: E402  (one tiny training shared by both files)
+from shapes import trained_bundle  # noqa: E402  (one tiny training shared by both files)
 
 from mlc_pipeline.model.assess import evaluate_bundle  # noqa: E402
 from mlc_pipeline.model.predict import predict_paths, score_paths  # noqa: E402

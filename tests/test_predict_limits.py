@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import trained_bundle  # noqa: E402  (one tiny training shared with test_predict)
+from shapes import trained_bundle  # noqa: E402  (one tiny training shared with test_predict)
 
 from mlc_pipeline.model.predict import predict_paths, score_with_errors  # noqa: E402
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_interrupts import ENV, MLC, needs_namespaces, write_config
+from helpers import ENV, MLC, needs_namespaces, write_config
 
 from mlc_pipeline.catalog import Catalog
 
@@ -96,7 +96,7 @@ def test_full_disk_during_build_is_one_line(built, tmp_path):
 @needs_namespaces
 def test_full_disk_during_model_export_says_disk_space(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_train import trained_bundle
+    from shapes import trained_bundle
     _, bundle = trained_bundle()
     out = tmp_path / "models"
     out.mkdir()

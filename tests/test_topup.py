@@ -243,7 +243,7 @@ def test_other_set_warnings_rules():
 
 def test_training_records_a_starved_other_set(tmp_path, caplog, monkeypatch):
     """A real (tiny) training run on a dataset whose "other" set is smaller than its classes."""
-    from test_train import make_shapes_dataset
+    from shapes import make_shapes_dataset
 
     # A hand-made manifest, never published by `mlc build`: no dataset.json or SHA256SUMS to verify
     # (tests/test_versions_verify.py covers that check).

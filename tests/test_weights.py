@@ -24,7 +24,8 @@ import torchvision
 
 from mlc_pipeline.model import weights as W
 from mlc_pipeline.config import load_config
-from mlc_pipeline.cli import main as mlc_main, parse_overrides
+from mlc_pipeline.cli import main as mlc_main
+from mlc_pipeline.config import parse_overrides
 from mlc_pipeline.report.model import network_line
 from mlc_pipeline.model.train import TrainConfig, train_model
 

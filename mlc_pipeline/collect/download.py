@@ -12,7 +12,6 @@ does; either way the queue is cancelled and every download that finished is stil
 from __future__ import annotations
 
 import email.utils
-import errno
 import hashlib
 import logging
 import os
@@ -20,20 +19,19 @@ import re
 import socket
 import threading
 import time
-import uuid
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from mlc_pipeline.config import SourceSettings
-from mlc_pipeline.fsutil import remove_dead_leftovers
-from mlc_pipeline.collect.retry import backoff_delay
+from mlc_pipeline.collect.rawfiles import StorageError, disk_errors, final_path, shard_dir, temp_path
+from mlc_pipeline.collect.retry import Transient, backoff_delay
+from mlc_pipeline.imageformat import image_extension
 from mlc_pipeline.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -43,12 +41,6 @@ MAX_REDIRECTS = 5
 CHUNK = 64 * 1024
 WATCHDOG_TICK_S = 0.1
 STOP_WAIT_S = 10.0        # after Ctrl-C: how long cut downloads get to unwind before we stop waiting
-MAGIC = (  # (prefix, offset, extension)
-    (b"\xff\xd8\xff", 0, "jpg"), (b"\x89PNG\r\n\x1a\n", 0, "png"), (b"GIF87a", 0, "gif"),
-    (b"GIF89a", 0, "gif"), (b"WEBP", 8, "webp"), (b"BM", 0, "bmp"), (b"II*\x00", 0, "tif"),
-    (b"MM\x00*", 0, "tif"),
-)
-
 
 @dataclass(frozen=True)
 class DownloadJob:
@@ -73,41 +65,8 @@ class Rejected(Exception):
     """A final failure: the reason is recorded and the job is not retried."""
 
 
-class Retryable(Exception):
-    def __init__(self, reason: str, wait_s: float | None = None):
-        super().__init__(reason)
-        self.wait_s = wait_s
-
-
 class Cancelled(Exception):
     """The run is stopping (Ctrl-C or a write error): this job did not finish and stays pending."""
-
-
-class StorageError(Exception):
-    """Images cannot be written (disk full, read-only, no permission...): every later image would
-    fail the same way, so the run stops instead of burning through the search results."""
-
-
-WRITE_PROBLEMS = {
-    errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
-    errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-    errno.EPERM: "permission denied", errno.EFBIG: "the file size limit was reached",
-    errno.EXDEV: "a rename across file systems", errno.EIO: "an I/O error of the disk",
-}
-
-
-def storage_error(exc: OSError, folder: Path) -> StorageError:
-    what = WRITE_PROBLEMS.get(exc.errno, exc.strerror or type(exc).__name__)
-    code = errno.errorcode.get(exc.errno, "?") if exc.errno else type(exc).__name__
-    return StorageError(f"cannot write images to {folder}: {what} ({code}); free space or fix the folder, "
-                        f"then rerun the same command (downloads that finished are recorded)")
-
-
-def image_extension(head: bytes) -> str | None:
-    for prefix, offset, ext in MAGIC:
-        if head[offset:offset + len(prefix)] == prefix and (ext != "webp" or head[:4] == b"RIFF"):
-            return ext
-    return None
 
 
 def host_of(url: str) -> str:
@@ -136,36 +95,6 @@ def retry_after_seconds(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
-
-
-def shard_dir(raw_dir: Path, photo_id: str) -> Path:
-    return raw_dir / photo_id[-2:].rjust(2, "_")
-
-
-def final_path(raw_dir: Path, photo_id: str, ext: str) -> Path:
-    return shard_dir(raw_dir, photo_id) / f"{photo_id}.{ext}"
-
-
-def temp_path(raw_dir: Path, photo_id: str) -> Path:
-    """Beside its final path (same folder, so the same file system: the rename never hits EXDEV);
-    hidden, and named by the writing process so a later run can tell whether it is stale."""
-    return shard_dir(raw_dir, photo_id) / f".{photo_id}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part"
-
-
-def clean_stale_temp(root: Path) -> int:
-    """Remove partial files (`*.part`) of download processes that are no longer alive (killed runs):
-    the hidden ones beside the images, and those of older versions in <pid>-<hex> folders."""
-    if not root.exists():
-        return 0
-
-    def writer(f: Path) -> str:
-        return (f.name.split(".")[-2] if f.name.startswith(".") else f.parent.name).split("-")[0]
-
-    removed = len(remove_dead_leftovers(root.rglob("*.part"), writer, spare_own=False))
-    for d in root.iterdir():         # the empty <pid>-<hex> folders older versions wrote into
-        if d.is_dir() and "-" in d.name and d.name.split("-")[0].isdigit() and not any(d.iterdir()):
-            d.rmdir()
-    return removed
 
 
 def cut_connection(resp: requests.Response) -> None:
@@ -233,7 +162,7 @@ class Downloader:
                 return self._fetch_once(job, attempt + 1)
             except Rejected as exc:
                 return DownloadResult(job.cid, False, reason=str(exc), attempts=attempt + 1)
-            except Retryable as exc:
+            except Transient as exc:
                 if attempt == attempts - 1:
                     return DownloadResult(job.cid, False, reason=f"transient:{exc}", attempts=attempt + 1)
                 wait = exc.wait_s if exc.wait_s is not None else backoff_delay(
@@ -285,15 +214,15 @@ class Downloader:
                 finally:
                     with self.slots_lock:
                         self.watched.pop(me, None)
-        except (Rejected, Retryable, StorageError, Cancelled):
+        except (Rejected, Transient, StorageError, Cancelled):
             raise
         except Exception as exc:
             if self._take_cut():
                 raise self._cut_error() from None
             if isinstance(exc, (requests.Timeout, requests.ConnectionError)):
-                raise Retryable(type(exc).__name__.lower()) from None
+                raise Transient(type(exc).__name__.lower()) from None
             if isinstance(exc, requests.exceptions.ChunkedEncodingError):
-                raise Retryable("connection-broken") from None
+                raise Transient("connection-broken") from None
             raise
 
     def _take_cut(self) -> bool:
@@ -314,9 +243,9 @@ class Downloader:
                 raise Rejected(f"http-{code}-without-location")
             return urljoin(url, location)
         if code == 429:
-            raise Retryable("http-429", retry_after_seconds(resp.headers.get("Retry-After")))
+            raise Transient("http-429", retry_after_seconds(resp.headers.get("Retry-After")))
         if code >= 500:
-            raise Retryable(f"http-{code}")
+            raise Transient(f"http-{code}")
         if code != 200:
             raise Rejected(f"http-{code}")
         ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
@@ -431,15 +360,3 @@ class Downloader:
                     self.was_cut.add(t)
             for _, resp in due:
                 cut_connection(resp)
-
-
-@contextmanager
-def disk_errors(folder: Path) -> Iterator[None]:
-    """Turn an OSError of a local file operation into a StorageError naming the folder. Network
-    errors (requests' exceptions are OSErrors too) pass through unchanged."""
-    try:
-        yield
-    except requests.RequestException:
-        raise
-    except OSError as exc:
-        raise storage_error(exc, folder) from None

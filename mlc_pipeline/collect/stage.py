@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from mlc_pipeline.catalog import Catalog, Found, merge_labels, run_end_status
 from mlc_pipeline.config import Config
-from mlc_pipeline.collect.download import Downloader, DownloadJob, clean_stale_temp
+from mlc_pipeline.collect.download import Downloader, DownloadJob
+from mlc_pipeline.collect.rawfiles import clean_stale_temp
 from mlc_pipeline.collect.flickr import FlickrSource, Target
 from mlc_pipeline.secrets import flickr_credentials, install_log_redaction
 
@@ -127,8 +128,8 @@ class Collector:
     def __init__(self, cfg: Config, catalog: Catalog, source: FlickrSource, allowed_hosts: list[str],
                  progress: bool = True, on_progress: Callable[[int, int], None] | None = None):
         self.cfg, self.catalog, self.source = cfg, catalog, source
-        self.downloader = Downloader(cfg.source, allowed_hosts, cfg.data_dir / "raw" / source.name,
-                                     cfg.data_dir / "tmp" / "downloads")
+        self.downloader = Downloader(cfg.source, allowed_hosts, cfg.layout.raw(source.name),
+                                     cfg.layout.legacy_downloads)
         self.progress = progress
         self.on_progress = on_progress
         self.streams: dict[str, Iterator[Found]] = {}   # set key -> its search, where it stopped
@@ -304,8 +305,8 @@ def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int
     """The catalog, a collector on the configured source and the run's summary, recorded as one
     collect run (completed with the summary as it stands when the block ends)."""
     install_log_redaction()
-    clean_stale_temp(cfg.data_dir / "raw")
-    clean_stale_temp(cfg.data_dir / "tmp" / "downloads")      # where versions before 2026-12 wrote them
+    clean_stale_temp(cfg.layout.raw())
+    clean_stale_temp(cfg.layout.legacy_downloads)      # where versions before 2026-12 wrote them
     with Catalog(cfg.catalog_path) as catalog, open_source(cfg) as (source, hosts):
         run_id = catalog.start_run("collect")
         summary = CollectSummary(run_id)

@@ -17,6 +17,7 @@ import numpy as np
 
 from mlc_pipeline.catalog import FILE_STATUSES, Catalog, run_end_status
 from mlc_pipeline.config import Config
+from mlc_pipeline.layout import DataLayout
 from mlc_pipeline.manifest import read_manifest, versions
 from mlc_pipeline.curate.dedup import DedupItem, resolve_duplicates, view_distance
 from mlc_pipeline.curate.hashing import hex_to_uint64, inspect_files
@@ -51,7 +52,8 @@ def quarantine(path: Path, data_dir: Path, reason: str) -> Path:
     if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(data_dir)):
         log.warning("%s is outside the data root %s: rejected (%s) but left where it is", path, data_dir, reason)
         return path
-    folder = data_dir / "quarantine" / reason.split(":")[0]
+    layout = DataLayout(data_dir)
+    folder = layout.quarantine(reason)
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / path.name
     try:
@@ -59,7 +61,7 @@ def quarantine(path: Path, data_dir: Path, reason: str) -> Path:
     except FileNotFoundError:
         # Another curate of the same data root moved it first (the data-root lock normally keeps
         # them apart), perhaps under another reason: record where it really is; not an error.
-        moved = dest if dest.exists() else next((data_dir / "quarantine").glob(f"*/{path.name}"), None)
+        moved = dest if dest.exists() else next(layout.quarantine().glob(f"*/{path.name}"), None)
         if moved is None:
             log.warning("%s is gone and not in %s either; recorded as quarantined there", path, folder)
         return moved or dest
@@ -198,7 +200,7 @@ def cross_duplicates(kept: list[dict], new: list[dict], threshold: int, confirm)
 def published_test_images(cfg: Config) -> list[dict]:
     """The test images of every published version of the dataset, hashed from their published files:
     dicts with version, candidate_id, source, photo_id, file_path, sha256, phash, view_hashes."""
-    root = cfg.data_dir / "datasets" / cfg.build.name
+    root = cfg.layout.datasets
     found = []
     for version in versions(root):
         manifest = root / version / "manifest.csv"

@@ -74,7 +74,7 @@ def delete_file(path: str | None) -> list[str]:
 
 def published_versions_with(cfg: Config, photos: set[tuple[str, str]]) -> dict[str, list[str]]:
     "version -> photo ids of `photos` (source, photo_id) that its manifest still lists."
-    root = cfg.data_dir / "datasets" / cfg.build.name
+    root = cfg.layout.datasets
     out: dict[str, list[str]] = {}
     for version in versions(root):
         manifest = Path(root / version / "manifest.csv")

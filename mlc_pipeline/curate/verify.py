@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from mlc_pipeline.imageformat import image_extension
+
 # Formats we decode. Everything else (EPS runs Ghostscript, PSD, ICO, ...) is refused up front.
 DEFAULT_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG includes MPO
 
@@ -47,10 +49,6 @@ ORIENTATION_TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-
-# Leading bytes of the formats we accept: a file that starts like an image but cannot be parsed is
-# `corrupt-header`, not `not-an-image`.
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 
 # What Pillow raises on hostile data varies by plugin; these are the types seen in practice. The
 # exception's name is kept in the reason code, so nothing is swallowed.
@@ -184,7 +182,7 @@ def _unidentified_reason(data: bytes) -> str:
             other_format = None  # no plugin at all takes these bytes as an image
     if other_format is not None:
         return f"unsupported-format:{other_format}"
-    if data.startswith(_MAGIC) or data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+    if image_extension(data) is not None:     # starts like an image but cannot be parsed
         return "corrupt-header"
     return "not-an-image"
 

@@ -280,7 +280,7 @@ def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
     error, or with `repair` the reason to publish a fresh version from the catalog.
     """
     name = cfg.build.name
-    root = cfg.data_dir / "datasets" / name
+    root = cfg.layout.datasets
     root.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(root)
     with Catalog(cfg.catalog_path) as catalog:

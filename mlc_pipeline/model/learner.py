@@ -22,7 +22,7 @@ from fastai.vision.all import (
 from mlc_pipeline.model.metrics import OTHER
 
 if TYPE_CHECKING:
-    from mlc_pipeline.model.train import TrainConfig
+    from mlc_pipeline.model.options import TrainConfig
 
 log = logging.getLogger(__name__)
 

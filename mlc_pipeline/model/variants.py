@@ -52,7 +52,7 @@ def check_train_settings(cfg: Config) -> None:
 
 
 def models_root(cfg: Config) -> Path:
-    return cfg.data_dir / "models"
+    return cfg.layout.models
 
 
 def bundle_name(prefix: str) -> str:

@@ -67,10 +67,6 @@ def format_catalog_summary(summary: dict) -> str:
 
 
 # --- dataset versions --------------------------------------------------------------------------
-def dataset_root(cfg: Config) -> Path:
-    return cfg.data_dir / "datasets" / cfg.build.name
-
-
 def version_diff(old: list[dict], new: list[dict]) -> dict:
     """Added / removed images per label (by source and photo id) between two manifests."""
     key = lambda r: (r["source"], r["photo_id"])
@@ -89,7 +85,7 @@ def version_diff(old: list[dict], new: list[dict]) -> dict:
 
 
 def dataset_summary(cfg: Config, version: str | None = None) -> dict | None:
-    root = dataset_root(cfg)
+    root = cfg.layout.datasets
     version = version or latest_version(root)
     if not version:
         return None
