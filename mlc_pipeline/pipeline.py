@@ -100,16 +100,10 @@ def collect_and_curate(cfg: Config, progress: bool = True, on_progress: Callable
 
 
 def write_run_report(cfg: Config, result: PipelineResult) -> str:
-    """The HTML report (data, and the model section when models were trained) and, for a run that
-    trained, latest.json with the run's figures."""
-    reports = cfg.layout.reports
+    """The HTML report: the data, and the model section when models were trained."""
     name = "latest.html" if result.rounds else "latest-dataset.html"
     extra = [model_section(result, models_root(cfg))] if result.rounds else []
-    path = write_html_report(cfg, reports / name, extra_sections=extra)
-    result.report = str(path)
-    if result.rounds:
-        write_text_atomic(reports / "latest.json", json.dumps(asdict(result), indent=2, default=str))
-    return str(path)
+    return str(write_html_report(cfg, cfg.layout.reports / name, extra_sections=extra))
 
 
 class Stages:
@@ -186,6 +180,7 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
             break
     with stages.stage("report"):
         out.report = stages.report(cfg, out)
+    write_text_atomic(cfg.layout.reports / "latest.json", json.dumps(asdict(out), indent=2, default=str))
     return out
 
 

@@ -83,3 +83,7 @@ def namespaces_work() -> bool:
 
 
 needs_namespaces = pytest.mark.skipif(not namespaces_work(), reason="unprivileged user+mount namespaces unavailable")
+
+
+REPO = Path(__file__).resolve().parents[1]               # the project's root
+FIXTURES = REPO.parent / "shared" / "fixtures"           # real photos, beside the checkout (never copied in)

@@ -95,7 +95,6 @@ def test_full_disk_during_build_is_one_line(built, tmp_path):
 
 @needs_namespaces
 def test_full_disk_during_model_export_says_disk_space(tmp_path):
-    sys.path.insert(0, str(Path(__file__).parent))
     from shapes import trained_bundle
     _, bundle = trained_bundle()
     out = tmp_path / "models"

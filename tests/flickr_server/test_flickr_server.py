@@ -20,13 +20,15 @@ import requests
 from flickrapi.exceptions import FlickrError
 from PIL import Image
 
+from helpers import REPO, FIXTURES
+
 from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec, build_world
 from mlc_pipeline.flickr_server.objects import draw_distractor
 
 ALL_URL_EXTRAS = "url_sq,url_t,url_q,url_s,url_n,url_m,url_z,url_c,url_l"
 ALL_EXTRAS = "license,owner_name,date_upload,date_taken,tags,o_dims," + ALL_URL_EXTRAS
 SIZE_SUFFIX = {"sq": "_s", "t": "_t", "q": "_q", "s": "_m", "n": "_n", "m": "", "z": "_z", "c": "_c"}
-FIXTURES = Path("/work/shared/fixtures/hymenoptera")
+HYMENOPTERA = FIXTURES / "hymenoptera"
 SMALL = WorldSpec(seed=7, scale=0.1)
 
 
@@ -452,11 +454,11 @@ def test_rendering_is_cheap_and_deterministic():
 
 def test_folder_mode_serves_the_files_themselves():
     query_map = {"ants": "ants", "bees": "bees"}
-    spec = WorldSpec(kind="folder", folder=str(FIXTURES), query_map=query_map)
+    spec = WorldSpec(kind="folder", folder=str(HYMENOPTERA), query_map=query_map)
     with FlickrServer(spec) as srv:
         api = flickr_client(srv)
         for query in query_map:
-            files = sorted(p for p in (FIXTURES / query).iterdir() if p.suffix.lower() == ".jpg")
+            files = sorted(p for p in (HYMENOPTERA / query).iterdir() if p.suffix.lower() == ".jpg")
             reply = api.photos.search(text=query, per_page=500, extras=ALL_URL_EXTRAS + ",tags")["photos"]
             assert int(reply["total"]) == len(files) and len(reply["photo"]) == len(files)
             assert {srv.world.photo(p["id"]).kind for p in reply["photo"]} == {query}
@@ -491,7 +493,7 @@ def test_faultspec_parse_and_all_on():
 
 
 def test_serve_main_cli_serves_until_interrupted():
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     process = subprocess.Popen(
         [sys.executable, "-c", "import sys; from mlc_pipeline.flickr_server import serve_main; sys.exit(serve_main(sys.argv[1:]))",
          "--port", "0", "--scale", "0.05", "--api-key", "cli-key", "--faults", "img429=0.5"],

@@ -22,6 +22,8 @@ import pytest
 import torch
 import torchvision
 
+from helpers import FIXTURES
+
 from mlc_pipeline.model import weights as W
 from mlc_pipeline.config import load_config
 from mlc_pipeline.cli import main as mlc_main
@@ -29,7 +31,7 @@ from mlc_pipeline.config import parse_overrides
 from mlc_pipeline.report.model import network_line
 from mlc_pipeline.model.train import TrainConfig, train_model
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURES = FIXTURES
 R18 = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
 TINY = dict(image_size=32, epochs=1, batch_size=8, threads=1, seed=0)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from shapes import trained_bundle  # noqa: E402  (one tiny training shared with test_predict)
 
 from mlc_pipeline.model.predict import predict_paths, score_with_errors  # noqa: E402

@@ -15,7 +15,7 @@ from mlc_pipeline.model.predict import score_paths
 
 from mlc_pipeline.model.bundle import load_bundle
 
-OLD = Path(__file__).parent / "data" / "bundle-0.1.0"
+OLD = Path(__file__).resolve().parents[1] / "data" / "bundle-0.1.0"
 
 
 def test_bundle_from_before_the_restructure_loads_and_scores_the_same(tmp_path):

@@ -12,6 +12,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from helpers import FIXTURES
+
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import parse_config
@@ -20,7 +22,7 @@ from mlc_pipeline.dataset.build import build_dataset
 from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.flickr_server.folder import photo_id_for
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "hymenoptera"
+FIXTURES = FIXTURES / "hymenoptera"
 pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="fixture photos missing (../shared/fixtures)")
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from helpers import REPO, FIXTURES
+
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.stage import Shortfall, collect, shortfalls, usable_needed, usable_rate
 from mlc_pipeline.pipeline import collect_and_curate
@@ -30,7 +32,7 @@ from mlc_pipeline.model.variants import other_set_warnings, train_version
 from mlc_pipeline.pipeline import PipelineResult, record
 from mlc_pipeline.report.inspect import inspect_main
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "hymenoptera"
+FIXTURES = FIXTURES / "hymenoptera"
 FAST_RETRY = {"attempts": 3, "base_delay_s": 0.01, "max_delay_s": 0.05}
 GOOD_OTHER, THUMBS_OTHER, GOOD_POOL, THUMBS_POOL = 20, 25, 15, 10
 
@@ -211,7 +213,7 @@ def test_usable_rate_plans_top_ups_and_lines_name_every_loss():
 
 
 def test_artifact_summary_lists_short_sets_and_training_warnings():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # flows/ is a top-level folder
+    sys.path.insert(0, str(REPO))     # flows/ is a top-level folder
     from flows.artifacts import summary_markdown
 
     line = "other: 151 of 300 usable (queries exhausted; 149 rejected: too-small 149)"

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from helpers import REPO, free_port
 from PIL import Image
 
 from mlc_pipeline.catalog import Catalog
@@ -18,7 +18,7 @@ from mlc_pipeline.config import parse_config
 from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
 from mlc_pipeline.collect.flickr import InvalidKeyError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 MLC = [sys.executable, "-m", "mlc_pipeline.cli"]
 FAST_RETRY = {"attempts": 6, "base_delay_s": 0.01, "max_delay_s": 0.05}
 

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import FIXTURES
+
 from mlc_pipeline.dataset import build as dataset_mod
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.stage import collect
@@ -21,7 +23,7 @@ from mlc_pipeline.curate.hashing import hex_to_uint64
 from mlc_pipeline.curate.neardup import find_pairs
 from mlc_pipeline.report.inspect import dataset_summary, format_dataset_summary, write_html_report
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "hymenoptera"
+FIXTURES = FIXTURES / "hymenoptera"
 
 
 def reencode(src: Path, dest: Path, scale: float = 1.0, quality: int = 70) -> None:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from shapes import trained_bundle  # noqa: E402  (one tiny training shared by both files)
 
 from mlc_pipeline.model.assess import evaluate_bundle  # noqa: E402
