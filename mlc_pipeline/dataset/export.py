@@ -118,6 +118,7 @@ def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bo
             "fingerprint": meta.get("fingerprint"), "images": len(rows), "files": files,
             "source": str(version_dir.resolve()), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "licenses": meta.get("counts", {}).get("licenses", {})}, indent=2))
+        check_destination(version_dir, out, force)   # again: another export may have written `out` meanwhile
         replace_dir(tmp, out)
     finally:
         if tmp.exists():
