@@ -64,7 +64,19 @@ def cmd_build(args) -> int:
     state = ("published" if res.published else
              "unchanged (identical to the latest version, its files verified; not published again)")
     print(f"dataset {res.name} {res.version}: {state}\n  {res.path}\n  {res.counts['images']} images")
+    if res.published:
+        from .report import dataset_summary
+        diff = dataset_summary(cfg, res.version)["diff"]
+        if diff is not None:
+            print("  changes since the previous version: " + ("; ".join(
+                f"{label} " + ", ".join(f"{k} {n}" for k, n in c.items()) for label, c in diff.items()) or "none"))
     return 0
+
+
+def cmd_review(args) -> int:
+    from .review.server import serve
+    cfg = load_config(args.config, parse_overrides(args.set))
+    return serve(cfg, host=args.host, port=args.port)
 
 
 def dataset_dir(cfg, version: str | None):
@@ -336,6 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="fetch: seconds without progress before giving up")
     p.add_argument("--all", action="store_true", help="list: every torchvision network, cached or not")
     p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("review", help="browse and correct the catalog in a local web app (docs/review.md)")
+    add_config(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (not loopback: a token is required)")
+    p.add_argument("--port", type=int, default=8777)
+    p.set_defaults(func=cmd_review)
 
     p = sub.add_parser("inspect", help="what is in the catalog and the datasets")
     add_config(p)
