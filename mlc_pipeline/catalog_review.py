@@ -194,6 +194,8 @@ def undo(catalog: Catalog, cid: int, action_id: int, reason: str, client: str) -
                 raise ReviewError(f"action {action_id} of this image cannot be undone")
             if target["undone_by"] is not None:
                 raise StaleUndo(f"action {action_id} was already undone (action {target['undone_by']})")
+            if latest is None:
+                raise ReviewError(f"action {action_id} can no longer be undone: a takedown came after it")
             raise StaleUndo(f"a later action ({latest['action']} by {latest['client']}) came after action "
                             f"{action_id}: reload, and undo that one first")
         restored = json.loads(latest["before_state"])
