@@ -232,7 +232,7 @@ def actions(catalog: Catalog, cid: int) -> list[dict]:
 def recent_actions(catalog: Catalog, limit: int = 50) -> list[dict]:
     rows = catalog.db.execute("SELECT a.*, c.photo_id FROM review_actions a JOIN candidates c ON c.id = a.candidate_id "
                               "ORDER BY a.id DESC LIMIT ?", (limit,))
-    return [dict(r) for r in rows]
+    return [{**dict(r), "detail": json.loads(r["detail"] or "{}")} for r in rows]
 
 
 # --- what build uses -----------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def review_changed_photos(catalog: Catalog) -> list[str]:
 BROWSE_COLUMNS = ("c.id, c.source, c.photo_id, c.purpose, c.label, c.curated_label, c.status, c.reason, c.title, "
                   "c.sha256, c.license_id, c.mined_round, c.mined_score, o.labels AS review_labels, "
                   "o.include AS review_include")
-FILTERS = ("set", "label", "status", "reason", "licence", "round", "version", "split", "reviewed")
+FILTERS = ("set", "label", "status", "reason", "licence", "round", "version", "split", "reviewed", "sort")
 
 
 def _where(filters: dict, dataset: str) -> tuple[str, list]:
@@ -309,12 +309,16 @@ def _where(filters: dict, dataset: str) -> tuple[str, list]:
     return " AND ".join(sql), params
 
 
-def browse(catalog: Catalog, filters: dict, dataset: str, limit: int, offset: int) -> tuple[list[dict], int]:
-    """One page of candidates matching `filters`, by id, and how many match in all."""
+ORDERS = {"id": "c.id", "score": "(c.mined_score IS NULL), c.mined_score DESC, c.id"}   # score: mining's, highest first
+
+
+def browse(catalog: Catalog, filters: dict, dataset: str, limit: int, offset: int,
+           order: str = "id") -> tuple[list[dict], int]:
+    """One page of candidates matching `filters`, by id (or mining score), and how many match in all."""
     where, params = _where(filters, dataset)
     base = f"FROM candidates c LEFT JOIN review_overrides o ON o.candidate_id = c.id WHERE {where}"
     total = catalog.db.execute(f"SELECT COUNT(*) {base}", params).fetchone()[0]
-    rows = catalog.db.execute(f"SELECT {BROWSE_COLUMNS} {base} ORDER BY c.id LIMIT ? OFFSET ?",
+    rows = catalog.db.execute(f"SELECT {BROWSE_COLUMNS} {base} ORDER BY {ORDERS.get(order, 'c.id')} LIMIT ? OFFSET ?",
                               (*params, limit, offset)).fetchall()
     return [dict(r) for r in rows], total
 

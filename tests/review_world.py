@@ -25,7 +25,10 @@ def make_world(root: Path) -> Path:
         (root / name).mkdir(parents=True)
         for f in files:
             shutil.copy(f, root / name / f.name)
-    shutil.copy(ants[0], root / "ants" / "zz_exact_copy.jpg")          # a duplicate for the queue
+    shutil.copy(ants[0], root / "ants" / "zz_exact_copy.jpg")          # duplicates for the queue
+    with Image.open(ants[1]) as im:                                    # a near one: smaller, re-encoded
+        im.convert("RGB").resize((im.width * 7 // 10, im.height * 7 // 10)).save(root / "ants" / "zz_near.jpg",
+                                                                                quality=70)
     Image.new("RGB", (40, 30), (200, 30, 30)).save(root / "bees" / "zz_tiny.jpg")   # quarantined: too-small
     return root
 

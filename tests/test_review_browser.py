@@ -21,7 +21,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SHOTS = os.environ.get("MLC_REVIEW_SCREENSHOTS")
 
 
+def all_images_loaded(page) -> None:
+    page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+
+
 def shoot(page, name: str, full: bool = False) -> None:
+    all_images_loaded(page)
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(Path(SHOTS) / f"review-{name}.png"), full_page=full)
@@ -64,10 +69,15 @@ def test_filter_open_relabel_reject_undo_then_build(world, browser):
     everything = int(page.inner_text("#total"))
     page.select_option("select[name=set]", "train")
     page.select_option("select[name=label]", "ants")
+    page.select_option("select[name=status]", "accepted")
     with page.expect_navigation():
         page.click("form#filters button[type=submit]")
     shoot(page, "browse")
     ants = int(page.inner_text("#total"))
+    # every thumbnail decoded (JPEGs made once, cached under the data root by file content)
+    widths = page.eval_on_selector_all(".card img", "imgs => imgs.map(i => i.naturalWidth)")
+    assert len(widths) == ants and min(widths) > 0
+    assert len(list((cfg.data_dir / "review" / "thumbs").rglob("*.jpg"))) >= ants
     assert 0 < ants < everything
     labels = page.locator(".card .labels").all_inner_texts()
     assert len(labels) == ants and all("ants" in x.split() for x in labels)
@@ -107,6 +117,9 @@ def test_filter_open_relabel_reject_undo_then_build(world, browser):
     shoot(page, "duplicates")
     page.goto(server.url + "/log")
     shoot(page, "log")
+    page.goto(server.url + "/queues")
+    assert page.locator("#queues tr").count() == 7
+    shoot(page, "queues")
     assert not errors, errors
 
     # The next build applies the review; v1 is untouched

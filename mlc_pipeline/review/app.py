@@ -25,6 +25,7 @@ from ..config import Config
 from ..dataset import read_manifest, recorded_fingerprint, versions
 from ..verify import check_image
 from .security import CLIENT_HEADER, COOKIE, Guard, session_value
+from .queues import model_review_list, scores_for
 from .thumbs import thumbnail
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,15 @@ PAGE_SIZE = 60
 FACETS_TTL_S = 30.0
 # Verification reasons of policy, not of a broken file: a reviewer may put such an image back.
 POLICY_REASONS = ("too-small", "extreme-aspect")
+# The queues a reviewer works through, each a browse filter sorted by what to see first.
+QUEUES = {
+    "quarantined and rejected files, with their reasons": {"status": "rejected"},
+    "duplicates (side by side: the duplicates page)": {"status": "duplicate"},
+    "mined hard negatives, highest score first": {"reason": "hard-negative", "sort": "score"},
+    "pool images held back from mining, highest score first": {"reason": "held", "sort": "score"},
+    "probe images (unknown kinds) accepted for evaluation": {"set": "probe", "status": "accepted"},
+    "changed in review": {"reviewed": "1"},
+}
 PLACEHOLDER = ('<svg xmlns="http://www.w3.org/2000/svg" width="160" height="160"><rect width="160" height="160" '
                'fill="#eee"/><text x="80" y="85" font-size="13" text-anchor="middle" fill="#888">no image</text></svg>')
 
@@ -99,9 +109,9 @@ def effective(row: dict) -> dict:
 
 
 def client_of(request: Request) -> str:
-    tab = (request.headers.get(CLIENT_HEADER) or "-")[:40]
-    agent = (request.headers.get("user-agent") or "")[:60]
-    return f"{request.client.host if request.client else '?'} tab={tab} {agent}".strip()
+    """The address and the browser tab's id (review.js makes one per tab): two tabs are two clients."""
+    tab = "".join(ch for ch in (request.headers.get(CLIENT_HEADER) or "-")[:40] if ch.isprintable())
+    return f"{request.client.host if request.client else '?'} tab={tab}"
 
 
 def create_app(cfg: Config, token: str | None = None, port: int = 8777) -> FastAPI:
@@ -132,7 +142,8 @@ def create_app(cfg: Config, token: str | None = None, port: int = 8777) -> FastA
         with review.lock:
             published = review.refresh_versions()
             try:
-                rows, total = cr.browse(review.catalog, filters, review.dataset, PAGE_SIZE, (page_no - 1) * PAGE_SIZE)
+                rows, total = cr.browse(review.catalog, filters, review.dataset, PAGE_SIZE, (page_no - 1) * PAGE_SIZE,
+                                        order=filters.get("sort", "id"))
             except ValueError:
                 raise HTTPException(400, "licence and round filters are numbers") from None
             facets = review.facets()
@@ -160,6 +171,7 @@ def create_app(cfg: Config, token: str | None = None, port: int = 8777) -> FastA
             kept = review.catalog.get(row["duplicate_of"]) if row["duplicate_of"] else None
         eff = effective({**row, "review_labels": override["labels"], "review_include": override["include"]})
         return page(request, "image.html", row=row, eff=eff, override=override, events=events, actions=acts,
+                    scores=scores_for(cfg, cid),
                     latest=latest, per_version=per_version, prev_id=prev_id, next_id=next_id, kept=kept,
                     query=urlencode(filters), runs={e["run_id"] for e in events if e["run_id"]})
 
@@ -170,6 +182,15 @@ def create_app(cfg: Config, token: str | None = None, port: int = 8777) -> FastA
             rows, total = cr.duplicate_pairs(review.catalog, PAGE_SIZE // 2, (page_no - 1) * (PAGE_SIZE // 2))
         pages = max(1, -(-total // (PAGE_SIZE // 2)))
         return page(request, "duplicates.html", rows=rows, total=total, page_no=page_no, pages=pages)
+
+    @app.get("/queues", response_class=HTMLResponse)
+    def queues(request: Request):
+        with review.lock:
+            count = lambda f: cr.browse(review.catalog, f, review.dataset, 0, 0)[1]
+            counts = {name: count(f) for name, f in QUEUES.items()}
+        bundle, noisy = model_review_list(cfg)
+        return page(request, "queues.html", counts=counts, queues=QUEUES, bundle=bundle, noisy=noisy[:PAGE_SIZE],
+                    noisy_total=len(noisy))
 
     @app.get("/log", response_class=HTMLResponse)
     def action_log(request: Request):
