@@ -204,3 +204,21 @@ def test_model_scores_and_queues_from_the_latest_bundle(root):
         page = client.get(f"/image/{target['id']}").text
         assert "The latest model's scores" in page and "0.012" in page
         assert "rejected files" in queues and '<td>1</td>' in queues      # the planted too-small image
+
+
+def test_bad_requests_get_one_line_answers(root):
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        h = {"X-MLC-Client": "t"}
+        assert client.post("/api/action", content=b"{not json", headers=h).status_code == 400
+        assert client.post("/api/action", json=[1], headers=h).status_code == 400
+        assert client.post("/api/action", json={"id": "x", "action": "reject"}, headers=h).status_code == 400
+        assert client.post("/api/action", json={"id": 1, "action": "explode"}, headers=h).json()["error"] == \
+            "unknown action 'explode'"
+        assert client.post("/api/undo", json={"id": 1, "action_id": "last"}, headers=h).status_code == 400
+        assert client.post("/api/undo", json={"id": 1, "action_id": 99}, headers=h).status_code == 409
+        assert client.get("/image/999999").status_code == 404
+        assert client.get("/?licence=abc").status_code == 400
+        assert client.get("/thumb/999999").status_code == 404

@@ -131,8 +131,8 @@ def create_app(cfg: Config, token: str | None = None, port: int = 8777) -> FastA
     templates.env.filters["detail"] = lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items()))
     templates.env.filters["utc"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
 
-    def page(request: Request, name: str, **context) -> HTMLResponse:
-        return templates.TemplateResponse(request, name, context)
+    def page(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
+        return templates.TemplateResponse(request, name, context, status_code=status_code)
 
     @app.get("/", response_class=HTMLResponse)
     def browse(request: Request, page_no: int = 1):
@@ -221,16 +221,21 @@ def create_app(cfg: Config, token: str | None = None, port: int = 8777) -> FastA
 
     @app.post("/api/action")
     async def action(request: Request):
-        body = await request.json()
-        return await run_in_lock(request, body, do_action)
+        return await in_thread(request, do_action)
 
     @app.post("/api/undo")
     async def undo_action(request: Request):
-        body = await request.json()
-        return await run_in_lock(request, body, do_undo)
+        return await in_thread(request, do_undo)
 
-    async def run_in_lock(request: Request, body: dict, fn):
+    async def in_thread(request: Request, fn):
+        """Parse the common fields, then run `fn` in the thread pool (it takes the catalog lock)."""
         from starlette.concurrency import run_in_threadpool
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "the body must be JSON"}, status_code=400)
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "the body must be a JSON object"}, status_code=400)
         try:
             cid = int(body.get("id"))
         except (TypeError, ValueError):
@@ -260,9 +265,10 @@ def create_app(cfg: Config, token: str | None = None, port: int = 8777) -> FastA
             action_id = int(body.get("action_id"))
             with review.lock:
                 res = cr.undo(review.catalog, cid, action_id, reason or "(no reason given)", client)
-        except (TypeError, ValueError) as exc:
-            return JSONResponse({"error": str(exc) if isinstance(exc, cr.ReviewError) else
-                                 "action_id must be an action id"}, status_code=409)
+        except cr.ReviewError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        except (TypeError, ValueError):
+            return JSONResponse({"error": "action_id must be an action id"}, status_code=400)
         return JSONResponse({"ok": True, "action_id": res.action_id, "state": res.state})
 
     def do_remove(cid: int, reason: str, client: str) -> JSONResponse:
@@ -296,7 +302,7 @@ def create_app(cfg: Config, token: str | None = None, port: int = 8777) -> FastA
         given = str(form.get("token") or "").strip()
         import hmac
         if not given or not hmac.compare_digest(given.encode(), guard_token.encode()):
-            return page(request, "login.html", error="wrong token")
+            return page(request, "login.html", status_code=401, error="wrong token")
         resp = RedirectResponse("/", status_code=303)
         resp.set_cookie(COOKIE, session_value(guard_token), httponly=True, samesite="strict",
                         secure=request.url.scheme == "https")
