@@ -251,7 +251,7 @@ def build_candidates(catalog: Catalog) -> list[dict]:
         " ORDER BY c.id")
     out = []
     for r in rows:
-        c = catalog._row(r)
+        c = {**dict(r), "file_path": catalog.usable_path(r["file_path"])}
         labels, include = c.pop("review_labels"), c.pop("review_include")
         changed = include == "accepted" or (labels is not None and labels != c["curated_label"])
         if labels is not None and c["purpose"] == "train":

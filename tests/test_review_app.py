@@ -222,3 +222,18 @@ def test_bad_requests_get_one_line_answers(root):
         assert client.get("/image/999999").status_code == 404
         assert client.get("/?licence=abc").status_code == 400
         assert client.get("/thumb/999999").status_code == 404
+
+
+def test_titles_from_the_source_are_escaped(root):
+    """Titles, owners and tags come from strangers on Flickr: every page escapes them."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    target = first_accepted(cfg, "ants")
+    evil = '<script>alert("x")</script>'
+    with Catalog(cfg.catalog_path) as c:
+        c.update_fields(target["id"], title=evil, owner_name=evil)
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        for url in (f"/image/{target['id']}", "/?label=ants"):
+            text = client.get(url).text
+            assert evil not in text and "&lt;script&gt;" in text

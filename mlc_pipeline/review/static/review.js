@@ -83,6 +83,7 @@
       return;
     }
     const key = ev.key;
+    if (key === "Enter" && t && (t.tagName === "BUTTON" || t.tagName === "A")) return;   // their own click
     if (pageEl) {
       if (/^[1-9]$/.test(key)) {
         const boxes = document.querySelectorAll('#label-boxes input[name=label]:not([value="other"])');
