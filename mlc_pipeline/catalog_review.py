@@ -238,10 +238,9 @@ def recent_actions(catalog: Catalog, limit: int = 50) -> list[dict]:
 # --- what build uses -----------------------------------------------------------------------------
 def build_candidates(catalog: Catalog) -> list[dict]:
     """The candidates a version is built from, the review applied: accepted training and probe images
-    not rejected in review, plus those review put back; `curated_label` is the reviewed label and
-    `_review` says the review changed the row."""
+    not rejected in review, plus those review put back; `curated_label` is the reviewed label."""
     if not has_review_tables(catalog):
-        return [{**c, "_review": False} for c in catalog.candidates("status='accepted' AND purpose IN ('train', 'probe')")]
+        return catalog.candidates("status='accepted' AND purpose IN ('train', 'probe')")
     rows = catalog.db.execute(
         "SELECT c.*, o.labels AS review_labels, o.include AS review_include FROM candidates c "
         "LEFT JOIN review_overrides o ON o.candidate_id = c.id "
@@ -252,11 +251,11 @@ def build_candidates(catalog: Catalog) -> list[dict]:
     out = []
     for r in rows:
         c = {**dict(r), "file_path": catalog.usable_path(r["file_path"])}
-        labels, include = c.pop("review_labels"), c.pop("review_include")
-        changed = include == "accepted" or (labels is not None and labels != c["curated_label"])
+        labels = c.pop("review_labels")
+        c.pop("review_include")
         if labels is not None and c["purpose"] == "train":
             c["curated_label"] = labels
-        out.append({**c, "_review": changed})
+        out.append(c)
     return out
 
 

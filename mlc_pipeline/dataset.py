@@ -110,7 +110,7 @@ def dataset_rows(cfg: Config, catalog: Catalog) -> list[dict]:
             "title": c["title"] or "", "date_taken": c["date_taken"] or "", "sha256": c["sha256"],
             "phash": c["phash"], "purpose": c["purpose"],
             "mined_round": "" if c["mined_round"] is None else c["mined_round"],
-            "query": first_query(c["queries"]), "_file": c["file_path"], "_review": c["_review"]})
+            "query": first_query(c["queries"]), "_file": c["file_path"]})
     return sorted(rows, key=lambda r: r["path"])
 
 

@@ -237,3 +237,37 @@ def test_titles_from_the_source_are_escaped(root):
         for url in (f"/image/{target['id']}", "/?label=ants"):
             text = client.get(url).text
             assert evil not in text and "&lt;script&gt;" in text
+
+
+def test_a_damaged_version_does_not_break_the_pages(root):
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    v1 = cfg.data_dir / "datasets" / "default" / "v1"
+    (v1 / "manifest.csv").write_text("path,labels\nimages/x.jpg\n")          # truncated columns
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        assert client.get("/").status_code == 200
+        assert "In no published version" in client.get(f"/image/{first_accepted(cfg, 'ants')['id']}").text
+
+
+def test_token_from_the_environment_and_one_line_errors(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import yaml
+    from mlc_pipeline.review.security import resolve_token
+    from mlc_pipeline.secrets import redact
+    monkeypatch.setenv("MLC_REVIEW_TOKEN", "short")
+    with pytest.raises(ValueError, match="too short"):
+        resolve_token(tmp_path)
+    monkeypatch.setenv("MLC_REVIEW_TOKEN", "a-long-enough-token-from-env")
+    token, where = resolve_token(tmp_path)
+    assert token == "a-long-enough-token-from-env" and "MLC_REVIEW_TOKEN" in where
+    assert not (tmp_path / "review" / "token").exists()
+    assert redact(f"oops {token}") == "oops ***"
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "empty"), "source": {"kind": "local"},
+                                      "classes": {"a": {"queries": ["a"], "count": 1}},
+                                      "other": {"queries": ["x"], "count": 1}}))
+    res = subprocess.run([sys.executable, "-m", "mlc_pipeline.cli", "review", "-c", str(config)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.strip().startswith("mlc: no catalog at") and "\n" not in res.stderr.strip()

@@ -7,6 +7,7 @@ Other processes (`mlc build`, a second `mlc review`) are kept consistent by SQLi
 
 from __future__ import annotations
 
+import csv
 import logging
 import threading
 import time
@@ -60,6 +61,7 @@ class Review:
         self.dataset = cfg.build.name
         self.root = cfg.data_dir / "datasets" / cfg.build.name
         self._facets: tuple[float, dict | None] = (0.0, None)
+        self.unreadable: set[str] = set()        # versions whose manifest could not be indexed (warned once)
 
     def close(self) -> None:
         self.catalog.close()
@@ -70,8 +72,15 @@ class Review:
         known = cr.indexed_versions(self.catalog, self.dataset)
         for v in published:
             fp = recorded_fingerprint(self.root / v)
-            if v not in known or known[v] != fp:
-                cr.index_version(self.catalog, self.dataset, v, fp, read_manifest(self.root / v / "manifest.csv"))
+            if (v not in known or known[v] != fp) and v not in self.unreadable:
+                try:
+                    rows = read_manifest(self.root / v / "manifest.csv")
+                    cr.index_version(self.catalog, self.dataset, v, fp, rows)
+                except (OSError, ValueError, KeyError, TypeError, csv.Error) as exc:
+                    # a damaged version (`mlc inspect` says what): the pages work without its labels
+                    log.warning("dataset %s %s: manifest not readable (%s); its labels are not shown", self.dataset,
+                                v, exc)
+                    self.unreadable.add(v)
         return published
 
     def facets(self) -> dict:
@@ -173,7 +182,7 @@ def create_app(cfg: Config, token: str | None = None, port: int = 8777) -> FastA
         return page(request, "image.html", row=row, eff=eff, override=override, events=events, actions=acts,
                     scores=scores_for(cfg, cid),
                     latest=latest, per_version=per_version, prev_id=prev_id, next_id=next_id, kept=kept,
-                    query=urlencode(filters), runs={e["run_id"] for e in events if e["run_id"]})
+                    query=urlencode(filters))
 
     @app.get("/duplicates", response_class=HTMLResponse)
     def duplicates(request: Request, page_no: int = 1):
