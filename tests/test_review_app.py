@@ -90,6 +90,8 @@ def test_loopback_guards(root):
         url = server.url + "/api/action"
         body = {"id": target["id"], "action": "reject", "reason": "x"}
         assert requests.get(server.url + "/", headers={"Host": "evil.example:80"}).status_code == 400   # DNS rebinding
+        assert requests.get(server.url + "/", headers={"Host": "127.0.0.1.evil.example"}).status_code == 400
+        assert requests.get(server.url + "/", headers={"Host": "localhost:9000"}).status_code == 200  # an SSH tunnel
         assert requests.post(url, json=body).status_code == 403                      # a plain form/fetch from a page
         assert requests.post(url, json=body, headers={"X-MLC-Client": "t", "Origin": "http://evil.example"}
                              ).status_code == 403

@@ -123,7 +123,7 @@ def client_of(request: Request) -> str:
     return f"{request.client.host if request.client else '?'} tab={tab}"
 
 
-def create_app(cfg: Config, token: str | None = None, port: int = 8777) -> FastAPI:
+def create_app(cfg: Config, token: str | None = None) -> FastAPI:
     review = Review(cfg)
 
     @asynccontextmanager
@@ -133,7 +133,7 @@ def create_app(cfg: Config, token: str | None = None, port: int = 8777) -> FastA
 
     app = FastAPI(title="mlc review", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.review = review
-    app.middleware("http")(Guard(token, port))
+    app.middleware("http")(Guard(token))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.globals.update(urlencode=urlencode, classes=review.classes, dataset=review.dataset)

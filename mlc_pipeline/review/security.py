@@ -1,7 +1,7 @@
 """Who may use the review app.
 
-- Loopback (the default): no token, but requests must name a loopback Host (a web page elsewhere
-  cannot reach the app through DNS rebinding) and every action must carry the app's own header
+- Loopback (the default): no token, but requests must name a loopback Host, any port (a web page
+  elsewhere cannot reach the app through DNS rebinding) and every action must carry the app's own header
   (a form on another site cannot send it, and a cross-origin fetch with it needs a CORS preflight,
   which the app never grants).
 - Any other address: a token is required. It comes from MLC_REVIEW_TOKEN, or is generated and
@@ -77,11 +77,16 @@ def session_value(token: str) -> str:
 class Guard:
     """The checks every request goes through (an HTTP middleware)."""
 
-    def __init__(self, token: str | None, port: int):
+    LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+    def __init__(self, token: str | None):
         self.token = token
         self.session = session_value(token) if token else None
-        self.loopback_hosts = {f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]")} | {
-            "127.0.0.1", "localhost", "[::1]"}
+
+    def loopback_host(self, host: str) -> bool:
+        """The Host header names loopback (any port: an SSH tunnel may forward another local port)."""
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") and "]:" in host else host
+        return name in self.LOOPBACK_NAMES
 
     def token_ok(self, given: str | None) -> bool:
         return bool(self.token and given) and hmac.compare_digest(given.encode(), self.token.encode())
@@ -96,7 +101,7 @@ class Guard:
         return bool(cookie) and hmac.compare_digest(cookie.encode(), self.session.encode())
 
     async def __call__(self, request: Request, call_next):
-        if self.token is None and request.headers.get("host", "") not in self.loopback_hosts:
+        if self.token is None and not self.loopback_host(request.headers.get("host", "")):
             return PlainTextResponse("mlc review: unexpected Host header (loopback only)", status_code=400)
         path = request.url.path
         if not path.startswith(OPEN_PATHS) and not self.authenticated(request):

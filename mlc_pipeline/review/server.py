@@ -24,7 +24,7 @@ def serve(cfg: Config, host: str = "127.0.0.1", port: int = 8777) -> int:
         # The token itself is never printed: only where to read it.
         print(f"mlc review: listening on {host}:{port} beyond loopback; log in with the token from {where} "
               f"(or set {TOKEN_ENV})", flush=True)
-    app = create_app(cfg, token=token, port=port)
+    app = create_app(cfg, token=token)
     print(f"mlc review: http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/  (Ctrl-C to stop)",
           flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)
