@@ -32,14 +32,16 @@ def first_accepted(cfg, label):
         return c.candidates("status='accepted' AND purpose='train' AND curated_label=?", (label,))[0]
 
 
-def test_two_clients_on_two_servers_act_on_one_image(root):
-    """Two tabs on two `mlc review` processes over one data root relabel and reject the same image
-    at once: every action is recorded, the last write wins, and no catalog row is lost."""
+@pytest.mark.parametrize("processes", [1, 2])
+def test_two_clients_act_on_one_image(root, processes):
+    """Two clients, on one `mlc review` process or on two over one data root, relabel the same image at
+    once: every action is recorded, the last write wins, and no catalog row is lost."""
     config, cfg = root
     target = first_accepted(cfg, "ants")
     with Catalog(cfg.catalog_path, readonly=True) as c:
         before = c.candidates()
-    servers = [ReviewServer(config, free_port()), ReviewServer(config, free_port())]
+    servers = [ReviewServer(config, free_port()) for _ in range(processes)]
+    servers = servers * (3 - processes)          # one server per client
     plans = {"A": [{"action": "relabel", "labels": ["ants", "bees"]}, {"action": "relabel", "labels": ["bees"]}] * 10,
              "B": [{"action": "relabel", "labels": ["other"]}, {"action": "relabel", "labels": ["ants"]}] * 10}
     answers: dict[str, list] = {"A": [], "B": []}
@@ -59,7 +61,7 @@ def test_two_clients_on_two_servers_act_on_one_image(root):
         for t in threads:
             t.join()
     finally:
-        outputs = [s.stop() for s in servers]
+        outputs = [s.stop() for s in servers[:processes]]
     for name in "AB":
         assert [r.status_code for r in answers[name]] == [200] * 20, (answers[name][0].text, outputs)
     with Catalog(cfg.catalog_path) as c:
