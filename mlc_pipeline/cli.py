@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="list: every torchvision network, cached or not")
     p.set_defaults(func=commands.cmd_weights)
 
+    p = sub.add_parser("review", help="browse and correct the catalog in a local web app (docs/review.md)")
+    add_config(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (not loopback: a token is required)")
+    p.add_argument("--port", type=int, default=8777)
+    p.set_defaults(func=commands.cmd_review)
+
     p = sub.add_parser("inspect", help="what is in the catalog and the datasets")
     add_config(p)
     p.add_argument("--version", help="dataset version to inspect (default: latest)")

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.catalog_review import build_candidates, review_changed_photos
 from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, write_text_atomic
 from mlc_pipeline.manifest import MANIFEST_COLUMNS, SPLITS, latest_version, read_manifest, write_manifest
@@ -87,7 +88,7 @@ def dataset_rows(cfg: Config, catalog: Catalog) -> list[dict]:
     """Everything accepted for training or probing, with its split; mined negatives train only."""
     rows = []
     removed_owners = catalog.removed_owners()       # `mlc remove --owner`: later photos stay out too
-    for c in catalog.candidates("status='accepted' AND purpose IN ('train', 'probe')"):
+    for c in build_candidates(catalog):             # accepted, with the review app's decisions applied
         if c["owner"] in removed_owners:
             continue
         labels = "" if c["curated_label"] in (None, "other") else c["curated_label"]
@@ -286,6 +287,7 @@ def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
     with Catalog(cfg.catalog_path) as catalog:
         rows = dataset_rows(cfg, catalog)
         curation = curation_counts(catalog)
+        reviewed = review_changed_photos(catalog)   # the version diff says which changes came from review
     if not rows:
         raise RuntimeError("nothing to build: no accepted images in the catalog (run collect and curate first)")
     fp = fingerprint(rows, cfg)
@@ -317,7 +319,7 @@ def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
             (tmp / "README.md").write_text(dataset_card(name, version, cfg, counts, curation, previous))
             meta = {"name": name, "version": version, "previous": previous, "fingerprint": fp,
                     "files_sha256": files_sha256, "counts": counts, "curation": curation,
-                    "created_at": time.time(),
+                    "review_changed": reviewed, "created_at": time.time(),
                     "params": {"build": cfg.build.model_dump(), "curate": cfg.curate.model_dump()}}
             (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, default=str))
             try:

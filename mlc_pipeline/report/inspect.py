@@ -11,6 +11,7 @@ import json
 import logging
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Iterable
 
 from PIL import Image, UnidentifiedImageError
 
@@ -67,21 +68,26 @@ def format_catalog_summary(summary: dict) -> str:
 
 
 # --- dataset versions --------------------------------------------------------------------------
-def version_diff(old: list[dict], new: list[dict]) -> dict:
-    """Added / removed images per label (by source and photo id) between two manifests."""
+def version_diff(old: list[dict], new: list[dict], reviewed: Iterable[str] = ()) -> dict:
+    """Added / removed images per label (by source and photo id) between two manifests; of those,
+    "changed in review" counts the photos ('source:photo_id' in `reviewed`) the review app changed."""
     key = lambda r: (r["source"], r["photo_id"])
+    reviewed = {tuple(k.split(":", 1)) for k in reviewed}
     old_by, new_by = {key(r): r for r in old}, {key(r): r for r in new}
     out: dict[str, Counter] = defaultdict(Counter)
     for k in new_by.keys() - old_by.keys():
         for label in new_by[k]["labels"].split() or ["other"]:
             out[label]["added"] += 1
+            out[label]["changed in review"] += k in reviewed
     for k in old_by.keys() - new_by.keys():
         for label in old_by[k]["labels"].split() or ["other"]:
             out[label]["removed"] += 1
+            out[label]["changed in review"] += k in reviewed
     for k in new_by.keys() & old_by.keys():
         if new_by[k]["labels"] != old_by[k]["labels"]:
             out[new_by[k]["labels"] or "other"]["relabelled"] += 1
-    return {label: dict(c) for label, c in sorted(out.items())}
+            out[new_by[k]["labels"] or "other"]["changed in review"] += k in reviewed
+    return {label: {k: n for k, n in c.items() if n} for label, c in sorted(out.items())}
 
 
 def dataset_summary(cfg: Config, version: str | None = None) -> dict | None:
@@ -95,7 +101,7 @@ def dataset_summary(cfg: Config, version: str | None = None) -> dict | None:
     meta = json.loads((folder / "dataset.json").read_text())
     rows = read_manifest(folder / "manifest.csv")
     previous = meta.get("previous")
-    diff = version_diff(read_manifest(root / previous / "manifest.csv"), rows) if previous and (
+    diff = version_diff(read_manifest(root / previous / "manifest.csv"), rows, meta.get("review_changed", ())) if previous and (
         root / previous / "manifest.csv").exists() else None
     return {"name": cfg.build.name, "version": version, "path": str(folder), "counts": meta["counts"],
             "curation": meta["curation"], "previous": previous, "diff": diff,
@@ -182,8 +188,9 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
                                             for k, c in ds["counts"]["per_label_split"].items()])]
         if ds["diff"] is not None:
             parts += [f"<h3>Changes since {html.escape(ds['previous'])}</h3>",
-                      table(["label", "added", "removed", "relabelled"],
-                            [[k, c.get("added", 0), c.get("removed", 0), c.get("relabelled", 0)] for k, c in ds["diff"].items()])]
+                      table(["label", "added", "removed", "relabelled", "changed in review"],
+                            [[k, c.get("added", 0), c.get("removed", 0), c.get("relabelled", 0),
+                              c.get("changed in review", 0)] for k, c in ds["diff"].items()])]
         folder = Path(ds["path"])
         groups: dict[str, list[dict]] = defaultdict(list)
         for r in ds["rows"]:
