@@ -44,7 +44,7 @@ from mlc_pipeline.model.weights import load_backbone_weights, resolve_training
 from mlc_pipeline.model.metrics import (
     OTHER, calibrate_thresholds, capping_path, evaluate, pick_capped,
 )
-from mlc_pipeline.model.assess import evaluate_loaded_bundle
+from mlc_pipeline.model.assess import SCORES_FILE, evaluate_loaded_bundle
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         # Score the exported artifact itself, through the same loader users get.
         from mlc_pipeline.model.bundle import load_bundle
         test_metrics = evaluate_loaded_bundle(load_bundle(tmp_dir), manifest_csv, batch_size=max(cfg.batch_size, 64),
-                                              curve_path=curve_path)
+                                              curve_path=curve_path, scores_csv=tmp_dir / SCORES_FILE)
         metrics = {"valid": valid_metrics, "test": test_metrics, "warnings": meta["warnings"]}
         (tmp_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         plot_losses(history, tmp_dir / "loss.png", title=f"{cfg.arch} {cfg.head}/{cfg.effective_other_mode}")
