@@ -129,19 +129,21 @@ def _route_logging() -> None:
             _handlers.append((handler, handler.setStream(_AboveTheBars())))
 
 
-def summary(title: str, rows: list[tuple[str, Any]]) -> None:
+def summary(title: str, rows: list[tuple[str, Any]], show: bool = True) -> None:
     """A stage's one-screen summary: a two-column table on the progress console (only when progress is on)."""
-    if not enabled():
+    if not (show and enabled()):
         return
     from rich.table import Table
     from rich.text import Text
-    table = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 2))
+    table = Table(show_header=False, box=None, padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
     for name, value in rows:
         if value not in (None, "", {}, []):
             table.add_row(Text(name), Text(_text(value)))   # Text: no markup in names or reasons
-    (_live.console if _live is not None else _get_console()).print(table)
+    out = _live.console if _live is not None else _get_console()
+    out.print(Text(title, style="bold underline"))
+    out.print(table)
 
 
 def _text(value: Any) -> str:

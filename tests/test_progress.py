@@ -100,3 +100,16 @@ def test_training_shows_epochs_with_loss_and_time_left(recorded, tmp_path):
     assert "epoch 2 train loss" in text and "valid loss" in text and "left" in text
     assert "score images" in text                           # the test split, scored for the bundle's metrics
     assert "macro F1 (test)" in text and "epochs" in text   # the summary
+
+
+def test_collect_bars_stay_on_screen_with_the_summary_after_them(recorded, tmp_path):
+    from helpers import write_config
+    from mlc_pipeline.collect.stage import collect
+    from mlc_pipeline.config import load_config
+    summary = collect(load_config(write_config(tmp_path, count=4)))
+    lines = recorded.export_text().splitlines()
+    bars = [line for line in lines if line.startswith("✓ download train/")]
+    assert len(bars) == 3 and all("4/4 img" in line for line in bars), lines   # finished, still on screen
+    title = lines.index(f"collect {summary.run_id}")
+    assert title > lines.index(bars[-1])                                          # the summary follows them
+    assert any(line.split() == ["downloaded", str(summary.downloaded)] for line in lines[title:])

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 
 from mlc_pipeline.catalog import Catalog, Found, merge_labels, run_end_status
-from mlc_pipeline import progress
+from mlc_pipeline import progress as bars   # `progress` is the show-bars flag here
 from mlc_pipeline.config import Config
 from mlc_pipeline.collect.download import Downloader, DownloadJob
 from mlc_pipeline.collect.rawfiles import clean_stale_temp
@@ -211,7 +211,7 @@ class Collector:
                 self.on_progress(done, len(jobs))
 
         # Ctrl-C or a write error: the downloader still records what finished, then re-raises.
-        with progress.bar(f"download {what}", total=len(jobs), show=self.progress) as bar:
+        with bars.bar(f"download {what}", total=len(jobs), show=self.progress) as bar:
             self.downloader.run_into(jobs, record)
 
     def collect_all(self, summary: CollectSummary) -> None:
@@ -320,7 +320,7 @@ def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int
             catalog.finish_run(run_id, run_end_status(exc), {"error": type(exc).__name__, **summary.__dict__})
             raise
         catalog.finish_run(run_id, "completed", summary.__dict__)
-    progress.summary(f"collect {summary.run_id}", [
+    bars.summary(f"collect {summary.run_id}", show=progress, rows=[
         ("API calls", summary.api_calls), ("new candidates", summary.found_new), ("downloaded", summary.downloaded),
         ("failed", summary.failed), ("collect/curate rounds", summary.rounds if summary.rounds > 1 else None),
         ("queries exhausted", ", ".join(summary.exhausted)), ("short sets", "\n".join(summary.short))])
