@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -18,6 +19,7 @@ _forced: bool | None = None      # configure(): True / False, or None = decide f
 _live = None                     # the shared rich Progress while a bar is open
 _open = 0                        # bars open on it (nested stages)
 _handlers: list[tuple[logging.StreamHandler, Any]] = []
+_lock = threading.Lock()         # stages may run in threads (Prefect's thread pool): one display for all
 
 
 def configure(enabled: bool | None) -> None:
@@ -52,20 +54,20 @@ def use_console(new) -> None:
 class Bar:
     """One bar of the display: `advance()` per item, `note()` for a short status after it."""
 
-    def __init__(self, task_id=None):
-        self.task_id = task_id
+    def __init__(self, live=None, task_id=None):
+        self.live, self.task_id = live, task_id
 
     def advance(self, n: int = 1) -> None:
-        if self.task_id is not None:
-            _live.advance(self.task_id, n)
+        if self.live is not None:
+            self.live.advance(self.task_id, n)
 
     def note(self, text: str) -> None:
-        if self.task_id is not None:
-            _live.update(self.task_id, note=text)
+        if self.live is not None:
+            self.live.update(self.task_id, note=text)
 
     def total(self, total: int | None) -> None:
-        if self.task_id is not None:
-            _live.update(self.task_id, total=total)
+        if self.live is not None:
+            self.live.update(self.task_id, total=total)
 
 
 @contextmanager
@@ -74,13 +76,16 @@ def bar(description: str, total: int | None = None, unit: str = "img", show: boo
     if not (show and enabled()):
         yield Bar()
         return
-    _start()
-    task_id = _live.add_task(description, total=total, unit=unit, note="")
+    with _lock:
+        _start()
+        live = _live
+        task_id = live.add_task(description, total=total, unit=unit, note="")
     try:
-        yield Bar(task_id)
+        yield Bar(live, task_id)
     finally:
-        _live.stop_task(task_id)
-        _stop()
+        with _lock:
+            live.stop_task(task_id)
+            _stop()
 
 
 def _start() -> None:
