@@ -32,6 +32,7 @@ def main(out: str, workdir: str) -> None:
     console = Console(record=True, width=118, file=open("/dev/null", "w"))
     logging.basicConfig(level=logging.INFO, stream=ToConsole(console), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    logging.getLogger("flickrapi").setLevel(logging.WARNING)   # as `mlc` does
     progress.configure(True)
     progress.use_console(console)
     cfg = load_config(tiny_config(Path(workdir), free_port()))

@@ -238,8 +238,9 @@ def curate(cfg: Config) -> CurateSummary:
             rows = [r for r in rows if r["id"] not in gone]
             verify_and_hash(cfg, catalog, rows, run_id, summary)
             ok = [r for r in rows if r["status"] != "rejected"]
-            with progress.bar("deduplicate", total=None, unit=f"{len(ok)} images"):
+            with progress.bar("deduplicate", total=len(ok), unit="images") as bar:   # one step: no partial counts
                 decisions = resolve(cfg, ok, published_test_images(cfg))
+                bar.advance(len(ok))
             with catalog.transaction():
                 for r in ok:
                     status, reason, dup_of, label = decisions[r["id"]]
