@@ -89,13 +89,15 @@ def losses(s: Scored) -> np.ndarray:
 
 def pr_curve(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Precision and recall at every cut through `scores` (highest first) and the average precision
-    (the area under the step curve); nan AP without positives."""
+    (the area under the step curve, without interpolation); nan AP without positives."""
     order = np.argsort(-scores, kind="stable")
     hits = truth[order].astype(bool)
-    tp, fp = np.cumsum(hits), np.cumsum(~hits)
     positives = int(hits.sum())
     if positives == 0:
         return np.zeros(0), np.zeros(0), float("nan")
+    # one point per distinct score: tied images are cut together (as scikit-learn's average_precision_score)
+    last_of_tie = np.r_[np.flatnonzero(np.diff(scores[order])), len(scores) - 1]
+    tp, fp = np.cumsum(hits)[last_of_tie], np.cumsum(~hits)[last_of_tie]
     precision, recall = tp / (tp + fp), tp / positives
     ap = float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
     return precision, recall, ap

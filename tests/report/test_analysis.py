@@ -76,6 +76,10 @@ def test_pr_curve_by_hand():
     assert list(precision) == [1.0, 0.5, 2 / 3, 0.5] and list(recall) == [0.5, 0.5, 1.0, 1.0]
     assert ap == pytest.approx(0.5 * 1.0 + 0.5 * 2 / 3)
     assert np.isnan(pr_curve(np.array([0.3]), np.array([0]))[2])
+    # tied scores are one cut (as scikit-learn's average_precision_score), whatever their order
+    for truth in ([1, 1, 0, 0], [1, 0, 1, 0]):
+        precision, recall, ap = pr_curve(np.array([0.9, 0.5, 0.5, 0.1]), np.array(truth))
+        assert list(recall) == [0.5, 1.0, 1.0] and ap == pytest.approx(0.5 + 0.5 * 2 / 3)
 
 
 def test_a_bundle_without_scores_says_how_to_get_the_analysis(tmp_path):
