@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlc_pipeline.catalog import Catalog
+from mlc_pipeline import progress
 from mlc_pipeline.catalog_review import build_candidates, review_changed_photos
 from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, write_text_atomic
@@ -297,7 +298,7 @@ def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
         try:
             verify_version(root / previous)
             point_latest(root, previous)
-            return BuildResult(name, previous, root / previous, False, counts, fp)
+            return summarised(BuildResult(name, previous, root / previous, False, counts, fp))
         except VersionDamaged as exc:
             if not repair:
                 raise
@@ -305,10 +306,12 @@ def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
     tmp = root / f".build-{previous or 'v0'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        for r in rows:
-            dest = tmp / r["path"]
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            load_rgb(r["_file"], max_side=cfg.build.max_side).save(dest, "JPEG", quality=cfg.build.jpeg_quality)
+        with progress.bar("build: write images", total=len(rows)) as bar:
+            for r in rows:
+                dest = tmp / r["path"]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                load_rgb(r["_file"], max_side=cfg.build.max_side).save(dest, "JPEG", quality=cfg.build.jpeg_quality)
+                bar.advance()
         write_manifest(tmp / "manifest.csv", rows)
         files_sha256 = write_sums(tmp, rows)
         version = f"v{int(previous[1:]) + 1 if previous else 1}"
@@ -333,4 +336,13 @@ def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
         if tmp.exists():
             shutil.rmtree(tmp)
     point_latest(root, version)
-    return BuildResult(name, version, root / version, True, counts, fp)
+    return summarised(BuildResult(name, version, root / version, True, counts, fp))
+
+
+def summarised(res: BuildResult) -> BuildResult:
+    """Print the build's one-screen summary (when progress is shown) and return `res`."""
+    splits = ("train", "valid", "test", "probe")
+    progress.summary(f"build {res.name} {res.version}: {'published' if res.published else 'unchanged'}", [
+        ("folder", res.path), ("images", res.counts["images"])] + [
+        (label, " ".join(f"{s} {c.get(s, 0)}" for s in splits)) for label, c in res.counts["per_label_split"].items()])
+    return res
