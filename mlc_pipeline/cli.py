@@ -11,7 +11,7 @@ import signal
 import sys
 import traceback
 
-from mlc_pipeline import commands
+from mlc_pipeline import commands, progress
 from mlc_pipeline.config import ConfigError
 from mlc_pipeline.dataset.build import VersionDamaged
 from mlc_pipeline.locking import DataRootBusy, ReadOnlyDataRoot
@@ -38,6 +38,12 @@ def add_writer(p: argparse.ArgumentParser) -> None:
     add_config(p)
     p.add_argument("--no-wait", action="store_true",
                    help="fail at once (exit code 75) when another command is writing to the data root")
+    add_no_progress(p)
+
+
+def add_no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars or summaries (they are shown only when stdout is a terminal anyway)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("collect", help="search the source and download images into the catalog")
     add_writer(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=commands.cmd_collect)
 
     p = sub.add_parser("curate", help="verify, hash, quarantine and deduplicate what was collected")
@@ -82,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", help="pipeline YAML config (its data root's models)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     p.add_argument("--json", action="store_true")
+    add_no_progress(p)
     p.add_argument("--max-pixels", type=int, default=64_000_000,
                    help="refuse larger images from their header, before decoding (default: 64 MP)")
     p.set_defaults(func=commands.cmd_predict)
@@ -110,7 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the whole job in-process: collect, curate, build, train, mine, retrain, report")
     add_writer(p)
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=commands.cmd_run)
 
     p = sub.add_parser("remove", help="take photos down (owner request, licence change): out of every future version")
@@ -139,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="list: every torchvision network, cached or not")
     p.set_defaults(func=commands.cmd_weights)
 
+    p = sub.add_parser("review", help="browse and correct the catalog in a local web app (docs/review.md)")
+    add_config(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (not loopback: a token is required)")
+    p.add_argument("--port", type=int, default=8777)
+    p.set_defaults(func=commands.cmd_review)
+
     p = sub.add_parser("inspect", help="what is in the catalog and the datasets")
     add_config(p)
     p.add_argument("--version", help="dataset version to inspect (default: latest)")
@@ -159,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("flickrapi").setLevel(logging.WARNING)   # it logs every call's parameters
     install_log_redaction()
+    progress.configure(False if getattr(args, "no_progress", False) else None)   # None: on in a terminal
     from mlc_pipeline.catalog import CatalogError
     signal.signal(signal.SIGTERM, raise_terminated)
     try:

@@ -49,7 +49,19 @@ def cmd_build(args) -> int:
     state = ("published" if res.published else
              "unchanged (identical to the latest version, its files verified; not published again)")
     print(f"dataset {res.name} {res.version}: {state}\n  {res.path}\n  {res.counts['images']} images")
+    if res.published:
+        from mlc_pipeline.report.inspect import dataset_summary
+        diff = dataset_summary(cfg, res.version)["diff"]
+        if diff is not None:
+            print("  changes since the previous version: " + ("; ".join(
+                f"{label} " + ", ".join(f"{k} {n}" for k, n in c.items()) for label, c in diff.items()) or "none"))
     return 0
+
+
+def cmd_review(args) -> int:
+    from mlc_pipeline.review.server import serve
+    cfg = load_config(args.config, parse_overrides(args.set))
+    return serve(cfg, host=args.host, port=args.port)
 
 
 def dataset_dir(cfg, version: str | None):

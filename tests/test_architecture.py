@@ -28,6 +28,7 @@ NEVER = {
     "dataset": {"collect", "model", "report"} | TOP,
     "model": {"collect", "report"} | TOP,
     "report": TOP,
+    "review": TOP,
     "flickr_server": {"core"} | STAGES | TOP,
 }
 SQL_DRIVERS = {"sqlite3", "psycopg", "psycopg2", "sqlalchemy"}

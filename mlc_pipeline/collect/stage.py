@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tqdm import tqdm
 
 from mlc_pipeline.catalog import Catalog, Found, merge_labels, run_end_status
+from mlc_pipeline import progress as bars   # `progress` is the show-bars flag here
 from mlc_pipeline.config import Config
 from mlc_pipeline.collect.download import Downloader, DownloadJob
 from mlc_pipeline.collect.rawfiles import clean_stale_temp
@@ -192,7 +192,6 @@ class Collector:
 
     def download(self, rows: list[dict], run_id: str, summary: CollectSummary, what: str) -> None:
         jobs = [DownloadJob(r["id"], r["photo_id"], self.source.current_url(r["url"])) for r in rows]
-        bar = tqdm(total=len(jobs), desc=f"download {what}", unit="img", disable=not self.progress, leave=False)
         done = 0
 
         def record(res) -> None:
@@ -207,15 +206,13 @@ class Collector:
                 key = res.reason.split(":")[0] if res.reason.startswith("transient") else res.reason.split("=")[0]
                 summary.failed[key] = summary.failed.get(key, 0) + 1
             done += 1
-            bar.update(1)
+            bar.advance()
             if self.on_progress:
                 self.on_progress(done, len(jobs))
 
-        try:
-            # Ctrl-C or a write error: the downloader still records what finished, then re-raises.
+        # Ctrl-C or a write error: the downloader still records what finished, then re-raises.
+        with bars.bar(f"download {what}", total=len(jobs), show=self.progress) as bar:
             self.downloader.run_into(jobs, record)
-        finally:
-            bar.close()
 
     def collect_all(self, summary: CollectSummary) -> None:
         for target, queries, count in targets(self.cfg):
@@ -323,6 +320,10 @@ def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int
             catalog.finish_run(run_id, run_end_status(exc), {"error": type(exc).__name__, **summary.__dict__})
             raise
         catalog.finish_run(run_id, "completed", summary.__dict__)
+    bars.summary(f"collect {summary.run_id}", show=progress, rows=[
+        ("API calls", summary.api_calls), ("new candidates", summary.found_new), ("downloaded", summary.downloaded),
+        ("failed", summary.failed), ("collect/curate rounds", summary.rounds if summary.rounds > 1 else None),
+        ("queries exhausted", ", ".join(summary.exhausted)), ("short sets", "\n".join(summary.short))])
 
 
 def collect(cfg: Config, progress: bool = True, on_progress: Callable[[int, int], None] | None = None

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mlc_pipeline.catalog import FILE_STATUSES, Catalog, run_end_status
+from mlc_pipeline import progress
 from mlc_pipeline.config import Config
 from mlc_pipeline.layout import DataLayout
 from mlc_pipeline.manifest import read_manifest, versions
@@ -75,7 +76,8 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
             or (r["verify_reason"] is None and r["view_hashes"] is None)]
     summary.reused = len(rows) - len(todo)
     paths = [r["file_path"] for r in todo]
-    records = inspect_files(paths, limits_of(cfg), workers=cfg.curate.workers) if paths else []
+    with progress.bar("verify + hash", total=len(paths), unit="files") as bar:
+        records = inspect_files(paths, limits_of(cfg), workers=cfg.curate.workers, advance=bar.advance) if paths else []
     summary.inspected = len(records)
     with catalog.transaction():
         for row, rec in zip(todo, records):
@@ -236,7 +238,9 @@ def curate(cfg: Config) -> CurateSummary:
             rows = [r for r in rows if r["id"] not in gone]
             verify_and_hash(cfg, catalog, rows, run_id, summary)
             ok = [r for r in rows if r["status"] != "rejected"]
-            decisions = resolve(cfg, ok, published_test_images(cfg))
+            with progress.bar("deduplicate", total=len(ok), unit="images") as bar:   # one step: no partial counts
+                decisions = resolve(cfg, ok, published_test_images(cfg))
+                bar.advance(len(ok))
             with catalog.transaction():
                 for r in ok:
                     status, reason, dup_of, label = decisions[r["id"]]
@@ -255,4 +259,7 @@ def curate(cfg: Config) -> CurateSummary:
         summary.conflicts = dict(Counter(d[1].split(":with=")[0] for d in decisions.values()
                                          if d[0] == "accepted" and d[1]))
         catalog.finish_run(run_id, "completed", summary.__dict__)
-        return summary
+    progress.summary(f"curate {run_id}", [
+        ("inspected", summary.inspected), ("reused (unchanged files)", summary.reused), ("accepted", summary.accepted),
+        ("rejected", summary.rejected), ("duplicates", summary.duplicates), ("accepted with a note", summary.conflicts)])
+    return summary

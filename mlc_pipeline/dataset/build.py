@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlc_pipeline.catalog import Catalog
+from mlc_pipeline import progress
+from mlc_pipeline.catalog_review import build_candidates, review_changed_photos
 from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, write_text_atomic
 from mlc_pipeline.manifest import MANIFEST_COLUMNS, SPLITS, latest_version, read_manifest, write_manifest
@@ -87,7 +89,7 @@ def dataset_rows(cfg: Config, catalog: Catalog) -> list[dict]:
     """Everything accepted for training or probing, with its split; mined negatives train only."""
     rows = []
     removed_owners = catalog.removed_owners()       # `mlc remove --owner`: later photos stay out too
-    for c in catalog.candidates("status='accepted' AND purpose IN ('train', 'probe')"):
+    for c in build_candidates(catalog):             # accepted, with the review app's decisions applied
         if c["owner"] in removed_owners:
             continue
         labels = "" if c["curated_label"] in (None, "other") else c["curated_label"]
@@ -286,6 +288,7 @@ def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
     with Catalog(cfg.catalog_path) as catalog:
         rows = dataset_rows(cfg, catalog)
         curation = curation_counts(catalog)
+        reviewed = review_changed_photos(catalog)   # the version diff says which changes came from review
     if not rows:
         raise RuntimeError("nothing to build: no accepted images in the catalog (run collect and curate first)")
     fp = fingerprint(rows, cfg)
@@ -295,7 +298,7 @@ def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
         try:
             verify_version(root / previous)
             point_latest(root, previous)
-            return BuildResult(name, previous, root / previous, False, counts, fp)
+            return summarised(BuildResult(name, previous, root / previous, False, counts, fp))
         except VersionDamaged as exc:
             if not repair:
                 raise
@@ -303,10 +306,12 @@ def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
     tmp = root / f".build-{previous or 'v0'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        for r in rows:
-            dest = tmp / r["path"]
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            load_rgb(r["_file"], max_side=cfg.build.max_side).save(dest, "JPEG", quality=cfg.build.jpeg_quality)
+        with progress.bar("build: write images", total=len(rows)) as bar:
+            for r in rows:
+                dest = tmp / r["path"]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                load_rgb(r["_file"], max_side=cfg.build.max_side).save(dest, "JPEG", quality=cfg.build.jpeg_quality)
+                bar.advance()
         write_manifest(tmp / "manifest.csv", rows)
         files_sha256 = write_sums(tmp, rows)
         version = f"v{int(previous[1:]) + 1 if previous else 1}"
@@ -317,7 +322,7 @@ def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
             (tmp / "README.md").write_text(dataset_card(name, version, cfg, counts, curation, previous))
             meta = {"name": name, "version": version, "previous": previous, "fingerprint": fp,
                     "files_sha256": files_sha256, "counts": counts, "curation": curation,
-                    "created_at": time.time(),
+                    "review_changed": reviewed, "created_at": time.time(),
                     "params": {"build": cfg.build.model_dump(), "curate": cfg.curate.model_dump()}}
             (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, default=str))
             try:
@@ -331,4 +336,13 @@ def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
         if tmp.exists():
             shutil.rmtree(tmp)
     point_latest(root, version)
-    return BuildResult(name, version, root / version, True, counts, fp)
+    return summarised(BuildResult(name, version, root / version, True, counts, fp))
+
+
+def summarised(res: BuildResult) -> BuildResult:
+    """Print the build's one-screen summary (when progress is shown) and return `res`."""
+    splits = ("train", "valid", "test", "probe")
+    progress.summary(f"build {res.name} {res.version}: {'published' if res.published else 'unchanged'}", [
+        ("folder", res.path), ("images", res.counts["images"])] + [
+        (label, " ".join(f"{s} {c.get(s, 0)}" for s in splits)) for label, c in res.counts["per_label_split"].items()])
+    return res

@@ -15,6 +15,7 @@ import numpy as np
 
 from mlc_pipeline.fsutil import write_csv_atomic
 from mlc_pipeline.catalog import Catalog, run_end_status
+from mlc_pipeline import progress
 from mlc_pipeline.config import Config
 from mlc_pipeline.model.metrics import predict_matrix
 from mlc_pipeline.model.predict import score_with_errors
@@ -143,6 +144,11 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
             raise
     write_csv(Path(bundle_dir) / "review.csv", result.review, REVIEW_COLUMNS)
     write_csv(Path(bundle_dir) / "mined.csv", candidates, MINED_COLUMNS)
+    progress.summary(f"mine round {round_no}: {model}", [
+        ("pool images scored", result.scored), ("accepted as a class", len(candidates)),
+        ("hard negatives added", result.added), ("held for review", len(result.held)),
+        ("over the round's cap", result.over_cap), ("class images to review", len(result.review)),
+        ("decisions", Path(bundle_dir) / "mined.csv")])
     log.info("mining round %d: %d of %d pool images accepted as a class: %d -> hard negatives, %d held for review, "
              "%d over the round's cap of %d; %d class images to review", round_no, len(candidates), result.scored,
              result.added, len(result.held), result.over_cap, cap, len(result.review))
