@@ -25,7 +25,9 @@ from tqdm import tqdm
 
 from mlc_pipeline.catalog import Catalog, Found, merge_labels, run_end_status
 from mlc_pipeline.config import Config
+from mlc_pipeline.collect.cluster import download_on_cluster
 from mlc_pipeline.collect.download import Downloader, DownloadJob
+from mlc_pipeline.executor import cluster_address
 from mlc_pipeline.collect.rawfiles import clean_stale_temp
 from mlc_pipeline.collect.flickr import FlickrSource, Target
 from mlc_pipeline.secrets import flickr_credentials, install_log_redaction
@@ -213,7 +215,11 @@ class Collector:
 
         try:
             # Ctrl-C or a write error: the downloader still records what finished, then re-raises.
-            self.downloader.run_into(jobs, record)
+            address = cluster_address(self.cfg)
+            if address:     # chunks on Dask workers; results are recorded here as they come
+                download_on_cluster(self.cfg, self.downloader, jobs, record, address)
+            else:
+                self.downloader.run_into(jobs, record)
         finally:
             bar.close()
 
