@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 distributed = pytest.importorskip("distributed")
@@ -149,3 +150,25 @@ def test_collect_curate_build_on_two_workers_equals_single_process(cluster, tmp_
     assert {"accepted", "rejected", "duplicate", "failed"} <= statuses, statuses   # bad files, copies, html
     for name in ("manifest.csv", "SHA256SUMS"):
         assert (single_version / name).read_bytes() == (cluster_version / name).read_bytes()
+
+
+@pytest.mark.slow    # the session's tiny model (shared), and torch loaded on 2 workers
+def test_mining_scores_on_two_workers_equal_the_local_scores(cluster, trained_shapes_bundle, tmp_path, monkeypatch):
+    from mlc_pipeline.manifest import read_manifest
+    from mlc_pipeline.model.bundle import load_bundle
+    from mlc_pipeline.model.mine import score_spread
+
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    manifest, bundle_dir = trained_shapes_bundle
+    paths = [str(manifest.parent / r["path"]) for r in read_manifest(manifest)][:150]
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    paths.insert(70, str(tmp_path / "broken.jpg"))           # an error row travels back too
+    cfg = load_config(write_config(tmp_path))
+    bundle = load_bundle(bundle_dir)
+    local_probs, local_errors = score_spread(cfg, bundle, bundle_dir, paths)
+    cfg.cluster.address, cfg.cluster.score_chunk = cluster, 64     # 3 chunks over the 2 workers
+    spread_probs, spread_errors = score_spread(cfg, bundle, bundle_dir, paths)
+    assert list(local_errors) == list(spread_errors) == [70]
+    assert spread_probs.shape == (151, len(bundle.vocab))
+    assert np.array_equal(np.isnan(local_probs), np.isnan(spread_probs))
+    assert np.allclose(local_probs, spread_probs, atol=1e-6, equal_nan=True)
