@@ -70,6 +70,20 @@ def test_chunks_run_on_both_workers_and_come_back_in_order(cluster):
     assert sorted(x for xs in seen for x in xs) == list(range(40)) and len(seen) == 14
 
 
+def stage_on_a_worker(address: str, items: list[int]) -> list[tuple[int, int]]:
+    """What a flow's stage task does on a Dask worker: map its own chunks over the same cluster."""
+    return map_chunks(tag_with_pid, items, 2, address=address)
+
+
+def test_a_stage_running_on_a_worker_maps_its_chunks_without_deadlock(cluster):
+    # Four "stage tasks" hold all four worker threads (2 workers x 2 threads); their chunks can only
+    # run because a waiting stage secedes from its worker's thread pool.
+    with distributed.Client(cluster, set_as_default=False) as client:
+        stages = [client.submit(stage_on_a_worker, cluster, list(range(k, k + 8)), pure=False) for k in range(4)]
+        results = [f.result(timeout=120) for f in stages]
+    assert [[i for i, _ in r] for r in results] == [list(range(k, k + 8)) for k in range(4)]
+
+
 def test_a_chunk_whose_worker_dies_is_computed_here_or_reported(cluster):
     lost = []
     out = map_chunks(die_on_13, list(range(20)), 5, address=cluster,
