@@ -166,6 +166,14 @@ class MineSettings(Strict):
     max_per_round: int | None = Field(None, ge=1)    # None: as many as the training "other" set holds
 
 
+class ClusterSettings(Strict):
+    """Spread the work inside collect, curate and mining over a Dask cluster (mlc_pipeline/executor.py)."""
+    address: str | None = None      # tcp://scheduler:8786; $MLC_DASK_ADDRESS wins; None: this process
+    download_chunk: int = Field(64, ge=1)    # download jobs per task
+    hash_chunk: int = Field(128, ge=1)       # files verified + hashed per task
+    score_chunk: int = Field(512, ge=1)      # pool images scored per task when mining
+
+
 class Config(Strict):
     data_dir: Path = Path("data")
     source: SourceSettings = SourceSettings()
@@ -176,6 +184,7 @@ class Config(Strict):
     build: BuildSettings = BuildSettings()
     train: TrainSettings = TrainSettings()
     mine: MineSettings = MineSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @field_validator("classes")
     @classmethod

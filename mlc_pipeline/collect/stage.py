@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-
 from mlc_pipeline.catalog import Catalog, Found, merge_labels, run_end_status
 from mlc_pipeline import progress as bars   # `progress` is the show-bars flag here
 from mlc_pipeline.config import Config
+from mlc_pipeline.collect.cluster import download_on_cluster
 from mlc_pipeline.collect.download import Downloader, DownloadJob
+from mlc_pipeline.executor import cluster_address
 from mlc_pipeline.collect.rawfiles import clean_stale_temp
 from mlc_pipeline.collect.flickr import FlickrSource, Target
 from mlc_pipeline.secrets import flickr_credentials, install_log_redaction
@@ -212,7 +213,11 @@ class Collector:
 
         # Ctrl-C or a write error: the downloader still records what finished, then re-raises.
         with bars.bar(f"download {what}", total=len(jobs), show=self.progress) as bar:
-            self.downloader.run_into(jobs, record)
+            address = cluster_address(self.cfg)
+            if address:     # chunks on Dask workers; results are recorded here as they come
+                download_on_cluster(self.cfg, self.downloader, jobs, record, address)
+            else:
+                self.downloader.run_into(jobs, record)
 
     def collect_all(self, summary: CollectSummary) -> None:
         for target, queries, count in targets(self.cfg):

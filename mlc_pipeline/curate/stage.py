@@ -11,6 +11,7 @@ import logging
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ from mlc_pipeline.config import Config
 from mlc_pipeline.layout import DataLayout
 from mlc_pipeline.manifest import read_manifest, versions
 from mlc_pipeline.curate.dedup import DedupItem, resolve_duplicates, view_distance
-from mlc_pipeline.curate.hashing import hex_to_uint64, inspect_files
+from mlc_pipeline.curate.hashing import FileRecord, hex_to_uint64, inspect_files
+from mlc_pipeline.executor import cluster_address, map_chunks
 from mlc_pipeline.curate.neardup import find_pairs
 from mlc_pipeline.curate.similarity import CONFIRM, FileSimilarity
 from mlc_pipeline.curate.verify import VerifyLimits
@@ -77,7 +79,7 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
     summary.reused = len(rows) - len(todo)
     paths = [r["file_path"] for r in todo]
     with progress.bar("verify + hash", total=len(paths), unit="files") as bar:
-        records = inspect_files(paths, limits_of(cfg), workers=cfg.curate.workers, advance=bar.advance) if paths else []
+        records = inspect_spread(cfg, paths, advance=bar.advance) if paths else []
     summary.inspected = len(records)
     with catalog.transaction():
         for row, rec in zip(todo, records):
@@ -97,6 +99,26 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
                 moved = quarantine(Path(row["file_path"]), cfg.data_dir, rec.reason)
                 catalog.set_status(row["id"], "rejected", rec.reason, run_id, "curate", file_path=str(moved))
                 row.update(status="rejected", reason=rec.reason, file_path=str(moved))
+
+
+def inspect_spread(cfg: Config, paths: list[str], advance=None) -> list[FileRecord]:
+    """`inspect_files` here (its process pool), or in chunks on the Dask cluster when one is set.
+    `advance(n)`: progress, per file here, per chunk on a cluster."""
+    limits, address = limits_of(cfg), cluster_address(cfg)
+    advance = advance or (lambda n: None)
+    return map_chunks(partial(inspect_files, limits=limits, workers=1), paths, cfg.cluster.hash_chunk,
+                      address=address,
+                      local=partial(inspect_files, limits=limits, workers=cfg.curate.workers, advance=advance),
+                      on_lost=partial(inspect_lost, limits=limits),
+                      on_chunk=(lambda chunk, result: advance(len(chunk))) if address else None)
+
+
+def inspect_lost(paths: list[str], limits: VerifyLimits) -> list[FileRecord]:
+    """A chunk whose workers kept dying (a decoder crash): again here, in inspect_files' crash-isolating
+    pool; a chunk of one file is that file's fault."""
+    if len(paths) == 1:
+        return [FileRecord(path=paths[0], ok=False, reason="decode-error:WorkerCrashed", sha256=None, phash=None)]
+    return inspect_files(paths, limits, workers=2)
 
 
 def labels_of(row: dict) -> frozenset[str]:
