@@ -42,8 +42,9 @@ def warn_before_collecting(cfg: Config) -> None:
         log.warning(line)
     unmapped = unmapped_queries(cfg)
     if unmapped:
-        log.warning("folder mode: %d queries have no subfolder in source.local.query_map and will find nothing: "
-                    "%s", len(unmapped), ", ".join(repr(q) for q in unmapped))
+        log.warning("folder mode: %d %s no subfolder in source.local.query_map and will find nothing: %s",
+                    len(unmapped), "query has" if len(unmapped) == 1 else "queries have",
+                    ", ".join(repr(q) for q in unmapped))
 
 
 def check_sizes(cfg: Config, catalog: Catalog) -> None:
