@@ -78,8 +78,11 @@ def image_files(base: Path) -> list[Path]:
             continue
         seen.add(real)
         dirnames.sort()
-        out += [Path(dirpath, f) for f in sorted(filenames)
-                if Path(f).suffix.lower() in IMAGE_SUFFIXES and Path(dirpath, f).is_file()]
+        for name in sorted(f for f in filenames if Path(f).suffix.lower() in IMAGE_SUFFIXES):
+            if Path(dirpath, name).is_file():
+                out.append(Path(dirpath, name))
+            else:
+                log.warning("folder mode: skipping %s, a link to nothing", Path(dirpath, name))
     return out
 
 

@@ -21,12 +21,13 @@ def jpgs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.suffix.lower() == ".jpg")
 
 
-def test_symlinked_subfolders_are_served_with_their_source_file(tmp_path):
+def test_symlinked_subfolders_are_served_with_their_source_file(tmp_path, caplog):
     root = tmp_path / "photos"
     (root / "picked").mkdir(parents=True)
     os.symlink(ANTS, root / "ants")                          # a subfolder that is a link elsewhere
     os.symlink(ANTS / jpgs(ANTS)[0], root / "picked" / "one.jpg")   # a linked file
     os.symlink(root, root / "picked" / "loop")                # a loop is walked once, not forever
+    os.symlink(tmp_path / "deleted.jpg", root / "picked" / "gone.jpg")   # a link to nothing: said, skipped
     spec = WorldSpec(kind="folder", folder=str(root), query_map={"ants": "ants", "picked": "picked"})
     with FlickrServer(spec) as srv:
         reply = requests.get(srv.rest_url, timeout=10, params={
@@ -43,6 +44,7 @@ def test_symlinked_subfolders_are_served_with_their_source_file(tmp_path):
             "method": "flickr.photos.search", "api_key": "k", "format": "json", "nojsoncallback": 1,
             "text": "ants", "extras": "url_t"}).json()["photos"]["photo"]
         assert "source_file" not in plain[0]                   # only when asked for, as Flickr's extras
+    assert "gone.jpg, a link to nothing" in caplog.text
 
 
 @pytest.mark.parametrize("folder, query_map, words", [
