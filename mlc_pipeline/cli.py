@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import signal
 import sys
 import traceback
 
-from mlc_pipeline import commands, progress
+from mlc_pipeline import __version__, commands, progress
 from mlc_pipeline.config import ConfigError
 from mlc_pipeline.dataset.build import VersionDamaged
 from mlc_pipeline.locking import DataRootBusy, ReadOnlyDataRoot
@@ -49,6 +50,7 @@ def add_no_progress(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlc", description="Collect, curate, version and train: see README.md.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"mlc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("collect", help="search the source and download images into the catalog")
@@ -156,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", help="write a self-contained HTML report to this path")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=commands.cmd_inspect)
+    for name, p in sub.choices.items():   # `mlc inspect -v` as well as `mlc -v inspect`
+        if name != "serve-flickr":        # SUPPRESS: absent after the sub-command, the top level's value stands
+            p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     return parser
 
 
@@ -190,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mlc: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return quiet_broken_pipe()
     except (CatalogError, ReadOnlyDataRoot) as exc:
         print(f"mlc: {redact(str(exc))}", file=sys.stderr)
         return 1
@@ -202,6 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as exc:
         return last_line_of_defence(exc)
+
+
+def quiet_broken_pipe() -> int:
+    """`mlc inspect | head`: the reader left. Exit quietly as tools killed by SIGPIPE do (128 + 13);
+    stdout goes to /dev/null so that flushing it at exit cannot raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
 
 
 def last_line_of_defence(exc: Exception) -> int:

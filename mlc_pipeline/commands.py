@@ -96,6 +96,12 @@ def cmd_train(args) -> int:
 
 def cmd_mine(args) -> int:
     cfg = load_config(args.config, parse_overrides(args.set))
+    if args.model and not (Path(args.model) / "bundle.json").is_file():     # before the lock and torch
+        raise ConfigError(f"--model {args.model}: not a model bundle (no bundle.json there); "
+                          f"bundles are under {cfg.layout.models}")
+    if not args.undo and cfg.mine.pool is None:    # nothing to score: leave the bundle's files alone
+        raise ConfigError("mine.pool is not configured: there is no pool to mine; nothing was changed "
+                          "(add mine.pool to the config, then `mlc collect` and `mlc curate`)")
     with writing(cfg, args):          # before importing torch: --no-wait answers at once
         from mlc_pipeline.model.mine import mine_round, undo_round
         from mlc_pipeline.model.variants import latest_model
@@ -251,10 +257,18 @@ def cmd_inspect(args) -> int:
     """Read-only (no lock). The version shown is verified too: a damaged one is reported after the
     summary, as one line, with exit code 3."""
     from mlc_pipeline.dataset.build import verify_version
-    from mlc_pipeline.manifest import latest_version
+    from mlc_pipeline.manifest import latest_version, versions
     from mlc_pipeline.report.inspect import inspect_main
     cfg = load_config(args.config, parse_overrides(args.set))
+    if not cfg.layout.catalog.exists():             # say so, rather than report an empty project
+        raise ConfigError(f"no catalog at {cfg.layout.catalog}: nothing was collected into data_dir "
+                          f"{cfg.data_dir} yet (check data_dir in {args.config}, or run `mlc collect`)")
     root = cfg.layout.datasets
+    if args.version and not (root / args.version).is_dir():
+        have = versions(root)
+        hint = f" (did you mean v{args.version}?)" if f"v{args.version}" in have else ""
+        raise ConfigError(f"no dataset version {args.version!r} under {root}{hint}; "
+                          f"versions: {', '.join(have) or 'none (run `mlc build`)'}")
     version = args.version or latest_version(root)
     damage = None
     if version and (root / version / "dataset.json").exists():

@@ -12,6 +12,7 @@ from disk). Killing a run at any point and rerunning gives the same catalog as o
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -23,7 +24,8 @@ from typing import Any, Callable, Iterator
 
 from mlc_pipeline.catalog import Catalog, Found, merge_labels, run_end_status
 from mlc_pipeline import progress as bars   # `progress` is the show-bars flag here
-from mlc_pipeline.config import Config
+from mlc_pipeline.config import Config, ConfigError
+from mlc_pipeline.collect.checks import check_sizes, warn_before_collecting
 from mlc_pipeline.collect.cluster import download_on_cluster
 from mlc_pipeline.collect.download import Downloader, DownloadJob
 from mlc_pipeline.executor import cluster_address
@@ -95,9 +97,20 @@ def open_source(cfg: Config) -> Iterator[tuple[FlickrSource, list[str]]]:
         yield FlickrSource(s, flickr_credentials(local=False), "flickr", result_cap=s.result_cap), s.allowed_hosts
         return
     from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
+    from mlc_pipeline.flickr_server.folder import FolderModeError
     world = WorldSpec(kind="folder" if s.local.folder else "default", seed=s.local.seed, scale=s.local.scale,
                       folder=s.local.folder, query_map=dict(s.local.query_map), result_cap=s.local.result_cap)
-    with FlickrServer(world, FaultSpec.parse(s.local.faults), host="127.0.0.1", port=s.local.port) as srv:
+    try:
+        server = FlickrServer(world, FaultSpec.parse(s.local.faults), host="127.0.0.1", port=s.local.port)
+    except FolderModeError as exc:
+        raise ConfigError(f"source.local: {exc}") from None
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise ConfigError(f"source.local.port {s.local.port} is already in use on 127.0.0.1: another `mlc` run "
+                          f"(or `mlc serve-flickr`) may hold it; wait for it to finish, or give this project its "
+                          f"own port (source.local.port)") from None
+    with server as srv:
         source = FlickrSource(s, flickr_credentials(local=True), "local", rest_url=srv.rest_url,
                               result_cap=s.local.result_cap, static_host=srv.static_host)
         yield source, [srv.static_host, *s.allowed_hosts]
@@ -307,6 +320,7 @@ def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int
     """The catalog, a collector on the configured source and the run's summary, recorded as one
     collect run (completed with the summary as it stands when the block ends)."""
     install_log_redaction()
+    warn_before_collecting(cfg)
     clean_stale_temp(cfg.layout.raw())
     clean_stale_temp(cfg.layout.legacy_downloads)      # where versions before 2026-12 wrote them
     with Catalog(cfg.catalog_path) as catalog, open_source(cfg) as (source, hosts):
@@ -338,6 +352,7 @@ def collect(cfg: Config, progress: bool = True, on_progress: Callable[[int, int]
     collect + curate converges on `count` usable images per set."""
     with collect_session(cfg, progress, on_progress) as (catalog, collector, summary):
         collector.collect_all(summary)
+        check_sizes(cfg, catalog)
     return summary
 
 
@@ -358,6 +373,7 @@ def collect_in_rounds(cfg: Config, curate: Callable[[Config], Any], progress: bo
             summary.rounds = round_no
             before, started = summary.downloaded, time.monotonic()
             collector.collect_all(summary)
+            check_sizes(cfg, catalog)
             seconds["collect"] += time.monotonic() - started
             if curated is not None and summary.downloaded == before:
                 break                   # nothing new to curate: another round would change nothing

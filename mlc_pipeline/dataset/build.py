@@ -36,9 +36,9 @@ from pathlib import Path
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline import progress
 from mlc_pipeline.catalog_review import build_candidates, review_changed_photos
-from mlc_pipeline.config import Config
+from mlc_pipeline.config import RESTRICTED_LICENSES, Config
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, write_text_atomic
-from mlc_pipeline.manifest import MANIFEST_COLUMNS, SPLITS, latest_version, read_manifest, write_manifest
+from mlc_pipeline.manifest import ADDED_COLUMNS, MANIFEST_COLUMNS, SPLITS, latest_version, read_manifest, write_manifest
 from mlc_pipeline.curate.verify import load_rgb
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def dataset_rows(cfg: Config, catalog: Catalog) -> list[dict]:
             "title": c["title"] or "", "date_taken": c["date_taken"] or "", "sha256": c["sha256"],
             "phash": c["phash"], "purpose": c["purpose"],
             "mined_round": "" if c["mined_round"] is None else c["mined_round"],
-            "query": first_query(c["queries"]), "_file": c["file_path"]})
+            "query": first_query(c["queries"]), "source_file": c["source_file"] or "", "_file": c["file_path"]})
     return sorted(rows, key=lambda r: r["path"])
 
 
@@ -152,7 +152,10 @@ def count_rows(rows: list[dict]) -> dict:
         for label in (r["labels"].split() or ["(none: other)"]):
             per_label[label][r["split"]] += 1
     return {"images": len(rows), "per_label_split": {k: dict(v) for k, v in sorted(per_label.items())},
-            "licenses": dict(Counter(r["license"] for r in rows))}
+            "licenses": dict(Counter(r["license"] for r in rows)),
+            "restricted_licenses": dict(Counter(r["license"] or RESTRICTED_LICENSES[int(r["license_id"])] for r in rows
+                                                if r["license_id"] not in (None, "") and
+                                                int(r["license_id"]) in RESTRICTED_LICENSES))}
 
 
 def attribution(rows: list[dict], version: str) -> str:
@@ -178,11 +181,26 @@ def dataset_card(name: str, version: str, cfg: Config, counts: dict, curation: d
               "## Parameters", "", f"- max side {cfg.build.max_side} px, JPEG quality {cfg.build.jpeg_quality}",
               f"- split fractions {cfg.build.split} (by a hash of source and photo id: stable across versions)",
               f"- near-duplicate Hamming threshold {cfg.curate.hamming_threshold}, min side {cfg.curate.min_side}, "
-              f"max aspect {cfg.curate.max_aspect}", "", "## What curation removed", ""]
+              f"max aspect {cfg.curate.max_aspect}", "", *licence_notice(cfg, counts), "## What curation removed", ""]
     lines += [f"- {k}: {v}" for k, v in sorted(curation.items())] or ["- nothing"]
     lines += ["", "`labels` empty = an \"other\" image (a negative for every class). Split `probe` = kinds under",
               "no training query, used only to measure how often the unknown is accepted.", ""]
     return "\n".join(lines)
+
+
+def licence_notice(cfg: Config, counts: dict) -> list[str]:
+    """The card's warning when `source.licenses` lets in licences that restrict use (all rights
+    reserved, NC, ND): the setting, and how many published images carry each such licence."""
+    restricted = counts.get("restricted_licenses") or {}
+    if not cfg.source.restricted_licenses and not restricted:
+        return []
+    setting = cfg.source.licenses if cfg.source.licenses == "any" else ", ".join(map(str, cfg.source.licenses))
+    found = ", ".join(f"{name} ({n})" for name, n in sorted(restricted.items())) or "none in this version"
+    return ["## Licences that restrict use", "",
+            f"**Warning:** collected with `source.licenses: {setting}`, which lets in licences that do not allow",
+            f"free reuse (all rights reserved, non-commercial, no derivatives). Images under them: {found}.",
+            "Check each image's licence (manifest.csv `license`, ATTRIBUTION.md) before using, sharing or",
+            "training on this version.", ""]
 
 
 def curation_counts(catalog: Catalog) -> dict:
@@ -233,7 +251,7 @@ def verify_version(folder: str | Path) -> list[dict]:
     except (ValueError, csv.Error, UnicodeDecodeError) as exc:
         raise damaged(f"dataset.json or manifest.csv is unreadable ({exc})") from None
     for n, r in enumerate(rows, start=2):               # line 1 is the header
-        if None in r.values() or set(MANIFEST_COLUMNS) - set(r):
+        if None in r.values() or set(MANIFEST_COLUMNS) - set(ADDED_COLUMNS) - set(r):
             raise damaged(f"manifest.csv line {n} does not have the manifest's columns")
         if safe_member(folder, r["path"]) is None:
             raise damaged(f"manifest.csv line {n} has path {r['path']!r}, outside the version folder")
