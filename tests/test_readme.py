@@ -48,8 +48,9 @@ def shell_lines() -> list[str]:
 def table_commands() -> list[list[str]]:
     """The synopsis table's commands, optional parts included, placeholders filled in."""
     out = []
-    for cell in re.findall(r"^\| `(mlc [^|]*?)` (?:/ `(mlc [^`]*)` )?\|", README, re.M):
+    for cell in re.findall(r"^\| `(mlc (?:\\\||[^|])*?)` (?:/ `(mlc [^`]*)` )?\|", README, re.M):
         for synopsis in filter(None, cell):
+            synopsis = re.sub(r"(\S+?)\\\|\S+", r"\1", synopsis)     # `A\|B` (a table's escaped "or"): A
             words = shlex.split(synopsis.replace("`", "").replace("[", " ").replace("]", " "))
             out.append([PLACEHOLDERS.get(w, w) for w in words])
     return out
