@@ -10,7 +10,8 @@ from PIL import Image
 import mlc_pipeline.hashing as hashing
 from badfiles import FIXTURES, fixture_photos, make_bad_files
 from mlc_pipeline.hashing import (_hash_grey, hamming, hamming_uint64, hex_to_uint64, inspect_file, inspect_files,
-                                  phash_of, popcount64, uint64_to_hex, view_phashes)
+                                  popcount64, uint64_to_hex, view_phashes)
+from mlc_pipeline.phash import phash_of
 from mlc_pipeline.similarity import VIEW_CROPS, crop_view
 from mlc_pipeline.verify import check_image
 
