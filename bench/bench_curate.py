@@ -8,6 +8,10 @@ phash) plus fastai's `verify_images` (open + draft + load).
 
     .venv/bin/python bench/bench_curate.py            # 398 fixtures + 150 large JPEGs
     .venv/bin/python bench/bench_curate.py --quick    # 398 fixtures + 30 large JPEGs
+    .venv/bin/python bench/bench_curate.py --large 0  # the 398 fixtures alone (thumbnails, <= 400 px)
+
+Besides wall time, each side's CPU time (this process + its reaped worker processes, from
+getrusage) is printed: on a machine shared with other jobs, wall time mostly measures the others.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -50,21 +55,27 @@ def build_file_set(out_dir: Path, n_large: int, seed: int = 0) -> list[Path]:
     return paths
 
 
+def cpu_seconds() -> float:
+    "CPU time of this process and of its finished (reaped) children: both sides' pools are joined."
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def run_ours(paths):
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     records = inspect_files(paths)
-    return time.perf_counter() - start, records
+    return time.perf_counter() - start, records, cpu_seconds() - cpu
 
 
 def run_baseline(image_dir: Path, paths):
     from fastai.vision.utils import verify_images
     from imagededup.methods import PHash
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     encodings = PHash(verbose=False).encode_images(image_dir=str(image_dir))
     encode_s = time.perf_counter() - start
     failed = verify_images(paths)
-    return time.perf_counter() - start, encode_s, encodings, failed
+    return time.perf_counter() - start, encode_s, encodings, failed, cpu_seconds() - cpu
 
 
 def main() -> None:
@@ -90,8 +101,9 @@ def main() -> None:
         for _ in range(args.repeat):  # interleave, so background load hits both sides alike
             ours_runs.append(run_ours(paths))
             base_runs.append(run_baseline(image_dir, paths))
-        ours_s, records = min(ours_runs, key=lambda r: r[0])
-        base_s, encode_s, encodings, failed = min(base_runs, key=lambda r: r[0])
+        ours_s, records, _ = min(ours_runs, key=lambda r: r[0])
+        base_s, encode_s, encodings, failed, _ = min(base_runs, key=lambda r: r[0])
+        ours_cpu, base_cpu = min(r[-1] for r in ours_runs), min(r[-1] for r in base_runs)
         # Fidelity of our draft-decoded hash: bits that differ from imagehash.phash on a full decode.
         full = [str(imagehash.phash(Image.open(p).convert("RGB"))) for p in paths]
         draft_bits = np.array([hamming(r.phash, h) for r, h in zip(records, full)])
@@ -105,6 +117,9 @@ def main() -> None:
           f"{len(paths) / base_s:6.1f} img/s  (encode {encode_s:.2f} s + verify {base_s - encode_s:.2f} s; "
           f"{len(encodings)} hashed, {len(failed)} failed)")
     print(f"ratio     baseline / ours = {base_s / ours_s:.2f}x")
+    print(f"cpu       ours {ours_cpu:.2f} s ({ours_cpu / len(paths) * 1e3:.2f} ms/img), baseline {base_cpu:.2f} s "
+          f"({base_cpu / len(paths) * 1e3:.2f} ms/img): baseline / ours = {base_cpu / ours_cpu:.2f}x "
+          f"(best of {args.repeat} each; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     print(f"hash agreement with imagededup PHash: mean {diffs.mean():.2f} bits, "
           f"95th pct {np.percentile(diffs, 95):.0f}, max {diffs.max()} (different resize pipelines)")
     for name, part in (("fixtures", draft_bits[: len(paths) - n_large]), ("large", draft_bits[len(paths) - n_large:])):

@@ -147,31 +147,38 @@ def _chunk_candidates(values, shift, bits, radius, threshold):
     occupied = starts != ends  # 1 byte per bucket: a cheap first test before the 8-byte lookups
     # Same chunk value: each position pairs with the later positions of its bucket.
     pos = np.arange(len(values))
-    yield from _verify(sorted_values, order, pos, pos + 1, ends[sorted_keys] - pos - 1, threshold)
+    later = ends[sorted_keys] - pos - 1
+    some = np.flatnonzero(later)
+    yield from _verify(sorted_values, order, some, sorted_values[some], pos[some] + 1, later[some], threshold)
     # Other chunk values within the radius. A pair of buckets (k, k ^ flip) is probed from one side
     # only: from the key whose bit at flip's highest set bit is 0 (exactly the side where k < k ^ flip).
     for top_bit, flips in _flip_masks_by_top_bit(bits, radius):
         side = np.flatnonzero((sorted_keys >> top_bit) & 1 == 0)
-        side_keys = sorted_keys[side]
+        side_keys, side_values = sorted_keys[side], sorted_values[side]
         for flip in flips:
             probe = side_keys ^ flip
             hit = np.flatnonzero(occupied[probe])
-            query, probe = side[hit], probe[hit]
+            probe = probe[hit]
             first = starts[probe]
-            yield from _verify(sorted_values, order, query, first, ends[probe] - first, threshold)
+            yield from _verify(sorted_values, order, side[hit], side_values[hit], first, ends[probe] - first,
+                               threshold)
 
 
-def _verify(sorted_values, order, query, first, count, threshold):
-    """Item pairs (order[q], order[p]) for p in first[k] .. first[k]+count[k]-1, q = query[k], whose
-    values differ in at most `threshold` bits.
+def _verify(sorted_values, order, query, query_values, first, count, threshold):
+    """Item pairs (order[q], order[p]) for p in first[k] .. first[k]+count[k]-1, q = query[k] (whose
+    value is query_values[k]), whose values differ in at most `threshold` bits; every count is > 0.
 
-    Works in blocks of ~EXPAND_BLOCK candidates (one huge bucket is its own block), so a skewed
-    bucket costs time but never an unbounded temporary array.
+    Buckets of one item (most of them, in a table sized to the data) are checked without expanding.
+    The rest works in blocks of ~EXPAND_BLOCK candidates (one huge bucket is its own block), so a
+    skewed bucket costs time but never an unbounded temporary array.
     """
-    keep = count > 0
-    query, first, count = query[keep], first[keep], count[keep]
-    if len(query) == 0:
+    single = count == 1
+    yield from _close_pairs(sorted_values, order, query[single], query_values[single], first[single],
+                            threshold)
+    many = np.flatnonzero(~single)
+    if len(many) == 0:
         return
+    query, query_values, first, count = query[many], query_values[many], first[many], count[many]
     cum = np.cumsum(count)
     cuts = np.searchsorted(cum, np.arange(EXPAND_BLOCK, cum[-1], EXPAND_BLOCK), side="right")
     for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(query)]):
@@ -180,9 +187,15 @@ def _verify(sorted_values, order, query, first, count, threshold):
         c = count[lo:hi]
         offset = np.cumsum(c) - c
         partner = np.repeat(first[lo:hi] - offset, c) + np.arange(int(c.sum()))
-        q = np.repeat(query[lo:hi], c)
-        close = np.flatnonzero(popcount64(sorted_values[q] ^ sorted_values[partner]) <= threshold)
-        a, b = order[q[close]], order[partner[close]]
+        yield from _close_pairs(sorted_values, order, np.repeat(query[lo:hi], c),
+                                np.repeat(query_values[lo:hi], c), partner, threshold)
+
+
+def _close_pairs(sorted_values, order, query, query_values, partner, threshold):
+    "(order[query[k]], order[partner[k]]) for each k whose values differ in at most `threshold` bits."
+    close = np.flatnonzero(popcount64(query_values ^ sorted_values[partner]) <= threshold)
+    if len(close):
+        a, b = order[query[close]], order[partner[close]]
         yield np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)
 
 

@@ -42,9 +42,13 @@ def crop_view(im: Image.Image, fraction: float) -> Image.Image:
     "The centre of `im` with `fraction` of its width and height cut off each side."
     if not fraction:
         return im
-    w, h = im.size
-    dx, dy = round(w * fraction), round(h * fraction)
-    return im.crop((dx, dy, w - dx, h - dy))
+    return im.crop(crop_box(*im.size, fraction))
+
+
+def crop_box(width: int, height: int, fraction: float) -> tuple[int, int, int, int]:
+    "(left, top, right, bottom) of `crop_view`."
+    dx, dy = round(width * fraction), round(height * fraction)
+    return dx, dy, width - dx, height - dy
 
 
 def load_grey(path: str | os.PathLike, side: int = 128) -> Image.Image:

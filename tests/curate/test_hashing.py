@@ -8,9 +8,11 @@ import pytest
 from PIL import Image
 
 import mlc_pipeline.curate.hashing as hashing
-from badfiles import fixture_photos, make_bad_files
-from mlc_pipeline.curate.hashing import (hamming, hamming_uint64, hex_to_uint64, inspect_file, inspect_files,
-                                  popcount64, uint64_to_hex)
+from badfiles import FIXTURES, fixture_photos, make_bad_files
+from mlc_pipeline.curate.hashing import (_hash_grey, hamming, hamming_uint64, hex_to_uint64, inspect_file,
+                                         inspect_files, popcount64, uint64_to_hex, view_phashes)
+from mlc_pipeline.curate.phash import phash_of
+from mlc_pipeline.curate.similarity import VIEW_CROPS, crop_view
 from mlc_pipeline.curate.verify import check_image
 
 pytestmark = pytest.mark.skipif(not fixture_photos(), reason="fixture photos missing (../shared/fixtures)")
@@ -39,6 +41,33 @@ def test_draft_hash_is_faithful_on_all_fixtures():
     diffs = np.array([hamming(r.phash, str(imagehash.phash(Image.open(p).convert("RGB"))))
                       for r, p in zip(records, photos)])
     assert diffs.mean() < 0.6 and diffs.max() <= 6  # measured: mean 0.29, max 4
+
+
+def test_view_hashes_are_bit_identical_to_imagehash_on_every_fixture():
+    # view_phashes computes the resize and DCT with numpy; imagehash.phash on each PIL crop is the reference.
+    pets = sorted((FIXTURES.parent / "pets").rglob("*.jpg"))[::8]   # 180 px: not draft-reduced
+    for path in fixture_photos() + pets:
+        im = Image.open(path)
+        im.draft("L", (128, 128))
+        grey = _hash_grey(im, 1)
+        assert view_phashes(im) == [str(imagehash.phash(crop_view(grey, c))) for c in (0.0, *VIEW_CROPS)], path
+
+
+def test_phash_of_is_bit_identical_to_imagehash_on_any_shape():
+    # Shapes that take every path of Pillow's resize: up- and downscaling, a side of exactly 32, tall
+    # images (Pillow 13 runs the vertical pass first), flat images (every AC coefficient ties at the median).
+    rng = np.random.default_rng(7)
+    sizes = [(32, 32), (32, 300), (300, 32), (8, 9), (40, 1000), (1000, 40), (64, 300), (300, 64),
+             (129, 400), (400, 129)] + [tuple(rng.integers(10, 1100, 2)) for _ in range(60)]
+    for k, (w, h) in enumerate(sizes):
+        if k % 3 == 0:
+            pixels = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        elif k % 3 == 1:
+            pixels = np.full((h, w), rng.integers(0, 256), np.uint8)
+        else:
+            yy, xx = np.mgrid[0:h, 0:w]
+            pixels = (np.sin(xx / rng.uniform(2, 40)) * np.cos(yy / rng.uniform(2, 40)) * 120 + 128).astype(np.uint8)
+        assert phash_of(pixels) == [str(imagehash.phash(Image.fromarray(pixels)))], (w, h)
 
 
 def test_inspect_file_agrees_with_check_image_on_hostile_files(bad):

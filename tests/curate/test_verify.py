@@ -125,3 +125,18 @@ def test_refuses_to_run_with_truncated_loading_switched_on(monkeypatch):
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     with pytest.raises(RuntimeError, match="LOAD_TRUNCATED_IMAGES"):
         check_image(fixture_photos()[0])
+
+
+def test_a_file_that_grows_after_stat_is_read_whole_or_refused(tmp_path, monkeypatch):
+    # read_limited asks for the size stat reported (+1), then reads on if the file turned out longer.
+    import os
+
+    from mlc_pipeline import verify
+
+    path = tmp_path / "growing.jpg"
+    data = fixture_photos()[0].read_bytes()
+    path.write_bytes(data)
+    real_stat = os.stat
+    monkeypatch.setattr(verify.os, "stat", lambda p: os.stat_result((*real_stat(p)[:6], 100, *real_stat(p)[7:])))
+    assert verify.read_limited(path, VerifyLimits()) == (data, None)
+    assert verify.read_limited(path, VerifyLimits(max_bytes=len(data) - 1)) == (None, "file-too-large")

@@ -1,0 +1,160 @@
+"""phash of greyscale arrays, bit-identical to `imagehash.phash`, without its per-call overhead.
+
+imagehash.phash(im) is: a LANCZOS resize to 32 x 32, a DCT along columns then rows (scipy.fftpack),
+the 8 x 8 lowest frequencies, bit = coefficient > their median. With three views per image, its
+three PIL resizes dominated hashing. Here each resize pass is a few small matrix products with the
+integer weights Pillow uses (Resample.c: coefficients rounded to 22 fractional bits, sum + 2^21
+shifted right by 22, clipped to 0..255; Pillow 13's pass order). The sums stay below 2^40, so float64
+products are exact and the result is bit-identical: tests/test_hashing.py compares it with
+imagehash.phash under the installed Pillow on the fixtures and on random sizes and shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+import numpy as np
+import scipy.fftpack  # imported here, not lazily: forked pool workers then share it
+from threadpoolctl import ThreadpoolController
+
+PHASH_SIDE = 32               # imagehash: hash_size 8 x highfreq_factor 4
+PHASH_BITS_SIDE = 8
+_PRECISION = 22               # Pillow's PRECISION_BITS for 8-bit images
+
+
+def phash_of(*greys: np.ndarray) -> list[str]:
+    "phash (16 hex digits) of each 2-D uint8 greyscale array; equal to `imagehash.phash` of it."
+    with one_blas_thread():
+        thumbs = np.stack([_lanczos_thumbnail(np.asarray(g, dtype=np.uint8)) for g in greys])
+    dct = scipy.fftpack.dct(thumbs, axis=1)[:, :PHASH_BITS_SIDE]  # the same 1-D transforms as imagehash
+    low = scipy.fftpack.dct(dct, axis=2)[:, :, :PHASH_BITS_SIDE].reshape(len(greys), -1)
+    ordered = np.sort(low, axis=1)
+    half = low.shape[1] // 2
+    median = (ordered[:, half - 1] + ordered[:, half]) / 2       # what np.median computes
+    bits = np.packbits(low > median[:, None], axis=1)            # row-major, first bit highest
+    return [row.tobytes().hex() for row in bits]
+
+
+def _lanczos_thumbnail(grey: np.ndarray) -> np.ndarray:
+    "`Image.fromarray(grey).resize((32, 32), LANCZOS)` as a float64 array of integer values."
+    h, w = grey.shape
+    pixels = grey.astype(np.float64)
+    # Pillow >= 13 runs the vertical pass first when the height shrinks more than twice as much as
+    # the width (each pass rounds to 8 bits, so the order shows in the result).
+    if h - PHASH_SIDE > 0 and h - PHASH_SIDE > 2 * (w - PHASH_SIDE):
+        return _to_8bit(_resize_columns(_to_8bit(_resize_rows(pixels)), w))
+    return _to_8bit(_resize_rows(_to_8bit(_resize_columns(pixels, w))))
+
+
+def _resize_columns(pixels: np.ndarray, w: int) -> np.ndarray:
+    "pixels (any rows x w) -> rows x 32 fixed-point sums; one product per band of 8 output columns."
+    weights, bands = _lanczos_weights(w), _lanczos_bands(w)
+    out = np.empty((pixels.shape[0], PHASH_SIDE))
+    for lo, hi, c0, c1 in bands:
+        np.matmul(pixels[:, lo:hi], weights[lo:hi, c0:c1], out=out[:, c0:c1])
+    return out
+
+
+def _resize_rows(pixels: np.ndarray) -> np.ndarray:
+    "pixels (h x any columns) -> 32 x columns fixed-point sums, by the same bands."
+    h = pixels.shape[0]
+    weights, bands = _lanczos_weights(h), _lanczos_bands(h)
+    out = np.empty((PHASH_SIDE, pixels.shape[1]))
+    for lo, hi, c0, c1 in bands:
+        np.matmul(weights[lo:hi, c0:c1].T, pixels[lo:hi], out=out[c0:c1])
+    return out
+
+
+@lru_cache(maxsize=2048)
+def _lanczos_bands(n: int, group: int = 8) -> tuple[tuple[int, int, int, int], ...]:
+    """(first input, end input, first output, end output) per group of outputs: each output pixel
+    reads only ~6 x n / 32 inputs, so products over these bands skip the zeros of the dense matrix."""
+    used = _lanczos_weights(n) != 0
+    bands = []
+    for c0 in range(0, PHASH_SIDE, group):
+        rows = np.flatnonzero(used[:, c0:c0 + group].any(axis=1))
+        bands.append((int(rows[0]), int(rows[-1]) + 1, c0, c0 + group))
+    return tuple(bands)
+
+
+# OpenBLAS splits even these small products across threads; on a busy machine (or beside the other
+# pool workers) that made hashing 5x slower. hashing.inspect_files holds one BLAS thread for its whole
+# run, which forked pool workers inherit; other callers hold it for the duration of the products.
+_blas_single_threaded = False
+
+
+@lru_cache(maxsize=1)
+def _threadpools() -> ThreadpoolController:
+    return ThreadpoolController()  # ~50 ms: scans the loaded libraries once per process
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    "Hold numpy's BLAS to one thread (re-entrant; a no-op where it already is)."
+    global _blas_single_threaded
+    if _blas_single_threaded:
+        yield
+        return
+    with _threadpools().limit(limits=1, user_api="blas"):
+        _blas_single_threaded = True
+        try:
+            yield
+        finally:
+            _blas_single_threaded = False
+
+
+def single_blas_thread_for_life() -> None:
+    "For pool workers: forked ones inherit the setting from inspect_files, spawned ones do not."
+    global _blas_single_threaded
+    if not _blas_single_threaded:
+        _threadpools().limit(limits=1, user_api="blas")
+        _blas_single_threaded = True
+
+
+def _to_8bit(sums: np.ndarray) -> np.ndarray:
+    "Pillow's clip8((sum + 2^21) >> 22), on exact float64 sums (in place)."
+    sums *= 1.0 / (1 << _PRECISION)   # exact: a power of two
+    sums += 0.5
+    np.floor(sums, out=sums)
+    np.maximum(sums, 0.0, out=sums)
+    return np.minimum(sums, 255.0, out=sums)
+
+
+@lru_cache(maxsize=2048)
+def _lanczos_weights(n: int) -> np.ndarray:
+    """(n, 32) matrix: column j holds Pillow's fixed-point LANCZOS weights (x 2^22) of output pixel j
+    when n pixels are resized to 32 (Resample.c, precompute_coeffs + normalize_coeffs_8bpc)."""
+    if n == PHASH_SIDE:  # Pillow skips a pass that keeps the size; weight 2^22 on the diagonal is the same
+        return np.eye(n) * float(1 << _PRECISION)
+    scale = n / PHASH_SIDE
+    filterscale = max(scale, 1.0)
+    support = 3.0 * filterscale
+    center = (np.arange(PHASH_SIDE) + 0.5) * scale
+    first = np.maximum((center - support + 0.5).astype(np.int64), 0)           # C's (int) truncates
+    count = np.minimum((center + support + 0.5).astype(np.int64), n) - first
+    taps = np.arange(int(count.max()))
+    inside = taps[None, :] < count[:, None]
+    source = taps[None, :] + first[:, None]
+    weight = np.where(inside, _lanczos((source - center[:, None] + 0.5) * (1.0 / filterscale)), 0.0)
+    total = np.add.accumulate(weight, axis=1)[:, -1]                           # summed in order, like C
+    weight = np.where(total[:, None] != 0.0, weight / np.where(total == 0.0, 1.0, total)[:, None], weight)
+    scaled = weight * float(1 << _PRECISION)
+    fixed = np.trunc(np.where(weight < 0, scaled - 0.5, scaled + 0.5))
+    matrix = np.zeros((n, PHASH_SIDE))
+    out_index = np.broadcast_to(np.arange(PHASH_SIDE)[:, None], source.shape)
+    matrix[source[inside], out_index[inside]] = fixed[inside]
+    return matrix
+
+
+def _lanczos(x: np.ndarray) -> np.ndarray:
+    "Pillow's truncated sinc: sinc(x) * sinc(x / 3) on [-3, 3)."
+    return np.where((x >= -3.0) & (x < 3.0), _sinc(x) * _sinc(x / 3), 0.0)
+
+
+def _sinc(x: np.ndarray) -> np.ndarray:
+    scaled = x * math.pi
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(x == 0.0, 1.0, np.sin(scaled) / scaled)
