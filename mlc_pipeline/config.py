@@ -6,10 +6,12 @@ secret) never live here: they come from the environment, see `mlc_pipeline.secre
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,6 +24,8 @@ LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
 RESERVED_LABELS = {"other"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")   # one safe path component: no '/', no '..'
 SPLIT_KEYS = ("train", "valid", "test")
+URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://")          # data_dir: s3://bucket/prefix (any fsspec URL)
+SECRET_OPTION_RE = re.compile(r"key|secret|token|password|credential", re.I)
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +170,18 @@ class MineSettings(Strict):
     max_per_round: int | None = Field(None, ge=1)    # None: as many as the training "other" set holds
 
 
+def default_cache_dir(url: str) -> Path:
+    """Where an object-store data root is cached when `cache_dir` is not set: one folder per URL."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", URL_RE.sub("", url)).strip("-")[:60]
+    return base / "mlc" / f"{readable}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+
+
 class Config(Strict):
-    data_dir: Path = Path("data")
+    data_dir: Path = Path("data")     # a URL here becomes data_url; data_dir is then the local cache
+    data_url: str | None = None       # the object-store data root (set from data_dir), see objectstore.py
+    storage_options: dict[str, Any] = {}   # fsspec options, e.g. endpoint_url; credentials from the environment
+    cache_dir: Path | None = None
     source: SourceSettings = SourceSettings()
     classes: dict[str, QuerySet] = Field(min_length=1)
     other: QuerySet
@@ -176,6 +190,28 @@ class Config(Strict):
     build: BuildSettings = BuildSettings()
     train: TrainSettings = TrainSettings()
     mine: MineSettings = MineSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def object_store_root(cls, data: Any) -> Any:
+        """`data_dir: s3://bucket/prefix`: the stages keep working on a local cache (`cache_dir`), which
+        objectstore.py fetches from and publishes to the URL at the stage boundaries."""
+        url = data.get("data_dir") if isinstance(data, dict) else None
+        if isinstance(url, str) and URL_RE.match(url):
+            url = url.rstrip("/")
+            data = {**data, "data_url": url, "data_dir": data.get("cache_dir") or default_cache_dir(url)}
+        return data
+
+    @field_validator("storage_options")
+    @classmethod
+    def no_secrets(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The config is recorded in every model bundle: credentials come from the environment."""
+        secret = sorted(k for k in options if SECRET_OPTION_RE.search(k))
+        if secret:
+            raise ValueError(f"{secret} look like credentials, which must not live in the config (it is copied "
+                             "into every model bundle): set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or your "
+                             "store's variables) in the environment")
+        return options
 
     @field_validator("classes")
     @classmethod
