@@ -43,6 +43,13 @@ class Store:
         self.base = self.base.rstrip("/")
         self.fs.invalidate_cache()      # fsspec reuses instances: never trust another command's listings
 
+    def check(self) -> None:
+        """A missing bucket is said before a stage runs, not after it when publishing fails."""
+        bucket = self.base.split("/")[0]
+        if "s3" in self.fs.protocol and not self.fs.exists(bucket):
+            raise ObjectStoreError(f"data_dir {self.url}: bucket {bucket!r} does not exist (or these credentials "
+                                   f"cannot see it): create it first")
+
     def path(self, rel: str) -> str:
         return f"{self.base}/{rel}"
 

@@ -258,6 +258,7 @@ def pull(cfg: Config, command: str, version: str | None = None) -> None:
         return
     parts = PULLS[command]
     with store_errors(store):
+        store.check()
         if "catalog" in parts and uses_local_catalog(cfg):
             pull_catalog(store, cfg)
         if "files" in parts and cfg.catalog_path.exists():

@@ -98,20 +98,27 @@ def test_an_empty_cache_sees_the_same_latest_and_builds_and_trains_from_it(publi
     assert "unchanged" in mlc("build", config=fresh)      # the same latest version, not a new one
     cfg = load_config(fresh)
     assert latest_version(cfg.layout.datasets) == "v1"
-    out = mlc("train", config=fresh)
-    bundle = Path(out.split("model bundle: ")[1].splitlines()[0]).name
-    assert "-v1-" in bundle
-    assert store(cfg).read_text("models/LATEST").strip() == bundle
+    # `mlc run` from there: trains on v1, mines, publishes v2 and the retrained model (the stage loop's hooks)
+    mlc("run", "--no-progress", config=fresh)
+    rounds = json.loads((cfg.layout.reports / "latest.json").read_text())["rounds"]
+    assert [r["dataset_version"] for r in rounds] == ["v1", "v2"]
+    s = store(cfg)
+    assert sync.remote_versions(s, cfg) == ["v1", "v2"]
+    assert s.read_text("models/LATEST").strip() == rounds[-1]["bundle"]
+    assert {"reports/latest.html", "reports/latest.json"} <= set(s.listing("reports"))
+    assert f"models/{rounds[0]['bundle']}/mined.csv" in s.listing("models")     # written after its marker
 
 
 def test_the_marker_is_written_last_and_a_version_without_it_is_ignored(published, s3_server, monkeypatch):
     folder, config = published
     cfg = load_config(config)
     s = store(cfg)
-    v2 = cfg.layout.version("v2")
-    shutil.copytree(cfg.layout.version("v1"), v2)       # a second version in the cache, not yet published
-    meta = json.loads((v2 / "dataset.json").read_text())
-    (v2 / "dataset.json").write_text(json.dumps({**meta, "version": "v2", "fingerprint": "another"}))
+    before = sync.remote_versions(s, cfg)
+    new = f"v{int(before[-1][1:]) + 1}"
+    folder_new = cfg.layout.version(new)
+    shutil.copytree(cfg.layout.version("v1"), folder_new)       # a version in the cache, not yet published
+    meta = json.loads((folder_new / "dataset.json").read_text())
+    (folder_new / "dataset.json").write_text(json.dumps({**meta, "version": new, "fingerprint": "another"}))
 
     writes = []
     real_upload, real_write = objectstore.Store.upload, objectstore.Store.write_text
@@ -123,18 +130,18 @@ def test_the_marker_is_written_last_and_a_version_without_it_is_ignored(publishe
     monkeypatch.setattr(objectstore.Store, "write_text", killed)
     with pytest.raises(KeyboardInterrupt):
         sync.publish(cfg)
-    assert any(w.startswith("datasets/default/v2/images/") for w in writes)
-    assert sync.remote_versions(s, cfg) == ["v1"]
+    assert any(w.startswith(f"datasets/default/{new}/images/") for w in writes)
+    assert sync.remote_versions(s, cfg) == before
     other = load_config(bucket_config(folder, s3_server, "mlc-e2e", "cache-c"))
-    assert sync.pull_version(store(other), other) == "v1"
-    assert latest_version(other.layout.datasets) == "v1"
+    assert sync.pull_version(store(other), other) == before[-1]
+    assert latest_version(other.layout.datasets) == before[-1]
 
     writes.clear()
     monkeypatch.setattr(objectstore.Store, "write_text",
                         lambda self, rel, text: writes.append(rel) or real_write(self, rel, text))
     sync.publish(cfg)                # the rerun: what the killed one uploaded is not sent again
-    assert writes == ["datasets/default/v2/_COMPLETE"]
-    assert sync.remote_versions(s, cfg) == ["v1", "v2"]
+    assert writes == [f"datasets/default/{new}/_COMPLETE"]
+    assert sync.remote_versions(s, cfg) == before + [new]
     writes.clear()
     sync.publish(cfg)
     assert writes == []                     # nothing new: nothing uploaded
@@ -149,3 +156,11 @@ def test_a_takedown_deletes_the_photo_from_the_bucket(published):
     assert rel in sync.file_listing(store(cfg))
     mlc("remove", "--photo-id", victim["photo_id"], "--reason", "owner request", config=config)
     assert rel not in sync.file_listing(store(cfg))
+
+
+def test_a_missing_bucket_or_store_is_one_line_before_the_stage_runs(s3_server, tmp_path):
+    classes = {"classes": {"a": {"queries": ["a"], "count": 1}}, "other": {"queries": ["o"], "count": 1}}
+    cfg = parse_config({"data_dir": "s3://no-such-bucket/p", "cache_dir": "cache",
+                        "storage_options": {"endpoint_url": s3_server}, **classes}, tmp_path)
+    with pytest.raises(objectstore.ObjectStoreError, match="bucket 'no-such-bucket' does not exist"):
+        sync.pull(cfg, "collect")
