@@ -71,7 +71,7 @@ def local_signature(cfg: Config) -> list:
     out = []
     for suffix in ("", "-wal"):
         p = Path(f"{cfg.catalog_path}{suffix}")
-        out.append([p.stat().st_size, p.stat().st_mtime_ns] if p.exists() else None)
+        out.append([p.stat().st_size, p.stat().st_mtime_ns] if p.exists() and p.stat().st_size else None)
     return out
 
 
@@ -103,13 +103,21 @@ def pull_catalog(store: Store, cfg: Config) -> bool:
 
 
 def push_catalog(store: Store, cfg: Config) -> None:
+    """Upload the catalog's snapshot, unless the store's changed since this cache fetched it: another
+    machine published meanwhile, and the last snapshot would win (SQLite: one writer at a time)."""
     if not cfg.catalog_path.exists():
         return
+    info = store.info(CATALOG_OBJECT)
+    if info is not None and tag(info) != read_state(cfg).get("catalog"):
+        raise ObjectStoreError(f"the catalog in {store.url} changed since this cache ({cfg.data_dir}) fetched it: "
+                               "another machine published meanwhile, and this cache's catalog would overwrite its "
+                               "work. Not published; with SQLite, write from one machine at a time (or use a "
+                               "PostgreSQL catalog); the next command here fetches the store's catalog")
     snapshot = temp_beside(cfg.catalog_path)
     try:
         with Catalog(cfg.catalog_path, readonly=True) as catalog:
             catalog.snapshot(snapshot)
-        if not same(snapshot, store.info(CATALOG_OBJECT), checksum=True):
+        if not same(snapshot, info, checksum=True):
             store.upload([(snapshot, CATALOG_OBJECT)])
     finally:
         snapshot.unlink(missing_ok=True)

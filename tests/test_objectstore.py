@@ -113,6 +113,10 @@ def test_the_marker_is_written_last_and_a_version_without_it_is_ignored(publishe
     folder, config = published
     cfg = load_config(config)
     s = store(cfg)
+    # Machine B published since this cache (A) last synced: A's stale catalog must not overwrite B's.
+    with pytest.raises(objectstore.ObjectStoreError, match="changed since this cache"):
+        sync.publish(cfg)
+    sync.pull(cfg, "build")                     # what every command does first
     before = sync.remote_versions(s, cfg)
     new = f"v{int(before[-1][1:]) + 1}"
     folder_new = cfg.layout.version(new)
