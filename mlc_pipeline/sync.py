@@ -42,16 +42,26 @@ STATE_NAME = ".objectstore.json"       # in the cache: which catalog snapshot it
 FILE_DIRS = ("raw", "quarantine")
 VERSION_RE = re.compile(r"^v\d+$")
 # What each command reads from the data root, fetched into the cache before it runs.
-PULLS = {"collect": ("catalog", "files"), "curate": ("catalog", "files"),
+# curate checks new images against the test images of every published version: it needs them all.
+PULLS = {"collect": ("catalog", "files"), "curate": ("catalog", "files", "versions"),
          "build": ("catalog", "files", "version"), "train": ("catalog", "version"),
          "mine": ("catalog", "files", "model"), "remove": ("catalog",), "inspect": ("catalog", "version"),
-         "run": ("catalog", "files", "version", "model")}
+         "run": ("catalog", "files", "versions", "model")}
 
 
 def uses_local_catalog(cfg: Config) -> bool:
     """SQLite in the cache, snapshotted to the store; a server catalog (`catalog.url`) is shared as is."""
     url = getattr(getattr(cfg, "catalog", None), "url", None)
     return not url or str(url).startswith("sqlite")
+
+
+def has_catalog(cfg: Config) -> bool:
+    return not uses_local_catalog(cfg) or cfg.catalog_path.exists()
+
+
+def open_catalog(cfg: Config) -> Catalog:
+    """The catalog, read-only (the one place to change when the catalog is opened another way)."""
+    return Catalog(cfg.catalog_path, readonly=True)
 
 
 def read_state(cfg: Config) -> dict:
@@ -126,7 +136,7 @@ def push_catalog(store: Store, cfg: Config) -> None:
 
 def named_files(cfg: Config) -> set[str]:
     """The catalog's files inside the data root (relative paths under raw/ and quarantine/)."""
-    with Catalog(cfg.catalog_path, readonly=True) as catalog:
+    with open_catalog(cfg) as catalog:
         paths = catalog.stored_file_paths()
     return {p for p in paths if not os.path.isabs(p) and p.split("/")[0] in FILE_DIRS}
 
@@ -269,10 +279,13 @@ def pull(cfg: Config, command: str, version: str | None = None) -> None:
         store.check()
         if "catalog" in parts and uses_local_catalog(cfg):
             pull_catalog(store, cfg)
-        if "files" in parts and cfg.catalog_path.exists():
+        if "files" in parts and has_catalog(cfg):
             pull_files(store, cfg)
         if "version" in parts:
             pull_version(store, cfg, version)
+        if "versions" in parts:
+            for v in remote_versions(store, cfg):
+                pull_version(store, cfg, v)
         if "model" in parts:
             pull_model(store, cfg)
 
@@ -285,7 +298,7 @@ def publish(cfg: Config) -> None:
     with store_errors(store):
         if uses_local_catalog(cfg):
             push_catalog(store, cfg)
-        uploaded, deleted = push_files(store, cfg) if cfg.catalog_path.exists() else (0, 0)
+        uploaded, deleted = push_files(store, cfg) if has_catalog(cfg) else (0, 0)
         push_versions(store, cfg)
         push_models(store, cfg)
         push_reports(store, cfg)

@@ -17,7 +17,7 @@ from helpers import ENV, MLC, free_port, tiny_config
 from mlc_pipeline import objectstore, sync
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import ConfigError, load_config, parse_config
-from mlc_pipeline.manifest import latest_version
+from mlc_pipeline.manifest import latest_version, versions
 
 pytestmark = pytest.mark.slow
 
@@ -149,6 +149,11 @@ def test_the_marker_is_written_last_and_a_version_without_it_is_ignored(publishe
     writes.clear()
     sync.publish(cfg)
     assert writes == []                     # nothing new: nothing uploaded
+
+    # curate checks against every version's test images: an empty cache gets every published version
+    fresh = load_config(bucket_config(folder, s3_server, "mlc-e2e", "cache-d"))
+    sync.pull(fresh, "curate")
+    assert versions(fresh.layout.datasets) == before + [new]
 
 
 def test_a_takedown_deletes_the_photo_from_the_bucket(published):
