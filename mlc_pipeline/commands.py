@@ -233,8 +233,6 @@ def cmd_inspect(args) -> int:
     return rc
 
 
-
-
 def fetch_for_reading(cfg, version: str | None) -> None:
     """`mlc inspect` on an object-store data root: fetch the catalog and the version into the cache,
     unless a writer on this machine holds the cache (it publishes when done; the cache is read as is)."""

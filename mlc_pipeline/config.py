@@ -25,7 +25,7 @@ RESERVED_LABELS = {"other"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")   # one safe path component: no '/', no '..'
 SPLIT_KEYS = ("train", "valid", "test")
 URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://")          # data_dir: s3://bucket/prefix (any fsspec URL)
-SECRET_OPTION_RE = re.compile(r"key|secret|token|password|credential", re.I)
+SECRET_OPTION_RE = re.compile(r"^(key|token)$|secret|password|access_key|session_token|credential", re.I)
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def default_cache_dir(url: str) -> Path:
 
 class Config(Strict):
     data_dir: Path = Path("data")     # a URL here becomes data_url; data_dir is then the local cache
-    data_url: str | None = None       # the object-store data root (set from data_dir), see objectstore.py
+    data_url: str | None = None       # the object-store data root (set from data_dir), see sync.py
     storage_options: dict[str, Any] = {}   # fsspec options, e.g. endpoint_url; credentials from the environment
     cache_dir: Path | None = None
     source: SourceSettings = SourceSettings()
@@ -195,7 +195,7 @@ class Config(Strict):
     @classmethod
     def object_store_root(cls, data: Any) -> Any:
         """`data_dir: s3://bucket/prefix`: the stages keep working on a local cache (`cache_dir`), which
-        objectstore.py fetches from and publishes to the URL at the stage boundaries."""
+        sync.py fetches from and publishes to the URL at the stage boundaries."""
         url = data.get("data_dir") if isinstance(data, dict) else None
         if isinstance(url, str) and URL_RE.match(url):
             url = url.rstrip("/")
@@ -206,7 +206,9 @@ class Config(Strict):
     @classmethod
     def no_secrets(cls, options: dict[str, Any]) -> dict[str, Any]:
         """The config is recorded in every model bundle: credentials come from the environment."""
-        secret = sorted(k for k in options if SECRET_OPTION_RE.search(k))
+        def keys(d: dict) -> list[str]:        # nested too: client_kwargs: {aws_secret_access_key: ...}
+            return [k for k, v in d.items() for k in [str(k), *(keys(v) if isinstance(v, dict) else [])]]
+        secret = sorted(k for k in keys(options) if SECRET_OPTION_RE.search(k))
         if secret:
             raise ValueError(f"{secret} look like credentials, which must not live in the config (it is copied "
                              "into every model bundle): set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or your "

@@ -67,8 +67,11 @@ def test_data_dir_url_means_a_cache_and_a_store(tmp_path, monkeypatch):
     cfg = parse_config({"data_dir": "s3://bkt/p", **classes}, tmp_path)
     assert cfg.data_dir.parent == tmp_path / "xdg" / "mlc" and cfg.data_dir.name.startswith("bkt-p-")
     assert parse_config({"data_dir": "data", **classes}, tmp_path).data_url is None
-    with pytest.raises(ConfigError, match="storage_options.*credentials"):
-        parse_config({"data_dir": "s3://bkt/p", "storage_options": {"secret": "x"}, **classes}, tmp_path)
+    for options in ({"secret": "x"}, {"key": "x"}, {"client_kwargs": {"aws_secret_access_key": "x"}}):
+        with pytest.raises(ConfigError, match="storage_options.*credentials"):
+            parse_config({"data_dir": "s3://bkt/p", "storage_options": options, **classes}, tmp_path)
+    assert parse_config({"data_dir": "s3://bkt/p", "storage_options": {"s3_additional_kwargs": {
+        "SSEKMSKeyId": "alias/x"}}, **classes}, tmp_path).storage_options
 
 
 def test_collect_curate_build_train_publish_into_the_bucket(published):
