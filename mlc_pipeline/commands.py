@@ -17,10 +17,16 @@ from mlc_pipeline.fsutil import sha256_file
 log = logging.getLogger("mlc")
 
 
-def writing(cfg, args):
-    """The data root's write lock for this command: wait for another writer, or fail with --no-wait."""
+@contextlib.contextmanager
+def writing(cfg, args, version: str | None = None):
+    """The data root's write lock for this command: wait for another writer, or fail with --no-wait.
+    On an object-store data root, what the command reads is fetched into the cache first and what it
+    wrote is published after it (sync.py)."""
     from mlc_pipeline.locking import data_root_lock
-    return data_root_lock(cfg.data_dir, f"mlc {args.command}", wait=not args.no_wait)
+    from mlc_pipeline.sync import synced
+    with data_root_lock(cfg.data_dir, f"mlc {args.command}", wait=not args.no_wait), \
+            synced(cfg, args.command, version):
+        yield
 
 
 def cmd_collect(args) -> int:
@@ -75,7 +81,7 @@ def dataset_dir(cfg, version: str | None):
 
 def cmd_train(args) -> int:
     cfg = load_config(args.config, parse_overrides(args.set))
-    with writing(cfg, args):          # before importing torch: --no-wait answers at once
+    with writing(cfg, args, args.version):     # before importing torch: --no-wait answers at once
         from mlc_pipeline.dataset.build import verify_version
         verify_version(dataset_dir(cfg, args.version))     # a damaged version: one line, before torch loads
         from mlc_pipeline.model.variants import train_alternatives, train_version
@@ -227,8 +233,10 @@ def cmd_weights(args) -> int:
 def cmd_remove(args) -> int:
     from mlc_pipeline.curate.takedown import remove_photos
     cfg = load_config(args.config, parse_overrides(args.set))
+    from mlc_pipeline.sync import synced
     try:
-        res = remove_photos(cfg, args.reason, photo_id=args.photo_id, owner=args.owner, query=args.query)
+        with synced(cfg, "remove"):     # an object-store root: the taken-down objects are deleted there too
+            res = remove_photos(cfg, args.reason, photo_id=args.photo_id, owner=args.owner, query=args.query)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     if not res.removed and not res.already_removed:
@@ -260,6 +268,7 @@ def cmd_inspect(args) -> int:
     from mlc_pipeline.manifest import latest_version, versions
     from mlc_pipeline.report.inspect import inspect_main
     cfg = load_config(args.config, parse_overrides(args.set))
+    fetch_for_reading(cfg, args.version)
     if not cfg.layout.catalog.exists():             # say so, rather than report an empty project
         raise ConfigError(f"no catalog at {cfg.layout.catalog}: nothing was collected into data_dir "
                           f"{cfg.data_dir} yet (check data_dir in {args.config}, or run `mlc collect`)")
@@ -284,3 +293,15 @@ def cmd_inspect(args) -> int:
     return rc
 
 
+def fetch_for_reading(cfg, version: str | None) -> None:
+    """`mlc inspect` on an object-store data root: fetch the catalog and the version into the cache,
+    unless a writer on this machine holds the cache (it publishes when done; the cache is read as is)."""
+    from mlc_pipeline.locking import DataRootBusy, data_root_lock
+    from mlc_pipeline.sync import pull
+    if not cfg.data_url:
+        return
+    try:
+        with data_root_lock(cfg.data_dir, "mlc inspect (fetching)", wait=False):
+            pull(cfg, "inspect", version)
+    except DataRootBusy as exc:
+        log.warning("not fetching from %s: %s", cfg.data_url, exc)

@@ -6,10 +6,12 @@ secret) never live here: they come from the environment, see `mlc_pipeline.secre
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,6 +30,9 @@ SPLIT_KEYS = ("train", "valid", "test")
 RESTRICTED_LICENSES = {0: "All Rights Reserved", 1: "CC BY-NC-SA 2.0", 2: "CC BY-NC 2.0", 3: "CC BY-NC-ND 2.0",
                        6: "CC BY-ND 2.0", 13: "CC BY-ND 4.0", 14: "CC BY-NC 4.0", 15: "CC BY-NC-SA 4.0",
                        16: "CC BY-NC-ND 4.0"}
+
+URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://")          # data_dir: s3://bucket/prefix (any fsspec URL)
+SECRET_OPTION_RE = re.compile(r"^(key|token)$|secret|password|access_key|session_token|credential", re.I)
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +191,18 @@ class ClusterSettings(Strict):
     score_chunk: int = Field(512, ge=1)      # pool images scored per task when mining
 
 
+def default_cache_dir(url: str) -> Path:
+    """Where an object-store data root is cached when `cache_dir` is not set: one folder per URL."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", URL_RE.sub("", url)).strip("-")[:60]
+    return base / "mlc" / f"{readable}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+
+
 class Config(Strict):
-    data_dir: Path = Path("data")
+    data_dir: Path = Path("data")     # a URL here becomes data_url; data_dir is then the local cache
+    data_url: str | None = None       # the object-store data root (set from data_dir), see sync.py
+    storage_options: dict[str, Any] = {}   # fsspec options, e.g. endpoint_url; credentials from the environment
+    cache_dir: Path | None = None
     source: SourceSettings = SourceSettings()
     classes: dict[str, QuerySet] = Field(min_length=1)
     other: QuerySet
@@ -197,6 +212,30 @@ class Config(Strict):
     train: TrainSettings = TrainSettings()
     mine: MineSettings = MineSettings()
     cluster: ClusterSettings = ClusterSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def object_store_root(cls, data: Any) -> Any:
+        """`data_dir: s3://bucket/prefix`: the stages keep working on a local cache (`cache_dir`), which
+        sync.py fetches from and publishes to the URL at the stage boundaries."""
+        url = data.get("data_dir") if isinstance(data, dict) else None
+        if isinstance(url, str) and URL_RE.match(url):
+            url = url.rstrip("/")
+            data = {**data, "data_url": url, "data_dir": data.get("cache_dir") or default_cache_dir(url)}
+        return data
+
+    @field_validator("storage_options")
+    @classmethod
+    def no_secrets(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The config is recorded in every model bundle: credentials come from the environment."""
+        def keys(d: dict) -> list[str]:        # nested too: client_kwargs: {aws_secret_access_key: ...}
+            return [k for k, v in d.items() for k in [str(k), *(keys(v) if isinstance(v, dict) else [])]]
+        secret = sorted(k for k in keys(options) if SECRET_OPTION_RE.search(k))
+        if secret:
+            raise ValueError(f"{secret} look like credentials, which must not live in the config (it is copied "
+                             "into every model bundle): set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or your "
+                             "store's variables) in the environment")
+        return options
 
     @field_validator("classes")
     @classmethod

@@ -24,6 +24,7 @@ from mlc_pipeline.dataset.build import build_dataset
 from mlc_pipeline.fsutil import write_text_atomic
 from mlc_pipeline.locking import data_root_lock
 from mlc_pipeline.model.mine import mine_round
+from mlc_pipeline.sync import publish, pull
 from mlc_pipeline.model.variants import check_train_settings, models_root, train_alternatives, train_version
 from mlc_pipeline.report.inspect import write_html_report
 from mlc_pipeline.report.model import model_section
@@ -147,16 +148,20 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
     """The one stage loop. `alternatives`: train the comparison heads too (default: the config's
     `train.compare_baselines`)."""
     out = PipelineResult(seconds=stages.seconds)
+    pull(cfg, "run")        # an object-store data root (sync.py): into the cache; else a no-op
     with stages.stage("collect"):       # in rounds with curate, until every set has its usable count
         collected = stages.collect(cfg)
+    publish(cfg)
     curating = collected.get("seconds", {}).get("curate", 0.0)
     stages.seconds["curate"] = round(stages.seconds.get("curate", 0) + curating, 1)
     stages.seconds["collect"] = round(stages.seconds["collect"] - curating, 1)
     out.shortfall = collected.get("short", [])
     with stages.stage("build"):
         ds = stages.build(cfg)
+    publish(cfg)
     with stages.stage("train"):
         model = stages.train(cfg, ds["path"], 0)
+    publish(cfg)
     out.rounds.append(record(0, model["dataset_version"], model["bundle"], model["metrics"]))
     if cfg.train.compare_baselines if alternatives is None else alternatives:
         with stages.stage("alternatives"):
@@ -172,6 +177,7 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
             ds = stages.build(cfg)      # mined images were curated already
         with stages.stage("train"):
             model = stages.train(cfg, ds["path"], r)
+        publish(cfg)                    # the mined labels (catalog), the new version and model
         out.rounds.append(record(r, model["dataset_version"], model["bundle"], model["metrics"], mined["added"]))
         if why := mining_stop(cfg, r, mined["added"], *(unknown_rate(x.unknown_accepted, x.probe_accepted)
                                                      for x in out.rounds[-2:])):
@@ -181,6 +187,7 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
     with stages.stage("report"):
         out.report = stages.report(cfg, out)
     write_text_atomic(cfg.layout.reports / "latest.json", json.dumps(asdict(out), indent=2, default=str))
+    publish(cfg)
     return out
 
 

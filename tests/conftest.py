@@ -51,3 +51,27 @@ def trained_shapes_bundle() -> tuple[Path, Path]:
     """(manifest, bundle folder) of one tiny model on the shapes world, trained once per session."""
     from shapes import trained_bundle
     return trained_bundle()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3-compatible server on loopback (moto in server mode), for an object-store data root.
+    Yields its endpoint URL; its throwaway credentials are in the environment (subprocesses inherit
+    them), as a user's would be."""
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
+    import logging
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)     # a line per request otherwise
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    port = free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "mlc_pipeline"
-CORE = {"config", "layout", "fsutil", "manifest", "imageformat", "locking", "secrets", "catalog", "executor"}
+CORE = {"config", "layout", "fsutil", "manifest", "imageformat", "locking", "secrets", "catalog", "executor",
+        "objectstore", "sync"}
 STAGES = {"collect", "curate", "dataset", "model", "report"}
 TOP = {"pipeline", "cli", "commands"}
 # What each part must never import (ARCHITECTURE.md, "Who may import whom").

@@ -1,0 +1,181 @@
+"""An object store (s3://bucket/prefix, any fsspec URL) as a data root needs it: files in and out,
+idempotent uploads, and folders published by a marker.
+
+An object store has no rename, so a folder (a dataset version, a model bundle) is published by its
+marker, `<folder>/_COMPLETE`, written after every other object of the folder: a folder without one
+(a killed upload) does not exist for any reader. The marker lists every file's size, so a fetch knows
+what a complete copy is. Uploads skip objects already there with the same size (and, for files that
+change in place, the same MD5 where the store's ETag is one): a rerun uploads only what is new.
+What is stored where, and when, is sync.py's business.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from mlc_pipeline.config import Config, ConfigError
+from mlc_pipeline.fsutil import remove_dead_leftovers, temp_beside
+
+MARKER = "_COMPLETE"
+
+
+class ObjectStoreError(ConfigError):
+    """The object store cannot be used (unreachable, no credentials, a conflicting publish): one line."""
+
+
+class Store:
+    """The object store under a URL, named by paths relative to it."""
+
+    def __init__(self, url: str, options: dict):
+        import fsspec
+        self.url = url
+        try:
+            self.fs, self.base = fsspec.core.url_to_fs(url, **options)
+        except ImportError as exc:
+            raise ObjectStoreError(f"data_dir {url}: {exc} (install the extra: pip install 'mlc-pipeline[s3]')") from None
+        self.base = self.base.rstrip("/")
+        self.fs.invalidate_cache()      # fsspec reuses instances: never trust another command's listings
+
+    def check(self) -> None:
+        """A missing bucket is said before a stage runs, not after it when publishing fails."""
+        bucket = self.base.split("/")[0]
+        if "s3" in self.fs.protocol and not self.fs.exists(bucket):
+            raise ObjectStoreError(f"data_dir {self.url}: bucket {bucket!r} does not exist (or these credentials "
+                                   f"cannot see it): create it first")
+
+    def path(self, rel: str) -> str:
+        return f"{self.base}/{rel}"
+
+    def listing(self, rel: str) -> dict[str, dict]:
+        """Every object under `rel`, by its path relative to the URL, with its size and ETag."""
+        try:
+            found = self.fs.find(self.path(rel), detail=True)
+        except FileNotFoundError:
+            return {}
+        return {p[len(self.base) + 1:]: info for p, info in found.items() if info.get("type") != "directory"}
+
+    def info(self, rel: str) -> dict | None:
+        try:
+            return self.fs.info(self.path(rel))
+        except FileNotFoundError:
+            return None
+
+    def read_text(self, rel: str) -> str | None:
+        try:
+            return self.fs.cat_file(self.path(rel)).decode()
+        except FileNotFoundError:
+            return None
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.fs.pipe_file(self.path(rel), text.encode())
+
+    def upload(self, pairs: list[tuple[Path, str]]) -> int:
+        """Local file -> relative key, all at once (fsspec runs them concurrently). One PUT each: an
+        object appears whole or not at all."""
+        if pairs:
+            self.fs.put([str(p) for p, _ in pairs], [self.path(r) for _, r in pairs])
+        return len(pairs)
+
+    def download(self, pairs: list[tuple[str, Path]]) -> int:
+        """Relative key -> local file, each written beside its target and renamed into place."""
+        if not pairs:
+            return 0
+        temps = [temp_beside(local) for _, local in pairs]
+        for t in temps:
+            t.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.fs.get([self.path(r) for r, _ in pairs], [str(t) for t in temps])
+            for t, (_, local) in zip(temps, pairs):
+                os.replace(t, local)
+        finally:
+            for t in temps:
+                t.unlink(missing_ok=True)
+        return len(pairs)
+
+    def delete(self, rels: list[str]) -> int:
+        if rels:
+            self.fs.rm([self.path(r) for r in rels])
+        return len(rels)
+
+
+def store_of(cfg: Config) -> Store | None:
+    """The configured object store, or None for a plain local data root."""
+    return Store(cfg.data_url, cfg.storage_options) if cfg.data_url else None
+
+
+def md5_file(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def same(local: Path, info: dict | None, checksum: bool = False) -> bool:
+    """Is the object already this file? Size; plus the MD5 for files rewritten in place (`checksum`)
+    when the ETag is a plain MD5 (multipart uploads' are not: then size alone)."""
+    if info is None or info.get("size") != local.stat().st_size:
+        return False
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+    return not (checksum and re.fullmatch(r"[0-9a-f]{32}", etag)) or md5_file(local) == etag
+
+
+def read_marker(store: Store, key: str) -> dict | None:
+    text = store.read_text(f"{key}/{MARKER}")
+    return json.loads(text) if text is not None else None
+
+
+def folder_files(folder: Path) -> dict[str, Path]:
+    """A published folder's files by relative path (hidden ones, temp files, are not part of it)."""
+    return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
+
+
+def push_folder(store: Store, folder: Path, key: str, marker: dict) -> int:
+    """A whole folder, then its marker: the marker is the publish."""
+    files = folder_files(folder)
+    held = store.listing(key)
+    n = store.upload([(p, f"{key}/{rel}") for rel, p in files.items() if not same(p, held.get(f"{key}/{rel}"))])
+    store.write_text(f"{key}/{MARKER}", json.dumps({**marker, "files": {r: p.stat().st_size for r, p in files.items()}}))
+    return n
+
+
+def complete_copy(folder: Path, marker: dict) -> bool:
+    return folder.is_dir() and all((folder / r).is_file() and (folder / r).stat().st_size == size
+                                   for r, size in marker["files"].items())
+
+
+def pull_folder(store: Store, key: str, folder: Path, marker: dict) -> bool:
+    """Fetch a marked folder into the cache unless complete there; built beside it, renamed into place."""
+    if complete_copy(folder, marker):
+        return False
+    remove_dead_leftovers(folder.parent.glob(f".fetch-{folder.name}-*"), lambda p: p.name.rsplit("-", 2)[1])
+    tmp = folder.parent / f".fetch-{folder.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    if folder.exists():
+        os.rename(folder, tmp)          # an incomplete copy: keep what it has
+    tmp.mkdir(parents=True, exist_ok=True)
+    todo = [r for r, size in marker["files"].items()
+            if not ((tmp / r).is_file() and (tmp / r).stat().st_size == size)]
+    store.download([(f"{key}/{r}", tmp / r) for r in todo])
+    os.rename(tmp, folder)
+    return True
+
+
+@contextmanager
+def store_errors(store: Store) -> Iterator[None]:
+    """Unreachable store, refused credentials...: one line naming the store (no credentials in it)."""
+    try:
+        yield
+    except ObjectStoreError:
+        raise
+    except Exception as exc:        # botocore's errors are no OSError; all of them end up here
+        if not (isinstance(exc, (OSError, ValueError)) or type(exc).__module__.split(".")[0] in ("botocore", "aiohttp")):
+            raise
+        raise ObjectStoreError(f"object store {store.url}: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,314 @@
+"""A data root on object storage (`data_dir: s3://bucket/prefix`), with a local cache.
+
+The stages never see the store. They work on a local data root, the cache (`cfg.data_dir`, from
+`cache_dir`), exactly as on a plain disk; this module fetches what a command reads before it runs and
+publishes what it wrote after it (`synced` for one command, `pull` + `publish` in the stage loop).
+
+What the store holds, under the URL:
+  catalog.sqlite                  a snapshot of the SQLite catalog (SQLite's online backup) after each stage
+  raw/..., quarantine/...         exactly the files the catalog names, at the same relative paths
+  datasets/<name>/vN/...          a version's files, then its marker datasets/<name>/vN/_COMPLETE
+  models/<bundle>/...             a bundle's files, then models/<bundle>/_COMPLETE, then models/LATEST
+  reports/...
+
+Atomic publishing keeps its meaning through the markers (objectstore.py): `latest` is the highest
+version that has one. Objects under raw/ and quarantine/ that the catalog no longer names (quarantine
+moves, takedowns) are deleted; the store is listed before the catalog is read, so a file another
+writer uploaded meanwhile (after recording it in the catalog) is always named.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.config import Config
+from mlc_pipeline.fsutil import temp_beside, write_text_atomic
+from mlc_pipeline.manifest import versions as local_versions
+from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, folder_files, pull_folder, push_folder,
+                                      read_marker, same, store_errors, store_of)
+
+log = logging.getLogger(__name__)
+
+CATALOG_OBJECT = "catalog.sqlite"
+STATE_NAME = ".objectstore.json"       # in the cache: which catalog snapshot it last synced with
+FILE_DIRS = ("raw", "quarantine")
+VERSION_RE = re.compile(r"^v\d+$")
+# What each command reads from the data root, fetched into the cache before it runs.
+# curate checks new images against the test images of every published version: it needs them all.
+PULLS = {"collect": ("catalog", "files"), "curate": ("catalog", "files", "versions"),
+         "build": ("catalog", "files", "version"), "train": ("catalog", "version"),
+         "mine": ("catalog", "files", "model"), "remove": ("catalog",), "inspect": ("catalog", "version"),
+         "run": ("catalog", "files", "versions", "model")}
+
+
+def uses_local_catalog(cfg: Config) -> bool:
+    """SQLite in the cache, snapshotted to the store; a server catalog (`catalog.url`) is shared as is."""
+    url = getattr(getattr(cfg, "catalog", None), "url", None)
+    return not url or str(url).startswith("sqlite")
+
+
+def has_catalog(cfg: Config) -> bool:
+    return not uses_local_catalog(cfg) or cfg.catalog_path.exists()
+
+
+def open_catalog(cfg: Config) -> Catalog:
+    """The catalog, read-only (the one place to change when the catalog is opened another way)."""
+    return Catalog(cfg.catalog_path, readonly=True)
+
+
+def read_state(cfg: Config) -> dict:
+    try:
+        return json.loads((cfg.data_dir / STATE_NAME).read_text())
+    except (OSError, ValueError):     # a fresh cache: nothing synced yet
+        return {}
+
+
+def write_state(cfg: Config, **changes) -> None:
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(cfg.data_dir / STATE_NAME, json.dumps({**read_state(cfg), **changes}))
+
+
+def local_signature(cfg: Config) -> list:
+    """Size and mtime of the catalog's files: tells whether the cached catalog changed since its sync."""
+    out = []
+    for suffix in ("", "-wal"):
+        p = Path(f"{cfg.catalog_path}{suffix}")
+        out.append([p.stat().st_size, p.stat().st_mtime_ns] if p.exists() and p.stat().st_size else None)
+    return out
+
+
+def tag(info: dict) -> str:
+    return f"{info.get('size')}:{str(info.get('ETag') or info.get('etag') or info.get('LastModified', '')).strip(chr(34))}"
+
+
+def pull_catalog(store: Store, cfg: Config) -> bool:
+    """Fetch the store's catalog snapshot unless the cache already has it. A cached catalog changed
+    since its last sync (a stage that failed before publishing) is kept aside, never overwritten."""
+    info = store.info(CATALOG_OBJECT)
+    if info is None:
+        return False
+    state, local = read_state(cfg), cfg.catalog_path
+    if local.exists() and state.get("catalog") == tag(info):
+        return False
+    if local.exists() and local_signature(cfg) != state.get("local"):
+        aside = local.with_name(f"catalog.unsynced-{uuid.uuid4().hex[:8]}.sqlite")
+        with Catalog(local) as catalog:     # a consistent copy, WAL included
+            catalog.snapshot(aside)
+        log.warning("the cached catalog %s has changes never published to %s, and the store's catalog is "
+                    "newer: the store's is used, the cached one is kept as %s", local, store.url, aside)
+    store.download([(CATALOG_OBJECT, local)])
+    for suffix in ("-wal", "-shm"):     # a stale WAL would be replayed into the new file
+        Path(f"{local}{suffix}").unlink(missing_ok=True)
+    write_state(cfg, catalog=tag(info), local=local_signature(cfg))
+    log.info("catalog fetched from %s", store.url)
+    return True
+
+
+def push_catalog(store: Store, cfg: Config) -> None:
+    """Upload the catalog's snapshot, unless the store's changed since this cache fetched it: another
+    machine published meanwhile, and the last snapshot would win (SQLite: one writer at a time)."""
+    if not cfg.catalog_path.exists():
+        return
+    info = store.info(CATALOG_OBJECT)
+    if info is not None and tag(info) != read_state(cfg).get("catalog"):
+        raise ObjectStoreError(f"the catalog in {store.url} changed since this cache ({cfg.data_dir}) fetched it: "
+                               "another machine published meanwhile, and this cache's catalog would overwrite its "
+                               "work. Not published; with SQLite, write from one machine at a time (or use a "
+                               "PostgreSQL catalog); the next command here fetches the store's catalog")
+    snapshot = temp_beside(cfg.catalog_path)
+    try:
+        with Catalog(cfg.catalog_path, readonly=True) as catalog:
+            catalog.snapshot(snapshot)
+        if not same(snapshot, info, checksum=True):
+            store.upload([(snapshot, CATALOG_OBJECT)])
+    finally:
+        snapshot.unlink(missing_ok=True)
+    write_state(cfg, catalog=tag(store.info(CATALOG_OBJECT) or {}), local=local_signature(cfg))
+
+
+def named_files(cfg: Config) -> set[str]:
+    """The catalog's files inside the data root (relative paths under raw/ and quarantine/)."""
+    with open_catalog(cfg) as catalog:
+        paths = catalog.stored_file_paths()
+    return {p for p in paths if not os.path.isabs(p) and p.split("/")[0] in FILE_DIRS}
+
+
+def file_listing(store: Store) -> dict[str, dict]:
+    return {k: v for d in FILE_DIRS for k, v in store.listing(d).items()}
+
+
+def pull_files(store: Store, cfg: Config) -> int:
+    """Fetch the catalog's files the cache lacks (a fresh cache, or one another machine added to)."""
+    want = sorted(p for p in named_files(cfg) if not (cfg.data_dir / p).exists())
+    if not want:
+        return 0
+    held = file_listing(store)
+    lost = [p for p in want if p not in held]
+    if lost:
+        log.warning("%d file(s) the catalog names are in neither the cache nor %s (e.g. %s): collect fetches "
+                    "them again from the source", len(lost), store.url, lost[0])
+    return store.download([(p, cfg.data_dir / p) for p in want if p in held])
+
+
+def push_files(store: Store, cfg: Config) -> tuple[int, int]:
+    """Upload the catalog's new files; delete objects it no longer names. Returns (uploaded, deleted)."""
+    held = file_listing(store)              # listed before the catalog is read (see the module's doc)
+    named = named_files(cfg)
+    todo = [(cfg.data_dir / p, p) for p in sorted(named)
+            if (cfg.data_dir / p).is_file() and not same(cfg.data_dir / p, held.get(p))]
+    stale = sorted(set(held) - named)
+    if stale and not named:
+        log.warning("the catalog names no file but %s holds %d under raw/ and quarantine/: not deleting them",
+                    store.url, len(stale))
+        stale = []
+    return store.upload(todo), store.delete(stale)
+
+
+def version_key(cfg: Config, version: str) -> str:
+    return f"datasets/{cfg.build.name}/{version}"
+
+
+def remote_versions(store: Store, cfg: Config) -> list[str]:
+    """The versions in the store that have their marker, oldest first (the last is `latest`)."""
+    try:
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in store.fs.ls(store.path(f"datasets/{cfg.build.name}"),
+                                                                        detail=False)]
+    except FileNotFoundError:
+        return []
+    found = [v for v in names if VERSION_RE.match(v) and store.info(f"{version_key(cfg, v)}/{MARKER}")]
+    return sorted(found, key=lambda v: int(v[1:]))
+
+
+def push_versions(store: Store, cfg: Config) -> list[str]:
+    """Publish the cache's complete versions the store lacks. A store version of the same number with
+    other contents (built meanwhile on another machine) is a conflict: one line, nothing overwritten."""
+    pushed = []
+    for version in local_versions(cfg.layout.datasets):
+        folder = cfg.layout.version(version)
+        if not (folder / "dataset.json").exists():
+            continue
+        meta = json.loads((folder / "dataset.json").read_text())
+        marker = read_marker(store, version_key(cfg, version))
+        if marker is not None:
+            if marker.get("fingerprint") != meta.get("fingerprint"):
+                raise ObjectStoreError(
+                    f"{store.url}/{version_key(cfg, version)} holds another build's {version} (built meanwhile on "
+                    f"another machine?): this cache's {folder} is not published; move it aside and run `mlc build` again")
+            continue
+        push_folder(store, folder, version_key(cfg, version),
+                    {"version": version, "fingerprint": meta.get("fingerprint"), "files_sha256": meta.get("files_sha256")})
+        pushed.append(version)
+        log.info("dataset %s %s published to %s", cfg.build.name, version, store.url)
+    return pushed
+
+
+def pull_version(store: Store, cfg: Config, version: str | None = None) -> str | None:
+    """Fetch a version (default: the store's latest) into the cache unless complete there."""
+    version = version or (remote_versions(store, cfg) or [None])[-1]
+    if version is None:
+        return None
+    key, folder = version_key(cfg, version), cfg.layout.version(version)
+    marker = read_marker(store, key)
+    if marker is None:
+        return version if folder.exists() else None     # not published (yet): the cache's own, if any
+    if (folder / "dataset.json").exists():
+        if json.loads((folder / "dataset.json").read_text()).get("fingerprint") != marker.get("fingerprint"):
+            raise ObjectStoreError(f"the cache's {folder} is not the version {store.url}/{key} holds (built here "
+                                   f"but never published?): move it aside and rerun")
+    if pull_folder(store, key, folder, marker):
+        log.info("dataset %s %s fetched from %s", cfg.build.name, version, store.url)
+    return version
+
+
+def push_models(store: Store, cfg: Config) -> list[str]:
+    root = cfg.layout.models
+    if not root.is_dir():
+        return []
+    held = store.listing("models")
+    pushed = []
+    for bundle in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        key = f"models/{bundle.name}"
+        if not (bundle / "bundle.json").exists():
+            continue                    # not a bundle (train publishes one whole, by a rename)
+        if f"{key}/{MARKER}" not in held:
+            push_folder(store, bundle, key, {"bundle": bundle.name})
+            pushed.append(bundle.name)
+        else:                           # published: only what `mlc mine` adds (mined.csv, review.csv)
+            store.upload([(p, f"{key}/{r}") for r, p in folder_files(bundle).items()
+                          if not same(p, held.get(f"{key}/{r}"), checksum=True)])
+    latest = root / "LATEST"
+    # The shared pointer moves only with a model published now, after its marker: a cache that still
+    # points at an older model never moves it back.
+    if latest.exists() and latest.read_text().strip() in pushed:
+        store.upload([(latest, "models/LATEST")])
+    return pushed
+
+
+def pull_model(store: Store, cfg: Config) -> str | None:
+    """Fetch the store's latest product model into the cache, and point the cache's LATEST at it."""
+    name = (store.read_text("models/LATEST") or "").strip()
+    marker = read_marker(store, f"models/{name}") if name else None
+    if marker is None:
+        return None
+    pull_folder(store, f"models/{name}", cfg.layout.models / name, marker)
+    write_text_atomic(cfg.layout.models / "LATEST", name + "\n")
+    return name
+
+
+def push_reports(store: Store, cfg: Config) -> int:
+    files = folder_files(cfg.layout.reports) if cfg.layout.reports.is_dir() else {}
+    held = store.listing("reports")
+    return store.upload([(p, f"reports/{r}") for r, p in files.items() if not same(p, held.get(f"reports/{r}"), True)])
+
+
+def pull(cfg: Config, command: str, version: str | None = None) -> None:
+    """Before a command: fetch what it reads into the cache (no-op for a local data root)."""
+    store = store_of(cfg)
+    if store is None:
+        return
+    parts = PULLS[command]
+    with store_errors(store):
+        store.check()
+        if "catalog" in parts and uses_local_catalog(cfg):
+            pull_catalog(store, cfg)
+        if "files" in parts and has_catalog(cfg):
+            pull_files(store, cfg)
+        if "version" in parts:
+            pull_version(store, cfg, version)
+        if "versions" in parts:
+            for v in remote_versions(store, cfg):
+                pull_version(store, cfg, v)
+        if "model" in parts:
+            pull_model(store, cfg)
+
+
+def publish(cfg: Config) -> None:
+    """After a stage: publish what it wrote, catalog snapshot first (it names the files), markers last."""
+    store = store_of(cfg)
+    if store is None:
+        return
+    with store_errors(store):
+        if uses_local_catalog(cfg):
+            push_catalog(store, cfg)
+        uploaded, deleted = push_files(store, cfg) if has_catalog(cfg) else (0, 0)
+        push_versions(store, cfg)
+        push_models(store, cfg)
+        push_reports(store, cfg)
+    log.info("published to %s: %d new file(s), %d removed", store.url, uploaded, deleted)
+
+
+@contextmanager
+def synced(cfg: Config, command: str, version: str | None = None) -> Iterator[None]:
+    """One command on an object-store data root: fetch before, publish after it succeeds (a failed
+    stage's work stays in the cache and is published by the next command that succeeds)."""
+    pull(cfg, command, version)
+    yield
+    publish(cfg)

@@ -1,0 +1,178 @@
+"""A data root on object storage (sync.py, objectstore.py): the tiny project collected, curated, built and
+trained into s3://<bucket>/proj on a real S3-compatible server (moto, on loopback), then used from a
+second machine's empty cache; the marker is the publish; reruns upload nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import ENV, MLC, free_port, tiny_config
+from mlc_pipeline import objectstore, sync
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.config import ConfigError, load_config, parse_config
+from mlc_pipeline.manifest import latest_version, versions
+
+pytestmark = pytest.mark.slow
+
+
+def mlc(*args: str, config: Path) -> str:
+    """The CLI as a user runs it, with the store's credentials in its environment (s3_server's)."""
+    creds = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    res = subprocess.run(MLC + [args[0], "-c", str(config), *args[1:]], env={**ENV, **creds},
+                         text=True, capture_output=True, timeout=600)
+    assert res.returncode == 0, f"mlc {' '.join(args)}:\n{res.stdout}\n{res.stderr[-3000:]}"
+    return res.stdout
+
+
+def bucket_config(folder: Path, endpoint: str, bucket: str, cache: str) -> Path:
+    """The tiny project with its data root in the bucket and its cache in `folder/cache`."""
+    base = yaml.safe_load((folder / "tiny.yaml").read_text())     # one offline world (and port) for all
+    base.update(data_dir=f"s3://{bucket}/proj", cache_dir=str(folder / cache),
+                storage_options={"endpoint_url": endpoint})
+    path = folder / f"{cache}.yaml"
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+def store(cfg) -> objectstore.Store:
+    return objectstore.store_of(cfg)
+
+
+@pytest.fixture(scope="module")
+def published(s3_server, tmp_path_factory):
+    """collect + curate + build + train into the bucket from machine A's cache (the `mlc` CLI)."""
+    import s3fs
+    s3fs.S3FileSystem(endpoint_url=s3_server).mkdir("mlc-e2e")
+    folder = tmp_path_factory.mktemp("s3project")
+    tiny_config(folder, free_port())
+    config = bucket_config(folder, s3_server, "mlc-e2e", "cache-a")
+    for command in ("collect", "curate", "build", "train"):
+        mlc(command, "--no-progress" if command == "collect" else "--no-wait", config=config)
+    return folder, config
+
+
+def test_data_dir_url_means_a_cache_and_a_store(tmp_path, monkeypatch):
+    classes = {"classes": {"a": {"queries": ["a"], "count": 1}}, "other": {"queries": ["o"], "count": 1}}
+    cfg = parse_config({"data_dir": "s3://bkt/some/prefix/", "cache_dir": "cache",
+                        "storage_options": {"endpoint_url": "http://127.0.0.1:1"}, **classes}, tmp_path)
+    assert cfg.data_url == "s3://bkt/some/prefix" and cfg.data_dir == tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cfg = parse_config({"data_dir": "s3://bkt/p", **classes}, tmp_path)
+    assert cfg.data_dir.parent == tmp_path / "xdg" / "mlc" and cfg.data_dir.name.startswith("bkt-p-")
+    assert parse_config({"data_dir": "data", **classes}, tmp_path).data_url is None
+    for options in ({"secret": "x"}, {"key": "x"}, {"client_kwargs": {"aws_secret_access_key": "x"}}):
+        with pytest.raises(ConfigError, match="storage_options.*credentials"):
+            parse_config({"data_dir": "s3://bkt/p", "storage_options": options, **classes}, tmp_path)
+    assert parse_config({"data_dir": "s3://bkt/p", "storage_options": {"s3_additional_kwargs": {
+        "SSEKMSKeyId": "alias/x"}}, **classes}, tmp_path).storage_options
+
+
+def test_collect_curate_build_train_publish_into_the_bucket(published):
+    folder, config = published
+    cfg = load_config(config)
+    s = store(cfg)
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
+        named = {p for p in catalog.stored_file_paths() if p.startswith(("raw/", "quarantine/"))}
+    held = sync.file_listing(s)
+    assert named and set(held) == named          # exactly the catalog's files, quarantine moves included
+    assert sync.remote_versions(s, cfg) == ["v1"]
+    marker = objectstore.read_marker(s, "datasets/default/v1")
+    local = objectstore.folder_files(cfg.layout.version("v1"))
+    assert marker["files"] == {r: p.stat().st_size for r, p in local.items()}
+    assert marker["files_sha256"] == json.loads((cfg.layout.version("v1") / "dataset.json").read_text())["files_sha256"]
+    bundle = (cfg.layout.models / "LATEST").read_text().strip()
+    assert s.read_text("models/LATEST").strip() == bundle
+    assert objectstore.read_marker(s, f"models/{bundle}")["files"].keys() >= {"bundle.json", "export.pkl"}
+    assert s.info(sync.CATALOG_OBJECT)["size"] > 0
+
+
+def test_an_empty_cache_sees_the_same_latest_and_builds_and_trains_from_it(published, s3_server):
+    folder, config = published
+    fresh = bucket_config(folder, s3_server, "mlc-e2e", "cache-b")
+    out = mlc("inspect", config=fresh)
+    assert "v1" in out
+    assert "unchanged" in mlc("build", config=fresh)      # the same latest version, not a new one
+    cfg = load_config(fresh)
+    assert latest_version(cfg.layout.datasets) == "v1"
+    # `mlc run` from there: trains on v1, mines, publishes v2 and the retrained model (the stage loop's hooks)
+    mlc("run", "--no-progress", config=fresh)
+    rounds = json.loads((cfg.layout.reports / "latest.json").read_text())["rounds"]
+    assert [r["dataset_version"] for r in rounds] == ["v1", "v2"]
+    s = store(cfg)
+    assert sync.remote_versions(s, cfg) == ["v1", "v2"]
+    assert s.read_text("models/LATEST").strip() == rounds[-1]["bundle"]
+    assert {"reports/latest.html", "reports/latest.json"} <= set(s.listing("reports"))
+    assert f"models/{rounds[0]['bundle']}/mined.csv" in s.listing("models")     # written after its marker
+
+
+def test_the_marker_is_written_last_and_a_version_without_it_is_ignored(published, s3_server, monkeypatch):
+    folder, config = published
+    cfg = load_config(config)
+    s = store(cfg)
+    # Machine B published since this cache (A) last synced: A's stale catalog must not overwrite B's.
+    with pytest.raises(objectstore.ObjectStoreError, match="changed since this cache"):
+        sync.publish(cfg)
+    sync.pull(cfg, "build")                     # what every command does first
+    before = sync.remote_versions(s, cfg)
+    new = f"v{int(before[-1][1:]) + 1}"
+    folder_new = cfg.layout.version(new)
+    shutil.copytree(cfg.layout.version("v1"), folder_new)       # a version in the cache, not yet published
+    meta = json.loads((folder_new / "dataset.json").read_text())
+    (folder_new / "dataset.json").write_text(json.dumps({**meta, "version": new, "fingerprint": "another"}))
+
+    writes = []
+    real_upload, real_write = objectstore.Store.upload, objectstore.Store.write_text
+    monkeypatch.setattr(objectstore.Store, "upload",
+                        lambda self, pairs: writes.extend(r for _, r in pairs) or real_upload(self, pairs))
+
+    def killed(self, rel, text):            # the process dies just before the marker
+        raise KeyboardInterrupt
+    monkeypatch.setattr(objectstore.Store, "write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        sync.publish(cfg)
+    assert any(w.startswith(f"datasets/default/{new}/images/") for w in writes)
+    assert sync.remote_versions(s, cfg) == before
+    other = load_config(bucket_config(folder, s3_server, "mlc-e2e", "cache-c"))
+    assert sync.pull_version(store(other), other) == before[-1]
+    assert latest_version(other.layout.datasets) == before[-1]
+
+    writes.clear()
+    monkeypatch.setattr(objectstore.Store, "write_text",
+                        lambda self, rel, text: writes.append(rel) or real_write(self, rel, text))
+    sync.publish(cfg)                # the rerun: what the killed one uploaded is not sent again
+    assert writes == [f"datasets/default/{new}/_COMPLETE"]
+    assert sync.remote_versions(s, cfg) == before + [new]
+    writes.clear()
+    sync.publish(cfg)
+    assert writes == []                     # nothing new: nothing uploaded
+
+    # curate checks against every version's test images: an empty cache gets every published version
+    fresh = load_config(bucket_config(folder, s3_server, "mlc-e2e", "cache-d"))
+    sync.pull(fresh, "curate")
+    assert versions(fresh.layout.datasets) == before + [new]
+
+
+def test_a_takedown_deletes_the_photo_from_the_bucket(published):
+    folder, config = published
+    cfg = load_config(config)
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
+        victim = next(r for r in catalog.candidates("status='accepted'"))
+        rel = catalog.stored_path(victim["file_path"])
+    assert rel in sync.file_listing(store(cfg))
+    mlc("remove", "--photo-id", victim["photo_id"], "--reason", "owner request", config=config)
+    assert rel not in sync.file_listing(store(cfg))
+
+
+def test_a_missing_bucket_or_store_is_one_line_before_the_stage_runs(s3_server, tmp_path):
+    classes = {"classes": {"a": {"queries": ["a"], "count": 1}}, "other": {"queries": ["o"], "count": 1}}
+    cfg = parse_config({"data_dir": "s3://no-such-bucket/p", "cache_dir": "cache",
+                        "storage_options": {"endpoint_url": s3_server}, **classes}, tmp_path)
+    with pytest.raises(objectstore.ObjectStoreError, match="bucket 'no-such-bucket' does not exist"):
+        sync.pull(cfg, "collect")
