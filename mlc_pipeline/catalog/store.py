@@ -1,8 +1,11 @@
 """The catalog: the single source of truth about every image candidate.
 
-Every SQL statement of the project lives in this module, so a server database can replace SQLite
-by rewriting this file alone. One `Catalog` object is used from one thread at a time; concurrent
-workers hand their results back to the thread that owns it.
+Every SQL statement of the project lives in this package; this module holds those both backends
+share, written in SQLite's dialect with `?` placeholders (PostgreSQL gets them through
+`postgres.to_pyformat`). The few that differ are the backends' own (`json_list_has`, `begin`). One
+`Catalog` object is used from one thread at a time; concurrent workers hand their results back to
+the thread that owns it. Several processes may write to one PostgreSQL catalog at once: see
+`postgres.py` for how.
 
 Status lifecycle of a candidate:
   pending -> downloaded | failed | skipped           (collect)
@@ -10,10 +13,11 @@ Status lifecycle of a candidate:
   any -> removed                                     (`mlc remove`: a takedown; final)
 `reason` says why for every status but pending/downloaded/accepted; `events` keeps the history.
 
-File paths are stored relative to the data root (the catalog's folder), so a data root can be moved
-or copied as a whole; `candidates()`/`get()` return them as usable paths under the catalog's own
-root. A file outside the data root keeps its absolute path. Schema 1 catalogs stored absolute paths:
-`_migrate` rewrites them on open (see docs/reliability.md, "Relative paths").
+File paths are stored relative to the data root (the catalog's folder, or for PostgreSQL the
+configured data_dir), so a data root can be moved or copied as a whole; `candidates()`/`get()`
+return them as usable paths under the catalog's own root. A file outside the data root keeps its
+absolute path. Schema 1 catalogs stored absolute paths: `_migrate` rewrites them on open (see
+docs/reliability.md, "Relative paths").
 """
 
 from __future__ import annotations
@@ -26,225 +30,40 @@ import sqlite3
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
-from urllib.parse import quote
+
+from . import postgres, sqlite
+from .address import PostgresCatalog
+from .schema import FILE_STATUSES, MIGRATION_DIRS, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA_VERSION, Found, merge_labels
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2            # 2: file_path relative to the data root
-MIGRATION_DIRS = ("raw", "quarantine")   # where file_path points inside a data root
-LOCK_NOTICE_S = 2.0        # a catalog locked this long gets a line saying what we wait for
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-  run_id TEXT PRIMARY KEY, command TEXT NOT NULL, started_at REAL NOT NULL,
-  finished_at REAL, status TEXT NOT NULL, summary TEXT
-);
-CREATE TABLE IF NOT EXISTS candidates (
-  id INTEGER PRIMARY KEY,
-  source TEXT NOT NULL,
-  photo_id TEXT NOT NULL,
-  purpose TEXT NOT NULL,            -- train | pool | probe
-  label TEXT NOT NULL,              -- space-delimited class names, or 'other'
-  queries TEXT NOT NULL,            -- JSON list of the queries that found it
-  url TEXT, size_key TEXT, width INTEGER, height INTEGER,
-  license_id INTEGER, license_name TEXT,
-  owner TEXT, owner_name TEXT, title TEXT, date_taken TEXT, date_upload INTEGER, tags TEXT,
-  file_path TEXT, bytes INTEGER, sha256 TEXT, content_type TEXT,
-  status TEXT NOT NULL DEFAULT 'pending',
-  reason TEXT,
-  attempts INTEGER NOT NULL DEFAULT 0,
-  phash TEXT, img_width INTEGER, img_height INTEGER, duplicate_of INTEGER,
-  hashed_sha256 TEXT,               -- the sha256 the phash/verify results belong to
-  verify_reason TEXT,               -- NULL when the file verified fine
-  curated_label TEXT,               -- labels after duplicate-conflict resolution
-  view_hashes TEXT,                 -- phashes of centre crops (hashing.view_phashes), comma-separated
-  mined_round INTEGER, mined_score REAL, mined_model TEXT,
-  run_id TEXT, first_seen_at REAL NOT NULL, updated_at REAL NOT NULL,
-  UNIQUE (source, photo_id)
-);
-CREATE INDEX IF NOT EXISTS candidates_status ON candidates (status);
-CREATE INDEX IF NOT EXISTS candidates_label ON candidates (purpose, label);
-CREATE TABLE IF NOT EXISTS events (
-  id INTEGER PRIMARY KEY, candidate_id INTEGER NOT NULL, run_id TEXT, at REAL NOT NULL,
-  stage TEXT NOT NULL, status TEXT NOT NULL, reason TEXT
-);
-CREATE INDEX IF NOT EXISTS events_candidate ON events (candidate_id);
-CREATE TABLE IF NOT EXISTS licenses (id INTEGER PRIMARY KEY, name TEXT NOT NULL, url TEXT);
-CREATE TABLE IF NOT EXISTS removals (
-  id INTEGER PRIMARY KEY, candidate_id INTEGER NOT NULL, source TEXT NOT NULL, photo_id TEXT NOT NULL,
-  owner TEXT, selector TEXT NOT NULL, reason TEXT NOT NULL, run_id TEXT, at REAL NOT NULL,
-  files_deleted TEXT NOT NULL       -- JSON list of the paths deleted
-);
-"""
-# Columns added after a catalog may have been created: (table, column, type), added when missing.
-ADDED_COLUMNS = (("candidates", "view_hashes", "TEXT"),)
-
-# Candidate fields that describe the photo (as the source reported it); updated on every sighting.
-PHOTO_FIELDS = ("url", "size_key", "width", "height", "license_id", "license_name", "owner",
-                "owner_name", "title", "date_taken", "date_upload", "tags")
-PURPOSE_RANK = {"train": 0, "probe": 1, "pool": 2}   # a photo wanted for training stays training
-FILE_STATUSES = ("downloaded", "accepted", "rejected", "duplicate")   # candidates that have a file
-
-
-@dataclass
-class Found:
-    """A photo as a search reported it, with the role we want it in."""
-
-    source: str
-    photo_id: str
-    purpose: str
-    label: str
-    query: str
-    url: str | None
-    size_key: str | None
-    width: int | None
-    height: int | None
-    license_id: int | None
-    license_name: str | None
-    owner: str | None
-    owner_name: str | None
-    title: str | None
-    date_taken: str | None
-    date_upload: int | None
-    tags: str | None
-
-
-def merge_labels(current: str, new: str) -> str:
-    """A photo found under two classes is one candidate with both labels; a class beats 'other'."""
-    labels = {x for x in (current + " " + new).split() if x and x != "other"}
-    return " ".join(sorted(labels)) if labels else "other"
-
-
-class CatalogError(Exception):
-    """A catalog that cannot be opened as it is; the message names the file and what to do."""
-
-
-def run_end_status(exc: BaseException) -> str:
-    """How a run that raised `exc` is recorded: Ctrl-C and SIGTERM (a KeyboardInterrupt subclass in
-    the CLI) are 'interrupted', anything else 'failed'."""
-    return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-
 
 class Catalog:
-    """`readonly=True` (inspect, reports) never writes, never waits for a writer and works on a
-    read-only data root; a missing catalog then reads as an empty one. Writers wait up to
+    """`where` is the SQLite file (a path) or a `PostgresCatalog` (config's `catalog_path` gives the
+    right one). `readonly=True` (inspect, reports) never writes, never waits for a writer and works
+    on a read-only data root; a missing catalog then reads as an empty one. Writers wait up to
     `lock_timeout_s` for another writer, saying so after a couple of seconds."""
 
-    def __init__(self, path: str | Path, readonly: bool = False, lock_timeout_s: float = 60.0):
-        self.path = Path(path)
-        if self.path.exists() and self.path.stat().st_size == 0:
-            raise CatalogError(f"{self.path}: the catalog is an empty (0-byte) file, not a new catalog (truncated, or "
-                               f"a failed copy?): restore it from a backup, or delete it to start over (everything "
-                               f"is then downloaded again)")
-        self.db = self._open_readonly() if readonly else self._open_writable(lock_timeout_s)
+    def __init__(self, where: str | Path | PostgresCatalog, readonly: bool = False, lock_timeout_s: float = 60.0):
+        if isinstance(where, PostgresCatalog):
+            self.path, self._root, self.where = None, Path(os.path.abspath(where.root)), str(where)
+            self.backend = postgres
+            self.db = postgres.connect(where, readonly, lock_timeout_s)
+            if readonly and not postgres.has_schema(self.db):   # nothing collected yet: read as empty
+                self.db.close()
+                self.db, self.backend = sqlite.open_empty(), sqlite
+        else:
+            self.path = Path(where)
+            self._root, self.where, self.backend = Path(os.path.abspath(self.path.parent)), str(self.path), sqlite
+            self.db = sqlite.open_readonly(self.path) if readonly else sqlite.open_writable(self.path, lock_timeout_s)
         if not readonly:
             self._migrate()
 
-    def _open_writable(self, lock_timeout_s: float) -> sqlite3.Connection:
-        folder = self.path.parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CatalogError(f"{folder}: cannot create the data folder ({exc.strerror}); check data_dir") from None
-        if not os.access(folder, os.W_OK) or (self.path.exists() and not os.access(self.path, os.W_OK)):
-            raise CatalogError(f"{self.path}: the catalog (or its folder) is read-only; this command writes to it. "
-                               f"Read-only commands (`mlc inspect`) work; make {folder} writable to run this one")
-        try:
-            db = sqlite3.connect(self.path, timeout=LOCK_NOTICE_S, isolation_level=None, check_same_thread=False)
-            db.row_factory = sqlite3.Row
-            self._check_readable(db)
-            self._wait_for_writer(db, lock_timeout_s)
-            db.execute(f"PRAGMA busy_timeout={int(lock_timeout_s * 1000)}")   # later writes wait as long
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")   # WAL + NORMAL: durable at checkpoints, never corrupt
-            db.executescript(SCHEMA)
-            for table, column, kind in ADDED_COLUMNS:   # columns added since a catalog was created
-                if column not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        except sqlite3.DatabaseError as exc:
-            raise self._unusable(exc) from None
-        return db
-
-    def _open_readonly(self) -> sqlite3.Connection:
-        if not self.path.exists():     # nothing collected yet: an empty catalog, and no file written
-            db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-            db.executescript(SCHEMA)
-        else:
-            where = quote(str(self.path.resolve()))
-            try:
-                db = sqlite3.connect(f"file:{where}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
-                self._check_readable(db)
-            except sqlite3.OperationalError as exc:
-                if os.access(self.path.parent, os.W_OK):
-                    raise self._unusable(exc) from None
-                # A read-only folder: SQLite cannot create the WAL index beside the file, so read it
-                # as an unchanging file (no writer can be at work on a read-only data root).
-                try:
-                    db = sqlite3.connect(f"file:{where}?immutable=1", uri=True, isolation_level=None,
-                                         check_same_thread=False)
-                    self._check_readable(db)
-                except sqlite3.DatabaseError as exc:
-                    raise self._unusable(exc) from None
-            except sqlite3.DatabaseError as exc:
-                raise self._unusable(exc) from None
-            db.execute("PRAGMA query_only=1")
-        db.row_factory = sqlite3.Row
-        return db
-
-    def _check_readable(self, db: sqlite3.Connection) -> None:
-        """Fail now, naming the file, on something that is not an intact SQLite catalog."""
-        bad = db.execute("PRAGMA quick_check(1)").fetchone()[0]
-        if bad != "ok":
-            raise sqlite3.DatabaseError(f"quick_check: {bad}")
-
-    def _wait_for_writer(self, db: sqlite3.Connection, lock_timeout_s: float) -> None:
-        """Take and release the write lock once, so a second writer is told whom it waits for."""
-        deadline = time.monotonic() + lock_timeout_s
-        told = False
-        while True:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                db.execute("ROLLBACK")
-                if told:
-                    log.warning("%s: the other writer is done; going on", self.path)
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-            holders = self._running_runs(db)
-            if time.monotonic() >= deadline:
-                raise sqlite3.OperationalError(f"still locked by another process after {lock_timeout_s:g} s "
-                                               f"({holders}): wait for it to finish or stop it, then rerun")
-            if not told:
-                log.warning("%s: locked by another process (%s); waiting up to %g s", self.path, holders,
-                            lock_timeout_s)
-                told = True
-
-    @staticmethod
-    def _running_runs(db: sqlite3.Connection) -> str:
-        try:
-            rows = db.execute("SELECT command, run_id FROM runs WHERE status='running' ORDER BY started_at").fetchall()
-        except sqlite3.DatabaseError:      # no runs table yet, or locked even for readers
-            return "no run recorded as running"
-        return "runs recorded as running: " + ", ".join(f"{r[0]} {r[1]}" for r in rows) if rows else (
-            "no run recorded as running: a killed run, or another program holding the file")
-
-    def _unusable(self, exc: BaseException) -> CatalogError:
-        text = str(exc)
-        if "locked" in text:
-            return CatalogError(f"{self.path}: {text}")
-        if "readonly" in text or "read-only" in text:
-            return CatalogError(f"{self.path}: the catalog is read-only ({text}); make the data root writable")
-        if "unable to open" in text:
-            return CatalogError(f"{self.path}: cannot open the catalog ({text}); check the file's permissions")
-        return CatalogError(f"{self.path}: not a readable catalog ({text}): the file is damaged or not an mlc "
-                            f"catalog. Restore it from a backup (it is never replaced by a new one); to start "
-                            f"over instead, move it aside and rerun")
+    @property
+    def dialect(self) -> str:
+        return self.backend.DIALECT
 
     def close(self) -> None:
         self.db.close()
@@ -252,8 +71,8 @@ class Catalog:
     # --- file paths: relative to the data root ------------------------------------------------
     @property
     def root(self) -> Path:
-        """The data root: the catalog's own folder, wherever it has been moved or copied to."""
-        return Path(os.path.abspath(self.path.parent))
+        """The data root: the SQLite catalog's own folder, wherever it has been moved or copied to."""
+        return self._root
 
     def stored_path(self, path: str | os.PathLike | None) -> str | None:
         """How a file path is recorded: relative (POSIX) when inside the data root, else absolute."""
@@ -271,7 +90,7 @@ class Catalog:
             return stored
         return stored if os.path.isabs(stored) else str(self.root / stored)
 
-    def _row(self, row: sqlite3.Row) -> dict:
+    def _row(self, row) -> dict:
         out = dict(row)
         if "file_path" in out:
             out["file_path"] = self.usable_path(out["file_path"])
@@ -281,9 +100,9 @@ class Catalog:
         """Schema 1 -> 2: absolute file paths inside the data root become relative. A path under an
         old location of the data root (it was moved or copied) is rewritten when the same file is
         present under this root; the copy must never work on the original's files."""
-        version = int(self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+        version = int(self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()["value"])
         if version > SCHEMA_VERSION:
-            raise RuntimeError(f"catalog {self.path} has schema version {version}; this mlc-pipeline reads "
+            raise RuntimeError(f"catalog {self.where} has schema version {version}; this mlc-pipeline reads "
                                f"up to {SCHEMA_VERSION}: upgrade mlc-pipeline")
         if version == SCHEMA_VERSION:
             return
@@ -299,17 +118,18 @@ class Catalog:
                     elif os.path.isabs(new):
                         kept += 1
                 self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
-                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('migrated_to_2', ?)",
+                self.db.execute("INSERT INTO meta VALUES ('migrated_to_2', ?) ON CONFLICT (key) DO UPDATE "
+                                "SET value=excluded.value",
                                 (json.dumps({"at": time.time(), "root": str(self.root), "relative": moved,
                                              "left_absolute": kept}),))
         except sqlite3.OperationalError as exc:
             if "readonly" not in str(exc):
                 raise
             log.warning("catalog %s is read-only: its schema %d paths are used as recorded until a "
-                        "writable open migrates them", self.path, version)
+                        "writable open migrates them", self.where, version)
             return
         log.info("catalog %s migrated to schema %d: %d file paths made relative to the data root, "
-                 "%d outside it left absolute", self.path, SCHEMA_VERSION, moved, kept)
+                 "%d outside it left absolute", self.where, SCHEMA_VERSION, moved, kept)
 
     def _migrated_path(self, stored: str) -> str:
         if not os.path.isabs(stored):
@@ -331,7 +151,25 @@ class Catalog:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        self.db.execute("BEGIN IMMEDIATE")
+        """All or nothing, and one writer's transaction at a time (SQLite's write lock; for
+        PostgreSQL the catalog's advisory lock): a block that reads and then writes sees no other
+        writer's change in between."""
+        self.backend.begin(self.db)
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    @contextmanager
+    def _atomic(self) -> Iterator[None]:
+        """Statements that belong together (a status and its event): inside the caller's
+        transaction, or a transaction of their own."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.backend.begin_atomic(self.db)
         try:
             yield
         except BaseException:
@@ -357,7 +195,8 @@ class Catalog:
     # --- licences -------------------------------------------------------------------------
     def save_licenses(self, licenses: dict[int, tuple[str, str]]) -> None:
         with self.transaction():
-            self.db.executemany("INSERT OR REPLACE INTO licenses VALUES (?,?,?)",
+            self.db.executemany("INSERT INTO licenses VALUES (?,?,?) ON CONFLICT (id) DO UPDATE "
+                                "SET name=excluded.name, url=excluded.url",
                                 [(i, name, url) for i, (name, url) in licenses.items()])
 
     def license_names(self) -> dict[int, str]:
@@ -374,19 +213,21 @@ class Catalog:
                                       "WHERE source=? AND photo_id=?", (f.source, f.photo_id)).fetchone()
                 photo = {k: getattr(f, k) for k in PHOTO_FIELDS}
                 if row is None:
-                    cur = self.db.execute(
+                    status, reason = ("pending", None) if f.url else ("skipped", "no-allowed-size")
+                    # ON CONFLICT: a writer outside this lock (another program) inserted it since.
+                    inserted = self.db.execute(
                         f"INSERT INTO candidates (source, photo_id, purpose, label, queries, "
-                        f"{', '.join(PHOTO_FIELDS)}, status, run_id, first_seen_at, updated_at) "
-                        f"VALUES (?,?,?,?,?,{','.join('?' * len(PHOTO_FIELDS))},?,?,?,?)",
+                        f"{', '.join(PHOTO_FIELDS)}, status, reason, run_id, first_seen_at, updated_at) "
+                        f"VALUES (?,?,?,?,?,{','.join('?' * len(PHOTO_FIELDS))},?,?,?,?,?) "
+                        f"ON CONFLICT (source, photo_id) DO NOTHING RETURNING id",
                         (f.source, f.photo_id, f.purpose, f.label, json.dumps([f.query]),
-                         *photo.values(), "pending" if f.url else "skipped", run_id, now, now))
-                    cid = cur.lastrowid
-                    if not f.url:
-                        self.db.execute("UPDATE candidates SET reason='no-allowed-size' WHERE id=?", (cid,))
-                    self._event(cid, run_id, "search", "pending" if f.url else "skipped",
-                                None if f.url else "no-allowed-size", now)
-                    new += 1
-                    continue
+                         *photo.values(), status, reason, run_id, now, now)).fetchone()
+                    if inserted is not None:
+                        self._event(inserted["id"], run_id, "search", status, reason, now)
+                        new += 1
+                        continue
+                    row = self.db.execute("SELECT id, purpose, label, queries, status FROM candidates "
+                                          "WHERE source=? AND photo_id=?", (f.source, f.photo_id)).fetchone()
                 known += 1
                 queries = json.loads(row["queries"])
                 if f.query not in queries:
@@ -413,9 +254,15 @@ class Catalog:
         cols = {"status": status, "reason": reason, "updated_at": now, **fields}
         if run_id:
             cols["run_id"] = run_id
-        self.db.execute(f"UPDATE candidates SET {', '.join(k + '=?' for k in cols)} WHERE id=?",
-                        (*cols.values(), cid))
-        self._event(cid, run_id, stage, status, reason, now)
+        with self._atomic():
+            # A takedown is final: a writer that read the row before it was removed cannot bring it back.
+            changed = self.db.execute(f"UPDATE candidates SET {', '.join(k + '=?' for k in cols)} "
+                                      f"WHERE id=? AND (status<>'removed' OR ?='removed')",
+                                      (*cols.values(), cid, status)).rowcount
+            if changed:
+                self._event(cid, run_id, stage, status, reason, now)
+            elif self.get(cid) is not None:
+                log.warning("candidate %s was removed (takedown) meanwhile: %s to %s not recorded", cid, stage, status)
 
     def update_fields(self, cid: int, **fields) -> None:
         if "file_path" in fields:
@@ -500,7 +347,7 @@ class Catalog:
         if owner is not None:
             return self.candidates("owner=? OR owner_name=?", (owner, owner))
         if query is not None:
-            return self.candidates("EXISTS (SELECT 1 FROM json_each(candidates.queries) WHERE value=?)", (query,))
+            return self.candidates(self.backend.json_list_has("candidates.queries"), (query,))
         raise ValueError("name a photo id, an owner or a query")
 
     def record_removal(self, row: dict, selector: str, reason: str, run_id: str, files_deleted: list[str]) -> None:
