@@ -164,8 +164,19 @@ class MineSettings(Strict):
     max_per_round: int | None = Field(None, ge=1)    # None: as many as the training "other" set holds
 
 
+class CatalogSettings(Strict):
+    url: str | None = None          # postgresql://user@host:5432/db (password: PGPASSWORD / ~/.pgpass); None: SQLite
+
+    @field_validator("url")
+    @classmethod
+    def postgres_url(cls, url: str | None) -> str | None:
+        from .catalog.address import check_url
+        return None if url is None else check_url(url)
+
+
 class Config(Strict):
     data_dir: Path = Path("data")
+    catalog: CatalogSettings = CatalogSettings()
     source: SourceSettings = SourceSettings()
     classes: dict[str, QuerySet] = Field(min_length=1)
     other: QuerySet
@@ -208,7 +219,11 @@ class Config(Strict):
         return self
 
     @property
-    def catalog_path(self) -> Path:
+    def catalog_path(self):
+        """What `Catalog()` opens: the SQLite file under data_dir, or the configured PostgreSQL catalog."""
+        if self.catalog.url:
+            from .catalog.address import PostgresCatalog
+            return PostgresCatalog(self.catalog.url, self.data_dir)
         return self.data_dir / "catalog.sqlite"
 
 

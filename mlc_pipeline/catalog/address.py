@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 SCHEMES = ("postgresql", "postgres")
 
@@ -26,7 +26,7 @@ def check_url(url: str) -> str:
     if parts.scheme not in SCHEMES:
         raise ValueError(f"scheme {parts.scheme or '(none)'!r} is not supported: write "
                          f"postgresql://user@host:5432/dbname (leave catalog.url out for the SQLite catalog)")
-    if parts.password is not None:
+    if parts.password is not None or "password" in parse_qs(parts.query):
         raise ValueError("the URL holds a password: remove it, and give it in PGPASSWORD or a ~/.pgpass file "
                          "(configs are copied into logs and artifacts)")
     if not parts.path.strip("/") or "/" in parts.path.strip("/"):
