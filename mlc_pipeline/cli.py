@@ -343,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", help="write a self-contained HTML report to this path")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
+
+    from .catalog.cli import add_catalog_parser
+    add_catalog_parser(sub, add_writer)      # mlc catalog migrate
     return parser
 
 

@@ -116,6 +116,8 @@ def begin(db: PgConnection) -> None:
 
 
 def running_runs(db: PgConnection) -> str:
+    if not db.execute("SELECT to_regclass('runs') IS NOT NULL AS present").fetchone()["present"]:
+        return "creating the catalog's tables"      # an error here would abort the waiting transaction
     rows = db.execute("SELECT command, run_id FROM runs WHERE status='running' ORDER BY started_at").fetchall()
     return "runs recorded as running: " + ", ".join(f"{r['command']} {r['run_id']}" for r in rows) if rows else (
         "no run recorded as running")
