@@ -138,3 +138,8 @@ def reset_identities(db: PgConnection, tables) -> None:
 def begin_atomic(db: PgConnection) -> None:
     """A transaction for statements that belong together, without the writer lock: row locks suffice."""
     db.conn.execute("BEGIN")
+
+
+def pipeline(db: PgConnection):
+    """Statements sent without waiting for each answer (libpq pipeline mode); errors surface at the end."""
+    return db.conn.pipeline()

@@ -6,6 +6,7 @@ waits for it (busy_timeout). Readers never wait (WAL).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -151,3 +152,7 @@ def json_list_has(column: str) -> str:
 
 
 begin_atomic = begin
+
+
+def pipeline(db: sqlite3.Connection):
+    return contextlib.nullcontext()     # in-process: nothing to batch

@@ -207,10 +207,13 @@ class Catalog:
         """Record search results. Returns (new candidates, already known). Idempotent."""
         new = known = 0
         now = time.time()
+        found = list(found)
         with self.transaction():
+            rows = self._known_rows(found)       # one query for the batch, kept current below
+            events: list[tuple] = []             # search events of new candidates, written together
             for f in found:
-                row = self.db.execute("SELECT id, purpose, label, queries, status FROM candidates "
-                                      "WHERE source=? AND photo_id=?", (f.source, f.photo_id)).fetchone()
+                key = (f.source, f.photo_id)
+                row = rows.get(key)
                 photo = {k: getattr(f, k) for k in PHOTO_FIELDS}
                 if row is None:
                     status, reason = ("pending", None) if f.url else ("skipped", "no-allowed-size")
@@ -223,11 +226,14 @@ class Catalog:
                         (f.source, f.photo_id, f.purpose, f.label, json.dumps([f.query]),
                          *photo.values(), status, reason, run_id, now, now)).fetchone()
                     if inserted is not None:
-                        self._event(inserted["id"], run_id, "search", status, reason, now)
+                        events.append((inserted["id"], run_id, now, "search", status, reason))
+                        rows[key] = {"id": inserted["id"], "purpose": f.purpose, "label": f.label,
+                                     "queries": json.dumps([f.query]), "status": status}
                         new += 1
                         continue
-                    row = self.db.execute("SELECT id, purpose, label, queries, status FROM candidates "
-                                          "WHERE source=? AND photo_id=?", (f.source, f.photo_id)).fetchone()
+                    row = rows[key] = dict(self.db.execute(
+                        "SELECT id, purpose, label, queries, status FROM candidates WHERE source=? AND photo_id=?",
+                        key).fetchone())
                 known += 1
                 queries = json.loads(row["queries"])
                 if f.query not in queries:
@@ -242,9 +248,34 @@ class Catalog:
                     f"UPDATE candidates SET purpose=?, label=?, queries=?, updated_at=?, "
                     f"{', '.join(k + '=?' for k in sets)} WHERE id=?",
                     (purpose, label, json.dumps(queries), now, *sets.values(), row["id"]))
+                row.update(purpose=purpose, label=label, queries=json.dumps(queries))
                 if row["status"] == "skipped" and f.url:
+                    self._events(events)             # its search event before this one
+                    events = []
                     self.set_status(row["id"], "pending", None, run_id, "search")
+                    row["status"] = "pending"
+            self._events(events)
         return new, known
+
+    def _known_rows(self, found: list[Found], chunk: int = 500) -> dict[tuple[str, str], dict]:
+        out: dict[tuple[str, str], dict] = {}
+        by_source: dict[str, list[str]] = {}
+        for f in found:
+            by_source.setdefault(f.source, []).append(f.photo_id)
+        for source, ids in by_source.items():
+            ids = sorted(set(ids))
+            for i in range(0, len(ids), chunk):
+                part = ids[i:i + chunk]
+                for r in self.db.execute("SELECT id, source, photo_id, purpose, label, queries, status FROM candidates "
+                                         f"WHERE source=? AND photo_id IN ({','.join('?' * len(part))})",
+                                         (source, *part)):
+                    out[(r["source"], r["photo_id"])] = dict(r)
+        return out
+
+    def _events(self, events: list[tuple]) -> None:
+        if events:
+            self.db.executemany("INSERT INTO events (candidate_id, run_id, at, stage, status, reason) "
+                                "VALUES (?,?,?,?,?,?)", events)
 
     def set_status(self, cid: int, status: str, reason: str | None, run_id: str | None, stage: str,
                    **fields) -> None:
@@ -254,26 +285,22 @@ class Catalog:
         cols = {"status": status, "reason": reason, "updated_at": now, **fields}
         if run_id:
             cols["run_id"] = run_id
-        with self._atomic():
+        # Sent together (PostgreSQL: one round trip); the event only when the status was set.
+        with self.backend.pipeline(self.db), self._atomic():
             # A takedown is final: a writer that read the row before it was removed cannot bring it back.
-            changed = self.db.execute(f"UPDATE candidates SET {', '.join(k + '=?' for k in cols)} "
-                                      f"WHERE id=? AND (status<>'removed' OR ?='removed')",
-                                      (*cols.values(), cid, status)).rowcount
-            if changed:
-                self._event(cid, run_id, stage, status, reason, now)
-            elif self.get(cid) is not None:
-                log.warning("candidate %s was removed (takedown) meanwhile: %s to %s not recorded", cid, stage, status)
+            self.db.execute(f"UPDATE candidates SET {', '.join(k + '=?' for k in cols)} "
+                            f"WHERE id=? AND (status<>'removed' OR ?='removed')", (*cols.values(), cid, status))
+            logged = self.db.execute("INSERT INTO events (candidate_id, run_id, at, stage, status, reason) "
+                                     "SELECT ?,?,?,?,?,? WHERE EXISTS (SELECT 1 FROM candidates WHERE id=? AND status=?)",
+                                     (cid, run_id, now, stage, status, reason, cid, status))
+        if not logged.rowcount and self.get(cid) is not None:
+            log.warning("candidate %s was removed (takedown) meanwhile: %s to %s not recorded", cid, stage, status)
 
     def update_fields(self, cid: int, **fields) -> None:
         if "file_path" in fields:
             fields["file_path"] = self.stored_path(fields["file_path"])
         self.db.execute(f"UPDATE candidates SET {', '.join(k + '=?' for k in fields)} WHERE id=?",
                         (*fields.values(), cid))
-
-    def _event(self, cid: int, run_id: str | None, stage: str, status: str, reason: str | None,
-               at: float) -> None:
-        self.db.execute("INSERT INTO events (candidate_id, run_id, at, stage, status, reason) VALUES (?,?,?,?,?,?)",
-                        (cid, run_id, at, stage, status, reason))
 
     def candidates(self, where: str = "1=1", params: tuple = ()) -> list[dict]:
         return [self._row(r) for r in self.db.execute(f"SELECT * FROM candidates WHERE {where} ORDER BY id", params)]
