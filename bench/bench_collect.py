@@ -18,7 +18,7 @@ from pathlib import Path
 import requests
 
 from mlc_pipeline.config import SourceSettings
-from mlc_pipeline.download import Downloader, DownloadJob
+from mlc_pipeline.collect.download import Downloader, DownloadJob
 from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mlc_pipeline.hashing import hamming, inspect_files  # noqa: E402
+from mlc_pipeline.curate.hashing import hamming, inspect_files  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared/fixtures/hymenoptera"
 

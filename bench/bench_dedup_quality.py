@@ -36,9 +36,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mlc_pipeline.hashing import hamming, hex_to_uint64, inspect_files  # noqa: E402
-from mlc_pipeline.neardup import find_pairs  # noqa: E402
-from mlc_pipeline.similarity import CONFIRM, FileSimilarity  # noqa: E402
+from mlc_pipeline.curate.hashing import hamming, hex_to_uint64, inspect_files  # noqa: E402
+from mlc_pipeline.curate.neardup import find_pairs  # noqa: E402
+from mlc_pipeline.curate.similarity import CONFIRM, FileSimilarity  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 THRESHOLD = 10

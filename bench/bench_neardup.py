@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mlc_pipeline.hashing import uint64_to_hex  # noqa: E402
-from mlc_pipeline.neardup import find_pairs, find_pairs_bruteforce, plan_chunks  # noqa: E402
+from mlc_pipeline.curate.hashing import uint64_to_hex  # noqa: E402
+from mlc_pipeline.curate.neardup import find_pairs, find_pairs_bruteforce, plan_chunks  # noqa: E402
 
 
 def planted_hashes(n: int, n_planted: int, max_distance: int, seed: int = 0):

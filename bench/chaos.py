@@ -39,7 +39,7 @@ from PIL import Image
 from common import FAST_RETRIES, source_yaml
 
 from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
-from mlc_pipeline.hashing import sha256_file
+from mlc_pipeline.fsutil import sha256_file
 
 MLC = [sys.executable, "-m", "mlc_pipeline.cli"]
 ENV = {**os.environ, "FLICKR_API_KEY": "chaos-key-0000", "FLICKR_API_SECRET": "chaos-secret-0000"}

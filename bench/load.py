@@ -30,7 +30,7 @@ from common import FAST_RETRIES, source_yaml
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
-from mlc_pipeline.retry import RateLimiter
+from mlc_pipeline.collect.retry import RateLimiter
 
 ENV = {**os.environ, "FLICKR_API_KEY": "load-key-0000", "FLICKR_API_SECRET": "load-secret-0000"}
 CLASSES = ("balloon", "kite", "sailboat")

@@ -309,12 +309,12 @@ def full_disk_export(work: Path, bundle: Path) -> tuple[str, bool]:
     if prefix is None:
         return "skipped: no user+mount namespaces here", True
     code = ("import sys\nfrom pathlib import Path\nfrom fastai.learner import load_learner\n"
-            "from mlc_pipeline.cli import main\nfrom mlc_pipeline import train\n"
+            "from mlc_pipeline.cli import main\nfrom mlc_pipeline.model import bundle\n"
             f"learn = load_learner({str(bundle / 'export.pkl')!r}, cpu=True)\n"
             "def run(args):\n"
-            f"    train.export_learner(learn, Path({str(out)!r}) / 'export.pkl')\n"
+            f"    bundle.export_learner(learn, Path({str(out)!r}) / 'export.pkl')\n"
             "    return 0\n"
-            "import mlc_pipeline.cli as cli\ncli.cmd_predict = run\n"   # the cli's error handling around the export
+            "import mlc_pipeline.commands as commands\ncommands.cmd_predict = run\n"   # the cli's error handling around the export
             f"sys.exit(main(['predict', {str(bundle)!r}, 'x']))\n")
     res = subprocess.run(prefix + [sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=300)
     ok = res.returncode == 1 and clean(res) and "No space left on device for the model bundle" in last(res)
@@ -347,10 +347,12 @@ def tiny_bundle(work: Path) -> tuple[Path, list[str]]:
     sys.path.insert(0, str(ROOT / "tests"))
     from test_train import FAST, make_shapes_dataset
 
-    from mlc_pipeline.train import TrainConfig, read_manifest, train_model
+    from mlc_pipeline.model.train import TrainConfig, train_model
+
+    from mlc_pipeline.manifest import read_manifest_frame
     manifest = make_shapes_dataset(work / "shapes")
     train_model(manifest, work / "bundle", TrainConfig(**FAST), dataset_version="misuse")
-    df = read_manifest(manifest)
+    df = read_manifest_frame(manifest)
     return work / "bundle", list(df[df["split"] == "test"]["abs_path"])
 
 

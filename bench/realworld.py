@@ -96,12 +96,13 @@ def seeds_recipe(manifest: Path, head: str, seed: int) -> dict:
         BCEWithLogitsLossFlat, CategoryBlock, ColReader, ColSplitter, CrossEntropyLossFlat, DataBlock, ImageBlock,
         MultiCategoryBlock, RandomResizedCrop, aug_transforms, set_seed, vision_learner,
     )
-    from mlc_pipeline.evaluate import OTHER, evaluate, targets_from_labels
-    from mlc_pipeline.train import available_cores, read_manifest
+    from mlc_pipeline.model.metrics import OTHER, evaluate, targets_from_labels
+    from mlc_pipeline.model.train import available_cores
+    from mlc_pipeline.manifest import read_manifest_frame
 
     torch.set_num_threads(available_cores())
     set_seed(seed, reproducible=True)
-    df = read_manifest(manifest)
+    df = read_manifest_frame(manifest)
     rows = df[df["split"].isin(["train", "valid"])].copy()
     rows["is_valid"] = rows["split"] == "valid"
     if head == "softmax":
@@ -149,10 +150,10 @@ def main() -> int:
 
     import logging
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from mlc_pipeline.cli import parse_overrides
+    from mlc_pipeline.config import parse_overrides
     from mlc_pipeline.config import load_config
-    from mlc_pipeline.curves import curve_markdown
-    from mlc_pipeline.evaluate import pct
+    from mlc_pipeline.report.curves import curve_markdown
+    from mlc_pipeline.report.tables import pct
     from mlc_pipeline.pipeline import run_pipeline
 
     work = Path(args.work or tempfile.mkdtemp(prefix="mlc-realworld-"))

@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mlc_pipeline.evaluate import calibrate_thresholds, evaluate, targets_from_labels  # noqa: E402
+from mlc_pipeline.model.metrics import calibrate_thresholds, evaluate, targets_from_labels  # noqa: E402
 
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 WORLDS = {
@@ -72,7 +72,7 @@ def build_world(name: str, out: Path, seed: int = 0) -> Path:
 
 
 def scores(bundle, paths: list[str], tta: bool) -> np.ndarray:
-    from mlc_pipeline.predict import score_paths
+    from mlc_pipeline.model.predict import score_paths
     probs = score_paths(bundle, paths)
     if not tta:
         return probs
@@ -88,7 +88,7 @@ def scores(bundle, paths: list[str], tta: bool) -> np.ndarray:
 
 
 def operating_points(bundle, df, tta: bool, caps=(0.0, 0.02, 0.05, 0.1)) -> dict:
-    from mlc_pipeline.evaluate import calibrate_capped
+    from mlc_pipeline.model.metrics import calibrate_capped
     vocab = bundle.vocab
     out = {}
     parts = {s: df[df["split"] == s].reset_index(drop=True) for s in ("valid", "test", "probe")}
@@ -116,7 +116,7 @@ def operating_points(bundle, df, tta: bool, caps=(0.0, 0.02, 0.05, 0.1)) -> dict
 def ood_scores(probs, targets, probe, vocab) -> dict:
     """Threshold-free: share of probes scoring above the 5th percentile of labelled test images,
     for max-probability (what per-class thresholds use) and joint energy (sum of softplus logits)."""
-    from mlc_pipeline.evaluate import real_class_indices
+    from mlc_pipeline.model.metrics import real_class_indices
     real = real_class_indices(vocab)
     p = np.clip(probs[:, real], 1e-6, 1 - 1e-6)
     logits = np.log(p / (1 - p))
@@ -159,12 +159,13 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="append JSON lines here")
     args = ap.parse_args()
 
-    from mlc_pipeline.predict import load_bundle
-    from mlc_pipeline.train import TrainConfig, read_manifest, train_model
+    from mlc_pipeline.model.bundle import load_bundle
+    from mlc_pipeline.model.train import TrainConfig, train_model
+    from mlc_pipeline.manifest import read_manifest_frame
 
     work = Path(args.work)
     manifest = build_world(args.world, work / f"{args.world}-s{args.seed}", args.seed)
-    df = read_manifest(manifest)
+    df = read_manifest_frame(manifest)
     classes = sorted({lab for labs in df["label_list"] for lab in labs})
     for text in args.recipe:
         overrides = parse_recipe(text)

@@ -6,35 +6,19 @@ lowercase letters, digits and dashes).
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from mlc_pipeline.curves import curve_markdown
-from mlc_pipeline.evaluate import pct
-from mlc_pipeline.modelreport import bundle_network_line
+from mlc_pipeline.report.curves import curve_markdown
+from mlc_pipeline.report.tables import pct
+from mlc_pipeline.report.model import bundle_network_line
 
 SUMMARY_KEY = "mlc-run-summary"
 DATASET_SUMMARY_KEY = "mlc-dataset-summary"
 PER_CLASS_KEY = "mlc-per-class-metrics"
 REJECTED_KEY = "mlc-rejected-by-reason"
 MINED_KEY = "mlc-mined-negatives"
-
-
-def plain(value: Any) -> Any:
-    """JSON-able copy: dataclasses -> dicts, Paths -> str (task results must travel to Dask workers
-    and the API)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def md_escape(text: Any) -> str:

@@ -1,9 +1,9 @@
 """The Prefect flows: `collect-and-train` (the whole job, nightly) and `rebuild-report`.
 
-One task per stage, each a thin call of a library function (the same ones `mlc run` calls through
-`mlc_pipeline.pipeline.run_pipeline`). What Prefect adds is orchestration only: retries of a
-transiently failing collect, a concurrency limit on Flickr across runs, run logs, artifacts, a
-schedule. See docs/orchestration.md.
+The stage loop is `mlc_pipeline.pipeline.run_stages`, the one `mlc run` uses; `TaskStages` runs each
+of its stages as a task here, a thin call of the same library function. What Prefect adds is
+orchestration only: retries of a transiently failing collect, a concurrency limit on Flickr across
+runs, run logs, artifacts, a schedule. See docs/orchestration.md.
 
 Resume and safety come from the library, not from Prefect state: collect commits every search result
 and download to the catalog as it happens, curate caches verification per file content, a dataset
@@ -13,10 +13,7 @@ failed run leaves every published version as it was, and the next run carries on
 
 from __future__ import annotations
 
-import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any, Iterator
 
 from prefect import flow, get_run_logger, task
@@ -25,13 +22,13 @@ from prefect.concurrency.sync import concurrency
 from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 
-from flows.artifacts import DATASET_SUMMARY_KEY, plain, publish
+from flows.artifacts import DATASET_SUMMARY_KEY, publish
 from flows.progress import DownloadProgress, downloads_wanted
 from flows.runtime import FLICKR_LIMIT, retry_condition, task_runner
 from mlc_pipeline.config import Config, load_config
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
-from mlc_pipeline.models import alternative_variants, check_train_settings
-from mlc_pipeline.pipeline import mining_stop, record, unknown_rate
+from mlc_pipeline.model.variants import alternative_variants, check_train_settings
+from mlc_pipeline.pipeline import PipelineResult, RoundRecord, Stages, plain, run_stages
 
 DEFAULT_CONFIG = "configs/offline.yaml"
 
@@ -53,7 +50,7 @@ class StageFailed(RuntimeError):
 def collect_stage(cfg: Config) -> dict:
     """Search, download and curate in rounds until every set has its count of usable images (or its
     queries run dry); resumes from the catalog."""
-    from mlc_pipeline.collect import collect_and_curate
+    from mlc_pipeline.pipeline import collect_and_curate
 
     logger = get_run_logger()
     wanted = downloads_wanted(cfg)
@@ -62,19 +59,19 @@ def collect_stage(cfg: Config) -> dict:
     # One collect at a time across all runs on this server (global concurrency limit, if created);
     # within the run, the library's token bucket keeps calls under source.max_calls_per_hour.
     with concurrency(FLICKR_LIMIT, occupy=1, strict=False, raise_on_lease_renewal_failure=False):
-        summary, _ = collect_and_curate(cfg, progress=False, on_progress=progress)
+        summary, curated = collect_and_curate(cfg, progress=False, on_progress=progress)
     progress.finish(summary.downloaded)
     logger.info("collect: %d downloaded in %d collect/curate rounds, %d new candidates, %d API calls, failed %s",
                 summary.downloaded, summary.rounds, summary.found_new, summary.api_calls, summary.failed or "none")
     for line in summary.short:
         logger.warning("short set: %s", line)
-    return plain(summary)
+    return {**plain(summary), "curate": plain(curated)}
 
 
 @task(name="curate", **STAGE)
 def curate_stage(cfg: Config) -> dict:
     """Verify, hash, quarantine, deduplicate (verification cached per file content in the catalog)."""
-    from mlc_pipeline.curate import curate
+    from mlc_pipeline.curate.stage import curate
 
     s = curate(cfg)
     get_run_logger().info("curate: %d accepted, %d inspected, %d reused from cache, rejected %s, duplicates %s",
@@ -85,7 +82,7 @@ def curate_stage(cfg: Config) -> dict:
 @task(name="build", **STAGE)
 def build_stage(cfg: Config) -> dict:
     """Publish a new dataset version (atomic; skipped when identical to the latest)."""
-    from mlc_pipeline.dataset import build_dataset
+    from mlc_pipeline.dataset.build import build_dataset
 
     r = build_dataset(cfg)
     get_run_logger().info("build: dataset %s %s %s (%d images) at %s", r.name, r.version,
@@ -96,7 +93,7 @@ def build_stage(cfg: Config) -> dict:
 @task(name="train", **STAGE)
 def train_stage(cfg: Config, dataset_dir: str, round_no: int) -> dict:
     """Train the product model on a dataset version; models/LATEST moves only once the bundle is whole."""
-    from mlc_pipeline.models import train_version
+    from mlc_pipeline.model.variants import train_version
 
     m = train_version(cfg, dataset_dir, tag=f"r{round_no}")
     test = m.metrics.get("test", {})
@@ -109,7 +106,7 @@ def train_stage(cfg: Config, dataset_dir: str, round_no: int) -> dict:
 @task(name="train-alternative", **STAGE)
 def train_alternative_stage(cfg: Config, dataset_dir: str, variant: str) -> dict:
     """An alternative head on the same data, for the report's comparison (never published as LATEST)."""
-    from mlc_pipeline.models import train_version
+    from mlc_pipeline.model.variants import train_version
 
     m = train_version(cfg, dataset_dir, tag="r0", variant=variant, publish=False)
     get_run_logger().info("alternative %s: test macro F1 %.3f", variant, m.metrics["test"]["macro_f1"])
@@ -119,7 +116,7 @@ def train_alternative_stage(cfg: Config, dataset_dir: str, variant: str) -> dict
 @task(name="mine", **STAGE)
 def mine_stage(cfg: Config, bundle_dir: str, round_no: int) -> dict:
     """Score the pool with the model; pool images it wrongly accepts become training negatives."""
-    from mlc_pipeline.mine import mine_round
+    from mlc_pipeline.model.mine import mine_round
 
     r = mine_round(cfg, bundle_dir, round_no)
     get_run_logger().info("mine (round %d): %d of %d pool images accepted as a class -> hard negatives; "
@@ -130,43 +127,26 @@ def mine_stage(cfg: Config, bundle_dir: str, round_no: int) -> dict:
 
 
 @task(name="report", **STAGE)
-def report_stage(cfg: Config, rounds: list[dict], alternatives: dict, stopped_early: bool,
-                 seconds: dict, shortfall: list[str] | None = None) -> str:
+def report_stage(cfg: Config, result: dict) -> str:
     """The self-contained HTML report (data and, when models were trained, the model section)."""
-    from mlc_pipeline.report import write_html_report
+    from mlc_pipeline.pipeline import write_run_report
 
-    extra = []
-    name = "latest-dataset.html"
-    if rounds:
-        from mlc_pipeline.modelreport import model_section
-        from mlc_pipeline.models import models_root
-        from mlc_pipeline.pipeline import PipelineResult, RoundRecord
-
-        result = PipelineResult(rounds=[RoundRecord(**r) for r in rounds], alternatives=alternatives,
-                                seconds=seconds, stopped_early=stopped_early, shortfall=shortfall or [])
-        extra.append(model_section(result, models_root(cfg)))
-        name = "latest.html"
-    path = write_html_report(cfg, cfg.data_dir / "reports" / name, extra_sections=extra)
+    path = write_run_report(cfg, PipelineResult(**{**result, "rounds": [RoundRecord(**r) for r in result["rounds"]]}))
     get_run_logger().info("report: %s", path)
-    return str(path)
+    return path
 
 
 # ---------------------------------------------------------------------------------------- helpers
-
-def round_record(model: dict, added: int = 0) -> dict:
-    """A train task's result as `mlc_pipeline.pipeline.RoundRecord` fields (what the report reads)."""
-    return asdict(record(model["round"], model["dataset_version"], model["bundle"], model["metrics"], added))
-
 
 def published_state(cfg: Config | None) -> dict:
     """The latest dataset version and model as they are on disk now (never modified by a failure)."""
     if cfg is None:
         return {}
-    from mlc_pipeline.dataset import latest_version
-    from mlc_pipeline.models import latest_model
+    from mlc_pipeline.manifest import latest_version
+    from mlc_pipeline.model.variants import latest_model
 
     model = latest_model(cfg)
-    return {"latest_dataset": latest_version(cfg.data_dir / "datasets" / cfg.build.name),
+    return {"latest_dataset": latest_version(cfg.layout.datasets),
             "latest_model": model.name if model else None}
 
 
@@ -198,16 +178,6 @@ class Run:
             get_run_logger().warning("%s; waiting", str(exc).split(";")[0])
             self.held.enter_context(data_root_lock(cfg.data_dir, command))
 
-    @contextmanager
-    def stage_of(self, name: str) -> Iterator[None]:
-        """Name the running stage and time it; a failure becomes a StageFailed naming it."""
-        self.stage = name
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            self.data["seconds"][name] = round(self.data["seconds"].get(name, 0) + time.monotonic() - started, 1)
-
     def fail(self, exc: BaseException) -> StageFailed:
         from mlc_pipeline.secrets import redact
 
@@ -224,6 +194,56 @@ class Run:
         self.data.update(published_state(self.cfg))
         self.data["status"] = "Completed"
         return self.data
+
+
+class TaskStages(Stages):
+    """The loop's stages as Prefect tasks, each result kept in the run's record for the artifacts."""
+
+    def __init__(self, run: Run):
+        super().__init__(progress=False)
+        self.run = run
+        self.seconds = run.data["seconds"]
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.run.stage = name           # a failure names the stage it happened in
+        with super().stage(name):
+            yield
+
+    def collect(self, cfg: Config) -> dict:
+        out = collect_stage.submit(cfg).result()
+        self.run.data.update(collect=out, curate=out["curate"])
+        return out
+
+    def curate(self, cfg: Config) -> dict:
+        out = curate_stage.submit(cfg).result()
+        self.run.data["curate"] = out
+        return out
+
+    def build(self, cfg: Config) -> dict:
+        out = build_stage.submit(cfg).result()
+        self.run.data["builds"].append(out)
+        return out
+
+    def train(self, cfg: Config, dataset_dir: str, round_no: int) -> dict:
+        out = train_stage.submit(cfg, dataset_dir, round_no).result()
+        self.run.data["models"].append(out)
+        return out
+
+    def alternatives(self, cfg: Config, dataset_dir: str) -> dict[str, dict]:
+        names = alternative_variants(cfg)           # trained side by side, as the task runner allows
+        futures = [train_alternative_stage.submit(cfg, dataset_dir, n) for n in names]
+        self.run.data["alternatives"] = {n: f.result() for n, f in zip(names, futures)}
+        return self.run.data["alternatives"]
+
+    def mine(self, cfg: Config, bundle_dir: str, round_no: int) -> dict:
+        out = mine_stage.submit(cfg, bundle_dir, round_no).result()
+        self.run.data["mined"].append(out)
+        return out
+
+    def report(self, cfg: Config, result: PipelineResult) -> str:
+        self.run.data["report"] = report_stage.submit(cfg, plain(result)).result()
+        return self.run.data["report"]
 
 
 def publish_artifacts(run: Run, key: str | None = None) -> None:
@@ -260,46 +280,8 @@ def collect_and_train(config_path: str = DEFAULT_CONFIG, overrides: dict | None 
     try:
         cfg = start(run, config_path, overrides)
         check_train_settings(cfg)     # a wrong arch fails before collecting, not at the train stage
-        with run.stage_of("collect"):
-            run.data["collect"] = collect_stage.submit(cfg).result()
-        with run.stage_of("curate"):
-            run.data["curate"] = curate_stage.submit(cfg).result()
-        with run.stage_of("build"):
-            ds = build_stage.submit(cfg).result()
-            run.data["builds"].append(ds)
-        with run.stage_of("train"):
-            model = train_stage.submit(cfg, ds["path"], 0).result()
-            run.data["models"].append(model)
-        rounds = [round_record(model)]
-        if cfg.train.compare_baselines:
-            with run.stage_of("alternatives"):
-                names = alternative_variants(cfg)
-                futures = [train_alternative_stage.submit(cfg, ds["path"], n) for n in names]
-                run.data["alternatives"] = {n: f.result() for n, f in zip(names, futures)}
-        for r in range(1, cfg.mine.rounds + 1):           # the loop of pipeline.run_pipeline
-            with run.stage_of("mine"):
-                mined = mine_stage.submit(cfg, model["bundle_dir"], r).result()
-                run.data["mined"].append(mined)
-            if why := mining_stop(cfg, r, mined["added"]):
-                logger.info("%s; stopping", why)
-                run.data["stopped_early"] = True
-                break
-            with run.stage_of("build"):
-                ds = build_stage.submit(cfg).result()     # mined images were curated already
-                run.data["builds"].append(ds)
-            with run.stage_of("train"):
-                model = train_stage.submit(cfg, ds["path"], r).result()
-                run.data["models"].append(model)
-            rounds.append(round_record(model, mined["added"]))
-            if why := mining_stop(cfg, r, mined["added"], *(unknown_rate(x["unknown_accepted"], x["probe_accepted"])
-                                                            for x in rounds[-2:])):
-                logger.info("%s; stopping", why)
-                run.data["stopped_early"] = r < cfg.mine.rounds
-                break
-        with run.stage_of("report"):
-            run.data["report"] = report_stage.submit(
-                cfg, rounds, run.data.get("alternatives", {}), bool(run.data.get("stopped_early")),
-                dict(run.data["seconds"]), run.data["collect"].get("short", [])).result()
+        result = run_stages(cfg, TaskStages(run))
+        run.data["stopped_early"] = result.stopped_early
     except Exception as exc:
         failure = run.fail(exc)
         logger.error(str(failure))
@@ -322,12 +304,13 @@ def rebuild_report(config_path: str = DEFAULT_CONFIG, overrides: dict | None = N
     run = Run("rebuild-report", config_path, overrides)
     try:
         cfg = start(run, config_path, overrides)
-        with run.stage_of("curate"):
-            run.data["curate"] = curate_stage.submit(cfg).result()
-        with run.stage_of("build"):
-            run.data["builds"].append(build_stage.submit(cfg).result())
-        with run.stage_of("report"):
-            run.data["report"] = report_stage.submit(cfg, [], {}, False, {}).result()
+        stages = TaskStages(run)
+        with stages.stage("curate"):
+            stages.curate(cfg)
+        with stages.stage("build"):
+            stages.build(cfg)
+        with stages.stage("report"):
+            stages.report(cfg, PipelineResult())
     except Exception as exc:
         failure = run.fail(exc)
         logger.error(str(failure))

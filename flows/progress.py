@@ -8,7 +8,7 @@ import time
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from mlc_pipeline.catalog import Catalog
-from mlc_pipeline.collect import targets, usable_needed
+from mlc_pipeline.collect.stage import targets, usable_needed
 from mlc_pipeline.config import Config
 
 PROGRESS_KEY = "mlc-download-progress"

@@ -41,7 +41,7 @@ def is_retryable(exc: BaseException) -> bool:
     refuses outright fail at once: retrying them only burns the call budget.
     """
     from mlc_pipeline.config import ConfigError
-    from mlc_pipeline.flickr_source import InvalidKeyError, RetriesExhausted, SourceError
+    from mlc_pipeline.collect.flickr import InvalidKeyError, RetriesExhausted, SourceError
     from mlc_pipeline.secrets import MissingCredentials
 
     if isinstance(exc, (ConfigError, MissingCredentials, InvalidKeyError, ValueError, TypeError,

@@ -1,3 +1,3 @@
 """mlc-pipeline: collect, curate and version image datasets; train a classifier that knows what it does not know."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,25 +1,22 @@
-"""The `mlc` command: one sub-command per stage; each is a thin shell over a library function."""
+"""The `mlc` command: one sub-command per stage (commands.py), each a thin shell over a library
+function. Here: the parser, logging, and the rule that an ordinary failure is one line on stderr
+with an exit code, never a traceback (a traceback only for a bug)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
-import io
-import json
 import logging
 import signal
 import sys
 import traceback
-from pathlib import Path
 
-from .config import ConfigError, load_config
-from .dataset import VersionDamaged
-from .hashing import sha256_file
-from .locking import DataRootBusy, ReadOnlyDataRoot
-from .secrets import MissingCredentials, install_log_redaction, redact
+from mlc_pipeline import commands
+from mlc_pipeline.config import ConfigError
+from mlc_pipeline.dataset.build import VersionDamaged
+from mlc_pipeline.locking import DataRootBusy, ReadOnlyDataRoot
+from mlc_pipeline.secrets import MissingCredentials, install_log_redaction, redact
 
-log = logging.getLogger("mlc")
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)   # an OSError with one of these: one line, no traceback
 
 
@@ -30,226 +27,6 @@ class Terminated(KeyboardInterrupt):
 
 def raise_terminated(signum, frame) -> None:
     raise Terminated()
-
-
-def writing(cfg, args):
-    """The data root's write lock for this command: wait for another writer, or fail with --no-wait."""
-    from .locking import data_root_lock
-    return data_root_lock(cfg.data_dir, f"mlc {args.command}", wait=not args.no_wait)
-
-
-def cmd_collect(args) -> int:
-    from .collect import collect
-    cfg = load_config(args.config, parse_overrides(args.set))
-    with writing(cfg, args):
-        summary = collect(cfg, progress=not args.no_progress)
-    print(json.dumps(summary.__dict__, indent=2, default=str))
-    return 0
-
-
-def cmd_curate(args) -> int:
-    from .curate import curate
-    cfg = load_config(args.config, parse_overrides(args.set))
-    with writing(cfg, args):
-        summary = curate(cfg)
-    print(json.dumps(summary.__dict__, indent=2, default=str))
-    return 0
-
-
-def cmd_build(args) -> int:
-    from .dataset import build_dataset
-    cfg = load_config(args.config, parse_overrides(args.set))
-    with writing(cfg, args):
-        res = build_dataset(cfg, repair=args.repair)
-    state = ("published" if res.published else
-             "unchanged (identical to the latest version, its files verified; not published again)")
-    print(f"dataset {res.name} {res.version}: {state}\n  {res.path}\n  {res.counts['images']} images")
-    return 0
-
-
-def dataset_dir(cfg, version: str | None):
-    from .dataset import latest_version
-    root = cfg.data_dir / "datasets" / cfg.build.name
-    version = version or latest_version(root)
-    if not version or not (root / version / "manifest.csv").exists():
-        raise ConfigError(f"no dataset version {version or ''} under {root}: run `mlc build` first")
-    return root / version
-
-
-def cmd_train(args) -> int:
-    cfg = load_config(args.config, parse_overrides(args.set))
-    with writing(cfg, args):          # before importing torch: --no-wait answers at once
-        from .dataset import verify_version
-        verify_version(dataset_dir(cfg, args.version))     # a damaged version: one line, before torch loads
-        from .models import train_alternatives, train_version
-        from .modelreport import bundle_network_line, per_class_markdown, pct
-        res = train_version(cfg, dataset_dir(cfg, args.version))
-        test = res.metrics["test"]
-        print(f"model bundle: {res.bundle_dir}\nnetwork: {bundle_network_line(res.bundle_dir)}\n" +
-              per_class_markdown(test) +
-              f"macro F1 {test['macro_f1']:.3f}; unknown accepted: test other {pct(test['unknown_accepted'])}, "
-              f"probe {pct(test['probe_accepted'])}")
-        if args.alternatives:
-            from .evaluate import compare_table
-            alts = train_alternatives(cfg, dataset_dir(cfg, args.version))
-            print(compare_table([(res.variant, test)] + [(k, v["test"]) for k, v in alts.items()]))
-    return 0
-
-
-def cmd_mine(args) -> int:
-    cfg = load_config(args.config, parse_overrides(args.set))
-    with writing(cfg, args):          # before importing torch: --no-wait answers at once
-        from .mine import mine_round, undo_round
-        from .models import latest_model
-        if args.undo:
-            changed = undo_round(cfg, args.round, args.photo_id or None)
-            print(f"round {args.round}: {changed} mined or held pool images put back into the pool "
-                  f"(the next `mlc build` leaves them out)")
-            return 0
-        bundle = args.model or latest_model(cfg)
-        if bundle is None:
-            raise ConfigError("no model yet: run `mlc train` first (or pass --model BUNDLE)")
-        res = mine_round(cfg, bundle, args.round)
-    print(f"round {res.round}: scored {res.scored} pool images, {res.added} hard negatives added "
-          f"(next `mlc build` includes them), {len(res.held)} held for review, {res.over_cap} over the round's cap; "
-          f"every decision with its score in {bundle}/mined.csv (undo: `mlc mine --undo --round {res.round}`); "
-          f"{len(res.review)} class images listed for review in {bundle}/review.csv")
-    return 0
-
-
-def cmd_predict(args) -> int:
-    from .predict import BundleError, load_bundle, predict_paths
-    try:
-        bundle = load_bundle(args.bundle)
-    except BundleError as exc:
-        print(f"mlc: {exc}", file=sys.stderr)
-        return 2
-    preds = predict_paths(bundle, args.images, max_pixels=args.max_pixels)
-    failed = sum(p.error is not None for p in preds)
-    if args.json:
-        print(json.dumps([p.__dict__ for p in preds], indent=2, default=str))
-        return 1 if failed else 0
-    for p in preds:
-        if p.error:
-            print(f"{p.path}: error: {p.error}")
-        elif p.none_of:
-            print(f"{p.path}: none of: {', '.join(bundle.classes)}")
-        else:
-            print(f"{p.path}: " + ", ".join(f"{c} ({prob:.2f})" for c, prob in p.labels))
-    if failed:
-        print(f"mlc: {failed} of {len(preds)} images could not be scored (listed above)", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_run(args) -> int:
-    from .pipeline import run_pipeline
-    from .modelreport import rounds_markdown
-    from .models import check_train_settings
-    cfg = load_config(args.config, parse_overrides(args.set))
-    check_train_settings(cfg)         # before waiting for the lock, and before collecting
-    with writing(cfg, args):
-        res = run_pipeline(cfg, progress=not args.no_progress)
-    print(rounds_markdown(res))
-    from .models import models_root
-    from .modelreport import data_warnings
-    print("\n".join(data_warnings(res, models_root(cfg))) or "every set has its count of usable images")
-    print(f"stage seconds: {res.seconds}\nreport: {res.report}")
-    return 0
-
-
-def cmd_weights(args) -> int:
-    """Pre-fetch torchvision's ImageNet weights (for copying to machines without internet), or list the cache."""
-    from . import weights as w
-    if args.action == "list":
-        rows = w.cached_weights([args.arch] if args.arch else None)
-        if not args.all and not args.arch:
-            rows = [r for r in rows if r["cached"] or r["arch"] == w.RECIPES["pretrained"]["arch"]]
-        print(f"torch hub cache: {w.hub_checkpoints_dir()}")
-        for r in rows:
-            print(f"{r['arch']:<22} {'cached ' if r['cached'] else 'missing'}  {r['weights']:<40} {Path(r['file']).name}")
-        return 0
-    arch = args.arch or w.RECIPES["pretrained"]["arch"]
-    try:
-        weights = w.imagenet_weights(arch)
-        cached = w.cache_path(weights, args.dest)
-        if cached.is_file():
-            path = cached
-        else:  # torch.hub announces the download on stdout; failing, one line on stderr says it all
-            with contextlib.redirect_stdout(io.StringIO()):
-                path = w.download(weights, args.dest, progress=True, timeout=args.timeout)
-    except (ValueError, w.WeightsUnavailable) as exc:
-        print(f"mlc weights fetch: {arch}: {exc}", file=sys.stderr)
-        return 1
-    print(f"{w.weights_name(weights)}\n{path}\nsha256 {sha256_file(path)}")
-    return 0
-
-
-def parse_overrides(items: list[str] | None) -> dict:
-    """--set train.epochs=2 --set source.local.scale=0.2 -> nested dict (values parsed as YAML)."""
-    import yaml
-    out: dict = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=2")
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
-
-
-def cmd_remove(args) -> int:
-    from .takedown import remove_photos
-    cfg = load_config(args.config, parse_overrides(args.set))
-    try:
-        res = remove_photos(cfg, args.reason, photo_id=args.photo_id, owner=args.owner, query=args.query)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-    if not res.removed and not res.already_removed:
-        print("mlc: no candidate in the catalog matches; nothing removed", file=sys.stderr)
-        return 2
-    print(f"removed {len(res.removed)} photo(s) (reason: {args.reason.strip()}); {len(res.files_deleted)} file(s) "
-          f"deleted from raw/ and the quarantine" +
-          (f"; {len(res.already_removed)} already removed" if res.already_removed else ""))
-    for r in res.removed:
-        print(f"  {r['source']}:{r['photo_id']}  owner {r['owner_name'] or r['owner'] or '?'}  was {r['status']}")
-    if res.published_in:
-        print("published versions that still contain them (rebuild with `mlc build`, or withdraw them):")
-        for version, ids in res.published_in.items():
-            print(f"  {version}: {len(ids)} photo(s): {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}")
-    else:
-        print("no published version contains them")
-    return 0
-
-
-def cmd_serve_flickr(args) -> int:
-    from .flickr_server import serve_main
-    return serve_main(args.rest)
-
-
-def cmd_inspect(args) -> int:
-    """Read-only (no lock). The version shown is verified too: a damaged one is reported after the
-    summary, as one line, with exit code 3."""
-    from .dataset import latest_version, verify_version
-    from .report import inspect_main
-    cfg = load_config(args.config, parse_overrides(args.set))
-    root = cfg.data_dir / "datasets" / cfg.build.name
-    version = args.version or latest_version(root)
-    damage = None
-    if version and (root / version / "dataset.json").exists():
-        try:
-            verify_version(root / version)
-        except VersionDamaged as exc:
-            damage = exc
-            if not (root / version / "manifest.csv").exists():
-                raise                       # nothing to summarise
-    rc = inspect_main(cfg, args)
-    if damage:
-        raise damage
-    return rc
 
 
 def add_config(p: argparse.ArgumentParser) -> None:
@@ -264,31 +41,31 @@ def add_writer(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlc", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mlc", description="Collect, curate, version and train: see README.md.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("collect", help="search the source and download images into the catalog")
     add_writer(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_collect)
+    p.set_defaults(func=commands.cmd_collect)
 
     p = sub.add_parser("curate", help="verify, hash, quarantine and deduplicate what was collected")
     add_writer(p)
-    p.set_defaults(func=cmd_curate)
+    p.set_defaults(func=commands.cmd_curate)
 
     p = sub.add_parser("build", help="publish the curated images as a new dataset version")
     add_writer(p)
     p.add_argument("--repair", action="store_true",
                    help="publish a fresh version from the catalog even if the latest one's content is "
                         "unchanged (use when the latest version's files were deleted or changed)")
-    p.set_defaults(func=cmd_build)
+    p.set_defaults(func=commands.cmd_build)
 
     p = sub.add_parser("train", help="train the multi-label model on a dataset version")
     add_writer(p)
     p.add_argument("--version", help="dataset version (default: latest)")
     p.add_argument("--alternatives", action="store_true", help="also train the comparison heads")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=commands.cmd_train)
 
     p = sub.add_parser("mine", help="move pool images the model wrongly accepts into the negatives")
     add_writer(p)
@@ -296,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round", type=int, default=1)
     p.add_argument("--undo", action="store_true", help="put round ROUND's mined negatives back into the pool")
     p.add_argument("--photo-id", action="append", help="with --undo: only these photos (repeatable)")
-    p.set_defaults(func=cmd_mine)
+    p.set_defaults(func=commands.cmd_mine)
 
     p = sub.add_parser("predict", help="which classes an image shows, or none of them")
     p.add_argument("bundle", help="model bundle folder")
@@ -304,12 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--max-pixels", type=int, default=64_000_000,
                    help="refuse larger images from their header, before decoding (default: 64 MP)")
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=commands.cmd_predict)
 
     p = sub.add_parser("run", help="the whole job in-process: collect, curate, build, train, mine, retrain, report")
     add_writer(p)
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=commands.cmd_run)
 
     p = sub.add_parser("remove", help="take photos down (owner request, licence change): out of every future version")
     add_config(p)
@@ -318,12 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--owner", help="every photo of this owner (id or name), now and later")
     which.add_argument("--query", help="every photo found by this search query")
     p.add_argument("--reason", required=True, help="why (kept in the catalog)")
-    p.set_defaults(func=cmd_remove)
+    p.set_defaults(func=commands.cmd_remove)
 
     p = sub.add_parser("serve-flickr", help="run the bundled Flickr-compatible server (offline world)",
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER, help="see `mlc serve-flickr --help`")
-    p.set_defaults(func=cmd_serve_flickr)
+    p.set_defaults(func=commands.cmd_serve_flickr)
 
     p = sub.add_parser("weights", help="pre-fetch torchvision ImageNet weights, or list what the cache holds",
                        description="fetch: download ARCH's ImageNet weights (default: arch auto's network) into the "
@@ -335,16 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", help="fetch: folder to save into (default: the torch hub cache)")
     p.add_argument("--timeout", type=float, default=30.0, help="fetch: seconds without progress before giving up")
     p.add_argument("--all", action="store_true", help="list: every torchvision network, cached or not")
-    p.set_defaults(func=cmd_weights)
+    p.set_defaults(func=commands.cmd_weights)
 
     p = sub.add_parser("inspect", help="what is in the catalog and the datasets")
     add_config(p)
     p.add_argument("--version", help="dataset version to inspect (default: latest)")
     p.add_argument("--html", help="write a self-contained HTML report to this path")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_inspect)
+    p.set_defaults(func=commands.cmd_inspect)
 
-    from .catalog.cli import add_catalog_parser
+    from mlc_pipeline.catalog.cli import add_catalog_parser
     add_catalog_parser(sub, add_writer)      # mlc catalog migrate
     return parser
 
@@ -352,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve-flickr"]:          # its own parser: options like --help pass straight through
-        from .flickr_server import serve_main
+        from mlc_pipeline.flickr_server import serve_main
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
@@ -360,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("flickrapi").setLevel(logging.WARNING)   # it logs every call's parameters
     install_log_redaction()
-    from .catalog import CatalogError
+    from mlc_pipeline.catalog import CatalogError
     signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return args.func(args)
@@ -395,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def last_line_of_defence(exc: Exception) -> int:
     """Secrets masked, a traceback only for bugs."""
-    from .download import StorageError
-    from .flickr_source import SourceError
+    from mlc_pipeline.collect.rawfiles import StorageError
+    from mlc_pipeline.collect.flickr import SourceError
     if isinstance(exc, StorageError):
         print(f"mlc: {redact(str(exc))}", file=sys.stderr)
         return 1

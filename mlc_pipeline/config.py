@@ -14,6 +14,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mlc_pipeline.layout import DataLayout
+
 FLICKR_REST_URL = "https://api.flickr.com/services/rest/"
 SIZE_KEYS = ("url_sq", "url_q", "url_t", "url_s", "url_n", "url_m", "url_z", "url_c", "url_l", "url_o")
 LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
@@ -219,12 +221,16 @@ class Config(Strict):
         return self
 
     @property
+    def layout(self) -> DataLayout:
+        return DataLayout(self.data_dir, self.build.name)
+
+    @property
     def catalog_path(self):
         """What `Catalog()` opens: the SQLite file under data_dir, or the configured PostgreSQL catalog."""
         if self.catalog.url:
             from .catalog.address import PostgresCatalog
             return PostgresCatalog(self.catalog.url, self.data_dir)
-        return self.data_dir / "catalog.sqlite"
+        return self.layout.catalog
 
 
 def _error_line(exc: ValidationError) -> str:
@@ -281,4 +287,19 @@ def deep_merge(base: dict, extra: dict) -> dict:
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
+    return out
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """--set train.epochs=2 --set source.local.scale=0.2 -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=2")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
     return out

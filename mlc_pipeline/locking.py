@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from filelock import FileLock, Timeout
+from mlc_pipeline.fsutil import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,7 @@ def describe(info: dict | None) -> str:
 
 def _write_info(root: Path, command: str) -> None:
     info = {"pid": os.getpid(), "command": command, "started_at": time.time(), "host": socket.gethostname()}
-    tmp = root / f".{INFO_NAME}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, root / INFO_NAME)
+    write_text_atomic(root / INFO_NAME, json.dumps(info))
 
 
 def _clear_info(root: Path) -> None:

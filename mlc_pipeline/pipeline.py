@@ -1,25 +1,32 @@
-"""The whole job in-process (`mlc run`): collect, curate, build, train, mine rounds, retrain, report.
+"""The stage loop: collect + curate, build, train, then mining rounds (mine, build, retrain), report.
 
-The Prefect flow in flows/ wires the same stage functions; this is the plain-Python equivalent.
+It is written once, in `run_stages`. How each stage runs is the `Stages` object's business: the
+class below calls the library in this process (`mlc run`); flows/collect_and_train.py subclasses it
+so that every stage is a Prefect task with its retry options. Stages return plain data (dicts of
+JSON-able values), which is what a task result must be, so the loop reads the same fields either way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
-from .collect import collect_and_curate
-from .config import Config
-from .dataset import build_dataset
-from .evaluate import compare_table
-from .mine import mine_round
-from .locking import data_root_lock
-from .models import check_train_settings, models_root, train_alternatives, train_version
-from .report import write_html_report
-from .modelreport import model_section
+from mlc_pipeline.collect.stage import TOPUP_ROUNDS, collect_in_rounds
+from mlc_pipeline.config import Config
+from mlc_pipeline.curate.stage import curate
+from mlc_pipeline.dataset.build import build_dataset
+from mlc_pipeline.fsutil import write_text_atomic
+from mlc_pipeline.locking import data_root_lock
+from mlc_pipeline.model.mine import mine_round
+from mlc_pipeline.model.variants import check_train_settings, models_root, train_alternatives, train_version
+from mlc_pipeline.report.inspect import write_html_report
+from mlc_pipeline.report.model import model_section
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +52,22 @@ class PipelineResult:
     shortfall: list[str] = field(default_factory=list)   # one line per set short of usable images
 
 
+def plain(value: Any) -> Any:
+    """JSON-able copy: dataclasses -> dicts, Paths -> str (task results travel to Dask workers and
+    the Prefect API; `mlc run` returns the same shapes)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
 def record(round_no: int, version: str, bundle: str, metrics: dict, added: int = 0) -> RoundRecord:
-    """One mining round's line of the report, from a model's metrics (shared with the flow)."""
+    """One mining round's line of the report, from a model's metrics."""
     test = metrics["test"]
     return RoundRecord(round_no, version, bundle, test["macro_f1"], test.get("unknown_accepted"),
                        test.get("probe_accepted"), added)
@@ -61,7 +82,7 @@ def unknown_rate(test_other: float | None, probe: float | None) -> float | None:
 
 def mining_stop(cfg: Config, round_no: int, added: int, before: float | None = None,
                 after: float | None = None) -> str | None:
-    """Why the mining loop stops after this round (None: go on). Shared by `mlc run` and the flow.
+    """Why the mining loop stops after this round (None: go on).
 
     Called once with `added` only (after mining: nothing mined, nothing to retrain on), then with the
     `unknown_rate` before and after retraining."""
@@ -72,49 +93,100 @@ def mining_stop(cfg: Config, round_no: int, added: int, before: float | None = N
     return None
 
 
-def run_pipeline(cfg: Config, progress: bool = True, train_alternative_models: bool | None = None) -> PipelineResult:
-    """The whole job, holding the data root's write lock (waits for another writer to finish)."""
-    check_train_settings(cfg)       # a wrong arch fails now, not after collecting for an hour
-    with data_root_lock(cfg.data_dir, "mlc run"):
-        return _run_pipeline(cfg, progress, train_alternative_models)
+def collect_and_curate(cfg: Config, progress: bool = True, on_progress: Callable[[int, int], None] | None = None,
+                       max_rounds: int = TOPUP_ROUNDS):
+    """Collect and curate in rounds until every set has `count` usable images (collect.stage)."""
+    return collect_in_rounds(cfg, curate, progress=progress, on_progress=on_progress, max_rounds=max_rounds)
 
 
-def _run_pipeline(cfg: Config, progress: bool, train_alternative_models: bool | None) -> PipelineResult:
-    out = PipelineResult()
-    clock = time.monotonic()
+def write_run_report(cfg: Config, result: PipelineResult) -> str:
+    """The HTML report: the data, and the model section when models were trained."""
+    name = "latest.html" if result.rounds else "latest-dataset.html"
+    extra = [model_section(result, models_root(cfg))] if result.rounds else []
+    return str(write_html_report(cfg, cfg.layout.reports / name, extra_sections=extra))
 
-    def lap(stage: str) -> None:
-        nonlocal clock
-        now = time.monotonic()
-        out.seconds[stage] = round(out.seconds.get(stage, 0) + now - clock, 1)
-        clock = now
 
-    # Collect and curate in rounds until every set has `count` usable images or its queries run dry.
-    collected, _ = collect_and_curate(cfg, progress=progress); lap("collect")
-    out.seconds["curate"] = collected.seconds.get("curate", 0.0)
-    out.seconds["collect"] = round(out.seconds["collect"] - out.seconds["curate"], 1)
-    out.shortfall = collected.short
-    ds = build_dataset(cfg); lap("build")
-    model = train_version(cfg, ds.path, tag="r0"); lap("train")
-    out.rounds.append(record(0, ds.version, model.bundle_dir.name, model.metrics))
-    if cfg.train.compare_baselines if train_alternative_models is None else train_alternative_models:
-        out.alternatives = train_alternatives(cfg, ds.path, tag="r0"); lap("alternatives")
+class Stages:
+    """Each stage of the loop, run in this process. Subclasses change how a stage runs, never what
+    the loop does with its result."""
+
+    def __init__(self, progress: bool = True):
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0) + time.monotonic() - started, 1)
+
+    def collect(self, cfg: Config) -> dict:
+        summary, curated = collect_and_curate(cfg, progress=self.progress)
+        return {**plain(summary), "curate": plain(curated)}
+
+    def build(self, cfg: Config) -> dict:
+        return plain(build_dataset(cfg))
+
+    def train(self, cfg: Config, dataset_dir: str, round_no: int) -> dict:
+        model = train_version(cfg, dataset_dir, tag=f"r{round_no}")
+        return {"round": round_no, "bundle": model.bundle_dir.name, **plain(model)}
+
+    def alternatives(self, cfg: Config, dataset_dir: str) -> dict[str, dict]:
+        return plain(train_alternatives(cfg, dataset_dir, tag="r0"))
+
+    def mine(self, cfg: Config, bundle_dir: str, round_no: int) -> dict:
+        return plain(mine_round(cfg, bundle_dir, round_no))
+
+    def report(self, cfg: Config, result: PipelineResult) -> str:
+        return write_run_report(cfg, result)
+
+
+def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) -> PipelineResult:
+    """The one stage loop. `alternatives`: train the comparison heads too (default: the config's
+    `train.compare_baselines`)."""
+    out = PipelineResult(seconds=stages.seconds)
+    with stages.stage("collect"):       # in rounds with curate, until every set has its usable count
+        collected = stages.collect(cfg)
+    curating = collected.get("seconds", {}).get("curate", 0.0)
+    stages.seconds["curate"] = round(stages.seconds.get("curate", 0) + curating, 1)
+    stages.seconds["collect"] = round(stages.seconds["collect"] - curating, 1)
+    out.shortfall = collected.get("short", [])
+    with stages.stage("build"):
+        ds = stages.build(cfg)
+    with stages.stage("train"):
+        model = stages.train(cfg, ds["path"], 0)
+    out.rounds.append(record(0, model["dataset_version"], model["bundle"], model["metrics"]))
+    if cfg.train.compare_baselines if alternatives is None else alternatives:
+        with stages.stage("alternatives"):
+            out.alternatives = stages.alternatives(cfg, ds["path"])
     for r in range(1, cfg.mine.rounds + 1):
-        mined = mine_round(cfg, model.bundle_dir, r); lap("mine")
-        if why := mining_stop(cfg, r, mined.added):
+        with stages.stage("mine"):
+            mined = stages.mine(cfg, model["bundle_dir"], r)
+        if why := mining_stop(cfg, r, mined["added"]):
             log.info("%s; stopping", why)
             out.stopped_early = True
             break
-        ds = build_dataset(cfg); lap("build")    # mined images were curated already
-        model = train_version(cfg, ds.path, tag=f"r{r}"); lap("train")
-        out.rounds.append(record(r, ds.version, model.bundle_dir.name, model.metrics, mined.added))
-        if why := mining_stop(cfg, r, mined.added, *(unknown_rate(x.unknown_accepted, x.probe_accepted)
+        with stages.stage("build"):
+            ds = stages.build(cfg)      # mined images were curated already
+        with stages.stage("train"):
+            model = stages.train(cfg, ds["path"], r)
+        out.rounds.append(record(r, model["dataset_version"], model["bundle"], model["metrics"], mined["added"]))
+        if why := mining_stop(cfg, r, mined["added"], *(unknown_rate(x.unknown_accepted, x.probe_accepted)
                                                      for x in out.rounds[-2:])):
             log.info("%s; stopping", why)
             out.stopped_early = r < cfg.mine.rounds
             break
-    report = cfg.data_dir / "reports" / "latest.html"
-    write_html_report(cfg, report, extra_sections=[model_section(out, models_root(cfg))]); lap("report")
-    out.report = str(report)
-    (cfg.data_dir / "reports" / "latest.json").write_text(json.dumps(asdict(out), indent=2, default=str))
+    with stages.stage("report"):
+        out.report = stages.report(cfg, out)
+    write_text_atomic(cfg.layout.reports / "latest.json", json.dumps(asdict(out), indent=2, default=str))
     return out
+
+
+def run_pipeline(cfg: Config, progress: bool = True, train_alternative_models: bool | None = None) -> PipelineResult:
+    """`mlc run`: the whole job in this process, holding the data root's write lock (waits for
+    another writer to finish)."""
+    check_train_settings(cfg)       # a wrong arch fails now, not after collecting for an hour
+    with data_root_lock(cfg.data_dir, "mlc run"):
+        return run_stages(cfg, Stages(progress), train_alternative_models)

@@ -17,7 +17,8 @@ import numpy as np
 from mlc_pipeline.flickr_server import objects, scenes
 from mlc_pipeline.flickr_server.render import render_scene
 from mlc_pipeline.flickr_server.shapes import ellipse, random_color
-from mlc_pipeline.predict import load_bundle, score_paths
+from mlc_pipeline.model.predict import score_paths
+from mlc_pipeline.model.bundle import load_bundle
 
 draw_flower = objects.draw_flower  # ops: stem, leaf, petals..., centre
 

@@ -16,11 +16,44 @@ atexit.register(shutil.rmtree, _torch_home, ignore_errors=True)
 os.environ["TORCH_HOME"] = _torch_home
 os.environ["MLC_OFFLINE"] = "1"
 
+# ---- shared fixtures (the helpers behind them live in helpers.py and shapes.py)
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))   # helpers.py, shapes.py for tests in every sub-folder
+from helpers import free_port, tiny_config  # noqa: E402
+
+
+@pytest.fixture
+def port() -> int:
+    """A free loopback port."""
+    return free_port()
+
+
+@pytest.fixture
+def tiny_project(tmp_path) -> Path:
+    """The tiny end-to-end config (helpers.tiny_config) in a fresh folder; its data root beside it."""
+    return tiny_config(tmp_path, free_port())
+
+
+@pytest.fixture
+def offline_server():
+    """The bundled Flickr-compatible server, a small generated world, on a free loopback port."""
+    from mlc_pipeline.flickr_server import FlickrServer, WorldSpec
+    with FlickrServer(WorldSpec(seed=0, scale=0.1)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def trained_shapes_bundle() -> tuple[Path, Path]:
+    """(manifest, bundle folder) of one tiny model on the shapes world, trained once per session."""
+    from shapes import trained_bundle
+    return trained_bundle()
 
 # --- a real PostgreSQL server for the catalog's PostgreSQL backend (tests/pgserver.py) ----------
 import uuid  # noqa: E402
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")

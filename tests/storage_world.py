@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from mlc_pipeline.collect import collect
+from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import load_config
-from mlc_pipeline.curate import curate
+from mlc_pipeline.curate.stage import curate
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "hymenoptera"
 MLC = [sys.executable, "-m", "mlc_pipeline.cli"]

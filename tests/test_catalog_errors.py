@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_interrupts import ENV, MLC, needs_namespaces, write_config
+from helpers import ENV, MLC, needs_namespaces, write_config
 
 from mlc_pipeline.catalog import Catalog, CatalogError
 

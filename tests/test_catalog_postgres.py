@@ -16,7 +16,8 @@ from mlc_pipeline.catalog import Catalog, CatalogError, Found, PostgresCatalog
 from mlc_pipeline.collect import collect
 from mlc_pipeline.config import ConfigError, parse_config
 from mlc_pipeline.curate import curate
-from mlc_pipeline.dataset import build_dataset, read_manifest
+from mlc_pipeline.dataset import build_dataset
+from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.flickr_server import FlickrServer, WorldSpec
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "hymenoptera"
@@ -305,7 +306,7 @@ def test_migrate_copies_a_sqlite_catalog_idempotently_and_verifies(postgres_serv
 def test_a_collect_killed_mid_run_resumes_from_postgres(pg_url, tmp_path):
     """kill -9 in the middle of downloads: what PostgreSQL holds is consistent, and a rerun completes."""
     from helpers import free_port
-    from mlc_pipeline.hashing import sha256_file
+    from mlc_pipeline.fsutil import sha256_file
     raw = {"data_dir": str(tmp_path / "data"), "catalog": {"url": pg_url},
            "source": {"kind": "local", "sizes": ["url_n", "url_m"], "per_host_concurrency": 2,
                       "local": {"seed": 3, "scale": 0.3, "port": free_port(), "faults": "image_latency_ms=80"},

@@ -12,14 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from datetime import datetime
 from pathlib import Path
 
 import httpx
 import pytest
-from helpers import free_port
+from helpers import free_port, tiny_config
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,27 +26,6 @@ BIN = Path(sys.executable).parent
 PREFECT = str(BIN / "prefect") if (BIN / "prefect").exists() else "prefect"
 POOL = "mlc-local"
 pytestmark = pytest.mark.slow
-
-
-def tiny_config(folder: Path, port: int) -> Path:
-    path = folder / "tiny.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        data_dir: {folder / 'data'}
-        source:
-          kind: local
-          local: {{seed: 0, scale: 0.1, port: {port}}}
-          sizes: [url_n, url_m]
-        classes:
-          balloon: {{queries: ["balloon"], count: 20}}
-          kite: {{queries: ["kite"], count: 20}}
-        other: {{queries: ["landscape", "texture"], count: 24}}
-        probe: {{queries: ["house"], count: 6}}
-        train: {{epochs: 1, image_size: 32, batch_size: 32, pretrained: none, compare_baselines: false}}
-        mine:
-          rounds: 1
-          pool: {{queries: ["toys", "shapes"], count: 24}}
-        """))
-    return path
 
 
 def tail(path: Path, n: int = 4000) -> str:

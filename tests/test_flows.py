@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from helpers import free_port, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:          # flows/ is a top-level folder, not part of the installed package
@@ -32,33 +31,6 @@ from flows.artifacts import MINED_KEY, PER_CLASS_KEY, REJECTED_KEY, SUMMARY_KEY 
 from flows.collect_and_train import collect_and_train, rebuild_report  # noqa: E402
 from flows.progress import PROGRESS_KEY, DownloadProgress  # noqa: E402
 from flows.runtime import is_retryable, task_runner  # noqa: E402
-
-
-def tiny_config(folder: Path, port: int) -> Path:
-    """Two classes of 20, a handful of negatives, probes and pool images; 1 epoch at 32 px."""
-    path = folder / "tiny.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        data_dir: {folder / 'data'}
-        source:
-          kind: local
-          local: {{seed: 0, scale: 0.1, port: {port}}}
-          sizes: [url_n, url_m]
-          retry: {{attempts: 2, base_delay_s: 0.05, max_delay_s: 0.2}}
-        classes:
-          balloon: {{queries: ["balloon"], count: 20}}
-          kite: {{queries: ["kite"], count: 20}}
-        other: {{queries: ["landscape", "texture"], count: 24}}
-        probe: {{queries: ["house"], count: 6}}
-        # One epoch at 32 px scores everything alike: the default cap on unknowns would then accept no
-        # pool image and leave nothing to mine. These tests are about the flow's wiring (mining -> v2);
-        # the cap itself is tested in test_evaluate and test_train.
-        train: {{epochs: 1, image_size: 32, batch_size: 32, pretrained: none, compare_baselines: false,
-                 max_unknown_accepted: null}}
-        mine:
-          rounds: 1
-          pool: {{queries: ["toys", "shapes"], count: 24}}
-        """))
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +87,7 @@ def test_task_runner_is_a_setting(monkeypatch):
 
 def test_retry_only_what_can_go_away():
     from mlc_pipeline.config import ConfigError
-    from mlc_pipeline.flickr_source import InvalidKeyError, RetriesExhausted, SourceError
+    from mlc_pipeline.collect.flickr import InvalidKeyError, RetriesExhausted, SourceError
 
     assert is_retryable(RetriesExhausted("flickr.photos.search still failing after 6 attempts: HTTP 500"))
     assert is_retryable(ConnectionError("reset"))
@@ -255,7 +227,6 @@ def test_rebuild_report_flow(harness, project):
 def test_flow_waits_for_another_writer_on_its_data_root(harness, project):
     """A manual `mlc` command holding the data root: the flow starts no stage until it is done."""
     import subprocess
-    import time
 
     from mlc_pipeline.catalog import Catalog
     from mlc_pipeline.config import load_config

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_interrupts import ENV, MLC, needs_namespaces, write_config
+from helpers import ENV, MLC, needs_namespaces, write_config
 
 from mlc_pipeline.catalog import Catalog
 
@@ -95,13 +95,12 @@ def test_full_disk_during_build_is_one_line(built, tmp_path):
 
 @needs_namespaces
 def test_full_disk_during_model_export_says_disk_space(tmp_path):
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_train import trained_bundle
+    from shapes import trained_bundle
     _, bundle = trained_bundle()
     out = tmp_path / "models"
     out.mkdir()
     code = ("import sys\nfrom pathlib import Path\nfrom fastai.learner import load_learner\n"
-            "from mlc_pipeline.train import export_learner\n"
+            "from mlc_pipeline.model.bundle import export_learner\n"
             f"learn = load_learner({str(bundle / 'export.pkl')!r}, cpu=True)\n"
             "try:\n"
             f"    export_learner(learn, Path({str(out)!r}) / 'export.pkl')\n"

@@ -20,8 +20,7 @@ def add_catalog_parser(sub, add_writer) -> None:
 
 
 def cmd_catalog_migrate(args: argparse.Namespace) -> int:
-    from ..cli import parse_overrides
-    from ..config import ConfigError, load_config
+    from ..config import ConfigError, load_config, parse_overrides
     from ..locking import data_root_lock
     from .address import PostgresCatalog, check_url
     from .copy import copy_catalog
@@ -34,7 +33,7 @@ def cmd_catalog_migrate(args: argparse.Namespace) -> int:
         url = check_url(url)
     except ValueError as exc:
         raise ConfigError(f"--to: {exc}") from None
-    source = Path(args.source) if args.source else cfg.data_dir / "catalog.sqlite"
+    source = Path(args.source) if args.source else cfg.layout.catalog
     with data_root_lock(cfg.data_dir, "mlc catalog migrate", wait=not args.no_wait):
         result = copy_catalog(source, PostgresCatalog(url, cfg.data_dir))
     print(json.dumps(result.__dict__, indent=2))

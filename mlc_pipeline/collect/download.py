@@ -1,0 +1,362 @@
+"""Concurrent, bounded, validated image downloads with atomic writes.
+
+Each job either ends as a file at its final path (written to a temporary file beside it, then
+renamed, so a killed run never leaves a partial image and the rename never crosses file systems) or
+as a recorded reason. Reasons starting with `transient:` are retried by the next run; the others are
+final. Every job has a total deadline (`source.download_deadline_s`, all attempts together): a host
+that trickles bytes is cut by a watchdog that shuts the socket down. A write error (disk full,
+read-only, permissions) is not a per-image failure: it stops the whole run (`StorageError`), as Ctrl-C
+does; either way the queue is cancelled and every download that finished is still handed back.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from mlc_pipeline.config import SourceSettings
+from mlc_pipeline.collect.rawfiles import StorageError, disk_errors, final_path, shard_dir, temp_path
+from mlc_pipeline.collect.retry import Transient, backoff_delay
+from mlc_pipeline.imageformat import image_extension
+from mlc_pipeline.secrets import redact
+
+log = logging.getLogger(__name__)
+
+SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_REDIRECTS = 5
+CHUNK = 64 * 1024
+WATCHDOG_TICK_S = 0.1
+STOP_WAIT_S = 10.0        # after Ctrl-C: how long cut downloads get to unwind before we stop waiting
+
+@dataclass(frozen=True)
+class DownloadJob:
+    cid: int
+    photo_id: str
+    url: str
+
+
+@dataclass
+class DownloadResult:
+    cid: int
+    ok: bool
+    path: Path | None = None
+    bytes: int = 0
+    sha256: str | None = None
+    content_type: str | None = None
+    reason: str | None = None
+    attempts: int = 0
+
+
+class Rejected(Exception):
+    """A final failure: the reason is recorded and the job is not retried."""
+
+
+class Cancelled(Exception):
+    """The run is stopping (Ctrl-C or a write error): this job did not finish and stays pending."""
+
+
+def host_of(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.netloc.lower()
+
+
+def host_allowed(url: str, allowed: Iterable[str]) -> bool:
+    """Only http(s), only listed hosts; an entry without a port allows any port of that host."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        return False
+    netloc = parts.netloc.lower()
+    return any(a.lower() == netloc or a.lower() == parts.hostname for a in allowed)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After is either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def cut_connection(resp: requests.Response) -> None:
+    """Shut the socket of a response another thread is reading: its blocked read returns at once."""
+    conn = getattr(resp.raw, "connection", None)
+    sock = getattr(conn, "sock", None)
+    if sock is None:
+        return                         # already released: the reader finished on its own
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError as exc:             # closed between our look and the shutdown: nothing left to cut
+        log.debug("cutting a download: %s", exc)
+
+
+class Downloader:
+    def __init__(self, settings: SourceSettings, allowed_hosts: list[str], raw_dir: Path,
+                 tmp_root: Path | None = None, sleep: Callable[[float], object] | None = None):
+        # tmp_root is unused (temp files live beside their images); kept for callers of older versions.
+        self.s = settings
+        self.allowed = list(allowed_hosts)
+        self.raw_dir = raw_dir
+        self.stopping = threading.Event()
+        self.sleep = sleep or self.stopping.wait      # a retry wait ends early when the run stops
+        self.local = threading.local()
+        self.host_slots: dict[str, threading.BoundedSemaphore] = {}
+        self.slots_lock = threading.Lock()
+        self.in_flight: dict[str, int] = {}
+        self.max_in_flight: dict[str, int] = {}   # measured, so tests can prove the per-host bound
+        self.watched: dict[int, tuple[float, requests.Response]] = {}   # thread -> (deadline, response)
+        self.was_cut: set[int] = set()                                  # threads whose response was cut
+
+    # --- plumbing ----------------------------------------------------------------------------
+    def session(self) -> requests.Session:
+        if not hasattr(self.local, "session"):
+            sess = requests.Session()
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.s.per_host_concurrency, max_retries=0)
+            sess.mount("http://", adapter)
+            sess.mount("https://", adapter)
+            sess.headers["User-Agent"] = "mlc-pipeline/0.1 (+image dataset collector)"
+            self.local.session = sess
+        return self.local.session
+
+    def slot(self, host: str) -> threading.BoundedSemaphore:
+        with self.slots_lock:
+            if host not in self.host_slots:
+                self.host_slots[host] = threading.BoundedSemaphore(self.s.per_host_concurrency)
+                self.in_flight[host] = self.max_in_flight[host] = 0
+            return self.host_slots[host]
+
+    def _track(self, host: str, delta: int) -> None:
+        with self.slots_lock:
+            self.in_flight[host] += delta
+            self.max_in_flight[host] = max(self.max_in_flight[host], self.in_flight[host])
+
+    # --- one job -----------------------------------------------------------------------------
+    def fetch(self, job: DownloadJob) -> DownloadResult:
+        if not SAFE_ID.match(job.photo_id):
+            return DownloadResult(job.cid, False, reason="unsafe-photo-id")
+        self.local.deadline = time.monotonic() + self.s.download_deadline_s
+        attempts = self.s.retry.attempts
+        for attempt in range(attempts):
+            if self.stopping.is_set():
+                raise Cancelled()
+            try:
+                return self._fetch_once(job, attempt + 1)
+            except Rejected as exc:
+                return DownloadResult(job.cid, False, reason=str(exc), attempts=attempt + 1)
+            except Transient as exc:
+                if attempt == attempts - 1:
+                    return DownloadResult(job.cid, False, reason=f"transient:{exc}", attempts=attempt + 1)
+                wait = exc.wait_s if exc.wait_s is not None else backoff_delay(
+                    attempt, self.s.retry.base_delay_s, self.s.retry.max_delay_s)
+                wait = min(wait, self.s.max_retry_after_s)
+                if time.monotonic() + wait >= self.local.deadline:
+                    return DownloadResult(job.cid, False, reason=f"transient:{self._deadline_reason()}:after-{exc}",
+                                          attempts=attempt + 1)
+                self.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _deadline_reason(self) -> str:
+        return f"deadline-exceeded:{self.s.download_deadline_s:g}s"
+
+    def _fetch_once(self, job: DownloadJob, attempt: int) -> DownloadResult:
+        url = job.url
+        for _ in range(MAX_REDIRECTS + 1):
+            if not host_allowed(url, self.allowed):
+                raise Rejected(f"host-not-allowed:{host_of(url) or url[:40]}")
+            host = host_of(url)
+            with self.slot(host):
+                if self.stopping.is_set():     # queued behind the host's slots while the run stopped
+                    raise Cancelled()
+                self._track(host, +1)
+                try:
+                    result = self._get(url, job, attempt)
+                finally:
+                    self._track(host, -1)
+            if isinstance(result, DownloadResult):
+                return result
+            url = result                       # a redirect: check the new host before following
+        raise Rejected("too-many-redirects")
+
+    def _get(self, url: str, job: DownloadJob, attempt: int) -> DownloadResult | str:
+        left = self.local.deadline - time.monotonic()
+        if left <= 0:
+            raise Rejected(f"transient:{self._deadline_reason()}")
+        me = threading.get_ident()
+        try:
+            # The read timeout also bounds waiting for the headers by what is left of the deadline;
+            # the watchdog bounds the body (a byte every few seconds never trips a read timeout).
+            timeout = (self.s.timeout_s, min(self.s.timeout_s, left))
+            with self.session().get(url, stream=True, timeout=timeout, allow_redirects=False) as resp:
+                with self.slots_lock:
+                    self.watched[me] = (self.local.deadline, resp)
+                    self.was_cut.discard(me)
+                try:
+                    return self._read(resp, url, job, attempt)
+                finally:
+                    with self.slots_lock:
+                        self.watched.pop(me, None)
+        except (Rejected, Transient, StorageError, Cancelled):
+            raise
+        except Exception as exc:
+            if self._take_cut():
+                raise self._cut_error() from None
+            if isinstance(exc, (requests.Timeout, requests.ConnectionError)):
+                raise Transient(type(exc).__name__.lower()) from None
+            if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+                raise Transient("connection-broken") from None
+            raise
+
+    def _take_cut(self) -> bool:
+        """Whether the watchdog cut this thread's response (and forget it)."""
+        with self.slots_lock:
+            cut = threading.get_ident() in self.was_cut
+            self.was_cut.discard(threading.get_ident())
+        return cut
+
+    def _cut_error(self) -> Exception:
+        return Cancelled() if self.stopping.is_set() else Rejected(f"transient:{self._deadline_reason()}")
+
+    def _read(self, resp: requests.Response, url: str, job: DownloadJob, attempt: int) -> DownloadResult | str:
+        code = resp.status_code
+        if code in (301, 302, 303, 307, 308):
+            location = resp.headers.get("Location")
+            if not location:
+                raise Rejected(f"http-{code}-without-location")
+            return urljoin(url, location)
+        if code == 429:
+            raise Transient("http-429", retry_after_seconds(resp.headers.get("Retry-After")))
+        if code >= 500:
+            raise Transient(f"http-{code}")
+        if code != 200:
+            raise Rejected(f"http-{code}")
+        ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if not ctype.startswith("image/"):
+            raise Rejected(f"not-an-image:content-type={ctype or 'none'}")
+        declared = resp.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > self.s.max_image_bytes:
+            raise Rejected("too-large")
+        return self._save(resp, job, ctype, attempt)
+
+    def _save(self, resp: requests.Response, job: DownloadJob, ctype: str, attempt: int) -> DownloadResult:
+        """Stream to a temp file beside the final path (size cap enforced on bytes really received),
+        then rename. A failing write is a StorageError, never a per-image failure."""
+        folder = shard_dir(self.raw_dir, job.photo_id)
+        tmp = temp_path(self.raw_dir, job.photo_id)
+        digest, size, head = hashlib.sha256(), 0, b""
+        try:
+            with disk_errors(folder):
+                folder.mkdir(parents=True, exist_ok=True)
+                with open(tmp, "wb") as out:
+                    for chunk in resp.iter_content(CHUNK):
+                        size += len(chunk)
+                        if size > self.s.max_image_bytes:
+                            raise Rejected("too-large")
+                        if len(head) < 16:
+                            head += chunk[:16]
+                        digest.update(chunk)
+                        out.write(chunk)
+                if size == 0:
+                    raise Rejected("empty-body")
+                ext = image_extension(head)
+                if ext is None:
+                    raise Rejected("not-an-image:bad-magic")
+                if self._take_cut():     # a body without Content-Length ends cleanly when cut
+                    raise self._cut_error()
+                path = final_path(self.raw_dir, job.photo_id, ext)
+                os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return DownloadResult(job.cid, True, path, size, digest.hexdigest(), ctype, None, attempt)
+
+    # --- many jobs ---------------------------------------------------------------------------
+    def run(self, jobs: list[DownloadJob]) -> list[DownloadResult]:
+        """All results, in completion order (see run_into)."""
+        out: list[DownloadResult] = []
+        self.run_into(jobs, out.append)
+        return out
+
+    def run_into(self, jobs: list[DownloadJob], record: Callable[[DownloadResult], None]) -> None:
+        """Download `jobs`, handing each result to `record` in the calling thread as it completes.
+        Workers = per-host bound x distinct hosts (capped).
+
+        On Ctrl-C (or SIGTERM turned into one), a write error, or any exception from `record`: the
+        queue is cancelled, downloads in flight are cut, every download that finished is still
+        handed to `record` (no file in raw/ the catalog does not know), and the exception goes on."""
+        hosts = {host_of(j.url) for j in jobs} or {""}
+        workers = min(64, self.s.per_host_concurrency * len(hosts), max(1, len(jobs)))
+        self.stopping.clear()
+        watchdog_done = threading.Event()
+        watchdog = threading.Thread(target=self._watchdog, args=(watchdog_done,), name="download-deadline",
+                                    daemon=True)
+        watchdog.start()
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="download")
+        futures = {pool.submit(self.fetch, job): job for job in jobs}
+        recorded: set[Future] = set()
+        try:
+            for fut in as_completed(futures):
+                res = self._outcome(fut, futures[fut])
+                record(res)
+                recorded.add(fut)
+        except BaseException:
+            self.stopping.set()             # workers stop taking jobs; the watchdog cuts live sockets
+            for fut in futures:
+                fut.cancel()
+            wait([f for f in futures if not f.done()], timeout=STOP_WAIT_S)
+            for fut, job in futures.items():
+                if fut in recorded or not fut.done() or fut.cancelled():
+                    continue
+                try:
+                    res = self._outcome(fut, job)
+                except StorageError:
+                    continue                # nothing was written: the candidate stays pending
+                if res is not None:
+                    record(res)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            watchdog_done.set()
+            watchdog.join()
+
+    def _outcome(self, fut: Future, job: DownloadJob) -> DownloadResult | None:
+        """A finished job's result; None for a cancelled one; StorageError goes on (the run stops)."""
+        try:
+            return fut.result()
+        except StorageError:
+            raise
+        except Cancelled:
+            return None
+        except Exception as exc:  # a bug: record it, never lose the other jobs
+            log.error("download of photo %s failed unexpectedly: %s", job.photo_id, redact(repr(exc)))
+            return DownloadResult(job.cid, False, reason=f"transient:error:{type(exc).__name__}")
+
+    def _watchdog(self, done: threading.Event) -> None:
+        """Cut responses past their deadline, and all of them once the run stops."""
+        while not done.wait(WATCHDOG_TICK_S):
+            now, stopping = time.monotonic(), self.stopping.is_set()
+            with self.slots_lock:
+                due = [(t, r) for t, (deadline, r) in self.watched.items() if stopping or now >= deadline]
+                for t, _ in due:
+                    del self.watched[t]
+                    self.was_cut.add(t)
+            for _, resp in due:
+                cut_connection(resp)

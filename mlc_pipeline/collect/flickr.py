@@ -1,0 +1,208 @@
+"""Searching Flickr (or a Flickr-compatible server) through the `flickrapi` client.
+
+flickrapi 2.4.0 gives us the signed HTTP call and JSON parsing, nothing more: pagination, the
+4,000-result cap, retries, backoff and the call budget are ours (see shared/notes/flickr.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import flickrapi
+import requests
+from urllib.parse import urlsplit, urlunsplit
+from flickrapi.exceptions import FlickrError
+
+from mlc_pipeline.catalog import Found
+from mlc_pipeline.config import SourceSettings
+from mlc_pipeline.collect.retry import RateLimiter, Transient, with_retries
+from mlc_pipeline.secrets import Credentials, redact
+
+log = logging.getLogger(__name__)
+
+FLICKR_EPOCH = 1072915200          # 2004-01-01: no upload is older
+DAY = 86400
+STATUS_RE = re.compile(r"Status code (\d{3})")
+
+
+class SourceError(RuntimeError):
+    """A search failure that retrying will not fix (bad key, bad request)."""
+
+
+class InvalidKeyError(SourceError):
+    pass
+
+
+class RetriesExhausted(SourceError):
+    """A transient fault (105, 5xx, timeouts) outlasted every retry: worth another try later."""
+
+
+def as_int(value) -> int | None:
+    """Flickr mixes strings and ints for numbers ("total": "234", "height_c": 600)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def classify(exc: Exception) -> Exception:
+    """Map a client error to Transient (retry) or SourceError (stop), with secrets masked."""
+    msg = redact(str(exc))
+    if isinstance(exc, FlickrError):
+        if exc.code == 100:
+            return InvalidKeyError(
+                f"Flickr rejected the API key ({msg}). Check FLICKR_API_KEY and FLICKR_API_SECRET: "
+                "the key may be mistyped, expired or revoked")
+        if exc.code == 105:
+            return Transient(f"Flickr is temporarily unavailable ({msg})")
+        status = STATUS_RE.search(msg)
+        if status and (int(status.group(1)) >= 500 or int(status.group(1)) == 429):
+            return Transient(f"HTTP {status.group(1)} from the API")
+        return SourceError(f"Flickr API error: {msg}")
+    if isinstance(exc, (requests.Timeout, requests.ConnectionError)):
+        return Transient(f"{type(exc).__name__} talking to the API")
+    if isinstance(exc, ValueError):   # JSON that does not parse: a proxy's error page, say
+        return Transient(f"unparseable API response ({type(exc).__name__})")
+    return exc
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a query is collected for: the role (train | pool | probe) and the label it gives."""
+
+    purpose: str
+    label: str
+
+
+class FlickrSource:
+    def __init__(self, settings: SourceSettings, credentials: Credentials, source_name: str,
+                 rest_url: str | None = None, result_cap: int = 4000, static_host: str | None = None):
+        self.settings = settings
+        self.name = source_name
+        self.result_cap = result_cap
+        self.api = flickrapi.FlickrAPI(credentials.key, credentials.secret, format="parsed-json",
+                                       store_token=False, timeout=settings.timeout_s)
+        self.api.REST_URL = rest_url or settings.rest_url   # instance attribute: redirects every call
+        self.limiter = RateLimiter(settings.max_calls_per_hour)
+        self.license_names: dict[int, str] = {}
+        self.static_host = static_host
+
+    def current_url(self, url: str) -> str:
+        """The bundled server may run on another port than when a URL was recorded (port 0, or a
+        changed setting): point recorded URLs of the local source at the server running now."""
+        if not self.static_host:
+            return url
+        parts = urlsplit(url)
+        return urlunsplit((parts.scheme, self.static_host, parts.path, parts.query, ""))
+
+    # --- one API call, retried ---------------------------------------------------------------
+    def call(self, method: str, **params) -> dict:
+        def once() -> dict:
+            self.limiter.acquire()
+            try:
+                return getattr(self.api, method)(**params)
+            except (FlickrError, requests.RequestException, ValueError) as exc:
+                raise classify(exc) from None
+
+        r = self.settings.retry
+        try:
+            return with_retries(once, r.attempts, r.base_delay_s, r.max_delay_s, what=f"flickr.{method}")
+        except Transient as exc:
+            raise RetriesExhausted(f"flickr.{method} still failing after {r.attempts} attempts: {exc}") from None
+
+    @property
+    def api_calls(self) -> int:
+        return self.limiter.calls
+
+    def licenses(self) -> dict[int, tuple[str, str]]:
+        """The current licence list (never hard-coded: older lists stop at 8)."""
+        reply = self.call("photos.licenses.getInfo")
+        out = {int(x["id"]): (str(x["name"]), str(x.get("url") or "")) for x in reply["licenses"]["license"]}
+        self.license_names = {i: name for i, (name, _) in out.items()}
+        return out
+
+    # --- search ------------------------------------------------------------------------------
+    def _search_page(self, query: str, page: int, window: tuple[int, int] | None) -> dict:
+        s = self.settings
+        params = dict(text=query, page=page, per_page=s.per_page, sort="date-posted-desc",
+                      content_type=1, media="photos", safe_search=s.safe_search,
+                      extras=",".join(["license", "owner_name", "date_upload", "date_taken", "tags", *s.sizes]))
+        if s.licenses != "any":
+            params["license"] = ",".join(str(i) for i in s.licenses)
+        if window:
+            params["min_upload_date"], params["max_upload_date"] = window
+        return self.call("photos.search", **params)["photos"]
+
+    def _windows(self, query: str, lo: int, hi: int) -> Iterator[tuple[tuple[int, int], dict]]:
+        """Upload-date windows, newest first, each holding at most `result_cap` results.
+
+        Yields (window, first page) so the probing call is not wasted."""
+        first = self._search_page(query, 1, (lo, hi))
+        total = as_int(first.get("total")) or 0
+        if total <= self.result_cap or hi - lo <= DAY:
+            if total > self.result_cap:
+                log.warning("query %r: %d results within one day; only the first %d are reachable",
+                            query, total, self.result_cap)
+            yield (lo, hi), first
+            return
+        mid = (lo + hi) // 2
+        yield from self._windows(query, mid + 1, hi)
+        yield from self._windows(query, lo, mid)
+
+    def _pages(self, query: str, window, first: dict) -> Iterator[dict]:
+        """Photos of one window, page by page; stops where pages start repeating (the cap)."""
+        seen: set[str] = set()
+        page, reply = 1, first
+        while True:
+            photos = reply.get("photo") or []
+            fresh = [p for p in photos if str(p.get("id")) not in seen]
+            if not fresh:
+                return
+            seen.update(str(p["id"]) for p in fresh)
+            yield from fresh
+            pages = as_int(reply.get("pages")) or 0
+            if page >= pages or page * self.settings.per_page >= self.result_cap:
+                return
+            page += 1
+            reply = self._search_page(query, page, window)
+
+    def search(self, query: str, target: Target) -> Iterator[Found]:
+        """Every photo a query reaches, as `Found` records, lazily (one API call per page)."""
+        first = self._search_page(query, 1, None)
+        total = as_int(first.get("total")) or 0
+        if total <= self.result_cap:
+            windows = iter([(None, first)])
+        else:
+            log.info("query %r has %d results (> %d cap): splitting by upload date", query, total, self.result_cap)
+            windows = self._windows(query, FLICKR_EPOCH, int(time.time()) + DAY)
+        for window, page1 in windows:
+            for photo in self._pages(query, window, page1):
+                found = self.to_found(photo, query, target)
+                if found is not None:
+                    yield found
+
+    def to_found(self, photo: dict, query: str, target: Target) -> Found | None:
+        license_id = as_int(photo.get("license"))
+        allowed = self.settings.licenses
+        if allowed != "any" and license_id not in allowed:
+            log.debug("photo %s: licence %s not allowed (a server ignored the filter)", photo.get("id"), license_id)
+            return None
+        url = size_key = None
+        width = height = None
+        for key in self.settings.sizes:        # preferred first, fall back in order
+            if photo.get(key):
+                url, size_key = str(photo[key]), key
+                suffix = key.removeprefix("url_")
+                width, height = as_int(photo.get(f"width_{suffix}")), as_int(photo.get(f"height_{suffix}"))
+                break
+        return Found(
+            source=self.name, photo_id=str(photo["id"]), purpose=target.purpose, label=target.label,
+            query=query, url=url, size_key=size_key, width=width, height=height,
+            license_id=license_id, license_name=self.license_names.get(license_id) if license_id is not None else None,
+            owner=str(photo.get("owner") or ""), owner_name=str(photo.get("ownername") or ""),
+            title=str(photo.get("title") or ""), date_taken=photo.get("datetaken") or None,
+            date_upload=as_int(photo.get("dateupload")), tags=str(photo.get("tags") or ""))

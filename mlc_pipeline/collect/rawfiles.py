@@ -1,0 +1,77 @@
+"""Where downloaded files go under raw/, their temp files, and the leftovers of killed downloads;
+and what a failed write means (a full or read-only disk stops the run: `StorageError`)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import requests
+
+from mlc_pipeline.fsutil import remove_dead_leftovers
+
+
+class StorageError(Exception):
+    """Images cannot be written (disk full, read-only, no permission...): every later image would
+    fail the same way, so the run stops instead of burning through the search results."""
+
+
+WRITE_PROBLEMS = {
+    errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied", errno.EFBIG: "the file size limit was reached",
+    errno.EXDEV: "a rename across file systems", errno.EIO: "an I/O error of the disk",
+}
+
+
+def storage_error(exc: OSError, folder: Path) -> StorageError:
+    what = WRITE_PROBLEMS.get(exc.errno, exc.strerror or type(exc).__name__)
+    code = errno.errorcode.get(exc.errno, "?") if exc.errno else type(exc).__name__
+    return StorageError(f"cannot write images to {folder}: {what} ({code}); free space or fix the folder, "
+                        f"then rerun the same command (downloads that finished are recorded)")
+
+
+def shard_dir(raw_dir: Path, photo_id: str) -> Path:
+    return raw_dir / photo_id[-2:].rjust(2, "_")
+
+
+def final_path(raw_dir: Path, photo_id: str, ext: str) -> Path:
+    return shard_dir(raw_dir, photo_id) / f"{photo_id}.{ext}"
+
+
+def temp_path(raw_dir: Path, photo_id: str) -> Path:
+    """Beside its final path (same folder, so the same file system: the rename never hits EXDEV);
+    hidden, and named by the writing process so a later run can tell whether it is stale."""
+    return shard_dir(raw_dir, photo_id) / f".{photo_id}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part"
+
+
+def clean_stale_temp(root: Path) -> int:
+    """Remove partial files (`*.part`) of download processes that are no longer alive (killed runs):
+    the hidden ones beside the images, and those of older versions in <pid>-<hex> folders."""
+    if not root.exists():
+        return 0
+
+    def writer(f: Path) -> str:
+        return (f.name.split(".")[-2] if f.name.startswith(".") else f.parent.name).split("-")[0]
+
+    removed = len(remove_dead_leftovers(root.rglob("*.part"), writer, spare_own=False))
+    for d in root.iterdir():         # the empty <pid>-<hex> folders older versions wrote into
+        if d.is_dir() and "-" in d.name and d.name.split("-")[0].isdigit() and not any(d.iterdir()):
+            d.rmdir()
+    return removed
+
+
+@contextmanager
+def disk_errors(folder: Path) -> Iterator[None]:
+    """Turn an OSError of a local file operation into a StorageError naming the folder. Network
+    errors (requests' exceptions are OSErrors too) pass through unchanged."""
+    try:
+        yield
+    except requests.RequestException:
+        raise
+    except OSError as exc:
+        raise storage_error(exc, folder) from None

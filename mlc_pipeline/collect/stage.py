@@ -1,0 +1,377 @@
+"""Collect: search -> catalog -> download, until every class, "other", probe and pool set has its count.
+
+`count` is a count of *usable* images (accepted by curation). A set's images that curation rejected
+or removed as duplicates do not count, so a collect after a curate tops the set up from further
+search results; `collect_in_rounds` (pipeline.collect_and_curate, what `mlc run` and the flow use) alternates the two until no
+set is short or no short set can get more, and says by how much each set fell short.
+
+Resumable: search results and download outcomes are committed to the catalog as they happen, and a
+rerun only downloads what is still missing (candidates left pending, transient failures, files gone
+from disk). Killing a run at any point and rerunning gives the same catalog as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from tqdm import tqdm
+
+from mlc_pipeline.catalog import Catalog, Found, merge_labels, run_end_status
+from mlc_pipeline.config import Config
+from mlc_pipeline.collect.download import Downloader, DownloadJob
+from mlc_pipeline.collect.rawfiles import clean_stale_temp
+from mlc_pipeline.collect.flickr import FlickrSource, Target
+from mlc_pipeline.secrets import flickr_credentials, install_log_redaction
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CollectSummary:
+    run_id: str
+    api_calls: int = 0
+    found_new: int = 0
+    downloaded: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    shortfall: dict[str, int] = field(default_factory=dict)   # "purpose/label" -> usable images missing
+    max_connections_per_host: dict[str, int] = field(default_factory=dict)
+    exhausted: list[str] = field(default_factory=list)        # sets whose queries ran dry
+    rounds: int = 1                                           # collect -> curate rounds (collect_in_rounds)
+    short: list[str] = field(default_factory=list)            # one line per short set, for people
+    seconds: dict[str, float] = field(default_factory=dict)   # collect / curate time (collect_in_rounds)
+
+
+def targets(cfg: Config) -> list[tuple[Target, list[str], int]]:
+    """Every set to collect: (target, queries, count). Classes first, so a photo found by a class
+    query and an "other" query ends up a class image."""
+    out = [(Target("train", name), qs.queries, qs.count) for name, qs in cfg.classes.items()]
+    out.append((Target("train", "other"), cfg.other.queries, cfg.other.count))
+    if cfg.probe:
+        out.append((Target("probe", "other"), cfg.probe.queries, cfg.probe.count))
+    if cfg.mine.pool:
+        out.append((Target("pool", "other"), cfg.mine.pool.queries, cfg.mine.pool.count))
+    return out
+
+
+def set_key(target: Target) -> str:
+    return f"{target.purpose}/{target.label}"
+
+
+def set_name(target: Target) -> str:
+    """How reports name a set: the class, 'other', 'probe' or 'mine pool'."""
+    return {"probe": "probe", "pool": "mine pool"}.get(target.purpose, target.label)
+
+
+MIN_USABLE_RATE = 0.2     # plan at most 5 downloads per missing usable image in one round (a small
+#                           first sample can make a set look worse than it is; later rounds correct)
+
+
+def usable_rate(tally: dict) -> float:
+    """The share of a set's curated downloads that curation accepted (1.0 before any curation)."""
+    curated = tally["accepted"] + sum(tally["rejected"].values()) + sum(tally["duplicate"].values())
+    return max(MIN_USABLE_RATE, tally["accepted"] / curated) if curated else 1.0
+
+
+def usable_needed(tally: dict, count: int) -> float:
+    """Usable images a set still lacks: downloads not curated yet count at the set's usable rate."""
+    return round(count - tally["accepted"] - tally["downloaded"] * usable_rate(tally), 6)
+
+
+@contextmanager
+def open_source(cfg: Config) -> Iterator[tuple[FlickrSource, list[str]]]:
+    """The configured source and the image hosts it may download from.
+
+    `source.kind: local` starts the bundled Flickr-compatible server on loopback for the duration."""
+    s = cfg.source
+    if s.kind == "flickr":
+        yield FlickrSource(s, flickr_credentials(local=False), "flickr", result_cap=s.result_cap), s.allowed_hosts
+        return
+    from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
+    world = WorldSpec(kind="folder" if s.local.folder else "default", seed=s.local.seed, scale=s.local.scale,
+                      folder=s.local.folder, query_map=dict(s.local.query_map), result_cap=s.local.result_cap)
+    with FlickrServer(world, FaultSpec.parse(s.local.faults), host="127.0.0.1", port=s.local.port) as srv:
+        source = FlickrSource(s, flickr_credentials(local=True), "local", rest_url=srv.rest_url,
+                              result_cap=s.local.result_cap, static_host=srv.static_host)
+        yield source, [srv.static_host, *s.allowed_hosts]
+
+
+def interleave(streams: list[Iterator[Found]]) -> Iterator[Found]:
+    """Round-robin over streams, one item at a time, until all are exhausted."""
+    live = list(streams)
+    while live:
+        for stream in list(live):
+            item = next(stream, None)
+            if item is None:
+                live.remove(stream)
+            else:
+                yield item
+
+
+def gains_label(known: dict | None, found: Found) -> bool:
+    """Does recording `found` give its target one more candidate? A new photo does; a known one does
+    when the merge adds the target's label (a photo of two classes found by the second class query)."""
+    if known is None:
+        return True
+    if known["purpose"] != found.purpose or known["status"] in ("failed", "skipped"):
+        return False
+    return found.label not in known["label"].split() and found.label in merge_labels(known["label"], found.label).split()
+
+
+class Collector:
+    def __init__(self, cfg: Config, catalog: Catalog, source: FlickrSource, allowed_hosts: list[str],
+                 progress: bool = True, on_progress: Callable[[int, int], None] | None = None):
+        self.cfg, self.catalog, self.source = cfg, catalog, source
+        self.downloader = Downloader(cfg.source, allowed_hosts, cfg.layout.raw(source.name),
+                                     cfg.layout.legacy_downloads)
+        self.progress = progress
+        self.on_progress = on_progress
+        self.streams: dict[str, Iterator[Found]] = {}   # set key -> its search, where it stopped
+        self.exhausted: set[str] = set()                 # set keys whose queries ran dry
+
+    def pending(self, target: Target, limit: int) -> list[dict]:
+        rows = self.catalog.candidates("source=? AND purpose=? AND status='pending'",
+                                       (self.source.name, target.purpose))
+        return [r for r in rows if target.label in r["label"].split()][:limit]
+
+    def search_more(self, results: Iterator[Found], wanted: int, run_id: str) -> tuple[int, bool]:
+        """Pull search results until `wanted` more candidates hold the target's label.
+        Returns (gained, exhausted)."""
+        gained, batch = 0, []
+        for found in results:
+            known = self.catalog.get_by_photo(found.source, found.photo_id)
+            batch.append(found)           # known photos are recorded too: their query and labels merge
+            gained += gains_label(known, found)
+            if len(batch) >= 100:
+                self.catalog.upsert_found(batch, run_id)
+                batch = []
+            if gained >= wanted:
+                break
+        else:
+            self.catalog.upsert_found(batch, run_id)
+            return gained, True
+        self.catalog.upsert_found(batch, run_id)
+        return gained, False
+
+    def collect_target(self, target: Target, queries: list[str], count: int, run_id: str,
+                       summary: CollectSummary) -> None:
+        key = set_key(target)
+        # One stream, queries taking turns item by item: the order never depends on where an
+        # earlier run stopped, so a resumed run records exactly what an uninterrupted one would.
+        # The stream is kept for the next top-up round, which goes on from where this one stopped.
+        if key not in self.streams:
+            self.streams[key] = interleave([self.source.search(q, target) for q in queries])
+        results = self.streams[key]
+        summary.shortfall.pop(key, None)
+        while True:
+            tally = self.catalog.set_tally(target.purpose, target.label)
+            need = usable_needed(tally, count)
+            if need <= 0:
+                return
+            # Plan enough downloads for `need` usable images at the rate curation accepted this set.
+            want = math.ceil(need / usable_rate(tally))
+            jobs = self.pending(target, want)
+            if len(jobs) < want and key not in self.exhausted:
+                added, exhausted = self.search_more(results, want - len(jobs), run_id)
+                summary.found_new += added
+                if exhausted:
+                    self.exhausted.add(key)
+                continue
+            if not jobs:
+                summary.shortfall[key] = math.ceil(need)
+                log.warning("%s: queries exhausted with %d usable images expected of %d", key,
+                            count - math.ceil(need), count)
+                return
+            self.download(jobs, run_id, summary, key)
+
+    def download(self, rows: list[dict], run_id: str, summary: CollectSummary, what: str) -> None:
+        jobs = [DownloadJob(r["id"], r["photo_id"], self.source.current_url(r["url"])) for r in rows]
+        bar = tqdm(total=len(jobs), desc=f"download {what}", unit="img", disable=not self.progress, leave=False)
+        done = 0
+
+        def record(res) -> None:
+            nonlocal done
+            if res.ok:
+                self.catalog.set_status(res.cid, "downloaded", None, run_id, "download", attempts=res.attempts,
+                                        file_path=str(res.path), bytes=res.bytes, sha256=res.sha256,
+                                        content_type=res.content_type)
+                summary.downloaded += 1
+            else:
+                self.catalog.set_status(res.cid, "failed", res.reason, run_id, "download", attempts=res.attempts)
+                key = res.reason.split(":")[0] if res.reason.startswith("transient") else res.reason.split("=")[0]
+                summary.failed[key] = summary.failed.get(key, 0) + 1
+            done += 1
+            bar.update(1)
+            if self.on_progress:
+                self.on_progress(done, len(jobs))
+
+        try:
+            # Ctrl-C or a write error: the downloader still records what finished, then re-raises.
+            self.downloader.run_into(jobs, record)
+        finally:
+            bar.close()
+
+    def collect_all(self, summary: CollectSummary) -> None:
+        for target, queries, count in targets(self.cfg):
+            self.collect_target(target, queries, count, summary.run_id, summary)
+        summary.exhausted = sorted(self.exhausted)
+
+    def requeue(self, run_id: str) -> int:
+        """Make resumable what a previous run left: transient failures and files gone from disk."""
+        n = 0
+        for r in self.catalog.candidates("source=? AND status='failed' AND reason LIKE 'transient:%'",
+                                         (self.source.name,)):
+            self.catalog.set_status(r["id"], "pending", None, run_id, "resume")
+            n += 1
+        for r in self.catalog.candidates("source=? AND status='downloaded'", (self.source.name,)):
+            if not r["file_path"] or not Path(r["file_path"]).exists():
+                self.catalog.set_status(r["id"], "pending", "file-missing", run_id, "resume")
+                n += 1
+        return n
+
+
+TOPUP_ROUNDS = 5          # collect -> curate rounds of `collect_in_rounds` at most
+
+
+@dataclass
+class Shortfall:
+    """A set with fewer usable images than its count, and where the others went."""
+
+    set: str                  # as reports name it: a class, 'other', 'probe' or 'mine pool'
+    key: str                  # purpose/label
+    usable: int
+    count: int
+    why: str
+    rejected: dict[str, int]  # curation's reasons
+    duplicates: int
+    failed: dict[str, int]    # downloads that failed or were skipped, by reason
+    awaiting: int             # downloaded, not curated yet
+
+    def line(self) -> str:
+        parts = [self.why]
+        if self.rejected:
+            parts.append(f"{sum(self.rejected.values())} rejected: " + ", ".join(
+                f"{reason} {n}" for reason, n in sorted(self.rejected.items(), key=lambda x: (-x[1], x[0]))))
+        if self.duplicates:
+            parts.append(f"{self.duplicates} duplicates removed")
+        if self.failed:
+            parts.append(f"{sum(self.failed.values())} not downloaded: " + ", ".join(
+                f"{reason} {n}" for reason, n in sorted(self.failed.items(), key=lambda x: (-x[1], x[0]))))
+        return f"{self.set}: {self.usable} of {self.count} usable ({'; '.join(parts)})"
+
+
+def shortfalls(cfg: Config, catalog: Catalog, exhausted: list[str] | set[str] = (),
+               unfinished: str = "not topped up yet: run `mlc collect` and `mlc curate` again, or `mlc run`"
+               ) -> list[Shortfall]:
+    """Every set with fewer accepted images than its count. `exhausted`: the sets whose queries ran
+    dry; `unfinished` says why the others are short."""
+    out = []
+    for target, _, count in targets(cfg):
+        tally = catalog.set_tally(target.purpose, target.label)
+        if tally["accepted"] >= count:
+            continue
+        key = set_key(target)
+        if key in exhausted and not tally["downloaded"] and not tally["pending"]:
+            why = "queries exhausted"
+        elif tally["downloaded"]:
+            why = f"{tally['downloaded']} downloads not curated yet: run `mlc curate`"
+        else:
+            why = unfinished
+        failed = dict(tally["failed"])
+        for reason, n in tally["skipped"].items():
+            failed[reason] = failed.get(reason, 0) + n
+        out.append(Shortfall(set_name(target), key, tally["accepted"], count, why, dict(tally["rejected"]),
+                             sum(tally["duplicate"].values()), failed, tally["downloaded"]))
+    return out
+
+
+def last_exhausted(catalog: Catalog) -> list[str]:
+    """The sets whose queries ran dry in the latest completed collect run."""
+    for run in catalog.runs(100):
+        if run["command"] == "collect" and run["status"] == "completed":
+            return list(json.loads(run["summary"] or "{}").get("exhausted", []))
+    return []
+
+
+@contextmanager
+def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int], None] | None
+                    ) -> Iterator[tuple[Catalog, Collector, CollectSummary]]:
+    """The catalog, a collector on the configured source and the run's summary, recorded as one
+    collect run (completed with the summary as it stands when the block ends)."""
+    install_log_redaction()
+    clean_stale_temp(cfg.layout.raw())
+    clean_stale_temp(cfg.layout.legacy_downloads)      # where versions before 2026-12 wrote them
+    with Catalog(cfg.catalog_path) as catalog, open_source(cfg) as (source, hosts):
+        run_id = catalog.start_run("collect")
+        summary = CollectSummary(run_id)
+        try:
+            catalog.save_licenses(source.licenses())
+            collector = Collector(cfg, catalog, source, hosts, progress, on_progress)
+            requeued = collector.requeue(run_id)
+            if requeued:
+                log.info("resuming: %d candidates to retry from earlier runs", requeued)
+            yield catalog, collector, summary
+            summary.api_calls = source.api_calls
+            summary.max_connections_per_host = dict(collector.downloader.max_in_flight)
+        except BaseException as exc:
+            catalog.finish_run(run_id, run_end_status(exc), {"error": type(exc).__name__, **summary.__dict__})
+            raise
+        catalog.finish_run(run_id, "completed", summary.__dict__)
+
+
+def collect(cfg: Config, progress: bool = True, on_progress: Callable[[int, int], None] | None = None
+            ) -> CollectSummary:
+    """One pass over every set. Images curation rejected or removed do not count; downloads not
+    curated yet count at the rate curation accepted the set's earlier ones, so rerunning
+    collect + curate converges on `count` usable images per set."""
+    with collect_session(cfg, progress, on_progress) as (catalog, collector, summary):
+        collector.collect_all(summary)
+    return summary
+
+
+def collect_in_rounds(cfg: Config, curate: Callable[[Config], Any], progress: bool = True,
+                      on_progress: Callable[[int, int], None] | None = None, max_rounds: int = TOPUP_ROUNDS):
+    """Collect and `curate` in rounds until every set has `count` usable images, or no short set can
+    get more (its queries ran dry), or `max_rounds` ran. Each round's searches go on from where the
+    previous round's stopped; photos already in the catalog are never downloaded again. (`curate` is
+    passed in, curate.curate in practice: collect itself knows nothing of curation.)
+
+    Returns (CollectSummary, the last round's CurateSummary); `summary.short` holds one line per set
+    that fell short."""
+    curated = None
+    seconds = {"collect": 0.0, "curate": 0.0}
+    with collect_session(cfg, progress, on_progress) as (catalog, collector, summary):
+        inspected = 0
+        for round_no in range(1, max_rounds + 1):
+            summary.rounds = round_no
+            before, started = summary.downloaded, time.monotonic()
+            collector.collect_all(summary)
+            seconds["collect"] += time.monotonic() - started
+            if curated is not None and summary.downloaded == before:
+                break                   # nothing new to curate: another round would change nothing
+            started = time.monotonic()
+            curated = curate(cfg)
+            seconds["curate"] += time.monotonic() - started
+            inspected += curated.inspected
+            short = shortfalls(cfg, catalog, collector.exhausted, unfinished="topping up")
+            if not short:
+                break
+            if all(s.why == "queries exhausted" for s in short):
+                break
+            log.info("round %d: %d sets short of usable images; topping up: %s", round_no, len(short),
+                     "; ".join(s.line() for s in short))
+        curated.inspected = inspected
+        final = shortfalls(cfg, catalog, collector.exhausted,
+                           unfinished=f"still short after {summary.rounds} collect/curate rounds: rerun to top up")
+        summary.shortfall = {s.key: s.count - s.usable for s in final}
+        summary.short = [s.line() for s in final]
+        summary.seconds = {k: round(v, 1) for k, v in seconds.items()}
+        for line in summary.short:
+            log.warning("short set: %s", line)
+    return summary, curated

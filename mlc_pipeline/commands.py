@@ -1,0 +1,226 @@
+"""The `mlc` sub-commands, one function each: a thin shell over a library function that prints what
+it did. Parsing, logging and turning errors into one-line messages is cli.py's job."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import sys
+from pathlib import Path
+
+from mlc_pipeline.config import ConfigError, load_config, parse_overrides
+from mlc_pipeline.dataset.build import VersionDamaged
+from mlc_pipeline.fsutil import sha256_file
+
+log = logging.getLogger("mlc")
+
+
+def writing(cfg, args):
+    """The data root's write lock for this command: wait for another writer, or fail with --no-wait."""
+    from mlc_pipeline.locking import data_root_lock
+    return data_root_lock(cfg.data_dir, f"mlc {args.command}", wait=not args.no_wait)
+
+
+def cmd_collect(args) -> int:
+    from mlc_pipeline.collect.stage import collect
+    cfg = load_config(args.config, parse_overrides(args.set))
+    with writing(cfg, args):
+        summary = collect(cfg, progress=not args.no_progress)
+    print(json.dumps(summary.__dict__, indent=2, default=str))
+    return 0
+
+
+def cmd_curate(args) -> int:
+    from mlc_pipeline.curate.stage import curate
+    cfg = load_config(args.config, parse_overrides(args.set))
+    with writing(cfg, args):
+        summary = curate(cfg)
+    print(json.dumps(summary.__dict__, indent=2, default=str))
+    return 0
+
+
+def cmd_build(args) -> int:
+    from mlc_pipeline.dataset.build import build_dataset
+    cfg = load_config(args.config, parse_overrides(args.set))
+    with writing(cfg, args):
+        res = build_dataset(cfg, repair=args.repair)
+    state = ("published" if res.published else
+             "unchanged (identical to the latest version, its files verified; not published again)")
+    print(f"dataset {res.name} {res.version}: {state}\n  {res.path}\n  {res.counts['images']} images")
+    return 0
+
+
+def dataset_dir(cfg, version: str | None):
+    from mlc_pipeline.manifest import latest_version
+    root = cfg.layout.datasets
+    version = version or latest_version(root)
+    if not version or not (root / version / "manifest.csv").exists():
+        raise ConfigError(f"no dataset version {version or ''} under {root}: run `mlc build` first")
+    return root / version
+
+
+def cmd_train(args) -> int:
+    cfg = load_config(args.config, parse_overrides(args.set))
+    with writing(cfg, args):          # before importing torch: --no-wait answers at once
+        from mlc_pipeline.dataset.build import verify_version
+        verify_version(dataset_dir(cfg, args.version))     # a damaged version: one line, before torch loads
+        from mlc_pipeline.model.variants import train_alternatives, train_version
+        from mlc_pipeline.report.model import bundle_network_line, per_class_markdown
+        from mlc_pipeline.report.tables import pct
+        res = train_version(cfg, dataset_dir(cfg, args.version))
+        test = res.metrics["test"]
+        print(f"model bundle: {res.bundle_dir}\nnetwork: {bundle_network_line(res.bundle_dir)}\n" +
+              per_class_markdown(test) +
+              f"macro F1 {test['macro_f1']:.3f}; unknown accepted: test other {pct(test['unknown_accepted'])}, "
+              f"probe {pct(test['probe_accepted'])}")
+        if args.alternatives:
+            from mlc_pipeline.report.tables import compare_table
+            alts = train_alternatives(cfg, dataset_dir(cfg, args.version))
+            print(compare_table([(res.variant, test)] + [(k, v["test"]) for k, v in alts.items()]))
+    return 0
+
+
+def cmd_mine(args) -> int:
+    cfg = load_config(args.config, parse_overrides(args.set))
+    with writing(cfg, args):          # before importing torch: --no-wait answers at once
+        from mlc_pipeline.model.mine import mine_round, undo_round
+        from mlc_pipeline.model.variants import latest_model
+        if args.undo:
+            changed = undo_round(cfg, args.round, args.photo_id or None)
+            print(f"round {args.round}: {changed} mined or held pool images put back into the pool "
+                  f"(the next `mlc build` leaves them out)")
+            return 0
+        bundle = args.model or latest_model(cfg)
+        if bundle is None:
+            raise ConfigError("no model yet: run `mlc train` first (or pass --model BUNDLE)")
+        res = mine_round(cfg, bundle, args.round)
+    print(f"round {res.round}: scored {res.scored} pool images, {res.added} hard negatives added "
+          f"(next `mlc build` includes them), {len(res.held)} held for review, {res.over_cap} over the round's cap; "
+          f"every decision with its score in {bundle}/mined.csv (undo: `mlc mine --undo --round {res.round}`); "
+          f"{len(res.review)} class images listed for review in {bundle}/review.csv")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from mlc_pipeline.model.predict import predict_paths
+    from mlc_pipeline.model.bundle import BundleError, load_bundle
+    try:
+        bundle = load_bundle(args.bundle)
+    except BundleError as exc:
+        print(f"mlc: {exc}", file=sys.stderr)
+        return 2
+    preds = predict_paths(bundle, args.images, max_pixels=args.max_pixels)
+    failed = sum(p.error is not None for p in preds)
+    if args.json:
+        print(json.dumps([p.__dict__ for p in preds], indent=2, default=str))
+        return 1 if failed else 0
+    for p in preds:
+        if p.error:
+            print(f"{p.path}: error: {p.error}")
+        elif p.none_of:
+            print(f"{p.path}: none of: {', '.join(bundle.classes)}")
+        else:
+            print(f"{p.path}: " + ", ".join(f"{c} ({prob:.2f})" for c, prob in p.labels))
+    if failed:
+        print(f"mlc: {failed} of {len(preds)} images could not be scored (listed above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_run(args) -> int:
+    from mlc_pipeline.pipeline import run_pipeline
+    from mlc_pipeline.report.model import rounds_markdown
+    from mlc_pipeline.model.variants import check_train_settings
+    cfg = load_config(args.config, parse_overrides(args.set))
+    check_train_settings(cfg)         # before waiting for the lock, and before collecting
+    with writing(cfg, args):
+        res = run_pipeline(cfg, progress=not args.no_progress)
+    print(rounds_markdown(res))
+    from mlc_pipeline.model.variants import models_root
+    from mlc_pipeline.report.model import data_warnings
+    print("\n".join(data_warnings(res, models_root(cfg))) or "every set has its count of usable images")
+    print(f"stage seconds: {res.seconds}\nreport: {res.report}")
+    return 0
+
+
+def cmd_weights(args) -> int:
+    """Pre-fetch torchvision's ImageNet weights (for copying to machines without internet), or list the cache."""
+    from mlc_pipeline.model import weights as w
+    if args.action == "list":
+        rows = w.cached_weights([args.arch] if args.arch else None)
+        if not args.all and not args.arch:
+            rows = [r for r in rows if r["cached"] or r["arch"] == w.RECIPES["pretrained"]["arch"]]
+        print(f"torch hub cache: {w.hub_checkpoints_dir()}")
+        for r in rows:
+            print(f"{r['arch']:<22} {'cached ' if r['cached'] else 'missing'}  {r['weights']:<40} {Path(r['file']).name}")
+        return 0
+    arch = args.arch or w.RECIPES["pretrained"]["arch"]
+    try:
+        weights = w.imagenet_weights(arch)
+        cached = w.cache_path(weights, args.dest)
+        if cached.is_file():
+            path = cached
+        else:  # torch.hub announces the download on stdout; failing, one line on stderr says it all
+            with contextlib.redirect_stdout(io.StringIO()):
+                path = w.download(weights, args.dest, progress=True, timeout=args.timeout)
+    except (ValueError, w.WeightsUnavailable) as exc:
+        print(f"mlc weights fetch: {arch}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{w.weights_name(weights)}\n{path}\nsha256 {sha256_file(path)}")
+    return 0
+
+
+def cmd_remove(args) -> int:
+    from mlc_pipeline.curate.takedown import remove_photos
+    cfg = load_config(args.config, parse_overrides(args.set))
+    try:
+        res = remove_photos(cfg, args.reason, photo_id=args.photo_id, owner=args.owner, query=args.query)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if not res.removed and not res.already_removed:
+        print("mlc: no candidate in the catalog matches; nothing removed", file=sys.stderr)
+        return 2
+    print(f"removed {len(res.removed)} photo(s) (reason: {args.reason.strip()}); {len(res.files_deleted)} file(s) "
+          f"deleted from raw/ and the quarantine" +
+          (f"; {len(res.already_removed)} already removed" if res.already_removed else ""))
+    for r in res.removed:
+        print(f"  {r['source']}:{r['photo_id']}  owner {r['owner_name'] or r['owner'] or '?'}  was {r['status']}")
+    if res.published_in:
+        print("published versions that still contain them (rebuild with `mlc build`, or withdraw them):")
+        for version, ids in res.published_in.items():
+            print(f"  {version}: {len(ids)} photo(s): {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}")
+    else:
+        print("no published version contains them")
+    return 0
+
+
+def cmd_serve_flickr(args) -> int:
+    from mlc_pipeline.flickr_server import serve_main
+    return serve_main(args.rest)
+
+
+def cmd_inspect(args) -> int:
+    """Read-only (no lock). The version shown is verified too: a damaged one is reported after the
+    summary, as one line, with exit code 3."""
+    from mlc_pipeline.dataset.build import verify_version
+    from mlc_pipeline.manifest import latest_version
+    from mlc_pipeline.report.inspect import inspect_main
+    cfg = load_config(args.config, parse_overrides(args.set))
+    root = cfg.layout.datasets
+    version = args.version or latest_version(root)
+    damage = None
+    if version and (root / version / "dataset.json").exists():
+        try:
+            verify_version(root / version)
+        except VersionDamaged as exc:
+            damage = exc
+            if not (root / version / "manifest.csv").exists():
+                raise                       # nothing to summarise
+    rc = inspect_main(cfg, args)
+    if damage:
+        raise damage
+    return rc
+
+

@@ -1,0 +1,237 @@
+"""One pass per file: read once, sha256 the bytes, verify, perceptual-hash from the same decode.
+
+The perceptual hash is imagehash's 64-bit DCT `phash`, written as 16 hex digits. It is computed on
+the image as a viewer shows it (EXIF orientation applied, transparency on white) and from a small
+greyscale decode: JPEGs are decoded in libjpeg's draft mode (1/2..1/8 scale, luma only), other
+formats are box-reduced by the same power-of-two rule, so a photo hashes alike whatever its format
+or size. On the 398 fixture photos the draft hash differs from a full-decode `imagehash.phash` by
+0.3 bits on average (see docs/curation.md), and draft decoding still reads the whole entropy-coded
+stream, so truncated JPEGs are still rejected.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+import imagehash
+import numpy as np
+from PIL import Image
+
+from mlc_pipeline.curate.similarity import VIEW_CROPS, crop_view
+from mlc_pipeline.curate.verify import (ORIENTATION_TRANSPOSE, VerifyLimits, decode_checked, exif_orientation,
+                     read_limited, require_strict_decoding, to_rgb)
+
+log = logging.getLogger(__name__)
+
+# phash resizes to 32x32; decoding to >= 128 px on the short side keeps it within ~0.3 bits of a
+# full decode while skipping most of the IDCT work on large JPEGs.
+HASH_DECODE_SIDE = 128
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    path: str
+    ok: bool
+    reason: str | None          # verify.py reason code, None when ok
+    sha256: str | None          # of the file's bytes; None only when the file could not be read
+    phash: str | None           # 16 hex digits; None when not ok
+    n_bytes: int | None = None
+    format: str | None = None
+    mode: str | None = None
+    width: int | None = None    # after EXIF orientation
+    height: int | None = None
+    frames: int | None = None
+    view_hashes: str | None = None  # phashes of the centre crops in similarity.VIEW_CROPS, comma-separated
+
+
+def inspect_file(path: str | os.PathLike, limits: VerifyLimits = VerifyLimits()) -> FileRecord:
+    "sha256 + verification + phash of one file, from one read and one decode."
+    require_strict_decoding()  # a misconfigured process must fail loudly, not per file
+    path = os.fspath(path)
+    data, reason = read_limited(path, limits)
+    if data is None:
+        return FileRecord(path=path, ok=False, reason=reason, sha256=None, phash=None)
+    sha256 = hashlib.sha256(data).hexdigest()
+    side = HASH_DECODE_SIDE
+    try:
+        check, frame = decode_checked(data, limits, draft=("L", (side, side)))
+        hashes = view_phashes(frame, exif_orientation(frame)) if check.ok else [None]
+    except Exception as e:  # noqa: BLE001 -- last line of defence: one hostile file must not end a batch
+        return FileRecord(path=path, ok=False, reason=f"decode-error:{type(e).__name__}",
+                          sha256=sha256, phash=None, n_bytes=len(data))
+    return FileRecord(path=path, ok=check.ok, reason=check.reason, sha256=sha256, phash=hashes[0],
+                      n_bytes=len(data), format=check.format, mode=check.mode,
+                      width=check.width, height=check.height, frames=check.frames,
+                      view_hashes=",".join(hashes[1:]) if check.ok else None)
+
+
+def perceptual_hash(im: Image.Image, orientation: int = 1) -> str:
+    "64-bit phash (16 hex digits) of a loaded image, as displayed under EXIF `orientation`."
+    return str(imagehash.phash(_hash_grey(im, orientation)))
+
+
+def view_phashes(im: Image.Image, orientation: int = 1) -> list[str]:
+    """phash of the full image, then of each centre crop in `similarity.VIEW_CROPS`.
+
+    A copy cropped by c % per side matches the original's c % view: the crop views make the phash
+    search crop-robust (docs/curation.md, "Crops")."""
+    grey = _hash_grey(im, orientation)
+    return [str(imagehash.phash(crop_view(grey, c))) for c in (0.0, *VIEW_CROPS)]
+
+
+def _hash_grey(im: Image.Image, orientation: int) -> Image.Image:
+    grey = im if im.mode == "L" else to_rgb(im).convert("L")
+    factor = _reduce_factor(grey.size)
+    if factor > 1:  # box-reduce like JPEG draft does, so PNG and JPEG copies hash alike
+        grey = grey.reduce(factor)
+    if orientation in ORIENTATION_TRANSPOSE:
+        grey = grey.transpose(ORIENTATION_TRANSPOSE[orientation])
+    return grey
+
+
+def _reduce_factor(size: tuple[int, int]) -> int:
+    "Largest power of two that keeps both sides >= HASH_DECODE_SIDE (the JPEG draft rule, unbounded)."
+    factor = 1
+    while min(size) // (factor * 2) >= HASH_DECODE_SIDE:
+        factor *= 2
+    return factor
+
+
+# ---------------------------------------------------------------------------------------------
+# Parallel inspection
+
+
+def inspect_files(paths: Iterable[str | os.PathLike], limits: VerifyLimits = VerifyLimits(),
+                  workers: int | None = None, chunksize: int | None = None) -> list[FileRecord]:
+    """`inspect_file` over many paths on a process pool; results in input order.
+
+    Per-file errors become reasons inside `inspect_file`. If a worker process dies outright (a
+    decoder segfault, the OOM killer), the files it may have been holding are re-run one at a time
+    so the culprit is recorded as `decode-error:WorkerCrashed` and every other file still gets its
+    record.
+    """
+    require_strict_decoding()
+    paths = [os.fspath(p) for p in paths]
+    workers = workers or os.cpu_count() or 1
+    if workers <= 1 or len(paths) <= 1:
+        return [inspect_file(p, limits) for p in paths]
+    # Small chunks keep both workers busy to the end; 32 files amortise the inter-process overhead.
+    chunksize = chunksize or max(1, min(32, len(paths) // (workers * 4)))
+    chunks = [range(i, min(i + chunksize, len(paths))) for i in range(0, len(paths), chunksize)]
+    records: list[FileRecord | None] = [None] * len(paths)
+    lost = _run_chunks(paths, chunks, limits, workers, records)
+    _run_one_by_one(paths, lost, limits, records)
+    return records  # type: ignore[return-value]  # every slot is filled by now
+
+
+def _die_with_parent() -> None:
+    """Pool workers exit when the parent dies (kill -9 of the pipeline): forked workers share the
+    task pipe's write end, so without this they would wait on it forever."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL) != 0:      # PR_SET_PDEATHSIG
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+        if os.getppid() == 1:                      # the parent died before prctl took effect
+            os._exit(1)
+
+
+def new_pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, initializer=_die_with_parent)
+
+
+def _inspect_chunk(paths: Sequence[str], limits: VerifyLimits) -> list[FileRecord]:
+    return [inspect_file(p, limits) for p in paths]
+
+
+def _run_chunks(paths, chunks, limits, workers, records) -> list[int]:
+    "Run chunks with a bounded number in flight; return the file indices lost to a dead worker."
+    todo, lost, running = list(reversed(chunks)), [], {}
+    pool = new_pool(workers)
+    try:
+        while todo or running:
+            while todo and len(running) < 2 * workers:
+                chunk = todo.pop()
+                running[pool.submit(_inspect_chunk, [paths[i] for i in chunk], limits)] = chunk
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            broken = False
+            for fut in done:
+                chunk = running.pop(fut)
+                try:
+                    records[chunk.start:chunk.stop] = fut.result()
+                except BrokenProcessPool:
+                    lost.extend(chunk)  # this chunk, or one in flight beside it, killed a worker
+                    broken = True
+            if broken:  # every future of a broken pool fails; collect them and start a fresh pool
+                for fut, chunk in running.items():
+                    lost.extend(chunk)
+                running.clear()
+                pool.shutdown(wait=True, cancel_futures=True)
+                pool = new_pool(workers)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return sorted(lost)
+
+
+def _run_one_by_one(paths, indices, limits, records) -> None:
+    "Inspect suspects alone in a one-worker pool, so a crash is pinned on exactly one file."
+    if not indices:
+        return
+    pool = new_pool(1)
+    try:
+        for i in indices:
+            try:
+                (records[i],) = pool.submit(_inspect_chunk, [paths[i]], limits).result()
+            except BrokenProcessPool:
+                records[i] = FileRecord(path=paths[i], ok=False, reason="decode-error:WorkerCrashed",
+                                        sha256=None, phash=None)
+                pool.shutdown(wait=True)
+                pool = new_pool(1)
+    finally:
+        pool.shutdown(wait=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hash arithmetic
+
+
+def hex_to_uint64(hexes: Sequence[str]) -> np.ndarray:
+    "16-hex-digit hashes -> uint64 array (vectorised: one bytes.fromhex over the joined string)."
+    if len(hexes) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    if any(len(h) != 16 for h in hexes):
+        raise ValueError("every hash must be exactly 16 hex digits")
+    return np.frombuffer(bytes.fromhex("".join(hexes)), dtype=">u8").astype(np.uint64)
+
+
+def uint64_to_hex(values: np.ndarray) -> list[str]:
+    return [f"{v:016x}" for v in np.asarray(values, dtype=np.uint64).tolist()]
+
+
+def popcount64(x: np.ndarray) -> np.ndarray:
+    "Number of set bits of each uint64 (numpy >= 2 has a native ufunc; else a byte lookup table)."
+    x = np.asarray(x, dtype=np.uint64)
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x).astype(np.uint8)
+    table = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+    return table[x.view(np.uint8).reshape(*x.shape, 8)].sum(axis=-1, dtype=np.uint8)
+
+
+def hamming(a: str | int, b: str | int) -> int:
+    "Hamming distance of two 64-bit hashes given as hex strings or ints."
+    a = int(a, 16) if isinstance(a, str) else int(a)
+    b = int(b, 16) if isinstance(b, str) else int(b)
+    return (a ^ b).bit_count()
+
+
+def hamming_uint64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    "Element-wise (broadcasting) Hamming distances of uint64 arrays."
+    return popcount64(np.bitwise_xor(np.asarray(a, dtype=np.uint64), np.asarray(b, dtype=np.uint64)))

@@ -1,0 +1,258 @@
+"""Curate: verify every downloaded file, hash it, quarantine the bad, resolve duplicates.
+
+Verification and hashes are cached in the catalog against the file's sha256, so an unchanged file
+is never decoded twice. Duplicate resolution is recomputed on every run over everything that
+verified, because a new image can change which copy of a group is the best one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlc_pipeline.catalog import FILE_STATUSES, Catalog, run_end_status
+from mlc_pipeline.config import Config
+from mlc_pipeline.layout import DataLayout
+from mlc_pipeline.manifest import read_manifest, versions
+from mlc_pipeline.curate.dedup import DedupItem, resolve_duplicates, view_distance
+from mlc_pipeline.curate.hashing import hex_to_uint64, inspect_files
+from mlc_pipeline.curate.neardup import find_pairs
+from mlc_pipeline.curate.similarity import CONFIRM, FileSimilarity
+from mlc_pipeline.curate.verify import VerifyLimits
+
+log = logging.getLogger(__name__)
+PURPOSE_PRIORITY = ("train", "probe", "pool")   # a duplicate across purposes stays in the first
+
+
+@dataclass
+class CurateSummary:
+    run_id: str
+    inspected: int = 0
+    reused: int = 0
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)
+    conflicts: dict[str, int] = field(default_factory=dict)
+
+
+def limits_of(cfg: Config) -> VerifyLimits:
+    c = cfg.curate
+    return VerifyLimits(max_pixels=c.max_pixels, min_side=c.min_side, max_aspect=c.max_aspect,
+                        max_bytes=cfg.source.max_image_bytes)
+
+
+def quarantine(path: Path, data_dir: Path, reason: str) -> Path:
+    """Move a rejected file aside (never delete): data/quarantine/<reason>/<name>. A file outside
+    this data root (a catalog still naming another root's files) is never moved: it is not ours."""
+    if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(data_dir)):
+        log.warning("%s is outside the data root %s: rejected (%s) but left where it is", path, data_dir, reason)
+        return path
+    layout = DataLayout(data_dir)
+    folder = layout.quarantine(reason)
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / path.name
+    try:
+        os.replace(path, dest)
+    except FileNotFoundError:
+        # Another curate of the same data root moved it first (the data-root lock normally keeps
+        # them apart), perhaps under another reason: record where it really is; not an error.
+        moved = dest if dest.exists() else next(layout.quarantine().glob(f"*/{path.name}"), None)
+        if moved is None:
+            log.warning("%s is gone and not in %s either; recorded as quarantined there", path, folder)
+        return moved or dest
+    return dest
+
+
+def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str, summary: CurateSummary) -> None:
+    """Inspect the files whose cached results are missing or stale; quarantine the failures."""
+    # Rows hashed before the crop views existed (view_hashes NULL) are hashed again, once.
+    todo = [r for r in rows if r["hashed_sha256"] != r["sha256"] or r["hashed_sha256"] is None
+            or (r["verify_reason"] is None and r["view_hashes"] is None)]
+    summary.reused = len(rows) - len(todo)
+    paths = [r["file_path"] for r in todo]
+    records = inspect_files(paths, limits_of(cfg), workers=cfg.curate.workers) if paths else []
+    summary.inspected = len(records)
+    with catalog.transaction():
+        for row, rec in zip(todo, records):
+            fields = dict(phash=rec.phash, view_hashes=rec.view_hashes, img_width=rec.width, img_height=rec.height,
+                          verify_reason=rec.reason)
+            if rec.sha256 and rec.sha256 != row["sha256"]:
+                # The bytes on disk are the truth: a file recorded without a hash, or changed since
+                # its download, is judged (and deduplicated) by what it holds now.
+                if row["sha256"]:
+                    log.warning("candidate %s: file changed since download (sha256 %s..., was %s...)",
+                                row["id"], rec.sha256[:12], row["sha256"][:12])
+                fields["sha256"] = rec.sha256
+            fields["hashed_sha256"] = fields.get("sha256", row["sha256"])
+            catalog.update_fields(row["id"], **fields)
+            row.update(fields)
+            if rec.reason:
+                moved = quarantine(Path(row["file_path"]), cfg.data_dir, rec.reason)
+                catalog.set_status(row["id"], "rejected", rec.reason, run_id, "curate", file_path=str(moved))
+                row.update(status="rejected", reason=rec.reason, file_path=str(moved))
+
+
+def labels_of(row: dict) -> frozenset[str]:
+    return frozenset() if row["label"] == "other" else frozenset(row["label"].split())
+
+
+def dedup_item(r: dict) -> DedupItem:
+    return DedupItem(id=r["id"], labels=labels_of(r), sha256=r["sha256"], phash=r["phash"],
+                     pixels=(r["img_width"] or 0) * (r["img_height"] or 0), first_seen=r["first_seen_at"],
+                     view_hashes=tuple(r["view_hashes"].split(",")) if r.get("view_hashes") else ())
+
+
+def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = None
+            ) -> dict[int, tuple[str, str | None, int | None, str | None]]:
+    """Decide every verified row: id -> (status, reason, duplicate_of, curated_label).
+
+    `published_tests`: test images of published dataset versions (`published_test_images`); a
+    train or pool row that duplicates one of them is dropped as `*-duplicate-of-test`.
+    """
+    threshold = cfg.curate.hamming_threshold
+    confirm = FileSimilarity({r["id"]: r["file_path"] for r in rows})
+    ids = set(confirm.paths)
+    decisions: dict[int, tuple] = {}
+    if published_tests:
+        confirm.paths.update({("test", k): t["file_path"] for k, t in enumerate(published_tests)})
+        tests = [dict(t, id=("test", k)) for k, t in enumerate(published_tests)]
+        # The published test photos themselves stay: their split is fixed by their photo id.
+        test_photos = {(t["source"], t["photo_id"]) for t in tests}
+        exposed = [r for r in rows if r["purpose"] in ("train", "pool")     # pool feeds hard-negative mining
+                   and (r["source"], r["photo_id"]) not in test_photos]
+        for rid, (tid, dist, kind) in cross_duplicates(tests, exposed, threshold, confirm).items():
+            t = tests[tid[1]]
+            keeper = t["candidate_id"] if t["candidate_id"] in ids else None   # None: no longer in this catalog
+            decisions[rid] = ("duplicate", f"{kind}-duplicate-of-test:{t['version']}:d={dist}", keeper, None)
+        rows = [r for r in rows if r["id"] not in decisions]
+    by_purpose: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_purpose[r["purpose"]].append(r)
+    kept_higher: list[dict] = []     # kept rows of purposes earlier in PURPOSE_PRIORITY
+    for purpose in PURPOSE_PRIORITY:
+        group = by_purpose.get(purpose, [])
+        if not group:
+            continue
+        # Across purposes first: a probe or pool image that duplicates a training image would leak.
+        if kept_higher:
+            dup_of = cross_duplicates(kept_higher, group, threshold, confirm)
+            for rid, (kid, dist, kind) in dup_of.items():
+                decisions[rid] = ("duplicate", f"{kind}-duplicate-of-{purpose_of(kept_higher, kid)}:d={dist}", kid, None)
+            group = [r for r in group if r["id"] not in dup_of]
+        result = resolve_duplicates([dedup_item(r) for r in group], threshold, confirm=confirm)
+        conflicts = {i: f"conflict:{res}" for ids, _, res in result.conflicts for i in ids}
+        for (a, b), _, dist, score in result.reviews:   # kept, but a person should look at them
+            for me, other in ((a, b), (b, a)):
+                conflicts.setdefault(me, f"review:label-conflict:with={other}:d={dist}:s={score:.2f}")
+        for r in group:
+            rid = r["id"]
+            if rid in result.duplicates:
+                kid, kind, dist = result.duplicates[rid]
+                decisions[rid] = ("duplicate", f"{kind}-duplicate:d={dist}", kid, None)
+            else:
+                labels = result.kept[rid]
+                label = " ".join(sorted(labels)) if labels else "other"
+                decisions[rid] = ("accepted", conflicts.get(rid), None, label)
+                kept_higher.append(r)
+    return decisions
+
+
+def purpose_of(rows: list[dict], rid: int) -> str:
+    return next(r["purpose"] for r in rows if r["id"] == rid)
+
+
+def cross_duplicates(kept: list[dict], new: list[dict], threshold: int, confirm) -> dict[int, tuple[int, int, str]]:
+    """new row id -> (kept row id, phash distance, 'exact' | 'near') for new rows that are byte copies
+    of a kept row, or within the threshold of one (any crop view) and confirmed by `confirm`.
+    Each new row is compared with kept rows directly, nearest first: no chains."""
+    items = [dedup_item(r) for r in kept + new]
+    views = [(k, h) for k, it in enumerate(items) for h in (it.phash, *it.view_hashes)]
+    owner = np.array([k for k, _ in views], dtype=np.int64)
+    pairs = find_pairs(hex_to_uint64([h for _, h in views]), threshold) if views else np.zeros((0, 2), np.int64)
+    n_kept = len(kept)
+    candidates: dict[int, set[int]] = defaultdict(set)     # new index -> kept indices
+    for i, j in zip(owner[pairs[:, 0]].tolist(), owner[pairs[:, 1]].tolist()):
+        if (i < n_kept) != (j < n_kept):
+            k, m = (i, j) if i < n_kept else (j, i)
+            candidates[m].add(k)
+    by_sha = defaultdict(list)
+    for k, r in enumerate(kept):
+        by_sha[r["sha256"]].append(k)
+    out: dict[int, tuple[int, int, str]] = {}
+    for m in range(n_kept, len(items)):
+        nid = items[m].id
+        if by_sha.get(items[m].sha256):
+            out[nid] = (items[by_sha[items[m].sha256][0]].id, 0, "exact")
+            continue
+        for dist, k in sorted((view_distance(items[k], items[m]), k) for k in candidates.get(m, ())):
+            score = confirm(items[k].id, nid)
+            if score is not None and score >= CONFIRM:
+                out[nid] = (items[k].id, dist, "near")
+                break
+    return out
+
+
+def published_test_images(cfg: Config) -> list[dict]:
+    """The test images of every published version of the dataset, hashed from their published files:
+    dicts with version, candidate_id, source, photo_id, file_path, sha256, phash, view_hashes."""
+    root = cfg.layout.datasets
+    found = []
+    for version in versions(root):
+        manifest = root / version / "manifest.csv"
+        if not manifest.exists():
+            continue
+        for row in read_manifest(manifest):
+            if row["split"] == "test":
+                found.append({"version": version, "candidate_id": int(row["candidate_id"]), "source": row["source"],
+                              "photo_id": row["photo_id"], "file_path": str(root / version / row["path"])})
+    records = inspect_files([t["file_path"] for t in found], limits_of(cfg), workers=cfg.curate.workers)
+    out = []
+    for t, rec in zip(found, records):
+        if not rec.ok:
+            log.warning("published test image %s unreadable (%s): not checked against", t["file_path"], rec.reason)
+            continue
+        out.append(dict(t, sha256=rec.sha256, phash=rec.phash, view_hashes=rec.view_hashes,
+                        img_width=rec.width, img_height=rec.height, first_seen_at=0.0, label="other"))
+    return out
+
+
+def curate(cfg: Config) -> CurateSummary:
+    with Catalog(cfg.catalog_path) as catalog:
+        run_id = catalog.start_run("curate")
+        summary = CurateSummary(run_id)
+        try:
+            rows = catalog.candidates(f"status IN ({','.join('?' * len(FILE_STATUSES))})", FILE_STATUSES)
+            rows = [r for r in rows if r["status"] != "rejected" or r["verify_reason"] is None]
+            missing = [r for r in rows if not Path(r["file_path"]).exists()]
+            for r in missing:   # the next collect downloads it again
+                log.warning("candidate %s: file %s is gone; marked for re-download", r["id"], r["file_path"])
+                catalog.set_status(r["id"], "failed", "transient:file-missing", run_id, "curate")
+            gone = {r["id"] for r in missing}
+            rows = [r for r in rows if r["id"] not in gone]
+            verify_and_hash(cfg, catalog, rows, run_id, summary)
+            ok = [r for r in rows if r["status"] != "rejected"]
+            decisions = resolve(cfg, ok, published_test_images(cfg))
+            with catalog.transaction():
+                for r in ok:
+                    status, reason, dup_of, label = decisions[r["id"]]
+                    if status == "accepted" and reason is None and (r["reason"] or "").startswith(("hard-negative", "held:")):
+                        reason = r["reason"]      # mining's record stays
+                    if (r["status"], r["reason"], r["duplicate_of"], r["curated_label"]) != (status, reason, dup_of, label):
+                        catalog.set_status(r["id"], status, reason, run_id, "curate", duplicate_of=dup_of,
+                                           curated_label=label)
+        except BaseException as exc:
+            catalog.finish_run(run_id, run_end_status(exc), {"error": type(exc).__name__})
+            raise
+        counts = Counter(d[0] for d in decisions.values())
+        summary.accepted = counts["accepted"]
+        summary.rejected = dict(Counter(r["reason"].split(":")[0] for r in catalog.candidates("status='rejected'")))
+        summary.duplicates = dict(Counter(d[1].split(":")[0] for d in decisions.values() if d[0] == "duplicate"))
+        summary.conflicts = dict(Counter(d[1].split(":with=")[0] for d in decisions.values()
+                                         if d[0] == "accepted" and d[1]))
+        catalog.finish_run(run_id, "completed", summary.__dict__)
+        return summary

@@ -1,0 +1,86 @@
+"""Takedown: `mlc remove` honours an owner's removal request or a licence change.
+
+The named photos become `removed` in the catalog (final: collect, curate and mine never bring them
+back), the decision and its reason are kept in the `removals` table, and their files leave raw/ and
+the quarantine. The next `mlc build` no longer includes them, so its manifest and ATTRIBUTION.md are
+regenerated without them (an owner removed with --owner also keeps any later photo of theirs out).
+Published versions are immutable: the command lists those that still contain a removed photo, so
+they can be rebuilt or withdrawn.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.config import Config
+from mlc_pipeline.manifest import read_manifest, versions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RemoveResult:
+    run_id: str
+    removed: list[dict] = field(default_factory=list)          # catalog rows, as they were before
+    already_removed: list[dict] = field(default_factory=list)
+    files_deleted: list[str] = field(default_factory=list)
+    published_in: dict[str, list[str]] = field(default_factory=dict)   # version -> photo ids it holds
+
+
+def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: str | None = None,
+                  query: str | None = None) -> RemoveResult:
+    """Remove every candidate named by exactly one of photo_id / owner / query, for `reason`."""
+    named = [(k, v) for k, v in (("photo-id", photo_id), ("owner", owner), ("query", query)) if v is not None]
+    if len(named) != 1:
+        raise ValueError("name exactly one of a photo id, an owner or a query")
+    if not reason or not reason.strip():
+        raise ValueError("a takedown needs a reason (it is kept in the catalog)")
+    selector = f"{named[0][0]}:{named[0][1]}"
+    with Catalog(cfg.catalog_path) as catalog:
+        targets = catalog.removal_targets(photo_id=photo_id, owner=owner, query=query)
+        run_id = catalog.start_run("remove")
+        result = RemoveResult(run_id)
+        with catalog.transaction():
+            for row in targets:
+                if row["status"] == "removed":
+                    result.already_removed.append(row)
+                    continue
+                deleted = delete_file(row["file_path"])
+                catalog.record_removal(row, selector, reason.strip(), run_id, deleted)
+                result.removed.append(row)
+                result.files_deleted.extend(deleted)
+        result.published_in = published_versions_with(cfg, {(r["source"], r["photo_id"]) for r in targets})
+        catalog.finish_run(run_id, "completed", {
+            "selector": selector, "reason": reason.strip(), "removed": len(result.removed),
+            "already_removed": len(result.already_removed), "files_deleted": len(result.files_deleted),
+            "published_in": {v: len(ids) for v, ids in result.published_in.items()}})
+    return result
+
+
+def delete_file(path: str | None) -> list[str]:
+    "Delete a candidate's file (in raw/ or the quarantine); the paths actually deleted."
+    if not path:
+        return []
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        return []
+    return [path]
+
+
+def published_versions_with(cfg: Config, photos: set[tuple[str, str]]) -> dict[str, list[str]]:
+    "version -> photo ids of `photos` (source, photo_id) that its manifest still lists."
+    root = cfg.layout.datasets
+    out: dict[str, list[str]] = {}
+    for version in versions(root):
+        manifest = Path(root / version / "manifest.csv")
+        if not manifest.exists():
+            continue
+        held = sorted(r["photo_id"] for r in read_manifest(manifest) if (r["source"], r["photo_id"]) in photos)
+        if held:
+            out[version] = held
+    return out

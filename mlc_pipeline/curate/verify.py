@@ -1,0 +1,256 @@
+"""Image verification and normalised loading.
+
+`check_image` decides whether a file is a usable training image and, if not, gives a short stable
+reason code. It is stricter than fastai's `verify_images` (open + draft + load, any exception =
+failed): it also rejects empty files, decompression bombs (from the header, before decoding), files
+whose *whole* stream does not decode, tiny images, extreme aspect ratios and colour modes we cannot
+turn into RGB faithfully.
+
+Reason codes (stable; other modules and reports key on them):
+    empty-file, file-too-large, read-error:<Exc>, not-an-image, corrupt-header,
+    unsupported-format:<FMT>, decompression-bomb, too-many-frames, too-small, extreme-aspect,
+    unsupported-mode, truncated, decode-error:<Exc>
+
+`load_rgb` opens a file as an RGB image the way a viewer shows it: EXIF orientation applied,
+transparency composited on white, CMYK / 16-bit / palette / grey modes converted, first frame of an
+animation, optionally downscaled (JPEG draft decoding when much larger than needed).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from mlc_pipeline.imageformat import image_extension
+
+# Formats we decode. Everything else (EPS runs Ghostscript, PSD, ICO, ...) is refused up front.
+DEFAULT_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG includes MPO
+
+# Modes `to_rgb` converts faithfully. F (float), LAB, HSV, La, ... would need guesses about ranges or
+# colour spaces, so they are rejected as `unsupported-mode` instead of silently mis-rendered.
+SUPPORTED_MODES = frozenset(
+    {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
+     "I", "I;16", "I;16L", "I;16B", "I;16N"}
+)
+
+# Same table as PIL.ImageOps.exif_transpose; kept here to transpose small derived images cheaply.
+ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+# What Pillow raises on hostile data varies by plugin; these are the types seen in practice. The
+# exception's name is kept in the reason code, so nothing is swallowed.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
+                 struct.error, ZeroDivisionError, MemoryError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class VerifyLimits:
+    max_pixels: int = 64_000_000   # 64 MP: above 50 MP camera output; <= 192 MB once decoded as RGB
+    min_side: int = 64             # smaller images carry too little signal for training
+    max_aspect: float = 4.0        # long/short side; beyond this a square crop loses most of the photo
+    max_bytes: int = 64 * 2**20    # the file is read into memory once (hash + decode)
+    max_frames: int = 200          # every frame of an animation is decoded to catch truncation,
+    max_frame_pixels_factor: int = 4  # ...so all frames together may hold 4 x max_pixels at most
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    ok: bool
+    reason: str | None = None      # None when ok, else one of the reason codes above
+    format: str | None = None
+    mode: str | None = None
+    width: int | None = None       # after EXIF orientation
+    height: int | None = None
+    frames: int | None = None
+
+
+def check_image(path: str | os.PathLike, limits: VerifyLimits = VerifyLimits()) -> ImageCheck:
+    "Check that `path` is a complete, decodable image within `limits`; the whole stream is decoded."
+    data, reason = read_limited(path, limits)
+    if data is None:
+        return ImageCheck(ok=False, reason=reason)
+    check, _ = decode_checked(data, limits)
+    return check
+
+
+def read_limited(path: str | os.PathLike, limits: VerifyLimits) -> tuple[bytes | None, str | None]:
+    "Read a file's bytes unless it is empty or larger than `limits.max_bytes`; else (None, reason)."
+    try:
+        size = os.stat(path).st_size
+        if size == 0:
+            return None, "empty-file"
+        if size > limits.max_bytes:
+            return None, "file-too-large"
+        with open(path, "rb") as f:
+            data = f.read(limits.max_bytes + 1)  # the file may grow between stat and read
+    except OSError as e:
+        return None, f"read-error:{type(e).__name__}"
+    if len(data) > limits.max_bytes:
+        return None, "file-too-large"
+    return data, None
+
+
+def decode_checked(data: bytes, limits: VerifyLimits, draft: tuple[str, tuple[int, int]] | None = None
+                   ) -> tuple[ImageCheck, Image.Image | None]:
+    """Check and fully decode `data`; return the check and, when ok, the loaded first frame.
+
+    `draft=(mode, (w, h))` lets JPEG decode at a reduced scale (libjpeg still entropy-decodes the
+    whole stream, so truncation is still caught). EXIF orientation is *not* applied to the returned
+    frame; `check.width/height` are oriented when the file decodes (the header's otherwise), and
+    `exif_orientation(frame)` gives the tag.
+    """
+    require_strict_decoding()
+    im, reason = _open(data, limits)
+    if im is None:
+        return ImageCheck(ok=False, reason=reason), None
+    fields = dict(format=im.format, mode=im.mode, width=im.width, height=im.height)
+    try:
+        reason = _header_reason(im, limits)  # size rules are orientation-free: no EXIF needed yet
+        if reason is not None:
+            return ImageCheck(ok=False, reason=reason, **fields), None
+        n_frames = getattr(im, "n_frames", 1)
+        fields.update(frames=n_frames)
+        if n_frames > limits.max_frames or n_frames * im.width * im.height > (
+                limits.max_frame_pixels_factor * limits.max_pixels):
+            return ImageCheck(ok=False, reason="too-many-frames", **fields), None
+        if draft is not None and im.format == "JPEG" and n_frames == 1:
+            im.draft(*draft)
+        im.load()
+        first = im.copy() if n_frames > 1 else im
+        for k in range(1, n_frames):  # the whole file must decode, not just what we keep
+            im.seek(k)
+            im.load()
+        # Only now: PNG keeps EXIF after the pixel data, so reading it earlier would decode the image.
+        if exif_orientation(first) in (5, 6, 7, 8):
+            fields.update(width=fields["height"], height=fields["width"])
+    except DECODE_ERRORS as e:
+        return ImageCheck(ok=False, reason=_decode_reason(e), **fields), None
+    return ImageCheck(ok=True, **fields), first
+
+
+def require_strict_decoding() -> None:
+    "Pillow's process-wide LOAD_TRUNCATED_IMAGES switch would let truncated files pass silently."
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; verification needs it False")
+
+
+def exif_orientation(im: Image.Image) -> int:
+    "EXIF orientation tag (1..8); 1 when absent or unreadable garbage."
+    orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+    return orientation if orientation in range(1, 9) else 1
+
+
+def _open(data: bytes, limits: VerifyLimits) -> tuple[Image.Image | None, str | None]:
+    "Parse the header only (no pixel decoding); Pillow's own bomb warning becomes an error here."
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(io.BytesIO(data), formats=limits.formats), None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            return None, "decompression-bomb"
+        except UnidentifiedImageError:
+            return None, _unidentified_reason(data)
+        except DECODE_ERRORS as e:  # e.g. libwebp refusing a cut-off file at open time
+            if _riff_truncated(data):
+                return None, "truncated"
+            return None, f"decode-error:{type(e).__name__}"
+
+
+def _unidentified_reason(data: bytes) -> str:
+    "Name what an unopenable file is: another image format, a broken header, or not an image."
+    if _riff_truncated(data):
+        return "truncated"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:  # header only: tells e.g. an EPS or PSD apart from random bytes, never decodes it
+            other_format = Image.open(io.BytesIO(data)).format
+        except (UnidentifiedImageError, *DECODE_ERRORS):
+            other_format = None  # no plugin at all takes these bytes as an image
+    if other_format is not None:
+        return f"unsupported-format:{other_format}"
+    if image_extension(data) is not None:     # starts like an image but cannot be parsed
+        return "corrupt-header"
+    return "not-an-image"
+
+
+def _riff_truncated(data: bytes) -> bool:
+    "WebP states its size in the RIFF header; libwebp refuses short files before Pillow can say why."
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return False
+    return struct.unpack("<I", data[4:8])[0] + 8 > len(data)
+
+
+def _header_reason(im: Image.Image, limits: VerifyLimits) -> str | None:
+    "Everything decidable before decoding pixels."
+    w, h = im.size
+    if w * h > limits.max_pixels:
+        return "decompression-bomb"
+    if min(w, h) < limits.min_side:
+        return "too-small"
+    if max(w, h) > limits.max_aspect * min(w, h):
+        return "extreme-aspect"
+    if im.mode not in SUPPORTED_MODES:
+        return "unsupported-mode"
+    return None
+
+
+def _decode_reason(e: BaseException) -> str:
+    if isinstance(e, Image.DecompressionBombError):
+        return "decompression-bomb"
+    # Pillow's wording when the stream ends early (LOAD_TRUNCATED_IMAGES is False).
+    if isinstance(e, OSError) and "truncated" in str(e).lower():
+        return "truncated"
+    return f"decode-error:{type(e).__name__}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalised loading
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    "Convert any supported mode to 8-bit RGB; transparency is composited on white."
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I"):  # 16-bit (or 32-bit int holding 16-bit data): keep the top 8 bits
+        a = np.asarray(im).astype(np.int64)
+        return Image.fromarray((np.clip(a, 0, 65535) >> 8).astype(np.uint8), "L").convert("RGB")
+    if (im.mode == "P" and "transparency" in im.info) or im.mode in ("LA", "PA", "RGBa"):
+        im = im.convert("RGBA")
+    if im.mode == "RGBA":
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, im).convert("RGB")
+    return im.convert("RGB")  # 1, L, P, RGBX, CMYK, YCbCr
+
+
+def load_rgb(path: str | os.PathLike, max_side: int | None = None) -> Image.Image:
+    """Open `path` as RGB as a viewer would show it (EXIF orientation, first frame, white background),
+    optionally downscaled so the longer side is at most `max_side`.
+
+    Meant for files that passed `check_image`; Pillow's own decompression-bomb guard still applies.
+    """
+    with Image.open(path) as im:
+        if max_side is not None and im.format == "JPEG":
+            # Draft decoding (1/2, 1/4, 1/8 scale inside libjpeg) is much faster on big photos; ask for
+            # a size whose longer side is still >= max_side so the final resize only shrinks.
+            scale = max_side / max(im.size)
+            if scale < 0.5:
+                im.draft("RGB", (max(1, round(im.width * scale)), max(1, round(im.height * scale))))
+        im.load()
+        out = to_rgb(ImageOps.exif_transpose(im))
+    if max_side is not None and max(out.size) > max_side:
+        out.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return out

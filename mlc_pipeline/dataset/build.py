@@ -1,0 +1,334 @@
+"""Build: publish the accepted images as a new, immutable dataset version.
+
+  data/datasets/<name>/v<N>/
+    images/<label>/<source>-<photo_id>.jpg   re-encoded RGB JPEG, long side <= build.max_side
+    manifest.csv                              one row per image: labels, split, source, licence...
+    ATTRIBUTION.md                            owner, title, licence and URL of every image
+    README.md                                 the dataset card
+    SHA256SUMS                                sha256 of every published image (`sha256sum -c` format)
+    dataset.json                              parameters, counts, the content fingerprint, SHA256SUMS's digest
+  data/datasets/<name>/latest -> v<N>         (and LATEST, a text file, for filesystems without links)
+
+A version is built aside and renamed into place, so a killed build leaves nothing half-published;
+earlier versions are never touched; a build identical to the latest version is not published.
+
+A published version is verified before it is used (`verify_version`: build, train, inspect): the
+manifest must match the fingerprint in dataset.json (a relabelled, added or removed row changes it),
+every path must stay inside the version folder, and every image must exist with the sha256 recorded
+in SHA256SUMS. A damaged version is a `VersionDamaged` error naming the version and the file;
+`mlc build --repair` publishes a fresh version from the catalog.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.config import Config
+from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, write_text_atomic
+from mlc_pipeline.manifest import MANIFEST_COLUMNS, SPLITS, latest_version, read_manifest, write_manifest
+from mlc_pipeline.curate.verify import load_rgb
+
+log = logging.getLogger(__name__)
+
+log = logging.getLogger(__name__)
+SUMS_NAME = "SHA256SUMS"
+REPAIR_HINT = "run `mlc build --repair -c <config>` to publish a fresh version from the catalog"
+
+
+class VersionDamaged(RuntimeError):
+    """A published dataset version whose files no longer match what was published (one line)."""
+
+
+@dataclass
+class BuildResult:
+    name: str
+    version: str
+    path: Path
+    published: bool                 # False when identical to the latest version
+    counts: dict = field(default_factory=dict)
+    fingerprint: str = ""
+
+
+def split_of(source: str, photo_id: str, fractions: dict[str, float]) -> str:
+    """Deterministic by photo, so an image never changes split between versions."""
+    h = int.from_bytes(hashlib.sha256(f"{source}:{photo_id}".encode()).digest()[:8], "big") / 2 ** 64
+    total = sum(fractions.get(s, 0) for s in SPLITS)
+    edge = 0.0
+    for s in SPLITS:
+        edge += fractions.get(s, 0) / total
+        if h < edge:
+            return s
+    return SPLITS[-1]
+
+
+def first_query(queries_json: str | None) -> str:
+    """The query that first found a photo (the catalog keeps them all): says which kind a probe is."""
+    queries = json.loads(queries_json) if queries_json else []
+    return queries[0] if queries else ""
+
+
+def folder_name(labels: str) -> str:
+    """fastai's parent_label reads the folder; a multi-label image sits in 'a+b' (manifest is authoritative)."""
+    return "+".join(labels.split()) if labels else "other"
+
+
+def dataset_rows(cfg: Config, catalog: Catalog) -> list[dict]:
+    """Everything accepted for training or probing, with its split; mined negatives train only."""
+    rows = []
+    removed_owners = catalog.removed_owners()       # `mlc remove --owner`: later photos stay out too
+    for c in catalog.candidates("status='accepted' AND purpose IN ('train', 'probe')"):
+        if c["owner"] in removed_owners:
+            continue
+        labels = "" if c["curated_label"] in (None, "other") else c["curated_label"]
+        if c["purpose"] == "probe":
+            split = "probe"
+        elif c["mined_round"] is not None:
+            split = "train"          # hard negatives are for learning; evaluation sets stay fixed
+        else:
+            split = split_of(c["source"], c["photo_id"], cfg.build.split)
+        rows.append({
+            "path": f"images/{folder_name(labels) if split != 'probe' else 'probe'}/{c['source']}-{c['photo_id']}.jpg",
+            "labels": labels, "split": split, "candidate_id": c["id"], "source": c["source"],
+            "photo_id": c["photo_id"], "url": c["url"], "license_id": c["license_id"],
+            "license": c["license_name"] or "", "owner": c["owner_name"] or c["owner"] or "",
+            "title": c["title"] or "", "date_taken": c["date_taken"] or "", "sha256": c["sha256"],
+            "phash": c["phash"], "purpose": c["purpose"],
+            "mined_round": "" if c["mined_round"] is None else c["mined_round"],
+            "query": first_query(c["queries"]), "_file": c["file_path"]})
+    return sorted(rows, key=lambda r: r["path"])
+
+
+def fingerprint(rows: list[dict], cfg: Config) -> str:
+    return _fingerprint(rows, cfg.build.max_side, cfg.build.jpeg_quality)
+
+
+def _fingerprint(rows: list[dict], max_side: int, jpeg_quality: int) -> str:
+    h = hashlib.sha256(json.dumps([max_side, jpeg_quality], sort_keys=True).encode())
+    for r in rows:
+        h.update(f"{r['path']}|{r['labels']}|{r['split']}|{r['sha256']}|{r['license_id']}\n".encode())
+    return h.hexdigest()
+
+
+def move_aside_real_latest(root: Path) -> Path | None:
+    """`latest` must be a link. A real folder there (`cp -rL` of a data root, a sync tool that
+    follows links) would block every later build; it is moved aside, never deleted: it may hold
+    the only copy of something a user put there."""
+    latest = root / "latest"
+    if latest.is_symlink() or not latest.is_dir():
+        return None
+    aside = root / f"latest.real-folder-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    os.rename(latest, aside)
+    log.warning("%s was a real folder, not a link (copied with cp -L?): moved it to %s (delete it once you "
+                "no longer need it); latest now points at the newest version", latest, aside.name)
+    return aside
+
+
+def point_latest(root: Path, version: str) -> None:
+    move_aside_real_latest(root)
+    link_tmp = root / f".latest.tmp-{os.getpid()}"
+    if link_tmp.is_symlink() or link_tmp.exists():
+        link_tmp.unlink()
+    link_tmp.symlink_to(version, target_is_directory=True)
+    os.replace(link_tmp, root / "latest")
+    write_text_atomic(root / "LATEST", version + "\n")
+
+
+def count_rows(rows: list[dict]) -> dict:
+    per_label: dict[str, Counter] = defaultdict(Counter)
+    for r in rows:
+        for label in (r["labels"].split() or ["(none: other)"]):
+            per_label[label][r["split"]] += 1
+    return {"images": len(rows), "per_label_split": {k: dict(v) for k, v in sorted(per_label.items())},
+            "licenses": dict(Counter(r["license"] for r in rows))}
+
+
+def attribution(rows: list[dict], version: str) -> str:
+    lines = [f"# Attribution — dataset {version}", "",
+             "Every image, its author, title, licence and source, as the CC licences require.", "",
+             "| image | title | author | licence | source |", "|---|---|---|---|---|"]
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
+    for r in rows:
+        lines.append(f"| {r['path']} | {esc(r['title'])} | {esc(r['owner'])} | {esc(r['license'])} | {esc(r['url'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def dataset_card(name: str, version: str, cfg: Config, counts: dict, curation: dict, previous: str | None) -> str:
+    lines = [f"# Dataset {name} {version}", "",
+             f"Built {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} by mlc-pipeline from the catalog.",
+             f"Previous version: {previous or 'none'}.", "",
+             "## Contents (images per label and split)", "", "| label | " + " | ".join(SPLITS + ("probe",)) + " |",
+             "|---|" + "---|" * (len(SPLITS) + 1)]
+    for label, splits in counts["per_label_split"].items():
+        lines.append(f"| {label} | " + " | ".join(str(splits.get(s, 0)) for s in SPLITS + ("probe",)) + " |")
+    lines += ["", f"Images: {counts['images']}. Licences: " +
+              ", ".join(f"{k or 'unknown'} ({v})" for k, v in sorted(counts["licenses"].items())), "",
+              "## Parameters", "", f"- max side {cfg.build.max_side} px, JPEG quality {cfg.build.jpeg_quality}",
+              f"- split fractions {cfg.build.split} (by a hash of source and photo id: stable across versions)",
+              f"- near-duplicate Hamming threshold {cfg.curate.hamming_threshold}, min side {cfg.curate.min_side}, "
+              f"max aspect {cfg.curate.max_aspect}", "", "## What curation removed", ""]
+    lines += [f"- {k}: {v}" for k, v in sorted(curation.items())] or ["- nothing"]
+    lines += ["", "`labels` empty = an \"other\" image (a negative for every class). Split `probe` = kinds under",
+              "no training query, used only to measure how often the unknown is accepted.", ""]
+    return "\n".join(lines)
+
+
+def curation_counts(catalog: Catalog) -> dict:
+    out: Counter = Counter()
+    for r in catalog.reasons():
+        if r["status"] in ("rejected", "duplicate", "failed", "skipped"):
+            out[f"{r['status']}: {r['reason'].split(':')[0]}"] += r["n"]
+    return dict(out)
+
+
+def safe_member(folder: Path, rel: str) -> Path | None:
+    """`folder/rel` if `rel` is a plain relative path that stays inside `folder`, else None."""
+    parts = Path(rel).parts
+    if not rel or Path(rel).is_absolute() or "\\" in rel or any(p in ("..", "") for p in parts):
+        return None
+    path = folder / rel
+    try:
+        path.resolve().relative_to(folder.resolve())    # a symlink inside may not point outside either
+    except ValueError:
+        return None
+    return path
+
+
+def write_sums(folder: Path, rows: list[dict]) -> str:
+    """SHA256SUMS of the published images; returns the digest of that file (kept in dataset.json)."""
+    lines = "".join(f"{sha256_file(folder / r['path'])}  {r['path']}\n" for r in rows)
+    (folder / SUMS_NAME).write_text(lines)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def verify_version(folder: str | Path) -> list[dict]:
+    """Check a published version against its manifest, fingerprint and SHA256SUMS; return its rows.
+
+    Raises VersionDamaged, a one-line message naming the version and the first problem found.
+    Versions published before SHA256SUMS existed are checked for the manifest and the files' presence.
+    """
+    folder = Path(folder)
+    where = f"dataset {folder.parent.name} {folder.name}"
+
+    def damaged(what: str) -> VersionDamaged:
+        return VersionDamaged(f"{where} is damaged: {what}; {REPAIR_HINT}")
+
+    try:
+        meta = json.loads((folder / "dataset.json").read_text())
+        rows = read_manifest(folder / "manifest.csv")
+    except FileNotFoundError as exc:
+        raise damaged(f"{Path(exc.filename).name} is missing") from None
+    except (ValueError, csv.Error, UnicodeDecodeError) as exc:
+        raise damaged(f"dataset.json or manifest.csv is unreadable ({exc})") from None
+    for n, r in enumerate(rows, start=2):               # line 1 is the header
+        if None in r.values() or set(MANIFEST_COLUMNS) - set(r):
+            raise damaged(f"manifest.csv line {n} does not have the manifest's columns")
+        if safe_member(folder, r["path"]) is None:
+            raise damaged(f"manifest.csv line {n} has path {r['path']!r}, outside the version folder")
+    build = meta.get("params", {}).get("build", {})
+    # The CSV writes a missing licence id as '', the fingerprint was computed on None.
+    as_built = [{**r, "license_id": r["license_id"] or None} for r in rows]
+    if _fingerprint(as_built, build.get("max_side"), build.get("jpeg_quality")) != meta.get("fingerprint"):
+        raise damaged("manifest.csv was changed since publication (its fingerprint does not match dataset.json)")
+    for r in rows:
+        if not (folder / r["path"]).is_file():
+            raise damaged(f"file {r['path']} is missing")
+    if "files_sha256" in meta:
+        try:
+            sums = (folder / SUMS_NAME).read_text()
+        except FileNotFoundError:
+            raise damaged(f"{SUMS_NAME} is missing") from None
+        if hashlib.sha256(sums.encode()).hexdigest() != meta["files_sha256"]:
+            raise damaged(f"{SUMS_NAME} was changed since publication")
+        recorded = dict(reversed(line.split("  ", 1)) for line in sums.splitlines() if line)
+        if set(recorded) != {r["path"] for r in rows}:
+            raise damaged(f"{SUMS_NAME} and manifest.csv list different files")
+        for r in rows:
+            if sha256_file(folder / r["path"]) != recorded[r["path"]]:
+                raise damaged(f"file {r['path']} was changed since publication")
+    return rows
+
+
+def recorded_fingerprint(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "dataset.json").read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def remove_stale_builds(root: Path) -> list[Path]:
+    """Drop `.build-<version>-<pid>[-<id>]` folders whose writer is dead (a killed build: never
+    published). A live writer's folder is never touched, whoever it belongs to."""
+    return remove_dead_leftovers([p for p in root.glob(".build-*") if p.is_dir()],
+                                 lambda p: p.name.split("-")[2] if p.name.count("-") >= 2 else "")
+
+
+def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
+    """Publish the catalog's accepted images as a new version, unless identical to the latest one.
+
+    The latest version is verified before it is called identical: a damaged one is a VersionDamaged
+    error, or with `repair` the reason to publish a fresh version from the catalog.
+    """
+    name = cfg.build.name
+    root = cfg.layout.datasets
+    root.mkdir(parents=True, exist_ok=True)
+    remove_stale_builds(root)
+    with Catalog(cfg.catalog_path) as catalog:
+        rows = dataset_rows(cfg, catalog)
+        curation = curation_counts(catalog)
+    if not rows:
+        raise RuntimeError("nothing to build: no accepted images in the catalog (run collect and curate first)")
+    fp = fingerprint(rows, cfg)
+    previous = latest_version(root)
+    counts = count_rows(rows)
+    if previous and recorded_fingerprint(root / previous) in (fp, None):    # None: unreadable, verify says why
+        try:
+            verify_version(root / previous)
+            point_latest(root, previous)
+            return BuildResult(name, previous, root / previous, False, counts, fp)
+        except VersionDamaged as exc:
+            if not repair:
+                raise
+            log.warning("%s: publishing a fresh version from the catalog", exc)
+    tmp = root / f".build-{previous or 'v0'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        for r in rows:
+            dest = tmp / r["path"]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            load_rgb(r["_file"], max_side=cfg.build.max_side).save(dest, "JPEG", quality=cfg.build.jpeg_quality)
+        write_manifest(tmp / "manifest.csv", rows)
+        files_sha256 = write_sums(tmp, rows)
+        version = f"v{int(previous[1:]) + 1 if previous else 1}"
+        while True:
+            while (root / version).exists():            # never overwrite, whatever LATEST says
+                version = f"v{int(version[1:]) + 1}"
+            (tmp / "ATTRIBUTION.md").write_text(attribution(rows, version))
+            (tmp / "README.md").write_text(dataset_card(name, version, cfg, counts, curation, previous))
+            meta = {"name": name, "version": version, "previous": previous, "fingerprint": fp,
+                    "files_sha256": files_sha256, "counts": counts, "curation": curation,
+                    "created_at": time.time(),
+                    "params": {"build": cfg.build.model_dump(), "curate": cfg.curate.model_dump()}}
+            (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, default=str))
+            try:
+                os.rename(tmp, root / version)         # the publish: atomic on one filesystem
+                break
+            except OSError:
+                if not (root / version).exists():       # not a name taken meanwhile: a real error
+                    raise
+                log.info("version %s was published meanwhile by another build; taking the next number", version)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    point_latest(root, version)
+    return BuildResult(name, version, root / version, True, counts, fp)

@@ -1,0 +1,86 @@
+"""File-system primitives every stage shares: atomic writes, checksums, and removing what killed
+runs left behind.
+
+Atomic: a reader sees the old file or the new one, never half of one. Every temp file sits beside
+its target (same folder, so the same file system: the rename never crosses devices), is hidden, and
+carries the writer's pid, so a later run can tell a dead writer's leftover from a live one's work.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check, nothing is sent
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file read in 1 MiB chunks (model exports run to megabytes; never held whole)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def temp_beside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success it replaces `path`, on any error it is removed."""
+    path = Path(path)
+    tmp = temp_beside(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_csv_atomic(path: str | os.PathLike, rows: Iterable[dict], columns: list[str]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def remove_dead_leftovers(paths: Iterable[Path], writer_pid: Callable[[Path], str],
+                          spare_own: bool = True) -> list[Path]:
+    """Remove each path (file or folder) whose writer, the pid `writer_pid` reads from its name, is
+    no longer alive. A live writer's work is never touched, whoever it belongs to; a name without a
+    pid is not a leftover of ours and is kept. `spare_own=False` also removes this process's own
+    earlier leftovers (a stage that cleans before it starts writing)."""
+    removed = []
+    for path in paths:
+        pid = writer_pid(path)
+        if not pid.isdigit():
+            continue
+        if pid_alive(int(pid)) and (spare_own or int(pid) != os.getpid()):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed

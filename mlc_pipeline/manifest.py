@@ -1,0 +1,74 @@
+"""A published dataset version as its readers see it: the version folders, the manifest's columns
+and splits, and reading a manifest.
+
+This is the contract between `build` (which writes versions) and everything downstream of it
+(training, mining, the report, takedowns, the cross-version test check), so it sits in the core and
+imports nothing of the stages.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+MANIFEST_COLUMNS = ["path", "labels", "split", "candidate_id", "source", "photo_id", "url", "license_id",
+                    "license", "owner", "title", "date_taken", "sha256", "phash", "purpose", "mined_round",
+                    "query"]
+SPLITS = ("train", "valid", "test")
+MANIFEST_SPLITS = SPLITS + ("probe",)   # probe rows: unseen kinds, scored for "none of these" only
+
+
+def versions(root: Path) -> list[str]:
+    found = [p.name for p in root.glob("v*") if p.is_dir() and p.name[1:].isdigit()]
+    return sorted(found, key=lambda v: int(v[1:]))
+
+
+def latest_version(root: Path) -> str | None:
+    """The newest complete version. A version folder only ever appears whole (rename), so the
+    pointer files are derived from the folders, and a build killed between the rename and the
+    pointer update is repaired by the next build."""
+    vs = [v for v in versions(root) if (root / v / "dataset.json").exists()]
+    return vs[-1] if vs else None
+
+
+def write_manifest(path: Path, rows: list[dict]) -> None:
+    """Plain write: a manifest is written inside a version folder that is published whole by a rename."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, MANIFEST_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_manifest(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def read_manifest_frame(manifest_csv: str | Path) -> "pd.DataFrame":
+    """The manifest as a DataFrame, plus `abs_path` and `label_list` columns.
+
+    Read as strings with no NaN conversion: an empty `labels` cell (an "other" image) must stay ''.
+    """
+    import pandas as pd   # here: reading rows (curate, report) does not pay for pandas
+
+    manifest_csv = Path(manifest_csv)
+    if not manifest_csv.is_file():
+        raise FileNotFoundError(f"manifest not found: {manifest_csv}")
+    df = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
+    missing = {"path", "labels", "split"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{manifest_csv}: missing column(s) {sorted(missing)}")
+    bad = sorted(set(df["split"]) - set(MANIFEST_SPLITS))
+    if bad:
+        raise ValueError(f"{manifest_csv}: unknown split value(s) {bad}; expected {MANIFEST_SPLITS}")
+    escaping = [p for p in df["path"] if not p or Path(p).is_absolute() or ".." in Path(p).parts]
+    if escaping:    # a manifest names files inside its own folder only
+        raise ValueError(f"{manifest_csv}: path {escaping[0]!r} is outside the dataset folder")
+    root = manifest_csv.parent.resolve()
+    df["abs_path"] = [str(root / p) for p in df["path"]]
+    df["label_list"] = [sorted(set(s.split())) for s in df["labels"]]
+    return df

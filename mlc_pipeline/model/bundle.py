@@ -1,0 +1,135 @@
+"""The model bundle: the one contract between training and everything that uses a model.
+
+A bundle is a folder: `export.pkl` (a fastai Learner, pickled), `bundle.json` (classes, vocab,
+thresholds, the training config, export.pkl's sha256), `metrics.json` and plots. Training writes it
+(`export_learner` + bundle.json, model/train.py); predict, assess and mine only ever read it through
+`load_bundle`.
+
+Trust model: `export.pkl` is a pickle, and unpickling runs code. A bundle is therefore a trusted file,
+like a script: only load bundles this pipeline wrote. `load_bundle` checks that export.pkl still has
+the sha256 recorded in bundle.json *before* unpickling, which catches corruption, truncation and a
+swapped file. It is an integrity check, not a signature: whoever can rewrite export.pkl can rewrite
+bundle.json too, so the folder itself must be writable only by people you trust.
+
+Bundles exported before 0.2 name the flat module layout inside their pickle (`mlc_pipeline.nets`,
+`mlc_pipeline.train`); `LEGACY_MODULES` maps those class paths to today's modules when unpickling.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import pickle
+import shutil
+import types
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlc_pipeline.fsutil import sha256_file
+
+log = logging.getLogger(__name__)
+
+REQUIRED_KEYS = ("vocab", "classes", "head", "thresholds", "export_sha256", "image_size")
+
+
+class BundleError(Exception):
+    """A model bundle that is missing, unreadable, or not the file that was recorded."""
+
+
+@dataclass
+class Bundle:
+    path: Path
+    learn: object                      # fastai Learner
+    classes: list[str]                 # real classes
+    vocab: list[str]                   # model output columns, may end with "other"
+    thresholds: np.ndarray | None      # per vocab column (sigmoid); None for softmax
+    head: str
+    other_mode: str
+    image_size: int
+    meta: dict = field(repr=False)
+
+
+def load_bundle(bundle_dir: str | Path) -> Bundle:
+    bundle_dir = Path(bundle_dir)
+    meta_path, export_path = bundle_dir / "bundle.json", bundle_dir / "export.pkl"
+    if not bundle_dir.is_dir():
+        raise BundleError(f"model bundle not found: {bundle_dir} is not a folder")
+    if not meta_path.is_file():
+        raise BundleError(f"{meta_path}: missing (not a model bundle folder?)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{meta_path}: unreadable or not JSON ({exc})") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise BundleError(f"{meta_path}: missing key(s) {missing}")
+    if not export_path.is_file():
+        raise BundleError(f"{export_path}: missing")
+    actual = sha256_file(export_path)
+    if actual != meta["export_sha256"]:
+        raise BundleError(f"{export_path}: sha256 {actual[:12]}... does not match the {meta['export_sha256'][:12]}... "
+                          f"recorded in {meta_path.name}; refusing to unpickle a changed file")
+    learn = _unpickle_learner(export_path)
+    vocab = [str(v) for v in learn.dls.vocab]
+    if vocab != list(meta["vocab"]):
+        raise BundleError(f"{export_path}: model vocab {vocab} differs from {meta_path.name} vocab {meta['vocab']}")
+    thresholds = None if meta["thresholds"] is None else np.asarray(meta["thresholds"], dtype=float)
+    if meta["head"] == "sigmoid" and (thresholds is None or len(thresholds) != len(vocab)):
+        raise BundleError(f"{meta_path}: a sigmoid bundle needs one threshold per vocab entry")
+    return Bundle(path=bundle_dir, learn=learn, classes=list(meta["classes"]), vocab=vocab,
+                  thresholds=thresholds, head=meta["head"], other_mode=meta.get("other_mode", "negative"),
+                  image_size=int(meta["image_size"]), meta=meta)
+
+
+def _unpickle_learner(export_path: Path):
+    import torch
+    from fastai.learner import load_learner
+
+    with warnings.catch_warnings():
+        # fastai warns on every load that pickle is unsafe; we checked the hash just above.
+        warnings.filterwarnings("ignore", message=".*insecure pickle.*")
+        try:
+            return load_learner(export_path, cpu=not torch.cuda.is_available(), pickle_module=legacy_pickle)
+        except Exception as exc:  # any unpickling failure: report which file, not a deep traceback
+            raise BundleError(f"{export_path}: could not be loaded ({type(exc).__name__}: {exc})") from exc
+
+
+
+def export_learner(learn, path: Path) -> None:
+    """learn.export, with a full disk reported as one: torch's zip writer says only "enforce fail at
+    inline_container.cc" when a write fails, the cli turns an ENOSPC OSError into one clear line."""
+    try:
+        learn.export(path, pickle_module=pickle)  # stdlib pickle: by reference only
+    except (OSError, RuntimeError) as exc:
+        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        if not full and "inline_container" not in str(exc) and "file write failed" not in str(exc):
+            raise
+        free = shutil.disk_usage(path.parent).free
+        if not full and free > 256 * 2**20:    # room enough: some other write failure, not a full disk
+            raise OSError(errno.EIO, f"could not write the model bundle: {str(exc).splitlines()[0][:200]}",
+                          str(path)) from exc
+        raise OSError(errno.ENOSPC, f"No space left on device for the model bundle ({free / 2**20:.1f} MB free there; "
+                                    f"the export failed with: {str(exc).splitlines()[0][:120]})", str(path)) from exc
+
+
+# old module path -> today's, for class paths pickled by 0.1.x bundles (tests/test_bundle_compat.py)
+LEGACY_MODULES = {
+    "mlc_pipeline.nets": "mlc_pipeline.model.nets",
+    "mlc_pipeline.train": "mlc_pipeline.model.learner",   # macro_f1_at_half
+}
+
+
+class _LegacyUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        return super().find_class(LEGACY_MODULES.get(module, module), name)
+
+
+# torch.load takes a pickle *module*; this one is the stdlib's with the remapping Unpickler
+legacy_pickle = types.ModuleType("mlc_legacy_pickle")
+legacy_pickle.__dict__.update({k: getattr(pickle, k) for k in dir(pickle) if not k.startswith("__")})
+legacy_pickle.Unpickler = _LegacyUnpickler
+legacy_pickle.load = lambda f, **kw: _LegacyUnpickler(f, **kw).load()

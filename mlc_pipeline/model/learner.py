@@ -1,0 +1,156 @@
+"""What a training run feeds fastai: data loaders and their transforms, the metric, and the
+callbacks that record losses and keep to a time budget.
+
+Names here are pickled by reference into every exported learner (`macro_f1_at_half`), so they must
+stay importable from this module; a move needs an entry in model/bundle.py's LEGACY_MODULES.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import torch
+from fastai.metrics import ActivationType
+from fastai.vision.all import (
+    AccumMetric, CancelFitException, CategoryBlock, Callback, ColReader, ColSplitter, DataBlock, ImageBlock,
+    MultiCategoryBlock, Normalize, RandomResizedCrop, Recorder, Resize, ResizeMethod, aug_transforms, imagenet_stats,
+)
+
+from mlc_pipeline.model.metrics import OTHER
+
+if TYPE_CHECKING:
+    from mlc_pipeline.model.options import TrainConfig
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------- data and model
+
+def training_frame(df: pd.DataFrame, cfg: TrainConfig) -> pd.DataFrame:
+    """Train + valid rows with the target column the chosen head needs. Test and probe never train."""
+    rows = df[df["split"].isin(["train", "valid"])].copy()
+    rows["is_valid"] = rows["split"] == "valid"
+    if cfg.head == "softmax":
+        # A softmax can't say "both": drop two-label images rather than teach half the truth.
+        multi = rows["label_list"].map(len) > 1
+        if multi.any():
+            log.info("softmax head: dropping %d multi-label train/valid images", int(multi.sum()))
+        rows = rows[~multi].copy()
+        rows["target"] = [labs[0] if labs else OTHER for labs in rows["label_list"]]
+    elif cfg.other_mode == "class":
+        rows["target"] = [labs if labs else [OTHER] for labs in rows["label_list"]]
+    else:
+        rows["target"] = rows["label_list"]
+    for split in ("train", "valid"):
+        if not (rows["split"] == split).any():
+            raise ValueError(f"the manifest has no usable '{split}' image")
+    return rows.reset_index(drop=True)
+
+
+def build_dataloaders(rows: pd.DataFrame, classes: list[str], cfg: TrainConfig, device=None):
+    vocab = classes + ([OTHER] if cfg.effective_other_mode == "class" else [])
+    # Keep the given order (classes sorted, "other" last) in every head: CategoryBlock sorts by default.
+    y_block = CategoryBlock(vocab=vocab, sort=False) if cfg.head == "softmax" else MultiCategoryBlock(vocab=vocab)
+    # Always normalise with ImageNet stats (fastai adds it only when pretrained) so scratch and pretrained runs match.
+    batch_tfms = [Normalize.from_stats(*imagenet_stats)]
+    if cfg.augment:
+        batch_tfms = aug_transforms(max_rotate=10, max_zoom=1.1, max_warp=0.1) + batch_tfms
+    block = DataBlock(
+        blocks=(ImageBlock, y_block),
+        get_x=ColReader("abs_path"),
+        get_y=ColReader("target"),
+        splitter=ColSplitter("is_valid"),
+        item_tfms=item_transforms(cfg),
+        batch_tfms=batch_tfms,
+    )
+    return block.dataloaders(rows, bs=cfg.batch_size, num_workers=cfg.workers, device=device)
+
+
+def item_transforms(cfg: TrainConfig):
+    """Squish keeps every pixel; random resized crops (valid/predict: the squished picture, centre
+    crop of 1/8) show the net parts of objects at several scales, which real photos need."""
+    if cfg.crop == "random":
+        return RandomResizedCrop(cfg.image_size, min_scale=cfg.min_scale)
+    return Resize(cfg.image_size, method=ResizeMethod.Squish)
+
+
+def macro_f1_at_half(preds: torch.Tensor, targs: torch.Tensor) -> float:
+    """Training-time progress metric: macro F1 at 0.5 (calibrated numbers come after training)."""
+    pred, targ = preds >= 0.5, targs.bool()
+    tp = (pred & targ).sum(0).float()
+    denom = pred.sum(0).float() + targ.sum(0).float()
+    return (2 * tp / denom.clamp(min=1)).mean().item()
+
+
+def macro_f1_metric():
+    return AccumMetric(macro_f1_at_half, activation=ActivationType.Sigmoid, flatten=False)
+
+
+# ---------------------------------------------------------------- callbacks
+
+class LossHistory(Callback):
+    """Per-batch train loss and per-epoch train/valid loss, kept across fine_tune's two fits
+    (fastai's Recorder resets at every fit)."""
+
+    order = Recorder.order + 1
+
+    def __init__(self):
+        self.batch_losses, self.epochs = [], []
+        self.train_phase_seconds = 0.0  # time in training batches only: the img/s we report
+        self._phase_start = None
+
+    def before_train(self):
+        self._phase_start = time.monotonic()
+
+    def after_train(self):
+        self.train_phase_seconds += time.monotonic() - self._phase_start
+        self._phase_start = None
+
+    def after_cancel_fit(self):  # a time-budget stop skips after_train
+        if self._phase_start is not None:
+            self.after_train()
+
+    def after_batch(self):
+        if self.training:
+            self.batch_losses.append(self.learn.loss.item())
+
+    def after_epoch(self):
+        train_loss, valid_loss = self.learn.recorder.values[-1][:2]
+        self.epochs.append({"epoch": len(self.epochs) + 1, "train_loss": float(train_loss),
+                            "valid_loss": float(valid_loss), "n_batches": len(self.batch_losses)})
+        log.info("epoch %d: train loss %.4f, valid loss %.4f", len(self.epochs), train_loss, valid_loss)
+
+
+class TimeBudget(Callback):
+    """Stop training when the next epoch would overrun `max_seconds`, or hard at `max_seconds`."""
+
+    order = LossHistory.order + 1  # after Recorder and LossHistory have logged the finished epoch
+
+    def __init__(self, max_seconds: float):
+        self.max_seconds, self.start, self.stopped = max_seconds, None, False
+        self.epoch_start = None
+
+    def before_fit(self):
+        if self.start is None:
+            self.start = time.monotonic()
+
+    def before_epoch(self):
+        self.epoch_start = time.monotonic()
+
+    def after_batch(self):
+        if self.training and time.monotonic() - self.start > self.max_seconds:
+            self._stop("mid-epoch")
+
+    def after_epoch(self):
+        now = time.monotonic()
+        if now - self.start + (now - self.epoch_start) > self.max_seconds and self.epoch < self.n_epoch - 1:
+            self._stop(f"after epoch {self.epoch + 1}/{self.n_epoch}")
+
+    def _stop(self, where: str):
+        self.stopped = True
+        log.warning("training time budget of %.0f s reached: stopping %s", self.max_seconds, where)
+        raise CancelFitException()
+
+

@@ -1,0 +1,328 @@
+"""Threshold calibration and evaluation of a multi-label classifier that should say "none of these".
+
+Everything here is plain numpy on arrays of probabilities, so it is fast to test with hand-made
+numbers. Scoring a model bundle on a dataset version is model/assess.py.
+
+Conventions used throughout:
+- `probs` is (N, K): one column per entry of `classes` (the model's output vocabulary, which holds an
+  explicit "other" column when the model was trained with one).
+- `targets` is (N, K) of 0/1 over the same columns.
+- "real" classes are all columns except "other". An image with no real label is an "other" image.
+- An image is "accepted" when the model claims at least one real class for it. For an image of a kind
+  the model was never meant to know, acceptance is the failure we measure.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+OTHER = "other"  # the explicit "other" class name (config.RESERVED_LABELS keeps real classes off it)
+THRESHOLD_MODES = ("per-class-f1", "global-f1", "target-precision")
+DEFAULT_THRESHOLD = 0.5
+# F1 modes: the highest threshold whose validation F1 is within this of the best. On a few hundred
+# validation images F1 is flat over a wide range of thresholds and the exact argmax is noise; the
+# highest cut in that flat range rejects far more unknown images for the same F1 (docs/training.md).
+DEFAULT_F1_TOLERANCE = 0.02
+
+
+# ---------------------------------------------------------------- calibration
+
+def calibrate_thresholds(probs: np.ndarray, targets: np.ndarray, mode: str = "per-class-f1",
+                         target_precision: float | None = None,
+                         f1_tolerance: float = DEFAULT_F1_TOLERANCE) -> np.ndarray:
+    """One decision threshold per column, chosen on held-out (valid) predictions.
+
+    - 'per-class-f1': each class gets the highest threshold whose F1 is within `f1_tolerance` of
+      the best F1 it can reach (0: the F1 maximum itself).
+    - 'global-f1': one threshold shared by all classes, the same rule on micro F1 over every
+      (image, class).
+    - 'target-precision': each class gets the lowest threshold whose precision reaches
+      `target_precision` (so recall is as high as that precision allows).
+
+    A chosen threshold sits halfway between the lowest accepted and the highest rejected score rather
+    than exactly on a validation score: with a few hundred validation images that margin generalises
+    better than a cut that touches one sample. A class with no positive (or no negative) validation
+    example cannot be calibrated and keeps 0.5, with a warning.
+    """
+    probs, targets = _as_2d(probs, targets)
+    if mode not in THRESHOLD_MODES:
+        raise ValueError(f"threshold mode must be one of {THRESHOLD_MODES}, got {mode!r}")
+    if mode == "target-precision" and not (target_precision and 0 < target_precision <= 1):
+        raise ValueError("threshold mode 'target-precision' needs 0 < target_precision <= 1")
+    if not 0 <= f1_tolerance < 1:
+        raise ValueError(f"f1_tolerance must be in [0, 1), got {f1_tolerance}")
+    n_classes = probs.shape[1]
+    if mode == "global-f1":
+        return np.full(n_classes, _best_f1_threshold(probs.ravel(), targets.ravel(), f1_tolerance))
+    thresholds = np.full(n_classes, DEFAULT_THRESHOLD)
+    for c in range(n_classes):
+        n_pos = int(targets[:, c].sum())
+        if n_pos == 0 or n_pos == len(targets):
+            log.warning("class column %d has %d positives out of %d validation images: "
+                        "keeping threshold %.2f", c, n_pos, len(targets), DEFAULT_THRESHOLD)
+            continue
+        if mode == "per-class-f1":
+            thresholds[c] = _best_f1_threshold(probs[:, c], targets[:, c], f1_tolerance)
+        else:
+            thresholds[c] = _precision_threshold(probs[:, c], targets[:, c], target_precision, c)
+    return thresholds
+
+
+def calibrate_capped(probs: np.ndarray, targets: np.ndarray, classes: list[str], max_accepted: float,
+                     start: np.ndarray | None = None, f1_tolerance: float = DEFAULT_F1_TOLERANCE) -> np.ndarray:
+    """Per-class thresholds that accept at most `max_accepted` of the held-out "other" images (rows
+    with no real label), keeping as much macro F1 as that allows: `capping_path` + `pick_capped`."""
+    return pick_capped(capping_path(probs, targets, classes, start, f1_tolerance), max_accepted)
+
+
+def pick_capped(path: list[tuple[int, int, np.ndarray]], max_accepted: float) -> np.ndarray:
+    """The first point of a `capping_path` that accepts at most `max_accepted` of its "other" rows.
+    With no "other" row there is nothing to cap: the path's start is returned, with a warning."""
+    if not 0 <= max_accepted <= 1:
+        raise ValueError(f"max_accepted must be in [0, 1], got {max_accepted}")
+    n_other = path[0][1]
+    if not n_other:
+        log.warning("no 'other' image in the validation split: cannot cap unknown acceptance")
+        return path[0][2]
+    allowed = int(np.floor(max_accepted * n_other + 1e-9))
+    return next(thr for n_acc, _, thr in path if n_acc <= allowed)
+
+
+def capping_path(probs: np.ndarray, targets: np.ndarray, classes: list[str], start: np.ndarray | None = None,
+                 f1_tolerance: float = DEFAULT_F1_TOLERANCE) -> list[tuple[int, int, np.ndarray]]:
+    """The thresholds from `start` to "accept no held-out other image", one "other" row at a time:
+    [(other rows accepted, other rows, thresholds), ...], acceptance strictly falling.
+
+    Each step removes the accepted "other" row whose removal costs the least validation macro F1:
+    every class that accepts it gets its threshold raised to just above that row's score (halfway to
+    the next higher score in that column). Greedy and exact on the validation rows; a few hundred
+    rows make it cheap. Every point is an operating point a user can pick (`max_unknown_accepted`).
+    """
+    probs, targets = _as_2d(probs, targets)
+    thresholds = (calibrate_thresholds(probs, targets, "per-class-f1", f1_tolerance=f1_tolerance)
+                  if start is None else np.asarray(start, dtype=float).copy())
+    real = real_class_indices(classes)
+    other_rows = np.nonzero(~targets[:, real].astype(bool).any(axis=1))[0]
+
+    def accepted_rows(thr):
+        return [r for r in other_rows if (probs[r, real] >= thr[real]).any()]
+
+    accepted = accepted_rows(thresholds)
+    path = [(len(accepted), len(other_rows), thresholds)]
+    while accepted:
+        best = None
+        for r in accepted:
+            trial = thresholds.copy()
+            for c in real:
+                if probs[r, c] >= trial[c]:
+                    higher = probs[:, c][probs[:, c] > probs[r, c]]
+                    trial[c] = (probs[r, c] + higher.min()) / 2 if len(higher) else probs[r, c] + 1e-6
+            f1 = _macro_f1(probs[:, real], targets[:, real], trial[real])
+            if best is None or f1 > best[0]:
+                best = (f1, trial)
+        thresholds = best[1]
+        accepted = accepted_rows(thresholds)
+        path.append((len(accepted), len(other_rows), thresholds))
+    return path
+
+
+def _macro_f1(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray) -> float:
+    pred, truth = probs >= thresholds[None, :], targets.astype(bool)
+    tp = (pred & truth).sum(0)
+    denom = pred.sum(0) + truth.sum(0)
+    return float(np.mean(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)))
+
+
+def _ranked(scores: np.ndarray, truth: np.ndarray):
+    """Scores sorted high to low, with cumulative true positives at each cut.
+
+    Cutting after position k accepts the k+1 highest scores. Only cuts between two *different*
+    scores are valid (ties must fall on the same side), hence `valid_cut`.
+    """
+    order = np.argsort(-scores, kind="stable")
+    s, t = scores[order], truth[order].astype(float)
+    tp = np.cumsum(t)
+    n_accepted = np.arange(1, len(s) + 1)
+    next_lower = np.append(s[1:], -np.inf)
+    valid_cut = s > next_lower
+    return s, tp, n_accepted, next_lower, valid_cut
+
+
+def _cut_threshold(score: float, next_lower: float) -> float:
+    """Halfway between the lowest accepted score and the highest rejected one."""
+    if np.isinf(next_lower):  # everything accepted: go a bit below the lowest score
+        return float(max(0.0, score - 1e-3))
+    return float((score + next_lower) / 2)
+
+
+def _best_f1_threshold(scores: np.ndarray, truth: np.ndarray, tolerance: float = 0.0) -> float:
+    s, tp, n_accepted, next_lower, valid_cut = _ranked(scores, truth)
+    n_pos = truth.sum()
+    if n_pos == 0:
+        return DEFAULT_THRESHOLD
+    f1 = 2 * tp / (n_accepted + n_pos)  # 2TP / (2TP + FP + FN) with TP+FP = accepted, TP+FN = pos
+    f1 = np.where(valid_cut, f1, -1)
+    # Scores run high to low, so the first cut that is good enough is the highest threshold.
+    k = int(np.nonzero(f1 >= f1.max() - tolerance - 1e-12)[0].min())
+    return _cut_threshold(s[k], next_lower[k])
+
+
+def _precision_threshold(scores: np.ndarray, truth: np.ndarray, target: float, column: int) -> float:
+    s, tp, n_accepted, next_lower, valid_cut = _ranked(scores, truth)
+    precision = tp / n_accepted
+    ok = valid_cut & (precision >= target)
+    if not ok.any():
+        # Unreachable: accept nothing rather than pretend. Above the top score no image passes.
+        log.warning("class column %d never reaches precision %.2f on validation: it will accept "
+                    "(almost) nothing", column, target)
+        return float(min(1.0, s[0] + 1e-6))
+    k = int(np.nonzero(ok)[0].max())  # the largest accepted set that still meets the target
+    return _cut_threshold(s[k], next_lower[k])
+
+
+# ---------------------------------------------------------------- decisions
+
+def real_class_indices(classes: list[str]) -> list[int]:
+    return [i for i, c in enumerate(classes) if c != OTHER]
+
+
+def predict_matrix(probs: np.ndarray, thresholds: np.ndarray | None, classes: list[str],
+                   head: str = "sigmoid") -> np.ndarray:
+    """Boolean (N, K) decisions over `classes`; the "other" column is never a claimed label.
+
+    sigmoid: every real class whose probability reaches its threshold (the "other" column of an
+    other_mode='class' model is only a training signal; its images are recognised by claiming nothing).
+    softmax: the argmax class, unless the argmax is "other".
+    """
+    probs = np.asarray(probs, dtype=float)
+    if head == "softmax":
+        pred = np.zeros(probs.shape, dtype=bool)
+        pred[np.arange(len(probs)), probs.argmax(axis=1)] = True
+    elif head == "sigmoid":
+        if thresholds is None:
+            raise ValueError("the sigmoid head needs thresholds")
+        pred = probs >= np.asarray(thresholds, dtype=float)[None, :]
+    else:
+        raise ValueError(f"head must be 'sigmoid' or 'softmax', got {head!r}")
+    if OTHER in classes:
+        pred[:, classes.index(OTHER)] = False
+    return pred
+
+
+# ---------------------------------------------------------------- metrics
+
+def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray | None, classes: list[str],
+             is_unknown_mask: np.ndarray | None = None, head: str = "sigmoid") -> dict:
+    """Score predictions. Rows flagged in `is_unknown_mask` are probe images (kinds that appear under
+    no query): they count only towards `probe_accepted`.
+
+    Returned keys:
+      per_class[c]: precision, recall, f1, support (over labelled + "other" rows, probes excluded)
+      macro_f1: mean F1 over real classes
+      accuracy: exact match (predicted set == true set) over images with at least one label
+      unknown_accepted: fraction of "other" rows (no label, not probe) that got any real class
+      probe_accepted: the same fraction over probe rows
+      fpr95_unknown / fpr95_probe: threshold-free comparison across heads: score = max real-class
+        probability; the cut keeps 95% of labelled images; fraction of unknowns still above it
+        (the "FPR at 95% TPR" of the open-set literature; for softmax this is max-softmax thresholding)
+      n_labelled, n_unknown, n_probe
+    Rates with no rows to measure are None (JSON null), never a misleading 0.
+    """
+    probs, targets = _as_2d(probs, targets)
+    n = len(probs)
+    probe = np.zeros(n, dtype=bool) if is_unknown_mask is None else np.asarray(is_unknown_mask, dtype=bool)
+    real = real_class_indices(classes)
+    pred = predict_matrix(probs, thresholds, classes, head)[:, real]
+    truth = targets[:, real].astype(bool)
+    accepted = pred.any(axis=1)
+    labelled = truth.any(axis=1) & ~probe
+    unknown = ~truth.any(axis=1) & ~probe
+    scored = ~probe
+
+    per_class = {}
+    for j, ci in enumerate(real):
+        p, t = pred[scored, j], truth[scored, j]
+        tp, fp, fn = int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum())
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        per_class[classes[ci]] = {"precision": precision, "recall": recall, "f1": f1, "support": int(t.sum())}
+
+    score = probs[:, real].max(axis=1) if real else np.zeros(n)
+    cut = float(np.quantile(score[labelled], 0.05)) if labelled.any() else None
+    return {
+        "per_class": per_class,
+        "macro_f1": float(np.mean([m["f1"] for m in per_class.values()])) if per_class else 0.0,
+        "accuracy": _rate((pred == truth).all(axis=1), labelled),
+        "unknown_accepted": _rate(accepted, unknown),
+        "probe_accepted": _rate(accepted, probe),
+        "fpr95_unknown": None if cut is None else _rate(score >= cut, unknown),
+        "fpr95_probe": None if cut is None else _rate(score >= cut, probe),
+        "n_labelled": int(labelled.sum()),
+        "n_unknown": int(unknown.sum()),
+        "n_probe": int(probe.sum()),
+    }
+
+
+def _rate(hit: np.ndarray, rows: np.ndarray) -> float | None:
+    return float(hit[rows].mean()) if rows.any() else None
+
+
+def _as_2d(probs, targets):
+    probs, targets = np.asarray(probs, dtype=float), np.asarray(targets)
+    if probs.ndim == 1:
+        probs, targets = probs[:, None], targets.reshape(-1, 1)
+    if probs.shape != targets.shape:
+        raise ValueError(f"probs {probs.shape} and targets {targets.shape} must have the same shape")
+    return probs, targets
+
+
+def targets_from_labels(label_lists: list[list[str]], classes: list[str]) -> np.ndarray:
+    """Multi-hot (N, K) targets. An image with no label is an "other" image: it gets the "other"
+    column when the vocabulary has one. Labels outside `classes` are an error, not silently dropped."""
+    index = {c: i for i, c in enumerate(classes)}
+    out = np.zeros((len(label_lists), len(classes)), dtype=np.int8)
+    for row, labels in enumerate(label_lists):
+        unknown = [lab for lab in labels if lab not in index]
+        if unknown:
+            raise ValueError(f"label(s) {unknown} are not in the model's classes {classes}")
+        for lab in labels:
+            out[row, index[lab]] = 1
+        if not labels and OTHER in index:
+            out[row, index[OTHER]] = 1
+    return out
+
+
+def operating_curve(path: list, probs: np.ndarray, targets: np.ndarray, classes: list[str],
+                    is_probe: np.ndarray, chosen: np.ndarray | None = None) -> list[dict]:
+    """Each point of a `capping_path` scored on held-out rows: the share of validation "other"
+    images it accepts (what `max_unknown_accepted` caps), and on these rows the macro F1 and the
+    shares of "other" and probe images accepted. The point equal to `chosen` is marked."""
+    points = []
+    for n_acc, n_other, thr in path:
+        m = evaluate(probs, targets, thr, classes, is_unknown_mask=is_probe)
+        points.append({"valid_other_accepted": n_acc / n_other if n_other else None,
+                       "macro_f1": m["macro_f1"], "unknown_accepted": m["unknown_accepted"],
+                       "probe_accepted": m["probe_accepted"],
+                       "chosen": chosen is not None and np.allclose(thr, chosen),
+                       "thresholds": [round(float(t), 4) for t in thr]})
+    return points
+
+
+def probe_by_query(probs: np.ndarray, queries: list[str], thresholds, classes: list[str],
+                   head: str = "sigmoid") -> dict[str, dict]:
+    """For each probe query (a kind never trained on): how many images, the share accepted, and as
+    which classes. Says *what* the model mistakes for a class, not only how often."""
+    pred = predict_matrix(probs, thresholds, classes, head) if len(probs) else np.zeros((0, len(classes)), bool)
+    out = {}
+    for query in sorted(set(queries)):
+        rows = np.array([q == query for q in queries])
+        hits = pred[rows]
+        out[query] = {"n": int(rows.sum()), "accepted": float(hits.any(axis=1).mean()),
+                      "accepted_as": {classes[j]: int(hits[:, j].sum()) for j in real_class_indices(classes)
+                                      if hits[:, j].any()}}
+    return out

@@ -1,0 +1,226 @@
+"""Mine hard negatives: pool images ("other" candidates collected for the purpose) that the model
+wrongly accepts as a class become training negatives of the next dataset version.
+
+Only pool images move (purpose pool -> train, label other); evaluation probes never do. Class images
+the model confidently rejects are listed for review (possible label noise), never moved.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlc_pipeline.fsutil import write_csv_atomic
+from mlc_pipeline.catalog import Catalog, run_end_status
+from mlc_pipeline.config import Config
+from mlc_pipeline.model.metrics import predict_matrix
+from mlc_pipeline.model.predict import score_with_errors
+from mlc_pipeline.model.bundle import load_bundle
+
+log = logging.getLogger(__name__)
+REVIEW_BELOW = 0.05     # a class image whose own label scores under this is listed for review
+# A pool image this close to a class image (PHash bits) is a copy of it: resized and re-encoded real
+# photos stay within ~4 bits, while flat drawings of *different* things can sit at 10 (issue 13), so
+# curation's looser threshold would hold back true lookalikes, the negatives mining exists for.
+NEAR_COPY_BITS = 4
+MIN_DEFAULT_CAP = 50
+HELD = "held:"          # reason prefix of pool images mining kept out of the negatives, for review
+REVIEW_COLUMNS = ["candidate_id", "photo_id", "label", "score", "file"]
+MINED_COLUMNS = ["candidate_id", "photo_id", "score", "accepted_as", "decision", "file"]
+
+
+@dataclass
+class MineResult:
+    round: int
+    model: str
+    scored: int = 0
+    added: int = 0                     # hard negatives moved into the training "other" set
+    errors: int = 0
+    review: list[dict] = field(default_factory=list)
+    negatives: list[dict] = field(default_factory=list)   # photo_id, score, top class
+    held: list[dict] = field(default_factory=list)        # accepted pool images kept out, and why
+    over_cap: int = 0                  # accepted, not held, but beyond this round's cap (scored again next round)
+
+
+def accepted_classes(bundle, probs: np.ndarray) -> np.ndarray:
+    """Boolean (N, vocab) of the classes each image is accepted as (never the "other" column)."""
+    ok = ~np.isnan(probs).any(axis=1)
+    pred = np.zeros(probs.shape, dtype=bool)
+    pred[ok] = predict_matrix(probs[ok], bundle.thresholds, bundle.vocab, bundle.head)
+    return pred
+
+
+def phash_bits(hashes: list[str | None]) -> np.ndarray:
+    """(N, 64) bits of 16-hex-digit perceptual hashes; a missing hash is all-False (never near)."""
+    out = np.zeros((len(hashes), 64), dtype=bool)
+    for i, h in enumerate(hashes):
+        if h and len(h) == 16:
+            out[i] = np.unpackbits(np.frombuffer(bytes.fromhex(h), dtype=np.uint8)).astype(bool)
+    return out
+
+
+def nearest_class_image(pool_hashes: list[str | None], class_rows: list[dict], max_bits: int) -> list[dict | None]:
+    """For each pool hash, a class image within `max_bits` of it (Hamming), or None."""
+    if not class_rows or not pool_hashes:
+        return [None] * len(pool_hashes)
+    known = [r for r in class_rows if r.get("phash") and len(r["phash"]) == 16]
+    if not known:
+        return [None] * len(pool_hashes)
+    cls = phash_bits([r["phash"] for r in known])
+    out = []
+    for h, bits in zip(pool_hashes, phash_bits(pool_hashes)):
+        if not h:
+            out.append(None)
+            continue
+        dist = (cls != bits).sum(axis=1)
+        j = int(dist.argmin())
+        out.append(known[j] if dist[j] <= max_bits else None)
+    return out
+
+
+def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult:
+    """Score the pool; accepted pool images become hard negatives, except those held for review:
+    near-duplicates of a class image, or accepted with a score of `mine.hold_above` or more (a pool
+    query that returns class members, e.g. "stuffed animal" for a "teddy" class). At most
+    `mine.max_per_round` are added (the hardest first). Every decision is written to mined.csv."""
+    for warning in pool_overlaps(cfg):
+        log.warning(warning)
+    bundle = load_bundle(bundle_dir)
+    model = Path(bundle_dir).name
+    result = MineResult(round_no, model)
+    settings = cfg.mine
+    with Catalog(cfg.catalog_path) as catalog:
+        run_id = catalog.start_run(f"mine-{round_no}")
+        try:
+            pool = [r for r in catalog.candidates("status='accepted' AND purpose='pool'")
+                    if not (r["reason"] or "").startswith(HELD)]
+            probs, errors = score_with_errors(bundle, [r["file_path"] for r in pool])
+            result.scored, result.errors = len(pool) - len(errors), len(errors)
+            accepted = accepted_classes(bundle, probs)
+            class_rows = [r for r in catalog.candidates("status='accepted' AND purpose='train'")
+                          if r["curated_label"] and r["curated_label"] != "other"]
+            hits = [i for i in range(len(pool)) if accepted[i].any()]
+            hold_at = hold_scores(bundle, settings.hold_above)
+            near = nearest_class_image([pool[i]["phash"] for i in hits], class_rows, NEAR_COPY_BITS)
+            candidates = []
+            for i, twin in zip(hits, near):
+                j = int(np.nanargmax(np.where(accepted[i], probs[i], -1)))
+                entry = {"candidate_id": pool[i]["id"], "photo_id": pool[i]["photo_id"], "file": pool[i]["file_path"],
+                         "score": round(float(probs[i, j]), 4), "accepted_as": bundle.vocab[j]}
+                if twin is not None:
+                    entry["decision"] = f"held:near-duplicate-of:{twin['id']}"
+                elif entry["score"] >= hold_at[j]:
+                    entry["decision"] = f"held:confident:{entry['accepted_as']}"
+                else:
+                    entry["decision"] = "added"
+                candidates.append(entry)
+            to_add = sorted((e for e in candidates if e["decision"] == "added"), key=lambda e: -e["score"])
+            cap = max_per_round(settings, catalog)
+            for e in to_add[cap:]:
+                e["decision"] = "over-cap"
+            with catalog.transaction():
+                for e in candidates:
+                    if e["decision"] == "added":
+                        catalog.set_status(e["candidate_id"], "accepted", f"hard-negative:round={round_no}", run_id, "mine",
+                                           purpose="train", curated_label="other", mined_round=round_no,
+                                           mined_score=e["score"], mined_model=model)
+                    elif e["decision"].startswith(HELD):
+                        catalog.set_status(e["candidate_id"], "accepted", f"{e['decision']}:round={round_no}", run_id,
+                                           "mine", mined_score=e["score"], mined_model=model)
+            result.negatives = [{k: e[k] for k in ("photo_id", "score", "accepted_as")} for e in candidates
+                                if e["decision"] == "added"]
+            result.held = [e for e in candidates if e["decision"].startswith(HELD)]
+            result.over_cap = sum(e["decision"] == "over-cap" for e in candidates)
+            result.added = len(result.negatives)
+            result.review = review_class_images(catalog, bundle, cfg)
+            catalog.finish_run(run_id, "completed", {"scored": result.scored, "added": result.added,
+                                                     "held": len(result.held), "over_cap": result.over_cap})
+        except BaseException as exc:   # Ctrl-C and SIGTERM too: the run is never left 'running'
+            catalog.finish_run(run_id, run_end_status(exc), {"error": type(exc).__name__})
+            raise
+    write_csv(Path(bundle_dir) / "review.csv", result.review, REVIEW_COLUMNS)
+    write_csv(Path(bundle_dir) / "mined.csv", candidates, MINED_COLUMNS)
+    log.info("mining round %d: %d of %d pool images accepted as a class: %d -> hard negatives, %d held for review, "
+             "%d over the round's cap of %d; %d class images to review", round_no, len(candidates), result.scored,
+             result.added, len(result.held), result.over_cap, cap, len(result.review))
+    return result
+
+
+def hold_scores(bundle, hold_above: float | None) -> list[float]:
+    """Per vocab column, the score at which an accepted pool image is held for review instead of
+    mined: the configured value, or else the median score of that class's validation images (a
+    pool image the model is surer of than of a typical image of the class may well be one)."""
+    if hold_above is not None:
+        return [hold_above] * len(bundle.vocab)
+    typical = bundle.meta.get("typical_positive_scores")
+    if typical is None:
+        log.info("%s predates typical_positive_scores: no confidence hold (set mine.hold_above)", bundle.path.name)
+        return [float("inf")] * len(bundle.vocab)
+    return [float("inf") if t is None else t for t in typical]
+
+
+def pool_overlaps(cfg: Config) -> list[str]:
+    """A pool query that shares a word with a class (its name or a query) may return members of
+    that class; mined as negatives they would teach the model to reject its own class."""
+    def words(text: str) -> set[str]:
+        return {w for w in text.lower().replace("-", " ").replace("_", " ").split() if len(w) > 2}
+
+    out = []
+    for query in (cfg.mine.pool.queries if cfg.mine.pool else []):
+        for name, qs in cfg.classes.items():
+            shared = words(query) & (words(name) | set().union(*(words(q) for q in qs.queries)))
+            if shared:
+                out.append(f"mine.pool query {query!r} shares {sorted(shared)} with class {name!r}: it may return "
+                           f"{name} images, which mining would turn into negatives (those the model is surer of "
+                           f"than of a typical {name} image are held for review)")
+    return out
+
+
+def max_per_round(settings, catalog: Catalog) -> int:
+    """The configured cap, or by default as many as the training "other" set already holds (at
+    least MIN_DEFAULT_CAP): one round can at most double the negatives, so a bad model can't flood them."""
+    if settings.max_per_round is not None:
+        return settings.max_per_round
+    return max(MIN_DEFAULT_CAP, catalog.count_accepted("train", "other"))
+
+
+def undo_round(cfg: Config, round_no: int, photo_ids: list[str] | None = None) -> int:
+    """Put a round's mined negatives (all, or the given photo ids) back into the pool, and release
+    the pool images it held for review. Returns how many candidates changed."""
+    changed = 0
+    with Catalog(cfg.catalog_path) as catalog:
+        run_id = catalog.start_run(f"mine-undo-{round_no}")
+        with catalog.transaction():
+            for r in catalog.mined_in_round(round_no):
+                if photo_ids and r["photo_id"] not in photo_ids:
+                    continue
+                catalog.set_status(r["id"], "accepted", None, run_id, "mine-undo", purpose="pool",
+                                   curated_label="other", mined_round=None, mined_score=None, mined_model=None)
+                changed += 1
+        catalog.finish_run(run_id, "completed", {"changed": changed})
+    return changed
+
+
+def review_class_images(catalog: Catalog, bundle, cfg: Config) -> list[dict]:
+    """Training class images whose own label the model scores very low: possible label noise."""
+    rows = [r for r in catalog.candidates("status='accepted' AND purpose='train'")
+            if r["curated_label"] and r["curated_label"] != "other"]
+    if not rows:
+        return []
+    probs, _ = score_with_errors(bundle, [r["file_path"] for r in rows])
+    out = []
+    for row, p in zip(rows, probs):
+        if np.isnan(p).any():
+            continue
+        for label in row["curated_label"].split():
+            if label in bundle.vocab and p[bundle.vocab.index(label)] < REVIEW_BELOW:
+                out.append({"candidate_id": row["id"], "photo_id": row["photo_id"], "label": label,
+                            "score": round(float(p[bundle.vocab.index(label)]), 4), "file": row["file_path"]})
+    return out
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    write_csv_atomic(path, rows, columns)

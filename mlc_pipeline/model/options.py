@@ -1,0 +1,37 @@
+"""One training run's options (`TrainConfig`): what model/learner.py and model/train.py read."""
+
+from __future__ import annotations
+
+import torchvision
+from pydantic import model_validator
+
+from mlc_pipeline.config import TrainSettings
+from mlc_pipeline.model import nets
+
+
+class TrainConfig(TrainSettings):
+    """One training run's options: the config file's `train:` settings (declared once, in
+    config.TrainSettings, with their defaults and bounds) plus runtime knobs no config file sets."""
+
+    workers: int = 0                  # DataLoader processes; 0 on a 2-core box (workers steal the cores)
+    threads: int | None = None        # torch threads; None = every core this process may use
+    max_train_seconds: float | None = None  # stop training early (after an epoch if possible) past this
+    augment: bool = True              # flips, small rotations/zoom/lighting on the batch
+
+    @model_validator(mode="after")
+    def _known_arch(self):
+        if self.arch != "auto" and not nets.is_local_arch(self.arch) and not callable(getattr(torchvision.models, self.arch, None)):
+            raise ValueError(f"arch {self.arch!r} is neither one of {sorted(nets.WIDTHS)} "
+                             f"nor a torchvision.models function (e.g. resnet18)")
+        return self
+
+    @classmethod
+    def from_settings(cls, settings) -> "TrainConfig":
+        """From a TrainSettings or a dict, ignoring keys that are not training options."""
+        data = settings.model_dump() if hasattr(settings, "model_dump") else dict(settings)
+        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
+
+    @property
+    def effective_other_mode(self) -> str:
+        # A softmax must put "other" images somewhere: they are always a class there.
+        return "class" if self.head == "softmax" else self.other_mode

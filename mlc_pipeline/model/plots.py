@@ -1,0 +1,68 @@
+"""The plots a bundle carries: the loss curves of its training and its operating curve (macro F1
+against the share of unknown images accepted; see model.metrics.capping_path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def plot_losses(history, path: Path, title: str = "") -> None:
+    import matplotlib
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    batches = np.asarray(history.batch_losses)
+    if len(batches):
+        ax.plot(np.arange(1, len(batches) + 1), batches, color="tab:blue", alpha=0.3, label="train (batch)")
+    ends = [e["n_batches"] for e in history.epochs]
+    ax.plot(ends, [e["train_loss"] for e in history.epochs], "o-", color="tab:blue", label="train (epoch)")
+    ax.plot(ends, [e["valid_loss"] for e in history.epochs], "o-", color="tab:orange", label="valid")
+    values = np.r_[batches, [e["valid_loss"] for e in history.epochs]]
+    if len(values):  # one early from-scratch spike (valid loss 5+) would flatten every other point
+        ax.set_ylim(0, 1.1 * float(np.percentile(values, 98)))
+    ax.set_xlabel("batch")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def chosen_point(curve: list[dict]) -> dict | None:
+    return next((p for p in curve if p.get("chosen")), None)
+
+
+def plot_curves(curves: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
+    """One PNG with a line per model (name -> curve): solid = test "other", dashed = probes."""
+    import matplotlib
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, curve) in enumerate(curves.items()):
+        colour = colours[i % len(colours)]
+        f1 = [p["macro_f1"] for p in curve]
+        for key, style, what in (("unknown_accepted", "-", "other"), ("probe_accepted", "--", "probe")):
+            xs = [p[key] for p in curve]
+            if any(x is None for x in xs):
+                continue
+            ax.plot([100 * x for x in xs], f1, style, color=colour, marker=".", ms=3, label=f"{name}: {what}")
+            chosen = chosen_point(curve)
+            if chosen is not None and chosen[key] is not None:
+                ax.plot(100 * chosen[key], chosen["macro_f1"], "*", color=colour, ms=14, mec="black")
+    ax.set_xlabel("unknown images accepted as a class (%)  —  lower is better")
+    ax.set_ylabel("macro F1 on class images (test)")
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "operating curve (★ = chosen thresholds)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,133 @@
+"""Score images with a model bundle (see model/bundle.py for what a bundle is and its trust model)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mlc_pipeline.model.bundle import Bundle
+from mlc_pipeline.model.metrics import OTHER, predict_matrix
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    path: str
+    labels: list[tuple[str, float]]    # claimed classes with their probability, most likely first
+    none_of: bool                      # no class claimed: an unknown/"other" image (or an error)
+    error: str | None = None           # why the image could not be scored
+    probs: dict[str, float] = field(default_factory=dict)
+
+
+MAX_PIXELS = 64_000_000      # per image, as curation's default: above 50 MP camera output
+BATCH_PIXELS = 100_000_000   # decoded pixels held at once (3 bytes each as RGB): ~300 MB, whatever the batch size
+
+
+class TooLarge(Exception):
+    """An image over the pixel limit: refused from its header, before anything is decoded."""
+
+
+def _decode(path, max_pixels: int = MAX_PIXELS) -> object:
+    from fastai.vision.core import PILImage
+    from PIL import Image
+
+    with Image.open(path) as im:         # reads the header only
+        width, height = im.size
+    if width * height > max_pixels:
+        raise TooLarge(f"too large to score: {width}x{height} pixels ({width * height / 1e6:.0f} MP), over the "
+                       f"{max_pixels / 1e6:.0f} MP limit")
+    return PILImage.create(path)  # opens, fully decodes (load) and converts to RGB
+
+
+def score_with_errors(bundle: Bundle, paths: list, batch_size: int = 64, max_pixels: int = MAX_PIXELS,
+                      batch_pixels: int = BATCH_PIXELS) -> tuple[np.ndarray, dict[int, str]]:
+    """Probabilities (N, len(vocab)); rows of images that failed are NaN and listed in the errors
+    dict (index -> message). Images are decoded here and scored in chunks of at most `batch_size`
+    images and `batch_pixels` decoded pixels, so memory stays bounded however big the inputs; an
+    image over `max_pixels` is refused from its header. One bad file costs one row, never the batch:
+    a chunk that fails to score is scored again image by image."""
+    probs = np.full((len(paths), len(bundle.vocab)), np.nan, dtype=np.float32)
+    errors: dict[int, str] = {}
+    chunk: list[tuple[int, object]] = []
+    held = 0
+    for i, path in enumerate(paths):
+        try:
+            image = _decode(path, max_pixels)
+        except TooLarge as exc:
+            errors[i] = str(exc)
+            continue
+        except Exception as exc:  # PIL raises many types for a bad file; each becomes a row error
+            errors[i] = f"cannot decode image: {type(exc).__name__}: {exc}"
+            continue
+        pixels = image.width * image.height
+        if chunk and (len(chunk) >= batch_size or held + pixels > batch_pixels):
+            _score_chunk(bundle, chunk, batch_size, probs, errors)
+            chunk, held = [], 0
+        chunk.append((i, image))
+        held += pixels
+    if chunk:
+        _score_chunk(bundle, chunk, batch_size, probs, errors)
+    if errors:
+        log.warning("%d of %d images could not be scored (first: %s)", len(errors), len(paths),
+                    next(iter(errors.values())))
+    return probs, errors
+
+
+def _score_chunk(bundle: Bundle, chunk: list[tuple[int, object]], batch_size: int, probs: np.ndarray,
+                 errors: dict[int, str]) -> None:
+    learn = bundle.learn
+    images = [image for _, image in chunk]
+    try:
+        batch_probs = _probabilities(learn, images, batch_size)
+        if bundle.meta.get("config", {}).get("tta"):
+            # Test-time augmentation: the mirror image too, probabilities averaged (trained with flips).
+            batch_probs = (batch_probs + _probabilities(learn, [_mirror(im) for im in images], batch_size)) / 2
+        probs[[i for i, _ in chunk]] = batch_probs
+    except Exception as exc:  # MemoryError included: the others in the chunk must still get a score
+        if len(chunk) == 1:
+            errors[chunk[0][0]] = f"cannot score image: {type(exc).__name__}: {exc}"
+            return
+        log.warning("scoring %d images together failed (%s); scoring them one by one", len(chunk),
+                    type(exc).__name__)
+        for item in chunk:
+            _score_chunk(bundle, [item], batch_size, probs, errors)
+
+
+def _probabilities(learn, images: list, batch_size: int) -> np.ndarray:
+    # Items are already PILImages, so test_dl starts its pipeline after the path reader.
+    dl = learn.dls.test_dl(images, bs=batch_size, num_workers=0)
+    with learn.no_bar(), learn.no_logging():
+        batch_probs, _ = learn.get_preds(dl=dl)
+    return batch_probs.float().numpy()
+
+
+def _mirror(image):
+    from fastai.vision.core import PILImage
+    from PIL import Image
+    return PILImage.create(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+
+
+def score_paths(bundle: Bundle, paths: list, batch_size: int = 64) -> np.ndarray:
+    """Probabilities (N, len(vocab)) in `bundle.vocab` order; NaN rows for images that failed."""
+    return score_with_errors(bundle, paths, batch_size)[0]
+
+
+def predict_paths(bundle: Bundle, paths: list, batch_size: int = 64, max_pixels: int = MAX_PIXELS) -> list[Prediction]:
+    probs, errors = score_with_errors(bundle, paths, batch_size, max_pixels)
+    ok = ~np.isnan(probs).any(axis=1)
+    decisions = np.zeros(probs.shape, dtype=bool)
+    if ok.any():
+        decisions[ok] = predict_matrix(probs[ok], bundle.thresholds, bundle.vocab, bundle.head)
+    out = []
+    for i, path in enumerate(paths):
+        if i in errors:
+            out.append(Prediction(path=str(path), labels=[], none_of=True, error=errors[i]))
+            continue
+        row = {c: float(p) for c, p in zip(bundle.vocab, probs[i])}
+        labels = sorted(((c, row[c]) for c, hit in zip(bundle.vocab, decisions[i]) if hit and c != OTHER),
+                        key=lambda cp: -cp[1])
+        out.append(Prediction(path=str(path), labels=labels, none_of=not labels, probs=row))
+    return out

@@ -1,0 +1,277 @@
+"""Train a classifier on a published dataset version and write a self-describing model bundle.
+
+The default recipe is multi-label: a sigmoid per class trained with BCE, where "other" images carry
+no label at all, so the loss pushes every class towards 0 on them (`other_mode='negative'`). That is
+what lets the model answer "none of these". Two baselines use the same code path: an explicit
+"other" class under the sigmoid head (`other_mode='class'`), and a single-label softmax with "other"
+as a class (`head='softmax'`).
+
+Everything defaults to what fits a 2-core CPU without pretrained weights (see docs/training.md for
+the measured speeds behind the defaults).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torchvision
+from fastai.vision.all import (
+    BCEWithLogitsLossFlat, CrossEntropyLossFlat, Learner, MixUp, accuracy, default_split, imagenet_stats, model_meta,
+    set_seed, vision_learner,
+)
+
+from mlc_pipeline import __version__
+
+from mlc_pipeline.model import nets
+from mlc_pipeline.model.options import TrainConfig
+from mlc_pipeline.model.bundle import export_learner
+from mlc_pipeline.model.learner import LossHistory, TimeBudget, training_frame, build_dataloaders, macro_f1_metric
+from mlc_pipeline.manifest import read_manifest_frame
+from mlc_pipeline.model.plots import plot_curves, plot_losses
+from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file
+from mlc_pipeline.model.weights import load_backbone_weights, resolve_training
+from mlc_pipeline.model.metrics import (
+    OTHER, calibrate_thresholds, capping_path, evaluate, pick_capped,
+)
+from mlc_pipeline.model.assess import evaluate_loaded_bundle
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = 1
+
+# fastai knows how to cut and split resnets, squeezenets, densenets...; it has no entry for the
+# MobileNets, and without one it would call the removed `arch(pretrained=...)` API. torchvision's
+# mobilenet_v3 children are (features, avgpool, classifier): the body is everything before avgpool.
+for _arch in (torchvision.models.mobilenet_v3_small, torchvision.models.mobilenet_v3_large):
+    model_meta.setdefault(_arch, {"cut": -2, "split": default_split, "stats": imagenet_stats, "weights": "DEFAULT"})
+
+
+@dataclass
+class TrainResult:
+    bundle_dir: Path
+    classes: list[str]                # the real classes
+    vocab: list[str]                  # the model's output columns (may include "other")
+    thresholds: list[float] | None    # per vocab column; None for the softmax head (argmax decides)
+    metrics: dict                     # what metrics.json holds
+    history: list[dict]               # per epoch: train_loss, valid_loss
+    train_seconds: float
+    images_per_second: float
+    stopped_early: bool
+    pretrained_used: str              # 'none' | 'imagenet' | the weights path
+
+
+# ---------------------------------------------------------------- manifest
+
+def classes_in(df: pd.DataFrame, classes: list[str] | None = None) -> list[str]:
+    """The union of labels (sorted), or the explicit list after checking the manifest against it."""
+    found = sorted({lab for labs in df["label_list"] for lab in labs})
+    if OTHER in found:
+        raise ValueError(f"'{OTHER}' is reserved: 'other' images have an empty labels cell")
+    if classes is None:
+        if not found:
+            raise ValueError("the manifest has no labelled image")
+        return found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise ValueError(f"manifest labels {unknown} are not among the given classes {classes}")
+    return list(classes)
+
+
+# ---------------------------------------------------------------- training
+
+def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig | None = None,
+                dataset_version: str = "", classes: list[str] | None = None,
+                overwrite: bool = False, warnings: list[str] | None = None) -> TrainResult:
+    """Train on the train split, calibrate on valid, evaluate on test + probe, write the bundle.
+
+    The bundle folder is built next to `out_dir` and renamed into place, so a crash never leaves a
+    half-written bundle that looks complete.
+    """
+    cfg = cfg or TrainConfig()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} exists (pass overwrite=True to replace it)")
+    df = read_manifest_frame(manifest_csv)
+    classes = classes_in(df, classes)
+    rows = training_frame(df, cfg)
+
+    # arch 'auto', the recipe's image size/epochs/lr, the starting weights (may download): before anything is built
+    cfg, weights = resolve_training(cfg)
+    torch.set_num_threads(cfg.threads or available_cores())
+    # Seed before building the loaders (their shuffling RNG is drawn from the global one) and the
+    # model (its init). On CPU with workers=0 two runs with the same seed give the same weights.
+    set_seed(cfg.seed, reproducible=True)
+    dls = build_dataloaders(rows, classes, cfg)
+    vocab = list(dls.vocab)
+    pretrained = weights.pretrained
+
+    if cfg.head == "softmax":
+        loss_func, metrics = CrossEntropyLossFlat(), [accuracy]
+    else:
+        loss_func, metrics = BCEWithLogitsLossFlat(thresh=0.5), [macro_f1_metric()]
+    if nets.is_local_arch(cfg.arch):
+        learn = Learner(dls, nets.mlcnet(len(vocab), cfg.arch), loss_func=loss_func, metrics=metrics,
+                        splitter=nets.body_head_splitter)
+    else:
+        learn = vision_learner(dls, getattr(torchvision.models, cfg.arch), pretrained=False,  # weights: below
+                               normalize=False, loss_func=loss_func, metrics=metrics)
+    if weights.file:
+        load_backbone_weights(learn, cfg.arch, weights.file)
+        learn.freeze()
+    if torch.cuda.is_available():
+        learn.to_fp16()
+
+    history, budget = LossHistory(), TimeBudget(cfg.max_train_seconds or float("inf"))
+    fit_cbs = [history, budget] + ([MixUp(cfg.mixup)] if cfg.mixup > 0 else [])
+    n_train = len(dls.train_ds)
+    log.info("training %s (%s, %s, pretrained=%s) on %d images, validating on %d, vocab %s",
+             cfg.arch, cfg.head, cfg.effective_other_mode, pretrained, n_train, len(dls.valid_ds), vocab)
+    lr = cfg.lr or default_lr(cfg.arch, pretrained)
+    start = time.monotonic()
+    with learn.no_bar(), learn.no_logging():  # progress goes to `log` through LossHistory
+        if pretrained == "none":
+            learn.fit_one_cycle(cfg.epochs, lr, cbs=fit_cbs)
+        else:
+            learn.fine_tune(cfg.epochs, lr, cbs=fit_cbs)
+    train_seconds = time.monotonic() - start
+    images_seen = len(history.batch_losses) * cfg.batch_size
+    if torch.cuda.is_available():
+        learn.to_fp32()  # the bundle must load on a CPU-only machine
+
+    # Calibrate on valid: these images were not trained on, the test split stays untouched.
+    valid_probs, valid_targets = _valid_predictions(learn, cfg, vocab)
+    thresholds, curve_path = None, []
+    if cfg.head == "sigmoid":
+        thresholds = calibrate_thresholds(valid_probs, valid_targets, cfg.threshold_mode, cfg.target_precision,
+                                          cfg.f1_tolerance)
+        # Every point from these thresholds to "accept no held-out other image": the report's curve,
+        # and the operating point when the user caps unknown acceptance.
+        curve_path = capping_path(valid_probs, valid_targets, vocab, start=thresholds)
+        if cfg.max_unknown_accepted is not None:
+            thresholds = pick_capped(curve_path, cfg.max_unknown_accepted)
+        # fastai's `predict`/decoded preds use the loss's thresh; a per-class tensor broadcasts over
+        # the class axis, so `learn.predict` on the exported learner agrees with the bundle.
+        learn.loss_func.thresh = torch.tensor(thresholds, dtype=torch.float32)
+    valid_metrics = evaluate(valid_probs, valid_targets, thresholds, vocab, head=cfg.head)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp_dirs(out_dir.parent)
+    # The writer's pid is in the name, so a later run can tell a killed writer's leftovers from a
+    # bundle another live process is still writing.
+    tmp_dir = out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp_dir.mkdir()
+    try:
+        export_learner(learn, tmp_dir / "export.pkl")
+        meta = {
+            "format": BUNDLE_FORMAT,
+            "classes": classes,
+            "vocab": vocab,
+            "thresholds": None if thresholds is None else [float(t) for t in thresholds],
+            "typical_positive_scores": typical_positive_scores(valid_probs, valid_targets),
+            "head": cfg.head,
+            "other_mode": cfg.effective_other_mode,
+            "arch": cfg.arch,
+            "image_size": cfg.image_size,
+            "pretrained": pretrained,
+            "weights": weights.record(),
+            "dataset_version": dataset_version,
+            "manifest": str(Path(manifest_csv).resolve()),
+            "export_sha256": sha256_file(tmp_dir / "export.pkl"),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": cfg.model_dump(),
+            "lr": lr,
+            "n_train": n_train,
+            "n_valid": len(dls.valid_ds),
+            "history": history.epochs,
+            "train_seconds": round(train_seconds, 2),
+            "images_per_second": round(images_seen / max(history.train_phase_seconds, 1e-9), 2),
+            "stopped_early": budget.stopped,
+            "warnings": list(warnings or []),     # about the data, e.g. models.other_set_warnings
+            "versions": {"mlc_pipeline": __version__, "torch": torch.__version__,
+                         "torchvision": torchvision.__version__, "fastai": _fastai_version()},
+        }
+        (tmp_dir / "bundle.json").write_text(json.dumps(meta, indent=2))
+        # Score the exported artifact itself, through the same loader users get.
+        from mlc_pipeline.model.bundle import load_bundle
+        test_metrics = evaluate_loaded_bundle(load_bundle(tmp_dir), manifest_csv, batch_size=max(cfg.batch_size, 64),
+                                              curve_path=curve_path)
+        metrics = {"valid": valid_metrics, "test": test_metrics, "warnings": meta["warnings"]}
+        (tmp_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        plot_losses(history, tmp_dir / "loss.png", title=f"{cfg.arch} {cfg.head}/{cfg.effective_other_mode}")
+        if test_metrics.get("curve"):
+            plot_curves({out_dir.name: test_metrics["curve"]}, tmp_dir / "curve.png")
+        _move_into_place(tmp_dir, out_dir)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir)
+
+    return TrainResult(
+        bundle_dir=out_dir, classes=classes, vocab=vocab, thresholds=meta["thresholds"], metrics=metrics,
+        history=history.epochs, train_seconds=train_seconds, images_per_second=meta["images_per_second"],
+        stopped_early=budget.stopped, pretrained_used=pretrained,
+    )
+
+
+def typical_positive_scores(probs: np.ndarray, targets: np.ndarray) -> list[float | None]:
+    """Per column, the median score of its validation positives (None without any): how sure the
+    model is of a typical image of the class. Mining holds pool images it is surer of than that."""
+    return [float(np.median(probs[targets[:, c] == 1, c])) if (targets[:, c] == 1).any() else None
+            for c in range(probs.shape[1])]
+
+
+def default_lr(arch: str, pretrained: str) -> float:
+    """Measured on the offline world (docs/training.md); no lr_find, which costs an epoch's time."""
+    if pretrained != "none":
+        return 2e-3
+    return 5e-3 if nets.is_local_arch(arch) else 3e-3
+
+
+def _valid_predictions(learn, cfg: TrainConfig, vocab: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    with learn.no_bar(), learn.no_logging():
+        probs, targs = learn.get_preds(ds_idx=1)  # activation applied: sigmoid or softmax
+    probs = probs.float().numpy()
+    if cfg.head == "softmax":
+        targets = np.zeros_like(probs, dtype=np.int8)
+        targets[np.arange(len(targs)), targs.long().numpy()] = 1
+    else:
+        targets = targs.numpy().astype(np.int8)
+    return probs, targets
+
+
+def remove_stale_tmp_dirs(parent: Path) -> list[Path]:
+    """Delete half-written bundles (`*.tmp-<pid>-*`) whose writer is gone (killed, e.g. kill -9)."""
+    removed = remove_dead_leftovers([p for p in parent.glob("*.tmp-*-*") if p.is_dir()],
+                                    lambda p: p.name.rsplit(".tmp-", 1)[1].split("-", 1)[0])
+    for path in removed:
+        log.info("removed %s, left by a training that did not finish", path)
+    return removed
+
+
+def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
+    if out_dir.exists():  # overwrite: swap, so a reader sees the old or the new bundle, never neither
+        old = out_dir.parent / f"{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        out_dir.rename(old)
+        tmp_dir.rename(out_dir)
+        shutil.rmtree(old)
+    else:
+        tmp_dir.rename(out_dir)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _fastai_version() -> str:
+    import fastai
+    return fastai.__version__

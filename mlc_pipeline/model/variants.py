@@ -1,0 +1,128 @@
+"""Train the models of a dataset version: the product model and, for the report, the alternatives.
+
+Bundles live in data/models/<bundle>/ (see mlc_pipeline.model.train); data/models/LATEST names the newest
+product model, updated only after its bundle is complete, so a failed training never replaces it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlc_pipeline.fsutil import write_text_atomic
+from mlc_pipeline.config import Config, ConfigError
+from mlc_pipeline.dataset.build import verify_version
+from mlc_pipeline.manifest import read_manifest
+from mlc_pipeline.model.train import TrainConfig, train_model
+
+log = logging.getLogger(__name__)
+
+# The alternatives the report compares (shared/notes/fastai.md, last section).
+VARIANTS = {
+    "sigmoid-negatives": {"head": "sigmoid", "other_mode": "negative"},   # the product default
+    "sigmoid-other-class": {"head": "sigmoid", "other_mode": "class"},
+    "softmax-other-class": {"head": "softmax", "other_mode": "class"},    # the seeds' single-label recipe
+}
+
+
+@dataclass
+class ModelResult:
+    bundle_dir: Path
+    dataset_version: str
+    variant: str
+    metrics: dict
+    train_seconds: float
+    variants: dict[str, dict] = field(default_factory=dict)    # name -> metrics of the alternatives
+
+
+def train_config(cfg: Config, **overrides) -> TrainConfig:
+    return TrainConfig.from_settings(cfg.train).model_copy(update=overrides)
+
+
+def check_train_settings(cfg: Config) -> None:
+    """The training options as train_model will see them (arch, head...), checked before a run
+    spends an hour collecting: a ConfigError naming the problem."""
+    try:
+        train_config(cfg)
+    except ValueError as exc:
+        raise ConfigError(f"config: train: {exc}") from None
+
+
+def models_root(cfg: Config) -> Path:
+    return cfg.layout.models
+
+
+def bundle_name(prefix: str) -> str:
+    """`<prefix>-<UTC time to the microsecond>-<random>`: unique even for two trainings started in the
+    same second (a bundle once replaced another one then), and still sorted by time."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}"
+    return f"{prefix}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def latest_model(cfg: Config) -> Path | None:
+    pointer = models_root(cfg) / "LATEST"
+    if not pointer.exists():
+        return None
+    path = models_root(cfg) / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def other_set_warnings(rows: list[dict]) -> list[str]:
+    """Warnings about the training split's "other" images (manifest rows): a model that sees no
+    image of none of its classes, or far fewer than of each class, accepts the unknown."""
+    train = [r for r in rows if r["split"] == "train"]
+    per_class: dict[str, int] = {}
+    for r in train:
+        for label in r["labels"].split():
+            per_class[label] = per_class.get(label, 0) + 1
+    if not per_class:
+        return []
+    other = sum(1 for r in train if not r["labels"].split())
+    mean = sum(per_class.values()) / len(per_class)
+    if other == 0:
+        return ["no 'other' images in the training split: the model never sees an image of none of its "
+                "classes and cannot learn to say 'none of these' (add `other` queries or raise other.count)"]
+    if other < mean:
+        return [f"'other' has {other} training images, fewer than the classes' mean of {mean:.0f}: "
+                "the model will accept more unknown images (add `other` queries or raise other.count)"]
+    return []
+
+
+def train_version(cfg: Config, dataset_dir: str | Path, tag: str = "", variant: str | None = None,
+                  publish: bool = True) -> ModelResult:
+    """Train one model on a dataset version. `variant` picks one of VARIANTS; None = the config's."""
+    dataset_dir = Path(dataset_dir)
+    version = dataset_dir.name
+    overrides = VARIANTS[variant] if variant else {}
+    name = variant or f"{cfg.train.head}-{'negatives' if cfg.train.other_mode == 'negative' else 'other-class'}"
+    verify_version(dataset_dir)     # a missing, changed or escaping file stops here, with one line
+    bundle = models_root(cfg) / bundle_name(f"{cfg.build.name}-{version}{'-' + tag if tag else ''}-{name}")
+    models_root(cfg).mkdir(parents=True, exist_ok=True)
+    warnings = other_set_warnings(read_manifest(dataset_dir / "manifest.csv"))
+    for w in warnings:
+        log.warning("dataset %s: %s", version, w)
+    result = train_model(dataset_dir / "manifest.csv", bundle, train_config(cfg, **overrides),
+                         dataset_version=f"{cfg.build.name}/{version}", classes=list(cfg.classes),
+                         warnings=warnings)
+    if publish:
+        write_text_atomic(models_root(cfg) / "LATEST", bundle.name + "\n")
+    return ModelResult(bundle, version, name, result.metrics, result.train_seconds)
+
+
+def alternative_variants(cfg: Config) -> list[str]:
+    """The VARIANTS other than the configured product model."""
+    product = {"head": cfg.train.head, "other_mode": cfg.train.other_mode}
+    return [name for name, spec in VARIANTS.items() if spec != product]
+
+
+def train_alternatives(cfg: Config, dataset_dir: str | Path, tag: str = "") -> dict[str, dict]:
+    """The other heads on the same data, for the side-by-side table (never published as LATEST)."""
+    out = {}
+    for name in alternative_variants(cfg):
+        log.info("training the %s alternative for comparison", name)
+        out[name] = train_version(cfg, dataset_dir, tag=tag, variant=name, publish=False).metrics
+    return out

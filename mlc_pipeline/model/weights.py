@@ -1,0 +1,279 @@
+"""Where a model's starting weights come from, and which training recipe follows from that.
+
+`train.pretrained`:
+- `auto` (default): torchvision's ImageNet weights when torchvision can get them, from its cache
+  (`$TORCH_HOME/hub/checkpoints/<file>`) or else downloaded through torchvision's own mechanism
+  (`WeightsEnum.get_state_dict` -> `torch.hub.load_state_dict_from_url`, hash-checked). Offline, or
+  on any download error, training goes on from scratch after one warning.
+- `imagenet`: the same, but without the weights it is an error.
+- `none`: from scratch; never looks at the cache or the network.
+- a path: a state dict file (a torchvision network's, or an earlier mlcnet's), tensors only.
+
+`train.arch: auto` (default) picks a recipe from that: `RECIPES['pretrained']` (a torchvision
+ImageNet network, fine-tuned) when weights are available, else `RECIPES['scratch']`. An explicit
+`image_size`, `epochs` or `lr` always wins over the recipe's.
+
+Downloads are bounded by a socket timeout (`DOWNLOAD_TIMEOUT_S`, per connect/read, so a slow but
+moving download still finishes) and are off altogether when the environment sets `MLC_OFFLINE=1`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import logging
+import os
+import pickle
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.error import HTTPError, URLError
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+
+from mlc_pipeline.model import nets
+from mlc_pipeline.fsutil import sha256_file
+
+log = logging.getLogger(__name__)
+
+# The two recipes `arch: auto` chooses between; None = the training code's default (train.default_lr).
+RECIPES = {
+    # A torchvision ImageNet network, fine-tuned (fine_tune: one frozen epoch, then `epochs`).
+    # resnet18: fastai's and the seeds' network, the one torchvision weights most users have. 160 px,
+    # not 224: ImageNet features transfer at 160 px, and on 2 cores resnet18 trains at ~17 img/s at
+    # 224 px (shared/notes/environment.md), about twice that at 160 px by pixel count (not measured
+    # here: no ImageNet weights offline). To be checked on real photos when weights are at hand.
+    "pretrained": {"arch": "resnet18", "image_size": 160, "epochs": 3, "lr": None, "crop": "random", "mixup": 0.0},
+    # From scratch on a CPU, chosen on real photos (bench/recipes.py, docs/training.md "Recipe"):
+    # random resized crops beat squishing at the same cost.
+    "scratch": {"arch": "mlcnet", "image_size": 64, "epochs": 30, "lr": None, "crop": "random", "mixup": 0.0},
+}
+RECIPE_FIELDS = ("image_size", "epochs", "lr", "crop", "mixup")
+
+DOWNLOAD_TIMEOUT_S = 10.0      # per socket operation: a black-holed network fails in seconds, not minutes
+RETRY_FAILED_DOWNLOAD_S = 600  # within one process, a failed download is not retried before this
+OFFLINE_ENV = "MLC_OFFLINE"
+
+# The errors a download or a downloaded file can raise; anything else is a bug and propagates.
+DOWNLOAD_ERRORS = (OSError, http.client.HTTPException, RuntimeError, ValueError, EOFError, pickle.UnpicklingError)
+
+_failed_downloads: dict[str, tuple[float, str]] = {}   # url -> (monotonic time, reason)
+
+
+class WeightsUnavailable(RuntimeError):
+    """ImageNet weights that are neither in the cache nor downloadable; the message is one line."""
+
+
+@dataclass(frozen=True)
+class WeightsChoice:
+    """What training starts from, as recorded in bundle.json under "weights"."""
+
+    pretrained: str                   # 'none' | 'imagenet' | the weights file path given
+    arch: str                         # the network actually trained
+    recipe: str                       # 'pretrained' | 'scratch': where unset image_size/epochs/lr came from
+    requested: dict = field(default_factory=dict)   # arch and pretrained as configured
+    name: str | None = None           # imagenet: torchvision's weights name, e.g. ResNet18_Weights.IMAGENET1K_V1
+    file: str | None = None           # the file loaded into the network's body (None: from scratch)
+    sha256: str | None = None         # of that file
+    fallback: str | None = None       # why `auto` trains from scratch, when weights were wanted
+
+    def record(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- torchvision's weights and cache
+
+def imagenet_weights(arch: str):
+    """torchvision's default ImageNet weights enum member for a torchvision.models function name."""
+    builder = getattr(torchvision.models, arch, None)
+    if nets.is_local_arch(arch) or not callable(builder):
+        raise ValueError(f"{arch!r} is not a torchvision.models network with published weights (e.g. resnet18)")
+    try:
+        return torchvision.models.get_model_weights(builder).DEFAULT
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"torchvision publishes no ImageNet weights for {arch!r} ({exc})") from None
+
+
+def weights_name(weights) -> str:
+    return f"{type(weights).__name__}.{weights.name}"
+
+
+def hub_checkpoints_dir() -> Path:
+    """Where torch.hub (and so torchvision) caches weights: $TORCH_HOME/hub/checkpoints."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def cache_path(weights, model_dir: str | Path | None = None) -> Path:
+    """The file name torchvision uses for these weights (the URL's last part), in `model_dir`."""
+    return Path(model_dir or hub_checkpoints_dir()) / Path(urlparse(weights.url).path).name
+
+
+@contextmanager
+def _socket_timeout(seconds: float):
+    """torch.hub opens its URL without a timeout; the process-wide default bounds it meanwhile.
+    (It applies to every socket created meanwhile without an explicit timeout, and only then.)"""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _offline() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").strip() not in ("", "0")
+
+
+def download(weights, model_dir: str | Path | None = None, progress: bool = False,
+             timeout: float | None = None) -> Path:
+    """Fetch `weights` into `model_dir` (default: torch.hub's cache) through torchvision, hash-checked
+    against the file name; return the file. Raises WeightsUnavailable with a one-line reason."""
+    url = weights.url
+    if _offline():
+        raise WeightsUnavailable(f"downloads are off ({OFFLINE_ENV}={os.environ[OFFLINE_ENV]})")
+    model_dir = Path(model_dir or hub_checkpoints_dir())
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S if timeout is None else timeout):
+            # Also torch.load()s the file once: a download that is not a state dict fails here.
+            weights.get_state_dict(model_dir=str(model_dir), progress=progress, check_hash=True, weights_only=True)
+    except DOWNLOAD_ERRORS as exc:
+        why = exc.reason if isinstance(exc, URLError) and not isinstance(exc, HTTPError) else exc
+        reason = " ".join(str(why).split()) or type(exc).__name__
+        raise WeightsUnavailable(f"could not download {url}: {reason}") from None
+    return cache_path(weights, model_dir)
+
+
+def find_or_download(arch: str) -> tuple[object, Path]:
+    """(weights, file) for `arch`'s ImageNet weights: the cached file, else a download into the cache.
+    A failed download is remembered for RETRY_FAILED_DOWNLOAD_S, so the trainings of one run do not
+    each wait for the network again."""
+    weights = imagenet_weights(arch)
+    cached = cache_path(weights)
+    if cached.is_file():
+        return weights, cached
+    if _offline():
+        raise WeightsUnavailable(f"not in {cached.parent}, and downloads are off ({OFFLINE_ENV}={os.environ[OFFLINE_ENV]})")
+    failed = _failed_downloads.get(weights.url)
+    if failed and time.monotonic() - failed[0] < RETRY_FAILED_DOWNLOAD_S:
+        raise WeightsUnavailable(f"not in {cached.parent}, and {failed[1]} (earlier in this process)")
+    log.info("ImageNet weights for %s are not in %s: downloading %s", arch, cached.parent, weights.url)
+    try:
+        return weights, download(weights)
+    except WeightsUnavailable as exc:
+        _failed_downloads[weights.url] = (time.monotonic(), str(exc))
+        raise WeightsUnavailable(f"not in {cached.parent}, and {exc}") from None
+
+
+def cached_weights(archs: list[str] | None = None) -> list[dict]:
+    """For `mlc weights list`: each torchvision classification network's default weights, and
+    whether the cache holds their file (all networks when `archs` is None; cached ones first)."""
+    rows = []
+    for arch in archs or torchvision.models.list_models(module=torchvision.models):
+        try:
+            weights = imagenet_weights(arch)
+        except ValueError:
+            continue
+        path = cache_path(weights)
+        rows.append({"arch": arch, "weights": weights_name(weights), "file": str(path), "cached": path.is_file()})
+    return sorted(rows, key=lambda r: (not r["cached"], r["arch"]))
+
+
+# ---------------------------------------------------------------- resolving a training config
+
+def _choice(pretrained) -> str:
+    choice = str(pretrained).strip()
+    low = choice.lower()
+    if low in ("none", "false", "scratch", ""):
+        return "none"
+    if low in ("auto", "imagenet", "true"):
+        return "imagenet" if low == "true" else low
+    return choice  # a path
+
+
+def _fits(arch: str, path: Path) -> bool:
+    """Whether a state dict file is a whole `arch` torchvision network (same keys and shapes)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no code
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"{path}: not a weights file torch can load ({' '.join(str(exc).split())[:200]})") from None
+    model = getattr(torchvision.models, arch)(weights=None).state_dict()
+    return (isinstance(state, dict) and state.keys() == model.keys()
+            and all(getattr(state[k], "shape", None) == v.shape for k, v in model.items()))
+
+
+def resolve_training(cfg):
+    """(cfg with arch, image_size, epochs and lr filled in, WeightsChoice). Call before building
+    anything: the image size and the network depend on it. May download (see the module doc)."""
+    requested = {"arch": cfg.arch, "pretrained": str(cfg.pretrained)}
+    choice = _choice(cfg.pretrained)
+    auto_arch = cfg.arch == "auto"
+    arch = RECIPES["pretrained"]["arch"] if auto_arch else cfg.arch
+    extra: dict = {}
+    if choice == "none":
+        pretrained = "none"
+        if auto_arch:
+            arch = RECIPES["scratch"]["arch"]
+    elif choice not in ("auto", "imagenet"):
+        path = Path(choice).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained weights file not found: {path}")
+        if auto_arch and not _fits(arch, path):
+            arch = RECIPES["scratch"]["arch"]   # taken as an earlier mlcnet's state dict, as before arch: auto
+        pretrained, extra = str(path), {"file": str(path), "sha256": sha256_file(path)}
+    elif nets.is_local_arch(arch):
+        if choice == "imagenet":
+            raise ValueError(f"pretrained='imagenet': there are no ImageNet weights for {arch} "
+                             "(use 'auto', 'none' or a weights file of this architecture)")
+        log.info("%s has no published weights: training from scratch (the plan for it, not a fallback)", arch)
+        pretrained = "none"
+    else:
+        try:
+            weights, path = find_or_download(arch)
+            pretrained = "imagenet"
+            extra = {"name": weights_name(weights), "file": str(path), "sha256": sha256_file(path)}
+        except WeightsUnavailable as exc:
+            if choice == "imagenet":
+                raise FileNotFoundError(f"pretrained='imagenet': no ImageNet weights for {arch} ({exc}); with no "
+                                        f"download possible, see `mlc weights fetch` in docs/training.md") from None
+            pretrained, extra = "none", {"fallback": f"no ImageNet weights for {arch}: {exc}"}
+            if auto_arch:
+                arch = RECIPES["scratch"]["arch"]
+    recipe = "pretrained" if pretrained != "none" and not nets.is_local_arch(arch) else "scratch"
+    filled = {k: RECIPES[recipe][k] for k in RECIPE_FIELDS if getattr(cfg, k) is None}
+    resolved = cfg.model_copy(update={"arch": arch, **filled})
+    if extra.get("fallback"):
+        log.warning("pretrained=auto: %s; training from scratch instead (%s, %s px, %s epochs). For a machine "
+                    "without internet see `mlc weights fetch` in docs/training.md.", extra["fallback"],
+                    resolved.arch, resolved.image_size, resolved.epochs)
+    if auto_arch:
+        log.info("arch=auto: the %s recipe, %s (%s), %s px, %s epochs", recipe, arch, pretrained,
+                 resolved.image_size, resolved.epochs)
+    return resolved, WeightsChoice(pretrained=pretrained, arch=arch, recipe=recipe, requested=requested, **extra)
+
+
+def resolve_pretrained(cfg) -> str:
+    """'none', 'imagenet' or the weights path `cfg` trains from (see resolve_training)."""
+    return resolve_training(cfg)[1].pretrained
+
+
+def load_backbone_weights(learn, arch_name: str, weights_path: str | Path) -> None:
+    """Load a torchvision state dict file into the learner's body (same cut as fastai uses); for an
+    mlcnet, a state dict of the whole model (its body keys, '0.*', are used; the head is new)."""
+    from fastai.vision.all import create_body, model_meta
+
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)  # tensors only: no code
+    if nets.is_local_arch(arch_name):
+        body = {k[2:]: v for k, v in state.items() if k.startswith("0.")}
+        if not body:
+            raise ValueError(f"{weights_path}: no body weights ('0.*' keys) for {arch_name}")
+        learn.model[0].load_state_dict(body)
+        return
+    arch = getattr(torchvision.models, arch_name)
+    donor = arch(weights=None)
+    donor.load_state_dict(state)
+    body = create_body(donor, pretrained=True, cut=model_meta.get(arch, {}).get("cut"))
+    learn.model[0].load_state_dict(body.state_dict())

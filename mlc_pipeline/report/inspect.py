@@ -1,0 +1,246 @@
+"""`mlc inspect`: what the catalog and a dataset version hold, what was thrown out and why, and what
+changed since the previous version — in the terminal, as JSON, or as one self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import io
+import json
+import logging
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from mlc_pipeline.fsutil import write_text_atomic
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.config import Config
+from mlc_pipeline.manifest import latest_version, read_manifest, versions
+
+log = logging.getLogger(__name__)
+GRID_LIMIT = 48        # thumbnails per label on the page (the manifest has them all)
+GROUP_LIMIT = 40       # duplicate groups shown
+QUARANTINE_LIMIT = 80
+
+
+# --- catalog -----------------------------------------------------------------------------------
+def catalog_summary(catalog: Catalog) -> dict:
+    by_label: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for row in catalog.counts():
+        by_label[f"{row['purpose']}/{row['label']}"][row["status"]] += row["n"]
+    return {
+        "by_label": {k: dict(v) for k, v in by_label.items()},
+        "reasons": [dict(r) for r in catalog.reasons()],
+        "runs": catalog.runs(10),
+    }
+
+
+def short_sets(cfg: Config, catalog: Catalog) -> list:
+    """The sets with fewer usable images than their `count` (collect.Shortfall, one line each)."""
+    from mlc_pipeline.collect.stage import last_exhausted, shortfalls
+    return shortfalls(cfg, catalog, last_exhausted(catalog))
+
+
+def format_short_sets(short: list) -> str:
+    if not short:
+        return "Every set has its count of usable images."
+    return "\n".join(["Short sets: fewer usable images than their count"] + [f"  {s.line()}" for s in short])
+
+
+def format_catalog_summary(summary: dict) -> str:
+    statuses = sorted({s for v in summary["by_label"].values() for s in v})
+    width = max([len(k) for k in summary["by_label"]] + [12])
+    lines = ["Catalog: candidates per set (purpose/label) and status", "",
+             f"{'set':<{width}} " + " ".join(f"{s:>10}" for s in statuses) + f" {'total':>8}"]
+    for key, counts in sorted(summary["by_label"].items()):
+        lines.append(f"{key:<{width}} " + " ".join(f"{counts.get(s, 0):>10}" for s in statuses)
+                     + f" {sum(counts.values()):>8}")
+    if summary["reasons"]:
+        lines += ["", "Why (status: reason = count)"]
+        lines += [f"  {r['status']}: {r['reason']} = {r['n']}" for r in summary["reasons"]]
+    if summary["runs"]:
+        lines += ["", "Recent runs"]
+        lines += [f"  {r['run_id']} {r['command']:<8} {r['status']}" for r in summary["runs"]]
+    return "\n".join(lines)
+
+
+# --- dataset versions --------------------------------------------------------------------------
+def version_diff(old: list[dict], new: list[dict]) -> dict:
+    """Added / removed images per label (by source and photo id) between two manifests."""
+    key = lambda r: (r["source"], r["photo_id"])
+    old_by, new_by = {key(r): r for r in old}, {key(r): r for r in new}
+    out: dict[str, Counter] = defaultdict(Counter)
+    for k in new_by.keys() - old_by.keys():
+        for label in new_by[k]["labels"].split() or ["other"]:
+            out[label]["added"] += 1
+    for k in old_by.keys() - new_by.keys():
+        for label in old_by[k]["labels"].split() or ["other"]:
+            out[label]["removed"] += 1
+    for k in new_by.keys() & old_by.keys():
+        if new_by[k]["labels"] != old_by[k]["labels"]:
+            out[new_by[k]["labels"] or "other"]["relabelled"] += 1
+    return {label: dict(c) for label, c in sorted(out.items())}
+
+
+def dataset_summary(cfg: Config, version: str | None = None) -> dict | None:
+    root = cfg.layout.datasets
+    version = version or latest_version(root)
+    if not version:
+        return None
+    folder = root / version
+    if not (folder / "dataset.json").exists():
+        raise FileNotFoundError(f"no dataset version {version} under {root} (have: {', '.join(versions(root)) or 'none'})")
+    meta = json.loads((folder / "dataset.json").read_text())
+    rows = read_manifest(folder / "manifest.csv")
+    previous = meta.get("previous")
+    diff = version_diff(read_manifest(root / previous / "manifest.csv"), rows) if previous and (
+        root / previous / "manifest.csv").exists() else None
+    return {"name": cfg.build.name, "version": version, "path": str(folder), "counts": meta["counts"],
+            "curation": meta["curation"], "previous": previous, "diff": diff,
+            "conflicts": conflict_rows(cfg), "rows": rows}
+
+
+def conflict_rows(cfg: Config) -> list[dict]:
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
+        return [{"id": r["id"], "photo_id": r["photo_id"], "label": r["label"], "curated_label": r["curated_label"],
+                 "resolution": r["reason"]} for r in catalog.candidates("status='accepted' AND reason LIKE 'conflict:%'")]
+
+
+def format_dataset_summary(s: dict) -> str:
+    splits = ("train", "valid", "test", "probe")
+    lines = [f"Dataset {s['name']} {s['version']}  ({s['path']})", "",
+             f"{'label':<16} " + " ".join(f"{x:>6}" for x in splits)]
+    for label, c in s["counts"]["per_label_split"].items():
+        lines.append(f"{label:<16} " + " ".join(f"{c.get(x, 0):>6}" for x in splits))
+    lines += ["", "Licences: " + ", ".join(f"{k or 'unknown'} {v}" for k, v in sorted(s["counts"]["licenses"].items()))]
+    lines += ["", "Removed by curation (status: reason = count)"]
+    lines += [f"  {k} = {v}" for k, v in sorted(s["curation"].items())] or ["  nothing"]
+    lines += ["", f"Label conflicts resolved: {len(s['conflicts'])}"]
+    lines += [f"  photo {c['photo_id']}: {c['label']} -> {c['curated_label']} ({c['resolution']})" for c in s["conflicts"][:10]]
+    if s["diff"] is not None:
+        lines += ["", f"Changes since {s['previous']}"]
+        lines += [f"  {label}: " + ", ".join(f"{k} {v}" for k, v in c.items()) for label, c in s["diff"].items()] or ["  none"]
+    return "\n".join(lines)
+
+
+# --- HTML ----------------------------------------------------------------------------------------
+def thumbnail_uri(path: str | Path, side: int = 112) -> str | None:
+    """A small inline JPEG (data: URI) so the page stands alone; None if the file cannot be decoded."""
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (side * 2, side * 2))
+            im = im.convert("RGB")
+            im.thumbnail((side, side))
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=75)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        log.debug("no thumbnail for %s: %s", path, exc)
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def figure(src: str | None, caption: str) -> str:
+    img = f'<img src="{src}" alt="{html.escape(caption)}">' if src else '<div class="broken">not decodable</div>'
+    return f'<figure>{img}<figcaption>{html.escape(caption)}</figcaption></figure>'
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}h2{border-bottom:1px solid #ccc}
+table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:6px}
+figure{margin:0;width:116px;font-size:11px;overflow:hidden}figure img{width:112px;height:112px;object-fit:cover}
+.broken{width:112px;height:112px;background:#fdd;display:flex;align-items:center;justify-content:center}
+.group{display:flex;gap:6px;margin:8px 0;padding:6px;border:1px solid #eee}small{color:#777}"""
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def html_report(cfg: Config, version: str | None = None, extra_sections: list[str] | None = None) -> str:
+    ds = dataset_summary(cfg, version)
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
+        cat = catalog_summary(catalog)
+        quarantined = catalog.candidates("status='rejected'")
+        dups = catalog.candidates("status='duplicate'")
+        by_id = {r["id"]: r for r in catalog.candidates("status='accepted'")}
+        short = short_sets(cfg, catalog)
+    parts = [f"<h1>mlc-pipeline report{' — ' + html.escape(ds['name'] + ' ' + ds['version']) if ds else ''}</h1>"]
+    statuses = sorted({s for v in cat["by_label"].values() for s in v})
+    parts += ["<h2>Catalog</h2>", table(["set"] + statuses, [[k] + [v.get(s, 0) for s in statuses]
+                                                              for k, v in sorted(cat["by_label"].items())])]
+    if short:
+        parts += ["<h3 id='short-sets'>Short sets: fewer usable images than their count</h3><ul>"]
+        parts += [f"<li>{html.escape(s.line())}</li>" for s in short] + ["</ul>"]
+    if ds:
+        splits = ["train", "valid", "test", "probe"]
+        parts += [f"<h2 id='dataset'>Dataset {html.escape(ds['version'])}</h2>",
+                  table(["label"] + splits, [[k] + [c.get(s, 0) for s in splits]
+                                            for k, c in ds["counts"]["per_label_split"].items()])]
+        if ds["diff"] is not None:
+            parts += [f"<h3>Changes since {html.escape(ds['previous'])}</h3>",
+                      table(["label", "added", "removed", "relabelled"],
+                            [[k, c.get("added", 0), c.get("removed", 0), c.get("relabelled", 0)] for k, c in ds["diff"].items()])]
+        folder = Path(ds["path"])
+        groups: dict[str, list[dict]] = defaultdict(list)
+        for r in ds["rows"]:
+            groups[(r["labels"] or "other") + (" (probe)" if r["split"] == "probe" else "")].append(r)
+        parts.append("<h2 id='thumbnails'>Images per label</h2>")
+        for label, rows in sorted(groups.items()):
+            shown = rows[:GRID_LIMIT]
+            parts.append(f"<h3>{html.escape(label)} <small>{len(rows)} images"
+                         f"{f', first {len(shown)} shown' if len(rows) > len(shown) else ''}</small></h3><div class='grid'>")
+            parts += [figure(thumbnail_uri(folder / r["path"]), f"{r['split']} · {r['photo_id']}") for r in shown]
+            parts.append("</div>")
+    parts.append(f"<h2 id='duplicates'>Duplicates removed <small>{len(dups)}</small></h2>")
+    by_kept: dict[int, list[dict]] = defaultdict(list)
+    for d in dups:
+        by_kept[d["duplicate_of"]].append(d)
+    for kept_id, members in list(by_kept.items())[:GROUP_LIMIT]:
+        kept = by_id.get(kept_id)
+        cells = [figure(thumbnail_uri(kept["file_path"]), f"kept {kept['photo_id']} ({kept['curated_label']})")] if kept else []
+        cells += [figure(thumbnail_uri(d["file_path"]), f"{d['photo_id']}: {d['reason']}") for d in members]
+        parts.append("<div class='group'>" + "".join(cells) + "</div>")
+    parts.append(f"<h2 id='quarantine'>Quarantined <small>{len(quarantined)}</small></h2><div class='grid'>")
+    parts += [figure(thumbnail_uri(q["file_path"]), f"{q['photo_id']}: {q['reason']}") for q in quarantined[:QUARANTINE_LIMIT]]
+    parts.append("</div>")
+    parts += ["<h2>Rejections and failures by reason</h2>",
+              table(["status", "reason", "count"], [[r["status"], r["reason"], r["n"]] for r in cat["reasons"]])]
+    parts += extra_sections or []
+    if ds:
+        parts += ["<h2 id='attribution'>Attribution</h2>",
+                  table(["image", "title", "author", "licence", "source"],
+                        [[r["path"], r["title"], r["owner"], r["license"], r["url"]] for r in ds["rows"]])]
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>mlc-pipeline report</title>"
+            f"<style>{CSS}</style></head><body>" + "\n".join(parts) + "</body></html>")
+
+
+def write_html_report(cfg: Config, path: str | Path, version: str | None = None,
+                      extra_sections: list[str] | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, html_report(cfg, version, extra_sections))
+    return path
+
+
+def inspect_main(cfg: Config, args) -> int:
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
+        summary = catalog_summary(catalog)
+        short = short_sets(cfg, catalog)
+    ds = dataset_summary(cfg, getattr(args, "version", None))
+    if getattr(args, "json", False):
+        out = {"catalog": summary, "dataset": {k: v for k, v in ds.items() if k != "rows"} if ds else None,
+               "shortfall": [{**dataclasses.asdict(s), "line": s.line()} for s in short]}
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        print(format_catalog_summary(summary))
+        print()
+        print(format_short_sets(short))
+        print()
+        print(format_dataset_summary(ds) if ds else "No dataset version yet: run `mlc build`.")
+    if getattr(args, "html", None):
+        print(f"\nHTML report: {write_html_report(cfg, args.html, getattr(args, 'version', None))}")
+    return 0

@@ -1,0 +1,147 @@
+"""The model part of the report: rounds of mining, the alternatives side by side, per-class metrics,
+loss curves. Used by the HTML page and by Prefect's markdown artifacts."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import tempfile
+from pathlib import Path
+
+from mlc_pipeline.report.curves import curve_markdown
+
+from mlc_pipeline.model.plots import plot_curves
+from mlc_pipeline.report.tables import compare_table, pct
+
+
+def rounds_markdown(result) -> str:
+    lines = ["| round | dataset | macro F1 | unknown accepted (test other) | unknown accepted (probe) | negatives added |",
+             "|---|---|---|---|---|---|"]
+    for r in result.rounds:
+        lines.append(f"| {r.round} | {r.dataset_version} | {r.macro_f1:.3f} | {pct(r.unknown_accepted)} "
+                     f"| {pct(r.probe_accepted)} | {r.negatives_added} |")
+    return "\n".join(lines) + "\n"
+
+
+def variants_markdown(result, metrics_by_bundle: dict[str, dict]) -> str:
+    first = result.rounds[0]
+    rows = [(f"sigmoid, other as negatives (product, round 0)", metrics_by_bundle[first.bundle])]
+    rows += [(name, m["test"]) for name, m in result.alternatives.items()]
+    if len(result.rounds) > 1:
+        last = result.rounds[-1]
+        rows.append((f"product after mining (round {last.round})", metrics_by_bundle[last.bundle]))
+    return compare_table(rows)
+
+
+def md_to_html_table(md: str) -> str:
+    lines = [l for l in md.strip().splitlines() if not set(l) <= set("|-")]
+    cells = [[c.strip() for c in l.strip("|").split("|")] for l in lines]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells[1:])
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def data_warnings(result, models_dir: Path) -> list[str]:
+    """The run's short sets, then the warnings the last model recorded about its training data."""
+    lines = [f"short set after collection: {line}" for line in getattr(result, "shortfall", None) or []]
+    if result.rounds:
+        metrics = models_dir / result.rounds[-1].bundle / "metrics.json"
+        lines += [f"training: {w}" for w in json.loads(metrics.read_text()).get("warnings", [])]
+    return lines
+
+
+def model_section(result, models_dir: Path) -> str:
+    """HTML for a PipelineResult whose bundles live in `models_dir`."""
+    if not result.rounds:
+        return ""
+    metrics = {r.bundle: json.loads((models_dir / r.bundle / "metrics.json").read_text())["test"]
+               for r in result.rounds}
+    last = result.rounds[-1]
+    bundle = models_dir / last.bundle
+    parts = ["<h2 id='model'>Model</h2>", f"<p>Network: {html.escape(bundle_network_line(bundle))}</p>"]
+    warnings = data_warnings(result, models_dir)
+    if warnings:
+        parts += ["<h3 id='data-warnings'>Data warnings</h3><ul>"]
+        parts += [f"<li>{html.escape(w)}</li>" for w in warnings] + ["</ul>"]
+    parts += ["<h3>Mining rounds</h3>", md_to_html_table(rounds_markdown(result)),
+             "<h3>Alternatives on the same data</h3>", md_to_html_table(variants_markdown(result, metrics)),
+             f"<h3>Per-class metrics ({html.escape(last.bundle)}, test split)</h3>",
+             md_to_html_table(per_class_markdown(metrics[last.bundle]))]
+    curves = {f"round {r.round}": metrics[r.bundle]["curve"] for r in result.rounds if metrics[r.bundle].get("curve")}
+    if curves:
+        with tempfile.TemporaryDirectory() as tmp:   # embedded in the page; published bundles stay as written
+            png = plot_curves(curves, Path(tmp) / "curves.png",
+                              title="macro F1 against unknowns accepted, every round (★ = chosen)").read_bytes()
+        parts += ["<h3>Operating curve: accuracy against unknowns accepted</h3>",
+                  "<p>Each point is one value of <code>train.max_unknown_accepted</code> (the share of held-out "
+                  "'other' images the thresholds may accept); solid lines: test 'other' images, dashed: probe "
+                  "images (kinds under no query). The star is the operating point in use.</p>",
+                  f"<img alt='operating curve' src='data:image/png;base64,{base64.b64encode(png).decode()}'>",
+                  md_to_html_table(curve_markdown(metrics[last.bundle].get("curve", [])))
+                  if metrics[last.bundle].get("curve") else ""]
+    probes = probe_markdown(result, metrics)
+    if probes:
+        parts += ["<h3>Unknown kinds (probe queries): accepted, and as what</h3>", md_to_html_table(probes)]
+    loss = bundle / "loss.png"
+    if loss.exists():
+        parts.append(f"<h3>Loss curves</h3><img alt='loss curves' src='data:image/png;base64,"
+                     f"{base64.b64encode(loss.read_bytes()).decode()}'>")
+    return "\n".join(parts)
+
+
+def per_class_markdown(metrics: dict) -> str:
+    lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for c, m in metrics["per_class"].items():
+        lines.append(f"| {c} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |")
+    return "\n".join(lines) + "\n"
+
+
+def probe_markdown(result, metrics_by_bundle: dict[str, dict]) -> str:
+    """One row per probe query, one column per round: share accepted and the classes it was taken for."""
+    rounds = [r for r in result.rounds if metrics_by_bundle[r.bundle].get("probe_by_query")]
+    if not rounds:
+        return ""
+    queries = sorted({q for r in rounds for q in metrics_by_bundle[r.bundle]["probe_by_query"]})
+    lines = ["| probe query | " + " | ".join(f"round {r.round}" for r in rounds) + " |",
+             "|---|" + "---|" * len(rounds)]
+    for q in queries:
+        cells = []
+        for r in rounds:
+            m = metrics_by_bundle[r.bundle]["probe_by_query"].get(q)
+            if m is None:
+                cells.append("n/a")
+                continue
+            taken = ", ".join(f"{c} {n}" for c, n in sorted(m["accepted_as"].items(), key=lambda x: -x[1]))
+            cells.append(f"{pct(m['accepted'])} of {m['n']}" + (f" (as {taken})" if taken else ""))
+        lines.append(f"| {q} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def bundle_network_line(bundle_dir: str | Path) -> str:
+    """network_line() of a bundle folder, or why it cannot be read."""
+    path = Path(bundle_dir) / "bundle.json"
+    try:
+        return network_line(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:
+        return f"unknown ({path}: {exc})"
+
+
+def network_line(meta: dict) -> str:
+    """One line from bundle.json: the network, its starting weights, and what `arch: auto` chose."""
+    w = meta.get("weights") or {"pretrained": meta.get("pretrained", "?")}   # bundles before weights.py
+    config = meta.get("config") or {}
+    if w.get("pretrained") == "imagenet":
+        start = f"ImageNet weights {w.get('name')} ({Path(w.get('file') or '?').name}), fine-tuned"
+    elif w.get("pretrained", "none") != "none":
+        start = f"weights from {w['pretrained']}, fine-tuned"
+    else:
+        start = "trained from scratch"
+    line = f"{meta.get('arch', '?')}, {start}, {meta.get('image_size', '?')} px, {config.get('epochs', '?')} epochs"
+    if w.get("sha256"):
+        line += f" (weights sha256 {w['sha256'][:12]}…)"
+    if (w.get("requested") or {}).get("arch") == "auto":
+        line += f"; arch auto: the {w.get('recipe')} recipe"
+    if w.get("fallback"):
+        line += f", because {w['fallback']}"
+    return line

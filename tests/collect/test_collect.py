@@ -1,0 +1,263 @@
+"""Collection end to end: the real flickrapi client and real HTTP against the bundled server."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import REPO, free_port
+from PIL import Image
+
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.collect.stage import collect
+from mlc_pipeline.config import parse_config
+from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
+from mlc_pipeline.collect.flickr import InvalidKeyError
+
+ROOT = REPO
+MLC = [sys.executable, "-m", "mlc_pipeline.cli"]
+FAST_RETRY = {"attempts": 6, "base_delay_s": 0.01, "max_delay_s": 0.05}
+
+
+def make_cfg(tmp_path, catalog_settings=None, **source):
+    """A config for a FlickrServer started by the test (source.kind: flickr, pointed at it)."""
+    data = {
+        "data_dir": str(tmp_path / "data"), **(catalog_settings or {}),
+        "source": {"kind": "flickr", "retry": FAST_RETRY, "per_page": 50, **source},
+        "classes": {"balloon": {"queries": ["balloon"], "count": 25}, "kite": {"queries": ["kite"], "count": 25}},
+        "other": {"queries": ["landscape", "texture", "pattern", "sky"], "count": 30},
+    }
+    return parse_config(data)
+
+
+@pytest.fixture
+def creds(monkeypatch):
+    monkeypatch.setenv("FLICKR_API_KEY", "test-key-0123456789")
+    monkeypatch.setenv("FLICKR_API_SECRET", "test-secret-9876543210")
+
+
+def rows(cfg):
+    with Catalog(cfg.catalog_path) as c:
+        return c.candidates()
+
+
+def test_collect_counts_licences_sizes_and_attribution(tmp_path, creds):
+    with FlickrServer(WorldSpec(seed=1, scale=0.1)) as srv:
+        cfg = make_cfg(tmp_path, rest_url=srv.rest_url, allowed_hosts=[srv.static_host],
+                       sizes=["url_c", "url_z", "url_m"], per_host_concurrency=4)
+        summary = collect(cfg, progress=False)
+        stats = srv.stats()
+    got = rows(cfg)
+    done = [r for r in got if r["status"] == "downloaded"]
+    for label, count in (("balloon", 25), ("kite", 25), ("other", 30)):
+        assert sum(label in r["label"].split() for r in done) >= count
+    assert all(r["license_id"] in (4, 5, 9, 10, 11) for r in got)
+    assert all(r["license_name"] and r["owner"] and r["url"] and r["sha256"] for r in done)
+    # size fallback: preferred first, and some photos only had a smaller size
+    sizes = {r["size_key"] for r in done}
+    assert "url_c" in sizes and sizes <= {"url_c", "url_z", "url_m"} and len(sizes) > 1
+    for r in done[:10]:
+        with Image.open(r["file_path"]) as im:
+            assert max(im.size) == {"url_c": 800, "url_z": 640, "url_m": 500}[r["size_key"]]
+    # pagination by hand: more results than one page of 50 were needed for 'other' over 2 queries
+    assert summary.api_calls >= 5
+    assert summary.max_connections_per_host[srv.static_host] <= 4
+    assert stats["max_concurrent_image_connections"] <= 4
+
+
+def test_same_photo_from_two_queries_is_one_candidate(tmp_path, creds, catalog_settings):
+    with FlickrServer(WorldSpec(seed=2, scale=0.1)) as srv:
+        cfg = make_cfg(tmp_path, catalog_settings, rest_url=srv.rest_url, allowed_hosts=[srv.static_host])
+        cfg.classes["balloon"].queries = ["balloon", "balloon"]   # the same results twice
+        collect(cfg, progress=False)
+        collect(cfg, progress=False)                              # and again in a later run
+    got = rows(cfg)
+    ids = [(r["source"], r["photo_id"]) for r in got]
+    assert len(ids) == len(set(ids))
+    multi = [r for r in got if len(r["label"].split()) == 2]
+    assert multi, "photos showing a balloon and a kite are found by both queries: one candidate, two labels"
+
+
+def test_api_faults_are_retried_and_images_429_honoured(tmp_path, creds):
+    faults = FaultSpec.parse("http500=0.3,code105=0.3,img429=0.3,retry_after_s=1")
+    with FlickrServer(WorldSpec(seed=3, scale=0.1), faults) as srv:
+        cfg = make_cfg(tmp_path, rest_url=srv.rest_url, allowed_hosts=[srv.static_host], per_page=10)
+        t0 = time.monotonic()
+        summary = collect(cfg, progress=False)
+        elapsed = time.monotonic() - t0
+        injected = srv.stats()["faults_injected"]
+    assert injected.get("http500", 0) > 0 and injected.get("code105", 0) > 0 and injected.get("img429", 0) > 0
+    assert summary.failed == {} and summary.shortfall == {}
+    got = rows(cfg)
+    assert any(r["attempts"] > 1 for r in got), "a 429'd image was downloaded on a later attempt"
+    assert elapsed >= 1.0, "Retry-After: 1 was honoured"
+
+
+def test_bad_bodies_are_recorded_with_reasons(tmp_path, creds):
+    faults = FaultSpec.parse("empty=0.15,html=0.15,redirect_offsite=0.1,oversize=0.05,truncated=0.1")
+    with FlickrServer(WorldSpec(seed=4, scale=0.1), faults) as srv:
+        cfg = make_cfg(tmp_path, rest_url=srv.rest_url, allowed_hosts=[srv.static_host], max_image_bytes=5_000_000)
+        summary = collect(cfg, progress=False)
+        injected = srv.stats()["faults_injected"]
+    reasons = {r["reason"] for r in rows(cfg) if r["status"] == "failed"}
+    assert "empty-body" in reasons
+    assert {"not-an-image:content-type=text/html", "not-an-image:bad-magic"} <= reasons   # html, lying or not
+    assert any(r.startswith("host-not-allowed:localhost") for r in reasons)
+    assert "too-large" in reasons
+    # truncated files download fine (the server sends a matching length): curation rejects them
+    assert injected.get("truncated", 0) > 0
+    # failures were topped up from later results: every set still has its count
+    assert summary.shortfall == {}
+    assert not list((cfg.data_dir / "tmp").rglob("*.part")), "no partial file left behind"
+
+
+def test_slow_responses_time_out_and_are_retried(tmp_path, creds):
+    faults = FaultSpec.parse("slow=0.5,slow_ms=1500")
+    with FlickrServer(WorldSpec(seed=5, scale=0.1), faults) as srv:
+        cfg = make_cfg(tmp_path, rest_url=srv.rest_url, allowed_hosts=[srv.static_host], timeout_s=0.5)
+        summary = collect(cfg, progress=False)
+        assert srv.stats()["faults_injected"].get("slow", 0) > 0
+    assert summary.shortfall == {}
+
+
+def test_date_windows_reach_past_the_result_cap(tmp_path, creds):
+    with FlickrServer(WorldSpec(seed=6, scale=0.5, result_cap=40)) as srv:
+        cfg = make_cfg(tmp_path, rest_url=srv.rest_url, allowed_hosts=[srv.static_host], result_cap=40, per_page=20)
+        cfg.other.count = 100      # one query must deliver more than the cap
+        cfg.other.queries = ["sky"]
+        summary = collect(cfg, progress=False)
+    assert summary.shortfall == {}
+    assert sum(r["label"] == "other" and r["status"] == "downloaded" for r in rows(cfg)) == 100
+
+
+def test_invalid_key_is_a_clear_error_without_the_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLICKR_API_KEY", "wrong-key-5555")
+    monkeypatch.setenv("FLICKR_API_SECRET", "some-secret-6666")
+    with FlickrServer(WorldSpec(seed=0, scale=0.05, api_key="the-right-key")) as srv:
+        cfg = make_cfg(tmp_path, rest_url=srv.rest_url, allowed_hosts=[srv.static_host])
+        with pytest.raises(InvalidKeyError) as err:
+            collect(cfg, progress=False)
+        assert srv.stats()["api_calls"] == 1, "code 100 is not retried"
+    assert "FLICKR_API_KEY" in str(err.value) and "wrong-key-5555" not in str(err.value)
+
+
+def run_cli(args, env_extra=None, cwd=None, timeout=120):
+    env = {**os.environ, **(env_extra or {})}
+    env.pop("FLICKR_API_KEY", None) if env_extra is None else None
+    return subprocess.run(MLC + args, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+
+
+def test_cli_missing_key_and_bad_config(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("classes: {a: {queries: [a], count: 1}}\nother: {queries: [b], count: 1}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLICKR_")}
+    res = subprocess.run(MLC + ["collect", "-c", str(cfg)], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 2 and "FLICKR_API_KEY is not set" in res.stderr and "Traceback" not in res.stderr
+    cfg.write_text("classes: {a: {queries: [a], count: lots}}\nother: {queries: [b], count: 1}\n")
+    res = subprocess.run(MLC + ["collect", "-c", str(cfg)], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 2 and "classes.a.count" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_secret_never_leaks_into_logs_catalog_or_files(tmp_path):
+    key, secret = "LEAKCHECKKEY1234567", "LEAKCHECKSECRET7654321"
+    with FlickrServer(WorldSpec(seed=7, scale=0.05), FaultSpec.parse("http500=0.3,empty=0.2")) as srv:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"""
+data_dir: {tmp_path / 'data'}
+source: {{kind: flickr, rest_url: "{srv.rest_url}", allowed_hosts: ["{srv.static_host}"],
+          retry: {{attempts: 5, base_delay_s: 0.01, max_delay_s: 0.02}}}}
+classes: {{balloon: {{queries: [balloon], count: 10}}}}
+other: {{queries: [landscape], count: 10}}
+""")
+        env = {**os.environ, "FLICKR_API_KEY": key, "FLICKR_API_SECRET": secret}
+        res = subprocess.run(MLC + ["-v", "collect", "-c", str(cfg), "--no-progress"], capture_output=True,
+                             text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "oauth_consumer_key" in res.stderr or "Calling" in res.stderr or "retry" in res.stderr  # logs were verbose
+    for blob in (res.stdout, res.stderr):
+        assert key not in blob and secret not in blob
+    for f in (tmp_path / "data").rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            assert key.encode() not in data and secret.encode() not in data, f
+
+
+def snapshot(db: Path) -> list[tuple]:
+    con = sqlite3.connect(db)
+    out = sorted(con.execute("SELECT source, photo_id, purpose, label, status, reason, sha256, license_id, size_key "
+                             "FROM candidates"))
+    con.close()
+    return out
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_catalog(tmp_path):
+    """kill -9 during collect, rerun: the catalog equals an uninterrupted run's, and no partial files."""
+    def config(name, port):
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(f"""
+data_dir: {tmp_path / name}
+source:
+  kind: local
+  local: {{seed: 8, scale: 0.15, port: {port}, faults: "image_latency_ms=40,empty=0.05,html=0.05"}}
+  sizes: [url_n, url_m]
+  per_host_concurrency: 4
+  retry: {{attempts: 4, base_delay_s: 0.01, max_delay_s: 0.05}}
+classes:
+  balloon: {{queries: [balloon], count: 40}}
+  kite: {{queries: [kite], count: 40}}
+other: {{queries: [landscape, texture, pattern], count: 60}}
+""")
+        return p
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLICKR_")}
+    ref = config("ref", free_port())
+    res = subprocess.run(MLC + ["collect", "-c", str(ref), "--no-progress"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+    kills = 0
+    for delay in (1.0, 1.6, 2.2):
+        cfg = config("killed", free_port())          # a new port each time: recorded URLs must still work
+        proc = subprocess.Popen(MLC + ["collect", "-c", str(cfg), "--no-progress"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 1
+    res = subprocess.run(MLC + ["collect", "-c", str(config("killed", free_port())), "--no-progress"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert snapshot(tmp_path / "killed" / "catalog.sqlite") == snapshot(tmp_path / "ref" / "catalog.sqlite")
+    assert not list((tmp_path / "killed").rglob("*.part"))
+    for r in rows(parse_config({"data_dir": str(tmp_path / "killed"), "classes": {"a": {"queries": ["a"], "count": 1}},
+                                "other": {"queries": ["b"], "count": 1}})):
+        if r["status"] == "downloaded":
+            with Image.open(r["file_path"]) as im:
+                im.load()                      # every kept file decodes fully: nothing half-written
+
+
+def test_cli_serve_flickr_help_and_serving():
+    res = subprocess.run(MLC + ["serve-flickr", "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "--faults" in res.stdout
+    proc = subprocess.Popen(MLC + ["serve-flickr", "--port", "0", "--scale", "0.05"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        line = ""
+        while "REST endpoint:" not in line:
+            line = proc.stdout.readline()
+            assert line, "the server exited before announcing its endpoint"
+        url = line.split("REST endpoint:")[1].strip()
+        import requests
+        reply = requests.get(url, params={"method": "flickr.photos.licenses.getInfo", "api_key": "k",
+                                          "format": "json", "nojsoncallback": 1}, timeout=10).json()
+        assert reply["stat"] == "ok" and len(reply["licenses"]["license"]) == 17
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -1,0 +1,84 @@
+import pytest
+
+from mlc_pipeline.collect.retry import RateLimiter, Transient, backoff_delay, with_retries
+from mlc_pipeline.collect.download import host_allowed, retry_after_seconds
+from mlc_pipeline.imageformat import image_extension
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, s):
+        self.now += s
+
+
+def test_rate_limiter_never_exceeds_budget_in_any_hour():
+    clock = FakeClock()
+    lim = RateLimiter(per_hour=120, clock=clock, sleep=clock.sleep)
+    stamps = []
+    for _ in range(400):
+        lim.acquire()
+        stamps.append(clock.now)
+    # sliding one-hour windows starting at each call
+    j = 0
+    for i, t in enumerate(stamps):
+        while j < len(stamps) and stamps[j] < t + 3600:
+            j += 1
+        assert j - i <= 120
+    assert stamps[lim.burst - 1] == 0.0  # the burst is immediate
+
+
+def test_with_retries_retries_transient_then_succeeds_and_honours_wait():
+    calls, slept = [], []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise Transient("105", wait_s=0.25 if len(calls) == 1 else None)
+        return "ok"
+
+    assert with_retries(flaky, 5, 0.01, 0.02, "t", sleep=slept.append) == "ok"
+    assert len(calls) == 3 and slept[0] == 0.25 and 0 <= slept[1] <= 0.02
+
+
+def test_with_retries_gives_up_and_passes_other_errors():
+    with pytest.raises(Transient):
+        with_retries(lambda: (_ for _ in ()).throw(Transient("x")), 3, 0, 0, "t", sleep=lambda s: None)
+    with pytest.raises(KeyError):
+        with_retries(lambda: {}["k"], 3, 0, 0, "t", sleep=lambda s: None)
+
+
+def test_backoff_is_capped():
+    assert all(0 <= backoff_delay(a, 0.5, 4.0) <= 4.0 for a in range(20))
+
+
+@pytest.mark.parametrize("url, ok", [
+    ("https://live.staticflickr.com/1/2_x.jpg", True),
+    ("http://live.staticflickr.com:80/1/2_x.jpg", True),
+    ("ftp://live.staticflickr.com/1/2_x.jpg", False),
+    ("file:///etc/passwd", False),
+    ("https://evil.example/live.staticflickr.com.jpg", False),
+    ("https://live.staticflickr.com.evil.example/x.jpg", False),
+    ("https://user:pw@live.staticflickr.com/x.jpg", False),
+])
+def test_host_allowed(url, ok):
+    assert host_allowed(url, ["live.staticflickr.com"]) is ok
+
+
+def test_host_with_port_must_match_exactly():
+    assert host_allowed("http://127.0.0.1:8765/a.jpg", ["127.0.0.1:8765"])
+    assert not host_allowed("http://127.0.0.1:9999/a.jpg", ["127.0.0.1:8765"])
+    assert not host_allowed("http://localhost:8765/a.jpg", ["127.0.0.1:8765"])
+
+
+def test_retry_after_and_magic():
+    assert retry_after_seconds("3") == 3.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert retry_after_seconds("soon") is None
+    assert image_extension(b"\xff\xd8\xff\xe0" + b"\0" * 12) == "jpg"
+    assert image_extension(b"RIFF\0\0\0\0WEBPVP8 ") == "webp"
+    assert image_extension(b"<!DOCTYPE html>") is None

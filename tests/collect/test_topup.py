@@ -1,0 +1,282 @@
+"""`count` means usable images: collection tops sets up after curation rejects or removes images,
+and says by how much a set fell short when its queries run dry.
+
+A real-photo world served by the bundled Flickr-compatible server in folder mode: fixture photos
+(symlinked, never copied into the repo), exact copies of some of them, and small thumbnails that
+curation rejects as too small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from html import escape
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from helpers import REPO, FIXTURES
+
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.collect.stage import Shortfall, collect, shortfalls, usable_needed, usable_rate
+from mlc_pipeline.pipeline import collect_and_curate
+from mlc_pipeline.config import parse_config
+from mlc_pipeline.curate.stage import curate
+from mlc_pipeline.flickr_server import FlickrServer, WorldSpec
+from mlc_pipeline.report.model import model_section
+from mlc_pipeline.model.variants import other_set_warnings, train_version
+from mlc_pipeline.pipeline import PipelineResult, record
+from mlc_pipeline.report.inspect import inspect_main
+
+FIXTURES = FIXTURES / "hymenoptera"
+FAST_RETRY = {"attempts": 3, "base_delay_s": 0.01, "max_delay_s": 0.05}
+GOOD_OTHER, THUMBS_OTHER, GOOD_POOL, THUMBS_POOL = 20, 25, 15, 10
+
+
+def fixture_photos(kind: str) -> list[Path]:
+    return sorted(p for p in (FIXTURES / kind).iterdir() if p.suffix.lower() == ".jpg")
+
+
+def link(folder: Path, name: str, target: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).symlink_to(target)
+
+
+def thumbnail(folder: Path, name: str, source: Path) -> None:
+    """A real photo shrunk to 48 px: what a search returns as a tiny thumbnail."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with Image.open(source) as im:
+        im = im.convert("RGB")
+        im.thumbnail((48, 48))
+        im.save(folder / name, quality=85)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """ants: 50 photos + 6 byte-identical copies; other: 20 photos + 25 thumbnails; pool: 15 + 10;
+    probe: 12 photos."""
+    root = tmp_path_factory.mktemp("topup-world")
+    ants, bees = fixture_photos("ants"), fixture_photos("bees")
+    for p in ants[:50]:
+        link(root / "ants", p.name, p)
+    for p in ants[:6]:
+        link(root / "ants", "copy-" + p.name, p)
+    for p in bees[:GOOD_OTHER]:
+        link(root / "other", p.name, p)
+    for p in bees[20:20 + GOOD_POOL]:
+        link(root / "pool", p.name, p)
+    for p in bees[40:52]:
+        link(root / "probe", p.name, p)
+    thumbs = bees[100:100 + THUMBS_OTHER + THUMBS_POOL]
+    for p in thumbs[:THUMBS_OTHER]:
+        thumbnail(root / "other", "thumb-" + p.name, p)
+    for p in thumbs[THUMBS_OTHER:]:
+        thumbnail(root / "pool", "thumb-" + p.name, p)
+    return root
+
+
+QUERY_MAP = {"ants": "ants", "bugs": "other", "insects": "pool", "unknown": "probe"}
+
+
+@pytest.fixture
+def server(world, monkeypatch):
+    monkeypatch.setenv("FLICKR_API_KEY", "test-key-0123456789")
+    monkeypatch.setenv("FLICKR_API_SECRET", "test-secret-9876543210")
+    with FlickrServer(WorldSpec(kind="folder", folder=str(world), query_map=QUERY_MAP)) as srv:
+        yield srv
+
+
+def make_cfg(tmp_path, srv, ants=40, other=15, pool=10, probe=10, catalog_settings=None):
+    return parse_config({
+        "data_dir": str(tmp_path / "data"), **(catalog_settings or {}),
+        "source": {"kind": "flickr", "rest_url": srv.rest_url, "allowed_hosts": [srv.static_host],
+                   "licenses": "any", "sizes": ["url_n", "url_s", "url_t", "url_sq"], "per_page": 10,
+                   "per_host_concurrency": 4, "retry": FAST_RETRY},
+        "classes": {"ants": {"queries": ["ants"], "count": ants}},
+        "other": {"queries": ["bugs"], "count": other},
+        "probe": {"queries": ["unknown"], "count": probe},
+        "mine": {"pool": {"queries": ["insects"], "count": pool}},
+        "curate": {"workers": 1},
+    })
+
+
+def accepted(cfg) -> dict[str, int]:
+    with Catalog(cfg.catalog_path) as c:
+        return {"ants": c.set_tally("train", "ants")["accepted"], "other": c.set_tally("train", "other")["accepted"],
+                "probe": c.set_tally("probe", "other")["accepted"], "pool": c.set_tally("pool", "other")["accepted"]}
+
+
+def files_fetched(cfg) -> int:
+    with Catalog(cfg.catalog_path) as c:
+        return sum(r["status"] in ("accepted", "rejected", "duplicate", "downloaded") for r in c.candidates())
+
+
+def test_rounds_top_every_set_up_to_its_usable_count(tmp_path, server, catalog_settings):
+    cfg = make_cfg(tmp_path, server, catalog_settings=catalog_settings)
+    summary, curated = collect_and_curate(cfg, progress=False)
+    got = accepted(cfg)
+    # Every set has its count of usable images; a set may end a little over it (a top-up plans
+    # downloads at the rate curation accepted the set so far), never under.
+    for name, count in (("ants", 40), ("other", 15), ("probe", 10), ("pool", 10)):
+        assert count <= got[name] <= count + 3, (name, got)
+    assert summary.short == [] and summary.shortfall == {}
+    assert summary.rounds >= 2, "thumbnails were rejected, so a second round had to top up"
+    assert curated.rejected.get("too-small", 0) > 0
+    with Catalog(cfg.catalog_path) as c:
+        assert sum(c.set_tally("train", "other")["rejected"].values()) > 0
+        assert c.set_tally("train", "ants")["duplicate"].get("exact-duplicate", 0) > 0   # copies, topped up too
+    # Every file was fetched once: no photo in the catalog is downloaded again by a later round.
+    assert server.stats()["image_requests"] == files_fetched(cfg)
+    # Each round's search went on from where the last one stopped: no result page was asked for
+    # twice (56 ants, 45 other, 25 pool and 12 probe results at 10 per page). Restarting the
+    # searches every round made 27 calls here.
+    assert server.stats()["api_calls_by_method"]["flickr.photos.search"] <= 6 + 5 + 3 + 2
+
+    # A rerun needs nothing: no download, and the catalog is unchanged.
+    before = server.stats()["image_requests"]
+    again, _ = collect_and_curate(cfg, progress=False)
+    assert again.downloaded == 0 and again.rounds == 1 and again.short == []
+    assert server.stats()["image_requests"] == before
+    assert accepted(cfg) == got
+
+
+def test_short_sets_are_reported_with_their_numbers(tmp_path, server, capsys):
+    # other asks for 30 but its query holds 20 photos and 25 thumbnails; the pool asks for 20 of 15.
+    cfg = make_cfg(tmp_path, server, other=30, pool=20)
+    summary, _ = collect_and_curate(cfg, progress=False)
+    got = accepted(cfg)
+    assert got["ants"] >= 40 and (got["other"], got["probe"], got["pool"]) == (GOOD_OTHER, 10, GOOD_POOL)
+    other = f"other: {GOOD_OTHER} of 30 usable (queries exhausted; {THUMBS_OTHER} rejected: too-small {THUMBS_OTHER})"
+    pool = f"mine pool: {GOOD_POOL} of 20 usable (queries exhausted; {THUMBS_POOL} rejected: too-small {THUMBS_POOL})"
+    assert summary.short == [other, pool]
+    assert summary.shortfall == {"train/other": 30 - GOOD_OTHER, "pool/other": 20 - GOOD_POOL}
+    assert set(summary.exhausted) >= {"train/other", "pool/other"}
+    assert server.stats()["image_requests"] == files_fetched(cfg)
+
+    # mlc inspect: text, --json and --html all carry the same lines.
+    args = argparse.Namespace(version=None, json=False, html=str(tmp_path / "r.html"))
+    inspect_main(cfg, args)
+    text = capsys.readouterr().out
+    assert other in text and pool in text
+    assert other in (tmp_path / "r.html").read_text()
+    inspect_main(cfg, argparse.Namespace(version=None, json=True, html=None))
+    out = json.loads(capsys.readouterr().out)
+    assert [s["line"] for s in out["shortfall"]] == [other, pool]
+    assert out["shortfall"][0]["usable"] == GOOD_OTHER and out["shortfall"][0]["count"] == 30
+
+    # A rerun finds the queries still dry: nothing downloaded, the same report.
+    before = server.stats()["image_requests"]
+    again, _ = collect_and_curate(cfg, progress=False)
+    assert again.downloaded == 0 and again.short == [other, pool]
+    assert server.stats()["image_requests"] == before
+
+
+def test_collect_alone_counts_known_rejections_and_converges(tmp_path, server, catalog_settings):
+    """`mlc collect` then `mlc curate`, repeated: each collect asks only for what is still missing."""
+    cfg = make_cfg(tmp_path, server, catalog_settings=catalog_settings)
+    first = collect(cfg, progress=False)
+    assert first.downloaded == 40 + 15 + 10 + 10      # nothing curated yet: every download may be usable
+    curate(cfg)
+    short_after_one = accepted(cfg)
+    assert short_after_one["other"] < 15 and short_after_one["ants"] <= 40
+    with Catalog(cfg.catalog_path) as c:
+        assert "queries exhausted" not in " ".join(s.why for s in shortfalls(cfg, c))
+    for _ in range(4):
+        if collect(cfg, progress=False).downloaded == 0:
+            break
+        curate(cfg)
+    got = accepted(cfg)
+    for name, count in (("ants", 40), ("other", 15), ("probe", 10), ("pool", 10)):
+        assert got[name] >= count, (name, got)
+    assert server.stats()["image_requests"] == files_fetched(cfg)
+
+
+# ------------------------------------------------------------------ the report and training sides
+
+def test_usable_rate_plans_top_ups_and_lines_name_every_loss():
+    tally = {"accepted": 151, "downloaded": 0, "pending": 0, "rejected": {"too-small": 140, "truncated": 9},
+             "duplicate": {"near-duplicate": 12}, "failed": {"http-404": 2}, "skipped": {"no-allowed-size": 1}}
+    assert usable_rate(tally) == pytest.approx(151 / 312)
+    assert usable_needed(tally, 300) == 149
+    assert usable_needed({**tally, "downloaded": 100}, 300) == pytest.approx(149 - 100 * 151 / 312)
+    fresh = {"accepted": 0, "downloaded": 0, "pending": 0, "rejected": {}, "duplicate": {}, "failed": {}, "skipped": {}}
+    assert usable_rate(fresh) == 1.0 and usable_needed(fresh, 300) == 300
+    assert usable_rate({**fresh, "rejected": {"too-small": 50}}) == 0.2      # the floor: 5 downloads per image
+    s = Shortfall("other", "train/other", 151, 300, "queries exhausted", tally["rejected"], 12,
+                  {"http-404": 2, "no-allowed-size": 1}, 0)
+    assert s.line() == ("other: 151 of 300 usable (queries exhausted; 149 rejected: too-small 140, truncated 9; "
+                        "12 duplicates removed; 3 not downloaded: http-404 2, no-allowed-size 1)")
+
+
+def test_artifact_summary_lists_short_sets_and_training_warnings():
+    sys.path.insert(0, str(REPO))     # flows/ is a top-level folder
+    from flows.artifacts import summary_markdown
+
+    line = "other: 151 of 300 usable (queries exhausted; 149 rejected: too-small 149)"
+    run = {"status": "Completed", "config_path": "c.yaml",
+           "collect": {"downloaded": 450, "found_new": 460, "api_calls": 9, "short": [line]},
+           "models": [{"round": 0, "dataset_version": "v1", "bundle": "b",
+                       "metrics": {"test": {"macro_f1": 0.9}, "warnings": ["'other' has 3 training images"]}}]}
+    text = summary_markdown(run)
+    assert f"- {line}" in text and "- 'other' has 3 training images" in text
+    run["collect"]["short"], run["models"][0]["metrics"]["warnings"] = [], []
+    assert "Short sets" not in summary_markdown(run) and "warnings" not in summary_markdown(run)
+
+
+def manifest_rows(n_class: dict[str, int], n_other: int) -> list[dict]:
+    rows = [{"labels": label, "split": "train"} for label, n in n_class.items() for _ in range(n)]
+    rows += [{"labels": "", "split": "train"} for _ in range(n_other)]
+    rows += [{"labels": "", "split": "valid"} for _ in range(500)]        # only the training split counts
+    return rows
+
+
+def test_other_set_warnings_rules():
+    assert other_set_warnings(manifest_rows({"a": 100, "b": 60}, 80)) == []
+    [few] = other_set_warnings(manifest_rows({"a": 100, "b": 60}, 79))
+    assert few.startswith("'other' has 79 training images, fewer than the classes' mean of 80")
+    [none] = other_set_warnings(manifest_rows({"a": 10}, 0))
+    assert none.startswith("no 'other' images in the training split")
+    assert other_set_warnings([]) == []
+
+
+def test_training_records_a_starved_other_set(tmp_path, caplog, monkeypatch):
+    """A real (tiny) training run on a dataset whose "other" set is smaller than its classes."""
+    from shapes import make_shapes_dataset
+
+    # A hand-made manifest, never published by `mlc build`: no dataset.json or SHA256SUMS to verify
+    # (tests/test_versions_verify.py covers that check).
+    monkeypatch.setattr("mlc_pipeline.model.variants.verify_version", lambda folder: None)
+
+    manifest = make_shapes_dataset(tmp_path / "shapes", n_per_kind=20)
+    rows = list(csv.DictReader(open(manifest, newline="")))
+    kept, others = [], 0
+    for r in rows:                          # keep 2 training "other" images; every class keeps its 12+
+        if r["split"] == "train" and not r["labels"]:
+            others += 1
+            if others > 2:
+                continue
+        kept.append(r)
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(kept)
+    cfg = parse_config({"data_dir": str(tmp_path / "data"),
+                        "classes": {"red": {"queries": ["r"], "count": 1}, "blue": {"queries": ["b"], "count": 1}},
+                        "other": {"queries": ["o"], "count": 1},
+                        "train": {"epochs": 1, "image_size": 32, "batch_size": 16, "pretrained": "none",
+                                  "compare_baselines": False}})
+    with caplog.at_level(logging.WARNING, logger="mlc_pipeline.model.variants"):
+        model = train_version(cfg, manifest.parent, tag="r0")
+    expected = "'other' has 2 training images, fewer than the classes' mean of"
+    assert any(expected in r.getMessage() for r in caplog.records)
+    for name in ("bundle.json", "metrics.json"):
+        [w] = json.loads((model.bundle_dir / name).read_text())["warnings"]
+        assert w.startswith(expected), name
+    result = PipelineResult(rounds=[record(0, "shapes", model.bundle_dir.name, model.metrics)],
+                            shortfall=["other: 2 of 12 usable (queries exhausted)"])
+    html = model_section(result, model.bundle_dir.parent)
+    assert "short set after collection: other: 2 of 12 usable (queries exhausted)" in html and escape(expected) in html

@@ -1,0 +1,120 @@
+import hashlib
+import multiprocessing
+import os
+
+import imagehash
+import numpy as np
+import pytest
+from PIL import Image
+
+import mlc_pipeline.curate.hashing as hashing
+from badfiles import fixture_photos, make_bad_files
+from mlc_pipeline.curate.hashing import (hamming, hamming_uint64, hex_to_uint64, inspect_file, inspect_files,
+                                  popcount64, uint64_to_hex)
+from mlc_pipeline.curate.verify import check_image
+
+pytestmark = pytest.mark.skipif(not fixture_photos(), reason="fixture photos missing (../shared/fixtures)")
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory):
+    return make_bad_files(tmp_path_factory.mktemp("bad"))
+
+
+def test_record_of_a_photo():
+    path = fixture_photos()[0]
+    rec = inspect_file(path)
+    data = path.read_bytes()
+    assert rec.ok and rec.reason is None
+    assert rec.sha256 == hashlib.sha256(data).hexdigest() and rec.n_bytes == len(data)
+    assert (rec.format, rec.mode, rec.width, rec.height, rec.frames) == ("JPEG", "RGB", *Image.open(path).size, 1)
+    assert len(rec.phash) == 16
+    full_decode = str(imagehash.phash(Image.open(path).convert("RGB")))
+    assert hamming(rec.phash, full_decode) <= 4  # draft decoding keeps the hash faithful
+
+
+def test_draft_hash_is_faithful_on_all_fixtures():
+    photos = fixture_photos()
+    records = inspect_files(photos)
+    diffs = np.array([hamming(r.phash, str(imagehash.phash(Image.open(p).convert("RGB"))))
+                      for r, p in zip(records, photos)])
+    assert diffs.mean() < 0.6 and diffs.max() <= 6  # measured: mean 0.29, max 4
+
+
+def test_inspect_file_agrees_with_check_image_on_hostile_files(bad):
+    for name, f in bad.items():
+        rec = inspect_file(f.path)
+        assert rec.reason == check_image(f.path).reason == f.reason, name
+        assert (rec.phash is None) == (f.reason is not None), name
+        if f.reason != "empty-file":
+            assert rec.sha256 == hashlib.sha256(f.path.read_bytes()).hexdigest()
+
+
+def test_draft_decoding_still_catches_truncated_jpeg(bad):
+    # inspect_file decodes JPEG in draft mode; the whole entropy-coded stream is still consumed.
+    for name in ("truncated-jpeg", "truncated-jpeg-tail", "truncated-progressive"):
+        assert inspect_file(bad[name].path).reason == "truncated"
+
+
+def test_hash_follows_what_a_viewer_sees(tmp_path):
+    src = Image.open(fixture_photos()[5]).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    src.save(tmp_path / "tagged.jpg", quality=95, exif=exif)       # rotated by the tag
+    src.rotate(-90, expand=True).save(tmp_path / "rotated.jpg", quality=95)  # rotated pixels
+    src.save(tmp_path / "copy.png")
+    tagged, rotated, png = inspect_files([tmp_path / n for n in ("tagged.jpg", "rotated.jpg", "copy.png")], workers=1)
+    assert hamming(tagged.phash, rotated.phash) <= 4
+    assert hamming(png.phash, inspect_file(fixture_photos()[5]).phash) <= 4
+    assert (tagged.width, tagged.height) == (src.height, src.width)
+
+
+def test_parallel_matches_serial_and_keeps_order(bad, tmp_path):
+    paths = fixture_photos()[:40] + [f.path for f in bad.values()] + [tmp_path / "missing.jpg"]
+    parallel = inspect_files(paths, workers=2, chunksize=3)
+    serial = inspect_files(paths, workers=1)
+    assert parallel == serial
+    assert [r.path for r in parallel] == [os.fspath(p) for p in paths]
+    assert parallel[-1].reason == "read-error:FileNotFoundError"
+
+
+@pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="needs fork to patch workers")
+def test_a_worker_crash_costs_only_its_file(monkeypatch):
+    photos = [os.fspath(p) for p in fixture_photos()[:30]]
+    victim = photos[7]
+    real = hashing.inspect_file
+
+    def crashing(path, limits=hashing.VerifyLimits()):
+        if os.fspath(path) == victim:
+            os._exit(1)  # what a segfaulting decoder looks like from the parent
+        return real(path, limits)
+
+    monkeypatch.setattr(hashing, "inspect_file", crashing)
+    records = inspect_files(photos, workers=2, chunksize=4)
+    assert records[7].reason == "decode-error:WorkerCrashed"
+    assert all(r.ok for k, r in enumerate(records) if k != 7)
+    assert [r.path for r in records] == photos
+
+
+def test_hash_arithmetic():
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 2**64 - 1, 1000, dtype=np.uint64, endpoint=True)
+    hexes = uint64_to_hex(values)
+    assert all(len(h) == 16 for h in hexes)
+    assert np.array_equal(hex_to_uint64(hexes), values)
+    assert popcount64(values).tolist() == [bin(int(v)).count("1") for v in values]
+    expected = bin(int(values[0]) ^ int(values[1])).count("1")
+    assert hamming(hexes[0], hexes[1]) == hamming(int(values[0]), int(values[1])) == expected
+    assert hamming_uint64(values[0], values[1]) == expected
+    assert hamming("ffffffffffffffff", "0000000000000000") == 64
+    assert len(hex_to_uint64([])) == 0
+    with pytest.raises(ValueError):
+        hex_to_uint64(["abc"])
+
+
+def test_misconfigured_pillow_fails_loudly(monkeypatch):
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(RuntimeError):
+        inspect_files(fixture_photos()[:3])

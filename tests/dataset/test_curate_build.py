@@ -1,0 +1,252 @@
+"""Curate and build end to end on real photos served by the bundled server in folder mode."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import FIXTURES
+
+from mlc_pipeline.dataset import build as dataset_mod
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.collect.stage import collect
+from mlc_pipeline.config import parse_config
+from mlc_pipeline.curate.stage import curate
+from mlc_pipeline.dataset.build import build_dataset
+from mlc_pipeline.manifest import MANIFEST_COLUMNS, read_manifest
+from mlc_pipeline.flickr_server.folder import photo_id_for
+from mlc_pipeline.curate.hashing import hex_to_uint64
+from mlc_pipeline.curate.neardup import find_pairs
+from mlc_pipeline.report.inspect import dataset_summary, format_dataset_summary, write_html_report
+
+FIXTURES = FIXTURES / "hymenoptera"
+
+
+def reencode(src: Path, dest: Path, scale: float = 1.0, quality: int = 70) -> None:
+    with Image.open(src) as im:
+        im = im.convert("RGB")
+        if scale != 1.0:
+            im = im.resize((int(im.width * scale), int(im.height * scale)), Image.LANCZOS)
+        im.save(dest, "JPEG", quality=quality)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """ants/ and bees/ (two classes), scenery/ (other), with planted duplicates and bad files."""
+    root = tmp_path_factory.mktemp("world")
+    ants, bees = sorted((FIXTURES / "ants").glob("*.jpg")), sorted((FIXTURES / "bees").glob("*.jpg"))
+    for name, files in (("ants", ants[:20]), ("bees", bees[:20]), ("scenery", ants[100:115])):
+        (root / name).mkdir()
+        for f in files:
+            shutil.copy(f, root / name / f.name)
+    shutil.copy(ants[0], root / "ants" / "zz_exact_copy.jpg")                 # exact, same label
+    reencode(ants[1], root / "ants" / "zz_small_copy.jpg", scale=0.7)         # near, same label
+    reencode(ants[2], root / "bees" / "zz_cross_class.jpg", quality=80)       # near, other class -> multi-label
+    shutil.copy(bees[3], root / "scenery" / "zz_negative_copy.jpg")           # class vs other -> class wins
+    data = (ants[5]).read_bytes()
+    (root / "ants" / "zz_truncated.jpg").write_bytes(data[: len(data) * 6 // 10])
+    Image.new("RGB", (90, 90), (200, 30, 30)).save(root / "bees" / "zz_tiny.jpg")
+    Image.new("RGB", (600, 100), (30, 200, 30)).save(root / "scenery" / "zz_strip.jpg")
+    return root
+
+
+def make_cfg(tmp_path, world, **build):
+    return parse_config({
+        "data_dir": str(tmp_path / "data"),
+        "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s", "url_t", "url_sq"],
+                   "local": {"port": 0, "folder": str(world),
+                             "query_map": {"ants": "ants", "bees": "bees", "scenery": "scenery"}}},
+        "classes": {"ants": {"queries": ["ants"], "count": 100}, "bees": {"queries": ["bees"], "count": 100}},
+        "other": {"queries": ["scenery"], "count": 100},
+        "curate": {"min_side": 96, "max_aspect": 4.0},
+        "build": {"max_side": 160, **build},
+    })
+
+
+@pytest.fixture(scope="module")
+def curated(world, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = make_cfg(tmp, world)
+    collect(cfg, progress=False)
+    summary = curate(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        by_file = {r["id"]: r for r in c.candidates()}
+    return cfg, summary, by_file
+
+
+def by_name(rows: dict, world: Path, name: str) -> dict:
+    """Find a candidate by its file name (folder mode derives photo ids from relative paths)."""
+    relative = next(world.rglob(name)).relative_to(world).as_posix()
+    matches = [r for r in rows.values() if r["photo_id"] == photo_id_for(relative)]
+    assert len(matches) == 1, name
+    return matches[0]
+
+
+def test_bad_files_are_quarantined_with_reasons(curated, world):
+    cfg, summary, rows = curated
+    rejected = {r["reason"] for r in rows.values() if r["status"] == "rejected"}
+    assert {"truncated", "too-small", "extreme-aspect"} <= rejected, rejected
+    for r in rows.values():
+        if r["status"] == "rejected":
+            assert "quarantine" in r["file_path"] and Path(r["file_path"]).exists()   # moved, not deleted
+    assert summary.rejected["truncated"] == 1
+
+
+def test_exact_near_and_cross_label_duplicates(curated, world):
+    cfg, summary, rows = curated
+    original0 = by_name(rows, world, sorted((FIXTURES / "ants").glob("*.jpg"))[0].name)
+    exact = by_name(rows, world, "zz_exact_copy.jpg")
+    assert (exact["status"], exact["duplicate_of"]) == ("duplicate", original0["id"])
+    assert exact["reason"].startswith("exact-duplicate")
+    small = by_name(rows, world, "zz_small_copy.jpg")
+    original1 = by_name(rows, world, sorted((FIXTURES / "ants").glob("*.jpg"))[1].name)
+    assert small["status"] == "duplicate" and small["duplicate_of"] == original1["id"]   # the larger one stays
+    assert small["reason"].startswith("near-duplicate")
+    # a near copy of an ants photo filed under bees: one image, both labels
+    original2 = by_name(rows, world, sorted((FIXTURES / "ants").glob("*.jpg"))[2].name)
+    cross = by_name(rows, world, "zz_cross_class.jpg")
+    kept, dropped = (original2, cross) if original2["status"] == "accepted" else (cross, original2)
+    assert dropped["status"] == "duplicate"
+    assert kept["curated_label"] == "ants bees" and kept["reason"] == "conflict:multi-label"
+    # a class image also found as "other": the class wins, it is never a negative
+    bee3 = by_name(rows, world, sorted((FIXTURES / "bees").glob("*.jpg"))[3].name)
+    neg = by_name(rows, world, "zz_negative_copy.jpg")
+    assert bee3["status"] == "accepted" and bee3["curated_label"] == "bees"
+    assert neg["status"] == "duplicate" and neg["duplicate_of"] == bee3["id"]
+
+
+def test_curate_again_reuses_hashes_and_changes_nothing(curated):
+    cfg, _, rows = curated
+    again = curate(cfg)
+    assert again.inspected == 0 and again.reused > 0
+    with Catalog(cfg.catalog_path) as c:
+        now = {r["id"]: (r["status"], r["reason"], r["curated_label"]) for r in c.candidates()}
+    assert now == {i: (r["status"], r["reason"], r["curated_label"]) for i, r in rows.items()}
+
+
+def test_build_publishes_a_complete_version(curated):
+    cfg, _, rows = curated
+    res = build_dataset(cfg)
+    assert res.published and res.version == "v1"
+    folder = res.path
+    manifest = read_manifest(folder / "manifest.csv")
+    assert list(manifest[0].keys()) == MANIFEST_COLUMNS
+    accepted = {r["id"] for r in rows.values() if r["status"] == "accepted"}
+    assert {int(m["candidate_id"]) for m in manifest} == accepted
+    for m in manifest:  # the query that found it: the report breaks probe acceptance down by it
+        assert m["query"] == json.loads(rows[int(m["candidate_id"])]["queries"])[0]
+    for m in manifest:
+        with Image.open(folder / m["path"]) as im:
+            im.load()
+            assert im.mode == "RGB" and max(im.size) <= 160
+        assert m["split"] in ("train", "valid", "test")
+        folder_label = Path(m["path"]).parent.name
+        assert folder_label == ("+".join(m["labels"].split()) or "other")
+    multi = [m for m in manifest if m["labels"] == "ants bees"]
+    assert len(multi) == 1
+    # no near-duplicate pair survives anywhere in the dataset, so none straddles the splits
+    hashes = hex_to_uint64([m["phash"] for m in manifest])
+    assert len(find_pairs(hashes, cfg.curate.hamming_threshold)) == 0
+    attribution = (folder / "ATTRIBUTION.md").read_text()
+    assert all(m["url"] in attribution for m in manifest)
+    card = (folder / "README.md").read_text()
+    assert "ants" in card and "rejected: truncated" in card
+    assert (folder.parent / "latest").resolve() == folder.resolve()
+    assert (folder.parent / "LATEST").read_text().strip() == "v1"
+
+
+def tree_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            h.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def test_rebuild_is_idempotent_and_a_killed_build_leaves_the_previous_version(curated, monkeypatch):
+    cfg, _, _ = curated
+    first = build_dataset(cfg)
+    before = tree_digest(first.path)
+    again = build_dataset(cfg)
+    assert not again.published and again.version == first.version
+    # change the parameters, and fail half-way through writing images
+    cfg.build.max_side = 128
+    calls = {"n": 0}
+    real = dataset_mod.load_rgb
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 10:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(dataset_mod, "load_rgb", dying)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(cfg)
+    root = first.path.parent
+    assert not (root / "v2").exists() and (root / "LATEST").read_text().strip() == first.version
+    monkeypatch.setattr(dataset_mod, "load_rgb", real)
+    second = build_dataset(cfg)
+    assert second.published and second.version == "v2"
+    assert not list(root.glob(".build-*")), "the killed build's leftovers are cleaned"
+    assert tree_digest(first.path) == before, "earlier versions are never touched"
+    summary = dataset_summary(cfg)
+    assert summary["version"] == "v2" and summary["previous"] == "v1" and summary["diff"] == {}
+    assert "Changes since v1" in format_dataset_summary(summary)
+
+
+def test_html_report_in_a_real_browser(curated, tmp_path):
+    import subprocess
+    cfg, _, _ = curated
+    build_dataset(cfg)
+    page = write_html_report(cfg, tmp_path / "report.html")
+    text = page.read_text()
+    for anchor in ("thumbnails", "duplicates", "quarantine", "attribution"):
+        assert f"id='{anchor}'" in text
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "scripts/test.sh installs Debian's chromium for this test"
+    shot = tmp_path / "shot.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chrome'}"]
+    res = subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1200,2000", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert shot.exists(), res.stderr[-2000:]
+    # the thumbnails rendered: the screenshot is not a blank page
+    with Image.open(shot) as im:
+        arr = np.asarray(im.convert("RGB")).astype(int)
+    assert arr.std() > 20 and len(np.unique(arr.reshape(-1, 3)[::97], axis=0)) > 200
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.stdout.count("<img") >= 30 and "data:image/jpeg;base64" in dom.stdout
+
+
+def test_curate_judges_the_bytes_on_disk_not_the_recorded_hash(tmp_path):
+    """A downloaded file recorded without a sha256, or changed on disk since its download, is
+    hashed from its bytes; curation neither crashes nor deduplicates it by a stale hash."""
+    from mlc_pipeline.catalog import Found
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), "classes": {"ants": {"queries": ["ants"], "count": 5}},
+                        "other": {"queries": ["x"], "count": 5}})
+    cfg.data_dir.mkdir()
+    photos = sorted(FIXTURES.glob("ants/*.jpg"))[:3]
+    with Catalog(cfg.catalog_path) as c:
+        run = c.start_run("plant")
+        c.upsert_found([Found("flickr", f"p{i}", "train", "ants", "ants", f"http://h/{i}", "url_m", None, None, 4,
+                              "CC BY 2.0", "o", "o", "t", None, None, "ants") for i in range(3)], run)
+        for i, photo in enumerate(photos):
+            dest = tmp_path / f"p{i}.jpg"
+            shutil.copyfile(photo, dest)
+            recorded = {0: None, 1: "f" * 64, 2: hashlib.sha256(dest.read_bytes()).hexdigest()}[i]
+            c.set_status(c.get_by_photo("flickr", f"p{i}")["id"], "downloaded", None, run, "download",
+                         file_path=str(dest), sha256=recorded)
+    summary = curate(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        rows = {r["photo_id"]: r for r in c.candidates()}
+    assert summary.inspected == 3
+    for i, photo in enumerate(photos):
+        row = rows[f"p{i}"]
+        assert row["status"] == "accepted" and row["sha256"] == hashlib.sha256(photo.read_bytes()).hexdigest()
+        assert row["hashed_sha256"] == row["sha256"]

@@ -1,0 +1,222 @@
+"""Published versions are verified; the catalog's paths survive a moved or copied data root;
+bundle names are unique within a second. Real `mlc` processes on a small root of real photos."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlc_pipeline.catalog import SCHEMA_VERSION, Catalog
+from mlc_pipeline.config import load_config
+from mlc_pipeline.curate.stage import curate
+from mlc_pipeline.dataset.build import VersionDamaged, build_dataset, verify_version
+from mlc_pipeline.model.variants import bundle_name
+from mlc_pipeline.manifest import read_manifest_frame
+from storage_world import curated_root, last_line, mlc, write_config
+
+
+@pytest.fixture
+def built(tmp_path_factory):
+    """A fresh copy of a built data root per test (the tests damage it)."""
+    base = tmp_path_factory.getbasetemp() / "versions-base"
+    if not base.exists():
+        cfg_path = curated_root(base)
+        build_dataset(load_config(cfg_path))
+    work = tmp_path_factory.mktemp("versions")
+    shutil.copytree(base / "data", work / "data", symlinks=True)
+    cfg_path = write_config(work / "cfg.yaml", work / "data", base / "world")
+    return cfg_path, work / "data" / "datasets" / "default" / "v1"
+
+
+def rewrite_manifest(folder: Path, change) -> None:
+    with open(folder / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    fields = list(rows[0])
+    change(rows)
+    with open(folder / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def first_row(folder: Path, split: str | None = None) -> dict:
+    with open(folder / "manifest.csv", newline="") as f:
+        return next(r for r in csv.DictReader(f) if split is None or r["split"] == split)
+
+
+def test_an_intact_version_verifies(built):
+    _, v1 = built
+    rows = verify_version(v1)
+    assert rows and (v1 / "SHA256SUMS").read_text().count("\n") == len(rows)
+
+
+def test_a_deleted_file_stops_build_train_and_inspect_and_repair_rebuilds(built):
+    cfg, v1 = built
+    gone = first_row(v1, "test")["path"]          # a test file: train used to exit 0 scoring fewer images
+    (v1 / gone).unlink()
+    for command in (["build"], ["train"], ["inspect"]):
+        res = mlc(*command, "-c", str(cfg))
+        assert res.returncode == 3, (command, res.stderr[-2000:])
+        line = last_line(res.stderr)
+        assert line.startswith("mlc: dataset default v1 is damaged") and gone in line and "--repair" in line, line
+        assert "Traceback" not in res.stderr
+    assert "Dataset default v1" in mlc("inspect", "-c", str(cfg)).stdout      # the summary still shows
+    res = mlc("build", "--repair", "-c", str(cfg))
+    assert res.returncode == 0, res.stderr
+    assert "dataset default v2: published" in res.stdout
+    v2 = v1.parent / "v2"
+    assert len(verify_version(v2)) == len(verify_version_rows_of(v2))
+    assert not (v1 / gone).exists()               # the damaged version is kept as it is, for the record
+    assert mlc("build", "-c", str(cfg)).returncode == 0
+
+
+def verify_version_rows_of(folder: Path) -> list[dict]:
+    with open(folder / "manifest.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_changed_file_is_detected(built):
+    _, v1 = built
+    path = first_row(v1, "train")["path"]
+    shutil.copy(v1 / first_row(v1, "valid")["path"], v1 / path)
+    with pytest.raises(VersionDamaged, match=f"file {path} was changed since publication"):
+        verify_version(v1)
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("relabel", "fingerprint does not match"),
+    ("outside", "outside the version folder"),
+    ("absolute", "outside the version folder"),
+    ("drop_row", "fingerprint does not match"),
+])
+def test_a_hand_edited_manifest_is_refused(built, edit, message):
+    cfg, v1 = built
+    outside = v1.parents[3] / "outside.jpg"
+    shutil.copy(v1 / first_row(v1)["path"], outside)
+
+    def change(rows):
+        if edit == "relabel":
+            r = next(r for r in rows if r["labels"] == "ants")
+            r["labels"] = "bees"
+        elif edit == "outside":
+            rows[0]["path"] = "../../../../outside.jpg"
+        elif edit == "absolute":
+            rows[0]["path"] = str(outside)
+        else:
+            rows.pop()
+    rewrite_manifest(v1, change)
+    with pytest.raises(VersionDamaged, match=message):
+        verify_version(v1)
+    if edit == "outside":                  # the CLI's answer once; the other edits go the same way
+        res = mlc("train", "-c", str(cfg))
+        assert res.returncode == 3 and message in last_line(res.stderr), res.stderr[-2000:]
+        assert not (v1.parents[2] / "models").exists()
+
+
+def test_train_reader_rejects_paths_leaving_the_folder(tmp_path):
+    for bad in ("../x.jpg", "/etc/x.jpg", "images/../../x.jpg"):
+        (tmp_path / "manifest.csv").write_text(f"path,labels,split\n{bad},a,train\n")
+        with pytest.raises(ValueError, match="outside the dataset folder"):
+            read_manifest_frame(tmp_path / "manifest.csv")
+
+
+def test_a_version_without_sha256sums_is_still_checked_for_missing_files(built):
+    _, v1 = built
+    meta = json.loads((v1 / "dataset.json").read_text())
+    del meta["files_sha256"]                      # as published before SHA256SUMS existed
+    (v1 / "dataset.json").write_text(json.dumps(meta))
+    (v1 / "SHA256SUMS").unlink()
+    verify_version(v1)
+    gone = first_row(v1)["path"]
+    (v1 / gone).unlink()
+    with pytest.raises(VersionDamaged, match=f"file {gone} is missing"):
+        verify_version(v1)
+
+
+# ------------------------------------------------------------------ relative paths
+
+def catalog_files(cfg_path: Path) -> dict[int, str]:
+    with Catalog(load_config(cfg_path).catalog_path) as c:
+        return {r["id"]: r["file_path"] for r in c.candidates() if r["file_path"]}
+
+
+def tree(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+
+
+def test_the_catalog_stores_paths_relative_to_the_data_root(built):
+    cfg, _ = built
+    db = sqlite3.connect(load_config(cfg).catalog_path)
+    stored = [r[0] for r in db.execute("SELECT file_path FROM candidates WHERE file_path IS NOT NULL")]
+    version = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+    db.close()
+    assert stored and all(not os.path.isabs(p) and p.split("/")[0] in ("raw", "quarantine") for p in stored)
+    assert int(version) == SCHEMA_VERSION
+
+
+def test_curating_a_copy_never_touches_the_original(built, tmp_path):
+    cfg, _ = built
+    original = Path(yaml.safe_load(cfg.read_text())["data_dir"])
+    before = tree(original)
+    shutil.copytree(original, tmp_path / "copy", symlinks=True)
+    world = Path(yaml.safe_load(cfg.read_text())["source"]["local"]["folder"])
+    copy_cfg = write_config(tmp_path / "copy.yaml", tmp_path / "copy", world, curate={"min_side": 400})
+    with Catalog(load_config(copy_cfg).catalog_path) as c:    # as if just downloaded: curate inspects all
+        for row in c.candidates("status='accepted'"):
+            c.update_fields(row["id"], hashed_sha256=None)
+    summary = curate(load_config(copy_cfg))          # a stricter copy: many more rejections
+    assert summary.rejected.get("too-small", 0) > 5
+    assert tree(original) == before                  # not one file moved out of the original
+    assert all(p.startswith(str(tmp_path / "copy")) for p in catalog_files(copy_cfg).values())
+    assert all(Path(p).exists() for p in catalog_files(copy_cfg).values())
+
+
+def test_a_moved_data_root_keeps_every_image(built, tmp_path):
+    cfg, _ = built
+    original = Path(yaml.safe_load(cfg.read_text())["data_dir"])
+    before = {cid: Path(p).relative_to(original) for cid, p in catalog_files(cfg).items()}
+    moved = tmp_path / "moved"
+    shutil.move(original, moved)
+    world = Path(yaml.safe_load(cfg.read_text())["source"]["local"]["folder"])
+    moved_cfg = write_config(tmp_path / "moved.yaml", moved, world)
+    curate(load_config(moved_cfg))
+    with Catalog(load_config(moved_cfg).catalog_path) as c:
+        assert not c.candidates("status='failed'")            # nothing "gone", nothing to download again
+    assert {cid: Path(p).relative_to(moved) for cid, p in catalog_files(moved_cfg).items()} == before
+
+
+def test_migration_rewrites_absolute_paths_of_a_moved_schema1_catalog(built, tmp_path):
+    cfg, _ = built
+    original = Path(yaml.safe_load(cfg.read_text())["data_dir"])
+    db = sqlite3.connect(original / "catalog.sqlite")          # make it a schema 1 catalog, as before
+    db.execute("UPDATE candidates SET file_path=? || '/' || file_path WHERE file_path IS NOT NULL", (str(original),))
+    db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    db.execute("UPDATE candidates SET file_path='/elsewhere/raw/x.jpg' WHERE id=(SELECT MIN(id) FROM candidates)")
+    db.commit()
+    db.close()
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy, symlinks=True)
+    with Catalog(copy / "catalog.sqlite") as c:
+        rows = {r["id"]: r["file_path"] for r in c.candidates() if r["file_path"]}
+    first = min(rows)
+    assert rows.pop(first) == "/elsewhere/raw/x.jpg"             # outside, and no such file here: kept
+    assert rows and all(p.startswith(str(copy)) and Path(p).exists() for p in rows.values())
+    db = sqlite3.connect(copy / "catalog.sqlite")
+    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    db.close()
+
+
+# ------------------------------------------------------------------ bundle names
+
+def test_bundle_names_are_unique_within_a_second_and_sorted_by_time():
+    names = [bundle_name("default-v1-r0-sigmoid-negatives") for _ in range(200)]
+    assert len(set(names)) == 200
+    stamps = [n.rsplit("-", 2)[1] for n in names]
+    assert stamps == sorted(stamps)

@@ -1,0 +1,177 @@
+"""Hard-negative mining against a real trained model (the shapes bundle of test_train) and a real
+catalog: the pool images the model accepts become round-1 training negatives, nothing else moves,
+and class images it confidently rejects are listed for review, never moved.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import imagehash
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from shapes import background, disc, draw, trained_bundle
+
+from mlc_pipeline.catalog import Catalog, Found
+from mlc_pipeline.config import Config
+from mlc_pipeline.dataset.build import dataset_rows
+from mlc_pipeline.model.mine import REVIEW_BELOW, mine_round, pool_overlaps, undo_round
+from mlc_pipeline.model.predict import predict_paths, score_paths
+from mlc_pipeline.model.bundle import load_bundle
+
+
+def _red_disc_image(rng) -> Image.Image:
+    im = background(rng)
+    disc(ImageDraw.Draw(im), rng)
+    return im
+
+
+def _plant(catalog: Catalog, run_id: str, folder, items: list[tuple[str, str, str, Image.Image]]) -> dict[str, int]:
+    """Record (photo_id, purpose, label, image) as curated, accepted candidates; photo_id -> id."""
+    catalog.upsert_found([Found("local", pid, purpose, label, "q", f"http://x/{pid}", "url_m", 40, 40, 4,
+                                "CC BY 2.0", "o", "owner", "t", None, None, "t")
+                          for pid, purpose, label, _ in items], run_id)
+    ids = {}
+    with catalog.transaction():
+        for pid, purpose, label, image in items:
+            path = folder / f"{pid}.jpg"
+            image.save(path, quality=90)
+            row = catalog.get_by_photo("local", pid)
+            catalog.set_status(row["id"], "accepted", None, run_id, "curate", file_path=str(path),
+                               sha256=pid, phash=str(imagehash.phash(Image.open(path))), curated_label=label)
+            ids[pid] = row["id"]
+    return ids
+
+
+def _planted_world(tmp_path, **mine):
+    """A catalog with pool images that look like a class, pool noise, class images (one mislabelled),
+    probes, and one pool image that is a re-encoded copy of a class image."""
+    rng = np.random.default_rng(7)
+    cfg = Config(data_dir=tmp_path / "data", classes={"red": {"queries": ["red"], "count": 1},
+                                                      "blue": {"queries": ["blue"], "count": 1}},
+                 other={"queries": ["noise"], "count": 1}, mine=mine)
+    cfg.data_dir.mkdir()
+    images = tmp_path / "files"
+    images.mkdir()
+    classes = [(f"class-red{i}", "train", "red", _red_disc_image(rng)) for i in range(6)]
+    items = ([(f"pool-red{i}", "pool", "other", _red_disc_image(rng)) for i in range(8)]       # look like a class
+             + [(f"pool-noise{i}", "pool", "other", draw("other", rng)) for i in range(8)]   # look like nothing
+             + classes + [("class-mislabelled", "train", "red", draw("blue", rng))]
+             + [(f"probe{i}", "probe", "other", draw("probe", rng)) for i in range(4)]
+             + [("pool-copy-of-class", "pool", "other", classes[0][3].copy())])             # a class member in the pool
+    with Catalog(cfg.catalog_path) as catalog:
+        run_id = catalog.start_run("plant")
+        ids = _plant(catalog, run_id, images, items)
+        before = {r["id"]: dict(r) for r in catalog.candidates()}
+    return cfg, images, items, ids, before
+
+
+def test_mining_moves_accepted_pool_images_only(tmp_path):
+    _, bundle_dir = trained_bundle()
+    cfg, images, items, ids, before = _planted_world(tmp_path, max_per_round=100)
+    # What the model itself says about each pool image, through the public predict API.
+    bundle = load_bundle(bundle_dir)
+    pool = [pid for pid, purpose, _, _ in items if purpose == "pool"]
+    said = {pid: p for pid, p in zip(pool, predict_paths(bundle, [images / f"{pid}.jpg" for pid in pool]))}
+    accepted = {pid for pid, p in said.items() if not p.none_of}
+    top = {pid: max(p for _, p in said[pid].labels) for pid in accepted}
+    assert "pool-copy-of-class" in accepted, "the model rejects a copy of its own class image: a useless test"
+    # Hold back the more confident half of the lookalikes.
+    cfg.mine.hold_above = hold_above = float(np.median([top[p] for p in accepted if p.startswith("pool-red")]))
+    held_near = {"pool-copy-of-class"}
+    held_confident = {pid for pid in accepted - held_near if top[pid] >= hold_above}
+    should_mine = accepted - held_near - held_confident
+    assert should_mine and {pid for pid in should_mine if pid.startswith("pool-red")}, "nothing to mine: a useless test"
+    assert should_mine != set(pool), "the model accepts every pool image: a useless test"
+    assert held_confident, "no confident acceptance to hold: a useless test"
+
+    result = mine_round(cfg, bundle_dir, round_no=1)
+
+    with Catalog(cfg.catalog_path) as catalog:
+        after = {r["id"]: dict(r) for r in catalog.candidates()}
+        mined = {r["photo_id"] for r in after.values() if r["mined_round"] is not None}
+        assert mined == should_mine and result.added == len(mined) and result.scored == len(pool)
+        for pid in mined:
+            row = after[ids[pid]]
+            assert (row["purpose"], row["curated_label"], row["status"]) == ("train", "other", "accepted")
+            assert row["mined_model"] == bundle_dir.name and row["reason"] == "hard-negative:round=1"
+            assert abs(row["mined_score"] - top[pid]) < 1e-4
+        # Held back for review: still pool images, with the reason and score recorded.
+        assert {h["photo_id"] for h in result.held} == held_near | held_confident
+        row = after[ids["pool-copy-of-class"]]
+        assert row["purpose"] == "pool" and row["reason"] == f"held:near-duplicate-of:{ids['class-red0']}:round=1"
+        for pid in held_confident:
+            assert after[ids[pid]]["purpose"] == "pool" and after[ids[pid]]["reason"].startswith("held:confident:")
+        # Nothing else moved: class images, probes and rejected pool images are exactly as before.
+        for cid, row in after.items():
+            if row["photo_id"] not in mined:
+                assert {k: row[k] for k in ("purpose", "label", "curated_label", "status", "mined_round")} == \
+                       {k: before[cid][k] for k in ("purpose", "label", "curated_label", "status", "mined_round")}
+        rows = dataset_rows(cfg, catalog)
+    in_dataset = {r["photo_id"]: r for r in rows}
+    for pid in mined:  # the next dataset version trains on them as negatives; test/valid stay fixed
+        assert in_dataset[pid]["split"] == "train" and in_dataset[pid]["labels"] == "" and in_dataset[pid]["mined_round"] == 1
+    assert not {pid for pid in pool if pid not in mined} & set(in_dataset)
+    # Every decision is visible with its score.
+    with open(bundle_dir / "mined.csv") as f:
+        decisions = {r["photo_id"]: r for r in csv.DictReader(f)}
+    assert set(decisions) == accepted
+    assert {pid for pid, r in decisions.items() if r["decision"] == "added"} == mined
+    assert all(abs(float(decisions[pid]["score"]) - top[pid]) < 1e-3 for pid in accepted)
+
+    # A second round never re-scores what was held; undo puts round 1 back exactly as it was.
+    assert undo_round(cfg, 1) == len(mined) + len(result.held)
+    with Catalog(cfg.catalog_path) as catalog:
+        undone = {r["id"]: dict(r) for r in catalog.candidates()}
+    for cid, row in undone.items():
+        assert {k: row[k] for k in ("purpose", "curated_label", "status", "mined_round", "reason")} == \
+               {k: before[cid][k] for k in ("purpose", "curated_label", "status", "mined_round", "reason")}
+
+    # Review: class images whose own label scores under REVIEW_BELOW, listed, never moved.
+    class_ids = [pid for pid, purpose, _, _ in items if purpose == "train"]
+    red = bundle.vocab.index("red")
+    scores = score_paths(bundle, [images / f"{pid}.jpg" for pid in class_ids])[:, red]
+    expected_review = {pid for pid, s in zip(class_ids, scores) if s < REVIEW_BELOW}
+    assert {r["photo_id"] for r in result.review} == expected_review
+    assert "class-mislabelled" in expected_review  # a blue square labelled red
+    with open(bundle_dir / "review.csv") as f:
+        assert {r["photo_id"] for r in csv.DictReader(f)} == expected_review
+
+
+def test_a_round_adds_at_most_its_cap_hardest_first(tmp_path):
+    _, bundle_dir = trained_bundle()
+    cfg, images, items, ids, _ = _planted_world(tmp_path, hold_above=1.01, max_per_round=2)
+    result = mine_round(cfg, bundle_dir, round_no=1)
+    with open(bundle_dir / "mined.csv") as f:
+        decisions = list(csv.DictReader(f))
+    added = [float(r["score"]) for r in decisions if r["decision"] == "added"]
+    over = [float(r["score"]) for r in decisions if r["decision"] == "over-cap"]
+    assert result.added == len(added) == 2 and result.over_cap == len(over) > 0
+    assert min(added) >= max(over)
+    with Catalog(cfg.catalog_path) as catalog:   # over-cap images stay in the pool for the next round
+        assert all(catalog.get(int(r["candidate_id"]))["purpose"] == "pool" for r in decisions if r["decision"] == "over-cap")
+
+
+def test_pool_queries_that_share_a_word_with_a_class_are_flagged():
+    cfg = Config(data_dir="d", classes={"teddy": {"queries": ["teddy bear"], "count": 1}},
+                 other={"queries": ["toys"], "count": 1},
+                 mine={"pool": {"queries": ["bear cubs", "plush rabbit"], "count": 1}})
+    warnings = pool_overlaps(cfg)
+    assert len(warnings) == 1 and "'bear cubs'" in warnings[0] and "teddy" in warnings[0]
+
+
+def test_an_interrupted_round_is_recorded_as_interrupted(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM (a KeyboardInterrupt in the CLI) while scoring: the run is never left 'running'."""
+    _, bundle_dir = trained_bundle()
+    cfg, *_ = _planted_world(tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("mlc_pipeline.model.mine.score_with_errors", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        mine_round(cfg, bundle_dir, round_no=1)
+    with Catalog(cfg.catalog_path) as catalog:
+        [run] = [r for r in catalog.runs() if r["command"] == "mine-1"]
+    assert run["status"] == "interrupted"

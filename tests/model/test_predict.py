@@ -1,0 +1,136 @@
+"""Loading bundles safely and predicting with them. Reuses the model test_train trains (once per session)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shapes import trained_bundle  # noqa: E402  (one tiny training shared by both files)
+
+from mlc_pipeline.model.assess import evaluate_bundle  # noqa: E402
+from mlc_pipeline.model.predict import predict_paths, score_paths  # noqa: E402
+from mlc_pipeline.model.bundle import BundleError, load_bundle
+from mlc_pipeline.manifest import read_manifest_frame  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle(trained_bundle()[1])
+
+
+@pytest.fixture(scope="module")
+def manifest_df():
+    return read_manifest_frame(trained_bundle()[0])
+
+
+def _paths(df, split=None, labels=None):
+    rows = df
+    if split is not None:
+        rows = rows[rows["split"] == split]
+    if labels is not None:
+        rows = rows[rows["labels"] == labels]
+    return list(rows["abs_path"])
+
+
+def test_load_bundle_fields(bundle):
+    assert bundle.classes == ["blue", "red"] and bundle.vocab == ["blue", "red"]
+    assert bundle.head == "sigmoid" and bundle.thresholds.shape == (2,)
+    assert bundle.meta["dataset_version"] == "test-v1"
+
+
+def test_probes_are_mostly_none_of(bundle, manifest_df):
+    preds = predict_paths(bundle, _paths(manifest_df, split="probe"))
+    assert len(preds) == 48 and all(p.error is None for p in preds)
+    assert np.mean([p.none_of for p in preds]) > 0.5
+
+
+def test_known_images_get_their_labels(bundle, manifest_df):
+    red = predict_paths(bundle, _paths(manifest_df, split="test", labels="red"))
+    both = predict_paths(bundle, _paths(manifest_df, split="test", labels="blue red"))
+    assert np.mean([[c for c, _ in p.labels] == ["red"] for p in red]) >= 0.75
+    assert np.mean([sorted(c for c, _ in p.labels) == ["blue", "red"] for p in both]) >= 0.5
+    p = red[0]
+    assert set(p.probs) == {"red", "blue"} and all(0 <= v <= 1 for v in p.probs.values())
+    assert all(prob >= bundle.thresholds[bundle.vocab.index(c)] for c, prob in p.labels)
+    assert p.labels == sorted(p.labels, key=lambda cp: -cp[1])
+
+
+def test_bad_files_become_per_item_errors(bundle, manifest_df, tmp_path):
+    good = _paths(manifest_df, split="test")[:3]
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(Path(good[0]).read_bytes()[:200])
+    paths = [good[0], text, good[1], tmp_path / "missing.jpg", truncated, good[2]]
+    preds = predict_paths(bundle, paths, batch_size=4)  # errors both inside and across batches
+    assert [p.error is not None for p in preds] == [False, True, False, True, True, False]
+    assert all(p.none_of and p.labels == [] for p in preds if p.error)
+    assert "cannot decode" in preds[1].error
+    probs = score_paths(bundle, paths, batch_size=4)
+    assert probs.shape == (6, 2) and np.isnan(probs[[1, 3, 4]]).all()
+    np.testing.assert_allclose(probs[[0, 2, 5]], score_paths(bundle, good), atol=1e-5)  # neighbours unharmed
+
+
+def test_evaluate_bundle_matches_training_report(manifest_df):
+    manifest, bundle_dir = trained_bundle()
+    m = evaluate_bundle(bundle_dir, manifest)
+    recorded = json.loads((bundle_dir / "metrics.json").read_text())["test"]
+    assert m["macro_f1"] == pytest.approx(recorded["macro_f1"])
+    assert m["probe_accepted"] == pytest.approx(recorded["probe_accepted"])
+    assert m["n_unreadable"] == 0
+
+
+# ---------------------------------------------------------------- integrity
+
+
+@pytest.fixture
+def bundle_copy(tmp_path):
+    dst = tmp_path / "bundle"
+    shutil.copytree(trained_bundle()[1], dst)
+    return dst
+
+
+def test_altered_export_is_refused_before_unpickling(bundle_copy):
+    export = bundle_copy / "export.pkl"
+    export.write_bytes(export.read_bytes() + b"\0")
+    with pytest.raises(BundleError, match=r"export\.pkl.*does not match"):
+        load_bundle(bundle_copy)
+
+
+def test_corrupt_export_with_matching_hash_is_a_bundle_error(bundle_copy):
+    from mlc_pipeline.fsutil import sha256_file
+    export = bundle_copy / "export.pkl"
+    export.write_bytes(export.read_bytes()[:5000])  # truncated, hash re-recorded: unpickling fails
+    meta = json.loads((bundle_copy / "bundle.json").read_text())
+    meta["export_sha256"] = sha256_file(export)
+    (bundle_copy / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"export\.pkl: could not be loaded"):
+        load_bundle(bundle_copy)
+
+
+def test_missing_or_broken_files_are_bundle_errors(bundle_copy, tmp_path):
+    with pytest.raises(BundleError, match="not a folder"):
+        load_bundle(tmp_path / "nowhere")
+    (bundle_copy / "bundle.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not JSON"):
+        load_bundle(bundle_copy)
+    (bundle_copy / "bundle.json").write_text(json.dumps({"vocab": ["a"]}))
+    with pytest.raises(BundleError, match="missing key"):
+        load_bundle(bundle_copy)
+    (bundle_copy / "bundle.json").unlink()
+    with pytest.raises(BundleError, match="bundle.json: missing"):
+        load_bundle(bundle_copy)
+
+
+def test_softmax_bundle_none_of_means_argmax_other(manifest_df):
+    soft = load_bundle(trained_bundle("softmax", "negative")[1])
+    assert soft.head == "softmax" and soft.thresholds is None and soft.vocab[-1] == "other"
+    preds = predict_paths(soft, _paths(manifest_df, split="test")[:20] + _paths(manifest_df, split="probe")[:10])
+    for p in preds:
+        argmax = max(p.probs, key=p.probs.get)
+        assert p.none_of == (argmax == "other")
+        assert p.labels == ([] if p.none_of else [(argmax, p.probs[argmax])])

@@ -1,0 +1,236 @@
+"""End-to-end training on a tiny synthetic shapes dataset (seconds on 2 CPU cores).
+
+"red" = red discs, "blue" = blue squares, some images hold both, "other" = noise, stripes or
+yellow/grey/brown shapes (no label), probe = green triangles (a kind no query asked for: evaluation only).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlc_pipeline.model.train import TrainConfig, train_model
+from shapes import FAST, make_shapes_dataset, trained_bundle
+
+from mlc_pipeline.manifest import read_manifest_frame
+
+# ---------------------------------------------------------------- the main run
+
+def test_bundle_is_complete_and_consistent():
+    manifest, bundle = trained_bundle()
+    for name in ("export.pkl", "bundle.json", "metrics.json", "loss.png"):
+        assert (bundle / name).is_file(), name
+    assert not [p for p in bundle.parent.iterdir() if ".tmp-" in p.name]  # built aside, renamed in
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["classes"] == ["blue", "red"] and meta["vocab"] == ["blue", "red"]
+    assert meta["head"] == "sigmoid" and meta["other_mode"] == "negative"
+    assert meta["dataset_version"] == "test-v1" and meta["image_size"] == FAST["image_size"]
+    assert meta["pretrained"] == "none" and meta["config"]["epochs"] == FAST["epochs"]
+    from mlc_pipeline.fsutil import sha256_file
+    assert meta["export_sha256"] == sha256_file(bundle / "export.pkl")
+    assert [e["epoch"] for e in meta["history"]] == list(range(1, FAST["epochs"] + 1))
+    assert all(e["train_loss"] > 0 and e["valid_loss"] > 0 for e in meta["history"])
+    assert meta["images_per_second"] > 0
+
+
+def test_thresholds_are_calibrated_and_used_for_decoding():
+    _, bundle = trained_bundle()
+    meta = json.loads((bundle / "bundle.json").read_text())
+    thresholds = np.array(meta["thresholds"])
+    assert len(thresholds) == 2 and np.all((thresholds > 0) & (thresholds <= 1))
+    assert np.any(np.abs(thresholds - 0.5) > 1e-3)  # chosen from the data, not the default
+    from mlc_pipeline.model.bundle import load_bundle
+    learn = load_bundle(bundle).learn
+    np.testing.assert_allclose(learn.loss_func.thresh.numpy(), thresholds, rtol=1e-6)
+
+
+def test_metrics_well_above_chance():
+    _, bundle = trained_bundle()
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    test = metrics["test"]
+    for key in ("per_class", "macro_f1", "accuracy", "unknown_accepted", "probe_accepted",
+                "fpr95_unknown", "fpr95_probe", "n_labelled", "n_unknown", "n_probe"):
+        assert key in test, key
+    assert set(test["per_class"]) == {"red", "blue"}
+    assert test["n_probe"] == 48 and test["n_unknown"] == 8 and test["n_labelled"] == 20
+    assert test["macro_f1"] > 0.8        # an always-yes guesser scores ~0.6 here, a coin ~0.45
+    assert test["unknown_accepted"] <= 0.25
+    assert test["probe_accepted"] < 0.5
+    assert metrics["valid"]["macro_f1"] > 0.8
+
+
+def test_operating_curve_runs_from_the_chosen_point_to_no_unknown_accepted():
+    _, bundle = trained_bundle()
+    curve = json.loads((bundle / "metrics.json").read_text())["test"]["curve"]
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert (bundle / "curve.png").is_file()
+    rates = [p["valid_other_accepted"] for p in curve]
+    assert rates == sorted(rates, reverse=True) and rates[-1] == 0.0 and len(set(rates)) == len(rates)
+    [chosen] = [p for p in curve if p["chosen"]]
+    assert np.allclose(chosen["thresholds"], meta["thresholds"], atol=1e-4)
+    test = json.loads((bundle / "metrics.json").read_text())["test"]
+    assert chosen["macro_f1"] == pytest.approx(test["macro_f1"]) and chosen["probe_accepted"] == pytest.approx(test["probe_accepted"])
+    # Higher thresholds never accept more: each step only raises them.
+    steps = np.array([p["thresholds"] for p in curve])
+    assert (np.diff(steps, axis=0) >= -1e-9).all()
+
+
+def test_a_cap_on_unknowns_accepted_is_met_on_validation(tmp_path):
+    manifest, _ = trained_bundle()
+    from mlc_pipeline.model.assess import evaluate_loaded_bundle
+    from mlc_pipeline.model.bundle import load_bundle
+    result = train_model(manifest, tmp_path / "capped", TrainConfig(max_unknown_accepted=0.0, **FAST))
+    meta = json.loads((tmp_path / "capped" / "bundle.json").read_text())
+    assert meta["config"]["max_unknown_accepted"] == 0.0
+    valid = evaluate_loaded_bundle(load_bundle(tmp_path / "capped"), manifest, splits=("valid",))
+    assert valid["unknown_accepted"] == 0.0     # no held-out "other" image of the calibration split
+    [chosen] = [p for p in result.metrics["test"]["curve"] if p["chosen"]]
+    assert chosen["valid_other_accepted"] == 0.0
+
+
+@pytest.mark.parametrize("head,other_mode", [("softmax", "negative"), ("sigmoid", "class")])
+def test_baseline_variants_train_and_report(head, other_mode):
+    manifest, bundle = trained_bundle(head, other_mode)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["vocab"] == ["blue", "red", "other"] and meta["other_mode"] == "class"
+    assert (meta["thresholds"] is None) == (head == "softmax")
+    test = json.loads((bundle / "metrics.json").read_text())["test"]
+    assert set(test["per_class"]) == {"red", "blue"}
+    assert test["macro_f1"] > 0.6  # softmax drops the two-label images and can't predict them
+
+
+# ---------------------------------------------------------------- small runs and inputs
+
+def _small_dataset(tmp_path) -> Path:
+    return make_shapes_dataset(tmp_path / "ds", n_per_kind=10)
+
+
+def test_same_seed_same_model(tmp_path):
+    manifest = _small_dataset(tmp_path)
+    cfg = TrainConfig(image_size=32, epochs=1, batch_size=8, seed=3, augment=False)  # default threads
+    a = train_model(manifest, tmp_path / "a", cfg)
+    b = train_model(manifest, tmp_path / "b", cfg)
+    assert a.history == b.history and a.thresholds == b.thresholds
+
+
+def test_time_budget_stops_early_but_still_writes_a_bundle(tmp_path, caplog):
+    manifest = _small_dataset(tmp_path)
+    result = train_model(manifest, tmp_path / "b", TrainConfig(image_size=32, epochs=5, batch_size=8, threads=1,
+                                                               max_train_seconds=0.01))
+    assert result.stopped_early and len(result.history) < 5
+    assert (tmp_path / "b" / "export.pkl").is_file() and "time budget" in caplog.text
+
+
+def test_weights_file_is_loaded_and_fine_tuned(tmp_path):
+    import torch
+    import torchvision
+    weights = tmp_path / "r18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    manifest = _small_dataset(tmp_path)
+    result = train_model(manifest, tmp_path / "b", TrainConfig(arch="resnet18", image_size=32, epochs=1, batch_size=8,
+                                                               threads=1, pretrained=str(weights)))
+    assert result.pretrained_used == str(weights)
+    assert len(result.history) == 2  # fine_tune: one frozen epoch, then the unfrozen one
+
+
+def test_mlcnet_weights_from_an_earlier_model_are_loaded(tmp_path):
+    import torch
+    from mlc_pipeline.model.nets import mlcnet
+    from mlc_pipeline.model.bundle import load_bundle
+    torch.manual_seed(0)
+    donor = mlcnet(5)  # another vocab size: only the body is reused, the head is new
+    weights = tmp_path / "mlcnet.pth"
+    torch.save(donor.state_dict(), weights)
+    manifest = _small_dataset(tmp_path)
+    cfg = TrainConfig(image_size=32, epochs=1, batch_size=8, threads=1, pretrained=str(weights), lr=1e-9)
+    result = train_model(manifest, tmp_path / "b", cfg)
+    assert result.pretrained_used == str(weights) and len(result.history) == 2
+    body = load_bundle(tmp_path / "b").learn.model[0]
+    first_conv = body[0][0].weight.detach()
+    assert torch.allclose(first_conv, donor[0][0][0].weight, atol=1e-4)  # lr ~0: still the donor's
+    torch.save({"not": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="no body weights"):
+        train_model(manifest, tmp_path / "c", TrainConfig(image_size=32, epochs=1, batch_size=8, threads=1,
+                                                          pretrained=str(tmp_path / "bad.pth")))
+
+
+def test_existing_bundle_is_not_overwritten_silently(tmp_path):
+    manifest = _small_dataset(tmp_path)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(FileExistsError):
+        train_model(manifest, tmp_path / "b", TrainConfig(epochs=1))
+
+
+def test_pretrained_auto_falls_back_to_scratch_offline(tmp_path, monkeypatch, caplog):
+    from mlc_pipeline.model.weights import resolve_pretrained
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    r18 = dict(arch="resnet18")
+    assert resolve_pretrained(TrainConfig(pretrained="auto", **r18)) == "none"
+    assert "training from scratch" in caplog.text
+    with pytest.raises(FileNotFoundError, match="no download"):
+        resolve_pretrained(TrainConfig(pretrained="imagenet", **r18))
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")
+    assert resolve_pretrained(TrainConfig(pretrained="auto", **r18)) == "imagenet"
+    assert resolve_pretrained(TrainConfig(pretrained="none", **r18)) == "none"
+    # mlcnet has no published weights: 'auto' means scratch without a warning, 'imagenet' is an error
+    caplog.clear()
+    assert resolve_pretrained(TrainConfig(arch="mlcnet", pretrained="auto")) == "none"
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # said at INFO: nothing went wrong
+    with pytest.raises(ValueError, match="no ImageNet weights for mlcnet"):
+        resolve_pretrained(TrainConfig(arch="mlcnet", pretrained="imagenet"))
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        resolve_pretrained(TrainConfig(pretrained=str(tmp_path / "nope.pth")))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="head"):
+        TrainConfig(head="tanh")
+    with pytest.raises(ValueError, match="arch"):
+        TrainConfig(arch="resnet_nonexistent")
+    cfg = TrainConfig.from_settings({"epochs": 2, "compare_baselines": True})
+    assert cfg.epochs == 2 and TrainConfig(head="softmax").effective_other_mode == "class"
+
+
+def test_manifest_reading(tmp_path):
+    manifest = _small_dataset(tmp_path)
+    df = read_manifest_frame(manifest)
+    assert df["label_list"].map(len).max() == 2 and (df["label_list"].map(len) == 0).any()
+    assert Path(df["abs_path"][0]).is_file()
+    text = manifest.read_text()
+    (tmp_path / "bad_split.csv").write_text(text.replace(",valid,", ",validation,"))
+    with pytest.raises(ValueError, match="unknown split"):
+        read_manifest_frame(tmp_path / "bad_split.csv")
+    (tmp_path / "no_labels.csv").write_text("path,split\na.jpg,train\n")
+    with pytest.raises(ValueError, match="missing column"):
+        read_manifest_frame(tmp_path / "no_labels.csv")
+    with pytest.raises(FileNotFoundError):
+        read_manifest_frame(tmp_path / "absent.csv")
+    from mlc_pipeline.model.train import classes_in
+    assert classes_in(df) == ["blue", "red"]
+    with pytest.raises(ValueError, match="not among the given classes"):
+        classes_in(df, ["red"])
+    (tmp_path / "other.csv").write_text("path,labels,split\na.jpg,other,train\n")
+    with pytest.raises(ValueError, match="reserved"):
+        classes_in(read_manifest_frame(tmp_path / "other.csv"))
+
+
+def test_half_written_bundles_of_dead_writers_are_removed(tmp_path):
+    import os
+    import subprocess
+    from mlc_pipeline.model.train import remove_stale_tmp_dirs
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: its pid names no process now
+    stale = tmp_path / f"m1.tmp-{dead.pid}-abcd1234"
+    live = tmp_path / f"m2.tmp-{os.getpid()}-abcd1234"
+    bundle = tmp_path / "m3"
+    for d in (stale, live, bundle):
+        d.mkdir()
+        (d / "export.pkl").write_bytes(b"x")
+    assert remove_stale_tmp_dirs(tmp_path) == [stale]
+    assert not stale.exists() and live.is_dir() and bundle.is_dir()

@@ -1,0 +1,149 @@
+"""The layering ARCHITECTURE.md promises, checked on the code's own imports (read with `ast`, so
+imports inside functions count as much as those at the top of a file).
+
+- no import cycle between modules;
+- each package imports only what sits below it (the table in ARCHITECTURE.md);
+- the bundled Flickr-compatible server imports nothing of the pipeline;
+- only the catalog speaks SQL (imports a database driver);
+- no module of the library is over 400 lines.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "mlc_pipeline"
+CORE = {"config", "layout", "fsutil", "manifest", "imageformat", "locking", "secrets", "catalog"}
+STAGES = {"collect", "curate", "dataset", "model", "report"}
+TOP = {"pipeline", "cli", "commands"}
+# What each part must never import (ARCHITECTURE.md, "Who may import whom").
+NEVER = {
+    "core": STAGES | TOP,
+    "collect": {"curate", "dataset", "model", "report"} | TOP,
+    "curate": {"collect", "dataset", "model", "report"} | TOP,
+    "dataset": {"collect", "model", "report"} | TOP,
+    "model": {"collect", "report"} | TOP,
+    "report": TOP,
+    "flickr_server": {"core"} | STAGES | TOP,
+}
+SQL_DRIVERS = {"sqlite3", "psycopg", "psycopg2", "sqlalchemy"}
+MAX_LINES = 400
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PKG.rglob("*.py")}
+
+
+def imports_of(path: Path, known: dict[str, Path]) -> set[str]:
+    """Modules of the library that `path` imports, wherever in the file, resolved to module names."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            # `from pkg import mod` imports a module; `from mod import name` the module itself
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        else:
+            continue
+        out |= {t for t in targets if t in known}
+    return out - {name}
+
+
+def external_imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def part_of(module: str) -> str:
+    first = module.split(".")[1] if "." in module else module
+    return "core" if first in CORE else first
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {m: imports_of(p, known) for m, p in known.items()}
+
+
+def test_no_import_cycles(graph):
+    # Tarjan's strongly connected components: any component of two or more modules is a cycle.
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_each_part_imports_only_what_sits_below_it(graph):
+    wrong = []
+    for module, targets in graph.items():
+        forbidden = NEVER.get(part_of(module), set())
+        for target in targets:
+            if part_of(target) in forbidden:
+                wrong.append(f"{module} -> {target}")
+    assert not wrong, "imports against ARCHITECTURE.md:\n" + "\n".join(sorted(wrong))
+
+
+def test_only_the_catalog_speaks_sql():
+    speakers = sorted(module_name(p) for p in PKG.rglob("*.py")
+                      if external_imports(p) & SQL_DRIVERS and not module_name(p).startswith("mlc_pipeline.catalog"))
+    assert not speakers, f"modules other than the catalog that import a database driver: {speakers}"
+
+
+def test_no_module_over_400_lines():
+    long = {module_name(p): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_the_checks_see_real_imports(graph):
+    """The checks above would pass on an empty graph: make sure they read what is there."""
+    assert "mlc_pipeline.model.bundle" in graph["mlc_pipeline.model.predict"]
+    assert "mlc_pipeline.manifest" in graph["mlc_pipeline.model.train"]
+    assert "mlc_pipeline.curate.stage" in graph["mlc_pipeline.pipeline"]
+    assert "mlc_pipeline.model.weights" in graph["mlc_pipeline.commands"]     # `from mlc_pipeline.model import weights`
+    assert len(graph) > 40

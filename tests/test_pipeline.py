@@ -1,0 +1,48 @@
+"""`mlc run`, the README's main command, end to end: the same stage loop the Prefect flow runs
+(pipeline.run_stages), here in-process behind the CLI, against the bundled offline server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from helpers import ENV, MLC
+
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.config import load_config
+from mlc_pipeline.manifest import read_manifest
+
+
+def test_mlc_run_collects_trains_mines_retrains_and_reports(tiny_project):
+    res = subprocess.run(MLC + ["run", "-c", str(tiny_project), "--no-progress"], env=ENV, text=True,
+                         capture_output=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    cfg = load_config(tiny_project)
+    data = cfg.data_dir
+
+    # The loop ran every stage: two dataset versions (the second with the mined negatives) and two models.
+    summary = json.loads((data / "reports" / "latest.json").read_text())
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1]
+    assert [r["dataset_version"] for r in rounds] == ["v1", "v2"]
+    assert rounds[1]["negatives_added"] > 0
+    assert set(summary["seconds"]) >= {"collect", "curate", "build", "train", "mine", "report"}
+    assert (data / "models" / "LATEST").read_text().strip() == rounds[1]["bundle"]
+    assert summary["report"] == str(data / "reports" / "latest.html")
+    html = (data / "reports" / "latest.html").read_text()
+    assert "Mining rounds" in html and rounds[1]["bundle"] in html
+
+    # What was mined in round 1 is in v2's training "other" set, and nowhere in v1.
+    v1 = read_manifest(cfg.layout.version("v1") / "manifest.csv")
+    v2 = read_manifest(cfg.layout.version("v2") / "manifest.csv")
+    mined = {r["photo_id"] for r in v2 if r["mined_round"] == "1"}
+    assert len(mined) == rounds[1]["negatives_added"]
+    assert all(r["labels"] == "" and r["split"] in ("train", "valid", "test") for r in v2 if r["photo_id"] in mined)
+    assert not mined & {r["photo_id"] for r in v1}
+
+    # Every class has its count of usable images, or the run said why not.
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
+        for label, qs in cfg.classes.items():
+            usable = catalog.set_tally("train", label)["accepted"]
+            assert usable >= qs.count or label in res.stdout, (label, usable)
+    assert f"report: {data / 'reports' / 'latest.html'}" in res.stdout
