@@ -147,6 +147,26 @@ def test_a_wrong_password_or_no_server_is_a_clear_line(postgres_server, pg_url, 
         Catalog(PostgresCatalog(gone, tmp_path))
 
 
+def test_a_lost_connection_or_a_held_lock_is_one_line(postgres_server, pg_url, tmp_path):
+    import psycopg
+    target = PostgresCatalog(pg_url, tmp_path)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        c = Catalog(target, lock_timeout_s=1)
+        pid = c.db.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"]
+        # another writer holds the catalog's writer lock in an open transaction
+        admin.execute("BEGIN")
+        admin.execute("SELECT pg_advisory_xact_lock(%s)", (0x6D6C632D636174,))
+        with pytest.raises(CatalogError, match="still locked by another writer after 1 s"):
+            c.upsert_found([found("1")], c.start_run("collect"))
+        admin.execute("ROLLBACK")
+        c.upsert_found([found("1")], c.start_run("collect"))      # the catalog goes on once it is free
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))  # the server drops the connection
+        with pytest.raises(CatalogError, match="lost the connection to the catalog .*rerun") as err:
+            c.candidates()
+        assert postgres_server.password not in str(err.value)
+        c.close()
+
+
 # --- end to end: the same run on both backends gives the same dataset ---------------------------
 
 def small_world(root: Path) -> Path:

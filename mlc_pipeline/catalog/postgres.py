@@ -9,10 +9,12 @@ serial across processes and machines; single statements, and readers, never wait
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import time
+from typing import Iterator
 
 from ..secrets import redact, remember
 from .address import PostgresCatalog
@@ -42,11 +44,28 @@ class PgConnection:
         self.conn, self.target, self.lock_timeout_s = conn, target, lock_timeout_s
 
     def execute(self, sql: str, params=()):
-        return self.conn.execute(to_pyformat(sql), tuple(params))
+        with self.errors():
+            return self.conn.execute(to_pyformat(sql), tuple(params))
 
     def executemany(self, sql: str, rows) -> None:
-        with self.conn.cursor() as cur:
+        with self.errors(), self.conn.cursor() as cur:
             cur.executemany(to_pyformat(sql), list(rows))
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """A lost connection or a lock held too long: one line (CatalogError), not a traceback."""
+        import psycopg
+        try:
+            yield
+        except psycopg.errors.LockNotAvailable:
+            raise CatalogError(f"{self.target}: still locked by another writer after {self.lock_timeout_s:g} s: "
+                               f"wait for it to finish or stop it, then rerun") from None
+        except psycopg.OperationalError as exc:
+            if not (self.conn.broken or self.conn.closed):
+                raise
+            why = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            raise CatalogError(redact(f"{self.target}: lost the connection to the catalog ({why}); what was "
+                                      f"committed is kept: rerun the same command to resume")) from None
 
     @property
     def in_transaction(self) -> bool:
@@ -98,8 +117,7 @@ def has_schema(db: PgConnection) -> bool:
 
 def begin(db: PgConnection) -> None:
     """BEGIN, then the catalog's writer lock: wait for another writer's transaction, saying whom for."""
-    import psycopg
-    db.conn.execute("BEGIN")
+    db.execute("BEGIN")
     if db.execute("SELECT pg_try_advisory_xact_lock(?) AS got", (WRITER_LOCK,)).fetchone()["got"]:
         return
     started = time.monotonic()
@@ -107,10 +125,9 @@ def begin(db: PgConnection) -> None:
                 running_runs(db), db.lock_timeout_s)
     try:
         db.execute("SELECT pg_advisory_xact_lock(?)", (WRITER_LOCK,))    # bounded by lock_timeout
-    except psycopg.errors.LockNotAvailable:
-        db.conn.execute("ROLLBACK")
-        raise CatalogError(f"{db.target}: still locked by another writer after {db.lock_timeout_s:g} s: "
-                           f"wait for it to finish or stop it, then rerun") from None
+    except CatalogError:
+        db.execute("ROLLBACK")
+        raise
     if time.monotonic() - started > LOCK_NOTICE_S:
         log.warning("%s: the other writer is done; going on", db.target)
 
@@ -137,7 +154,7 @@ def reset_identities(db: PgConnection, tables) -> None:
 
 def begin_atomic(db: PgConnection) -> None:
     """A transaction for statements that belong together, without the writer lock: row locks suffice."""
-    db.conn.execute("BEGIN")
+    db.execute("BEGIN")
 
 
 def pipeline(db: PgConnection):
