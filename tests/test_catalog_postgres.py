@@ -310,6 +310,14 @@ def test_migrate_copies_a_sqlite_catalog_idempotently_and_verifies(postgres_serv
             assert c.candidates() == before["candidates"]       # file paths resolve to the same files
             assert [dict(e) for e in c.db.execute("SELECT * FROM events ORDER BY id")] == before["events"]
             assert c.removed_owners() == set() and len(c.removals()) == 1
+        pg_config = tmp_path / "pg.yaml"
+        pg_config.write_text(yaml.safe_dump({**raw, "catalog": {"url": pg_url}}))
+        shown = subprocess.run([*MLC, "inspect", "-c", str(pg_config), "--json"], capture_output=True, text=True,
+                               timeout=120, env=env)
+        sqlite_shown = subprocess.run([*MLC, "inspect", "-c", str(config), "--json"], capture_output=True,
+                                      text=True, timeout=120, env=env)
+        assert shown.returncode == 0 == sqlite_shown.returncode, shown.stderr
+        assert json.loads(shown.stdout) == json.loads(sqlite_shown.stdout)   # inspect reads PostgreSQL alike
         # the pipeline goes on in PostgreSQL: new ids continue after the copied ones
         raw["classes"]["balloon"]["count"] = 20
         collect(parse_config({**raw, "catalog": {"url": pg_url}}), progress=False)
