@@ -22,6 +22,7 @@ from .schema import ADDED_COLUMNS, LOCK_NOTICE_S, SCHEMA_VERSION, CatalogError, 
 
 log = logging.getLogger(__name__)
 DIALECT = "postgresql"
+LOST_SQLSTATES = ("57P01", "57P02", "57P03")   # admin_shutdown, crash_shutdown, cannot_connect_now
 WRITER_LOCK = 0x6D6C632D636174     # pg_advisory_xact_lock key of the catalog's writer lock ("mlc-cat")
 
 
@@ -61,7 +62,10 @@ class PgConnection:
             raise CatalogError(f"{self.target}: still locked by another writer after {self.lock_timeout_s:g} s: "
                                f"wait for it to finish or stop it, then rerun") from None
         except psycopg.OperationalError as exc:
-            if not (self.conn.broken or self.conn.closed):
+            # The server may say so (class 08, or 57P01-03: terminated, crashed, shutting down) before
+            # the client has noticed the socket is gone (conn.broken).
+            lost = (exc.sqlstate or "").startswith("08") or exc.sqlstate in LOST_SQLSTATES
+            if not (lost or self.conn.broken or self.conn.closed):
                 raise
             why = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
             raise CatalogError(redact(f"{self.target}: lost the connection to the catalog ({why}); what was "
