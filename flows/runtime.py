@@ -6,7 +6,11 @@ import os
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
-DASK_ADDRESS_ENV = "MLC_DASK_ADDRESS"       # e.g. tcp://scheduler:8786 -> DaskTaskRunner(address=...)
+from mlc_pipeline.executor import ADDRESS_ENV
+
+# e.g. tcp://scheduler:8786 -> DaskTaskRunner(address=...); the stages read it too and map their work
+# (downloads, verify + hash, mining's scoring) in chunks over the same cluster (mlc_pipeline/executor.py)
+DASK_ADDRESS_ENV = ADDRESS_ENV
 TASK_WORKERS_ENV = "MLC_TASK_WORKERS"       # threads of the default ThreadPoolTaskRunner
 # A global concurrency limit (`prefect gcl create mlc-flickr --limit 1`): one collect at a time across
 # every run and deployment on the server. Missing limit = no limit (strict=False), so a bare
@@ -19,6 +23,8 @@ def task_runner(address: str | None = None):
 
     Stage tasks run one after another (each stage needs the previous one's output); what the runner
     spreads out is the independent work inside a run (the alternative models trained for the report).
+    The work inside a stage is spread by the stage itself (`mlc_pipeline.executor.map_chunks`), from
+    the stage task running on a worker, over the same cluster.
     On a 2-core box one thread at a time is right: torch already uses both cores.
     """
     address = address or os.environ.get(DASK_ADDRESS_ENV) or None

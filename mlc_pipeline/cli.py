@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import signal
 import sys
 import traceback
 
-from mlc_pipeline import commands
+from mlc_pipeline import __version__, commands, progress
 from mlc_pipeline.config import ConfigError
 from mlc_pipeline.dataset.build import VersionDamaged
 from mlc_pipeline.locking import DataRootBusy, ReadOnlyDataRoot
@@ -38,16 +39,22 @@ def add_writer(p: argparse.ArgumentParser) -> None:
     add_config(p)
     p.add_argument("--no-wait", action="store_true",
                    help="fail at once (exit code 75) when another command is writing to the data root")
+    add_no_progress(p)
+
+
+def add_no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars or summaries (they are shown only when stdout is a terminal anyway)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlc", description="Collect, curate, version and train: see README.md.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"mlc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("collect", help="search the source and download images into the catalog")
     add_writer(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=commands.cmd_collect)
 
     p = sub.add_parser("curate", help="verify, hash, quarantine and deduplicate what was collected")
@@ -69,23 +76,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mine", help="move pool images the model wrongly accepts into the negatives")
     add_writer(p)
-    p.add_argument("--model", help="model bundle (default: data/models/LATEST)")
+    p.add_argument("--model", help="model bundle: folder, name or latest (default: data/models/LATEST)")
     p.add_argument("--round", type=int, default=1)
     p.add_argument("--undo", action="store_true", help="put round ROUND's mined negatives back into the pool")
     p.add_argument("--photo-id", action="append", help="with --undo: only these photos (repeatable)")
     p.set_defaults(func=commands.cmd_mine)
 
     p = sub.add_parser("predict", help="which classes an image shows, or none of them")
-    p.add_argument("bundle", help="model bundle folder")
-    p.add_argument("images", nargs="+")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="images, folders, quoted globs, @list.txt; without --model the first is the bundle")
+    p.add_argument("--model", help="bundle folder, bundle name, or latest (data/models/LATEST, or -c's data root)")
+    p.add_argument("-c", "--config", help="pipeline YAML config (its data root's models)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     p.add_argument("--json", action="store_true")
+    add_no_progress(p)
     p.add_argument("--max-pixels", type=int, default=64_000_000,
                    help="refuse larger images from their header, before decoding (default: 64 MP)")
     p.set_defaults(func=commands.cmd_predict)
 
+    p = sub.add_parser("models", help="list model bundles with their metrics, or compare two")
+    p.add_argument("-c", "--config", help="pipeline YAML config (default: ./data/models)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two bundles (folder, name or latest)")
+    p.set_defaults(func=commands.cmd_models)
+
+    p = sub.add_parser("promote", help="make a bundle the LATEST model (what predict/mine use by default)")
+    p.add_argument("bundle", help="bundle name or folder under the models folder")
+    p.add_argument("-c", "--config", help="pipeline YAML config (default: ./data/models)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.set_defaults(func=commands.cmd_promote)
+
+    p = sub.add_parser("export", help="write a published dataset version as imagefolder, hf, webdataset or fiftyone")
+    p.add_argument("version", help="a version folder, or with -c: vN or latest")
+    p.add_argument("--format", required=True, choices=["imagefolder", "hf", "webdataset", "fiftyone"])
+    p.add_argument("--out", help="output folder (default: DATA_DIR/exports/NAME-vN-FORMAT with -c, else ./NAME-vN-FORMAT)")
+    p.add_argument("--force", action="store_true", help="replace an earlier export at --out")
+    p.add_argument("--shard-size", type=int, default=1000, help="webdataset: images per tar shard")
+    p.add_argument("-c", "--config", help="pipeline YAML config (to name versions as vN / latest)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.set_defaults(func=commands.cmd_export)
+
     p = sub.add_parser("run", help="the whole job in-process: collect, curate, build, train, mine, retrain, report")
     add_writer(p)
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=commands.cmd_run)
 
     p = sub.add_parser("remove", help="take photos down (owner request, licence change): out of every future version")
@@ -114,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="list: every torchvision network, cached or not")
     p.set_defaults(func=commands.cmd_weights)
 
+    p = sub.add_parser("review", help="browse and correct the catalog in a local web app (docs/review.md)")
+    add_config(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (not loopback: a token is required)")
+    p.add_argument("--port", type=int, default=8777)
+    p.set_defaults(func=commands.cmd_review)
+
     p = sub.add_parser("inspect", help="what is in the catalog and the datasets")
     add_config(p)
     p.add_argument("--version", help="dataset version to inspect (default: latest)")
@@ -123,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from mlc_pipeline.catalog.cli import add_catalog_parser
     add_catalog_parser(sub, add_writer)      # mlc catalog migrate
+    for name, p in sub.choices.items():   # `mlc inspect -v` as well as `mlc -v inspect`
+        if name != "serve-flickr":        # SUPPRESS: absent after the sub-command, the top level's value stands
+            p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     return parser
 
 
@@ -137,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("flickrapi").setLevel(logging.WARNING)   # it logs every call's parameters
     install_log_redaction()
+    progress.configure(False if getattr(args, "no_progress", False) else None)   # None: on in a terminal
     from mlc_pipeline.catalog import CatalogError
     signal.signal(signal.SIGTERM, raise_terminated)
     try:
@@ -156,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mlc: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return quiet_broken_pipe()
     except (CatalogError, ReadOnlyDataRoot) as exc:
         print(f"mlc: {redact(str(exc))}", file=sys.stderr)
         return 1
@@ -168,6 +212,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as exc:
         return last_line_of_defence(exc)
+
+
+def quiet_broken_pipe() -> int:
+    """`mlc inspect | head`: the reader left. Exit quietly as tools killed by SIGPIPE do (128 + 13);
+    stdout goes to /dev/null so that flushing it at exit cannot raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
 
 
 def last_line_of_defence(exc: Exception) -> int:

@@ -49,7 +49,19 @@ def cmd_build(args) -> int:
     state = ("published" if res.published else
              "unchanged (identical to the latest version, its files verified; not published again)")
     print(f"dataset {res.name} {res.version}: {state}\n  {res.path}\n  {res.counts['images']} images")
+    if res.published:
+        from mlc_pipeline.report.inspect import dataset_summary
+        diff = dataset_summary(cfg, res.version)["diff"]
+        if diff is not None:
+            print("  changes since the previous version: " + ("; ".join(
+                f"{label} " + ", ".join(f"{k} {n}" for k, n in c.items()) for label, c in diff.items()) or "none"))
     return 0
+
+
+def cmd_review(args) -> int:
+    from mlc_pipeline.review.server import serve
+    cfg = load_config(args.config, parse_overrides(args.set))
+    return serve(cfg, host=args.host, port=args.port)
 
 
 def dataset_dir(cfg, version: str | None):
@@ -84,6 +96,12 @@ def cmd_train(args) -> int:
 
 def cmd_mine(args) -> int:
     cfg = load_config(args.config, parse_overrides(args.set))
+    if args.model and not (Path(args.model) / "bundle.json").is_file():     # before the lock and torch
+        raise ConfigError(f"--model {args.model}: not a model bundle (no bundle.json there); "
+                          f"bundles are under {cfg.layout.models}")
+    if not args.undo and cfg.mine.pool is None:    # nothing to score: leave the bundle's files alone
+        raise ConfigError("mine.pool is not configured: there is no pool to mine; nothing was changed "
+                          "(add mine.pool to the config, then `mlc collect` and `mlc curate`)")
     with writing(cfg, args):          # before importing torch: --no-wait answers at once
         from mlc_pipeline.model.mine import mine_round, undo_round
         from mlc_pipeline.model.variants import latest_model
@@ -92,7 +110,11 @@ def cmd_mine(args) -> int:
             print(f"round {args.round}: {changed} mined or held pool images put back into the pool "
                   f"(the next `mlc build` leaves them out)")
             return 0
-        bundle = args.model or latest_model(cfg)
+        if args.model:                # a folder, a bundle name, or latest
+            from mlc_pipeline.model.registry import resolve_bundle
+            bundle = resolve_bundle(args.model, cfg.layout.models)
+        else:
+            bundle = latest_model(cfg)
         if bundle is None:
             raise ConfigError("no model yet: run `mlc train` first (or pass --model BUNDLE)")
         res = mine_round(cfg, bundle, args.round)
@@ -103,29 +125,59 @@ def cmd_mine(args) -> int:
     return 0
 
 
+def models_dir_of(args) -> Path:
+    """The models folder of -c CONFIG's data root, or ./data/models without one."""
+    if getattr(args, "config", None):
+        return load_config(args.config, parse_overrides(args.set)).layout.models
+    return Path("data") / "models"
+
+
 def cmd_predict(args) -> int:
-    from mlc_pipeline.model.predict import predict_paths
-    from mlc_pipeline.model.bundle import BundleError, load_bundle
+    from mlc_pipeline.model.predict_cli import run_predict
+    if args.model:
+        bundle, inputs = args.model, args.inputs
+    elif len(args.inputs) < 2:
+        raise ConfigError("give the model and the images: `mlc predict --model BUNDLE|latest IMAGE...` "
+                          "(or the older `mlc predict BUNDLE IMAGE...`)")
+    else:
+        bundle, inputs = args.inputs[0], args.inputs[1:]
+    return run_predict(bundle, inputs, models_dir_of(args), args.json, args.max_pixels)
+
+
+def cmd_models(args) -> int:
+    from mlc_pipeline.model.registry import list_bundles, resolve_bundle
+    from mlc_pipeline.report.models import bundles_table, compare
+    models_dir = models_dir_of(args)
+    if args.compare:                  # RegistryError is a ConfigError: one line
+        a, b = (resolve_bundle(spec, models_dir) for spec in args.compare)
+        print(compare(a, b), end="")
+        return 0
+    infos = list_bundles(models_dir)
+    print(bundles_table(infos) if infos else f"no model bundles under {models_dir}\n", end="")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from mlc_pipeline.model.registry import POINTER, promote
+    models_dir = models_dir_of(args)
+    previous, new = promote(args.bundle, models_dir)
+    print(f"{models_dir / POINTER}: {previous or '(none)'} -> {new}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from mlc_pipeline.dataset.export import ExportError, export_version, resolve_version
+    cfg = load_config(args.config, parse_overrides(args.set)) if args.config else None
     try:
-        bundle = load_bundle(args.bundle)
-    except BundleError as exc:
-        print(f"mlc: {exc}", file=sys.stderr)
+        version_dir = resolve_version(args.version, cfg.layout.datasets if cfg else None)
+        out = Path(args.out) if args.out else ((cfg.data_dir / "exports" if cfg else Path.cwd()) /
+                                              f"{version_dir.parent.name}-{version_dir.name}-{args.format}")
+        res = export_version(version_dir, args.format, out, force=args.force, shard_size=args.shard_size)
+    except ExportError as exc:
+        print(f"mlc export: {exc}", file=sys.stderr)
         return 2
-    preds = predict_paths(bundle, args.images, max_pixels=args.max_pixels)
-    failed = sum(p.error is not None for p in preds)
-    if args.json:
-        print(json.dumps([p.__dict__ for p in preds], indent=2, default=str))
-        return 1 if failed else 0
-    for p in preds:
-        if p.error:
-            print(f"{p.path}: error: {p.error}")
-        elif p.none_of:
-            print(f"{p.path}: none of: {', '.join(bundle.classes)}")
-        else:
-            print(f"{p.path}: " + ", ".join(f"{c} ({prob:.2f})" for c, prob in p.labels))
-    if failed:
-        print(f"mlc: {failed} of {len(preds)} images could not be scored (listed above)", file=sys.stderr)
-        return 1
+    print(f"exported {version_dir.parent.name} {version_dir.name} as {res.format}: {res.images} images "
+          f"({res.files} files) in {res.path}")
     return 0
 
 
@@ -205,10 +257,18 @@ def cmd_inspect(args) -> int:
     """Read-only (no lock). The version shown is verified too: a damaged one is reported after the
     summary, as one line, with exit code 3."""
     from mlc_pipeline.dataset.build import verify_version
-    from mlc_pipeline.manifest import latest_version
+    from mlc_pipeline.manifest import latest_version, versions
     from mlc_pipeline.report.inspect import inspect_main
     cfg = load_config(args.config, parse_overrides(args.set))
+    if not cfg.catalog.url and not cfg.layout.catalog.exists():   # say so, rather than report an empty project
+        raise ConfigError(f"no catalog at {cfg.layout.catalog}: nothing was collected into data_dir "
+                          f"{cfg.data_dir} yet (check data_dir in {args.config}, or run `mlc collect`)")
     root = cfg.layout.datasets
+    if args.version and not (root / args.version).is_dir():
+        have = versions(root)
+        hint = f" (did you mean v{args.version}?)" if f"v{args.version}" in have else ""
+        raise ConfigError(f"no dataset version {args.version!r} under {root}{hint}; "
+                          f"versions: {', '.join(have) or 'none (run `mlc build`)'}")
     version = args.version or latest_version(root)
     damage = None
     if version and (root / version / "dataset.json").exists():

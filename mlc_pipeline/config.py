@@ -22,6 +22,12 @@ LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
 RESERVED_LABELS = {"other"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")   # one safe path component: no '/', no '..'
 SPLIT_KEYS = ("train", "valid", "test")
+# Flickr licence ids that do not allow reuse as a dataset freely: all rights reserved, non-commercial
+# (NC) or no derivatives (ND). `source.licenses` including any of them is warned about at collect
+# time and stated on the data card. (flickr.photos.licenses.getInfo; ids are stable.)
+RESTRICTED_LICENSES = {0: "All Rights Reserved", 1: "CC BY-NC-SA 2.0", 2: "CC BY-NC 2.0", 3: "CC BY-NC-ND 2.0",
+                       6: "CC BY-ND 2.0", 13: "CC BY-ND 4.0", 14: "CC BY-NC 4.0", 15: "CC BY-NC-SA 4.0",
+                       16: "CC BY-NC-ND 4.0"}
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +83,12 @@ class SourceSettings(Strict):
         if unknown or not sizes:
             raise ValueError(f"unknown size {unknown or '(none given)'}; choose from {', '.join(SIZE_KEYS)}")
         return sizes
+
+    @property
+    def restricted_licenses(self) -> list[int]:
+        """The restricted licence ids (RESTRICTED_LICENSES) this source setting lets in."""
+        return sorted(RESTRICTED_LICENSES) if self.licenses == "any" else \
+            [i for i in self.licenses if i in RESTRICTED_LICENSES]
 
     @field_validator("rest_url")
     @classmethod
@@ -176,6 +188,14 @@ class CatalogSettings(Strict):
         return None if url is None else check_url(url)
 
 
+class ClusterSettings(Strict):
+    """Spread the work inside collect, curate and mining over a Dask cluster (mlc_pipeline/executor.py)."""
+    address: str | None = None      # tcp://scheduler:8786; $MLC_DASK_ADDRESS wins; None: this process
+    download_chunk: int = Field(64, ge=1)    # download jobs per task
+    hash_chunk: int = Field(128, ge=1)       # files verified + hashed per task
+    score_chunk: int = Field(512, ge=1)      # pool images scored per task when mining
+
+
 class Config(Strict):
     data_dir: Path = Path("data")
     catalog: CatalogSettings = CatalogSettings()
@@ -187,6 +207,7 @@ class Config(Strict):
     build: BuildSettings = BuildSettings()
     train: TrainSettings = TrainSettings()
     mine: MineSettings = MineSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @field_validator("classes")
     @classmethod
@@ -259,7 +280,9 @@ def parse_config(data: dict, base_dir: Path | None = None) -> Config:
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> Config:
-    """Load and validate a YAML config. Relative `data_dir` is taken from the current directory."""
+    """Load and validate a YAML config. A relative `data_dir` in the file is taken from the config
+    file's folder (so a command gives the same data root from any directory); one given with
+    `--set data_dir=...` from the current directory, as any path typed on a command line."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -275,8 +298,11 @@ def load_config(path: str | Path, overrides: dict | None = None) -> Config:
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"config: {path} must hold a YAML mapping (key: value lines), "
                           f"not a {type(data).__name__}")
-    data = deep_merge(data or {}, overrides or {})
-    return parse_config(data, Path.cwd())
+    overrides = dict(overrides or {})
+    if isinstance(overrides.get("data_dir"), str):
+        overrides["data_dir"] = str(Path.cwd() / overrides["data_dir"])   # an absolute path stays as it is
+    data = deep_merge(data or {}, overrides)
+    return parse_config(data, path.resolve().parent)
 
 
 def deep_merge(base: dict, extra: dict) -> dict:
@@ -301,5 +327,9 @@ def parse_overrides(items: list[str] | None) -> dict:
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]}); "
+                              f"quote it to pass a string, e.g. --set '{key}=\"{value}\"'") from None
     return out

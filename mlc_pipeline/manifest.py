@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 MANIFEST_COLUMNS = ["path", "labels", "split", "candidate_id", "source", "photo_id", "url", "license_id",
                     "license", "owner", "title", "date_taken", "sha256", "phash", "purpose", "mined_round",
-                    "query"]
+                    "query", "source_file"]
+# Columns added after versions were published without them: reading an older version, they are absent.
+ADDED_COLUMNS = ("source_file",)
 SPLITS = ("train", "valid", "test")
 MANIFEST_SPLITS = SPLITS + ("probe",)   # probe rows: unseen kinds, scored for "none of these" only
 

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "mlc_pipeline"
-CORE = {"config", "layout", "fsutil", "manifest", "imageformat", "locking", "secrets", "catalog"}
+CORE = {"config", "layout", "fsutil", "manifest", "imageformat", "locking", "secrets", "catalog", "executor"}
 STAGES = {"collect", "curate", "dataset", "model", "report"}
 TOP = {"pipeline", "cli", "commands"}
 # What each part must never import (ARCHITECTURE.md, "Who may import whom").
@@ -28,6 +28,7 @@ NEVER = {
     "dataset": {"collect", "model", "report"} | TOP,
     "model": {"collect", "report"} | TOP,
     "report": TOP,
+    "review": TOP,
     "flickr_server": {"core"} | STAGES | TOP,
 }
 SQL_DRIVERS = {"sqlite3", "psycopg", "psycopg2", "sqlalchemy"}

@@ -62,10 +62,13 @@ def test_damaged_catalog_is_one_line_naming_the_file(tmp_path, collected, damage
 
 
 def test_inspect_never_creates_a_catalog(tmp_path):
+    """A wrong data_dir is not an empty project: inspect says there is no catalog there (issue 17)."""
     cfg = write_config(tmp_path, count=5)
     res = mlc("inspect", "-c", str(cfg))
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert not (tmp_path / "data" / "catalog.sqlite").exists()
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "no catalog at" in lines[0] and str(tmp_path / "data" / "catalog.sqlite") in lines[0], lines[0]
+    assert not (tmp_path / "data").exists(), "inspect created nothing"
 
 
 @needs_namespaces

@@ -2,7 +2,9 @@ import textwrap
 
 import pytest
 
-from mlc_pipeline.config import ConfigError, load_config
+from pathlib import Path
+
+from mlc_pipeline.config import ConfigError, load_config, parse_overrides
 
 GOOD = """
 data_dir: data
@@ -125,3 +127,28 @@ def test_an_unknown_arch_fails_before_collecting(tmp_path):
     with pytest.raises(ConfigError, match="resnet_nope"):
         check_train_settings(cfg)
     check_train_settings(load_config(write(tmp_path, GOOD), {"train": {"arch": "resnet18"}}))
+
+
+def test_relative_data_dir_is_taken_from_the_config_files_folder(tmp_path, monkeypatch):
+    (tmp_path / "project").mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(write(tmp_path / "project", GOOD))
+    assert cfg.data_dir == (tmp_path / "project" / "data").resolve()
+    # a path typed on the command line is the exception: it is taken from the current directory
+    assert load_config(write(tmp_path / "project", GOOD), parse_overrides(["data_dir=mine"])).data_dir == \
+        (elsewhere / "mine").resolve()
+
+
+def test_shipped_configs_use_the_repository_data_folder(monkeypatch, tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)               # from any directory: still the repository's data/
+    for name in ("offline.yaml", "flickr.example.yaml"):
+        assert load_config(repo / "configs" / name).data_dir == (repo / "data").resolve()
+
+
+def test_set_with_bad_yaml_is_one_line():
+    with pytest.raises(ConfigError) as err:
+        parse_overrides(["train.epochs=[1"])
+    assert "train.epochs=[1" in str(err.value) and "\n" not in str(err.value)

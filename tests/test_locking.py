@@ -54,7 +54,9 @@ def release(proc: subprocess.Popen) -> None:
 
 def test_no_wait_fails_at_once_naming_the_holder(root, held):
     # The holder never lets go during this test: a command that returns at all did not wait.
-    for command in (["build"], ["curate"], ["train"], ["mine"], ["collect", "--no-progress"], ["run"]):
+    # (mine: with a pool configured; without one it is a config error before any lock, issue 17)
+    for command in (["build"], ["curate"], ["train"], ["mine", "--set", "mine.pool={queries: [ants], count: 1}"],
+                    ["collect", "--no-progress"], ["run"]):
         res = mlc(*command, "-c", str(root), "--no-wait")
         assert res.returncode == 75, (command, res.stderr)
         line = last_line(res.stderr)

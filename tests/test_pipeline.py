@@ -31,6 +31,11 @@ def test_mlc_run_collects_trains_mines_retrains_and_reports(tiny_project):
     assert summary["report"] == str(data / "reports" / "latest.html")
     html = (data / "reports" / "latest.html").read_text()
     assert "Mining rounds" in html and rounds[1]["bundle"] in html
+    # the error analysis of the last model, and what round 1 mined (thumbnails, mined.csv, review.csv)
+    assert "id='confusion'" in html and "id='top-losses'" in html and "id='thresholds'" in html
+    mined_by = data / "models" / rounds[0]["bundle"]
+    assert "id='mined-1'" in html and f"href='{(mined_by / 'review.csv').as_uri()}'" in html
+    assert html.count("taken for") >= rounds[1]["negatives_added"]
 
     # What was mined in round 1 is in v2's training "other" set, and nowhere in v1.
     v1 = read_manifest(cfg.layout.version("v1") / "manifest.csv")

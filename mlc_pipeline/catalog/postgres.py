@@ -164,3 +164,7 @@ def begin_atomic(db: PgConnection) -> None:
 def pipeline(db: PgConnection):
     """Statements sent without waiting for each answer (libpq pipeline mode); errors surface at the end."""
     return db.conn.pipeline()
+
+
+def has_table(db: PgConnection, name: str) -> bool:
+    return db.execute("SELECT to_regclass(?) IS NOT NULL AS present", (name,)).fetchone()["present"]

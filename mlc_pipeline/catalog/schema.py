@@ -57,14 +57,14 @@ CREATE TABLE IF NOT EXISTS removals (
 );
 """
 # Columns added after a catalog may have been created: (table, column, type), added when missing.
-ADDED_COLUMNS = (("candidates", "view_hashes", "TEXT"),)
+ADDED_COLUMNS = (("candidates", "view_hashes", "TEXT"), ("candidates", "source_file", "TEXT"))
 # Tables in the order a copy fills them; those whose ids a database assigns (identity columns).
 TABLES = ("meta", "runs", "licenses", "candidates", "events", "removals")
 GENERATED_IDS = ("candidates", "events", "removals")
 
 # Candidate fields that describe the photo (as the source reported it); updated on every sighting.
 PHOTO_FIELDS = ("url", "size_key", "width", "height", "license_id", "license_name", "owner",
-                "owner_name", "title", "date_taken", "date_upload", "tags")
+                "owner_name", "title", "date_taken", "date_upload", "tags", "source_file")
 PURPOSE_RANK = {"train": 0, "probe": 1, "pool": 2}   # a photo wanted for training stays training
 FILE_STATUSES = ("downloaded", "accepted", "rejected", "duplicate")   # candidates that have a file
 
@@ -102,6 +102,7 @@ class Found:
     date_taken: str | None
     date_upload: int | None
     tags: str | None
+    source_file: str | None = None    # folder mode: the original file, relative to the served folder
 
 
 def merge_labels(current: str, new: str) -> str:

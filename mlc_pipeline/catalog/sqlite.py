@@ -156,3 +156,7 @@ begin_atomic = begin
 
 def pipeline(db: sqlite3.Connection):
     return contextlib.nullcontext()     # in-process: nothing to batch
+
+
+def has_table(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None

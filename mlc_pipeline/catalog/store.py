@@ -143,6 +143,10 @@ class Catalog:
                 return Path(*parts[i:]).as_posix()
         return stored
 
+    def has_table(self, name: str) -> bool:
+        """Whether the catalog holds table `name` (tables other modules add, such as the review app's)."""
+        return self.backend.has_table(self.db, name)
+
     def __enter__(self) -> "Catalog":
         return self
 

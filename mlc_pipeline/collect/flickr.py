@@ -130,7 +130,8 @@ class FlickrSource:
         s = self.settings
         params = dict(text=query, page=page, per_page=s.per_page, sort="date-posted-desc",
                       content_type=1, media="photos", safe_search=s.safe_search,
-                      extras=",".join(["license", "owner_name", "date_upload", "date_taken", "tags", *s.sizes]))
+                      extras=",".join(["license", "owner_name", "date_upload", "date_taken", "tags", *s.sizes,
+                                      *(["source_file"] if self.name == "local" else [])]))
         if s.licenses != "any":
             params["license"] = ",".join(str(i) for i in s.licenses)
         if window:
@@ -205,4 +206,5 @@ class FlickrSource:
             license_id=license_id, license_name=self.license_names.get(license_id) if license_id is not None else None,
             owner=str(photo.get("owner") or ""), owner_name=str(photo.get("ownername") or ""),
             title=str(photo.get("title") or ""), date_taken=photo.get("datetaken") or None,
-            date_upload=as_int(photo.get("dateupload")), tags=str(photo.get("tags") or ""))
+            date_upload=as_int(photo.get("dateupload")), tags=str(photo.get("tags") or ""),
+            source_file=photo.get("source_file") or None)

@@ -12,6 +12,7 @@ from disk). Killing a run at any point and rerunning gives the same catalog as o
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -21,11 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tqdm import tqdm
-
 from mlc_pipeline.catalog import Catalog, Found, merge_labels, run_end_status
-from mlc_pipeline.config import Config
+from mlc_pipeline import progress as bars   # `progress` is the show-bars flag here
+from mlc_pipeline.config import Config, ConfigError
+from mlc_pipeline.collect.checks import check_sizes, warn_before_collecting
+from mlc_pipeline.collect.cluster import download_on_cluster
 from mlc_pipeline.collect.download import Downloader, DownloadJob
+from mlc_pipeline.executor import cluster_address
 from mlc_pipeline.collect.rawfiles import clean_stale_temp
 from mlc_pipeline.collect.flickr import FlickrSource, Target
 from mlc_pipeline.secrets import flickr_credentials, install_log_redaction
@@ -94,9 +97,20 @@ def open_source(cfg: Config) -> Iterator[tuple[FlickrSource, list[str]]]:
         yield FlickrSource(s, flickr_credentials(local=False), "flickr", result_cap=s.result_cap), s.allowed_hosts
         return
     from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
+    from mlc_pipeline.flickr_server.folder import FolderModeError
     world = WorldSpec(kind="folder" if s.local.folder else "default", seed=s.local.seed, scale=s.local.scale,
                       folder=s.local.folder, query_map=dict(s.local.query_map), result_cap=s.local.result_cap)
-    with FlickrServer(world, FaultSpec.parse(s.local.faults), host="127.0.0.1", port=s.local.port) as srv:
+    try:
+        server = FlickrServer(world, FaultSpec.parse(s.local.faults), host="127.0.0.1", port=s.local.port)
+    except FolderModeError as exc:
+        raise ConfigError(f"source.local: {exc}") from None
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise ConfigError(f"source.local.port {s.local.port} is already in use on 127.0.0.1: another `mlc` run "
+                          f"(or `mlc serve-flickr`) may hold it; wait for it to finish, or give this project its "
+                          f"own port (source.local.port)") from None
+    with server as srv:
         source = FlickrSource(s, flickr_credentials(local=True), "local", rest_url=srv.rest_url,
                               result_cap=s.local.result_cap, static_host=srv.static_host)
         yield source, [srv.static_host, *s.allowed_hosts]
@@ -192,7 +206,6 @@ class Collector:
 
     def download(self, rows: list[dict], run_id: str, summary: CollectSummary, what: str) -> None:
         jobs = [DownloadJob(r["id"], r["photo_id"], self.source.current_url(r["url"])) for r in rows]
-        bar = tqdm(total=len(jobs), desc=f"download {what}", unit="img", disable=not self.progress, leave=False)
         done = 0
 
         def record(res) -> None:
@@ -207,15 +220,17 @@ class Collector:
                 key = res.reason.split(":")[0] if res.reason.startswith("transient") else res.reason.split("=")[0]
                 summary.failed[key] = summary.failed.get(key, 0) + 1
             done += 1
-            bar.update(1)
+            bar.advance()
             if self.on_progress:
                 self.on_progress(done, len(jobs))
 
-        try:
-            # Ctrl-C or a write error: the downloader still records what finished, then re-raises.
-            self.downloader.run_into(jobs, record)
-        finally:
-            bar.close()
+        # Ctrl-C or a write error: the downloader still records what finished, then re-raises.
+        with bars.bar(f"download {what}", total=len(jobs), show=self.progress) as bar:
+            address = cluster_address(self.cfg)
+            if address:     # chunks on Dask workers; results are recorded here as they come
+                download_on_cluster(self.cfg, self.downloader, jobs, record, address)
+            else:
+                self.downloader.run_into(jobs, record)
 
     def collect_all(self, summary: CollectSummary) -> None:
         for target, queries, count in targets(self.cfg):
@@ -305,6 +320,7 @@ def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int
     """The catalog, a collector on the configured source and the run's summary, recorded as one
     collect run (completed with the summary as it stands when the block ends)."""
     install_log_redaction()
+    warn_before_collecting(cfg)
     clean_stale_temp(cfg.layout.raw())
     clean_stale_temp(cfg.layout.legacy_downloads)      # where versions before 2026-12 wrote them
     with Catalog(cfg.catalog_path) as catalog, open_source(cfg) as (source, hosts):
@@ -323,6 +339,10 @@ def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int
             catalog.finish_run(run_id, run_end_status(exc), {"error": type(exc).__name__, **summary.__dict__})
             raise
         catalog.finish_run(run_id, "completed", summary.__dict__)
+    bars.summary(f"collect {summary.run_id}", show=progress, rows=[
+        ("API calls", summary.api_calls), ("new candidates", summary.found_new), ("downloaded", summary.downloaded),
+        ("failed", summary.failed), ("collect/curate rounds", summary.rounds if summary.rounds > 1 else None),
+        ("queries exhausted", ", ".join(summary.exhausted)), ("short sets", "\n".join(summary.short))])
 
 
 def collect(cfg: Config, progress: bool = True, on_progress: Callable[[int, int], None] | None = None
@@ -332,6 +352,7 @@ def collect(cfg: Config, progress: bool = True, on_progress: Callable[[int, int]
     collect + curate converges on `count` usable images per set."""
     with collect_session(cfg, progress, on_progress) as (catalog, collector, summary):
         collector.collect_all(summary)
+        check_sizes(cfg, catalog)
     return summary
 
 
@@ -352,6 +373,7 @@ def collect_in_rounds(cfg: Config, curate: Callable[[Config], Any], progress: bo
             summary.rounds = round_no
             before, started = summary.downloaded, time.monotonic()
             collector.collect_all(summary)
+            check_sizes(cfg, catalog)
             seconds["collect"] += time.monotonic() - started
             if curated is not None and summary.downloaded == before:
                 break                   # nothing new to curate: another round would change nothing

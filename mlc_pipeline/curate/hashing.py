@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -111,24 +111,29 @@ def _reduce_factor(size: tuple[int, int]) -> int:
 
 
 def inspect_files(paths: Iterable[str | os.PathLike], limits: VerifyLimits = VerifyLimits(),
-                  workers: int | None = None, chunksize: int | None = None) -> list[FileRecord]:
+                  workers: int | None = None, chunksize: int | None = None,
+                  advance: Callable[[int], None] = lambda n: None) -> list[FileRecord]:
     """`inspect_file` over many paths on a process pool; results in input order.
 
     Per-file errors become reasons inside `inspect_file`. If a worker process dies outright (a
     decoder segfault, the OOM killer), the files it may have been holding are re-run one at a time
     so the culprit is recorded as `decode-error:WorkerCrashed` and every other file still gets its
-    record.
+    record. `advance(n)` is called as files are done (a progress bar).
     """
     require_strict_decoding()
     paths = [os.fspath(p) for p in paths]
     workers = workers or os.cpu_count() or 1
     if workers <= 1 or len(paths) <= 1:
-        return [inspect_file(p, limits) for p in paths]
+        records = []
+        for p in paths:
+            records.append(inspect_file(p, limits))
+            advance(1)
+        return records
     # Small chunks keep both workers busy to the end; 32 files amortise the inter-process overhead.
     chunksize = chunksize or max(1, min(32, len(paths) // (workers * 4)))
     chunks = [range(i, min(i + chunksize, len(paths))) for i in range(0, len(paths), chunksize)]
     records: list[FileRecord | None] = [None] * len(paths)
-    lost = _run_chunks(paths, chunks, limits, workers, records)
+    lost = _run_chunks(paths, chunks, limits, workers, records, advance)
     _run_one_by_one(paths, lost, limits, records)
     return records  # type: ignore[return-value]  # every slot is filled by now
 
@@ -152,7 +157,7 @@ def _inspect_chunk(paths: Sequence[str], limits: VerifyLimits) -> list[FileRecor
     return [inspect_file(p, limits) for p in paths]
 
 
-def _run_chunks(paths, chunks, limits, workers, records) -> list[int]:
+def _run_chunks(paths, chunks, limits, workers, records, advance=lambda n: None) -> list[int]:
     "Run chunks with a bounded number in flight; return the file indices lost to a dead worker."
     todo, lost, running = list(reversed(chunks)), [], {}
     pool = new_pool(workers)
@@ -167,6 +172,7 @@ def _run_chunks(paths, chunks, limits, workers, records) -> list[int]:
                 chunk = running.pop(fut)
                 try:
                     records[chunk.start:chunk.stop] = fut.result()
+                    advance(len(chunk))
                 except BrokenProcessPool:
                     lost.extend(chunk)  # this chunk, or one in flight beside it, killed a worker
                     broken = True

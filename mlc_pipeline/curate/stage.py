@@ -11,16 +11,19 @@ import logging
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from mlc_pipeline.catalog import FILE_STATUSES, Catalog, run_end_status
+from mlc_pipeline import progress
 from mlc_pipeline.config import Config
 from mlc_pipeline.layout import DataLayout
 from mlc_pipeline.manifest import read_manifest, versions
 from mlc_pipeline.curate.dedup import DedupItem, resolve_duplicates, view_distance
-from mlc_pipeline.curate.hashing import hex_to_uint64, inspect_files
+from mlc_pipeline.curate.hashing import FileRecord, hex_to_uint64, inspect_files
+from mlc_pipeline.executor import cluster_address, map_chunks
 from mlc_pipeline.curate.neardup import find_pairs
 from mlc_pipeline.curate.similarity import CONFIRM, FileSimilarity
 from mlc_pipeline.curate.verify import VerifyLimits
@@ -75,7 +78,8 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
             or (r["verify_reason"] is None and r["view_hashes"] is None)]
     summary.reused = len(rows) - len(todo)
     paths = [r["file_path"] for r in todo]
-    records = inspect_files(paths, limits_of(cfg), workers=cfg.curate.workers) if paths else []
+    with progress.bar("verify + hash", total=len(paths), unit="files") as bar:
+        records = inspect_spread(cfg, paths, advance=bar.advance) if paths else []
     summary.inspected = len(records)
     with catalog.transaction():
         for row, rec in zip(todo, records):
@@ -95,6 +99,26 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
                 moved = quarantine(Path(row["file_path"]), cfg.data_dir, rec.reason)
                 catalog.set_status(row["id"], "rejected", rec.reason, run_id, "curate", file_path=str(moved))
                 row.update(status="rejected", reason=rec.reason, file_path=str(moved))
+
+
+def inspect_spread(cfg: Config, paths: list[str], advance=None) -> list[FileRecord]:
+    """`inspect_files` here (its process pool), or in chunks on the Dask cluster when one is set.
+    `advance(n)`: progress, per file here, per chunk on a cluster."""
+    limits, address = limits_of(cfg), cluster_address(cfg)
+    advance = advance or (lambda n: None)
+    return map_chunks(partial(inspect_files, limits=limits, workers=1), paths, cfg.cluster.hash_chunk,
+                      address=address,
+                      local=partial(inspect_files, limits=limits, workers=cfg.curate.workers, advance=advance),
+                      on_lost=partial(inspect_lost, limits=limits),
+                      on_chunk=(lambda chunk, result: advance(len(chunk))) if address else None)
+
+
+def inspect_lost(paths: list[str], limits: VerifyLimits) -> list[FileRecord]:
+    """A chunk whose workers kept dying (a decoder crash): again here, in inspect_files' crash-isolating
+    pool; a chunk of one file is that file's fault."""
+    if len(paths) == 1:
+        return [FileRecord(path=paths[0], ok=False, reason="decode-error:WorkerCrashed", sha256=None, phash=None)]
+    return inspect_files(paths, limits, workers=2)
 
 
 def labels_of(row: dict) -> frozenset[str]:
@@ -236,7 +260,9 @@ def curate(cfg: Config) -> CurateSummary:
             rows = [r for r in rows if r["id"] not in gone]
             verify_and_hash(cfg, catalog, rows, run_id, summary)
             ok = [r for r in rows if r["status"] != "rejected"]
-            decisions = resolve(cfg, ok, published_test_images(cfg))
+            with progress.bar("deduplicate", total=len(ok), unit="images") as bar:   # one step: no partial counts
+                decisions = resolve(cfg, ok, published_test_images(cfg))
+                bar.advance(len(ok))
             with catalog.transaction():
                 for r in ok:
                     status, reason, dup_of, label = decisions[r["id"]]
@@ -255,4 +281,7 @@ def curate(cfg: Config) -> CurateSummary:
         summary.conflicts = dict(Counter(d[1].split(":with=")[0] for d in decisions.values()
                                          if d[0] == "accepted" and d[1]))
         catalog.finish_run(run_id, "completed", summary.__dict__)
-        return summary
+    progress.summary(f"curate {run_id}", [
+        ("inspected", summary.inspected), ("reused (unchanged files)", summary.reused), ("accepted", summary.accepted),
+        ("rejected", summary.rejected), ("duplicates", summary.duplicates), ("accepted with a note", summary.conflicts)])
+    return summary

@@ -34,9 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlc_pipeline.catalog import Catalog
-from mlc_pipeline.config import Config
+from mlc_pipeline import progress
+from mlc_pipeline.catalog_review import build_candidates, review_changed_photos
+from mlc_pipeline.config import RESTRICTED_LICENSES, Config
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, write_text_atomic
-from mlc_pipeline.manifest import MANIFEST_COLUMNS, SPLITS, latest_version, read_manifest, write_manifest
+from mlc_pipeline.manifest import ADDED_COLUMNS, MANIFEST_COLUMNS, SPLITS, latest_version, read_manifest, write_manifest
 from mlc_pipeline.curate.verify import load_rgb
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,7 @@ def dataset_rows(cfg: Config, catalog: Catalog) -> list[dict]:
     """Everything accepted for training or probing, with its split; mined negatives train only."""
     rows = []
     removed_owners = catalog.removed_owners()       # `mlc remove --owner`: later photos stay out too
-    for c in catalog.candidates("status='accepted' AND purpose IN ('train', 'probe')"):
+    for c in build_candidates(catalog):             # accepted, with the review app's decisions applied
         if c["owner"] in removed_owners:
             continue
         labels = "" if c["curated_label"] in (None, "other") else c["curated_label"]
@@ -105,7 +107,7 @@ def dataset_rows(cfg: Config, catalog: Catalog) -> list[dict]:
             "title": c["title"] or "", "date_taken": c["date_taken"] or "", "sha256": c["sha256"],
             "phash": c["phash"], "purpose": c["purpose"],
             "mined_round": "" if c["mined_round"] is None else c["mined_round"],
-            "query": first_query(c["queries"]), "_file": c["file_path"]})
+            "query": first_query(c["queries"]), "source_file": c["source_file"] or "", "_file": c["file_path"]})
     return sorted(rows, key=lambda r: r["path"])
 
 
@@ -150,7 +152,10 @@ def count_rows(rows: list[dict]) -> dict:
         for label in (r["labels"].split() or ["(none: other)"]):
             per_label[label][r["split"]] += 1
     return {"images": len(rows), "per_label_split": {k: dict(v) for k, v in sorted(per_label.items())},
-            "licenses": dict(Counter(r["license"] for r in rows))}
+            "licenses": dict(Counter(r["license"] for r in rows)),
+            "restricted_licenses": dict(Counter(r["license"] or RESTRICTED_LICENSES[int(r["license_id"])] for r in rows
+                                                if r["license_id"] not in (None, "") and
+                                                int(r["license_id"]) in RESTRICTED_LICENSES))}
 
 
 def attribution(rows: list[dict], version: str) -> str:
@@ -176,11 +181,26 @@ def dataset_card(name: str, version: str, cfg: Config, counts: dict, curation: d
               "## Parameters", "", f"- max side {cfg.build.max_side} px, JPEG quality {cfg.build.jpeg_quality}",
               f"- split fractions {cfg.build.split} (by a hash of source and photo id: stable across versions)",
               f"- near-duplicate Hamming threshold {cfg.curate.hamming_threshold}, min side {cfg.curate.min_side}, "
-              f"max aspect {cfg.curate.max_aspect}", "", "## What curation removed", ""]
+              f"max aspect {cfg.curate.max_aspect}", "", *licence_notice(cfg, counts), "## What curation removed", ""]
     lines += [f"- {k}: {v}" for k, v in sorted(curation.items())] or ["- nothing"]
     lines += ["", "`labels` empty = an \"other\" image (a negative for every class). Split `probe` = kinds under",
               "no training query, used only to measure how often the unknown is accepted.", ""]
     return "\n".join(lines)
+
+
+def licence_notice(cfg: Config, counts: dict) -> list[str]:
+    """The card's warning when `source.licenses` lets in licences that restrict use (all rights
+    reserved, NC, ND): the setting, and how many published images carry each such licence."""
+    restricted = counts.get("restricted_licenses") or {}
+    if not cfg.source.restricted_licenses and not restricted:
+        return []
+    setting = cfg.source.licenses if cfg.source.licenses == "any" else ", ".join(map(str, cfg.source.licenses))
+    found = ", ".join(f"{name} ({n})" for name, n in sorted(restricted.items())) or "none in this version"
+    return ["## Licences that restrict use", "",
+            f"**Warning:** collected with `source.licenses: {setting}`, which lets in licences that do not allow",
+            f"free reuse (all rights reserved, non-commercial, no derivatives). Images under them: {found}.",
+            "Check each image's licence (manifest.csv `license`, ATTRIBUTION.md) before using, sharing or",
+            "training on this version.", ""]
 
 
 def curation_counts(catalog: Catalog) -> dict:
@@ -231,7 +251,7 @@ def verify_version(folder: str | Path) -> list[dict]:
     except (ValueError, csv.Error, UnicodeDecodeError) as exc:
         raise damaged(f"dataset.json or manifest.csv is unreadable ({exc})") from None
     for n, r in enumerate(rows, start=2):               # line 1 is the header
-        if None in r.values() or set(MANIFEST_COLUMNS) - set(r):
+        if None in r.values() or set(MANIFEST_COLUMNS) - set(ADDED_COLUMNS) - set(r):
             raise damaged(f"manifest.csv line {n} does not have the manifest's columns")
         if safe_member(folder, r["path"]) is None:
             raise damaged(f"manifest.csv line {n} has path {r['path']!r}, outside the version folder")
@@ -286,6 +306,7 @@ def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
     with Catalog(cfg.catalog_path) as catalog:
         rows = dataset_rows(cfg, catalog)
         curation = curation_counts(catalog)
+        reviewed = review_changed_photos(catalog)   # the version diff says which changes came from review
     if not rows:
         raise RuntimeError("nothing to build: no accepted images in the catalog (run collect and curate first)")
     fp = fingerprint(rows, cfg)
@@ -295,7 +316,7 @@ def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
         try:
             verify_version(root / previous)
             point_latest(root, previous)
-            return BuildResult(name, previous, root / previous, False, counts, fp)
+            return summarised(BuildResult(name, previous, root / previous, False, counts, fp))
         except VersionDamaged as exc:
             if not repair:
                 raise
@@ -303,10 +324,12 @@ def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
     tmp = root / f".build-{previous or 'v0'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        for r in rows:
-            dest = tmp / r["path"]
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            load_rgb(r["_file"], max_side=cfg.build.max_side).save(dest, "JPEG", quality=cfg.build.jpeg_quality)
+        with progress.bar("build: write images", total=len(rows)) as bar:
+            for r in rows:
+                dest = tmp / r["path"]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                load_rgb(r["_file"], max_side=cfg.build.max_side).save(dest, "JPEG", quality=cfg.build.jpeg_quality)
+                bar.advance()
         write_manifest(tmp / "manifest.csv", rows)
         files_sha256 = write_sums(tmp, rows)
         version = f"v{int(previous[1:]) + 1 if previous else 1}"
@@ -317,7 +340,7 @@ def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
             (tmp / "README.md").write_text(dataset_card(name, version, cfg, counts, curation, previous))
             meta = {"name": name, "version": version, "previous": previous, "fingerprint": fp,
                     "files_sha256": files_sha256, "counts": counts, "curation": curation,
-                    "created_at": time.time(),
+                    "review_changed": reviewed, "created_at": time.time(),
                     "params": {"build": cfg.build.model_dump(), "curate": cfg.curate.model_dump()}}
             (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, default=str))
             try:
@@ -331,4 +354,13 @@ def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
         if tmp.exists():
             shutil.rmtree(tmp)
     point_latest(root, version)
-    return BuildResult(name, version, root / version, True, counts, fp)
+    return summarised(BuildResult(name, version, root / version, True, counts, fp))
+
+
+def summarised(res: BuildResult) -> BuildResult:
+    """Print the build's one-screen summary (when progress is shown) and return `res`."""
+    splits = ("train", "valid", "test", "probe")
+    progress.summary(f"build {res.name} {res.version}: {'published' if res.published else 'unchanged'}", [
+        ("folder", res.path), ("images", res.counts["images"])] + [
+        (label, " ".join(f"{s} {c.get(s, 0)}" for s in splits)) for label, c in res.counts["per_label_split"].items()])
+    return res

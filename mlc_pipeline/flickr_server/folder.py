@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 from pathlib import Path
 
@@ -16,24 +17,33 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp"}
 
 
+class FolderModeError(ValueError):
+    """The folder or a mapped subfolder cannot be served; one line naming it."""
+
+
 def folder_photos(folder: str | Path, query_map: dict[str, str], seed: int) -> list[Photo]:
     """One photo per image file under each mapped subfolder, tagged with the query's words.
 
     A file reached by several queries is one photo carrying all their words. Titles are neutral
-    ('IMG_1234') so that free-text search finds exactly the mapped files.
+    ('IMG_1234') so that free-text search finds exactly the mapped files. Symbolic links to folders
+    and files are followed (a folder tree assembled from links is a common way to pick images);
+    each photo records its path relative to `folder` as `source_file`.
     """
     root = Path(folder)
+    if not root.exists():
+        raise FolderModeError(f"folder mode: {root} does not exist")
     if not root.is_dir():
-        raise FileNotFoundError(f"folder mode: {root} is not a directory")
+        raise FolderModeError(f"folder mode: {root} is not a folder")
+    if not query_map:
+        raise FolderModeError("folder mode needs at least one query mapped to a subfolder "
+                              "(source.local.query_map, or serve-flickr --map QUERY=SUBFOLDER)")
     by_path: dict[str, Photo] = {}
     used_ids: set[str] = set()
     for query, subfolder in query_map.items():
-        base = (root / subfolder).resolve()
-        if not base.is_relative_to(root.resolve()) or not base.is_dir():
-            raise FileNotFoundError(f"folder mode: subfolder {subfolder!r} for query {query!r} is not under {root}")
+        base = mapped_subfolder(root, subfolder, query)
         words = [w.lower() for w in query.split() if w.strip()]
-        for path in sorted(p for p in base.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
-            relative = path.relative_to(root.resolve()).as_posix()
+        for path in image_files(base):
+            relative = Path(os.path.relpath(path, root)).as_posix()
             if relative in by_path:
                 by_path[relative].tags = list(dict.fromkeys(by_path[relative].tags + words))
                 continue
@@ -41,6 +51,39 @@ def folder_photos(folder: str | Path, query_map: dict[str, str], seed: int) -> l
             if photo is not None:
                 by_path[relative] = photo
     return list(by_path.values())
+
+
+def mapped_subfolder(root: Path, subfolder: str, query: str) -> Path:
+    """`root/subfolder`, which must stay inside `root` as written (no '..' out of it, no absolute
+    path); the subfolder itself may be a symbolic link to a folder elsewhere."""
+    base = Path(os.path.normpath(root / subfolder))
+    if Path(subfolder).is_absolute() or not base.is_relative_to(Path(os.path.normpath(root))):
+        raise FolderModeError(f"folder mode: subfolder {subfolder!r} for query {query!r} is outside {root}; "
+                              f"give a path relative to the folder")
+    if not base.exists():
+        raise FolderModeError(f"folder mode: subfolder {subfolder!r} for query {query!r} does not exist in {root}")
+    if not base.is_dir():
+        raise FolderModeError(f"folder mode: {base} (query {query!r}) is not a folder")
+    return base
+
+
+def image_files(base: Path) -> list[Path]:
+    """Image files under `base`, following links to folders; a link loop is walked once."""
+    seen: set[str] = set()
+    out = []
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames.clear()
+            continue
+        seen.add(real)
+        dirnames.sort()
+        for name in sorted(f for f in filenames if Path(f).suffix.lower() in IMAGE_SUFFIXES):
+            if Path(dirpath, name).is_file():
+                out.append(Path(dirpath, name))
+            else:
+                log.warning("folder mode: skipping %s, a link to nothing", Path(dirpath, name))
+    return out
 
 
 def photo_id_for(relative_path: str) -> str:
@@ -69,7 +112,7 @@ def _photo_for_file(path: Path, relative: str, kind: str, words: list[str], seed
         license=rng.choices(list(LICENSE_WEIGHTS), list(LICENSE_WEIGHTS.values()))[0],
         dateupload=dateupload, datetaken=format_time(dateupload - rng.randint(0, 400 * 86400)),
         kind=kind, sizes=fitting_sizes(width, height), o_width=width, o_height=height,
-        source_path=str(path),
+        source_path=str(path), source_file=relative,
     )
 
 

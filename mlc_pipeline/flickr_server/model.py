@@ -78,6 +78,7 @@ class Photo:
     o_height: int
     render_seed: int = 0  # default world: every random choice of the picture derives from this
     source_path: str | None = None  # folder mode: the file served for every size
+    source_file: str | None = None  # folder mode: that file's path relative to the folder (extras=source_file)
     dup_of: str | None = None
     dup_kind: str | None = None  # 'exact' | 'near' | None
 

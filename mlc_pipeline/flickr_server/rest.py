@@ -91,6 +91,8 @@ class RestApi:
             entry["ownername"] = photo.ownername
         if "tags" in extras:
             entry["tags"] = " ".join(photo.tags)
+        if "source_file" in extras and photo.source_file:   # not Flickr's: folder mode's original file name
+            entry["source_file"] = photo.source_file
         if "o_dims" in extras:
             entry.update(o_width=str(photo.o_width), o_height=str(photo.o_height))
         for size, (width, height) in photo.sizes.items():

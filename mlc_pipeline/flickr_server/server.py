@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import re
@@ -338,6 +339,11 @@ class FlickrServer:
             }
 
 
+def _fail(message: str) -> int:
+    print(f"mlc serve-flickr: {message}", file=sys.stderr)
+    return 2
+
+
 def serve_main(argv: list[str]) -> int:
     """`mlc serve-flickr`: run the offline Flickr until Ctrl-C."""
     parser = argparse.ArgumentParser(prog="mlc serve-flickr", description="Serve an offline, Flickr-compatible API.")
@@ -367,7 +373,17 @@ def serve_main(argv: list[str]) -> int:
         parser.error(str(error))
     spec = WorldSpec(kind="folder" if args.folder else "default", seed=args.seed, scale=args.scale,
                      folder=args.folder, query_map=query_map, result_cap=args.result_cap, api_key=args.api_key)
-    server = FlickrServer(spec, faults, host=args.host, port=args.port)
+    if not 0 <= args.port <= 65535:
+        return _fail(f"--port {args.port}: a port is 0-65535 (0: any free port)")
+    try:
+        server = FlickrServer(spec, faults, host=args.host, port=args.port)
+    except ValueError as error:          # folder mode: a missing folder or subfolder, no --map
+        return _fail(str(error))
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            return _fail(f"port {args.port} on {args.host} is already in use: another server, or an `mlc` run of "
+                         f"a project whose source.local.port is {args.port}, may hold it; pick another --port")
+        return _fail(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
     print(f"Offline Flickr serving {len(server.world.photos)} photos", flush=True)
     print(f"REST endpoint: {server.rest_url}", flush=True)
     print(f"Static images: http://{server.static_host}/static/...  (Ctrl-C to stop)", flush=True)

@@ -10,7 +10,7 @@ from typing import Mapping
 
 from .catalog import YEAR_2026, assign_ids, default_photos
 from .faults import FaultSpec, unit_hash
-from .folder import folder_photos
+from .folder import FolderModeError, folder_photos
 from .model import Photo, WorldSpec, normalize_size_key
 from .render import encode_jpeg, near_duplicate, render_scene
 from .search import SearchIndex, page_of, parse_query
@@ -102,8 +102,8 @@ def build_world(spec: WorldSpec, faults: FaultSpec | None = None) -> World:
     if spec.kind == "default":
         photos = default_photos(spec.seed, spec.scale)
     elif spec.kind == "folder":
-        if not spec.folder or not spec.query_map:
-            raise ValueError("folder mode needs WorldSpec.folder and a non-empty WorldSpec.query_map")
+        if not spec.folder:
+            raise FolderModeError("folder mode needs a folder (source.local.folder, or serve-flickr --folder)")
         photos = folder_photos(spec.folder, spec.query_map, spec.seed)
     else:
         raise ValueError(f"unknown world kind {spec.kind!r} (expected 'default' or 'folder')")
@@ -130,7 +130,7 @@ def make_duplicates(photos: list[Photo], faults: FaultSpec) -> list[Photo]:
             owner=original.owner, ownername=original.ownername, title=original.title, tags=list(original.tags),
             license=original.license, dateupload=dateupload, datetaken=original.datetaken, kind=original.kind,
             sizes=dict(original.sizes), o_width=original.o_width, o_height=original.o_height,
-            render_seed=original.render_seed, source_path=original.source_path,
+            render_seed=original.render_seed, source_path=original.source_path, source_file=original.source_file,
             dup_of=original.id, dup_kind=dup_kind,
         ))
     assign_ids(twins, rng, taken={p.id for p in photos})

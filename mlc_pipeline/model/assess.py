@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlc_pipeline.fsutil import write_text_atomic
 from mlc_pipeline.manifest import read_manifest_frame
 from mlc_pipeline.model.bundle import load_bundle
 from mlc_pipeline.model.metrics import evaluate, operating_curve, probe_by_query, targets_from_labels
@@ -22,9 +23,12 @@ def evaluate_bundle(bundle_dir: str | Path, manifest_csv: str | Path, batch_size
 
 
 def evaluate_loaded_bundle(bundle, manifest_csv: str | Path, batch_size: int = 64,
-                           splits: tuple[str, ...] = ("test",), curve_path: list | None = None) -> dict:
+                           splits: tuple[str, ...] = ("test",), curve_path: list | None = None,
+                           scores_csv: str | Path | None = None) -> dict:
     """Score a loaded bundle on `splits` + probe rows. With a `capping_path` (from calibration),
-    `result["curve"]` holds every operating point of that path scored on these rows."""
+    `result["curve"]` holds every operating point of that path scored on these rows. With
+    `scores_csv`, every scored row's probabilities are written there (SCORES_FILE of a bundle: the
+    report's error analysis reads it)."""
     df = read_manifest_frame(manifest_csv)
     rows = df[df["split"].isin(list(splits) + ["probe"])].reset_index(drop=True)
     probs = score_paths(bundle, list(rows["abs_path"]), batch_size=batch_size)
@@ -34,6 +38,8 @@ def evaluate_loaded_bundle(bundle, manifest_csv: str | Path, batch_size: int = 6
                                   bundle.vocab)
     result = evaluate(probs, targets, bundle.thresholds, bundle.vocab,
                       is_unknown_mask=(rows["split"] == "probe").to_numpy(), head=bundle.head)
+    if scores_csv:
+        write_scores(scores_csv, rows, probs, bundle.vocab)
     result["splits"] = list(splits)
     result["n_unreadable"] = int((~readable).sum())
     if curve_path:
@@ -44,3 +50,17 @@ def evaluate_loaded_bundle(bundle, manifest_csv: str | Path, batch_size: int = 6
         result["probe_by_query"] = probe_by_query(probs[is_probe], rows["query"][is_probe].tolist(),
                                                   bundle.thresholds, bundle.vocab, bundle.head)
     return result
+
+
+SCORES_FILE = "test_scores.csv"   # in a bundle since 0.2: per test/probe image, the score of each vocab column
+SCORE_PREFIX = "score:"
+
+
+def write_scores(path: str | Path, rows, probs: np.ndarray, vocab: list[str]) -> None:
+    """One row per scored image: manifest path, split, labels, query, photo id, then a score column
+    per vocab entry (`score:<class>`)."""
+    keep = [c for c in ("path", "split", "labels", "query", "photo_id") if c in rows.columns]
+    out = rows[keep].copy()
+    for j, name in enumerate(vocab):
+        out[SCORE_PREFIX + name] = np.round(probs[:, j].astype(float), 5)
+    write_text_atomic(Path(path), out.to_csv(index=False))

@@ -87,11 +87,14 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
 
 def _unpickle_learner(export_path: Path):
     import torch
-    from fastai.learner import load_learner
 
     with warnings.catch_warnings():
         # fastai warns on every load that pickle is unsafe; we checked the hash just above.
         warnings.filterwarnings("ignore", message=".*insecure pickle.*")
+        # fastai.layers applies torch.jit.script when imported, which torch (2.14 here) warns is deprecated:
+        # not ours to fix, and printed on every `mlc predict`.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+        from fastai.learner import load_learner
         try:
             return load_learner(export_path, cpu=not torch.cuda.is_available(), pickle_module=legacy_pickle)
         except Exception as exc:  # any unpickling failure: report which file, not a deep traceback

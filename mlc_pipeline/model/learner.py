@@ -123,6 +123,26 @@ class LossHistory(Callback):
         log.info("epoch %d: train loss %.4f, valid loss %.4f", len(self.epochs), train_loss, valid_loss)
 
 
+class EpochBar(Callback):
+    """Moves a progress bar (mlc_pipeline.progress) by one per training batch; its note says the
+    epoch and the smoothed train loss, then the last epoch's valid loss."""
+
+    order = LossHistory.order + 1
+
+    def __init__(self, bar):
+        self.bar, self.done = bar, 0
+
+    def after_batch(self):
+        if self.training:
+            self.bar.advance()
+            self.bar.note(f"epoch {self.done + 1} loss {float(self.learn.smooth_loss):.4f}")
+
+    def after_epoch(self):
+        self.done += 1
+        train_loss, valid_loss = self.learn.recorder.values[-1][:2]
+        self.bar.note(f"epoch {self.done} train loss {train_loss:.4f} valid loss {valid_loss:.4f}")
+
+
 class TimeBudget(Callback):
     """Stop training when the next epoch would overrun `max_seconds`, or hard at `max_seconds`."""
 

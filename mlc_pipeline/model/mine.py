@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 
 from mlc_pipeline.fsutil import write_csv_atomic
 from mlc_pipeline.catalog import Catalog, run_end_status
+from mlc_pipeline import progress
 from mlc_pipeline.config import Config
+from mlc_pipeline.executor import cluster_address, map_chunks
 from mlc_pipeline.model.metrics import predict_matrix
 from mlc_pipeline.model.predict import score_with_errors
 from mlc_pipeline.model.bundle import load_bundle
@@ -97,7 +100,7 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
         try:
             pool = [r for r in catalog.candidates("status='accepted' AND purpose='pool'")
                     if not (r["reason"] or "").startswith(HELD)]
-            probs, errors = score_with_errors(bundle, [r["file_path"] for r in pool])
+            probs, errors = score_spread(cfg, bundle, bundle_dir, [r["file_path"] for r in pool])
             result.scored, result.errors = len(pool) - len(errors), len(errors)
             accepted = accepted_classes(bundle, probs)
             class_rows = [r for r in catalog.candidates("status='accepted' AND purpose='train'")
@@ -143,10 +146,47 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
             raise
     write_csv(Path(bundle_dir) / "review.csv", result.review, REVIEW_COLUMNS)
     write_csv(Path(bundle_dir) / "mined.csv", candidates, MINED_COLUMNS)
+    progress.summary(f"mine round {round_no}: {model}", [
+        ("pool images scored", result.scored), ("accepted as a class", len(candidates)),
+        ("hard negatives added", result.added), ("held for review", len(result.held)),
+        ("over the round's cap", result.over_cap), ("class images to review", len(result.review)),
+        ("decisions", Path(bundle_dir) / "mined.csv")])
     log.info("mining round %d: %d of %d pool images accepted as a class: %d -> hard negatives, %d held for review, "
              "%d over the round's cap of %d; %d class images to review", round_no, len(candidates), result.scored,
              result.added, len(result.held), result.over_cap, cap, len(result.review))
     return result
+
+
+def score_spread(cfg: Config, bundle, bundle_dir: str | Path, paths: list[str]) -> tuple[np.ndarray, dict[int, str]]:
+    """`score_with_errors` here, or in chunks on the Dask cluster when one is set (each worker loads
+    the bundle once). Chunks are a multiple of the batch size, so the batches are the same either way."""
+    address = cluster_address(cfg)
+    if not address:
+        return score_with_errors(bundle, paths)
+    chunk = max(SCORE_BATCH, cfg.cluster.score_chunk // SCORE_BATCH * SCORE_BATCH)
+    rows = map_chunks(partial(score_chunk, str(bundle_dir)), paths, chunk, address=address)
+    probs = np.full((len(paths), len(bundle.vocab)), np.nan, dtype=np.float32)
+    errors = {}
+    for i, (row, error) in enumerate(rows):
+        if error is None:
+            probs[i] = row
+        else:
+            errors[i] = error
+    return probs, errors
+
+
+SCORE_BATCH = 64     # score_with_errors' default batch size
+
+
+@lru_cache(maxsize=2)
+def _worker_bundle(bundle_dir: str):
+    return load_bundle(bundle_dir)
+
+
+def score_chunk(bundle_dir: str, paths: list[str]) -> list[tuple[np.ndarray | None, str | None]]:
+    "Run on a worker: (probabilities, None) or (None, error) per path."
+    probs, errors = score_with_errors(_worker_bundle(bundle_dir), paths, batch_size=SCORE_BATCH)
+    return [(None, errors[i]) if i in errors else (probs[i], None) for i in range(len(paths))]
 
 
 def hold_scores(bundle, hold_above: float | None) -> list[float]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mlc_pipeline import progress
 from mlc_pipeline.model.bundle import Bundle
 from mlc_pipeline.model.metrics import OTHER, predict_matrix
 
@@ -53,23 +54,28 @@ def score_with_errors(bundle: Bundle, paths: list, batch_size: int = 64, max_pix
     errors: dict[int, str] = {}
     chunk: list[tuple[int, object]] = []
     held = 0
-    for i, path in enumerate(paths):
-        try:
-            image = _decode(path, max_pixels)
-        except TooLarge as exc:
-            errors[i] = str(exc)
-            continue
-        except Exception as exc:  # PIL raises many types for a bad file; each becomes a row error
-            errors[i] = f"cannot decode image: {type(exc).__name__}: {exc}"
-            continue
-        pixels = image.width * image.height
-        if chunk and (len(chunk) >= batch_size or held + pixels > batch_pixels):
+    with progress.bar("score images", total=len(paths)) as bar:
+        for i, path in enumerate(paths):
+            try:
+                image = _decode(path, max_pixels)
+            except TooLarge as exc:
+                errors[i] = str(exc)
+                bar.advance()
+                continue
+            except Exception as exc:  # PIL raises many types for a bad file; each becomes a row error
+                errors[i] = f"cannot decode image: {type(exc).__name__}: {exc}"
+                bar.advance()
+                continue
+            pixels = image.width * image.height
+            if chunk and (len(chunk) >= batch_size or held + pixels > batch_pixels):
+                _score_chunk(bundle, chunk, batch_size, probs, errors)
+                bar.advance(len(chunk))
+                chunk, held = [], 0
+            chunk.append((i, image))
+            held += pixels
+        if chunk:
             _score_chunk(bundle, chunk, batch_size, probs, errors)
-            chunk, held = [], 0
-        chunk.append((i, image))
-        held += pixels
-    if chunk:
-        _score_chunk(bundle, chunk, batch_size, probs, errors)
+            bar.advance(len(chunk))
     if errors:
         log.warning("%d of %d images could not be scored (first: %s)", len(errors), len(paths),
                     next(iter(errors.values())))
@@ -130,4 +136,7 @@ def predict_paths(bundle: Bundle, paths: list, batch_size: int = 64, max_pixels:
         labels = sorted(((c, row[c]) for c, hit in zip(bundle.vocab, decisions[i]) if hit and c != OTHER),
                         key=lambda cp: -cp[1])
         out.append(Prediction(path=str(path), labels=labels, none_of=not labels, probs=row))
+    progress.summary(f"predict: {bundle.path.name}", [
+        ("images", len(out)), ("with a class", sum(bool(p.labels) for p in out)),
+        ("none of the classes", sum(p.none_of and not p.error for p in out)), ("failed", len(errors))])
     return out

@@ -36,7 +36,8 @@ from mlc_pipeline import __version__
 from mlc_pipeline.model import nets
 from mlc_pipeline.model.options import TrainConfig
 from mlc_pipeline.model.bundle import export_learner
-from mlc_pipeline.model.learner import LossHistory, TimeBudget, training_frame, build_dataloaders, macro_f1_metric
+from mlc_pipeline import progress
+from mlc_pipeline.model.learner import EpochBar, LossHistory, TimeBudget, training_frame, build_dataloaders, macro_f1_metric
 from mlc_pipeline.manifest import read_manifest_frame
 from mlc_pipeline.model.plots import plot_curves, plot_losses
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file
@@ -44,7 +45,7 @@ from mlc_pipeline.model.weights import load_backbone_weights, resolve_training
 from mlc_pipeline.model.metrics import (
     OTHER, calibrate_thresholds, capping_path, evaluate, pick_capped,
 )
-from mlc_pipeline.model.assess import evaluate_loaded_bundle
+from mlc_pipeline.model.assess import SCORES_FILE, evaluate_loaded_bundle
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,11 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
              cfg.arch, cfg.head, cfg.effective_other_mode, pretrained, n_train, len(dls.valid_ds), vocab)
     lr = cfg.lr or default_lr(cfg.arch, pretrained)
     start = time.monotonic()
-    with learn.no_bar(), learn.no_logging():  # progress goes to `log` through LossHistory
+    n_epochs = cfg.epochs + (0 if pretrained == "none" else 1)    # fine_tune: one frozen epoch first
+    # progress goes to `log` through LossHistory, and to the terminal's bar (time left) through EpochBar
+    with learn.no_bar(), learn.no_logging(), progress.bar(f"train {cfg.arch}", total=n_epochs * len(dls.train),
+                                                          unit="batches") as bar:
+        fit_cbs.append(EpochBar(bar))
         if pretrained == "none":
             learn.fit_one_cycle(cfg.epochs, lr, cbs=fit_cbs)
         else:
@@ -205,7 +210,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         # Score the exported artifact itself, through the same loader users get.
         from mlc_pipeline.model.bundle import load_bundle
         test_metrics = evaluate_loaded_bundle(load_bundle(tmp_dir), manifest_csv, batch_size=max(cfg.batch_size, 64),
-                                              curve_path=curve_path)
+                                              curve_path=curve_path, scores_csv=tmp_dir / SCORES_FILE)
         metrics = {"valid": valid_metrics, "test": test_metrics, "warnings": meta["warnings"]}
         (tmp_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         plot_losses(history, tmp_dir / "loss.png", title=f"{cfg.arch} {cfg.head}/{cfg.effective_other_mode}")
@@ -216,11 +221,23 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir)
 
+    test = metrics["test"]
+    progress.summary(f"train: {out_dir.name}", [
+        ("network", f"{cfg.arch}, {cfg.head}, {cfg.image_size} px, pretrained {pretrained}"),
+        ("epochs", f"{len(history.epochs)}, last: " + " · ".join(
+            f"{e['epoch']}: {e['train_loss']:.3f}/{e['valid_loss']:.3f}" for e in history.epochs[-4:]) + " (train/valid loss)" + (", stopped by the time budget" if budget.stopped else "")),
+        ("seconds", f"{train_seconds:.0f} ({meta['images_per_second']} img/s)"),
+        ("macro F1 (test)", f"{test['macro_f1']:.3f}"),
+        ("unknown accepted", f"test other {_pct(test['unknown_accepted'])}, probe {_pct(test['probe_accepted'])}")])
     return TrainResult(
         bundle_dir=out_dir, classes=classes, vocab=vocab, thresholds=meta["thresholds"], metrics=metrics,
         history=history.epochs, train_seconds=train_seconds, images_per_second=meta["images_per_second"],
         stopped_early=budget.stopped, pretrained_used=pretrained,
     )
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def typical_positive_scores(probs: np.ndarray, targets: np.ndarray) -> list[float | None]:

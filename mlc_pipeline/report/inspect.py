@@ -3,26 +3,27 @@ changed since the previous version — in the terminal, as JSON, or as one self-
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import html
-import io
 import json
 import logging
 from collections import Counter, defaultdict
 from pathlib import Path
-
-from PIL import Image, UnidentifiedImageError
+from typing import Iterable
 
 from mlc_pipeline.fsutil import write_text_atomic
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import Config
 from mlc_pipeline.manifest import latest_version, read_manifest, versions
+from mlc_pipeline.report.html import figure, folded, table, thumbnail_uri  # noqa: F401 (thumbnail_uri: public here since 0.1)
 
 log = logging.getLogger(__name__)
-GRID_LIMIT = 48        # thumbnails per label on the page (the manifest has them all)
+GRID_LIMIT = 48        # thumbnails per label shown open; the label's others are in a folded section
 GROUP_LIMIT = 40       # duplicate groups shown
 QUARANTINE_LIMIT = 80
+# (side px, JPEG quality) of the inline thumbnails: ~4.3 KB each as shown, ~2.3 KB folded (measured
+# on real photos; page sizes in docs/collection.md, "The HTML report")
+THUMB, FOLDED_THUMB = (112, 75), (80, 60)
 
 
 # --- catalog -----------------------------------------------------------------------------------
@@ -67,21 +68,26 @@ def format_catalog_summary(summary: dict) -> str:
 
 
 # --- dataset versions --------------------------------------------------------------------------
-def version_diff(old: list[dict], new: list[dict]) -> dict:
-    """Added / removed images per label (by source and photo id) between two manifests."""
+def version_diff(old: list[dict], new: list[dict], reviewed: Iterable[str] = ()) -> dict:
+    """Added / removed images per label (by source and photo id) between two manifests; of those,
+    "changed in review" counts the photos ('source:photo_id' in `reviewed`) the review app changed."""
     key = lambda r: (r["source"], r["photo_id"])
+    reviewed = {tuple(k.split(":", 1)) for k in reviewed}
     old_by, new_by = {key(r): r for r in old}, {key(r): r for r in new}
     out: dict[str, Counter] = defaultdict(Counter)
     for k in new_by.keys() - old_by.keys():
         for label in new_by[k]["labels"].split() or ["other"]:
             out[label]["added"] += 1
+            out[label]["changed in review"] += k in reviewed
     for k in old_by.keys() - new_by.keys():
         for label in old_by[k]["labels"].split() or ["other"]:
             out[label]["removed"] += 1
+            out[label]["changed in review"] += k in reviewed
     for k in new_by.keys() & old_by.keys():
         if new_by[k]["labels"] != old_by[k]["labels"]:
             out[new_by[k]["labels"] or "other"]["relabelled"] += 1
-    return {label: dict(c) for label, c in sorted(out.items())}
+            out[new_by[k]["labels"] or "other"]["changed in review"] += k in reviewed
+    return {label: {k: n for k, n in c.items() if n} for label, c in sorted(out.items())}
 
 
 def dataset_summary(cfg: Config, version: str | None = None) -> dict | None:
@@ -95,7 +101,7 @@ def dataset_summary(cfg: Config, version: str | None = None) -> dict | None:
     meta = json.loads((folder / "dataset.json").read_text())
     rows = read_manifest(folder / "manifest.csv")
     previous = meta.get("previous")
-    diff = version_diff(read_manifest(root / previous / "manifest.csv"), rows) if previous and (
+    diff = version_diff(read_manifest(root / previous / "manifest.csv"), rows, meta.get("review_changed", ())) if previous and (
         root / previous / "manifest.csv").exists() else None
     return {"name": cfg.build.name, "version": version, "path": str(folder), "counts": meta["counts"],
             "curation": meta["curation"], "previous": previous, "diff": diff,
@@ -126,38 +132,15 @@ def format_dataset_summary(s: dict) -> str:
 
 
 # --- HTML ----------------------------------------------------------------------------------------
-def thumbnail_uri(path: str | Path, side: int = 112) -> str | None:
-    """A small inline JPEG (data: URI) so the page stands alone; None if the file cannot be decoded."""
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", (side * 2, side * 2))
-            im = im.convert("RGB")
-            im.thumbnail((side, side))
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=75)
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        log.debug("no thumbnail for %s: %s", path, exc)
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def figure(src: str | None, caption: str) -> str:
-    img = f'<img src="{src}" alt="{html.escape(caption)}">' if src else '<div class="broken">not decodable</div>'
-    return f'<figure>{img}<figcaption>{html.escape(caption)}</figcaption></figure>'
-
-
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}h2{border-bottom:1px solid #ccc}
 table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:6px}
 figure{margin:0;width:116px;font-size:11px;overflow:hidden}figure img{width:112px;height:112px;object-fit:cover}
 .broken{width:112px;height:112px;background:#fdd;display:flex;align-items:center;justify-content:center}
-.group{display:flex;gap:6px;margin:8px 0;padding:6px;border:1px solid #eee}small{color:#777}"""
-
-
-def table(headers: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+.group{display:flex;gap:6px;margin:8px 0;padding:6px;border:1px solid #eee}small{color:#777}
+td.clip{max-width:18em;text-align:left;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+td{overflow-wrap:anywhere}summary{cursor:pointer;color:#036;margin:6px 0}
+.small figure{width:84px;font-size:9px}.small figure img,.small .broken{width:80px;height:80px}"""
 
 
 def html_report(cfg: Config, version: str | None = None, extra_sections: list[str] | None = None) -> str:
@@ -182,19 +165,22 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
                                             for k, c in ds["counts"]["per_label_split"].items()])]
         if ds["diff"] is not None:
             parts += [f"<h3>Changes since {html.escape(ds['previous'])}</h3>",
-                      table(["label", "added", "removed", "relabelled"],
-                            [[k, c.get("added", 0), c.get("removed", 0), c.get("relabelled", 0)] for k, c in ds["diff"].items()])]
+                      table(["label", "added", "removed", "relabelled", "changed in review"],
+                            [[k, c.get("added", 0), c.get("removed", 0), c.get("relabelled", 0),
+                              c.get("changed in review", 0)] for k, c in ds["diff"].items()])]
         folder = Path(ds["path"])
         groups: dict[str, list[dict]] = defaultdict(list)
         for r in ds["rows"]:
             groups[(r["labels"] or "other") + (" (probe)" if r["split"] == "probe" else "")].append(r)
         parts.append("<h2 id='thumbnails'>Images per label</h2>")
         for label, rows in sorted(groups.items()):
-            shown = rows[:GRID_LIMIT]
-            parts.append(f"<h3>{html.escape(label)} <small>{len(rows)} images"
-                         f"{f', first {len(shown)} shown' if len(rows) > len(shown) else ''}</small></h3><div class='grid'>")
-            parts += [figure(thumbnail_uri(folder / r["path"]), f"{r['split']} · {r['photo_id']}") for r in shown]
-            parts.append("</div>")
+            figs = [figure(thumbnail_uri(folder / r["path"], *(THUMB if k < GRID_LIMIT else FOLDED_THUMB)),
+                           f"{r['split']} · {r['photo_id']}") for k, r in enumerate(rows)]
+            parts.append(f"<h3>{html.escape(label)} <small>{len(rows)} images</small></h3>"
+                         f"<div class='grid'>{''.join(figs[:GRID_LIMIT])}</div>")
+            if len(figs) > GRID_LIMIT:
+                parts.append(folded(f"the other {len(figs) - GRID_LIMIT} images of {html.escape(label)}",
+                                    f"<div class='grid small'>{''.join(figs[GRID_LIMIT:])}</div>"))
     parts.append(f"<h2 id='duplicates'>Duplicates removed <small>{len(dups)}</small></h2>")
     by_kept: dict[int, list[dict]] = defaultdict(list)
     for d in dups:
@@ -207,13 +193,18 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
     parts.append(f"<h2 id='quarantine'>Quarantined <small>{len(quarantined)}</small></h2><div class='grid'>")
     parts += [figure(thumbnail_uri(q["file_path"]), f"{q['photo_id']}: {q['reason']}") for q in quarantined[:QUARANTINE_LIMIT]]
     parts.append("</div>")
-    parts += ["<h2>Rejections and failures by reason</h2>",
-              table(["status", "reason", "count"], [[r["status"], r["reason"], r["n"]] for r in cat["reasons"]])]
+    parts += ["<h2 id='rejections'>Rejections and failures by reason</h2>",
+              table(["status", "reason", "count"], [[r["status"], r["reason"], r["n"]] for r in cat["reasons"]
+                                                    if r["status"] != "accepted"])]
+    noted = [[r["reason"], r["n"]] for r in cat["reasons"] if r["status"] == "accepted"]
+    if noted:   # kept images with a note (label conflicts resolved, mined negatives, held for review)
+        parts += ["<h3 id='accepted-notes'>Accepted, with a note</h3>", table(["reason", "count"], noted)]
     parts += extra_sections or []
     if ds:
         parts += ["<h2 id='attribution'>Attribution</h2>",
                   table(["image", "title", "author", "licence", "source"],
-                        [[r["path"], r["title"], r["owner"], r["license"], r["url"]] for r in ds["rows"]])]
+                        [[r["path"], r["title"], r["owner"], r["license"], r["url"]] for r in ds["rows"]],
+                        clip=(1, 2))]
     return ("<!doctype html><html><head><meta charset='utf-8'><title>mlc-pipeline report</title>"
             f"<style>{CSS}</style></head><body>" + "\n".join(parts) + "</body></html>")
 
@@ -242,5 +233,7 @@ def inspect_main(cfg: Config, args) -> int:
         print()
         print(format_dataset_summary(ds) if ds else "No dataset version yet: run `mlc build`.")
     if getattr(args, "html", None):
-        print(f"\nHTML report: {write_html_report(cfg, args.html, getattr(args, 'version', None))}")
+        from mlc_pipeline.report.latest import latest_model_sections
+        path = write_html_report(cfg, args.html, getattr(args, "version", None), latest_model_sections(cfg))
+        print(f"\nHTML report: {path}")
     return 0

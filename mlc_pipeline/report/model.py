@@ -9,6 +9,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from mlc_pipeline.report.analysis import analysis_section, mining_section
 from mlc_pipeline.report.curves import curve_markdown
 
 from mlc_pipeline.model.plots import plot_curves
@@ -87,6 +88,10 @@ def model_section(result, models_dir: Path) -> str:
     if loss.exists():
         parts.append(f"<h3>Loss curves</h3><img alt='loss curves' src='data:image/png;base64,"
                      f"{base64.b64encode(loss.read_bytes()).decode()}'>")
+    parts.append(analysis_section(bundle))
+    # round r was mined by the model of round r-1, which wrote mined.csv and review.csv in its bundle
+    parts.append(mining_section([(r.round, models_dir / prev.bundle) for prev, r in zip(result.rounds, result.rounds[1:])]
+                                + [(last.round + 1, bundle)]))
     return "\n".join(parts)
 
 

@@ -29,6 +29,7 @@ def test_bundle_is_complete_and_consistent():
     assert meta["head"] == "sigmoid" and meta["other_mode"] == "negative"
     assert meta["dataset_version"] == "test-v1" and meta["image_size"] == FAST["image_size"]
     assert meta["pretrained"] == "none" and meta["config"]["epochs"] == FAST["epochs"]
+    assert isinstance(meta["config"], dict) and meta["config"]["head"] == "sigmoid"   # a JSON object, not a repr (issue 17)
     from mlc_pipeline.fsutil import sha256_file
     assert meta["export_sha256"] == sha256_file(bundle / "export.pkl")
     assert [e["epoch"] for e in meta["history"]] == list(range(1, FAST["epochs"] + 1))

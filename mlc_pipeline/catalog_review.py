@@ -1,0 +1,372 @@
+"""The review app's tables and queries, on a Catalog's connection (the catalog is the only place that
+speaks SQL; this module is its review part and works on `catalog.db`).
+
+A review never edits a candidate's row: curate recomputes statuses and labels on every run and would
+overwrite it. It writes two things instead:
+  review_actions    every action (relabel, reject, restore, not-duplicate, remove, undo) with when,
+                    why, which client, and the override state before and after it;
+  review_overrides  per candidate, what the review decided: `labels` (replaces the curated labels)
+                    and `include` ('accepted' puts a rejected or duplicate image back in, 'rejected'
+                    keeps an accepted one out). NULL means "as the catalog says".
+`mlc build` reads the overrides (`build_candidates`) and records which photos the review changed.
+Undo restores the state before an action; only the latest live action of an image can be undone, so
+an undo never erases a later write from another tab. Concurrent writers: each action is one
+transaction (`BEGIN IMMEDIATE`), so the last write wins and every action is kept.
+`review_version_rows` indexes the published versions' manifests (immutable, read once) so that the
+split and version filters are joins.
+
+SQL kept standard for the PostgreSQL port: `||`, `COALESCE`, `LIKE`, `ON CONFLICT ... DO UPDATE`,
+LIMIT/OFFSET. SQLite-specific: INTEGER PRIMARY KEY as an auto id and `lastrowid`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from mlc_pipeline.catalog import Catalog
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS review_actions (
+  id INTEGER PRIMARY KEY,
+  candidate_id INTEGER NOT NULL,
+  action TEXT NOT NULL,             -- relabel | reject | restore | not-duplicate | remove | undo
+  detail TEXT,                      -- JSON: what was asked (labels, the undone action, ...)
+  before_state TEXT,                -- JSON override {"labels", "include"} before the action
+  after_state TEXT,                 -- ... and after it
+  reason TEXT NOT NULL,
+  client TEXT NOT NULL,
+  at REAL NOT NULL,
+  undone_by INTEGER                 -- the undo action that reverted this one
+);
+CREATE INDEX IF NOT EXISTS review_actions_candidate ON review_actions (candidate_id);
+CREATE TABLE IF NOT EXISTS review_overrides (
+  candidate_id INTEGER PRIMARY KEY,
+  labels TEXT,                      -- space-delimited classes or 'other', NULL: the curated labels
+  include TEXT,                     -- 'accepted' | 'rejected', NULL: the catalog's status decides
+  action_id INTEGER NOT NULL,
+  updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS review_versions (
+  dataset TEXT NOT NULL, version TEXT NOT NULL, fingerprint TEXT, indexed_at REAL NOT NULL,
+  PRIMARY KEY (dataset, version)
+);
+CREATE TABLE IF NOT EXISTS review_version_rows (
+  dataset TEXT NOT NULL, version TEXT NOT NULL, candidate_id INTEGER NOT NULL,
+  split TEXT NOT NULL, labels TEXT NOT NULL,
+  PRIMARY KEY (dataset, version, candidate_id)
+);
+CREATE INDEX IF NOT EXISTS review_version_rows_candidate ON review_version_rows (candidate_id);
+"""
+UNDOABLE = ("relabel", "reject", "restore", "not-duplicate")
+EMPTY = {"labels": None, "include": None}
+
+
+class ReviewError(ValueError):
+    """An action that cannot apply to this image (one line, shown to the reviewer)."""
+
+
+class StaleUndo(ReviewError):
+    """The action to undo is no longer the image's latest: another client acted since."""
+
+
+@dataclass
+class ActionResult:
+    action_id: int
+    state: dict
+
+
+def ensure_schema(catalog: Catalog) -> None:
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            catalog.db.execute(statement)
+
+
+def has_review_tables(catalog: Catalog) -> bool:
+    """False on a catalog the review app never opened (a read-only one cannot get the tables)."""
+    return catalog.has_table("review_overrides")
+
+
+# --- actions -------------------------------------------------------------------------------------
+def override_of(catalog: Catalog, cid: int) -> dict:
+    row = catalog.db.execute("SELECT labels, include FROM review_overrides WHERE candidate_id=?", (cid,)).fetchone()
+    return {"labels": row["labels"], "include": row["include"]} if row else dict(EMPTY)
+
+
+def _store(catalog: Catalog, cid: int, state: dict, action_id: int, now: float) -> None:
+    if state == EMPTY:
+        catalog.db.execute("DELETE FROM review_overrides WHERE candidate_id=?", (cid,))
+        return
+    catalog.db.execute(
+        "INSERT INTO review_overrides (candidate_id, labels, include, action_id, updated_at) VALUES (?,?,?,?,?) "
+        "ON CONFLICT (candidate_id) DO UPDATE SET labels=excluded.labels, include=excluded.include, "
+        "action_id=excluded.action_id, updated_at=excluded.updated_at",
+        (cid, state["labels"], state["include"], action_id, now))
+
+
+def _log(catalog: Catalog, cid: int, action: str, detail: dict, before: dict | None, after: dict | None,
+         reason: str, client: str, now: float) -> int:
+    cur = catalog.db.execute(
+        "INSERT INTO review_actions (candidate_id, action, detail, before_state, after_state, reason, client, at) "
+        "VALUES (?,?,?,?,?,?,?,?)",
+        (cid, action, json.dumps(detail, sort_keys=True), None if before is None else json.dumps(before),
+         None if after is None else json.dumps(after), reason, client, now))
+    return cur.lastrowid
+
+
+def next_state(row: dict, before: dict, action: str, labels: list[str] | None, classes: list[str]) -> dict:
+    """The override after `action` on the candidate `row`; ReviewError when it does not apply."""
+    if row["status"] == "removed":
+        raise ReviewError("this photo was taken down (removed); it cannot come back")
+    in_dataset = row["purpose"] == "train" or row["purpose"] == "probe"
+    if action == "relabel":
+        if row["purpose"] != "train":
+            raise ReviewError(f"only training images carry labels (this one is in the {row['purpose']} set)")
+        wanted = sorted(set(labels or []))
+        unknown = [x for x in wanted if x not in classes and x != "other"]
+        if unknown:
+            raise ReviewError(f"unknown label(s) {', '.join(unknown)}; the classes are {', '.join(classes)} or other")
+        if "other" in wanted and len(wanted) > 1:
+            raise ReviewError("'other' means none of the classes: it cannot go with a class")
+        new = " ".join(wanted) or "other"
+        return {**before, "labels": None if new == (row["curated_label"] or row["label"]) else new}
+    if action == "reject":
+        if before["include"] == "rejected" or (row["status"] != "accepted" and before["include"] != "accepted"):
+            raise ReviewError("already out of the dataset")
+        return {**before, "include": None if row["status"] != "accepted" else "rejected"}
+    if action in ("restore", "not-duplicate"):
+        if not in_dataset:
+            raise ReviewError(f"{row['purpose']} images enter a version only through mining")
+        if action == "not-duplicate" and row["status"] != "duplicate":
+            raise ReviewError("not marked as a duplicate")
+        if row["status"] == "accepted":
+            if before["include"] != "rejected":
+                raise ReviewError("already in the dataset")
+            return {**before, "include": None}
+        if before["include"] == "accepted":
+            raise ReviewError("already put back in review")
+        if row["status"] not in ("rejected", "duplicate") or not row["file_path"]:
+            raise ReviewError(f"a {row['status']} candidate has no usable file to put back")
+        return {**before, "include": "accepted"}
+    raise ReviewError(f"unknown action {action!r}")
+
+
+def act(catalog: Catalog, cid: int, action: str, reason: str, client: str, classes: list[str],
+        labels: list[str] | None = None, check_file=None) -> ActionResult:
+    """Apply one review action atomically; the last write wins and every action is kept.
+
+    `check_file(path)` returns a reason when a file to be put back is not a usable image."""
+    with catalog.transaction():
+        row = catalog.get(cid)
+        if row is None:
+            raise ReviewError(f"no candidate {cid}")
+        before = override_of(catalog, cid)
+        after = next_state(row, before, action, labels, classes)
+        if after["include"] == "accepted" and check_file is not None:
+            bad = check_file(row["file_path"])
+            if bad:
+                raise ReviewError(f"the file cannot be used ({bad}); it stays out")
+        now = time.time()
+        detail = {"labels": " ".join(sorted(set(labels or []))) or "other"} if action == "relabel" else {}
+        if action == "not-duplicate":
+            detail = {"duplicate_of": row["duplicate_of"], "reason_was": row["reason"]}
+        action_id = _log(catalog, cid, action, detail, before, after, reason, client, now)
+        _store(catalog, cid, after, action_id, now)
+    return ActionResult(action_id, after)
+
+
+def undo(catalog: Catalog, cid: int, action_id: int, reason: str, client: str) -> ActionResult:
+    """Revert `action_id`, which must be the image's latest live action (StaleUndo otherwise)."""
+    with catalog.transaction():
+        latest = latest_undoable(catalog, cid)
+        if latest is None or latest["id"] != action_id:
+            target = catalog.db.execute("SELECT action, undone_by FROM review_actions WHERE id=? AND candidate_id=?",
+                                        (action_id, cid)).fetchone()
+            if target is None or target["action"] not in UNDOABLE:
+                raise ReviewError(f"action {action_id} of this image cannot be undone")
+            if target["undone_by"] is not None:
+                raise StaleUndo(f"action {action_id} was already undone (action {target['undone_by']})")
+            if latest is None:
+                raise ReviewError(f"action {action_id} can no longer be undone: a takedown came after it")
+            raise StaleUndo(f"a later action ({latest['action']} by {latest['client']}) came after action "
+                            f"{action_id}: reload, and undo that one first")
+        restored = json.loads(latest["before_state"])
+        now = time.time()
+        undo_id = _log(catalog, cid, "undo", {"undoes": action_id, "action": latest["action"]},
+                       override_of(catalog, cid), restored, reason, client, now)
+        catalog.db.execute("UPDATE review_actions SET undone_by=? WHERE id=?", (undo_id, action_id))
+        _store(catalog, cid, restored, undo_id, now)
+    return ActionResult(undo_id, restored)
+
+
+def record_removal(catalog: Catalog, cid: int, reason: str, client: str, files_deleted: int) -> int:
+    """A takedown from the review app (done by takedown.remove_photos): logged, never undoable."""
+    with catalog.transaction():
+        return _log(catalog, cid, "remove", {"files_deleted": files_deleted}, None, None, reason, client, time.time())
+
+
+def latest_undoable(catalog: Catalog, cid: int) -> dict | None:
+    """The action an undo reverts: the image's latest action not undone yet (a stack, so undo after
+    undo walks back through the image's history)."""
+    row = catalog.db.execute(
+        "SELECT * FROM review_actions WHERE candidate_id=? AND action <> 'undo' AND undone_by IS NULL "
+        "ORDER BY id DESC LIMIT 1", (cid,)).fetchone()
+    if row is None or row["action"] not in UNDOABLE:      # a takedown is final: nothing before it comes back
+        return None
+    return dict(row)
+
+
+def actions(catalog: Catalog, cid: int) -> list[dict]:
+    rows = catalog.db.execute("SELECT * FROM review_actions WHERE candidate_id=? ORDER BY id", (cid,))
+    return [{**dict(r), "detail": json.loads(r["detail"] or "{}")} for r in rows]
+
+
+def recent_actions(catalog: Catalog, limit: int = 50) -> list[dict]:
+    rows = catalog.db.execute("SELECT a.*, c.photo_id FROM review_actions a JOIN candidates c ON c.id = a.candidate_id "
+                              "ORDER BY a.id DESC LIMIT ?", (limit,))
+    return [{**dict(r), "detail": json.loads(r["detail"] or "{}")} for r in rows]
+
+
+# --- what build uses -----------------------------------------------------------------------------
+def build_candidates(catalog: Catalog) -> list[dict]:
+    """The candidates a version is built from, the review applied: accepted training and probe images
+    not rejected in review, plus those review put back; `curated_label` is the reviewed label."""
+    if not has_review_tables(catalog):
+        return catalog.candidates("status='accepted' AND purpose IN ('train', 'probe')")
+    rows = catalog.db.execute(
+        "SELECT c.*, o.labels AS review_labels, o.include AS review_include FROM candidates c "
+        "LEFT JOIN review_overrides o ON o.candidate_id = c.id "
+        "WHERE c.purpose IN ('train', 'probe') AND ("
+        " (c.status = 'accepted' AND (o.include IS NULL OR o.include <> 'rejected'))"
+        " OR (o.include = 'accepted' AND c.status IN ('rejected', 'duplicate') AND c.file_path IS NOT NULL))"
+        " ORDER BY c.id")
+    out = []
+    for r in rows:
+        c = {**dict(r), "file_path": catalog.usable_path(r["file_path"])}
+        labels = c.pop("review_labels")
+        c.pop("review_include")
+        if labels is not None and c["purpose"] == "train":
+            c["curated_label"] = labels
+        out.append(c)
+    return out
+
+
+def review_changed_photos(catalog: Catalog) -> list[str]:
+    """'source:photo_id' of every candidate whose review override is in force (for the version diff)."""
+    if not has_review_tables(catalog):
+        return []
+    rows = catalog.db.execute("SELECT c.source, c.photo_id FROM review_overrides o JOIN candidates c "
+                              "ON c.id = o.candidate_id WHERE c.status <> 'removed' ORDER BY c.id")
+    return [f"{r['source']}:{r['photo_id']}" for r in rows]
+
+
+# --- browsing ------------------------------------------------------------------------------------
+BROWSE_COLUMNS = ("c.id, c.source, c.photo_id, c.purpose, c.label, c.curated_label, c.status, c.reason, c.title, "
+                  "c.sha256, c.license_id, c.mined_round, c.mined_score, o.labels AS review_labels, "
+                  "o.include AS review_include")
+FILTERS = ("set", "label", "status", "reason", "licence", "round", "version", "split", "reviewed", "sort")
+
+
+def _where(filters: dict, dataset: str) -> tuple[str, list]:
+    """A WHERE clause for the browse filters (every value a bound parameter)."""
+    sql, params = ["1=1"], []
+    if filters.get("set"):
+        sql.append("c.purpose = ?")
+        params.append(filters["set"])
+    if filters.get("label"):
+        sql.append("(' ' || COALESCE(o.labels, c.curated_label, c.label) || ' ') LIKE ?")
+        params.append(f"% {filters['label']} %")
+    if filters.get("status"):
+        sql.append("c.status = ?")
+        params.append(filters["status"])
+    if filters.get("reason"):
+        sql.append("(c.reason = ? OR c.reason LIKE ?)")
+        params += [filters["reason"], filters["reason"] + ":%"]
+    if filters.get("licence") not in (None, ""):
+        sql.append("c.license_id = ?")
+        params.append(int(filters["licence"]))
+    if filters.get("round") not in (None, ""):
+        sql.append("c.mined_round = ?")
+        params.append(int(filters["round"]))
+    if filters.get("reviewed"):
+        sql.append("c.id IN (SELECT candidate_id FROM review_actions)")
+    if filters.get("version"):
+        inner = "SELECT candidate_id FROM review_version_rows WHERE dataset = ? AND version = ?"
+        params += [dataset, filters["version"]]
+        if filters.get("split"):
+            inner += " AND split = ?"
+            params.append(filters["split"])
+        sql.append(f"c.id IN ({inner})")
+    return " AND ".join(sql), params
+
+
+ORDERS = {"id": "c.id", "score": "(c.mined_score IS NULL), c.mined_score DESC, c.id"}   # score: mining's, highest first
+
+
+def browse(catalog: Catalog, filters: dict, dataset: str, limit: int, offset: int,
+           order: str = "id") -> tuple[list[dict], int]:
+    """One page of candidates matching `filters`, by id (or mining score), and how many match in all."""
+    where, params = _where(filters, dataset)
+    base = f"FROM candidates c LEFT JOIN review_overrides o ON o.candidate_id = c.id WHERE {where}"
+    total = catalog.db.execute(f"SELECT COUNT(*) {base}", params).fetchone()[0]
+    rows = catalog.db.execute(f"SELECT {BROWSE_COLUMNS} {base} ORDER BY {ORDERS.get(order, 'c.id')} LIMIT ? OFFSET ?",
+                              (*params, limit, offset)).fetchall()
+    return [dict(r) for r in rows], total
+
+
+def neighbours(catalog: Catalog, filters: dict, dataset: str, cid: int) -> tuple[int | None, int | None]:
+    """The previous and next candidate ids under the same filters (keyboard j/k on an image page)."""
+    where, params = _where(filters, dataset)
+    base = f"FROM candidates c LEFT JOIN review_overrides o ON o.candidate_id = c.id WHERE {where}"
+    prev = catalog.db.execute(f"SELECT MAX(c.id) {base} AND c.id < ?", (*params, cid)).fetchone()[0]
+    nxt = catalog.db.execute(f"SELECT MIN(c.id) {base} AND c.id > ?", (*params, cid)).fetchone()[0]
+    return prev, nxt
+
+
+def facets(catalog: Catalog) -> dict:
+    """The values the filter menus offer."""
+    db = catalog.db
+    reasons = sorted({(r[0] or "").split(":")[0] for r in db.execute("SELECT DISTINCT reason FROM candidates "
+                                                                      "WHERE reason IS NOT NULL")})
+    return {"status": [r[0] for r in db.execute("SELECT DISTINCT status FROM candidates ORDER BY status")],
+            "reason": [r for r in reasons if r],
+            "licence": [(r[0], r[1]) for r in db.execute("SELECT id, name FROM licenses ORDER BY id")],
+            "round": [r[0] for r in db.execute("SELECT DISTINCT mined_round FROM candidates "
+                                               "WHERE mined_round IS NOT NULL ORDER BY mined_round")]}
+
+
+def duplicate_pairs(catalog: Catalog, limit: int, offset: int) -> tuple[list[dict], int]:
+    """Duplicates next to the image kept in their place, closest first (reasons end in ':d=<bits>')."""
+    total = catalog.db.execute("SELECT COUNT(*) FROM candidates WHERE status = 'duplicate'").fetchone()[0]
+    rows = catalog.db.execute(
+        "SELECT d.id, d.photo_id, d.reason, d.label, d.sha256, k.id AS kept_id, k.photo_id AS kept_photo_id, "
+        "k.status AS kept_status, COALESCE(k.curated_label, k.label) AS kept_label, k.sha256 AS kept_sha256, "
+        "o.include AS review_include FROM candidates d LEFT JOIN candidates k ON k.id = d.duplicate_of "
+        "LEFT JOIN review_overrides o ON o.candidate_id = d.id WHERE d.status = 'duplicate' "
+        "ORDER BY d.duplicate_of, d.id LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+    return [dict(r) for r in rows], total
+
+
+# --- published versions --------------------------------------------------------------------------
+def indexed_versions(catalog: Catalog, dataset: str) -> dict[str, str | None]:
+    rows = catalog.db.execute("SELECT version, fingerprint FROM review_versions WHERE dataset = ?", (dataset,))
+    return {r["version"]: r["fingerprint"] for r in rows}
+
+
+def index_version(catalog: Catalog, dataset: str, version: str, fingerprint: str | None, rows: list[dict]) -> None:
+    """Record a published version's manifest rows (versions are immutable: done once per version)."""
+    with catalog.transaction():
+        catalog.db.execute("DELETE FROM review_version_rows WHERE dataset = ? AND version = ?", (dataset, version))
+        catalog.db.executemany(
+            "INSERT INTO review_version_rows (dataset, version, candidate_id, split, labels) VALUES (?,?,?,?,?)",
+            [(dataset, version, int(r["candidate_id"]), r["split"], r["labels"]) for r in rows])
+        catalog.db.execute("DELETE FROM review_versions WHERE dataset = ? AND version = ?", (dataset, version))
+        catalog.db.execute("INSERT INTO review_versions (dataset, version, fingerprint, indexed_at) VALUES (?,?,?,?)",
+                           (dataset, version, fingerprint, time.time()))
+
+
+def labels_per_version(catalog: Catalog, dataset: str, cid: int) -> list[dict]:
+    rows = catalog.db.execute("SELECT version, split, labels FROM review_version_rows WHERE dataset = ? AND "
+                              "candidate_id = ?", (dataset, cid))
+    return sorted((dict(r) for r in rows), key=lambda r: int(r["version"][1:]))

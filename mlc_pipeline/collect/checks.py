@@ -1,0 +1,68 @@
+"""Checks a collect run makes on its settings and on what it found, said loudly rather than
+discovered later: licences that restrict use, folder-mode queries that map to no folder, and
+photos that no configured size can fetch."""
+
+from __future__ import annotations
+
+import logging
+
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.config import RESTRICTED_LICENSES, Config, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def licence_warning(cfg: Config) -> str | None:
+    """One line when `source.licenses` lets in images whose licence restricts use (issue 17)."""
+    restricted = cfg.source.restricted_licenses
+    if not restricted:
+        return None
+    setting = "any" if cfg.source.licenses == "any" else ", ".join(map(str, cfg.source.licenses))
+    return (f"source.licenses ({setting}) lets in licences that restrict use: "
+            f"{', '.join(RESTRICTED_LICENSES[i] for i in restricted)}; check that your use allows them "
+            f"(the data card lists the images under each). For open licences only: licenses: [4, 5, 9, 10, 11]")
+
+
+def all_queries(cfg: Config) -> list[str]:
+    sets = [*cfg.classes.values(), cfg.other, cfg.probe, cfg.mine.pool]
+    return list(dict.fromkeys(q for qs in sets if qs is not None for q in qs.queries))
+
+
+def unmapped_queries(cfg: Config) -> list[str]:
+    """Folder mode: configured queries with no subfolder in `source.local.query_map` (they find nothing)."""
+    if cfg.source.kind != "local" or not cfg.source.local.folder:
+        return []
+    mapped = {" ".join(q.lower().split()) for q in cfg.source.local.query_map}
+    return [q for q in all_queries(cfg) if " ".join(q.lower().split()) not in mapped]
+
+
+def warn_before_collecting(cfg: Config) -> None:
+    line = licence_warning(cfg)
+    if line:
+        log.warning(line)
+    unmapped = unmapped_queries(cfg)
+    if unmapped:
+        log.warning("folder mode: %d %s no subfolder in source.local.query_map and will find nothing: %s",
+                    len(unmapped), "query has" if len(unmapped) == 1 else "queries have",
+                    ", ".join(repr(q) for q in unmapped))
+
+
+def check_sizes(cfg: Config, catalog: Catalog) -> None:
+    """Photos found but offered in none of `source.sizes` are skipped. Some: a warning with the count.
+    All of them (nothing could ever be downloaded): a one-line error, so the run exits non-zero
+    instead of "succeeding" with an empty catalog."""
+    skipped = found = 0
+    for row in catalog.counts():
+        found += row["n"]
+    for row in catalog.reasons():
+        if row["status"] == "skipped" and row["reason"] == "no-allowed-size":
+            skipped += row["n"]
+    if not skipped:
+        return
+    sizes = ", ".join(cfg.source.sizes)
+    hint = "add smaller sizes, e.g. --set 'source.sizes=[url_c, url_z, url_m, url_n, url_s]'"
+    if skipped == found:
+        raise ConfigError(f"all {found} photos found were skipped: none is offered in source.sizes ({sizes}), "
+                          f"the images are smaller than every size asked for; {hint}")
+    log.warning("%d of %d photos found were skipped: offered in none of source.sizes (%s); to keep them, %s",
+                skipped, found, sizes, hint)

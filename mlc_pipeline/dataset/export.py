@@ -1,0 +1,278 @@
+"""Export a published dataset version for other tools: `mlc export VERSION --format FORMAT`.
+
+Formats (docs/export.md shows how each tool loads them):
+  imagefolder   <split>/<label>/<file>.jpg, a folder per label (torchvision/keras ImageFolder);
+                a multi-label image is copied into each of its labels' folders, "other" holds the
+                images of none of the classes; metadata.csv lists every image once, with all its labels
+  hf            a Hugging Face `imagefolder`: train/validation/test/probe folders, each with a
+                metadata.parquet (labels as a list column) and a README.md whose YAML names the splits
+  webdataset    <split>-NNNNNN.tar shards: <key>.jpg + <key>.json (labels, split, source, licence)
+  fiftyone      a FiftyOneImageClassificationDataset (data/ + labels.json, multi-label as lists)
+                plus samples.json: split, source and licence of every sample (export_fiftyone.py)
+
+Every export carries the version's ATTRIBUTION.md and dataset card and, per image, the licence,
+owner, title and source URL. The version is verified (its SHA256SUMS) before anything is read.
+An export is built aside and renamed into place; an existing output is replaced only with `force`,
+and only when it is an earlier export (export.json) or an empty folder, never anything else.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import time
+import uuid
+from dataclasses import dataclass
+from glob import escape as glob_escape
+from pathlib import Path
+
+from mlc_pipeline.dataset.build import verify_version
+from mlc_pipeline.fsutil import pid_alive
+from mlc_pipeline.manifest import latest_version
+
+FORMATS = ("imagefolder", "hf", "webdataset", "fiftyone")
+OTHER_FOLDER = "other"               # images of none of the classes
+HF_SPLITS = {"train": "train", "valid": "validation", "test": "test", "probe": "probe"}
+MARKER = "export.json"               # what makes a folder an export that --force may replace
+SHARD_SIZE = 1000
+
+
+class ExportError(Exception):
+    """A one-line reason an export cannot be made."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    images: int
+    files: int                       # image files written (a multi-label image counts once per folder)
+
+
+def resolve_version(spec: str, datasets_root: Path | None) -> Path:
+    """VERSION is a version folder (has manifest.csv), or vN / latest under `datasets_root`."""
+    as_path = Path(spec)
+    if (as_path / "manifest.csv").is_file():
+        return as_path
+    if datasets_root is None:
+        raise ExportError(f"{spec!r} is not a dataset version folder (no manifest.csv there); "
+                          f"give a folder, or -c CONFIG with a version name like v1 or latest")
+    name = latest_version(datasets_root) if spec == "latest" else spec
+    if not name or not (datasets_root / name / "manifest.csv").is_file():
+        known = sorted(p.name for p in datasets_root.glob("v*") if (p / "manifest.csv").is_file())
+        raise ExportError(f"no dataset version {spec!r} under {datasets_root} "
+                          f"(versions: {', '.join(known) or 'none; run `mlc build` first'})")
+    return datasets_root / name
+
+
+def labels_of(row: dict) -> list[str]:
+    return row["labels"].split()
+
+
+def metadata_of(row: dict) -> dict:
+    """Every manifest column but the path and the split, labels as a list: attribution rides along."""
+    out = {k: v for k, v in row.items() if k not in ("path", "split")}
+    out["labels"] = labels_of(row)
+    return out
+
+
+def sample_key(row: dict) -> str:
+    """A file stem safe for every format: WebDataset cuts keys at the first dot of a file name."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", Path(row["path"]).stem)
+
+
+def unique_keys(rows: list[dict]) -> dict[str, dict]:
+    keys: dict[str, dict] = {}
+    for r in rows:
+        key = sample_key(r)
+        if key in keys:
+            raise ExportError(f"two images map to the same export name {key!r} ({keys[key]['path']}, {r['path']})")
+        keys[key] = r
+    return keys
+
+
+def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bool = False,
+                   shard_size: int = SHARD_SIZE) -> ExportResult:
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+    version_dir, out = Path(version_dir), Path(out)
+    check_destination(version_dir, out, force)
+    rows = verify_version(version_dir)        # VersionDamaged: one line, nothing written
+    meta = json.loads((version_dir / "dataset.json").read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(out)
+    tmp = out.parent / f".{out.name}.export-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        files = WRITERS[fmt](version_dir, rows, tmp, meta, shard_size)
+        for name in ("ATTRIBUTION.md", "README.md"):
+            if (version_dir / name).is_file() and not (tmp / name).exists():
+                shutil.copyfile(version_dir / name, tmp / name)
+        (tmp / MARKER).write_text(json.dumps({
+            "format": fmt, "dataset": meta.get("name"), "version": meta.get("version"),
+            "fingerprint": meta.get("fingerprint"), "images": len(rows), "files": files,
+            "source": str(version_dir.resolve()), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "licenses": meta.get("counts", {}).get("licenses", {})}, indent=2))
+        check_destination(version_dir, out, force)   # again: another export may have written `out` meanwhile
+        replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return ExportResult(out, fmt, len(rows), files)
+
+
+def check_destination(version_dir: Path, out: Path, force: bool) -> None:
+    """Never write into a published version, never replace what is not an earlier export."""
+    src, dst = version_dir.resolve(), out.resolve()
+    if dst == src or src in dst.parents or dst in src.parents:
+        raise ExportError(f"--out {out} overlaps the dataset version {version_dir}; choose another folder")
+    if src.parent in dst.parents:              # next to the versions, an export would pass for one
+        raise ExportError(f"--out {out} is inside {version_dir.parent}, where the versions are published; "
+                          f"choose another folder")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ExportError(f"--out {out} exists and is not a folder; choose another path")
+    if not out.exists():
+        return
+    if not force:
+        raise ExportError(f"{out} already exists; pass --force to replace it")
+    if not (out / MARKER).is_file() and any(out.iterdir()):
+        raise ExportError(f"{out} is not an earlier export (no {MARKER}) and not empty; --force replaces only "
+                          f"exports: remove it yourself or choose another folder")
+
+
+def remove_stale_tmp(out: Path) -> None:
+    """Folders a killed export left next to `out` (`.<name>.export-<pid>-<id>`, `.<name>.replaced-...`);
+    a live exporter's are left alone."""
+    for stale in out.parent.glob(f".{glob_escape(out.name)}.*-*-*"):
+        kind, pid = stale.name[len(out.name) + 2:].split("-")[:2]
+        if kind in ("export", "replaced") and pid.isdigit() and not pid_alive(int(pid)) and stale.is_dir():
+            shutil.rmtree(stale)
+
+
+def replace_dir(new: Path, out: Path) -> None:
+    """Rename `new` to `out`; an existing `out` is moved aside first and deleted after."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.replaced-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.rename(out, old)
+    try:
+        os.rename(new, out)
+    except OSError:
+        if old is not None:
+            os.rename(old, out)                 # put the earlier export back
+        raise
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def write_imagefolder(version_dir: Path, rows: list[dict], out: Path, meta: dict, shard_size: int) -> int:
+    listed, files = [], 0
+    for key, r in unique_keys(rows).items():
+        folders = labels_of(r) or [OTHER_FOLDER]
+        places = [f"{r['split']}/{label}/{key}.jpg" for label in folders]
+        for place in places:
+            (out / place).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(version_dir / r["path"], out / place)
+            files += 1
+        listed.append({"file": places[0], "also_in": " ".join(places[1:]), "labels": r["labels"],
+                       "split": r["split"], **{k: v for k, v in r.items() if k not in ("path", "labels", "split")}})
+    write_csv(out / "metadata.csv", listed)
+    return files
+
+
+def write_hf(version_dir: Path, rows: list[dict], out: Path, meta: dict, shard_size: int) -> int:
+    per_split: dict[str, list[dict]] = {}
+    for key, r in unique_keys(rows).items():
+        split = HF_SPLITS.get(r["split"], r["split"])
+        (out / split).mkdir(exist_ok=True)
+        shutil.copyfile(version_dir / r["path"], out / split / f"{key}.jpg")
+        per_split.setdefault(split, []).append({"file_name": f"{key}.jpg", **metadata_of(r)})
+    for split, items in per_split.items():
+        write_parquet(out / split / "metadata.parquet", items)
+    (out / "README.md").write_text(hf_card(version_dir, meta, per_split))
+    return len(rows)
+
+
+def write_parquet(path: Path, items: list[dict]) -> None:
+    """Typed metadata: `datasets` requires every split's metadata to have the same column types, and
+    JSON cannot type an empty list (a split of "other" images only would read as list<null>)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ExportError("--format hf needs pyarrow: pip install 'mlc-pipeline[export]'") from None
+    columns = list(dict.fromkeys(k for item in items for k in item))
+    schema = pa.schema([(c, pa.list_(pa.string()) if c == "labels" else pa.string()) for c in columns])
+    table = pa.Table.from_pylist([{c: item.get(c) or [] if c == "labels" else str(item.get(c, ""))
+                                   for c in columns} for item in items], schema=schema)
+    pq.write_table(table, path)
+
+
+def hf_card(version_dir: Path, meta: dict, per_split: dict[str, list[dict]]) -> str:
+    """The dataset card with the YAML header the Hub and `load_dataset(folder)` read: which folder is
+    which split (probe is not one of the names `datasets` guesses), and the column types (a split of
+    "other" images only would otherwise give `labels` no type)."""
+    columns = list(dict.fromkeys(k for items in per_split.values() for item in items for k in item))
+    features = ["  - name: image\n    dtype: image", "  - name: labels\n    sequence: string"]
+    features += [f"  - name: {c}\n    dtype: string" for c in columns if c not in ("file_name", "labels")]
+    order = [s for s in HF_SPLITS.values() if s in per_split] + sorted(set(per_split) - set(HF_SPLITS.values()))
+    splits = "\n".join(f"  - split: {s}\n    path: {s}/*" for s in order)
+    licences = sorted(meta.get("counts", {}).get("licenses", {}))
+    card = (version_dir / "README.md").read_text() if (version_dir / "README.md").is_file() else ""
+    return (f"---\nlicense: other\ntask_categories:\n- image-classification\n"
+            f"configs:\n- config_name: default\n  data_files:\n{splits}\n"
+            f"dataset_info:\n  features:\n" + "\n".join(features) + "\n---\n\n" +
+            f"Licences differ per image: see each row's `license`, `owner` and `url`, and ATTRIBUTION.md "
+            f"({'; '.join(licences) or 'none recorded'}).\n\n" + card)
+
+
+def write_webdataset(version_dir: Path, rows: list[dict], out: Path, meta: dict, shard_size: int) -> int:
+    """Plain tar files in WebDataset's naming rules: members grouped by key, `<key>.<ext>`."""
+    if shard_size < 1:
+        raise ExportError("--shard-size must be at least 1")
+    mtime = int(meta.get("created_at") or 0)      # the version's time: the same export, the same bytes
+    by_split: dict[str, list[tuple[str, dict]]] = {}
+    for key, r in unique_keys(rows).items():
+        by_split.setdefault(r["split"], []).append((key, r))
+    index = {}
+    for split, items in sorted(by_split.items()):
+        shards = []
+        for start in range(0, len(items), shard_size):
+            name = f"{split}-{start // shard_size:06d}.tar"
+            with tarfile.open(out / name, "w", format=tarfile.PAX_FORMAT) as tar:
+                for key, r in items[start:start + shard_size]:
+                    add_bytes(tar, f"{key}.jpg", (version_dir / r["path"]).read_bytes(), mtime)
+                    add_bytes(tar, f"{key}.json", json.dumps({**metadata_of(r), "split": r["split"]},
+                                                             ensure_ascii=False).encode(), mtime)
+            shards.append({"file": name, "samples": len(items[start:start + shard_size])})
+        index[split] = shards
+    (out / "shards.json").write_text(json.dumps(index, indent=2))
+    return len(rows)
+
+
+def add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mtime: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), mtime, 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_fiftyone(version_dir: Path, rows: list[dict], out: Path, meta: dict, shard_size: int) -> int:
+    from mlc_pipeline.dataset.export_fiftyone import write_fiftyone_layout
+    return write_fiftyone_layout(version_dir, unique_keys(rows), out, meta)
+
+
+WRITERS = {"imagefolder": write_imagefolder, "hf": write_hf, "webdataset": write_webdataset,
+           "fiftyone": write_fiftyone}

@@ -1,0 +1,136 @@
+"""Where the work inside a stage runs: this process by default, or a Dask cluster.
+
+A stage hands `map_chunks` a function over a list (verify + hash a list of files, download a list of
+jobs, score a list of images) and the whole list. Without a cluster the function runs here on the
+whole list, with whatever local parallelism it has (curate's process pool, collect's download
+threads). With a cluster address (`$MLC_DASK_ADDRESS`, else the config's `cluster.address`) the list
+is cut into chunks, each chunk runs as one task on a `distributed` worker, and the results come back
+in input order. The functions are deterministic per item, so either way gives the same results.
+
+Writes to the catalog stay in the calling process: workers return results, the caller records them
+(the catalog keeps one writer, and a chunk lost with its worker changes nothing). Workers read and
+write files under the data root, so they must see it at the same path (a shared filesystem).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+ADDRESS_ENV = "MLC_DASK_ADDRESS"     # e.g. tcp://scheduler:8786; wins over the config's cluster.address
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_clients: dict[str, Any] = {}        # address -> distributed.Client, one per process (connecting costs ~0.3 s)
+_clients_lock = threading.Lock()
+
+
+def cluster_address(cfg=None) -> str | None:
+    """The Dask scheduler to spread work over, or None for this process."""
+    env = os.environ.get(ADDRESS_ENV, "").strip()
+    if env:
+        return env
+    cluster = getattr(cfg, "cluster", None)
+    return cluster.address if cluster is not None and cluster.address else None
+
+
+def in_dask_worker() -> bool:
+    """Whether this code runs inside a task on a Dask worker (the flow's stage task on the cluster)."""
+    try:
+        from distributed import get_worker
+    except ImportError:
+        return False
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
+
+
+@contextmanager
+def cluster_client(address: str) -> Iterator[Any]:
+    """A client of the cluster at `address`. Inside a Dask worker, the worker's own client, seceded
+    from the worker's thread pool while it waits (otherwise a stage task waiting on its chunks holds
+    a thread they may need: with one thread per worker that is a deadlock)."""
+    try:
+        from distributed import Client, worker_client
+    except ImportError as exc:
+        raise RuntimeError(f"a cluster address ({address}) needs the `distributed` package: "
+                           "pip install -e '.[dask]'") from exc
+    if in_dask_worker():
+        with worker_client() as client:
+            yield client
+        return
+    with _clients_lock:
+        client = _clients.get(address)
+        if client is None or client.status not in ("running", "connecting"):
+            client = _clients[address] = Client(address, set_as_default=False)
+    yield client
+
+
+def map_chunks(fn: Callable[[list[T]], Sequence[R]], items: Sequence[T], chunk: int, *,
+               address: str | None = None, local: Callable[[list[T]], Sequence[R]] | None = None,
+               on_chunk: Callable[[list[T], Sequence[R]], None] | None = None,
+               on_lost: Callable[[list[T]], Sequence[R]] | None = None) -> list[R]:
+    """`fn` over `items`, one result per item, in input order.
+
+    - `address` None: `local(items)` (or `fn(items)`) once, in this process.
+    - `address` set: `fn(chunk_of_items)` as one task per `chunk` items on the cluster.
+    `on_chunk(items, results)` is called in this thread as each chunk finishes (completion order), so
+    the caller can record results as they come; locally it is called once with everything.
+    `on_lost(items)`: results for a chunk whose worker died under it more often than the scheduler
+    allows (`KilledWorker`: a decoder segfault, the OOM killer), computed here instead; without it the
+    loss is an error. On any exception (Ctrl-C, an error from `on_chunk`) the chunks not started yet
+    are cancelled, and the exception goes on; chunks already running finish on their workers.
+    """
+    items = list(items)
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if not items:
+        return []
+    if not address:
+        results = list((local or fn)(items))
+        _check_length(items, results)
+        if on_chunk:
+            on_chunk(items, results)
+        return results
+    from distributed import KilledWorker, as_completed
+
+    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+    out: list[Sequence[R] | None] = [None] * len(chunks)
+    with cluster_client(address) as client:
+        # pure=False: the same chunk mapped twice (a rerun) must run again, not reuse a cached result.
+        futures = client.map(fn, chunks, pure=False)
+        index = {fut.key: k for k, fut in enumerate(futures)}
+        try:
+            for fut in as_completed(futures, loop=client.loop):
+                k = index[fut.key]
+                try:
+                    results = fut.result()
+                except KilledWorker:
+                    if on_lost is None:
+                        raise
+                    log.warning("workers kept dying on chunk %d of %d (%d items, KilledWorker): computing it here",
+                                k + 1, len(chunks), len(chunks[k]))
+                    results = on_lost(chunks[k])
+                results = list(results)
+                _check_length(chunks[k], results)
+                out[k] = results
+                if on_chunk:
+                    on_chunk(chunks[k], results)
+        except BaseException:
+            client.cancel([f for f in futures if not f.done()])
+            raise
+    return [r for part in out for r in part]   # type: ignore[union-attr]  # every slot is filled
+
+
+def _check_length(items: list, results: list) -> None:
+    if len(results) != len(items):      # a chunk function must return one result per item
+        raise RuntimeError(f"chunk function returned {len(results)} results for {len(items)} items")

@@ -1,0 +1,119 @@
+"""`mlc predict`: which inputs, and how a decision is shown.
+
+Inputs: image files, folders (every image file under them, recursively, sorted), globs (quoted, so
+the shell leaves `**` to us), and `@list.txt` (one path, folder or glob a line; blank lines and
+`#` comments skipped; relative paths are relative to the current folder, as with xargs). An input
+that names nothing (a missing file, a glob matching nothing, a folder without images) is a failed
+row with its reason, never silently dropped. A file named twice is scored once.
+
+Output: each claimed class with its probability and threshold; for "none of", every class with how
+far it fell short of its threshold, closest first (a softmax bundle has no thresholds: it shows the
+"other" probability against the best class). Exit 0 when every input was scored, 1 when any failed.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def expand_inputs(items: list[str]) -> list[tuple[str, str | None]]:
+    """(path, None) for each image to score, (input, reason) for each input that names none."""
+    out: list[tuple[str, str | None]] = []
+    for item in items:
+        if item.startswith("@") and not os.path.exists(item):
+            try:
+                lines = Path(item[1:]).read_text().splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                out.append((item, f"cannot read the list {item[1:]}: {type(exc).__name__}: {exc}"))
+                continue
+            entries = [line.strip() for line in lines]
+            out += [e for entry in entries if entry and not entry.startswith("#") for e in expand_one(entry)]
+        else:
+            out += expand_one(item)
+    seen: set[str] = set()
+    unique = []
+    for path, error in out:
+        if error or path not in seen:
+            unique.append((path, error))
+            seen.add(path)
+    return unique
+
+
+def expand_one(item: str) -> list[tuple[str, str | None]]:
+    if os.path.isdir(item):
+        found = sorted(str(p) for p in Path(item).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                       and p.is_file() and not any(part.startswith(".") for part in p.relative_to(item).parts))
+        return [(p, None) for p in found] or [(item, f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+                                                     f"in the folder")]
+    if os.path.exists(item):
+        return [(item, None)]     # a file: the scorer says if it is not an image
+    if glob.has_magic(item):
+        matches = sorted(glob.glob(item, recursive=True))
+        return [e for m in matches for e in expand_one(m)] or [(item, "no file matches this pattern")]
+    return [(item, "no such file or folder")]
+
+
+def decision_text(p, bundle) -> str:
+    """One line: claimed classes with probability and threshold, then the near misses."""
+    if p.error:
+        return f"{p.path}: error: {p.error}"
+    if bundle.thresholds is None:                       # softmax: argmax over classes and "other"
+        best = max(bundle.classes, key=lambda c: p.probs.get(c, 0.0))
+        if p.none_of:
+            return (f"{p.path}: none of: {', '.join(bundle.classes)} (\"other\" {p.probs.get('other', 0.0):.2f}; "
+                    f"closest class {best} {p.probs[best]:.2f})")
+        return f"{p.path}: " + ", ".join(f"{c} ({prob:.2f}, the most likely of {len(bundle.vocab)})" for c, prob in p.labels)
+    thresholds = dict(zip(bundle.vocab, bundle.thresholds))
+    claimed = {c for c, _ in p.labels}
+    misses = sorted((c for c in bundle.classes if c not in claimed), key=lambda c: thresholds[c] - p.probs[c])
+    short = ", ".join(f"{c} ({p.probs[c]:.2f}, needs {thresholds[c]:.2f}: {thresholds[c] - p.probs[c]:.2f} short)"
+                      for c in misses)
+    if p.none_of:
+        return f"{p.path}: none of: {short}"
+    said = ", ".join(f"{c} ({prob:.2f} >= {thresholds[c]:.2f})" for c, prob in p.labels)
+    return f"{p.path}: {said}" + (f"; not {short}" if short else "")
+
+
+def as_json(p, bundle) -> dict:
+    row = {**p.__dict__}
+    if bundle.thresholds is not None and not p.error:
+        thresholds = dict(zip(bundle.vocab, (float(t) for t in bundle.thresholds)))
+        row["thresholds"] = thresholds
+        row["margins"] = {c: round(p.probs[c] - t, 6) for c, t in thresholds.items()}   # >= 0: claimed
+    return row
+
+
+def run_predict(bundle_spec: str, inputs: list[str], models_dir: Path, as_json_output: bool,
+                max_pixels: int) -> int:
+    from mlc_pipeline.model.bundle import BundleError, load_bundle
+    from mlc_pipeline.model.predict import Prediction, predict_paths
+    from mlc_pipeline.model.registry import RegistryError, resolve_bundle
+    try:
+        bundle = load_bundle(resolve_bundle(bundle_spec, models_dir))
+    except (BundleError, RegistryError) as exc:
+        print(f"mlc: {exc}", file=sys.stderr)
+        return 2
+    expanded = expand_inputs(inputs)
+    to_score = [path for path, error in expanded if error is None]
+    scored = iter(predict_paths(bundle, to_score, max_pixels=max_pixels) if to_score else [])
+    preds = [next(scored) if error is None else Prediction(path=path, labels=[], none_of=True, error=error)
+             for path, error in expanded]
+    failed = sum(p.error is not None for p in preds)
+    if as_json_output:
+        print(json.dumps([as_json(p, bundle) for p in preds], indent=2, default=str))
+    else:
+        for p in preds:
+            print(decision_text(p, bundle))
+    if failed == len(preds):
+        print(f"mlc: none of the {len(preds)} inputs could be scored (listed above)", file=sys.stderr)
+        return 1
+    if failed:
+        print(f"mlc: {failed} of {len(preds)} images could not be scored (listed above)", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,130 @@
+"""Model bundles as things to manage: list them, promote one to LATEST, name one.
+
+`data/models/<bundle>/` holds bundle.json and metrics.json (model/bundle.py, model/train.py);
+`data/models/LATEST` names the product model (a text file, so it survives copies and filesystems
+without links). Training moves it (model/variants.train_version); `promote` moves it by hand, atomically, after checking that the
+bundle is complete and its export.pkl is the file bundle.json recorded (nothing is unpickled).
+
+A bundle is named on the command line by its folder, its name under the models folder, or `latest`.
+Nothing here imports torch: listing and promoting are instant. The tables users read are in
+mlc_pipeline/report/models.py.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlc_pipeline.config import ConfigError
+from mlc_pipeline.fsutil import sha256_file, write_text_atomic
+from mlc_pipeline.model.bundle import REQUIRED_KEYS
+
+POINTER = "LATEST"
+
+
+class RegistryError(ConfigError):
+    """A one-line reason (exit 2): no such bundle, no LATEST, an incomplete bundle."""
+
+
+@dataclass
+class BundleInfo:
+    name: str
+    path: Path
+    latest: bool = False
+    dataset_version: str = ""
+    created_at: str = ""
+    meta: dict = field(default_factory=dict)       # bundle.json
+    head: str = ""
+    test: dict = field(default_factory=dict)       # metrics.json's test metrics ({} when missing)
+    problem: str | None = None                     # why it cannot be used, or None
+
+
+def latest_name(models_dir: Path) -> str | None:
+    try:
+        return (models_dir / POINTER).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def resolve_bundle(spec: str, models_dir: Path) -> Path:
+    """`latest`, a bundle folder, or a bundle name under `models_dir`."""
+    if spec == "latest":
+        name = latest_name(models_dir)
+        if name is None:
+            raise RegistryError(f"no {models_dir / POINTER}: no model trained or promoted there yet "
+                                f"(train one, or pass -c CONFIG for another data root)")
+        if not (models_dir / name).is_dir():
+            raise RegistryError(f"{models_dir / POINTER} names {name!r}, which is not a folder under {models_dir}")
+        return models_dir / name
+    if Path(spec).is_dir():
+        return Path(spec)
+    if "/" not in spec and (models_dir / spec).is_dir():
+        return models_dir / spec
+    raise RegistryError(f"no model bundle {spec!r}: not a folder, nor a bundle under {models_dir} "
+                        f"(`mlc models -c CONFIG` lists them)")
+
+
+def read_info(path: Path, latest: str | None = None) -> BundleInfo:
+    info = BundleInfo(name=path.name, path=path, latest=path.name == latest)
+    try:
+        meta = json.loads((path / "bundle.json").read_text())
+    except (OSError, ValueError) as exc:
+        info.problem = f"bundle.json unreadable ({type(exc).__name__})"
+        return info
+    info.dataset_version = str(meta.get("dataset_version", ""))
+    info.created_at = str(meta.get("created_at", ""))
+    info.head = f"{meta.get('head', '?')}/{meta.get('other_mode', '?')}"
+    info.meta = meta
+    try:
+        info.test = json.loads((path / "metrics.json").read_text()).get("test", {})
+    except (OSError, ValueError) as exc:
+        info.problem = f"metrics.json unreadable ({type(exc).__name__})"
+    if not (path / "export.pkl").is_file():
+        info.problem = "export.pkl missing"
+    return info
+
+
+def list_bundles(models_dir: Path) -> list[BundleInfo]:
+    """Every bundle folder (a folder with bundle.json, not one still being written), oldest first."""
+    if not models_dir.is_dir():
+        return []
+    latest = latest_name(models_dir)
+    folders = [p for p in models_dir.iterdir() if p.is_dir() and ".tmp-" not in p.name and (p / "bundle.json").exists()]
+    infos = [read_info(p, latest) for p in folders]
+    return sorted(infos, key=lambda i: (i.created_at, i.name))
+
+
+def settings_of(path: Path) -> dict:
+    meta = json.loads((path / "bundle.json").read_text())
+    flat = {k: meta.get(k) for k in ("dataset_version", "arch", "image_size", "pretrained", "head", "other_mode",
+                                     "classes", "n_train")}
+    flat.update({f"config.{k}": v for k, v in (meta.get("config") or {}).items()})
+    flat["thresholds"] = [round(t, 3) for t in meta.get("thresholds") or []] or None
+    return flat
+
+
+def check_bundle(path: Path) -> None:
+    """Complete and unaltered, without unpickling: what `load_bundle` checks first."""
+    try:
+        meta = json.loads((path / "bundle.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"{path}: not a usable bundle: bundle.json unreadable ({type(exc).__name__})") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise RegistryError(f"{path}: not a usable bundle: bundle.json lacks {missing}")
+    if not (path / "export.pkl").is_file():
+        raise RegistryError(f"{path}: not a usable bundle: export.pkl missing")
+    if sha256_file(path / "export.pkl") != meta["export_sha256"]:
+        raise RegistryError(f"{path}: not a usable bundle: export.pkl is not the file bundle.json recorded")
+
+
+def promote(spec: str, models_dir: Path) -> tuple[str | None, str]:
+    """Point LATEST at a bundle under `models_dir`; returns (previous, new) names."""
+    path = resolve_bundle(spec, models_dir)
+    if path.resolve().parent != models_dir.resolve():
+        raise RegistryError(f"{path} is not under {models_dir}: LATEST names a bundle there (copy it in first)")
+    check_bundle(path)
+    previous = latest_name(models_dir)
+    write_text_atomic(models_dir / POINTER, path.name + "\n")
+    return previous, path.name

@@ -1,0 +1,222 @@
+"""Error analysis of a model bundle, for the HTML report: the thresholds in use, a confusion matrix
+with "none", the test images it gets most wrong (top losses, with thumbnails), per-class
+precision-recall curves with the operating point, the unknown (probe) images it still accepts, and
+what mining did with the pool (mined.csv, review.csv).
+
+Everything is computed from files in the bundle: bundle.json (vocab, thresholds, head) and the
+per-image scores training writes since 0.2 (model.assess.SCORES_FILE). A bundle without that file
+(0.1) gets one line saying how to get the analysis, never an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mlc_pipeline.model.assess import SCORE_PREFIX, SCORES_FILE
+from mlc_pipeline.model.metrics import predict_matrix, real_class_indices, targets_from_labels
+from mlc_pipeline.report.html import figure, folded, png_img, table, thumbnail_uri
+
+NONE, PROBE = "none", "probe (unknown kinds)"
+TOP_LOSSES = 12
+SHOWN = 24            # thumbnails per gallery before the rest fold away
+
+
+@dataclass
+class Scored:
+    """A bundle's scored test + probe rows and its decisions on them."""
+    rows: list[dict]          # the scores file's rows (path, split, labels, query, photo_id)
+    probs: np.ndarray         # (N, len(vocab))
+    truth: np.ndarray         # (N, len(vocab)) multi-hot, probe rows all zero
+    pred: np.ndarray          # (N, len(vocab)) bool; "other" is never a claimed label
+    probe: np.ndarray         # (N,) bool
+    vocab: list[str]
+    classes: list[str]        # the real classes, in vocab order
+    real: list[int]           # their vocab columns
+    meta: dict                # bundle.json
+    images: Path              # the dataset folder the rows' paths are relative to
+
+
+def load_scored(bundle_dir: str | Path) -> Scored | None:
+    """None when the bundle has no per-image scores (trained before 0.2)."""
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / SCORES_FILE
+    if not path.is_file():
+        return None
+    meta = json.loads((bundle_dir / "bundle.json").read_text())
+    vocab = list(meta["vocab"])
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    probs = np.array([[float(r[SCORE_PREFIX + v]) for v in vocab] for r in rows], dtype=float).reshape(len(rows), len(vocab))
+    probe = np.array([r["split"] == "probe" for r in rows], dtype=bool)
+    truth = targets_from_labels([[] if p else r["labels"].split() for r, p in zip(rows, probe)], vocab)
+    thresholds = None if meta.get("thresholds") is None else np.asarray(meta["thresholds"], dtype=float)
+    pred = predict_matrix(probs, thresholds, vocab, meta.get("head", "sigmoid"))
+    real = real_class_indices(vocab)
+    return Scored(rows, probs, truth, pred, probe, vocab, [vocab[j] for j in real], real, meta,
+                  Path(meta.get("manifest", "")).parent)
+
+
+def confusion(s: Scored) -> tuple[list[str], list[str], np.ndarray]:
+    """Rows: true class, "none" (an "other" image), or a probe image; columns: predicted class or
+    "none". A multi-label image counts once for every (true, predicted) pair, so a row can sum to
+    more than its images."""
+    row_names, col_names = s.classes + [NONE, PROBE], s.classes + [NONE]
+    m = np.zeros((len(row_names), len(col_names)), dtype=int)
+    for i in range(len(s.rows)):
+        true = [PROBE] if s.probe[i] else [s.vocab[j] for j in s.real if s.truth[i, j]] or [NONE]
+        said = [s.vocab[j] for j in s.real if s.pred[i, j]] or [NONE]
+        for t in true:
+            for p in said:
+                m[row_names.index(t), col_names.index(p)] += 1
+    return row_names, col_names, m
+
+
+def losses(s: Scored) -> np.ndarray:
+    """Per image, the loss the model was trained with: mean binary cross-entropy over its outputs
+    (sigmoid head) or the cross-entropy of the true column (softmax head)."""
+    p = np.clip(s.probs, 1e-6, 1 - 1e-6)
+    if s.meta.get("head") == "softmax":
+        return -np.log(np.clip((p * s.truth).sum(axis=1), 1e-6, 1))
+    return -(s.truth * np.log(p) + (1 - s.truth) * np.log(1 - p)).mean(axis=1)
+
+
+def pr_curve(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Precision and recall at every cut through `scores` (highest first) and the average precision
+    (the area under the step curve, without interpolation); nan AP without positives."""
+    order = np.argsort(-scores, kind="stable")
+    hits = truth[order].astype(bool)
+    positives = int(hits.sum())
+    if positives == 0:
+        return np.zeros(0), np.zeros(0), float("nan")
+    # one point per distinct score: tied images are cut together (as scikit-learn's average_precision_score)
+    last_of_tie = np.r_[np.flatnonzero(np.diff(scores[order])), len(scores) - 1]
+    tp, fp = np.cumsum(hits)[last_of_tie], np.cumsum(~hits)[last_of_tie]
+    precision, recall = tp / (tp + fp), tp / positives
+    ap = float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
+    return precision, recall, ap
+
+
+def per_class_rows(s: Scored) -> list[list]:
+    """class, threshold, typical positive score, AP, precision and recall at the threshold (test split)."""
+    scored = ~s.probe
+    typical = s.meta.get("typical_positive_scores") or [None] * len(s.vocab)
+    thresholds = s.meta.get("thresholds")
+    out = []
+    for j in s.real:
+        t, p = s.truth[scored, j].astype(bool), s.pred[scored, j]
+        _, _, ap = pr_curve(s.probs[scored, j], t)
+        prec = (p & t).sum() / p.sum() if p.any() else float("nan")
+        rec = (p & t).sum() / t.sum() if t.any() else float("nan")
+        out.append([s.vocab[j], "argmax (softmax)" if thresholds is None else f"{thresholds[j]:.3f}",
+                    "n/a" if typical[j] is None else f"{typical[j]:.3f}", f"{ap:.3f}", f"{prec:.3f}", f"{rec:.3f}"])
+    return out
+
+
+def plot_pr(s: Scored) -> bytes:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = ~s.probe
+    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=80)
+    for j in s.real:
+        t = s.truth[scored, j].astype(bool)
+        precision, recall, ap = pr_curve(s.probs[scored, j], t)
+        if not len(recall):
+            continue
+        line, = ax.step(recall, precision, where="post", label=f"{s.vocab[j]} (AP {ap:.2f})")
+        p = s.pred[scored, j]
+        if p.any():     # where the thresholds in use put the class
+            ax.plot([(p & t).sum() / t.sum()], [(p & t).sum() / p.sum()], "o", color=line.get_color())
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02),
+           title="test split; dot = the thresholds in use")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def caption(s: Scored, i: int, extra: str = "") -> str:
+    said = ", ".join(f"{s.vocab[j]} {s.probs[i, j]:.2f}" for j in s.real if s.pred[i, j]) or NONE
+    true = s.rows[i].get("query", "") if s.probe[i] else (s.rows[i]["labels"] or NONE)
+    return f"{'probe ' if s.probe[i] else ''}{true} → {said}{extra}"
+
+
+def gallery(items: list[tuple[str | None, str]], what: str) -> str:
+    """Thumbnails: the first SHOWN on the page, the rest in a folded section."""
+    figs = [figure(src, cap) for src, cap in items]
+    out = "<div class='grid'>" + "".join(figs[:SHOWN]) + "</div>"
+    if len(figs) > SHOWN:
+        out += folded(f"{len(figs) - SHOWN} more {what}", "<div class='grid'>" + "".join(figs[SHOWN:]) + "</div>")
+    return out
+
+
+def analysis_section(bundle_dir: str | Path) -> str:
+    """HTML: thresholds, confusion matrix, PR curves, top losses and accepted unknowns of one bundle."""
+    bundle_dir = Path(bundle_dir)
+    s = load_scored(bundle_dir)
+    name = html.escape(bundle_dir.name)
+    if s is None:
+        return (f"<h3 id='errors'>Error analysis ({name})</h3><p>This bundle has no per-image scores "
+                f"(<code>{SCORES_FILE}</code>, written by training since 0.2): retrain it to see the "
+                f"confusion matrix, top losses and precision-recall curves.</p>")
+    parts = [f"<h3 id='thresholds'>Thresholds and per-class precision-recall ({name}, test split)</h3>",
+             "<p>A class is claimed when its score reaches its threshold (calibrated on the validation split); "
+             "the typical positive score is the median score of the class's validation images.</p>",
+             table(["class", "threshold", "typical positive score", "average precision", "precision", "recall"],
+                   per_class_rows(s)),
+             png_img(plot_pr(s), "precision-recall curves")]
+    rows, cols, m = confusion(s)
+    parts += [f"<h3 id='confusion'>Confusion matrix ({name})</h3>",
+              "<p>Rows: what the image is (none: an 'other' image of the test split; probe: kinds under no "
+              "query). Columns: what the model said. A multi-label image counts once per pair.</p>",
+              table(["true \\ predicted"] + cols, [[r] + list(m[k]) for k, r in enumerate(rows)])]
+    test = np.flatnonzero(~s.probe)
+    worst = test[np.argsort(-losses(s)[test], kind="stable")][:TOP_LOSSES]
+    parts += [f"<h3 id='top-losses'>Top losses: the {len(worst)} test images it gets most wrong</h3>",
+              "<p>Caption: true labels → what the model claimed (score), and the image's loss.</p>",
+              gallery([(thumbnail_uri(s.images / s.rows[i]["path"]), caption(s, i, f" · loss {losses(s)[i]:.2f}"))
+                       for i in worst], "images")]
+    accepted = [i for i in np.flatnonzero(s.probe) if s.pred[i, s.real].any()]
+    parts += [f"<h3 id='unknowns-accepted'>Unknown (probe) images still accepted <small>{len(accepted)} of "
+              f"{int(s.probe.sum())}</small></h3>",
+              gallery([(thumbnail_uri(s.images / s.rows[i]["path"]), caption(s, i)) for i in accepted], "images")
+              if accepted else "<p>None: every probe image was answered with none of the classes.</p>"]
+    return "\n".join(parts)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def mining_section(rounds: list[tuple[int, Path]]) -> str:
+    """For each (round, bundle that mined it): thumbnails of the hard negatives it added and links to
+    its mined.csv (every decision) and review.csv (class images to check)."""
+    parts = []
+    for round_no, bundle_dir in rounds:
+        mined, review = bundle_dir / "mined.csv", bundle_dir / "review.csv"
+        if not mined.is_file():
+            continue
+        rows = read_csv(mined)
+        added = [r for r in rows if r["decision"] == "added"]
+        links = [f"<a href='{f.as_uri()}'>{f.name}</a> ({html.escape(what)})"
+                 for f, what in ((mined, "every decision, with its score"), (review, "class images to review"))
+                 if f.is_file()]
+        n_review = len(read_csv(review)) if review.is_file() else 0
+        parts += [f"<h3 id='mined-{round_no}'>Mining round {round_no}: {len(added)} hard negatives added, "
+                  f"{len(rows) - len(added)} held or over the cap, {n_review} class images to review</h3>",
+                  f"<p>Mined by {html.escape(bundle_dir.name)}: " + "; ".join(links) + "</p>"]
+        if added:
+            parts.append(gallery([(thumbnail_uri(r["file"]), f"{r['photo_id']}: taken for {r['accepted_as']} "
+                                   f"({float(r['score']):.2f})") for r in added], "hard negatives"))
+    return "\n".join(parts)

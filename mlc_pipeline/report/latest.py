@@ -1,0 +1,67 @@
+"""The model part of `mlc inspect --html`: the same section `mlc run` writes (report/model.py), for
+the latest models.
+
+Which bundles: the rounds of the last `mlc run` (reports/latest.json) when its last bundle is still
+the latest model (data/models/LATEST); otherwise the latest model alone, as one round (it was
+trained by `mlc train`, or mined and retrained by hand).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+from mlc_pipeline.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def latest_bundle(cfg: Config) -> Path | None:
+    # model/variants.latest_model, without importing training (torch) into `mlc inspect`
+    pointer = cfg.layout.models / "LATEST"
+    if pointer.is_dir():              # a link to the bundle
+        return pointer.resolve()
+    if not pointer.is_file():
+        return None
+    path = cfg.layout.models / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def latest_result(cfg: Config) -> SimpleNamespace | None:
+    """A PipelineResult-shaped record (rounds, alternatives, shortfall) of the latest models, or None
+    without a model."""
+    bundle = latest_bundle(cfg)
+    if bundle is None:
+        return None
+    run = cfg.layout.reports / "latest.json"
+    if run.is_file():
+        try:
+            saved = json.loads(run.read_text())
+            rounds = [SimpleNamespace(**r) for r in saved.get("rounds", [])]
+        except (ValueError, TypeError) as exc:
+            log.warning("%s unreadable (%s): the report shows the latest model alone", run, exc)
+            rounds = []
+        if rounds and rounds[-1].bundle == bundle.name and all(
+                (cfg.layout.models / r.bundle / "metrics.json").is_file() for r in rounds):
+            return SimpleNamespace(rounds=rounds, alternatives=saved.get("alternatives", {}),
+                                   shortfall=saved.get("shortfall", []))
+    if not (bundle / "metrics.json").is_file():
+        return None
+    test = json.loads((bundle / "metrics.json").read_text())["test"]
+    meta = json.loads((bundle / "bundle.json").read_text())
+    only = SimpleNamespace(round=0, dataset_version=meta.get("dataset_version", "?").split("/")[-1],
+                           bundle=bundle.name, macro_f1=test["macro_f1"],
+                           unknown_accepted=test.get("unknown_accepted"),
+                           probe_accepted=test.get("probe_accepted"), negatives_added=0)
+    return SimpleNamespace(rounds=[only], alternatives={}, shortfall=[])
+
+
+def latest_model_sections(cfg: Config) -> list[str]:
+    """The model section for the latest models, or a line saying there is none yet."""
+    from mlc_pipeline.report.model import model_section   # matplotlib: only when a page is written
+    result = latest_result(cfg)
+    if result is None:
+        return ["<h2 id='model'>Model</h2><p>No model yet: run <code>mlc train</code> or <code>mlc run</code>.</p>"]
+    return [model_section(result, cfg.layout.models)]

@@ -1,0 +1,321 @@
+"""The review app: server-rendered pages over the catalog and the published versions, and a small
+JSON API for the actions (static/review.js calls it). Every read and write goes through
+catalog_review / catalog on one connection, used by one request at a time (a lock): FastAPI runs
+plain `def` endpoints in a thread pool, and the catalog's connection is not meant for threads at once.
+Other processes (`mlc build`, a second `mlc review`) are kept consistent by SQLite's transactions.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import urlencode
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from mlc_pipeline import catalog_review as cr
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.config import Config
+from mlc_pipeline.dataset.build import recorded_fingerprint
+from mlc_pipeline.manifest import read_manifest, versions
+from mlc_pipeline.curate.verify import check_image
+from mlc_pipeline.review.security import CLIENT_HEADER, COOKIE, Guard, session_value
+from mlc_pipeline.review.queues import model_review_list, scores_for
+from mlc_pipeline.review.thumbs import thumbnail
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).resolve().parent
+PAGE_SIZE = 60
+FACETS_TTL_S = 30.0
+# Verification reasons of policy, not of a broken file: a reviewer may put such an image back.
+POLICY_REASONS = ("too-small", "extreme-aspect")
+# The queues a reviewer works through, each a browse filter sorted by what to see first.
+QUEUES = {
+    "quarantined and rejected files, with their reasons": {"status": "rejected"},
+    "duplicates (side by side: the duplicates page)": {"status": "duplicate"},
+    "mined hard negatives, highest score first": {"reason": "hard-negative", "sort": "score"},
+    "pool images held back from mining, highest score first": {"reason": "held", "sort": "score"},
+    "probe images (unknown kinds) accepted for evaluation": {"set": "probe", "status": "accepted"},
+    "changed in review": {"reviewed": "1"},
+}
+PLACEHOLDER = ('<svg xmlns="http://www.w3.org/2000/svg" width="160" height="160"><rect width="160" height="160" '
+               'fill="#eee"/><text x="80" y="85" font-size="13" text-anchor="middle" fill="#888">no image</text></svg>')
+
+
+class Review:
+    """The app's state: the config, one catalog connection and its lock, cached filter menus."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.catalog = Catalog(cfg.catalog_path)
+        self.lock = threading.Lock()
+        with self.lock:
+            cr.ensure_schema(self.catalog)
+        self.classes = list(cfg.classes)
+        self.dataset = cfg.build.name
+        self.root = cfg.data_dir / "datasets" / cfg.build.name
+        self._facets: tuple[float, dict | None] = (0.0, None)
+        self.unreadable: set[str] = set()        # versions whose manifest could not be indexed (warned once)
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def refresh_versions(self) -> list[str]:
+        """Index any version published since (manifests are immutable: each is read once)."""
+        published = [v for v in versions(self.root) if (self.root / v / "dataset.json").is_file()]
+        known = cr.indexed_versions(self.catalog, self.dataset)
+        for v in published:
+            fp = recorded_fingerprint(self.root / v)
+            if (v not in known or known[v] != fp) and v not in self.unreadable:
+                try:
+                    rows = read_manifest(self.root / v / "manifest.csv")
+                    cr.index_version(self.catalog, self.dataset, v, fp, rows)
+                except (OSError, ValueError, KeyError, TypeError, csv.Error) as exc:
+                    # a damaged version (`mlc inspect` says what): the pages work without its labels
+                    log.warning("dataset %s %s: manifest not readable (%s); its labels are not shown", self.dataset,
+                                v, exc)
+                    self.unreadable.add(v)
+        return published
+
+    def facets(self) -> dict:
+        at, cached = self._facets
+        if cached is None or time.monotonic() - at > FACETS_TTL_S:
+            cached = cr.facets(self.catalog)
+            self._facets = (time.monotonic(), cached)
+        return cached
+
+    def check_file(self, path: str | None) -> str | None:
+        if not path or not Path(path).is_file():
+            return "the file is gone"
+        from mlc_pipeline.curate.stage import limits_of
+        res = check_image(path, limits_of(self.cfg))
+        return None if res.ok or (res.reason or "").startswith(POLICY_REASONS) else res.reason
+
+
+def filters_of(request: Request) -> dict:
+    q = request.query_params
+    return {k: q.get(k, "").strip() for k in cr.FILTERS if q.get(k, "").strip()}
+
+
+def effective(row: dict) -> dict:
+    """What the next build does with a candidate: its labels and whether it is in."""
+    labels = row.get("review_labels") or row.get("curated_label") or row.get("label") or ""
+    if row.get("review_include") == "rejected":
+        state = "out (rejected in review)"
+    elif row.get("review_include") == "accepted":
+        state = "in (put back in review)"
+    elif row["status"] == "accepted" and row["purpose"] in ("train", "probe"):
+        state = "in"
+    else:
+        state = "out"
+    return {"labels": labels, "state": state, "reviewed": bool(row.get("review_labels") or row.get("review_include"))}
+
+
+def client_of(request: Request) -> str:
+    """The address and the browser tab's id (review.js makes one per tab): two tabs are two clients."""
+    tab = "".join(ch for ch in (request.headers.get(CLIENT_HEADER) or "-")[:40] if ch.isprintable())
+    return f"{request.client.host if request.client else '?'} tab={tab}"
+
+
+def create_app(cfg: Config, token: str | None = None) -> FastAPI:
+    review = Review(cfg)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        review.close()
+
+    app = FastAPI(title="mlc review", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.review = review
+    app.middleware("http")(Guard(token))
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    templates = Jinja2Templates(directory=HERE / "templates")
+    templates.env.globals.update(urlencode=urlencode, classes=review.classes, dataset=review.dataset)
+    templates.env.filters["detail"] = lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items()))
+    templates.env.filters["utc"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+
+    def page(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
+        return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+    @app.get("/", response_class=HTMLResponse)
+    def browse(request: Request, page_no: int = 1):
+        filters = filters_of(request)
+        page_no = max(1, page_no)
+        started = time.perf_counter()
+        with review.lock:
+            published = review.refresh_versions()
+            try:
+                rows, total = cr.browse(review.catalog, filters, review.dataset, PAGE_SIZE, (page_no - 1) * PAGE_SIZE,
+                                        order=filters.get("sort", "id"))
+            except ValueError:
+                raise HTTPException(400, "licence and round filters are numbers") from None
+            facets = review.facets()
+        for r in rows:
+            r["eff"] = effective(r)
+        pages = max(1, -(-total // PAGE_SIZE))
+        return page(request, "browse.html", rows=rows, total=total, page_no=page_no, pages=pages, filters=filters,
+                    facets=facets, versions=published, query=urlencode(filters),
+                    ms=round((time.perf_counter() - started) * 1000))
+
+    @app.get("/image/{cid}", response_class=HTMLResponse)
+    def image(request: Request, cid: int):
+        filters = filters_of(request)
+        with review.lock:
+            review.refresh_versions()
+            row = review.catalog.get(cid)
+            if row is None:
+                raise HTTPException(404, f"no candidate {cid}")
+            override = cr.override_of(review.catalog, cid)
+            events = review.catalog.events(cid)
+            acts = cr.actions(review.catalog, cid)
+            latest = cr.latest_undoable(review.catalog, cid)
+            per_version = cr.labels_per_version(review.catalog, review.dataset, cid)
+            prev_id, next_id = cr.neighbours(review.catalog, filters, review.dataset, cid)
+            kept = review.catalog.get(row["duplicate_of"]) if row["duplicate_of"] else None
+        eff = effective({**row, "review_labels": override["labels"], "review_include": override["include"]})
+        return page(request, "image.html", row=row, eff=eff, override=override, events=events, actions=acts,
+                    scores=scores_for(cfg, cid),
+                    latest=latest, per_version=per_version, prev_id=prev_id, next_id=next_id, kept=kept,
+                    query=urlencode(filters))
+
+    @app.get("/duplicates", response_class=HTMLResponse)
+    def duplicates(request: Request, page_no: int = 1):
+        page_no = max(1, page_no)
+        with review.lock:
+            rows, total = cr.duplicate_pairs(review.catalog, PAGE_SIZE // 2, (page_no - 1) * (PAGE_SIZE // 2))
+        pages = max(1, -(-total // (PAGE_SIZE // 2)))
+        return page(request, "duplicates.html", rows=rows, total=total, page_no=page_no, pages=pages)
+
+    @app.get("/queues", response_class=HTMLResponse)
+    def queues(request: Request):
+        with review.lock:
+            count = lambda f: cr.browse(review.catalog, f, review.dataset, 0, 0)[1]
+            counts = {name: count(f) for name, f in QUEUES.items()}
+        bundle, noisy = model_review_list(cfg)
+        return page(request, "queues.html", counts=counts, queues=QUEUES, bundle=bundle, noisy=noisy[:PAGE_SIZE],
+                    noisy_total=len(noisy))
+
+    @app.get("/log", response_class=HTMLResponse)
+    def action_log(request: Request):
+        with review.lock:
+            rows = cr.recent_actions(review.catalog, 200)
+        return page(request, "log.html", rows=rows)
+
+    @app.get("/thumb/{cid}")
+    def thumb(cid: int):
+        with review.lock:
+            row = review.catalog.get(cid)
+        if row is None:
+            raise HTTPException(404, f"no candidate {cid}")
+        path = thumbnail(cfg.data_dir, row["sha256"], row["file_path"], row["verify_reason"])
+        if path is None:
+            return Response(PLACEHOLDER, media_type="image/svg+xml")
+        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+
+    @app.get("/file/{cid}")
+    def original(cid: int):
+        with review.lock:
+            row = review.catalog.get(cid)
+        if row is None or not row["file_path"] or not Path(row["file_path"]).is_file():
+            raise HTTPException(404, "no file for this candidate")
+        if (row["verify_reason"] or "").startswith(("decompression-bomb", "file-too-large", "not-an-image")):
+            raise HTTPException(403, f"not served: {row['verify_reason']}")
+        return FileResponse(row["file_path"], media_type=row["content_type"] or "application/octet-stream")
+
+    @app.post("/api/action")
+    async def action(request: Request):
+        return await in_thread(request, do_action)
+
+    @app.post("/api/undo")
+    async def undo_action(request: Request):
+        return await in_thread(request, do_undo)
+
+    async def in_thread(request: Request, fn):
+        """Parse the common fields, then run `fn` in the thread pool (it takes the catalog lock)."""
+        from starlette.concurrency import run_in_threadpool
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "the body must be JSON"}, status_code=400)
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "the body must be a JSON object"}, status_code=400)
+        try:
+            cid = int(body.get("id"))
+        except (TypeError, ValueError):
+            return JSONResponse({"error": "id must be a candidate id"}, status_code=400)
+        reason = str(body.get("reason") or "").strip()[:500]
+        return await run_in_threadpool(fn, cid, body, reason, client_of(request))
+
+    def do_action(cid: int, body: dict, reason: str, client: str) -> JSONResponse:
+        kind = str(body.get("action") or "")
+        labels = body.get("labels")
+        if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
+            return JSONResponse({"error": "labels must be a list of names"}, status_code=400)
+        if kind == "remove":
+            return do_remove(cid, reason, client)
+        try:
+            with review.lock:
+                res = cr.act(review.catalog, cid, kind, reason or "(no reason given)", client, review.classes,
+                             labels=labels, check_file=review.check_file)
+                review._facets = (0.0, None)
+        except cr.ReviewError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        log.info("review: %s on candidate %s by %s", kind, cid, client)
+        return JSONResponse({"ok": True, "action_id": res.action_id, "state": res.state})
+
+    def do_undo(cid: int, body: dict, reason: str, client: str) -> JSONResponse:
+        try:
+            action_id = int(body.get("action_id"))
+            with review.lock:
+                res = cr.undo(review.catalog, cid, action_id, reason or "(no reason given)", client)
+        except cr.ReviewError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        except (TypeError, ValueError):
+            return JSONResponse({"error": "action_id must be an action id"}, status_code=400)
+        return JSONResponse({"ok": True, "action_id": res.action_id, "state": res.state})
+
+    def do_remove(cid: int, reason: str, client: str) -> JSONResponse:
+        """The takedown of `mlc remove --photo-id`: final, so it needs a reason and cannot be undone."""
+        from mlc_pipeline.curate.takedown import remove_photos
+        if not reason:
+            return JSONResponse({"error": "a takedown needs a reason (it is kept in the catalog)"}, status_code=400)
+        with review.lock:
+            row = review.catalog.get(cid)
+            if row is None:
+                return JSONResponse({"error": f"no candidate {cid}"}, status_code=404)
+            if row["status"] == "removed":
+                return JSONResponse({"error": "already removed"}, status_code=409)
+            res = remove_photos(cfg, reason, photo_id=row["photo_id"])
+            for r in res.removed:
+                cr.record_removal(review.catalog, r["id"], reason, client, len(res.files_deleted))
+            review._facets = (0.0, None)
+        log.info("review: takedown of photo %s by %s", row["photo_id"], client)
+        return JSONResponse({"ok": True, "removed": len(res.removed), "published_in": res.published_in})
+
+    @app.get("/login", response_class=HTMLResponse)
+    def login_form(request: Request):
+        return page(request, "login.html", error=None)
+
+    @app.post("/login")
+    async def login(request: Request):
+        form = await request.form()
+        guard_token = token or ""
+        if not guard_token:
+            return RedirectResponse("/", status_code=303)
+        given = str(form.get("token") or "").strip()
+        import hmac
+        if not given or not hmac.compare_digest(given.encode(), guard_token.encode()):
+            return page(request, "login.html", status_code=401, error="wrong token")
+        resp = RedirectResponse("/", status_code=303)
+        resp.set_cookie(COOKIE, session_value(guard_token), httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
+        return resp
+
+    return app

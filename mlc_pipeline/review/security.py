@@ -1,0 +1,117 @@
+"""Who may use the review app.
+
+- Loopback (the default): no token, but requests must name a loopback Host, any port (a web page
+  elsewhere cannot reach the app through DNS rebinding) and every action must carry the app's own header
+  (a form on another site cannot send it, and a cross-origin fetch with it needs a CORS preflight,
+  which the app never grants).
+- Any other address: a token is required. It comes from MLC_REVIEW_TOKEN, or is generated and
+  written to <data_dir>/review/token (mode 0600). It is never printed or logged: the startup line
+  names the file, and the token is registered with secrets.redact for every log record. The login
+  form sets an HttpOnly, SameSite=Strict cookie holding an HMAC of the token, not the token itself;
+  scripts may send `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import secrets as pysecrets
+from pathlib import Path
+
+from fastapi import Request
+from fastapi.responses import PlainTextResponse, RedirectResponse
+
+from mlc_pipeline.secrets import install_log_redaction, remember
+
+TOKEN_ENV = "MLC_REVIEW_TOKEN"
+COOKIE = "mlc_review_session"
+CLIENT_HEADER = "x-mlc-client"
+OPEN_PATHS = ("/login", "/static/")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def token_file(data_dir: Path) -> Path:
+    return Path(data_dir) / "review" / "token"
+
+
+def resolve_token(data_dir: Path) -> tuple[str, str]:
+    """(token, where it came from). The file is created with mode 0600 and never overwritten."""
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if token:
+        if len(token) < 16:
+            raise ValueError(f"{TOKEN_ENV} is too short: use at least 16 characters")
+        where = f"the {TOKEN_ENV} environment variable"
+    else:
+        path = token_file(data_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(pysecrets.token_urlsafe(32) + "\n")
+        except FileExistsError:
+            if path.stat().st_mode & 0o077:
+                raise ValueError(f"{path} is readable by other users: chmod 600 it (or delete it for a new token)")
+        token = path.read_text().strip()
+        if len(token) < 16:
+            raise ValueError(f"{path} holds no usable token: delete it and a new one is made")
+        where = f"the file {path}"
+    remember(token)
+    install_log_redaction()
+    return token, where
+
+
+def session_value(token: str) -> str:
+    return hmac.new(token.encode(), b"mlc-review-session", hashlib.sha256).hexdigest()
+
+
+class Guard:
+    """The checks every request goes through (an HTTP middleware)."""
+
+    LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+    def __init__(self, token: str | None):
+        self.token = token
+        self.session = session_value(token) if token else None
+
+    def loopback_host(self, host: str) -> bool:
+        """The Host header names loopback (any port: an SSH tunnel may forward another local port)."""
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") and "]:" in host else host
+        return name in self.LOOPBACK_NAMES
+
+    def token_ok(self, given: str | None) -> bool:
+        return bool(self.token and given) and hmac.compare_digest(given.encode(), self.token.encode())
+
+    def authenticated(self, request: Request) -> bool:
+        if self.token is None:
+            return True
+        auth = request.headers.get("authorization", "")
+        if auth.startswith("Bearer ") and self.token_ok(auth[7:].strip()):
+            return True
+        cookie = request.cookies.get(COOKIE, "")
+        return bool(cookie) and hmac.compare_digest(cookie.encode(), self.session.encode())
+
+    async def __call__(self, request: Request, call_next):
+        if self.token is None and not self.loopback_host(request.headers.get("host", "")):
+            return PlainTextResponse("mlc review: unexpected Host header (loopback only)", status_code=400)
+        path = request.url.path
+        if not path.startswith(OPEN_PATHS) and not self.authenticated(request):
+            if request.method == "GET":
+                return RedirectResponse("/login", status_code=303)
+            return PlainTextResponse("mlc review: log in first (token required)", status_code=401)
+        if request.method == "POST" and path.startswith("/api/"):
+            if not request.headers.get(CLIENT_HEADER):
+                return PlainTextResponse(f"mlc review: actions need the {CLIENT_HEADER} header", status_code=403)
+            origin = request.headers.get("origin")
+            if origin and origin.split("://", 1)[-1] != request.headers.get("host"):
+                return PlainTextResponse("mlc review: cross-origin action refused", status_code=403)
+        return await call_next(request)

@@ -1,0 +1,108 @@
+// mlc review: actions and keyboard shortcuts. No build step, no external script.
+(function () {
+  "use strict";
+  // A per-tab id: the action log says which client acted (two tabs are two clients).
+  let tab = sessionStorage.getItem("mlc-review-tab");
+  if (!tab) {
+    tab = Math.random().toString(36).slice(2, 10);
+    sessionStorage.setItem("mlc-review-tab", tab);
+  }
+  const pageEl = document.getElementById("image-page");
+  const msg = document.getElementById("msg");
+
+  function say(text, isError) {
+    if (!msg) return;
+    msg.textContent = text;
+    msg.className = isError ? "error" : "";
+  }
+
+  async function post(url, body) {
+    const res = await fetch(url, {
+      method: "POST",
+      headers: {"Content-Type": "application/json", "X-MLC-Client": tab},
+      body: JSON.stringify(body),
+      credentials: "same-origin",
+    });
+    let data = {};
+    try { data = await res.json(); } catch (e) { data = {error: res.status + " " + res.statusText}; }
+    if (!res.ok) throw new Error(data.error || res.statusText);
+    return data;
+  }
+
+  async function act(kind) {
+    if (!pageEl) return;
+    const id = Number(pageEl.dataset.id);
+    const reasonEl = document.getElementById("reason");
+    let reason = reasonEl ? reasonEl.value : "";
+    try {
+      if (kind === "undo") {
+        if (!pageEl.dataset.undo) { say("nothing to undo", true); return; }
+        await post("/api/undo", {id: id, action_id: Number(pageEl.dataset.undo), reason: reason});
+      } else if (kind === "remove") {
+        reason = window.prompt("Take this photo down for good (files deleted, not undoable). Why?", reason);
+        if (!reason) { say("takedown cancelled", true); return; }
+        await post("/api/action", {id: id, action: "remove", reason: reason});
+      } else {
+        const body = {id: id, action: kind, reason: reason};
+        if (kind === "relabel") {
+          body.labels = Array.from(document.querySelectorAll("input[name=label]:checked")).map(x => x.value);
+        }
+        await post("/api/action", body);
+      }
+      window.location.reload();
+    } catch (err) {
+      say(err.message, true);
+    }
+  }
+
+  document.querySelectorAll("button[data-action]").forEach(b => b.addEventListener("click", () => act(b.dataset.action)));
+
+  function toggle(value) {
+    const box = document.querySelector(`input[name=label][value="${value}"]`);
+    if (!box) return;
+    box.checked = !box.checked;
+    if (value === "other" && box.checked) {
+      document.querySelectorAll("input[name=label]").forEach(b => { if (b.value !== "other") b.checked = false; });
+    } else if (value !== "other" && box.checked) {
+      const other = document.querySelector('input[name=label][value="other"]');
+      if (other) other.checked = false;
+    }
+  }
+  document.querySelectorAll("input[name=label]").forEach(b => b.addEventListener("change", () => {
+    if (b.checked) { b.checked = false; toggle(b.value); }
+  }));
+
+  function go(id) { const a = document.getElementById(id); if (a) window.location.href = a.href; }
+
+  document.addEventListener("keydown", ev => {
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    const t = ev.target;
+    if (t && (t.tagName === "INPUT" && t.type === "text" || t.tagName === "SELECT" || t.tagName === "TEXTAREA" ||
+              t.type === "password")) {
+      if (ev.key === "Escape") t.blur();
+      return;
+    }
+    const key = ev.key;
+    if (key === "Enter" && t && (t.tagName === "BUTTON" || t.tagName === "A")) return;   // their own click
+    if (pageEl) {
+      if (/^[1-9]$/.test(key)) {
+        const boxes = document.querySelectorAll('#label-boxes input[name=label]:not([value="other"])');
+        const box = boxes[Number(key) - 1];
+        if (box) toggle(box.value);
+      } else if (key === "o") toggle("other");
+      else if (key === "s" || key === "Enter") act("relabel");
+      else if (key === "r") act("reject");
+      else if (key === "a") act("restore");
+      else if (key === "d") act("not-duplicate");
+      else if (key === "u") act("undo");
+      else if (key === "j") go("next");
+      else if (key === "k") go("prev");
+      else if (key === "Escape") go("back");
+      else return;
+      ev.preventDefault();
+    } else {
+      if (key === "j" || key === "ArrowRight") go("next-page");
+      else if (key === "k" || key === "ArrowLeft") go("prev-page");
+    }
+  });
+})();

@@ -1,0 +1,51 @@
+"""Thumbnails for the review app: made once per file content and cached under the data root.
+
+The cache key is the file's sha256 (the catalog has it), so a thumbnail never goes stale and two
+candidates with the same bytes share one. Writes are atomic: a half-written thumbnail is never served.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from mlc_pipeline.curate.verify import load_rgb
+
+log = logging.getLogger(__name__)
+SIDE = 160
+QUALITY = 80
+# Files verification refused for their size or format are never decoded for a thumbnail either.
+NOT_DECODED = ("decompression-bomb", "too-many-frames", "file-too-large", "unsupported-format", "not-an-image",
+               "corrupt-header", "empty-file")
+
+
+def cache_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "review" / "thumbs"
+
+
+def thumbnail(data_dir: Path, sha256: str | None, source: str | None, verify_reason: str | None = None) -> Path | None:
+    """The cached thumbnail of `source` (made now if missing), or None when there is no decodable file."""
+    if not sha256 or not source or not all(ch in "0123456789abcdef" for ch in sha256):
+        return None
+    if verify_reason and verify_reason.startswith(NOT_DECODED):
+        return None
+    dest = cache_dir(data_dir) / sha256[:2] / f"{sha256}-{SIDE}.jpg"
+    if dest.is_file():
+        return dest
+    try:
+        im = load_rgb(source, max_side=SIDE * 2)
+        im.thumbnail((SIDE, SIDE))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        log.info("no thumbnail for %s: %s", source, exc)     # a quarantined file may well be undecodable
+        return None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    im.save(tmp, "JPEG", quality=QUALITY)
+    os.replace(tmp, dest)
+    return dest

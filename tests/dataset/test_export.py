@@ -1,0 +1,214 @@
+"""`mlc export`: each format loaded back with its own library (torchvision, datasets, webdataset;
+fiftyone's importer where it installs), attribution carried, atomic and refusing to overwrite.
+
+The version exported is published here with the dataset module's own writers (manifest, SHA256SUMS,
+fingerprint), from real photos, so it can hold what a small curated world rarely does: multi-label
+images, a probe split, a photo id with a dot and an owner name with quotes, commas and accents.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from mlc_pipeline.dataset.build import _fingerprint, count_rows, folder_name, write_sums
+from mlc_pipeline.dataset.export import ExportError, export_version
+from mlc_pipeline.curate.verify import load_rgb
+from mlc_pipeline.manifest import MANIFEST_COLUMNS, write_manifest
+from storage_world import mlc, write_config
+
+from helpers import FIXTURES as ALL_FIXTURES  # noqa: E402
+
+FIXTURES = ALL_FIXTURES / "hymenoptera"
+OWNER = 'Zoë "Z" Müller, Ltd.'
+# (labels, split) per image: 3 ants, 3 bees, 2 both, 2 other, 2 probe
+PLAN = [("ants", "train"), ("ants", "valid"), ("ants", "test"), ("bees", "train"), ("bees", "valid"),
+        ("bees", "test"), ("ants bees", "train"), ("ants bees", "test"), ("", "train"), ("", "test"),
+        ("", "probe"), ("", "probe")]
+
+
+def publish(root: Path, name: str = "default", version: str = "v1") -> Path:
+    """A published version laid out as dataset.build_dataset writes it."""
+    folder = root / "datasets" / name / version
+    photos = sorted((FIXTURES / "ants").glob("*.jpg"))[:6] + sorted((FIXTURES / "bees").glob("*.jpg"))[:6]
+    rows = []
+    for i, ((labels, split), photo) in enumerate(zip(PLAN, photos)):
+        photo_id = f"{1000 + i}.5" if i == 0 else str(1000 + i)       # a dot: WebDataset keys stop at dots
+        rel = f"images/{folder_name(labels) if split != 'probe' else 'probe'}/flickr-{photo_id}.jpg"
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        load_rgb(photo, max_side=96).save(folder / rel, "JPEG", quality=90)
+        row = {c: "" for c in MANIFEST_COLUMNS}
+        row.update(path=rel, labels=labels, split=split, candidate_id=str(i + 1), source="flickr", photo_id=photo_id,
+                   url=f"https://www.flickr.com/photos/x/{photo_id}", license_id="4", license="CC BY 2.0",
+                   owner=OWNER if i == 1 else f"owner{i}", title=f"photo {i}", purpose="probe" if split == "probe" else "train")
+        rows.append(row)
+    rows.sort(key=lambda r: r["path"])
+    write_manifest(folder / "manifest.csv", rows)
+    meta = {"name": name, "version": version, "fingerprint": _fingerprint(rows, 96, 90),
+            "files_sha256": write_sums(folder, rows), "counts": count_rows(rows), "created_at": time.time(),
+            "params": {"build": {"max_side": 96, "jpeg_quality": 90}}}
+    (folder / "ATTRIBUTION.md").write_text(f"# Attribution\n\n{OWNER}\n")
+    (folder / "README.md").write_text(f"# Dataset {name} {version}\n")
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.fixture
+def version(tmp_path):
+    return publish(tmp_path / "data")
+
+
+def by_photo(rows):
+    return {r["photo_id"]: r for r in rows}
+
+
+def leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_imagefolder_loads_with_torchvision_and_places_multilabel_images_in_each_folder(version, tmp_path):
+    from torchvision.datasets import ImageFolder
+    out = tmp_path / "if"
+    res = export_version(version, "imagefolder", out)
+    assert (res.images, res.files) == (12, 14)                  # the two multi-label images twice
+    train = ImageFolder(str(out / "train"))
+    assert train.classes == ["ants", "bees", "other"] and len(train) == 5
+    test = ImageFolder(str(out / "test"))
+    assert sorted(Path(p).name for p, c in test.samples if test.classes[c] == "ants") == \
+        ["flickr-1002.jpg", "flickr-1007.jpg"]                   # ants-only and ants+bees
+    assert sorted(os.listdir(out / "probe" / "other")) == ["flickr-1010.jpg", "flickr-1011.jpg"]
+    assert (out / "train" / "ants" / "flickr-1000_5.jpg").is_file()
+    with open(out / "metadata.csv", newline="") as f:
+        listed = by_photo(csv.DictReader(f))
+    assert len(listed) == 12
+    both = listed["1007"]
+    assert both["labels"] == "ants bees" and both["file"] == "test/ants/flickr-1007.jpg"
+    assert both["also_in"] == "test/bees/flickr-1007.jpg"
+    assert listed["1001"]["owner"] == OWNER and listed["1001"]["license"] == "CC BY 2.0"
+    assert (out / "ATTRIBUTION.md").read_text().count(OWNER) == 1
+    assert json.loads((out / "export.json").read_text())["version"] == "v1"
+    assert leftovers(tmp_path) == []
+
+
+def test_hf_imagefolder_loads_with_datasets(version, tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "hf"
+    export_version(version, "hf", out)
+    ds = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
+    assert {k: len(v) for k, v in ds.items()} == {"train": 4, "validation": 2, "test": 4, "probe": 2}
+    train = by_photo(ds["train"])
+    assert sorted(train["1006"]["labels"]) == ["ants", "bees"] and train["1008"]["labels"] == []
+    assert train["1000.5"]["license"] == "CC BY 2.0" and train["1000.5"]["image"].size[0] <= 96
+    assert by_photo(ds["validation"])["1001"]["owner"] == OWNER
+    assert ds["probe"].features["labels"].feature.dtype == "string"   # typed by the card, though all empty
+
+
+def test_webdataset_shards_load_with_webdataset(version, tmp_path):
+    wds = pytest.importorskip("webdataset")
+    out = tmp_path / "wds"
+    export_version(version, "webdataset", out, shard_size=3)
+    index = json.loads((out / "shards.json").read_text())
+    assert [s["samples"] for s in index["train"]] == [3, 1]
+    urls = [str(out / s["file"]) for s in index["train"]]
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
+    assert len(samples) == 4
+    meta = {s["__key__"]: s["json"] for s in samples}
+    assert "flickr-1000_5" in meta and meta["flickr-1000_5"]["photo_id"] == "1000.5"
+    assert sorted(meta["flickr-1006"]["labels"]) == ["ants", "bees"] and meta["flickr-1008"]["labels"] == []
+    assert all(s["jpg"].size[0] <= 96 and s["json"]["split"] == "train" for s in samples)
+    probe = list(wds.WebDataset([str(out / s["file"]) for s in index["probe"]], shardshuffle=False))
+    assert len(probe) == 2
+    # the same version exports to the same bytes (tar mtimes are the version's, not the clock's)
+    again = tmp_path / "wds2"
+    export_version(version, "webdataset", again, shard_size=3)
+    assert (again / "train-000000.tar").read_bytes() == (out / "train-000000.tar").read_bytes()
+
+
+def test_fiftyone_layout_follows_the_documented_format(version, tmp_path):
+    """FiftyOneImageClassificationDataset: data/<uuid>.<ext> and labels.json {"classes", "labels":
+    {uuid: target}}, a list target being multi-label (fiftyone's docs and its importer's parser)."""
+    out = tmp_path / "fo"
+    export_version(version, "fiftyone", out)
+    labels = json.loads((out / "labels.json").read_text())
+    assert labels["classes"] == ["ants", "bees"]
+    assert set(labels["labels"]) == {p.stem for p in (out / "data").iterdir()} and len(labels["labels"]) == 12
+    assert sorted(labels["labels"]["flickr-1007"]) == ["ants", "bees"] and labels["labels"]["flickr-1010"] == []
+    samples = json.loads((out / "samples.json").read_text())
+    assert samples["flickr-1010"]["split"] == "probe" and samples["flickr-1001"]["owner"] == OWNER
+    assert samples["flickr-1000_5"]["license"] == "CC BY 2.0" and samples["flickr-1000_5"]["photo_id"] == "1000.5"
+
+
+def test_fiftyone_importer_reads_the_layout(version, tmp_path):
+    """fiftyone's own importer (no database needed); runs where fiftyone is installed."""
+    pytest.importorskip("fiftyone")
+    from fiftyone.utils.data.importers import FiftyOneImageClassificationDatasetImporter
+    import fiftyone.core.labels as fol
+    out = tmp_path / "fo"
+    export_version(version, "fiftyone", out)
+    importer = FiftyOneImageClassificationDatasetImporter(dataset_dir=str(out))
+    with importer:
+        got = {Path(path).stem: label for path, _, label in importer}
+    assert len(got) == 12 and all(isinstance(v, fol.Classifications) for v in got.values())
+    assert sorted(c.label for c in got["flickr-1007"].classifications) == ["ants", "bees"]
+    assert got["flickr-1010"].classifications == []
+
+
+def test_existing_output_needs_force_and_force_replaces_only_exports(version, tmp_path):
+    out = tmp_path / "out"
+    export_version(version, "webdataset", out)
+    with pytest.raises(ExportError, match="already exists; pass --force"):
+        export_version(version, "imagefolder", out)
+    assert (out / "train-000000.tar").is_file()                 # untouched
+    export_version(version, "imagefolder", out, force=True)
+    assert not (out / "train-000000.tar").exists() and (out / "train" / "ants").is_dir()
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(ExportError, match="not an earlier export"):
+        export_version(version, "hf", precious, force=True)
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    with pytest.raises(ExportError, match="overlaps the dataset version"):
+        export_version(version, "hf", version / "exported", force=True)
+    with pytest.raises(ExportError, match="overlaps"):
+        export_version(version, "hf", version.parent.parent, force=True)
+    with pytest.raises(ExportError, match="where the versions are published"):
+        export_version(version, "hf", version.parent / "v2")
+    assert leftovers(tmp_path) == []
+
+
+def test_a_killed_exports_leftovers_are_removed_and_a_live_ones_kept(version, tmp_path):
+    dead = tmp_path / ".out.export-999999999-abcd1234"          # no such pid
+    live = tmp_path / f".out.export-{os.getpid()}-abcd1234"
+    for folder in (dead, live):
+        (folder / "train").mkdir(parents=True)
+    export_version(version, "imagefolder", tmp_path / "out")
+    assert not dead.exists() and live.is_dir()
+
+
+def test_cli_exports_latest_by_config_and_reports_mistakes_in_one_line(version, tmp_path):
+    cfg = write_config(tmp_path / "cfg.yaml", tmp_path / "data", tmp_path / "world")
+    r = mlc("export", "latest", "-c", str(cfg), "--format", "hf")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "data" / "exports" / "default-v1-hf"
+    assert out.is_dir() and "12 images" in r.stdout
+    r = mlc("export", "latest", "-c", str(cfg), "--format", "hf")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--force" in r.stderr
+    r = mlc("export", "v7", "-c", str(cfg), "--format", "hf")
+    assert r.returncode == 2 and "no dataset version 'v7'" in r.stderr and "versions: v1" in r.stderr
+    r = mlc("export", str(tmp_path / "nowhere"), "--format", "webdataset")
+    assert r.returncode == 2 and "not a dataset version folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_damaged_version_is_not_exported(version, tmp_path):
+    victim = next((version / "images" / "ants").iterdir())
+    victim.write_bytes(victim.read_bytes()[:-10])
+    r = mlc("export", str(version), "--format", "imagefolder", "--out", str(tmp_path / "out"))
+    assert r.returncode == 3 and "damaged" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []

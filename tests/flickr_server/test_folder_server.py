@@ -1,0 +1,61 @@
+"""Folder mode, the way to bring your own images: symbolic links, clear errors, and each photo's
+original file name (source_file), over real HTTP with the fixture photos."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import requests
+
+from helpers import FIXTURES
+
+from mlc_pipeline.flickr_server import FlickrServer, WorldSpec, build_world
+from mlc_pipeline.flickr_server.folder import FolderModeError
+
+ANTS = FIXTURES / "hymenoptera" / "ants"
+
+
+def jpgs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.suffix.lower() == ".jpg")
+
+
+def test_symlinked_subfolders_are_served_with_their_source_file(tmp_path, caplog):
+    root = tmp_path / "photos"
+    (root / "picked").mkdir(parents=True)
+    os.symlink(ANTS, root / "ants")                          # a subfolder that is a link elsewhere
+    os.symlink(ANTS / jpgs(ANTS)[0], root / "picked" / "one.jpg")   # a linked file
+    os.symlink(root, root / "picked" / "loop")                # a loop is walked once, not forever
+    os.symlink(tmp_path / "deleted.jpg", root / "picked" / "gone.jpg")   # a link to nothing: said, skipped
+    spec = WorldSpec(kind="folder", folder=str(root), query_map={"ants": "ants", "picked": "picked"})
+    with FlickrServer(spec) as srv:
+        reply = requests.get(srv.rest_url, timeout=10, params={
+            "method": "flickr.photos.search", "api_key": "k", "format": "json", "nojsoncallback": 1,
+            "text": "ants", "per_page": 500, "extras": "url_t,source_file"}).json()["photos"]
+        assert sorted(p["source_file"] for p in reply["photo"]) == [f"ants/{n}" for n in jpgs(ANTS)]
+        entry = reply["photo"][0]
+        assert requests.get(entry["url_t"], timeout=10).content == (root / entry["source_file"]).read_bytes()
+        picked = {p.source_file for p in srv.world.photos if p.kind == "picked"}
+        assert "picked/one.jpg" in picked
+        assert {f"picked/loop/ants/{n}" for n in jpgs(ANTS)} <= picked    # through the loop link, once
+        assert not any(f.startswith("picked/loop/picked/") for f in picked)
+        plain = requests.get(srv.rest_url, timeout=10, params={
+            "method": "flickr.photos.search", "api_key": "k", "format": "json", "nojsoncallback": 1,
+            "text": "ants", "extras": "url_t"}).json()["photos"]["photo"]
+        assert "source_file" not in plain[0]                   # only when asked for, as Flickr's extras
+    assert "gone.jpg, a link to nothing" in caplog.text
+
+
+@pytest.mark.parametrize("folder, query_map, words", [
+    ("missing", {"a": "a"}, "missing does not exist"),
+    ("photos", {"a": "nothere"}, "subfolder 'nothere' for query 'a' does not exist"),
+    ("photos", {"a": "../.."}, "is outside"),
+    ("photos", {"a": "/etc"}, "is outside"),
+    ("photos", {}, "at least one query"),
+])
+def test_folder_mistakes_are_one_line(tmp_path, folder, query_map, words):
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(FolderModeError) as err:
+        build_world(WorldSpec(kind="folder", folder=str(tmp_path / folder), query_map=query_map))
+    assert words in str(err.value) and "\n" not in str(err.value)

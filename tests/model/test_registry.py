@@ -1,0 +1,106 @@
+"""`mlc models`, `mlc models --compare`, `mlc promote`, and `latest` as a model name, on real bundles
+(the tiny trainings test_train shares with test_predict) in a data root of their own."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from shapes import trained_bundle  # noqa: E402  (trained once per session, shared)
+
+from mlc_pipeline.model.registry import RegistryError, list_bundles, promote, resolve_bundle  # noqa: E402
+from storage_world import mlc, write_config  # noqa: E402
+
+SIGMOID = "default-v1-r0-sigmoid-negatives-20261201T100000000000-aaaaaa"
+SOFTMAX = "default-v1-r0-softmax-other-class-20261201T110000000000-bbbbbb"
+BROKEN = "default-v2-r0-broken-20261201T120000000000-cccccc"
+
+
+@pytest.fixture
+def root(tmp_path):
+    """A data root with two real bundles (LATEST = the sigmoid one), one broken bundle and a
+    bundle still being written; returns (config, models folder)."""
+    models = tmp_path / "data" / "models"
+    shutil.copytree(trained_bundle()[1], models / SIGMOID)
+    shutil.copytree(trained_bundle("softmax", "negative")[1], models / SOFTMAX)
+    broken = models / BROKEN
+    broken.mkdir()
+    shutil.copy(models / SIGMOID / "bundle.json", broken / "bundle.json")
+    (models / f"{SIGMOID}.tmp-999-abc").mkdir()
+    shutil.copy(models / SIGMOID / "bundle.json", models / f"{SIGMOID}.tmp-999-abc" / "bundle.json")
+    for name, hour in ((SIGMOID, 10), (SOFTMAX, 11), (broken.name, 12)):   # the listing's order
+        meta = json.loads((models / name / "bundle.json").read_text())
+        meta["created_at"] = f"2026-12-01T{hour}:00:00+00:00"
+        (models / name / "bundle.json").write_text(json.dumps(meta))
+    (models / "LATEST").write_text(SIGMOID + "\n")
+    return write_config(tmp_path / "cfg.yaml", tmp_path / "data", tmp_path / "world"), models
+
+
+def test_models_lists_every_bundle_with_its_metrics_and_marks_latest(root):
+    cfg, models = root
+    r = mlc("models", "-c", str(cfg))
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "default-" in line]
+    assert [row.split("|")[2].strip() for row in rows] == [SIGMOID, SOFTMAX, BROKEN]   # oldest first
+    assert ".tmp-" not in r.stdout
+    latest = [row for row in rows if row.split("|")[1].strip() == "LATEST"]
+    assert len(latest) == 1 and SIGMOID in latest[0]
+    metrics = json.loads((models / SIGMOID / "metrics.json").read_text())["test"]
+    assert f"| {metrics['macro_f1']:.3f} |" in latest[0] and "test-v1" in latest[0]
+    assert "mlcnet" in latest[0] and "sigmoid/negative" in latest[0]
+    assert "UNUSABLE: export.pkl missing" in r.stdout
+    infos = {i.name: i for i in list_bundles(models)}
+    assert infos[SOFTMAX].head == "softmax/class" and infos[SOFTMAX].problem is None
+
+
+def test_compare_puts_two_bundles_side_by_side_with_what_differs(root):
+    cfg, models = root
+    r = mlc("models", "-c", str(cfg), "--compare", "latest", SOFTMAX)
+    assert r.returncode == 0, r.stderr
+    assert f"| {SIGMOID} |" in r.stdout and f"| {SOFTMAX} |" in r.stdout
+    assert "| red |" in r.stdout and "| blue |" in r.stdout
+    assert "head: 'sigmoid' -> 'softmax'" in r.stdout
+    r = mlc("models", "-c", str(cfg), "--compare", SIGMOID, "nope")
+    assert r.returncode == 2 and "no model bundle 'nope'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_promote_moves_latest_only_to_a_complete_unaltered_bundle(root, tmp_path):
+    cfg, models = root
+    r = mlc("promote", SOFTMAX, "-c", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert f"{SIGMOID} -> {SOFTMAX}" in r.stdout and (models / "LATEST").read_text() == SOFTMAX + "\n"
+    assert not [p for p in models.iterdir() if p.name.startswith(".LATEST")]     # written aside, renamed
+    r = mlc("promote", BROKEN, "-c", str(cfg))
+    assert r.returncode == 2 and "export.pkl missing" in r.stderr and r.stderr.count("\n") == 1
+    export = models / SIGMOID / "export.pkl"
+    export.write_bytes(export.read_bytes() + b"\0")
+    with pytest.raises(RegistryError, match="not the file bundle.json recorded"):
+        promote(SIGMOID, models)
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(models / SOFTMAX, outside)
+    with pytest.raises(RegistryError, match="not under"):
+        promote(str(outside), models)
+    assert (models / "LATEST").read_text() == SOFTMAX + "\n"      # every refusal left it alone
+
+
+def test_latest_names_the_promoted_bundle_for_predict(root, capsys):
+    """In-process `mlc` (torch is loaded here already; a subprocess would load it again, ~30 s on CI)."""
+    from mlc_pipeline.cli import main
+    cfg, models = root
+    images = sorted((trained_bundle()[0].parent / "images").glob("red_00*.jpg"))[:2]
+    assert main(["predict", "-c", str(cfg), "--model", "latest", "--json", *map(str, images)]) == 0
+    assert all("thresholds" in row for row in json.loads(capsys.readouterr().out))       # the sigmoid bundle
+    promote(SOFTMAX, models)
+    assert main(["predict", "-c", str(cfg), "--model", "latest", "--json", *map(str, images)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert all("thresholds" not in row and "other" in row["probs"] for row in rows)   # now the softmax one
+
+
+def test_latest_without_a_pointer_is_one_line(tmp_path):
+    with pytest.raises(RegistryError, match="no .*LATEST"):
+        resolve_bundle("latest", tmp_path)
+    r = mlc("predict", "--model", "latest", "-c", str(write_config(tmp_path / "c.yaml", tmp_path / "d", tmp_path)),
+            "x.jpg")
+    assert r.returncode == 2 and "LATEST" in r.stderr and "Traceback" not in r.stderr

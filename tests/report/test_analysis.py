@@ -1,0 +1,103 @@
+"""The model report's error analysis (report/analysis.py): computed from the per-image scores a
+trained bundle carries, checked against the metrics training recorded and against hand counts."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlc_pipeline.model.assess import SCORE_PREFIX, SCORES_FILE
+from mlc_pipeline.report.analysis import (
+    NONE, PROBE, analysis_section, confusion, load_scored, losses, mining_section, per_class_rows, pr_curve,
+)
+
+OLD_BUNDLE = Path(__file__).resolve().parents[1] / "data" / "bundle-0.1.0"
+
+
+def test_a_trained_bundle_carries_the_scores_of_every_test_and_probe_image(trained_shapes_bundle):
+    manifest, bundle = trained_shapes_bundle
+    meta = json.loads((bundle / "bundle.json").read_text())
+    header = (bundle / SCORES_FILE).read_text().splitlines()[0].split(",")
+    assert [c for c in header if c.startswith(SCORE_PREFIX)] == [SCORE_PREFIX + v for v in meta["vocab"]]
+    s = load_scored(bundle)
+    test = json.loads((bundle / "metrics.json").read_text())["test"]
+    assert int(s.probe.sum()) == test["n_probe"] and len(s.rows) == test["n_labelled"] + test["n_unknown"] + test["n_probe"]
+
+
+def test_precision_and_recall_at_the_thresholds_match_the_recorded_metrics(trained_shapes_bundle):
+    _, bundle = trained_shapes_bundle
+    s = load_scored(bundle)
+    recorded = json.loads((bundle / "metrics.json").read_text())["test"]["per_class"]
+    for cls, threshold, _, ap, precision, recall in per_class_rows(s):
+        m = recorded[cls]
+        assert float(precision) == pytest.approx(m["precision"], abs=1e-3) or (precision == "nan" and m["precision"] == 0)
+        assert float(recall) == pytest.approx(m["recall"], abs=1e-3)
+        assert float(threshold) == pytest.approx(json.loads((bundle / "bundle.json").read_text())["thresholds"][
+            s.vocab.index(cls)], abs=1e-3)
+        assert 0 < float(ap) <= 1
+
+
+def test_confusion_matrix_has_none_and_probe_rows_and_counts_every_image(trained_shapes_bundle):
+    _, bundle = trained_shapes_bundle
+    s = load_scored(bundle)
+    rows, cols, m = confusion(s)
+    assert rows == s.classes + [NONE, PROBE] and cols == s.classes + [NONE]
+    # every probe image lands in exactly one cell per class it was taken for, or in "none"
+    probe_pred = s.pred[s.probe][:, s.real]
+    assert m[rows.index(PROBE)].sum() == sum(max(1, int(p.sum())) for p in probe_pred)
+    assert m[rows.index(PROBE), cols.index(NONE)] == int((~probe_pred.any(axis=1)).sum())
+    # an "other" test image answered with no class is the none/none cell
+    other = ~s.probe & ~s.truth[:, s.real].any(axis=1)
+    assert m[rows.index(NONE), cols.index(NONE)] == int((other & ~s.pred[:, s.real].any(axis=1)).sum())
+    # the diagonal of a class = its true positives
+    for j, c in zip(s.real, s.classes):
+        tp = int((s.pred[~s.probe, j] & s.truth[~s.probe, j].astype(bool)).sum())
+        assert m[rows.index(c), cols.index(c)] == tp
+
+
+def test_top_losses_are_the_images_furthest_from_their_labels(trained_shapes_bundle):
+    _, bundle = trained_shapes_bundle
+    s = load_scored(bundle)
+    loss = losses(s)
+    worst, best = int(np.argmax(np.where(s.probe, -1, loss))), int(np.argmin(np.where(s.probe, 9, loss)))
+    gap = lambda i: np.abs(s.probs[i] - s.truth[i]).mean()
+    assert gap(worst) > gap(best)
+    page = analysis_section(bundle)
+    for anchor in ("thresholds", "confusion", "top-losses", "unknowns-accepted"):
+        assert f"id='{anchor}'" in page
+    assert page.count("data:image/jpeg;base64") >= 12      # the top losses' thumbnails
+    assert "data:image/png;base64" in page                  # the precision-recall curves
+
+
+def test_pr_curve_by_hand():
+    precision, recall, ap = pr_curve(np.array([0.9, 0.8, 0.7, 0.1]), np.array([1, 0, 1, 0]))
+    assert list(precision) == [1.0, 0.5, 2 / 3, 0.5] and list(recall) == [0.5, 0.5, 1.0, 1.0]
+    assert ap == pytest.approx(0.5 * 1.0 + 0.5 * 2 / 3)
+    assert np.isnan(pr_curve(np.array([0.3]), np.array([0]))[2])
+    # tied scores are one cut (as scikit-learn's average_precision_score), whatever their order
+    for truth in ([1, 1, 0, 0], [1, 0, 1, 0]):
+        precision, recall, ap = pr_curve(np.array([0.9, 0.5, 0.5, 0.1]), np.array(truth))
+        assert list(recall) == [0.5, 1.0, 1.0] and ap == pytest.approx(0.5 + 0.5 * 2 / 3)
+
+
+def test_a_bundle_without_scores_says_how_to_get_the_analysis(tmp_path):
+    old = shutil.copytree(OLD_BUNDLE, tmp_path / "old")
+    assert load_scored(old) is None
+    assert "retrain it" in analysis_section(old)
+
+
+def test_mined_negatives_are_shown_with_their_files_linked(tmp_path, trained_shapes_bundle):
+    manifest, _ = trained_shapes_bundle
+    images = sorted((manifest.parent / "images").glob("other_*.jpg"))[:3]
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    lines = ["candidate_id,photo_id,score,accepted_as,decision,file"]
+    lines += [f"{i},p{i},0.6,red,{'added' if i < 2 else 'held:confident:red'},{f}" for i, f in enumerate(images)]
+    (bundle / "mined.csv").write_text("\n".join(lines) + "\n")
+    (bundle / "review.csv").write_text("candidate_id,photo_id,label,score,file\n")
+    page = mining_section([(1, bundle)])
+    assert "2 hard negatives added, 1 held or over the cap" in page
+    assert page.count("data:image/jpeg;base64") == 2 and "p0: taken for red (0.60)" in page
+    assert f"href='{(bundle / 'review.csv').as_uri()}'" in page and f"href='{(bundle / 'mined.csv').as_uri()}'" in page

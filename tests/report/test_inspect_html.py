@@ -1,0 +1,122 @@
+"""`mlc inspect --html`, the report the README recommends, on a data root planted with real photos:
+every image of a label is on the page, rejections are rejections, a very long owner name stays in
+its column, and the page has a model section once there is a model."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from helpers import ENV, FIXTURES, MLC
+
+from mlc_pipeline.catalog import Catalog, Found
+from mlc_pipeline.config import parse_config
+from mlc_pipeline.curate.stage import curate
+from mlc_pipeline.dataset.build import build_dataset
+from mlc_pipeline.report.inspect import GRID_LIMIT, write_html_report
+
+LONG_OWNER = "Ow" * 150          # 300 characters
+N_ANTS = GRID_LIMIT + 12
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A catalog of downloaded photos (more ants than a grid shows, a few bees and scenery, an ant
+    photo also found as a bee, a truncated file), curated and built into v1."""
+    tmp = tmp_path_factory.mktemp("planted")
+    (tmp / "config.yaml").write_text(json.dumps({
+        "data_dir": str(tmp / "data"),
+        "classes": {"ants": {"queries": ["ants"], "count": 100}, "bees": {"queries": ["bees"], "count": 100}},
+        "other": {"queries": ["scenery"], "count": 100}, "curate": {"min_side": 96}, "build": {"max_side": 96}}))
+    cfg = parse_config(json.loads((tmp / "config.yaml").read_text()))
+    cfg.data_dir.mkdir()
+    ants, bees = sorted((FIXTURES / "hymenoptera" / "ants").glob("*.jpg")), sorted((FIXTURES / "hymenoptera" / "bees").glob("*.jpg"))
+    plan = ([("ants", f) for f in ants[:N_ANTS]] + [("bees", f) for f in bees[:8]]
+            + [("other", f) for f in ants[150:156]] + [("bees", ants[0])])     # an ant also found as a bee
+    raw = tmp / "raw"
+    raw.mkdir()
+    with Catalog(cfg.catalog_path) as c:
+        run = c.start_run("plant")
+        for i, (label, src) in enumerate(plan):
+            purpose, query = ("train", label) if label != "other" else ("train", "scenery")
+            owner = LONG_OWNER if i == 3 else f"owner {i}"
+            c.upsert_found([Found("flickr", f"p{i}", purpose, label, query, f"http://h/{i}", "url_m", None, None, 4,
+                                  "CC BY 2.0", f"o{i}", owner, f"title {i}", None, None, query)], run)
+            dest = raw / f"p{i}.jpg"
+            shutil.copyfile(src, dest)
+            c.set_status(c.get_by_photo("flickr", f"p{i}")["id"], "downloaded", None, run, "download", file_path=str(dest))
+        data = bees[9].read_bytes()          # one truncated download: quarantined by curate
+        (raw / "bad.jpg").write_bytes(data[: len(data) // 2])
+        c.upsert_found([Found("flickr", "bad", "train", "bees", "bees", "http://h/bad", "url_m", None, None, 4,
+                              "CC BY 2.0", "ob", "ob", "t", None, None, "bees")], run)
+        c.set_status(c.get_by_photo("flickr", "bad")["id"], "downloaded", None, run, "download", file_path=str(raw / "bad.jpg"))
+    curate(cfg)
+    build_dataset(cfg)
+    return tmp / "config.yaml", cfg
+
+
+def section(page: str, anchor: str) -> str:
+    """The HTML from the element with id `anchor` to the next <h2>."""
+    start = page.index(f"id='{anchor}'")
+    end = page.find("<h2", start)
+    return page[start:end if end > 0 else None]
+
+
+def test_every_image_of_a_label_is_on_the_page_the_rest_folded(planted, tmp_path):
+    _, cfg = planted
+    page = write_html_report(cfg, tmp_path / "r.html").read_text()
+    grids = section(page, "thumbnails")
+    ants = grids[grids.index(">ants <"):grids.index("<h3", grids.index(">ants <") + 1)]
+    assert ants.count("<figure>") == N_ANTS - 1            # p0 went to "ants bees", the multi-label group
+    assert ants.count("<details>") == 1 and f"the other {N_ANTS - 1 - GRID_LIMIT} images of ants" in ants
+    assert ants.count("data:image/jpeg;base64") == N_ANTS - 1
+
+
+def test_rejections_hold_no_accepted_rows(planted, tmp_path):
+    _, cfg = planted
+    page = write_html_report(cfg, tmp_path / "r.html").read_text()
+    rejections = page[page.index("id='rejections'"):page.index("id='accepted-notes'")]
+    assert "truncated" in rejections
+    assert not re.search(r"<td>accepted</td>", rejections)
+    notes = section(page, "rejections")[section(page, "rejections").index("id='accepted-notes'"):]
+    assert "conflict:multi-label" in notes                     # the ant found as a bee: kept, with a note
+
+
+def test_a_300_character_owner_stays_in_its_column(planted, tmp_path):
+    _, cfg = planted
+    page = write_html_report(cfg, tmp_path / "r.html").read_text()
+    assert f"<td class='clip' title='{LONG_OWNER}'>{LONG_OWNER}</td>" in section(page, "attribution")
+    assert re.search(r"td\.clip\{max-width:[^}]*text-overflow:ellipsis;white-space:nowrap", page)
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "scripts/test.sh installs Debian's chromium"
+    # the rendered page is no wider than the window: nothing pushed off screen
+    probe = tmp_path / "width.html"
+    probe.write_text(page.replace("</body>", "<script>document.title='W'+document.documentElement.scrollWidth"
+                                             "</script></body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1200,900",
+             f"--user-data-dir={tmp_path / 'chrome'}"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    width = int(re.search(r"<title>W(\d+)</title>", dom.stdout).group(1))
+    assert width <= 1200, width
+
+
+def test_inspect_html_has_a_model_section_or_says_there_is_none(planted, tmp_path, trained_shapes_bundle):
+    config, cfg = planted
+    run = lambda: subprocess.run(MLC + ["inspect", "-c", str(config), "--html", str(tmp_path / "r.html")],
+                                 env=ENV, text=True, capture_output=True, timeout=300)
+    res = run()
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "No model yet" in section((tmp_path / "r.html").read_text(), "model")
+    _, bundle = trained_shapes_bundle
+    models = cfg.layout.models
+    models.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(bundle, models / "shapes-model")
+    (models / "LATEST").write_text("shapes-model\n")
+    res = run()
+    assert res.returncode == 0, res.stderr[-2000:]
+    model = section((tmp_path / "r.html").read_text(), "model")
+    for anchor in ("thresholds", "confusion", "top-losses", "unknowns-accepted"):
+        assert f"id='{anchor}'" in model
+    assert "shapes-model" in model and "Per-class metrics" in model

@@ -1,0 +1,138 @@
+"""The review app in a real browser: Playwright driving Debian's chromium against `mlc review` (a real
+process over a real curated data root), then a real `mlc build` that must reflect the review.
+
+Screenshots for docs/review.md: set MLC_REVIEW_SCREENSHOTS=<folder> and run this test."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import free_port
+from review_world import ReviewServer, make_data_root
+
+from mlc_pipeline.manifest import read_manifest
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' installs playwright")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SHOTS = os.environ.get("MLC_REVIEW_SCREENSHOTS")
+
+
+def all_images_loaded(page) -> None:
+    page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+
+
+def shoot(page, name: str, full: bool = False) -> None:
+    all_images_loaded(page)
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SHOTS) / f"review-{name}.png"), full_page=full)
+
+
+@pytest.fixture
+def world(tmp_path):
+    config, cfg = make_data_root(tmp_path)
+    server = ReviewServer(config, free_port())
+    yield config, cfg, server
+    server.stop()
+
+
+@pytest.fixture
+def browser():
+    assert CHROMIUM, "scripts/test.sh installs Debian's chromium for this test"
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+def state_after(page, key: str) -> str:
+    """Press a shortcut on an image page and wait for the reload it triggers."""
+    with page.expect_navigation():
+        page.keyboard.press(key)
+    return page.inner_text("#state")
+
+
+def test_filter_open_relabel_reject_undo_then_build(world, browser):
+    config, cfg, server = world
+    v1 = cfg.data_dir / "datasets" / "default" / "v1"
+    v1_manifest = (v1 / "manifest.csv").read_bytes()
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    # Browse, then filter: training images labelled ants
+    page.goto(server.url + "/")
+    everything = int(page.inner_text("#total"))
+    page.select_option("select[name=set]", "train")
+    page.select_option("select[name=label]", "ants")
+    page.select_option("select[name=status]", "accepted")
+    with page.expect_navigation():
+        page.click("form#filters button[type=submit]")
+    shoot(page, "browse")
+    ants = int(page.inner_text("#total"))
+    # every thumbnail decoded (JPEGs made once, cached under the data root by file content)
+    widths = page.eval_on_selector_all(".card img", "imgs => imgs.map(i => i.naturalWidth)")
+    assert len(widths) == ants and min(widths) > 0
+    assert len(list((cfg.data_dir / "review" / "thumbs").rglob("*.jpg"))) >= ants
+    assert 0 < ants < everything
+    labels = page.locator(".card .labels").all_inner_texts()
+    assert len(labels) == ants and all("ants" in x.split() for x in labels)
+
+    # Open the first image; add the label bees (key 2) and save (s)
+    with page.expect_navigation():
+        page.locator(".card").first.click()
+    first = page.get_attribute("#image-page", "data-id")
+    assert page.inner_text("#labels") == "ants" and page.inner_text("#state") == "in"
+    page.keyboard.press("2")
+    page.fill("#reason", "shows bees too")
+    page.locator("#reason").blur()
+    assert state_after(page, "s") == "in"
+    assert page.inner_text("#labels") == "ants bees"
+    shoot(page, "image", full=True)
+
+    # Reject it, then undo the rejection: the relabel stays
+    assert state_after(page, "r") == "out (rejected in review)"
+    assert state_after(page, "u") == "in"
+    assert page.inner_text("#labels") == "ants bees"
+    actions = page.locator("#actions tr").all_inner_texts()
+    assert [a.split("\t")[2] for a in actions[1:]] == ["relabel", "reject", "undo"]
+    assert "shows bees too" in actions[1]
+
+    # Next image under the same filter (j): reject it for good
+    with page.expect_navigation():
+        page.keyboard.press("j")
+    second = page.get_attribute("#image-page", "data-id")
+    assert second != first
+    page.fill("#reason", "not an ant")
+    page.locator("#reason").blur()
+    assert state_after(page, "r") == "out (rejected in review)"
+    page.keyboard.press("r")                     # a refused action shows why, and changes nothing
+    page.wait_for_function("document.getElementById('msg').textContent.length > 0")
+    assert page.inner_text("#msg") == "already out of the dataset"
+    page.goto(server.url + "/duplicates")
+    shoot(page, "duplicates")
+    page.goto(server.url + "/log")
+    shoot(page, "log")
+    page.goto(server.url + "/queues")
+    assert page.locator("#queues tr").count() == 7
+    shoot(page, "queues")
+    assert not errors, errors
+
+    # The next build applies the review; v1 is untouched
+    res = subprocess.run([sys.executable, "-m", "mlc_pipeline.cli", "build", "-c", str(config)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "dataset default v2: published" in res.stdout
+    assert "changed in review" in res.stdout, res.stdout
+    v2 = {r["candidate_id"]: r for r in read_manifest(cfg.data_dir / "datasets" / "default" / "v2" / "manifest.csv")}
+    assert v2[first]["labels"] == "ants bees" and v2[first]["path"].startswith("images/ants+bees/")
+    assert second not in v2
+    assert (v1 / "manifest.csv").read_bytes() == v1_manifest
+    # the image page now lists the label in both versions
+    page.goto(f"{server.url}/image/{first}")
+    rows = page.locator("text=Labels per published version >> xpath=following-sibling::table[1] >> tr").all_inner_texts()
+    assert [r.split("\t")[0] for r in rows[1:]] == ["v1", "v2"] and rows[2].endswith("ants bees")

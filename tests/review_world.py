@@ -1,0 +1,86 @@
+"""A small curated and built data root for the review app's tests: real photos (hymenoptera fixtures)
+served by the bundled server in folder mode, collected, curated (with a planted duplicate) and built."""
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+import yaml
+from PIL import Image
+
+from mlc_pipeline.collect import collect
+from mlc_pipeline.config import load_config
+from mlc_pipeline.curate import curate
+from mlc_pipeline.dataset import build_dataset
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "hymenoptera"
+
+
+def make_world(root: Path) -> Path:
+    ants, bees = sorted((FIXTURES / "ants").glob("*.jpg")), sorted((FIXTURES / "bees").glob("*.jpg"))
+    for name, files in (("ants", ants[:12]), ("bees", bees[:12]), ("scenery", ants[150:156])):
+        (root / name).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, root / name / f.name)
+    shutil.copy(ants[0], root / "ants" / "zz_exact_copy.jpg")          # duplicates for the queue
+    with Image.open(ants[1]) as im:                                    # a near one: smaller, re-encoded
+        im.convert("RGB").resize((im.width * 7 // 10, im.height * 7 // 10)).save(root / "ants" / "zz_near.jpg",
+                                                                                quality=70)
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(root / "bees" / "zz_tiny.jpg")   # quarantined: too-small
+    return root
+
+
+def make_data_root(tmp: Path) -> tuple[Path, object]:
+    """(config file, config): collected, curated and built (v1)."""
+    world = make_world(tmp / "world")
+    raw = {
+        "data_dir": str(tmp / "data"),
+        "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s", "url_t", "url_sq"],
+                   "local": {"port": 0, "folder": str(world),
+                             "query_map": {"ants": "ants", "bees": "bees", "scenery": "scenery"}}},
+        "classes": {"ants": {"queries": ["ants"], "count": 100}, "bees": {"queries": ["bees"], "count": 100}},
+        "other": {"queries": ["scenery"], "count": 100},
+        "curate": {"min_side": 64},
+        "build": {"max_side": 128},
+    }
+    path = tmp / "review.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    collect(cfg, progress=False)
+    curate(cfg)
+    build_dataset(cfg)
+    return path, cfg
+
+
+class ReviewServer:
+    """`mlc review` as a real process on a free port."""
+
+    def __init__(self, config: Path, port: int, host: str = "127.0.0.1", env: dict | None = None):
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "mlc_pipeline.cli", "review", "-c", str(config),
+                                      "--host", host, "--port", str(port)], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlc review exited: {self.proc.stdout.read()}")
+            try:
+                requests.get(self.url + "/static/review.css", timeout=2)
+                return
+            except requests.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def stop(self) -> str:
+        """Stop the server; its whole output."""
+        self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        return out

@@ -1,0 +1,144 @@
+"""Ordinary mistakes are one line on stderr and an exit code, never a traceback (issue 17): each
+case runs the `mlc` command as a user would, in a subprocess."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import ENV, MLC, REPO, free_port, write_config as write_server_config
+from storage_world import curated_root
+
+from mlc_pipeline import __version__
+from mlc_pipeline.cli import build_parser
+from mlc_pipeline.config import load_config
+from mlc_pipeline.dataset.build import build_dataset
+
+OLD_BUNDLE = REPO / "tests" / "data" / "bundle-0.1.0"
+
+
+def mlc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*MLC, *args], env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def one_line(res: subprocess.CompletedProcess, code: int, *words: str) -> str:
+    """The run failed with `code` and said so in one line holding every one of `words`."""
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == code and "Traceback" not in res.stderr, (res.returncode, res.stderr[-2000:])
+    assert len(lines) == 1, res.stderr[-2000:]
+    assert all(w in lines[0] for w in words), lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """A curated data root of real photos with two published versions, v1 and v2; its config."""
+    cfg_path = curated_root(tmp_path_factory.mktemp("built"), per_class=6)
+    cfg = load_config(cfg_path)
+    build_dataset(cfg)
+    build_dataset(load_config(cfg_path, {"build": {"max_side": 64}}))     # other parameters: a new version
+    assert sorted(p.name for p in cfg.layout.datasets.glob("v*")) == ["v1", "v2"]
+    return cfg_path
+
+
+@pytest.fixture
+def listening() -> int:
+    """A loopback port somebody is listening on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_inspect_unknown_version_names_the_versions(built):
+    line = one_line(mlc("inspect", "-c", str(built), "--version", "1"), 2, "no dataset version '1'", "v1, v2")
+    assert "did you mean v1?" in line
+    res = mlc("inspect", "-c", str(built), "--version", "v1")
+    assert res.returncode == 0 and "v1" in res.stdout, res.stderr[-2000:]
+
+
+def test_inspect_into_a_closed_pipe_exits_quietly(built):
+    """`mlc inspect | head`: the reader is gone before inspect writes; no traceback, no message."""
+    proc = subprocess.Popen([*MLC, "inspect", "-c", str(built)], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == "", err     # 128 + SIGPIPE, as `yes | head` ends
+
+
+def test_inspect_without_a_catalog_says_so_and_creates_nothing(tmp_path, built):
+    text = built.read_text().replace(yaml.safe_load(built.read_text())["data_dir"], str(tmp_path / "typo"))
+    (tmp_path / "c.yaml").write_text(text)
+    one_line(mlc("inspect", "-c", str(tmp_path / "c.yaml")), 2, "no catalog at", str(tmp_path / "typo"))
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["-c", "/tmp"], ["/tmp is a folder"]),
+    (["-c", "CFG", "--set", "train.epochs=[1"], ["--set 'train.epochs=[1'", "not valid YAML"]),
+])
+def test_config_mistakes(built, args, words):
+    args = [str(built) if a == "CFG" else a for a in args]
+    one_line(mlc("inspect", *args), 2, *words)
+
+
+def test_mine_with_a_missing_model(built):
+    one_line(mlc("mine", "-c", str(built), "--model", "/nope"), 2, "--model /nope", "not a model bundle")
+
+
+def test_mine_without_a_pool_leaves_the_bundle_alone(built, tmp_path):
+    bundle = shutil.copytree(OLD_BUNDLE, tmp_path / "bundle")
+    before = sorted(p.name for p in bundle.iterdir())
+    assert load_config(built).mine.pool is None
+    one_line(mlc("mine", "-c", str(built), "--model", str(bundle)), 2, "mine.pool is not configured", "nothing was changed")
+    assert sorted(p.name for p in bundle.iterdir()) == before         # no mined.csv, no review.csv
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--folder", "/nonexistent", "--map", "a=b"], ["/nonexistent does not exist"]),
+    (["--folder", "/nonexistent"], ["/nonexistent does not exist"]),
+    (["--folder", str(REPO), "--map", "a=nothere"], ["subfolder 'nothere'", "does not exist"]),
+    (["--folder", str(REPO), "--map", "a=../.."], ["is outside"]),
+    (["--port", "99999"], ["--port 99999", "0-65535"]),
+])
+def test_serve_flickr_mistakes(args, words):
+    one_line(mlc("serve-flickr", *args), 2, *words)
+
+
+def test_serve_flickr_on_a_port_in_use(listening):
+    one_line(mlc("serve-flickr", "--port", str(listening)), 2, f"port {listening}", "already in use",
+             "source.local.port")
+
+
+def test_collect_on_a_port_in_use_hints_at_another_run(tmp_path, listening):
+    cfg = write_server_config(tmp_path, count=2)
+    data = yaml.safe_load(cfg.read_text())
+    data["source"]["local"]["port"] = listening
+    cfg.write_text(yaml.safe_dump(data))
+    one_line(mlc("collect", "-c", str(cfg), "--no-progress"), 2, f"source.local.port {listening}",
+             "already in use", "another `mlc` run")
+
+
+def test_collect_from_a_missing_folder(tmp_path):
+    cfg = write_server_config(tmp_path, count=2)
+    data = yaml.safe_load(cfg.read_text())
+    data["source"]["local"] = {"port": free_port(), "folder": str(tmp_path / "photos"), "query_map": {q: "kites" for q in ("balloon", "kite", "landscape", "texture")}}
+    cfg.write_text(yaml.safe_dump(data))
+    one_line(mlc("collect", "-c", str(cfg), "--no-progress"), 2, str(tmp_path / "photos"), "does not exist")
+    (tmp_path / "photos").mkdir()
+    one_line(mlc("collect", "-c", str(cfg), "--no-progress"), 2, "subfolder 'kites'", "does not exist")
+
+
+def test_version_and_verbose_anywhere():
+    res = mlc("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"mlc {__version__}"
+    parser = build_parser()
+    assert parser.parse_args(["inspect", "-c", "x.yaml", "-v"]).verbose is True
+    assert parser.parse_args(["-v", "inspect", "-c", "x.yaml"]).verbose is True
+    assert parser.parse_args(["build", "-c", "x.yaml", "--verbose"]).verbose is True
+    assert parser.parse_args(["inspect", "-c", "x.yaml"]).verbose is False

@@ -1,0 +1,188 @@
+"""The executor seam (mlc_pipeline/executor.py) on a real `distributed.LocalCluster` of two worker
+processes on loopback: chunk order, a worker dying under a chunk, the per-host download bound held
+across workers, and a collect + curate + build that gives the same catalog and manifest as the
+single-process path."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+distributed = pytest.importorskip("distributed")
+import cloudpickle  # noqa: E402  (comes with distributed)
+import dask  # noqa: E402
+
+from helpers import write_config  # noqa: E402
+from mlc_pipeline.config import load_config  # noqa: E402
+from mlc_pipeline.executor import ADDRESS_ENV, cluster_address, map_chunks  # noqa: E402
+
+# The chunk functions below live in this test module, which workers cannot import: ship them by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # allowed-failures 0: a chunk whose worker dies is reported at once (KilledWorker), not retried.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1",
+                                     dashboard_address=None) as lc:
+        yield lc.scheduler_address
+
+
+def tag_with_pid(items: list[int]) -> list[tuple[int, int]]:
+    return [(i, os.getpid()) for i in items]
+
+
+def die_on_13(items: list[int]) -> list[int]:
+    if 13 in items:
+        os._exit(1)          # a worker process killed outright, as a decoder segfault would
+    return [i * 2 for i in items]
+
+
+def test_local_runs_the_local_function_once_on_everything():
+    calls = []
+    out = map_chunks(lambda xs: [x + 1 for x in xs], [1, 2, 3], 1,
+                     local=lambda xs: calls.append(list(xs)) or [x * 10 for x in xs])
+    assert out == [10, 20, 30] and calls == [[1, 2, 3]]
+    with pytest.raises(RuntimeError, match="2 results for 3 items"):
+        map_chunks(lambda xs: xs[:2], [1, 2, 3], 2)
+
+
+def test_address_comes_from_the_environment_first(tmp_path, monkeypatch):
+    cfg = load_config(write_config(tmp_path))
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    assert cluster_address(cfg) is None
+    cfg.cluster.address = "tcp://10.0.0.1:8786"
+    assert cluster_address(cfg) == "tcp://10.0.0.1:8786"
+    monkeypatch.setenv(ADDRESS_ENV, "tcp://127.0.0.1:1")
+    assert cluster_address(cfg) == "tcp://127.0.0.1:1"
+
+
+def test_chunks_run_on_both_workers_and_come_back_in_order(cluster):
+    seen = []
+    out = map_chunks(tag_with_pid, list(range(40)), 3, address=cluster, on_chunk=lambda xs, rs: seen.append(xs))
+    assert [i for i, _ in out] == list(range(40))
+    assert len({pid for _, pid in out}) == 2 and os.getpid() not in {pid for _, pid in out}
+    assert sorted(x for xs in seen for x in xs) == list(range(40)) and len(seen) == 14
+
+
+def stage_on_a_worker(address: str, items: list[int]) -> list[tuple[int, int]]:
+    """What a flow's stage task does on a Dask worker: map its own chunks over the same cluster."""
+    return map_chunks(tag_with_pid, items, 2, address=address)
+
+
+def test_a_stage_running_on_a_worker_maps_its_chunks_without_deadlock(cluster):
+    # Four "stage tasks" hold all four worker threads (2 workers x 2 threads); their chunks can only
+    # run because a waiting stage secedes from its worker's thread pool.
+    with distributed.Client(cluster, set_as_default=False) as client:
+        stages = [client.submit(stage_on_a_worker, cluster, list(range(k, k + 8)), pure=False) for k in range(4)]
+        results = [f.result(timeout=120) for f in stages]
+    assert [[i for i, _ in r] for r in results] == [list(range(k, k + 8)) for k in range(4)]
+
+
+def test_a_chunk_whose_worker_dies_is_computed_here_or_reported(cluster):
+    lost = []
+    out = map_chunks(die_on_13, list(range(20)), 5, address=cluster,
+                     on_lost=lambda xs: lost.append(list(xs)) or [-1 if x == 13 else x * 2 for x in xs])
+    # Chunks that ran beside the culprit on the dying worker are lost with it (retried elsewhere by
+    # the scheduler's allowed-failures, here 0): computed here too, with the same results.
+    assert [10, 11, 12, 13, 14] in lost
+    assert out == [-1 if i == 13 else i * 2 for i in range(20)]
+    with pytest.raises(distributed.KilledWorker):
+        map_chunks(die_on_13, list(range(20)), 5, address=cluster)
+
+
+def test_per_host_bound_holds_across_workers(cluster, tmp_path):
+    from mlc_pipeline.collect.cluster import download_chunk
+    from mlc_pipeline.collect.download import DownloadJob
+    from mlc_pipeline.config import SourceSettings
+    from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
+    from functools import partial
+
+    # 2 workers x 2 threads, each chunk's downloader opening up to 3 connections: 12 at once
+    # without a shared bound; the server counts what it really sees.
+    settings = SourceSettings(per_host_concurrency=3)
+    with FlickrServer(WorldSpec(seed=0, scale=0.1), FaultSpec(image_latency_ms=150)) as srv:
+        photos = [p for p in srv.world.photos if "n" in p.sizes][:48]
+        jobs = [DownloadJob(k, p.id, f"http://{srv.static_host}/static/{p.server}/{p.id}_{p.secret}_n.jpg")
+                for k, p in enumerate(photos)]
+        fn = partial(download_chunk, settings, [srv.static_host], str(tmp_path / "raw"))
+        results = map_chunks(fn, jobs, 6, address=cluster)
+        peak = srv.stats()["max_concurrent_image_connections"]
+    assert [r.cid for r in results] == [j.cid for j in jobs] and all(r.ok for r in results)
+    assert all(Path(r.path).is_file() for r in results)
+    assert peak == 3
+
+
+CATALOG_VOLATILE = {"run_id", "first_seen_at", "updated_at"}
+
+
+def catalog_rows(cfg) -> list[dict]:
+    """Every candidate, with paths relative to the data root and without times and run ids."""
+    from mlc_pipeline.catalog import Catalog
+
+    data_dir = cfg.data_dir
+    with Catalog(cfg.catalog_path) as catalog:
+        rows = catalog.candidates()
+    for r in rows:
+        for key in CATALOG_VOLATILE:
+            r.pop(key)
+        if r["file_path"]:
+            r["file_path"] = str(Path(r["file_path"]).relative_to(data_dir))
+    return rows
+
+
+def collect_curate_build(cfg) -> Path:
+    from mlc_pipeline.collect.stage import collect_in_rounds
+    from mlc_pipeline.curate.stage import curate
+    from mlc_pipeline.dataset.build import build_dataset
+
+    collect_in_rounds(cfg, curate, progress=False)
+    return Path(build_dataset(cfg).path)
+
+
+@pytest.mark.slow    # ~30-55 s on 2 busy cores: two whole collect + curate + build runs
+def test_collect_curate_build_on_two_workers_equals_single_process(cluster, tmp_path, monkeypatch):
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    single_yaml = write_config(tmp_path, faults="truncated=0.08,html=0.05,dup_exact=0.06,dup_near=0.06",
+                               count=20, data="single")
+    cluster_yaml = tmp_path / "cluster.yaml"     # the same server port: the recorded URLs are equal too
+    cluster_yaml.write_text(single_yaml.read_text().replace(str(tmp_path / "single"), str(tmp_path / "cluster")))
+    single = load_config(single_yaml)
+    spread = load_config(cluster_yaml, {"cluster": {"address": cluster, "download_chunk": 16, "hash_chunk": 16}})
+
+    single_version = collect_curate_build(single)
+    cluster_version = collect_curate_build(spread)
+
+    rows = catalog_rows(single)
+    assert rows == catalog_rows(spread)
+    statuses = {r["status"] for r in rows}
+    assert {"accepted", "rejected", "duplicate", "failed"} <= statuses, statuses   # bad files, copies, html
+    for name in ("manifest.csv", "SHA256SUMS"):
+        assert (single_version / name).read_bytes() == (cluster_version / name).read_bytes()
+
+
+@pytest.mark.slow    # the session's tiny model (shared), and torch loaded on 2 workers
+def test_mining_scores_on_two_workers_equal_the_local_scores(cluster, trained_shapes_bundle, tmp_path, monkeypatch):
+    from mlc_pipeline.manifest import read_manifest
+    from mlc_pipeline.model.bundle import load_bundle
+    from mlc_pipeline.model.mine import score_spread
+
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    manifest, bundle_dir = trained_shapes_bundle
+    paths = [str(manifest.parent / r["path"]) for r in read_manifest(manifest)][:150]
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    paths.insert(70, str(tmp_path / "broken.jpg"))           # an error row travels back too
+    cfg = load_config(write_config(tmp_path))
+    bundle = load_bundle(bundle_dir)
+    local_probs, local_errors = score_spread(cfg, bundle, bundle_dir, paths)
+    cfg.cluster.address, cfg.cluster.score_chunk = cluster, 64     # 3 chunks over the 2 workers
+    spread_probs, spread_errors = score_spread(cfg, bundle, bundle_dir, paths)
+    assert list(local_errors) == list(spread_errors) == [70]
+    assert spread_probs.shape == (151, len(bundle.vocab))
+    assert np.array_equal(np.isnan(local_probs), np.isnan(spread_probs))
+    assert np.allclose(local_probs, spread_probs, atol=1e-6, equal_nan=True)
