@@ -22,7 +22,6 @@ LIMIT/OFFSET. SQLite-specific: INTEGER PRIMARY KEY as an auto id and `lastrowid`
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -86,13 +85,7 @@ def ensure_schema(catalog: Catalog) -> None:
 
 def has_review_tables(catalog: Catalog) -> bool:
     """False on a catalog the review app never opened (a read-only one cannot get the tables)."""
-    try:
-        catalog.db.execute("SELECT 1 FROM review_overrides WHERE 1=0").fetchall()
-    except sqlite3.OperationalError as exc:
-        if "no such table" not in str(exc):
-            raise
-        return False
-    return True
+    return catalog.has_table("review_overrides")
 
 
 # --- actions -------------------------------------------------------------------------------------

@@ -269,7 +269,7 @@ def cmd_inspect(args) -> int:
     from mlc_pipeline.report.inspect import inspect_main
     cfg = load_config(args.config, parse_overrides(args.set))
     fetch_for_reading(cfg, args.version)
-    if not cfg.layout.catalog.exists():             # say so, rather than report an empty project
+    if not cfg.catalog.url and not cfg.layout.catalog.exists():   # say so, rather than report an empty project
         raise ConfigError(f"no catalog at {cfg.layout.catalog}: nothing was collected into data_dir "
                           f"{cfg.data_dir} yet (check data_dir in {args.config}, or run `mlc collect`)")
     root = cfg.layout.datasets

@@ -183,6 +183,16 @@ class MineSettings(Strict):
     max_per_round: int | None = Field(None, ge=1)    # None: as many as the training "other" set holds
 
 
+class CatalogSettings(Strict):
+    url: str | None = None          # postgresql://user@host:5432/db (password: PGPASSWORD / ~/.pgpass); None: SQLite
+
+    @field_validator("url")
+    @classmethod
+    def postgres_url(cls, url: str | None) -> str | None:
+        from .catalog.address import check_url
+        return None if url is None else check_url(url)
+
+
 class ClusterSettings(Strict):
     """Spread the work inside collect, curate and mining over a Dask cluster (mlc_pipeline/executor.py)."""
     address: str | None = None      # tcp://scheduler:8786; $MLC_DASK_ADDRESS wins; None: this process
@@ -203,6 +213,7 @@ class Config(Strict):
     data_url: str | None = None       # the object-store data root (set from data_dir), see sync.py
     storage_options: dict[str, Any] = {}   # fsspec options, e.g. endpoint_url; credentials from the environment
     cache_dir: Path | None = None
+    catalog: CatalogSettings = CatalogSettings()
     source: SourceSettings = SourceSettings()
     classes: dict[str, QuerySet] = Field(min_length=1)
     other: QuerySet
@@ -274,7 +285,11 @@ class Config(Strict):
         return DataLayout(self.data_dir, self.build.name)
 
     @property
-    def catalog_path(self) -> Path:
+    def catalog_path(self):
+        """What `Catalog()` opens: the SQLite file under data_dir, or the configured PostgreSQL catalog."""
+        if self.catalog.url:
+            from .catalog.address import PostgresCatalog
+            return PostgresCatalog(self.catalog.url, self.data_dir)
         return self.layout.catalog
 
 

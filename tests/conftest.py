@@ -75,3 +75,42 @@ def s3_server():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# --- a real PostgreSQL server for the catalog's PostgreSQL backend (tests/pgserver.py) ----------
+import uuid  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One server for the session; each test that needs one gets its own database (`pg_url`).
+    Its password is in PGPASSWORD, as the docs tell users, for this process and its children."""
+    from pgserver import PostgresServer, missing
+    why = missing()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    server = PostgresServer().start()
+    previous = os.environ.get("PGPASSWORD")
+    os.environ["PGPASSWORD"] = server.password
+    yield server
+    if previous is None:
+        os.environ.pop("PGPASSWORD", None)
+    else:
+        os.environ["PGPASSWORD"] = previous
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server) -> str:
+    """A fresh, empty database on the session's server."""
+    return postgres_server.create_database("t_" + uuid.uuid4().hex[:12])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_settings(request) -> dict:
+    """Config keys for each catalog backend: run a test once on SQLite, once on PostgreSQL."""
+    if request.param == "sqlite":
+        return {}
+    return {"catalog": {"url": request.getfixturevalue("pg_url")}}

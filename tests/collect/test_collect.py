@@ -23,10 +23,10 @@ MLC = [sys.executable, "-m", "mlc_pipeline.cli"]
 FAST_RETRY = {"attempts": 6, "base_delay_s": 0.01, "max_delay_s": 0.05}
 
 
-def make_cfg(tmp_path, **source):
+def make_cfg(tmp_path, catalog_settings=None, **source):
     """A config for a FlickrServer started by the test (source.kind: flickr, pointed at it)."""
     data = {
-        "data_dir": str(tmp_path / "data"),
+        "data_dir": str(tmp_path / "data"), **(catalog_settings or {}),
         "source": {"kind": "flickr", "retry": FAST_RETRY, "per_page": 50, **source},
         "classes": {"balloon": {"queries": ["balloon"], "count": 25}, "kite": {"queries": ["kite"], "count": 25}},
         "other": {"queries": ["landscape", "texture", "pattern", "sky"], "count": 30},
@@ -69,9 +69,9 @@ def test_collect_counts_licences_sizes_and_attribution(tmp_path, creds):
     assert stats["max_concurrent_image_connections"] <= 4
 
 
-def test_same_photo_from_two_queries_is_one_candidate(tmp_path, creds):
+def test_same_photo_from_two_queries_is_one_candidate(tmp_path, creds, catalog_settings):
     with FlickrServer(WorldSpec(seed=2, scale=0.1)) as srv:
-        cfg = make_cfg(tmp_path, rest_url=srv.rest_url, allowed_hosts=[srv.static_host])
+        cfg = make_cfg(tmp_path, catalog_settings, rest_url=srv.rest_url, allowed_hosts=[srv.static_host])
         cfg.classes["balloon"].queries = ["balloon", "balloon"]   # the same results twice
         collect(cfg, progress=False)
         collect(cfg, progress=False)                              # and again in a later run

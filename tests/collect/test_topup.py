@@ -90,9 +90,9 @@ def server(world, monkeypatch):
         yield srv
 
 
-def make_cfg(tmp_path, srv, ants=40, other=15, pool=10, probe=10):
+def make_cfg(tmp_path, srv, ants=40, other=15, pool=10, probe=10, catalog_settings=None):
     return parse_config({
-        "data_dir": str(tmp_path / "data"),
+        "data_dir": str(tmp_path / "data"), **(catalog_settings or {}),
         "source": {"kind": "flickr", "rest_url": srv.rest_url, "allowed_hosts": [srv.static_host],
                    "licenses": "any", "sizes": ["url_n", "url_s", "url_t", "url_sq"], "per_page": 10,
                    "per_host_concurrency": 4, "retry": FAST_RETRY},
@@ -115,8 +115,8 @@ def files_fetched(cfg) -> int:
         return sum(r["status"] in ("accepted", "rejected", "duplicate", "downloaded") for r in c.candidates())
 
 
-def test_rounds_top_every_set_up_to_its_usable_count(tmp_path, server):
-    cfg = make_cfg(tmp_path, server)
+def test_rounds_top_every_set_up_to_its_usable_count(tmp_path, server, catalog_settings):
+    cfg = make_cfg(tmp_path, server, catalog_settings=catalog_settings)
     summary, curated = collect_and_curate(cfg, progress=False)
     got = accepted(cfg)
     # Every set has its count of usable images; a set may end a little over it (a top-up plans
@@ -175,9 +175,9 @@ def test_short_sets_are_reported_with_their_numbers(tmp_path, server, capsys):
     assert server.stats()["image_requests"] == before
 
 
-def test_collect_alone_counts_known_rejections_and_converges(tmp_path, server):
+def test_collect_alone_counts_known_rejections_and_converges(tmp_path, server, catalog_settings):
     """`mlc collect` then `mlc curate`, repeated: each collect asks only for what is still missing."""
-    cfg = make_cfg(tmp_path, server)
+    cfg = make_cfg(tmp_path, server, catalog_settings=catalog_settings)
     first = collect(cfg, progress=False)
     assert first.downloaded == 40 + 15 + 10 + 10      # nothing curated yet: every download may be usable
     curate(cfg)

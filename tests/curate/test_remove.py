@@ -43,7 +43,10 @@ def mlc(config: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def published(tmp_path):
+def published(tmp_path, request):
+    """A published v1; `request.param` (indirect parametrisation) picks the catalog backend."""
+    backend = getattr(request, "param", "sqlite")
+    catalog = {"catalog": {"url": request.getfixturevalue("pg_url")}} if backend == "postgresql" else {}
     world = tmp_path / "world"
     for name, files in (("ants", sorted((FIXTURES / "ants").glob("*.jpg"))[:10]),
                         ("bees", sorted((FIXTURES / "bees").glob("*.jpg"))[:10]),
@@ -51,7 +54,7 @@ def published(tmp_path):
         (world / name).mkdir(parents=True)
         for f in files:
             shutil.copy(f, world / name / f.name)
-    raw = settings(tmp_path, world)
+    raw = {**settings(tmp_path, world), **catalog}
     cfg = parse_config(raw)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(raw))
@@ -61,6 +64,7 @@ def published(tmp_path):
     return cfg, config, v1, world
 
 
+@pytest.mark.parametrize("published", ["sqlite", "postgresql"], indirect=True)
 def test_remove_photo_id_takes_it_out_of_every_future_version(published):
     cfg, config, v1, _ = published
     rows = read_manifest(v1.path / "manifest.csv")
@@ -99,6 +103,7 @@ def test_remove_photo_id_takes_it_out_of_every_future_version(published):
     assert again.returncode == 0 and "removed 0 photo(s)" in again.stdout and "1 already removed" in again.stdout
 
 
+@pytest.mark.parametrize("published", ["sqlite", "postgresql"], indirect=True)
 def test_remove_by_owner_and_by_query(published):
     cfg, config, v1, _ = published
     with Catalog(cfg.catalog_path) as c:

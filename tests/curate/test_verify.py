@@ -131,7 +131,7 @@ def test_a_file_that_grows_after_stat_is_read_whole_or_refused(tmp_path, monkeyp
     # read_limited asks for the size stat reported (+1), then reads on if the file turned out longer.
     import os
 
-    from mlc_pipeline import verify
+    from mlc_pipeline.curate import verify
 
     path = tmp_path / "growing.jpg"
     data = fixture_photos()[0].read_bytes()

@@ -1,0 +1,18 @@
+"""The catalog: every image candidate, its history, the runs and takedowns. Every SQL statement of
+the project lives in this package.
+
+  schema.py    the tables (written once) and the plain data types
+  store.py     `Catalog`: the statements both backends share
+  sqlite.py    the embedded SQLite file under data_dir (the default)
+  postgres.py  a PostgreSQL database (`catalog: {url: postgresql://...}`), several writers at once
+  address.py   where a catalog lives, and its URL checked and shown without a password
+  copy.py      `mlc catalog migrate`: a SQLite catalog copied into PostgreSQL
+"""
+
+from .address import PostgresCatalog, check_url, display_url
+from .schema import (FILE_STATUSES, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA, SCHEMA_VERSION, CatalogError, Found,
+                     merge_labels, run_end_status)
+from .store import Catalog
+
+__all__ = ["Catalog", "CatalogError", "FILE_STATUSES", "Found", "PHOTO_FIELDS", "PURPOSE_RANK", "PostgresCatalog",
+           "SCHEMA", "SCHEMA_VERSION", "check_url", "display_url", "merge_labels", "run_end_status"]

@@ -1,0 +1,42 @@
+"""`mlc catalog ...`: commands about the catalog itself (registered by mlc_pipeline/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_catalog_parser(sub, add_writer) -> None:
+    p = sub.add_parser("catalog", help="the catalog itself: copy a SQLite catalog into PostgreSQL")
+    actions = p.add_subparsers(dest="action", required=True)
+    m = actions.add_parser("migrate", help="copy the SQLite catalog into a PostgreSQL one (idempotent; "
+                                           "row counts verified)")
+    add_writer(m)
+    m.add_argument("--to", help="postgresql://user@host:5432/db (default: the config's catalog.url); the "
+                                "password comes from PGPASSWORD or ~/.pgpass")
+    m.add_argument("--from", dest="source", help="the SQLite catalog (default: <data_dir>/catalog.sqlite)")
+    m.set_defaults(func=cmd_catalog_migrate)
+
+
+def cmd_catalog_migrate(args: argparse.Namespace) -> int:
+    from ..config import ConfigError, load_config, parse_overrides
+    from ..locking import data_root_lock
+    from .address import PostgresCatalog, check_url
+    from .copy import copy_catalog
+    cfg = load_config(args.config, parse_overrides(args.set))
+    url = args.to or cfg.catalog.url
+    if not url:
+        raise ConfigError("catalog migrate: name the PostgreSQL catalog with --to postgresql://user@host/db, "
+                          "or set catalog.url in the config")
+    try:
+        url = check_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"--to: {exc}") from None
+    source = Path(args.source) if args.source else cfg.layout.catalog
+    with data_root_lock(cfg.data_dir, "mlc catalog migrate", wait=not args.no_wait):
+        result = copy_catalog(source, PostgresCatalog(url, cfg.data_dir))
+    print(json.dumps(result.__dict__, indent=2))
+    if not cfg.catalog.url:
+        print(f"set catalog.url: {result.target} in {args.config} to use it")
+    return 0

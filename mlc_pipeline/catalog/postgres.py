@@ -1,0 +1,170 @@
+"""The PostgreSQL catalog: a connection that speaks the SQLite-style SQL of `store.py`.
+
+The catalog's statements are written once, with `?` placeholders; `to_pyformat` turns them into
+psycopg's. Statements outside a transaction commit on their own (autocommit), as in SQLite. Where
+SQLite relied on its single writer (`BEGIN IMMEDIATE`), a transaction here takes one advisory lock
+per database first, so read-then-write blocks such as `upsert_found` and curation's decisions stay
+serial across processes and machines; single statements, and readers, never wait for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import time
+from typing import Iterator
+
+from ..secrets import redact, remember
+from .address import PostgresCatalog
+from .schema import ADDED_COLUMNS, LOCK_NOTICE_S, SCHEMA_VERSION, CatalogError, postgres_schema
+
+log = logging.getLogger(__name__)
+DIALECT = "postgresql"
+LOST_SQLSTATES = ("57P01", "57P02", "57P03")   # admin_shutdown, crash_shutdown, cannot_connect_now
+WRITER_LOCK = 0x6D6C632D636174     # pg_advisory_xact_lock key of the catalog's writer lock ("mlc-cat")
+
+
+@functools.lru_cache(maxsize=512)
+def to_pyformat(sql: str) -> str:
+    """`?` placeholders become `%s`; a literal `%` (LIKE 'held:%') becomes `%%`. A `?` inside a
+    quoted string stays as it is."""
+    out, quoted = [], False
+    for ch in sql:
+        if ch == "'":
+            quoted = not quoted
+        out.append("%%" if ch == "%" else "%s" if ch == "?" and not quoted else ch)
+    return "".join(out)
+
+
+class PgConnection:
+    """The part of sqlite3.Connection's interface the catalog uses, on a psycopg connection."""
+
+    def __init__(self, conn, target: PostgresCatalog, lock_timeout_s: float):
+        self.conn, self.target, self.lock_timeout_s = conn, target, lock_timeout_s
+
+    def execute(self, sql: str, params=()):
+        with self.errors():
+            return self.conn.execute(to_pyformat(sql), tuple(params))
+
+    def executemany(self, sql: str, rows) -> None:
+        with self.errors(), self.conn.cursor() as cur:
+            cur.executemany(to_pyformat(sql), list(rows))
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """A lost connection or a lock held too long: one line (CatalogError), not a traceback."""
+        import psycopg
+        try:
+            yield
+        except psycopg.errors.LockNotAvailable:
+            raise CatalogError(f"{self.target}: still locked by another writer after {self.lock_timeout_s:g} s: "
+                               f"wait for it to finish or stop it, then rerun") from None
+        except psycopg.OperationalError as exc:
+            # The server may say so (class 08, or 57P01-03: terminated, crashed, shutting down) before
+            # the client has noticed the socket is gone (conn.broken).
+            lost = (exc.sqlstate or "").startswith("08") or exc.sqlstate in LOST_SQLSTATES
+            if not (lost or self.conn.broken or self.conn.closed):
+                raise
+            why = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            raise CatalogError(redact(f"{self.target}: lost the connection to the catalog ({why}); what was "
+                                      f"committed is kept: rerun the same command to resume")) from None
+
+    @property
+    def in_transaction(self) -> bool:
+        from psycopg.pq import TransactionStatus
+        return self.conn.info.transaction_status != TransactionStatus.IDLE
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def connect(target: PostgresCatalog, readonly: bool, lock_timeout_s: float) -> PgConnection:
+    try:
+        import psycopg
+        from psycopg.rows import dict_row
+    except ImportError:
+        raise CatalogError(f"catalog {target}: PostgreSQL needs psycopg 3: pip install 'psycopg[binary]' "
+                           f"(or mlc-pipeline[postgres])") from None
+    remember(os.environ.get("PGPASSWORD", ""))       # masked should any message ever carry it
+    try:
+        conn = psycopg.connect(target.url, autocommit=True, row_factory=dict_row,
+                               connect_timeout=int(os.environ.get("PGCONNECT_TIMEOUT", "10")),
+                               application_name="mlc-pipeline")
+    except psycopg.Error as exc:
+        why = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise CatalogError(redact(f"catalog {target}: cannot connect ({why}). Check catalog.url, that the "
+                                  f"server runs, and the password in PGPASSWORD or ~/.pgpass")) from None
+    db = PgConnection(conn, target, lock_timeout_s)
+    if readonly:
+        conn.execute("SET default_transaction_read_only = on")
+        return db
+    conn.execute(f"SET lock_timeout = '{int(lock_timeout_s * 1000)}ms'")
+    begin(db)                     # two first opens at once: one creates the tables, the other waits
+    try:
+        conn.execute(postgres_schema())
+        for table, column, kind in ADDED_COLUMNS:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+        db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING",
+                   (str(SCHEMA_VERSION),))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return db
+
+
+def has_schema(db: PgConnection) -> bool:
+    return db.execute("SELECT to_regclass('candidates') IS NOT NULL AS present").fetchone()["present"]
+
+
+def begin(db: PgConnection) -> None:
+    """BEGIN, then the catalog's writer lock: wait for another writer's transaction, saying whom for."""
+    db.execute("BEGIN")
+    if db.execute("SELECT pg_try_advisory_xact_lock(?) AS got", (WRITER_LOCK,)).fetchone()["got"]:
+        return
+    started = time.monotonic()
+    log.warning("%s: another writer is in a transaction (%s); waiting up to %g s", db.target,
+                running_runs(db), db.lock_timeout_s)
+    try:
+        db.execute("SELECT pg_advisory_xact_lock(?)", (WRITER_LOCK,))    # bounded by lock_timeout
+    except CatalogError:
+        db.execute("ROLLBACK")
+        raise
+    if time.monotonic() - started > LOCK_NOTICE_S:
+        log.warning("%s: the other writer is done; going on", db.target)
+
+
+def running_runs(db: PgConnection) -> str:
+    if not db.execute("SELECT to_regclass('runs') IS NOT NULL AS present").fetchone()["present"]:
+        return "creating the catalog's tables"      # an error here would abort the waiting transaction
+    rows = db.execute("SELECT command, run_id FROM runs WHERE status='running' ORDER BY started_at").fetchall()
+    return "runs recorded as running: " + ", ".join(f"{r['command']} {r['run_id']}" for r in rows) if rows else (
+        "no run recorded as running")
+
+
+def json_list_has(column: str) -> str:
+    """SQL that is true when the JSON list in `column` holds the parameter's value."""
+    return f"EXISTS (SELECT 1 FROM jsonb_array_elements_text({column}::jsonb) AS q(value) WHERE q.value=?)"
+
+
+def reset_identities(db: PgConnection, tables) -> None:
+    """After rows were inserted with their ids (a copy), new ids continue after the largest one."""
+    for table in tables:
+        db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                   f"GREATEST((SELECT MAX(id) FROM {table}), 1), (SELECT MAX(id) IS NOT NULL FROM {table}))")
+
+
+def begin_atomic(db: PgConnection) -> None:
+    """A transaction for statements that belong together, without the writer lock: row locks suffice."""
+    db.execute("BEGIN")
+
+
+def pipeline(db: PgConnection):
+    """Statements sent without waiting for each answer (libpq pipeline mode); errors surface at the end."""
+    return db.conn.pipeline()
+
+
+def has_table(db: PgConnection, name: str) -> bool:
+    return db.execute("SELECT to_regclass(?) IS NOT NULL AS present", (name,)).fetchone()["present"]

@@ -1,0 +1,162 @@
+"""The embedded SQLite catalog: opening the file, and what is wrong when it cannot be opened.
+
+SQLite has one writer at a time: `BEGIN IMMEDIATE` takes the file's write lock, and a second writer
+waits for it (busy_timeout). Readers never wait (WAL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+from .schema import ADDED_COLUMNS, LOCK_NOTICE_S, SCHEMA, SCHEMA_VERSION, CatalogError
+
+log = logging.getLogger(__name__)
+DIALECT = "sqlite"
+
+
+def check_openable(path: Path) -> None:
+    if path.exists() and path.stat().st_size == 0:
+        raise CatalogError(f"{path}: the catalog is an empty (0-byte) file, not a new catalog (truncated, or "
+                           f"a failed copy?): restore it from a backup, or delete it to start over (everything "
+                           f"is then downloaded again)")
+
+
+def open_writable(path: Path, lock_timeout_s: float) -> sqlite3.Connection:
+    check_openable(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CatalogError(f"{folder}: cannot create the data folder ({exc.strerror}); check data_dir") from None
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CatalogError(f"{path}: the catalog (or its folder) is read-only; this command writes to it. "
+                           f"Read-only commands (`mlc inspect`) work; make {folder} writable to run this one")
+    try:
+        db = sqlite3.connect(path, timeout=LOCK_NOTICE_S, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        check_readable(db)
+        wait_for_writer(db, path, lock_timeout_s)
+        db.execute(f"PRAGMA busy_timeout={int(lock_timeout_s * 1000)}")   # later writes wait as long
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")   # WAL + NORMAL: durable at checkpoints, never corrupt
+        db.executescript(SCHEMA)
+        for table, column, kind in ADDED_COLUMNS:   # columns added since a catalog was created
+            if column not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING",
+                   (str(SCHEMA_VERSION),))
+    except sqlite3.DatabaseError as exc:
+        raise unusable(path, exc) from None
+    return db
+
+
+def open_empty() -> sqlite3.Connection:
+    """An empty catalog in memory: what a read-only open of a catalog not created yet reads."""
+    db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    db.executescript(SCHEMA)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    check_openable(path)
+    if not path.exists():     # nothing collected yet: an empty catalog, and no file written
+        return open_empty()
+    where = quote(str(path.resolve()))
+    try:
+        db = sqlite3.connect(f"file:{where}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        check_readable(db)
+    except sqlite3.OperationalError as exc:
+        if os.access(path.parent, os.W_OK):
+            raise unusable(path, exc) from None
+        # A read-only folder: SQLite cannot create the WAL index beside the file, so read it
+        # as an unchanging file (no writer can be at work on a read-only data root).
+        try:
+            db = sqlite3.connect(f"file:{where}?immutable=1", uri=True, isolation_level=None,
+                                 check_same_thread=False)
+            check_readable(db)
+        except sqlite3.DatabaseError as exc:
+            raise unusable(path, exc) from None
+    except sqlite3.DatabaseError as exc:
+        raise unusable(path, exc) from None
+    db.execute("PRAGMA query_only=1")
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def check_readable(db: sqlite3.Connection) -> None:
+    """Fail now, naming the file, on something that is not an intact SQLite catalog."""
+    bad = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+    if bad != "ok":
+        raise sqlite3.DatabaseError(f"quick_check: {bad}")
+
+
+def wait_for_writer(db: sqlite3.Connection, path: Path, lock_timeout_s: float) -> None:
+    """Take and release the write lock once, so a second writer is told whom it waits for."""
+    deadline = time.monotonic() + lock_timeout_s
+    told = False
+    while True:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
+            if told:
+                log.warning("%s: the other writer is done; going on", path)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+        holders = running_runs(db)
+        if time.monotonic() >= deadline:
+            raise sqlite3.OperationalError(f"still locked by another process after {lock_timeout_s:g} s "
+                                           f"({holders}): wait for it to finish or stop it, then rerun")
+        if not told:
+            log.warning("%s: locked by another process (%s); waiting up to %g s", path, holders, lock_timeout_s)
+            told = True
+
+
+def running_runs(db) -> str:
+    try:
+        rows = db.execute("SELECT command, run_id FROM runs WHERE status='running' ORDER BY started_at").fetchall()
+    except sqlite3.DatabaseError:      # no runs table yet, or locked even for readers
+        return "no run recorded as running"
+    return "runs recorded as running: " + ", ".join(f"{r[0]} {r[1]}" for r in rows) if rows else (
+        "no run recorded as running: a killed run, or another program holding the file")
+
+
+def unusable(path: Path, exc: BaseException) -> CatalogError:
+    text = str(exc)
+    if "locked" in text:
+        return CatalogError(f"{path}: {text}")
+    if "readonly" in text or "read-only" in text:
+        return CatalogError(f"{path}: the catalog is read-only ({text}); make the data root writable")
+    if "unable to open" in text:
+        return CatalogError(f"{path}: cannot open the catalog ({text}); check the file's permissions")
+    return CatalogError(f"{path}: not a readable catalog ({text}): the file is damaged or not an mlc "
+                        f"catalog. Restore it from a backup (it is never replaced by a new one); to start "
+                        f"over instead, move it aside and rerun")
+
+
+def begin(db: sqlite3.Connection) -> None:
+    db.execute("BEGIN IMMEDIATE")      # the write lock now, not at the first write: no upgrade deadlock
+
+
+def json_list_has(column: str) -> str:
+    """SQL that is true when the JSON list in `column` holds the parameter's value."""
+    return f"EXISTS (SELECT 1 FROM json_each({column}) WHERE value=?)"
+
+
+begin_atomic = begin
+
+
+def pipeline(db: sqlite3.Connection):
+    return contextlib.nullcontext()     # in-process: nothing to batch
+
+
+def has_table(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None

@@ -1,0 +1,411 @@
+"""The catalog: the single source of truth about every image candidate.
+
+Every SQL statement of the project lives in this package; this module holds those both backends
+share, written in SQLite's dialect with `?` placeholders (PostgreSQL gets them through
+`postgres.to_pyformat`). The few that differ are the backends' own (`json_list_has`, `begin`). One
+`Catalog` object is used from one thread at a time; concurrent workers hand their results back to
+the thread that owns it. Several processes may write to one PostgreSQL catalog at once: see
+`postgres.py` for how.
+
+Status lifecycle of a candidate:
+  pending -> downloaded | failed | skipped           (collect)
+  downloaded -> accepted | rejected | duplicate      (curate)
+  any -> removed                                     (`mlc remove`: a takedown; final)
+`reason` says why for every status but pending/downloaded/accepted; `events` keeps the history.
+
+File paths are stored relative to the data root (the catalog's folder, or for PostgreSQL the
+configured data_dir), so a data root can be moved or copied as a whole; `candidates()`/`get()`
+return them as usable paths under the catalog's own root. A file outside the data root keeps its
+absolute path. Schema 1 catalogs stored absolute paths: `_migrate` rewrites them on open (see
+docs/reliability.md, "Relative paths").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sqlite3
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from . import postgres, sqlite
+from .address import PostgresCatalog
+from .schema import FILE_STATUSES, MIGRATION_DIRS, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA_VERSION, Found, merge_labels
+
+log = logging.getLogger(__name__)
+
+
+class Catalog:
+    """`where` is the SQLite file (a path) or a `PostgresCatalog` (config's `catalog_path` gives the
+    right one). `readonly=True` (inspect, reports) never writes, never waits for a writer and works
+    on a read-only data root; a missing catalog then reads as an empty one. Writers wait up to
+    `lock_timeout_s` for another writer, saying so after a couple of seconds."""
+
+    def __init__(self, where: str | Path | PostgresCatalog, readonly: bool = False, lock_timeout_s: float = 60.0):
+        if isinstance(where, PostgresCatalog):
+            self.path, self._root, self.where = None, Path(os.path.abspath(where.root)), str(where)
+            self.backend = postgres
+            self.db = postgres.connect(where, readonly, lock_timeout_s)
+            if readonly and not postgres.has_schema(self.db):   # nothing collected yet: read as empty
+                self.db.close()
+                self.db, self.backend = sqlite.open_empty(), sqlite
+        else:
+            self.path = Path(where)
+            self._root, self.where, self.backend = Path(os.path.abspath(self.path.parent)), str(self.path), sqlite
+            self.db = sqlite.open_readonly(self.path) if readonly else sqlite.open_writable(self.path, lock_timeout_s)
+        if not readonly:
+            self._migrate()
+
+    @property
+    def dialect(self) -> str:
+        return self.backend.DIALECT
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- file paths: relative to the data root ------------------------------------------------
+    @property
+    def root(self) -> Path:
+        """The data root: the SQLite catalog's own folder, wherever it has been moved or copied to."""
+        return self._root
+
+    def stored_path(self, path: str | os.PathLike | None) -> str | None:
+        """How a file path is recorded: relative (POSIX) when inside the data root, else absolute."""
+        if path is None:
+            return None
+        p = Path(os.path.abspath(path))
+        for candidate, root in ((p, self.root), (Path(os.path.realpath(p)), Path(os.path.realpath(self.root)))):
+            if candidate.is_relative_to(root):
+                return candidate.relative_to(root).as_posix()
+        return str(p)
+
+    def usable_path(self, stored: str | None) -> str | None:
+        """A recorded path as one to open: relative ones are resolved against this data root."""
+        if not stored:
+            return stored
+        return stored if os.path.isabs(stored) else str(self.root / stored)
+
+    def _row(self, row) -> dict:
+        out = dict(row)
+        if "file_path" in out:
+            out["file_path"] = self.usable_path(out["file_path"])
+        return out
+
+    def _migrate(self) -> None:
+        """Schema 1 -> 2: absolute file paths inside the data root become relative. A path under an
+        old location of the data root (it was moved or copied) is rewritten when the same file is
+        present under this root; the copy must never work on the original's files."""
+        version = int(self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()["value"])
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"catalog {self.where} has schema version {version}; this mlc-pipeline reads "
+                               f"up to {SCHEMA_VERSION}: upgrade mlc-pipeline")
+        if version == SCHEMA_VERSION:
+            return
+        try:
+            with self.transaction():
+                rows = self.db.execute("SELECT id, file_path FROM candidates WHERE file_path IS NOT NULL").fetchall()
+                moved = kept = 0
+                for r in rows:
+                    new = self._migrated_path(r["file_path"])
+                    if new != r["file_path"]:
+                        self.db.execute("UPDATE candidates SET file_path=? WHERE id=?", (new, r["id"]))
+                        moved += 1
+                    elif os.path.isabs(new):
+                        kept += 1
+                self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+                self.db.execute("INSERT INTO meta VALUES ('migrated_to_2', ?) ON CONFLICT (key) DO UPDATE "
+                                "SET value=excluded.value",
+                                (json.dumps({"at": time.time(), "root": str(self.root), "relative": moved,
+                                             "left_absolute": kept}),))
+        except sqlite3.OperationalError as exc:
+            if "readonly" not in str(exc):
+                raise
+            log.warning("catalog %s is read-only: its schema %d paths are used as recorded until a "
+                        "writable open migrates them", self.where, version)
+            return
+        log.info("catalog %s migrated to schema %d: %d file paths made relative to the data root, "
+                 "%d outside it left absolute", self.where, SCHEMA_VERSION, moved, kept)
+
+    def _migrated_path(self, stored: str) -> str:
+        if not os.path.isabs(stored):
+            return stored
+        rel = self.stored_path(stored)
+        if not os.path.isabs(rel):
+            return rel
+        parts = Path(stored).parts
+        for i in range(len(parts) - 1, 0, -1):       # .../<old root>/raw/<...>: the same file here?
+            if parts[i] in MIGRATION_DIRS and (self.root.joinpath(*parts[i:])).is_file():
+                return Path(*parts[i:]).as_posix()
+        return stored
+
+    def has_table(self, name: str) -> bool:
+        """Whether the catalog holds table `name` (tables other modules add, such as the review app's)."""
+        return self.backend.has_table(self.db, name)
+
+    def __enter__(self) -> "Catalog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All or nothing, and one writer's transaction at a time (SQLite's write lock; for
+        PostgreSQL the catalog's advisory lock): a block that reads and then writes sees no other
+        writer's change in between."""
+        self.backend.begin(self.db)
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    @contextmanager
+    def _atomic(self) -> Iterator[None]:
+        """Statements that belong together (a status and its event): inside the caller's
+        transaction, or a transaction of their own."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.backend.begin_atomic(self.db)
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # --- runs -----------------------------------------------------------------------------
+    def start_run(self, command: str) -> str:
+        run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.db.execute("INSERT INTO runs (run_id, command, started_at, status) VALUES (?,?,?,?)",
+                        (run_id, command, time.time(), "running"))
+        return run_id
+
+    def finish_run(self, run_id: str, status: str, summary: dict | None = None) -> None:
+        self.db.execute("UPDATE runs SET finished_at=?, status=?, summary=? WHERE run_id=?",
+                        (time.time(), status, json.dumps(summary or {}, sort_keys=True), run_id))
+
+    def runs(self, limit: int = 20) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM runs ORDER BY started_at DESC LIMIT ?", (limit,))
+        return [dict(r) for r in rows]
+
+    # --- licences -------------------------------------------------------------------------
+    def save_licenses(self, licenses: dict[int, tuple[str, str]]) -> None:
+        with self.transaction():
+            self.db.executemany("INSERT INTO licenses VALUES (?,?,?) ON CONFLICT (id) DO UPDATE "
+                                "SET name=excluded.name, url=excluded.url",
+                                [(i, name, url) for i, (name, url) in licenses.items()])
+
+    def license_names(self) -> dict[int, str]:
+        return {r["id"]: r["name"] for r in self.db.execute("SELECT id, name FROM licenses")}
+
+    # --- candidates -----------------------------------------------------------------------
+    def upsert_found(self, found: Iterable[Found], run_id: str) -> tuple[int, int]:
+        """Record search results. Returns (new candidates, already known). Idempotent."""
+        new = known = 0
+        now = time.time()
+        found = list(found)
+        with self.transaction():
+            rows = self._known_rows(found)       # one query for the batch, kept current below
+            events: list[tuple] = []             # search events of new candidates, written together
+            for f in found:
+                key = (f.source, f.photo_id)
+                row = rows.get(key)
+                photo = {k: getattr(f, k) for k in PHOTO_FIELDS}
+                if row is None:
+                    status, reason = ("pending", None) if f.url else ("skipped", "no-allowed-size")
+                    # ON CONFLICT: a writer outside this lock (another program) inserted it since.
+                    inserted = self.db.execute(
+                        f"INSERT INTO candidates (source, photo_id, purpose, label, queries, "
+                        f"{', '.join(PHOTO_FIELDS)}, status, reason, run_id, first_seen_at, updated_at) "
+                        f"VALUES (?,?,?,?,?,{','.join('?' * len(PHOTO_FIELDS))},?,?,?,?,?) "
+                        f"ON CONFLICT (source, photo_id) DO NOTHING RETURNING id",
+                        (f.source, f.photo_id, f.purpose, f.label, json.dumps([f.query]),
+                         *photo.values(), status, reason, run_id, now, now)).fetchone()
+                    if inserted is not None:
+                        events.append((inserted["id"], run_id, now, "search", status, reason))
+                        rows[key] = {"id": inserted["id"], "purpose": f.purpose, "label": f.label,
+                                     "queries": json.dumps([f.query]), "status": status}
+                        new += 1
+                        continue
+                    row = rows[key] = dict(self.db.execute(
+                        "SELECT id, purpose, label, queries, status FROM candidates WHERE source=? AND photo_id=?",
+                        key).fetchone())
+                known += 1
+                queries = json.loads(row["queries"])
+                if f.query not in queries:
+                    queries.append(f.query)
+                purpose = min(row["purpose"], f.purpose, key=PURPOSE_RANK.__getitem__)
+                label = merge_labels(row["label"], f.label) if purpose == f.purpose == row["purpose"] else (
+                    f.label if purpose == f.purpose else row["label"])
+                # The URL only changes for a candidate that has not been downloaded yet.
+                keep_url = row["status"] not in ("pending", "skipped")
+                sets = {k: v for k, v in photo.items() if not (keep_url and k in ("url", "size_key", "width", "height"))}
+                self.db.execute(
+                    f"UPDATE candidates SET purpose=?, label=?, queries=?, updated_at=?, "
+                    f"{', '.join(k + '=?' for k in sets)} WHERE id=?",
+                    (purpose, label, json.dumps(queries), now, *sets.values(), row["id"]))
+                row.update(purpose=purpose, label=label, queries=json.dumps(queries))
+                if row["status"] == "skipped" and f.url:
+                    self._events(events)             # its search event before this one
+                    events = []
+                    self.set_status(row["id"], "pending", None, run_id, "search")
+                    row["status"] = "pending"
+            self._events(events)
+        return new, known
+
+    def _known_rows(self, found: list[Found], chunk: int = 500) -> dict[tuple[str, str], dict]:
+        out: dict[tuple[str, str], dict] = {}
+        by_source: dict[str, list[str]] = {}
+        for f in found:
+            by_source.setdefault(f.source, []).append(f.photo_id)
+        for source, ids in by_source.items():
+            ids = sorted(set(ids))
+            for i in range(0, len(ids), chunk):
+                part = ids[i:i + chunk]
+                for r in self.db.execute("SELECT id, source, photo_id, purpose, label, queries, status FROM candidates "
+                                         f"WHERE source=? AND photo_id IN ({','.join('?' * len(part))})",
+                                         (source, *part)):
+                    out[(r["source"], r["photo_id"])] = dict(r)
+        return out
+
+    def _events(self, events: list[tuple]) -> None:
+        if events:
+            self.db.executemany("INSERT INTO events (candidate_id, run_id, at, stage, status, reason) "
+                                "VALUES (?,?,?,?,?,?)", events)
+
+    def set_status(self, cid: int, status: str, reason: str | None, run_id: str | None, stage: str,
+                   **fields) -> None:
+        now = time.time()
+        if "file_path" in fields:
+            fields["file_path"] = self.stored_path(fields["file_path"])
+        cols = {"status": status, "reason": reason, "updated_at": now, **fields}
+        if run_id:
+            cols["run_id"] = run_id
+        # Sent together (PostgreSQL: one round trip); the event only when the status was set.
+        with self.backend.pipeline(self.db), self._atomic():
+            # A takedown is final: a writer that read the row before it was removed cannot bring it back.
+            self.db.execute(f"UPDATE candidates SET {', '.join(k + '=?' for k in cols)} "
+                            f"WHERE id=? AND (status<>'removed' OR ?='removed')", (*cols.values(), cid, status))
+            logged = self.db.execute("INSERT INTO events (candidate_id, run_id, at, stage, status, reason) "
+                                     "SELECT ?,?,?,?,?,? WHERE EXISTS (SELECT 1 FROM candidates WHERE id=? AND status=?)",
+                                     (cid, run_id, now, stage, status, reason, cid, status))
+        if not logged.rowcount and self.get(cid) is not None:
+            log.warning("candidate %s was removed (takedown) meanwhile: %s to %s not recorded", cid, stage, status)
+
+    def update_fields(self, cid: int, **fields) -> None:
+        if "file_path" in fields:
+            fields["file_path"] = self.stored_path(fields["file_path"])
+        self.db.execute(f"UPDATE candidates SET {', '.join(k + '=?' for k in fields)} WHERE id=?",
+                        (*fields.values(), cid))
+
+    def candidates(self, where: str = "1=1", params: tuple = ()) -> list[dict]:
+        return [self._row(r) for r in self.db.execute(f"SELECT * FROM candidates WHERE {where} ORDER BY id", params)]
+
+    def get(self, cid: int) -> dict | None:
+        row = self.db.execute("SELECT * FROM candidates WHERE id=?", (cid,)).fetchone()
+        return self._row(row) if row else None
+
+    def get_by_photo(self, source: str, photo_id: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM candidates WHERE source=? AND photo_id=?", (source, photo_id)).fetchone()
+        return self._row(row) if row else None
+
+    def events(self, cid: int) -> list[dict]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM events WHERE candidate_id=? ORDER BY id", (cid,))]
+
+    def count_downloaded(self, purpose: str, label: str) -> int:
+        """Candidates of a purpose holding `label` (a class, or 'other') that have a file."""
+        rows = self.db.execute(
+            f"SELECT label FROM candidates WHERE purpose=? AND status IN ({','.join('?' * len(FILE_STATUSES))})",
+            (purpose, *FILE_STATUSES))
+        return sum(1 for r in rows if label in r["label"].split())
+
+    def set_tally(self, purpose: str, label: str) -> dict:
+        """Where the candidates of one set (a purpose and a class, or 'other') stand, for top-ups and
+        shortfall reports: accepted counts by the labels curation settled on; the other statuses by
+        the label the search gave, with their reasons cut before the first ':' or '='."""
+        out: dict = {"accepted": 0, "downloaded": 0, "pending": 0,
+                     "rejected": {}, "duplicate": {}, "failed": {}, "skipped": {}}
+        rows = self.db.execute("SELECT status, reason, label, curated_label FROM candidates WHERE purpose=?",
+                               (purpose,))
+        for r in rows:
+            status = r["status"]
+            labels = (r["curated_label"] or r["label"]) if status == "accepted" else r["label"]
+            if label not in labels.split():
+                continue
+            if isinstance(out.get(status), int):
+                out[status] += 1
+            elif status in out:
+                reason = re.split("[:=]", r["reason"] or "unknown", maxsplit=1)[0]
+                out[status][reason] = out[status].get(reason, 0) + 1
+        return out
+
+    def count_accepted(self, purpose: str, label: str) -> int:
+        """Accepted candidates of a purpose whose curated labels hold `label` (a class, or 'other')."""
+        rows = self.db.execute("SELECT curated_label FROM candidates WHERE purpose=? AND status='accepted'", (purpose,))
+        return sum(1 for r in rows if label in (r["curated_label"] or "").split())
+
+    def mined_in_round(self, round_no: int) -> list[dict]:
+        """Pool images a mining round moved into the negatives, or held back for review."""
+        return [self._row(r) for r in self.db.execute(
+            "SELECT * FROM candidates WHERE mined_round=? OR (reason LIKE 'held:%' AND reason LIKE ?) ORDER BY id",
+            (round_no, f"%:round={round_no}"))]
+
+    def counts(self) -> list[dict]:
+        """Counts per purpose, label and status: what `mlc inspect` starts from."""
+        rows = self.db.execute("SELECT purpose, label, status, COUNT(*) AS n FROM candidates "
+                               "GROUP BY purpose, label, status ORDER BY purpose, label, status")
+        return [dict(r) for r in rows]
+
+    def reasons(self) -> list[dict]:
+        rows = self.db.execute("SELECT status, reason, COUNT(*) AS n FROM candidates WHERE reason IS NOT NULL "
+                               "GROUP BY status, reason ORDER BY n DESC")
+        return [dict(r) for r in rows]
+
+    # --- takedowns ------------------------------------------------------------------------
+    def removal_targets(self, photo_id: str | None = None, owner: str | None = None,
+                        query: str | None = None) -> list[dict]:
+        """Candidates a takedown names: by photo id, by owner (id or name), or by a search query."""
+        if photo_id is not None:
+            return self.candidates("photo_id=?", (photo_id,))
+        if owner is not None:
+            return self.candidates("owner=? OR owner_name=?", (owner, owner))
+        if query is not None:
+            return self.candidates(self.backend.json_list_has("candidates.queries"), (query,))
+        raise ValueError("name a photo id, an owner or a query")
+
+    def record_removal(self, row: dict, selector: str, reason: str, run_id: str, files_deleted: list[str]) -> None:
+        """Mark a candidate removed for good and keep the decision, its reason and what was deleted."""
+        now = time.time()
+        self.db.execute("INSERT INTO removals (candidate_id, source, photo_id, owner, selector, reason, run_id, at, "
+                        "files_deleted) VALUES (?,?,?,?,?,?,?,?,?)",
+                        (row["id"], row["source"], row["photo_id"], row["owner"], selector, reason, run_id, now,
+                         json.dumps(files_deleted)))
+        self.set_status(row["id"], "removed", f"takedown:{reason}", run_id, "remove", file_path=None)
+
+    def removed_owners(self) -> set[str]:
+        "Owners removed as a whole (`mlc remove --owner`): their later photos stay out too."
+        rows = self.db.execute("SELECT DISTINCT owner FROM removals WHERE selector LIKE 'owner:%' AND owner IS NOT NULL")
+        return {r["owner"] for r in rows}
+
+    def removals(self) -> list[dict]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM removals ORDER BY id")]
+
+    def stored_file_paths(self) -> set[str]:
+        """Every file path as recorded (relative to the data root): what an object-store root must hold."""
+        return {r[0] for r in self.db.execute("SELECT file_path FROM candidates WHERE file_path IS NOT NULL")}
+
+    def snapshot(self, dest: str | Path) -> None:
+        """A consistent copy of the catalog while it is open (SQLite's online backup), for uploading."""
+        out = sqlite3.connect(dest)
+        try:
+            self.db.backup(out)
+        finally:
+            out.close()

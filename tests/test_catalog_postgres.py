@@ -1,0 +1,370 @@
+"""The catalog on PostgreSQL: the same behaviour as SQLite, several writers at once, and the copy of
+a SQLite catalog into PostgreSQL. Against a real server started by the session (tests/pgserver.py)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlc_pipeline.catalog import Catalog, CatalogError, Found, PostgresCatalog
+from mlc_pipeline.collect import collect
+from mlc_pipeline.config import ConfigError, parse_config
+from mlc_pipeline.curate import curate
+from mlc_pipeline.dataset import build_dataset
+from mlc_pipeline.manifest import read_manifest
+from mlc_pipeline.flickr_server import FlickrServer, WorldSpec
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "hymenoptera"
+MLC = [sys.executable, "-m", "mlc_pipeline.cli"]
+FAST_RETRY = {"attempts": 6, "base_delay_s": 0.01, "max_delay_s": 0.05}
+
+
+def found(photo_id: str, label: str = "ants", query: str = "ants", purpose: str = "train",
+          url: str | None = "http://img.test/x.jpg", owner: str = "o1") -> Found:
+    return Found("flickr", photo_id, purpose, label, query, url, "url_m", 500, 375, 4, "CC BY", owner, "Owner One",
+                 "a title", "2020-01-01 10:00:00", 1577872800, "tag1 tag2")
+
+
+def open_catalog(settings: dict, tmp_path: Path, **kw) -> Catalog:
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), **settings,
+                        "classes": {"ants": {"queries": ["ants"], "count": 1}},
+                        "other": {"queries": ["scenery"], "count": 1}})
+    return Catalog(cfg.catalog_path, **kw)
+
+
+# --- the catalog's behaviour, on both backends --------------------------------------------------
+
+def test_search_results_merge_and_statuses_keep_their_history(catalog_settings, tmp_path):
+    with open_catalog(catalog_settings, tmp_path) as c:
+        run = c.start_run("collect")
+        assert c.upsert_found([found("1"), found("2", url=None), found("3", "other", "scenery")], run) == (3, 0)
+        # the same photo under another class, another query, another purpose: one candidate
+        assert c.upsert_found([found("1", "bees", "bees"), found("3", "bees", "bees"),
+                               found("1", "other", "sky", purpose="pool")], run) == (0, 3)
+        one, two, three = (c.get_by_photo("flickr", p) for p in ("1", "2", "3"))
+        assert (one["label"], json.loads(one["queries"]), one["purpose"]) == ("ants bees", ["ants", "bees", "sky"], "train")
+        assert (two["status"], two["reason"]) == ("skipped", "no-allowed-size")
+        assert three["label"] == "bees"                                    # a class beats 'other'
+        c.upsert_found([found("2")], run)                                  # a size turned up: pending again
+        assert c.get(two["id"])["status"] == "pending"
+        path = tmp_path / "data" / "raw" / "flickr" / "1.jpg"
+        c.set_status(one["id"], "downloaded", None, run, "download", file_path=str(path), bytes=10, sha256="ab")
+        assert c.get(one["id"])["file_path"] == str(path)                  # stored relative, read back usable
+        raw = c.db.execute("SELECT file_path FROM candidates WHERE id=?", (one["id"],)).fetchone()["file_path"]
+        assert raw == "raw/flickr/1.jpg"
+        c.set_status(three["id"], "failed", "transient:timeout", run, "download")
+        assert [(e["stage"], e["status"]) for e in c.events(one["id"])] == [("search", "pending"), ("download", "downloaded")]
+        assert c.set_tally("train", "bees")["failed"] == {"transient": 1}
+        assert c.count_downloaded("train", "ants") == 1
+        assert {(r["status"], r["reason"], r["n"]) for r in c.reasons()} == {("failed", "transient:timeout", 1)}
+        assert sum(r["n"] for r in c.counts()) == 3
+        assert [r["photo_id"] for r in c.candidates("reason LIKE 'transient:%' AND source=?", ("flickr",))] == ["3"]
+        c.save_licenses({4: ("CC BY", "u1")})
+        c.save_licenses({4: ("CC BY 2.0", "u2"), 5: ("CC BY-SA", "u3")})
+        assert c.license_names() == {4: "CC BY 2.0", 5: "CC BY-SA"}
+        c.finish_run(run, "completed", {"n": 3})
+        assert c.runs()[0]["status"] == "completed" and json.loads(c.runs()[0]["summary"]) == {"n": 3}
+
+
+def test_takedowns_by_query_and_owner_are_final(catalog_settings, tmp_path):
+    with open_catalog(catalog_settings, tmp_path) as c:
+        run = c.start_run("collect")
+        c.upsert_found([found("1"), found("2", query="anthill", owner="o2"), found("3", "bees", "bees")], run)
+        c.upsert_found([found("3", "ants", "anthill")], run)
+        assert [r["photo_id"] for r in c.removal_targets(query="anthill")] == ["2", "3"]
+        assert [r["photo_id"] for r in c.removal_targets(owner="o2")] == ["2"]
+        with c.transaction():
+            for row in c.removal_targets(owner="o2"):
+                c.record_removal(row, "owner:o2", "owner asked", run, [])
+        assert c.removed_owners() == {"o2"} and len(c.removals()) == 1
+        stale = c.get_by_photo("flickr", "2")
+        c.set_status(stale["id"], "accepted", None, run, "curate")   # a writer that read it before the takedown
+        assert c.get(stale["id"])["status"] == "removed"
+        assert c.events(stale["id"])[-1]["status"] == "removed"
+
+
+def test_a_transaction_that_fails_leaves_nothing(catalog_settings, tmp_path):
+    with open_catalog(catalog_settings, tmp_path) as c:
+        run = c.start_run("collect")
+        with pytest.raises(RuntimeError):
+            with c.transaction():
+                c.db.execute("UPDATE runs SET status='x' WHERE run_id=?", (run,))
+                raise RuntimeError("stop")
+        assert c.runs()[0]["status"] == "running"
+        c.upsert_found([found("1")], run)
+        assert len(c.candidates()) == 1
+
+
+def test_readonly_open_of_a_catalog_not_created_yet_reads_empty(catalog_settings, tmp_path):
+    with open_catalog(catalog_settings, tmp_path, readonly=True) as c:
+        assert c.candidates() == [] and c.runs() == []
+    with open_catalog(catalog_settings, tmp_path) as c:
+        c.upsert_found([found("1")], c.start_run("collect"))
+    with open_catalog(catalog_settings, tmp_path, readonly=True) as c:
+        assert len(c.candidates()) == 1
+        with pytest.raises(Exception, match="read-only|readonly"):
+            c.start_run("collect")
+
+
+# --- configuration and connection errors ------------------------------------------------------
+
+@pytest.mark.parametrize("url, says", [
+    ("mysql://u@h/db", "scheme 'mysql' is not supported"),
+    ("postgresql://u:hunter2-secret@h/db", "holds a password"),
+    ("postgresql://u@h/db?password=hunter2-secret", "holds a password"),
+    ("postgresql://u@h:70000/db", "not a valid URL"),
+    ("postgresql://u@h/", "must name one database"),
+    ("postgresql://u@h/db?nosuchparam=1", "libpq rejects the URL"),
+])
+def test_a_bad_catalog_url_is_one_line_without_the_password(url, says):
+    with pytest.raises(ConfigError) as err:
+        parse_config({"catalog": {"url": url}, "classes": {"a": {"queries": ["a"], "count": 1}},
+                      "other": {"queries": ["b"], "count": 1}})
+    text = str(err.value)
+    assert text.startswith("config: catalog.url: ") and says in text and "\n" not in text
+    assert "hunter2" not in text
+
+
+def test_a_wrong_password_or_no_server_is_a_clear_line(postgres_server, pg_url, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "catalog": {"url": pg_url},
+                                      "classes": {"a": {"queries": ["a"], "count": 1}},
+                                      "other": {"queries": ["b"], "count": 1}}))
+    wrong = "wrong-password-" + "x" * 8
+    res = subprocess.run([*MLC, "inspect", "-c", str(config)], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PGPASSWORD": wrong})
+    assert res.returncode == 1 and "cannot connect" in res.stderr and "password authentication failed" in res.stderr
+    assert wrong not in res.stderr + res.stdout and postgres_server.password not in res.stderr + res.stdout
+    assert "Traceback" not in res.stderr
+    gone = pg_url.replace(f":{postgres_server.port}/", f":{postgres_server.port + 1 if postgres_server.port < 65535 else 1}/")
+    with pytest.raises(CatalogError, match="cannot connect .*PGPASSWORD"):
+        Catalog(PostgresCatalog(gone, tmp_path))
+
+
+def test_a_lost_connection_or_a_held_lock_is_one_line(postgres_server, pg_url, tmp_path):
+    import psycopg
+    target = PostgresCatalog(pg_url, tmp_path)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        c = Catalog(target, lock_timeout_s=1)
+        pid = c.db.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"]
+        # another writer holds the catalog's writer lock in an open transaction
+        admin.execute("BEGIN")
+        admin.execute("SELECT pg_advisory_xact_lock(%s)", (0x6D6C632D636174,))
+        with pytest.raises(CatalogError, match="still locked by another writer after 1 s"):
+            c.upsert_found([found("1")], c.start_run("collect"))
+        admin.execute("ROLLBACK")
+        c.upsert_found([found("1")], c.start_run("collect"))      # the catalog goes on once it is free
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))  # the server drops the connection
+        with pytest.raises(CatalogError, match="lost the connection to the catalog .*rerun") as err:
+            c.candidates()
+        assert postgres_server.password not in str(err.value)
+        c.close()
+
+
+# --- end to end: the same run on both backends gives the same dataset ---------------------------
+
+def small_world(root: Path) -> Path:
+    ants, bees = sorted((FIXTURES / "ants").glob("*.jpg")), sorted((FIXTURES / "bees").glob("*.jpg"))
+    for name, files in (("ants", ants[:8]), ("bees", bees[:8]), ("scenery", ants[100:106])):
+        (root / name).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, root / name / f.name)
+    shutil.copy(ants[0], root / "ants" / "zz_exact_copy.jpg")        # a duplicate to resolve
+    shutil.copy(bees[1], root / "scenery" / "zz_negative_copy.jpg")  # class vs other
+    data = ants[5].read_bytes()
+    (root / "bees" / "zz_truncated.jpg").write_bytes(data[: len(data) // 2])   # quarantined
+    return root
+
+
+@pytest.mark.skipif(not FIXTURES.is_dir(), reason="fixture photos missing (../shared/fixtures)")
+def test_collect_curate_build_into_postgres_matches_sqlite(pg_url, tmp_path):
+    world = small_world(tmp_path / "world")
+    results = {}
+    for name, extra in (("sqlite", {}), ("postgresql", {"catalog": {"url": pg_url}})):
+        cfg = parse_config({
+            "data_dir": str(tmp_path / name / "data"), **extra,
+            "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s"],
+                       "local": {"port": 0, "folder": str(world),
+                                 "query_map": {"ants": "ants", "bees": "bees", "scenery": "scenery"}}},
+            "classes": {"ants": {"queries": ["ants"], "count": 50}, "bees": {"queries": ["bees"], "count": 50}},
+            "other": {"queries": ["scenery"], "count": 50},
+            "curate": {"min_side": 96}, "build": {"max_side": 96}})
+        collect(cfg, progress=False)
+        summary = curate(cfg)
+        built = build_dataset(cfg)
+        with Catalog(cfg.catalog_path, readonly=True) as c:
+            statuses = sorted((r["photo_id"], r["status"], r["reason"], r["curated_label"]) for r in c.candidates())
+        results[name] = (read_manifest(built.path / "manifest.csv"), built.counts, built.fingerprint, statuses,
+                         summary.duplicates, summary.rejected)
+    assert not (tmp_path / "postgresql" / "data" / "catalog.sqlite").exists()
+    sqlite_result, pg_result = results["sqlite"], results["postgresql"]
+    assert len(sqlite_result[0]) >= 20
+    assert sqlite_result[4] and sqlite_result[5]          # duplicates and rejects happened: a real curation
+    for manifest in (sqlite_result[0], pg_result[0]):
+        for row in manifest:                              # the port of each run's own local server
+            row["url"] = row["url"].split("/static/", 1)[1]
+    assert pg_result[0] == sqlite_result[0]
+    assert pg_result[1:] == sqlite_result[1:]
+
+
+# --- several writers at once ------------------------------------------------------------------
+
+WORKER = """
+import json, sys, time
+from pathlib import Path
+from mlc_pipeline.collect import collect
+from mlc_pipeline.config import load_config
+cfg = load_config(sys.argv[1])
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.01)
+summary = collect(cfg, progress=False)
+print(json.dumps({"downloaded": summary.downloaded, "run_id": summary.run_id}))
+"""
+
+
+def test_two_processes_collect_into_one_postgres_catalog(pg_url, tmp_path, monkeypatch):
+    with FlickrServer(WorldSpec(seed=5, scale=0.1)) as srv:
+        config = tmp_path / "config.yaml"
+        raw = {"data_dir": str(tmp_path / "data"), "catalog": {"url": pg_url},
+               "source": {"kind": "flickr", "rest_url": srv.rest_url, "allowed_hosts": [srv.static_host],
+                          "retry": FAST_RETRY, "per_page": 20, "per_host_concurrency": 4},
+               "classes": {"balloon": {"queries": ["balloon"], "count": 30}, "kite": {"queries": ["kite"], "count": 30}},
+               "other": {"queries": ["landscape", "texture", "sky"], "count": 30}}
+        config.write_text(yaml.safe_dump(raw))
+        monkeypatch.setenv("FLICKR_API_KEY", "test-key-0123456789")
+        monkeypatch.setenv("FLICKR_API_SECRET", "test-secret-98765")
+        go = tmp_path / "go"
+        workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(config), str(go)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        time.sleep(1.0)
+        go.touch()                                    # both start their searches at the same moment
+        outs = [w.communicate(timeout=300) for w in workers]
+        for w, (out, err) in zip(workers, outs):
+            assert w.returncode == 0, err[-3000:]
+        downloaded = sum(json.loads(out.strip().splitlines()[-1])["downloaded"] for out, _ in outs)
+        cfg = parse_config(raw)
+        with Catalog(cfg.catalog_path, readonly=True) as c:
+            rows = c.candidates()
+            events = c.db.execute("SELECT candidate_id, stage, status FROM events").fetchall()
+            runs = c.runs()
+        again = collect(cfg, progress=False)          # a later run finds the catalog complete
+    keys = [(r["source"], r["photo_id"]) for r in rows]
+    assert len(keys) == len(set(keys)) and len(rows) >= 60
+    searched = [e["candidate_id"] for e in events if e["stage"] == "search"]
+    assert sorted(searched) == sorted(r["id"] for r in rows)            # each inserted once, none lost
+    assert all(len(set(json.loads(r["queries"]))) == len(json.loads(r["queries"])) for r in rows)
+    done = [r for r in rows if r["status"] == "downloaded"]
+    for label in ("balloon", "kite", "other"):
+        assert sum(label in r["label"].split() for r in done) >= 30
+    assert all(Path(r["file_path"]).is_file() and r["sha256"] for r in done)
+    # every download a worker counted is recorded (one event each), and none beyond them
+    assert len([e for e in events if (e["stage"], e["status"]) == ("download", "downloaded")]) == downloaded >= len(done)
+    assert sorted(r["status"] for r in runs if r["command"] == "collect")[:2] == ["completed", "completed"]
+    assert again.downloaded == 0 and again.found_new == 0
+
+
+# --- the copy of a SQLite catalog into PostgreSQL ---------------------------------------------
+
+def test_migrate_copies_a_sqlite_catalog_idempotently_and_verifies(postgres_server, pg_url, tmp_path, monkeypatch):
+    with FlickrServer(WorldSpec(seed=3, scale=0.1)) as srv:
+        raw = {"data_dir": str(tmp_path / "data"),
+               "source": {"kind": "flickr", "rest_url": srv.rest_url, "allowed_hosts": [srv.static_host],
+                          "retry": FAST_RETRY, "per_page": 20},
+               "classes": {"balloon": {"queries": ["balloon"], "count": 10}},
+               "other": {"queries": ["landscape"], "count": 10}}
+        env = {**os.environ, "FLICKR_API_KEY": "test-key-0123456789", "FLICKR_API_SECRET": "test-secret-98765"}
+        for k in ("FLICKR_API_KEY", "FLICKR_API_SECRET"):
+            monkeypatch.setenv(k, env[k])
+        cfg = parse_config(raw)
+        collect(cfg, progress=False)
+        with Catalog(cfg.catalog_path) as c:
+            victim = c.candidates("status='downloaded'")[0]
+            with c.transaction():
+                c.record_removal(victim, f"photo-id:{victim['photo_id']}", "test", c.start_run("remove"), [])
+            before = {"candidates": c.candidates(), "events": c.db.execute("SELECT * FROM events ORDER BY id").fetchall()}
+            before["events"] = [dict(e) for e in before["events"]]
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump(raw))
+        first = subprocess.run([*MLC, "catalog", "migrate", "-c", str(config), "--to", pg_url],
+                               capture_output=True, text=True, timeout=120, env=env)
+        assert first.returncode == 0, first.stderr
+        copied = json.loads(first.stdout[: first.stdout.rindex("}") + 1])
+        assert copied["rows"]["candidates"] == len(before["candidates"]) and copied["rows"]["events"] > len(before["candidates"])
+        # every row is new in PostgreSQL but meta's schema_version, which opening the catalog wrote
+        assert copied["copied"] == {**copied["rows"], "meta": copied["rows"]["meta"] - 1}
+        assert postgres_server.password not in first.stdout + first.stderr
+        second = subprocess.run([*MLC, "catalog", "migrate", "-c", str(config), "--to", pg_url],
+                                capture_output=True, text=True, timeout=120, env=env)
+        assert second.returncode == 0, second.stderr
+        again = json.loads(second.stdout[: second.stdout.rindex("}") + 1])
+        assert set(again["copied"].values()) == {0} and again["rows"] == copied["rows"]
+        pg_cfg = parse_config({**raw, "catalog": {"url": pg_url}})
+        with Catalog(pg_cfg.catalog_path) as c:
+            assert c.candidates() == before["candidates"]       # file paths resolve to the same files
+            assert [dict(e) for e in c.db.execute("SELECT * FROM events ORDER BY id")] == before["events"]
+            assert c.removed_owners() == set() and len(c.removals()) == 1
+        pg_config = tmp_path / "pg.yaml"
+        pg_config.write_text(yaml.safe_dump({**raw, "catalog": {"url": pg_url}}))
+        shown = subprocess.run([*MLC, "inspect", "-c", str(pg_config), "--json"], capture_output=True, text=True,
+                               timeout=120, env=env)
+        sqlite_shown = subprocess.run([*MLC, "inspect", "-c", str(config), "--json"], capture_output=True,
+                                      text=True, timeout=120, env=env)
+        assert shown.returncode == 0 == sqlite_shown.returncode, shown.stderr
+        assert json.loads(shown.stdout) == json.loads(sqlite_shown.stdout)   # inspect reads PostgreSQL alike
+        # the pipeline goes on in PostgreSQL: new ids continue after the copied ones
+        raw["classes"]["balloon"]["count"] = 20
+        collect(parse_config({**raw, "catalog": {"url": pg_url}}), progress=False)
+        with Catalog(pg_cfg.catalog_path, readonly=True) as c:
+            ids = [r["id"] for r in c.candidates()]
+        assert len(ids) > len(before["candidates"]) and ids == sorted(set(ids))
+        # a copy into a database that holds more than this catalog is refused, and says so
+        third = subprocess.run([*MLC, "catalog", "migrate", "-c", str(config), "--to", pg_url],
+                               capture_output=True, text=True, timeout=120, env=env)
+        assert third.returncode == 1 and "row counts differ" in third.stderr
+        assert len(third.stderr.strip().splitlines()) == 1
+
+
+def test_a_collect_killed_mid_run_resumes_from_postgres(pg_url, tmp_path):
+    """kill -9 in the middle of downloads: what PostgreSQL holds is consistent, and a rerun completes."""
+    from helpers import free_port
+    from mlc_pipeline.fsutil import sha256_file
+    raw = {"data_dir": str(tmp_path / "data"), "catalog": {"url": pg_url},
+           "source": {"kind": "local", "sizes": ["url_n", "url_m"], "per_host_concurrency": 2,
+                      "local": {"seed": 3, "scale": 0.3, "port": free_port(), "faults": "image_latency_ms=80"},
+                      "retry": FAST_RETRY},
+           "classes": {"balloon": {"queries": ["balloon"], "count": 40}},
+           "other": {"queries": ["landscape", "texture"], "count": 40}}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    cfg = parse_config(raw)
+    proc = subprocess.Popen([*MLC, "collect", "-c", str(config), "--no-progress"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    downloaded = 0
+    while time.monotonic() < deadline and proc.poll() is None and downloaded < 15:
+        time.sleep(0.2)
+        with Catalog(cfg.catalog_path, readonly=True) as c:
+            downloaded = len(c.candidates("status='downloaded'"))
+    proc.kill()
+    proc.wait(timeout=30)
+    assert 15 <= downloaded, f"the collect ended or stalled before it could be killed mid-run: {proc.stderr.read()[-2000:]}"
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        done = c.candidates("status='downloaded'")
+        assert [r["status"] for r in c.runs()] == ["running"]          # killed: nobody could record its end
+    assert len(done) < 80, "the kill came after the run had finished its work"
+    for r in done:                                                     # every recorded download is on disk, whole
+        assert sha256_file(Path(r["file_path"])) == r["sha256"]
+    summary = collect(cfg, progress=False)
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        rows = c.candidates()
+        searched = sorted(e["candidate_id"] for e in c.db.execute("SELECT candidate_id FROM events WHERE stage='search'"))
+    assert summary.downloaded > 0 and searched == sorted(r["id"] for r in rows)
+    done = [r for r in rows if r["status"] == "downloaded"]
+    assert sum("balloon" in r["label"].split() for r in done) >= 40 and sum(r["label"] == "other" for r in done) >= 40
