@@ -35,12 +35,13 @@ from typing import Iterable, Iterator
 
 from . import postgres, sqlite
 from .address import PostgresCatalog
+from .removals import RemovalQueries
 from .schema import FILE_STATUSES, MIGRATION_DIRS, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA_VERSION, Found, merge_labels
 
 log = logging.getLogger(__name__)
 
 
-class Catalog:
+class Catalog(RemovalQueries):
     """`where` is the SQLite file (a path) or a `PostgresCatalog` (config's `catalog_path` gives the
     right one). `readonly=True` (inspect, reports) never writes, never waits for a writer and works
     on a read-only data root; a missing catalog then reads as an empty one. Writers wait up to
@@ -368,44 +369,3 @@ class Catalog:
         rows = self.db.execute("SELECT status, reason, COUNT(*) AS n FROM candidates WHERE reason IS NOT NULL "
                                "GROUP BY status, reason ORDER BY n DESC")
         return [dict(r) for r in rows]
-
-    # --- takedowns ------------------------------------------------------------------------
-    def removal_targets(self, photo_id: str | None = None, owner: str | None = None,
-                        query: str | None = None) -> list[dict]:
-        """Candidates a takedown names: by photo id, by owner (id or name), or by a search query."""
-        if photo_id is not None:
-            return self.candidates("photo_id=?", (photo_id,))
-        if owner is not None:
-            return self.candidates("owner=? OR owner_name=?", (owner, owner))
-        if query is not None:
-            return self.candidates(self.backend.json_list_has("candidates.queries"), (query,))
-        raise ValueError("name a photo id, an owner or a query")
-
-    def record_removal(self, row: dict, selector: str, reason: str, run_id: str, files_deleted: list[str]) -> None:
-        """Mark a candidate removed for good and keep the decision, its reason and what was deleted."""
-        now = time.time()
-        self.db.execute("INSERT INTO removals (candidate_id, source, photo_id, owner, selector, reason, run_id, at, "
-                        "files_deleted) VALUES (?,?,?,?,?,?,?,?,?)",
-                        (row["id"], row["source"], row["photo_id"], row["owner"], selector, reason, run_id, now,
-                         json.dumps(files_deleted)))
-        self.set_status(row["id"], "removed", f"takedown:{reason}", run_id, "remove", file_path=None)
-
-    def removed_owners(self) -> set[str]:
-        "Owners removed as a whole (`mlc remove --owner`): their later photos stay out too."
-        rows = self.db.execute("SELECT DISTINCT owner FROM removals WHERE selector LIKE 'owner:%' AND owner IS NOT NULL")
-        return {r["owner"] for r in rows}
-
-    def removals(self) -> list[dict]:
-        return [dict(r) for r in self.db.execute("SELECT * FROM removals ORDER BY id")]
-
-    def stored_file_paths(self) -> set[str]:
-        """Every file path as recorded (relative to the data root): what an object-store root must hold."""
-        return {r[0] for r in self.db.execute("SELECT file_path FROM candidates WHERE file_path IS NOT NULL")}
-
-    def snapshot(self, dest: str | Path) -> None:
-        """A consistent copy of the catalog while it is open (SQLite's online backup), for uploading."""
-        out = sqlite3.connect(dest)
-        try:
-            self.db.backup(out)
-        finally:
-            out.close()

@@ -1,6 +1,6 @@
 """The review app: server-rendered pages over the catalog and the published versions, and a small
 JSON API for the actions (static/review.js calls it). Every read and write goes through
-catalog_review / catalog on one connection, used by one request at a time (a lock): FastAPI runs
+catalog.review / catalog on one connection, used by one request at a time (a lock): FastAPI runs
 plain `def` endpoints in a thread pool, and the catalog's connection is not meant for threads at once.
 Other processes (`mlc build`, a second `mlc review`) are kept consistent by SQLite's transactions.
 """
@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from mlc_pipeline import catalog_review as cr
+from mlc_pipeline.catalog import review as cr
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import Config
 from mlc_pipeline.dataset.build import recorded_fingerprint

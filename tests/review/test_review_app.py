@@ -13,7 +13,7 @@ import requests
 from helpers import free_port
 from review_world import ReviewServer, make_data_root
 
-from mlc_pipeline import catalog_review as cr
+from mlc_pipeline.catalog import review as cr
 from mlc_pipeline.catalog import Catalog, Found
 from mlc_pipeline.dataset.build import build_dataset
 from mlc_pipeline.manifest import read_manifest

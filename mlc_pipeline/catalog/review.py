@@ -25,7 +25,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.catalog.store import Catalog
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS review_actions (

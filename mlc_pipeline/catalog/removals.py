@@ -1,0 +1,52 @@
+"""The catalog's statements about files leaving the data root: takedowns (`mlc remove`) and, for an
+object-store data root, which files the catalog names and a consistent snapshot of it. A mixin of
+`Catalog` (store.py), whose connection (`self.db`) and helpers they use."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+
+class RemovalQueries:
+    def removal_targets(self, photo_id: str | None = None, owner: str | None = None,
+                        query: str | None = None) -> list[dict]:
+        """Candidates a takedown names: by photo id, by owner (id or name), or by a search query."""
+        if photo_id is not None:
+            return self.candidates("photo_id=?", (photo_id,))
+        if owner is not None:
+            return self.candidates("owner=? OR owner_name=?", (owner, owner))
+        if query is not None:
+            return self.candidates(self.backend.json_list_has("candidates.queries"), (query,))
+        raise ValueError("name a photo id, an owner or a query")
+
+    def record_removal(self, row: dict, selector: str, reason: str, run_id: str, files_deleted: list[str]) -> None:
+        """Mark a candidate removed for good and keep the decision, its reason and what was deleted."""
+        now = time.time()
+        self.db.execute("INSERT INTO removals (candidate_id, source, photo_id, owner, selector, reason, run_id, at, "
+                        "files_deleted) VALUES (?,?,?,?,?,?,?,?,?)",
+                        (row["id"], row["source"], row["photo_id"], row["owner"], selector, reason, run_id, now,
+                         json.dumps(files_deleted)))
+        self.set_status(row["id"], "removed", f"takedown:{reason}", run_id, "remove", file_path=None)
+
+    def removed_owners(self) -> set[str]:
+        "Owners removed as a whole (`mlc remove --owner`): their later photos stay out too."
+        rows = self.db.execute("SELECT DISTINCT owner FROM removals WHERE selector LIKE 'owner:%' AND owner IS NOT NULL")
+        return {r["owner"] for r in rows}
+
+    def removals(self) -> list[dict]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM removals ORDER BY id")]
+
+    def stored_file_paths(self) -> set[str]:
+        """Every file path as recorded (relative to the data root): what an object-store root must hold."""
+        return {r[0] for r in self.db.execute("SELECT file_path FROM candidates WHERE file_path IS NOT NULL")}
+
+    def snapshot(self, dest: str | Path) -> None:
+        """A consistent copy of the catalog while it is open (SQLite's online backup), for uploading."""
+        out = sqlite3.connect(dest)
+        try:
+            self.db.backup(out)
+        finally:
+            out.close()
