@@ -5,20 +5,9 @@ Modules: stage (the collect run, shortfalls), flickr (the API client), download 
 downloads, per-host limits), retry (backoff and rate limiting).
 """
 
-from importlib import import_module
+from mlc_pipeline import lazy_exports
 
 _EXPORTS = {"collect": "stage", "collect_in_rounds": "stage", "shortfalls": "stage", "CollectSummary": "stage",
             "FlickrSource": "flickr", "Downloader": "download"}
 __all__ = sorted(_EXPORTS)
-
-def __getattr__(name: str):
-    # Entry points load on first use: importing one module of the package (say, a pure-numpy one)
-    # does not pay for the others (torch, fastai, matplotlib).
-    if name in _EXPORTS:
-        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

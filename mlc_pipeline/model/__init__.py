@@ -6,22 +6,11 @@ A bundle folder (model/bundle.py) is the only contract between training and ever
 a model.
 """
 
-from importlib import import_module
+from mlc_pipeline import lazy_exports
 
 _EXPORTS = {"train_model": "train", "TrainConfig": "train", "train_version": "variants",
             "train_alternatives": "variants", "load_bundle": "bundle", "Bundle": "bundle",
             "BundleError": "bundle", "predict_paths": "predict", "evaluate_bundle": "assess",
             "mine_round": "mine", "undo_round": "mine"}
 __all__ = sorted(_EXPORTS)
-
-def __getattr__(name: str):
-    # Entry points load on first use: importing one module of the package (say, a pure-numpy one)
-    # does not pay for the others (torch, fastai, matplotlib).
-    if name in _EXPORTS:
-        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

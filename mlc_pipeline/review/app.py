@@ -27,7 +27,7 @@ from mlc_pipeline.dataset.build import recorded_fingerprint
 from mlc_pipeline.manifest import read_manifest, versions
 from mlc_pipeline.curate.verify import check_image
 from mlc_pipeline.review.security import CLIENT_HEADER, COOKIE, Guard, session_value
-from mlc_pipeline.review.queues import model_review_list, scores_for
+from mlc_pipeline.review.queues import model_review_list, probes_accepted, scores_for
 from mlc_pipeline.review.thumbs import thumbnail
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ QUEUES = {
     "duplicates (side by side: the duplicates page)": {"status": "duplicate"},
     "mined hard negatives, highest score first": {"reason": "hard-negative", "sort": "score"},
     "pool images held back from mining, highest score first": {"reason": "held", "sort": "score"},
-    "probe images (unknown kinds) accepted for evaluation": {"set": "probe", "status": "accepted"},
+    "probe images (unknown kinds) in the evaluation set": {"set": "probe", "status": "accepted"},
     "changed in review": {"reviewed": "1"},
 }
 PLACEHOLDER = ('<svg xmlns="http://www.w3.org/2000/svg" width="160" height="160"><rect width="160" height="160" '
@@ -198,9 +198,10 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
         with review.lock:
             count = lambda f: cr.browse(review.catalog, f, review.dataset, 0, 0)[1]
             counts = {name: count(f) for name, f in QUEUES.items()}
+            _, probes = probes_accepted(cfg, review.catalog)
         bundle, noisy = model_review_list(cfg)
         return page(request, "queues.html", counts=counts, queues=QUEUES, bundle=bundle, noisy=noisy[:PAGE_SIZE],
-                    noisy_total=len(noisy))
+                    noisy_total=len(noisy), probes=probes[:PAGE_SIZE], probes_total=len(probes))
 
     @app.get("/log", response_class=HTMLResponse)
     def action_log(request: Request):

@@ -5,6 +5,7 @@ decision with its score (mined.csv). Cached per file modification time."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 from mlc_pipeline.config import Config
@@ -50,3 +51,29 @@ def scores_for(cfg: Config, cid: int) -> list[dict]:
     for name in ("review.csv", "mined.csv"):
         out += [{**r, "file": name} for r in bundle_csv(bundle, name) if r.get("candidate_id") == str(cid)]
     return out
+
+
+def probes_accepted(cfg: Config, catalog) -> tuple[Path | None, list[dict]]:
+    """Unknown-kind (probe) images the latest model still accepts as a class, from its test_scores.csv
+    (written since 0.2) and its thresholds: the surest wrong acceptance (score furthest above its
+    class's threshold) first. Each row: candidate_id, photo_id, class, score, threshold."""
+    bundle = latest_bundle(cfg)
+    if bundle is None or not (bundle / "test_scores.csv").is_file() or not (bundle / "bundle.json").is_file():
+        return bundle, []
+    meta = json.loads((bundle / "bundle.json").read_text())
+    if meta.get("thresholds") is None:      # a softmax comparison head: no per-class thresholds
+        return bundle, []
+    classes = [c for c in meta["vocab"] if c in meta["classes"]]
+    threshold = dict(zip(meta["vocab"], meta["thresholds"]))
+    with open(bundle / "test_scores.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("split") == "probe"]
+    out = []
+    for r in rows:
+        margin, label = max((float(r[f"score:{c}"]) - threshold[c], c) for c in classes)
+        if margin < 0:
+            continue
+        found = catalog.candidates("photo_id=? AND purpose='probe'", (r.get("photo_id", ""),))
+        if found:
+            out.append({"candidate_id": found[0]["id"], "photo_id": r["photo_id"], "label": label,
+                        "score": float(r[f"score:{label}"]), "threshold": threshold[label], "margin": margin})
+    return bundle, sorted(out, key=lambda r: -r["margin"])

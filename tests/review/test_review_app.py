@@ -211,6 +211,33 @@ def test_model_scores_and_queues_from_the_latest_bundle(root):
         assert "rejected files" in queues and '<td>1</td>' in queues      # the planted too-small image
 
 
+def test_probe_images_the_latest_model_accepts_are_queued_surest_first(root):
+    """The queue of unknown kinds the model still accepts reads the latest bundle's test_scores.csv
+    and thresholds (written by training since 0.2; planted here, as above)."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    with Catalog(cfg.catalog_path) as c:
+        probes = c.candidates("status='accepted' AND purpose='train'")[:3]
+        for r in probes:
+            c.update_fields(r["id"], purpose="probe")
+    bundle = cfg.data_dir / "models" / "m-2"
+    bundle.mkdir(parents=True)
+    (cfg.data_dir / "models" / "LATEST").write_text("m-2\n")
+    (bundle / "bundle.json").write_text(json.dumps({"vocab": ["ants", "bees"], "classes": ["ants", "bees"],
+                                                    "thresholds": [0.5, 0.7]}))
+    scores = [(0.9, 0.1), (0.2, 0.65), (0.3, 0.95)]      # accepted as ants by 0.4; rejected; bees by 0.25
+    (bundle / "test_scores.csv").write_text("path,split,labels,query,photo_id,score:ants,score:bees\n" + "".join(
+        f"p{i}.jpg,probe,,q,{r['photo_id']},{a},{b}\n" for i, (r, (a, b)) in enumerate(zip(probes, scores))))
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        page = client.get("/queues").text
+    grid = page.split('id="probes"')[1]
+    assert "2 probe images accepted" in page
+    assert grid.index(f'/image/{probes[0]["id"]}"') < grid.index(f'/image/{probes[2]["id"]}"')   # surest first
+    assert f'/image/{probes[1]["id"]}"' not in grid
+    assert "as ants" in grid and "0.900 &ge; 0.500" in grid
+
+
 def test_bad_requests_get_one_line_answers(root):
     from fastapi.testclient import TestClient
     from mlc_pipeline.review.app import create_app
