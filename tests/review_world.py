@@ -1,6 +1,11 @@
 """A small curated and built data root for the review app's tests: real photos (hymenoptera fixtures)
-served by the bundled server in folder mode, collected, curated (with a planted duplicate) and built."""
+served by the bundled server in folder mode, collected, curated (with a planted duplicate) and built.
 
+With MLC_REVIEW_WORLD=generated the same world is made of drawn shapes instead (red discs as "ants",
+blue squares as "bees", noise and stripes as "scenery"): that is what the screenshots in docs/ show,
+so that no fixture photo is copied into the project."""
+
+import os
 import shutil
 import subprocess
 import sys
@@ -19,8 +24,27 @@ from mlc_pipeline.dataset import build_dataset
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "hymenoptera"
 
 
+def generated_photos(root: Path) -> tuple[list[Path], list[Path]]:
+    """Drawn stand-ins for the fixture photos: 160 "ants" (red discs) and 12 "bees" (blue squares)."""
+    import numpy as np
+    from shapes import draw
+    rng = np.random.default_rng(7)
+    out = {}
+    for name, kind, n in (("ants", "red", 160), ("bees", "blue", 12)):
+        (root / "_drawn" / name).mkdir(parents=True)
+        out[name] = []
+        for i in range(n):
+            path = root / "_drawn" / name / f"{name}_{i:03d}.jpg"
+            (draw(kind if i < 150 else "other", rng)).resize((240, 180)).save(path, quality=90)
+            out[name].append(path)
+    return out["ants"], out["bees"]
+
+
 def make_world(root: Path) -> Path:
-    ants, bees = sorted((FIXTURES / "ants").glob("*.jpg")), sorted((FIXTURES / "bees").glob("*.jpg"))
+    if os.environ.get("MLC_REVIEW_WORLD") == "generated":
+        ants, bees = generated_photos(root.parent)
+    else:
+        ants, bees = sorted((FIXTURES / "ants").glob("*.jpg")), sorted((FIXTURES / "bees").glob("*.jpg"))
     for name, files in (("ants", ants[:12]), ("bees", bees[:12]), ("scenery", ants[150:156])):
         (root / name).mkdir(parents=True)
         for f in files:
