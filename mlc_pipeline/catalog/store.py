@@ -159,13 +159,8 @@ class Catalog(RemovalQueries):
         """All or nothing, and one writer's transaction at a time (SQLite's write lock; for
         PostgreSQL the catalog's advisory lock): a block that reads and then writes sees no other
         writer's change in between."""
-        self.backend.begin(self.db)
-        try:
+        with self._begun(self.backend.begin):
             yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
 
     @contextmanager
     def _atomic(self) -> Iterator[None]:
@@ -174,7 +169,13 @@ class Catalog(RemovalQueries):
         if self.db.in_transaction:
             yield
             return
-        self.backend.begin_atomic(self.db)
+        with self._begun(self.backend.begin_atomic):
+            yield
+
+    @contextmanager
+    def _begun(self, begin) -> Iterator[None]:
+        """`begin` a transaction; commit it when the block ends, roll it back when it raises."""
+        begin(self.db)
         try:
             yield
         except BaseException:
