@@ -273,8 +273,9 @@ class Config(Strict):
         sets += [("mine.pool", self.mine.pool)] if self.mine.pool else []
         seen: dict[str, str] = {}
         for where, qs in sets:
+            own = self.source.kind == "urls" and where in ("probe", "mine.pool")   # a URL list's rows have a purpose
             for query in qs.queries:
-                key = " ".join(query.lower().split())
+                key = (where if own else "") + " ".join(query.lower().split())
                 if key in seen and seen[key] != where:
                     log.warning("config: query %r is under both %s and %s: the photos it finds %s", query,
                                 seen[key], where, "get both labels" if where.startswith("classes.")

@@ -46,7 +46,7 @@ def mlc(*args: str) -> subprocess.CompletedProcess:
 def project(tmp_path_factory, photo_host):
     """A project folder with the CSV beside the config (given relative), collected, curated, built."""
     tmp = tmp_path_factory.mktemp("urls")
-    cats = sorted(p.name for p in (PETS / "cat").iterdir())[:4]
+    *cats, probe = sorted(p.name for p in (PETS / "cat").iterdir())[:5]
     dogs = sorted(p.name for p in (PETS / "dog").iterdir())[:6]
     rows = [{"url": f"{photo_host}/cat/{n}", "label": "Cat", "license": "CC BY 2.0", "owner": f"owner {i}",
              "title": f"cat photo {i}", "photo_page": f"https://example.org/photos/{i}"} for i, n in enumerate(cats)]
@@ -56,16 +56,17 @@ def project(tmp_path_factory, photo_host):
              {"url": f"{photo_host}/cat/missing.jpg", "label": "cat"},      # a 404
              {"url": "", "label": "cat"},                                   # bad: no url
              {"url": "ftp://example.org/a.jpg", "label": "dog"},            # bad: not http(s)
-             {"url": f"{photo_host}/dog/{dogs[0]}", "label": "horse"}]      # bad: no set takes horse
+             {"url": f"{photo_host}/dog/{dogs[0]}", "label": "horse"},      # bad: no set takes horse
+             {"url": f"{photo_host}/cat/{probe}", "label": "", "purpose": "probe"}]
     with (tmp / "list.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, ["url", "label", "license", "owner", "title", "photo_page"])
+        w = csv.DictWriter(f, ["url", "label", "license", "owner", "title", "photo_page", "purpose"])
         w.writeheader()
         w.writerows(rows)
     (tmp / "project.yaml").write_text(
         "data_dir: data\n"
         "source: {kind: urls, csv: list.csv, retry: {attempts: 2, base_delay_s: 0.01, max_delay_s: 0.05}}\n"
         "classes:\n  cat: {queries: [cat], count: 5}\n  dog: {queries: [dog], count: 3}\n"
-        "other: {queries: [other], count: 3}\n"
+        "other: {queries: [other], count: 3}\nprobe: {queries: [other], count: 1}\n"
         "build: {split: {train: 0.5, valid: 0.25, test: 0.25}}\n")
     cfg = tmp / "project.yaml"
     collected = mlc("collect", "-c", str(cfg))
@@ -73,16 +74,17 @@ def project(tmp_path_factory, photo_host):
     for step in ("curate", "build"):
         res = mlc(step, "-c", str(cfg))
         assert res.returncode == 0, res.stderr[-3000:]
-    return tmp, cats, dogs, photo_host, collected
+    return tmp, cats, dogs, photo_host, collected, probe
 
 
 def test_manifest_has_the_images_with_their_labels_and_attribution(project):
-    tmp, cats, dogs, host, _ = project
+    tmp, cats, dogs, host, _, probe = project
     version = sorted((tmp / "data" / "datasets" / "default").glob("v*"))[-1]
     rows = {r["url"]: r for r in read_manifest(version / "manifest.csv")}
     expected = {**{f"{host}/cat/{n}": "cat" for n in cats}, **{f"{host}/dog/{n}": "dog" for n in dogs[:3]},
-                **{f"{host}/dog/{n}": "" for n in dogs[3:]}}                 # "" and "other" rows: an other image
+                **{f"{host}/dog/{n}": "" for n in dogs[3:]}, f"{host}/cat/{probe}": ""}   # "", "other": other
     assert {u: r["labels"] for u, r in rows.items()} == expected
+    assert [u for u, r in rows.items() if r["split"] == "probe"] == [f"{host}/cat/{probe}"]   # purpose probe
     for i, name in enumerate(cats):
         r = rows[f"{host}/cat/{name}"]
         assert (r["source"], r["photo_id"]) == ("urls", photo_id(r["url"]))
@@ -94,7 +96,7 @@ def test_manifest_has_the_images_with_their_labels_and_attribution(project):
 
 
 def test_a_404_is_a_recorded_failure_and_a_duplicate_url_one_candidate(project):
-    tmp, cats, _, host, _ = project
+    tmp, cats, _, host, *_ = project
     cfg = load_config(tmp / "project.yaml")
     with Catalog(cfg.catalog_path) as catalog:
         missing = catalog.get_by_photo("urls", photo_id(f"{host}/cat/missing.jpg"))
@@ -104,12 +106,12 @@ def test_a_404_is_a_recorded_failure_and_a_duplicate_url_one_candidate(project):
 
 
 def test_bad_rows_are_reported_one_line_each_with_a_count(project):
-    *_, collected = project
+    *_, collected, _ = project
     err = collected.stderr
     assert "list.csv line 14 skipped: no url" in err
     assert "list.csv line 15 skipped: not http(s)" in err
     assert "list.csv line 16 skipped: unknown label: label 'horse'" in err
-    assert "list.csv: 3 of 15 rows skipped (no url 1, not http(s) 1, unknown label 1)" in err
+    assert "list.csv: 3 of 16 rows skipped (no url 1, not http(s) 1, unknown label 1)" in err
     assert "list.csv line 12: the same URL as line 2 (one candidate)" in err and "Traceback" not in err
 
 
@@ -123,3 +125,17 @@ def test_a_missing_csv_is_a_one_line_error(tmp_path):
                                      "other: {queries: [other], count: 1}\n")
     res = mlc("collect", "-c", str(tmp_path / "q.yaml"))
     assert res.returncode != 0 and "source.csv: kind urls needs the URL list" in res.stderr
+
+
+def test_probe_rows_labelled_other_are_no_shared_query(caplog):
+    """With a URL list, 'other' under both `other` and `probe` takes different rows (by purpose): no
+    warning that the probe set would lose them; two classes sharing a label still get one."""
+    from mlc_pipeline.config import parse_config
+    base = {"classes": {"cat": {"queries": ["cat"], "count": 1}}, "other": {"queries": ["other"], "count": 1},
+            "probe": {"queries": ["other"], "count": 1}}
+    with caplog.at_level("WARNING"):
+        parse_config({**base, "source": {"kind": "urls", "csv": "x.csv"}})
+    assert "under both" not in caplog.text
+    with caplog.at_level("WARNING"):
+        parse_config({**base, "source": {"kind": "local"}})
+    assert "query 'other' is under both other and probe" in caplog.text
