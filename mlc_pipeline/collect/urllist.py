@@ -93,8 +93,8 @@ def read_url_list(path: str | Path, known: dict[str, set[str]]) -> list[UrlRow]:
             if missing:
                 raise ConfigError(f"source.csv: {path} has no {' or '.join(missing)} column (columns: "
                                   f"{', '.join(sorted(columns)) or 'none'}); a URL list needs url and label")
-            records = [{(k or "").strip().lower(): (v or "") if isinstance(v, str) else "" for k, v in r.items()}
-                       for r in reader]
+            records = [(reader.line_num, {(k or "").strip().lower(): v if isinstance(v, str) else ""
+                                          for k, v in r.items()}) for r in reader]
     except FileNotFoundError:
         raise ConfigError(f"source.csv: file not found: {path}") from None
     except IsADirectoryError:
@@ -105,7 +105,7 @@ def read_url_list(path: str | Path, known: dict[str, set[str]]) -> list[UrlRow]:
     except csv.Error as exc:
         raise ConfigError(f"source.csv: {path} is not a readable CSV: {exc}") from None
     rows, bad, seen = [], Counter(), {}
-    for line, r in enumerate(records, start=2):        # line 1 is the header
+    for line, r in records:                            # line: the file's line where the row ends
         problem = row_problem(r, known)
         if problem:
             log.warning("%s line %d skipped: %s: %s", path.name, line, *problem)
@@ -115,10 +115,17 @@ def read_url_list(path: str | Path, known: dict[str, set[str]]) -> list[UrlRow]:
                      (r.get("purpose") or "").strip().lower() or "train", r.get("license", "").strip(),
                      r.get("owner", "").strip(), r.get("title", "").strip(), r.get("photo_page", "").strip())
         first = seen.setdefault(row.url, row)
-        if first is not row:     # one photo: a second label adds to it; attribution is the first row's
+        if first is not row:     # one photo: a second label adds to it
             log.info("%s line %d: the same URL as line %d (one candidate)", path.name, line, first.line)
-            row = replace(row, **{k: getattr(first, k) or getattr(row, k) for k in ATTRIBUTION})
         rows.append(row)
+    # A URL's attribution is its first row's, empty fields filled from later rows: every row of the URL
+    # carries the same, so whichever is recorded last leaves it in the catalog.
+    merged: dict[str, dict[str, str]] = {}
+    for row in rows:
+        fields = merged.setdefault(row.url, {})
+        for k in ATTRIBUTION:
+            fields[k] = fields.get(k) or getattr(row, k)
+    rows = [replace(row, **merged[row.url]) for row in rows]
     if bad:
         log.warning("%s: %d of %d rows skipped (%s)", path.name, sum(bad.values()), len(records),
                     ", ".join(f"{why} {n}" for why, n in sorted(bad.items())))

@@ -139,3 +139,16 @@ def test_probe_rows_labelled_other_are_no_shared_query(caplog):
     with caplog.at_level("WARNING"):
         parse_config({**base, "source": {"kind": "local"}})
     assert "query 'other' is under both other and probe" in caplog.text
+
+
+def test_a_repeated_url_gets_one_attribution_and_lines_count_quoted_newlines(tmp_path, caplog):
+    from mlc_pipeline.collect.urllist import read_url_list
+    (tmp_path / "l.csv").write_text('url,label,license,title\n'
+                                    'http://h/a.jpg,cat,,"two\nlines"\n'
+                                    'http://h/a.jpg,dog,CC BY 2.0,\n'
+                                    ',cat,,\n')
+    with caplog.at_level("WARNING"):
+        rows = read_url_list(tmp_path / "l.csv", {"train": {"cat", "dog", "other"}, "probe": set(), "pool": set()})
+    assert [(r.label, r.license, r.title) for r in rows] == [("cat", "CC BY 2.0", "two\nlines"),
+                                                             ("dog", "CC BY 2.0", "two\nlines")]
+    assert "l.csv line 5 skipped: no url" in caplog.text and "1 of 3 rows skipped (no url 1)" in caplog.text
