@@ -64,7 +64,8 @@ class LocalWorld(Strict):
 
 
 class SourceSettings(Strict):
-    kind: Literal["flickr", "local"] = "flickr"
+    kind: Literal["flickr", "local", "urls"] = "flickr"
+    csv: str | None = None             # kind urls: the URL list (url,label,...), relative to the config's folder
     rest_url: str = FLICKR_REST_URL
     allowed_hosts: list[str] = ["live.staticflickr.com"]
     licenses: list[int] | Literal["any"] = [4, 5, 9, 10, 11]
@@ -260,6 +261,8 @@ class Config(Strict):
     def local_hosts(self) -> "Config":
         if self.source.kind == "flickr" and not self.source.allowed_hosts:
             raise ValueError("source.allowed_hosts must name at least one image host")
+        if self.source.kind == "urls" and not self.source.csv:
+            raise ValueError("source.csv: kind urls needs the URL list, e.g. csv: images.csv (columns url, label)")
         return self
 
     @model_validator(mode="after")
@@ -270,8 +273,9 @@ class Config(Strict):
         sets += [("mine.pool", self.mine.pool)] if self.mine.pool else []
         seen: dict[str, str] = {}
         for where, qs in sets:
+            own = self.source.kind == "urls" and where in ("probe", "mine.pool")   # a URL list's rows have a purpose
             for query in qs.queries:
-                key = " ".join(query.lower().split())
+                key = (where if own else "") + " ".join(query.lower().split())
                 if key in seen and seen[key] != where:
                     log.warning("config: query %r is under both %s and %s: the photos it finds %s", query,
                                 seen[key], where, "get both labels" if where.startswith("classes.")
@@ -315,6 +319,8 @@ def parse_config(data: dict, base_dir: Path | None = None) -> Config:
         raise ConfigError(f"config: {_error_line(exc)}") from None
     if base_dir is not None and not cfg.data_dir.is_absolute():
         cfg.data_dir = (base_dir / cfg.data_dir).resolve()
+    if base_dir is not None and cfg.source.csv and not Path(cfg.source.csv).is_absolute():
+        cfg.source.csv = str((base_dir / cfg.source.csv).resolve())
     return cfg
 
 

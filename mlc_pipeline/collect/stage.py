@@ -12,7 +12,6 @@ from disk). Killing a run at any point and rerunning gives the same catalog as o
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
@@ -24,14 +23,15 @@ from typing import Any, Callable, Iterator
 
 from mlc_pipeline.catalog import Catalog, Found, merge_labels, run_end_status
 from mlc_pipeline import progress as bars   # `progress` is the show-bars flag here
-from mlc_pipeline.config import Config, ConfigError
+from mlc_pipeline.config import Config
 from mlc_pipeline.collect.checks import check_sizes, warn_before_collecting
 from mlc_pipeline.collect.cluster import download_on_cluster
 from mlc_pipeline.collect.download import Downloader, DownloadJob
 from mlc_pipeline.executor import cluster_address
 from mlc_pipeline.collect.rawfiles import clean_stale_temp
 from mlc_pipeline.collect.flickr import FlickrSource, Target
-from mlc_pipeline.secrets import flickr_credentials, install_log_redaction
+from mlc_pipeline.collect.sources import open_source
+from mlc_pipeline.secrets import install_log_redaction
 
 log = logging.getLogger(__name__)
 
@@ -85,35 +85,6 @@ def usable_rate(tally: dict) -> float:
 def usable_needed(tally: dict, count: int) -> float:
     """Usable images a set still lacks: downloads not curated yet count at the set's usable rate."""
     return round(count - tally["accepted"] - tally["downloaded"] * usable_rate(tally), 6)
-
-
-@contextmanager
-def open_source(cfg: Config) -> Iterator[tuple[FlickrSource, list[str]]]:
-    """The configured source and the image hosts it may download from.
-
-    `source.kind: local` starts the bundled Flickr-compatible server on loopback for the duration."""
-    s = cfg.source
-    if s.kind == "flickr":
-        yield FlickrSource(s, flickr_credentials(local=False), "flickr", result_cap=s.result_cap), s.allowed_hosts
-        return
-    from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
-    from mlc_pipeline.flickr_server.folder import FolderModeError
-    world = WorldSpec(kind="folder" if s.local.folder else "default", seed=s.local.seed, scale=s.local.scale,
-                      folder=s.local.folder, query_map=dict(s.local.query_map), result_cap=s.local.result_cap)
-    try:
-        server = FlickrServer(world, FaultSpec.parse(s.local.faults), host="127.0.0.1", port=s.local.port)
-    except FolderModeError as exc:
-        raise ConfigError(f"source.local: {exc}") from None
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            raise
-        raise ConfigError(f"source.local.port {s.local.port} is already in use on 127.0.0.1: another `mlc` run "
-                          f"(or `mlc serve-flickr`) may hold it; wait for it to finish, or give this project its "
-                          f"own port (source.local.port)") from None
-    with server as srv:
-        source = FlickrSource(s, flickr_credentials(local=True), "local", rest_url=srv.rest_url,
-                              result_cap=s.local.result_cap, static_host=srv.static_host)
-        yield source, [srv.static_host, *s.allowed_hosts]
 
 
 def interleave(streams: list[Iterator[Found]]) -> Iterator[Found]:
