@@ -47,6 +47,18 @@ def latest_name(models_dir: Path) -> str | None:
         return None
 
 
+def latest_bundle(models_dir: Path) -> Path | None:
+    """The bundle `models/LATEST` names (a text file holding its folder's name; a link to the folder
+    is followed too), or None: no pointer, an empty one, or a named folder that is gone. The one
+    reader of the pointer (training, mining, the report and the review app all ask here)."""
+    pointer = models_dir / POINTER
+    if pointer.is_dir():
+        return pointer.resolve()
+    name = latest_name(models_dir)
+    path = models_dir / name if name else None
+    return path if path is not None and path.is_dir() else None
+
+
 def resolve_bundle(spec: str, models_dir: Path) -> Path:
     """`latest`, a bundle folder, or a bundle name under `models_dir`."""
     if spec == "latest":

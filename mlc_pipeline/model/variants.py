@@ -16,6 +16,7 @@ from mlc_pipeline.fsutil import write_text_atomic
 from mlc_pipeline.config import Config, ConfigError
 from mlc_pipeline.dataset.build import verify_version
 from mlc_pipeline.manifest import read_manifest
+from mlc_pipeline.model.registry import latest_bundle
 from mlc_pipeline.model.train import TrainConfig, train_model
 
 log = logging.getLogger(__name__)
@@ -64,11 +65,7 @@ def bundle_name(prefix: str) -> str:
 
 
 def latest_model(cfg: Config) -> Path | None:
-    pointer = models_root(cfg) / "LATEST"
-    if not pointer.exists():
-        return None
-    path = models_root(cfg) / pointer.read_text().strip()
-    return path if path.is_dir() else None
+    return latest_bundle(models_root(cfg))
 
 
 def other_set_warnings(rows: list[dict]) -> list[str]:

@@ -14,19 +14,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from mlc_pipeline.config import Config
+from mlc_pipeline.model import registry
 
 log = logging.getLogger(__name__)
 
 
 def latest_bundle(cfg: Config) -> Path | None:
-    # model/variants.latest_model, without importing training (torch) into `mlc inspect`
-    pointer = cfg.layout.models / "LATEST"
-    if pointer.is_dir():              # a link to the bundle
-        return pointer.resolve()
-    if not pointer.is_file():
-        return None
-    path = cfg.layout.models / pointer.read_text().strip()
-    return path if path.is_dir() else None
+    return registry.latest_bundle(cfg.layout.models)     # model/registry: no training (torch) imported
 
 
 def latest_result(cfg: Config) -> SimpleNamespace | None:

@@ -9,17 +9,13 @@ import json
 from pathlib import Path
 
 from mlc_pipeline.config import Config
+from mlc_pipeline.model import registry
 
 _cache: dict[Path, tuple[float, list[dict]]] = {}
 
 
 def latest_bundle(cfg: Config) -> Path | None:
-    """data/models/LATEST names the newest bundle (as models.latest_model reads it)."""
-    pointer = cfg.data_dir / "models" / "LATEST"
-    if not pointer.is_file():
-        return None
-    path = cfg.data_dir / "models" / pointer.read_text().strip()
-    return path if path.is_dir() else None
+    return registry.latest_bundle(cfg.layout.models)
 
 
 def bundle_csv(bundle: Path | None, name: str) -> list[dict]:
