@@ -10,8 +10,9 @@ import hashlib
 import logging
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -324,20 +325,29 @@ def parse_config(data: dict, base_dir: Path | None = None) -> Config:
     return cfg
 
 
+@contextmanager
+def user_file(what: str, path: Path, kind: str) -> Iterator[None]:
+    """Reading a file a user named (the config, a URL list): a missing file, a folder or text that is
+    not UTF-8 becomes one ConfigError line, "<what>: ...", instead of a traceback."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what}: {path} is a folder, not a {kind} file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what}: {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                          f"at offset {exc.start}); save it as UTF-8") from None
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> Config:
     """Load and validate a YAML config. A relative `data_dir` in the file is taken from the config
     file's folder (so a command gives the same data root from any directory); one given with
     `--set data_dir=...` from the current directory, as any path typed on a command line."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config: file not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config: {path} is a folder, not a YAML file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config: {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
-                          f"at offset {exc.start}); save it as UTF-8") from None
+        with user_file("config", path, "YAML"):
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"config: {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if data is not None and not isinstance(data, dict):

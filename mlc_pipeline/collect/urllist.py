@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from mlc_pipeline.catalog import Found
 from mlc_pipeline.collect.flickr import Target
-from mlc_pipeline.config import Config, ConfigError
+from mlc_pipeline.config import Config, ConfigError, user_file
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def read_url_list(path: str | Path, known: dict[str, set[str]]) -> list[UrlRow]:
     """The usable rows of the CSV; every other row is logged with its line number and reason."""
     path = Path(path)
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
+        with user_file("source.csv", path, "CSV"), path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             columns = {c.strip().lower() for c in reader.fieldnames or [] if c}
             missing = [c for c in ("url", "label") if c not in columns]
@@ -95,13 +95,6 @@ def read_url_list(path: str | Path, known: dict[str, set[str]]) -> list[UrlRow]:
                                   f"{', '.join(sorted(columns)) or 'none'}); a URL list needs url and label")
             records = [(reader.line_num, {(k or "").strip().lower(): v if isinstance(v, str) else ""
                                           for k, v in r.items()}) for r in reader]
-    except FileNotFoundError:
-        raise ConfigError(f"source.csv: file not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"source.csv: {path} is a folder, not a CSV file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"source.csv: {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
-                          f"offset {exc.start}); save it as UTF-8") from None
     except csv.Error as exc:
         raise ConfigError(f"source.csv: {path} is not a readable CSV: {exc}") from None
     rows, bad, seen = [], Counter(), {}
