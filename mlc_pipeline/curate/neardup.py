@@ -8,16 +8,21 @@ probe every bucket within radius r_i of each hash's chunk value, and check each 
 64-bit distance with a vectorised popcount. The result is exact, not approximate.
 
 For 1M hashes and threshold 8 the planner picks 3 chunks of 21-22 bits with radius 2 each (231
-probes per chunk, about half a hash per bucket). Identical hashes are collapsed first, and candidate
-expansion runs in bounded blocks, so a skewed bucket (many near-identical photos) costs time
-proportional to its candidates but never an unbounded temporary array.
+probes per chunk, about half a hash per bucket). Identical hashes are collapsed first. The probing
+loop is compiled (mih_kernel.py, numba) and runs groups of flip masks on threads; its output grows
+with the pairs found, so a skewed bucket (many near-identical photos) costs time in proportion to its
+candidates but no temporary arrays. Inputs too small to repay loading the kernel go to brute force.
 """
 
 from __future__ import annotations
 
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import combinations
 from math import comb
+from typing import Literal
 
 import numpy as np
 import scipy.sparse
@@ -25,11 +30,16 @@ import scipy.sparse.csgraph
 
 from mlc_pipeline.curate.hashing import popcount64
 
-EXPAND_BLOCK = 4_000_000     # candidate pairs materialised at once (~100 MB of temporaries)
+Method = Literal["auto", "index", "brute"]
 
-# Relative costs per element, measured on the 2-core dev box: a bucket probe and a candidate check
-# each cost ~10 ns in this numpy code; the brute-force popcount costs ~3 ns per pair.
-_COST_PROBE, _COST_CANDIDATE, _COST_BRUTE = 1.0, 1.0, 0.3
+
+# Costs in ns, measured on the 2-core dev box (AMD EPYC, one thread) with the compiled kernel: a
+# probe of an empty bucket is a bitmap test (2.4 ns); an occupied one adds the offset lookups and a
+# mispredicted branch or two (7.6 ns); each candidate is a popcount (1.35 ns). Blocked numpy brute
+# force costs 6.6 ns per pair. The index path also loads the compiled kernel (~0.5 s from numba's
+# cache; the very first run on a machine compiles it, ~8 s), so small inputs go to brute force.
+_NS_PROBE_EMPTY, _NS_PROBE_OCCUPIED, _NS_CANDIDATE, _NS_BRUTE_PAIR = 2.4, 7.6, 1.35, 6.6
+_NS_INDEX_SETUP = 0.5e9
 
 
 @dataclass(frozen=True)
@@ -38,38 +48,41 @@ class ChunkPlan:
     radii: tuple[int, ...]   # Hamming radius searched inside each chunk
 
     def cost(self, n: int) -> float:
-        "Estimated work for n uniformly random hashes (probes + expected candidates)."
-        total = 0.0
+        "Estimated ns for n uniformly random hashes: probes (from one side) plus expected candidates."
+        total = _NS_INDEX_SETUP
         for b, r in zip(self.bits, self.radii):
-            probes = sum(comb(b, k) for k in range(r + 1))
-            total += n * probes * (_COST_PROBE + _COST_CANDIDATE * n / 2**b / 2)
+            per_bucket = n / 2**b
+            masks = sum(comb(b, k) for k in range(1, r + 1))
+            per_probe = _NS_PROBE_EMPTY + _NS_PROBE_OCCUPIED * -math.expm1(-per_bucket) + _NS_CANDIDATE * per_bucket
+            total += n / 2 * (masks * per_probe + per_bucket * _NS_CANDIDATE)
         return total
 
 
-def plan_chunks(n: int, threshold: int) -> ChunkPlan | None:
+def plan_chunks(n: int, threshold: int, force_index: bool = False) -> ChunkPlan | None:
     "Cheapest exact chunking for n hashes, or None when blocked brute force is cheaper."
     best = None
-    for m in range(3, 17):  # >= 3 chunks keeps each dense bucket table <= 2^22 entries (2 x 16 MiB)
+    for m in range(3, 17):  # >= 3 chunks keeps each dense bucket table <= 2^22 entries
         bits = tuple(64 // m + (i < 64 % m) for i in range(m))
         extra = max(0, threshold + 1 - m)  # radius still to hand out so that sum(r_i + 1) >= t + 1
         radii = tuple(extra // m + (i < extra % m) for i in range(m))  # wider chunks get more radius
         plan = ChunkPlan(bits, radii)
         if best is None or plan.cost(n) < best.cost(n):
             best = plan
-    brute = _COST_BRUTE * n * (n - 1) / 2
-    return None if brute < best.cost(n) else best
+    brute = _NS_BRUTE_PAIR * n * (n - 1) / 2
+    return None if brute < best.cost(n) and not force_index else best
 
 
-def find_pairs(hashes: np.ndarray, threshold: int) -> np.ndarray:
+def find_pairs(hashes: np.ndarray, threshold: int, method: Method = "auto") -> np.ndarray:
     """All index pairs (i, j), i < j, whose hashes differ in at most `threshold` bits.
 
     Exact duplicates are included. Returns an int64 array of shape (k, 2), sorted by (i, j).
+    `method`: "auto" (the planner's choice), "index" (multi-index hashing) or "brute" (blocked O(N^2)).
     """
     hashes = np.asarray(hashes, dtype=np.uint64)
     if not 0 <= threshold <= 64:
         raise ValueError(f"threshold must be within 0..64, got {threshold}")
     values, inverse = np.unique(hashes, return_inverse=True)
-    value_pairs = _distinct_pairs(values, threshold)
+    value_pairs = _distinct_pairs(values, threshold, method)
     return _expand_to_items(inverse.ravel(), len(values), value_pairs)
 
 
@@ -114,12 +127,14 @@ def find_pairs_bruteforce(hashes: np.ndarray, threshold: int, block_elems: int =
 # Internals
 
 
-def _distinct_pairs(values: np.ndarray, threshold: int) -> np.ndarray:
+def _distinct_pairs(values: np.ndarray, threshold: int, method: Method = "auto") -> np.ndarray:
     "Pairs (a, b), a < b, of *distinct* sorted values within `threshold`."
     n = len(values)
     if threshold == 0 or n < 2:
         return np.zeros((0, 2), np.int64)
-    plan = plan_chunks(n, threshold)
+    if method not in ("auto", "index", "brute"):
+        raise ValueError(f"method must be auto, index or brute, got {method!r}")
+    plan = None if method == "brute" else plan_chunks(n, threshold, force_index=method == "index")
     if plan is None:
         return find_pairs_bruteforce(values, threshold)
     found = []
@@ -137,66 +152,46 @@ def _distinct_pairs(values: np.ndarray, threshold: int) -> np.ndarray:
 
 def _chunk_candidates(values, shift, bits, radius, threshold):
     "Verified pairs among `values` whose chunk at `shift` lies within `radius` bits."
-    keys = ((values >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.int64)
-    order = np.argsort(keys, kind="stable")  # the buckets: items sorted by chunk value
-    # Everything below works on positions in this sorted order: probes of consecutive positions hit
-    # nearby buckets, so the table lookups stay cache-friendly; item ids are looked up at the end.
+    from mlc_pipeline.curate.mih_kernel import chunk_pairs  # numba: imported (and compiled) only when used
+    index = np.int32 if len(values) < 2**31 else np.int64  # half the memory traffic of int64
+    keys = ((values >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(index)
+    order = np.argsort(keys, kind="stable").astype(index)  # the buckets: items sorted by chunk value
     sorted_keys, sorted_values = keys[order], values[order]
-    ends = np.cumsum(np.bincount(keys, minlength=1 << bits))
-    starts = ends - np.diff(ends, prepend=0)
-    occupied = starts != ends  # 1 byte per bucket: a cheap first test before the 8-byte lookups
-    # Same chunk value: each position pairs with the later positions of its bucket.
-    pos = np.arange(len(values))
-    later = ends[sorted_keys] - pos - 1
-    some = np.flatnonzero(later)
-    yield from _verify(sorted_values, order, some, sorted_values[some], pos[some] + 1, later[some], threshold)
-    # Other chunk values within the radius. A pair of buckets (k, k ^ flip) is probed from one side
-    # only: from the key whose bit at flip's highest set bit is 0 (exactly the side where k < k ^ flip).
-    for top_bit, flips in _flip_masks_by_top_bit(bits, radius):
-        side = np.flatnonzero((sorted_keys >> top_bit) & 1 == 0)
-        side_keys, side_values = sorted_keys[side], sorted_values[side]
-        for flip in flips:
-            probe = side_keys ^ flip
-            hit = np.flatnonzero(occupied[probe])
-            probe = probe[hit]
-            first = starts[probe]
-            yield from _verify(sorted_values, order, side[hit], side_values[hit], first, ends[probe] - first,
-                               threshold)
+    counts = np.bincount(keys, minlength=1 << bits)
+    bucket_starts = np.zeros((1 << bits) + 1, index)
+    np.cumsum(counts, out=bucket_starts[1:])
+    occupied = np.packbits(counts > 0, bitorder="little")
+    occupied = np.pad(occupied, (0, -len(occupied) % 8)).view(np.uint64)  # little-endian words
+    masks, tops = _flip_masks(bits, radius)
+    # The masks split into groups of about equal size, searched at once on threads (the kernel
+    # releases the GIL); the first group also pairs the items within each bucket.
+    n_groups = max(1, min(len(masks), 4 * _threads()))
+    cuts = np.linspace(0, len(masks), n_groups + 1).round().astype(int)
+    jobs = [(masks[lo:hi], tops[lo:hi], k == 0) for k, (lo, hi) in enumerate(zip(cuts[:-1], cuts[1:]))]
+    if not jobs:
+        jobs = [(masks, tops, True)]
+
+    def search(job):
+        return chunk_pairs(sorted_keys, sorted_values, order, bucket_starts, occupied, *job, threshold)
+
+    with ThreadPoolExecutor(_threads()) as pool:
+        for pairs in pool.map(search, jobs):
+            if len(pairs):
+                yield np.stack([np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])],
+                               axis=1)
 
 
-def _verify(sorted_values, order, query, query_values, first, count, threshold):
-    """Item pairs (order[q], order[p]) for p in first[k] .. first[k]+count[k]-1, q = query[k] (whose
-    value is query_values[k]), whose values differ in at most `threshold` bits; every count is > 0.
-
-    Buckets of one item (most of them, in a table sized to the data) are checked without expanding.
-    The rest works in blocks of ~EXPAND_BLOCK candidates (one huge bucket is its own block), so a
-    skewed bucket costs time but never an unbounded temporary array.
-    """
-    single = count == 1
-    yield from _close_pairs(sorted_values, order, query[single], query_values[single], first[single],
-                            threshold)
-    many = np.flatnonzero(~single)
-    if len(many) == 0:
-        return
-    query, query_values, first, count = query[many], query_values[many], first[many], count[many]
-    cum = np.cumsum(count)
-    cuts = np.searchsorted(cum, np.arange(EXPAND_BLOCK, cum[-1], EXPAND_BLOCK), side="right")
-    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(query)]):
-        if lo == hi:
-            continue
-        c = count[lo:hi]
-        offset = np.cumsum(c) - c
-        partner = np.repeat(first[lo:hi] - offset, c) + np.arange(int(c.sum()))
-        yield from _close_pairs(sorted_values, order, np.repeat(query[lo:hi], c),
-                                np.repeat(query_values[lo:hi], c), partner, threshold)
+def _threads() -> int:
+    "CPUs this process may use (a Dask worker or a container may be given fewer than the machine has)."
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _close_pairs(sorted_values, order, query, query_values, partner, threshold):
-    "(order[query[k]], order[partner[k]]) for each k whose values differ in at most `threshold` bits."
-    close = np.flatnonzero(popcount64(query_values ^ sorted_values[partner]) <= threshold)
-    if len(close):
-        a, b = order[query[close]], order[partner[close]]
-        yield np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)
+def _flip_masks(bits: int, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    "Every non-zero mask of <= `radius` bits, grouped by highest set bit, and that bit per mask."
+    groups = _flip_masks_by_top_bit(bits, radius)
+    masks = np.array([m for _, flips in groups for m in flips], dtype=np.int32)
+    tops = np.array([top for top, flips in groups for _ in flips], dtype=np.int32)
+    return masks, tops
 
 
 def _flip_masks_by_top_bit(bits: int, radius: int) -> list[tuple[int, list[int]]]:

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-import mlc_pipeline.curate.neardup as neardup
 from badfiles import fixture_photos
 from mlc_pipeline.curate.dedup import DEFAULT_THRESHOLD
 from mlc_pipeline.curate.hashing import hex_to_uint64, inspect_files
@@ -29,22 +28,22 @@ def random_with_planted(n: int, threshold: int, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("n,threshold", [(3000, 0), (3000, 3), (5000, 8), (20000, 8), (4000, 12), (500, 20)])
 def test_equals_brute_force(n, threshold):
     hashes = random_with_planted(n, threshold, seed=n + threshold)
-    pairs = find_pairs(hashes, threshold)
+    pairs = find_pairs(hashes, threshold, method="index")  # the compiled multi-index search, forced
     assert np.array_equal(pairs, find_pairs_bruteforce(hashes, threshold))
+    assert np.array_equal(pairs, find_pairs(hashes, threshold))  # whatever the planner picks
     assert len(pairs) > n // 20  # the planted pairs are in there
     assert np.all(pairs[:, 0] < pairs[:, 1])
 
 
-def test_skewed_buckets_in_small_blocks(monkeypatch):
-    # Real phashes cluster: thousands of near-identical hashes share chunk values. Force tiny
-    # expansion blocks so the blocking path is exercised, and compare with brute force.
-    monkeypatch.setattr(neardup, "EXPAND_BLOCK", 997)
+def test_skewed_buckets():
+    # Real phashes cluster: thousands of near-identical hashes share chunk values, so the kernel's
+    # pair buffer must grow many times over.
     rng = np.random.default_rng(1)
     base = int(rng.integers(0, 2**63))
     cluster = [flip_bits(base, int(rng.integers(0, 4)), rng) for _ in range(1500)]
     hashes = np.concatenate([np.array(cluster, dtype=np.uint64),
                              rng.integers(0, 2**63, 1500, dtype=np.uint64)])
-    pairs = find_pairs(hashes, 8)
+    pairs = find_pairs(hashes, 8, method="index")
     assert np.array_equal(pairs, find_pairs_bruteforce(hashes, 8))
     assert len(pairs) > 1_000_000  # the cluster is one big clique
 
@@ -57,6 +56,13 @@ def test_plans_are_exact_by_pigeonhole():
                 assert sum(plan.bits) == 64
                 assert sum(r + 1 for r in plan.radii) >= threshold + 1
     assert plan_chunks(1_000_000, 8).bits == (22, 21, 21)
+    assert plan_chunks(2_000, 10) is None            # small inputs: brute force, no kernel to load
+    assert plan_chunks(2_000, 10, force_index=True) is not None
+
+
+def test_a_bad_method_is_refused():
+    with pytest.raises(ValueError, match="auto, index or brute"):
+        find_pairs(np.arange(10, dtype=np.uint64), 4, method="fast")
 
 
 def test_grouping_is_transitive():
