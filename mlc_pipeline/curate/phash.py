@@ -11,7 +11,6 @@ imagehash.phash under the installed Pillow on the fixtures and on random sizes a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -73,11 +72,10 @@ def _lanczos_bands(n: int, group: int = 8) -> tuple[tuple[int, int, int, int], .
     """(first input, end input, first output, end output) per group of outputs: each output pixel
     reads only ~6 x n / 32 inputs, so products over these bands skip the zeros of the dense matrix."""
     used = _lanczos_weights(n) != 0
-    bands = []
-    for c0 in range(0, PHASH_SIDE, group):
-        rows = np.flatnonzero(used[:, c0:c0 + group].any(axis=1))
-        bands.append((int(rows[0]), int(rows[-1]) + 1, c0, c0 + group))
-    return tuple(bands)
+    first = used.argmax(axis=0)                        # first non-zero input row of each output
+    last = n - 1 - used[::-1].argmax(axis=0)           # ... and the last
+    return tuple((int(first[c0:c0 + group].min()), int(last[c0:c0 + group].max()) + 1, c0, c0 + group)
+                 for c0 in range(0, PHASH_SIDE, group))
 
 
 # OpenBLAS splits even these small products across threads; on a busy machine (or beside the other
@@ -150,11 +148,6 @@ def _lanczos_weights(n: int) -> np.ndarray:
 
 
 def _lanczos(x: np.ndarray) -> np.ndarray:
-    "Pillow's truncated sinc: sinc(x) * sinc(x / 3) on [-3, 3)."
-    return np.where((x >= -3.0) & (x < 3.0), _sinc(x) * _sinc(x / 3), 0.0)
-
-
-def _sinc(x: np.ndarray) -> np.ndarray:
-    scaled = x * math.pi
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(x == 0.0, 1.0, np.sin(scaled) / scaled)
+    """Pillow's truncated sinc: sinc(x) * sinc(x / 3) on [-3, 3). np.sinc computes sin(pi x) / (pi x)
+    with the same two roundings as Resample.c's sinc_filter, and 1 at 0."""
+    return np.where((x >= -3.0) & (x < 3.0), np.sinc(x) * np.sinc(x / 3), 0.0)
