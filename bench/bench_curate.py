@@ -9,6 +9,7 @@ phash) plus fastai's `verify_images` (open + draft + load).
     .venv/bin/python bench/bench_curate.py            # 398 fixtures + 150 large JPEGs
     .venv/bin/python bench/bench_curate.py --quick    # 398 fixtures + 30 large JPEGs
     .venv/bin/python bench/bench_curate.py --large 0  # the 398 fixtures alone (thumbnails, <= 400 px)
+    .venv/bin/python bench/bench_curate.py --large 0 --fixtures pets   # 1,200 photos of 180 x 180
 
 Each run of each side is a fresh Python process, as each tool's users run it: `mlc curate` does not
 import torch, while fastai's verify_images needs it. (Run in one process that had imported fastai for
@@ -39,16 +40,17 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlc_pipeline.curate.hashing import hamming, inspect_files  # noqa: E402
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared/fixtures/hymenoptera"
+FIXTURES = Path(__file__).resolve().parents[2] / "shared/fixtures"
+SETS = {"hymenoptera": ("hymenoptera",), "pets": ("pets",), "all": ("hymenoptera", "pets")}
 
 
-def build_file_set(out_dir: Path, n_large: int, seed: int = 0) -> list[Path]:
+def build_file_set(out_dir: Path, n_large: int, fixture_set: str = "hymenoptera", seed: int = 0) -> list[Path]:
     "Symlink the fixtures and write `n_large` upscaled JPEGs, all into one flat directory."
     rng = np.random.default_rng(seed)
-    photos = sorted(FIXTURES.rglob("*.jpg"))
+    photos = sorted(p for name in SETS[fixture_set] for p in (FIXTURES / name).rglob("*.jpg"))
     paths = []
     for photo in photos:
-        link = out_dir / f"{photo.parent.name}_{photo.name}"
+        link = out_dir / f"{photo.parent.parent.name}_{photo.parent.name}_{photo.name}"
         link.symlink_to(photo.resolve())
         paths.append(link)
     for k, photo in enumerate(rng.choice(photos, n_large, replace=False)):
@@ -112,6 +114,9 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=150, help="number of 2000-4000 px JPEGs to add")
     parser.add_argument("--quick", action="store_true", help="only 30 large JPEGs")
     parser.add_argument("--repeat", type=int, default=2, help="runs per side; the best is reported")
+    parser.add_argument("--fixtures", choices=SETS, default="hymenoptera",
+                        help="the thumbnails: hymenoptera (398 photos <= 400 px, the default), pets (1,200 "
+                             "photos of 180 x 180) or all")
     parser.add_argument("--side", choices=("ours", "baseline"), help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -123,11 +128,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         image_dir = Path(tmp) / "files"
         image_dir.mkdir()
-        paths = build_file_set(image_dir, n_large)
+        paths = build_file_set(image_dir, n_large, args.fixtures)
         total_mb = sum(p.stat().st_size for p in paths) / 2**20
         for p in paths:  # warm the page cache for both sides
             p.read_bytes()
-        print(f"{len(paths)} files ({len(paths) - n_large} fixtures <= 400 px, {n_large} JPEGs 2000-4000 px), "
+        print(f"{len(paths)} files ({len(paths) - n_large} {args.fixtures} fixtures <= 400 px, {n_large} JPEGs 2000-4000 px), "
               f"{total_mb:.0f} MiB, {os.cpu_count()} CPUs")
         ours_runs, base_runs = [], []
         for _ in range(args.repeat):  # interleave, so background load hits both sides alike

@@ -9,7 +9,8 @@ or size. On the 398 fixture photos the draft hash differs from a full-decode `im
 stream, so truncated JPEGs are still rejected.
 
 The three views (full, 5 % and 10 % centre crops) are hashed from one greyscale array by
-`phash.phash_of`: the same bits as `imagehash.phash`, several times cheaper.
+`phash.phash_many`: the same bits as `imagehash.phash`, several times cheaper, and batched over the
+files of a chunk so that files of one size share their numpy calls.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
 
-from mlc_pipeline.curate.phash import one_blas_thread, phash_of, single_blas_thread_for_life
+from mlc_pipeline.curate.phash import one_blas_thread, phash_many, phash_of, single_blas_thread_for_life
 from mlc_pipeline.curate.similarity import VIEW_CROPS, crop_box
 from mlc_pipeline.curate.verify import (ORIENTATION_TRANSPOSE, VerifyLimits, decode_checked, exif_orientation,
                      read_limited, require_strict_decoding, to_rgb)
@@ -58,23 +59,54 @@ class FileRecord:
 
 def inspect_file(path: str | os.PathLike, limits: VerifyLimits = VerifyLimits()) -> FileRecord:
     "sha256 + verification + phash of one file, from one read and one decode."
+    return inspect_batch([path], limits)[0]
+
+
+def inspect_batch(paths: Sequence[str | os.PathLike], limits: VerifyLimits = VerifyLimits()) -> list[FileRecord]:
+    """`inspect_file` of each path, in one process: each file is read and decoded alone, then the
+    views of the whole batch are phashed at once (phash.phash_many batches the resizes by size)."""
     require_strict_decoding()  # a misconfigured process must fail loudly, not per file
-    path = os.fspath(path)
+    decoded = [decode_for_hashing(os.fspath(p), limits) for p in paths]
+    views = [v for _, vs in decoded for v in vs]
+    try:
+        hashes = iter(phash_many(views))
+    except Exception:  # noqa: BLE001 -- one odd array must not cost the batch: redo it file by file
+        log.exception("batched phash failed; hashing the %d files one by one", len(paths))
+        return [_with_hashes(record, vs, _phash_alone) for record, vs in decoded]
+    return [_with_hashes(record, vs, lambda vs: [next(hashes) for _ in vs]) for record, vs in decoded]
+
+
+def decode_for_hashing(path: str, limits: VerifyLimits) -> tuple[FileRecord, list[np.ndarray]]:
+    """Read, sha256, verify and decode one file: its record without hashes, and the greyscale views
+    to hash (none when the file is rejected)."""
     data, reason = read_limited(path, limits)
     if data is None:
-        return FileRecord(path=path, ok=False, reason=reason, sha256=None, phash=None)
+        return FileRecord(path=path, ok=False, reason=reason, sha256=None, phash=None), []
     sha256 = hashlib.sha256(data).hexdigest()
     side = HASH_DECODE_SIDE
     try:
         check, frame = decode_checked(data, limits, draft=("L", (side, side)))
-        hashes = view_phashes(frame, exif_orientation(frame)) if check.ok else [None]
+        views = view_greys(frame, exif_orientation(frame)) if check.ok else []
     except Exception as e:  # noqa: BLE001 -- last line of defence: one hostile file must not end a batch
         return FileRecord(path=path, ok=False, reason=f"decode-error:{type(e).__name__}",
-                          sha256=sha256, phash=None, n_bytes=len(data))
-    return FileRecord(path=path, ok=check.ok, reason=check.reason, sha256=sha256, phash=hashes[0],
+                          sha256=sha256, phash=None, n_bytes=len(data)), []
+    return FileRecord(path=path, ok=check.ok, reason=check.reason, sha256=sha256, phash=None,
                       n_bytes=len(data), format=check.format, mode=check.mode,
-                      width=check.width, height=check.height, frames=check.frames,
-                      view_hashes=",".join(hashes[1:]) if check.ok else None)
+                      width=check.width, height=check.height, frames=check.frames), views
+
+
+def _with_hashes(record: FileRecord, views: list[np.ndarray], hash_views) -> FileRecord:
+    if not views:
+        return record
+    try:
+        hashes = hash_views(views)
+    except Exception as e:  # noqa: BLE001 -- recorded as this file's reason, like a decode error
+        return replace(record, ok=False, reason=f"decode-error:{type(e).__name__}")
+    return replace(record, phash=hashes[0], view_hashes=",".join(hashes[1:]))
+
+
+def _phash_alone(views: list[np.ndarray]) -> list[str]:
+    return phash_many(views)
 
 
 def perceptual_hash(im: Image.Image, orientation: int = 1) -> str:
@@ -87,13 +119,18 @@ def view_phashes(im: Image.Image, orientation: int = 1) -> list[str]:
 
     A copy cropped by c % per side matches the original's c % view: the crop views make the phash
     search crop-robust (docs/curation.md, "Crops")."""
+    return phash_many(view_greys(im, orientation))
+
+
+def view_greys(im: Image.Image, orientation: int = 1) -> list[np.ndarray]:
+    "The greyscale arrays `view_phashes` hashes: the full image, then each centre crop."
     grey = np.asarray(_hash_grey(im, orientation))
     h, w = grey.shape
     views = []
     for fraction in (0.0, *VIEW_CROPS):
         left, top, right, bottom = crop_box(w, h, fraction)
         views.append(grey[top:bottom, left:right])
-    return phash_of(*views)
+    return views
 
 
 def _hash_grey(im: Image.Image, orientation: int) -> Image.Image:
@@ -134,9 +171,9 @@ def inspect_files(paths: Iterable[str | os.PathLike], limits: VerifyLimits = Ver
     with one_blas_thread():  # forked pool workers inherit it
         if workers <= 1 or len(paths) <= 1:
             records = []
-            for p in paths:
-                records.append(inspect_file(p, limits))
-                advance(1)
+            for k in range(0, len(paths), 32):
+                records.extend(inspect_batch(paths[k:k + 32], limits))
+                advance(len(paths[k:k + 32]))
             return records
         # Pillow imports its ~40 format plugins on the first open of a listed format: ~55 ms of CPU
         # per process. Doing it here, once, before the fork saves it in every worker.
@@ -146,8 +183,9 @@ def inspect_files(paths: Iterable[str | os.PathLike], limits: VerifyLimits = Ver
 
 def _inspect_in_pool(paths: list[str], limits: VerifyLimits, workers: int, chunksize: int | None,
                      advance: Callable[[int], None]) -> list[FileRecord]:
-    # Small chunks keep both workers busy to the end; 32 files amortise the inter-process overhead.
-    chunksize = chunksize or max(1, min(32, len(paths) // (workers * 4)))
+    # Small chunks keep both workers busy to the end; up to 64 files amortise the inter-process
+    # overhead and let phash_many batch the resizes of same-sized files.
+    chunksize = chunksize or max(1, min(64, len(paths) // (workers * 4)))
     chunks = [range(i, min(i + chunksize, len(paths))) for i in range(0, len(paths), chunksize)]
     records: list[FileRecord | None] = [None] * len(paths)
     lost = _run_chunks(paths, chunks, limits, workers, records, advance)
@@ -173,7 +211,7 @@ def new_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def _inspect_chunk(paths: Sequence[str], limits: VerifyLimits) -> list[FileRecord]:
-    return [inspect_file(p, limits) for p in paths]
+    return inspect_batch(paths, limits)
 
 
 def _run_chunks(paths, chunks, limits, workers, records, advance=lambda n: None) -> list[int]:

@@ -11,7 +11,8 @@ imagehash.phash under the installed Pillow on the fixtures and on random sizes a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -26,8 +27,41 @@ _PRECISION = 22               # Pillow's PRECISION_BITS for 8-bit images
 
 def phash_of(*greys: np.ndarray) -> list[str]:
     "phash (16 hex digits) of each 2-D uint8 greyscale array; equal to `imagehash.phash` of it."
+    return phash_many(greys)
+
+
+def phash_many(greys: Sequence[np.ndarray]) -> list[str]:
+    """`phash_of` for many arrays at once: the resize passes are batched by shape.
+
+    Each pass is a product with a per-size weight matrix, so arrays of one width share their
+    horizontal pass (stacked on top of each other) and arrays of one height share their vertical
+    pass (side by side): the numpy calls per batch are per distinct size, not per array. On
+    thumbnails the per-call overhead was most of the hashing time.
+    """
+    greys = [np.asarray(g, dtype=np.uint8) for g in greys]
+    if not greys:
+        return []
+    thumbs = np.empty((len(greys), PHASH_SIDE, PHASH_SIDE))
+    by_width: dict[int, list[int]] = defaultdict(list)
     with one_blas_thread():
-        thumbs = np.stack([_lanczos_thumbnail(np.asarray(g, dtype=np.uint8)) for g in greys])
+        for k, g in enumerate(greys):
+            h, w = g.shape
+            if _vertical_first(h, w):   # rare (very tall images): one at a time
+                thumbs[k] = _lanczos_thumbnail(g)
+            else:
+                by_width[w].append(k)
+        columns: dict[int, np.ndarray] = {}
+        for w, members in by_width.items():
+            stacked = _to_8bit(_resize_columns(np.concatenate([greys[k] for k in members]).astype(np.float64), w))
+            bounds = np.cumsum([0] + [greys[k].shape[0] for k in members])
+            columns.update((k, stacked[a:b]) for k, a, b in zip(members, bounds[:-1], bounds[1:]))
+        by_height: dict[int, list[int]] = defaultdict(list)
+        for k in columns:
+            by_height[columns[k].shape[0]].append(k)
+        for members in by_height.values():
+            side_by_side = np.concatenate([columns[k] for k in members], axis=1)   # h x 32m
+            rows = _to_8bit(_resize_rows(side_by_side))                            # 32 x 32m
+            thumbs[members] = rows.reshape(PHASH_SIDE, len(members), PHASH_SIDE).transpose(1, 0, 2)
     dct = scipy.fftpack.dct(thumbs, axis=1)[:, :PHASH_BITS_SIDE]  # the same 1-D transforms as imagehash
     low = scipy.fftpack.dct(dct, axis=2)[:, :, :PHASH_BITS_SIDE].reshape(len(greys), -1)
     ordered = np.sort(low, axis=1)
@@ -37,13 +71,17 @@ def phash_of(*greys: np.ndarray) -> list[str]:
     return [row.tobytes().hex() for row in bits]
 
 
+def _vertical_first(h: int, w: int) -> bool:
+    """Pillow >= 13 runs the vertical pass first when the height shrinks more than twice as much as
+    the width (each pass rounds to 8 bits, so the order shows in the result)."""
+    return h - PHASH_SIDE > 0 and h - PHASH_SIDE > 2 * (w - PHASH_SIDE)
+
+
 def _lanczos_thumbnail(grey: np.ndarray) -> np.ndarray:
     "`Image.fromarray(grey).resize((32, 32), LANCZOS)` as a float64 array of integer values."
     h, w = grey.shape
     pixels = grey.astype(np.float64)
-    # Pillow >= 13 runs the vertical pass first when the height shrinks more than twice as much as
-    # the width (each pass rounds to 8 bits, so the order shows in the result).
-    if h - PHASH_SIDE > 0 and h - PHASH_SIDE > 2 * (w - PHASH_SIDE):
+    if _vertical_first(h, w):
         return _to_8bit(_resize_columns(_to_8bit(_resize_rows(pixels)), w))
     return _to_8bit(_resize_rows(_to_8bit(_resize_columns(pixels, w))))
 

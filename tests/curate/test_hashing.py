@@ -11,7 +11,7 @@ import mlc_pipeline.curate.hashing as hashing
 from badfiles import FIXTURES, fixture_photos, make_bad_files
 from mlc_pipeline.curate.hashing import (_hash_grey, hamming, hamming_uint64, hex_to_uint64, inspect_file,
                                          inspect_files, popcount64, uint64_to_hex, view_phashes)
-from mlc_pipeline.curate.phash import phash_of
+from mlc_pipeline.curate.phash import phash_many, phash_of
 from mlc_pipeline.curate.similarity import VIEW_CROPS, crop_view
 from mlc_pipeline.curate.verify import check_image
 
@@ -59,6 +59,7 @@ def test_phash_of_is_bit_identical_to_imagehash_on_any_shape():
     rng = np.random.default_rng(7)
     sizes = [(32, 32), (32, 300), (300, 32), (8, 9), (40, 1000), (1000, 40), (64, 300), (300, 64),
              (129, 400), (400, 129)] + [tuple(rng.integers(10, 1100, 2)) for _ in range(60)]
+    arrays = []
     for k, (w, h) in enumerate(sizes):
         if k % 3 == 0:
             pixels = rng.integers(0, 256, (h, w), dtype=np.uint8)
@@ -68,6 +69,11 @@ def test_phash_of_is_bit_identical_to_imagehash_on_any_shape():
             yy, xx = np.mgrid[0:h, 0:w]
             pixels = (np.sin(xx / rng.uniform(2, 40)) * np.cos(yy / rng.uniform(2, 40)) * 120 + 128).astype(np.uint8)
         assert phash_of(pixels) == [str(imagehash.phash(Image.fromarray(pixels)))], (w, h)
+        arrays.append(pixels)
+    # All at once, as a worker hashes a chunk: shapes share their resize passes, and the result is
+    # still each array's own imagehash (repeated shapes included).
+    arrays += arrays[::4]
+    assert phash_many(arrays) == [str(imagehash.phash(Image.fromarray(a))) for a in arrays]
 
 
 def test_inspect_file_agrees_with_check_image_on_hostile_files(bad):
@@ -111,14 +117,14 @@ def test_parallel_matches_serial_and_keeps_order(bad, tmp_path):
 def test_a_worker_crash_costs_only_its_file(monkeypatch):
     photos = [os.fspath(p) for p in fixture_photos()[:30]]
     victim = photos[7]
-    real = hashing.inspect_file
+    real = hashing.decode_for_hashing
 
-    def crashing(path, limits=hashing.VerifyLimits()):
+    def crashing(path, limits):
         if os.fspath(path) == victim:
             os._exit(1)  # what a segfaulting decoder looks like from the parent
         return real(path, limits)
 
-    monkeypatch.setattr(hashing, "inspect_file", crashing)
+    monkeypatch.setattr(hashing, "decode_for_hashing", crashing)
     records = inspect_files(photos, workers=2, chunksize=4)
     assert records[7].reason == "decode-error:WorkerCrashed"
     assert all(r.ok for k, r in enumerate(records) if k != 7)
