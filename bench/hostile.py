@@ -177,12 +177,16 @@ def main() -> int:
             "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in report["commands"].items()},
         })
     cmds = report["commands"]
-    ok = (all(c["code"] == 0 and not c["hung"] for c in cmds.values()) and not report["wrong_outcomes"]
+    # `mlc predict` exits 1 when some inputs could not be scored (each listed with its error), which
+    # a corpus of hostile files always has; every other command must exit 0.
+    expected_code = {name: 1 if name == "predict" and report.get("predict_errors") else 0 for name in cmds}
+    ok = (all(c["code"] == expected_code[name] and not c["hung"] for name, c in cmds.items())
+          and not report["wrong_outcomes"]
           and not report["predict_unanswered"] and not report["predict_error_for_valid_files"]
           and all(v <= args.rss_ceiling_mb for v in report["peak_rss_mb"].values()))
     for name, c in cmds.items():
         print(f"{name:8s} exit {c['code']} in {c['seconds']:6.1f} s, peak RSS {c['peak_rss_mb']} MB"
-              + (" HUNG" if c["hung"] else "") + ("" if c["code"] == 0 else f"\n{c['stderr'][-1500:]}"))
+              + (" HUNG" if c["hung"] else "") + ("" if c["code"] == expected_code[name] else f"\n{c['stderr'][-1500:]}"))
     print(f"{report['planted']} hostile files ({report['cases']} cases x {args.copies}): "
           f"{len(report['wrong_outcomes'])} with an unexpected curate outcome; predict answered "
           f"{report['predict_answered']}, {report['predict_errors']} with an error message; "
