@@ -5,35 +5,24 @@ probing side of a mask, look up the bucket `key ^ mask` in a CSR table of the ha
 chunk value, and keep each bucket member within `threshold` bits on all 64. Compiled by numba and
 released from the GIL, so neardup runs several groups at once on threads. The numpy version of the
 same loop did ~10 vectorised passes per probe and took 60 s of CPU for 3M hashes at threshold 8;
-a probe here is a table lookup and, for a hit, a popcount (docs/curation.md, section 3).
+here a probe is a bitmap test and, for an occupied bucket, a popcount per member
+(docs/curation.md, section 3).
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
-
-_M1 = np.uint64(0x5555555555555555)
-_M2 = np.uint64(0x3333333333333333)
-_M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
-_H01 = np.uint64(0x0101010101010101)
-_ONE, _TWO, _FOUR, _TOP = np.uint64(1), np.uint64(2), np.uint64(4), np.uint64(56)
+from numba import types
+from numba.extending import intrinsic
 
 
-@numba.njit(inline="always")
-def _popcount(x):
-    "Bits set in a uint64 (SWAR; every constant is uint64 so numba never falls back to float)."
-    x = x - ((x >> _ONE) & _M1)
-    x = (x & _M2) + ((x >> _TWO) & _M2)
-    x = (x + (x >> _FOUR)) & _M4
-    return (x * _H01) >> _TOP
-
-
-@numba.njit(cache=True)
-def _grow(pairs):
-    bigger = np.empty((pairs.shape[0] * 2, 2), np.int64)
-    bigger[:pairs.shape[0]] = pairs
-    return bigger
+@intrinsic
+def _popcount(typingctx, x):
+    "Bits set in a uint64: LLVM's ctpop, one POPCNT instruction."
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+    return types.uint64(types.uint64), codegen
 
 
 @numba.njit(cache=True, nogil=True)
@@ -58,7 +47,7 @@ def chunk_pairs(sorted_keys, sorted_values, order, bucket_starts, occupied, mask
             for p in range(i + 1, bucket_starts[sorted_keys[i] + 1]):
                 if _popcount(value ^ sorted_values[p]) <= limit:
                     if k == pairs.shape[0]:
-                        pairs = _grow(pairs)
+                        pairs = _grown(pairs, k, 1)
                     pairs[k, 0], pairs[k, 1] = order[i], order[p]
                     k += 1
     side = np.empty(n, order.dtype)
@@ -73,19 +62,41 @@ def chunk_pairs(sorted_keys, sorted_values, order, bucket_starts, occupied, mask
                 side[n_side] = i
                 n_side += 1
         while g < masks.shape[0] and tops[g] == top:
-            mask = masks[g]
-            for s in range(n_side):
-                i = side[s]
-                probe = sorted_keys[i] ^ mask
-                if (occupied[probe >> 6] >> (probe & 63)) & 1 == 0:
-                    continue
-                start, end = bucket_starts[probe], bucket_starts[probe + 1]
-                value = sorted_values[i]
-                for p in range(start, end):
-                    if _popcount(value ^ sorted_values[p]) <= limit:
-                        if k == pairs.shape[0]:
-                            pairs = _grow(pairs)
-                        pairs[k, 0], pairs[k, 1] = order[i], order[p]
-                        k += 1
+            s = 0
+            while s < n_side:  # the probe loop stops when `pairs` may overflow; grow it and go on
+                k, s = _probe(sorted_keys, sorted_values, order, bucket_starts, occupied, side, s, n_side,
+                              masks[g], limit, pairs, k)
+                if s < n_side:
+                    pairs = _grown(pairs, k, n)
             g += 1
     return pairs[:k]
+
+
+@numba.njit(cache=True, nogil=True)
+def _probe(sorted_keys, sorted_values, order, bucket_starts, occupied, side, s, n_side, mask, limit, pairs, k):
+    """Probe `key ^ mask` for side positions s.. and append the close pairs at pairs[k:]; return
+    (k, where it stopped). It stops before a bucket that might not fit, so `pairs` is never
+    reassigned here: an array reassigned inside the hot loop cost numba a reference count per probe."""
+    capacity = pairs.shape[0]
+    while s < n_side:
+        i = side[s]
+        probe = sorted_keys[i] ^ mask
+        if (occupied[probe >> 6] >> (probe & 63)) & 1:
+            start, end = bucket_starts[probe], bucket_starts[probe + 1]
+            if k + (end - start) > capacity:
+                return k, s
+            value = sorted_values[i]
+            for p in range(start, end):
+                if _popcount(value ^ sorted_values[p]) <= limit:
+                    pairs[k, 0], pairs[k, 1] = order[i], order[p]
+                    k += 1
+        s += 1
+    return k, s
+
+
+@numba.njit(cache=True)
+def _grown(pairs, k, at_least):
+    "A copy of pairs[:k] in an array with room for `at_least` more rows (at least twice the size)."
+    bigger = np.empty((max(2 * pairs.shape[0], k + at_least), 2), np.int64)
+    bigger[:k] = pairs[:k]
+    return bigger
