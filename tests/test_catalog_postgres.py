@@ -270,6 +270,26 @@ def test_two_processes_collect_into_one_postgres_catalog(pg_url, tmp_path, monke
     assert again.downloaded == 0 and again.found_new == 0
 
 
+def test_a_review_action_locks_its_image_not_the_catalog(pg_url, tmp_path):
+    """On PostgreSQL a review action is one transaction that locks its candidate's row (SELECT ... FOR
+    UPDATE): it does not wait for another writer's transaction (curation holding the writer lock), and
+    an action on an image another transaction holds waits for it (here: past lock_timeout, one line)."""
+    from mlc_pipeline.catalog import review as cr
+    target = PostgresCatalog(pg_url, tmp_path)
+    with Catalog(target, lock_timeout_s=1) as a, Catalog(target, lock_timeout_s=1) as b:
+        a.upsert_found([found("1"), found("2")], a.start_run("collect"))
+        a.db.execute("UPDATE candidates SET status='accepted', curated_label=label")
+        cr.ensure_schema(a)
+        one, two = (a.get_by_photo("flickr", p)["id"] for p in ("1", "2"))
+        with a.transaction():                                  # the catalog's writer lock, held by a
+            a.db.execute("SELECT id FROM candidates WHERE id=? FOR UPDATE", (two,))    # and image two's row
+            assert cr.act(b, one, "reject", "r", "b", ["ants"]).state == {"labels": None, "include": "rejected"}
+            with pytest.raises(CatalogError, match="still locked by another writer after 1 s"):
+                cr.act(b, two, "reject", "r", "b", ["ants"])
+        assert cr.act(b, two, "reject", "r", "b", ["ants"]).state["include"] == "rejected"     # free again
+        assert [len(cr.actions(a, cid)) for cid in (one, two)] == [1, 1]      # the refused one left nothing
+
+
 # --- the copy of a SQLite catalog into PostgreSQL ---------------------------------------------
 
 def test_migrate_copies_a_sqlite_catalog_idempotently_and_verifies(postgres_server, pg_url, tmp_path, monkeypatch):
