@@ -351,6 +351,34 @@ def test_migrate_copies_a_sqlite_catalog_idempotently_and_verifies(postgres_serv
         assert len(third.stderr.strip().splitlines()) == 1
 
 
+def test_migrate_carries_the_review_and_undo_goes_on_in_postgres(pg_url, tmp_path):
+    """A SQLite catalog the review app worked on: `mlc catalog migrate` copies its actions, overrides
+    and version index with their ids, and the review goes on in PostgreSQL (undo of a copied action,
+    new action ids after the copied ones)."""
+    from mlc_pipeline.catalog import review as cr
+    from mlc_pipeline.catalog.copy import copy_catalog
+    with Catalog(tmp_path / "catalog.sqlite") as c:
+        c.upsert_found([found(str(i)) for i in range(1, 4)], c.start_run("collect"))
+        c.db.execute("UPDATE candidates SET status='accepted', curated_label=label")
+        cr.ensure_schema(c)
+        cr.act(c, 1, "relabel", "r", "t", ["ants", "bees"], labels=["bees"])
+        reject = cr.act(c, 2, "reject", "r", "t", ["ants"])
+        cr.index_version(c, "default", "v1", "fp", [{"candidate_id": 1, "split": "train", "labels": "ants"}])
+        before = {cid: (cr.actions(c, cid), cr.override_of(c, cid)) for cid in (1, 2, 3)}
+    copied = copy_catalog(tmp_path / "catalog.sqlite", PostgresCatalog(pg_url, tmp_path))
+    assert {t: copied.copied[t] for t in cr.TABLES} == {"review_actions": 2, "review_overrides": 2,
+                                                        "review_versions": 1, "review_version_rows": 1}
+    again = copy_catalog(tmp_path / "catalog.sqlite", PostgresCatalog(pg_url, tmp_path))
+    assert again.copied["review_actions"] == 0 and again.rows["review_actions"] == 2     # rerun: nothing new
+    with Catalog(PostgresCatalog(pg_url, tmp_path)) as c:
+        assert {cid: (cr.actions(c, cid), cr.override_of(c, cid)) for cid in (1, 2, 3)} == before
+        # what `mlc build` takes: 1 relabelled, 2 rejected in review, 3 as curated
+        assert [(r["id"], r["curated_label"]) for r in cr.build_candidates(c)] == [(1, "bees"), (3, "ants")]
+        assert cr.browse(c, {"version": "v1"}, "default", 10, 0)[1] == 1
+        assert cr.undo(c, 2, reject.action_id, "r", "t").action_id == 3        # ids go on after the copy
+        assert cr.override_of(c, 2) == {"labels": None, "include": None}
+
+
 def test_a_collect_killed_mid_run_resumes_from_postgres(pg_url, tmp_path):
     """kill -9 in the middle of downloads: what PostgreSQL holds is consistent, and a rerun completes."""
     from helpers import free_port

@@ -65,6 +65,9 @@ CREATE TABLE IF NOT EXISTS review_version_rows (
 );
 CREATE INDEX IF NOT EXISTS review_version_rows_candidate ON review_version_rows (candidate_id);
 """
+# The tables in the order a copy (`mlc catalog migrate`) fills them, with the key it orders them by.
+TABLES = {"review_actions": "id", "review_overrides": "candidate_id", "review_versions": "dataset, version",
+          "review_version_rows": "dataset, version, candidate_id"}
 UNDOABLE = ("relabel", "reject", "restore", "not-duplicate")
 EMPTY = {"labels": None, "include": None}
 
