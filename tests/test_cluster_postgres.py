@@ -12,7 +12,6 @@ the case of tests/test_catalog_postgres.py (two processes collecting one config 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -88,15 +87,18 @@ def test_two_workers_collect_into_one_postgres_catalog_and_match_a_single_proces
     monkeypatch.delenv(ADDRESS_ENV, raising=False)
     for k, v in FLICKR_ENV.items():         # before the workers start: they inherit the environment
         monkeypatch.setenv(k, v)
-    faults = FaultSpec(truncated=0.08, html=0.05, dup_exact=0.06, dup_near=0.06)
+    # 150 ms per image through 4 connections (a cluster-wide bound): each collect's downloads take a
+    # second or more, so that the two collects overlap however late one of them starts
+    faults = FaultSpec(truncated=0.08, html=0.05, dup_exact=0.06, dup_near=0.06, image_latency_ms=150)
     with FlickrServer(WorldSpec(seed=0, scale=0.1), faults) as srv, \
             distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1",
                                      dashboard_address=None) as cluster, \
             distributed.Client(cluster, set_as_default=False) as client:
         base = {"source": {"kind": "flickr", "rest_url": srv.rest_url, "allowed_hosts": [srv.static_host],
-                           "sizes": ["url_n", "url_m"], "per_page": 20,
+                           "sizes": ["url_n", "url_m"], "per_page": 20, "per_host_concurrency": 4,
                            "retry": {"attempts": 3, "base_delay_s": 0.01, "max_delay_s": 0.05}},
-                "classes": {"balloon": {"queries": ["balloon"], "count": 20}, "kite": {"queries": ["kite"], "count": 20}},
+                "classes": {"balloon": {"queries": ["balloon"], "count": 20},
+                            "kite": {"queries": ["kite"], "count": 20}},
                 "other": {"queries": ["landscape", "texture"], "count": 20}}
         single = load_config(write(tmp_path / "single.yaml", {**base, "data_dir": str(tmp_path / "single")}))
         pg_yaml = write(tmp_path / "pg.yaml", {**base, "data_dir": str(tmp_path / "pg"), "catalog": {"url": pg_url},
@@ -107,6 +109,7 @@ def test_two_workers_collect_into_one_postgres_catalog_and_match_a_single_proces
 
         single_version = run_to_build(single)                 # this process alone, SQLite
 
+        Catalog(pg.catalog_path).close()         # the tables, so that neither collect waits for their creation
         workers = sorted(client.scheduler_info()["workers"])
         go = tmp_path / "go"
         tasks = [client.submit(collect_sets, str(pg_yaml), [label], str(go), workers=[w], allow_other_workers=False,
@@ -148,12 +151,15 @@ def write(path: Path, raw: dict) -> Path:
 
 
 def assert_sets_share_no_photo(srv, base: dict) -> None:
-    """The precondition of an exact comparison: the concurrent sets' searches find no common photo."""
+    """The precondition of an exact comparison: "other" shares no photo with either class, so neither
+    running it beside "balloon" nor before "kite" (one process runs it after both) changes what any set
+    records. The two classes share a few photos; "balloon" comes before "kite" in both runs."""
     from mlc_pipeline.flickr_server.search import normalize_tag, normalize_word, text_tokens
-    words = [({normalize_word(normalize_tag(t)) for t in p.tags} | text_tokens(p.title), p.id) for p in srv.world.photos]
-    found = {}
-    for label in CONCURRENT_SETS:
-        queries = base["other"]["queries"] if label == "other" else base["classes"][label]["queries"]
-        found[label] = {pid for ws, pid in words if any(normalize_word(q) in ws for q in queries)}
-    assert found["balloon"] and found["other"] and not found["balloon"] & found["other"], json.dumps(
-        sorted(found["balloon"] & found["other"]))
+    words = [({normalize_word(normalize_tag(t)) for t in p.tags} | text_tokens(p.title), p.id)
+             for p in srv.world.photos]
+    sets = {name: qs["queries"] for name, qs in base["classes"].items()} | {"other": base["other"]["queries"]}
+    found = {name: {pid for ws, pid in words if any(normalize_word(q) in ws for q in queries)}
+             for name, queries in sets.items()}
+    assert all(found.values()), found
+    for name in base["classes"]:
+        assert not found[name] & found["other"], (name, sorted(found[name] & found["other"]))

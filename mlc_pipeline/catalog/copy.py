@@ -3,8 +3,9 @@
 Every row keeps its id, so events, duplicate_of, removals and the review app's tables still point at
 the right candidates, and file paths stay relative to the same data root. A row already in the
 target (same key) is left as it is, so an interrupted or repeated copy just completes; the copy is
-one transaction, so a failed one leaves the target as it was. Afterwards the tables are compared: the same number of rows
-in each, and the same (id, source, photo_id) for every candidate, or a CatalogError says what differs.
+one transaction, so a failed one leaves the target as it was. Afterwards the tables are compared:
+the same number of rows in each, and the same (id, source, photo_id) for every candidate, or a
+CatalogError says what differs.
 """
 
 from __future__ import annotations
