@@ -57,8 +57,9 @@ def make_world(root: Path) -> Path:
     return root
 
 
-def make_data_root(tmp: Path) -> tuple[Path, object]:
-    """(config file, config): collected, curated and built (v1)."""
+def make_data_root(tmp: Path, settings: dict | None = None) -> tuple[Path, object]:
+    """(config file, config): collected, curated and built (v1). `settings`: more config keys, such as
+    a PostgreSQL catalog (conftest's `catalog_settings`)."""
     world = make_world(tmp / "world")
     raw = {
         "data_dir": str(tmp / "data"),
@@ -69,6 +70,7 @@ def make_data_root(tmp: Path) -> tuple[Path, object]:
         "other": {"queries": ["scenery"], "count": 100},
         "curate": {"min_side": 64},
         "build": {"max_side": 128},
+        **(settings or {}),
     }
     path = tmp / "review.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -1,10 +1,11 @@
 """`mlc catalog migrate`: an existing SQLite catalog copied into a PostgreSQL one.
 
-Every row keeps its id, so events, duplicate_of and removals still point at the right candidates,
-and file paths stay relative to the same data root. A row already in the target (same key) is left
-as it is, so an interrupted or repeated copy just completes; the copy is one transaction, so a
-failed one leaves the target as it was. Afterwards the tables are compared: the same number of rows
-in each, and the same (id, source, photo_id) for every candidate, or a CatalogError says what differs.
+Every row keeps its id, so events, duplicate_of, removals and the review app's tables still point at
+the right candidates, and file paths stay relative to the same data root. A row already in the
+target (same key) is left as it is, so an interrupted or repeated copy just completes; the copy is
+one transaction, so a failed one leaves the target as it was. Afterwards the tables are compared:
+the same number of rows in each, and the same (id, source, photo_id) for every candidate, or a
+CatalogError says what differs.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import postgres
+from . import postgres, review
 from .address import PostgresCatalog
 from .schema import GENERATED_IDS, TABLES, CatalogError
 from .store import Catalog
 
 log = logging.getLogger(__name__)
 BATCH = 2000
-KEYS = {"meta": "key", "runs": "run_id"}       # other tables: id
+KEYS = {"meta": "key", "runs": "run_id", **review.TABLES}       # other tables: id
 
 
 @dataclass
@@ -41,17 +42,22 @@ def copy_catalog(source: Path, target: PostgresCatalog) -> CopyResult:
                            f"first, or check data_dir / --from)")
     result = CopyResult(str(source), str(target))
     with Catalog(source) as src, Catalog(target) as dst:     # opening them brings both to the current schema
-        before = {t: count(dst, t) for t in TABLES}
+        tables, generated = list(TABLES), list(GENERATED_IDS)
+        if review.has_review_tables(src):                    # the review app's actions and overrides
+            review.ensure_schema(dst)
+            tables += review.TABLES
+            generated.append("review_actions")
+        before = {t: count(dst, t) for t in tables}
         with dst.transaction():
-            for table in TABLES:
+            for table in tables:
                 cols = [r["name"] for r in src.db.execute(f"PRAGMA table_info({table})")]
                 insert = (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
                           f"ON CONFLICT DO NOTHING")
                 rows = src.db.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY {KEYS.get(table, 'id')}")
                 while batch := rows.fetchmany(BATCH):
                     dst.db.executemany(insert, [tuple(r) for r in batch])
-            postgres.reset_identities(dst.db, GENERATED_IDS)
-        for table in TABLES:
+            postgres.reset_identities(dst.db, generated)
+        for table in tables:
             result.rows[table] = count(src, table)
             result.copied[table] = count(dst, table) - before[table]
         verify(src, dst, result)

@@ -22,6 +22,7 @@ from .schema import ADDED_COLUMNS, LOCK_NOTICE_S, SCHEMA_VERSION, CatalogError, 
 
 log = logging.getLogger(__name__)
 DIALECT = "postgresql"
+FOR_UPDATE = " FOR UPDATE"     # a row lock until the transaction ends
 LOST_SQLSTATES = ("57P01", "57P02", "57P03")   # admin_shutdown, crash_shutdown, cannot_connect_now
 WRITER_LOCK = 0x6D6C632D636174     # pg_advisory_xact_lock key of the catalog's writer lock ("mlc-cat")
 

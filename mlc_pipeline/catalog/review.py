@@ -10,13 +10,18 @@ overwrite it. It writes two things instead:
                     keeps an accepted one out). NULL means "as the catalog says".
 `mlc build` reads the overrides (`build_candidates`) and records which photos the review changed.
 Undo restores the state before an action; only the latest live action of an image can be undone, so
-an undo never erases a later write from another tab. Concurrent writers: each action is one
-transaction (`BEGIN IMMEDIATE`), so the last write wins and every action is kept.
+an undo never erases a later write from another tab. Concurrent writers (two tabs, two `mlc review`
+processes, on either backend): each action is one transaction that first locks the image's candidate
+row (`Catalog.locked_candidate`: SQLite's write lock, PostgreSQL's SELECT ... FOR UPDATE), so actions
+on one image are serial, the last write wins and every action is kept; actions on other images, and
+a collect or curate at work, do not wait for each other on PostgreSQL.
 `review_version_rows` indexes the published versions' manifests (immutable, read once) so that the
 split and version filters are joins.
 
-SQL kept standard for the PostgreSQL port: `||`, `COALESCE`, `LIKE`, `ON CONFLICT ... DO UPDATE`,
-LIMIT/OFFSET. SQLite-specific: INTEGER PRIMARY KEY as an auto id and `lastrowid`.
+Both backends, one text: the tables are written in SQLite's dialect and PostgreSQL gets them through
+`schema.postgres_ddl` (an identity column for `id INTEGER PRIMARY KEY`), as the main schema; new ids
+come back with `INSERT ... RETURNING id` (SQLite >= 3.35); the rest is standard SQL (`||`, `COALESCE`,
+`LIKE`, `ON CONFLICT ... DO UPDATE`, LIMIT/OFFSET), and results are read by column name.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import json
 import time
 from dataclasses import dataclass
 
+from mlc_pipeline.catalog.schema import postgres_ddl
 from mlc_pipeline.catalog.store import Catalog
 
 SCHEMA = """
@@ -59,6 +65,9 @@ CREATE TABLE IF NOT EXISTS review_version_rows (
 );
 CREATE INDEX IF NOT EXISTS review_version_rows_candidate ON review_version_rows (candidate_id);
 """
+# The tables in the order a copy (`mlc catalog migrate`) fills them, with the key it orders them by.
+TABLES = {"review_actions": "id", "review_overrides": "candidate_id", "review_versions": "dataset, version",
+          "review_version_rows": "dataset, version, candidate_id"}
 UNDOABLE = ("relabel", "reject", "restore", "not-duplicate")
 EMPTY = {"labels": None, "include": None}
 
@@ -78,9 +87,13 @@ class ActionResult:
 
 
 def ensure_schema(catalog: Catalog) -> None:
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            catalog.db.execute(statement)
+    """The review tables, created when missing; in one transaction, so that two first opens at once
+    do not both create them."""
+    ddl = postgres_ddl(SCHEMA) if catalog.dialect == "postgresql" else SCHEMA
+    with catalog.transaction():
+        for statement in ddl.split(";"):
+            if statement.strip():
+                catalog.db.execute(statement)
 
 
 def has_review_tables(catalog: Catalog) -> bool:
@@ -107,12 +120,12 @@ def _store(catalog: Catalog, cid: int, state: dict, action_id: int, now: float) 
 
 def _log(catalog: Catalog, cid: int, action: str, detail: dict, before: dict | None, after: dict | None,
          reason: str, client: str, now: float) -> int:
-    cur = catalog.db.execute(
+    row = catalog.db.execute(
         "INSERT INTO review_actions (candidate_id, action, detail, before_state, after_state, reason, client, at) "
-        "VALUES (?,?,?,?,?,?,?,?)",
+        "VALUES (?,?,?,?,?,?,?,?) RETURNING id",
         (cid, action, json.dumps(detail, sort_keys=True), None if before is None else json.dumps(before),
-         None if after is None else json.dumps(after), reason, client, now))
-    return cur.lastrowid
+         None if after is None else json.dumps(after), reason, client, now)).fetchone()
+    return row["id"]
 
 
 def next_state(row: dict, before: dict, action: str, labels: list[str] | None, classes: list[str]) -> dict:
@@ -157,8 +170,7 @@ def act(catalog: Catalog, cid: int, action: str, reason: str, client: str, class
     """Apply one review action atomically; the last write wins and every action is kept.
 
     `check_file(path)` returns a reason when a file to be put back is not a usable image."""
-    with catalog.transaction():
-        row = catalog.get(cid)
+    with catalog.locked_candidate(cid) as row:
         if row is None:
             raise ReviewError(f"no candidate {cid}")
         before = override_of(catalog, cid)
@@ -178,7 +190,7 @@ def act(catalog: Catalog, cid: int, action: str, reason: str, client: str, class
 
 def undo(catalog: Catalog, cid: int, action_id: int, reason: str, client: str) -> ActionResult:
     """Revert `action_id`, which must be the image's latest live action (StaleUndo otherwise)."""
-    with catalog.transaction():
+    with catalog.locked_candidate(cid):
         latest = latest_undoable(catalog, cid)
         if latest is None or latest["id"] != action_id:
             target = catalog.db.execute("SELECT action, undone_by FROM review_actions WHERE id=? AND candidate_id=?",
@@ -202,7 +214,7 @@ def undo(catalog: Catalog, cid: int, action_id: int, reason: str, client: str) -
 
 def record_removal(catalog: Catalog, cid: int, reason: str, client: str, files_deleted: int) -> int:
     """A takedown from the review app (done by takedown.remove_photos): logged, never undoable."""
-    with catalog.transaction():
+    with catalog.locked_candidate(cid):
         return _log(catalog, cid, "remove", {"files_deleted": files_deleted}, None, None, reason, client, time.time())
 
 
@@ -309,7 +321,7 @@ def browse(catalog: Catalog, filters: dict, dataset: str, limit: int, offset: in
     """One page of candidates matching `filters`, by id (or mining score), and how many match in all."""
     where, params = _where(filters, dataset)
     base = f"FROM candidates c LEFT JOIN review_overrides o ON o.candidate_id = c.id WHERE {where}"
-    total = catalog.db.execute(f"SELECT COUNT(*) {base}", params).fetchone()[0]
+    total = catalog.db.execute(f"SELECT COUNT(*) AS n {base}", params).fetchone()["n"]
     rows = catalog.db.execute(f"SELECT {BROWSE_COLUMNS} {base} ORDER BY {ORDERS.get(order, 'c.id')} LIMIT ? OFFSET ?",
                               (*params, limit, offset)).fetchall()
     return [dict(r) for r in rows], total
@@ -319,26 +331,26 @@ def neighbours(catalog: Catalog, filters: dict, dataset: str, cid: int) -> tuple
     """The previous and next candidate ids under the same filters (keyboard j/k on an image page)."""
     where, params = _where(filters, dataset)
     base = f"FROM candidates c LEFT JOIN review_overrides o ON o.candidate_id = c.id WHERE {where}"
-    prev = catalog.db.execute(f"SELECT MAX(c.id) {base} AND c.id < ?", (*params, cid)).fetchone()[0]
-    nxt = catalog.db.execute(f"SELECT MIN(c.id) {base} AND c.id > ?", (*params, cid)).fetchone()[0]
+    prev = catalog.db.execute(f"SELECT MAX(c.id) AS id {base} AND c.id < ?", (*params, cid)).fetchone()["id"]
+    nxt = catalog.db.execute(f"SELECT MIN(c.id) AS id {base} AND c.id > ?", (*params, cid)).fetchone()["id"]
     return prev, nxt
 
 
 def facets(catalog: Catalog) -> dict:
     """The values the filter menus offer."""
     db = catalog.db
-    reasons = sorted({(r[0] or "").split(":")[0] for r in db.execute("SELECT DISTINCT reason FROM candidates "
-                                                                      "WHERE reason IS NOT NULL")})
-    return {"status": [r[0] for r in db.execute("SELECT DISTINCT status FROM candidates ORDER BY status")],
+    reasons = sorted({r["reason"].split(":")[0] for r in db.execute("SELECT DISTINCT reason FROM candidates "
+                                                                     "WHERE reason IS NOT NULL")})
+    return {"status": [r["status"] for r in db.execute("SELECT DISTINCT status FROM candidates ORDER BY status")],
             "reason": [r for r in reasons if r],
-            "licence": [(r[0], r[1]) for r in db.execute("SELECT id, name FROM licenses ORDER BY id")],
-            "round": [r[0] for r in db.execute("SELECT DISTINCT mined_round FROM candidates "
-                                               "WHERE mined_round IS NOT NULL ORDER BY mined_round")]}
+            "licence": [(r["id"], r["name"]) for r in db.execute("SELECT id, name FROM licenses ORDER BY id")],
+            "round": [r["mined_round"] for r in db.execute("SELECT DISTINCT mined_round FROM candidates "
+                                                           "WHERE mined_round IS NOT NULL ORDER BY mined_round")]}
 
 
 def duplicate_pairs(catalog: Catalog, limit: int, offset: int) -> tuple[list[dict], int]:
     """Duplicates next to the image kept in their place, closest first (reasons end in ':d=<bits>')."""
-    total = catalog.db.execute("SELECT COUNT(*) FROM candidates WHERE status = 'duplicate'").fetchone()[0]
+    total = catalog.db.execute("SELECT COUNT(*) AS n FROM candidates WHERE status = 'duplicate'").fetchone()["n"]
     rows = catalog.db.execute(
         "SELECT d.id, d.photo_id, d.reason, d.label, d.sha256, k.id AS kept_id, k.photo_id AS kept_photo_id, "
         "k.status AS kept_status, COALESCE(k.curated_label, k.label) AS kept_label, k.sha256 AS kept_sha256, "

@@ -18,6 +18,7 @@ from .schema import ADDED_COLUMNS, LOCK_NOTICE_S, SCHEMA, SCHEMA_VERSION, Catalo
 
 log = logging.getLogger(__name__)
 DIALECT = "sqlite"
+FOR_UPDATE = ""                # the write lock of BEGIN IMMEDIATE covers every row
 
 
 def check_openable(path: Path) -> None:

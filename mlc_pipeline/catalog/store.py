@@ -163,6 +163,15 @@ class Catalog(RemovalQueries):
             yield
 
     @contextmanager
+    def locked_candidate(self, cid: int) -> Iterator[dict | None]:
+        """A transaction in which no other writer changes candidate `cid` (its row, and what hangs on
+        it, such as its review): SQLite's write lock; for PostgreSQL a row lock (SELECT ... FOR
+        UPDATE), so writers of other candidates go on. Yields the row, None when there is none."""
+        with self._begun(self.backend.begin_atomic):
+            row = self.db.execute(f"SELECT * FROM candidates WHERE id=?{self.backend.FOR_UPDATE}", (cid,)).fetchone()
+            yield self._row(row) if row else None
+
+    @contextmanager
     def _atomic(self) -> Iterator[None]:
         """Statements that belong together (a status and its event): inside the caller's
         transaction, or a transaction of their own."""

@@ -2,7 +2,8 @@
 JSON API for the actions (static/review.js calls it). Every read and write goes through
 catalog.review / catalog on one connection, used by one request at a time (a lock): FastAPI runs
 plain `def` endpoints in a thread pool, and the catalog's connection is not meant for threads at once.
-Other processes (`mlc build`, a second `mlc review`) are kept consistent by SQLite's transactions.
+Other processes (`mlc build`, a second `mlc review`) are kept consistent by the catalog's transactions,
+on SQLite or PostgreSQL alike (catalog/review.py says how).
 """
 
 from __future__ import annotations

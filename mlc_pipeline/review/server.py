@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 def serve(cfg: Config, host: str = "127.0.0.1", port: int = 8777) -> int:
     import uvicorn
     from mlc_pipeline.review.app import create_app
-    if not cfg.catalog_path.exists():
+    if not cfg.catalog.url and not cfg.catalog_path.exists():     # a PostgreSQL catalog is a database, not a file
         raise ConfigError(f"no catalog at {cfg.catalog_path}: run `mlc collect` and `mlc curate` first")
     token = None
     if not is_loopback(host):

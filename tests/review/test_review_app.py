@@ -1,8 +1,11 @@
 """The review app over HTTP: concurrent clients, the safety model, the action rules, and the first
-page's time on a generated catalog of 100,000 candidates. Every server is a real `mlc review` process."""
+page's time on a generated catalog of 100,000 candidates. Every server is a real `mlc review` process
+(or the app in-process, through FastAPI's TestClient). The actions, filters, concurrency and `mlc build`
+run on both catalog backends: SQLite and a real PostgreSQL server (conftest's `postgres_server`)."""
 
 import json
 import os
+import re
 import stat
 import threading
 import time
@@ -24,8 +27,13 @@ def post(session, url, body, client="t1"):
 
 
 @pytest.fixture
-def root(tmp_path):
-    return make_data_root(tmp_path)
+def root(tmp_path, request):
+    """A built data root; its catalog on SQLite, or on PostgreSQL where a test parametrizes `root`
+    (indirect) with "postgresql"."""
+    settings = {}
+    if getattr(request, "param", "sqlite") == "postgresql":
+        settings = {"catalog": {"url": request.getfixturevalue("pg_url")}}
+    return make_data_root(tmp_path, settings)
 
 
 def first_accepted(cfg, label):
@@ -33,10 +41,11 @@ def first_accepted(cfg, label):
         return c.candidates("status='accepted' AND purpose='train' AND curated_label=?", (label,))[0]
 
 
-@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("root, processes", [("sqlite", 1), ("sqlite", 2), ("postgresql", 2)], indirect=["root"])
 def test_two_clients_act_on_one_image(root, processes):
-    """Two clients, on one `mlc review` process or on two over one data root, relabel the same image at
-    once: every action is recorded, the last write wins, and no catalog row is lost."""
+    """Two clients, on one `mlc review` process or on two over one data root (two writers of one SQLite
+    file, or two connections to one PostgreSQL catalog), relabel the same image at once: every action
+    is recorded, the last write wins, and no catalog row is lost."""
     config, cfg = root
     target = first_accepted(cfg, "ants")
     with Catalog(cfg.catalog_path, readonly=True) as c:
@@ -82,6 +91,7 @@ def test_two_clients_act_on_one_image(root, processes):
     assert after == before                   # no row lost, and review never edits a candidate's row
 
 
+@pytest.mark.parametrize("root", ["sqlite", "postgresql"], indirect=True)
 def test_loopback_guards(root):
     config, cfg = root
     target = first_accepted(cfg, "bees")
@@ -119,6 +129,76 @@ def test_loopback_guards(root):
     res = build_dataset(cfg)
     rows = {r["candidate_id"]: r for r in read_manifest(res.path / "manifest.csv")}
     assert str(target["id"]) not in rows and str(dup["id"]) in rows and str(tiny["id"]) in rows
+
+
+def listed(client, query: str) -> tuple[int, list[int]]:
+    """The browse page under `query`: how many match, and the ids on its first page."""
+    text = client.get("/?" + query).text
+    return int(re.search(r'<span id="total">(\d+)</span>', text).group(1)), [int(x) for x in re.findall(
+        r'class="card[^"]*" href="/image/(\d+)', text)]
+
+
+@pytest.mark.parametrize("root", ["sqlite", "postgresql"], indirect=True)
+def test_actions_undo_filters_and_build_on_both_backends(root):
+    """Relabel, reject, undo (and a stale undo after another writer's action), not-duplicate, restore;
+    the filters, queues, duplicates and log pages over them; then `mlc build` applies the review.
+    The same assertions hold on SQLite and on PostgreSQL."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    target, other = first_accepted(cfg, "ants"), first_accepted(cfg, "bees")
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        dup = c.candidates("status='duplicate'")[0]
+        tiny = c.candidates("reason='too-small'")[0]
+        v1_rows = len(c.candidates("status='accepted' AND purpose IN ('train', 'probe')"))
+    h = {"X-MLC-Client": "tab1"}
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        act = lambda cid, action, **kw: client.post("/api/action", json={"id": cid, "action": action, "reason": "r",
+                                                                          **kw}, headers=h)
+        undo = lambda cid, aid: client.post("/api/undo", json={"id": cid, "action_id": aid}, headers=h)
+        relabel = act(target["id"], "relabel", labels=["ants", "bees"]).json()
+        assert relabel["state"] == {"labels": "ants bees", "include": None}
+        reject = act(target["id"], "reject").json()
+        assert reject["state"] == {"labels": "ants bees", "include": "rejected"}
+        # another writer (a second connection: another tab's server) acts on the image after the reject
+        with Catalog(cfg.catalog_path) as second:
+            later = cr.act(second, target["id"], "relabel", "tab2's", "tab2", list(cfg.classes), labels=["bees"])
+        stale = undo(target["id"], reject["action_id"])
+        assert stale.status_code == 409 and "a later action (relabel by tab2)" in stale.json()["error"]
+        assert undo(target["id"], later.action_id).json()["state"] == {"labels": "ants bees", "include": "rejected"}
+        assert undo(target["id"], reject["action_id"]).json()["state"] == {"labels": "ants bees", "include": None}
+        again = undo(target["id"], reject["action_id"])
+        assert again.status_code == 409 and "already undone" in again.json()["error"]
+        assert act(dup["id"], "not-duplicate").json()["state"]["include"] == "accepted"
+        assert act(tiny["id"], "restore").json()["state"]["include"] == "accepted"
+        assert act(other["id"], "reject").json()["state"]["include"] == "rejected"
+        assert act(other["id"], "reject").json()["error"] == "already out of the dataset"
+
+        reviewed = sorted([target["id"], dup["id"], tiny["id"], other["id"]])
+        assert listed(client, "reviewed=1") == (4, reviewed)
+        total, ids = listed(client, "set=train&label=bees")
+        assert target["id"] in ids and other["id"] in ids        # the reviewed labels; the curated ones
+        assert listed(client, "status=rejected&reason=too-small") == (1, [tiny["id"]])
+        assert listed(client, f"version=v1&reviewed=1")[1] == sorted([target["id"], other["id"]])   # v1 rows
+        assert listed(client, "version=v1")[0] == v1_rows
+        assert sum(listed(client, f"version=v1&split={s}")[0] for s in ("train", "valid", "test")) == v1_rows
+        page = client.get(f"/image/{target['id']}?reviewed=1").text
+        after = [i for i in reviewed if i > target["id"]]
+        assert (f'id="next" href="/image/{after[0]}?' in page) if after else ('id="next"' not in page)
+        queues = client.get("/queues").text
+        assert re.search(r"changed in review</a></td><td>4</td>", queues), queues
+        assert f'/image/{dup["id"]}' in client.get("/duplicates").text
+        log_page = client.get("/log").text
+        assert log_page.count("<tr") - 1 == 8 and "tab2" in log_page       # every action; none refused
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        assert [a["action"] for a in cr.actions(c, target["id"])] == ["relabel", "reject", "relabel", "undo", "undo"]
+        assert cr.review_changed_photos(c) == [f"local:{r['photo_id']}" for r in
+                                               sorted((target, dup, tiny, other), key=lambda r: r["id"])]
+    built = build_dataset(cfg)
+    rows = {r["candidate_id"]: r for r in read_manifest(built.path / "manifest.csv")}
+    assert rows[str(target["id"])]["labels"] == "ants bees"
+    assert str(dup["id"]) in rows and str(tiny["id"]) in rows and str(other["id"]) not in rows
+    assert len(rows) == v1_rows + 2 - 1
 
 
 def test_token_off_loopback_never_printed(root, tmp_path):
