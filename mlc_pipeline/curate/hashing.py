@@ -32,7 +32,7 @@ from PIL import Image
 from mlc_pipeline.curate.phash import one_blas_thread, phash_many, phash_of, single_blas_thread_for_life
 from mlc_pipeline.curate.similarity import VIEW_CROPS, crop_box
 from mlc_pipeline.curate.verify import (ORIENTATION_TRANSPOSE, VerifyLimits, decode_checked, exif_orientation,
-                     read_limited, require_strict_decoding, to_rgb)
+                                       load_format_plugins, read_limited, require_strict_decoding, to_rgb)
 
 log = logging.getLogger(__name__)
 
@@ -175,22 +175,34 @@ def inspect_files(paths: Iterable[str | os.PathLike], limits: VerifyLimits = Ver
                 records.extend(inspect_batch(paths[k:k + 32], limits))
                 advance(len(paths[k:k + 32]))
             return records
-        # Pillow imports its ~40 format plugins on the first open of a listed format: ~55 ms of CPU
-        # per process. Doing it here, once, before the fork saves it in every worker.
-        Image.init()
+        load_format_plugins(limits.formats)  # once, before the fork, rather than in every worker
         return _inspect_in_pool(paths, limits, workers, chunksize, advance)
 
 
 def _inspect_in_pool(paths: list[str], limits: VerifyLimits, workers: int, chunksize: int | None,
                      advance: Callable[[int], None]) -> list[FileRecord]:
-    # Small chunks keep both workers busy to the end; up to 64 files amortise the inter-process
-    # overhead and let phash_many batch the resizes of same-sized files.
-    chunksize = chunksize or max(1, min(64, len(paths) // (workers * 4)))
-    chunks = [range(i, min(i + chunksize, len(paths))) for i in range(0, len(paths), chunksize)]
+    chunks = _fixed_chunks(len(paths), chunksize) if chunksize else _guided_chunks(len(paths), workers)
     records: list[FileRecord | None] = [None] * len(paths)
     lost = _run_chunks(paths, chunks, limits, workers, records, advance)
     _run_one_by_one(paths, lost, limits, records)
     return records  # type: ignore[return-value]  # every slot is filled by now
+
+
+def _fixed_chunks(n: int, size: int) -> list[range]:
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _guided_chunks(n: int, workers: int, largest: int = 64, smallest: int = 8) -> list[range]:
+    """Chunks that shrink as the work runs out: each is the remaining files / (2 x workers), within
+    [smallest, largest]. Big chunks amortise the inter-process overhead and let phash_many batch the
+    resizes of same-sized files; small ones at the end keep every worker busy until the last file
+    (with 49-file chunks, 398 files ended with one worker idle for a whole chunk)."""
+    chunks, start = [], 0
+    while start < n:
+        size = min(largest, max(smallest, (n - start) // (2 * workers)))
+        chunks.append(range(start, min(start + size, n)))
+        start += size
+    return chunks
 
 
 def _init_worker() -> None:

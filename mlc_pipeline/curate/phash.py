@@ -42,6 +42,7 @@ def phash_many(greys: Sequence[np.ndarray]) -> list[str]:
     if not greys:
         return []
     thumbs = np.empty((len(greys), PHASH_SIDE, PHASH_SIDE))
+    prime_weights([side for g in greys for side in g.shape])
     by_width: dict[int, list[int]] = defaultdict(list)
     with one_blas_thread():
         for k, g in enumerate(greys):
@@ -105,15 +106,12 @@ def _resize_rows(pixels: np.ndarray) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=2048)
-def _lanczos_bands(n: int, group: int = 8) -> tuple[tuple[int, int, int, int], ...]:
-    """(first input, end input, first output, end output) per group of outputs: each output pixel
+def _lanczos_bands(n: int) -> tuple[tuple[int, int, int, int], ...]:
+    """(first input, end input, first output, end output) per group of 8 outputs: each output pixel
     reads only ~6 x n / 32 inputs, so products over these bands skip the zeros of the dense matrix."""
-    used = _lanczos_weights(n) != 0
-    first = used.argmax(axis=0)                        # first non-zero input row of each output
-    last = n - 1 - used[::-1].argmax(axis=0)           # ... and the last
-    return tuple((int(first[c0:c0 + group].min()), int(last[c0:c0 + group].max()) + 1, c0, c0 + group)
-                 for c0 in range(0, PHASH_SIDE, group))
+    if n not in _BANDS:
+        prime_weights([n])
+    return _BANDS[n]
 
 
 # OpenBLAS splits even these small products across threads; on a busy machine (or beside the other
@@ -159,30 +157,74 @@ def _to_8bit(sums: np.ndarray) -> np.ndarray:
     return np.minimum(sums, 255.0, out=sums)
 
 
-@lru_cache(maxsize=2048)
+# Weight matrices by input size, per process. A pool worker starts with none, and computing one takes
+# ~20 small numpy calls (~0.25 ms): for the ~150 sizes among 398 thumbnails (three views each) that
+# was a quarter of a worker's hashing time. phash_many computes the sizes a batch lacks in one
+# vectorised pass instead.
+_WEIGHTS: dict[int, np.ndarray] = {}
+_BANDS: dict[int, tuple[tuple[int, int, int, int], ...]] = {}
+_MAX_CACHED_SIZES = 4096
+
+
 def _lanczos_weights(n: int) -> np.ndarray:
     """(n, 32) matrix: column j holds Pillow's fixed-point LANCZOS weights (x 2^22) of output pixel j
     when n pixels are resized to 32 (Resample.c, precompute_coeffs + normalize_coeffs_8bpc)."""
-    if n == PHASH_SIDE:  # Pillow skips a pass that keeps the size; weight 2^22 on the diagonal is the same
-        return np.eye(n) * float(1 << _PRECISION)
-    scale = n / PHASH_SIDE
-    filterscale = max(scale, 1.0)
+    if n not in _WEIGHTS:
+        prime_weights([n])
+    return _WEIGHTS[n]
+
+
+def prime_weights(sizes) -> None:
+    "Compute and cache the weight matrices (and bands) of every size not cached yet, vectorised."
+    new = sorted({int(n) for n in sizes} - _WEIGHTS.keys())
+    if not new:
+        return
+    if len(_WEIGHTS) + len(new) > _MAX_CACHED_SIZES:  # bounded memory in a long-lived process
+        _WEIGHTS.clear()
+        _BANDS.clear()
+    for k in range(0, len(new), 32):   # 32 sizes at a time bounds the (sizes x 32 x taps) arrays
+        group = new[k:k + 32]
+        for n, matrix in zip(group, _fixed_point_weights(np.array(group, dtype=np.int64))):
+            _WEIGHTS[n] = matrix
+            _BANDS[n] = _bands_of(matrix)
+
+
+def _bands_of(matrix: np.ndarray, group: int = 8) -> tuple[tuple[int, int, int, int], ...]:
+    used = matrix != 0
+    n = len(matrix)
+    first = used.argmax(axis=0)                        # first non-zero input row of each output
+    last = n - 1 - used[::-1].argmax(axis=0)           # ... and the last
+    return tuple((int(first[c0:c0 + group].min()), int(last[c0:c0 + group].max()) + 1, c0, c0 + group)
+                 for c0 in range(0, PHASH_SIDE, group))
+
+
+def _fixed_point_weights(ns: np.ndarray) -> list[np.ndarray]:
+    "Pillow's weight matrices for several input sizes at once (same expressions, broadcast over sizes)."
+    scale = ns / PHASH_SIDE
+    filterscale = np.maximum(scale, 1.0)
     support = 3.0 * filterscale
-    center = (np.arange(PHASH_SIDE) + 0.5) * scale
-    first = np.maximum((center - support + 0.5).astype(np.int64), 0)           # C's (int) truncates
-    count = np.minimum((center + support + 0.5).astype(np.int64), n) - first
+    center = (np.arange(PHASH_SIDE) + 0.5)[None, :] * scale[:, None]                       # (sizes, 32)
+    first = np.maximum((center - support[:, None] + 0.5).astype(np.int64), 0)               # C's (int) truncates
+    count = np.minimum((center + support[:, None] + 0.5).astype(np.int64), ns[:, None]) - first
     taps = np.arange(int(count.max()))
-    inside = taps[None, :] < count[:, None]
-    source = taps[None, :] + first[:, None]
-    weight = np.where(inside, _lanczos((source - center[:, None] + 0.5) * (1.0 / filterscale)), 0.0)
-    total = np.add.accumulate(weight, axis=1)[:, -1]                           # summed in order, like C
-    weight = np.where(total[:, None] != 0.0, weight / np.where(total == 0.0, 1.0, total)[:, None], weight)
+    inside = taps[None, None, :] < count[:, :, None]                                         # (sizes, 32, taps)
+    source = taps[None, None, :] + first[:, :, None]
+    x = (source - center[:, :, None] + 0.5) * (1.0 / filterscale)[:, None, None]
+    weight = np.where(inside, _lanczos(x), 0.0)
+    total = np.add.accumulate(weight, axis=2)[:, :, -1]                                      # summed in order, like C
+    weight = np.where(total[..., None] != 0.0, weight / np.where(total == 0.0, 1.0, total)[..., None], weight)
     scaled = weight * float(1 << _PRECISION)
     fixed = np.trunc(np.where(weight < 0, scaled - 0.5, scaled + 0.5))
-    matrix = np.zeros((n, PHASH_SIDE))
-    out_index = np.broadcast_to(np.arange(PHASH_SIDE)[:, None], source.shape)
-    matrix[source[inside], out_index[inside]] = fixed[inside]
-    return matrix
+    out_index = np.broadcast_to(np.arange(PHASH_SIDE)[:, None], inside.shape[1:])
+    matrices = []
+    for k, n in enumerate(ns.tolist()):
+        if n == PHASH_SIDE:  # Pillow skips a pass that keeps the size; weight 2^22 on the diagonal is the same
+            matrices.append(np.eye(n) * float(1 << _PRECISION))
+            continue
+        matrix = np.zeros((n, PHASH_SIDE))
+        matrix[source[k][inside[k]], out_index[inside[k]]] = fixed[k][inside[k]]
+        matrices.append(matrix)
+    return matrices
 
 
 def _lanczos(x: np.ndarray) -> np.ndarray:
