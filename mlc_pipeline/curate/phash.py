@@ -53,7 +53,7 @@ def phash_many(greys: Sequence[np.ndarray]) -> list[str]:
                 by_width[w].append(k)
         columns: dict[int, np.ndarray] = {}
         for w, members in by_width.items():
-            stacked = _to_8bit(_resize_columns(np.concatenate([greys[k] for k in members]).astype(np.float64), w))
+            stacked = _to_8bit(_resize_columns(np.concatenate([greys[k] for k in members], dtype=np.float64), w))
             bounds = np.cumsum([0] + [greys[k].shape[0] for k in members])
             columns.update((k, stacked[a:b]) for k, a, b in zip(members, bounds[:-1], bounds[1:]))
         by_height: dict[int, list[int]] = defaultdict(list)
@@ -149,8 +149,8 @@ def single_blas_thread_for_life() -> None:
 
 
 def _to_8bit(sums: np.ndarray) -> np.ndarray:
-    "Pillow's clip8((sum + 2^21) >> 22), on exact float64 sums (in place)."
-    sums *= 1.0 / (1 << _PRECISION)   # exact: a power of two
+    """Pillow's clip8((sum + 2^21) >> 22), on exact float64 sums (in place). The weights already carry
+    the 2^-22 (a power of two, so every product and sum stays exact): only the rounding is left."""
     sums += 0.5
     np.floor(sums, out=sums)
     np.maximum(sums, 0.0, out=sums)
@@ -167,8 +167,9 @@ _MAX_CACHED_SIZES = 4096
 
 
 def _lanczos_weights(n: int) -> np.ndarray:
-    """(n, 32) matrix: column j holds Pillow's fixed-point LANCZOS weights (x 2^22) of output pixel j
-    when n pixels are resized to 32 (Resample.c, precompute_coeffs + normalize_coeffs_8bpc)."""
+    """(n, 32) matrix: column j holds Pillow's fixed-point LANCZOS weights of output pixel j when n
+    pixels are resized to 32 (Resample.c, precompute_coeffs + normalize_coeffs_8bpc): integers
+    (22 fractional bits) times 2^-22, so the products give Pillow's sums already shifted."""
     if n not in _WEIGHTS:
         prime_weights([n])
     return _WEIGHTS[n]
@@ -218,11 +219,11 @@ def _fixed_point_weights(ns: np.ndarray) -> list[np.ndarray]:
     out_index = np.broadcast_to(np.arange(PHASH_SIDE)[:, None], inside.shape[1:])
     matrices = []
     for k, n in enumerate(ns.tolist()):
-        if n == PHASH_SIDE:  # Pillow skips a pass that keeps the size; weight 2^22 on the diagonal is the same
-            matrices.append(np.eye(n) * float(1 << _PRECISION))
+        if n == PHASH_SIDE:  # Pillow skips a pass that keeps the size; weight 1 on the diagonal is the same
+            matrices.append(np.eye(n))
             continue
         matrix = np.zeros((n, PHASH_SIDE))
-        matrix[source[k][inside[k]], out_index[inside[k]]] = fixed[k][inside[k]]
+        matrix[source[k][inside[k]], out_index[inside[k]]] = fixed[k][inside[k]] * (1.0 / (1 << _PRECISION))
         matrices.append(matrix)
     return matrices
 
