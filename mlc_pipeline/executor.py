@@ -8,7 +8,8 @@ is cut into chunks, each chunk runs as one task on a `distributed` worker, and t
 in input order. The functions are deterministic per item, so either way gives the same results.
 
 Writes to the catalog stay in the calling process: workers return results, the caller records them
-(the catalog keeps one writer, and a chunk lost with its worker changes nothing). Workers read and
+(one writer per stage, and a chunk lost with its worker changes nothing; on PostgreSQL several
+stages or runs may write at once, tests/test_cluster_postgres.py). Workers read and
 write files under the data root, so they must see it at the same path (a shared filesystem).
 """
 
