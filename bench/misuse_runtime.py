@@ -6,17 +6,15 @@ Every case runs real `mlc` processes on a small config against the bundled serve
 local, so each process starts its own server). Disk faults are real too: a tiny tmpfs or a
 read-only bind mount in a user+mount namespace (`unshare -rm`); those cases say "skipped" where the
 kernel forbids it. Prints a table case -> outcome and `MISUSE: PASS` / `MISUSE: FAIL` (exit 1).
-A tiny model is trained first for the predict and export cases (the shapes dataset of tests/test_train.py).
+A tiny model is trained first for the predict and export cases (the shapes dataset of tests/shapes.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
-import socket
 import sqlite3
 import struct
 import subprocess
@@ -27,35 +25,12 @@ import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MLC = [sys.executable, "-m", "mlc_pipeline.cli"]
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("FLICKR_")}
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers import ENV, MLC, write_config  # noqa: E402  (the config and `mlc` the tests use)
+from shapes import FAST, make_shapes_dataset  # noqa: E402
 # `mlc` that prints its own peak memory (ru_maxrss, KB) as the last line of stderr.
 MEASURED = [sys.executable, "-c", "import resource, sys\nfrom mlc_pipeline.cli import main\nrc = main(sys.argv[1:])\n"
             "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def config(work: Path, name: str, count: int = 40, faults: str = "", **source) -> Path:
-    extra = "".join(f"\n  {k}: {v}" for k, v in source.items())
-    p = work / f"{name}.yaml"
-    p.write_text(f"""
-data_dir: {work / name}
-source:
-  kind: local
-  local: {{seed: 3, scale: 0.3, port: {free_port()}, faults: "{faults}"}}
-  sizes: [url_n, url_m]
-  retry: {{attempts: 3, base_delay_s: 0.01, max_delay_s: 0.05}}{extra}
-classes:
-  balloon: {{queries: [balloon], count: {count}}}
-  kite: {{queries: [kite], count: {count}}}
-other: {{queries: [landscape, texture], count: {count}}}
-""")
-    return p
 
 
 def mlc(*args: str, prefix: list[str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -99,7 +74,7 @@ def default_signals() -> None:
 
 
 def signal_collect(work: Path, sig: int, name: str) -> tuple[str, bool]:
-    cfg = config(work, name, count=120, faults="image_latency_ms=300", per_host_concurrency=4)
+    cfg = write_config(work, data=name, count=120, faults="image_latency_ms=300", per_host_concurrency=4)
     proc = subprocess.Popen(MLC + ["collect", "-c", str(cfg), "--no-progress"], env=ENV, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_signals)
     t0 = time.monotonic()
@@ -113,7 +88,8 @@ def signal_collect(work: Path, sig: int, name: str) -> tuple[str, bool]:
     _, err = proc.communicate(timeout=120)
     took = time.monotonic() - t_sig
     after = len(images_on_disk(work / name)) - at_signal
-    recorded = {r[0] for r in catalog_rows(work / name, "SELECT file_path FROM candidates WHERE status='downloaded'")}
+    recorded = {str(work / name / r[0])     # catalog paths are relative to the data root
+                for r in catalog_rows(work / name, "SELECT file_path FROM candidates WHERE status='downloaded'")}
     on_disk = images_on_disk(work / name)
     status = catalog_rows(work / name, "SELECT status FROM runs ORDER BY started_at DESC LIMIT 1")[0][0]
     unknown = len(on_disk - recorded)
@@ -125,7 +101,7 @@ def signal_collect(work: Path, sig: int, name: str) -> tuple[str, bool]:
 
 
 def trickle(work: Path) -> tuple[str, bool]:
-    cfg = config(work, "trickle", count=20, faults="trickle=0.1,trickle_ms=5000", download_deadline_s=5)
+    cfg = write_config(work, data="trickle", count=20, faults="trickle=0.1,trickle_ms=5000", download_deadline_s=5)
     t0 = time.monotonic()
     try:
         res = mlc("collect", "-c", str(cfg), "--no-progress", timeout=300)
@@ -138,7 +114,7 @@ def trickle(work: Path) -> tuple[str, bool]:
 
 
 def disk_fault(work: Path, name: str, mounts: str, expect: str) -> tuple[str, bool]:
-    cfg = config(work, name, count=40)
+    cfg = write_config(work, data=name, count=40)
     raw = work / name / "raw"
     raw.mkdir(parents=True)
     prefix = namespace(mounts.format(raw=raw))
@@ -160,7 +136,7 @@ def cross_device(work: Path) -> tuple[str, bool]:
         return "skipped: no second file system at /dev/shm", True
     elsewhere = Path(tempfile.mkdtemp(dir=shm, prefix="mlc-misuse-"))
     try:
-        cfg = config(work, "xdev", count=40)
+        cfg = write_config(work, data="xdev", count=40)
         (work / "xdev").mkdir()
         (work / "xdev" / "raw").symlink_to(elsewhere)
         res = mlc("collect", "-c", str(cfg), "--no-progress")
@@ -171,14 +147,14 @@ def cross_device(work: Path) -> tuple[str, bool]:
 
 
 def collected(work: Path, name: str, count: int = 8) -> Path:
-    cfg = config(work, name, count=count)
+    cfg = write_config(work, data=name, count=count)
     res = mlc("collect", "-c", str(cfg), "--no-progress")
     assert res.returncode == 0, res.stderr[-2000:]
     return cfg
 
 
 def empty_catalog(work: Path) -> tuple[str, bool]:
-    cfg = config(work, "empty", count=8)
+    cfg = write_config(work, data="empty", count=8)
     (work / "empty").mkdir()
     (work / "empty" / "catalog.sqlite").write_bytes(b"")
     res = mlc("collect", "-c", str(cfg), "--no-progress")
@@ -277,14 +253,14 @@ def two_curates(work: Path) -> tuple[str, bool]:
     cfg = collected(work, "two-curates", count=40)
     data = work / "two-curates"
     for (path,) in catalog_rows(data, "SELECT file_path FROM candidates WHERE status='downloaded' LIMIT 15"):
-        p = Path(path)
+        p = data / path                                              # catalog paths are relative to the data root
         p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])      # truncated: to be quarantined
     procs = [subprocess.Popen(MLC + ["curate", "-c", str(cfg)], env=ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     codes = [p.wait(timeout=600) for p in procs]
     errors = [p.stderr.read().strip().splitlines()[-1:] for p in procs]
     rejected = catalog_rows(data, "SELECT file_path FROM candidates WHERE status='rejected'")
-    in_place = sum(Path(r[0]).is_file() for r in rejected)
+    in_place = sum((data / r[0]).is_file() for r in rejected)
     ok = codes == [0, 0] and len(rejected) == 15 and in_place == 15
     return f"exit codes {codes}; {in_place} of {len(rejected)} rejected files in quarantine; {errors if not ok else ''}", ok
 
@@ -344,9 +320,6 @@ def predict_bombs(work: Path, bundle: Path, good: list[str]) -> tuple[str, bool]
 
 
 def tiny_bundle(work: Path) -> tuple[Path, list[str]]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_train import FAST, make_shapes_dataset
-
     from mlc_pipeline.model.train import TrainConfig, train_model
 
     from mlc_pipeline.manifest import read_manifest_frame
