@@ -38,6 +38,9 @@ from PIL import Image
 
 from common import FAST_RETRIES, source_yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import tree_digest  # noqa: E402  (the tests' digest of a published folder)
+
 from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
 from mlc_pipeline.fsutil import sha256_file
 
@@ -83,14 +86,6 @@ def dataset_snapshot(root: Path) -> tuple[str, str]:
     # it (path, labels, split) hold no comma, so a plain split finds it.
     without_ids = "\n".join(",".join(c for i, c in enumerate(row) if i != 3) for row in rows)
     return hashlib.sha256(without_ids.encode()).hexdigest(), tree_digest(folder / "images")
-
-
-def tree_digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(folder.rglob("*")):
-        if f.is_file():
-            h.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
-    return h.hexdigest()
 
 
 def partial_files(data: Path) -> list[str]:

@@ -3,6 +3,7 @@ Fixtures built on them are in conftest.py; the synthetic image world for model t
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -12,6 +13,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+
+def tree_digest(folder: Path) -> str:
+    "One sha256 over every file below `folder`: relative path and bytes, in sorted order."
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            h.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
+    return h.hexdigest()
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import FIXTURES
+from helpers import FIXTURES, tree_digest
 
 from mlc_pipeline.dataset import build as dataset_mod
 from mlc_pipeline.catalog import Catalog
@@ -157,14 +157,6 @@ def test_build_publishes_a_complete_version(curated):
     assert "ants" in card and "rejected: truncated" in card
     assert (folder.parent / "latest").resolve() == folder.resolve()
     assert (folder.parent / "LATEST").read_text().strip() == "v1"
-
-
-def tree_digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(folder.rglob("*")):
-        if f.is_file():
-            h.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
-    return h.hexdigest()
 
 
 def test_rebuild_is_idempotent_and_a_killed_build_leaves_the_previous_version(curated, monkeypatch):
