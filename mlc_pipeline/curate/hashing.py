@@ -72,7 +72,7 @@ def inspect_batch(paths: Sequence[str | os.PathLike], limits: VerifyLimits = Ver
         hashes = iter(phash_many(views))
     except Exception:  # noqa: BLE001 -- one odd array must not cost the batch: redo it file by file
         log.exception("batched phash failed; hashing the %d files one by one", len(paths))
-        return [_with_hashes(record, vs, _phash_alone) for record, vs in decoded]
+        return [_with_hashes(record, vs, phash_many) for record, vs in decoded]
     return [_with_hashes(record, vs, lambda vs: [next(hashes) for _ in vs]) for record, vs in decoded]
 
 
@@ -103,10 +103,6 @@ def _with_hashes(record: FileRecord, views: list[np.ndarray], hash_views) -> Fil
     except Exception as e:  # noqa: BLE001 -- recorded as this file's reason, like a decode error
         return replace(record, ok=False, reason=f"decode-error:{type(e).__name__}")
     return replace(record, phash=hashes[0], view_hashes=",".join(hashes[1:]))
-
-
-def _phash_alone(views: list[np.ndarray]) -> list[str]:
-    return phash_many(views)
 
 
 def perceptual_hash(im: Image.Image, orientation: int = 1) -> str:
@@ -171,9 +167,9 @@ def inspect_files(paths: Iterable[str | os.PathLike], limits: VerifyLimits = Ver
     with one_blas_thread():  # forked pool workers inherit it
         if workers <= 1 or len(paths) <= 1:
             records = []
-            for k in range(0, len(paths), 32):
-                records.extend(inspect_batch(paths[k:k + 32], limits))
-                advance(len(paths[k:k + 32]))
+            for chunk in _fixed_chunks(len(paths), 32):
+                records.extend(inspect_batch(paths[chunk.start:chunk.stop], limits))
+                advance(len(chunk))
             return records
         load_format_plugins(limits.formats)  # once, before the fork, rather than in every worker
         return _inspect_in_pool(paths, limits, workers, chunksize, advance)

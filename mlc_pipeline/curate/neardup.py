@@ -168,8 +168,6 @@ def _chunk_candidates(values, shift, bits, radius, threshold):
     n_groups = max(1, min(len(masks), 4 * _threads()))
     cuts = np.linspace(0, len(masks), n_groups + 1).round().astype(int)
     jobs = [(masks[lo:hi], tops[lo:hi], k == 0) for k, (lo, hi) in enumerate(zip(cuts[:-1], cuts[1:]))]
-    if not jobs:
-        jobs = [(masks, tops, True)]
 
     def search(job):
         return chunk_pairs(sorted_keys, sorted_values, order, bucket_starts, occupied, *job, threshold)
