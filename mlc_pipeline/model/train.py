@@ -132,6 +132,10 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         learn.freeze()
     if torch.cuda.is_available():
         learn.to_fp16()
+    else:
+        # Channels-last weights let oneDNN's CPU convolutions skip their layout conversions: mlcnet
+        # trains ~25 % faster on 2 cores, resnet18 ~15 % (docs/training.md, "Measured speeds").
+        learn.model.to(memory_format=torch.channels_last)
 
     history, budget = LossHistory(), TimeBudget(cfg.max_train_seconds or float("inf"))
     fit_cbs = [history, budget] + ([MixUp(cfg.mixup)] if cfg.mixup > 0 else [])

@@ -45,7 +45,7 @@ def _plant(catalog: Catalog, run_id: str, folder, items: list[tuple[str, str, st
 
 
 def _planted_world(tmp_path, **mine):
-    """A catalog with pool images that look like a class, pool noise, class images (one mislabelled),
+    """A catalog with pool images that look like a class, pool noise, class images (three mislabelled),
     probes, and one pool image that is a re-encoded copy of a class image."""
     rng = np.random.default_rng(7)
     cfg = Config(data_dir=tmp_path / "data", classes={"red": {"queries": ["red"], "count": 1},
@@ -57,7 +57,7 @@ def _planted_world(tmp_path, **mine):
     classes = [(f"class-red{i}", "train", "red", _red_disc_image(rng)) for i in range(6)]
     items = ([(f"pool-red{i}", "pool", "other", _red_disc_image(rng)) for i in range(8)]       # look like a class
              + [(f"pool-noise{i}", "pool", "other", draw("other", rng)) for i in range(8)]   # look like nothing
-             + classes + [("class-mislabelled", "train", "red", draw("blue", rng))]
+             + classes + [(f"class-mislabelled{i}", "train", "red", draw("blue", rng)) for i in range(3)]
              + [(f"probe{i}", "probe", "other", draw("probe", rng)) for i in range(4)]
              + [("pool-copy-of-class", "pool", "other", classes[0][3].copy())])             # a class member in the pool
     with Catalog(cfg.catalog_path) as catalog:
@@ -134,7 +134,12 @@ def test_mining_moves_accepted_pool_images_only(tmp_path):
     scores = score_paths(bundle, [images / f"{pid}.jpg" for pid in class_ids])[:, red]
     expected_review = {pid for pid, s in zip(class_ids, scores) if s < REVIEW_BELOW}
     assert {r["photo_id"] for r in result.review} == expected_review
-    assert "class-mislabelled" in expected_review  # a blue square labelled red
+    # Blue shapes labelled red: each scores below every true red image, and the clearest are listed.
+    # (Which of them falls under REVIEW_BELOW moves with the tiny test model's numerics: 0.01-0.18.)
+    mislabelled = {pid for pid in class_ids if pid.startswith("class-mislabelled")}
+    true_red = [s for pid, s in zip(class_ids, scores) if pid not in mislabelled]
+    assert all(s < min(true_red) for pid, s in zip(class_ids, scores) if pid in mislabelled)
+    assert mislabelled & expected_review and expected_review <= mislabelled
     with open(bundle_dir / "review.csv") as f:
         assert {r["photo_id"] for r in csv.DictReader(f)} == expected_review
 

@@ -235,3 +235,31 @@ def test_half_written_bundles_of_dead_writers_are_removed(tmp_path):
         (d / "export.pkl").write_bytes(b"x")
     assert remove_stale_tmp_dirs(tmp_path) == [stale]
     assert not stale.exists() and live.is_dir() and bundle.is_dir()
+
+
+def test_training_pictures_are_decoded_once_within_a_budget_and_never_pickled(tmp_path):
+    import pickle
+
+    from PIL import Image
+    from mlc_pipeline.model.learner import ImageReader
+
+    paths = []
+    for i, colour in enumerate(["red", "green", "blue"]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (20, 10), colour).save(paths[-1])
+    reader = ImageReader(budget_bytes=2 * 20 * 10 * 3)     # room for two of the three pictures
+    first = [reader([str(p), []]) for p in paths]
+    again = [reader([str(p), []]) for p in paths]
+    assert [a is b for a, b in zip(first, again)] == [True, True, False]   # the third was decoded again
+    assert first[2].getpixel((0, 0)) == again[2].getpixel((0, 0)) == (0, 0, 255)
+    copy = pickle.loads(pickle.dumps(reader))
+    assert copy._cache == {} and copy.budget_bytes == reader.budget_bytes and reader._cache
+    assert copy([str(paths[0]), []]).getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_bundle_holds_no_decoded_training_pictures():
+    _, bundle_dir = trained_bundle()
+    from mlc_pipeline.model.bundle import load_bundle
+    reader = load_bundle(bundle_dir).learn.dls.train_ds.tls[0].tfms.fs[0]
+    assert type(reader).__name__ == "ImageReader" and reader._cache == {}
+    assert (bundle_dir / "export.pkl").stat().st_size < 5 * 2**20
