@@ -9,7 +9,7 @@ from PIL import Image
 
 import mlc_pipeline.curate.hashing as hashing
 from badfiles import FIXTURES, fixture_photos, make_bad_files
-from mlc_pipeline.curate.hashing import (_hash_grey, hamming, hamming_uint64, hex_to_uint64, inspect_file,
+from mlc_pipeline.curate.hashing import (HASH_DECODE_SIDE, _hash_grey, hamming, hamming_uint64, hex_to_uint64, inspect_file,
                                          inspect_files, popcount64, uint64_to_hex, view_phashes)
 from mlc_pipeline.curate.phash import phash_many, phash_of
 from mlc_pipeline.curate.similarity import VIEW_CROPS, crop_view
@@ -40,15 +40,17 @@ def test_draft_hash_is_faithful_on_all_fixtures():
     records = inspect_files(photos)
     diffs = np.array([hamming(r.phash, str(imagehash.phash(Image.open(p).convert("RGB"))))
                       for r, p in zip(records, photos)])
-    assert diffs.mean() < 0.6 and diffs.max() <= 6  # measured: mean 0.29, max 4
+    # Measured: mean 0.81, max 8 at HASH_DECODE_SIDE 64 (0.29 and 4 at 128, before 2026-12-02);
+    # what matters for curation, copies found and false pairs, did not change (bench_dedup_quality).
+    assert diffs.mean() < 1.0 and diffs.max() <= 8
 
 
 def test_view_hashes_are_bit_identical_to_imagehash_on_every_fixture():
     # view_phashes computes the resize and DCT with numpy; imagehash.phash on each PIL crop is the reference.
-    pets = sorted((FIXTURES.parent / "pets").rglob("*.jpg"))[::8]   # 180 px: not draft-reduced
+    pets = sorted((FIXTURES.parent / "pets").rglob("*.jpg"))[::8]   # 180 px: draft-reduced to 90
     for path in fixture_photos() + pets:
         im = Image.open(path)
-        im.draft("L", (128, 128))
+        im.draft("L", (HASH_DECODE_SIDE, HASH_DECODE_SIDE))
         grey = _hash_grey(im, 1)
         assert view_phashes(im) == [str(imagehash.phash(crop_view(grey, c))) for c in (0.0, *VIEW_CROPS)], path
 
