@@ -127,14 +127,17 @@ def report(name, found, n_orig, copies, origin):
 
 def catalog_pairs(path: Path) -> None:
     db = sqlite3.connect(path)
-    rows = db.execute("SELECT id, file_path, phash, view_hashes FROM candidates WHERE phash IS NOT NULL "
+    rows = db.execute("SELECT id, file_path FROM candidates WHERE phash IS NOT NULL "
                       "AND file_path IS NOT NULL ORDER BY id").fetchall()
-    paths = [r[1] for r in rows]
-    records = [type("R", (), {"phash": r[2], "view_hashes": r[3] or f"{r[2]},{r[2]}"}) for r in rows]
+    # Paths are relative to the data root (the catalog's folder); hashed again with today's code, so
+    # a catalog from an older version measures the current pipeline.
+    paths = [str(path.parent / r[1]) for r in rows]
+    records = inspect_files(paths)
     full, confirmed, candidates, seconds = ours(records, paths)
     v = np.array([x for x in ours.scores.values() if x is not None])
-    print(f"similarity of the catalog's candidates: max {v.max():.3f}, p99 {np.percentile(v, 99):.3f}, "
-          f">= CONFIRM: {(v >= CONFIRM).sum()}")
+    if len(v):
+        print(f"similarity of the catalog's candidates: max {v.max():.3f}, p99 {np.percentile(v, 99):.3f}, "
+              f">= CONFIRM: {(v >= CONFIRM).sum()}")
     print(f"{path}: {len(rows)} images; phash<=10 pairs {len(full)}, view candidates {len(candidates)}, "
           f"confirmed {len(confirmed)} ({seconds:.1f} s to confirm)")
 
