@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 # phash resizes to 32x32; decoding (JPEG draft, box reduce otherwise) to >= 64 px on the short side
 # keeps it within a mean 0.8 bits of a full decode on the hymenoptera (0.1 on the 180 px pets) and
-# finds the same duplicates as 128 px did (docs/curation.md, section 6), while skipping most of the
-# IDCT and resize work: at 128, thumbnails (<= 255 px) were hashed at full size.
+# finds the same duplicates among real photos as 128 px did (docs/curation.md, section 3; flat
+# generated drawings lost two chaos twins), while skipping most of the IDCT and resize work: at
+# 128, thumbnails (<= 255 px) were hashed at full size.
 HASH_DECODE_SIDE = 64
 
 

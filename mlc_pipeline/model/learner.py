@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 from fastai.metrics import ActivationType
 from fastai.vision.all import (
-    AccumMetric, CancelFitException, CategoryBlock, Callback, DataBlock, DisplayedTransform, ImageBlock, IndexSplitter, ItemGetter,
-    MultiCategoryBlock, Normalize, RandomResizedCrop, Recorder, Resize, ResizeMethod, aug_transforms, imagenet_stats,
+    AccumMetric, CancelFitException, CategoryBlock, Callback, DataBlock, DisplayedTransform, ImageBlock, IndexSplitter,
+    ItemGetter, MultiCategoryBlock, Normalize, RandomResizedCrop, Recorder, Resize, ResizeMethod, aug_transforms,
+    imagenet_stats,
 )
-
 from fastai.vision.core import load_image
 
 from mlc_pipeline.model.metrics import OTHER
@@ -73,16 +73,16 @@ def build_dataloaders(rows: pd.DataFrame, classes: list[str], cfg: TrainConfig, 
         batch_tfms=batch_tfms,
     )
     # Plain [path, target] lists, not DataFrame rows: fastai reads a row per item and per epoch,
-    # and pandas' row access alone was a fifth of an epoch on 2 cores. (Not tuples: fastai's
-    # transforms would map over a tuple's parts.)
+    # and pandas' row access alone was a fifth of the data loading time on 2 cores. (Not tuples:
+    # fastai's transforms would map over a tuple's parts.)
     items = [[path, target] for path, target in zip(rows["abs_path"], rows["target"])]
     return block.dataloaders(items, bs=cfg.batch_size, num_workers=cfg.workers, device=device)
 
 
 class ImageReader(DisplayedTransform):
     """get_x: the item's picture, decoded (RGB) once per training run and then kept, up to
-    `budget_bytes` of pixels: decoding every file again in each of 30 epochs cost a sixth of an
-    epoch on 2 cores. The transforms never modify a picture in place (crops and resizes return new
+    `budget_bytes` of pixels: decoding every file again in each of 30 epochs was another fifth of
+    the data loading time on 2 cores. The transforms never modify a picture in place (crops and resizes return new
     ones). Pickled into the exported learner without its pixels."""
 
     def __init__(self, budget_bytes: int = DECODED_CACHE_BYTES):
