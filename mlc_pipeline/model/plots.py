@@ -19,8 +19,9 @@ def plot_losses(history, path: Path, title: str = "") -> None:
         ax.plot(np.arange(1, len(batches) + 1), batches, color="tab:blue", alpha=0.3, label="train (batch)")
     ends = [e["n_batches"] for e in history.epochs]
     ax.plot(ends, [e["train_loss"] for e in history.epochs], "o-", color="tab:blue", label="train (epoch)")
-    ax.plot(ends, [e["valid_loss"] for e in history.epochs], "o-", color="tab:orange", label="valid")
-    values = np.r_[batches, [e["valid_loss"] for e in history.epochs]]
+    validated = [e for e in history.epochs if e["valid_loss"] is not None]  # not every epoch validates
+    ax.plot([e["n_batches"] for e in validated], [e["valid_loss"] for e in validated], "o-", color="tab:orange", label="valid")
+    values = np.r_[batches, [e["valid_loss"] for e in validated]]
     if len(values):  # one early from-scratch spike (valid loss 5+) would flatten every other point
         ax.set_ylim(0, 1.1 * float(np.percentile(values, 98)))
     ax.set_xlabel("batch")

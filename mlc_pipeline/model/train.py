@@ -37,7 +37,9 @@ from mlc_pipeline.model import nets
 from mlc_pipeline.model.options import TrainConfig
 from mlc_pipeline.model.bundle import export_learner
 from mlc_pipeline import progress
-from mlc_pipeline.model.learner import EpochBar, LossHistory, TimeBudget, training_frame, build_dataloaders, macro_f1_metric
+from mlc_pipeline.model.learner import (
+    EpochBar, LossHistory, SparseValidation, TimeBudget, build_dataloaders, macro_f1_metric, training_frame,
+)
 from mlc_pipeline.manifest import read_manifest_frame
 from mlc_pipeline.model.plots import plot_curves, plot_losses
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file
@@ -138,7 +140,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         learn.model.to(memory_format=torch.channels_last)
 
     history, budget = LossHistory(), TimeBudget(cfg.max_train_seconds or float("inf"))
-    fit_cbs = [history, budget] + ([MixUp(cfg.mixup)] if cfg.mixup > 0 else [])
+    fit_cbs = [history, budget, SparseValidation()] + ([MixUp(cfg.mixup)] if cfg.mixup > 0 else [])
     n_train = len(dls.train_ds)
     log.info("training %s (%s, %s, pretrained=%s) on %d images, validating on %d, vocab %s",
              cfg.arch, cfg.head, cfg.effective_other_mode, pretrained, n_train, len(dls.valid_ds), vocab)
@@ -229,7 +231,8 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     progress.summary(f"train: {out_dir.name}", [
         ("network", f"{cfg.arch}, {cfg.head}, {cfg.image_size} px, pretrained {pretrained}"),
         ("epochs", f"{len(history.epochs)}, last: " + " · ".join(
-            f"{e['epoch']}: {e['train_loss']:.3f}/{e['valid_loss']:.3f}" for e in history.epochs[-4:]) + " (train/valid loss)" + (", stopped by the time budget" if budget.stopped else "")),
+            f"{e['epoch']}: {e['train_loss']:.3f}/" + ("-" if e['valid_loss'] is None else f"{e['valid_loss']:.3f}")
+            for e in history.epochs[-4:]) + " (train/valid loss)" + (", stopped by the time budget" if budget.stopped else "")),
         ("seconds", f"{train_seconds:.0f} ({meta['images_per_second']} img/s)"),
         ("macro F1 (test)", f"{test['macro_f1']:.3f}"),
         ("unknown accepted", f"test other {_pct(test['unknown_accepted'])}, probe {_pct(test['probe_accepted'])}")])

@@ -117,6 +117,21 @@ def test_same_seed_same_model(tmp_path):
     assert a.history == b.history and a.thresholds == b.thresholds
 
 
+def test_long_fits_validate_at_a_few_epochs_and_always_the_last(tmp_path):
+    """A 12-epoch fit validates every 2nd epoch (VALID_POINTS = 6): the skipped epochs record no
+    valid loss (null in bundle.json), the validated ones a real one, and the bundle is complete."""
+    manifest = _small_dataset(tmp_path)
+    result = train_model(manifest, tmp_path / "b", TrainConfig(image_size=32, epochs=12, batch_size=8, threads=1,
+                                                               pretrained="none", arch="mlcnet"))
+    validated = [e["epoch"] for e in result.history if e["valid_loss"] is not None]
+    assert validated == [2, 4, 6, 8, 10, 12]
+    assert all(e["valid_loss"] > 0 for e in result.history if e["valid_loss"] is not None)
+    assert all(e["train_loss"] > 0 for e in result.history)
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert meta["history"][0]["valid_loss"] is None and meta["history"][-1]["valid_loss"] > 0
+    assert (tmp_path / "b" / "loss.png").is_file()
+
+
 def test_time_budget_stops_early_but_still_writes_a_bundle(tmp_path, caplog):
     manifest = _small_dataset(tmp_path)
     result = train_model(manifest, tmp_path / "b", TrainConfig(image_size=32, epochs=5, batch_size=8, threads=1,
