@@ -168,7 +168,7 @@ class TrainSettings(Strict):
     target_precision: float = Field(0.95, gt=0, le=1)
     f1_tolerance: float = Field(0.02, ge=0, lt=1)   # F1 modes: highest threshold within this of the best
     seed: int = 42
-    compare_baselines: bool = True
+    compare_baselines: bool = False   # also train the comparison heads on round 0 (doubles training time)
     max_unknown_accepted: float | None = Field(0.05, ge=0, le=1)   # cap on held-out "other" accepted (null: F1 point)
     crop: Literal["squish", "random"] | None = None   # None: the recipe's (weights.RECIPES)
     min_scale: float = Field(0.35, gt=0, le=1)

@@ -73,7 +73,7 @@ def tiny_config(folder: Path, port: int) -> Path:
         # One epoch at 32 px scores everything alike: the default cap on unknowns would then accept no
         # pool image and leave nothing to mine. These tests are about the flow's wiring (mining -> v2);
         # the cap itself is tested in test_evaluate and test_train.
-        train: {{epochs: 1, image_size: 32, batch_size: 32, pretrained: none, compare_baselines: false,
+        train: {{epochs: 1, image_size: 32, batch_size: 32, pretrained: none,
                  max_unknown_accepted: null}}
         mine:
           rounds: 1
