@@ -17,6 +17,7 @@ class TrainConfig(TrainSettings):
     threads: int | None = None        # torch threads; None = every core this process may use
     max_train_seconds: float | None = None  # stop training early (after an epoch if possible) past this
     augment: bool = True              # flips, small rotations/zoom/lighting on the batch
+    wd: float | None = None           # weight decay; None = fastai's (0.01, decoupled)
 
     @model_validator(mode="after")
     def _known_arch(self):

@@ -125,10 +125,10 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         loss_func, metrics = BCEWithLogitsLossFlat(thresh=0.5), [macro_f1_metric()]
     if nets.is_local_arch(cfg.arch):
         learn = Learner(dls, nets.mlcnet(len(vocab), cfg.arch), loss_func=loss_func, metrics=metrics,
-                        splitter=nets.body_head_splitter)
+                        splitter=nets.body_head_splitter, wd=cfg.wd)
     else:
         learn = vision_learner(dls, getattr(torchvision.models, cfg.arch), pretrained=False,  # weights: below
-                               normalize=False, loss_func=loss_func, metrics=metrics)
+                               normalize=False, loss_func=loss_func, metrics=metrics, wd=cfg.wd)
     if weights.file:
         load_backbone_weights(learn, cfg.arch, weights.file)
         learn.freeze()

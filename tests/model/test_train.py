@@ -109,6 +109,16 @@ def _small_dataset(tmp_path) -> Path:
     return make_shapes_dataset(tmp_path / "ds", n_per_kind=10)
 
 
+def test_weight_decay_reaches_the_learner(tmp_path):
+    """`wd` (a bench knob, docs/training.md) is the Learner's weight decay; None keeps fastai's."""
+    from mlc_pipeline.model.bundle import load_bundle
+    manifest = _small_dataset(tmp_path)
+    for name, wd in (("a", 0.1), ("b", None)):
+        train_model(manifest, tmp_path / name, TrainConfig(image_size=32, epochs=1, batch_size=8, threads=1,
+                                                          pretrained="none", arch="mlcnet", wd=wd))
+        assert load_bundle(tmp_path / name).learn.wd == wd
+
+
 def test_same_seed_same_model(tmp_path):
     manifest = _small_dataset(tmp_path)
     cfg = TrainConfig(image_size=32, epochs=1, batch_size=8, seed=3, augment=False)  # default threads
