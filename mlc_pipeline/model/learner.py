@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from fastai.metrics import ActivationType
 from fastai.vision.all import (
-    AccumMetric, CancelFitException, CancelValidException, CategoryBlock, Callback, DataBlock, DisplayedTransform, ImageBlock, IndexSplitter,
-    ItemGetter, MultiCategoryBlock, Normalize, RandomResizedCrop, Recorder, Resize, ResizeMethod, aug_transforms,
-    imagenet_stats,
+    AccumMetric, CancelFitException, CancelValidException, CategoryBlock, Callback, DataBlock, DisplayedTransform,
+    ImageBlock, IndexSplitter, ItemGetter, MultiCategoryBlock, Normalize, RandomResizedCrop, Recorder, Resize,
+    ResizeMethod, aug_transforms, imagenet_stats,
 )
 from fastai.vision.core import load_image
 
@@ -156,6 +156,7 @@ class SparseValidation(Callback):
         if (self.epoch + 1) % every and self.epoch != self.n_epoch - 1:
             raise CancelValidException()
 
+
 class LossHistory(Callback):
     """Per-batch train loss and per-epoch train/valid loss (None for an epoch SparseValidation
     skipped), kept across fine_tune's two fits (fastai's Recorder resets at every fit)."""
@@ -205,8 +206,8 @@ class EpochBar(Callback):
 
     def after_epoch(self):
         self.done += 1
-        train_loss = float(self.learn.recorder.values[-1][0])
-        self.bar.note(f"epoch {self.done} train loss {train_loss:.4f} valid loss {_fmt_loss(epoch_valid_loss(self.learn.recorder))}")
+        train_loss, valid_loss = float(self.learn.recorder.values[-1][0]), epoch_valid_loss(self.learn.recorder)
+        self.bar.note(f"epoch {self.done} train loss {train_loss:.4f} valid loss {_fmt_loss(valid_loss)}")
 
 
 class TimeBudget(Callback):

@@ -20,7 +20,8 @@ def plot_losses(history, path: Path, title: str = "") -> None:
     ends = [e["n_batches"] for e in history.epochs]
     ax.plot(ends, [e["train_loss"] for e in history.epochs], "o-", color="tab:blue", label="train (epoch)")
     validated = [e for e in history.epochs if e["valid_loss"] is not None]  # not every epoch validates
-    ax.plot([e["n_batches"] for e in validated], [e["valid_loss"] for e in validated], "o-", color="tab:orange", label="valid")
+    ax.plot([e["n_batches"] for e in validated], [e["valid_loss"] for e in validated], "o-", color="tab:orange",
+            label="valid")
     values = np.r_[batches, [e["valid_loss"] for e in validated]]
     if len(values):  # one early from-scratch spike (valid loss 5+) would flatten every other point
         ax.set_ylim(0, 1.1 * float(np.percentile(values, 98)))
