@@ -146,15 +146,25 @@ def _fmt_loss(value: float | None) -> str:
 
 class SparseValidation(Callback):
     """Validate every k-th epoch of a fit and its last one, so that a fit makes about
-    `points` validation passes instead of one per epoch."""
+    `points` validation passes instead of one per epoch.
 
-    def __init__(self, points: int = VALID_POINTS):
-        self.points = points
+    A validation pass draws from torch's global random generator (the DataLoader's base seed), which
+    the next epoch's augmentation also draws from: the generator's state is put back after every
+    pass, run or skipped, so the trained weights do not depend on how often a fit validates."""
+
+    def __init__(self, points: int | None = None):
+        self.points, self._rng_state = points or VALID_POINTS, None
 
     def before_validate(self):
+        self._rng_state = torch.get_rng_state()
         every = max(1, round(self.n_epoch / self.points))
         if (self.epoch + 1) % every and self.epoch != self.n_epoch - 1:
             raise CancelValidException()
+
+    def after_validate(self):       # also after a skipped pass
+        if self._rng_state is not None:
+            torch.set_rng_state(self._rng_state)
+            self._rng_state = None
 
 
 class LossHistory(Callback):

@@ -109,6 +109,21 @@ def _small_dataset(tmp_path) -> Path:
     return make_shapes_dataset(tmp_path / "ds", n_per_kind=10)
 
 
+def test_how_often_a_fit_validates_does_not_change_the_model(tmp_path, monkeypatch):
+    """Validation passes draw from torch's global generator; SparseValidation restores it, so a fit
+    that validates every epoch trains the same weights as one that validates six times."""
+    import mlc_pipeline.model.learner as learner
+    manifest = _small_dataset(tmp_path)
+    cfg = TrainConfig(image_size=32, epochs=12, batch_size=8, threads=1, pretrained="none", arch="mlcnet")
+    sparse = train_model(manifest, tmp_path / "sparse", cfg)
+    monkeypatch.setattr(learner, "VALID_POINTS", 12)
+    every = train_model(manifest, tmp_path / "every", cfg)
+    assert sum(e["valid_loss"] is None for e in sparse.history) == 6
+    assert all(e["valid_loss"] is not None for e in every.history)
+    assert [e["train_loss"] for e in sparse.history] == [e["train_loss"] for e in every.history]
+    assert sparse.thresholds == every.thresholds
+
+
 def test_weight_decay_reaches_the_learner(tmp_path):
     """`wd` (a bench knob, docs/training.md) is the Learner's weight decay; None keeps fastai's."""
     from mlc_pipeline.model.bundle import load_bundle
