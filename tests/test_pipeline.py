@@ -31,6 +31,7 @@ def test_mlc_run_collects_trains_mines_retrains_and_reports(tiny_project):
     assert summary["report"] == str(data / "reports" / "latest.html")
     html = (data / "reports" / "latest.html").read_text()
     assert "Mining rounds" in html and rounds[1]["bundle"] in html
+    assert "id='alternatives-off'" in html and "train.compare_baselines=true" in html   # off by default: says how
     # the error analysis of the last model, and what round 1 mined (thumbnails, mined.csv, review.csv)
     assert "id='confusion'" in html and "id='top-losses'" in html and "id='thresholds'" in html
     mined_by = data / "models" / rounds[0]["bundle"]
@@ -69,5 +70,5 @@ def test_mlc_run_trains_the_comparison_heads_only_when_asked(tiny_project):
     assert len(bundles) == 3 and sum("softmax-other-class" in b for b in bundles) == 1
     assert (data / "models" / "LATEST").read_text().strip() == summary["rounds"][0]["bundle"]
     html = (data / "reports" / "latest.html").read_text()
-    assert "softmax-other-class" in html and "sigmoid-other-class" in html
+    assert "softmax-other-class" in html and "sigmoid-other-class" in html and "id='alternatives-off'" not in html
     assert load_config(tiny_project).train.compare_baselines is False   # what the file does not set

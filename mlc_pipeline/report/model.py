@@ -52,6 +52,12 @@ def data_warnings(result, models_dir: Path) -> list[str]:
     return lines
 
 
+# Said under the table when a run trained no comparison head (train.compare_baselines is off by default).
+ALTERNATIVES_OFF = ("<p id='alternatives-off'>No comparison heads were trained in this run. To see the product "
+                    "against an explicit 'other' class and the seeds' softmax on the same data, run with "
+                    "<code>--set train.compare_baselines=true</code> (each costs as much as the product model).</p>")
+
+
 def model_section(result, models_dir: Path) -> str:
     """HTML for a PipelineResult whose bundles live in `models_dir`."""
     if not result.rounds:
@@ -67,6 +73,7 @@ def model_section(result, models_dir: Path) -> str:
         parts += [f"<li>{html.escape(w)}</li>" for w in warnings] + ["</ul>"]
     parts += ["<h3>Mining rounds</h3>", md_to_html_table(rounds_markdown(result)),
              "<h3>Alternatives on the same data</h3>", md_to_html_table(variants_markdown(result, metrics)),
+             "" if result.alternatives else ALTERNATIVES_OFF,
              f"<h3>Per-class metrics ({html.escape(last.bundle)}, test split)</h3>",
              md_to_html_table(per_class_markdown(metrics[last.bundle]))]
     curves = {f"round {r.round}": metrics[r.bundle]["curve"] for r in result.rounds if metrics[r.bundle].get("curve")}
