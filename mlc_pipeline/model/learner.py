@@ -135,13 +135,14 @@ VALID_POINTS = 6
 
 
 def epoch_valid_loss(recorder) -> float | None:
-    """The finished epoch's valid loss, or None when SparseValidation skipped its pass."""
-    values = recorder.values[-1]
-    return None if getattr(recorder, "cancel_valid", False) or len(values) < 2 else float(values[1])
+    """The finished epoch's valid loss, or None when SparseValidation skipped its pass (fastai's
+    Recorder then records the train loss alone)."""
+    return None if recorder.cancel_valid else float(recorder.values[-1][1])
 
 
-def _fmt_loss(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+def format_loss(value: float | None, digits: int = 4) -> str:
+    """A loss for logs and summaries; "-" for an epoch that was not validated."""
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 class SparseValidation(Callback):
@@ -197,7 +198,7 @@ class LossHistory(Callback):
         train_loss, valid_loss = float(self.learn.recorder.values[-1][0]), epoch_valid_loss(self.learn.recorder)
         self.epochs.append({"epoch": len(self.epochs) + 1, "train_loss": train_loss,
                             "valid_loss": valid_loss, "n_batches": len(self.batch_losses)})
-        log.info("epoch %d: train loss %.4f, valid loss %s", len(self.epochs), train_loss, _fmt_loss(valid_loss))
+        log.info("epoch %d: train loss %.4f, valid loss %s", len(self.epochs), train_loss, format_loss(valid_loss))
 
 
 class EpochBar(Callback):
@@ -217,7 +218,7 @@ class EpochBar(Callback):
     def after_epoch(self):
         self.done += 1
         train_loss, valid_loss = float(self.learn.recorder.values[-1][0]), epoch_valid_loss(self.learn.recorder)
-        self.bar.note(f"epoch {self.done} train loss {train_loss:.4f} valid loss {_fmt_loss(valid_loss)}")
+        self.bar.note(f"epoch {self.done} train loss {train_loss:.4f} valid loss {format_loss(valid_loss)}")
 
 
 class TimeBudget(Callback):

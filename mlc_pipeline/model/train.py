@@ -38,7 +38,8 @@ from mlc_pipeline.model.options import TrainConfig
 from mlc_pipeline.model.bundle import export_learner
 from mlc_pipeline import progress
 from mlc_pipeline.model.learner import (
-    EpochBar, LossHistory, SparseValidation, TimeBudget, build_dataloaders, macro_f1_metric, training_frame,
+    EpochBar, LossHistory, SparseValidation, TimeBudget, build_dataloaders, format_loss, macro_f1_metric,
+    training_frame,
 )
 from mlc_pipeline.manifest import read_manifest_frame
 from mlc_pipeline.model.plots import plot_curves, plot_losses
@@ -230,7 +231,9 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     test = metrics["test"]
     progress.summary(f"train: {out_dir.name}", [
         ("network", f"{cfg.arch}, {cfg.head}, {cfg.image_size} px, pretrained {pretrained}"),
-        ("epochs", f"{len(history.epochs)}, last: " + " · ".join(_epoch_losses(e) for e in history.epochs[-4:])
+        ("epochs", f"{len(history.epochs)}, last: " + " · ".join(
+            f"{e['epoch']}: {format_loss(e['train_loss'], 3)}/{format_loss(e['valid_loss'], 3)}"
+            for e in history.epochs[-4:])
          + " (train/valid loss)" + (", stopped by the time budget" if budget.stopped else "")),
         ("seconds", f"{train_seconds:.0f} ({meta['images_per_second']} img/s)"),
         ("macro F1 (test)", f"{test['macro_f1']:.3f}"),
@@ -258,11 +261,6 @@ def default_lr(arch: str, pretrained: str) -> float:
     if pretrained != "none":
         return 2e-3
     return 5e-3 if nets.is_local_arch(arch) else 3e-3
-
-
-def _epoch_losses(epoch: dict) -> str:
-    valid = epoch["valid_loss"]     # None: an epoch SparseValidation did not validate
-    return f"{epoch['epoch']}: {epoch['train_loss']:.3f}/" + ("-" if valid is None else f"{valid:.3f}")
 
 
 def _valid_predictions(learn, cfg: TrainConfig, vocab: list[str]) -> tuple[np.ndarray, np.ndarray]:
