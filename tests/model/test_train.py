@@ -109,21 +109,6 @@ def _small_dataset(tmp_path) -> Path:
     return make_shapes_dataset(tmp_path / "ds", n_per_kind=10)
 
 
-def test_how_often_a_fit_validates_does_not_change_the_model(tmp_path, monkeypatch):
-    """Validation passes draw from torch's global generator; SparseValidation restores it, so a fit
-    that validates every epoch trains the same weights as one that validates six times."""
-    import mlc_pipeline.model.learner as learner
-    manifest = _small_dataset(tmp_path)
-    cfg = TrainConfig(image_size=32, epochs=12, batch_size=8, threads=1, pretrained="none", arch="mlcnet")
-    sparse = train_model(manifest, tmp_path / "sparse", cfg)
-    monkeypatch.setattr(learner, "VALID_POINTS", 12)
-    every = train_model(manifest, tmp_path / "every", cfg)
-    assert sum(e["valid_loss"] is None for e in sparse.history) == 6
-    assert all(e["valid_loss"] is not None for e in every.history)
-    assert [e["train_loss"] for e in sparse.history] == [e["train_loss"] for e in every.history]
-    assert sparse.thresholds == every.thresholds
-
-
 def test_weight_decay_reaches_the_learner(tmp_path):
     """`wd` (a bench knob, docs/training.md) is the Learner's weight decay; None keeps fastai's."""
     from mlc_pipeline.model.bundle import load_bundle
@@ -142,12 +127,15 @@ def test_same_seed_same_model(tmp_path):
     assert a.history == b.history and a.thresholds == b.thresholds
 
 
-def test_long_fits_validate_at_a_few_epochs_and_always_the_last(tmp_path):
+def test_long_fits_validate_at_a_few_epochs_and_how_often_does_not_change_the_model(tmp_path, monkeypatch):
     """A 12-epoch fit validates every 2nd epoch (VALID_POINTS = 6): the skipped epochs record no
-    valid loss (null in bundle.json), the validated ones a real one, and the bundle is complete."""
+    valid loss (null in bundle.json), the validated ones a real one, and the bundle is complete.
+    Validation passes draw from torch's global generator; SparseValidation restores it, so a fit
+    that validates every epoch trains the same weights."""
+    import mlc_pipeline.model.learner as learner
     manifest = _small_dataset(tmp_path)
-    result = train_model(manifest, tmp_path / "b", TrainConfig(image_size=32, epochs=12, batch_size=8, threads=1,
-                                                               pretrained="none", arch="mlcnet"))
+    cfg = TrainConfig(image_size=32, epochs=12, batch_size=8, threads=1, pretrained="none", arch="mlcnet")
+    result = train_model(manifest, tmp_path / "b", cfg)
     validated = [e["epoch"] for e in result.history if e["valid_loss"] is not None]
     assert validated == [2, 4, 6, 8, 10, 12]
     assert all(e["valid_loss"] > 0 for e in result.history if e["valid_loss"] is not None)
@@ -155,6 +143,13 @@ def test_long_fits_validate_at_a_few_epochs_and_always_the_last(tmp_path):
     meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
     assert meta["history"][0]["valid_loss"] is None and meta["history"][-1]["valid_loss"] > 0
     assert (tmp_path / "b" / "loss.png").is_file()
+
+    monkeypatch.setattr(learner, "VALID_POINTS", 12)
+    every = train_model(manifest, tmp_path / "every", cfg)
+    assert sum(e["valid_loss"] is None for e in result.history) == 6
+    assert all(e["valid_loss"] is not None for e in every.history)
+    assert [e["train_loss"] for e in result.history] == [e["train_loss"] for e in every.history]
+    assert result.thresholds == every.thresholds
 
 
 def test_time_budget_stops_early_but_still_writes_a_bundle(tmp_path, caplog):
