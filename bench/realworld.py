@@ -12,6 +12,8 @@ ImageNet weights), RandomResizedCrop(224, min_scale=0.5) + aug_transforms(), fin
 Worlds (a user's config in miniature; probes are a kind under no query, never trained on):
 - insects: classes ants, bees; other: dog photos; mining pool: other dog photos; probe: cat photos
   (an unseen furry animal that looks like the negatives: the hard case users meet)
+- insects-catpool: as insects, but the mining pool is cat photos (other ones than the probes): a
+  pool that resembles the unseen kind, where a mining round should move the unseen rate
 - pets:    classes cat, dog; other: ant photos; probe: bee photos (no pool: one round, no mining)
 
     .venv/bin/python bench/realworld.py --world insects [--set train.epochs=40 ...]
@@ -45,6 +47,16 @@ WORLDS = {
         "classes": {"ants": ["ant"], "bees": ["bee"]},
         "other": ["dog"], "pool": ["puppy"], "probe": ["cat"],
         "map": {"ant": "ants", "bee": "bees", "dog": "dogs-a", "puppy": "dogs-b", "cat": "cats"},
+        "counts": {"class": 250, "other": 300, "pool": 300, "probe": 300},
+    },
+    # Mining with a pool that looks like the unseen kind (other cat photos): the case mining is for,
+    # measuring whether a round moves a real unseen rate, and how the retrain should start.
+    "insects-catpool": {
+        "folders": {"ants": ("hymenoptera/ants", None, 0), "bees": ("hymenoptera/bees", None, 0),
+                    "dogs": ("pets/dog", 300, 0), "cats-a": ("pets/cat", 300, 0), "cats-b": ("pets/cat", 300, 300)},
+        "classes": {"ants": ["ant"], "bees": ["bee"]},
+        "other": ["dog"], "pool": ["kitten"], "probe": ["cat"],
+        "map": {"ant": "ants", "bee": "bees", "dog": "dogs", "kitten": "cats-a", "cat": "cats-b"},
         "counts": {"class": 250, "other": 300, "pool": 300, "probe": 300},
     },
     "pets": {
