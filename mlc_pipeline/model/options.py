@@ -18,6 +18,8 @@ class TrainConfig(TrainSettings):
     max_train_seconds: float | None = None  # stop training early (after an epoch if possible) past this
     augment: bool = True              # flips, small rotations/zoom/lighting on the batch
     wd: float | None = None           # weight decay; None = fastai's (0.01, decoupled)
+    init_from: str | None = None      # a bundle folder: continue training its network (mining's retrain,
+                                      # weights.resolve_continued); `epochs` then counts the continuation
 
     @model_validator(mode="after")
     def _known_arch(self):

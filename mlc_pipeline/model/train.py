@@ -44,7 +44,7 @@ from mlc_pipeline.model.learner import (
 from mlc_pipeline.manifest import read_manifest_frame
 from mlc_pipeline.model.plots import plot_curves, plot_losses
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file
-from mlc_pipeline.model.weights import load_backbone_weights, resolve_training
+from mlc_pipeline.model.weights import load_backbone_weights, resolve_continued, resolve_training
 from mlc_pipeline.model.metrics import (
     OTHER, calibrate_thresholds, capping_path, evaluate, pick_capped,
 )
@@ -111,7 +111,13 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     rows = training_frame(df, cfg)
 
     # arch 'auto', the recipe's image size/epochs/lr, the starting weights (may download): before anything is built
-    cfg, weights = resolve_training(cfg)
+    parent = None
+    if cfg.init_from:
+        from mlc_pipeline.model.bundle import load_bundle
+        parent = load_bundle(cfg.init_from)
+        cfg, weights = resolve_continued(cfg, parent.meta, parent.path)
+    else:
+        cfg, weights = resolve_training(cfg)
     torch.set_num_threads(cfg.threads or available_cores())
     # Seed before building the loaders (their shuffling RNG is drawn from the global one) and the
     # model (its init). On CPU with workers=0 two runs with the same seed give the same weights.
@@ -130,7 +136,13 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     else:
         learn = vision_learner(dls, getattr(torchvision.models, cfg.arch), pretrained=False,  # weights: below
                                normalize=False, loss_func=loss_func, metrics=metrics, wd=cfg.wd)
-    if weights.file:
+    if parent is not None:
+        if list(parent.vocab) != vocab:
+            raise ValueError(f"cannot continue {parent.path.name}: its outputs are {parent.vocab}, "
+                             f"this dataset's are {vocab}")
+        learn.model.load_state_dict(parent.learn.model.state_dict())
+        del parent
+    elif weights.file:
         load_backbone_weights(learn, cfg.arch, weights.file)
         learn.freeze()
     if torch.cuda.is_available():
@@ -145,14 +157,19 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     n_train = len(dls.train_ds)
     log.info("training %s (%s, %s, pretrained=%s) on %d images, validating on %d, vocab %s",
              cfg.arch, cfg.head, cfg.effective_other_mode, pretrained, n_train, len(dls.valid_ds), vocab)
-    lr = cfg.lr or default_lr(cfg.arch, pretrained)
+    continuing = weights.continued_from is not None
+    lr = cfg.lr or default_lr(cfg.arch, pretrained, continuing)
     start = time.monotonic()
-    n_epochs = cfg.epochs + (0 if pretrained == "none" else 1)    # fine_tune: one frozen epoch first
+    one_cycle = pretrained == "none" or continuing
+    n_epochs = cfg.epochs + (0 if one_cycle else 1)    # fine_tune: one frozen epoch first
     # progress goes to `log` through LossHistory, and to the terminal's bar (time left) through EpochBar
     with learn.no_bar(), learn.no_logging(), progress.bar(f"train {cfg.arch}", total=n_epochs * len(dls.train),
                                                           unit="batches") as bar:
         fit_cbs.append(EpochBar(bar))
-        if pretrained == "none":
+        if continuing and pretrained != "none":
+            # fine_tune's unfrozen stage again: lower rates for the early ImageNet layers
+            learn.fit_one_cycle(cfg.epochs, slice(lr / 100, lr), cbs=fit_cbs)
+        elif one_cycle:
             learn.fit_one_cycle(cfg.epochs, lr, cbs=fit_cbs)
         else:
             learn.fine_tune(cfg.epochs, lr, cbs=fit_cbs)
@@ -256,10 +273,10 @@ def typical_positive_scores(probs: np.ndarray, targets: np.ndarray) -> list[floa
             for c in range(probs.shape[1])]
 
 
-def default_lr(arch: str, pretrained: str) -> float:
+def default_lr(arch: str, pretrained: str, continuing: bool = False) -> float:
     """Measured on the offline world (docs/training.md); no lr_find, which costs an epoch's time."""
     if pretrained != "none":
-        return 2e-3
+        return 1e-3 if continuing else 2e-3    # continuing: fine_tune's unfrozen stage, base_lr / 2
     return 5e-3 if nets.is_local_arch(arch) else 3e-3
 
 

@@ -80,6 +80,8 @@ class WeightsChoice:
     file: str | None = None           # the file loaded into the network's body (None: from scratch)
     sha256: str | None = None         # of that file
     fallback: str | None = None       # why `auto` trains from scratch, when weights were wanted
+    continued_from: str | None = None  # the bundle whose network this training continued (then `file`
+                                       # is its export.pkl, and `pretrained` what that network started from)
 
     def record(self) -> dict:
         return dataclasses.asdict(self)
@@ -253,6 +255,41 @@ def resolve_training(cfg):
         log.info("arch=auto: the %s recipe, %s (%s), %s px, %s epochs", recipe, arch, pretrained,
                  resolved.image_size, resolved.epochs)
     return resolved, WeightsChoice(pretrained=pretrained, arch=arch, recipe=recipe, requested=requested, **extra)
+
+
+# ---------------------------------------------------------------- continuing an earlier model
+
+# What a continued training takes from the bundle it continues: the network and the images it saw.
+CONTINUED_FIELDS = ("arch", "image_size", "crop", "min_scale", "mixup")
+
+
+def resolve_continued(cfg, parent_meta: dict, parent_dir: str | Path):
+    """resolve_training for `cfg.init_from`: (cfg, WeightsChoice) continuing the bundle's network.
+    Its architecture, image size and augmentation are the bundle's; `epochs` (default: a third of the
+    bundle's own) counts the continuation. Nothing is downloaded: the network is the bundle's."""
+    parent_cfg = parent_meta.get("config") or {}
+    for key in ("head", "other_mode"):
+        if parent_cfg.get(key) is not None and parent_cfg[key] != getattr(cfg, key):
+            raise ValueError(f"cannot continue {Path(parent_dir).name}: its {key} is {parent_cfg[key]!r}, "
+                             f"this training's is {getattr(cfg, key)!r}")
+    missing = [k for k in CONTINUED_FIELDS if parent_cfg.get(k) is None and k != "mixup"]
+    if missing:
+        raise ValueError(f"cannot continue {Path(parent_dir).name}: its bundle.json config lacks {missing}")
+    update = {k: parent_cfg.get(k) for k in CONTINUED_FIELDS}
+    update["mixup"] = update["mixup"] or 0.0
+    update["epochs"] = cfg.epochs or continue_epochs(parent_cfg.get("epochs"))
+    parent_w = parent_meta.get("weights") or {"pretrained": parent_meta.get("pretrained", "none")}
+    choice = WeightsChoice(
+        pretrained=parent_w.get("pretrained", "none"), arch=update["arch"], recipe=parent_w.get("recipe", "scratch"),
+        requested={"arch": cfg.arch, "pretrained": str(cfg.pretrained)}, name=parent_w.get("name"),
+        file=str(Path(parent_dir) / "export.pkl"), sha256=parent_meta.get("export_sha256"),
+        continued_from=Path(parent_dir).name)
+    return cfg.model_copy(update=update), choice
+
+
+def continue_epochs(parent_epochs: int | None) -> int:
+    """Epochs of a continued training: a third of the network's first training (30 -> 10)."""
+    return max(1, round((parent_epochs or RECIPES["scratch"]["epochs"]) / 3))
 
 
 def resolve_pretrained(cfg) -> str:

@@ -143,6 +143,13 @@ def network_line(meta: dict) -> str:
     """One line from bundle.json: the network, its starting weights, and what `arch: auto` chose."""
     w = meta.get("weights") or {"pretrained": meta.get("pretrained", "?")}   # bundles before weights.py
     config = meta.get("config") or {}
+    if w.get("continued_from"):     # a mining round's retrain (mine.retrain: continue); `file` is its export.pkl
+        first = {"imagenet": f"ImageNet weights {w.get('name')}", "none": "from scratch"}.get(
+            w.get("pretrained", "none"), f"weights from {w.get('pretrained')}")
+        line = (f"{meta.get('arch', '?')}, {meta.get('image_size', '?')} px, continued from {w['continued_from']} "
+                f"for {config.get('epochs', '?')} epochs (that network started {first})")
+        return line + (f"; arch auto: the {w.get('recipe')} recipe"
+                       if (w.get("requested") or {}).get("arch") == "auto" else "")
     if w.get("pretrained") == "imagenet":
         start = f"ImageNet weights {w.get('name')} ({Path(w.get('file') or '?').name}), fine-tuned"
     elif w.get("pretrained", "none") != "none":

@@ -194,6 +194,52 @@ def test_mlcnet_weights_from_an_earlier_model_are_loaded(tmp_path):
                                                           pretrained=str(tmp_path / "bad.pth")))
 
 
+def test_a_training_continues_a_bundles_network(tmp_path):
+    """`init_from` (mining's retrain, mine.retrain: continue): the bundle's whole network, head included,
+    is the starting point; its image size is kept whatever the config says; `epochs` counts the
+    continuation (one_cycle, no frozen epoch); bundle.json and the report's network line say so."""
+    import torch
+    from mlc_pipeline.model.bundle import load_bundle
+    from mlc_pipeline.report.model import bundle_network_line
+    manifest = _small_dataset(tmp_path)
+    base = dict(batch_size=8, threads=1, pretrained="none", arch="mlcnet")
+    train_model(manifest, tmp_path / "r0", TrainConfig(image_size=32, epochs=2, **base))
+    result = train_model(manifest, tmp_path / "r1", TrainConfig(image_size=48, epochs=1, lr=1e-9,
+                                                                init_from=str(tmp_path / "r0"), **base))
+    parent, child = load_bundle(tmp_path / "r0"), load_bundle(tmp_path / "r1")
+    for (name, p), c in zip(parent.learn.model.named_parameters(), child.learn.model.parameters()):
+        assert torch.allclose(p, c, atol=1e-5), name        # lr ~0: still the parent's, head too
+    meta = child.meta
+    assert meta["image_size"] == 32 and meta["config"]["epochs"] == 1 and len(result.history) == 1
+    assert meta["weights"]["continued_from"] == "r0" and meta["weights"]["pretrained"] == "none"
+    assert meta["weights"]["sha256"] == parent.meta["export_sha256"]
+    assert "continued from r0 for 1 epochs (that network started from scratch)" in bundle_network_line(tmp_path / "r1")
+    # without an explicit epochs: a third of the parent's (2 -> 1)
+    default = train_model(manifest, tmp_path / "r1b", TrainConfig(image_size=32, init_from=str(tmp_path / "r0"), **base))
+    assert len(default.history) == 1
+    with pytest.raises(ValueError, match="its head is 'sigmoid'"):
+        train_model(manifest, tmp_path / "x", TrainConfig(head="softmax", init_from=str(tmp_path / "r0"), **base))
+
+
+def test_a_fine_tuned_network_continues_unfrozen(tmp_path):
+    """Continuing a network that started from a weights file: no second frozen epoch (fine_tune's
+    unfrozen stage again, one_cycle over discriminative rates), and the record keeps where it started."""
+    import torch
+    import torchvision
+    from mlc_pipeline.report.model import bundle_network_line
+    weights = tmp_path / "r18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    manifest = _small_dataset(tmp_path)
+    base = dict(arch="resnet18", image_size=32, batch_size=8, threads=1)
+    train_model(manifest, tmp_path / "r0", TrainConfig(epochs=1, pretrained=str(weights), **base))
+    result = train_model(manifest, tmp_path / "r1", TrainConfig(epochs=1, init_from=str(tmp_path / "r0"), **base))
+    assert len(result.history) == 1 and result.pretrained_used == str(weights)
+    meta = json.loads((tmp_path / "r1" / "bundle.json").read_text())
+    assert meta["lr"] == 1e-3 and meta["weights"]["continued_from"] == "r0"
+    assert f"that network started weights from {weights}" in bundle_network_line(tmp_path / "r1")
+
+
 def test_existing_bundle_is_not_overwritten_silently(tmp_path):
     manifest = _small_dataset(tmp_path)
     (tmp_path / "b").mkdir()
