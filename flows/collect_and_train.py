@@ -91,11 +91,12 @@ def build_stage(cfg: Config) -> dict:
 
 
 @task(name="train", **STAGE)
-def train_stage(cfg: Config, dataset_dir: str, round_no: int) -> dict:
-    """Train the product model on a dataset version; models/LATEST moves only once the bundle is whole."""
+def train_stage(cfg: Config, dataset_dir: str, round_no: int, previous: str | None = None) -> dict:
+    """Train the product model on a dataset version; models/LATEST moves only once the bundle is whole.
+    `previous`: the bundle a mining round's retrain may continue (mine.retrain)."""
     from mlc_pipeline.model.variants import train_version
 
-    m = train_version(cfg, dataset_dir, tag=f"r{round_no}")
+    m = train_version(cfg, dataset_dir, tag=f"r{round_no}", previous=previous)
     test = m.metrics.get("test", {})
     get_run_logger().info("train (round %d): %s on %s in %.0f s; test macro F1 %.3f, unknown accepted %s, "
                           "probe accepted %s", round_no, m.bundle_dir.name, m.dataset_version, m.train_seconds,
@@ -225,8 +226,8 @@ class TaskStages(Stages):
         self.run.data["builds"].append(out)
         return out
 
-    def train(self, cfg: Config, dataset_dir: str, round_no: int) -> dict:
-        out = train_stage.submit(cfg, dataset_dir, round_no).result()
+    def train(self, cfg: Config, dataset_dir: str, round_no: int, previous: str | None = None) -> dict:
+        out = train_stage.submit(cfg, dataset_dir, round_no, previous).result()
         self.run.data["models"].append(out)
         return out
 

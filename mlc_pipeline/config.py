@@ -183,6 +183,9 @@ class MineSettings(Strict):
     hold_above: float | None = Field(None, gt=0, le=1.01)   # held for review at this score or more; None: the
                                                             # class's median validation positive (docs/training.md)
     max_per_round: int | None = Field(None, ge=1)    # None: as many as the training "other" set holds
+    retrain: Literal["continue", "scratch"] = "continue"   # continue: the previous round's network, for
+                                                            # retrain_epochs (docs/training.md "Retraining")
+    retrain_epochs: int | None = Field(None, ge=1)   # continue: None = a third of the first training's
 
 
 class CatalogSettings(Strict):

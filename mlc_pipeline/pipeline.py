@@ -130,8 +130,8 @@ class Stages:
     def build(self, cfg: Config) -> dict:
         return plain(build_dataset(cfg))
 
-    def train(self, cfg: Config, dataset_dir: str, round_no: int) -> dict:
-        model = train_version(cfg, dataset_dir, tag=f"r{round_no}")
+    def train(self, cfg: Config, dataset_dir: str, round_no: int, previous: str | None = None) -> dict:
+        model = train_version(cfg, dataset_dir, tag=f"r{round_no}", previous=previous)
         return {"round": round_no, "bundle": model.bundle_dir.name, **plain(model)}
 
     def alternatives(self, cfg: Config, dataset_dir: str) -> dict[str, dict]:
@@ -176,7 +176,7 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
         with stages.stage("build"):
             ds = stages.build(cfg)      # mined images were curated already
         with stages.stage("train"):
-            model = stages.train(cfg, ds["path"], r)
+            model = stages.train(cfg, ds["path"], r, previous=model["bundle_dir"])   # mine.retrain
         publish(cfg)                    # the mined labels (catalog), the new version and model
         out.rounds.append(record(r, model["dataset_version"], model["bundle"], model["metrics"], mined["added"]))
         if why := mining_stop(cfg, r, mined["added"], *(unknown_rate(x.unknown_accepted, x.probe_accepted)

@@ -28,9 +28,13 @@ def test_mlc_run_collects_trains_mines_retrains_and_reports(tiny_project):
     assert rounds[1]["negatives_added"] > 0
     assert set(summary["seconds"]) >= {"collect", "curate", "build", "train", "mine", "report"}
     assert (data / "models" / "LATEST").read_text().strip() == rounds[1]["bundle"]
+    # mine.retrain: continue (the default): round 1 went on from round 0's network, and says so
+    r1 = json.loads((data / "models" / rounds[1]["bundle"] / "bundle.json").read_text())
+    assert r1["weights"]["continued_from"] == rounds[0]["bundle"] and not r1["warnings"]
     assert summary["report"] == str(data / "reports" / "latest.html")
     html = (data / "reports" / "latest.html").read_text()
     assert "Mining rounds" in html and rounds[1]["bundle"] in html
+    assert f"continued from {rounds[0]['bundle']}" in html
     assert "id='alternatives-off'" in html and "train.compare_baselines=true" in html   # off by default: says how
     # the error analysis of the last model, and what round 1 mined (thumbnails, mined.csv, review.csv)
     assert "id='confusion'" in html and "id='top-losses'" in html and "id='thresholds'" in html

@@ -6,6 +6,7 @@ product model, updated only after its bundle is complete, so a failed training n
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -89,9 +90,40 @@ def other_set_warnings(rows: list[dict]) -> list[str]:
     return []
 
 
+def retrain_overrides(cfg: Config, dataset_dir: Path, previous: str | Path | None) -> tuple[dict, list[str]]:
+    """How a mining round's retrain starts: (TrainConfig overrides, warnings). With `mine.retrain:
+    continue` it continues the previous round's network for `mine.retrain_epochs`, unless that network
+    trained on an image the new version evaluates on; then it starts over, and says why."""
+    if previous is None or cfg.mine.retrain != "continue":
+        return {}, []
+    why = continue_blocker(dataset_dir, Path(previous))
+    if why:
+        return {}, [f"retrained from scratch, not continued from {Path(previous).name}: {why}"]
+    return {"init_from": str(previous), "epochs": cfg.mine.retrain_epochs}, []
+
+
+def continue_blocker(dataset_dir: Path, previous: Path) -> str | None:
+    """Why continuing `previous` on this version would be unsafe (None: it is safe). Splits are stable
+    by photo and mined images join the train split, so within a run this never happens; a catalog
+    changed between runs, or a changed split setting, could put a trained-on image under evaluation."""
+    try:
+        meta = json.loads((previous / "bundle.json").read_text())
+        parent_manifest = dataset_dir.parent / str(meta["dataset_version"]).split("/")[-1] / "manifest.csv"
+        trained = {r["candidate_id"] for r in read_manifest(parent_manifest) if r["split"] == "train"}
+    except (OSError, ValueError, KeyError) as exc:
+        return f"cannot tell which images it trained on ({type(exc).__name__}: {exc})"
+    leaked = [r for r in read_manifest(dataset_dir / "manifest.csv")
+              if r["split"] != "train" and r["candidate_id"] in trained]
+    if leaked:
+        return (f"{len(leaked)} image(s) it trained on are in this version's {sorted({r['split'] for r in leaked})} "
+                f"split(s), and a model must not be scored on what it learned from")
+    return None
+
+
 def train_version(cfg: Config, dataset_dir: str | Path, tag: str = "", variant: str | None = None,
-                  publish: bool = True) -> ModelResult:
-    """Train one model on a dataset version. `variant` picks one of VARIANTS; None = the config's."""
+                  publish: bool = True, previous: str | Path | None = None) -> ModelResult:
+    """Train one model on a dataset version. `variant` picks one of VARIANTS; None = the config's.
+    `previous`: the bundle of the mining round before, which the retrain may continue (mine.retrain)."""
     dataset_dir = Path(dataset_dir)
     version = dataset_dir.name
     overrides = VARIANTS[variant] if variant else {}
@@ -100,6 +132,9 @@ def train_version(cfg: Config, dataset_dir: str | Path, tag: str = "", variant: 
     bundle = models_root(cfg) / bundle_name(f"{cfg.build.name}-{version}{'-' + tag if tag else ''}-{name}")
     models_root(cfg).mkdir(parents=True, exist_ok=True)
     warnings = other_set_warnings(read_manifest(dataset_dir / "manifest.csv"))
+    if variant is None:
+        retrain, retrain_warnings = retrain_overrides(cfg, dataset_dir, previous)
+        overrides, warnings = {**overrides, **retrain}, warnings + retrain_warnings
     for w in warnings:
         log.warning("dataset %s: %s", version, w)
     result = train_model(dataset_dir / "manifest.csv", bundle, train_config(cfg, **overrides),

@@ -1,0 +1,58 @@
+"""How a mining round's retrain starts (variants.retrain_overrides): continue the previous round's
+network only when it never trained on an image the new version evaluates on."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from mlc_pipeline.config import Config
+from mlc_pipeline.model.variants import continue_blocker, retrain_overrides
+
+
+def _manifest(folder: Path, rows: list[tuple[str, str]]) -> None:
+    folder.mkdir(parents=True)
+    with open(folder / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "labels", "split", "candidate_id"])
+        w.writeheader()
+        for cid, split in rows:
+            w.writerow({"path": f"images/x/{cid}.jpg", "labels": "", "split": split, "candidate_id": cid})
+
+
+def _world(tmp_path: Path, v2_rows: list[tuple[str, str]]) -> tuple[Path, Path]:
+    versions = tmp_path / "datasets" / "default"
+    _manifest(versions / "v1", [("1", "train"), ("2", "train"), ("3", "valid"), ("4", "test")])
+    _manifest(versions / "v2", v2_rows)
+    bundle = tmp_path / "models" / "default-v1-r0"
+    bundle.mkdir(parents=True)
+    (bundle / "bundle.json").write_text(json.dumps({"dataset_version": "default/v1"}))
+    return versions / "v2", bundle
+
+
+def _config(**mine) -> Config:
+    return Config(data_dir="d", classes={"a": {"queries": ["a"], "count": 1}},
+                  other={"queries": ["o"], "count": 1}, mine=mine)
+
+
+def test_a_retrain_continues_when_only_training_images_were_added(tmp_path):
+    v2, bundle = _world(tmp_path, [("1", "train"), ("2", "train"), ("3", "valid"), ("4", "test"), ("5", "train")])
+    assert continue_blocker(v2, bundle) is None
+    assert retrain_overrides(_config(), v2, bundle) == ({"init_from": str(bundle), "epochs": None}, [])
+    assert retrain_overrides(_config(retrain_epochs=4), v2, bundle)[0]["epochs"] == 4
+    assert retrain_overrides(_config(retrain="scratch"), v2, bundle) == ({}, [])
+    assert retrain_overrides(_config(), v2, None) == ({}, [])      # round 0: nothing to continue
+
+
+def test_a_retrain_starts_over_when_a_trained_image_is_now_evaluated(tmp_path):
+    v2, bundle = _world(tmp_path, [("1", "train"), ("2", "test"), ("3", "valid"), ("4", "test")])
+    overrides, warnings = retrain_overrides(_config(), v2, bundle)
+    assert overrides == {} and len(warnings) == 1
+    assert "from scratch" in warnings[0] and "1 image(s) it trained on are in this version's ['test']" in warnings[0]
+
+
+def test_a_retrain_starts_over_when_the_previous_version_is_unreadable(tmp_path):
+    v2, bundle = _world(tmp_path, [("1", "train")])
+    (v2.parent / "v1" / "manifest.csv").unlink()
+    why = continue_blocker(v2, bundle)
+    assert why.startswith("cannot tell which images it trained on (FileNotFoundError")
