@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from mlc_pipeline.report.curves import curve_markdown
 from mlc_pipeline.report.tables import pct
-from mlc_pipeline.report.model import bundle_network_line
+from mlc_pipeline.report.model import ALTERNATIVES_OFF_TEXT, bundle_network_line
 
 SUMMARY_KEY = "mlc-run-summary"
 DATASET_SUMMARY_KEY = "mlc-dataset-summary"
@@ -148,6 +148,8 @@ def summary_markdown(run: dict) -> str:
             lines.append(f"| {name} | {t.get('macro_f1', 0):.3f} | {pct(t.get('unknown_accepted'))} "
                          f"| {pct(t.get('probe_accepted'))} |")
         lines.append("")
+    elif models:        # the HTML report says the same: an absent table must not look like a lost one
+        lines += ["## Alternatives on the same data (round 0)", "", ALTERNATIVES_OFF_TEXT, ""]
     if run.get("seconds"):
         lines += ["## Time per stage (s)", "", ", ".join(f"{k} {v}" for k, v in run["seconds"].items()), ""]
     return "\n".join(lines)

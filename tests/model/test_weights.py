@@ -155,6 +155,9 @@ def test_cached_imagenet_file_is_used_by_auto(torch_home, tmp_path, monkeypatch,
         {"round": 0, "dataset_version": "v1", "bundle": "bundle", "bundle_dir": str(tmp_path / "bundle"),
          "metrics": metrics}]}
     assert line in summary_markdown(run)
+    assert "No comparison heads were trained in this run" in summary_markdown(run)   # as the HTML report says
+    run["alternatives"] = {"softmax-other-class": metrics}
+    assert "No comparison heads" not in summary_markdown(run) and "| softmax-other-class |" in summary_markdown(run)
 
     # The trained body holds the file's weights (lr ~0), not a fresh initialisation.
     from mlc_pipeline.model.bundle import load_bundle
