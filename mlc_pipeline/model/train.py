@@ -141,7 +141,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             raise ValueError(f"cannot continue {parent.path.name}: its outputs are {parent.vocab}, "
                              f"this dataset's are {vocab}")
         learn.model.load_state_dict(parent.learn.model.state_dict())
-        del parent
+        del parent      # its network stays in memory otherwise, for the whole training
     elif weights.file:
         load_backbone_weights(learn, cfg.arch, weights.file)
         learn.freeze()

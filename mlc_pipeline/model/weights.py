@@ -259,14 +259,14 @@ def resolve_training(cfg):
 
 # ---------------------------------------------------------------- continuing an earlier model
 
-# What a continued training takes from the bundle it continues: the network and the images it saw.
+# What a continued training takes from the bundle it continues: the network and how it sees images.
 CONTINUED_FIELDS = ("arch", "image_size", "crop", "min_scale", "mixup")
 
 
 def resolve_continued(cfg, parent_meta: dict, parent_dir: str | Path):
     """resolve_training for `cfg.init_from`: (cfg, WeightsChoice) continuing the bundle's network.
     Its architecture, image size and augmentation are the bundle's; `epochs` (default: a third of the
-    bundle's own) counts the continuation. Nothing is downloaded: the network is the bundle's."""
+    bundle's own, or as many as it had when it was itself a continuation) counts the continuation. Nothing is downloaded: the network is the bundle's."""
     parent_cfg = parent_meta.get("config") or {}
     for key in ("head", "other_mode"):
         if parent_cfg.get(key) is not None and parent_cfg[key] != getattr(cfg, key):
@@ -277,8 +277,10 @@ def resolve_continued(cfg, parent_meta: dict, parent_dir: str | Path):
         raise ValueError(f"cannot continue {Path(parent_dir).name}: its bundle.json config lacks {missing}")
     update = {k: parent_cfg.get(k) for k in CONTINUED_FIELDS}
     update["mixup"] = update["mixup"] or 0.0
-    update["epochs"] = cfg.epochs or continue_epochs(parent_cfg.get("epochs"))
     parent_w = parent_meta.get("weights") or {"pretrained": parent_meta.get("pretrained", "none")}
+    # a continued parent's epochs were already a continuation's: round 2 continues as long as round 1
+    update["epochs"] = cfg.epochs or (parent_cfg.get("epochs") if parent_w.get("continued_from")
+                                      else continue_epochs(parent_cfg.get("epochs")))
     choice = WeightsChoice(
         pretrained=parent_w.get("pretrained", "none"), arch=update["arch"], recipe=parent_w.get("recipe", "scratch"),
         requested={"arch": cfg.arch, "pretrained": str(cfg.pretrained)}, name=parent_w.get("name"),

@@ -203,7 +203,7 @@ def test_a_training_continues_a_bundles_network(tmp_path):
     from mlc_pipeline.report.model import bundle_network_line
     manifest = _small_dataset(tmp_path)
     base = dict(batch_size=8, threads=1, pretrained="none", arch="mlcnet")
-    train_model(manifest, tmp_path / "r0", TrainConfig(image_size=32, epochs=2, **base))
+    train_model(manifest, tmp_path / "r0", TrainConfig(image_size=32, epochs=6, **base))
     result = train_model(manifest, tmp_path / "r1", TrainConfig(image_size=48, epochs=1, lr=1e-9,
                                                                 init_from=str(tmp_path / "r0"), **base))
     parent, child = load_bundle(tmp_path / "r0"), load_bundle(tmp_path / "r1")
@@ -214,9 +214,13 @@ def test_a_training_continues_a_bundles_network(tmp_path):
     assert meta["weights"]["continued_from"] == "r0" and meta["weights"]["pretrained"] == "none"
     assert meta["weights"]["sha256"] == parent.meta["export_sha256"]
     assert "continued from r0 for 1 epochs (that network started from scratch)" in bundle_network_line(tmp_path / "r1")
-    # without an explicit epochs: a third of the parent's (2 -> 1)
+    # without an explicit epochs: a third of the parent's (6 -> 2) ...
     default = train_model(manifest, tmp_path / "r1b", TrainConfig(image_size=32, init_from=str(tmp_path / "r0"), **base))
-    assert len(default.history) == 1
+    assert len(default.history) == 2
+    # ... and a continuation of a continuation is as long as that one, not a third of a third
+    grand = train_model(manifest, tmp_path / "r2", TrainConfig(init_from=str(tmp_path / "r1b"), **base))
+    assert len(grand.history) == 2
+    assert json.loads((tmp_path / "r2" / "bundle.json").read_text())["weights"]["continued_from"] == "r1b"
     with pytest.raises(ValueError, match="its head is 'sigmoid'"):
         train_model(manifest, tmp_path / "x", TrainConfig(head="softmax", init_from=str(tmp_path / "r0"), **base))
 
