@@ -79,15 +79,34 @@ def dataset_dir(cfg, version: str | None):
     return root / version
 
 
+def bundle_option(cfg, option: str, spec: str | None) -> Path | None:
+    """A bundle named on the command line (a folder, a name under the models folder, or latest),
+    checked before the lock and torch; None when the option was not given."""
+    if not spec:
+        return None
+    from mlc_pipeline.model.registry import RegistryError, resolve_bundle
+    try:
+        bundle = resolve_bundle(spec, cfg.layout.models)
+    except RegistryError as exc:
+        raise ConfigError(f"{option} {spec}: not a model bundle ({exc})") from None
+    if not (bundle / "bundle.json").is_file():
+        raise ConfigError(f"{option} {spec}: not a model bundle (no bundle.json in {bundle}); "
+                          f"bundles are under {cfg.layout.models}")
+    return bundle
+
+
 def cmd_train(args) -> int:
     cfg = load_config(args.config, parse_overrides(args.set))
+    previous = bundle_option(cfg, "--continue", args.continue_from)
+    if previous is not None:     # asked for by name: continue whatever mine.retrain says (still checked)
+        cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"retrain": "continue"})})
     with writing(cfg, args, args.version):     # before importing torch: --no-wait answers at once
         from mlc_pipeline.dataset.build import verify_version
         verify_version(dataset_dir(cfg, args.version))     # a damaged version: one line, before torch loads
         from mlc_pipeline.model.variants import train_alternatives, train_version
         from mlc_pipeline.report.model import bundle_network_line, per_class_markdown
         from mlc_pipeline.report.tables import pct
-        res = train_version(cfg, dataset_dir(cfg, args.version))
+        res = train_version(cfg, dataset_dir(cfg, args.version), previous=previous)
         test = res.metrics["test"]
         print(f"model bundle: {res.bundle_dir}\nnetwork: {bundle_network_line(res.bundle_dir)}\n" +
               per_class_markdown(test) +
@@ -102,9 +121,7 @@ def cmd_train(args) -> int:
 
 def cmd_mine(args) -> int:
     cfg = load_config(args.config, parse_overrides(args.set))
-    if args.model and not (Path(args.model) / "bundle.json").is_file():     # before the lock and torch
-        raise ConfigError(f"--model {args.model}: not a model bundle (no bundle.json there); "
-                          f"bundles are under {cfg.layout.models}")
+    chosen = bundle_option(cfg, "--model", args.model)     # before the lock and torch
     if not args.undo and cfg.mine.pool is None:    # nothing to score: leave the bundle's files alone
         raise ConfigError("mine.pool is not configured: there is no pool to mine; nothing was changed "
                           "(add mine.pool to the config, then `mlc collect` and `mlc curate`)")
@@ -116,11 +133,7 @@ def cmd_mine(args) -> int:
             print(f"round {args.round}: {changed} mined or held pool images put back into the pool "
                   f"(the next `mlc build` leaves them out)")
             return 0
-        if args.model:                # a folder, a bundle name, or latest
-            from mlc_pipeline.model.registry import resolve_bundle
-            bundle = resolve_bundle(args.model, cfg.layout.models)
-        else:
-            bundle = latest_model(cfg)
+        bundle = chosen or latest_model(cfg)
         if bundle is None:
             raise ConfigError("no model yet: run `mlc train` first (or pass --model BUNDLE)")
         res = mine_round(cfg, bundle, args.round)

@@ -89,6 +89,26 @@ def test_config_mistakes(built, args, words):
 
 def test_mine_with_a_missing_model(built):
     one_line(mlc("mine", "-c", str(built), "--model", "/nope"), 2, "--model /nope", "not a model bundle")
+    one_line(mlc("mine", "-c", str(built), "--model", "latest"), 2, "--model latest: not a model bundle",
+             "no model trained or promoted there yet")
+
+
+def test_train_continues_a_named_model_and_mine_takes_names_as_documented(tmp_path):
+    """`mlc train --continue latest` goes on from that network (mine.retrain's retrain, by hand);
+    `mlc mine --model` takes a bundle's name or `latest`, as its help says, not only a folder."""
+    cfg_path = curated_root(tmp_path, per_class=6)
+    build_dataset(load_config(cfg_path))
+    fast = ["--set", "train.epochs=1", "--set", "train.image_size=32", "--set", "train.pretrained=none"]
+    first = mlc("train", "-c", str(cfg_path), *fast, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    models = load_config(cfg_path).layout.models
+    name = (models / "LATEST").read_text().strip()
+    again = mlc("train", "-c", str(cfg_path), "--continue", "latest", *fast, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"continued from {name} for 1 epochs" in again.stdout
+    one_line(mlc("train", "-c", str(cfg_path), "--continue", "nope"), 2, "--continue nope: not a model bundle")
+    for spec in (name, "latest"):     # resolved, then stopped by the missing pool: nothing was changed
+        one_line(mlc("mine", "-c", str(cfg_path), "--model", spec), 2, "mine.pool is not configured")
 
 
 def test_mine_without_a_pool_leaves_the_bundle_alone(built, tmp_path):
