@@ -181,7 +181,8 @@ def main() -> int:
     product_seconds = time.monotonic() - start
     models = cfg.data_dir / "models"
     metrics = {r.bundle: json.loads((models / r.bundle / "metrics.json").read_text())["test"] for r in result.rounds}
-    first, last = result.rounds[0], result.rounds[-1]
+    from mlc_pipeline.report.model import shipped_round
+    first, last = result.rounds[0], shipped_round(result)     # last: the model the run ships (models/LATEST)
     manifest = cfg.data_dir / "datasets" / cfg.build.name / first.dataset_version / "manifest.csv"
 
     seeds = {} if args.skip_seeds else {f"seeds' recipe, {h} + other class": seeds_recipe(manifest, h, args.seed)
@@ -198,7 +199,8 @@ def main() -> int:
         print(f"| {name} | {m['macro_f1']:.3f} | {pct(m['unknown_accepted'])} | {pct(m['probe_accepted'])} "
               f"| {m.get('train_seconds', '')} |")
     product = metrics[last.bundle]
-    print(f"\nproduct = round {last.round} ({last.bundle})")
+    print(f"\nproduct = round {last.round} ({last.bundle}), the model the run ships"
+          + (f"; {result.not_shipped}" if result.not_shipped else ""))
     verdicts = []
     for name, m in seeds.items():
         f1_ratio = f"x{product['macro_f1'] / m['macro_f1']:.2f}" if m["macro_f1"] else "n/a (baseline 0)"

@@ -124,18 +124,22 @@ def summary_markdown(run: dict) -> str:
     models = run.get("models") or []
     if models:
         lines += ["## Model: before and after mining (test split)", ""]
-        if models[-1].get("bundle_dir"):
-            lines += [f"Network: {md_escape(bundle_network_line(models[-1]['bundle_dir']))}", ""]
+        # the shipped model (models/LATEST): the last round's, unless that one accepted more unknowns
+        shipped = next((m for m in models if m["bundle"] == run.get("shipped")), models[-1])
+        if shipped.get("bundle_dir"):
+            lines += [f"Network: {md_escape(bundle_network_line(shipped['bundle_dir']))}", ""]
         lines += rounds_markdown(models, run.get("mined") or []) + [""]
+        if run.get("not_shipped"):
+            lines += [f"**Not shipped:** {md_escape(run['not_shipped'])}.", ""]
         if run.get("stopped_early"):
             lines += ["Mining stopped early (nothing left to mine, or no further improvement).", ""]
-        warnings = models[-1]["metrics"].get("warnings") or []
+        warnings = shipped["metrics"].get("warnings") or []
         if warnings:
             lines += ["**Training data warnings** (latest model):", ""] + [f"- {md_escape(w)}" for w in warnings] + [""]
         lines += [f"Per-class metrics: table `{PER_CLASS_KEY}`; mined negatives: table `{MINED_KEY}`.", ""]
-        curve = models[-1]["metrics"].get("test", {}).get("curve")
+        curve = shipped["metrics"].get("test", {}).get("curve")
         if curve:
-            lines += [f"## Operating curve of {models[-1]['bundle']} (test split)", "",
+            lines += [f"## Operating curve of {shipped['bundle']} (test split)", "",
                       "Each row is one value of `train.max_unknown_accepted`; the chosen row is marked. "
                       "The plot is in the bundle (`curve.png`) and the HTML report.", "",
                       curve_markdown(curve)]

@@ -209,6 +209,8 @@ def cmd_run(args) -> int:
     with writing(cfg, args):
         res = run_pipeline(cfg, progress=not args.no_progress)
     print(rounds_markdown(res))
+    if res.not_shipped:
+        print(f"not shipped: {res.not_shipped}")
     from mlc_pipeline.model.variants import models_root
     from mlc_pipeline.report.model import data_warnings
     print("\n".join(data_warnings(res, models_root(cfg))) or "every set has its count of usable images")

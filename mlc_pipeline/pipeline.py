@@ -25,7 +25,9 @@ from mlc_pipeline.fsutil import write_text_atomic
 from mlc_pipeline.locking import data_root_lock
 from mlc_pipeline.model.mine import mine_round
 from mlc_pipeline.sync import publish, pull
-from mlc_pipeline.model.variants import check_train_settings, models_root, train_alternatives, train_version
+from mlc_pipeline.model.variants import (
+    check_train_settings, models_root, publish_latest, train_alternatives, train_version,
+)
 from mlc_pipeline.report.inspect import write_html_report
 from mlc_pipeline.report.model import model_section
 
@@ -51,6 +53,8 @@ class PipelineResult:
     seconds: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
     shortfall: list[str] = field(default_factory=list)   # one line per set short of usable images
+    shipped: str = ""               # the bundle models/LATEST names after the run
+    not_shipped: str = ""           # why the last round's model is not the one shipped ("" when it is)
 
 
 def plain(value: Any) -> Any:
@@ -79,6 +83,11 @@ def unknown_rate(test_other: float | None, probe: float | None) -> float | None:
     alone when the other is not measured)."""
     rates = [r for r in (test_other, probe) if r is not None]
     return sum(rates) / len(rates) if rates else None
+
+
+def worse(before: float | None, after: float | None) -> bool:
+    """Whether a retrained model accepts more unknowns than the one before it (by `unknown_rate`)."""
+    return before is not None and after is not None and after > before
 
 
 def mining_stop(cfg: Config, round_no: int, added: int, before: float | None = None,
@@ -179,11 +188,21 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
             model = stages.train(cfg, ds["path"], r, previous=model["bundle_dir"])   # mine.retrain
         publish(cfg)                    # the mined labels (catalog), the new version and model
         out.rounds.append(record(r, model["dataset_version"], model["bundle"], model["metrics"], mined["added"]))
-        if why := mining_stop(cfg, r, mined["added"], *(unknown_rate(x.unknown_accepted, x.probe_accepted)
-                                                     for x in out.rounds[-2:])):
+        before, after = (unknown_rate(x.unknown_accepted, x.probe_accepted) for x in out.rounds[-2:])
+        if worse(before, after):
+            # The loop exists to lower unknowns accepted: a round that raised them is not shipped. Its
+            # negatives stay in the catalog and the new version; the next run's model learns from them.
+            kept = out.rounds[-2]
+            publish_latest(cfg, kept.bundle)
+            out.shipped = kept.bundle
+            out.not_shipped = (f"round {r} accepted more unknowns than round {kept.round} ({before:.3f} -> "
+                               f"{after:.3f}, mean of test other and probe): models/LATEST stays {kept.bundle}")
+            log.warning("%s", out.not_shipped)
+        if why := mining_stop(cfg, r, mined["added"], before, after):
             log.info("%s; stopping", why)
             out.stopped_early = r < cfg.mine.rounds
             break
+    out.shipped = out.shipped or out.rounds[-1].bundle
     with stages.stage("report"):
         out.report = stages.report(cfg, out)
     write_text_atomic(cfg.layout.reports / "latest.json", json.dumps(asdict(out), indent=2, default=str))

@@ -11,6 +11,7 @@ from helpers import ENV, MLC
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import load_config
 from mlc_pipeline.manifest import read_manifest
+from mlc_pipeline.pipeline import Stages
 
 
 def test_mlc_run_collects_trains_mines_retrains_and_reports(tiny_project):
@@ -76,3 +77,73 @@ def test_mlc_run_trains_the_comparison_heads_only_when_asked(tiny_project):
     html = (data / "reports" / "latest.html").read_text()
     assert "softmax-other-class" in html and "sigmoid-other-class" in html and "id='alternatives-off'" not in html
     assert load_config(tiny_project).train.compare_baselines is False   # what the file does not set
+
+
+class ScriptedStages(Stages):
+    """The loop's stages with scripted results (the real ones are run above, end to end): here only
+    what the loop decides from them is under test. Training publishes LATEST as train_version does."""
+
+    def __init__(self, unknowns: list[tuple[float, float]]):
+        super().__init__(progress=False)
+        self.unknowns = unknowns
+
+    def collect(self, cfg):
+        return {}
+
+    def build(self, cfg):
+        return {"path": "unused"}
+
+    def train(self, cfg, dataset_dir, round_no, previous=None):
+        from mlc_pipeline.model.variants import publish_latest
+        other, probe = self.unknowns[round_no]
+        name = f"bundle-r{round_no}"
+        publish_latest(cfg, name)
+        return {"round": round_no, "bundle": name, "bundle_dir": str(cfg.layout.models / name),
+                "dataset_version": f"v{round_no + 1}",
+                "metrics": {"test": {"macro_f1": 0.9, "unknown_accepted": other, "probe_accepted": probe}}}
+
+    def mine(self, cfg, bundle_dir, round_no):
+        return {"added": 5}
+
+    def report(self, cfg, result):
+        return ""
+
+
+def _loop_config(tmp_path, rounds: int):
+    from mlc_pipeline.config import Config
+    cfg = Config(data_dir=tmp_path / "data", classes={"a": {"queries": ["a"], "count": 1}},
+                 other={"queries": ["o"], "count": 1}, mine={"rounds": rounds, "pool": {"queries": ["p"], "count": 1}})
+    cfg.layout.models.mkdir(parents=True)
+    cfg.layout.reports.mkdir(parents=True)      # the real report stage makes it
+    return cfg
+
+
+def test_a_mining_round_that_accepts_more_unknowns_is_not_shipped(tmp_path):
+    """The loop exists to lower unknowns accepted: when a retrain raises them (mean of test other and
+    probe), models/LATEST goes back to the round before, the run says why, and the loop stops."""
+    from mlc_pipeline.pipeline import run_stages
+    from mlc_pipeline.report.model import rounds_markdown, shipped_round
+    cfg = _loop_config(tmp_path, rounds=3)
+    out = run_stages(cfg, ScriptedStages([(0.00, 0.04), (0.10, 0.09), (0.0, 0.0)]))
+    assert [r.round for r in out.rounds] == [0, 1] and out.stopped_early
+    assert (cfg.layout.models / "LATEST").read_text().strip() == "bundle-r0" == out.shipped
+    assert shipped_round(out).round == 0
+    assert "round 1 accepted more unknowns than round 0 (0.020 -> 0.095" in out.not_shipped
+    assert "| 0 (shipped) | v1 |" in rounds_markdown(out) and "| 1 | v2 |" in rounds_markdown(out)
+    saved = json.loads((cfg.layout.reports / "latest.json").read_text())
+    assert saved["shipped"] == "bundle-r0" and saved["not_shipped"] == out.not_shipped
+    from flows.artifacts import summary_markdown
+    models = [{"round": r.round, "dataset_version": r.dataset_version, "bundle": r.bundle,
+               "metrics": {"test": {"macro_f1": r.macro_f1}}} for r in out.rounds]
+    text = summary_markdown({"status": "completed", "config_path": "c.yaml", "models": models,
+                             "shipped": out.shipped, "not_shipped": out.not_shipped})
+    assert f"**Not shipped:** {out.not_shipped}" in text
+
+
+def test_a_mining_round_that_lowers_unknowns_is_shipped_and_the_loop_goes_on(tmp_path):
+    from mlc_pipeline.pipeline import run_stages
+    cfg = _loop_config(tmp_path, rounds=2)
+    out = run_stages(cfg, ScriptedStages([(0.10, 0.30), (0.05, 0.20), (0.05, 0.10)]))
+    assert [r.round for r in out.rounds] == [0, 1, 2] and not out.stopped_early
+    assert (cfg.layout.models / "LATEST").read_text().strip() == "bundle-r2" == out.shipped
+    assert out.not_shipped == ""

@@ -65,6 +65,11 @@ def bundle_name(prefix: str) -> str:
     return f"{prefix}-{stamp}-{uuid.uuid4().hex[:6]}"
 
 
+def publish_latest(cfg: Config, bundle_name: str) -> None:
+    """Point models/LATEST at a bundle (atomic: readers see the old or the new name)."""
+    write_text_atomic(models_root(cfg) / "LATEST", bundle_name + "\n")
+
+
 def latest_model(cfg: Config) -> Path | None:
     return latest_bundle(models_root(cfg))
 
@@ -141,7 +146,7 @@ def train_version(cfg: Config, dataset_dir: str | Path, tag: str = "", variant: 
                          dataset_version=f"{cfg.build.name}/{version}", classes=list(cfg.classes),
                          warnings=warnings)
     if publish:
-        write_text_atomic(models_root(cfg) / "LATEST", bundle.name + "\n")
+        publish_latest(cfg, bundle.name)
     return ModelResult(bundle, version, name, result.metrics, result.train_seconds)
 
 

@@ -37,10 +37,12 @@ def latest_result(cfg: Config) -> SimpleNamespace | None:
         except (ValueError, TypeError) as exc:
             log.warning("%s unreadable (%s): the report shows the latest model alone", run, exc)
             rounds = []
-        if rounds and rounds[-1].bundle == bundle.name and all(
+        shipped = saved.get("shipped") or (rounds[-1].bundle if rounds else "")
+        if rounds and shipped == bundle.name and all(
                 (cfg.layout.models / r.bundle / "metrics.json").is_file() for r in rounds):
             return SimpleNamespace(rounds=rounds, alternatives=saved.get("alternatives", {}),
-                                   shortfall=saved.get("shortfall", []))
+                                   shortfall=saved.get("shortfall", []), shipped=shipped,
+                                   not_shipped=saved.get("not_shipped", ""))
     if not (bundle / "metrics.json").is_file():
         return None
     test = json.loads((bundle / "metrics.json").read_text())["test"]

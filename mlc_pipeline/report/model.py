@@ -16,11 +16,21 @@ from mlc_pipeline.model.plots import plot_curves
 from mlc_pipeline.report.tables import compare_table, pct
 
 
+def shipped_round(result):
+    """The round whose model a run ships (models/LATEST): the last one, unless it accepted more
+    unknowns than the round before (pipeline.run_stages; then that one). Takes a PipelineResult or
+    the namespace report/latest.py reads back from reports/latest.json."""
+    shipped = getattr(result, "shipped", "")
+    return next((r for r in result.rounds if r.bundle == shipped), result.rounds[-1])
+
+
 def rounds_markdown(result) -> str:
     lines = ["| round | dataset | macro F1 | unknown accepted (test other) | unknown accepted (probe) | negatives added |",
              "|---|---|---|---|---|---|"]
+    shipped = shipped_round(result).bundle if result.rounds else ""
     for r in result.rounds:
-        lines.append(f"| {r.round} | {r.dataset_version} | {r.macro_f1:.3f} | {pct(r.unknown_accepted)} "
+        mark = " (shipped)" if r.bundle == shipped and len(result.rounds) > 1 else ""
+        lines.append(f"| {r.round}{mark} | {r.dataset_version} | {r.macro_f1:.3f} | {pct(r.unknown_accepted)} "
                      f"| {pct(r.probe_accepted)} | {r.negatives_added} |")
     return "\n".join(lines) + "\n"
 
@@ -47,7 +57,7 @@ def data_warnings(result, models_dir: Path) -> list[str]:
     """The run's short sets, then the warnings the last model recorded about its training data."""
     lines = [f"short set after collection: {line}" for line in getattr(result, "shortfall", None) or []]
     if result.rounds:
-        metrics = models_dir / result.rounds[-1].bundle / "metrics.json"
+        metrics = models_dir / shipped_round(result).bundle / "metrics.json"
         lines += [f"training: {w}" for w in json.loads(metrics.read_text()).get("warnings", [])]
     return lines
 
@@ -66,9 +76,11 @@ def model_section(result, models_dir: Path) -> str:
         return ""
     metrics = {r.bundle: json.loads((models_dir / r.bundle / "metrics.json").read_text())["test"]
                for r in result.rounds}
-    last = result.rounds[-1]
+    last = shipped_round(result)
     bundle = models_dir / last.bundle
     parts = ["<h2 id='model'>Model</h2>", f"<p>Network: {html.escape(bundle_network_line(bundle))}</p>"]
+    if getattr(result, "not_shipped", ""):
+        parts.append(f"<p id='not-shipped'><b>Not shipped:</b> {html.escape(result.not_shipped)}.</p>")
     warnings = data_warnings(result, models_dir)
     if warnings:
         parts += ["<h3 id='data-warnings'>Data warnings</h3><ul>"]
@@ -100,7 +112,7 @@ def model_section(result, models_dir: Path) -> str:
     parts.append(analysis_section(bundle))
     # round r was mined by the model of round r-1, which wrote mined.csv and review.csv in its bundle
     parts.append(mining_section([(r.round, models_dir / prev.bundle) for prev, r in zip(result.rounds, result.rounds[1:])]
-                                + [(last.round + 1, bundle)]))
+                                + [(result.rounds[-1].round + 1, models_dir / result.rounds[-1].bundle)]))
     return "\n".join(parts)
 
 
