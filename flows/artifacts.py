@@ -152,7 +152,8 @@ def summary_markdown(run: dict) -> str:
             lines.append(f"| {name} | {t.get('macro_f1', 0):.3f} | {pct(t.get('unknown_accepted'))} "
                          f"| {pct(t.get('probe_accepted'))} |")
         lines.append("")
-    elif models:        # the HTML report says the same: an absent table must not look like a lost one
+    elif models and run.get("status") == "Completed":    # as the HTML report says: an absent table must
+                                                         # not look like a lost one (a failed stage is not "off")
         lines += ["## Alternatives on the same data (round 0)", "", ALTERNATIVES_OFF_TEXT, ""]
     if run.get("seconds"):
         lines += ["## Time per stage (s)", "", ", ".join(f"{k} {v}" for k, v in run["seconds"].items()), ""]

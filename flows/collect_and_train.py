@@ -91,12 +91,14 @@ def build_stage(cfg: Config) -> dict:
 
 
 @task(name="train", **STAGE)
-def train_stage(cfg: Config, dataset_dir: str, round_no: int, previous: str | None = None) -> dict:
-    """Train the product model on a dataset version; models/LATEST moves only once the bundle is whole.
-    `previous`: the bundle a mining round's retrain may continue (mine.retrain)."""
+def train_stage(cfg: Config, dataset_dir: str, round_no: int, previous: str | None = None,
+                publish: bool = True) -> dict:
+    """Train the product model on a dataset version; models/LATEST moves only once the bundle is whole
+    (`publish`; a mining round's retrain leaves it to the loop). `previous`: the bundle a mining round's
+    retrain may continue (mine.retrain)."""
     from mlc_pipeline.model.variants import train_version
 
-    m = train_version(cfg, dataset_dir, tag=f"r{round_no}", previous=previous)
+    m = train_version(cfg, dataset_dir, tag=f"r{round_no}", previous=previous, publish=publish)
     test = m.metrics.get("test", {})
     get_run_logger().info("train (round %d): %s on %s in %.0f s; test macro F1 %.3f, unknown accepted %s, "
                           "probe accepted %s", round_no, m.bundle_dir.name, m.dataset_version, m.train_seconds,
@@ -226,8 +228,9 @@ class TaskStages(Stages):
         self.run.data["builds"].append(out)
         return out
 
-    def train(self, cfg: Config, dataset_dir: str, round_no: int, previous: str | None = None) -> dict:
-        out = train_stage.submit(cfg, dataset_dir, round_no, previous).result()
+    def train(self, cfg: Config, dataset_dir: str, round_no: int, previous: str | None = None,
+              publish: bool = True) -> dict:
+        out = train_stage.submit(cfg, dataset_dir, round_no, previous, publish).result()
         self.run.data["models"].append(out)
         return out
 
@@ -243,6 +246,8 @@ class TaskStages(Stages):
         return out
 
     def report(self, cfg: Config, result: PipelineResult) -> str:
+        # known now: the artifacts of a run that fails in the report stage still name the shipped model
+        self.run.data.update(shipped=result.shipped, not_shipped=result.not_shipped)
         self.run.data["report"] = report_stage.submit(cfg, plain(result)).result()
         return self.run.data["report"]
 

@@ -73,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="dataset version (default: latest)")
     p.add_argument("--alternatives", action="store_true", help="also train the comparison heads")
     p.add_argument("--continue", dest="continue_from", metavar="BUNDLE",
-                   help="continue this model's network (folder, name or latest) for mine.retrain_epochs, "
-                        "as a mining round's retrain does")
+                   help="continue this model's network (folder, name or latest) for mine.retrain_epochs "
+                        "(not train.epochs), as a mining round's retrain does")
     p.set_defaults(func=commands.cmd_train)
 
     p = sub.add_parser("mine", help="move pool images the model wrongly accepts into the negatives")

@@ -18,14 +18,14 @@ log = logging.getLogger("mlc")
 
 
 @contextlib.contextmanager
-def writing(cfg, args, version: str | None = None):
+def writing(cfg, args, version: str | None = None, sync_as: str | None = None):
     """The data root's write lock for this command: wait for another writer, or fail with --no-wait.
     On an object-store data root, what the command reads is fetched into the cache first and what it
-    wrote is published after it (sync.py)."""
+    wrote is published after it (sync.py; `sync_as`: another entry of sync.PULLS than the command's)."""
     from mlc_pipeline.locking import data_root_lock
     from mlc_pipeline.sync import synced
     with data_root_lock(cfg.data_dir, f"mlc {args.command}", wait=not args.no_wait), \
-            synced(cfg, args.command, version):
+            synced(cfg, sync_as or args.command, version):
         yield
 
 
@@ -79,9 +79,17 @@ def dataset_dir(cfg, version: str | None):
     return root / version
 
 
+def check_bundle_path(cfg, option: str, spec: str | None) -> None:
+    """Before the lock and torch: a bundle given as a path must be a bundle folder. Names and `latest`
+    are resolved by bundle_option once the lock is held and an object-store root is pulled."""
+    if spec and spec != "latest" and ("/" in spec or Path(spec).is_dir()) and not (Path(spec) / "bundle.json").is_file():
+        raise ConfigError(f"{option} {spec}: not a model bundle (no bundle.json there); "
+                          f"bundles are under {cfg.layout.models}")
+
+
 def bundle_option(cfg, option: str, spec: str | None) -> Path | None:
-    """A bundle named on the command line (a folder, a name under the models folder, or latest),
-    checked before the lock and torch; None when the option was not given."""
+    """A bundle named on the command line (a folder, a name under the models folder, or latest);
+    None when the option was not given."""
     if not spec:
         return None
     from mlc_pipeline.model.registry import RegistryError, resolve_bundle
@@ -97,10 +105,12 @@ def bundle_option(cfg, option: str, spec: str | None) -> Path | None:
 
 def cmd_train(args) -> int:
     cfg = load_config(args.config, parse_overrides(args.set))
-    previous = bundle_option(cfg, "--continue", args.continue_from)
-    if previous is not None:     # asked for by name: continue whatever mine.retrain says (still checked)
+    check_bundle_path(cfg, "--continue", args.continue_from)
+    if args.continue_from:       # asked for by name: continue whatever mine.retrain says (still checked)
         cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"retrain": "continue"})})
-    with writing(cfg, args, args.version):     # before importing torch: --no-wait answers at once
+    # --continue on an object-store root also needs the latest model and every version (its ancestry)
+    with writing(cfg, args, args.version, sync_as="train-continue" if args.continue_from else None):
+        previous = bundle_option(cfg, "--continue", args.continue_from)
         from mlc_pipeline.dataset.build import verify_version
         verify_version(dataset_dir(cfg, args.version))     # a damaged version: one line, before torch loads
         from mlc_pipeline.model.variants import train_alternatives, train_version
@@ -121,11 +131,12 @@ def cmd_train(args) -> int:
 
 def cmd_mine(args) -> int:
     cfg = load_config(args.config, parse_overrides(args.set))
-    chosen = bundle_option(cfg, "--model", args.model)     # before the lock and torch
+    check_bundle_path(cfg, "--model", args.model)     # before the lock and torch
     if not args.undo and cfg.mine.pool is None:    # nothing to score: leave the bundle's files alone
         raise ConfigError("mine.pool is not configured: there is no pool to mine; nothing was changed "
                           "(add mine.pool to the config, then `mlc collect` and `mlc curate`)")
     with writing(cfg, args):          # before importing torch: --no-wait answers at once
+        chosen = None if args.undo else bundle_option(cfg, "--model", args.model)   # pulled; before torch
         from mlc_pipeline.model.mine import mine_round, undo_round
         from mlc_pipeline.model.variants import latest_model
         if args.undo:

@@ -139,8 +139,9 @@ class Stages:
     def build(self, cfg: Config) -> dict:
         return plain(build_dataset(cfg))
 
-    def train(self, cfg: Config, dataset_dir: str, round_no: int, previous: str | None = None) -> dict:
-        model = train_version(cfg, dataset_dir, tag=f"r{round_no}", previous=previous)
+    def train(self, cfg: Config, dataset_dir: str, round_no: int, previous: str | None = None,
+              publish: bool = True) -> dict:
+        model = train_version(cfg, dataset_dir, tag=f"r{round_no}", previous=previous, publish=publish)
         return {"round": round_no, "bundle": model.bundle_dir.name, **plain(model)}
 
     def alternatives(self, cfg: Config, dataset_dir: str) -> dict[str, dict]:
@@ -184,20 +185,22 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
             break
         with stages.stage("build"):
             ds = stages.build(cfg)      # mined images were curated already
-        with stages.stage("train"):
-            model = stages.train(cfg, ds["path"], r, previous=model["bundle_dir"])   # mine.retrain
-        publish(cfg)                    # the mined labels (catalog), the new version and model
+        with stages.stage("train"):      # continues round r-1's network (mine.retrain); LATEST: below
+            model = stages.train(cfg, ds["path"], r, previous=model["bundle_dir"], publish=False)
         out.rounds.append(record(r, model["dataset_version"], model["bundle"], model["metrics"], mined["added"]))
         before, after = (unknown_rate(x.unknown_accepted, x.probe_accepted) for x in out.rounds[-2:])
         if worse(before, after):
             # The loop exists to lower unknowns accepted: a round that raised them is not shipped. Its
             # negatives stay in the catalog and the new version; the next run's model learns from them.
             kept = out.rounds[-2]
-            publish_latest(cfg, kept.bundle)
             out.shipped = kept.bundle
-            out.not_shipped = (f"round {r} accepted more unknowns than round {kept.round} ({before:.3f} -> "
-                               f"{after:.3f}, mean of test other and probe): models/LATEST stays {kept.bundle}")
+            out.not_shipped = (f"round {r}'s model {model['bundle']} accepted more unknowns than round "
+                               f"{kept.round}'s ({before:.3f} -> {after:.3f}, mean of test other and probe): "
+                               f"models/LATEST stays {kept.bundle}")
             log.warning("%s", out.not_shipped)
+        else:
+            publish_latest(cfg, model["bundle"])
+        publish(cfg)                    # the mined labels (catalog), the new version and model, LATEST
         if why := mining_stop(cfg, r, mined["added"], before, after):
             log.info("%s; stopping", why)
             out.stopped_early = r < cfg.mine.rounds

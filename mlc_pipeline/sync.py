@@ -45,6 +45,7 @@ VERSION_RE = re.compile(r"^v\d+$")
 # curate checks new images against the test images of every published version: it needs them all.
 PULLS = {"collect": ("catalog", "files"), "curate": ("catalog", "files", "versions"),
          "build": ("catalog", "files", "version"), "train": ("catalog", "version"),
+         "train-continue": ("catalog", "versions", "model"),     # the model continued and its versions
          "mine": ("catalog", "files", "model"), "remove": ("catalog",), "inspect": ("catalog", "version"),
          "run": ("catalog", "files", "versions", "model")}
 

@@ -89,8 +89,8 @@ def test_config_mistakes(built, args, words):
 
 def test_mine_with_a_missing_model(built):
     one_line(mlc("mine", "-c", str(built), "--model", "/nope"), 2, "--model /nope", "not a model bundle")
-    one_line(mlc("mine", "-c", str(built), "--model", "latest"), 2, "--model latest: not a model bundle",
-             "no model trained or promoted there yet")
+    one_line(mlc("mine", "-c", str(built), "--model", "latest", "--set", "mine.pool={queries: [x], count: 1}"), 2,
+             "--model latest: not a model bundle", "no model trained or promoted there yet")
 
 
 def test_train_continues_a_named_model_and_mine_takes_names_as_documented(tmp_path):
@@ -107,8 +107,14 @@ def test_train_continues_a_named_model_and_mine_takes_names_as_documented(tmp_pa
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"continued from {name} for 1 epochs" in again.stdout
     one_line(mlc("train", "-c", str(cfg_path), "--continue", "nope"), 2, "--continue nope: not a model bundle")
-    for spec in (name, "latest"):     # resolved, then stopped by the missing pool: nothing was changed
-        one_line(mlc("mine", "-c", str(cfg_path), "--model", spec), 2, "mine.pool is not configured")
+    one_line(mlc("train", "-c", str(cfg_path), "--continue", "/nope"), 2, "--continue /nope: not a model bundle")
+    pool = ["--set", "mine.pool={queries: [nothing collected], count: 1}"]
+    newest = (models / "LATEST").read_text().strip()        # the continued model
+    assert newest != name
+    for spec, bundle in ((name, name), ("latest", newest)):
+        res = mlc("mine", "-c", str(cfg_path), "--model", spec, *pool, timeout=300)
+        assert res.returncode == 0 and f"{models / bundle}/mined.csv" in res.stdout, res.stderr[-2000:]
+    one_line(mlc("mine", "-c", str(cfg_path), "--model", "nope", *pool), 2, "--model nope: not a model bundle")
 
 
 def test_mine_without_a_pool_leaves_the_bundle_alone(built, tmp_path):

@@ -103,11 +103,15 @@ def test_an_empty_cache_sees_the_same_latest_and_builds_and_trains_from_it(publi
     assert latest_version(cfg.layout.datasets) == "v1"
     # `mlc run` from there: trains on v1, mines, publishes v2 and the retrained model (the stage loop's hooks)
     mlc("run", "--no-progress", config=fresh)
-    rounds = json.loads((cfg.layout.reports / "latest.json").read_text())["rounds"]
+    summary = json.loads((cfg.layout.reports / "latest.json").read_text())
+    rounds = summary["rounds"]
     assert [r["dataset_version"] for r in rounds] == ["v1", "v2"]
     s = store(cfg)
     assert sync.remote_versions(s, cfg) == ["v1", "v2"]
-    assert s.read_text("models/LATEST").strip() == rounds[-1]["bundle"]
+    # the shipped model: round 1's, unless it accepted more unknowns (then round 0's, in the store too)
+    assert summary["shipped"] in {r["bundle"] for r in rounds}
+    assert s.read_text("models/LATEST").strip() == summary["shipped"] == (cfg.layout.models / "LATEST").read_text().strip()
+    assert f"models/{rounds[1]['bundle']}/{sync.MARKER}" in s.listing("models")     # published all the same
     assert {"reports/latest.html", "reports/latest.json"} <= set(s.listing("reports"))
     assert f"models/{rounds[0]['bundle']}/mined.csv" in s.listing("models")     # written after its marker
 

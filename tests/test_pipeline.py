@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 from helpers import ENV, MLC
 
@@ -28,14 +29,19 @@ def test_mlc_run_collects_trains_mines_retrains_and_reports(tiny_project):
     assert [r["dataset_version"] for r in rounds] == ["v1", "v2"]
     assert rounds[1]["negatives_added"] > 0
     assert set(summary["seconds"]) >= {"collect", "curate", "build", "train", "mine", "report"}
-    assert (data / "models" / "LATEST").read_text().strip() == rounds[1]["bundle"]
+    # the shipped model: round 1's unless it accepted more unknowns than round 0 (tested below)
+    shipped = rounds[0]["bundle"] if summary["not_shipped"] else rounds[1]["bundle"]
+    assert (data / "models" / "LATEST").read_text().strip() == summary["shipped"] == shipped
     # mine.retrain: continue (the default): round 1 went on from round 0's network, and says so
     r1 = json.loads((data / "models" / rounds[1]["bundle"] / "bundle.json").read_text())
     assert r1["weights"]["continued_from"] == rounds[0]["bundle"] and not r1["warnings"]
     assert summary["report"] == str(data / "reports" / "latest.html")
     html = (data / "reports" / "latest.html").read_text()
     assert "Mining rounds" in html and rounds[1]["bundle"] in html
-    assert f"continued from {rounds[0]['bundle']}" in html
+    if summary["not_shipped"]:        # the report names the shipped model, and says why not round 1's
+        assert "id='not-shipped'" in html and "round 1&#x27;s model" in html
+    else:                             # the shipped model's Network line
+        assert f"continued from {rounds[0]['bundle']}" in html and "id='not-shipped'" not in html
     assert "id='alternatives-off'" in html and "train.compare_baselines=true" in html   # off by default: says how
     # the error analysis of the last model, and what round 1 mined (thumbnails, mined.csv, review.csv)
     assert "id='confusion'" in html and "id='top-losses'" in html and "id='thresholds'" in html
@@ -85,7 +91,7 @@ class ScriptedStages(Stages):
 
     def __init__(self, unknowns: list[tuple[float, float]]):
         super().__init__(progress=False)
-        self.unknowns = unknowns
+        self.unknowns, self.calls = unknowns, []
 
     def collect(self, cfg):
         return {}
@@ -93,11 +99,13 @@ class ScriptedStages(Stages):
     def build(self, cfg):
         return {"path": "unused"}
 
-    def train(self, cfg, dataset_dir, round_no, previous=None):
+    def train(self, cfg, dataset_dir, round_no, previous=None, publish=True):
         from mlc_pipeline.model.variants import publish_latest
         other, probe = self.unknowns[round_no]
         name = f"bundle-r{round_no}"
-        publish_latest(cfg, name)
+        self.calls.append((round_no, previous and Path(previous).name, publish))
+        if publish:
+            publish_latest(cfg, name)
         return {"round": round_no, "bundle": name, "bundle_dir": str(cfg.layout.models / name),
                 "dataset_version": f"v{round_no + 1}",
                 "metrics": {"test": {"macro_f1": 0.9, "unknown_accepted": other, "probe_accepted": probe}}}
@@ -124,11 +132,14 @@ def test_a_mining_round_that_accepts_more_unknowns_is_not_shipped(tmp_path):
     from mlc_pipeline.pipeline import run_stages
     from mlc_pipeline.report.model import rounds_markdown, shipped_round
     cfg = _loop_config(tmp_path, rounds=3)
-    out = run_stages(cfg, ScriptedStages([(0.00, 0.04), (0.10, 0.09), (0.0, 0.0)]))
+    stages = ScriptedStages([(0.00, 0.04), (0.10, 0.09), (0.0, 0.0)])
+    out = run_stages(cfg, stages)
     assert [r.round for r in out.rounds] == [0, 1] and out.stopped_early
+    # round 1 continued round 0's bundle and left LATEST to the loop, which never pointed it at round 1
+    assert stages.calls == [(0, None, True), (1, "bundle-r0", False)]
     assert (cfg.layout.models / "LATEST").read_text().strip() == "bundle-r0" == out.shipped
     assert shipped_round(out).round == 0
-    assert "round 1 accepted more unknowns than round 0 (0.020 -> 0.095" in out.not_shipped
+    assert "round 1's model bundle-r1 accepted more unknowns than round 0's (0.020 -> 0.095" in out.not_shipped
     assert "| 0 (shipped) | v1 |" in rounds_markdown(out) and "| 1 | v2 |" in rounds_markdown(out)
     saved = json.loads((cfg.layout.reports / "latest.json").read_text())
     assert saved["shipped"] == "bundle-r0" and saved["not_shipped"] == out.not_shipped
@@ -143,7 +154,9 @@ def test_a_mining_round_that_accepts_more_unknowns_is_not_shipped(tmp_path):
 def test_a_mining_round_that_lowers_unknowns_is_shipped_and_the_loop_goes_on(tmp_path):
     from mlc_pipeline.pipeline import run_stages
     cfg = _loop_config(tmp_path, rounds=2)
-    out = run_stages(cfg, ScriptedStages([(0.10, 0.30), (0.05, 0.20), (0.05, 0.10)]))
+    stages = ScriptedStages([(0.10, 0.30), (0.05, 0.20), (0.05, 0.10)])
+    out = run_stages(cfg, stages)
     assert [r.round for r in out.rounds] == [0, 1, 2] and not out.stopped_early
+    assert stages.calls == [(0, None, True), (1, "bundle-r0", False), (2, "bundle-r1", False)]
     assert (cfg.layout.models / "LATEST").read_text().strip() == "bundle-r2" == out.shipped
     assert out.not_shipped == ""

@@ -108,19 +108,31 @@ def retrain_overrides(cfg: Config, dataset_dir: Path, previous: str | Path | Non
 
 
 def continue_blocker(dataset_dir: Path, previous: Path) -> str | None:
-    """Why continuing `previous` on this version would be unsafe (None: it is safe). Splits are stable
-    by photo and mined images join the train split, so within a run this never happens; a catalog
-    changed between runs, or a changed split setting, could put a trained-on image under evaluation."""
-    try:
-        meta = json.loads((previous / "bundle.json").read_text())
-        parent_manifest = dataset_dir.parent / str(meta["dataset_version"]).split("/")[-1] / "manifest.csv"
-        trained = {r["candidate_id"] for r in read_manifest(parent_manifest) if r["split"] == "train"}
-    except (OSError, ValueError, KeyError) as exc:
-        return f"cannot tell which images it trained on ({type(exc).__name__}: {exc})"
-    leaked = [r for r in read_manifest(dataset_dir / "manifest.csv")
-              if r["split"] != "train" and r["candidate_id"] in trained]
+    """Why continuing `previous` on this version would be unsafe (None: it is safe): an image its
+    network learned from, in its own training or in the trainings it continued, is in this version's
+    valid, test or probe split. Splits are stable by photo and mined images join the train split, so
+    within a run this never happens; a catalog changed between runs, or a changed split setting, could
+    put a trained-on image under evaluation. Images are matched by catalog id and by content (sha256)."""
+    datasets_root = dataset_dir.parent.parent           # datasets/<name>/<version>
+    trained_ids: set[str] = set()
+    trained_sha: set[str] = set()
+    bundle, seen = previous, set()
+    while bundle is not None and bundle.name not in seen:
+        seen.add(bundle.name)
+        try:
+            meta = json.loads((bundle / "bundle.json").read_text())
+            rows = read_manifest(datasets_root / str(meta["dataset_version"]) / "manifest.csv")
+        except (OSError, ValueError, KeyError) as exc:
+            return f"cannot tell which images {bundle.name} trained on ({type(exc).__name__}: {exc})"
+        trained = [r for r in rows if r["split"] == "train"]
+        trained_ids |= {r["candidate_id"] for r in trained if r.get("candidate_id")}
+        trained_sha |= {r["sha256"] for r in trained if r.get("sha256")}
+        parent = (meta.get("weights") or {}).get("continued_from")
+        bundle = previous.parent / parent if parent else None
+    leaked = [r for r in read_manifest(dataset_dir / "manifest.csv") if r["split"] != "train"
+              and (r.get("candidate_id") in trained_ids or r.get("sha256") in trained_sha)]
     if leaked:
-        return (f"{len(leaked)} image(s) it trained on are in this version's {sorted({r['split'] for r in leaked})} "
+        return (f"{len(leaked)} image(s) it learned from are in this version's {sorted({r['split'] for r in leaked})} "
                 f"split(s), and a model must not be scored on what it learned from")
     return None
 

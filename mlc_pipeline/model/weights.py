@@ -266,8 +266,11 @@ CONTINUED_FIELDS = ("arch", "image_size", "crop", "min_scale", "mixup")
 def resolve_continued(cfg, parent_meta: dict, parent_dir: str | Path):
     """resolve_training for `cfg.init_from`: (cfg, WeightsChoice) continuing the bundle's network.
     Its architecture, image size and augmentation are the bundle's; `epochs` (default: a third of the
-    bundle's own, or as many as it had when it was itself a continuation) counts the continuation. Nothing is downloaded: the network is the bundle's."""
-    parent_cfg = parent_meta.get("config") or {}
+    bundle's own, or as many as it had when it was itself a continuation) counts the continuation.
+    Nothing is downloaded: the network is the bundle's."""
+    # bundle.json's top-level keys, for bundles whose `config` lacks them (or that have none)
+    parent_cfg = {**{k: parent_meta[k] for k in ("arch", "image_size", "head", "other_mode") if k in parent_meta},
+                  **{k: v for k, v in (parent_meta.get("config") or {}).items() if v is not None}}
     for key in ("head", "other_mode"):
         if parent_cfg.get(key) is not None and parent_cfg[key] != getattr(cfg, key):
             raise ValueError(f"cannot continue {Path(parent_dir).name}: its {key} is {parent_cfg[key]!r}, "

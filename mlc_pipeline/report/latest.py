@@ -36,7 +36,7 @@ def latest_result(cfg: Config) -> SimpleNamespace | None:
             rounds = [SimpleNamespace(**r) for r in saved.get("rounds", [])]
         except (ValueError, TypeError) as exc:
             log.warning("%s unreadable (%s): the report shows the latest model alone", run, exc)
-            rounds = []
+            saved, rounds = {}, []
         shipped = saved.get("shipped") or (rounds[-1].bundle if rounds else "")
         if rounds and shipped == bundle.name and all(
                 (cfg.layout.models / r.bundle / "metrics.json").is_file() for r in rounds):

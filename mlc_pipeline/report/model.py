@@ -41,7 +41,8 @@ def variants_markdown(result, metrics_by_bundle: dict[str, dict]) -> str:
     rows += [(name, m["test"]) for name, m in result.alternatives.items()]
     if len(result.rounds) > 1:
         last = result.rounds[-1]
-        rows.append((f"product after mining (round {last.round})", metrics_by_bundle[last.bundle]))
+        shipped = "" if shipped_round(result) is last else ", not shipped"
+        rows.append((f"product after mining (round {last.round}{shipped})", metrics_by_bundle[last.bundle]))
     return compare_table(rows)
 
 

@@ -12,12 +12,15 @@ from mlc_pipeline.model.variants import continue_blocker, retrain_overrides
 
 
 def _manifest(folder: Path, rows: list[tuple[str, str]]) -> None:
+    """Rows (candidate id, split); an image's content hash is 'sha-<id>' unless the id is 'id=sha'."""
     folder.mkdir(parents=True)
     with open(folder / "manifest.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "labels", "split", "candidate_id"])
+        w = csv.DictWriter(f, fieldnames=["path", "labels", "split", "candidate_id", "sha256"])
         w.writeheader()
         for cid, split in rows:
-            w.writerow({"path": f"images/x/{cid}.jpg", "labels": "", "split": split, "candidate_id": cid})
+            cid, _, sha = cid.partition("=")
+            w.writerow({"path": f"images/x/{cid}.jpg", "labels": "", "split": split, "candidate_id": cid,
+                        "sha256": f"sha-{sha or cid}"})
 
 
 def _world(tmp_path: Path, v2_rows: list[tuple[str, str]]) -> tuple[Path, Path]:
@@ -48,11 +51,31 @@ def test_a_retrain_starts_over_when_a_trained_image_is_now_evaluated(tmp_path):
     v2, bundle = _world(tmp_path, [("1", "train"), ("2", "test"), ("3", "valid"), ("4", "test")])
     overrides, warnings = retrain_overrides(_config(), v2, bundle)
     assert overrides == {} and len(warnings) == 1
-    assert "from scratch" in warnings[0] and "1 image(s) it trained on are in this version's ['test']" in warnings[0]
+    assert "from scratch" in warnings[0] and "1 image(s) it learned from are in this version's ['test']" in warnings[0]
 
 
 def test_a_retrain_starts_over_when_the_previous_version_is_unreadable(tmp_path):
     v2, bundle = _world(tmp_path, [("1", "train")])
     (v2.parent / "v1" / "manifest.csv").unlink()
     why = continue_blocker(v2, bundle)
-    assert why.startswith("cannot tell which images it trained on (FileNotFoundError")
+    assert why.startswith(f"cannot tell which images {bundle.name} trained on (FileNotFoundError")
+
+
+def test_the_images_a_continued_network_learned_before_count_too(tmp_path):
+    """r1 continued r0: an image r0 trained on (and r1's version no longer holds) is still learned;
+    so is a re-ingested copy of a trained image under a new catalog id (same content)."""
+    v2, r0 = _world(tmp_path, [("1", "train"), ("3", "valid"), ("4", "test")])
+    (tmp_path / "datasets" / "default" / "v2").rename(tmp_path / "datasets" / "default" / "v1b")
+    r1 = tmp_path / "models" / "default-v1b-r1"
+    r1.mkdir()
+    (r1 / "bundle.json").write_text(json.dumps({"dataset_version": "default/v1b",
+                                                "weights": {"continued_from": r0.name}}))
+    v3 = tmp_path / "datasets" / "default" / "v3"
+    _manifest(v3, [("1", "train"), ("2", "test"), ("4", "test")])       # 2: trained by r0 only
+    assert "1 image(s) it learned from are in this version's ['test']" in continue_blocker(v3, r1)
+    v4 = tmp_path / "datasets" / "default" / "v4"
+    _manifest(v4, [("1", "train"), ("9=1", "valid"), ("4", "test")])    # 9: a new id for image 1's content
+    assert "1 image(s) it learned from are in this version's ['valid']" in continue_blocker(v4, r1)
+    v5 = tmp_path / "datasets" / "default" / "v5"
+    _manifest(v5, [("1", "train"), ("2", "train"), ("3", "valid"), ("4", "test"), ("7", "test")])
+    assert continue_blocker(v5, r1) is None

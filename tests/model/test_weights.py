@@ -151,11 +151,12 @@ def test_cached_imagenet_file_is_used_by_auto(torch_home, tmp_path, monkeypatch,
     html_part = model_section(PipelineResult(rounds=[RoundRecord(0, "v1", "bundle", 0.5, None, None)]), tmp_path)
     assert line in html_part
     from flows.artifacts import summary_markdown
-    run = {"status": "completed", "config_path": "c.yaml", "models": [
+    run = {"status": "Completed", "config_path": "c.yaml", "models": [
         {"round": 0, "dataset_version": "v1", "bundle": "bundle", "bundle_dir": str(tmp_path / "bundle"),
          "metrics": metrics}]}
     assert line in summary_markdown(run)
     assert "No comparison heads were trained in this run" in summary_markdown(run)   # as the HTML report says
+    assert "No comparison heads" not in summary_markdown({**run, "status": "Failed"})   # a failure is not "off"
     run["alternatives"] = {"softmax-other-class": metrics}
     assert "No comparison heads" not in summary_markdown(run) and "| softmax-other-class |" in summary_markdown(run)
 
