@@ -97,7 +97,8 @@ def mining_stop(cfg: Config, round_no: int, added: int, before: float | None = N
     Called once with `added` only (after mining: nothing mined, nothing to retrain on), then with the
     `unknown_rate` before and after retraining."""
     if added == 0:
-        return f"round {round_no}: the model accepts no pool image; nothing to mine"
+        return (f"round {round_no}: no hard negative added (the model accepts no pool image, or every one it "
+                f"accepts is held for review); nothing to retrain on")
     if before is not None and after is not None and before - after <= cfg.mine.min_improvement:
         return f"round {round_no}: unknowns accepted {before:.3f} -> {after:.3f}, no longer improving"
     return None

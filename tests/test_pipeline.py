@@ -160,3 +160,12 @@ def test_a_mining_round_that_lowers_unknowns_is_shipped_and_the_loop_goes_on(tmp
     assert stages.calls == [(0, None, True), (1, "bundle-r0", False), (2, "bundle-r1", False)]
     assert (cfg.layout.models / "LATEST").read_text().strip() == "bundle-r2" == out.shipped
     assert out.not_shipped == ""
+
+
+def test_a_round_that_adds_no_negative_stops_and_says_why(tmp_path):
+    """Held images are accepted ones: the message must not claim the model accepted none."""
+    from mlc_pipeline.pipeline import mining_stop
+    cfg = _loop_config(tmp_path, rounds=2)
+    why = mining_stop(cfg, 1, added=0)
+    assert "no hard negative added" in why and "held for review" in why
+    assert mining_stop(cfg, 1, added=3) is None
