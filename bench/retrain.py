@@ -70,8 +70,9 @@ def main() -> int:
                           ("from scratch", TrainConfig(seed=seed))):
             r = row(train_model(manifest, out / f"{name.replace(' ', '-')}-{seed}", cfg, overwrite=True))
             results[name].append(r)
+            fpr = "n/a" if r["fpr95"] is None else f"{r['fpr95']:.2f}"
             print(f"| {name} | {seed} | {r['f1']:.3f} | {100 * r['other']:.1f}% | {100 * r['probe']:.1f}% "
-                  f"| {r['fpr95']} | {r['seconds']:.0f} |", flush=True)
+                  f"| {fpr} | {r['seconds']:.0f} |", flush=True)
     mean = {n: {k: statistics.fmean(x[k] for x in rs if x[k] is not None) for k in rs[0]} for n, rs in results.items()}
     c, s = mean["continued"], mean["from scratch"]
     print(f"\nmeans: continued F1 {c['f1']:.3f}, probes {100 * c['probe']:.1f}%, FPR@95 {c['fpr95']:.3f}, {c['seconds']:.0f} s; "
