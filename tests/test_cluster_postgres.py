@@ -136,13 +136,26 @@ def test_two_workers_collect_into_one_postgres_catalog_and_match_a_single_proces
     single_rows, single_events = catalog_state(single)
     statuses = {r["status"] for r in rows.values()}
     assert {"accepted", "rejected", "duplicate", "failed"} <= statuses, statuses   # bad files, copies, html
-    assert rows == single_rows
+    assert rows == single_rows, row_differences(rows, single_rows)
     assert events == single_events           # no event lost or doubled: the same history for every photo
     assert manifest_rows(pg_version) == manifest_rows(single_version)
     assert (pg_version / "SHA256SUMS").read_bytes() == (single_version / "SHA256SUMS").read_bytes()
     labels = {r["labels"] for r in manifest_rows(pg_version)}
     splits = {r["split"] for r in manifest_rows(pg_version)}
     assert {"balloon", "kite"} <= labels and len(splits) >= 2, (labels, splits)
+
+
+def row_differences(rows: dict, single_rows: dict) -> str:
+    """What differs, photo by photo, so that a failure says which photos and fields (a truncated
+    dict diff does not)."""
+    lines = [f"only in the cluster run: {rows[p]}" for p in sorted(rows.keys() - single_rows.keys())]
+    lines += [f"only in the single run: {single_rows[p]}" for p in sorted(single_rows.keys() - rows.keys())]
+    for p in sorted(rows.keys() & single_rows.keys()):
+        diff = {k: (rows[p].get(k), single_rows[p].get(k)) for k in rows[p].keys() | single_rows[p].keys()
+                if rows[p].get(k) != single_rows[p].get(k)}
+        if diff:
+            lines.append(f"photo {p} ({rows[p]['purpose']}/{rows[p]['label']}), cluster vs single: {diff}")
+    return "\n".join(lines)
 
 
 def write(path: Path, raw: dict) -> Path:
