@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from mlc_pipeline.report.curves import curve_markdown
 from mlc_pipeline.report.tables import pct
-from mlc_pipeline.report.model import ALTERNATIVES_OFF_TEXT, bundle_network_line
+from mlc_pipeline.report.model import ALTERNATIVES_OFF_TEXT, bundle_network_line, shipped_of
 
 SUMMARY_KEY = "mlc-run-summary"
 DATASET_SUMMARY_KEY = "mlc-dataset-summary"
@@ -125,7 +125,7 @@ def summary_markdown(run: dict) -> str:
     if models:
         lines += ["## Model: before and after mining (test split)", ""]
         # the shipped model (models/LATEST): the last round's, unless that one accepted more unknowns
-        shipped = next((m for m in models if m["bundle"] == run.get("shipped")), models[-1])
+        shipped = shipped_of(models, run.get("shipped"), bundle_of=lambda m: m["bundle"])
         if shipped.get("bundle_dir"):
             lines += [f"Network: {md_escape(bundle_network_line(shipped['bundle_dir']))}", ""]
         lines += rounds_markdown(models, run.get("mined") or []) + [""]

@@ -82,9 +82,8 @@ def dataset_dir(cfg, version: str | None):
 def check_bundle_path(cfg, option: str, spec: str | None) -> None:
     """Before the lock and torch: a bundle given as a path must be a bundle folder. Names and `latest`
     are resolved by bundle_option once the lock is held and an object-store root is pulled."""
-    if spec and spec != "latest" and ("/" in spec or Path(spec).is_dir()) and not (Path(spec) / "bundle.json").is_file():
-        raise ConfigError(f"{option} {spec}: not a model bundle (no bundle.json there); "
-                          f"bundles are under {cfg.layout.models}")
+    if spec and spec != "latest" and ("/" in spec or Path(spec).is_dir()):
+        require_bundle_json(cfg, option, spec, Path(spec))
 
 
 def bundle_option(cfg, option: str, spec: str | None) -> Path | None:
@@ -97,10 +96,14 @@ def bundle_option(cfg, option: str, spec: str | None) -> Path | None:
         bundle = resolve_bundle(spec, cfg.layout.models)
     except RegistryError as exc:
         raise ConfigError(f"{option} {spec}: not a model bundle ({exc})") from None
+    require_bundle_json(cfg, option, spec, bundle)
+    return bundle
+
+
+def require_bundle_json(cfg, option: str, spec: str, bundle: Path) -> None:
     if not (bundle / "bundle.json").is_file():
         raise ConfigError(f"{option} {spec}: not a model bundle (no bundle.json in {bundle}); "
                           f"bundles are under {cfg.layout.models}")
-    return bundle
 
 
 def cmd_train(args) -> int:

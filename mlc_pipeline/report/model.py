@@ -16,12 +16,18 @@ from mlc_pipeline.model.plots import plot_curves
 from mlc_pipeline.report.tables import compare_table, pct
 
 
+def shipped_of(rounds: list, shipped: str | None, bundle_of=lambda r: r.bundle):
+    """The round whose model a run ships (models/LATEST): the one named `shipped`, else the last.
+    The last round is shipped unless it accepted more unknowns than the round before
+    (pipeline.run_stages names the earlier one then). `bundle_of` reads a round's bundle name: the
+    flow's records are dicts, a PipelineResult's rounds are objects."""
+    return next((r for r in rounds if bundle_of(r) == shipped), rounds[-1])
+
+
 def shipped_round(result):
-    """The round whose model a run ships (models/LATEST): the last one, unless it accepted more
-    unknowns than the round before (pipeline.run_stages; then that one). Takes a PipelineResult or
-    the namespace report/latest.py reads back from reports/latest.json."""
-    shipped = getattr(result, "shipped", "")
-    return next((r for r in result.rounds if r.bundle == shipped), result.rounds[-1])
+    """`shipped_of` a PipelineResult, or of the namespace report/latest.py reads back from
+    reports/latest.json."""
+    return shipped_of(result.rounds, getattr(result, "shipped", ""))
 
 
 def rounds_markdown(result) -> str:
@@ -37,7 +43,7 @@ def rounds_markdown(result) -> str:
 
 def variants_markdown(result, metrics_by_bundle: dict[str, dict]) -> str:
     first = result.rounds[0]
-    rows = [(f"sigmoid, other as negatives (product, round 0)", metrics_by_bundle[first.bundle])]
+    rows = [("sigmoid, other as negatives (product, round 0)", metrics_by_bundle[first.bundle])]
     rows += [(name, m["test"]) for name, m in result.alternatives.items()]
     if len(result.rounds) > 1:
         last = result.rounds[-1]

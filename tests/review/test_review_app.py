@@ -179,7 +179,7 @@ def test_actions_undo_filters_and_build_on_both_backends(root):
         total, ids = listed(client, "set=train&label=bees")
         assert target["id"] in ids and other["id"] in ids        # the reviewed labels; the curated ones
         assert listed(client, "status=rejected&reason=too-small") == (1, [tiny["id"]])
-        assert listed(client, f"version=v1&reviewed=1")[1] == sorted([target["id"], other["id"]])   # v1 rows
+        assert listed(client, "version=v1&reviewed=1")[1] == sorted([target["id"], other["id"]])   # v1 rows
         assert listed(client, "version=v1")[0] == v1_rows
         assert sum(listed(client, f"version=v1&split={s}")[0] for s in ("train", "valid", "test")) == v1_rows
         page = client.get(f"/image/{target['id']}?reviewed=1").text
