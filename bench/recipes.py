@@ -87,7 +87,9 @@ def scores(bundle, paths: list[str], tta: bool) -> np.ndarray:
         return (probs + score_paths(bundle, flipped)) / 2
 
 
-def operating_points(bundle, df, tta: bool, caps=(0.0, 0.02, 0.05, 0.1)) -> dict:
+def operating_points(bundle, df, tta: bool, caps=(0.0, 0.02, 0.05, 0.1), save: Path | None = None) -> dict:
+    """Operating points on the same scores; `save`: also write those scores (valid, test, probe, with
+    targets and vocab) to this .npz, so that calibration rules can be compared later without retraining."""
     from mlc_pipeline.model.metrics import calibrate_capped
     vocab = bundle.vocab
     out = {}
@@ -95,6 +97,10 @@ def operating_points(bundle, df, tta: bool, caps=(0.0, 0.02, 0.05, 0.1)) -> dict
     p = {s: scores(bundle, list(parts[s]["abs_path"]), tta) for s in parts}
     t_valid = targets_from_labels(list(parts["valid"]["label_list"]), vocab)
     t_test = targets_from_labels(list(parts["test"]["label_list"]), vocab)
+    if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(save, valid=p["valid"], t_valid=t_valid, test=p["test"], t_test=t_test, probe=p["probe"],
+                 vocab=np.array(vocab), head=np.array(bundle.head))
     probs_eval = np.vstack([p["test"], p["probe"]])
     targ_eval = np.vstack([t_test, np.zeros((len(p["probe"]), len(vocab)), dtype=np.int8)])
     mask = np.r_[np.zeros(len(p["test"]), bool), np.ones(len(p["probe"]), bool)]
@@ -157,6 +163,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="world split seed")
     ap.add_argument("--work", default="/tmp/recipes")
     ap.add_argument("--out", default=None, help="append JSON lines here")
+    ap.add_argument("--scores", default=None, help="keep each run's scores as an .npz in this folder "
+                    "(bench/caps.py compares calibration rules on them)")
+    ap.add_argument("--no-tta", action="store_true", help="skip the test-time-flip scoring (half the time)")
     args = ap.parse_args()
 
     from mlc_pipeline.model.bundle import load_bundle
@@ -178,8 +187,9 @@ def main() -> None:
         line = {"world": args.world, "seed": args.seed, "recipe": text, "train_s": round(seconds, 1),
                 "img_s": result.images_per_second, "n_train": bundle.meta["n_train"],
                 "epochs_run": len(result.history), "stopped_early": result.stopped_early}
-        for tta in (False, True):
-            line["tta" if tta else "plain"] = operating_points(bundle, df, tta)
+        for tta in (False,) if args.no_tta else (False, True):
+            save = (Path(args.scores) / f"{bundle_dir.name}{'-tta' if tta else ''}.npz") if args.scores else None
+            line["tta" if tta else "plain"] = operating_points(bundle, df, tta, save=save)
         print(json.dumps(line), flush=True)
         if args.out:
             with open(args.out, "a") as fh:

@@ -34,7 +34,8 @@ def test_mlc_run_collects_trains_mines_retrains_and_reports(tiny_project):
     assert (data / "models" / "LATEST").read_text().strip() == summary["shipped"] == shipped
     # mine.retrain: continue (the default): round 1 went on from round 0's network, and says so
     r1 = json.loads((data / "models" / rounds[1]["bundle"] / "bundle.json").read_text())
-    assert r1["weights"]["continued_from"] == rounds[0]["bundle"] and not r1["warnings"]
+    assert r1["weights"]["continued_from"] == rounds[0]["bundle"]
+    assert not [w for w in r1["warnings"] if "retrained from scratch" in w]     # (a costly cap may warn)
     assert summary["report"] == str(data / "reports" / "latest.html")
     html = (data / "reports" / "latest.html").read_text()
     assert "Mining rounds" in html and rounds[1]["bundle"] in html

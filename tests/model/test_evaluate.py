@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from mlc_pipeline.model.metrics import (
-    calibrate_capped, calibrate_thresholds, capping_path, evaluate, operating_curve, predict_matrix, probe_by_query,
-    targets_from_labels,
+    allowed_other, calibrate_capped, calibrate_thresholds, cap_cost_warning, capping_path, evaluate, operating_curve,
+    pick_capped, predict_matrix, probe_by_query, targets_from_labels,
 )
 from mlc_pipeline.report.tables import compare_table
 
@@ -177,6 +177,36 @@ def test_calibrate_capped_takes_the_first_point_under_the_cap():
     np.testing.assert_allclose(calibrate_capped(CAP_PROBS, CAP_TARGETS, CLASSES, 1.0, start=start), start)
     with pytest.raises(ValueError, match="max_accepted"):
         calibrate_capped(CAP_PROBS, CAP_TARGETS, CLASSES, 1.5)
+
+
+def test_the_cap_is_met_to_within_a_tenth_of_itself():
+    # 5% of 39 is 1.95 images: the strict reading allowed 1 (2.6%), the tenth allows 2 (5.1%)
+    assert allowed_other(0.05, 39, tolerance=0.0) == 1 and allowed_other(0.05, 39) == 2
+    assert allowed_other(0.05, 45) == 2 and allowed_other(0.05, 40) == 2 and allowed_other(0.05, 36) == 1
+    # never more than 1.1 times the cap: 5% of 10 allows none (1 would be 10%), 5% of 19 one (5.3%),
+    # and a cap of 0 stays 0
+    assert allowed_other(0.05, 10) == 0 and allowed_other(0.05, 19) == 1 and allowed_other(0.0, 1000) == 0
+    assert allowed_other(1.0, 7) == 7
+    assert all(allowed_other(0.05, n) / n <= 0.055 for n in range(1, 500))
+
+
+def test_pick_capped_on_39_other_images_takes_the_two_image_point():
+    # a path that goes 3 -> 2 -> 0 accepted of 39 (one raise can drop two images, as on real photos)
+    path = [(3, 39, np.array([0.1])), (2, 39, np.array([0.2])), (0, 39, np.array([0.9]))]
+    np.testing.assert_allclose(pick_capped(path, 0.05), [0.2])
+    np.testing.assert_allclose(pick_capped(path, 0.05, tolerance=0.0), [0.9])   # the old collapse
+
+
+def test_a_cap_that_costs_a_class_is_a_warning():
+    # class a's positives score 0.6 and 0.5, an "other" image 0.9: a cap of 0 switches a off
+    probs = np.array([[0.6, 0.1], [0.5, 0.1], [0.1, 0.8], [0.1, 0.7], [0.9, 0.1], [0.1, 0.1]])
+    targets = np.array([[1, 0], [1, 0], [0, 1], [0, 1], [0, 0], [0, 0]])
+    path = capping_path(probs, targets, CLASSES)
+    start = path[0][2]
+    text = cap_cost_warning(probs, targets, CLASSES, start, pick_capped(path, 0.0), 0.0)
+    assert text and "max_unknown_accepted 0 costs 0.40 of validation macro F1 (0.90 at the F1 point, 0.50" in text
+    # half of the two "other" images allowed: the F1 point itself, no cost, no warning
+    assert cap_cost_warning(probs, targets, CLASSES, start, pick_capped(path, 0.5), 0.5) is None
 
 
 def test_capping_a_saturated_score_terminates():

@@ -1,0 +1,122 @@
+"""Rules for picking the operating point under `train.max_unknown_accepted`, compared on saved scores.
+
+The cap is met on the validation split's "other" images, which are few on a small dataset (39 in
+one real-photo world: 5% of them is one image). This bench replays the product's calibration on
+scores saved by `bench/recipes.py --scores DIR` (or taken here from a bundle and its dataset version)
+and compares, on the same scores, how each rule picks its point, and what that point does on the
+test split and the probes (an unseen kind). No training: every rule sees the same models.
+
+Rules (all decided on validation rows only):
+- `floor`:   the product until 2026-12-02: the first path point with accepted <= floor(cap * n);
+- `nearest`: the cap rounded to the nearest image: accepted <= round(cap * n);
+- `tenth`:   the product since: the cap met to within a tenth of itself (`metrics.allowed_other`);
+- `tenth+classes`: as `tenth`, but the path stops before a point that takes a class below half of the
+  validation recall it had at the start (the cap never switches a class off). Measured, not adopted.
+
+    .venv/bin/python bench/caps.py --scores /tmp/caps/scores [--cap 0.05]
+    .venv/bin/python bench/caps.py --bundle DATA/models/NAME --version DATA/datasets/NAME/vN --save x.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mlc_pipeline.model.metrics import (  # noqa: E402
+    allowed_other, calibrate_thresholds, capping_path, evaluate, real_class_indices, targets_from_labels,
+)
+
+
+def save_scores(bundle_dir: Path, version: Path, out: Path) -> None:
+    """Score a bundle on its dataset version's valid, test and probe rows, as bench/recipes.py saves them."""
+    from mlc_pipeline.manifest import read_manifest_frame
+    from mlc_pipeline.model.bundle import load_bundle
+    from mlc_pipeline.model.predict import score_paths
+    bundle = load_bundle(bundle_dir)
+    df = read_manifest_frame(version / "manifest.csv")
+    parts = {s: df[df["split"] == s].reset_index(drop=True) for s in ("valid", "test", "probe")}
+    p = {s: score_paths(bundle, list(parts[s]["abs_path"])) for s in parts}
+    np.savez(out, valid=p["valid"], t_valid=targets_from_labels(list(parts["valid"]["label_list"]), bundle.vocab),
+             test=p["test"], t_test=targets_from_labels(list(parts["test"]["label_list"]), bundle.vocab),
+             probe=p["probe"], vocab=np.array(bundle.vocab), head=np.array(bundle.head))
+
+
+def recalls(probs: np.ndarray, targets: np.ndarray, thr: np.ndarray, real: list[int]) -> np.ndarray:
+    pred = probs[:, real] >= thr[real]
+    truth = targets[:, real].astype(bool)
+    return (pred & truth).sum(0) / np.maximum(truth.sum(0), 1)
+
+
+def pick(path, probs, targets, real, cap: float, rounding: str, keep_classes: bool) -> tuple[np.ndarray, int]:
+    n = path[0][1]
+    allowed = {"floor": allowed_other(cap, n, tolerance=0.0), "tenth": allowed_other(cap, n),
+               "nearest": int(np.floor(cap * n + 0.5))}[rounding]
+    start = recalls(probs, targets, path[0][2], real)
+    chosen = path[0]
+    for point in path:
+        if keep_classes and (recalls(probs, targets, point[2], real) < 0.5 * start).any():
+            break                       # this point switches a class (nearly) off: stop before it
+        chosen = point
+        if point[0] <= allowed:
+            break
+    return chosen[2], chosen[0]
+
+
+RULES = {"floor": ("floor", False), "nearest": ("nearest", False), "tenth": ("tenth", False),
+         "tenth+classes": ("tenth", True)}
+
+
+def compare(npz: Path, cap: float) -> dict:
+    z = np.load(npz)
+    vocab = [str(v) for v in z["vocab"]]
+    if str(z["head"]) != "sigmoid":
+        return {}
+    real = real_class_indices(vocab)
+    valid, t_valid = z["valid"], z["t_valid"]
+    start = calibrate_thresholds(valid, t_valid, "per-class-f1", f1_tolerance=0.02)
+    path = capping_path(valid, t_valid, vocab, start=start)
+    probs_eval = np.vstack([z["test"], z["probe"]])
+    targ_eval = np.vstack([z["t_test"], np.zeros((len(z["probe"]), len(vocab)), dtype=np.int8)])
+    mask = np.r_[np.zeros(len(z["test"]), bool), np.ones(len(z["probe"]), bool)]
+    saturated = float((valid[:, real] >= 1.0).mean())
+    out = {"run": npz.stem, "valid_other": path[0][1], "saturated_valid": round(saturated, 3)}
+    for name, (rounding, keep) in RULES.items():
+        thr, accepted = pick(path, valid, t_valid, real, cap, rounding, keep)
+        m = evaluate(probs_eval, targ_eval, thr, vocab, mask)
+        out[name] = {"valid_accepted": accepted, "f1": round(m["macro_f1"], 3),
+                     "other": round(m["unknown_accepted"], 3), "probe": round(m["probe_accepted"], 3)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scores", help="a folder of .npz files from bench/recipes.py --scores")
+    ap.add_argument("--cap", type=float, default=0.05)
+    ap.add_argument("--bundle", help="score this bundle on --version and save to --save")
+    ap.add_argument("--version")
+    ap.add_argument("--save")
+    args = ap.parse_args()
+    if args.bundle:
+        save_scores(Path(args.bundle), Path(args.version), Path(args.save))
+        return
+    rows = [r for r in (compare(f, args.cap) for f in sorted(Path(args.scores).glob("*.npz"))) if r]
+    print(f"cap {args.cap:g}: test macro F1 / test 'other' accepted / probes accepted (valid 'other' accepted)")
+    print("| run | valid other | " + " | ".join(RULES) + " |")
+    print("|---|---|" + "---|" * len(RULES))
+    for r in rows:
+        cells = [f"{r[k]['f1']:.3f} / {r[k]['other']:.1%} / {r[k]['probe']:.1%} ({r[k]['valid_accepted']})" for k in RULES]
+        print(f"| {r['run']} | {r['valid_other']} | " + " | ".join(cells) + " |")
+    means = {k: {m: float(np.mean([r[k][m] for r in rows])) for m in ("f1", "other", "probe")} for k in RULES}
+    print("| **mean** | | " + " | ".join(f"{v['f1']:.3f} / {v['other']:.1%} / {v['probe']:.1%}" for v in means.values()) + " |")
+    print(json.dumps({"cap": args.cap, "rows": rows, "means": means}))
+
+
+if __name__ == "__main__":
+    main()
