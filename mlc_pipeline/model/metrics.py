@@ -109,7 +109,8 @@ def pick_capped(path: list[tuple[int, int, np.ndarray]], max_accepted: float,
 def cap_cost_warning(probs: np.ndarray, targets: np.ndarray, classes: list[str], start: np.ndarray,
                      chosen: np.ndarray, max_accepted: float) -> str | None:
     """A sentence for the bundle's warnings when meeting the cap costs more than CAP_COST_WARNING of
-    validation macro F1 against the path's start (the F1 point); None otherwise. On real photos
+    validation macro F1 against the path's start (the calibrated point: the F1 point by default);
+    None otherwise. On real photos
     from scratch a 5% cap can cost a model most of its F1 (docs/training.md): the user should
     learn that from the run, not from a test score."""
     probs, targets = _as_2d(probs, targets)
@@ -119,7 +120,7 @@ def cap_cost_warning(probs: np.ndarray, targets: np.ndarray, classes: list[str],
     if before - after <= CAP_COST_WARNING:
         return None
     return (f"train.max_unknown_accepted {max_accepted:g} costs {before - after:.2f} of validation macro F1 "
-            f"({before:.2f} at the F1 point, {after:.2f} under the cap): this model scores held-out 'other' "
+            f"({before:.2f} without the cap, {after:.2f} under it): this model scores held-out 'other' "
             "images like its classes. The operating curve shows what each cap costs; more varied 'other' "
             "images, more class images or pretrained weights move the whole curve")
 
