@@ -30,22 +30,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mlc_pipeline.model.metrics import (  # noqa: E402
-    allowed_other, calibrate_thresholds, capping_path, evaluate, real_class_indices, targets_from_labels,
+    DEFAULT_F1_TOLERANCE, allowed_other, calibrate_thresholds, capping_path, evaluate, real_class_indices,
 )
 
 
 def save_scores(bundle_dir: Path, version: Path, out: Path) -> None:
-    """Score a bundle on its dataset version's valid, test and probe rows, as bench/recipes.py saves them."""
+    """Score a bundle on its dataset version's valid, test and probe rows: bench/recipes.py's own
+    scoring and .npz writer, so that both benches hand `compare` the same format."""
+    from recipes import operating_points          # bench/ is this script's folder, first on sys.path
     from mlc_pipeline.manifest import read_manifest_frame
     from mlc_pipeline.model.bundle import load_bundle
-    from mlc_pipeline.model.predict import score_paths
-    bundle = load_bundle(bundle_dir)
-    df = read_manifest_frame(version / "manifest.csv")
-    parts = {s: df[df["split"] == s].reset_index(drop=True) for s in ("valid", "test", "probe")}
-    p = {s: score_paths(bundle, list(parts[s]["abs_path"])) for s in parts}
-    np.savez(out, valid=p["valid"], t_valid=targets_from_labels(list(parts["valid"]["label_list"]), bundle.vocab),
-             test=p["test"], t_test=targets_from_labels(list(parts["test"]["label_list"]), bundle.vocab),
-             probe=p["probe"], vocab=np.array(bundle.vocab), head=np.array(bundle.head))
+    operating_points(load_bundle(bundle_dir), read_manifest_frame(version / "manifest.csv"), tta=False, save=out)
 
 
 def recalls(probs: np.ndarray, targets: np.ndarray, thr: np.ndarray, real: list[int]) -> np.ndarray:
@@ -80,13 +75,12 @@ def compare(npz: Path, cap: float) -> dict:
         return {}
     real = real_class_indices(vocab)
     valid, t_valid = z["valid"], z["t_valid"]
-    start = calibrate_thresholds(valid, t_valid, "per-class-f1", f1_tolerance=0.02)
+    start = calibrate_thresholds(valid, t_valid, "per-class-f1", f1_tolerance=DEFAULT_F1_TOLERANCE)   # as training does
     path = capping_path(valid, t_valid, vocab, start=start)
     probs_eval = np.vstack([z["test"], z["probe"]])
     targ_eval = np.vstack([z["t_test"], np.zeros((len(z["probe"]), len(vocab)), dtype=np.int8)])
     mask = np.r_[np.zeros(len(z["test"]), bool), np.ones(len(z["probe"]), bool)]
-    saturated = float((valid[:, real] >= 1.0).mean())
-    out = {"run": npz.stem, "valid_other": path[0][1], "saturated_valid": round(saturated, 3)}
+    out = {"run": npz.stem, "valid_other": path[0][1]}
     for name, (rounding, keep) in RULES.items():
         thr, accepted = pick(path, valid, t_valid, real, cap, rounding, keep)
         m = evaluate(probs_eval, targ_eval, thr, vocab, mask)
