@@ -100,7 +100,8 @@ def operating_points(bundle, df, tta: bool, caps=(0.0, 0.02, 0.05, 0.1), save: P
     if save is not None:
         save.parent.mkdir(parents=True, exist_ok=True)
         np.savez(save, valid=p["valid"], t_valid=t_valid, test=p["test"], t_test=t_test, probe=p["probe"],
-                 vocab=np.array(vocab), head=np.array(bundle.head))
+                 vocab=np.array(vocab), head=np.array(bundle.head),
+                 class_score=np.array(bundle.meta.get("class_score", "sigmoid(class)")))   # bench/scores.py
     probs_eval = np.vstack([p["test"], p["probe"]])
     targ_eval = np.vstack([t_test, np.zeros((len(p["probe"]), len(vocab)), dtype=np.int8)])
     mask = np.r_[np.zeros(len(p["test"]), bool), np.ones(len(p["probe"]), bool)]

@@ -10,6 +10,7 @@ Everything defaults to what fits a 2-core CPU without pretrained weights (see do
 the measured speeds behind the defaults).
 """
 
+
 from __future__ import annotations
 
 import json
@@ -34,6 +35,7 @@ from fastai.vision.all import (
 from mlc_pipeline import __version__
 
 from mlc_pipeline.model import nets
+from mlc_pipeline.model.losses import CLASS_AGAINST_OTHER, PLAIN_SIGMOID, ClassAgainstOtherBCE
 from mlc_pipeline.model.options import TrainConfig
 from mlc_pipeline.model.bundle import export_learner
 from mlc_pipeline import progress
@@ -127,9 +129,13 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     pretrained = weights.pretrained
 
     if cfg.head == "softmax":
-        loss_func, metrics = CrossEntropyLossFlat(), [accuracy]
+        loss_func, metrics, class_score = CrossEntropyLossFlat(), [accuracy], "softmax"
+    elif cfg.effective_other_mode == "class":
+        # every score weighs a class against "other" (losses.ClassAgainstOtherBCE)
+        loss_func, metrics = ClassAgainstOtherBCE(other_index=vocab.index(OTHER), thresh=0.5), [macro_f1_metric()]
+        class_score = CLASS_AGAINST_OTHER
     else:
-        loss_func, metrics = BCEWithLogitsLossFlat(thresh=0.5), [macro_f1_metric()]
+        loss_func, metrics, class_score = BCEWithLogitsLossFlat(thresh=0.5), [macro_f1_metric()], PLAIN_SIGMOID
     if nets.is_local_arch(cfg.arch):
         learn = Learner(dls, nets.mlcnet(len(vocab), cfg.arch), loss_func=loss_func, metrics=metrics,
                         splitter=nets.body_head_splitter, wd=cfg.wd)
@@ -215,6 +221,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             "typical_positive_scores": typical_positive_scores(valid_probs, valid_targets),
             "head": cfg.head,
             "other_mode": cfg.effective_other_mode,
+            "class_score": class_score,       # how the thresholds' scores are made (model/losses.py)
             "arch": cfg.arch,
             "image_size": cfg.image_size,
             "pretrained": pretrained,

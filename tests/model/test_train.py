@@ -101,6 +101,32 @@ def test_baseline_variants_train_and_report(head, other_mode):
     test = json.loads((bundle / "metrics.json").read_text())["test"]
     assert set(test["per_class"]) == {"red", "blue"}
     assert test["macro_f1"] > 0.6  # softmax drops the two-label images and can't predict them
+    if head == "sigmoid":
+        _assert_other_vetoes_classes(bundle, manifest)
+
+
+def _assert_other_vetoes_classes(bundle_dir: Path, manifest: Path) -> None:
+    """other_mode 'class': every scorer (get_preds, hence calibration, prediction, mining) gives a class
+    sigmoid(logit_class - logit_other); the "other" column keeps its sigmoid (model/losses.py)."""
+    import torch
+    from mlc_pipeline.model.bundle import load_bundle
+    from mlc_pipeline.model.predict import score_paths
+    bundle = load_bundle(bundle_dir)
+    assert bundle.meta["class_score"] == "sigmoid(class - other)"
+    df = read_manifest_frame(manifest)
+    test = df[df["split"] == "test"]
+    is_other = test["label_list"].map(len) == 0
+    paths = list(test[is_other]["abs_path"])[:6] + list(test[~is_other]["abs_path"])[:6]
+    scores = score_paths(bundle, paths)
+    learn = bundle.learn
+    dl = learn.dls.test_dl(paths, bs=len(paths), num_workers=0)
+    with torch.no_grad():
+        logits = learn.model.eval()(dl.one_batch()[0]).float()
+    o = bundle.vocab.index("other")
+    expected = torch.sigmoid(logits - logits[:, [o]]).numpy()
+    expected[:, o] = torch.sigmoid(logits[:, o]).numpy()
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    assert (scores[:, o] > 0.5).any() and not np.allclose(scores, torch.sigmoid(logits).numpy(), atol=1e-3)
 
 
 # ---------------------------------------------------------------- small runs and inputs
