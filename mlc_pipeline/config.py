@@ -162,7 +162,8 @@ class TrainSettings(Strict):
     epochs: int | None = Field(None, ge=1)        # None: the recipe's
     batch_size: int = Field(64, ge=1)
     lr: float | None = Field(None, gt=0)
-    other_mode: Literal["negative", "class"] = "negative"
+    other_mode: Literal["negative", "class"] = "class"    # class: an "other" output that vetoes the classes
+                                                        # (model/losses.py; measured in docs/training.md)
     head: Literal["sigmoid", "softmax"] = "sigmoid"
     threshold_mode: Literal["per-class-f1", "global-f1", "target-precision"] = "per-class-f1"
     target_precision: float = Field(0.95, gt=0, le=1)

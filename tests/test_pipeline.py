@@ -68,21 +68,21 @@ def test_mlc_run_collects_trains_mines_retrains_and_reports(tiny_project):
 
 def test_mlc_run_trains_the_comparison_heads_only_when_asked(tiny_project):
     """`train.compare_baselines` is off by default (it doubles the nightly's training time); set, the
-    same run also trains the explicit-"other" and softmax heads on round 0 and reports them beside
+    same run also trains the negatives-only and softmax heads on round 0 and reports them beside
     the product model, which alone stays LATEST."""
     res = subprocess.run(MLC + ["run", "-c", str(tiny_project), "--no-progress", "--set", "train.compare_baselines=true",
                                 "--set", "mine.rounds=0"], env=ENV, text=True, capture_output=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     data = load_config(tiny_project).data_dir
     summary = json.loads((data / "reports" / "latest.json").read_text())
-    assert set(summary["alternatives"]) == {"sigmoid-other-class", "softmax-other-class"}
+    assert set(summary["alternatives"]) == {"sigmoid-negatives", "softmax-other-class"}
     assert all("macro_f1" in m["test"] for m in summary["alternatives"].values())
     assert "alternatives" in summary["seconds"]
     bundles = sorted(p.name for p in (data / "models").iterdir() if p.is_dir())
     assert len(bundles) == 3 and sum("softmax-other-class" in b for b in bundles) == 1
     assert (data / "models" / "LATEST").read_text().strip() == summary["rounds"][0]["bundle"]
     html = (data / "reports" / "latest.html").read_text()
-    assert "softmax-other-class" in html and "sigmoid-other-class" in html and "id='alternatives-off'" not in html
+    assert "softmax-other-class" in html and "sigmoid-negatives" in html and "id='alternatives-off'" not in html
     assert load_config(tiny_project).train.compare_baselines is False   # what the file does not set
 
 

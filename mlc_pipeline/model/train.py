@@ -1,15 +1,15 @@
 """Train a classifier on a published dataset version and write a self-describing model bundle.
 
-The default recipe is multi-label: a sigmoid per class trained with BCE, where "other" images carry
-no label at all, so the loss pushes every class towards 0 on them (`other_mode='negative'`). That is
-what lets the model answer "none of these". Two baselines use the same code path: an explicit
-"other" class under the sigmoid head (`other_mode='class'`), and a single-label softmax with "other"
-as a class (`head='softmax'`).
+The default recipe is multi-label: one output per class and one for "other", trained with BCE
+(`other_mode='class'`), and a class's score is sigmoid(logit_class - logit_other), its odds against
+"other" (model/losses.py). An image no class claims is "none of these". Two alternatives use the same
+code path: "other" images with no label at all, so the loss only pushes every class towards 0 on
+them (`other_mode='negative'`, the default until 2026-12-02), and a single-label softmax with
+"other" as a class (`head='softmax'`).
 
 Everything defaults to what fits a 2-core CPU without pretrained weights (see docs/training.md for
 the measured speeds behind the defaults).
 """
-
 
 from __future__ import annotations
 

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 # The alternatives the report compares (shared/notes/fastai.md, last section).
 VARIANTS = {
-    "sigmoid-negatives": {"head": "sigmoid", "other_mode": "negative"},   # the product default
-    "sigmoid-other-class": {"head": "sigmoid", "other_mode": "class"},
+    "sigmoid-negatives": {"head": "sigmoid", "other_mode": "negative"},   # the product default until 2026-12-02
+    "sigmoid-other-class": {"head": "sigmoid", "other_mode": "class"},    # the product default
     "softmax-other-class": {"head": "softmax", "other_mode": "class"},    # the seeds' single-label recipe
 }
 
