@@ -83,6 +83,7 @@ def test_mlc_run_trains_the_comparison_heads_only_when_asked(tiny_project):
     assert (data / "models" / "LATEST").read_text().strip() == summary["rounds"][0]["bundle"]
     html = (data / "reports" / "latest.html").read_text()
     assert "softmax-other-class" in html and "sigmoid-negatives" in html and "id='alternatives-off'" not in html
+    assert "product, round 0 (sigmoid-other-class)" in html     # the product's head, whatever the config picks
     assert load_config(tiny_project).train.compare_baselines is False   # what the file does not set
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -43,7 +44,9 @@ def rounds_markdown(result) -> str:
 
 def variants_markdown(result, metrics_by_bundle: dict[str, dict]) -> str:
     first = result.rounds[0]
-    rows = [("sigmoid, other as negatives (product, round 0)", metrics_by_bundle[first.bundle])]
+    # the head is in the bundle's name (model/variants.py bundle names): the config may pick any
+    head = re.search(r"-((?:sigmoid|softmax)-(?:negatives|other-class))-", first.bundle)
+    rows = [(f"product, round 0{' (' + head.group(1) + ')' if head else ''}", metrics_by_bundle[first.bundle])]
     rows += [(name, m["test"]) for name, m in result.alternatives.items()]
     if len(result.rounds) > 1:
         last = result.rounds[-1]
