@@ -227,8 +227,9 @@ def predict_matrix(probs: np.ndarray, thresholds: np.ndarray | None, classes: li
                    head: str = "sigmoid") -> np.ndarray:
     """Boolean (N, K) decisions over `classes`; the "other" column is never a claimed label.
 
-    sigmoid: every real class whose probability reaches its threshold (the "other" column of an
-    other_mode='class' model is only a training signal; its images are recognised by claiming nothing).
+    sigmoid: every real class whose score reaches its threshold (an other_mode='class' model's class
+    scores are already weighed against its "other" output, model/losses.py; "other" images are
+    recognised by claiming nothing).
     softmax: the argmax class, unless the argmax is "other".
     """
     probs = np.asarray(probs, dtype=float)
