@@ -9,7 +9,7 @@ product's calibration (per-class F1 point, then `train.max_unknown_accepted`) on
                until 2026-12-02);
 - `times`:     sigmoid(logit_class) x (1 - sigmoid(logit_other));
 - `against`:   sigmoid(logit_class - logit_other), the class's odds against "other" (the product
-               since 2026-12-02: model/losses.py).
+               since 2026-12-02, written as sigmoid((class - other) / 4): model/losses.py).
 
 Rows of models trained with `other_mode: negative` (no "other" output) on the same world split are
 shown beside them, scored as the product scores them (sigmoid). No training: every rule sees the same
@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mlc_pipeline.model.losses import CLASS_AGAINST_OTHER, PLAIN_SIGMOID  # noqa: E402
+from mlc_pipeline.model.losses import CLASS_AGAINST_OTHER, ODDS_SCALE, PLAIN_SIGMOID  # noqa: E402
 from mlc_pipeline.model.metrics import (  # noqa: E402
     DEFAULT_F1_TOLERANCE, OTHER, calibrate_capped, calibrate_thresholds, evaluate, real_class_indices,
 )
@@ -54,7 +54,7 @@ def logits_of(scores: np.ndarray, vocab: list[str], class_score: str) -> np.ndar
     if class_score == CLASS_AGAINST_OTHER:
         o = vocab.index(OTHER)
         for i in real_class_indices(vocab):
-            logits[:, i] += logits[:, o]
+            logits[:, i] = logits[:, i] * ODDS_SCALE + logits[:, o]
     elif class_score != PLAIN_SIGMOID:
         raise ValueError(f"unknown class_score {class_score!r}")
     return logits
