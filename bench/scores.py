@@ -7,9 +7,9 @@ product's calibration (per-class F1 point, then `train.max_unknown_accepted`) on
 
 - `sigmoid`:   sigmoid(logit_class); the "other" output is a training signal only (the product
                until 2026-12-02);
-- `times`:     sigmoid(logit_class) x (1 - sigmoid(logit_other));
-- `against`:   sigmoid(logit_class - logit_other), the class's odds against "other" (the product
-               since 2026-12-02, written as sigmoid((class - other) / 4): model/losses.py).
+- `times`:     sigmoid(logit_class) x (1 - sigmoid(logit_other)): the class, and not "other" (the
+               product since 2026-12-02: model/losses.py);
+- `against`:   sigmoid(logit_class - logit_other), the class's odds against "other".
 
 Rows of models trained with `other_mode: negative` (no "other" output) on the same world split are
 shown beside them, scored as the product scores them (sigmoid). No training: every rule sees the same
@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mlc_pipeline.model.losses import CLASS_AGAINST_OTHER, ODDS_SCALE, PLAIN_SIGMOID  # noqa: E402
+from mlc_pipeline.model.losses import CLASS_AND_NOT_OTHER, PLAIN_SIGMOID  # noqa: E402
 from mlc_pipeline.model.metrics import (  # noqa: E402
     DEFAULT_F1_TOLERANCE, OTHER, calibrate_capped, calibrate_thresholds, evaluate, real_class_indices,
 )
@@ -49,15 +49,15 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def logits_of(scores: np.ndarray, vocab: list[str], class_score: str) -> np.ndarray:
-    """The network's logits back from saved scores: every saved score is invertible."""
-    logits = _logit(scores)
-    if class_score == CLASS_AGAINST_OTHER:
+    """The network's logits back from saved scores (each saved score is invertible)."""
+    if class_score not in (CLASS_AND_NOT_OTHER, PLAIN_SIGMOID):
+        raise ValueError(f"unknown class_score {class_score!r}")
+    scores = scores.astype(np.float64)
+    if class_score == CLASS_AND_NOT_OTHER:
         o = vocab.index(OTHER)
         for i in real_class_indices(vocab):
-            logits[:, i] = logits[:, i] * ODDS_SCALE + logits[:, o]
-    elif class_score != PLAIN_SIGMOID:
-        raise ValueError(f"unknown class_score {class_score!r}")
-    return logits
+            scores[:, i] = scores[:, i] / np.maximum(1 - scores[:, o], EPS)
+    return _logit(scores)
 
 
 def scored(logits: np.ndarray, vocab: list[str], rule: str) -> np.ndarray:

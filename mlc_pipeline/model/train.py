@@ -35,7 +35,7 @@ from fastai.vision.all import (
 from mlc_pipeline import __version__
 
 from mlc_pipeline.model import nets
-from mlc_pipeline.model.losses import CLASS_AGAINST_OTHER, PLAIN_SIGMOID, ClassAgainstOtherBCE
+from mlc_pipeline.model.losses import CLASS_AND_NOT_OTHER, PLAIN_SIGMOID, ClassAndNotOtherBCE
 from mlc_pipeline.model.options import TrainConfig
 from mlc_pipeline.model.bundle import export_learner
 from mlc_pipeline import progress
@@ -131,9 +131,9 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     if cfg.head == "softmax":
         loss_func, metrics, class_score = CrossEntropyLossFlat(), [accuracy], "softmax"
     elif cfg.effective_other_mode == "class":
-        # every score weighs a class against "other" (losses.ClassAgainstOtherBCE)
-        loss_func, metrics = ClassAgainstOtherBCE(other_index=vocab.index(OTHER), thresh=0.5), [macro_f1_metric()]
-        class_score = CLASS_AGAINST_OTHER
+        # "other" vetoes the classes in every score (losses.ClassAndNotOtherBCE)
+        loss_func, metrics = ClassAndNotOtherBCE(other_index=vocab.index(OTHER), thresh=0.5), [macro_f1_metric()]
+        class_score = CLASS_AND_NOT_OTHER
     else:
         loss_func, metrics, class_score = BCEWithLogitsLossFlat(thresh=0.5), [macro_f1_metric()], PLAIN_SIGMOID
     if nets.is_local_arch(cfg.arch):

@@ -107,12 +107,12 @@ def test_baseline_variants_train_and_report(head, other_mode):
 
 def _assert_other_vetoes_classes(bundle_dir: Path, manifest: Path) -> None:
     """other_mode 'class': every scorer (get_preds, hence calibration, prediction, mining) gives a class
-    sigmoid((logit_class - logit_other) / 4); the "other" column keeps its sigmoid (model/losses.py)."""
+    sigmoid(class) x (1 - sigmoid(other)); the "other" column keeps its sigmoid (model/losses.py)."""
     import torch
     from mlc_pipeline.model.bundle import load_bundle
     from mlc_pipeline.model.predict import score_paths
     bundle = load_bundle(bundle_dir)
-    assert bundle.meta["class_score"] == "sigmoid((class - other) / 4)"
+    assert bundle.meta["class_score"] == "sigmoid(class) x (1 - sigmoid(other))"
     df = read_manifest_frame(manifest)
     test = df[df["split"] == "test"]
     is_other = test["label_list"].map(len) == 0
@@ -123,8 +123,9 @@ def _assert_other_vetoes_classes(bundle_dir: Path, manifest: Path) -> None:
     with torch.no_grad():
         logits = learn.model.eval()(dl.one_batch()[0]).float()
     o = bundle.vocab.index("other")
-    expected = torch.sigmoid((logits - logits[:, [o]]) / 4).numpy()
-    expected[:, o] = torch.sigmoid(logits[:, o]).numpy()
+    p = torch.sigmoid(logits).numpy()
+    expected = p * (1 - p[:, [o]])
+    expected[:, o] = p[:, o]
     np.testing.assert_allclose(scores, expected, atol=1e-5)
     assert (scores[:, o] > 0.5).any() and not np.allclose(scores, torch.sigmoid(logits).numpy(), atol=1e-3)
 
