@@ -1,8 +1,8 @@
 """Train a classifier on a published dataset version and write a self-describing model bundle.
 
 The default recipe is multi-label: one output per class and one for "other", trained with BCE
-(`other_mode='class'`), and a class's score is sigmoid(logit_class - logit_other), its odds against
-"other" (model/losses.py). An image no class claims is "none of these". Two alternatives use the same
+(`other_mode='class'`), and a class's score is sigmoid(class) x (1 - sigmoid(other)): the class, and
+not "other" (model/losses.py). An image no class claims is "none of these". Two alternatives use the same
 code path: "other" images with no label at all, so the loss only pushes every class towards 0 on
 them (`other_mode='negative'`, the default until 2026-12-02), and a single-label softmax with
 "other" as a class (`head='softmax'`).
