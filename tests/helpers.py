@@ -71,13 +71,15 @@ def tiny_config(folder: Path, port: int) -> Path:
         other: {{queries: ["landscape", "texture"], count: 24}}
         probe: {{queries: ["house"], count: 6}}
         # One epoch at 32 px scores everything alike: the default cap on unknowns would then accept no
-        # pool image and leave nothing to mine. These tests are about the flow's wiring (mining -> v2);
-        # the cap itself is tested in test_evaluate and test_train.
+        # pool image, and the default hold (a class's typical validation score) would hold every one
+        # it accepts, leaving nothing to mine. These tests are about the flow's wiring (mining -> v2);
+        # the cap is tested in test_evaluate and test_train, the hold in model/test_mine.
         train: {{epochs: 1, image_size: 32, batch_size: 32, pretrained: none,
                  max_unknown_accepted: null}}
         mine:
           rounds: 1
           pool: {{queries: ["toys", "shapes"], count: 24}}
+          hold_above: 1.01
         """))
     return path
 
