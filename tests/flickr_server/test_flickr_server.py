@@ -499,6 +499,9 @@ def test_serve_main_cli_serves_until_interrupted():
          "--port", "0", "--scale", "0.05", "--api-key", "cli-key", "--faults", "img429=0.5"],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(root)},
+        # Ctrl-C as in a terminal: a suite started as a background job (nohup ... &) has SIGINT
+        # ignored, and a child inherits that, so the server would never see the signal.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         rest_url = None
@@ -513,7 +516,7 @@ def test_serve_main_cli_serves_until_interrupted():
         assert reply["stat"] == "ok" and int(reply["photos"]["total"]) > 0
     finally:
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 0     # a clean exit; 10 s was too short beside CPU-heavy jobs
+        assert process.wait(timeout=10) == 0
         process.stdout.close()
         process.stderr.close()
 
