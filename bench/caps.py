@@ -34,10 +34,12 @@ from mlc_pipeline.model.metrics import (  # noqa: E402
 )
 
 
+from recipes import operating_points, test_and_probe  # noqa: E402  (bench/ is first on sys.path)
+
+
 def save_scores(bundle_dir: Path, version: Path, out: Path) -> None:
     """Score a bundle on its dataset version's valid, test and probe rows: bench/recipes.py's own
     scoring and .npz writer, so that both benches hand `compare` the same format."""
-    from recipes import operating_points          # bench/ is this script's folder, first on sys.path
     from mlc_pipeline.manifest import read_manifest_frame
     from mlc_pipeline.model.bundle import load_bundle
     operating_points(load_bundle(bundle_dir), read_manifest_frame(version / "manifest.csv"), tta=False, save=out)
@@ -77,9 +79,7 @@ def compare(npz: Path, cap: float) -> dict:
     valid, t_valid = z["valid"], z["t_valid"]
     start = calibrate_thresholds(valid, t_valid, "per-class-f1", f1_tolerance=DEFAULT_F1_TOLERANCE)   # as training does
     path = capping_path(valid, t_valid, vocab, start=start)
-    probs_eval = np.vstack([z["test"], z["probe"]])
-    targ_eval = np.vstack([z["t_test"], np.zeros((len(z["probe"]), len(vocab)), dtype=np.int8)])
-    mask = np.r_[np.zeros(len(z["test"]), bool), np.ones(len(z["probe"]), bool)]
+    probs_eval, targ_eval, mask = test_and_probe(z["test"], z["t_test"], z["probe"])
     out = {"run": npz.stem, "valid_other": path[0][1]}
     for name, (rounding, keep) in RULES.items():
         thr, accepted = pick(path, valid, t_valid, real, cap, rounding, keep)

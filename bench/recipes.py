@@ -102,9 +102,7 @@ def operating_points(bundle, df, tta: bool, caps=(0.0, 0.02, 0.05, 0.1), save: P
         np.savez(save, valid=p["valid"], t_valid=t_valid, test=p["test"], t_test=t_test, probe=p["probe"],
                  vocab=np.array(vocab), head=np.array(bundle.head),
                  class_score=np.array(bundle.meta.get("class_score", "sigmoid(class)")))   # bench/scores.py
-    probs_eval = np.vstack([p["test"], p["probe"]])
-    targ_eval = np.vstack([t_test, np.zeros((len(p["probe"]), len(vocab)), dtype=np.int8)])
-    mask = np.r_[np.zeros(len(p["test"]), bool), np.ones(len(p["probe"]), bool)]
+    probs_eval, targ_eval, mask = test_and_probe(p["test"], t_test, p["probe"])
     out["ood_fpr95_probe"] = ood_scores(probs_eval, targ_eval, mask, vocab)
     if bundle.head == "softmax":
         m = evaluate(probs_eval, targ_eval, None, vocab, mask, head="softmax")
@@ -118,6 +116,14 @@ def operating_points(bundle, df, tta: bool, caps=(0.0, 0.02, 0.05, 0.1), save: P
         m = evaluate(probs_eval, targ_eval, thr, vocab, mask)
         out[name] = summary(m) | {"thresholds": [round(float(t), 3) for t in thr]}
     return out
+
+
+def test_and_probe(test: np.ndarray, t_test: np.ndarray, probe: np.ndarray):
+    """What every operating point is scored on: test rows, then probes (no label), and a probe mask."""
+    probs = np.vstack([test, probe])
+    targets = np.vstack([t_test, np.zeros((len(probe), t_test.shape[1]), dtype=np.int8)])
+    mask = np.r_[np.zeros(len(test), bool), np.ones(len(probe), bool)]
+    return probs, targets, mask
 
 
 def ood_scores(probs, targets, probe, vocab) -> dict:

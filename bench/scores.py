@@ -36,6 +36,8 @@ from mlc_pipeline.model.metrics import (  # noqa: E402
     DEFAULT_F1_TOLERANCE, OTHER, calibrate_capped, calibrate_thresholds, evaluate, real_class_indices,
 )
 
+from recipes import test_and_probe  # noqa: E402  (bench/ is first on sys.path)
+
 EPS = 1e-7
 
 
@@ -88,9 +90,7 @@ def point(z, vocab: list[str], rule: str, cap: float) -> dict:
     s = {part: scored(logits_of(z[part], vocab, saved), vocab, rule) for part in ("valid", "test", "probe")}
     start = calibrate_thresholds(s["valid"], z["t_valid"], "per-class-f1", f1_tolerance=DEFAULT_F1_TOLERANCE)
     thr = calibrate_capped(s["valid"], z["t_valid"], vocab, cap, start=start)
-    probs = np.vstack([s["test"], s["probe"]])
-    targets = np.vstack([z["t_test"], np.zeros((len(s["probe"]), len(vocab)), dtype=np.int8)])
-    mask = np.r_[np.zeros(len(s["test"]), bool), np.ones(len(s["probe"]), bool)]
+    probs, targets, mask = test_and_probe(s["test"], z["t_test"], s["probe"])
     m = evaluate(probs, targets, thr, vocab, mask)
     return {"f1": round(m["macro_f1"], 3), "other": round(m["unknown_accepted"], 3),
             "probe": round(m["probe_accepted"], 3)}
