@@ -70,11 +70,12 @@ def counts_markdown(counts: dict) -> list[str]:
 
 def rounds_markdown(models: list[dict], mined: list[dict]) -> list[str]:
     added = {m["round"]: m.get("added", 0) for m in mined}
-    lines = ["| round | dataset | model | macro F1 | unknown accepted (test other) | unknown accepted (probe) "
-             "| negatives added |", "|---|---|---|---|---|---|---|"]
+    lines = ["| round | dataset | model | macro F1 | macro F1 (valid) | unknown accepted (test other) "
+             "| unknown accepted (probe) | negatives added |", "|---|---|---|---|---|---|---|---|"]
     for m in models:
-        t = m["metrics"].get("test", {})
+        t, v = m["metrics"].get("test", {}), m["metrics"].get("valid", {}).get("macro_f1")
         lines.append(f"| {m['round']} | {m['dataset_version']} | {m['bundle']} | {t.get('macro_f1', 0):.3f} "
+                     f"| {'n/a' if v is None else f'{v:.3f}'} "
                      f"| {pct(t.get('unknown_accepted'))} | {pct(t.get('probe_accepted'))} "
                      f"| {added.get(m['round'], 0) if m['round'] else '-'} |")
     return lines

@@ -43,6 +43,7 @@ class RoundRecord:
     unknown_accepted: float | None
     probe_accepted: float | None
     negatives_added: int = 0
+    valid_macro_f1: float | None = None     # at the model's own thresholds: the F1 shipping compares
 
 
 @dataclass
@@ -73,9 +74,9 @@ def plain(value: Any) -> Any:
 
 def record(round_no: int, version: str, bundle: str, metrics: dict, added: int = 0) -> RoundRecord:
     """One mining round's line of the report, from a model's metrics."""
-    test = metrics["test"]
+    test, valid = metrics["test"], metrics.get("valid") or {}
     return RoundRecord(round_no, version, bundle, test["macro_f1"], test.get("unknown_accepted"),
-                       test.get("probe_accepted"), added)
+                       test.get("probe_accepted"), added, valid.get("macro_f1"))
 
 
 def unknown_rate(test_other: float | None, probe: float | None) -> float | None:
@@ -85,9 +86,26 @@ def unknown_rate(test_other: float | None, probe: float | None) -> float | None:
     return sum(rates) / len(rates) if rates else None
 
 
-def worse(before: float | None, after: float | None) -> bool:
-    """Whether a retrained model accepts more unknowns than the one before it (by `unknown_rate`)."""
-    return before is not None and after is not None and after > before
+def not_shipped_reason(cfg: Config, before: RoundRecord, after: RoundRecord) -> str | None:
+    """Why a mining round's model must not replace the round before's (None: ship it).
+
+    Mining exists to lower the unknowns accepted (`unknown_rate`, test other and probe) without
+    paying for it in accuracy. So a round is not shipped when it accepts more unknowns, or when it
+    loses more than `mine.max_f1_loss` of validation macro F1 (each model at its own calibrated
+    thresholds: validation, so that the test figures the run reports are not also the ones that
+    chose between two models on accuracy)."""
+    u_before = unknown_rate(before.unknown_accepted, before.probe_accepted)
+    u_after = unknown_rate(after.unknown_accepted, after.probe_accepted)
+    if u_before is not None and u_after is not None and u_after > u_before:
+        return (f"round {after.round}'s model {after.bundle} accepted more unknowns than round {before.round}'s "
+                f"({u_before:.3f} -> {u_after:.3f}, mean of test other and probe)")
+    f_before, f_after = before.valid_macro_f1, after.valid_macro_f1
+    # the small margin: F1 figures that differ in the last float bit are equal
+    if f_before is not None and f_after is not None and f_before - f_after > cfg.mine.max_f1_loss + 1e-9:
+        return (f"round {after.round}'s model {after.bundle} lost {f_before - f_after:.3f} of validation macro F1 "
+                f"against round {before.round}'s ({f_before:.3f} -> {f_after:.3f}; mine.max_f1_loss is "
+                f"{cfg.mine.max_f1_loss:g})")
+    return None
 
 
 def mining_stop(cfg: Config, round_no: int, added: int, before: float | None = None,
@@ -189,19 +207,20 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
         with stages.stage("train"):      # continues round r-1's network (mine.retrain); LATEST: below
             model = stages.train(cfg, ds["path"], r, previous=model["bundle_dir"], publish=False)
         out.rounds.append(record(r, model["dataset_version"], model["bundle"], model["metrics"], mined["added"]))
-        before, after = (unknown_rate(x.unknown_accepted, x.probe_accepted) for x in out.rounds[-2:])
-        if worse(before, after):
-            # The loop exists to lower unknowns accepted: a round that raised them is not shipped. Its
+        if why := not_shipped_reason(cfg, *out.rounds[-2:]):
+            # Worse at saying "none of these", or bought with too much accuracy: not shipped. Its
             # negatives stay in the catalog and the new version; the next run's model learns from them.
+            # The loop stops: a further round would go on from this model.
             kept = out.rounds[-2]
             out.shipped = kept.bundle
-            out.not_shipped = (f"round {r}'s model {model['bundle']} accepted more unknowns than round "
-                               f"{kept.round}'s ({before:.3f} -> {after:.3f}, mean of test other and probe): "
-                               f"models/LATEST stays {kept.bundle}")
+            out.not_shipped = f"{why}: models/LATEST stays {kept.bundle}"
             log.warning("%s", out.not_shipped)
-        else:
-            publish_latest(cfg, model["bundle"])
+            publish(cfg)                # the mined labels (catalog), the new version and model
+            out.stopped_early = r < cfg.mine.rounds
+            break
+        publish_latest(cfg, model["bundle"])
         publish(cfg)                    # the mined labels (catalog), the new version and model, LATEST
+        before, after = (unknown_rate(x.unknown_accepted, x.probe_accepted) for x in out.rounds[-2:])
         if why := mining_stop(cfg, r, mined["added"], before, after):
             log.info("%s; stopping", why)
             out.stopped_early = r < cfg.mine.rounds

@@ -32,12 +32,15 @@ def shipped_round(result):
 
 
 def rounds_markdown(result) -> str:
-    lines = ["| round | dataset | macro F1 | unknown accepted (test other) | unknown accepted (probe) | negatives added |",
-             "|---|---|---|---|---|---|"]
+    # valid macro F1: what shipping compares between rounds (pipeline.not_shipped_reason)
+    lines = ["| round | dataset | macro F1 | macro F1 (valid) | unknown accepted (test other) "
+             "| unknown accepted (probe) | negatives added |", "|---|---|---|---|---|---|---|"]
     shipped = shipped_round(result).bundle if result.rounds else ""
     for r in result.rounds:
         mark = " (shipped)" if r.bundle == shipped and len(result.rounds) > 1 else ""
-        lines.append(f"| {r.round}{mark} | {r.dataset_version} | {r.macro_f1:.3f} | {pct(r.unknown_accepted)} "
+        valid = getattr(r, "valid_macro_f1", None)      # absent from runs saved before 2026-12-02
+        lines.append(f"| {r.round}{mark} | {r.dataset_version} | {r.macro_f1:.3f} "
+                     f"| {'n/a' if valid is None else f'{valid:.3f}'} | {pct(r.unknown_accepted)} "
                      f"| {pct(r.probe_accepted)} | {r.negatives_added} |")
     return "\n".join(lines) + "\n"
 
