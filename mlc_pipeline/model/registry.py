@@ -40,6 +40,12 @@ class BundleInfo:
     problem: str | None = None                     # why it cannot be used, or None
 
 
+def variant_name(head: str, other_mode: str) -> str:
+    """A model's head as bundle names, VARIANTS (model/variants.py) and reports spell it; from
+    bundle.json's `head` and `other_mode` (the effective one: a softmax always has an "other" class)."""
+    return f"{head}-{'negatives' if other_mode == 'negative' else 'other-class'}"
+
+
 def latest_name(models_dir: Path) -> str | None:
     try:
         return (models_dir / POINTER).read_text().strip() or None

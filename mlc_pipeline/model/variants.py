@@ -17,7 +17,7 @@ from mlc_pipeline.fsutil import write_text_atomic
 from mlc_pipeline.config import Config, ConfigError
 from mlc_pipeline.dataset.build import verify_version
 from mlc_pipeline.manifest import read_manifest
-from mlc_pipeline.model.registry import latest_bundle
+from mlc_pipeline.model.registry import latest_bundle, variant_name
 from mlc_pipeline.model.train import TrainConfig, train_model
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def train_version(cfg: Config, dataset_dir: str | Path, tag: str = "", variant: 
     dataset_dir = Path(dataset_dir)
     version = dataset_dir.name
     overrides = VARIANTS[variant] if variant else {}
-    name = variant or f"{cfg.train.head}-{'negatives' if cfg.train.other_mode == 'negative' else 'other-class'}"
+    name = variant or variant_name(cfg.train.head, train_config(cfg).effective_other_mode)
     verify_version(dataset_dir)     # a missing, changed or escaping file stops here, with one line
     bundle = models_root(cfg) / bundle_name(f"{cfg.build.name}-{version}{'-' + tag if tag else ''}-{name}")
     models_root(cfg).mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import re
 import tempfile
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from mlc_pipeline.report.analysis import analysis_section, mining_section
 from mlc_pipeline.report.curves import curve_markdown
 
 from mlc_pipeline.model.plots import plot_curves
+from mlc_pipeline.model.registry import read_info, variant_name
 from mlc_pipeline.report.tables import compare_table, pct
 
 
@@ -45,11 +45,12 @@ def rounds_markdown(result) -> str:
     return "\n".join(lines) + "\n"
 
 
-def variants_markdown(result, metrics_by_bundle: dict[str, dict]) -> str:
+def variants_markdown(result, metrics_by_bundle: dict[str, dict], models_dir: Path) -> str:
     first = result.rounds[0]
-    # the head is in the bundle's name (model/variants.py bundle names): the config may pick any
-    head = re.search(r"-((?:sigmoid|softmax)-(?:negatives|other-class))-", first.bundle)
-    rows = [(f"product, round 0{' (' + head.group(1) + ')' if head else ''}", metrics_by_bundle[first.bundle])]
+    # the config may pick any head: name the one round 0 was trained with, from its bundle.json
+    meta = read_info(models_dir / first.bundle).meta
+    head = f" ({variant_name(meta['head'], meta['other_mode'])})" if {"head", "other_mode"} <= meta.keys() else ""
+    rows = [(f"product, round 0{head}", metrics_by_bundle[first.bundle])]
     rows += [(name, m["test"]) for name, m in result.alternatives.items()]
     if len(result.rounds) > 1:
         last = result.rounds[-1]
@@ -99,7 +100,7 @@ def model_section(result, models_dir: Path) -> str:
         parts += ["<h3 id='data-warnings'>Data warnings</h3><ul>"]
         parts += [f"<li>{html.escape(w)}</li>" for w in warnings] + ["</ul>"]
     parts += ["<h3>Mining rounds</h3>", md_to_html_table(rounds_markdown(result)),
-             "<h3>Alternatives on the same data</h3>", md_to_html_table(variants_markdown(result, metrics)),
+             "<h3>Alternatives on the same data</h3>", md_to_html_table(variants_markdown(result, metrics, models_dir)),
              "" if result.alternatives else ALTERNATIVES_OFF,
              f"<h3>Per-class metrics ({html.escape(last.bundle)}, test split)</h3>",
              md_to_html_table(per_class_markdown(metrics[last.bundle]))]

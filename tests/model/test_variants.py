@@ -79,3 +79,14 @@ def test_the_images_a_continued_network_learned_before_count_too(tmp_path):
     v5 = tmp_path / "datasets" / "default" / "v5"
     _manifest(v5, [("1", "train"), ("2", "train"), ("3", "valid"), ("4", "test"), ("7", "test")])
     assert continue_blocker(v5, r1) is None
+
+
+def test_one_name_per_head_for_bundles_variants_and_reports():
+    """Bundle names, VARIANTS and the report's "product, round 0 (...)" all spell a head through
+    registry.variant_name; a softmax always has an "other" class, whatever other_mode says."""
+    from mlc_pipeline.model.registry import variant_name
+    from mlc_pipeline.model.variants import VARIANTS, train_config
+    assert all(variant_name(**spec) == name for name, spec in VARIANTS.items())
+    cfg = Config(classes={"a": {"queries": ["a"], "count": 1}}, other={"queries": ["o"], "count": 1},
+                 train={"head": "softmax", "other_mode": "negative"})
+    assert variant_name(cfg.train.head, train_config(cfg).effective_other_mode) == "softmax-other-class"
