@@ -187,6 +187,8 @@ class MineSettings(Strict):
     hold_above: float | None = Field(None, gt=0, le=1.01)   # held for review at this score or more; None: the
                                                             # class's median validation positive (docs/training.md)
     max_per_round: int | None = Field(None, ge=1)    # None: as many as the training "other" set holds
+    review_below: float = Field(0.05, gt=0, lt=1)    # a class image whose own label scores under this is
+                                                     # listed in <bundle>/review.csv (possible label noise)
     retrain: Literal["continue", "scratch"] = "continue"   # continue: the previous round's network, for
                                                             # retrain_epochs (docs/training.md "Retraining")
     retrain_epochs: int | None = Field(None, ge=1)   # continue: None = a third of the first training's

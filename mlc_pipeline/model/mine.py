@@ -24,7 +24,6 @@ from mlc_pipeline.model.predict import score_with_errors
 from mlc_pipeline.model.bundle import load_bundle
 
 log = logging.getLogger(__name__)
-REVIEW_BELOW = 0.05     # a class image whose own label scores under this is listed for review
 # A pool image this close to a class image (PHash bits) is a copy of it: resized and re-encoded real
 # photos stay within ~4 bits, while flat drawings of *different* things can sit at 10 (issue 13), so
 # curation's looser threshold would hold back true lookalikes, the negatives mining exists for.
@@ -245,7 +244,8 @@ def undo_round(cfg: Config, round_no: int, photo_ids: list[str] | None = None) -
 
 
 def review_class_images(catalog: Catalog, bundle, cfg: Config) -> list[dict]:
-    """Training class images whose own label the model scores very low: possible label noise."""
+    """Training class images whose own label the model scores under `mine.review_below`: possible
+    label noise."""
     rows = [r for r in catalog.candidates("status='accepted' AND purpose='train'")
             if r["curated_label"] and r["curated_label"] != "other"]
     if not rows:
@@ -256,7 +256,7 @@ def review_class_images(catalog: Catalog, bundle, cfg: Config) -> list[dict]:
         if np.isnan(p).any():
             continue
         for label in row["curated_label"].split():
-            if label in bundle.vocab and p[bundle.vocab.index(label)] < REVIEW_BELOW:
+            if label in bundle.vocab and p[bundle.vocab.index(label)] < cfg.mine.review_below:
                 out.append({"candidate_id": row["id"], "photo_id": row["photo_id"], "label": label,
                             "score": round(float(p[bundle.vocab.index(label)]), 4), "file": row["file_path"]})
     return out
