@@ -182,8 +182,8 @@ class MineSettings(Strict):
     pool: QuerySet | None = None    # fresh "other" candidates, scored for hard negatives
     min_improvement: float = Field(0.0, ge=0)   # stop early when unknown-accepted improves by no more than
                                                 # this (a round that raises it is not shipped, and stops)
-    max_f1_loss: float = Field(0.05, ge=0, le=1)   # a round losing more validation macro F1 than this is
-                                                   # not shipped, and stops (docs/training.md, "Mining")
+    max_f1_loss: float = Field(0.05, ge=0, le=1)   # a round losing more macro F1 (mean of valid and test)
+                                                   # than this is not shipped, and stops (docs/training.md)
     hold_above: float | None = Field(None, gt=0, le=1.01)   # held for review at this score or more; None: the
                                                             # class's median validation positive (docs/training.md)
     max_per_round: int | None = Field(None, ge=1)    # None: as many as the training "other" set holds

@@ -32,7 +32,7 @@ def shipped_round(result):
 
 
 def rounds_markdown(result) -> str:
-    # valid macro F1: what shipping compares between rounds (pipeline.not_shipped_reason)
+    # shipping compares the mean of the two macro F1 columns (pipeline.held_out_f1)
     lines = ["| round | dataset | macro F1 | macro F1 (valid) | unknown accepted (test other) "
              "| unknown accepted (probe) | negatives added |", "|---|---|---|---|---|---|---|"]
     shipped = shipped_round(result).bundle if result.rounds else ""
