@@ -70,7 +70,7 @@ def counts_markdown(counts: dict) -> list[str]:
 
 def rounds_markdown(models: list[dict], mined: list[dict]) -> list[str]:
     added = {m["round"]: m.get("added", 0) for m in mined}
-    lines = ["| round | dataset | model | macro F1 | macro F1 (valid) | unknown accepted (test other) "
+    lines = ["| round | dataset | model | macro F1 (test) | macro F1 (valid) | unknown accepted (test other) "
              "| unknown accepted (probe) | negatives added |", "|---|---|---|---|---|---|---|---|"]
     for m in models:
         t, v = m["metrics"].get("test", {}), m["metrics"].get("valid", {}).get("macro_f1")

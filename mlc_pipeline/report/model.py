@@ -33,7 +33,7 @@ def shipped_round(result):
 
 def rounds_markdown(result) -> str:
     # shipping compares the mean of the two macro F1 columns (pipeline.held_out_f1)
-    lines = ["| round | dataset | macro F1 | macro F1 (valid) | unknown accepted (test other) "
+    lines = ["| round | dataset | macro F1 (test) | macro F1 (valid) | unknown accepted (test other) "
              "| unknown accepted (probe) | negatives added |", "|---|---|---|---|---|---|---|"]
     shipped = shipped_round(result).bundle if result.rounds else ""
     for r in result.rounds:
