@@ -14,6 +14,8 @@ Worlds (a user's config in miniature; probes are a kind under no query, never tr
   (an unseen furry animal that looks like the negatives: the hard case users meet)
 - insects-catpool: as insects, but the mining pool is cat photos (other ones than the probes): a
   pool that resembles the unseen kind, where a mining round should move the unseen rate
+- insects-poisoned: as insects-catpool, but 40 of the 300 pool photos are bees the bees class never
+  sees: the pool query finds class members too, and mining must not teach the model they are "other"
 - pets:    classes cat, dog; other: ant photos; probe: bee photos (no pool: one round, no mining)
 
     .venv/bin/python bench/realworld.py --world insects [--set train.epochs=40 ...]
@@ -59,6 +61,17 @@ WORLDS = {
         "map": {"ant": "ants", "bee": "bees", "dog": "dogs", "kitten": "cats-a", "cat": "cats-b"},
         "counts": {"class": 250, "other": 300, "pool": 300, "probe": 300},
     },
+    # The guard's case: the pool query also finds class members (40 bee photos the bees class never
+    # sees among 260 cats), as "stuffed animal" finds teddies. Mining should hold them, not add them.
+    "insects-poisoned": {
+        "folders": {"ants": ("hymenoptera/ants", None, 0), "bees": ("hymenoptera/bees", None, 40),
+                    "dogs": ("pets/dog", 300, 0), "cats-b": ("pets/cat", 300, 300),
+                    "pool": [("pets/cat", 260, 0), ("hymenoptera/bees", 40, 0)]},
+        "classes": {"ants": ["ant"], "bees": ["bee"]},
+        "other": ["dog"], "pool": ["kitten"], "probe": ["cat"],
+        "map": {"ant": "ants", "bee": "bees", "dog": "dogs", "kitten": "pool", "cat": "cats-b"},
+        "counts": {"class": 250, "other": 300, "pool": 300, "probe": 300},
+    },
     "pets": {
         "folders": {"cats": ("pets/cat", 300, 0), "dogs": ("pets/dog", 300, 0),
                     "ants": ("hymenoptera/ants", None, 0), "bees": ("hymenoptera/bees", None, 0)},
@@ -71,13 +84,14 @@ WORLDS = {
 
 
 def build_folder(world: dict, dest: Path, seed: int) -> None:
-    for sub, (src, count, start) in world["folders"].items():
-        files = sorted((FIXTURES / src).glob("*.jpg"))
-        random.Random(f"{seed}:{src}").shuffle(files)   # one order per source, so slices never overlap
-        files = files[start:start + count] if count else files
+    for sub, slices in world["folders"].items():
         (dest / sub).mkdir(parents=True)
-        for f in files:
-            shutil.copyfile(f, dest / sub / f.name)
+        # a subfolder is one slice of a fixture folder, or several (a pool that mixes kinds)
+        for src, count, start in (slices if isinstance(slices, list) else [slices]):
+            files = sorted((FIXTURES / src).glob("*.jpg"))
+            random.Random(f"{seed}:{src}").shuffle(files)   # one order per source, so slices never overlap
+            for f in files[start:start + count] if count else files[start:]:
+                shutil.copyfile(f, dest / sub / f.name)
 
 
 def write_config(world: dict, folder: Path, data_dir: Path, port: int, seed: int, scale: float = 1.0) -> Path:
@@ -148,6 +162,27 @@ def seeds_recipe(manifest: Path, head: str, seed: int) -> dict:
     return metrics
 
 
+def pool_decisions(cfg, result) -> dict[str, dict[str, int]]:
+    """{source folder: {decision: count}} over every round's mined.csv: in insects-poisoned, how many
+    of the pool's class members mining added as negatives (poison) and how many it held."""
+    import csv
+    from collections import Counter, defaultdict
+    from mlc_pipeline.sync import open_catalog
+    class_kind = {f.name for f in (FIXTURES / "hymenoptera").rglob("*.jpg")}
+    out: dict[str, Counter] = defaultdict(Counter)
+    with open_catalog(cfg) as catalog:
+        for r in result.rounds:
+            path = cfg.data_dir / "models" / r.bundle / "mined.csv"
+            if not path.exists():
+                continue
+            for row in csv.DictReader(path.open()):
+                source = (catalog.get(int(row["candidate_id"])) or {}).get("source_file") or "?"
+                kind = ("a class's kind (hymenoptera)" if Path(source).name in class_kind
+                        else source.split("/")[0])
+                out[kind][row["decision"].split(":")[0]] += 1
+    return {k: dict(v) for k, v in out.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world", choices=sorted(WORLDS), default="insects")
@@ -209,6 +244,11 @@ def main() -> int:
         verdicts.append(both)
         print(f"vs {name}: macro F1 {f1_ratio}, unseen accepted {probe_ratio} -> "
               f"{'better on both axes' if both else 'NOT better on both axes'}")
+    mined = pool_decisions(cfg, result)
+    if mined:
+        print("\nmining decisions by the pool photo's source folder (from each round's mined.csv):")
+        for src, decisions in sorted(mined.items()):
+            print(f"  {src}: " + ", ".join(f"{d} {n}" for d, n in sorted(decisions.items())))
     goal = product["macro_f1"] >= 0.85 and product["probe_accepted"] <= 0.05
     print(f"goal (macro F1 >= 0.85 with <= 5% of the unseen kind accepted): {'met' if goal else 'not met'}")
     if product.get("curve"):
@@ -217,7 +257,8 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"world": args.world, "seed": args.seed, "rows": dict(rows),
                                                "product_seconds": product_seconds, "stages": result.seconds,
-                                               "both_axes": verdicts, "goal": goal}, indent=2, default=str))
+                                               "both_axes": verdicts, "goal": goal,
+                                               "pool_decisions": mined}, indent=2, default=str))
     return 0 if verdicts and all(verdicts) else 1
 
 
