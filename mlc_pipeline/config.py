@@ -184,8 +184,9 @@ class MineSettings(Strict):
                                                 # this (a round that raises it is not shipped, and stops)
     max_f1_loss: float = Field(0.05, ge=0, le=1)   # a round losing more macro F1 (mean of valid and test)
                                                    # than this is not shipped, and stops (docs/training.md)
-    hold_above: float | None = Field(None, gt=0, le=1.01)   # held for review at this score or more; None: the
-                                                            # class's median validation positive (docs/training.md)
+    hold_above: float | None = Field(None, gt=0, le=1.01)   # held for review at this score or more; None: held
+                                                            # when it looks like the class in the model's features
+                                                            # (model/likeness.py, docs/training.md); 1.01: never
     max_per_round: int | None = Field(None, ge=1)    # None: as many as the training "other" set holds
     review_below: float = Field(0.05, gt=0, lt=1)    # a class image whose own label scores under this is
                                                      # listed in <bundle>/review.csv (possible label noise)

@@ -22,6 +22,7 @@ from mlc_pipeline.executor import cluster_address, map_chunks
 from mlc_pipeline.model.metrics import predict_matrix
 from mlc_pipeline.model.predict import score_with_errors
 from mlc_pipeline.model.bundle import load_bundle
+from mlc_pipeline.model.likeness import pool_likeness
 
 log = logging.getLogger(__name__)
 # A pool image this close to a class image (PHash bits) is a copy of it: resized and re-encoded real
@@ -31,7 +32,7 @@ NEAR_COPY_BITS = 4
 MIN_DEFAULT_CAP = 50
 HELD = "held:"          # reason prefix of pool images mining kept out of the negatives, for review
 REVIEW_COLUMNS = ["candidate_id", "photo_id", "label", "score", "file"]
-MINED_COLUMNS = ["candidate_id", "photo_id", "score", "accepted_as", "decision", "file"]
+MINED_COLUMNS = ["candidate_id", "photo_id", "score", "accepted_as", "likeness", "decision", "file"]
 
 
 @dataclass
@@ -85,8 +86,9 @@ def nearest_class_image(pool_hashes: list[str | None], class_rows: list[dict], m
 
 def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult:
     """Score the pool; accepted pool images become hard negatives, except those held for review:
-    near-duplicates of a class image, or accepted with a score of `mine.hold_above` or more (a pool
-    query that returns class members, e.g. "stuffed animal" for a "teddy" class). At most
+    near-duplicates of a class image, or images that look like the class they were accepted as
+    (`hold_for_review`: a pool query that returns class members, e.g. "stuffed animal" for a
+    "teddy" class). At most
     `mine.max_per_round` are added (the hardest first). Every decision is written to mined.csv."""
     for warning in pool_overlaps(cfg):
         log.warning(warning)
@@ -105,20 +107,16 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
             class_rows = [r for r in catalog.candidates("status='accepted' AND purpose='train'")
                           if r["curated_label"] and r["curated_label"] != "other"]
             hits = [i for i in range(len(pool)) if accepted[i].any()]
-            hold_at = hold_scores(bundle, settings.hold_above)
             near = nearest_class_image([pool[i]["phash"] for i in hits], class_rows, NEAR_COPY_BITS)
             candidates = []
             for i, twin in zip(hits, near):
                 j = int(np.nanargmax(np.where(accepted[i], probs[i], -1)))
                 entry = {"candidate_id": pool[i]["id"], "photo_id": pool[i]["photo_id"], "file": pool[i]["file_path"],
-                         "score": round(float(probs[i, j]), 4), "accepted_as": bundle.vocab[j]}
+                         "score": round(float(probs[i, j]), 4), "accepted_as": bundle.vocab[j], "likeness": ""}
                 if twin is not None:
                     entry["decision"] = f"held:near-duplicate-of:{twin['id']}"
-                elif entry["score"] >= hold_at[j]:
-                    entry["decision"] = f"held:confident:{entry['accepted_as']}"
-                else:
-                    entry["decision"] = "added"
                 candidates.append(entry)
+            hold_for_review(cfg, bundle, [e for e in candidates if "decision" not in e])
             to_add = sorted((e for e in candidates if e["decision"] == "added"), key=lambda e: -e["score"])
             cap = max_per_round(settings, catalog)
             for e in to_add[cap:]:
@@ -188,6 +186,44 @@ def score_chunk(bundle_dir: str, paths: list[str]) -> list[tuple[np.ndarray | No
     return [(None, errors[i]) if i in errors else (probs[i], None) for i in range(len(paths))]
 
 
+def hold_for_review(cfg: Config, bundle, entries: list[dict]) -> None:
+    """Decide each accepted pool image (no near-copy): `held:like-class:<class>` or `added`.
+
+    Default: held when it looks like the class it was accepted as, in the model's own features, at
+    least as much as a typical validation image of that class (model/likeness.py). Measured on real
+    photos, the score could not tell a pool's class members from its true hard negatives, and holding
+    by score starved mining (docs/training.md, "What mining holds back"). `mine.hold_above` set:
+    held at that score or more instead, as before. Without the model's dataset to compare with: the
+    score hold at each class's median validation score."""
+    if not entries:
+        return
+    likeness = None
+    if cfg.mine.hold_above is None:
+        likeness = pool_likeness(bundle, bundle_manifest(cfg, bundle), [e["file"] for e in entries],
+                                 [e["accepted_as"] for e in entries])
+    if likeness is None:
+        hold_at = dict(zip(bundle.vocab, hold_scores(bundle, cfg.mine.hold_above)))
+        for e in entries:
+            e["decision"] = (f"held:confident:{e['accepted_as']}" if e["score"] >= hold_at[e["accepted_as"]]
+                             else "added")
+        return
+    for e, m in zip(entries, likeness.margins):
+        e["likeness"] = "" if np.isnan(m) else round(float(m), 4)
+        # an image whose features could not be read is held: undecided is not "other"
+        like = np.isnan(m) or m >= likeness.typical[e["accepted_as"]]
+        e["decision"] = f"held:like-class:{e['accepted_as']}" if like else "added"
+
+
+def bundle_manifest(cfg: Config, bundle) -> Path:
+    """The manifest of the dataset version the bundle was trained on: under this data root, or
+    where training read it."""
+    name, _, version = str(bundle.meta.get("dataset_version", "")).rpartition("/")
+    here = cfg.layout.root / "datasets" / name / version / "manifest.csv"
+    if name and version and here.is_file():
+        return here
+    return Path(bundle.meta.get("manifest", here))
+
+
 def hold_scores(bundle, hold_above: float | None) -> list[float]:
     """Per vocab column, the score at which an accepted pool image is held for review instead of
     mined: the configured value, or else the median score of that class's validation images (a
@@ -213,8 +249,8 @@ def pool_overlaps(cfg: Config) -> list[str]:
             shared = words(query) & (words(name) | set().union(*(words(q) for q in qs.queries)))
             if shared:
                 out.append(f"mine.pool query {query!r} shares {sorted(shared)} with class {name!r}: it may return "
-                           f"{name} images, which mining would turn into negatives (those the model is surer of "
-                           f"than of a typical {name} image are held for review)")
+                           f"{name} images, which mining would turn into negatives (those that look like {name} "
+                           f"images to the model are held for review)")
     return out
 
 

@@ -50,7 +50,21 @@ def score_with_errors(bundle: Bundle, paths: list, batch_size: int = 64, max_pix
     images and `batch_pixels` decoded pixels, so memory stays bounded however big the inputs; an
     image over `max_pixels` is refused from its header. One bad file costs one row, never the batch:
     a chunk that fails to score is scored again image by image."""
+    probs, _, errors = _score(bundle, paths, batch_size, max_pixels, batch_pixels, embed=False)
+    return probs, errors
+
+
+def score_and_embed(bundle: Bundle, paths: list, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """`score_with_errors`, plus each image's features: what the network's last linear layer reads
+    (the pooled body for mlcnet, the head's hidden layer for a torchvision net), L2-normalised, from
+    the plain picture (not its mirror under TTA). Rows of failed images are NaN."""
+    return _score(bundle, paths, batch_size, MAX_PIXELS, BATCH_PIXELS, embed=True)
+
+
+def _score(bundle: Bundle, paths: list, batch_size: int, max_pixels: int, batch_pixels: int,
+           embed: bool) -> tuple[np.ndarray, np.ndarray | None, dict[int, str]]:
     probs = np.full((len(paths), len(bundle.vocab)), np.nan, dtype=np.float32)
+    feats = np.full((len(paths), _last_linear(bundle.learn.model).in_features), np.nan, dtype=np.float32) if embed else None
     errors: dict[int, str] = {}
     chunk: list[tuple[int, object]] = []
     held = 0
@@ -68,30 +82,48 @@ def score_with_errors(bundle: Bundle, paths: list, batch_size: int = 64, max_pix
                 continue
             pixels = image.width * image.height
             if chunk and (len(chunk) >= batch_size or held + pixels > batch_pixels):
-                _score_chunk(bundle, chunk, batch_size, probs, errors)
+                _score_chunk(bundle, chunk, batch_size, probs, errors, feats)
                 bar.advance(len(chunk))
                 chunk, held = [], 0
             chunk.append((i, image))
             held += pixels
         if chunk:
-            _score_chunk(bundle, chunk, batch_size, probs, errors)
+            _score_chunk(bundle, chunk, batch_size, probs, errors, feats)
             bar.advance(len(chunk))
     if errors:
         log.warning("%d of %d images could not be scored (first: %s)", len(errors), len(paths),
                     next(iter(errors.values())))
-    return probs, errors
+    return probs, feats, errors
+
+
+def _last_linear(model):
+    import torch.nn as nn
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("the network has no linear layer to read features from")
+    return linears[-1]
 
 
 def _score_chunk(bundle: Bundle, chunk: list[tuple[int, object]], batch_size: int, probs: np.ndarray,
-                 errors: dict[int, str]) -> None:
+                 errors: dict[int, str], feats: np.ndarray | None = None) -> None:
     learn = bundle.learn
     images = [image for _, image in chunk]
+    captured: list[np.ndarray] = []
+    hook = None if feats is None else _last_linear(learn.model).register_forward_pre_hook(
+        lambda module, args: captured.append(args[0].detach().float().cpu().numpy()))
     try:
-        batch_probs = _probabilities(learn, images, batch_size)
+        try:
+            batch_probs = _probabilities(learn, images, batch_size)
+        finally:
+            if hook is not None:
+                hook.remove()
         if bundle.meta.get("config", {}).get("tta"):
             # Test-time augmentation: the mirror image too, probabilities averaged (trained with flips).
             batch_probs = (batch_probs + _probabilities(learn, [_mirror(im) for im in images], batch_size)) / 2
         probs[[i for i, _ in chunk]] = batch_probs
+        if feats is not None:
+            f = np.concatenate(captured)
+            feats[[i for i, _ in chunk]] = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     except Exception as exc:  # MemoryError included: the others in the chunk must still get a score
         if len(chunk) == 1:
             errors[chunk[0][0]] = f"cannot score image: {type(exc).__name__}: {exc}"
@@ -99,7 +131,7 @@ def _score_chunk(bundle: Bundle, chunk: list[tuple[int, object]], batch_size: in
         log.warning("scoring %d images together failed (%s); scoring them one by one", len(chunk),
                     type(exc).__name__)
         for item in chunk:
-            _score_chunk(bundle, [item], batch_size, probs, errors)
+            _score_chunk(bundle, [item], batch_size, probs, errors, feats)
 
 
 def _probabilities(learn, images: list, batch_size: int) -> np.ndarray:

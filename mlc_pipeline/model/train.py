@@ -280,7 +280,8 @@ def _pct(x: float | None) -> str:
 
 def typical_positive_scores(probs: np.ndarray, targets: np.ndarray) -> list[float | None]:
     """Per column, the median score of its validation positives (None without any): how sure the
-    model is of a typical image of the class. Mining holds pool images it is surer of than that."""
+    model is of a typical image of the class. Mining holds pool images it is surer of than that when
+    it has no dataset to compare their features with (mine.hold_for_review); the report shows it."""
     return [float(np.median(probs[targets[:, c] == 1, c])) if (targets[:, c] == 1).any() else None
             for c in range(probs.shape[1])]
 

@@ -159,6 +159,61 @@ def test_a_round_adds_at_most_its_cap_hardest_first(tmp_path):
         assert all(catalog.get(int(r["candidate_id"]))["purpose"] == "pool" for r in decisions if r["decision"] == "over-cap")
 
 
+def test_by_default_pool_images_that_look_like_a_class_are_held_for_review(tmp_path):
+    """The default hold (no mine.hold_above): a pool image is held when, in the model's own features,
+    it sits among the class's training images at least as much as a typical validation image of the
+    class does. The pool's red discs are drawn exactly like the red class: members a pool query found."""
+    _, bundle_dir = trained_bundle()
+    cfg, images, items, ids, _ = _planted_world(tmp_path, max_per_round=100)
+    assert cfg.mine.hold_above is None
+    result = mine_round(cfg, bundle_dir, round_no=1)
+    with open(bundle_dir / "mined.csv") as f:
+        decisions = {r["photo_id"]: r for r in csv.DictReader(f)}
+    members = {pid for pid in decisions if pid.startswith("pool-red")}
+    assert len(members) >= 4, "the model accepts too few of the pool's class members: a useless test"
+    held = {pid for pid, r in decisions.items() if r["decision"].startswith("held:like-class:")}
+    added = {pid for pid, r in decisions.items() if r["decision"] == "added"}
+    assert len(held & members) > len(members) / 2       # most members kept out of the negatives
+    assert added and added | held == set(decisions) - {"pool-copy-of-class"}
+    # every decision shows the likeness it was made on, and the line between held and added is one
+    # level per class: every held image is at least as like its class as every added one
+    likeness = {pid: float(r["likeness"]) for pid, r in decisions.items() if pid != "pool-copy-of-class"}
+    for cls in {decisions[p]["accepted_as"] for p in held}:
+        held_c = [likeness[p] for p in held if decisions[p]["accepted_as"] == cls]
+        added_c = [likeness[p] for p in added if decisions[p]["accepted_as"] == cls]
+        assert not added_c or min(held_c) > max(added_c)
+    with Catalog(cfg.catalog_path) as catalog:
+        for pid in held:
+            row = catalog.get(ids[pid])
+            assert row["purpose"] == "pool" and row["reason"] == "held:like-class:red:round=1"
+        assert {r["photo_id"] for r in catalog.candidates("mined_round IS NOT NULL")} == added
+    assert result.added == len(added)
+
+
+def test_without_the_models_dataset_the_hold_falls_back_to_the_score(tmp_path, caplog):
+    """A bundle whose dataset is gone (copied to another machine without it): mining still runs,
+    holding what the model is surer of than of a typical class image, and says why."""
+    import json
+    import shutil
+    _, trained = trained_bundle()
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(trained, bundle_dir)
+    info = json.loads((bundle_dir / "bundle.json").read_text())
+    info["manifest"] = str(tmp_path / "gone" / "manifest.csv")
+    (bundle_dir / "bundle.json").write_text(json.dumps(info))
+    cfg, *_ = _planted_world(tmp_path, max_per_round=100)
+    with caplog.at_level("WARNING"):
+        mine_round(cfg, bundle_dir, round_no=1)
+    assert "likeness hold skipped: the model's dataset manifest" in caplog.text
+    typical = dict(zip(info["vocab"], info["typical_positive_scores"]))
+    with open(bundle_dir / "mined.csv") as f:
+        decisions = [r for r in csv.DictReader(f) if not r["decision"].startswith("held:near-duplicate")]
+    assert decisions
+    for r in decisions:
+        confident = float(r["score"]) >= typical[r["accepted_as"]]
+        assert r["decision"] == (f"held:confident:{r['accepted_as']}" if confident else "added") and r["likeness"] == ""
+
+
 def test_pool_queries_that_share_a_word_with_a_class_are_flagged():
     cfg = Config(data_dir="d", classes={"teddy": {"queries": ["teddy bear"], "count": 1}},
                  other={"queries": ["toys"], "count": 1},

@@ -12,7 +12,7 @@ import pytest
 from shapes import trained_bundle  # noqa: E402  (one tiny training shared by both files)
 
 from mlc_pipeline.model.assess import evaluate_bundle  # noqa: E402
-from mlc_pipeline.model.predict import predict_paths, score_paths  # noqa: E402
+from mlc_pipeline.model.predict import predict_paths, score_and_embed, score_paths  # noqa: E402
 from mlc_pipeline.model.bundle import BundleError, load_bundle
 from mlc_pipeline.manifest import read_manifest_frame  # noqa: E402
 
@@ -73,6 +73,24 @@ def test_bad_files_become_per_item_errors(bundle, manifest_df, tmp_path):
     probs = score_paths(bundle, paths, batch_size=4)
     assert probs.shape == (6, 2) and np.isnan(probs[[1, 3, 4]]).all()
     np.testing.assert_allclose(probs[[0, 2, 5]], score_paths(bundle, good), atol=1e-5)  # neighbours unharmed
+
+
+def test_features_come_with_the_same_scores_and_say_what_the_network_sees(bundle, manifest_df, tmp_path):
+    red = _paths(manifest_df, split="test", labels="red")[:6]
+    blue = _paths(manifest_df, split="test", labels="blue")[:6]
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    paths = red + [bad] + blue
+    probs, feats, errors = score_and_embed(bundle, paths, batch_size=4)
+    assert list(errors) == [6] and np.isnan(feats[6]).all()
+    np.testing.assert_allclose(probs, score_paths(bundle, paths, batch_size=4), atol=1e-5, equal_nan=True)
+    ok = np.delete(feats, 6, axis=0)
+    np.testing.assert_allclose(np.linalg.norm(ok, axis=1), 1, atol=1e-5)       # L2-normalised
+    # same-class pictures sit closer together than pictures of different classes
+    sims = ok @ ok.T
+    same = np.mean([sims[i, j] for i in range(6) for j in range(6) if i != j] +
+                   [sims[i, j] for i in range(6, 12) for j in range(6, 12) if i != j])
+    assert same > np.mean(sims[:6, 6:])
 
 
 def test_evaluate_bundle_matches_training_report(manifest_df):

@@ -1,0 +1,115 @@
+"""How much a pool image looks like a class, in the model's own feature space.
+
+Mining must not turn class members that a pool query happens to return ("stuffed animal" finds
+teddies) into negatives. The model's score cannot tell them from true hard negatives: both are the
+images it accepts. On real photos its features tell them apart better (docs/training.md, "What
+mining holds back"): a class member sits among the class's training images, a hard negative nearer
+the "other" ones. The likeness of an image to class c is
+
+    margin = mean cosine similarity to its K nearest training images of c
+           - mean cosine similarity to its K nearest training "other" images
+
+and a pool image is held for review when its margin reaches that of a typical validation image of
+the class (the median): images the model has never trained on, like the pool's.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mlc_pipeline.manifest import read_manifest
+from mlc_pipeline.model.predict import score_and_embed
+
+log = logging.getLogger(__name__)
+K = 5                      # neighbours averaged: one look-alike training image is not enough
+MAX_REFERENCE = 1000       # training images per class (and "other") embedded at most: bounded cost
+
+
+@dataclass
+class Likeness:
+    margins: np.ndarray           # per query image, against the class it was accepted as
+    typical: dict[str, float]     # per class, the median margin of its validation images
+
+
+def knn_similarity(queries: np.ndarray, reference: np.ndarray, k: int = K) -> np.ndarray:
+    """Mean cosine similarity of each (L2-normalised) query to its k nearest reference rows."""
+    sims = queries @ reference.T
+    k = min(k, reference.shape[0])
+    return np.sort(sims, axis=1)[:, -k:].mean(axis=1)
+
+
+def reference_rows(manifest_csv: Path, classes: list[str], seed: int = 0) -> tuple[dict[str, list[Path]], list[Path],
+                                                                                    list[tuple[Path, str]]]:
+    """From the dataset version the model trained on: training images per class, training "other"
+    images (each at most MAX_REFERENCE, a seeded sample), and the validation class images."""
+    rows = read_manifest(manifest_csv)
+    root = Path(manifest_csv).parent
+    train_class: dict[str, list[Path]] = {c: [] for c in classes}
+    train_other: list[Path] = []
+    valid: list[tuple[Path, str]] = []
+    for r in rows:
+        labels = [lab for lab in r["labels"].split() if lab in train_class]
+        path = root / r["path"]
+        if r["split"] == "train":
+            if not r["labels"].strip():
+                train_other.append(path)
+            for lab in labels:
+                train_class[lab].append(path)
+        elif r["split"] == "valid":
+            valid += [(path, lab) for lab in labels]
+    rng = random.Random(seed)
+
+    def sample(paths: list[Path]) -> list[Path]:
+        return paths if len(paths) <= MAX_REFERENCE else sorted(rng.sample(paths, MAX_REFERENCE))
+    return {c: sample(p) for c, p in train_class.items()}, sample(train_other), valid
+
+
+def pool_likeness(bundle, manifest_csv: Path, pool_paths: list[str], accepted_as: list[str]) -> Likeness | None:
+    """The margin of each accepted pool image against the class it was accepted as, and each
+    class's typical margin; None (logged) when the dataset has no training "other" image to
+    compare with or the manifest is gone."""
+    if not Path(manifest_csv).is_file():
+        log.warning("likeness hold skipped: the model's dataset manifest %s is not here", manifest_csv)
+        return None
+    train_class, train_other, valid = reference_rows(manifest_csv, bundle.classes)
+    if not train_other:
+        log.warning("likeness hold skipped: the model's dataset has no training 'other' image to compare with")
+        return None
+    order = [p for c in bundle.classes for p in train_class[c]] + train_other + [p for p, _ in valid] + list(pool_paths)
+    _, feats, errors = score_and_embed(bundle, [str(p) for p in order])
+    ok = ~np.isnan(feats).any(axis=1)
+    at = 0
+    class_ref: dict[str, np.ndarray] = {}
+    for c in bundle.classes:
+        n = len(train_class[c])
+        class_ref[c] = feats[at:at + n][ok[at:at + n]]
+        at += n
+    other_ref = feats[at:at + len(train_other)][ok[at:at + len(train_other)]]
+    at += len(train_other)
+    valid_feats, valid_ok = feats[at:at + len(valid)], ok[at:at + len(valid)]
+    at += len(valid)
+    pool_feats, pool_ok = feats[at:], ok[at:]
+    if not len(other_ref):
+        log.warning("likeness hold skipped: no training 'other' image could be read")
+        return None
+
+    def margin(f: np.ndarray, cls: str) -> float:
+        if not len(class_ref[cls]):
+            return float("nan")
+        return float(knn_similarity(f[None], class_ref[cls])[0] - knn_similarity(f[None], other_ref)[0])
+
+    typical = {}
+    for c in bundle.classes:
+        ms = [margin(valid_feats[i], c) for i, (_, lab) in enumerate(valid) if lab == c and valid_ok[i]]
+        ms = [m for m in ms if not np.isnan(m)]
+        typical[c] = float(np.median(ms)) if ms else float("inf")
+        if not ms:
+            log.warning("likeness hold: class %r has no readable validation image; none of its pool images is held by it", c)
+    margins = np.array([margin(pool_feats[i], cls) if pool_ok[i] else float("nan")
+                        for i, cls in enumerate(accepted_as)], dtype=np.float64)
+    return Likeness(margins=margins, typical=typical)
