@@ -49,11 +49,12 @@ def rejected_rows(curated: dict) -> list[dict]:
 
 
 def mined_rows(mined: list[dict]) -> list[dict]:
-    rows = [{"round": m["round"], "photo_id": n["photo_id"], "score": n["score"], "accepted_as": n["accepted_as"]}
-            for m in mined for n in m.get("negatives", [])]
+    # likeness: how much it looked like the class to the model (mined.csv; '' under the score hold)
+    rows = [{"round": m["round"], "photo_id": n["photo_id"], "score": n["score"], "accepted_as": n["accepted_as"],
+             "likeness": n.get("likeness", "")} for m in mined for n in m.get("negatives", [])]
     if not rows:
         why = "no mining round ran" if not mined else "the model accepted no pool image"
-        rows = [{"round": "-", "photo_id": f"({why})", "score": "", "accepted_as": ""}]
+        rows = [{"round": "-", "photo_id": f"({why})", "score": "", "accepted_as": "", "likeness": ""}]
     return rows
 
 

@@ -130,7 +130,7 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
                     elif e["decision"].startswith(HELD):
                         catalog.set_status(e["candidate_id"], "accepted", f"{e['decision']}:round={round_no}", run_id,
                                            "mine", mined_score=e["score"], mined_model=model)
-            result.negatives = [{k: e[k] for k in ("photo_id", "score", "accepted_as")} for e in candidates
+            result.negatives = [{k: e[k] for k in ("photo_id", "score", "accepted_as", "likeness")} for e in candidates
                                 if e["decision"] == "added"]
             result.held = [e for e in candidates if e["decision"].startswith(HELD)]
             result.over_cap = sum(e["decision"] == "over-cap" for e in candidates)

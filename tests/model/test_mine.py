@@ -188,6 +188,8 @@ def test_by_default_pool_images_that_look_like_a_class_are_held_for_review(tmp_p
             assert row["purpose"] == "pool" and row["reason"] == "held:like-class:red:round=1"
         assert {r["photo_id"] for r in catalog.candidates("mined_round IS NOT NULL")} == added
     assert result.added == len(added)
+    # what the flow's artifact lists: each negative with its score and likeness
+    assert {n["photo_id"]: n["likeness"] for n in result.negatives} == {p: likeness[p] for p in added}
 
 
 def test_without_the_models_dataset_the_hold_falls_back_to_the_score(tmp_path, caplog):
