@@ -34,7 +34,11 @@ class DataLayout:
         return self.root / "datasets" / self.dataset_name
 
     def version(self, name: str) -> Path:
-        return self.datasets / name
+        return self.dataset_version(self.dataset_name, name)
+
+    def dataset_version(self, dataset: str, version: str) -> Path:
+        """A version of any dataset under this root (a model's bundle names the one it trained on)."""
+        return self.root / "datasets" / dataset / version
 
     @property
     def models(self) -> Path:

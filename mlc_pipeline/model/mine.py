@@ -218,7 +218,7 @@ def bundle_manifest(cfg: Config, bundle) -> Path:
     """The manifest of the dataset version the bundle was trained on: under this data root, or
     where training read it."""
     name, _, version = str(bundle.meta.get("dataset_version", "")).rpartition("/")
-    here = cfg.layout.root / "datasets" / name / version / "manifest.csv"
+    here = cfg.layout.dataset_version(name, version) / "manifest.csv"
     if name and version and here.is_file():
         return here
     return Path(bundle.meta.get("manifest", here))

@@ -61,7 +61,7 @@ class Review:
             cr.ensure_schema(self.catalog)
         self.classes = list(cfg.classes)
         self.dataset = cfg.build.name
-        self.root = cfg.data_dir / "datasets" / cfg.build.name
+        self.root = cfg.layout.datasets
         self._facets: tuple[float, dict | None] = (0.0, None)
         self.unreadable: set[str] = set()        # versions whose manifest could not be indexed (warned once)
 

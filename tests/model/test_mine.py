@@ -6,6 +6,7 @@ and class images it confidently rejects are listed for review, never moved.
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import imagehash
 import numpy as np
@@ -16,7 +17,7 @@ from shapes import background, disc, draw, trained_bundle
 from mlc_pipeline.catalog import Catalog, Found
 from mlc_pipeline.config import Config
 from mlc_pipeline.dataset.build import dataset_rows
-from mlc_pipeline.model.mine import mine_round, pool_overlaps, undo_round
+from mlc_pipeline.model.mine import bundle_manifest, mine_round, pool_overlaps, undo_round
 from mlc_pipeline.model.predict import predict_paths, score_paths
 from mlc_pipeline.model.bundle import load_bundle
 
@@ -214,6 +215,19 @@ def test_without_the_models_dataset_the_hold_falls_back_to_the_score(tmp_path, c
     for r in decisions:
         confident = float(r["score"]) >= typical[r["accepted_as"]]
         assert r["decision"] == (f"held:confident:{r['accepted_as']}" if confident else "added") and r["likeness"] == ""
+
+
+def test_the_models_dataset_is_found_under_this_data_root_before_where_it_trained(tmp_path):
+    """A data root copied elsewhere: its own copy of the version wins over the path training read."""
+    from types import SimpleNamespace
+    cfg = Config(data_dir=tmp_path / "data", classes={"red": {"queries": ["red"], "count": 1}},
+                 other={"queries": ["grey"], "count": 1})
+    bundle = SimpleNamespace(meta={"dataset_version": "pets/v3", "manifest": "/elsewhere/pets/v3/manifest.csv"})
+    assert bundle_manifest(cfg, bundle) == Path("/elsewhere/pets/v3/manifest.csv")
+    here = tmp_path / "data" / "datasets" / "pets" / "v3" / "manifest.csv"
+    here.parent.mkdir(parents=True)
+    here.write_text("path,labels,split\n")
+    assert bundle_manifest(cfg, bundle) == here
 
 
 def test_pool_queries_that_share_a_word_with_a_class_are_flagged():
