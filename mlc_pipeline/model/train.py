@@ -119,7 +119,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         parent = load_bundle(cfg.init_from)
         cfg, weights = resolve_continued(cfg, parent.meta, parent.path)
     else:
-        cfg, weights = resolve_training(cfg)
+        cfg, weights = resolve_training(cfg, n_train=int((rows["split"] == "train").sum()))
     torch.set_num_threads(cfg.threads or available_cores())
     # Seed before building the loaders (their shuffling RNG is drawn from the global one) and the
     # model (its init). On CPU with workers=0 two runs with the same seed give the same weights.

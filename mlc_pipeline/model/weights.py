@@ -52,6 +52,12 @@ RECIPES = {
     # random resized crops beat squishing at the same cost.
     "scratch": {"arch": "mlcnet", "image_size": 64, "epochs": 30, "lr": None, "crop": "random", "mixup": 0.0},
 }
+# From scratch, a small dataset needs more passes over it: the scratch recipe's epochs are at least
+# its "epochs" and at least SCRATCH_VIEWS training images seen, at most SCRATCH_MAX_EPOCHS
+# (docs/training.md, "Epochs: a budget of images seen"): 500 real photos train for 90 epochs,
+# the generated world's ~1,070 images for 43, 1,500 and more for the recipe's 30.
+SCRATCH_VIEWS = 45_000
+SCRATCH_MAX_EPOCHS = 120
 RECIPE_FIELDS = ("image_size", "epochs", "lr", "crop", "mixup")
 
 DOWNLOAD_TIMEOUT_S = 10.0      # per socket operation: a black-holed network fails in seconds, not minutes
@@ -207,9 +213,18 @@ def _fits(arch: str, path: Path) -> bool:
             and all(getattr(state[k], "shape", None) == v.shape for k, v in model.items()))
 
 
-def resolve_training(cfg):
+def scratch_epochs(n_train: int | None) -> int:
+    """The scratch recipe's epochs for `n_train` training images (None: the recipe's own)."""
+    least = RECIPES["scratch"]["epochs"]
+    if not n_train:
+        return least
+    return min(SCRATCH_MAX_EPOCHS, max(least, -(-SCRATCH_VIEWS // n_train)))
+
+
+def resolve_training(cfg, n_train: int | None = None):
     """(cfg with arch, image_size, epochs and lr filled in, WeightsChoice). Call before building
-    anything: the image size and the network depend on it. May download (see the module doc)."""
+    anything: the image size and the network depend on it. May download (see the module doc).
+    `n_train`: the training images, from which the scratch recipe sets its epochs."""
     requested = {"arch": cfg.arch, "pretrained": str(cfg.pretrained)}
     choice = _choice(cfg.pretrained)
     auto_arch = cfg.arch == "auto"
@@ -246,6 +261,8 @@ def resolve_training(cfg):
                 arch = RECIPES["scratch"]["arch"]
     recipe = "pretrained" if pretrained != "none" and not nets.is_local_arch(arch) else "scratch"
     filled = {k: RECIPES[recipe][k] for k in RECIPE_FIELDS if getattr(cfg, k) is None}
+    if recipe == "scratch" and "epochs" in filled:
+        filled["epochs"] = scratch_epochs(n_train)
     resolved = cfg.model_copy(update={"arch": arch, **filled})
     if extra.get("fallback"):
         log.warning("pretrained=auto: %s; training from scratch instead (%s, %s px, %s epochs). For a machine "

@@ -191,6 +191,21 @@ def test_recipe_fills_only_what_the_user_left_unset(torch_home, monkeypatch):
         scratch["arch"], scratch["image_size"], scratch["epochs"], "none", "scratch")
 
 
+def test_the_scratch_recipe_trains_a_small_dataset_for_more_epochs(torch_home):
+    """From scratch the epochs are a budget of images seen: a few hundred real photos get more
+    passes than a thousand, never fewer than the recipe's epochs nor more than the cap; a set
+    `epochs` and the pretrained recipe are left alone."""
+    least, views = W.RECIPES["scratch"]["epochs"], W.SCRATCH_VIEWS
+    scratch = TrainConfig(pretrained="none")
+    small, large = W.resolve_training(scratch, n_train=500)[0].epochs, W.resolve_training(scratch, n_train=1_100)[0].epochs
+    assert small == -(-views // 500) and large == -(-views // 1_100) and small > large > least
+    assert small * 500 >= views and (small - 1) * 500 < views
+    assert W.resolve_training(scratch, n_train=views)[0].epochs == least          # big sets: the recipe's epochs
+    assert W.resolve_training(scratch, n_train=10)[0].epochs == W.SCRATCH_MAX_EPOCHS
+    assert W.resolve_training(scratch)[0].epochs == least                          # size unknown
+    assert W.resolve_training(TrainConfig(pretrained="none", epochs=7), n_train=500)[0].epochs == 7
+
+
 def test_config_defaults_and_overrides(tmp_path):
     yaml_text = "classes: {a: {queries: [a], count: 1}}\nother: {queries: [o], count: 1}\n"
     (tmp_path / "c.yaml").write_text(yaml_text)
