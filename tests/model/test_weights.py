@@ -191,7 +191,7 @@ def test_recipe_fills_only_what_the_user_left_unset(torch_home, monkeypatch):
         scratch["arch"], scratch["image_size"], scratch["epochs"], "none", "scratch")
 
 
-def test_the_scratch_recipe_trains_a_small_dataset_for_more_epochs(torch_home):
+def test_the_scratch_recipe_trains_a_small_dataset_for_more_epochs(torch_home, monkeypatch):
     """From scratch the epochs are a budget of images seen: a few hundred real photos get more
     passes than a thousand, never fewer than the recipe's epochs nor more than the cap; a set
     `epochs` and the pretrained recipe are left alone."""
@@ -204,6 +204,10 @@ def test_the_scratch_recipe_trains_a_small_dataset_for_more_epochs(torch_home):
     assert W.resolve_training(scratch, n_train=10)[0].epochs == W.SCRATCH_MAX_EPOCHS
     assert W.resolve_training(scratch)[0].epochs == least                          # size unknown
     assert W.resolve_training(TrainConfig(pretrained="none", epochs=7), n_train=500)[0].epochs == 7
+    monkeypatch.setenv(W.OFFLINE_ENV, "1")
+    fake_imagenet_file(torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    cfg, choice = W.resolve_training(TrainConfig(), n_train=500)
+    assert choice.recipe == "pretrained" and cfg.epochs == W.RECIPES["pretrained"]["epochs"]
 
 
 def test_config_defaults_and_overrides(tmp_path):
