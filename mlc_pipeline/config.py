@@ -156,7 +156,7 @@ class BuildSettings(Strict):
 
 class TrainSettings(Strict):
     arch: str = "auto"                # auto: a fine-tuned ImageNet net when weights are available, else the
-                                      # from-scratch recipe (mlc_pipeline/weights.py RECIPES); or mlcnet, resnet18, ...
+                                      # from-scratch recipe (mlc_pipeline/model/weights.py RECIPES); or mlcnet, resnet18, ...
     pretrained: str = "auto"          # auto | imagenet | none | a weights file
     image_size: int | None = Field(None, ge=16)   # None: the recipe's
     epochs: int | None = Field(None, ge=1)        # None: the recipe's (scratch: 45,000 images seen, 30-120)
