@@ -36,16 +36,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mlc_pipeline.config import MineSettings, TrainSettings  # noqa: E402
 from mlc_pipeline.manifest import read_manifest_frame  # noqa: E402
 from mlc_pipeline.model.metrics import (  # noqa: E402
-    calibrate_thresholds, capping_path, evaluate, pick_capped, predict_matrix, real_class_indices,
-    targets_from_labels,
+    calibrate_thresholds, capping_path, evaluate, pick_capped, predict_matrix,
+    real_class_indices, targets_from_labels,
 )
 from mlc_pipeline.pipeline import unknown_rate  # noqa: E402
 
 CAPS = [None, 0.1, 0.075, 0.05, 0.035, 0.025, 0.0]
 SEEDS = ("seeds' recipe, softmax + other class", "seeds' recipe, sigmoid + other class")
-F1_TOLERANCE, MAX_F1_LOSS = 0.02, 0.05      # the config's defaults (train.f1_tolerance, mine.max_f1_loss)
+# the config's defaults: what train.py calibrates with and what the shipping rule allows
+F1_TOLERANCE, MAX_F1_LOSS = TrainSettings().f1_tolerance, MineSettings().max_f1_loss
 
 
 def load_job(job: Path) -> dict | None:
@@ -70,11 +72,13 @@ def load_job(job: Path) -> dict | None:
     return out
 
 
-def calibrated(job: dict, probs: np.ndarray, cap: float | None) -> np.ndarray:
-    """train.py's calibration on the valid rows: the F1 point, then the cap."""
+def calibrated(job: dict, probs: np.ndarray, caps: list[float | None]) -> dict[float | None, np.ndarray]:
+    """train.py's calibration on the valid rows, for each cap: the F1 point, then the cap (None: the
+    F1 point). One capping path serves every cap."""
     va = job["split"] == "valid"
     start = calibrate_thresholds(probs[va], job["targets"][va], "per-class-f1", f1_tolerance=F1_TOLERANCE)
-    return start if cap is None else pick_capped(capping_path(probs[va], job["targets"][va], job["vocab"], start=start), cap)
+    path = capping_path(probs[va], job["targets"][va], job["vocab"], start=start)
+    return {cap: start if cap is None else pick_capped(path, cap) for cap in caps}
 
 
 def test_figures(job: dict, probs: np.ndarray, thresholds: np.ndarray) -> tuple[float, float, float]:
@@ -101,7 +105,8 @@ def shipped_at(figures: dict, cap: str) -> tuple:
 def caps_replay(jobs: list[dict], json_dir: Path | None) -> None:
     figures = {}
     for job in jobs:
-        figures[job["job"]] = {tag: {str(c): test_figures(job, r["probs"], calibrated(job, r["probs"], c)) for c in CAPS}
+        figures[job["job"]] = {tag: {str(c): test_figures(job, r["probs"], thr)
+                                     for c, thr in calibrated(job, r["probs"], CAPS).items()}
                                for tag, r in job["rounds"].items()}
     print("\n## caps: test macro F1 / test other / probes accepted, mean over jobs")
     print("| cap | round 0 | round 1 | shipped | shipped beats seeds' softmax / multi-label on both axes |")
@@ -178,7 +183,7 @@ def ensemble_replay(jobs: list[dict], cap: float = 0.05) -> None:
         got["round 0"].append(test_figures(job, p0, job["rounds"]["r0"]["thresholds"]))
         got["round 1"].append(test_figures(job, p1, job["rounds"]["r1"]["thresholds"]))
         both = (p0 + p1) / 2
-        got["mean of both rounds' scores"].append(test_figures(job, both, calibrated(job, both, cap)))
+        got["mean of both rounds' scores"].append(test_figures(job, both, calibrated(job, both, [cap])[cap]))
     print(f"\n## ensemble: {len(pairs)} jobs, cap {cap}")
     print("| model | test macro F1 / test other / probes accepted |")
     print("|---|---|")
