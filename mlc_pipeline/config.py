@@ -160,7 +160,7 @@ class TrainSettings(Strict):
     pretrained: str = "auto"          # auto | imagenet | none | a weights file
     image_size: int | None = Field(None, ge=16)   # None: the recipe's
     epochs: int | None = Field(None, ge=1)        # None: the recipe's (scratch: 45,000 images seen, 30-120)
-    batch_size: int = Field(32, ge=1)             # 32 since 2026-12-03: measured on real photos (docs/training.md)
+    batch_size: int | None = Field(None, ge=1)    # None: the recipe's (scratch: 16, pretrained: 32; docs/training.md)
     lr: float | None = Field(None, gt=0)
     other_mode: Literal["negative", "class"] = "class"    # class: an "other" output that vetoes the classes
                                                         # (model/losses.py; measured in docs/training.md)

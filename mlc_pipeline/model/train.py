@@ -112,7 +112,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     classes = classes_in(df, classes)
     rows = training_frame(df, cfg)
 
-    # arch 'auto', the recipe's image size/epochs/lr, the starting weights (may download): before anything is built
+    # arch 'auto', the recipe's image size/epochs/lr/batch size, the starting weights (may download): before anything is built
     parent = None
     if cfg.init_from:
         from mlc_pipeline.model.bundle import load_bundle

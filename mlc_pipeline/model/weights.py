@@ -11,7 +11,7 @@
 
 `train.arch: auto` (default) picks a recipe from that: `RECIPES['pretrained']` (a torchvision
 ImageNet network, fine-tuned) when weights are available, else `RECIPES['scratch']`. An explicit
-`image_size`, `epochs` or `lr` always wins over the recipe's.
+`image_size`, `epochs`, `lr` or `batch_size` always wins over the recipe's.
 
 Downloads are bounded by a socket timeout (`DOWNLOAD_TIMEOUT_S`, per connect/read, so a slow but
 moving download still finishes) and are off altogether when the environment sets `MLC_OFFLINE=1`.
@@ -47,10 +47,13 @@ RECIPES = {
     # not 224: ImageNet features transfer at 160 px, and on 2 cores resnet18 trains at ~17 img/s at
     # 224 px (shared/notes/environment.md), about twice that at 160 px by pixel count (not measured
     # here: no ImageNet weights offline). To be checked on real photos when weights are at hand.
-    "pretrained": {"arch": "resnet18", "image_size": 160, "epochs": 3, "lr": None, "crop": "random", "mixup": 0.0},
+    "pretrained": {"arch": "resnet18", "image_size": 160, "epochs": 3, "lr": None, "crop": "random", "mixup": 0.0,
+                   "batch_size": 32},
     # From scratch on a CPU, chosen on real photos (bench/recipes.py, docs/training.md "Recipe"):
-    # random resized crops beat squishing at the same cost.
-    "scratch": {"arch": "mlcnet", "image_size": 64, "epochs": 30, "lr": None, "crop": "random", "mixup": 0.0},
+    # random resized crops beat squishing at the same cost; batches of 16 (more optimiser steps for the
+    # same images seen) reject an unseen kind more often than 32 or 64 ("Batches of 16").
+    "scratch": {"arch": "mlcnet", "image_size": 64, "epochs": 30, "lr": None, "crop": "random", "mixup": 0.0,
+                "batch_size": 16},
 }
 # From scratch, a small dataset needs more passes over it: the scratch recipe's epochs are at least
 # its "epochs" and at least SCRATCH_VIEWS training images seen, at most SCRATCH_MAX_EPOCHS
@@ -58,7 +61,7 @@ RECIPES = {
 # the generated world's ~1,070 images for 43, 1,500 and more for the recipe's 30.
 SCRATCH_VIEWS = 45_000
 SCRATCH_MAX_EPOCHS = 120
-RECIPE_FIELDS = ("image_size", "epochs", "lr", "crop", "mixup")
+RECIPE_FIELDS = ("image_size", "epochs", "lr", "crop", "mixup", "batch_size")
 
 DOWNLOAD_TIMEOUT_S = 10.0      # per socket operation: a black-holed network fails in seconds, not minutes
 RETRY_FAILED_DOWNLOAD_S = 600  # within one process, a failed download is not retried before this
@@ -80,7 +83,7 @@ class WeightsChoice:
 
     pretrained: str                   # 'none' | 'imagenet' | the weights file path given
     arch: str                         # the network actually trained
-    recipe: str                       # 'pretrained' | 'scratch': where unset image_size/epochs/lr came from
+    recipe: str                       # 'pretrained' | 'scratch': where unset image_size/epochs/lr/batch_size came from
     requested: dict = field(default_factory=dict)   # arch and pretrained as configured
     name: str | None = None           # imagenet: torchvision's weights name, e.g. ResNet18_Weights.IMAGENET1K_V1
     file: str | None = None           # the file loaded into the network's body (None: from scratch)
@@ -222,8 +225,9 @@ def scratch_epochs(n_train: int | None) -> int:
 
 
 def resolve_training(cfg, n_train: int | None = None):
-    """(cfg with arch, image_size, epochs and lr filled in, WeightsChoice). Call before building
-    anything: the image size and the network depend on it. May download (see the module doc).
+    """(cfg with arch and the recipe's fields the user left unset filled in, WeightsChoice). Call
+    before building anything: the image size and the network depend on it. May download (see the
+    module doc).
     `n_train`: the training images, from which the scratch recipe sets its epochs."""
     requested = {"arch": cfg.arch, "pretrained": str(cfg.pretrained)}
     choice = _choice(cfg.pretrained)
@@ -269,8 +273,8 @@ def resolve_training(cfg, n_train: int | None = None):
                     "without internet see `mlc weights fetch` in docs/training.md.", extra["fallback"],
                     resolved.arch, resolved.image_size, resolved.epochs)
     if auto_arch:
-        log.info("arch=auto: the %s recipe, %s (%s), %s px, %s epochs", recipe, arch, pretrained,
-                 resolved.image_size, resolved.epochs)
+        log.info("arch=auto: the %s recipe, %s (%s), %s px, %s epochs, batches of %s", recipe, arch, pretrained,
+                 resolved.image_size, resolved.epochs, resolved.batch_size)
     return resolved, WeightsChoice(pretrained=pretrained, arch=arch, recipe=recipe, requested=requested, **extra)
 
 
@@ -297,6 +301,8 @@ def resolve_continued(cfg, parent_meta: dict, parent_dir: str | Path):
         raise ValueError(f"cannot continue {Path(parent_dir).name}: its bundle.json config lacks {missing}")
     update = {k: parent_cfg.get(k) for k in CONTINUED_FIELDS}
     update["mixup"] = update["mixup"] or 0.0
+    # batches as the bundle trained (bundles from before the recipe had one: the old default, 32)
+    update["batch_size"] = cfg.batch_size or parent_cfg.get("batch_size") or 32
     parent_w = parent_meta.get("weights") or {"pretrained": parent_meta.get("pretrained", "none")}
     # a continued parent's epochs were already a continuation's: round 2 continues as long as round 1
     update["epochs"] = cfg.epochs or (parent_cfg.get("epochs") if parent_w.get("continued_from")

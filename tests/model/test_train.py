@@ -248,6 +248,10 @@ def test_a_training_continues_a_bundles_network(tmp_path):
     grand = train_model(manifest, tmp_path / "r2", TrainConfig(init_from=str(tmp_path / "r1b"), **base))
     assert len(grand.history) == 2
     assert json.loads((tmp_path / "r2" / "bundle.json").read_text())["weights"]["continued_from"] == "r1b"
+    # without a batch size, the parent's batches (8 here), not the recipe's
+    no_batch = {k: v for k, v in base.items() if k != "batch_size"}
+    train_model(manifest, tmp_path / "r2b", TrainConfig(epochs=1, init_from=str(tmp_path / "r1b"), **no_batch))
+    assert json.loads((tmp_path / "r2b" / "bundle.json").read_text())["config"]["batch_size"] == 8
     with pytest.raises(ValueError, match="its head is 'sigmoid'"):
         train_model(manifest, tmp_path / "x", TrainConfig(head="softmax", init_from=str(tmp_path / "r0"), **base))
 

@@ -181,7 +181,8 @@ def test_recipe_fills_only_what_the_user_left_unset(torch_home, monkeypatch):
     fake_imagenet_file(torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
     cfg, choice = W.resolve_training(TrainConfig())
     pre = W.RECIPES["pretrained"]
-    assert (cfg.arch, cfg.image_size, cfg.epochs, cfg.lr) == (pre["arch"], pre["image_size"], pre["epochs"], pre["lr"])
+    assert (cfg.arch, cfg.image_size, cfg.epochs, cfg.lr, cfg.batch_size) == (
+        pre["arch"], pre["image_size"], pre["epochs"], pre["lr"], pre["batch_size"])
     assert choice.pretrained == "imagenet" and choice.recipe == "pretrained"
     cfg, _ = W.resolve_training(TrainConfig(epochs=2, lr=1e-3))
     assert (cfg.image_size, cfg.epochs, cfg.lr) == (pre["image_size"], 2, 1e-3)
@@ -189,6 +190,9 @@ def test_recipe_fills_only_what_the_user_left_unset(torch_home, monkeypatch):
     scratch = W.RECIPES["scratch"]
     assert (cfg.arch, cfg.image_size, cfg.epochs, choice.pretrained, choice.recipe) == (
         scratch["arch"], scratch["image_size"], scratch["epochs"], "none", "scratch")
+    # the two recipes' batch sizes differ (scratch: more steps per image), and a set one wins over both
+    assert cfg.batch_size == scratch["batch_size"] != pre["batch_size"]
+    assert W.resolve_training(TrainConfig(pretrained="none", batch_size=48))[0].batch_size == 48
 
 
 def test_the_scratch_recipe_trains_a_small_dataset_for_more_epochs(torch_home, monkeypatch):
