@@ -301,14 +301,15 @@ def resolve_continued(cfg, parent_meta: dict, parent_dir: str | Path):
         raise ValueError(f"cannot continue {Path(parent_dir).name}: its bundle.json config lacks {missing}")
     update = {k: parent_cfg.get(k) for k in CONTINUED_FIELDS}
     update["mixup"] = update["mixup"] or 0.0
-    # batches as the bundle trained (bundles from before the recipe had one: the old default, 32)
-    update["batch_size"] = cfg.batch_size or parent_cfg.get("batch_size") or 32
     parent_w = parent_meta.get("weights") or {"pretrained": parent_meta.get("pretrained", "none")}
+    parent_recipe = parent_w.get("recipe", "scratch")
+    # batches as the bundle trained (a config without them: its recipe's, like the epochs below)
+    update["batch_size"] = cfg.batch_size or parent_cfg.get("batch_size") or RECIPES[parent_recipe]["batch_size"]
     # a continued parent's epochs were already a continuation's: round 2 continues as long as round 1
     update["epochs"] = cfg.epochs or (parent_cfg.get("epochs") if parent_w.get("continued_from")
                                       else continue_epochs(parent_cfg.get("epochs")))
     choice = WeightsChoice(
-        pretrained=parent_w.get("pretrained", "none"), arch=update["arch"], recipe=parent_w.get("recipe", "scratch"),
+        pretrained=parent_w.get("pretrained", "none"), arch=update["arch"], recipe=parent_recipe,
         requested={"arch": cfg.arch, "pretrained": str(cfg.pretrained)}, name=parent_w.get("name"),
         file=str(Path(parent_dir) / "export.pkl"), sha256=parent_meta.get("export_sha256"),
         continued_from=Path(parent_dir).name)
