@@ -269,9 +269,9 @@ def resolve_training(cfg, n_train: int | None = None):
         filled["epochs"] = scratch_epochs(n_train)
     resolved = cfg.model_copy(update={"arch": arch, **filled})
     if extra.get("fallback"):
-        log.warning("pretrained=auto: %s; training from scratch instead (%s, %s px, %s epochs). For a machine "
-                    "without internet see `mlc weights fetch` in docs/training.md.", extra["fallback"],
-                    resolved.arch, resolved.image_size, resolved.epochs)
+        log.warning("pretrained=auto: %s; training from scratch instead (%s, %s px, %s epochs, batches of %s). "
+                    "For a machine without internet see `mlc weights fetch` in docs/training.md.", extra["fallback"],
+                    resolved.arch, resolved.image_size, resolved.epochs, resolved.batch_size)
     if auto_arch:
         log.info("arch=auto: the %s recipe, %s (%s), %s px, %s epochs, batches of %s", recipe, arch, pretrained,
                  resolved.image_size, resolved.epochs, resolved.batch_size)

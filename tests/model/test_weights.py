@@ -262,6 +262,8 @@ def test_failed_download_falls_back_to_scratch_with_one_warning(torch_home, serv
     _, choice = W.resolve_training(TrainConfig())
     assert len(server.requests) == 1 and "earlier in this process" in choice.fallback
     assert len(warnings_in(caplog)) == 1
+    # the warning names the whole scratch recipe the run falls back to, its batches included
+    assert f"batches of {W.RECIPES['scratch']['batch_size']})" in warnings_in(caplog)[0]
 
 
 def test_a_stalled_download_is_bounded_by_the_timeout(torch_home, monkeypatch):
