@@ -269,13 +269,14 @@ def resolve_training(cfg, n_train: int | None = None):
     if recipe == "scratch" and "epochs" in filled:
         filled["epochs"] = scratch_epochs(n_train)
     resolved = cfg.model_copy(update={"arch": arch, **filled})
+    # one description of what will train, so that the warning and the info line cannot drift apart
+    shape = f"{resolved.image_size} px, {resolved.epochs} epochs, batches of {resolved.batch_size}"
     if extra.get("fallback"):
-        log.warning("pretrained=auto: %s; training from scratch instead (%s, %s px, %s epochs, batches of %s). "
+        log.warning("pretrained=auto: %s; training from scratch instead (%s, %s). "
                     "For a machine without internet see `mlc weights fetch` in docs/training.md.", extra["fallback"],
-                    resolved.arch, resolved.image_size, resolved.epochs, resolved.batch_size)
+                    resolved.arch, shape)
     if auto_arch:
-        log.info("arch=auto: the %s recipe, %s (%s), %s px, %s epochs, batches of %s", recipe, arch, pretrained,
-                 resolved.image_size, resolved.epochs, resolved.batch_size)
+        log.info("arch=auto: the %s recipe, %s (%s), %s", recipe, arch, pretrained, shape)
     return resolved, WeightsChoice(pretrained=pretrained, arch=arch, recipe=recipe, requested=requested, **extra)
 
 
