@@ -11,6 +11,7 @@ imagehash.phash under the installed Pillow on the fixtures and on random sizes a
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -109,9 +110,7 @@ def _resize_rows(pixels: np.ndarray) -> np.ndarray:
 def _lanczos_bands(n: int) -> tuple[tuple[int, int, int, int], ...]:
     """(first input, end input, first output, end output) per group of 8 outputs: each output pixel
     reads only ~6 x n / 32 inputs, so products over these bands skip the zeros of the dense matrix."""
-    if n not in _BANDS:
-        prime_weights([n])
-    return _BANDS[n]
+    return _lanczos_cached(n)[1]
 
 
 # OpenBLAS splits even these small products across threads; on a busy machine (or beside the other
@@ -161,8 +160,8 @@ def _to_8bit(sums: np.ndarray) -> np.ndarray:
 # ~20 small numpy calls (~0.25 ms): for the ~150 sizes among 398 thumbnails (three views each) that
 # was a quarter of a worker's hashing time. phash_many computes the sizes a batch lacks in one
 # vectorised pass instead.
-_WEIGHTS: dict[int, np.ndarray] = {}
-_BANDS: dict[int, tuple[tuple[int, int, int, int], ...]] = {}
+_LANCZOS: dict[int, tuple[np.ndarray, tuple[tuple[int, int, int, int], ...]]] = {}
+_PRIMING = threading.Lock()
 _MAX_CACHED_SIZES = 4096
 
 
@@ -170,24 +169,35 @@ def _lanczos_weights(n: int) -> np.ndarray:
     """(n, 32) matrix: column j holds Pillow's fixed-point LANCZOS weights of output pixel j when n
     pixels are resized to 32 (Resample.c, precompute_coeffs + normalize_coeffs_8bpc): integers
     (22 fractional bits) times 2^-22, so the products give Pillow's sums already shifted."""
-    if n not in _WEIGHTS:
+    return _lanczos_cached(n)[0]
+
+
+def _lanczos_cached(n: int) -> tuple[np.ndarray, tuple[tuple[int, int, int, int], ...]]:
+    """(weights, bands) of size n, from one cache entry: a threaded Dask worker hashes in several
+    threads, and two caches filled one after the other let a thread find the weights of a size whose
+    bands were not stored yet (a KeyError in the two-worker test)."""
+    entry = _LANCZOS.get(n)
+    if entry is None:
         prime_weights([n])
-    return _WEIGHTS[n]
+        entry = _LANCZOS.get(n)
+        if entry is None:   # another thread cleared the full cache in between: compute it uncached
+            matrix = _fixed_point_weights(np.array([n], dtype=np.int64))[0]
+            entry = (matrix, _bands_of(matrix))
+    return entry
 
 
 def prime_weights(sizes) -> None:
     "Compute and cache the weight matrices (and bands) of every size not cached yet, vectorised."
-    new = sorted({int(n) for n in sizes} - _WEIGHTS.keys())
-    if not new:
-        return
-    if len(_WEIGHTS) + len(new) > _MAX_CACHED_SIZES:  # bounded memory in a long-lived process
-        _WEIGHTS.clear()
-        _BANDS.clear()
-    for k in range(0, len(new), 32):   # 32 sizes at a time bounds the (sizes x 32 x taps) arrays
-        group = new[k:k + 32]
-        for n, matrix in zip(group, _fixed_point_weights(np.array(group, dtype=np.int64))):
-            _WEIGHTS[n] = matrix
-            _BANDS[n] = _bands_of(matrix)
+    with _PRIMING:
+        new = sorted({int(n) for n in sizes} - _LANCZOS.keys())
+        if not new:
+            return
+        if len(_LANCZOS) + len(new) > _MAX_CACHED_SIZES:  # bounded memory in a long-lived process
+            _LANCZOS.clear()
+        for k in range(0, len(new), 32):   # 32 sizes at a time bounds the (sizes x 32 x taps) arrays
+            group = new[k:k + 32]
+            for n, matrix in zip(group, _fixed_point_weights(np.array(group, dtype=np.int64))):
+                _LANCZOS[n] = (matrix, _bands_of(matrix))
 
 
 def _bands_of(matrix: np.ndarray, group: int = 8) -> tuple[tuple[int, int, int, int], ...]:

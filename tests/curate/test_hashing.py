@@ -155,3 +155,34 @@ def test_misconfigured_pillow_fails_loudly(monkeypatch):
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     with pytest.raises(RuntimeError):
         inspect_files(fixture_photos()[:3])
+
+
+
+def test_phash_many_while_another_thread_fills_the_cache(monkeypatch):
+    """A threaded Dask worker hashes in several threads: a thread that hashes while another is
+    storing a size's weights must still find that size's bands (it once met a KeyError there)."""
+    import threading
+
+    from mlc_pipeline.curate import phash
+
+    image = np.random.default_rng(0).integers(0, 256, (50, 61), dtype=np.uint8)
+    real_bands_of, others, errors, results = phash._bands_of, [], [], []
+
+    def hash_in_another_thread():
+        try:
+            results.append(phash.phash_many([image]))
+        except Exception as exc:    # recorded and asserted on below
+            errors.append(exc)
+
+    def bands_of_with_a_second_thread(matrix, group=8):
+        if not others:      # the first size being stored: let a second thread hash meanwhile
+            others.append(threading.Thread(target=hash_in_another_thread))
+            others[0].start()
+            others[0].join(0.5)     # it may have to wait for this thread's lock
+        return real_bands_of(matrix, group)
+
+    monkeypatch.setattr(phash, "_bands_of", bands_of_with_a_second_thread)
+    monkeypatch.setattr(phash, "_LANCZOS", {})
+    first = phash.phash_many([image])
+    others[0].join()
+    assert errors == [] and results == [first]
