@@ -177,27 +177,24 @@ def _lanczos_cached(n: int) -> tuple[np.ndarray, tuple[tuple[int, int, int, int]
     threads, and two caches filled one after the other let a thread find the weights of a size whose
     bands were not stored yet (a KeyError in the two-worker test)."""
     entry = _LANCZOS.get(n)
-    if entry is None:
-        prime_weights([n])
-        entry = _LANCZOS.get(n)
-        if entry is None:   # another thread cleared the full cache in between: compute it uncached
-            matrix = _fixed_point_weights(np.array([n], dtype=np.int64))[0]
-            entry = (matrix, _bands_of(matrix))
-    return entry
+    return entry if entry is not None else prime_weights([n])[n]
 
 
-def prime_weights(sizes) -> None:
-    "Compute and cache the weight matrices (and bands) of every size not cached yet, vectorised."
+def prime_weights(sizes) -> dict[int, tuple[np.ndarray, tuple[tuple[int, int, int, int], ...]]]:
+    """Compute and cache the weight matrices (and bands) of every size not cached yet, vectorised;
+    return the entries of `sizes` (read under the lock, so a cache another thread clears can't lose them)."""
+    sizes = {int(n) for n in sizes}
     with _PRIMING:
-        new = sorted({int(n) for n in sizes} - _LANCZOS.keys())
-        if not new:
-            return
+        new = sizes - _LANCZOS.keys()
         if len(_LANCZOS) + len(new) > _MAX_CACHED_SIZES:  # bounded memory in a long-lived process
             _LANCZOS.clear()
+            new = sizes
+        new = sorted(new)
         for k in range(0, len(new), 32):   # 32 sizes at a time bounds the (sizes x 32 x taps) arrays
             group = new[k:k + 32]
             for n, matrix in zip(group, _fixed_point_weights(np.array(group, dtype=np.int64))):
                 _LANCZOS[n] = (matrix, _bands_of(matrix))
+        return {n: _LANCZOS[n] for n in sizes}
 
 
 def _bands_of(matrix: np.ndarray, group: int = 8) -> tuple[tuple[int, int, int, int], ...]:

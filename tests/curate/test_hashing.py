@@ -1,6 +1,7 @@
 import hashlib
 import multiprocessing
 import os
+import threading
 
 import imagehash
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 from PIL import Image
 
 import mlc_pipeline.curate.hashing as hashing
+import mlc_pipeline.curate.phash as phash
 from badfiles import FIXTURES, fixture_photos, make_bad_files
 from mlc_pipeline.curate.hashing import (HASH_DECODE_SIDE, _hash_grey, hamming, hamming_uint64, hex_to_uint64, inspect_file,
                                          inspect_files, popcount64, uint64_to_hex, view_phashes)
@@ -157,14 +159,9 @@ def test_misconfigured_pillow_fails_loudly(monkeypatch):
         inspect_files(fixture_photos()[:3])
 
 
-
 def test_phash_many_while_another_thread_fills_the_cache(monkeypatch):
     """A threaded Dask worker hashes in several threads: a thread that hashes while another is
     storing a size's weights must still find that size's bands (it once met a KeyError there)."""
-    import threading
-
-    from mlc_pipeline.curate import phash
-
     image = np.random.default_rng(0).integers(0, 256, (50, 61), dtype=np.uint8)
     real_bands_of, others, errors, results = phash._bands_of, [], [], []
 
