@@ -188,6 +188,9 @@ class MineSettings(Strict):
                                                             # when it looks like the class in the model's features
                                                             # (model/likeness.py, docs/training.md); 1.01: never
     max_per_round: int | None = Field(None, ge=1)    # None: as many as the training "other" set holds
+    calibration_share: float = Field(1 / 3, ge=0, lt=1)   # of each round's mined negatives, this share (by
+                                                          # photo, stable) joins validation, where the cap on
+                                                          # unknowns is calibrated; the rest trains
     review_below: float = Field(0.05, gt=0, lt=1)    # a class image whose own label scores under this is
                                                      # listed in <bundle>/review.csv (possible label noise)
     retrain: Literal["continue", "scratch"] = "continue"   # continue: the previous round's network, for

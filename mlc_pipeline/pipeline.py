@@ -43,7 +43,7 @@ class RoundRecord:
     unknown_accepted: float | None
     probe_accepted: float | None
     negatives_added: int = 0
-    valid_macro_f1: float | None = None     # at the model's own thresholds (shipping: `held_out_f1`)
+    valid_macro_f1: float | None = None     # at the model's own thresholds, without mined negatives (`held_out_f1`)
 
 
 @dataclass
@@ -75,8 +75,10 @@ def plain(value: Any) -> Any:
 def record(round_no: int, version: str, bundle: str, metrics: dict, added: int = 0) -> RoundRecord:
     """One mining round's line of the report, from a model's metrics."""
     test, valid = metrics["test"], metrics.get("valid") or {}
+    # rounds compare on the validation images they share: a round's mined negatives join it
+    valid_f1 = valid.get("macro_f1_without_mined", valid.get("macro_f1"))
     return RoundRecord(round_no, version, bundle, test["macro_f1"], test.get("unknown_accepted"),
-                       test.get("probe_accepted"), added, valid.get("macro_f1"))
+                       test.get("probe_accepted"), added, valid_f1)
 
 
 def unknown_rate(test_other: float | None, probe: float | None) -> float | None:

@@ -74,6 +74,15 @@ def split_of(source: str, photo_id: str, fractions: dict[str, float]) -> str:
     return SPLITS[-1]
 
 
+def mined_split(source: str, photo_id: str, calibration_share: float) -> str:
+    """A mined negative trains, except a stable share that joins validation: the cap on unknowns is
+    calibrated there, so it then sees images like the pool's and not only the "other" set's
+    (docs/training.md, "Mining"). Test and probe stay fixed, so rounds compare on the same images."""
+    if calibration_share <= 0:
+        return "train"
+    return split_of(source, photo_id, {"train": 1 - calibration_share, "valid": calibration_share})
+
+
 def first_query(queries_json: str | None) -> str:
     """The query that first found a photo (the catalog keeps them all): says which kind a probe is."""
     queries = json.loads(queries_json) if queries_json else []
@@ -86,7 +95,7 @@ def folder_name(labels: str) -> str:
 
 
 def dataset_rows(cfg: Config, catalog: Catalog) -> list[dict]:
-    """Everything accepted for training or probing, with its split; mined negatives train only."""
+    """Everything accepted for training or probing, with its split; mined negatives never test."""
     rows = []
     removed_owners = catalog.removed_owners()       # `mlc remove --owner`: later photos stay out too
     for c in build_candidates(catalog):             # accepted, with the review app's decisions applied
@@ -96,7 +105,7 @@ def dataset_rows(cfg: Config, catalog: Catalog) -> list[dict]:
         if c["purpose"] == "probe":
             split = "probe"
         elif c["mined_round"] is not None:
-            split = "train"          # hard negatives are for learning; evaluation sets stay fixed
+            split = mined_split(c["source"], c["photo_id"], cfg.mine.calibration_share)
         else:
             split = split_of(c["source"], c["photo_id"], cfg.build.split)
         rows.append({

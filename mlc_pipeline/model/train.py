@@ -204,6 +204,13 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         # the class axis, so `learn.predict` on the exported learner agrees with the bundle.
         learn.loss_func.thresh = torch.tensor(thresholds, dtype=torch.float32)
     valid_metrics = evaluate(valid_probs, valid_targets, thresholds, vocab, head=cfg.head)
+    mined = _mined_valid_mask(rows)
+    if mined.any():
+        # Mining adds negatives to validation each round; the F1 that rounds are compared on
+        # (pipeline.held_out_f1) must be measured on the validation images they all share.
+        shared = evaluate(valid_probs[~mined], valid_targets[~mined], thresholds, vocab, head=cfg.head)
+        valid_metrics["n_mined"] = int(mined.sum())
+        valid_metrics["macro_f1_without_mined"] = shared["macro_f1"]
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp_dirs(out_dir.parent)
@@ -303,6 +310,14 @@ def _valid_predictions(learn, cfg: TrainConfig, vocab: list[str]) -> tuple[np.nd
     else:
         targets = targs.numpy().astype(np.int8)
     return probs, targets
+
+
+def _mined_valid_mask(rows) -> np.ndarray:
+    """Which validation images (in the loaders' order: `training_frame`'s rows) are mined negatives."""
+    valid = rows[rows["is_valid"]]
+    if "mined_round" not in valid.columns:     # manifests written before mining existed
+        return np.zeros(len(valid), dtype=bool)
+    return (valid["mined_round"].fillna("").astype(str) != "").to_numpy()
 
 
 def remove_stale_tmp_dirs(parent: Path) -> list[Path]:

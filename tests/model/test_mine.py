@@ -16,7 +16,7 @@ from shapes import background, disc, draw, trained_bundle
 
 from mlc_pipeline.catalog import Catalog, Found
 from mlc_pipeline.config import Config
-from mlc_pipeline.dataset.build import dataset_rows
+from mlc_pipeline.dataset.build import dataset_rows, mined_split
 from mlc_pipeline.model.mine import bundle_manifest, mine_round, pool_overlaps, undo_round
 from mlc_pipeline.model.predict import predict_paths, score_paths
 from mlc_pipeline.model.bundle import load_bundle
@@ -120,8 +120,9 @@ def test_mining_moves_accepted_pool_images_only(tmp_path):
                        {k: before[cid][k] for k in ("purpose", "label", "curated_label", "status", "mined_round")}
         rows = dataset_rows(cfg, catalog)
     in_dataset = {r["photo_id"]: r for r in rows}
-    for pid in mined:  # the next dataset version trains on them as negatives; test/valid stay fixed
-        assert in_dataset[pid]["split"] == "train" and in_dataset[pid]["labels"] == "" and in_dataset[pid]["mined_round"] == 1
+    for pid in mined:  # the next version learns from them as negatives, a stable share calibrates; test stays fixed
+        assert in_dataset[pid]["split"] == mined_split("local", pid, cfg.mine.calibration_share)
+        assert in_dataset[pid]["labels"] == "" and in_dataset[pid]["mined_round"] == 1
     assert not {pid for pid in pool if pid not in mined} & set(in_dataset)
     # Every decision is visible with its score.
     with open(bundle_dir / "mined.csv") as f:

@@ -136,6 +136,37 @@ def _small_dataset(tmp_path) -> Path:
     return make_shapes_dataset(tmp_path / "ds", n_per_kind=10)
 
 
+def test_validation_f1_without_mined_negatives_is_recorded_beside_the_whole_splits(tmp_path):
+    """Mining puts a share of its negatives into validation (mine.calibration_share); the macro F1
+    that rounds are compared on leaves them out. Here the "mined" images are copies of red valid
+    images labelled "other", so the model must accept some of them: the whole split's F1 falls and
+    the shared images' F1 does not."""
+    import csv
+    import shutil
+    manifest = make_shapes_dataset(tmp_path / "ds", n_per_kind=24)
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    reds = [r for r in rows if r["labels"] == "red" and r["split"] == "valid"]
+    for r in rows:
+        r["mined_round"] = ""
+    for i, r in enumerate(reds):
+        rel = f"images/mined_{i:03d}.jpg"
+        shutil.copy(tmp_path / "ds" / r["path"], tmp_path / "ds" / rel)
+        rows.append({**r, "path": rel, "labels": "", "photo_id": f"mined{i}", "mined_round": "1"})
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    # at the F1 point (no cap): the cap would reject red altogether, and every F1 would be equal
+    train_model(manifest, tmp_path / "m", TrainConfig(**FAST, max_unknown_accepted=None))
+    valid = json.loads((tmp_path / "m" / "metrics.json").read_text())["valid"]
+    assert valid["n_mined"] == len(reds) > 0
+    assert valid["macro_f1_without_mined"] > valid["macro_f1"]
+    from mlc_pipeline.pipeline import record
+    assert record(1, "v2", "m", {"test": {"macro_f1": 0.5}, "valid": valid}).valid_macro_f1 == \
+        valid["macro_f1_without_mined"]
+
+
 def test_weight_decay_reaches_the_learner(tmp_path):
     """`wd` (a bench knob, docs/training.md) is the Learner's weight decay; None keeps fastai's."""
     from mlc_pipeline.model.bundle import load_bundle
