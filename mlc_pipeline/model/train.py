@@ -317,7 +317,7 @@ def _mined_valid_mask(rows) -> np.ndarray:
     valid = rows[rows["is_valid"]]
     if "mined_round" not in valid.columns:     # manifests written before mining existed
         return np.zeros(len(valid), dtype=bool)
-    return (valid["mined_round"].fillna("").astype(str) != "").to_numpy()
+    return (valid["mined_round"] != "").to_numpy()     # read as strings, no NaN (read_manifest_frame)
 
 
 def remove_stale_tmp_dirs(parent: Path) -> list[Path]:

@@ -112,7 +112,8 @@ def continue_blocker(dataset_dir: Path, previous: Path) -> str | None:
     network learned from, in its own training or in the trainings it continued, is in this version's
     valid, test or probe split. Splits are stable by photo (mined images too: `mine.calibration_share`
     of them validate, always the same ones), so within a run this never happens; a catalog changed
-    between runs, or a changed split setting, could put a trained-on image under evaluation. Images are matched by catalog id and by content (sha256)."""
+    between runs, or a changed split setting, could put a trained-on image under evaluation. Images
+    are matched by catalog id and by content (sha256)."""
     datasets_root = dataset_dir.parent.parent           # datasets/<name>/<version>
     trained_ids: set[str] = set()
     trained_sha: set[str] = set()
