@@ -188,11 +188,8 @@ class MineSettings(Strict):
                                                             # when it looks like the class in the model's features
                                                             # (model/likeness.py, docs/training.md); 1.01: never
     max_per_round: int | None = Field(None, ge=1)    # None: as many as the training "other" set holds
-    calibration_share: float = Field(1 / 3, ge=0, lt=1)   # of each round's mined negatives, this share (by
-                                                          # photo, stable) joins validation, where the cap on
-                                                          # unknowns is calibrated; the rest trains
-    review_below: float = Field(0.05, gt=0, lt=1)    # a class image whose own label scores under this is
-                                                     # listed in <bundle>/review.csv (possible label noise)
+    calibration_share: float = Field(1 / 3, ge=0, lt=1)   # mined negatives that validate (by photo); rest train
+    review_below: float = Field(0.05, gt=0, lt=1)    # own label under this: listed in <bundle>/review.csv
     retrain: Literal["continue", "scratch"] = "continue"   # continue: the previous round's network, for
                                                             # retrain_epochs (docs/training.md "Retraining")
     retrain_epochs: int | None = Field(None, ge=1)   # continue: None = a third of the first training's
