@@ -10,6 +10,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from mlc_pipeline.pipeline import shared_valid_f1
 from mlc_pipeline.report.curves import curve_markdown
 from mlc_pipeline.report.tables import pct
 from mlc_pipeline.report.model import ALTERNATIVES_OFF_TEXT, bundle_network_line, shipped_of
@@ -71,10 +72,10 @@ def counts_markdown(counts: dict) -> list[str]:
 
 def rounds_markdown(models: list[dict], mined: list[dict]) -> list[str]:
     added = {m["round"]: m.get("added", 0) for m in mined}
-    lines = ["| round | dataset | model | macro F1 (test) | macro F1 (valid) | unknown accepted (test other) "
+    lines = ["| round | dataset | model | macro F1 (test) | macro F1 (valid, without mined) | unknown accepted (test other) "
              "| unknown accepted (probe) | negatives added |", "|---|---|---|---|---|---|---|---|"]
     for m in models:
-        t, v = m["metrics"].get("test", {}), m["metrics"].get("valid", {}).get("macro_f1")
+        t, v = m["metrics"].get("test", {}), shared_valid_f1(m["metrics"])
         lines.append(f"| {m['round']} | {m['dataset_version']} | {m['bundle']} | {t.get('macro_f1', 0):.3f} "
                      f"| {'n/a' if v is None else f'{v:.3f}'} "
                      f"| {pct(t.get('unknown_accepted'))} | {pct(t.get('probe_accepted'))} "

@@ -72,13 +72,19 @@ def plain(value: Any) -> Any:
     return value
 
 
+def shared_valid_f1(metrics: dict) -> float | None:
+    """A model's validation macro F1 on the images every round shares: a round's mined negatives
+    join its validation split (mine.calibration_share), so rounds compare without them. Models
+    trained before that setting have only the whole split's figure."""
+    valid = metrics.get("valid") or {}
+    return valid.get("macro_f1_without_mined", valid.get("macro_f1"))
+
+
 def record(round_no: int, version: str, bundle: str, metrics: dict, added: int = 0) -> RoundRecord:
     """One mining round's line of the report, from a model's metrics."""
-    test, valid = metrics["test"], metrics.get("valid") or {}
-    # rounds compare on the validation images they share: a round's mined negatives join it
-    valid_f1 = valid.get("macro_f1_without_mined", valid.get("macro_f1"))
+    test = metrics["test"]
     return RoundRecord(round_no, version, bundle, test["macro_f1"], test.get("unknown_accepted"),
-                       test.get("probe_accepted"), added, valid_f1)
+                       test.get("probe_accepted"), added, shared_valid_f1(metrics))
 
 
 def unknown_rate(test_other: float | None, probe: float | None) -> float | None:

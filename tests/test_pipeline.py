@@ -186,13 +186,18 @@ def test_a_mining_round_that_buys_fewer_unknowns_with_too_much_f1_is_not_shipped
                                "mean of validation and test; mine.max_f1_loss is 0.05): models/LATEST stays bundle-r0")
     from mlc_pipeline.report.model import rounds_markdown
     report = rounds_markdown(out)       # each F1 column says which split it was measured on
-    assert "| macro F1 (test) | macro F1 (valid) |" in report and "| 1 | v2 | 0.400 | 0.480 |" in report
+    assert "| macro F1 (test) | macro F1 (valid, without mined) |" in report and "| 1 | v2 | 0.400 | 0.480 |" in report
     from flows.artifacts import summary_markdown        # the Prefect run summary shows both columns too
+    # the summary reads metrics.json, whose valid F1 counts the round's mined negatives: it shows the
+    # figure shipping compared (without them), as the report does; older models have only the whole split's
     models = [{"round": r.round, "dataset_version": r.dataset_version, "bundle": r.bundle,
-               "metrics": {"test": {"macro_f1": r.macro_f1}, "valid": {"macro_f1": r.valid_macro_f1}}}
+               "metrics": {"test": {"macro_f1": r.macro_f1},
+                           "valid": {"macro_f1": r.valid_macro_f1 - 0.1 * r.round,
+                                     **({"macro_f1_without_mined": r.valid_macro_f1} if r.round else {})}}}
               for r in out.rounds]
     summary = summary_markdown({"status": "completed", "config_path": "c.yaml", "models": models})
-    assert "| macro F1 (test) | macro F1 (valid) |" in summary and "| 1 | v2 | bundle-r1 | 0.400 | 0.480 |" in summary
+    assert "| macro F1 (test) | macro F1 (valid, without mined) |" in summary
+    assert "| 0 | v1 | bundle-r0 | 0.700 | 0.700 |" in summary and "| 1 | v2 | bundle-r1 | 0.400 | 0.480 |" in summary
 
     # within the tolerance: shipped, and the loop goes on
     cfg = _loop_config(tmp_path / "kept", rounds=2)
