@@ -132,7 +132,7 @@ def main() -> int:
         rules[f"fused w={w}"] = lambda j, w=w: fused(j, w)
     got = {name: [figures(j, rule(j)) for j in jobs] for name, rule in rules.items()}
     base = np.array(got["sigmoids (the product)"])
-    print(f"\n## {len(jobs)} jobs, cap {CAP}: test macro F1 / test other / probes accepted (means)")
+    print(f"\n## {len(jobs)} models, cap {CAP}: test macro F1 / test other / probes accepted (means)")
     print("| rule | means | probes fewer / equal / more than the sigmoids | F1 higher / lower |")
     print("|---|---|---|---|")
     for name, rows in got.items():
