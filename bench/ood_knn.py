@@ -8,8 +8,9 @@ deep nearest neighbors"), which the product already computes for mining (`model/
 image's L2-normalised features against the training images' features.
 
 For each job's models (`bench/realworld.py --work DIR` leaves round 0's and the mining round's
-behind) it scores and embeds the train, valid, test and probe images of the version each trained on, then compares, at the same cap
-on validation "other" (train.max_unknown_accepted) and calibrated as train.py does:
+behind) it scores and embeds the train, valid, test and probe images of the version each trained
+on, then compares, at the same cap on validation "other" (train.max_unknown_accepted) and
+calibrated as train.py does:
 
 - `sigmoids` (the product): per-class thresholds on the probabilities;
 - `gate q`: a class may be accepted only when the image's mean cosine similarity to its K nearest
@@ -22,7 +23,7 @@ on validation "other" (train.max_unknown_accepted) and calibrated as train.py do
 
     .venv/bin/python bench/ood_knn.py /tmp/rw9/insects-0 /tmp/rw9/pets-1 ...
 
-It prints, per rule, the means over jobs of test macro F1 / test "other" accepted / probes accepted,
+It prints, per rule, the means over models of test macro F1 / test "other" accepted / probes accepted,
 and in how many models the rule accepts fewer probes than the sigmoids, and at what F1.
 """
 
@@ -40,10 +41,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from mlc_pipeline.manifest import read_manifest_frame  # noqa: E402
-from mlc_pipeline.model.likeness import K, knn_similarity  # noqa: E402
+from mlc_pipeline.model.likeness import K, knn_similarity, reference_rows  # noqa: E402
 from mlc_pipeline.model.metrics import real_class_indices, targets_from_labels  # noqa: E402
-from rounds import MAX_F1_LOSS, calibrated, test_figures  # noqa: E402
-from mlc_pipeline.pipeline import unknown_rate  # noqa: E402
+from rounds import calibrated, shipped_at, test_figures  # noqa: E402
 
 CAP = 0.05
 QUANTILES = (0.02, 0.05, 0.10)
@@ -61,16 +61,18 @@ def load_job(job: Path, tag: str) -> dict | None:
     bundle = load_bundle(dirs[0])
     df = read_manifest_frame(bundle.meta["manifest"])
     rows = df[df["split"].isin(["valid", "test", "probe"])].reset_index(drop=True)
-    train = df[df["split"] == "train"].reset_index(drop=True)
     probs, feats, _ = score_and_embed(bundle, list(rows["abs_path"]))
-    _, train_feats, _ = score_and_embed(bundle, list(train["abs_path"]))
-    ok = ~np.isnan(train_feats).any(axis=1)
-    ref = {c: train_feats[ok & train["label_list"].map(lambda labs, c=c: c in labs).to_numpy()] for c in bundle.classes}
-    ref_other = train_feats[ok & train["label_list"].map(lambda labs: not labs).to_numpy()]
+    # the training references mining's likeness hold uses (sampled the same way)
+    train_class, train_other, _ = reference_rows(bundle.meta["manifest"], bundle.classes)
+    order = [train_class[c] for c in bundle.classes] + [train_other]
+    _, ref_feats, _ = score_and_embed(bundle, [str(p) for paths in order for p in paths])
+    ends = np.cumsum([len(paths) for paths in order])
+    ref = [f[~np.isnan(f).any(axis=1)] for f in np.split(ref_feats, ends[:-1])]
+    ref_other = ref.pop()
     targets = targets_from_labels([[] if s == "probe" else labs for labs, s in zip(rows["label_list"], rows["split"])],
                                   bundle.vocab)
     feats = np.nan_to_num(feats)
-    sims = np.stack([knn_similarity(feats, ref[c], K) for c in bundle.classes], axis=1)
+    sims = np.stack([knn_similarity(feats, r, K) for r in ref], axis=1)
     sim_other = knn_similarity(feats, ref_other, K) if len(ref_other) else np.zeros(len(rows))
     return {"job": f"{job.name} {tag}", "split": rows["split"].to_numpy(), "vocab": bundle.vocab, "targets": targets,
             "probs": np.nan_to_num(probs), "sims": sims, "margins": sims - sim_other[:, None]}
@@ -142,8 +144,7 @@ def main() -> int:
         higher, lower = (rows[:, 0] > base[:, 0] + 1e-9).sum(), (rows[:, 0] < base[:, 0] - 1e-9).sum()
         print(f"| {name} | {m[0]:.3f} / {m[1]:.1%} / {m[2]:.1%} | {fewer} / {len(rows) - fewer - more} / {more} "
               f"| {higher} / {lower} |")
-    # the model each job would ship under a rule: round 1 when its unknown rate is not higher and it
-    # loses at most mine.max_f1_loss of test F1 (bench/rounds.py's replay of pipeline's rule)
+    # the model each job would ship under a rule (bench/rounds.py's replay of pipeline's rule)
     by_job: dict[str, dict[str, int]] = {}
     for i, job in enumerate(jobs):
         name, tag = job["job"].rsplit(" ", 1)
@@ -151,12 +152,8 @@ def main() -> int:
     print("\n| rule | shipped, one model per job: means | probes fewer / equal / more |\n|---|---|---|")
     ship_base = None
     for name, rows in got.items():
-        shipped = []
-        for tags in by_job.values():
-            r0, r1 = rows[tags["r0"]], rows[tags["r1"]] if "r1" in tags else None
-            ok = r1 is not None and unknown_rate(r1[1], r1[2]) <= unknown_rate(r0[1], r0[2]) and r0[0] - r1[0] <= MAX_F1_LOSS + 1e-9
-            shipped.append(r1 if ok else r0)
-        shipped = np.array(shipped)
+        shipped = np.array([shipped_at({tag: {CAP: rows[i]} for tag, i in tags.items()}, CAP)
+                            for tags in by_job.values()])
         ship_base = shipped if ship_base is None else ship_base
         m = shipped.mean(axis=0)
         fewer, more = (shipped[:, 2] < ship_base[:, 2] - 1e-9).sum(), (shipped[:, 2] > ship_base[:, 2] + 1e-9).sum()
