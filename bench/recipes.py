@@ -13,6 +13,10 @@ Worlds (each a user's config in miniature; probes are a kind under no query):
 - insects: classes ants, bees;   other dogs (half);     probe cats   (pool: the other half of dogs)
 
     .venv/bin/python bench/recipes.py --world insects --recipe arch=mlcnet,image_size=64 --recipe ...
+
+`--train-fraction 0.5` trains on a seeded half of each set's training images (valid, test and probes
+unchanged); with `epochs` set so that as many images are seen as with all of them, it asks whether
+more photos would help (the epochs rule alone stops at 120 epochs).
 """
 
 from __future__ import annotations
@@ -69,6 +73,27 @@ def build_world(name: str, out: Path, seed: int = 0) -> Path:
         w.writeheader()
         w.writerows(rows)
     return out / "manifest.csv"
+
+
+def fewer_train_images(manifest: Path, fraction: float, seed: int) -> Path:
+    """A copy of the manifest that keeps `fraction` of each set's train rows (drawn with `seed`)."""
+    import csv
+    out = manifest.with_name(f"manifest-train{fraction:g}.csv")
+    with open(manifest, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    rng = random.Random(seed)
+    keep = []
+    for query in sorted({r["query"] for r in rows}):
+        train = [r for r in rows if r["query"] == query and r["split"] == "train"]
+        rng.shuffle(train)
+        keep += train[:round(len(train) * fraction)]
+    kept = {id(r) for r in keep}
+    rows = [r for r in rows if r["split"] != "train" or id(r) in kept]
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["path", "labels", "split", "query"])
+        w.writeheader()
+        w.writerows(rows)
+    return out
 
 
 def scores(bundle, paths: list[str], tta: bool) -> np.ndarray:
@@ -172,15 +197,22 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="append JSON lines here")
     ap.add_argument("--scores", default=None, help="keep each run's scores as an .npz in this folder "
                     "(bench/caps.py compares calibration rules on them)")
+    ap.add_argument("--train-fraction", type=float, default=1.0,
+                    help="train on this seeded share of each set's train images (the rest unused)")
     ap.add_argument("--no-tta", action="store_true", help="skip the test-time-flip scoring (half the time)")
     args = ap.parse_args()
 
+    import torch
     from mlc_pipeline.model.bundle import load_bundle
     from mlc_pipeline.model.train import TrainConfig, train_model
     from mlc_pipeline.manifest import read_manifest_frame
 
     work = Path(args.work)
     manifest = build_world(args.world, work / f"{args.world}-s{args.seed}", args.seed)
+    if not 0 < args.train_fraction <= 1:
+        ap.error("--train-fraction must be in (0, 1]")
+    if args.train_fraction < 1:
+        manifest = fewer_train_images(manifest, args.train_fraction, args.seed)
     df = read_manifest_frame(manifest)
     classes = sorted({lab for labs in df["label_list"] for lab in labs})
     for text in args.recipe:
@@ -191,7 +223,9 @@ def main() -> None:
         result = train_model(manifest, bundle_dir, cfg, classes=classes)
         seconds = time.monotonic() - start
         bundle = load_bundle(bundle_dir)
-        line = {"world": args.world, "seed": args.seed, "recipe": text, "train_s": round(seconds, 1),
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+        line = {"world": args.world, "seed": args.seed, "recipe": text, "train_fraction": args.train_fraction,
+                "device": device, "train_s": round(seconds, 1),
                 "img_s": result.images_per_second, "n_train": bundle.meta["n_train"],
                 "epochs_run": len(result.history), "stopped_early": result.stopped_early}
         for tta in (False,) if args.no_tta else (False, True):
