@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from mlc_pipeline.manifest import read_manifest_frame  # noqa: E402
 from mlc_pipeline.model.likeness import K, knn_similarity, reference_rows  # noqa: E402
-from mlc_pipeline.model.metrics import real_class_indices, targets_from_labels  # noqa: E402
+from mlc_pipeline.model.metrics import fpr_at_tpr95, real_class_indices, targets_from_labels  # noqa: E402
 from rounds import calibrated, shipped_at, test_figures  # noqa: E402
 
 CAP = 0.05
@@ -113,7 +113,7 @@ def fpr_at_95(job: dict, score: np.ndarray) -> float:
     real = real_class_indices(job["vocab"])
     positives = (job["split"] == "test") & (job["targets"][:, real].sum(axis=1) > 0)
     probes = job["split"] == "probe"
-    return float((score[probes] >= np.quantile(score[positives], 0.05)).mean())
+    return fpr_at_tpr95(score, positives, probes)
 
 
 def figures(job: dict, probs: np.ndarray) -> tuple[float, float, float]:

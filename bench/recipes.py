@@ -154,7 +154,7 @@ def test_and_probe(test: np.ndarray, t_test: np.ndarray, probe: np.ndarray):
 def ood_scores(probs, targets, probe, vocab) -> dict:
     """Threshold-free: share of probes scoring above the 5th percentile of labelled test images,
     for max-probability (what per-class thresholds use) and joint energy (sum of softplus logits)."""
-    from mlc_pipeline.model.metrics import real_class_indices
+    from mlc_pipeline.model.metrics import fpr_at_tpr95, real_class_indices
     real = real_class_indices(vocab)
     p = np.clip(probs[:, real], 1e-6, 1 - 1e-6)
     logits = np.log(p / (1 - p))
@@ -162,8 +162,8 @@ def ood_scores(probs, targets, probe, vocab) -> dict:
     out = {}
     for name, score in (("max_prob", p.max(axis=1)), ("joint_energy", np.log1p(np.exp(logits)).sum(axis=1)),
                         ("logsumexp", np.log(np.exp(logits).sum(axis=1)))):
-        cut = np.quantile(score[labelled], 0.05)
-        out[name] = round(float((score[probe] >= cut).mean()), 3)
+        rate = fpr_at_tpr95(score, labelled, probe)
+        out[name] = None if rate is None else round(rate, 3)
     return out
 
 

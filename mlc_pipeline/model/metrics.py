@@ -287,19 +287,27 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray | No
         per_class[classes[ci]] = {"precision": precision, "recall": recall, "f1": f1, "support": int(t.sum())}
 
     score = probs[:, real].max(axis=1) if real else np.zeros(n)
-    cut = float(np.quantile(score[labelled], 0.05)) if labelled.any() else None
     return {
         "per_class": per_class,
         "macro_f1": float(np.mean([m["f1"] for m in per_class.values()])) if per_class else 0.0,
         "accuracy": _rate((pred == truth).all(axis=1), labelled),
         "unknown_accepted": _rate(accepted, unknown),
         "probe_accepted": _rate(accepted, probe),
-        "fpr95_unknown": None if cut is None else _rate(score >= cut, unknown),
-        "fpr95_probe": None if cut is None else _rate(score >= cut, probe),
+        "fpr95_unknown": fpr_at_tpr95(score, labelled, unknown),
+        "fpr95_probe": fpr_at_tpr95(score, labelled, probe),
         "n_labelled": int(labelled.sum()),
         "n_unknown": int(unknown.sum()),
         "n_probe": int(probe.sum()),
     }
+
+
+def fpr_at_tpr95(score: np.ndarray, positives: np.ndarray, negatives: np.ndarray) -> float | None:
+    """Share of `negatives` scoring at least the cut that keeps 95% of `positives` (boolean masks over
+    `score`, higher = more like a class): how well a score ranks unknowns below the classes with no
+    threshold chosen. None when either side has no rows."""
+    if not positives.any() or not negatives.any():
+        return None
+    return _rate(score >= float(np.quantile(score[positives], 0.05)), negatives)
 
 
 def _rate(hit: np.ndarray, rows: np.ndarray) -> float | None:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from mlc_pipeline.model.metrics import (
-    allowed_other, calibrate_capped, calibrate_thresholds, cap_cost_warning, capping_path, evaluate, operating_curve,
-    pick_capped, predict_matrix, probe_by_query, targets_from_labels,
+    allowed_other, calibrate_capped, calibrate_thresholds, cap_cost_warning, capping_path, evaluate, fpr_at_tpr95,
+    operating_curve, pick_capped, predict_matrix, probe_by_query, targets_from_labels,
 )
 from mlc_pipeline.report.tables import compare_table
 
@@ -112,6 +112,15 @@ def test_other_column_is_never_a_claimed_label():
     classes = ["a", "other"]
     pred = predict_matrix(np.array([[0.1, 0.9], [0.8, 0.9]]), np.array([0.5, 0.5]), classes)
     assert pred.tolist() == [[False, False], [True, False]]
+
+
+def test_fpr_at_tpr95_counts_negatives_at_or_above_the_cut_that_keeps_95_percent():
+    # 21 positives 0.00..1.00: the 5% quantile is exactly 0.05; a negative scoring it counts as accepted
+    score = np.concatenate([np.linspace(0, 1, 21), [0.05, 0.04, 0.9, 0.01]])
+    positives = np.arange(25) < 21
+    assert fpr_at_tpr95(score, positives, ~positives) == pytest.approx(0.5)
+    assert fpr_at_tpr95(score, positives, np.zeros(25, bool)) is None
+    assert fpr_at_tpr95(score, np.zeros(25, bool), ~positives) is None
 
 
 def test_missing_groups_give_none_not_zero():
