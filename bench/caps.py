@@ -13,7 +13,12 @@ Rules (all decided on validation rows only):
 - `tenth+classes`: as `tenth`, but the path stops before a point that takes a class below half of the
   validation recall it had at the start (the cap never switches a class off). Measured, not adopted.
 
+With `--tolerances 0,0.01,0.02` it compares instead where the path starts: the F1 point that
+`train.f1_tolerance` picks (the highest threshold within that much of each class's best validation F1)
+and the capped point walked from it (`tenth`), one column pair per tolerance.
+
     .venv/bin/python bench/caps.py --scores /tmp/caps/scores [--cap 0.05]
+    .venv/bin/python bench/caps.py --scores /tmp/caps/scores --tolerances 0,0.01,0.02
     .venv/bin/python bench/caps.py --bundle DATA/models/NAME --version DATA/datasets/NAME/vN --save x.npz
 """
 
@@ -30,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mlc_pipeline.model.metrics import (  # noqa: E402
-    DEFAULT_F1_TOLERANCE, allowed_other, calibrate_thresholds, capping_path, evaluate, real_class_indices,
+    DEFAULT_F1_TOLERANCE, allowed_other, calibrate_thresholds, capping_path, evaluate, pick_capped,
+    real_class_indices,
 )
 
 
@@ -89,10 +95,42 @@ def compare(npz: Path, cap: float) -> dict:
     return out
 
 
+def compare_tolerances(npz: Path, cap: float, tolerances: list[float]) -> dict:
+    """Per tolerance: the F1 point (no cap) and the capped point walked from it, on test + probes."""
+    z = np.load(npz)
+    vocab = [str(v) for v in z["vocab"]]
+    if str(z["head"]) != "sigmoid":
+        return {}
+    valid, t_valid = z["valid"], z["t_valid"]
+    probs_eval, targ_eval, mask = test_and_probe(z["test"], z["t_test"], z["probe"])
+    out = {"run": npz.stem}
+    for tol in tolerances:
+        start = calibrate_thresholds(valid, t_valid, "per-class-f1", f1_tolerance=tol)
+        capped = pick_capped(capping_path(valid, t_valid, vocab, start=start), cap)
+        for name, thr in ((f"f1@{tol:g}", start), (f"cap@{tol:g}", capped)):
+            m = evaluate(probs_eval, targ_eval, thr, vocab, mask)
+            out[name] = {"f1": round(m["macro_f1"], 3), "other": round(m["unknown_accepted"], 3),
+                         "probe": round(m["probe_accepted"], 3)}
+    return out
+
+
+def print_table(rows: list[dict], columns: list[str], title: str) -> dict:
+    print(title)
+    print("| run | " + " | ".join(columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for r in rows:
+        print(f"| {r['run']} | " + " | ".join(f"{r[k]['f1']:.3f} / {r[k]['other']:.1%} / {r[k]['probe']:.1%}"
+                                          for k in columns) + " |")
+    means = {k: {m: float(np.mean([r[k][m] for r in rows])) for m in ("f1", "other", "probe")} for k in columns}
+    print("| **mean** | " + " | ".join(f"{v['f1']:.3f} / {v['other']:.1%} / {v['probe']:.1%}" for v in means.values()) + " |")
+    return means
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scores", help="a folder of .npz files from bench/recipes.py --scores")
     ap.add_argument("--cap", type=float, default=0.05)
+    ap.add_argument("--tolerances", help="compare F1 tolerances (comma-separated) instead of cap rules")
     ap.add_argument("--bundle", help="score this bundle on --version and save to --save")
     ap.add_argument("--version")
     ap.add_argument("--save")
@@ -100,7 +138,16 @@ def main() -> None:
     if args.bundle:
         save_scores(Path(args.bundle), Path(args.version), Path(args.save))
         return
-    rows = [r for r in (compare(f, args.cap) for f in sorted(Path(args.scores).glob("*.npz"))) if r]
+    files = sorted(Path(args.scores).glob("*.npz"))
+    if args.tolerances:
+        tolerances = [float(t) for t in args.tolerances.split(",")]
+        rows = [r for r in (compare_tolerances(f, args.cap, tolerances) for f in files) if r]
+        columns = [f"{kind}@{t:g}" for t in tolerances for kind in ("f1", "cap")]
+        means = print_table(rows, columns, f"test macro F1 / test 'other' accepted / probes accepted; "
+                            f"f1@T: the F1 point at tolerance T, cap@T: the {args.cap:g} cap walked from it")
+        print(json.dumps({"cap": args.cap, "tolerances": tolerances, "rows": rows, "means": means}))
+        return
+    rows = [r for r in (compare(f, args.cap) for f in files) if r]
     print(f"cap {args.cap:g}: test macro F1 / test 'other' accepted / probes accepted (valid 'other' accepted)")
     print("| run | valid other | " + " | ".join(RULES) + " |")
     print("|---|---|" + "---|" * len(RULES))
