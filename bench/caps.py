@@ -76,41 +76,54 @@ RULES = {"floor": ("floor", False), "nearest": ("nearest", False), "tenth": ("te
          "tenth+classes": ("tenth", True)}
 
 
-def compare(npz: Path, cap: float) -> dict:
+def load_sigmoid(npz: Path):
+    """(vocab, valid probs, valid targets, (test + probe probs, targets, probe mask)), or None for a
+    softmax run (no thresholds to compare)."""
     z = np.load(npz)
-    vocab = [str(v) for v in z["vocab"]]
     if str(z["head"]) != "sigmoid":
+        return None
+    return ([str(v) for v in z["vocab"]], z["valid"], z["t_valid"],
+            test_and_probe(z["test"], z["t_test"], z["probe"]))
+
+
+def test_point(evaluated, thr: np.ndarray, vocab: list[str]) -> dict:
+    """Test macro F1, test "other" and probes accepted at thresholds `thr`."""
+    m = evaluate(*evaluated[:2], thr, vocab, evaluated[2])
+    return {"f1": round(m["macro_f1"], 3), "other": round(m["unknown_accepted"], 3),
+            "probe": round(m["probe_accepted"], 3)}
+
+
+def means_of(rows: list[dict], columns) -> dict:
+    return {k: {m: float(np.mean([r[k][m] for r in rows])) for m in ("f1", "other", "probe")} for k in columns}
+
+
+def compare(npz: Path, cap: float) -> dict:
+    loaded = load_sigmoid(npz)
+    if loaded is None:
         return {}
+    vocab, valid, t_valid, evaluated = loaded
     real = real_class_indices(vocab)
-    valid, t_valid = z["valid"], z["t_valid"]
     start = calibrate_thresholds(valid, t_valid, "per-class-f1", f1_tolerance=DEFAULT_F1_TOLERANCE)   # as training does
     path = capping_path(valid, t_valid, vocab, start=start)
-    probs_eval, targ_eval, mask = test_and_probe(z["test"], z["t_test"], z["probe"])
     out = {"run": npz.stem, "valid_other": path[0][1]}
     for name, (rounding, keep) in RULES.items():
         thr, accepted = pick(path, valid, t_valid, real, cap, rounding, keep)
-        m = evaluate(probs_eval, targ_eval, thr, vocab, mask)
-        out[name] = {"valid_accepted": accepted, "f1": round(m["macro_f1"], 3),
-                     "other": round(m["unknown_accepted"], 3), "probe": round(m["probe_accepted"], 3)}
+        out[name] = {"valid_accepted": accepted} | test_point(evaluated, thr, vocab)
     return out
 
 
 def compare_tolerances(npz: Path, cap: float, tolerances: list[float]) -> dict:
     """Per tolerance: the F1 point (no cap) and the capped point walked from it, on test + probes."""
-    z = np.load(npz)
-    vocab = [str(v) for v in z["vocab"]]
-    if str(z["head"]) != "sigmoid":
+    loaded = load_sigmoid(npz)
+    if loaded is None:
         return {}
-    valid, t_valid = z["valid"], z["t_valid"]
-    probs_eval, targ_eval, mask = test_and_probe(z["test"], z["t_test"], z["probe"])
+    vocab, valid, t_valid, evaluated = loaded
     out = {"run": npz.stem}
     for tol in tolerances:
         start = calibrate_thresholds(valid, t_valid, "per-class-f1", f1_tolerance=tol)
         capped = pick_capped(capping_path(valid, t_valid, vocab, start=start), cap)
-        for name, thr in ((f"f1@{tol:g}", start), (f"cap@{tol:g}", capped)):
-            m = evaluate(probs_eval, targ_eval, thr, vocab, mask)
-            out[name] = {"f1": round(m["macro_f1"], 3), "other": round(m["unknown_accepted"], 3),
-                         "probe": round(m["probe_accepted"], 3)}
+        out[f"f1@{tol:g}"] = test_point(evaluated, start, vocab)
+        out[f"cap@{tol:g}"] = test_point(evaluated, capped, vocab)
     return out
 
 
@@ -121,7 +134,7 @@ def print_table(rows: list[dict], columns: list[str], title: str) -> dict:
     for r in rows:
         print(f"| {r['run']} | " + " | ".join(f"{r[k]['f1']:.3f} / {r[k]['other']:.1%} / {r[k]['probe']:.1%}"
                                           for k in columns) + " |")
-    means = {k: {m: float(np.mean([r[k][m] for r in rows])) for m in ("f1", "other", "probe")} for k in columns}
+    means = means_of(rows, columns)
     print("| **mean** | " + " | ".join(f"{v['f1']:.3f} / {v['other']:.1%} / {v['probe']:.1%}" for v in means.values()) + " |")
     return means
 
@@ -154,7 +167,7 @@ def main() -> None:
     for r in rows:
         cells = [f"{r[k]['f1']:.3f} / {r[k]['other']:.1%} / {r[k]['probe']:.1%} ({r[k]['valid_accepted']})" for k in RULES]
         print(f"| {r['run']} | {r['valid_other']} | " + " | ".join(cells) + " |")
-    means = {k: {m: float(np.mean([r[k][m] for r in rows])) for m in ("f1", "other", "probe")} for k in RULES}
+    means = means_of(rows, RULES)
     print("| **mean** | | " + " | ".join(f"{v['f1']:.3f} / {v['other']:.1%} / {v['probe']:.1%}" for v in means.values()) + " |")
     print(json.dumps({"cap": args.cap, "rows": rows, "means": means}))
 

@@ -49,7 +49,6 @@ SPLIT = (("train", 0.7), ("valid", 0.15), ("test", 0.15))
 
 def build_world(name: str, out: Path, seed: int = 0) -> Path:
     """A dataset folder with manifest.csv: class and "other" images split 70/15/15, probes apart."""
-    import csv
     if (out / "manifest.csv").exists():
         return out / "manifest.csv"
     rng = random.Random(seed)
@@ -68,11 +67,16 @@ def build_world(name: str, out: Path, seed: int = 0) -> Path:
                 frac = i / len(files)
                 split = "train" if frac < 0.7 else "valid" if frac < 0.85 else "test"
             rows.append({"path": f"{set_name}/{f.name}", "labels": label, "split": split, "query": set_name})
-    with open(out / "manifest.csv", "w", newline="") as fh:
+    return write_manifest(out / "manifest.csv", rows)
+
+
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    import csv
+    with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, ["path", "labels", "split", "query"])
         w.writeheader()
         w.writerows(rows)
-    return out / "manifest.csv"
+    return path
 
 
 def fewer_train_images(manifest: Path, fraction: float, seed: int) -> Path:
@@ -87,13 +91,8 @@ def fewer_train_images(manifest: Path, fraction: float, seed: int) -> Path:
         train = [r for r in rows if r["query"] == query and r["split"] == "train"]
         rng.shuffle(train)
         keep += train[:round(len(train) * fraction)]
-    kept = {id(r) for r in keep}
-    rows = [r for r in rows if r["split"] != "train" or id(r) in kept]
-    with open(out, "w", newline="") as fh:
-        w = csv.DictWriter(fh, ["path", "labels", "split", "query"])
-        w.writeheader()
-        w.writerows(rows)
-    return out
+    kept = {r["path"] for r in keep}
+    return write_manifest(out, [r for r in rows if r["split"] != "train" or r["path"] in kept])
 
 
 def scores(bundle, paths: list[str], tta: bool) -> np.ndarray:
