@@ -20,8 +20,11 @@ from mlc_pipeline.manifest import read_manifest_frame  # noqa: E402
 
 MLC = [sys.executable, "-m", "mlc_pipeline.cli"]
 # `mlc` that prints its own peak memory (ru_maxrss, KB) as the last line of stderr.
-MEASURED = [sys.executable, "-c", "import resource, sys\nfrom mlc_pipeline.cli import main\nrc = main(sys.argv[1:])\n"
-            "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)"]
+# VmHWM, not ru_maxrss: ru_maxrss survives fork + exec, so late in the suite it reported the pytest
+# parent's ~2 GB instead of this process's peak (measured: a 2.4 GB parent, a child reading 2397 MB).
+MEASURED = [sys.executable, "-c", "import sys\nfrom mlc_pipeline.cli import main\nrc = main(sys.argv[1:])\n"
+            "hwm = next(line for line in open('/proc/self/status') if line.startswith('VmHWM:'))\n"
+            "print('PEAK_KB', hwm.split()[1], file=sys.stderr)\nsys.exit(rc)"]
 
 
 def png_bomb(path: Path, side: int = 13000) -> Path:
