@@ -162,8 +162,7 @@ class TrainSettings(Strict):
     epochs: int | None = Field(None, ge=1)        # None: the recipe's (scratch: 45,000 images seen, 30-120)
     batch_size: int | None = Field(None, ge=1)    # None: the recipe's (scratch: 16, pretrained: 32; docs/training.md)
     lr: float | None = Field(None, gt=0)
-    other_mode: Literal["negative", "class"] = "class"    # class: an "other" output that vetoes the classes
-                                                        # (model/losses.py; measured in docs/training.md)
+    other_mode: Literal["negative", "class"] = "class"    # class: an "other" output vetoing the classes (losses.py)
     head: Literal["sigmoid", "softmax"] = "sigmoid"
     threshold_mode: Literal["per-class-f1", "global-f1", "target-precision"] = "per-class-f1"
     target_precision: float = Field(0.95, gt=0, le=1)
@@ -175,6 +174,7 @@ class TrainSettings(Strict):
     min_scale: float = Field(0.35, gt=0, le=1)
     mixup: float | None = Field(None, ge=0)          # None: the recipe's
     tta: bool = False
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"   # auto: bfloat16 on a CPU that has it (learner.py)
 
 
 class MineSettings(Strict):

@@ -40,8 +40,8 @@ from mlc_pipeline.model.options import TrainConfig
 from mlc_pipeline.model.bundle import export_learner
 from mlc_pipeline import progress
 from mlc_pipeline.model.learner import (
-    EpochBar, LossHistory, SparseValidation, TimeBudget, build_dataloaders, format_loss, macro_f1_metric,
-    training_frame,
+    CPUBFloat16, EpochBar, LossHistory, SparseValidation, TimeBudget, build_dataloaders, format_loss, macro_f1_metric,
+    training_frame, training_precision,
 )
 from mlc_pipeline.manifest import read_manifest_frame
 from mlc_pipeline.model.plots import plot_curves, plot_losses
@@ -151,18 +151,21 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     elif weights.file:
         load_backbone_weights(learn, cfg.arch, weights.file)
         learn.freeze()
-    if torch.cuda.is_available():
+    precision = training_precision(cfg.precision)
+    if precision == "float16":
         learn.to_fp16()
     else:
         # Channels-last weights let oneDNN's CPU convolutions skip their layout conversions: mlcnet
         # trains ~25 % faster on 2 cores, resnet18 ~15 % (docs/training.md, "Measured speeds").
         learn.model.to(memory_format=torch.channels_last)
+        if precision == "bfloat16":
+            learn.add_cb(CPUBFloat16())
 
     history, budget = LossHistory(), TimeBudget(cfg.max_train_seconds or float("inf"))
     fit_cbs = [history, budget, SparseValidation()] + ([MixUp(cfg.mixup)] if cfg.mixup > 0 else [])
     n_train = len(dls.train_ds)
-    log.info("training %s (%s, %s, pretrained=%s) on %d images, validating on %d, vocab %s",
-             cfg.arch, cfg.head, cfg.effective_other_mode, pretrained, n_train, len(dls.valid_ds), vocab)
+    log.info("training %s (%s, %s, pretrained=%s, %s) on %d images, validating on %d, vocab %s",
+             cfg.arch, cfg.head, cfg.effective_other_mode, pretrained, precision, n_train, len(dls.valid_ds), vocab)
     continuing = weights.continued_from is not None
     lr = cfg.lr or default_lr(cfg.arch, pretrained, continuing)
     start = time.monotonic()
@@ -181,7 +184,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             learn.fine_tune(cfg.epochs, lr, cbs=fit_cbs)
     train_seconds = time.monotonic() - start
     images_seen = len(history.batch_losses) * cfg.batch_size
-    if torch.cuda.is_available():
+    if precision == "float16":
         learn.to_fp32()  # the bundle must load on a CPU-only machine
 
     # Calibrate on valid: these images were not trained on, the test split stays untouched.
@@ -231,6 +234,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             "class_score": class_score,       # how the thresholds' scores are made (model/losses.py)
             "arch": cfg.arch,
             "image_size": cfg.image_size,
+            "precision": precision,           # of the training batches; scoring is always float32
             "pretrained": pretrained,
             "weights": weights.record(),
             "dataset_version": dataset_version,
