@@ -256,28 +256,6 @@ class TimeBudget(Callback):
 
 # ---------------------------------------------------------------- precision
 
-def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """True when the CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX-BF16). Elsewhere oneDNN
-    emulates bf16 or falls back, and mixed precision is slower than float32, not faster."""
-    try:
-        with open(cpuinfo) as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError as err:      # not Linux, or no /proc: float32, which is correct everywhere
-        log.debug("cannot read %s (%s): training in float32", cpuinfo, err)
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def training_precision(choice: str) -> str:
-    """The training batches' number format: float16 (mixed, fastai's) on CUDA; on a CPU, bfloat16
-    (mixed) when asked, or for `auto` when the CPU multiplies bf16 natively; else float32."""
-    if torch.cuda.is_available():
-        return "float16"
-    if choice == "bfloat16" and not cpu_has_native_bf16():
-        log.warning("train.precision bfloat16 on a CPU without native bf16: emulated, likely slower than float32")
-    return {"auto": "bfloat16" if cpu_has_native_bf16() else "float32"}.get(choice, choice)
-
-
 class CPUBFloat16(Callback):
     """bfloat16 autocast for the training batches' forward pass and loss on CPU (fastai's
     MixedPrecision autocasts on CUDA only). Weights, optimiser state and gradients stay float32, and

@@ -41,8 +41,9 @@ from mlc_pipeline.model.bundle import export_learner
 from mlc_pipeline import progress
 from mlc_pipeline.model.learner import (
     CPUBFloat16, EpochBar, LossHistory, SparseValidation, TimeBudget, build_dataloaders, format_loss, macro_f1_metric,
-    training_frame, training_precision,
+    training_frame,
 )
+from mlc_pipeline.model.precision import training_precision
 from mlc_pipeline.manifest import read_manifest_frame
 from mlc_pipeline.model.plots import plot_curves, plot_losses
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file

@@ -238,24 +238,6 @@ def test_bfloat16_runs_the_training_batches_only_and_float32_nothing(tmp_path, m
     assert not [cb for cb in loaded.cbs if type(cb).__name__ == "CPUBFloat16"]   # scoring is float32
 
 
-def test_precision_auto_is_bfloat16_only_where_the_cpu_has_it(tmp_path, monkeypatch):
-    from mlc_pipeline.model import learner
-    with_bf16, without = tmp_path / "a", tmp_path / "b"
-    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
-    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
-    assert learner.cpu_has_native_bf16(str(with_bf16)) is True
-    assert learner.cpu_has_native_bf16(str(without)) is False
-    assert learner.cpu_has_native_bf16(str(tmp_path / "missing")) is False
-    monkeypatch.setattr(learner.torch.cuda, "is_available", lambda: False)
-    for native, auto in ((True, "bfloat16"), (False, "float32")):
-        monkeypatch.setattr(learner, "cpu_has_native_bf16", lambda native=native: native)
-        assert learner.training_precision("auto") == auto
-        assert learner.training_precision("float32") == "float32"
-    assert learner.training_precision("bfloat16") == "bfloat16"   # asked for: honoured, with a warning
-    with pytest.raises(ValueError, match="precision"):
-        TrainConfig(precision="float16")
-
-
 def test_time_budget_stops_early_but_still_writes_a_bundle(tmp_path, caplog):
     manifest = _small_dataset(tmp_path)
     result = train_model(manifest, tmp_path / "b", TrainConfig(image_size=32, epochs=5, batch_size=8, threads=1,
