@@ -186,10 +186,16 @@ def test_recipe_fills_only_what_the_user_left_unset(torch_home, monkeypatch):
     assert choice.pretrained == "imagenet" and choice.recipe == "pretrained"
     cfg, _ = W.resolve_training(TrainConfig(epochs=2, lr=1e-3))
     assert (cfg.image_size, cfg.epochs, cfg.lr) == (pre["image_size"], 2, 1e-3)
-    cfg, choice = W.resolve_training(TrainConfig(pretrained="none"))
+    cfg, choice = W.resolve_training(TrainConfig(pretrained="none", precision="float32"))
     scratch = W.RECIPES["scratch"]
     assert (cfg.arch, cfg.image_size, cfg.epochs, choice.pretrained, choice.recipe) == (
         scratch["arch"], scratch["image_size"], scratch["epochs"], "none", "scratch")
+    # bf16 batches train the larger picture in float32's time; a set image size wins over both
+    assert W.resolve_training(TrainConfig(pretrained="none", precision="bfloat16"))[0].image_size == \
+        W.SCRATCH_IMAGE_SIZE_MIXED > scratch["image_size"]
+    assert W.resolve_training(TrainConfig(pretrained="none", precision="bfloat16", image_size=64))[0].image_size == 64
+    monkeypatch.setattr(W, "training_precision", lambda choice: "float16")     # CUDA
+    assert W.resolve_training(TrainConfig(pretrained="none"))[0].image_size == W.SCRATCH_IMAGE_SIZE_MIXED
     # the two recipes' batch sizes differ (scratch: more steps per image), and a set one wins over both
     assert cfg.batch_size == scratch["batch_size"] != pre["batch_size"]
     assert W.resolve_training(TrainConfig(pretrained="none", batch_size=48))[0].batch_size == 48
@@ -219,9 +225,10 @@ def test_config_defaults_and_overrides(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml_text)
     cfg = load_config(tmp_path / "c.yaml")
     assert (cfg.train.arch, cfg.train.pretrained, cfg.train.image_size, cfg.train.epochs) == ("auto", "auto", None, None)
-    cfg = load_config(tmp_path / "c.yaml", parse_overrides(["train.epochs=2", "train.arch=mlcnet"]))
+    cfg = load_config(tmp_path / "c.yaml", parse_overrides(["train.epochs=2", "train.arch=mlcnet",
+                                                           "train.precision=float32"]))
     tc = TrainConfig.from_settings(cfg.train)
-    assert (tc.arch, tc.epochs, tc.image_size) == ("mlcnet", 2, None)
+    assert (tc.arch, tc.epochs, tc.image_size, tc.precision) == ("mlcnet", 2, None, "float32")
     resolved, _ = W.resolve_training(tc)
     assert (resolved.epochs, resolved.image_size) == (2, W.RECIPES["scratch"]["image_size"])
 
