@@ -186,6 +186,8 @@ def network_line(meta: dict) -> str:
     else:
         start = "trained from scratch"
     line = f"{meta.get('arch', '?')}, {start}, {meta.get('image_size', '?')} px, {config.get('epochs', '?')} epochs"
+    if meta.get("precision"):       # bundles before train.precision trained in float32 on a CPU
+        line += f" in {meta['precision']}"
     if w.get("sha256"):
         line += f" (weights sha256 {w['sha256'][:12]}…)"
     if (w.get("requested") or {}).get("arch") == "auto":

@@ -233,6 +233,8 @@ def test_bfloat16_runs_the_training_batches_only_and_float32_nothing(tmp_path, m
         assert seen == {(True, torch.float32), (False, torch.float32)}
     meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
     assert meta["precision"] == precision and meta["config"]["precision"] == precision
+    from mlc_pipeline.report.model import bundle_network_line
+    assert f"32 px, 2 epochs in {precision}" in bundle_network_line(tmp_path / "b")   # the report says it
     loaded = load_bundle(tmp_path / "b").learn
     assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
     assert not [cb for cb in loaded.cbs if type(cb).__name__ == "CPUBFloat16"]   # scoring is float32
