@@ -58,8 +58,8 @@ RECIPES = {
                 "batch_size": 16},
 }
 # The scratch recipe's image size where training batches are not float32 (precision.py): bf16 trains
-# 128 px in the time float32 trains 96 px, and 128 px ranks an unseen kind better at a higher F1
-# (docs/training.md, "128 px in bfloat16").
+# 128 px in the time float32 trains 96 px, for a higher F1 and fewer "other" accepted at about the
+# same unseen rate (docs/training.md, "bfloat16 on the CPU, and 128 px in the time of 96").
 SCRATCH_IMAGE_SIZE_MIXED = 128
 # From scratch, a small dataset needs more passes over it: the scratch recipe's epochs are at least
 # its "epochs" and at least SCRATCH_VIEWS training images seen, at most SCRATCH_MAX_EPOCHS
