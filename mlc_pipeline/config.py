@@ -174,7 +174,7 @@ class TrainSettings(Strict):
     min_scale: float = Field(0.35, gt=0, le=1)
     mixup: float | None = Field(None, ge=0)          # None: the recipe's
     tta: bool = False
-    precision: Literal["auto", "float32", "bfloat16"] = "auto"   # auto: bfloat16 on a CPU that has it (learner.py)
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"   # auto: bfloat16 on a CPU that has it (model/precision.py)
 
 
 class MineSettings(Strict):

@@ -252,8 +252,6 @@ class TimeBudget(Callback):
         raise CancelFitException()
 
 
-
-
 # ---------------------------------------------------------------- precision
 
 class CPUBFloat16(Callback):
