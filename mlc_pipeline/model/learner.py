@@ -281,7 +281,7 @@ class CPUBFloat16(Callback):
     def after_batch(self):      # also after a cancelled batch, which skips after_loss
         self._leave()
 
-    def after_cancel_batch(self):
+    def after_fit(self):        # a fit cancelled mid-batch (CancelFitException) skips after_batch
         self._leave()
 
     def _leave(self):

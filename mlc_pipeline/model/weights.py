@@ -273,7 +273,7 @@ def resolve_training(cfg, n_train: int | None = None):
     filled = {k: RECIPES[recipe][k] for k in RECIPE_FIELDS if getattr(cfg, k) is None}
     if recipe == "scratch" and "epochs" in filled:
         filled["epochs"] = scratch_epochs(n_train)
-    if recipe == "scratch" and "image_size" in filled and training_precision(cfg.precision) != "float32":
+    if recipe == "scratch" and "image_size" in filled and training_precision(cfg.precision, warn=False) != "float32":
         filled["image_size"] = SCRATCH_IMAGE_SIZE_MIXED
     resolved = cfg.model_copy(update={"arch": arch, **filled})
     # one description of what will train, so that the warning and the info line cannot drift apart

@@ -194,7 +194,7 @@ def test_recipe_fills_only_what_the_user_left_unset(torch_home, monkeypatch):
     assert W.resolve_training(TrainConfig(pretrained="none", precision="bfloat16"))[0].image_size == \
         W.SCRATCH_IMAGE_SIZE_MIXED > scratch["image_size"]
     assert W.resolve_training(TrainConfig(pretrained="none", precision="bfloat16", image_size=64))[0].image_size == 64
-    monkeypatch.setattr(W, "training_precision", lambda choice: "float16")     # CUDA
+    monkeypatch.setattr(W, "training_precision", lambda choice, warn=True: "float16")     # CUDA
     assert W.resolve_training(TrainConfig(pretrained="none"))[0].image_size == W.SCRATCH_IMAGE_SIZE_MIXED
     # the two recipes' batch sizes differ (scratch: more steps per image), and a set one wins over both
     assert cfg.batch_size == scratch["batch_size"] != pre["batch_size"]
