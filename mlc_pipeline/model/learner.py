@@ -252,6 +252,33 @@ class TimeBudget(Callback):
         raise CancelFitException()
 
 
+class ProgressiveResize(Callback):
+    """Progressive resizing: the first `until` epochs of a fit see pictures at `start_size`, the rest
+    at the size the item transform was built with, which is restored after the fit (validation,
+    calibration and the bundle use it). Early epochs, at a high learning rate, learn coarse features
+    cheaply on small pictures; the last ones, at a low rate, at the full size."""
+
+    order = LossHistory.order + 1
+
+    def __init__(self, start_size: int, until: int):
+        self.start_size, self.until, self._crops, self._full = start_size, until, [], None
+
+    def before_fit(self):
+        self._crops = [t for dl in (self.dls.train, self.dls.valid) for t in dl.after_item.fs
+                       if isinstance(t, (RandomResizedCrop, Resize))]
+        self._full = self._crops[0].size if self._crops else None
+
+    def before_epoch(self):
+        self._set(self.start_size if self.epoch < self.until else None)
+
+    def after_fit(self):
+        self._set(None)
+
+    def _set(self, size: int | None):
+        for t in self._crops:
+            t.size = self._full if size is None else type(self._full)((size, size))
+
+
 # ---------------------------------------------------------------- precision
 
 class CPUBFloat16(Callback):

@@ -18,6 +18,8 @@ class TrainConfig(TrainSettings):
     max_train_seconds: float | None = None  # stop training early (after an epoch if possible) past this
     augment: bool = True              # flips, small rotations/zoom/lighting on the batch
     wd: float | None = None           # weight decay; None = fastai's (0.01, decoupled)
+    start_size: int | None = None     # progressive resizing: the first start_share of a scratch fit's epochs
+    start_share: float = 0.5          # at this size, the rest at image_size (learner.ProgressiveResize)
     init_from: str | None = None      # a bundle folder: continue training its network (mining's retrain,
                                       # weights.resolve_continued); `epochs` then counts the continuation
 

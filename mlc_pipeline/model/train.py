@@ -40,8 +40,8 @@ from mlc_pipeline.model.options import TrainConfig
 from mlc_pipeline.model.bundle import export_learner
 from mlc_pipeline import progress
 from mlc_pipeline.model.learner import (
-    CPUBFloat16, EpochBar, LossHistory, SparseValidation, TimeBudget, build_dataloaders, format_loss, macro_f1_metric,
-    training_frame,
+    CPUBFloat16, EpochBar, LossHistory, ProgressiveResize, SparseValidation, TimeBudget, build_dataloaders,
+    format_loss, macro_f1_metric, training_frame,
 )
 from mlc_pipeline.model.precision import training_precision
 from mlc_pipeline.manifest import read_manifest_frame
@@ -170,6 +170,10 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     lr = cfg.lr or default_lr(cfg.arch, pretrained, continuing)
     start = time.monotonic()
     one_cycle = pretrained == "none" or continuing
+    if cfg.start_size and pretrained == "none" and not continuing:
+        fit_cbs.append(ProgressiveResize(cfg.start_size, round(cfg.epochs * cfg.start_share)))
+    elif cfg.start_size:
+        log.warning("start_size %d ignored: progressive resizing is for a first training from scratch", cfg.start_size)
     n_epochs = cfg.epochs + (0 if one_cycle else 1)    # fine_tune: one frozen epoch first
     # progress goes to `log` through LossHistory, and to the terminal's bar (time left) through EpochBar
     with learn.no_bar(), learn.no_logging(), progress.bar(f"train {cfg.arch}", total=n_epochs * len(dls.train),

@@ -186,6 +186,8 @@ def network_line(meta: dict) -> str:
     else:
         start = "trained from scratch"
     line = f"{meta.get('arch', '?')}, {start}, {meta.get('image_size', '?')} px, {config.get('epochs', '?')} epochs"
+    if config.get("start_size") and start == "trained from scratch" and isinstance(config.get("epochs"), int):
+        line += f" (the first {round(config['epochs'] * config.get('start_share', 0.5))} at {config['start_size']} px)"
     if meta.get("precision"):       # bundles before train.precision trained in float32 on a CPU
         line += f" in {meta['precision']}"
     if w.get("sha256"):

@@ -240,6 +240,34 @@ def test_bfloat16_runs_the_training_batches_only_and_float32_nothing(tmp_path, m
     assert not [cb for cb in loaded.cbs if type(cb).__name__ == "CPUBFloat16"]   # scoring is float32
 
 
+def test_progressive_resizing_trains_small_first_and_the_bundle_keeps_the_full_size(tmp_path, monkeypatch):
+    """start_size: the first start_share of the epochs train on smaller pictures, the rest (and every
+    pass after the fit: calibration, the bundle's scoring) at image_size."""
+    from mlc_pipeline.model import nets
+    from mlc_pipeline.model.bundle import load_bundle
+    seen = []
+    pool = nets.ConcatPool.forward
+
+    def recording(self, x):         # the body's output, whose size follows the pictures'
+        seen.append((self.training, x.shape[-1]))
+        return pool(self, x)
+    monkeypatch.setattr(nets.ConcatPool, "forward", recording)
+    manifest = _small_dataset(tmp_path)
+    result = train_model(manifest, tmp_path / "b", TrainConfig(image_size=64, start_size=32, start_share=0.5, epochs=4,
+                                                              batch_size=8, threads=1, pretrained="none", arch="mlcnet"))
+    train_sizes = [size for training, size in seen if training]
+    n = len(train_sizes) // 4        # batches per epoch
+    assert set(train_sizes[:2 * n]) == {min(train_sizes)} and set(train_sizes[2 * n:]) == {max(train_sizes)}
+    assert max(train_sizes) == 2 * min(train_sizes)
+    assert seen[-1] == (False, max(train_sizes))     # the last pass (test and probes) at the full size
+    assert result.history and len(result.history) == 4
+    from mlc_pipeline.report.model import bundle_network_line
+    assert "64 px, 4 epochs (the first 2 at 32 px)" in bundle_network_line(tmp_path / "b")
+    learn = load_bundle(tmp_path / "b").learn
+    sizes = {tuple(t.size) for dl in (learn.dls.train, learn.dls.valid) for t in dl.after_item.fs if hasattr(t, "size")}
+    assert sizes == {(64, 64)}
+
+
 def test_time_budget_stops_early_but_still_writes_a_bundle(tmp_path, caplog):
     manifest = _small_dataset(tmp_path)
     result = train_model(manifest, tmp_path / "b", TrainConfig(image_size=32, epochs=5, batch_size=8, threads=1,
