@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torchvision
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from mlc_pipeline.config import TrainSettings
 from mlc_pipeline.model import nets
@@ -18,8 +18,9 @@ class TrainConfig(TrainSettings):
     max_train_seconds: float | None = None  # stop training early (after an epoch if possible) past this
     augment: bool = True              # flips, small rotations/zoom/lighting on the batch
     wd: float | None = None           # weight decay; None = fastai's (0.01, decoupled)
-    start_size: int | None = None     # progressive resizing: the first start_share of a scratch fit's epochs
-    start_share: float = 0.5          # at this size, the rest at image_size (learner.ProgressiveResize)
+    start_size: int | None = Field(None, ge=16)   # progressive resizing: the first start_share of a scratch
+    start_share: float = Field(0.5, gt=0, lt=1)   # fit's epochs at this size, the rest at image_size
+                                                  # (learner.ProgressiveResize; measured, not adopted)
     init_from: str | None = None      # a bundle folder: continue training its network (mining's retrain,
                                       # weights.resolve_continued); `epochs` then counts the continuation
 

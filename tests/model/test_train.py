@@ -266,6 +266,9 @@ def test_progressive_resizing_trains_small_first_and_the_bundle_keeps_the_full_s
     learn = load_bundle(tmp_path / "b").learn
     sizes = {tuple(t.size) for dl in (learn.dls.train, learn.dls.valid) for t in dl.after_item.fs if hasattr(t, "size")}
     assert sizes == {(64, 64)}
+    for bad in ({"start_share": 1.0}, {"start_share": 0.0}, {"start_size": 8}):
+        with pytest.raises(ValueError):
+            TrainConfig(**{"start_size": 32, **bad})
 
 
 def test_time_budget_stops_early_but_still_writes_a_bundle(tmp_path, caplog):
