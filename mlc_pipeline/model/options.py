@@ -38,6 +38,12 @@ class TrainConfig(TrainSettings):
         return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
 
     @property
+    def start_epochs(self) -> int:
+        """Epochs trained at start_size (0 without progressive resizing): what trains and what the
+        recipe's log line says, from one formula (the report reads it back from bundle.json's config)."""
+        return round(self.epochs * self.start_share) if self.start_size and self.epochs else 0
+
+    @property
     def effective_other_mode(self) -> str:
         # A softmax must put "other" images somewhere: they are always a class there.
         return "class" if self.head == "softmax" else self.other_mode

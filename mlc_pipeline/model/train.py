@@ -171,7 +171,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     start = time.monotonic()
     one_cycle = pretrained == "none" or continuing
     if cfg.start_size and pretrained == "none" and not continuing:
-        fit_cbs.append(ProgressiveResize(cfg.start_size, round(cfg.epochs * cfg.start_share)))
+        fit_cbs.append(ProgressiveResize(cfg.start_size, cfg.start_epochs))
     elif cfg.start_size:
         log.warning("start_size %d ignored: progressive resizing is for a first training from scratch", cfg.start_size)
     n_epochs = cfg.epochs + (0 if one_cycle else 1)    # fine_tune: one frozen epoch first

@@ -279,7 +279,7 @@ def resolve_training(cfg, n_train: int | None = None):
     # one description of what will train, so that the warning and the info line cannot drift apart
     shape = f"{resolved.image_size} px, {resolved.epochs} epochs, batches of {resolved.batch_size}"
     if getattr(resolved, "start_size", None) and pretrained == "none":
-        shape += f" (the first {round(resolved.epochs * resolved.start_share)} epochs at {resolved.start_size} px)"
+        shape += f" (the first {resolved.start_epochs} epochs at {resolved.start_size} px)"
     if extra.get("fallback"):
         log.warning("pretrained=auto: %s; training from scratch instead (%s, %s). "
                     "For a machine without internet see `mlc weights fetch` in docs/training.md.", extra["fallback"],
