@@ -18,9 +18,10 @@ from PIL import Image
 from fastai.metrics import ActivationType
 from fastai.vision.all import (
     AccumMetric, CancelFitException, CancelValidException, CategoryBlock, Callback, DataBlock, DisplayedTransform,
-    ImageBlock, IndexSplitter, ItemGetter, MultiCategoryBlock, Normalize, RandomResizedCrop, Recorder, Resize,
-    ResizeMethod, aug_transforms, imagenet_stats,
+    ImageBlock, IndexSplitter, ItemGetter, MultiCategoryBlock, Normalize, PILImage, RandomResizedCrop, RandTransform,
+    Recorder, Resize, ResizeMethod, aug_transforms, imagenet_stats,
 )
+from torchvision.transforms import TrivialAugmentWide
 from fastai.vision.core import load_image
 
 from mlc_pipeline.model.metrics import OTHER
@@ -109,9 +110,24 @@ class ImageReader(DisplayedTransform):
 def item_transforms(cfg: TrainConfig):
     """Squish keeps every pixel; random resized crops (valid/predict: the squished picture, centre
     crop of 1/8) show the net parts of objects at several scales, which real photos need."""
-    if cfg.crop == "random":
-        return RandomResizedCrop(cfg.image_size, min_scale=cfg.min_scale)
-    return Resize(cfg.image_size, method=ResizeMethod.Squish)
+    size = (RandomResizedCrop(cfg.image_size, min_scale=cfg.min_scale) if cfg.crop == "random"
+            else Resize(cfg.image_size, method=ResizeMethod.Squish))
+    return [size, TrivialAugment()] if cfg.trivial_augment else size
+
+
+class TrivialAugment(RandTransform):
+    """torchvision's TrivialAugmentWide on each training picture after its crop: one randomly chosen
+    operation (colour, contrast, posterize, solarize, shear, ...) at a random strength. Valid and
+    predict never see it (split_idx 0)."""
+
+    split_idx, order = 0, 2         # after the crop/resize (order 1), before the tensor (order 5)
+
+    def __init__(self):
+        super().__init__(p=1.0)
+        self.augment = TrivialAugmentWide()
+
+    def encodes(self, image: PILImage) -> PILImage:
+        return PILImage(self.augment(image))
 
 
 def macro_f1_at_half(preds: torch.Tensor, targs: torch.Tensor) -> float:

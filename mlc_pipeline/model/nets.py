@@ -18,6 +18,7 @@ from torch import nn
 WIDTHS = {
     "mlcnet": (16, 32, 64, 128),
     "mlcnet_wide": (32, 64, 128, 256),
+    "mlcnet5": (16, 32, 64, 128, 256),      # a fifth stage: 128 px pictures end at 4x4, not 8x8
 }
 
 

@@ -17,6 +17,7 @@ class TrainConfig(TrainSettings):
     threads: int | None = None        # torch threads; None = every core this process may use
     max_train_seconds: float | None = None  # stop training early (after an epoch if possible) past this
     augment: bool = True              # flips, small rotations/zoom/lighting on the batch
+    trivial_augment: bool = False     # + torchvision's TrivialAugmentWide per training picture (learner.TrivialAugment)
     wd: float | None = None           # weight decay; None = fastai's (0.01, decoupled)
     start_size: int | None = Field(None, ge=16)   # progressive resizing: the first start_share of a scratch
     start_share: float = Field(0.5, gt=0, lt=1)   # fit's epochs at this size, the rest at image_size
