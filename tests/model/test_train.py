@@ -471,3 +471,33 @@ def test_bundle_holds_no_decoded_training_pictures():
     reader = load_bundle(bundle_dir).learn.dls.train_ds.tls[0].tfms.fs[0]
     assert type(reader).__name__ == "ImageReader" and reader._cache == {}
     assert (bundle_dir / "export.pkl").stat().st_size < 5 * 2**20
+
+
+def test_trivial_augment_changes_training_pictures_only_and_exports(tmp_path):
+    """trivial_augment: each training picture gets one random TrivialAugmentWide operation after its
+    crop; validation (and so calibration and prediction) sees the plain picture. The exported
+    learner (here mlcnet5, the five-stage net) loads and predicts."""
+    from mlc_pipeline.model import learner
+    from mlc_pipeline.model.bundle import load_bundle
+    manifest = _small_dataset(tmp_path)
+    frame = read_manifest_frame(manifest)
+
+    def pictures(cfg, split):
+        rows = learner.training_frame(frame, cfg)
+        dls = learner.build_dataloaders(rows, sorted({c for labs in rows["label_list"] for c in labs}), cfg)
+        item = dls.train_ds.tls[0].tfms(dls.train_ds.items[0])       # the decoded picture
+        loader = dls.train if split == "train" else dls.valid
+        loader.after_item.split_idx = loader.dataset.split_idx       # what fastai's before_iter sets
+        return [np.asarray(loader.after_item(item), dtype=float) for _ in range(12)]
+
+    base = dict(crop="squish", image_size=32, batch_size=8, threads=1)
+    plain = pictures(TrainConfig(**base), "train")[0]
+    augmented = pictures(TrainConfig(**base, trivial_augment=True), "train")
+    changed = [np.abs(a - plain).mean() > 1 for a in augmented]
+    assert sum(changed) >= 4          # a few of TrivialAugmentWide's 14 operations are identities at some strengths
+    assert all((v == plain).all() for v in pictures(TrainConfig(**base, trivial_augment=True), "valid"))
+    train_model(manifest, tmp_path / "b", TrainConfig(**base, epochs=2, arch="mlcnet5", pretrained="none",
+                                                      trivial_augment=True))
+    learn = load_bundle(tmp_path / "b").learn
+    assert any(type(t).__name__ == "TrivialAugment" for t in learn.dls.train.after_item.fs)
+    assert len(learn.model[0]) == 5 * 3               # five stages of conv, conv, pool
