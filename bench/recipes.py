@@ -111,6 +111,16 @@ def scores(bundle, paths: list[str], tta: bool) -> np.ndarray:
         return (probs + score_paths(bundle, flipped)) / 2
 
 
+def set_picture_size(bundle, size: int) -> None:
+    """Validation and prediction pictures at `size` px (the crop/resize transform's size, as
+    learner.ProgressiveResize sets it); the network pools globally, so any size goes through."""
+    from fastai.vision.all import RandomResizedCrop, Resize
+    for dl in (bundle.learn.dls.train, bundle.learn.dls.valid):
+        for t in dl.after_item.fs:
+            if isinstance(t, (RandomResizedCrop, Resize)):
+                t.size = (size, size)
+
+
 def operating_points(bundle, df, tta: bool, caps=(0.0, 0.02, 0.05, 0.1), save: Path | None = None) -> dict:
     """Operating points on the same scores; `save`: also write those scores (valid, test, probe, with
     targets and vocab) to this .npz, so that calibration rules can be compared later without retraining."""
@@ -199,6 +209,8 @@ def main() -> None:
     ap.add_argument("--train-fraction", type=float, default=1.0,
                     help="train on this seeded share of each set's train images (the rest unused)")
     ap.add_argument("--no-tta", action="store_true", help="skip the test-time-flip scoring (half the time)")
+    ap.add_argument("--test-sizes", default="", help="also score (and calibrate) each bundle with its validation "
+                    "and prediction pictures at these sizes, e.g. 144,160 (train-test resolution: FixRes)")
     args = ap.parse_args()
 
     import torch
@@ -230,6 +242,9 @@ def main() -> None:
         for tta in (False,) if args.no_tta else (False, True):
             save = (Path(args.scores) / f"{bundle_dir.name}{'-tta' if tta else ''}.npz") if args.scores else None
             line["tta" if tta else "plain"] = operating_points(bundle, df, tta, save=save)
+        for size in [int(v) for v in args.test_sizes.split(",") if v]:
+            set_picture_size(bundle, size)
+            line.setdefault("at_size", {})[str(size)] = operating_points(bundle, df, False)
         print(json.dumps(line), flush=True)
         if args.out:
             with open(args.out, "a") as fh:

@@ -107,12 +107,31 @@ class ImageReader(DisplayedTransform):
         return {**self.__dict__, "_cache": {}, "_held": 0}
 
 
-def item_transforms(cfg: TrainConfig):
+def item_transforms(cfg: TrainConfig) -> list:
     """Squish keeps every pixel; random resized crops (valid/predict: the squished picture, centre
-    crop of 1/8) show the net parts of objects at several scales, which real photos need."""
-    size = (RandomResizedCrop(cfg.image_size, min_scale=cfg.min_scale) if cfg.crop == "random"
-            else Resize(cfg.image_size, method=ResizeMethod.Squish))
-    return [size, TrivialAugment()] if cfg.trivial_augment else size
+    crop of 1/8) show the net parts of objects at several scales, which real photos need.
+    Validation, calibration and prediction see `eval_size` px pictures when it is set."""
+    random = cfg.crop == "random"
+    train = (RandomResizedCrop(cfg.image_size, min_scale=cfg.min_scale) if random
+             else Resize(cfg.image_size, method=ResizeMethod.Squish))
+    size = [train]
+    if cfg.eval_size and cfg.eval_size != cfg.image_size:
+        # FixRes: random crops make objects look larger in training than in a whole picture, so the
+        # whole picture is shown larger too. One transform per split (fastai's split_idx).
+        train.split_idx = 0
+        size.append(EvalCrop(cfg.eval_size) if random else EvalResize(cfg.eval_size, method=ResizeMethod.Squish))
+    return size + [TrivialAugment()] if cfg.trivial_augment else size
+
+
+# Classes of their own: fastai's DataBlock keeps one item transform per class (the last).
+class EvalCrop(RandomResizedCrop):
+    """RandomResizedCrop's validation path alone (the picture less a thin border) at eval_size."""
+    split_idx = 1
+
+
+class EvalResize(Resize):
+    """Resize (squish) for validation and prediction alone, at eval_size."""
+    split_idx = 1
 
 
 class TrivialAugment(RandTransform):
@@ -280,9 +299,9 @@ class ProgressiveResize(Callback):
         self.start_size, self.until, self._crops, self._full = start_size, until, [], None
 
     def before_fit(self):
-        self._crops = [t for dl in (self.dls.train, self.dls.valid) for t in dl.after_item.fs
-                       if isinstance(t, (RandomResizedCrop, Resize))]
-        self._full = self._crops[0].size if self._crops else None
+        self._crops = list({id(t): t for dl in (self.dls.train, self.dls.valid) for t in dl.after_item.fs
+                            if isinstance(t, (RandomResizedCrop, Resize))}.values())
+        self._full = [t.size for t in self._crops]      # each its own: training and eval_size may differ
 
     def before_epoch(self):
         self._set(self.start_size if self.epoch < self.until else None)
@@ -291,8 +310,8 @@ class ProgressiveResize(Callback):
         self._set(None)
 
     def _set(self, size: int | None):
-        for t in self._crops:
-            t.size = self._full if size is None else type(self._full)((size, size))
+        for t, full in zip(self._crops, self._full):
+            t.size = full if size is None else type(full)((size, size))
 
 
 # ---------------------------------------------------------------- precision

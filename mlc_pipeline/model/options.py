@@ -19,6 +19,8 @@ class TrainConfig(TrainSettings):
     augment: bool = True              # flips, small rotations/zoom/lighting on the batch
     trivial_augment: bool = False     # + torchvision's TrivialAugmentWide per training picture (learner.TrivialAugment)
     wd: float | None = None           # weight decay; None = fastai's (0.01, decoupled)
+    eval_size: int | None = Field(None, ge=16)    # validation, calibration and prediction pictures at this
+                                                  # size (FixRes; None: image_size; measured, not adopted)
     start_size: int | None = Field(None, ge=16)   # progressive resizing: the first start_share of a scratch
     start_share: float = Field(0.5, gt=0, lt=1)   # fit's epochs at this size, the rest at image_size
                                                   # (learner.ProgressiveResize; measured, not adopted)

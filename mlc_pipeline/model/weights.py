@@ -280,6 +280,8 @@ def resolve_training(cfg, n_train: int | None = None):
     shape = f"{resolved.image_size} px, {resolved.epochs} epochs, batches of {resolved.batch_size}"
     if getattr(resolved, "start_size", None) and pretrained == "none":
         shape += f" (the first {resolved.start_epochs} epochs at {resolved.start_size} px)"
+    if getattr(resolved, "eval_size", None) and resolved.eval_size != resolved.image_size:
+        shape += f", scored at {resolved.eval_size} px"
     if extra.get("fallback"):
         log.warning("pretrained=auto: %s; training from scratch instead (%s, %s). "
                     "For a machine without internet see `mlc weights fetch` in docs/training.md.", extra["fallback"],
@@ -292,7 +294,8 @@ def resolve_training(cfg, n_train: int | None = None):
 # ---------------------------------------------------------------- continuing an earlier model
 
 # What a continued training takes from the bundle it continues: the network and how it sees images.
-CONTINUED_FIELDS = ("arch", "image_size", "crop", "min_scale", "mixup")
+CONTINUED_FIELDS = ("arch", "image_size", "crop", "min_scale", "mixup", "eval_size")
+OPTIONAL_CONTINUED = ("mixup", "eval_size")     # bundles older than these options lack them
 
 
 def resolve_continued(cfg, parent_meta: dict, parent_dir: str | Path):
@@ -307,7 +310,7 @@ def resolve_continued(cfg, parent_meta: dict, parent_dir: str | Path):
         if parent_cfg.get(key) is not None and parent_cfg[key] != getattr(cfg, key):
             raise ValueError(f"cannot continue {Path(parent_dir).name}: its {key} is {parent_cfg[key]!r}, "
                              f"this training's is {getattr(cfg, key)!r}")
-    missing = [k for k in CONTINUED_FIELDS if parent_cfg.get(k) is None and k != "mixup"]
+    missing = [k for k in CONTINUED_FIELDS if parent_cfg.get(k) is None and k not in OPTIONAL_CONTINUED]
     if missing:
         raise ValueError(f"cannot continue {Path(parent_dir).name}: its bundle.json config lacks {missing}")
     update = {k: parent_cfg.get(k) for k in CONTINUED_FIELDS}

@@ -172,10 +172,12 @@ def network_line(meta: dict) -> str:
     """One line from bundle.json: the network, its starting weights, and what `arch: auto` chose."""
     w = meta.get("weights") or {"pretrained": meta.get("pretrained", "?")}   # bundles before weights.py
     config = meta.get("config") or {}
+    scored = (f", scored at {config['eval_size']} px"            # learner.item_transforms: FixRes
+              if config.get("eval_size") and config["eval_size"] != meta.get("image_size") else "")
     if w.get("continued_from"):     # a mining round's retrain (mine.retrain: continue); `file` is its export.pkl
         first = {"imagenet": f"ImageNet weights {w.get('name')}", "none": "from scratch"}.get(
             w.get("pretrained", "none"), f"weights from {w.get('pretrained')}")
-        line = (f"{meta.get('arch', '?')}, {meta.get('image_size', '?')} px, continued from {w['continued_from']} "
+        line = (f"{meta.get('arch', '?')}, {meta.get('image_size', '?')} px{scored}, continued from {w['continued_from']} "
                 f"for {config.get('epochs', '?')} epochs (that network started {first})")
         return line + (f"; arch auto: the {w.get('recipe')} recipe"
                        if (w.get("requested") or {}).get("arch") == "auto" else "")
@@ -190,6 +192,7 @@ def network_line(meta: dict) -> str:
         line += f" (the first {round(config['epochs'] * config.get('start_share', 0.5))} at {config['start_size']} px)"
     if meta.get("precision"):       # bundles before train.precision trained in float32 on a CPU
         line += f" in {meta['precision']}"
+    line += scored
     if w.get("sha256"):
         line += f" (weights sha256 {w['sha256'][:12]}…)"
     if (w.get("requested") or {}).get("arch") == "auto":

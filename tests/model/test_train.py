@@ -501,3 +501,34 @@ def test_trivial_augment_changes_training_pictures_only_and_exports(tmp_path):
     learn = load_bundle(tmp_path / "b").learn
     assert any(type(t).__name__ == "TrivialAugment" for t in learn.dls.train.after_item.fs)
     assert len(learn.model[0]) == 5 * 3               # five stages of conv, conv, pool
+
+
+def test_eval_size_scores_larger_pictures_than_training_and_continuations_keep_it(tmp_path, monkeypatch):
+    """eval_size (FixRes): training batches at image_size; validation, calibration, the bundle's
+    scoring and prediction at eval_size; with progressive resizing each transform gets its own size
+    back; a continued training (mining's retrain) keeps it, and the report's network line says it."""
+    from mlc_pipeline.model import nets, weights
+    from mlc_pipeline.model.bundle import load_bundle
+    from mlc_pipeline.report.model import bundle_network_line
+    seen = []
+    pool = nets.ConcatPool.forward
+
+    def recording(self, x):
+        seen.append((self.training, x.shape[-1]))
+        return pool(self, x)
+    monkeypatch.setattr(nets.ConcatPool, "forward", recording)
+    manifest = _small_dataset(tmp_path)
+    train_model(manifest, tmp_path / "b", TrainConfig(image_size=32, eval_size=64, start_size=16, epochs=2,
+                                                      batch_size=8, threads=1, pretrained="none", arch="mlcnet"))
+    train_sizes = [size for training, size in seen if training]
+    assert sorted(set(train_sizes)) == [1, 2], seen             # 16 px, then 32 px, through four 2x2 pools
+    assert seen[-1] == (False, 4)                           # the bundle's scoring at 64 px
+    learn = load_bundle(tmp_path / "b").learn
+    sizes = {(t.split_idx, tuple(t.size)) for t in learn.dls.train.after_item.fs if hasattr(t, "size")}
+    assert sizes == {(0, (32, 32)), (1, (64, 64))}          # training crops; validation and prediction
+    assert "scored at 64 px" in bundle_network_line(tmp_path / "b")
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    continued, _ = weights.resolve_continued(TrainConfig(pretrained="none"), meta, tmp_path / "b")
+    assert (continued.image_size, continued.eval_size) == (32, 64)
+    old = {**meta, "config": {k: v for k, v in meta["config"].items() if k != "eval_size"}}
+    assert weights.resolve_continued(TrainConfig(pretrained="none"), old, tmp_path / "b")[0].eval_size is None
