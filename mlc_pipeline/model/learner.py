@@ -128,10 +128,20 @@ class EvalCrop(RandomResizedCrop):
     """RandomResizedCrop's validation path alone (the picture less a thin border) at eval_size."""
     split_idx = 1
 
+    def before_call(self, b, split_idx):
+        # fastai prepares a random crop before it checks the split: on the training split that would
+        # draw random numbers, and training would see other crops than without eval_size.
+        if split_idx == 1:
+            super().before_call(b, split_idx)
+
 
 class EvalResize(Resize):
     """Resize (squish) for validation and prediction alone, at eval_size."""
     split_idx = 1
+
+    def before_call(self, b, split_idx):
+        if split_idx == 1:          # as EvalCrop: no random draw on the training split
+            super().before_call(b, split_idx)
 
 
 class TrivialAugment(RandTransform):

@@ -527,6 +527,11 @@ def test_eval_size_scores_larger_pictures_than_training_and_continuations_keep_i
     sizes = {(t.split_idx, tuple(t.size)) for t in learn.dls.train.after_item.fs if hasattr(t, "size")}
     assert sizes == {(0, (32, 32)), (1, (64, 64))}          # training crops; validation and prediction
     assert "scored at 64 px" in bundle_network_line(tmp_path / "b")
+    same = dict(image_size=32, epochs=2, batch_size=8, threads=1, pretrained="none", arch="mlcnet")
+    for crop in ("random", "squish"):     # the scoring size leaves what training sees, draw for draw, alone
+        losses = [[e["train_loss"] for e in train_model(manifest, tmp_path / f"{crop}-{size}", TrainConfig(
+            **same, crop=crop, eval_size=size)).history] for size in (None, 48)]
+        assert losses[0] == losses[1], crop
     meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
     continued, _ = weights.resolve_continued(TrainConfig(pretrained="none"), meta, tmp_path / "b")
     assert (continued.image_size, continued.eval_size) == (32, 64)
