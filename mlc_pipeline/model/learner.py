@@ -21,8 +21,8 @@ from fastai.vision.all import (
     ImageBlock, IndexSplitter, ItemGetter, MultiCategoryBlock, Normalize, PILImage, RandomResizedCrop, RandTransform,
     Recorder, Resize, ResizeMethod, aug_transforms, imagenet_stats,
 )
-from torchvision.transforms import TrivialAugmentWide
 from fastai.vision.core import load_image
+from torchvision.transforms import TrivialAugmentWide
 
 from mlc_pipeline.model.metrics import OTHER
 
@@ -111,15 +111,15 @@ def item_transforms(cfg: TrainConfig) -> list:
     """Squish keeps every pixel; random resized crops (valid/predict: the squished picture, centre
     crop of 1/8) show the net parts of objects at several scales, which real photos need.
     Validation, calibration and prediction see `eval_size` px pictures when it is set."""
-    random = cfg.crop == "random"
-    train = (RandomResizedCrop(cfg.image_size, min_scale=cfg.min_scale) if random
+    crops = cfg.crop == "random"
+    train = (RandomResizedCrop(cfg.image_size, min_scale=cfg.min_scale) if crops
              else Resize(cfg.image_size, method=ResizeMethod.Squish))
     size = [train]
     if cfg.eval_size and cfg.eval_size != cfg.image_size:
         # FixRes: random crops make objects look larger in training than in a whole picture, so the
         # whole picture is shown larger too. One transform per split (fastai's split_idx).
         train.split_idx = 0
-        size.append(EvalCrop(cfg.eval_size) if random else EvalResize(cfg.eval_size, method=ResizeMethod.Squish))
+        size.append(EvalCrop(cfg.eval_size) if crops else EvalResize(cfg.eval_size, method=ResizeMethod.Squish))
     return size + [TrivialAugment()] if cfg.trivial_augment else size
 
 
