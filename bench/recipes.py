@@ -112,13 +112,11 @@ def scores(bundle, paths: list[str], tta: bool) -> np.ndarray:
 
 
 def set_picture_size(bundle, size: int) -> None:
-    """Validation and prediction pictures at `size` px (the crop/resize transform's size, as
+    """Validation and prediction pictures at `size` px (the crop/resize transforms' size, as
     learner.ProgressiveResize sets it); the network pools globally, so any size goes through."""
-    from fastai.vision.all import RandomResizedCrop, Resize
-    for dl in (bundle.learn.dls.train, bundle.learn.dls.valid):
-        for t in dl.after_item.fs:
-            if isinstance(t, (RandomResizedCrop, Resize)):
-                t.size = (size, size)
+    from mlc_pipeline.model.learner import sizing_transforms
+    for t in sizing_transforms(bundle.learn.dls):
+        t.size = (size, size)
 
 
 def operating_points(bundle, df, tta: bool, caps=(0.0, 0.02, 0.05, 0.1), save: Path | None = None) -> dict:

@@ -115,7 +115,7 @@ def item_transforms(cfg: TrainConfig) -> list:
     train = (RandomResizedCrop(cfg.image_size, min_scale=cfg.min_scale) if crops
              else Resize(cfg.image_size, method=ResizeMethod.Squish))
     size = [train]
-    if cfg.eval_size and cfg.eval_size != cfg.image_size:
+    if cfg.distinct_eval_size:
         # FixRes: random crops make objects look larger in training than in a whole picture, so the
         # whole picture is shown larger too. One transform per split (fastai's split_idx).
         train.split_idx = 0
@@ -123,9 +123,8 @@ def item_transforms(cfg: TrainConfig) -> list:
     return size + [TrivialAugment()] if cfg.trivial_augment else size
 
 
-# Classes of their own: fastai's DataBlock keeps one item transform per class (the last).
-class EvalCrop(RandomResizedCrop):
-    """RandomResizedCrop's validation path alone (the picture less a thin border) at eval_size."""
+class _EvalOnly:
+    """Mixin: a sizing transform for validation and prediction alone (split 1)."""
     split_idx = 1
 
     def before_call(self, b, split_idx):
@@ -135,13 +134,13 @@ class EvalCrop(RandomResizedCrop):
             super().before_call(b, split_idx)
 
 
-class EvalResize(Resize):
-    """Resize (squish) for validation and prediction alone, at eval_size."""
-    split_idx = 1
+# Classes of their own: fastai's DataBlock keeps one item transform per class (the last).
+class EvalCrop(_EvalOnly, RandomResizedCrop):
+    """RandomResizedCrop's validation path alone (the picture less a thin border) at eval_size."""
 
-    def before_call(self, b, split_idx):
-        if split_idx == 1:          # as EvalCrop: no random draw on the training split
-            super().before_call(b, split_idx)
+
+class EvalResize(_EvalOnly, Resize):
+    """Resize (squish) for validation and prediction alone, at eval_size."""
 
 
 class TrivialAugment(RandTransform):
@@ -297,6 +296,13 @@ class TimeBudget(Callback):
         raise CancelFitException()
 
 
+def sizing_transforms(dls) -> list:
+    """The item transforms that set the pictures' size (crop or resize, training and evaluation
+    ones), each once, across the training and validation loaders."""
+    return list({id(t): t for dl in (dls.train, dls.valid) for t in dl.after_item.fs
+                 if isinstance(t, (RandomResizedCrop, Resize))}.values())
+
+
 class ProgressiveResize(Callback):
     """Progressive resizing: the first `until` epochs of a fit see pictures at `start_size`, the rest
     at the size the item transform was built with, which is restored after the fit (validation,
@@ -309,8 +315,7 @@ class ProgressiveResize(Callback):
         self.start_size, self.until, self._crops, self._full = start_size, until, [], None
 
     def before_fit(self):
-        self._crops = list({id(t): t for dl in (self.dls.train, self.dls.valid) for t in dl.after_item.fs
-                            if isinstance(t, (RandomResizedCrop, Resize))}.values())
+        self._crops = sizing_transforms(self.dls)
         self._full = [t.size for t in self._crops]      # each its own: training and eval_size may differ
 
     def before_epoch(self):

@@ -47,6 +47,12 @@ class TrainConfig(TrainSettings):
         return round(self.epochs * self.start_share) if self.start_size and self.epochs else 0
 
     @property
+    def distinct_eval_size(self) -> int | None:
+        """eval_size when it differs from image_size (what builds the evaluation transform and what the
+        recipe's log line says), else None."""
+        return self.eval_size if self.eval_size and self.eval_size != self.image_size else None
+
+    @property
     def effective_other_mode(self) -> str:
         # A softmax must put "other" images somewhere: they are always a class there.
         return "class" if self.head == "softmax" else self.other_mode

@@ -280,8 +280,8 @@ def resolve_training(cfg, n_train: int | None = None):
     shape = f"{resolved.image_size} px, {resolved.epochs} epochs, batches of {resolved.batch_size}"
     if getattr(resolved, "start_size", None) and pretrained == "none":
         shape += f" (the first {resolved.start_epochs} epochs at {resolved.start_size} px)"
-    if getattr(resolved, "eval_size", None) and resolved.eval_size != resolved.image_size:
-        shape += f", scored at {resolved.eval_size} px"
+    if getattr(resolved, "distinct_eval_size", None):
+        shape += f", scored at {resolved.distinct_eval_size} px"
     if extra.get("fallback"):
         log.warning("pretrained=auto: %s; training from scratch instead (%s, %s). "
                     "For a machine without internet see `mlc weights fetch` in docs/training.md.", extra["fallback"],
