@@ -18,6 +18,8 @@ class TrainConfig(TrainSettings):
     max_train_seconds: float | None = None  # stop training early (after an epoch if possible) past this
     augment: bool = True              # flips, small rotations/zoom/lighting on the batch
     trivial_augment: bool = False     # + torchvision's TrivialAugmentWide per training picture (learner.TrivialAugment)
+    cutmix: float = Field(0.0, ge=0)   # > 0: CutMix's Beta(alpha, alpha) on the training batches (a patch of
+                                       # another picture, targets mixed by area; measured, not adopted)
     wd: float | None = None           # weight decay; None = fastai's (0.01, decoupled)
     eval_size: int | None = Field(None, ge=16)    # validation, calibration and prediction pictures at this
                                                   # size (FixRes; None: image_size; measured, not adopted)
@@ -32,6 +34,12 @@ class TrainConfig(TrainSettings):
         if self.arch != "auto" and not nets.is_local_arch(self.arch) and not callable(getattr(torchvision.models, self.arch, None)):
             raise ValueError(f"arch {self.arch!r} is neither one of {sorted(nets.WIDTHS)} "
                              f"nor a torchvision.models function (e.g. resnet18)")
+        return self
+
+    @model_validator(mode="after")
+    def _one_batch_mixer(self):
+        if self.cutmix > 0 and (self.mixup or 0) > 0:
+            raise ValueError("mixup and cutmix each replace the training batch: set one of them")
         return self
 
     @classmethod

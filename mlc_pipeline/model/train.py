@@ -28,8 +28,8 @@ import pandas as pd
 import torch
 import torchvision
 from fastai.vision.all import (
-    BCEWithLogitsLossFlat, CrossEntropyLossFlat, Learner, MixUp, accuracy, default_split, imagenet_stats, model_meta,
-    set_seed, vision_learner,
+    BCEWithLogitsLossFlat, CrossEntropyLossFlat, CutMix, Learner, MixUp, accuracy, default_split, imagenet_stats,
+    model_meta, set_seed, vision_learner,
 )
 
 from mlc_pipeline import __version__
@@ -162,6 +162,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
 
     history, budget = LossHistory(), TimeBudget(cfg.max_train_seconds or float("inf"))
     fit_cbs = [history, budget, SparseValidation()] + ([MixUp(cfg.mixup)] if cfg.mixup > 0 else [])
+    fit_cbs += [CutMix(cfg.cutmix)] if cfg.cutmix > 0 else []
     fit_cbs += [CPUBFloat16()] if precision == "bfloat16" else []    # a fit's callback: not in the bundle
     n_train = len(dls.train_ds)
     log.info("training %s (%s, %s, pretrained=%s, %s) on %d images, validating on %d, vocab %s",

@@ -503,6 +503,33 @@ def test_trivial_augment_changes_training_pictures_only_and_exports(tmp_path):
     assert len(learn.model[0]) == 5 * 3               # five stages of conv, conv, pool
 
 
+def test_cutmix_mixes_training_batches_only_and_is_not_exported(tmp_path, monkeypatch):
+    """cutmix: each training batch gets a patch of a shuffled copy of itself, and its targets are
+    mixed by the patch's area (fractional targets); validation batches are left alone; the bundle
+    scores plain pictures (no CutMix in the exported learner). mixup and cutmix exclude each other."""
+    import torch
+    from fastai.callback.mixup import CutMix
+    from mlc_pipeline.model.bundle import load_bundle
+    seen = []
+    before_batch = CutMix.before_batch
+
+    def recording(self):
+        x = self.learn.xb[0].clone()
+        before_batch(self)
+        seen.append((self.training, (self.learn.xb[0] != x).any().item(), self.learn.yb[0].clone()))
+    monkeypatch.setattr(CutMix, "before_batch", recording)     # on the class: the learner's instance uses it
+    manifest = _small_dataset(tmp_path)
+    train_model(manifest, tmp_path / "b", TrainConfig(image_size=32, epochs=2, batch_size=8, threads=1,
+                                                      pretrained="none", arch="mlcnet", cutmix=1.0))
+    assert seen and all(training for training, _, _ in seen)
+    assert sum(changed for _, changed, _ in seen) >= len(seen) // 2
+    assert any(((y > 0) & (y < 1)).any() for _, _, y in seen)
+    assert all(((y >= 0) & (y <= 1)).all() and y.dtype == torch.float32 for _, _, y in seen)
+    assert not [cb for cb in load_bundle(tmp_path / "b").learn.cbs if isinstance(cb, CutMix)]
+    with pytest.raises(ValueError, match="set one of them"):
+        TrainConfig(mixup=0.4, cutmix=1.0)
+
+
 def test_eval_size_scores_larger_pictures_than_training_and_continuations_keep_it(tmp_path, monkeypatch):
     """eval_size (FixRes): training batches at image_size; validation, calibration, the bundle's
     scoring and prediction at eval_size; with progressive resizing each transform gets its own size
