@@ -329,6 +329,21 @@ class ProgressiveResize(Callback):
             t.size = full if size is None else type(full)((size, size))
 
 
+class SmoothTargets(Callback):
+    """Label smoothing for the sigmoid heads: each training batch's 0/1 targets become eps/2 and
+    1 - eps/2, so no output is pushed towards an infinite logit. A fit's callback, not exported;
+    validation and calibration see the true targets. Linear in the targets, so it commutes with
+    MixUp and CutMix."""
+
+    run_valid = False
+
+    def __init__(self, eps: float):
+        self.eps = eps
+
+    def before_batch(self):
+        self.learn.yb = tuple(y * (1 - self.eps) + self.eps / 2 for y in self.yb)
+
+
 # ---------------------------------------------------------------- precision
 
 class CPUBFloat16(Callback):

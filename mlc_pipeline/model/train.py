@@ -40,8 +40,8 @@ from mlc_pipeline.model.options import TrainConfig
 from mlc_pipeline.model.bundle import export_learner
 from mlc_pipeline import progress
 from mlc_pipeline.model.learner import (
-    CPUBFloat16, EpochBar, LossHistory, ProgressiveResize, SparseValidation, TimeBudget, build_dataloaders,
-    format_loss, macro_f1_metric, training_frame,
+    CPUBFloat16, EpochBar, LossHistory, ProgressiveResize, SmoothTargets, SparseValidation, TimeBudget,
+    build_dataloaders, format_loss, macro_f1_metric, training_frame,
 )
 from mlc_pipeline.model.precision import training_precision
 from mlc_pipeline.manifest import read_manifest_frame
@@ -163,6 +163,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     history, budget = LossHistory(), TimeBudget(cfg.max_train_seconds or float("inf"))
     fit_cbs = [history, budget, SparseValidation()] + ([MixUp(cfg.mixup)] if cfg.mixup > 0 else [])
     fit_cbs += [CutMix(cfg.cutmix)] if cfg.cutmix > 0 else []
+    fit_cbs += [SmoothTargets(cfg.label_smoothing)] if cfg.label_smoothing > 0 else []
     fit_cbs += [CPUBFloat16()] if precision == "bfloat16" else []    # a fit's callback: not in the bundle
     n_train = len(dls.train_ds)
     log.info("training %s (%s, %s, pretrained=%s, %s) on %d images, validating on %d, vocab %s",

@@ -530,6 +530,33 @@ def test_cutmix_mixes_training_batches_only_and_is_not_exported(tmp_path, monkey
         TrainConfig(mixup=0.4, cutmix=1.0)
 
 
+def test_label_smoothing_softens_training_targets_only_and_is_not_exported(tmp_path, monkeypatch):
+    """label_smoothing: the loss sees targets eps/2 and 1 - eps/2 on training batches and the true
+    0/1 targets on validation; the bundle has no SmoothTargets; the softmax head refuses it."""
+    import torch
+    from mlc_pipeline.model import losses
+    from mlc_pipeline.model.bundle import load_bundle
+    from mlc_pipeline.model.learner import SmoothTargets
+    seen = []
+    call = losses.ClassAndNotOtherBCE.__call__
+
+    def recording(self, inp, targ, **kwargs):
+        seen.append((inp.requires_grad, torch.unique(targ).tolist()))
+        return call(self, inp, targ, **kwargs)
+    monkeypatch.setattr(losses.ClassAndNotOtherBCE, "__call__", recording)
+    manifest = _small_dataset(tmp_path)
+    train_model(manifest, tmp_path / "b", TrainConfig(image_size=32, epochs=2, batch_size=8, threads=1,
+                                                      pretrained="none", arch="mlcnet", label_smoothing=0.1))
+    training = [values for grad, values in seen if grad]
+    validation = [values for grad, values in seen if not grad]
+    assert training and validation
+    assert all(v == pytest.approx([0.05, 0.95]) for v in training), training
+    assert all(set(v) <= {0.0, 1.0} for v in validation), validation
+    assert not [cb for cb in load_bundle(tmp_path / "b").learn.cbs if isinstance(cb, SmoothTargets)]
+    with pytest.raises(ValueError, match="softmax head"):
+        TrainConfig(head="softmax", label_smoothing=0.1)
+
+
 def test_eval_size_scores_larger_pictures_than_training_and_continuations_keep_it(tmp_path, monkeypatch):
     """eval_size (FixRes): training batches at image_size; validation, calibration, the bundle's
     scoring and prediction at eval_size; with progressive resizing each transform gets its own size
