@@ -21,7 +21,7 @@ class TrainConfig(TrainSettings):
     cutmix: float = Field(0.0, ge=0)   # > 0: CutMix's Beta(alpha, alpha) on the training batches (a patch of
                                        # another picture, targets mixed by area; measured, not adopted)
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # > 0: sigmoid heads train on targets eps/2 and 1 - eps/2
-                                                        # (learner.SmoothTargets)
+                                                        # (learner.SmoothTargets; measured, not adopted)
     wd: float | None = None           # weight decay; None = fastai's (0.01, decoupled)
     eval_size: int | None = Field(None, ge=16)    # validation, calibration and prediction pictures at this
                                                   # size (FixRes; None: image_size; measured, not adopted)
@@ -39,7 +39,7 @@ class TrainConfig(TrainSettings):
         return self
 
     @model_validator(mode="after")
-    def _one_batch_mixer(self):
+    def _target_options(self):
         if self.cutmix > 0 and (self.mixup or 0) > 0:
             raise ValueError("mixup and cutmix each replace the training batch: set one of them")
         if self.label_smoothing > 0 and self.head == "softmax":
