@@ -37,7 +37,7 @@ from mlc_pipeline.model.metrics import (  # noqa: E402
 )
 
 from recipes import test_and_probe  # noqa: E402  (bench/ is first on sys.path)
-from scores import _sigmoid, logits_of, scored  # noqa: E402
+from scores import _logit, _sigmoid, logits_of, scored  # noqa: E402
 
 PARTS = ("valid", "test", "probe")
 
@@ -64,15 +64,12 @@ def probabilities(z) -> tuple[dict, list[str], str]:
 def average(a: np.ndarray, b: np.ndarray, how: str) -> np.ndarray:
     if how == "probabilities":
         return (a + b) / 2
-    logit = lambda p: np.log(np.clip(p, 1e-7, 1 - 1e-7) / np.clip(1 - p, 1e-7, 1))   # noqa: E731
-    return _sigmoid((logit(a) + logit(b)) / 2)
+    return _sigmoid((_logit(a) + _logit(b)) / 2)
 
 
 def operating_point(probs: dict, z, vocab: list[str], class_score: str, cap: float) -> dict:
     rule = "sigmoid" if class_score == PLAIN_SIGMOID else "times"
-    eps = 1e-7
-    s = {p: scored(np.log(np.clip(probs[p], eps, 1 - eps) / np.clip(1 - probs[p], eps, 1)), vocab, rule)
-         for p in PARTS}
+    s = {p: scored(_logit(probs[p]), vocab, rule) for p in PARTS}
     start = calibrate_thresholds(s["valid"], z["t_valid"], "per-class-f1", f1_tolerance=DEFAULT_F1_TOLERANCE)
     thr = calibrate_capped(s["valid"], z["t_valid"], vocab, cap, start=start)
     test_probs, targets, mask = test_and_probe(s["test"], z["t_test"], s["probe"])
