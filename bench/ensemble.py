@@ -32,12 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mlc_pipeline.model.losses import PLAIN_SIGMOID  # noqa: E402
-from mlc_pipeline.model.metrics import (  # noqa: E402
-    DEFAULT_F1_TOLERANCE, calibrate_capped, calibrate_thresholds, evaluate, fpr_at_tpr95, real_class_indices,
-)
+from mlc_pipeline.model.metrics import real_class_indices  # noqa: E402
 
-from recipes import test_and_probe  # noqa: E402  (bench/ is first on sys.path)
-from scores import _logit, _sigmoid, logits_of, scored  # noqa: E402
+# bench/ is first on sys.path: its replays share one calibration (scores.evaluated_at_cap)
+from scores import SAVED_NAME, _logit, _sigmoid, evaluated_at_cap, logits_of, scored  # noqa: E402
 
 PARTS = ("valid", "test", "probe")
 
@@ -45,13 +43,13 @@ PARTS = ("valid", "test", "probe")
 def run_key(npz: Path) -> tuple[str, str, int] | None:
     """(world split, recipe without its seed, training seed) from recipes.py's file names:
     insects-s0-<recipe with '=' dropped and ',' as '_'>-<ns>.npz; no `seed` in the recipe is 42."""
-    m = re.match(r"(?P<world>[a-z]+)-s(?P<split>\d+)-(?P<recipe>.*)-\d+$", npz.stem)
+    m = SAVED_NAME.match(npz.stem)
     if not m:
         return None
     items = m["recipe"].split("_")
     seeds = [int(i[4:]) for i in items if re.fullmatch(r"seed\d+", i)]
     recipe = "_".join(i for i in items if not re.fullmatch(r"seed\d+", i))
-    return f"{m['world']} {m['split']}", recipe, seeds[0] if seeds else 42
+    return f"{m['world']} {m['seed']}", recipe, seeds[0] if seeds else 42
 
 
 def probabilities(z) -> tuple[dict, list[str], str]:
@@ -70,16 +68,11 @@ def average(a: np.ndarray, b: np.ndarray, how: str) -> np.ndarray:
 def operating_point(probs: dict, z, vocab: list[str], class_score: str, cap: float) -> dict:
     rule = "sigmoid" if class_score == PLAIN_SIGMOID else "times"
     s = {p: scored(_logit(probs[p]), vocab, rule) for p in PARTS}
-    start = calibrate_thresholds(s["valid"], z["t_valid"], "per-class-f1", f1_tolerance=DEFAULT_F1_TOLERANCE)
-    thr = calibrate_capped(s["valid"], z["t_valid"], vocab, cap, start=start)
-    test_probs, targets, mask = test_and_probe(s["test"], z["t_test"], s["probe"])
-    m = evaluate(test_probs, targets, thr, vocab, mask)
-    real = real_class_indices(vocab)
-    labelled = targets[:, real].any(axis=1) & ~mask
-    fpr = fpr_at_tpr95(test_probs[:, real].max(axis=1), labelled, mask)
+    m = evaluated_at_cap(s, z, vocab, cap)
+    fpr = m["fpr95_probe"]
     return {"f1": round(m["macro_f1"], 3), "other": round(m["unknown_accepted"], 3),
             "probe": round(m["probe_accepted"], 3), "fpr95": None if fpr is None else round(fpr, 3),
-            **ranking(s["test"], z["t_test"], real)}
+            **ranking(s["test"], z["t_test"], real_class_indices(vocab))}
 
 
 def ranking(test: np.ndarray, truth: np.ndarray, real: list[int]) -> dict:

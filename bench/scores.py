@@ -75,10 +75,13 @@ def scored(logits: np.ndarray, vocab: list[str], rule: str) -> np.ndarray:
 
 RULES = ("sigmoid", "times", "against")
 
+# bench/recipes.py's score files: <world>-s<split seed>-<recipe, '=' dropped, ',' as '_'>-<ns>.npz
+SAVED_NAME = re.compile(r"(?P<world>[a-z]+)-s(?P<seed>\d+)-(?P<recipe>.*)-\d+$")
+
 
 def run_key(npz: Path) -> tuple[str, str] | None:
     """(world split, other_mode) from bench/recipes.py's file names: insects-s0-<recipe>-<ns>.npz."""
-    m = re.match(r"(?P<world>[a-z]+)-s(?P<seed>\d+)-(?P<recipe>.*)-\d+$", npz.stem)
+    m = SAVED_NAME.match(npz.stem)
     if not m:
         return None
     mode = "class" if "other_modeclass" in m["recipe"] else "negative"
@@ -88,12 +91,18 @@ def run_key(npz: Path) -> tuple[str, str] | None:
 def point(z, vocab: list[str], rule: str, cap: float) -> dict:
     saved = str(z["class_score"]) if "class_score" in z.files else PLAIN_SIGMOID
     s = {part: scored(logits_of(z[part], vocab, saved), vocab, rule) for part in ("valid", "test", "probe")}
+    m = evaluated_at_cap(s, z, vocab, cap)
+    return {"f1": round(m["macro_f1"], 3), "other": round(m["unknown_accepted"], 3),
+            "probe": round(m["probe_accepted"], 3)}
+
+
+def evaluated_at_cap(s: dict, z, vocab: list[str], cap: float) -> dict:
+    """The product's calibration replayed on scored valid/test/probe arrays (`s`, targets in `z`):
+    the per-class F1 point, then the cap on validation "other"; `evaluate`'s metrics on test + probes."""
     start = calibrate_thresholds(s["valid"], z["t_valid"], "per-class-f1", f1_tolerance=DEFAULT_F1_TOLERANCE)
     thr = calibrate_capped(s["valid"], z["t_valid"], vocab, cap, start=start)
     probs, targets, mask = test_and_probe(s["test"], z["t_test"], s["probe"])
-    m = evaluate(probs, targets, thr, vocab, mask)
-    return {"f1": round(m["macro_f1"], 3), "other": round(m["unknown_accepted"], 3),
-            "probe": round(m["probe_accepted"], 3)}
+    return evaluate(probs, targets, thr, vocab, mask)
 
 
 def main() -> None:
