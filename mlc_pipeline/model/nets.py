@@ -37,14 +37,34 @@ class ConcatPool(nn.Module):
         return torch.cat([self.max(x), self.avg(x)], 1).flatten(1)
 
 
-def mlcnet(n_out: int, name: str = "mlcnet", dropout: float = 0.25) -> nn.Sequential:
+class CosineLinear(nn.Linear):
+    """A linear layer on unit vectors: logit = scale x cos(feature, class weight) + bias.
+
+    Barz & Denzler (WACV 2020, "Deep learning on small datasets without pre-training using cosine
+    loss") found that dropping the feature norm from the classifier is worth much from scratch on a
+    few hundred images a class. A subclass of nn.Linear, so whatever reads "the last linear layer's
+    input" (mining's likeness features) still finds it.
+    """
+
+    def __init__(self, in_features: int, out_features: int, scale: float):
+        super().__init__(in_features, out_features)
+        self.scale = float(scale)
+
+    def forward(self, x):
+        cos = nn.functional.linear(nn.functional.normalize(x, dim=-1), nn.functional.normalize(self.weight, dim=-1))
+        return self.scale * cos + self.bias
+
+
+def mlcnet(n_out: int, name: str = "mlcnet", dropout: float = 0.25, cosine_scale: float = 0.0) -> nn.Sequential:
+    """cosine_scale > 0: the last layer is a CosineLinear with that scale (measured, not adopted)."""
     widths = WIDTHS[name]
     layers, ni = [], 3
     for nf in widths:
         layers += [conv_bn(ni, nf), conv_bn(nf, nf), nn.MaxPool2d(2)]
         ni = nf
     body = nn.Sequential(*layers)
-    head = nn.Sequential(ConcatPool(), nn.Dropout(dropout), nn.Linear(2 * ni, n_out))
+    last = CosineLinear(2 * ni, n_out, cosine_scale) if cosine_scale > 0 else nn.Linear(2 * ni, n_out)
+    head = nn.Sequential(ConcatPool(), nn.Dropout(dropout), last)
     model = nn.Sequential(body, head)
     for m in model.modules():
         if isinstance(m, nn.Conv2d):

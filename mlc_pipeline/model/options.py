@@ -22,6 +22,7 @@ class TrainConfig(TrainSettings):
                                        # another picture, targets mixed by area; measured, not adopted)
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # > 0: sigmoid heads train on targets eps/2 and 1 - eps/2
                                                         # (learner.SmoothTargets; measured, not adopted)
+    cosine_head: float = Field(0.0, ge=0)  # > 0: mlcnet's last layer scores scale x cosine (nets.CosineLinear)
     wd: float | None = None           # weight decay; None = fastai's (0.01, decoupled)
     eval_size: int | None = Field(None, ge=16)    # validation, calibration and prediction pictures at this
                                                   # size (FixRes; None: image_size; measured, not adopted)
@@ -36,6 +37,8 @@ class TrainConfig(TrainSettings):
         if self.arch != "auto" and not nets.is_local_arch(self.arch) and not callable(getattr(torchvision.models, self.arch, None)):
             raise ValueError(f"arch {self.arch!r} is neither one of {sorted(nets.WIDTHS)} "
                              f"nor a torchvision.models function (e.g. resnet18)")
+        if self.cosine_head > 0 and self.arch != "auto" and not nets.is_local_arch(self.arch):
+            raise ValueError(f"cosine_head is an option of {sorted(nets.WIDTHS)}, not of arch {self.arch!r}")
         return self
 
     @model_validator(mode="after")

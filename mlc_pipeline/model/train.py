@@ -138,8 +138,11 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     else:
         loss_func, metrics, class_score = BCEWithLogitsLossFlat(thresh=0.5), [macro_f1_metric()], PLAIN_SIGMOID
     if nets.is_local_arch(cfg.arch):
-        learn = Learner(dls, nets.mlcnet(len(vocab), cfg.arch), loss_func=loss_func, metrics=metrics,
+        learn = Learner(dls, nets.mlcnet(len(vocab), cfg.arch, cosine_scale=cfg.cosine_head),
+                        loss_func=loss_func, metrics=metrics,
                         splitter=nets.body_head_splitter, wd=cfg.wd)
+    elif cfg.cosine_head > 0:
+        raise ValueError(f"cosine_head is an option of {sorted(nets.WIDTHS)}; arch resolved to {cfg.arch!r}")
     else:
         learn = vision_learner(dls, getattr(torchvision.models, cfg.arch), pretrained=False,  # weights: below
                                normalize=False, loss_func=loss_func, metrics=metrics, wd=cfg.wd)

@@ -294,8 +294,8 @@ def resolve_training(cfg, n_train: int | None = None):
 # ---------------------------------------------------------------- continuing an earlier model
 
 # What a continued training takes from the bundle it continues: the network and how it sees images.
-CONTINUED_FIELDS = ("arch", "image_size", "crop", "min_scale", "mixup", "eval_size")
-OPTIONAL_CONTINUED = ("mixup", "eval_size")     # bundles older than these options lack them
+CONTINUED_FIELDS = ("arch", "image_size", "crop", "min_scale", "mixup", "eval_size", "cosine_head")
+OPTIONAL_CONTINUED = ("mixup", "eval_size", "cosine_head")     # bundles older than these options lack them
 
 
 def resolve_continued(cfg, parent_meta: dict, parent_dir: str | Path):
@@ -315,6 +315,7 @@ def resolve_continued(cfg, parent_meta: dict, parent_dir: str | Path):
         raise ValueError(f"cannot continue {Path(parent_dir).name}: its bundle.json config lacks {missing}")
     update = {k: parent_cfg.get(k) for k in CONTINUED_FIELDS}
     update["mixup"] = update["mixup"] or 0.0
+    update["cosine_head"] = update["cosine_head"] or 0.0    # its last layer's kind: the state dicts look alike
     parent_w = parent_meta.get("weights") or {"pretrained": parent_meta.get("pretrained", "none")}
     parent_recipe = parent_w.get("recipe", "scratch")
     # batches as the bundle trained (a config without them: its recipe's, like the epochs below)

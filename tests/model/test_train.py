@@ -591,3 +591,32 @@ def test_eval_size_scores_larger_pictures_than_training_and_continuations_keep_i
     assert (continued.image_size, continued.eval_size) == (32, 64)
     old = {**meta, "config": {k: v for k, v in meta["config"].items() if k != "eval_size"}}
     assert weights.resolve_continued(TrainConfig(pretrained="none"), old, tmp_path / "b")[0].eval_size is None
+
+
+def test_cosine_head_scores_directions_only_and_continuations_keep_it(tmp_path):
+    """cosine_head: mlcnet's last layer is a CosineLinear, whose logits ignore the feature's length
+    and stay within scale of the bias; mining's feature hook (the last linear layer's input) still
+    finds it; a continued training keeps it (its state dict would load into a plain Linear too);
+    a torchvision network refuses it."""
+    import torch
+    from mlc_pipeline.model.bundle import load_bundle
+    from mlc_pipeline.model.nets import CosineLinear
+    from mlc_pipeline.model.predict import _last_linear
+    layer = CosineLinear(6, 3, scale=16.0)
+    x = torch.rand(4, 6)
+    assert torch.allclose(layer(x), layer(5 * x), atol=1e-5)
+    assert ((layer(x) - layer.bias).abs() <= 16.0 + 1e-4).all()
+    manifest = _small_dataset(tmp_path)
+    base = dict(image_size=32, epochs=2, batch_size=8, threads=1, pretrained="none", arch="mlcnet")
+    train_model(manifest, tmp_path / "b", TrainConfig(**base, cosine_head=16.0))
+    model = load_bundle(tmp_path / "b").learn.model
+    assert isinstance(model[1][-1], CosineLinear) and model[1][-1].scale == 16.0
+    assert _last_linear(model) is model[1][-1]
+    train_model(manifest, tmp_path / "c", TrainConfig(**{**base, "epochs": 1}, init_from=str(tmp_path / "b")))
+    continued = load_bundle(tmp_path / "c")
+    assert isinstance(continued.learn.model[1][-1], CosineLinear)
+    assert continued.meta["config"]["cosine_head"] == 16.0
+    train_model(manifest, tmp_path / "d", TrainConfig(**base))
+    assert type(load_bundle(tmp_path / "d").learn.model[1][-1]) is torch.nn.Linear
+    with pytest.raises(ValueError, match="cosine_head"):
+        TrainConfig(arch="resnet18", cosine_head=16.0)
