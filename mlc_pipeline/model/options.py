@@ -22,7 +22,8 @@ class TrainConfig(TrainSettings):
                                        # another picture, targets mixed by area; measured, not adopted)
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # > 0: sigmoid heads train on targets eps/2 and 1 - eps/2
                                                         # (learner.SmoothTargets; measured, not adopted)
-    cosine_head: float = Field(0.0, ge=0)  # > 0: mlcnet's last layer scores scale x cosine (nets.CosineLinear)
+    cosine_head: float = Field(0.0, ge=0)  # > 0: mlcnet's last layer scores scale x cosine
+                                           # (nets.CosineLinear; measured, not adopted)
     wd: float | None = None           # weight decay; None = fastai's (0.01, decoupled)
     eval_size: int | None = Field(None, ge=16)    # validation, calibration and prediction pictures at this
                                                   # size (FixRes; None: image_size; measured, not adopted)
