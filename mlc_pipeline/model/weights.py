@@ -295,7 +295,9 @@ def resolve_training(cfg, n_train: int | None = None):
 
 # What a continued training takes from the bundle it continues: the network and how it sees images.
 CONTINUED_FIELDS = ("arch", "image_size", "crop", "min_scale", "mixup", "eval_size", "cosine_head")
-OPTIONAL_CONTINUED = ("mixup", "eval_size", "cosine_head")     # bundles older than these options lack them
+# Bundles older than these options lack them: what their networks were trained without.
+# (cosine_head must travel: a cosine layer's state dict loads into a plain Linear as well.)
+ABSENT_IN_OLDER_BUNDLES = {"mixup": 0.0, "eval_size": None, "cosine_head": 0.0}
 
 
 def resolve_continued(cfg, parent_meta: dict, parent_dir: str | Path):
@@ -310,12 +312,10 @@ def resolve_continued(cfg, parent_meta: dict, parent_dir: str | Path):
         if parent_cfg.get(key) is not None and parent_cfg[key] != getattr(cfg, key):
             raise ValueError(f"cannot continue {Path(parent_dir).name}: its {key} is {parent_cfg[key]!r}, "
                              f"this training's is {getattr(cfg, key)!r}")
-    missing = [k for k in CONTINUED_FIELDS if parent_cfg.get(k) is None and k not in OPTIONAL_CONTINUED]
+    missing = [k for k in CONTINUED_FIELDS if parent_cfg.get(k) is None and k not in ABSENT_IN_OLDER_BUNDLES]
     if missing:
         raise ValueError(f"cannot continue {Path(parent_dir).name}: its bundle.json config lacks {missing}")
-    update = {k: parent_cfg.get(k) for k in CONTINUED_FIELDS}
-    update["mixup"] = update["mixup"] or 0.0
-    update["cosine_head"] = update["cosine_head"] or 0.0    # its last layer's kind: the state dicts look alike
+    update = {k: parent_cfg.get(k, ABSENT_IN_OLDER_BUNDLES.get(k)) for k in CONTINUED_FIELDS}
     parent_w = parent_meta.get("weights") or {"pretrained": parent_meta.get("pretrained", "none")}
     parent_recipe = parent_w.get("recipe", "scratch")
     # batches as the bundle trained (a config without them: its recipe's, like the epochs below)
