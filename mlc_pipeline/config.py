@@ -155,11 +155,11 @@ class BuildSettings(Strict):
 
 
 class TrainSettings(Strict):
-    arch: str = "auto"                # auto: a fine-tuned ImageNet net when weights are available, else the
-                                      # from-scratch recipe (mlc_pipeline/model/weights.py RECIPES); or mlcnet, resnet18, ...
+    arch: str = "auto"                # auto: a fine-tuned ImageNet net if weights are at hand, else weights.RECIPES' scratch
     pretrained: str = "auto"          # auto | imagenet | none | a weights file
     image_size: int | None = Field(None, ge=16)   # None: the recipe's
     epochs: int | None = Field(None, ge=1)        # None: the recipe's (scratch: 45,000 images seen, 30-120)
+    max_minutes: float | None = Field(5, gt=0)    # a fit plans its epochs to end within this (FitToBudget); null: all
     batch_size: int | None = Field(None, ge=1)    # None: the recipe's (scratch: 16, pretrained: 32; docs/training.md)
     lr: float | None = Field(None, gt=0)
     other_mode: Literal["negative", "class"] = "class"    # class: an "other" output vetoing the classes (losses.py)

@@ -296,6 +296,53 @@ class TimeBudget(Callback):
         raise CancelFitException()
 
 
+class FitToBudget(Callback):
+    """Plans a fit to end within `seconds`: from the second epoch on (the first also decodes every
+    picture into the cache), each epoch's time says how many epochs fit in what is left, and when
+    fewer than planned do, the fit is shortened. fastai re-reads `n_epoch` at each epoch's start
+    (the one-cycle schedule's position is epoch / n_epoch), so a shortened fit still warms up and
+    anneals to its end: a shorter schedule, not a cut-off one (TimeBudget). `planned` and `epochs`
+    say what it did; across fine_tune's two fits the clock runs from the first."""
+
+    order = LossHistory.order + 2   # after the epoch is logged and shown: its end may end the fit
+    MEASURE_FROM = 2        # epochs done before an epoch's time is trusted
+
+    def __init__(self, seconds: float, bar=None):
+        self.seconds, self.bar = seconds, bar
+        self.start = self.epoch_start = None
+        self.planned = self.epochs = None       # this fit's epochs: asked for, and trained
+        self.epoch_seconds, self.batches = None, 0     # batches: trained, across fits (the bar's count)
+
+    def before_fit(self):
+        if self.start is None:
+            self.start = time.monotonic()
+        self.planned = self.epochs = self.n_epoch
+
+    def before_epoch(self):
+        self.epoch_start = time.monotonic()
+
+    def after_batch(self):
+        self.batches += self.training
+
+    def after_epoch(self):
+        done, now = self.epoch + 1, time.monotonic()
+        if done >= self.MEASURE_FROM and done < self.n_epoch:
+            self.epoch_seconds = now - self.epoch_start
+            fits = done + int(max(0.0, self.seconds - (now - self.start)) // self.epoch_seconds)
+            if fits < self.n_epoch:
+                # never end where the schedule has not annealed: at least one more epoch
+                self.learn.n_epoch = max(fits, done + 1)
+                if self.bar is not None:    # the terminal's time left
+                    self.bar.total(self.batches + (self.n_epoch - done) * self.n_iter)
+        self.epochs = self.n_epoch
+        if done >= self.n_epoch and done < self.planned:
+            raise CancelFitException()
+
+    @property
+    def shortened(self) -> bool:
+        return self.epochs is not None and self.epochs < self.planned
+
+
 def sizing_transforms(dls) -> list:
     """The item transforms that set the pictures' size (crop or resize, training and evaluation
     ones), each once, across the training and validation loaders."""
@@ -304,22 +351,23 @@ def sizing_transforms(dls) -> list:
 
 
 class ProgressiveResize(Callback):
-    """Progressive resizing: the first `until` epochs of a fit see pictures at `start_size`, the rest
-    at the size the item transform was built with, which is restored after the fit (validation,
+    """Progressive resizing: the first `share` of a fit's epochs see pictures at `start_size`, the
+    rest at the size the item transform was built with, which is restored after the fit (validation,
     calibration and the bundle use it). Early epochs, at a high learning rate, learn coarse features
-    cheaply on small pictures; the last ones, at a low rate, at the full size."""
+    cheaply on small pictures; the last ones, at a low rate, at the full size. A share, read at each
+    epoch, so that a fit FitToBudget shortens still ends at the full size."""
 
     order = LossHistory.order + 1
 
-    def __init__(self, start_size: int, until: int):
-        self.start_size, self.until, self._crops, self._full = start_size, until, [], None
+    def __init__(self, start_size: int, share: float):
+        self.start_size, self.share, self._crops, self._full = start_size, share, [], None
 
     def before_fit(self):
         self._crops = sizing_transforms(self.dls)
         self._full = [t.size for t in self._crops]      # each its own: training and eval_size may differ
 
     def before_epoch(self):
-        self._set(self.start_size if self.epoch < self.until else None)
+        self._set(self.start_size if self.epoch < round(self.n_epoch * self.share) else None)
 
     def after_fit(self):
         self._set(None)

@@ -40,7 +40,7 @@ from mlc_pipeline.model.options import TrainConfig
 from mlc_pipeline.model.bundle import export_learner
 from mlc_pipeline import progress
 from mlc_pipeline.model.learner import (
-    CPUBFloat16, EpochBar, LossHistory, ProgressiveResize, SmoothTargets, SparseValidation, TimeBudget,
+    CPUBFloat16, EpochBar, FitToBudget, LossHistory, ProgressiveResize, SmoothTargets, SparseValidation, TimeBudget,
     build_dataloaders, format_loss, macro_f1_metric, training_frame,
 )
 from mlc_pipeline.model.precision import training_precision
@@ -176,7 +176,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     start = time.monotonic()
     one_cycle = pretrained == "none" or continuing
     if cfg.start_size and pretrained == "none" and not continuing:
-        fit_cbs.append(ProgressiveResize(cfg.start_size, cfg.start_epochs))
+        fit_cbs.append(ProgressiveResize(cfg.start_size, cfg.start_share))
     elif cfg.start_size:
         log.warning("start_size %d ignored: progressive resizing is for a first training from scratch", cfg.start_size)
     n_epochs = cfg.epochs + (0 if one_cycle else 1)    # fine_tune: one frozen epoch first
@@ -184,6 +184,8 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     with learn.no_bar(), learn.no_logging(), progress.bar(f"train {cfg.arch}", total=n_epochs * len(dls.train),
                                                           unit="batches") as bar:
         fit_cbs.append(EpochBar(bar))
+        fitted = FitToBudget(cfg.max_minutes * 60, bar) if cfg.max_minutes else None
+        fit_cbs += [fitted] if fitted else []
         if continuing and pretrained != "none":
             # fine_tune's unfrozen stage again: lower rates for the early ImageNet layers
             learn.fit_one_cycle(cfg.epochs, slice(lr / 100, lr), cbs=fit_cbs)
@@ -193,6 +195,13 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             learn.fine_tune(cfg.epochs, lr, cbs=fit_cbs)
     train_seconds = time.monotonic() - start
     images_seen = len(history.batch_losses) * cfg.batch_size
+    if fitted is not None and fitted.shortened:
+        short = (f"training fitted to train.max_minutes ({cfg.max_minutes:g}): {fitted.epochs} of "
+                 f"{fitted.planned} epochs, at {fitted.epoch_seconds:.0f} s an epoch on this machine; "
+                 f"raise it, or set it to null, to train them all")
+        log.warning("%s", short)
+        warnings = [*(warnings or []), short]
+        cfg = cfg.model_copy(update={"epochs": fitted.epochs})   # what trained: a continuation takes a third of it
     if precision == "float16":
         learn.to_fp32()  # the bundle must load on a CPU-only machine
 
@@ -258,6 +267,9 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             "train_seconds": round(train_seconds, 2),
             "images_per_second": round(images_seen / max(history.train_phase_seconds, 1e-9), 2),
             "stopped_early": budget.stopped,
+            "time_budget": None if fitted is None else {
+                "max_minutes": cfg.max_minutes, "epochs_planned": fitted.planned, "epochs_trained": fitted.epochs,
+                "epoch_seconds": None if fitted.epoch_seconds is None else round(fitted.epoch_seconds, 2)},
             "warnings": list(warnings or []),     # the data's (models.other_set_warnings) and the cap's
             "versions": {"mlc_pipeline": __version__, "torch": torch.__version__,
                          "torchvision": torchvision.__version__, "fastai": _fastai_version()},
@@ -283,7 +295,8 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         ("epochs", f"{len(history.epochs)}, last: " + " · ".join(
             f"{e['epoch']}: {format_loss(e['train_loss'], 3)}/{format_loss(e['valid_loss'], 3)}"
             for e in history.epochs[-4:])
-         + " (train/valid loss)" + (", stopped by the time budget" if budget.stopped else "")),
+         + " (train/valid loss)" + (", stopped by the time budget" if budget.stopped else "")
+         + (f", {fitted.planned} planned: fitted to train.max_minutes" if fitted and fitted.shortened else "")),
         ("seconds", f"{train_seconds:.0f} ({meta['images_per_second']} img/s)"),
         ("macro F1 (test)", f"{test['macro_f1']:.3f}"),
         ("unknown accepted", f"test other {_pct(test['unknown_accepted'])}, probe {_pct(test['probe_accepted'])}")])

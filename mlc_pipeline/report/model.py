@@ -168,6 +168,14 @@ def bundle_network_line(bundle_dir: str | Path) -> str:
         return f"unknown ({path}: {exc})"
 
 
+def _fitted(meta: dict) -> str:
+    """' of 38 planned, fitted to 5 minutes' when train.max_minutes shortened the fit (learner.FitToBudget)."""
+    budget = meta.get("time_budget") or {}
+    if budget.get("epochs_trained", 0) < budget.get("epochs_planned", 0):
+        return f" of {budget['epochs_planned']} planned (fitted to train.max_minutes {budget['max_minutes']:g})"
+    return ""
+
+
 def network_line(meta: dict) -> str:
     """One line from bundle.json: the network, its starting weights, and what `arch: auto` chose."""
     w = meta.get("weights") or {"pretrained": meta.get("pretrained", "?")}   # bundles before weights.py
@@ -178,7 +186,7 @@ def network_line(meta: dict) -> str:
         first = {"imagenet": f"ImageNet weights {w.get('name')}", "none": "from scratch"}.get(
             w.get("pretrained", "none"), f"weights from {w.get('pretrained')}")
         line = (f"{meta.get('arch', '?')}, {meta.get('image_size', '?')} px{scored}, continued from {w['continued_from']} "
-                f"for {config.get('epochs', '?')} epochs (that network started {first})")
+                f"for {config.get('epochs', '?')} epochs{_fitted(meta)} (that network started {first})")
         return line + (f"; arch auto: the {w.get('recipe')} recipe"
                        if (w.get("requested") or {}).get("arch") == "auto" else "")
     if w.get("pretrained") == "imagenet":
@@ -187,7 +195,7 @@ def network_line(meta: dict) -> str:
         start = f"weights from {w['pretrained']}, fine-tuned"
     else:
         start = "trained from scratch"
-    line = f"{meta.get('arch', '?')}, {start}, {meta.get('image_size', '?')} px, {config.get('epochs', '?')} epochs"
+    line = f"{meta.get('arch', '?')}, {start}, {meta.get('image_size', '?')} px, {config.get('epochs', '?')} epochs{_fitted(meta)}"
     if config.get("start_size") and start == "trained from scratch" and isinstance(config.get("epochs"), int):
         line += f" (the first {round(config['epochs'] * config.get('start_share', 0.5))} at {config['start_size']} px)"
     if meta.get("precision"):       # bundles before train.precision trained in float32 on a CPU

@@ -279,6 +279,43 @@ def test_time_budget_stops_early_but_still_writes_a_bundle(tmp_path, caplog):
     assert (tmp_path / "b" / "export.pkl").is_file() and "time budget" in caplog.text
 
 
+def test_a_fit_over_its_budget_is_shortened_and_still_anneals():
+    """FitToBudget: past the second epoch, a fit whose remaining epochs do not fit the budget ends
+    early *on a shorter schedule*, its learning rate annealed to the one-cycle's end; one that fits
+    is left alone."""
+    from fastai.test_utils import synth_learner
+    from mlc_pipeline.model.learner import FitToBudget
+    learn = synth_learner(n_trn=20)      # batches an epoch
+    short = FitToBudget(1e-6)
+    learn.fit_one_cycle(6, 1e-2, cbs=[short])
+    n_iter = len(learn.dls.train)
+    assert (short.planned, short.epochs, short.shortened) == (6, 3, True)
+    assert len(learn.recorder.lrs) == 3 * n_iter         # 2 measured epochs, then one more to anneal
+    assert learn.recorder.lrs[-1] < 1e-2 / 100 < max(learn.recorder.lrs)
+    learn = synth_learner(n_trn=20)
+    roomy = FitToBudget(600)
+    learn.fit_one_cycle(4, 1e-2, cbs=[roomy])
+    assert (roomy.epochs, roomy.shortened) == (4, False) and len(learn.recorder.lrs) == 4 * n_iter
+
+
+def test_the_time_budget_fits_a_training_says_so_and_its_continuation_takes_a_third(tmp_path, caplog):
+    manifest = _small_dataset(tmp_path)
+    base = dict(image_size=32, batch_size=8, threads=1, pretrained="none", arch="mlcnet")
+    result = train_model(manifest, tmp_path / "r0", TrainConfig(epochs=9, max_minutes=1e-8, **base))
+    meta = json.loads((tmp_path / "r0" / "bundle.json").read_text())
+    assert len(result.history) == 3 and not result.stopped_early
+    assert meta["time_budget"]["epochs_planned"] == 9 and meta["time_budget"]["epochs_trained"] == 3
+    assert meta["config"]["epochs"] == 3          # what trained: a continuation's third is of it
+    assert any("3 of 9 epochs" in w for w in meta["warnings"]) and "train.max_minutes" in caplog.text
+    from mlc_pipeline.report.model import bundle_network_line
+    assert "3 epochs of 9 planned (fitted to train.max_minutes 1e-08)" in bundle_network_line(tmp_path / "r0")
+    child = train_model(manifest, tmp_path / "r1", TrainConfig(init_from=str(tmp_path / "r0"), **base))
+    assert len(child.history) == 1
+    unbounded = train_model(manifest, tmp_path / "r2", TrainConfig(epochs=4, max_minutes=None, **base))
+    assert len(unbounded.history) == 4
+    assert json.loads((tmp_path / "r2" / "bundle.json").read_text())["time_budget"] is None
+
+
 def test_weights_file_is_loaded_and_fine_tuned(tmp_path):
     import torch
     import torchvision
