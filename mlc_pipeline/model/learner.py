@@ -298,7 +298,7 @@ class TimeBudget(Callback):
 
 class FitToBudget(Callback):
     """Plans a fit to end within `seconds`: from the second epoch on (the first also decodes every
-    picture into the cache), each epoch's time says how many epochs fit in what is left, and when
+    picture into the cache), the median epoch's time says how many epochs fit in what is left, and when
     fewer than planned do, the fit is shortened. fastai re-reads `n_epoch` at each epoch's start
     (the one-cycle schedule's position is epoch / n_epoch), so a shortened fit still warms up and
     anneals to its end: a shorter schedule, not a cut-off one (TimeBudget). `planned` and `epochs`
@@ -311,7 +311,7 @@ class FitToBudget(Callback):
         self.seconds, self.bar = seconds, bar
         self.start = self.epoch_start = None
         self.planned = self.epochs = None       # this fit's epochs: asked for, and trained
-        self.epoch_seconds, self.batches = None, 0     # batches: trained, across fits (the bar's count)
+        self.epoch_seconds, self.measured, self.batches = None, [], 0   # batches: across fits (the bar's count)
 
     def before_fit(self):
         if self.start is None:
@@ -327,9 +327,16 @@ class FitToBudget(Callback):
     def after_epoch(self):
         done, now = self.epoch + 1, time.monotonic()
         if done >= self.MEASURE_FROM and done < self.n_epoch:
-            self.epoch_seconds = now - self.epoch_start
+            # the median epoch: one epoch slowed by another process must not shorten the fit for good
+            self.measured.append(now - self.epoch_start)
+            self.epoch_seconds = float(np.median(self.measured))
             fits = done + int(max(0.0, self.seconds - (now - self.start)) // self.epoch_seconds)
             if fits < self.n_epoch:
+                if self.n_epoch == self.planned:    # said once, when it happens (the end says it again)
+                    planned_min = (now - self.start + (self.planned - done) * self.epoch_seconds) / 60
+                    log.info("the %d planned epochs would take %.0f min at %.0f s each: training %d, to end within "
+                             "%g min (train.max_minutes)", self.planned, planned_min, self.epoch_seconds,
+                             max(fits, done + 1), self.seconds / 60)
                 # never end where the schedule has not annealed: at least one more epoch
                 self.learn.n_epoch = max(fits, done + 1)
                 if self.bar is not None:    # the terminal's time left
