@@ -17,6 +17,9 @@ Worlds (each a user's config in miniature; probes are a kind under no query):
 `--train-fraction 0.5` trains on a seeded half of each set's training images (valid, test and probes
 unchanged); with `epochs` set so that as many images are seen as with all of them, it asks whether
 more photos would help (the epochs rule alone stops at 120 epochs).
+
+`--recipe ...,max_minutes=5` trains each recipe within the product's time budget (FitToBudget);
+`null` (the default) trains every epoch.
 """
 
 from __future__ import annotations
@@ -191,6 +194,8 @@ def parse_recipe(text: str) -> dict:
                 continue
         if value in ("true", "false"):
             value = value == "true"
+        elif value in ("null", "none"):     # e.g. max_minutes=null: every epoch, however long
+            value = None
         out[key] = value
     return out
 
