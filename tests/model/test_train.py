@@ -298,6 +298,35 @@ def test_a_fit_over_its_budget_is_shortened_and_still_anneals():
     assert (roomy.epochs, roomy.shortened) == (4, False) and len(learn.recorder.lrs) == 4 * n_iter
 
 
+def test_one_slow_epoch_does_not_shorten_a_fit_that_fits(monkeypatch):
+    """The plan reads the median epoch: a 100 s epoch among 10 s ones (another process on the box)
+    leaves a fit that still fits alone; the same epoch read alone would have cut it to 6 of 10."""
+    from fastai.callback.core import Callback
+    from fastai.test_utils import synth_learner
+    from mlc_pipeline.model import learner as learner_module
+
+    class Clock:
+        now = 0.0
+
+        @classmethod
+        def monotonic(cls):
+            return cls.now
+
+    class Tick(Callback):
+        order = learner_module.FitToBudget.order - 1       # the epoch's time passes before the plan reads it
+
+        def after_epoch(self):
+            Clock.now += 100.0 if self.epoch == 4 else 10.0
+
+    monkeypatch.setattr(learner_module, "time", Clock)
+    learn, fit = synth_learner(n_trn=2), learner_module.FitToBudget(250)
+    learn.fit_one_cycle(10, 1e-2, cbs=[Tick(), fit])
+    assert (fit.epochs, fit.shortened, fit.epoch_seconds) == (10, False, 10.0)
+    Clock.now, learn, tight = 0.0, synth_learner(n_trn=2), learner_module.FitToBudget(150)
+    learn.fit_one_cycle(10, 1e-2, cbs=[Tick(), tight])
+    assert tight.shortened and tight.epochs == 6     # 140 s at epoch 5: one 10 s epoch left in 150
+
+
 def test_the_time_budget_fits_a_training_says_so_and_its_continuation_takes_a_third(tmp_path, caplog):
     caplog.set_level("INFO")
     manifest = _small_dataset(tmp_path)
