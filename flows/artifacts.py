@@ -138,7 +138,8 @@ def summary_markdown(run: dict) -> str:
             lines += ["Mining stopped early (nothing left to mine, or no further improvement).", ""]
         warnings = shipped["metrics"].get("warnings") or []
         if warnings:
-            lines += ["**Training data warnings** (latest model):", ""] + [f"- {md_escape(w)}" for w in warnings] + [""]
+            lines += ["**Training warnings** (latest model: its data, its cap, its time budget):", ""]
+            lines += [f"- {md_escape(w)}" for w in warnings] + [""]
         lines += [f"Per-class metrics: table `{PER_CLASS_KEY}`; mined negatives: table `{MINED_KEY}`.", ""]
         curve = shipped["metrics"].get("test", {}).get("curve")
         if curve:
