@@ -169,7 +169,7 @@ def bundle_network_line(bundle_dir: str | Path) -> str:
 
 
 def _fitted(meta: dict) -> str:
-    """' of 38 planned, fitted to 5 minutes' when train.max_minutes shortened the fit (learner.FitToBudget)."""
+    """' of 38 planned (fitted to train.max_minutes 5)' when that budget shortened the fit (FitToBudget)."""
     budget = meta.get("time_budget") or {}
     if budget.get("epochs_trained", 0) < budget.get("epochs_planned", 0):
         return f" of {budget['epochs_planned']} planned (fitted to train.max_minutes {budget['max_minutes']:g})"
@@ -195,7 +195,8 @@ def network_line(meta: dict) -> str:
         start = f"weights from {w['pretrained']}, fine-tuned"
     else:
         start = "trained from scratch"
-    line = f"{meta.get('arch', '?')}, {start}, {meta.get('image_size', '?')} px, {config.get('epochs', '?')} epochs{_fitted(meta)}"
+    line = f"{meta.get('arch', '?')}, {start}, {meta.get('image_size', '?')} px, {config.get('epochs', '?')} epochs"
+    line += _fitted(meta)
     if config.get("start_size") and start == "trained from scratch" and isinstance(config.get("epochs"), int):
         line += f" (the first {round(config['epochs'] * config.get('start_share', 0.5))} at {config['start_size']} px)"
     if meta.get("precision"):       # bundles before train.precision trained in float32 on a CPU
