@@ -299,7 +299,8 @@ class TimeBudget(Callback):
 class FitToBudget(Callback):
     """Plans a fit to end within `seconds`: from the second epoch on (the first also decodes every
     picture into the cache), the median epoch's time says how many epochs fit in what is left, and when
-    fewer than planned do, the fit is shortened. fastai re-reads `n_epoch` at each epoch's start
+    fewer than planned do, the fit is shortened (and lengthened again, up to the plan, if later
+    epochs show that the early ones were slow). fastai re-reads `n_epoch` at each epoch's start
     (the one-cycle schedule's position is epoch / n_epoch), so a shortened fit still warms up and
     anneals to its end: a shorter schedule, not a cut-off one (TimeBudget). `planned` and `epochs`
     say what it did; across fine_tune's two fits the clock runs from the first."""
@@ -326,21 +327,22 @@ class FitToBudget(Callback):
 
     def after_epoch(self):
         done, now = self.epoch + 1, time.monotonic()
-        if done >= self.MEASURE_FROM and done < self.n_epoch:
-            # the median epoch: one epoch slowed by another process must not shorten the fit for good
+        if self.MEASURE_FROM <= done < self.planned:
+            # the median epoch: one epoch slowed by another process must not decide the fit. The plan
+            # may grow back (up to the planned epochs) when later epochs show an early one was slow.
             self.measured.append(now - self.epoch_start)
             self.epoch_seconds = float(np.median(self.measured))
             fits = done + int(max(0.0, self.seconds - (now - self.start)) // self.epoch_seconds)
-            if fits < self.n_epoch:
-                if self.n_epoch == self.planned:    # said once, when it happens (the end says it again)
-                    planned_min = (now - self.start + (self.planned - done) * self.epoch_seconds) / 60
-                    log.info("the %d planned epochs would take %.0f min at %.0f s each: training %d, to end within "
-                             "%g min (train.max_minutes)", self.planned, planned_min, self.epoch_seconds,
-                             max(fits, done + 1), self.seconds / 60)
-                # never end where the schedule has not annealed: at least one more epoch
-                self.learn.n_epoch = max(fits, done + 1)
+            # a fit cut mid-schedule gets one more epoch, to anneal; one planned to end here may end
+            target = min(self.planned, max(fits, done + 1 if done < self.n_epoch else done))
+            if target != self.n_epoch:
+                log.info("the %d planned epochs would take %.0f min at %.0f s each: training %d, to end within %g min "
+                         "(train.max_minutes)", self.planned,
+                         (now - self.start + (self.planned - done) * self.epoch_seconds) / 60, self.epoch_seconds,
+                         target, self.seconds / 60)
+                self.learn.n_epoch = target
                 if self.bar is not None:    # the terminal's time left
-                    self.bar.total(self.batches + (self.n_epoch - done) * self.n_iter)
+                    self.bar.total(self.batches + (target - done) * self.n_iter)
         self.epochs = self.n_epoch
         if done >= self.n_epoch and done < self.planned:
             raise CancelFitException()
