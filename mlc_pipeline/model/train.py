@@ -40,9 +40,10 @@ from mlc_pipeline.model.options import TrainConfig
 from mlc_pipeline.model.bundle import export_learner
 from mlc_pipeline import progress
 from mlc_pipeline.model.learner import (
-    CPUBFloat16, EpochBar, FitToBudget, LossHistory, ProgressiveResize, SmoothTargets, SparseValidation, TimeBudget,
+    CPUBFloat16, EpochBar, LossHistory, ProgressiveResize, SmoothTargets, SparseValidation,
     build_dataloaders, format_loss, macro_f1_metric, training_frame,
 )
+from mlc_pipeline.model.budget import FitToBudget, TimeBudget
 from mlc_pipeline.model.precision import training_precision
 from mlc_pipeline.manifest import read_manifest_frame
 from mlc_pipeline.model.plots import plot_curves, plot_losses

@@ -284,7 +284,7 @@ def test_a_fit_over_its_budget_is_shortened_and_still_anneals():
     early *on a shorter schedule*, its learning rate annealed to the one-cycle's end; one that fits
     is left alone."""
     from fastai.test_utils import synth_learner
-    from mlc_pipeline.model.learner import FitToBudget
+    from mlc_pipeline.model.budget import FitToBudget
     learn = synth_learner(n_trn=20)      # batches an epoch
     short = FitToBudget(1e-6)
     learn.fit_one_cycle(6, 1e-2, cbs=[short])
@@ -305,7 +305,7 @@ def test_one_slow_epoch_does_not_shorten_a_fit_that_fits(monkeypatch):
     the exception, and the fit grows back to its plan."""
     from fastai.callback.core import Callback
     from fastai.test_utils import synth_learner
-    from mlc_pipeline.model import learner as learner_module
+    from mlc_pipeline.model import budget as budget_module
 
     class Clock:
         now = 0.0
@@ -315,7 +315,7 @@ def test_one_slow_epoch_does_not_shorten_a_fit_that_fits(monkeypatch):
             return cls.now
 
     class Tick(Callback):
-        order = learner_module.FitToBudget.order - 1       # the epoch's time passes before the plan reads it
+        order = budget_module.FitToBudget.order - 1       # the epoch's time passes before the plan reads it
 
         def __init__(self, slow_epoch: int):
             self.slow_epoch = slow_epoch
@@ -324,11 +324,11 @@ def test_one_slow_epoch_does_not_shorten_a_fit_that_fits(monkeypatch):
             Clock.now += 100.0 if self.epoch == self.slow_epoch else 10.0
 
     def fit(budget: float, slow_epoch: int):
-        Clock.now, learn, plan = 0.0, synth_learner(n_trn=2), learner_module.FitToBudget(budget)
+        Clock.now, learn, plan = 0.0, synth_learner(n_trn=2), budget_module.FitToBudget(budget)
         learn.fit_one_cycle(10, 1e-2, cbs=[Tick(slow_epoch), plan])
         return plan, learn
 
-    monkeypatch.setattr(learner_module, "time", Clock)
+    monkeypatch.setattr(budget_module, "time", Clock)
     plan, _ = fit(250, slow_epoch=4)
     assert (plan.epochs, plan.shortened, plan.epoch_seconds) == (10, False, 10.0)
     plan, _ = fit(150, slow_epoch=4)
