@@ -315,7 +315,9 @@ def resolve_continued(cfg, parent_meta: dict, parent_dir: str | Path):
     missing = [k for k in CONTINUED_FIELDS if parent_cfg.get(k) is None and k not in ABSENT_IN_OLDER_BUNDLES]
     if missing:
         raise ValueError(f"cannot continue {Path(parent_dir).name}: its bundle.json config lacks {missing}")
-    update = {k: parent_cfg.get(k, ABSENT_IN_OLDER_BUNDLES.get(k)) for k in CONTINUED_FIELDS}
+    # a field saved as null reads like an absent one, as the `or 0.0` lines this table replaced did
+    update = {k: ABSENT_IN_OLDER_BUNDLES.get(k) if parent_cfg.get(k) is None else parent_cfg[k]
+              for k in CONTINUED_FIELDS}
     parent_w = parent_meta.get("weights") or {"pretrained": parent_meta.get("pretrained", "none")}
     parent_recipe = parent_w.get("recipe", "scratch")
     # batches as the bundle trained (a config without them: its recipe's, like the epochs below)
