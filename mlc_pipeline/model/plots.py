@@ -22,7 +22,10 @@ def plot_losses(history, path: Path, title: str = "") -> None:
     validated = [e for e in history.epochs if e["valid_loss"] is not None]  # not every epoch validates
     ax.plot([e["n_batches"] for e in validated], [e["valid_loss"] for e in validated], "o-", color="tab:orange",
             label="valid")
-    values = np.r_[batches, [e["valid_loss"] for e in validated]]
+    values = np.r_[batches, [e["valid_loss"] for e in validated]].astype(float)
+    # A batch CUDA's GradScaler skipped logs an inf/NaN loss, and matplotlib cannot scale to one:
+    # the plot must never cost the finished training that comes with it.
+    values = values[np.isfinite(values)]
     if len(values):  # one early from-scratch spike (valid loss 5+) would flatten every other point
         ax.set_ylim(0, 1.1 * float(np.percentile(values, 98)))
     ax.set_xlabel("batch")

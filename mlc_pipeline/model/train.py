@@ -208,6 +208,15 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
 
     # Calibrate on valid: these images were not trained on, the test split stays untouched.
     valid_probs, valid_targets = _valid_predictions(learn, cfg, vocab)
+    # Not stopped at the first NaN loss (fastai's TerminateOnNaN): on CUDA a float16 overflow batch
+    # is skipped by the grad scaler and the fit goes on fine. Only scores that are not numbers fail it.
+    if not np.isfinite(valid_probs).all():
+        raise TrainingDiverged(_diverged_message(history, lr))
+    skipped = sum(not np.isfinite(loss) for loss in history.batch_losses)
+    if skipped:
+        note = f"{skipped} training batches had a loss that was not a number; the network's scores are finite"
+        log.warning("%s", note)
+        warnings = [*(warnings or []), note]
     thresholds, curve_path = None, []
     if cfg.head == "sigmoid":
         thresholds = calibrate_thresholds(valid_probs, valid_targets, cfg.threshold_mode, cfg.target_precision,
@@ -325,6 +334,17 @@ def default_lr(arch: str, pretrained: str, continuing: bool = False) -> float:
     if pretrained != "none":
         return 1e-3 if continuing else 2e-3    # continuing: fine_tune's unfrozen stage, base_lr / 2
     return 5e-3 if nets.is_local_arch(arch) else 3e-3
+
+
+class TrainingDiverged(RuntimeError):
+    """The network's scores are not numbers (its weights blew up): nothing is written, nothing ships."""
+
+
+def _diverged_message(history, lr) -> str:
+    bad = next((i for i, loss in enumerate(history.batch_losses) if not np.isfinite(loss)), None)
+    when = "" if bad is None else f"the loss first became {history.batch_losses[bad]} at training batch {bad + 1}, "
+    return (f"training diverged ({when}learning rate {lr:g}): the network scores validation images as NaN, "
+            f"so no bundle was written. Lower train.lr, or use train.precision: float32")
 
 
 def _valid_predictions(learn, cfg: TrainConfig, vocab: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlc_pipeline.model.train import TrainConfig, train_model
+from mlc_pipeline.model.train import TrainConfig, TrainingDiverged, train_model
 from shapes import FAST, make_shapes_dataset, trained_bundle
 
 from mlc_pipeline.manifest import read_manifest_frame
@@ -443,6 +443,16 @@ def test_a_fine_tuned_network_continues_unfrozen(tmp_path):
     meta = json.loads((tmp_path / "r1" / "bundle.json").read_text())
     assert meta["lr"] == 1e-3 and meta["weights"]["continued_from"] == "r0"
     assert f"that network started weights from {weights}" in bundle_network_line(tmp_path / "r1")
+
+
+def test_a_diverged_training_says_so_and_writes_no_bundle(tmp_path):
+    """A learning rate of 1e20 blows the weights up: the network scores validation images as
+    NaN, so thresholds, metrics and plots would be nonsense. It fails clearly and leaves nothing."""
+    manifest = _small_dataset(tmp_path)
+    with pytest.raises(TrainingDiverged, match=r"training diverged \(the loss first became nan at training batch"):
+        train_model(manifest, tmp_path / "models" / "b", TrainConfig(image_size=32, epochs=2, batch_size=8,
+                                                                     threads=1, lr=1e20))
+    assert not list(tmp_path.glob("models/*"))
 
 
 def test_existing_bundle_is_not_overwritten_silently(tmp_path):
