@@ -229,7 +229,10 @@ def last_line_of_defence(exc: Exception) -> int:
     """Secrets masked, a traceback only for bugs."""
     from mlc_pipeline.collect.rawfiles import StorageError
     from mlc_pipeline.collect.flickr import SourceError
-    if isinstance(exc, StorageError):
+    # A diverged training is the data's and the settings' doing, not a bug. Looked up, not imported:
+    # only a process that imported the training module (torch, fastai) can have raised it.
+    train = sys.modules.get("mlc_pipeline.model.train")
+    if isinstance(exc, StorageError) or (train is not None and isinstance(exc, train.TrainingDiverged)):
         print(f"mlc: {redact(str(exc))}", file=sys.stderr)
         return 1
     if not isinstance(exc, SourceError):

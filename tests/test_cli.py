@@ -117,6 +117,16 @@ def test_train_continues_a_named_model_and_mine_takes_names_as_documented(tmp_pa
     one_line(mlc("mine", "-c", str(cfg_path), "--model", "nope", *pool), 2, "--model nope: not a model bundle")
 
 
+def test_a_diverged_training_is_said_in_a_line_not_a_traceback(built):
+    models = load_config(built).layout.models
+    before = sorted(models.glob("*"))
+    res = mlc("train", "-c", str(built), "--set", "train.lr=1e20", "--set", "train.epochs=2", "--set",
+              "train.image_size=32", "--set", "train.pretrained=none", timeout=300)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1].startswith("mlc: training diverged ("), res.stderr[-2000:]
+    assert sorted(models.glob("*")) == before        # nothing written, not even a half bundle
+
+
 def test_mine_without_a_pool_leaves_the_bundle_alone(built, tmp_path):
     bundle = shutil.copytree(OLD_BUNDLE, tmp_path / "bundle")
     before = sorted(p.name for p in bundle.iterdir())

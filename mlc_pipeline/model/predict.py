@@ -27,6 +27,13 @@ MAX_PIXELS = 64_000_000      # per image, as curation's default: above 50 MP cam
 BATCH_PIXELS = 100_000_000   # decoded pixels held at once (3 bytes each as RGB): ~300 MB, whatever the batch size
 
 
+CANNOT_SCORE = "cannot score image"
+
+
+class ScoringFailed(RuntimeError):
+    """No decoded image could be scored at all: a fault of the bundle or the code, not of the images."""
+
+
 class TooLarge(Exception):
     """An image over the pixel limit: refused from its header, before anything is decoded."""
 
@@ -90,6 +97,14 @@ def _score(bundle: Bundle, paths: list, batch_size: int, max_pixels: int, batch_
         if chunk:
             _score_chunk(bundle, chunk, batch_size, probs, errors, feats)
             bar.advance(len(chunk))
+    failed = [message for message in errors.values() if message.startswith(CANNOT_SCORE)]
+    decoded = len(paths) - len(errors) + len(failed)
+    if decoded >= 2 and len(failed) == decoded:
+        # Every picture that decoded failed in the network: the bundle or the code is at fault, not
+        # the pictures, and NaN rows would pass for "unreadable images" (metrics on nothing, mining
+        # that adds nothing).
+        raise ScoringFailed(f"{bundle.path.name}: none of the {decoded} decoded images could be scored "
+                            f"({failed[0]})")
     if errors:
         log.warning("%d of %d images could not be scored (first: %s)", len(errors), len(paths),
                     next(iter(errors.values())))
@@ -126,7 +141,7 @@ def _score_chunk(bundle: Bundle, chunk: list[tuple[int, object]], batch_size: in
             feats[[i for i, _ in chunk]] = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     except Exception as exc:  # MemoryError included: the others in the chunk must still get a score
         if len(chunk) == 1:
-            errors[chunk[0][0]] = f"cannot score image: {type(exc).__name__}: {exc}"
+            errors[chunk[0][0]] = f"{CANNOT_SCORE}: {type(exc).__name__}: {exc}"
             return
         log.warning("scoring %d images together failed (%s); scoring them one by one", len(chunk),
                     type(exc).__name__)

@@ -92,7 +92,7 @@ def as_json(p, bundle) -> dict:
 def run_predict(bundle_spec: str, inputs: list[str], models_dir: Path, as_json_output: bool,
                 max_pixels: int) -> int:
     from mlc_pipeline.model.bundle import BundleError, load_bundle
-    from mlc_pipeline.model.predict import Prediction, predict_paths
+    from mlc_pipeline.model.predict import Prediction, ScoringFailed, predict_paths
     from mlc_pipeline.model.registry import RegistryError, resolve_bundle
     try:
         bundle = load_bundle(resolve_bundle(bundle_spec, models_dir))
@@ -101,7 +101,11 @@ def run_predict(bundle_spec: str, inputs: list[str], models_dir: Path, as_json_o
         return 2
     expanded = expand_inputs(inputs)
     to_score = [path for path, error in expanded if error is None]
-    scored = iter(predict_paths(bundle, to_score, max_pixels=max_pixels) if to_score else [])
+    try:
+        scored = iter(predict_paths(bundle, to_score, max_pixels=max_pixels) if to_score else [])
+    except ScoringFailed as exc:
+        print(f"mlc: {exc}", file=sys.stderr)
+        return 1
     preds = [next(scored) if error is None else Prediction(path=path, labels=[], none_of=True, error=error)
              for path, error in expanded]
     failed = sum(p.error is not None for p in preds)

@@ -75,6 +75,20 @@ def test_bad_files_become_per_item_errors(bundle, manifest_df, tmp_path):
     np.testing.assert_allclose(probs[[0, 2, 5]], score_paths(bundle, good), atol=1e-5)  # neighbours unharmed
 
 
+def test_a_network_that_fails_on_every_image_is_an_error_not_rows_of_nan(manifest_df):
+    """One image that cannot be scored is a row error; all of them is a fault of the bundle or the
+    code, and NaN rows would pass for unreadable images (metrics on nothing, mining adding nothing)."""
+    import torch
+    from mlc_pipeline.model.predict import ScoringFailed, score_with_errors
+    broken = load_bundle(trained_bundle()[1])        # a fresh copy: the module's bundle stays whole
+    head = broken.learn.model[1]
+    head[-1] = torch.nn.Linear(head[-1].in_features + 1, head[-1].out_features)   # a head its body cannot feed
+    with pytest.raises(ScoringFailed, match=r"none of the 3 decoded images could be scored \(cannot score image"):
+        score_with_errors(broken, _paths(manifest_df, split="test")[:3], batch_size=2)
+    probs, errors = score_with_errors(broken, _paths(manifest_df, split="test")[:1])
+    assert np.isnan(probs).all() and "cannot score image" in errors[0]    # one image: its row says why
+
+
 def test_features_come_with_the_same_scores_and_say_what_the_network_sees(bundle, manifest_df, tmp_path):
     red = _paths(manifest_df, split="test", labels="red")[:6]
     blue = _paths(manifest_df, split="test", labels="blue")[:6]
