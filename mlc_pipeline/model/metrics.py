@@ -212,7 +212,8 @@ def _precision_threshold(scores: np.ndarray, truth: np.ndarray, target: float, c
         # Unreachable: accept nothing rather than pretend. Above the top score no image passes.
         log.warning("class column %d never reaches precision %.2f on validation: it will accept "
                     "(almost) nothing", column, target)
-        return float(min(1.0, s[0] + 1e-6))
+        # Not clamped to 1.0: float32 sigmoids saturate at exactly 1.0, and decisions are `>=`.
+        return float(s[0]) + 1e-6
     k = int(np.nonzero(ok)[0].max())  # the largest accepted set that still meets the target
     return _cut_threshold(s[k], next_lower[k])
 

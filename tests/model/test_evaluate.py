@@ -52,6 +52,10 @@ def test_target_precision_keeps_the_largest_set_that_meets_it():
 def test_unreachable_precision_accepts_nothing():
     t = calibrate_thresholds(np.array([0.9, 0.1]), np.array([0, 1]), "target-precision", 0.9)
     assert t[0] > 0.9
+    # float32 sigmoids reach exactly 1.0 (logits above ~17): "nothing" must be above those too
+    scores = np.array([1.0, 1.0, 1.0, 1.0, 0.3, 0.2], dtype=np.float32)
+    t = calibrate_thresholds(scores, np.array([1, 0, 0, 0, 0, 1]), "target-precision", 0.95)
+    assert not (scores >= t[0]).any()
 
 
 def test_uncalibratable_class_keeps_default(caplog):
