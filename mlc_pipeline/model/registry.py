@@ -47,6 +47,9 @@ def variant_name(head: str, other_mode: str) -> str:
 
 
 def latest_name(models_dir: Path) -> str | None:
+    pointer = models_dir / POINTER
+    if pointer.is_dir():        # a link to the bundle's folder, made by hand: its folder's name
+        return pointer.resolve().name
     try:
         return (models_dir / POINTER).read_text().strip() or None
     except FileNotFoundError:
@@ -68,13 +71,14 @@ def latest_bundle(models_dir: Path) -> Path | None:
 def resolve_bundle(spec: str, models_dir: Path) -> Path:
     """`latest`, a bundle folder, or a bundle name under `models_dir`."""
     if spec == "latest":
+        path = latest_bundle(models_dir)
+        if path is not None:
+            return path
         name = latest_name(models_dir)
         if name is None:
             raise RegistryError(f"no {models_dir / POINTER}: no model trained or promoted there yet "
                                 f"(train one, or pass -c CONFIG for another data root)")
-        if not (models_dir / name).is_dir():
-            raise RegistryError(f"{models_dir / POINTER} names {name!r}, which is not a folder under {models_dir}")
-        return models_dir / name
+        raise RegistryError(f"{models_dir / POINTER} names {name!r}, which is not a folder under {models_dir}")
     if Path(spec).is_dir():
         return Path(spec)
     if "/" not in spec and (models_dir / spec).is_dir():
@@ -108,7 +112,8 @@ def list_bundles(models_dir: Path) -> list[BundleInfo]:
     if not models_dir.is_dir():
         return []
     latest = latest_name(models_dir)
-    folders = [p for p in models_dir.iterdir() if p.is_dir() and ".tmp-" not in p.name and (p / "bundle.json").exists()]
+    folders = [p for p in models_dir.iterdir()
+               if p.is_dir() and p.name != POINTER and ".tmp-" not in p.name and (p / "bundle.json").exists()]
     infos = [read_info(p, latest) for p in folders]
     return sorted(infos, key=lambda i: (i.created_at, i.name))
 

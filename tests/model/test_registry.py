@@ -104,3 +104,18 @@ def test_latest_without_a_pointer_is_one_line(tmp_path):
     r = mlc("predict", "--model", "latest", "-c", str(write_config(tmp_path / "c.yaml", tmp_path / "d", tmp_path)),
             "x.jpg")
     assert r.returncode == 2 and "LATEST" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_latest_as_a_link_to_the_folder_is_followed_everywhere(root):
+    """latest_bundle followed a LATEST link; `latest` as a name (predict) and the listing crashed on
+    it (IsADirectoryError) and listed LATEST itself as a bundle. Promote writes the file again."""
+    from mlc_pipeline.model.registry import latest_bundle
+    _, models = root
+    (models / "LATEST").unlink()
+    (models / "LATEST").symlink_to(SOFTMAX)
+    assert resolve_bundle("latest", models).resolve() == latest_bundle(models) == (models / SOFTMAX).resolve()
+    infos = list_bundles(models)
+    assert [i.name for i in infos] == [SIGMOID, SOFTMAX, BROKEN]
+    assert [i.name for i in infos if i.latest] == [SOFTMAX]
+    assert promote(SIGMOID, models) == (SOFTMAX, SIGMOID)
+    assert (models / "LATEST").read_text() == SIGMOID + "\n" and not (models / "LATEST").is_symlink()
