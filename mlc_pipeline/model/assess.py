@@ -62,5 +62,7 @@ def write_scores(path: str | Path, rows, probs: np.ndarray, vocab: list[str]) ->
     keep = [c for c in ("path", "split", "labels", "query", "photo_id") if c in rows.columns]
     out = rows[keep].copy()
     for j, name in enumerate(vocab):
-        out[SCORE_PREFIX + name] = np.round(probs[:, j].astype(float), 5)
+        # Exact (a float32 is exact as a float64, whose repr reads back the same): rounded, a score
+        # next to its threshold could be decided otherwise by the report than by metrics.json.
+        out[SCORE_PREFIX + name] = probs[:, j].astype(float)
     write_text_atomic(Path(path), out.to_csv(index=False))

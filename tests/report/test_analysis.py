@@ -26,6 +26,18 @@ def test_a_trained_bundle_carries_the_scores_of_every_test_and_probe_image(train
     assert int(s.probe.sum()) == test["n_probe"] and len(s.rows) == test["n_labelled"] + test["n_unknown"] + test["n_probe"]
 
 
+def test_scores_are_written_exactly_so_the_report_decides_as_training_did(tmp_path):
+    """Rounded to 5 decimals, 0.999996 read back as 1.0: above a threshold of 0.999998 in the
+    report, below it in metrics.json (saturated scores sit right there)."""
+    import pandas as pd
+    from mlc_pipeline.model.assess import write_scores
+    probs = np.array([[0.999996, 0.1], [1 / 3, 0.9999999]], dtype=np.float32)
+    rows = pd.DataFrame({"path": ["a.jpg", "b.jpg"], "split": ["test", "probe"], "labels": ["x", ""]})
+    write_scores(tmp_path / SCORES_FILE, rows, probs, ["x", "other"])
+    back = pd.read_csv(tmp_path / SCORES_FILE)[[SCORE_PREFIX + "x", SCORE_PREFIX + "other"]].to_numpy()
+    assert np.array_equal(back, probs.astype(float))
+
+
 def test_precision_and_recall_at_the_thresholds_match_the_recorded_metrics(trained_shapes_bundle):
     _, bundle = trained_shapes_bundle
     s = load_scored(bundle)
