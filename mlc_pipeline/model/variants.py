@@ -164,8 +164,9 @@ def train_version(cfg: Config, dataset_dir: str | Path, tag: str = "", variant: 
 
 
 def alternative_variants(cfg: Config) -> list[str]:
-    """The VARIANTS other than the configured product model."""
-    product = {"head": cfg.train.head, "other_mode": cfg.train.other_mode}
+    """The VARIANTS other than the configured product model (compared as trained: a softmax's
+    "other" is always a class, whatever other_mode says)."""
+    product = {"head": cfg.train.head, "other_mode": train_config(cfg).effective_other_mode}
     return [name for name, spec in VARIANTS.items() if spec != product]
 
 

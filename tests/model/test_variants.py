@@ -90,3 +90,15 @@ def test_one_name_per_head_for_bundles_variants_and_reports():
     cfg = Config(classes={"a": {"queries": ["a"], "count": 1}}, other={"queries": ["o"], "count": 1},
                  train={"head": "softmax", "other_mode": "negative"})
     assert variant_name(cfg.train.head, train_config(cfg).effective_other_mode) == "softmax-other-class"
+
+
+def test_the_alternatives_never_train_the_product_again():
+    """head softmax with other_mode negative trains a softmax with an "other" class: comparing the
+    configured other_mode listed the product itself as an alternative (a second full training)."""
+    from mlc_pipeline.model.variants import alternative_variants
+    for head, other_mode, product in (("softmax", "negative", "softmax-other-class"),
+                                      ("sigmoid", "negative", "sigmoid-negatives"),
+                                      ("sigmoid", "class", "sigmoid-other-class")):
+        cfg = Config(classes={"a": {"queries": ["a"], "count": 1}}, other={"queries": ["o"], "count": 1},
+                     train={"head": head, "other_mode": other_mode})
+        assert product not in alternative_variants(cfg) and len(alternative_variants(cfg)) == 2
