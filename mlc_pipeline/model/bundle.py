@@ -20,16 +20,18 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import pickle
 import shutil
 import types
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mlc_pipeline.fsutil import sha256_file
+from mlc_pipeline.fsutil import pid_alive, remove_dead_leftovers, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -136,3 +138,35 @@ legacy_pickle = types.ModuleType("mlc_legacy_pickle")
 legacy_pickle.__dict__.update({k: getattr(pickle, k) for k in dir(pickle) if not k.startswith("__")})
 legacy_pickle.Unpickler = _LegacyUnpickler
 legacy_pickle.load = lambda f, **kw: _LegacyUnpickler(f, **kw).load()
+
+
+# ---------------------------------------------------------------- writing a bundle into place
+
+def remove_stale_tmp_dirs(parent: Path) -> list[Path]:
+    """Delete half-written bundles (`*.tmp-<pid>-*`) whose writer is gone (killed, e.g. kill -9)."""
+    removed = remove_dead_leftovers([p for p in parent.glob("*.tmp-*-*") if p.is_dir()],
+                                    lambda p: p.name.rsplit(".tmp-", 1)[1].split("-", 1)[0])
+    for path in removed:
+        log.info("removed %s, left by a training that did not finish", path)
+    # A replaced bundle (overwrite=True) is renamed `<name>.old-<pid>-*` before the new one takes
+    # its name; a writer killed in between left the old one there and no `<name>`: it goes back.
+    for old in sorted(p for p in parent.glob("*.old-*-*") if p.is_dir()):
+        name, _, tail = old.name.rpartition(".old-")
+        pid = tail.split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            if (parent / name).exists():
+                shutil.rmtree(old)
+            else:
+                old.rename(parent / name)
+                log.warning("put %s back: the training that was replacing it did not finish", parent / name)
+    return removed
+
+
+def move_into_place(tmp_dir: Path, out_dir: Path) -> None:
+    if out_dir.exists():  # overwrite: swap, so a reader sees the old or the new bundle, never neither
+        old = out_dir.parent / f"{out_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        out_dir.rename(old)
+        tmp_dir.rename(out_dir)
+        shutil.rmtree(old)
+    else:
+        tmp_dir.rename(out_dir)

@@ -113,7 +113,8 @@ def list_bundles(models_dir: Path) -> list[BundleInfo]:
         return []
     latest = latest_name(models_dir)
     folders = [p for p in models_dir.iterdir()
-               if p.is_dir() and p.name != POINTER and ".tmp-" not in p.name and (p / "bundle.json").exists()]
+               if p.is_dir() and p.name != POINTER and ".tmp-" not in p.name and ".old-" not in p.name
+               and (p / "bundle.json").exists()]
     infos = [read_info(p, latest) for p in folders]
     return sorted(infos, key=lambda i: (i.created_at, i.name))
 

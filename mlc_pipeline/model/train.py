@@ -37,7 +37,7 @@ from mlc_pipeline import __version__
 from mlc_pipeline.model import nets
 from mlc_pipeline.model.losses import CLASS_AND_NOT_OTHER, PLAIN_SIGMOID, ClassAndNotOtherBCE
 from mlc_pipeline.model.options import TrainConfig
-from mlc_pipeline.model.bundle import export_learner
+from mlc_pipeline.model.bundle import export_learner, move_into_place, remove_stale_tmp_dirs
 from mlc_pipeline import progress
 from mlc_pipeline.model.learner import (
     CPUBFloat16, EpochBar, LossHistory, ProgressiveResize, SmoothTargets, SparseValidation,
@@ -47,7 +47,7 @@ from mlc_pipeline.model.budget import FitToBudget, TimeBudget
 from mlc_pipeline.model.precision import training_precision
 from mlc_pipeline.manifest import read_manifest_frame
 from mlc_pipeline.model.plots import plot_curves, plot_losses
-from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file
+from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.model.weights import load_backbone_weights, resolve_continued, resolve_training
 from mlc_pipeline.model.metrics import (
     OTHER, calibrate_thresholds, cap_cost_warning, capping_path, evaluate, pick_capped,
@@ -294,7 +294,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         plot_losses(history, tmp_dir / "loss.png", title=f"{cfg.arch} {cfg.head}/{cfg.effective_other_mode}")
         if test_metrics.get("curve"):
             plot_curves({out_dir.name: test_metrics["curve"]}, tmp_dir / "curve.png")
-        _move_into_place(tmp_dir, out_dir)
+        move_into_place(tmp_dir, out_dir)
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir)
@@ -365,25 +365,6 @@ def _mined_valid_mask(rows) -> np.ndarray:
     if "mined_round" not in valid.columns:     # manifests written before mining existed
         return np.zeros(len(valid), dtype=bool)
     return (valid["mined_round"] != "").to_numpy()     # read as strings, no NaN (read_manifest_frame)
-
-
-def remove_stale_tmp_dirs(parent: Path) -> list[Path]:
-    """Delete half-written bundles (`*.tmp-<pid>-*`) whose writer is gone (killed, e.g. kill -9)."""
-    removed = remove_dead_leftovers([p for p in parent.glob("*.tmp-*-*") if p.is_dir()],
-                                    lambda p: p.name.rsplit(".tmp-", 1)[1].split("-", 1)[0])
-    for path in removed:
-        log.info("removed %s, left by a training that did not finish", path)
-    return removed
-
-
-def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
-    if out_dir.exists():  # overwrite: swap, so a reader sees the old or the new bundle, never neither
-        old = out_dir.parent / f"{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        out_dir.rename(old)
-        tmp_dir.rename(out_dir)
-        shutil.rmtree(old)
-    else:
-        tmp_dir.rename(out_dir)
 
 
 def available_cores() -> int:

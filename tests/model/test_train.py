@@ -520,7 +520,7 @@ def test_manifest_reading(tmp_path):
 def test_half_written_bundles_of_dead_writers_are_removed(tmp_path):
     import os
     import subprocess
-    from mlc_pipeline.model.train import remove_stale_tmp_dirs
+    from mlc_pipeline.model.bundle import remove_stale_tmp_dirs
     dead = subprocess.Popen(["true"])
     dead.wait()  # reaped: its pid names no process now
     stale = tmp_path / f"m1.tmp-{dead.pid}-abcd1234"
@@ -531,6 +531,26 @@ def test_half_written_bundles_of_dead_writers_are_removed(tmp_path):
         (d / "export.pkl").write_bytes(b"x")
     assert remove_stale_tmp_dirs(tmp_path) == [stale]
     assert not stale.exists() and live.is_dir() and bundle.is_dir()
+
+
+def test_a_bundle_replaced_by_a_killed_writer_comes_back(tmp_path):
+    """overwrite=True renames the old bundle aside, then the new one into its name; a writer killed
+    between the two left neither under the name: the old one is put back, and never listed aside."""
+    import os
+    import subprocess
+    from mlc_pipeline.model.registry import list_bundles
+    from mlc_pipeline.model.bundle import remove_stale_tmp_dirs
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    interrupted = tmp_path / f"m1.old-{dead.pid}-abcd1234"        # its new bundle never took the name
+    finished = tmp_path / f"m2.old-{dead.pid}-abcd1234"           # swapped, but not yet deleted
+    replacing = tmp_path / f"m3.old-{os.getpid()}-abcd1234"       # a live writer's, mid-swap
+    for d in (interrupted, finished, tmp_path / "m2", replacing):
+        d.mkdir()
+        (d / "bundle.json").write_text("{}")
+    assert [b.name for b in list_bundles(tmp_path)] == ["m2"]
+    remove_stale_tmp_dirs(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m1", "m2", replacing.name]
 
 
 def test_training_pictures_are_decoded_once_within_a_budget_and_never_pickled(tmp_path):
