@@ -121,6 +121,8 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
             cap = max_per_round(settings, catalog)
             for e in to_add[cap:]:
                 e["decision"] = "over-cap"
+            # The record first: stopped after the moves, a rerun could not rebuild it (the images moved).
+            write_csv(Path(bundle_dir) / "mined.csv", candidates, MINED_COLUMNS)
             with catalog.transaction():
                 for e in candidates:
                     if e["decision"] == "added":
@@ -142,7 +144,6 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
             catalog.finish_run(run_id, run_end_status(exc), {"error": type(exc).__name__})
             raise
     write_csv(Path(bundle_dir) / "review.csv", result.review, REVIEW_COLUMNS)
-    write_csv(Path(bundle_dir) / "mined.csv", candidates, MINED_COLUMNS)
     progress.summary(f"mine round {round_no}: {model}", [
         ("pool images scored", result.scored), ("accepted as a class", len(candidates)),
         ("hard negatives added", result.added), ("held for review", len(result.held)),

@@ -253,3 +253,24 @@ def test_an_interrupted_round_is_recorded_as_interrupted(tmp_path, monkeypatch):
     with Catalog(cfg.catalog_path) as catalog:
         [run] = [r for r in catalog.runs() if r["command"] == "mine-1"]
     assert run["status"] == "interrupted"
+
+
+def test_a_round_stopped_after_its_moves_keeps_their_record(tmp_path, monkeypatch):
+    """mined.csv (every decision, with its score: what a user reads to undo a round) is written before
+    the catalog moves: stopped after them, a rerun could not rebuild it (the images have moved)."""
+    import shutil
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(trained_bundle()[1], bundle_dir)
+    cfg, *_ = _planted_world(tmp_path, max_per_round=100)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("mlc_pipeline.model.mine.review_class_images", interrupted)   # runs after the moves
+    with pytest.raises(KeyboardInterrupt):
+        mine_round(cfg, bundle_dir, round_no=1)
+    with Catalog(cfg.catalog_path) as catalog:
+        moved = {r["id"] for r in catalog.candidates("mined_round=1")}
+    with open(bundle_dir / "mined.csv", newline="") as f:
+        recorded = {int(r["candidate_id"]) for r in csv.DictReader(f) if r["decision"] == "added"}
+    assert moved and recorded == moved
