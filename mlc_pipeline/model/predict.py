@@ -157,6 +157,15 @@ def _probabilities(learn, images: list, batch_size: int) -> np.ndarray:
     return batch_probs.float().numpy()
 
 
+def mirrored_probabilities(learn, paths: list, batch_size: int) -> np.ndarray:
+    """The mirror images' probabilities, decoded `batch_size` at a time: training's test-time-flip
+    half for its validation images (the plain half comes from its own loader)."""
+    from fastai.vision.core import PILImage
+    parts = [_probabilities(learn, [_mirror(PILImage.create(p)) for p in paths[i:i + batch_size]], batch_size)
+             for i in range(0, len(paths), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, len(learn.dls.vocab)), dtype=np.float32)
+
+
 def _mirror(image):
     from fastai.vision.core import PILImage
     from PIL import Image

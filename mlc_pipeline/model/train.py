@@ -53,6 +53,7 @@ from mlc_pipeline.model.metrics import (
     OTHER, calibrate_thresholds, cap_cost_warning, capping_path, evaluate, pick_capped,
 )
 from mlc_pipeline.model.assess import SCORES_FILE, evaluate_loaded_bundle
+from mlc_pipeline.model.predict import mirrored_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,10 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
 
     # Calibrate on valid: these images were not trained on, the test split stays untouched.
     valid_probs, valid_targets = _valid_predictions(learn, cfg, vocab)
+    if cfg.tta:
+        # Every scorer of the bundle averages in the mirror image (predict.py): so must calibration.
+        valid_probs = (valid_probs + mirrored_probabilities(learn, list(rows.loc[rows["is_valid"], "abs_path"]),
+                                                            max(cfg.batch_size, 64))) / 2
     # Not stopped at the first NaN loss (fastai's TerminateOnNaN): on CUDA a float16 overflow batch
     # is skipped by the grad scaler and the fit goes on fine. Only scores that are not numbers fail it.
     if not np.isfinite(valid_probs).all():

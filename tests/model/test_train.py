@@ -728,3 +728,24 @@ def test_cosine_head_scores_directions_only_and_continuations_keep_it(tmp_path):
     assert type(load_bundle(tmp_path / "d").learn.model[1][-1]) is torch.nn.Linear
     with pytest.raises(ValueError, match="cosine_head"):
         TrainConfig(arch="resnet18", cosine_head=16.0)
+
+
+def test_test_time_flips_calibrate_on_the_scores_they_are_used_with(tmp_path, monkeypatch):
+    """With tta, every scorer averages in the mirror image; thresholds fitted on plain scores did not
+    hold the cap on the scores actually used. Calibration now sees what score_paths gives."""
+    import mlc_pipeline.model.train as train
+    from mlc_pipeline.model.bundle import load_bundle
+    from mlc_pipeline.model.predict import score_paths
+    seen, real = {}, train.calibrate_thresholds
+
+    def calibrate(probs, *args, **kwargs):      # the real calibration, watched
+        seen["probs"] = probs
+        return real(probs, *args, **kwargs)
+
+    monkeypatch.setattr(train, "calibrate_thresholds", calibrate)
+    manifest = _small_dataset(tmp_path)
+    train_model(manifest, tmp_path / "b", TrainConfig(image_size=32, epochs=2, batch_size=8, threads=1, tta=True,
+                                                      pretrained="none"))
+    df = read_manifest_frame(manifest)
+    valid = list(df.loc[df["split"] == "valid", "abs_path"])
+    np.testing.assert_allclose(seen["probs"], score_paths(load_bundle(tmp_path / "b"), valid), atol=1e-4)
