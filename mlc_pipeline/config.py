@@ -33,7 +33,7 @@ RESTRICTED_LICENSES = {0: "All Rights Reserved", 1: "CC BY-NC-SA 2.0", 2: "CC BY
                        16: "CC BY-NC-ND 4.0"}
 
 URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://")          # data_dir: s3://bucket/prefix (any fsspec URL)
-SECRET_OPTION_RE = re.compile(r"^(key|token)$|secret|password|access_key|session_token|credential", re.I)
+SECRET_OPTION_RE = re.compile(r"key$|token|secret|password|access_key|credential|connection_string", re.I)
 
 log = logging.getLogger(__name__)
 
@@ -255,9 +255,9 @@ class Config(Strict):
             return [k for k, v in d.items() for k in [str(k), *(keys(v) if isinstance(v, dict) else [])]]
         secret = sorted(k for k in keys(options) if SECRET_OPTION_RE.search(k))
         if secret:
-            raise ValueError(f"{secret} look like credentials, which must not live in the config (it is copied "
-                             "into every model bundle): set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or your "
-                             "store's variables) in the environment")
+            raise ValueError(f"{secret} look like credentials, which must not live in the config (flows log it "
+                             "and record it in run artifacts): set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or "
+                             "your store's variables) in the environment")
         return options
 
     @field_validator("classes")
@@ -364,7 +364,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> Config:
         raise ConfigError(f"config: {path} must hold a YAML mapping (key: value lines), "
                           f"not a {type(data).__name__}")
     overrides = dict(overrides or {})
-    if isinstance(overrides.get("data_dir"), str):
+    if isinstance(overrides.get("data_dir"), str) and not URL_RE.match(overrides["data_dir"]):   # s3://... stays
         overrides["data_dir"] = str(Path.cwd() / overrides["data_dir"])   # an absolute path stays as it is
     data = deep_merge(data or {}, overrides)
     return parse_config(data, path.resolve().parent)

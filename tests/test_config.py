@@ -4,7 +4,7 @@ import pytest
 
 from pathlib import Path
 
-from mlc_pipeline.config import ConfigError, load_config, parse_overrides
+from mlc_pipeline.config import ConfigError, load_config, parse_config, parse_overrides
 
 GOOD = """
 data_dir: data
@@ -139,6 +139,9 @@ def test_relative_data_dir_is_taken_from_the_config_files_folder(tmp_path, monke
     # a path typed on the command line is the exception: it is taken from the current directory
     assert load_config(write(tmp_path / "project", GOOD), parse_overrides(["data_dir=mine"])).data_dir == \
         (elsewhere / "mine").resolve()
+    # an object-store URL typed there is no path: it stays a URL (it became <cwd>/s3:/bucket, local)
+    cfg = load_config(write(tmp_path / "project", GOOD), parse_overrides(["data_dir=s3://bucket/prefix"]))
+    assert cfg.data_url == "s3://bucket/prefix" and "s3:" not in str(cfg.data_dir)
 
 
 def test_shipped_configs_use_the_repository_data_folder(monkeypatch, tmp_path):
@@ -152,3 +155,14 @@ def test_set_with_bad_yaml_is_one_line():
     with pytest.raises(ConfigError) as err:
         parse_overrides(["train.epochs=[1"])
     assert "train.epochs=[1" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_store_credentials_of_any_fsspec_backend_are_refused_in_the_config(tmp_path):
+    """Azure's account_key / sas_token / connection_string passed as no credentials; given as flow
+    overrides they reached the flow log and the run artifact."""
+    classes = {"classes": {"a": {"queries": ["a"], "count": 1}}, "other": {"queries": ["o"], "count": 1}}
+    for name in ("account_key", "sas_token", "connection_string", "client_secret", "private_key", "token"):
+        with pytest.raises(ConfigError, match=f"storage_options.*{name}.*credentials"):
+            parse_config({"data_dir": "abfs://c/p", "storage_options": {name: "x"}, **classes}, tmp_path)
+    kept = {"endpoint_url": "http://127.0.0.1:1", "s3_additional_kwargs": {"SSEKMSKeyId": "alias/x"}, "anon": False}
+    assert parse_config({"data_dir": "s3://b/p", "storage_options": kept, **classes}, tmp_path).storage_options == kept
