@@ -301,3 +301,39 @@ def test_a_change_of_limits_judges_cached_verdicts_again_both_ways(tmp_path):
     again = curate(strict)             # the same limits: the cache holds
     assert (again.inspected, again.rejudged) == (0, 0)
     assert curate(loose).inspected == 2 and state() == {name: ("accepted", None) for name in sizes}
+
+
+def test_build_leaves_out_a_missing_or_damaged_file_and_records_why(tmp_path):
+    """An accepted image whose file is gone, or no longer decodes, does not end the build: it is left
+    out, recorded in the catalog the way curate records a missing file (the next collect downloads it
+    again), and counted in the build's result; the other images are published."""
+    from mlc_pipeline.catalog import Found
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), "classes": {"ants": {"queries": ["ants"], "count": 5}},
+                        "other": {"queries": ["x"], "count": 5}})
+    photos = sorted(FIXTURES.glob("ants/*.jpg"))[:4]
+    with Catalog(cfg.catalog_path) as c:
+        run = c.start_run("plant")
+        c.upsert_found([Found("flickr", f"p{i}", "train", "ants", "ants", f"http://h/{i}", "url_m", None, None, 4,
+                              "CC BY 2.0", "o", "o", "t", None, None, "ants") for i in range(len(photos))], run)
+        for i, photo in enumerate(photos):
+            dest = cfg.layout.raw("flickr") / f"p{i}.jpg"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(photo, dest)
+            c.set_status(c.get_by_photo("flickr", f"p{i}")["id"], "downloaded", None, run, "download",
+                         file_path=str(dest))
+    assert curate(cfg).accepted == 4
+    raw = cfg.layout.raw("flickr")
+    (raw / "p0.jpg").unlink()                                           # gone
+    data = (raw / "p1.jpg").read_bytes()
+    (raw / "p1.jpg").write_bytes(data[: len(data) // 2])                # damaged since curation
+    res = build_dataset(cfg)
+    assert res.published and res.skipped == {"file-missing": 1, "file-unreadable": 1}
+    assert sorted(r["photo_id"] for r in read_manifest(res.path / "manifest.csv")) == ["p2", "p3"]
+    with Catalog(cfg.catalog_path) as c:
+        got = {r["photo_id"]: (r["status"], r["reason"]) for r in c.candidates()}
+        events = c.events(c.get_by_photo("flickr", "p0")["id"])
+    assert got["p0"] == ("failed", "transient:file-missing")
+    assert got["p1"] == ("failed", "transient:file-unreadable:OSError")
+    assert events[-1]["stage"] == "build"
+    again = build_dataset(cfg)                  # the catalog no longer offers them: nothing to skip
+    assert not again.published and again.version == res.version and again.skipped == {}
