@@ -131,13 +131,13 @@ def judged_on_record(row: dict, limits: VerifyLimits) -> bool:
 
 
 def record_verdict(cfg: Config, catalog: Catalog, row: dict, reason: str | None, run_id: str) -> None:
-    """Quarantine a file that failed (again, or for another reason); a rejected one that passes now
-    is a downloaded file again, for duplicate resolution to decide (it stays where it lies)."""
+    """Quarantine a file that failed (again, or for another reason); one rejected for a limit that
+    passes now is a downloaded file again, for duplicate resolution to decide (it stays where it lies)."""
     if reason and (row["status"], row["reason"]) != ("rejected", reason):
         moved = quarantine(Path(row["file_path"]), cfg.data_dir, reason)
         catalog.set_status(row["id"], "rejected", reason, run_id, "curate", file_path=str(moved))
         row.update(status="rejected", reason=reason, file_path=str(moved))
-    elif reason is None and row["status"] == "rejected":
+    elif reason is None and row["status"] == "rejected" and (row["reason"] or "").split(":")[0] in LIMIT_REASONS:
         log.info("candidate %s passes the current limits (was rejected: %s)", row["id"], row["reason"])
         catalog.set_status(row["id"], "downloaded", None, run_id, "curate")
         row.update(status="downloaded", reason=None)
