@@ -55,6 +55,9 @@ def cmd_build(args) -> int:
     state = ("published" if res.published else
              "unchanged (identical to the latest version, its files verified; not published again)")
     print(f"dataset {res.name} {res.version}: {state}\n  {res.path}\n  {res.counts['images']} images")
+    if res.skipped:
+        print("  left out (file gone or unreadable; the next collect downloads them again): " +
+              ", ".join(f"{reason} {n}" for reason, n in sorted(res.skipped.items())))
     if res.published:
         from mlc_pipeline.report.inspect import dataset_summary
         diff = dataset_summary(cfg, res.version)["diff"]

@@ -8,7 +8,8 @@ overwrite it. It writes two things instead:
   review_overrides  per candidate, what the review decided: `labels` (replaces the curated labels)
                     and `include` ('accepted' puts a rejected or duplicate image back in, 'rejected'
                     keeps an accepted one out). NULL means "as the catalog says".
-`mlc build` reads the overrides (`build_candidates`) and records which photos the review changed.
+`mlc build` reads the overrides (`build_candidates`) and records which photos the review changed; the
+labels it publishes are `effective_labels`, the rule the review app shows as "next build".
 Undo restores the state before an action; only the latest live action of an image can be undone, so
 an undo never erases a later write from another tab. Concurrent writers (two tabs, two `mlc review`
 processes, on either backend): each action is one transaction that first locks the image's candidate
@@ -143,7 +144,7 @@ def next_state(row: dict, before: dict, action: str, labels: list[str] | None, c
         if "other" in wanted and len(wanted) > 1:
             raise ReviewError("'other' means none of the classes: it cannot go with a class")
         new = " ".join(wanted) or "other"
-        return {**before, "labels": None if new == (row["curated_label"] or row["label"]) else new}
+        return {**before, "labels": None if new == effective_labels({**row, "review_labels": None}) else new}
     if action == "reject":
         if before["include"] == "rejected" or (row["status"] != "accepted" and before["include"] != "accepted"):
             raise ReviewError("already out of the dataset")
@@ -241,11 +242,23 @@ def recent_actions(catalog: Catalog, limit: int = 50) -> list[dict]:
 
 
 # --- what build uses -----------------------------------------------------------------------------
+def effective_labels(row: dict) -> str:
+    """The labels the next build publishes a candidate under ('other': none of the classes), the one
+    rule for the build and the review app: the review's labels (training images only), else the
+    curated ones, else the labels it was searched under. Curate leaves `curated_label` NULL on
+    duplicates and on images rejected at verification, so one that review puts back keeps its searched
+    class; a photo of the "other" set was searched as 'other' and stays a negative."""
+    reviewed = row.get("review_labels") if row.get("purpose") == "train" else None
+    return reviewed or row.get("curated_label") or row.get("label") or "other"
+
+
 def build_candidates(catalog: Catalog) -> list[dict]:
     """The candidates a version is built from, the review applied: accepted training and probe images
-    not rejected in review, plus those review put back; `curated_label` is the reviewed label."""
+    not rejected in review, plus those review put back; `curated_label` is the label published
+    (`effective_labels`)."""
     if not has_review_tables(catalog):
-        return catalog.candidates("status='accepted' AND purpose IN ('train', 'probe')")
+        return [{**c, "curated_label": effective_labels(c)}
+                for c in catalog.candidates("status='accepted' AND purpose IN ('train', 'probe')")]
     rows = catalog.db.execute(
         "SELECT c.*, o.labels AS review_labels, o.include AS review_include FROM candidates c "
         "LEFT JOIN review_overrides o ON o.candidate_id = c.id "
@@ -256,10 +269,8 @@ def build_candidates(catalog: Catalog) -> list[dict]:
     out = []
     for r in rows:
         c = {**dict(r), "file_path": catalog.usable_path(r["file_path"])}
-        labels = c.pop("review_labels")
-        c.pop("review_include")
-        if labels is not None and c["purpose"] == "train":
-            c["curated_label"] = labels
+        c["curated_label"] = effective_labels(c)
+        del c["review_labels"], c["review_include"]
         out.append(c)
     return out
 

@@ -38,6 +38,8 @@ CREATE TABLE IF NOT EXISTS candidates (
   verify_reason TEXT,               -- NULL when the file verified fine
   curated_label TEXT,               -- labels after duplicate-conflict resolution
   view_hashes TEXT,                 -- phashes of centre crops (hashing.view_phashes), comma-separated
+  verify_limits TEXT,               -- JSON: the limits verify_reason was decided under (verify.limits_key)
+  img_frames INTEGER,               -- frames in the file (the frame rule needs them to judge on record)
   mined_round INTEGER, mined_score REAL, mined_model TEXT,
   run_id TEXT, first_seen_at REAL NOT NULL, updated_at REAL NOT NULL,
   UNIQUE (source, photo_id)
@@ -57,7 +59,8 @@ CREATE TABLE IF NOT EXISTS removals (
 );
 """
 # Columns added after a catalog may have been created: (table, column, type), added when missing.
-ADDED_COLUMNS = (("candidates", "view_hashes", "TEXT"), ("candidates", "source_file", "TEXT"))
+ADDED_COLUMNS = (("candidates", "view_hashes", "TEXT"), ("candidates", "source_file", "TEXT"),
+                 ("candidates", "verify_limits", "TEXT"), ("candidates", "img_frames", "INTEGER"))
 # Tables in the order a copy fills them; those whose ids a database assigns (identity columns).
 TABLES = ("meta", "runs", "licenses", "candidates", "events", "removals")
 GENERATED_IDS = ("candidates", "events", "removals")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -70,6 +71,13 @@ def classify(exc: Exception) -> Exception:
     return exc
 
 
+def outline(value) -> str:
+    """What a malformed reply or entry held, for a message: its keys, never its values (no secrets)."""
+    if isinstance(value, dict):
+        return "keys: " + (", ".join(sorted(map(str, value))[:8]) or "none")
+    return f"a {type(value).__name__}"
+
+
 @dataclass(frozen=True)
 class Target:
     """What a query is collected for: the role (train | pool | probe) and the label it gives."""
@@ -90,6 +98,7 @@ class FlickrSource:
         self.limiter = RateLimiter(settings.max_calls_per_hour)
         self.license_names: dict[int, str] = {}
         self.static_host = static_host
+        self.skipped: Counter[str] = Counter()      # search results left out, by reason
 
     def current_url(self, url: str) -> str:
         """The bundled server may run on another port than when a URL was recorded (port 0, or a
@@ -100,13 +109,18 @@ class FlickrSource:
         return urlunsplit((parts.scheme, self.static_host, parts.path, parts.query, ""))
 
     # --- one API call, retried ---------------------------------------------------------------
-    def call(self, method: str, **params) -> dict:
+    def call(self, method: str, expect: str | None = None, **params) -> dict:
+        """`method` with retries. `expect`: the part of the reply the caller reads ("photos"); a reply
+        without it (a "stat: ok" with no payload) is a transient fault, retried like a 5xx."""
         def once() -> dict:
             self.limiter.acquire()
             try:
-                return getattr(self.api, method)(**params)
+                reply = getattr(self.api, method)(**params)
             except (FlickrError, requests.RequestException, ValueError) as exc:
                 raise classify(exc) from None
+            if expect is not None and not (isinstance(reply, dict) and isinstance(reply.get(expect), dict)):
+                raise Transient(f"a malformed reply: no {expect!r} in it ({outline(reply)})")
+            return reply
 
         r = self.settings.retry
         try:
@@ -120,8 +134,13 @@ class FlickrSource:
 
     def licenses(self) -> dict[int, tuple[str, str]]:
         """The current licence list (never hard-coded: older lists stop at 8)."""
-        reply = self.call("photos.licenses.getInfo")
-        out = {int(x["id"]): (str(x["name"]), str(x.get("url") or "")) for x in reply["licenses"]["license"]}
+        reply = self.call("photos.licenses.getInfo", expect="licenses")
+        entries = reply["licenses"].get("license") or []
+        out = {int(x["id"]): (str(x["name"]), str(x.get("url") or "")) for x in entries
+               if isinstance(x, dict) and as_int(x.get("id")) is not None and x.get("name")}
+        if len(out) < len(entries):
+            log.warning("flickr.photos.licenses.getInfo: %d licence entries without an id or a name skipped",
+                        len(entries) - len(out))
         self.license_names = {i: name for i, (name, _) in out.items()}
         return out
 
@@ -136,7 +155,7 @@ class FlickrSource:
             params["license"] = ",".join(str(i) for i in s.licenses)
         if window:
             params["min_upload_date"], params["max_upload_date"] = window
-        return self.call("photos.search", **params)["photos"]
+        return self.call("photos.search", expect="photos", **params)["photos"]
 
     def _windows(self, query: str, lo: int, hi: int) -> Iterator[tuple[tuple[int, int], dict]]:
         """Upload-date windows, newest first, each holding at most `result_cap` results.
@@ -159,9 +178,9 @@ class FlickrSource:
         seen: set[str] = set()
         page, reply = 1, first
         while True:
-            photos = reply.get("photo") or []
-            fresh = [p for p in photos if str(p.get("id")) not in seen]
-            if not fresh:
+            photos, skipped = self.usable_entries(query, page, reply.get("photo"))
+            fresh = [p for p in photos if str(p["id"]) not in seen]
+            if not fresh and not skipped:
                 return
             seen.update(str(p["id"]) for p in fresh)
             yield from fresh
@@ -170,6 +189,19 @@ class FlickrSource:
                 return
             page += 1
             reply = self._search_page(query, page, window)
+
+    def usable_entries(self, query: str, page: int, entries) -> tuple[list[dict], int]:
+        """A page's photo entries that name a photo, and how many did not (each logged and counted in
+        `skipped`: the search goes on without them)."""
+        usable, skipped = [], 0
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and entry.get("id") not in (None, ""):
+                usable.append(entry)
+                continue
+            skipped += 1
+            self.skipped["entry-without-id"] += 1
+            log.warning("query %r page %d: a result without a photo id skipped (%s)", query, page, outline(entry))
+        return usable, skipped
 
     def search(self, query: str, target: Target) -> Iterator[Found]:
         """Every photo a query reaches, as `Found` records, lazily (one API call per page)."""

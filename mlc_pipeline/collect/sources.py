@@ -1,7 +1,8 @@
 """Opening the configured source: Flickr, the bundled server (kind local), or a URL list (kind urls).
 
 Each gives the Collector (stage.py) an object with `name`, `search(query, target)`, `licenses()`,
-`current_url(url)` and `api_calls`, plus the image hosts its downloads may come from."""
+`current_url(url)`, `api_calls` and `skipped` (search results left out, by reason), plus the image
+hosts its downloads may come from."""
 
 from __future__ import annotations
 

@@ -49,6 +49,7 @@ class CollectSummary:
     rounds: int = 1                                           # collect -> curate rounds (collect_in_rounds)
     short: list[str] = field(default_factory=list)            # one line per short set, for people
     seconds: dict[str, float] = field(default_factory=dict)   # collect / curate time (collect_in_rounds)
+    search_skipped: dict[str, int] = field(default_factory=dict)  # malformed search results left out, by reason
 
 
 def targets(cfg: Config) -> list[tuple[Target, list[str], int]]:
@@ -305,6 +306,7 @@ def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int
                 log.info("resuming: %d candidates to retry from earlier runs", requeued)
             yield catalog, collector, summary
             summary.api_calls = source.api_calls
+            summary.search_skipped = dict(source.skipped)
             summary.max_connections_per_host = dict(collector.downloader.max_in_flight)
         except BaseException as exc:
             catalog.finish_run(run_id, run_end_status(exc), {"error": type(exc).__name__, **summary.__dict__})
@@ -312,7 +314,8 @@ def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int
         catalog.finish_run(run_id, "completed", summary.__dict__)
     bars.summary(f"collect {summary.run_id}", show=progress, rows=[
         ("API calls", summary.api_calls), ("new candidates", summary.found_new), ("downloaded", summary.downloaded),
-        ("failed", summary.failed), ("collect/curate rounds", summary.rounds if summary.rounds > 1 else None),
+        ("failed", summary.failed), ("search results skipped (malformed)", summary.search_skipped or None),
+        ("collect/curate rounds", summary.rounds if summary.rounds > 1 else None),
         ("queries exhausted", ", ".join(summary.exhausted)), ("short sets", "\n".join(summary.short))])
 
 

@@ -1,8 +1,12 @@
 """Curate: verify every downloaded file, hash it, quarantine the bad, resolve duplicates.
 
 Verification and hashes are cached in the catalog against the file's sha256, so an unchanged file
-is never decoded twice. Duplicate resolution is recomputed on every run over everything that
-verified, because a new image can change which copy of a group is the best one.
+is never decoded twice. A verdict also holds only for the limits it was reached under (min_side,
+max_aspect, max_pixels, max_image_bytes: `verify_limits`): when they change, an image that verified
+is judged again on its recorded size, bytes and frames (no decoding), and one rejected for a limit
+(too-small, extreme-aspect, ...) is inspected again, so that it can come back. Duplicate resolution
+is recomputed on every run over everything that verified, because a new image can change which copy
+of a group is the best one.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from mlc_pipeline.curate.hashing import FileRecord, hex_to_uint64, inspect_files
 from mlc_pipeline.executor import cluster_address, map_chunks
 from mlc_pipeline.curate.neardup import find_pairs
 from mlc_pipeline.curate.similarity import CONFIRM, FileSimilarity
-from mlc_pipeline.curate.verify import VerifyLimits
+from mlc_pipeline.curate.verify import LIMIT_REASONS, VerifyLimits, limits_key, recorded_reason
 
 log = logging.getLogger(__name__)
 PURPOSE_PRIORITY = ("train", "probe", "pool")   # a duplicate across purposes stays in the first
@@ -37,6 +41,7 @@ class CurateSummary:
     run_id: str
     inspected: int = 0
     reused: int = 0
+    rejudged: int = 0          # judged again on their recorded size: the limits changed
     accepted: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     duplicates: dict[str, int] = field(default_factory=dict)
@@ -72,11 +77,20 @@ def quarantine(path: Path, data_dir: Path, reason: str) -> Path:
 
 
 def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str, summary: CurateSummary) -> None:
-    """Inspect the files whose cached results are missing or stale; quarantine the failures."""
+    """Inspect the files whose cached results are missing or stale; quarantine the failures. A
+    verdict reached under other limits is judged again: on the recorded numbers when the file
+    verified and they were recorded, else by inspecting the file again."""
+    limits = limits_of(cfg)
+    key = limits_key(limits)
     # Rows hashed before the crop views existed (view_hashes NULL) are hashed again, once.
     todo = [r for r in rows if r["hashed_sha256"] != r["sha256"] or r["hashed_sha256"] is None
             or (r["verify_reason"] is None and r["view_hashes"] is None)]
+    in_todo = {r["id"] for r in todo}
+    stale = [r for r in rows if r["id"] not in in_todo and r["verify_limits"] != key]
+    on_record = [r for r in stale if judged_on_record(r, limits)]
+    todo += [r for r in stale if not judged_on_record(r, limits)]
     summary.reused = len(rows) - len(todo)
+    summary.rejudged = len(on_record)
     paths = [r["file_path"] for r in todo]
     with progress.bar("verify + hash", total=len(paths), unit="files") as bar:
         records = inspect_spread(cfg, paths, advance=bar.advance) if paths else []
@@ -84,7 +98,9 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
     with catalog.transaction():
         for row, rec in zip(todo, records):
             fields = dict(phash=rec.phash, view_hashes=rec.view_hashes, img_width=rec.width, img_height=rec.height,
-                          verify_reason=rec.reason)
+                          img_frames=rec.frames, verify_reason=rec.reason, verify_limits=key)
+            if rec.n_bytes is not None:
+                fields["bytes"] = rec.n_bytes
             if rec.sha256 and rec.sha256 != row["sha256"]:
                 # The bytes on disk are the truth: a file recorded without a hash, or changed since
                 # its download, is judged (and deduplicated) by what it holds now.
@@ -95,10 +111,41 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
             fields["hashed_sha256"] = fields.get("sha256", row["sha256"])
             catalog.update_fields(row["id"], **fields)
             row.update(fields)
-            if rec.reason:
-                moved = quarantine(Path(row["file_path"]), cfg.data_dir, rec.reason)
-                catalog.set_status(row["id"], "rejected", rec.reason, run_id, "curate", file_path=str(moved))
-                row.update(status="rejected", reason=rec.reason, file_path=str(moved))
+            record_verdict(cfg, catalog, row, rec.reason, run_id)
+        for row in on_record:
+            reason = recorded_reason(row["img_width"], row["img_height"], row["bytes"], row["img_frames"] or 1, limits)
+            catalog.update_fields(row["id"], verify_reason=reason, verify_limits=key)
+            row.update(verify_reason=reason, verify_limits=key)
+            record_verdict(cfg, catalog, row, reason, run_id)
+
+
+def judged_on_record(row: dict, limits: VerifyLimits) -> bool:
+    """Whether the limits' verdict on `row` can come from its recorded numbers: it verified, and its
+    size and bytes are recorded, and its frame count too unless no count of frames could break the
+    frame rule (rows inspected before frames were recorded)."""
+    if row["verify_reason"] is not None or None in (row["img_width"], row["img_height"], row["bytes"]):
+        return False
+    pixels = row["img_width"] * row["img_height"]
+    return row["img_frames"] is not None or (
+        limits.max_frames * pixels <= limits.max_frame_pixels_factor * limits.max_pixels)
+
+
+def record_verdict(cfg: Config, catalog: Catalog, row: dict, reason: str | None, run_id: str) -> None:
+    """Quarantine a file that failed (again, or for another reason); one rejected for a limit that
+    passes now is a downloaded file again, for duplicate resolution to decide (it stays where it lies)."""
+    if reason and (row["status"], row["reason"]) != ("rejected", reason):
+        moved = quarantine(Path(row["file_path"]), cfg.data_dir, reason)
+        catalog.set_status(row["id"], "rejected", reason, run_id, "curate", file_path=str(moved))
+        row.update(status="rejected", reason=reason, file_path=str(moved))
+    elif reason is None and row["status"] == "rejected" and (row["reason"] or "").split(":")[0] in LIMIT_REASONS:
+        log.info("candidate %s passes the current limits (was rejected: %s)", row["id"], row["reason"])
+        catalog.set_status(row["id"], "downloaded", None, run_id, "curate")
+        row.update(status="downloaded", reason=None)
+
+
+def limit_rejected(row: dict, key: str) -> bool:
+    """A file rejected at verification for a limit other than the current ones: it may pass now."""
+    return (row["verify_reason"] or "").split(":")[0] in LIMIT_REASONS and row["verify_limits"] != key
 
 
 def inspect_spread(cfg: Config, paths: list[str], advance=None) -> list[FileRecord]:
@@ -251,7 +298,9 @@ def curate(cfg: Config) -> CurateSummary:
         summary = CurateSummary(run_id)
         try:
             rows = catalog.candidates(f"status IN ({','.join('?' * len(FILE_STATUSES))})", FILE_STATUSES)
-            rows = [r for r in rows if r["status"] != "rejected" or r["verify_reason"] is None]
+            key = limits_key(limits_of(cfg))     # a rejection for a file's content is final; for a limit, not
+            rows = [r for r in rows if r["status"] != "rejected" or r["verify_reason"] is None
+                    or limit_rejected(r, key)]
             missing = [r for r in rows if not Path(r["file_path"]).exists()]
             for r in missing:   # the next collect downloads it again
                 log.warning("candidate %s: file %s is gone; marked for re-download", r["id"], r["file_path"])
@@ -282,6 +331,7 @@ def curate(cfg: Config) -> CurateSummary:
                                          if d[0] == "accepted" and d[1]))
         catalog.finish_run(run_id, "completed", summary.__dict__)
     progress.summary(f"curate {run_id}", [
-        ("inspected", summary.inspected), ("reused (unchanged files)", summary.reused), ("accepted", summary.accepted),
+        ("inspected", summary.inspected), ("reused (unchanged files)", summary.reused),
+        ("re-judged on recorded size (limits changed)", summary.rejudged), ("accepted", summary.accepted),
         ("rejected", summary.rejected), ("duplicates", summary.duplicates), ("accepted with a note", summary.conflicts)])
     return summary

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import os
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -218,16 +219,43 @@ def _riff_truncated(data: bytes) -> bool:
 
 def _header_reason(im: Image.Image, limits: VerifyLimits) -> str | None:
     "Everything decidable before decoding pixels."
-    w, h = im.size
-    if w * h > limits.max_pixels:
-        return "decompression-bomb"
-    if min(w, h) < limits.min_side:
-        return "too-small"
-    if max(w, h) > limits.max_aspect * min(w, h):
-        return "extreme-aspect"
-    if im.mode not in SUPPORTED_MODES:
+    reason = size_reason(*im.size, limits)
+    if reason is None and im.mode not in SUPPORTED_MODES:
         return "unsupported-mode"
+    return reason
+
+
+def size_reason(width: int, height: int, limits: VerifyLimits) -> str | None:
+    "The rules on an image's size (orientation-free: width and height may come either way round)."
+    if width * height > limits.max_pixels:
+        return "decompression-bomb"
+    if min(width, height) < limits.min_side:
+        return "too-small"
+    if max(width, height) > limits.max_aspect * min(width, height):
+        return "extreme-aspect"
     return None
+
+
+# The reasons that depend on VerifyLimits: a file rejected for another one stays rejected whatever
+# the limits (it is empty, broken or not an image); one rejected for these may pass other limits.
+LIMIT_REASONS = ("file-too-large", "decompression-bomb", "too-many-frames", "too-small", "extreme-aspect")
+
+
+def limits_key(limits: VerifyLimits) -> str:
+    "The limits a verdict was reached under, as recorded with it in the catalog (JSON)."
+    return json.dumps(asdict(limits), sort_keys=True)
+
+
+def recorded_reason(width: int, height: int, n_bytes: int, frames: int, limits: VerifyLimits) -> str | None:
+    """`check_image`'s verdict under `limits` on a file that decoded fine, from its recorded size, byte
+    count and frame count alone (no reading, no decoding): the rules in the order check_image applies them."""
+    if n_bytes > limits.max_bytes:
+        return "file-too-large"
+    reason = size_reason(width, height, limits)
+    if reason is None and (frames > limits.max_frames
+                           or frames * width * height > limits.max_frame_pixels_factor * limits.max_pixels):
+        return "too-many-frames"
+    return reason
 
 
 def _decode_reason(e: BaseException) -> str:

@@ -10,7 +10,8 @@
   data/datasets/<name>/latest -> v<N>         (and LATEST, a text file, for filesystems without links)
 
 A version is built aside and renamed into place, so a killed build leaves nothing half-published;
-earlier versions are never touched; a build identical to the latest version is not published.
+earlier versions are never touched; a build identical to the latest version is not published. An
+accepted image whose file is gone or unreadable is left out and recorded in the catalog (`write_images`).
 
 A published version is verified before it is used (`verify_version`: build, train, inspect): the
 manifest must match the fingerprint in dataset.json (a relabelled, added or removed row changes it),
@@ -36,12 +37,11 @@ from pathlib import Path
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline import progress
 from mlc_pipeline.catalog.review import build_candidates, review_changed_photos
+from mlc_pipeline.dataset.card import attribution, dataset_card
 from mlc_pipeline.config import RESTRICTED_LICENSES, Config
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, write_text_atomic
 from mlc_pipeline.manifest import ADDED_COLUMNS, MANIFEST_COLUMNS, SPLITS, latest_version, read_manifest, write_manifest
-from mlc_pipeline.curate.verify import load_rgb
-
-log = logging.getLogger(__name__)
+from mlc_pipeline.curate.verify import DECODE_ERRORS, load_rgb
 
 log = logging.getLogger(__name__)
 SUMS_NAME = "SHA256SUMS"
@@ -60,6 +60,7 @@ class BuildResult:
     published: bool                 # False when identical to the latest version
     counts: dict = field(default_factory=dict)
     fingerprint: str = ""
+    skipped: dict = field(default_factory=dict)     # accepted images left out, by reason (file gone or unreadable)
 
 
 def split_of(source: str, photo_id: str, fractions: dict[str, float]) -> str:
@@ -165,51 +166,6 @@ def count_rows(rows: list[dict]) -> dict:
             "restricted_licenses": dict(Counter(r["license"] or RESTRICTED_LICENSES[int(r["license_id"])] for r in rows
                                                 if r["license_id"] not in (None, "") and
                                                 int(r["license_id"]) in RESTRICTED_LICENSES))}
-
-
-def attribution(rows: list[dict], version: str) -> str:
-    lines = [f"# Attribution — dataset {version}", "",
-             "Every image, its author, title, licence and source, as the CC licences require.", "",
-             "| image | title | author | licence | source |", "|---|---|---|---|---|"]
-    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
-    for r in rows:
-        lines.append(f"| {r['path']} | {esc(r['title'])} | {esc(r['owner'])} | {esc(r['license'])} | {esc(r['url'])} |")
-    return "\n".join(lines) + "\n"
-
-
-def dataset_card(name: str, version: str, cfg: Config, counts: dict, curation: dict, previous: str | None) -> str:
-    lines = [f"# Dataset {name} {version}", "",
-             f"Built {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} by mlc-pipeline from the catalog.",
-             f"Previous version: {previous or 'none'}.", "",
-             "## Contents (images per label and split)", "", "| label | " + " | ".join(SPLITS + ("probe",)) + " |",
-             "|---|" + "---|" * (len(SPLITS) + 1)]
-    for label, splits in counts["per_label_split"].items():
-        lines.append(f"| {label} | " + " | ".join(str(splits.get(s, 0)) for s in SPLITS + ("probe",)) + " |")
-    lines += ["", f"Images: {counts['images']}. Licences: " +
-              ", ".join(f"{k or 'unknown'} ({v})" for k, v in sorted(counts["licenses"].items())), "",
-              "## Parameters", "", f"- max side {cfg.build.max_side} px, JPEG quality {cfg.build.jpeg_quality}",
-              f"- split fractions {cfg.build.split} (by a hash of source and photo id: stable across versions)",
-              f"- near-duplicate Hamming threshold {cfg.curate.hamming_threshold}, min side {cfg.curate.min_side}, "
-              f"max aspect {cfg.curate.max_aspect}", "", *licence_notice(cfg, counts), "## What curation removed", ""]
-    lines += [f"- {k}: {v}" for k, v in sorted(curation.items())] or ["- nothing"]
-    lines += ["", "`labels` empty = an \"other\" image (a negative for every class). Split `probe` = kinds under",
-              "no training query, used only to measure how often the unknown is accepted.", ""]
-    return "\n".join(lines)
-
-
-def licence_notice(cfg: Config, counts: dict) -> list[str]:
-    """The card's warning when `source.licenses` lets in licences that restrict use (all rights
-    reserved, NC, ND): the setting, and how many published images carry each such licence."""
-    restricted = counts.get("restricted_licenses") or {}
-    if not cfg.source.restricted_licenses and not restricted:
-        return []
-    setting = cfg.source.licenses if cfg.source.licenses == "any" else ", ".join(map(str, cfg.source.licenses))
-    found = ", ".join(f"{name} ({n})" for name, n in sorted(restricted.items())) or "none in this version"
-    return ["## Licences that restrict use", "",
-            f"**Warning:** collected with `source.licenses: {setting}`, which lets in licences that do not allow",
-            f"free reuse (all rights reserved, non-commercial, no derivatives). Images under them: {found}.",
-            "Check each image's licence (manifest.csv `license`, ATTRIBUTION.md) before using, sharing or",
-            "training on this version.", ""]
 
 
 def curation_counts(catalog: Catalog) -> dict:
@@ -321,24 +277,20 @@ def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
     fp = fingerprint(rows, cfg)
     previous = latest_version(root)
     counts = count_rows(rows)
-    if previous and recorded_fingerprint(root / previous) in (fp, None):    # None: unreadable, verify says why
-        try:
-            verify_version(root / previous)
-            point_latest(root, previous)
-            return summarised(BuildResult(name, previous, root / previous, False, counts, fp))
-        except VersionDamaged as exc:
-            if not repair:
-                raise
-            log.warning("%s: publishing a fresh version from the catalog", exc)
+    if same_as_published(root, previous, fp, repair):
+        return summarised(BuildResult(name, previous, root / previous, False, counts, fp))
     tmp = root / f".build-{previous or 'v0'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        with progress.bar("build: write images", total=len(rows)) as bar:
-            for r in rows:
-                dest = tmp / r["path"]
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                load_rgb(r["_file"], max_side=cfg.build.max_side).save(dest, "JPEG", quality=cfg.build.jpeg_quality)
-                bar.advance()
+        unusable = write_images(cfg, tmp, rows)
+        skipped = dict(Counter(reason.split(":")[1] for reason in unusable.values()))   # file-missing, ...
+        if unusable:        # left out, recorded in the catalog: the rest is built without them
+            rows = [r for r in rows if r["candidate_id"] not in unusable]
+            if not rows:
+                raise RuntimeError(f"nothing to build: no accepted image's file could be read ({skipped})")
+            fp, counts = fingerprint(rows, cfg), count_rows(rows)
+            if same_as_published(root, previous, fp, repair):
+                return summarised(BuildResult(name, previous, root / previous, False, counts, fp, skipped))
         write_manifest(tmp / "manifest.csv", rows)
         files_sha256 = write_sums(tmp, rows)
         version = f"v{int(previous[1:]) + 1 if previous else 1}"
@@ -363,13 +315,57 @@ def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
         if tmp.exists():
             shutil.rmtree(tmp)
     point_latest(root, version)
-    return summarised(BuildResult(name, version, root / version, True, counts, fp))
+    return summarised(BuildResult(name, version, root / version, True, counts, fp, skipped))
+
+
+def same_as_published(root: Path, previous: str | None, fp: str, repair: bool) -> bool:
+    """Whether the latest version, verified, already holds these rows (then `latest` points at it).
+    A damaged one is VersionDamaged, or with `repair` a reason to publish a fresh version."""
+    if not previous or recorded_fingerprint(root / previous) not in (fp, None):    # None: verify says why
+        return False
+    try:
+        verify_version(root / previous)
+    except VersionDamaged as exc:
+        if not repair:
+            raise
+        log.warning("%s: publishing a fresh version from the catalog", exc)
+        return False
+    point_latest(root, previous)
+    return True
+
+
+def write_images(cfg: Config, folder: Path, rows: list[dict]) -> dict[int, str]:
+    """Write every row's image under `folder`. A file that is gone or no longer decodes is left out
+    and recorded in the catalog as curate records a missing file (`transient:file-missing`, or
+    `transient:file-unreadable:<Exc>`: the next collect downloads it again); returns those rows'
+    candidate id -> reason."""
+    unusable: dict[int, str] = {}
+    with progress.bar("build: write images", total=len(rows)) as bar:
+        for r in rows:
+            try:
+                image = load_rgb(r["_file"], max_side=cfg.build.max_side)
+            except FileNotFoundError:
+                unusable[r["candidate_id"]] = "transient:file-missing"
+            except DECODE_ERRORS as exc:           # changed or damaged on disk since curation accepted it
+                unusable[r["candidate_id"]] = f"transient:file-unreadable:{type(exc).__name__}"
+            else:
+                (folder / r["path"]).parent.mkdir(parents=True, exist_ok=True)
+                image.save(folder / r["path"], "JPEG", quality=cfg.build.jpeg_quality)
+            bar.advance()
+    if unusable:
+        with Catalog(cfg.catalog_path) as catalog:
+            for r in (r for r in rows if r["candidate_id"] in unusable):
+                log.warning("candidate %s: %s: %s; left out of this version", r["candidate_id"], r["_file"],
+                            unusable[r["candidate_id"]])
+                catalog.set_status(r["candidate_id"], "failed", unusable[r["candidate_id"]], None, "build")
+    return unusable
 
 
 def summarised(res: BuildResult) -> BuildResult:
     """Print the build's one-screen summary (when progress is shown) and return `res`."""
     splits = ("train", "valid", "test", "probe")
     progress.summary(f"build {res.name} {res.version}: {'published' if res.published else 'unchanged'}", [
-        ("folder", res.path), ("images", res.counts["images"])] + [
+        ("folder", res.path), ("images", res.counts["images"]),
+        ("skipped (file gone or unreadable; downloaded again by the next collect)", res.skipped)] + [
         (label, " ".join(f"{s} {c.get(s, 0)}" for s in splits)) for label, c in res.counts["per_label_split"].items()])
     return res

@@ -7,11 +7,14 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, fields
 
-API_FAULTS = ("http500", "code105", "slow")
+# malformed: a reply that says "ok" but lacks its payload (no "photos", no "licenses").
+API_FAULTS = ("http500", "code105", "slow", "malformed")
 # Persistent image faults: a photo that has one keeps it on every attempt.
 PHOTO_FAULTS = ("truncated", "empty", "html", "redirect_offsite", "oversize", "trickle")
 DUPLICATE_FAULTS = ("dup_exact", "dup_near")
-RATE_FIELDS = API_FAULTS + ("img429",) + PHOTO_FAULTS + DUPLICATE_FAULTS
+# Persistent search-result faults: the photo's entry in every search reply lacks its "id".
+ENTRY_FAULTS = ("entry_no_id",)
+RATE_FIELDS = API_FAULTS + ("img429",) + PHOTO_FAULTS + DUPLICATE_FAULTS + ENTRY_FAULTS
 
 
 @dataclass
@@ -21,6 +24,7 @@ class FaultSpec:
     http500: float = 0.0
     code105: float = 0.0
     slow: float = 0.0
+    malformed: float = 0.0
     img429: float = 0.0
     truncated: float = 0.0
     empty: float = 0.0
@@ -30,6 +34,7 @@ class FaultSpec:
     redirect_offsite: float = 0.0
     oversize: float = 0.0
     trickle: float = 0.0  # the image arrives one byte every trickle_ms (a host that never times out a read)
+    entry_no_id: float = 0.0
     seed: int = 0
     slow_ms: int = 1500
     retry_after_s: int = 1
@@ -103,7 +108,7 @@ class FaultPlan:
         return attempt
 
     def api_fault(self, request_key: str) -> str | None:
-        """The fault to inject into this API request ('http500' | 'code105' | 'slow'), or None.
+        """The fault to inject into this API request ('http500' | 'code105' | 'slow' | 'malformed'), or None.
 
         request_key identifies the request without nonces or keys, so a retry is the same request:
         it fails for its first fault_repeats attempts and then succeeds.
@@ -128,6 +133,21 @@ class FaultPlan:
         """The persistent fault of a photo (every size, every attempt), or None. Not counted here."""
         rates = [(name, getattr(self.spec, name)) for name in PHOTO_FAULTS]
         return pick_by_rates(unit_hash(self.spec.seed, "photo", photo_id), rates)
+
+    def entry_without_id(self, photo_id: str) -> bool:
+        """Whether this photo's search-result entry loses its "id" (in every reply); counted."""
+        if unit_hash(self.spec.seed, "entry", photo_id) >= self.spec.entry_no_id:
+            return False
+        self.count("entry_no_id")
+        return True
+
+    def damage_entries(self, response: dict) -> dict:
+        """A search reply with the entries of photos that have the entry_no_id fault stripped of their id."""
+        photos = response.get("photos")
+        if self.spec.entry_no_id and isinstance(photos, dict):
+            photos["photo"] = [{k: v for k, v in entry.items() if k != "id"} if self.entry_without_id(entry["id"])
+                               else entry for entry in photos["photo"]]
+        return response
 
     def html_lies_about_type(self, photo_id: str) -> bool:
         """Half of the HTML error pages claim to be image/jpeg."""

@@ -146,6 +146,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "code105":
             self._send(200, *encode_response(fail(105, "Service currently unavailable"), params))
             return
+        if fault == "malformed":
+            self._send(200, *encode_response({"stat": "ok"}, params))
+            return
         if fault == "slow":
             time.sleep(app.faults.spec.slow_ms / 1000)
         key = api_key_of(params, self.headers.get("Authorization"))
@@ -153,7 +156,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not key or (wanted is not None and key != wanted):
             response = fail(100, "Invalid API Key (Key has invalid format)")
         else:
-            response = app.api.call(params)
+            response = app.faults.damage_entries(app.api.call(params))
         self._send(200, *encode_response(response, params))
 
     # ------------------------------------------------------------------ images

@@ -107,7 +107,7 @@ def filters_of(request: Request) -> dict:
 
 def effective(row: dict) -> dict:
     """What the next build does with a candidate: its labels and whether it is in."""
-    labels = row.get("review_labels") or row.get("curated_label") or row.get("label") or ""
+    labels = cr.effective_labels(row)            # the build's own rule: what is shown is what is published
     if row.get("review_include") == "rejected":
         state = "out (rejected in review)"
     elif row.get("review_include") == "accepted":

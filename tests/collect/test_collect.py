@@ -1,5 +1,6 @@
 """Collection end to end: the real flickrapi client and real HTTP against the bundled server."""
 
+import json
 import os
 import signal
 import sqlite3
@@ -95,6 +96,48 @@ def test_api_faults_are_retried_and_images_429_honoured(tmp_path, creds):
     got = rows(cfg)
     assert any(r["attempts"] > 1 for r in got), "a 429'd image was downloaded on a later attempt"
     assert elapsed >= 1.0, "Retry-After: 1 was honoured"
+
+
+def test_malformed_replies_are_retried_and_entries_without_an_id_skipped(tmp_path, creds):
+    """A reply that says "ok" but has no "photos" (or "licenses") is retried like a 5xx; a search
+    entry without a photo id is skipped, logged and counted in the run's summary, and the search goes on."""
+    faults = FaultSpec.parse("malformed=0.3,entry_no_id=0.08")
+    with FlickrServer(WorldSpec(seed=3, scale=0.1), faults) as srv:
+        cfg = make_cfg(tmp_path, rest_url=srv.rest_url, allowed_hosts=[srv.static_host], per_page=10)
+        summary = collect(cfg, progress=False)
+        injected = srv.stats()["faults_injected"]
+    assert injected.get("malformed", 0) > 0 and injected.get("entry_no_id", 0) > 0
+    assert summary.search_skipped == {"entry-without-id": injected["entry_no_id"]}
+    assert summary.shortfall == {} and summary.failed == {}
+    assert all(r["photo_id"] not in ("", "None") for r in rows(cfg))
+    with Catalog(cfg.catalog_path) as c:
+        recorded = json.loads(c.runs(1)[0]["summary"])
+    assert recorded["search_skipped"] == summary.search_skipped
+
+
+def test_a_reply_that_stays_malformed_ends_the_run_with_one_line(tmp_path):
+    """Retries exhausted on malformed replies: one line naming the call and what was missing, exit 1,
+    no traceback; and the flow's retry rule counts it as worth another try later."""
+    from flows.runtime import is_retryable
+    from mlc_pipeline.collect.flickr import RetriesExhausted
+    config = tmp_path / "c.yaml"
+    config.write_text(f"""
+data_dir: {tmp_path / "data"}
+source:
+  kind: local
+  local: {{scale: 0.05, port: 0, faults: "malformed=1,fault_repeats=100"}}
+  retry: {{attempts: 3, base_delay_s: 0.01, max_delay_s: 0.02}}
+classes: {{balloon: {{queries: [balloon], count: 5}}}}
+other: {{queries: [sky], count: 5}}
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLICKR_")}
+    res = subprocess.run(MLC + ["collect", "-c", str(config), "--no-progress"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("mlc: RetriesExhausted: flickr.photos.licenses.getInfo still failing after 3 attempts: "
+                           "a malformed reply: no 'licenses' in it"), last
+    assert is_retryable(RetriesExhausted(last))
 
 
 def test_bad_bodies_are_recorded_with_reasons(tmp_path, creds):

@@ -1,3 +1,4 @@
+import os
 import time
 
 import numpy as np
@@ -5,7 +6,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from badfiles import animated_gif, fixture_photos, make_bad_files
-from mlc_pipeline.curate.verify import VerifyLimits, check_image, load_rgb
+from mlc_pipeline.curate.verify import VerifyLimits, check_image, load_rgb, recorded_reason
 
 pytestmark = pytest.mark.skipif(not fixture_photos(), reason="fixture photos missing (../shared/fixtures)")
 
@@ -119,6 +120,27 @@ def test_frame_budget_bounds_animation_work(tmp_path):
     path = tmp_path / "long.gif"
     path.write_bytes(animated_gif(n_frames=12, size=(100, 100)))
     assert check_image(path, VerifyLimits(max_pixels=20_000)).reason == "too-many-frames"
+
+
+def test_the_verdict_on_record_is_check_images_verdict(bad, tmp_path):
+    """curate re-judges a verified file under new limits from its recorded size, bytes and frames
+    (recorded_reason): it must say what check_image says after reading and decoding the file."""
+    long_gif = tmp_path / "long.gif"
+    long_gif.write_bytes(animated_gif(n_frames=12, size=(100, 100)))
+    files = [*fixture_photos()[:3], bad["exif-rotated"].path, bad["animated"].path, long_gif]
+    variants = [VerifyLimits(), VerifyLimits(min_side=150), VerifyLimits(min_side=300), VerifyLimits(max_aspect=1.2),
+                VerifyLimits(max_pixels=40_000), VerifyLimits(max_pixels=20_000), VerifyLimits(max_frames=2),
+                VerifyLimits(max_bytes=20_000), VerifyLimits(min_side=300, max_aspect=1.01)]
+    seen = set()
+    for path in files:
+        first = check_image(path)
+        assert first.ok, path
+        n_bytes = os.stat(path).st_size
+        for limits in variants:
+            want = check_image(path, limits).reason
+            seen.add(want)
+            assert recorded_reason(first.width, first.height, n_bytes, first.frames, limits) == want, (path, limits)
+    assert {None, "too-small", "extreme-aspect", "decompression-bomb", "too-many-frames", "file-too-large"} <= seen
 
 
 def test_refuses_to_run_with_truncated_loading_switched_on(monkeypatch):

@@ -255,3 +255,85 @@ def test_a_stable_share_of_mined_negatives_calibrates_and_the_rest_trains():
     larger = [dataset_mod.mined_split("flickr", pid, 0.5) for pid in ids]
     assert all(b == "valid" for a, b in zip(splits, larger) if a == "valid")
     assert {dataset_mod.mined_split("flickr", pid, 0) for pid in ids} == {"train"}
+
+
+def test_a_change_of_limits_judges_cached_verdicts_again_both_ways(tmp_path):
+    """Verdicts are cached per file *and* per limits: raising min_side / lowering max_aspect rejects
+    images accepted before (from their recorded size: nothing decoded again), and undoing it brings
+    the rejected ones back (re-inspected, hashed), whether rejected by record or at inspection."""
+    from mlc_pipeline.catalog import Found
+
+    def cfg_for(min_side, max_aspect):
+        return parse_config({"data_dir": str(tmp_path / "data"), "classes": {"cat": {"queries": ["cat"], "count": 5}},
+                             "other": {"queries": ["x"], "count": 5},
+                             "curate": {"min_side": min_side, "max_aspect": max_aspect, "workers": 1}})
+
+    strict, loose = cfg_for(200, 4.0), cfg_for(64, 5.0)
+    sizes = {"big": (300, 300), "small": (100, 100), "wide": (900, 200)}     # wide: aspect 4.5
+    with Catalog(strict.catalog_path) as c:
+        run = c.start_run("plant")
+        c.upsert_found([Found("flickr", name, "train", "cat", "cat", f"http://h/{name}", "url_m", None, None, 4,
+                              "CC BY 2.0", "o", "o", "t", None, None, "cat") for name in sizes], run)
+        for name, size in sizes.items():
+            dest = strict.layout.raw("flickr") / f"{name}.jpg"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            Image.effect_noise(size, 60).convert("RGB").save(dest)
+            c.set_status(c.get_by_photo("flickr", name)["id"], "downloaded", None, run, "download", file_path=str(dest))
+
+    def state():
+        with Catalog(strict.catalog_path, readonly=True) as c:
+            return {r["photo_id"]: (r["status"], r["reason"]) for r in c.candidates()}
+
+    first = curate(strict)
+    assert first.inspected == 3
+    assert state() == {"big": ("accepted", None), "small": ("rejected", "too-small"),
+                       "wide": ("rejected", "extreme-aspect")}
+    relaxed = curate(loose)            # rejected at inspection, never hashed: inspected again, now in
+    assert state() == {name: ("accepted", None) for name in sizes}
+    assert (relaxed.inspected, relaxed.rejudged) == (2, 1)
+    with Catalog(strict.catalog_path, readonly=True) as c:
+        assert all(r["phash"] and r["curated_label"] == "cat" for r in c.candidates())
+    tightened = curate(strict)         # judged on the recorded size alone
+    assert state() == {"big": ("accepted", None), "small": ("rejected", "too-small"),
+                       "wide": ("rejected", "extreme-aspect")}
+    assert (tightened.inspected, tightened.rejudged) == (0, 3)
+    assert (strict.data_dir / "quarantine" / "too-small" / "small.jpg").is_file()
+    again = curate(strict)             # the same limits: the cache holds
+    assert (again.inspected, again.rejudged) == (0, 0)
+    assert curate(loose).inspected == 2 and state() == {name: ("accepted", None) for name in sizes}
+
+
+def test_build_leaves_out_a_missing_or_damaged_file_and_records_why(tmp_path):
+    """An accepted image whose file is gone, or no longer decodes, does not end the build: it is left
+    out, recorded in the catalog the way curate records a missing file (the next collect downloads it
+    again), and counted in the build's result; the other images are published."""
+    from mlc_pipeline.catalog import Found
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), "classes": {"ants": {"queries": ["ants"], "count": 5}},
+                        "other": {"queries": ["x"], "count": 5}})
+    photos = sorted(FIXTURES.glob("ants/*.jpg"))[:4]
+    with Catalog(cfg.catalog_path) as c:
+        run = c.start_run("plant")
+        c.upsert_found([Found("flickr", f"p{i}", "train", "ants", "ants", f"http://h/{i}", "url_m", None, None, 4,
+                              "CC BY 2.0", "o", "o", "t", None, None, "ants") for i in range(len(photos))], run)
+        for i, photo in enumerate(photos):
+            dest = cfg.layout.raw("flickr") / f"p{i}.jpg"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(photo, dest)
+            c.set_status(c.get_by_photo("flickr", f"p{i}")["id"], "downloaded", None, run, "download",
+                         file_path=str(dest))
+    assert curate(cfg).accepted == 4
+    raw = cfg.layout.raw("flickr")
+    (raw / "p0.jpg").unlink()                                           # gone
+    data = (raw / "p1.jpg").read_bytes()
+    (raw / "p1.jpg").write_bytes(data[: len(data) // 2])                # damaged since curation
+    res = build_dataset(cfg)
+    assert res.published and res.skipped == {"file-missing": 1, "file-unreadable": 1}
+    assert sorted(r["photo_id"] for r in read_manifest(res.path / "manifest.csv")) == ["p2", "p3"]
+    with Catalog(cfg.catalog_path) as c:
+        got = {r["photo_id"]: (r["status"], r["reason"]) for r in c.candidates()}
+        events = c.events(c.get_by_photo("flickr", "p0")["id"])
+    assert got["p0"] == ("failed", "transient:file-missing")
+    assert got["p1"] == ("failed", "transient:file-unreadable:OSError")
+    assert events[-1]["stage"] == "build"
+    again = build_dataset(cfg)                  # the catalog no longer offers them: nothing to skip
+    assert not again.published and again.version == res.version and again.skipped == {}

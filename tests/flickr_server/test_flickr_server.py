@@ -275,6 +275,19 @@ def test_api_faults_fail_then_let_the_same_request_through(fault):
         assert srv.stats()["api_calls_by_method"] == {"flickr.photos.search": 3}
 
 
+def test_malformed_and_id_less_entry_faults():
+    """`malformed`: an "ok" reply without its payload, then the same request goes through;
+    `entry_no_id`: a photo's search entry lacks its id, in every reply (persistent, counted)."""
+    with FlickrServer(SMALL, FaultSpec(malformed=1.0, entry_no_id=0.3, fault_repeats=1)) as srv:
+        api = flickr_client(srv)
+        assert api.photos.search(text="kite") == {"stat": "ok"}
+        first = api.photos.search(text="kite")["photos"]["photo"]
+        again = api.photos.search(text="kite")["photos"]["photo"]
+        missing = [k for k, entry in enumerate(first) if "id" not in entry]
+        assert 0 < len(missing) < len(first) and missing == [k for k, e in enumerate(again) if "id" not in e]
+        assert srv.stats()["faults_injected"] == {"malformed": 1, "entry_no_id": 2 * len(missing)}
+
+
 def test_slow_fault_delays_the_first_attempt():
     with FlickrServer(SMALL, FaultSpec(slow=1.0, slow_ms=400)) as srv:
         api = flickr_client(srv)

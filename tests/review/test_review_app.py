@@ -199,6 +199,48 @@ def test_actions_undo_filters_and_build_on_both_backends(root):
     assert rows[str(target["id"])]["labels"] == "ants bees"
     assert str(dup["id"]) in rows and str(tiny["id"]) in rows and str(other["id"]) not in rows
     assert len(rows) == v1_rows + 2 - 1
+    # Put back, they keep the class they were searched under (curate left their curated label NULL)
+    assert rows[str(dup["id"])]["labels"] == "ants" and rows[str(dup["id"])]["path"].startswith("images/ants/")
+    assert rows[str(tiny["id"])]["labels"] == "bees"
+
+
+def next_build_labels(client, cid: int) -> str:
+    """The labels the image page says the next build publishes, as the manifest writes them."""
+    shown = re.search(r'<b id="labels">([^<]*)</b>', client.get(f"/image/{cid}").text).group(1)
+    return "" if shown == "other" else shown
+
+
+def test_images_put_back_are_published_with_the_labels_the_app_shows(root):
+    """A curation duplicate (curated label NULL) put back with "not a duplicate" is published under the
+    label it was searched for, as the image page's "next build" line says: a class image stays in its
+    class, an image of the "other" set stays a negative. Relabelling it to that same label changes
+    nothing. The "other" duplicate is a real one: a copy of a scenery photo, collected and curated."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.collect import collect
+    from mlc_pipeline.curate import curate
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    scenery = sorted((config.parent / "world" / "scenery").glob("*.jpg"))[0]
+    (scenery.parent / "zz_copy.jpg").write_bytes(scenery.read_bytes())
+    collect(cfg, progress=False)
+    curate(cfg)
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        dup = c.candidates("status='duplicate' AND label='ants'")[0]
+        negative = c.candidates("status='duplicate' AND label='other'")[0]
+    assert dup["curated_label"] is None and negative["curated_label"] is None
+    h = {"X-MLC-Client": "tab1"}
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        act = lambda cid, action, **kw: client.post("/api/action", json={"id": cid, "action": action, "reason": "r",
+                                                                          **kw}, headers=h).json()
+        assert act(dup["id"], "not-duplicate")["state"] == {"labels": None, "include": "accepted"}
+        assert act(negative["id"], "not-duplicate")["state"] == {"labels": None, "include": "accepted"}
+        assert act(dup["id"], "relabel", labels=["ants"])["state"] == {"labels": None, "include": "accepted"}
+        shown = {cid: next_build_labels(client, cid) for cid in (dup["id"], negative["id"])}
+    rows = {r["candidate_id"]: r for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
+    assert shown == {dup["id"]: "ants", negative["id"]: ""}
+    assert {cid: rows[str(cid)]["labels"] for cid in shown} == shown
+    assert rows[str(dup["id"])]["path"].startswith("images/ants/")
+    assert rows[str(negative["id"])]["path"].startswith("images/other/")
 
 
 def test_token_off_loopback_never_printed(root, tmp_path):
