@@ -85,6 +85,19 @@ def flickr_credentials(local: bool) -> Credentials:
 _factory_installed = False
 
 
+def _redact_traceback(record: logging.LogRecord) -> None:
+    """log.exception(...): the traceback is formatted later, from the exception itself, so a secret in
+    the exception's text would pass. When it holds one, the record carries the masked text instead
+    (Formatter.format appends `exc_text`) and no exception to format again."""
+    if record.exc_info and record.exc_info[0] is not None:
+        text = logging.Formatter().formatException(record.exc_info)
+        clean = redact(text)
+        if clean != text:
+            record.exc_info, record.exc_text = None, clean
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+
+
 def install_log_redaction() -> None:
     """Mask known secrets in every log record, whichever logger or handler (Prefect's too) emits it.
 
@@ -98,10 +111,16 @@ def install_log_redaction() -> None:
     def make_record(*args, **kwargs) -> logging.LogRecord:
         record = previous(*args, **kwargs)
         if _known_secrets:
-            message = record.getMessage()
+            try:
+                message = record.getMessage()
+            except (TypeError, ValueError):    # a call whose arguments do not fit its format string:
+                # logging would report it later with the raw arguments, secrets and all
+                message = f"{record.msg} (arguments that do not fit: {record.args!r})"
+                record.msg, record.args = message, None
             clean = redact(message)
             if clean != message:
                 record.msg, record.args = clean, None
+            _redact_traceback(record)
         return record
 
     logging.setLogRecordFactory(make_record)

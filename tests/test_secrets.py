@@ -1,0 +1,47 @@
+"""Known secrets are masked in every log record (secrets.install_log_redaction), tracebacks included."""
+
+from __future__ import annotations
+
+import io
+import logging
+import uuid
+
+from mlc_pipeline.secrets import MASK, install_log_redaction, remember
+
+
+def _logger() -> tuple[logging.Logger, io.StringIO]:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log = logging.getLogger(f"test-secrets-{uuid.uuid4().hex}")
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    return log, out
+
+
+def test_a_secret_is_masked_in_messages_arguments_and_tracebacks():
+    secret = f"KEY{uuid.uuid4().hex}"
+    remember(secret)
+    install_log_redaction()
+    log, out = _logger()
+    log.info("plain %s", secret)
+    try:
+        raise RuntimeError(f"auth failed for key {secret}")
+    except RuntimeError:
+        log.exception("call failed")      # the traceback holds it: formatted from the exception later
+    text = out.getvalue()
+    assert secret not in text and text.count(MASK) == 2, text
+    assert "Traceback (most recent call last)" in text and "RuntimeError: auth failed for key" in text
+
+
+def test_a_log_call_with_arguments_that_do_not_fit_neither_raises_nor_leaks(capsys):
+    """The factory formats each message to look for secrets: a bad call raised TypeError in the
+    caller (logging itself only reports it), and logging's report prints the raw arguments."""
+    secret = f"KEY{uuid.uuid4().hex}"
+    remember(secret)
+    install_log_redaction()
+    log, out = _logger()
+    log.info("count %d of %s", "not a number", secret)
+    text = out.getvalue() + capsys.readouterr().err
+    assert "count %d of %s" in text and "not a number" in text and secret not in text
