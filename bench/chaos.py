@@ -215,7 +215,11 @@ def kill_round(srv, root: Path, stages: list[str], kills: int, timing: dict, rng
                if tree_digest(root / ("models/" + name[6:] if name.startswith("model:")
                                       else "datasets/default/" + name)) != digest]
     time.sleep(0.5)
-    orphans = subprocess.run(["pgrep", "-f", f"-c {cfg}"], capture_output=True, text=True).stdout.split()
+    # "--": a pattern starting with "-" was read as options (pgrep exits 2), so this counted 0 always.
+    found = subprocess.run(["pgrep", "-f", "--", f"-c {cfg}"], capture_output=True, text=True)
+    if found.returncode not in (0, 1):          # 1: no process matched
+        raise RuntimeError(f"pgrep failed ({found.returncode}): {found.stderr.strip()}")
+    orphans = found.stdout.split()
     ds_killed = dataset_snapshot(root / "datasets" / "default")
     ds_ref = dataset_snapshot(work / "ref" / "datasets" / "default")
     return kill_log, {"same_catalog": catalog_snapshot(root / "catalog.sqlite") == catalog_snapshot(work / "ref" / "catalog.sqlite"),
