@@ -12,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .catalog import LICENSE_WEIGHTS, YEAR_2005, YEAR_2026, format_time
 from .model import SIZE_TABLE, Photo
+from .search import words_of
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp"}
@@ -41,7 +42,9 @@ def folder_photos(folder: str | Path, query_map: dict[str, str], seed: int) -> l
     used_ids: set[str] = set()
     for query, subfolder in query_map.items():
         base = mapped_subfolder(root, subfolder, query)
-        words = [w.lower() for w in query.split() if w.strip()]
+        # Tagged with the words search splits a query into: "hot-air" as one tag ("hotair") was
+        # never found by a search for "hot-air balloon" (words "hot", "air", "balloon").
+        words = words_of(query)
         for path in image_files(base):
             relative = Path(os.path.relpath(path, root)).as_posix()
             if relative in by_path:

@@ -35,6 +35,11 @@ def normalize_word(word: str) -> str:
     return word
 
 
+def words_of(text: str) -> list[str]:
+    """The words free-text search splits a text into ("hot-air" is two), lowercased, in order."""
+    return [w.lower() for w in _WORD.findall(text)]
+
+
 def text_tokens(text: str) -> set[str]:
     return {normalize_word(w) for w in _WORD.findall(text)}
 

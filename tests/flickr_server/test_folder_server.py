@@ -59,3 +59,15 @@ def test_folder_mistakes_are_one_line(tmp_path, folder, query_map, words):
     with pytest.raises(FolderModeError) as err:
         build_world(WorldSpec(kind="folder", folder=str(tmp_path / folder), query_map=query_map))
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_query_with_punctuation_finds_its_subfolder(tmp_path):
+    """Tagged with query.split(), "hot-air balloon" made the tag "hotair", and search (which splits
+    "hot-air" into two words) found nothing: a mapped folder a user's query could not reach."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    os.symlink(ANTS, root / "ants")
+    for query in ("carpenter-ant colony", "children's ants", "ants (formicidae)"):
+        world = build_world(WorldSpec(kind="folder", folder=str(root), query_map={query: "ants"}))
+        total, _ = world.search({"text": query})
+        assert total == len(jpgs(ANTS)), query
