@@ -44,14 +44,13 @@ class FaultSpec:
 
     @classmethod
     def parse(cls, text: str) -> "FaultSpec":
-        """Parse 'http500=0.1,img429=0.2,seed=3'. The word 'all' starts from all_on()."""
-        spec = cls()
+        """Parse 'http500=0.1,img429=0.2,seed=3'. The word 'all' starts from all_on(), wherever it
+        stands: the settings given beside it override it ('img429=0.5,all' keeps 0.5)."""
+        items = [part.strip() for part in (text or "").split(",") if part.strip()]
+        spec = cls.all_on() if "all" in items else cls()
         known = [f.name for f in fields(cls)]
-        for item in (part.strip() for part in (text or "").split(",")):
-            if not item:
-                continue
+        for item in items:
             if item == "all":
-                spec = cls.all_on()
                 continue
             name, sep, value = item.partition("=")
             name = name.strip()

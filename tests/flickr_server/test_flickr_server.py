@@ -500,6 +500,8 @@ def test_faultspec_parse_and_all_on():
              "redirect_offsite", "oversize")
     assert all(0 < getattr(every, name) <= 0.2 for name in rates)
     assert FaultSpec.parse("all,seed=9") == FaultSpec.all_on().__class__(**{**every.__dict__, "seed": 9})
+    # 'all' after a setting kept it too (it reset everything before it: img429 0.1, seed 0)
+    assert FaultSpec.parse("img429=0.5,seed=7,all") == every.__class__(**{**every.__dict__, "img429": 0.5, "seed": 7})
     for bad in ("nonsense=1", "http500", "http500=2"):
         with pytest.raises(ValueError):
             FaultSpec.parse(bad)
