@@ -14,7 +14,10 @@ PHOTO_FAULTS = ("truncated", "empty", "html", "redirect_offsite", "oversize", "t
 DUPLICATE_FAULTS = ("dup_exact", "dup_near")
 # Persistent search-result faults: the photo's entry in every search reply lacks its "id".
 ENTRY_FAULTS = ("entry_no_id",)
-RATE_FIELDS = API_FAULTS + ("img429",) + PHOTO_FAULTS + DUPLICATE_FAULTS + ENTRY_FAULTS
+# Transient image faults: the URL's first fault_repeats attempts fail, then it is served (img429;
+# dropped: the connection closes after 60% of a body whose full Content-Length was announced).
+TRANSIENT_IMAGE_FAULTS = ("img429", "dropped")
+RATE_FIELDS = API_FAULTS + TRANSIENT_IMAGE_FAULTS + PHOTO_FAULTS + DUPLICATE_FAULTS + ENTRY_FAULTS
 
 
 @dataclass
@@ -26,7 +29,8 @@ class FaultSpec:
     slow: float = 0.0
     malformed: float = 0.0
     img429: float = 0.0
-    truncated: float = 0.0
+    dropped: float = 0.0  # the connection drops mid-body (a short read against Content-Length), then it works
+    truncated: float = 0.0  # the file itself is cut: every attempt gets the same 60%, announced as complete
     empty: float = 0.0
     html: float = 0.0
     dup_exact: float = 0.0
@@ -126,6 +130,15 @@ class FaultPlan:
         if self._next_attempt("img429", url_path) >= self.spec.fault_repeats:
             return False
         self.count("img429")
+        return True
+
+    def image_dropped(self, url_path: str) -> bool:
+        """Whether this image URL's connection drops mid-body now (its first fault_repeats attempts do)."""
+        if unit_hash(self.spec.seed, "dropped", url_path) >= self.spec.dropped:
+            return False
+        if self._next_attempt("dropped", url_path) >= self.spec.fault_repeats:
+            return False
+        self.count("dropped")
         return True
 
     def photo_fault(self, photo_id: str) -> str | None:

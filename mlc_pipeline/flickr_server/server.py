@@ -206,8 +206,20 @@ class _Handler(BaseHTTPRequestHandler):
             self._stream_oversize(data)
         elif fault == "trickle":
             self._trickle(data)
+        elif app.faults.image_dropped(path):
+            self._drop_mid_body(data)
         else:
             self._send(200, _content_type(data), data)
+
+    def _drop_mid_body(self, data: bytes) -> None:
+        """The whole length announced, 60% sent, the connection closed: what a reset looks like."""
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", _content_type(data))
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: int(len(data) * 0.6)])
+        self.wfile.flush()
 
     def _stream_oversize(self, data: bytes) -> None:
         """25 MB with no Content-Length: the body ends when the connection closes."""

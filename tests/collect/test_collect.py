@@ -140,6 +140,23 @@ other: {{queries: [sky], count: 5}}
     assert is_retryable(RetriesExhausted(last))
 
 
+def test_a_connection_dropped_mid_body_is_retried_and_never_saved_short(tmp_path, creds):
+    """A reset after 60% of an announced length: requests raises mid-stream (ChunkedEncodingError),
+    which must be a retry, not a short file recorded as downloaded."""
+    faults = FaultSpec.parse("dropped=0.3")
+    with FlickrServer(WorldSpec(seed=5, scale=0.1), faults) as srv:
+        cfg = make_cfg(tmp_path, rest_url=srv.rest_url, allowed_hosts=[srv.static_host], per_page=10)
+        summary = collect(cfg, progress=False)
+        injected = srv.stats()["faults_injected"]
+    downloaded = [r for r in rows(cfg) if r["status"] == "downloaded"]
+    assert injected.get("dropped", 0) > 0 and summary.failed == {} and summary.shortfall == {}
+    assert any(r["attempts"] > 1 for r in downloaded), "a dropped image was downloaded on a later attempt"
+    for r in downloaded:              # every file whole: 60% of a JPEG does not decode
+        with Image.open(r["file_path"]) as image:
+            image.load()
+    assert not list((cfg.data_dir / "tmp").rglob("*.part")), "no partial file left behind"
+
+
 def test_bad_bodies_are_recorded_with_reasons(tmp_path, creds):
     faults = FaultSpec.parse("empty=0.15,html=0.15,redirect_offsite=0.1,oversize=0.05,truncated=0.1")
     with FlickrServer(WorldSpec(seed=4, scale=0.1), faults) as srv:
