@@ -41,7 +41,7 @@ class RemovalQueries:
 
     def stored_file_paths(self) -> set[str]:
         """Every file path as recorded (relative to the data root): what an object-store root must hold."""
-        return {r[0] for r in self.db.execute("SELECT file_path FROM candidates WHERE file_path IS NOT NULL")}
+        return {r["file_path"] for r in self.db.execute("SELECT file_path FROM candidates WHERE file_path IS NOT NULL")}
 
     def snapshot(self, dest: str | Path) -> None:
         """A consistent copy of the catalog while it is open (SQLite's online backup), for uploading."""
