@@ -30,10 +30,10 @@ from typing import Iterator
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import Config
-from mlc_pipeline.fsutil import temp_beside, write_text_atomic
+from mlc_pipeline.fsutil import sha256_file, temp_beside, write_text_atomic
 from mlc_pipeline.manifest import versions as local_versions
 from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, folder_files, pull_folder, push_folder,
-                                      read_marker, same, store_errors, store_of)
+                                      read_marker, same, same_bytes, store_errors, store_of)
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,12 @@ def local_signature(cfg: Config) -> list:
     return out
 
 
-def tag(info: dict) -> str:
-    return f"{info.get('size')}:{str(info.get('ETag') or info.get('etag') or info.get('LastModified', '')).strip(chr(34))}"
+def tag(store: Store, info: dict) -> str:
+    """What tells one upload of the catalog from another: its ETag (S3, GCS and Azure give each write of
+    other bytes another one), else (file://, no ETag) the SHA-256 of its bytes. Never the size alone: a
+    status update usually keeps SQLite's page count."""
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+    return f"{info.get('size')}:{etag}" if etag else f"{info.get('size')}:sha256:{store.sha256(CATALOG_OBJECT)}"
 
 
 def pull_catalog(store: Store, cfg: Config) -> bool:
@@ -96,8 +100,8 @@ def pull_catalog(store: Store, cfg: Config) -> bool:
     info = store.info(CATALOG_OBJECT)
     if info is None:
         return False
-    state, local = read_state(cfg), cfg.catalog_path
-    if local.exists() and state.get("catalog") == tag(info):
+    state, local, remote = read_state(cfg), cfg.catalog_path, tag(store, info)
+    if local.exists() and state.get("catalog") == remote:
         return False
     if local.exists() and local_signature(cfg) != state.get("local"):
         aside = local.with_name(f"catalog.unsynced-{uuid.uuid4().hex[:8]}.sqlite")
@@ -108,18 +112,20 @@ def pull_catalog(store: Store, cfg: Config) -> bool:
     store.download([(CATALOG_OBJECT, local)])
     for suffix in ("-wal", "-shm"):     # a stale WAL would be replayed into the new file
         Path(f"{local}{suffix}").unlink(missing_ok=True)
-    write_state(cfg, catalog=tag(info), local=local_signature(cfg))
+    write_state(cfg, catalog=remote, catalog_sha256=sha256_file(local), local=local_signature(cfg))
     log.info("catalog fetched from %s", store.url)
     return True
 
 
 def push_catalog(store: Store, cfg: Config) -> None:
     """Upload the catalog's snapshot, unless the store's changed since this cache fetched it: another
-    machine published meanwhile, and the last snapshot would win (SQLite: one writer at a time)."""
+    machine published meanwhile, and the last snapshot would win (SQLite: one writer at a time).
+    The store's catalog is then the one this cache last synced with, whose SHA-256 the state keeps:
+    the snapshot is uploaded unless its bytes are those."""
     if not cfg.catalog_path.exists():
         return
-    info = store.info(CATALOG_OBJECT)
-    if info is not None and tag(info) != read_state(cfg).get("catalog"):
+    info, state = store.info(CATALOG_OBJECT), read_state(cfg)
+    if info is not None and tag(store, info) != state.get("catalog"):
         raise ObjectStoreError(f"the catalog in {store.url} changed since this cache ({cfg.data_dir}) fetched it: "
                                "another machine published meanwhile, and this cache's catalog would overwrite its "
                                "work. Not published; with SQLite, write from one machine at a time (or use a "
@@ -128,11 +134,13 @@ def push_catalog(store: Store, cfg: Config) -> None:
     try:
         with Catalog(cfg.catalog_path, readonly=True) as catalog:
             catalog.snapshot(snapshot)
-        if not same(snapshot, info, checksum=True):
+        digest = sha256_file(snapshot)
+        if info is None or digest != state.get("catalog_sha256"):
             store.upload([(snapshot, CATALOG_OBJECT)])
+            write_state(cfg, catalog=tag(store, store.info(CATALOG_OBJECT)), catalog_sha256=digest)
     finally:
         snapshot.unlink(missing_ok=True)
-    write_state(cfg, catalog=tag(store.info(CATALOG_OBJECT) or {}), local=local_signature(cfg))
+    write_state(cfg, local=local_signature(cfg))
 
 
 def named_files(cfg: Config) -> set[str]:
@@ -244,7 +252,7 @@ def push_models(store: Store, cfg: Config) -> list[str]:
             pushed.append(bundle.name)
         else:                           # published: only what `mlc mine` adds (mined.csv, review.csv)
             store.upload([(p, f"{key}/{r}") for r, p in folder_files(bundle).items()
-                          if not same(p, held.get(f"{key}/{r}"), checksum=True)])
+                          if not same_bytes(store, p, f"{key}/{r}", held.get(f"{key}/{r}"))])
     latest = root / "LATEST"
     # The shared pointer moves only with a model published now, after its marker: a cache that still
     # points at an older model never moves it back.
@@ -267,7 +275,8 @@ def pull_model(store: Store, cfg: Config) -> str | None:
 def push_reports(store: Store, cfg: Config) -> int:
     files = folder_files(cfg.layout.reports) if cfg.layout.reports.is_dir() else {}
     held = store.listing("reports")
-    return store.upload([(p, f"reports/{r}") for r, p in files.items() if not same(p, held.get(f"reports/{r}"), True)])
+    return store.upload([(p, f"reports/{r}") for r, p in files.items()
+                         if not same_bytes(store, p, f"reports/{r}", held.get(f"reports/{r}"))])
 
 
 def pull(cfg: Config, command: str, version: str | None = None) -> None:
