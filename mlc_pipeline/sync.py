@@ -12,9 +12,10 @@ What the store holds, under the URL:
   reports/...
 
 Atomic publishing keeps its meaning through the markers (objectstore.py): `latest` is the highest
-version that has one. Objects under raw/ and quarantine/ that the catalog no longer names (quarantine
-moves, takedowns) are deleted; the store is listed before the catalog is read, so a file another
-writer uploaded meanwhile (after recording it in the catalog) is always named.
+version that has one. New files go up before the catalog snapshot that names them; objects under raw/
+and quarantine/ that the catalog no longer names (quarantine moves, takedowns) are deleted after it,
+and the store is listed before the catalog is read, so a file another writer uploaded meanwhile
+(after recording it in the catalog) is always named.
 """
 
 from __future__ import annotations
@@ -167,18 +168,23 @@ def pull_files(store: Store, cfg: Config) -> int:
     return store.download([(p, cfg.data_dir / p) for p in want if p in held])
 
 
-def push_files(store: Store, cfg: Config) -> tuple[int, int]:
-    """Upload the catalog's new files; delete objects it no longer names. Returns (uploaded, deleted)."""
+def push_files(store: Store, cfg: Config) -> int:
+    """Upload the catalog's files the store lacks: before the catalog that names them is published."""
+    held = file_listing(store)
+    return store.upload([(cfg.data_dir / p, p) for p in sorted(named_files(cfg))
+                         if (cfg.data_dir / p).is_file() and not same(cfg.data_dir / p, held.get(p))])
+
+
+def delete_unnamed_files(store: Store, cfg: Config) -> int:
+    """Delete the objects the catalog no longer names (quarantine moves, takedowns): after it is published."""
     held = file_listing(store)              # listed before the catalog is read (see the module's doc)
     named = named_files(cfg)
-    todo = [(cfg.data_dir / p, p) for p in sorted(named)
-            if (cfg.data_dir / p).is_file() and not same(cfg.data_dir / p, held.get(p))]
     stale = sorted(set(held) - named)
     if stale and not named:
         log.warning("the catalog names no file but %s holds %d under raw/ and quarantine/: not deleting them",
                     store.url, len(stale))
-        stale = []
-    return store.upload(todo), store.delete(stale)
+        return 0
+    return store.delete(stale)
 
 
 def version_key(cfg: Config, version: str) -> str:
@@ -301,14 +307,17 @@ def pull(cfg: Config, command: str, version: str | None = None) -> None:
 
 
 def publish(cfg: Config) -> None:
-    """After a stage: publish what it wrote, catalog snapshot first (it names the files), markers last."""
+    """After a stage: publish what it wrote. New files before the catalog snapshot that names them, the
+    objects it no longer names deleted after it: killed anywhere, the store's catalog names only
+    objects that are there. Markers last."""
     store = store_of(cfg)
     if store is None:
         return
     with store_errors(store):
+        uploaded = push_files(store, cfg) if has_catalog(cfg) else 0
         if uses_local_catalog(cfg):
             push_catalog(store, cfg)
-        uploaded, deleted = push_files(store, cfg) if has_catalog(cfg) else (0, 0)
+        deleted = delete_unnamed_files(store, cfg) if has_catalog(cfg) else 0
         push_versions(store, cfg)
         push_models(store, cfg)
         push_reports(store, cfg)

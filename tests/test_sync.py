@@ -49,7 +49,8 @@ def store_status(cfg, tmp_path: Path, photo_id: str) -> str:
 
 def set_status(cfg, photo_id: str, status: str) -> None:
     with Catalog(cfg.catalog_path) as c:
-        c.set_status(c.get_by_photo("flickr", photo_id)["id"], status, f"takedown:{status}", "r2", "remove")
+        c.set_status(c.get_by_photo("flickr", photo_id)["id"], status, f"takedown:{status}", "r2", "remove",
+                     file_path=None)
 
 
 def test_a_status_change_that_keeps_the_size_is_published(tmp_path, store_url):
@@ -96,3 +97,50 @@ def test_a_report_rewritten_with_the_same_size_is_published(tmp_path, store_url)
     assert sync.push_reports(store, cfg) == 1
     assert store.read_text("reports/latest.json") == '{"shipped": "model-b"}'
     assert sync.push_reports(store, cfg) == 0
+
+
+def store_named(cfg, tmp_path: Path) -> set[str]:
+    """The files the store's catalog names."""
+    copy = tmp_path / "named.sqlite"
+    store_of(cfg).download([(sync.CATALOG_OBJECT, copy)])
+    with sqlite3.connect(copy) as db:
+        return {r[0] for r in db.execute("SELECT file_path FROM candidates WHERE file_path IS NOT NULL")}
+
+
+@pytest.mark.parametrize("killed_at", ["files", "catalog", "deletions"])
+def test_a_publish_killed_midway_leaves_no_name_without_its_object(tmp_path, store_url, killed_at, monkeypatch):
+    """New files go up before the catalog that names them, deletions after it: wherever a publish is
+    killed, the store's catalog names only objects that are there, and the rerun finishes the job."""
+    cfg = machine(tmp_path, store_url, "cache-a")
+    old, new = cfg.data_dir / "raw/flickr/101.jpg", cfg.data_dir / "raw/flickr/102.jpg"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"old photo")
+    with Catalog(cfg.catalog_path) as c:
+        c.upsert_found([found("101"), found("102")], "run")
+        c.set_status(c.get_by_photo("flickr", "101")["id"], "downloaded", None, "run", "download", file_path=str(old))
+    sync.publish(cfg)
+    new.write_bytes(b"new photo")
+    with Catalog(cfg.catalog_path) as c:     # one photo added, the other taken down
+        c.set_status(c.get_by_photo("flickr", "102")["id"], "downloaded", None, "r2", "download", file_path=str(new))
+    set_status(cfg, "101", "removed")
+    Store = type(store_of(cfg))
+    real_upload, real_delete = Store.upload, Store.delete
+
+    def upload(self, pairs):
+        if pairs and (pairs[0][1] == sync.CATALOG_OBJECT) == (killed_at == "catalog") and killed_at != "deletions":
+            raise KeyboardInterrupt
+        return real_upload(self, pairs)
+
+    def delete(self, rels):
+        if rels and killed_at == "deletions":
+            raise KeyboardInterrupt
+        return real_delete(self, rels)
+    monkeypatch.setattr(Store, "upload", upload)
+    monkeypatch.setattr(Store, "delete", delete)
+    with pytest.raises(KeyboardInterrupt):
+        sync.publish(cfg)
+    assert store_named(cfg, tmp_path) <= set(sync.file_listing(store_of(cfg)))
+    monkeypatch.setattr(Store, "upload", real_upload)
+    monkeypatch.setattr(Store, "delete", real_delete)
+    sync.publish(cfg)
+    assert set(sync.file_listing(store_of(cfg))) == store_named(cfg, tmp_path) == {"raw/flickr/102.jpg"}
