@@ -336,6 +336,46 @@ def test_bad_requests_get_one_line_answers(root):
         assert client.get("/thumb/999999").status_code == 404
 
 
+def test_a_takedown_removes_that_sources_photo_and_waits_for_no_writer(root):
+    """Photo ids of different sources may be equal: the takedown removes the one shown. While another
+    command writes to the data root it is refused (409, naming the holder), never half done."""
+    import subprocess
+    import sys
+
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    target = first_accepted(cfg, "ants")
+    twin_file = cfg.data_dir / "raw" / "flickr" / f"{target['photo_id']}.jpg"
+    twin_file.parent.mkdir(parents=True, exist_ok=True)
+    twin_file.write_bytes(open(target["file_path"], "rb").read())
+    with Catalog(cfg.catalog_path) as c:     # the same id on Flickr
+        c.upsert_found([Found("flickr", target["photo_id"], "train", "ants", "ants", "http://x", "url_m", 8, 8, 4,
+                              "CC", "o", "o", "t", None, None, "")], "r")
+        twin = c.get_by_photo("flickr", target["photo_id"])
+        c.set_status(twin["id"], "downloaded", None, "r", "download", file_path=str(twin_file))
+    hold = ("import sys, time\nfrom mlc_pipeline.locking import data_root_lock\n"
+            "with data_root_lock(sys.argv[1], 'mlc curate'):\n    print('held', flush=True)\n    sys.stdin.read()\n")
+    h = {"X-MLC-Client": "t"}
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        remove = lambda: client.post("/api/action", json={"id": target["id"], "action": "remove",
+                                                          "reason": "owner asked"}, headers=h)
+        holder = subprocess.Popen([sys.executable, "-c", hold, str(cfg.data_dir)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            busy = remove()
+            assert busy.status_code == 409 and "mlc curate" in busy.json()["error"], busy.text
+            assert os.path.exists(target["file_path"])
+        finally:
+            holder.communicate("", timeout=30)
+        done = remove()
+        assert done.status_code == 200 and done.json()["removed"] == 1, done.text
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        assert c.get(target["id"])["status"] == "removed" and not os.path.exists(target["file_path"])
+        assert c.get(twin["id"])["status"] == "downloaded" and twin_file.exists()
+
+
 def test_titles_from_the_source_are_escaped(root):
     """Titles, owners and tags come from strangers on Flickr: every page escapes them."""
     from fastapi.testclient import TestClient
