@@ -364,7 +364,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> Config:
         raise ConfigError(f"config: {path} must hold a YAML mapping (key: value lines), "
                           f"not a {type(data).__name__}")
     overrides = dict(overrides or {})
-    if isinstance(overrides.get("data_dir"), str):
+    if isinstance(overrides.get("data_dir"), str) and not URL_RE.match(overrides["data_dir"]):
         overrides["data_dir"] = str(Path.cwd() / overrides["data_dir"])   # an absolute path stays as it is
     data = deep_merge(data or {}, overrides)
     return parse_config(data, path.resolve().parent)
