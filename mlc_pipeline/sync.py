@@ -32,6 +32,7 @@ from typing import Iterator
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import sha256_file, temp_beside, write_text_atomic
+from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.manifest import versions as local_versions
 from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, folder_files, pull_folder, push_folder,
                                       read_marker, same, same_bytes, store_errors, store_of)
@@ -48,7 +49,8 @@ PULLS = {"collect": ("catalog", "files"), "curate": ("catalog", "files", "versio
          "build": ("catalog", "files", "version"), "train": ("catalog", "version"),
          "train-continue": ("catalog", "versions", "model"),     # the model continued and its versions
          "mine": ("catalog", "files", "model"), "remove": ("catalog",), "inspect": ("catalog", "version"),
-         "run": ("catalog", "files", "versions", "model")}
+         "run": ("catalog", "files", "versions", "model"),
+         "review": ("catalog", "files", "versions", "model")}   # pages, thumbnails, the model's queues
 
 
 def uses_local_catalog(cfg: Config) -> bool:
@@ -331,3 +333,29 @@ def synced(cfg: Config, command: str, version: str | None = None) -> Iterator[No
     pull(cfg, command, version)
     yield
     publish(cfg)
+
+
+@contextmanager
+def served(cfg: Config, command: str) -> Iterator[None]:
+    """An app over the cache for as long as it runs (`mlc review`): fetched before it starts, its
+    changes (the review, takedowns) published when it stops, Ctrl-C and SIGTERM included (the server
+    shuts down cleanly, then re-raises them). Neither waits for a command writing to this cache: that
+    command fetched before it and publishes after it, the app's changes with its own."""
+    if store_of(cfg) is None:
+        yield
+        return
+    unless_busy(cfg, f"mlc {command} (fetching)", lambda: pull(cfg, command))
+    try:
+        yield
+    except KeyboardInterrupt:
+        unless_busy(cfg, f"mlc {command} (publishing)", lambda: publish(cfg))
+        raise
+    unless_busy(cfg, f"mlc {command} (publishing)", lambda: publish(cfg))
+
+
+def unless_busy(cfg: Config, command: str, step) -> None:
+    try:
+        with data_root_lock(cfg.data_dir, command, wait=False):
+            step()
+    except DataRootBusy as exc:
+        log.warning("%s skipped: %s; it publishes this cache when done", command, str(exc).split(";")[0])

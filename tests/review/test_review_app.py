@@ -9,6 +9,7 @@ import re
 import stat
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -374,6 +375,39 @@ def test_a_takedown_removes_that_sources_photo_and_waits_for_no_writer(root):
     with Catalog(cfg.catalog_path, readonly=True) as c:
         assert c.get(target["id"])["status"] == "removed" and not os.path.exists(target["file_path"])
         assert c.get(twin["id"])["status"] == "downloaded" and twin_file.exists()
+
+
+def test_on_an_object_store_root_the_app_fetches_and_publishes_when_stopped(root, tmp_path):
+    """`mlc review` on a file:// store with an empty cache: it serves what the store holds, and its
+    takedown reaches the store (catalog and object) once the app is stopped (SIGTERM)."""
+    import sqlite3
+
+    import yaml
+
+    from mlc_pipeline import sync
+    from mlc_pipeline.config import load_config
+    from mlc_pipeline.objectstore import store_of
+    config, cfg = root
+    (tmp_path / "store").mkdir()
+    on_store = {"data_dir": f"file://{tmp_path}/store", "storage_options": {"auto_mkdir": True}}
+    sync.publish(load_config(config, {**on_store, "cache_dir": str(cfg.data_dir)}))    # the root, published
+    reviewer = tmp_path / "reviewer.yaml"
+    reviewer.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), **on_store,
+                                        "cache_dir": str(tmp_path / "reviewer-cache")}))
+    store = store_of(load_config(reviewer))
+    target = first_accepted(cfg, "ants")
+    rel = Path(target["file_path"]).relative_to(cfg.data_dir).as_posix()
+    assert rel in sync.file_listing(store)
+    server = ReviewServer(reviewer, free_port())
+    try:
+        res = post(requests, server.url + "/api/action", {"id": target["id"], "action": "remove", "reason": "owner"})
+        assert res.status_code == 200 and res.json()["removed"] == 1, res.text
+    finally:
+        out = server.stop()
+    assert rel not in sync.file_listing(store), out
+    store.download([(sync.CATALOG_OBJECT, tmp_path / "published.sqlite")])
+    with sqlite3.connect(tmp_path / "published.sqlite") as db:
+        assert db.execute("SELECT status FROM candidates WHERE id=?", (target["id"],)).fetchone()[0] == "removed"
 
 
 def test_titles_from_the_source_are_escaped(root):
