@@ -28,7 +28,7 @@ from flows.runtime import FLICKR_LIMIT, retry_condition, task_runner
 from mlc_pipeline.config import Config, load_config
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.model.variants import alternative_variants, check_train_settings
-from mlc_pipeline.pipeline import PipelineResult, RoundRecord, Stages, plain, run_stages
+from mlc_pipeline.pipeline import PipelineResult, RoundRecord, Stages, plain, rebuild_stages, run_stages
 
 DEFAULT_CONFIG = "configs/offline.yaml"
 
@@ -310,13 +310,7 @@ def rebuild_report(config_path: str = DEFAULT_CONFIG, overrides: dict | None = N
     run = Run("rebuild-report", config_path, overrides)
     try:
         cfg = start(run, config_path, overrides)
-        stages = TaskStages(run)
-        with stages.stage("curate"):
-            stages.curate(cfg)
-        with stages.stage("build"):
-            stages.build(cfg)
-        with stages.stage("report"):
-            stages.report(cfg, PipelineResult())
+        rebuild_stages(cfg, TaskStages(run))
     except Exception as exc:
         failure = run.fail(exc)
         logger.error(str(failure))

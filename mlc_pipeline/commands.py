@@ -265,9 +265,10 @@ def cmd_weights(args) -> int:
 def cmd_remove(args) -> int:
     from mlc_pipeline.curate.takedown import remove_photos
     cfg = load_config(args.config, parse_overrides(args.set))
-    from mlc_pipeline.sync import synced
     try:
-        with synced(cfg, "remove"):     # an object-store root: the taken-down objects are deleted there too
+        # The data root's lock: no curate moves a file while it is being deleted. An object-store
+        # root: the taken-down objects are deleted there too.
+        with writing(cfg, args):
             res = remove_photos(cfg, args.reason, photo_id=args.photo_id, owner=args.owner, query=args.query)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc

@@ -1,7 +1,7 @@
 """One writer per data root: an advisory lock held by every command that writes into it.
 
-collect, curate, build, train, mine and run (and the Prefect flows) take `data_root_lock`; inspect
-and predict never do. A second writer waits, after logging who holds the lock, or with `wait=False`
+collect, curate, build, train, mine, run and remove (and the Prefect flows, and the review app's
+takedown, without waiting) take `data_root_lock`; inspect and predict never do. A second writer waits, after logging who holds the lock, or with `wait=False`
 fails at once with `DataRootBusy`, a one-line message naming the holder.
 
 The lock is the `filelock` library's FileLock (fcntl.flock on Unix) on `<data_dir>/.mlc.lock`. The

@@ -5,7 +5,7 @@ An object store has no rename, so a folder (a dataset version, a model bundle) i
 marker, `<folder>/_COMPLETE`, written after every other object of the folder: a folder without one
 (a killed upload) does not exist for any reader. The marker lists every file's size, so a fetch knows
 what a complete copy is. Uploads skip objects already there with the same size (and, for files that
-change in place, the same MD5 where the store's ETag is one): a rerun uploads only what is new.
+change in place, the same bytes: never the size alone): a rerun uploads only what is new.
 What is stored where, and when, is sync.py's business.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from mlc_pipeline.config import Config, ConfigError
-from mlc_pipeline.fsutil import remove_dead_leftovers, temp_beside
+from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, temp_beside
 
 MARKER = "_COMPLETE"
 
@@ -73,6 +73,14 @@ class Store:
         except FileNotFoundError:
             return None
 
+    def sha256(self, rel: str) -> str:
+        """The SHA-256 of an object's bytes, read back (for a store that has no content ETag)."""
+        digest = hashlib.sha256()
+        with self.fs.open(self.path(rel), "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
     def write_text(self, rel: str, text: str) -> None:
         self.fs.pipe_file(self.path(rel), text.encode())
 
@@ -118,13 +126,22 @@ def md5_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def same(local: Path, info: dict | None, checksum: bool = False) -> bool:
-    """Is the object already this file? Size; plus the MD5 for files rewritten in place (`checksum`)
-    when the ETag is a plain MD5 (multipart uploads' are not: then size alone)."""
-    if info is None or info.get("size") != local.stat().st_size:
+def same(local: Path, info: dict | None) -> bool:
+    """Is the object already this file, for a file never rewritten in place (an image, a version's
+    file)? Its size says so."""
+    return info is not None and info.get("size") == local.stat().st_size
+
+
+def same_bytes(store: Store, local: Path, rel: str, info: dict | None) -> bool:
+    """Is the object `rel` (listed as `info`) this file, byte for byte? For small files rewritten in
+    place (reports, mined.csv): the MD5 where the ETag is one, else the object read back and hashed
+    (file:// has no ETag, multipart uploads' is no MD5). Never the size alone: a rewrite often keeps it."""
+    if not same(local, info):
         return False
     etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
-    return not (checksum and re.fullmatch(r"[0-9a-f]{32}", etag)) or md5_file(local) == etag
+    if re.fullmatch(r"[0-9a-f]{32}", etag):
+        return md5_file(local) == etag
+    return store.sha256(rel) == sha256_file(local)
 
 
 def read_marker(store: Store, key: str) -> dict | None:

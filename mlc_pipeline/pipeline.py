@@ -169,6 +169,9 @@ class Stages:
         summary, curated = collect_and_curate(cfg, progress=self.progress)
         return {**plain(summary), "curate": plain(curated)}
 
+    def curate(self, cfg: Config) -> dict:
+        return plain(curate(cfg))
+
     def build(self, cfg: Config) -> dict:
         return plain(build_dataset(cfg))
 
@@ -243,6 +246,24 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
     with stages.stage("report"):
         out.report = stages.report(cfg, out)
     write_text_atomic(cfg.layout.reports / "latest.json", json.dumps(asdict(out), indent=2, default=str))
+    publish(cfg)
+    return out
+
+
+def rebuild_stages(cfg: Config, stages: Stages) -> PipelineResult:
+    """`rebuild-report`: curate what the catalog holds, build a version if it changed, write the data
+    report; no downloads, no training. An object-store data root is fetched first and published after
+    each stage, as in `run_stages`."""
+    out = PipelineResult(seconds=stages.seconds)
+    pull(cfg, "curate")         # the catalog, its files and every version (curate checks against their tests)
+    with stages.stage("curate"):
+        stages.curate(cfg)
+    publish(cfg)
+    with stages.stage("build"):
+        stages.build(cfg)
+    publish(cfg)
+    with stages.stage("report"):
+        out.report = stages.report(cfg, PipelineResult())
     publish(cfg)
     return out
 

@@ -12,9 +12,10 @@ What the store holds, under the URL:
   reports/...
 
 Atomic publishing keeps its meaning through the markers (objectstore.py): `latest` is the highest
-version that has one. Objects under raw/ and quarantine/ that the catalog no longer names (quarantine
-moves, takedowns) are deleted; the store is listed before the catalog is read, so a file another
-writer uploaded meanwhile (after recording it in the catalog) is always named.
+version that has one. New files go up before the catalog snapshot that names them; objects under raw/
+and quarantine/ that the catalog no longer names (quarantine moves, takedowns) are deleted after it,
+and the store is listed before the catalog is read, so a file another writer uploaded meanwhile
+(after recording it in the catalog) is always named.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from typing import Iterator
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import Config
-from mlc_pipeline.fsutil import temp_beside, write_text_atomic
+from mlc_pipeline.fsutil import sha256_file, temp_beside, write_text_atomic
+from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.manifest import versions as local_versions
 from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, folder_files, pull_folder, push_folder,
-                                      read_marker, same, store_errors, store_of)
+                                      read_marker, same, same_bytes, store_errors, store_of)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,8 @@ PULLS = {"collect": ("catalog", "files"), "curate": ("catalog", "files", "versio
          "build": ("catalog", "files", "version"), "train": ("catalog", "version"),
          "train-continue": ("catalog", "versions", "model"),     # the model continued and its versions
          "mine": ("catalog", "files", "model"), "remove": ("catalog",), "inspect": ("catalog", "version"),
-         "run": ("catalog", "files", "versions", "model")}
+         "run": ("catalog", "files", "versions", "model"),
+         "review": ("catalog", "files", "versions", "model")}   # pages, thumbnails, the model's queues
 
 
 def uses_local_catalog(cfg: Config) -> bool:
@@ -86,8 +89,12 @@ def local_signature(cfg: Config) -> list:
     return out
 
 
-def tag(info: dict) -> str:
-    return f"{info.get('size')}:{str(info.get('ETag') or info.get('etag') or info.get('LastModified', '')).strip(chr(34))}"
+def tag(store: Store, info: dict) -> str:
+    """What tells one upload of the catalog from another: its ETag (S3, GCS and Azure give each write of
+    other bytes another one), else (file://, no ETag) the SHA-256 of its bytes. Never the size alone: a
+    status update usually keeps SQLite's page count."""
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+    return f"{info.get('size')}:{etag}" if etag else f"{info.get('size')}:sha256:{store.sha256(CATALOG_OBJECT)}"
 
 
 def pull_catalog(store: Store, cfg: Config) -> bool:
@@ -96,8 +103,8 @@ def pull_catalog(store: Store, cfg: Config) -> bool:
     info = store.info(CATALOG_OBJECT)
     if info is None:
         return False
-    state, local = read_state(cfg), cfg.catalog_path
-    if local.exists() and state.get("catalog") == tag(info):
+    state, local, remote = read_state(cfg), cfg.catalog_path, tag(store, info)
+    if local.exists() and state.get("catalog") == remote:
         return False
     if local.exists() and local_signature(cfg) != state.get("local"):
         aside = local.with_name(f"catalog.unsynced-{uuid.uuid4().hex[:8]}.sqlite")
@@ -108,18 +115,20 @@ def pull_catalog(store: Store, cfg: Config) -> bool:
     store.download([(CATALOG_OBJECT, local)])
     for suffix in ("-wal", "-shm"):     # a stale WAL would be replayed into the new file
         Path(f"{local}{suffix}").unlink(missing_ok=True)
-    write_state(cfg, catalog=tag(info), local=local_signature(cfg))
+    write_state(cfg, catalog=remote, catalog_sha256=sha256_file(local), local=local_signature(cfg))
     log.info("catalog fetched from %s", store.url)
     return True
 
 
 def push_catalog(store: Store, cfg: Config) -> None:
     """Upload the catalog's snapshot, unless the store's changed since this cache fetched it: another
-    machine published meanwhile, and the last snapshot would win (SQLite: one writer at a time)."""
+    machine published meanwhile, and the last snapshot would win (SQLite: one writer at a time).
+    The store's catalog is then the one this cache last synced with, whose SHA-256 the state keeps:
+    the snapshot is uploaded unless its bytes are those."""
     if not cfg.catalog_path.exists():
         return
-    info = store.info(CATALOG_OBJECT)
-    if info is not None and tag(info) != read_state(cfg).get("catalog"):
+    info, state = store.info(CATALOG_OBJECT), read_state(cfg)
+    if info is not None and tag(store, info) != state.get("catalog"):
         raise ObjectStoreError(f"the catalog in {store.url} changed since this cache ({cfg.data_dir}) fetched it: "
                                "another machine published meanwhile, and this cache's catalog would overwrite its "
                                "work. Not published; with SQLite, write from one machine at a time (or use a "
@@ -128,11 +137,13 @@ def push_catalog(store: Store, cfg: Config) -> None:
     try:
         with Catalog(cfg.catalog_path, readonly=True) as catalog:
             catalog.snapshot(snapshot)
-        if not same(snapshot, info, checksum=True):
+        digest = sha256_file(snapshot)
+        if info is None or digest != state.get("catalog_sha256"):
             store.upload([(snapshot, CATALOG_OBJECT)])
+            write_state(cfg, catalog=tag(store, store.info(CATALOG_OBJECT)), catalog_sha256=digest)
     finally:
         snapshot.unlink(missing_ok=True)
-    write_state(cfg, catalog=tag(store.info(CATALOG_OBJECT) or {}), local=local_signature(cfg))
+    write_state(cfg, local=local_signature(cfg))
 
 
 def named_files(cfg: Config) -> set[str]:
@@ -159,18 +170,23 @@ def pull_files(store: Store, cfg: Config) -> int:
     return store.download([(p, cfg.data_dir / p) for p in want if p in held])
 
 
-def push_files(store: Store, cfg: Config) -> tuple[int, int]:
-    """Upload the catalog's new files; delete objects it no longer names. Returns (uploaded, deleted)."""
+def push_files(store: Store, cfg: Config) -> int:
+    """Upload the catalog's files the store lacks: before the catalog that names them is published."""
+    held = file_listing(store)
+    return store.upload([(cfg.data_dir / p, p) for p in sorted(named_files(cfg))
+                         if (cfg.data_dir / p).is_file() and not same(cfg.data_dir / p, held.get(p))])
+
+
+def delete_unnamed_files(store: Store, cfg: Config) -> int:
+    """Delete the objects the catalog no longer names (quarantine moves, takedowns): after it is published."""
     held = file_listing(store)              # listed before the catalog is read (see the module's doc)
     named = named_files(cfg)
-    todo = [(cfg.data_dir / p, p) for p in sorted(named)
-            if (cfg.data_dir / p).is_file() and not same(cfg.data_dir / p, held.get(p))]
     stale = sorted(set(held) - named)
     if stale and not named:
         log.warning("the catalog names no file but %s holds %d under raw/ and quarantine/: not deleting them",
                     store.url, len(stale))
-        stale = []
-    return store.upload(todo), store.delete(stale)
+        return 0
+    return store.delete(stale)
 
 
 def version_key(cfg: Config, version: str) -> str:
@@ -244,7 +260,7 @@ def push_models(store: Store, cfg: Config) -> list[str]:
             pushed.append(bundle.name)
         else:                           # published: only what `mlc mine` adds (mined.csv, review.csv)
             store.upload([(p, f"{key}/{r}") for r, p in folder_files(bundle).items()
-                          if not same(p, held.get(f"{key}/{r}"), checksum=True)])
+                          if not same_bytes(store, p, f"{key}/{r}", held.get(f"{key}/{r}"))])
     latest = root / "LATEST"
     # The shared pointer moves only with a model published now, after its marker: a cache that still
     # points at an older model never moves it back.
@@ -267,7 +283,8 @@ def pull_model(store: Store, cfg: Config) -> str | None:
 def push_reports(store: Store, cfg: Config) -> int:
     files = folder_files(cfg.layout.reports) if cfg.layout.reports.is_dir() else {}
     held = store.listing("reports")
-    return store.upload([(p, f"reports/{r}") for r, p in files.items() if not same(p, held.get(f"reports/{r}"), True)])
+    return store.upload([(p, f"reports/{r}") for r, p in files.items()
+                         if not same_bytes(store, p, f"reports/{r}", held.get(f"reports/{r}"))])
 
 
 def pull(cfg: Config, command: str, version: str | None = None) -> None:
@@ -292,14 +309,17 @@ def pull(cfg: Config, command: str, version: str | None = None) -> None:
 
 
 def publish(cfg: Config) -> None:
-    """After a stage: publish what it wrote, catalog snapshot first (it names the files), markers last."""
+    """After a stage: publish what it wrote. New files before the catalog snapshot that names them, the
+    objects it no longer names deleted after it: killed anywhere, the store's catalog names only
+    objects that are there. Markers last."""
     store = store_of(cfg)
     if store is None:
         return
     with store_errors(store):
+        uploaded = push_files(store, cfg) if has_catalog(cfg) else 0
         if uses_local_catalog(cfg):
             push_catalog(store, cfg)
-        uploaded, deleted = push_files(store, cfg) if has_catalog(cfg) else (0, 0)
+        deleted = delete_unnamed_files(store, cfg) if has_catalog(cfg) else 0
         push_versions(store, cfg)
         push_models(store, cfg)
         push_reports(store, cfg)
@@ -313,3 +333,29 @@ def synced(cfg: Config, command: str, version: str | None = None) -> Iterator[No
     pull(cfg, command, version)
     yield
     publish(cfg)
+
+
+@contextmanager
+def served(cfg: Config, command: str) -> Iterator[None]:
+    """An app over the cache for as long as it runs (`mlc review`): fetched before it starts, its
+    changes (the review, takedowns) published when it stops, Ctrl-C and SIGTERM included (the server
+    shuts down cleanly, then re-raises them). Neither waits for a command writing to this cache: that
+    command fetched before it and publishes after it, the app's changes with its own."""
+    if store_of(cfg) is None:
+        yield
+        return
+    unless_busy(cfg, f"mlc {command} (fetching)", lambda: pull(cfg, command))
+    try:
+        yield
+    except KeyboardInterrupt:
+        unless_busy(cfg, f"mlc {command} (publishing)", lambda: publish(cfg))
+        raise
+    unless_busy(cfg, f"mlc {command} (publishing)", lambda: publish(cfg))
+
+
+def unless_busy(cfg: Config, command: str, step) -> None:
+    try:
+        with data_root_lock(cfg.data_dir, command, wait=False):
+            step()
+    except DataRootBusy as exc:
+        log.warning("%s skipped: %s; it publishes this cache when done", command, str(exc).split(";")[0])

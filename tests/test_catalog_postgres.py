@@ -89,6 +89,17 @@ def test_takedowns_by_query_and_owner_are_final(catalog_settings, tmp_path):
         assert c.events(stale["id"])[-1]["status"] == "removed"
 
 
+def test_stored_file_paths_names_every_recorded_file(catalog_settings, tmp_path):
+    """What an object-store data root must hold (sync.named_files): on PostgreSQL rows are dicts."""
+    with open_catalog(catalog_settings, tmp_path) as c:
+        run = c.start_run("collect")
+        c.upsert_found([found("1"), found("2"), found("3")], run)
+        for pid, rel in (("1", "raw/flickr/1.jpg"), ("2", "quarantine/too-small/2.jpg")):
+            c.set_status(c.get_by_photo("flickr", pid)["id"], "downloaded", None, run, "download",
+                         file_path=str(tmp_path / "data" / rel))
+        assert c.stored_file_paths() == {"raw/flickr/1.jpg", "quarantine/too-small/2.jpg"}
+
+
 def test_a_transaction_that_fails_leaves_nothing(catalog_settings, tmp_path):
     with open_catalog(catalog_settings, tmp_path) as c:
         run = c.start_run("collect")

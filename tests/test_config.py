@@ -142,6 +142,9 @@ def test_relative_data_dir_is_taken_from_the_config_files_folder(tmp_path, monke
     # an object-store URL typed there is no path: it stays a URL (it became <cwd>/s3:/bucket, local)
     cfg = load_config(write(tmp_path / "project", GOOD), parse_overrides(["data_dir=s3://bucket/prefix"]))
     assert cfg.data_url == "s3://bucket/prefix" and "s3:" not in str(cfg.data_dir)
+    # an object store given there stays a URL (its cache is then the local data root)
+    cfg = load_config(write(tmp_path / "project", GOOD), parse_overrides(["data_dir=s3://bkt/proj", "cache_dir=c"]))
+    assert cfg.data_url == "s3://bkt/proj" and cfg.data_dir.name == "c"
 
 
 def test_shipped_configs_use_the_repository_data_folder(monkeypatch, tmp_path):

@@ -228,6 +228,34 @@ def test_rebuild_report_flow(harness, project):
     assert "mlc-dataset-summary" in artifacts_of(state.state_details.flow_run_id)
 
 
+def test_rebuild_report_flow_fetches_and_publishes_an_object_store_root(harness, project, tmp_path):
+    """On an object-store data root the flow fetches into an empty cache and publishes its report."""
+    import shutil
+
+    from mlc_pipeline import sync
+    from mlc_pipeline.config import load_config
+    from mlc_pipeline.objectstore import store_of
+
+    if not (project.parent / "data" / "datasets").exists():    # run alone: something to rebuild from
+        assert collect_and_train(config_path=str(project), overrides={"mine": {"rounds": 0}},
+                                 return_state=True).is_completed()
+    (tmp_path / "store").mkdir()
+    shutil.copytree(project.parent / "data", tmp_path / "published")     # the flow's data root, published
+    (tmp_path / "published" / "reports" / "latest-dataset.html").unlink(missing_ok=True)    # rebuild-report's
+    on_store = {"data_dir": f"file://{tmp_path}/store", "storage_options": {"auto_mkdir": True}}
+    publisher = load_config(project, {**on_store, "cache_dir": str(tmp_path / "published")})
+    sync.publish(publisher)
+    store = store_of(publisher)
+    latest = sync.remote_versions(store, publisher)[-1]
+    assert "reports/latest-dataset.html" not in store.listing("reports")
+    state = rebuild_report(config_path=str(project), overrides={**on_store, "cache_dir": str(tmp_path / "cache")},
+                           return_state=True)
+    assert state.is_completed(), state.message
+    build = state.result()["builds"][0]
+    assert (build["version"], build["published"]) == (latest, False)     # the store's latest, fetched
+    assert "reports/latest-dataset.html" in store.listing("reports")     # and the report published
+
+
 def test_flow_waits_for_another_writer_on_its_data_root(harness, project):
     """A manual `mlc` command holding the data root: the flow starts no stage until it is done."""
     import subprocess

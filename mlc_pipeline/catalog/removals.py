@@ -12,15 +12,23 @@ from pathlib import Path
 
 class RemovalQueries:
     def removal_targets(self, photo_id: str | None = None, owner: str | None = None,
-                        query: str | None = None) -> list[dict]:
-        """Candidates a takedown names: by photo id, by owner (id or name), or by a search query."""
+                        query: str | None = None, source: str | None = None) -> list[dict]:
+        """Candidates a takedown names: by photo id (of one `source`, if given: ids of different
+        sources may be equal), by owner (id or name), or by a search query. Inside a transaction the
+        rows are locked (PostgreSQL; SQLite's write lock covers them), so no writer moves their files
+        until it ends."""
         if photo_id is not None:
-            return self.candidates("photo_id=?", (photo_id,))
-        if owner is not None:
-            return self.candidates("owner=? OR owner_name=?", (owner, owner))
-        if query is not None:
-            return self.candidates(self.backend.json_list_has("candidates.queries"), (query,))
-        raise ValueError("name a photo id, an owner or a query")
+            where, params = ("photo_id=?", (photo_id,)) if source is None else (
+                "photo_id=? AND source=?", (photo_id, source))
+        elif owner is not None:
+            where, params = "(owner=? OR owner_name=?)", (owner, owner)
+        elif query is not None:
+            where, params = self.backend.json_list_has("candidates.queries"), (query,)
+        else:
+            raise ValueError("name a photo id, an owner or a query")
+        lock = self.backend.FOR_UPDATE if self.db.in_transaction else ""
+        return [self._row(r) for r in self.db.execute(f"SELECT * FROM candidates WHERE {where} ORDER BY id{lock}",
+                                                      params)]
 
     def record_removal(self, row: dict, selector: str, reason: str, run_id: str, files_deleted: list[str]) -> None:
         """Mark a candidate removed for good and keep the decision, its reason and what was deleted."""
@@ -41,7 +49,7 @@ class RemovalQueries:
 
     def stored_file_paths(self) -> set[str]:
         """Every file path as recorded (relative to the data root): what an object-store root must hold."""
-        return {r[0] for r in self.db.execute("SELECT file_path FROM candidates WHERE file_path IS NOT NULL")}
+        return {r["file_path"] for r in self.db.execute("SELECT file_path FROM candidates WHERE file_path IS NOT NULL")}
 
     def snapshot(self, dest: str | Path) -> None:
         """A consistent copy of the catalog while it is open (SQLite's online backup), for uploading."""

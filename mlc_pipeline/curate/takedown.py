@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import Config
+from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.manifest import read_manifest, versions
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,10 @@ class RemoveResult:
 
 
 def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: str | None = None,
-                  query: str | None = None) -> RemoveResult:
-    """Remove every candidate named by exactly one of photo_id / owner / query, for `reason`."""
+                  query: str | None = None, source: str | None = None) -> RemoveResult:
+    """Remove every candidate named by exactly one of photo_id / owner / query, for `reason`
+    (`source`: only that source's photo id). The rows are read inside the transaction that removes
+    them, so the file deleted is where the catalog says it is now, not where it was a moment ago."""
     named = [(k, v) for k, v in (("photo-id", photo_id), ("owner", owner), ("query", query)) if v is not None]
     if len(named) != 1:
         raise ValueError("name exactly one of a photo id, an owner or a query")
@@ -41,15 +44,15 @@ def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: 
         raise ValueError("a takedown needs a reason (it is kept in the catalog)")
     selector = f"{named[0][0]}:{named[0][1]}"
     with Catalog(cfg.catalog_path) as catalog:
-        targets = catalog.removal_targets(photo_id=photo_id, owner=owner, query=query)
         run_id = catalog.start_run("remove")
         result = RemoveResult(run_id)
         with catalog.transaction():
+            targets = catalog.removal_targets(photo_id=photo_id, owner=owner, query=query, source=source)
             for row in targets:
                 if row["status"] == "removed":
                     result.already_removed.append(row)
                     continue
-                deleted = delete_file(row["file_path"])
+                deleted = delete_file(row, cfg.layout.quarantine())
                 catalog.record_removal(row, selector, reason.strip(), run_id, deleted)
                 result.removed.append(row)
                 result.files_deleted.extend(deleted)
@@ -61,15 +64,24 @@ def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: 
     return result
 
 
-def delete_file(path: str | None) -> list[str]:
-    "Delete a candidate's file (in raw/ or the quarantine); the paths actually deleted."
+def delete_file(row: dict, quarantine: Path) -> list[str]:
+    """Delete a candidate's file; the paths actually deleted. Where the row says it is, else in the
+    quarantine: a curate not holding the data root's lock (the review app's takedown runs beside one)
+    may have moved it there and not yet recorded the move. A quarantined file is deleted only if its
+    bytes are the candidate's (names are not unique across sources)."""
+    path = row["file_path"]
     if not path:
         return []
     try:
         os.remove(path)
+        return [path]
     except FileNotFoundError:
-        return []
-    return [path]
+        pass
+    for moved in sorted(quarantine.glob(f"*/{Path(path).name}")):
+        if row["sha256"] and sha256_file(moved) == row["sha256"]:
+            moved.unlink(missing_ok=True)
+            return [str(moved)]
+    return []
 
 
 def published_versions_with(cfg: Config, photos: set[tuple[str, str]]) -> dict[str, list[str]]:

@@ -25,6 +25,7 @@ from mlc_pipeline.catalog import review as cr
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import Config
 from mlc_pipeline.dataset.build import recorded_fingerprint
+from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.manifest import read_manifest, versions
 from mlc_pipeline.curate.verify import check_image
 from mlc_pipeline.review.security import CLIENT_HEADER, COOKIE, Guard, session_value
@@ -294,11 +295,18 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
                 return JSONResponse({"error": f"no candidate {cid}"}, status_code=404)
             if row["status"] == "removed":
                 return JSONResponse({"error": "already removed"}, status_code=409)
-            res = remove_photos(cfg, reason, photo_id=row["photo_id"])
+            try:
+                # As `mlc remove`: the data root's lock, so no curate moves the file and no build
+                # copies it meanwhile. Never waited for (a run holds it for hours): said instead.
+                with data_root_lock(cfg.data_dir, "mlc review (takedown)", wait=False):
+                    res = remove_photos(cfg, reason, photo_id=row["photo_id"], source=row["source"])
+            except DataRootBusy as exc:
+                return JSONResponse({"error": f"{str(exc).split(';')[0]}: try the takedown again when it is "
+                                              f"done, or run `mlc remove`, which waits for it"}, status_code=409)
             for r in res.removed:
                 cr.record_removal(review.catalog, r["id"], reason, client, len(res.files_deleted))
             review._facets = (0.0, None)
-        log.info("review: takedown of photo %s by %s", row["photo_id"], client)
+        log.info("review: takedown of photo %s:%s by %s", row["source"], row["photo_id"], client)
         return JSONResponse({"ok": True, "removed": len(res.removed), "published_in": res.published_in})
 
     @app.get("/login", response_class=HTMLResponse)

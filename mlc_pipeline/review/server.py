@@ -11,6 +11,14 @@ log = logging.getLogger(__name__)
 
 
 def serve(cfg: Config, host: str = "127.0.0.1", port: int = 8777) -> int:
+    """The app until Ctrl-C. On an object-store data root it works on the cache: fetched first, its
+    changes published when it stops (sync.served)."""
+    from mlc_pipeline.sync import served
+    with served(cfg, "review"):
+        return run_app(cfg, host, port)
+
+
+def run_app(cfg: Config, host: str, port: int) -> int:
     import uvicorn
     from mlc_pipeline.review.app import create_app
     if not cfg.catalog.url and not cfg.catalog_path.exists():     # a PostgreSQL catalog is a database, not a file

@@ -14,10 +14,12 @@ from PIL import Image
 
 from helpers import FIXTURES
 
-from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.catalog import Catalog, Found
 from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import parse_config
-from mlc_pipeline.curate.stage import curate
+from mlc_pipeline.curate.stage import curate, quarantine
+from mlc_pipeline.curate.takedown import remove_photos
+from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.dataset.build import build_dataset
 from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.flickr_server.folder import photo_id_for
@@ -155,3 +157,76 @@ def test_copies_of_published_test_images_never_enter_training(published):
     assert new["duplicate_of"] == original["id"] and original["status"] == "accepted"
     v2 = build_dataset(cfg)
     assert str(new["id"]) not in {r["candidate_id"] for r in read_manifest(v2.path / "manifest.csv")}
+
+
+# --- a takedown beside a curate that moves the file (no fixture photos needed) --------------------
+
+def one_downloaded_photo(tmp_path: Path, settings: dict, source: str = "flickr", photo_id: str = "101"):
+    """A data root whose catalog holds one downloaded photo; (cfg, candidate id, its file)."""
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), **settings,
+                        "classes": {"cat": {"queries": ["cat"], "count": 1}}, "other": {"queries": ["x"], "count": 1}})
+    img = cfg.data_dir / "raw" / source / "01" / f"{photo_id}.jpg"
+    img.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (len(source) * 20, 0, 0)).save(img)
+    with Catalog(cfg.catalog_path) as c:
+        c.upsert_found([Found(source, photo_id, "train", "cat", "cat", "http://x", "url_c", 8, 8, 4, "CC", "o", "o",
+                              "t", None, None, "")], "r")
+        cid = c.get_by_photo(source, photo_id)["id"]
+        c.set_status(cid, "downloaded", None, "r", "download", file_path=str(img), sha256=sha256_file(img))
+    return cfg, cid, img
+
+
+def test_a_curate_just_before_the_takedown_leaves_no_file_behind(catalog_settings, tmp_path, monkeypatch):
+    """A curate (not holding the data root's lock: the review app's takedown runs beside one) moves the
+    file to the quarantine and records it just before the takedown's transaction: the takedown deletes
+    the file where the catalog says it is then."""
+    cfg, cid, img = one_downloaded_photo(tmp_path, catalog_settings)
+    real, raced = Catalog.transaction, []
+
+    def curate_first(self):
+        if not raced:
+            raced.append(True)
+            with Catalog(cfg.catalog_path) as other:
+                moved = quarantine(img, cfg.data_dir, "too-small")
+                other.set_status(cid, "rejected", "too-small", "cur", "curate", file_path=str(moved))
+        return real(self)
+    monkeypatch.setattr(Catalog, "transaction", curate_first)
+    res = remove_photos(cfg, "owner asked", photo_id="101")
+    assert raced and [r["id"] for r in res.removed] == [cid]
+    assert res.files_deleted == [str(cfg.data_dir / "quarantine" / "too-small" / "101.jpg")]
+    assert list((cfg.data_dir / "quarantine").rglob("*.jpg")) == []
+
+
+def test_a_file_moved_but_not_yet_recorded_is_found_in_the_quarantine(tmp_path):
+    """The curate moved the file and has not recorded it yet: the takedown finds it in the quarantine by
+    name and content; another source's photo of the same name there is not touched."""
+    cfg, cid, img = one_downloaded_photo(tmp_path, {})
+    _, _, other_img = one_downloaded_photo(tmp_path, {}, source="local")
+    other = quarantine(other_img, cfg.data_dir, "too-small")          # same name, other bytes
+    moved = quarantine(img, cfg.data_dir, "undecodable")              # the curate's move, not recorded yet
+    res = remove_photos(cfg, "owner asked", photo_id="101", source="flickr")
+    assert [r["id"] for r in res.removed] == [cid] and res.files_deleted == [str(moved)]
+    assert not moved.exists() and other.exists()
+    with Catalog(cfg.catalog_path) as c:
+        assert c.get_by_photo("local", "101")["status"] == "downloaded"     # the other source's photo stays
+
+
+def test_mlc_remove_waits_for_the_data_roots_writer(tmp_path):
+    cfg, cid, img = one_downloaded_photo(tmp_path, {})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(cfg.data_dir), "classes": {"cat": {"queries": ["cat"], "count": 1}},
+                                      "other": {"queries": ["x"], "count": 1}}))
+    hold = ("import sys, time\nfrom mlc_pipeline.locking import data_root_lock\n"
+            "with data_root_lock(sys.argv[1], 'mlc curate'):\n    print('held', flush=True)\n    time.sleep(3)\n"
+            "    print(time.time(), flush=True)\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(cfg.data_dir)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    busy = mlc(config, "remove", "--photo-id", "101", "--reason", "owner asked", "--no-wait")
+    assert busy.returncode == 75 and "in use by" in busy.stderr
+    done = mlc(config, "remove", "--photo-id", "101", "--reason", "owner asked")
+    released = float(holder.stdout.readline())
+    holder.wait(timeout=30)
+    assert done.returncode == 0, done.stderr
+    with Catalog(cfg.catalog_path) as c:
+        started = max(r["started_at"] for r in c.runs() if r["command"] == "remove")
+    assert started >= released and not img.exists()

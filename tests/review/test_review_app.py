@@ -9,6 +9,7 @@ import re
 import stat
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -376,6 +377,79 @@ def test_bad_requests_get_one_line_answers(root):
         assert client.get("/image/999999").status_code == 404
         assert client.get("/?licence=abc").status_code == 400
         assert client.get("/thumb/999999").status_code == 404
+
+
+def test_a_takedown_removes_that_sources_photo_and_waits_for_no_writer(root):
+    """Photo ids of different sources may be equal: the takedown removes the one shown. While another
+    command writes to the data root it is refused (409, naming the holder), never half done."""
+    import subprocess
+    import sys
+
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    target = first_accepted(cfg, "ants")
+    twin_file = cfg.data_dir / "raw" / "flickr" / f"{target['photo_id']}.jpg"
+    twin_file.parent.mkdir(parents=True, exist_ok=True)
+    twin_file.write_bytes(open(target["file_path"], "rb").read())
+    with Catalog(cfg.catalog_path) as c:     # the same id on Flickr
+        c.upsert_found([Found("flickr", target["photo_id"], "train", "ants", "ants", "http://x", "url_m", 8, 8, 4,
+                              "CC", "o", "o", "t", None, None, "")], "r")
+        twin = c.get_by_photo("flickr", target["photo_id"])
+        c.set_status(twin["id"], "downloaded", None, "r", "download", file_path=str(twin_file))
+    hold = ("import sys, time\nfrom mlc_pipeline.locking import data_root_lock\n"
+            "with data_root_lock(sys.argv[1], 'mlc curate'):\n    print('held', flush=True)\n    sys.stdin.read()\n")
+    h = {"X-MLC-Client": "t"}
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        remove = lambda: client.post("/api/action", json={"id": target["id"], "action": "remove",
+                                                          "reason": "owner asked"}, headers=h)
+        holder = subprocess.Popen([sys.executable, "-c", hold, str(cfg.data_dir)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            busy = remove()
+            assert busy.status_code == 409 and "mlc curate" in busy.json()["error"], busy.text
+            assert os.path.exists(target["file_path"])
+        finally:
+            holder.communicate("", timeout=30)
+        done = remove()
+        assert done.status_code == 200 and done.json()["removed"] == 1, done.text
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        assert c.get(target["id"])["status"] == "removed" and not os.path.exists(target["file_path"])
+        assert c.get(twin["id"])["status"] == "downloaded" and twin_file.exists()
+
+
+def test_on_an_object_store_root_the_app_fetches_and_publishes_when_stopped(root, tmp_path):
+    """`mlc review` on a file:// store with an empty cache: it serves what the store holds, and its
+    takedown reaches the store (catalog and object) once the app is stopped (SIGTERM)."""
+    import sqlite3
+
+    import yaml
+
+    from mlc_pipeline import sync
+    from mlc_pipeline.config import load_config
+    from mlc_pipeline.objectstore import store_of
+    config, cfg = root
+    (tmp_path / "store").mkdir()
+    on_store = {"data_dir": f"file://{tmp_path}/store", "storage_options": {"auto_mkdir": True}}
+    sync.publish(load_config(config, {**on_store, "cache_dir": str(cfg.data_dir)}))    # the root, published
+    reviewer = tmp_path / "reviewer.yaml"
+    reviewer.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), **on_store,
+                                        "cache_dir": str(tmp_path / "reviewer-cache")}))
+    store = store_of(load_config(reviewer))
+    target = first_accepted(cfg, "ants")
+    rel = Path(target["file_path"]).relative_to(cfg.data_dir).as_posix()
+    assert rel in sync.file_listing(store)
+    server = ReviewServer(reviewer, free_port())
+    try:
+        res = post(requests, server.url + "/api/action", {"id": target["id"], "action": "remove", "reason": "owner"})
+        assert res.status_code == 200 and res.json()["removed"] == 1, res.text
+    finally:
+        out = server.stop()
+    assert rel not in sync.file_listing(store), out
+    store.download([(sync.CATALOG_OBJECT, tmp_path / "published.sqlite")])
+    with sqlite3.connect(tmp_path / "published.sqlite") as db:
+        assert db.execute("SELECT status FROM candidates WHERE id=?", (target["id"],)).fetchone()[0] == "removed"
 
 
 def test_titles_from_the_source_are_escaped(root):

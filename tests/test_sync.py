@@ -1,0 +1,146 @@
+"""The catalog snapshot on an object-store data root (sync.py): a change is published even when it keeps
+the file's size, and another machine's same-size publish is never overwritten. On a file:// store (no
+ETag at all) and on a real S3-compatible server (moto, on loopback)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from mlc_pipeline import sync
+from mlc_pipeline.catalog import Catalog, Found
+from mlc_pipeline.config import parse_config
+from mlc_pipeline.objectstore import ObjectStoreError, store_of
+
+CLASSES = {"classes": {"cat": {"queries": ["cat"], "count": 1}}, "other": {"queries": ["x"], "count": 1}}
+
+
+def found(photo_id: str) -> Found:
+    return Found("flickr", photo_id, "train", "cat", "cat", "http://x/a.jpg", "url_c", 1, 1, 4, "CC", "o", "o", "t",
+                 None, None, "")
+
+
+@pytest.fixture(params=["file", "s3"])
+def store_url(request, tmp_path) -> tuple[str, dict]:
+    if request.param == "file":
+        (tmp_path / "store").mkdir()
+        return f"file://{tmp_path}/store", {"auto_mkdir": True}     # fsspec's local store makes no folders else
+    endpoint = request.getfixturevalue("s3_server")
+    import s3fs
+    bucket = f"sync-{tmp_path.name.lower().replace('_', '-')[-40:]}"
+    s3fs.S3FileSystem(endpoint_url=endpoint).mkdir(bucket)
+    return f"s3://{bucket}/proj", {"endpoint_url": endpoint}
+
+
+def machine(tmp_path: Path, store_url: tuple[str, dict], name: str):
+    url, options = store_url
+    return parse_config({"data_dir": url, "cache_dir": str(tmp_path / name), "storage_options": options, **CLASSES})
+
+
+def store_status(cfg, tmp_path: Path, photo_id: str) -> str:
+    """The status the store's catalog object holds, read from a downloaded copy."""
+    copy = tmp_path / f"downloaded-{photo_id}.sqlite"
+    store_of(cfg).download([(sync.CATALOG_OBJECT, copy)])
+    with sqlite3.connect(copy) as db:
+        return db.execute("SELECT status FROM candidates WHERE photo_id=?", (photo_id,)).fetchone()[0]
+
+
+def set_status(cfg, photo_id: str, status: str) -> None:
+    with Catalog(cfg.catalog_path) as c:
+        c.set_status(c.get_by_photo("flickr", photo_id)["id"], status, f"takedown:{status}", "r2", "remove",
+                     file_path=None)
+
+
+def test_a_status_change_that_keeps_the_size_is_published(tmp_path, store_url):
+    cfg = machine(tmp_path, store_url, "cache-a")
+    store = store_of(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        c.upsert_found([found("101")], "run")
+    sync.push_catalog(store, cfg)
+    size = store.info(sync.CATALOG_OBJECT)["size"]
+    set_status(cfg, "101", "removed")           # `mlc remove`: a status update, the same page count
+    sync.push_catalog(store, cfg)
+    assert store.info(sync.CATALOG_OBJECT)["size"] == size        # what made it look unchanged
+    assert store_status(cfg, tmp_path, "101") == "removed"
+    uploads = []
+    real = type(store).upload
+    store.upload = lambda pairs: uploads.extend(pairs) or real(store, pairs)
+    sync.push_catalog(store, cfg)               # nothing changed since: nothing uploaded
+    assert uploads == []
+
+
+def test_another_machines_same_size_publish_is_not_overwritten(tmp_path, store_url):
+    a, b = machine(tmp_path, store_url, "cache-a"), machine(tmp_path, store_url, "cache-b")
+    with Catalog(a.catalog_path) as c:
+        c.upsert_found([found("101"), found("102")], "run")
+    sync.push_catalog(store_of(a), a)
+    sync.pull_catalog(store_of(b), b)
+    set_status(b, "101", "removed")
+    sync.push_catalog(store_of(b), b)           # B publishes a change of the same size
+    set_status(a, "102", "removed")             # A, not having fetched it, changed another row
+    with pytest.raises(ObjectStoreError, match="changed since this cache"):
+        sync.push_catalog(store_of(a), a)
+    assert store_status(a, tmp_path, "101") == "removed"     # B's work is still there
+    assert sync.pull_catalog(store_of(a), a)                 # and the next command on A fetches it
+
+
+def test_a_report_rewritten_with_the_same_size_is_published(tmp_path, store_url):
+    cfg = machine(tmp_path, store_url, "cache-a")
+    store = store_of(cfg)
+    report = cfg.layout.reports / "latest.json"
+    report.parent.mkdir(parents=True)
+    report.write_text('{"shipped": "model-a"}')
+    assert sync.push_reports(store, cfg) == 1
+    report.write_text('{"shipped": "model-b"}')
+    assert sync.push_reports(store, cfg) == 1
+    assert store.read_text("reports/latest.json") == '{"shipped": "model-b"}'
+    assert sync.push_reports(store, cfg) == 0
+
+
+def store_named(cfg, tmp_path: Path) -> set[str]:
+    """The files the store's catalog names."""
+    copy = tmp_path / "named.sqlite"
+    store_of(cfg).download([(sync.CATALOG_OBJECT, copy)])
+    with sqlite3.connect(copy) as db:
+        return {r[0] for r in db.execute("SELECT file_path FROM candidates WHERE file_path IS NOT NULL")}
+
+
+@pytest.mark.parametrize("killed_at", ["files", "catalog", "deletions"])
+def test_a_publish_killed_midway_leaves_no_name_without_its_object(tmp_path, store_url, killed_at, monkeypatch):
+    """New files go up before the catalog that names them, deletions after it: wherever a publish is
+    killed, the store's catalog names only objects that are there, and the rerun finishes the job."""
+    cfg = machine(tmp_path, store_url, "cache-a")
+    old, new = cfg.data_dir / "raw/flickr/101.jpg", cfg.data_dir / "raw/flickr/102.jpg"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"old photo")
+    with Catalog(cfg.catalog_path) as c:
+        c.upsert_found([found("101"), found("102")], "run")
+        c.set_status(c.get_by_photo("flickr", "101")["id"], "downloaded", None, "run", "download", file_path=str(old))
+    sync.publish(cfg)
+    new.write_bytes(b"new photo")
+    with Catalog(cfg.catalog_path) as c:     # one photo added, the other taken down
+        c.set_status(c.get_by_photo("flickr", "102")["id"], "downloaded", None, "r2", "download", file_path=str(new))
+    set_status(cfg, "101", "removed")
+    Store = type(store_of(cfg))
+    real_upload, real_delete = Store.upload, Store.delete
+
+    def upload(self, pairs):
+        if pairs and (pairs[0][1] == sync.CATALOG_OBJECT) == (killed_at == "catalog") and killed_at != "deletions":
+            raise KeyboardInterrupt
+        return real_upload(self, pairs)
+
+    def delete(self, rels):
+        if rels and killed_at == "deletions":
+            raise KeyboardInterrupt
+        return real_delete(self, rels)
+    monkeypatch.setattr(Store, "upload", upload)
+    monkeypatch.setattr(Store, "delete", delete)
+    with pytest.raises(KeyboardInterrupt):
+        sync.publish(cfg)
+    assert store_named(cfg, tmp_path) <= set(sync.file_listing(store_of(cfg)))
+    monkeypatch.setattr(Store, "upload", real_upload)
+    monkeypatch.setattr(Store, "delete", real_delete)
+    sync.publish(cfg)
+    assert set(sync.file_listing(store_of(cfg))) == store_named(cfg, tmp_path) == {"raw/flickr/102.jpg"}
