@@ -3,6 +3,7 @@ a data root's layout is readable in one place (docs/reliability.md describes wha
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,25 @@ class DataLayout:
     def quarantine(self, reason: str | None = None) -> Path:
         """Files curation rejected, one folder per reason (the part before any ':')."""
         return self.root / "quarantine" / reason.split(":")[0] if reason else self.root / "quarantine"
+
+    def quarantine_destination(self, reason: str, path: Path) -> Path:
+        """Where a rejected file goes: its place under raw/ kept below the reason's folder
+        (quarantine/too-small/flickr/45/12345.jpg), since photo ids repeat across sources and a bare
+        name would let one source's file replace another's."""
+        path = Path(os.path.abspath(path))
+        for top, skip in ((self.raw(), 0), (self.quarantine(), 1)):     # quarantined before: drop its reason
+            try:
+                below = path.relative_to(os.path.abspath(top)).parts[skip:]
+            except ValueError:
+                continue
+            if below:
+                return self.quarantine(reason).joinpath(*below)
+        return self.quarantine(reason) / path.name
+
+    def quarantined(self, name: str) -> list[Path]:
+        """Every quarantined file with this name, under any reason (and either layout: the bare name
+        of data roots quarantined before 2026-12-05, or the path under raw/)."""
+        return sorted(self.quarantine().rglob(name)) if self.quarantine().is_dir() else []
 
     @property
     def legacy_downloads(self) -> Path:

@@ -55,21 +55,22 @@ def limits_of(cfg: Config) -> VerifyLimits:
 
 
 def quarantine(path: Path, data_dir: Path, reason: str) -> Path:
-    """Move a rejected file aside (never delete): data/quarantine/<reason>/<name>. A file outside
-    this data root (a catalog still naming another root's files) is never moved: it is not ours."""
+    """Move a rejected file aside (never delete): data/quarantine/<reason>/<its path under raw/>. A
+    file outside this data root (a catalog still naming another root's files) is never moved: it is
+    not ours."""
     if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(data_dir)):
         log.warning("%s is outside the data root %s: rejected (%s) but left where it is", path, data_dir, reason)
         return path
     layout = DataLayout(data_dir)
     folder = layout.quarantine(reason)
-    folder.mkdir(parents=True, exist_ok=True)
-    dest = folder / path.name
+    dest = layout.quarantine_destination(reason, path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(path, dest)
     except FileNotFoundError:
         # Another curate of the same data root moved it first (the data-root lock normally keeps
         # them apart), perhaps under another reason: record where it really is; not an error.
-        moved = dest if dest.exists() else next(layout.quarantine().glob(f"*/{path.name}"), None)
+        moved = dest if dest.exists() else next(iter(layout.quarantined(path.name)), None)
         if moved is None:
             log.warning("%s is gone and not in %s either; recorded as quarantined there", path, folder)
         return moved or dest

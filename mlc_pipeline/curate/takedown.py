@@ -77,7 +77,7 @@ def delete_file(row: dict, quarantine: Path) -> list[str]:
         return [path]
     except FileNotFoundError:
         pass
-    for moved in sorted(quarantine.glob(f"*/{Path(path).name}")):
+    for moved in sorted(quarantine.rglob(Path(path).name)) if quarantine.is_dir() else []:
         if row["sha256"] and sha256_file(moved) == row["sha256"]:
             moved.unlink(missing_ok=True)
             return [str(moved)]

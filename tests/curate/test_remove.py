@@ -193,7 +193,7 @@ def test_a_curate_just_before_the_takedown_leaves_no_file_behind(catalog_setting
     monkeypatch.setattr(Catalog, "transaction", curate_first)
     res = remove_photos(cfg, "owner asked", photo_id="101")
     assert raced and [r["id"] for r in res.removed] == [cid]
-    assert res.files_deleted == [str(cfg.data_dir / "quarantine" / "too-small" / "101.jpg")]
+    assert res.files_deleted == [str(cfg.layout.quarantine_destination("too-small", img))]
     assert list((cfg.data_dir / "quarantine").rglob("*.jpg")) == []
 
 
