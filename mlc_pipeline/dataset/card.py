@@ -13,10 +13,18 @@ def attribution(rows: list[dict], version: str) -> str:
     lines = [f"# Attribution — dataset {version}", "",
              "Every image, its author, title, licence and source, as the CC licences require.", "",
              "| image | title | author | licence | source |", "|---|---|---|---|---|"]
-    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
     for r in rows:
-        lines.append(f"| {r['path']} | {esc(r['title'])} | {esc(r['owner'])} | {esc(r['license'])} | {esc(r['url'])} |")
+        lines.append("| " + " | ".join(table_cell(r[k]) for k in ("path", "title", "owner", "license", "url")) + " |")
     return "\n".join(lines) + "\n"
+
+
+def table_cell(value) -> str:
+    """Untrusted text (a Flickr title, an owner's name) as one Markdown table cell: on one line (every
+    line break, \\r and U+2028 included), its pipes and backslashes escaped, and no HTML (a `<!--` in
+    a title hid every row after it when the file was rendered)."""
+    text = " ".join(str(value).split())
+    return (text.replace("\\", "\\\\").replace("|", "\\|")
+            .replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
 
 
 def dataset_card(name: str, version: str, cfg: Config, counts: dict, curation: dict, previous: str | None) -> str:
