@@ -180,8 +180,10 @@ def ensemble_replay(jobs: list[dict], cap: float = 0.05) -> None:
     got = {"round 0": [], "round 1": [], "mean of both rounds' scores": []}
     for job in pairs:
         p0, p1 = job["rounds"]["r0"]["probs"], job["rounds"]["r1"]["probs"]
-        got["round 0"].append(test_figures(job, p0, job["rounds"]["r0"]["thresholds"]))
-        got["round 1"].append(test_figures(job, p1, job["rounds"]["r1"]["thresholds"]))
+        # All three calibrated alike, on the same valid rows: each round's own bundle thresholds were
+        # fitted on its own version's valid set (round 1's holds mined negatives), the mean's were not.
+        got["round 0"].append(test_figures(job, p0, calibrated(job, p0, [cap])[cap]))
+        got["round 1"].append(test_figures(job, p1, calibrated(job, p1, [cap])[cap]))
         both = (p0 + p1) / 2
         got["mean of both rounds' scores"].append(test_figures(job, both, calibrated(job, both, [cap])[cap]))
     print(f"\n## ensemble: {len(pairs)} jobs, cap {cap}")
