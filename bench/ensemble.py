@@ -104,7 +104,9 @@ def main() -> None:
             split, recipe, seed = key
             groups.setdefault((recipe, split), {})[seed] = npz
     metrics = ("f1", "other", "probe", "fpr95", "ap", "best_f1")
-    cell = lambda r: (f"{r['f1']:.3f} / {r['other']:.1%} / {r['probe']:.1%} ({r['fpr95']:.1%}); "   # noqa: E731
+    # fpr95 is None (NaN in means) for a world without probes: said as n/a, not a crash
+    pct = lambda x: "n/a" if x is None or np.isnan(x) else f"{x:.1%}"   # noqa: E731
+    cell = lambda r: (f"{r['f1']:.3f} / {r['other']:.1%} / {r['probe']:.1%} ({pct(r['fpr95'])}); "   # noqa: E731
                       f"AP {r['ap']:.3f}, best F1 {r['best_f1']:.3f}")
     results = []
     for (recipe, split), by_seed in sorted(groups.items()):
@@ -115,7 +117,7 @@ def main() -> None:
             pa, vocab, class_score = probabilities(za)
             pb, _, _ = probabilities(zb)
             single = [operating_point(p, za, vocab, class_score, args.cap) for p in (pa, pb)]
-            mean_single = {k: float(np.mean([s[k] for s in single])) for k in metrics}
+            mean_single = {k: mean_of([s[k] for s in single]) for k in metrics}
             both = operating_point({p: average(pa[p], pb[p], args.average) for p in PARTS}, za, vocab,
                                    class_score, args.cap)
             results.append({"recipe": recipe, "split": split, "seeds": [a, b], "single": single,
@@ -129,12 +131,18 @@ def main() -> None:
               f"| {cell(r['ensemble'])} | {r['ensemble']['f1'] - r['mean_single']['f1']:+.3f} |")
     for recipe in sorted({r["recipe"] for r in results}):
         rows = [r for r in results if r["recipe"] == recipe]
-        one = {k: np.mean([r["mean_single"][k] for r in rows]) for k in metrics}
-        two = {k: np.mean([r["ensemble"][k] for r in rows]) for k in metrics}
+        one = {k: mean_of([r["mean_single"][k] for r in rows]) for k in metrics}
+        two = {k: mean_of([r["ensemble"][k] for r in rows]) for k in metrics}
         better = sum(r["ensemble"]["f1"] > max(s["f1"] for s in r["single"]) for r in rows)
         print(f"{recipe}: {len(rows)} pairs; one training {cell(one)}; two averaged {cell(two)}; "
               f"F1 x{two['f1'] / one['f1']:.3f}; the pair beats its better member in {better} of {len(rows)}")
     print(json.dumps(results))
+
+
+def mean_of(values: list) -> float | None:
+    """The mean of the values there are (None: a figure with nothing to measure, e.g. no probes)."""
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
 
 
 if __name__ == "__main__":
