@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--photo-id", help="the source's photo id")
     which.add_argument("--owner", help="every photo of this owner (id or name), now and later")
     which.add_argument("--query", help="every photo found by this search query")
+    p.add_argument("--source", help="with --photo-id: only this source's photo (flickr, local, urls...); "
+                                    "ids repeat across sources")
     p.add_argument("--reason", required=True, help="why (kept in the catalog)")
     p.add_argument("--no-wait", action="store_true",
                    help="fail at once (exit code 75) when another command is writing to the data root")

@@ -269,7 +269,8 @@ def cmd_remove(args) -> int:
         # The data root's lock: no curate moves a file while it is being deleted. An object-store
         # root: the taken-down objects are deleted there too.
         with writing(cfg, args):
-            res = remove_photos(cfg, args.reason, photo_id=args.photo_id, owner=args.owner, query=args.query)
+            res = remove_photos(cfg, args.reason, photo_id=args.photo_id, owner=args.owner, query=args.query,
+                                source=args.source)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     if not res.removed and not res.already_removed:

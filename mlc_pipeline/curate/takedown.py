@@ -42,7 +42,10 @@ def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: 
         raise ValueError("name exactly one of a photo id, an owner or a query")
     if not reason or not reason.strip():
         raise ValueError("a takedown needs a reason (it is kept in the catalog)")
-    selector = f"{named[0][0]}:{named[0][1]}"
+    if source is not None and photo_id is None:
+        raise ValueError("--source narrows --photo-id (ids repeat across sources); an owner or a query is "
+                         "matched in every source")
+    selector = f"{named[0][0]}:{named[0][1]}" if source is None else f"photo-id:{source}:{photo_id}"
     with Catalog(cfg.catalog_path) as catalog:
         run_id = catalog.start_run("remove")
         result = RemoveResult(run_id)

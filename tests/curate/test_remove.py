@@ -211,6 +211,21 @@ def test_a_file_moved_but_not_yet_recorded_is_found_in_the_quarantine(tmp_path):
         assert c.get_by_photo("local", "101")["status"] == "downloaded"     # the other source's photo stays
 
 
+def test_mlc_remove_source_takes_down_one_sources_photo_only(tmp_path):
+    cfg, cid, img = one_downloaded_photo(tmp_path, {})
+    _, other_cid, other_img = one_downloaded_photo(tmp_path, {}, source="local")      # the same id, another source
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(cfg.data_dir), "classes": {"cat": {"queries": ["cat"], "count": 1}},
+                                      "other": {"queries": ["x"], "count": 1}}))
+    wrong = mlc(config, "remove", "--owner", "o", "--source", "local", "--reason", "x")
+    assert wrong.returncode == 2 and "--source narrows --photo-id" in wrong.stderr
+    done = mlc(config, "remove", "--photo-id", "101", "--source", "local", "--reason", "owner asked")
+    assert done.returncode == 0 and "local:101" in done.stdout and "flickr:101" not in done.stdout, done.stderr
+    assert img.exists() and not other_img.exists()
+    with Catalog(cfg.catalog_path) as c:
+        assert c.get(cid)["status"] == "downloaded" and c.get(other_cid)["status"] == "removed"
+
+
 def test_mlc_remove_waits_for_the_data_roots_writer(tmp_path):
     cfg, cid, img = one_downloaded_photo(tmp_path, {})
     config = tmp_path / "config.yaml"
