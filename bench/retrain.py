@@ -30,6 +30,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=None, help="continuation epochs (default: a third of round 0's)")
     ap.add_argument("--out", help="keep the bundles here (default: a temporary folder)")
+    ap.add_argument("--bundle", help="the round-0 bundle (default: round 0 of the head models/LATEST has)")
     args = ap.parse_args()
 
     import logging
@@ -38,12 +39,17 @@ def main() -> int:
     from mlc_pipeline.model.train import train_model
 
     data = Path(args.data)
-    r0 = sorted(p for p in (data / "models").glob("*-r0-sigmoid-negatives-*") if p.is_dir())
-    if not r0:
+    parent = Path(args.bundle) if args.bundle else round0_product(data / "models")
+    if parent is None:
         print(f"no round-0 product bundle under {data / 'models'}", file=sys.stderr)
         return 2
-    parent = r0[-1]
     meta = json.loads((parent / "bundle.json").read_text())
+    # Both sides train with the run's own settings, as round 0 recorded them (head, other_mode, cap...);
+    # the recipe's fields are resolved again, as mine.retrain does for the round-1 data (the
+    # continuation takes the parent's architecture, size and augmentation: weights.resolve_continued).
+    from mlc_pipeline.model.weights import RECIPE_FIELDS
+    settings = {k: v for k, v in meta["config"].items()
+                if k in TrainConfig.model_fields and k not in (*RECIPE_FIELDS, "arch", "init_from", "seed")}
     versions = data / "datasets" / meta["dataset_version"].split("/")[0]
     r0_version = meta["dataset_version"].split("/")[1]
     later = sorted((p for p in versions.glob("v*") if p.name != r0_version and (p / "manifest.csv").is_file()),
@@ -66,8 +72,8 @@ def main() -> int:
     results: dict[str, list[dict]] = {"continued": [], "from scratch": []}
     print("| retrain | seed | macro F1 | test other | probes | probe FPR@95 | s |\n|---|---|---|---|---|---|---|")
     for seed in args.seeds:
-        for name, cfg in (("continued", TrainConfig(init_from=str(parent), epochs=args.epochs, seed=seed)),
-                          ("from scratch", TrainConfig(seed=seed))):
+        for name, cfg in (("continued", TrainConfig(**settings, init_from=str(parent), epochs=args.epochs, seed=seed)),
+                          ("from scratch", TrainConfig(**settings, seed=seed))):
             r = row(train_model(manifest, out / f"{name.replace(' ', '-')}-{seed}", cfg, overwrite=True))
             results[name].append(r)
             fpr = "n/a" if r["fpr95"] is None else f"{r['fpr95']:.2f}"
@@ -80,6 +86,20 @@ def main() -> int:
     print(f"continued / from scratch: F1 x{c['f1'] / s['f1']:.2f}, probes "
           f"{'x%.2f' % (c['probe'] / s['probe']) if s['probe'] else 'n/a'}, seconds x{c['seconds'] / s['seconds']:.2f}")
     return 0
+
+
+def round0_product(models: Path) -> Path | None:
+    """The newest round-0 bundle of the product's head: the one models/LATEST names has it (the
+    default head changed in 2026-12, so no fixed name)."""
+    from mlc_pipeline.model.registry import latest_bundle, variant_name
+    latest = latest_bundle(models)
+    if latest is None:
+        return None
+    meta = json.loads((latest / "bundle.json").read_text())
+    head = variant_name(meta["head"], meta["other_mode"])          # e.g. sigmoid-other-class
+    found = sorted(p for p in models.glob(f"*-r0-{head}-*") if p.is_dir() and ".tmp-" not in p.name
+                   and ".old-" not in p.name)
+    return found[-1] if found else None
 
 
 if __name__ == "__main__":
