@@ -43,6 +43,7 @@ CATALOG_OBJECT = "catalog.sqlite"
 STATE_NAME = ".objectstore.json"       # in the cache: which catalog snapshot it last synced with
 FILE_DIRS = ("raw", "quarantine")
 VERSION_RE = re.compile(r"^v\d+$")
+REWRITTEN_BUNDLE_FILES = ("mined.csv", "review.csv")   # what `mlc mine` rewrites in a published bundle
 # What each command reads from the data root, fetched into the cache before it runs.
 # curate checks new images against the test images of every published version: it needs them all.
 PULLS = {"collect": ("catalog", "files"), "curate": ("catalog", "files", "versions"),
@@ -251,7 +252,8 @@ def push_models(store: Store, cfg: Config) -> list[str]:
         return []
     held = store.listing("models")
     pushed = []
-    for bundle in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for bundle in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                         and p.name != "LATEST"):       # LATEST made a link to a bundle: the pointer
         key = f"models/{bundle.name}"
         if not (bundle / "bundle.json").exists():
             continue                    # not a bundle (train publishes one whole, by a rename)
@@ -259,14 +261,41 @@ def push_models(store: Store, cfg: Config) -> list[str]:
             push_folder(store, bundle, key, {"bundle": bundle.name})
             pushed.append(bundle.name)
         else:                           # published: only what `mlc mine` adds (mined.csv, review.csv)
-            store.upload([(p, f"{key}/{r}") for r, p in folder_files(bundle).items()
-                          if not same_bytes(store, p, f"{key}/{r}", held.get(f"{key}/{r}"))])
-    latest = root / "LATEST"
+            files = folder_files(bundle)
+            fixed = {r: p for r, p in files.items() if r not in REWRITTEN_BUNDLE_FILES}
+            store.upload([(p, f"{key}/{r}") for r, p in fixed.items() if not same(p, held.get(f"{key}/{r}"))])
+            push_rewritten(store, cfg, {f"{key}/{r}": p for r, p in files.items() if r in REWRITTEN_BUNDLE_FILES},
+                           held)
     # The shared pointer moves only with a model published now, after its marker: a cache that still
     # points at an older model never moves it back.
-    if latest.exists() and latest.read_text().strip() in pushed:
-        store.upload([(latest, "models/LATEST")])
+    pointer = root / "LATEST"
+    latest = pointer.resolve().name if pointer.is_dir() else pointer.read_text().strip() if pointer.exists() else None
+    if latest in pushed:
+        write_text_atomic(root / ".LATEST.publish", latest + "\n")   # a link LATEST is uploaded as its name
+        try:
+            store.upload([(root / ".LATEST.publish", "models/LATEST")])
+        finally:
+            (root / ".LATEST.publish").unlink(missing_ok=True)
     return pushed
+
+
+def push_rewritten(store: Store, cfg: Config, files: dict[str, Path], held: dict) -> int:
+    """Upload files rewritten in place (reports, a bundle's mined.csv): those whose bytes differ from
+    what this cache last published (their SHA-256 kept in the sync state), else, never published from
+    here, from the store's (same_bytes). Nothing is read back from the store for a file this cache
+    published unchanged: every publish re-read every report and model file before."""
+    published = read_state(cfg).get("published", {})
+    todo, digests = [], {}
+    for key, path in files.items():
+        digests[key] = digest = sha256_file(path)
+        if published.get(key) == digest and key in held:
+            continue
+        if key not in published and same_bytes(store, path, key, held.get(key)):
+            continue
+        todo.append((path, key))
+    uploaded = store.upload(todo)
+    write_state(cfg, published={**read_state(cfg).get("published", {}), **digests})
+    return uploaded
 
 
 def pull_model(store: Store, cfg: Config) -> str | None:
@@ -282,9 +311,7 @@ def pull_model(store: Store, cfg: Config) -> str | None:
 
 def push_reports(store: Store, cfg: Config) -> int:
     files = folder_files(cfg.layout.reports) if cfg.layout.reports.is_dir() else {}
-    held = store.listing("reports")
-    return store.upload([(p, f"reports/{r}") for r, p in files.items()
-                         if not same_bytes(store, p, f"reports/{r}", held.get(f"reports/{r}"))])
+    return push_rewritten(store, cfg, {f"reports/{r}": p for r, p in files.items()}, store.listing("reports"))
 
 
 def pull(cfg: Config, command: str, version: str | None = None) -> None:

@@ -144,3 +144,37 @@ def test_a_publish_killed_midway_leaves_no_name_without_its_object(tmp_path, sto
     monkeypatch.setattr(Store, "delete", real_delete)
     sync.publish(cfg)
     assert set(sync.file_listing(store_of(cfg))) == store_named(cfg, tmp_path) == {"raw/flickr/102.jpg"}
+
+
+def _bundle(cfg, name: str) -> Path:
+    folder = cfg.layout.models / name
+    folder.mkdir(parents=True)
+    (folder / "bundle.json").write_text('{"classes": ["cat"]}')
+    (folder / "export.pkl").write_bytes(bytes(range(256)) * 4096)       # 1 MiB of weights
+    return folder
+
+
+def test_a_published_model_is_not_read_back_at_every_publish(tmp_path, store_url, monkeypatch):
+    """Every publish compared every file of every published bundle byte for byte, which on a store
+    without MD5 ETags (file://, GCS, Azure, multipart S3) downloads the weights again after each stage.
+    Only what `mlc mine` rewrites is compared now, against the hash this cache last published."""
+    cfg = machine(tmp_path, store_url, "cache-a")
+    store = store_of(cfg)
+    bundle = _bundle(cfg, "m1")
+    (cfg.layout.models / "LATEST").symlink_to("m1")          # a pointer made a link: its name is published
+    assert sync.push_models(store, cfg) == ["m1"]
+    assert store.read_text("models/LATEST").strip() == "m1" and "models/LATEST/bundle.json" not in store.listing("models")
+    reads = []
+    real = store.sha256
+    monkeypatch.setattr(store, "sha256", lambda rel: reads.append(rel) or real(rel))
+    (bundle / "mined.csv").write_text("candidate_id,decision\n1,added\n")
+    uploads = []
+    upload = store.upload
+    monkeypatch.setattr(store, "upload", lambda pairs: uploads.append(sorted(r for _, r in pairs)) or upload(pairs))
+    assert sync.push_models(store, cfg) == []
+    (bundle / "mined.csv").write_text("candidate_id,decision\n2,added\n")     # the same size, other bytes
+    sync.push_models(store, cfg)
+    sync.push_models(store, cfg)                                             # nothing changed
+    assert [u for u in uploads if u] == [["models/m1/mined.csv"], ["models/m1/mined.csv"]]
+    assert store.read_text("models/m1/mined.csv") == "candidate_id,decision\n2,added\n"
+    assert not [r for r in reads if r.endswith("export.pkl")]
