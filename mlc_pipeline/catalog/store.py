@@ -317,6 +317,13 @@ class Catalog(RemovalQueries):
         self.db.execute(f"UPDATE candidates SET {', '.join(k + '=?' for k in fields)} WHERE id=?",
                         (*fields.values(), cid))
 
+    def stamp_verify_limits(self, key: str) -> int:
+        """Give verdicts recorded before limits were kept with them (verify_limits NULL) these limits,
+        in one statement; how many."""
+        cur = self.db.execute("UPDATE candidates SET verify_limits=? WHERE verify_limits IS NULL "
+                              "AND hashed_sha256 IS NOT NULL", (key,))
+        return max(cur.rowcount, 0)
+
     def candidates(self, where: str = "1=1", params: tuple = ()) -> list[dict]:
         return [self._row(r) for r in self.db.execute(f"SELECT * FROM candidates WHERE {where} ORDER BY id", params)]
 

@@ -300,12 +300,19 @@ def curate(cfg: Config) -> CurateSummary:
         try:
             rows = catalog.candidates(f"status IN ({','.join('?' * len(FILE_STATUSES))})", FILE_STATUSES)
             key = limits_key(limits_of(cfg))     # a rejection for a file's content is final; for a limit, not
+            # Verdicts recorded before their limits were (catalogs from before 2026-12-05) count as reached
+            # under today's, as they were treated then: the first curate after an upgrade re-judges nothing.
+            with catalog.transaction():
+                if catalog.stamp_verify_limits(key):
+                    rows = [{**r, "verify_limits": key} if r["verify_limits"] is None and r["hashed_sha256"]
+                            else r for r in rows]
             rows = [r for r in rows if r["status"] != "rejected" or r["verify_reason"] is None
                     or limit_rejected(r, key)]
             missing = [r for r in rows if not Path(r["file_path"]).exists()]
-            for r in missing:   # the next collect downloads it again
+            for r in missing:   # the next collect downloads it again, and this curate inspects it afresh
                 log.warning("candidate %s: file %s is gone; marked for re-download", r["id"], r["file_path"])
                 catalog.set_status(r["id"], "failed", "transient:file-missing", run_id, "curate")
+                catalog.update_fields(r["id"], hashed_sha256=None, verify_reason=None, verify_limits=None)
             gone = {r["id"] for r in missing}
             rows = [r for r in rows if r["id"] not in gone]
             verify_and_hash(cfg, catalog, rows, run_id, summary)

@@ -304,6 +304,35 @@ def test_a_change_of_limits_judges_cached_verdicts_again_both_ways(tmp_path):
     assert curate(loose).inspected == 2 and state() == {name: ("accepted", None) for name in sizes}
 
 
+def test_verdicts_from_before_limits_were_kept_are_not_judged_again(tmp_path):
+    """A catalog curated before verify_limits existed has NULL there: the first curate after the
+    upgrade took every row for 'the limits changed' and decoded large photos (no frame count on
+    record) again in full. They count as reached under today's limits, as they were treated then."""
+    from mlc_pipeline.catalog import Found
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), "classes": {"cat": {"queries": ["cat"], "count": 5}},
+                        "other": {"queries": ["x"], "count": 5}, "curate": {"workers": 1, "min_side": 200}})
+    sizes = {"camera": (1600, 1200), "small": (100, 100)}
+    with Catalog(cfg.catalog_path) as c:
+        run = c.start_run("plant")
+        c.upsert_found([Found("flickr", name, "train", "cat", "cat", f"http://h/{name}", "url_m", None, None, 4,
+                              "CC BY 2.0", "o", "o", "t", None, None, "cat") for name in sizes], run)
+        for name, size in sizes.items():
+            dest = cfg.layout.raw("flickr") / f"{name}.jpg"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            Image.effect_noise(size, 60).convert("RGB").save(dest)
+            c.set_status(c.get_by_photo("flickr", name)["id"], "downloaded", None, run, "download", file_path=str(dest))
+    assert curate(cfg).inspected == 2
+    with Catalog(cfg.catalog_path) as c:                  # what a catalog from before the upgrade holds
+        for r in c.candidates():
+            c.update_fields(r["id"], verify_limits=None, img_frames=None)
+    after = curate(cfg)
+    assert (after.inspected, after.rejudged) == (0, 0)
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        assert {r["photo_id"]: (r["status"], r["reason"]) for r in c.candidates()} == {
+            "camera": ("accepted", None), "small": ("rejected", "too-small")}
+        assert all(r["verify_limits"] for r in c.candidates())
+
+
 def test_build_leaves_out_a_missing_or_damaged_file_and_records_why(tmp_path):
     """An accepted image whose file is gone, or no longer decodes, does not end the build: it is left
     out, recorded in the catalog the way curate records a missing file (the next collect downloads it
