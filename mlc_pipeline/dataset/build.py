@@ -336,9 +336,9 @@ def same_as_published(root: Path, previous: str | None, fp: str, repair: bool) -
 
 def write_images(cfg: Config, folder: Path, rows: list[dict]) -> dict[int, str]:
     """Write every row's image under `folder`. A file that is gone or no longer decodes is left out
-    and recorded in the catalog as curate records a missing file (`transient:file-missing`, or
-    `transient:file-unreadable:<Exc>`: the next collect downloads it again); returns those rows'
-    candidate id -> reason."""
+    and, on a local data root, recorded in the catalog as curate records a missing file
+    (`transient:file-missing`, or `transient:file-unreadable:<Exc>`: the next collect downloads it
+    again); returns those rows' candidate id -> reason."""
     unusable: dict[int, str] = {}
     with progress.bar("build: write images", total=len(rows)) as bar:
         for r in rows:
@@ -352,12 +352,16 @@ def write_images(cfg: Config, folder: Path, rows: list[dict]) -> dict[int, str]:
                 (folder / r["path"]).parent.mkdir(parents=True, exist_ok=True)
                 image.save(folder / r["path"], "JPEG", quality=cfg.build.jpeg_quality)
             bar.advance()
-    if unusable:
+    for r in (r for r in rows if r["candidate_id"] in unusable):
+        log.warning("candidate %s: %s: %s; left out of this version", r["candidate_id"], r["_file"],
+                    unusable[r["candidate_id"]])
+    # On an object-store data root the cache holds only what has been published: a file another
+    # machine accepted but has not published yet is missing here and fine there, so a shared catalog
+    # is not told it failed (that machine's next publish brings it; the next build includes it).
+    if unusable and cfg.data_url is None:
         with Catalog(cfg.catalog_path) as catalog:
-            for r in (r for r in rows if r["candidate_id"] in unusable):
-                log.warning("candidate %s: %s: %s; left out of this version", r["candidate_id"], r["_file"],
-                            unusable[r["candidate_id"]])
-                catalog.set_status(r["candidate_id"], "failed", unusable[r["candidate_id"]], None, "build")
+            for cid, reason in unusable.items():
+                catalog.set_status(cid, "failed", reason, None, "build")
     return unusable
 
 

@@ -367,3 +367,30 @@ def test_build_leaves_out_a_missing_or_damaged_file_and_records_why(tmp_path):
     assert events[-1]["stage"] == "build"
     again = build_dataset(cfg)                  # the catalog no longer offers them: nothing to skip
     assert not again.published and again.version == res.version and again.skipped == {}
+
+
+def test_on_an_object_store_root_a_file_not_in_the_cache_is_left_out_but_not_failed(tmp_path):
+    """The cache holds what has been published: another machine's accepted but unpublished file is
+    missing here and fine there. The build leaves it out; the shared catalog is not told it failed."""
+    from mlc_pipeline.catalog import Found
+    (tmp_path / "store").mkdir()
+    cfg = parse_config({"data_dir": f"file://{tmp_path}/store", "cache_dir": str(tmp_path / "cache"),
+                        "storage_options": {"auto_mkdir": True},
+                        "classes": {"ants": {"queries": ["ants"], "count": 5}}, "other": {"queries": ["x"], "count": 5}})
+    photos = sorted(FIXTURES.glob("ants/*.jpg"))[:3]
+    with Catalog(cfg.catalog_path) as c:
+        run = c.start_run("plant")
+        c.upsert_found([Found("flickr", f"p{i}", "train", "ants", "ants", f"http://h/{i}", "url_m", None, None, 4,
+                              "CC BY 2.0", "o", "o", "t", None, None, "ants") for i in range(len(photos))], run)
+        for i, photo in enumerate(photos):
+            dest = cfg.layout.raw("flickr") / f"p{i}.jpg"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(photo, dest)
+            c.set_status(c.get_by_photo("flickr", f"p{i}")["id"], "downloaded", None, run, "download",
+                         file_path=str(dest))
+    assert curate(cfg).accepted == 3
+    (cfg.layout.raw("flickr") / "p0.jpg").unlink()          # accepted elsewhere, not published yet
+    res = build_dataset(cfg)
+    assert res.published and res.skipped == {"file-missing": 1}
+    with Catalog(cfg.catalog_path) as c:
+        assert c.get_by_photo("flickr", "p0")["status"] == "accepted"
