@@ -263,9 +263,10 @@ def cmd_weights(args) -> int:
 
 
 def cmd_remove(args) -> int:
-    from mlc_pipeline.curate.takedown import remove_photos
+    from mlc_pipeline.curate.takedown import remove_photos, takedown_selector
     cfg = load_config(args.config, parse_overrides(args.set))
     try:
+        takedown_selector(args.reason, args.photo_id, args.owner, args.query, args.source)   # before the lock
         # The data root's lock: no curate moves a file while it is being deleted. An object-store
         # root: the taken-down objects are deleted there too.
         with writing(cfg, args):

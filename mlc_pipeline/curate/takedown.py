@@ -32,11 +32,10 @@ class RemoveResult:
     published_in: dict[str, list[str]] = field(default_factory=dict)   # version -> photo ids it holds
 
 
-def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: str | None = None,
-                  query: str | None = None, source: str | None = None) -> RemoveResult:
-    """Remove every candidate named by exactly one of photo_id / owner / query, for `reason`
-    (`source`: only that source's photo id). The rows are read inside the transaction that removes
-    them, so the file deleted is where the catalog says it is now, not where it was a moment ago."""
+def takedown_selector(reason: str, photo_id: str | None, owner: str | None, query: str | None,
+                      source: str | None) -> str:
+    """What a takedown names, as the catalog keeps it ('photo-id:...', 'owner:...', 'query:...'); a
+    ValueError for a request that names nothing, too much, or no reason (checked before any lock)."""
     named = [(k, v) for k, v in (("photo-id", photo_id), ("owner", owner), ("query", query)) if v is not None]
     if len(named) != 1:
         raise ValueError("name exactly one of a photo id, an owner or a query")
@@ -45,17 +44,26 @@ def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: 
     if source is not None and photo_id is None:
         raise ValueError("--source narrows --photo-id (ids repeat across sources); an owner or a query is "
                          "matched in every source")
-    selector = f"{named[0][0]}:{named[0][1]}" if source is None else f"photo-id:{source}:{photo_id}"
+    return f"{named[0][0]}:{named[0][1]}" if source is None else f"photo-id:{source}:{photo_id}"
+
+
+def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: str | None = None,
+                  query: str | None = None, source: str | None = None) -> RemoveResult:
+    """Remove every candidate named by exactly one of photo_id / owner / query, for `reason`
+    (`source`: only that source's photo id). The rows are read inside the transaction that removes
+    them, so the file deleted is where the catalog says it is now, not where it was a moment ago."""
+    selector = takedown_selector(reason, photo_id, owner, query, source)
     with Catalog(cfg.catalog_path) as catalog:
         run_id = catalog.start_run("remove")
         result = RemoveResult(run_id)
+        quarantined = QuarantineIndex(cfg.layout.quarantine())
         with catalog.transaction():
             targets = catalog.removal_targets(photo_id=photo_id, owner=owner, query=query, source=source)
             for row in targets:
                 if row["status"] == "removed":
                     result.already_removed.append(row)
                     continue
-                deleted = delete_file(row, cfg.layout.quarantine())
+                deleted = delete_file(row, quarantined)
                 catalog.record_removal(row, selector, reason.strip(), run_id, deleted)
                 result.removed.append(row)
                 result.files_deleted.extend(deleted)
@@ -67,7 +75,22 @@ def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: 
     return result
 
 
-def delete_file(row: dict, quarantine: Path) -> list[str]:
+class QuarantineIndex:
+    """The quarantine's files by name, listed once per takedown and only if a file is not where its
+    row says (an rglob per target, inside the catalog's write transaction, held the review app up)."""
+
+    def __init__(self, root: Path):
+        self.root, self._by_name = root, None
+
+    def named(self, name: str) -> list[Path]:
+        if self._by_name is None:
+            self._by_name = {}
+            for path in sorted(self.root.rglob("*")) if self.root.is_dir() else []:
+                self._by_name.setdefault(path.name, []).append(path)
+        return self._by_name.get(name, [])
+
+
+def delete_file(row: dict, quarantine: QuarantineIndex) -> list[str]:
     """Delete a candidate's file; the paths actually deleted. Where the row says it is, else in the
     quarantine: a curate not holding the data root's lock (the review app's takedown runs beside one)
     may have moved it there and not yet recorded the move. A quarantined file is deleted only if its
@@ -80,7 +103,7 @@ def delete_file(row: dict, quarantine: Path) -> list[str]:
         return [path]
     except FileNotFoundError:
         pass
-    for moved in sorted(quarantine.rglob(Path(path).name)) if quarantine.is_dir() else []:
+    for moved in quarantine.named(Path(path).name):
         if row["sha256"] and sha256_file(moved) == row["sha256"]:
             moved.unlink(missing_ok=True)
             return [str(moved)]
