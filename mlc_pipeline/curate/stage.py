@@ -85,7 +85,7 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
     key = limits_key(limits)
     # Rows hashed before the crop views existed (view_hashes NULL) are hashed again, once.
     todo = [r for r in rows if r["hashed_sha256"] != r["sha256"] or r["hashed_sha256"] is None
-            or (r["verify_reason"] is None and r["view_hashes"] is None)]
+            or (r["verify_reason"] is None and r["view_hashes"] is None) or passing_fault(r["verify_reason"])]
     in_todo = {r["id"] for r in todo}
     stale = [r for r in rows if r["id"] not in in_todo and r["verify_limits"] != key]
     on_record = [r for r in stale if judged_on_record(r, limits)]
@@ -138,8 +138,9 @@ def record_verdict(cfg: Config, catalog: Catalog, row: dict, reason: str | None,
         moved = quarantine(Path(row["file_path"]), cfg.data_dir, reason)
         catalog.set_status(row["id"], "rejected", reason, run_id, "curate", file_path=str(moved))
         row.update(status="rejected", reason=reason, file_path=str(moved))
-    elif reason is None and row["status"] == "rejected" and (row["reason"] or "").split(":")[0] in LIMIT_REASONS:
-        log.info("candidate %s passes the current limits (was rejected: %s)", row["id"], row["reason"])
+    elif reason is None and row["status"] == "rejected" and (
+            (row["reason"] or "").split(":")[0] in LIMIT_REASONS or passing_fault(row["reason"])):
+        log.info("candidate %s passes now (was rejected: %s)", row["id"], row["reason"])
         catalog.set_status(row["id"], "downloaded", None, run_id, "curate")
         row.update(status="downloaded", reason=None)
 
@@ -147,6 +148,15 @@ def record_verdict(cfg: Config, catalog: Catalog, row: dict, reason: str | None,
 def limit_rejected(row: dict, key: str) -> bool:
     """A file rejected at verification for a limit other than the current ones: it may pass now."""
     return (row["verify_reason"] or "").split(":")[0] in LIMIT_REASONS and row["verify_limits"] != key
+
+
+def passing_fault(reason: str | None) -> bool:
+    """A rejection that says more about the moment than the file (the OS refused a read, the box ran
+    out of memory while decoding): inspected again at every curate rather than lost for good."""
+    return (reason or "").startswith(PASSING_FAULTS)
+
+
+PASSING_FAULTS = ("read-error:", "decode-error:MemoryError")
 
 
 def inspect_spread(cfg: Config, paths: list[str], advance=None) -> list[FileRecord]:
@@ -307,7 +317,7 @@ def curate(cfg: Config) -> CurateSummary:
                     rows = [{**r, "verify_limits": key} if r["verify_limits"] is None and r["hashed_sha256"]
                             else r for r in rows]
             rows = [r for r in rows if r["status"] != "rejected" or r["verify_reason"] is None
-                    or limit_rejected(r, key)]
+                    or limit_rejected(r, key) or passing_fault(r["verify_reason"])]
             missing = [r for r in rows if not Path(r["file_path"]).exists()]
             for r in missing:   # the next collect downloads it again, and this curate inspects it afresh
                 log.warning("candidate %s: file %s is gone; marked for re-download", r["id"], r["file_path"])

@@ -333,6 +333,30 @@ def test_verdicts_from_before_limits_were_kept_are_not_judged_again(tmp_path):
         assert all(r["verify_limits"] for r in c.candidates())
 
 
+def test_a_file_the_os_would_not_read_is_inspected_again_and_comes_back(tmp_path):
+    """read-error (the OS refused: an NFS hiccup, a permission fixed later) was a final rejection, as
+    final as a truncated file: a good image lost for good. It is inspected again at every curate."""
+    from mlc_pipeline.catalog import Found
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), "classes": {"ants": {"queries": ["ants"], "count": 5}},
+                        "other": {"queries": ["x"], "count": 5}, "curate": {"workers": 1}})
+    photo = sorted(FIXTURES.glob("ants/*.jpg"))[0]
+    dest = cfg.layout.raw("flickr") / "p0.jpg"
+    dest.mkdir(parents=True)                      # a path open() refuses: IsADirectoryError
+    with Catalog(cfg.catalog_path) as c:
+        run = c.start_run("plant")
+        c.upsert_found([Found("flickr", "p0", "train", "ants", "ants", "http://h/0", "url_m", None, None, 4,
+                              "CC BY 2.0", "o", "o", "t", None, None, "ants")], run)
+        c.set_status(c.get_by_photo("flickr", "p0")["id"], "downloaded", None, run, "download", file_path=str(dest),
+                     sha256="0" * 64)
+    curate(cfg)
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        row = c.get_by_photo("flickr", "p0")
+    assert (row["status"], row["reason"]) == ("rejected", "read-error:IsADirectoryError")
+    Path(row["file_path"]).rmdir()                # the fault passes: the file reads now
+    shutil.copyfile(photo, row["file_path"])
+    assert curate(cfg).accepted == 1
+
+
 def test_build_leaves_out_a_missing_or_damaged_file_and_records_why(tmp_path):
     """An accepted image whose file is gone, or no longer decodes, does not end the build: it is left
     out, recorded in the catalog the way curate records a missing file (the next collect downloads it
