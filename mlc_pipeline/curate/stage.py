@@ -23,6 +23,7 @@ import numpy as np
 from mlc_pipeline.catalog import FILE_STATUSES, Catalog, run_end_status
 from mlc_pipeline import progress
 from mlc_pipeline.config import Config
+from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.layout import DataLayout
 from mlc_pipeline.manifest import read_manifest, versions
 from mlc_pipeline.curate.dedup import DedupItem, resolve_duplicates, view_distance
@@ -143,6 +144,29 @@ def record_verdict(cfg: Config, catalog: Catalog, row: dict, reason: str | None,
         log.info("candidate %s passes now (was rejected: %s)", row["id"], row["reason"])
         catalog.set_status(row["id"], "downloaded", None, run_id, "curate")
         row.update(status="downloaded", reason=None)
+
+
+def found_in_quarantine(cfg: Config, catalog: Catalog, rows: list[dict]) -> list[dict]:
+    """Of the rows whose file is not where they say, those still missing. A curate stopped inside its
+    transaction had moved files to the quarantine whose rows then rolled back: such a file, the same
+    bytes under the same name, is recorded where it is (and judged again below) instead of being
+    downloaded again and left there unnamed."""
+    if not rows:
+        return rows
+    by_name: dict[str, list[Path]] = {}
+    for path in cfg.layout.quarantine().rglob("*") if cfg.layout.quarantine().is_dir() else []:
+        by_name.setdefault(path.name, []).append(path)
+    still = []
+    for r in rows:
+        here = next((p for p in by_name.get(Path(r["file_path"]).name, [])
+                     if r["sha256"] and p.is_file() and sha256_file(p) == r["sha256"]), None)
+        if here is None:
+            still.append(r)
+            continue
+        log.info("candidate %s: %s is in the quarantine, at %s", r["id"], r["file_path"], here)
+        catalog.update_fields(r["id"], file_path=str(here))
+        r["file_path"] = catalog.usable_path(catalog.stored_path(str(here)))
+    return still
 
 
 def limit_rejected(row: dict, key: str) -> bool:
@@ -318,7 +342,7 @@ def curate(cfg: Config) -> CurateSummary:
                             else r for r in rows]
             rows = [r for r in rows if r["status"] != "rejected" or r["verify_reason"] is None
                     or limit_rejected(r, key) or passing_fault(r["verify_reason"])]
-            missing = [r for r in rows if not Path(r["file_path"]).exists()]
+            missing = found_in_quarantine(cfg, catalog, [r for r in rows if not Path(r["file_path"]).exists()])
             for r in missing:   # the next collect downloads it again, and this curate inspects it afresh
                 log.warning("candidate %s: file %s is gone; marked for re-download", r["id"], r["file_path"])
                 catalog.set_status(r["id"], "failed", "transient:file-missing", run_id, "curate")

@@ -16,6 +16,7 @@ from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import parse_config
 from mlc_pipeline.curate.stage import curate
+from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.dataset.build import build_dataset
 from mlc_pipeline.manifest import MANIFEST_COLUMNS, read_manifest
 from mlc_pipeline.flickr_server.folder import photo_id_for
@@ -355,6 +356,43 @@ def test_a_file_the_os_would_not_read_is_inspected_again_and_comes_back(tmp_path
     Path(row["file_path"]).rmdir()                # the fault passes: the file reads now
     shutil.copyfile(photo, row["file_path"])
     assert curate(cfg).accepted == 1
+
+
+def test_a_curate_stopped_after_a_quarantine_move_finds_the_file_there_next_time(tmp_path, monkeypatch):
+    """Files move inside curate's transaction: stopped after a move, the row rolls back to its raw/
+    path while the file sits in the quarantine. The next curate marked it for download again and left
+    the quarantined copy unnamed; it finds it there now (same name, same bytes) and judges it."""
+    from mlc_pipeline.catalog import Found
+    from mlc_pipeline.curate import stage
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), "classes": {"ants": {"queries": ["ants"], "count": 5}},
+                        "other": {"queries": ["x"], "count": 5}, "curate": {"workers": 1}})
+    photo = sorted(FIXTURES.glob("ants/*.jpg"))[0]
+    dest = cfg.layout.raw("flickr") / "p0.jpg"
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(photo.read_bytes()[:3000])                   # truncated: it goes to the quarantine
+    with Catalog(cfg.catalog_path) as c:
+        run = c.start_run("plant")
+        c.upsert_found([Found("flickr", "p0", "train", "ants", "ants", "http://h/0", "url_m", None, None, 4,
+                              "CC BY 2.0", "o", "o", "t", None, None, "ants")], run)
+        c.set_status(c.get_by_photo("flickr", "p0")["id"], "downloaded", None, run, "download", file_path=str(dest),
+                     sha256=sha256_file(dest))
+    real = stage.quarantine
+
+    def moved_then_stopped(*args):
+        real(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "quarantine", moved_then_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        curate(cfg)
+    monkeypatch.setattr(stage, "quarantine", real)
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        assert c.get_by_photo("flickr", "p0")["status"] == "downloaded" and not dest.exists()   # rolled back
+    curate(cfg)
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        row = c.get_by_photo("flickr", "p0")
+    assert (row["status"], row["reason"]) == ("rejected", "truncated") and Path(row["file_path"]).is_file()
+    assert Path(row["file_path"]).is_relative_to(cfg.layout.quarantine("truncated"))
 
 
 def test_build_leaves_out_a_missing_or_damaged_file_and_records_why(tmp_path):
