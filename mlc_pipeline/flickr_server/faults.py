@@ -125,20 +125,19 @@ class FaultPlan:
 
     def image_429(self, url_path: str) -> bool:
         """Whether this image URL answers 429 now (its first fault_repeats attempts do)."""
-        if unit_hash(self.spec.seed, "img429", url_path) >= self.spec.img429:
-            return False
-        if self._next_attempt("img429", url_path) >= self.spec.fault_repeats:
-            return False
-        self.count("img429")
-        return True
+        return self._transient_image_fault("img429", url_path)
 
     def image_dropped(self, url_path: str) -> bool:
         """Whether this image URL's connection drops mid-body now (its first fault_repeats attempts do)."""
-        if unit_hash(self.spec.seed, "dropped", url_path) >= self.spec.dropped:
+        return self._transient_image_fault("dropped", url_path)
+
+    def _transient_image_fault(self, name: str, url_path: str) -> bool:
+        """A TRANSIENT_IMAGE_FAULTS fault: drawn per URL at its rate, for the URL's first fault_repeats attempts."""
+        if unit_hash(self.spec.seed, name, url_path) >= getattr(self.spec, name):
             return False
-        if self._next_attempt("dropped", url_path) >= self.spec.fault_repeats:
+        if self._next_attempt(name, url_path) >= self.spec.fault_repeats:
             return False
-        self.count("dropped")
+        self.count(name)
         return True
 
     def photo_fault(self, photo_id: str) -> str | None:

@@ -258,11 +258,24 @@ def test_a_stable_share_of_mined_negatives_calibrates_and_the_rest_trains():
     assert {dataset_mod.mined_split("flickr", pid, 0) for pid in ids} == {"train"}
 
 
+def downloaded_noise(cfg, sizes: dict[str, tuple[int, int]]) -> None:
+    """A noise picture of each size, named by its key, recorded as downloaded from flickr under raw/."""
+    from mlc_pipeline.catalog import Found
+    with Catalog(cfg.catalog_path) as c:
+        run = c.start_run("plant")
+        c.upsert_found([Found("flickr", name, "train", "cat", "cat", f"http://h/{name}", "url_m", None, None, 4,
+                              "CC BY 2.0", "o", "o", "t", None, None, "cat") for name in sizes], run)
+        for name, size in sizes.items():
+            dest = cfg.layout.raw("flickr") / f"{name}.jpg"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            Image.effect_noise(size, 60).convert("RGB").save(dest)
+            c.set_status(c.get_by_photo("flickr", name)["id"], "downloaded", None, run, "download", file_path=str(dest))
+
+
 def test_a_change_of_limits_judges_cached_verdicts_again_both_ways(tmp_path):
     """Verdicts are cached per file *and* per limits: raising min_side / lowering max_aspect rejects
     images accepted before (from their recorded size: nothing decoded again), and undoing it brings
     the rejected ones back (re-inspected, hashed), whether rejected by record or at inspection."""
-    from mlc_pipeline.catalog import Found
 
     def cfg_for(min_side, max_aspect):
         return parse_config({"data_dir": str(tmp_path / "data"), "classes": {"cat": {"queries": ["cat"], "count": 5}},
@@ -271,15 +284,7 @@ def test_a_change_of_limits_judges_cached_verdicts_again_both_ways(tmp_path):
 
     strict, loose = cfg_for(200, 4.0), cfg_for(64, 5.0)
     sizes = {"big": (300, 300), "small": (100, 100), "wide": (900, 200)}     # wide: aspect 4.5
-    with Catalog(strict.catalog_path) as c:
-        run = c.start_run("plant")
-        c.upsert_found([Found("flickr", name, "train", "cat", "cat", f"http://h/{name}", "url_m", None, None, 4,
-                              "CC BY 2.0", "o", "o", "t", None, None, "cat") for name in sizes], run)
-        for name, size in sizes.items():
-            dest = strict.layout.raw("flickr") / f"{name}.jpg"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            Image.effect_noise(size, 60).convert("RGB").save(dest)
-            c.set_status(c.get_by_photo("flickr", name)["id"], "downloaded", None, run, "download", file_path=str(dest))
+    downloaded_noise(strict, sizes)
 
     def state():
         with Catalog(strict.catalog_path, readonly=True) as c:
@@ -309,19 +314,10 @@ def test_verdicts_from_before_limits_were_kept_are_not_judged_again(tmp_path):
     """A catalog curated before verify_limits existed has NULL there: the first curate after the
     upgrade took every row for 'the limits changed' and decoded large photos (no frame count on
     record) again in full. They count as reached under today's limits, as they were treated then."""
-    from mlc_pipeline.catalog import Found
     cfg = parse_config({"data_dir": str(tmp_path / "data"), "classes": {"cat": {"queries": ["cat"], "count": 5}},
                         "other": {"queries": ["x"], "count": 5}, "curate": {"workers": 1, "min_side": 200}})
     sizes = {"camera": (1600, 1200), "small": (100, 100)}
-    with Catalog(cfg.catalog_path) as c:
-        run = c.start_run("plant")
-        c.upsert_found([Found("flickr", name, "train", "cat", "cat", f"http://h/{name}", "url_m", None, None, 4,
-                              "CC BY 2.0", "o", "o", "t", None, None, "cat") for name in sizes], run)
-        for name, size in sizes.items():
-            dest = cfg.layout.raw("flickr") / f"{name}.jpg"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            Image.effect_noise(size, 60).convert("RGB").save(dest)
-            c.set_status(c.get_by_photo("flickr", name)["id"], "downloaded", None, run, "download", file_path=str(dest))
+    downloaded_noise(cfg, sizes)
     assert curate(cfg).inspected == 2
     with Catalog(cfg.catalog_path) as c:                  # what a catalog from before the upgrade holds
         for r in c.candidates():
@@ -395,14 +391,10 @@ def test_a_curate_stopped_after_a_quarantine_move_finds_the_file_there_next_time
     assert Path(row["file_path"]).is_relative_to(cfg.layout.quarantine("truncated"))
 
 
-def test_build_leaves_out_a_missing_or_damaged_file_and_records_why(tmp_path):
-    """An accepted image whose file is gone, or no longer decodes, does not end the build: it is left
-    out, recorded in the catalog the way curate records a missing file (the next collect downloads it
-    again), and counted in the build's result; the other images are published."""
+def downloaded_ants(cfg, n: int) -> None:
+    """n real ant photos, p0..p<n-1>, recorded as downloaded from flickr under raw/."""
     from mlc_pipeline.catalog import Found
-    cfg = parse_config({"data_dir": str(tmp_path / "data"), "classes": {"ants": {"queries": ["ants"], "count": 5}},
-                        "other": {"queries": ["x"], "count": 5}})
-    photos = sorted(FIXTURES.glob("ants/*.jpg"))[:4]
+    photos = sorted(FIXTURES.glob("ants/*.jpg"))[:n]
     with Catalog(cfg.catalog_path) as c:
         run = c.start_run("plant")
         c.upsert_found([Found("flickr", f"p{i}", "train", "ants", "ants", f"http://h/{i}", "url_m", None, None, 4,
@@ -413,6 +405,15 @@ def test_build_leaves_out_a_missing_or_damaged_file_and_records_why(tmp_path):
             shutil.copyfile(photo, dest)
             c.set_status(c.get_by_photo("flickr", f"p{i}")["id"], "downloaded", None, run, "download",
                          file_path=str(dest))
+
+
+def test_build_leaves_out_a_missing_or_damaged_file_and_records_why(tmp_path):
+    """An accepted image whose file is gone, or no longer decodes, does not end the build: it is left
+    out, recorded in the catalog the way curate records a missing file (the next collect downloads it
+    again), and counted in the build's result; the other images are published."""
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), "classes": {"ants": {"queries": ["ants"], "count": 5}},
+                        "other": {"queries": ["x"], "count": 5}})
+    downloaded_ants(cfg, 4)
     assert curate(cfg).accepted == 4
     raw = cfg.layout.raw("flickr")
     (raw / "p0.jpg").unlink()                                           # gone
@@ -434,22 +435,11 @@ def test_build_leaves_out_a_missing_or_damaged_file_and_records_why(tmp_path):
 def test_on_an_object_store_root_a_file_not_in_the_cache_is_left_out_but_not_failed(tmp_path):
     """The cache holds what has been published: another machine's accepted but unpublished file is
     missing here and fine there. The build leaves it out; the shared catalog is not told it failed."""
-    from mlc_pipeline.catalog import Found
     (tmp_path / "store").mkdir()
     cfg = parse_config({"data_dir": f"file://{tmp_path}/store", "cache_dir": str(tmp_path / "cache"),
                         "storage_options": {"auto_mkdir": True},
                         "classes": {"ants": {"queries": ["ants"], "count": 5}}, "other": {"queries": ["x"], "count": 5}})
-    photos = sorted(FIXTURES.glob("ants/*.jpg"))[:3]
-    with Catalog(cfg.catalog_path) as c:
-        run = c.start_run("plant")
-        c.upsert_found([Found("flickr", f"p{i}", "train", "ants", "ants", f"http://h/{i}", "url_m", None, None, 4,
-                              "CC BY 2.0", "o", "o", "t", None, None, "ants") for i in range(len(photos))], run)
-        for i, photo in enumerate(photos):
-            dest = cfg.layout.raw("flickr") / f"p{i}.jpg"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(photo, dest)
-            c.set_status(c.get_by_photo("flickr", f"p{i}")["id"], "downloaded", None, run, "download",
-                         file_path=str(dest))
+    downloaded_ants(cfg, 3)
     assert curate(cfg).accepted == 3
     (cfg.layout.raw("flickr") / "p0.jpg").unlink()          # accepted elsewhere, not published yet
     res = build_dataset(cfg)
