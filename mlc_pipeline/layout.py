@@ -45,6 +45,14 @@ class DataLayout:
         return sorted(self.quarantine().rglob(name)) if self.quarantine().is_dir() else []
 
     @property
+    def thumbnails(self) -> Path:
+        """The review app's thumbnail cache, by content: thumbs/<sha[:2]>/<sha256>-<side>.jpg."""
+        return self.root / "review" / "thumbs"
+
+    def thumbnails_of(self, sha256: str) -> list[Path]:
+        return sorted((self.thumbnails / sha256[:2]).glob(f"{sha256}-*.jpg")) if sha256 else []
+
+    @property
     def legacy_downloads(self) -> Path:
         return self.root / "tmp" / "downloads"      # where versions before 2026-12 wrote partial downloads
 

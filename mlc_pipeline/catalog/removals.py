@@ -30,6 +30,11 @@ class RemovalQueries:
         return [self._row(r) for r in self.db.execute(f"SELECT * FROM candidates WHERE {where} ORDER BY id{lock}",
                                                       params)]
 
+    def holds_sha256(self, sha256: str) -> bool:
+        """Whether a candidate not taken down has these bytes (a copy under another id, another source)."""
+        return self.db.execute("SELECT 1 FROM candidates WHERE sha256=? AND status<>'removed' LIMIT 1",
+                               (sha256,)).fetchone() is not None
+
     def record_removal(self, row: dict, selector: str, reason: str, run_id: str, files_deleted: list[str]) -> None:
         """Mark a candidate removed for good and keep the decision, its reason and what was deleted."""
         now = time.time()

@@ -67,6 +67,12 @@ def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: 
                 catalog.record_removal(row, selector, reason.strip(), run_id, deleted)
                 result.removed.append(row)
                 result.files_deleted.extend(deleted)
+        # The review app's thumbnails are copies too: gone with the last live candidate of those bytes.
+        for sha in sorted({r["sha256"] for r in result.removed if r["sha256"]}):
+            if not catalog.holds_sha256(sha):
+                for thumb in cfg.layout.thumbnails_of(sha):
+                    thumb.unlink(missing_ok=True)
+                    result.files_deleted.append(str(thumb))
         result.published_in = published_versions_with(cfg, {(r["source"], r["photo_id"]) for r in targets})
         catalog.finish_run(run_id, "completed", {
             "selector": selector, "reason": reason.strip(), "removed": len(result.removed),

@@ -14,17 +14,19 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from mlc_pipeline.curate.verify import load_rgb
+from mlc_pipeline.layout import DataLayout
 
 log = logging.getLogger(__name__)
 SIDE = 160
 QUALITY = 80
 # Files verification refused for their size or format are never decoded for a thumbnail either.
+# Nor is one that killed a decoder process during curation: here it would take the app down with it.
 NOT_DECODED = ("decompression-bomb", "too-many-frames", "file-too-large", "unsupported-format", "not-an-image",
-               "corrupt-header", "empty-file")
+               "corrupt-header", "empty-file", "decode-error:WorkerCrashed")
 
 
 def cache_dir(data_dir: Path) -> Path:
-    return Path(data_dir) / "review" / "thumbs"
+    return DataLayout(Path(data_dir)).thumbnails
 
 
 def thumbnail(data_dir: Path, sha256: str | None, source: str | None, verify_reason: str | None = None) -> Path | None:
