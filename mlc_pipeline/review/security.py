@@ -74,6 +74,12 @@ def session_value(token: str) -> str:
     return hmac.new(token.encode(), b"mlc-review-session", hashlib.sha256).hexdigest()
 
 
+# On every response. Without them another site could frame a page (on loopback there is no login) and
+# turn a click or a key (r, s, a, d act on the image shown) into a same-origin action: clickjacking.
+FRAMING_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
+                   "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
 class Guard:
     """The checks every request goes through (an HTTP middleware)."""
 
@@ -101,6 +107,11 @@ class Guard:
         return bool(cookie) and hmac.compare_digest(cookie.encode(), self.session.encode())
 
     async def __call__(self, request: Request, call_next):
+        response = await self.checked(request, call_next)
+        response.headers.update(FRAMING_HEADERS)
+        return response
+
+    async def checked(self, request: Request, call_next):
         if self.token is None and not self.loopback_host(request.headers.get("host", "")):
             return PlainTextResponse("mlc review: unexpected Host header (loopback only)", status_code=400)
         path = request.url.path

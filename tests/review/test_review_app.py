@@ -106,6 +106,10 @@ def test_loopback_guards(root):
         assert requests.get(server.url + "/", headers={"Host": "evil.example:80"}).status_code == 400   # DNS rebinding
         assert requests.get(server.url + "/", headers={"Host": "127.0.0.1.evil.example"}).status_code == 400
         assert requests.get(server.url + "/", headers={"Host": "localhost:9000"}).status_code == 200  # an SSH tunnel
+        for page in ("/", f"/image/{target['id']}", "/nope"):     # never framed by another site: no clickjacking
+            headers = requests.get(server.url + page).headers
+            assert headers["X-Frame-Options"] == "DENY" and "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+            assert headers["X-Content-Type-Options"] == "nosniff"
         assert requests.post(url, json=body).status_code == 403                      # a plain form/fetch from a page
         assert requests.post(url, json=body, headers={"X-MLC-Client": "t", "Origin": "http://evil.example"}
                              ).status_code == 403
