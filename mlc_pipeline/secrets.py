@@ -67,7 +67,7 @@ def flickr_credentials(local: bool) -> Credentials:
     """
     key = os.environ.get(KEY_ENV, "").strip()
     secret = os.environ.get(SECRET_ENV, "").strip()
-    if not key and os.environ.get("PREFECT_API_URL"):
+    if not key and not local and os.environ.get("PREFECT_API_URL"):     # the real key never goes to the local server
         key, secret = prefect_secret_blocks()
     if not key:
         if local:

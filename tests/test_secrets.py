@@ -45,3 +45,16 @@ def test_a_log_call_with_arguments_that_do_not_fit_neither_raises_nor_leaks(caps
     log.info("count %d of %s", "not a number", secret)
     text = out.getvalue() + capsys.readouterr().err
     assert "count %d of %s" in text and "not a number" in text and secret not in text
+
+
+def test_the_local_server_never_gets_the_flickr_key_from_prefect_blocks(monkeypatch):
+    """Under a Prefect server, the key comes from its secret blocks when the environment has none;
+    the offline default (the bundled local server) read them too and sent the real key there."""
+    from mlc_pipeline import secrets
+    monkeypatch.delenv(secrets.KEY_ENV, raising=False)
+    monkeypatch.delenv(secrets.SECRET_ENV, raising=False)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    asked = []
+    monkeypatch.setattr(secrets, "prefect_secret_blocks", lambda: asked.append(1) or ("real-key-123", "real-secret"))
+    assert secrets.flickr_credentials(local=True).key == secrets.OFFLINE_KEY and asked == []
+    assert secrets.flickr_credentials(local=False).key == "real-key-123" and asked == [1]

@@ -35,6 +35,7 @@ from mlc_pipeline.review.thumbs import thumbnail
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 PAGE_SIZE = 60
+MAX_PAGE = 10**9
 FACETS_TTL_S = 30.0
 # Verification reasons of policy, not of a broken file: a reviewer may put such an image back.
 POLICY_REASONS = ("too-small", "extreme-aspect")
@@ -149,7 +150,7 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
     @app.get("/", response_class=HTMLResponse)
     def browse(request: Request, page_no: int = 1):
         filters = filters_of(request)
-        page_no = max(1, page_no)
+        page_no = min(max(1, page_no), MAX_PAGE)     # an offset past SQL's 64-bit integers was a 500
         started = time.perf_counter()
         with review.lock:
             published = review.refresh_versions()
@@ -189,7 +190,7 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
 
     @app.get("/duplicates", response_class=HTMLResponse)
     def duplicates(request: Request, page_no: int = 1):
-        page_no = max(1, page_no)
+        page_no = min(max(1, page_no), MAX_PAGE)     # an offset past SQL's 64-bit integers was a 500
         with review.lock:
             rows, total = cr.duplicate_pairs(review.catalog, PAGE_SIZE // 2, (page_no - 1) * (PAGE_SIZE // 2))
         pages = max(1, -(-total // (PAGE_SIZE // 2)))

@@ -381,6 +381,8 @@ def test_bad_requests_get_one_line_answers(root):
         assert client.get("/image/999999").status_code == 404
         assert client.get("/?licence=abc").status_code == 400
         assert client.get("/thumb/999999").status_code == 404
+        for pager in ("/?page_no=99999999999999999999", "/duplicates?page_no=99999999999999999999"):
+            assert client.get(pager).status_code == 200           # a page past the end, not a 500
 
 
 def test_a_takedown_removes_that_sources_photo_and_waits_for_no_writer(root):
