@@ -110,12 +110,18 @@ def filters_of(request: Request) -> dict:
 def effective(row: dict) -> dict:
     """What the next build does with a candidate: its labels and whether it is in."""
     labels = cr.effective_labels(row)            # the build's own rule: what is shown is what is published
-    if row.get("review_include") == "rejected":
+    # The conditions of catalog.review.build_candidates, in its order: a put-back image is in only
+    # while it is still rejected or a duplicate with a file (not taken down, failed or pending since).
+    dataset = row["purpose"] in ("train", "probe")
+    if row["status"] == "removed":
+        state = "out (taken down)"
+    elif row.get("review_include") == "rejected":
         state = "out (rejected in review)"
-    elif row.get("review_include") == "accepted":
-        state = "in (put back in review)"
-    elif row["status"] == "accepted" and row["purpose"] in ("train", "probe"):
+    elif dataset and row["status"] == "accepted":
         state = "in"
+    elif (dataset and row.get("review_include") == "accepted" and row["status"] in ("rejected", "duplicate")
+          and row.get("file_path")):
+        state = "in (put back in review)"
     else:
         state = "out"
     return {"labels": labels, "state": state, "reviewed": bool(row.get("review_labels") or row.get("review_include"))}

@@ -248,6 +248,28 @@ def test_images_put_back_are_published_with_the_labels_the_app_shows(root):
     assert rows[str(negative["id"])]["path"].startswith("images/other/")
 
 
+def test_the_next_build_line_says_what_the_build_does_after_a_takedown(root):
+    """Restored, then taken down: the page said "in (put back in review)" from the review's own
+    record, while the build (which also reads the status) left it out."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        tiny, kept = c.candidates("reason='too-small'")[0], c.candidates("status='duplicate'")[0]
+    h = {"X-MLC-Client": "tab1"}
+    state = lambda client, cid: re.search(r'<b id="state">([^<]*)</b>', client.get(f"/image/{cid}").text).group(1)
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        for cid in (tiny["id"], kept["id"]):
+            assert client.post("/api/action", json={"id": cid, "action": "restore" if cid == tiny["id"] else
+                                                    "not-duplicate", "reason": "r"}, headers=h).status_code == 200
+        assert client.post("/api/action", json={"id": tiny["id"], "action": "remove", "reason": "owner asked"},
+                           headers=h).status_code == 200
+        shown = {cid: state(client, cid) for cid in (tiny["id"], kept["id"])}
+    rows = {r["candidate_id"] for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
+    assert shown == {tiny["id"]: "out (taken down)", kept["id"]: "in (put back in review)"}
+    assert str(tiny["id"]) not in rows and str(kept["id"]) in rows
+
+
 def test_token_off_loopback_never_printed(root, tmp_path):
     config, cfg = root
     env = {k: v for k, v in os.environ.items() if k != "MLC_REVIEW_TOKEN"}
