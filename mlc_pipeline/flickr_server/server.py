@@ -10,13 +10,13 @@ import re
 import sys
 import threading
 import time
-from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .faults import FaultPlan, FaultSpec
 from .model import SUFFIX_TO_SIZE, WorldSpec
 from .rest import RestApi, encode_response, fail
+from .stats import ServerStats
 from .world import World, build_world
 
 log = logging.getLogger(__name__)
@@ -29,52 +29,13 @@ HTML_ERROR_PAGE = (b"<!DOCTYPE html>\n<html><head><title>Flickr: Something went 
                    b"<body><h1>Oops! Something went wrong.</h1><p>Please try again later.</p></body></html>\n")
 
 
-class _Stats:
-    """Counters the tests and benchmarks read through FlickrServer.stats()."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.api_calls = 0
-        self.api_calls_by_method: Counter[str] = Counter()
-        self.api_call_times: list[float] = []  # time.monotonic() of each call: the rate a client really kept
-        self.image_requests = 0
-        self.images_in_flight = 0
-        self.max_concurrent_image_connections = 0
-        self.connections_opened = 0  # TCP connections accepted: shows whether clients keep them alive
-        self.offered: set[str] = set()
-
-    def connection_opened(self) -> None:
-        with self.lock:
-            self.connections_opened += 1
-
-    def api_call(self, method: str) -> None:
-        with self.lock:
-            self.api_calls += 1
-            self.api_calls_by_method[method] += 1
-            self.api_call_times.append(time.monotonic())
-
-    def image_started(self) -> None:
-        with self.lock:
-            self.image_requests += 1
-            self.images_in_flight += 1
-            self.max_concurrent_image_connections = max(self.max_concurrent_image_connections, self.images_in_flight)
-
-    def image_finished(self) -> None:
-        with self.lock:
-            self.images_in_flight -= 1
-
-    def add_offered(self, photo_ids: list[str]) -> None:
-        with self.lock:
-            self.offered.update(photo_ids)
-
-
 class _App:
     """Shared state of one server: the world, the REST API, the fault plan, the statistics."""
 
     def __init__(self, world: World, faults: FaultSpec, static_host: str, redirect_host: str):
         self.world = world
         self.faults = FaultPlan(faults)
-        self.stats = _Stats()
+        self.stats = ServerStats()
         self.static_host = static_host
         self.redirect_host = redirect_host
         self.api = RestApi(world, static_host, self.stats.add_offered)
