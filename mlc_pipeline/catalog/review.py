@@ -10,14 +10,11 @@ overwrite it. It writes two things instead:
                     keeps an accepted one out). NULL means "as the catalog says".
 `mlc build` reads the overrides (`build_candidates`) and records which photos the review changed; the
 labels it publishes are `effective_labels`, the rule the review app shows as "next build".
-Undo restores the state before an action; only the latest live action of an image can be undone, so
-an undo never erases a later write from another tab. Concurrent writers (two tabs, two `mlc review`
-processes, on either backend): each action is one transaction that first locks the image's candidate
-row (`Catalog.locked_candidate`: SQLite's write lock, PostgreSQL's SELECT ... FOR UPDATE), so actions
-on one image are serial, the last write wins and every action is kept; actions on other images, and
-a collect or curate at work, do not wait for each other on PostgreSQL.
-`review_version_rows` indexes the published versions' manifests (immutable, read once) so that the
-split and version filters are joins.
+Undo reverts only an image's latest live action, and an action from a page drawn before another
+tab's is refused (`seen_action`): no write from another tab is erased. Each action is one transaction
+that first locks the image's row (`Catalog.locked_candidate`: SQLite's write lock, PostgreSQL's
+SELECT ... FOR UPDATE): actions on one image are serial, every action is kept, and on PostgreSQL
+nothing else waits. `review_version_rows` indexes published manifests: version filters are joins.
 
 Both backends, one text: the tables are written in SQLite's dialect and PostgreSQL gets them through
 `schema.postgres_ddl` (an identity column for `id INTEGER PRIMARY KEY`), as the main schema; new ids
@@ -79,6 +76,10 @@ class ReviewError(ValueError):
 
 class StaleUndo(ReviewError):
     """The action to undo is no longer the image's latest: another client acted since."""
+
+
+class StaleAction(ReviewError):
+    """The acting page is out of date: another client acted on the image since it was drawn."""
 
 
 @dataclass
@@ -167,13 +168,17 @@ def next_state(row: dict, before: dict, action: str, labels: list[str] | None, c
 
 
 def act(catalog: Catalog, cid: int, action: str, reason: str, client: str, classes: list[str],
-        labels: list[str] | None = None, check_file=None) -> ActionResult:
-    """Apply one review action atomically; the last write wins and every action is kept.
-
-    `check_file(path)` returns a reason when a file to be put back is not a usable image."""
+        labels: list[str] | None = None, check_file=None, seen_action: int | None = None) -> ActionResult:
+    """Apply one review action atomically. `seen_action`: the image's latest undoable action (0: none)
+    on the acting page; one since refuses this (StaleAction; None, a script's: the last write wins).
+    `check_file(path)`: why a file to be put back is not usable (None: it is)."""
     with catalog.locked_candidate(cid) as row:
         if row is None:
             raise ReviewError(f"no candidate {cid}")
+        latest = latest_undoable(catalog, cid) if seen_action is not None else None
+        if seen_action is not None and (latest["id"] if latest else 0) != seen_action:
+            who = f" ({latest['action']} by {latest['client']})" if latest else ""
+            raise StaleAction(f"this image changed since the page was loaded{who}: reload to see it, then act")
         before = override_of(catalog, cid)
         after = next_state(row, before, action, labels, classes)
         if after["include"] == "accepted" and check_file is not None:

@@ -270,10 +270,13 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
             return JSONResponse({"error": "labels must be a list of names"}, status_code=400)
         if kind == "remove":
             return do_remove(cid, reason, client)
+        seen = body.get("seen_action")      # review.js sends the page's latest action: a stale tab is refused
+        if seen is not None and (isinstance(seen, bool) or not isinstance(seen, int)):
+            return JSONResponse({"error": "seen_action must be an action id (0: none)"}, status_code=400)
         try:
             with review.lock:
                 res = cr.act(review.catalog, cid, kind, reason or "(no reason given)", client, review.classes,
-                             labels=labels, check_file=review.check_file)
+                             labels=labels, check_file=review.check_file, seen_action=seen)
                 review._facets = (0.0, None)
         except cr.ReviewError as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)

@@ -270,6 +270,27 @@ def test_the_next_build_line_says_what_the_build_does_after_a_takedown(root):
     assert str(tiny["id"]) not in rows and str(kept["id"]) in rows
 
 
+def test_a_stale_tab_cannot_silently_replace_another_tabs_work(root):
+    """Tab A draws the page; tab B relabels; A's relabel (what the page sends: its latest action) is
+    refused with a reason instead of replacing B's, and A's after a reload goes through."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    target = first_accepted(cfg, "ants")
+    seen = lambda client: int(re.search(r'data-undo="(\d*)"', client.get(f"/image/{target['id']}").text).group(1) or 0)
+    relabel = lambda client, tab, labels, **kw: client.post("/api/action", json={
+        "id": target["id"], "action": "relabel", "labels": labels, **kw}, headers={"X-MLC-Client": tab})
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        drawn_for_a = seen(client)
+        assert relabel(client, "tabB", ["ants", "bees"], seen_action=seen(client)).status_code == 200
+        stale = relabel(client, "tabA", ["bees"], seen_action=drawn_for_a)
+        assert stale.status_code == 409 and "changed since the page was loaded (relabel by" in stale.json()["error"]
+        assert "ants bees" in client.get(f"/image/{target['id']}").text
+        assert relabel(client, "tabA", ["bees"], seen_action=seen(client)).status_code == 200
+        assert relabel(client, "script", ["ants"]).status_code == 200          # no seen_action: the last write wins
+        assert relabel(client, "tabA", ["bees"], seen_action="1").status_code == 400
+
+
 def test_token_off_loopback_never_printed(root, tmp_path):
     config, cfg = root
     env = {k: v for k, v in os.environ.items() if k != "MLC_REVIEW_TOKEN"}

@@ -43,7 +43,9 @@
         if (!reason) { say("takedown cancelled", true); return; }
         await post("/api/action", {id: id, action: "remove", reason: reason});
       } else {
-        const body = {id: id, action: kind, reason: reason};
+        // The image's latest action as this page saw it: if another tab acted since, the server refuses
+        // (409) rather than let this page's stale choice silently replace that work.
+        const body = {id: id, action: kind, reason: reason, seen_action: Number(pageEl.dataset.undo || 0)};
         if (kind === "relabel") {
           body.labels = Array.from(document.querySelectorAll("input[name=label]:checked")).map(x => x.value);
         }
