@@ -28,6 +28,7 @@ import json
 import time
 from dataclasses import dataclass
 
+from mlc_pipeline.catalog.labels import effective_labels
 from mlc_pipeline.catalog.schema import postgres_ddl
 from mlc_pipeline.catalog.store import Catalog
 
@@ -247,16 +248,6 @@ def recent_actions(catalog: Catalog, limit: int = 50) -> list[dict]:
 
 
 # --- what build uses -----------------------------------------------------------------------------
-def effective_labels(row: dict) -> str:
-    """The labels the next build publishes a candidate under ('other': none of the classes), the one
-    rule for the build and the review app: the review's labels (training images only), else the
-    curated ones, else the labels it was searched under. Curate leaves `curated_label` NULL on
-    duplicates and on images rejected at verification, so one that review puts back keeps its searched
-    class; a photo of the "other" set was searched as 'other' and stays a negative."""
-    reviewed = row.get("review_labels") if row.get("purpose") == "train" else None
-    return reviewed or row.get("curated_label") or row.get("label") or "other"
-
-
 def build_candidates(catalog: Catalog) -> list[dict]:
     """The candidates a version is built from, the review applied: accepted training and probe images
     not rejected in review, plus those review put back; `curated_label` is the label published

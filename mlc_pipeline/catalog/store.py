@@ -35,6 +35,7 @@ from typing import Iterable, Iterator
 
 from . import postgres, sqlite
 from .address import PostgresCatalog
+from .labels import effective_labels, reviewed_status
 from .removals import RemovalQueries
 from .schema import FILE_STATUSES, MIGRATION_DIRS, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA_VERSION, Found, merge_labels
 
@@ -347,15 +348,19 @@ class Catalog(RemovalQueries):
 
     def set_tally(self, purpose: str, label: str) -> dict:
         """Where the candidates of one set (a purpose and a class, or 'other') stand, for top-ups and
-        shortfall reports: accepted counts by the labels curation settled on; the other statuses by
-        the label the search gave, with their reasons cut before the first ':' or '='."""
+        shortfall reports, as the build will see them (`count` means usable: an image the review
+        rejected needs a top-up): accepted counts by the labels the build publishes; the other
+        statuses by the label the search gave, with their reasons cut before the first ':' or '='."""
         out: dict = {"accepted": 0, "downloaded": 0, "pending": 0,
                      "rejected": {}, "duplicate": {}, "failed": {}, "skipped": {}}
-        rows = self.db.execute("SELECT status, reason, label, curated_label FROM candidates WHERE purpose=?",
-                               (purpose,))
-        for r in rows:
-            status = r["status"]
-            labels = (r["curated_label"] or r["label"]) if status == "accepted" else r["label"]
+        review = ("o.labels AS review_labels, o.include AS review_include FROM candidates c "
+                  "LEFT JOIN review_overrides o ON o.candidate_id = c.id" if self.has_table("review_overrides")
+                  else "NULL AS review_labels, NULL AS review_include FROM candidates c")
+        rows = self.db.execute("SELECT c.status, c.reason, c.label, c.curated_label, c.purpose, c.file_path, "
+                               f"{review} WHERE c.purpose=?", (purpose,))
+        for r in map(dict, rows):
+            status, r["reason"] = reviewed_status(r)
+            labels = effective_labels(r) if status == "accepted" else r["label"]
             if label not in labels.split():
                 continue
             if isinstance(out.get(status), int):

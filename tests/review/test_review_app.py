@@ -291,6 +291,25 @@ def test_a_stale_tab_cannot_silently_replace_another_tabs_work(root):
         assert relabel(client, "tabA", ["bees"], seen_action="1").status_code == 400
 
 
+@pytest.mark.parametrize("root", ["sqlite", "postgresql"], indirect=True)
+def test_collect_counts_usable_images_as_the_build_will_see_them(root):
+    """`count` means usable: an image the review rejected is not one (the next collect tops the set
+    up), a duplicate it put back is one, and a relabelled image counts under its new class."""
+    config, cfg = root
+    target, other = first_accepted(cfg, "ants"), first_accepted(cfg, "bees")
+    with Catalog(cfg.catalog_path) as c:
+        dup = c.candidates("status='duplicate' AND label='ants'")[0]
+        before = {label: c.set_tally("train", label) for label in ("ants", "bees")}    # no review tables yet
+        cr.ensure_schema(c)
+        cr.act(c, target["id"], "reject", "blurry", "t", list(cfg.classes))
+        cr.act(c, dup["id"], "not-duplicate", "a different photo", "t", list(cfg.classes))
+        cr.act(c, other["id"], "relabel", "both", "t", list(cfg.classes), labels=["ants", "bees"])
+        after = {label: c.set_tally("train", label) for label in ("ants", "bees")}
+    assert after["ants"]["accepted"] == before["ants"]["accepted"] - 1 + 1 + 1
+    assert after["ants"]["rejected"].get("review") == 1 and after["bees"]["accepted"] == before["bees"]["accepted"]
+    assert sum(after["ants"]["duplicate"].values()) == sum(before["ants"]["duplicate"].values()) - 1
+
+
 def test_token_off_loopback_never_printed(root, tmp_path):
     config, cfg = root
     env = {k: v for k, v in os.environ.items() if k != "MLC_REVIEW_TOKEN"}
