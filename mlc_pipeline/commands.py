@@ -56,7 +56,9 @@ def cmd_build(args) -> int:
              "unchanged (identical to the latest version, its files verified; not published again)")
     print(f"dataset {res.name} {res.version}: {state}\n  {res.path}\n  {res.counts['images']} images")
     if res.skipped:
-        print("  left out (file gone or unreadable; the next collect downloads them again): " +
+        # On an object-store root such a file may just not be published yet: the catalog is left alone
+        then = "the next collect downloads them again" if cfg.data_url is None else "not in this cache (yet)"
+        print(f"  left out (file gone or unreadable; {then}): " +
               ", ".join(f"{reason} {n}" for reason, n in sorted(res.skipped.items())))
     if res.published:
         from mlc_pipeline.report.inspect import dataset_summary

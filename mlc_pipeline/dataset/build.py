@@ -370,6 +370,6 @@ def summarised(res: BuildResult) -> BuildResult:
     splits = ("train", "valid", "test", "probe")
     progress.summary(f"build {res.name} {res.version}: {'published' if res.published else 'unchanged'}", [
         ("folder", res.path), ("images", res.counts["images"]),
-        ("skipped (file gone or unreadable; downloaded again by the next collect)", res.skipped)] + [
+        ("skipped (file gone or unreadable here)", res.skipped)] + [
         (label, " ".join(f"{s} {c.get(s, 0)}" for s in splits)) for label, c in res.counts["per_label_split"].items()])
     return res
