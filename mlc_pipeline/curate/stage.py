@@ -23,7 +23,6 @@ import numpy as np
 from mlc_pipeline.catalog import FILE_STATUSES, Catalog, run_end_status
 from mlc_pipeline import progress
 from mlc_pipeline.config import Config
-from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.layout import DataLayout
 from mlc_pipeline.manifest import read_manifest, versions
 from mlc_pipeline.curate.dedup import DedupItem, resolve_duplicates, view_distance
@@ -31,6 +30,7 @@ from mlc_pipeline.curate.hashing import FileRecord, hex_to_uint64, inspect_files
 from mlc_pipeline.executor import cluster_address, map_chunks
 from mlc_pipeline.curate.neardup import find_pairs
 from mlc_pipeline.curate.similarity import CONFIRM, FileSimilarity
+from mlc_pipeline.curate.takedown import QuarantineIndex
 from mlc_pipeline.curate.verify import LIMIT_REASONS, VerifyLimits, limits_key, recorded_reason
 
 log = logging.getLogger(__name__)
@@ -151,15 +151,9 @@ def found_in_quarantine(cfg: Config, catalog: Catalog, rows: list[dict]) -> list
     transaction had moved files to the quarantine whose rows then rolled back: such a file, the same
     bytes under the same name, is recorded where it is (and judged again below) instead of being
     downloaded again and left there unnamed."""
-    if not rows:
-        return rows
-    by_name: dict[str, list[Path]] = {}
-    for path in cfg.layout.quarantine().rglob("*") if cfg.layout.quarantine().is_dir() else []:
-        by_name.setdefault(path.name, []).append(path)
-    still = []
+    quarantined, still = QuarantineIndex(cfg.layout.quarantine()), []
     for r in rows:
-        here = next((p for p in by_name.get(Path(r["file_path"]).name, [])
-                     if r["sha256"] and p.is_file() and sha256_file(p) == r["sha256"]), None)
+        here = quarantined.copy_of(r["file_path"], r["sha256"])
         if here is None:
             still.append(r)
             continue
@@ -345,8 +339,8 @@ def curate(cfg: Config) -> CurateSummary:
             missing = found_in_quarantine(cfg, catalog, [r for r in rows if not Path(r["file_path"]).exists()])
             for r in missing:   # the next collect downloads it again, and this curate inspects it afresh
                 log.warning("candidate %s: file %s is gone; marked for re-download", r["id"], r["file_path"])
-                catalog.set_status(r["id"], "failed", "transient:file-missing", run_id, "curate")
-                catalog.update_fields(r["id"], hashed_sha256=None, verify_reason=None, verify_limits=None)
+                catalog.set_status(r["id"], "failed", "transient:file-missing", run_id, "curate",
+                                   hashed_sha256=None, verify_reason=None, verify_limits=None)
             gone = {r["id"] for r in missing}
             rows = [r for r in rows if r["id"] not in gone]
             verify_and_hash(cfg, catalog, rows, run_id, summary)

@@ -82,8 +82,9 @@ def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: 
 
 
 class QuarantineIndex:
-    """The quarantine's files by name, listed once per takedown and only if a file is not where its
-    row says (an rglob per target, inside the catalog's write transaction, held the review app up)."""
+    """The quarantine's files by name, listed once (by a takedown, or a curate looking for files it
+    moved) and only when a file is not where its row says: an rglob per row, inside the catalog's
+    write transaction, held the review app up."""
 
     def __init__(self, root: Path):
         self.root, self._by_name = root, None
@@ -94,6 +95,12 @@ class QuarantineIndex:
             for path in sorted(self.root.rglob("*")) if self.root.is_dir() else []:
                 self._by_name.setdefault(path.name, []).append(path)
         return self._by_name.get(name, [])
+
+    def copy_of(self, path: str, sha256: str | None) -> Path | None:
+        """The quarantined file with `path`'s name and these bytes (names are not unique across
+        sources), or None."""
+        return next((p for p in self.named(Path(path).name)
+                     if sha256 and p.is_file() and sha256_file(p) == sha256), None)
 
 
 def delete_file(row: dict, quarantine: QuarantineIndex) -> list[str]:
@@ -109,11 +116,11 @@ def delete_file(row: dict, quarantine: QuarantineIndex) -> list[str]:
         return [path]
     except FileNotFoundError:
         pass
-    for moved in quarantine.named(Path(path).name):
-        if row["sha256"] and sha256_file(moved) == row["sha256"]:
-            moved.unlink(missing_ok=True)
-            return [str(moved)]
-    return []
+    moved = quarantine.copy_of(path, row["sha256"])
+    if moved is None:
+        return []
+    moved.unlink(missing_ok=True)
+    return [str(moved)]
 
 
 def published_versions_with(cfg: Config, photos: set[tuple[str, str]]) -> dict[str, list[str]]:
