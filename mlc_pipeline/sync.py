@@ -90,12 +90,15 @@ def local_signature(cfg: Config) -> list:
     return out
 
 
-def tag(store: Store, info: dict) -> str:
+def tag(store: Store, info: dict, sha256: str | None = None) -> str:
     """What tells one upload of the catalog from another: its ETag (S3, GCS and Azure give each write of
-    other bytes another one), else (file://, no ETag) the SHA-256 of its bytes. Never the size alone: a
-    status update usually keeps SQLite's page count."""
+    other bytes another one), else (file://, no ETag) the SHA-256 of its bytes (`sha256` when the caller
+    knows them: read back otherwise). Never the size alone: a status update usually keeps SQLite's page
+    count."""
     etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
-    return f"{info.get('size')}:{etag}" if etag else f"{info.get('size')}:sha256:{store.sha256(CATALOG_OBJECT)}"
+    if etag:
+        return f"{info.get('size')}:{etag}"
+    return f"{info.get('size')}:sha256:{sha256 or store.sha256(CATALOG_OBJECT)}"
 
 
 def pull_catalog(store: Store, cfg: Config) -> bool:
@@ -141,7 +144,7 @@ def push_catalog(store: Store, cfg: Config) -> None:
         digest = sha256_file(snapshot)
         if info is None or digest != state.get("catalog_sha256"):
             store.upload([(snapshot, CATALOG_OBJECT)])
-            write_state(cfg, catalog=tag(store, store.info(CATALOG_OBJECT)), catalog_sha256=digest)
+            write_state(cfg, catalog=tag(store, store.info(CATALOG_OBJECT), digest), catalog_sha256=digest)
     finally:
         snapshot.unlink(missing_ok=True)
     write_state(cfg, local=local_signature(cfg))
