@@ -150,15 +150,15 @@ def remove_stale_tmp_dirs(parent: Path) -> list[Path]:
         log.info("removed %s, left by a training that did not finish", path)
     # A replaced bundle (overwrite=True) is renamed `<name>.old-<pid>-*` before the new one takes
     # its name; a writer killed in between left the old one there and no `<name>`: it goes back.
-    for old in sorted(p for p in parent.glob("*.old-*-*") if p.is_dir()):
-        name, _, tail = old.name.rpartition(".old-")
-        pid = tail.split("-", 1)[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            if (parent / name).exists():
-                shutil.rmtree(old)
-            else:
-                old.rename(parent / name)
-                log.warning("put %s back: the training that was replacing it did not finish", parent / name)
+    # One killed after the swap left only the old one to delete, as any dead writer's leftover.
+    old_pid = lambda p: p.name.rpartition(".old-")[2].split("-", 1)[0]     # noqa: E731
+    olds = sorted(p for p in parent.glob("*.old-*-*") if p.is_dir())
+    for old in olds:
+        bundle = parent / old.name.rpartition(".old-")[0]
+        if not bundle.exists() and old_pid(old).isdigit() and not pid_alive(int(old_pid(old))):
+            old.rename(bundle)
+            log.warning("put %s back: the training that was replacing it did not finish", bundle)
+    remove_dead_leftovers([p for p in olds if p.exists()], old_pid)
     return removed
 
 
