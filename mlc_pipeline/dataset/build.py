@@ -11,7 +11,8 @@
 
 A version is built aside and renamed into place, so a killed build leaves nothing half-published;
 earlier versions are never touched; a build identical to the latest version is not published. An
-accepted image whose file is gone or unreadable is left out and recorded in the catalog (`write_images`).
+accepted image whose file is gone or unreadable is left out, and on a local data root recorded in the
+catalog (`write_images`).
 
 A published version is verified before it is used (`verify_version`: build, train, inspect): the
 manifest must match the fingerprint in dataset.json (a relabelled, added or removed row changes it),
