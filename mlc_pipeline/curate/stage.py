@@ -140,7 +140,7 @@ def record_verdict(cfg: Config, catalog: Catalog, row: dict, reason: str | None,
         catalog.set_status(row["id"], "rejected", reason, run_id, "curate", file_path=str(moved))
         row.update(status="rejected", reason=reason, file_path=str(moved))
     elif reason is None and row["status"] == "rejected" and (
-            (row["reason"] or "").split(":")[0] in LIMIT_REASONS or passing_fault(row["reason"])):
+            for_a_limit(row["reason"]) or passing_fault(row["reason"])):
         log.info("candidate %s passes now (was rejected: %s)", row["id"], row["reason"])
         catalog.set_status(row["id"], "downloaded", None, run_id, "curate")
         row.update(status="downloaded", reason=None)
@@ -165,7 +165,12 @@ def found_in_quarantine(cfg: Config, catalog: Catalog, rows: list[dict]) -> list
 
 def limit_rejected(row: dict, key: str) -> bool:
     """A file rejected at verification for a limit other than the current ones: it may pass now."""
-    return (row["verify_reason"] or "").split(":")[0] in LIMIT_REASONS and row["verify_limits"] != key
+    return for_a_limit(row["verify_reason"]) and row["verify_limits"] != key
+
+
+def for_a_limit(reason: str | None) -> bool:
+    """A rejection for one of the limits (too-small, extreme-aspect, ...), not for the file's content."""
+    return (reason or "").split(":")[0] in LIMIT_REASONS
 
 
 def passing_fault(reason: str | None) -> bool:
