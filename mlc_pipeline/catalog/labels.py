@@ -1,9 +1,14 @@
 """What a review decided, as the build applies it to a candidate row: its labels and whether it is in.
 Pure rules on a row (the candidate's columns, plus `review_labels` / `review_include` from the review's
 overrides when they were joined), shared by the build (catalog.review.build_candidates), the review
-app's "next build" line and collect's count of usable images (Catalog.set_tally)."""
+app's "next build" line, collect's count of usable images (Catalog.set_tally) and mining; and what a
+review action does to an image's override (`next_state`)."""
 
 from __future__ import annotations
+
+
+class ReviewError(ValueError):
+    """An action that cannot apply to this image (one line, shown to the reviewer)."""
 
 
 def effective_labels(row: dict) -> str:
@@ -11,8 +16,9 @@ def effective_labels(row: dict) -> str:
     rule for the build and the review app: the review's labels (training images only), else the
     curated ones, else the labels it was searched under. Curate leaves `curated_label` NULL on
     duplicates and on images rejected at verification, so one that review puts back keeps its searched
-    class; a photo of the "other" set was searched as 'other' and stays a negative."""
-    reviewed = row.get("review_labels") if row.get("purpose") == "train" else None
+    class; a photo of the "other" set was searched as 'other' and stays a negative. A pool image
+    labelled in review (`decided_in_review`) enters training under the review's labels."""
+    reviewed = row.get("review_labels") if row.get("purpose") in ("train", "pool") else None
     return reviewed or row.get("curated_label") or row.get("label") or "other"
 
 
@@ -25,3 +31,58 @@ def reviewed_status(row: dict) -> tuple[str, str | None]:
     if include == "accepted" and row["status"] in ("rejected", "duplicate") and row.get("file_path"):
         return "accepted", None
     return row["status"], row["reason"]
+
+
+def decided_in_review(row: dict) -> bool:
+    """A mining-pool image a reviewer labelled: the next build trains on it under those labels ('other':
+    a hard negative, or a class it turned out to belong to), and mining leaves it alone."""
+    return (row.get("purpose") == "pool" and row["status"] == "accepted" and row.get("review_include") == "accepted"
+            and bool(row.get("review_labels")))
+
+
+def next_state(row: dict, before: dict, action: str, labels: list[str] | None, classes: list[str]) -> dict:
+    """The override after `action` on the candidate `row`; ReviewError when it does not apply."""
+    if row["status"] == "removed":
+        raise ReviewError("this photo was taken down (removed); it cannot come back")
+    in_dataset = row["purpose"] == "train" or row["purpose"] == "probe"
+    pool = row["purpose"] == "pool"      # enters training only by a reviewer's labels (or mining)
+    if action == "relabel":
+        if row["purpose"] not in ("train", "pool"):
+            raise ReviewError(f"only training and pool images carry labels (this one is in the {row['purpose']} set)")
+        if pool and row["status"] != "accepted":
+            raise ReviewError(f"a {row['status']} pool image cannot be trained on")
+        wanted = sorted(set(labels or []))
+        unknown = [x for x in wanted if x not in classes and x != "other"]
+        if unknown:
+            raise ReviewError(f"unknown label(s) {', '.join(unknown)}; the classes are {', '.join(classes)} or other")
+        if "other" in wanted and len(wanted) > 1:
+            raise ReviewError("'other' means none of the classes: it cannot go with a class")
+        new = " ".join(wanted) or "other"
+        if pool:
+            return {"labels": new, "include": "accepted"}
+        return {**before, "labels": None if new == effective_labels({**row, "review_labels": None}) else new}
+    if action == "reject":
+        if before["include"] == "rejected" or (row["status"] != "accepted" and before["include"] != "accepted"):
+            raise ReviewError("already out of the dataset")
+        if pool:                        # out of training, and of mining's pool
+            return {"labels": None, "include": "rejected"}
+        return {**before, "include": None if row["status"] != "accepted" else "rejected"}
+    if pool and action == "restore" and before["include"] == "rejected":
+        return {**before, "include": None}      # back in the pool, for mining
+    if pool and action == "restore" and before["include"] == "accepted":
+        raise ReviewError("already in, with the labels saved in review (undo puts it back in the pool)")
+    if action in ("restore", "not-duplicate"):
+        if not in_dataset:
+            raise ReviewError(f"{row['purpose']} images enter a version through mining, or with labels saved in review")
+        if action == "not-duplicate" and row["status"] != "duplicate":
+            raise ReviewError("not marked as a duplicate")
+        if row["status"] == "accepted":
+            if before["include"] != "rejected":
+                raise ReviewError("already in the dataset")
+            return {**before, "include": None}
+        if before["include"] == "accepted":
+            raise ReviewError("already put back in review")
+        if row["status"] not in ("rejected", "duplicate") or not row["file_path"]:
+            raise ReviewError(f"a {row['status']} candidate has no usable file to put back")
+        return {**before, "include": "accepted"}
+    raise ReviewError(f"unknown action {action!r}")

@@ -9,7 +9,8 @@ overwrite it. It writes two things instead:
                     and `include` ('accepted' puts a rejected or duplicate image back in, 'rejected'
                     keeps an accepted one out). NULL means "as the catalog says".
 `mlc build` reads the overrides (`build_candidates`) and records which photos the review changed; the
-labels it publishes are `effective_labels`, the rule the review app shows as "next build".
+labels it publishes are `effective_labels`, the rule the review app shows as "next build"; what each
+action does to the override is `next_state` (both in catalog/labels.py, pure rules on a row).
 Undo reverts only an image's latest live action, and an action from a page drawn before another
 tab's is refused (`seen_action`): no write from another tab is erased. Each action is one transaction
 that first locks the image's row (`Catalog.locked_candidate`: SQLite's write lock, PostgreSQL's
@@ -28,7 +29,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from mlc_pipeline.catalog.labels import effective_labels
+from mlc_pipeline.catalog.labels import ReviewError, effective_labels, next_state
 from mlc_pipeline.catalog.schema import postgres_ddl
 from mlc_pipeline.catalog.store import Catalog
 
@@ -69,10 +70,6 @@ TABLES = {"review_actions": "id", "review_overrides": "candidate_id", "review_ve
           "review_version_rows": "dataset, version, candidate_id"}
 UNDOABLE = ("relabel", "reject", "restore", "not-duplicate")
 EMPTY = {"labels": None, "include": None}
-
-
-class ReviewError(ValueError):
-    """An action that cannot apply to this image (one line, shown to the reviewer)."""
 
 
 class StaleUndo(ReviewError):
@@ -129,43 +126,6 @@ def _log(catalog: Catalog, cid: int, action: str, detail: dict, before: dict | N
         (cid, action, json.dumps(detail, sort_keys=True), None if before is None else json.dumps(before),
          None if after is None else json.dumps(after), reason, client, now)).fetchone()
     return row["id"]
-
-
-def next_state(row: dict, before: dict, action: str, labels: list[str] | None, classes: list[str]) -> dict:
-    """The override after `action` on the candidate `row`; ReviewError when it does not apply."""
-    if row["status"] == "removed":
-        raise ReviewError("this photo was taken down (removed); it cannot come back")
-    in_dataset = row["purpose"] == "train" or row["purpose"] == "probe"
-    if action == "relabel":
-        if row["purpose"] != "train":
-            raise ReviewError(f"only training images carry labels (this one is in the {row['purpose']} set)")
-        wanted = sorted(set(labels or []))
-        unknown = [x for x in wanted if x not in classes and x != "other"]
-        if unknown:
-            raise ReviewError(f"unknown label(s) {', '.join(unknown)}; the classes are {', '.join(classes)} or other")
-        if "other" in wanted and len(wanted) > 1:
-            raise ReviewError("'other' means none of the classes: it cannot go with a class")
-        new = " ".join(wanted) or "other"
-        return {**before, "labels": None if new == effective_labels({**row, "review_labels": None}) else new}
-    if action == "reject":
-        if before["include"] == "rejected" or (row["status"] != "accepted" and before["include"] != "accepted"):
-            raise ReviewError("already out of the dataset")
-        return {**before, "include": None if row["status"] != "accepted" else "rejected"}
-    if action in ("restore", "not-duplicate"):
-        if not in_dataset:
-            raise ReviewError(f"{row['purpose']} images enter a version only through mining")
-        if action == "not-duplicate" and row["status"] != "duplicate":
-            raise ReviewError("not marked as a duplicate")
-        if row["status"] == "accepted":
-            if before["include"] != "rejected":
-                raise ReviewError("already in the dataset")
-            return {**before, "include": None}
-        if before["include"] == "accepted":
-            raise ReviewError("already put back in review")
-        if row["status"] not in ("rejected", "duplicate") or not row["file_path"]:
-            raise ReviewError(f"a {row['status']} candidate has no usable file to put back")
-        return {**before, "include": "accepted"}
-    raise ReviewError(f"unknown action {action!r}")
 
 
 def act(catalog: Catalog, cid: int, action: str, reason: str, client: str, classes: list[str],
@@ -250,18 +210,19 @@ def recent_actions(catalog: Catalog, limit: int = 50) -> list[dict]:
 # --- what build uses -----------------------------------------------------------------------------
 def build_candidates(catalog: Catalog) -> list[dict]:
     """The candidates a version is built from, the review applied: accepted training and probe images
-    not rejected in review, plus those review put back; `curated_label` is the label published
-    (`effective_labels`)."""
+    not rejected in review, plus those review put back, plus pool images labelled in review;
+    `curated_label` is the label published (`effective_labels`)."""
     if not has_review_tables(catalog):
         return [{**c, "curated_label": effective_labels(c)}
                 for c in catalog.candidates("status='accepted' AND purpose IN ('train', 'probe')")]
     rows = catalog.db.execute(
         "SELECT c.*, o.labels AS review_labels, o.include AS review_include FROM candidates c "
         "LEFT JOIN review_overrides o ON o.candidate_id = c.id "
-        "WHERE c.purpose IN ('train', 'probe') AND ("
+        "WHERE (c.purpose IN ('train', 'probe') AND ("
         " (c.status = 'accepted' AND (o.include IS NULL OR o.include <> 'rejected'))"
-        " OR (o.include = 'accepted' AND c.status IN ('rejected', 'duplicate') AND c.file_path IS NOT NULL))"
-        " ORDER BY c.id")
+        " OR (o.include = 'accepted' AND c.status IN ('rejected', 'duplicate') AND c.file_path IS NOT NULL)))"
+        " OR (c.purpose = 'pool' AND c.status = 'accepted' AND o.include = 'accepted' AND o.labels IS NOT NULL)"
+        " ORDER BY c.id")   # the last line: decided_in_review
     out = []
     for r in rows:
         c = {**dict(r), "file_path": catalog.usable_path(r["file_path"])}
@@ -269,6 +230,12 @@ def build_candidates(catalog: Catalog) -> list[dict]:
         del c["review_labels"], c["review_include"]
         out.append(c)
     return out
+
+
+def overrides(catalog: Catalog) -> dict[int, dict]:
+    """Every review decision in force, by candidate id (mining leaves these images alone)."""
+    rows = catalog.db.execute("SELECT * FROM review_overrides") if has_review_tables(catalog) else []
+    return {r["candidate_id"]: {"labels": r["labels"], "include": r["include"]} for r in rows}
 
 
 def review_changed_photos(catalog: Catalog) -> list[str]:
@@ -308,7 +275,9 @@ def _where(filters: dict, dataset: str) -> tuple[str, list]:
     if filters.get("round") not in (None, ""):
         sql.append("c.mined_round = ?")
         params.append(int(filters["round"]))
-    if filters.get("reviewed"):
+    if filters.get("reviewed") == "0":      # no decision in force: a queue that empties as the reviewer works
+        sql.append("o.candidate_id IS NULL")
+    elif filters.get("reviewed"):
         sql.append("c.id IN (SELECT candidate_id FROM review_actions)")
     if filters.get("version"):
         inner = "SELECT candidate_id FROM review_version_rows WHERE dataset = ? AND version = ?"

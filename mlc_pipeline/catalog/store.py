@@ -370,11 +370,6 @@ class Catalog(RemovalQueries):
                 out[status][reason] = out[status].get(reason, 0) + 1
         return out
 
-    def count_accepted(self, purpose: str, label: str) -> int:
-        """Accepted candidates of a purpose whose curated labels hold `label` (a class, or 'other')."""
-        rows = self.db.execute("SELECT curated_label FROM candidates WHERE purpose=? AND status='accepted'", (purpose,))
-        return sum(1 for r in rows if label in (r["curated_label"] or "").split())
-
     def mined_in_round(self, round_no: int) -> list[dict]:
         """Pool images a mining round moved into the negatives, or held back for review."""
         return [self._row(r) for r in self.db.execute(

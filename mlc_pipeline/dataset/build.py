@@ -97,7 +97,8 @@ def folder_name(labels: str) -> str:
 
 
 def dataset_rows(cfg: Config, catalog: Catalog) -> list[dict]:
-    """Everything accepted for training or probing, with its split; mined negatives never test."""
+    """Everything accepted for training or probing, with its split; pool images (mined negatives, or
+    labelled in review) never test: test and probe stay the images every round compares on."""
     rows = []
     removed_owners = catalog.removed_owners()       # `mlc remove --owner`: later photos stay out too
     for c in build_candidates(catalog):             # accepted, with the review app's decisions applied
@@ -106,7 +107,7 @@ def dataset_rows(cfg: Config, catalog: Catalog) -> list[dict]:
         labels = "" if c["curated_label"] in (None, "other") else c["curated_label"]
         if c["purpose"] == "probe":
             split = "probe"
-        elif c["mined_round"] is not None:
+        elif c["mined_round"] is not None or c["purpose"] == "pool":     # mined, or labelled in review
             split = mined_split(c["source"], c["photo_id"], cfg.mine.calibration_share)
         else:
             split = split_of(c["source"], c["photo_id"], cfg.build.split)

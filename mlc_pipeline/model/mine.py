@@ -16,6 +16,7 @@ import numpy as np
 
 from mlc_pipeline.fsutil import write_csv_atomic
 from mlc_pipeline.catalog import Catalog, run_end_status
+from mlc_pipeline.catalog.review import build_candidates, overrides
 from mlc_pipeline import progress
 from mlc_pipeline.config import Config
 from mlc_pipeline.executor import cluster_address, map_chunks
@@ -99,13 +100,14 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
     with Catalog(cfg.catalog_path) as catalog:
         run_id = catalog.start_run(f"mine-{round_no}")
         try:
+            decided = overrides(catalog)            # a pool image a reviewer labelled or rejected is theirs
             pool = [r for r in catalog.candidates("status='accepted' AND purpose='pool'")
-                    if not (r["reason"] or "").startswith(HELD)]
+                    if not (r["reason"] or "").startswith(HELD) and r["id"] not in decided]
             probs, errors = score_spread(cfg, bundle, bundle_dir, [r["file_path"] for r in pool])
             result.scored, result.errors = len(pool) - len(errors), len(errors)
             accepted = accepted_classes(bundle, probs)
-            class_rows = [r for r in catalog.candidates("status='accepted' AND purpose='train'")
-                          if r["curated_label"] and r["curated_label"] != "other"]
+            training = training_rows(catalog)
+            class_rows = [r for r in training if r["curated_label"] != "other"]
             hits = [i for i in range(len(pool)) if accepted[i].any()]
             near = nearest_class_image([pool[i]["phash"] for i in hits], class_rows, NEAR_COPY_BITS)
             candidates = []
@@ -118,7 +120,7 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
                 candidates.append(entry)
             hold_for_review(cfg, bundle, [e for e in candidates if "decision" not in e])
             to_add = sorted((e for e in candidates if e["decision"] == "added"), key=lambda e: -e["score"])
-            cap = max_per_round(settings, catalog)
+            cap = max_per_round(settings, training)
             for e in to_add[cap:]:
                 e["decision"] = "over-cap"
             # The record first: stopped after the moves, a rerun could not rebuild it (the images moved).
@@ -137,7 +139,7 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
             result.held = [e for e in candidates if e["decision"].startswith(HELD)]
             result.over_cap = sum(e["decision"] == "over-cap" for e in candidates)
             result.added = len(result.negatives)
-            result.review = review_class_images(catalog, bundle, cfg)
+            result.review = review_class_images(bundle, cfg, class_rows, decided)
             catalog.finish_run(run_id, "completed", {"scored": result.scored, "added": result.added,
                                                      "held": len(result.held), "over_cap": result.over_cap})
         except BaseException as exc:   # Ctrl-C and SIGTERM too: the run is never left 'running'
@@ -255,12 +257,18 @@ def pool_overlaps(cfg: Config) -> list[str]:
     return out
 
 
-def max_per_round(settings, catalog: Catalog) -> int:
+def training_rows(catalog: Catalog) -> list[dict]:
+    """The training images as the next build sees them, the review applied (its labels, its rejects,
+    the pool images it labelled): mining's class references, its cap and the class images it checks."""
+    return [c for c in build_candidates(catalog) if c["purpose"] != "probe"]
+
+
+def max_per_round(settings, training: list[dict]) -> int:
     """The configured cap, or by default as many as the training "other" set already holds (at
     least MIN_DEFAULT_CAP): one round can at most double the negatives, so a bad model can't flood them."""
     if settings.max_per_round is not None:
         return settings.max_per_round
-    return max(MIN_DEFAULT_CAP, catalog.count_accepted("train", "other"))
+    return max(MIN_DEFAULT_CAP, sum(r["curated_label"] == "other" for r in training))
 
 
 def undo_round(cfg: Config, round_no: int, photo_ids: list[str] | None = None) -> int:
@@ -280,11 +288,10 @@ def undo_round(cfg: Config, round_no: int, photo_ids: list[str] | None = None) -
     return changed
 
 
-def review_class_images(catalog: Catalog, bundle, cfg: Config) -> list[dict]:
+def review_class_images(bundle, cfg: Config, class_rows: list[dict], decided: dict[int, dict]) -> list[dict]:
     """Training class images whose own label the model scores under `mine.review_below`: possible
-    label noise."""
-    rows = [r for r in catalog.candidates("status='accepted' AND purpose='train'")
-            if r["curated_label"] and r["curated_label"] != "other"]
+    label noise. Images whose labels a reviewer set are not listed again."""
+    rows = [r for r in class_rows if not decided.get(r["id"], {}).get("labels")]
     if not rows:
         return []
     probs, _ = score_with_errors(bundle, [r["file_path"] for r in rows])

@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from mlc_pipeline.catalog import review as cr
+from mlc_pipeline.catalog.labels import decided_in_review, effective_labels
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import Config
 from mlc_pipeline.dataset.build import recorded_fingerprint
@@ -44,7 +45,8 @@ QUEUES = {
     "quarantined and rejected files, with their reasons": {"status": "rejected"},
     "duplicates (side by side: the duplicates page)": {"status": "duplicate"},
     "mined hard negatives, highest score first": {"reason": "hard-negative", "sort": "score"},
-    "pool images held back from mining, highest score first": {"reason": "held", "sort": "score"},
+    "pool images held back from mining, not decided yet, highest score first": {"reason": "held", "sort": "score",
+                                                                                 "reviewed": "0"},
     "probe images (unknown kinds) in the evaluation set": {"set": "probe", "status": "accepted"},
     "changed in review": {"reviewed": "1"},
 }
@@ -109,7 +111,7 @@ def filters_of(request: Request) -> dict:
 
 def effective(row: dict) -> dict:
     """What the next build does with a candidate: its labels and whether it is in."""
-    labels = cr.effective_labels(row)            # the build's own rule: what is shown is what is published
+    labels = effective_labels(row)            # the build's own rule: what is shown is what is published
     # The conditions of catalog.review.build_candidates, in its order: a put-back image is in only
     # while it is still rejected or a duplicate with a file (not taken down, failed or pending since).
     dataset = row["purpose"] in ("train", "probe")
@@ -122,6 +124,10 @@ def effective(row: dict) -> dict:
     elif (dataset and row.get("review_include") == "accepted" and row["status"] in ("rejected", "duplicate")
           and row.get("file_path")):
         state = "in (put back in review)"
+    elif decided_in_review(row):
+        state = "in (a pool image labelled in review)"
+    elif row["purpose"] == "pool" and row["status"] == "accepted":
+        state = "out (in the mining pool: save labels to train on it)"
     else:
         state = "out"
     return {"labels": labels, "state": state, "reviewed": bool(row.get("review_labels") or row.get("review_include"))}

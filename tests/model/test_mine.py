@@ -231,6 +231,38 @@ def test_the_models_dataset_is_found_under_this_data_root_before_where_it_traine
     assert bundle_manifest(cfg, bundle) == here
 
 
+def test_mining_works_on_the_training_set_the_review_left(tmp_path):
+    """Mining reads what the next build trains on, not the catalog's labels: a pool image a reviewer
+    labelled or rejected is never scored or moved; a class image rejected in review is no longer a
+    class image whose copies must be held; class images whose labels a reviewer set are not listed for
+    review again. (Without the review, the first test shows the copy held and the mislabelled listed.)"""
+    from mlc_pipeline.catalog import review as cr
+    _, bundle_dir = trained_bundle()
+    cfg, images, items, ids, before = _planted_world(tmp_path, max_per_round=100)
+    cfg.mine.review_below = 1.01          # above any score: every class image the build trains on is listed
+    classes = list(cfg.classes)
+    decided = {"pool-red0": ["red"], "pool-red1": ["other"], "pool-noise0": None}
+    with Catalog(cfg.catalog_path) as catalog:
+        cr.ensure_schema(catalog)
+        for pid, labels in decided.items():
+            cr.act(catalog, ids[pid], "relabel" if labels else "reject", "r", "test", classes, labels=labels)
+        cr.act(catalog, ids["class-red0"], "reject", "blurred", "test", classes)
+        cr.act(catalog, ids["class-mislabelled0"], "relabel", "a blue square", "test", classes, labels=["blue"])
+    mine_round(cfg, bundle_dir, round_no=1)
+    with open(bundle_dir / "mined.csv") as f:
+        decisions = {r["photo_id"]: r for r in csv.DictReader(f)}
+    assert decisions and not set(decided) & set(decisions)
+    with Catalog(cfg.catalog_path) as catalog:
+        for pid in decided:
+            row = catalog.get(ids[pid])
+            assert (row["purpose"], row["reason"], row["mined_round"]) == ("pool", None, None)
+    assert not decisions["pool-copy-of-class"]["decision"].startswith("held:near-duplicate")
+    with open(bundle_dir / "review.csv") as f:
+        listed = {r["photo_id"] for r in csv.DictReader(f)}
+    trained_classes = {pid for pid, purpose, _, _ in items if purpose == "train"} - {"class-red0", "class-mislabelled0"}
+    assert listed == trained_classes
+
+
 def test_pool_queries_that_share_a_word_with_a_class_are_flagged():
     cfg = Config(data_dir="d", classes={"teddy": {"queries": ["teddy bear"], "count": 1}},
                  other={"queries": ["toys"], "count": 1},

@@ -270,6 +270,55 @@ def test_the_next_build_line_says_what_the_build_does_after_a_takedown(root):
     assert str(tiny["id"]) not in rows and str(kept["id"]) in rows
 
 
+@pytest.mark.parametrize("root", ["sqlite", "postgresql"], indirect=True)
+def test_pool_images_held_from_mining_are_decided_in_review(root):
+    """A pool image mining held back (maybe a class member a pool query found) is the reviewer's: labels
+    saved make the next build train on it (a class, or "other": a hard negative) in the splits mined
+    images take, never test; a reject keeps it out; the queue of held images empties as they are
+    decided, and undo puts one back in it. (Three class images made held pool images here: mining them
+    for real needs a trained model; tests/model/test_mine.py checks that mining leaves them alone.)"""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.dataset.build import mined_split
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    with Catalog(cfg.catalog_path) as c:
+        held = c.candidates("status='accepted' AND purpose='train' AND curated_label='ants'")[:3]
+        for i, r in enumerate(held):
+            c.update_fields(r["id"], purpose="pool", curated_label="other", reason="held:like-class:ants:round=1",
+                            mined_score=0.9 - i / 10)
+    as_class, as_negative, kept_out = (r["id"] for r in held)
+    h = {"X-MLC-Client": "tab1"}
+    queue = "reason=held&sort=score&reviewed=0"
+    state = lambda client, cid: re.search(r'<b id="state">([^<]*)</b>', client.get(f"/image/{cid}").text).group(1)
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        act = lambda cid, action, **kw: client.post("/api/action", json={"id": cid, "action": action, "reason": "r",
+                                                                          **kw}, headers=h).json()
+        assert listed(client, queue) == (3, [as_class, as_negative, kept_out])          # highest score first
+        assert state(client, as_class).startswith("out (in the mining pool")
+        assert "labels saved in review" in act(as_class, "restore")["error"]
+        assert act(as_class, "relabel", labels=["ants"])["state"] == {"labels": "ants", "include": "accepted"}
+        assert act(as_negative, "relabel", labels=["other"])["state"] == {"labels": "other", "include": "accepted"}
+        assert "already in" in act(as_negative, "restore")["error"]
+        rejected = act(kept_out, "reject")
+        assert rejected["state"] == {"labels": None, "include": "rejected"}
+        assert listed(client, queue) == (0, [])
+        assert re.search(r"not decided yet, highest score first</a></td><td>0</td>", client.get("/queues").text)
+        assert state(client, as_class) == "in (a pool image labelled in review)"
+        assert next_build_labels(client, as_class) == "ants" and next_build_labels(client, as_negative) == ""
+        assert state(client, kept_out) == "out (rejected in review)"
+        assert client.post("/api/undo", json={"id": kept_out, "action_id": rejected["action_id"]},
+                           headers=h).json()["state"] == {"labels": None, "include": None}
+        assert listed(client, queue) == (1, [kept_out])
+        assert act(kept_out, "reject")["state"]["include"] == "rejected"
+    rows = {r["candidate_id"]: r for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
+    assert str(kept_out) not in rows
+    assert rows[str(as_class)]["labels"] == "ants" and rows[str(as_class)]["path"].startswith("images/ants/")
+    assert rows[str(as_negative)]["labels"] == "" and rows[str(as_negative)]["path"].startswith("images/other/")
+    for cid in (as_class, as_negative):
+        assert rows[str(cid)]["purpose"] == "pool"
+        assert rows[str(cid)]["split"] == mined_split("local", rows[str(cid)]["photo_id"], cfg.mine.calibration_share)
+
+
 def test_a_stale_tab_cannot_silently_replace_another_tabs_work(root):
     """Tab A draws the page; tab B relabels; A's relabel (what the page sends: its latest action) is
     refused with a reason instead of replacing B's, and A's after a reload goes through."""

@@ -14,6 +14,7 @@ import pytest
 from helpers import free_port
 from review_world import ReviewServer, make_data_root
 
+from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.manifest import read_manifest
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' installs playwright")
@@ -120,6 +121,23 @@ def test_filter_open_relabel_reject_undo_then_build(world, browser):
     page.goto(server.url + "/queues")
     assert page.locator("#queues tr").count() == 7
     shoot(page, "queues")
+
+    # A pool image mining held back (made one here: mining needs a trained model), decided from its
+    # queue: saved as "other", the label it shows, it becomes a hard negative and leaves the queue
+    with Catalog(cfg.catalog_path) as c:
+        held = c.candidates("status='accepted' AND purpose='train' AND curated_label='bees'")[0]
+        c.update_fields(held["id"], purpose="pool", curated_label="other", reason="held:like-class:bees:round=1",
+                        mined_score=0.8)
+    with page.expect_navigation():
+        page.click("text=not decided yet")
+    assert page.inner_text("#total") == "1"
+    assert page.eval_on_selector("select[name=reviewed]", "s => s.value") == "0"   # a new filter keeps the queue's
+    with page.expect_navigation():
+        page.locator(".card").first.click()
+    assert page.inner_text("#state").startswith("out (in the mining pool")
+    assert state_after(page, "s") == "in (a pool image labelled in review)"
+    page.goto(server.url + "/queues")
+    assert page.locator("#queues tr", has_text="not decided yet").inner_text().endswith("0")
     assert not errors, errors
 
     # The next build applies the review; v1 is untouched
@@ -131,6 +149,7 @@ def test_filter_open_relabel_reject_undo_then_build(world, browser):
     v2 = {r["candidate_id"]: r for r in read_manifest(cfg.data_dir / "datasets" / "default" / "v2" / "manifest.csv")}
     assert v2[first]["labels"] == "ants bees" and v2[first]["path"].startswith("images/ants+bees/")
     assert second not in v2
+    assert (v2[str(held["id"])]["labels"], v2[str(held["id"])]["purpose"]) == ("", "pool")
     assert (v1 / "manifest.csv").read_bytes() == v1_manifest
     # the image page now lists the label in both versions
     page.goto(f"{server.url}/image/{first}")
