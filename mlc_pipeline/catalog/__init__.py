@@ -10,9 +10,9 @@ the project lives in this package.
 """
 
 from .address import PostgresCatalog, check_url, display_url
-from .schema import (FILE_STATUSES, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA, SCHEMA_VERSION, CatalogError, Found,
-                     merge_labels, run_end_status)
+from .schema import (FILE_STATUSES, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA, SCHEMA_VERSION, CatalogBusy, CatalogError,
+                     Found, merge_labels, run_end_status)
 from .store import Catalog
 
-__all__ = ["Catalog", "CatalogError", "FILE_STATUSES", "Found", "PHOTO_FIELDS", "PURPOSE_RANK", "PostgresCatalog",
+__all__ = ["Catalog", "CatalogBusy", "CatalogError", "FILE_STATUSES", "Found", "PHOTO_FIELDS", "PURPOSE_RANK", "PostgresCatalog",
            "SCHEMA", "SCHEMA_VERSION", "check_url", "display_url", "merge_labels", "run_end_status"]

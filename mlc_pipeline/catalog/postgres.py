@@ -18,7 +18,7 @@ from typing import Iterator
 
 from ..secrets import redact, remember
 from .address import PostgresCatalog
-from .schema import ADDED_COLUMNS, LOCK_NOTICE_S, SCHEMA_VERSION, CatalogError, postgres_schema
+from .schema import ADDED_COLUMNS, LOCK_NOTICE_S, SCHEMA_VERSION, CatalogBusy, CatalogError, postgres_schema
 
 log = logging.getLogger(__name__)
 DIALECT = "postgresql"
@@ -60,8 +60,8 @@ class PgConnection:
         try:
             yield
         except psycopg.errors.LockNotAvailable:
-            raise CatalogError(f"{self.target}: still locked by another writer after {self.lock_timeout_s:g} s: "
-                               f"wait for it to finish or stop it, then rerun") from None
+            raise CatalogBusy(f"{self.target}: still locked by another writer after {self.lock_timeout_s:g} s: "
+                              f"wait for it to finish or stop it, then rerun") from None
         except psycopg.OperationalError as exc:
             # The server may say so (class 08, or 57P01-03: terminated, crashed, shutting down) before
             # the client has noticed the socket is gone (conn.broken).
@@ -155,6 +155,11 @@ def reset_identities(db: PgConnection, tables) -> None:
     for table in tables:
         db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                    f"GREATEST((SELECT MAX(id) FROM {table}), 1), (SELECT MAX(id) IS NOT NULL FROM {table}))")
+
+
+def set_lock_timeout(db: PgConnection, seconds: float) -> None:
+    db.lock_timeout_s = seconds
+    db.execute(f"SET lock_timeout = '{int(seconds * 1000)}ms'")
 
 
 def begin_atomic(db: PgConnection) -> None:

@@ -289,27 +289,43 @@ def _where(filters: dict, dataset: str) -> tuple[str, list]:
     return " AND ".join(sql), params
 
 
-ORDERS = {"id": "c.id", "score": "(c.mined_score IS NULL), c.mined_score DESC, c.id"}   # score: mining's, highest first
+# Each order as a key of plain numbers (no score: last), so that an image page can step to its
+# neighbours in the same order with one row-value comparison (SQLite >= 3.15 and PostgreSQL).
+ORDERS = {"id": ("c.id",),
+          "score": ("CASE WHEN c.mined_score IS NULL THEN 1 ELSE 0 END", "-COALESCE(c.mined_score, 0)", "c.id")}
+LISTED = "FROM candidates c LEFT JOIN review_overrides o ON o.candidate_id = c.id WHERE"
 
 
 def browse(catalog: Catalog, filters: dict, dataset: str, limit: int, offset: int,
            order: str = "id") -> tuple[list[dict], int]:
-    """One page of candidates matching `filters`, by id (or mining score), and how many match in all."""
+    """One page of candidates matching `filters`, by id (or mining score, highest first), and how many
+    match in all."""
     where, params = _where(filters, dataset)
-    base = f"FROM candidates c LEFT JOIN review_overrides o ON o.candidate_id = c.id WHERE {where}"
-    total = catalog.db.execute(f"SELECT COUNT(*) AS n {base}", params).fetchone()["n"]
-    rows = catalog.db.execute(f"SELECT {BROWSE_COLUMNS} {base} ORDER BY {ORDERS.get(order, 'c.id')} LIMIT ? OFFSET ?",
+    total = catalog.db.execute(f"SELECT COUNT(*) AS n {LISTED} {where}", params).fetchone()["n"]
+    keys = ", ".join(ORDERS.get(order, ORDERS["id"]))
+    rows = catalog.db.execute(f"SELECT {BROWSE_COLUMNS} {LISTED} {where} ORDER BY {keys} LIMIT ? OFFSET ?",
                               (*params, limit, offset)).fetchall()
     return [dict(r) for r in rows], total
 
 
-def neighbours(catalog: Catalog, filters: dict, dataset: str, cid: int) -> tuple[int | None, int | None]:
-    """The previous and next candidate ids under the same filters (keyboard j/k on an image page)."""
+def neighbours(catalog: Catalog, filters: dict, dataset: str, cid: int,
+               order: str = "id") -> tuple[int | None, int | None, int]:
+    """The previous and next candidate ids under the same filters and order (keys j/k on an image
+    page), and how many listed candidates come before this one (the list page it is on)."""
+    keys = ORDERS.get(order, ORDERS["id"])
+    here = catalog.db.execute(f"SELECT {', '.join(f'{k} AS k{i}' for i, k in enumerate(keys))} FROM candidates c "
+                              "WHERE c.id = ?", (cid,)).fetchone()
+    if here is None:
+        return None, None, 0
     where, params = _where(filters, dataset)
-    base = f"FROM candidates c LEFT JOIN review_overrides o ON o.candidate_id = c.id WHERE {where}"
-    prev = catalog.db.execute(f"SELECT MAX(c.id) AS id {base} AND c.id < ?", (*params, cid)).fetchone()["id"]
-    nxt = catalog.db.execute(f"SELECT MIN(c.id) AS id {base} AND c.id > ?", (*params, cid)).fetchone()["id"]
-    return prev, nxt
+    at = (*params, *(here[f"k{i}"] for i in range(len(keys))))
+    row, marks = f"({', '.join(keys)})", f"({', '.join('?' * len(keys))})"
+    prev = catalog.db.execute(f"SELECT c.id {LISTED} {where} AND {row} < {marks} ORDER BY "
+                              f"{', '.join(k + ' DESC' for k in keys)} LIMIT 1", at).fetchone()
+    nxt = catalog.db.execute(f"SELECT c.id {LISTED} {where} AND {row} > {marks} ORDER BY {', '.join(keys)} LIMIT 1",
+                             at).fetchone()
+    before = catalog.db.execute(f"SELECT COUNT(*) AS n {LISTED} {where} AND {row} < {marks}", at).fetchone()["n"]
+    return prev["id"] if prev else None, nxt["id"] if nxt else None, before
 
 
 def facets(catalog: Catalog) -> dict:

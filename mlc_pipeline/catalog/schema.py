@@ -125,6 +125,10 @@ class CatalogError(Exception):
     """A catalog that cannot be opened as it is; the message names it and says what to do."""
 
 
+class CatalogBusy(CatalogError):
+    """Another writer held the catalog's lock longer than this connection waits for it."""
+
+
 def run_end_status(exc: BaseException) -> str:
     """How a run that raised `exc` is recorded: Ctrl-C and SIGTERM (a KeyboardInterrupt subclass in
     the CLI) are 'interrupted', anything else 'failed'."""

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from .schema import ADDED_COLUMNS, LOCK_NOTICE_S, SCHEMA, SCHEMA_VERSION, CatalogError
+from .schema import ADDED_COLUMNS, LOCK_NOTICE_S, SCHEMA, SCHEMA_VERSION, CatalogBusy, CatalogError
 
 log = logging.getLogger(__name__)
 DIALECT = "sqlite"
@@ -144,7 +144,17 @@ def unusable(path: Path, exc: BaseException) -> CatalogError:
 
 
 def begin(db: sqlite3.Connection) -> None:
-    db.execute("BEGIN IMMEDIATE")      # the write lock now, not at the first write: no upgrade deadlock
+    try:
+        db.execute("BEGIN IMMEDIATE")      # the write lock now, not at the first write: no upgrade deadlock
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise
+        raise CatalogBusy(f"still locked by another writer ({running_runs(db)}) after the wait this "
+                          f"connection allows") from None
+
+
+def set_lock_timeout(db: sqlite3.Connection, seconds: float) -> None:
+    db.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
 
 
 def json_list_has(column: str) -> str:

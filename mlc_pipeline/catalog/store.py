@@ -70,6 +70,11 @@ class Catalog(RemovalQueries):
     def close(self) -> None:
         self.db.close()
 
+    def set_lock_timeout(self, seconds: float) -> None:
+        """How long a later write waits for another writer's lock before CatalogBusy (an interactive
+        client waits less than a batch command)."""
+        self.backend.set_lock_timeout(self.db, seconds)
+
     # --- file paths: relative to the data root ------------------------------------------------
     @property
     def root(self) -> Path:

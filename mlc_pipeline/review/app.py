@@ -23,13 +23,13 @@ from fastapi.templating import Jinja2Templates
 
 from mlc_pipeline.catalog import review as cr
 from mlc_pipeline.catalog.labels import decided_in_review, effective_labels
-from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.catalog import Catalog, CatalogBusy
 from mlc_pipeline.config import Config
 from mlc_pipeline.dataset.build import recorded_fingerprint
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.manifest import read_manifest, versions
 from mlc_pipeline.curate.verify import check_image
-from mlc_pipeline.review.security import CLIENT_HEADER, COOKIE, Guard, session_value
+from mlc_pipeline.review.security import CLIENT_HEADER, COOKIE, SESSION_MAX_AGE_S, Guard, session_value
 from mlc_pipeline.review.queues import model_review_list, probes_accepted, scores_for
 from mlc_pipeline.review.thumbs import thumbnail
 
@@ -38,6 +38,9 @@ HERE = Path(__file__).resolve().parent
 PAGE_SIZE = 60
 MAX_PAGE = 10**9
 FACETS_TTL_S = 30.0
+# An action waits this long for a writer (collect, curate) to release the catalog, then says so (503)
+# instead of holding the reviewer for the batch commands' minute and answering 500.
+ACTION_LOCK_WAIT_S = 10.0
 # Verification reasons of policy, not of a broken file: a reviewer may put such an image back.
 POLICY_REASONS = ("too-small", "extreme-aspect")
 # The queues a reviewer works through, each a browse filter sorted by what to see first.
@@ -60,6 +63,7 @@ class Review:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.catalog = Catalog(cfg.catalog_path)
+        self.catalog.set_lock_timeout(ACTION_LOCK_WAIT_S)
         self.lock = threading.Lock()
         with self.lock:
             cr.ensure_schema(self.catalog)
@@ -82,6 +86,8 @@ class Review:
                 try:
                     rows = read_manifest(self.root / v / "manifest.csv")
                     cr.index_version(self.catalog, self.dataset, v, fp, rows)
+                except CatalogBusy:         # a writer at work: indexed on a later page, not an error page now
+                    log.info("dataset %s %s: not indexed yet, the catalog is busy", self.dataset, v)
                 except (OSError, ValueError, KeyError, TypeError, csv.Error) as exc:
                     # a damaged version (`mlc inspect` says what): the pages work without its labels
                     log.warning("dataset %s %s: manifest not readable (%s); its labels are not shown", self.dataset,
@@ -192,13 +198,14 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
             acts = cr.actions(review.catalog, cid)
             latest = cr.latest_undoable(review.catalog, cid)
             per_version = cr.labels_per_version(review.catalog, review.dataset, cid)
-            prev_id, next_id = cr.neighbours(review.catalog, filters, review.dataset, cid)
+            prev_id, next_id, before = cr.neighbours(review.catalog, filters, review.dataset, cid,
+                                                     order=filters.get("sort", "id"))
             kept = review.catalog.get(row["duplicate_of"]) if row["duplicate_of"] else None
         eff = effective({**row, "review_labels": override["labels"], "review_include": override["include"]})
         return page(request, "image.html", row=row, eff=eff, override=override, events=events, actions=acts,
                     scores=scores_for(cfg, cid),
                     latest=latest, per_version=per_version, prev_id=prev_id, next_id=next_id, kept=kept,
-                    query=urlencode(filters))
+                    query=urlencode(filters), list_page=before // PAGE_SIZE + 1)
 
     @app.get("/duplicates", response_class=HTMLResponse)
     def duplicates(request: Request, page_no: int = 1):
@@ -209,14 +216,19 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
         return page(request, "duplicates.html", rows=rows, total=total, page_no=page_no, pages=pages)
 
     @app.get("/queues", response_class=HTMLResponse)
-    def queues(request: Request):
+    def queues(request: Request, noisy_page: int = 1, probes_page: int = 1):
         with review.lock:
             count = lambda f: cr.browse(review.catalog, f, review.dataset, 0, 0)[1]
             counts = {name: count(f) for name, f in QUEUES.items()}
             _, probes = probes_accepted(cfg, review.catalog)
         bundle, noisy = model_review_list(cfg)
-        return page(request, "queues.html", counts=counts, queues=QUEUES, bundle=bundle, noisy=noisy[:PAGE_SIZE],
-                    noisy_total=len(noisy), probes=probes[:PAGE_SIZE], probes_total=len(probes))
+        lists = {}
+        for name, rows, at in (("noisy", noisy, noisy_page), ("probes", probes, probes_page)):
+            pages = max(1, -(-len(rows) // PAGE_SIZE))
+            at = min(max(1, at), pages)
+            lists[name] = {"rows": rows[(at - 1) * PAGE_SIZE:at * PAGE_SIZE], "total": len(rows), "page": at,
+                           "pages": pages}
+        return page(request, "queues.html", counts=counts, queues=QUEUES, bundle=bundle, lists=lists)
 
     @app.get("/log", response_class=HTMLResponse)
     def action_log(request: Request):
@@ -267,7 +279,13 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
         except (TypeError, ValueError):
             return JSONResponse({"error": "id must be a candidate id"}, status_code=400)
         reason = str(body.get("reason") or "").strip()[:500]
-        return await run_in_threadpool(fn, cid, body, reason, client_of(request))
+        try:
+            return await run_in_threadpool(fn, cid, body, reason, client_of(request))
+        except CatalogBusy as exc:
+            log.warning("review: an action waited %g s for the catalog: %s", ACTION_LOCK_WAIT_S, exc)
+            return JSONResponse({"error": f"the catalog is busy, another command is writing to it ({exc}): "
+                                          "nothing was changed; try again in a moment"},
+                                status_code=503, headers={"Retry-After": "5"})
 
     def do_action(cid: int, body: dict, reason: str, client: str) -> JSONResponse:
         kind = str(body.get("action") or "")
@@ -340,8 +358,8 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
         if not given or not hmac.compare_digest(given.encode(), guard_token.encode()):
             return page(request, "login.html", status_code=401, error="wrong token")
         resp = RedirectResponse("/", status_code=303)
-        resp.set_cookie(COOKIE, session_value(guard_token), httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+        resp.set_cookie(COOKIE, session_value(guard_token), max_age=SESSION_MAX_AGE_S, httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https")
         return resp
 
     return app

@@ -7,8 +7,10 @@
 - Any other address: a token is required. It comes from MLC_REVIEW_TOKEN, or is generated and
   written to <data_dir>/review/token (mode 0600). It is never printed or logged: the startup line
   names the file, and the token is registered with secrets.redact for every log record. The login
-  form sets an HttpOnly, SameSite=Strict cookie holding an HMAC of the token, not the token itself;
-  scripts may send `Authorization: Bearer <token>`.
+  form sets an HttpOnly, SameSite=Strict cookie holding when it was issued and an HMAC of that time
+  under the token, not the token itself; it is good for SESSION_MAX_AGE_S (checked by the app, not
+  only by the browser: a copied cookie stops working too). Scripts may send `Authorization: Bearer
+  <token>`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hmac
 import ipaddress
 import os
 import secrets as pysecrets
+import time
 from pathlib import Path
 
 from fastapi import Request
@@ -29,6 +32,7 @@ TOKEN_ENV = "MLC_REVIEW_TOKEN"
 COOKIE = "mlc_review_session"
 CLIENT_HEADER = "x-mlc-client"
 OPEN_PATHS = ("/login", "/static/")
+SESSION_MAX_AGE_S = 12 * 3600      # a working day: then the token again
 
 
 def is_loopback(host: str) -> bool:
@@ -70,8 +74,21 @@ def resolve_token(data_dir: Path) -> tuple[str, str]:
     return token, where
 
 
-def session_value(token: str) -> str:
-    return hmac.new(token.encode(), b"mlc-review-session", hashlib.sha256).hexdigest()
+def session_value(token: str, issued: int | None = None) -> str:
+    """The cookie: `<issued>.<HMAC(token, issued)>`, so that the app can tell its age and no one can
+    change it without the token."""
+    issued = int(time.time()) if issued is None else issued
+    return f"{issued}." + hmac.new(token.encode(), f"mlc-review-session:{issued}".encode(), hashlib.sha256).hexdigest()
+
+
+def session_ok(token: str, cookie: str, now: float | None = None) -> bool:
+    """A cookie this token issued less than SESSION_MAX_AGE_S ago."""
+    issued, _, _ = cookie.partition(".")
+    if not issued.isdigit():
+        return False
+    age = (time.time() if now is None else now) - int(issued)
+    return -60 <= age <= SESSION_MAX_AGE_S and hmac.compare_digest(cookie.encode(),
+                                                                    session_value(token, int(issued)).encode())
 
 
 # On every response. Without them another site could frame a page (on loopback there is no login) and
@@ -87,7 +104,6 @@ class Guard:
 
     def __init__(self, token: str | None):
         self.token = token
-        self.session = session_value(token) if token else None
 
     def loopback_host(self, host: str) -> bool:
         """The Host header names loopback (any port: an SSH tunnel may forward another local port)."""
@@ -103,8 +119,7 @@ class Guard:
         auth = request.headers.get("authorization", "")
         if auth.startswith("Bearer ") and self.token_ok(auth[7:].strip()):
             return True
-        cookie = request.cookies.get(COOKIE, "")
-        return bool(cookie) and hmac.compare_digest(cookie.encode(), self.session.encode())
+        return session_ok(self.token, request.cookies.get(COOKIE, ""))
 
     async def __call__(self, request: Request, call_next):
         response = await self.checked(request, call_next)

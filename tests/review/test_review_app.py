@@ -319,6 +319,95 @@ def test_pool_images_held_from_mining_are_decided_in_review(root):
         assert rows[str(cid)]["split"] == mined_split("local", rows[str(cid)]["photo_id"], cfg.mine.calibration_share)
 
 
+@pytest.mark.parametrize("root", ["sqlite", "postgresql"], indirect=True)
+def test_image_pages_step_and_go_back_in_the_lists_order(root, monkeypatch):
+    """j/k on an image page follow the list's order (by mining score, highest first, then the images
+    without one by id), and "← list" returns to the page that holds the image (it went to page 1)."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review import app as review_app
+    config, cfg = root
+    monkeypatch.setattr(review_app, "PAGE_SIZE", 2)
+    with Catalog(cfg.catalog_path) as c:
+        ids = [r["id"] for r in c.candidates("purpose='train'")]
+        for cid, score in zip(ids, (0.2, 0.9, 0.5)):
+            c.update_fields(cid, mined_score=score)
+    query = "set=train&sort=score"
+    with TestClient(review_app.create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        order = []
+        for page_no in range(1, 100):
+            text = client.get(f"/?{query}&page_no={page_no}").text
+            shown = [int(x) for x in re.findall(r'class="card[^"]*" href="/image/(\d+)', text)]
+            if not shown or (order and shown[-1] == order[-1]):
+                break
+            order += shown
+        assert order[:4] == [ids[1], ids[2], ids[0], ids[3]] and len(order) == len(ids)
+        for at, cid in enumerate(order):
+            page = client.get(f"/image/{cid}?{query}").text
+            prev = re.search(r'id="prev" href="/image/(\d+)\?', page)
+            nxt = re.search(r'id="next" href="/image/(\d+)\?', page)
+            assert (int(prev.group(1)) if prev else None) == (order[at - 1] if at else None)
+            assert (int(nxt.group(1)) if nxt else None) == (order[at + 1] if at + 1 < len(order) else None)
+            assert f'href="/?set=train&amp;sort=score&page_no={at // 2 + 1}" id="back"' in page
+
+
+def test_an_action_while_another_command_writes_is_answered_503_not_held(root, monkeypatch):
+    """A collect or curate holding the catalog's write lock: the action waits ACTION_LOCK_WAIT_S, then
+    says the catalog is busy (503, Retry-After), changes nothing, and goes through once it is free.
+    (Before: it waited the batch commands' 60 s and answered 500.)"""
+    import sqlite3
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review import app as review_app
+    config, cfg = root
+    target = first_accepted(cfg, "ants")
+    monkeypatch.setattr(review_app, "ACTION_LOCK_WAIT_S", 0.5)
+    h = {"X-MLC-Client": "tab1"}
+    with TestClient(review_app.create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        writer = sqlite3.connect(cfg.catalog_path, isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")            # what a collect's transaction holds
+        started = time.monotonic()
+        busy = client.post("/api/action", json={"id": target["id"], "action": "reject", "reason": "r"}, headers=h)
+        waited = time.monotonic() - started
+        writer.execute("ROLLBACK")
+        writer.close()
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "5" and waited < 10
+        assert "the catalog is busy" in busy.json()["error"] and "nothing was changed" in busy.json()["error"]
+        assert client.get(f"/image/{target['id']}").status_code == 200          # pages still read (WAL)
+        with Catalog(cfg.catalog_path, readonly=True) as c:
+            assert cr.actions(c, target["id"]) == []
+        assert client.post("/api/action", json={"id": target["id"], "action": "reject", "reason": "r"},
+                           headers=h).status_code == 200
+
+
+def test_the_queues_lists_page_through_every_image(root, monkeypatch):
+    """The model's review list and the accepted probes list show a page at a time, with links to the
+    rest (only the first page was reachable)."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.model.mine import REVIEW_COLUMNS, write_csv
+    from mlc_pipeline.review import app as review_app
+    config, cfg = root
+    monkeypatch.setattr(review_app, "PAGE_SIZE", 2)
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        first_accepted_rows = c.candidates("status='accepted' AND purpose='train'")[:5]
+    bundle = cfg.data_dir / "models" / "m-1"
+    bundle.mkdir(parents=True)
+    (cfg.data_dir / "models" / "LATEST").write_text("m-1\n")
+    rows = [{"candidate_id": r["id"], "photo_id": r["photo_id"], "label": "ants", "score": i / 100,
+             "file": r["file_path"]} for i, r in enumerate(first_accepted_rows)]
+    write_csv(bundle / "review.csv", rows, REVIEW_COLUMNS)
+    seen = []
+    with TestClient(review_app.create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        url = "/queues"
+        while url:
+            page = client.get(url).text
+            grid = page.split('id="noisy"')[1].split("</div>")[0]
+            seen += [int(x) for x in re.findall(r'href="/image/(\d+)"', grid)]
+            more = re.search(r'class="noisy-pager" href="([^"]+)">next', page)
+            url = more.group(1).replace("&amp;", "&") if more else None
+        assert "page 3 of 3" in page
+        assert client.get("/queues?noisy_page=99").status_code == 200          # past the end: the last page
+    assert seen == [r["id"] for r in first_accepted_rows]                  # lowest score first, each once
+
+
 def test_a_stale_tab_cannot_silently_replace_another_tabs_work(root):
     """Tab A draws the page; tab B relabels; A's relabel (what the page sends: its latest action) is
     refused with a reason instead of replacing B's, and A's after a reload goes through."""
@@ -373,7 +462,9 @@ def test_token_off_loopback_never_printed(root, tmp_path):
         with requests.Session() as s:
             assert "wrong token" in s.post(server.url + "/login", data={"token": "guess" * 8}).text
             assert s.get(server.url + "/", allow_redirects=False).status_code == 303
-            assert s.post(server.url + "/login", data={"token": token}).status_code == 200   # redirected to /
+            logged_in = s.post(server.url + "/login", data={"token": token})
+            assert logged_in.status_code == 200                                    # redirected to /
+            assert "Max-Age=43200" in logged_in.history[0].headers["set-cookie"]   # the session expires
             assert token not in str(s.cookies.get_dict())                              # the cookie is an HMAC
             assert s.get(server.url + "/").status_code == 200
         auth = {"Authorization": f"Bearer {token}"}
