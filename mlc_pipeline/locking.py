@@ -1,16 +1,23 @@
-"""One writer per data root: an advisory lock held by every command that writes into it.
+"""One writer per data root: an advisory lock held by every command that writes into it; and a
+narrower lock on its files, for takedowns.
 
-collect, curate, build, train, mine, run and remove (and the Prefect flows, and the review app's
-takedown, without waiting) take `data_root_lock`; inspect and predict never do. A second writer waits, after logging who holds the lock, or with `wait=False`
-fails at once with `DataRootBusy`, a one-line message naming the holder.
+collect, curate, build, train, mine, run and remove on an object-store root (and the Prefect flows)
+take `data_root_lock`; inspect and predict never do. A second writer waits, after logging who holds
+the lock, or with `wait=False` fails at once with `DataRootBusy`, a one-line message naming the holder.
 
-The lock is the `filelock` library's FileLock (fcntl.flock on Unix) on `<data_dir>/.mlc.lock`. The
-kernel drops it when its holder exits, even after kill -9, so a crashed run never leaves the data
-root locked. The holder (pid, command, start time,
-host) is written to `<data_dir>/.mlc.lock.json` for the message only: it is never trusted as the
-lock itself. flock is per host: two machines sharing a data root over NFS are not excluded.
+`files_lock` is held by what moves or copies image files (curate, build) and by a takedown, which
+deletes them. A takedown takes only this one on a local data root, so it never waits for a run's
+training or mining (hours), only for a curate or a build in progress (minutes). Collect does not
+take it: a file it downloads for a photo taken down meanwhile is deleted as its row is found
+removed (collect/stage.py). Order: a process holding both takes the data root's lock first.
 
-The lock is re-entrant within a process: a command that holds it may call stages that take it
+Each lock is the `filelock` library's FileLock (fcntl.flock on Unix) on `<data_dir>/.mlc.lock` (and
+`.mlc.files.lock`). The kernel drops it when its holder exits, even after kill -9, so a crashed run
+never leaves the data root locked. The holder (pid, command, start time, host) is written to
+`<lock>.json` for the message only: it is never trusted as the lock itself. flock is per host: two
+machines sharing a data root over NFS are not excluded.
+
+The locks are re-entrant within a process: a command that holds one may call stages that take it
 again (`mlc run` calls build_dataset, the flow's tasks run in threads of the flow's process).
 """
 
@@ -34,20 +41,25 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".mlc.lock"
 INFO_NAME = ".mlc.lock.json"
+FILES_LOCK_NAME = ".mlc.files.lock"
 
 
 class DataRootBusy(RuntimeError):
     """Another process holds the data root's write lock (raised only with wait=False)."""
 
 
+class FilesBusy(DataRootBusy):
+    """Another process holds the lock on the data root's files (a curate or a build; wait=False)."""
+
+
 def _root(data_dir: str | Path) -> Path:
     return Path(os.path.realpath(data_dir))
 
 
-def holder(data_dir: str | Path) -> dict | None:
+def holder(data_dir: str | Path, info_name: str = INFO_NAME) -> dict | None:
     """What the lock's info file says about the current holder (None if unknown)."""
     try:
-        return json.loads((_root(data_dir) / INFO_NAME).read_text())
+        return json.loads((_root(data_dir) / info_name).read_text())
     except (OSError, ValueError):     # no holder recorded yet, or being rewritten right now
         return None
 
@@ -59,22 +71,22 @@ def describe(info: dict | None) -> str:
     return f"pid {info.get('pid')} ({info.get('command')}, started {started} on {info.get('host')})"
 
 
-def _write_info(root: Path, command: str) -> None:
+def _write_info(root: Path, info_name: str, command: str) -> None:
     info = {"pid": os.getpid(), "command": command, "started_at": time.time(), "host": socket.gethostname()}
-    write_text_atomic(root / INFO_NAME, json.dumps(info))
+    write_text_atomic(root / info_name, json.dumps(info))
 
 
-def _clear_info(root: Path) -> None:
-    info = holder(root)
+def _clear_info(root: Path, info_name: str) -> None:
+    info = holder(root, info_name)
     if info and info.get("pid") == os.getpid():
-        (root / INFO_NAME).unlink(missing_ok=True)
+        (root / info_name).unlink(missing_ok=True)
 
 
-def _lock(root: Path) -> FileLock:
+def _lock(root: Path, name: str = LOCK_NAME) -> FileLock:
     # One object per path in a process (is_singleton), counting its holders across threads
     # (thread_local=False): that is what makes the lock re-entrant for a flow and its task threads.
     # preserve_lock_file: never unlink the lock file, so every process locks the same inode.
-    return FileLock(root / LOCK_NAME, thread_local=False, is_singleton=True, preserve_lock_file=True)
+    return FileLock(root / name, thread_local=False, is_singleton=True, preserve_lock_file=True)
 
 
 class ReadOnlyDataRoot(OSError):
@@ -84,19 +96,34 @@ class ReadOnlyDataRoot(OSError):
 @contextmanager
 def data_root_lock(data_dir: str | Path, command: str, wait: bool = True) -> Iterator[None]:
     """Hold the data root's write lock for the duration of the block (re-entrant in a process)."""
+    with _held(data_dir, LOCK_NAME, command, wait, "data root {root} is", DataRootBusy):
+        yield
+
+
+@contextmanager
+def files_lock(data_dir: str | Path, command: str, wait: bool = True) -> Iterator[None]:
+    """Hold the lock on the data root's image files (moved or copied by curate and build, deleted by a
+    takedown) for the duration of the block (re-entrant in a process)."""
+    with _held(data_dir, FILES_LOCK_NAME, command, wait, "the files of data root {root} are", FilesBusy):
+        yield
+
+
+@contextmanager
+def _held(data_dir: str | Path, name: str, command: str, wait: bool, what: str, busy: type) -> Iterator[None]:
     root = _root(data_dir)
+    info_name, what = name + ".json", what.format(root=root)
     root.mkdir(parents=True, exist_ok=True)
-    lock = _lock(root)
+    lock = _lock(root, name)
     try:
         lock.acquire(blocking=False)
     except Timeout:
-        who = describe(holder(root))
+        who = describe(holder(root, info_name))
         if not wait:
-            raise DataRootBusy(f"data root {root} is in use by {who}; "
-                               "wait for it to finish, or rerun without --no-wait to queue") from None
-        log.warning("data root %s is in use by %s; waiting for it to finish (Ctrl-C to stop)", root, who)
+            raise busy(f"{what} in use by {who}; wait for it to finish, or rerun without --no-wait to queue"
+                       ) from None
+        log.warning("%s in use by %s; waiting for it to finish (Ctrl-C to stop)", what, who)
         lock.acquire()
-        log.info("data root %s is free now: %s goes ahead", root, command)
+        log.info("%s free now: %s goes ahead", what, command)
     except OSError as exc:          # after Timeout, which is an OSError too
         if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise
@@ -104,11 +131,10 @@ def data_root_lock(data_dir: str | Path, command: str, wait: bool = True) -> Ite
                                f"{root / 'catalog.sqlite'}). Read-only commands (`mlc inspect`) work; make the "
                                f"data root writable to run this one") from None
     if lock.lock_counter == 1:       # the outermost holder in this process
-        _write_info(root, command)
+        _write_info(root, info_name, command)
     try:
         yield
     finally:
         if lock.lock_counter == 1:
-            _clear_info(root)
+            _clear_info(root, info_name)
         lock.release()
-

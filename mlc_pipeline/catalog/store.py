@@ -299,7 +299,9 @@ class Catalog(RemovalQueries):
                                 "VALUES (?,?,?,?,?,?)", events)
 
     def set_status(self, cid: int, status: str, reason: str | None, run_id: str | None, stage: str,
-                   **fields) -> None:
+                   **fields) -> bool:
+        """Record a candidate's new status (and fields) with its event; False when it was not: the
+        candidate was taken down meanwhile (a takedown is final), or there is none."""
         now = time.time()
         if "file_path" in fields:
             fields["file_path"] = self.stored_path(fields["file_path"])
@@ -316,6 +318,7 @@ class Catalog(RemovalQueries):
                                      (cid, run_id, now, stage, status, reason, cid, status))
         if not logged.rowcount and self.get(cid) is not None:
             log.warning("candidate %s was removed (takedown) meanwhile: %s to %s not recorded", cid, stage, status)
+        return bool(logged.rowcount)
 
     def update_fields(self, cid: int, **fields) -> None:
         if "file_path" in fields:

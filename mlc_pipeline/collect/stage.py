@@ -183,10 +183,12 @@ class Collector:
         def record(res) -> None:
             nonlocal done
             if res.ok:
-                self.catalog.set_status(res.cid, "downloaded", None, run_id, "download", attempts=res.attempts,
-                                        file_path=str(res.path), bytes=res.bytes, sha256=res.sha256,
-                                        content_type=res.content_type)
-                summary.downloaded += 1
+                if self.catalog.set_status(res.cid, "downloaded", None, run_id, "download", attempts=res.attempts,
+                                           file_path=str(res.path), bytes=res.bytes, sha256=res.sha256,
+                                           content_type=res.content_type):
+                    summary.downloaded += 1
+                else:       # taken down while it downloaded (a takedown does not wait for collect)
+                    Path(res.path).unlink(missing_ok=True)
             else:
                 self.catalog.set_status(res.cid, "failed", res.reason, run_id, "download", attempts=res.attempts)
                 key = res.reason.split(":")[0] if res.reason.startswith("transient") else res.reason.split("=")[0]

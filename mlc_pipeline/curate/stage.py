@@ -24,6 +24,7 @@ from mlc_pipeline.catalog import FILE_STATUSES, Catalog, run_end_status
 from mlc_pipeline import progress
 from mlc_pipeline.config import Config
 from mlc_pipeline.layout import DataLayout
+from mlc_pipeline.locking import files_lock
 from mlc_pipeline.manifest import read_manifest, versions
 from mlc_pipeline.curate.dedup import DedupItem, resolve_duplicates, view_distance
 from mlc_pipeline.curate.hashing import FileRecord, hex_to_uint64, inspect_files
@@ -327,6 +328,11 @@ def published_test_images(cfg: Config) -> list[dict]:
 
 
 def curate(cfg: Config) -> CurateSummary:
+    with files_lock(cfg.data_dir, "curate"):        # it moves files: no takedown deletes one meanwhile
+        return _curate(cfg)
+
+
+def _curate(cfg: Config) -> CurateSummary:
     with Catalog(cfg.catalog_path) as catalog:
         run_id = catalog.start_run("curate")
         summary = CurateSummary(run_id)

@@ -18,6 +18,7 @@ from pathlib import Path
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import sha256_file
+from mlc_pipeline.locking import files_lock
 from mlc_pipeline.manifest import read_manifest, versions
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,19 @@ def takedown_selector(reason: str, photo_id: str | None, owner: str | None, quer
 
 
 def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: str | None = None,
-                  query: str | None = None, source: str | None = None) -> RemoveResult:
+                  query: str | None = None, source: str | None = None, wait: bool = True) -> RemoveResult:
     """Remove every candidate named by exactly one of photo_id / owner / query, for `reason`
     (`source`: only that source's photo id). The rows are read inside the transaction that removes
-    them, so the file deleted is where the catalog says it is now, not where it was a moment ago."""
+    them, so the file deleted is where the catalog says it is now, not where it was a moment ago.
+    Holds the data root's files lock (locking.files_lock): a curate or a build in progress is waited
+    for (`wait=False`: FilesBusy), a run's training or mining is not."""
     selector = takedown_selector(reason, photo_id, owner, query, source)
+    with files_lock(cfg.data_dir, "remove (takedown)", wait=wait):
+        return _remove(cfg, reason, selector, photo_id, owner, query, source)
+
+
+def _remove(cfg: Config, reason: str, selector: str, photo_id: str | None, owner: str | None, query: str | None,
+            source: str | None) -> RemoveResult:
     with Catalog(cfg.catalog_path) as catalog:
         run_id = catalog.start_run("remove")
         result = RemoveResult(run_id)
@@ -105,9 +114,9 @@ class QuarantineIndex:
 
 def delete_file(row: dict, quarantine: QuarantineIndex) -> list[str]:
     """Delete a candidate's file; the paths actually deleted. Where the row says it is, else in the
-    quarantine: a curate not holding the data root's lock (the review app's takedown runs beside one)
-    may have moved it there and not yet recorded the move. A quarantined file is deleted only if its
-    bytes are the candidate's (names are not unique across sources)."""
+    quarantine: a curate stopped (killed) after moving it there may not have recorded the move. A
+    quarantined file is deleted only if its bytes are the candidate's (names are not unique across
+    sources)."""
     path = row["file_path"]
     if not path:
         return []

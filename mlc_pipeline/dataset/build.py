@@ -41,6 +41,7 @@ from mlc_pipeline.catalog.review import build_candidates, review_changed_photos
 from mlc_pipeline.dataset.card import attribution, dataset_card
 from mlc_pipeline.config import RESTRICTED_LICENSES, Config
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, write_text_atomic
+from mlc_pipeline.locking import files_lock
 from mlc_pipeline.manifest import ADDED_COLUMNS, MANIFEST_COLUMNS, SPLITS, latest_version, read_manifest, write_manifest
 from mlc_pipeline.curate.verify import DECODE_ERRORS, load_rgb
 
@@ -266,6 +267,11 @@ def build_dataset(cfg: Config, repair: bool = False) -> BuildResult:
     The latest version is verified before it is called identical: a damaged one is a VersionDamaged
     error, or with `repair` the reason to publish a fresh version from the catalog.
     """
+    with files_lock(cfg.data_dir, "build"):      # it copies files: no takedown deletes one meanwhile
+        return _build_dataset(cfg, repair)
+
+
+def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
     name = cfg.build.name
     root = cfg.layout.datasets
     root.mkdir(parents=True, exist_ok=True)

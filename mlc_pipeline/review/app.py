@@ -8,6 +8,7 @@ on SQLite or PostgreSQL alike (catalog/review.py says how).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import threading
@@ -32,6 +33,7 @@ from mlc_pipeline.curate.verify import check_image
 from mlc_pipeline.review.security import CLIENT_HEADER, COOKIE, SESSION_MAX_AGE_S, Guard, session_value
 from mlc_pipeline.review.queues import model_review_list, probes_accepted, scores_for
 from mlc_pipeline.review.thumbs import thumbnail
+from mlc_pipeline.sync import store_of
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -330,11 +332,15 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
             if row["status"] == "removed":
                 return JSONResponse({"error": "already removed"}, status_code=409)
             try:
-                # As `mlc remove`: the data root's lock, so no curate moves the file and no build
-                # copies it meanwhile. Never waited for (a run holds it for hours): said instead.
-                with data_root_lock(cfg.data_dir, "mlc review (takedown)", wait=False):
-                    res = remove_photos(cfg, reason, photo_id=row["photo_id"], source=row["source"])
-            except DataRootBusy as exc:
+                # As `mlc remove`: the files lock, so no curate moves the file and no build copies it
+                # meanwhile. Not waited for (the reviewer is told), but a run's training never holds it.
+                # On an object-store root also the write lock, as `mlc remove` there: a command writing
+                # to this cache publishes it when it ends.
+                with contextlib.ExitStack() as held:
+                    if store_of(cfg) is not None:
+                        held.enter_context(data_root_lock(cfg.data_dir, "mlc review (takedown)", wait=False))
+                    res = remove_photos(cfg, reason, photo_id=row["photo_id"], source=row["source"], wait=False)
+            except DataRootBusy as exc:       # FilesBusy too
                 return JSONResponse({"error": f"{str(exc).split(';')[0]}: try the takedown again when it is "
                                               f"done, or run `mlc remove`, which waits for it"}, status_code=409)
             for r in res.removed:

@@ -83,6 +83,34 @@ def test_same_photo_from_two_queries_is_one_candidate(tmp_path, creds, catalog_s
     assert multi, "photos showing a balloon and a kite are found by both queries: one candidate, two labels"
 
 
+def test_a_photo_taken_down_while_it_downloads_leaves_no_file(tmp_path, creds, monkeypatch):
+    """A takedown does not wait for collect (locking.files_lock): one that lands while a photo is
+    downloading marks its row removed first, and collect, finding the row taken down when it records
+    the download, deletes the file it wrote (it stayed on disk, a taken-down photo's bytes kept)."""
+    from mlc_pipeline.collect.download import Downloader
+    from mlc_pipeline.curate.takedown import remove_photos
+    real_fetch, taken = Downloader.fetch, []
+
+    def fetch_then_taken_down(self, job):
+        res = real_fetch(self, job)
+        if res.ok and not taken:                 # the owner's request arrives as the first file lands
+            taken.append((job.photo_id, res.path))
+            remove_photos(cfg, "owner asked", photo_id=job.photo_id, source="flickr")
+        return res
+
+    monkeypatch.setattr(Downloader, "fetch", fetch_then_taken_down)
+    with FlickrServer(WorldSpec(seed=1, scale=0.1)) as srv:
+        cfg = make_cfg(tmp_path, rest_url=srv.rest_url, allowed_hosts=[srv.static_host])
+        summary = collect(cfg, progress=False)
+    [(photo_id, path)] = taken
+    with Catalog(cfg.catalog_path) as c:
+        row = c.get_by_photo("flickr", photo_id)
+        downloaded = c.candidates("status='downloaded'")
+    assert row["status"] == "removed" and not Path(path).exists()
+    assert not list((cfg.data_dir / "raw").rglob(f"{photo_id}.*"))
+    assert summary.downloaded == len(downloaded) and all(Path(r["file_path"]).is_file() for r in downloaded)
+
+
 def test_api_faults_are_retried_and_images_429_honoured(tmp_path, creds):
     faults = FaultSpec.parse("http500=0.3,code105=0.3,img429=0.3,retry_after_s=1")
     with FlickrServer(WorldSpec(seed=3, scale=0.1), faults) as srv:

@@ -177,9 +177,9 @@ def one_downloaded_photo(tmp_path: Path, settings: dict, source: str = "flickr",
 
 
 def test_a_curate_just_before_the_takedown_leaves_no_file_behind(catalog_settings, tmp_path, monkeypatch):
-    """A curate (not holding the data root's lock: the review app's takedown runs beside one) moves the
-    file to the quarantine and records it just before the takedown's transaction: the takedown deletes
-    the file where the catalog says it is then."""
+    """A curate moves the file to the quarantine and records it just before the takedown's transaction
+    (the files lock is per host: a curate on another machine sharing the data root does not wait):
+    the takedown deletes the file where the catalog says it is then."""
     cfg, cid, img = one_downloaded_photo(tmp_path, catalog_settings)
     real, raced = Catalog.transaction, []
 
@@ -243,18 +243,28 @@ def test_mlc_remove_source_takes_down_one_sources_photo_only(tmp_path):
         assert c.get(cid)["status"] == "downloaded" and c.get(other_cid)["status"] == "removed"
 
 
-def test_mlc_remove_waits_for_the_data_roots_writer(tmp_path):
+def holding(lock: str, data_dir: Path, command: str, seconds: float) -> subprocess.Popen:
+    """Another process holding `lock` (a locking function's name) for `seconds`, then printing when it let go."""
+    code = (f"import sys, time\nfrom mlc_pipeline.locking import {lock}\n"
+            f"with {lock}(sys.argv[1], {command!r}):\n    print('held', flush=True)\n    time.sleep({seconds})\n"
+            "print(time.time(), flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(data_dir)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_mlc_remove_waits_for_a_curate_not_for_a_runs_training(tmp_path):
+    """A takedown holds the data root's files lock, not its write lock: it waits for a curate (which
+    moves files; --no-wait: exit 75 naming it), but goes through at once beside a `mlc run` that holds
+    the data root for hours of training (it waited for the whole run before)."""
     cfg, cid, img = one_downloaded_photo(tmp_path, {})
+    _, cid2, img2 = one_downloaded_photo(tmp_path, {}, photo_id="102")
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"data_dir": str(cfg.data_dir), "classes": {"cat": {"queries": ["cat"], "count": 1}},
                                       "other": {"queries": ["x"], "count": 1}}))
-    hold = ("import sys, time\nfrom mlc_pipeline.locking import data_root_lock\n"
-            "with data_root_lock(sys.argv[1], 'mlc curate'):\n    print('held', flush=True)\n    time.sleep(3)\n"
-            "    print(time.time(), flush=True)\n")
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(cfg.data_dir)], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
+    holder = holding("files_lock", cfg.data_dir, "mlc curate", 3)
     busy = mlc(config, "remove", "--photo-id", "101", "--reason", "owner asked", "--no-wait")
-    assert busy.returncode == 75 and "in use by" in busy.stderr
+    assert busy.returncode == 75 and "in use by" in busy.stderr and "mlc curate" in busy.stderr, busy.stderr
     done = mlc(config, "remove", "--photo-id", "101", "--reason", "owner asked")
     released = float(holder.stdout.readline())
     holder.wait(timeout=30)
@@ -262,3 +272,14 @@ def test_mlc_remove_waits_for_the_data_roots_writer(tmp_path):
     with Catalog(cfg.catalog_path) as c:
         started = max(r["started_at"] for r in c.runs() if r["command"] == "remove")
     assert started >= released and not img.exists()
+
+    training = holding("data_root_lock", cfg.data_dir, "mlc run", 60)
+    try:
+        beside = mlc(config, "remove", "--photo-id", "102", "--reason", "owner asked", "--no-wait")
+        assert beside.returncode == 0, beside.stderr
+        assert training.poll() is None and not img2.exists()          # done while the run still held the root
+        with Catalog(cfg.catalog_path) as c:
+            assert c.get(cid2)["status"] == "removed"
+    finally:
+        training.kill()
+        training.wait(timeout=30)

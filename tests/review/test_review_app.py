@@ -588,8 +588,9 @@ def test_bad_requests_get_one_line_answers(root):
 
 
 def test_a_takedown_removes_that_sources_photo_and_waits_for_no_writer(root):
-    """Photo ids of different sources may be equal: the takedown removes the one shown. While another
-    command writes to the data root it is refused (409, naming the holder), never half done."""
+    """Photo ids of different sources may be equal: the takedown removes the one shown. While a curate
+    or a build holds the data root's files it is refused (409, naming the holder), never half done;
+    beside a run that holds the data root to train (hours), it goes through."""
     import subprocess
     import sys
 
@@ -605,14 +606,16 @@ def test_a_takedown_removes_that_sources_photo_and_waits_for_no_writer(root):
                               "CC", "o", "o", "t", None, None, "")], "r")
         twin = c.get_by_photo("flickr", target["photo_id"])
         c.set_status(twin["id"], "downloaded", None, "r", "download", file_path=str(twin_file))
-    hold = ("import sys, time\nfrom mlc_pipeline.locking import data_root_lock\n"
-            "with data_root_lock(sys.argv[1], 'mlc curate'):\n    print('held', flush=True)\n    sys.stdin.read()\n")
+    hold = ("import sys, time\nfrom mlc_pipeline.locking import {lock}\n"
+            "with {lock}(sys.argv[1], '{command}'):\n    print('held', flush=True)\n    sys.stdin.read()\n")
+    start = lambda lock, command: subprocess.Popen(
+        [sys.executable, "-c", hold.format(lock=lock, command=command), str(cfg.data_dir)], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True)
     h = {"X-MLC-Client": "t"}
     with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
         remove = lambda: client.post("/api/action", json={"id": target["id"], "action": "remove",
                                                           "reason": "owner asked"}, headers=h)
-        holder = subprocess.Popen([sys.executable, "-c", hold, str(cfg.data_dir)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)
+        holder = start("files_lock", "mlc curate")
         try:
             assert holder.stdout.readline().strip() == "held"
             busy = remove()
@@ -620,8 +623,13 @@ def test_a_takedown_removes_that_sources_photo_and_waits_for_no_writer(root):
             assert os.path.exists(target["file_path"])
         finally:
             holder.communicate("", timeout=30)
-        done = remove()
-        assert done.status_code == 200 and done.json()["removed"] == 1, done.text
+        training = start("data_root_lock", "mlc run")
+        try:
+            assert training.stdout.readline().strip() == "held"
+            done = remove()
+            assert done.status_code == 200 and done.json()["removed"] == 1, done.text
+        finally:
+            training.communicate("", timeout=30)
     with Catalog(cfg.catalog_path, readonly=True) as c:
         assert c.get(target["id"])["status"] == "removed" and not os.path.exists(target["file_path"])
         assert c.get(twin["id"])["status"] == "downloaded" and twin_file.exists()
