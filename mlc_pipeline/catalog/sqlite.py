@@ -149,8 +149,9 @@ def begin(db: sqlite3.Connection) -> None:
     except sqlite3.OperationalError as exc:
         if "locked" not in str(exc) and "busy" not in str(exc):
             raise
-        raise CatalogBusy(f"still locked by another writer ({running_runs(db)}) after the wait this "
-                          f"connection allows") from None
+        waited = db.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
+        raise CatalogBusy(f"still locked by another writer after {waited:g} s ({running_runs(db)}): wait for "
+                          f"it to finish or stop it, then rerun") from None
 
 
 def set_lock_timeout(db: sqlite3.Connection, seconds: float) -> None:

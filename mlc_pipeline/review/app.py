@@ -285,8 +285,8 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
             return await run_in_threadpool(fn, cid, body, reason, client_of(request))
         except CatalogBusy as exc:
             log.warning("review: an action waited %g s for the catalog: %s", ACTION_LOCK_WAIT_S, exc)
-            return JSONResponse({"error": f"the catalog is busy, another command is writing to it ({exc}): "
-                                          "nothing was changed; try again in a moment"},
+            return JSONResponse({"error": "the catalog is busy: another command (a collect, a curate) is writing "
+                                          "to it; nothing was changed: try again in a moment"},
                                 status_code=503, headers={"Retry-After": "5"})
 
     def do_action(cid: int, body: dict, reason: str, client: str) -> JSONResponse:
