@@ -186,15 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("flickrapi").setLevel(logging.WARNING)   # it logs every call's parameters
     install_log_redaction()
     progress.configure(False if getattr(args, "no_progress", False) else None)   # None: on in a terminal
-    from mlc_pipeline.catalog import CatalogError
+    from mlc_pipeline.catalog import CatalogBusy, CatalogError
     signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return args.func(args)
     except (ConfigError, MissingCredentials) as exc:
         print(f"mlc: {redact(str(exc))}", file=sys.stderr)
         return 2
-    except DataRootBusy as exc:
-        print(f"mlc: {exc}", file=sys.stderr)
+    except (DataRootBusy, CatalogBusy) as exc:
+        print(f"mlc: {redact(str(exc))}", file=sys.stderr)
         return 75                               # EX_TEMPFAIL: try again later
     except VersionDamaged as exc:
         print(f"mlc: {exc}", file=sys.stderr)

@@ -21,7 +21,7 @@ def add_catalog_parser(sub, add_writer) -> None:
 
 def cmd_catalog_migrate(args: argparse.Namespace) -> int:
     from ..config import ConfigError, load_config, parse_overrides
-    from ..locking import data_root_lock
+    from ..locking import data_root_lock, files_lock
     from .address import PostgresCatalog, check_url
     from .copy import copy_catalog
     cfg = load_config(args.config, parse_overrides(args.set))
@@ -34,7 +34,10 @@ def cmd_catalog_migrate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--to: {exc}") from None
     source = Path(args.source) if args.source else cfg.layout.catalog
-    with data_root_lock(cfg.data_dir, "mlc catalog migrate", wait=not args.no_wait):
+    # The files lock too: a takedown (which takes only that one) between the copy's tables would
+    # leave the copy's row not removed while its file is gone.
+    with data_root_lock(cfg.data_dir, "mlc catalog migrate", wait=not args.no_wait), \
+            files_lock(cfg.data_dir, "mlc catalog migrate", wait=not args.no_wait):
         result = copy_catalog(source, PostgresCatalog(url, cfg.data_dir))
     print(json.dumps(result.__dict__, indent=2))
     if not cfg.catalog.url:

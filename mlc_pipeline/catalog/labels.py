@@ -11,6 +11,11 @@ class ReviewError(ValueError):
     """An action that cannot apply to this image (one line, shown to the reviewer)."""
 
 
+# The override's `include` for a pool image a reviewer labelled: kept in the override (a review never
+# edits a candidate's row), it says where the image came from after a later search changes its set.
+FROM_POOL = "from-pool"
+
+
 def effective_labels(row: dict) -> str:
     """The labels the next build publishes a candidate under ('other': none of the classes), the one
     rule for the build and the review app: the review's labels (training images only), else the
@@ -18,7 +23,8 @@ def effective_labels(row: dict) -> str:
     duplicates and on images rejected at verification, so one that review puts back keeps its searched
     class; a photo of the "other" set was searched as 'other' and stays a negative. A pool image
     labelled in review (`decided_in_review`) enters training under the review's labels."""
-    reviewed = row.get("review_labels") if row.get("purpose") in ("train", "pool") else None
+    labelled = row.get("purpose") in ("train", "pool") or row.get("review_include") == FROM_POOL
+    reviewed = row.get("review_labels") if labelled else None
     return reviewed or row.get("curated_label") or row.get("label") or "other"
 
 
@@ -34,10 +40,10 @@ def reviewed_status(row: dict) -> tuple[str, str | None]:
 
 
 def decided_in_review(row: dict) -> bool:
-    """A mining-pool image a reviewer labelled: the next build trains on it under those labels ('other':
-    a hard negative, or a class it turned out to belong to), and mining leaves it alone."""
-    return (row.get("purpose") == "pool" and row["status"] == "accepted" and row.get("review_include") == "accepted"
-            and bool(row.get("review_labels")))
+    """A mining-pool image a reviewer labelled (override include FROM_POOL): the next build trains on
+    it under those labels ('other': a hard negative, or a class it turned out to belong to), in the
+    splits mined images take, even once a later search finds it for another set; mining leaves it."""
+    return row["status"] == "accepted" and row.get("review_include") == FROM_POOL and bool(row.get("review_labels"))
 
 
 def next_state(row: dict, before: dict, action: str, labels: list[str] | None, classes: list[str]) -> dict:
@@ -58,8 +64,8 @@ def next_state(row: dict, before: dict, action: str, labels: list[str] | None, c
         if "other" in wanted and len(wanted) > 1:
             raise ReviewError("'other' means none of the classes: it cannot go with a class")
         new = " ".join(wanted) or "other"
-        if pool:
-            return {"labels": new, "include": "accepted"}
+        if pool or before["include"] == FROM_POOL:      # (a later search may have changed its set)
+            return {"labels": new, "include": FROM_POOL}
         return {**before, "labels": None if new == effective_labels({**row, "review_labels": None}) else new}
     if action == "reject":
         if before["include"] == "rejected" or (row["status"] != "accepted" and before["include"] != "accepted"):
@@ -69,7 +75,7 @@ def next_state(row: dict, before: dict, action: str, labels: list[str] | None, c
         return {**before, "include": None if row["status"] != "accepted" else "rejected"}
     if pool and action == "restore" and before["include"] == "rejected":
         return {**before, "include": None}      # back in the pool, for mining
-    if pool and action == "restore" and before["include"] == "accepted":
+    if action == "restore" and before["include"] == FROM_POOL:
         raise ReviewError("already in, with the labels saved in review (undo puts it back in the pool)")
     if action in ("restore", "not-duplicate"):
         if not in_dataset:

@@ -7,7 +7,8 @@ overwrite it. It writes two things instead:
                     why, which client, and the override state before and after it;
   review_overrides  per candidate, what the review decided: `labels` (replaces the curated labels)
                     and `include` ('accepted' puts a rejected or duplicate image back in, 'rejected'
-                    keeps an accepted one out). NULL means "as the catalog says".
+                    keeps an accepted one out, 'from-pool' trains on a pool image under `labels`).
+                    NULL means "as the catalog says".
 `mlc build` reads the overrides (`build_candidates`) and records which photos the review changed; the
 labels it publishes are `effective_labels`, the rule the review app shows as "next build"; what each
 action does to the override is `next_state` (both in catalog/labels.py, pure rules on a row).
@@ -29,7 +30,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from mlc_pipeline.catalog.labels import ReviewError, effective_labels, next_state
+from mlc_pipeline.catalog.labels import ReviewError, decided_in_review, effective_labels, next_state
 from mlc_pipeline.catalog.schema import postgres_ddl
 from mlc_pipeline.catalog.store import Catalog
 
@@ -213,7 +214,7 @@ def build_candidates(catalog: Catalog) -> list[dict]:
     not rejected in review, plus those review put back, plus pool images labelled in review;
     `curated_label` is the label published (`effective_labels`)."""
     if not has_review_tables(catalog):
-        return [{**c, "curated_label": effective_labels(c)}
+        return [{**c, "curated_label": effective_labels(c), "from_pool": False}
                 for c in catalog.candidates("status='accepted' AND purpose IN ('train', 'probe')")]
     rows = catalog.db.execute(
         "SELECT c.*, o.labels AS review_labels, o.include AS review_include FROM candidates c "
@@ -221,12 +222,12 @@ def build_candidates(catalog: Catalog) -> list[dict]:
         "WHERE (c.purpose IN ('train', 'probe') AND ("
         " (c.status = 'accepted' AND (o.include IS NULL OR o.include <> 'rejected'))"
         " OR (o.include = 'accepted' AND c.status IN ('rejected', 'duplicate') AND c.file_path IS NOT NULL)))"
-        " OR (c.purpose = 'pool' AND c.status = 'accepted' AND o.include = 'accepted' AND o.labels IS NOT NULL)"
+        " OR (c.status = 'accepted' AND o.include = 'from-pool' AND o.labels IS NOT NULL)"
         " ORDER BY c.id")   # the last line: decided_in_review
     out = []
     for r in rows:
         c = {**dict(r), "file_path": catalog.usable_path(r["file_path"])}
-        c["curated_label"] = effective_labels(c)
+        c["curated_label"], c["from_pool"] = effective_labels(c), decided_in_review(c)
         del c["review_labels"], c["review_include"]
         out.append(c)
     return out

@@ -133,7 +133,7 @@ def running_runs(db) -> str:
 def unusable(path: Path, exc: BaseException) -> CatalogError:
     text = str(exc)
     if "locked" in text:
-        return CatalogError(f"{path}: {text}")
+        return CatalogBusy(f"{path}: {text}")
     if "readonly" in text or "read-only" in text:
         return CatalogError(f"{path}: the catalog is read-only ({text}); make the data root writable")
     if "unable to open" in text:

@@ -35,7 +35,7 @@ from typing import Iterable, Iterator
 
 from . import postgres, sqlite
 from .address import PostgresCatalog
-from .labels import effective_labels, reviewed_status
+from .labels import decided_in_review, effective_labels, reviewed_status
 from .removals import RemovalQueries
 from .schema import FILE_STATUSES, MIGRATION_DIRS, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA_VERSION, Found, merge_labels
 
@@ -367,6 +367,8 @@ class Catalog(RemovalQueries):
         rows = self.db.execute("SELECT c.status, c.reason, c.label, c.curated_label, c.purpose, c.file_path, "
                                f"{review} WHERE c.purpose=?", (purpose,))
         for r in map(dict, rows):
+            if purpose == "pool" and decided_in_review(r):      # trained on now: no longer in the pool
+                continue
             status, r["reason"] = reviewed_status(r)
             labels = effective_labels(r) if status == "accepted" else r["label"]
             if label not in labels.split():

@@ -49,44 +49,49 @@ def takedown_selector(reason: str, photo_id: str | None, owner: str | None, quer
 
 
 def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: str | None = None,
-                  query: str | None = None, source: str | None = None, wait: bool = True) -> RemoveResult:
+                  query: str | None = None, source: str | None = None, wait: bool = True,
+                  lock_timeout_s: float = 60.0) -> RemoveResult:
     """Remove every candidate named by exactly one of photo_id / owner / query, for `reason`
     (`source`: only that source's photo id). The rows are read inside the transaction that removes
     them, so the file deleted is where the catalog says it is now, not where it was a moment ago.
     Holds the data root's files lock (locking.files_lock): a curate or a build in progress is waited
-    for (`wait=False`: FilesBusy), a run's training or mining is not."""
+    for (`wait=False`: FilesBusy), a run's training or mining is not. `lock_timeout_s`: how long the
+    catalog's write lock is waited for (then CatalogBusy; the review app waits less)."""
     selector = takedown_selector(reason, photo_id, owner, query, source)
-    with files_lock(cfg.data_dir, "remove (takedown)", wait=wait):
-        return _remove(cfg, reason, selector, photo_id, owner, query, source)
-
-
-def _remove(cfg: Config, reason: str, selector: str, photo_id: str | None, owner: str | None, query: str | None,
-            source: str | None) -> RemoveResult:
-    with Catalog(cfg.catalog_path) as catalog:
+    with files_lock(cfg.data_dir, "remove (takedown)", wait=wait), \
+            Catalog(cfg.catalog_path, lock_timeout_s=lock_timeout_s) as catalog, catalog.transaction():
+        # One transaction from the run's start to its end: a catalog too busy to write in leaves no
+        # run half-recorded ('running' forever), and a failure rolls the whole takedown back.
         run_id = catalog.start_run("remove")
-        result = RemoveResult(run_id)
-        quarantined = QuarantineIndex(cfg.layout.quarantine())
-        with catalog.transaction():
-            targets = catalog.removal_targets(photo_id=photo_id, owner=owner, query=query, source=source)
-            for row in targets:
-                if row["status"] == "removed":
-                    result.already_removed.append(row)
-                    continue
-                deleted = delete_file(row, quarantined)
-                catalog.record_removal(row, selector, reason.strip(), run_id, deleted)
-                result.removed.append(row)
-                result.files_deleted.extend(deleted)
-        # The review app's thumbnails are copies too: gone with the last live candidate of those bytes.
-        for sha in sorted({r["sha256"] for r in result.removed if r["sha256"]}):
-            if not catalog.holds_sha256(sha):
-                for thumb in cfg.layout.thumbnails_of(sha):
-                    thumb.unlink(missing_ok=True)
-                    result.files_deleted.append(str(thumb))
-        result.published_in = published_versions_with(cfg, {(r["source"], r["photo_id"]) for r in targets})
+        result = _remove(cfg, catalog, RemoveResult(run_id), reason.strip(), selector,
+                         dict(photo_id=photo_id, owner=owner, query=query, source=source))
         catalog.finish_run(run_id, "completed", {
             "selector": selector, "reason": reason.strip(), "removed": len(result.removed),
             "already_removed": len(result.already_removed), "files_deleted": len(result.files_deleted),
             "published_in": {v: len(ids) for v, ids in result.published_in.items()}})
+    return result
+
+
+def _remove(cfg: Config, catalog: Catalog, result: RemoveResult, reason: str, selector: str,
+            named: dict) -> RemoveResult:
+    """Inside the caller's transaction: the rows are read where they are now, then removed."""
+    quarantined = QuarantineIndex(cfg.layout.quarantine())
+    targets = catalog.removal_targets(**named)
+    for row in targets:
+        if row["status"] == "removed":
+            result.already_removed.append(row)
+            continue
+        deleted = delete_file(row, quarantined)
+        catalog.record_removal(row, selector, reason, result.run_id, deleted)
+        result.removed.append(row)
+        result.files_deleted.extend(deleted)
+    # The review app's thumbnails are copies too: gone with the last live candidate of those bytes.
+    for sha in sorted({r["sha256"] for r in result.removed if r["sha256"]}):
+        if not catalog.holds_sha256(sha):
+            for thumb in cfg.layout.thumbnails_of(sha):
+                thumb.unlink(missing_ok=True)
+                result.files_deleted.append(str(thumb))
+    result.published_in = published_versions_with(cfg, {(r["source"], r["photo_id"]) for r in targets})
     return result
 
 

@@ -106,10 +106,10 @@ def dataset_rows(cfg: Config, catalog: Catalog) -> list[dict]:
         if c["owner"] in removed_owners:
             continue
         labels = "" if c["curated_label"] in (None, "other") else c["curated_label"]
-        if c["purpose"] == "probe":
-            split = "probe"
-        elif c["mined_round"] is not None or c["purpose"] == "pool":     # mined, or labelled in review
+        if c["mined_round"] is not None or c["from_pool"]:     # mined, or a pool image labelled in review
             split = mined_split(c["source"], c["photo_id"], cfg.mine.calibration_share)
+        elif c["purpose"] == "probe":
+            split = "probe"
         else:
             split = split_of(c["source"], c["photo_id"], cfg.build.split)
         rows.append({
@@ -118,7 +118,7 @@ def dataset_rows(cfg: Config, catalog: Catalog) -> list[dict]:
             "photo_id": c["photo_id"], "url": c["url"], "license_id": c["license_id"],
             "license": c["license_name"] or "", "owner": c["owner_name"] or c["owner"] or "",
             "title": c["title"] or "", "date_taken": c["date_taken"] or "", "sha256": c["sha256"],
-            "phash": c["phash"], "purpose": c["purpose"],
+            "phash": c["phash"], "purpose": "pool" if c["from_pool"] else c["purpose"],
             "mined_round": "" if c["mined_round"] is None else c["mined_round"],
             "query": first_query(c["queries"]), "source_file": c["source_file"] or "", "_file": c["file_path"]})
     return sorted(rows, key=lambda r: r["path"])

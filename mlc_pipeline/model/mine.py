@@ -123,9 +123,13 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
             cap = max_per_round(settings, training)
             for e in to_add[cap:]:
                 e["decision"] = "over-cap"
-            # The record first: stopped after the moves, a rerun could not rebuild it (the images moved).
-            write_csv(Path(bundle_dir) / "mined.csv", candidates, MINED_COLUMNS)
             with catalog.transaction():
+                late = overrides(catalog)       # decided in review while the pool was scored (hours)
+                for e in candidates:
+                    if e["candidate_id"] in late:
+                        e["decision"] = "decided-in-review"
+                # The record first: stopped after the moves, a rerun could not rebuild it (the images moved).
+                write_csv(Path(bundle_dir) / "mined.csv", candidates, MINED_COLUMNS)
                 for e in candidates:
                     if e["decision"] == "added":
                         catalog.set_status(e["candidate_id"], "accepted", f"hard-negative:round={round_no}", run_id, "mine",
@@ -260,7 +264,8 @@ def pool_overlaps(cfg: Config) -> list[str]:
 def training_rows(catalog: Catalog) -> list[dict]:
     """The training images as the next build sees them, the review applied (its labels, its rejects,
     the pool images it labelled): mining's class references, its cap and the class images it checks."""
-    return [c for c in build_candidates(catalog) if c["purpose"] != "probe"]
+    removed_owners = catalog.removed_owners()       # `mlc remove --owner`: the build leaves them out
+    return [c for c in build_candidates(catalog) if c["purpose"] != "probe" and c["owner"] not in removed_owners]
 
 
 def max_per_round(settings, training: list[dict]) -> int:
@@ -273,18 +278,26 @@ def max_per_round(settings, training: list[dict]) -> int:
 
 def undo_round(cfg: Config, round_no: int, photo_ids: list[str] | None = None) -> int:
     """Put a round's mined negatives (all, or the given photo ids) back into the pool, and release
-    the pool images it held for review. Returns how many candidates changed."""
-    changed = 0
+    the pool images it held for review. Images with a review decision in force are left as the
+    reviewer has them (undone in the review app, or rejected there). Returns how many changed."""
+    changed, kept = 0, 0
     with Catalog(cfg.catalog_path) as catalog:
         run_id = catalog.start_run(f"mine-undo-{round_no}")
         with catalog.transaction():
+            decided = overrides(catalog)
             for r in catalog.mined_in_round(round_no):
                 if photo_ids and r["photo_id"] not in photo_ids:
+                    continue
+                if r["id"] in decided:
+                    kept += 1
                     continue
                 catalog.set_status(r["id"], "accepted", None, run_id, "mine-undo", purpose="pool",
                                    curated_label="other", mined_round=None, mined_score=None, mined_model=None)
                 changed += 1
-        catalog.finish_run(run_id, "completed", {"changed": changed})
+        catalog.finish_run(run_id, "completed", {"changed": changed, "kept_as_reviewed": kept})
+    if kept:
+        log.warning("mine --undo round %d: %d image(s) left as decided in review (undo or reject them in "
+                    "`mlc review`)", round_no, kept)
     return changed
 
 

@@ -365,11 +365,15 @@ def _valid_predictions(learn, cfg: TrainConfig, vocab: list[str]) -> tuple[np.nd
 
 
 def _mined_valid_mask(rows) -> np.ndarray:
-    """Which validation images (in the loaders' order: `training_frame`'s rows) are mined negatives."""
+    """Which validation images (in the loaders' order: `training_frame`'s rows) came from the mining
+    pool: mined negatives, and pool images labelled in review (purpose 'pool')."""
     valid = rows[rows["is_valid"]]
     if "mined_round" not in valid.columns:     # manifests written before mining existed
         return np.zeros(len(valid), dtype=bool)
-    return (valid["mined_round"] != "").to_numpy()     # read as strings, no NaN (read_manifest_frame)
+    mined = valid["mined_round"] != ""          # read as strings, no NaN (read_manifest_frame)
+    if "purpose" in valid.columns:
+        mined |= valid["purpose"] == "pool"
+    return mined.to_numpy()
 
 
 def available_cores() -> int:

@@ -339,13 +339,18 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
                 with contextlib.ExitStack() as held:
                     if store_of(cfg) is not None:
                         held.enter_context(data_root_lock(cfg.data_dir, "mlc review (takedown)", wait=False))
-                    res = remove_photos(cfg, reason, photo_id=row["photo_id"], source=row["source"], wait=False)
+                    res = remove_photos(cfg, reason, photo_id=row["photo_id"], source=row["source"], wait=False,
+                                        lock_timeout_s=ACTION_LOCK_WAIT_S)
             except DataRootBusy as exc:       # FilesBusy too
                 return JSONResponse({"error": f"{str(exc).split(';')[0]}: try the takedown again when it is "
                                               f"done, or run `mlc remove`, which waits for it"}, status_code=409)
-            for r in res.removed:
-                cr.record_removal(review.catalog, r["id"], reason, client, len(res.files_deleted))
             review._facets = (0.0, None)
+            try:        # the takedown is done (the catalog's removals table keeps it): never "nothing changed"
+                for r in res.removed:
+                    cr.record_removal(review.catalog, r["id"], reason, client, len(res.files_deleted))
+            except CatalogBusy as exc:
+                log.warning("review: takedown of %s:%s done, but its entry in the review log was not written: %s",
+                            row["source"], row["photo_id"], exc)
         log.info("review: takedown of photo %s:%s by %s", row["source"], row["photo_id"], client)
         return JSONResponse({"ok": True, "removed": len(res.removed), "published_in": res.published_in})
 

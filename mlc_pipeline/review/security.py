@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import re
 import secrets as pysecrets
 import time
 from pathlib import Path
@@ -84,7 +85,7 @@ def session_value(token: str, issued: int | None = None) -> str:
 def session_ok(token: str, cookie: str, now: float | None = None) -> bool:
     """A cookie this token issued less than SESSION_MAX_AGE_S ago."""
     issued, _, _ = cookie.partition(".")
-    if not issued.isdigit():
+    if not re.fullmatch(r"[0-9]{1,12}", issued):      # str.isdigit() also takes '²' and 5000 digits
         return False
     age = (time.time() if now is None else now) - int(issued)
     return -60 <= age <= SESSION_MAX_AGE_S and hmac.compare_digest(cookie.encode(),

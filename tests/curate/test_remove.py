@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,35 @@ def test_a_curate_just_before_the_takedown_leaves_no_file_behind(catalog_setting
     assert raced and [r["id"] for r in res.removed] == [cid]
     assert res.files_deleted == [str(cfg.layout.quarantine_destination("too-small", img))]
     assert list((cfg.data_dir / "quarantine").rglob("*.jpg")) == []
+
+
+def test_a_takedown_beside_a_busy_catalog_fails_within_its_wait_and_leaves_no_run_running(tmp_path, monkeypatch):
+    """The review app's takedown waits for the catalog's write lock as long as an action does
+    (lock_timeout_s), not the batch commands' minute, then fails with nothing recorded: no run left
+    'running', the photo and its file as they were (the lock is taken here just before the takedown's
+    transaction, as a collect's would be)."""
+    from mlc_pipeline.catalog import CatalogBusy
+    cfg, cid, img = one_downloaded_photo(tmp_path, {})
+    real, writer = Catalog.transaction, []
+
+    def collect_first(self):
+        if not writer:                       # another process's transaction starts just before ours
+            other = Catalog(cfg.catalog_path)
+            writer.append((other, real(other)))
+            writer[0][1].__enter__()
+        return real(self)
+    monkeypatch.setattr(Catalog, "transaction", collect_first)
+    started = time.monotonic()
+    with pytest.raises(CatalogBusy):
+        remove_photos(cfg, "owner asked", photo_id="101", lock_timeout_s=0.5)
+    assert time.monotonic() - started < 10
+    other, held = writer[0]
+    held.__exit__(None, None, None)
+    other.close()
+    with Catalog(cfg.catalog_path) as c:
+        assert not [r for r in c.runs() if r["command"] == "remove"]
+        assert c.get(cid)["status"] == "downloaded" and img.exists()
+    assert remove_photos(cfg, "owner asked", photo_id="101").removed        # free again: done
 
 
 def test_a_file_moved_but_not_yet_recorded_is_found_in_the_quarantine(tmp_path):

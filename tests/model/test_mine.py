@@ -261,6 +261,41 @@ def test_mining_works_on_the_training_set_the_review_left(tmp_path):
         listed = {r["photo_id"] for r in csv.DictReader(f)}
     trained_classes = {pid for pid, purpose, _, _ in items if purpose == "train"} - {"class-red0", "class-mislabelled0"}
     assert listed == trained_classes
+    # `mlc mine --undo` leaves a negative the reviewer relabelled as the reviewer has it
+    added = [pid for pid, r in decisions.items() if r["decision"] == "added"]
+    assert len(added) >= 2, "too few negatives to undo: a useless test"
+    with Catalog(cfg.catalog_path) as catalog:
+        cr.act(catalog, ids[added[0]], "relabel", "a red disc", "test", classes, labels=["red"])
+    held = sum(r["decision"].startswith("held:") for r in decisions.values())      # released too
+    assert undo_round(cfg, 1) == len(added) - 1 + held
+    with Catalog(cfg.catalog_path) as catalog:
+        assert (catalog.get(ids[added[0]])["purpose"], catalog.get(ids[added[1]])["purpose"]) == ("train", "pool")
+
+
+def test_a_pool_image_decided_in_review_while_the_pool_is_scored_is_not_moved(tmp_path, monkeypatch):
+    """Scoring a pool of thousands takes hours: a reviewer's decision made meanwhile wins."""
+    from mlc_pipeline.catalog import review as cr
+    from mlc_pipeline.model import mine
+    _, bundle_dir = trained_bundle()
+    cfg, images, items, ids, before = _planted_world(tmp_path, max_per_round=100, hold_above=1.01)
+    real = mine.score_spread
+
+    def scored_then_decided(*args, **kwargs):
+        out = real(*args, **kwargs)
+        with Catalog(cfg.catalog_path) as catalog:       # another process: the review app
+            cr.ensure_schema(catalog)
+            for pid in ("pool-noise0", "pool-red0"):
+                cr.act(catalog, ids[pid], "reject", "r", "test", list(cfg.classes))
+        return out
+
+    monkeypatch.setattr(mine, "score_spread", scored_then_decided)
+    mine_round(cfg, bundle_dir, round_no=1)
+    with open(bundle_dir / "mined.csv") as f:
+        decisions = {r["photo_id"]: r["decision"] for r in csv.DictReader(f)}
+    assert decisions.get("pool-red0") == "decided-in-review", decisions      # the model accepts red discs
+    with Catalog(cfg.catalog_path) as catalog:
+        for pid in ("pool-noise0", "pool-red0"):
+            assert (catalog.get(ids[pid])["purpose"], catalog.get(ids[pid])["mined_round"]) == ("pool", None)
 
 
 def test_pool_queries_that_share_a_word_with_a_class_are_flagged():

@@ -167,6 +167,17 @@ def test_validation_f1_without_mined_negatives_is_recorded_beside_the_whole_spli
         valid["macro_f1_without_mined"]
 
 
+def test_pool_images_labelled_in_review_are_left_out_of_the_shared_validation_f1():
+    """A pool image a reviewer labelled takes the splits mined images take (manifest purpose 'pool',
+    no mining round): like a mined negative, it is not among the validation images every round shares."""
+    import pandas as pd
+    from mlc_pipeline.model.train import _mined_valid_mask
+    rows = pd.DataFrame({"is_valid": [True, True, True, False], "mined_round": ["", "1", "", ""],
+                         "purpose": ["train", "train", "pool", "pool"]})
+    assert _mined_valid_mask(rows).tolist() == [False, True, True]
+    assert _mined_valid_mask(rows.drop(columns="purpose")).tolist() == [False, True, False]    # older manifests
+
+
 def test_weight_decay_reaches_the_learner(tmp_path):
     """`wd` (a bench knob, docs/training.md) is the Learner's weight decay; None keeps fastai's."""
     from mlc_pipeline.model.bundle import load_bundle

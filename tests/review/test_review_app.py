@@ -296,12 +296,14 @@ def test_pool_images_held_from_mining_are_decided_in_review(root):
         assert listed(client, queue) == (3, [as_class, as_negative, kept_out])          # highest score first
         assert state(client, as_class).startswith("out (in the mining pool")
         assert "labels saved in review" in act(as_class, "restore")["error"]
-        assert act(as_class, "relabel", labels=["ants"])["state"] == {"labels": "ants", "include": "accepted"}
-        assert act(as_negative, "relabel", labels=["other"])["state"] == {"labels": "other", "include": "accepted"}
+        assert act(as_class, "relabel", labels=["ants"])["state"] == {"labels": "ants", "include": "from-pool"}
+        assert act(as_negative, "relabel", labels=["other"])["state"] == {"labels": "other", "include": "from-pool"}
         assert "already in" in act(as_negative, "restore")["error"]
         rejected = act(kept_out, "reject")
         assert rejected["state"] == {"labels": None, "include": "rejected"}
         assert listed(client, queue) == (0, [])
+        with Catalog(cfg.catalog_path, readonly=True) as c:       # decided: no longer in the pool
+            assert c.set_tally("pool", "other")["accepted"] == 0
         assert re.search(r"not decided yet, highest score first</a></td><td>0</td>", client.get("/queues").text)
         assert state(client, as_class) == "in (a pool image labelled in review)"
         assert next_build_labels(client, as_class) == "ants" and next_build_labels(client, as_negative) == ""
@@ -310,13 +312,18 @@ def test_pool_images_held_from_mining_are_decided_in_review(root):
                            headers=h).json()["state"] == {"labels": None, "include": None}
         assert listed(client, queue) == (1, [kept_out])
         assert act(kept_out, "reject")["state"]["include"] == "rejected"
-    rows = {r["candidate_id"]: r for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
-    assert str(kept_out) not in rows
-    assert rows[str(as_class)]["labels"] == "ants" and rows[str(as_class)]["path"].startswith("images/ants/")
-    assert rows[str(as_negative)]["labels"] == "" and rows[str(as_negative)]["path"].startswith("images/other/")
-    for cid in (as_class, as_negative):
-        assert rows[str(cid)]["purpose"] == "pool"
-        assert rows[str(cid)]["split"] == mined_split("local", rows[str(cid)]["photo_id"], cfg.mine.calibration_share)
+    for search_found_it_later in (False, True):
+        if search_found_it_later:         # a class query finds the labelled image: its set becomes train
+            with Catalog(cfg.catalog_path) as c:
+                c.update_fields(as_class, purpose="train")
+        rows = {r["candidate_id"]: r for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
+        assert str(kept_out) not in rows
+        assert rows[str(as_class)]["labels"] == "ants" and rows[str(as_class)]["path"].startswith("images/ants/")
+        assert rows[str(as_negative)]["labels"] == "" and rows[str(as_negative)]["path"].startswith("images/other/")
+        for cid in (as_class, as_negative):     # the splits mined images take, marked as from the pool
+            assert rows[str(cid)]["purpose"] == "pool"
+            assert rows[str(cid)]["split"] == mined_split("local", rows[str(cid)]["photo_id"],
+                                                          cfg.mine.calibration_share)
 
 
 @pytest.mark.parametrize("root", ["sqlite", "postgresql"], indirect=True)
@@ -350,11 +357,12 @@ def test_image_pages_step_and_go_back_in_the_lists_order(root, monkeypatch):
             assert f'href="/?set=train&amp;sort=score&page_no={at // 2 + 1}" id="back"' in page
 
 
+@pytest.mark.parametrize("root", ["sqlite", "postgresql"], indirect=True)
 def test_an_action_while_another_command_writes_is_answered_503_not_held(root, monkeypatch):
-    """A collect or curate holding the catalog's write lock: the action waits ACTION_LOCK_WAIT_S, then
-    says the catalog is busy (503, Retry-After), changes nothing, and goes through once it is free.
-    (Before: it waited the batch commands' 60 s and answered 500.)"""
-    import sqlite3
+    """Another writer holding the image (SQLite: the catalog's write lock, as a collect's transaction
+    does; PostgreSQL: the image's row): the action waits ACTION_LOCK_WAIT_S, then says the catalog is
+    busy (503, Retry-After), changes nothing, and goes through once it is free. (Before: it waited
+    the batch commands' 60 s and answered 500.)"""
     from fastapi.testclient import TestClient
     from mlc_pipeline.review import app as review_app
     config, cfg = root
@@ -362,13 +370,11 @@ def test_an_action_while_another_command_writes_is_answered_503_not_held(root, m
     monkeypatch.setattr(review_app, "ACTION_LOCK_WAIT_S", 0.5)
     h = {"X-MLC-Client": "tab1"}
     with TestClient(review_app.create_app(cfg), base_url="http://127.0.0.1:8777") as client:
-        writer = sqlite3.connect(cfg.catalog_path, isolation_level=None)
-        writer.execute("BEGIN IMMEDIATE")            # what a collect's transaction holds
-        started = time.monotonic()
-        busy = client.post("/api/action", json={"id": target["id"], "action": "reject", "reason": "r"}, headers=h)
-        waited = time.monotonic() - started
-        writer.execute("ROLLBACK")
-        writer.close()
+        with Catalog(cfg.catalog_path) as writer, writer.locked_candidate(target["id"]):
+            started = time.monotonic()
+            busy = client.post("/api/action", json={"id": target["id"], "action": "reject", "reason": "r"},
+                               headers=h)
+            waited = time.monotonic() - started
         assert busy.status_code == 503 and busy.headers["retry-after"] == "5" and waited < 10
         assert "the catalog is busy" in busy.json()["error"] and "nothing was changed" in busy.json()["error"]
         assert client.get(f"/image/{target['id']}").status_code == 200          # pages still read (WAL)
@@ -404,7 +410,8 @@ def test_the_queues_lists_page_through_every_image(root, monkeypatch):
             more = re.search(r'class="noisy-pager" href="([^"]+)">next', page)
             url = more.group(1).replace("&amp;", "&") if more else None
         assert "page 3 of 3" in page
-        assert client.get("/queues?noisy_page=99").status_code == 200          # past the end: the last page
+        last = client.get("/queues?noisy_page=99").text                         # past the end: the last page
+        assert "page 3 of 3" in last and f'href="/image/{first_accepted_rows[-1]["id"]}"' in last
     assert seen == [r["id"] for r in first_accepted_rows]                  # lowest score first, each once
 
 
