@@ -18,7 +18,7 @@ FROM_POOL = "from-pool"
 
 def effective_labels(row: dict) -> str:
     """The labels the next build publishes a candidate under ('other': none of the classes), the one
-    rule for the build and the review app: the review's labels (training images only), else the
+    rule for the build and the review app: the review's labels (training and pool images), else the
     curated ones, else the labels it was searched under. Curate leaves `curated_label` NULL on
     duplicates and on images rejected at verification, so one that review puts back keeps its searched
     class; a photo of the "other" set was searched as 'other' and stays a negative. A pool image
