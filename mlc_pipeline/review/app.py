@@ -65,10 +65,10 @@ class Review:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.catalog = Catalog(cfg.catalog_path)
-        self.catalog.set_lock_timeout(ACTION_LOCK_WAIT_S)
         self.lock = threading.Lock()
         with self.lock:
-            cr.ensure_schema(self.catalog)
+            cr.ensure_schema(self.catalog)         # at startup the batch commands' wait, then the app's
+        self.catalog.set_lock_timeout(ACTION_LOCK_WAIT_S)
         self.classes = list(cfg.classes)
         self.dataset = cfg.build.name
         self.root = cfg.layout.datasets
