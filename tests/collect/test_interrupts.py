@@ -103,6 +103,44 @@ def test_trickling_host_is_cut_at_the_deadline_and_recorded(tmp_path, monkeypatc
     assert not list((tmp_path / "data").rglob("*.part"))
 
 
+def test_a_download_that_finishes_as_the_run_stops_is_recorded(tmp_path, monkeypatch):
+    """Ctrl-C while results are recorded: downloads still in flight end first, and every file they wrote
+    is handed to `record`. A download that finished slowly (a loaded machine: CI saw five) landed after
+    a bounded wait and stayed in raw/ unknown to the catalog."""
+    import threading
+    from mlc_pipeline.config import SourceSettings
+    from mlc_pipeline.collect import download
+    real_fetch, first_done = download.Downloader.fetch, threading.Event()
+
+    def slow_to_unwind(self, job):
+        res = real_fetch(self, job)
+        if first_done.is_set():
+            time.sleep(0.5)                  # its file is written; the thread is slow to return
+        first_done.set()
+        return res
+
+    monkeypatch.setattr(download.Downloader, "fetch", slow_to_unwind)
+    monkeypatch.setattr(download, "STOP_WAIT_S", 0.05, raising=False)    # the bounded wait, where it exists
+    recorded = []
+
+    def record(res):
+        if not recorded:
+            recorded.append(res)
+            time.sleep(0.2)                  # the other workers' files are landing meanwhile
+            raise KeyboardInterrupt
+        recorded.append(res)
+
+    with FlickrServer(WorldSpec(seed=2, scale=0.05)) as srv:
+        jobs = [download.DownloadJob(i, p.id, f"http://{srv.static_host}/static/{p.server}/{p.id}_{p.secret}.jpg")
+                for i, p in enumerate(srv.world.photos[:12])]
+        downloader = download.Downloader(SourceSettings(per_host_concurrency=4), [srv.static_host], tmp_path / "raw")
+        with pytest.raises(KeyboardInterrupt):
+            downloader.run_into(jobs, record)
+    on_disk = {str(p) for p in (tmp_path / "raw").rglob("*") if p.is_file() and not p.name.startswith(".")}
+    assert len(on_disk) > 1, "only the first download landed: a useless test"
+    assert on_disk == {str(r.path) for r in recorded if r.ok}
+
+
 def test_a_retry_never_waits_past_the_deadline(tmp_path):
     """A 429 with Retry-After longer than the deadline is not slept through."""
     from mlc_pipeline.config import SourceSettings
