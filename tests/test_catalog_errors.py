@@ -134,3 +134,28 @@ def test_locked_catalog_gives_up_with_one_clear_error(tmp_path):
         holder.kill()
         holder.wait()
     assert str(db) in str(err.value) and "still locked" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_signal_just_after_begin_leaves_no_transaction_open(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM raised just after BEGIN returns (the eval loop checks for signals right after
+    the call, before `_begun` entered its try): the transaction is rolled back, and the connection's
+    later writes commit. Before, it stayed open and took every later write with it, uncommitted at
+    exit (suspected in a clean-clone CI run's SIGTERM-during-collect failure)."""
+    from mlc_pipeline.catalog import sqlite as backend
+    c = Catalog(tmp_path / "catalog.sqlite")
+    real_begin = backend.begin
+
+    def begin_then_signal(db):
+        real_begin(db)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backend, "begin", begin_then_signal)
+    with pytest.raises(KeyboardInterrupt):
+        with c.transaction():
+            pass
+    monkeypatch.setattr(backend, "begin", real_begin)
+    assert not c.db.in_transaction
+    run = c.start_run("kept")                      # a later write, outside any transaction
+    c.close()
+    with Catalog(tmp_path / "catalog.sqlite", readonly=True) as again:
+        assert [r["run_id"] for r in again.runs()] == [run]

@@ -189,14 +189,16 @@ class Catalog(RemovalQueries):
 
     @contextmanager
     def _begun(self, begin) -> Iterator[None]:
-        """`begin` a transaction; commit it when the block ends, roll it back when it raises."""
-        begin(self.db)
+        """`begin`, then commit when the block ends; roll back when it raises, also for a signal just after
+        BEGIN or before COMMIT (left open, it would take every later write with it, never committed)."""
         try:
+            begin(self.db)
             yield
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     # --- runs -----------------------------------------------------------------------------
     def start_run(self, command: str) -> str:
