@@ -267,13 +267,12 @@ def cmd_weights(args) -> int:
 def cmd_remove(args) -> int:
     from functools import partial
     from mlc_pipeline.curate.takedown import remove_photos, takedown_selector
-    from mlc_pipeline.sync import store_of
     cfg = load_config(args.config, parse_overrides(args.set))
     try:
         takedown_selector(args.reason, args.photo_id, args.owner, args.query, args.source)   # before the lock
         remove = partial(remove_photos, cfg, args.reason, photo_id=args.photo_id, owner=args.owner,
                          query=args.query, source=args.source, wait=not args.no_wait)
-        if store_of(cfg) is None:
+        if cfg.data_url is None:
             res = remove()      # the files lock only: a run's training (hours) is not waited for
         else:                   # an object-store root: fetched, and the taken-down objects deleted there too
             with writing(cfg, args):

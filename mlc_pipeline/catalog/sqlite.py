@@ -98,6 +98,11 @@ def check_readable(db: sqlite3.Connection) -> None:
         raise sqlite3.DatabaseError(f"quick_check: {bad}")
 
 
+def held_by_another(exc: sqlite3.OperationalError) -> bool:
+    """SQLite's answer when another connection holds the write lock past the busy timeout."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 def wait_for_writer(db: sqlite3.Connection, path: Path, lock_timeout_s: float) -> None:
     """Take and release the write lock once, so a second writer is told whom it waits for."""
     deadline = time.monotonic() + lock_timeout_s
@@ -110,7 +115,7 @@ def wait_for_writer(db: sqlite3.Connection, path: Path, lock_timeout_s: float) -
                 log.warning("%s: the other writer is done; going on", path)
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if not held_by_another(exc):
                 raise
         holders = running_runs(db)
         if time.monotonic() >= deadline:
@@ -147,7 +152,7 @@ def begin(db: sqlite3.Connection) -> None:
     try:
         db.execute("BEGIN IMMEDIATE")      # the write lock now, not at the first write: no upgrade deadlock
     except sqlite3.OperationalError as exc:
-        if "locked" not in str(exc) and "busy" not in str(exc):
+        if not held_by_another(exc):
             raise
         waited = db.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
         raise CatalogBusy(f"still locked by another writer after {waited:g} s ({running_runs(db)}): wait for "

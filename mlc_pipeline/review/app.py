@@ -33,7 +33,6 @@ from mlc_pipeline.curate.verify import check_image
 from mlc_pipeline.review.security import CLIENT_HEADER, COOKIE, SESSION_MAX_AGE_S, Guard, session_value
 from mlc_pipeline.review.queues import model_review_list, probes_accepted, scores_for
 from mlc_pipeline.review.thumbs import thumbnail
-from mlc_pipeline.sync import store_of
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -337,7 +336,7 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
                 # On an object-store root also the write lock, as `mlc remove` there: a command writing
                 # to this cache publishes it when it ends.
                 with contextlib.ExitStack() as held:
-                    if store_of(cfg) is not None:
+                    if cfg.data_url is not None:
                         held.enter_context(data_root_lock(cfg.data_dir, "mlc review (takedown)", wait=False))
                     res = remove_photos(cfg, reason, photo_id=row["photo_id"], source=row["source"], wait=False,
                                         lock_timeout_s=ACTION_LOCK_WAIT_S)
