@@ -84,6 +84,18 @@ def tiny_config(folder: Path, port: int) -> Path:
     return path
 
 
+# --- another process holding a data root's lock --------------------------------------------
+
+def holding(lock: str, data_dir: Path, command: str, seconds: float) -> subprocess.Popen:
+    """Another process holding `lock` (a locking function's name) for `seconds`, then printing when it let go."""
+    code = (f"import sys, time\nfrom mlc_pipeline.locking import {lock}\n"
+            f"with {lock}(sys.argv[1], {command!r}):\n    print('held', flush=True)\n    time.sleep({seconds})\n"
+            "print(time.time(), flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(data_dir)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
 # --- disk faults, in a user + mount namespace ---------------------------------------------------
 
 def namespaces_work() -> bool:

@@ -390,6 +390,36 @@ def test_migrate_carries_the_review_and_undo_goes_on_in_postgres(pg_url, tmp_pat
         assert cr.override_of(c, 2) == {"labels": None, "include": None}
 
 
+def test_migrate_waits_for_a_takedown_in_progress(pg_url, tmp_path):
+    """`mlc catalog migrate` holds the data root's files lock, which a takedown on a local root takes
+    alone: a photo removed between the copy's tables would stay not removed in the copy while its file
+    is gone. Beside a takedown, --no-wait exits 75 naming it and copies nothing; without it, the copy
+    waits for the takedown to let go, then runs."""
+    from helpers import holding
+    data = tmp_path / "data"
+    data.mkdir()
+    with Catalog(data / "catalog.sqlite") as c:
+        c.upsert_found([found(str(i)) for i in range(1, 4)], c.start_run("collect"))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(data), "classes": {"ants": {"queries": ["ants"], "count": 1}},
+                                      "other": {"queries": ["scenery"], "count": 1}}))
+    migrate = [*MLC, "catalog", "migrate", "-c", str(config), "--to", pg_url]
+    holder = holding("files_lock", data, "remove (takedown)", 3)
+    try:
+        busy = subprocess.run([*migrate, "--no-wait"], capture_output=True, text=True, timeout=120)
+        assert busy.returncode == 75 and "in use by" in busy.stderr and "remove (takedown)" in busy.stderr, busy.stderr
+        with Catalog(PostgresCatalog(pg_url, data), readonly=True) as c:
+            assert c.candidates() == []
+        done = subprocess.run(migrate, capture_output=True, text=True, timeout=120)
+        holder.stdout.readline()                        # the takedown let go
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "waiting for it to finish" in done.stderr      # it queued behind the takedown
+    assert json.loads(done.stdout[: done.stdout.rindex("}") + 1])["copied"]["candidates"] == 3
+
+
 def test_a_collect_killed_mid_run_resumes_from_postgres(pg_url, tmp_path):
     """kill -9 in the middle of downloads: what PostgreSQL holds is consistent, and a rerun completes."""
     from helpers import free_port

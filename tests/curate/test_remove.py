@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from helpers import FIXTURES
+from helpers import FIXTURES, holding
 
 from mlc_pipeline.catalog import Catalog, Found
 from mlc_pipeline.collect.stage import collect
@@ -271,16 +271,6 @@ def test_mlc_remove_source_takes_down_one_sources_photo_only(tmp_path):
     assert img.exists() and not other_img.exists()
     with Catalog(cfg.catalog_path) as c:
         assert c.get(cid)["status"] == "downloaded" and c.get(other_cid)["status"] == "removed"
-
-
-def holding(lock: str, data_dir: Path, command: str, seconds: float) -> subprocess.Popen:
-    """Another process holding `lock` (a locking function's name) for `seconds`, then printing when it let go."""
-    code = (f"import sys, time\nfrom mlc_pipeline.locking import {lock}\n"
-            f"with {lock}(sys.argv[1], {command!r}):\n    print('held', flush=True)\n    time.sleep({seconds})\n"
-            "print(time.time(), flush=True)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(data_dir)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
 
 
 def test_mlc_remove_waits_for_a_curate_not_for_a_runs_training(tmp_path):
