@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sqlite3
 import time
 import uuid
@@ -35,14 +34,14 @@ from typing import Iterable, Iterator
 
 from . import postgres, sqlite
 from .address import PostgresCatalog
-from .labels import decided_in_review, effective_labels, reviewed_status
 from .removals import RemovalQueries
-from .schema import FILE_STATUSES, MIGRATION_DIRS, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA_VERSION, Found, merge_labels
+from .tallies import TallyQueries
+from .schema import MIGRATION_DIRS, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA_VERSION, Found, merge_labels
 
 log = logging.getLogger(__name__)
 
 
-class Catalog(RemovalQueries):
+class Catalog(RemovalQueries, TallyQueries):
     """`where` is the SQLite file (a path) or a `PostgresCatalog` (config's `catalog_path` gives the
     right one). `readonly=True` (inspect, reports) never writes, never waits for a writer and works
     on a read-only data root; a missing catalog then reads as an empty one. Writers wait up to
@@ -348,53 +347,3 @@ class Catalog(RemovalQueries):
 
     def events(self, cid: int) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM events WHERE candidate_id=? ORDER BY id", (cid,))]
-
-    def count_downloaded(self, purpose: str, label: str) -> int:
-        """Candidates of a purpose holding `label` (a class, or 'other') that have a file."""
-        rows = self.db.execute(
-            f"SELECT label FROM candidates WHERE purpose=? AND status IN ({','.join('?' * len(FILE_STATUSES))})",
-            (purpose, *FILE_STATUSES))
-        return sum(1 for r in rows if label in r["label"].split())
-
-    def set_tally(self, purpose: str, label: str) -> dict:
-        """Where the candidates of one set (a purpose and a class, or 'other') stand, for top-ups and
-        shortfall reports, as the build will see them (`count` means usable: an image the review
-        rejected needs a top-up): accepted counts by the labels the build publishes; the other
-        statuses by the label the search gave, with their reasons cut before the first ':' or '='."""
-        out: dict = {"accepted": 0, "downloaded": 0, "pending": 0,
-                     "rejected": {}, "duplicate": {}, "failed": {}, "skipped": {}}
-        review = ("o.labels AS review_labels, o.include AS review_include FROM candidates c "
-                  "LEFT JOIN review_overrides o ON o.candidate_id = c.id" if self.has_table("review_overrides")
-                  else "NULL AS review_labels, NULL AS review_include FROM candidates c")
-        rows = self.db.execute("SELECT c.status, c.reason, c.label, c.curated_label, c.purpose, c.file_path, "
-                               f"{review} WHERE c.purpose=?", (purpose,))
-        for r in map(dict, rows):
-            if purpose == "pool" and decided_in_review(r):      # trained on now: no longer in the pool
-                continue
-            status, r["reason"] = reviewed_status(r)
-            labels = effective_labels(r) if status == "accepted" else r["label"]
-            if label not in labels.split():
-                continue
-            if isinstance(out.get(status), int):
-                out[status] += 1
-            elif status in out:
-                reason = re.split("[:=]", r["reason"] or "unknown", maxsplit=1)[0]
-                out[status][reason] = out[status].get(reason, 0) + 1
-        return out
-
-    def mined_in_round(self, round_no: int) -> list[dict]:
-        """Pool images a mining round moved into the negatives, or held back for review."""
-        return [self._row(r) for r in self.db.execute(
-            "SELECT * FROM candidates WHERE mined_round=? OR (reason LIKE 'held:%' AND reason LIKE ?) ORDER BY id",
-            (round_no, f"%:round={round_no}"))]
-
-    def counts(self) -> list[dict]:
-        """Counts per purpose, label and status: what `mlc inspect` starts from."""
-        rows = self.db.execute("SELECT purpose, label, status, COUNT(*) AS n FROM candidates "
-                               "GROUP BY purpose, label, status ORDER BY purpose, label, status")
-        return [dict(r) for r in rows]
-
-    def reasons(self) -> list[dict]:
-        rows = self.db.execute("SELECT status, reason, COUNT(*) AS n FROM candidates WHERE reason IS NOT NULL "
-                               "GROUP BY status, reason ORDER BY n DESC")
-        return [dict(r) for r in rows]

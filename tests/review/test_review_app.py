@@ -283,6 +283,8 @@ def test_pool_images_held_from_mining_are_decided_in_review(root):
     config, cfg = root
     with Catalog(cfg.catalog_path) as c:
         held = c.candidates("status='accepted' AND purpose='train' AND curated_label='ants'")[:3]
+        tally = lambda c: (c.set_tally("train", "ants")["accepted"], c.set_tally("train", "other")["accepted"])
+        ants, other = tally(c)
         for i, r in enumerate(held):
             c.update_fields(r["id"], purpose="pool", curated_label="other", reason="held:like-class:ants:round=1",
                             mined_score=0.9 - i / 10)
@@ -304,6 +306,8 @@ def test_pool_images_held_from_mining_are_decided_in_review(root):
         assert listed(client, queue) == (0, [])
         with Catalog(cfg.catalog_path, readonly=True) as c:       # decided: no longer in the pool
             assert c.set_tally("pool", "other")["accepted"] == 0
+            # but in the sets they are trained in: collect tops a class up by what its labels gave it
+            assert tally(c) == (ants - 3 + 1, other + 1)
         assert re.search(r"not decided yet, highest score first</a></td><td>0</td>", client.get("/queues").text)
         assert state(client, as_class) == "in (a pool image labelled in review)"
         assert next_build_labels(client, as_class) == "ants" and next_build_labels(client, as_negative) == ""

@@ -1,0 +1,68 @@
+"""What the catalog says about its sets, read by collect's top-ups and shortfall reports, `mlc
+inspect`, the build's summary and mining's report. A mixin of `Catalog` (store.py), whose connection
+(`self.db`) and helpers it uses; read-only statements, in SQLite's dialect as store.py's."""
+
+from __future__ import annotations
+
+import re
+
+from .labels import FROM_POOL, decided_in_review, effective_labels, reviewed_status
+from .schema import FILE_STATUSES
+
+
+class TallyQueries:
+    def count_downloaded(self, purpose: str, label: str) -> int:
+        """Candidates of a purpose holding `label` (a class, or 'other') that have a file."""
+        rows = self.db.execute(
+            f"SELECT label FROM candidates WHERE purpose=? AND status IN ({','.join('?' * len(FILE_STATUSES))})",
+            (purpose, *FILE_STATUSES))
+        return sum(1 for r in rows if label in r["label"].split())
+
+    def set_tally(self, purpose: str, label: str) -> dict:
+        """Where the candidates of one set (a purpose and a class, or 'other') stand, for top-ups and
+        shortfall reports, as the build will see them (`count` means usable: an image the review
+        rejected needs a top-up): accepted counts by the labels the build publishes; the other
+        statuses by the label the search gave, with their reasons cut before the first ':' or '='.
+        A pool image labelled in review is trained on under its labels: it counts there (a class, or
+        'other' as a mined negative does), no longer in the pool."""
+        out: dict = {"accepted": 0, "downloaded": 0, "pending": 0,
+                     "rejected": {}, "duplicate": {}, "failed": {}, "skipped": {}}
+        reviewed = self.has_table("review_overrides")
+        review = ("o.labels AS review_labels, o.include AS review_include FROM candidates c "
+                  "LEFT JOIN review_overrides o ON o.candidate_id = c.id" if reviewed
+                  else "NULL AS review_labels, NULL AS review_include FROM candidates c")
+        from_pool = reviewed and purpose == "train"
+        where, params = ("c.purpose=? OR (c.purpose='pool' AND o.include=?)", (purpose, FROM_POOL)) if from_pool \
+            else ("c.purpose=?", (purpose,))
+        rows = self.db.execute("SELECT c.status, c.reason, c.label, c.curated_label, c.purpose, c.file_path, "
+                               f"{review} WHERE {where}", params)
+        for r in map(dict, rows):
+            if r["purpose"] == "pool" and decided_in_review(r) == (purpose == "pool"):
+                continue        # a pool image counts in the pool, or in training once labelled in review
+            status, r["reason"] = reviewed_status(r)
+            labels = effective_labels(r) if status == "accepted" else r["label"]
+            if label not in labels.split():
+                continue
+            if isinstance(out.get(status), int):
+                out[status] += 1
+            elif status in out:
+                reason = re.split("[:=]", r["reason"] or "unknown", maxsplit=1)[0]
+                out[status][reason] = out[status].get(reason, 0) + 1
+        return out
+
+    def mined_in_round(self, round_no: int) -> list[dict]:
+        """Pool images a mining round moved into the negatives, or held back for review."""
+        return [self._row(r) for r in self.db.execute(
+            "SELECT * FROM candidates WHERE mined_round=? OR (reason LIKE 'held:%' AND reason LIKE ?) ORDER BY id",
+            (round_no, f"%:round={round_no}"))]
+
+    def counts(self) -> list[dict]:
+        """Counts per purpose, label and status: what `mlc inspect` starts from."""
+        rows = self.db.execute("SELECT purpose, label, status, COUNT(*) AS n FROM candidates "
+                               "GROUP BY purpose, label, status ORDER BY purpose, label, status")
+        return [dict(r) for r in rows]
+
+    def reasons(self) -> list[dict]:
+        rows = self.db.execute("SELECT status, reason, COUNT(*) AS n FROM candidates WHERE reason IS NOT NULL "
+                               "GROUP BY status, reason ORDER BY n DESC")
+        return [dict(r) for r in rows]
