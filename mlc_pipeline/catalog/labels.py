@@ -28,6 +28,27 @@ def effective_labels(row: dict) -> str:
     return reviewed or row.get("curated_label") or row.get("label") or "other"
 
 
+def next_build(row: dict) -> tuple[bool, str]:
+    """Whether the next build takes the candidate, and why (the review app's "next build" line): the
+    one rule for the build (catalog.review.build_candidates) and the app. A put-back image is in only
+    while it is still rejected or a duplicate with a file (not taken down, failed or pending since)."""
+    include, status = row.get("review_include"), row["status"]
+    dataset = row["purpose"] in ("train", "probe")
+    if status == "removed":
+        return False, "taken down"
+    if include == "rejected":
+        return False, "rejected in review"
+    if dataset and status == "accepted":
+        return True, ""
+    if dataset and include == "accepted" and status in ("rejected", "duplicate") and row.get("file_path"):
+        return True, "put back in review"
+    if decided_in_review(row):
+        return True, "a pool image labelled in review"
+    if row["purpose"] == "pool" and status == "accepted":
+        return False, "in the mining pool: save labels to train on it"
+    return False, ""
+
+
 def reviewed_status(row: dict) -> tuple[str, str | None]:
     """(status, reason) as the build sees the candidate: an accepted image the review rejected is out
     ('rejected', 'review'); a rejected or duplicate image the review put back, with its file, is in."""

@@ -30,7 +30,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from mlc_pipeline.catalog.labels import ReviewError, decided_in_review, effective_labels, next_state
+from mlc_pipeline.catalog.labels import FROM_POOL, ReviewError, decided_in_review, effective_labels, next_build, next_state
 from mlc_pipeline.catalog.schema import postgres_ddl
 from mlc_pipeline.catalog.store import Catalog
 
@@ -216,17 +216,16 @@ def build_candidates(catalog: Catalog) -> list[dict]:
     if not has_review_tables(catalog):
         return [{**c, "curated_label": effective_labels(c), "from_pool": False}
                 for c in catalog.candidates("status='accepted' AND purpose IN ('train', 'probe')")]
+    # Every row the rule could take (a pool image only with a review decision): labels.next_build decides.
     rows = catalog.db.execute(
         "SELECT c.*, o.labels AS review_labels, o.include AS review_include FROM candidates c "
-        "LEFT JOIN review_overrides o ON o.candidate_id = c.id "
-        "WHERE (c.purpose IN ('train', 'probe') AND ("
-        " (c.status = 'accepted' AND (o.include IS NULL OR o.include <> 'rejected'))"
-        " OR (o.include = 'accepted' AND c.status IN ('rejected', 'duplicate') AND c.file_path IS NOT NULL)))"
-        " OR (c.status = 'accepted' AND o.include = 'from-pool' AND o.labels IS NOT NULL)"
-        " ORDER BY c.id")   # the last line: decided_in_review
+        "LEFT JOIN review_overrides o ON o.candidate_id = c.id WHERE c.status IN ('accepted', 'rejected', "
+        "'duplicate') AND (c.purpose IN ('train', 'probe') OR o.include = ?) ORDER BY c.id", (FROM_POOL,))
     out = []
-    for r in rows:
-        c = {**dict(r), "file_path": catalog.usable_path(r["file_path"])}
+    for c in map(dict, rows):
+        if not next_build(c)[0]:
+            continue
+        c["file_path"] = catalog.usable_path(c["file_path"])
         c["curated_label"], c["from_pool"] = effective_labels(c), decided_in_review(c)
         del c["review_labels"], c["review_include"]
         out.append(c)

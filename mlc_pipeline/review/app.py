@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from mlc_pipeline.catalog import review as cr
-from mlc_pipeline.catalog.labels import decided_in_review, effective_labels
+from mlc_pipeline.catalog.labels import effective_labels, next_build
 from mlc_pipeline.catalog import Catalog, CatalogBusy
 from mlc_pipeline.config import Config
 from mlc_pipeline.dataset.build import recorded_fingerprint
@@ -117,27 +117,12 @@ def filters_of(request: Request) -> dict:
 
 
 def effective(row: dict) -> dict:
-    """What the next build does with a candidate: its labels and whether it is in."""
-    labels = effective_labels(row)            # the build's own rule: what is shown is what is published
-    # The conditions of catalog.review.build_candidates, in its order: a put-back image is in only
-    # while it is still rejected or a duplicate with a file (not taken down, failed or pending since).
-    dataset = row["purpose"] in ("train", "probe")
-    if row["status"] == "removed":
-        state = "out (taken down)"
-    elif row.get("review_include") == "rejected":
-        state = "out (rejected in review)"
-    elif dataset and row["status"] == "accepted":
-        state = "in"
-    elif (dataset and row.get("review_include") == "accepted" and row["status"] in ("rejected", "duplicate")
-          and row.get("file_path")):
-        state = "in (put back in review)"
-    elif decided_in_review(row):
-        state = "in (a pool image labelled in review)"
-    elif row["purpose"] == "pool" and row["status"] == "accepted":
-        state = "out (in the mining pool: save labels to train on it)"
-    else:
-        state = "out"
-    return {"labels": labels, "state": state, "reviewed": bool(row.get("review_labels") or row.get("review_include"))}
+    """What the next build does with a candidate: its labels and whether it is in (the build's own
+    rules, catalog.labels: what is shown is what is published)."""
+    taken, why = next_build(row)
+    state = ("in" if taken else "out") + (f" ({why})" if why else "")
+    return {"labels": effective_labels(row), "state": state,
+            "reviewed": bool(row.get("review_labels") or row.get("review_include"))}
 
 
 def client_of(request: Request) -> str:
