@@ -113,6 +113,8 @@ def require_bundle_json(cfg, option: str, spec: str, bundle: Path) -> None:
 
 def cmd_train(args) -> int:
     cfg = load_config(args.config, parse_overrides(args.set))
+    from mlc_pipeline.model.variants import check_train_settings
+    check_train_settings(cfg)         # one line for a wrong option, before waiting for the data root
     check_bundle_path(cfg, "--continue", args.continue_from)
     if args.continue_from:       # asked for by name: continue whatever mine.retrain says (still checked)
         cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"retrain": "continue"})})

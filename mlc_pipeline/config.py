@@ -308,7 +308,8 @@ class Config(Strict):
         return self.layout.catalog
 
 
-def _error_line(exc: ValidationError) -> str:
+def error_line(exc: ValidationError) -> str:
+    """A pydantic error as one line: where (dotted) and what, and how many more problems there are."""
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
@@ -327,7 +328,7 @@ def parse_config(data: dict, base_dir: Path | None = None) -> Config:
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"config: {_error_line(exc)}") from None
+        raise ConfigError(f"config: {error_line(exc)}") from None
     if base_dir is not None and not cfg.data_dir.is_absolute():
         cfg.data_dir = (base_dir / cfg.data_dir).resolve()
     if base_dir is not None and cfg.source.csv and not Path(cfg.source.csv).is_absolute():

@@ -87,6 +87,20 @@ def test_config_mistakes(built, args, words):
     one_line(mlc("inspect", *args), 2, *words)
 
 
+@pytest.mark.parametrize("command, setting, words", [
+    ("train", "train.arch=resnet_nope", ["config: train: arch 'resnet_nope' is neither"]),
+    ("train", "train.pretrained=/nope/weights.pth", ["config: train.pretrained:", "not found: /nope/weights.pth"]),
+    ("run", "train.pretrained=/nope/weights.pth", ["config: train.pretrained:", "not found: /nope/weights.pth"]),
+])
+def test_training_option_mistakes_are_one_line_before_anything_runs(built, tmp_path, command, setting, words):
+    """A wrong training option (a pydantic error, a weights file that is not there) is one line, exit
+    2, from `mlc train` as from `mlc run`, and `mlc run` says it before collecting into a new root."""
+    fresh = tmp_path / "fresh"
+    res = mlc(command, "-c", str(built), "--set", setting, "--set", f"data_dir={fresh}", "--no-progress")
+    one_line(res, 2, *words)
+    assert not fresh.exists()
+
+
 def test_mine_with_a_missing_model(built):
     one_line(mlc("mine", "-c", str(built), "--model", "/nope"), 2, "--model /nope", "not a model bundle")
     one_line(mlc("mine", "-c", str(built), "--model", "latest", "--set", "mine.pool={queries: [x], count: 1}"), 2,

@@ -6,7 +6,13 @@ A bundle folder (model/bundle.py) is the only contract between training and ever
 a model.
 """
 
+import warnings
+
 from mlc_pipeline import lazy_exports
+
+# fastai.layers applies torch.jit.script when imported, which torch (2.14 here) warns is deprecated:
+# not ours to fix, and it printed two lines on every `mlc train`, `mine` and `predict`.
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
 
 _EXPORTS = {"train_model": "train", "TrainConfig": "train", "train_version": "variants",
             "train_alternatives": "variants", "load_bundle": "bundle", "Bundle": "bundle",

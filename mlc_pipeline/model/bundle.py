@@ -93,9 +93,6 @@ def _unpickle_learner(export_path: Path):
     with warnings.catch_warnings():
         # fastai warns on every load that pickle is unsafe; we checked the hash just above.
         warnings.filterwarnings("ignore", message=".*insecure pickle.*")
-        # fastai.layers applies torch.jit.script when imported, which torch (2.14 here) warns is deprecated:
-        # not ours to fix, and printed on every `mlc predict`.
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
         from fastai.learner import load_learner
         try:
             return load_learner(export_path, cpu=not torch.cuda.is_available(), pickle_module=legacy_pickle)

@@ -45,12 +45,27 @@ def train_config(cfg: Config, **overrides) -> TrainConfig:
 
 
 def check_train_settings(cfg: Config) -> None:
-    """The training options as train_model will see them (arch, head...), checked before a run
-    spends an hour collecting: a ConfigError naming the problem."""
+    """The training options as train_model will see them (arch, head...), and weights named by
+    `pretrained` (a file, or 'imagenet': from the cache, or downloaded now), checked before a run
+    spends an hour collecting and before `mlc train` waits for the data root: a ConfigError, one line
+    naming the problem. `pretrained: auto` is not tried here: it falls back with a warning at training."""
+    from pydantic import ValidationError
+
+    from mlc_pipeline.config import error_line
+    from mlc_pipeline.model.weights import _choice, resolve_training
     try:
-        train_config(cfg)
+        options = train_config(cfg)
+    except ValidationError as exc:
+        line = error_line(exc)      # '(top level): ...' for a check across options (arch and weights)
+        raise ConfigError(f"config: train{line.removeprefix('(top level)') if line.startswith('(') else '.' + line}"
+                          ) from None
     except ValueError as exc:
         raise ConfigError(f"config: train: {exc}") from None
+    if _choice(options.pretrained) not in ("auto", "none"):
+        try:
+            resolve_training(options)
+        except (ValueError, FileNotFoundError) as exc:
+            raise ConfigError(f"config: train.pretrained: {exc}") from None
 
 
 def models_root(cfg: Config) -> Path:
