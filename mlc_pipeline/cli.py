@@ -176,10 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["serve-flickr"]:          # its own parser: options like --help pass straight through
+    lead = next((i for i, a in enumerate(argv) if a not in ("-v", "--verbose")), len(argv))
+    if argv[lead:lead + 1] == ["serve-flickr"]:   # its own parser: options like --help pass straight through
         from mlc_pipeline.flickr_server import serve_main
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return serve_main(argv[1:])
+        return serve_main(argv[lead + 1:] + argv[:lead])       # `mlc -v serve-flickr` as `serve-flickr -v`
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

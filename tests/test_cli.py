@@ -160,6 +160,13 @@ def test_serve_flickr_mistakes(args, words):
     one_line(mlc("serve-flickr", *args), 2, *words)
 
 
+@pytest.mark.parametrize("argv", [["-v", "serve-flickr", "--port", "99999"], ["serve-flickr", "--port", "99999", "-v"]])
+def test_serve_flickr_takes_verbose_before_or_after(argv):
+    """-v goes before or after the sub-command (README), serve-flickr's own parser included: the
+    command goes on to check its options (before: 'unrecognized arguments')."""
+    one_line(mlc(*argv), 2, "--port 99999", "0-65535")
+
+
 def test_serve_flickr_on_a_port_in_use(listening):
     one_line(mlc("serve-flickr", "--port", str(listening)), 2, f"port {listening}", "already in use",
              "source.local.port")

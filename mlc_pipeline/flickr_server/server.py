@@ -333,7 +333,10 @@ def serve_main(argv: list[str]) -> int:
     parser.add_argument("--faults", default="", help='e.g. "http500=0.1,img429=0.2,seed=3" or "all"')
     parser.add_argument("--result-cap", type=int, default=4000)
     parser.add_argument("--api-key", default=None, help="accept only this key (default: any non-empty key)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
+    if args.verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
 
     query_map = {}
     for item in args.map:
