@@ -16,6 +16,7 @@ from mlc_pipeline import __version__, commands, progress
 from mlc_pipeline.config import ConfigError
 from mlc_pipeline.dataset.build import VersionDamaged
 from mlc_pipeline.locking import DataRootBusy, ReadOnlyDataRoot
+from mlc_pipeline.manifest import UnknownVersion
 from mlc_pipeline.secrets import MissingCredentials, install_log_redaction, redact
 
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)   # an OSError with one of these: one line, no traceback
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the multi-label model on a dataset version")
     add_writer(p)
-    p.add_argument("--version", help="dataset version (default: latest)")
+    p.add_argument("--version", help="dataset version: vN or latest (default: latest)")
     p.add_argument("--alternatives", action="store_true", help="also train the comparison heads")
     p.add_argument("--continue", dest="continue_from", metavar="BUNDLE",
                    help="continue this model's network (folder, name or latest) for mine.retrain_epochs "
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="what is in the catalog and the datasets")
     add_config(p)
-    p.add_argument("--version", help="dataset version to inspect (default: latest)")
+    p.add_argument("--version", help="dataset version to inspect: vN or latest (default: latest)")
     p.add_argument("--html", help="write a self-contained HTML report to this path")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=commands.cmd_inspect)
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return args.func(args)
-    except (ConfigError, MissingCredentials) as exc:
+    except (ConfigError, MissingCredentials, UnknownVersion) as exc:
         print(f"mlc: {redact(str(exc))}", file=sys.stderr)
         return 2
     except (DataRootBusy, CatalogBusy) as exc:

@@ -13,6 +13,7 @@ from pathlib import Path
 from mlc_pipeline.config import ConfigError, load_config, parse_overrides
 from mlc_pipeline.dataset.build import VersionDamaged
 from mlc_pipeline.fsutil import sha256_file
+from mlc_pipeline.manifest import UnknownVersion, requested_version
 
 log = logging.getLogger("mlc")
 
@@ -75,13 +76,10 @@ def cmd_review(args) -> int:
     return serve(cfg, host=args.host, port=args.port)
 
 
-def dataset_dir(cfg, version: str | None):
-    from mlc_pipeline.manifest import latest_version
-    root = cfg.layout.datasets
-    version = version or latest_version(root)
-    if not version or not (root / version / "manifest.csv").exists():
-        raise ConfigError(f"no dataset version {version or ''} under {root}: run `mlc build` first")
-    return root / version
+def dataset_dir(cfg, version: str | None) -> Path:
+    """The folder of the version named on the command line (None: the latest); UnknownVersion if none."""
+    from mlc_pipeline.manifest import resolve_version
+    return cfg.layout.datasets / resolve_version(cfg.layout.datasets, version)
 
 
 def check_bundle_path(cfg, option: str, spec: str | None) -> None:
@@ -119,14 +117,16 @@ def cmd_train(args) -> int:
     if args.continue_from:       # asked for by name: continue whatever mine.retrain says (still checked)
         cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"retrain": "continue"})})
     # --continue on an object-store root also needs the latest model and every version (its ancestry)
-    with writing(cfg, args, args.version, sync_as="train-continue" if args.continue_from else None):
+    with writing(cfg, args, requested_version(args.version),
+                 sync_as="train-continue" if args.continue_from else None):
         previous = bundle_option(cfg, "--continue", args.continue_from)
         from mlc_pipeline.dataset.build import verify_version
-        verify_version(dataset_dir(cfg, args.version))     # a damaged version: one line, before torch loads
+        version_dir = dataset_dir(cfg, args.version)       # a wrong name or a damaged version: one line,
+        verify_version(version_dir)                        # before torch loads
         from mlc_pipeline.model.variants import train_alternatives, train_version
         from mlc_pipeline.report.model import bundle_network_line, per_class_markdown
         from mlc_pipeline.report.tables import pct
-        res = train_version(cfg, dataset_dir(cfg, args.version), previous=previous)
+        res = train_version(cfg, version_dir, previous=previous)
         test = res.metrics["test"]
         print(f"model bundle: {res.bundle_dir}\nnetwork: {bundle_network_line(res.bundle_dir)}\n" +
               per_class_markdown(test) +
@@ -134,7 +134,7 @@ def cmd_train(args) -> int:
               f"probe {pct(test['probe_accepted'])}")
         if args.alternatives:
             from mlc_pipeline.report.tables import compare_table
-            alts = train_alternatives(cfg, dataset_dir(cfg, args.version))
+            alts = train_alternatives(cfg, version_dir)
             print(compare_table([(res.variant, test)] + [(k, v["test"]) for k, v in alts.items()]))
     return 0
 
@@ -206,14 +206,14 @@ def cmd_promote(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from mlc_pipeline.dataset.export import ExportError, export_version, resolve_version
+    from mlc_pipeline.dataset.export import ExportError, export_version, version_folder
     cfg = load_config(args.config, parse_overrides(args.set)) if args.config else None
     try:
-        version_dir = resolve_version(args.version, cfg.layout.datasets if cfg else None)
+        version_dir = version_folder(args.version, cfg.layout.datasets if cfg else None)
         out = Path(args.out) if args.out else ((cfg.data_dir / "exports" if cfg else Path.cwd()) /
                                               f"{version_dir.parent.name}-{version_dir.name}-{args.format}")
         res = export_version(version_dir, args.format, out, force=args.force, shard_size=args.shard_size)
-    except ExportError as exc:
+    except (ExportError, UnknownVersion) as exc:
         print(f"mlc export: {exc}", file=sys.stderr)
         return 2
     print(f"exported {version_dir.parent.name} {version_dir.name} as {res.format}: {res.images} images "
@@ -307,27 +307,23 @@ def cmd_inspect(args) -> int:
     """Read-only (no lock). The version shown is verified too: a damaged one is reported after the
     summary, as one line, with exit code 3."""
     from mlc_pipeline.dataset.build import verify_version
-    from mlc_pipeline.manifest import latest_version, versions
+    from mlc_pipeline.manifest import latest_version, resolve_version
     from mlc_pipeline.report.inspect import inspect_main
     cfg = load_config(args.config, parse_overrides(args.set))
-    fetch_for_reading(cfg, args.version)
+    fetch_for_reading(cfg, requested_version(args.version))
     if not cfg.catalog.url and not cfg.layout.catalog.exists():   # say so, rather than report an empty project
         raise ConfigError(f"no catalog at {cfg.layout.catalog}: nothing was collected into data_dir "
                           f"{cfg.data_dir} yet (check data_dir in {args.config}, or run `mlc collect`)")
     root = cfg.layout.datasets
-    if args.version and not (root / args.version).is_dir():
-        have = versions(root)
-        hint = f" (did you mean v{args.version}?)" if f"v{args.version}" in have else ""
-        raise ConfigError(f"no dataset version {args.version!r} under {root}{hint}; "
-                          f"versions: {', '.join(have) or 'none (run `mlc build`)'}")
-    version = args.version or latest_version(root)
+    # Named: it must exist (UnknownVersion otherwise); not named: the latest, or none built yet.
+    version = args.version = resolve_version(root, args.version) if args.version else latest_version(root)
     damage = None
-    if version and (root / version / "dataset.json").exists():
+    if version:
         try:
             verify_version(root / version)
         except VersionDamaged as exc:
             damage = exc
-            if not (root / version / "manifest.csv").exists():
+            if not all((root / version / name).exists() for name in ("manifest.csv", "dataset.json")):
                 raise                       # nothing to summarise
     rc = inspect_main(cfg, args)
     if damage:

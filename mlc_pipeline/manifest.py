@@ -9,6 +9,7 @@ imports nothing of the stages.
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ MANIFEST_COLUMNS = ["path", "labels", "split", "candidate_id", "source", "photo_
 # Columns added after versions were published without them: reading an older version, they are absent.
 ADDED_COLUMNS = ("source_file",)
 SPLITS = ("train", "valid", "test")
+LATEST = "latest"                       # names the newest complete version wherever a version is named
 MANIFEST_SPLITS = SPLITS + ("probe",)   # probe rows: unseen kinds, scored for "none of these" only
 
 
@@ -35,6 +37,34 @@ def latest_version(root: Path) -> str | None:
     pointer update is repaired by the next build."""
     vs = [v for v in versions(root) if (root / v / "dataset.json").exists()]
     return vs[-1] if vs else None
+
+
+class UnknownVersion(ValueError):
+    """A version name that names no published version here (one line: the versions there, the one meant)."""
+
+
+def requested_version(spec: str | None) -> str | None:
+    """A version as named on the command line, for fetching it: None (the newest) for latest."""
+    return None if spec in (None, LATEST) else spec
+
+
+def resolve_version(root: Path, spec: str | None) -> str:
+    """The version folder under `root` that `spec` names: vN, or latest (or None) for the newest complete
+    version. Every command that takes a version name resolves it here, so each answers a wrong name
+    alike: the versions there, and the one probably meant ("2" or "V2": did you mean v2?). A vN folder
+    resolves even when damaged: verify_version then says what is wrong with it."""
+    have = versions(root)
+    name = spec if requested_version(spec) else latest_version(root)
+    if name in have:
+        return name
+    listed = ", ".join(have) or "none (run `mlc build`)"
+    if requested_version(spec) is None:
+        raise UnknownVersion(f"no complete dataset version under {root} (each of {listed} lacks its dataset.json)"
+                             if have else f"no dataset version under {root} yet: run `mlc build` first")
+    number = re.fullmatch(r"\s*(?:v|version)?\s*(\d+)\s*", spec, re.IGNORECASE)
+    meant = f"v{int(number.group(1))}" if number else None
+    hint = f" (did you mean {meant}?)" if meant in have else ""
+    raise UnknownVersion(f"no dataset version {spec!r} under {root}{hint}; versions: {listed}")
 
 
 def write_manifest(path: Path, rows: list[dict]) -> None:

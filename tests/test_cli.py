@@ -62,6 +62,19 @@ def test_inspect_unknown_version_names_the_versions(built):
     assert res.returncode == 0 and "v1" in res.stdout, res.stderr[-2000:]
 
 
+@pytest.mark.parametrize("command", [["train"], ["inspect"], ["export", "--format", "hf"]])
+def test_every_command_taking_a_version_answers_a_wrong_name_alike(built, command, tmp_path):
+    """train, inspect and export resolve a version name through one function: the versions there,
+    and the one probably meant. train answers before torch loads (no model folder is made)."""
+    def named(version: str) -> list[str]:
+        version_args = [version] if command[0] == "export" else ["--version", version]
+        return [command[0], *version_args, *command[1:], "-c", str(built)]
+    for wrong, hint in (("2", "did you mean v2?"), ("V1", "did you mean v1?"), ("v7", "")):
+        line = one_line(mlc(*named(wrong)), 2, f"no dataset version {wrong!r}", "versions: v1, v2", hint)
+        assert "run `mlc build`" not in line and ("did you mean" in line) == bool(hint), line
+    assert not (load_config(built).layout.models).exists()
+
+
 def test_inspect_into_a_closed_pipe_exits_quietly(built):
     """`mlc inspect | head`: the reader is gone before inspect writes; no traceback, no message."""
     proc = subprocess.Popen([*MLC, "inspect", "-c", str(built)], env=ENV, stdout=subprocess.PIPE,

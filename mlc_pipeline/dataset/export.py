@@ -33,7 +33,7 @@ from pathlib import Path
 
 from mlc_pipeline.dataset.build import verify_version
 from mlc_pipeline.fsutil import pid_alive
-from mlc_pipeline.manifest import latest_version
+from mlc_pipeline.manifest import resolve_version
 
 FORMATS = ("imagefolder", "hf", "webdataset", "fiftyone")
 OTHER_FOLDER = "other"               # images of none of the classes
@@ -54,7 +54,7 @@ class ExportResult:
     files: int                       # image files written (a multi-label image counts once per folder)
 
 
-def resolve_version(spec: str, datasets_root: Path | None) -> Path:
+def version_folder(spec: str, datasets_root: Path | None) -> Path:
     """VERSION is a version folder (has manifest.csv), or vN / latest under `datasets_root`."""
     as_path = Path(spec)
     if (as_path / "manifest.csv").is_file():
@@ -62,12 +62,7 @@ def resolve_version(spec: str, datasets_root: Path | None) -> Path:
     if datasets_root is None:
         raise ExportError(f"{spec!r} is not a dataset version folder (no manifest.csv there); "
                           f"give a folder, or -c CONFIG with a version name like v1 or latest")
-    name = latest_version(datasets_root) if spec == "latest" else spec
-    if not name or not (datasets_root / name / "manifest.csv").is_file():
-        known = sorted(p.name for p in datasets_root.glob("v*") if (p / "manifest.csv").is_file())
-        raise ExportError(f"no dataset version {spec!r} under {datasets_root} "
-                          f"(versions: {', '.join(known) or 'none; run `mlc build` first'})")
-    return datasets_root / name
+    return datasets_root / resolve_version(datasets_root, spec)      # UnknownVersion: one line
 
 
 def labels_of(row: dict) -> list[str]:
