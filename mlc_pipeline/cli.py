@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="publish the curated images as a new dataset version")
     add_writer(p)
     p.add_argument("--repair", action="store_true",
-                   help="publish a fresh version from the catalog even if the latest one's content is "
-                        "unchanged (use when the latest version's files were deleted or changed)")
+                   help="when the latest version is damaged (files deleted or changed), publish a fresh "
+                        "version from the catalog instead of failing; an intact latest version is left as it "
+                        "is, and older versions are never rebuilt (use the latest)")
     p.set_defaults(func=commands.cmd_build)
 
     p = sub.add_parser("train", help="train the multi-label model on a dataset version")

@@ -17,8 +17,9 @@ catalog (`write_images`).
 A published version is verified before it is used (`verify_version`: build, train, inspect): the
 manifest must match the fingerprint in dataset.json (a relabelled, added or removed row changes it),
 every path must stay inside the version folder, and every image must exist with the sha256 recorded
-in SHA256SUMS. A damaged version is a `VersionDamaged` error naming the version and the file;
-`mlc build --repair` publishes a fresh version from the catalog.
+in SHA256SUMS. A damaged version is a `VersionDamaged` error naming the version and the file, and
+what helps: for the latest, `mlc build --repair` (it publishes a fresh version from the catalog); an
+older one is never rebuilt, so the answer names the latest version and whether it is intact.
 """
 
 from __future__ import annotations
@@ -209,7 +210,7 @@ def verify_version(folder: str | Path) -> list[dict]:
     where = f"dataset {folder.parent.name} {folder.name}"
 
     def damaged(what: str) -> VersionDamaged:
-        return VersionDamaged(f"{where} is damaged: {what}; {REPAIR_HINT}")
+        return VersionDamaged(f"{where} is damaged: {what}; {what_helps(folder)}")
 
     try:
         meta = json.loads((folder / "dataset.json").read_text())
@@ -245,6 +246,20 @@ def verify_version(folder: str | Path) -> list[dict]:
             if sha256_file(folder / r["path"]) != recorded[r["path"]]:
                 raise damaged(f"file {r['path']} was changed since publication")
     return rows
+
+
+def what_helps(damaged: Path) -> str:
+    """`mlc build --repair` republishes only a damaged latest version (versions are immutable), so for
+    an older one the way out is the latest version, verified here (only on this error path)."""
+    latest = latest_version(damaged.parent)
+    if latest in (None, damaged.name):
+        return REPAIR_HINT
+    try:
+        verify_version(damaged.parent / latest)
+    except VersionDamaged:
+        return f"the latest, {latest}, is damaged too: {REPAIR_HINT}"
+    return (f"the latest, {latest}, is intact: use it (a published version is never rebuilt; "
+            f"`mlc build --repair` republishes only a damaged latest version)")
 
 
 def recorded_fingerprint(folder: Path) -> str | None:

@@ -77,6 +77,28 @@ def test_a_deleted_file_stops_build_train_and_inspect_and_repair_rebuilds(built)
     assert mlc("build", "-c", str(cfg)).returncode == 0
 
 
+def test_a_damaged_older_version_points_to_the_intact_latest_not_to_repair(built):
+    """`mlc build --repair` republishes only a damaged latest version; versions are never rebuilt. So for
+    a damaged v1 under an intact v2, the answer names v2, not --repair (which would say "unchanged")."""
+    cfg, v1 = built
+    gone = first_row(v1, "test")["path"]
+    (v1 / gone).unlink()
+    other = ["--set", "build.max_side=64"]                    # other parameters: v2 is a new version
+    assert "v2: published" in mlc("build", "-c", str(cfg), *other).stdout
+    for command in (["inspect", "--version", "v1"], ["export", "v1", "--format", "hf"], ["train", "--version", "v1"]):
+        res = mlc(*command, "-c", str(cfg), *other)
+        line = last_line(res.stderr)
+        assert res.returncode == 3 and "Traceback" not in res.stderr, (command, res.stderr[-2000:])
+        assert line.startswith("mlc: dataset default v1 is damaged") and gone in line, line
+        assert "run `mlc build --repair" not in line and "the latest, v2, is intact" in line, line
+    res = mlc("build", "--repair", "-c", str(cfg), *other)
+    assert res.returncode == 0 and "v2: unchanged" in res.stdout, res.stderr[-2000:]    # as the answer says
+    assert not (v1.parent / "v3").exists() and not (v1.parents[2] / "models").exists()
+    (v1.parent / "v2" / first_row(v1.parent / "v2")["path"]).unlink()     # the latest damaged too: repair it
+    with pytest.raises(VersionDamaged, match=r"the latest, v2, is damaged too: run `mlc build --repair"):
+        verify_version(v1)
+
+
 def verify_version_rows_of(folder: Path) -> list[dict]:
     with open(folder / "manifest.csv", newline="") as f:
         return list(csv.DictReader(f))
