@@ -308,8 +308,7 @@ class Config(Strict):
         return self.layout.catalog
 
 
-def error_line(exc: ValidationError) -> str:
-    """A pydantic error as one line: where (dotted) and what, and how many more problems there are."""
+def error_line(exc: ValidationError) -> str:      # one line: where (dotted), what, how many more
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
