@@ -726,3 +726,27 @@ def test_token_from_the_environment_and_one_line_errors(tmp_path, monkeypatch):
     res = subprocess.run([sys.executable, "-m", "mlc_pipeline.cli", "review", "-c", str(config)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and res.stderr.strip().startswith("mlc: no catalog at") and "\n" not in res.stderr.strip()
+
+
+def test_a_port_in_use_is_one_line_and_exit_code_2(tmp_path):
+    """`mlc review --port BUSY`: one line naming the port and --port, exit code 2 (a usage error, as for
+    serve-flickr and collect), not uvicorn's startup log and its exit code 3 ("damaged dataset")."""
+    import socket
+    import subprocess
+    import sys
+    import yaml
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "source": {"kind": "local"},
+                                      "classes": {"a": {"queries": ["a"], "count": 1}},
+                                      "other": {"queries": ["x"], "count": 1}}))
+    (tmp_path / "data").mkdir()
+    Catalog(tmp_path / "data" / "catalog.sqlite").close()          # a catalog: the app would start
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = subprocess.run([sys.executable, "-m", "mlc_pipeline.cli", "review", "-c", str(config),
+                              "--port", str(port)], capture_output=True, text=True, timeout=60)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and res.stdout == "", (res.returncode, res.stdout, res.stderr)
+    assert f"port {port} on 127.0.0.1 is already in use" in lines[0] and "--port" in lines[0], lines[0]
