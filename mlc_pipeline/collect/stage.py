@@ -43,11 +43,12 @@ class CollectSummary:
     found_new: int = 0
     downloaded: int = 0
     failed: dict[str, int] = field(default_factory=dict)
-    shortfall: dict[str, int] = field(default_factory=dict)   # "purpose/label" -> usable images missing
+    shortfall: dict[str, int] = field(default_factory=dict)   # "purpose/label" -> usable images missing (a
+    #                                                           lone collect: downloads not curated yet count at the usable rate)
     max_connections_per_host: dict[str, int] = field(default_factory=dict)
     exhausted: list[str] = field(default_factory=list)        # sets whose queries ran dry
     rounds: int = 1                                           # collect -> curate rounds (collect_in_rounds)
-    short: list[str] = field(default_factory=list)            # one line per short set, for people
+    short: list[str] = field(default_factory=list)            # one line per set in `shortfall`, for people
     seconds: dict[str, float] = field(default_factory=dict)   # collect / curate time (collect_in_rounds)
     search_skipped: dict[str, int] = field(default_factory=dict)  # malformed search results left out, by reason
 
@@ -266,8 +267,9 @@ def shortfalls(cfg: Config, catalog: Catalog, exhausted: list[str] | set[str] = 
         if tally["accepted"] >= count:
             continue
         key = set_key(target)
-        if key in exhausted and not tally["downloaded"] and not tally["pending"]:
-            why = "queries exhausted"
+        if key in exhausted and not tally["pending"]:
+            why = "queries exhausted" + (f"; {tally['downloaded']} downloads not curated yet: run `mlc curate`"
+                                         if tally["downloaded"] else "")
         elif tally["downloaded"]:
             why = f"{tally['downloaded']} downloads not curated yet: run `mlc curate`"
         else:
@@ -329,6 +331,11 @@ def collect(cfg: Config, progress: bool = True, on_progress: Callable[[int, int]
     with collect_session(cfg, progress, on_progress) as (catalog, collector, summary):
         collector.collect_all(summary)
         check_sizes(cfg, catalog)
+        # The sets this pass leaves short (`shortfall`: usable images missing, downloads not curated
+        # yet counted at the set's usable rate), in the lines `mlc run` prints: before the run record
+        # and the summary table are written, so both carry them.
+        summary.short = [s.line() for s in shortfalls(cfg, catalog, collector.exhausted)
+                         if s.key in summary.shortfall]
     return summary
 
 

@@ -10,21 +10,26 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
+import subprocess
 import sys
 from html import escape
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
+from rich.console import Console
 
 from helpers import REPO, FIXTURES
 
+from mlc_pipeline import progress
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.stage import Shortfall, collect, shortfalls, usable_needed, usable_rate
 from mlc_pipeline.pipeline import collect_and_curate
-from mlc_pipeline.config import parse_config
+from mlc_pipeline.config import load_config, parse_config
 from mlc_pipeline.curate.stage import curate
 from mlc_pipeline.flickr_server import FlickrServer, WorldSpec
 from mlc_pipeline.report.model import model_section
@@ -91,7 +96,11 @@ def server(world, monkeypatch):
 
 
 def make_cfg(tmp_path, srv, ants=40, other=15, pool=10, probe=10, catalog_settings=None):
-    return parse_config({
+    return parse_config(raw_cfg(tmp_path, srv, ants, other, pool, probe, catalog_settings))
+
+
+def raw_cfg(tmp_path, srv, ants=40, other=15, pool=10, probe=10, catalog_settings=None) -> dict:
+    return {
         "data_dir": str(tmp_path / "data"), **(catalog_settings or {}),
         "source": {"kind": "flickr", "rest_url": srv.rest_url, "allowed_hosts": [srv.static_host],
                    "licenses": "any", "sizes": ["url_n", "url_s", "url_t", "url_sq"], "per_page": 10,
@@ -101,7 +110,7 @@ def make_cfg(tmp_path, srv, ants=40, other=15, pool=10, probe=10, catalog_settin
         "probe": {"queries": ["unknown"], "count": probe},
         "mine": {"pool": {"queries": ["insects"], "count": pool}},
         "curate": {"workers": 1},
-    })
+    }
 
 
 def accepted(cfg) -> dict[str, int]:
@@ -193,6 +202,38 @@ def test_collect_alone_counts_known_rejections_and_converges(tmp_path, server, c
     for name, count in (("ants", 40), ("other", 15), ("probe", 10), ("pool", 10)):
         assert got[name] >= count, (name, got)
     assert server.stats()["image_requests"] == files_fetched(cfg)
+
+
+def test_mlc_collect_alone_reports_its_short_sets(tmp_path, server):
+    """`mlc collect` (one pass, nothing curated) lists the sets it leaves short in `short`, one line
+    each as `mlc run` does, for the same sets as `shortfall` (which counts downloads not curated yet at
+    the set's usable rate); the terminal summary has a "short sets" row."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw_cfg(tmp_path, server, ants=5, other=5, pool=5, probe=15)))
+
+    def mlc(*args: str) -> subprocess.CompletedProcess:     # the server's key is in this environment
+        res = subprocess.run([sys.executable, "-m", "mlc_pipeline.cli", *args, "-c", str(config), "--no-progress"],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return res
+
+    first = json.loads(mlc("collect").stdout)        # the probe query holds 12 photos, 15 are asked for
+    assert first["shortfall"] == {"probe/other": 3} and "probe/other" in first["exhausted"]
+    assert first["short"] == ["probe: 0 of 15 usable (queries exhausted; 12 downloads not curated yet: "
+                              "run `mlc curate`)"]
+    mlc("curate")
+    again = json.loads(mlc("collect").stdout)
+    assert again["shortfall"] == {"probe/other": 3} and again["short"] == ["probe: 12 of 15 usable (queries exhausted)"]
+    console = Console(record=True, file=io.StringIO(), width=200)
+    progress.configure(True)
+    progress.use_console(console)
+    try:
+        collect(load_config(config))
+    finally:
+        progress.configure(None)
+        progress.use_console(None)
+    rows = [line.split() for line in console.export_text().splitlines()]
+    assert "short sets probe: 12 of 15 usable (queries exhausted)".split() in rows, rows
 
 
 # ------------------------------------------------------------------ the report and training sides
