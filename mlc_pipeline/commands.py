@@ -19,21 +19,37 @@ log = logging.getLogger("mlc")
 
 
 @contextlib.contextmanager
-def writing(cfg, args, version: str | None = None, sync_as: str | None = None):
+def writing(cfg, args, version: str | None = None, sync_as: str | None = None, new_root: bool = False):
     """The data root's write lock for this command: wait for another writer, or fail with --no-wait.
     On an object-store data root, what the command reads is fetched into the cache first and what it
-    wrote is published after it (sync.py; `sync_as`: another entry of sync.PULLS than the command's)."""
+    wrote is published after it (sync.py; `sync_as`: another entry of sync.PULLS than the command's).
+    Only collect and run start a data root (`new_root`); the others refuse one with no catalog."""
     from mlc_pipeline.locking import data_root_lock
     from mlc_pipeline.sync import synced
+    if not new_root and cfg.data_url is None:
+        require_catalog(cfg, args.config)     # before the lock, which would create the data root
     with data_root_lock(cfg.data_dir, f"mlc {args.command}", wait=not args.no_wait), \
             synced(cfg, sync_as or args.command, version):
+        if not new_root:
+            require_catalog(cfg, args.config)     # an object-store root: once its catalog was fetched
         yield
+
+
+def require_catalog(cfg, config: str) -> None:
+    """A data root with no catalog is a mistyped data_dir more likely than an empty project: one line,
+    rather than a fresh empty catalog reported on as if it were the project's. (A PostgreSQL catalog
+    is a database, not a file here: it is not checked.)"""
+    if cfg.catalog.url or cfg.layout.catalog.exists():
+        return
+    where = f"{cfg.data_url} (cached in {cfg.data_dir})" if cfg.data_url else f"data_dir {cfg.data_dir}"
+    raise ConfigError(f"no catalog at {cfg.layout.catalog}: nothing was collected into {where} yet "
+                      f"(check data_dir in {config}, or run `mlc collect`)")
 
 
 def cmd_collect(args) -> int:
     from mlc_pipeline.collect.stage import collect
     cfg = load_config(args.config, parse_overrides(args.set))
-    with writing(cfg, args):
+    with writing(cfg, args, new_root=True):
         summary = collect(cfg, progress=not args.no_progress)
     print(json.dumps(summary.__dict__, indent=2, default=str))
     return 0
@@ -227,7 +243,7 @@ def cmd_run(args) -> int:
     from mlc_pipeline.model.variants import check_train_settings
     cfg = load_config(args.config, parse_overrides(args.set))
     check_train_settings(cfg)         # before waiting for the lock, and before collecting
-    with writing(cfg, args):
+    with writing(cfg, args, new_root=True):
         res = run_pipeline(cfg, progress=not args.no_progress)
     print(rounds_markdown(res))
     if res.not_shipped:
@@ -275,6 +291,7 @@ def cmd_remove(args) -> int:
         remove = partial(remove_photos, cfg, args.reason, photo_id=args.photo_id, owner=args.owner,
                          query=args.query, source=args.source, wait=not args.no_wait)
         if cfg.data_url is None:
+            require_catalog(cfg, args.config)
             res = remove()      # the files lock only: a run's training (hours) is not waited for
         else:                   # an object-store root: fetched, and the taken-down objects deleted there too
             with writing(cfg, args):
@@ -311,9 +328,7 @@ def cmd_inspect(args) -> int:
     from mlc_pipeline.report.inspect import inspect_main
     cfg = load_config(args.config, parse_overrides(args.set))
     fetch_for_reading(cfg, requested_version(args.version))
-    if not cfg.catalog.url and not cfg.layout.catalog.exists():   # say so, rather than report an empty project
-        raise ConfigError(f"no catalog at {cfg.layout.catalog}: nothing was collected into data_dir "
-                          f"{cfg.data_dir} yet (check data_dir in {args.config}, or run `mlc collect`)")
+    require_catalog(cfg, args.config)       # say so, rather than report an empty project
     root = cfg.layout.datasets
     # Named: it must exist (UnknownVersion otherwise); not named: the latest, or none built yet.
     version = args.version = resolve_version(root, args.version) if args.version else latest_version(root)

@@ -91,6 +91,45 @@ def test_inspect_without_a_catalog_says_so_and_creates_nothing(tmp_path, built):
     assert not (tmp_path / "typo").exists()
 
 
+def typo_config(built: Path, tmp_path: Path, data_dir: str) -> Path:
+    """`built`'s config with another data_dir (and cache_dir when data_dir is a URL)."""
+    data = yaml.safe_load(built.read_text())
+    data["data_dir"] = data_dir
+    if "://" in data_dir:
+        data.update(cache_dir=str(tmp_path / "cache"), storage_options={"auto_mkdir": True})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    return tmp_path / "c.yaml"
+
+
+POOL = ["--set", "mine.pool={queries: [insects], count: 1}"]
+
+
+@pytest.mark.parametrize("command", [["curate"], ["build"], ["train"], ["mine", *POOL], ["mine", "--undo", "--round", "1"],
+                                     ["remove", "--photo-id", "1", "--reason", "owner asked"]])
+def test_write_commands_refuse_a_data_root_with_no_catalog_and_create_nothing(tmp_path, built, command):
+    """A mistyped data_dir: one line, as inspect says it, not a fresh catalog reported on as empty."""
+    config = typo_config(built, tmp_path, str(tmp_path / "typo"))
+    one_line(mlc(command[0], "-c", str(config), *command[1:]), 2, "no catalog at", str(tmp_path / "typo"),
+             f"check data_dir in {config}")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_on_an_object_store_root_the_catalog_is_looked_for_after_the_fetch(tmp_path, built):
+    """data_dir file://STORE: an empty store is refused like a local typo, after the fetch and with nothing
+    published; a store holding a data root is fetched into a fresh cache and built from, not refused."""
+    (tmp_path / "store").mkdir()
+    config = typo_config(built, tmp_path, f"file://{tmp_path}/store")
+    one_line(mlc("build", "-c", str(config)), 2, "no catalog at", f"file://{tmp_path}/store (cached in")
+    assert list((tmp_path / "store").iterdir()) == []
+    publisher = load_config(config, {"cache_dir": str(tmp_path / "publisher")})
+    shutil.copytree(load_config(built).data_dir, publisher.data_dir, symlinks=True)
+    from mlc_pipeline.sync import publish
+    publish(publisher)                                      # another machine's data root, in the store
+    shutil.rmtree(tmp_path / "cache")
+    res = mlc("build", "-c", str(config))
+    assert res.returncode == 0 and "dataset default v" in res.stdout, res.stderr[-2000:]
+
+
 @pytest.mark.parametrize("args, words", [
     (["-c", "/tmp"], ["/tmp is a folder"]),
     (["-c", "CFG", "--set", "train.epochs=[1"], ["--set 'train.epochs=[1'", "not valid YAML"]),

@@ -14,6 +14,7 @@ from rich.console import Console
 from helpers import ENV, MLC
 
 from mlc_pipeline import progress
+from mlc_pipeline.catalog import Catalog
 
 
 @pytest.fixture
@@ -82,6 +83,8 @@ def test_curate_shows_its_bars_and_summary_in_a_terminal_only(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(f"data_dir: {tmp_path / 'data'}\nclasses: {{kite: {{queries: [kite], count: 5}}}}\n"
                       "other: {queries: [sky], count: 5}\n")
+    (tmp_path / "data").mkdir()
+    Catalog(tmp_path / "data" / "catalog.sqlite").close()    # nothing collected yet: curate inspects nothing
     shown = run_in_terminal(["curate", "-c", str(config)], tmp_path)
     assert "deduplicate" in shown and "inspected" in shown and "curate " in shown
     quiet = run_in_terminal(["curate", "-c", str(config), "--no-progress"], tmp_path)
