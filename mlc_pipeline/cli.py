@@ -82,10 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mine", help="move pool images the model wrongly accepts into the negatives")
     add_writer(p)
     p.add_argument("--model", help="model bundle: folder, name or latest (default: data/models/LATEST)")
-    p.add_argument("--round", type=int, default=1)
-    p.add_argument("--undo", action="store_true", help="put round ROUND's mined negatives back into the pool")
+    p.add_argument("--round", type=int, metavar="N",
+                   help="mining: the round's number, recorded with every image it moves or holds (default 1); "
+                        "with --undo: the round to put back (required)")
+    p.add_argument("--undo", action="store_true", help="put round N's mined negatives (and the images it held) "
+                                                       "back into the pool")
     p.add_argument("--photo-id", action="append", help="with --undo: only these photos (repeatable)")
-    p.set_defaults(func=commands.cmd_mine)
+    p.set_defaults(func=commands.cmd_mine, usage_error=p.error)
 
     p = sub.add_parser("predict", help="which classes an image shows, or none of them")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -184,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return serve_main(argv[lead + 1:] + argv[:lead])       # `mlc -v serve-flickr` as `serve-flickr -v`
     args = build_parser().parse_args(argv)
+    if args.command == "mine" and args.photo_id and not args.undo:     # argparse has no "needs" between options
+        args.usage_error("--photo-id only goes with --undo (which photos of round N to put back); "
+                         "mining scores the whole pool")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("flickrapi").setLevel(logging.WARNING)   # it logs every call's parameters

@@ -162,18 +162,25 @@ def cmd_mine(args) -> int:
         raise ConfigError("mine.pool is not configured: there is no pool to mine; nothing was changed "
                           "(add mine.pool to the config, then `mlc collect` and `mlc curate`)")
     with writing(cfg, args):          # before importing torch: --no-wait answers at once
+        if args.undo and args.round is None:    # which round's decisions to reverse is never a default
+            from mlc_pipeline.catalog import Catalog
+            with Catalog(cfg.catalog_path, readonly=True) as catalog:
+                rounds = catalog.mined_rounds()
+            raise ConfigError("mine --undo: name the round to put back with --round N (" + (
+                f"rounds with mined or held images: {', '.join(map(str, rounds))})" if rounds else
+                "no round has mined or held images: nothing to undo)"))
         chosen = None if args.undo else bundle_option(cfg, "--model", args.model)   # pulled; before torch
         from mlc_pipeline.model.mine import mine_round, undo_round
-        from mlc_pipeline.model.variants import latest_model
         if args.undo:
             changed = undo_round(cfg, args.round, args.photo_id or None)
             print(f"round {args.round}: {changed} mined or held pool images put back into the pool "
                   f"(the next `mlc build` leaves them out)")
             return 0
+        from mlc_pipeline.model.variants import latest_model     # torch and fastai: not for an undo
         bundle = chosen or latest_model(cfg)
         if bundle is None:
             raise ConfigError("no model yet: run `mlc train` first (or pass --model BUNDLE)")
-        res = mine_round(cfg, bundle, args.round)
+        res = mine_round(cfg, bundle, 1 if args.round is None else args.round)
     print(f"round {res.round}: scored {res.scored} pool images, {res.added} hard negatives added "
           f"(next `mlc build` includes them), {len(res.held)} held for review, {res.over_cap} over the round's cap; "
           f"every decision with its score in {bundle}/mined.csv (undo: `mlc mine --undo --round {res.round}`); "

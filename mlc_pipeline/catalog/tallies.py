@@ -56,6 +56,15 @@ class TallyQueries:
             "SELECT * FROM candidates WHERE mined_round=? OR (reason LIKE 'held:%' AND reason LIKE ?) ORDER BY id",
             (round_no, f"%:round={round_no}"))]
 
+    def mined_rounds(self) -> list[int]:
+        """The mining rounds that have images in the negatives or held back for review: what
+        `mlc mine --undo --round N` can put back."""
+        rounds = {r["mined_round"] for r in self.db.execute(
+            "SELECT DISTINCT mined_round FROM candidates WHERE mined_round IS NOT NULL")}
+        for r in self.db.execute("SELECT DISTINCT reason FROM candidates WHERE reason LIKE 'held:%:round=%'"):
+            rounds.add(int(r["reason"].rsplit(":round=", 1)[1]))
+        return sorted(rounds)
+
     def counts(self) -> list[dict]:
         """Counts per purpose, label and status: what `mlc inspect` starts from."""
         rows = self.db.execute("SELECT purpose, label, status, COUNT(*) AS n FROM candidates "

@@ -341,3 +341,46 @@ def test_a_round_stopped_after_its_moves_keeps_their_record(tmp_path, monkeypatc
     with open(bundle_dir / "mined.csv", newline="") as f:
         recorded = {int(r["candidate_id"]) for r in csv.DictReader(f) if r["decision"] == "added"}
     assert moved and recorded == moved
+
+
+def test_undo_needs_its_round_and_photo_id_needs_undo(tmp_path):
+    """`mlc mine --undo` without --round names the rounds there are instead of undoing round 1;
+    `--photo-id` without --undo is a usage error, not ignored while the pool is mined."""
+    import subprocess
+    import yaml
+    from helpers import ENV, MLC
+    from mlc_pipeline.config import load_config
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "classes": {"red": {"queries": ["red"], "count": 1}},
+                                      "other": {"queries": ["noise"], "count": 1},
+                                      "mine": {"pool": {"queries": ["pool"], "count": 2}}}))
+    (tmp_path / "data").mkdir()
+    rng = np.random.default_rng(3)
+    with Catalog(tmp_path / "data" / "catalog.sqlite") as catalog:       # round 1 mined one, round 2 held one
+        run_id = catalog.start_run("test")
+        ids = _plant(catalog, run_id, tmp_path / "data", [("m1", "pool", "other", draw("blue", rng)),
+                                                          ("h2", "pool", "other", draw("blue", rng))])
+        catalog.set_status(ids["m1"], "accepted", "hard-negative:round=1", run_id, "mine", purpose="train",
+                           mined_round=1, mined_score=0.9, mined_model="b")
+        catalog.set_status(ids["h2"], "accepted", "held:like-class:red:round=2", run_id, "mine")
+        before = catalog.candidates()
+
+    def mlc(*args):
+        return subprocess.run([*MLC, "mine", "-c", str(config), *args], env=ENV, capture_output=True, text=True,
+                              timeout=120)
+
+    res = mlc("--undo")
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "mlc: mine --undo: name the round to put back with --round N (rounds with mined or held images: 1, 2)"], \
+        res.stderr
+    res = mlc("--photo-id", "m1")
+    assert res.returncode == 2 and "usage: mlc mine" in res.stderr and \
+        "error: --photo-id only goes with --undo" in res.stderr, res.stderr
+    with Catalog(tmp_path / "data" / "catalog.sqlite", readonly=True) as catalog:
+        assert catalog.candidates() == before                              # nothing undone, nothing mined
+    res = mlc("--undo", "--round", "2")
+    assert res.returncode == 0 and res.stdout.startswith("round 2: 1 mined or held"), res.stderr
+    assert "rounds with mined or held images: 1)" in mlc("--undo").stderr
+    undo_round(load_config(config), 1)
+    assert "no round has mined or held images: nothing to undo" in mlc("--undo").stderr
+    assert "the round to put back (required)" in " ".join(mlc("--help").stdout.split())
