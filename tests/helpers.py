@@ -86,14 +86,37 @@ def tiny_config(folder: Path, port: int) -> Path:
 
 # --- another process holding a data root's lock --------------------------------------------
 
-def holding(lock: str, data_dir: Path, command: str, seconds: float) -> subprocess.Popen:
-    """Another process holding `lock` (a locking function's name) for `seconds`, then printing when it let go."""
+def holding(lock: str, data_dir: Path, command: str) -> subprocess.Popen:
+    """Another process holding `lock` (a locking function's name) until `release(it)`: no timing
+    assumption, so a loaded machine cannot let it go before the test has looked."""
     code = (f"import sys, time\nfrom mlc_pipeline.locking import {lock}\n"
-            f"with {lock}(sys.argv[1], {command!r}):\n    print('held', flush=True)\n    time.sleep({seconds})\n"
+            f"with {lock}(sys.argv[1], {command!r}):\n    print('held', flush=True)\n    sys.stdin.read()\n"
             "print(time.time(), flush=True)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(data_dir)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(data_dir)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
+
+
+def release(holder: subprocess.Popen) -> float:
+    """Let a `holding` process's lock go; the time it did."""
+    holder.stdin.close()
+    released = float(holder.stdout.readline())
+    holder.wait(timeout=30)
+    return released
+
+
+def queued(argv: list[str]) -> subprocess.Popen:
+    """A command started beside a held lock, returned once it has said that it waits for the lock
+    (stderr read up to that line; `communicate()` gives the rest)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    said = []
+    for line in proc.stderr:
+        said.append(line)
+        if "waiting for it to finish" in line:
+            return proc
+    proc.wait(timeout=30)
+    raise AssertionError(f"exit {proc.returncode} without waiting for the lock: {''.join(said)[-2000:]}")
 
 
 # --- disk faults, in a user + mount namespace ---------------------------------------------------

@@ -395,7 +395,7 @@ def test_migrate_waits_for_a_takedown_in_progress(pg_url, tmp_path):
     alone: a photo removed between the copy's tables would stay not removed in the copy while its file
     is gone. Beside a takedown, --no-wait exits 75 naming it and copies nothing; without it, the copy
     waits for the takedown to let go, then runs."""
-    from helpers import holding
+    from helpers import holding, queued, release
     data = tmp_path / "data"
     data.mkdir()
     with Catalog(data / "catalog.sqlite") as c:
@@ -404,20 +404,19 @@ def test_migrate_waits_for_a_takedown_in_progress(pg_url, tmp_path):
     config.write_text(yaml.safe_dump({"data_dir": str(data), "classes": {"ants": {"queries": ["ants"], "count": 1}},
                                       "other": {"queries": ["scenery"], "count": 1}}))
     migrate = [*MLC, "catalog", "migrate", "-c", str(config), "--to", pg_url]
-    holder = holding("files_lock", data, "remove (takedown)", 3)
+    holder = holding("files_lock", data, "remove (takedown)")
     try:
         busy = subprocess.run([*migrate, "--no-wait"], capture_output=True, text=True, timeout=120)
         assert busy.returncode == 75 and "in use by" in busy.stderr and "remove (takedown)" in busy.stderr, busy.stderr
+        waiting = queued(migrate)
         with Catalog(PostgresCatalog(pg_url, data), readonly=True) as c:
-            assert c.candidates() == []
-        done = subprocess.run(migrate, capture_output=True, text=True, timeout=120)
-        holder.stdout.readline()                        # the takedown let go
+            assert c.candidates() == []                          # nothing copied beside the takedown
+        release(holder)
     finally:
         holder.kill()
-        holder.wait(timeout=30)
-    assert done.returncode == 0, done.stderr
-    assert "waiting for it to finish" in done.stderr      # it queued behind the takedown
-    assert json.loads(done.stdout[: done.stdout.rindex("}") + 1])["copied"]["candidates"] == 3
+    out, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0, err
+    assert json.loads(out[: out.rindex("}") + 1])["copied"]["candidates"] == 3
 
 
 def test_a_collect_killed_mid_run_resumes_from_postgres(pg_url, tmp_path):

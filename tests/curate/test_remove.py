@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from helpers import FIXTURES, holding
+from helpers import FIXTURES, holding, queued, release
 
 from mlc_pipeline.catalog import Catalog, Found
 from mlc_pipeline.collect.stage import collect
@@ -282,24 +282,29 @@ def test_mlc_remove_waits_for_a_curate_not_for_a_runs_training(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"data_dir": str(cfg.data_dir), "classes": {"cat": {"queries": ["cat"], "count": 1}},
                                       "other": {"queries": ["x"], "count": 1}}))
-    holder = holding("files_lock", cfg.data_dir, "mlc curate", 3)
-    busy = mlc(config, "remove", "--photo-id", "101", "--reason", "owner asked", "--no-wait")
-    assert busy.returncode == 75 and "in use by" in busy.stderr and "mlc curate" in busy.stderr, busy.stderr
-    done = mlc(config, "remove", "--photo-id", "101", "--reason", "owner asked")
-    released = float(holder.stdout.readline())
-    holder.wait(timeout=30)
-    assert done.returncode == 0, done.stderr
+    holder = holding("files_lock", cfg.data_dir, "mlc curate")
+    try:
+        busy = mlc(config, "remove", "--photo-id", "101", "--reason", "owner asked", "--no-wait")
+        assert busy.returncode == 75 and "in use by" in busy.stderr and "mlc curate" in busy.stderr, busy.stderr
+        waiting = queued([sys.executable, "-m", "mlc_pipeline.cli", "remove", "--photo-id", "101",
+                          "--reason", "owner asked", "-c", str(config)])
+        assert img.exists()                                        # not while the curate holds the files
+        released = release(holder)
+    finally:
+        holder.kill()
+    _, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0, err
     with Catalog(cfg.catalog_path) as c:
         started = max(r["started_at"] for r in c.runs() if r["command"] == "remove")
     assert started >= released and not img.exists()
 
-    training = holding("data_root_lock", cfg.data_dir, "mlc run", 60)
+    training = holding("data_root_lock", cfg.data_dir, "mlc run")
     try:
         beside = mlc(config, "remove", "--photo-id", "102", "--reason", "owner asked", "--no-wait")
         assert beside.returncode == 0, beside.stderr
         assert training.poll() is None and not img2.exists()          # done while the run still held the root
         with Catalog(cfg.catalog_path) as c:
             assert c.get(cid2)["status"] == "removed"
+        release(training)
     finally:
         training.kill()
-        training.wait(timeout=30)
