@@ -27,7 +27,8 @@ from flows.progress import DownloadProgress, downloads_wanted
 from flows.runtime import FLICKR_LIMIT, retry_condition, task_runner
 from mlc_pipeline.config import Config, load_config
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
-from mlc_pipeline.model.variants import alternative_variants, check_train_settings
+from mlc_pipeline.model.options import check_train_settings
+from mlc_pipeline.model.variants import alternative_variants
 from mlc_pipeline.pipeline import PipelineResult, RoundRecord, Stages, plain, rebuild_stages, run_stages
 
 DEFAULT_CONFIG = "configs/offline.yaml"

@@ -127,8 +127,6 @@ def require_bundle_json(cfg, option: str, spec: str, bundle: Path) -> None:
 
 def cmd_train(args) -> int:
     cfg = load_config(args.config, parse_overrides(args.set))
-    from mlc_pipeline.model.variants import check_train_settings
-    check_train_settings(cfg)         # one line for a wrong option, before waiting for the data root
     check_bundle_path(cfg, "--continue", args.continue_from)
     if args.continue_from:       # asked for by name: continue whatever mine.retrain says (still checked)
         cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"retrain": "continue"})})
@@ -139,6 +137,10 @@ def cmd_train(args) -> int:
         from mlc_pipeline.dataset.build import verify_version
         version_dir = dataset_dir(cfg, args.version)       # a wrong name or a damaged version: one line,
         verify_version(version_dir)                        # before torch loads
+        from mlc_pipeline.model.options import check_train_settings
+        # A wrong option or weights file: one line, before training. (It loads torch: after the lock,
+        # so that --no-wait answers at once.) A continuation trains the bundle's network, not `pretrained`.
+        check_train_settings(cfg, weights=not args.continue_from)
         from mlc_pipeline.model.variants import train_alternatives, train_version
         from mlc_pipeline.report.model import bundle_network_line, per_class_markdown
         from mlc_pipeline.report.tables import pct
@@ -247,7 +249,7 @@ def cmd_export(args) -> int:
 def cmd_run(args) -> int:
     from mlc_pipeline.pipeline import run_pipeline
     from mlc_pipeline.report.model import rounds_markdown
-    from mlc_pipeline.model.variants import check_train_settings
+    from mlc_pipeline.model.options import check_train_settings
     cfg = load_config(args.config, parse_overrides(args.set))
     check_train_settings(cfg)         # before waiting for the lock, and before collecting
     with writing(cfg, args, new_root=True):

@@ -25,9 +25,8 @@ from mlc_pipeline.fsutil import write_text_atomic
 from mlc_pipeline.locking import data_root_lock
 from mlc_pipeline.model.mine import mine_round
 from mlc_pipeline.sync import publish, pull
-from mlc_pipeline.model.variants import (
-    check_train_settings, models_root, publish_latest, train_alternatives, train_version,
-)
+from mlc_pipeline.model.options import check_train_settings
+from mlc_pipeline.model.variants import models_root, publish_latest, train_alternatives, train_version
 from mlc_pipeline.report.inspect import write_html_report
 from mlc_pipeline.report.model import model_section
 

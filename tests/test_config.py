@@ -122,7 +122,7 @@ def test_the_same_query_under_two_sets_is_a_warning(tmp_path, caplog):
 
 
 def test_an_unknown_arch_fails_before_collecting(tmp_path):
-    from mlc_pipeline.model.variants import check_train_settings
+    from mlc_pipeline.model.options import check_train_settings
     cfg = load_config(write(tmp_path, GOOD), {"train": {"arch": "resnet_nope"}})
     with pytest.raises(ConfigError, match="^config: train: arch 'resnet_nope' is neither") as failed:
         check_train_settings(cfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torchvision
 from pydantic import Field, model_validator
 
-from mlc_pipeline.config import TrainSettings
+from mlc_pipeline.config import ConfigError, TrainSettings
 from mlc_pipeline.model import nets
 
 
@@ -72,3 +72,32 @@ class TrainConfig(TrainSettings):
     def effective_other_mode(self) -> str:
         # A softmax must put "other" images somewhere: they are always a class there.
         return "class" if self.head == "softmax" else self.other_mode
+
+
+def check_train_settings(cfg, weights: bool = True) -> None:
+    """The training options as train_model will see them (arch, head...) and, with `weights`, the
+    weights `pretrained` names (a file torch can read, or 'imagenet': from the cache, or downloaded
+    now), checked before a run spends an hour collecting: a ConfigError, one line naming the problem.
+    `pretrained: auto` is not tried here: it falls back with a warning at training. Imports torch,
+    not fastai. A continued training (`mlc train --continue`) takes the bundle's network: weights=False."""
+    from pydantic import ValidationError
+
+    from mlc_pipeline.config import error_line
+    try:
+        options = TrainConfig.from_settings(cfg.train)
+    except ValidationError as exc:
+        line = error_line(exc)      # '(top level): ...' for a check across options (arch and weights)
+        raise ConfigError(f"config: train{line.removeprefix('(top level)') if line.startswith('(') else '.' + line}"
+                          ) from None
+    except ValueError as exc:
+        raise ConfigError(f"config: train: {exc}") from None
+    from mlc_pipeline.model import weights as named
+    choice = named._choice(options.pretrained)
+    if not weights or choice in ("auto", "none"):
+        return
+    try:
+        named.resolve_training(options)
+        if choice != "imagenet":
+            named.load_state(choice)        # resolve_training reads the file only for arch: auto
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"config: train.pretrained: {exc}") from None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlc_pipeline.fsutil import write_text_atomic
-from mlc_pipeline.config import Config, ConfigError
+from mlc_pipeline.config import Config
 from mlc_pipeline.dataset.build import verify_version
 from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.model.registry import latest_bundle, variant_name
@@ -42,30 +42,6 @@ class ModelResult:
 
 def train_config(cfg: Config, **overrides) -> TrainConfig:
     return TrainConfig.from_settings(cfg.train).model_copy(update=overrides)
-
-
-def check_train_settings(cfg: Config) -> None:
-    """The training options as train_model will see them (arch, head...), and weights named by
-    `pretrained` (a file, or 'imagenet': from the cache, or downloaded now), checked before a run
-    spends an hour collecting and before `mlc train` waits for the data root: a ConfigError, one line
-    naming the problem. `pretrained: auto` is not tried here: it falls back with a warning at training."""
-    from pydantic import ValidationError
-
-    from mlc_pipeline.config import error_line
-    from mlc_pipeline.model.weights import _choice, resolve_training
-    try:
-        options = train_config(cfg)
-    except ValidationError as exc:
-        line = error_line(exc)      # '(top level): ...' for a check across options (arch and weights)
-        raise ConfigError(f"config: train{line.removeprefix('(top level)') if line.startswith('(') else '.' + line}"
-                          ) from None
-    except ValueError as exc:
-        raise ConfigError(f"config: train: {exc}") from None
-    if _choice(options.pretrained) not in ("auto", "none"):
-        try:
-            resolve_training(options)
-        except (ValueError, FileNotFoundError) as exc:
-            raise ConfigError(f"config: train.pretrained: {exc}") from None
 
 
 def models_root(cfg: Config) -> Path:

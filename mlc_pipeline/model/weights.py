@@ -211,12 +211,18 @@ def _choice(pretrained) -> str:
     return choice  # a path
 
 
-def _fits(arch: str, path: Path) -> bool:
-    """Whether a state dict file is a whole `arch` torchvision network (same keys and shapes)."""
+def load_state(path: str | Path) -> dict:
+    """A weights file's tensors (no code is unpickled); ValueError, one line, when torch cannot read it."""
+    path = Path(path).expanduser()
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no code
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise ValueError(f"{path}: not a weights file torch can load ({' '.join(str(exc).split())[:200]})") from None
+
+
+def _fits(arch: str, path: Path) -> bool:
+    """Whether a state dict file is a whole `arch` torchvision network (same keys and shapes)."""
+    state = load_state(path)
     model = getattr(torchvision.models, arch)(weights=None).state_dict()
     return (isinstance(state, dict) and state.keys() == model.keys()
             and all(getattr(state[k], "shape", None) == v.shape for k, v in model.items()))
@@ -348,7 +354,7 @@ def load_backbone_weights(learn, arch_name: str, weights_path: str | Path) -> No
     mlcnet, a state dict of the whole model (its body keys, '0.*', are used; the head is new)."""
     from fastai.vision.all import create_body, model_meta
 
-    state = torch.load(weights_path, map_location="cpu", weights_only=True)  # tensors only: no code
+    state = load_state(weights_path)
     if nets.is_local_arch(arch_name):
         body = {k[2:]: v for k, v in state.items() if k.startswith("0.")}
         if not body:
