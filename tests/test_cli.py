@@ -114,6 +114,14 @@ def test_write_commands_refuse_a_data_root_with_no_catalog_and_create_nothing(tm
     assert not (tmp_path / "typo").exists()
 
 
+def test_catalog_migrate_from_a_root_with_no_catalog_creates_nothing(tmp_path, built):
+    """Checked before the locks (which would create the mistyped data root): one line, exit 2."""
+    config = typo_config(built, tmp_path, str(tmp_path / "typo"))
+    one_line(mlc("catalog", "migrate", "-c", str(config), "--to", "postgresql://u@127.0.0.1:1/db"), 2,
+             "no SQLite catalog to copy", str(tmp_path / "typo"))
+    assert not (tmp_path / "typo").exists()
+
+
 def test_on_an_object_store_root_the_catalog_is_looked_for_after_the_fetch(tmp_path, built):
     """data_dir file://STORE: an empty store is refused like a local typo, after the fetch and with nothing
     published; a store holding a data root is fetched into a fresh cache and built from, not refused."""

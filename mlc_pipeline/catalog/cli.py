@@ -34,6 +34,9 @@ def cmd_catalog_migrate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--to: {exc}") from None
     source = Path(args.source) if args.source else cfg.layout.catalog
+    if not source.is_file():            # before the locks: a mistyped data_dir gets no lock files either
+        raise ConfigError(f"{source}: no SQLite catalog to copy (run `mlc collect` with the SQLite catalog "
+                          f"first, or check data_dir / --from)")
     # The files lock too: a takedown (which takes only that one) between the copy's tables would
     # leave the copy's row not removed while its file is gone.
     with data_root_lock(cfg.data_dir, "mlc catalog migrate", wait=not args.no_wait), \
