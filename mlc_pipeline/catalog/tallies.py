@@ -57,11 +57,13 @@ class TallyQueries:
             (round_no, f"%:round={round_no}"))]
 
     def mined_rounds(self) -> list[int]:
-        """The mining rounds that have images in the negatives or held back for review: what
-        `mlc mine --undo --round N` can put back."""
+        """The mining rounds that have images in the negatives or held back for review, with no
+        review decision in force (undo leaves those): what `mlc mine --undo --round N` can put back."""
+        undecided = (" LEFT JOIN review_overrides o ON o.candidate_id = c.id WHERE o.candidate_id IS NULL AND"
+                     if self.has_table("review_overrides") else " WHERE")
         rounds = {r["mined_round"] for r in self.db.execute(
-            "SELECT DISTINCT mined_round FROM candidates WHERE mined_round IS NOT NULL")}
-        for r in self.db.execute("SELECT DISTINCT reason FROM candidates WHERE reason LIKE 'held:%:round=%'"):
+            f"SELECT DISTINCT c.mined_round FROM candidates c{undecided} c.mined_round IS NOT NULL")}
+        for r in self.db.execute(f"SELECT DISTINCT c.reason FROM candidates c{undecided} c.reason LIKE 'held:%:round=%'"):
             rounds.add(int(r["reason"].rsplit(":round=", 1)[1]))
         return sorted(rounds)
 

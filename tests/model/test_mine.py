@@ -378,6 +378,13 @@ def test_undo_needs_its_round_and_photo_id_needs_undo(tmp_path):
         "error: --photo-id only goes with --undo" in res.stderr, res.stderr
     with Catalog(tmp_path / "data" / "catalog.sqlite", readonly=True) as catalog:
         assert catalog.candidates() == before                              # nothing undone, nothing mined
+    from mlc_pipeline.catalog import review as cr
+    with Catalog(tmp_path / "data" / "catalog.sqlite") as catalog:     # decided in review: undo leaves it,
+        cr.ensure_schema(catalog)                                       # so its round is not offered
+        rejected = cr.act(catalog, ids["h2"], "reject", "r", "t", ["red"])
+    assert "rounds with mined or held images: 1)" in mlc("--undo").stderr
+    with Catalog(tmp_path / "data" / "catalog.sqlite") as catalog:
+        cr.undo(catalog, ids["h2"], rejected.action_id, "r", "t")
     res = mlc("--undo", "--round", "2")
     assert res.returncode == 0 and res.stdout.startswith("round 2: 1 mined or held"), res.stderr
     assert "rounds with mined or held images: 1)" in mlc("--undo").stderr
