@@ -26,11 +26,12 @@ def writing(cfg, args, version: str | None = None, sync_as: str | None = None, n
     Only collect and run start a data root (`new_root`); the others refuse one with no catalog."""
     from mlc_pipeline.locking import data_root_lock
     from mlc_pipeline.sync import synced
-    if not new_root and cfg.data_url is None:
+    local = cfg.data_url is None
+    if not new_root and local:
         require_catalog(cfg, args.config)     # before the lock, which would create the data root
     with data_root_lock(cfg.data_dir, f"mlc {args.command}", wait=not args.no_wait), \
             synced(cfg, sync_as or args.command, version):
-        if not new_root:
+        if not new_root and not local:
             require_catalog(cfg, args.config)     # an object-store root: once its catalog was fetched
         yield
 

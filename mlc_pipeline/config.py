@@ -308,9 +308,9 @@ class Config(Strict):
         return self.layout.catalog
 
 
-def error_line(exc: ValidationError) -> str:      # one line: where (dotted), what, how many more
+def error_line(exc: ValidationError, section: str = "") -> str:    # one line: where (dotted), what, how many more
     err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    where = ".".join([section] * bool(section) + [str(p) for p in err["loc"]]) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
         msg = "required key is missing"

@@ -86,18 +86,14 @@ def check_train_settings(cfg, weights: bool = True) -> None:
     try:
         options = TrainConfig.from_settings(cfg.train)
     except ValidationError as exc:
-        line = error_line(exc)      # '(top level): ...' for a check across options (arch and weights)
-        raise ConfigError(f"config: train{line.removeprefix('(top level)') if line.startswith('(') else '.' + line}"
-                          ) from None
-    except ValueError as exc:
-        raise ConfigError(f"config: train: {exc}") from None
+        raise ConfigError(f"config: {error_line(exc, 'train')}") from None
     from mlc_pipeline.model import weights as named
-    choice = named._choice(options.pretrained)
+    choice = named.pretrained_choice(options.pretrained)
     if not weights or choice in ("auto", "none"):
         return
     try:
         named.resolve_training(options)
-        if choice != "imagenet":
-            named.load_state(choice)        # resolve_training reads the file only for arch: auto
+        if choice != "imagenet" and options.arch != "auto":
+            named.load_state(choice)        # resolve_training reads the file itself only for arch: auto
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(f"config: train.pretrained: {exc}") from None

@@ -201,7 +201,8 @@ def cached_weights(archs: list[str] | None = None) -> list[dict]:
 
 # ---------------------------------------------------------------- resolving a training config
 
-def _choice(pretrained) -> str:
+def pretrained_choice(pretrained) -> str:
+    """'none', 'auto', 'imagenet' or a weights file's path, from any spelling `pretrained` takes."""
     choice = str(pretrained).strip()
     low = choice.lower()
     if low in ("none", "false", "scratch", ""):
@@ -242,7 +243,7 @@ def resolve_training(cfg, n_train: int | None = None):
     module doc).
     `n_train`: the training images, from which the scratch recipe sets its epochs."""
     requested = {"arch": cfg.arch, "pretrained": str(cfg.pretrained)}
-    choice = _choice(cfg.pretrained)
+    choice = pretrained_choice(cfg.pretrained)
     auto_arch = cfg.arch == "auto"
     arch = RECIPES["pretrained"]["arch"] if auto_arch else cfg.arch
     extra: dict = {}
