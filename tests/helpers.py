@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import shutil
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -106,17 +108,27 @@ def release(holder: subprocess.Popen) -> float:
     return released
 
 
-def queued(argv: list[str]) -> subprocess.Popen:
+def queued(argv: list[str], timeout: float = 60) -> subprocess.Popen:
     """A command started beside a held lock, returned once it has said that it waits for the lock
-    (stderr read up to that line; `communicate()` gives the rest)."""
+    (stderr read up to that line; `communicate()` gives the rest). A command that neither says so
+    nor exits within `timeout` seconds is killed and fails the test instead of hanging it."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    said = []
-    for line in proc.stderr:
-        said.append(line)
-        if "waiting for it to finish" in line:
-            return proc
-    proc.wait(timeout=30)
-    raise AssertionError(f"exit {proc.returncode} without waiting for the lock: {''.join(said)[-2000:]}")
+    fd, said, deadline = proc.stderr.fileno(), b"", time.monotonic() + timeout
+    # Raw reads under select, not `for line in proc.stderr`: a command that hangs silently would
+    # block that loop forever. The command blocks on the lock right after its line, so nothing it
+    # writes later is read here (and lost to communicate()).
+    while b"waiting for it to finish" not in said:
+        left = deadline - time.monotonic()
+        ready = select.select([fd], [], [], max(left, 0))[0] if left > 0 else []
+        chunk = os.read(fd, 65536) if ready else None
+        if not chunk:
+            if chunk is None:
+                proc.kill()
+            proc.wait(timeout=30)
+            why = f"exit {proc.returncode}" if chunk is not None else f"no lock wait within {timeout:.0f} s (killed)"
+            raise AssertionError(f"{why} without waiting for the lock: {said.decode(errors='replace')[-2000:]}")
+        said += chunk
+    return proc
 
 
 # --- disk faults, in a user + mount namespace ---------------------------------------------------
