@@ -164,14 +164,12 @@ def cmd_mine(args) -> int:
     if not args.undo and cfg.mine.pool is None:    # nothing to score: leave the bundle's files alone
         raise ConfigError("mine.pool is not configured: there is no pool to mine; nothing was changed "
                           "(add mine.pool to the config, then `mlc collect` and `mlc curate`)")
+    if args.undo and args.round is None and cfg.data_url is None:    # a local catalog is read without
+        require_catalog(cfg, args.config)                                # waiting for a writer's lock
+        refuse_undo_without_round(cfg)
     with writing(cfg, args):          # before importing torch: --no-wait answers at once
-        if args.undo and args.round is None:    # which round's decisions to reverse is never a default
-            from mlc_pipeline.catalog import Catalog
-            with Catalog(cfg.catalog_path, readonly=True) as catalog:
-                rounds = catalog.mined_rounds()
-            raise ConfigError("mine --undo: name the round to put back with --round N (" + (
-                f"rounds with mined or held images: {', '.join(map(str, rounds))})" if rounds else
-                "no round has mined or held images: nothing to undo)"))
+        if args.undo and args.round is None:    # an object-store root: once its catalog was fetched
+            refuse_undo_without_round(cfg)
         chosen = None if args.undo else bundle_option(cfg, "--model", args.model)   # pulled; before torch
         from mlc_pipeline.model.mine import mine_round, undo_round
         if args.undo:
@@ -189,6 +187,16 @@ def cmd_mine(args) -> int:
           f"every decision with its score in {bundle}/mined.csv (undo: `mlc mine --undo --round {res.round}`); "
           f"{len(res.review)} class images listed for review in {bundle}/review.csv")
     return 0
+
+
+def refuse_undo_without_round(cfg) -> None:
+    """Which round's decisions to reverse is never a default: name the rounds there are to put back."""
+    from mlc_pipeline.catalog import Catalog
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
+        rounds = catalog.mined_rounds()
+    raise ConfigError("mine --undo: name the round to put back with --round N (" + (
+        f"rounds with mined or held images: {', '.join(map(str, rounds))})" if rounds else
+        "no round has mined or held images: nothing to undo)"))
 
 
 def models_dir_of(args) -> Path:

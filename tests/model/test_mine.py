@@ -344,8 +344,8 @@ def test_a_round_stopped_after_its_moves_keeps_their_record(tmp_path, monkeypatc
 
 
 def test_undo_needs_its_round_and_photo_id_needs_undo(tmp_path):
-    """`mlc mine --undo` without --round names the rounds there are instead of undoing round 1;
-    `--photo-id` without --undo is a usage error, not ignored while the pool is mined."""
+    """`mlc mine --undo` without --round names the rounds there are instead of undoing round 1, at
+    once even while another command holds the data root; `--photo-id` without --undo is a usage error, not ignored while the pool is mined."""
     import subprocess
     import yaml
     from helpers import ENV, MLC
@@ -369,7 +369,12 @@ def test_undo_needs_its_round_and_photo_id_needs_undo(tmp_path):
         return subprocess.run([*MLC, "mine", "-c", str(config), *args], env=ENV, capture_output=True, text=True,
                               timeout=120)
 
-    res = mlc("--undo")
+    from helpers import holding, release
+    holder = holding("data_root_lock", tmp_path / "data", "mlc collect")   # a writer at work: the answer
+    try:                                                                    # needs no wait for its lock
+        res = mlc("--undo", "--no-wait")
+    finally:
+        release(holder)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
         "mlc: mine --undo: name the round to put back with --round N (rounds with mined or held images: 1, 2)"], \
         res.stderr
