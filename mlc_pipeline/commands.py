@@ -24,15 +24,14 @@ def writing(cfg, args, version: str | None = None, sync_as: str | None = None, n
     On an object-store data root, what the command reads is fetched into the cache first and what it
     wrote is published after it (sync.py; `sync_as`: another entry of sync.PULLS than the command's).
     Only collect and run start a data root (`new_root`); the others refuse one with no catalog."""
-    from mlc_pipeline.locking import data_root_lock
+    from mlc_pipeline.locking import data_root_lock, lock_is_held
     from mlc_pipeline.sync import synced
-    local = cfg.data_url is None
-    if not new_root and local:
+    if not new_root and cfg.data_url is None and not lock_is_held(cfg.data_dir):
         require_catalog(cfg, args.config)     # before the lock, which would create the data root
     with data_root_lock(cfg.data_dir, f"mlc {args.command}", wait=not args.no_wait), \
             synced(cfg, sync_as or args.command, version):
-        if not new_root and not local:
-            require_catalog(cfg, args.config)     # an object-store root: once its catalog was fetched
+        if not new_root:     # what the holder we waited for left (a first collect creates the catalog),
+            require_catalog(cfg, args.config)     # or an object-store root's fetched catalog
         yield
 
 
@@ -164,12 +163,11 @@ def cmd_mine(args) -> int:
     if not args.undo and cfg.mine.pool is None:    # nothing to score: leave the bundle's files alone
         raise ConfigError("mine.pool is not configured: there is no pool to mine; nothing was changed "
                           "(add mine.pool to the config, then `mlc collect` and `mlc curate`)")
-    if args.undo and args.round is None and cfg.data_url is None:    # a local catalog is read without
-        require_catalog(cfg, args.config)                                # waiting for a writer's lock
-        refuse_undo_without_round(cfg)
+    if args.undo and args.round is None and cfg.data_url is None and (cfg.catalog.url or cfg.layout.catalog.exists()):
+        refuse_undo_without_round(cfg)        # a catalog here is read without waiting for a writer's lock
     with writing(cfg, args):          # before importing torch: --no-wait answers at once
         if args.undo and args.round is None:    # an object-store root: once its catalog was fetched
-            refuse_undo_without_round(cfg)
+            refuse_undo_without_round(cfg)      # (or a new root, once the collect we waited for made it)
         chosen = None if args.undo else bundle_option(cfg, "--model", args.model)   # pulled; before torch
         from mlc_pipeline.model.mine import mine_round, undo_round
         if args.undo:

@@ -24,7 +24,7 @@ again (`mlc run` calls build_dataset, the flow's tasks run in threads of the flo
 from __future__ import annotations
 
 import errno
-
+import fcntl
 import json
 import logging
 import os
@@ -62,6 +62,22 @@ def holder(data_dir: str | Path, info_name: str = INFO_NAME) -> dict | None:
         return json.loads((_root(data_dir) / info_name).read_text())
     except (OSError, ValueError):     # no holder recorded yet, or being rewritten right now
         return None
+
+
+def lock_is_held(data_dir: str | Path, name: str = LOCK_NAME) -> bool:
+    """Whether the lock is held now (by another process, or by this one), asked without creating the
+    data root or the lock file: a probe of the same flock on a descriptor of its own, let go at once."""
+    try:
+        fd = os.open(_root(data_dir) / name, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)          # closing the descriptor lets a probe's lock go
 
 
 def describe(info: dict | None) -> str:

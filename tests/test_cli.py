@@ -114,6 +114,23 @@ def test_write_commands_refuse_a_data_root_with_no_catalog_and_create_nothing(tm
     assert not (tmp_path / "typo").exists()
 
 
+def test_a_command_queued_behind_a_new_roots_first_collect_waits_for_its_catalog(tmp_path, built):
+    """A curate started while the first collect of a new data root holds the lock but has not yet made
+    the catalog: it queues and then runs on that catalog, instead of calling the root a typo."""
+    from helpers import holding, queued, release
+    from mlc_pipeline.catalog import Catalog
+    config = typo_config(built, tmp_path, str(tmp_path / "new"))
+    holder = holding("data_root_lock", tmp_path / "new", "mlc collect")    # makes the root, not the catalog
+    try:
+        curate = queued([*MLC, "curate", "-c", str(config)])
+        with Catalog(tmp_path / "new" / "catalog.sqlite"):                  # what the collect goes on to make
+            pass
+    finally:
+        release(holder)
+    out, err = curate.communicate(timeout=120)
+    assert curate.returncode == 0, err
+
+
 def test_catalog_migrate_from_a_root_with_no_catalog_creates_nothing(tmp_path, built):
     """Checked before the locks (which would create the mistyped data root): one line, exit 2."""
     config = typo_config(built, tmp_path, str(tmp_path / "typo"))

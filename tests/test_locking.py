@@ -136,3 +136,19 @@ def test_a_killed_holder_leaves_the_root_free(tmp_path):
     proc.wait()
     with data_root_lock(tmp_path, "me", wait=False):
         assert holder(tmp_path)["pid"] != proc.pid
+
+
+def test_lock_is_held_asks_without_creating_anything(tmp_path):
+    """The probe `mlc curate` uses on a root with no catalog yet: it creates neither the root nor the
+    lock file, and sees the lock held by another process or by its own."""
+    from helpers import holding, release
+    from mlc_pipeline.locking import lock_is_held
+    assert not lock_is_held(tmp_path / "new") and not (tmp_path / "new").exists()
+    holder_proc = holding("data_root_lock", tmp_path / "new", "mlc collect")
+    try:
+        assert lock_is_held(tmp_path / "new")
+    finally:
+        release(holder_proc)
+    assert not lock_is_held(tmp_path / "new")
+    with data_root_lock(tmp_path / "new", "mlc curate"):
+        assert lock_is_held(tmp_path / "new")      # its own descriptor: this process's lock counts too
