@@ -10,17 +10,23 @@ in input order. The functions are deterministic per item, so either way gives th
 Writes to the catalog stay in the calling process: workers return results, the caller records them
 (one writer per stage, and a chunk lost with its worker changes nothing; on PostgreSQL several
 stages or runs may write at once, tests/test_cluster_postgres.py). Workers read and
-write files under the data root, so they must see it at the same path (a shared filesystem).
+write files under the data root, so they must see it at the same path (a shared filesystem): a stage
+checks that before its first chunk (`cluster_ready`), since a worker that sees another folder there
+downloads into it, and the caller finds nothing (an object-store root's cache is one machine's folder).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
+
+from mlc_pipeline.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +37,14 @@ R = TypeVar("R")
 
 _clients: dict[str, Any] = {}        # address -> distributed.Client, one per process (connecting costs ~0.3 s)
 _clients_lock = threading.Lock()
+_checked: set[tuple[str, str, frozenset]] = set()   # (address, data root, workers) whose view was checked
+
+PROBE_PREFIX = ".mlc.cluster-probe."
+
+
+class ClusterUnusable(ConfigError):
+    """The cluster cannot do the stage's work: its scheduler cannot be reached, or a worker does not
+    see the data root at this path (one line, naming which and what to do)."""
 
 
 def cluster_address(cfg=None) -> str | None:
@@ -72,8 +86,68 @@ def cluster_client(address: str) -> Iterator[Any]:
     with _clients_lock:
         client = _clients.get(address)
         if client is None or client.status not in ("running", "connecting"):
-            client = _clients[address] = Client(address, set_as_default=False)
+            try:
+                client = _clients[address] = Client(address, set_as_default=False)
+            except (OSError, ValueError, TypeError) as exc:    # refused, timed out, not an address
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ClusterUnusable(f"cannot connect to the Dask scheduler at {address}: {reason} (check "
+                                      f"cluster.address and ${ADDRESS_ENV}, or unset both to work in this "
+                                      f"process)") from None
     yield client
+
+
+def cluster_ready(cfg) -> str | None:
+    """`cluster_address(cfg)`, connected, with every worker seeing cfg's data root at the same path;
+    None to work in this process. Stages call it before their first chunk (collect before searching),
+    so a cluster that cannot do the work is one line before any work, not files lost after it."""
+    address = cluster_address(cfg)
+    if address:
+        with cluster_client(address) as client:
+            check_workers_see(client, address, str(cfg.data_dir))
+    return address
+
+
+def check_workers_see(client, address: str, data_dir: str) -> None:
+    """A file written here under `data_dir` must be read back, with the same content, by every worker
+    (once per process for a given set of workers): a worker on another machine without the shared
+    filesystem would otherwise write its downloads where nobody reads them."""
+    workers = frozenset(client.scheduler_info().get("workers", {}))
+    if not workers:       # an adaptive cluster starts its workers when the first chunks are submitted
+        log.warning("the Dask scheduler at %s has no workers yet: cannot check that they see the data root %s",
+                    address, data_dir)
+        return
+    if (address, data_dir, workers) in _checked:
+        return
+    token = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
+    probe = os.path.join(data_dir, PROBE_PREFIX + token)
+    os.makedirs(data_dir, exist_ok=True)
+    with open(probe, "w") as f:
+        f.write(token)
+    try:
+        seen = client.run(read_probe, probe, workers=list(workers))
+    except Exception as exc:    # e.g. a worker without this project installed cannot unpickle read_probe
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise ClusterUnusable(f"the Dask workers at {address} cannot run this project's code ({type(exc).__name__}: "
+                              f"{reason}): start them in this project's environment") from None
+    finally:
+        os.unlink(probe)
+    blind = sorted(w for w, text in seen.items() if text != token)
+    if blind:
+        raise ClusterUnusable(
+            f"Dask worker{'s' if len(blind) > 1 else ''} {', '.join(blind)} cannot see the data root {data_dir} "
+            f"at that path: workers read and write its files there, so it must be on a filesystem they share "
+            f"(an object-store data root's cache is a folder of this machine); run the workers where they see "
+            f"it, or unset cluster.address and ${ADDRESS_ENV} to work in this process")
+    _checked.add((address, data_dir, workers))
+
+
+def read_probe(path: str) -> str | None:
+    """On a worker: what the probe file at `path` says there (None where there is no such file)."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def map_chunks(fn: Callable[[list[T]], Sequence[R]], items: Sequence[T], chunk: int, *,

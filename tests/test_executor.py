@@ -16,7 +16,7 @@ distributed = pytest.importorskip("distributed")
 import cloudpickle  # noqa: E402  (comes with distributed)
 import dask  # noqa: E402
 
-from helpers import write_config  # noqa: E402
+from helpers import needs_namespaces, write_config  # noqa: E402
 from mlc_pipeline.config import load_config  # noqa: E402
 from mlc_pipeline.executor import ADDRESS_ENV, cluster_address, map_chunks  # noqa: E402
 
@@ -186,3 +186,54 @@ def test_mining_scores_on_two_workers_equal_the_local_scores(cluster, trained_sh
     assert spread_probs.shape == (151, len(bundle.vocab))
     assert np.array_equal(np.isnan(local_probs), np.isnan(spread_probs))
     assert np.allclose(local_probs, spread_probs, atol=1e-6, equal_nan=True)
+
+
+def test_an_unreachable_scheduler_is_one_line_before_any_search(tmp_path, monkeypatch):
+    """cluster.address where nothing listens: one line naming it, exit 2, before collect has searched
+    or written anything (it was a 67-line traceback, after the searches had spent API calls)."""
+    import subprocess
+    from helpers import ENV, MLC, free_port
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    config = write_config(tmp_path, count=5)
+    env = {**ENV, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
+    env.pop(ADDRESS_ENV, None)
+    for address in (f"tcp://127.0.0.1:{free_port()}", "tcp//127.0.0.1:8786"):
+        res = subprocess.run([*MLC, "collect", "-c", str(config), "--no-progress", "--set", f"cluster.address={address}"],
+                             env=env, capture_output=True, text=True, timeout=120)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1, res.stderr[-3000:]
+        assert lines[0].startswith(f"mlc: cannot connect to the Dask scheduler at {address}: "), lines[0]
+        assert not (tmp_path / "data" / "catalog.sqlite").exists()       # nothing searched, nothing recorded
+
+
+@needs_namespaces
+def test_a_worker_that_does_not_see_the_data_root_stops_the_stage_before_it_loses_files(tmp_path, monkeypatch):
+    """A worker on "another machine" (its own mount namespace, a blank folder over the data root's
+    parent): collect refuses in one line naming that worker, instead of downloading into a folder
+    nobody reads and reporting the images as downloaded (an object-store root's cache is such a folder)."""
+    import subprocess
+    from helpers import ENV, MLC
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    config = write_config(tmp_path, count=5)
+    hidden = tmp_path / "machine-b"
+    hidden.mkdir()
+    worker_cmd = (f"mount -t tmpfs tmpfs {tmp_path} && exec {sys.executable} -m distributed.cli.dask_worker "
+                  "\"$0\" --nthreads 1 --no-dashboard --name blind")
+    env = {k: v for k, v in ENV.items() if k != ADDRESS_ENV}
+    with distributed.LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=None) as lc, \
+            distributed.Client(lc.scheduler_address) as client:
+        blind = subprocess.Popen(["unshare", "-rm", "sh", "-c", worker_cmd, lc.scheduler_address], env=env,
+                                 cwd=hidden.parent.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            client.wait_for_workers(1, timeout=60)
+            res = subprocess.run([*MLC, "collect", "-c", str(config), "--no-progress",
+                                  "--set", f"cluster.address={lc.scheduler_address}"],
+                                 env=env, capture_output=True, text=True, timeout=180)
+        finally:
+            blind.terminate()
+            blind.wait(timeout=30)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr[-3000:]
+    assert "cannot see the data root" in lines[0] and str(tmp_path / "data") in lines[0], lines[0]
+    assert not (tmp_path / "data" / "catalog.sqlite").exists()
+    assert not list((tmp_path / "data").glob(".mlc.cluster-probe.*"))          # the probe is cleaned up

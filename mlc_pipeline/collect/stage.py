@@ -27,7 +27,7 @@ from mlc_pipeline.config import Config
 from mlc_pipeline.collect.checks import check_sizes, warn_before_collecting
 from mlc_pipeline.collect.cluster import download_on_cluster
 from mlc_pipeline.collect.download import Downloader, DownloadJob
-from mlc_pipeline.executor import cluster_address
+from mlc_pipeline.executor import cluster_ready
 from mlc_pipeline.collect.rawfiles import clean_stale_temp
 from mlc_pipeline.collect.flickr import FlickrSource, Target
 from mlc_pipeline.collect.sources import open_source
@@ -201,7 +201,7 @@ class Collector:
 
         # Ctrl-C or a write error: the downloader still records what finished, then re-raises.
         with bars.bar(f"download {what}", total=len(jobs), show=self.progress) as bar:
-            address = cluster_address(self.cfg)
+            address = cluster_ready(self.cfg)
             if address:     # chunks on Dask workers; results are recorded here as they come
                 download_on_cluster(self.cfg, self.downloader, jobs, record, address)
             else:
@@ -297,6 +297,7 @@ def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int
     collect run (completed with the summary as it stands when the block ends)."""
     install_log_redaction()
     warn_before_collecting(cfg)
+    cluster_ready(cfg)           # a cluster that cannot do the downloads says so before any search
     clean_stale_temp(cfg.layout.raw())
     clean_stale_temp(cfg.layout.legacy_downloads)      # where versions before 2026-12 wrote them
     with Catalog(cfg.catalog_path) as catalog, open_source(cfg) as (source, hosts):

@@ -28,7 +28,7 @@ from mlc_pipeline.locking import files_lock
 from mlc_pipeline.manifest import read_manifest, versions
 from mlc_pipeline.curate.dedup import DedupItem, resolve_duplicates, view_distance
 from mlc_pipeline.curate.hashing import FileRecord, hex_to_uint64, inspect_files
-from mlc_pipeline.executor import cluster_address, map_chunks
+from mlc_pipeline.executor import cluster_ready, map_chunks
 from mlc_pipeline.curate.neardup import find_pairs
 from mlc_pipeline.curate.similarity import CONFIRM, FileSimilarity
 from mlc_pipeline.curate.takedown import QuarantineIndex
@@ -186,7 +186,7 @@ PASSING_FAULTS = ("read-error:", "decode-error:MemoryError")
 def inspect_spread(cfg: Config, paths: list[str], advance=None) -> list[FileRecord]:
     """`inspect_files` here (its process pool), or in chunks on the Dask cluster when one is set.
     `advance(n)`: progress, per file here, per chunk on a cluster."""
-    limits, address = limits_of(cfg), cluster_address(cfg)
+    limits, address = limits_of(cfg), cluster_ready(cfg)
     advance = advance or (lambda n: None)
     return map_chunks(partial(inspect_files, limits=limits, workers=1), paths, cfg.cluster.hash_chunk,
                       address=address,

@@ -19,7 +19,7 @@ from mlc_pipeline.catalog import Catalog, run_end_status
 from mlc_pipeline.catalog.review import build_candidates, overrides
 from mlc_pipeline import progress
 from mlc_pipeline.config import Config
-from mlc_pipeline.executor import cluster_address, map_chunks
+from mlc_pipeline.executor import cluster_ready, map_chunks
 from mlc_pipeline.model.metrics import predict_matrix
 from mlc_pipeline.model.predict import score_with_errors
 from mlc_pipeline.model.bundle import load_bundle
@@ -164,7 +164,7 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
 def score_spread(cfg: Config, bundle, bundle_dir: str | Path, paths: list[str]) -> tuple[np.ndarray, dict[int, str]]:
     """`score_with_errors` here, or in chunks on the Dask cluster when one is set (each worker loads
     the bundle once). Chunks are a multiple of the batch size, so the batches are the same either way."""
-    address = cluster_address(cfg)
+    address = cluster_ready(cfg)
     if not address:
         return score_with_errors(bundle, paths)
     chunk = max(SCORE_BATCH, cfg.cluster.score_chunk // SCORE_BATCH * SCORE_BATCH)
