@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -355,11 +356,91 @@ def test_migrate_copies_a_sqlite_catalog_idempotently_and_verifies(postgres_serv
         with Catalog(pg_cfg.catalog_path, readonly=True) as c:
             ids = [r["id"] for r in c.candidates()]
         assert len(ids) > len(before["candidates"]) and ids == sorted(set(ids))
-        # a copy into a database that holds more than this catalog is refused, and says so
+        # a copy into a database that holds more than this catalog is refused, says so, and writes nothing
+        held = table_rows(pg_url, tmp_path)
         third = subprocess.run([*MLC, "catalog", "migrate", "-c", str(config), "--to", pg_url],
                                capture_output=True, text=True, timeout=120, env=env)
-        assert third.returncode == 1 and "row counts differ" in third.stderr
+        assert third.returncode == 2 and "already holds rows that are not in" in third.stderr, third.stderr
         assert len(third.stderr.strip().splitlines()) == 1
+        assert table_rows(pg_url, tmp_path) == held
+
+
+def table_rows(url: str, root: Path) -> dict:
+    """Every row of every catalog table in a PostgreSQL catalog, to tell that nothing was written."""
+    from mlc_pipeline.catalog.schema import TABLES
+    with Catalog(PostgresCatalog(url, root), readonly=True) as c:
+        return {t: [dict(r) for r in c.db.execute(f"SELECT * FROM {t} ORDER BY 1")] for t in TABLES}
+
+
+def migrate_config(tmp_path: Path, data_dir: str, **extra) -> Path:
+    config = tmp_path / "migrate.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": data_dir, "classes": {"ants": {"queries": ["ants"], "count": 1}},
+                                      "other": {"queries": ["scenery"], "count": 1}, **extra}))
+    return config
+
+
+def refused(res: subprocess.CompletedProcess, *words: str) -> str:
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert all(w in lines[0] for w in words), lines[0]
+    return lines[0]
+
+
+def test_migrate_into_a_live_catalog_is_refused_before_writing(pg_url, tmp_path):
+    """The audit's case: the target is a live shared catalog (its own runs and candidates, ids 1-2) and
+    the SQLite catalog holds a takedown of its candidate 1. The migrate is refused in one line (exit 2)
+    naming what the target holds, and the target keeps exactly the rows it had: no foreign removal
+    pointing at its candidate 1, no foreign runs, nothing skipped half-way."""
+    data = tmp_path / "data"
+    data.mkdir()
+    with Catalog(data / "catalog.sqlite") as c:
+        c.upsert_found([found(str(i)) for i in range(1, 4)], c.start_run("collect"))
+        with c.transaction():
+            c.record_removal(c.get(1), "photo-id:1", "takedown", c.start_run("remove"), [])
+    with Catalog(PostgresCatalog(pg_url, data)) as live:
+        run = live.start_run("collect")
+        live.upsert_found([found("a1"), found("a2")], run)
+        live.db.execute("UPDATE candidates SET status='accepted'")
+        live.finish_run(run, "completed", {})
+    held = table_rows(pg_url, data)
+    config = migrate_config(tmp_path, str(data))
+    res = subprocess.run([*MLC, "catalog", "migrate", "-c", str(config), "--to", pg_url],
+                         capture_output=True, text=True, timeout=120)
+    refused(res, "already holds rows that are not in", "1 runs row(s) (first: run_id", "2 candidates row(s) (first: id 1)",
+            "Nothing was copied")
+    assert table_rows(pg_url, data) == held
+    assert held["removals"] == [] and [r["status"] for r in held["candidates"]] == ["accepted", "accepted"]
+
+
+def test_migrate_refuses_an_outdated_copy_and_rolls_back_a_failed_verification(postgres_server, pg_url, tmp_path,
+                                                                               monkeypatch):
+    """An earlier copy that the SQLite catalog has changed since (a status, here) is not this catalog
+    any more: refused before writing, naming the first row that differs. A verification that fails
+    rolls the whole copy back: the target holds nothing, and a rerun copies everything."""
+    from mlc_pipeline.catalog import copy
+    source, target = tmp_path / "catalog.sqlite", PostgresCatalog(pg_url, tmp_path)
+    with Catalog(source) as c:
+        c.upsert_found([found(str(i)) for i in range(1, 4)], c.start_run("collect"))
+    assert copy.copy_catalog(source, target).copied["candidates"] == 3
+    with Catalog(source) as c:
+        c.set_status(2, "failed", "transient:timeout", c.start_run("collect"), "download")
+    held = table_rows(pg_url, tmp_path)
+
+    with pytest.raises(copy.TargetNotEmpty, match=r"1 candidates row\(s\) \(first: id 2\)"):
+        copy.copy_catalog(source, target)
+    assert table_rows(pg_url, tmp_path) == held
+
+    fresh = PostgresCatalog(postgres_server.create_database("t_" + uuid.uuid4().hex[:12]), tmp_path)
+
+    def failing(src, dst, result):
+        raise CatalogError("verification failed (test)")
+    monkeypatch.setattr(copy, "verify", failing)
+    with pytest.raises(CatalogError, match="verification failed"):
+        copy.copy_catalog(source, fresh)
+    with Catalog(fresh, readonly=True) as c:
+        assert c.candidates() == [] and c.runs() == [] and c.db.execute("SELECT COUNT(*) AS n FROM events").fetchone()["n"] == 0
+    monkeypatch.undo()
+    assert copy.copy_catalog(source, fresh).copied["candidates"] == 3
 
 
 def test_migrate_carries_the_review_and_undo_goes_on_in_postgres(pg_url, tmp_path):

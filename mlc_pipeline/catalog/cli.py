@@ -23,7 +23,7 @@ def cmd_catalog_migrate(args: argparse.Namespace) -> int:
     from ..config import ConfigError, load_config, parse_overrides
     from ..locking import data_root_lock, files_lock
     from .address import PostgresCatalog, check_url
-    from .copy import copy_catalog
+    from .copy import TargetNotEmpty, copy_catalog
     cfg = load_config(args.config, parse_overrides(args.set))
     url = args.to or cfg.catalog.url
     if not url:
@@ -41,7 +41,10 @@ def cmd_catalog_migrate(args: argparse.Namespace) -> int:
     # leave the copy's row not removed while its file is gone.
     with data_root_lock(cfg.data_dir, "mlc catalog migrate", wait=not args.no_wait), \
             files_lock(cfg.data_dir, "mlc catalog migrate", wait=not args.no_wait):
-        result = copy_catalog(source, PostgresCatalog(url, cfg.data_dir))
+        try:
+            result = copy_catalog(source, PostgresCatalog(url, cfg.data_dir))
+        except TargetNotEmpty as exc:       # refused before writing: the wrong --to, as a usage error
+            raise ConfigError(str(exc)) from None
     print(json.dumps(result.__dict__, indent=2))
     if not cfg.catalog.url:
         print(f"set catalog.url: {result.target} in {args.config} to use it")

@@ -1,11 +1,22 @@
 """`mlc catalog migrate`: an existing SQLite catalog copied into a PostgreSQL one.
 
 Every row keeps its id, so events, duplicate_of, removals and the review app's tables still point at
-the right candidates, and file paths stay relative to the same data root. A row already in the
-target (same key) is left as it is, so an interrupted or repeated copy just completes; the copy is
-one transaction, so a failed one leaves the target as it was. Afterwards the tables are compared:
-the same number of rows in each, and the same (id, source, photo_id) for every candidate, or a
-CatalogError says what differs.
+the right candidates, and file paths stay relative to the same data root.
+
+What the target may already hold: only rows of this very catalog. Each row the target holds is looked
+up in the source by its key (id; meta's key, runs' run_id, the review tables' keys) and must be there
+with every column the same; then copying the rest makes the target exactly the source. That is an
+empty database (opening it writes only meta's schema_version, the same on both sides) or an earlier
+copy of this catalog that nothing changed since on either side, whose rerun copies 0 rows. Anything
+else (a live catalog's own runs or candidates, or an older copy whose rows the SQLite catalog has
+updated since) is refused before anything is written, naming what the target holds (TargetNotEmpty).
+There is no catalog id to tell catalogs apart by: the rows themselves are the test, and two catalogs
+never share a run_id (a timestamp and a random suffix) or a candidate's every column.
+
+The check, the copy and the verification are one transaction under the catalog's writer lock: no
+writer changes the target between them, and a failed or killed copy leaves the target as it was (a
+rerun then starts from nothing). The verification: the same number of rows in each table, and the
+same (id, source, photo_id) for every candidate, or a CatalogError says what differs.
 """
 
 from __future__ import annotations
@@ -24,6 +35,10 @@ BATCH = 2000
 KEYS = {"meta": "key", "runs": "run_id", **review.TABLES}       # other tables: id
 
 
+class TargetNotEmpty(CatalogError):
+    """The target holds rows that are not the source's: refused before anything is written."""
+
+
 @dataclass
 class CopyResult:
     source: str
@@ -36,6 +51,10 @@ def count(catalog: Catalog, table: str) -> int:
     return catalog.db.execute(f"SELECT COUNT(*) AS n FROM {table}").fetchone()["n"]
 
 
+def columns(catalog: Catalog, table: str) -> list[str]:
+    return [r["name"] for r in catalog.db.execute(f"PRAGMA table_info({table})")]
+
+
 def copy_catalog(source: Path, target: PostgresCatalog) -> CopyResult:
     if not source.is_file():
         raise CatalogError(f"{source}: no SQLite catalog to copy (run `mlc collect` with the SQLite catalog "
@@ -44,25 +63,55 @@ def copy_catalog(source: Path, target: PostgresCatalog) -> CopyResult:
     with Catalog(source) as src, Catalog(target) as dst:     # opening them brings both to the current schema
         tables, generated = list(TABLES), list(GENERATED_IDS)
         if review.has_review_tables(src):                    # the review app's actions and overrides
-            review.ensure_schema(dst)
             tables += review.TABLES
             generated.append("review_actions")
-        before = {t: count(dst, t) for t in tables}
+        refuse_other_rows(src, dst, result)                  # before creating the review tables in it
+        if review.has_review_tables(src):
+            review.ensure_schema(dst)
         with dst.transaction():
+            refuse_other_rows(src, dst, result)              # again under the writer lock: nobody wrote since
+            before = {t: count(dst, t) for t in tables}
             for table in tables:
-                cols = [r["name"] for r in src.db.execute(f"PRAGMA table_info({table})")]
+                cols = columns(src, table)
                 insert = (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-                          f"ON CONFLICT DO NOTHING")
+                          f"ON CONFLICT DO NOTHING")       # the target's rows are the source's, unchanged
                 rows = src.db.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY {KEYS.get(table, 'id')}")
                 while batch := rows.fetchmany(BATCH):
                     dst.db.executemany(insert, [tuple(r) for r in batch])
             postgres.reset_identities(dst.db, generated)
-        for table in tables:
-            result.rows[table] = count(src, table)
-            result.copied[table] = count(dst, table) - before[table]
-        verify(src, dst, result)
+            for table in tables:
+                result.rows[table] = count(src, table)
+                result.copied[table] = count(dst, table) - before[table]
+            verify(src, dst, result)                         # inside: a mismatch rolls the copy back
     log.info("catalog %s copied into %s: %s", source, target, result.copied)
     return result
+
+
+def refuse_other_rows(src: Catalog, dst: Catalog, result: CopyResult) -> None:
+    """TargetNotEmpty unless every row the target holds is the source's row with the same key, every
+    column the same (the module's docstring says why that is the rule)."""
+    other = {}
+    for table in [*TABLES, *review.TABLES]:
+        if not dst.has_table(table) or count(dst, table) == 0:
+            continue
+        key = [k.strip() for k in KEYS.get(table, "id").split(",")]
+        in_source = src.has_table(table)
+        cols = columns(src, table) if in_source else key
+        lookup = f"SELECT {', '.join(cols)} FROM {table} WHERE " + " AND ".join(f"{k}=?" for k in key)
+        rows = dst.db.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY {', '.join(key)}")
+        n, first = 0, None
+        while batch := rows.fetchmany(BATCH):
+            for row in batch:
+                ours = src.db.execute(lookup, [row[k] for k in key]).fetchone() if in_source else None
+                if ours is None or tuple(ours) != tuple(row[c] for c in cols):
+                    n, first = n + 1, first or ", ".join(f"{k} {row[k]}" for k in key)
+        if n:
+            other[table] = f"{n} {table} row(s) (first: {first})"
+    if other:
+        raise TargetNotEmpty(
+            f"{result.target} already holds rows that are not in {result.source} as they are there: "
+            f"{'; '.join(other.values())}. Nothing was copied: copy into an empty database (a rerun into "
+            f"an earlier copy of this catalog is fine only while neither side changed since)")
 
 
 def verify(src: Catalog, dst: Catalog, result: CopyResult) -> None:
@@ -70,11 +119,11 @@ def verify(src: Catalog, dst: Catalog, result: CopyResult) -> None:
     if wrong:
         raise CatalogError(f"{result.target}: after the copy the row counts differ from {result.source}: " + ", ".join(
             f"{t} {a} in SQLite, {b} in PostgreSQL" for t, (a, b) in wrong.items()) +
-            ". The PostgreSQL catalog held other rows before: copy into an empty database")
+            ". Nothing was copied (rolled back)")
     ident = "SELECT id, source, photo_id FROM candidates ORDER BY id"
     a = [tuple(r) for r in src.db.execute(ident)]
     b = [(r["id"], r["source"], r["photo_id"]) for r in dst.db.execute(ident)]
     if a != b:
         first = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
         raise CatalogError(f"{result.target}: candidate {a[first][0]} is {a[first][1:]} in {result.source} but "
-                           f"{b[first][1:]} in PostgreSQL: the database held another catalog; copy into an empty one")
+                           f"{b[first][1:]} in PostgreSQL after the copy. Nothing was copied (rolled back)")
