@@ -443,6 +443,55 @@ def test_migrate_refuses_an_outdated_copy_and_rolls_back_a_failed_verification(p
     assert copy.copy_catalog(source, fresh).copied["candidates"] == 3
 
 
+def test_migrate_on_an_object_store_root_copies_the_stores_current_catalog(postgres_server, pg_url, tmp_path):
+    """data_dir file://STORE with a local cache: the store's catalog is fetched into the cache under
+    the command's locks, then copied, from a fresh cache (it used to say there was no SQLite catalog)
+    and from one holding an older snapshot (it used to copy that stale one), also where the config
+    already names the PostgreSQL catalog; nothing is published back to the store."""
+    from mlc_pipeline import sync
+    from mlc_pipeline.sync import publish
+    store = tmp_path / "store"
+    store.mkdir()
+
+    def root_in(cache: Path):
+        return parse_config({"data_dir": f"file://{store}", "cache_dir": str(cache),
+                             "classes": {"ants": {"queries": ["ants"], "count": 1}},
+                             "other": {"queries": ["scenery"], "count": 1}})
+
+    def contents() -> dict:
+        return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+
+    config = migrate_config(tmp_path, f"file://{store}", cache_dir=str(tmp_path / "cache"))
+    empty = subprocess.run([*MLC, "catalog", "migrate", "-c", str(config), "--to", pg_url],
+                           capture_output=True, text=True, timeout=120)
+    refused(empty, "no SQLite catalog to copy", f"data_dir file://{store}, cached in")
+    assert contents() == {}
+    publisher = root_in(tmp_path / "publisher")
+    with Catalog(publisher.catalog_path) as c:          # another machine's catalog, in the store
+        c.upsert_found([found(str(i)) for i in range(1, 4)], c.start_run("collect"))
+    publish(publisher)
+    first = subprocess.run([*MLC, "catalog", "migrate", "-c", str(config), "--to", pg_url],
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert json.loads(first.stdout[: first.stdout.rindex("}") + 1])["copied"]["candidates"] == 3
+    with Catalog(publisher.catalog_path) as c:          # the other machine goes on: this cache is stale now
+        c.upsert_found([found("4"), found("5")], c.start_run("collect"))
+    publish(publisher)
+    published = contents()
+    second_db = postgres_server.create_database("t_" + uuid.uuid4().hex[:12])
+    config = migrate_config(tmp_path, f"file://{store}", cache_dir=str(tmp_path / "cache"),
+                            catalog={"url": second_db})
+    second = subprocess.run([*MLC, "catalog", "migrate", "-c", str(config)], capture_output=True, text=True,
+                            timeout=120)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert json.loads(second.stdout[: second.stdout.rindex("}") + 1])["rows"]["candidates"] == 5
+    with Catalog(PostgresCatalog(second_db, tmp_path / "cache"), readonly=True) as c:
+        assert sorted(r["photo_id"] for r in c.candidates()) == ["1", "2", "3", "4", "5"]
+    assert contents() == published                      # nothing published back
+    cache = root_in(tmp_path / "cache")     # and the cache still counts as synced with the store's catalog
+    assert sync.local_signature(cache) == sync.read_state(cache)["local"]
+
+
 def test_migrate_carries_the_review_and_undo_goes_on_in_postgres(pg_url, tmp_path):
     """A SQLite catalog the review app worked on: `mlc catalog migrate` copies its actions, overrides
     and version index with their ids, and the review goes on in PostgreSQL (undo of a copied action,

@@ -34,13 +34,16 @@ def cmd_catalog_migrate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--to: {exc}") from None
     source = Path(args.source) if args.source else cfg.layout.catalog
-    if not source.is_file():            # before the locks: a mistyped data_dir gets no lock files either
-        raise ConfigError(f"{source}: no SQLite catalog to copy (run `mlc collect` with the SQLite catalog "
-                          f"first, or check data_dir / --from)")
+    from_store = cfg.data_url is not None and not args.source     # the store's catalog, not the cache's
+    if not from_store:      # before the locks: a mistyped data_dir gets no lock files either
+        require_source(source, "--from" if args.source else f"data_dir {cfg.data_dir}")
     # The files lock too: a takedown (which takes only that one) between the copy's tables would
     # leave the copy's row not removed while its file is gone.
     with data_root_lock(cfg.data_dir, "mlc catalog migrate", wait=not args.no_wait), \
             files_lock(cfg.data_dir, "mlc catalog migrate", wait=not args.no_wait):
+        if from_store:
+            fetch_catalog(cfg)
+            require_source(source, f"data_dir {cfg.data_url}, cached in {cfg.data_dir}")
         try:
             result = copy_catalog(source, PostgresCatalog(url, cfg.data_dir))
         except TargetNotEmpty as exc:       # refused before writing: the wrong --to, as a usage error
@@ -49,3 +52,24 @@ def cmd_catalog_migrate(args: argparse.Namespace) -> int:
     if not cfg.catalog.url:
         print(f"set catalog.url: {result.target} in {args.config} to use it")
     return 0
+
+
+def require_source(source: Path, where: str) -> None:
+    from ..config import ConfigError
+    if not source.is_file():
+        raise ConfigError(f"{source}: no SQLite catalog to copy ({where}; run `mlc collect` with the SQLite "
+                          f"catalog first, or check data_dir / --from)")
+
+
+def fetch_catalog(cfg) -> None:
+    """An object-store data root: the store's current SQLite catalog into the cache, as every command
+    fetches what it reads (sync.py), even where the config already names the PostgreSQL catalog
+    (`catalog.url`), for which sync fetches no SQLite. Nothing is published back: the copy does not
+    change the SQLite catalog."""
+    from ..objectstore import store_errors, store_of
+    from ..sync import pull_catalog
+    store = store_of(cfg)
+    sqlite_cfg = cfg.model_copy(update={"catalog": cfg.catalog.model_copy(update={"url": None})})
+    with store_errors(store):
+        store.check()
+        pull_catalog(store, sqlite_cfg)
