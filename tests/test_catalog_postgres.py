@@ -406,7 +406,8 @@ def test_migrate_into_a_live_catalog_is_refused_before_writing(pg_url, tmp_path)
     config = migrate_config(tmp_path, str(data))
     res = subprocess.run([*MLC, "catalog", "migrate", "-c", str(config), "--to", pg_url],
                          capture_output=True, text=True, timeout=120)
-    refused(res, "already holds rows that are not in", "1 runs row(s) (first: run_id", "2 candidates row(s) (first: id 1)",
+    refused(res, "already holds rows that are not in", "1 runs row(s) (first: run_id",
+            "2 candidates row(s) (first: id 1)",
             "Nothing was copied")
     assert table_rows(pg_url, data) == held
     assert held["removals"] == [] and [r["status"] for r in held["candidates"]] == ["accepted", "accepted"]
@@ -438,9 +439,40 @@ def test_migrate_refuses_an_outdated_copy_and_rolls_back_a_failed_verification(p
     with pytest.raises(CatalogError, match="verification failed"):
         copy.copy_catalog(source, fresh)
     with Catalog(fresh, readonly=True) as c:
-        assert c.candidates() == [] and c.runs() == [] and c.db.execute("SELECT COUNT(*) AS n FROM events").fetchone()["n"] == 0
+        assert c.candidates() == [] and c.runs() == []
+        assert c.db.execute("SELECT COUNT(*) AS n FROM events").fetchone()["n"] == 0
     monkeypatch.undo()
     assert copy.copy_catalog(source, fresh).copied["candidates"] == 3
+
+
+def test_a_migrate_killed_mid_copy_leaves_nothing_and_the_rerun_completes(postgres_server, pg_url, tmp_path):
+    """kill -9 while the copy inserts events, after the candidates (seen in pg_stat_activity): the
+    target holds no row of the catalog, and the rerun, which then finds an empty database, copies all
+    of it. (Committing each table on its own, this test finds the 20,000 candidates left behind.)"""
+    import psycopg
+    data = tmp_path / "data"
+    data.mkdir()
+    with Catalog(data / "catalog.sqlite") as c:
+        run = c.start_run("collect")
+        for start in range(0, 20000, 1000):
+            c.upsert_found([found(str(i)) for i in range(start, start + 1000)], run)
+    config = migrate_config(tmp_path, str(data))
+    migrate = [*MLC, "catalog", "migrate", "-c", str(config), "--to", pg_url]
+    proc = subprocess.Popen(migrate, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    inserting = ("SELECT COUNT(*) FROM pg_stat_activity WHERE datname=current_database() AND pid<>pg_backend_pid() "
+                 "AND state IN ('active', 'idle in transaction') AND query LIKE 'INSERT INTO events%'")
+    with psycopg.connect(pg_url, password=postgres_server.password, autocommit=True) as watch:
+        deadline = time.monotonic() + 60
+        while not watch.execute(inserting).fetchone()[0] and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.kill()
+    assert proc.wait(timeout=30) == -9, "the migrate ended before it could be killed mid-copy"
+    proc.stdout.close(), proc.stderr.close()
+    assert table_rows(pg_url, data)["candidates"] == []
+    rerun = subprocess.run(migrate, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    copied = json.loads(rerun.stdout[: rerun.stdout.rindex("}") + 1])["copied"]
+    assert (copied["candidates"], copied["events"], copied["runs"]) == (20000, 20000, 1)
 
 
 def test_migrate_on_an_object_store_root_copies_the_stores_current_catalog(postgres_server, pg_url, tmp_path):
