@@ -210,6 +210,14 @@ class Catalog(RemovalQueries, TallyQueries):
         self.db.execute("UPDATE runs SET finished_at=?, status=?, summary=? WHERE run_id=?",
                         (time.time(), status, json.dumps(summary or {}, sort_keys=True), run_id))
 
+    def runs_in_flight(self, started_since: float, ended_since: float) -> list[dict]:
+        """Runs recorded as running that started after `started_since`, and runs that ended after
+        `ended_since`: their writers may not have published their files yet (curate/unpublished.py)."""
+        rows = self.db.execute("SELECT run_id, command, started_at, finished_at, status FROM runs "
+                               "WHERE (status='running' AND started_at>=?) OR finished_at>=?",
+                               (started_since, ended_since))
+        return [dict(r) for r in rows]
+
     def runs(self, limit: int = 20) -> list[dict]:
         rows = self.db.execute("SELECT * FROM runs ORDER BY started_at DESC LIMIT ?", (limit,))
         return [dict(r) for r in rows]

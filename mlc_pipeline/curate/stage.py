@@ -32,6 +32,7 @@ from mlc_pipeline.executor import cluster_ready, map_chunks
 from mlc_pipeline.curate.neardup import find_pairs
 from mlc_pipeline.curate.similarity import CONFIRM, FileSimilarity
 from mlc_pipeline.curate.takedown import QuarantineIndex
+from mlc_pipeline.curate.unpublished import awaiting_publish
 from mlc_pipeline.curate.verify import LIMIT_REASONS, VerifyLimits, limits_key, recorded_reason
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class CurateSummary:
     rejected: dict[str, int] = field(default_factory=dict)
     duplicates: dict[str, int] = field(default_factory=dict)
     conflicts: dict[str, int] = field(default_factory=dict)
+    unpublished: int = 0       # files another machine may not have published yet: left as they are
 
 
 def limits_of(cfg: Config) -> VerifyLimits:
@@ -348,11 +350,14 @@ def _curate(cfg: Config) -> CurateSummary:
             rows = [r for r in rows if r["status"] != "rejected" or r["verify_reason"] is None
                     or limit_rejected(r, key) or passing_fault(r["verify_reason"])]
             missing = found_in_quarantine(cfg, catalog, [r for r in rows if not Path(r["file_path"]).exists()])
+            waiting = awaiting_publish(cfg, catalog, missing, run_id)      # another machine's, not lost
+            summary.unpublished, held = len(waiting), {r["id"] for r in waiting}
+            missing = [r for r in missing if r["id"] not in held]
             for r in missing:   # the next collect downloads it again, and this curate inspects it afresh
                 log.warning("candidate %s: file %s is gone; marked for re-download", r["id"], r["file_path"])
                 catalog.set_status(r["id"], "failed", "transient:file-missing", run_id, "curate",
                                    hashed_sha256=None, verify_reason=None, verify_limits=None)
-            gone = {r["id"] for r in missing}
+            gone = {r["id"] for r in missing + waiting}
             rows = [r for r in rows if r["id"] not in gone]
             verify_and_hash(cfg, catalog, rows, run_id, summary)
             ok = [r for r in rows if r["status"] != "rejected"]
@@ -380,5 +385,6 @@ def _curate(cfg: Config) -> CurateSummary:
     progress.summary(f"curate {run_id}", [
         ("inspected", summary.inspected), ("reused (unchanged files)", summary.reused),
         ("re-judged on recorded size (limits changed)", summary.rejudged), ("accepted", summary.accepted),
-        ("rejected", summary.rejected), ("duplicates", summary.duplicates), ("accepted with a note", summary.conflicts)])
+        ("rejected", summary.rejected), ("duplicates", summary.duplicates), ("accepted with a note", summary.conflicts),
+        ("not yet published (left for the next curate)", summary.unpublished or None)])
     return summary
