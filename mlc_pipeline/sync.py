@@ -15,14 +15,14 @@ Atomic publishing keeps its meaning through the markers (objectstore.py): `lates
 version that has one. New files go up before the catalog snapshot that names them; objects under raw/
 and quarantine/ that the catalog no longer names (quarantine moves, takedowns) are deleted after it,
 and the store is listed before the catalog is read, so a file another writer uploaded meanwhile
-(after recording it in the catalog) is always named.
+(after recording it in the catalog) is always named. The image files themselves (fetch, publish,
+deletions, takedowns reaching this cache) are storefiles.py's.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import uuid
 from contextlib import contextmanager
@@ -36,12 +36,15 @@ from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.manifest import versions as local_versions
 from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, folder_files, pull_folder, push_folder,
                                       read_marker, same, same_bytes, store_errors, store_of)
+from mlc_pipeline import storefiles
+from mlc_pipeline.storefiles import delete_unnamed_files, drop_taken_down, pull_files, push_files
 
 log = logging.getLogger(__name__)
+# Still reachable from here (tests, benchmarks): the files' half of syncing lives in storefiles.py.
+file_listing, named_files, open_catalog = storefiles.file_listing, storefiles.named_files, storefiles.open_catalog
 
 CATALOG_OBJECT = "catalog.sqlite"
 STATE_NAME = ".objectstore.json"       # in the cache: which catalog snapshot it last synced with
-FILE_DIRS = ("raw", "quarantine")
 VERSION_RE = re.compile(r"^v\d+$")
 REWRITTEN_BUNDLE_FILES = ("mined.csv", "review.csv")   # what `mlc mine` rewrites in a published bundle
 # What each command reads from the data root, fetched into the cache before it runs.
@@ -62,11 +65,6 @@ def uses_local_catalog(cfg: Config) -> bool:
 
 def has_catalog(cfg: Config) -> bool:
     return not uses_local_catalog(cfg) or cfg.catalog_path.exists()
-
-
-def open_catalog(cfg: Config) -> Catalog:
-    """The catalog, read-only (the one place to change when the catalog is opened another way)."""
-    return Catalog(cfg.catalog_path, readonly=True)
 
 
 def read_state(cfg: Config) -> dict:
@@ -148,49 +146,6 @@ def push_catalog(store: Store, cfg: Config) -> None:
     finally:
         snapshot.unlink(missing_ok=True)
     write_state(cfg, local=local_signature(cfg))
-
-
-def named_files(cfg: Config) -> set[str]:
-    """The catalog's files inside the data root (relative paths under raw/ and quarantine/)."""
-    with open_catalog(cfg) as catalog:
-        paths = catalog.stored_file_paths()
-    return {p for p in paths if not os.path.isabs(p) and p.split("/")[0] in FILE_DIRS}
-
-
-def file_listing(store: Store) -> dict[str, dict]:
-    return {k: v for d in FILE_DIRS for k, v in store.listing(d).items()}
-
-
-def pull_files(store: Store, cfg: Config) -> int:
-    """Fetch the catalog's files the cache lacks (a fresh cache, or one another machine added to)."""
-    want = sorted(p for p in named_files(cfg) if not (cfg.data_dir / p).exists())
-    if not want:
-        return 0
-    held = file_listing(store)
-    lost = [p for p in want if p not in held]
-    if lost:
-        log.warning("%d file(s) the catalog names are in neither the cache nor %s (e.g. %s): collect fetches "
-                    "them again from the source", len(lost), store.url, lost[0])
-    return store.download([(p, cfg.data_dir / p) for p in want if p in held])
-
-
-def push_files(store: Store, cfg: Config) -> int:
-    """Upload the catalog's files the store lacks: before the catalog that names them is published."""
-    held = file_listing(store)
-    return store.upload([(cfg.data_dir / p, p) for p in sorted(named_files(cfg))
-                         if (cfg.data_dir / p).is_file() and not same(cfg.data_dir / p, held.get(p))])
-
-
-def delete_unnamed_files(store: Store, cfg: Config) -> int:
-    """Delete the objects the catalog no longer names (quarantine moves, takedowns): after it is published."""
-    held = file_listing(store)              # listed before the catalog is read (see the module's doc)
-    named = named_files(cfg)
-    stale = sorted(set(held) - named)
-    if stale and not named:
-        log.warning("the catalog names no file but %s holds %d under raw/ and quarantine/: not deleting them",
-                    store.url, len(stale))
-        return 0
-    return store.delete(stale)
 
 
 def version_key(cfg: Config, version: str) -> str:
@@ -327,6 +282,8 @@ def pull(cfg: Config, command: str, version: str | None = None) -> None:
         store.check()
         if "catalog" in parts and uses_local_catalog(cfg):
             pull_catalog(store, cfg)
+        if has_catalog(cfg):
+            drop_taken_down(cfg)        # a takedown made on another machine reaches this cache
         if "files" in parts and has_catalog(cfg):
             pull_files(store, cfg)
         if "version" in parts:
@@ -346,6 +303,8 @@ def publish(cfg: Config) -> None:
     if store is None:
         return
     with store_errors(store):
+        if has_catalog(cfg):
+            drop_taken_down(cfg)        # taken down meanwhile (on any machine): never uploaded again
         uploaded = push_files(store, cfg) if has_catalog(cfg) else 0
         if uses_local_catalog(cfg):
             push_catalog(store, cfg)

@@ -178,3 +178,50 @@ def test_a_published_model_is_not_read_back_at_every_publish(tmp_path, store_url
     assert [u for u in uploads if u] == [["models/m1/mined.csv"], ["models/m1/mined.csv"]]
     assert store.read_text("models/m1/mined.csv") == "candidate_id,decision\n2,added\n"
     assert not [r for r in reads if r.endswith("export.pkl")]
+
+
+# --- two machines (caches) sharing one PostgreSQL catalog and one store ---------------------------
+
+def shared_machine(tmp_path: Path, store_url: tuple[str, dict], name: str, pg_url: str):
+    url, options = store_url
+    return parse_config({"data_dir": url, "cache_dir": str(tmp_path / name), "storage_options": options,
+                         "catalog": {"url": pg_url}, **CLASSES})
+
+
+def downloaded(cfg, photo_id: str, data: bytes, run_id: str = "run") -> str:
+    """A photo downloaded into `cfg`'s cache where collect puts it; its path relative to the data root."""
+    from mlc_pipeline.collect.rawfiles import final_path
+    path = final_path(cfg.layout.raw("flickr"), photo_id, "jpg")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    with Catalog(cfg.catalog_path) as c:
+        c.upsert_found([found(photo_id)], run_id)
+        c.set_status(c.get_by_photo("flickr", photo_id)["id"], "downloaded", None, run_id, "download",
+                     file_path=str(path))
+    return path.relative_to(cfg.data_dir).as_posix()
+
+
+def test_a_takedown_on_one_machine_leaves_no_copy_in_another_machines_cache(tmp_path, store_url, pg_url):
+    """`mlc remove` on A deleted A's copy and, at A's publish, the object; B's cache kept its copy
+    through its next fetch and publish. A fetch (or publish) now drops the cached files of photos the
+    catalog records as taken down, and no publish uploads them again."""
+    from mlc_pipeline.curate.takedown import remove_photos
+    a, b = (shared_machine(tmp_path, store_url, n, pg_url) for n in ("cache-a", "cache-b"))
+    gone, kept = downloaded(a, "4646", b"taken down"), downloaded(a, "4747", b"kept")
+    quarantined = b.data_dir / "quarantine/too-small" / gone.split("/", 1)[1]    # a copy in B's quarantine too
+    sync.publish(a)
+    sync.pull(b, "collect")
+    assert (b.data_dir / gone).is_file() and (b.data_dir / kept).is_file()
+    quarantined.parent.mkdir(parents=True)
+    quarantined.write_bytes(b"taken down")
+    remove_photos(a, "owner asked", photo_id="4646")
+    sync.publish(a)
+    assert gone not in sync.file_listing(store_of(a))
+    sync.pull(b, "collect")
+    assert not (b.data_dir / gone).exists() and not quarantined.exists()
+    assert (b.data_dir / kept).is_file()
+    (b.data_dir / gone).write_bytes(b"taken down")     # a command on B that wrote it again meanwhile
+    sync.publish(b)
+    assert gone not in sync.file_listing(store_of(b)) and not (b.data_dir / gone).exists()
+    assert kept in sync.file_listing(store_of(b))
+

@@ -1,0 +1,103 @@
+"""The catalog's image files (raw/, quarantine/) on an object-store data root, and its cache's copies.
+
+sync.py decides when; this module moves the files: fetch the ones the cache lacks, publish the ones
+the store lacks, delete the objects the catalog no longer names, and drop from the cache the files of
+photos taken down (`mlc remove` on another machine deletes only its own cache's copy and, at its
+publish, the object: every other cache drops its copy at its next fetch or publish).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from pathlib import Path
+
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.config import Config
+from mlc_pipeline.objectstore import Store, same
+
+log = logging.getLogger(__name__)
+
+FILE_DIRS = ("raw", "quarantine")
+
+
+def open_catalog(cfg: Config) -> Catalog:
+    """The catalog, read-only (the one place to change when the catalog is opened another way)."""
+    return Catalog(cfg.catalog_path, readonly=True)
+
+
+def named_files(cfg: Config) -> set[str]:
+    """The catalog's files inside the data root (relative paths under raw/ and quarantine/)."""
+    with open_catalog(cfg) as catalog:
+        paths = catalog.stored_file_paths()
+    return {p for p in paths if not os.path.isabs(p) and p.split("/")[0] in FILE_DIRS}
+
+
+def file_listing(store: Store) -> dict[str, dict]:
+    return {k: v for d in FILE_DIRS for k, v in store.listing(d).items()}
+
+
+def pull_files(store: Store, cfg: Config) -> int:
+    """Fetch the catalog's files the cache lacks (a fresh cache, or one another machine added to)."""
+    want = sorted(p for p in named_files(cfg) if not (cfg.data_dir / p).exists())
+    if not want:
+        return 0
+    held = file_listing(store)
+    lost = [p for p in want if p not in held]
+    if lost:
+        log.warning("%d file(s) the catalog names are in neither the cache nor %s (e.g. %s): curate keeps them "
+                    "while another machine may still publish them, else marks them for re-download",
+                    len(lost), store.url, lost[0])
+    return store.download([(p, cfg.data_dir / p) for p in want if p in held])
+
+
+def push_files(store: Store, cfg: Config) -> int:
+    """Upload the catalog's files the store lacks: before the catalog that names them is published."""
+    held = file_listing(store)
+    return store.upload([(cfg.data_dir / p, p) for p in sorted(named_files(cfg))
+                         if (cfg.data_dir / p).is_file() and not same(cfg.data_dir / p, held.get(p))])
+
+
+def delete_unnamed_files(store: Store, cfg: Config) -> int:
+    """Delete the objects the catalog no longer names (quarantine moves, takedowns): after it is published."""
+    held = file_listing(store)              # listed before the catalog is read (see sync.py's doc)
+    named = named_files(cfg)
+    stale = sorted(set(held) - named)
+    if stale and not named:
+        log.warning("the catalog names no file but %s holds %d under raw/ and quarantine/: not deleting them",
+                    store.url, len(stale))
+        return 0
+    return store.delete(stale)
+
+
+def photo_files(cfg: Config, source: str, photo_id: str) -> list[Path]:
+    """A photo's files in this cache: raw/<source>/<shard>/<photo_id>.* and the same under any
+    quarantine reason (the layout collect/rawfiles.py writes and curate's quarantine keeps)."""
+    shard = photo_id[-2:].rjust(2, "_")
+    name = f"{glob.escape(photo_id)}.*"
+    folders = [cfg.layout.raw(source) / shard]
+    quarantine = cfg.layout.quarantine()
+    if quarantine.is_dir():
+        folders += [reason / source / shard for reason in quarantine.iterdir() if reason.is_dir()]
+    return [p for folder in folders if folder.is_dir() for p in folder.glob(name) if p.is_file()]
+
+
+def drop_taken_down(cfg: Config) -> list[str]:
+    """Delete this cache's files (and review thumbnails) of the photos the catalog records as taken
+    down: a takedown on one machine reaches every cache at its next fetch, and no publish from here
+    can bring the file back. The paths deleted."""
+    deleted: list[str] = []
+    with open_catalog(cfg) as catalog:
+        for row in catalog.candidates("status='removed'"):
+            for path in photo_files(cfg, row["source"], row["photo_id"]):
+                path.unlink(missing_ok=True)
+                deleted.append(str(path))
+            thumbs = cfg.layout.thumbnails_of(row["sha256"])
+            if thumbs and not catalog.holds_sha256(row["sha256"]):
+                for thumb in thumbs:
+                    thumb.unlink(missing_ok=True)
+                    deleted.append(str(thumb))
+    if deleted:
+        log.info("removed %d cached file(s) of photos taken down (e.g. %s)", len(deleted), deleted[0])
+    return deleted
