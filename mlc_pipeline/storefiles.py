@@ -4,6 +4,11 @@ sync.py decides when; this module moves the files: fetch the ones the cache lack
 the store lacks, delete the objects the catalog no longer names, and drop from the cache the files of
 photos taken down (`mlc remove` on another machine deletes only its own cache's copy and, at its
 publish, the object: every other cache drops its copy at its next fetch or publish).
+
+Several machines publish into one store at once (a PostgreSQL catalog): an object listed a moment
+ago may be gone when it is downloaded (another machine's curate moved it to quarantine/, or a
+takedown deleted it). Such a file is skipped, not an error: the catalog now names it elsewhere or
+not at all, and curate judges a file that is in neither the cache nor the store (curate/unpublished.py).
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ from pathlib import Path
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import Config
-from mlc_pipeline.objectstore import Store, same
+from mlc_pipeline.objectstore import ObjectStoreError, Store, same
 
 log = logging.getLogger(__name__)
 
 FILE_DIRS = ("raw", "quarantine")
+FETCH_TRIES = 3          # listings made when objects keep vanishing between a listing and its download
 
 
 def open_catalog(cfg: Config) -> Catalog:
@@ -39,7 +45,9 @@ def file_listing(store: Store) -> dict[str, dict]:
 
 
 def pull_files(store: Store, cfg: Config) -> int:
-    """Fetch the catalog's files the cache lacks (a fresh cache, or one another machine added to)."""
+    """Fetch the catalog's files the cache lacks (a fresh cache, or one another machine added to).
+    An object that vanishes between the listing and its download (another machine publishing at the
+    same time) is skipped after listing again; curate judges the files that are in neither place."""
     want = sorted(p for p in named_files(cfg) if not (cfg.data_dir / p).exists())
     if not want:
         return 0
@@ -49,7 +57,25 @@ def pull_files(store: Store, cfg: Config) -> int:
         log.warning("%d file(s) the catalog names are in neither the cache nor %s (e.g. %s): curate keeps them "
                     "while another machine may still publish them, else marks them for re-download",
                     len(lost), store.url, lost[0])
-    return store.download([(p, cfg.data_dir / p) for p in want if p in held])
+    todo = [p for p in want if p in held]
+    for attempt in range(1, FETCH_TRIES + 1):
+        try:
+            return store.download([(p, cfg.data_dir / p) for p in todo])
+        except FileNotFoundError as exc:
+            held = file_listing(store)
+            vanished = [p for p in todo if p not in held]
+            if not vanished:        # not a vanished object: say which fetch failed, and how
+                raise ObjectStoreError(f"object store {store.url}: fetching {len(todo)} file(s) into {cfg.data_dir} "
+                                       f"(e.g. {todo[0]}) failed: {type(exc).__name__}: {exc}") from exc
+            if attempt == FETCH_TRIES:
+                raise ObjectStoreError(
+                    f"object store {store.url}: {vanished[0]} (and {len(vanished) - 1} more) vanished while being "
+                    f"fetched, {FETCH_TRIES} times: another machine is publishing into the store; rerun when it "
+                    f"is done") from exc
+            log.info("%d file(s) left %s between its listing and their download (e.g. %s: another machine "
+                     "published meanwhile); fetching the rest", len(vanished), store.url, vanished[0])
+            todo = [p for p in todo if p in held]
+    return 0    # not reached: the last try returns or raises
 
 
 def push_files(store: Store, cfg: Config) -> int:

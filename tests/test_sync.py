@@ -225,3 +225,29 @@ def test_a_takedown_on_one_machine_leaves_no_copy_in_another_machines_cache(tmp_
     assert gone not in sync.file_listing(store_of(b)) and not (b.data_dir / gone).exists()
     assert kept in sync.file_listing(store_of(b))
 
+
+def test_a_file_that_leaves_the_store_between_listing_and_download_is_skipped(tmp_path, store_url, pg_url,
+                                                                              monkeypatch):
+    """Two curates at once: A's publish moved an object B had just listed, and B's fetch failed with
+    "FileNotFoundError: The specified key does not exist." (no key named). The fetch now lists again
+    and fetches the rest; an object that keeps vanishing is named in the one line that stops it."""
+    a, b = (shared_machine(tmp_path, store_url, n, pg_url) for n in ("cache-a", "cache-b"))
+    rels = [downloaded(a, pid, f"photo {pid}".encode()) for pid in ("5101", "5202", "5303", "5404")]
+    sync.publish(a)
+    Store = type(store_of(a))
+    real = Store.download
+    vanishing = list(rels[:1])
+
+    def download(self, pairs):          # A's publish deletes an object right after B listed it
+        if vanishing and any(k == vanishing[0] for k, _ in pairs):
+            self.delete([vanishing.pop(0)])
+        return real(self, pairs)
+    monkeypatch.setattr(Store, "download", download)
+    sync.pull(b, "collect")
+    assert not (b.data_dir / rels[0]).exists()
+    assert all((b.data_dir / r).read_bytes() == (a.data_dir / r).read_bytes() for r in rels[1:])
+    for r in rels[1:]:
+        (b.data_dir / r).unlink()
+    vanishing.extend(rels[1:])          # one more at every try: the fetch gives up, naming the key
+    with pytest.raises(ObjectStoreError, match=r"raw/flickr/\d\d/\d+\.jpg .*vanished while being fetched"):
+        sync.pull(b, "collect")
