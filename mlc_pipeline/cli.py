@@ -20,6 +20,9 @@ from mlc_pipeline.manifest import UnknownVersion
 from mlc_pipeline.secrets import MissingCredentials, install_log_redaction, redact
 
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)   # an OSError with one of these: one line, no traceback
+# The object store's libraries: at DEBUG they log every request's headers (X-Amz-Security-Token, the key
+# id); at INFO, which credentials they found. Warnings only, unless MLC_LIBRARY_DEBUG is set.
+WIRE_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "fsspec", "urllib3", "aiohttp")
 
 
 class Terminated(KeyboardInterrupt):
@@ -193,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("flickrapi").setLevel(logging.WARNING)   # it logs every call's parameters
+    if not os.environ.get("MLC_LIBRARY_DEBUG"):     # -v is for our own debug lines
+        for name in WIRE_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     install_log_redaction()
     progress.configure(False if getattr(args, "no_progress", False) else None)   # None: on in a terminal
     from mlc_pipeline.catalog import CatalogBusy, CatalogError

@@ -22,6 +22,7 @@ from typing import Iterator
 
 from mlc_pipeline.config import Config, ConfigError
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, temp_beside
+from mlc_pipeline.secrets import install_log_redaction
 
 MARKER = "_COMPLETE"
 
@@ -35,6 +36,7 @@ class Store:
 
     def __init__(self, url: str, options: dict):
         import fsspec
+        install_log_redaction()         # the store's credentials (AWS_*) masked in this process's logs
         self.url = url
         try:
             self.fs, self.base = fsspec.core.url_to_fs(url, **options)

@@ -2,7 +2,8 @@
 
 Every string that may reach a log, the catalog, an artifact or an exception passes through
 `redact()`, and `install_log_redaction()` puts a filter on the root logger's handlers so that a
-secret that slips into a log record is masked anyway.
+secret that slips into a log record is masked anyway. The object store's credentials (AWS_*) are
+registered for masking the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ KEY_ENV = "FLICKR_API_KEY"
 SECRET_ENV = "FLICKR_API_SECRET"
 OFFLINE_KEY = "offline-key"      # what we send to the bundled local server when no key is set
 MASK = "***"
+# The object store's credentials, where botocore (and the docs) take them from. The key id too: it names
+# the account, and with a leaked secret it is half of what an attacker needs.
+STORE_SECRET_ENVS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
 
 class MissingCredentials(RuntimeError):
@@ -50,6 +54,12 @@ def prefect_secret_blocks() -> tuple[str, str]:
 def remember(*values: str) -> None:
     """Register values that must be masked wherever they appear."""
     _known_secrets.update(v for v in values if v and len(v) >= 4)
+
+
+def remember_store_credentials() -> None:
+    """The object store's credentials from the environment, masked wherever they appear (botocore's
+    own debug lines print them in request headers)."""
+    remember(*(os.environ.get(name, "").strip() for name in STORE_SECRET_ENVS))
 
 
 def redact(text: str) -> str:
@@ -104,6 +114,7 @@ def install_log_redaction() -> None:
     A record factory sees each record as it is made, so no handler can be missed.
     """
     global _factory_installed
+    remember_store_credentials()        # every process that logs: the CLI, flows, workers
     if _factory_installed:
         return
     previous = logging.getLogRecordFactory()

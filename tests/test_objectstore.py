@@ -180,3 +180,32 @@ def test_a_missing_bucket_or_store_is_one_line_before_the_stage_runs(s3_server, 
                         "storage_options": {"endpoint_url": s3_server}, **classes}, tmp_path)
     with pytest.raises(objectstore.ObjectStoreError, match="bucket 'no-such-bucket' does not exist"):
         sync.pull(cfg, "collect")
+
+
+def run_mlc(*args: str, config: Path, **env: str) -> subprocess.CompletedProcess:
+    """`mlc` as a user runs it, whatever its exit code; `env` over the store's credentials (s3_server's)."""
+    creds = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    return subprocess.run(MLC + [args[0], "-c", str(config), *args[1:]], env={**ENV, **creds, **env},
+                          text=True, capture_output=True, timeout=300)
+
+
+def test_verbose_logs_never_show_the_store_credentials(s3_server, tmp_path):
+    """`mlc -v` turned on botocore's wire-level DEBUG: every request's headers, the session token
+    (X-Amz-Security-Token) and the access key id (Authorization: ... Credential=AKID/...) in clear."""
+    import s3fs
+    s3fs.S3FileSystem(endpoint_url=s3_server).mkdir("mlc-verbose")
+    tiny_config(tmp_path, free_port())
+    config = bucket_config(tmp_path, s3_server, "mlc-verbose", "cache")
+    creds = {"AWS_ACCESS_KEY_ID": "AKIDVERBOSETEST", "AWS_SECRET_ACCESS_KEY": "SecretVerbose0123",
+             "AWS_SESSION_TOKEN": "SessionTokenVerbose0123"}
+    res = run_mlc("inspect", "-v", config=config, **creds)
+    out = res.stdout + res.stderr
+    assert "DEBUG mlc_pipeline" in out or "DEBUG filelock" in out      # -v is on
+    assert "DEBUG botocore" not in out and "X-Amz-Security-Token" not in out, out[-3000:]
+    assert not any(value in out for value in creds.values()), out[-3000:]
+    # the libraries' own debug, asked for: headers and all, credentials masked
+    res = run_mlc("inspect", "-v", config=config, MLC_LIBRARY_DEBUG="1", **creds)
+    out = res.stdout + res.stderr
+    assert "X-Amz-Security-Token': b'***'" in out and "Credential=***/" in out, out[-3000:]
+    assert not any(value in out for value in creds.values()), out[-3000:]
+

@@ -58,3 +58,19 @@ def test_the_local_server_never_gets_the_flickr_key_from_prefect_blocks(monkeypa
     monkeypatch.setattr(secrets, "prefect_secret_blocks", lambda: asked.append(1) or ("real-key-123", "real-secret"))
     assert secrets.flickr_credentials(local=True).key == secrets.OFFLINE_KEY and asked == []
     assert secrets.flickr_credentials(local=False).key == "real-key-123" and asked == [1]
+
+
+def test_the_object_stores_credentials_from_the_environment_are_masked(monkeypatch):
+    """Only the Flickr keys, PGPASSWORD and the review token were registered: botocore's debug lines
+    printed the session token and the key id of AWS_* in clear."""
+    values = {name: f"{name[:4]}{uuid.uuid4().hex}" for name in
+              ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    install_log_redaction()
+    log, out = _logger()
+    log.info("headers: %s", {"X-Amz-Security-Token": values["AWS_SESSION_TOKEN"].encode(),
+                             "Authorization": f"AWS4-HMAC-SHA256 Credential={values['AWS_ACCESS_KEY_ID']}/x"})
+    log.info("secret %s", values["AWS_SECRET_ACCESS_KEY"])
+    text = out.getvalue()
+    assert not any(v in text for v in values.values()) and text.count(MASK) == 3, text
