@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlc_pipeline.layout import DataLayout
+from mlc_pipeline.secrets import URL_RE, check_storage_options, data_url_problem   # URL_RE: data_dir: s3://...
 
 FLICKR_REST_URL = "https://api.flickr.com/services/rest/"
 SIZE_KEYS = ("url_sq", "url_q", "url_t", "url_s", "url_n", "url_m", "url_z", "url_c", "url_l", "url_o")
@@ -31,9 +32,6 @@ SPLIT_KEYS = ("train", "valid", "test")
 RESTRICTED_LICENSES = {0: "All Rights Reserved", 1: "CC BY-NC-SA 2.0", 2: "CC BY-NC 2.0", 3: "CC BY-NC-ND 2.0",
                        6: "CC BY-ND 2.0", 13: "CC BY-ND 4.0", 14: "CC BY-NC 4.0", 15: "CC BY-NC-SA 4.0",
                        16: "CC BY-NC-ND 4.0"}
-
-URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://")          # data_dir: s3://bucket/prefix (any fsspec URL)
-SECRET_OPTION_RE = re.compile(r"key$|token|secret|password|access_key|credential|connection_string", re.I)
 
 log = logging.getLogger(__name__)
 
@@ -251,14 +249,7 @@ class Config(Strict):
     @classmethod
     def no_secrets(cls, options: dict[str, Any]) -> dict[str, Any]:
         """The config is recorded in every model bundle: credentials come from the environment."""
-        def keys(d: dict) -> list[str]:        # nested too: client_kwargs: {aws_secret_access_key: ...}
-            return [k for k, v in d.items() for k in [str(k), *(keys(v) if isinstance(v, dict) else [])]]
-        secret = sorted(k for k in keys(options) if SECRET_OPTION_RE.search(k))
-        if secret:
-            raise ValueError(f"{secret} look like credentials, which must not live in the config (flows log it "
-                             "and record it in run artifacts): set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or "
-                             "your store's variables) in the environment")
-        return options
+        return check_storage_options(options)
 
     @field_validator("classes")
     @classmethod
@@ -324,6 +315,8 @@ def parse_config(data: dict, base_dir: Path | None = None) -> Config:
     """Validate a config mapping; `data_dir` is resolved relative to `base_dir` when relative."""
     if not isinstance(data, dict):
         raise ConfigError("config: the file must hold a YAML mapping")
+    if problem := data_url_problem(data.get("data_dir")):      # said here: the validator makes a cache path of it
+        raise ConfigError(f"config: data_dir: {problem}")
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:

@@ -3,13 +3,14 @@
 Every string that may reach a log, the catalog, an artifact or an exception passes through
 `redact()`, and `install_log_redaction()` puts a filter on the root logger's handlers so that a
 secret that slips into a log record is masked anyway. The object store's credentials (AWS_*) are
-registered for masking the same way.
+registered for masking the same way, and a data_dir URL may not hold any (`check_data_url`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 
 KEY_ENV = "FLICKR_API_KEY"
@@ -33,6 +34,9 @@ class Credentials:
     def __repr__(self) -> str:  # a Credentials object printed by accident shows nothing
         return "Credentials(key=***, secret=***)"
 
+# data_dir: s3://bucket/prefix (any fsspec URL); `s3:/bucket` matches too, to be refused as a typo
+URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*:/+")
+SECRET_OPTION_RE = re.compile(r"key$|token|secret|passw|pwd|access_key|credential|connection_string", re.I)
 
 _known_secrets: set[str] = set()
 KEY_BLOCK, SECRET_BLOCK = "flickr-api-key", "flickr-api-secret"
@@ -54,6 +58,41 @@ def prefect_secret_blocks() -> tuple[str, str]:
 def remember(*values: str) -> None:
     """Register values that must be masked wherever they appear."""
     _known_secrets.update(v for v in values if v and len(v) >= 4)
+
+
+def data_url_problem(value: object) -> str | None:
+    """What is wrong with a data_dir that looks like a URL (`scheme:/...`), in words that never repeat
+    credentials; None for a good URL or anything else (a local path, even one with a colon in it)."""
+    if not isinstance(value, str) or not URL_RE.match(value):
+        return None
+    scheme, _, rest = value.partition(":")
+    fixed = f"{scheme}://{rest.lstrip('/')}"
+    if has_userinfo(fixed):
+        return (f"the {scheme}:// URL holds credentials (user:password@): remove them, and set AWS_ACCESS_KEY_ID / "
+                f"AWS_SECRET_ACCESS_KEY (or your store's variables) in the environment (configs are copied "
+                f"into logs and artifacts)")
+    if not rest.startswith("//"):       # `s3:/bucket`: a typo, which would otherwise be a local folder `s3:`
+        return f"{value} is not a valid URL: write {fixed} (or ./{value} for a local folder of that name)"
+    return None
+
+
+def has_userinfo(url: str) -> bool:
+    """Does a URL (data_dir, an endpoint_url) carry `user:password@`?"""
+    return bool(re.match(r"[a-z][a-z0-9+.-]*://[^/?#]*@", url.strip(), re.I))
+
+
+def check_storage_options(options: dict) -> dict:
+    """fsspec options without credentials (the config is recorded in every model bundle): neither a
+    secret-looking key, nested ones included, nor a URL with user:password@ in it (endpoint_url)."""
+    def items(d: dict) -> list[tuple[str, object]]:      # nested too: client_kwargs: {aws_secret_access_key: ...}
+        return [kv for k, v in d.items() for kv in [(str(k), v), *(items(v) if isinstance(v, dict) else [])]]
+    found = sorted(k for k, v in items(options) if SECRET_OPTION_RE.search(k)
+                   or (isinstance(v, str) and has_userinfo(v)))
+    if found:
+        raise ValueError(f"{found} look like credentials, which must not live in the config (flows log it "
+                         "and record it in run artifacts): set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or "
+                         "your store's variables) in the environment")
+    return options
 
 
 def remember_store_credentials() -> None:

@@ -286,3 +286,29 @@ def test_version_and_verbose_anywhere():
     assert parser.parse_args(["-v", "inspect", "-c", "x.yaml"]).verbose is True
     assert parser.parse_args(["build", "-c", "x.yaml", "--verbose"]).verbose is True
     assert parser.parse_args(["inspect", "-c", "x.yaml"]).verbose is False
+
+
+def test_a_data_dir_url_with_credentials_is_refused_without_repeating_them(tmp_path):
+    """It was echoed in the error line ("data_dir s3://AKIDU:S3UrlPwLEAK@..."), and accepted."""
+    cfg = write_server_config(tmp_path, count=2)
+    leaky = "s3://AKIDU:S3UrlPwLEAK@mlc-audit/proj"
+    res = mlc("inspect", "-c", str(cfg), "--set", f"data_dir={leaky}")
+    one_line(res, 2, "data_dir", "holds credentials", "AWS_SECRET_ACCESS_KEY")
+    assert "S3UrlPwLEAK" not in res.stderr + res.stdout and "AKIDU" not in res.stderr
+    data = yaml.safe_load(cfg.read_text())              # written in the file: the same
+    cfg.write_text(yaml.safe_dump({**data, "data_dir": leaky}))
+    res = mlc("inspect", "-c", str(cfg))
+    one_line(res, 2, "data_dir", "holds credentials")
+    assert "S3UrlPwLEAK" not in res.stderr + res.stdout
+
+
+def test_a_one_slash_data_dir_url_is_a_typo_not_a_local_folder(tmp_path):
+    """`s3:/bucket/proj` became the local folder <cwd>/s3:/bucket/proj, silently."""
+    cfg = write_server_config(tmp_path, count=2)
+    res = mlc("inspect", "-c", str(cfg), "--set", "data_dir=s3:/mlc-audit/proj")
+    one_line(res, 2, "data_dir", "not a valid URL", "s3://mlc-audit/proj")
+    assert not (Path.cwd() / "s3:").exists() and not (tmp_path / "s3:").exists()
+    # a local path with a colon further in is still a local path
+    assert load_config(cfg, {"data_dir": str(tmp_path / "runs:2024")}).data_dir == tmp_path / "runs:2024"
+    assert load_config(cfg, {"data_dir": "data:x"}).data_url is None
+

@@ -168,5 +168,12 @@ def test_store_credentials_of_any_fsspec_backend_are_refused_in_the_config(tmp_p
     for name in ("account_key", "sas_token", "connection_string", "client_secret", "private_key", "token"):
         with pytest.raises(ConfigError, match=f"storage_options.*{name}.*credentials"):
             parse_config({"data_dir": "abfs://c/p", "storage_options": {name: "x"}, **classes}, tmp_path)
+    # a password under another name, or inside a URL, is one all the same; the line never repeats it
+    for options, name in (({"passwd": "S3PwLEAK"}, "passwd"),
+                          ({"endpoint_url": "http://u:S3PwLEAK@h:9000"}, "endpoint_url"),
+                          ({"client_kwargs": {"endpoint_url": "https://u:S3PwLEAK@h"}}, "endpoint_url")):
+        with pytest.raises(ConfigError, match=f"storage_options.*{name}.*credentials") as err:
+            parse_config({"data_dir": "s3://b/p", "storage_options": options, **classes}, tmp_path)
+        assert "S3PwLEAK" not in str(err.value)
     kept = {"endpoint_url": "http://127.0.0.1:1", "s3_additional_kwargs": {"SSEKMSKeyId": "alias/x"}, "anon": False}
     assert parse_config({"data_dir": "s3://b/p", "storage_options": kept, **classes}, tmp_path).storage_options == kept
