@@ -19,10 +19,11 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 from mlc_pipeline.config import Config, ConfigError
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, temp_beside
-from mlc_pipeline.secrets import install_log_redaction
+from mlc_pipeline.secrets import install_log_redaction, redact
 
 MARKER = "_COMPLETE"
 
@@ -38,10 +39,19 @@ class Store:
         import fsspec
         install_log_redaction()         # the store's credentials (AWS_*) masked in this process's logs
         self.url = url
+        scheme = url.split(":", 1)[0]
         try:
             self.fs, self.base = fsspec.core.url_to_fs(url, **options)
         except ImportError as exc:
             raise ObjectStoreError(f"data_dir {url}: {exc} (install the extra: pip install 'mlc-pipeline[s3]')") from None
+        except ValueError as exc:       # fsspec: "Protocol not known: s4"
+            if scheme in fsspec.available_protocols():
+                raise ObjectStoreError(f"data_dir {url}: {redact(str(exc))}") from None
+            raise ObjectStoreError(f"data_dir {url}: scheme {scheme!r} is not supported: write s3://bucket/prefix "
+                                   f"(or another fsspec protocol: gs, az, sftp, ...)") from None
+        except OSError as exc:          # a store that connects at once (ftp, sftp): nothing listening there
+            raise ObjectStoreError(f"data_dir {url}: cannot reach the object store at {urlsplit(url).netloc} "
+                                   f"({why(exc)})") from None
         self.base = self.base.rstrip("/")
         self.fs.invalidate_cache()      # fsspec reuses instances: never trust another command's listings
 
@@ -113,6 +123,19 @@ class Store:
         if rels:
             self.fs.rm([self.path(r) for r in rels])
         return len(rels)
+
+
+def why(exc: BaseException) -> str:
+    """The reason under a connection error, as a person says it ("connection refused"), found along the
+    chain botocore and aiohttp wrap it in."""
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        if isinstance(exc, OSError) and exc.errno:
+            return os.strerror(exc.errno).lower()
+        exc = (getattr(exc, "os_error", None) or (getattr(exc, "kwargs", None) or {}).get("error")
+               or exc.__cause__ or exc.__context__)
+    return redact(str(seen[0])) or type(seen[0]).__name__
 
 
 def store_of(cfg: Config) -> Store | None:

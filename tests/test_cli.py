@@ -312,3 +312,13 @@ def test_a_one_slash_data_dir_url_is_a_typo_not_a_local_folder(tmp_path):
     assert load_config(cfg, {"data_dir": str(tmp_path / "runs:2024")}).data_dir == tmp_path / "runs:2024"
     assert load_config(cfg, {"data_dir": "data:x"}).data_url is None
 
+
+def test_an_unknown_or_unreachable_data_dir_url_is_one_line(tmp_path):
+    """fsspec's ValueError ("Protocol not known: s4") and ftplib's ConnectionRefusedError came out as
+    tracebacks of 28 and 40 lines."""
+    cfg = write_server_config(tmp_path, count=2)
+    one_line(mlc("inspect", "-c", str(cfg), "--set", "data_dir=s4://mlc-audit/proj"), 2,
+             "s4://mlc-audit/proj", "scheme 's4' is not supported", "s3://")
+    port = free_port()
+    one_line(mlc("inspect", "-c", str(cfg), "--set", f"data_dir=ftp://127.0.0.1:{port}/proj"), 2,
+             "cannot reach the object store", f"127.0.0.1:{port}", "connection refused")
