@@ -56,11 +56,21 @@ class Store:
         self.fs.invalidate_cache()      # fsspec reuses instances: never trust another command's listings
 
     def check(self) -> None:
-        """A missing bucket is said before a stage runs, not after it when publishing fails."""
+        """A missing bucket, or a store that does not answer, is said before a stage runs, not after it
+        when publishing fails. Asked directly: `fs.exists` says False for an unreachable endpoint too."""
+        if "s3" not in self.fs.protocol:
+            return
         bucket = self.base.split("/")[0]
-        if "s3" in self.fs.protocol and not self.fs.exists(bucket):
+        from botocore.exceptions import ConnectionError as Unreachable     # s3fs's own dependency
+        try:
+            self.fs.call_s3("head_bucket", Bucket=bucket)
+        except FileNotFoundError:
             raise ObjectStoreError(f"data_dir {self.url}: bucket {bucket!r} does not exist (or these credentials "
-                                   f"cannot see it): create it first")
+                                   f"cannot see it): create it first") from None
+        except Unreachable as exc:      # refused credentials and the like pass on: store_errors says them
+            endpoint = getattr(self.fs, "endpoint_url", None) or "the AWS endpoint"
+            raise ObjectStoreError(f"data_dir {self.url}: cannot reach the object store at {endpoint} "
+                                   f"({why(exc)})") from None
 
     def path(self, rel: str) -> str:
         return f"{self.base}/{rel}"

@@ -209,3 +209,16 @@ def test_verbose_logs_never_show_the_store_credentials(s3_server, tmp_path):
     assert "X-Amz-Security-Token': b'***'" in out and "Credential=***/" in out, out[-3000:]
     assert not any(value in out for value in creds.values()), out[-3000:]
 
+
+def test_an_unreachable_store_is_not_called_a_missing_bucket(s3_server, tmp_path):
+    """`fs.exists(bucket)` says False when nothing answers: the user was told to create the bucket."""
+    tiny_config(tmp_path, free_port())
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    res = run_mlc("inspect", config=bucket_config(tmp_path, endpoint, "mlc-audit", "cache"))
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr[-3000:]
+    assert f"cannot reach the object store at {endpoint} (connection refused)" in lines[0], lines[0]
+    res = run_mlc("inspect", config=bucket_config(tmp_path, s3_server, "no-such-bucket", "cache"))
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr[-3000:]
+    assert "bucket 'no-such-bucket' does not exist" in lines[0], lines[0]
