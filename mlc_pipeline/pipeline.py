@@ -26,7 +26,7 @@ from mlc_pipeline.locking import data_root_lock
 from mlc_pipeline.model.mine import mine_round
 from mlc_pipeline.sync import publish, pull
 from mlc_pipeline.model.options import check_train_settings
-from mlc_pipeline.model.variants import models_root, publish_latest, train_alternatives, train_version
+from mlc_pipeline.model.variants import latest_model, models_root, publish_latest, train_alternatives, train_version
 from mlc_pipeline.report.inspect import write_html_report
 from mlc_pipeline.report.model import model_section
 
@@ -55,6 +55,8 @@ class PipelineResult:
     shortfall: list[str] = field(default_factory=list)   # one line per set short of usable images
     shipped: str = ""               # the bundle models/LATEST names after the run
     not_shipped: str = ""           # why the last round's model is not the one shipped ("" when it is)
+    trained_with: dict = field(default_factory=dict)   # what round 0 depends on besides the data (`round0_key`)
+    reused: str = ""                # round 0 was the last run's shipped model, not retrained: why
 
 
 def plain(value: Any) -> Any:
@@ -135,6 +137,38 @@ def mining_stop(cfg: Config, round_no: int, added: int, before: float | None = N
     return None
 
 
+def round0_key(cfg: Config) -> dict:
+    """What a round-0 model depends on besides its dataset version: the training settings as the
+    config gives them, and the code that trains them."""
+    from mlc_pipeline import __version__
+    return {"train": plain(cfg.train.model_dump()), "mlc_pipeline": __version__}
+
+
+def last_shipped_model(cfg: Config, ds: dict, key: dict) -> dict | None:
+    """The model the last run shipped, as `Stages.train` returns one, when this run's round 0 would
+    learn the same thing again: the build published nothing new (the same version), that model was
+    trained on this version, with the same `round0_key`, and models/LATEST still names it (a model
+    promoted by hand since is the user's choice: round 0 then trains). A nightly run with no new
+    images then mines from the shipped model instead of spending a training on its own data again;
+    anything unknown (an older latest.json, a missing metrics.json) trains, as before."""
+    report = cfg.layout.reports / "latest.json"
+    if ds.get("published", True) or not report.is_file():
+        return None
+    try:
+        last = json.loads(report.read_text())
+    except ValueError as exc:
+        log.warning("%s unreadable (%s): round 0 trains", report, exc)
+        return None
+    bundle = latest_model(cfg)
+    if bundle is None or last.get("trained_with") != key or bundle.name != last.get("shipped"):
+        return None
+    rounds = [r for r in last.get("rounds", []) if r.get("bundle") == bundle.name]
+    if not rounds or rounds[-1].get("dataset_version") != ds.get("version") or not (bundle / "metrics.json").is_file():
+        return None
+    return {"round": 0, "bundle": bundle.name, "bundle_dir": str(bundle), "dataset_version": ds["version"],
+            "metrics": json.loads((bundle / "metrics.json").read_text()), "reused": True}
+
+
 def collect_and_curate(cfg: Config, progress: bool = True, on_progress: Callable[[int, int], None] | None = None,
                        max_rounds: int = TOPUP_ROUNDS):
     """Collect and curate in rounds until every set has `count` usable images (collect.stage)."""
@@ -179,6 +213,10 @@ class Stages:
         model = train_version(cfg, dataset_dir, tag=f"r{round_no}", previous=previous, publish=publish)
         return {"round": round_no, "bundle": model.bundle_dir.name, **plain(model)}
 
+    def reuse(self, cfg: Config, model: dict) -> dict:
+        """Round 0 is an existing model (`last_shipped_model`): nothing to run."""
+        return model
+
     def alternatives(self, cfg: Config, dataset_dir: str) -> dict[str, dict]:
         return plain(train_alternatives(cfg, dataset_dir, tag="r0"))
 
@@ -204,8 +242,16 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
     with stages.stage("build"):
         ds = stages.build(cfg)
     publish(cfg)
+    out.trained_with = round0_key(cfg)
     with stages.stage("train"):
-        model = stages.train(cfg, ds["path"], 0)
+        shipped = last_shipped_model(cfg, ds, out.trained_with)
+        if shipped is not None:         # nothing round 0 learns from changed: mining goes on from it
+            out.reused = (f"dataset {ds['version']} and the training settings are those of the last run's shipped "
+                          f"model {shipped['bundle']}: round 0 is that model, not trained again")
+            log.info("%s", out.reused)
+            model = stages.reuse(cfg, shipped)
+        else:
+            model = stages.train(cfg, ds["path"], 0)
     publish(cfg)
     out.rounds.append(record(0, model["dataset_version"], model["bundle"], model["metrics"]))
     if cfg.train.compare_baselines if alternatives is None else alternatives:

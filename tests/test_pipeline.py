@@ -227,3 +227,71 @@ def test_a_round_that_adds_no_negative_stops_and_says_why(tmp_path):
     why = mining_stop(cfg, 1, added=0)
     assert "no hard negative added" in why and "held for review" in why
     assert mining_stop(cfg, 1, added=3) is None
+
+
+class NightlyStages(ScriptedStages):
+    """ScriptedStages whose bundles exist (metrics.json, as train_model writes it) and whose builds
+    return the versions given, (name, published) in turn, as build_dataset does; each model is trained
+    on the version built last."""
+
+    def __init__(self, unknowns, builds: list[tuple[str, bool]]):
+        super().__init__(unknowns)
+        self.builds, self.version = list(builds), None
+
+    def build(self, cfg):
+        self.version, published = self.builds.pop(0)
+        return {"path": "unused", "version": self.version, "published": published}
+
+    def train(self, cfg, dataset_dir, round_no, previous=None, publish=True):
+        model = super().train(cfg, dataset_dir, round_no, previous, False)
+        model["bundle"] = f"{cfg.build.name}-{self.version}-r{round_no}"
+        model["dataset_version"] = self.version
+        bundle = cfg.layout.models / model["bundle"]
+        bundle.mkdir(exist_ok=True)
+        (bundle / "metrics.json").write_text(json.dumps(model["metrics"]))
+        model["bundle_dir"] = str(bundle)
+        if publish:
+            from mlc_pipeline.model.variants import publish_latest
+            publish_latest(cfg, model["bundle"])
+        return model
+
+
+def test_a_run_with_nothing_new_to_learn_mines_from_the_shipped_model_instead_of_training_it_again(tmp_path):
+    """A nightly run whose build publishes nothing new, with the same training settings, would train
+    round 0 on the data the shipped model already learnt (24 minutes on a slow 2-core box, to find it
+    again): round 0 is that model, and mining goes on from it. New data, other settings, or a model
+    promoted by hand since: round 0 trains, as before."""
+    from mlc_pipeline.pipeline import run_stages
+    cfg = _loop_config(tmp_path, rounds=1)
+    first = NightlyStages([(0.10, 0.30), (0.05, 0.20)], [("v1", True), ("v2", True)])
+    out = run_stages(cfg, first)
+    assert [c[0] for c in first.calls] == [0, 1] and out.shipped == "default-v2-r1" and not out.reused
+
+    # The next night: the pool grew (mining has new images), the classes did not: the build is unchanged.
+    night = NightlyStages([(0.05, 0.20), (0.04, 0.10)], [("v2", False), ("v3", True)])
+    out = run_stages(cfg, night)
+    assert night.calls == [(1, "default-v2-r1", False)]       # no round 0 training: round 1 went on from it
+    assert (out.rounds[0].round, out.rounds[0].bundle, out.rounds[0].dataset_version) == (0, "default-v2-r1", "v2")
+    assert "round 0 is that model, not trained again" in out.reused and "default-v2-r1" in out.reused
+    assert out.shipped == "default-v3-r1" == (cfg.layout.models / "LATEST").read_text().strip()
+    assert json.loads((cfg.layout.reports / "latest.json").read_text())["reused"] == out.reused
+    from mlc_pipeline.report.model import run_notes         # the report says so
+    assert run_notes(out)[0].startswith("<p id='reused'><b>Round 0:</b> dataset v2 and the training settings")
+
+    def new_data(builds):
+        builds[0] = ("v9", True)
+
+    def other_settings(builds):
+        cfg.train.epochs = 7
+
+    def promoted_by_hand(builds):
+        (cfg.layout.models / "LATEST").write_text("default-v2-r1\n")
+
+    for change in (new_data, other_settings, promoted_by_hand):
+        latest = (cfg.layout.models / "LATEST").read_text().strip()
+        version = json.loads((cfg.layout.reports / "latest.json").read_text())["rounds"][-1]["dataset_version"]
+        builds = [(version, False), (version + "m", True)]        # unchanged, but for the change
+        change(builds)
+        again = NightlyStages([(0.05, 0.20), (0.04, 0.10)], builds)
+        out = run_stages(cfg, again)
+        assert not out.reused and again.calls[0][0] == 0, (change.__name__, latest, again.calls)

@@ -42,7 +42,7 @@ def latest_result(cfg: Config) -> SimpleNamespace | None:
                 (cfg.layout.models / r.bundle / "metrics.json").is_file() for r in rounds):
             return SimpleNamespace(rounds=rounds, alternatives=saved.get("alternatives", {}),
                                    shortfall=saved.get("shortfall", []), shipped=shipped,
-                                   not_shipped=saved.get("not_shipped", ""))
+                                   not_shipped=saved.get("not_shipped", ""), reused=saved.get("reused", ""))
     if not (bundle / "metrics.json").is_file():
         return None
     test = json.loads((bundle / "metrics.json").read_text())["test"]

@@ -85,6 +85,16 @@ ALTERNATIVES_OFF = ("<p id='alternatives-off'>" + html.escape(ALTERNATIVES_OFF_T
     "`--set train.compare_baselines=true`", "<code>--set train.compare_baselines=true</code>") + "</p>")
 
 
+def run_notes(result) -> list[str]:
+    """What the run decided about its models, when it did not simply train and ship the last round."""
+    notes = []
+    if getattr(result, "reused", ""):
+        notes.append(f"<p id='reused'><b>Round 0:</b> {html.escape(result.reused)}.</p>")
+    if getattr(result, "not_shipped", ""):
+        notes.append(f"<p id='not-shipped'><b>Not shipped:</b> {html.escape(result.not_shipped)}.</p>")
+    return notes
+
+
 def model_section(result, models_dir: Path) -> str:
     """HTML for a PipelineResult whose bundles live in `models_dir`."""
     if not result.rounds:
@@ -94,8 +104,7 @@ def model_section(result, models_dir: Path) -> str:
     last = shipped_round(result)
     bundle = models_dir / last.bundle
     parts = ["<h2 id='model'>Model</h2>", f"<p>Network: {html.escape(bundle_network_line(bundle))}</p>"]
-    if getattr(result, "not_shipped", ""):
-        parts.append(f"<p id='not-shipped'><b>Not shipped:</b> {html.escape(result.not_shipped)}.</p>")
+    parts += run_notes(result)
     warnings = data_warnings(result, models_dir)
     if warnings:
         parts += ["<h3 id='data-warnings'>Data warnings</h3><ul>"]
