@@ -91,6 +91,13 @@ def short_sets_markdown(collected: dict) -> list[str]:
     return ["**Short sets** (fewer usable images than their count):", ""] + [f"- {md_escape(s)}" for s in short] + [""]
 
 
+def published_lines(run: dict) -> list[str]:
+    if run.get("config_loaded") is False:        # nothing to look in: do not claim "none"
+        return ["- published versions: not looked up (the config did not load)", ""]
+    return [f"- latest dataset version: **{run.get('latest_dataset') or 'none'}**",
+            f"- latest model: **{run.get('latest_model') or 'none'}**", ""]
+
+
 def summary_markdown(run: dict) -> str:
     """The run summary: dataset version and counts, model metrics before/after mining, the report."""
     title = run.get("title", "collect-and-train")
@@ -101,8 +108,7 @@ def summary_markdown(run: dict) -> str:
               f"- data root: `{run.get('data_dir', '?')}`"]
     if run.get("report"):
         lines.append(f"- HTML report: `{run['report']}`")
-    lines += [f"- latest dataset version: **{run.get('latest_dataset') or 'none'}**",
-              f"- latest model: **{run.get('latest_model') or 'none'}**", ""]
+    lines += published_lines(run)
     c = run.get("collect")
     if c:
         lines += ["## Collect", "",

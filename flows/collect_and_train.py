@@ -167,7 +167,7 @@ class Run:
     def __init__(self, title: str, config_path: str, overrides: dict | None):
         self.data: dict[str, Any] = {"title": title, "status": "running", "config_path": config_path,
                                      "overrides": overrides or {}, "builds": [], "models": [], "mined": [],
-                                     "seconds": {}}
+                                     "seconds": {}, "config_loaded": False}
         self.cfg: Config | None = None
         self.stage = "config"
         self.held = ExitStack()
@@ -185,10 +185,15 @@ class Run:
     def fail(self, exc: BaseException) -> StageFailed:
         from mlc_pipeline.secrets import redact
 
+        cause = f"stage '{self.stage}' failed: {type(exc).__name__}: {redact(str(exc))}."
+        if self.cfg is None:      # nothing ran and nothing was looked at: a rerun would fail the same way
+            msg = (f"{cause} The config did not load, so no stage ran and the data root was not touched: "
+                   "fix the config file, its path or the overrides, then start a new run.")
+            self.data.update(status="Failed", error=msg, failed_stage=self.stage)
+            return StageFailed(msg)
         state = published_state(self.cfg)
         self.data.update(state)
-        msg = (f"stage '{self.stage}' failed: {type(exc).__name__}: {redact(str(exc))}. "
-               f"Published versions are never modified by a failed stage: latest dataset "
+        msg = (f"{cause} Published versions are never modified by a failed stage: latest dataset "
                f"{state.get('latest_dataset') or 'none'}, latest model {state.get('latest_model') or 'none'}. "
                "Rerun to resume: what was collected and curated is kept in the catalog.")
         self.data.update(status="Failed", error=msg, failed_stage=self.stage)
@@ -263,11 +268,27 @@ def publish_artifacts(run: Run, key: str | None = None) -> None:
         get_run_logger().warning("artifacts not created: %s", exc)
 
 
+def check_override_classes(config_path: str, overrides: dict | None) -> None:
+    """A class named in the overrides that the config does not have, and given no queries, is a typo
+    (`kyte`): say so, rather than the merged config's "classes.kyte.queries: required key is missing"."""
+    from mlc_pipeline.config import ConfigError
+
+    named = (overrides or {}).get("classes")
+    if not isinstance(named, dict) or not named:
+        return
+    known = load_config(config_path).classes        # the file alone (its own errors are reported as they are)
+    for name, value in named.items():
+        if name not in known and not (isinstance(value, dict) and "queries" in value):
+            raise ConfigError(f"overrides: classes.{name}: {config_path} has no class {name!r} (its classes: "
+                              f"{', '.join(known)}); a new class needs its queries and count")
+
+
 def start(run: Run, config_path: str, overrides: dict | None) -> Config:
     logger = get_run_logger()
+    check_override_classes(config_path, overrides)
     cfg = load_config(config_path, overrides)
     run.cfg = cfg
-    run.data["data_dir"] = str(cfg.data_dir)
+    run.data.update(data_dir=str(cfg.data_dir), config_loaded=True)
     logger.info("flow run %s: config %s%s, data root %s", flow_run_name(), config_path,
                 f" with overrides {overrides}" if overrides else "", cfg.data_dir)
     run.hold_data_root(cfg)

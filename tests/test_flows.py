@@ -281,10 +281,22 @@ def test_flow_waits_for_another_writer_on_its_data_root(harness, project):
     assert curate_started >= released          # the flow's first stage waited for the holder
 
 
-def test_bad_config_fails_with_a_clear_message(harness, project):
-    state = collect_and_train(config_path=str(project), overrides={"train": {"epochz": 1}}, return_state=True)
+@pytest.mark.parametrize("config_path, overrides, says", [
+    (None, {"train": {"epochz": 1}}, "train.epochz: unknown key"),
+    (None, {"classes": {"kite": {"count": -5}}}, "classes.kite.count"),
+    ("configs/nope.yaml", {}, "nope.yaml"),
+    (None, {"classes": {"kyte": {"count": 5}}}, "has no class 'kyte' (its classes: balloon, kite)"),
+])
+def test_bad_config_fails_with_a_clear_message(harness, project, config_path, overrides, says):
+    """A config that does not load: the message says so and what to do, and claims nothing about what
+    is published (it never looked; a project with published versions must not read "none")."""
+    state = collect_and_train(config_path=config_path or str(project), overrides=overrides, return_state=True)
     assert state.is_failed()
-    assert "stage 'config' failed" in state.message and "train.epochz: unknown key" in state.message
+    assert "stage 'config' failed" in state.message and says in state.message, state.message
+    assert "The config did not load" in state.message and "fix the config" in state.message
+    assert "latest dataset" not in state.message and "Rerun to resume" not in state.message
+    summary = artifacts_of(state.state_details.flow_run_id)[SUMMARY_KEY][0].data
+    assert "not looked up (the config did not load)" in summary and "latest dataset" not in summary, summary
 
 
 def test_credentials_from_prefect_secret_blocks(harness, monkeypatch):
