@@ -91,6 +91,13 @@ def short_sets_markdown(collected: dict) -> list[str]:
     return ["**Short sets** (fewer usable images than their count):", ""] + [f"- {md_escape(s)}" for s in short] + [""]
 
 
+def shortfall_text(shortfall: dict | None) -> str:
+    """{'train/kite': 3, 'pool/other': 20} -> 'train/kite 3 images short, pool/other 20 images short'."""
+    if not shortfall:
+        return "none"
+    return ", ".join(f"{md_escape(name)} {n} image{'s' if n != 1 else ''} short" for name, n in shortfall.items())
+
+
 def published_lines(run: dict) -> list[str]:
     if run.get("config_loaded") is False:        # nothing to look in: do not claim "none"
         return ["- published versions: not looked up (the config did not load)", ""]
@@ -113,7 +120,7 @@ def summary_markdown(run: dict) -> str:
     if c:
         lines += ["## Collect", "",
                   f"{c['downloaded']} downloaded, {c['found_new']} new candidates, {c['api_calls']} API calls; "
-                  f"failed: {c.get('failed') or 'none'}; shortfall: {c.get('shortfall') or 'none'}", ""]
+                  f"failed: {c.get('failed') or 'none'}; shortfall: {shortfall_text(c.get('shortfall'))}", ""]
         lines += short_sets_markdown(c)
     k = run.get("curate")
     if k:

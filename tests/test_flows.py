@@ -299,6 +299,16 @@ def test_bad_config_fails_with_a_clear_message(harness, project, config_path, ov
     assert "not looked up (the config did not load)" in summary and "latest dataset" not in summary, summary
 
 
+def test_summary_renders_the_shortfall_readably():
+    from flows.artifacts import summary_markdown
+
+    collected = {"downloaded": 3, "found_new": 5, "api_calls": 7, "failed": {},
+                 "shortfall": {"train/kite": 3, "pool/other": 1}}
+    text = summary_markdown({"status": "Completed", "config_path": "c.yaml", "collect": collected})
+    assert "shortfall: train/kite 3 images short, pool/other 1 image short" in text, text
+    assert "{" not in text
+
+
 def test_credentials_from_prefect_secret_blocks(harness, monkeypatch):
     """With no environment variables, the key and secret come from Prefect Secret blocks (and are
     masked like any other secret)."""
