@@ -18,13 +18,12 @@ from typing import Any, Iterator
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 
 from flows.artifacts import DATASET_SUMMARY_KEY, publish
 from flows.progress import DownloadProgress, downloads_wanted
-from flows.runtime import FLICKR_LIMIT, retry_condition, task_runner
+from flows.runtime import flickr_slot, retry_condition, task_runner
 from mlc_pipeline.config import Config, load_config
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.model.options import check_train_settings
@@ -59,7 +58,7 @@ def collect_stage(cfg: Config) -> dict:
     progress = DownloadProgress(wanted, logger=logger)
     # One collect at a time across all runs on this server (global concurrency limit, if created);
     # within the run, the library's token bucket keeps calls under source.max_calls_per_hour.
-    with concurrency(FLICKR_LIMIT, occupy=1, strict=False, raise_on_lease_renewal_failure=False):
+    with flickr_slot(logger):
         summary, curated = collect_and_curate(cfg, progress=False, on_progress=progress)
     progress.finish(summary.downloaded)
     logger.info("collect: %d downloaded in %d collect/curate rounds, %d new candidates, %d API calls, failed %s",

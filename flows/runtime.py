@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
+from contextlib import contextmanager
+from typing import Iterator
 
+from prefect.concurrency.sync import concurrency
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from mlc_pipeline.executor import ADDRESS_ENV
@@ -16,6 +20,38 @@ TASK_WORKERS_ENV = "MLC_TASK_WORKERS"       # threads of the default ThreadPoolT
 # every run and deployment on the server. Missing limit = no limit (strict=False), so a bare
 # `prefect_test_harness` or a fresh server still runs.
 FLICKR_LIMIT = os.environ.get("MLC_FLICKR_CONCURRENCY_LIMIT", "mlc-flickr")
+# The slot's lease. Prefect renews a held lease every 3/4 of it (prefect/concurrency/_leases.py), so a
+# collect of hours keeps its slot; a run that dies mid-collect frees it when the lease expires. 60 s
+# is the server's minimum (Prefect's default, 300 s, made the next collect wait ~5 minutes after a crash).
+FLICKR_LEASE_S = 60
+
+
+def flickr_slot_busy() -> bool:
+    """Whether every slot of the Flickr limit is held now (False when the limit does not exist)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(FLICKR_LIMIT)
+    except ObjectNotFound:
+        return False
+    return limit.active and limit.active_slots >= limit.limit
+
+
+@contextmanager
+def flickr_slot(logger) -> Iterator[None]:
+    """Hold the Flickr limit's slot; say so when it has to wait for it, and for how long it waited."""
+    busy = flickr_slot_busy()
+    if busy:
+        logger.warning("collect: waiting for the %r concurrency slot: another collect holds it, or a run that "
+                       "stopped mid-collect does until its lease expires (within %d s)", FLICKR_LIMIT, FLICKR_LEASE_S)
+    waited = time.monotonic()
+    with concurrency(FLICKR_LIMIT, occupy=1, strict=False, lease_duration=FLICKR_LEASE_S,
+                     raise_on_lease_renewal_failure=False):
+        if busy:
+            logger.info("collect: got the %r slot after %.0f s", FLICKR_LIMIT, time.monotonic() - waited)
+        yield
 
 
 def task_runner(address: str | None = None):

@@ -309,6 +309,45 @@ def test_summary_renders_the_shortfall_readably():
     assert "{" not in text
 
 
+def test_collect_says_when_it_waits_for_the_flickr_slot(harness, caplog):
+    """A collect that finds the mlc-flickr slot held (another collect, or a crashed run's lease) logs
+    that it waits and why, then how long it waited; the lease is Prefect's minimum (renewed while held)."""
+    import logging
+    import threading
+
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+
+    from flows.runtime import FLICKR_LEASE_S, FLICKR_LIMIT, flickr_slot
+
+    assert FLICKR_LEASE_S == 60
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=FLICKR_LIMIT, limit=1))
+    held, release = threading.Event(), threading.Event()
+
+    def other_collect():
+        with concurrency(FLICKR_LIMIT, occupy=1, lease_duration=60):
+            held.set()
+            release.wait(30)
+
+    other = threading.Thread(target=other_collect)
+    other.start()
+    try:
+        assert held.wait(30)
+        threading.Timer(2, release.set).start()
+        logger = logging.getLogger("test-flickr-slot")
+        with caplog.at_level(logging.INFO, logger="test-flickr-slot"):
+            with flickr_slot(logger):
+                pass
+        assert "waiting for the 'mlc-flickr' concurrency slot" in caplog.text and "within 60 s" in caplog.text
+        assert "got the 'mlc-flickr' slot after" in caplog.text
+    finally:
+        release.set()
+        other.join(timeout=30)
+        with get_client(sync_client=True) as client:      # the other tests run without the limit
+            client.delete_global_concurrency_limit_by_name(FLICKR_LIMIT)
+
+
 def test_credentials_from_prefect_secret_blocks(harness, monkeypatch):
     """With no environment variables, the key and secret come from Prefect Secret blocks (and are
     masked like any other secret)."""
