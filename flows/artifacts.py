@@ -191,3 +191,57 @@ def publish(run: dict, summary_key: str = SUMMARY_KEY) -> None:
     if run.get("models") or run.get("mined"):
         create_table_artifact(mined_rows(run.get("mined") or []), key=MINED_KEY,
                               description="hard negatives mined from the pool (moved into training 'other')")
+
+
+# ------------------------------------------------------------------- runs that never finished
+
+def published_state(cfg) -> dict:
+    """The latest dataset version and model as they are on disk now (never modified by a failure)."""
+    if cfg is None:
+        return {}
+    from mlc_pipeline.manifest import latest_version
+    from mlc_pipeline.model.variants import latest_model
+
+    model = latest_model(cfg)
+    return {"latest_dataset": latest_version(cfg.layout.datasets),
+            "latest_model": model.name if model else None}
+
+
+def stopped_markdown(title: str, flow_run, state, published: dict | None, why_unknown: str = "") -> str:
+    """The summary of a run that was cancelled or crashed: no stage result is known here, only that."""
+    params = flow_run.parameters or {}
+    status = "Cancelled" if state.is_cancelling() else state.name     # on_cancellation sees Cancelling
+    lines = [f"# {title}: {status}", "", f"**{md_escape(state.message or state.name)}**", "",
+             "A cancelled or crashed run publishes nothing: every published version is as it was, and what "
+             "was collected and curated is kept in the catalog (the next run resumes from it).", "",
+             f"- flow run: `{flow_run.name}`",
+             f"- config: `{params.get('config_path', '?')}`"
+             + (f" with overrides `{params['overrides']}`" if params.get("overrides") else "")]
+    if published is None:
+        lines += [f"- published versions: not looked up ({why_unknown})", ""]
+    else:
+        lines += [f"- latest dataset version: **{published.get('latest_dataset') or 'none'}**",
+                  f"- latest model: **{published.get('latest_model') or 'none'}**", ""]
+    return "\n".join(lines)
+
+
+def write_stopped_summary(client, flow_name: str, flow_run, state) -> None:
+    """The `mlc-run-summary` (or dataset summary) of a cancelled or crashed run, so the UI does not go
+    on showing the previous run's; from a state hook or from flows/stale_runs.py."""
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    from mlc_pipeline.config import load_config
+
+    params = flow_run.parameters or {}
+    published, why = None, ""
+    try:
+        published = published_state(load_config(params.get("config_path") or "configs/offline.yaml",
+                                                params.get("overrides") or None))
+    except Exception as exc:   # a summary of what is known; the run's state is what matters
+        from mlc_pipeline.secrets import redact
+
+        why = f"the config did not load: {type(exc).__name__}: {redact(str(exc))}"
+    key = DATASET_SUMMARY_KEY if flow_name == "rebuild-report" else SUMMARY_KEY
+    client.create_artifact(ArtifactCreate(
+        key=key, type="markdown", flow_run_id=flow_run.id, description=f"{flow_name} summary ({state.name})",
+        data=stopped_markdown(flow_name, flow_run, state, published, why)))

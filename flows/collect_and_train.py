@@ -16,12 +16,12 @@ from __future__ import annotations
 from contextlib import ExitStack, contextmanager
 from typing import Any, Iterator
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 
-from flows.artifacts import DATASET_SUMMARY_KEY, publish
+from flows.artifacts import DATASET_SUMMARY_KEY, publish, published_state, write_stopped_summary
 from flows.progress import DownloadProgress, downloads_wanted
 from flows.runtime import flickr_slot, retry_condition, task_runner
 from mlc_pipeline.config import Config, load_config
@@ -141,16 +141,13 @@ def report_stage(cfg: Config, result: dict) -> str:
 
 # ---------------------------------------------------------------------------------------- helpers
 
-def published_state(cfg: Config | None) -> dict:
-    """The latest dataset version and model as they are on disk now (never modified by a failure)."""
-    if cfg is None:
-        return {}
-    from mlc_pipeline.manifest import latest_version
-    from mlc_pipeline.model.variants import latest_model
+def summarize_stopped_run(flow, flow_run, state) -> None:
+    """on_cancellation / on_crashed: a `mlc-run-summary` saying so (else the UI shows the previous run's)."""
+    with get_client(sync_client=True) as client:
+        write_stopped_summary(client, flow.name, flow_run, state)
 
-    model = latest_model(cfg)
-    return {"latest_dataset": latest_version(cfg.layout.datasets),
-            "latest_model": model.name if model else None}
+
+STOPPED_HOOKS = dict(on_cancellation=[summarize_stopped_run], on_crashed=[summarize_stopped_run])
 
 
 def flow_run_name() -> str:
@@ -296,7 +293,7 @@ def start(run: Run, config_path: str, overrides: dict | None) -> Config:
 
 # ------------------------------------------------------------------------------------------ flows
 
-@flow(name="collect-and-train", task_runner=task_runner(), validate_parameters=True,
+@flow(name="collect-and-train", task_runner=task_runner(), validate_parameters=True, **STOPPED_HOOKS,
       description="Collect, curate, build, train, mine hard negatives and retrain, report.")
 def collect_and_train(config_path: str = DEFAULT_CONFIG, overrides: dict | None = None) -> dict:
     """The whole pipeline, one task per stage. Parameters: the pipeline YAML config (relative to the
@@ -323,7 +320,7 @@ def collect_and_train(config_path: str = DEFAULT_CONFIG, overrides: dict | None 
     return result
 
 
-@flow(name="rebuild-report", task_runner=task_runner(), validate_parameters=True,
+@flow(name="rebuild-report", task_runner=task_runner(), validate_parameters=True, **STOPPED_HOOKS,
       description="Curate what is in the catalog, build a dataset version if it changed, write the report. "
                   "No downloads, no training.")
 def rebuild_report(config_path: str = DEFAULT_CONFIG, overrides: dict | None = None) -> dict:

@@ -6,15 +6,18 @@
 #   3. the deployments of prefect.yaml (`prefect --no-prompt deploy --all`),
 #   4. a worker on the pool,
 #   5. a first run of collect-and-train/nightly, watched until it ends;
-# then it stays up so the nightly schedule (02:00 UTC) runs, until Ctrl-C, and stops the worker, then
-# the server. See docs/orchestration.md.
+# then it stays up so the nightly schedule (02:00 UTC) runs, until Ctrl-C (or SIGTERM): it cancels the
+# pool's in-flight runs and waits for them to end (up to MLC_STOP_WAIT s, then marks them Crashed), then
+# stops the worker, then the server. Before starting its worker it marks Crashed the pool's runs a gone
+# worker left unfinished (python -m flows.stale_runs). See docs/orchestration.md.
 #
 # Usage: bash scripts/prefect_local.sh [--once] [--no-run] [--params JSON]
 #   --once         stop everything after the first run; exit with the run's status
 #   --no-run       no first run (just bring everything up)
 #   --params JSON  parameters of the first run, e.g. '{"config_path": "configs/offline.yaml",
 #                  "overrides": {"train": {"epochs": 2}}}' (default: the deployment's)
-# Environment: MLC_PREFECT_PORT, PREFECT_HOME, MLC_PREFECT_UI=0 (no UI), MLC_WATCH_TIMEOUT (s, 21600).
+# Environment: MLC_PREFECT_PORT, PREFECT_HOME, MLC_PREFECT_UI=0 (no UI), MLC_WATCH_TIMEOUT (s, 21600),
+#              MLC_STOP_WAIT (s, 60).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -25,7 +28,7 @@ while [ $# -gt 0 ]; do
     --once) ONCE=1 ;;
     --no-run) RUN=0 ;;
     --params) PARAMS=${2:?--params needs a JSON mapping}; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "prefect_local: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -47,7 +50,11 @@ export PYTHONUNBUFFERED=1
 LOGS=$PREFECT_HOME/logs
 mkdir -p "$LOGS"
 
-SERVER_PID="" WORKER_PID=""
+SERVER_PID="" WORKER_PID="" WATCH_PID=""
+# This script's worker, by a fixed name and a pid file: a later start knows it for its own, so it can
+# stop a previous one left running (this script killed with -9) and not wait for its heartbeat to age.
+WORKER_NAME=$POOL-$(hostname)
+WORKER_PIDFILE=$PREFECT_HOME/worker.pid
 
 # Start a long-lived process in the background, in its own session (its process group has its pid,
 # and a Ctrl-C at the terminal does not reach it: cleanup stops it in order). A background job of a
@@ -79,7 +86,15 @@ stop_pid() {
 
 cleanup() {
   trap - EXIT INT TERM
+  [ -n "$WATCH_PID" ] && kill "$WATCH_PID" 2>/dev/null
+  # A flow run killed along with its worker would stay Running forever and hold the deployment's
+  # concurrency slot: cancel the pool's runs while the worker can still end them, then crash leftovers.
+  if [ -n "$WORKER_PID" ] && kill -0 "$WORKER_PID" 2>/dev/null && healthy; then
+    "$PY" -m flows.stale_runs stop-runs --pool "$POOL" --wait "${MLC_STOP_WAIT:-60}" \
+      || echo "prefect_local: could not end the in-flight runs; see docs/orchestration.md" >&2
+  fi
   stop_pid "$WORKER_PID" worker      # the worker first: it reports to the server while it stops
+  [ -n "$WORKER_PID" ] && rm -f "$WORKER_PIDFILE"
   stop_pid "$SERVER_PID" server
 }
 trap cleanup EXIT
@@ -110,30 +125,47 @@ echo "prefect_local: server up; UI: http://127.0.0.1:$PORT"
 # 3. the deployments (collect-and-train/nightly on the cron schedule, rebuild-report/rebuild-report)
 "$PREFECT" --no-prompt deploy --all
 
-# 4. the worker (runs each flow in a subprocess of this checkout's .venv)
+# 4. runs a gone worker left Running (its script killed, the machine down) would block the deployment
+# forever: crash them, unless another worker of the pool is alive (a heartbeat in the last 90 s). A
+# previous worker of this script that still runs is stopped first, its runs cancelled.
+OLD_PID=$(cat "$WORKER_PIDFILE" 2>/dev/null || true)
+if [ -n "$OLD_PID" ] && ps -o args= -p "$OLD_PID" 2>/dev/null | grep -q "worker start"; then
+  echo "prefect_local: a previous worker of this script still runs (pid $OLD_PID); ending its runs and stopping it"
+  "$PY" -m flows.stale_runs stop-runs --pool "$POOL" --wait "${MLC_STOP_WAIT:-60}" || true
+  stop_pid "$OLD_PID" "previous worker"
+fi
+"$PY" -m flows.stale_runs crash-orphans --pool "$POOL" --dead-worker "$WORKER_NAME" \
+  || echo "prefect_local: could not check for runs left unfinished; see docs/orchestration.md" >&2
+
+# 5. the worker (runs each flow in a subprocess of this checkout's .venv)
 echo "prefect_local: starting a worker on pool $POOL (log $LOGS/worker.log)"
-spawn "$LOGS/worker.log" "$PREFECT" worker start --pool "$POOL"
+spawn "$LOGS/worker.log" "$PREFECT" worker start --pool "$POOL" --name "$WORKER_NAME"
 WORKER_PID=$!
+echo "$WORKER_PID" >"$WORKER_PIDFILE"
 for i in $(seq 1 120); do                          # ready when it says so (a few seconds)
   grep -q "started" "$LOGS/worker.log" 2>/dev/null && break
   kill -0 "$WORKER_PID" 2>/dev/null || { echo "prefect_local: the worker exited:" >&2; tail -n 30 "$LOGS/worker.log" >&2; exit 1; }
   sleep 0.5
 done
 
-# 5. a first run, watched
+# 6. a first run, watched (in the background: a SIGTERM to this script is handled at once, not
+# after the run)
 RC=0
 if [ "$RUN" = 1 ]; then
   ARGS=(deployment run collect-and-train/nightly --watch --watch-timeout "${MLC_WATCH_TIMEOUT:-21600}")
   [ -n "$PARAMS" ] && ARGS+=(--params "$PARAMS")
   echo "prefect_local: first run of collect-and-train/nightly; follow it at http://127.0.0.1:$PORT/runs"
-  "$PREFECT" "${ARGS[@]}" || RC=$?
+  "$PREFECT" "${ARGS[@]}" &
+  WATCH_PID=$!
+  wait "$WATCH_PID" || RC=$?
+  WATCH_PID=""
   echo "prefect_local: first run finished with exit status $RC"
 fi
 
 if [ "$ONCE" = 1 ]; then
   exit "$RC"
 fi
-echo "prefect_local: up. UI http://127.0.0.1:$PORT ; next nightly run at 02:00 UTC. Ctrl-C stops the worker, then the server."
+echo "prefect_local: up. UI http://127.0.0.1:$PORT ; next nightly run at 02:00 UTC. Ctrl-C cancels the runs in flight, stops the worker, then the server."
 while kill -0 "$WORKER_PID" 2>/dev/null; do sleep 5; done
 echo "prefect_local: the worker exited; see $LOGS/worker.log" >&2
 exit 1

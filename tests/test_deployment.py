@@ -170,3 +170,105 @@ def test_nightly_deployment_runs_on_a_worker_and_is_scheduled(stack, tmp_path):
         assert (start.hour, start.minute, start.utcoffset().total_seconds()) == (2, 0, 0), start
     print(f"deployment test: {time.monotonic() - t0:.0f} s; {len(scheduled)} scheduled runs; "
           f"{json.dumps([r['expected_start_time'] for r in scheduled])}")
+
+
+# ------------------------------------------------------------------ runs whose process is gone
+
+def flow_run_pids(flow_run_id: str) -> list[int]:
+    """Processes of this user that run the given flow run (the worker passes its id in the environment)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+            if proc.name.isdigit() and marker in (proc / "environ").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            pass
+    return pids
+
+
+def run_state(stack: Stack, flow_run_id: str) -> dict:
+    return stack.get(f"/flow_runs/{flow_run_id}")["state"]
+
+
+def wait_for_state(stack: Stack, flow_run_id: str, types: set[str], timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = run_state(stack, flow_run_id)
+        if state["type"] in types:
+            return state
+        time.sleep(1)
+    raise AssertionError(f"run {flow_run_id} still {run_state(stack, flow_run_id)} after {timeout}s:\n"
+                         f"{tail(stack.logs['worker'], 6000)}")
+
+
+def stale_runs(stack: Stack, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "flows.stale_runs", *args], cwd=ROOT, env=stack.env,
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_runs_of_a_stopped_or_dead_worker_do_not_block_the_deployment(stack, tmp_path):
+    """What prefect_local.sh does when it stops (cancel the pool's runs, then its worker) and when it
+    starts after a worker died mid-run (crash what it left Running): either way the run ends in a final
+    state, the deployment's concurrency slot is free, and the run has a summary saying what happened.
+    The runs are held mid-flow by the data root's lock (held here), as a long stage would hold them."""
+    from mlc_pipeline.locking import data_root_lock
+
+    config = tiny_config(tmp_path, free_port())
+    stack.start("server", "server", "start", "--host", "127.0.0.1", "--port", str(stack.port), "--no-ui")
+    stack.wait_healthy()
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    for d in spec["deployments"]:
+        d["parameters"] = {"config_path": str(config), "overrides": {}}
+    (tmp_path / "prefect.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    stack.cli("work-pool", "create", POOL, "--type", "process")
+    stack.cli("--no-prompt", "deploy", "--all", "--prefect-file", str(tmp_path / "prefect.yaml"), cwd=ROOT,
+              timeout=180)
+    nightly = stack.get("/deployments/name/collect-and-train/nightly")
+
+    def start_held_run() -> str:
+        out = stack.cli("deployment", "run", "collect-and-train/nightly")
+        [run_id] = [w for w in out.stdout.split() if len(w) == 36 and w.count("-") == 4]
+        wait_for_state(stack, run_id, {"RUNNING"}, 180)
+        time.sleep(3)                       # into the flow body, waiting for the data root
+        return run_id
+
+    def slot_free() -> bool:
+        limit = stack.get(f"/deployments/{nightly['id']}").get("global_concurrency_limit") or {}
+        return limit.get("active_slots", 0) == 0
+
+    def summary_of(run_id: str) -> str:
+        arts = stack.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]},
+                                                              "key": {"any_": ["mlc-run-summary"]}}})
+        assert arts, f"no mlc-run-summary for {run_id}"
+        return arts[0]["data"]
+
+    with data_root_lock(tmp_path / "data", "test: a long stage"):
+        # 1. The script stops: the pool's in-flight run is cancelled and ends before its worker stops.
+        worker = stack.start("worker", "worker", "start", "--pool", POOL, "--name", "mlc-local-test")
+        run_id = start_held_run()
+        assert not slot_free()
+        stale_runs(stack, "stop-runs", "--pool", POOL, "--wait", "90")
+        assert run_state(stack, run_id)["type"] == "CANCELLED", run_state(stack, run_id)
+        assert slot_free()
+        assert "Cancelled" in summary_of(run_id) and "latest dataset version: **none**" in summary_of(run_id)
+
+        # 2. The worker and its flow process are killed (-9): the run stays Running, holding the slot...
+        run_id = start_held_run()
+        for pid in [worker.pid, *flow_run_pids(run_id)]:
+            for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+                try:
+                    kill()
+                except ProcessLookupError:
+                    pass
+        time.sleep(3)
+        assert run_state(stack, run_id)["type"] == "RUNNING" and not slot_free()
+        # ...while the dead worker's heartbeat is recent, only a worker named as dead does not count
+        assert "still alive" in stale_runs(stack, "crash-orphans", "--pool", POOL)
+        assert run_state(stack, run_id)["type"] == "RUNNING"
+        out = stale_runs(stack, "crash-orphans", "--pool", POOL, "--dead-worker", "mlc-local-test")
+        assert "now Crashed" in out, out
+        assert run_state(stack, run_id)["type"] == "CRASHED" and slot_free()
+        assert "Crashed" in summary_of(run_id)
