@@ -228,6 +228,14 @@ def test_runs_of_a_stopped_or_dead_worker_do_not_block_the_deployment(stack, tmp
               timeout=180)
     nightly = stack.get("/deployments/name/collect-and-train/nightly")
 
+    # Pausing the nightly schedule as docs/orchestration.md says (`pause <deployment> --all` is refused)
+    listed = stack.cli("deployment", "schedule", "ls", "collect-and-train/nightly", "-o", "json").stdout
+    [schedule] = json.loads(listed)
+    stack.cli("deployment", "schedule", "pause", "collect-and-train/nightly", schedule["id"])
+    assert [s["active"] for s in stack.get(f"/deployments/{nightly['id']}")["schedules"]] == [False]
+    stack.cli("deployment", "schedule", "resume", "collect-and-train/nightly", schedule["id"])
+    assert [s["active"] for s in stack.get(f"/deployments/{nightly['id']}")["schedules"]] == [True]
+
     def start_held_run() -> str:
         out = stack.cli("deployment", "run", "collect-and-train/nightly")
         [run_id] = [w for w in out.stdout.split() if len(w) == 36 and w.count("-") == 4]
