@@ -145,6 +145,8 @@ def summary_markdown(run: dict) -> str:
         if shipped.get("bundle_dir"):
             lines += [f"Network: {md_escape(bundle_network_line(shipped['bundle_dir']))}", ""]
         lines += rounds_markdown(models, run.get("mined") or []) + [""]
+        if run.get("reused"):
+            lines += [f"**Round 0:** {md_escape(run['reused'])}.", ""]
         if run.get("not_shipped"):
             lines += [f"**Not shipped:** {md_escape(run['not_shipped'])}.", ""]
         if run.get("stopped_early"):

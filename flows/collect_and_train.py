@@ -236,6 +236,10 @@ class TaskStages(Stages):
         self.run.data["models"].append(out)
         return out
 
+    def reuse(self, cfg: Config, model: dict) -> dict:
+        self.run.data["models"].append(model)       # round 0 in the summary: the last run's shipped model
+        return model
+
     def alternatives(self, cfg: Config, dataset_dir: str) -> dict[str, dict]:
         names = alternative_variants(cfg)           # trained side by side, as the task runner allows
         futures = [train_alternative_stage.submit(cfg, dataset_dir, n) for n in names]
@@ -249,7 +253,7 @@ class TaskStages(Stages):
 
     def report(self, cfg: Config, result: PipelineResult) -> str:
         # known now: the artifacts of a run that fails in the report stage still name the shipped model
-        self.run.data.update(shipped=result.shipped, not_shipped=result.not_shipped)
+        self.run.data.update(shipped=result.shipped, not_shipped=result.not_shipped, reused=result.reused)
         self.run.data["report"] = report_stage.submit(cfg, plain(result)).result()
         return self.run.data["report"]
 

@@ -277,6 +277,14 @@ def test_a_run_with_nothing_new_to_learn_mines_from_the_shipped_model_instead_of
     assert json.loads((cfg.layout.reports / "latest.json").read_text())["reused"] == out.reused
     from mlc_pipeline.report.model import run_notes         # the report says so
     assert run_notes(out)[0].startswith("<p id='reused'><b>Round 0:</b> dataset v2 and the training settings")
+    from flows.artifacts import summary_markdown              # and the Prefect run, whose round 0 is listed
+    from flows.collect_and_train import Run, TaskStages
+    run = Run("collect-and-train", "c.yaml", None)
+    model = {"round": 0, "bundle": "default-v2-r1", "dataset_version": "v2", "metrics": {"test": {"macro_f1": 0.9}}}
+    assert TaskStages(run).reuse(cfg, model) == model and run.data["models"] == [model]
+    text = summary_markdown({"status": "completed", "config_path": "c.yaml", "models": run.data["models"],
+                             "shipped": "default-v2-r1", "reused": out.reused})
+    assert f"**Round 0:** {out.reused}" in text and "| 0 | v2 | default-v2-r1 |" in text
 
     def new_data(builds):
         builds[0] = ("v9", True)
