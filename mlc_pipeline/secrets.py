@@ -71,8 +71,14 @@ def data_url_problem(value: object) -> str | None:
         return (f"the {scheme}:// URL holds credentials (user:password@): remove them, and set AWS_ACCESS_KEY_ID / "
                 f"AWS_SECRET_ACCESS_KEY (or your store's variables) in the environment (configs are copied "
                 f"into logs and artifacts)")
-    if not rest.startswith("//"):       # `s3:/bucket`: a typo, which would otherwise be a local folder `s3:`
+    if scheme.lower() == "file":        # file://srv/data is the *relative* path ./srv/data to fsspec
+        fixed = f"file:///{rest.lstrip('/')}"
+    if not rest.startswith("//") or (scheme.lower() == "file" and not rest.startswith("///")):
+        # `s3:/bucket`: a typo, which would otherwise be a local folder `s3:`; `file:/srv`, `file://srv`:
+        # fsspec reads the second as ./srv, a fresh empty root in whatever folder the command ran in
         return f"{value} is not a valid URL: write {fixed} (or ./{value} for a local folder of that name)"
+    if scheme.lower() != "file" and not re.match(r"[^/?#]+", rest[2:]):      # s3:///prefix: no bucket
+        return f"{value} names no bucket or host: write {scheme}://BUCKET/prefix"
     return None
 
 
@@ -95,10 +101,16 @@ def check_storage_options(options: dict) -> dict:
     return options
 
 
+STORE_SECRET_MIN_LEN = 16     # AWS key ids are 16-128 characters, secrets 40: shorter values are stand-ins
+
+
 def remember_store_credentials() -> None:
     """The object store's credentials from the environment, masked wherever they appear (botocore's
-    own debug lines print them in request headers)."""
-    remember(*(os.environ.get(name, "").strip() for name in STORE_SECRET_ENVS))
+    own debug lines print them in request headers). Only values as long as a real credential: the
+    usual local stand-ins (`test` for localstack, `testing` for moto, `minioadmin`) are words, and
+    masking them would rewrite every path and message that contains them (`.../test/...`)."""
+    remember(*(v for v in (os.environ.get(name, "").strip() for name in STORE_SECRET_ENVS)
+               if len(v) >= STORE_SECRET_MIN_LEN))
 
 
 def redact(text: str) -> str:

@@ -308,6 +308,11 @@ def test_a_one_slash_data_dir_url_is_a_typo_not_a_local_folder(tmp_path):
     res = mlc("inspect", "-c", str(cfg), "--set", "data_dir=s3:/mlc-audit/proj")
     one_line(res, 2, "data_dir", "not a valid URL", "s3://mlc-audit/proj")
     assert not (Path.cwd() / "s3:").exists() and not (tmp_path / "s3:").exists()
+    from mlc_pipeline.secrets import data_url_problem      # fsspec reads file://srv/data as ./srv/data
+    assert "write file:///srv/data" in data_url_problem("file:/srv/data")
+    assert "write file:///srv/data" in data_url_problem("file://srv/data")
+    assert data_url_problem("file:///srv/data") is None and data_url_problem("s3://bucket/p") is None
+    assert "names no bucket" in data_url_problem("s3:///prefix")
     # a local path with a colon further in is still a local path
     assert load_config(cfg, {"data_dir": str(tmp_path / "runs:2024")}).data_dir == tmp_path / "runs:2024"
     assert load_config(cfg, {"data_dir": "data:x"}).data_url is None

@@ -196,8 +196,8 @@ def test_verbose_logs_never_show_the_store_credentials(s3_server, tmp_path):
     s3fs.S3FileSystem(endpoint_url=s3_server).mkdir("mlc-verbose")
     tiny_config(tmp_path, free_port())
     config = bucket_config(tmp_path, s3_server, "mlc-verbose", "cache")
-    creds = {"AWS_ACCESS_KEY_ID": "AKIDVERBOSETEST", "AWS_SECRET_ACCESS_KEY": "SecretVerbose0123",
-             "AWS_SESSION_TOKEN": "SessionTokenVerbose0123"}
+    creds = {"AWS_ACCESS_KEY_ID": "AKIAVERBOSETEST01234", "AWS_SECRET_ACCESS_KEY": "SecretVerbose0123456789",
+             "AWS_SESSION_TOKEN": "SessionTokenVerbose0123"}        # as long as real ones (a key id: 20)
     res = run_mlc("inspect", "-v", config=config, **creds)
     out = res.stdout + res.stderr
     assert "DEBUG mlc_pipeline" in out or "DEBUG filelock" in out      # -v is on
