@@ -41,6 +41,11 @@ from .schema import MIGRATION_DIRS, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA_VERSION, 
 log = logging.getLogger(__name__)
 
 
+
+# Runs started in this process (a collect with curates inside it): what another machine may still be
+# about to publish is never this process's own (curate/unpublished.py).
+RUNS_OF_THIS_PROCESS: set[str] = set()
+
 class Catalog(RemovalQueries, TallyQueries):
     """`where` is the SQLite file (a path) or a `PostgresCatalog` (config's `catalog_path` gives the
     right one). `readonly=True` (inspect, reports) never writes, never waits for a writer and works
@@ -202,6 +207,7 @@ class Catalog(RemovalQueries, TallyQueries):
     # --- runs -----------------------------------------------------------------------------
     def start_run(self, command: str) -> str:
         run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        RUNS_OF_THIS_PROCESS.add(run_id)
         self.db.execute("INSERT INTO runs (run_id, command, started_at, status) VALUES (?,?,?,?)",
                         (run_id, command, time.time(), "running"))
         return run_id

@@ -7,11 +7,13 @@ their cache nor in the store. Curate must not call it lost (and queue it for dow
 leaves such a row as it is, counts it as "not yet published", and the next curate judges it.
 
 A row is taken to await its writer's publish when it last changed during a run, other than this
-curate's, that has not ended, or that ended less than PUBLISH_GRACE_S ago (a command publishes after
+curate's and this process's own (the collect a curate runs inside), that has not ended, or that ended
+less than PUBLISH_GRACE_S ago (a command publishes after
 its stage's run ends). A run recorded as running for more than STALE_RUN_S counts as ended: a killed
 process never records its end, and its rows must not wait forever. Runs carry no host or process,
-so the rule holds for every writer; on a plain local data root nothing is ever awaiting a publish and
-a missing file is lost at once.
+so the rule holds for every writer; on a plain local data root, and on an object-store root whose
+catalog is SQLite (one writer at a time: the store refuses a second publisher), nothing is ever
+awaiting a publish and a missing file is lost at once.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import logging
 import time
 
 from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.catalog.store import RUNS_OF_THIS_PROCESS
 from mlc_pipeline.config import Config
+from mlc_pipeline.sync import uses_local_catalog
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +34,11 @@ PUBLISH_GRACE_S = 15 * 60     # a run's files are published within this long aft
 
 def awaiting_publish(cfg: Config, catalog: Catalog, rows: list[dict], own_run: str) -> list[dict]:
     """Of `rows` (files in neither this cache nor the store), those another writer may still publish."""
-    if not cfg.data_url or not rows:
+    if not cfg.data_url or uses_local_catalog(cfg) or not rows:    # one writer: a missing file is lost
         return []
     now = time.time()
-    runs = [r for r in catalog.runs_in_flight(now - STALE_RUN_S, now - PUBLISH_GRACE_S) if r["run_id"] != own_run]
+    runs = [r for r in catalog.runs_in_flight(now - STALE_RUN_S, now - PUBLISH_GRACE_S)
+            if r["run_id"] != own_run and r["run_id"] not in RUNS_OF_THIS_PROCESS]
 
     def during(row: dict, run: dict) -> bool:
         return run["started_at"] <= row["updated_at"] and (run["finished_at"] is None

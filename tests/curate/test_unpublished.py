@@ -12,6 +12,7 @@ from helpers import FIXTURES
 
 from mlc_pipeline import sync
 from mlc_pipeline.catalog import Catalog, Found
+from mlc_pipeline.catalog.store import RUNS_OF_THIS_PROCESS
 from mlc_pipeline.collect.rawfiles import final_path
 from mlc_pipeline.config import parse_config
 from mlc_pipeline.curate.stage import curate
@@ -75,6 +76,7 @@ def test_another_machines_unpublished_downloads_are_left_for_the_next_curate(tmp
     age(a, killed, STALE_RUN_S + 3600)          # its process was killed a day ago: it never ended
     with Catalog(a.catalog_path) as c:
         running = c.start_run("collect")        # A's collect, still downloading
+    RUNS_OF_THIS_PROCESS.difference_update({old, killed, running})     # A is another machine's process
     download(a, "2", running), download(a, "3", running)
 
     sync.pull(b, "curate")
@@ -100,3 +102,17 @@ def test_a_file_gone_from_a_local_data_root_is_re_queued_even_during_a_run(tmp_p
     download(cfg, "2", running).unlink()
     assert curate(cfg).unpublished == 0
     assert states(cfg)["2"] == ("failed", "transient:file-missing")
+
+
+def test_a_file_this_process_lost_is_re_queued_even_while_its_collect_runs(tmp_path, pg_url):
+    """Curate inside `mlc run`'s collect (top-up rounds): a file of that very collect, gone from the
+    cache, is nobody else's to publish. Held back, it stayed `downloaded` and the set stayed short."""
+    cfg = machine(tmp_path, "cache", pg_url)
+    with Catalog(cfg.catalog_path) as c:
+        running = c.start_run("collect")        # this process's own collect, still open
+    gone = download(cfg, "5", running)
+    sync.publish(cfg)
+    gone.unlink()
+    store_of(cfg).delete([gone.relative_to(cfg.data_dir).as_posix()])
+    assert curate(cfg).unpublished == 0
+    assert states(cfg)["5"] == ("failed", "transient:file-missing")
