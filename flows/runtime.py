@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -35,6 +36,10 @@ def flickr_slot_busy() -> bool:
         with get_client(sync_client=True) as client:
             limit = client.read_global_concurrency_limit_by_name(FLICKR_LIMIT)
     except ObjectNotFound:
+        return False
+    except Exception as exc:    # the look is only for the log line: the slot itself is taken below, as before
+        logging.getLogger(__name__).warning("could not read the %r limit (%s: %s); taking its slot anyway",
+                                            FLICKR_LIMIT, type(exc).__name__, exc)
         return False
     return limit.active and limit.active_slots >= limit.limit
 

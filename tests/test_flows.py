@@ -364,3 +364,21 @@ def test_credentials_from_prefect_secret_blocks(harness, monkeypatch):
     creds = flickr_credentials(local=False)
     assert (creds.key, creds.secret) == ("block-key-13579", "block-secret-24680")
     assert "block-key-13579" not in repr(creds) and redact("k=block-key-13579") == "k=***"
+
+
+def test_a_failed_look_at_the_flickr_limit_does_not_fail_the_collect(monkeypatch, caplog):
+    """The look before taking the slot is for the log line only: an API error there (a timeout, a 5xx)
+    is a warning, and the slot is taken as before (`concurrency(strict=False)` tolerates the same)."""
+    import logging
+
+    import prefect.client.orchestration as orchestration
+
+    from flows.runtime import flickr_slot_busy
+
+    def unreachable(*args, **kwargs):
+        raise TimeoutError("the API did not answer")
+
+    monkeypatch.setattr(orchestration, "get_client", unreachable)
+    with caplog.at_level(logging.WARNING):
+        assert flickr_slot_busy() is False
+    assert "could not read the 'mlc-flickr' limit (TimeoutError: the API did not answer)" in caplog.text
