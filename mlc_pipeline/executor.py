@@ -17,6 +17,7 @@ downloads into it, and the caller finds nothing (an object-store root's cache is
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 from mlc_pipeline.config import ConfigError
@@ -38,6 +40,7 @@ R = TypeVar("R")
 _clients: dict[str, Any] = {}        # address -> distributed.Client, one per process (connecting costs ~0.3 s)
 _clients_lock = threading.Lock()
 _checked: set[tuple[str, str, frozenset]] = set()   # (address, data root, workers) whose view was checked
+_probes: dict[str, tuple[str, str]] = {}            # address -> (probe file under the data root, its content)
 
 PROBE_PREFIX = ".mlc.cluster-probe."
 
@@ -108,37 +111,57 @@ def cluster_ready(cfg) -> str | None:
 
 
 def check_workers_see(client, address: str, data_dir: str) -> None:
-    """A file written here under `data_dir` must be read back, with the same content, by every worker
+    """Every worker must read back, with the same content, a probe file written here under `data_dir`
     (once per process for a given set of workers): a worker on another machine without the shared
-    filesystem would otherwise write its downloads where nobody reads them."""
+    filesystem would otherwise write its downloads where nobody reads them. The probe stays for the
+    process's life, and each chunk checks it on the worker that runs it (`map_chunks`), so a worker
+    that joins later (an adaptive cluster has none before the first chunks) is held to the same rule."""
+    path, token = probe_for(address, data_dir)
     workers = frozenset(client.scheduler_info().get("workers", {}))
-    if not workers:       # an adaptive cluster starts its workers when the first chunks are submitted
-        log.warning("the Dask scheduler at %s has no workers yet: cannot check that they see the data root %s",
-                    address, data_dir)
+    if not workers:
+        log.info("the Dask scheduler at %s has no workers yet: each chunk checks that its worker sees %s",
+                 address, data_dir)
         return
     if (address, data_dir, workers) in _checked:
         return
-    token = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
-    probe = os.path.join(data_dir, PROBE_PREFIX + token)
-    os.makedirs(data_dir, exist_ok=True)
-    with open(probe, "w") as f:
-        f.write(token)
     try:
-        seen = client.run(read_probe, probe, workers=list(workers))
+        seen = client.run(read_probe, path, workers=list(workers))
     except Exception as exc:    # e.g. a worker without this project installed cannot unpickle read_probe
         reason = (str(exc).strip().splitlines() or [""])[0]
         raise ClusterUnusable(f"the Dask workers at {address} cannot run this project's code ({type(exc).__name__}: "
                               f"{reason}): start them in this project's environment") from None
-    finally:
-        os.unlink(probe)
     blind = sorted(w for w, text in seen.items() if text != token)
     if blind:
-        raise ClusterUnusable(
-            f"Dask worker{'s' if len(blind) > 1 else ''} {', '.join(blind)} cannot see the data root {data_dir} "
+        raise ClusterUnusable(blind_workers(blind, data_dir))
+    _checked.add((address, data_dir, workers))
+
+
+def probe_for(address: str, data_dir: str) -> tuple[str, str]:
+    """This process's probe file under `data_dir` for the cluster at `address`: (path, content),
+    written once, removed when the process exits."""
+    if address not in _probes or os.path.dirname(_probes[address][0]) != data_dir:
+        token = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
+        path = os.path.join(data_dir, PROBE_PREFIX + token)
+        os.makedirs(data_dir, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(token)
+        atexit.register(_remove_probe, path)
+        _probes[address] = (path, token)
+    return _probes[address]
+
+
+def _remove_probe(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass          # already gone (removed by hand, or the data root with it): nothing to clean
+
+
+def blind_workers(names: list[str], data_dir: str) -> str:
+    return (f"Dask worker{'s' if len(names) > 1 else ''} {', '.join(names)} cannot see the data root {data_dir} "
             f"at that path: workers read and write its files there, so it must be on a filesystem they share "
             f"(an object-store data root's cache is a folder of this machine); run the workers where they see "
             f"it, or unset cluster.address and ${ADDRESS_ENV} to work in this process")
-    _checked.add((address, data_dir, workers))
 
 
 def read_probe(path: str) -> str | None:
@@ -148,6 +171,14 @@ def read_probe(path: str) -> str | None:
             return f.read()
     except OSError:
         return None
+
+
+def on_a_worker_that_sees(fn: Callable, path: str, token: str, items: list):
+    """A chunk's task: `fn(items)`, once this worker has read the caller's probe (ClusterUnusable if not)."""
+    if read_probe(path) != token:
+        from distributed import get_worker
+        raise ClusterUnusable(blind_workers([get_worker().address], os.path.dirname(path)))
+    return fn(items)
 
 
 def map_chunks(fn: Callable[[list[T]], Sequence[R]], items: Sequence[T], chunk: int, *,
@@ -179,6 +210,8 @@ def map_chunks(fn: Callable[[list[T]], Sequence[R]], items: Sequence[T], chunk: 
     from distributed import KilledWorker, as_completed
 
     chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+    if address in _probes:          # cluster_ready wrote one: every chunk's worker must see it
+        fn = partial(on_a_worker_that_sees, fn, *_probes[address])
     out: list[Sequence[R] | None] = [None] * len(chunks)
     with cluster_client(address) as client:
         # pure=False: the same chunk mapped twice (a rerun) must run again, not reuse a cached result.

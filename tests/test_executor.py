@@ -237,3 +237,31 @@ def test_a_worker_that_does_not_see_the_data_root_stops_the_stage_before_it_lose
     assert "cannot see the data root" in lines[0] and str(tmp_path / "data") in lines[0], lines[0]
     assert not (tmp_path / "data" / "catalog.sqlite").exists()
     assert not list((tmp_path / "data").glob(".mlc.cluster-probe.*"))          # the probe is cleaned up
+
+
+@needs_namespaces
+def test_a_worker_that_joins_after_the_check_is_held_to_it_by_each_chunk(tmp_path, monkeypatch):
+    """An adaptive cluster has no worker when the stage checks: each chunk then checks its own worker,
+    and a chunk on a worker that does not see the data root fails the stage with the same line."""
+    import subprocess
+    from helpers import ENV
+    from mlc_pipeline.executor import ClusterUnusable, cluster_ready
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    cfg = load_config(write_config(tmp_path, count=5))
+    (tmp_path / "machine-b").mkdir()
+    worker_cmd = (f"mount -t tmpfs tmpfs {tmp_path} && exec {sys.executable} -m distributed.cli.dask_worker "
+                  "\"$0\" --nthreads 1 --no-dashboard --name late-and-blind")
+    with distributed.LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=None) as lc, \
+            distributed.Client(lc.scheduler_address) as client:
+        cfg.cluster.address = lc.scheduler_address
+        assert cluster_ready(cfg) == lc.scheduler_address          # no worker yet: nothing to check now
+        env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), ENV.get("PYTHONPATH")]))}
+        late = subprocess.Popen(["unshare", "-rm", "sh", "-c", worker_cmd, lc.scheduler_address], env=env,
+                                cwd=tmp_path.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            client.wait_for_workers(1, timeout=60)
+            with pytest.raises(ClusterUnusable, match=r"cannot see the data root .*at that path"):
+                map_chunks(tag_with_pid, list(range(4)), 2, address=lc.scheduler_address)
+        finally:
+            late.terminate()
+            late.wait(timeout=30)
