@@ -9,6 +9,7 @@ JSON-able values), which is what a task result must be, so the loop reads the sa
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ from mlc_pipeline.collect.stage import TOPUP_ROUNDS, collect_in_rounds
 from mlc_pipeline.config import Config
 from mlc_pipeline.curate.stage import curate
 from mlc_pipeline.dataset.build import build_dataset
-from mlc_pipeline.fsutil import write_text_atomic
+from mlc_pipeline.fsutil import sha256_file, write_text_atomic
 from mlc_pipeline.locking import data_root_lock
 from mlc_pipeline.model.mine import mine_round
 from mlc_pipeline.sync import publish, pull
@@ -139,9 +140,38 @@ def mining_stop(cfg: Config, round_no: int, added: int, before: float | None = N
 
 def round0_key(cfg: Config) -> dict:
     """What a round-0 model depends on besides its dataset version: the training settings as the
-    config gives them, and the code that trains them."""
+    config gives them, what `auto` resolves to from them (whether ImageNet weights are at hand for
+    `pretrained: auto`; a weights file's content), and the code that trains them."""
     from mlc_pipeline import __version__
-    return {"train": plain(cfg.train.model_dump()), "mlc_pipeline": __version__}
+    return {"train": plain(cfg.train.model_dump()), "weights": weights_at_hand(cfg),
+            "mlc_pipeline": __version__, "training_code": training_code_fingerprint()}
+
+
+def weights_at_hand(cfg: Config) -> str:
+    """The weights `pretrained` would give a training now, without downloading: a model trained from
+    scratch because none were at hand is trained again once they are."""
+    from mlc_pipeline.model import weights
+    choice = weights.pretrained_choice(cfg.train.pretrained)
+    if choice == "none":
+        return "none"
+    if choice not in ("auto", "imagenet"):
+        path = Path(choice).expanduser()
+        return f"file:{sha256_file(path)}" if path.is_file() else f"missing:{path}"
+    arch = weights.RECIPES["pretrained"]["arch"] if cfg.train.arch == "auto" else cfg.train.arch
+    try:
+        cached = weights.cache_path(weights.imagenet_weights(arch)).is_file()
+    except ValueError:          # a network without ImageNet weights (mlcnet): trained from scratch
+        return "none"
+    return f"imagenet:{arch}:{'cached' if cached else 'not cached'}"
+
+
+def training_code_fingerprint() -> str:
+    """sha256 over the model package's source: a change to how models train trains round 0 again
+    (the package version alone does not move with every change)."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(__file__).parent / "model").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def last_shipped_model(cfg: Config, ds: dict, key: dict) -> dict | None:
@@ -242,9 +272,8 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
     with stages.stage("build"):
         ds = stages.build(cfg)
     publish(cfg)
-    out.trained_with = round0_key(cfg)
     with stages.stage("train"):
-        shipped = last_shipped_model(cfg, ds, out.trained_with)
+        shipped = last_shipped_model(cfg, ds, round0_key(cfg))
         if shipped is not None:         # nothing round 0 learns from changed: mining goes on from it
             out.reused = (f"dataset {ds['version']} and the training settings are those of the last run's shipped "
                           f"model {shipped['bundle']}: round 0 is that model, not trained again")
@@ -252,6 +281,7 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
             model = stages.reuse(cfg, shipped)
         else:
             model = stages.train(cfg, ds["path"], 0)
+    out.trained_with = round0_key(cfg)      # after training: weights it downloaded are at hand now
     publish(cfg)
     out.rounds.append(record(0, model["dataset_version"], model["bundle"], model["metrics"]))
     if cfg.train.compare_baselines if alternatives is None else alternatives:

@@ -256,11 +256,11 @@ class NightlyStages(ScriptedStages):
         return model
 
 
-def test_a_run_with_nothing_new_to_learn_mines_from_the_shipped_model_instead_of_training_it_again(tmp_path):
+def test_a_run_with_nothing_new_to_learn_mines_from_the_shipped_model_instead_of_training_it_again(tmp_path, monkeypatch):
     """A nightly run whose build publishes nothing new, with the same training settings, would train
     round 0 on the data the shipped model already learnt (24 minutes on a slow 2-core box, to find it
-    again): round 0 is that model, and mining goes on from it. New data, other settings, or a model
-    promoted by hand since: round 0 trains, as before."""
+    again): round 0 is that model, and mining goes on from it. New data, other settings, a model
+    promoted by hand since, other training code, or ImageNet weights at hand now: round 0 trains."""
     from mlc_pipeline.pipeline import run_stages
     cfg = _loop_config(tmp_path, rounds=1)
     first = NightlyStages([(0.10, 0.30), (0.05, 0.20)], [("v1", True), ("v2", True)])
@@ -286,20 +286,29 @@ def test_a_run_with_nothing_new_to_learn_mines_from_the_shipped_model_instead_of
                              "shipped": "default-v2-r1", "reused": out.reused})
     assert f"**Round 0:** {out.reused}" in text and "| 0 | v2 | default-v2-r1 |" in text
 
-    def new_data(builds):
+    def new_data(builds, last):
         builds[0] = ("v9", True)
 
-    def other_settings(builds):
+    def other_settings(builds, last):
         cfg.train.epochs = 7
 
-    def promoted_by_hand(builds):
-        (cfg.layout.models / "LATEST").write_text("default-v2-r1\n")
+    def promoted_by_hand(builds, last):       # the last run's other round, on the version it trained on
+        other = next(r for r in last["rounds"] if r["bundle"] != last["shipped"])
+        (cfg.layout.models / "LATEST").write_text(other["bundle"] + "\n")
+        builds[0] = (other["dataset_version"], False)
 
-    for change in (new_data, other_settings, promoted_by_hand):
+    def other_training_code(builds, last):
+        monkeypatch.setattr("mlc_pipeline.pipeline.training_code_fingerprint", lambda: "changed")
+
+    def imagenet_weights_now_at_hand(builds, last):
+        monkeypatch.setattr("mlc_pipeline.pipeline.weights_at_hand", lambda c: "imagenet:resnet34:cached")
+
+    for change in (new_data, other_settings, promoted_by_hand, other_training_code, imagenet_weights_now_at_hand):
         latest = (cfg.layout.models / "LATEST").read_text().strip()
-        version = json.loads((cfg.layout.reports / "latest.json").read_text())["rounds"][-1]["dataset_version"]
+        last = json.loads((cfg.layout.reports / "latest.json").read_text())
+        version = last["rounds"][-1]["dataset_version"]
         builds = [(version, False), (version + "m", True)]        # unchanged, but for the change
-        change(builds)
+        change(builds, last)
         again = NightlyStages([(0.05, 0.20), (0.04, 0.10)], builds)
         out = run_stages(cfg, again)
         assert not out.reused and again.calls[0][0] == 0, (change.__name__, latest, again.calls)
