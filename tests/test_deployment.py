@@ -108,18 +108,23 @@ def stack(tmp_path):
         s.stop()
 
 
-def test_nightly_deployment_runs_on_a_worker_and_is_scheduled(stack, tmp_path):
-    t0 = time.monotonic()
+def serve_the_tiny_project(stack: Stack, tmp_path: Path) -> tuple[Path, Path]:
+    """A Prefect server up, and prefect.yaml as shipped with its parameters pointed at a tiny config:
+    (the config, that prefect.yaml)."""
     config = tiny_config(tmp_path, free_port())
     stack.start("server", "server", "start", "--host", "127.0.0.1", "--port", str(stack.port), "--no-ui")
     stack.wait_healthy()
-
-    # prefect.yaml as shipped, with the parameters pointed at the tiny config.
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     for d in spec["deployments"]:
         d["parameters"] = {"config_path": str(config), "overrides": {}}
     project_file = tmp_path / "prefect.yaml"
     project_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return config, project_file
+
+
+def test_nightly_deployment_runs_on_a_worker_and_is_scheduled(stack, tmp_path):
+    t0 = time.monotonic()
+    config, project_file = serve_the_tiny_project(stack, tmp_path)
 
     stack.cli("work-pool", "create", POOL, "--type", "process")
     stack.cli("gcl", "create", "mlc-flickr", "--limit", "1")
@@ -216,13 +221,7 @@ def test_runs_of_a_stopped_or_dead_worker_do_not_block_the_deployment(stack, tmp
     The runs are held mid-flow by the data root's lock (held here), as a long stage would hold them."""
     from mlc_pipeline.locking import data_root_lock
 
-    config = tiny_config(tmp_path, free_port())
-    stack.start("server", "server", "start", "--host", "127.0.0.1", "--port", str(stack.port), "--no-ui")
-    stack.wait_healthy()
-    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    for d in spec["deployments"]:
-        d["parameters"] = {"config_path": str(config), "overrides": {}}
-    (tmp_path / "prefect.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    config, project_file = serve_the_tiny_project(stack, tmp_path)
     stack.cli("work-pool", "create", POOL, "--type", "process")
     stack.cli("--no-prompt", "deploy", "--all", "--prefect-file", str(tmp_path / "prefect.yaml"), cwd=ROOT,
               timeout=180)
