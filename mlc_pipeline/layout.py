@@ -8,6 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def photo_shard(photo_id: str) -> str:
+    """The raw/ subfolder a photo's file goes in: its id's last two characters (collect writes there,
+    takedowns look there)."""
+    return photo_id[-2:].rjust(2, "_")
+
+
 @dataclass(frozen=True)
 class DataLayout:
     root: Path

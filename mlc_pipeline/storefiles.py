@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import Config
+from mlc_pipeline.layout import photo_shard
 from mlc_pipeline.objectstore import ObjectStoreError, Store, same
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def delete_unnamed_files(store: Store, cfg: Config) -> int:
 def photo_files(cfg: Config, source: str, photo_id: str) -> list[Path]:
     """A photo's files in this cache: raw/<source>/<shard>/<photo_id>.* and the same under any
     quarantine reason (the layout collect/rawfiles.py writes and curate's quarantine keeps)."""
-    shard = photo_id[-2:].rjust(2, "_")
+    shard = photo_shard(photo_id)
     name = f"{glob.escape(photo_id)}.*"
     folders = [cfg.layout.raw(source) / shard]
     quarantine = cfg.layout.quarantine()

@@ -13,6 +13,7 @@ from typing import Iterator
 import requests
 
 from mlc_pipeline.fsutil import remove_dead_leftovers
+from mlc_pipeline.layout import photo_shard
 
 
 class StorageError(Exception):
@@ -36,7 +37,7 @@ def storage_error(exc: OSError, folder: Path) -> StorageError:
 
 
 def shard_dir(raw_dir: Path, photo_id: str) -> Path:
-    return raw_dir / photo_id[-2:].rjust(2, "_")
+    return raw_dir / photo_shard(photo_id)
 
 
 def final_path(raw_dir: Path, photo_id: str, ext: str) -> Path:
