@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=["imagefolder", "hf", "webdataset", "fiftyone"])
     p.add_argument("--out", help="output folder (default: DATA_DIR/exports/NAME-vN-FORMAT with -c, else ./NAME-vN-FORMAT)")
     p.add_argument("--force", action="store_true", help="replace an earlier export at --out")
-    p.add_argument("--shard-size", type=int, default=1000, help="webdataset: images per tar shard")
+    p.add_argument("--shard-size", type=int, help="webdataset: images per tar shard (default 1000)")
     p.add_argument("-c", "--config", help="pipeline YAML config (to name versions as vN / latest)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     p.set_defaults(func=commands.cmd_export)

@@ -238,18 +238,24 @@ def cmd_promote(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from mlc_pipeline.curate.takedown import taken_down_photos
     from mlc_pipeline.dataset.export import ExportError, export_version, version_folder
     cfg = load_config(args.config, parse_overrides(args.set)) if args.config else None
     try:
+        if cfg:
+            fetch_for_reading(cfg, requested_version(args.version))
         version_dir = version_folder(args.version, cfg.layout.datasets if cfg else None)
         out = Path(args.out) if args.out else ((cfg.data_dir / "exports" if cfg else Path.cwd()) /
                                               f"{version_dir.parent.name}-{version_dir.name}-{args.format}")
-        res = export_version(version_dir, args.format, out, force=args.force, shard_size=args.shard_size)
+        taken_down = taken_down_photos(cfg) if cfg else None     # the catalog says what was taken down
+        res = export_version(version_dir, args.format, out, args.force, args.shard_size, taken_down)
     except (ExportError, UnknownVersion) as exc:
         print(f"mlc export: {exc}", file=sys.stderr)
         return 2
     print(f"exported {version_dir.parent.name} {version_dir.name} as {res.format}: {res.images} images "
           f"({res.files} files) in {res.path}")
+    if note := res.takedown_note():
+        print(note, file=sys.stderr)
     return 0
 
 
@@ -300,7 +306,7 @@ def cmd_weights(args) -> int:
 
 def cmd_remove(args) -> int:
     from functools import partial
-    from mlc_pipeline.curate.takedown import remove_photos, takedown_selector
+    from mlc_pipeline.curate.takedown import exports_with, remove_photos, takedown_selector
     cfg = load_config(args.config, parse_overrides(args.set))
     try:
         takedown_selector(args.reason, args.photo_id, args.owner, args.query, args.source)   # before the lock
@@ -328,6 +334,11 @@ def cmd_remove(args) -> int:
             print(f"  {version}: {len(ids)} photo(s): {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}")
     else:
         print("no published version contains them")
+    if exports := exports_with(cfg, res.published_in):
+        print(f"exports under {cfg.data_dir / 'exports'} that hold them (export the version again, or delete them; "
+              f"exports elsewhere (--out) are not tracked):")
+        for folder, ids in exports.items():
+            print(f"  {folder}: {len(ids)} photo(s): {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}")
     return 0
 
 

@@ -49,6 +49,11 @@ class RemovalQueries:
         rows = self.db.execute("SELECT DISTINCT owner FROM removals WHERE selector LIKE 'owner:%' AND owner IS NOT NULL")
         return {r["owner"] for r in rows}
 
+    def taken_down_photos(self) -> set[tuple[str, str]]:
+        "(source, photo_id) of every photo taken down: what an export of an older version leaves out."
+        return {(r["source"], r["photo_id"]) for r in
+                self.db.execute("SELECT source, photo_id FROM candidates WHERE status='removed'")}
+
     def removals(self) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM removals ORDER BY id")]
 

@@ -5,11 +5,13 @@ back), the decision and its reason are kept in the `removals` table, and their f
 the quarantine. The next `mlc build` no longer includes them, so its manifest and ATTRIBUTION.md are
 regenerated without them (an owner removed with --owner also keeps any later photo of theirs out).
 Published versions are immutable: the command lists those that still contain a removed photo, so
-they can be rebuilt or withdrawn.
+they can be rebuilt or withdrawn, and the exports of them under the data root that hold it. An
+export made after the takedown leaves the photo out (`taken_down_photos`, read by `mlc export`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -149,3 +151,34 @@ def published_versions_with(cfg: Config, photos: set[tuple[str, str]]) -> dict[s
         if held:
             out[version] = held
     return out
+
+
+def taken_down_photos(cfg: Config) -> set[tuple[str, str]] | None:
+    """(source, photo_id) of the photos the catalog records as taken down; None when the data root
+    has no catalog to ask (an export of a version folder alone cannot be checked)."""
+    if not cfg.catalog.url and not cfg.catalog_path.exists():
+        return None
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
+        return catalog.taken_down_photos()
+
+
+def exports_with(cfg: Config, published_in: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The exports under <data_dir>/exports/ (`mlc export`'s default place) of the versions in
+    `published_in` that hold its photos: export folder -> photo ids (one made after the takedown
+    left them out: its export.json lists them)."""
+    found: dict[str, list[str]] = {}
+    exports = cfg.data_dir / "exports"
+    name = cfg.layout.datasets.name
+    for marker in sorted(exports.glob("*/export.json")) if exports.is_dir() else []:
+        try:
+            info = json.loads(marker.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("%s: not read (%s); check that export by hand", marker, exc)
+            continue
+        if info.get("dataset") != name or info.get("version") not in published_in:
+            continue
+        left_out = {p.split(":", 1)[-1] for p in info.get("taken_down_left_out", [])}
+        held = [p for p in published_in[info["version"]] if p not in left_out]
+        if held:
+            found[str(marker.parent)] = held
+    return found

@@ -10,8 +10,11 @@ Formats (docs/export.md shows how each tool loads them):
   fiftyone      a FiftyOneImageClassificationDataset (data/ + labels.json, multi-label as lists)
                 plus samples.json: split, source and licence of every sample (export_fiftyone.py)
 
-Every export carries the version's ATTRIBUTION.md and dataset card and, per image, the licence,
-owner, title and source URL. The version is verified (its SHA256SUMS) before anything is read.
+Every export carries the version's dataset card, an ATTRIBUTION.md of the images it holds (named as
+they are named in the export) and, per image, the licence, owner, title and source URL. The version
+is verified (its SHA256SUMS) before anything is read. Photos taken down since the version was
+published (`mlc remove`; the caller reads them from the catalog) are left out, and export.json
+lists them: a published version is immutable, an export of it is a new copy and must not carry them.
 An export is built aside and renamed into place; an existing output is replaced only with `force`,
 and only when it is an earlier export (export.json) or an empty folder, never anything else.
 """
@@ -32,6 +35,7 @@ from glob import escape as glob_escape
 from pathlib import Path
 
 from mlc_pipeline.dataset.build import verify_version
+from mlc_pipeline.dataset.card import attribution
 from mlc_pipeline.fsutil import pid_alive
 from mlc_pipeline.manifest import resolve_version
 
@@ -52,6 +56,19 @@ class ExportResult:
     format: str
     images: int
     files: int                       # image files written (a multi-label image counts once per folder)
+    taken_down: list[str]            # "source:photo_id" of the version's photos left out (taken down)
+    takedowns_checked: bool = True   # False: no catalog was read, so none could be left out
+
+    def takedown_note(self) -> str | None:
+        "What the export did about takedowns, for the user, when there is anything to say."
+        if self.taken_down:
+            return (f"left out {len(self.taken_down)} photo(s) taken down since the version was published "
+                    f"(`mlc remove`; listed in export.json): {', '.join(self.taken_down[:10])}"
+                    f"{' ...' if len(self.taken_down) > 10 else ''}")
+        if not self.takedowns_checked:
+            return ("takedowns not checked: without -c CONFIG (or with no catalog there), photos taken down "
+                    "since the version was published stay in the export")
+        return None
 
 
 def version_folder(spec: str, datasets_root: Path | None) -> Path:
@@ -92,12 +109,20 @@ def unique_keys(rows: list[dict]) -> dict[str, dict]:
 
 
 def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bool = False,
-                   shard_size: int = SHARD_SIZE) -> ExportResult:
+                   shard_size: int | None = None, taken_down: set[tuple[str, str]] | None = None) -> ExportResult:
+    """`taken_down`: (source, photo_id) of the photos the catalog records as removed; the version's
+    rows among them are left out (None: no catalog was read, nothing is left out). `shard_size`:
+    webdataset's images per shard (default SHARD_SIZE); refused for the other formats."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+    if shard_size is not None and fmt != "webdataset":
+        raise ExportError(f"--shard-size is for --format webdataset (a {fmt} export has no shards)")
+    shard_size = SHARD_SIZE if shard_size is None else shard_size
     version_dir, out = Path(version_dir), Path(out)
     check_destination(version_dir, out, force)
     rows = verify_version(version_dir)        # VersionDamaged: one line, nothing written
+    left_out = [r for r in rows if (r["source"], r["photo_id"]) in (taken_down or set())]
+    rows = [r for r in rows if (r["source"], r["photo_id"]) not in (taken_down or set())]
     meta = json.loads((version_dir / "dataset.json").read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out)
@@ -105,12 +130,16 @@ def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bo
     tmp.mkdir()
     try:
         files = WRITERS[fmt](version_dir, rows, tmp, meta, shard_size)
-        for name in ("ATTRIBUTION.md", "README.md"):
-            if (version_dir / name).is_file() and not (tmp / name).exists():
-                shutil.copyfile(version_dir / name, tmp / name)
+        # the images as this export names them (every format keeps the sample key in its file names)
+        (tmp / "ATTRIBUTION.md").write_text(attribution([{**r, "path": k} for k, r in unique_keys(rows).items()],
+                                                        f"{meta.get('name')} {meta.get('version')}, exported as {fmt}"))
+        if (version_dir / "README.md").is_file() and not (tmp / "README.md").exists():
+            shutil.copyfile(version_dir / "README.md", tmp / "README.md")
         (tmp / MARKER).write_text(json.dumps({
             "format": fmt, "dataset": meta.get("name"), "version": meta.get("version"),
             "fingerprint": meta.get("fingerprint"), "images": len(rows), "files": files,
+            "taken_down_left_out": [photo_name(r) for r in left_out],
+            "takedowns_checked": taken_down is not None,
             "source": str(version_dir.resolve()), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "licenses": meta.get("counts", {}).get("licenses", {})}, indent=2))
         check_destination(version_dir, out, force)   # again: another export may have written `out` meanwhile
@@ -118,7 +147,11 @@ def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bo
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return ExportResult(out, fmt, len(rows), files)
+    return ExportResult(out, fmt, len(rows), files, [photo_name(r) for r in left_out], taken_down is not None)
+
+
+def photo_name(row: dict) -> str:
+    return f"{row['source']}:{row['photo_id']}"
 
 
 def check_destination(version_dir: Path, out: Path, force: bool) -> None:

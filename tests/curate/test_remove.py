@@ -107,6 +107,35 @@ def test_remove_photo_id_takes_it_out_of_every_future_version(published):
 
 
 @pytest.mark.parametrize("published", ["sqlite", "postgresql"], indirect=True)
+def test_an_export_of_an_older_version_leaves_taken_down_photos_out_and_remove_names_earlier_exports(published):
+    cfg, config, v1, _ = published
+    rows = read_manifest(v1.path / "manifest.csv")
+    first, second = rows[0], rows[1]
+    assert mlc(config, "export", v1.version, "--format", "imagefolder").returncode == 0      # before any takedown
+    done = mlc(config, "remove", "--photo-id", first["photo_id"], "--reason", "owner request")
+    assert done.returncode == 0, done.stderr
+    before = cfg.data_dir / "exports" / f"{cfg.layout.datasets.name}-{v1.version}-imagefolder"
+    assert f"{before}: 1 photo(s): {first['photo_id']}" in done.stdout        # an export made earlier holds it
+
+    out = cfg.data_dir / "after"
+    r = mlc(config, "export", v1.version, "--format", "webdataset", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert f"{len(rows) - 1} images" in r.stdout
+    assert "left out 1 photo(s) taken down" in r.stderr and f"{first['source']}:{first['photo_id']}" in r.stderr
+    info = json.loads((out / "export.json").read_text())
+    assert info["taken_down_left_out"] == [f"{first['source']}:{first['photo_id']}"] and info["images"] == len(rows) - 1
+    attribution = (out / "ATTRIBUTION.md").read_text()
+    assert first["photo_id"] not in attribution and second["photo_id"] in attribution
+    assert "images/" not in attribution          # the export's own names, not the version's paths
+    assert first["photo_id"] in (v1.path / "ATTRIBUTION.md").read_text()      # the version is left as published
+
+    # the export made after the first takedown holds the second photo, and says which photos it left out
+    done = mlc(config, "remove", "--photo-id", second["photo_id"], "--reason", "licence changed")
+    assert f"{out}" not in done.stdout               # not under the data root's exports/: not tracked
+    assert f"{before}: 1 photo(s): {second['photo_id']}" in done.stdout
+
+
+@pytest.mark.parametrize("published", ["sqlite", "postgresql"], indirect=True)
 def test_remove_by_owner_and_by_query(published):
     cfg, config, v1, _ = published
     with Catalog(cfg.catalog_path) as c:

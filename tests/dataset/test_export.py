@@ -212,3 +212,22 @@ def test_a_damaged_version_is_not_exported(version, tmp_path):
     r = mlc("export", str(version), "--format", "imagefolder", "--out", str(tmp_path / "out"))
     assert r.returncode == 3 and "damaged" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_shard_size_is_refused_for_a_format_without_shards(version, tmp_path):
+    with pytest.raises(ExportError, match="--shard-size is for --format webdataset"):
+        export_version(version, "imagefolder", tmp_path / "out", shard_size=10)
+    assert not (tmp_path / "out").exists()
+    r = mlc("export", str(version), "--format", "hf", "--shard-size", "5", "--out", str(tmp_path / "hf"))
+    assert r.returncode == 2 and "--shard-size is for --format webdataset" in r.stderr
+
+
+def test_attribution_names_the_images_as_the_export_does_and_a_folder_export_says_takedowns_were_not_checked(
+        version, tmp_path):
+    out = tmp_path / "wds"
+    r = mlc("export", str(version), "--format", "webdataset", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "takedowns not checked" in r.stderr            # a version folder alone: no catalog to ask
+    attribution = (out / "ATTRIBUTION.md").read_text()
+    assert "flickr-1000_5 |" in attribution and "images/" not in attribution     # the key in the shards, not the path
+    assert json.loads((out / "export.json").read_text())["takedowns_checked"] is False
