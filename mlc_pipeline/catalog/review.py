@@ -73,6 +73,10 @@ UNDOABLE = ("relabel", "reject", "restore", "not-duplicate")
 EMPTY = {"labels": None, "include": None}
 
 
+class UnknownCandidate(ReviewError):
+    """No candidate has this id."""
+
+
 class StaleUndo(ReviewError):
     """The action to undo is no longer the image's latest: another client acted since."""
 
@@ -136,7 +140,7 @@ def act(catalog: Catalog, cid: int, action: str, reason: str, client: str, class
     `check_file(path)`: why a file to be put back is not usable (None: it is)."""
     with catalog.locked_candidate(cid) as row:
         if row is None:
-            raise ReviewError(f"no candidate {cid}")
+            raise UnknownCandidate(f"no candidate {cid}")
         latest = latest_undoable(catalog, cid) if seen_action is not None else None
         if seen_action is not None and (latest["id"] if latest else 0) != seen_action:
             who = f" ({latest['action']} by {latest['client']})" if latest else ""
@@ -158,7 +162,9 @@ def act(catalog: Catalog, cid: int, action: str, reason: str, client: str, class
 
 def undo(catalog: Catalog, cid: int, action_id: int, reason: str, client: str) -> ActionResult:
     """Revert `action_id`, which must be the image's latest live action (StaleUndo otherwise)."""
-    with catalog.locked_candidate(cid):
+    with catalog.locked_candidate(cid) as row:
+        if row is None:
+            raise UnknownCandidate(f"no candidate {cid}")
         latest = latest_undoable(catalog, cid)
         if latest is None or latest["id"] != action_id:
             target = catalog.db.execute("SELECT action, undone_by FROM review_actions WHERE id=? AND candidate_id=?",

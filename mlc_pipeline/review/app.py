@@ -30,6 +30,7 @@ from mlc_pipeline.dataset.build import recorded_fingerprint
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.manifest import read_manifest, versions
 from mlc_pipeline.curate.verify import check_image
+from mlc_pipeline.review.params import filters_of, fits_sql, known_id, whole_number
 from mlc_pipeline.review.security import CLIENT_HEADER, COOKIE, SESSION_MAX_AGE_S, Guard, session_value
 from mlc_pipeline.review.queues import model_review_list, probes_accepted, scores_for
 from mlc_pipeline.review.thumbs import thumbnail
@@ -111,11 +112,6 @@ class Review:
         return None if res.ok or (res.reason or "").startswith(POLICY_REASONS) else res.reason
 
 
-def filters_of(request: Request) -> dict:
-    q = request.query_params
-    return {k: q.get(k, "").strip() for k in cr.FILTERS if q.get(k, "").strip()}
-
-
 def effective(row: dict) -> dict:
     """What the next build does with a candidate: its labels and whether it is in (the build's own
     rules, catalog.labels: what is shown is what is published)."""
@@ -158,11 +154,8 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
         started = time.perf_counter()
         with review.lock:
             published = review.refresh_versions()
-            try:
-                rows, total = cr.browse(review.catalog, filters, review.dataset, PAGE_SIZE, (page_no - 1) * PAGE_SIZE,
-                                        order=filters.get("sort", "id"))
-            except ValueError:
-                raise HTTPException(400, "licence and round filters are numbers") from None
+            rows, total = cr.browse(review.catalog, filters, review.dataset, PAGE_SIZE, (page_no - 1) * PAGE_SIZE,
+                                    order=filters.get("sort", "id"))
             facets = review.facets()
         for r in rows:
             r["eff"] = effective(r)
@@ -176,7 +169,7 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
         filters = filters_of(request)
         with review.lock:
             review.refresh_versions()
-            row = review.catalog.get(cid)
+            row = review.catalog.get(known_id(cid))
             if row is None:
                 raise HTTPException(404, f"no candidate {cid}")
             override = cr.override_of(review.catalog, cid)
@@ -225,7 +218,7 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
     @app.get("/thumb/{cid}")
     def thumb(cid: int):
         with review.lock:
-            row = review.catalog.get(cid)
+            row = review.catalog.get(known_id(cid))
         if row is None:
             raise HTTPException(404, f"no candidate {cid}")
         path = thumbnail(cfg.data_dir, row["sha256"], row["file_path"], row["verify_reason"])
@@ -236,7 +229,7 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
     @app.get("/file/{cid}")
     def original(cid: int):
         with review.lock:
-            row = review.catalog.get(cid)
+            row = review.catalog.get(known_id(cid))
         if row is None or not row["file_path"] or not Path(row["file_path"]).is_file():
             raise HTTPException(404, "no file for this candidate")
         if (row["verify_reason"] or "").startswith(("decompression-bomb", "file-too-large", "not-an-image")):
@@ -261,9 +254,11 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
         if not isinstance(body, dict):
             return JSONResponse({"error": "the body must be a JSON object"}, status_code=400)
         try:
-            cid = int(body.get("id"))
-        except (TypeError, ValueError):
+            cid = whole_number(body.get("id"), "id")
+        except ValueError:
             return JSONResponse({"error": "id must be a candidate id"}, status_code=400)
+        if not fits_sql(cid):
+            return JSONResponse({"error": f"no candidate {cid}"}, status_code=404)
         reason = str(body.get("reason") or "").strip()[:500]
         try:
             return await run_in_threadpool(fn, cid, body, reason, client_of(request))
@@ -288,6 +283,8 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
                 res = cr.act(review.catalog, cid, kind, reason or "(no reason given)", client, review.classes,
                              labels=labels, check_file=review.check_file, seen_action=seen)
                 review._facets = (0.0, None)
+        except cr.UnknownCandidate as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
         except cr.ReviewError as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)
         log.info("review: %s on candidate %s by %s", kind, cid, client)
@@ -295,13 +292,18 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
 
     def do_undo(cid: int, body: dict, reason: str, client: str) -> JSONResponse:
         try:
-            action_id = int(body.get("action_id"))
+            action_id = whole_number(body.get("action_id"), "action_id")
+        except ValueError:
+            return JSONResponse({"error": "action_id must be an action id"}, status_code=400)
+        if not fits_sql(action_id):
+            return JSONResponse({"error": f"action_id {action_id} is out of range"}, status_code=400)
+        try:
             with review.lock:
                 res = cr.undo(review.catalog, cid, action_id, reason or "(no reason given)", client)
+        except cr.UnknownCandidate as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
         except cr.ReviewError as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)
-        except (TypeError, ValueError):
-            return JSONResponse({"error": "action_id must be an action id"}, status_code=400)
         return JSONResponse({"ok": True, "action_id": res.action_id, "state": res.state})
 
     def do_remove(cid: int, reason: str, client: str) -> JSONResponse:

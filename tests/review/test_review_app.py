@@ -598,6 +598,38 @@ def test_bad_requests_get_one_line_answers(root):
             assert client.get(pager).status_code == 200           # a page past the end, not a 500
 
 
+def test_out_of_range_numbers_and_unknown_ids_are_400_or_404_never_500(root, caplog):
+    """Numbers past SQL's 64-bit integers (an OverflowError in a query: a 500 and a traceback), a float,
+    a JSON `true` (it acted on candidate 1) are refused at the edge; an unknown id is 404 for every
+    action, as for a takedown (an action said 409 "no candidate -1")."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    target = first_accepted(cfg, "ants")
+    huge = "99999999999999999999"
+    h = {"X-MLC-Client": "t"}
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777", raise_server_exceptions=False) as client:
+        for url in (f"/?licence={huge}", f"/?round={huge}", f"/image/{target['id']}?licence={huge}", "/?round=1.5"):
+            assert client.get(url).status_code == 400, url
+        for url in (f"/image/{huge}", f"/thumb/{huge}", f"/file/{huge}"):
+            assert client.get(url).status_code == 404, url
+        action = lambda body: client.post("/api/action", content=body, headers={**h, "Content-Type": "application/json"})
+        for body in ('{"id": 1e400, "action": "reject", "reason": "r"}', '{"id": true, "action": "reject", "reason": "r"}',
+                     '{"id": 1.0, "action": "reject", "reason": "r"}'):
+            assert action(body).status_code == 400, body
+        for body in ('{"id": 99999999999999999999999, "action": "reject", "reason": "r"}',
+                     '{"id": -1, "action": "reject", "reason": "r"}', '{"id": -1, "action": "remove", "reason": "r"}'):
+            res = action(body)
+            assert res.status_code == 404 and res.json()["error"].startswith("no candidate"), (body, res.text)
+        undo = lambda body: client.post("/api/undo", content=body, headers={**h, "Content-Type": "application/json"})
+        for aid in ("99999999999999999999999", "1e400", "true"):
+            assert undo(f'{{"id": {target["id"]}, "action_id": {aid}}}').status_code == 400, aid
+        assert undo('{"id": -1, "action_id": 1}').status_code == 404
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        assert cr.actions(c, 1) == [] and cr.actions(c, target["id"]) == []      # nothing acted on
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
 def test_a_takedown_removes_that_sources_photo_and_waits_for_no_writer(root):
     """Photo ids of different sources may be equal: the takedown removes the one shown. While a curate
     or a build holds the data root's files it is refused (409, naming the holder), never half done;

@@ -1,0 +1,48 @@
+"""What a request asks for: its browse filters, and its numbers (from a URL or a JSON body), checked
+once, at the edge. Past it, the catalog gets only integers SQL can bind: one beyond 64 bits was an
+OverflowError deep in a query (a 500 with a traceback), and a JSON `true` passed for the id 1."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import HTTPException, Request
+
+from mlc_pipeline.catalog import review as cr
+
+SQL_INT_MAX = 2**63 - 1       # SQLite's and PostgreSQL's BIGINT
+
+
+def whole_number(value, what: str) -> int:
+    """`value` as an int: a JSON integer or a string of digits (a URL's); ValueError naming `what` for
+    anything else (a bool, a float, 1e400, words). The range is `fits_sql`'s to check."""
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,40}", value.strip()):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be a whole number")
+    return value
+
+
+def fits_sql(n: int) -> bool:
+    """Whether SQL can hold `n` (no candidate or action has an id beyond it)."""
+    return -SQL_INT_MAX - 1 <= n <= SQL_INT_MAX
+
+
+def filters_of(request: Request) -> dict:
+    """The browse filters in the query string; 400 for a licence or round that is not a number SQL holds."""
+    q = request.query_params
+    filters = {k: q.get(k, "").strip() for k in cr.FILTERS if q.get(k, "").strip()}
+    for name in ("licence", "round"):
+        try:
+            if name in filters and not fits_sql(whole_number(filters[name], name)):
+                raise ValueError(f"{name} is out of range")
+        except ValueError as exc:
+            raise HTTPException(400, f"the {exc} (the licence and round filters are numbers)") from None
+    return filters
+
+
+def known_id(cid: int) -> int:
+    """A candidate id from a URL, or 404: one past SQL's integers names no candidate either."""
+    if not fits_sql(cid):
+        raise HTTPException(404, f"no candidate {cid}")
+    return cid
