@@ -1,7 +1,9 @@
 """The review app: server-rendered pages over the catalog and the published versions, and a small
 JSON API for the actions (static/review.js calls it). Every read and write goes through
-catalog.review / catalog on one connection, used by one request at a time (a lock): FastAPI runs
-plain `def` endpoints in a thread pool, and the catalog's connection is not meant for threads at once.
+catalog.review / catalog on two connections, each used by one request at a time (a lock each): FastAPI
+runs plain `def` endpoints in a thread pool, and a catalog connection is not meant for threads at once.
+The pages read on one, the actions write on the other: an action waiting for another command's write
+lock (up to ACTION_LOCK_WAIT_S) keeps no page waiting behind it.
 Other processes (`mlc build`, a second `mlc review`) are kept consistent by the catalog's transactions,
 on SQLite or PostgreSQL alike (catalog/review.py says how).
 """
@@ -43,6 +45,8 @@ FACETS_TTL_S = 30.0
 # An action waits this long for a writer (collect, curate) to release the catalog, then says so (503)
 # instead of holding the reviewer for the batch commands' minute and answering 500.
 ACTION_LOCK_WAIT_S = 10.0
+# A page indexes a newly published version only if the catalog is free about at once (else on a later page).
+PAGE_WRITE_WAIT_S = 1.0
 # Verification reasons of policy, not of a broken file: a reviewer may put such an image back.
 POLICY_REASONS = ("too-small", "extreme-aspect")
 # The queues a reviewer works through, each a browse filter sorted by what to see first.
@@ -60,15 +64,17 @@ PLACEHOLDER = ('<svg xmlns="http://www.w3.org/2000/svg" width="160" height="160"
 
 
 class Review:
-    """The app's state: the config, one catalog connection and its lock, cached filter menus."""
+    """The app's state: the config, the pages' catalog connection and the actions' (each with its
+    lock), cached filter menus."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.catalog = Catalog(cfg.catalog_path)
-        self.lock = threading.Lock()
-        with self.lock:
-            cr.ensure_schema(self.catalog)         # at startup the batch commands' wait, then the app's
-        self.catalog.set_lock_timeout(ACTION_LOCK_WAIT_S)
+        self.catalog, self.lock = Catalog(cfg.catalog_path), threading.Lock()          # the pages' reads
+        self.writer, self.write_lock = Catalog(cfg.catalog_path), threading.Lock()     # the actions
+        with self.write_lock:
+            cr.ensure_schema(self.writer)         # at startup the batch commands' wait, then the app's
+        self.writer.set_lock_timeout(ACTION_LOCK_WAIT_S)
+        self.catalog.set_lock_timeout(PAGE_WRITE_WAIT_S)
         self.classes = list(cfg.classes)
         self.dataset = cfg.build.name
         self.root = cfg.layout.datasets
@@ -77,6 +83,7 @@ class Review:
 
     def close(self) -> None:
         self.catalog.close()
+        self.writer.close()
 
     def refresh_versions(self) -> list[str]:
         """Index any version published since (manifests are immutable: each is read once)."""
@@ -245,7 +252,7 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
         return await in_thread(request, do_undo)
 
     async def in_thread(request: Request, fn):
-        """Parse the common fields, then run `fn` in the thread pool (it takes the catalog lock)."""
+        """Parse the common fields, then run `fn` in the thread pool (it takes the actions' lock)."""
         from starlette.concurrency import run_in_threadpool
         try:
             body = await request.json()
@@ -279,8 +286,8 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
         if seen is not None and (isinstance(seen, bool) or not isinstance(seen, int)):
             return JSONResponse({"error": "seen_action must be an action id (0: none)"}, status_code=400)
         try:
-            with review.lock:
-                res = cr.act(review.catalog, cid, kind, reason or "(no reason given)", client, review.classes,
+            with review.write_lock:
+                res = cr.act(review.writer, cid, kind, reason or "(no reason given)", client, review.classes,
                              labels=labels, check_file=review.check_file, seen_action=seen)
                 review._facets = (0.0, None)
         except cr.UnknownCandidate as exc:
@@ -298,8 +305,8 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
         if not fits_sql(action_id):
             return JSONResponse({"error": f"action_id {action_id} is out of range"}, status_code=400)
         try:
-            with review.lock:
-                res = cr.undo(review.catalog, cid, action_id, reason or "(no reason given)", client)
+            with review.write_lock:
+                res = cr.undo(review.writer, cid, action_id, reason or "(no reason given)", client)
         except cr.UnknownCandidate as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
         except cr.ReviewError as exc:
@@ -311,8 +318,8 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
         from mlc_pipeline.curate.takedown import remove_photos
         if not reason:
             return JSONResponse({"error": "a takedown needs a reason (it is kept in the catalog)"}, status_code=400)
-        with review.lock:
-            row = review.catalog.get(cid)
+        with review.write_lock:
+            row = review.writer.get(cid)
             if row is None:
                 return JSONResponse({"error": f"no candidate {cid}"}, status_code=404)
             if row["status"] == "removed":
@@ -333,7 +340,7 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
             review._facets = (0.0, None)
             try:        # the takedown is done (the catalog's removals table keeps it): never "nothing changed"
                 for r in res.removed:
-                    cr.record_removal(review.catalog, r["id"], reason, client, len(res.files_deleted))
+                    cr.record_removal(review.writer, r["id"], reason, client, len(res.files_deleted))
             except CatalogBusy as exc:
                 log.warning("review: takedown of %s:%s done, but its entry in the review log was not written: %s",
                             row["source"], row["photo_id"], exc)

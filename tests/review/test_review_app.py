@@ -388,6 +388,37 @@ def test_an_action_while_another_command_writes_is_answered_503_not_held(root, m
                            headers=h).status_code == 200
 
 
+@pytest.mark.parametrize("root", ["sqlite", "postgresql"], indirect=True)
+def test_pages_answer_at_once_while_an_action_waits_for_the_catalog(root, monkeypatch):
+    """While an action waits for another command's write lock (SQLite's BEGIN IMMEDIATE; PostgreSQL's
+    row lock), pages go on answering: the action waits on its own connection. (Before, every page
+    waited behind the action for the whole ACTION_LOCK_WAIT_S: 9 s instead of 0.014 s.)"""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review import app as review_app
+    config, cfg = root
+    target = first_accepted(cfg, "ants")
+    monkeypatch.setattr(review_app, "ACTION_LOCK_WAIT_S", 4.0)
+    h = {"X-MLC-Client": "tab1"}
+    answers = []
+    with TestClient(review_app.create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        assert client.get(f"/image/{target['id']}").status_code == 200        # versions indexed: a plain read now
+        with Catalog(cfg.catalog_path) as writer, writer.locked_candidate(target["id"]):
+            acting = threading.Thread(target=lambda: answers.append(client.post("/api/action", headers=h, json={
+                "id": target["id"], "action": "reject", "reason": "r"})))
+            started = time.monotonic()
+            acting.start()
+            time.sleep(0.5)                      # the action is waiting for the lock now
+            took = {}
+            for url in (f"/image/{target['id']}", "/", "/queues"):
+                at = time.monotonic()
+                assert client.get(url).status_code == 200
+                took[url] = time.monotonic() - at
+            assert max(took.values()) < 2.0, took
+            assert acting.is_alive(), "the action should still be waiting for the lock"
+            acting.join()
+    assert answers[0].status_code == 503 and time.monotonic() - started >= 4.0
+
+
 def test_the_queues_lists_page_through_every_image(root, monkeypatch):
     """The model's review list and the accepted probes list show a page at a time, with links to the
     rest (only the first page was reachable)."""
