@@ -85,7 +85,8 @@ class ReviewServer:
     """`mlc review` as a real process on a free port."""
 
     def __init__(self, config: Path, port: int, host: str = "127.0.0.1", env: dict | None = None):
-        self.url = f"http://127.0.0.1:{port}"
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        self.url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "mlc_pipeline.cli", "review", "-c", str(config),
                                       "--host", host, "--port", str(port)], env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -134,7 +134,8 @@ def client_of(request: Request) -> str:
     return f"{request.client.host if request.client else '?'} tab={tab}"
 
 
-def create_app(cfg: Config, token: str | None = None) -> FastAPI:
+def create_app(cfg: Config, token: str | None = None, host: str | None = None) -> FastAPI:
+    """The app; `host`: the address it is bound to (a loopback one is then an accepted Host)."""
     review = Review(cfg)
 
     @asynccontextmanager
@@ -144,7 +145,7 @@ def create_app(cfg: Config, token: str | None = None) -> FastAPI:
 
     app = FastAPI(title="mlc review", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.review = review
-    app.middleware("http")(Guard(token))
+    app.middleware("http")(Guard(token, bound=host))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.globals.update(urlencode=urlencode, classes=review.classes, dataset=review.dataset)

@@ -1,6 +1,7 @@
 """Who may use the review app.
 
-- Loopback (the default): no token, but requests must name a loopback Host, any port (a web page
+- Loopback (the default): no token, but requests must name a loopback Host (127.0.0.1, localhost,
+  [::1] or the loopback address the app is bound to, such as 127.0.0.2), any port (a web page
   elsewhere cannot reach the app through DNS rebinding) and every action must carry the app's own header
   (a form on another site cannot send it, and a cross-origin fetch with it needs a CORS preflight,
   which the app never grants).
@@ -43,6 +44,11 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def url_host(host: str) -> str:
+    """`host` as a URL (and a Host header) writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def token_file(data_dir: Path) -> Path:
@@ -103,13 +109,15 @@ class Guard:
 
     LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
-    def __init__(self, token: str | None):
+    def __init__(self, token: str | None, bound: str | None = None):
+        """`bound`: the address the app listens on; a loopback one (127.0.0.2) is a loopback name too."""
         self.token = token
+        self.loopback_names = set(self.LOOPBACK_NAMES) | ({url_host(bound)} if bound and is_loopback(bound) else set())
 
     def loopback_host(self, host: str) -> bool:
         """The Host header names loopback (any port: an SSH tunnel may forward another local port)."""
         name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") and "]:" in host else host
-        return name in self.LOOPBACK_NAMES
+        return name in self.loopback_names
 
     def token_ok(self, given: str | None) -> bool:
         return bool(self.token and given) and hmac.compare_digest(given.encode(), self.token.encode())

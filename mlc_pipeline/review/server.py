@@ -53,7 +53,7 @@ def run_app(cfg: Config, host: str, port: int, sock: socket.socket) -> int:
         # The token itself is never printed: only where to read it.
         print(f"mlc review: listening on {host}:{port} beyond loopback; log in with the token from {where} "
               f"(or set {TOKEN_ENV})", flush=True)
-    app = create_app(cfg, token=token)
+    app = create_app(cfg, token=token, host=host)
     print(f"mlc review: http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/  (Ctrl-C to stop)",
           flush=True)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=True))

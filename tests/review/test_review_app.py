@@ -136,6 +136,23 @@ def test_loopback_guards(root):
     assert str(target["id"]) not in rows and str(dup["id"]) in rows and str(tiny["id"]) in rows
 
 
+def test_an_app_bound_to_another_loopback_address_answers_there(root):
+    """`--host 127.0.0.2` is loopback (no token), so its own address is a Host the app accepts, as the
+    standard loopback names are; any other address still is not. (Every request was 400.)"""
+    config, cfg = root
+    port = free_port()
+    server = ReviewServer(config, port, host="127.0.0.2")
+    try:
+        assert server.url == f"http://127.0.0.2:{port}"
+        assert requests.get(server.url + "/").status_code == 200
+        assert requests.get(server.url + "/", headers={"Host": f"localhost:{port}"}).status_code == 200
+        for other in ("127.0.0.3", f"127.0.0.3:{port}", "evil.example"):
+            assert requests.get(server.url + "/", headers={"Host": other}).status_code == 400, other
+    finally:
+        out = server.stop()
+    assert f"http://127.0.0.2:{port}/" in out and "token" not in out, out
+
+
 def listed(client, query: str) -> tuple[int, list[int]]:
     """The browse page under `query`: how many match, and the ids on its first page."""
     text = client.get("/?" + query).text
