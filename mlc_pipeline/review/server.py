@@ -7,7 +7,7 @@ import logging
 import socket
 
 from mlc_pipeline.config import Config, ConfigError
-from mlc_pipeline.review.security import TOKEN_ENV, is_loopback, resolve_token
+from mlc_pipeline.review.security import TOKEN_ENV, is_loopback, resolve_token, url_host
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,11 @@ def run_app(cfg: Config, host: str, port: int, sock: socket.socket) -> int:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         # The token itself is never printed: only where to read it.
-        print(f"mlc review: listening on {host}:{port} beyond loopback; log in with the token from {where} "
+        print(f"mlc review: listening on {url_host(host)}:{port} beyond loopback; log in with the token from {where} "
               f"(or set {TOKEN_ENV})", flush=True)
     app = create_app(cfg, token=token, host=host)
-    print(f"mlc review: http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/  (Ctrl-C to stop)",
-          flush=True)
+    shown = url_host("127.0.0.1" if host in ("0.0.0.0", "::") else host)      # [::1]: a URL's IPv6 form
+    print(f"mlc review: http://{shown}:{port}/  (Ctrl-C to stop)", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=True))
     try:
         server.run(sockets=[sock])

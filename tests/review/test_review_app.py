@@ -153,6 +153,19 @@ def test_an_app_bound_to_another_loopback_address_answers_there(root):
     assert f"http://127.0.0.2:{port}/" in out and "token" not in out, out
 
 
+def test_an_app_on_ipv6_loopback_prints_a_url_that_works(root):
+    """`--host ::1` printed http://::1:8787/, which is no URL; it is http://[::1]:8787/."""
+    config, cfg = root
+    port = free_port()
+    server = ReviewServer(config, port, host="::1")
+    try:
+        assert server.url == f"http://[::1]:{port}"
+        assert requests.get(server.url + "/").status_code == 200
+    finally:
+        out = server.stop()
+    assert f"mlc review: http://[::1]:{port}/ " in out and "token" not in out, out
+
+
 def listed(client, query: str) -> tuple[int, list[int]]:
     """The browse page under `query`: how many match, and the ids on its first page."""
     text = client.get("/?" + query).text
