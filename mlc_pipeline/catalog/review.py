@@ -283,8 +283,8 @@ def _where(filters: dict, dataset: str) -> tuple[str, list]:
         params.append(int(filters["round"]))
     if filters.get("reviewed") == "0":      # no decision in force: a queue that empties as the reviewer works
         sql.append("o.candidate_id IS NULL")
-    elif filters.get("reviewed"):
-        sql.append("c.id IN (SELECT candidate_id FROM review_actions)")
+    elif filters.get("reviewed"):         # a decision in force, as the badge and the build's diff count it
+        sql.append("o.candidate_id IS NOT NULL AND c.status <> 'removed'")
     if filters.get("version"):
         inner = "SELECT candidate_id FROM review_version_rows WHERE dataset = ? AND version = ?"
         params += [dataset, filters["version"]]

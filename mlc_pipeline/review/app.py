@@ -124,8 +124,9 @@ def effective(row: dict) -> dict:
     rules, catalog.labels: what is shown is what is published)."""
     taken, why = next_build(row)
     state = ("in" if taken else "out") + (f" ({why})" if why else "")
-    return {"labels": effective_labels(row), "state": state,
-            "reviewed": bool(row.get("review_labels") or row.get("review_include"))}
+    # "changed in review": an override in force on a photo still here (what `mlc build` counts as such)
+    return {"labels": effective_labels(row), "state": state, "reviewed": bool(
+        row.get("review_labels") or row.get("review_include")) and row.get("status") != "removed"}
 
 
 def client_of(request: Request) -> str:

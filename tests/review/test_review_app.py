@@ -239,6 +239,34 @@ def test_actions_undo_filters_and_build_on_both_backends(root):
     assert rows[str(tiny["id"])]["labels"] == "bees"
 
 
+def test_changed_in_review_counts_the_decisions_in_force_as_the_build_does(root):
+    """The "changed in review" filter and queue count mean a review decision in force, as the card's
+    badge and `mlc build`'s diff do: not an image whose action was undone, nor a taken-down photo.
+    (They counted every image with any logged action: 13 in the queue for 10 decisions in force.)"""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        undone, kept, taken_down = c.candidates("status='accepted' AND purpose='train'")[:3]
+    h = {"X-MLC-Client": "tab1"}
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        act = lambda cid, action, **kw: client.post("/api/action", json={"id": cid, "action": action, "reason": "r",
+                                                                          **kw}, headers=h)
+        relabel = act(undone["id"], "relabel", labels=["ants", "bees"]).json()
+        assert client.post("/api/undo", json={"id": undone["id"], "action_id": relabel["action_id"]},
+                           headers=h).status_code == 200
+        assert act(kept["id"], "reject").status_code == 200
+        assert act(taken_down["id"], "reject").status_code == 200
+        assert act(taken_down["id"], "remove", reason="owner asked").status_code == 200
+        assert listed(client, "reviewed=1") == (1, [kept["id"]])
+        assert re.search(r"changed in review</a></td><td>1</td>", client.get("/queues").text)
+        page = client.get("/").text
+        badged = re.findall(r'class="card [a-z]+ reviewed" href="/image/(\d+)', page)
+        assert badged == [str(kept["id"])], badged
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        assert cr.review_changed_photos(c) == [f"local:{kept['photo_id']}"]
+
+
 def next_build_labels(client, cid: int) -> str:
     """The labels the image page says the next build publishes, as the manifest writes them."""
     shown = re.search(r'<b id="labels">([^<]*)</b>', client.get(f"/image/{cid}").text).group(1)
