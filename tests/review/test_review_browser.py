@@ -155,3 +155,26 @@ def test_filter_open_relabel_reject_undo_then_build(world, browser):
     page.goto(f"{server.url}/image/{first}")
     rows = page.locator("text=Labels per published version >> xpath=following-sibling::table[1] >> tr").all_inner_texts()
     assert [r.split("\t")[0] for r in rows[1:]] == ["v1", "v2"] and rows[2].endswith("ants bees")
+
+
+def test_a_takedown_shows_the_published_versions_that_still_hold_the_photo(world, browser):
+    """The takedown's answer lists the published versions that contain the photo (as `mlc remove`
+    prints them), so that the reviewer can rebuild or withdraw them. The page showed only "out
+    (taken down)" after its reload: the answer was dropped."""
+    config, cfg, server = world
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        target = c.candidates("status='accepted' AND purpose='train' AND curated_label='ants'")[0]
+    page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("dialog", lambda dialog: dialog.accept("the owner asked"))
+    page.goto(f"{server.url}/image/{target['id']}")
+    with page.expect_navigation():
+        page.click("button[data-action=remove]")
+    assert page.inner_text("#state") == "out (taken down)"
+    shown = page.inner_text("#msg")
+    assert "Published versions that still contain this photo: v1." in shown, shown
+    assert "mlc build" in shown
+    page.reload()                                # shown once: the next load is the plain page again
+    assert page.inner_text("#msg") == ""
+    assert not errors, errors

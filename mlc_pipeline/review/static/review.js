@@ -16,6 +16,26 @@
     msg.className = isError ? "error" : "";
   }
 
+  // What an action's answer says that the reloaded page does not (a takedown's published versions):
+  // kept for the reload in this tab's sessionStorage, shown once on the same image's page.
+  const NOTE = "mlc-review-note";
+  function noteForReload(id, text) { sessionStorage.setItem(NOTE, JSON.stringify({id: id, text: text})); }
+  const note = sessionStorage.getItem(NOTE);
+  if (note) {
+    sessionStorage.removeItem(NOTE);
+    try {
+      const n = JSON.parse(note);
+      if (pageEl && String(n.id) === pageEl.dataset.id) say(n.text, false);
+    } catch (e) { /* a note this script did not write: nothing to show */ }
+  }
+
+  function takedownNote(data) {
+    const versions = Object.keys(data.published_in || {}).sort((a, b) => Number(a.slice(1)) - Number(b.slice(1)));
+    if (!versions.length) return "Taken down. No published version contains this photo.";
+    return "Taken down. Published versions that still contain this photo: " + versions.join(", ") +
+      ". Rebuild with `mlc build`, or withdraw them (as `mlc remove` says).";
+  }
+
   async function post(url, body) {
     const res = await fetch(url, {
       method: "POST",
@@ -41,7 +61,8 @@
       } else if (kind === "remove") {
         reason = window.prompt("Take this photo down for good (files deleted, not undoable). Why?", reason);
         if (!reason) { say("takedown cancelled", true); return; }
-        await post("/api/action", {id: id, action: "remove", reason: reason});
+        const data = await post("/api/action", {id: id, action: "remove", reason: reason});
+        noteForReload(id, takedownNote(data));
       } else {
         // The image's latest action as this page saw it: if another tab acted since, the server refuses
         // (409) rather than let this page's stale choice silently replace that work.
