@@ -260,6 +260,11 @@ BROWSE_COLUMNS = ("c.id, c.source, c.photo_id, c.purpose, c.label, c.curated_lab
 FILTERS = ("set", "label", "status", "reason", "licence", "round", "version", "split", "reviewed", "sort")
 
 
+def like_literal(text: str) -> str:
+    """`text` for a LIKE pattern with ESCAPE '!': its wildcards match only themselves."""
+    return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+
+
 def _where(filters: dict, dataset: str) -> tuple[str, list]:
     """A WHERE clause for the browse filters (every value a bound parameter)."""
     sql, params = ["1=1"], []
@@ -267,8 +272,9 @@ def _where(filters: dict, dataset: str) -> tuple[str, list]:
         sql.append("c.purpose = ?")
         params.append(filters["set"])
     if filters.get("label"):
-        sql.append("(' ' || COALESCE(o.labels, c.curated_label, c.label) || ' ') LIKE ?")
-        params.append(f"% {filters['label']} %")
+        # one whole label among the space-delimited ones: % and _ in the name are matched as themselves
+        sql.append("(' ' || COALESCE(o.labels, c.curated_label, c.label) || ' ') LIKE ? ESCAPE '!'")
+        params.append(f"% {like_literal(filters['label'])} %")
     if filters.get("status"):
         sql.append("c.status = ?")
         params.append(filters["status"])

@@ -267,6 +267,19 @@ def test_changed_in_review_counts_the_decisions_in_force_as_the_build_does(root)
         assert cr.review_changed_photos(c) == [f"local:{kept['photo_id']}"]
 
 
+def test_the_label_filter_matches_a_whole_label_wildcards_included(root):
+    """`label` matches one whole effective label: SQL's LIKE wildcards in it are plain characters
+    (`?label=ball%25` listed 49 images for a label that does not exist)."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        ants = listed(client, "label=ants")[0]
+        assert ants > 0 and listed(client, "label=ant")[0] == 0
+        for pattern in ("%25", "ant%25", "an_s", "_____", "%25 %25", "!", "ants!"):
+            assert listed(client, "label=" + pattern)[0] == 0, pattern
+
+
 def next_build_labels(client, cid: int) -> str:
     """The labels the image page says the next build publishes, as the manifest writes them."""
     shown = re.search(r'<b id="labels">([^<]*)</b>', client.get(f"/image/{cid}").text).group(1)
