@@ -169,6 +169,8 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
         for r in rows:
             r["eff"] = effective(r)
         pages = max(1, -(-total // PAGE_SIZE))
+        if page_no > pages:         # past the end (an old link, a list that shrank): its last page
+            return RedirectResponse(f"/?{urlencode({**filters, 'page_no': pages})}", status_code=303)
         return page(request, "browse.html", rows=rows, total=total, page_no=page_no, pages=pages, filters=filters,
                     facets=facets, versions=published, query=urlencode(filters),
                     ms=round((time.perf_counter() - started) * 1000))
@@ -201,6 +203,8 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
         with review.lock:
             rows, total = cr.duplicate_pairs(review.catalog, PAGE_SIZE // 2, (page_no - 1) * (PAGE_SIZE // 2))
         pages = max(1, -(-total // (PAGE_SIZE // 2)))
+        if page_no > pages:
+            return RedirectResponse(f"/duplicates?page_no={pages}", status_code=303)
         return page(request, "duplicates.html", rows=rows, total=total, page_no=page_no, pages=pages)
 
     @app.get("/queues", response_class=HTMLResponse)

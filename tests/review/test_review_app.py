@@ -700,6 +700,23 @@ def test_bad_requests_get_one_line_answers(root):
             assert client.get(pager).status_code == 200           # a page past the end, not a 500
 
 
+def test_a_page_past_the_end_is_the_last_page(root):
+    """`/?page_no=999` said "page 999 of 5" over an empty grid with only a "previous" link: it goes to
+    the last page, filters kept (the duplicates list too)."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review import app as review_app
+    config, cfg = root
+    with TestClient(review_app.create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        total, _ = listed(client, "set=train")
+        pages = -(-total // review_app.PAGE_SIZE)
+        past = client.get("/?set=train&page_no=999", follow_redirects=False)
+        assert past.status_code == 303 and past.headers["location"] == f"/?set=train&page_no={pages}"
+        text = client.get("/?set=train&page_no=999").text
+        assert f"page {pages} of {pages}" in text and 'class="card' in text
+        dups = client.get("/duplicates?page_no=999").text
+        assert "page 1 of 1" in dups and "/image/" in dups
+
+
 def test_out_of_range_numbers_and_unknown_ids_are_400_or_404_never_500(root, caplog):
     """Numbers past SQL's 64-bit integers (an OverflowError in a query: a 500 and a traceback), a float,
     a JSON `true` (it acted on candidate 1) are refused at the edge; an unknown id is 404 for every
