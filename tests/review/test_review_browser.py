@@ -15,6 +15,7 @@ from helpers import free_port
 from review_world import ReviewServer, make_data_root
 
 from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.catalog import review as cr
 from mlc_pipeline.manifest import read_manifest
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' installs playwright")
@@ -177,4 +178,29 @@ def test_a_takedown_shows_the_published_versions_that_still_hold_the_photo(world
     assert "mlc build" in shown
     page.reload()                                # shown once: the next load is the plain page again
     assert page.inner_text("#msg") == ""
+    assert not errors, errors
+
+
+def test_saving_with_no_label_checked_asks_before_saving_other(world, browser):
+    """Every box unchecked, "save labels" relabelled the image as "other" without a word: the page
+    now asks; cancelled, nothing is saved; confirmed, the image is "other"."""
+    config, cfg, server = world
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        target = c.candidates("status='accepted' AND purpose='train' AND curated_label='ants'")[0]
+    page = browser.new_page()
+    errors, asked = [], []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{server.url}/image/{target['id']}")
+    page.keyboard.press("1")                     # uncheck ants: no box is checked now
+    assert page.eval_on_selector_all("input[name=label]:checked", "boxes => boxes.length") == 0
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.keyboard.press("s")
+    page.wait_for_function("document.getElementById('msg').textContent.length > 0")
+    assert asked and '"other"' in asked[0]
+    assert page.inner_text("#msg").startswith("not saved") and page.inner_text("#labels") == "ants"
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        assert cr.actions(c, target["id"]) == []
+    page.once("dialog", lambda dialog: dialog.accept())
+    assert state_after(page, "s") == "in"
+    assert page.inner_text("#labels") == "other"
     assert not errors, errors

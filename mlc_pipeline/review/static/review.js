@@ -69,6 +69,14 @@
         const body = {id: id, action: kind, reason: reason, seen_action: Number(pageEl.dataset.undo || 0)};
         if (kind === "relabel") {
           body.labels = Array.from(document.querySelectorAll("input[name=label]:checked")).map(x => x.value);
+          // No box checked means "other" (none of the classes): asked, never done silently.
+          if (!body.labels.length) {
+            if (!window.confirm('No label is checked: save this image as "other" (none of the classes)?')) {
+              say('not saved: check a class, or "other" (o)', true);
+              return;
+            }
+            body.labels = ["other"];
+          }
         }
         await post("/api/action", body);
       }
