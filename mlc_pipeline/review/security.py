@@ -33,7 +33,7 @@ from mlc_pipeline.secrets import install_log_redaction, remember
 TOKEN_ENV = "MLC_REVIEW_TOKEN"
 COOKIE = "mlc_review_session"
 CLIENT_HEADER = "x-mlc-client"
-OPEN_PATHS = ("/login", "/static/")
+OPEN_PATHS = ("/login", "/static/", "/favicon.ico")
 SESSION_MAX_AGE_S = 12 * 3600      # a working day: then the token again
 
 

@@ -700,6 +700,20 @@ def test_bad_requests_get_one_line_answers(root):
             assert client.get(pager).status_code == 200           # a page past the end, not a 500
 
 
+def test_the_favicon_is_served_on_loopback_and_before_login(root):
+    """Browsers ask every page for /favicon.ico: it was a 404 (logged in the console on every page)."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    for token in (None, "t" * 32):
+        with TestClient(create_app(cfg, token=token), base_url="http://127.0.0.1:8777") as client:
+            icon = client.get("/favicon.ico", follow_redirects=False)
+            assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+            assert icon.text.startswith("<svg")
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        assert '<link rel="icon" type="image/svg+xml" href="/favicon.ico">' in client.get("/").text
+
+
 def test_a_page_past_the_end_is_the_last_page(root):
     """`/?page_no=999` said "page 999 of 5" over an empty grid with only a "previous" link: it goes to
     the last page, filters kept (the duplicates list too)."""
