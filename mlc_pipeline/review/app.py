@@ -62,8 +62,10 @@ QUEUES = {
 # The browser asks every page for one: without it, a 404 in the console on each page.
 FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
            'fill="#2a6"/><text x="8" y="12" font-size="10" text-anchor="middle" fill="#fff">r</text></svg>')
+# The card of a file with no thumbnail. A truncated one says so: its page shows what the browser decodes of
+# it, while the thumbnailer refuses it (Pillow's LOAD_TRUNCATED_IMAGES is process-wide: the verifier's too).
 PLACEHOLDER = ('<svg xmlns="http://www.w3.org/2000/svg" width="160" height="160"><rect width="160" height="160" '
-               'fill="#eee"/><text x="80" y="85" font-size="13" text-anchor="middle" fill="#888">no image</text></svg>')
+               'fill="#eee"/><text x="80" y="85" font-size="13" text-anchor="middle" fill="#888">{}</text></svg>')
 
 
 class Review:
@@ -243,7 +245,9 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
             raise HTTPException(404, f"no candidate {cid}")
         path = thumbnail(cfg.data_dir, row["sha256"], row["file_path"], row["verify_reason"])
         if path is None:
-            return Response(PLACEHOLDER, media_type="image/svg+xml")
+            truncated = (row["verify_reason"] or "").startswith("truncated")
+            return Response(PLACEHOLDER.format("truncated file" if truncated else "no image"),
+                            media_type="image/svg+xml")
         return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/file/{cid}")

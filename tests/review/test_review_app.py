@@ -714,6 +714,24 @@ def test_the_favicon_is_served_on_loopback_and_before_login(root):
         assert '<link rel="icon" type="image/svg+xml" href="/favicon.ico">' in client.get("/").text
 
 
+def test_a_truncated_file_says_so_on_its_card(root):
+    """A truncated file's card showed "no image" while its page shows the part the browser decodes:
+    its placeholder now says "truncated file" (other files without a thumbnail keep "no image")."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    with Catalog(cfg.catalog_path) as c:
+        cut, gone = c.candidates("status='accepted' AND purpose='train'")[:2]
+        data = Path(cut["file_path"]).read_bytes()
+        Path(cut["file_path"]).write_bytes(data[:len(data) // 2])
+        c.update_fields(cut["id"], status="rejected", reason="truncated", verify_reason="truncated")
+        Path(gone["file_path"]).unlink()
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        thumb = client.get(f"/thumb/{cut['id']}")
+        assert thumb.headers["content-type"].startswith("image/svg+xml") and ">truncated file<" in thumb.text
+        assert ">no image<" in client.get(f"/thumb/{gone['id']}").text
+
+
 def test_a_page_past_the_end_is_the_last_page(root):
     """`/?page_no=999` said "page 999 of 5" over an empty grid with only a "previous" link: it goes to
     the last page, filters kept (the duplicates list too)."""
