@@ -23,6 +23,8 @@ from collections.abc import Callable, Hashable
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
+from mlc_pipeline.curate.verify import to_rgb
+
 log = logging.getLogger(__name__)
 
 # Centre crops (fraction cut off each side) hashed beside the full view, so a copy cropped by up to
@@ -56,7 +58,9 @@ def load_grey(path: str | os.PathLike, side: int = 128) -> Image.Image:
     with Image.open(path) as im:
         im.draft("L", (side, side))
         im = ImageOps.exif_transpose(im)
-        grey = im.convert("L")
+        # As hashing converts: 16-bit keeps its top 8 bits (a plain convert("L") clips it to white),
+        # transparency goes on white.
+        grey = im if im.mode == "L" else to_rgb(im).convert("L")
     if min(grey.size) > 2 * side:
         grey.thumbnail((2 * side, 2 * side), Image.Resampling.BOX)
     return grey
