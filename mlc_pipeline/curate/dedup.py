@@ -9,7 +9,8 @@ Rules (docs/curation.md explains them and the measurements behind them):
 3. No chains: items are visited best first; an item not yet taken becomes a keeper and takes its
    *own* confirmed candidates. Every dropped item is therefore within the threshold of, and
    confirmed against, the very item kept for it (A~B and B~C never put A and C together).
-4. The best copy: most pixels, then earliest `first_seen`, then lowest id.
+4. The best copy: most pixels, then the larger file (a re-encode at a lower quality is smaller),
+   then earliest `first_seen`, then lowest id.
 5. Labels are merged only across sure duplicates: exact copies, or near ones scoring >= `sure_at`.
    A class item merged with an "other" item keeps the class (`class-wins`); different class sets
    give the union (`multi-label`, default) or the best class item's labels (`keep-best`). A
@@ -48,6 +49,7 @@ class DedupItem:
     pixels: int              # width * height
     first_seen: str          # sortable, e.g. an ISO timestamp
     view_hashes: tuple[str, ...] = ()   # phashes of centre crops (hashing.view_phashes), if known
+    n_bytes: int = 0         # file size: of two copies with as many pixels, the larger is kept
 
 
 class Duplicate(NamedTuple):
@@ -183,8 +185,8 @@ def _near_candidates(reps: list[DedupItem], threshold: int) -> dict[int, list[tu
 
 
 def _rank(item: DedupItem) -> tuple:
-    "Sort key of the best copy: most pixels, then seen first, then lowest id."
-    return (-item.pixels, item.first_seen, item.id)
+    "Sort key of the best copy: most pixels, then most bytes, then seen first, then lowest id."
+    return (-item.pixels, -item.n_bytes, item.first_seen, item.id)
 
 
 def _settle_labels(members: list[DedupItem], best: DedupItem, class_conflict: ClassConflict

@@ -212,7 +212,8 @@ def labels_of(row: dict) -> frozenset[str]:
 def dedup_item(r: dict) -> DedupItem:
     return DedupItem(id=r["id"], labels=labels_of(r), sha256=r["sha256"], phash=r["phash"],
                      pixels=(r["img_width"] or 0) * (r["img_height"] or 0), first_seen=r["first_seen_at"],
-                     view_hashes=tuple(r["view_hashes"].split(",")) if r.get("view_hashes") else ())
+                     view_hashes=tuple(r["view_hashes"].split(",")) if r.get("view_hashes") else (),
+                     n_bytes=r.get("bytes") or 0)
 
 
 def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = None

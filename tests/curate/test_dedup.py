@@ -149,3 +149,22 @@ def test_on_real_photos(tmp_path):
     assert len(result.kept) == len(photos)
     assert sum(1 for r in result.conflicts if r.resolution == "multi-label") == 1
     assert np.all([len(labels) > 0 for labels in result.kept.values()])
+
+
+@pytest.mark.skipif(not fixture_photos(), reason="fixture photos missing (../shared/fixtures)")
+def test_of_two_copies_as_large_the_bigger_file_is_kept(tmp_path):
+    # A bee photo re-encoded at JPEG quality 70 and filed under "ant", seen first: same pixel count
+    # as the original, fewer bytes. The original stays (labels merged), the re-encode goes.
+    bee = next(p for p in fixture_photos() if p.parent.name == "bees")
+    worse = tmp_path / "reencoded.jpg"
+    Image.open(bee).convert("RGB").save(worse, quality=70)
+    paths = [worse, bee]
+    records = inspect_files(paths)
+    assert records[0].width * records[0].height == records[1].width * records[1].height
+    assert records[0].n_bytes < records[1].n_bytes
+    items = [DedupItem(k, frozenset({lab}), r.sha256, r.phash, r.width * r.height, f"2024-01-0{k + 1}",
+                       tuple(r.view_hashes.split(",")), n_bytes=r.n_bytes)
+             for k, (r, lab) in enumerate(zip(records, ("ant", "bee")))]
+    result = resolve_duplicates(items, confirm=FileSimilarity(dict(enumerate(paths))))
+    assert result.kept == {1: frozenset({"ant", "bee"})}
+    assert result.duplicates[0].kept_id == 1
