@@ -1,7 +1,7 @@
 """Curate: verify every downloaded file, hash it, quarantine the bad, resolve duplicates.
 
 Verification and hashes are cached in the catalog against the file's sha256, so an unchanged file
-is never decoded twice. A verdict also holds only for the limits it was reached under (min_side,
+is never decoded twice (a file whose size on disk differs from the recorded one is inspected again). A verdict also holds only for the limits it was reached under (min_side,
 max_aspect, max_pixels, max_image_bytes: `verify_limits`): when they change, an image that verified
 is judged again on its recorded size, bytes and frames (no decoding), and one rejected for a limit
 (too-small, extreme-aspect, ...) is inspected again, so that it can come back. Duplicate resolution
@@ -87,9 +87,10 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
     verified and they were recorded, else by inspecting the file again."""
     limits = limits_of(cfg)
     key = limits_key(limits)
-    # Rows hashed before the crop views existed (view_hashes NULL) are hashed again, once.
+    # Hashed again: rows hashed before the crop views existed (view_hashes NULL), once; files whose size changed.
     todo = [r for r in rows if r["hashed_sha256"] != r["sha256"] or r["hashed_sha256"] is None
-            or (r["verify_reason"] is None and r["view_hashes"] is None) or passing_fault(r["verify_reason"])]
+            or (r["verify_reason"] is None and r["view_hashes"] is None) or passing_fault(r["verify_reason"])
+            or size_changed(r)]
     in_todo = {r["id"] for r in todo}
     stale = [r for r in rows if r["id"] not in in_todo and r["verify_limits"] != key]
     on_record = [r for r in stale if judged_on_record(r, limits)]
@@ -122,6 +123,14 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
             catalog.update_fields(row["id"], verify_reason=reason, verify_limits=key)
             row.update(verify_reason=reason, verify_limits=key)
             record_verdict(cfg, catalog, row, reason, run_id)
+
+
+def size_changed(row: dict) -> bool:
+    "The file's size is not the recorded one (a stat, no read; a same-size change goes unnoticed)."
+    try:
+        return row["bytes"] is not None and os.stat(row["file_path"]).st_size != row["bytes"]
+    except OSError:
+        return True        # gone or unreadable since the existence check: inspecting it says why
 
 
 def judged_on_record(row: dict, limits: VerifyLimits) -> bool:
