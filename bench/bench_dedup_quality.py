@@ -2,7 +2,7 @@
 
 Originals: the fixture photos (hymenoptera, 398, <= 400 px; pets, 1,200, 180 px). Edited copies of
 every `--every`-th photo: resized to 50 %, JPEG quality 50, centre crops of 5 % and 10 % per side,
-rotated 3 degrees, and a watermark (a 60 %-opaque white label with text in the bottom-right
+corner crops (5 % and 10 % off the left and top edges), 8 % off the left edge alone, rotated 3 degrees, and a watermark (a 60 %-opaque white label with text in the bottom-right
 corner). All files go through the production `inspect_files`.
 
 Methods, on the same files in the same run:
@@ -42,7 +42,7 @@ from mlc_pipeline.curate.similarity import CONFIRM, FileSimilarity  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 THRESHOLD = 10
-EDITS = ("resize50", "jpeg50", "crop5", "crop10", "rotate3", "watermark")
+EDITS = ("resize50", "jpeg50", "crop5", "crop10", "corner5", "corner10", "left8", "rotate3", "watermark")
 
 
 def edit(im: Image.Image, name: str) -> tuple[Image.Image, int]:
@@ -55,6 +55,12 @@ def edit(im: Image.Image, name: str) -> tuple[Image.Image, int]:
     if name.startswith("crop"):
         c = int(name[4:]) / 100
         return im.crop((round(w * c), round(h * c), w - round(w * c), h - round(h * c))), 90
+    if name.startswith("corner"):          # cut off two adjacent edges (left and top)
+        c = int(name[6:]) / 100
+        return im.crop((round(w * c), round(h * c), w, h)), 90
+    if name.startswith("left"):            # cut off one edge
+        c = int(name[4:]) / 100
+        return im.crop((round(w * c), 0, w, h)), 90
     if name == "rotate3":
         return im.rotate(3, resample=Image.Resampling.BICUBIC), 90
     if name == "watermark":
