@@ -131,7 +131,7 @@ def report(name, found, n_orig, copies, origin):
     print(f"| {name} | " + " | ".join(f"{recall[e]:.2f}" for e in EDITS) + f" | {distinct} | {cross} |")
 
 
-def catalog_pairs(path: Path) -> None:
+def catalog_pairs(path: Path, passes: int = 1) -> None:
     db = sqlite3.connect(path)
     rows = db.execute("SELECT id, file_path FROM candidates WHERE phash IS NOT NULL "
                       "AND file_path IS NOT NULL ORDER BY id").fetchall()
@@ -140,6 +140,9 @@ def catalog_pairs(path: Path) -> None:
     paths = [str(path.parent / r[1]) for r in rows]
     records = inspect_files(paths)
     full, confirmed, candidates, seconds = ours(records, paths)
+    again = [ours(records, paths)[3] for _ in range(passes - 1)]    # later curates in one process
+    if again:
+        print(f"later confirmation passes in this process: {', '.join(f'{x:.1f} s' for x in again)}")
     v = np.array([x for x in ours.scores.values() if x is not None])
     if len(v):
         print(f"similarity of the catalog's candidates: max {v.max():.3f}, p99 {np.percentile(v, 99):.3f}, "
@@ -152,6 +155,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--every", type=int, default=4, help="edit every n-th original")
     parser.add_argument("--catalog", type=Path, help="also count pairs among a catalog's images")
+    parser.add_argument("--passes", type=int, default=1, help="with --catalog: confirm its pairs this many "
+                        "times in one process (as `mlc run` curates after each collect round)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
@@ -190,7 +195,7 @@ def main() -> None:
         for name, found in imagededup_sets(paths).items():
             report(name, found, len(originals), copies, origin)
     if args.catalog:
-        catalog_pairs(args.catalog)
+        catalog_pairs(args.catalog, args.passes)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
+from scipy.ndimage import uniform_filter
 
 from mlc_pipeline.curate.verify import to_rgb
 
@@ -138,12 +141,16 @@ def similarity(a: Image.Image | Signature, b: Image.Image | Signature) -> float:
 class FileSimilarity:
     """`similarity` of files, decoded once each and cached; `None` when a file cannot be read.
 
-    Used as the `confirm` callback of `dedup.resolve_duplicates`: keys are item ids.
+    Used as the `confirm` callback of `dedup.resolve_duplicates`: keys are item ids. A pair's score is
+    also kept for the process (`PAIR_SCORES`, by both files' path, size and modification time): every
+    curate decides every image again, and `mlc run` curates after each collect round, so the same
+    candidate pairs came back round after round, each time decoded and searched again.
     """
 
     def __init__(self, paths: dict[Hashable, str | os.PathLike]):
         self.paths = paths
         self._signatures: dict[Hashable, Signature | None] = {}
+        self._files: dict[Hashable, tuple | None] = {}
 
     def signature(self, key: Hashable) -> Signature | None:
         if key not in self._signatures:
@@ -155,11 +162,52 @@ class FileSimilarity:
                 self._signatures[key] = None
         return self._signatures[key]
 
+    def file_of(self, key: Hashable) -> tuple | None:
+        "What a pair's cached score is keyed by: the file's path, size and mtime (None: no file)."
+        if key not in self._files:
+            path = self.paths.get(key)
+            try:
+                st = os.stat(path) if path else None
+            except OSError:
+                st = None       # `signature` says why, if the pair is scored
+            self._files[key] = (os.fspath(path), st.st_size, st.st_mtime_ns) if st else None
+        return self._files[key]
+
     def __call__(self, a: Hashable, b: Hashable) -> float | None:
+        fa, fb = self.file_of(a), self.file_of(b)
+        pair = tuple(sorted((fa, fb))) if fa and fb else None
+        if pair is not None and (known := PAIR_SCORES.get(pair)) is not None:
+            return known
         sa, sb = self.signature(a), self.signature(b)
         if sa is None or sb is None:
             return None
-        return similarity(sa, sb)
+        score = similarity(sa, sb)
+        if pair is not None:
+            PAIR_SCORES.put(pair, score)
+        return score
+
+
+class PairScores:
+    """A bounded, thread-safe memo of pair scores (least recently used out first)."""
+
+    def __init__(self, limit: int):
+        self.limit, self._scores, self._lock = limit, OrderedDict(), threading.Lock()
+
+    def get(self, pair: tuple) -> float | None:
+        with self._lock:
+            score = self._scores.get(pair)
+            if score is not None:
+                self._scores.move_to_end(pair)
+            return score
+
+    def put(self, pair: tuple, score: float) -> None:
+        with self._lock:
+            self._scores[pair] = score
+            if len(self._scores) > self.limit:
+                self._scores.popitem(last=False)
+
+
+PAIR_SCORES = PairScores(200_000)     # ~60 MB at most; a curate of the default world scores ~1,200 pairs
 
 
 Confirm = Callable[[Hashable, Hashable], "float | None"]
@@ -189,13 +237,11 @@ def anchored_search(big: Image.Image, small: Signature) -> float:
     if not starts:
         return 0.0
     tries = [(corner, c) for corner in CORNERS for c in starts]
-    best = max(zip(_corner_scores(big, template, ratio, tries), tries))
-    for step in (COVER_STEP / 2, COVER_STEP / 4):       # refine the best window's cover between grid steps
-        score, (corner, cover) = best
-        tries = [(corner, c) for c in (cover - step, cover + step)
-                 if COVER_MIN - 1e-9 <= c <= top + 1e-9 and c * ratio >= COVER_MIN - 1e-9]
-        best = max([best, *zip(_corner_scores(big, template, ratio, tries), tries)])
-    return float(best[0])
+    score, (corner, cover) = max(zip(_corner_scores(big, template, ratio, tries), tries))
+    # Refine the best window's cover between its grid neighbours, in quarter steps (one batch).
+    tries = [(corner, cover + k * COVER_STEP / 4) for k in (-3, -2, -1, 1, 2, 3)]
+    tries = [(k, c) for k, c in tries if COVER_MIN - 1e-9 <= c <= top + 1e-9 and c * ratio >= COVER_MIN - 1e-9]
+    return float(max([score, *_corner_scores(big, template, ratio, tries)]))
 
 
 def _corner_scores(big: Image.Image, template: np.ndarray, ratio: float,
@@ -215,16 +261,9 @@ def _corner_scores(big: Image.Image, template: np.ndarray, ratio: float,
 
 def _residuals_of(thumbs: np.ndarray) -> np.ndarray:
     """Unit-norm high-pass residuals of a stack of thumbnails, one row each: `_residual`'s box blur
-    (radius THUMB_SIDE // 8, edges extended), done in numpy for many windows at once."""
+    (radius THUMB_SIDE // 8, edges extended), for many windows at once."""
     r = THUMB_SIDE // 8
-    blurred = thumbs
-    for axis in (2, 1):
-        pad = [(0, 0)] * 3
-        pad[axis] = (r + 1, r)
-        c = np.cumsum(np.pad(blurred, pad, mode="edge"), axis=axis)
-        hi = np.take(c, np.arange(2 * r + 1, c.shape[axis]), axis=axis)
-        lo = np.take(c, np.arange(0, c.shape[axis] - 2 * r - 1), axis=axis)
-        blurred = (hi - lo) / (2 * r + 1)
+    blurred = uniform_filter(thumbs, size=(1, 2 * r + 1, 2 * r + 1), mode="nearest")
     res = (thumbs - blurred).reshape(len(thumbs), -1)
     res -= res.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(res, axis=1, keepdims=True)

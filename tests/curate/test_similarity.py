@@ -57,3 +57,25 @@ def test_crop_search_confirms_no_pair_of_distinct_photos(tmp_path):
     scores = [sim((cut, k), ("o", (k + 1) % n)) for k in range(n) for cut in ("corner", "left")]
     scores += [sim(("o", k), ("o", m)) for k in range(n) for m in range(k + 1, n)]
     assert max(scores) < 0.6
+
+
+def test_a_pair_is_scored_once_per_process_until_one_of_its_files_changes(tmp_path, monkeypatch):
+    # `mlc run` curates after every collect round and each curate decides every image again: the
+    # same candidate pairs were decoded and searched round after round (the crop search made that
+    # ~15 s a round on the default world). A later FileSimilarity reuses the score, by file identity.
+    from mlc_pipeline.curate import similarity
+    photo, other = fixture_photos()[3], fixture_photos()[60]
+    original = tmp_path / "original.jpg"
+    original.write_bytes(photo.read_bytes())
+    copy = crops(original, tmp_path)[0]
+    first = FileSimilarity({1: original, 2: copy})(1, 2)
+    assert first >= CONFIRM
+
+    def no_decoding(path, side=128):
+        raise AssertionError(f"{path} decoded again")
+    monkeypatch.setattr(similarity, "load_grey", no_decoding)
+    assert FileSimilarity({7: copy, 8: original})(8, 7) == first          # another curate, ids in another order
+    monkeypatch.undo()
+
+    copy.write_bytes(other.read_bytes())         # the file changed: scored again, not remembered
+    assert FileSimilarity({1: original, 2: copy})(1, 2) < 0.6
