@@ -54,6 +54,15 @@ class RemovalQueries:
         return {(r["source"], r["photo_id"]) for r in
                 self.db.execute("SELECT source, photo_id FROM candidates WHERE status='removed'")}
 
+    def later_photos_of_removed_owners(self) -> list[dict]:
+        """Candidates not removed whose owner was taken down with `mlc remove --owner` (found since, or
+        downloaded by a collect from before this rule), each with `takedown_selector` and
+        `takedown_reason`: that takedown's."""
+        return [self._row(r) for r in self.db.execute(
+            "SELECT c.*, r.selector AS takedown_selector, r.reason AS takedown_reason FROM candidates c JOIN removals r ON r.id = "
+            "(SELECT MIN(id) FROM removals WHERE owner = c.owner AND selector LIKE 'owner:%') "
+            "WHERE c.status <> 'removed' ORDER BY c.id")]
+
     def removals(self) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM removals ORDER BY id")]
 

@@ -4,6 +4,7 @@ and what a failed write means (a full or read-only disk stops the run: `StorageE
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import uuid
 from contextlib import contextmanager
@@ -14,6 +15,8 @@ import requests
 
 from mlc_pipeline.fsutil import remove_dead_leftovers
 from mlc_pipeline.layout import photo_shard
+
+log = logging.getLogger(__name__)
 
 
 class StorageError(Exception):
@@ -76,3 +79,25 @@ def disk_errors(folder: Path) -> Iterator[None]:
         raise
     except OSError as exc:
         raise storage_error(exc, folder) from None
+
+
+def keep_out_removed_owners(catalog, run_id: str) -> set[int]:
+    """A photo of an owner taken down with `mlc remove --owner` is never downloaded nor counted usable:
+    found later, it is removed too, with a reason naming that takedown (and a `removals` record). A
+    file a collect before this rule downloaded for one is deleted, as the takedown would have.
+    Returns the ids of the candidates removed now."""
+    removed = set()
+    for row in catalog.later_photos_of_removed_owners():
+        deleted = []
+        if row["file_path"]:
+            try:
+                os.remove(row["file_path"])
+                deleted.append(row["file_path"])
+            except FileNotFoundError:
+                pass
+        reason = f"owner {row['owner']} was taken down ({row['takedown_reason']})"
+        with catalog.transaction():
+            catalog.record_removal(row, row["takedown_selector"], reason, run_id, deleted)
+        log.info("%s:%s not collected: %s", row["source"], row["photo_id"], reason)
+        removed.add(row["id"])
+    return removed

@@ -28,7 +28,7 @@ from mlc_pipeline.collect.checks import check_sizes, warn_before_collecting
 from mlc_pipeline.collect.cluster import download_on_cluster
 from mlc_pipeline.collect.download import Downloader, DownloadJob
 from mlc_pipeline.executor import cluster_ready
-from mlc_pipeline.collect.rawfiles import clean_stale_temp
+from mlc_pipeline.collect.rawfiles import clean_stale_temp, keep_out_removed_owners
 from mlc_pipeline.collect.flickr import FlickrSource, Target
 from mlc_pipeline.collect.sources import open_source
 from mlc_pipeline.secrets import install_log_redaction
@@ -178,7 +178,11 @@ class Collector:
             self.download(jobs, run_id, summary, key)
 
     def download(self, rows: list[dict], run_id: str, summary: CollectSummary, what: str) -> None:
-        jobs = [DownloadJob(r["id"], r["photo_id"], self.source.current_url(r["url"])) for r in rows]
+        kept_out = keep_out_removed_owners(self.catalog, run_id)      # found since an owner's takedown
+        jobs = [DownloadJob(r["id"], r["photo_id"], self.source.current_url(r["url"])) for r in rows
+                if r["id"] not in kept_out]
+        if not jobs:
+            return
         done = 0
 
         def record(res) -> None:
@@ -214,6 +218,7 @@ class Collector:
 
     def requeue(self, run_id: str) -> int:
         """Make resumable what a previous run left: transient failures and files gone from disk."""
+        keep_out_removed_owners(self.catalog, run_id)     # what an earlier collect took of a removed owner
         n = 0
         for r in self.catalog.candidates("source=? AND status='failed' AND reason LIKE 'transient:%'",
                                          (self.source.name,)):

@@ -9,6 +9,7 @@ import http.server
 import subprocess
 import threading
 import csv
+import json
 
 import pytest
 
@@ -39,7 +40,11 @@ def photo_host():
 
 
 def mlc(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*MLC, *args, "--no-progress"], env=ENV, capture_output=True, text=True, timeout=300)
+    return run_mlc(*args, "--no-progress")
+
+
+def run_mlc(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*MLC, *args], env=ENV, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +157,88 @@ def test_a_repeated_url_gets_one_attribution_and_lines_count_quoted_newlines(tmp
     assert [(r.label, r.license, r.title) for r in rows] == [("cat", "CC BY 2.0", "two\nlines"),
                                                              ("dog", "CC BY 2.0", "two\nlines")]
     assert "l.csv line 5 skipped: no url" in caplog.text and "1 of 3 rows skipped (no url 1)" in caplog.text
+
+
+def test_a_removed_owners_later_photo_is_never_downloaded_nor_counted(tmp_path, photo_host):
+    """After `mlc remove --owner`, a new row of that owner in the list was downloaded, accepted and
+    counted usable by `mlc inspect`, then silently left out by the build. Now collect records it
+    removed, naming the owner's takedown, and downloads nothing of it: inspect's count is the build's."""
+    cats = sorted(p.name for p in (PETS / "cat").iterdir())[:6]
+    dogs = sorted(p.name for p in (PETS / "dog").iterdir())[:6]
+    owners = ["owner_hc", "owner_hc", "owner a", "owner b", "owner_hc", "owner c"]
+    rows = [{"url": f"{photo_host}/cat/{n}", "label": "cat", "owner": o} for n, o in zip(cats, owners)]
+    rows += [{"url": f"{photo_host}/dog/{n}", "label": "dog" if i < 3 else "other", "owner": "owner d"}
+             for i, n in enumerate(dogs)]
+
+    def write_list(rows):
+        with (tmp_path / "list.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, ["url", "label", "owner"])
+            w.writeheader()
+            w.writerows(rows)
+    write_list(rows[:4] + rows[6:])                 # the last two cats come later
+    cfg_path = tmp_path / "project.yaml"
+    cfg_path.write_text("data_dir: data\nsource: {kind: urls, csv: list.csv}\n"
+                        "classes:\n  cat: {queries: [cat], count: 4}\n  dog: {queries: [dog], count: 3}\n"
+                        "other: {queries: [other], count: 3}\n")
+    for step in ("collect", "curate", "build"):
+        res = mlc(step, "-c", str(cfg_path))
+        assert res.returncode == 0, (step, res.stderr[-3000:])
+    res = run_mlc("remove", "--owner", "owner_hc", "--reason", "owner asked", "-c", str(cfg_path))
+    assert res.returncode == 0 and "removed 2 photo(s)" in res.stdout, res.stderr[-3000:]
+    write_list(rows)                                # a new photo of owner_hc, and one of another owner
+    for step in ("collect", "curate"):
+        res = mlc(step, "-c", str(cfg_path))
+        assert res.returncode == 0, (step, res.stderr[-3000:])
+
+    cfg = load_config(cfg_path)
+    later = photo_id(f"{photo_host}/cat/{cats[4]}")
+    with Catalog(cfg.catalog_path) as catalog:
+        row = catalog.get_by_photo("urls", later)
+        assert catalog.get_by_photo("urls", photo_id(f"{photo_host}/cat/{cats[5]}"))["status"] == "accepted"
+        events = [e["stage"] for e in catalog.events(row["id"])]
+    assert row["status"] == "removed" and row["file_path"] is None and "download" not in events, (row, events)
+    assert row["reason"] == "takedown:owner owner_hc was taken down (owner asked)"
+    assert not list((cfg.data_dir / "raw").rglob(f"{later}.*"))
+    inspected = run_mlc("inspect", "-c", str(cfg_path))
+    assert inspected.returncode == 0, inspected.stderr[-3000:]
+    assert "cat: 3 of 4 usable" in inspected.stdout, inspected.stdout
+    assert "removed: takedown:owner owner_hc was taken down (owner asked) = 1" in inspected.stdout
+    res = mlc("build", "-c", str(cfg_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    manifest = read_manifest(cfg.layout.datasets / "v2" / "manifest.csv")
+    assert sum(r["labels"] == "cat" for r in manifest) == 3          # what inspect said was usable
+
+
+def test_keep_out_removed_owners_on_each_catalog_backend(catalog_settings, tmp_path):
+    """The rule itself, on SQLite and PostgreSQL: a photo of an owner taken down with --owner, found
+    afterwards (pending), or downloaded by a collect before the rule (its file deleted), is removed with
+    a `removals` record; other owners' photos are left alone."""
+    from PIL import Image
+    from mlc_pipeline.catalog import Found
+    from mlc_pipeline.collect.rawfiles import keep_out_removed_owners
+    from mlc_pipeline.config import parse_config
+    from mlc_pipeline.curate.takedown import remove_photos
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), **catalog_settings,
+                        "classes": {"cat": {"queries": ["cat"], "count": 1}}, "other": {"queries": ["x"], "count": 1}})
+
+    def found(photo_id, owner):
+        return Found("flickr", photo_id, "train", "cat", "cat", "http://x", "url_c", 8, 8, 4, "CC", owner, "Ann",
+                     "t", None, None, "")
+    with Catalog(cfg.catalog_path) as c:
+        c.upsert_found([found("1", "o1")], "r")
+    remove_photos(cfg, "owner asked", owner="Ann")           # by name: the owner id is what is kept
+    img = cfg.data_dir / "raw" / "flickr" / "02" / "2.jpg"
+    img.parent.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(img)
+    with Catalog(cfg.catalog_path) as c:
+        c.upsert_found([found("2", "o1"), found("3", "o1"), found("4", "o2")], "r")
+        c.set_status(c.get_by_photo("flickr", "2")["id"], "accepted", None, "r", "curate", file_path=str(img))
+        removed = keep_out_removed_owners(c, "collect-run")
+        rows = {p: c.get_by_photo("flickr", p) for p in "234"}
+        records = {r["photo_id"]: r for r in c.removals()}
+        assert keep_out_removed_owners(c, "again") == set()            # idempotent
+    assert removed == {rows["2"]["id"], rows["3"]["id"]} and rows["4"]["status"] == "pending"
+    assert all(rows[p]["status"] == "removed" and rows[p]["file_path"] is None and
+               rows[p]["reason"] == "takedown:owner o1 was taken down (owner asked)" for p in "23")
+    assert not img.exists() and json.loads(records["2"]["files_deleted"]) == [str(img)]
+    assert records["3"]["selector"] == "owner:Ann" and records["3"]["run_id"] == "collect-run"
