@@ -22,7 +22,7 @@ MANIFEST_COLUMNS = ["path", "labels", "split", "candidate_id", "source", "photo_
 # Columns added after versions were published without them: reading an older version, they are absent.
 ADDED_COLUMNS = ("source_file",)
 SPLITS = ("train", "valid", "test")
-LATEST = "latest"                       # names the newest complete version wherever a version is named
+LATEST = "latest"                       # names the newest version wherever a version is named
 MANIFEST_SPLITS = SPLITS + ("probe",)   # probe rows: unseen kinds, scored for "none of these" only
 
 
@@ -32,10 +32,13 @@ def versions(root: Path) -> list[str]:
 
 
 def latest_version(root: Path) -> str | None:
-    """The newest complete version. A version folder only ever appears whole (rename), so the
-    pointer files are derived from the folders, and a build killed between the rename and the
-    pointer update is repaired by the next build."""
-    vs = [v for v in versions(root) if (root / v / "dataset.json").exists()]
+    """The newest version folder. A version folder only ever appears whole: build writes it as
+    `.build-*` and renames it into place, a fetch from an object store as `.fetch-*` (neither is a
+    `vN` name), so the pointer files are derived from the folders, and a build killed between the
+    rename and the pointer update is repaired by the next build. A `vN` folder that lacks a file
+    (dataset.json included) is therefore a damaged version, and still the latest: verify_version
+    says so, rather than an older version silently standing in for it."""
+    vs = versions(root)
     return vs[-1] if vs else None
 
 
@@ -49,7 +52,7 @@ def requested_version(spec: str | None) -> str | None:
 
 
 def resolve_version(root: Path, spec: str | None) -> str:
-    """The version folder under `root` that `spec` names: vN, or latest (or None) for the newest complete
+    """The version folder under `root` that `spec` names: vN, or latest (or None) for the newest
     version. Every command that takes a version name resolves it here, so each answers a wrong name
     alike: the versions there, and the one probably meant ("2" or "V2": did you mean v2?). A vN folder
     resolves even when damaged: verify_version then says what is wrong with it."""
@@ -59,8 +62,7 @@ def resolve_version(root: Path, spec: str | None) -> str:
         return name
     listed = ", ".join(have) or "none (run `mlc build`)"
     if requested_version(spec) is None:
-        raise UnknownVersion(f"no complete dataset version under {root} (each of {listed} lacks its dataset.json)"
-                             if have else f"no dataset version under {root} yet: run `mlc build` first")
+        raise UnknownVersion(f"no dataset version under {root} yet: run `mlc build` first")
     number = re.fullmatch(r"\s*(?:v|version)?\s*(\d+)\s*", spec, re.IGNORECASE)
     meant = f"v{int(number.group(1))}" if number else None
     hint = f" (did you mean {meant}?)" if meant in have else ""

@@ -99,6 +99,39 @@ def test_a_damaged_older_version_points_to_the_intact_latest_not_to_repair(built
         verify_version(v1)
 
 
+def test_a_latest_version_missing_its_dataset_json_is_damaged_not_skipped(built):
+    """v2 without dataset.json (LATEST and the link still say v2) used to vanish: inspect showed v1,
+    `export latest` exported v1 with exit 0, and a build published v3 diffed against v1. It is the
+    latest version, damaged, like one missing its manifest.csv."""
+    cfg, v1 = built
+    other = ["--set", "build.max_side=64"]
+    assert "v2: published" in mlc("build", "-c", str(cfg), *other).stdout
+    v2 = v1.parent / "v2"
+    (v2 / "dataset.json").unlink()
+    damaged = "mlc: dataset default v2 is damaged: dataset.json is missing; run `mlc build --repair"
+    for command in (["inspect"], ["inspect", "--version", "v2"], ["export", "latest", "--format", "hf"],
+                    ["build", *other], ["train"]):
+        res = mlc(*command, "-c", str(cfg))
+        assert res.returncode == 3 and "Traceback" not in res.stderr, (command, res.stderr[-2000:])
+        assert last_line(res.stderr).startswith(damaged), (command, last_line(res.stderr))
+    assert not (v1.parent / "v3").exists() and not (v1.parents[2] / "exports").exists()
+    res = mlc("build", "--repair", "-c", str(cfg), *other)
+    assert res.returncode == 0 and "v3: published" in res.stdout, res.stderr[-2000:]
+    assert json.loads((v1.parent / "v3" / "dataset.json").read_text())["previous"] == "v2"
+
+
+def test_build_and_fetch_folders_are_never_the_latest_version(built):
+    """Only a `vN` folder is a version: a build's own folder (`.build-v1-<pid>-<id>`, a live build's
+    or a killed one's) or a fetch's (`.fetch-v2-...`) lacks dataset.json and is not the latest."""
+    from mlc_pipeline.manifest import latest_version
+    cfg, v1 = built
+    for leftover in (f".build-v1-{os.getpid()}-abc12345", ".build-v1-999999999-def", f".fetch-v2-{os.getpid()}-x"):
+        (v1.parent / leftover / "images").mkdir(parents=True)
+    assert latest_version(v1.parent) == "v1"
+    res = mlc("inspect", "-c", str(cfg))
+    assert res.returncode == 0 and "Dataset default v1" in res.stdout, res.stderr[-2000:]
+
+
 def verify_version_rows_of(folder: Path) -> list[dict]:
     with open(folder / "manifest.csv", newline="") as f:
         return list(csv.DictReader(f))
