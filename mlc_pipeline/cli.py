@@ -14,7 +14,7 @@ import traceback
 
 from mlc_pipeline import __version__, commands, progress
 from mlc_pipeline.config import ConfigError
-from mlc_pipeline.dataset.build import VersionDamaged
+from mlc_pipeline.dataset.verify import VersionDamaged
 from mlc_pipeline.locking import DataRootBusy, ReadOnlyDataRoot
 from mlc_pipeline.manifest import UnknownVersion
 from mlc_pipeline.secrets import MissingCredentials, install_log_redaction, redact

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from mlc_pipeline.config import ConfigError, load_config, parse_overrides
-from mlc_pipeline.dataset.build import VersionDamaged
+from mlc_pipeline.dataset.verify import VersionDamaged
 from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.manifest import UnknownVersion, requested_version
 
@@ -134,7 +134,7 @@ def cmd_train(args) -> int:
     with writing(cfg, args, requested_version(args.version),
                  sync_as="train-continue" if args.continue_from else None):
         previous = bundle_option(cfg, "--continue", args.continue_from)
-        from mlc_pipeline.dataset.build import verify_version
+        from mlc_pipeline.dataset.verify import verify_version
         version_dir = dataset_dir(cfg, args.version)       # a wrong name or a damaged version: one line,
         verify_version(version_dir)                        # before torch loads
         from mlc_pipeline.model.options import check_train_settings
@@ -350,7 +350,7 @@ def cmd_serve_flickr(args) -> int:
 def cmd_inspect(args) -> int:
     """Read-only (no lock). The version shown is verified too: a damaged one is reported after the
     summary, as one line, with exit code 3."""
-    from mlc_pipeline.dataset.build import verify_version
+    from mlc_pipeline.dataset.verify import verify_version
     from mlc_pipeline.manifest import latest_version, resolve_version
     from mlc_pipeline.report.inspect import inspect_main
     cfg = load_config(args.config, parse_overrides(args.set))

@@ -14,17 +14,11 @@ earlier versions are never touched; a build identical to the latest version is n
 accepted image whose file is gone or unreadable is left out, and on a local data root recorded in the
 catalog (`write_images`).
 
-A published version is verified before it is used (`verify_version`: build, train, inspect): the
-manifest must match the fingerprint in dataset.json (a relabelled, added or removed row changes it),
-every path must stay inside the version folder, and every image must exist with the sha256 recorded
-in SHA256SUMS. A damaged version is a `VersionDamaged` error naming the version and the file, and
-what helps: for the latest, `mlc build --repair` (it publishes a fresh version from the catalog); an
-older one is never rebuilt, so the answer names the latest version and whether it is intact.
+A published version is verified before it is used (dataset/verify.py: build, train, inspect, export).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -43,16 +37,12 @@ from mlc_pipeline.dataset.card import attribution, dataset_card
 from mlc_pipeline.config import RESTRICTED_LICENSES, Config
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, write_text_atomic
 from mlc_pipeline.locking import files_lock
-from mlc_pipeline.manifest import ADDED_COLUMNS, MANIFEST_COLUMNS, SPLITS, latest_version, read_manifest, write_manifest
+from mlc_pipeline.manifest import SPLITS, latest_version, write_manifest
 from mlc_pipeline.curate.verify import DECODE_ERRORS, load_rgb
+# VersionDamaged and verify_version are imported from here too (they lived here until 2027-01)
+from mlc_pipeline.dataset.verify import SUMS_NAME, VersionDamaged, recorded_fingerprint, rows_fingerprint, verify_version
 
 log = logging.getLogger(__name__)
-SUMS_NAME = "SHA256SUMS"
-REPAIR_HINT = "run `mlc build --repair -c <config>` to publish a fresh version from the catalog"
-
-
-class VersionDamaged(RuntimeError):
-    """A published dataset version whose files no longer match what was published (one line)."""
 
 
 @dataclass
@@ -126,14 +116,7 @@ def dataset_rows(cfg: Config, catalog: Catalog) -> list[dict]:
 
 
 def fingerprint(rows: list[dict], cfg: Config) -> str:
-    return _fingerprint(rows, cfg.build.max_side, cfg.build.jpeg_quality)
-
-
-def _fingerprint(rows: list[dict], max_side: int, jpeg_quality: int) -> str:
-    h = hashlib.sha256(json.dumps([max_side, jpeg_quality], sort_keys=True).encode())
-    for r in rows:
-        h.update(f"{r['path']}|{r['labels']}|{r['split']}|{r['sha256']}|{r['license_id']}\n".encode())
-    return h.hexdigest()
+    return rows_fingerprint(rows, cfg.build.max_side, cfg.build.jpeg_quality)
 
 
 def move_aside_real_latest(root: Path) -> Path | None:
@@ -180,93 +163,11 @@ def curation_counts(catalog: Catalog) -> dict:
     return dict(out)
 
 
-def safe_member(folder: Path, rel: str) -> Path | None:
-    """`folder/rel` if `rel` is a plain relative path that stays inside `folder`, else None."""
-    parts = Path(rel).parts
-    if not rel or Path(rel).is_absolute() or "\\" in rel or any(p in ("..", "") for p in parts):
-        return None
-    path = folder / rel
-    try:
-        path.resolve().relative_to(folder.resolve())    # a symlink inside may not point outside either
-    except ValueError:
-        return None
-    return path
-
-
 def write_sums(folder: Path, rows: list[dict]) -> str:
     """SHA256SUMS of the published images; returns the digest of that file (kept in dataset.json)."""
     lines = "".join(f"{sha256_file(folder / r['path'])}  {r['path']}\n" for r in rows)
     (folder / SUMS_NAME).write_text(lines)
     return hashlib.sha256(lines.encode()).hexdigest()
-
-
-def verify_version(folder: str | Path) -> list[dict]:
-    """Check a published version against its manifest, fingerprint and SHA256SUMS; return its rows.
-
-    Raises VersionDamaged, a one-line message naming the version and the first problem found.
-    Versions published before SHA256SUMS existed are checked for the manifest and the files' presence.
-    """
-    folder = Path(folder)
-    where = f"dataset {folder.parent.name} {folder.name}"
-
-    def damaged(what: str) -> VersionDamaged:
-        return VersionDamaged(f"{where} is damaged: {what}; {what_helps(folder)}")
-
-    try:
-        meta = json.loads((folder / "dataset.json").read_text())
-        rows = read_manifest(folder / "manifest.csv")
-    except FileNotFoundError as exc:
-        raise damaged(f"{Path(exc.filename).name} is missing") from None
-    except (ValueError, csv.Error, UnicodeDecodeError) as exc:
-        raise damaged(f"dataset.json or manifest.csv is unreadable ({exc})") from None
-    for n, r in enumerate(rows, start=2):               # line 1 is the header
-        if None in r.values() or set(MANIFEST_COLUMNS) - set(ADDED_COLUMNS) - set(r):
-            raise damaged(f"manifest.csv line {n} does not have the manifest's columns")
-        if safe_member(folder, r["path"]) is None:
-            raise damaged(f"manifest.csv line {n} has path {r['path']!r}, outside the version folder")
-    build = meta.get("params", {}).get("build", {})
-    # The CSV writes a missing licence id as '', the fingerprint was computed on None.
-    as_built = [{**r, "license_id": r["license_id"] or None} for r in rows]
-    if _fingerprint(as_built, build.get("max_side"), build.get("jpeg_quality")) != meta.get("fingerprint"):
-        raise damaged("manifest.csv was changed since publication (its fingerprint does not match dataset.json)")
-    for r in rows:
-        if not (folder / r["path"]).is_file():
-            raise damaged(f"file {r['path']} is missing")
-    if "files_sha256" in meta:
-        try:
-            sums = (folder / SUMS_NAME).read_text()
-        except FileNotFoundError:
-            raise damaged(f"{SUMS_NAME} is missing") from None
-        if hashlib.sha256(sums.encode()).hexdigest() != meta["files_sha256"]:
-            raise damaged(f"{SUMS_NAME} was changed since publication")
-        recorded = dict(reversed(line.split("  ", 1)) for line in sums.splitlines() if line)
-        if set(recorded) != {r["path"] for r in rows}:
-            raise damaged(f"{SUMS_NAME} and manifest.csv list different files")
-        for r in rows:
-            if sha256_file(folder / r["path"]) != recorded[r["path"]]:
-                raise damaged(f"file {r['path']} was changed since publication")
-    return rows
-
-
-def what_helps(damaged: Path) -> str:
-    """`mlc build --repair` republishes only a damaged latest version (versions are immutable), so for
-    an older one the way out is the latest version, verified here (only on this error path)."""
-    latest = latest_version(damaged.parent)
-    if latest in (None, damaged.name):
-        return REPAIR_HINT
-    try:
-        verify_version(damaged.parent / latest)
-    except VersionDamaged:
-        return f"the latest, {latest}, is damaged too: {REPAIR_HINT}"
-    return (f"the latest, {latest}, is intact: use it (a published version is never rebuilt; "
-            f"`mlc build --repair` republishes only a damaged latest version)")
-
-
-def recorded_fingerprint(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / "dataset.json").read_text()).get("fingerprint")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def remove_stale_builds(root: Path) -> list[Path]:

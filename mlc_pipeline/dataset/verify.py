@@ -1,0 +1,115 @@
+"""Verifying a published dataset version: is it still exactly what `mlc build` published?
+
+The manifest must match the fingerprint in dataset.json (a relabelled, added or removed row changes
+it), every path must stay inside the version folder, and every image must exist with the sha256
+recorded in SHA256SUMS. A damaged version is a `VersionDamaged` error naming the version and the
+file, and what helps: for the latest, `mlc build --repair` (it publishes a fresh version from the
+catalog); an older one is never rebuilt, so the answer names the latest version and whether it is
+intact. Build, train, inspect and export verify a version before they use it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+from mlc_pipeline.fsutil import sha256_file
+from mlc_pipeline.manifest import ADDED_COLUMNS, MANIFEST_COLUMNS, latest_version, read_manifest
+
+SUMS_NAME = "SHA256SUMS"
+REPAIR_HINT = "run `mlc build --repair -c <config>` to publish a fresh version from the catalog"
+
+
+class VersionDamaged(RuntimeError):
+    """A published dataset version whose files no longer match what was published (one line)."""
+
+
+def rows_fingerprint(rows: list[dict], max_side: int, jpeg_quality: int) -> str:
+    h = hashlib.sha256(json.dumps([max_side, jpeg_quality], sort_keys=True).encode())
+    for r in rows:
+        h.update(f"{r['path']}|{r['labels']}|{r['split']}|{r['sha256']}|{r['license_id']}\n".encode())
+    return h.hexdigest()
+
+
+def safe_member(folder: Path, rel: str) -> Path | None:
+    """`folder/rel` if `rel` is a plain relative path that stays inside `folder`, else None."""
+    parts = Path(rel).parts
+    if not rel or Path(rel).is_absolute() or "\\" in rel or any(p in ("..", "") for p in parts):
+        return None
+    path = folder / rel
+    try:
+        path.resolve().relative_to(folder.resolve())    # a symlink inside may not point outside either
+    except ValueError:
+        return None
+    return path
+
+
+def verify_version(folder: str | Path) -> list[dict]:
+    """Check a published version against its manifest, fingerprint and SHA256SUMS; return its rows.
+
+    Raises VersionDamaged, a one-line message naming the version and the first problem found.
+    Versions published before SHA256SUMS existed are checked for the manifest and the files' presence.
+    """
+    folder = Path(folder)
+    where = f"dataset {folder.parent.name} {folder.name}"
+
+    def damaged(what: str) -> VersionDamaged:
+        return VersionDamaged(f"{where} is damaged: {what}; {what_helps(folder)}")
+
+    try:
+        meta = json.loads((folder / "dataset.json").read_text())
+        rows = read_manifest(folder / "manifest.csv")
+    except FileNotFoundError as exc:
+        raise damaged(f"{Path(exc.filename).name} is missing") from None
+    except (ValueError, csv.Error, UnicodeDecodeError) as exc:
+        raise damaged(f"dataset.json or manifest.csv is unreadable ({exc})") from None
+    for n, r in enumerate(rows, start=2):               # line 1 is the header
+        if None in r.values() or set(MANIFEST_COLUMNS) - set(ADDED_COLUMNS) - set(r):
+            raise damaged(f"manifest.csv line {n} does not have the manifest's columns")
+        if safe_member(folder, r["path"]) is None:
+            raise damaged(f"manifest.csv line {n} has path {r['path']!r}, outside the version folder")
+    build = meta.get("params", {}).get("build", {})
+    # The CSV writes a missing licence id as '', the fingerprint was computed on None.
+    as_built = [{**r, "license_id": r["license_id"] or None} for r in rows]
+    if rows_fingerprint(as_built, build.get("max_side"), build.get("jpeg_quality")) != meta.get("fingerprint"):
+        raise damaged("manifest.csv was changed since publication (its fingerprint does not match dataset.json)")
+    for r in rows:
+        if not (folder / r["path"]).is_file():
+            raise damaged(f"file {r['path']} is missing")
+    if "files_sha256" in meta:
+        try:
+            sums = (folder / SUMS_NAME).read_text()
+        except FileNotFoundError:
+            raise damaged(f"{SUMS_NAME} is missing") from None
+        if hashlib.sha256(sums.encode()).hexdigest() != meta["files_sha256"]:
+            raise damaged(f"{SUMS_NAME} was changed since publication")
+        recorded = dict(reversed(line.split("  ", 1)) for line in sums.splitlines() if line)
+        if set(recorded) != {r["path"] for r in rows}:
+            raise damaged(f"{SUMS_NAME} and manifest.csv list different files")
+        for r in rows:
+            if sha256_file(folder / r["path"]) != recorded[r["path"]]:
+                raise damaged(f"file {r['path']} was changed since publication")
+    return rows
+
+
+def what_helps(damaged: Path) -> str:
+    """`mlc build --repair` republishes only a damaged latest version (versions are immutable), so for
+    an older one the way out is the latest version, verified here (only on this error path)."""
+    latest = latest_version(damaged.parent)
+    if latest in (None, damaged.name):
+        return REPAIR_HINT
+    try:
+        verify_version(damaged.parent / latest)
+    except VersionDamaged:
+        return f"the latest, {latest}, is damaged too: {REPAIR_HINT}"
+    return (f"the latest, {latest}, is intact: use it (a published version is never rebuilt; "
+            f"`mlc build --repair` republishes only a damaged latest version)")
+
+
+def recorded_fingerprint(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "dataset.json").read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
