@@ -46,6 +46,34 @@ def safe_member(folder: Path, rel: str) -> Path | None:
     return path
 
 
+def damaged_version(folder: Path, what: str) -> VersionDamaged:
+    """The one-line error for a damaged version: which one, what is wrong, and what helps."""
+    return VersionDamaged(f"dataset {folder.parent.name} {folder.name} is damaged: {what}; {what_helps(folder)}")
+
+
+def read_version(folder: str | Path) -> tuple[dict, list[dict]]:
+    """A version's dataset.json and manifest rows, read as far as a reader needs them to be sound: both
+    files parse, dataset.json is an object, every row has the manifest's columns and a path inside the
+    folder. VersionDamaged otherwise (a reader that parsed them itself crashed on a damaged version).
+    Their contents against the fingerprint and SHA256SUMS: verify_version."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "dataset.json").read_text())
+        rows = read_manifest(folder / "manifest.csv")
+    except FileNotFoundError as exc:
+        raise damaged_version(folder, f"{Path(exc.filename).name} is missing") from None
+    except (ValueError, csv.Error, UnicodeDecodeError) as exc:
+        raise damaged_version(folder, f"dataset.json or manifest.csv is unreadable ({exc})") from None
+    if not isinstance(meta, dict):
+        raise damaged_version(folder, "dataset.json is unreadable (not a JSON object)")
+    for n, r in enumerate(rows, start=2):               # line 1 is the header
+        if None in r.values() or None in r or set(MANIFEST_COLUMNS) - set(ADDED_COLUMNS) - set(r):
+            raise damaged_version(folder, f"manifest.csv line {n} does not have the manifest's columns")
+        if safe_member(folder, r["path"]) is None:
+            raise damaged_version(folder, f"manifest.csv line {n} has path {r['path']!r}, outside the version folder")
+    return meta, rows
+
+
 def verify_version(folder: str | Path) -> list[dict]:
     """Check a published version against its manifest, fingerprint and SHA256SUMS; return its rows.
 
@@ -53,24 +81,13 @@ def verify_version(folder: str | Path) -> list[dict]:
     Versions published before SHA256SUMS existed are checked for the manifest and the files' presence.
     """
     folder = Path(folder)
-    where = f"dataset {folder.parent.name} {folder.name}"
 
     def damaged(what: str) -> VersionDamaged:
-        return VersionDamaged(f"{where} is damaged: {what}; {what_helps(folder)}")
+        return damaged_version(folder, what)
 
-    try:
-        meta = json.loads((folder / "dataset.json").read_text())
-        rows = read_manifest(folder / "manifest.csv")
-    except FileNotFoundError as exc:
-        raise damaged(f"{Path(exc.filename).name} is missing") from None
-    except (ValueError, csv.Error, UnicodeDecodeError) as exc:
-        raise damaged(f"dataset.json or manifest.csv is unreadable ({exc})") from None
-    for n, r in enumerate(rows, start=2):               # line 1 is the header
-        if None in r.values() or set(MANIFEST_COLUMNS) - set(ADDED_COLUMNS) - set(r):
-            raise damaged(f"manifest.csv line {n} does not have the manifest's columns")
-        if safe_member(folder, r["path"]) is None:
-            raise damaged(f"manifest.csv line {n} has path {r['path']!r}, outside the version folder")
-    build = meta.get("params", {}).get("build", {})
+    meta, rows = read_version(folder)
+    params = meta.get("params")
+    build = params.get("build", {}) if isinstance(params, dict) else {}
     # The CSV writes a missing licence id as '', the fingerprint was computed on None.
     as_built = [{**r, "license_id": r["license_id"] or None} for r in rows]
     if rows_fingerprint(as_built, build.get("max_side"), build.get("jpeg_quality")) != meta.get("fingerprint"):

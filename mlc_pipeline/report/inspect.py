@@ -14,7 +14,8 @@ from typing import Iterable
 from mlc_pipeline.fsutil import write_text_atomic
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import Config
-from mlc_pipeline.manifest import latest_version, read_manifest, versions
+from mlc_pipeline.dataset.verify import VersionDamaged, damaged_version, read_version
+from mlc_pipeline.manifest import UnknownVersion, latest_version, versions
 from mlc_pipeline.report.html import figure, folded, table, thumbnail_uri  # noqa: F401 (thumbnail_uri: public here since 0.1)
 
 log = logging.getLogger(__name__)
@@ -96,16 +97,31 @@ def dataset_summary(cfg: Config, version: str | None = None) -> dict | None:
     if not version:
         return None
     folder = root / version
-    if not (folder / "dataset.json").exists():
-        raise FileNotFoundError(f"no dataset version {version} under {root} (have: {', '.join(versions(root)) or 'none'})")
-    meta = json.loads((folder / "dataset.json").read_text())
-    rows = read_manifest(folder / "manifest.csv")
+    if not folder.is_dir():
+        raise UnknownVersion(f"no dataset version {version} under {root} (have: {', '.join(versions(root)) or 'none'})")
+    meta, rows = read_version(folder)           # a damaged version: VersionDamaged, one line (exit 3)
+    counts, curation = meta.get("counts"), meta.get("curation")
+    if not (isinstance(counts, dict) and isinstance(counts.get("per_label_split"), dict)
+            and isinstance(counts.get("licenses"), dict) and isinstance(curation, dict)):
+        raise damaged_version(folder, "dataset.json lacks its counts")
     previous = meta.get("previous")
-    diff = version_diff(read_manifest(root / previous / "manifest.csv"), rows, meta.get("review_changed", ())) if previous and (
-        root / previous / "manifest.csv").exists() else None
-    return {"name": cfg.build.name, "version": version, "path": str(folder), "counts": meta["counts"],
-            "curation": meta["curation"], "previous": previous, "diff": diff,
+    return {"name": cfg.build.name, "version": version, "path": str(folder), "counts": counts,
+            "curation": curation, "previous": previous, "diff": diff_since(root, previous, rows, meta),
             "conflicts": conflict_rows(cfg), "rows": rows}
+
+
+def diff_since(root: Path, previous: str | None, rows: list[dict], meta: dict) -> dict | None:
+    """The changes since the previous version; None when there is none, or it cannot be read (a damaged
+    previous version is said in a warning: it is not the one shown)."""
+    if not previous or not (root / previous).is_dir():
+        return None
+    try:
+        _, old = read_version(root / previous)
+    except VersionDamaged as exc:
+        log.warning("changes since %s not shown: %s", previous, exc)
+        return None
+    reviewed = meta.get("review_changed") or ()
+    return version_diff(old, rows, reviewed if isinstance(reviewed, list) else ())
 
 
 def conflict_rows(cfg: Config) -> list[dict]:

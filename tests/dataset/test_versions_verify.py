@@ -120,6 +120,50 @@ def test_a_latest_version_missing_its_dataset_json_is_damaged_not_skipped(built)
     assert json.loads((v1.parent / "v3" / "dataset.json").read_text())["previous"] == "v2"
 
 
+@pytest.fixture
+def two_versions(built):
+    """The built root with a v2 (other parameters) after v1: v2 has a previous version to diff against."""
+    cfg, v1 = built
+    assert "v2: published" in mlc("build", "-c", str(cfg), "--set", "build.max_side=64").stdout
+    return cfg, v1, v1.parent / "v2"
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("dataset.json", "dataset.json or manifest.csv is unreadable"),      # was: mlc: JSONDecodeError, exit 1
+    ("manifest.csv", "manifest.csv line"),                                # was: mlc: AttributeError, exit 1
+    ("counts", "dataset.json lacks its counts"),                          # was: mlc: KeyError, exit 1
+])
+def test_inspect_reports_an_unreadable_latest_version_as_damaged(two_versions, damage, message):
+    cfg, _, v2 = two_versions
+    if damage == "dataset.json":
+        (v2 / "dataset.json").write_text('{"name": ')
+    elif damage == "manifest.csv":
+        with open(v2 / "manifest.csv", "a") as f:
+            f.write('"images/ants/x.jpg,ants,train\n')                   # an unclosed quote
+    else:
+        meta = json.loads((v2 / "dataset.json").read_text())
+        del meta["counts"]
+        (v2 / "dataset.json").write_text(json.dumps(meta))
+    for command in (["inspect"], ["inspect", "--version", "v2"], ["inspect", "--json"],
+                    ["inspect", "--html", str(v2.parents[2] / "report.html")]):
+        res = mlc(*command, "-c", str(cfg))
+        line = last_line(res.stderr)
+        assert res.returncode == 3 and "Traceback" not in res.stderr, (command, res.stderr[-2000:])
+        assert line.startswith("mlc: dataset default v2 is damaged: ") and message in line, (command, line)
+        assert "--repair" in line and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_a_damaged_previous_version_leaves_out_only_the_diff(two_versions):
+    """v2 intact, v1 (its previous) unreadable: inspect shows v2, says why the changes are not shown."""
+    cfg, v1, _ = two_versions
+    with open(v1 / "manifest.csv", "a") as f:
+        f.write('"images/ants/x.jpg,ants,train\n')
+    res = mlc("inspect", "-c", str(cfg))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Dataset default v2" in res.stdout and "Changes since v1" not in res.stdout
+    assert "changes since v1 not shown: dataset default v1 is damaged: manifest.csv line" in res.stderr
+
+
 def test_build_and_fetch_folders_are_never_the_latest_version(built):
     """Only a `vN` folder is a version: a build's own folder (`.build-v1-<pid>-<id>`, a live build's
     or a killed one's) or a fetch's (`.fetch-v2-...`) lacks dataset.json and is not the latest."""
