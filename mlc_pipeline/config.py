@@ -36,6 +36,12 @@ RESTRICTED_LICENSES = {0: "All Rights Reserved", 1: "CC BY-NC-SA 2.0", 2: "CC BY
 log = logging.getLogger(__name__)
 
 
+def query_key(query: str) -> str:
+    """How two queries are compared wherever they are (shared queries, a takedown's --query): case and
+    spacing aside, as a search engine reads them ("Kite  surfing" is "kite surfing")."""
+    return " ".join(query.lower().split())
+
+
 class ConfigError(ValueError):
     """A configuration problem, phrased as one line that names the offending key."""
 
@@ -277,7 +283,7 @@ class Config(Strict):
         for where, qs in sets:
             own = self.source.kind == "urls" and where in ("probe", "mine.pool")   # a URL list's rows have a purpose
             for query in qs.queries:
-                key = (where if own else "") + " ".join(query.lower().split())
+                key = (where if own else "") + query_key(query)
                 if key in seen and seen[key] != where:
                     log.warning("config: query %r is under both %s and %s: the photos it finds %s", query,
                                 seen[key], where, "get both labels" if where.startswith("classes.")

@@ -9,6 +9,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from mlc_pipeline.config import query_key
+
 
 class RemovalQueries:
     def removal_targets(self, photo_id: str | None = None, owner: str | None = None,
@@ -23,7 +25,14 @@ class RemovalQueries:
         elif owner is not None:
             where, params = "(owner=? OR owner_name=?)", (owner, owner)
         elif query is not None:
-            where, params = self.backend.json_list_has("candidates.queries"), (query,)
+            # The catalog keeps each query as the config spelt it; a takedown names it in any case or
+            # spacing (`query_key`): every spelling found of it is matched.
+            stored = self.db.execute("SELECT DISTINCT queries FROM candidates WHERE queries IS NOT NULL").fetchall()
+            spellings = sorted({q for r in stored for q in json.loads(r["queries"]) if query_key(q) == query_key(query)})
+            if not spellings:
+                return []
+            where = "(" + " OR ".join([self.backend.json_list_has("candidates.queries")] * len(spellings)) + ")"
+            params = tuple(spellings)
         else:
             raise ValueError("name a photo id, an owner or a query")
         lock = self.backend.FOR_UPDATE if self.db.in_transaction else ""

@@ -337,3 +337,23 @@ def test_mlc_remove_waits_for_a_curate_not_for_a_runs_training(tmp_path):
         release(training)
     finally:
         training.kill()
+
+
+@pytest.mark.parametrize("published", ["sqlite", "postgresql"], indirect=True)
+def test_remove_query_matches_the_query_in_any_case_or_spacing(published):
+    """`--query KITE` said "no candidate ... matches" while `--query kite` removed 103 photos: queries
+    are compared case and spacing aside everywhere else (a search engine reads them so). Every
+    spelling in the catalog is matched, on SQLite and PostgreSQL."""
+    cfg, config, _, _ = published
+    with Catalog(cfg.catalog_path) as c:
+        bees = [r["id"] for r in c.candidates() if "bees" in json.loads(r["queries"])]
+        c.update_fields(bees[0], queries=json.dumps(["Bees"]))       # as an earlier config spelt it
+    assert len(bees) > 1
+    done = mlc(config, "remove", "--query", " BEES ", "--reason", "bees withdrawn")
+    assert done.returncode == 0, done.stderr
+    assert f"removed {len(bees)} photo(s)" in done.stdout
+    with Catalog(cfg.catalog_path) as c:
+        assert {r["id"] for r in c.candidates("status='removed'")} == set(bees)
+        assert {r["selector"] for r in c.removals()} == {"query: BEES "}
+    none = mlc(config, "remove", "--query", "bee", "--reason", "x")          # not a query: no prefix match
+    assert none.returncode == 2 and "nothing removed" in none.stderr
