@@ -111,8 +111,17 @@ def dataset_rows(cfg: Config, catalog: Catalog) -> list[dict]:
             "title": c["title"] or "", "date_taken": c["date_taken"] or "", "sha256": c["sha256"],
             "phash": c["phash"], "purpose": "pool" if c["from_pool"] else c["purpose"],
             "mined_round": "" if c["mined_round"] is None else c["mined_round"],
-            "query": first_query(c["queries"]), "source_file": c["source_file"] or "", "_file": c["file_path"]})
+            "query": first_query(c["queries"]), "source_file": c["source_file"] or "", "_file": c["file_path"],
+            "_conflict": c["label"] if (c["reason"] or "").startswith("conflict:") else None, "_reason": c["reason"]})
     return sorted(rows, key=lambda r: r["path"])
+
+
+def label_conflicts(rows: list[dict]) -> list[dict]:
+    """The version's images whose labels curate settled in a conflict (a photo found under two labels),
+    as dataset.json keeps them: `mlc inspect --version vN` shows that version's, not the catalog's now."""
+    return [{"candidate_id": r["candidate_id"], "source": r["source"], "photo_id": r["photo_id"],
+             "label": r["_conflict"], "curated_label": r["labels"] or "other", "resolution": r["_reason"]}
+            for r in rows if r["_conflict"] is not None]
 
 
 def fingerprint(rows: list[dict], cfg: Config) -> str:
@@ -225,7 +234,7 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
             (tmp / "README.md").write_text(dataset_card(name, version, cfg, counts, curation, previous))
             meta = {"name": name, "version": version, "previous": previous, "fingerprint": fp,
                     "files_sha256": files_sha256, "counts": counts, "curation": curation,
-                    "review_changed": reviewed, "created_at": time.time(),
+                    "review_changed": reviewed, "conflicts": label_conflicts(rows), "created_at": time.time(),
                     "params": {"build": cfg.build.model_dump(), "curate": cfg.curate.model_dump()}}
             (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, default=str))
             try:

@@ -105,9 +105,13 @@ def dataset_summary(cfg: Config, version: str | None = None) -> dict | None:
             and isinstance(counts.get("licenses"), dict) and isinstance(curation, dict)):
         raise damaged_version(folder, "dataset.json lacks its counts")
     previous = meta.get("previous")
+    # The label conflicts a version settled are in its dataset.json (builds since 2027-01); for an
+    # older version, the catalog's now, of the version's images, and said to be so.
+    recorded = isinstance(meta.get("conflicts"), list)
+    conflicts = meta["conflicts"] if recorded else conflict_rows(cfg, {r["candidate_id"] for r in rows})
     return {"name": cfg.build.name, "version": version, "path": str(folder), "counts": counts,
             "curation": curation, "previous": previous, "diff": diff_since(root, previous, rows, meta),
-            "conflicts": conflict_rows(cfg), "rows": rows}
+            "conflicts": conflicts, "conflicts_from": "version" if recorded else "catalog", "rows": rows}
 
 
 def diff_since(root: Path, previous: str | None, rows: list[dict], meta: dict) -> dict | None:
@@ -124,10 +128,14 @@ def diff_since(root: Path, previous: str | None, rows: list[dict], meta: dict) -
     return version_diff(old, rows, reviewed if isinstance(reviewed, list) else ())
 
 
-def conflict_rows(cfg: Config) -> list[dict]:
+def conflict_rows(cfg: Config, candidate_ids: set[str] | None = None) -> list[dict]:
+    """The catalog's accepted images whose labels curate settled in a conflict, as it says now (of
+    `candidate_ids` only, when given: a version's images, as the manifest writes their ids)."""
     with Catalog(cfg.catalog_path, readonly=True) as catalog:
-        return [{"id": r["id"], "photo_id": r["photo_id"], "label": r["label"], "curated_label": r["curated_label"],
-                 "resolution": r["reason"]} for r in catalog.candidates("status='accepted' AND reason LIKE 'conflict:%'")]
+        return [{"candidate_id": r["id"], "source": r["source"], "photo_id": r["photo_id"], "label": r["label"],
+                 "curated_label": r["curated_label"], "resolution": r["reason"]}
+                for r in catalog.candidates("status='accepted' AND reason LIKE 'conflict:%'")
+                if candidate_ids is None or str(r["id"]) in candidate_ids]
 
 
 def format_dataset_summary(s: dict) -> str:
@@ -139,7 +147,9 @@ def format_dataset_summary(s: dict) -> str:
     lines += ["", "Licences: " + ", ".join(f"{k or 'unknown'} {v}" for k, v in sorted(s["counts"]["licenses"].items()))]
     lines += ["", "Removed by curation (status: reason = count)"]
     lines += [f"  {k} = {v}" for k, v in sorted(s["curation"].items())] or ["  nothing"]
-    lines += ["", f"Label conflicts resolved: {len(s['conflicts'])}"]
+    where = (f"in {s['version']}" if s.get("conflicts_from", "version") == "version" else
+             f"(the catalog's now: {s['version']} was built before versions recorded them)")
+    lines += ["", f"Label conflicts resolved {where}: {len(s['conflicts'])}"]
     lines += [f"  photo {c['photo_id']}: {c['label']} -> {c['curated_label']} ({c['resolution']})" for c in s["conflicts"][:10]]
     if s["diff"] is not None:
         lines += ["", f"Changes since {s['previous']}"]

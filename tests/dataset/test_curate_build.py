@@ -56,7 +56,11 @@ def world(tmp_path_factory):
 
 
 def make_cfg(tmp_path, world, **build):
-    return parse_config({
+    return parse_config(make_settings(tmp_path, world, **build))
+
+
+def make_settings(tmp_path, world, **build) -> dict:
+    return ({
         "data_dir": str(tmp_path / "data"),
         "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s", "url_t", "url_sq"],
                    "local": {"port": 0, "folder": str(world),
@@ -190,6 +194,44 @@ def test_rebuild_is_idempotent_and_a_killed_build_leaves_the_previous_version(cu
     summary = dataset_summary(cfg)
     assert summary["version"] == "v2" and summary["previous"] == "v1" and summary["diff"] == {}
     assert "Changes since v1" in format_dataset_summary(summary)
+
+
+def test_inspect_shows_the_label_conflicts_of_the_version_asked(world, tmp_path):
+    """`mlc inspect --version v1` showed the catalog's conflicts now ("0" once v1's conflicted photo was
+    taken down), not v1's. A version keeps its own in dataset.json; an older one, without them, gets
+    the catalog's now, said to be so."""
+    import subprocess
+    import yaml
+    from helpers import ENV, MLC
+    from mlc_pipeline.curate.takedown import remove_photos
+    settings = make_settings(tmp_path, world)
+    cfg = parse_config(settings)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(settings))
+    collect(cfg, progress=False)
+    curate(cfg)
+    v1 = build_dataset(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        conflicts = c.candidates("status='accepted' AND reason LIKE 'conflict:%'")
+    (conflict,) = [r for r in conflicts if r["reason"] == "conflict:multi-label"]
+    remove_photos(cfg, "owner asked", photo_id=conflict["photo_id"])        # the catalog has one less now
+    assert build_dataset(cfg).version == "v2"
+
+    def inspect(*args):
+        res = subprocess.run([*MLC, "inspect", "-c", str(tmp_path / "cfg.yaml"), *args], env=ENV,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return res.stdout
+    shown = inspect("--version", "v1")
+    assert f"Label conflicts resolved in v1: {len(conflicts)}" in shown, shown
+    assert f"photo {conflict['photo_id']}: {conflict['label']} -> ants bees (conflict:multi-label)" in shown
+    recorded = json.loads(inspect("--version", "v1", "--json"))["dataset"]["conflicts"]
+    assert {(r["candidate_id"], r["resolution"]) for r in recorded} == {(r["id"], r["reason"]) for r in conflicts}
+    assert f"Label conflicts resolved in v2: {len(conflicts) - 1}" in inspect()
+    meta = json.loads((v1.path / "dataset.json").read_text())
+    del meta["conflicts"]                                   # as a version built before they were recorded
+    (v1.path / "dataset.json").write_text(json.dumps(meta))
+    assert ("Label conflicts resolved (the catalog's now: v1 was built before versions recorded them): "
+            f"{len(conflicts) - 1}" in inspect("--version", "v1"))
 
 
 def test_html_report_in_a_real_browser(curated, tmp_path):
