@@ -128,6 +128,9 @@ def fingerprint(rows: list[dict], cfg: Config) -> str:
     return rows_fingerprint(rows, cfg.build.max_side, cfg.build.jpeg_quality)
 
 
+_fingerprint = rows_fingerprint     # its name before dataset/verify.py (tests/dataset/test_export.py)
+
+
 def move_aside_real_latest(root: Path) -> Path | None:
     """`latest` must be a link. A real folder there (`cp -rL` of a data root, a sync tool that
     follows links) would block every later build; it is moved aside, never deleted: it may hold
