@@ -2,7 +2,7 @@
 
 The manifest must match the fingerprint in dataset.json (a relabelled, added or removed row changes
 it), every path must stay inside the version folder, and every image must exist with the sha256
-recorded in SHA256SUMS. A damaged version is a `VersionDamaged` error naming the version and the
+recorded in SHA256SUMS, and nothing else may be there (a file added is damage). A damaged version is a `VersionDamaged` error naming the version and the
 file, and what helps: for the latest, `mlc build --repair` (it publishes a fresh version from the
 catalog); an older one is never rebuilt, so the answer names the latest version and whether it is
 intact. Build, train, inspect and export verify a version before they use it.
@@ -13,12 +13,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.manifest import ADDED_COLUMNS, MANIFEST_COLUMNS, latest_version, read_manifest
 
 SUMS_NAME = "SHA256SUMS"
+# What a build writes beside the images (the images: SHA256SUMS)
+VERSION_FILES = {"manifest.csv", "dataset.json", SUMS_NAME, "ATTRIBUTION.md", "README.md"}
 REPAIR_HINT = "run `mlc build --repair -c <config>` to publish a fresh version from the catalog"
 
 
@@ -105,10 +108,27 @@ def verify_version(folder: str | Path) -> list[dict]:
         recorded = dict(reversed(line.split("  ", 1)) for line in sums.splitlines() if line)
         if set(recorded) != {r["path"] for r in rows}:
             raise damaged(f"{SUMS_NAME} and manifest.csv list different files")
+        # Immutable means exactly what was published: a file added (an image a tool reading images/
+        # would take for a labelled one) is damage too, not a warning.
+        extra = unlisted_files(folder, set(recorded) | VERSION_FILES)
+        if extra:
+            more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+            raise damaged(f"file {extra[0]}{more} is not one of its files (not in {SUMS_NAME}: added since "
+                          f"publication; deleting it restores the version)")
         for r in rows:
             if sha256_file(folder / r["path"]) != recorded[r["path"]]:
                 raise damaged(f"file {r['path']} was changed since publication")
     return rows
+
+
+def unlisted_files(folder: Path, listed: set[str]) -> list[str]:
+    """Everything in `folder` but directories (files, links, anything else) not in `listed`, relative
+    and sorted; links to directories are not followed."""
+    out = []
+    for top, dirs, files in os.walk(folder):
+        here = Path(top).relative_to(folder)
+        out += [(here / name).as_posix() for name in files + [d for d in dirs if (Path(top) / d).is_symlink()]]
+    return sorted(p for p in out if p not in listed)
 
 
 def what_helps(damaged: Path) -> str:

@@ -189,6 +189,28 @@ def test_a_changed_file_is_detected(built):
         verify_version(v1)
 
 
+def test_a_file_added_to_a_published_version_is_damage(built):
+    """An extra image dropped into images/ went unnoticed ("unchanged ... its files verified"), yet a
+    tool reading the folder would train on it: a version is exactly what its manifest says."""
+    cfg, v1 = built
+    added = v1 / "images" / "ants" / "local-extra.jpg"
+    shutil.copy(v1 / first_row(v1)["path"], added)
+    res = mlc("build", "-c", str(cfg))
+    line = last_line(res.stderr)
+    assert res.returncode == 3 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert line.startswith("mlc: dataset default v1 is damaged: file images/ants/local-extra.jpg is not one of its "
+                           "files (not in SHA256SUMS: added since publication; deleting it restores the version); "
+                           "run `mlc build --repair"), line
+    (v1 / "notes.txt").write_text("mine")
+    with pytest.raises(VersionDamaged, match=r"file images/ants/local-extra.jpg \(and 1 more\) is not one"):
+        verify_version(v1)
+    added.unlink()
+    with pytest.raises(VersionDamaged, match="file notes.txt is not one of its files"):
+        verify_version(v1)
+    (v1 / "notes.txt").unlink()
+    assert "unchanged" in mlc("build", "-c", str(cfg)).stdout
+
+
 @pytest.mark.parametrize("edit, message", [
     ("relabel", "fingerprint does not match"),
     ("outside", "outside the version folder"),
