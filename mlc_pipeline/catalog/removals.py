@@ -67,9 +67,11 @@ class RemovalQueries:
         """Candidates not removed whose owner was taken down with `mlc remove --owner` (found since, or
         downloaded by a collect from before this rule), each with `takedown_selector` and
         `takedown_reason`: that takedown's."""
+        # Driven from the owners' takedowns (usually none: then nothing is scanned), each owner's first.
         return [self._row(r) for r in self.db.execute(
-            "SELECT c.*, r.selector AS takedown_selector, r.reason AS takedown_reason FROM candidates c JOIN removals r ON r.id = "
-            "(SELECT MIN(id) FROM removals WHERE owner = c.owner AND selector LIKE 'owner:%') "
+            "SELECT c.*, r.selector AS takedown_selector, r.reason AS takedown_reason FROM "
+            "(SELECT owner, MIN(id) AS first_id FROM removals WHERE selector LIKE 'owner:%' AND owner IS NOT NULL "
+            "GROUP BY owner) o JOIN removals r ON r.id = o.first_id JOIN candidates c ON c.owner = o.owner "
             "WHERE c.status <> 'removed' ORDER BY c.id")]
 
     def removals(self) -> list[dict]:

@@ -121,13 +121,18 @@ def verify_version(folder: str | Path) -> list[dict]:
     return rows
 
 
+# What a file browser leaves in a folder it shows: no image loader reads these (docs/curation.md, 8).
+BROWSER_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
+
+
 def unlisted_files(folder: Path, listed: set[str]) -> list[str]:
     """Everything in `folder` but directories (files, links, anything else) not in `listed`, relative
-    and sorted; links to directories are not followed."""
+    and sorted; links to directories are not followed. A file browser's BROWSER_FILES are let be."""
     out = []
     for top, dirs, files in os.walk(folder):
         here = Path(top).relative_to(folder)
-        out += [(here / name).as_posix() for name in files + [d for d in dirs if (Path(top) / d).is_symlink()]]
+        out += [(here / name).as_posix() for name in files + [d for d in dirs if (Path(top) / d).is_symlink()]
+                if name not in BROWSER_FILES or (Path(top) / name).is_symlink()]
     return sorted(p for p in out if p not in listed)
 
 

@@ -208,7 +208,13 @@ def test_a_file_added_to_a_published_version_is_damage(built):
     with pytest.raises(VersionDamaged, match="file notes.txt is not one of its files"):
         verify_version(v1)
     (v1 / "notes.txt").unlink()
+    # what a file browser leaves in any folder it shows is no image: let be (a macOS ._ copy is one)
+    (v1 / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (v1 / "images" / "ants" / "Thumbs.db").write_bytes(b"\xd0\xcf")
     assert "unchanged" in mlc("build", "-c", str(cfg)).stdout
+    (v1 / "images" / "ants" / "._local-1.jpg").write_bytes(b"\0\5\x16\7")
+    with pytest.raises(VersionDamaged, match=r"file images/ants/\._local-1.jpg is not one"):
+        verify_version(v1)
 
 
 @pytest.mark.parametrize("edit, message", [
