@@ -171,7 +171,7 @@ def push_versions(store: Store, cfg: Config) -> list[str]:
         folder = cfg.layout.version(version)
         if not (folder / "dataset.json").exists():
             continue
-        meta = json.loads((folder / "dataset.json").read_text())
+        meta = version_meta(folder)
         marker = read_marker(store, version_key(cfg, version))
         if marker is not None:
             if marker.get("fingerprint") != meta.get("fingerprint"):
@@ -186,6 +186,18 @@ def push_versions(store: Store, cfg: Config) -> list[str]:
     return pushed
 
 
+def version_meta(folder: Path) -> dict:
+    """A cached version's dataset.json; an unreadable one is the version damaged, said in one line."""
+    try:
+        meta = json.loads((folder / "dataset.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ObjectStoreError(f"dataset version {folder} is damaged (dataset.json: {exc}): not published nor "
+                               f"compared; move it aside (or `mlc build --repair` for the latest)") from None
+    if not isinstance(meta, dict):
+        raise ObjectStoreError(f"dataset version {folder} is damaged (dataset.json is not an object)")
+    return meta
+
+
 def pull_version(store: Store, cfg: Config, version: str | None = None) -> str | None:
     """Fetch a version (default: the store's latest) into the cache unless complete there."""
     version = version or (remote_versions(store, cfg) or [None])[-1]
@@ -196,7 +208,7 @@ def pull_version(store: Store, cfg: Config, version: str | None = None) -> str |
     if marker is None:
         return version if folder.exists() else None     # not published (yet): the cache's own, if any
     if (folder / "dataset.json").exists():
-        if json.loads((folder / "dataset.json").read_text()).get("fingerprint") != marker.get("fingerprint"):
+        if version_meta(folder).get("fingerprint") != marker.get("fingerprint"):
             raise ObjectStoreError(f"the cache's {folder} is not the version {store.url}/{key} holds (built here "
                                    f"but never published?): move it aside and rerun")
     if pull_folder(store, key, folder, marker):

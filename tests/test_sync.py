@@ -251,3 +251,14 @@ def test_a_file_that_leaves_the_store_between_listing_and_download_is_skipped(tm
     vanishing.extend(rels[1:])          # one more at every try: the fetch gives up, naming the key
     with pytest.raises(ObjectStoreError, match=r"raw/flickr/\d\d/\d+\.jpg .*vanished while being fetched"):
         sync.pull(b, "collect")
+
+
+def test_a_cached_version_with_an_unreadable_dataset_json_is_reported_not_a_traceback(tmp_path, store_url):
+    # push_versions and pull_version read dataset.json themselves (before any verification): a
+    # damaged one was a JSONDecodeError out of `publish`, after the stage's work was done.
+    cfg = machine(tmp_path, store_url, "cache-a")
+    folder = cfg.layout.version("v1")
+    folder.mkdir(parents=True)
+    (folder / "dataset.json").write_text('{"name": ')
+    with pytest.raises(ObjectStoreError, match=r"v1 is damaged \(dataset.json: .*\): not published"):
+        sync.push_versions(store_of(cfg), cfg)

@@ -39,7 +39,7 @@ from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, write_text_a
 from mlc_pipeline.locking import files_lock
 from mlc_pipeline.manifest import SPLITS, latest_version, write_manifest
 from mlc_pipeline.curate.verify import DECODE_ERRORS, load_rgb
-# VersionDamaged and verify_version are imported from here too (they lived here until 2027-01)
+# VersionDamaged and verify_version are imported from here too (they lived here until 2026-12-06)
 from mlc_pipeline.dataset.verify import SUMS_NAME, VersionDamaged, recorded_fingerprint, rows_fingerprint, verify_version
 
 log = logging.getLogger(__name__)

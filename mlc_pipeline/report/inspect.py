@@ -105,7 +105,7 @@ def dataset_summary(cfg: Config, version: str | None = None) -> dict | None:
             and isinstance(counts.get("licenses"), dict) and isinstance(curation, dict)):
         raise damaged_version(folder, "dataset.json lacks its counts")
     previous = meta.get("previous")
-    # The label conflicts a version settled are in its dataset.json (builds since 2027-01); for an
+    # The label conflicts a version settled are in its dataset.json (builds since 2026-12-06); for an
     # older version, the catalog's now, of the version's images, and said to be so.
     recorded = isinstance(meta.get("conflicts"), list)
     conflicts = meta["conflicts"] if recorded else conflict_rows(cfg, {r["candidate_id"] for r in rows})
