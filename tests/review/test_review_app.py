@@ -6,6 +6,7 @@ run on both catalog backends: SQLite and a real PostgreSQL server (conftest's `p
 import json
 import os
 import re
+import socket
 import stat
 import threading
 import time
@@ -153,6 +154,16 @@ def test_an_app_bound_to_another_loopback_address_answers_there(root):
     assert f"http://127.0.0.2:{port}/" in out and "token" not in out, out
 
 
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
 def test_an_app_on_ipv6_loopback_prints_a_url_that_works(root):
     """`--host ::1` printed http://::1:8787/, which is no URL; it is http://[::1]:8787/."""
     config, cfg = root
