@@ -47,6 +47,13 @@ CATALOG_OBJECT = "catalog.sqlite"
 STATE_NAME = ".objectstore.json"       # in the cache: which catalog snapshot it last synced with
 VERSION_RE = re.compile(r"^v\d+$")
 REWRITTEN_BUNDLE_FILES = ("mined.csv", "review.csv")   # what `mlc mine` rewrites in a published bundle
+MINED_ROUND_RECORD = re.compile(r"^mined-r\d+\.csv$")    # and each round's record, rewritten by a rerun
+
+
+def rewritten_by_mine(rel: str) -> bool:
+    return rel in REWRITTEN_BUNDLE_FILES or bool(MINED_ROUND_RECORD.match(rel))
+
+
 # What each command reads from the data root, fetched into the cache before it runs.
 # curate checks new images against the test images of every published version: it needs them all.
 PULLS = {"collect": ("catalog", "files"), "curate": ("catalog", "files", "versions"),
@@ -230,11 +237,11 @@ def push_models(store: Store, cfg: Config) -> list[str]:
         if f"{key}/{MARKER}" not in held:
             push_folder(store, bundle, key, {"bundle": bundle.name})
             pushed.append(bundle.name)
-        else:                           # published: only what `mlc mine` adds (mined.csv, review.csv)
+        else:                           # published: only what `mlc mine` adds (mined*.csv, review.csv)
             files = folder_files(bundle)
-            fixed = {r: p for r, p in files.items() if r not in REWRITTEN_BUNDLE_FILES}
+            fixed = {r: p for r, p in files.items() if not rewritten_by_mine(r)}
             store.upload([(p, f"{key}/{r}") for r, p in fixed.items() if not same(p, held.get(f"{key}/{r}"))])
-            push_rewritten(store, cfg, {f"{key}/{r}": p for r, p in files.items() if r in REWRITTEN_BUNDLE_FILES},
+            push_rewritten(store, cfg, {f"{key}/{r}": p for r, p in files.items() if rewritten_by_mine(r)},
                            held)
     # The shared pointer moves only with a model published now, after its marker: a cache that still
     # points at an older model never moves it back.

@@ -167,16 +167,19 @@ def test_a_published_model_is_not_read_back_at_every_publish(tmp_path, store_url
     reads = []
     real = store.sha256
     monkeypatch.setattr(store, "sha256", lambda rel: reads.append(rel) or real(rel))
-    (bundle / "mined.csv").write_text("candidate_id,decision\n1,added\n")
+    for name in ("mined.csv", "mined-r1.csv"):        # a round's record is rewritten by a rerun of the round
+        (bundle / name).write_text("candidate_id,decision\n1,added\n")
     uploads = []
     upload = store.upload
     monkeypatch.setattr(store, "upload", lambda pairs: uploads.append(sorted(r for _, r in pairs)) or upload(pairs))
     assert sync.push_models(store, cfg) == []
-    (bundle / "mined.csv").write_text("candidate_id,decision\n2,added\n")     # the same size, other bytes
+    for name in ("mined.csv", "mined-r1.csv"):                               # the same size, other bytes
+        (bundle / name).write_text("candidate_id,decision\n2,added\n")
     sync.push_models(store, cfg)
     sync.push_models(store, cfg)                                             # nothing changed
-    assert [u for u in uploads if u] == [["models/m1/mined.csv"], ["models/m1/mined.csv"]]
-    assert store.read_text("models/m1/mined.csv") == "candidate_id,decision\n2,added\n"
+    assert [u for u in uploads if u] == [["models/m1/mined-r1.csv", "models/m1/mined.csv"]] * 2
+    assert store.read_text("models/m1/mined.csv") == store.read_text("models/m1/mined-r1.csv") == \
+        "candidate_id,decision\n2,added\n"
     assert not [r for r in reads if r.endswith("export.pkl")]
 
 

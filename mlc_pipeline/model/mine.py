@@ -129,6 +129,9 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
                     if e["candidate_id"] in late:
                         e["decision"] = "decided-in-review"
                 # The record first: stopped after the moves, a rerun could not rebuild it (the images moved).
+                # mined-r<N>.csv: this round's own record (a bundle can mine several rounds: the report
+                # shows each); mined.csv: this bundle's latest mining, where readers looked before
+                write_csv(Path(bundle_dir) / f"mined-r{round_no}.csv", candidates, MINED_COLUMNS)
                 write_csv(Path(bundle_dir) / "mined.csv", candidates, MINED_COLUMNS)
                 for e in candidates:
                     if e["decision"] == "added":

@@ -1,7 +1,7 @@
 """Error analysis of a model bundle, for the HTML report: the thresholds in use, a confusion matrix
 with "none", the test images it gets most wrong (top losses, with thumbnails), per-class
 precision-recall curves with the operating point, the unknown (probe) images it still accepts, and
-what mining did with the pool (mined.csv, review.csv).
+what each mining round did with the pool (mined-r<N>.csv, review.csv).
 
 Everything is computed from files in the bundle: bundle.json (vocab, thresholds, head) and the
 per-image scores training writes since 0.2 (model.assess.SCORES_FILE). A bundle without that file
@@ -14,6 +14,7 @@ import csv
 import html
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,22 +200,39 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+MINED_RECORD = re.compile(r"^mined-r(\d+)\.csv$")     # model/mine.py: one record per mining round
+
+
+def mined_records(bundle_dir: Path, round_before: int) -> list[tuple[int, Path]]:
+    """(round, file) of each mining round a bundle ran, from its mined-r<N>.csv. A bundle mined
+    before those files has its latest mining alone, in mined.csv: taken as `round_before`, the round
+    its place among the run's rounds gives it."""
+    per_round = sorted((int(m.group(1)), p) for p in bundle_dir.glob("mined-r*.csv")
+                       if (m := MINED_RECORD.match(p.name)))
+    if per_round:
+        return per_round
+    legacy = bundle_dir / "mined.csv"
+    return [(round_before, legacy)] if legacy.is_file() else []
+
+
 def mining_section(rounds: list[tuple[int, Path]]) -> str:
-    """For each (round, bundle that mined it): thumbnails of the hard negatives it added and links to
-    its mined.csv (every decision) and review.csv (class images to check)."""
+    """For each (round, bundle that mined it) and every other round those bundles mined: thumbnails
+    of the hard negatives the round added and links to its record (every decision) and to the
+    bundle's review.csv (class images to check, from its latest mining)."""
+    records = sorted({(r, path.parent, path) for round_no, bundle_dir in rounds
+                      for r, path in mined_records(bundle_dir, round_no)})
     parts = []
-    for round_no, bundle_dir in rounds:
-        mined, review = bundle_dir / "mined.csv", bundle_dir / "review.csv"
-        if not mined.is_file():
-            continue
+    for round_no, bundle_dir, mined in records:
+        review = bundle_dir / "review.csv"
+        latest = round_no == max(r for r, b, _ in records if b == bundle_dir)   # review.csv is its latest mining's
         rows = read_csv(mined)
         added = [r for r in rows if r["decision"] == "added"]
         links = [f"<a href='{f.as_uri()}'>{f.name}</a> ({html.escape(what)})"
                  for f, what in ((mined, "every decision, with its score"), (review, "class images to review"))
-                 if f.is_file()]
-        n_review = len(read_csv(review)) if review.is_file() else 0
+                 if f.is_file() and (f == mined or latest)]
+        to_review = f", {len(read_csv(review))} class images to review" if latest and review.is_file() else ""
         parts += [f"<h3 id='mined-{round_no}'>Mining round {round_no}: {len(added)} hard negatives added, "
-                  f"{len(rows) - len(added)} held or over the cap, {n_review} class images to review</h3>",
+                  f"{len(rows) - len(added)} held or over the cap{to_review}</h3>",
                   f"<p>Mined by {html.escape(bundle_dir.name)}: " + "; ".join(links) + "</p>"]
         if added:
             parts.append(gallery([(thumbnail_uri(r["file"]), f"{r['photo_id']}: taken for {r['accepted_as']} "

@@ -134,7 +134,7 @@ def model_section(result, models_dir: Path) -> str:
         parts.append(f"<h3>Loss curves</h3><img alt='loss curves' src='data:image/png;base64,"
                      f"{base64.b64encode(loss.read_bytes()).decode()}'>")
     parts.append(analysis_section(bundle))
-    # round r was mined by the model of round r-1, which wrote mined.csv and review.csv in its bundle
+    # round r was mined by the model of round r-1 (mined-r<r>.csv); other rounds a bundle mined show too
     parts.append(mining_section([(r.round, models_dir / prev.bundle) for prev, r in zip(result.rounds, result.rounds[1:])]
                                 + [(result.rounds[-1].round + 1, models_dir / result.rounds[-1].bundle)]))
     return "\n".join(parts)

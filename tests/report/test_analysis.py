@@ -113,3 +113,25 @@ def test_mined_negatives_are_shown_with_their_files_linked(tmp_path, trained_sha
     assert "2 hard negatives added, 1 held or over the cap" in page
     assert page.count("data:image/jpeg;base64") == 2 and "p0: taken for red (0.60)" in page
     assert f"href='{(bundle / 'review.csv').as_uri()}'" in page and f"href='{(bundle / 'mined.csv').as_uri()}'" in page
+
+
+def test_each_mining_round_shows_its_own_record(tmp_path, trained_shapes_bundle):
+    """A bundle that mined round 1 and then round 2 (`mlc mine --round 2` by a reused model): round 1
+    shows its own negatives, not whatever the latest mining left in mined.csv."""
+    manifest, _ = trained_shapes_bundle
+    images = sorted((manifest.parent / "images").glob("other_*.jpg"))[:4]
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    head = "candidate_id,photo_id,score,accepted_as,decision,file"
+    round_1 = [head] + [f"{i},p{i},0.6,red,{'added' if i < 2 else 'held:confident:red'},{f}"
+                        for i, f in enumerate(images[:3])]
+    round_2 = [head, f"9,p9,0.7,red,added,{images[3]}"]
+    (bundle / "mined-r1.csv").write_text("\n".join(round_1) + "\n")
+    for name in ("mined-r2.csv", "mined.csv"):      # mined.csv: the latest mining, as mine.py writes it
+        (bundle / name).write_text("\n".join(round_2) + "\n")
+    (bundle / "review.csv").write_text("candidate_id,photo_id,label,score,file\n")
+    page = mining_section([(1, bundle)])
+    assert "Mining round 1: 2 hard negatives added, 1 held or over the cap</h3>" in page
+    assert "Mining round 2: 1 hard negatives added, 0 held or over the cap, 0 class images to review" in page
+    assert page.index("p0: taken for red") < page.index("Mining round 2") < page.index("p9: taken for red")
+    assert f"href='{(bundle / 'mined-r1.csv').as_uri()}'" in page and "/mined.csv'" not in page
