@@ -208,7 +208,7 @@ def collect_and_curate(cfg: Config, progress: bool = True, on_progress: Callable
 def write_run_report(cfg: Config, result: PipelineResult) -> str:
     """The HTML report: the data, and the model section when models were trained."""
     name = "latest.html" if result.rounds else "latest-dataset.html"
-    extra = [model_section(result, models_root(cfg))] if result.rounds else []
+    extra = [model_section(result, models_root(cfg), cfg.catalog_path)] if result.rounds else []
     return str(write_html_report(cfg, cfg.layout.reports / name, extra_sections=extra))
 
 

@@ -10,6 +10,8 @@ per-image scores training writes since 0.2 (model.assess.SCORES_FILE). A bundle 
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import csv
 import html
 import io
@@ -20,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.catalog.review import overrides
 from mlc_pipeline.model.assess import SCORE_PREFIX, SCORES_FILE
 from mlc_pipeline.model.metrics import predict_matrix, real_class_indices, targets_from_labels
 from mlc_pipeline.report.html import figure, folded, png_img, table, thumbnail_uri
@@ -215,26 +219,54 @@ def mined_records(bundle_dir: Path, round_before: int) -> list[tuple[int, Path]]
     return [(round_before, legacy)] if legacy.is_file() else []
 
 
-def mining_section(rounds: list[tuple[int, Path]]) -> str:
+def since_mined(catalog: Catalog | None, decided: dict, round_no: int, candidate_id: str) -> str:
+    """What became of a negative round `round_no` added, by the catalog (the source of truth, that the
+    next build reads): '' while it is still one of that round's, else 'undone' (`mlc mine --undo`),
+    'removed' or 'decided in review'. Always '' without a catalog to ask."""
+    if catalog is None:
+        return ""
+    row = catalog.get(int(candidate_id))
+    if row is None or row["status"] != "accepted":
+        return "removed"
+    if row["mined_round"] != round_no:
+        return "undone"
+    return "decided in review" if int(candidate_id) in decided else ""
+
+
+def mining_section(rounds: list[tuple[int, Path]], catalog_path=None) -> str:
     """For each (round, bundle that mined it) and every other round those bundles mined: thumbnails
     of the hard negatives the round added and links to its record (every decision) and to the
-    bundle's review.csv (class images to check, from its latest mining)."""
+    bundle's review.csv (class images to check, from its latest mining). With `catalog_path`, a
+    negative the catalog no longer holds as that round's (undone, removed, decided in review) is
+    counted apart and marked, so that the page says what the next build learns from."""
     records = sorted({(r, path.parent, path) for round_no, bundle_dir in rounds
                       for r, path in mined_records(bundle_dir, round_no)})
-    parts = []
-    for round_no, bundle_dir, mined in records:
-        review = bundle_dir / "review.csv"
-        latest = round_no == max(r for r, b, _ in records if b == bundle_dir)   # review.csv is its latest mining's
-        rows = read_csv(mined)
-        added = [r for r in rows if r["decision"] == "added"]
-        links = [f"<a href='{f.as_uri()}'>{f.name}</a> ({html.escape(what)})"
-                 for f, what in ((mined, "every decision, with its score"), (review, "class images to review"))
-                 if f.is_file() and (f == mined or latest)]
-        to_review = f", {len(read_csv(review))} class images to review" if latest and review.is_file() else ""
-        parts += [f"<h3 id='mined-{round_no}'>Mining round {round_no}: {len(added)} hard negatives added, "
-                  f"{len(rows) - len(added)} held or over the cap{to_review}</h3>",
-                  f"<p>Mined by {html.escape(bundle_dir.name)}: " + "; ".join(links) + "</p>"]
-        if added:
-            parts.append(gallery([(thumbnail_uri(r["file"]), f"{r['photo_id']}: taken for {r['accepted_as']} "
-                                   f"({float(r['score']):.2f})") for r in added], "hard negatives"))
+    if not records:
+        return ""
+    with contextlib.ExitStack() as stack:
+        catalog = None if catalog_path is None else stack.enter_context(Catalog(catalog_path, readonly=True))
+        decided = {} if catalog is None else overrides(catalog)
+        return "\n".join(mining_round_html(catalog, decided, records, *record) for record in records)
+
+
+def mining_round_html(catalog, decided: dict, records: list, round_no: int, bundle_dir: Path, mined: Path) -> str:
+    review = bundle_dir / "review.csv"
+    latest = round_no == max(r for r, b, _ in records if b == bundle_dir)   # review.csv is its latest mining's
+    rows = read_csv(mined)
+    added = [{**r, "since": since_mined(catalog, decided, round_no, r["candidate_id"])}
+             for r in rows if r["decision"] == "added"]
+    kept = [r for r in added if not r["since"]]
+    since = collections.Counter(r["since"] for r in added if r["since"])
+    links = [f"<a href='{f.as_uri()}'>{f.name}</a> ({html.escape(what)})"
+             for f, what in ((mined, "every decision, with its score"), (review, "class images to review"))
+             if f.is_file() and (f == mined or latest)]
+    to_review = f", {len(read_csv(review))} class images to review" if latest and review.is_file() else ""
+    gone = f" (of {len(added)}: {', '.join(f'{n} {what}' for what, n in sorted(since.items()))} since)" if since else ""
+    parts = [f"<h3 id='mined-{round_no}'>Mining round {round_no}: {len(kept)} hard negatives added{gone}, "
+             f"{len(rows) - len(added)} held or over the cap{to_review}</h3>",
+             f"<p>Mined by {html.escape(bundle_dir.name)}: " + "; ".join(links) + "</p>"]
+    if added:
+        parts.append(gallery([(thumbnail_uri(r["file"]), f"{r['photo_id']}: taken for {r['accepted_as']} "
+                               f"({float(r['score']):.2f})" + (f" · {r['since']}" if r["since"] else ""))
+                              for r in added], "hard negatives"))
     return "\n".join(parts)

@@ -60,4 +60,4 @@ def latest_model_sections(cfg: Config) -> list[str]:
     result = latest_result(cfg)
     if result is None:
         return ["<h2 id='model'>Model</h2><p>No model yet: run <code>mlc train</code> or <code>mlc run</code>.</p>"]
-    return [model_section(result, cfg.layout.models)]
+    return [model_section(result, cfg.layout.models, cfg.catalog_path)]

@@ -95,8 +95,9 @@ def run_notes(result) -> list[str]:
     return notes
 
 
-def model_section(result, models_dir: Path) -> str:
-    """HTML for a PipelineResult whose bundles live in `models_dir`."""
+def model_section(result, models_dir: Path, catalog_path=None) -> str:
+    """HTML for a PipelineResult whose bundles live in `models_dir`; the catalog at `catalog_path`
+    says which mined negatives were undone since (report/analysis.mining_section)."""
     if not result.rounds:
         return ""
     metrics = {r.bundle: json.loads((models_dir / r.bundle / "metrics.json").read_text())["test"]
@@ -136,7 +137,8 @@ def model_section(result, models_dir: Path) -> str:
     parts.append(analysis_section(bundle))
     # round r was mined by the model of round r-1 (mined-r<r>.csv); other rounds a bundle mined show too
     parts.append(mining_section([(r.round, models_dir / prev.bundle) for prev, r in zip(result.rounds, result.rounds[1:])]
-                                + [(result.rounds[-1].round + 1, models_dir / result.rounds[-1].bundle)]))
+                                + [(result.rounds[-1].round + 1, models_dir / result.rounds[-1].bundle)],
+                                catalog_path))
     return "\n".join(parts)
 
 

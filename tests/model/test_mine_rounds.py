@@ -1,5 +1,6 @@
 """A bundle that mines more than one round (a reused model mining again, `mlc mine --round 2` by hand)
-keeps each round's own record: the report and an undo read what that round did, not the latest."""
+keeps each round's own record, and the report shows what the catalog holds now: a negative undone
+since is marked, not counted as added."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import shutil
 from shapes import trained_bundle
 from test_mine import _planted_world
 
-from mlc_pipeline.model.mine import mine_round
+from mlc_pipeline.model.mine import mine_round, undo_round
+from mlc_pipeline.report.analysis import mining_section
 
 
 def _decisions(path) -> dict[str, str]:
@@ -31,3 +33,22 @@ def test_each_round_keeps_its_own_record_in_the_bundle_that_mined_it(tmp_path):
     assert not set(one) & set(two)
     # mined.csv: the bundle's latest mining, as it was before the per-round records
     assert _decisions(bundle_dir / "mined.csv") == two
+
+
+def test_the_report_marks_a_negative_undone_since_and_counts_it_apart(tmp_path):
+    _, trained = trained_bundle()
+    bundle_dir = shutil.copytree(trained, tmp_path / "bundle")
+    cfg, *_ = _planted_world(tmp_path, max_per_round=100)
+    mined = mine_round(cfg, bundle_dir, round_no=1)
+    assert mined.added >= 2, "too few negatives to undo one and keep one: a useless test"
+    negatives = sorted(n["photo_id"] for n in mined.negatives)
+    assert undo_round(cfg, 1, negatives[:1]) == 1           # `mlc mine --undo --round 1 --photo-id ...`
+    page = mining_section([(1, bundle_dir)], cfg.catalog_path)
+    assert (f"Mining round 1: {mined.added - 1} hard negatives added (of {mined.added}: 1 undone since), "
+            f"{len(mined.held)} held") in page
+    assert page.count(" · undone</figcaption>") == 1
+    assert f"<figcaption>{negatives[0]}: taken for " in page and f"<figcaption>{negatives[1]}: taken for " in page
+    undone = page.index(f"<figcaption>{negatives[0]}: taken for ")
+    assert page.index(" · undone</figcaption>", undone) < page.index("</figure>", undone)
+    # without a catalog to ask (as before), the record alone: every negative it added
+    assert f"Mining round 1: {mined.added} hard negatives added, " in mining_section([(1, bundle_dir)])
