@@ -60,11 +60,18 @@ def variants_markdown(result, metrics_by_bundle: dict[str, dict], models_dir: Pa
     return compare_table(rows)
 
 
+def md_cell_html(cell: str) -> str:
+    """A markdown table cell as HTML: escaped, and a whole-cell `**bold**` (the chosen curve point) bold."""
+    if len(cell) > 4 and cell.startswith("**") and cell.endswith("**"):
+        return f"<b>{html.escape(cell[2:-2])}</b>"
+    return html.escape(cell)
+
+
 def md_to_html_table(md: str) -> str:
     lines = [l for l in md.strip().splitlines() if not set(l) <= set("|-")]
     cells = [[c.strip() for c in l.strip("|").split("|")] for l in lines]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells[1:])
+    head = "".join(f"<th>{md_cell_html(c)}</th>" for c in cells[0])
+    body = "".join("<tr>" + "".join(f"<td>{md_cell_html(c)}</td>" for c in row) + "</tr>" for row in cells[1:])
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
