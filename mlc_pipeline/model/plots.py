@@ -41,8 +41,12 @@ def chosen_point(curve: list[dict]) -> dict | None:
     return next((p for p in curve if p.get("chosen")), None)
 
 
-def plot_curves(curves: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
-    """One PNG with a line per model (name -> curve): solid = test "other", dashed = probes."""
+STAR_SIZE = 14          # points: the chosen operating point
+
+
+def curve_figure(curves: dict[str, list[dict]], title: str = ""):
+    """The figure of `plot_curves`: one line per model (name -> curve), solid = test "other", dashed
+    = probes, a star on each chosen point."""
     import matplotlib
     matplotlib.use("Agg")  # no display on servers
     import matplotlib.pyplot as plt
@@ -59,15 +63,30 @@ def plot_curves(curves: dict[str, list[dict]], path: str | Path, title: str = ""
             ax.plot([100 * x for x in xs], f1, style, color=colour, marker=".", ms=3, label=f"{name}: {what}")
             chosen = chosen_point(curve)
             if chosen is not None and chosen[key] is not None:
-                ax.plot(100 * chosen[key], chosen["macro_f1"], "*", color=colour, ms=14, mec="black")
+                ax.plot(100 * chosen[key], chosen["macro_f1"], "*", color=colour, ms=STAR_SIZE, mec="black")
     ax.set_xlabel("unknown images accepted as a class (%)  —  lower is better")
     ax.set_ylabel("macro F1 on class images (test)")
-    ax.set_xlim(left=0)
+    # x never goes below 0, but a star at 0 (no unknown accepted: the point to be at) must show whole
+    ax.set_xlim(left=-0.04 * max(ax.get_xlim()[1], 1.0))
     ax.grid(alpha=0.3)
     ax.set_title(title or "operating curve (★ = chosen thresholds)")
-    ax.legend(fontsize=7, loc="lower right")
+    # below the plot: inside, any corner can hold points (a curve runs from the lower left to the upper right)
+    # (a bundle's curve.png names it by its long folder name: one column then)
+    names = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+    legend = ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False,
+                       ncol=1 if max(map(len, names), default=0) > 30 else 2)
+    legend.set_in_layout(False)     # the plot keeps its size; savefig's tight box takes the legend in
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(curves: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
+    """One PNG with a line per model (name -> curve): solid = test "other", dashed = probes."""
+    import matplotlib.pyplot as plt
+
+    fig = curve_figure(curves, title)
     path = Path(path)
-    fig.savefig(path, dpi=90)
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    fig.savefig(path, dpi=90, bbox_inches="tight", bbox_extra_artists=legends)   # the legend below the axes too
     plt.close(fig)
     return path
