@@ -22,13 +22,23 @@ def network(info: BundleInfo) -> str:
     return network_line(info.meta).split(";")[0]      # the network and its weights; not why auto chose it
 
 
+def cap(meta: dict) -> str:
+    """The `train.max_unknown_accepted` a bundle was calibrated at: what tells bundles trained at
+    different operating points apart. 'none' trained without a cap; 'n/a' before the setting."""
+    config = meta.get("config") or {}
+    if "max_unknown_accepted" not in config:
+        return "n/a"
+    value = config["max_unknown_accepted"]
+    return "none" if value is None else f"{value:g}"
+
+
 def bundles_table(infos: list[BundleInfo]) -> str:
     lines = ["| | bundle | dataset | created | macro F1 | unknown accepted (test other) | unknown accepted (probe) "
-             "| head | network |", "|---|---|---|---|---|---|---|---|---|"]
+             "| max_unknown_accepted | head | network |", "|---|---|---|---|---|---|---|---|---|---|"]
     for i in infos:
         lines.append(f"| {'LATEST' if i.latest else ''} | {i.name} | {i.dataset_version} | {i.created_at} "
                      f"| {metric(i.test, 'macro_f1')} | {metric(i.test, 'unknown_accepted')} "
-                     f"| {metric(i.test, 'probe_accepted')} | {i.head} | {network(i)} |")
+                     f"| {metric(i.test, 'probe_accepted')} | {cap(i.meta)} | {i.head} | {network(i)} |")
     return "\n".join(lines) + "\n"
 
 

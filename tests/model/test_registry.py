@@ -55,6 +55,22 @@ def test_models_lists_every_bundle_with_its_metrics_and_marks_latest(root):
     assert infos[SOFTMAX].head == "softmax/class" and infos[SOFTMAX].problem is None
 
 
+def test_models_shows_the_cap_each_bundle_was_calibrated_at(root):
+    """Bundles trained at different train.max_unknown_accepted (0.2, none, 0) looked alike in the table."""
+    cfg, models = root
+    for name, value in ((SIGMOID, 0.2), (SOFTMAX, None), (BROKEN, 0.0)):
+        meta = json.loads((models / name / "bundle.json").read_text())
+        meta["config"]["max_unknown_accepted"] = value
+        (models / name / "bundle.json").write_text(json.dumps(meta))
+    r = mlc("models", "-c", str(cfg))
+    assert r.returncode == 0, r.stderr
+    header = next(line for line in r.stdout.splitlines() if line.startswith("| ") and "bundle" in line)
+    column = [c.strip() for c in header.split("|")].index("max_unknown_accepted")
+    rows = {row.split("|")[2].strip(): row.split("|")[column].strip()
+            for row in r.stdout.splitlines() if row.startswith("| ") and "default-" in row}
+    assert rows == {SIGMOID: "0.2", SOFTMAX: "none", BROKEN: "0"}
+
+
 def test_compare_puts_two_bundles_side_by_side_with_what_differs(root):
     cfg, models = root
     r = mlc("models", "-c", str(cfg), "--compare", "latest", SOFTMAX)
