@@ -2,14 +2,15 @@
 the latest models.
 
 Which bundles: the rounds of the last `mlc run` (reports/latest.json) when its last bundle is still
-the latest model (data/models/LATEST); otherwise the latest model alone, as one round (it was
-trained by `mlc train`, or mined and retrained by hand).
+the latest model (data/models/LATEST); otherwise the latest model alone, as one round labelled as
+what it is (trained by `mlc train`, or a round of an earlier run), its mining numbered from 1.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -47,11 +48,18 @@ def latest_result(cfg: Config) -> SimpleNamespace | None:
         return None
     test = json.loads((bundle / "metrics.json").read_text())["test"]
     meta = json.loads((bundle / "bundle.json").read_text())
-    only = SimpleNamespace(round=0, dataset_version=meta.get("dataset_version", "?").split("/")[-1],
+    only = SimpleNamespace(round=0, label=alone_label(bundle.name), dataset_version=meta.get("dataset_version", "?").split("/")[-1],
                            bundle=bundle.name, macro_f1=test["macro_f1"],
                            unknown_accepted=test.get("unknown_accepted"),
                            probe_accepted=test.get("probe_accepted"), negatives_added=0)
     return SimpleNamespace(rounds=[only], alternatives={}, shortfall=[])
+
+
+def alone_label(bundle_name: str) -> str:
+    """What the latest model is when shown alone: a run names its bundles <dataset>-<version>-r<N>-…
+    (pipeline.Stages.train), `mlc train` with no round tag."""
+    run_round = re.search(r"-r(\d+)-", bundle_name)
+    return f"latest model (round {run_round.group(1)} of an earlier run)" if run_round else "latest model (mlc train)"
 
 
 def latest_model_sections(cfg: Config) -> list[str]:

@@ -31,6 +31,12 @@ def shipped_round(result):
     return shipped_of(result.rounds, getattr(result, "shipped", ""))
 
 
+def round_label(r) -> str:
+    """What a model is called in the tables and plots: `round N` of a run, or the label latest.py
+    gives the latest model when it is not from the last run (`mlc train`: no round 0 to speak of)."""
+    return getattr(r, "label", "") or f"round {r.round}"
+
+
 def rounds_markdown(result) -> str:
     # shipping compares the mean of the two macro F1 columns (pipeline.held_out_f1); valid leaves
     # out the round's own mined negatives, so that every round is measured on the same images
@@ -40,7 +46,7 @@ def rounds_markdown(result) -> str:
     for r in result.rounds:
         mark = " (shipped)" if r.bundle == shipped and len(result.rounds) > 1 else ""
         valid = getattr(r, "valid_macro_f1", None)      # absent from runs saved before 2026-12-02
-        lines.append(f"| {r.round}{mark} | {r.dataset_version} | {r.macro_f1:.3f} "
+        lines.append(f"| {getattr(r, 'label', '') or r.round}{mark} | {r.dataset_version} | {r.macro_f1:.3f} "
                      f"| {'n/a' if valid is None else f'{valid:.3f}'} | {pct(r.unknown_accepted)} "
                      f"| {pct(r.probe_accepted)} | {r.negatives_added} |")
     return "\n".join(lines) + "\n"
@@ -51,7 +57,7 @@ def variants_markdown(result, metrics_by_bundle: dict[str, dict], models_dir: Pa
     # the config may pick any head: name the one round 0 was trained with, from its bundle.json
     meta = read_info(models_dir / first.bundle).meta
     head = f" ({variant_name(meta['head'], meta['other_mode'])})" if {"head", "other_mode"} <= meta.keys() else ""
-    rows = [(f"product, round 0{head}", metrics_by_bundle[first.bundle])]
+    rows = [(f"product, {round_label(first)}{head}", metrics_by_bundle[first.bundle])]
     rows += [(name, m["test"]) for name, m in result.alternatives.items()]
     if len(result.rounds) > 1:
         last = result.rounds[-1]
@@ -122,7 +128,7 @@ def model_section(result, models_dir: Path, catalog_path=None) -> str:
              "" if result.alternatives else ALTERNATIVES_OFF,
              f"<h3>Per-class metrics ({html.escape(last.bundle)}, test split)</h3>",
              md_to_html_table(per_class_markdown(metrics[last.bundle]))]
-    curves = {f"round {r.round}": metrics[r.bundle]["curve"] for r in result.rounds if metrics[r.bundle].get("curve")}
+    curves = operating_curves(result, metrics)
     if curves:
         with tempfile.TemporaryDirectory() as tmp:   # embedded in the page; published bundles stay as written
             png = plot_curves(curves, Path(tmp) / "curves.png",
@@ -149,6 +155,12 @@ def model_section(result, models_dir: Path, catalog_path=None) -> str:
     return "\n".join(parts)
 
 
+def operating_curves(result, metrics_by_bundle: dict[str, dict]) -> dict[str, list[dict]]:
+    """The plot's lines: each model's label -> its operating curve (test metrics)."""
+    return {round_label(r): metrics_by_bundle[r.bundle]["curve"] for r in result.rounds
+            if metrics_by_bundle[r.bundle].get("curve")}
+
+
 def per_class_markdown(metrics: dict) -> str:
     lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for c, m in metrics["per_class"].items():
@@ -162,7 +174,7 @@ def probe_markdown(result, metrics_by_bundle: dict[str, dict]) -> str:
     if not rounds:
         return ""
     queries = sorted({q for r in rounds for q in metrics_by_bundle[r.bundle]["probe_by_query"]})
-    lines = ["| probe query | " + " | ".join(f"round {r.round}" for r in rounds) + " |",
+    lines = ["| probe query | " + " | ".join(round_label(r) for r in rounds) + " |",
              "|---|" + "---|" * len(rounds)]
     for q in queries:
         cells = []

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
+from mlc_pipeline.config import Config
 from mlc_pipeline.report.curves import curve_markdown
-from mlc_pipeline.report.model import md_to_html_table
+from mlc_pipeline.report.latest import alone_label, latest_result
+from mlc_pipeline.report.model import md_to_html_table, model_section, operating_curves, rounds_markdown, variants_markdown
 
 
 def curve(chosen: int = 1) -> list[dict]:
@@ -22,3 +27,23 @@ def test_the_chosen_curve_point_is_bold_in_html_and_in_markdown():
     rows = page.split("<tr>")
     assert "<b>chosen</b>" in rows[3] and "5.0%" in rows[3]           # after the header and the 10% row
     assert md_to_html_table("| a |\n|---|\n| 2 ** 3 |") == "<table><tr><th>a</th></tr><tr><td>2 ** 3</td></tr></table>"
+
+
+def test_a_model_from_mlc_train_is_labelled_as_such_not_round_0(tmp_path, trained_shapes_bundle):
+    """The latest model shown alone (no run, or not the last run's) was called 'round 0' in the rounds
+    table, the alternatives table and the operating-curve plot."""
+    _, trained = trained_shapes_bundle
+    cfg = Config(data_dir=tmp_path / "data", classes={"red": {"queries": ["red"], "count": 1}},
+                 other={"queries": ["noise"], "count": 1})
+    name = "default-v1-sigmoid-negatives-20261206T000956415172-efc3bd"       # `mlc train` names no round
+    shutil.copytree(trained, cfg.layout.models / name)
+    (cfg.layout.models / "LATEST").write_text(name + "\n")
+    result = latest_result(cfg)
+    metrics = {name: json.loads((cfg.layout.models / name / "metrics.json").read_text())["test"]}
+    assert list(operating_curves(result, metrics)) == ["latest model (mlc train)"]
+    assert "| latest model (mlc train) | " in rounds_markdown(result)
+    assert "product, latest model (mlc train)" in variants_markdown(result, metrics, cfg.layout.models)
+    assert "round 0" not in model_section(result, cfg.layout.models)
+    # a run's bundle shown alone (promoted, or the run's report gone) is that run's round
+    assert alone_label("default-v2-r1-sigmoid-negatives-20261206T000956415172-efc3bd") == \
+        "latest model (round 1 of an earlier run)"
