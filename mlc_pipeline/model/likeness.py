@@ -9,8 +9,11 @@ the "other" ones. The likeness of an image to class c is
     margin = mean cosine similarity to its K nearest training images of c
            - mean cosine similarity to its K nearest training "other" images
 
-and a pool image is held for review when its margin reaches that of a typical validation image of
-the class (the median): images the model has never trained on, like the pool's.
+and a pool image is held for review when its margin to any class reaches that of a typical
+validation image of that class (the median): images the model has never trained on, like the
+pool's. Any class, not only the one it was accepted as: a balloon photo a "party" pool query found
+may well be taken for a kite, and mined as a kite negative it still teaches the model to reject
+balloons (audit, 2026-12-06).
 """
 
 from __future__ import annotations
@@ -32,8 +35,18 @@ MAX_REFERENCE = 1000       # training images per class (and "other") embedded at
 
 @dataclass
 class Likeness:
-    margins: np.ndarray           # per query image, against the class it was accepted as
+    classes: list[str]            # the columns of margins
+    margins: np.ndarray           # (query images, classes): each image against every class; NaN: unread
     typical: dict[str, float]     # per class, the median margin of its validation images
+
+    def looks_like(self, i: int) -> tuple[str | None, float]:
+        """The class query image i looks like (its margin reaches the class's typical one, the
+        furthest past it if several) and that margin; (None, NaN) for none."""
+        over = self.margins[i] - np.array([self.typical[c] for c in self.classes])
+        if np.isnan(over).all() or not (np.nan_to_num(over, nan=-np.inf) >= 0).any():
+            return None, float("nan")
+        j = int(np.nanargmax(over))
+        return self.classes[j], float(self.margins[i, j])
 
 
 def knn_similarity(queries: np.ndarray, reference: np.ndarray, k: int = K) -> np.ndarray:
@@ -69,10 +82,10 @@ def reference_rows(manifest_csv: Path, classes: list[str], seed: int = 0) -> tup
     return {c: sample(p) for c, p in train_class.items()}, sample(train_other), valid
 
 
-def pool_likeness(bundle, manifest_csv: Path, pool_paths: list[str], accepted_as: list[str]) -> Likeness | None:
-    """The margin of each accepted pool image against the class it was accepted as, and each
-    class's typical margin; None (logged) when the dataset has no training "other" image to
-    compare with or the manifest is gone."""
+def pool_likeness(bundle, manifest_csv: Path, pool_paths: list[str]) -> Likeness | None:
+    """The margin of each accepted pool image against every class, and each class's typical
+    margin; None (logged) when the dataset has no training "other" image to compare with or the
+    manifest is gone."""
     if not Path(manifest_csv).is_file():
         log.warning("likeness hold skipped: the model's dataset manifest %s is not here", manifest_csv)
         return None
@@ -98,18 +111,22 @@ def pool_likeness(bundle, manifest_csv: Path, pool_paths: list[str], accepted_as
         log.warning("likeness hold skipped: no training 'other' image could be read")
         return None
 
-    def margin(f: np.ndarray, cls: str) -> float:
-        if not len(class_ref[cls]):
-            return float("nan")
-        return float(knn_similarity(f[None], class_ref[cls])[0] - knn_similarity(f[None], other_ref)[0])
+    def margins(f: np.ndarray, cls: str) -> np.ndarray:
+        """Margin of each row of f (read ones) against class cls; NaN without class references."""
+        out = np.full(len(f), np.nan)
+        if len(f) and len(class_ref[cls]):
+            out[:] = knn_similarity(f, class_ref[cls]) - knn_similarity(f, other_ref)
+        return out
 
     typical = {}
     for c in bundle.classes:
-        ms = [margin(valid_feats[i], c) for i, (_, lab) in enumerate(valid) if lab == c and valid_ok[i]]
-        ms = [m for m in ms if not np.isnan(m)]
-        typical[c] = float(np.median(ms)) if ms else float("inf")
-        if not ms:
+        rows = np.array([i for i, (_, lab) in enumerate(valid) if lab == c and valid_ok[i]], dtype=int)
+        ms = margins(valid_feats[rows], c)
+        ms = ms[~np.isnan(ms)]
+        typical[c] = float(np.median(ms)) if len(ms) else float("inf")
+        if not len(ms):
             log.warning("likeness hold: class %r has no readable validation image; none of its pool images is held by it", c)
-    margins = np.array([margin(pool_feats[i], cls) if pool_ok[i] else float("nan")
-                        for i, cls in enumerate(accepted_as)], dtype=np.float64)
-    return Likeness(margins=margins, typical=typical)
+    table = np.full((len(pool_paths), len(bundle.classes)), np.nan)
+    for j, c in enumerate(bundle.classes):
+        table[pool_ok, j] = margins(pool_feats[pool_ok], c)
+    return Likeness(classes=list(bundle.classes), margins=table, typical=typical)

@@ -87,10 +87,9 @@ def nearest_class_image(pool_hashes: list[str | None], class_rows: list[dict], m
 
 def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult:
     """Score the pool; accepted pool images become hard negatives, except those held for review:
-    near-duplicates of a class image, or images that look like the class they were accepted as
-    (`hold_for_review`: a pool query that returns class members, e.g. "stuffed animal" for a
-    "teddy" class). At most
-    `mine.max_per_round` are added (the hardest first). Every decision is written to mined.csv."""
+    near-duplicates of a class image, or images that look like a class, whichever they were
+    accepted as (`hold_for_review`: a pool query that returns class members, e.g. "stuffed animal"
+    for a "teddy" class). At most `mine.max_per_round` are added (the hardest first). Every decision is written to mined.csv."""
     for warning in pool_overlaps(cfg):
         log.warning(warning)
     bundle = load_bundle(bundle_dir)
@@ -118,7 +117,8 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
                 if twin is not None:
                     entry["decision"] = f"held:near-duplicate-of:{twin['id']}"
                 candidates.append(entry)
-            hold_for_review(cfg, bundle, [e for e in candidates if "decision" not in e])
+            open_ = [k for k, e in enumerate(candidates) if "decision" not in e]
+            hold_for_review(cfg, bundle, [candidates[k] for k in open_], probs[[hits[k] for k in open_]])
             to_add = sorted((e for e in candidates if e["decision"] == "added"), key=lambda e: -e["score"])
             cap = max_per_round(settings, training)
             for e in to_add[cap:]:
@@ -196,32 +196,38 @@ def score_chunk(bundle_dir: str, paths: list[str]) -> list[tuple[np.ndarray | No
     return [(None, errors[i]) if i in errors else (probs[i], None) for i in range(len(paths))]
 
 
-def hold_for_review(cfg: Config, bundle, entries: list[dict]) -> None:
-    """Decide each accepted pool image (no near-copy): `held:like-class:<class>` or `added`.
+def hold_for_review(cfg: Config, bundle, entries: list[dict], scores: np.ndarray) -> None:
+    """Decide each accepted pool image (no near-copy; `scores` its row of probabilities):
+    `held:like-class:<class>`, `held:confident:<class>` or `added`.
 
-    Default: held when it looks like the class it was accepted as, in the model's own features, at
-    least as much as a typical validation image of that class (model/likeness.py). Measured on real
+    Default: held when it looks like any class, in the model's own features, at least as much as a
+    typical validation image of that class (model/likeness.py): not only the class it was accepted
+    as, since a class member taken for another class is still a class member. Measured on real
     photos, the score could not tell a pool's class members from its true hard negatives, and holding
     by score starved mining (docs/training.md, "What mining holds back"). `mine.hold_above` set:
-    held at that score or more instead, as before. Without the model's dataset to compare with: the
-    score hold at each class's median validation score."""
+    held when its score for any class reaches that value instead, as before. Without the model's
+    dataset to compare with: the same score hold at each class's median validation score."""
     if not entries:
         return
     likeness = None
     if cfg.mine.hold_above is None:
-        likeness = pool_likeness(bundle, bundle_manifest(cfg, bundle), [e["file"] for e in entries],
-                                 [e["accepted_as"] for e in entries])
+        likeness = pool_likeness(bundle, bundle_manifest(cfg, bundle), [e["file"] for e in entries])
     if likeness is None:
-        hold_at = dict(zip(bundle.vocab, hold_scores(bundle, cfg.mine.hold_above)))
-        for e in entries:
-            e["decision"] = (f"held:confident:{e['accepted_as']}" if e["score"] >= hold_at[e["accepted_as"]]
-                             else "added")
+        hold_at = np.array(hold_scores(bundle, cfg.mine.hold_above))
+        columns = [bundle.vocab.index(c) for c in bundle.classes]      # never the "other" output
+        for e, row in zip(entries, scores):
+            over = [j for j in columns if row[j] >= hold_at[j]]       # its surest such class named
+            e["decision"] = f"held:confident:{bundle.vocab[max(over, key=lambda j: row[j])]}" if over else "added"
         return
-    for e, m in zip(entries, likeness.margins):
-        e["likeness"] = "" if np.isnan(m) else round(float(m), 4)
-        # an image whose features could not be read is held: undecided is not "other"
-        like = np.isnan(m) or m >= likeness.typical[e["accepted_as"]]
-        e["decision"] = f"held:like-class:{e['accepted_as']}" if like else "added"
+    for i, e in enumerate(entries):
+        like, margin = likeness.looks_like(i)
+        if np.isnan(likeness.margins[i]).all():     # features unread: undecided is not "other"
+            e["decision"] = f"held:like-class:{e['accepted_as']}"
+        elif like is not None:
+            e["decision"], e["likeness"] = f"held:like-class:{like}", round(margin, 4)
+        else:
+            m = likeness.margins[i, likeness.classes.index(e["accepted_as"])]
+            e["decision"], e["likeness"] = "added", "" if np.isnan(m) else round(float(m), 4)
 
 
 def bundle_manifest(cfg: Config, bundle) -> Path:

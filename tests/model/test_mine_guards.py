@@ -1,0 +1,86 @@
+"""Mining's guards against poisoning a class, found by the 2026-12-06 audit: the hold looks at every
+class, an undone negative stays out of later rounds, pool queries are compared with classes the way
+search matches words, and an undo that would change nothing says why.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+from shapes import draw, trained_bundle
+from test_mine import _plant
+
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.config import Config
+from mlc_pipeline.model.mine import mine_round
+
+
+def _taken_for(folder, taken_for: str):
+    """The shapes bundle, copied under folder, with thresholds that take every image for the class
+    `taken_for` and none for the other: like the audit's balloon photos scored as kites."""
+    bundle_dir = folder / "bundle"
+    shutil.copytree(trained_bundle()[1], bundle_dir)
+    info = json.loads((bundle_dir / "bundle.json").read_text())
+    info["thresholds"] = [{"red": 1.01, "blue": 1.01, taken_for: 0.0}.get(c, t)
+                          for c, t in zip(info["vocab"], info["thresholds"])]
+    (bundle_dir / "bundle.json").write_text(json.dumps(info))
+    return bundle_dir
+
+
+def _pool_world(folder, **mine):
+    """A catalog whose pool holds red discs (members of the red class a pool query found) and noise."""
+    rng = np.random.default_rng(11)
+    cfg = Config(data_dir=folder / "data", classes={"red": {"queries": ["red"], "count": 1},
+                                                    "blue": {"queries": ["blue"], "count": 1}},
+                 other={"queries": ["noise"], "count": 1}, mine={"max_per_round": 100, **mine})
+    cfg.data_dir.mkdir(parents=True)
+    (folder / "files").mkdir()
+    items = ([(f"pool-red{i}", "pool", "other", draw("red", rng)) for i in range(10)]
+             + [(f"pool-noise{i}", "pool", "other", draw("other", rng)) for i in range(6)]
+             + [(f"class-red{i}", "train", "red", draw("red", rng)) for i in range(3)]
+             + [(f"class-blue{i}", "train", "blue", draw("blue", rng)) for i in range(3)])
+    with Catalog(cfg.catalog_path) as catalog:
+        ids = _plant(catalog, catalog.start_run("plant"), folder / "files", items)
+    return cfg, ids
+
+
+def _decisions(bundle_dir) -> dict[str, dict]:
+    with open(bundle_dir / "mined.csv") as f:
+        return {r["photo_id"]: r for r in csv.DictReader(f)}
+
+
+def test_a_class_member_taken_for_another_class_is_held_as_if_taken_for_its_own(tmp_path):
+    """Red discs in the pool, taken for red by one model and for blue by another (the same network,
+    other thresholds): the likeness hold compares them with every class, so the same discs are held
+    as looking like red either way, not mined as blue negatives that teach 'a red disc is nothing'.
+    Before the fix it compared them with blue only and mined them all."""
+    held = {}
+    for taken_for in ("red", "blue"):
+        bundle_dir = _taken_for(tmp_path / taken_for, taken_for)
+        cfg, ids = _pool_world(tmp_path / taken_for)
+        mine_round(cfg, bundle_dir, round_no=1)
+        decisions = _decisions(bundle_dir)
+        members = {pid for pid in decisions if pid.startswith("pool-red")}
+        assert len(members) == 10 and {decisions[p]["accepted_as"] for p in members} == {taken_for}
+        held[taken_for] = {p: decisions[p]["decision"] for p in members if decisions[p]["decision"] != "added"}
+        with Catalog(cfg.catalog_path) as catalog:
+            for pid, decision in held[taken_for].items():
+                assert catalog.get(ids[pid])["reason"] == f"{decision}:round=1"
+    assert held["red"], "no red disc looks like red to the model: a useless test"
+    assert held["blue"] == held["red"] and set(held["blue"].values()) == {"held:like-class:red"}, held
+
+
+def test_the_score_hold_reads_the_images_highest_score_over_all_classes(tmp_path):
+    """`mine.hold_above`: a red disc taken for blue at a low blue score, but scored as red above the
+    line, is held as confidently red (the image's highest score), not mined."""
+    bundle_dir = _taken_for(tmp_path, "blue")
+    cfg, _ = _pool_world(tmp_path, hold_above=0.5)
+    mine_round(cfg, bundle_dir, round_no=1)
+    decisions = _decisions(bundle_dir)
+    members = [pid for pid in decisions if pid.startswith("pool-red")]
+    low_blue = [pid for pid in members if float(decisions[pid]["score"]) < 0.5]
+    assert low_blue, "every red disc scores high as blue: a useless test"
+    assert {decisions[pid]["decision"] for pid in low_blue} == {"held:confident:red"}, decisions
