@@ -377,8 +377,8 @@ def _curate(cfg: Config) -> CurateSummary:
             with catalog.transaction():
                 for r in ok:
                     status, reason, dup_of, label = decisions[r["id"]]
-                    if status == "accepted" and reason is None and (r["reason"] or "").startswith(("hard-negative", "held:")):
-                        reason = r["reason"]      # mining's record stays
+                    if status == "accepted" and reason is None and (r["reason"] or "").startswith(("hard-negative", "held:", "not-a-negative:")):
+                        reason = r["reason"]      # mining's record (and an undo's mark) stays
                     if (r["status"], r["reason"], r["duplicate_of"], r["curated_label"]) != (status, reason, dup_of, label):
                         catalog.set_status(r["id"], status, reason, run_id, "curate", duplicate_of=dup_of,
                                            curated_label=label)

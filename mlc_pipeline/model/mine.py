@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 NEAR_COPY_BITS = 4
 MIN_DEFAULT_CAP = 50
 HELD = "held:"          # reason prefix of pool images mining kept out of the negatives, for review
+# Reason prefix of a negative a user put back with `mlc mine --undo`: they said it is not one, so no
+# later round mines it again (curate keeps the mark; a reviewer can still label it in `mlc review`).
+NOT_A_NEGATIVE = "not-a-negative:"
 REVIEW_COLUMNS = ["candidate_id", "photo_id", "label", "score", "file"]
 MINED_COLUMNS = ["candidate_id", "photo_id", "score", "accepted_as", "likeness", "decision", "file"]
 
@@ -101,7 +104,7 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
         try:
             decided = overrides(catalog)            # a pool image a reviewer labelled or rejected is theirs
             pool = [r for r in catalog.candidates("status='accepted' AND purpose='pool'")
-                    if not (r["reason"] or "").startswith(HELD) and r["id"] not in decided]
+                    if not (r["reason"] or "").startswith((HELD, NOT_A_NEGATIVE)) and r["id"] not in decided]
             probs, errors = score_spread(cfg, bundle, bundle_dir, [r["file_path"] for r in pool])
             result.scored, result.errors = len(pool) - len(errors), len(errors)
             accepted = accepted_classes(bundle, probs)
@@ -286,9 +289,10 @@ def max_per_round(settings, training: list[dict]) -> int:
 
 
 def undo_round(cfg: Config, round_no: int, photo_ids: list[str] | None = None) -> int:
-    """Put a round's mined negatives (all, or the given photo ids) back into the pool, and release
-    the pool images it held for review. Images with a review decision in force are left as the
-    reviewer has them (undone in the review app, or rejected there). Returns how many changed."""
+    """Put a round's mined negatives (all, or the given photo ids) back into the pool, marked
+    `not-a-negative:round=N` so that no later round mines them again, and release the pool images it
+    held for review (scored again next round). Images with a review decision in force are left as
+    the reviewer has them (undone in the review app, or rejected there). Returns how many changed."""
     changed, kept = 0, 0
     with Catalog(cfg.catalog_path) as catalog:
         run_id = catalog.start_run(f"mine-undo-{round_no}")
@@ -300,7 +304,8 @@ def undo_round(cfg: Config, round_no: int, photo_ids: list[str] | None = None) -
                 if r["id"] in decided:
                     kept += 1
                     continue
-                catalog.set_status(r["id"], "accepted", None, run_id, "mine-undo", purpose="pool",
+                mark = f"{NOT_A_NEGATIVE}round={round_no}" if r["mined_round"] == round_no else None
+                catalog.set_status(r["id"], "accepted", mark, run_id, "mine-undo", purpose="pool",
                                    curated_label="other", mined_round=None, mined_score=None, mined_model=None)
                 changed += 1
         catalog.finish_run(run_id, "completed", {"changed": changed, "kept_as_reviewed": kept})

@@ -131,13 +131,15 @@ def test_mining_moves_accepted_pool_images_only(tmp_path):
     assert {pid for pid, r in decisions.items() if r["decision"] == "added"} == mined
     assert all(abs(float(decisions[pid]["score"]) - top[pid]) < 1e-3 for pid in accepted)
 
-    # A second round never re-scores what was held; undo puts round 1 back exactly as it was.
+    # A second round never re-scores what was held; undo puts round 1 back as it was, its negatives
+    # marked as no negatives (test_mine_guards: no later round mines them).
     assert undo_round(cfg, 1) == len(mined) + len(result.held)
     with Catalog(cfg.catalog_path) as catalog:
         undone = {r["id"]: dict(r) for r in catalog.candidates()}
     for cid, row in undone.items():
-        assert {k: row[k] for k in ("purpose", "curated_label", "status", "mined_round", "reason")} == \
-               {k: before[cid][k] for k in ("purpose", "curated_label", "status", "mined_round", "reason")}
+        assert row["reason"] == ("not-a-negative:round=1" if row["photo_id"] in mined else before[cid]["reason"])
+        assert {k: row[k] for k in ("purpose", "curated_label", "status", "mined_round")} == \
+               {k: before[cid][k] for k in ("purpose", "curated_label", "status", "mined_round")}
 
     # Review: class images whose own label scores under mine.review_below, listed (with their score),
     # never moved (checked above: nothing but the mined images changed).

@@ -11,11 +11,11 @@ import shutil
 
 import numpy as np
 from shapes import draw, trained_bundle
-from test_mine import _plant
+from test_mine import _plant, _planted_world
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import Config
-from mlc_pipeline.model.mine import mine_round
+from mlc_pipeline.model.mine import mine_round, undo_round
 
 
 def _taken_for(folder, taken_for: str):
@@ -84,3 +84,33 @@ def test_the_score_hold_reads_the_images_highest_score_over_all_classes(tmp_path
     low_blue = [pid for pid in members if float(decisions[pid]["score"]) < 0.5]
     assert low_blue, "every red disc scores high as blue: a useless test"
     assert {decisions[pid]["decision"] for pid in low_blue} == {"held:confident:red"}, decisions
+
+
+def test_an_undone_negative_is_never_mined_again(tmp_path):
+    """`mlc mine --undo` says "this is not a negative": the photos it puts back carry a mark that every
+    later round respects (a curate in between keeps it). Before the fix round 2 mined them again."""
+    from mlc_pipeline.catalog import review as cr
+    from mlc_pipeline.curate.stage import curate
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(trained_bundle()[1], bundle_dir)
+    cfg, images, items, ids, _ = _planted_world(tmp_path, hold_above=1.01, max_per_round=100)
+    cfg.curate.min_side = 16                     # the drawn shapes are 40 px
+    first = mine_round(cfg, bundle_dir, round_no=1)
+    mined = [n["photo_id"] for n in first.negatives]
+    assert len(mined) >= 3 and first.held, "too little mined or held to undo: a useless test"
+    assert undo_round(cfg, 1, [mined[0]]) == 1          # one by photo id, then the rest of the round
+    assert undo_round(cfg, 1) == len(mined) - 1 + len(first.held)
+    curate(cfg)
+    second = mine_round(cfg, bundle_dir, round_no=2)
+    assert not set(mined) & set(_decisions(bundle_dir)), "an undone negative was scored again"
+    assert second.scored and not second.negatives
+    with Catalog(cfg.catalog_path) as catalog:
+        for pid in mined:
+            row = catalog.get(ids[pid])
+            assert (row["purpose"], row["status"], row["reason"], row["mined_round"]) == \
+                   ("pool", "accepted", "not-a-negative:round=1", None)
+        cr.ensure_schema(catalog)          # the review app's queue lists them, as inspect's reasons do
+        listed = {r["photo_id"] for r in cr.browse(catalog, {"reason": "not-a-negative"}, "default", 100, 0)[0]}
+        assert listed == set(mined)
+        assert {"status": "accepted", "reason": "not-a-negative:round=1", "n": len(mined)} in catalog.reasons()
+
