@@ -8,6 +8,7 @@ the model confidently rejects are listed for review (possible label noise), neve
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
@@ -258,9 +259,10 @@ def hold_scores(bundle, hold_above: float | None) -> list[float]:
 
 def pool_overlaps(cfg: Config) -> list[str]:
     """A pool query that shares a word with a class (its name or a query) may return members of
-    that class; mined as negatives they would teach the model to reject its own class."""
+    that class; mined as negatives they would teach the model to reject its own class. Words are
+    compared as search matches them: punctuation splits them, case and a plural ending do not count."""
     def words(text: str) -> set[str]:
-        return {w for w in text.lower().replace("-", " ").replace("_", " ").split() if len(w) > 2}
+        return {singular(w) for w in re.findall(r"[^\W_]+", text.lower()) if len(w) > 2}
 
     out = []
     for query in (cfg.mine.pool.queries if cfg.mine.pool else []):
@@ -271,6 +273,16 @@ def pool_overlaps(cfg: Config) -> list[str]:
                            f"{name} images, which mining would turn into negatives (those that look like {name} "
                            f"images to the model are held for review)")
     return out
+
+
+def singular(word: str) -> str:
+    """A word with a plural 's' or 'es' folded, as search matches words: 'kites' and 'kite' meet
+    (the bundled server folds an 's'; Flickr's free text also finds plurals)."""
+    if word.endswith("es") and word[:-2].endswith(("ss", "x", "z", "ch", "sh")):
+        return word[:-2]              # boxes, glasses, beaches (houses: the 's' rule, house)
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
+        return word[:-1]
+    return word
 
 
 def training_rows(catalog: Catalog) -> list[dict]:

@@ -114,3 +114,17 @@ def test_an_undone_negative_is_never_mined_again(tmp_path):
         assert listed == set(mined)
         assert {"status": "accepted", "reason": "not-a-negative:round=1", "n": len(mined)} in catalog.reasons()
 
+
+def test_pool_queries_are_compared_with_classes_as_search_matches_words():
+    """Search finds 'kite' photos for 'kites' (the bundled server and Flickr fold plurals) and splits
+    'kite,string' at the comma: each of those pool queries warns, as 'Balloon' and 'hot-air balloon'
+    did before the fix; a query sharing no word with a class does not."""
+    from mlc_pipeline.model.mine import pool_overlaps
+    overlapping = ["balloons", "kites", "Kite.", "kite,string", "Balloon", "hot-air balloon", "glass boxes"]
+    cfg = Config(data_dir="d", classes={"balloon": {"queries": ["balloon"], "count": 1},
+                                        "kite": {"queries": ["kite"], "count": 1},
+                                        "jar": {"queries": ["glasses box"], "count": 1}},
+                 other={"queries": ["sky"], "count": 1},
+                 mine={"pool": {"queries": [*overlapping, "plush rabbit", "kit", "houses"], "count": 1}})
+    warned = {w.split("'")[1] for w in pool_overlaps(cfg)}
+    assert warned == set(overlapping)
