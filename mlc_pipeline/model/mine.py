@@ -19,7 +19,7 @@ from mlc_pipeline.fsutil import write_csv_atomic
 from mlc_pipeline.catalog import Catalog, run_end_status
 from mlc_pipeline.catalog.review import build_candidates, overrides
 from mlc_pipeline import progress
-from mlc_pipeline.config import Config
+from mlc_pipeline.config import Config, ConfigError
 from mlc_pipeline.executor import cluster_ready, map_chunks
 from mlc_pipeline.model.metrics import predict_matrix
 from mlc_pipeline.model.predict import score_with_errors
@@ -304,9 +304,12 @@ def undo_round(cfg: Config, round_no: int, photo_ids: list[str] | None = None) -
     """Put a round's mined negatives (all, or the given photo ids) back into the pool, marked
     `not-a-negative:round=N` so that no later round mines them again, and release the pool images it
     held for review (scored again next round). Images with a review decision in force are left as
-    the reviewer has them (undone in the review app, or rejected there). Returns how many changed."""
+    the reviewer has them (undone in the review app, or rejected there). Returns how many changed.
+    A round with no such image, or a photo id that is not one of them, is a ConfigError naming what
+    there is: an undo that changes nothing must not read as done."""
     changed, kept = 0, 0
     with Catalog(cfg.catalog_path) as catalog:
+        check_undo(catalog, round_no, photo_ids)
         run_id = catalog.start_run(f"mine-undo-{round_no}")
         with catalog.transaction():
             decided = overrides(catalog)
@@ -325,6 +328,22 @@ def undo_round(cfg: Config, round_no: int, photo_ids: list[str] | None = None) -
         log.warning("mine --undo round %d: %d image(s) left as decided in review (undo or reject them in "
                     "`mlc review`)", round_no, kept)
     return changed
+
+
+def check_undo(catalog: Catalog, round_no: int, photo_ids: list[str] | None) -> None:
+    """Refuse (ConfigError) an undo of a round with no mined or held image, or of photos not in it."""
+    in_round = {r["photo_id"] for r in catalog.mined_in_round(round_no)}
+    if not in_round:
+        rounds = catalog.mined_rounds()
+        raise ConfigError(f"mine --undo: round {round_no} has no mined or held images to put back (" + (
+            f"rounds with mined or held images: {', '.join(map(str, rounds))})" if rounds else
+            "no round has mined or held images: nothing to undo)"))
+    missing = [p for p in dict.fromkeys(photo_ids or []) if p not in in_round]
+    if missing:
+        raise ConfigError(f"mine --undo: photo id{'s' * (len(missing) > 1)} {', '.join(missing)} "
+                          f"{'are' if len(missing) > 1 else 'is'} not among round {round_no}'s {len(in_round)} "
+                          "mined or held images (never in it, or put back already; the round's bundle lists its "
+                          "decisions in mined.csv): nothing was put back")
 
 
 def review_class_images(bundle, cfg: Config, class_rows: list[dict], decided: dict[int, dict]) -> list[dict]:

@@ -128,3 +128,41 @@ def test_pool_queries_are_compared_with_classes_as_search_matches_words():
                  mine={"pool": {"queries": [*overlapping, "plush rabbit", "kit", "houses"], "count": 1}})
     warned = {w.split("'")[1] for w in pool_overlaps(cfg)}
     assert warned == set(overlapping)
+
+
+def test_an_undo_that_would_change_nothing_is_an_error_naming_what_there_is(tmp_path):
+    """`mlc mine --undo --round 7` (no such round), `--round 0`, `--round -1`, or a photo id not in the
+    round: one line on stderr, exit 2, nothing changed (before: "0 ... put back", exit 0)."""
+    import subprocess
+    import yaml
+    from helpers import ENV, MLC
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "classes": {"red": {"queries": ["red"], "count": 1}},
+                                      "other": {"queries": ["noise"], "count": 1},
+                                      "mine": {"pool": {"queries": ["pool"], "count": 2}}}))
+    (tmp_path / "data").mkdir()
+    rng = np.random.default_rng(3)
+    with Catalog(tmp_path / "data" / "catalog.sqlite") as catalog:       # round 1 mined one, round 2 held one
+        run_id = catalog.start_run("test")
+        ids = _plant(catalog, run_id, tmp_path / "data", [("m1", "pool", "other", draw("blue", rng)),
+                                                          ("h2", "pool", "other", draw("blue", rng))])
+        catalog.set_status(ids["m1"], "accepted", "hard-negative:round=1", run_id, "mine", purpose="train",
+                           mined_round=1, mined_score=0.9, mined_model="b")
+        catalog.set_status(ids["h2"], "accepted", "held:like-class:red:round=2", run_id, "mine")
+        before = catalog.candidates()
+
+    def mlc(*args):
+        res = subprocess.run([*MLC, "mine", "-c", str(config), "--undo", *args], env=ENV, capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, (args, res.stderr, res.stdout)
+        return res.stderr.strip()
+
+    for round_no in ("7", "0", "-1"):
+        assert mlc("--round", round_no) == (f"mlc: mine --undo: round {round_no} has no mined or held images to "
+                                            "put back (rounds with mined or held images: 1, 2)")
+    said = mlc("--round", "1", "--photo-id", "999")
+    assert said.startswith("mlc: mine --undo: photo id 999 is not among round 1's 1 mined or held images"), said
+    said = mlc("--round", "2", "--photo-id", "h2", "--photo-id", "m1")         # m1 is round 1's
+    assert said.startswith("mlc: mine --undo: photo id m1 is not among round 2's"), said
+    with Catalog(tmp_path / "data" / "catalog.sqlite", readonly=True) as catalog:
+        assert catalog.candidates() == before and not [r for r in catalog.runs() if "undo" in r["command"]]
