@@ -89,13 +89,13 @@ def _score(bundle: Bundle, paths: list, batch_size: int, max_pixels: int, batch_
                 continue
             pixels = image.width * image.height
             if chunk and (len(chunk) >= batch_size or held + pixels > batch_pixels):
-                _score_chunk(bundle, chunk, batch_size, probs, errors, feats)
+                _score_and_release(bundle, chunk, batch_size, probs, errors, feats)
                 bar.advance(len(chunk))
                 chunk, held = [], 0
             chunk.append((i, image))
             held += pixels
         if chunk:
-            _score_chunk(bundle, chunk, batch_size, probs, errors, feats)
+            _score_and_release(bundle, chunk, batch_size, probs, errors, feats)
             bar.advance(len(chunk))
     failed = [message for message in errors.values() if message.startswith(CANNOT_SCORE)]
     decoded = len(paths) - len(errors) + len(failed)
@@ -119,6 +119,19 @@ def _last_linear(model):
     return linears[-1]
 
 
+def _score_and_release(bundle: Bundle, chunk: list[tuple[int, object]], batch_size: int, probs: np.ndarray,
+                       errors: dict[int, str], feats: np.ndarray | None) -> None:
+    """`_score_chunk`, then the chunk's decoded pixels freed at once. fastai's test_dl holds the
+    images in a reference cycle (TfmdDL <-> its loader) that only Python's full collection frees, and
+    that runs ever more rarely as a run goes on: measured on 6,000 pool images, peak memory grew by
+    ~30 KB an image, the decoded pictures of many chunks waiting to be collected."""
+    try:
+        _score_chunk(bundle, chunk, batch_size, probs, errors, feats)
+    finally:
+        for _, image in chunk:
+            image.close()
+
+
 def _score_chunk(bundle: Bundle, chunk: list[tuple[int, object]], batch_size: int, probs: np.ndarray,
                  errors: dict[int, str], feats: np.ndarray | None = None) -> None:
     learn = bundle.learn
@@ -134,7 +147,12 @@ def _score_chunk(bundle: Bundle, chunk: list[tuple[int, object]], batch_size: in
                 hook.remove()
         if bundle.meta.get("config", {}).get("tta"):
             # Test-time augmentation: the mirror image too, probabilities averaged (trained with flips).
-            batch_probs = (batch_probs + _probabilities(learn, [_mirror(im) for im in images], batch_size)) / 2
+            mirrors = [_mirror(im) for im in images]
+            try:
+                batch_probs = (batch_probs + _probabilities(learn, mirrors, batch_size)) / 2
+            finally:
+                for mirror in mirrors:       # freed now, not when the loader's cycle is collected
+                    mirror.close()
         probs[[i for i, _ in chunk]] = batch_probs
         if feats is not None:
             f = np.concatenate(captured)

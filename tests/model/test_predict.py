@@ -107,6 +107,37 @@ def test_features_come_with_the_same_scores_and_say_what_the_network_sees(bundle
     assert same > np.mean(sims[:6, 6:])
 
 
+def test_scoring_frees_each_chunks_decoded_pictures_at_once(bundle, manifest_df, monkeypatch):
+    """fastai's test_dl keeps a chunk's pictures in a reference cycle that only Python's full
+    collection frees, and on a long pool that runs ever more rarely: peak memory grew ~30 KB an image
+    over 6,000 (the audit, 2026-12-06). With the collector held off, no decoded picture of a scored
+    chunk may still hold its pixels when scoring returns (before the fix: every one did)."""
+    import gc
+    from PIL import Image
+    import mlc_pipeline.model.predict as predict
+
+    def holds_pixels(obj) -> bool:
+        try:
+            return isinstance(obj, Image.Image) and obj.im is not None and obj.im.size is not None
+        except ValueError:                # a closed image: its pixels are gone
+            return False
+
+    decoded = []
+    real_decode = predict._decode
+    monkeypatch.setattr(predict, "_decode", lambda *a, **k: decoded.append(real_decode(*a, **k)) or decoded[-1])
+    paths = _paths(manifest_df, split="valid")[:12]
+    gc.collect()
+    gc.disable()
+    try:
+        score_and_embed(bundle, paths, batch_size=4)         # three chunks, the mining pool's path
+        ids = {id(im) for im in decoded}
+        decoded.clear()                                      # only the loaders' cycles may hold them now
+        alive = [o for o in gc.get_objects() if id(o) in ids and holds_pixels(o)]
+    finally:
+        gc.enable()
+    assert len(ids) == 12 and not alive, f"{len(alive)} of 12 decoded pictures still hold their pixels"
+
+
 def test_evaluate_bundle_matches_training_report(manifest_df):
     manifest, bundle_dir = trained_bundle()
     m = evaluate_bundle(bundle_dir, manifest)
