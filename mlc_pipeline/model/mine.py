@@ -331,14 +331,18 @@ def undo_round(cfg: Config, round_no: int, photo_ids: list[str] | None = None) -
 
 
 def check_undo(catalog: Catalog, round_no: int, photo_ids: list[str] | None) -> None:
-    """Refuse (ConfigError) an undo of a round with no mined or held image, or of photos not in it."""
+    """Refuse (ConfigError) an undo of a round with no mined or held image, or of photos not in it.
+    Photos that round's undo put back already are no mistake: a rerun changes nothing, and says so."""
     in_round = {r["photo_id"] for r in catalog.mined_in_round(round_no)}
+    put_back = {r["photo_id"] for r in catalog.candidates("reason=?", (f"{NOT_A_NEGATIVE}round={round_no}",))}
+    if not in_round and put_back and not set(photo_ids or []) - put_back:
+        return
     if not in_round:
         rounds = catalog.mined_rounds()
         raise ConfigError(f"mine --undo: round {round_no} has no mined or held images to put back (" + (
             f"rounds with mined or held images: {', '.join(map(str, rounds))})" if rounds else
             "no round has mined or held images: nothing to undo)"))
-    missing = [p for p in dict.fromkeys(photo_ids or []) if p not in in_round]
+    missing = [p for p in dict.fromkeys(photo_ids or []) if p not in in_round | put_back]
     if missing:
         raise ConfigError(f"mine --undo: photo id{'s' * (len(missing) > 1)} {', '.join(missing)} "
                           f"{'are' if len(missing) > 1 else 'is'} not among round {round_no}'s {len(in_round)} "

@@ -166,3 +166,13 @@ def test_an_undo_that_would_change_nothing_is_an_error_naming_what_there_is(tmp_
     assert said.startswith("mlc: mine --undo: photo id m1 is not among round 2's"), said
     with Catalog(tmp_path / "data" / "catalog.sqlite", readonly=True) as catalog:
         assert catalog.candidates() == before and not [r for r in catalog.runs() if "undo" in r["command"]]
+
+    # a rerun of an undo that was done is no mistake: nothing changes, exit 0 (photo by photo, or the round)
+    for args in (("--round", "1", "--photo-id", "m1"), ("--round", "1", "--photo-id", "m1"), ("--round", "1")):
+        res = subprocess.run([*MLC, "mine", "-c", str(config), "--undo", *args], env=ENV, capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 0, (args, res.stderr)
+    with Catalog(tmp_path / "data" / "catalog.sqlite", readonly=True) as catalog:
+        m1 = catalog.get(ids["m1"])
+    assert m1["reason"] == "not-a-negative:round=1" and m1["purpose"] == "pool"
+    assert "photo id m1 is not among" in mlc("--round", "2", "--photo-id", "m1")      # still: not round 2's
