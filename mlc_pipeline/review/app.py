@@ -56,7 +56,7 @@ QUEUES = {
     "mined hard negatives, highest score first": {"reason": "hard-negative", "sort": "score"},
     "pool images held back from mining, not decided yet, highest score first": {"reason": "held", "sort": "score",
                                                                                  "reviewed": "0"},
-    "negatives put back with `mlc mine --undo`: never mined again": {"reason": "not-a-negative"},
+    "negatives put back with mlc mine --undo (never mined again)": {"reason": "not-a-negative"},
     "probe images (unknown kinds) in the evaluation set": {"set": "probe", "status": "accepted"},
     "changed in review": {"reviewed": "1"},
 }
