@@ -345,27 +345,33 @@ def test_a_round_stopped_after_its_moves_keeps_their_record(tmp_path, monkeypatc
     assert moved and recorded == moved
 
 
-def test_undo_needs_its_round_and_photo_id_needs_undo(tmp_path):
-    """`mlc mine --undo` without --round names the rounds there are instead of undoing round 1, at
-    once even while another command holds the data root; `--photo-id` without --undo is a usage error, not ignored while the pool is mined."""
-    import subprocess
+def two_rounds_root(tmp_path):
+    """A data root whose round 1 mined one pool image (m1) and round 2 held one (h2), with its config:
+    (config path, ids by photo id, the catalog's rows)."""
     import yaml
-    from helpers import ENV, MLC
-    from mlc_pipeline.config import load_config
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "classes": {"red": {"queries": ["red"], "count": 1}},
                                       "other": {"queries": ["noise"], "count": 1},
                                       "mine": {"pool": {"queries": ["pool"], "count": 2}}}))
     (tmp_path / "data").mkdir()
     rng = np.random.default_rng(3)
-    with Catalog(tmp_path / "data" / "catalog.sqlite") as catalog:       # round 1 mined one, round 2 held one
+    with Catalog(tmp_path / "data" / "catalog.sqlite") as catalog:
         run_id = catalog.start_run("test")
         ids = _plant(catalog, run_id, tmp_path / "data", [("m1", "pool", "other", draw("blue", rng)),
                                                           ("h2", "pool", "other", draw("blue", rng))])
         catalog.set_status(ids["m1"], "accepted", "hard-negative:round=1", run_id, "mine", purpose="train",
                            mined_round=1, mined_score=0.9, mined_model="b")
         catalog.set_status(ids["h2"], "accepted", "held:like-class:red:round=2", run_id, "mine")
-        before = catalog.candidates()
+        return config, ids, catalog.candidates()
+
+
+def test_undo_needs_its_round_and_photo_id_needs_undo(tmp_path):
+    """`mlc mine --undo` without --round names the rounds there are instead of undoing round 1, at
+    once even while another command holds the data root; `--photo-id` without --undo is a usage error, not ignored while the pool is mined."""
+    import subprocess
+    from helpers import ENV, MLC
+    from mlc_pipeline.config import load_config
+    config, ids, before = two_rounds_root(tmp_path)
 
     def mlc(*args):
         return subprocess.run([*MLC, "mine", "-c", str(config), *args], env=ENV, capture_output=True, text=True,

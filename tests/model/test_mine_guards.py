@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 from shapes import draw, trained_bundle
-from test_mine import _plant, _planted_world
+from test_mine import _plant, _planted_world, two_rounds_root
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import Config
@@ -134,22 +134,8 @@ def test_an_undo_that_would_change_nothing_is_an_error_naming_what_there_is(tmp_
     """`mlc mine --undo --round 7` (no such round), `--round 0`, `--round -1`, or a photo id not in the
     round: one line on stderr, exit 2, nothing changed (before: "0 ... put back", exit 0)."""
     import subprocess
-    import yaml
     from helpers import ENV, MLC
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "classes": {"red": {"queries": ["red"], "count": 1}},
-                                      "other": {"queries": ["noise"], "count": 1},
-                                      "mine": {"pool": {"queries": ["pool"], "count": 2}}}))
-    (tmp_path / "data").mkdir()
-    rng = np.random.default_rng(3)
-    with Catalog(tmp_path / "data" / "catalog.sqlite") as catalog:       # round 1 mined one, round 2 held one
-        run_id = catalog.start_run("test")
-        ids = _plant(catalog, run_id, tmp_path / "data", [("m1", "pool", "other", draw("blue", rng)),
-                                                          ("h2", "pool", "other", draw("blue", rng))])
-        catalog.set_status(ids["m1"], "accepted", "hard-negative:round=1", run_id, "mine", purpose="train",
-                           mined_round=1, mined_score=0.9, mined_model="b")
-        catalog.set_status(ids["h2"], "accepted", "held:like-class:red:round=2", run_id, "mine")
-        before = catalog.candidates()
+    config, ids, before = two_rounds_root(tmp_path)
 
     def mlc(*args):
         res = subprocess.run([*MLC, "mine", "-c", str(config), "--undo", *args], env=ENV, capture_output=True,
