@@ -22,7 +22,6 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
@@ -100,10 +99,14 @@ _PA, _PB = (np.array(x) for x in zip(*VIEW_PAIRS))
 
 def residuals(im: Image.Image) -> np.ndarray:
     "The residual of every view in VIEWS, one row each (what `similarity` compares)."
-    if max(im.size) > 3 * THUMB_SIDE:   # enough for the views of 10 % crops; rotating is cheaper
-        im = im.resize(_fit(im.size, 3 * THUMB_SIDE), Image.Resampling.BOX)
+    im = _shrunk(im)
     rotated = {r: im.rotate(r, resample=Image.Resampling.BILINEAR) if r else im for r in ROTATIONS}
     return np.stack([_residual(crop_view(rotated[r], c)) for r, c in VIEWS])
+
+
+def _shrunk(im: Image.Image) -> Image.Image:
+    "At most 3 * THUMB_SIDE on the long side: enough for the views of 10 % crops; rotating is cheaper."
+    return im.resize(_fit(im.size, 3 * THUMB_SIDE), Image.Resampling.BOX) if max(im.size) > 3 * THUMB_SIDE else im
 
 
 def _fit(size: tuple[int, int], side: int) -> tuple[int, int]:
@@ -111,17 +114,33 @@ def _fit(size: tuple[int, int], side: int) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-class Signature(NamedTuple):
-    "What `similarity` compares of one image: the residuals of its fixed views, and the image itself."
-    residuals: np.ndarray      # one row per VIEWS entry
-    image: Image.Image         # greyscale, long side <= 3 * THUMB_SIDE: where a crop is searched
+class Signature:
+    """What `similarity` compares of one image: the residuals of its fixed views (computed when first
+    asked for: most true copies are settled by the full view alone), and the image itself."""
+
+    def __init__(self, im: Image.Image):
+        self.image = _shrunk(im)     # greyscale, long side <= 3 * THUMB_SIDE: where a crop is searched
+        self._full: np.ndarray | None = None
+        self._residuals: np.ndarray | None = None
+
+    @property
+    def full(self) -> np.ndarray:
+        "The residual of the whole picture (VIEWS[0]), the first row of `residuals`."
+        if self._full is None:
+            self._full = self._residuals[0] if self._residuals is not None else _residual(self.image)
+        return self._full
+
+    @property
+    def residuals(self) -> np.ndarray:
+        "One row per VIEWS entry."
+        if self._residuals is None:
+            self._residuals = residuals(self.image)
+        return self._residuals
 
 
 def signature(im: Image.Image) -> Signature:
     "The `Signature` of a greyscale image (`load_grey`)."
-    if max(im.size) > 3 * THUMB_SIDE:
-        im = im.resize(_fit(im.size, 3 * THUMB_SIDE), Image.Resampling.BOX)
-    return Signature(residuals(im), im)
+    return Signature(im)
 
 
 def similarity(a: Image.Image | Signature, b: Image.Image | Signature) -> float:
@@ -129,6 +148,11 @@ def similarity(a: Image.Image | Signature, b: Image.Image | Signature) -> float:
     Takes images, or their `signature`s (cheaper when one image is compared many times)."""
     sa = a if isinstance(a, Signature) else signature(a)
     sb = b if isinstance(b, Signature) else signature(b)
+    # The whole pictures first: a resized or re-encoded copy is beyond doubt there, and the other
+    # alignments (a third of a curate's time on thumbnails) could only confirm it again.
+    whole = float(sa.full @ sb.full)
+    if whole >= SURE:
+        return whole
     ra, rb = sa.residuals, sb.residuals
     # Both directions: either image may be the cropped or the rotated one.
     fixed = float(max((ra[_PA] * rb[_PB]).sum(axis=1).max(), (rb[_PA] * ra[_PB]).sum(axis=1).max()))

@@ -79,3 +79,20 @@ def test_a_pair_is_scored_once_per_process_until_one_of_its_files_changes(tmp_pa
 
     copy.write_bytes(other.read_bytes())         # the file changed: scored again, not remembered
     assert FileSimilarity({1: original, 2: copy})(1, 2) < 0.6
+
+
+def test_a_resized_copy_is_settled_by_the_whole_pictures_alone(tmp_path, monkeypatch):
+    # The other alignments (crops, rotations, the corner search) cost a third of a curate on
+    # thumbnails and could only confirm a resized re-encode again: they are never computed for it,
+    # and its score still says "beyond doubt" (SURE), so labels merge as before.
+    from mlc_pipeline.curate import similarity
+    photo = fixture_photos()[5]
+    im = Image.open(photo).convert("RGB")
+    copy = tmp_path / "half.jpg"
+    im.resize((im.width // 2, im.height // 2)).save(copy, quality=60)
+
+    def no_views(*args, **kwargs):
+        raise AssertionError("the other alignments were computed")
+    monkeypatch.setattr(similarity, "residuals", no_views)
+    monkeypatch.setattr(similarity, "anchored_search", no_views)
+    assert FileSimilarity({0: photo, 1: copy})(0, 1) >= similarity.SURE
