@@ -22,6 +22,7 @@ Rules (docs/curation.md explains them and the measurements behind them):
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -91,11 +92,13 @@ class DedupResult:
 
 def resolve_duplicates(items: list[DedupItem], threshold: int = DEFAULT_THRESHOLD,
                        class_conflict: ClassConflict = "multi-label", confirm: Confirm | None = None,
-                       confirm_at: float = CONFIRM, sure_at: float = SURE) -> DedupResult:
+                       confirm_at: float = CONFIRM, sure_at: float = SURE,
+                       prefetch: Callable[[list[tuple]], object] | None = None) -> DedupResult:
     """Drop exact and confirmed near duplicates, keep the best item of each, settle its labels.
 
     `confirm(id_a, id_b)` returns a similarity score (or None when it cannot tell). Without it no
-    near duplicate is confirmed, and only exact copies are dropped.
+    near duplicate is confirmed, and only exact copies are dropped. `prefetch(pairs)`, if given, is
+    told every candidate pair (ids) before any is confirmed (to score them in parallel).
     """
     if class_conflict not in ("multi-label", "keep-best"):
         raise ValueError(f"unknown class_conflict rule {class_conflict!r}")
@@ -106,6 +109,8 @@ def resolve_duplicates(items: list[DedupItem], threshold: int = DEFAULT_THRESHOL
     reps = sorted(units, key=_rank)
     unit_labels = {r.id: _settle_labels(units[r], r, class_conflict)[0] for r in reps}
     neighbours = _near_candidates(reps, threshold)
+    if prefetch is not None and confirm is not None:
+        prefetch(_pairs_if_all_confirmed(reps, neighbours))
     members: dict[int, list[DedupItem]] = {}          # keeper id -> every item it stands for
     taken: set[int] = set()
     for rep in reps:
@@ -140,6 +145,20 @@ def resolve_duplicates(items: list[DedupItem], threshold: int = DEFAULT_THRESHOL
             kind = "exact" if m.sha256 == best.sha256 else "near"
             result.duplicates[m.id] = Duplicate(best.id, kind, view_distance(m, best))
     return result
+
+
+def _pairs_if_all_confirmed(reps: list[DedupItem], neighbours: dict) -> list[tuple[int, int]]:
+    """The pairs the loop above confirms if every candidate is confirmed: each keeper's candidates
+    not taken yet (not every candidate pair: copies of one original are candidates of each other)."""
+    taken, pairs = set(), []
+    for rep in reps:
+        if rep.id in taken:
+            continue
+        taken.add(rep.id)
+        fresh = [other.id for other, _ in neighbours.get(rep.id, []) if other.id not in taken]
+        pairs += [(rep.id, o) for o in fresh]
+        taken.update(fresh)
+    return pairs
 
 
 def _exact_units(items: list[DedupItem]) -> dict[DedupItem, list[DedupItem]]:

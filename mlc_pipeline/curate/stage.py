@@ -1,12 +1,13 @@
 """Curate: verify every downloaded file, hash it, quarantine the bad, resolve duplicates.
 
 Verification and hashes are cached in the catalog against the file's sha256, so an unchanged file
-is never decoded twice (a file whose size on disk differs from the recorded one is inspected again). A verdict also holds only for the limits it was reached under (min_side,
-max_aspect, max_pixels, max_image_bytes: `verify_limits`): when they change, an image that verified
-is judged again on its recorded size, bytes and frames (no decoding), and one rejected for a limit
-(too-small, extreme-aspect, ...) is inspected again, so that it can come back. Duplicate resolution
-is recomputed on every run over everything that verified, because a new image can change which copy
-of a group is the best one.
+is never decoded twice (a file whose size on disk differs from the recorded one is inspected again).
+A verdict also holds only for the limits it was reached under (min_side, max_aspect, max_pixels,
+max_image_bytes: `verify_limits`): when they change, an image that verified is judged again on its
+recorded size, bytes and frames (no decoding), and one rejected for a limit (too-small, ...) is
+inspected again, so that it can come back. Duplicate resolution is recomputed on every run over
+everything that verified, because a new image can change which copy of a group is the best one
+(its candidate pairs are scored on a pool first: `pair_pool`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from mlc_pipeline.curate.dedup import DedupItem, resolve_duplicates, view_distan
 from mlc_pipeline.curate.hashing import FileRecord, hex_to_uint64, inspect_files
 from mlc_pipeline.executor import cluster_ready, map_chunks
 from mlc_pipeline.curate.neardup import find_pairs
+from mlc_pipeline.curate.pair_pool import prefetch_scores
 from mlc_pipeline.curate.similarity import CONFIRM, FileSimilarity
 from mlc_pipeline.curate.takedown import QuarantineIndex
 from mlc_pipeline.curate.unpublished import awaiting_publish
@@ -54,8 +56,7 @@ class CurateSummary:
 
 def limits_of(cfg: Config) -> VerifyLimits:
     c = cfg.curate
-    return VerifyLimits(max_pixels=c.max_pixels, min_side=c.min_side, max_aspect=c.max_aspect,
-                        max_bytes=cfg.source.max_image_bytes)
+    return VerifyLimits(max_pixels=c.max_pixels, min_side=c.min_side, max_aspect=c.max_aspect, max_bytes=cfg.source.max_image_bytes)
 
 
 def quarantine(path: Path, data_dir: Path, reason: str) -> Path:
@@ -88,9 +89,8 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
     limits = limits_of(cfg)
     key = limits_key(limits)
     # Hashed again: rows hashed before the crop views existed (view_hashes NULL), once; files whose size changed.
-    todo = [r for r in rows if r["hashed_sha256"] != r["sha256"] or r["hashed_sha256"] is None
-            or (r["verify_reason"] is None and r["view_hashes"] is None) or passing_fault(r["verify_reason"])
-            or size_changed(r)]
+    todo = [r for r in rows if r["hashed_sha256"] != r["sha256"] or r["hashed_sha256"] is None or size_changed(r)
+            or (r["verify_reason"] is None and r["view_hashes"] is None) or passing_fault(r["verify_reason"])]
     in_todo = {r["id"] for r in todo}
     stale = [r for r in rows if r["id"] not in in_todo and r["verify_limits"] != key]
     on_record = [r for r in stale if judged_on_record(r, limits)]
@@ -151,8 +151,7 @@ def record_verdict(cfg: Config, catalog: Catalog, row: dict, reason: str | None,
         moved = quarantine(Path(row["file_path"]), cfg.data_dir, reason)
         catalog.set_status(row["id"], "rejected", reason, run_id, "curate", file_path=str(moved))
         row.update(status="rejected", reason=reason, file_path=str(moved))
-    elif reason is None and row["status"] == "rejected" and (
-            for_a_limit(row["reason"]) or passing_fault(row["reason"])):
+    elif reason is None and row["status"] == "rejected" and (for_a_limit(row["reason"]) or passing_fault(row["reason"])):
         log.info("candidate %s passes now (was rejected: %s)", row["id"], row["reason"])
         catalog.set_status(row["id"], "downloaded", None, run_id, "curate")
         row.update(status="downloaded", reason=None)
@@ -262,7 +261,8 @@ def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = 
             for rid, (kid, dist, kind) in dup_of.items():
                 decisions[rid] = ("duplicate", f"{kind}-duplicate-of-{purpose_of(kept_higher, kid)}:d={dist}", kid, None)
             group = [r for r in group if r["id"] not in dup_of]
-        result = resolve_duplicates([dedup_item(r) for r in group], threshold, confirm=confirm)
+        result = resolve_duplicates([dedup_item(r) for r in group], threshold, confirm=confirm,
+                                    prefetch=partial(prefetch_scores, confirm, workers=cfg.curate.workers))
         conflicts = {i: f"conflict:{res}" for ids, _, res in result.conflicts for i in ids}
         for (a, b), _, dist, score in result.reviews:   # kept, but a person should look at them
             for me, other in ((a, b), (b, a)):

@@ -168,3 +168,15 @@ def test_of_two_copies_as_large_the_bigger_file_is_kept(tmp_path):
     result = resolve_duplicates(items, confirm=FileSimilarity(dict(enumerate(paths))))
     assert result.kept == {1: frozenset({"ant", "bee"})}
     assert result.duplicates[0].kept_id == 1
+
+
+def test_prefetch_is_told_the_pairs_the_keepers_will_confirm_not_every_candidate_pair():
+    # Copies of one original are candidates of each other too: scoring every candidate pair ahead
+    # (on a pool) scored 600 pairs for the 164 a curate of the pets confirms, three times the CPU.
+    told = []
+    items = [item(1, pixels=900), item(2, pixels=400), item(3, pixels=300), item(4, pixels=200),
+             item(5, phash="ffffffffffffffff")]
+    result = resolve_duplicates(items, confirm=sure, prefetch=told.extend)
+    assert sorted(told) == [(1, 2), (1, 3), (1, 4)]
+    assert result.kept == {1: frozenset(), 5: frozenset()}
+    assert resolve_duplicates(items, prefetch=told.extend).kept and len(told) == 3   # no confirm: nothing to score
