@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mlc_pipeline import progress
+from mlc_pipeline.curate.verify import load_rgb
 from mlc_pipeline.model.bundle import Bundle
 from mlc_pipeline.model.metrics import OTHER, predict_matrix
 
@@ -39,6 +40,10 @@ class TooLarge(Exception):
 
 
 def _decode(path, max_pixels: int = MAX_PIXELS) -> object:
+    """The picture as the dataset build decodes every training image (curate's `load_rgb`: EXIF
+    orientation applied, transparency on white, 16-bit to its top 8 bits, first frame), so a file
+    scores as its published dataset copy would. fastai's own loader (`PILImage.create(path)`) drops
+    EXIF and alpha and clips 16-bit to 255: a 16-bit PNG was scored as a white picture."""
     from fastai.vision.core import PILImage
     from PIL import Image
 
@@ -47,7 +52,7 @@ def _decode(path, max_pixels: int = MAX_PIXELS) -> object:
     if width * height > max_pixels:
         raise TooLarge(f"too large to score: {width}x{height} pixels ({width * height / 1e6:.0f} MP), over the "
                        f"{max_pixels / 1e6:.0f} MP limit")
-    return PILImage.create(path)  # opens, fully decodes (load) and converts to RGB
+    return PILImage.create(load_rgb(path))  # fully decoded RGB; create() only marks it a PILImage, no copy
 
 
 def score_with_errors(bundle: Bundle, paths: list, batch_size: int = 64, max_pixels: int = MAX_PIXELS,

@@ -107,6 +107,59 @@ def test_features_come_with_the_same_scores_and_say_what_the_network_sees(bundle
     assert same > np.mean(sims[:6, 6:])
 
 
+# ---------------------------------------------------------------- decoding as the dataset build does
+
+
+@pytest.fixture(scope="module")
+def photo_variants(tmp_path_factory):
+    """Awkward files made from a real photo, each beside the plain 8-bit RGB file the dataset build
+    makes of it (built here by hand, not with curate's loader): a 16-bit grey PNG and its 8-bit grey
+    copy, a cutout (RGBA, the hidden pixels black) and the cutout flattened on white, a JPEG stored
+    on its side with EXIF orientation 6 and the same pixels turned upright."""
+    from PIL import Image
+    from helpers import FIXTURES
+    out = tmp_path_factory.mktemp("variants")
+    with Image.open(FIXTURES / "hymenoptera" / "ants" / "0013035.jpg") as im:
+        photo = im.convert("RGB")
+    grey = np.asarray(photo.convert("L")).astype(np.uint16)
+    Image.fromarray(grey * 257).save(out / "grey16.png")                     # 16-bit: top 8 bits = grey
+    Image.fromarray(grey.astype(np.uint8), "L").save(out / "grey8.png")
+    rgb = np.asarray(photo).copy()
+    hidden = rgb.mean(axis=2) > np.median(rgb.mean(axis=2))                  # the brighter half cut out
+    rgb[hidden] = 0
+    alpha = np.where(hidden, 0, 255).astype(np.uint8)
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(out / "cutout.png")
+    rgb[hidden] = 255
+    Image.fromarray(rgb).save(out / "cutout_on_white.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6                                                         # "rotate 90 degrees clockwise to view"
+    photo.transpose(Image.Transpose.ROTATE_90).save(out / "exif6.jpg", exif=exif.tobytes(), quality=95)
+    with Image.open(out / "exif6.jpg") as im:                                # the stored pixels, turned by hand
+        upright = im.convert("RGB").transpose(Image.Transpose.ROTATE_270)
+    assert upright.size == photo.size
+    upright.save(out / "exif6_upright.png")
+    return out
+
+
+@pytest.mark.parametrize("awkward, plain", [("grey16.png", "grey8.png"), ("cutout.png", "cutout_on_white.png"),
+                                            ("exif6.jpg", "exif6_upright.png")])
+def test_a_file_scores_as_its_dataset_copy_would(bundle, photo_variants, awkward, plain):
+    """Training images are decoded by the dataset build (curate's load_rgb: EXIF orientation,
+    transparency on white, 16-bit to its top 8 bits), so predict and mining must see a file the same
+    way. Before: fastai's loader saw the 16-bit PNG as pure white (0.23/0.09 against 0.00/0.00), the
+    cutout's hidden pixels (0.00 against 0.47 blue) and the photo on its side (0.96 against 0.90)."""
+    from mlc_pipeline.curate.verify import load_rgb
+    from mlc_pipeline.model.predict import _decode
+    a, b = photo_variants / awkward, photo_variants / plain
+    assert np.array_equal(np.asarray(_decode(a)), np.asarray(load_rgb(a)))     # the build's decoding
+    assert np.array_equal(np.asarray(_decode(a)), np.asarray(_decode(b)))
+    probs = score_paths(bundle, [a, b])
+    np.testing.assert_allclose(probs[0], probs[1], atol=1e-5)
+    _, feats, errors = score_and_embed(bundle, [a, b])                        # mining's scoring
+    assert not errors
+    np.testing.assert_allclose(feats[0], feats[1], atol=1e-5)
+
+
 def test_scoring_frees_each_chunks_decoded_pictures_at_once(bundle, manifest_df, monkeypatch):
     """fastai's test_dl keeps a chunk's pictures in a reference cycle that only Python's full
     collection frees, and on a long pool that runs ever more rarely: peak memory grew ~30 KB an image
