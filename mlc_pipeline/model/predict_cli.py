@@ -8,7 +8,8 @@ row with its reason, never silently dropped. A file named twice is scored once.
 
 Output: each claimed class with its probability and threshold; for "none of", every class with how
 far it fell short of its threshold, closest first (a softmax bundle has no thresholds: it shows the
-"other" probability against the best class). Exit 0 when every input was scored, 1 when any failed.
+"other" probability against the best class). Two decimals, more where a probability and its
+threshold would otherwise print the same (`decimals`). Exit 0 when every input was scored, 1 when any failed.
 """
 
 from __future__ import annotations
@@ -72,12 +73,34 @@ def decision_text(p, bundle) -> str:
     thresholds = dict(zip(bundle.vocab, bundle.thresholds))
     claimed = {c for c, _ in p.labels}
     misses = sorted((c for c in bundle.classes if c not in claimed), key=lambda c: thresholds[c] - p.probs[c])
-    short = ", ".join(f"{c} ({p.probs[c]:.2f}, needs {thresholds[c]:.2f}: {thresholds[c] - p.probs[c]:.2f} short)"
-                      for c in misses)
+    short = ", ".join(missed_text(c, p.probs[c], thresholds[c]) for c in misses)
     if p.none_of:
         return f"{p.path}: none of: {short}"
-    said = ", ".join(f"{c} ({prob:.2f} >= {thresholds[c]:.2f})" for c, prob in p.labels)
+    said = ", ".join(claimed_text(c, prob, thresholds[c]) for c, prob in p.labels)
     return f"{p.path}: {said}" + (f"; not {short}" if short else "")
+
+
+def decimals(prob: float, threshold: float) -> int:
+    """Two decimals, or as many more (up to 6) as it takes for a probability and a different
+    threshold to print differently, their gap as non-zero, and a threshold other than 0 or 1 not as
+    0 or 1: near 0 or 1 two decimals showed a threshold of 0.9954 as 'needs 1.00: 0.00 short' and
+    '1.00 >= 1.00'."""
+    for places in range(2, 6):
+        apart = prob == threshold or (f"{prob:.{places}f}" != f"{threshold:.{places}f}"
+                                      and float(f"{abs(threshold - prob):.{places}f}") > 0)
+        if apart and (threshold in (0, 1) or float(f"{threshold:.{places}f}") not in (0, 1)):
+            return places
+    return 6
+
+
+def claimed_text(c: str, prob: float, threshold: float) -> str:
+    n = decimals(prob, threshold)
+    return f"{c} ({prob:.{n}f} >= {threshold:.{n}f})"
+
+
+def missed_text(c: str, prob: float, threshold: float) -> str:
+    n = decimals(prob, threshold)
+    return f"{c} ({prob:.{n}f}, needs {threshold:.{n}f}: {threshold - prob:.{n}f} short)"
 
 
 def as_json(p, bundle) -> dict:

@@ -14,7 +14,7 @@ import pytest
 from shapes import trained_bundle  # noqa: E402
 
 from mlc_pipeline.cli import main  # noqa: E402
-from mlc_pipeline.model.predict_cli import expand_inputs  # noqa: E402
+from mlc_pipeline.model.predict_cli import claimed_text, expand_inputs, missed_text  # noqa: E402
 
 MLC = [sys.executable, "-m", "mlc_pipeline.cli"]
 
@@ -86,3 +86,43 @@ def test_predict_prints_no_library_warnings():
     assert res.returncode == 0, res.stderr[-2000:]
     assert "Warning" not in res.stderr, res.stderr
     assert res.stdout.startswith(str(manifest.parent / "images" / "red_000.jpg") + ": red (")
+
+
+def test_close_calls_print_enough_digits_to_be_true_as_printed(tmp_path, capsys):
+    """A calibrated threshold near 0 or 1 printed with two decimals read as arithmetic errors:
+    'sailboat (0.99, needs 1.00: 0.00 short)' and 'sailboat (1.00 >= 1.00)' (audit, 2026-12-06).
+    Each entry now has as many decimals (2 to 6) as it takes for the probability and the threshold
+    to differ and the gap to be non-zero as printed; the ordinary entries keep two."""
+    import re
+    manifest, trained = trained_bundle()
+    images = manifest.parent / "images"
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained, bundle)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert main(["predict", "--json", "--model", str(bundle), str(images / "red_000.jpg"),
+                 str(images / "probe_000.jpg")]) == 0
+    red, probe = json.loads(capsys.readouterr().out)
+    ordinary = meta["thresholds"][meta["vocab"].index("blue")]
+    cases = [(red, red["probs"]["red"] - 0.0004, ": red ("),          # claimed by a hair, near 1
+             (red, red["probs"]["red"] + 0.0004, ": none of: red ("),  # missed by a hair, near 1
+             (probe, probe["probs"]["red"] + 0.0003, ": none of: red (")]   # missed by a hair, near 0
+    for row, threshold, start in cases:
+        meta["thresholds"][meta["vocab"].index("red")] = threshold
+        (bundle / "bundle.json").write_text(json.dumps(meta))
+        assert main(["predict", "--model", str(bundle), row["path"]]) == 0
+        line = capsys.readouterr().out.strip()
+        assert start in line, line
+        claimed = re.findall(r"(\w+) \(([\d.]+) >= ([\d.]+)\)", line)
+        missed = re.findall(r"(\w+) \(([\d.]+), needs ([\d.]+): ([\d.]+) short\)", line)
+        assert len(claimed) + len(missed) == 2, line
+        for _, prob, shown in claimed:
+            assert float(prob) > float(shown), line
+        for _, prob, shown, short in missed:
+            assert float(prob) < float(shown) and float(short) > 0, line
+        red_entry = next(e for e in claimed + missed if e[0] == "red")
+        assert len(red_entry[2].split(".")[1]) in (3, 4), line                  # no more digits than needed
+        blue_entry = next(e for e in claimed + missed if e[0] == "blue")
+        assert blue_entry[2] == f"{ordinary:.2f}", line                         # far from the line: two
+    # the audit's threshold: not shown as 1.00 (only a certain picture would pass that)
+    assert missed_text("sailboat", 0.99, 0.9954) == "sailboat (0.990, needs 0.995: 0.005 short)"
+    assert claimed_text("kite", 0.5, 0.5) == "kite (0.50 >= 0.50)"
