@@ -93,10 +93,13 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
     """Score the pool; accepted pool images become hard negatives, except those held for review:
     near-duplicates of a class image, or images that look like a class, whichever they were
     accepted as (`hold_for_review`: a pool query that returns class members, e.g. "stuffed animal"
-    for a "teddy" class). At most `mine.max_per_round` are added (the hardest first). Every decision is written to mined.csv."""
+    for a "teddy" class). At most `mine.max_per_round` are added (the hardest first). Every decision is written to mined.csv.
+    A bundle outside this data root's models folder, or trained on other classes, is refused first."""
+    check_bundle_home(cfg, bundle_dir)
+    bundle = load_bundle(bundle_dir)
+    check_bundle_classes(cfg, bundle)
     for warning in pool_overlaps(cfg):
         log.warning(warning)
-    bundle = load_bundle(bundle_dir)
     model = Path(bundle_dir).name
     result = MineResult(round_no, model)
     settings = cfg.mine
@@ -166,6 +169,26 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
              "%d over the round's cap of %d; %d class images to review", round_no, len(candidates), result.scored,
              result.added, len(result.held), result.over_cap, cap, len(result.review))
     return result
+
+
+def check_bundle_home(cfg: Config, bundle_dir: str | Path) -> None:
+    """Refuse (ConfigError) a bundle outside this data root's models folder: mining writes its records
+    into the bundle (mined-r<N>.csv, mined.csv, review.csv), where this root's report and review read
+    them; in another project's bundle they showed in that project's report (2026-12-06 audit)."""
+    models, where = cfg.layout.models.resolve(), Path(bundle_dir).resolve()
+    if where.parent != models:
+        raise ConfigError(f"mine: {bundle_dir} is not in this data root's models folder {models}: mining writes its "
+                          "decisions into the bundle it mines with, for this project's report and review; nothing "
+                          f"was mined (copy it there first: cp -r {bundle_dir} {models}/, then --model {where.name})")
+
+
+def check_bundle_classes(cfg: Config, bundle) -> None:
+    """Refuse (ConfigError) a bundle trained on other classes than the config's: its scores say nothing
+    about this pool (a cat/dog model held balloon photos as `like-class:dog`)."""
+    if set(bundle.classes) != set(cfg.classes):
+        raise ConfigError(f"mine: {Path(bundle.path).name} was trained on classes {', '.join(bundle.classes)}, "
+                          f"not on the config's ({', '.join(cfg.classes)}): its scores say nothing about this "
+                          "project's pool; nothing was mined (mine with a model trained on this config: `mlc train`)")
 
 
 def score_spread(cfg: Config, bundle, bundle_dir: str | Path, paths: list[str]) -> tuple[np.ndarray, dict[int, str]]:

@@ -68,9 +68,16 @@ def _planted_world(tmp_path, **mine):
     return cfg, images, items, ids, before
 
 
+def _bundle_here(cfg, source: Path | None = None) -> Path:
+    """The shapes bundle (or `source`) copied into cfg's models folder: mining refuses a bundle outside
+    it, and writes its records into the bundle it mines with (the shared bundle stays unmined)."""
+    import shutil
+    return Path(shutil.copytree(source or trained_bundle()[1], cfg.layout.models / "bundle"))
+
+
 def test_mining_moves_accepted_pool_images_only(tmp_path):
-    _, bundle_dir = trained_bundle()
     cfg, images, items, ids, before = _planted_world(tmp_path, max_per_round=100)
+    bundle_dir = _bundle_here(cfg)
     # What the model itself says about each pool image, through the public predict API.
     bundle = load_bundle(bundle_dir)
     pool = [pid for pid, purpose, _, _ in items if purpose == "pool"]
@@ -150,8 +157,8 @@ def test_mining_moves_accepted_pool_images_only(tmp_path):
 
 
 def test_a_round_adds_at_most_its_cap_hardest_first(tmp_path):
-    _, bundle_dir = trained_bundle()
     cfg, images, items, ids, _ = _planted_world(tmp_path, hold_above=1.01, max_per_round=2)
+    bundle_dir = _bundle_here(cfg)
     result = mine_round(cfg, bundle_dir, round_no=1)
     with open(bundle_dir / "mined.csv") as f:
         decisions = list(csv.DictReader(f))
@@ -167,8 +174,8 @@ def test_by_default_pool_images_that_look_like_a_class_are_held_for_review(tmp_p
     """The default hold (no mine.hold_above): a pool image is held when, in the model's own features,
     it sits among the class's training images at least as much as a typical validation image of the
     class does. The pool's red discs are drawn exactly like the red class: members a pool query found."""
-    _, bundle_dir = trained_bundle()
     cfg, images, items, ids, _ = _planted_world(tmp_path, max_per_round=100)
+    bundle_dir = _bundle_here(cfg)
     assert cfg.mine.hold_above is None
     result = mine_round(cfg, bundle_dir, round_no=1)
     with open(bundle_dir / "mined.csv") as f:
@@ -200,14 +207,11 @@ def test_without_the_models_dataset_the_hold_falls_back_to_the_score(tmp_path, c
     """A bundle whose dataset is gone (copied to another machine without it): mining still runs,
     holding what the model is surer of than of a typical class image, and says why."""
     import json
-    import shutil
-    _, trained = trained_bundle()
-    bundle_dir = tmp_path / "bundle"
-    shutil.copytree(trained, bundle_dir)
+    cfg, *_ = _planted_world(tmp_path, max_per_round=100)
+    bundle_dir = _bundle_here(cfg)
     info = json.loads((bundle_dir / "bundle.json").read_text())
     info["manifest"] = str(tmp_path / "gone" / "manifest.csv")
     (bundle_dir / "bundle.json").write_text(json.dumps(info))
-    cfg, *_ = _planted_world(tmp_path, max_per_round=100)
     with caplog.at_level("WARNING"):
         mine_round(cfg, bundle_dir, round_no=1)
     assert "likeness hold skipped: the model's dataset manifest" in caplog.text
@@ -239,8 +243,8 @@ def test_mining_works_on_the_training_set_the_review_left(tmp_path):
     class image whose copies must be held; class images whose labels a reviewer set are not listed for
     review again. (Without the review, the first test shows the copy held and the mislabelled listed.)"""
     from mlc_pipeline.catalog import review as cr
-    _, bundle_dir = trained_bundle()
     cfg, images, items, ids, before = _planted_world(tmp_path, max_per_round=100)
+    bundle_dir = _bundle_here(cfg)
     cfg.mine.review_below = 1.01          # above any score: every class image the build trains on is listed
     classes = list(cfg.classes)
     decided = {"pool-red0": ["red"], "pool-red1": ["other"], "pool-noise0": None}
@@ -278,8 +282,8 @@ def test_a_pool_image_decided_in_review_while_the_pool_is_scored_is_not_moved(tm
     """Scoring a pool of thousands takes hours: a reviewer's decision made meanwhile wins."""
     from mlc_pipeline.catalog import review as cr
     from mlc_pipeline.model import mine
-    _, bundle_dir = trained_bundle()
     cfg, images, items, ids, before = _planted_world(tmp_path, max_per_round=100, hold_above=1.01)
+    bundle_dir = _bundle_here(cfg)
     real = mine.score_spread
 
     def scored_then_decided(*args, **kwargs):
@@ -310,8 +314,8 @@ def test_pool_queries_that_share_a_word_with_a_class_are_flagged():
 
 def test_an_interrupted_round_is_recorded_as_interrupted(tmp_path, monkeypatch):
     """Ctrl-C or SIGTERM (a KeyboardInterrupt in the CLI) while scoring: the run is never left 'running'."""
-    _, bundle_dir = trained_bundle()
     cfg, *_ = _planted_world(tmp_path)
+    bundle_dir = _bundle_here(cfg)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -327,10 +331,8 @@ def test_an_interrupted_round_is_recorded_as_interrupted(tmp_path, monkeypatch):
 def test_a_round_stopped_after_its_moves_keeps_their_record(tmp_path, monkeypatch):
     """mined.csv (every decision, with its score: what a user reads to undo a round) is written before
     the catalog moves: stopped after them, a rerun could not rebuild it (the images have moved)."""
-    import shutil
-    bundle_dir = tmp_path / "bundle"
-    shutil.copytree(trained_bundle()[1], bundle_dir)
     cfg, *_ = _planted_world(tmp_path, max_per_round=100)
+    bundle_dir = _bundle_here(cfg)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

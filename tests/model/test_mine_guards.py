@@ -1,6 +1,7 @@
 """Mining's guards against poisoning a class, found by the 2026-12-06 audit: the hold looks at every
 class, an undone negative stays out of later rounds, pool queries are compared with classes the way
-search matches words, and an undo that would change nothing says why.
+search matches words, an undo that would change nothing says why, and a bundle trained on other
+classes, or one outside this data root's models folder, is refused before anything is mined.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 from shapes import draw, trained_bundle
-from test_mine import _plant, _planted_world, two_rounds_root
+from test_mine import _bundle_here, _plant, _planted_world, two_rounds_root
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import Config
@@ -19,9 +21,10 @@ from mlc_pipeline.model.mine import mine_round, undo_round
 
 
 def _taken_for(folder, taken_for: str):
-    """The shapes bundle, copied under folder, with thresholds that take every image for the class
-    `taken_for` and none for the other: like the audit's balloon photos scored as kites."""
-    bundle_dir = folder / "bundle"
+    """The shapes bundle, copied into the models folder of folder's data root, with thresholds that
+    take every image for the class `taken_for` and none for the other: like the audit's balloon
+    photos scored as kites."""
+    bundle_dir = folder / "data" / "models" / "bundle"
     shutil.copytree(trained_bundle()[1], bundle_dir)
     info = json.loads((bundle_dir / "bundle.json").read_text())
     info["thresholds"] = [{"red": 1.01, "blue": 1.01, taken_for: 0.0}.get(c, t)
@@ -30,13 +33,13 @@ def _taken_for(folder, taken_for: str):
     return bundle_dir
 
 
-def _pool_world(folder, **mine):
+def _pool_world(folder, classes=("red", "blue"), **mine):
     """A catalog whose pool holds red discs (members of the red class a pool query found) and noise."""
     rng = np.random.default_rng(11)
-    cfg = Config(data_dir=folder / "data", classes={"red": {"queries": ["red"], "count": 1},
-                                                    "blue": {"queries": ["blue"], "count": 1}},
-                 other={"queries": ["noise"], "count": 1}, mine={"max_per_round": 100, **mine})
-    cfg.data_dir.mkdir(parents=True)
+    cfg = Config(data_dir=folder / "data", classes={c: {"queries": [c], "count": 1} for c in classes},
+                 other={"queries": ["noise"], "count": 1},
+                 mine={"max_per_round": 100, "pool": {"queries": ["pool"], "count": 16}, **mine})
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
     (folder / "files").mkdir()
     items = ([(f"pool-red{i}", "pool", "other", draw("red", rng)) for i in range(10)]
              + [(f"pool-noise{i}", "pool", "other", draw("other", rng)) for i in range(6)]
@@ -91,9 +94,8 @@ def test_an_undone_negative_is_never_mined_again(tmp_path):
     later round respects (a curate in between keeps it). Before the fix round 2 mined them again."""
     from mlc_pipeline.catalog import review as cr
     from mlc_pipeline.curate.stage import curate
-    bundle_dir = tmp_path / "bundle"
-    shutil.copytree(trained_bundle()[1], bundle_dir)
     cfg, images, items, ids, _ = _planted_world(tmp_path, hold_above=1.01, max_per_round=100)
+    bundle_dir = _bundle_here(cfg)
     cfg.curate.min_side = 16                     # the drawn shapes are 40 px
     first = mine_round(cfg, bundle_dir, round_no=1)
     mined = [n["photo_id"] for n in first.negatives]
@@ -162,3 +164,78 @@ def test_an_undo_that_would_change_nothing_is_an_error_naming_what_there_is(tmp_
         m1 = catalog.get(ids["m1"])
     assert m1["reason"] == "not-a-negative:round=1" and m1["purpose"] == "pool"
     assert "photo id m1 is not among" in mlc("--round", "2", "--photo-id", "m1")      # still: not round 2's
+
+
+def _mine_cli(cfg, *args):
+    """`mlc mine` on cfg's data root, as a user runs it (a config file, a subprocess)."""
+    import subprocess
+    import yaml
+    from helpers import ENV, MLC
+    config = cfg.data_dir.parent / "mine.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(cfg.data_dir), "other": {"queries": ["noise"], "count": 1},
+                                      "classes": {c: {"queries": [c], "count": 1} for c in cfg.classes},
+                                      "mine": {"pool": {"queries": ["pool"], "count": 16}}}, sort_keys=False))
+    return subprocess.run([*MLC, "mine", "-c", str(config), "--no-progress", *args], env=ENV, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _unchanged(cfg, bundle_dir, catalog_before, files_before):
+    """Nothing mined: no record in the bundle, no mining run, every catalog row as it was."""
+    from helpers import tree_digest
+    assert tree_digest(bundle_dir) == files_before
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
+        assert catalog.candidates() == catalog_before
+        assert not [r for r in catalog.runs() if r["command"].startswith("mine")]
+
+
+def test_a_bundle_trained_on_other_classes_is_refused(tmp_path):
+    """The audit promoted a cat/dog bundle in a balloon/kite/sailboat project: `mlc mine` took balloon
+    photos for dogs and held them as `like-class:dog`, exit 0. A bundle whose classes are not the
+    config's is refused in one line, exit 2 (a config error), with nothing mined, by the library (what
+    `mlc run` and the flow call) and by `mlc mine` with LATEST. Before the fix both mined."""
+    from helpers import tree_digest
+    from mlc_pipeline.config import ConfigError
+    cfg, _ = _pool_world(tmp_path, classes=("red", "green"))       # the shapes bundle knows red and blue
+    bundle_dir = _bundle_here(cfg)
+    (cfg.layout.models / "LATEST").write_text("bundle\n")          # promoted, as in the audit
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
+        before = catalog.candidates()
+    files = tree_digest(bundle_dir)
+    with pytest.raises(ConfigError) as refused:
+        mine_round(cfg, bundle_dir, round_no=1)
+    assert str(refused.value).startswith("mine: bundle was trained on classes blue, red, not on the config's "
+                                         "(red, green): its scores say nothing about this project's pool; "
+                                         "nothing was mined"), refused.value
+    _unchanged(cfg, bundle_dir, before, files)
+    res = _mine_cli(cfg, "--round", "2")
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == f"mlc: {refused.value}", res.stderr[-2000:]
+    assert "mlc: " not in "".join(res.stderr.strip().splitlines()[:-1]), res.stderr[-2000:]
+    _unchanged(cfg, bundle_dir, before, files)
+
+
+def test_a_bundle_outside_this_data_roots_models_folder_is_refused(tmp_path):
+    """`mlc mine --model <another project's bundle>` wrote mined-r<N>.csv, mined.csv and review.csv into
+    that project's bundle, where its report reads them. Mining refuses any bundle folder outside this
+    data root's models folder, a link to one included, and leaves it untouched. Before the fix it mined."""
+    from helpers import tree_digest
+    from mlc_pipeline.config import ConfigError
+    cfg, _ = _pool_world(tmp_path / "here")
+    foreign = tmp_path / "there" / "data" / "models" / "bundle"     # the same classes: only where it is differs
+    shutil.copytree(trained_bundle()[1], foreign)
+    cfg.layout.models.mkdir(parents=True)
+    (cfg.layout.models / "linked").symlink_to(foreign, target_is_directory=True)
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
+        before = catalog.candidates()
+    files = tree_digest(foreign)
+    for given in (foreign, cfg.layout.models / "linked"):
+        with pytest.raises(ConfigError) as refused:
+            mine_round(cfg, given, round_no=1)
+        assert str(refused.value).startswith(f"mine: {given} is not in this data root's models folder "
+                                             f"{cfg.layout.models.resolve()}: mining writes its decisions into "
+                                             "the bundle it mines with"), refused.value
+        assert f"cp -r {given} {cfg.layout.models.resolve()}/" in str(refused.value)
+    _unchanged(cfg, foreign, before, files)
+    res = _mine_cli(cfg, "--model", str(foreign), "--round", "4")
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith(
+        f"mlc: mine: {foreign} is not in this data root's models folder"), res.stderr[-2000:]
+    _unchanged(cfg, foreign, before, files)

@@ -5,10 +5,8 @@ since is marked, not counted as added."""
 from __future__ import annotations
 
 import csv
-import shutil
 
-from shapes import trained_bundle
-from test_mine import _planted_world
+from test_mine import _bundle_here, _planted_world
 
 from mlc_pipeline.model.mine import mine_round, undo_round
 from mlc_pipeline.report.analysis import mining_section
@@ -20,9 +18,8 @@ def _decisions(path) -> dict[str, str]:
 
 
 def test_each_round_keeps_its_own_record_in_the_bundle_that_mined_it(tmp_path):
-    _, trained = trained_bundle()
-    bundle_dir = shutil.copytree(trained, tmp_path / "bundle")     # the shared bundle stays unmined
     cfg, *_ = _planted_world(tmp_path, max_per_round=100)
+    bundle_dir = _bundle_here(cfg)                  # the shared bundle stays unmined
     first = mine_round(cfg, bundle_dir, round_no=1)
     assert first.added and first.held, "round 1 mined or held nothing: a useless test"
     second = mine_round(cfg, bundle_dir, round_no=2)        # what round 1 moved or held is not scored again
@@ -36,9 +33,8 @@ def test_each_round_keeps_its_own_record_in_the_bundle_that_mined_it(tmp_path):
 
 
 def test_the_report_marks_a_negative_undone_since_and_counts_it_apart(tmp_path):
-    _, trained = trained_bundle()
-    bundle_dir = shutil.copytree(trained, tmp_path / "bundle")
     cfg, *_ = _planted_world(tmp_path, max_per_round=100)
+    bundle_dir = _bundle_here(cfg)                  # the shared bundle stays unmined
     mined = mine_round(cfg, bundle_dir, round_no=1)
     assert mined.added >= 2, "too few negatives to undo one and keep one: a useless test"
     negatives = sorted(n["photo_id"] for n in mined.negatives)
