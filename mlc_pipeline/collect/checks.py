@@ -60,9 +60,29 @@ def check_sizes(cfg: Config, catalog: Catalog) -> None:
     if not skipped:
         return
     sizes = ", ".join(cfg.source.sizes)
-    hint = "add smaller sizes, e.g. --set 'source.sizes=[url_c, url_z, url_m, url_n, url_s]'"
+    hint = smaller_sizes_hint(cfg.source.sizes)
     if skipped == found:
         raise ConfigError(f"all {found} photos found were skipped: none is offered in source.sizes ({sizes}), "
                           f"the images are smaller than every size asked for; {hint}")
     log.warning("%d of %d photos found were skipped: offered in none of source.sizes (%s); to keep them, %s",
                 skipped, found, sizes, hint)
+
+
+# Flickr's sizes by their side in px (long side; url_sq and url_q are square crops). A photo is offered
+# in the sizes up to its own, so one offered in none of source.sizes is smaller than all of them.
+SIZE_SIDES = {"url_o": float("inf"), "url_l": 1024, "url_c": 800, "url_z": 640, "url_m": 500, "url_n": 320,
+              "url_s": 240, "url_q": 150, "url_t": 100, "url_sq": 75}
+
+
+def smaller_sizes_hint(sizes: list[str]) -> str:
+    """How to keep photos skipped for their size: the configured sizes followed by the only ones such
+    photos can have, those smaller than the smallest configured (once a fixed list that added nothing
+    to `[url_m, url_n, url_s]` for 180 px photos, which only url_q/url_t/url_sq fetch)."""
+    smallest = min(sizes, key=SIZE_SIDES.__getitem__)
+    smaller = [k for k, side in SIZE_SIDES.items() if side < SIZE_SIDES[smallest]]
+    if not smaller:       # every photo has one: these were skipped by an earlier run, under other sizes
+        return (f"nothing to add: {smallest}, the smallest size, is listed (a photo skipped under earlier sizes is "
+                "fetched once a search finds it again, when its set needs more)")
+    return (f"list smaller sizes than {smallest}, the smallest asked for: Flickr offers a photo only in the sizes up "
+            f"to its own, so only {', '.join(smaller)} can fetch them, e.g. "
+            f"--set 'source.sizes=[{', '.join([*sizes, *smaller])}]'")

@@ -1,0 +1,47 @@
+"""collect/checks.py: what collect says about photos no configured size can fetch. Real photos served
+by the bundled server in folder mode, real `mlc collect` runs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import yaml
+
+from helpers import ENV, MLC
+from storage_world import FIXTURES
+
+
+def test_the_size_hint_suggests_the_sizes_the_skipped_photos_have(tmp_path):
+    """180 px cat photos with `sizes: [url_m, url_n, url_s]`: the warning once suggested
+    `[url_c, url_z, url_m, url_n, url_s]`, which adds nothing (every size in it is bigger than the
+    photos). It now suggests the sizes below the smallest asked for, the only ones such photos have,
+    and following it downloads them all."""
+    world = tmp_path / "world"
+    for name, files in (("cat", sorted((FIXTURES.parent / "pets" / "cat").glob("*.jpg"))[:6]),
+                        ("bees", sorted((FIXTURES / "bees").glob("*.jpg"))[:6])):
+        (world / name).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, world / name / f.name)
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump({
+        "data_dir": str(tmp_path / "data"),
+        "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s"],
+                   "local": {"port": 0, "folder": str(world), "query_map": {"cat": "cat", "bees": "bees"}}},
+        "classes": {"cat": {"queries": ["cat"], "count": 6}},
+        "other": {"queries": ["bees"], "count": 6}}, sort_keys=False))
+
+    def collect(*sets):
+        res = subprocess.run([*MLC, "collect", "-c", str(config), "--no-progress", *sets], env=ENV,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return res
+
+    first = collect()
+    assert ("6 of 12 photos found were skipped: offered in none of source.sizes (url_m, url_n, url_s); to keep "
+            "them, list smaller sizes than url_s, the smallest asked for: Flickr offers a photo only in the sizes "
+            "up to its own, so only url_q, url_t, url_sq can fetch them, e.g. "
+            "--set 'source.sizes=[url_m, url_n, url_s, url_q, url_t, url_sq]'") in first.stderr, first.stderr
+    assert '"downloaded": 6' in first.stdout
+    again = collect("--set", "source.sizes=[url_m, url_n, url_s, url_q, url_t, url_sq]")
+    assert "skipped" not in again.stderr and '"downloaded": 6' in again.stdout, (again.stderr, again.stdout)
