@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlc_pipeline.fsutil import write_text_atomic
-from mlc_pipeline.config import Config
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.config import Config, ConfigError
 from mlc_pipeline.dataset.build import verify_version
 from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.model.registry import latest_bundle, variant_name
@@ -86,6 +87,49 @@ def other_set_warnings(rows: list[dict]) -> list[str]:
     return []
 
 
+def check_every_class_trains(cfg: Config, version: str, rows: list[dict]) -> None:
+    """Refuse (ConfigError) to train when a class of the config has no image in the version's training
+    split: such a model can never claim the class (macro F1 0.000 on it), and `mlc run` used to ship it
+    as LATEST with exit 0 (the 2026-12-06 audit: photos too small for every size in source.sizes).
+    The message says, per empty class, where its photos went (the catalog's tally of the set)."""
+    trained = {label for r in rows if r["split"] == "train" for label in r["labels"].split()}
+    empty = [c for c in cfg.classes if c not in trained]
+    if not empty:
+        return
+    tallies = {}
+    if cfg.catalog.url or cfg.layout.catalog.exists():
+        with Catalog(cfg.catalog_path, readonly=True) as catalog:
+            tallies = {c: catalog.set_tally("train", c) for c in empty}
+    whys = []
+    for c in empty:
+        elsewhere = sum(c in r["labels"].split() for r in rows)
+        why = [f"its {elsewhere} image(s) in {version} are all in valid/test"] if elsewhere else []
+        why += [empty_class_why(cfg, c, tallies[c])] if c in tallies else []
+        whys.append(f"{c}: " + ("; ".join(why) or f"no image in {version}"))
+    raise ConfigError(f"dataset {version} has no training image of {', '.join(empty)}: a model cannot learn a class "
+                      f"it never sees, nor ever claim it; nothing was trained, models/LATEST is unchanged "
+                      f"({' | '.join(whys)})")
+
+
+def empty_class_why(cfg: Config, name: str, tally: dict) -> str:
+    """Where a class's photos went, from the catalog: usable ones not in the version, skipped, failed,
+    rejected, duplicates, or none found at all."""
+    counted = {"usable (build a new version: `mlc build`)": tally["accepted"],
+               "downloaded, not curated yet (`mlc curate`)": tally["downloaded"],
+               "not downloaded yet (`mlc collect`)": tally["pending"]}
+    parts = [f"{n} {what}" for what, n in counted.items() if n]
+    sizes = ", ".join(cfg.source.sizes)
+    for status, reasons in (("skipped", tally["skipped"]), ("failed", tally["failed"]),
+                            ("rejected", tally["rejected"]), ("duplicate", tally["duplicate"])):
+        for reason, n in sorted(reasons.items(), key=lambda x: -x[1]):
+            parts.append(f"{n} offered in no size of source.sizes ({sizes}): too small, list smaller sizes"
+                         if reason == "no-allowed-size" else f"{n} {status} ({reason})")
+    if not parts:
+        return f"the catalog has no photo of it: its queries ({', '.join(cfg.classes[name].queries)}) found none"
+    found = sum(n if isinstance(n, int) else sum(n.values()) for n in tally.values())
+    return f"of its {found} photos found, " + ", ".join(parts)
+
+
 def retrain_overrides(cfg: Config, dataset_dir: Path, previous: str | Path | None) -> tuple[dict, list[str]]:
     """How a mining round's retrain starts: (TrainConfig overrides, warnings). With `mine.retrain:
     continue` it continues the previous round's network for `mine.retrain_epochs`, unless that network
@@ -138,9 +182,11 @@ def train_version(cfg: Config, dataset_dir: str | Path, tag: str = "", variant: 
     overrides = VARIANTS[variant] if variant else {}
     name = variant or variant_name(cfg.train.head, train_config(cfg).effective_other_mode)
     verify_version(dataset_dir)     # a missing, changed or escaping file stops here, with one line
+    rows = read_manifest(dataset_dir / "manifest.csv")
+    check_every_class_trains(cfg, version, rows)      # before a bundle or LATEST is touched
     bundle = models_root(cfg) / bundle_name(f"{cfg.build.name}-{version}{'-' + tag if tag else ''}-{name}")
     models_root(cfg).mkdir(parents=True, exist_ok=True)
-    warnings = other_set_warnings(read_manifest(dataset_dir / "manifest.csv"))
+    warnings = other_set_warnings(rows)
     if variant is None:
         retrain, retrain_warnings = retrain_overrides(cfg, dataset_dir, previous)
         overrides, warnings = {**overrides, **retrain}, warnings + retrain_warnings

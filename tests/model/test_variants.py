@@ -1,5 +1,6 @@
 """How a mining round's retrain starts (variants.retrain_overrides): continue the previous round's
-network only when it never trained on an image the new version evaluates on."""
+network only when it never trained on an image the new version evaluates on. And what no training
+starts from: a version with a class that has no training image (variants.check_every_class_trains)."""
 
 from __future__ import annotations
 
@@ -102,3 +103,46 @@ def test_the_alternatives_never_train_the_product_again():
         cfg = Config(classes={"a": {"queries": ["a"], "count": 1}}, other={"queries": ["o"], "count": 1},
                      train={"head": head, "other_mode": other_mode})
         assert product not in alternative_variants(cfg) and len(alternative_variants(cfg)) == 2
+
+
+def test_a_class_with_no_training_image_stops_the_run_before_training(tmp_path):
+    """The audit's run: every cat photo (180 px, real) is smaller than every size in source.sizes, so
+    v1 holds no cat. `mlc run` trained anyway, moved models/LATEST to a model with macro F1 0.000 that
+    never claims a cat, and exited 0. Now the run stops before training with one line naming the empty
+    class and where its photos went, exit 2, no bundle; `mlc train` on that version says the same."""
+    import shutil
+    import subprocess
+    import yaml
+    from helpers import ENV, MLC
+    from storage_world import FIXTURES
+    world = tmp_path / "world"
+    for name, files in (("cat", sorted((FIXTURES.parent / "pets" / "cat").glob("*.jpg"))[:8]),
+                        ("bees", sorted((FIXTURES / "bees").glob("*.jpg"))[:8]),
+                        ("ants", sorted((FIXTURES / "ants").glob("*.jpg"))[-8:])):
+        (world / name).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, world / name / f.name)
+    config = tmp_path / "zero.yaml"
+    config.write_text(yaml.safe_dump({
+        "data_dir": str(tmp_path / "data"),
+        "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s"],
+                   "local": {"port": 0, "folder": str(world), "query_map": {q: q for q in ("cat", "bees", "ants")}}},
+        "classes": {"cat": {"queries": ["cat"], "count": 8}, "bees": {"queries": ["bees"], "count": 8}},
+        "other": {"queries": ["ants"], "count": 8},
+        "train": {"epochs": 1, "image_size": 32, "batch_size": 16, "pretrained": "none", "compare_baselines": False},
+        "mine": {"rounds": 0}}, sort_keys=False))
+
+    def mlc(*args):
+        return subprocess.run([*MLC, *args, "-c", str(config)], env=ENV, capture_output=True, text=True, timeout=600)
+
+    said = ("mlc: dataset v1 has no training image of cat: a model cannot learn a class it never sees, nor ever "
+            "claim it; nothing was trained, models/LATEST is unchanged (cat: of its 8 photos found, 8 offered in no "
+            "size of source.sizes (url_m, url_n, url_s): too small, list smaller sizes)")
+    for command in (["run", "--no-progress"], ["train"]):
+        res = mlc(*command)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and lines[-1] == said, (command, res.stderr[-3000:])
+        assert "Traceback" not in res.stderr and not [x for x in lines[:-1] if x.startswith("mlc:")], res.stderr
+        models = tmp_path / "data" / "models"
+        assert not models.exists() or not [p.name for p in models.iterdir()], sorted(models.iterdir())
+    assert (tmp_path / "data" / "datasets" / "default" / "v1" / "manifest.csv").is_file()     # the build ran
