@@ -6,6 +6,8 @@ lowercase letters, digits and dashes).
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timezone
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -197,25 +199,92 @@ def publish(run: dict, summary_key: str = SUMMARY_KEY) -> None:
 
 # ------------------------------------------------------------------- runs that never finished
 
-def published_state(cfg) -> dict:
-    """The latest dataset version and model as they are on disk now (never modified by a failure)."""
+def published_state(cfg, since: datetime | None = None) -> dict:
+    """The latest dataset version and model as they are on disk now. With `since` (when a run
+    started), also what was published from then on: `new_datasets`, the dataset versions built since
+    (dataset.json's created_at), and `new_models`, the model bundles trained since (bundle.json's)."""
     if cfg is None:
         return {}
     from mlc_pipeline.manifest import latest_version
     from mlc_pipeline.model.variants import latest_model
 
     model = latest_model(cfg)
-    return {"latest_dataset": latest_version(cfg.layout.datasets),
-            "latest_model": model.name if model else None}
+    state = {"latest_dataset": latest_version(cfg.layout.datasets),
+             "latest_model": model.name if model else None}
+    if since is not None:
+        state.update(new_datasets=datasets_since(cfg.layout.datasets, since),
+                     new_models=models_since(cfg.layout.models, since))
+    return state
+
+
+def datasets_since(root, since: datetime) -> list[str]:
+    """The dataset versions under `root` built at or after `since`, oldest first. A version whose
+    dataset.json cannot be read is listed too: it cannot be told apart, and a damaged version that
+    may be this run's must not go unmentioned."""
+    from mlc_pipeline.manifest import versions
+
+    out = []
+    for v in versions(root):
+        try:
+            built = json.loads((root / v / "dataset.json").read_text())["created_at"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            out.append(f"{v} (perhaps: its dataset.json is unreadable, {type(exc).__name__})")
+            continue
+        if datetime.fromtimestamp(float(built), timezone.utc) >= since.replace(microsecond=0):
+            out.append(v)
+    return out
+
+
+def models_since(models_dir, since: datetime) -> list[str]:
+    """The model bundles under `models_dir` trained at or after `since` (bundle.json's created_at,
+    to the second), oldest first; one whose bundle.json has no readable time is left out: `mlc models`
+    lists it as unusable."""
+    from mlc_pipeline.model.registry import list_bundles
+
+    out = []
+    for info in list_bundles(models_dir):
+        try:
+            made = datetime.fromisoformat(info.created_at)
+        except ValueError:          # "" (bundle.json unreadable) or not a time
+            continue
+        if made.tzinfo is None:
+            made = made.replace(tzinfo=timezone.utc)
+        if made >= since.replace(microsecond=0):
+            out.append(info.name)
+    return out
+
+
+def stopped_published_text(published: dict | None, started: bool) -> str:
+    """What a cancelled or crashed run left published: each stage publishes whole (a dataset version,
+    a model, models/LATEST), so the stages that finished before it stopped stay published."""
+    kept = "What was collected and curated is kept in the catalog (the next run resumes from it)."
+    if not started:
+        return f"The run never started running, so it published nothing. {kept}"
+    if published is None or "new_datasets" not in published:
+        return ("Each stage publishes whole, so a stage that finished before the run stopped may have published "
+                f"a dataset version or moved models/LATEST: see the latest ones below. {kept}")
+    datasets, models = published["new_datasets"], published["new_models"]
+    if not datasets and not models:
+        return f"It published no dataset version and trained no model before it stopped. {kept}"
+    parts = []
+    if datasets:
+        parts.append("dataset version" + ("s " if len(datasets) > 1 else " ") + ", ".join(
+            f"{v} (the latest now)" if v == published.get("latest_dataset") else v for v in datasets))
+    if models:
+        parts.append("model" + ("s " if len(models) > 1 else " ") + ", ".join(
+            f"{m} (models/LATEST now)" if m == published.get("latest_model") else f"{m} (not LATEST)"
+            for m in models))
+    return ("Each stage publishes whole, and the stages that finished before the run stopped stay published: "
+            f"since it started, {'; '.join(parts)}. {kept}")
 
 
 def stopped_markdown(title: str, flow_run, state, published: dict | None, why_unknown: str = "") -> str:
-    """The summary of a run that was cancelled or crashed: no stage result is known here, only that."""
+    """The summary of a run that was cancelled or crashed: no stage result is known here, only that,
+    and what the data root shows was published since the run started."""
     params = flow_run.parameters or {}
     status = "Cancelled" if state.is_cancelling() else state.name     # on_cancellation sees Cancelling
     lines = [f"# {title}: {status}", "", f"**{md_escape(state.message or state.name)}**", "",
-             "A cancelled or crashed run publishes nothing: every published version is as it was, and what "
-             "was collected and curated is kept in the catalog (the next run resumes from it).", "",
+             md_escape(stopped_published_text(published, flow_run.start_time is not None)), "",
              f"- flow run: `{flow_run.name}`",
              f"- config: `{params.get('config_path', '?')}`"
              + (f" with overrides `{params['overrides']}`" if params.get("overrides") else "")]
@@ -238,7 +307,7 @@ def write_stopped_summary(client, flow_name: str, flow_run, state) -> None:
     published, why = None, ""
     try:
         published = published_state(load_config(params.get("config_path") or "configs/offline.yaml",
-                                                params.get("overrides") or None))
+                                                params.get("overrides") or None), flow_run.start_time)
     except Exception as exc:   # a summary of what is known; the run's state is what matters
         from mlc_pipeline.secrets import redact
 

@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:          # flows/ is a top-level folder, not part 
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from prefect import flow as flow_decorator  # noqa: E402
 from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterId  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
@@ -307,6 +308,80 @@ def test_summary_renders_the_shortfall_readably():
     text = summary_markdown({"status": "Completed", "config_path": "c.yaml", "collect": collected})
     assert "shortfall: train/kite 3 images short, pool/other 1 image short" in text, text
     assert "{" not in text
+
+
+def _publish_version(cfg, version: str, at: float) -> None:
+    """A dataset version folder as build leaves it, as far as the stopped summary reads it."""
+    folder = cfg.layout.datasets / version
+    folder.mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps({"version": version, "created_at": at}))
+    (cfg.layout.datasets / "LATEST").write_text(version + "\n")
+
+
+def _publish_bundle(cfg, name: str, at: float, latest: bool) -> None:
+    from datetime import datetime, timezone
+
+    folder = cfg.layout.models / name
+    folder.mkdir(parents=True)
+    made = datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="seconds")
+    (folder / "bundle.json").write_text(json.dumps({"dataset_version": "v1", "created_at": made}))
+    if latest:
+        (cfg.layout.models / "LATEST").write_text(name + "\n")
+
+
+def test_a_crashed_run_summary_names_what_it_published_before_it_stopped(harness, tmp_path):
+    """Each stage publishes whole, so a run killed in `train` leaves the version its build published
+    and a run killed in `mine` leaves round 0's model as models/LATEST: the Crashed summary says so,
+    and says "nothing" only when the data root shows nothing new since the run started."""
+    import time
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed, Running
+
+    from flows.artifacts import write_stopped_summary
+    from mlc_pipeline.config import load_config
+
+    config_path = tiny_config(tmp_path, free_port())
+    cfg = load_config(config_path)
+    long_ago = time.time() - 3600
+    _publish_version(cfg, "v1", long_ago)
+    _publish_bundle(cfg, "default-v1-r0-old", long_ago, latest=True)
+
+    @flow_decorator(name="collect-and-train")
+    def stand_in(config_path: str):
+        return config_path
+
+    def crashed_summary(stages_done=lambda started: None) -> str:
+        """A run that starts, finishes `stages_done`, and is killed; its summary as the hook writes it."""
+        with get_client(sync_client=True) as client:
+            run = client.create_flow_run(stand_in, parameters={"config_path": str(config_path)})
+            client.set_flow_run_state(run.id, Running())
+            run = client.read_flow_run(run.id)
+            assert run.start_time is not None and run.state.type == StateType.RUNNING
+            stages_done(run.start_time.timestamp())
+            write_stopped_summary(client, "collect-and-train", run,
+                                  Crashed(message="Process exited with status code: -9."))
+        return artifacts_of(run.id)[SUMMARY_KEY][0].data
+
+    text = crashed_summary()        # nothing published since it started: then, and only then, "nothing"
+    assert "published no dataset version and trained no model before it stopped" in text, text
+    assert "latest dataset version: **v1**" in text and "latest model: **default-v1-r0-old**" in text
+
+    def build_and_round0(started: float) -> None:
+        _publish_version(cfg, "v2", started + 2)
+        _publish_bundle(cfg, "default-v2-r0-new", started + 3, latest=True)
+
+    text = crashed_summary(build_and_round0)
+    assert "publishes nothing" not in text and "as it was" not in text, text
+    assert ("since it started, dataset version v2 (the latest now); model default-v2-r0-new (models/LATEST now)"
+            in text), text
+    assert "v1" not in text.split("since it started")[1].split("\n")[0]
+    assert "latest dataset version: **v2**" in text and "latest model: **default-v2-r0-new**" in text
+
+    with get_client(sync_client=True) as client:    # marked Crashed while Pending (crash-orphans): it never ran
+        run = client.create_flow_run(stand_in, parameters={"config_path": str(config_path)})
+        write_stopped_summary(client, "collect-and-train", client.read_flow_run(run.id), Crashed(message="orphan"))
+    assert "never started running, so it published nothing" in artifacts_of(run.id)[SUMMARY_KEY][0].data
 
 
 def test_collect_says_when_it_waits_for_the_flickr_slot(harness, caplog):
