@@ -230,10 +230,14 @@ def cmd_models(args) -> int:
 
 
 def cmd_promote(args) -> int:
-    from mlc_pipeline.model.registry import POINTER, promote
+    from mlc_pipeline.model.registry import POINTER, promote, read_info
     models_dir = models_dir_of(args)
     previous, new = promote(args.bundle, models_dir)
     print(f"{models_dir / POINTER}: {previous or '(none)'} -> {new}")
+    why = read_info(models_dir / new).metrics_problem
+    if why:         # usable (predict, mine), but nothing says how good it is
+        print(f"note: {new} has no test metrics ({why}): predict and mine use it; `mlc models` shows n/a "
+              f"for it, `--compare` and the report's model section cannot show it")
     return 0
 
 

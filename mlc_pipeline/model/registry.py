@@ -37,7 +37,8 @@ class BundleInfo:
     meta: dict = field(default_factory=dict)       # bundle.json
     head: str = ""
     test: dict = field(default_factory=dict)       # metrics.json's test metrics ({} when missing)
-    problem: str | None = None                     # why it cannot be used, or None
+    problem: str | None = None                     # why it cannot be used (`unusable_because`), or None
+    metrics_problem: str | None = None             # why its test metrics are unknown (usable all the same)
 
 
 def variant_name(head: str, other_mode: str) -> str:
@@ -94,16 +95,18 @@ def read_info(path: Path, latest: str | None = None) -> BundleInfo:
     except (OSError, ValueError) as exc:
         info.problem = f"bundle.json unreadable ({type(exc).__name__})"
         return info
+    if not isinstance(meta, dict):
+        info.problem = "bundle.json is not an object"
+        return info
     info.dataset_version = str(meta.get("dataset_version", ""))
     info.created_at = str(meta.get("created_at", ""))
     info.head = f"{meta.get('head', '?')}/{meta.get('other_mode', '?')}"
     info.meta = meta
     try:
         info.test = json.loads((path / "metrics.json").read_text()).get("test", {})
-    except (OSError, ValueError) as exc:
-        info.problem = f"metrics.json unreadable ({type(exc).__name__})"
-    if not (path / "export.pkl").is_file():
-        info.problem = "export.pkl missing"
+    except (OSError, ValueError, AttributeError) as exc:
+        info.metrics_problem = f"metrics.json unreadable ({type(exc).__name__})"
+    info.problem = unusable_because(path, meta, hash_export=False)
     return info
 
 
@@ -128,19 +131,32 @@ def settings_of(path: Path) -> dict:
     return flat
 
 
+def unusable_because(path: Path, meta: dict, hash_export: bool = True) -> str | None:
+    """Why a bundle cannot be used (None: it can), from its bundle.json: what `load_bundle` checks
+    before unpickling, so what predict and mining need. metrics.json is not needed: it records how
+    the bundle did on its test split (`mlc models`, --compare, the report), and a bundle without it
+    predicts the same. `hash_export=False` (the listing): the export.pkl's sha256 is not computed."""
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        return f"bundle.json lacks {missing}"
+    if not (path / "export.pkl").is_file():
+        return "export.pkl missing"
+    if hash_export and sha256_file(path / "export.pkl") != meta["export_sha256"]:
+        return "export.pkl is not the file bundle.json recorded"
+    return None
+
+
 def check_bundle(path: Path) -> None:
     """Complete and unaltered, without unpickling: what `load_bundle` checks first."""
     try:
         meta = json.loads((path / "bundle.json").read_text())
     except (OSError, ValueError) as exc:
         raise RegistryError(f"{path}: not a usable bundle: bundle.json unreadable ({type(exc).__name__})") from None
-    missing = [k for k in REQUIRED_KEYS if not isinstance(meta, dict) or k not in meta]
-    if missing:
-        raise RegistryError(f"{path}: not a usable bundle: bundle.json lacks {missing}")
-    if not (path / "export.pkl").is_file():
-        raise RegistryError(f"{path}: not a usable bundle: export.pkl missing")
-    if sha256_file(path / "export.pkl") != meta["export_sha256"]:
-        raise RegistryError(f"{path}: not a usable bundle: export.pkl is not the file bundle.json recorded")
+    if not isinstance(meta, dict):
+        raise RegistryError(f"{path}: not a usable bundle: bundle.json is not an object")
+    problem = unusable_because(path, meta)
+    if problem:
+        raise RegistryError(f"{path}: not a usable bundle: {problem}")
 
 
 def promote(spec: str, models_dir: Path) -> tuple[str | None, str]:

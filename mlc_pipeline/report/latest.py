@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from html import escape
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -66,6 +67,11 @@ def latest_model_sections(cfg: Config) -> list[str]:
     """The model section for the latest models, or a line saying there is none yet."""
     from mlc_pipeline.report.model import model_section   # matplotlib: only when a page is written
     result = latest_result(cfg)
+    bundle = latest_bundle(cfg)
+    if result is None and bundle is not None:     # promoted by hand: usable, but nothing to show of it
+        return [f"<h2 id='model'>Model</h2><p>The latest model, <code>{escape(bundle.name)}</code>, has no test "
+                f"metrics (no <code>metrics.json</code> in its folder): predict and mine use it, but there is "
+                f"nothing to report of it.</p>"]
     if result is None:
         return ["<h2 id='model'>Model</h2><p>No model yet: run <code>mlc train</code> or <code>mlc run</code>.</p>"]
     return [model_section(result, cfg.layout.models, cfg.catalog_path)]

@@ -17,9 +17,11 @@ def metric(test: dict, key: str) -> str:
 
 
 def network(info: BundleInfo) -> str:
-    if info.problem:
+    if info.problem:            # what promote refuses: predict and mining cannot load it either
         return f"UNUSABLE: {info.problem}"
-    return network_line(info.meta).split(";")[0]      # the network and its weights; not why auto chose it
+    line = network_line(info.meta).split(";")[0]      # the network and its weights; not why auto chose it
+    # usable (predict and mining load it), but how it did on its test split is unknown
+    return f"{line} (no test metrics: {info.metrics_problem})" if info.metrics_problem else line
 
 
 def cap(meta: dict) -> str:
@@ -47,7 +49,8 @@ def compare(a: Path, b: Path) -> str:
     infos = [read_info(a), read_info(b)]
     for i in infos:
         if not i.test:
-            raise RegistryError(f"{i.path}: no test metrics to compare ({i.problem or 'metrics.json has no test'})")
+            raise RegistryError(f"{i.path}: no test metrics to compare "
+                                f"({i.problem or i.metrics_problem or 'metrics.json has no test'})")
     out = [compare_table([(i.name, i.test) for i in infos])]
     classes = sorted(set(infos[0].test.get("per_class", {})) | set(infos[1].test.get("per_class", {})))
     out.append("| class | " + " | ".join(f"F1 {i.name}" for i in infos) + " |\n|---|---|---|")

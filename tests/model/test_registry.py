@@ -101,6 +101,37 @@ def test_promote_moves_latest_only_to_a_complete_unaltered_bundle(root, tmp_path
     assert (models / "LATEST").read_text() == SOFTMAX + "\n"      # every refusal left it alone
 
 
+def test_models_and_promote_agree_on_what_a_usable_bundle_is(root):
+    """`mlc promote` made LATEST a bundle without metrics.json that `mlc models` then listed as
+    UNUSABLE, while predict works with it. Usable is what loading it for predict and mining needs
+    (bundle.json with its keys, export.pkl): such a bundle is listed as usable with "no test metrics",
+    and promote says so; a bundle promote refuses is the one the listing calls UNUSABLE."""
+    cfg, models = root
+    shutil.copytree(models / SOFTMAX, models / "nometrics")
+    (models / "nometrics" / "metrics.json").unlink()
+    shutil.copytree(models / SOFTMAX, models / "nothresholds")
+    meta = json.loads((models / "nothresholds" / "bundle.json").read_text())
+    del meta["thresholds"]
+    (models / "nothresholds" / "bundle.json").write_text(json.dumps(meta))
+    r = mlc("models", "-c", str(cfg))
+    assert r.returncode == 0, r.stderr
+    rows = {row.split("|")[2].strip(): row for row in r.stdout.splitlines() if row.startswith("| ")}
+    assert "UNUSABLE" not in rows["nometrics"], rows["nometrics"]
+    assert "no test metrics: metrics.json unreadable (FileNotFoundError)" in rows["nometrics"]
+    assert "| n/a | n/a | n/a |" in rows["nometrics"] and "mlcnet" in rows["nometrics"]
+    assert "UNUSABLE: bundle.json lacks ['thresholds']" in rows["nothresholds"], rows["nothresholds"]
+    for name in rows:                   # the two commands agree on every bundle of the listing
+        if name in ("bundle", "---"):
+            continue
+        r = mlc("promote", name, "-c", str(cfg))
+        assert (r.returncode == 2) == ("UNUSABLE" in rows[name]), (name, r.stdout, r.stderr)
+    r = mlc("promote", "nometrics", "-c", str(cfg))
+    assert r.returncode == 0 and (models / "LATEST").read_text() == "nometrics\n"
+    assert "nometrics has no test metrics (metrics.json unreadable (FileNotFoundError))" in r.stdout, r.stdout
+    r = mlc("models", "-c", str(cfg), "--compare", "latest", SOFTMAX)      # what it cannot do, in one line
+    assert r.returncode == 2 and "no test metrics to compare (metrics.json unreadable" in r.stderr
+
+
 def test_latest_names_the_promoted_bundle_for_predict(root, capsys):
     """In-process `mlc` (torch is loaded here already; a subprocess would load it again, ~30 s on CI)."""
     from mlc_pipeline.cli import main

@@ -47,3 +47,18 @@ def test_a_model_from_mlc_train_is_labelled_as_such_not_round_0(tmp_path, traine
     # a run's bundle shown alone (promoted, or the run's report gone) is that run's round
     assert alone_label("default-v2-r1-sigmoid-negatives-20261206T000956415172-efc3bd") == \
         "latest model (round 1 of an earlier run)"
+
+
+def test_a_latest_model_without_metrics_is_named_not_reported_missing(tmp_path, trained_shapes_bundle):
+    """`mlc promote` accepts a bundle without metrics.json (predict and mining use it); the report's
+    model section then said "No model yet: run mlc train", with a LATEST model in place."""
+    from mlc_pipeline.report.latest import latest_model_sections
+    _, trained = trained_shapes_bundle
+    cfg = Config(data_dir=tmp_path / "data", classes={"red": {"queries": ["red"], "count": 1}},
+                 other={"queries": ["noise"], "count": 1})
+    shutil.copytree(trained, cfg.layout.models / "nometrics")
+    (cfg.layout.models / "nometrics" / "metrics.json").unlink()
+    (cfg.layout.models / "LATEST").write_text("nometrics\n")
+    [section] = latest_model_sections(cfg)
+    assert "No model yet" not in section, section
+    assert "nometrics" in section and "no test metrics" in section and "metrics.json" in section
