@@ -50,8 +50,40 @@ def as_int(value) -> int | None:
         return None
 
 
-def classify(exc: Exception) -> Exception:
-    """Map a client error to Transient (retry) or SourceError (stop), with secrets masked."""
+def api_address(rest_url: str) -> str:
+    """host:port of the API URL, for a message: no path, query or user info (nothing secret)."""
+    parts = urlsplit(rest_url)
+    try:
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    except ValueError:          # a port that is not a number: the URL as far as it parses
+        port = None
+    host = parts.hostname or "?"
+    return f"[{host}]:{port}" if ":" in host and port else f"{host}:{port}" if port else host
+
+
+def network_cause(exc: BaseException) -> str:
+    """Why a connection failed, from the OS error under requests' and urllib3's wrappers
+    ("connection refused", "name or service not known"), or what kind of timeout it was."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.strerror and not isinstance(e, requests.RequestException):
+            return e.strerror[:1].lower() + e.strerror[1:]
+        todo += [x for x in (getattr(e, "reason", None), e.__cause__, e.__context__, *e.args)
+                 if isinstance(x, BaseException)]
+    if isinstance(exc, requests.ConnectTimeout):
+        return "no connection within source.timeout_s"
+    if isinstance(exc, requests.Timeout):
+        return "no reply within source.timeout_s"
+    return "the connection failed"
+
+
+def classify(exc: Exception, rest_url: str | None = None) -> Exception:
+    """Map a client error to Transient (retry) or SourceError (stop), with secrets masked.
+    `rest_url`: the API URL called, named (host:port only) when it cannot be reached."""
     msg = redact(str(exc))
     if isinstance(exc, FlickrError):
         if exc.code == 100:
@@ -65,7 +97,14 @@ def classify(exc: Exception) -> Exception:
             return Transient(f"HTTP {status.group(1)} from the API")
         return SourceError(f"Flickr API error: {msg}")
     if isinstance(exc, (requests.Timeout, requests.ConnectionError)):
-        return Transient(f"{type(exc).__name__} talking to the API")
+        where = f" at {api_address(rest_url)}" if rest_url else ""
+        cause = network_cause(exc)
+        hint = (" (through the proxy that HTTP_PROXY/HTTPS_PROXY names: check it)"
+                if isinstance(exc, requests.exceptions.ProxyError) else
+                " (nothing listens there: check source.rest_url, or start the server)"
+                if cause == "connection refused" else
+                " (check source.rest_url and the network)" if isinstance(exc, requests.ConnectionError) else "")
+        return Transient(redact(f"{type(exc).__name__} talking to the API{where}: {cause}{hint}"))
     if isinstance(exc, ValueError):   # JSON that does not parse: a proxy's error page, say
         return Transient(f"unparseable API response ({type(exc).__name__})")
     return exc
@@ -117,7 +156,7 @@ class FlickrSource:
             try:
                 reply = getattr(self.api, method)(**params)
             except (FlickrError, requests.RequestException, ValueError) as exc:
-                raise classify(exc) from None
+                raise classify(exc, self.api.REST_URL) from None
             if expect is not None and not (isinstance(reply, dict) and isinstance(reply.get(expect), dict)):
                 raise Transient(f"a malformed reply: no {expect!r} in it ({outline(reply)})")
             return reply

@@ -168,6 +168,33 @@ other: {{queries: [sky], count: 5}}
     assert is_retryable(RetriesExhausted(last))
 
 
+def test_an_unreachable_api_is_named_with_its_address_and_the_cause(tmp_path):
+    """A source.rest_url where nothing listens failed with "ConnectionError talking to the API" after
+    every retry, naming neither the address nor that the connection was refused: a mistyped URL or
+    proxy looked like a fault worth rerunning. The message names host:port and the cause, never the
+    key or secret (they travel in the query and the signature)."""
+    key, secret = "UNREACHKEY1234567", "UNREACHSECRET7654321"
+    port = free_port()          # nothing listens there
+    config = tmp_path / "c.yaml"
+    config.write_text(f"""
+data_dir: {tmp_path / "data"}
+source: {{kind: flickr, rest_url: "http://127.0.0.1:{port}/services/rest/",
+          retry: {{attempts: 2, base_delay_s: 0.01, max_delay_s: 0.02}}}}
+classes: {{balloon: {{queries: [balloon], count: 5}}}}
+other: {{queries: [sky], count: 5}}
+""")
+    env = {**os.environ, "FLICKR_API_KEY": key, "FLICKR_API_SECRET": secret}
+    res = subprocess.run(MLC + ["collect", "-c", str(config), "--no-progress"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("mlc: RetriesExhausted: flickr.photos.licenses.getInfo still failing after 2 attempts: "
+                           f"ConnectionError talking to the API at 127.0.0.1:{port}: connection refused"), last
+    assert "source.rest_url" in last, last
+    for blob in (res.stdout, res.stderr):
+        assert key not in blob and secret not in blob
+
+
 def test_a_connection_dropped_mid_body_is_retried_and_never_saved_short(tmp_path, creds):
     """A reset after 60% of an announced length: requests raises mid-stream (ChunkedEncodingError),
     which must be a retry, not a short file recorded as downloaded."""
