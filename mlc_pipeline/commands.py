@@ -288,7 +288,9 @@ def cmd_weights(args) -> int:
         rows = w.cached_weights([args.arch] if args.arch else None)
         if not args.all and not args.arch:
             rows = [r for r in rows if r["cached"] or r["arch"] == w.RECIPES["pretrained"]["arch"]]
-        print(f"torch hub cache: {w.hub_checkpoints_dir()}")
+        home = w.hub_checkpoints_dir()
+        there = next((d for d in (home, *home.parents) if d.exists()), home)    # what stands in its place
+        print(f"torch hub cache: {home}" + ("" if there.is_dir() else f" (cannot be made: {there} is not a folder)"))
         for r in rows:
             print(f"{r['arch']:<22} {'cached ' if r['cached'] else 'missing'}  {r['weights']:<40} {Path(r['file']).name}")
         return 0

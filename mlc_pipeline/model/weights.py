@@ -25,6 +25,7 @@ import logging
 import os
 import pickle
 import socket
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -153,6 +154,13 @@ def download(weights, model_dir: str | Path | None = None, progress: bool = Fals
     if _offline():
         raise WeightsUnavailable(f"downloads are off ({OFFLINE_ENV}={os.environ[OFFLINE_ENV]})")
     model_dir = Path(model_dir or hub_checkpoints_dir())
+    try:        # a cache that cannot be written is not a download problem: say so before the network
+        os.makedirs(model_dir, exist_ok=True)      # as torch.hub does: its error names the part
+        tempfile.TemporaryFile(dir=model_dir).close()
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != model_dir else ""
+        raise WeightsUnavailable(f"cannot write the weights cache {model_dir}: {exc.strerror or exc}{where}; nothing "
+                                 f"was downloaded (set TORCH_HOME, or --dest, to a folder you can write)") from None
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S if timeout is None else timeout):
             # Also torch.load()s the file once: a download that is not a state dict fails here.

@@ -385,3 +385,27 @@ def test_weights_fetch_and_list_with_a_file_at_hand(torch_home, tmp_path, capsys
     assert any(l.startswith("resnet18") and "cached" in l for l in capsys.readouterr().out.splitlines())
     assert mlc_main(["weights", "fetch", "mlcnet"]) == 1
     assert "not a torchvision.models network" in capsys.readouterr().err
+
+
+def test_a_cache_folder_that_cannot_be_written_is_named_not_the_download(torch_home, tmp_path, capsys, monkeypatch):
+    """TORCH_HOME naming a file: `weights fetch` said "could not download https://...: [Errno 20] Not a
+    directory", blaming the network it never reached. The folder is the problem, and is named so,
+    before any connection; training's `auto` falls back to scratch with the same reason."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    monkeypatch.setenv("TORCH_HOME", str(afile))
+    _watch.update(thread=threading.get_ident(), events=[])
+    try:
+        assert mlc_main(["weights", "fetch", "resnet18"]) == 1
+        _, choice = W.resolve_training(TrainConfig())
+        events = list(_watch["events"])
+    finally:
+        _watch.clear()
+    err = capsys.readouterr().err
+    assert err.startswith(f"mlc weights fetch: resnet18: cannot write the weights cache {afile}/hub/checkpoints: "
+                          f"Not a directory ({afile}/hub); nothing was downloaded"), err
+    assert "could not download" not in err and len(err.strip().splitlines()) == 1
+    assert choice.pretrained == "none" and "cannot write the weights cache" in choice.fallback, choice.fallback
+    assert events == []                 # the network was never the problem, and never tried
+    assert mlc_main(["weights", "list"]) == 0       # still a listing, that says why it stays missing
+    assert f"cannot be made: {afile} is not a folder" in capsys.readouterr().out.splitlines()[0]
