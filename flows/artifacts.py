@@ -61,6 +61,17 @@ def mined_rows(mined: list[dict]) -> list[dict]:
     return rows
 
 
+def mined_numbers(mined: list[dict]) -> str:
+    """' Round 1 scored 41 pool images: 0 accepted as a class (...).': the last mining round's counts
+    (mine_round's result), or '' when the run has none."""
+    m = mined[-1] if mined else {}
+    if "scored" not in m:
+        return ""
+    held, over = len(m.get("held") or []), m.get("over_cap", 0)
+    return (f" Round {m['round']} scored {m['scored']} pool images: {m['added'] + held + over} accepted as a class "
+            f"({m['added']} added as hard negatives, {held} held for review, {over} over the round's cap).")
+
+
 # ------------------------------------------------------------------------------------- markdown
 
 def counts_markdown(counts: dict) -> list[str]:
@@ -151,8 +162,8 @@ def summary_markdown(run: dict) -> str:
             lines += [f"**Round 0:** {md_escape(run['reused'])}.", ""]
         if run.get("not_shipped"):
             lines += [f"**Not shipped:** {md_escape(run['not_shipped'])}.", ""]
-        if run.get("stopped_early"):
-            lines += ["Mining stopped early (nothing left to mine, or no further improvement).", ""]
+        if run.get("stop_reason"):
+            lines += [f"Mining stopped: {md_escape(run['stop_reason'])}." + mined_numbers(run.get("mined") or []), ""]
         warnings = shipped["metrics"].get("warnings") or []
         if warnings:
             lines += ["**Training warnings** (latest model: its data, its cap, its time budget):", ""]

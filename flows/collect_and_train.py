@@ -309,7 +309,8 @@ def collect_and_train(config_path: str = DEFAULT_CONFIG, overrides: dict | None 
         cfg = start(run, config_path, overrides)
         check_train_settings(cfg)     # a wrong arch fails before collecting, not at the train stage
         result = run_stages(cfg, TaskStages(run))
-        run.data.update(stopped_early=result.stopped_early, shipped=result.shipped, not_shipped=result.not_shipped)
+        run.data.update(stopped_early=result.stopped_early, stop_reason=result.stop_reason, shipped=result.shipped,
+                        not_shipped=result.not_shipped)
     except Exception as exc:
         failure = run.fail(exc)
         logger.error(str(failure))

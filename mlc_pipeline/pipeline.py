@@ -53,6 +53,7 @@ class PipelineResult:
     report: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
+    stop_reason: str = ""           # why mining stopped before retraining every round ("" when it did not)
     shortfall: list[str] = field(default_factory=list)   # one line per set short of usable images
     shipped: str = ""               # the bundle models/LATEST names after the run
     not_shipped: str = ""           # why the last round's model is not the one shipped ("" when it is)
@@ -292,7 +293,7 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
             mined = stages.mine(cfg, model["bundle_dir"], r)
         if why := mining_stop(cfg, r, mined["added"]):
             log.info("%s; stopping", why)
-            out.stopped_early = True
+            out.stopped_early, out.stop_reason = True, why
             break
         with stages.stage("build"):
             ds = stages.build(cfg)      # mined images were curated already
@@ -309,6 +310,8 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
             log.warning("%s", out.not_shipped)
             publish(cfg)                # the mined labels (catalog), the new version and model
             out.stopped_early = r < cfg.mine.rounds
+            if out.stopped_early:
+                out.stop_reason = f"round {r}'s model was not shipped: a further round would go on from it"
             break
         publish_latest(cfg, model["bundle"])
         publish(cfg)                    # the mined labels (catalog), the new version and model, LATEST
@@ -316,6 +319,7 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
         if why := mining_stop(cfg, r, mined["added"], before, after):
             log.info("%s; stopping", why)
             out.stopped_early = r < cfg.mine.rounds
+            out.stop_reason = why if out.stopped_early else ""
             break
     out.shipped = out.shipped or out.rounds[-1].bundle
     with stages.stage("report"):

@@ -229,6 +229,48 @@ def test_a_round_that_adds_no_negative_stops_and_says_why(tmp_path):
     assert mining_stop(cfg, 1, added=3) is None
 
 
+class EmptyPoolStages(ScriptedStages):
+    """Mining scores the pool and accepts none of it (as mine_round returns it, plain)."""
+
+    def mine(self, cfg, bundle_dir, round_no):
+        return {"round": round_no, "model": Path(bundle_dir).name, "scored": 41, "added": 0, "errors": 0,
+                "review": [{"photo_id": str(i)} for i in range(7)], "negatives": [], "held": [], "over_cap": 0}
+
+
+def test_the_run_summary_says_why_mining_stopped(tmp_path):
+    """The Prefect run summary said "Mining stopped early (nothing left to mine, or no further
+    improvement)", a fixed sentence, though the loop knew which; and "early" with mine.rounds 1."""
+    from flows.artifacts import summary_markdown
+    from mlc_pipeline.pipeline import run_stages
+    cfg = _loop_config(tmp_path / "empty", rounds=1)
+    out = run_stages(cfg, EmptyPoolStages([(0.1, 0.2), (0.1, 0.2)]))
+    assert out.stop_reason == mining_stop_text(cfg, 1)
+    models = [{"round": r.round, "dataset_version": r.dataset_version, "bundle": r.bundle,
+               "metrics": {"test": {"macro_f1": r.macro_f1}}} for r in out.rounds]
+    mined = [EmptyPoolStages([]).mine(cfg, "x/bundle-r0", 1)]
+    text = summary_markdown({"status": "Completed", "config_path": "c.yaml", "models": models, "mined": mined,
+                             "stopped_early": out.stopped_early, "stop_reason": out.stop_reason})
+    assert "nothing left to mine, or no further improvement" not in text and "early" not in text, text
+    assert f"Mining stopped: {out.stop_reason}." in text, text
+    assert ("Round 1 scored 41 pool images: 0 accepted as a class (0 added as hard negatives, 0 held for review, "
+            "0 over the round's cap).") in text, text
+
+    cfg = _loop_config(tmp_path / "flat", rounds=3)      # no further improvement: the figures that say so
+    out = run_stages(cfg, ScriptedStages([(0.10, 0.30), (0.10, 0.30), (0.0, 0.0), (0.0, 0.0)]))
+    assert [r.round for r in out.rounds] == [0, 1] and out.stopped_early
+    assert out.stop_reason == "round 1: unknowns accepted 0.200 -> 0.200, no longer improving"
+    cfg = _loop_config(tmp_path / "worse", rounds=3)
+    out = run_stages(cfg, ScriptedStages([(0.00, 0.04), (0.10, 0.09), (0.0, 0.0)]))
+    assert out.stop_reason == "round 1's model was not shipped: a further round would go on from it"
+    cfg = _loop_config(tmp_path / "all", rounds=2)
+    assert run_stages(cfg, ScriptedStages([(0.10, 0.30), (0.05, 0.20), (0.05, 0.10)])).stop_reason == ""
+
+
+def mining_stop_text(cfg, round_no: int) -> str:
+    from mlc_pipeline.pipeline import mining_stop
+    return mining_stop(cfg, round_no, added=0)
+
+
 class NightlyStages(ScriptedStages):
     """ScriptedStages whose bundles exist (metrics.json, as train_model writes it) and whose builds
     return the versions given, (name, published) in turn, as build_dataset does; each model is trained
