@@ -122,8 +122,10 @@ def mine_stage(cfg: Config, bundle_dir: str, round_no: int) -> dict:
     from mlc_pipeline.model.mine import mine_round
 
     r = mine_round(cfg, bundle_dir, round_no)
-    get_run_logger().info("mine (round %d): %d of %d pool images accepted as a class -> hard negatives; "
-                          "%d class images listed for review", round_no, r.added, r.scored, len(r.review))
+    # The counts mine_round's own summary gives (it put the number added where "accepted" belonged).
+    get_run_logger().info("mine (round %d): %d pool images scored: %d added as hard negatives, %d held for "
+                          "review, %d over the round's cap; %d class images listed for review",
+                          round_no, r.scored, r.added, len(r.held), r.over_cap, len(r.review))
     out = plain(r)
     out["review"] = len(r.review)
     return out
