@@ -24,7 +24,12 @@ MLC = [sys.executable, "-m", "mlc_pipeline.cli"]
 
 def make_world(root: Path, per_class: int = 12) -> Path:
     ants, bees = sorted((FIXTURES / "ants").glob("*.jpg")), sorted((FIXTURES / "bees").glob("*.jpg"))
-    for name, files in (("ants", ants[:per_class]), ("bees", bees[:per_class]), ("scenery", ants[100:108])):
+    return folder_world(root, {"ants": ants[:per_class], "bees": bees[:per_class], "scenery": ants[100:108]})
+
+
+def folder_world(root: Path, sets: dict[str, list[Path]]) -> Path:
+    "A folder-mode world: one subfolder per query name, holding copies of the given photos."
+    for name, files in sets.items():
         (root / name).mkdir(parents=True)
         for f in files:
             shutil.copy(f, root / name / f.name)

@@ -3,13 +3,12 @@ by the bundled server in folder mode, real `mlc collect` runs."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import yaml
 
 from helpers import ENV, MLC
-from storage_world import FIXTURES
+from storage_world import FIXTURES, folder_world
 
 
 def test_the_size_hint_suggests_the_sizes_the_skipped_photos_have(tmp_path):
@@ -17,12 +16,8 @@ def test_the_size_hint_suggests_the_sizes_the_skipped_photos_have(tmp_path):
     `[url_c, url_z, url_m, url_n, url_s]`, which adds nothing (every size in it is bigger than the
     photos). It now suggests the sizes below the smallest asked for, the only ones such photos have,
     and following it downloads them all."""
-    world = tmp_path / "world"
-    for name, files in (("cat", sorted((FIXTURES.parent / "pets" / "cat").glob("*.jpg"))[:6]),
-                        ("bees", sorted((FIXTURES / "bees").glob("*.jpg"))[:6])):
-        (world / name).mkdir(parents=True)
-        for f in files:
-            shutil.copy(f, world / name / f.name)
+    world = folder_world(tmp_path / "world", {"cat": sorted((FIXTURES.parent / "pets" / "cat").glob("*.jpg"))[:6],
+                                              "bees": sorted((FIXTURES / "bees").glob("*.jpg"))[:6]})
     config = tmp_path / "small.yaml"
     config.write_text(yaml.safe_dump({
         "data_dir": str(tmp_path / "data"),

@@ -110,18 +110,13 @@ def test_a_class_with_no_training_image_stops_the_run_before_training(tmp_path):
     v1 holds no cat. `mlc run` trained anyway, moved models/LATEST to a model with macro F1 0.000 that
     never claims a cat, and exited 0. Now the run stops before training with one line naming the empty
     class and where its photos went, exit 2, no bundle; `mlc train` on that version says the same."""
-    import shutil
     import subprocess
     import yaml
     from helpers import ENV, MLC
-    from storage_world import FIXTURES
-    world = tmp_path / "world"
-    for name, files in (("cat", sorted((FIXTURES.parent / "pets" / "cat").glob("*.jpg"))[:8]),
-                        ("bees", sorted((FIXTURES / "bees").glob("*.jpg"))[:8]),
-                        ("ants", sorted((FIXTURES / "ants").glob("*.jpg"))[-8:])):
-        (world / name).mkdir(parents=True)
-        for f in files:
-            shutil.copy(f, world / name / f.name)
+    from storage_world import FIXTURES, folder_world
+    world = folder_world(tmp_path / "world", {"cat": sorted((FIXTURES.parent / "pets" / "cat").glob("*.jpg"))[:8],
+                                              "bees": sorted((FIXTURES / "bees").glob("*.jpg"))[:8],
+                                              "ants": sorted((FIXTURES / "ants").glob("*.jpg"))[-8:]})
     config = tmp_path / "zero.yaml"
     config.write_text(yaml.safe_dump({
         "data_dir": str(tmp_path / "data"),
