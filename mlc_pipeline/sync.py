@@ -31,11 +31,11 @@ from typing import Iterator
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import Config
-from mlc_pipeline.fsutil import sha256_file, temp_beside, write_text_atomic
+from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, temp_beside, write_text_atomic
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.manifest import versions as local_versions
-from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, folder_files, pull_folder, push_folder,
-                                      read_marker, same, same_bytes, store_errors, store_of)
+from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, folder_files, md5_file, pull_folder,
+                                      push_folder, read_marker, same, same_bytes, store_errors, store_of)
 from mlc_pipeline import storefiles
 from mlc_pipeline.storefiles import delete_unnamed_files, drop_taken_down, pull_files, push_files
 
@@ -108,14 +108,22 @@ def tag(store: Store, info: dict, sha256: str | None = None) -> str:
 
 def pull_catalog(store: Store, cfg: Config) -> bool:
     """Fetch the store's catalog snapshot unless the cache already has it. A cached catalog changed
-    since its last sync (a stage that failed before publishing) is kept aside, never overwritten."""
+    since its last sync (a stage that failed before publishing) is kept aside, never overwritten, unless
+    the store holds it (killed after its upload). Snapshots and fetches a killed command left are removed."""
     info = store.info(CATALOG_OBJECT)
     if info is None:
         return False
     state, local, remote = read_state(cfg), cfg.catalog_path, tag(store, info)
+    remove_dead_leftovers(local.parent.glob(f".{local.name}.tmp-*"), lambda p: p.name.rsplit("-", 2)[1])
     if local.exists() and state.get("catalog") == remote:
         return False
     if local.exists() and local_signature(cfg) != state.get("local"):
+        if holds_our_upload(store, info, state.get("uploading"), local_signature(cfg)):
+            log.info("the last publish from this cache was interrupted after the catalog upload: %s has this "
+                     "cache's catalog", store.url)
+            write_state(cfg, catalog=remote, catalog_sha256=state["uploading"]["sha256"], uploading=None,
+                        local=local_signature(cfg))
+            return False
         aside = local.with_name(f"catalog.unsynced-{uuid.uuid4().hex[:8]}.sqlite")
         with Catalog(local) as catalog:     # a consistent copy, WAL included
             catalog.snapshot(aside)
@@ -127,6 +135,16 @@ def pull_catalog(store: Store, cfg: Config) -> bool:
     write_state(cfg, catalog=remote, catalog_sha256=sha256_file(local), local=local_signature(cfg))
     log.info("catalog fetched from %s", store.url)
     return True
+
+
+def holds_our_upload(store: Store, info: dict, uploading: dict | None, signature: list) -> bool:
+    """Is the store's catalog the snapshot this cache was uploading when it was killed, before recording
+    the upload, with the cached catalog unchanged since? Its bytes say so: the MD5 where the ETag is
+    one, else the object read back and hashed."""
+    if not uploading or uploading.get("local") != signature or info.get("size") != uploading.get("size"):
+        return False
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+    return etag == uploading.get("md5") or store.sha256(CATALOG_OBJECT) == uploading.get("sha256")
 
 
 def push_catalog(store: Store, cfg: Config) -> None:
@@ -148,8 +166,13 @@ def push_catalog(store: Store, cfg: Config) -> None:
             catalog.snapshot(snapshot)
         digest = sha256_file(snapshot)
         if info is None or digest != state.get("catalog_sha256"):
+            # What is uploaded, recorded first: killed before the record below, the next fetch can tell
+            # the store's catalog is this cache's own (holds_our_upload), not changes never published.
+            write_state(cfg, uploading={"sha256": digest, "md5": md5_file(snapshot), "size": snapshot.stat().st_size,
+                                        "local": local_signature(cfg)})
             store.upload([(snapshot, CATALOG_OBJECT)])
-            write_state(cfg, catalog=tag(store, store.info(CATALOG_OBJECT), digest), catalog_sha256=digest)
+            write_state(cfg, catalog=tag(store, store.info(CATALOG_OBJECT), digest), catalog_sha256=digest,
+                        uploading=None)
     finally:
         snapshot.unlink(missing_ok=True)
     write_state(cfg, local=local_signature(cfg))

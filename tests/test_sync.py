@@ -4,7 +4,12 @@ ETag at all) and on a real S3-compatible server (moto, on loopback)."""
 
 from __future__ import annotations
 
+import json
+import logging
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,6 +89,66 @@ def test_another_machines_same_size_publish_is_not_overwritten(tmp_path, store_u
         sync.push_catalog(store_of(a), a)
     assert store_status(a, tmp_path, "101") == "removed"     # B's work is still there
     assert sync.pull_catalog(store_of(a), a)                 # and the next command on A fetches it
+
+
+KILLED_AFTER_THE_CATALOG_UPLOAD = """
+import json, os, signal, sys
+from mlc_pipeline import sync
+from mlc_pipeline.config import parse_config
+from mlc_pipeline.objectstore import store_of
+real = sync.write_state
+def write_state(cfg, **changes):
+    if "catalog" in changes:            # the upload is done: killed before it is recorded
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(cfg, **changes)
+sync.write_state = write_state
+cfg = parse_config(json.loads(sys.argv[1]))
+sync.push_catalog(store_of(cfg), cfg)
+"""
+
+
+def test_a_publish_killed_after_the_catalog_upload_is_no_unpublished_change(tmp_path, store_url, caplog):
+    """kill -9 between the catalog's upload and the cache's record of it: the next command warned that
+    the cached catalog "has changes never published" and kept a copy identical to the store's (one
+    more at each repeat). The store's object is compared with what this cache uploaded: no warning,
+    no copy, and the cache publishes on from there."""
+    url, options = store_url
+    settings = {"data_dir": url, "cache_dir": str(tmp_path / "cache-a"), "storage_options": options, **CLASSES}
+    cfg = parse_config(settings)
+    with Catalog(cfg.catalog_path) as c:
+        c.upsert_found([found("101"), found("102")], "run")
+    sync.push_catalog(store_of(cfg), cfg)
+    set_status(cfg, "101", "removed")
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_THE_CATALOG_UPLOAD, json.dumps(settings)])
+    assert killed.returncode == -signal.SIGKILL
+    assert store_status(cfg, tmp_path, "101") == "removed"       # the upload happened
+    with caplog.at_level(logging.INFO, logger="mlc_pipeline.sync"):
+        sync.pull_catalog(store_of(cfg), cfg)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert "interrupted after the catalog upload" in caplog.text
+    assert not list(cfg.data_dir.glob("catalog.unsynced-*")) and not list(cfg.data_dir.glob(".catalog.sqlite.tmp-*"))
+    set_status(cfg, "102", "removed")       # and this cache publishes on: no conflict with itself
+    sync.push_catalog(store_of(cfg), cfg)
+    assert store_status(cfg, tmp_path, "102") == "removed"
+
+
+def test_a_cached_change_the_store_lacks_is_still_kept_aside(tmp_path, store_url, caplog):
+    """The other side of the comparison: a change made here that the store never got (another machine
+    published meanwhile) is still set aside, with the warning."""
+    a, b = machine(tmp_path, store_url, "cache-a"), machine(tmp_path, store_url, "cache-b")
+    with Catalog(a.catalog_path) as c:
+        c.upsert_found([found("101"), found("102")], "run")
+    sync.push_catalog(store_of(a), a)
+    sync.pull_catalog(store_of(b), b)
+    set_status(b, "101", "removed")
+    sync.push_catalog(store_of(b), b)
+    set_status(a, "102", "removed")         # never published: B's publish came first
+    with caplog.at_level(logging.WARNING, logger="mlc_pipeline.sync"):
+        assert sync.pull_catalog(store_of(a), a)
+    assert "has changes never published" in caplog.text
+    aside, = a.data_dir.glob("catalog.unsynced-*.sqlite")
+    with sqlite3.connect(aside) as db:
+        assert db.execute("SELECT status FROM candidates WHERE photo_id='102'").fetchone()[0] == "removed"
 
 
 def test_a_report_rewritten_with_the_same_size_is_published(tmp_path, store_url):
