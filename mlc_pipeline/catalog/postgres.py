@@ -17,6 +17,7 @@ import time
 from typing import Iterator
 
 from ..secrets import redact, remember
+from . import runs
 from .address import PostgresCatalog
 from .schema import ADDED_COLUMNS, LOCK_NOTICE_S, SCHEMA_VERSION, CatalogBusy, CatalogError, postgres_schema
 
@@ -140,9 +141,11 @@ def begin(db: PgConnection) -> None:
 def running_runs(db: PgConnection) -> str:
     if not db.execute("SELECT to_regclass('runs') IS NOT NULL AS present").fetchone()["present"]:
         return "creating the catalog's tables"      # an error here would abort the waiting transaction
-    rows = db.execute("SELECT command, run_id FROM runs WHERE status='running' ORDER BY started_at").fetchall()
-    return "runs recorded as running: " + ", ".join(f"{r['command']} {r['run_id']}" for r in rows) if rows else (
-        "no run recorded as running")
+    named = db.execute("SELECT 1 FROM pg_attribute WHERE attrelid=to_regclass('runs') AND attname='process' "
+                       "AND NOT attisdropped").fetchone()     # not before runs named their process
+    rows = db.execute(f"SELECT {runs.COLUMNS if named else 'run_id, command, started_at'} FROM runs "
+                      "WHERE status='running' ORDER BY started_at").fetchall()
+    return runs.describe(rows, "no live run recorded as running")
 
 
 def json_list_has(column: str) -> str:

@@ -17,7 +17,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
   run_id TEXT PRIMARY KEY, command TEXT NOT NULL, started_at REAL NOT NULL,
-  finished_at REAL, status TEXT NOT NULL, summary TEXT
+  finished_at REAL, status TEXT NOT NULL, summary TEXT,
+  host TEXT, pid INTEGER, process TEXT  -- who runs it (runs.py: is a killed run's process gone?)
 );
 CREATE TABLE IF NOT EXISTS candidates (
   id INTEGER PRIMARY KEY,
@@ -60,7 +61,8 @@ CREATE TABLE IF NOT EXISTS removals (
 """
 # Columns added after a catalog may have been created: (table, column, type), added when missing.
 ADDED_COLUMNS = (("candidates", "view_hashes", "TEXT"), ("candidates", "source_file", "TEXT"),
-                 ("candidates", "verify_limits", "TEXT"), ("candidates", "img_frames", "INTEGER"))
+                 ("candidates", "verify_limits", "TEXT"), ("candidates", "img_frames", "INTEGER"),
+                 ("runs", "host", "TEXT"), ("runs", "pid", "INTEGER"), ("runs", "process", "TEXT"))
 # Tables in the order a copy fills them; those whose ids a database assigns (identity columns).
 TABLES = ("meta", "runs", "licenses", "candidates", "events", "removals")
 GENERATED_IDS = ("candidates", "events", "removals")

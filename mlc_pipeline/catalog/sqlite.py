@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+from . import runs
 from .schema import ADDED_COLUMNS, LOCK_NOTICE_S, SCHEMA, SCHEMA_VERSION, CatalogBusy, CatalogError
 
 log = logging.getLogger(__name__)
@@ -127,12 +128,13 @@ def wait_for_writer(db: sqlite3.Connection, path: Path, lock_timeout_s: float) -
 
 
 def running_runs(db) -> str:
-    try:
-        rows = db.execute("SELECT command, run_id FROM runs WHERE status='running' ORDER BY started_at").fetchall()
-    except sqlite3.DatabaseError:      # no runs table yet, or locked even for readers
-        return "no run recorded as running"
-    return "runs recorded as running: " + ", ".join(f"{r[0]} {r[1]}" for r in rows) if rows else (
-        "no run recorded as running: a killed run, or another program holding the file")
+    for columns in (runs.COLUMNS, "run_id, command, started_at"):   # a catalog from before runs named their process
+        try:
+            rows = db.execute(f"SELECT {columns} FROM runs WHERE status='running' ORDER BY started_at").fetchall()
+        except sqlite3.DatabaseError:      # no runs table yet, or locked even for readers
+            continue
+        return runs.describe(rows, "no live run recorded as running: another program holding the file")
+    return "no run recorded as running"
 
 
 def unusable(path: Path, exc: BaseException) -> CatalogError:

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from . import postgres, sqlite
+from . import postgres, runs, sqlite
 from .address import PostgresCatalog
 from .removals import RemovalQueries
 from .tallies import TallyQueries
@@ -66,6 +66,7 @@ class Catalog(RemovalQueries, TallyQueries):
             self.db = sqlite.open_readonly(self.path) if readonly else sqlite.open_writable(self.path, lock_timeout_s)
         if not readonly:
             self._migrate()
+            runs.end_crashed(self.db)       # runs whose process is known gone (kill -9) end as 'crashed'
 
     @property
     def dialect(self) -> str:
@@ -208,8 +209,10 @@ class Catalog(RemovalQueries, TallyQueries):
     def start_run(self, command: str) -> str:
         run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         RUNS_OF_THIS_PROCESS.add(run_id)
-        self.db.execute("INSERT INTO runs (run_id, command, started_at, status) VALUES (?,?,?,?)",
-                        (run_id, command, time.time(), "running"))
+        me = runs.this_process()
+        self.db.execute("INSERT INTO runs (run_id, command, started_at, status, host, pid, process) "
+                        "VALUES (?,?,?,?,?,?,?)", (run_id, command, time.time(), "running", me["host"], me["pid"],
+                                                   me["process"]))
         return run_id
 
     def finish_run(self, run_id: str, status: str, summary: dict | None = None) -> None:
@@ -225,8 +228,9 @@ class Catalog(RemovalQueries, TallyQueries):
         return [dict(r) for r in rows]
 
     def runs(self, limit: int = 20) -> list[dict]:
+        """The latest runs; one recorded as running whose process is known gone reads as 'crashed'."""
         rows = self.db.execute("SELECT * FROM runs ORDER BY started_at DESC LIMIT ?", (limit,))
-        return [dict(r) for r in rows]
+        return [runs.shown(dict(r)) for r in rows]
 
     # --- licences -------------------------------------------------------------------------
     def save_licenses(self, licenses: dict[int, tuple[str, str]]) -> None:

@@ -10,8 +10,9 @@ A row is taken to await its writer's publish when it last changed during a run, 
 curate's and this process's own (the collect a curate runs inside), that has not ended, or that ended
 less than PUBLISH_GRACE_S ago (a command publishes after
 its stage's run ends). A run recorded as running for more than STALE_RUN_S counts as ended: a killed
-process never records its end, and its rows must not wait forever. Runs carry no host or process,
-so the rule holds for every writer; on a plain local data root, and on an object-store root whose
+process never records its end, and its rows must not wait forever. (Its own machine's next command
+records it as `crashed`, catalog/runs.py; no other machine can tell, so the rule holds for every
+writer.) On a plain local data root, and on an object-store root whose
 catalog is SQLite (one writer at a time: the store refuses a second publisher), nothing is ever
 awaiting a publish and a missing file is lost at once.
 """

@@ -13,6 +13,7 @@ from typing import Iterable
 
 from mlc_pipeline.fsutil import write_text_atomic
 from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.catalog.runs import where
 from mlc_pipeline.config import Config
 from mlc_pipeline.dataset.verify import VersionDamaged, damaged_version, read_version
 from mlc_pipeline.manifest import UnknownVersion, latest_version, versions
@@ -64,7 +65,8 @@ def format_catalog_summary(summary: dict) -> str:
         lines += [f"  {r['status']}: {r['reason']} = {r['n']}" for r in summary["reasons"]]
     if summary["runs"]:
         lines += ["", "Recent runs"]
-        lines += [f"  {r['run_id']} {r['command']:<8} {r['status']}" for r in summary["runs"]]
+        lines += [f"  {r['run_id']} {r['command']:<8} {r['status']}{where(r) if r['status'] == 'running' else ''}"
+                  for r in summary["runs"]]
     return "\n".join(lines)
 
 

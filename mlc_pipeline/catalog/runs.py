@@ -1,0 +1,126 @@
+"""Which process runs a run, and whether it is known to have ended without saying so.
+
+A run is recorded as `running` when it starts, and its own process records how it ended (completed,
+failed, interrupted). A process killed with -9 or by the out-of-memory killer, or one that lost its
+PostgreSQL connection, records nothing: its run stayed `running` for good, and the lock-wait line went
+on naming it as the holder. So each run records its process: the host name, the pid, and a token that
+tells this process from a later one given the same pid (on Linux: the machine id, the boot id, the
+pid namespace, and the process's start time, all read from /proc and /etc/machine-id).
+
+A run is known to be over (`gone`) only where this machine can know it:
+- the same host, boot and pid namespace, and the pid is no longer that process (none, a zombie, or
+  another process since); where /proc is missing (not Linux), the same host and no such pid;
+- the same host and machine id, and a boot since: every process of the earlier boot has ended.
+A run of another machine (or of another container on this one) is never declared over from here: it
+is shown as running on its host, since its start. A writer opening the catalog records the runs it
+knows are over as `crashed`; read-only readers (`mlc inspect`, the lock-wait line) show them so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+CRASHED = "crashed"
+COLUMNS = "run_id, command, started_at, host, pid, process"     # a running run's process, for `gone`
+
+
+def read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:     # not Linux, or no such process
+        return ""
+
+
+def kernel() -> tuple[str, str, str]:
+    """(machine id, boot id, pid namespace) of this process; empty strings where unknown."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return read("/etc/machine-id"), read("/proc/sys/kernel/random/boot_id"), namespace
+
+
+def started(pid: int) -> str:
+    """The process's start time (clock ticks since boot), or '' when there is no such live process."""
+    stat = read(f"/proc/{pid}/stat")
+    fields = stat.rsplit(")", 1)[-1].split() if stat else []
+    return fields[19] if len(fields) > 19 and fields[0] not in ("Z", "X") else ""
+
+
+def process_token(pid: int) -> str:
+    return "/".join((*kernel(), started(pid)))
+
+
+def this_process() -> dict:
+    """What a run records about the process that runs it."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "process": process_token(os.getpid())}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:      # someone else's
+        return True
+    return True
+
+
+def gone(run: dict) -> bool:
+    """Whether this machine knows the process of a run recorded as running has ended."""
+    if run.get("status", "running") != "running" or not run.get("pid") or run.get("host") != socket.gethostname():
+        return False
+    recorded = (run.get("process") or "").split("/")
+    if len(recorded) != 4:
+        return False            # not a token this version wrote
+    machine, boot, namespace = kernel()
+    if not boot:                # no /proc here (nor when it was recorded, on this host): the pid alone
+        return not recorded[1] and not alive(int(run["pid"]))
+    if recorded[1] == boot:
+        return recorded[2] == namespace and started(int(run["pid"])) != recorded[3]
+    return bool(machine) and recorded[0] == machine and bool(recorded[1])    # rebooted since
+
+
+def where(run: dict) -> str:
+    """Where a running run runs, as a person reads it."""
+    if run.get("host") and run["host"] != socket.gethostname():
+        since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run["started_at"]))
+        return f" (on {run['host']} since {since}, not checked from here)"
+    return f" (pid {run['pid']})" if run.get("pid") else ""      # recorded before runs named their process
+
+
+def describe(rows, idle: str) -> str:
+    """The runs recorded as running, for a lock-wait line: those whose process is known gone apart."""
+    rows = [dict(r) for r in rows]
+    over = [r for r in rows if gone(r)]
+    live = [r for r in rows if not gone(r)]
+    text = ("runs recorded as running: " + ", ".join(f"{r['command']} {r['run_id']}{where(r)}" for r in live)
+            if live else idle)
+    if over:
+        text += "; runs whose process is gone (killed): " + ", ".join(f"{r['command']} {r['run_id']}" for r in over)
+    return text
+
+
+def shown(run: dict) -> dict:
+    """A run as a reader shows it: one known to be over is `crashed`, even before a writer records it."""
+    return {**run, "status": CRASHED} if gone(run) else run
+
+
+def end_crashed(db) -> list[str]:
+    """Record as `crashed` the runs recorded as running on this host whose process is known gone."""
+    rows = db.execute(f"SELECT {COLUMNS} FROM runs WHERE status='running' AND host=?",
+                      (socket.gethostname(),)).fetchall()
+    over = [dict(r) for r in rows if gone(dict(r))]
+    for r in over:
+        db.execute("UPDATE runs SET status=?, finished_at=?, summary=? WHERE run_id=? AND status='running'",
+                   (CRASHED, time.time(), json.dumps({"error": "its process ended without recording it (killed)",
+                                                      "pid": r["pid"]}), r["run_id"]))
+        log.info("run %s %s (pid %s) ended without recording it (killed, out of memory, or its catalog "
+                 "connection lost): recorded as %s", r["command"], r["run_id"], r["pid"], CRASHED)
+    return [r["run_id"] for r in over]
