@@ -5,7 +5,8 @@ failed, interrupted). A process killed with -9 or by the out-of-memory killer, o
 PostgreSQL connection, records nothing: its run stayed `running` for good, and the lock-wait line went
 on naming it as the holder. So each run records its process: the host name, the pid, and a token that
 tells this process from a later one given the same pid (on Linux: the machine id, the boot id, the
-pid namespace, and the process's start time, all read from /proc and /etc/machine-id).
+pid namespace, and the process's start time, all read from /proc and /etc/machine-id; the two ids
+hashed).
 
 A run is known to be over (`gone`) only where this machine can know it:
 - the same host, boot and pid namespace, and the pid is no longer that process (none, a zombie, or
@@ -18,6 +19,7 @@ knows are over as `crashed`; read-only readers (`mlc inspect`, the lock-wait lin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -38,12 +40,19 @@ def read(path: str) -> str:
 
 
 def kernel() -> tuple[str, str, str]:
-    """(machine id, boot id, pid namespace) of this process; empty strings where unknown."""
+    """(machine id, boot id, pid namespace) of this process; empty strings where unknown. The two
+    ids are kept as app-specific hashes: machine-id(5) asks that the raw id never leave the machine,
+    and a catalog travels (object store, PostgreSQL, `mlc inspect --json`)."""
     try:
         namespace = os.readlink("/proc/self/ns/pid")
     except OSError:
         namespace = ""
-    return read("/etc/machine-id"), read("/proc/sys/kernel/random/boot_id"), namespace
+    return private(read("/etc/machine-id")), private(read("/proc/sys/kernel/random/boot_id")), namespace
+
+
+def private(host_id: str) -> str:
+    "A stable stand-in for a host's id that does not reveal it ('' stays '')."
+    return hashlib.sha256(f"mlc-pipeline run owner:{host_id}".encode()).hexdigest()[:16] if host_id else ""
 
 
 def started(pid: int) -> str:

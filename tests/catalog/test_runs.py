@@ -6,6 +6,7 @@ on SQLite and on a real PostgreSQL server."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -183,3 +184,20 @@ def test_this_process_is_recorded_with_its_run(tmp_path):
     assert (row["host"], row["pid"]) == (socket.gethostname(), os.getpid())
     assert row["process"] == runs.process_token(os.getpid()) and not runs.gone(row)
     assert Path(f"/proc/{os.getpid()}").exists() == bool(row["process"].split("/")[3])
+
+
+def test_a_run_records_no_raw_machine_or_boot_id(where):
+    # machine-id(5): the id "should be considered confidential" and not leave the machine, and a
+    # catalog travels (object store, PostgreSQL, `mlc inspect --json`): only a hash of it is kept.
+    machine_id = runs.read("/etc/machine-id")
+    boot_id = runs.read("/proc/sys/kernel/random/boot_id")
+    if not (machine_id or boot_id):
+        pytest.skip("no machine or boot id here")
+    with Catalog(where) as c:
+        run_id = c.start_run("collect")
+        c.finish_run(run_id, "completed", {})
+        rows = [dict(r) for r in c.runs()]
+    text = json.dumps(rows, default=str)
+    assert run_id in text
+    for raw in (machine_id, boot_id):
+        assert not raw or raw not in text
