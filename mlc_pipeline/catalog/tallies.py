@@ -74,6 +74,9 @@ class TallyQueries:
         return [dict(r) for r in rows]
 
     def reasons(self) -> list[dict]:
+        """Counts per status and reason, most first; equal counts by status, then reason, compared here
+        (code points): PostgreSQL returned ties in its own order, and a locale collation may sort "_"
+        or capitals apart from SQLite's, so `mlc inspect --json` differed between the two."""
         rows = self.db.execute("SELECT status, reason, COUNT(*) AS n FROM candidates WHERE reason IS NOT NULL "
-                               "GROUP BY status, reason ORDER BY n DESC")
-        return [dict(r) for r in rows]
+                               "GROUP BY status, reason")
+        return sorted((dict(r) for r in rows), key=lambda r: (-r["n"], r["status"], r["reason"]))

@@ -1,0 +1,34 @@
+"""catalog/tallies.py on both backends (SQLite, and a real PostgreSQL server: tests/pgserver.py)."""
+
+from pathlib import Path
+
+from mlc_pipeline.catalog import Catalog, Found
+from mlc_pipeline.config import parse_config
+
+
+def found(photo_id: str) -> Found:
+    return Found("flickr", photo_id, "train", "ants", "ants", "http://img.test/x.jpg", "url_m", 500, 375, 4, "CC BY",
+                 "o1", "Owner One", "a title", "2020-01-01 10:00:00", 1577872800, "tag1")
+
+
+def test_reasons_with_equal_counts_come_in_the_same_order_on_both_backends(catalog_settings, tmp_path: Path):
+    """`mlc inspect --json` lists the reasons: equal counts were in the database's own order, which
+    differed between SQLite and PostgreSQL (a takedown and a mining hold swapped places). Now: most
+    first, then by status and reason, as Python compares strings (no database collation)."""
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), **catalog_settings,
+                        "classes": {"ants": {"queries": ["ants"], "count": 1}},
+                        "other": {"queries": ["scenery"], "count": 1}})
+    # Written in an order that is neither sorted nor reverse-sorted; "Z" and "_" sort apart by
+    # collation (a locale puts "_" first or ignores it, code points put "Z" before "_" and "a").
+    reasons = [("rejected", "too-small"), ("failed", "transient:timeout"), ("rejected", "held:like-class:kite:round=1"),
+               ("failed", "empty-body"), ("rejected", "takedown:owner request"), ("failed", "Z_upper"),
+               ("failed", "_under"), ("rejected", "decode-error"), ("failed", "not-an-image:bad-magic"),
+               ("rejected", "too-small")]
+    with Catalog(cfg.catalog_path) as c:
+        run = c.start_run("collect")
+        c.upsert_found([found(str(i)) for i in range(len(reasons))], run)
+        for i, (status, reason) in enumerate(reasons):
+            c.set_status(c.get_by_photo("flickr", str(i))["id"], status, reason, run, "download")
+        got = [(r["status"], r["reason"], r["n"]) for r in c.reasons()]
+    ties = sorted({r for r in reasons if r != ("rejected", "too-small")})
+    assert got == [("rejected", "too-small", 2)] + [(s, r, 1) for s, r in ties]
