@@ -15,6 +15,7 @@ import traceback
 from mlc_pipeline import __version__, commands, progress
 from mlc_pipeline.config import ConfigError
 from mlc_pipeline.dataset.verify import VersionDamaged
+from mlc_pipeline.executor import ClusterLost
 from mlc_pipeline.locking import DataRootBusy, ReadOnlyDataRoot
 from mlc_pipeline.manifest import UnknownVersion
 from mlc_pipeline.secrets import MissingCredentials, install_log_redaction, redact
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return quiet_broken_pipe()
-    except (CatalogError, ReadOnlyDataRoot) as exc:
+    except (CatalogError, ReadOnlyDataRoot, ClusterLost) as exc:
         print(f"mlc: {redact(str(exc))}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -215,6 +215,8 @@ class ClusterSettings(Strict):
     download_chunk: int = Field(64, ge=1)    # download jobs per task
     hash_chunk: int = Field(128, ge=1)       # files verified + hashed per task
     score_chunk: int = Field(512, ge=1)      # pool images scored per task when mining
+    no_workers_warn_s: float = Field(60, gt=0)   # chunks waiting and no worker connected: a warning this often
+    no_workers_timeout_s: float | None = Field(900, gt=0)   # ... and after this long the stage fails; null: waits
 
 
 def default_cache_dir(url: str) -> Path:
@@ -309,10 +311,7 @@ def error_line(exc: ValidationError, section: str = "") -> str:    # one line: w
     err = exc.errors()[0]
     where = ".".join([section] * bool(section) + [str(p) for p in err["loc"]]) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "missing":
-        msg = "required key is missing"
-    elif err["type"] == "extra_forbidden":
-        msg = "unknown key"
+    msg = {"missing": "required key is missing", "extra_forbidden": "unknown key"}.get(err["type"], msg)
     more = len(exc.errors()) - 1
     return f"{where}: {msg}" + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
 

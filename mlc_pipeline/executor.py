@@ -13,6 +13,10 @@ stages or runs may write at once, tests/test_cluster_postgres.py). Workers read 
 write files under the data root, so they must see it at the same path (a shared filesystem): a stage
 checks that before its first chunk (`cluster_ready`), since a worker that sees another folder there
 downloads into it, and the caller finds nothing (an object-store root's cache is one machine's folder).
+
+While a stage waits for its chunks it watches the cluster: a scheduler lost mid-stage, or no worker
+connected for `cluster.no_workers_timeout_s` (warned about every `cluster.no_workers_warn_s`), ends
+the stage with one line (`ClusterLost`); what the caller recorded stays, and a rerun resumes.
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
-from mlc_pipeline.config import ConfigError
+from mlc_pipeline.config import ClusterSettings, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,10 @@ _clients: dict[str, Any] = {}        # address -> distributed.Client, one per pr
 _clients_lock = threading.Lock()
 _checked: set[tuple[str, str, frozenset]] = set()   # (address, data root, workers) whose view was checked
 _probes: dict[str, tuple[str, str]] = {}            # address -> (probe file under the data root, its content)
+_settings: dict[str, ClusterSettings] = {}          # address -> the cluster settings of the stage that checked it
+_told_no_workers: set[tuple[str, str]] = set()      # (address, data root) already logged as having no workers
+POLL_S = 0.05            # while no chunk is ready: how often to look again
+WORKERS_EVERY_S = 1.0    # ... and how often to ask the scheduler how many workers it has
 
 PROBE_PREFIX = ".mlc.cluster-probe."
 
@@ -48,6 +57,19 @@ PROBE_PREFIX = ".mlc.cluster-probe."
 class ClusterUnusable(ConfigError):
     """The cluster cannot do the stage's work: its scheduler cannot be reached, or a worker does not
     see the data root at this path (one line, naming which and what to do)."""
+
+
+class ClusterLost(RuntimeError):
+    """The cluster stopped doing the stage's work mid-stage: the scheduler went away, or no worker was
+    connected for `cluster.no_workers_timeout_s`. One line; what the caller recorded is kept, and
+    rerunning the same command resumes."""
+
+
+def scheduler_lost(address: str, done: int | None = None, total: int = 0) -> str:
+    where = "" if done is None else f" mid-stage ({done} of {total} chunks done)"
+    return (f"lost the connection to the Dask scheduler at {address}{where}; what was recorded is kept: once the "
+            f"scheduler is back (or with cluster.address and ${ADDRESS_ENV} unset, to work in this process), "
+            f"rerun the same command to resume")
 
 
 def cluster_address(cfg=None) -> str | None:
@@ -88,6 +110,8 @@ def cluster_client(address: str) -> Iterator[Any]:
         return
     with _clients_lock:
         client = _clients.get(address)
+        if client is not None and client.status == "connecting":     # it was connected: its scheduler went away
+            raise ClusterLost(scheduler_lost(address))
         if client is None or client.status not in ("running", "connecting"):
             try:
                 client = _clients[address] = Client(address, set_as_default=False)
@@ -105,6 +129,7 @@ def cluster_ready(cfg) -> str | None:
     so a cluster that cannot do the work is one line before any work, not files lost after it."""
     address = cluster_address(cfg)
     if address:
+        _settings[address] = cfg.cluster     # how long map_chunks waits for workers, and how often it warns
         with cluster_client(address) as client:
             check_workers_see(client, address, str(cfg.data_dir))
     return address
@@ -119,8 +144,10 @@ def check_workers_see(client, address: str, data_dir: str) -> None:
     path, token = probe_for(address, data_dir)
     workers = frozenset(client.scheduler_info().get("workers", {}))
     if not workers:
-        log.info("the Dask scheduler at %s has no workers yet: each chunk checks that its worker sees %s",
-                 address, data_dir)
+        if (address, data_dir) not in _told_no_workers:     # a stage checks before each batch: said once
+            _told_no_workers.add((address, data_dir))
+            log.info("the Dask scheduler at %s has no workers yet: each chunk checks that its worker sees %s",
+                     address, data_dir)
         return
     if (address, data_dir, workers) in _checked:
         return
@@ -195,6 +222,8 @@ def map_chunks(fn: Callable[[list[T]], Sequence[R]], items: Sequence[T], chunk: 
     allows (`KilledWorker`: a decoder segfault, the OOM killer), computed here instead; without it the
     loss is an error. On any exception (Ctrl-C, an error from `on_chunk`) the chunks not started yet
     are cancelled, and the exception goes on; chunks already running finish on their workers.
+    The scheduler lost mid-stage, or no worker for `no_workers_timeout_s` of the settings `cluster_ready`
+    recorded for `address`: `ClusterLost` (see `WorkerWatch`).
     """
     items = list(items)
     if chunk < 1:
@@ -207,7 +236,7 @@ def map_chunks(fn: Callable[[list[T]], Sequence[R]], items: Sequence[T], chunk: 
         if on_chunk:
             on_chunk(items, results)
         return results
-    from distributed import KilledWorker, as_completed
+    from distributed import CancelledError, KilledWorker
 
     chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
     if address in _probes:          # cluster_ready wrote one: every chunk's worker must see it
@@ -217,11 +246,16 @@ def map_chunks(fn: Callable[[list[T]], Sequence[R]], items: Sequence[T], chunk: 
         # pure=False: the same chunk mapped twice (a rerun) must run again, not reuse a cached result.
         futures = client.map(fn, chunks, pure=False)
         index = {fut.key: k for k, fut in enumerate(futures)}
+        watch = WorkerWatch(client, address, len(chunks), _settings.get(address) or ClusterSettings())
         try:
-            for fut in as_completed(futures, loop=client.loop):
+            for fut in watch.finished(futures):
                 k = index[fut.key]
                 try:
                     results = fut.result()
+                except (CancelledError, OSError) as exc:   # OSError: CommClosedError, or the chunk's own error
+                    if isinstance(exc, OSError) and not watch.lost:
+                        raise                                  # the chunk's own (a full disk on the worker)
+                    raise ClusterLost(watch.cancelled(k, exc)) from None
                 except KilledWorker:
                     if on_lost is None:
                         raise
@@ -234,9 +268,90 @@ def map_chunks(fn: Callable[[list[T]], Sequence[R]], items: Sequence[T], chunk: 
                 if on_chunk:
                     on_chunk(chunks[k], results)
         except BaseException:
-            client.cancel([f for f in futures if not f.done()])
+            if not watch.lost:      # without a scheduler there is nothing to cancel (and no reply to wait for)
+                client.cancel([f for f in futures if not f.done()])
             raise
     return [r for part in out for r in part]   # type: ignore[union-attr]  # every slot is filled
+
+
+class WorkerWatch:
+    """A stage's wait for its chunks, watched: chunks yielded as they finish (completion order), and
+    while none is ready, the scheduler asked every WORKERS_EVERY_S how many workers it has. With none
+    (all died mid-stage, or an adaptive cluster that has not started one), a warning every
+    `no_workers_warn_s`, and ClusterLost after `no_workers_timeout_s` (None: waits for ever);
+    a worker connecting resets the clock. A lost scheduler is ClusterLost at once.
+
+    `client.status` alone does not tell a lost scheduler: a worker's own client can read "connecting"
+    while it works (two stage tasks starting at once on one worker); a client seen "running" that no
+    longer is has lost it (and is reconnecting, which a call would wait on for the connect timeout)."""
+
+    def __init__(self, client, address: str, total: int, settings: ClusterSettings) -> None:
+        self.client, self.address, self.total, self.s = client, address, total, settings
+        self.pending = total
+        self.was_running = client.status == "running"
+        self.gone = False                    # a call to the scheduler failed: it went away
+        self.since: float | None = None      # when no worker was first seen connected
+        self.warned = 0                      # warnings given since then
+        self.next_ask = 0.0
+
+    @property
+    def lost(self) -> bool:
+        return self.gone or (self.was_running and self.client.status != "running")
+
+    def finished(self, futures: list) -> Iterator[Any]:
+        from distributed import as_completed
+        ready = as_completed(futures, loop=self.client.loop)
+        while not ready.is_empty():
+            batch = ready.next_batch(block=False)
+            for fut in batch:
+                yield fut
+                self.pending -= 1        # the caller has its results (not counted if it raised)
+            if not batch:
+                self.check()
+                time.sleep(POLL_S)
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now < self.next_ask:
+            return
+        self.next_ask = now + min(WORKERS_EVERY_S, self.s.no_workers_warn_s)
+        if self.workers():
+            self.since, self.warned = None, 0
+            return
+        if self.since is None:
+            self.since = now
+        waited, timeout = now - self.since, self.s.no_workers_timeout_s
+        if timeout is not None and waited >= timeout:
+            raise ClusterLost(
+                f"no Dask worker connected to the scheduler at {self.address} for {timeout:g} s with {self.pending} "
+                f"of {self.total} chunks to do (cluster.no_workers_timeout_s); what was recorded is kept: start "
+                f"workers (dask worker {self.address}), or raise that bound (null waits for ever), or unset "
+                f"cluster.address and ${ADDRESS_ENV} to work in this process, then rerun the same command to resume")
+        if waited >= (self.warned + 1) * self.s.no_workers_warn_s:
+            self.warned = int(waited // self.s.no_workers_warn_s)
+            bound = f"gives up after {timeout:g} s" if timeout is not None else "waits for ever (null)"
+            log.warning("waiting for Dask workers at %s: none connected for %g s, %d of %d chunks to do; the "
+                        "stage %s without one (cluster.no_workers_timeout_s)", self.address,
+                        self.warned * self.s.no_workers_warn_s, self.pending, self.total, bound)
+
+    def workers(self) -> int:
+        """How many workers the scheduler has (ClusterLost if the scheduler is gone)."""
+        self.was_running = self.was_running or self.client.status == "running"
+        if not self.lost:
+            try:
+                return len(self.client.nthreads())
+            except OSError:       # CommClosedError: it went away while answering
+                self.gone = True
+        raise ClusterLost(scheduler_lost(self.address, self.total - self.pending, self.total))
+
+    def cancelled(self, k: int, exc: BaseException) -> str:
+        """Why chunk k came back cancelled, as one line: the scheduler lost, or cancelled by someone."""
+        reason = getattr(exc, "reason", "") or type(exc).__name__
+        if self.lost or reason == "scheduler-connection-lost":
+            self.gone = True             # nothing left to cancel there
+            return scheduler_lost(self.address, self.total - self.pending, self.total)
+        return (f"chunk {k + 1} of {self.total} was cancelled on the Dask cluster at {self.address} ({reason}); what "
+                f"was recorded is kept: rerun the same command to resume")
 
 
 def _check_length(items: list, results: list) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -265,3 +266,129 @@ def test_a_worker_that_joins_after_the_check_is_held_to_it_by_each_chunk(tmp_pat
         finally:
             late.terminate()
             late.wait(timeout=30)
+
+
+# --- the cluster going away mid-stage ------------------------------------------------------------
+
+@contextmanager
+def dask_processes(workers: int):
+    """A scheduler and `workers` one-thread workers (no nanny: a killed one stays dead), each its own
+    process as `dask scheduler` / `dask worker` run them, on loopback: yields (address, [scheduler,
+    worker...] processes), each of which a test may kill -9."""
+    import subprocess
+    from helpers import ENV, free_port
+    address = f"tcp://127.0.0.1:{free_port()}"
+    run = [sys.executable, "-m"]
+    cmds = [[*run, "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
+             "--no-dashboard"]]
+    cmds += [[*run, "distributed.cli.dask_worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
+              "--host", "127.0.0.1"]] * workers
+    # This module's chunk functions go by reference inside a partial: the processes import it from here.
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), ENV.get("PYTHONPATH")]))}
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for cmd in cmds]
+    try:
+        with distributed.Client(address, timeout="60s", set_as_default=False) as client:
+            client.wait_for_workers(workers, timeout=60)
+        yield address, procs
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(timeout=30)
+
+
+def slow_double(items: list[int]) -> list[int]:
+    import time
+    time.sleep(0.5)
+    return [i * 2 for i in items]
+
+
+def last_run(cfg) -> dict:
+    from mlc_pipeline.catalog import Catalog
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
+        return catalog.runs(1)[0]
+
+
+def downloaded(cfg) -> int:
+    """How many candidates the catalog records as downloaded (0 before the first image is on disk,
+    when the catalog may not have its tables yet)."""
+    from mlc_pipeline.catalog import Catalog
+    if not list((cfg.data_dir / "raw").rglob("*.jpg")):
+        return 0
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
+        return catalog.db.execute("SELECT COUNT(*) AS n FROM candidates WHERE status='downloaded'").fetchone()["n"]
+
+
+def test_losing_the_scheduler_mid_stage_is_one_line_and_the_run_is_recorded_failed(tmp_path, monkeypatch):
+    """The scheduler killed -9 while collect's downloads run on the cluster: one line naming it and
+    saying to rerun (it was a traceback and `mlc: FutureCancelledError ...`), exit 1, the run recorded
+    as failed, what was downloaded recorded and the rest still pending."""
+    import signal
+    import subprocess
+    import time
+    from helpers import ENV, MLC
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    config = write_config(tmp_path, faults="image_latency_ms=300", count=12, per_host_concurrency=2)
+    with dask_processes(workers=1) as (address, (scheduler, _)):
+        collect = subprocess.Popen([*MLC, "collect", "-c", str(config), "--no-progress", "--set",
+                                    f"cluster.address={address}", "--set", "cluster.download_chunk=2"],
+                                   env={k: v for k, v in ENV.items() if k != ADDRESS_ENV}, stderr=subprocess.PIPE,
+                                   stdout=subprocess.DEVNULL, text=True)
+        deadline = time.monotonic() + 90
+        while not downloaded(load_config(config)) and time.monotonic() < deadline:
+            time.sleep(0.1)      # a chunk's images are recorded: the stage is under way
+        os.kill(scheduler.pid, signal.SIGKILL)
+        _, err = collect.communicate(timeout=120)
+    last = err.strip().splitlines()[-1]
+    assert collect.returncode == 1 and "Traceback" not in err and "CancelledError" not in err, err[-3000:]
+    assert last.startswith(f"mlc: lost the connection to the Dask scheduler at {address}"), last
+    assert "what was recorded is kept" in last and last.endswith("rerun the same command to resume"), last
+    cfg = load_config(config)
+    assert last_run(cfg)["status"] == "failed"
+    statuses = {r["status"] for r in catalog_rows(cfg)}
+    assert {"downloaded", "pending"} <= statuses, statuses
+
+
+def test_a_scheduler_without_workers_warns_then_fails_the_stage_after_the_bound(tmp_path, monkeypatch):
+    """A scheduler with no worker at all: collect waited silently for ever. Now it warns every
+    cluster.no_workers_warn_s and gives up after cluster.no_workers_timeout_s, in one line."""
+    import subprocess
+    from helpers import ENV, MLC
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    config = write_config(tmp_path, count=3)
+    with distributed.LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=None) as lc:
+        address = lc.scheduler_address
+        res = subprocess.run([*MLC, "collect", "-c", str(config), "--no-progress", "--set", f"cluster.address={address}",
+                              "--set", "cluster.no_workers_warn_s=1", "--set", "cluster.no_workers_timeout_s=3"],
+                             env={k: v for k, v in ENV.items() if k != ADDRESS_ENV}, capture_output=True, text=True,
+                             timeout=90)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert sum("has no workers yet" in line for line in lines) == 1       # it was said once per check
+    waiting = [line for line in lines if f"WARNING mlc_pipeline.executor: waiting for Dask workers at {address}" in line]
+    assert len(waiting) >= 2 and "none connected for 1 s" in waiting[0], lines
+    assert lines[-1].startswith(f"mlc: no Dask worker connected to the scheduler at {address} for 3 s"), lines[-1]
+    assert "cluster.no_workers_timeout_s" in lines[-1] and lines[-1].endswith("rerun the same command to resume")
+    assert last_run(load_config(config))["status"] == "failed"
+
+
+def test_when_every_worker_dies_mid_stage_the_wait_warns_then_fails(tmp_path, monkeypatch, caplog):
+    """The only worker killed -9 after the first chunk: the chunks left wait for a worker, warned
+    about, and the stage fails after the bound instead of waiting for ever."""
+    import signal
+    from mlc_pipeline.executor import ClusterLost, cluster_ready
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    with dask_processes(workers=1) as (address, (_, worker)):
+        cfg = load_config(write_config(tmp_path), {"cluster": {"address": address, "no_workers_warn_s": 0.5,
+                                                               "no_workers_timeout_s": 2}})
+        assert cluster_ready(cfg) == address
+        done = []
+
+        def kill_the_worker(items, results):
+            done.append(items)
+            os.kill(worker.pid, signal.SIGKILL)
+
+        with pytest.raises(ClusterLost, match=rf"^no Dask worker connected to the scheduler at {address} for 2 s "
+                                              r"with [23] of 4 chunks to do"):
+            map_chunks(slow_double, list(range(8)), 2, address=address, on_chunk=kill_the_worker)
+    assert done[0] == [0, 1]      # chunks run in order on the one thread; the next may finish before the kill
+    assert any("waiting for Dask workers" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
