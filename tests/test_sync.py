@@ -76,14 +76,20 @@ def test_a_status_change_that_keeps_the_size_is_published(tmp_path, store_url):
     assert uploads == []
 
 
-def test_another_machines_same_size_publish_is_not_overwritten(tmp_path, store_url):
+def two_caches_b_published(tmp_path, store_url):
+    """Caches A and B of one store, both holding 101 and 102; B has since published 101 removed."""
     a, b = machine(tmp_path, store_url, "cache-a"), machine(tmp_path, store_url, "cache-b")
     with Catalog(a.catalog_path) as c:
         c.upsert_found([found("101"), found("102")], "run")
     sync.push_catalog(store_of(a), a)
     sync.pull_catalog(store_of(b), b)
     set_status(b, "101", "removed")
-    sync.push_catalog(store_of(b), b)           # B publishes a change of the same size
+    sync.push_catalog(store_of(b), b)
+    return a, b
+
+
+def test_another_machines_same_size_publish_is_not_overwritten(tmp_path, store_url):
+    a, b = two_caches_b_published(tmp_path, store_url)     # B publishes a change of the same size
     set_status(a, "102", "removed")             # A, not having fetched it, changed another row
     with pytest.raises(ObjectStoreError, match="changed since this cache"):
         sync.push_catalog(store_of(a), a)
@@ -135,13 +141,7 @@ def test_a_publish_killed_after_the_catalog_upload_is_no_unpublished_change(tmp_
 def test_a_cached_change_the_store_lacks_is_still_kept_aside(tmp_path, store_url, caplog):
     """The other side of the comparison: a change made here that the store never got (another machine
     published meanwhile) is still set aside, with the warning."""
-    a, b = machine(tmp_path, store_url, "cache-a"), machine(tmp_path, store_url, "cache-b")
-    with Catalog(a.catalog_path) as c:
-        c.upsert_found([found("101"), found("102")], "run")
-    sync.push_catalog(store_of(a), a)
-    sync.pull_catalog(store_of(b), b)
-    set_status(b, "101", "removed")
-    sync.push_catalog(store_of(b), b)
+    a, b = two_caches_b_published(tmp_path, store_url)
     set_status(a, "102", "removed")         # never published: B's publish came first
     with caplog.at_level(logging.WARNING, logger="mlc_pipeline.sync"):
         assert sync.pull_catalog(store_of(a), a)
