@@ -18,7 +18,7 @@ import re
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 from mlc_pipeline.config import Config, ConfigError
@@ -171,12 +171,17 @@ def same_bytes(store: Store, local: Path, rel: str, info: dict | None) -> bool:
     """Is the object `rel` (listed as `info`) this file, byte for byte? For small files rewritten in
     place (reports, mined.csv): the MD5 where the ETag is one, else the object read back and hashed
     (file:// has no ETag, multipart uploads' is no MD5). Never the size alone: a rewrite often keeps it."""
-    if not same(local, info):
-        return False
+    return same(local, info) and holds_digests(store, rel, info, lambda: md5_file(local), lambda: sha256_file(local))
+
+
+def holds_digests(store: Store, rel: str, info: dict, md5: Callable[[], str | None],
+                  sha256: Callable[[], str | None]) -> bool:
+    """Are the object's bytes those digests (computed only when needed)? The MD5 where the ETag is one,
+    else the object read back and hashed."""
     etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
     if re.fullmatch(r"[0-9a-f]{32}", etag):
-        return md5_file(local) == etag
-    return store.sha256(rel) == sha256_file(local)
+        return md5() == etag
+    return store.sha256(rel) == sha256()
 
 
 def read_marker(store: Store, key: str) -> dict | None:

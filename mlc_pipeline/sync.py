@@ -34,8 +34,8 @@ from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, temp_beside, write_text_atomic
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.manifest import versions as local_versions
-from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, folder_files, md5_file, pull_folder,
-                                      push_folder, read_marker, same, same_bytes, store_errors, store_of)
+from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, folder_files, holds_digests, md5_file,
+                                      pull_folder, push_folder, read_marker, same, same_bytes, store_errors, store_of)
 from mlc_pipeline import storefiles
 from mlc_pipeline.storefiles import delete_unnamed_files, drop_taken_down, pull_files, push_files
 
@@ -143,8 +143,7 @@ def holds_our_upload(store: Store, info: dict, uploading: dict | None, signature
     one, else the object read back and hashed."""
     if not uploading or uploading.get("local") != signature or info.get("size") != uploading.get("size"):
         return False
-    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
-    return etag == uploading.get("md5") or store.sha256(CATALOG_OBJECT) == uploading.get("sha256")
+    return holds_digests(store, CATALOG_OBJECT, info, lambda: uploading.get("md5"), lambda: uploading.get("sha256"))
 
 
 def push_catalog(store: Store, cfg: Config) -> None:
