@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import time
+from functools import lru_cache
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,10 @@ def read(path: str) -> str:
         return ""
 
 
+@lru_cache(maxsize=1)
 def kernel() -> tuple[str, str, str]:
-    """(machine id, boot id, pid namespace) of this process; empty strings where unknown. The two
+    """(machine id, boot id, pid namespace) of this process; empty strings where unknown (read once
+    per process: every run a catalog lists is checked against them). The two
     ids are kept as app-specific hashes: machine-id(5) asks that the raw id never leave the machine,
     and a catalog travels (object store, PostgreSQL, `mlc inspect --json`)."""
     try:
@@ -107,8 +110,9 @@ def where(run: dict) -> str:
 def describe(rows, idle: str) -> str:
     """The runs recorded as running, for a lock-wait line: those whose process is known gone apart."""
     rows = [dict(r) for r in rows]
-    over = [r for r in rows if gone(r)]
-    live = [r for r in rows if not gone(r)]
+    ended = [gone(r) for r in rows]
+    over = [r for r, end in zip(rows, ended) if end]
+    live = [r for r, end in zip(rows, ended) if not end]
     text = ("runs recorded as running: " + ", ".join(f"{r['command']} {r['run_id']}{where(r)}" for r in live)
             if live else idle)
     if over:
