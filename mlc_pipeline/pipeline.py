@@ -52,13 +52,16 @@ class PipelineResult:
     alternatives: dict[str, dict] = field(default_factory=dict)
     report: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
-    stopped_early: bool = False
     stop_reason: str = ""           # why mining stopped before retraining every round ("" when it did not)
     shortfall: list[str] = field(default_factory=list)   # one line per set short of usable images
     shipped: str = ""               # the bundle models/LATEST names after the run
     not_shipped: str = ""           # why the last round's model is not the one shipped ("" when it is)
     trained_with: dict = field(default_factory=dict)   # what round 0 depends on besides the data (`round0_key`)
     reused: str = ""                # round 0 was the last run's shipped model, not retrained: why
+
+    @property
+    def stopped_early(self) -> bool:
+        return bool(self.stop_reason)
 
 
 def plain(value: Any) -> Any:
@@ -293,7 +296,7 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
             mined = stages.mine(cfg, model["bundle_dir"], r)
         if why := mining_stop(cfg, r, mined["added"]):
             log.info("%s; stopping", why)
-            out.stopped_early, out.stop_reason = True, why
+            out.stop_reason = why
             break
         with stages.stage("build"):
             ds = stages.build(cfg)      # mined images were curated already
@@ -309,8 +312,7 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
             out.not_shipped = f"{why}: models/LATEST stays {kept.bundle}"
             log.warning("%s", out.not_shipped)
             publish(cfg)                # the mined labels (catalog), the new version and model
-            out.stopped_early = r < cfg.mine.rounds
-            if out.stopped_early:
+            if r < cfg.mine.rounds:
                 out.stop_reason = f"round {r}'s model was not shipped: a further round would go on from it"
             break
         publish_latest(cfg, model["bundle"])
@@ -318,8 +320,7 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
         before, after = (unknown_rate(x.unknown_accepted, x.probe_accepted) for x in out.rounds[-2:])
         if why := mining_stop(cfg, r, mined["added"], before, after):
             log.info("%s; stopping", why)
-            out.stopped_early = r < cfg.mine.rounds
-            out.stop_reason = why if out.stopped_early else ""
+            out.stop_reason = why if r < cfg.mine.rounds else ""
             break
     out.shipped = out.shipped or out.rounds[-1].bundle
     with stages.stage("report"):
