@@ -98,7 +98,8 @@ def resolve_duplicates(items: list[DedupItem], threshold: int = DEFAULT_THRESHOL
 
     `confirm(id_a, id_b)` returns a similarity score (or None when it cannot tell). Without it no
     near duplicate is confirmed, and only exact copies are dropped. `prefetch(pairs)`, if given, is
-    told every candidate pair (ids) before any is confirmed (to score them in parallel).
+    told, before any is confirmed, the pairs (ids) the keepers will confirm if every candidate is
+    confirmed (to score them in parallel; others are confirmed one by one as they come).
     """
     if class_conflict not in ("multi-label", "keep-best"):
         raise ValueError(f"unknown class_conflict rule {class_conflict!r}")
