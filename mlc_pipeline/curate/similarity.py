@@ -95,13 +95,28 @@ def _alignments() -> tuple[list[tuple[int, float]], list[tuple[int, int]]]:
 
 VIEWS, VIEW_PAIRS = _alignments()
 _PA, _PB = (np.array(x) for x in zip(*VIEW_PAIRS))
+# The views without rotation come first in VIEWS; the alignments between them are compared first.
+N_PLAIN = sum(1 for r, _ in VIEWS if r == 0)
+_PLAIN = (_PA < N_PLAIN) & (_PB < N_PLAIN)
+_PLAIN_A, _PLAIN_B = _PA[_PLAIN], _PB[_PLAIN]
+_B_CROPPED = _PLAIN_A > 0       # a's centre against b's whole (and the whole pictures: PLAIN_B is 0 then)
 
 
 def residuals(im: Image.Image) -> np.ndarray:
     "The residual of every view in VIEWS, one row each (what `similarity` compares)."
     im = _shrunk(im)
-    rotated = {r: im.rotate(r, resample=Image.Resampling.BILINEAR) if r else im for r in ROTATIONS}
-    return np.stack([_residual(crop_view(rotated[r], c)) for r, c in VIEWS])
+    return np.concatenate([plain_residuals(im), rotated_residuals(im)])
+
+
+def plain_residuals(im: Image.Image) -> np.ndarray:
+    "The rows of `residuals` for the views without rotation (the first N_PLAIN of VIEWS)."
+    return np.stack([_residual(crop_view(im, c)) for r, c in VIEWS if r == 0])
+
+
+def rotated_residuals(im: Image.Image) -> np.ndarray:
+    "The other rows of `residuals`: the rotated views (rotating is most of their cost)."
+    rotated = {r: im.rotate(r, resample=Image.Resampling.BILINEAR) for r in ROTATIONS if r}
+    return np.stack([_residual(crop_view(rotated[r], c)) for r, c in VIEWS if r != 0])
 
 
 def _shrunk(im: Image.Image) -> Image.Image:
@@ -121,20 +136,28 @@ class Signature:
     def __init__(self, im: Image.Image):
         self.image = _shrunk(im)     # greyscale, long side <= 3 * THUMB_SIDE: where a crop is searched
         self._full: np.ndarray | None = None
+        self._plain: np.ndarray | None = None
         self._residuals: np.ndarray | None = None
 
     @property
     def full(self) -> np.ndarray:
         "The residual of the whole picture (VIEWS[0]), the first row of `residuals`."
         if self._full is None:
-            self._full = self._residuals[0] if self._residuals is not None else _residual(self.image)
+            self._full = self.plain[0] if self._plain is not None else _residual(self.image)
         return self._full
+
+    @property
+    def plain(self) -> np.ndarray:
+        "The first N_PLAIN rows of `residuals`: the views without rotation."
+        if self._plain is None:
+            self._plain = plain_residuals(self.image)
+        return self._plain
 
     @property
     def residuals(self) -> np.ndarray:
         "One row per VIEWS entry."
         if self._residuals is None:
-            self._residuals = residuals(self.image)
+            self._residuals = np.concatenate([self.plain, rotated_residuals(self.image)])
         return self._residuals
 
 
@@ -153,13 +176,22 @@ def similarity(a: Image.Image | Signature, b: Image.Image | Signature) -> float:
     whole = float(sa.full @ sb.full)
     if whole >= SURE:
         return whole
-    ra, rb = sa.residuals, sb.residuals
-    # Both directions: either image may be the cropped or the rotated one.
+    # Then the crops without rotation (a centred crop is beyond doubt there), and only then the
+    # rotations: each step is only taken for a pair the previous ones leave short of SURE, so a
+    # score is below SURE exactly when it was before, and equal to it.
+    plain = (sa.plain[_PLAIN_A] * sb.plain[_PLAIN_B]).sum(axis=1)     # either image may be the cropped one
+    if plain.max() >= SURE:
+        return float(plain.max())
+    ra, rb = sa.residuals, sb.residuals      # both directions: either image may be the rotated one
     fixed = float(max((ra[_PA] * rb[_PB]).sum(axis=1).max(), (rb[_PA] * ra[_PB]).sum(axis=1).max()))
     if fixed >= CONFIRM:
         return fixed
-    # Not a centred crop: look for either image in a corner of the other (only for pairs still in doubt).
-    return max(fixed, anchored_search(sa.image, sb), anchored_search(sb.image, sa))
+    # Not a centred crop: look for either image in a corner of the other (only for pairs still in
+    # doubt), first in the direction the centred crops leaned to; a window beyond doubt ends it.
+    b_in_a = plain[_B_CROPPED].max() >= plain[~_B_CROPPED].max()
+    first, second = ((sa.image, sb), (sb.image, sa)) if b_in_a else ((sb.image, sa), (sa.image, sb))
+    best = max(fixed, anchored_search(*first))
+    return best if best >= SURE else max(best, anchored_search(*second))
 
 
 class FileSimilarity:
@@ -249,6 +281,7 @@ COVER_STEP = 0.025
 CORNERS = ((0, 0), (1, 0), (0, 1), (1, 1))   # which corner the window touches: (right?, bottom?)
 
 
+
 def anchored_search(big: Image.Image, small: Signature) -> float:
     "Best score of `small`'s full view against a window of `big` that touches one of its corners."
     ratio = (small.image.width / small.image.height) / (big.width / big.height)
@@ -262,6 +295,8 @@ def anchored_search(big: Image.Image, small: Signature) -> float:
         return 0.0
     tries = [(corner, c) for corner in CORNERS for c in starts]
     score, (corner, cover) = max(zip(_corner_scores(big, template, ratio, tries), tries))
+    if score >= SURE:              # beyond doubt already: refining can only raise it
+        return float(score)
     # Refine the best window's cover between its grid neighbours, in quarter steps (one batch).
     tries = [(corner, cover + k * COVER_STEP / 4) for k in (-3, -2, -1, 1, 2, 3)]
     tries = [(k, c) for k, c in tries if COVER_MIN - 1e-9 <= c <= top + 1e-9 and c * ratio >= COVER_MIN - 1e-9]
