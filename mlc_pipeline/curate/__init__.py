@@ -1,7 +1,7 @@
 """curate: verify every downloaded file, quarantine bad ones with a reason, and drop exact and
 confirmed near-duplicates (within and across sets and published test splits); takedowns.
 
-Modules: stage (the curate run), verify (decoding checks), hashing (content and perceptual hashes),
+Modules: stage (the curate run), decide (duplicate decisions across purposes and tests), verify (decoding checks), hashing (content and perceptual hashes),
 neardup (candidate pairs by Hamming distance), similarity (the second signal that confirms a pair),
 dedup (groups without chains), takedown (`mlc remove`).
 """

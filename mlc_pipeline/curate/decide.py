@@ -1,0 +1,123 @@
+"""Duplicate decisions over a curate's verified rows: inside each purpose (`dedup.resolve_duplicates`),
+across purposes (a probe or pool image that duplicates a training image would leak, so it goes), and
+against the test images of published dataset versions. What to decide only; `stage.py` reads the
+catalog, inspects the files and records the decisions.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from functools import partial
+
+import numpy as np
+
+from mlc_pipeline.config import Config
+from mlc_pipeline.curate.dedup import DedupItem, resolve_duplicates, view_distance
+from mlc_pipeline.curate.hashing import hex_to_uint64
+from mlc_pipeline.curate.neardup import find_pairs
+from mlc_pipeline.curate.pair_pool import prefetch_scores
+from mlc_pipeline.curate.similarity import CONFIRM, FileSimilarity
+
+PURPOSE_PRIORITY = ("train", "probe", "pool")   # a duplicate across purposes stays in the first
+
+
+def labels_of(row: dict) -> frozenset[str]:
+    return frozenset() if row["label"] == "other" else frozenset(row["label"].split())
+
+
+def dedup_item(r: dict) -> DedupItem:
+    return DedupItem(id=r["id"], labels=labels_of(r), sha256=r["sha256"], phash=r["phash"],
+                     pixels=(r["img_width"] or 0) * (r["img_height"] or 0), first_seen=r["first_seen_at"],
+                     view_hashes=tuple(r["view_hashes"].split(",")) if r.get("view_hashes") else (),
+                     n_bytes=r.get("bytes") or 0)
+
+
+def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = None
+            ) -> dict[int, tuple[str, str | None, int | None, str | None]]:
+    """Decide every verified row: id -> (status, reason, duplicate_of, curated_label).
+
+    `published_tests`: test images of published dataset versions (`published_test_images`); a
+    train or pool row that duplicates one of them is dropped as `*-duplicate-of-test`.
+    """
+    threshold = cfg.curate.hamming_threshold
+    confirm = FileSimilarity({r["id"]: r["file_path"] for r in rows})
+    ids = set(confirm.paths)
+    decisions: dict[int, tuple] = {}
+    if published_tests:
+        confirm.paths.update({("test", k): t["file_path"] for k, t in enumerate(published_tests)})
+        tests = [dict(t, id=("test", k)) for k, t in enumerate(published_tests)]
+        # The published test photos themselves stay: their split is fixed by their photo id.
+        test_photos = {(t["source"], t["photo_id"]) for t in tests}
+        exposed = [r for r in rows if r["purpose"] in ("train", "pool")     # pool feeds hard-negative mining
+                   and (r["source"], r["photo_id"]) not in test_photos]
+        for rid, (tid, dist, kind) in cross_duplicates(tests, exposed, threshold, confirm).items():
+            t = tests[tid[1]]
+            keeper = t["candidate_id"] if t["candidate_id"] in ids else None   # None: no longer in this catalog
+            decisions[rid] = ("duplicate", f"{kind}-duplicate-of-test:{t['version']}:d={dist}", keeper, None)
+        rows = [r for r in rows if r["id"] not in decisions]
+    by_purpose: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_purpose[r["purpose"]].append(r)
+    kept_higher: list[dict] = []     # kept rows of purposes earlier in PURPOSE_PRIORITY
+    for purpose in PURPOSE_PRIORITY:
+        group = by_purpose.get(purpose, [])
+        if not group:
+            continue
+        # Across purposes first: a probe or pool image that duplicates a training image would leak.
+        if kept_higher:
+            dup_of = cross_duplicates(kept_higher, group, threshold, confirm)
+            for rid, (kid, dist, kind) in dup_of.items():
+                decisions[rid] = ("duplicate", f"{kind}-duplicate-of-{purpose_of(kept_higher, kid)}:d={dist}", kid, None)
+            group = [r for r in group if r["id"] not in dup_of]
+        result = resolve_duplicates([dedup_item(r) for r in group], threshold, confirm=confirm,
+                                    prefetch=partial(prefetch_scores, confirm, workers=cfg.curate.workers))
+        conflicts = {i: f"conflict:{res}" for ids, _, res in result.conflicts for i in ids}
+        for (a, b), _, dist, score in result.reviews:   # kept, but a person should look at them
+            for me, other in ((a, b), (b, a)):
+                conflicts.setdefault(me, f"review:label-conflict:with={other}:d={dist}:s={score:.2f}")
+        for r in group:
+            rid = r["id"]
+            if rid in result.duplicates:
+                kid, kind, dist = result.duplicates[rid]
+                decisions[rid] = ("duplicate", f"{kind}-duplicate:d={dist}", kid, None)
+            else:
+                labels = result.kept[rid]
+                label = " ".join(sorted(labels)) if labels else "other"
+                decisions[rid] = ("accepted", conflicts.get(rid), None, label)
+                kept_higher.append(r)
+    return decisions
+
+
+def purpose_of(rows: list[dict], rid: int) -> str:
+    return next(r["purpose"] for r in rows if r["id"] == rid)
+
+
+def cross_duplicates(kept: list[dict], new: list[dict], threshold: int, confirm) -> dict[int, tuple[int, int, str]]:
+    """new row id -> (kept row id, phash distance, 'exact' | 'near') for new rows that are byte copies
+    of a kept row, or within the threshold of one (any crop view) and confirmed by `confirm`.
+    Each new row is compared with kept rows directly, nearest first: no chains."""
+    items = [dedup_item(r) for r in kept + new]
+    views = [(k, h) for k, it in enumerate(items) for h in (it.phash, *it.view_hashes)]
+    owner = np.array([k for k, _ in views], dtype=np.int64)
+    pairs = find_pairs(hex_to_uint64([h for _, h in views]), threshold) if views else np.zeros((0, 2), np.int64)
+    n_kept = len(kept)
+    candidates: dict[int, set[int]] = defaultdict(set)     # new index -> kept indices
+    for i, j in zip(owner[pairs[:, 0]].tolist(), owner[pairs[:, 1]].tolist()):
+        if (i < n_kept) != (j < n_kept):
+            k, m = (i, j) if i < n_kept else (j, i)
+            candidates[m].add(k)
+    by_sha = defaultdict(list)
+    for k, r in enumerate(kept):
+        by_sha[r["sha256"]].append(k)
+    out: dict[int, tuple[int, int, str]] = {}
+    for m in range(n_kept, len(items)):
+        nid = items[m].id
+        if by_sha.get(items[m].sha256):
+            out[nid] = (items[by_sha[items[m].sha256][0]].id, 0, "exact")
+            continue
+        for dist, k in sorted((view_distance(items[k], items[m]), k) for k in candidates.get(m, ())):
+            score = confirm(items[k].id, nid)
+            if score is not None and score >= CONFIRM:
+                out[nid] = (items[k].id, dist, "near")
+                break
+    return out
