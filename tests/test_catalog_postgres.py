@@ -113,6 +113,28 @@ def test_a_transaction_that_fails_leaves_nothing(catalog_settings, tmp_path):
         assert len(c.candidates()) == 1
 
 
+def test_pair_scores_are_kept_by_digests_overwritten_and_pruned(catalog_settings, tmp_path):
+    # Near-duplicate scores kept between curates (catalog/pairs.py): by the two digests and the method.
+    a, b, c_, gone = "a" * 64, "b" * 64, "c" * 64, "d" * 64
+    with open_catalog(catalog_settings, tmp_path) as c:
+        run = c.start_run("collect")
+        c.upsert_found([found("1"), found("2"), found("3")], run)
+        for cid, sha in zip(sorted(r["id"] for r in c.candidates()), (a, b, c_)):
+            c.set_status(cid, "downloaded", None, run, "download", sha256=sha)
+        c.save_pair_scores("m1", {(a, b): 0.5, (a, gone): 0.99, (b, c_): 0.93})
+        c.save_pair_scores("m0", {(a, c_): 0.2})
+        assert c.pair_scores("m1", [a, b, c_]) == {(a, b): 0.5, (b, c_): 0.93}
+        assert c.pair_scores("m1", [a, b]) == {(a, b): 0.5}           # only pairs between the digests given
+        with c.transaction():                                          # inside a caller's transaction too
+            c.save_pair_scores("m1", {(a, b): 0.25})
+        assert c.pair_scores("m1", [a, b]) == {(a, b): 0.25}
+        with pytest.raises(ValueError):
+            c.save_pair_scores("m1", {(b, a): 0.3})                  # the smaller digest first
+        assert c.prune_pair_scores("m1") == 2                          # m0's, and the one of a file no one holds
+        assert c.pair_scores("m1", [a, b, c_, gone]) == {(a, b): 0.25, (b, c_): 0.93}
+        assert c.pair_scores("m0", [a, c_]) == {}
+
+
 def test_readonly_open_of_a_catalog_not_created_yet_reads_empty(catalog_settings, tmp_path):
     with open_catalog(catalog_settings, tmp_path, readonly=True) as c:
         assert c.candidates() == [] and c.runs() == []
@@ -322,6 +344,8 @@ def test_migrate_copies_a_sqlite_catalog_idempotently_and_verifies(postgres_serv
                 c.record_removal(victim, f"photo-id:{victim['photo_id']}", "test", c.start_run("remove"), [])
             before = {"candidates": c.candidates(), "events": c.db.execute("SELECT * FROM events ORDER BY id").fetchall()}
             before["events"] = [dict(e) for e in before["events"]]
+            one, two = sorted(r["sha256"] for r in c.candidates("status='downloaded'"))[:2]
+            c.save_pair_scores("a method", {(one, two): 0.95})         # kept near-duplicate scores go too
         config = tmp_path / "config.yaml"
         config.write_text(yaml.safe_dump(raw))
         first = subprocess.run([*MLC, "catalog", "migrate", "-c", str(config), "--to", pg_url],
@@ -342,6 +366,7 @@ def test_migrate_copies_a_sqlite_catalog_idempotently_and_verifies(postgres_serv
             assert c.candidates() == before["candidates"]       # file paths resolve to the same files
             assert [dict(e) for e in c.db.execute("SELECT * FROM events ORDER BY id")] == before["events"]
             assert c.removed_owners() == set() and len(c.removals()) == 1
+            assert c.pair_scores("a method", [one, two]) == {(one, two): 0.95}
         pg_config = tmp_path / "pg.yaml"
         pg_config.write_text(yaml.safe_dump({**raw, "catalog": {"url": pg_url}}))
         shown = subprocess.run([*MLC, "inspect", "-c", str(pg_config), "--json"], capture_output=True, text=True,

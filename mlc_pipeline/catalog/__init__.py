@@ -7,6 +7,7 @@ the project lives in this package.
   postgres.py  a PostgreSQL database (`catalog: {url: postgresql://...}`), several writers at once
   address.py   where a catalog lives, and its URL checked and shown without a password
   copy.py      `mlc catalog migrate`: a SQLite catalog copied into PostgreSQL
+  pairs.py     near-duplicate pair scores kept between curates (a cache)
 """
 
 from .address import PostgresCatalog, check_url, display_url

@@ -32,7 +32,7 @@ from .store import Catalog
 
 log = logging.getLogger(__name__)
 BATCH = 2000
-KEYS = {"meta": "key", "runs": "run_id", **review.TABLES}       # other tables: id
+KEYS = {"meta": "key", "runs": "run_id", "pair_scores": "method, sha_a, sha_b", **review.TABLES}   # others: id
 
 
 class TargetNotEmpty(CatalogError):

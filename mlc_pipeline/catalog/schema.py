@@ -58,13 +58,17 @@ CREATE TABLE IF NOT EXISTS removals (
   owner TEXT, selector TEXT NOT NULL, reason TEXT NOT NULL, run_id TEXT, at REAL NOT NULL,
   files_deleted TEXT NOT NULL       -- JSON list of the paths deleted
 );
+CREATE TABLE IF NOT EXISTS pair_scores (   -- a cache of near-duplicate scores (pairs.py)
+  sha_a TEXT NOT NULL, sha_b TEXT NOT NULL, method TEXT NOT NULL, score REAL NOT NULL,
+  PRIMARY KEY (method, sha_a, sha_b)
+);
 """
 # Columns added after a catalog may have been created: (table, column, type), added when missing.
 ADDED_COLUMNS = (("candidates", "view_hashes", "TEXT"), ("candidates", "source_file", "TEXT"),
                  ("candidates", "verify_limits", "TEXT"), ("candidates", "img_frames", "INTEGER"),
                  ("runs", "host", "TEXT"), ("runs", "pid", "INTEGER"), ("runs", "process", "TEXT"))
 # Tables in the order a copy fills them; those whose ids a database assigns (identity columns).
-TABLES = ("meta", "runs", "licenses", "candidates", "events", "removals")
+TABLES = ("meta", "runs", "licenses", "candidates", "events", "removals", "pair_scores")
 GENERATED_IDS = ("candidates", "events", "removals")
 
 # Candidate fields that describe the photo (as the source reported it); updated on every sighting.

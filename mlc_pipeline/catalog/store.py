@@ -34,6 +34,7 @@ from typing import Iterable, Iterator
 
 from . import postgres, runs, sqlite
 from .address import PostgresCatalog
+from .pairs import PairScoreQueries
 from .removals import RemovalQueries
 from .tallies import TallyQueries
 from .schema import MIGRATION_DIRS, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA_VERSION, Found, merge_labels
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 # about to publish is never this process's own (curate/unpublished.py).
 RUNS_OF_THIS_PROCESS: set[str] = set()
 
-class Catalog(RemovalQueries, TallyQueries):
+class Catalog(RemovalQueries, TallyQueries, PairScoreQueries):
     """`where` is the SQLite file (a path) or a `PostgresCatalog` (config's `catalog_path` gives the
     right one). `readonly=True` (inspect, reports) never writes, never waits for a writer and works
     on a read-only data root; a missing catalog then reads as an empty one. Writers wait up to

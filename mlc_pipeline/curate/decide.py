@@ -32,19 +32,23 @@ def dedup_item(r: dict) -> DedupItem:
                      n_bytes=r.get("bytes") or 0)
 
 
-def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = None
-            ) -> dict[int, tuple[str, str | None, int | None, str | None]]:
+def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = None,
+            confirm: FileSimilarity | None = None) -> dict[int, tuple[str, str | None, int | None, str | None]]:
     """Decide every verified row: id -> (status, reason, duplicate_of, curated_label).
 
     `published_tests`: test images of published dataset versions (`published_test_images`); a
-    train or pool row that duplicates one of them is dropped as `*-duplicate-of-test`.
+    train or pool row that duplicates one of them is dropped as `*-duplicate-of-test`. `confirm`:
+    scores pairs (given, it holds the scores kept from earlier curates, and gets this one's).
     """
     threshold = cfg.curate.hamming_threshold
-    confirm = FileSimilarity({r["id"]: r["file_path"] for r in rows})
-    ids = set(confirm.paths)
+    confirm = confirm if confirm is not None else FileSimilarity({})
+    confirm.paths.update({r["id"]: r["file_path"] for r in rows})
+    confirm.digests.update({r["id"]: r["sha256"] for r in rows})
+    ids = {r["id"] for r in rows}
     decisions: dict[int, tuple] = {}
     if published_tests:
         confirm.paths.update({("test", k): t["file_path"] for k, t in enumerate(published_tests)})
+        confirm.digests.update({("test", k): t["sha256"] for k, t in enumerate(published_tests)})
         tests = [dict(t, id=("test", k)) for k, t in enumerate(published_tests)]
         # The published test photos themselves stay: their split is fixed by their photo id.
         test_photos = {(t["source"], t["photo_id"]) for t in tests}

@@ -37,7 +37,7 @@ def prefetch_scores(confirm: FileSimilarity, pairs: Sequence[tuple[Hashable, Has
         if fa is None or fb is None:
             continue
         key = tuple(sorted((fa, fb)))
-        if key not in seen and similarity.PAIR_SCORES.get(key) is None:
+        if key not in seen and confirm.kept_score(a, b) is None:
             seen.add(key)
             todo.append(key)
     if workers <= 1 or len(todo) < MIN_PAIRS:

@@ -201,12 +201,32 @@ class FileSimilarity:
     also kept for the process (`PAIR_SCORES`, by both files' path, size and modification time): every
     curate decides every image again, and `mlc run` curates after each collect round, so the same
     candidate pairs came back round after round, each time decoded and searched again.
+
+    Across processes (a nightly curate), by content: given the files' sha256 `digests` (key ->
+    digest), `known` scores (digest pair, smaller first -> score; the catalog's, under METHOD) are
+    used as they are, and every score found in this object is added to `scored` for the caller to keep.
     """
 
-    def __init__(self, paths: dict[Hashable, str | os.PathLike]):
+    def __init__(self, paths: dict[Hashable, str | os.PathLike], digests: dict[Hashable, str] | None = None,
+                 known: dict[tuple[str, str], float] | None = None):
         self.paths = paths
+        self.digests = {} if digests is None else digests
+        self.known = dict(known or {})
+        self.scored: dict[tuple[str, str], float] = {}
         self._signatures: dict[Hashable, Signature | None] = {}
         self._files: dict[Hashable, tuple | None] = {}
+
+    def digest_pair(self, a: Hashable, b: Hashable) -> tuple[str, str] | None:
+        "What a pair's score is kept by across processes: both digests, the smaller first (None: unknown)."
+        da, db = self.digests.get(a), self.digests.get(b)
+        return (min(da, db), max(da, db)) if da and db and da != db else None
+
+    def kept_score(self, a: Hashable, b: Hashable) -> float | None:
+        "The pair's score if it is known without decoding either file (kept, or scored in this process)."
+        if (digests := self.digest_pair(a, b)) is not None and (score := self.known.get(digests)) is not None:
+            return score
+        fa, fb = self.file_of(a), self.file_of(b)
+        return PAIR_SCORES.get(tuple(sorted((fa, fb)))) if fa and fb else None
 
     def signature(self, key: Hashable) -> Signature | None:
         if key not in self._signatures:
@@ -230,16 +250,21 @@ class FileSimilarity:
         return self._files[key]
 
     def __call__(self, a: Hashable, b: Hashable) -> float | None:
+        digests = self.digest_pair(a, b)
+        if digests is not None and (kept := self.known.get(digests)) is not None:
+            return kept
         fa, fb = self.file_of(a), self.file_of(b)
         pair = tuple(sorted((fa, fb))) if fa and fb else None
-        if pair is not None and (known := PAIR_SCORES.get(pair)) is not None:
-            return known
-        sa, sb = self.signature(a), self.signature(b)
-        if sa is None or sb is None:
-            return None
-        score = similarity(sa, sb)
-        if pair is not None:
-            PAIR_SCORES.put(pair, score)
+        score = PAIR_SCORES.get(pair) if pair is not None else None
+        if score is None:
+            sa, sb = self.signature(a), self.signature(b)
+            if sa is None or sb is None:
+                return None
+            score = similarity(sa, sb)
+            if pair is not None:
+                PAIR_SCORES.put(pair, score)
+        if digests is not None:
+            self.known[digests] = self.scored[digests] = score
         return score
 
 
@@ -280,6 +305,9 @@ COVER_MIN = 0.80          # the copy keeps at least 80 % of each side of the ori
 COVER_STEP = 0.025
 CORNERS = ((0, 0), (1, 0), (0, 1), (1, 1))   # which corner the window touches: (right?, bottom?)
 
+# What a kept score was computed by (catalog/pairs.py): scores of another method are not used. The
+# parameters are in it; "v1" is raised by hand when the code computes a score differently.
+METHOD = f"residual-v1:{THUMB_SIDE}:{CROPS}:{ROTATIONS}:{ROTATED_FLOOR}:{COVER_MIN}:{COVER_STEP}"
 
 
 def anchored_search(big: Image.Image, small: Signature) -> float:

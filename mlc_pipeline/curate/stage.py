@@ -7,7 +7,8 @@ max_image_bytes: `verify_limits`): when they change, an image that verified is j
 recorded size, bytes and frames (no decoding), and one rejected for a limit (too-small, ...) is
 inspected again, so that it can come back. Duplicate resolution is recomputed on every run over
 everything that verified (`decide`), because a new image can change which copy of a group is the
-best one (its candidate pairs are scored on a pool first: `pair_pool`).
+best one; the scores of its candidate pairs are kept in the catalog by the files' digests, so only
+new pairs are scored (on a pool first: `pair_pool`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mlc_pipeline.manifest import read_manifest, versions
 from mlc_pipeline.curate.decide import resolve
 from mlc_pipeline.curate.hashing import FileRecord, inspect_files
 from mlc_pipeline.executor import cluster_ready, map_chunks
+from mlc_pipeline.curate.similarity import METHOD, FileSimilarity
 from mlc_pipeline.curate.takedown import QuarantineIndex
 from mlc_pipeline.curate.unpublished import awaiting_publish
 from mlc_pipeline.curate.verify import LIMIT_REASONS, VerifyLimits, limits_key, recorded_reason
@@ -264,9 +266,13 @@ def _curate(cfg: Config) -> CurateSummary:
             verify_and_hash(cfg, catalog, rows, run_id, summary)
             ok = [r for r in rows if r["status"] != "rejected"]
             with progress.bar("deduplicate", total=len(ok), unit="images") as bar:   # one step: no partial counts
-                decisions = resolve(cfg, ok, published_test_images(cfg))
+                tests = published_test_images(cfg)
+                confirm = FileSimilarity({}, known=catalog.pair_scores(METHOD, [r["sha256"] for r in ok + tests]))
+                decisions = resolve(cfg, ok, tests, confirm)
                 bar.advance(len(ok))
             with catalog.transaction():
+                catalog.save_pair_scores(METHOD, confirm.scored)      # the next curate needs not score them
+                catalog.prune_pair_scores(METHOD)
                 for r in ok:
                     status, reason, dup_of, label = decisions[r["id"]]
                     if status == "accepted" and reason is None and (r["reason"] or "").startswith(("hard-negative", "held:", "not-a-negative:")):

@@ -61,3 +61,57 @@ def test_curate_notices_files_damaged_after_curation(tmp_path):
     with Catalog(cfg.catalog_path) as c:
         assert c.get(truncated["id"])["status"] == c.get(emptied["id"])["status"] == "rejected"
     assert curate_cli(config)["inspected"] == 0          # and unchanged files are not read again
+
+
+@pytest.mark.parametrize("workers", [1, 2])       # 2: the pool that scores pairs first (pair_pool) skips them too
+def test_a_later_curate_reuses_the_pair_scores_kept_in_the_catalog(tmp_path, monkeypatch, workers):
+    # A score is a function of the two files' bytes, but it was kept only for the process: every
+    # nightly curate (a new process) decoded and searched the same candidate pairs again, most of
+    # a curate of unchanged files. Now they are kept in the catalog by the files' sha256.
+    from PIL import Image
+    from mlc_pipeline.curate import pair_pool, similarity
+    from mlc_pipeline.curate.stage import curate
+    world = tmp_path / "world"
+    ants = sorted((FIXTURES / "ants").glob("*.jpg"))
+    (world / "ants").mkdir(parents=True)
+    (world / "scenery").mkdir(parents=True)
+    for f in ants[:8]:
+        shutil.copy(f, world / "ants" / f.name)
+        im = Image.open(f).convert("RGB")
+        w, h = im.size
+        im.crop((round(w * .05), round(h * .05), w - round(w * .05), h - round(h * .05))).save(
+            world / "ants" / f"crop_{f.name}", quality=85)
+    for f in ants[100:102]:
+        shutil.copy(f, world / "scenery" / f.name)
+    raw = {"data_dir": str(tmp_path / "data"),
+           "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s"],
+                      "local": {"port": 0, "folder": str(world), "query_map": {"ants": "ants", "scenery": "scenery"}}},
+           "classes": {"ants": {"queries": ["ants"], "count": 16}},
+           "other": {"queries": ["scenery"], "count": 2}, "curate": {"workers": workers}}
+    cfg = parse_config(raw)
+    collect(cfg, progress=False)
+    monkeypatch.setattr(pair_pool, "MIN_PAIRS", 1)
+    monkeypatch.setattr(similarity, "PAIR_SCORES", similarity.PairScores(1000))
+    first = curate(cfg)
+    assert first.duplicates == {"near-duplicate": 8}
+    with Catalog(cfg.catalog_path) as c:
+        kept = c.pair_scores(similarity.METHOD, [r["sha256"] for r in c.candidates()])
+        decided = {r["id"]: (r["status"], r["duplicate_of"]) for r in c.candidates()}
+    assert len(kept) == 8 and min(kept.values()) >= similarity.CONFIRM
+
+    def no_decoding(path, side=128):
+        raise AssertionError(f"{path} decoded again to score a pair")
+    monkeypatch.setattr(similarity, "PAIR_SCORES", similarity.PairScores(1000))     # as a new process
+    monkeypatch.setattr(similarity, "load_grey", no_decoding)
+    again = curate(cfg)
+    assert again.duplicates == first.duplicates
+    with Catalog(cfg.catalog_path) as c:
+        assert {r["id"]: (r["status"], r["duplicate_of"]) for r in c.candidates()} == decided
+        # Scores of another method, or of a file no candidate holds, are dropped by the next curate.
+        c.save_pair_scores(similarity.METHOD, {("0" * 64, "f" * 64): 0.5})
+        c.save_pair_scores("an older method", {min(kept): 0.1})
+    curate(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        rows = c.db.execute("SELECT sha_a, sha_b, method FROM pair_scores").fetchall()
+    assert sorted((r["sha_a"], r["sha_b"]) for r in rows) == sorted(kept)
+    assert {r["method"] for r in rows} == {similarity.METHOD}
