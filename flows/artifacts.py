@@ -67,9 +67,11 @@ def mined_numbers(mined: list[dict]) -> str:
     m = mined[-1] if mined else {}
     if "scored" not in m:
         return ""
-    held, over = len(m.get("held") or []), m.get("over_cap", 0)
-    return (f" Round {m['round']} scored {m['scored']} pool images: {m['added'] + held + over} accepted as a class "
-            f"({m['added']} added as hard negatives, {held} held for review, {over} over the round's cap).")
+    held, over, late = len(m.get("held") or []), m.get("over_cap", 0), m.get("decided_in_review", 0)
+    accepted = m.get("accepted", m["added"] + held + over + late)
+    decided = f", {late} decided in review meanwhile" if late else ""
+    return (f" Round {m['round']} scored {m['scored']} pool images: {accepted} accepted as a class "
+            f"({m['added']} added as hard negatives, {held} held for review, {over} over the round's cap{decided}).")
 
 
 # ------------------------------------------------------------------------------------- markdown

@@ -123,9 +123,10 @@ def mine_stage(cfg: Config, bundle_dir: str, round_no: int) -> dict:
 
     r = mine_round(cfg, bundle_dir, round_no)
     # The counts mine_round's own summary gives (it put the number added where "accepted" belonged).
-    get_run_logger().info("mine (round %d): %d pool images scored: %d added as hard negatives, %d held for "
-                          "review, %d over the round's cap; %d class images listed for review",
-                          round_no, r.scored, r.added, len(r.held), r.over_cap, len(r.review))
+    get_run_logger().info("mine (round %d): %d pool images scored: %d accepted as a class (%d added as hard "
+                          "negatives, %d held for review, %d over the round's cap, %d decided in review "
+                          "meanwhile); %d class images listed for review", round_no, r.scored, r.accepted, r.added,
+                          len(r.held), r.over_cap, r.decided_in_review, len(r.review))
     out = plain(r)
     out["review"] = len(r.review)
     return out

@@ -51,6 +51,8 @@ class MineResult:
     negatives: list[dict] = field(default_factory=list)   # photo_id, score, top class
     held: list[dict] = field(default_factory=list)        # accepted pool images kept out, and why
     over_cap: int = 0                  # accepted, not held, but beyond this round's cap (scored again next round)
+    accepted: int = 0                  # pool images the model accepted as a class: all of the above, and
+    decided_in_review: int = 0         # ... those a person decided in review while the pool was scored
 
 
 def accepted_classes(bundle, probs: np.ndarray) -> np.ndarray:
@@ -153,6 +155,8 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
             result.held = [e for e in candidates if e["decision"].startswith(HELD)]
             result.over_cap = sum(e["decision"] == "over-cap" for e in candidates)
             result.added = len(result.negatives)
+            result.accepted = len(candidates)
+            result.decided_in_review = sum(e["decision"] == "decided-in-review" for e in candidates)
             result.review = review_class_images(bundle, cfg, class_rows, decided)
             catalog.finish_run(run_id, "completed", {"scored": result.scored, "added": result.added,
                                                      "held": len(result.held), "over_cap": result.over_cap})
