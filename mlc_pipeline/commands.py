@@ -39,7 +39,8 @@ def require_catalog(cfg, config: str) -> None:
     """A data root with no catalog is a mistyped data_dir more likely than an empty project: one line,
     rather than a fresh empty catalog reported on as if it were the project's. (A PostgreSQL catalog
     is a database, not a file here: it is not checked.)"""
-    if cfg.catalog.url or cfg.layout.catalog.exists():
+    from mlc_pipeline.catalog import catalog_exists
+    if catalog_exists(cfg.catalog_path):
         return
     where = f"{cfg.data_url} (cached in {cfg.data_dir})" if cfg.data_url else f"data_dir {cfg.data_dir}"
     raise ConfigError(f"no catalog at {cfg.layout.catalog}: nothing was collected into {where} yet "
@@ -163,7 +164,8 @@ def cmd_mine(args) -> int:
     if not args.undo and cfg.mine.pool is None:    # nothing to score: leave the bundle's files alone
         raise ConfigError("mine.pool is not configured: there is no pool to mine; nothing was changed "
                           "(add mine.pool to the config, then `mlc collect` and `mlc curate`)")
-    if args.undo and args.round is None and cfg.data_url is None and (cfg.catalog.url or cfg.layout.catalog.exists()):
+    from mlc_pipeline.catalog import catalog_exists
+    if args.undo and args.round is None and cfg.data_url is None and catalog_exists(cfg.catalog_path):
         refuse_undo_without_round(cfg)        # a catalog here is read without waiting for a writer's lock
     with writing(cfg, args):          # before importing torch: --no-wait answers at once
         if args.undo and args.round is None:    # an object-store root: once its catalog was fetched

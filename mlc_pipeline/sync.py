@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.catalog import Catalog, catalog_exists
 from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, temp_beside, write_text_atomic
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
@@ -71,7 +71,7 @@ def uses_local_catalog(cfg: Config) -> bool:
 
 
 def has_catalog(cfg: Config) -> bool:
-    return not uses_local_catalog(cfg) or cfg.catalog_path.exists()
+    return catalog_exists(cfg.catalog_path)
 
 
 def read_state(cfg: Config) -> dict:

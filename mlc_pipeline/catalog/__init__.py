@@ -10,10 +10,10 @@ the project lives in this package.
   pairs.py     near-duplicate pair scores kept between curates (a cache)
 """
 
-from .address import PostgresCatalog, check_url, display_url
+from .address import PostgresCatalog, catalog_exists, check_url, display_url
 from .schema import (FILE_STATUSES, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA, SCHEMA_VERSION, CatalogBusy, CatalogError,
                      Found, merge_labels, run_end_status)
 from .store import Catalog
 
 __all__ = ["Catalog", "CatalogBusy", "CatalogError", "FILE_STATUSES", "Found", "PHOTO_FIELDS", "PURPOSE_RANK", "PostgresCatalog",
-           "SCHEMA", "SCHEMA_VERSION", "check_url", "display_url", "merge_labels", "run_end_status"]
+           "SCHEMA", "SCHEMA_VERSION", "catalog_exists", "check_url", "display_url", "merge_labels", "run_end_status"]

@@ -53,6 +53,12 @@ def display_url(url: str) -> str:
     return parts._replace(netloc=user + parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
+def catalog_exists(where: "str | Path | PostgresCatalog") -> bool:
+    """Whether there is a catalog at `where` (config's `catalog_path`) to read: a PostgreSQL catalog
+    is a database, taken to be there (opening it says if it is not); a SQLite one is its file."""
+    return isinstance(where, PostgresCatalog) or Path(where).exists()
+
+
 @dataclass(frozen=True)
 class PostgresCatalog:
     """A PostgreSQL catalog and the data root its relative file paths belong to."""

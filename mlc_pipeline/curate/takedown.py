@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.catalog import Catalog, catalog_exists
 from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.locking import files_lock
@@ -156,7 +156,7 @@ def published_versions_with(cfg: Config, photos: set[tuple[str, str]]) -> dict[s
 def taken_down_photos(cfg: Config) -> set[tuple[str, str]] | None:
     """(source, photo_id) of the photos the catalog records as taken down; None when the data root
     has no catalog to ask (an export of a version folder alone cannot be checked)."""
-    if not cfg.catalog.url and not cfg.catalog_path.exists():
+    if not catalog_exists(cfg.catalog_path):
         return None
     with Catalog(cfg.catalog_path, readonly=True) as catalog:
         return catalog.taken_down_photos()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlc_pipeline.fsutil import write_text_atomic
-from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.catalog import Catalog, catalog_exists
 from mlc_pipeline.config import Config, ConfigError
 from mlc_pipeline.dataset.build import verify_version
 from mlc_pipeline.manifest import read_manifest
@@ -97,7 +97,7 @@ def check_every_class_trains(cfg: Config, version: str, rows: list[dict]) -> Non
     if not empty:
         return
     tallies = {}
-    if cfg.catalog.url or cfg.layout.catalog.exists():
+    if catalog_exists(cfg.catalog_path):
         with Catalog(cfg.catalog_path, readonly=True) as catalog:
             tallies = {c: catalog.set_tally("train", c) for c in empty}
     whys = []

@@ -42,7 +42,8 @@ def run_app(cfg: Config, host: str, port: int, sock: socket.socket) -> int:
     import uvicorn
     from mlc_pipeline.review.app import create_app
     port = sock.getsockname()[1]           # --port 0: the free port the system chose
-    if not cfg.catalog.url and not cfg.catalog_path.exists():     # a PostgreSQL catalog is a database, not a file
+    from mlc_pipeline.catalog import catalog_exists
+    if not catalog_exists(cfg.catalog_path):
         raise ConfigError(f"no catalog at {cfg.catalog_path}: run `mlc collect` and `mlc curate` first")
     token = None
     if not is_loopback(host):
