@@ -68,10 +68,11 @@ class TallyQueries:
         return sorted(rounds)
 
     def counts(self) -> list[dict]:
-        """Counts per purpose, label and status: what `mlc inspect` starts from."""
+        """Counts per purpose, label and status: what `mlc inspect` starts from. Sorted here (code
+        points), as `reasons` is: a PostgreSQL server with a language's collation ordered them otherwise."""
         rows = self.db.execute("SELECT purpose, label, status, COUNT(*) AS n FROM candidates "
-                               "GROUP BY purpose, label, status ORDER BY purpose, label, status")
-        return [dict(r) for r in rows]
+                               "GROUP BY purpose, label, status")
+        return sorted((dict(r) for r in rows), key=lambda r: (r["purpose"], r["label"], r["status"]))
 
     def reasons(self) -> list[dict]:
         """Counts per status and reason, most first; equal counts by status, then reason, compared here
