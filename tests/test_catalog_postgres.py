@@ -117,10 +117,6 @@ def test_pair_scores_are_kept_by_digests_overwritten_and_pruned(catalog_settings
     # Near-duplicate scores kept between curates (catalog/pairs.py): by the two digests and the method.
     a, b, c_, gone = "a" * 64, "b" * 64, "c" * 64, "d" * 64
     with open_catalog(catalog_settings, tmp_path) as c:
-        run = c.start_run("collect")
-        c.upsert_found([found("1"), found("2"), found("3")], run)
-        for cid, sha in zip(sorted(r["id"] for r in c.candidates()), (a, b, c_)):
-            c.set_status(cid, "downloaded", None, run, "download", sha256=sha)
         c.save_pair_scores("m1", {(a, b): 0.5, (a, gone): 0.99, (b, c_): 0.93})
         c.save_pair_scores("m0", {(a, c_): 0.2})
         assert c.pair_scores("m1", [a, b, c_]) == {(a, b): 0.5, (b, c_): 0.93}
@@ -130,7 +126,7 @@ def test_pair_scores_are_kept_by_digests_overwritten_and_pruned(catalog_settings
         assert c.pair_scores("m1", [a, b]) == {(a, b): 0.25}
         with pytest.raises(ValueError):
             c.save_pair_scores("m1", {(b, a): 0.3})                  # the smaller digest first
-        assert c.prune_pair_scores("m1") == 2                          # m0's, and the one of a file no one holds
+        assert c.prune_pair_scores("m1", [a, b, c_]) == 2              # m0's, and the one with a file not given
         assert c.pair_scores("m1", [a, b, c_, gone]) == {(a, b): 0.25, (b, c_): 0.93}
         assert c.pair_scores("m0", [a, c_]) == {}
 

@@ -5,7 +5,7 @@ A score (curate/similarity.py) is a pure function of the two files' bytes and of
 method, so it is kept by the two sha256 digests (the smaller first) and the method's name; a
 nightly curate decides every image again, and without these it scored the same candidate pairs
 every night. `mlc catalog migrate` copies them with the rest; `prune_pair_scores` drops those of
-another method or of a file no candidate has any more.
+another method, or of a pair no longer between the files a curate decides.
 """
 
 from __future__ import annotations
@@ -37,10 +37,21 @@ class PairScoreQueries:
                                     "ON CONFLICT (method, sha_a, sha_b) DO UPDATE SET score=excluded.score",
                                     rows[k:k + BATCH])
 
-    def prune_pair_scores(self, method: str) -> int:
-        """Drop the scores of another method, or of a file no candidate holds; how many went."""
-        held = "SELECT sha256 FROM candidates WHERE sha256 IS NOT NULL"
+    def prune_pair_scores(self, method: str, digests: Iterable[str]) -> int:
+        """Drop the scores of another method, and those of a pair not between `digests` (the files a
+        curate decides: a file taken down, changed or rejected since has no use for its scores); how
+        many went. Found by reading the method's keys here and deleting by key: `NOT IN (SELECT ...
+        FROM candidates)` becomes a scan of candidates per row in PostgreSQL once the digests
+        outgrow its work_mem, and candidates has no index on sha256."""
+        wanted = set(digests)
+        rows = self.db.execute("SELECT sha_a, sha_b FROM pair_scores WHERE method=?", (method,))
+        stale = []
+        while batch := rows.fetchmany(BATCH):
+            stale += [(method, r["sha_a"], r["sha_b"]) for r in batch
+                      if r["sha_a"] not in wanted or r["sha_b"] not in wanted]
         with self._atomic():
-            cur = self.db.execute(f"DELETE FROM pair_scores WHERE method<>? OR sha_a NOT IN ({held}) "
-                                  f"OR sha_b NOT IN ({held})", (method,))
-            return max(cur.rowcount, 0)
+            other = max(self.db.execute("DELETE FROM pair_scores WHERE method<>?", (method,)).rowcount, 0)
+            for k in range(0, len(stale), BATCH):
+                self.db.executemany("DELETE FROM pair_scores WHERE method=? AND sha_a=? AND sha_b=?",
+                                    stale[k:k + BATCH])
+        return other + len(stale)

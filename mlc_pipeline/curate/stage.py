@@ -267,12 +267,13 @@ def _curate(cfg: Config) -> CurateSummary:
             ok = [r for r in rows if r["status"] != "rejected"]
             with progress.bar("deduplicate", total=len(ok), unit="images") as bar:   # one step: no partial counts
                 tests = published_test_images(cfg)
-                confirm = FileSimilarity({}, known=catalog.pair_scores(METHOD, [r["sha256"] for r in ok + tests]))
+                digests = {r["sha256"] for r in ok + tests}
+                confirm = FileSimilarity({}, known=catalog.pair_scores(METHOD, digests))
                 decisions = resolve(cfg, ok, tests, confirm)
                 bar.advance(len(ok))
             with catalog.transaction():
                 catalog.save_pair_scores(METHOD, confirm.scored)      # the next curate needs not score them
-                catalog.prune_pair_scores(METHOD)
+                catalog.prune_pair_scores(METHOD, digests)
                 for r in ok:
                     status, reason, dup_of, label = decisions[r["id"]]
                     if status == "accepted" and reason is None and (r["reason"] or "").startswith(("hard-negative", "held:", "not-a-negative:")):

@@ -107,7 +107,7 @@ def test_a_later_curate_reuses_the_pair_scores_kept_in_the_catalog(tmp_path, mon
     assert again.duplicates == first.duplicates
     with Catalog(cfg.catalog_path) as c:
         assert {r["id"]: (r["status"], r["duplicate_of"]) for r in c.candidates()} == decided
-        # Scores of another method, or of a file no candidate holds, are dropped by the next curate.
+        # Scores of another method, or of a file the curate does not decide, are dropped by the next curate.
         c.save_pair_scores(similarity.METHOD, {("0" * 64, "f" * 64): 0.5})
         c.save_pair_scores("an older method", {min(kept): 0.1})
     curate(cfg)
