@@ -147,17 +147,22 @@ def catalog_pairs(path: Path, passes: int = 1) -> None:
     if len(v):
         print(f"similarity of the catalog's candidates: max {v.max():.3f}, p99 {np.percentile(v, 99):.3f}, "
               f">= CONFIRM: {(v >= CONFIRM).sum()}")
-    print(f"{path}: {len(rows)} images; phash<=10 pairs {len(full)}, view candidates {len(candidates)}, "
+    print(f"{path}: {len(rows)} images; phash<={THRESHOLD} pairs {len(full)}, view candidates {len(candidates)}, "
           f"confirmed {len(confirmed)} ({seconds:.1f} s to confirm)")
 
 
 def main() -> None:
+    global THRESHOLD
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--every", type=int, default=4, help="edit every n-th original")
     parser.add_argument("--catalog", type=Path, help="also count pairs among a catalog's images")
     parser.add_argument("--passes", type=int, default=1, help="with --catalog: confirm its pairs this many "
                         "times in one process (as `mlc run` curates after each collect round)")
+    parser.add_argument("--threshold", type=int, default=THRESHOLD, help="phash bits a candidate may differ by "
+                        "(curate.hamming_threshold; default %(default)s)")
+    parser.add_argument("--no-imagededup", action="store_true", help="only our methods")
     args = parser.parse_args()
+    THRESHOLD = args.threshold
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         originals, copies = make_set(out, args.every)
@@ -192,7 +197,7 @@ def main() -> None:
         report(f"phash <= {THRESHOLD} (before)", full, len(originals), copies, origin)
         report(f"views <= {THRESHOLD}, unconfirmed candidates", candidates, len(originals), copies, origin)
         report(f"ours: views <= {THRESHOLD} + similarity >= {CONFIRM}", confirmed, len(originals), copies, origin)
-        for name, found in imagededup_sets(paths).items():
+        for name, found in ({} if args.no_imagededup else imagededup_sets(paths)).items():
             report(name, found, len(originals), copies, origin)
     if args.catalog:
         catalog_pairs(args.catalog, args.passes)

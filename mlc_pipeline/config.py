@@ -125,7 +125,7 @@ class CurateSettings(Strict):
     min_side: int = Field(64, ge=1)
     max_aspect: float = Field(4.0, ge=1)
     max_pixels: int = Field(64_000_000, ge=1)
-    hamming_threshold: int = Field(10, ge=0, le=32)   # measured on real photos: docs/curation.md
+    hamming_threshold: int = Field(12, ge=0, le=32)   # measured on real photos: docs/curation.md, section 5
     workers: int | None = None
 
 
