@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -97,6 +97,7 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
     with progress.bar("verify + hash", total=len(paths), unit="files") as bar:
         records = inspect_spread(cfg, paths, advance=bar.advance) if paths else []
     summary.inspected = len(records)
+    back = Counter()       # rejected for a limit, passing now (one line, not one per image)
     with catalog.transaction():
         for row, rec in zip(todo, records):
             fields = dict(phash=rec.phash, view_hashes=rec.view_hashes, img_width=rec.width, img_height=rec.height,
@@ -112,13 +113,18 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
                 fields["sha256"] = rec.sha256
             fields["hashed_sha256"] = fields.get("sha256", row["sha256"])
             catalog.update_fields(row["id"], **fields)
+            was = (row["reason"] or "").split(":")[0]
             row.update(fields)
-            record_verdict(cfg, catalog, row, rec.reason, run_id)
+            back[was] += record_verdict(cfg, catalog, row, rec.reason, run_id)
         for row in on_record:
             reason = recorded_reason(row["img_width"], row["img_height"], row["bytes"], row["img_frames"] or 1, limits)
             catalog.update_fields(row["id"], verify_reason=reason, verify_limits=key)
+            was = (row["reason"] or "").split(":")[0]
             row.update(verify_reason=reason, verify_limits=key)
-            record_verdict(cfg, catalog, row, reason, run_id)
+            back[was] += record_verdict(cfg, catalog, row, reason, run_id)
+    if passing := {why: n for why, n in back.items() if n}:
+        log.info("%d rejected image(s) pass under the limits now and are judged again (were: %s)",
+                 sum(passing.values()), ", ".join(f"{why} {n}" for why, n in sorted(passing.items())))
 
 
 def size_changed(row: dict) -> bool:
@@ -140,17 +146,20 @@ def judged_on_record(row: dict, limits: VerifyLimits) -> bool:
         limits.max_frames * pixels <= limits.max_frame_pixels_factor * limits.max_pixels)
 
 
-def record_verdict(cfg: Config, catalog: Catalog, row: dict, reason: str | None, run_id: str) -> None:
+def record_verdict(cfg: Config, catalog: Catalog, row: dict, reason: str | None, run_id: str) -> bool:
     """Quarantine a file that failed (again, or for another reason); one rejected for a limit that
-    passes now is a downloaded file again, for duplicate resolution to decide (it stays where it lies)."""
+    passes now is a downloaded file again, for duplicate resolution to decide (it stays where it lies):
+    then True."""
     if reason and (row["status"], row["reason"]) != ("rejected", reason):
         moved = quarantine(Path(row["file_path"]), cfg.data_dir, reason)
         catalog.set_status(row["id"], "rejected", reason, run_id, "curate", file_path=str(moved))
         row.update(status="rejected", reason=reason, file_path=str(moved))
     elif reason is None and row["status"] == "rejected" and (for_a_limit(row["reason"]) or passing_fault(row["reason"])):
-        log.info("candidate %s passes now (was rejected: %s)", row["id"], row["reason"])
+        log.debug("candidate %s passes now (was rejected: %s)", row["id"], row["reason"])
         catalog.set_status(row["id"], "downloaded", None, run_id, "curate")
         row.update(status="downloaded", reason=None)
+        return True
+    return False
 
 
 def found_in_quarantine(cfg: Config, catalog: Catalog, rows: list[dict]) -> list[dict]:
@@ -222,11 +231,17 @@ def published_test_images(cfg: Config) -> list[dict]:
             if row["split"] == "test":
                 found.append({"version": version, "candidate_id": int(row["candidate_id"]), "source": row["source"],
                               "photo_id": row["photo_id"], "file_path": str(root / version / row["path"])})
-    records = inspect_files([t["file_path"] for t in found], limits_of(cfg), workers=cfg.curate.workers)
-    out = []
+    # min_side and max_aspect are what a collected original must meet; a published copy was resized by
+    # the build (build.max_side) and is checked against whatever its size. The safety limits stay.
+    limits = replace(limits_of(cfg), min_side=1, max_aspect=float("inf"))
+    records = inspect_files([t["file_path"] for t in found], limits, workers=cfg.curate.workers)
+    out, unread = [], [(t, rec) for t, rec in zip(found, records) if not rec.ok]
+    if unread:
+        log.warning("%d published test image(s) cannot be read, so new photos are not checked against them: "
+                    "%s", len(unread), "; ".join(f"{t['file_path']} ({rec.reason})" for t, rec in unread[:3])
+                    + ("; ..." if len(unread) > 3 else ""))
     for t, rec in zip(found, records):
         if not rec.ok:
-            log.warning("published test image %s unreadable (%s): not checked against", t["file_path"], rec.reason)
             continue
         out.append(dict(t, sha256=rec.sha256, phash=rec.phash, view_hashes=rec.view_hashes,
                         img_width=rec.width, img_height=rec.height, first_seen_at=0.0, label="other"))

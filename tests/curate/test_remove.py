@@ -165,8 +165,14 @@ def test_remove_refuses_without_reason_or_match(published):
     assert mlc(config, "remove", "--photo-id", "1", "--owner", "x", "--reason", "x").returncode == 2
 
 
-def test_copies_of_published_test_images_never_enter_training(published):
+@pytest.mark.parametrize("min_side", [None, 100])
+def test_copies_of_published_test_images_never_enter_training(published, min_side, caplog):
+    # min_side 100: the published copies (build.max_side 96) are all smaller than a raised min_side.
+    # They were checked against the policy limits meant for collected originals, every one skipped
+    # with a warning calling it "unreadable", and the guard was off.
     cfg, _, v1, world = published
+    if min_side:
+        cfg = cfg.model_copy(update={"curate": cfg.curate.model_copy(update={"min_side": min_side})})
     manifest = read_manifest(v1.path / "manifest.csv")
     tests = [r for r in manifest if r["split"] == "test"]
     assert tests, "the split hash put no image in test; pick another world"
@@ -179,6 +185,7 @@ def test_copies_of_published_test_images_never_enter_training(published):
         im.convert("RGB").crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(world / "bees" / "zz_recrop.jpg", quality=85)
     collect(cfg, progress=False)
     curate(cfg)
+    assert "published test image" not in caplog.text
     with Catalog(cfg.catalog_path) as c:
         new = c.get_by_photo("local", photo_id_for("bees/zz_recrop.jpg"))
         original = c.get(int(test["candidate_id"]))

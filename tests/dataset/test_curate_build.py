@@ -314,7 +314,7 @@ def downloaded_noise(cfg, sizes: dict[str, tuple[int, int]]) -> None:
             c.set_status(c.get_by_photo("flickr", name)["id"], "downloaded", None, run, "download", file_path=str(dest))
 
 
-def test_a_change_of_limits_judges_cached_verdicts_again_both_ways(tmp_path):
+def test_a_change_of_limits_judges_cached_verdicts_again_both_ways(tmp_path, caplog):
     """Verdicts are cached per file *and* per limits: raising min_side / lowering max_aspect rejects
     images accepted before (from their recorded size: nothing decoded again), and undoing it brings
     the rejected ones back (re-inspected, hashed), whether rejected by record or at inspection."""
@@ -336,8 +336,14 @@ def test_a_change_of_limits_judges_cached_verdicts_again_both_ways(tmp_path):
     assert first.inspected == 3
     assert state() == {"big": ("accepted", None), "small": ("rejected", "too-small"),
                        "wide": ("rejected", "extreme-aspect")}
+    caplog.clear()
+    caplog.set_level("INFO", logger="mlc_pipeline.curate.stage")
     relaxed = curate(loose)            # rejected at inspection, never hashed: inspected again, now in
     assert state() == {name: ("accepted", None) for name in sizes}
+    # One line says how many came back, not one per image (a night of 197 lines in a user's audit).
+    assert "passes now" not in caplog.text
+    assert "2 rejected image(s) pass under the limits now and are judged again (were: extreme-aspect 1, too-small 1)" \
+        in caplog.text, caplog.text
     assert (relaxed.inspected, relaxed.rejudged) == (2, 1)
     with Catalog(strict.catalog_path, readonly=True) as c:
         assert all(r["phash"] and r["curated_label"] == "cat" for r in c.candidates())
