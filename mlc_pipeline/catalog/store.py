@@ -269,11 +269,12 @@ class Catalog(RemovalQueries, TallyQueries, PairScoreQueries):
                     if inserted is not None:
                         events.append((inserted["id"], run_id, now, "search", status, reason))
                         rows[key] = {"id": inserted["id"], "purpose": f.purpose, "label": f.label,
-                                     "queries": json.dumps([f.query]), "status": status}
+                                     "queries": json.dumps([f.query]), "status": status, "curated_label": None}
                         new += 1
                         continue
                     row = rows[key] = dict(self.db.execute(
-                        "SELECT id, purpose, label, queries, status FROM candidates WHERE source=? AND photo_id=?",
+                        "SELECT id, purpose, label, queries, status, curated_label FROM candidates "
+                        "WHERE source=? AND photo_id=?",
                         key).fetchone())
                 known += 1
                 queries = json.loads(row["queries"])
@@ -285,6 +286,11 @@ class Catalog(RemovalQueries, TallyQueries, PairScoreQueries):
                 # The URL only changes for a candidate that has not been downloaded yet.
                 keep_url = row["status"] not in ("pending", "skipped")
                 sets = {k: v for k, v in photo.items() if not (keep_url and k in ("url", "size_key", "width", "height"))}
+                if row["curated_label"] is not None and label != row["label"]:
+                    # An accepted image found under another class is usable for it now, as the next
+                    # curate will say (a keeper's labels hold its own): counted so before then, the set
+                    # is not topped up with more downloads (a renamed class downloaded a second set).
+                    sets["curated_label"] = row["curated_label"] = merge_labels(row["curated_label"], label)
                 self.db.execute(
                     f"UPDATE candidates SET purpose=?, label=?, queries=?, updated_at=?, "
                     f"{', '.join(k + '=?' for k in sets)} WHERE id=?",
@@ -307,7 +313,8 @@ class Catalog(RemovalQueries, TallyQueries, PairScoreQueries):
             ids = sorted(set(ids))
             for i in range(0, len(ids), chunk):
                 part = ids[i:i + chunk]
-                for r in self.db.execute("SELECT id, source, photo_id, purpose, label, queries, status FROM candidates "
+                for r in self.db.execute("SELECT id, source, photo_id, purpose, label, queries, status, curated_label "
+                                         "FROM candidates "
                                          f"WHERE source=? AND photo_id IN ({','.join('?' * len(part))})",
                                          (source, *part)):
                     out[(r["source"], r["photo_id"])] = dict(r)

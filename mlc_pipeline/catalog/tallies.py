@@ -67,6 +67,16 @@ class TallyQueries:
             rounds.add(int(r["reason"].rsplit(":round=", 1)[1]))
         return sorted(rounds)
 
+    def labels_found_by(self, queries: list[str], purpose: str = "train") -> dict[str, int]:
+        """Candidates of `purpose` that any of `queries` found, counted by the label they are filed
+        under: where a class's photos are when none is filed under it (the class was renamed)."""
+        if not queries:
+            return {}
+        found = " OR ".join([self.backend.json_list_has("queries")] * len(queries))
+        rows = self.db.execute(f"SELECT label, COUNT(*) AS n FROM candidates WHERE purpose=? AND ({found}) "
+                               "GROUP BY label", (purpose, *queries))
+        return {r["label"]: r["n"] for r in rows}
+
     def counts(self) -> list[dict]:
         """Counts per purpose, label and status: what `mlc inspect` starts from. Sorted here (code
         points), as `reasons` is: a PostgreSQL server with a language's collation ordered them otherwise."""

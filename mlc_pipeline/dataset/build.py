@@ -54,6 +54,7 @@ class BuildResult:
     counts: dict = field(default_factory=dict)
     fingerprint: str = ""
     skipped: dict = field(default_factory=dict)     # accepted images left out, by reason (file gone or unreadable)
+    left_out: dict = field(default_factory=dict)    # accepted images of classes no longer in the config, by labels
 
 
 def split_of(source: str, photo_id: str, fractions: dict[str, float]) -> str:
@@ -88,15 +89,24 @@ def folder_name(labels: str) -> str:
     return "+".join(labels.split()) if labels else "other"
 
 
-def dataset_rows(cfg: Config, catalog: Catalog) -> list[dict]:
+def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None) -> list[dict]:
     """Everything accepted for training or probing, with its split; pool images (mined negatives, or
-    labelled in review) never test: test and probe stay the images every round compares on."""
+    labelled in review) never test: test and probe stay the images every round compares on.
+
+    Labels of classes no longer in the config are dropped: a photo left with none of the config's
+    classes is left out (counted in `left_out` by its former labels), not made a negative: the user
+    took the class out of the project, not into "other"."""
     rows = []
     removed_owners = catalog.removed_owners()       # `mlc remove --owner`: later photos stay out too
     for c in build_candidates(catalog):             # accepted, with the review app's decisions applied
         if c["owner"] in removed_owners:
             continue
-        labels = "" if c["curated_label"] in (None, "other") else c["curated_label"]
+        found = [] if c["curated_label"] in (None, "other") else c["curated_label"].split()
+        labels = " ".join(label for label in found if label in cfg.classes)
+        if found and not labels:
+            if left_out is not None:
+                left_out[" ".join(found)] += 1
+            continue
         if c["mined_round"] is not None or c["from_pool"]:     # mined, or a pool image labelled in review
             split = mined_split(c["source"], c["photo_id"], cfg.mine.calibration_share)
         elif c["purpose"] == "probe":
@@ -204,17 +214,22 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
     root = cfg.layout.datasets
     root.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(root)
+    left_out: Counter = Counter()
     with Catalog(cfg.catalog_path) as catalog:
-        rows = dataset_rows(cfg, catalog)
+        rows = dataset_rows(cfg, catalog, left_out)
         curation = curation_counts(catalog)
         reviewed = review_changed_photos(catalog)   # the version diff says which changes came from review
+    if left_out:
+        log.warning("%d accepted image(s) left out: their classes are no longer in the config (%s); add a "
+                    "class back to include its images again", sum(left_out.values()),
+                    ", ".join(f"{k} {n}" for k, n in sorted(left_out.items())))
     if not rows:
         raise RuntimeError("nothing to build: no accepted images in the catalog (run collect and curate first)")
     fp = fingerprint(rows, cfg)
     previous = latest_version(root)
     counts = count_rows(rows)
     if same_as_published(root, previous, fp, repair):
-        return summarised(BuildResult(name, previous, root / previous, False, counts, fp))
+        return summarised(BuildResult(name, previous, root / previous, False, counts, fp, left_out=dict(left_out)))
     tmp = root / f".build-{previous or 'v0'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -226,7 +241,8 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
                 raise RuntimeError(f"nothing to build: no accepted image's file could be read ({skipped})")
             fp, counts = fingerprint(rows, cfg), count_rows(rows)
             if same_as_published(root, previous, fp, repair):
-                return summarised(BuildResult(name, previous, root / previous, False, counts, fp, skipped))
+                return summarised(BuildResult(name, previous, root / previous, False, counts, fp, skipped,
+                                              dict(left_out)))
         write_manifest(tmp / "manifest.csv", rows)
         files_sha256 = write_sums(tmp, rows)
         version = f"v{int(previous[1:]) + 1 if previous else 1}"
@@ -251,7 +267,7 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
         if tmp.exists():
             shutil.rmtree(tmp)
     point_latest(root, version)
-    return summarised(BuildResult(name, version, root / version, True, counts, fp, skipped))
+    return summarised(BuildResult(name, version, root / version, True, counts, fp, skipped, dict(left_out)))
 
 
 def same_as_published(root: Path, previous: str | None, fp: str, repair: bool) -> bool:
@@ -306,6 +322,7 @@ def summarised(res: BuildResult) -> BuildResult:
     splits = ("train", "valid", "test", "probe")
     progress.summary(f"build {res.name} {res.version}: {'published' if res.published else 'unchanged'}", [
         ("folder", res.path), ("images", res.counts["images"]),
-        ("skipped (file gone or unreadable here)", res.skipped)] + [
+        ("skipped (file gone or unreadable here)", res.skipped),
+        ("left out (classes no longer in the config)", res.left_out)] + [
         (label, " ".join(f"{s} {c.get(s, 0)}" for s in splits)) for label, c in res.counts["per_label_split"].items()])
     return res

@@ -92,28 +92,35 @@ def check_every_class_trains(cfg: Config, version: str, rows: list[dict]) -> Non
     split: such a model can never claim the class (macro F1 0.000 on it), and `mlc run` used to ship it
     as LATEST with exit 0 (the 2026-12-06 audit: photos too small for every size in source.sizes).
     The message says, per empty class, where its photos went (the catalog's tally of the set)."""
+    unknown = sorted({label for r in rows for label in r["labels"].split()} - set(cfg.classes))
+    if unknown:     # a version built before a class left the config (or under another config)
+        raise ConfigError(f"dataset {version} has images of {', '.join(unknown)}, not a class of the config: "
+                          f"build a version without them (`mlc build` leaves out classes no longer in the "
+                          f"config) or add them back; nothing was trained, models/LATEST is unchanged")
     trained = {label for r in rows if r["split"] == "train" for label in r["labels"].split()}
     empty = [c for c in cfg.classes if c not in trained]
     if not empty:
         return
-    tallies = {}
+    tallies, filed = {}, {}
     if catalog_exists(cfg.catalog_path):
         with Catalog(cfg.catalog_path, readonly=True) as catalog:
             tallies = {c: catalog.set_tally("train", c) for c in empty}
+            filed = {c: catalog.labels_found_by(cfg.classes[c].queries) for c in empty}
     whys = []
     for c in empty:
         elsewhere = sum(c in r["labels"].split() for r in rows)
         why = [f"its {elsewhere} image(s) in {version} are all in valid/test"] if elsewhere else []
-        why += [empty_class_why(cfg, c, tallies[c])] if c in tallies else []
+        why += [empty_class_why(cfg, c, tallies[c], filed[c])] if c in tallies else []
         whys.append(f"{c}: " + ("; ".join(why) or f"no image in {version}"))
     raise ConfigError(f"dataset {version} has no training image of {', '.join(empty)}: a model cannot learn a class "
                       f"it never sees, nor ever claim it; nothing was trained, models/LATEST is unchanged "
                       f"({' | '.join(whys)})")
 
 
-def empty_class_why(cfg: Config, name: str, tally: dict) -> str:
+def empty_class_why(cfg: Config, name: str, tally: dict, filed: dict[str, int] | None = None) -> str:
     """Where a class's photos went, from the catalog: usable ones not in the version, skipped, failed,
-    rejected, duplicates, or none found at all."""
+    rejected, duplicates, filed under other labels by its queries (`filed`: a renamed class), or
+    none found at all."""
     counted = {"usable (build a new version: `mlc build`)": tally["accepted"],
                "downloaded, not curated yet (`mlc curate`)": tally["downloaded"],
                "not downloaded yet (`mlc collect`)": tally["pending"]}
@@ -124,8 +131,12 @@ def empty_class_why(cfg: Config, name: str, tally: dict) -> str:
         for reason, n in sorted(reasons.items(), key=lambda x: -x[1]):
             parts.append(f"{n} offered in no size of source.sizes ({sizes}): too small, list smaller sizes"
                          if reason == "no-allowed-size" else f"{n} {status} ({reason})")
+    queries = ", ".join(cfg.classes[name].queries)
+    if not parts and filed:
+        return (f"its queries ({queries}) found {sum(filed.values())} photos, filed under "
+                f"{', '.join(sorted(filed))} (a renamed class?): `mlc collect` files them under {name} too")
     if not parts:
-        return f"the catalog has no photo of it: its queries ({', '.join(cfg.classes[name].queries)}) found none"
+        return f"the catalog has no photo of it: its queries ({queries}) found none"
     found = sum(n if isinstance(n, int) else sum(n.values()) for n in tally.values())
     return f"of its {found} photos found, " + ", ".join(parts)
 

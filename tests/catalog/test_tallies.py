@@ -65,3 +65,20 @@ def test_counts_come_in_code_point_order_on_every_backend(ordered_settings, tmp_
                         for i, label in enumerate(labels)], run)
         got = [(r["label"], r["n"]) for r in c.counts()]
     assert got == [("a-b", 1), ("a0", 1), ("a_b", 2), ("ants", 2), ("ants bees", 1)]
+
+
+def test_labels_found_by_a_query_counts_where_its_photos_are_filed(ordered_settings, tmp_path: Path):
+    """A renamed class has no photo filed under its new name until the next collect: training says
+    where its queries' photos are (labels_found_by), on every backend."""
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), **ordered_settings,
+                        "classes": {"kites": {"queries": ["kite"], "count": 1}},
+                        "other": {"queries": ["sky"], "count": 1}})
+    with Catalog(cfg.catalog_path) as c:
+        run = c.start_run("collect")
+        c.upsert_found([Found("flickr", str(i), "train", label, query, "http://img.test/x.jpg", "url_m", 500, 375,
+                              4, "CC BY", "o1", "Owner One", "t", "2020-01-01 10:00:00", 1577872800, "")
+                        for i, (label, query) in enumerate([("kite", "kite"), ("kite", "kite"), ("other", "sky"),
+                                                            ("other", "kite")])], run)
+        assert c.labels_found_by(["kite"]) == {"kite": 2, "other": 1}
+        assert c.labels_found_by(["kite", "sky"]) == {"kite": 2, "other": 2}
+        assert c.labels_found_by(["kite"], purpose="pool") == {} and c.labels_found_by([]) == {}

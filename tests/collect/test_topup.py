@@ -153,6 +153,36 @@ def test_rounds_top_every_set_up_to_its_usable_count(tmp_path, server, catalog_s
     assert accepted(cfg) == got
 
 
+def test_a_renamed_class_counts_the_photos_its_query_found_before(tmp_path, server):
+    """A user's audit: renaming a class (kite -> kites, the same query) counted 0 usable images for
+    the new name, because the photos the query had found were curated under the old one until the
+    next curate, so collect downloaded a whole second set; the build then labelled the old photos
+    with both names. Now an accepted photo found under another class counts for it at once, and a
+    version built after the rename holds the new name only."""
+    from mlc_pipeline.dataset.build import build_dataset
+    from mlc_pipeline.manifest import read_manifest
+    raw = raw_cfg(tmp_path, server, ants=30)
+    collect_and_curate(parse_config(raw), progress=False)
+    before = server.stats()["image_requests"]
+    raw["classes"] = {"formicidae": {"queries": ["ants"], "count": 30}}
+    renamed = parse_config(raw)
+    # Built before a collect: the old class is left out, and training says where the photos are
+    # (it said "the catalog has no photo of it: its queries (ants) found none").
+    from mlc_pipeline.config import ConfigError
+    from mlc_pipeline.model.variants import check_every_class_trains
+    early = build_dataset(renamed)
+    assert set(early.left_out) == {"ants"}
+    with pytest.raises(ConfigError, match=r"its queries \(ants\) found \d+ photos, filed under ants \(a renamed class\?\)"):
+        check_every_class_trains(renamed, early.version, read_manifest(early.path / "manifest.csv"))
+    summary, _ = collect_and_curate(renamed, progress=False)
+    assert summary.downloaded == 0 and server.stats()["image_requests"] == before, summary
+    with Catalog(renamed.catalog_path) as c:
+        assert 30 <= c.set_tally("train", "formicidae")["accepted"] <= 33
+    version = build_dataset(renamed)
+    labels = {r["labels"] for r in read_manifest(version.path / "manifest.csv")}
+    assert labels == {"formicidae", ""}, labels
+
+
 def test_short_sets_are_reported_with_their_numbers(tmp_path, server, capsys):
     # other asks for 30 but its query holds 20 photos and 25 thumbnails; the pool asks for 20 of 15.
     cfg = make_cfg(tmp_path, server, other=30, pool=20)

@@ -494,3 +494,48 @@ def test_on_an_object_store_root_a_file_not_in_the_cache_is_left_out_but_not_fai
     assert res.published and res.skipped == {"file-missing": 1}
     with Catalog(cfg.catalog_path) as c:
         assert c.get_by_photo("flickr", "p0")["status"] == "accepted"
+
+
+def test_a_class_taken_out_of_the_config_leaves_the_next_version_and_training_says_so(tmp_path):
+    """A user's audit: with a class removed from the config, the build said 'unchanged' (it published
+    every accepted label), and every later night's training crashed with a traceback (ValueError:
+    manifest labels ['sailboat'] are not among the given classes). Now the next version leaves that
+    class's images out (a photo of two classes keeps the other), says so, and training refuses an
+    older version holding it in one line."""
+    from mlc_pipeline.catalog import Found
+    from mlc_pipeline.config import ConfigError
+    from mlc_pipeline.model.variants import check_every_class_trains
+
+    def cfg_for(classes):
+        return parse_config({"data_dir": str(tmp_path / "data"), "other": {"queries": ["x"], "count": 5},
+                             "classes": {c: {"queries": [c], "count": 20} for c in classes}, "curate": {"workers": 1}})
+
+    both, ants_only = cfg_for(["ants", "bees"]), cfg_for(["ants"])
+    photos = sorted(FIXTURES.glob("ants/*.jpg"))[:16] + sorted(FIXTURES.glob("bees/*.jpg"))[:8]
+    labels = ["ants"] * 16 + ["bees"] * 8
+    with Catalog(both.catalog_path) as c:
+        run = c.start_run("plant")
+        found = [Found("flickr", f"p{i}", "train", label, label, f"http://h/{i}", "url_m", None, None, 4,
+                       "CC BY 2.0", "o", "o", "t", None, None, "") for i, label in enumerate(labels)]
+        found.append(Found("flickr", "p0", "train", "bees", "bees", "http://h/0", "url_m", None, None, 4,
+                           "CC BY 2.0", "o", "o", "t", None, None, ""))     # p0: found by both classes
+        c.upsert_found(found, run)
+        for i, photo in enumerate(photos):
+            dest = both.layout.raw("flickr") / f"p{i}.jpg"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(photo, dest)
+            c.set_status(c.get_by_photo("flickr", f"p{i}")["id"], "downloaded", None, run, "download", file_path=str(dest))
+    curate(both)
+    v1 = build_dataset(both)
+    v1_rows = read_manifest(v1.path / "manifest.csv")
+    assert {r["labels"] for r in v1_rows} == {"ants", "bees", "ants bees"}
+
+    with pytest.raises(ConfigError) as refused:
+        check_every_class_trains(ants_only, v1.version, v1_rows)
+    assert "bees, not a class of the config" in str(refused.value) and "\n" not in str(refused.value)
+    v2 = build_dataset(ants_only)
+    assert v2.published and v2.version != v1.version
+    assert v2.left_out == {"bees": 8}
+    v2_rows = read_manifest(v2.path / "manifest.csv")
+    assert {r["labels"] for r in v2_rows} == {"ants"} and len(v2_rows) == 16     # p0 kept, as ants
+    assert {r["labels"] for r in read_manifest(build_dataset(both).path / "manifest.csv")} == {"ants", "bees", "ants bees"}
