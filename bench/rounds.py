@@ -42,7 +42,7 @@ from mlc_pipeline.model.metrics import (  # noqa: E402
     calibrate_thresholds, capping_path, evaluate, pick_capped, predict_matrix,
     real_class_indices, targets_from_labels,
 )
-from mlc_pipeline.pipeline import unknown_rate  # noqa: E402
+from mlc_pipeline.shipping import unknown_rate  # noqa: E402
 
 CAPS = [None, 0.1, 0.075, 0.05, 0.035, 0.025, 0.0]
 SEEDS = ("seeds' recipe, softmax + other class", "seeds' recipe, sigmoid + other class")

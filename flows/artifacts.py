@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from mlc_pipeline.pipeline import shared_valid_f1
+from mlc_pipeline.shipping import shared_valid_f1
 from mlc_pipeline.report.curves import curve_markdown
 from mlc_pipeline.report.tables import pct
 from mlc_pipeline.report.model import ALTERNATIVES_OFF_TEXT, bundle_network_line, shipped_of

@@ -90,6 +90,17 @@ def build_stage(cfg: Config) -> dict:
     return plain(r)
 
 
+@task(name="assess", **STAGE)
+def assess_stage(cfg: Config, bundle_dir: str, ds: dict) -> dict:
+    """The shipped model scored on a new dataset version: what a new round 0 must match to replace it."""
+    m = Stages(progress=False).assess(cfg, bundle_dir, ds)
+    test = m["metrics"]["test"]
+    get_run_logger().info("assess: %s on %s: test macro F1 %.3f, unknown accepted %s, probe accepted %s",
+                          m["bundle"], m["dataset_version"], test.get("macro_f1", 0.0), test.get("unknown_accepted"),
+                          test.get("probe_accepted"))
+    return m
+
+
 @task(name="train", **STAGE)
 def train_stage(cfg: Config, dataset_dir: str, round_no: int, previous: str | None = None,
                 publish: bool = True) -> dict:
@@ -242,6 +253,9 @@ class TaskStages(Stages):
     def reuse(self, cfg: Config, model: dict) -> dict:
         self.run.data["models"].append(model)       # round 0 in the summary: the last run's shipped model
         return model
+
+    def assess(self, cfg: Config, bundle_dir: str, ds: dict) -> dict:
+        return assess_stage.submit(cfg, bundle_dir, ds).result()
 
     def alternatives(self, cfg: Config, dataset_dir: str) -> dict[str, dict]:
         names = alternative_variants(cfg)           # trained side by side, as the task runner allows

@@ -9,7 +9,6 @@ JSON-able values), which is what a task result must be, so the loop reads the sa
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -22,28 +21,18 @@ from mlc_pipeline.collect.stage import TOPUP_ROUNDS, collect_in_rounds
 from mlc_pipeline.config import Config
 from mlc_pipeline.curate.stage import curate
 from mlc_pipeline.dataset.build import build_dataset
-from mlc_pipeline.fsutil import sha256_file, write_text_atomic
+from mlc_pipeline.fsutil import write_text_atomic
 from mlc_pipeline.locking import data_root_lock
 from mlc_pipeline.model.mine import mine_round
 from mlc_pipeline.sync import publish, pull
 from mlc_pipeline.model.options import check_train_settings
-from mlc_pipeline.model.variants import latest_model, models_root, publish_latest, train_alternatives, train_version
+from mlc_pipeline.model.variants import models_root, publish_latest, train_alternatives, train_version
 from mlc_pipeline.report.inspect import write_html_report
 from mlc_pipeline.report.model import model_section
+from mlc_pipeline.shipping import (RoundRecord, incumbent_model, last_shipped_model, not_shipped_reason, record,
+                                   round0_key, unknown_rate)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RoundRecord:
-    round: int
-    dataset_version: str
-    bundle: str
-    macro_f1: float
-    unknown_accepted: float | None
-    probe_accepted: float | None
-    negatives_added: int = 0
-    valid_macro_f1: float | None = None     # at the model's own thresholds, without mined negatives (`held_out_f1`)
 
 
 @dataclass
@@ -78,56 +67,6 @@ def plain(value: Any) -> Any:
     return value
 
 
-def shared_valid_f1(metrics: dict) -> float | None:
-    """A model's validation macro F1 on the images every round shares: a round's mined negatives
-    join its validation split (mine.calibration_share), so rounds compare without them. Models
-    trained before that setting have only the whole split's figure."""
-    valid = metrics.get("valid") or {}
-    return valid.get("macro_f1_without_mined", valid.get("macro_f1"))
-
-
-def record(round_no: int, version: str, bundle: str, metrics: dict, added: int = 0) -> RoundRecord:
-    """One mining round's line of the report, from a model's metrics."""
-    test = metrics["test"]
-    return RoundRecord(round_no, version, bundle, test["macro_f1"], test.get("unknown_accepted"),
-                       test.get("probe_accepted"), added, shared_valid_f1(metrics))
-
-
-def unknown_rate(test_other: float | None, probe: float | None) -> float | None:
-    """What mining should lower: the mean of the held-out "other" and probe acceptance (either
-    alone when the other is not measured)."""
-    rates = [r for r in (test_other, probe) if r is not None]
-    return sum(rates) / len(rates) if rates else None
-
-
-def held_out_f1(r: RoundRecord) -> float | None:
-    """The macro F1 shipping compares: the mean of validation and test, each at the model's own
-    thresholds. Either split alone is ~100 images here, and on real photos one alone disagreed with
-    the other by 0.07 about the same two models (docs/training.md, "Mining")."""
-    scores = [f for f in (r.valid_macro_f1, r.macro_f1) if f is not None]
-    return sum(scores) / len(scores) if scores else None
-
-
-def not_shipped_reason(cfg: Config, before: RoundRecord, after: RoundRecord) -> str | None:
-    """Why a mining round's model must not replace the round before's (None: ship it).
-
-    Mining exists to lower the unknowns accepted (`unknown_rate`, test other and probe) without
-    paying for it in accuracy. So a round is not shipped when it accepts more unknowns, or when it
-    loses more than `mine.max_f1_loss` of macro F1 (`held_out_f1`)."""
-    u_before = unknown_rate(before.unknown_accepted, before.probe_accepted)
-    u_after = unknown_rate(after.unknown_accepted, after.probe_accepted)
-    if u_before is not None and u_after is not None and u_after > u_before:
-        return (f"round {after.round}'s model {after.bundle} accepted more unknowns than round {before.round}'s "
-                f"({u_before:.3f} -> {u_after:.3f}, mean of test other and probe)")
-    f_before, f_after = held_out_f1(before), held_out_f1(after)
-    # the small margin: F1 figures that differ in the last float bit are equal
-    if f_before is not None and f_after is not None and f_before - f_after > cfg.mine.max_f1_loss + 1e-9:
-        return (f"round {after.round}'s model {after.bundle} lost {f_before - f_after:.3f} of macro F1 against "
-                f"round {before.round}'s ({f_before:.3f} -> {f_after:.3f}, mean of validation and test; "
-                f"mine.max_f1_loss is {cfg.mine.max_f1_loss:g})")
-    return None
-
-
 def mining_stop(cfg: Config, round_no: int, added: int, before: float | None = None,
                 after: float | None = None) -> str | None:
     """Why the mining loop stops after this round (None: go on).
@@ -142,65 +81,26 @@ def mining_stop(cfg: Config, round_no: int, added: int, before: float | None = N
     return None
 
 
-def round0_key(cfg: Config) -> dict:
-    """What a round-0 model depends on besides its dataset version: the training settings as the
-    config gives them, what `auto` resolves to from them (whether ImageNet weights are at hand for
-    `pretrained: auto`; a weights file's content), and the code that trains them."""
-    from mlc_pipeline import __version__
-    return {"train": plain(cfg.train.model_dump()), "weights": weights_at_hand(cfg),
-            "mlc_pipeline": __version__, "training_code": training_code_fingerprint()}
-
-
-def weights_at_hand(cfg: Config) -> str:
-    """The weights `pretrained` would give a training now, without downloading: a model trained from
-    scratch because none were at hand is trained again once they are."""
-    from mlc_pipeline.model import weights
-    choice = weights.pretrained_choice(cfg.train.pretrained)
-    if choice == "none":
-        return "none"
-    if choice not in ("auto", "imagenet"):
-        path = Path(choice).expanduser()
-        return f"file:{sha256_file(path)}" if path.is_file() else f"missing:{path}"
-    arch = weights.RECIPES["pretrained"]["arch"] if cfg.train.arch == "auto" else cfg.train.arch
+def shipped_or_new(cfg: Config, stages: "Stages", incumbent: Path, ds: dict, model: dict,
+                   out: PipelineResult) -> dict:
+    """Round 0: the new model, published as LATEST, unless the shipped one (`incumbent_model`), scored
+    on the same version, does better by the rule a mining round must meet; then that one, and mining
+    goes on from it. Not scored (a damaged bundle, say): the new model ships, as it always did."""
     try:
-        cached = weights.cache_path(weights.imagenet_weights(arch)).is_file()
-    except ValueError:          # a network without ImageNet weights (mlcnet): trained from scratch
-        return "none"
-    return f"imagenet:{arch}:{'cached' if cached else 'not cached'}"
-
-
-def training_code_fingerprint() -> str:
-    """sha256 over the model package's source: a change to how models train trains round 0 again
-    (the package version alone does not move with every change)."""
-    digest = hashlib.sha256()
-    for path in sorted((Path(__file__).parent / "model").glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
-def last_shipped_model(cfg: Config, ds: dict, key: dict) -> dict | None:
-    """The model the last run shipped, as `Stages.train` returns one, when this run's round 0 would
-    learn the same thing again: the build published nothing new (the same version), that model was
-    trained on this version, with the same `round0_key`, and models/LATEST still names it (a model
-    promoted by hand since is the user's choice: round 0 then trains). A nightly run with no new
-    images then mines from the shipped model instead of spending a training on its own data again;
-    anything unknown (an older latest.json, a missing metrics.json) trains, as before."""
-    report = cfg.layout.reports / "latest.json"
-    if ds.get("published", True) or not report.is_file():
-        return None
-    try:
-        last = json.loads(report.read_text())
-    except ValueError as exc:
-        log.warning("%s unreadable (%s): round 0 trains", report, exc)
-        return None
-    bundle = latest_model(cfg)
-    if bundle is None or last.get("trained_with") != key or bundle.name != last.get("shipped"):
-        return None
-    rounds = [r for r in last.get("rounds", []) if r.get("bundle") == bundle.name]
-    if not rounds or rounds[-1].get("dataset_version") != ds.get("version") or not (bundle / "metrics.json").is_file():
-        return None
-    return {"round": 0, "bundle": bundle.name, "bundle_dir": str(bundle), "dataset_version": ds["version"],
-            "metrics": json.loads((bundle / "metrics.json").read_text()), "reused": True}
+        kept = stages.assess(cfg, str(incumbent), ds)
+    except Exception as exc:  # noqa: BLE001 -- a comparison that cannot be made must not end the run
+        log.warning("the shipped model %s could not be scored on %s (%s: %s): round 0's model ships",
+                    incumbent.name, ds["version"], type(exc).__name__, exc)
+        kept = None
+    if kept is not None and (why := not_shipped_reason(
+            cfg, record(0, ds["version"], incumbent.name, kept["metrics"]),
+            record(0, model["dataset_version"], model["bundle"], model["metrics"]),
+            f"the shipped model, scored on {ds['version']}")):
+        out.not_shipped = f"{why}: not shipped; round 0 is the shipped model {incumbent.name}, which mining goes on from"
+        log.warning("%s", out.not_shipped)
+        return kept
+    publish_latest(cfg, model["bundle"])
+    return model
 
 
 def collect_and_curate(cfg: Config, progress: bool = True, on_progress: Callable[[int, int], None] | None = None,
@@ -247,6 +147,13 @@ class Stages:
         model = train_version(cfg, dataset_dir, tag=f"r{round_no}", previous=previous, publish=publish)
         return {"round": round_no, "bundle": model.bundle_dir.name, **plain(model)}
 
+    def assess(self, cfg: Config, bundle_dir: str, ds: dict) -> dict:
+        """A model trained before, scored on version `ds` (as `train` returns a model)."""
+        from mlc_pipeline.model.assess import assess_on_version
+        metrics = assess_on_version(bundle_dir, Path(ds["path"]) / "manifest.csv")
+        return {"round": 0, "bundle": Path(bundle_dir).name, "bundle_dir": str(bundle_dir),
+                "dataset_version": ds["version"], "metrics": metrics, "assessed": True}
+
     def reuse(self, cfg: Config, model: dict) -> dict:
         """Round 0 is an existing model (`last_shipped_model`): nothing to run."""
         return model
@@ -284,7 +191,10 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
             log.info("%s", out.reused)
             model = stages.reuse(cfg, shipped)
         else:
-            model = stages.train(cfg, ds["path"], 0)
+            incumbent = incumbent_model(cfg, round0_key(cfg))
+            model = stages.train(cfg, ds["path"], 0, publish=incumbent is None)
+            if incumbent is not None:
+                model = shipped_or_new(cfg, stages, incumbent, ds, model, out)
     out.trained_with = round0_key(cfg)      # after training: weights it downloaded are at hand now
     publish(cfg)
     out.rounds.append(record(0, model["dataset_version"], model["bundle"], model["metrics"]))

@@ -20,7 +20,7 @@ PKG = ROOT / "mlc_pipeline"
 CORE = {"config", "layout", "fsutil", "manifest", "imageformat", "locking", "secrets", "catalog", "executor",
         "objectstore", "sync", "storefiles", "progress"}
 STAGES = {"collect", "curate", "dataset", "model", "report"}
-TOP = {"pipeline", "cli", "commands"}
+TOP = {"pipeline", "shipping", "cli", "commands"}
 # What each part must never import (ARCHITECTURE.md, "Who may import whom").
 NEVER = {
     "core": STAGES | TOP,

@@ -213,7 +213,11 @@ def test_failed_stage_keeps_published_versions_and_rerun_resumes(harness, projec
     assert result["curate"]["inspected"] <= files_now - files_before     # verification cached per content
     assert result["curate"]["reused"] > 0
     after = published(data)
-    assert after["LATEST"].strip() == "v3" and after["model"] != before["model"]
+    assert after["LATEST"].strip() == "v3"
+    # Round 0 trained on v3; it replaces the shipped model only if it does as well on v3 (the assess
+    # task scores the shipped one there: shipping.incumbent_model); these 3-epoch models often do not.
+    assert list((data / "models").glob("default-v3-r0-*"))
+    assert after["model"] != before["model"] or result["not_shipped"].startswith("round 0's model"), result
     assert {k: after["versions"][k] for k in before["versions"]} == before["versions"]   # old versions intact
 
 

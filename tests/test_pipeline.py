@@ -340,10 +340,10 @@ def test_a_run_with_nothing_new_to_learn_mines_from_the_shipped_model_instead_of
         builds[0] = (other["dataset_version"], False)
 
     def other_training_code(builds, last):
-        monkeypatch.setattr("mlc_pipeline.pipeline.training_code_fingerprint", lambda: "changed")
+        monkeypatch.setattr("mlc_pipeline.shipping.training_code_fingerprint", lambda: "changed")
 
     def imagenet_weights_now_at_hand(builds, last):
-        monkeypatch.setattr("mlc_pipeline.pipeline.weights_at_hand", lambda c: "imagenet:resnet34:cached")
+        monkeypatch.setattr("mlc_pipeline.shipping.weights_at_hand", lambda c: "imagenet:resnet34:cached")
 
     for change in (new_data, other_settings, promoted_by_hand, other_training_code, imagenet_weights_now_at_hand):
         latest = (cfg.layout.models / "LATEST").read_text().strip()
@@ -354,3 +354,71 @@ def test_a_run_with_nothing_new_to_learn_mines_from_the_shipped_model_instead_of
         again = NightlyStages([(0.05, 0.20), (0.04, 0.10)], builds)
         out = run_stages(cfg, again)
         assert not out.reused and again.calls[0][0] == 0, (change.__name__, latest, again.calls)
+
+
+class ShippedModelStages(NightlyStages):
+    """NightlyStages whose bundles are whole enough for `incumbent_model` (bundle.json with the
+    classes), and whose `assess` scores a bundle on the version built last as `scored` says:
+    bundle name -> (test F1, test other, probe accepted)."""
+
+    def __init__(self, unknowns, builds, test_f1, scored):
+        super().__init__(unknowns, builds)
+        self.test_f1, self.valid_f1, self.scored, self.assessed = test_f1, test_f1, scored, []
+
+    def train(self, cfg, dataset_dir, round_no, previous=None, publish=True):
+        model = super().train(cfg, dataset_dir, round_no, previous, publish)
+        (Path(model["bundle_dir"]) / "bundle.json").write_text(json.dumps({"classes": list(cfg.classes)}))
+        return model
+
+    def assess(self, cfg, bundle_dir, ds):
+        name = Path(bundle_dir).name
+        self.assessed.append((name, ds["version"]))
+        f1, other, probe = self.scored[name]
+        return {"round": 0, "bundle": name, "bundle_dir": bundle_dir, "dataset_version": ds["version"],
+                "metrics": {"test": {"macro_f1": f1, "unknown_accepted": other, "probe_accepted": probe},
+                            "valid": {"macro_f1": f1}}}
+
+
+def test_a_new_round_0_replaces_the_shipped_model_only_if_it_does_as_well_on_the_same_version(tmp_path):
+    """A user's audit: a night with nothing new after a refused mining round trained round 0 again on
+    that round's version and moved LATEST to it unconditionally: test F1 0.540 -> 0.275. A new round 0
+    now meets the rule a mining round meets, against the shipped model scored on the new version."""
+    from mlc_pipeline.pipeline import run_stages
+    cfg = _loop_config(tmp_path, rounds=1)
+    night1 = ShippedModelStages([(0.10, 0.30), (0.30, 0.40)], [("v1", True), ("v2", True)], [0.54, 0.32], {})
+    out = run_stages(cfg, night1)
+    assert out.shipped == "default-v1-r0" and "accepted more unknowns" in out.not_shipped   # round 1 refused
+
+    # Night 2, nothing new: v2 again. Round 0 trains on v2 (LATEST learnt v1) and is worse.
+    night2 = ShippedModelStages([(0.10, 0.30), (0.05, 0.25)], [("v2", False), ("v3", True)], [0.275, 0.52],
+                                {"default-v1-r0": (0.54, 0.10, 0.30)})
+    out = run_stages(cfg, night2)
+    assert night2.assessed == [("default-v1-r0", "v2")]
+    assert night2.calls[0] == (0, None, False)                       # round 0 left LATEST alone
+    assert "lost 0.265 of macro F1 against the shipped model, scored on v2" in out.not_shipped, out.not_shipped
+    assert "round 0 is the shipped model default-v1-r0" in out.not_shipped
+    assert (out.rounds[0].bundle, out.rounds[0].dataset_version) == ("default-v1-r0", "v2")
+    assert night2.calls[1] == (1, "default-v1-r0", False)            # mining went on from the shipped model
+    assert out.shipped == "default-v3-r1" == (cfg.layout.models / "LATEST").read_text().strip()
+
+    # Night 3, new data: a round 0 that does as well ships, as before.
+    night3 = ShippedModelStages([(0.05, 0.20), (0.05, 0.25)], [("v4", True), ("v5", True)], [0.60, 0.50],
+                                {"default-v3-r1": (0.52, 0.05, 0.25)})
+    out = run_stages(cfg, night3)
+    assert night3.assessed == [("default-v3-r1", "v4")] and night3.calls[0] == (0, None, False)
+    assert out.rounds[0].bundle == "default-v4-r0" and not out.not_shipped.startswith("round 0")
+    assert out.shipped == "default-v4-r0" == (cfg.layout.models / "LATEST").read_text().strip()   # round 1 refused
+
+
+def test_a_shipped_model_that_cannot_be_scored_lets_round_0_ship(tmp_path, caplog):
+    """The comparison is a guard, not a new way for a nightly run to fail."""
+    from mlc_pipeline.pipeline import run_stages
+    cfg = _loop_config(tmp_path, rounds=0)
+    run_stages(cfg, ShippedModelStages([(0.1, 0.3)], [("v1", True)], [0.5], {}))
+
+    class Broken(ShippedModelStages):
+        def assess(self, cfg, bundle_dir, ds):
+            raise OSError("bundle damaged")
+    out = run_stages(cfg, Broken([(0.2, 0.4)], [("v2", True)], [0.3], {}))
+    assert out.shipped == "default-v2-r0" == (cfg.layout.models / "LATEST").read_text().strip()
+    assert "could not be scored on v2 (OSError: bundle damaged): round 0's model ships" in caplog.text

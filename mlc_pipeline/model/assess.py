@@ -52,6 +52,25 @@ def evaluate_loaded_bundle(bundle, manifest_csv: str | Path, batch_size: int = 6
     return result
 
 
+def assess_on_version(bundle_dir: str | Path, manifest_csv: str | Path, batch_size: int = 64) -> dict:
+    """A bundle's metrics on a version, in the shape training writes them (metrics.json): test and
+    probes as `evaluate_bundle`, and validation at the bundle's own thresholds on the images every
+    model shares (not a mining round's negatives: `macro_f1_without_mined`). What a model trained
+    on an earlier version is compared on with one trained on this one (pipeline: round 0)."""
+    bundle = load_bundle(bundle_dir)
+    df = read_manifest_frame(manifest_csv)
+    shared = df[df["split"] == "valid"]
+    if "mined_round" in shared.columns:             # older manifests have no mined negatives
+        shared = shared[shared["mined_round"] == ""]
+    shared = shared.reset_index(drop=True)
+    probs = score_paths(bundle, list(shared["abs_path"]), batch_size=batch_size)
+    readable = ~np.isnan(probs).any(axis=1)
+    targets = targets_from_labels([labs for labs, ok in zip(shared["label_list"], readable) if ok], bundle.vocab)
+    valid = evaluate(probs[readable], targets, bundle.thresholds, bundle.vocab, head=bundle.head)
+    valid["macro_f1_without_mined"] = valid["macro_f1"]
+    return {"valid": valid, "test": evaluate_loaded_bundle(bundle, manifest_csv, batch_size)}
+
+
 SCORES_FILE = "test_scores.csv"   # in a bundle since 0.2: per test/probe image, the score of each vocab column
 SCORE_PREFIX = "score:"
 

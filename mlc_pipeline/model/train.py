@@ -243,7 +243,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     mined = _mined_valid_mask(rows)
     if mined.any():
         # Mining adds negatives to validation each round; the F1 that rounds are compared on
-        # (pipeline.held_out_f1) must be measured on the validation images they all share.
+        # (shipping.held_out_f1) must be measured on the validation images they all share.
         shared = evaluate(valid_probs[~mined], valid_targets[~mined], thresholds, vocab, head=cfg.head)
         valid_metrics["n_mined"] = int(mined.sum())
         valid_metrics["macro_f1_without_mined"] = shared["macro_f1"]

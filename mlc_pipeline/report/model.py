@@ -38,7 +38,7 @@ def round_label(r) -> str:
 
 
 def rounds_markdown(result) -> str:
-    # shipping compares the mean of the two macro F1 columns (pipeline.held_out_f1); valid leaves
+    # shipping compares the mean of the two macro F1 columns (shipping.held_out_f1); valid leaves
     # out the round's own mined negatives, so that every round is measured on the same images
     lines = ["| round | dataset | macro F1 (test) | macro F1 (valid, without mined) | unknown accepted (test other) "
              "| unknown accepted (probe) | negatives added |", "|---|---|---|---|---|---|---|"]

@@ -34,7 +34,8 @@ from mlc_pipeline.curate.stage import curate
 from mlc_pipeline.flickr_server import FlickrServer, WorldSpec
 from mlc_pipeline.report.model import model_section
 from mlc_pipeline.model.variants import other_set_warnings, train_version
-from mlc_pipeline.pipeline import PipelineResult, record
+from mlc_pipeline.pipeline import PipelineResult
+from mlc_pipeline.shipping import record
 from mlc_pipeline.report.inspect import inspect_main
 
 FIXTURES = FIXTURES / "hymenoptera"

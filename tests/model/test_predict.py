@@ -200,6 +200,20 @@ def test_evaluate_bundle_matches_training_report(manifest_df):
     assert m["n_unreadable"] == 0
 
 
+def test_a_bundle_assessed_on_its_own_version_gives_its_training_figures(manifest_df):
+    """assess_on_version scores a shipped model on a newer version for round 0's comparison
+    (shipping.incumbent_model): on the version it trained on, it must agree with its own metrics.json,
+    validation at its own thresholds on the images without mined negatives included."""
+    from mlc_pipeline.model.assess import assess_on_version
+    manifest, bundle_dir = trained_bundle()
+    m = assess_on_version(bundle_dir, manifest)
+    recorded = json.loads((bundle_dir / "metrics.json").read_text())
+    assert m["test"]["macro_f1"] == pytest.approx(recorded["test"]["macro_f1"])
+    assert m["test"]["unknown_accepted"] == pytest.approx(recorded["test"]["unknown_accepted"])
+    shared = recorded["valid"].get("macro_f1_without_mined", recorded["valid"]["macro_f1"])
+    assert m["valid"]["macro_f1_without_mined"] == pytest.approx(shared, abs=1e-6)
+
+
 # ---------------------------------------------------------------- integrity
 
 

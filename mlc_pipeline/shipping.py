@@ -1,0 +1,166 @@
+"""Which model a run ships: the rule a new model must meet to replace the one before it, and what
+round 0 of a run is (the last run's shipped model reused, a new model, or the shipped one kept).
+
+`pipeline.run_stages` applies it: a mining round's model replaces the round before's only when it
+accepts no more unknowns and loses at most `mine.max_f1_loss` of macro F1 (`not_shipped_reason`);
+round 0 is not trained again when nothing it learns from changed (`last_shipped_model`, keyed by
+`round0_key`), and a new round 0 replaces the shipped model only by the same rule, both scored on
+the new version (`incumbent_model`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlc_pipeline.config import Config
+from mlc_pipeline.fsutil import sha256_file
+from mlc_pipeline.model.variants import latest_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    dataset_version: str
+    bundle: str
+    macro_f1: float
+    unknown_accepted: float | None
+    probe_accepted: float | None
+    negatives_added: int = 0
+    valid_macro_f1: float | None = None     # at the model's own thresholds, without mined negatives (`held_out_f1`)
+
+
+def shared_valid_f1(metrics: dict) -> float | None:
+    """A model's validation macro F1 on the images every round shares: a round's mined negatives
+    join its validation split (mine.calibration_share), so rounds compare without them. Models
+    trained before that setting have only the whole split's figure."""
+    valid = metrics.get("valid") or {}
+    return valid.get("macro_f1_without_mined", valid.get("macro_f1"))
+
+
+def record(round_no: int, version: str, bundle: str, metrics: dict, added: int = 0) -> RoundRecord:
+    """One mining round's line of the report, from a model's metrics."""
+    test = metrics["test"]
+    return RoundRecord(round_no, version, bundle, test["macro_f1"], test.get("unknown_accepted"),
+                       test.get("probe_accepted"), added, shared_valid_f1(metrics))
+
+
+def unknown_rate(test_other: float | None, probe: float | None) -> float | None:
+    """What mining should lower: the mean of the held-out "other" and probe acceptance (either
+    alone when the other is not measured)."""
+    rates = [r for r in (test_other, probe) if r is not None]
+    return sum(rates) / len(rates) if rates else None
+
+
+def held_out_f1(r: RoundRecord) -> float | None:
+    """The macro F1 shipping compares: the mean of validation and test, each at the model's own
+    thresholds. Either split alone is ~100 images here, and on real photos one alone disagreed with
+    the other by 0.07 about the same two models (docs/training.md, "Mining")."""
+    scores = [f for f in (r.valid_macro_f1, r.macro_f1) if f is not None]
+    return sum(scores) / len(scores) if scores else None
+
+
+def not_shipped_reason(cfg: Config, before: RoundRecord, after: RoundRecord, before_is: str = "") -> str | None:
+    """Why a mining round's model must not replace the round before's (None: ship it); `before_is`
+    names the model replaced when it is not the round before (round 0 against LATEST).
+
+    Mining exists to lower the unknowns accepted (`unknown_rate`, test other and probe) without
+    paying for it in accuracy. So a round is not shipped when it accepts more unknowns, or when it
+    loses more than `mine.max_f1_loss` of macro F1 (`held_out_f1`)."""
+    u_before = unknown_rate(before.unknown_accepted, before.probe_accepted)
+    u_after = unknown_rate(after.unknown_accepted, after.probe_accepted)
+    than = before_is or f"round {before.round}'s"
+    if u_before is not None and u_after is not None and u_after > u_before:
+        return (f"round {after.round}'s model {after.bundle} accepted more unknowns than {than} "
+                f"({u_before:.3f} -> {u_after:.3f}, mean of test other and probe)")
+    f_before, f_after = held_out_f1(before), held_out_f1(after)
+    # the small margin: F1 figures that differ in the last float bit are equal
+    if f_before is not None and f_after is not None and f_before - f_after > cfg.mine.max_f1_loss + 1e-9:
+        return (f"round {after.round}'s model {after.bundle} lost {f_before - f_after:.3f} of macro F1 against "
+                f"{than} ({f_before:.3f} -> {f_after:.3f}, mean of validation and test; "
+                f"mine.max_f1_loss is {cfg.mine.max_f1_loss:g})")
+    return None
+
+
+def round0_key(cfg: Config) -> dict:
+    """What a round-0 model depends on besides its dataset version: the training settings as the
+    config gives them, what `auto` resolves to from them (whether ImageNet weights are at hand for
+    `pretrained: auto`; a weights file's content), and the code that trains them."""
+    from mlc_pipeline import __version__
+    return {"train": cfg.train.model_dump(mode="json"), "weights": weights_at_hand(cfg),
+            "mlc_pipeline": __version__, "training_code": training_code_fingerprint()}
+
+
+def weights_at_hand(cfg: Config) -> str:
+    """The weights `pretrained` would give a training now, without downloading: a model trained from
+    scratch because none were at hand is trained again once they are."""
+    from mlc_pipeline.model import weights
+    choice = weights.pretrained_choice(cfg.train.pretrained)
+    if choice == "none":
+        return "none"
+    if choice not in ("auto", "imagenet"):
+        path = Path(choice).expanduser()
+        return f"file:{sha256_file(path)}" if path.is_file() else f"missing:{path}"
+    arch = weights.RECIPES["pretrained"]["arch"] if cfg.train.arch == "auto" else cfg.train.arch
+    try:
+        cached = weights.cache_path(weights.imagenet_weights(arch)).is_file()
+    except ValueError:          # a network without ImageNet weights (mlcnet): trained from scratch
+        return "none"
+    return f"imagenet:{arch}:{'cached' if cached else 'not cached'}"
+
+
+def training_code_fingerprint() -> str:
+    """sha256 over the model package's source: a change to how models train trains round 0 again
+    (the package version alone does not move with every change)."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(__file__).parent / "model").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def last_shipped_model(cfg: Config, ds: dict, key: dict) -> dict | None:
+    """The model the last run shipped, as `Stages.train` returns one, when this run's round 0 would
+    learn the same thing again: the build published nothing new (the same version), that model was
+    trained on this version, with the same `round0_key`, and models/LATEST still names it (a model
+    promoted by hand since is the user's choice: round 0 then trains). A nightly run with no new
+    images then mines from the shipped model instead of spending a training on its own data again;
+    anything unknown (an older latest.json, a missing metrics.json) trains, as before."""
+    report = cfg.layout.reports / "latest.json"
+    if ds.get("published", True) or not report.is_file():
+        return None
+    try:
+        last = json.loads(report.read_text())
+    except ValueError as exc:
+        log.warning("%s unreadable (%s): round 0 trains", report, exc)
+        return None
+    bundle = latest_model(cfg)
+    if bundle is None or last.get("trained_with") != key or bundle.name != last.get("shipped"):
+        return None
+    rounds = [r for r in last.get("rounds", []) if r.get("bundle") == bundle.name]
+    if not rounds or rounds[-1].get("dataset_version") != ds.get("version") or not (bundle / "metrics.json").is_file():
+        return None
+    return {"round": 0, "bundle": bundle.name, "bundle_dir": str(bundle), "dataset_version": ds["version"],
+            "metrics": json.loads((bundle / "metrics.json").read_text()), "reused": True}
+
+
+def incumbent_model(cfg: Config, key: dict) -> Path | None:
+    """models/LATEST when a new round 0 must do at least as well to replace it: the last run shipped
+    it, trained with the same `round0_key` (other settings or code: the user wants the new model; a
+    model promoted by hand: theirs to replace), a whole bundle of the config's classes. A night with
+    nothing new for round 0 after a refused mining round trained round 0 again and shipped it over a
+    far better LATEST (a user's audit: test F1 0.540 -> 0.275)."""
+    report, bundle = cfg.layout.reports / "latest.json", latest_model(cfg)
+    if bundle is None or not report.is_file() or not (bundle / "bundle.json").is_file():
+        return None
+    try:
+        last, meta = json.loads(report.read_text()), json.loads((bundle / "bundle.json").read_text())
+    except ValueError:
+        return None             # unreadable: round 0 ships as before (last_shipped_model warns)
+    if last.get("trained_with") != key or last.get("shipped") != bundle.name or meta.get("classes") != list(cfg.classes):
+        return None
+    return bundle
