@@ -71,6 +71,15 @@ def format_catalog_summary(summary: dict) -> str:
 
 
 # --- dataset versions --------------------------------------------------------------------------
+PROBE_GROUP = "(probe)"     # probe rows have no label either; parentheses: never a class name
+
+
+def diff_group(row: dict) -> str:
+    """What a manifest row counts under in a version diff: its labels, "other" for a negative, and
+    PROBE_GROUP for a probe (unknown-kind) image, which is not a negative trained on."""
+    return row["labels"] or (PROBE_GROUP if row.get("split") == "probe" else "other")
+
+
 def version_diff(old: list[dict], new: list[dict], reviewed: Iterable[str] = ()) -> dict:
     """Added / removed images per label (by source and photo id) between two manifests; of those,
     "changed in review" counts the photos ('source:photo_id' in `reviewed`) the review app changed."""
@@ -79,17 +88,17 @@ def version_diff(old: list[dict], new: list[dict], reviewed: Iterable[str] = ())
     old_by, new_by = {key(r): r for r in old}, {key(r): r for r in new}
     out: dict[str, Counter] = defaultdict(Counter)
     for k in new_by.keys() - old_by.keys():
-        for label in new_by[k]["labels"].split() or ["other"]:
+        for label in diff_group(new_by[k]).split():
             out[label]["added"] += 1
             out[label]["changed in review"] += k in reviewed
     for k in old_by.keys() - new_by.keys():
-        for label in old_by[k]["labels"].split() or ["other"]:
+        for label in diff_group(old_by[k]).split():
             out[label]["removed"] += 1
             out[label]["changed in review"] += k in reviewed
     for k in new_by.keys() & old_by.keys():
-        if new_by[k]["labels"] != old_by[k]["labels"]:
-            out[new_by[k]["labels"] or "other"]["relabelled"] += 1
-            out[new_by[k]["labels"] or "other"]["changed in review"] += k in reviewed
+        if diff_group(new_by[k]) != diff_group(old_by[k]):
+            out[diff_group(new_by[k])]["relabelled"] += 1
+            out[diff_group(new_by[k])]["changed in review"] += k in reviewed
     return {label: {k: n for k, n in c.items() if n} for label, c in sorted(out.items())}
 
 
