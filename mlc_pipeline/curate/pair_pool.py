@@ -48,9 +48,11 @@ def prefetch_scores(confirm: FileSimilarity, pairs: Sequence[tuple[Hashable, Has
     try:
         with one_blas_thread(), new_pool(workers) as pool:
             for chunk, scores in zip(chunks, pool.map(score_chunk, chunks)):
-                for key, score in zip(chunk, scores):
+                for key, (score, read_a, read_b) in zip(chunk, scores):
                     if score is not None:
                         similarity.PAIR_SCORES.put(key, score)
+                        for file, read in zip(key, (read_a, read_b)):     # what the worker scored
+                            similarity.READ_DIGESTS.put(file, read)
                         done += 1
     except (BrokenProcessPool, OSError) as exc:
         # Each file was decoded by verification already; whatever is left is scored in this process.
@@ -59,8 +61,11 @@ def prefetch_scores(confirm: FileSimilarity, pairs: Sequence[tuple[Hashable, Has
     return done
 
 
-def score_chunk(keys: list[tuple[tuple, tuple]]) -> list[float | None]:
-    "In a pool worker: the score of each pair of (path, size, mtime) file identities."
+def score_chunk(keys: list[tuple[tuple, tuple]]) -> list[tuple[float | None, str | None, str | None]]:
+    """In a pool worker: the score of each pair of (path, size, mtime) file identities, with the
+    sha256 of each file's bytes as read to score it (the caller keeps a score only under those)."""
     paths = {f: f[0] for key in keys for f in key}
     sim = FileSimilarity(paths)
-    return [sim(a, b) for a, b in keys]
+    scores = [sim(a, b) for a, b in keys]
+    read = similarity.READ_DIGESTS.get
+    return [(s, read(sim.file_of(a)), read(sim.file_of(b))) for s, (a, b) in zip(scores, keys)]

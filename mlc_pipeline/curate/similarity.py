@@ -17,11 +17,14 @@ resized, re-encoded, 5/10 %-cropped and 3-degree-rotated fixture photos score >=
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
@@ -57,8 +60,8 @@ def crop_box(width: int, height: int, fraction: float) -> tuple[int, int, int, i
     return dx, dy, width - dx, height - dy
 
 
-def load_grey(path: str | os.PathLike, side: int = 128) -> Image.Image:
-    "A small greyscale copy of an image file as a viewer shows it (draft decode for JPEGs)."
+def load_grey(path: str | os.PathLike | io.BytesIO, side: int = 128) -> Image.Image:
+    "A small greyscale copy of an image file (or its bytes) as a viewer shows it (draft decode for JPEGs)."
     with Image.open(path) as im:
         im.draft("L", (side, side))
         im = ImageOps.exif_transpose(im)
@@ -204,7 +207,11 @@ class FileSimilarity:
 
     Across processes (a nightly curate), by content: given the files' sha256 `digests` (key ->
     digest), `known` scores (digest pair, smaller first -> score; the catalog's, under METHOD) are
-    used as they are, and every score found in this object is added to `scored` for the caller to keep.
+    used as they are, and every score found in this object is added to `scored` for the caller to keep,
+    but only when both files' bytes, as read to score them, are those digests (`READ_DIGESTS`): a
+    file rewritten in place at the same size is not re-inspected by a curate, and a score of its new
+    bytes kept under its old digest outlived the change (a user's audit). Such files' keys are in
+    `changed`, for the caller to have them inspected again.
     """
 
     def __init__(self, paths: dict[Hashable, str | os.PathLike], digests: dict[Hashable, str] | None = None,
@@ -213,6 +220,7 @@ class FileSimilarity:
         self.digests = {} if digests is None else digests
         self.known = dict(known or {})
         self.scored: dict[tuple[str, str], float] = {}
+        self.changed: set[Hashable] = set()
         self._signatures: dict[Hashable, Signature | None] = {}
         self._files: dict[Hashable, tuple | None] = {}
 
@@ -232,7 +240,11 @@ class FileSimilarity:
         if key not in self._signatures:
             path = self.paths.get(key)
             try:
-                self._signatures[key] = signature(load_grey(path)) if path else None
+                self._signatures[key] = None
+                if path:
+                    data = Path(path).read_bytes()      # the bytes hashed are the bytes scored
+                    READ_DIGESTS.put(self.file_of(key), hashlib.sha256(data).hexdigest())
+                    self._signatures[key] = signature(load_grey(io.BytesIO(data)))
             except (OSError, ValueError, Image.DecompressionBombError) as exc:
                 log.warning("cannot re-read %s to confirm a near-duplicate: %s", path, exc)
                 self._signatures[key] = None
@@ -263,9 +275,20 @@ class FileSimilarity:
             score = similarity(sa, sb)
             if pair is not None:
                 PAIR_SCORES.put(pair, score)
-        if digests is not None:
+        if digests is not None and self._as_recorded(a, fa) and self._as_recorded(b, fb):
             self.known[digests] = self.scored[digests] = score
         return score
+
+    def _as_recorded(self, key: Hashable, file: tuple | None) -> bool:
+        "Whether the file's bytes, as read to score it, are its recorded digest (else: `changed`)."
+        read = READ_DIGESTS.get(file) if file else None
+        if read is not None and read != self.digests.get(key):
+            if key not in self.changed:
+                log.warning("%s changed since it was hashed (its bytes are not the recorded sha256): its "
+                            "near-duplicate scores are used now, not kept, and the file is inspected again",
+                            file[0])
+            self.changed.add(key)
+        return read is not None and read == self.digests.get(key)
 
 
 class PairScores:
@@ -289,6 +312,7 @@ class PairScores:
 
 
 PAIR_SCORES = PairScores(200_000)     # ~60 MB at most; a curate of the default world scores ~1,200 pairs
+READ_DIGESTS = PairScores(400_000)    # file identity (path, size, mtime) -> sha256 of the bytes scored
 
 
 Confirm = Callable[[Hashable, Hashable], "float | None"]

@@ -289,6 +289,8 @@ def _curate(cfg: Config) -> CurateSummary:
             with catalog.transaction():
                 catalog.save_pair_scores(METHOD, confirm.scored)      # the next curate needs not score them
                 catalog.prune_pair_scores(METHOD, digests)
+                for rid in confirm.changed & {r["id"] for r in ok}:   # rewritten in place, at the same size
+                    catalog.update_fields(rid, hashed_sha256=None)     # the next curate inspects it again
                 for r in ok:
                     status, reason, dup_of, label = decisions[r["id"]]
                     if status == "accepted" and reason is None and (r["reason"] or "").startswith(("hard-negative", "held:", "not-a-negative:")):

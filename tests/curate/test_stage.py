@@ -1,5 +1,6 @@
 """`mlc curate` on real fixture photos, through the real CLI."""
 
+import io
 import json
 import os
 import shutil
@@ -115,3 +116,50 @@ def test_a_later_curate_reuses_the_pair_scores_kept_in_the_catalog(tmp_path, mon
         rows = c.db.execute("SELECT sha_a, sha_b, method FROM pair_scores").fetchall()
     assert sorted((r["sha_a"], r["sha_b"]) for r in rows) == sorted(kept)
     assert {r["method"] for r in rows} == {similarity.METHOD}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_score_of_a_file_rewritten_in_place_is_not_kept_under_its_old_digest(tmp_path, monkeypatch, workers):
+    # A user's audit: a kept file overwritten at the same size (a bad restore) is not re-inspected,
+    # so a re-upload of its photo was scored against the new bytes (0.057) and that score was kept
+    # under the file's recorded sha256; once the file was put back, the re-upload stayed in for good.
+    # Now a score is kept only under the digests of the bytes scored, and the file is inspected again.
+    from PIL import Image
+    from mlc_pipeline.curate import pair_pool, similarity
+    from mlc_pipeline.curate.stage import curate
+    world = tmp_path / "world"
+    ants = sorted((FIXTURES / "ants").glob("*.jpg"))
+    (world / "ants").mkdir(parents=True)
+    (world / "scenery").mkdir(parents=True)
+    for f in ants[:6]:
+        shutil.copy(f, world / "ants" / f.name)
+    for f in ants[100:102]:
+        shutil.copy(f, world / "scenery" / f.name)
+    raw = {"data_dir": str(tmp_path / "data"),
+           "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s"],
+                      "local": {"port": 0, "folder": str(world), "query_map": {"ants": "ants", "scenery": "scenery"}}},
+           "classes": {"ants": {"queries": ["ants"], "count": 7}},
+           "other": {"queries": ["scenery"], "count": 2}, "curate": {"workers": workers}}
+    cfg = parse_config(raw)
+    monkeypatch.setattr(pair_pool, "MIN_PAIRS", 1)
+    monkeypatch.setattr(similarity, "PAIR_SCORES", similarity.PairScores(1000))
+    collect(cfg, progress=False)
+    curate(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        kept = next(r for r in c.candidates("status='accepted'") if r["label"] == "ants")
+    original = Path(kept["file_path"]).read_bytes()
+    small = io.BytesIO()                      # another photo, padded to the same size below
+    Image.open(sorted((FIXTURES / "bees").glob("*.jpg"))[0]).convert("RGB").resize((96, 72)).save(small, "JPEG", quality=40)
+    other = small.getvalue()
+    Path(kept["file_path"]).write_bytes(other + b"\0" * (len(original) - len(other)))     # same size
+    Image.open(io.BytesIO(original)).convert("RGB").save(world / "ants" / "reupload.jpg", quality=60)
+    collect(cfg, progress=False)
+    curate(cfg)                                   # the re-upload scored against the rewritten file
+    with Catalog(cfg.catalog_path) as c:
+        assert c.get(kept["id"])["hashed_sha256"] is None          # inspected again at the next curate
+    Path(kept["file_path"]).write_bytes(original)                  # put back
+    monkeypatch.setattr(similarity, "PAIR_SCORES", similarity.PairScores(1000))   # as a new process
+    curate(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        reupload = next(r for r in c.candidates() if (r["source_file"] or "").endswith("reupload.jpg"))
+    assert (reupload["status"], reupload["duplicate_of"]) == ("duplicate", kept["id"]), reupload
