@@ -64,6 +64,24 @@ def test_curate_notices_files_damaged_after_curation(tmp_path):
     assert curate_cli(config)["inspected"] == 0          # and unchanged files are not read again
 
 
+def folder_world(tmp_path: Path, ants: list[Path], count: int, workers: int):
+    """A folder-mode world of `ants` (class "ants", `count` wanted) and two scenery photos ("other"),
+    served by the bundled server; (cfg, world folder)."""
+    world = tmp_path / "world"
+    (world / "ants").mkdir(parents=True)
+    (world / "scenery").mkdir(parents=True)
+    for f in ants:
+        shutil.copy(f, world / "ants" / f.name)
+    for f in sorted((FIXTURES / "ants").glob("*.jpg"))[100:102]:
+        shutil.copy(f, world / "scenery" / f.name)
+    raw = {"data_dir": str(tmp_path / "data"),
+           "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s"],
+                      "local": {"port": 0, "folder": str(world), "query_map": {"ants": "ants", "scenery": "scenery"}}},
+           "classes": {"ants": {"queries": ["ants"], "count": count}},
+           "other": {"queries": ["scenery"], "count": 2}, "curate": {"workers": workers}}
+    return parse_config(raw), world
+
+
 @pytest.mark.parametrize("workers", [1, 2])       # 2: the pool that scores pairs first (pair_pool) skips them too
 def test_a_later_curate_reuses_the_pair_scores_kept_in_the_catalog(tmp_path, monkeypatch, workers):
     # A score is a function of the two files' bytes, but it was kept only for the process: every
@@ -72,24 +90,13 @@ def test_a_later_curate_reuses_the_pair_scores_kept_in_the_catalog(tmp_path, mon
     from PIL import Image
     from mlc_pipeline.curate import pair_pool, similarity
     from mlc_pipeline.curate.stage import curate
-    world = tmp_path / "world"
-    ants = sorted((FIXTURES / "ants").glob("*.jpg"))
-    (world / "ants").mkdir(parents=True)
-    (world / "scenery").mkdir(parents=True)
-    for f in ants[:8]:
-        shutil.copy(f, world / "ants" / f.name)
+    ants = sorted((FIXTURES / "ants").glob("*.jpg"))[:8]
+    cfg, world = folder_world(tmp_path, ants, 16, workers)
+    for f in ants:
         im = Image.open(f).convert("RGB")
         w, h = im.size
         im.crop((round(w * .05), round(h * .05), w - round(w * .05), h - round(h * .05))).save(
             world / "ants" / f"crop_{f.name}", quality=85)
-    for f in ants[100:102]:
-        shutil.copy(f, world / "scenery" / f.name)
-    raw = {"data_dir": str(tmp_path / "data"),
-           "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s"],
-                      "local": {"port": 0, "folder": str(world), "query_map": {"ants": "ants", "scenery": "scenery"}}},
-           "classes": {"ants": {"queries": ["ants"], "count": 16}},
-           "other": {"queries": ["scenery"], "count": 2}, "curate": {"workers": workers}}
-    cfg = parse_config(raw)
     collect(cfg, progress=False)
     monkeypatch.setattr(pair_pool, "MIN_PAIRS", 1)
     monkeypatch.setattr(similarity, "PAIR_SCORES", similarity.PairScores(1000))
@@ -127,20 +134,7 @@ def test_a_score_of_a_file_rewritten_in_place_is_not_kept_under_its_old_digest(t
     from PIL import Image
     from mlc_pipeline.curate import pair_pool, similarity
     from mlc_pipeline.curate.stage import curate
-    world = tmp_path / "world"
-    ants = sorted((FIXTURES / "ants").glob("*.jpg"))
-    (world / "ants").mkdir(parents=True)
-    (world / "scenery").mkdir(parents=True)
-    for f in ants[:6]:
-        shutil.copy(f, world / "ants" / f.name)
-    for f in ants[100:102]:
-        shutil.copy(f, world / "scenery" / f.name)
-    raw = {"data_dir": str(tmp_path / "data"),
-           "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s"],
-                      "local": {"port": 0, "folder": str(world), "query_map": {"ants": "ants", "scenery": "scenery"}}},
-           "classes": {"ants": {"queries": ["ants"], "count": 7}},
-           "other": {"queries": ["scenery"], "count": 2}, "curate": {"workers": workers}}
-    cfg = parse_config(raw)
+    cfg, world = folder_world(tmp_path, sorted((FIXTURES / "ants").glob("*.jpg"))[:6], 7, workers)
     monkeypatch.setattr(pair_pool, "MIN_PAIRS", 1)
     monkeypatch.setattr(similarity, "PAIR_SCORES", similarity.PairScores(1000))
     collect(cfg, progress=False)
