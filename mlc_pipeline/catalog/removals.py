@@ -53,6 +53,14 @@ class RemovalQueries:
                          json.dumps(files_deleted)))
         self.set_status(row["id"], "removed", f"takedown:{reason}", run_id, "remove", file_path=None)
 
+    def removed_digests(self) -> dict[str, dict]:
+        """sha256 -> source, photo_id and reason of a photo taken down (the first, when several)."""
+        out: dict[str, dict] = {}
+        for r in self.db.execute("SELECT sha256, source, photo_id, reason FROM candidates WHERE status='removed' "
+                                 "AND sha256 IS NOT NULL ORDER BY id"):
+            out.setdefault(r["sha256"], dict(r))
+        return out
+
     def removed_owners(self) -> set[str]:
         "Owners removed as a whole (`mlc remove --owner`): their later photos stay out too."
         rows = self.db.execute("SELECT DISTINCT owner FROM removals WHERE selector LIKE 'owner:%' AND owner IS NOT NULL")

@@ -30,7 +30,7 @@ from mlc_pipeline.curate.decide import resolve
 from mlc_pipeline.curate.hashing import FileRecord, inspect_files
 from mlc_pipeline.executor import cluster_ready, map_chunks
 from mlc_pipeline.curate.similarity import METHOD, FileSimilarity
-from mlc_pipeline.curate.takedown import QuarantineIndex
+from mlc_pipeline.curate.takedown import QuarantineIndex, keep_out_copies_of_removed
 from mlc_pipeline.curate.unpublished import awaiting_publish
 from mlc_pipeline.curate.verify import LIMIT_REASONS, VerifyLimits, limits_key, recorded_reason
 
@@ -48,6 +48,7 @@ class CurateSummary:
     duplicates: dict[str, int] = field(default_factory=dict)
     conflicts: dict[str, int] = field(default_factory=dict)
     unpublished: int = 0       # files another machine may not have published yet: left as they are
+    taken_down: int = 0        # byte copies of photos taken down (`mlc remove`), taken down too
 
 
 def limits_of(cfg: Config) -> VerifyLimits:
@@ -279,7 +280,10 @@ def _curate(cfg: Config) -> CurateSummary:
             gone = {r["id"] for r in missing + waiting}
             rows = [r for r in rows if r["id"] not in gone]
             verify_and_hash(cfg, catalog, rows, run_id, summary)
-            ok = [r for r in rows if r["status"] != "rejected"]
+            with catalog.transaction():      # the very bytes of a photo taken down: taken down too
+                copies = keep_out_copies_of_removed(cfg, catalog, rows, run_id)
+            summary.taken_down = len(copies)
+            ok = [r for r in rows if r["status"] != "rejected" and r["id"] not in copies]
             with progress.bar("deduplicate", total=len(ok), unit="images") as bar:   # one step: no partial counts
                 tests = published_test_images(cfg)
                 digests = {r["sha256"] for r in ok + tests}
@@ -312,5 +316,6 @@ def _curate(cfg: Config) -> CurateSummary:
         ("inspected", summary.inspected), ("reused (unchanged files)", summary.reused),
         ("re-judged on recorded size (limits changed)", summary.rejudged), ("accepted", summary.accepted),
         ("rejected", summary.rejected), ("duplicates", summary.duplicates), ("accepted with a note", summary.conflicts),
-        ("not yet published (left for the next curate)", summary.unpublished or None)])
+        ("not yet published (left for the next curate)", summary.unpublished or None),
+        ("taken down (byte copies of removed photos)", summary.taken_down or None)])
     return summary

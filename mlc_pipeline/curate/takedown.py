@@ -87,14 +87,39 @@ def _remove(cfg: Config, catalog: Catalog, result: RemoveResult, reason: str, se
         catalog.record_removal(row, selector, reason, result.run_id, deleted)
         result.removed.append(row)
         result.files_deleted.extend(deleted)
-    # The review app's thumbnails are copies too: gone with the last live candidate of those bytes.
-    for sha in sorted({r["sha256"] for r in result.removed if r["sha256"]}):
+    result.files_deleted += drop_thumbnails(cfg, catalog, {r["sha256"] for r in result.removed})
+    result.published_in = published_versions_with(cfg, {(r["source"], r["photo_id"]) for r in targets})
+    return result
+
+
+def drop_thumbnails(cfg: Config, catalog: Catalog, digests: set[str | None]) -> list[str]:
+    """The review app's thumbnails are copies too: gone with the last live candidate of those bytes."""
+    deleted = []
+    for sha in sorted(d for d in digests if d):
         if not catalog.holds_sha256(sha):
             for thumb in cfg.layout.thumbnails_of(sha):
                 thumb.unlink(missing_ok=True)
-                result.files_deleted.append(str(thumb))
-    result.published_in = published_versions_with(cfg, {(r["source"], r["photo_id"]) for r in targets})
-    return result
+                deleted.append(str(thumb))
+    return deleted
+
+
+def keep_out_copies_of_removed(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str) -> set[int]:
+    """In a curate (files lock held, inside its transaction): a file with the very bytes of a photo
+    taken down (a re-upload under another id, a copy in another folder) is taken down too, with a
+    `removals` record naming the photo it copies, and its file deleted as `mlc remove` deletes one.
+    A takedown names photos; their pictures must not come back under another name. Only byte copies:
+    the removed photo's file is gone, so a re-encode cannot be confirmed against it. Returns the ids."""
+    removed = catalog.removed_digests()
+    copies = [r for r in rows if r["sha256"] in removed]
+    quarantined = QuarantineIndex(cfg.layout.quarantine())
+    for row in copies:
+        of = removed[row["sha256"]]
+        deleted = delete_file(row, quarantined)
+        reason = f"a copy of {of['source']}:{of['photo_id']}, taken down ({(of['reason'] or '').removeprefix('takedown:')})"
+        catalog.record_removal(row, f"copy-of:{of['source']}:{of['photo_id']}", reason, run_id, deleted)
+        log.warning("candidate %s (%s:%s) taken down: %s", row["id"], row["source"], row["photo_id"], reason)
+    drop_thumbnails(cfg, catalog, {r["sha256"] for r in copies})
+    return {r["id"] for r in copies}
 
 
 class QuarantineIndex:

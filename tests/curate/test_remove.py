@@ -364,3 +364,29 @@ def test_remove_query_matches_the_query_in_any_case_or_spacing(published):
         assert {r["selector"] for r in c.removals()} == {"query: BEES "}
     none = mlc(config, "remove", "--query", "bee", "--reason", "x")          # not a query: no prefix match
     assert none.returncode == 2 and "nothing removed" in none.stderr
+
+
+def test_a_byte_copy_of_a_photo_taken_down_is_taken_down_when_curated(published):
+    # A user's audit: after `mlc remove --photo-id X`, the same bytes collected later under another
+    # path were accepted and published (a re-upload, a copy in another folder): a takedown named the
+    # photo, and its picture came back under another name. Now a curate takes such a copy down too.
+    cfg, config, v1, world = published
+    with Catalog(cfg.catalog_path) as c:
+        victim = c.candidates("status='accepted' AND label='ants'")[0]
+    original = Path(victim["file_path"]).read_bytes()
+    assert mlc(config, "remove", "--photo-id", victim["photo_id"], "--reason", "owner request").returncode == 0
+    (world / "bees" / "zz_same_bytes.jpg").write_bytes(original)
+    collect(cfg, progress=False)
+    summary = curate(cfg)
+    assert summary.taken_down == 1
+    with Catalog(cfg.catalog_path) as c:
+        copy = c.get_by_photo("local", photo_id_for("bees/zz_same_bytes.jpg"))
+        removal = [r for r in c.removals() if r["candidate_id"] == copy["id"]]
+    assert copy["status"] == "removed" and copy["file_path"] is None, copy
+    assert copy["reason"].startswith(f"takedown:a copy of local:{victim['photo_id']}, taken down (owner request)")
+    assert len(removal) == 1 and removal[0]["selector"] == f"copy-of:local:{victim['photo_id']}"
+    assert json.loads(removal[0]["files_deleted"]) and not any(
+        Path(p).exists() for p in json.loads(removal[0]["files_deleted"]))
+    v2 = build_dataset(cfg)
+    assert copy["sha256"] not in {r["sha256"] for r in read_manifest(v2.path / "manifest.csv")}
+    assert curate(cfg).taken_down == 0          # once: it stays removed
