@@ -130,17 +130,10 @@ def last_shipped_model(cfg: Config, ds: dict, key: dict) -> dict | None:
     promoted by hand since is the user's choice: round 0 then trains). A nightly run with no new
     images then mines from the shipped model instead of spending a training on its own data again;
     anything unknown (an older latest.json, a missing metrics.json) trains, as before."""
-    report = cfg.layout.reports / "latest.json"
-    if ds.get("published", True) or not report.is_file():
+    shipped = None if ds.get("published", True) else shipped_with(cfg, key)
+    if shipped is None:
         return None
-    try:
-        last = json.loads(report.read_text())
-    except ValueError as exc:
-        log.warning("%s unreadable (%s): round 0 trains", report, exc)
-        return None
-    bundle = latest_model(cfg)
-    if bundle is None or last.get("trained_with") != key or bundle.name != last.get("shipped"):
-        return None
+    last, bundle = shipped
     rounds = [r for r in last.get("rounds", []) if r.get("bundle") == bundle.name]
     if not rounds or rounds[-1].get("dataset_version") != ds.get("version") or not (bundle / "metrics.json").is_file():
         return None
@@ -154,13 +147,25 @@ def incumbent_model(cfg: Config, key: dict) -> Path | None:
     model promoted by hand: theirs to replace), a whole bundle of the config's classes. A night with
     nothing new for round 0 after a refused mining round trained round 0 again and shipped it over a
     far better LATEST (a user's audit: test F1 0.540 -> 0.275)."""
-    report, bundle = cfg.layout.reports / "latest.json", latest_model(cfg)
-    if bundle is None or not report.is_file() or not (bundle / "bundle.json").is_file():
+    shipped = shipped_with(cfg, key)
+    if shipped is None or not (shipped[1] / "bundle.json").is_file():
         return None
     try:
-        last, meta = json.loads(report.read_text()), json.loads((bundle / "bundle.json").read_text())
+        meta = json.loads((shipped[1] / "bundle.json").read_text())
     except ValueError:
-        return None             # unreadable: round 0 ships as before (last_shipped_model warns)
-    if last.get("trained_with") != key or last.get("shipped") != bundle.name or meta.get("classes") != list(cfg.classes):
+        return None             # not a whole bundle: round 0 ships as before
+    return shipped[1] if meta.get("classes") == list(cfg.classes) else None
+
+
+def shipped_with(cfg: Config, key: dict) -> tuple[dict, Path] | None:
+    """(reports/latest.json, the LATEST bundle) when the last run shipped the model models/LATEST
+    names (not promoted by hand since), trained with `round0_key` `key`; else None."""
+    report, bundle = cfg.layout.reports / "latest.json", latest_model(cfg)
+    if bundle is None or not report.is_file():
         return None
-    return bundle
+    try:
+        last = json.loads(report.read_text())
+    except ValueError as exc:
+        log.warning("%s unreadable (%s): round 0 trains and ships as before", report, exc)
+        return None
+    return (last, bundle) if last.get("trained_with") == key and last.get("shipped") == bundle.name else None
