@@ -126,7 +126,9 @@ def test_pair_scores_are_kept_by_digests_overwritten_and_pruned(catalog_settings
         assert c.pair_scores("m1", [a, b]) == {(a, b): 0.25}
         with pytest.raises(ValueError):
             c.save_pair_scores("m1", {(b, a): 0.3})                  # the smaller digest first
-        assert c.prune_pair_scores("m1", [a, b, c_]) == 2              # m0's, and the one with a file not given
+        others: list = []
+        assert c.pair_scores("m1", [a, b, c_], others) == {(a, b): 0.25, (b, c_): 0.93} and others == [(a, gone)]
+        assert c.prune_pair_scores("m1", others) == 2                  # m0's, and the one with a file not given
         assert c.pair_scores("m1", [a, b, c_, gone]) == {(a, b): 0.25, (b, c_): 0.93}
         assert c.pair_scores("m0", [a, c_]) == {}
 

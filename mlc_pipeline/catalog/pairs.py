@@ -16,14 +16,19 @@ BATCH = 1000
 
 
 class PairScoreQueries:
-    def pair_scores(self, method: str, digests: Iterable[str]) -> dict[tuple[str, str], float]:
-        """(smaller sha256, larger sha256) -> score, for the pairs of `method` between `digests`."""
+    def pair_scores(self, method: str, digests: Iterable[str],
+                    others: list[tuple[str, str]] | None = None) -> dict[tuple[str, str], float]:
+        """(smaller sha256, larger sha256) -> score, for the pairs of `method` between `digests`; the
+        method's other pairs are appended to `others` (what `prune_pair_scores` drops: one read)."""
         wanted = set(digests)
         rows = self.db.execute("SELECT sha_a, sha_b, score FROM pair_scores WHERE method=?", (method,))
         out = {}
         while batch := rows.fetchmany(BATCH):
-            out.update(((r["sha_a"], r["sha_b"]), r["score"]) for r in batch
-                       if r["sha_a"] in wanted and r["sha_b"] in wanted)
+            for r in batch:
+                if r["sha_a"] in wanted and r["sha_b"] in wanted:
+                    out[(r["sha_a"], r["sha_b"])] = r["score"]
+                elif others is not None:
+                    others.append((r["sha_a"], r["sha_b"]))
         return out
 
     def save_pair_scores(self, method: str, scores: Mapping[tuple[str, str], float]) -> None:
@@ -37,18 +42,13 @@ class PairScoreQueries:
                                     "ON CONFLICT (method, sha_a, sha_b) DO UPDATE SET score=excluded.score",
                                     rows[k:k + BATCH])
 
-    def prune_pair_scores(self, method: str, digests: Iterable[str]) -> int:
-        """Drop the scores of another method, and those of a pair not between `digests` (the files a
-        curate decides: a file taken down, changed or rejected since has no use for its scores); how
-        many went. Found by reading the method's keys here and deleting by key: `NOT IN (SELECT ...
-        FROM candidates)` becomes a scan of candidates per row in PostgreSQL once the digests
-        outgrow its work_mem, and candidates has no index on sha256."""
-        wanted = set(digests)
-        rows = self.db.execute("SELECT sha_a, sha_b FROM pair_scores WHERE method=?", (method,))
-        stale = []
-        while batch := rows.fetchmany(BATCH):
-            stale += [(method, r["sha_a"], r["sha_b"]) for r in batch
-                      if r["sha_a"] not in wanted or r["sha_b"] not in wanted]
+    def prune_pair_scores(self, method: str, pairs: Iterable[tuple[str, str]]) -> int:
+        """Drop the scores of another method, and of `method`'s `pairs` (those `pair_scores` left in
+        `others`: not between the files a curate decides; a file taken down, changed or rejected
+        since has no use for its scores); how many went. Deleted by key: `NOT IN (SELECT ... FROM
+        candidates)` becomes a scan of candidates per row in PostgreSQL once the digests outgrow its
+        work_mem, and candidates has no index on sha256."""
+        stale = [(method, a, b) for a, b in pairs]
         with self._atomic():
             other = max(self.db.execute("DELETE FROM pair_scores WHERE method<>?", (method,)).rowcount, 0)
             for k in range(0, len(stale), BATCH):

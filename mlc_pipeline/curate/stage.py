@@ -114,18 +114,17 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
                 fields["sha256"] = rec.sha256
             fields["hashed_sha256"] = fields.get("sha256", row["sha256"])
             catalog.update_fields(row["id"], **fields)
-            was = (row["reason"] or "").split(":")[0]
             row.update(fields)
-            back[was] += record_verdict(cfg, catalog, row, rec.reason, run_id)
+            back[record_verdict(cfg, catalog, row, rec.reason, run_id)] += 1
         for row in on_record:
             reason = recorded_reason(row["img_width"], row["img_height"], row["bytes"], row["img_frames"] or 1, limits)
             catalog.update_fields(row["id"], verify_reason=reason, verify_limits=key)
-            was = (row["reason"] or "").split(":")[0]
             row.update(verify_reason=reason, verify_limits=key)
-            back[was] += record_verdict(cfg, catalog, row, reason, run_id)
-    if passing := {why: n for why, n in back.items() if n}:
+            back[record_verdict(cfg, catalog, row, reason, run_id)] += 1
+    back.pop(None, None)        # the images that did not come back
+    if back:
         log.info("%d rejected image(s) pass under the limits now and are judged again (were: %s)",
-                 sum(passing.values()), ", ".join(f"{why} {n}" for why, n in sorted(passing.items())))
+                 sum(back.values()), ", ".join(f"{why} {n}" for why, n in sorted(back.items())))
 
 
 def size_changed(row: dict) -> bool:
@@ -147,20 +146,21 @@ def judged_on_record(row: dict, limits: VerifyLimits) -> bool:
         limits.max_frames * pixels <= limits.max_frame_pixels_factor * limits.max_pixels)
 
 
-def record_verdict(cfg: Config, catalog: Catalog, row: dict, reason: str | None, run_id: str) -> bool:
+def record_verdict(cfg: Config, catalog: Catalog, row: dict, reason: str | None, run_id: str) -> str | None:
     """Quarantine a file that failed (again, or for another reason); one rejected for a limit that
     passes now is a downloaded file again, for duplicate resolution to decide (it stays where it lies):
-    then True."""
+    then its former reason, cut at the first ':', is returned."""
     if reason and (row["status"], row["reason"]) != ("rejected", reason):
         moved = quarantine(Path(row["file_path"]), cfg.data_dir, reason)
         catalog.set_status(row["id"], "rejected", reason, run_id, "curate", file_path=str(moved))
         row.update(status="rejected", reason=reason, file_path=str(moved))
     elif reason is None and row["status"] == "rejected" and (for_a_limit(row["reason"]) or passing_fault(row["reason"])):
         log.debug("candidate %s passes now (was rejected: %s)", row["id"], row["reason"])
+        was = row["reason"].split(":")[0]
         catalog.set_status(row["id"], "downloaded", None, run_id, "curate")
         row.update(status="downloaded", reason=None)
-        return True
-    return False
+        return was
+    return None
 
 
 def found_in_quarantine(cfg: Config, catalog: Catalog, rows: list[dict]) -> list[dict]:
@@ -287,12 +287,13 @@ def _curate(cfg: Config) -> CurateSummary:
             with progress.bar("deduplicate", total=len(ok), unit="images") as bar:   # one step: no partial counts
                 tests = published_test_images(cfg)
                 digests = {r["sha256"] for r in ok + tests}
-                confirm = FileSimilarity({}, known=catalog.pair_scores(METHOD, digests))
+                others: list[tuple[str, str]] = []         # kept pairs not between these files
+                confirm = FileSimilarity({}, known=catalog.pair_scores(METHOD, digests, others))
                 decisions = resolve(cfg, ok, tests, confirm)
                 bar.advance(len(ok))
             with catalog.transaction():
                 catalog.save_pair_scores(METHOD, confirm.scored)      # the next curate needs not score them
-                catalog.prune_pair_scores(METHOD, digests)
+                catalog.prune_pair_scores(METHOD, others)
                 for rid in confirm.changed & {r["id"] for r in ok}:   # rewritten in place, at the same size
                     catalog.update_fields(rid, hashed_sha256=None)     # the next curate inspects it again
                 for r in ok:
