@@ -85,13 +85,18 @@ def counts_markdown(counts: dict) -> list[str]:
     return lines
 
 
-def rounds_markdown(models: list[dict], mined: list[dict]) -> list[str]:
+def rounds_markdown(models: list[dict], mined: list[dict], not_shipped: dict | None = None) -> list[str]:
+    """One row per round; `not_shipped`: a round 0 trained in this run but not shipped (the shipped
+    model it did not beat is round 0, and mining went on from that), in a row of its own."""
     added = {m["round"]: m.get("added", 0) for m in mined}
     lines = ["| round | dataset | model | macro F1 (test) | macro F1 (valid, without mined) | unknown accepted (test other) "
              "| unknown accepted (probe) | negatives added |", "|---|---|---|---|---|---|---|---|"]
-    for m in models:
+    rows = [(m, str(m["round"])) for m in models]
+    if not_shipped:
+        rows.insert(1, (not_shipped, "0, trained, not shipped"))
+    for m, round_label in rows:
         t, v = m["metrics"].get("test", {}), shared_valid_f1(m["metrics"])
-        lines.append(f"| {m['round']} | {m['dataset_version']} | {m['bundle']} | {t.get('macro_f1', 0):.3f} "
+        lines.append(f"| {round_label} | {m['dataset_version']} | {m['bundle']} | {t.get('macro_f1', 0):.3f} "
                      f"| {'n/a' if v is None else f'{v:.3f}'} "
                      f"| {pct(t.get('unknown_accepted'))} | {pct(t.get('probe_accepted'))} "
                      f"| {added.get(m['round'], 0) if m['round'] else '-'} |")
@@ -159,7 +164,7 @@ def summary_markdown(run: dict) -> str:
         shipped = shipped_of(models, run.get("shipped"), bundle_of=lambda m: m["bundle"])
         if shipped.get("bundle_dir"):
             lines += [f"Network: {md_escape(bundle_network_line(shipped['bundle_dir']))}", ""]
-        lines += rounds_markdown(models, run.get("mined") or []) + [""]
+        lines += rounds_markdown(models, run.get("mined") or [], run.get("round0_not_shipped")) + [""]
         if run.get("reused"):
             lines += [f"**Round 0:** {md_escape(run['reused'])}.", ""]
         if run.get("not_shipped"):

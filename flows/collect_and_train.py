@@ -251,7 +251,10 @@ class TaskStages(Stages):
         return out
 
     def reuse(self, cfg: Config, model: dict) -> dict:
-        self.run.data["models"].append(model)       # round 0 in the summary: the last run's shipped model
+        models = self.run.data["models"]
+        if models and models[-1]["round"] == 0:     # trained, then not shipped: the summary says so apart
+            self.run.data["round0_not_shipped"] = models.pop()
+        models.append(model)        # round 0 in the summary: the shipped model mining goes on from
         return model
 
     def assess(self, cfg: Config, bundle_dir: str, ds: dict) -> dict:

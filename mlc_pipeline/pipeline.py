@@ -98,7 +98,7 @@ def shipped_or_new(cfg: Config, stages: "Stages", incumbent: Path, ds: dict, mod
             f"the shipped model, scored on {ds['version']}")):
         out.not_shipped = f"{why}: not shipped; round 0 is the shipped model {incumbent.name}, which mining goes on from"
         log.warning("%s", out.not_shipped)
-        return kept
+        return stages.reuse(cfg, kept)
     publish_latest(cfg, model["bundle"])
     return model
 
@@ -155,7 +155,8 @@ class Stages:
                 "dataset_version": ds["version"], "metrics": metrics, "assessed": True}
 
     def reuse(self, cfg: Config, model: dict) -> dict:
-        """Round 0 is an existing model (`last_shipped_model`): nothing to run."""
+        """Round 0 is an existing model (`last_shipped_model`, or the shipped one `shipped_or_new`
+        keeps): nothing to run."""
         return model
 
     def alternatives(self, cfg: Config, dataset_dir: str) -> dict[str, dict]:

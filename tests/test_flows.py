@@ -314,6 +314,30 @@ def test_summary_renders_the_shortfall_readably():
     assert "{" not in text
 
 
+def test_the_summary_lists_a_kept_shipped_model_as_round_0_and_the_new_one_apart():
+    """A day-2 night whose new round 0 did not beat the shipped model: the summary's rounds table
+    showed the new model as round 0, beside a "Not shipped" line and a round 1 mined from the other."""
+    from flows.artifacts import summary_markdown
+    from flows.collect_and_train import Run, TaskStages
+
+    def model(bundle, version, f1):
+        return {"round": 0, "bundle": bundle, "dataset_version": version,
+                "metrics": {"test": {"macro_f1": f1, "unknown_accepted": 0.02, "probe_accepted": 0.03}}}
+
+    run = Run("collect-and-train", "c.yaml", None)
+    new, kept = model("default-v2-r0", "v2", 0.275), model("default-v1-r0", "v2", 0.540)
+    run.data["models"].append(new)                  # as the train task records it
+    assert TaskStages(run).reuse(None, kept) is kept   # shipped_or_new keeps the shipped model
+    round1 = {**model("default-v3-r1", "v3", 0.52), "round": 1}
+    run.data["models"].append(round1)
+    run.data.update(shipped="default-v3-r1", not_shipped="lost 0.265 of macro F1 ...", mined=[{"round": 1, "added": 5}])
+    rows = [line for line in summary_markdown(run.data).splitlines() if line.startswith("| 0") or line.startswith("| 1")]
+    assert [r.split(" | ")[:3] for r in rows] == [["| 0", "v2", "default-v1-r0"],
+                                                  ["| 0, trained, not shipped", "v2", "default-v2-r0"],
+                                                  ["| 1", "v3", "default-v3-r1"]], rows
+    assert rows[0].split(" | ")[3] == "0.540" and rows[1].split(" | ")[3] == "0.275"
+
+
 def _publish_version(cfg, version: str, at: float) -> None:
     """A dataset version folder as build leaves it, as far as the stopped summary reads it."""
     folder = cfg.layout.datasets / version

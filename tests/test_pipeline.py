@@ -363,7 +363,7 @@ class ShippedModelStages(NightlyStages):
 
     def __init__(self, unknowns, builds, test_f1, scored):
         super().__init__(unknowns, builds)
-        self.test_f1, self.valid_f1, self.scored, self.assessed = test_f1, test_f1, scored, []
+        self.test_f1, self.valid_f1, self.scored, self.assessed, self.reused = test_f1, test_f1, scored, [], []
 
     def train(self, cfg, dataset_dir, round_no, previous=None, publish=True):
         model = super().train(cfg, dataset_dir, round_no, previous, publish)
@@ -377,6 +377,10 @@ class ShippedModelStages(NightlyStages):
         return {"round": 0, "bundle": name, "bundle_dir": bundle_dir, "dataset_version": ds["version"],
                 "metrics": {"test": {"macro_f1": f1, "unknown_accepted": other, "probe_accepted": probe},
                             "valid": {"macro_f1": f1}}}
+
+    def reuse(self, cfg, model):        # the flow's summary lists round 0 from these calls
+        self.reused.append(model["bundle"])
+        return super().reuse(cfg, model)
 
 
 def test_a_new_round_0_replaces_the_shipped_model_only_if_it_does_as_well_on_the_same_version(tmp_path):
@@ -397,6 +401,7 @@ def test_a_new_round_0_replaces_the_shipped_model_only_if_it_does_as_well_on_the
     assert night2.calls[0] == (0, None, False)                       # round 0 left LATEST alone
     assert "lost 0.265 of macro F1 against the shipped model, scored on v2" in out.not_shipped, out.not_shipped
     assert "round 0 is the shipped model default-v1-r0" in out.not_shipped
+    assert night2.reused == ["default-v1-r0"]      # round 0 is the kept model, as the flow's summary shows
     assert (out.rounds[0].bundle, out.rounds[0].dataset_version) == ("default-v1-r0", "v2")
     assert night2.calls[1] == (1, "default-v1-r0", False)            # mining went on from the shipped model
     assert out.shipped == "default-v3-r1" == (cfg.layout.models / "LATEST").read_text().strip()
@@ -407,6 +412,7 @@ def test_a_new_round_0_replaces_the_shipped_model_only_if_it_does_as_well_on_the
     out = run_stages(cfg, night3)
     assert night3.assessed == [("default-v3-r1", "v4")] and night3.calls[0] == (0, None, False)
     assert out.rounds[0].bundle == "default-v4-r0" and not out.not_shipped.startswith("round 0")
+    assert night3.reused == []
     assert out.shipped == "default-v4-r0" == (cfg.layout.models / "LATEST").read_text().strip()   # round 1 refused
 
 
