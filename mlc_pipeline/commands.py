@@ -336,6 +336,9 @@ def cmd_remove(args) -> int:
           (f"; {len(res.already_removed)} already removed" if res.already_removed else ""))
     for r in res.removed:
         print(f"  {r['source']}:{r['photo_id']}  owner {r['owner_name'] or r['owner'] or '?'}  was {r['status']}")
+    if res.held:
+        print(f"held {len(res.held)} near duplicate(s) of the photos taken down for review: "
+              + ", ".join(f"{r['source']}:{r['photo_id']}" for r in res.held) + " (undo in `mlc review` if not)")
     if res.published_in:
         print("published versions that still contain them (rebuild with `mlc build`, or withdraw them):")
         for version, ids in res.published_in.items():

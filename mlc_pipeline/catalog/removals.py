@@ -39,6 +39,12 @@ class RemovalQueries:
         return [self._row(r) for r in self.db.execute(f"SELECT * FROM candidates WHERE {where} ORDER BY id{lock}",
                                                       params)]
 
+    def dropped_for(self, ids: list[int]) -> list[dict]:
+        """Candidates dropped as near duplicates of these (`duplicate_of`), as curate confirmed them."""
+        marks = ",".join("?" * len(ids))
+        return [self._row(r) for r in self.db.execute(
+            f"SELECT * FROM candidates WHERE status='duplicate' AND duplicate_of IN ({marks}) ORDER BY id", ids)] if ids else []
+
     def holds_sha256(self, sha256: str) -> bool:
         """Whether a candidate not taken down has these bytes (a copy under another id, another source)."""
         return self.db.execute("SELECT 1 FROM candidates WHERE sha256=? AND status<>'removed' LIMIT 1",

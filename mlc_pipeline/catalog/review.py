@@ -94,11 +94,15 @@ class ActionResult:
 def ensure_schema(catalog: Catalog) -> None:
     """The review tables, created when missing; in one transaction, so that two first opens at once
     do not both create them."""
-    ddl = postgres_ddl(SCHEMA) if catalog.dialect == "postgresql" else SCHEMA
     with catalog.transaction():
-        for statement in ddl.split(";"):
-            if statement.strip():
-                catalog.db.execute(statement)
+        create_tables(catalog)
+
+
+def create_tables(catalog: Catalog) -> None:
+    """The review tables, created when missing, in the caller's transaction."""
+    ddl = postgres_ddl(SCHEMA) if catalog.dialect == "postgresql" else SCHEMA
+    for statement in filter(str.strip, ddl.split(";")):
+        catalog.db.execute(statement)
 
 
 def has_review_tables(catalog: Catalog) -> bool:
@@ -186,6 +190,20 @@ def undo(catalog: Catalog, cid: int, action_id: int, reason: str, client: str) -
     return ActionResult(undo_id, restored)
 
 
+def hold(catalog: Catalog, cid: int, reason: str, client: str) -> int | None:
+    """Keep candidate `cid` out of the next builds as a reviewer's reject does, logged as one (so an
+    undo puts it back), in the caller's transaction; a takedown holds near copies of the photos it
+    removes this way. None, nothing done, when a review already decided whether it is in or out."""
+    create_tables(catalog)
+    before = override_of(catalog, cid)
+    if before["include"] is not None:
+        return None
+    now, after = time.time(), {**before, "include": "rejected"}
+    action_id = _log(catalog, cid, "reject", {"held": True}, before, after, reason, client, now)
+    _store(catalog, cid, after, action_id, now)
+    return action_id
+
+
 def record_removal(catalog: Catalog, cid: int, reason: str, client: str, files_deleted: int) -> int:
     """A takedown from the review app (done by takedown.remove_photos): logged, never undoable."""
     with catalog.locked_candidate(cid):
@@ -268,25 +286,18 @@ def like_literal(text: str) -> str:
 def _where(filters: dict, dataset: str) -> tuple[str, list]:
     """A WHERE clause for the browse filters (every value a bound parameter)."""
     sql, params = ["1=1"], []
-    if filters.get("set"):
-        sql.append("c.purpose = ?")
-        params.append(filters["set"])
+    for key, clause, cast in (("set", "c.purpose = ?", str), ("status", "c.status = ?", str),
+                              ("licence", "c.license_id = ?", int), ("round", "c.mined_round = ?", int)):
+        if filters.get(key) not in (None, ""):
+            sql.append(clause)
+            params.append(cast(filters[key]))
     if filters.get("label"):
         # one whole label among the space-delimited ones: % and _ in the name are matched as themselves
         sql.append("(' ' || COALESCE(o.labels, c.curated_label, c.label) || ' ') LIKE ? ESCAPE '!'")
         params.append(f"% {like_literal(filters['label'])} %")
-    if filters.get("status"):
-        sql.append("c.status = ?")
-        params.append(filters["status"])
     if filters.get("reason"):
         sql.append("(c.reason = ? OR c.reason LIKE ?)")
         params += [filters["reason"], filters["reason"] + ":%"]
-    if filters.get("licence") not in (None, ""):
-        sql.append("c.license_id = ?")
-        params.append(int(filters["licence"]))
-    if filters.get("round") not in (None, ""):
-        sql.append("c.mined_round = ?")
-        params.append(int(filters["round"]))
     if filters.get("reviewed") == "0":      # no decision in force: a queue that empties as the reviewer works
         sql.append("o.candidate_id IS NULL")
     elif filters.get("reviewed"):         # a decision in force, as the badge and the build's diff count it

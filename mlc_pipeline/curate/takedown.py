@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlc_pipeline.catalog import Catalog, catalog_exists
+from mlc_pipeline.catalog import Catalog, catalog_exists, review
 from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.locking import files_lock
@@ -32,6 +32,7 @@ class RemoveResult:
     removed: list[dict] = field(default_factory=list)          # catalog rows, as they were before
     already_removed: list[dict] = field(default_factory=list)
     files_deleted: list[str] = field(default_factory=list)
+    held: list[dict] = field(default_factory=list)             # near copies held out for review
     published_in: dict[str, list[str]] = field(default_factory=dict)   # version -> photo ids it holds
 
 
@@ -52,13 +53,14 @@ def takedown_selector(reason: str, photo_id: str | None, owner: str | None, quer
 
 def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: str | None = None,
                   query: str | None = None, source: str | None = None, wait: bool = True,
-                  lock_timeout_s: float = 60.0) -> RemoveResult:
+                  lock_timeout_s: float = 60.0, client: str = "mlc remove") -> RemoveResult:
     """Remove every candidate named by exactly one of photo_id / owner / query, for `reason`
     (`source`: only that source's photo id). The rows are read inside the transaction that removes
     them, so the file deleted is where the catalog says it is now, not where it was a moment ago.
     Holds the data root's files lock (locking.files_lock): a curate or a build in progress is waited
     for (`wait=False`: FilesBusy), a run's training or mining is not. `lock_timeout_s`: how long the
-    catalog's write lock is waited for (then CatalogBusy; the review app waits less)."""
+    catalog's write lock is waited for (then CatalogBusy; the review app waits less). `client`: who
+    the review log names for the near copies held (`hold_near_copies`)."""
     selector = takedown_selector(reason, photo_id, owner, query, source)
     with files_lock(cfg.data_dir, "remove (takedown)", wait=wait), \
             Catalog(cfg.catalog_path, lock_timeout_s=lock_timeout_s) as catalog, catalog.transaction():
@@ -67,9 +69,11 @@ def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: 
         run_id = catalog.start_run("remove")
         result = _remove(cfg, catalog, RemoveResult(run_id), reason.strip(), selector,
                          dict(photo_id=photo_id, owner=owner, query=query, source=source))
+        hold_near_copies(catalog, result, reason.strip(), client)
         catalog.finish_run(run_id, "completed", {
             "selector": selector, "reason": reason.strip(), "removed": len(result.removed),
             "already_removed": len(result.already_removed), "files_deleted": len(result.files_deleted),
+            "held": len(result.held),
             "published_in": {v: len(ids) for v, ids in result.published_in.items()}})
     return result
 
@@ -90,6 +94,22 @@ def _remove(cfg: Config, catalog: Catalog, result: RemoveResult, reason: str, se
     result.files_deleted += drop_thumbnails(cfg, catalog, {r["sha256"] for r in result.removed})
     result.published_in = published_versions_with(cfg, {(r["source"], r["photo_id"]) for r in targets})
     return result
+
+
+def hold_near_copies(catalog: Catalog, result: RemoveResult, reason: str, client: str) -> None:
+    """The images curate dropped as near duplicates of the photos removed (re-encodes, resizes,
+    crops) are the same pictures, and with the photos gone the next curate would accept them: they
+    are held out as a review's reject (`review.hold`), which a user undoes if one is another picture.
+    Held, not removed: a takedown deletes only what it names or byte copies of it (curate's
+    `keep_out_copies_of_removed`, which takes those down; they are left to it)."""
+    removed = {r["id"]: r for r in result.removed}
+    for row in catalog.dropped_for(sorted(removed)):
+        of = removed[row["duplicate_of"]]
+        why = (f"held: a near duplicate of {of['source']}:{of['photo_id']}, taken down ({reason}); "
+               "undo this if it is another picture")
+        if row["sha256"] != of["sha256"] and review.hold(catalog, row["id"], why, client) is not None:
+            result.held.append(row)
+            log.warning("candidate %s (%s:%s) %s", row["id"], row["source"], row["photo_id"], why)
 
 
 def drop_thumbnails(cfg: Config, catalog: Catalog, digests: set[str | None]) -> list[str]:

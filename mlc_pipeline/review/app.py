@@ -351,7 +351,7 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
                     if cfg.data_url is not None:
                         held.enter_context(data_root_lock(cfg.data_dir, "mlc review (takedown)", wait=False))
                     res = remove_photos(cfg, reason, photo_id=row["photo_id"], source=row["source"], wait=False,
-                                        lock_timeout_s=ACTION_LOCK_WAIT_S)
+                                        lock_timeout_s=ACTION_LOCK_WAIT_S, client=client)
             except DataRootBusy as exc:       # FilesBusy too
                 return JSONResponse({"error": f"{str(exc).split(';')[0]}: try the takedown again when it is "
                                               f"done, or run `mlc remove`, which waits for it"}, status_code=409)
@@ -363,7 +363,7 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
                 log.warning("review: takedown of %s:%s done, but its entry in the review log was not written: %s",
                             row["source"], row["photo_id"], exc)
         log.info("review: takedown of photo %s:%s by %s", row["source"], row["photo_id"], client)
-        return JSONResponse({"ok": True, "removed": len(res.removed), "published_in": res.published_in})
+        return JSONResponse({"ok": True, "removed": len(res.removed), "held": len(res.held), "published_in": res.published_in})
 
     @app.get("/login", response_class=HTMLResponse)
     def login_form(request: Request):

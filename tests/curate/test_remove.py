@@ -182,7 +182,7 @@ def test_copies_of_published_test_images_never_enter_training(published, min_sid
     # A new upload of the same photo, cropped 5 % per side and re-encoded, found by another query.
     with Image.open(source_file) as im:
         w, h = im.size
-        im.convert("RGB").crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(world / "bees" / "zz_recrop.jpg", quality=85)
+        im.convert("RGB").crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(world / "ants" / "zz_recrop.jpg", quality=85)
     collect(cfg, progress=False)
     curate(cfg)
     assert "published test image" not in caplog.text
@@ -390,3 +390,45 @@ def test_a_byte_copy_of_a_photo_taken_down_is_taken_down_when_curated(published)
     v2 = build_dataset(cfg)
     assert copy["sha256"] not in {r["sha256"] for r in read_manifest(v2.path / "manifest.csv")}
     assert curate(cfg).taken_down == 0          # once: it stays removed
+
+
+def test_near_duplicates_dropped_for_a_photo_taken_down_are_held_out_for_review(published):
+    # A re-encoded crop of photo X, collected beside it, was dropped as X's near duplicate. After
+    # `mlc remove --photo-id X` the next curate found nothing left to prefer it to and accepted it:
+    # the picture taken down was published again under another id. Its file cannot be confirmed
+    # against X's later (X's file is gone), so the takedown holds such copies out at once, as a
+    # review decision a user can undo if it is another picture; nothing is deleted.
+    cfg, config, v1, world = published
+    with Catalog(cfg.catalog_path) as c:
+        victim = c.candidates("status='accepted' AND label='ants'")[0]
+    with Image.open(victim["file_path"]) as im:
+        w, h = im.size
+        im.convert("RGB").crop((w // 25, h // 25, w - w // 25, h - h // 25)).save(world / "ants" / "zz_recrop.jpg",
+                                                                                  quality=80)
+    collect(cfg, progress=False)
+    curate(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        copy = c.get_by_photo("local", photo_id_for("ants/zz_recrop.jpg"))
+        kept = c.get(victim["id"])
+    assert copy["status"] == "duplicate" and copy["duplicate_of"] == victim["id"], [(r["status"], r["reason"], r["curated_label"], r["duplicate_of"]) for r in (copy, kept)]
+
+    done = mlc(config, "remove", "--photo-id", victim["photo_id"], "--reason", "owner request")
+    assert done.returncode == 0, done.stderr
+    assert f"held 1 near duplicate(s) of the photos taken down for review: local:{copy['photo_id']}" in done.stdout
+    collect(cfg, progress=False)
+    curate(cfg)
+    v2 = build_dataset(cfg)
+    assert copy["photo_id"] not in {r["photo_id"] for r in read_manifest(v2.path / "manifest.csv")}
+    assert Path(copy["file_path"]).exists()                     # held, not deleted
+    from mlc_pipeline.catalog import review
+    with Catalog(cfg.catalog_path) as c:
+        (held,) = review.actions(c, copy["id"])
+        assert c.get(copy["id"])["status"] == "accepted"         # nothing left to prefer it to
+        assert held["action"] == "reject" and held["client"] == "mlc remove"
+        assert held["reason"] == (f"held: a near duplicate of local:{victim['photo_id']}, taken down (owner request); "
+                                  "undo this if it is another picture")
+        review.undo(c, copy["id"], held["id"], "it is another picture", "test")   # the user's call
+    v3 = build_dataset(cfg)
+    assert copy["photo_id"] in {r["photo_id"] for r in read_manifest(v3.path / "manifest.csv")}
+    again = mlc(config, "remove", "--photo-id", victim["photo_id"], "--reason", "again")   # holds once
+    assert again.returncode == 0 and "held" not in again.stdout

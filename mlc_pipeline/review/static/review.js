@@ -31,9 +31,11 @@
 
   function takedownNote(data) {
     const versions = Object.keys(data.published_in || {}).sort((a, b) => Number(a.slice(1)) - Number(b.slice(1)));
-    if (!versions.length) return "Taken down. No published version contains this photo.";
+    const held = data.held ? " " + data.held + " near duplicate(s) of it held out for review (queue \"changed in review\";" +
+      " undo on an image's page if it is another picture)." : "";
+    if (!versions.length) return "Taken down. No published version contains this photo." + held;
     return "Taken down. Published versions that still contain this photo: " + versions.join(", ") +
-      ". Rebuild with `mlc build`, or withdraw them (as `mlc remove` says).";
+      ". Rebuild with `mlc build`, or withdraw them (as `mlc remove` says)." + held;
   }
 
   async function post(url, body) {
