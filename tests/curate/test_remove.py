@@ -392,6 +392,7 @@ def test_a_byte_copy_of_a_photo_taken_down_is_taken_down_when_curated(published)
     assert curate(cfg).taken_down == 0          # once: it stays removed
 
 
+@pytest.mark.parametrize("published", ["sqlite", "postgresql"], indirect=True)
 def test_near_duplicates_dropped_for_a_photo_taken_down_are_held_out_for_review(published):
     # A re-encoded crop of photo X, collected beside it, was dropped as X's near duplicate. After
     # `mlc remove --photo-id X` the next curate found nothing left to prefer it to and accepted it:
