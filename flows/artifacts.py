@@ -147,7 +147,9 @@ def summary_markdown(run: dict) -> str:
         lines += ["## Curate", "",
                   f"{k['accepted']} accepted; {k['inspected']} files inspected, {k['reused']} reused from the "
                   f"catalog's per-content cache; rejected {sum(k.get('rejected', {}).values())}, "
-                  f"duplicates {sum(k.get('duplicates', {}).values())} (table `{REJECTED_KEY}`)", ""]
+                  f"duplicates {sum(k.get('duplicates', {}).values())} (table `{REJECTED_KEY}`)"
+                  + (f"; taken down as copies of removed photos {k['taken_down']}" if k.get("taken_down") else "")
+                  + (f"; held for review, looking like removed photos {k['held']}" if k.get("held") else ""), ""]
     builds = run.get("builds") or []
     if builds:
         b = builds[-1]

@@ -312,6 +312,9 @@ def test_summary_renders_the_shortfall_readably():
     text = summary_markdown({"status": "Completed", "config_path": "c.yaml", "collect": collected})
     assert "shortfall: train/kite 3 images short, pool/other 1 image short" in text, text
     assert "{" not in text
+    curated = {"accepted": 9, "inspected": 9, "reused": 0, "rejected": {}, "duplicates": {}, "taken_down": 1, "held": 2}
+    text = summary_markdown({"status": "Completed", "config_path": "c.yaml", "curate": curated})
+    assert "taken down as copies of removed photos 1; held for review, looking like removed photos 2" in text
 
 
 def test_the_summary_lists_a_kept_shipped_model_as_round_0_and_the_new_one_apart():

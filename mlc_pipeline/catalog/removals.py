@@ -67,6 +67,13 @@ class RemovalQueries:
             out.setdefault(r["sha256"], dict(r))
         return out
 
+    def removed_hashes(self) -> list[dict]:
+        """Photos taken down with their perceptual hashes (kept when the file goes): id, source,
+        photo_id, reason, phash, view_hashes."""
+        return [dict(r) for r in self.db.execute(
+            "SELECT id, source, photo_id, reason, phash, view_hashes FROM candidates WHERE status='removed' "
+            "AND phash IS NOT NULL ORDER BY id")]
+
     def removed_owners(self) -> set[str]:
         "Owners removed as a whole (`mlc remove --owner`): their later photos stay out too."
         rows = self.db.execute("SELECT DISTINCT owner FROM removals WHERE selector LIKE 'owner:%' AND owner IS NOT NULL")

@@ -30,7 +30,7 @@ from mlc_pipeline.curate.decide import resolve
 from mlc_pipeline.curate.hashing import FileRecord, inspect_files
 from mlc_pipeline.executor import cluster_ready, map_chunks
 from mlc_pipeline.curate.similarity import METHOD, FileSimilarity
-from mlc_pipeline.curate.takedown import QuarantineIndex, keep_out_copies_of_removed
+from mlc_pipeline.curate.takedown import QuarantineIndex, hold_lookalikes_of_removed, keep_out_copies_of_removed
 from mlc_pipeline.curate.unpublished import awaiting_publish
 from mlc_pipeline.curate.verify import LIMIT_REASONS, VerifyLimits, limits_key, recorded_reason
 
@@ -49,6 +49,7 @@ class CurateSummary:
     conflicts: dict[str, int] = field(default_factory=dict)
     unpublished: int = 0       # files another machine may not have published yet: left as they are
     taken_down: int = 0        # byte copies of photos taken down (`mlc remove`), taken down too
+    held: int = 0              # new images that look like photos taken down: held out for review
 
 
 def limits_of(cfg: Config) -> VerifyLimits:
@@ -260,6 +261,7 @@ def _curate(cfg: Config) -> CurateSummary:
         summary = CurateSummary(run_id)
         try:
             rows = catalog.candidates(f"status IN ({','.join('?' * len(FILE_STATUSES))})", FILE_STATUSES)
+            first_time = {r["id"] for r in rows if r["status"] == "downloaded"}     # never curated before
             key = limits_key(limits_of(cfg))     # a rejection for a file's content is final; for a limit, not
             # Verdicts recorded before their limits were (catalogs from before 2026-12-05) count as reached
             # under today's, as they were treated then: the first curate after an upgrade re-judges nothing.
@@ -303,6 +305,8 @@ def _curate(cfg: Config) -> CurateSummary:
                     if (r["status"], r["reason"], r["duplicate_of"], r["curated_label"]) != (status, reason, dup_of, label):
                         catalog.set_status(r["id"], status, reason, run_id, "curate", duplicate_of=dup_of,
                                            curated_label=label)
+                summary.held = len(hold_lookalikes_of_removed(catalog, [
+                    r for r in ok if r["id"] in first_time and decisions[r["id"]][0] == "accepted"]))
         except BaseException as exc:
             catalog.finish_run(run_id, run_end_status(exc), {"error": type(exc).__name__})
             raise
@@ -318,5 +322,6 @@ def _curate(cfg: Config) -> CurateSummary:
         ("re-judged on recorded size (limits changed)", summary.rejudged), ("accepted", summary.accepted),
         ("rejected", summary.rejected), ("duplicates", summary.duplicates), ("accepted with a note", summary.conflicts),
         ("not yet published (left for the next curate)", summary.unpublished or None),
-        ("taken down (byte copies of removed photos)", summary.taken_down or None)])
+        ("taken down (byte copies of removed photos)", summary.taken_down or None),
+        ("held for review (look like removed photos)", summary.held or None)])
     return summary

@@ -17,8 +17,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from mlc_pipeline.catalog import Catalog, catalog_exists, review
 from mlc_pipeline.config import Config
+from mlc_pipeline.curate.hashing import hamming_uint64, hex_to_uint64
+from mlc_pipeline.curate.similarity import VIEW_CROPS
 from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.locking import files_lock
 from mlc_pipeline.manifest import read_manifest, versions
@@ -110,6 +114,44 @@ def hold_near_copies(catalog: Catalog, result: RemoveResult, reason: str, client
         if row["sha256"] != of["sha256"] and review.hold(catalog, row["id"], why, client) is not None:
             result.held.append(row)
             log.warning("candidate %s (%s:%s) %s", row["id"], row["source"], row["photo_id"], why)
+
+
+LOOKALIKE_BITS = 4     # hashes this close: the same picture (docs/curation.md, "Near copies collected later")
+
+
+def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], client: str = "curate") -> list[dict]:
+    """In a curate's transaction: each of `rows` (accepted, curated for the first time) whose hashes
+    are within LOOKALIKE_BITS of a photo taken down is held out for review (`review.hold`). Its file
+    is gone, so a re-encode, resize or small crop of it collected since cannot be confirmed by
+    pixels; the hashes alone decide, and a hold, not a removal, leaves the last word to a user.
+    Rows curated before a photo was removed were compared with its pixels then. Returns those held."""
+    removed = catalog.removed_hashes()
+    rows = [r for r in rows if r["phash"]]
+    if not removed or not rows:
+        return []
+    mine, theirs = hash_matrix(rows), hash_matrix(removed)
+    held = []
+    for r, their in zip(removed, theirs):     # its phash against all of ours; our phashes against its views
+        bits = np.minimum(hamming_uint64(mine, their[0]).min(axis=1),
+                          hamming_uint64(mine[:, :1], their[None, 1:]).min(axis=1))
+        for i in np.flatnonzero(bits <= LOOKALIKE_BITS):
+            why = (f"held: looks like {r['source']}:{r['photo_id']}, taken down "
+                   f"({(r['reason'] or '').removeprefix('takedown:')}): perceptual hashes {int(bits[i])} bits apart "
+                   "(its file is gone, so no pixel check); undo this if it is another picture")
+            if review.hold(catalog, rows[i]["id"], why, client) is not None:
+                held.append(rows[i])
+                log.warning("candidate %s (%s:%s) %s", rows[i]["id"], rows[i]["source"], rows[i]["photo_id"], why)
+    return held
+
+
+def hash_matrix(rows: list[dict]) -> np.ndarray:
+    """Each row's phash, then its centre-crop views' (hashing.view_phashes), padded with the phash."""
+    width = 1 + len(VIEW_CROPS)
+    hashes = []
+    for r in rows:
+        own = [r["phash"], *filter(None, (r["view_hashes"] or "").split(","))][:width]
+        hashes += own + own[:1] * (width - len(own))
+    return hex_to_uint64(hashes).reshape(len(rows), width)
 
 
 def drop_thumbnails(cfg: Config, catalog: Catalog, digests: set[str | None]) -> list[str]:

@@ -182,7 +182,7 @@ def test_copies_of_published_test_images_never_enter_training(published, min_sid
     # A new upload of the same photo, cropped 5 % per side and re-encoded, found by another query.
     with Image.open(source_file) as im:
         w, h = im.size
-        im.convert("RGB").crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(world / "ants" / "zz_recrop.jpg", quality=85)
+        im.convert("RGB").crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(world / "bees" / "zz_recrop.jpg", quality=85)
     collect(cfg, progress=False)
     curate(cfg)
     assert "published test image" not in caplog.text
@@ -433,3 +433,36 @@ def test_near_duplicates_dropped_for_a_photo_taken_down_are_held_out_for_review(
     assert copy["photo_id"] in {r["photo_id"] for r in read_manifest(v3.path / "manifest.csv")}
     again = mlc(config, "remove", "--photo-id", victim["photo_id"], "--reason", "again")   # holds once
     assert again.returncode == 0 and "held" not in again.stdout
+
+
+@pytest.mark.parametrize("published", ["sqlite", "postgresql"], indirect=True)
+def test_a_near_copy_collected_after_the_takedown_is_held_out_for_review(published, caplog):
+    # Collected after the takedown, a re-encoded crop of the photo cannot be confirmed by pixels (the
+    # photo's file is gone): its hashes, a few bits from the removed photo's, hold it out for review.
+    cfg, config, v1, world = published
+    with Catalog(cfg.catalog_path) as c:
+        victim = c.candidates("status='accepted' AND label='ants'")[0]
+    with Image.open(victim["file_path"]) as im:
+        w, h = im.size
+        copy_of_victim = im.convert("RGB").crop((w // 25, h // 25, w - w // 25, h - h // 25))
+    assert mlc(config, "remove", "--photo-id", victim["photo_id"], "--reason", "owner request").returncode == 0
+    copy_of_victim.save(world / "bees" / "zz_reupload.jpg", quality=70)
+    shutil.copy(sorted((FIXTURES / "bees").glob("*.jpg"))[40], world / "bees" / "zz_unrelated.jpg")
+    collect(cfg, progress=False)
+    summary = curate(cfg)
+    assert summary.held == 1, caplog.text
+    from mlc_pipeline.catalog import review
+    with Catalog(cfg.catalog_path) as c:
+        copy = c.get_by_photo("local", photo_id_for("bees/zz_reupload.jpg"))
+        other = c.get_by_photo("local", photo_id_for("bees/zz_unrelated.jpg"))
+        (held,) = review.actions(c, copy["id"])
+        assert review.actions(c, other["id"]) == []
+    assert copy["status"] == other["status"] == "accepted"
+    assert held["action"] == "reject" and held["client"] == "curate"
+    assert held["reason"].startswith(f"held: looks like local:{victim['photo_id']}, taken down (owner request): "
+                                     "perceptual hashes "), held["reason"]
+    v2 = build_dataset(cfg)
+    in_v2 = {r["photo_id"] for r in read_manifest(v2.path / "manifest.csv")}
+    assert copy["photo_id"] not in in_v2 and other["photo_id"] in in_v2
+    assert Path(copy["file_path"]).exists()                     # held, not deleted
+    assert curate(cfg).held == 0                                # once
