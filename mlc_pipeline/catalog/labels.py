@@ -49,6 +49,21 @@ def next_build(row: dict) -> tuple[bool, str]:
     return False, ""
 
 
+def copy_refused(row: dict, action: str) -> None:
+    """ReviewError for putting back a copy that must stay out: a byte copy (the same bytes cannot be
+    another picture, and twice in a version they can land in train and valid), or, by "restore", a
+    near copy of a published test image (trained on, the next test score would be inflated)."""
+    reason, of = row["reason"] or "", row["duplicate_of"]
+    to_test = "-duplicate-of-test:" in reason     # a near one may have the test photo's source bytes
+    if reason.startswith("exact-") or row["sha256"] and row["sha256"] == row.get("duplicate_of_sha256"):
+        what = "a published test image" if to_test else f"candidate {of}" if of else "another image"
+        raise ReviewError(f"the same bytes as {what}: it is not another picture, and a copy in the version "
+                          + ("would train on a test image" if to_test else "would be in it twice"))
+    if to_test and action == "restore":
+        raise ReviewError("a near copy of a published test image: trained on, it would inflate the test score; "
+                          "if it is another picture, mark it 'not a duplicate'")
+
+
 def reviewed_status(row: dict) -> tuple[str, str | None]:
     """(status, reason) as the build sees the candidate: an accepted image the review rejected is out
     ('rejected', 'review'); a rejected or duplicate image the review put back, with its file, is in."""
@@ -78,7 +93,9 @@ def next_state(row: dict, before: dict, action: str, labels: list[str] | None, c
             raise ReviewError(f"only training and pool images carry labels (this one is in the {row['purpose']} set)")
         if pool and row["status"] != "accepted":
             raise ReviewError(f"a {row['status']} pool image cannot be trained on")
-        wanted = sorted(set(labels or []))
+        if not labels:
+            raise ReviewError('a relabel names its labels: one or more classes, or "other" for none of them')
+        wanted = sorted(set(labels))
         unknown = [x for x in wanted if x not in classes and x != "other"]
         if unknown:
             raise ReviewError(f"unknown label(s) {', '.join(unknown)}; the classes are {', '.join(classes)} or other")
@@ -111,5 +128,7 @@ def next_state(row: dict, before: dict, action: str, labels: list[str] | None, c
             raise ReviewError("already put back in review")
         if row["status"] not in ("rejected", "duplicate") or not row["file_path"]:
             raise ReviewError(f"a {row['status']} candidate has no usable file to put back")
+        if row["status"] == "duplicate":
+            copy_refused(row, action)
         return {**before, "include": "accepted"}
     raise ReviewError(f"unknown action {action!r}")

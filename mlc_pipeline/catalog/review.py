@@ -18,10 +18,8 @@ that first locks the image's row (`Catalog.locked_candidate`: SQLite's write loc
 SELECT ... FOR UPDATE): actions on one image are serial, every action is kept, and on PostgreSQL
 nothing else waits. `review_version_rows` indexes published manifests: version filters are joins.
 
-Both backends, one text: the tables are written in SQLite's dialect and PostgreSQL gets them through
-`schema.postgres_ddl` (an identity column for `id INTEGER PRIMARY KEY`), as the main schema; new ids
-come back with `INSERT ... RETURNING id` (SQLite >= 3.35); the rest is standard SQL (`||`, `COALESCE`,
-`LIKE`, `ON CONFLICT ... DO UPDATE`, LIMIT/OFFSET), and results are read by column name.
+Both backends, one text: SQLite's dialect, PostgreSQL's tables through `schema.postgres_ddl`; new ids
+by `INSERT ... RETURNING id` (SQLite >= 3.35); otherwise standard SQL, results read by column name.
 """
 
 from __future__ import annotations
@@ -150,6 +148,9 @@ def act(catalog: Catalog, cid: int, action: str, reason: str, client: str, class
             who = f" ({latest['action']} by {latest['client']})" if latest else ""
             raise StaleAction(f"this image changed since the page was loaded{who}: reload to see it, then act")
         before = override_of(catalog, cid)
+        if row["duplicate_of"] is not None:     # a byte copy of the image kept in its place is no other picture
+            kept = catalog.db.execute("SELECT sha256 FROM candidates WHERE id=?", (row["duplicate_of"],)).fetchone()
+            row = {**row, "duplicate_of_sha256": kept["sha256"] if kept else None}
         after = next_state(row, before, action, labels, classes)
         if after["include"] == "accepted" and check_file is not None:
             bad = check_file(row["file_path"])

@@ -5,6 +5,7 @@ inspect`, the build's summary and mining's report. A mixin of `Catalog` (store.p
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 from .labels import FROM_POOL, decided_in_review, effective_labels, reviewed_status
 from .schema import FILE_STATUSES
@@ -88,6 +89,21 @@ class TallyQueries:
         """Counts per status and reason, most first; equal counts by status, then reason, compared here
         (code points): PostgreSQL returned ties in its own order, and a locale collation may sort "_"
         or capitals apart from SQLite's, so `mlc inspect --json` differed between the two."""
-        rows = self.db.execute("SELECT status, reason, COUNT(*) AS n FROM candidates WHERE reason IS NOT NULL "
-                               "GROUP BY status, reason")
-        return sorted((dict(r) for r in rows), key=lambda r: (-r["n"], r["status"], r["reason"]))
+        # As the build sees them (`reviewed_status`): an image the review put back is no longer counted
+        # as removed, and one it rejected is ('rejected', 'review').
+        if self.has_table("review_overrides"):
+            rows = self.db.execute(
+                "SELECT c.status, c.reason, o.include AS review_include, CASE WHEN c.file_path IS NULL THEN 0 ELSE 1 "
+                "END AS file_path, COUNT(*) AS n FROM candidates c LEFT JOIN review_overrides o ON o.candidate_id = c.id "
+                "WHERE c.reason IS NOT NULL OR o.include IS NOT NULL GROUP BY c.status, c.reason, o.include, "
+                "CASE WHEN c.file_path IS NULL THEN 0 ELSE 1 END")
+        else:
+            rows = self.db.execute("SELECT status, reason, COUNT(*) AS n FROM candidates WHERE reason IS NOT NULL "
+                                   "GROUP BY status, reason")
+        out: Counter = Counter()
+        for r in map(dict, rows):
+            status, reason = reviewed_status(r)
+            if reason is not None:
+                out[(status, reason)] += r["n"]
+        return sorted(({"status": k[0], "reason": k[1], "n": n} for k, n in out.items()),
+                      key=lambda r: (-r["n"], r["status"], r["reason"]))

@@ -40,7 +40,7 @@ def dataset_card(name: str, version: str, cfg: Config, counts: dict, curation: d
               "## Parameters", "", f"- max side {cfg.build.max_side} px, JPEG quality {cfg.build.jpeg_quality}",
               f"- split fractions {cfg.build.split} (by a hash of source and photo id: stable across versions)",
               f"- near-duplicate Hamming threshold {cfg.curate.hamming_threshold}, min side {cfg.curate.min_side}, "
-              f"max aspect {cfg.curate.max_aspect}", "", *licence_notice(cfg, counts), "## What curation removed", ""]
+              f"max aspect {cfg.curate.max_aspect}", "", *licence_notice(cfg, counts), "## What curation and review left out", ""]
     lines += [f"- {k}: {v}" for k, v in sorted(curation.items())] or ["- nothing"]
     lines += ["", "`labels` empty = an \"other\" image (a negative for every class). Split `probe` = kinds under",
               "no training query, used only to measure how often the unknown is accepted.", ""]

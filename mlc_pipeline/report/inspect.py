@@ -156,7 +156,7 @@ def format_dataset_summary(s: dict) -> str:
     for label, c in s["counts"]["per_label_split"].items():
         lines.append(f"{label:<16} " + " ".join(f"{c.get(x, 0):>6}" for x in splits))
     lines += ["", "Licences: " + ", ".join(f"{k or 'unknown'} {v}" for k, v in sorted(s["counts"]["licenses"].items()))]
-    lines += ["", "Removed by curation (status: reason = count)"]
+    lines += ["", "Left out by curation and review (status: reason = count)"]
     lines += [f"  {k} = {v}" for k, v in sorted(s["curation"].items())] or ["  nothing"]
     where = (f"in {s['version']}" if s.get("conflicts_from", "version") == "version" else
              f"(the catalog's now: {s['version']} was built before versions recorded them)")

@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -159,6 +160,15 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
     templates.env.filters["detail"] = lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items()))
     templates.env.filters["utc"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
 
+    @app.exception_handler(RequestValidationError)
+    async def not_a_number(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422 for `/image/abc` or `?page_no=abc`: an id that is not a number names no
+        candidate (404, as one past SQL's integers); a page number that is not one is a bad request."""
+        errors = [e for e in exc.errors() if e.get("loc")]
+        names = ", ".join(str(e["loc"][-1]) for e in errors) or "a parameter"
+        status = 404 if any(e["loc"][0] == "path" for e in errors) else 400
+        return JSONResponse({"error": f"{names} must be a whole number"}, status_code=status)
+
     def page(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
         return templates.TemplateResponse(request, name, context, status_code=status_code)
 
@@ -296,8 +306,10 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
     def do_action(cid: int, body: dict, reason: str, client: str) -> JSONResponse:
         kind = str(body.get("action") or "")
         labels = body.get("labels")
-        if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
-            return JSONResponse({"error": "labels must be a list of names"}, status_code=400)
+        if (labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels))
+                or kind == "relabel" and not labels):   # a mistyped key must not turn a class image into "other"
+            return JSONResponse({"error": 'labels must be a list of names: one or more classes, or ["other"] for '
+                                          "none of them"}, status_code=400)
         if kind == "remove":
             return do_remove(cid, reason, client)
         seen = body.get("seen_action")      # review.js sends the page's latest action: a stale tab is refused

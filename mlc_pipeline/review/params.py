@@ -13,10 +13,11 @@ from mlc_pipeline.catalog import review as cr
 SQL_INT_MAX = 2**63 - 1       # SQLite's and PostgreSQL's BIGINT
 
 
-def whole_number(value, what: str) -> int:
-    """`value` as an int: a JSON integer or a string of digits (a URL's); ValueError naming `what` for
-    anything else (a bool, a float, 1e400, words). The range is `fits_sql`'s to check."""
-    if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,40}", value.strip()):
+def whole_number(value, what: str, from_url: bool = False) -> int:
+    """`value` as an int: a JSON integer, or a string of digits from a URL (`from_url`); ValueError
+    naming `what` for anything else (a bool, a float, 1e400, words, a JSON string). The range is
+    `fits_sql`'s to check."""
+    if from_url and isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,40}", value.strip()):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{what} must be a whole number")
@@ -34,7 +35,7 @@ def filters_of(request: Request) -> dict:
     filters = {k: q.get(k, "").strip() for k in cr.FILTERS if q.get(k, "").strip()}
     for name in ("licence", "round"):
         try:
-            if name in filters and not fits_sql(whole_number(filters[name], name)):
+            if name in filters and not fits_sql(whole_number(filters[name], name, from_url=True)):
                 raise ValueError(f"{name} is out of range")
         except ValueError as exc:
             raise HTTPException(400, f"the {exc} (the licence and round filters are numbers)") from None

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 
 from helpers import free_port
 from review_world import ReviewServer, make_data_root
@@ -21,6 +22,7 @@ from review_world import ReviewServer, make_data_root
 from mlc_pipeline.catalog import review as cr
 from mlc_pipeline.catalog import Catalog, Found
 from mlc_pipeline.dataset.build import build_dataset
+from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.manifest import read_manifest
 
 
@@ -98,7 +100,7 @@ def test_loopback_guards(root):
     config, cfg = root
     target = first_accepted(cfg, "bees")
     with Catalog(cfg.catalog_path, readonly=True) as c:
-        dup = c.candidates("status='duplicate'")[0]
+        dup = c.candidates("status='duplicate' AND reason LIKE 'near-%'")[0]
         tiny = c.candidates("reason='too-small'")[0]
     server = ReviewServer(config, free_port())
     try:
@@ -194,7 +196,7 @@ def test_actions_undo_filters_and_build_on_both_backends(root):
     config, cfg = root
     target, other = first_accepted(cfg, "ants"), first_accepted(cfg, "bees")
     with Catalog(cfg.catalog_path, readonly=True) as c:
-        dup = c.candidates("status='duplicate'")[0]
+        dup = c.candidates("status='duplicate' AND reason LIKE 'near-%'")[0]
         tiny = c.candidates("reason='too-small'")[0]
         v1_rows = len(c.candidates("status='accepted' AND purpose IN ('train', 'probe')"))
     h = {"X-MLC-Client": "tab1"}
@@ -301,18 +303,21 @@ def test_images_put_back_are_published_with_the_labels_the_app_shows(root):
     """A curation duplicate (curated label NULL) put back with "not a duplicate" is published under the
     label it was searched for, as the image page's "next build" line says: a class image stays in its
     class, an image of the "other" set stays a negative. Relabelling it to that same label changes
-    nothing. The "other" duplicate is a real one: a copy of a scenery photo, collected and curated."""
+    nothing. The "other" duplicate is a real one: a near copy of a scenery photo (resized, re-encoded),
+    collected and curated (a byte copy cannot be marked "not a duplicate")."""
     from fastapi.testclient import TestClient
     from mlc_pipeline.collect import collect
     from mlc_pipeline.curate import curate
     from mlc_pipeline.review.app import create_app
     config, cfg = root
     scenery = sorted((config.parent / "world" / "scenery").glob("*.jpg"))[0]
-    (scenery.parent / "zz_copy.jpg").write_bytes(scenery.read_bytes())
+    with Image.open(scenery) as im:
+        im.convert("RGB").resize((im.width * 8 // 10, im.height * 8 // 10)).save(scenery.parent / "zz_copy.jpg",
+                                                                                quality=75)
     collect(cfg, progress=False)
     curate(cfg)
     with Catalog(cfg.catalog_path, readonly=True) as c:
-        dup = c.candidates("status='duplicate' AND label='ants'")[0]
+        dup = c.candidates("status='duplicate' AND label='ants' AND reason LIKE 'near-%'")[0]
         negative = c.candidates("status='duplicate' AND label='other'")[0]
     assert dup["curated_label"] is None and negative["curated_label"] is None
     h = {"X-MLC-Client": "tab1"}
@@ -337,7 +342,7 @@ def test_the_next_build_line_says_what_the_build_does_after_a_takedown(root):
     from mlc_pipeline.review.app import create_app
     config, cfg = root
     with Catalog(cfg.catalog_path, readonly=True) as c:
-        tiny, kept = c.candidates("reason='too-small'")[0], c.candidates("status='duplicate'")[0]
+        tiny, kept = c.candidates("reason='too-small'")[0], c.candidates("status='duplicate' AND reason LIKE 'near-%'")[0]
     h = {"X-MLC-Client": "tab1"}
     state = lambda client, cid: re.search(r'<b id="state">([^<]*)</b>', client.get(f"/image/{cid}").text).group(1)
     with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
@@ -560,7 +565,7 @@ def test_collect_counts_usable_images_as_the_build_will_see_them(root):
     config, cfg = root
     target, other = first_accepted(cfg, "ants"), first_accepted(cfg, "bees")
     with Catalog(cfg.catalog_path) as c:
-        dup = c.candidates("status='duplicate' AND label='ants'")[0]
+        dup = c.candidates("status='duplicate' AND label='ants' AND reason LIKE 'near-%'")[0]
         before = {label: c.set_tally("train", label) for label in ("ants", "bees")}    # no review tables yet
         cr.ensure_schema(c)
         cr.act(c, target["id"], "reject", "blurry", "t", list(cfg.classes))
@@ -944,3 +949,99 @@ def test_a_port_in_use_is_one_line_and_exit_code_2(tmp_path):
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and res.stdout == "", (res.returncode, res.stdout, res.stderr)
     assert f"port {port} on 127.0.0.1 is already in use" in lines[0] and "--port" in lines[0], lines[0]
+
+
+def test_copies_that_must_stay_out_cannot_be_put_back(root):
+    """A user's audit: "not a duplicate" put byte copies of a published test image into train and
+    valid (its copy stayed in test), and a plain byte copy beside its twin. The same bytes cannot be
+    another picture: refused, for either action; a near copy of a test image only as "not a
+    duplicate" (a person saying it is another picture), never by "restore"."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.collect import collect
+    from mlc_pipeline.curate import curate
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    v1 = read_manifest(cfg.layout.version("v1") / "manifest.csv")
+    test_photo = next(r for r in v1 if r["split"] == "test")
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        source = Path(c.get(int(test_photo["candidate_id"]))["file_path"])
+    source_sha = sha256_file(source)
+    world = config.parent / "world" / (test_photo["labels"] or "scenery")
+    (world / "zz_test_copy.jpg").write_bytes(source.read_bytes())
+    with Image.open(source) as im:
+        im.convert("RGB").resize((im.width * 8 // 10, im.height * 8 // 10)).save(world / "zz_test_near.jpg", quality=75)
+    collect(cfg, progress=False)
+    curate(cfg)
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        of_test = c.candidates("reason LIKE '%-duplicate-of-test:%'")     # the published copy is re-encoded:
+        exact_test = [r for r in of_test if r["sha256"] == source_sha]    # both are near copies of it
+        near_test = [r for r in of_test if r["sha256"] != source_sha]
+        exact = c.candidates("reason LIKE 'exact-duplicate:%'")
+    assert len(exact_test) == len(near_test) == len(exact) == 1, (of_test, exact)
+    h = {"X-MLC-Client": "tab1"}
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        act = lambda cid, action: client.post("/api/action", json={"id": cid, "action": action, "reason": "r"},
+                                              headers=h)
+        for action in ("not-duplicate", "restore"):
+            refused = act(exact_test[0]["id"], action)
+            assert refused.status_code == 409 and refused.json()["error"] == (
+                "the same bytes as a published test image: it is not another picture, and a copy in the version "
+                "would train on a test image"), refused.text
+            refused = act(exact[0]["id"], action)
+            assert refused.status_code == 409 and refused.json()["error"].startswith(
+                f"the same bytes as candidate {exact[0]['duplicate_of']}: it is not another picture"), refused.text
+        refused = act(near_test[0]["id"], "restore")
+        assert refused.status_code == 409 and "a near copy of a published test image" in refused.json()["error"]
+        assert act(near_test[0]["id"], "not-duplicate").json()["state"]["include"] == "accepted"
+    v2 = read_manifest(build_dataset(cfg).path / "manifest.csv")
+    in_v2 = {r["candidate_id"] for r in v2}
+    assert str(near_test[0]["id"]) in in_v2            # a person said it is another picture
+    assert not {str(exact_test[0]["id"]), str(exact[0]["id"])} & in_v2
+
+
+def test_the_card_and_inspect_count_what_the_version_left_out_after_the_review(root):
+    """A user's audit: the card's "What curation removed" and `mlc inspect` counted images the review
+    put back as removed, and not those it rejected."""
+    import subprocess
+    import sys
+    config, cfg = root
+    with Catalog(cfg.catalog_path) as c:
+        tiny = c.candidates("reason='too-small'")[0]
+        target = c.candidates("status='accepted' AND purpose='train'")[0]
+        cr.ensure_schema(c)
+        cr.act(c, tiny["id"], "restore", "big enough", "t", list(cfg.classes))
+        cr.act(c, target["id"], "reject", "blurred", "t", list(cfg.classes))
+    v2 = build_dataset(cfg)
+    card = (v2.path / "README.md").read_text()
+    left_out = card.split("## What curation and review left out")[1].split("\n\n`labels`")[0]
+    assert "- rejected: too-small" not in left_out and "- rejected: review: 1" in left_out, left_out
+    shown = subprocess.run([sys.executable, "-m", "mlc_pipeline.cli", "inspect", "-c", str(config)],
+                           capture_output=True, text=True, timeout=120)
+    assert "rejected: review = 1" in shown.stdout and "rejected: too-small" not in shown.stdout, shown.stdout
+
+
+def test_a_script_must_name_the_labels_and_ids_are_json_integers(root):
+    """A user's audit: a relabel without `labels` (a mistyped key) saved "other" and moved a class
+    image to the negatives; a JSON string id was acted on; `/image/abc` answered FastAPI's 422."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    target = first_accepted(cfg, "ants")
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        h = {"X-MLC-Client": "t"}
+        for body in ({}, {"labels": []}, {"labels": None}, {"label": ["ants"]}):
+            res = client.post("/api/action", json={"id": target["id"], "action": "relabel", **body}, headers=h)
+            assert res.status_code == 400 and "labels must be a list of names" in res.json()["error"], (body, res.text)
+        ok = client.post("/api/action", json={"id": target["id"], "action": "relabel", "labels": ["other"]}, headers=h)
+        assert ok.json()["state"]["labels"] == "other"
+        assert client.post("/api/action", json={"id": str(target["id"]), "action": "reject"}, headers=h).status_code == 400
+        assert client.post("/api/undo", json={"id": target["id"], "action_id": "1"}, headers=h).status_code == 400
+        for url, status in (("/image/abc", 404), ("/thumb/xyz", 404), ("/file/1.5", 404), ("/?page_no=abc", 400),
+                            ("/duplicates?page_no=1.5", 400)):
+            res = client.get(url)
+            assert res.status_code == status and res.json()["error"].endswith("must be a whole number"), (url, res.text)
+        page = client.get(f"/image/{target['id']}").text
+        assert re.search(r"taken / uploaded</th><td>[^<]* / (\?|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC)</td>", page), page
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        with pytest.raises(cr.ReviewError, match="a relabel names its labels"):
+            cr.next_state(c.get(target["id"]), dict(cr.EMPTY), "relabel", [], list(cfg.classes))
