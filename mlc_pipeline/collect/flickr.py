@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 FLICKR_EPOCH = 1072915200          # 2004-01-01: no upload is older
 DAY = 86400
+REPEATED_PAGES = 3                 # answers in a row with nothing new inside the reachable range: the end
 STATUS_RE = re.compile(r"Status code (\d{3})")
 
 
@@ -213,18 +214,32 @@ class FlickrSource:
         yield from self._windows(query, lo, mid)
 
     def _pages(self, query: str, window, first: dict) -> Iterator[dict]:
-        """Photos of one window, page by page; stops where pages start repeating (the cap)."""
+        """Photos of one window, page by page, to the last page `pages` or `total` names (the larger:
+        either may be low), never past the cap, where pages repeat. An empty page ends it; a page
+        repeating an earlier one inside that range is a fault to step over (a user's audit: one
+        repeated page, or `pages` of 1, ended the query at its first page, "queries exhausted"),
+        up to REPEATED_PAGES in a row."""
         seen: set[str] = set()
-        page, reply = 1, first
+        page, reply, stale = 1, first, 0
+        per_page = self.settings.per_page
         while True:
-            photos, skipped = self.usable_entries(query, page, reply.get("photo"))
+            entries = reply.get("photo")
+            photos, skipped = self.usable_entries(query, page, entries)
             fresh = [p for p in photos if str(p["id"]) not in seen]
-            if not fresh and not skipped:
+            stale = 0 if fresh or skipped else stale + 1
+            if not entries or stale >= REPEATED_PAGES:
                 return
+            if stale == 1:      # asked once more: a page repeated in passing may answer right now
+                log.warning("query %r: page %d repeats earlier results; asking for it again", query, page)
+                reply = self._search_page(query, page, window)
+                continue
+            if stale:
+                log.warning("query %r: page %d repeats earlier results again; going on to the next", query, page)
             seen.update(str(p["id"]) for p in fresh)
             yield from fresh
-            pages = as_int(reply.get("pages")) or 0
-            if page >= pages or page * self.settings.per_page >= self.result_cap:
+            reachable = min(max(as_int(reply.get("total")) or 0, (as_int(reply.get("pages")) or 0) * per_page),
+                            self.result_cap)
+            if page * per_page >= reachable:
                 return
             page += 1
             reply = self._search_page(query, page, window)

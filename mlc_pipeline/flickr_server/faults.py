@@ -17,7 +17,10 @@ ENTRY_FAULTS = ("entry_no_id",)
 # Transient image faults: the URL's first fault_repeats attempts fail, then it is served (img429;
 # dropped: the connection closes after 60% of a body whose full Content-Length was announced).
 TRANSIENT_IMAGE_FAULTS = ("img429", "dropped")
-RATE_FIELDS = API_FAULTS + TRANSIENT_IMAGE_FAULTS + PHOTO_FAULTS + DUPLICATE_FAULTS + ENTRY_FAULTS
+# Search paging faults: a page after the first answers the page before's entries (its first
+# fault_repeats attempts); a reply's "pages" says 1 whatever "total" says.
+PAGE_FAULTS = ("repeat_page", "pages_low")
+RATE_FIELDS = API_FAULTS + TRANSIENT_IMAGE_FAULTS + PHOTO_FAULTS + DUPLICATE_FAULTS + ENTRY_FAULTS + PAGE_FAULTS
 
 
 @dataclass
@@ -39,6 +42,8 @@ class FaultSpec:
     oversize: float = 0.0
     trickle: float = 0.0  # the image arrives one byte every trickle_ms (a host that never times out a read)
     entry_no_id: float = 0.0
+    repeat_page: float = 0.0
+    pages_low: float = 0.0
     seed: int = 0
     slow_ms: int = 1500
     retry_after_s: int = 1
@@ -158,6 +163,23 @@ class FaultPlan:
         if self.spec.entry_no_id and isinstance(photos, dict):
             photos["photo"] = [{k: v for k, v in entry.items() if k != "id"} if self.entry_without_id(entry["id"])
                                else entry for entry in photos["photo"]]
+        return response
+
+    def damage_pages(self, params: dict, key: str, call) -> dict:
+        """photos.search's reply (`call(params)`) with the paging faults: `repeat_page`, the page
+        before's entries instead of this page's; `pages_low`, "pages": 1. Both counted."""
+        response = call(params)
+        photos = response.get("photos")
+        if not isinstance(photos, dict):
+            return response
+        page = photos.get("page") if isinstance(photos.get("page"), int) else 1
+        if page > 1 and unit_hash(self.spec.seed, "repeat", key) < self.spec.repeat_page \
+                and self._next_attempt("repeat_page", key) < self.spec.fault_repeats:
+            self.count("repeat_page")
+            photos["photo"] = call({**params, "page": str(page - 1)})["photos"]["photo"]
+        if unit_hash(self.spec.seed, "pages", key) < self.spec.pages_low:
+            self.count("pages_low")
+            photos["pages"] = 1
         return response
 
     def html_lies_about_type(self, photo_id: str) -> bool:

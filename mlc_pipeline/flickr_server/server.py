@@ -117,7 +117,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not key or (wanted is not None and key != wanted):
             response = fail(100, "Invalid API Key (Key has invalid format)")
         else:
-            response = app.faults.damage_entries(app.api.call(params))
+            paged = params.get("method") == "flickr.photos.search" and (app.faults.spec.repeat_page or
+                                                                         app.faults.spec.pages_low)
+            response = app.faults.damage_entries(app.faults.damage_pages(params, request_key(params), app.api.call)
+                                                 if paged else app.api.call(params))
         self._send(200, *encode_response(response, params))
 
     # ------------------------------------------------------------------ images

@@ -249,6 +249,21 @@ def test_date_windows_reach_past_the_result_cap(tmp_path, creds):
     assert sum(r["label"] == "other" and r["status"] == "downloaded" for r in rows(cfg)) == 100
 
 
+@pytest.mark.parametrize("fault", ["repeat_page=1.0", "pages_low=1.0", "repeat_page=1.0,fault_repeats=2"])
+def test_a_repeated_page_or_a_low_page_count_does_not_end_a_query(tmp_path, creds, fault):
+    """A user's audit: one search page repeating the page before, or `pages` saying 1, ended the
+    query at page 1 ("queries exhausted", 40 of 170). A page repeated in passing is asked again; one
+    that keeps repeating is stepped over (its own photos are out of reach); `total` bounds the pages."""
+    with FlickrServer(WorldSpec(seed=6, scale=0.5), FaultSpec.parse(fault)) as srv:
+        cfg = make_cfg(tmp_path, rest_url=srv.rest_url, allowed_hosts=[srv.static_host], per_page=10)
+        cfg.other.count, cfg.other.queries = 60, ["sky"]
+        summary = collect(cfg, progress=False)
+        injected = srv.stats()["faults_injected"]
+    assert injected.get(fault.split("=")[0], 0) > 0, injected
+    assert summary.shortfall == {}, summary.shortfall
+    assert sum(r["label"] == "other" and r["status"] == "downloaded" for r in rows(cfg)) == 60
+
+
 def test_invalid_key_is_a_clear_error_without_the_key(tmp_path, monkeypatch):
     monkeypatch.setenv("FLICKR_API_KEY", "wrong-key-5555")
     monkeypatch.setenv("FLICKR_API_SECRET", "some-secret-6666")
