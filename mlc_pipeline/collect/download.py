@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_REDIRECTS = 5
 CHUNK = 64 * 1024
+# Content types that say nothing about the body (mirrors, object stores, URL lists): the magic bytes
+# decide, as for any image (a user's audit: valid JPEGs served so were failed for good).
+UNTYPED = ("", "application/octet-stream", "binary/octet-stream", "application/binary", "application/x-binary")
 WATCHDOG_TICK_S = 0.1
 
 @dataclass(frozen=True)
@@ -248,8 +251,8 @@ class Downloader:
         if code != 200:
             raise Rejected(f"http-{code}")
         ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if not ctype.startswith("image/"):
-            raise Rejected(f"not-an-image:content-type={ctype or 'none'}")
+        if not ctype.startswith("image/") and ctype not in UNTYPED:      # an HTML error page, JSON, ...
+            raise Rejected(f"not-an-image:content-type={ctype}")
         declared = resp.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > self.s.max_image_bytes:
             raise Rejected("too-large")

@@ -10,7 +10,8 @@ from dataclasses import dataclass, fields
 # malformed: a reply that says "ok" but lacks its payload (no "photos", no "licenses").
 API_FAULTS = ("http500", "code105", "slow", "malformed")
 # Persistent image faults: a photo that has one keeps it on every attempt.
-PHOTO_FAULTS = ("truncated", "empty", "html", "redirect_offsite", "oversize", "trickle")
+# octet: a whole, valid image served as application/octet-stream (mirrors and object stores do).
+PHOTO_FAULTS = ("truncated", "empty", "html", "redirect_offsite", "oversize", "trickle", "octet")
 DUPLICATE_FAULTS = ("dup_exact", "dup_near")
 # Persistent search-result faults: the photo's entry in every search reply lacks its "id".
 ENTRY_FAULTS = ("entry_no_id",)
@@ -41,6 +42,7 @@ class FaultSpec:
     redirect_offsite: float = 0.0
     oversize: float = 0.0
     trickle: float = 0.0  # the image arrives one byte every trickle_ms (a host that never times out a read)
+    octet: float = 0.0
     entry_no_id: float = 0.0
     repeat_page: float = 0.0
     pages_low: float = 0.0

@@ -170,6 +170,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._stream_oversize(data)
         elif fault == "trickle":
             self._trickle(data)
+        elif fault == "octet":
+            self._send(200, "application/octet-stream", data)
         elif app.faults.image_dropped(path):
             self._drop_mid_body(data)
         else:

@@ -230,6 +230,21 @@ def test_bad_bodies_are_recorded_with_reasons(tmp_path, creds):
     assert not list((cfg.data_dir / "tmp").rglob("*.part")), "no partial file left behind"
 
 
+def test_images_served_as_octet_stream_are_judged_by_their_bytes(tmp_path, creds):
+    """A user's audit: valid JPEGs served as application/octet-stream (mirrors, object stores) were
+    failed for good as not-an-image:content-type; the magic bytes decide, as for any image."""
+    with FlickrServer(WorldSpec(seed=4, scale=0.1), FaultSpec.parse("octet=0.3")) as srv:
+        cfg = make_cfg(tmp_path, rest_url=srv.rest_url, allowed_hosts=[srv.static_host])
+        summary = collect(cfg, progress=False)
+        injected = srv.stats()["faults_injected"]
+    assert injected.get("octet", 0) > 0 and summary.failed == {}, (injected, summary.failed)
+    octets = [r for r in rows(cfg) if r["content_type"] == "application/octet-stream"]
+    assert len(octets) == injected["octet"] and all(r["status"] == "downloaded" for r in octets)
+    for r in octets:
+        with Image.open(r["file_path"]) as im:
+            im.verify()
+
+
 def test_slow_responses_time_out_and_are_retried(tmp_path, creds):
     faults = FaultSpec.parse("slow=0.5,slow_ms=1500")
     with FlickrServer(WorldSpec(seed=5, scale=0.1), faults) as srv:
