@@ -18,9 +18,10 @@ if TYPE_CHECKING:
 
 MANIFEST_COLUMNS = ["path", "labels", "split", "candidate_id", "source", "photo_id", "url", "license_id",
                     "license", "owner", "title", "date_taken", "sha256", "phash", "purpose", "mined_round",
-                    "query", "source_file"]
+                    "query", "source_file", "license_url", "page"]
 # Columns added after versions were published without them: reading an older version, they are absent.
-ADDED_COLUMNS = ("source_file",)
+# license_url: the licence's deed; page: the photo's page at its source (the real Flickr's), or empty.
+ADDED_COLUMNS = ("source_file", "license_url", "page")
 SPLITS = ("train", "valid", "test")
 LATEST = "latest"                       # names the newest version wherever a version is named
 MANIFEST_SPLITS = SPLITS + ("probe",)   # probe rows: unseen kinds, scored for "none of these" only

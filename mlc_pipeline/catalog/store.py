@@ -243,6 +243,10 @@ class Catalog(RemovalQueries, TallyQueries, PairScoreQueries):
     def license_names(self) -> dict[int, str]:
         return {r["id"]: r["name"] for r in self.db.execute("SELECT id, name FROM licenses")}
 
+    def license_urls(self) -> dict[int, str]:
+        "Each licence's deed, as the source lists it (the attribution links to it)."
+        return {r["id"]: r["url"] for r in self.db.execute("SELECT id, url FROM licenses WHERE url IS NOT NULL")}
+
     # --- candidates -----------------------------------------------------------------------
     def upsert_found(self, found: Iterable[Found], run_id: str) -> tuple[int, int]:
         """Record search results. Returns (new candidates, already known). Idempotent."""

@@ -33,7 +33,7 @@ from pathlib import Path
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline import progress
 from mlc_pipeline.catalog.review import build_candidates, review_changed_photos
-from mlc_pipeline.dataset.card import attribution, dataset_card
+from mlc_pipeline.dataset.card import FLICKR_PHOTO_PAGE, attribution, dataset_card
 from mlc_pipeline.config import RESTRICTED_LICENSES, Config
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, write_text_atomic
 from mlc_pipeline.locking import files_lock
@@ -98,6 +98,9 @@ def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None)
     took the class out of the project, not into "other"."""
     rows = []
     removed_owners = catalog.removed_owners()       # `mlc remove --owner`: later photos stay out too
+    license_urls = catalog.license_urls()
+    # a photo's page exists at the real Flickr only (the bundled server's ids name no photo there)
+    photo_pages = cfg.source.kind == "flickr" and cfg.source.rest_url.startswith("https://api.flickr.com/")
     for c in build_candidates(catalog):             # accepted, with the review app's decisions applied
         if c["owner"] in removed_owners:
             continue
@@ -122,8 +125,19 @@ def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None)
             "phash": c["phash"], "purpose": "pool" if c["from_pool"] else c["purpose"],
             "mined_round": "" if c["mined_round"] is None else c["mined_round"],
             "query": first_query(c["queries"]), "source_file": c["source_file"] or "", "_file": c["file_path"],
+            "license_url": license_urls.get(c["license_id"], "") if c["license_id"] is not None else "",
+            "page": photo_page(c, photo_pages),
             "_conflict": c["label"] if (c["reason"] or "").startswith("conflict:") else None, "_reason": c["reason"]})
     return sorted(rows, key=lambda r: r["path"])
+
+
+def photo_page(c: dict, flickr_pages: bool) -> str:
+    """Where a person sees the photo and its owner: its page at the real Flickr, or the `photo_page` a
+    URL list gave (kept as `source_file`); "" when none is known (a folder, the bundled server)."""
+    if flickr_pages and c["source"] == "flickr" and c["owner"]:
+        return FLICKR_PHOTO_PAGE.format(owner=c["owner"], photo_id=c["photo_id"])
+    given = c["source_file"] or ""
+    return given if c["source"] == "urls" and given.startswith(("https://", "http://")) else ""
 
 
 def label_conflicts(rows: list[dict]) -> list[dict]:

@@ -9,13 +9,30 @@ from mlc_pipeline.config import Config
 from mlc_pipeline.manifest import SPLITS
 
 
+FLICKR_PHOTO_PAGE = "https://www.flickr.com/photos/{owner}/{photo_id}"
+
+
 def attribution(rows: list[dict], version: str) -> str:
+    """Title, author, source and licence of every image (what the CC licences ask an attribution to
+    give): the licence linked to its deed (`license_url`), the source to the photo's page (`page`,
+    for photos from the real Flickr) or else to the URL the image was fetched from."""
     lines = [f"# Attribution — dataset {version}", "",
-             "Every image, its author, title, licence and source, as the CC licences require.", "",
+             "Every image, its title, author, source and licence, as the CC licences require.", "",
              "| image | title | author | licence | source |", "|---|---|---|---|---|"]
     for r in rows:
-        lines.append("| " + " | ".join(table_cell(r[k]) for k in ("path", "title", "owner", "license", "url")) + " |")
+        source = r.get("page") or r["url"]
+        cells = [table_cell(r[k]) for k in ("path", "title", "owner")]
+        cells += [link(r["license"] or r.get("license_id"), r.get("license_url")), link(source, source)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def link(text, url: str | None) -> str:
+    """`[text](url)` for a plain http(s) URL (nothing in it that ends a Markdown link), else the text."""
+    shown = table_cell("" if text is None else text)
+    if not url or not url.startswith(("https://", "http://")) or any(c in url for c in " \t\n()<>|[]\\\"'`"):
+        return shown
+    return f"[{shown}]({url})"
 
 
 def table_cell(value) -> str:

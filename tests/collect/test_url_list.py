@@ -94,10 +94,12 @@ def test_manifest_has_the_images_with_their_labels_and_attribution(project):
         r = rows[f"{host}/cat/{name}"]
         assert (r["source"], r["photo_id"]) == ("urls", photo_id(r["url"]))
         assert (r["license"], r["owner"], r["title"]) == ("CC BY 2.0", f"owner {i}", f"cat photo {i}")
-        assert r["source_file"] == f"https://example.org/photos/{i}"
+        assert r["source_file"] == r["page"] == f"https://example.org/photos/{i}"
         assert r["sha256"] and (PETS / "cat" / name).stat().st_size > 0
     assert rows[f"{host}/dog/{dogs[0]}"]["license"] == ""           # not given: left empty, not invented
-    assert f"{host}/cat/{cats[0]}" in (version / "ATTRIBUTION.md").read_text()
+    attribution = (version / "ATTRIBUTION.md").read_text()     # the photo's page where the list gave one
+    assert "[https://example.org/photos/0](https://example.org/photos/0)" in attribution
+    assert f"{host}/cat/{cats[0]}" not in attribution and f"{host}/dog/{dogs[0]}" in attribution
 
 
 def test_a_404_is_a_recorded_failure_and_a_duplicate_url_one_candidate(project):

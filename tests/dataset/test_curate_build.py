@@ -158,6 +158,9 @@ def test_build_publishes_a_complete_version(curated):
     assert len(find_pairs(hashes, cfg.curate.hamming_threshold)) == 0
     attribution = (folder / "ATTRIBUTION.md").read_text()
     assert all(m["url"] in attribution for m in manifest)
+    with_deed = [m for m in manifest if m["license_id"] not in ("", "0")]    # each licence linked to its deed
+    assert with_deed and all(m["license_url"].startswith(("https://", "http://")) and f"]({m['license_url']})" in attribution
+                             for m in with_deed)
     card = (folder / "README.md").read_text()
     assert "ants" in card and "rejected: truncated" in card
     assert (folder.parent / "latest").resolve() == folder.resolve()
