@@ -22,13 +22,14 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
-from urllib.parse import urljoin, urlsplit
+from typing import Callable
+from urllib.parse import urljoin
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from mlc_pipeline.config import SourceSettings
+from mlc_pipeline.collect.hosts import HostHealth, host_allowed, host_of
 from mlc_pipeline.collect.rawfiles import StorageError, disk_errors, final_path, shard_dir, temp_path
 from mlc_pipeline.collect.retry import Transient, backoff_delay
 from mlc_pipeline.imageformat import image_extension
@@ -69,20 +70,6 @@ class Rejected(Exception):
 
 class Cancelled(Exception):
     """The run is stopping (Ctrl-C or a write error): this job did not finish and stays pending."""
-
-
-def host_of(url: str) -> str:
-    parts = urlsplit(url)
-    return parts.netloc.lower()
-
-
-def host_allowed(url: str, allowed: Iterable[str]) -> bool:
-    """Only http(s), only listed hosts; an entry without a port allows any port of that host."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
-        return False
-    netloc = parts.netloc.lower()
-    return any(a.lower() == netloc or a.lower() == parts.hostname for a in allowed)
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -127,6 +114,7 @@ class Downloader:
         self.max_in_flight: dict[str, int] = {}   # measured, so tests can prove the per-host bound
         self.watched: dict[int, tuple[float, requests.Response]] = {}   # thread -> (deadline, response)
         self.was_cut: set[int] = set()                                  # threads whose response was cut
+        self.hosts = HostHealth()                   # hosts down, or refused, this run
 
     # --- plumbing ----------------------------------------------------------------------------
     def session(self) -> requests.Session:
@@ -160,6 +148,8 @@ class Downloader:
         for attempt in range(attempts):
             if self.stopping.is_set():
                 raise Cancelled()
+            if host_of(job.url) in self.hosts.down:
+                return DownloadResult(job.cid, False, reason=f"transient:host-down:{host_of(job.url)}", attempts=attempt)
             try:
                 return self._fetch_once(job, attempt + 1)
             except Rejected as exc:
@@ -181,9 +171,12 @@ class Downloader:
 
     def _fetch_once(self, job: DownloadJob, attempt: int) -> DownloadResult:
         url = job.url
-        for _ in range(MAX_REDIRECTS + 1):
+        for hop in range(MAX_REDIRECTS + 1):
             if not host_allowed(url, self.allowed):
-                raise Rejected(f"host-not-allowed:{host_of(url) or url[:40]}")
+                host = host_of(url) or url[:40]
+                if not hop:
+                    self.hosts.refused_one(host)
+                raise Rejected(f"host-not-allowed:{host}" + (":after-redirect" if hop else ""))
             host = host_of(url)
             with self.slot(host):
                 if self.stopping.is_set():     # queued behind the host's slots while the run stopped
@@ -208,6 +201,7 @@ class Downloader:
             # the watchdog bounds the body (a byte every few seconds never trips a read timeout).
             timeout = (self.s.timeout_s, min(self.s.timeout_s, left))
             with self.session().get(url, stream=True, timeout=timeout, allow_redirects=False) as resp:
+                self.hosts.answered_by(host_of(url))
                 with self.slots_lock:
                     self.watched[me] = (self.local.deadline, resp)
                     self.was_cut.discard(me)
@@ -222,6 +216,7 @@ class Downloader:
             if self._take_cut():
                 raise self._cut_error() from None
             if isinstance(exc, (requests.Timeout, requests.ConnectionError)):
+                self.hosts.unanswered(host_of(url), exc)
                 raise Transient(type(exc).__name__.lower()) from None
             if isinstance(exc, requests.exceptions.ChunkedEncodingError):
                 raise Transient("connection-broken") from None

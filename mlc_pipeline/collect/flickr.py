@@ -96,6 +96,10 @@ def classify(exc: Exception, rest_url: str | None = None) -> Exception:
         status = STATUS_RE.search(msg)
         if status and (int(status.group(1)) >= 500 or int(status.group(1)) == 429):
             return Transient(f"HTTP {status.group(1)} from the API")
+        if status:      # 404, 403, ...: the address is wrong, not the request (a mistyped rest_url path)
+            where = f" at {api_address(rest_url)}" if rest_url else ""
+            return SourceError(f"the API{where} answered HTTP {status.group(1)}: check source.rest_url (its path "
+                               "too: Flickr's is /services/rest/)")
         return SourceError(f"Flickr API error: {msg}")
     if isinstance(exc, (requests.Timeout, requests.ConnectionError)):
         where = f" at {api_address(rest_url)}" if rest_url else ""

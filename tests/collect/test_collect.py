@@ -279,6 +279,37 @@ def test_a_repeated_page_or_a_low_page_count_does_not_end_a_query(tmp_path, cred
     assert sum(r["label"] == "other" and r["status"] == "downloaded" for r in rows(cfg)) == 60
 
 
+def test_a_wrong_api_path_is_named_with_the_setting(tmp_path, creds):
+    """A user's audit: a mistyped rest_url path gave "Flickr API error: do_request: Status code 404
+    received", naming neither the address nor the setting."""
+    from mlc_pipeline.collect.flickr import SourceError
+    with FlickrServer(WorldSpec(seed=3, scale=0.1)) as srv:
+        cfg = make_cfg(tmp_path, rest_url=srv.rest_url.replace("/services/rest/", "/services/rset/"),
+                       allowed_hosts=[srv.static_host])
+        with pytest.raises(SourceError) as err:
+            collect(cfg, progress=False)
+    assert str(err.value) == (f"the API at {srv.rest_url.split('/')[2]} answered HTTP 404: check source.rest_url "
+                              "(its path too: Flickr's is /services/rest/)")
+
+
+def test_results_on_a_host_not_allowed_end_the_collect_and_come_back_once_it_is(tmp_path, creds):
+    """A user's audit: with the image host missing from source.allowed_hosts every image failed for
+    good (279 tried for counts of 60), the run exited 0 naming no setting, and allowing the host
+    later downloaded nothing: the data root had to be deleted."""
+    from mlc_pipeline.collect.hosts import HostNotAllowed
+    with FlickrServer(WorldSpec(seed=3, scale=0.1)) as srv:
+        cfg = make_cfg(tmp_path, rest_url=srv.rest_url, allowed_hosts=["images.example.org"])
+        with pytest.raises(HostNotAllowed, match=f"source.allowed_hosts does not list: {srv.static_host} "):
+            collect(cfg, progress=False)
+        refused = [r for r in rows(cfg) if (r["reason"] or "").startswith("host-not-allowed:")]
+        assert 10 <= len(refused) <= 80, len(refused)      # one batch, not every result
+        cfg = make_cfg(tmp_path, rest_url=srv.rest_url, allowed_hosts=[srv.static_host])
+        summary = collect(cfg, progress=False)
+    assert summary.shortfall == {} and summary.failed == {}
+    again = {r["id"]: r for r in rows(cfg)}
+    assert all(again[r["id"]]["status"] == "downloaded" for r in refused)
+
+
 def test_invalid_key_is_a_clear_error_without_the_key(tmp_path, monkeypatch):
     monkeypatch.setenv("FLICKR_API_KEY", "wrong-key-5555")
     monkeypatch.setenv("FLICKR_API_SECRET", "some-secret-6666")

@@ -1,7 +1,8 @@
 import pytest
 
 from mlc_pipeline.collect.retry import RateLimiter, Transient, backoff_delay, with_retries
-from mlc_pipeline.collect.download import host_allowed, retry_after_seconds
+from mlc_pipeline.collect.download import retry_after_seconds
+from mlc_pipeline.collect.hosts import host_allowed
 from mlc_pipeline.imageformat import image_extension
 
 

@@ -10,6 +10,8 @@ import subprocess
 import threading
 import csv
 import json
+import time
+from collections import Counter
 
 import pytest
 
@@ -244,3 +246,32 @@ def test_keep_out_removed_owners_on_each_catalog_backend(catalog_settings, tmp_p
                rows[p]["reason"] == "takedown:owner o1 was taken down (owner asked)" for p in "23")
     assert not img.exists() and json.loads(records["2"]["files_deleted"]) == [str(img)]
     assert records["3"]["selector"] == "owner:Ann" and records["3"]["run_id"] == "collect-run"
+
+
+def test_an_image_host_that_answers_nothing_ends_the_collect_at_once_with_its_name(tmp_path):
+    """A user's audit: an image host refusing every connection cost each photo its retries (3
+    minutes, the first message after 100 s), then "queries exhausted" and exit 0. After
+    HOST_DOWN_AFTER connection errors in a row from a host that never answered, its other photos fail
+    at once, the run exits 1 naming the host and the cause, and they stay pending for the next run."""
+    from helpers import free_port
+    from mlc_pipeline.catalog import Catalog
+    from mlc_pipeline.config import load_config
+    dead = f"http://127.0.0.1:{free_port()}"              # nothing listens there
+    with (tmp_path / "list.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, ["url", "label"])
+        w.writeheader()
+        w.writerows([{"url": f"{dead}/{i}.jpg", "label": "cat"} for i in range(60)])
+    (tmp_path / "project.yaml").write_text(
+        "data_dir: data\n"
+        "source: {kind: urls, csv: list.csv, retry: {attempts: 4, base_delay_s: 0.2, max_delay_s: 1}}\n"
+        "classes:\n  cat: {queries: [cat], count: 60}\nother: {queries: [other], count: 1}\n")
+    started = time.monotonic()
+    res = mlc("collect", "-c", str(tmp_path / "project.yaml"))
+    took = time.monotonic() - started
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert f"mlc: ImageHostDown: the image host {dead[7:]} (ConnectionError: connection refused) answered none " \
+           "of 20 connections in a row" in res.stderr, res.stderr[-2000:]
+    assert "its photos stay pending" in res.stderr and took < 60, took
+    with Catalog(load_config(tmp_path / "project.yaml").catalog_path) as c:
+        reasons = Counter(r["reason"].split(":")[1] for r in c.candidates("status='failed'"))
+    assert reasons["host-down"] > 0 and set(reasons) <= {"connectionerror", "host-down"}, reasons

@@ -1,0 +1,92 @@
+"""Image hosts as a collect sees them: which may be asked (`source.allowed_hosts`), and which are down.
+
+A host that refuses every connection, or results on a host the config does not allow, would
+otherwise cost each photo its retries and end in "queries exhausted" with exit 0 (a user's audit: 3
+minutes of silence; 279 refusals and no hint). `HostHealth` counts both and names the error a
+collect stops with; the photos stay pending (down) or are asked again once allowed."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Iterable
+from urllib.parse import urlsplit
+
+from mlc_pipeline.collect.flickr import SourceError, network_cause
+from mlc_pipeline.secrets import redact
+
+log = logging.getLogger(__name__)
+
+# Connection errors in a row from an image host that has not answered once this run: it is down,
+# and its remaining downloads fail at once instead of each waiting out its retries.
+HOST_DOWN_AFTER = 20
+# Search results whose first URL is on a host source.allowed_hosts does not list: this many from one
+# host end the collect with the setting to change.
+REFUSED_HOST_LIMIT = 10
+
+
+class ImageHostDown(SourceError):
+    """An image host answered no connection this run (`HOST_DOWN_AFTER` failures in a row)."""
+
+
+class HostNotAllowed(SourceError):
+    """Many search results point at an image host source.allowed_hosts does not list."""
+
+
+def host_of(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.netloc.lower()
+
+
+def host_allowed(url: str, allowed: Iterable[str]) -> bool:
+    """Only http(s), only listed hosts; an entry without a port allows any port of that host."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        return False
+    netloc = parts.netloc.lower()
+    return any(a.lower() == netloc or a.lower() == parts.hostname for a in allowed)
+
+
+class HostHealth:
+    """What one collect's downloads learnt about their hosts (thread-safe)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.answered: set[str] = set()             # hosts that sent any reply this run
+        self.failures: dict[str, int] = {}          # connection errors from hosts not in `answered`
+        self.down: dict[str, str] = {}              # host -> why it is taken as down (the last cause)
+        self.refused: dict[str, int] = {}           # host -> results refused: not in allowed_hosts
+
+    def answered_by(self, host: str) -> None:
+        with self.lock:
+            self.answered.add(host)
+
+    def refused_one(self, host: str) -> None:
+        with self.lock:
+            self.refused[host] = self.refused.get(host, 0) + 1
+
+    def unanswered(self, host: str, exc: Exception) -> None:
+        with self.lock:
+            if host in self.answered:
+                return
+            self.failures[host] = self.failures.get(host, 0) + 1
+            if self.failures[host] >= HOST_DOWN_AFTER and host not in self.down:
+                self.down[host] = f"{type(exc).__name__}: {network_cause(exc)}"
+                log.warning("image host %s answered none of %d connections (%s): taken as down for this run",
+                            host, self.failures[host], self.down[host])
+
+    def stop_error(self) -> SourceError | None:
+        """The error a collect ends with when an image host was down (its photos stay pending), or
+        many results were on a host allowed_hosts does not list (asked again once it does)."""
+        if many := {h: n for h, n in self.refused.items() if n >= REFUSED_HOST_LIMIT}:
+            return HostNotAllowed(redact(
+                "the search results' images are on host(s) that source.allowed_hosts does not list: "
+                + ", ".join(f"{h} ({n} images refused)" for h, n in sorted(many.items()))
+                + "; add the host to source.allowed_hosts and run again: those photos are downloaded then"))
+        if not self.down:
+            return None
+        hosts = "; ".join(f"{h} ({why})" for h, why in sorted(self.down.items()))
+        return ImageHostDown(redact(
+            f"the image host {hosts} answered none of {HOST_DOWN_AFTER} connections in a row this run: nothing "
+            "more was asked of it. Check the network (or the proxy HTTP_PROXY/HTTPS_PROXY names), then run "
+            "again: its photos stay pending and are downloaded then"))
