@@ -6,6 +6,8 @@ secret) never live here: they come from the environment, see `mlc_pipeline.secre
 
 from __future__ import annotations
 
+import difflib
+
 import hashlib
 import logging
 import os
@@ -308,11 +310,18 @@ class Config(Strict):
 
 
 def error_line(exc: ValidationError, section: str = "") -> str:    # one line: where (dotted), what, how many more
-    err = exc.errors()[0]
+    errors = exc.errors()
+    err = errors[0]
     where = ".".join([section] * bool(section) + [str(p) for p in err["loc"]]) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
     msg = {"missing": "required key is missing", "extra_forbidden": "unknown key"}.get(err["type"], msg)
-    more = len(exc.errors()) - 1
+    more = len(errors) - 1
+    if err["type"] == "missing":        # a missing key beside an unknown one like it is a typo: say which
+        unknown = [e["loc"] for e in errors if e["type"] == "extra_forbidden" and e["loc"][:-1] == err["loc"][:-1]]
+        typo = difflib.get_close_matches(str(err["loc"][-1]), [str(loc[-1]) for loc in unknown], n=1)
+        if typo:
+            msg += f"; the unknown key {typo[0]!r} looks like a misspelling of it"
+            more -= 1
     return f"{where}: {msg}" + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
 
 

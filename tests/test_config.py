@@ -52,6 +52,11 @@ def test_shipped_configs_load():
     (GOOD.replace("grizzly:", "Grizzly Bears:"), "classes"),
     (GOOD.replace("rest_url: https", "rest_url: ftp"), "source.rest_url"),
     (GOOD + "api_key: abc\n", "api_key: unknown key"),
+    # a misspelt required key: named with the key it was meant to be (it said only "missing")
+    (GOOD.replace("classes:", "clases:"),
+     "config: classes: required key is missing; the unknown key 'clases' looks like a misspelling of it"),
+    (GOOD.replace("  count: 450", "  cuont: 450"),
+     "config: other.count: required key is missing; the unknown key 'cuont' looks like a misspelling of it"),
 ])
 def test_bad_config_is_one_line_naming_the_key(tmp_path, text, key):
     with pytest.raises(ConfigError) as err:
