@@ -85,6 +85,12 @@ class TallyQueries:
                                "GROUP BY purpose, label, status")
         return sorted((dict(r) for r in rows), key=lambda r: (r["purpose"], r["label"], r["status"]))
 
+    def found_since(self, t: float) -> tuple[int, int]:
+        """(photos a search found or found again since `t`, of them skipped: no size asked for offered)."""
+        row = self.db.execute("SELECT COUNT(*) AS n, SUM(CASE WHEN status='skipped' AND reason='no-allowed-size' "
+                              "THEN 1 ELSE 0 END) AS skipped FROM candidates WHERE updated_at >= ?", (t,)).fetchone()
+        return int(row["n"]), int(row["skipped"] or 0)
+
     def reasons(self) -> list[dict]:
         """Counts per status and reason, most first; equal counts by status, then reason, compared here
         (code points): PostgreSQL returned ties in its own order, and a locale collation may sort "_"

@@ -344,8 +344,9 @@ def collect(cfg: Config, progress: bool = True, on_progress: Callable[[int, int]
     curated yet count at the rate curation accepted the set's earlier ones, so rerunning
     collect + curate converges on `count` usable images per set."""
     with collect_session(cfg, progress, on_progress) as (catalog, collector, summary):
+        started = time.time()
         collector.collect_all(summary)
-        check_sizes(cfg, catalog)
+        check_sizes(cfg, catalog, started)
         # The sets this pass leaves short (`shortfall`: usable images missing, downloads not curated
         # yet counted at the set's usable rate), in the lines `mlc run` prints: before the run record
         # and the summary table are written, so both carry them.
@@ -369,9 +370,9 @@ def collect_in_rounds(cfg: Config, curate: Callable[[Config], Any], progress: bo
         inspected = 0
         for round_no in range(1, max_rounds + 1):
             summary.rounds = round_no
-            before, started = summary.downloaded, time.monotonic()
+            before, started, searched_from = summary.downloaded, time.monotonic(), time.time()
             collector.collect_all(summary)
-            check_sizes(cfg, catalog)
+            check_sizes(cfg, catalog, searched_from)
             seconds["collect"] += time.monotonic() - started
             if curated is not None and summary.downloaded == before:
                 break                   # nothing new to curate: another round would change nothing

@@ -40,3 +40,30 @@ def test_the_size_hint_suggests_the_sizes_the_skipped_photos_have(tmp_path):
     assert '"downloaded": 6' in first.stdout
     again = collect("--set", "source.sizes=[url_m, url_n, url_s, url_q, url_t, url_sq]")
     assert "skipped" not in again.stderr and '"downloaded": 6' in again.stdout, (again.stderr, again.stdout)
+
+
+def test_photos_skipped_by_an_earlier_search_are_not_counted_against_new_sizes(tmp_path):
+    """A user's audit: after following the hint, a collect that searched nothing (every count met)
+    repeated the warning with the new sizes listed, for photos no search had looked at again."""
+    world = folder_world(tmp_path / "world", {"mix": sorted((FIXTURES.parent / "pets" / "cat").glob("*.jpg"))[:6]
+                                              + sorted((FIXTURES / "bees").glob("*.jpg"))[:6],
+                                              "ants": sorted((FIXTURES / "ants").glob("*.jpg"))[:2]})
+    config = tmp_path / "mix.yaml"
+    config.write_text(yaml.safe_dump({
+        "data_dir": str(tmp_path / "data"),
+        "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s"],
+                   "local": {"port": 0, "folder": str(world), "query_map": {"mix": "mix", "ants": "ants"}}},
+        "classes": {"mix": {"queries": ["mix"], "count": 6}},
+        "other": {"queries": ["ants"], "count": 2}}, sort_keys=False))
+
+    def collect(*sets):
+        res = subprocess.run([*MLC, "collect", "-c", str(config), "--no-progress", *sets], env=ENV,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return res
+
+    first = collect()
+    assert "photos found were skipped: offered in none of source.sizes (url_m, url_n, url_s)" in first.stderr
+    again = collect("--set", "source.sizes=[url_m, url_n, url_s, url_z]")     # every count met: no search
+    assert '"found_new": 0' in again.stdout, again.stdout
+    assert "skipped" not in again.stderr, again.stderr
