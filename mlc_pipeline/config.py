@@ -6,19 +6,18 @@ secret) never live here: they come from the environment, see `mlc_pipeline.secre
 
 from __future__ import annotations
 
-import difflib
 
 import hashlib
 import logging
 import os
 import re
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mlc_pipeline.config_messages import ConfigError, error_line, user_file   # re-exported here
 from mlc_pipeline.layout import DataLayout
 from mlc_pipeline.secrets import URL_RE, check_storage_options, data_url_problem   # URL_RE: data_dir: s3://...
 
@@ -42,10 +41,6 @@ def query_key(query: str) -> str:
     """How two queries are compared wherever they are (shared queries, a takedown's --query): case and
     spacing aside, as a search engine reads them ("Kite  surfing" is "kite surfing")."""
     return " ".join(query.lower().split())
-
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased as one line that names the offending key."""
 
 
 class Strict(BaseModel):
@@ -309,22 +304,6 @@ class Config(Strict):
         return self.layout.catalog
 
 
-def error_line(exc: ValidationError, section: str = "") -> str:    # one line: where (dotted), what, how many more
-    errors = exc.errors()
-    err = errors[0]
-    where = ".".join([section] * bool(section) + [str(p) for p in err["loc"]]) or "(top level)"
-    msg = err["msg"].removeprefix("Value error, ")
-    msg = {"missing": "required key is missing", "extra_forbidden": "unknown key"}.get(err["type"], msg)
-    more = len(errors) - 1
-    if err["type"] == "missing":        # a missing key beside an unknown one like it is a typo: say which
-        unknown = [e["loc"] for e in errors if e["type"] == "extra_forbidden" and e["loc"][:-1] == err["loc"][:-1]]
-        typo = difflib.get_close_matches(str(err["loc"][-1]), [str(loc[-1]) for loc in unknown], n=1)
-        if typo:
-            msg += f"; the unknown key {typo[0]!r} looks like a misspelling of it"
-            more -= 1
-    return f"{where}: {msg}" + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
-
-
 def parse_config(data: dict, base_dir: Path | None = None) -> Config:
     """Validate a config mapping; `data_dir` is resolved relative to `base_dir` when relative."""
     if not isinstance(data, dict):
@@ -340,21 +319,6 @@ def parse_config(data: dict, base_dir: Path | None = None) -> Config:
     if base_dir is not None and cfg.source.csv and not Path(cfg.source.csv).is_absolute():
         cfg.source.csv = str((base_dir / cfg.source.csv).resolve())
     return cfg
-
-
-@contextmanager
-def user_file(what: str, path: Path, kind: str) -> Iterator[None]:
-    """Reading a file a user named (the config, a URL list): a missing file, a folder or text that is
-    not UTF-8 becomes one ConfigError line, "<what>: ...", instead of a traceback."""
-    try:
-        yield
-    except FileNotFoundError:
-        raise ConfigError(f"{what}: file not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{what}: {path} is a folder, not a {kind} file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{what}: {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
-                          f"at offset {exc.start}); save it as UTF-8") from None
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> Config:

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "mlc_pipeline"
-CORE = {"config", "layout", "fsutil", "manifest", "imageformat", "locking", "secrets", "catalog", "executor",
+CORE = {"config", "config_messages", "layout", "fsutil", "manifest", "imageformat", "locking", "secrets", "catalog", "executor",
         "objectstore", "sync", "storefiles", "progress"}
 STAGES = {"collect", "curate", "dataset", "model", "report"}
 TOP = {"pipeline", "shipping", "cli", "commands"}
