@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_writer(p)
     p.add_argument("--model", help="model bundle: folder, name or latest (default: data/models/LATEST)")
     p.add_argument("--round", type=int, metavar="N",
-                   help="mining: the round's number, recorded with every image it moves or holds (default 1); "
+                   help="mining: the round's number, recorded with every image it moves or holds (default: the "
+                        "round after the last the catalog records; a round mined again adds to its record and cap); "
                         "with --undo: the round to put back (required)")
     p.add_argument("--undo", action="store_true", help="put round N's mined negatives (and the images it held) "
                                                        "back into the pool")

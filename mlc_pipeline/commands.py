@@ -181,7 +181,7 @@ def cmd_mine(args) -> int:
         bundle = chosen or latest_model(cfg)
         if bundle is None:
             raise ConfigError("no model yet: run `mlc train` first (or pass --model BUNDLE)")
-        res = mine_round(cfg, bundle, 1 if args.round is None else args.round)
+        res = mine_round(cfg, bundle, args.round)      # None: the round after the catalog's last
     print(f"round {res.round}: scored {res.scored} pool images, {res.added} hard negatives added "
           f"(next `mlc build` includes them), {len(res.held)} held for review, {res.over_cap} over the round's cap; "
           f"every decision with its score in {bundle}/mined.csv (undo: `mlc mine --undo --round {res.round}`); "

@@ -24,6 +24,7 @@ from mlc_pipeline.dataset.build import build_dataset
 from mlc_pipeline.fsutil import write_text_atomic
 from mlc_pipeline.locking import data_root_lock
 from mlc_pipeline.model.mine import mine_round
+from mlc_pipeline.model.mine_record import next_round
 from mlc_pipeline.sync import publish, pull
 from mlc_pipeline.model.options import check_train_settings
 from mlc_pipeline.model.variants import models_root, publish_latest, train_alternatives, train_version
@@ -77,7 +78,8 @@ def mining_stop(cfg: Config, round_no: int, added: int, before: float | None = N
         return (f"round {round_no}: no hard negative added (the model accepts no pool image, or every one it "
                 f"accepts is held for review); nothing to retrain on")
     if before is not None and after is not None and before - after <= cfg.mine.min_improvement:
-        return f"round {round_no}: unknowns accepted {before:.3f} -> {after:.3f}, no longer improving"
+        return (f"round {round_no}: unknowns accepted {before:.3f} -> {after:.3f}, no longer improving (by "
+                f"{before - after:.3f}, at most mine.min_improvement = {cfg.mine.min_improvement:g})")
     return None
 
 
@@ -202,7 +204,11 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
     if cfg.train.compare_baselines if alternatives is None else alternatives:
         with stages.stage("alternatives"):
             out.alternatives = stages.alternatives(cfg, ds["path"])
-    for r in range(1, cfg.mine.rounds + 1):
+    # Rounds are numbered on from the catalog's last (mine_record.next_round): a later run's round
+    # is a new round, with its own cap, record and undo, never "round 1" again.
+    first = next_round(cfg)
+    for r in range(first, first + cfg.mine.rounds):
+        last = r == first + cfg.mine.rounds - 1
         with stages.stage("mine"):
             mined = stages.mine(cfg, model["bundle_dir"], r)
         if why := mining_stop(cfg, r, mined["added"]):
@@ -220,10 +226,11 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
             # The loop stops: a further round would go on from this model.
             kept = out.rounds[-2]
             out.shipped = kept.bundle
-            out.not_shipped = f"{why}: models/LATEST stays {kept.bundle}"
-            log.warning("%s", out.not_shipped)
+            refused = f"{why}: models/LATEST stays {kept.bundle}"
+            log.warning("%s", refused)      # beside round 0's own refusal, when a new round 0 was refused too
+            out.not_shipped = "; ".join(filter(None, [out.not_shipped, refused]))
             publish(cfg)                # the mined labels (catalog), the new version and model
-            if r < cfg.mine.rounds:
+            if not last:
                 out.stop_reason = f"round {r}'s model was not shipped: a further round would go on from it"
             break
         publish_latest(cfg, model["bundle"])
@@ -231,7 +238,7 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
         before, after = (unknown_rate(x.unknown_accepted, x.probe_accepted) for x in out.rounds[-2:])
         if why := mining_stop(cfg, r, mined["added"], before, after):
             log.info("%s; stopping", why)
-            out.stop_reason = why if r < cfg.mine.rounds else ""
+            out.stop_reason = "" if last else why
             break
     out.shipped = out.shipped or out.rounds[-1].bundle
     with stages.stage("report"):

@@ -258,7 +258,8 @@ def test_the_run_summary_says_why_mining_stopped(tmp_path):
     cfg = _loop_config(tmp_path / "flat", rounds=3)      # no further improvement: the figures that say so
     out = run_stages(cfg, ScriptedStages([(0.10, 0.30), (0.10, 0.30), (0.0, 0.0), (0.0, 0.0)]))
     assert [r.round for r in out.rounds] == [0, 1] and out.stopped_early
-    assert out.stop_reason == "round 1: unknowns accepted 0.200 -> 0.200, no longer improving"
+    assert out.stop_reason == ("round 1: unknowns accepted 0.200 -> 0.200, no longer improving (by 0.000, at "
+                               "most mine.min_improvement = 0)")
     cfg = _loop_config(tmp_path / "worse", rounds=3)
     out = run_stages(cfg, ScriptedStages([(0.00, 0.04), (0.10, 0.09), (0.0, 0.0)]))
     assert out.stop_reason == "round 1's model was not shipped: a further round would go on from it"
@@ -428,3 +429,35 @@ def test_a_shipped_model_that_cannot_be_scored_lets_round_0_ship(tmp_path, caplo
     out = run_stages(cfg, Broken([(0.2, 0.4)], [("v2", True)], [0.3], {}))
     assert out.shipped == "default-v2-r0" == (cfg.layout.models / "LATEST").read_text().strip()
     assert "could not be scored on v2 (OSError: bundle damaged): round 0's model ships" in caplog.text
+
+
+def test_a_later_runs_mining_rounds_are_numbered_on_from_the_catalog(tmp_path):
+    """A user's audit: every `mlc run` mined "round 1" again, so a later run's negatives joined an
+    earlier run's under one round (its cap, its record, its undo). Rounds now number on from the
+    catalog's last."""
+    from mlc_pipeline.catalog import Found
+    from mlc_pipeline.pipeline import run_stages
+    cfg = _loop_config(tmp_path, rounds=2)
+    with Catalog(cfg.catalog_path) as c:            # an earlier run mined up to round 3
+        run_id = c.start_run("earlier")
+        c.upsert_found([Found("local", "p1", "pool", "other", "o", "http://x/p1", "url_m", 40, 40, 4,
+                              "CC BY 2.0", "o", "owner", "t", None, None, "t")], run_id)
+        c.set_status(c.get_by_photo("local", "p1")["id"], "accepted", "hard-negative:round=3", run_id, "mine",
+                     purpose="train", curated_label="other", mined_round=3)
+    stages = ScriptedStages([(0.3, 0.3)] * 4 + [(0.2, 0.2), (0.1, 0.1)])
+    out = run_stages(cfg, stages)
+    assert [r.round for r in out.rounds] == [0, 4, 5] and [c[0] for c in stages.calls] == [0, 4, 5]
+
+
+def test_a_refused_round_0_and_a_refused_mining_round_are_both_told(tmp_path):
+    """A user's audit: when the new round 0 and then round 1 were both refused, round 1's reason
+    replaced round 0's in the summary, the report and latest.json."""
+    from mlc_pipeline.pipeline import run_stages
+    cfg = _loop_config(tmp_path, rounds=1)
+    run_stages(cfg, ShippedModelStages([(0.10, 0.30), (0.05, 0.20)], [("v1", True), ("v2", True)], [0.54, 0.54], {}))
+    night2 = ShippedModelStages([(0.10, 0.30), (0.30, 0.40)], [("v3", True), ("v4", True)], [0.275, 0.52],
+                                {"default-v2-r1": (0.54, 0.05, 0.20)})
+    out = run_stages(cfg, night2)
+    assert out.not_shipped.startswith("round 0's model default-v3-r0 accepted more unknowns than the shipped model"), \
+        out.not_shipped
+    assert "; round 1's model default-v4-r1 accepted more unknowns than round 0's" in out.not_shipped, out.not_shipped

@@ -57,6 +57,15 @@ class TallyQueries:
             "SELECT * FROM candidates WHERE mined_round=? OR (reason LIKE 'held:%' AND reason LIKE ?) ORDER BY id",
             (round_no, f"%:round={round_no}"))]
 
+    def last_mined_round(self) -> int:
+        """The highest mining round the catalog records: mined (`mined_round`), held or put back (in
+        the reason, `...round=N`), whatever a review decided since; 0 when none."""
+        top = self.db.execute("SELECT MAX(mined_round) AS n FROM candidates").fetchone()["n"] or 0
+        for r in self.db.execute("SELECT DISTINCT reason FROM candidates WHERE reason LIKE '%round=%'"):
+            if m := re.search(r"round=(\d+)$", r["reason"]):
+                top = max(top, int(m.group(1)))
+        return top
+
     def mined_rounds(self) -> list[int]:
         """The mining rounds that have images in the negatives or held back for review, with no
         review decision in force (undo leaves those): what `mlc mine --undo --round N` can put back."""

@@ -8,14 +8,12 @@ the model confidently rejects are listed for review (possible label noise), neve
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 
-from mlc_pipeline.fsutil import write_csv_atomic
 from mlc_pipeline.catalog import Catalog, run_end_status
 from mlc_pipeline.catalog.review import build_candidates, overrides
 from mlc_pipeline import progress
@@ -25,6 +23,7 @@ from mlc_pipeline.model.metrics import predict_matrix
 from mlc_pipeline.model.predict import score_with_errors
 from mlc_pipeline.model.bundle import load_bundle
 from mlc_pipeline.model.likeness import pool_likeness
+from mlc_pipeline.model.mine_record import next_round, pool_overlaps, record_round, write_csv
 
 log = logging.getLogger(__name__)
 # A pool image this close to a class image (PHash bits) is a copy of it: resized and re-encoded real
@@ -91,12 +90,14 @@ def nearest_class_image(pool_hashes: list[str | None], class_rows: list[dict], m
     return out
 
 
-def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult:
+def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int | None = None) -> MineResult:
     """Score the pool; accepted pool images become hard negatives, except those held for review:
     near-duplicates of a class image, or images that look like a class, whichever they were
     accepted as (`hold_for_review`: a pool query that returns class members, e.g. "stuffed animal"
     for a "teddy" class). At most `mine.max_per_round` are added (the hardest first). Every decision is written to mined.csv.
-    A bundle outside this data root's models folder, or trained on other classes, is refused first."""
+    A bundle outside this data root's models folder, or trained on other classes, is refused first.
+    `round_no`: None, the round after the catalog's last (mine_record.next_round)."""
+    round_no = next_round(cfg) if round_no is None else round_no
     check_bundle_home(cfg, bundle_dir)
     bundle = load_bundle(bundle_dir)
     check_bundle_classes(cfg, bundle)
@@ -129,7 +130,8 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
             open_ = [k for k, e in enumerate(candidates) if "decision" not in e]
             hold_for_review(cfg, bundle, [candidates[k] for k in open_], probs[[hits[k] for k in open_]])
             to_add = sorted((e for e in candidates if e["decision"] == "added"), key=lambda e: -e["score"])
-            cap = max_per_round(settings, training)
+            # the round's cap, less what this round added already (a round mined again by number)
+            cap = max(0, max_per_round(settings, training) - sum(r["mined_round"] == round_no for r in training))
             for e in to_add[cap:]:
                 e["decision"] = "over-cap"
             with catalog.transaction():
@@ -140,8 +142,7 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int) -> MineResult
                 # The record first: stopped after the moves, a rerun could not rebuild it (the images moved).
                 # mined-r<N>.csv: this round's own record (a bundle can mine several rounds: the report
                 # shows each); mined.csv: this bundle's latest mining, where readers looked before
-                write_csv(Path(bundle_dir) / f"mined-r{round_no}.csv", candidates, MINED_COLUMNS)
-                write_csv(Path(bundle_dir) / "mined.csv", candidates, MINED_COLUMNS)
+                record_round(Path(bundle_dir), round_no, candidates, MINED_COLUMNS)
                 for e in candidates:
                     if e["decision"] == "added":
                         catalog.set_status(e["candidate_id"], "accepted", f"hard-negative:round={round_no}", run_id, "mine",
@@ -284,34 +285,6 @@ def hold_scores(bundle, hold_above: float | None) -> list[float]:
     return [float("inf") if t is None else t for t in typical]
 
 
-def pool_overlaps(cfg: Config) -> list[str]:
-    """A pool query that shares a word with a class (its name or a query) may return members of
-    that class; mined as negatives they would teach the model to reject its own class. Words are
-    compared as search matches them: punctuation splits them, case and a plural ending do not count."""
-    def words(text: str) -> set[str]:
-        return {singular(w) for w in re.findall(r"[^\W_]+", text.lower()) if len(w) > 2}
-
-    out = []
-    for query in (cfg.mine.pool.queries if cfg.mine.pool else []):
-        for name, qs in cfg.classes.items():
-            shared = words(query) & (words(name) | set().union(*(words(q) for q in qs.queries)))
-            if shared:
-                out.append(f"mine.pool query {query!r} shares {sorted(shared)} with class {name!r}: it may return "
-                           f"{name} images, which mining would turn into negatives (those that look like {name} "
-                           f"images to the model are held for review)")
-    return out
-
-
-def singular(word: str) -> str:
-    """A word with a plural 's' or 'es' folded, as search matches words: 'kites' and 'kite' meet
-    (the bundled server folds an 's'; Flickr's free text also finds plurals)."""
-    if word.endswith("es") and word[:-2].endswith(("ss", "x", "z", "ch", "sh")):
-        return word[:-2]              # boxes, glasses, beaches (houses: the 's' rule, house)
-    if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
-        return word[:-1]
-    return word
-
-
 def training_rows(catalog: Catalog) -> list[dict]:
     """The training images as the next build sees them, the review applied (its labels, its rejects,
     the pool images it labelled): mining's class references, its cap and the class images it checks."""
@@ -394,6 +367,3 @@ def review_class_images(bundle, cfg: Config, class_rows: list[dict], decided: di
                             "score": round(float(p[bundle.vocab.index(label)]), 4), "file": row["file_path"]})
     return out
 
-
-def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    write_csv_atomic(path, rows, columns)

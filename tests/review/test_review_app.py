@@ -382,6 +382,8 @@ def test_pool_images_held_from_mining_are_decided_in_review(root):
     with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
         act = lambda cid, action, **kw: client.post("/api/action", json={"id": cid, "action": action, "reason": "r",
                                                                           **kw}, headers=h).json()
+        # the round a held image comes from (the page said "mining round held": a user's audit)
+        assert "0.900 (mining round 1, held for review, model" in client.get(f"/image/{as_class}").text
         assert listed(client, queue) == (3, [as_class, as_negative, kept_out])          # highest score first
         assert state(client, as_class).startswith("out (in the mining pool")
         assert "labels saved in review" in act(as_class, "restore")["error"]

@@ -1,0 +1,73 @@
+"""What a mining round leaves behind, beside mine.py: its number, its record, and the warning about
+pool queries that overlap a class.
+
+Rounds are numbered across runs and commands by the catalog (`next_round`): a later `mlc run` or
+`mlc mine` starts a new round instead of mining "round 1" again, so each round keeps its own cap and
+its undo (a user's audit: three runs put three caps' worth of negatives under round 1, and each
+rewrote the bundle's mined-r1.csv with only its own decisions, so the report said "0 hard negatives
+added" while the catalog trained on 56). A round mined again by number (`mlc mine --round N`) adds
+to its record (`record_round`) and to its cap's count, never replacing either."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+from mlc_pipeline.catalog import Catalog, catalog_exists
+from mlc_pipeline.config import Config
+from mlc_pipeline.fsutil import write_csv_atomic
+
+
+def next_round(cfg: Config) -> int:
+    """One more than the highest round the catalog records (mined, held, or put back), or 1."""
+    if not catalog_exists(cfg.catalog_path):
+        return 1
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
+        return catalog.last_mined_round() + 1
+
+
+def record_round(folder: Path, round_no: int, decisions: list[dict], columns: list[str]) -> None:
+    """`mined-r<N>.csv`: every decision of round N by this bundle, an earlier call's kept (an image
+    decided again takes its new decision), and `mined.csv` the same (the bundle's latest round)."""
+    path = folder / f"mined-r{round_no}.csv"
+    now = {str(d["candidate_id"]) for d in decisions}
+    earlier = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            earlier = [r for r in csv.DictReader(f) if r.get("candidate_id") not in now]
+    rows = earlier + decisions
+    write_csv_atomic(path, rows, columns)
+    write_csv_atomic(folder / "mined.csv", rows, columns)
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    write_csv_atomic(path, rows, columns)
+
+
+def pool_overlaps(cfg: Config) -> list[str]:
+    """A pool query that shares a word with a class (its name or a query) may return members of
+    that class; mined as negatives they would teach the model to reject its own class. Words are
+    compared as search matches them: punctuation splits them, case and a plural ending do not count."""
+    def words(text: str) -> set[str]:
+        return {singular(w) for w in re.findall(r"[^\W_]+", text.lower()) if len(w) > 2}
+
+    out = []
+    for query in (cfg.mine.pool.queries if cfg.mine.pool else []):
+        for name, qs in cfg.classes.items():
+            shared = words(query) & (words(name) | set().union(*(words(q) for q in qs.queries)))
+            if shared:
+                out.append(f"mine.pool query {query!r} shares {sorted(shared)} with class {name!r}: it may return "
+                           f"{name} images, which mining would turn into negatives (those that look like {name} "
+                           f"images to the model are held for review)")
+    return out
+
+
+def singular(word: str) -> str:
+    """A word with a plural 's' or 'es' folded, as search matches words: 'kites' and 'kite' meet
+    (the bundled server folds an 's'; Flickr's free text also finds plurals)."""
+    if word.endswith("es") and word[:-2].endswith(("ss", "x", "z", "ch", "sh")):
+        return word[:-2]              # boxes, glasses, beaches (houses: the 's' rule, house)
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
+        return word[:-1]
+    return word
