@@ -7,6 +7,7 @@ the model confidently rejects are listed for review (possible label noise), neve
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
@@ -23,7 +24,7 @@ from mlc_pipeline.model.metrics import predict_matrix
 from mlc_pipeline.model.predict import score_with_errors
 from mlc_pipeline.model.bundle import load_bundle
 from mlc_pipeline.model.likeness import pool_likeness
-from mlc_pipeline.model.mine_record import next_round, pool_overlaps, record_round, write_csv
+from mlc_pipeline.model.mine_record import next_round, overlapping_queries, pool_overlaps, record_round, write_csv
 
 log = logging.getLogger(__name__)
 # A pool image this close to a class image (PHash bits) is a copy of it: resized and re-encoded real
@@ -101,6 +102,7 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int | None = None)
     check_bundle_home(cfg, bundle_dir)
     bundle = load_bundle(bundle_dir)
     check_bundle_classes(cfg, bundle)
+    flagged = overlapping_queries(cfg)
     for warning in pool_overlaps(cfg):
         log.warning(warning)
     model = Path(bundle_dir).name
@@ -126,6 +128,9 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int | None = None)
                          "score": round(float(probs[i, j]), 4), "accepted_as": bundle.vocab[j], "likeness": ""}
                 if twin is not None:
                     entry["decision"] = f"held:near-duplicate-of:{twin['id']}"
+                elif any(entry["accepted_as"] in flagged.get(q, {}) for q in json.loads(pool[i]["queries"] or "[]")):
+                    # found by a pool query that overlaps this class (the warning above): likely a member
+                    entry["decision"] = f"held:query-overlaps:{entry['accepted_as']}"
                 candidates.append(entry)
             open_ = [k for k, e in enumerate(candidates) if "decision" not in e]
             hold_for_review(cfg, bundle, [candidates[k] for k in open_], probs[[hits[k] for k in open_]])

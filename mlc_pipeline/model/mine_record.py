@@ -45,22 +45,29 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     write_csv_atomic(path, rows, columns)
 
 
-def pool_overlaps(cfg: Config) -> list[str]:
-    """A pool query that shares a word with a class (its name or a query) may return members of
-    that class; mined as negatives they would teach the model to reject its own class. Words are
-    compared as search matches them: punctuation splits them, case and a plural ending do not count."""
+def overlapping_queries(cfg: Config) -> dict[str, dict[str, list[str]]]:
+    """Pool query -> class -> the words they share. A pool query that shares a word with a class (its
+    name or a query) may return members of that class; mined as negatives they would teach the model
+    to reject its own class. Words are compared as search matches them: punctuation splits them, case
+    and a plural ending do not count."""
     def words(text: str) -> set[str]:
         return {singular(w) for w in re.findall(r"[^\W_]+", text.lower()) if len(w) > 2}
 
-    out = []
+    out: dict[str, dict[str, list[str]]] = {}
     for query in (cfg.mine.pool.queries if cfg.mine.pool else []):
         for name, qs in cfg.classes.items():
             shared = words(query) & (words(name) | set().union(*(words(q) for q in qs.queries)))
             if shared:
-                out.append(f"mine.pool query {query!r} shares {sorted(shared)} with class {name!r}: it may return "
-                           f"{name} images, which mining would turn into negatives (those that look like {name} "
-                           f"images to the model are held for review)")
+                out.setdefault(query, {})[name] = sorted(shared)
     return out
+
+
+def pool_overlaps(cfg: Config) -> list[str]:
+    """The warning for each pool query that overlaps a class (`overlapping_queries`)."""
+    return [f"mine.pool query {query!r} shares {shared} with class {name!r}: it may return {name} images, "
+            f"which mining would turn into negatives (the images it finds that the model takes for {name} are "
+            f"held for review, not mined)"
+            for query, classes in overlapping_queries(cfg).items() for name, shared in classes.items()]
 
 
 def singular(word: str) -> str:

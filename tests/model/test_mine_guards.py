@@ -239,3 +239,25 @@ def test_a_bundle_outside_this_data_roots_models_folder_is_refused(tmp_path):
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith(
         f"mlc: mine: {foreign} is not in this data root's models folder"), res.stderr[-2000:]
     _unchanged(cfg, foreign, before, files)
+
+
+def test_images_a_flagged_pool_query_found_are_held_when_taken_for_its_class(tmp_path):
+    """A user's audit: a pool query the product warned about ("Balloons!" beside a balloon class) still
+    had its results mined as "other" when they did not look like the class's training images in
+    the model's features (half of them): the warning changed nothing. Such an image the model takes
+    for the very class its query overlaps is now held for review; images of the other pool queries
+    are decided as before."""
+    cfg, images, items, ids, _ = _planted_world(tmp_path, max_per_round=100, hold_above=1.01,   # no score hold
+                                                pool={"queries": ["red balls", "q"], "count": 1})
+    flagged = {f"pool-red{i}" for i in range(0, 8, 2)}          # half the red pool found by "red balls"
+    with Catalog(cfg.catalog_path) as c:
+        for pid in flagged:
+            c.update_fields(ids[pid], queries=json.dumps(["red balls"]))
+    result = mine_round(cfg, _bundle_here(cfg), round_no=1)
+    decided = {h["photo_id"]: h["decision"] for h in result.held}
+    taken_red = {n["photo_id"] for n in result.negatives} | set(decided)
+    assert flagged & taken_red, "the model took none of them for red: a useless test"
+    assert all(decided.get(p) == "held:query-overlaps:red" for p in flagged & taken_red), decided
+    assert not {p for p, d in decided.items() if d == "held:query-overlaps:red"} - flagged
+    assert {n["photo_id"] for n in result.negatives} & ({f"pool-red{i}" for i in range(8)} - flagged), \
+        "the unflagged red pool images were not mined as before"
