@@ -192,10 +192,10 @@ def undo(catalog: Catalog, cid: int, action_id: int, reason: str, client: str) -
 
 
 def hold(catalog: Catalog, cid: int, reason: str, client: str) -> int | None:
-    """Keep candidate `cid` out of the next builds as a reviewer's reject does, logged as one (so an
-    undo puts it back), in the caller's transaction; a takedown holds near copies of the photos it
-    removes this way. None, nothing done, when a review already decided whether it is in or out."""
+    """A reviewer's reject, logged as one (an undo puts it back), in the caller's transaction, the row
+    locked as an action locks it (takedowns hold copies so). None when a review decided in or out."""
     create_tables(catalog)
+    catalog.db.execute(f"SELECT id FROM candidates WHERE id=?{catalog.backend.FOR_UPDATE}", (cid,))
     before = override_of(catalog, cid)
     if before["include"] is not None:
         return None

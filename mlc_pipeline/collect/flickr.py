@@ -265,6 +265,9 @@ class FlickrSource:
         """Every photo a query reaches, as `Found` records, lazily (one API call per page)."""
         first = self._search_page(query, 1, None)
         total = as_int(first.get("total")) or 0
+        if not total and not first.get("photo"):        # said here: a set's "queries exhausted" names none
+            log.warning("query %r found no photos%s: check its spelling", query, "" if self.settings.licenses == "any"
+                        else f" under the licences asked for ({', '.join(map(str, self.settings.licenses))})")
         if total <= self.result_cap:
             windows = iter([(None, first)])
         else:

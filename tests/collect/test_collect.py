@@ -279,6 +279,16 @@ def test_a_repeated_page_or_a_low_page_count_does_not_end_a_query(tmp_path, cred
     assert sum(r["label"] == "other" and r["status"] == "downloaded" for r in rows(cfg)) == 60
 
 
+def test_a_query_that_finds_nothing_is_named(tmp_path, creds, caplog):
+    """A user's audit: a query that found nothing was reported only as its set's "queries exhausted"."""
+    with FlickrServer(WorldSpec(seed=3, scale=0.1)) as srv:
+        cfg = make_cfg(tmp_path, rest_url=srv.rest_url, allowed_hosts=[srv.static_host], licenses=[4, 5])
+        cfg.classes["kite"].queries = ["kite", "kiet"]
+        collect(cfg, progress=False)
+    assert "query 'kiet' found no photos under the licences asked for (4, 5): check its spelling" in caplog.text
+    assert "query 'kite' found no photos" not in caplog.text
+
+
 def test_a_wrong_api_path_is_named_with_the_setting(tmp_path, creds):
     """A user's audit: a mistyped rest_url path gave "Flickr API error: do_request: Status code 404
     received", naming neither the address nor the setting."""
