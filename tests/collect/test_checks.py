@@ -11,27 +11,34 @@ from helpers import ENV, MLC
 from storage_world import FIXTURES, folder_world
 
 
-def test_the_size_hint_suggests_the_sizes_the_skipped_photos_have(tmp_path):
-    """180 px cat photos with `sizes: [url_m, url_n, url_s]`: the warning once suggested
-    `[url_c, url_z, url_m, url_n, url_s]`, which adds nothing (every size in it is bigger than the
-    photos). It now suggests the sizes below the smallest asked for, the only ones such photos have,
-    and following it downloads them all."""
-    world = folder_world(tmp_path / "world", {"cat": sorted((FIXTURES.parent / "pets" / "cat").glob("*.jpg"))[:6],
-                                              "bees": sorted((FIXTURES / "bees").glob("*.jpg"))[:6]})
+def folder_project(tmp_path, folders: dict, class_folder: str, other_folder: str, class_count: int,
+                   other_count: int):
+    """A folder world of `folders` with one class and "other", `sizes: [url_m, url_n, url_s]`; returns
+    a function running `mlc collect` on it (with `--set` arguments) that asserts exit 0."""
+    world = folder_world(tmp_path / "world", folders)
     config = tmp_path / "small.yaml"
     config.write_text(yaml.safe_dump({
         "data_dir": str(tmp_path / "data"),
         "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s"],
-                   "local": {"port": 0, "folder": str(world), "query_map": {"cat": "cat", "bees": "bees"}}},
-        "classes": {"cat": {"queries": ["cat"], "count": 6}},
-        "other": {"queries": ["bees"], "count": 6}}, sort_keys=False))
+                   "local": {"port": 0, "folder": str(world), "query_map": {f: f for f in folders}}},
+        "classes": {class_folder: {"queries": [class_folder], "count": class_count}},
+        "other": {"queries": [other_folder], "count": other_count}}, sort_keys=False))
 
     def collect(*sets):
         res = subprocess.run([*MLC, "collect", "-c", str(config), "--no-progress", *sets], env=ENV,
                              capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-2000:]
         return res
+    return collect
 
+
+def test_the_size_hint_suggests_the_sizes_the_skipped_photos_have(tmp_path):
+    """180 px cat photos with `sizes: [url_m, url_n, url_s]`: the warning once suggested
+    `[url_c, url_z, url_m, url_n, url_s]`, which adds nothing (every size in it is bigger than the
+    photos). It now suggests the sizes below the smallest asked for, the only ones such photos have,
+    and following it downloads them all."""
+    collect = folder_project(tmp_path, {"cat": sorted((FIXTURES.parent / "pets" / "cat").glob("*.jpg"))[:6],
+                                        "bees": sorted((FIXTURES / "bees").glob("*.jpg"))[:6]}, "cat", "bees", 6, 6)
     first = collect()
     assert ("6 of 12 photos found were skipped: offered in none of source.sizes (url_m, url_n, url_s); to keep "
             "them, list smaller sizes than url_s, the smallest asked for: Flickr offers a photo only in the sizes "
@@ -45,23 +52,9 @@ def test_the_size_hint_suggests_the_sizes_the_skipped_photos_have(tmp_path):
 def test_photos_skipped_by_an_earlier_search_are_not_counted_against_new_sizes(tmp_path):
     """A user's audit: after following the hint, a collect that searched nothing (every count met)
     repeated the warning with the new sizes listed, for photos no search had looked at again."""
-    world = folder_world(tmp_path / "world", {"mix": sorted((FIXTURES.parent / "pets" / "cat").glob("*.jpg"))[:6]
-                                              + sorted((FIXTURES / "bees").glob("*.jpg"))[:6],
-                                              "ants": sorted((FIXTURES / "ants").glob("*.jpg"))[:2]})
-    config = tmp_path / "mix.yaml"
-    config.write_text(yaml.safe_dump({
-        "data_dir": str(tmp_path / "data"),
-        "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s"],
-                   "local": {"port": 0, "folder": str(world), "query_map": {"mix": "mix", "ants": "ants"}}},
-        "classes": {"mix": {"queries": ["mix"], "count": 6}},
-        "other": {"queries": ["ants"], "count": 2}}, sort_keys=False))
-
-    def collect(*sets):
-        res = subprocess.run([*MLC, "collect", "-c", str(config), "--no-progress", *sets], env=ENV,
-                             capture_output=True, text=True, timeout=300)
-        assert res.returncode == 0, res.stderr[-2000:]
-        return res
-
+    collect = folder_project(tmp_path, {"mix": sorted((FIXTURES.parent / "pets" / "cat").glob("*.jpg"))[:6]
+                                        + sorted((FIXTURES / "bees").glob("*.jpg"))[:6],
+                                        "ants": sorted((FIXTURES / "ants").glob("*.jpg"))[:2]}, "mix", "ants", 6, 2)
     first = collect()
     assert "photos found were skipped: offered in none of source.sizes (url_m, url_n, url_s)" in first.stderr
     again = collect("--set", "source.sizes=[url_m, url_n, url_s, url_z]")     # every count met: no search
