@@ -89,13 +89,14 @@ def is_retryable(exc: BaseException) -> bool:
     """
     from mlc_pipeline.config import ConfigError
     from mlc_pipeline.collect.flickr import InvalidKeyError, RetriesExhausted, SourceError
+    from mlc_pipeline.collect.hosts import ImageHostDown
     from mlc_pipeline.secrets import MissingCredentials
 
     if isinstance(exc, (ConfigError, MissingCredentials, InvalidKeyError, ValueError, TypeError,
                         KeyError, AttributeError)):
         return False
-    if isinstance(exc, SourceError):
-        return isinstance(exc, RetriesExhausted)      # a transient fault outlasted the retries
+    if isinstance(exc, SourceError):    # a transient fault outlasted the retries; an image host was down
+        return isinstance(exc, (RetriesExhausted, ImageHostDown))
     return isinstance(exc, (OSError, RuntimeError))   # network, disk; RuntimeError e.g. a dead pool
 
 

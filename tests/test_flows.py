@@ -95,6 +95,9 @@ def test_retry_only_what_can_go_away():
     assert not is_retryable(SourceError("Flickr API error: Parameterless searches have been disabled"))
     assert not is_retryable(InvalidKeyError("Flickr rejected the API key"))
     assert not is_retryable(ConfigError("config: classes: required key is missing"))
+    from mlc_pipeline.collect.hosts import HostNotAllowed, ImageHostDown
+    assert is_retryable(ImageHostDown("the image host ... answered none of 20 connections"))   # may come back
+    assert not is_retryable(HostNotAllowed("... source.allowed_hosts does not list ..."))       # the config's
 
 
 def test_progress_is_throttled(harness):
