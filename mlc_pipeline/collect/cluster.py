@@ -79,6 +79,7 @@ def download_on_cluster(cfg: Config, downloader: Downloader, jobs: list[Download
     def on_chunk(_jobs, results) -> None:
         for res in results:
             if res is not None:
+                downloader.hosts.learn(res.reason)      # the collect stops as it would here
                 record(res)
 
     map_chunks(fn, jobs, cfg.cluster.download_chunk, address=address, on_chunk=on_chunk)

@@ -75,6 +75,15 @@ class HostHealth:
                 log.warning("image host %s answered none of %d connections (%s): taken as down for this run",
                             host, self.failures[host], self.down[host])
 
+    def learn(self, reason: str | None) -> None:
+        """What a Dask worker's downloader found, told by a result's reason (each chunk has its own
+        HostHealth): a host it took as down, a result on a host not allowed."""
+        if reason and reason.startswith("transient:host-down:"):
+            with self.lock:
+                self.down.setdefault(reason.split(":", 2)[2], "taken as down by a Dask worker")
+        elif reason and reason.startswith("host-not-allowed:") and not reason.endswith(":after-redirect"):
+            self.refused_one(reason.split(":", 1)[1])
+
     def stop_error(self) -> SourceError | None:
         """The error a collect ends with when an image host was down (its photos stay pending), or
         many results were on a host allowed_hosts does not list (asked again once it does)."""

@@ -83,3 +83,20 @@ def test_retry_after_and_magic():
     assert image_extension(b"\xff\xd8\xff\xe0" + b"\0" * 12) == "jpg"
     assert image_extension(b"RIFF\0\0\0\0WEBPVP8 ") == "webp"
     assert image_extension(b"<!DOCTYPE html>") is None
+
+
+def test_host_health_learns_what_a_dask_workers_downloads_found():
+    """On a cluster each chunk's downloader keeps its own HostHealth; the collect stops on what the
+    results say, as it does on its own downloads' (collect/hosts.py)."""
+    from mlc_pipeline.collect.hosts import REFUSED_HOST_LIMIT, HostHealth, HostNotAllowed, ImageHostDown
+    health = HostHealth()
+    for reason in ("transient:connectionerror", "http-404", None, "host-not-allowed:b.example:after-redirect"):
+        health.learn(reason)
+    assert health.stop_error() is None
+    health.learn("transient:host-down:a.example:8080")
+    assert isinstance(health.stop_error(), ImageHostDown) and "a.example:8080 (taken as down by a Dask worker)" in \
+        str(health.stop_error())
+    refused = HostHealth()
+    for _ in range(REFUSED_HOST_LIMIT):
+        refused.learn("host-not-allowed:c.example")
+    assert isinstance(refused.stop_error(), HostNotAllowed) and "c.example (10 images refused)" in str(refused.stop_error())
