@@ -135,6 +135,13 @@ def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bo
                                                         f"{meta.get('name')} {meta.get('version')}, exported as {fmt}"))
         if (version_dir / "README.md").is_file() and not (tmp / "README.md").exists():
             shutil.copyfile(version_dir / "README.md", tmp / "README.md")
+        if left_out and (tmp / "README.md").is_file():  # the card counts the version: say what this copy lacks
+            card = (tmp / "README.md").read_text()
+            head, sep, body = card.partition("\n---\n") if card.startswith("---\n") else ("", "", card)
+            note = (f"> This export holds {len(rows)} images: the version's card below counts {len(rows) + len(left_out)}; "
+                    f"{len(left_out)} photo(s) taken down since the version was built are left out "
+                    f"(`export.json`, `taken_down_left_out`).\n\n")
+            (tmp / "README.md").write_text(head + sep + ("\n" if sep else "") + note + body.lstrip("\n"))
         (tmp / MARKER).write_text(json.dumps({
             "format": fmt, "dataset": meta.get("name"), "version": meta.get("version"),
             "fingerprint": meta.get("fingerprint"), "images": len(rows), "files": files,
@@ -230,7 +237,8 @@ def write_hf(version_dir: Path, rows: list[dict], out: Path, meta: dict, shard_s
         per_split.setdefault(split, []).append({"file_name": f"{key}.jpg", **metadata_of(r)})
     for split, items in per_split.items():
         write_parquet(out / split / "metadata.parquet", items)
-    (out / "README.md").write_text(hf_card(version_dir, meta, per_split))
+    size = sum((out / split / item["file_name"]).stat().st_size for split, items in per_split.items() for item in items)
+    (out / "README.md").write_text(hf_card(version_dir, meta, per_split, size))
     return len(rows)
 
 
@@ -249,10 +257,13 @@ def write_parquet(path: Path, items: list[dict]) -> None:
     pq.write_table(table, path)
 
 
-def hf_card(version_dir: Path, meta: dict, per_split: dict[str, list[dict]]) -> str:
+def hf_card(version_dir: Path, meta: dict, per_split: dict[str, list[dict]], size: int) -> str:
     """The dataset card with the YAML header the Hub and `load_dataset(folder)` read: which folder is
-    which split (probe is not one of the names `datasets` guesses), and the column types (a split of
-    "other" images only would otherwise give `labels` no type)."""
+    which split (probe is not one of the names `datasets` guesses), the column types (a split of
+    "other" images only would otherwise give `labels` no type), and each split's size and the
+    images' bytes (`size`). `datasets` caches a folder with a `configs` block under a key made of this
+    header and the folder's name only: without the sizes, an export made again after a takedown, or
+    another project's export of the same name, loaded an earlier export's rows (a user's audit)."""
     columns = list(dict.fromkeys(k for items in per_split.values() for item in items for k in item))
     features = ["  - name: image\n    dtype: image", "  - name: labels\n    sequence: string"]
     features += [f"  - name: {c}\n    dtype: string" for c in columns if c not in ("file_name", "labels")]
@@ -262,7 +273,9 @@ def hf_card(version_dir: Path, meta: dict, per_split: dict[str, list[dict]]) -> 
     card = (version_dir / "README.md").read_text() if (version_dir / "README.md").is_file() else ""
     return (f"---\nlicense: other\ntask_categories:\n- image-classification\n"
             f"configs:\n- config_name: default\n  data_files:\n{splits}\n"
-            f"dataset_info:\n  features:\n" + "\n".join(features) + "\n---\n\n" +
+            f"dataset_info:\n  features:\n" + "\n".join(features) + "\n  splits:\n" +
+            "\n".join(f"  - name: {s}\n    num_examples: {len(per_split[s])}" for s in order) +
+            f"\n  download_size: {size}\n  dataset_size: {size}\n---\n\n" +
             f"Licences differ per image: see each row's `license`, `owner` and `url`, and ATTRIBUTION.md "
             f"({'; '.join(licences) or 'none recorded'}).\n\n" + card)
 

@@ -32,10 +32,12 @@ PLAN = [("ants", "train"), ("ants", "valid"), ("ants", "test"), ("bees", "train"
         ("", "probe"), ("", "probe")]
 
 
-def publish(root: Path, name: str = "default", version: str = "v1") -> Path:
-    """A published version laid out as dataset.build_dataset writes it."""
+def publish(root: Path, name: str = "default", version: str = "v1", first: int = 0) -> Path:
+    """A published version laid out as dataset.build_dataset writes it (`first`: the fixture photos
+    it starts from, and its titles' prefix: another project's version)."""
     folder = root / "datasets" / name / version
-    photos = sorted((FIXTURES / "ants").glob("*.jpg"))[:6] + sorted((FIXTURES / "bees").glob("*.jpg"))[:6]
+    photos = (sorted((FIXTURES / "ants").glob("*.jpg"))[first:first + 6]
+              + sorted((FIXTURES / "bees").glob("*.jpg"))[first:first + 6])
     rows = []
     for i, ((labels, split), photo) in enumerate(zip(PLAN, photos)):
         photo_id = f"{1000 + i}.5" if i == 0 else str(1000 + i)       # a dot: WebDataset keys stop at dots
@@ -45,7 +47,7 @@ def publish(root: Path, name: str = "default", version: str = "v1") -> Path:
         row = {c: "" for c in MANIFEST_COLUMNS}
         row.update(path=rel, labels=labels, split=split, candidate_id=str(i + 1), source="flickr", photo_id=photo_id,
                    url=f"https://www.flickr.com/photos/x/{photo_id}", license_id="4", license="CC BY 2.0",
-                   owner=OWNER if i == 1 else f"owner{i}", title=f"photo {i}", purpose="probe" if split == "probe" else "train")
+                   owner=OWNER if i == 1 else f"owner{i}", title=f"{first or ''}photo {i}", purpose="probe" if split == "probe" else "train")
         rows.append(row)
     rows.sort(key=lambda r: r["path"])
     write_manifest(folder / "manifest.csv", rows)
@@ -108,6 +110,32 @@ def test_hf_imagefolder_loads_with_datasets(version, tmp_path, monkeypatch):
     assert train["1000.5"]["license"] == "CC BY 2.0" and train["1000.5"]["image"].size[0] <= 96
     assert by_photo(ds["validation"])["1001"]["owner"] == OWNER
     assert ds["probe"].features["labels"].feature.dtype == "string"   # typed by the card, though all empty
+
+
+def test_an_hf_export_made_again_loads_as_itself_not_from_the_cache(version, tmp_path, monkeypatch):
+    """A user's audit: `datasets` keys its cache on the card's YAML and the folder's name only, so
+    the export made again after a takedown (as `mlc remove` says to) loaded the earlier rows, the
+    photo taken down included, and another project's export of the same name loaded the first's.
+    The card now gives each split's size and the images' bytes; the copy's README says what it lacks."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache, out = str(tmp_path / "cache"), tmp_path / "exports" / "default-v1-hf"
+    export_version(version, "hf", out)
+    assert len(datasets.load_dataset(str(out), cache_dir=cache)["train"]) == 4
+    export_version(version, "hf", out, force=True, taken_down={("flickr", "1006")})     # a train image
+    again = datasets.load_dataset(str(out), cache_dir=cache)
+    assert len(again["train"]) == 3 and "1006" not in by_photo(again["train"])
+    assert all(row["image"] is not None for row in again["train"])
+    readme = (out / "README.md").read_text()
+    assert readme.startswith("---\n") and "> This export holds 11 images: the version's card below counts 12; " \
+        "1 photo(s) taken down since the version was built are left out" in readme.split("\n---\n", 1)[1]
+    other = publish(tmp_path / "other-project", first=6)    # another project's v1: other photos, same sizes
+    elsewhere = tmp_path / "share" / "default-v1-hf"
+    export_version(other, "hf", elsewhere)
+    theirs = datasets.load_dataset(str(elsewhere), cache_dir=cache)
+    assert len(theirs["train"]) == 4 and {r["title"] for r in theirs["train"]} == {"6photo 0", "6photo 3", "6photo 6",
+                                                                                    "6photo 8"}
 
 
 def test_webdataset_shards_load_with_webdataset(version, tmp_path):
