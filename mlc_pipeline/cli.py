@@ -252,8 +252,9 @@ def last_line_of_defence(exc: Exception) -> int:
     from mlc_pipeline.collect.flickr import SourceError
     # A diverged training is the data's and the settings' doing, not a bug. Looked up, not imported:
     # only a process that imported the training module (torch, fastai) can have raised it.
-    train = sys.modules.get("mlc_pipeline.model.train")
-    if isinstance(exc, StorageError) or (train is not None and isinstance(exc, train.TrainingDiverged)):
+    train, build = sys.modules.get("mlc_pipeline.model.train"), sys.modules.get("mlc_pipeline.dataset.build")
+    if isinstance(exc, StorageError) or (train is not None and isinstance(exc, train.TrainingDiverged)) or (
+            build is not None and isinstance(exc, build.NothingToBuild)):
         print(f"mlc: {redact(str(exc))}", file=sys.stderr)
         return 1
     if not isinstance(exc, SourceError):

@@ -114,6 +114,18 @@ def test_write_commands_refuse_a_data_root_with_no_catalog_and_create_nothing(tm
     assert not (tmp_path / "typo").exists()
 
 
+def test_build_with_nothing_accepted_is_one_line(tmp_path, built):
+    """A user's audit: `mlc build` before curation accepted anything printed a 15-line traceback
+    above its own clear message."""
+    from mlc_pipeline.catalog import Catalog
+    config = typo_config(built, tmp_path, str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    with Catalog(load_config(config).catalog_path):         # a catalog with no image in it yet
+        pass
+    one_line(mlc("build", "-c", str(config)), 1, "mlc: nothing to build: no accepted images in the catalog "
+             "(run collect and curate first)")
+
+
 def test_a_command_queued_behind_a_new_roots_first_collect_waits_for_its_catalog(tmp_path, built):
     """A curate started while the first collect of a new data root holds the lock but has not yet made
     the catalog: it queues and then runs on that catalog, instead of calling the root a typo."""

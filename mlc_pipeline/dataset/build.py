@@ -89,6 +89,10 @@ def folder_name(labels: str) -> str:
     return "+".join(labels.split()) if labels else "other"
 
 
+class NothingToBuild(RuntimeError):
+    """No image to publish: the data's state, not a bug (one line from the CLI, no traceback)."""
+
+
 def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None) -> list[dict]:
     """Everything accepted for training or probing, with its split; pool images (mined negatives, or
     labelled in review) never test: test and probe stay the images every round compares on.
@@ -238,7 +242,7 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
                     "class back to include its images again", sum(left_out.values()),
                     ", ".join(f"{k} {n}" for k, n in sorted(left_out.items())))
     if not rows:
-        raise RuntimeError("nothing to build: no accepted images in the catalog (run collect and curate first)")
+        raise NothingToBuild("nothing to build: no accepted images in the catalog (run collect and curate first)")
     fp = fingerprint(rows, cfg)
     previous = latest_version(root)
     counts = count_rows(rows)
@@ -252,7 +256,7 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
         if unusable:        # left out, recorded in the catalog: the rest is built without them
             rows = [r for r in rows if r["candidate_id"] not in unusable]
             if not rows:
-                raise RuntimeError(f"nothing to build: no accepted image's file could be read ({skipped})")
+                raise NothingToBuild(f"nothing to build: no accepted image's file could be read ({skipped})")
             fp, counts = fingerprint(rows, cfg), count_rows(rows)
             if same_as_published(root, previous, fp, repair):
                 return summarised(BuildResult(name, previous, root / previous, False, counts, fp, skipped,
