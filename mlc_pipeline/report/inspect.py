@@ -188,6 +188,10 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
         dups = catalog.candidates("status='duplicate'")
         by_id = {r["id"]: r for r in catalog.candidates("status='accepted'")}
         short = short_sets(cfg, catalog)
+        taken_down = catalog.taken_down_photos()
+    if ds:      # a photo taken down since the version was built: neither its pixels nor its row here
+        gone = [r for r in ds["rows"] if (r["source"], r["photo_id"]) in taken_down]
+        ds = {**ds, "rows": [r for r in ds["rows"] if (r["source"], r["photo_id"]) not in taken_down]}
     parts = [f"<h1>mlc-pipeline report{' — ' + html.escape(ds['name'] + ' ' + ds['version']) if ds else ''}</h1>"]
     statuses = sorted({s for v in cat["by_label"].values() for s in v})
     parts += ["<h2>Catalog</h2>", table(["set"] + statuses, [[k] + [v.get(s, 0) for s in statuses]
@@ -210,6 +214,10 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
         for r in ds["rows"]:
             groups[(r["labels"] or "other") + (" (probe)" if r["split"] == "probe" else "")].append(r)
         parts.append("<h2 id='thumbnails'>Images per label</h2>")
+        if gone:
+            parts.append(f"<p id='taken-down'>{len(gone)} photo(s) of {html.escape(ds['version'])} taken down since "
+                         f"it was built (<code>mlc remove</code>) are not shown: "
+                         f"{html.escape(', '.join(r['source'] + ':' + r['photo_id'] for r in gone))}.</p>")
         for label, rows in sorted(groups.items()):
             figs = [figure(thumbnail_uri(folder / r["path"], *(THUMB if k < GRID_LIMIT else FOLDED_THUMB)),
                            f"{r['split']} · {r['photo_id']}") for k, r in enumerate(rows)]

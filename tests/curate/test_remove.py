@@ -466,3 +466,16 @@ def test_a_near_copy_collected_after_the_takedown_is_held_out_for_review(publish
     assert copy["photo_id"] not in in_v2 and other["photo_id"] in in_v2
     assert Path(copy["file_path"]).exists()                     # held, not deleted
     assert curate(cfg).held == 0                                # once
+
+
+def test_the_html_report_of_a_version_shows_nothing_of_a_photo_taken_down_since(published):
+    """A user's audit: `mlc inspect --html` embedded the thumbnail and the attribution row of a photo
+    taken down after the version was built, unmarked, while `mlc export -c` left it out."""
+    from mlc_pipeline.report.inspect import html_report
+    cfg, config, v1, _ = published
+    target = read_manifest(v1.path / "manifest.csv")[0]
+    assert target["photo_id"] in html_report(cfg)
+    assert mlc(config, "remove", "--photo-id", target["photo_id"], "--reason", "owner request").returncode == 0
+    page = html_report(cfg)
+    assert target["photo_id"] in page.split("<p id='taken-down'>", 1)[1].split("</p>", 1)[0]
+    assert page.count(target["photo_id"]) == 1 and target["path"] not in page, "a thumbnail or row left"
