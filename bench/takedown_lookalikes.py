@@ -1,8 +1,8 @@
 """How close the perceptual hashes of a photo taken down and a later copy of it are, against those
 of different pictures: the measurement behind `curate.takedown.LOOKALIKE_BITS`.
 
-A removed photo's file is gone, so a copy collected later is judged by hashes alone (the phash
-against the phash and the other's centre-crop views, as `hold_lookalikes_of_removed` does). Not a
+A removed photo's file is gone, so a copy collected later is judged by hashes alone (every view's
+phash against every view's, as `hold_lookalikes_of_removed` and curate's candidate search do). Not a
 benchmark against a baseline: it prints the share of edited copies within T bits of their original
 (recall) and the number of pairs of different pictures within T bits (false holds).
 
@@ -36,6 +36,9 @@ EDITS = {
     "half size": lambda im: im.resize((im.width // 2, im.height // 2)),
     "centre crop 5 % per side": lambda im: im.crop((im.width // 20, im.height // 20, im.width - im.width // 20,
                                                     im.height - im.height // 20)),
+    "centre crop 8 % per side, upscaled 2x": lambda im: im.crop(
+        (im.width * 8 // 100, im.height * 8 // 100, im.width * 92 // 100, im.height * 92 // 100)).resize(
+        (im.width * 2 * 84 // 100, im.height * 2 * 84 // 100)),
     "corner crop 10 %": lambda im: im.crop((0, 0, im.width * 9 // 10, im.height * 9 // 10)),
     "brightness +15 %": lambda im: ImageEnhance.Brightness(im).enhance(1.15),
 }
@@ -46,10 +49,11 @@ def rows_of(hashes: list[list[str]]) -> list[dict]:
 
 
 def rule_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The rule's distance of every row of `a` to every row of `b` (len(a) x len(b))."""
+    """The rule's distance of every row of `a` to every row of `b` (len(a) x len(b)): the least over
+    every view of one against every view of the other, as curate's candidate search."""
     out = np.full((len(a), len(b)), 64, dtype=np.int64)
     for j in range(len(b)):
-        out[:, j] = np.minimum(hamming_uint64(a, b[j, 0]).min(axis=1), hamming_uint64(a[:, :1], b[None, j, 1:]).min(axis=1))
+        out[:, j] = hamming_uint64(a[:, :, None], b[None, j, None, :]).min(axis=(1, 2))
     return out
 
 

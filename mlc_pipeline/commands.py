@@ -250,7 +250,8 @@ def cmd_export(args) -> int:
     try:
         if cfg:
             fetch_for_reading(cfg, requested_version(args.version))
-        version_dir = version_folder(args.version, cfg.layout.datasets if cfg else None)
+        # a path through the `latest` link names the version it points at (the export's name, its message)
+        version_dir = version_folder(args.version, cfg.layout.datasets if cfg else None).resolve()
         out = Path(args.out) if args.out else ((cfg.data_dir / "exports" if cfg else Path.cwd()) /
                                               f"{version_dir.parent.name}-{version_dir.name}-{args.format}")
         taken_down = taken_down_photos(cfg) if cfg else None     # the catalog says what was taken down

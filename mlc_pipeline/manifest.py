@@ -9,6 +9,7 @@ imports nothing of the stages.
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ MANIFEST_COLUMNS = ["path", "labels", "split", "candidate_id", "source", "photo_
 # license_url: the licence's deed; page: the photo's page at its source (the real Flickr's), or empty.
 ADDED_COLUMNS = ("source_file", "license_url", "page")
 SPLITS = ("train", "valid", "test")
+log = logging.getLogger(__name__)
 LATEST = "latest"                       # names the newest version wherever a version is named
 MANIFEST_SPLITS = SPLITS + ("probe",)   # probe rows: unseen kinds, scored for "none of these" only
 
@@ -43,6 +45,26 @@ def latest_version(root: Path) -> str | None:
     return vs[-1] if vs else None
 
 
+PUBLISHED = "PUBLISHED"      # datasets/<name>/PUBLISHED: every version ever published, one line each
+
+
+def highest_published(root: Path) -> int:
+    """The highest version number ever published under `root` (folders and the PUBLISHED ledger): a
+    version withdrawn by deleting its folder keeps its number, so no later build reuses its name."""
+    numbers = [int(v[1:]) for v in versions(root)]
+    ledger = root / PUBLISHED
+    if ledger.is_file():
+        numbers += [int(m.group(1)) for line in ledger.read_text().splitlines() if (m := re.match(r"v(\d+)\b", line))]
+    return max(numbers, default=0)
+
+
+def withdrawn_latest(root: Path) -> str | None:
+    """The version the LATEST pointer names when its folder is gone (withdrawn), else None."""
+    pointer = root / "LATEST"
+    named = pointer.read_text().strip() if pointer.is_file() else ""
+    return named if named and named not in versions(root) else None
+
+
 class UnknownVersion(ValueError):
     """A version name that names no published version here (one line: the versions there, the one meant)."""
 
@@ -59,6 +81,8 @@ def resolve_version(root: Path, spec: str | None) -> str:
     resolves even when damaged: verify_version then says what is wrong with it."""
     have = versions(root)
     name = spec if requested_version(spec) else latest_version(root)
+    if requested_version(spec) is None and name and (gone := withdrawn_latest(root)):
+        log.warning("latest: %s is gone from %s (withdrawn?): the newest version there is %s", gone, root, name)
     if name in have:
         return name
     listed = ", ".join(have) or "none (run `mlc build`)"

@@ -74,6 +74,15 @@ class RemovalQueries:
             "SELECT id, source, photo_id, reason, phash, view_hashes FROM candidates WHERE status='removed' "
             "AND phash IS NOT NULL ORDER BY id")]
 
+    def takedown_held(self) -> set[int]:
+        """Candidates a takedown's hold keeps out now (catalog.review.hold: a reject logged with
+        detail `{"held": true}`, still in force): near copies of photos taken down."""
+        if not self.has_table("review_overrides"):
+            return set()
+        return {r["candidate_id"] for r in self.db.execute(
+            "SELECT o.candidate_id FROM review_overrides o JOIN review_actions a ON a.id = o.action_id "
+            "WHERE o.include = 'rejected' AND a.action = 'reject' AND a.detail = ?", ('{"held": true}',))}
+
     def removed_owners(self) -> set[str]:
         "Owners removed as a whole (`mlc remove --owner`): their later photos stay out too."
         rows = self.db.execute("SELECT DISTINCT owner FROM removals WHERE selector LIKE 'owner:%' AND owner IS NOT NULL")

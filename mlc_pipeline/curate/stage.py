@@ -305,8 +305,10 @@ def _curate(cfg: Config) -> CurateSummary:
                     if (r["status"], r["reason"], r["duplicate_of"], r["curated_label"]) != (status, reason, dup_of, label):
                         catalog.set_status(r["id"], status, reason, run_id, "curate", duplicate_of=dup_of,
                                            curated_label=label)
+                keeps = {decisions[i][2]: i for i in catalog.takedown_held() & decisions.keys()
+                         if decisions[i][0] == "duplicate"}      # a held copy dropped for another copy
                 summary.held = len(hold_lookalikes_of_removed(catalog, [
-                    r for r in ok if r["id"] in first_time and decisions[r["id"]][0] == "accepted"]))
+                    r for r in ok if r["id"] in first_time and decisions[r["id"]][0] == "accepted"], keeps))
         except BaseException as exc:
             catalog.finish_run(run_id, run_end_status(exc), {"error": type(exc).__name__})
             raise

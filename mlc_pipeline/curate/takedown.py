@@ -116,24 +116,33 @@ def hold_near_copies(catalog: Catalog, result: RemoveResult, reason: str, client
             log.warning("candidate %s (%s:%s) %s", row["id"], row["source"], row["photo_id"], why)
 
 
-LOOKALIKE_BITS = 4     # hashes this close: the same picture (docs/curation.md, "Near copies collected later")
+LOOKALIKE_BITS = 8     # hashes this close: the same picture (docs/curation.md, "Near copies collected later")
 
 
-def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], client: str = "curate") -> list[dict]:
+def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[int, int] | None = None,
+                               client: str = "curate") -> list[dict]:
     """In a curate's transaction: each of `rows` (accepted, curated for the first time) whose hashes
     are within LOOKALIKE_BITS of a photo taken down is held out for review (`review.hold`). Its file
     is gone, so a re-encode, resize or small crop of it collected since cannot be confirmed by
     pixels; the hashes alone decide, and a hold, not a removal, leaves the last word to a user.
-    Rows curated before a photo was removed were compared with its pixels then. Returns those held."""
-    removed = catalog.removed_hashes()
-    rows = [r for r in rows if r["phash"]]
-    if not removed or not rows:
-        return []
-    mine, theirs = hash_matrix(rows), hash_matrix(removed)
+    Rows curated before a photo was removed were compared with its pixels then. `keeps`: row id ->
+    the held copy this curate dropped in its favour (a copy of a held copy is held too: the verify17
+    audit saw a larger re-upload become the kept one of a held group, and published). Returns those held."""
     held = []
-    for r, their in zip(removed, theirs):     # its phash against all of ours; our phashes against its views
-        bits = np.minimum(hamming_uint64(mine, their[0]).min(axis=1),
-                          hamming_uint64(mine[:, :1], their[None, 1:]).min(axis=1))
+    for row in rows:
+        if (copy := (keeps or {}).get(row["id"])) is not None and review.hold(
+                catalog, row["id"], f"held: kept in place of candidate {copy}, held as a near copy of a photo taken "
+                "down; undo this if it is another picture", client) is not None:
+            held.append(row)
+            log.warning("candidate %s (%s:%s) held: a near copy of candidate %s, held for a takedown", row["id"],
+                        row["source"], row["photo_id"], copy)
+    removed = catalog.removed_hashes()
+    rows = [r for r in rows if r["phash"] and r not in held]
+    if not removed or not rows:
+        return held
+    mine, theirs = hash_matrix(rows), hash_matrix(removed)
+    for r, their in zip(removed, theirs):     # every view against every view, as the candidate search
+        bits = hamming_uint64(mine[:, :, None], their[None, None, :]).min(axis=(1, 2))
         for i in np.flatnonzero(bits <= LOOKALIKE_BITS):
             why = (f"held: looks like {r['source']}:{r['photo_id']}, taken down "
                    f"({(r['reason'] or '').removeprefix('takedown:')}): perceptual hashes {int(bits[i])} bits apart "

@@ -37,7 +37,7 @@ from mlc_pipeline.dataset.card import FLICKR_PHOTO_PAGE, attribution, dataset_ca
 from mlc_pipeline.config import RESTRICTED_LICENSES, Config
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, write_text_atomic
 from mlc_pipeline.locking import files_lock
-from mlc_pipeline.manifest import SPLITS, latest_version, write_manifest
+from mlc_pipeline.manifest import PUBLISHED, SPLITS, highest_published, latest_version, write_manifest
 from mlc_pipeline.curate.verify import DECODE_ERRORS, load_rgb
 # VersionDamaged and verify_version are imported from here too (they lived here until 2026-12-06)
 from mlc_pipeline.dataset.verify import SUMS_NAME, VersionDamaged, recorded_fingerprint, rows_fingerprint, verify_version
@@ -263,7 +263,7 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
                                               dict(left_out)))
         write_manifest(tmp / "manifest.csv", rows)
         files_sha256 = write_sums(tmp, rows)
-        version = f"v{int(previous[1:]) + 1 if previous else 1}"
+        version = f"v{highest_published(root) + 1}"     # never the name of a version withdrawn (deleted)
         while True:
             while (root / version).exists():            # never overwrite, whatever LATEST says
                 version = f"v{int(version[1:]) + 1}"
@@ -284,6 +284,8 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+    with open(root / PUBLISHED, "a") as ledger:     # appended after the publish: the folder is the truth
+        ledger.write(f"{version} {fp} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
     point_latest(root, version)
     return summarised(BuildResult(name, version, root / version, True, counts, fp, skipped, dict(left_out)))
 

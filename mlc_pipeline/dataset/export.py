@@ -116,7 +116,7 @@ def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bo
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
     if shard_size is not None and fmt != "webdataset":
-        raise ExportError(f"--shard-size is for --format webdataset (a {fmt} export has no shards)")
+        raise ExportError(f"--shard-size is for --format webdataset ({'an' if fmt[0] in 'aeiou' else 'a'} {fmt} export has no shards)")
     shard_size = SHARD_SIZE if shard_size is None else shard_size
     version_dir, out = Path(version_dir), Path(out)
     check_destination(version_dir, out, force)

@@ -467,6 +467,20 @@ def test_a_near_copy_collected_after_the_takedown_is_held_out_for_review(publish
     assert Path(copy["file_path"]).exists()                     # held, not deleted
     assert curate(cfg).held == 0                                # once
 
+    # The verify17 audit's re-upload of another photo: 8 % off each side, upscaled 2x. 6 bits by
+    # the rule's first version (phash against views), 2 by curate's every-view search: published.
+    with Catalog(cfg.catalog_path) as c:
+        second = c.candidates("status='accepted' AND label='ants'")[0]
+    with Image.open(second["file_path"]) as im:
+        w, h = im.size
+        cropped = im.convert("RGB").crop((w * 8 // 100, h * 8 // 100, w * 92 // 100, h * 92 // 100))
+    assert mlc(config, "remove", "--photo-id", second["photo_id"], "--reason", "licence changed").returncode == 0
+    cropped.resize((cropped.width * 2, cropped.height * 2)).save(world / "bees" / "zz_crop8.jpg", quality=85)
+    collect(cfg, progress=False)
+    assert curate(cfg).held == 1
+    v3 = build_dataset(cfg)
+    assert photo_id_for("bees/zz_crop8.jpg") not in {r["photo_id"] for r in read_manifest(v3.path / "manifest.csv")}
+
 
 def test_the_html_report_of_a_version_shows_nothing_of_a_photo_taken_down_since(published):
     """A user's audit: `mlc inspect --html` embedded the thumbnail and the attribution row of a photo
@@ -479,3 +493,53 @@ def test_the_html_report_of_a_version_shows_nothing_of_a_photo_taken_down_since(
     page = html_report(cfg)
     assert target["photo_id"] in page.split("<p id='taken-down'>", 1)[1].split("</p>", 1)[0]
     assert page.count(target["photo_id"]) == 1 and target["path"] not in page, "a thumbnail or row left"
+
+
+def test_a_version_withdrawn_by_deleting_it_keeps_its_name_and_latest_says_so(published, caplog):
+    """A user's audit: after a takedown, withdrawing the newest version (its folder deleted, as
+    nothing else offers) made `latest` fall back to v1 silently, and the next build published other
+    content under the withdrawn name v2: a model trained on the old v2 named different data."""
+    from mlc_pipeline.manifest import resolve_version
+    cfg, config, v1, _ = published
+    target = read_manifest(v1.path / "manifest.csv")[0]
+    assert mlc(config, "remove", "--photo-id", target["photo_id"], "--reason", "owner request").returncode == 0
+    v2 = build_dataset(cfg)
+    assert v2.version == "v2"
+    shutil.rmtree(v2.path)                                          # withdrawn
+    root = cfg.layout.datasets
+    assert resolve_version(root, "latest") == "v1"
+    assert "latest: v2 is gone from" in caplog.text and "(withdrawn?): the newest version there is v1" in caplog.text
+    again = build_dataset(cfg)
+    assert again.published and again.version == "v3", again.version
+    assert [line.split()[0] for line in (root / "PUBLISHED").read_text().splitlines()] == ["v1", "v2", "v3"]
+
+
+def test_a_larger_copy_kept_in_place_of_a_held_copy_is_held_too(published, monkeypatch):
+    """The verify17 audit: a re-upload with more pixels, confirmed by pixels as a near copy of
+    copies a takedown held, became the kept image of that group and was published (the hold stays
+    on an image, not on a picture). Here the hash rule is switched off, so only that link holds it."""
+    import mlc_pipeline.curate.takedown as takedown
+    cfg, config, v1, world = published
+    with Catalog(cfg.catalog_path) as c:
+        victim = c.candidates("status='accepted' AND label='ants'")[0]
+    with Image.open(victim["file_path"]) as im:
+        w, h = im.size
+        held_copy = im.convert("RGB").crop((w // 25, h // 25, w - w // 25, h - h // 25))
+    held_copy.save(world / "ants" / "zz_recrop.jpg", quality=80)
+    collect(cfg, progress=False)
+    curate(cfg)
+    assert mlc(config, "remove", "--photo-id", victim["photo_id"], "--reason", "owner request").returncode == 0
+    monkeypatch.setattr(takedown, "LOOKALIKE_BITS", -1)
+    held_copy.resize((held_copy.width * 3 // 2, held_copy.height * 3 // 2)).save(world / "ants" / "zz_bigger.jpg",
+                                                                                  quality=90)
+    collect(cfg, progress=False)
+    assert curate(cfg).held == 1
+    with Catalog(cfg.catalog_path) as c:
+        bigger = c.get_by_photo("local", photo_id_for("ants/zz_bigger.jpg"))
+        small = c.get_by_photo("local", photo_id_for("ants/zz_recrop.jpg"))
+        assert small["status"] == "duplicate" and small["duplicate_of"] == bigger["id"], (small, bigger)
+        from mlc_pipeline.catalog import review
+        (hold,) = review.actions(c, bigger["id"])
+    assert hold["reason"].startswith(f"held: kept in place of candidate {small['id']}, held as a near copy")
+    v2 = build_dataset(cfg)
+    assert bigger["photo_id"] not in {r["photo_id"] for r in read_manifest(v2.path / "manifest.csv")}

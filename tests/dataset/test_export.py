@@ -232,6 +232,12 @@ def test_cli_exports_latest_by_config_and_reports_mistakes_in_one_line(version, 
     assert r.returncode == 2 and "no dataset version 'v7'" in r.stderr and "versions: v1" in r.stderr
     r = mlc("export", str(tmp_path / "nowhere"), "--format", "webdataset")
     assert r.returncode == 2 and "not a dataset version folder" in r.stderr and "Traceback" not in r.stderr
+    # through the `latest` link: named after the version it points at (it said "latest": a user's audit)
+    (version.parent / "latest").symlink_to("v1", target_is_directory=True)
+    r = mlc("export", str(version.parent / "latest"), "--format", "webdataset", "--out", str(tmp_path / "w"))
+    assert r.returncode == 0 and r.stdout.startswith("exported default v1 as webdataset"), r.stdout + r.stderr
+    assert "an imagefolder export has no shards" in mlc("export", str(version), "--format", "imagefolder",
+                                                        "--shard-size", "3").stderr
 
 
 def test_a_damaged_version_is_not_exported(version, tmp_path):
