@@ -47,6 +47,13 @@ def host_allowed(url: str, allowed: Iterable[str]) -> bool:
     return any(a.lower() == netloc or a.lower() == parts.hostname for a in allowed)
 
 
+def refused_url(reason: str) -> str | None:
+    """A URL on the host a redirect led to, from `host-not-allowed:<host>:after-redirect`; None for a
+    refusal of the search result's own URL (its host is the URL's)."""
+    suffix = ":after-redirect"
+    return f"http://{reason[len('host-not-allowed:'):-len(suffix)]}/" if reason.endswith(suffix) else None
+
+
 class HostHealth:
     """What one collect's downloads learnt about their hosts (thread-safe)."""
 

@@ -27,7 +27,7 @@ from mlc_pipeline.config import Config
 from mlc_pipeline.collect.checks import check_sizes, warn_before_collecting
 from mlc_pipeline.collect.cluster import download_on_cluster
 from mlc_pipeline.collect.download import Downloader, DownloadJob
-from mlc_pipeline.collect.hosts import host_allowed
+from mlc_pipeline.collect.hosts import host_allowed, refused_url
 from mlc_pipeline.executor import cluster_ready
 from mlc_pipeline.collect.rawfiles import clean_stale_temp, keep_out_removed_owners
 from mlc_pipeline.collect.flickr import FlickrSource, Target
@@ -227,10 +227,10 @@ class Collector:
                                          (self.source.name,)):
             self.catalog.set_status(r["id"], "pending", None, run_id, "resume")
             n += 1
-        # host-not-allowed is the config's verdict, not the photo's: asked again once the host is allowed
+        # host-not-allowed is the config's verdict, not the photo's: asked again once its host is allowed
         for r in self.catalog.candidates("source=? AND status='failed' AND reason LIKE 'host-not-allowed:%'",
                                          (self.source.name,)):
-            if host_allowed(self.source.current_url(r["url"]), self.downloader.allowed):
+            if host_allowed(refused_url(r["reason"]) or self.source.current_url(r["url"]), self.downloader.allowed):
                 self.catalog.set_status(r["id"], "pending", None, run_id, "resume")
                 n += 1
         for r in self.catalog.candidates("source=? AND status='downloaded'", (self.source.name,)):

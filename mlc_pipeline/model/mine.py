@@ -136,8 +136,8 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int | None = None)
             hold_for_review(cfg, bundle, [candidates[k] for k in open_], probs[[hits[k] for k in open_]])
             to_add = sorted((e for e in candidates if e["decision"] == "added"), key=lambda e: -e["score"])
             # the round's cap, less what this round added already (a round mined again by number)
-            cap = max(0, max_per_round(settings, training) - sum(r["mined_round"] == round_no for r in training))
-            for e in to_add[cap:]:
+            cap, earlier = max_per_round(settings, training), sum(r["mined_round"] == round_no for r in training)
+            for e in to_add[max(0, cap - earlier):]:
                 e["decision"] = "over-cap"
             with catalog.transaction():
                 late = overrides(catalog)       # decided in review while the pool was scored (hours)
@@ -176,8 +176,9 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int | None = None)
         ("over the round's cap", result.over_cap), ("class images to review", len(result.review)),
         ("decisions", Path(bundle_dir) / "mined.csv")])
     log.info("mining round %d: %d of %d pool images accepted as a class: %d -> hard negatives, %d held for review, "
-             "%d over the round's cap of %d; %d class images to review", round_no, len(candidates), result.scored,
-             result.added, len(result.held), result.over_cap, cap, len(result.review))
+             "%d over the round's cap of %d%s; %d class images to review", round_no, len(candidates), result.scored,
+             result.added, len(result.held), result.over_cap, cap, f" ({earlier} added earlier)" if earlier else "",
+             len(result.review))
     return result
 
 

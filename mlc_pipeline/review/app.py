@@ -3,10 +3,8 @@ JSON API for the actions (static/review.js calls it). Every read and write goes 
 catalog.review / catalog on two connections, each used by one request at a time (a lock each): FastAPI
 runs plain `def` endpoints in a thread pool, and a catalog connection is not meant for threads at once.
 The pages read on one, the actions write on the other: an action waiting for another command's write
-lock (up to ACTION_LOCK_WAIT_S) keeps no page waiting behind it.
-Other processes (`mlc build`, a second `mlc review`) are kept consistent by the catalog's transactions,
-on SQLite or PostgreSQL alike (catalog/review.py says how).
-"""
+lock (up to ACTION_LOCK_WAIT_S) keeps no page waiting. Other processes (`mlc build`, a second `mlc
+review`) are kept consistent by the catalog's transactions, on both backends (catalog/review.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +19,7 @@ from urllib.parse import urlencode
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -160,14 +159,16 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
     templates.env.filters["detail"] = lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items()))
     templates.env.filters["utc"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
 
-    @app.exception_handler(RequestValidationError)
-    async def not_a_number(request: Request, exc: RequestValidationError) -> JSONResponse:
-        """FastAPI's 422 for `/image/abc` or `?page_no=abc`: an id that is not a number names no
-        candidate (404, as one past SQL's integers); a page number that is not one is a bad request."""
-        errors = [e for e in exc.errors() if e.get("loc")]
-        names = ", ".join(str(e["loc"][-1]) for e in errors) or "a parameter"
-        status = 404 if any(e["loc"][0] == "path" for e in errors) else 400
-        return JSONResponse({"error": f"{names} must be a whole number"}, status_code=status)
+    async def refused(request: Request, exc: Exception) -> JSONResponse:
+        """Every refusal as the actions answer, `{"error": ...}`: HTTPException's, and FastAPI's 422 for
+        `/image/abc` (404: words name no candidate, as an id past SQL's integers) or `?page_no=abc` (400)."""
+        if isinstance(exc, StarletteHTTPException):
+            return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        loc = next((e["loc"] for e in exc.errors() if e.get("loc")), ("query", "a number"))
+        return JSONResponse({"error": f"no candidate {request.url.path.rsplit('/', 1)[-1]!r}" if loc[0] == "path" else
+                             f"{loc[-1]} must be a whole number"}, status_code=404 if loc[0] == "path" else 400)
+    app.add_exception_handler(RequestValidationError, refused)
+    app.add_exception_handler(StarletteHTTPException, refused)
 
     def page(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
         return templates.TemplateResponse(request, name, context, status_code=status_code)

@@ -50,17 +50,19 @@ def test_the_report_marks_a_negative_undone_since_and_counts_it_apart(tmp_path):
     assert f"Mining round 1: {mined.added} hard negatives added, " in mining_section([(1, bundle_dir)])
 
 
-def test_a_round_mined_again_keeps_its_record_and_its_cap_and_new_rounds_are_numbered_on(tmp_path):
+def test_a_round_mined_again_keeps_its_record_and_its_cap_and_new_rounds_are_numbered_on(tmp_path, caplog):
     """A user's audit: mining round 1 again (a plain `mlc mine` rerun, or a later `mlc run`, whose
     rounds restarted at 1) rewrote mined-r1.csv with only its own decisions, so the report said "0
     hard negatives added" while the catalog trained on 43, and each call added another cap's worth
     under the same round (3 x 5 with a cap of 5)."""
+    caplog.set_level("INFO", logger="mlc_pipeline.model.mine")
     cfg, *_ = _planted_world(tmp_path, hold_above=1.01, max_per_round=2)
     bundle_dir = _bundle_here(cfg)
     first = mine_round(cfg, bundle_dir, round_no=1)
     assert first.added == 2 and first.over_cap > 0, "the cap did not bind: a useless test"
     again = mine_round(cfg, bundle_dir, round_no=1)         # the same round by number: its cap is spent
     assert again.added == 0 and again.over_cap > 0
+    assert "over the round's cap of 2 (2 added earlier)" in caplog.text     # said "of 0" (verify17 audit)
     record = _decisions(bundle_dir / "mined-r1.csv")
     assert {p for p, d in record.items() if d == "added"} == {n["photo_id"] for n in first.negatives}
     assert _decisions(bundle_dir / "mined.csv") == record

@@ -1038,10 +1038,13 @@ def test_a_script_must_name_the_labels_and_ids_are_json_integers(root):
         assert ok.json()["state"]["labels"] == "other"
         assert client.post("/api/action", json={"id": str(target["id"]), "action": "reject"}, headers=h).status_code == 400
         assert client.post("/api/undo", json={"id": target["id"], "action_id": "1"}, headers=h).status_code == 400
-        for url, status in (("/image/abc", 404), ("/thumb/xyz", 404), ("/file/1.5", 404), ("/?page_no=abc", 400),
-                            ("/duplicates?page_no=1.5", 400)):
-            res = client.get(url)
-            assert res.status_code == status and res.json()["error"].endswith("must be a whole number"), (url, res.text)
+        for url, status, said in (("/image/abc", 404, "no candidate 'abc'"), ("/thumb/xyz", 404, "no candidate 'xyz'"),
+                                  ("/file/1.5", 404, "no candidate '1.5'"),
+                                  ("/?page_no=abc", 400, "page_no must be a whole number"),
+                                  ("/duplicates?page_no=1.5", 400, "page_no must be a whole number"),
+                                  ("/?licence=abc", 400, "the licence must be a whole number")):
+            res = client.get(url)       # every refusal as the actions answer: {"error": ...} (verify17 audit)
+            assert res.status_code == status and res.json()["error"].startswith(said), (url, res.text)
         page = client.get(f"/image/{target['id']}").text
         assert re.search(r"taken / uploaded</th><td>[^<]* / (\?|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC)</td>", page), page
     with Catalog(cfg.catalog_path, readonly=True) as c:
