@@ -376,7 +376,7 @@ def cmd_inspect(args) -> int:
         try:
             verify_version(root / version)
         except VersionDamaged as exc:
-            damage = exc
+            damage = args.damage = exc      # the reports say so too (a report read later looked sound)
             if not all((root / version / name).exists() for name in ("manifest.csv", "dataset.json")):
                 raise                       # nothing to summarise
     rc = inspect_main(cfg, args)

@@ -267,9 +267,10 @@ def inspect_main(cfg: Config, args) -> int:
         summary = catalog_summary(catalog)
         short = short_sets(cfg, catalog)
     ds = dataset_summary(cfg, getattr(args, "version", None))
+    damage = str(args.damage) if getattr(args, "damage", None) else None     # cmd_inspect's verify_version
     if getattr(args, "json", False):
         out = {"catalog": summary, "dataset": {k: v for k, v in ds.items() if k != "rows"} if ds else None,
-               "shortfall": [{**dataclasses.asdict(s), "line": s.line()} for s in short]}
+               "dataset_damaged": damage, "shortfall": [{**dataclasses.asdict(s), "line": s.line()} for s in short]}
         print(json.dumps(out, indent=2, default=str))
     else:
         print(format_catalog_summary(summary))
@@ -279,6 +280,7 @@ def inspect_main(cfg: Config, args) -> int:
         print(format_dataset_summary(ds) if ds else "No dataset version yet: run `mlc build`.")
     if getattr(args, "html", None):
         from mlc_pipeline.report.latest import latest_model_sections
-        path = write_html_report(cfg, args.html, getattr(args, "version", None), latest_model_sections(cfg))
+        warn = [f"<p id='damaged'><b>This version is damaged</b>: {html.escape(damage)}</p>"] if damage else []
+        path = write_html_report(cfg, args.html, getattr(args, "version", None), warn + latest_model_sections(cfg))
         print(f"\nHTML report: {path}")
     return 0

@@ -347,3 +347,17 @@ def test_bundle_names_are_unique_within_a_second_and_sorted_by_time():
     assert len(set(names)) == 200
     stamps = [n.rsplit("-", 2)[1] for n in names]
     assert stamps == sorted(stamps)
+
+
+def test_the_reports_of_a_version_with_a_damaged_image_say_it_is_damaged(two_versions):
+    """A user's audit: with an image of v2 changed on disk, `mlc inspect --html/--json` exited 3 with
+    the line on stderr, but the report written looked like a sound version's."""
+    cfg, _, v2 = two_versions
+    victim = next((v2 / "images").rglob("*.jpg"))
+    victim.write_bytes(victim.read_bytes()[:-20])
+    report = v2.parents[2] / "damaged.html"
+    res = mlc("inspect", "--json", "--html", str(report), "-c", str(cfg))
+    assert res.returncode == 3, res.stderr[-2000:]
+    said = json.loads(res.stdout[:res.stdout.rindex("}") + 1])["dataset_damaged"]
+    assert said and said.startswith("dataset default v2 is damaged: ") and victim.name in said, said
+    assert "<p id='damaged'><b>This version is damaged</b>: dataset default v2 is damaged" in report.read_text()
