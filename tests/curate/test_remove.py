@@ -392,6 +392,15 @@ def test_a_byte_copy_of_a_photo_taken_down_is_taken_down_when_curated(published)
     assert curate(cfg).taken_down == 0          # once: it stays removed
 
 
+def first_ants_photo_and_crop(cfg) -> tuple[dict, Image.Image]:
+    """The first accepted ants photo's catalog row, and its picture with 4 % cut off each side."""
+    with Catalog(cfg.catalog_path) as c:
+        victim = c.candidates("status='accepted' AND label='ants'")[0]
+    with Image.open(victim["file_path"]) as im:
+        w, h = im.size
+        return victim, im.convert("RGB").crop((w // 25, h // 25, w - w // 25, h - h // 25))
+
+
 @pytest.mark.parametrize("published", ["sqlite", "postgresql"], indirect=True)
 def test_near_duplicates_dropped_for_a_photo_taken_down_are_held_out_for_review(published):
     # A re-encoded crop of photo X, collected beside it, was dropped as X's near duplicate. After
@@ -400,12 +409,8 @@ def test_near_duplicates_dropped_for_a_photo_taken_down_are_held_out_for_review(
     # against X's later (X's file is gone), so the takedown holds such copies out at once, as a
     # review decision a user can undo if it is another picture; nothing is deleted.
     cfg, config, v1, world = published
-    with Catalog(cfg.catalog_path) as c:
-        victim = c.candidates("status='accepted' AND label='ants'")[0]
-    with Image.open(victim["file_path"]) as im:
-        w, h = im.size
-        im.convert("RGB").crop((w // 25, h // 25, w - w // 25, h - h // 25)).save(world / "ants" / "zz_recrop.jpg",
-                                                                                  quality=80)
+    victim, cropped = first_ants_photo_and_crop(cfg)
+    cropped.save(world / "ants" / "zz_recrop.jpg", quality=80)
     collect(cfg, progress=False)
     curate(cfg)
     with Catalog(cfg.catalog_path) as c:
@@ -440,11 +445,7 @@ def test_a_near_copy_collected_after_the_takedown_is_held_out_for_review(publish
     # Collected after the takedown, a re-encoded crop of the photo cannot be confirmed by pixels (the
     # photo's file is gone): its hashes, a few bits from the removed photo's, hold it out for review.
     cfg, config, v1, world = published
-    with Catalog(cfg.catalog_path) as c:
-        victim = c.candidates("status='accepted' AND label='ants'")[0]
-    with Image.open(victim["file_path"]) as im:
-        w, h = im.size
-        copy_of_victim = im.convert("RGB").crop((w // 25, h // 25, w - w // 25, h - h // 25))
+    victim, copy_of_victim = first_ants_photo_and_crop(cfg)
     assert mlc(config, "remove", "--photo-id", victim["photo_id"], "--reason", "owner request").returncode == 0
     copy_of_victim.save(world / "bees" / "zz_reupload.jpg", quality=70)
     shutil.copy(sorted((FIXTURES / "bees").glob("*.jpg"))[40], world / "bees" / "zz_unrelated.jpg")
@@ -520,11 +521,7 @@ def test_a_larger_copy_kept_in_place_of_a_held_copy_is_held_too(published, monke
     on an image, not on a picture). Here the hash rule is switched off, so only that link holds it."""
     import mlc_pipeline.curate.takedown as takedown
     cfg, config, v1, world = published
-    with Catalog(cfg.catalog_path) as c:
-        victim = c.candidates("status='accepted' AND label='ants'")[0]
-    with Image.open(victim["file_path"]) as im:
-        w, h = im.size
-        held_copy = im.convert("RGB").crop((w // 25, h // 25, w - w // 25, h - h // 25))
+    victim, held_copy = first_ants_photo_and_crop(cfg)
     held_copy.save(world / "ants" / "zz_recrop.jpg", quality=80)
     collect(cfg, progress=False)
     curate(cfg)
