@@ -370,7 +370,7 @@ def cmd_inspect(args) -> int:
     require_catalog(cfg, args.config)       # say so, rather than report an empty project
     root = cfg.layout.datasets
     # Named: it must exist (UnknownVersion otherwise); not named: the latest, or none built yet.
-    version = args.version = resolve_version(root, args.version) if args.version else latest_version(root)
+    version = args.version = resolve_version(root, args.version) if args.version or latest_version(root) else None
     damage = None
     if version:
         try:

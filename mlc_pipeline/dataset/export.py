@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
+import hashlib
 import json
 import os
 import re
@@ -270,9 +271,12 @@ def hf_card(version_dir: Path, meta: dict, per_split: dict[str, list[dict]], siz
     order = [s for s in HF_SPLITS.values() if s in per_split] + sorted(set(per_split) - set(HF_SPLITS.values()))
     splits = "\n".join(f"  - split: {s}\n    path: {s}/*" for s in order)
     licences = sorted(meta.get("counts", {}).get("licenses", {}))
+    # what the rows are: the version's fingerprint and this export's images (a takedown leaves some out)
+    identity = (f"mlc-pipeline {meta.get('name')} {meta.get('version')}, fingerprint {meta.get('fingerprint')}, rows "
+                + hashlib.sha256(json.dumps(per_split, sort_keys=True).encode()).hexdigest()[:16])
     card = (version_dir / "README.md").read_text() if (version_dir / "README.md").is_file() else ""
     return (f"---\nlicense: other\ntask_categories:\n- image-classification\n"
-            f"configs:\n- config_name: default\n  data_files:\n{splits}\n"
+            f"configs:\n- config_name: default\n  description: {json.dumps(identity)}\n  data_files:\n{splits}\n"
             f"dataset_info:\n  features:\n" + "\n".join(features) + "\n  splits:\n" +
             "\n".join(f"  - name: {s}\n    num_examples: {len(per_split[s])}" for s in order) +
             f"\n  download_size: {size}\n  dataset_size: {size}\n---\n\n" +

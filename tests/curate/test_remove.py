@@ -510,6 +510,8 @@ def test_a_version_withdrawn_by_deleting_it_keeps_its_name_and_latest_says_so(pu
     root = cfg.layout.datasets
     assert resolve_version(root, "latest") == "v1"
     assert "latest: v2 is gone from" in caplog.text and "(withdrawn?): the newest version there is v1" in caplog.text
+    shown = mlc(config, "inspect")                                  # no --version: the same warning (verify18)
+    assert shown.returncode == 0 and "latest: v2 is gone from" in shown.stderr and "Dataset default v1" in shown.stdout
     again = build_dataset(cfg)
     assert again.published and again.version == "v3", again.version
     assert [line.split()[0] for line in (root / "PUBLISHED").read_text().splitlines()] == ["v1", "v2", "v3"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 from mlc_pipeline.dataset.build import _fingerprint, count_rows, folder_name, write_sums
 from mlc_pipeline.dataset.export import ExportError, export_version
 from mlc_pipeline.curate.verify import load_rgb
-from mlc_pipeline.manifest import MANIFEST_COLUMNS, write_manifest
+from mlc_pipeline.manifest import MANIFEST_COLUMNS, read_manifest, write_manifest
 from storage_world import mlc, write_config
 
 from helpers import FIXTURES as ALL_FIXTURES  # noqa: E402
@@ -136,6 +137,20 @@ def test_an_hf_export_made_again_loads_as_itself_not_from_the_cache(version, tmp
     theirs = datasets.load_dataset(str(elsewhere), cache_dir=cache)
     assert len(theirs["train"]) == 4 and {r["title"] for r in theirs["train"]} == {"6photo 0", "6photo 3", "6photo 6",
                                                                                     "6photo 8"}
+    # The verify18 audit: the same photos, one class named otherwise (ants -> formica): the same sizes
+    # and bytes, and the same header but for the rows' identity, which it now carries.
+    renamed = tmp_path / "renamed" / "datasets" / "default" / "v1"
+    shutil.copytree(version, renamed)
+    rows = read_manifest(renamed / "manifest.csv")
+    for r in rows:
+        r["labels"] = r["labels"].replace("ants", "formica")
+    write_manifest(renamed / "manifest.csv", rows)
+    meta = json.loads((renamed / "dataset.json").read_text())
+    (renamed / "dataset.json").write_text(json.dumps({**meta, "fingerprint": _fingerprint(rows, 96, 90)}))
+    third = tmp_path / "third" / "default-v1-hf"
+    export_version(renamed, "hf", third)
+    labels = {label for r in datasets.load_dataset(str(third), cache_dir=cache)["train"] for label in r["labels"]}
+    assert labels == {"formica", "bees"}, labels
 
 
 def test_webdataset_shards_load_with_webdataset(version, tmp_path):
