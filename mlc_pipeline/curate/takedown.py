@@ -128,16 +128,16 @@ def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[i
     Rows curated before a photo was removed were compared with its pixels then. `keeps`: row id ->
     the held copy this curate dropped in its favour (a copy of a held copy is held too: the verify17
     audit saw a larger re-upload become the kept one of a held group, and published). Returns those held."""
-    held = []
+    held, keeps = [], keeps or {}
     for row in rows:
-        if (copy := (keeps or {}).get(row["id"])) is not None and review.hold(
+        if (copy := keeps.get(row["id"])) is not None and review.hold(
                 catalog, row["id"], f"held: kept in place of candidate {copy}, held as a near copy of a photo taken "
                 "down; undo this if it is another picture", client) is not None:
             held.append(row)
             log.warning("candidate %s (%s:%s) held: a near copy of candidate %s, held for a takedown", row["id"],
                         row["source"], row["photo_id"], copy)
-    removed = catalog.removed_hashes()
-    rows = [r for r in rows if r["phash"] and r not in held]
+    removed, held_ids = catalog.removed_hashes(), {r["id"] for r in held}
+    rows = [r for r in rows if r["phash"] and r["id"] not in held_ids]
     if not removed or not rows:
         return held
     mine, theirs = hash_matrix(rows), hash_matrix(removed)
@@ -145,12 +145,17 @@ def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[i
         bits = hamming_uint64(mine[:, :, None], their[None, None, :]).min(axis=(1, 2))
         for i in np.flatnonzero(bits <= LOOKALIKE_BITS):
             why = (f"held: looks like {r['source']}:{r['photo_id']}, taken down "
-                   f"({(r['reason'] or '').removeprefix('takedown:')}): perceptual hashes {int(bits[i])} bits apart "
+                   f"({takedown_reason(r)}): perceptual hashes {int(bits[i])} bits apart "
                    "(its file is gone, so no pixel check); undo this if it is another picture")
             if review.hold(catalog, rows[i]["id"], why, client) is not None:
                 held.append(rows[i])
                 log.warning("candidate %s (%s:%s) %s", rows[i]["id"], rows[i]["source"], rows[i]["photo_id"], why)
     return held
+
+
+def takedown_reason(row: dict) -> str:
+    """The reason a removed candidate was taken down, as `mlc remove` was given it."""
+    return (row["reason"] or "").removeprefix("takedown:")
 
 
 def hash_matrix(rows: list[dict]) -> np.ndarray:
@@ -178,15 +183,16 @@ def keep_out_copies_of_removed(cfg: Config, catalog: Catalog, rows: list[dict], 
     """In a curate (files lock held, inside its transaction): a file with the very bytes of a photo
     taken down (a re-upload under another id, a copy in another folder) is taken down too, with a
     `removals` record naming the photo it copies, and its file deleted as `mlc remove` deletes one.
-    A takedown names photos; their pictures must not come back under another name. Only byte copies:
-    the removed photo's file is gone, so a re-encode cannot be confirmed against it. Returns the ids."""
+    A takedown names photos; their pictures must not come back under another name. Only byte copies
+    are taken down: a re-encode cannot be confirmed against the removed photo's file (gone), so
+    `hold_lookalikes_of_removed` holds those by their hashes instead. Returns the ids."""
     removed = catalog.removed_digests()
     copies = [r for r in rows if r["sha256"] in removed]
     quarantined = QuarantineIndex(cfg.layout.quarantine())
     for row in copies:
         of = removed[row["sha256"]]
         deleted = delete_file(row, quarantined)
-        reason = f"a copy of {of['source']}:{of['photo_id']}, taken down ({(of['reason'] or '').removeprefix('takedown:')})"
+        reason = f"a copy of {of['source']}:{of['photo_id']}, taken down ({takedown_reason(of)})"
         catalog.record_removal(row, f"copy-of:{of['source']}:{of['photo_id']}", reason, run_id, deleted)
         log.warning("candidate %s (%s:%s) taken down: %s", row["id"], row["source"], row["photo_id"], reason)
     drop_thumbnails(cfg, catalog, {r["sha256"] for r in copies})
