@@ -302,6 +302,60 @@ def test_two_processes_collect_into_one_postgres_catalog(pg_url, tmp_path, monke
     assert again.downloaded == 0 and again.found_new == 0
 
 
+def test_a_writer_waiting_for_the_lock_holds_no_table_the_holder_may_alter(pg_url, tmp_path):
+    """CI caught it (two Dask workers opening one catalog): a writer waiting for the writer lock had
+    read `runs` inside its transaction, to say whom it waits for, and kept that table's lock while it
+    waited, so the holder's schema change on `runs` waited on it; the server broke the deadlock by
+    failing one. The waiter must hold nothing; the holder's change and then the waiter both go on."""
+    import threading
+    import psycopg
+    from mlc_pipeline.catalog.postgres import WRITER_LOCK
+    target = PostgresCatalog(pg_url, tmp_path)
+    Catalog(target).close()                                           # the tables exist
+    opened, failed = [], []
+
+    def open_one():
+        try:
+            opened.append(Catalog(target, lock_timeout_s=30))
+        except Exception as exc:            # the test's verdict below names it
+            failed.append(exc)
+
+    with psycopg.connect(pg_url, autocommit=True) as holder:
+        holder.execute("BEGIN")
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+        waiter = threading.Thread(target=open_one)
+        waiter.start()
+        deadline = time.monotonic() + 20
+        while not holder.execute("SELECT count(*) FROM pg_locks WHERE locktype='advisory' AND NOT granted"
+                                 ).fetchone()[0]:
+            assert time.monotonic() < deadline and waiter.is_alive(), failed
+            time.sleep(0.05)
+        holder.execute("SET lock_timeout = '10s'")
+        holder.execute("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")     # what ALTER TABLE runs takes
+        holder.execute("COMMIT")
+        waiter.join(30)
+    assert not failed and len(opened) == 1
+    opened[0].start_run("collect")                                      # and it writes
+    opened[0].close()
+
+
+def test_opening_the_catalog_does_not_wait_for_readers_of_its_tables(pg_url, tmp_path):
+    """A catalog whose schema is current is opened without schema statements: even IF NOT EXISTS
+    (ALTER TABLE's exclusive lock) would wait for any open transaction that read a table (here a
+    review action's row lock) and, in the meantime, block every reader behind it."""
+    import psycopg
+    target = PostgresCatalog(pg_url, tmp_path)
+    with Catalog(target) as c:
+        c.upsert_found([found("1")], c.start_run("collect"))
+    with psycopg.connect(pg_url, autocommit=True) as reader:
+        reader.execute("BEGIN")
+        reader.execute("SELECT id FROM candidates FOR UPDATE")
+        reader.execute("SELECT count(*) FROM runs")
+        with Catalog(target, lock_timeout_s=1) as again:              # no wait, no "still locked"
+            assert again.get_by_photo("flickr", "1")["photo_id"] == "1"
+        reader.execute("ROLLBACK")
+
+
 def test_a_review_action_locks_its_image_not_the_catalog(pg_url, tmp_path):
     """On PostgreSQL a review action is one transaction that locks its candidate's row (SELECT ... FOR
     UPDATE): it does not wait for another writer's transaction (curation holding the writer lock), and

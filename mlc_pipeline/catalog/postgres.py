@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import time
 from typing import Iterator
 
@@ -105,8 +106,11 @@ def connect(target: PostgresCatalog, readonly: bool, lock_timeout_s: float) -> P
     conn.execute(f"SET lock_timeout = '{int(lock_timeout_s * 1000)}ms'")
     begin(db)                     # two first opens at once: one creates the tables, the other waits
     try:
-        conn.execute(postgres_schema())
-        for table, column, kind in ADDED_COLUMNS:
+        # Schema statements only where something is missing: even IF NOT EXISTS locks the table
+        # (ALTER TABLE exclusively), and would wait on every reader and writer of it.
+        if missing_relations(db, postgres_schema()):
+            conn.execute(postgres_schema())
+        for table, column, kind in missing_columns(db, ADDED_COLUMNS):
             conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
         db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING",
                    (str(SCHEMA_VERSION),))
@@ -115,6 +119,19 @@ def connect(target: PostgresCatalog, readonly: bool, lock_timeout_s: float) -> P
         raise
     conn.execute("COMMIT")
     return db
+
+
+def missing_relations(db: PgConnection, ddl: str) -> list[str]:
+    """The tables and indexes `ddl` creates (IF NOT EXISTS) that the database lacks."""
+    names = re.findall(r"CREATE\s+(?:TABLE|(?:UNIQUE\s+)?INDEX)\s+IF\s+NOT\s+EXISTS\s+(\w+)", ddl, re.I)
+    return [name for name in names if not has_table(db, name)]
+
+
+def missing_columns(db: PgConnection, columns) -> list[tuple[str, str, str]]:
+    """The (table, column, type) of `columns` the database lacks (read from pg_attribute: no table lock)."""
+    return [(table, column, kind) for table, column, kind in columns
+            if not db.execute("SELECT 1 FROM pg_attribute WHERE attrelid=to_regclass(?) AND attname=? AND "
+                              "NOT attisdropped", (table, column)).fetchone()]
 
 
 def has_schema(db: PgConnection) -> bool:
@@ -126,9 +143,13 @@ def begin(db: PgConnection) -> None:
     db.execute("BEGIN")
     if db.execute("SELECT pg_try_advisory_xact_lock(?) AS got", (WRITER_LOCK,)).fetchone()["got"]:
         return
+    # Whom we wait for is read outside the transaction: a table read in it stays locked while we wait,
+    # and a holder changing that table's schema would wait on us (a deadlock the server breaks by failing one).
+    db.execute("ROLLBACK")
     started = time.monotonic()
     log.warning("%s: another writer is in a transaction (%s); waiting up to %g s", db.target,
                 running_runs(db), db.lock_timeout_s)
+    db.execute("BEGIN")
     try:
         db.execute("SELECT pg_advisory_xact_lock(?)", (WRITER_LOCK,))    # bounded by lock_timeout
     except CatalogError:

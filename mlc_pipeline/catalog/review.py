@@ -29,7 +29,6 @@ import time
 from dataclasses import dataclass
 
 from mlc_pipeline.catalog.labels import FROM_POOL, ReviewError, decided_in_review, effective_labels, next_build, next_state
-from mlc_pipeline.catalog.schema import postgres_ddl
 from mlc_pipeline.catalog.store import Catalog
 
 SCHEMA = """
@@ -98,9 +97,7 @@ def ensure_schema(catalog: Catalog) -> None:
 
 def create_tables(catalog: Catalog) -> None:
     """The review tables, created when missing, in the caller's transaction."""
-    ddl = postgres_ddl(SCHEMA) if catalog.dialect == "postgresql" else SCHEMA
-    for statement in filter(str.strip, ddl.split(";")):
-        catalog.db.execute(statement)
+    catalog.create_missing(SCHEMA)
 
 
 def has_review_tables(catalog: Catalog) -> bool:
