@@ -18,8 +18,8 @@ that first locks the image's row (`Catalog.locked_candidate`: SQLite's write loc
 SELECT ... FOR UPDATE): actions on one image are serial, every action is kept, and on PostgreSQL
 nothing else waits. `review_version_rows` indexes published manifests: version filters are joins.
 
-Both backends, one text: SQLite's dialect, PostgreSQL's tables through `schema.postgres_ddl`; new ids
-by `INSERT ... RETURNING id` (SQLite >= 3.35); otherwise standard SQL, results read by column name.
+Both backends, one text: SQLite's dialect (`Catalog.create_missing` derives PostgreSQL's), new ids by
+`INSERT ... RETURNING id` (SQLite >= 3.35), otherwise standard SQL, results read by column name.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ TABLES = {"review_actions": "id", "review_overrides": "candidate_id", "review_ve
           "review_version_rows": "dataset, version, candidate_id"}
 UNDOABLE = ("relabel", "reject", "restore", "not-duplicate")
 EMPTY = {"labels": None, "include": None}
+HELD = '{"held": true}'     # a hold's detail (`hold`; catalog.takedown_held finds those in force)
 
 
 class UnknownCandidate(ReviewError):
@@ -89,8 +90,7 @@ class ActionResult:
 
 
 def ensure_schema(catalog: Catalog) -> None:
-    """The review tables, created when missing; in one transaction, so that two first opens at once
-    do not both create them."""
+    """The review tables, created when missing, in one transaction: two first opens at once take turns."""
     with catalog.transaction():
         create_tables(catalog)
 
@@ -190,14 +190,17 @@ def undo(catalog: Catalog, cid: int, action_id: int, reason: str, client: str) -
 
 def hold(catalog: Catalog, cid: int, reason: str, client: str) -> int | None:
     """A reviewer's reject, logged as one (an undo puts it back), in the caller's transaction, the row
-    locked as an action locks it (takedowns hold copies so). None when a review decided in or out."""
+    locked as an action locks it (takedowns hold copies so). None when a review decided in or out, or
+    undid a hold of it before (a user said it is another picture: not asked again on every curate)."""
     create_tables(catalog)
     catalog.db.execute(f"SELECT id FROM candidates WHERE id=?{catalog.backend.FOR_UPDATE}", (cid,))
     before = override_of(catalog, cid)
-    if before["include"] is not None:
+    if before["include"] is not None or catalog.db.execute(
+            "SELECT 1 FROM review_actions WHERE candidate_id=? AND action='reject' AND detail=? AND undone_by "
+            "IS NOT NULL", (cid, HELD)).fetchone():
         return None
     now, after = time.time(), {**before, "include": "rejected"}
-    action_id = _log(catalog, cid, "reject", {"held": True}, before, after, reason, client, now)
+    action_id = _log(catalog, cid, "reject", json.loads(HELD), before, after, reason, client, now)
     _store(catalog, cid, after, action_id, now)
     return action_id
 

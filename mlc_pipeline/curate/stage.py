@@ -261,7 +261,9 @@ def _curate(cfg: Config) -> CurateSummary:
         summary = CurateSummary(run_id)
         try:
             rows = catalog.candidates(f"status IN ({','.join('?' * len(FILE_STATUSES))})", FILE_STATUSES)
-            first_time = {r["id"] for r in rows if r["status"] == "downloaded"}     # never curated before
+            # Not accepted before this curate (new, or rejected for a limit since relaxed, or a duplicate
+            # whose keeper is gone): compared with takedowns' hashes when accepted now.
+            newly = {r["id"] for r in rows if r["status"] != "accepted"}
             key = limits_key(limits_of(cfg))     # a rejection for a file's content is final; for a limit, not
             # Verdicts recorded before their limits were (catalogs from before 2026-12-05) count as reached
             # under today's, as they were treated then: the first curate after an upgrade re-judges nothing.
@@ -308,7 +310,7 @@ def _curate(cfg: Config) -> CurateSummary:
                 keeps = {decisions[i][2]: i for i in catalog.takedown_held() & decisions.keys()
                          if decisions[i][0] == "duplicate"}      # a held copy dropped for another copy
                 summary.held = len(hold_lookalikes_of_removed(catalog, [
-                    r for r in ok if r["id"] in first_time and decisions[r["id"]][0] == "accepted"], keeps))
+                    r for r in ok if r["id"] in newly and decisions[r["id"]][0] == "accepted"], keeps))
         except BaseException as exc:
             catalog.finish_run(run_id, run_end_status(exc), {"error": type(exc).__name__})
             raise

@@ -121,11 +121,12 @@ LOOKALIKE_BITS = 8     # hashes this close: the same picture (docs/curation.md, 
 
 def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[int, int] | None = None,
                                client: str = "curate") -> list[dict]:
-    """In a curate's transaction: each of `rows` (accepted, curated for the first time) whose hashes
+    """In a curate's transaction: each of `rows` (accepted now, not before) whose hashes
     are within LOOKALIKE_BITS of a photo taken down is held out for review (`review.hold`). Its file
     is gone, so a re-encode, resize or small crop of it collected since cannot be confirmed by
     pixels; the hashes alone decide, and a hold, not a removal, leaves the last word to a user.
-    Rows curated before a photo was removed were compared with its pixels then. `keeps`: row id ->
+    Rows accepted before a photo was removed were compared with its pixels then; a row a review
+    undid a hold of is not held again (`review.hold`). `keeps`: row id ->
     the held copy this curate dropped in its favour (a copy of a held copy is held too: the verify17
     audit saw a larger re-upload become the kept one of a held group, and published). Returns those held."""
     held, keeps = [], keeps or {}

@@ -483,6 +483,53 @@ def test_a_near_copy_collected_after_the_takedown_is_held_out_for_review(publish
     assert photo_id_for("bees/zz_crop8.jpg") not in {r["photo_id"] for r in read_manifest(v3.path / "manifest.csv")}
 
 
+def test_a_copy_rejected_for_a_limit_then_passing_is_compared_with_the_takedowns(published):
+    # A re-upload of a photo taken down, too small for min_side, was rejected; with the limit relaxed
+    # the next curate accepted it as a file curated before, so it was never compared with the
+    # takedowns' hashes and published. Every row accepted now and not before is compared.
+    cfg, config, v1, world = published
+    victim, copy_of_victim = first_ants_photo_and_crop(cfg)
+    assert mlc(config, "remove", "--photo-id", victim["photo_id"], "--reason", "owner request").returncode == 0
+    copy_of_victim.thumbnail((240, 240))
+    copy_of_victim.save(world / "bees" / "zz_small.jpg", quality=85)
+    strict = yaml.safe_load(config.read_text())
+    strict["curate"] = {"min_side": min(copy_of_victim.size) + 10}
+    collect(cfg, progress=False)
+    assert curate(parse_config(strict)).held == 0
+    with Catalog(cfg.catalog_path) as c:
+        copy = c.get_by_photo("local", photo_id_for("bees/zz_small.jpg"))
+    assert (copy["status"], copy["reason"].split(":")[0]) == ("rejected", "too-small"), copy["reason"]
+    assert curate(cfg).held == 1                                 # the default limit: it passes, and is held
+    from mlc_pipeline.catalog import review
+    with Catalog(cfg.catalog_path) as c:
+        assert c.get(copy["id"])["status"] == "accepted"
+        (held,) = review.actions(c, copy["id"])
+        assert held["reason"].startswith(f"held: looks like local:{victim['photo_id']}, taken down")
+    assert copy["photo_id"] not in {r["photo_id"] for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
+
+
+def test_a_hold_undone_before_the_next_curate_is_not_asked_again(published):
+    # `mlc remove` held X's near duplicate; the user undid the hold at once (another picture). The next
+    # curate accepts the copy (nothing left to prefer it to), for the first time: it must not hold it again.
+    cfg, config, v1, world = published
+    victim, cropped = first_ants_photo_and_crop(cfg)
+    cropped.save(world / "ants" / "zz_recrop.jpg", quality=80)
+    collect(cfg, progress=False)
+    curate(cfg)
+    from mlc_pipeline.catalog import review
+    with Catalog(cfg.catalog_path) as c:
+        copy = c.get_by_photo("local", photo_id_for("ants/zz_recrop.jpg"))
+    assert copy["status"] == "duplicate"
+    assert mlc(config, "remove", "--photo-id", victim["photo_id"], "--reason", "owner request").returncode == 0
+    with Catalog(cfg.catalog_path) as c:
+        (held,) = review.actions(c, copy["id"])
+        review.undo(c, copy["id"], held["id"], "it is another picture", "test")
+    assert curate(cfg).held == 0
+    with Catalog(cfg.catalog_path) as c:
+        assert c.get(copy["id"])["status"] == "accepted" and len(review.actions(c, copy["id"])) == 2
+    assert copy["photo_id"] in {r["photo_id"] for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
+
+
 def test_the_html_report_of_a_version_shows_nothing_of_a_photo_taken_down_since(published):
     """A user's audit: `mlc inspect --html` embedded the thumbnail and the attribution row of a photo
     taken down after the version was built, unmarked, while `mlc export -c` left it out."""
