@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -337,6 +338,28 @@ def test_a_writer_waiting_for_the_lock_holds_no_table_the_holder_may_alter(pg_ur
     assert not failed and len(opened) == 1
     opened[0].start_run("collect")                                      # and it writes
     opened[0].close()
+
+
+def test_a_deadlock_the_server_breaks_is_one_line_saying_rerun(pg_url, tmp_path):
+    """Should two writers ever lock rows in opposite orders, the server fails one of them: the catalog
+    says so in one line (CatalogBusy, the CLI's exit 75, Prefect's retry), not with psycopg's text."""
+    import psycopg
+    target = PostgresCatalog(pg_url, tmp_path)
+    with Catalog(target) as c, psycopg.connect(pg_url, autocommit=True) as other:
+        c.upsert_found([found("1"), found("2")], c.start_run("collect"))
+        one, two = (c.get_by_photo("flickr", p)["id"] for p in ("1", "2"))
+        other.execute("SET deadlock_timeout = '20s'")          # the catalog's side detects it, in 1 s
+        other.execute("BEGIN")
+        other.execute("SELECT id FROM candidates WHERE id=%s FOR UPDATE", (two,))
+        with pytest.raises(CatalogError, match=r"rolled this transaction back \(deadlock detected\).*rerun") as err:
+            with c.transaction():
+                c.db.execute("SELECT id FROM candidates WHERE id=? FOR UPDATE", (one,))
+                threading.Timer(0.3, lambda: other.execute(
+                    "SELECT id FROM candidates WHERE id=%s FOR UPDATE", (one,))).start()
+                c.db.execute("SELECT id FROM candidates WHERE id=? FOR UPDATE", (two,))
+        assert type(err.value).__name__ == "CatalogBusy" and "\n" not in str(err.value)
+        other.execute("ROLLBACK")
+        c.upsert_found([found("3")], c.start_run("collect"))               # and it goes on
 
 
 def test_opening_the_catalog_does_not_wait_for_readers_of_its_tables(pg_url, tmp_path):

@@ -98,6 +98,9 @@ def test_retry_only_what_can_go_away():
     from mlc_pipeline.collect.hosts import HostNotAllowed, ImageHostDown
     assert is_retryable(ImageHostDown("the image host ... answered none of 20 connections"))   # may come back
     assert not is_retryable(HostNotAllowed("... source.allowed_hosts does not list ..."))       # the config's
+    from mlc_pipeline.catalog import CatalogBusy, CatalogError
+    assert is_retryable(CatalogBusy("... rolled this transaction back (deadlock detected) ..."))  # the other is done later
+    assert not is_retryable(CatalogError("catalog ... cannot connect (...)"))
 
 
 def test_progress_is_throttled(harness):

@@ -57,13 +57,18 @@ class PgConnection:
 
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
-        """A lost connection or a lock held too long: one line (CatalogError), not a traceback."""
+        """A lost connection, a lock held too long, a deadlock: one line (CatalogError), not a traceback."""
         import psycopg
         try:
             yield
         except psycopg.errors.LockNotAvailable:
             raise CatalogBusy(f"{self.target}: still locked by another writer after {self.lock_timeout_s:g} s: "
                               f"wait for it to finish or stop it, then rerun") from None
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:    # the one failed
+            why = str(exc).splitlines()[0]
+            raise CatalogBusy(redact(f"{self.target}: the server rolled this transaction back ({why}) to let "
+                                     f"another writer's go on; what was committed is kept: rerun the same "
+                                     f"command to resume")) from None
         except psycopg.OperationalError as exc:
             # The server may say so (class 08, or 57P01-03: terminated, crashed, shutting down) before
             # the client has noticed the socket is gone (conn.broken).
