@@ -2,16 +2,18 @@
 of different pictures: the measurement behind `curate.takedown.LOOKALIKE_BITS`.
 
 A removed photo's file is gone, so a copy collected later is judged by hashes alone (every view's
-phash against every view's, as `hold_lookalikes_of_removed` and curate's candidate search do). Not a
+phash against every view's, as `hold_lookalikes_of_removed` and curate's candidate search do, and
+the copy's whole-image phash against the removed photo's four corner windows, which the takedown
+keeps; `--no-corners`: without those). Not a
 benchmark against a baseline: it prints the share of edited copies within T bits of their original
 (recall) and the number of pairs of different pictures within T bits (false holds).
 
 - copies: every 8th fixture photo (pets and hymenoptera) edited five ways, each saved as JPEG 60;
-- different real pictures: every pair of fixture photos;
+- different real pictures: every pair of fixture photos (either one the photo taken down);
 - different generated pictures (`--catalog`): every pair of accepted images of a catalog, which
   curate kept apart (the default offline world: `mlc run -c configs/offline.yaml`).
 
-    .venv/bin/python bench/takedown_lookalikes.py --catalog data/catalog.sqlite      # ~10 s
+    .venv/bin/python bench/takedown_lookalikes.py --catalog data/catalog.sqlite      # ~1 min (--no-corners: ~10 s)
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mlc_pipeline.curate.hashing import hamming_uint64, view_phashes  # noqa: E402
+from mlc_pipeline.curate.hashing import corner_greys, hamming_uint64, hex_to_uint64, view_greys, view_phashes  # noqa: E402
+from mlc_pipeline.curate.phash import phash_many  # noqa: E402
 from mlc_pipeline.curate.takedown import hash_matrix  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -39,7 +42,9 @@ EDITS = {
     "centre crop 8 % per side, upscaled 2x": lambda im: im.crop(
         (im.width * 8 // 100, im.height * 8 // 100, im.width * 92 // 100, im.height * 92 // 100)).resize(
         (im.width * 2 * 84 // 100, im.height * 2 * 84 // 100)),
+    "corner crop 5 %": lambda im: im.crop((im.width // 20, im.height // 20, im.width, im.height)),
     "corner crop 10 %": lambda im: im.crop((0, 0, im.width * 9 // 10, im.height * 9 // 10)),
+    "one side 8 %": lambda im: im.crop((im.width * 8 // 100, 0, im.width, im.height)),
     "brightness +15 %": lambda im: ImageEnhance.Brightness(im).enhance(1.15),
 }
 
@@ -48,17 +53,26 @@ def rows_of(hashes: list[list[str]]) -> list[dict]:
     return [{"phash": h[0], "view_hashes": ",".join(h[1:])} for h in hashes]
 
 
-def rule_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The rule's distance of every row of `a` to every row of `b` (len(a) x len(b)): the least over
-    every view of one against every view of the other, as curate's candidate search."""
+def corners_of(im: Image.Image) -> np.ndarray:
+    "The removed photo's four corner-window phashes (hashing.corner_phashes, from an image in memory)."
+    return hex_to_uint64(phash_many(corner_greys(view_greys(im)[0])))
+
+
+def rule_bits(a: np.ndarray, b: np.ndarray, b_corners: np.ndarray | None) -> np.ndarray:
+    """The rule's distance of every row of `a` (copies) to every row of `b` (photos taken down),
+    len(a) x len(b): the least over every view of one against every view of the other, as curate's
+    candidate search, and of `a`'s whole image against `b`'s corner windows (len(b) x 4)."""
     out = np.full((len(a), len(b)), 64, dtype=np.int64)
     for j in range(len(b)):
         out[:, j] = hamming_uint64(a[:, :, None], b[None, j, None, :]).min(axis=(1, 2))
+        if b_corners is not None:
+            out[:, j] = np.minimum(out[:, j], hamming_uint64(a[:, :1], b_corners[None, j]).min(axis=1))
     return out
 
 
-def pairs_within(m: np.ndarray) -> dict[int, int]:
-    d = rule_bits(m, m)
+def pairs_within(m: np.ndarray, corners: np.ndarray | None) -> dict[int, int]:
+    d = rule_bits(m, m, corners)
+    d = np.minimum(d, d.T)                 # either picture may be the one taken down
     upper = d[np.triu_indices(len(m), 1)]
     return {t: int((upper <= t).sum()) for t in BITS}
 
@@ -66,16 +80,19 @@ def pairs_within(m: np.ndarray) -> dict[int, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--catalog", type=Path, help="a SQLite catalog whose accepted images are all different")
+    ap.add_argument("--no-corners", action="store_true", help="the rule without the corner windows (before)")
     args = ap.parse_args()
     files = sorted(FIXTURES.rglob("*.jpg"))
-    originals = []
+    originals, corners = [], []
     for f in files:
         with Image.open(f) as im:
             originals.append(view_phashes(im.convert("RGB")))
-    m = hash_matrix(rows_of(originals))
-    print(f"{len(files)} fixture photos; pairs of different pictures within T bits, then recall of copies")
+            corners.append(corners_of(im.convert("RGB")))
+    m, corners = hash_matrix(rows_of(originals)), None if args.no_corners else np.stack(corners)
+    print(f"{len(files)} fixture photos; pairs of different pictures within T bits, then recall of copies"
+          f"{' (no corner windows)' if args.no_corners else ''}")
     print("T:", BITS)
-    print(f"different real pictures ({len(m) * (len(m) - 1) // 2:,} pairs):", pairs_within(m))
+    print(f"different real pictures ({len(m) * (len(m) - 1) // 2:,} pairs):", pairs_within(m, corners))
     for name, edit in EDITS.items():
         bits = []
         for i in range(0, len(files), 8):
@@ -83,14 +100,22 @@ def main() -> None:
                 buf = io.BytesIO()
                 edit(im.convert("RGB")).save(buf, "JPEG", quality=60)
             copy = hash_matrix(rows_of([view_phashes(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))]))
-            bits.append(int(rule_bits(copy, m[i:i + 1])[0, 0]))
+            bits.append(int(rule_bits(copy, m[i:i + 1], None if corners is None else corners[i:i + 1])[0, 0]))
         print(f"{name} ({len(bits)} copies):", {t: round(float(np.mean(np.array(bits) <= t)), 3) for t in BITS})
     if args.catalog:
         db = sqlite3.connect(f"file:{args.catalog}?mode=ro", uri=True)
         db.row_factory = sqlite3.Row
-        rows = [dict(r) for r in db.execute("SELECT phash, view_hashes FROM candidates WHERE status='accepted' "
-                                            "AND phash IS NOT NULL")]
-        print(f"different generated pictures ({len(rows) * (len(rows) - 1) // 2:,} pairs):", pairs_within(hash_matrix(rows)))
+        rows = [dict(r) for r in db.execute("SELECT phash, view_hashes, file_path FROM candidates WHERE "
+                                            "status='accepted' AND phash IS NOT NULL")]
+        gen_corners = None
+        if not args.no_corners:         # from the files (a catalog keeps corner windows only for takedowns)
+            gen_corners = []
+            for r in rows:
+                with Image.open(args.catalog.parent / r["file_path"]) as im:
+                    gen_corners.append(corners_of(im.convert("RGB")))
+            gen_corners = np.stack(gen_corners)
+        print(f"different generated pictures ({len(rows) * (len(rows) - 1) // 2:,} pairs):",
+              pairs_within(hash_matrix(rows), gen_corners))
 
 
 if __name__ == "__main__":

@@ -50,14 +50,17 @@ class RemovalQueries:
         return self.db.execute("SELECT 1 FROM candidates WHERE sha256=? AND status<>'removed' LIMIT 1",
                                (sha256,)).fetchone() is not None
 
-    def record_removal(self, row: dict, selector: str, reason: str, run_id: str, files_deleted: list[str]) -> None:
-        """Mark a candidate removed for good and keep the decision, its reason and what was deleted."""
+    def record_removal(self, row: dict, selector: str, reason: str, run_id: str, files_deleted: list[str],
+                       corner_hashes: str | None = None) -> None:
+        """Mark a candidate removed for good and keep the decision, its reason and what was deleted
+        (and the phashes of its corner windows, read from its file before it went)."""
         now = time.time()
         self.db.execute("INSERT INTO removals (candidate_id, source, photo_id, owner, selector, reason, run_id, at, "
                         "files_deleted) VALUES (?,?,?,?,?,?,?,?,?)",
                         (row["id"], row["source"], row["photo_id"], row["owner"], selector, reason, run_id, now,
                          json.dumps(files_deleted)))
-        self.set_status(row["id"], "removed", f"takedown:{reason}", run_id, "remove", file_path=None)
+        corners = {"corner_hashes": corner_hashes} if corner_hashes else {}
+        self.set_status(row["id"], "removed", f"takedown:{reason}", run_id, "remove", file_path=None, **corners)
 
     def removed_digests(self) -> dict[str, dict]:
         """sha256 -> source, photo_id and reason of a photo taken down (the first, when several)."""
@@ -69,9 +72,9 @@ class RemovalQueries:
 
     def removed_hashes(self) -> list[dict]:
         """Photos taken down with their perceptual hashes (kept when the file goes): id, source,
-        photo_id, reason, phash, view_hashes."""
+        photo_id, reason, phash, view_hashes, corner_hashes."""
         return [dict(r) for r in self.db.execute(
-            "SELECT id, source, photo_id, reason, phash, view_hashes FROM candidates WHERE status='removed' "
+            "SELECT id, source, photo_id, reason, phash, view_hashes, corner_hashes FROM candidates WHERE status='removed' "
             "AND phash IS NOT NULL ORDER BY id")]
 
     def takedown_held(self) -> set[int]:

@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS pair_scores (   -- a cache of near-duplicate scores (
 # Columns added after a catalog may have been created: (table, column, type), added when missing.
 ADDED_COLUMNS = (("candidates", "view_hashes", "TEXT"), ("candidates", "source_file", "TEXT"),
                  ("candidates", "verify_limits", "TEXT"), ("candidates", "img_frames", "INTEGER"),
-                 ("runs", "host", "TEXT"), ("runs", "pid", "INTEGER"), ("runs", "process", "TEXT"))
+                 ("runs", "host", "TEXT"), ("runs", "pid", "INTEGER"), ("runs", "process", "TEXT"),
+                 ("candidates", "corner_hashes", "TEXT"))     # a photo taken down: hashing.corner_phashes
 # Tables in the order a copy fills them; those whose ids a database assigns (identity columns).
 TABLES = ("meta", "runs", "licenses", "candidates", "events", "removals", "pair_scores")
 GENERATED_IDS = ("candidates", "events", "removals")

@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 # generated drawings lost two chaos twins), while skipping most of the IDCT and resize work: at
 # 128, thumbnails (<= 255 px) were hashed at full size.
 HASH_DECODE_SIDE = 64
+# A takedown keeps the phashes of its photo's four corner windows, this share cut off two adjacent
+# edges: a copy cut at a corner (5-10 %) has a whole-image phash near one of them (docs/curation.md,
+# "Near copies collected later"). Every image's hashes would cost curate ~0.1 ms a view.
+CORNER_CUT = 0.075
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,20 @@ def view_greys(im: Image.Image, orientation: int = 1) -> list[np.ndarray]:
         left, top, right, bottom = crop_box(w, h, fraction)
         views.append(grey[top:bottom, left:right])
     return views
+
+
+def corner_phashes(path: str | os.PathLike) -> str | None:
+    """phashes of the four windows of a file with CORNER_CUT cut off two adjacent edges, decoded as
+    for its own hashes, comma-separated; None when it cannot be read or decoded."""
+    record, views = decode_for_hashing(os.fspath(path), VerifyLimits())
+    return ",".join(phash_many(corner_greys(views[0]))) if record.ok and views else None
+
+
+def corner_greys(grey: np.ndarray) -> list[np.ndarray]:
+    "The four windows of a greyscale view (`view_greys`' first) with CORNER_CUT cut off two adjacent edges."
+    h, w = grey.shape
+    dx, dy = round(w * CORNER_CUT), round(h * CORNER_CUT)
+    return [grey[dy:, dx:], grey[dy:, :w - dx], grey[:h - dy, dx:], grey[:h - dy, :w - dx]]
 
 
 def _hash_grey(im: Image.Image, orientation: int) -> Image.Image:

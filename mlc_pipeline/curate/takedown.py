@@ -21,7 +21,7 @@ import numpy as np
 
 from mlc_pipeline.catalog import Catalog, catalog_exists, review
 from mlc_pipeline.config import Config
-from mlc_pipeline.curate.hashing import hamming_uint64, hex_to_uint64
+from mlc_pipeline.curate.hashing import corner_phashes, hamming_uint64, hex_to_uint64
 from mlc_pipeline.curate.similarity import VIEW_CROPS
 from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.locking import files_lock
@@ -91,8 +91,9 @@ def _remove(cfg: Config, catalog: Catalog, result: RemoveResult, reason: str, se
         if row["status"] == "removed":
             result.already_removed.append(row)
             continue
+        corners = corner_phashes(where) if (where := file_of(row, quarantined)) else None   # before it goes
         deleted = delete_file(row, quarantined)
-        catalog.record_removal(row, selector, reason, result.run_id, deleted)
+        catalog.record_removal(row, selector, reason, result.run_id, deleted, corners)
         result.removed.append(row)
         result.files_deleted.extend(deleted)
     result.files_deleted += drop_thumbnails(cfg, catalog, {r["sha256"] for r in result.removed})
@@ -144,6 +145,9 @@ def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[i
     mine, theirs = hash_matrix(rows), hash_matrix(removed)
     for r, their in zip(removed, theirs):     # every view against every view, as the candidate search
         bits = hamming_uint64(mine[:, :, None], their[None, None, :]).min(axis=(1, 2))
+        if r["corner_hashes"]:                # and the whole image against its corner windows
+            corners = hex_to_uint64(r["corner_hashes"].split(","))
+            bits = np.minimum(bits, hamming_uint64(mine[:, :1], corners[None, :]).min(axis=1))
         for i in np.flatnonzero(bits <= LOOKALIKE_BITS):
             why = (f"held: looks like {r['source']}:{r['photo_id']}, taken down "
                    f"({takedown_reason(r)}): perceptual hashes {int(bits[i])} bits apart "
@@ -220,6 +224,14 @@ class QuarantineIndex:
         sources), or None."""
         return next((p for p in self.named(Path(path).name)
                      if sha256 and p.is_file() and sha256_file(p) == sha256), None)
+
+
+def file_of(row: dict, quarantine: QuarantineIndex) -> str | None:
+    """Where a candidate's file is: where the row says, else moved to the quarantine (`delete_file`)."""
+    if not row["file_path"] or os.path.exists(row["file_path"]):
+        return row["file_path"]
+    moved = quarantine.copy_of(row["file_path"], row["sha256"])
+    return str(moved) if moved else None
 
 
 def delete_file(row: dict, quarantine: QuarantineIndex) -> list[str]:
