@@ -401,6 +401,16 @@ def first_ants_photo_and_crop(cfg) -> tuple[dict, Image.Image]:
         return victim, im.convert("RGB").crop((w // 25, h // 25, w - w // 25, h - h // 25))
 
 
+def collect_a_recrop_of_the_first_ants_photo(cfg, world: Path) -> tuple[dict, dict]:
+    """The first ants photo's row, and that of its re-encoded crop, collected and curated beside it."""
+    victim, cropped = first_ants_photo_and_crop(cfg)
+    cropped.save(world / "ants" / "zz_recrop.jpg", quality=80)
+    collect(cfg, progress=False)
+    curate(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        return victim, c.get_by_photo("local", photo_id_for("ants/zz_recrop.jpg"))
+
+
 @pytest.mark.parametrize("published", ["sqlite", "postgresql"], indirect=True)
 def test_near_duplicates_dropped_for_a_photo_taken_down_are_held_out_for_review(published):
     # A re-encoded crop of photo X, collected beside it, was dropped as X's near duplicate. After
@@ -409,12 +419,8 @@ def test_near_duplicates_dropped_for_a_photo_taken_down_are_held_out_for_review(
     # against X's later (X's file is gone), so the takedown holds such copies out at once, as a
     # review decision a user can undo if it is another picture; nothing is deleted.
     cfg, config, v1, world = published
-    victim, cropped = first_ants_photo_and_crop(cfg)
-    cropped.save(world / "ants" / "zz_recrop.jpg", quality=80)
-    collect(cfg, progress=False)
-    curate(cfg)
+    victim, copy = collect_a_recrop_of_the_first_ants_photo(cfg, world)
     with Catalog(cfg.catalog_path) as c:
-        copy = c.get_by_photo("local", photo_id_for("ants/zz_recrop.jpg"))
         kept = c.get(victim["id"])
     assert copy["status"] == "duplicate" and copy["duplicate_of"] == victim["id"], [(r["status"], r["reason"], r["curated_label"], r["duplicate_of"]) for r in (copy, kept)]
 
@@ -536,13 +542,8 @@ def test_a_hold_undone_before_the_next_curate_is_not_asked_again(published):
     # `mlc remove` held X's near duplicate; the user undid the hold at once (another picture). The next
     # curate accepts the copy (nothing left to prefer it to), for the first time: it must not hold it again.
     cfg, config, v1, world = published
-    victim, cropped = first_ants_photo_and_crop(cfg)
-    cropped.save(world / "ants" / "zz_recrop.jpg", quality=80)
-    collect(cfg, progress=False)
-    curate(cfg)
+    victim, copy = collect_a_recrop_of_the_first_ants_photo(cfg, world)
     from mlc_pipeline.catalog import review
-    with Catalog(cfg.catalog_path) as c:
-        copy = c.get_by_photo("local", photo_id_for("ants/zz_recrop.jpg"))
     assert copy["status"] == "duplicate"
     assert mlc(config, "remove", "--photo-id", victim["photo_id"], "--reason", "owner request").returncode == 0
     with Catalog(cfg.catalog_path) as c:
