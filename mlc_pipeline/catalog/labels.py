@@ -106,6 +106,8 @@ def next_state(row: dict, before: dict, action: str, labels: list[str] | None, c
             return {"labels": new, "include": FROM_POOL}
         return {**before, "labels": None if new == effective_labels({**row, "review_labels": None}) else new}
     if action == "reject":
+        if row["status"] == "downloaded" and before["include"] != "rejected":
+            return {**before, "include": "rejected"}    # not curated yet: kept out once it is
         if before["include"] == "rejected" or (row["status"] != "accepted" and before["include"] != "accepted"):
             raise ReviewError("already out of the dataset")
         if pool:                        # out of training, and of mining's pool

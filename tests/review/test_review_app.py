@@ -1050,3 +1050,22 @@ def test_a_script_must_name_the_labels_and_ids_are_json_integers(root):
     with Catalog(cfg.catalog_path, readonly=True) as c:
         with pytest.raises(cr.ReviewError, match="a relabel names its labels"):
             cr.next_state(c.get(target["id"]), dict(cr.EMPTY), "relabel", [], list(cfg.classes))
+
+
+def test_a_photo_not_curated_yet_can_be_rejected_and_stays_out_once_curated(root):
+    """The scale2 audit: a reject of a downloaded photo that no curate had judged yet answered
+    "already out of the dataset", and the next curate and build published it."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.curate.stage import curate
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    target = first_accepted(cfg, "ants")
+    with Catalog(cfg.catalog_path) as c:      # as a collect leaves a new photo
+        c.set_status(target["id"], "downloaded", None, "r", "download")
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        res = client.post("/api/action", json={"id": target["id"], "action": "reject"}, headers={"X-MLC-Client": "t"})
+        assert res.status_code == 200 and res.json()["state"]["include"] == "rejected", res.text
+    curate(cfg)
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        assert c.get(target["id"])["status"] == "accepted"
+    assert target["photo_id"] not in {r["photo_id"] for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
