@@ -6,6 +6,8 @@ marker, `<folder>/_COMPLETE`, written after every other object of the folder: a 
 (a killed upload) does not exist for any reader. The marker lists every file's size, so a fetch knows
 what a complete copy is. Uploads skip objects already there with the same size (and, for files that
 change in place, the same bytes: never the size alone): a rerun uploads only what is new.
+A dataset version is claimed before its upload (`claim_folder`, `<folder>/.claim`, a conditional
+write): two machines that built the same version number at once cannot mix their files in it.
 What is stored where, and when, is sync.py's business.
 """
 
@@ -15,6 +17,8 @@ import hashlib
 import json
 import os
 import re
+import socket
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +30,8 @@ from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, temp_beside
 from mlc_pipeline.secrets import install_log_redaction, redact
 
 MARKER = "_COMPLETE"
+CLAIM = ".claim"            # <folder>/.claim: the build that publishes the folder (claim_folder)
+STALE_CLAIM_S = 6 * 3600    # a claim this old whose folder has no marker: its machine died mid-upload
 
 
 class ObjectStoreError(ConfigError):
@@ -105,6 +111,33 @@ class Store:
 
     def write_text(self, rel: str, text: str) -> None:
         self.fs.pipe_file(self.path(rel), text.encode())
+
+    def create_exclusive(self, rel: str, text: str) -> bool:
+        """Write `text` at `rel` unless an object is there; True when this call wrote it. Atomic on S3
+        (a conditional write, If-None-Match) and on a local store (a hard link); elsewhere a check then
+        a write, which two machines at the same moment can both pass."""
+        path = self.path(rel)
+        if "s3" in self.fs.protocol:
+            try:
+                self.fs.pipe_file(path, text.encode(), IfNoneMatch="*")
+                return True
+            except FileExistsError:     # s3fs's name for 412 Precondition Failed
+                return False
+        if "file" in self.fs.protocol:
+            tmp = temp_beside(Path(path))
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+            try:
+                os.link(tmp, path)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                tmp.unlink(missing_ok=True)
+        if self.info(rel) is not None:
+            return False
+        self.write_text(rel, text)
+        return True
 
     def upload(self, pairs: list[tuple[Path, str]]) -> int:
         """Local file -> relative key, all at once (fsspec runs them concurrently). One PUT each: an
@@ -195,10 +228,34 @@ def folder_files(folder: Path) -> dict[str, Path]:
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
 
 
-def push_folder(store: Store, folder: Path, key: str, marker: dict) -> int:
-    """A whole folder, then its marker: the marker is the publish."""
+def claim_folder(store: Store, key: str, fingerprint: str | None) -> dict | None:
+    """Claim the folder `key` for the build `fingerprint` before uploading into it: None when that build
+    holds the claim (made now, or left by an earlier try of it), else the other build's claim. A claim
+    older than STALE_CLAIM_S (the folder has no marker: its machine died mid-upload) is taken over."""
+    mine = {"fingerprint": fingerprint, "host": socket.gethostname(), "at": time.time()}
+    other: dict = {}
+    for _ in range(3):
+        if store.create_exclusive(f"{key}/{CLAIM}", json.dumps(mine)):
+            return None
+        text = store.read_text(f"{key}/{CLAIM}")
+        other = json.loads(text) if text else {}
+        if text and other.get("fingerprint") == fingerprint:
+            return None
+        if text and time.time() - other.get("at", 0) < STALE_CLAIM_S:
+            return other
+        if text:
+            store.delete([f"{key}/{CLAIM}"])
+    return other
+
+
+def push_folder(store: Store, folder: Path, key: str, marker: dict, prune: bool = False) -> int:
+    """A whole folder, then its marker: the marker is the publish. `prune` (a claimed folder): objects
+    under `key` that are not the folder's (a dead machine's partial upload) are deleted first."""
     files = folder_files(folder)
     held = store.listing(key)
+    if prune:
+        wanted = {f"{key}/{rel}" for rel in files} | {f"{key}/{CLAIM}"}
+        store.delete(sorted(k for k in held if k not in wanted))
     n = store.upload([(p, f"{key}/{rel}") for rel, p in files.items() if not same(p, held.get(f"{key}/{rel}"))])
     store.write_text(f"{key}/{MARKER}", json.dumps({**marker, "files": {r: p.stat().st_size for r, p in files.items()}}))
     return n

@@ -34,8 +34,9 @@ from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, temp_beside, write_text_atomic
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.manifest import versions as local_versions
-from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, folder_files, holds_digests, md5_file,
-                                      pull_folder, push_folder, read_marker, same, same_bytes, store_errors, store_of)
+from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, claim_folder, folder_files, holds_digests,
+                                      md5_file, pull_folder, push_folder, read_marker, same, same_bytes, store_errors,
+                                      store_of)
 from mlc_pipeline import storefiles
 from mlc_pipeline.storefiles import delete_unnamed_files, drop_taken_down, pull_files, push_files
 
@@ -200,16 +201,16 @@ def push_versions(store: Store, cfg: Config) -> list[str]:
         folder = cfg.layout.version(version)
         if not (folder / "dataset.json").exists():
             continue
-        meta = version_meta(folder)
-        marker = read_marker(store, version_key(cfg, version))
-        if marker is not None:
-            if marker.get("fingerprint") != meta.get("fingerprint"):
-                raise ObjectStoreError(
-                    f"{store.url}/{version_key(cfg, version)} holds another build's {version} (built meanwhile on "
-                    f"another machine?): this cache's {folder} is not published; move it aside and run `mlc build` again")
+        meta, key = version_meta(folder), version_key(cfg, version)
+        marker = read_marker(store, key)
+        if marker is not None and marker.get("fingerprint") == meta.get("fingerprint"):
             continue
-        push_folder(store, folder, version_key(cfg, version),
-                    {"version": version, "fingerprint": meta.get("fingerprint"), "files_sha256": meta.get("files_sha256")})
+        if marker is not None or claim_folder(store, key, meta.get("fingerprint")) is not None:
+            raise ObjectStoreError(
+                f"{store.url}/{key} holds, or is receiving, another build's {version} (built meanwhile on another "
+                f"machine): this cache's {folder} is not published; move it aside and run `mlc build` again")
+        push_folder(store, folder, key, {"version": version, "fingerprint": meta.get("fingerprint"),
+                                         "files_sha256": meta.get("files_sha256")}, prune=True)
         pushed.append(version)
         log.info("dataset %s %s published to %s", cfg.build.name, version, store.url)
     return pushed

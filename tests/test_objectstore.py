@@ -163,6 +163,59 @@ def test_the_marker_is_written_last_and_a_version_without_it_is_ignored(publishe
     assert versions(fresh.layout.datasets) == before + [new]
 
 
+def test_two_builds_of_one_version_number_never_both_publish(published, s3_server):
+    """The scale2 audit: two machines building at once both published "v4" (one's files over the
+    other's, one marker) and both said so. A version is claimed by a conditional write before any
+    upload: the second build is refused in one line and uploads nothing; a dead machine's claim
+    (no marker for STALE_CLAIM_S) is taken over, and its partial upload cleared."""
+    import threading
+    import time
+    folder, config = published
+    cfg = load_config(config)
+    s = store(cfg)
+    sync.pull(cfg, "build")
+    new = f"v{int(sync.remote_versions(s, cfg)[-1][1:]) + 1}"
+    mine = cfg.layout.version(new)
+    shutil.copytree(cfg.layout.version("v1"), mine)
+    meta = json.loads((mine / "dataset.json").read_text())
+    (mine / "dataset.json").write_text(json.dumps({**meta, "version": new, "fingerprint": "this machine's"}))
+    key = f"datasets/default/{new}"
+    assert objectstore.claim_folder(s, key, "another machine's") is None        # it is uploading now
+    s.write_text(f"{key}/images/partial.jpg", "half an upload")
+    with pytest.raises(objectstore.ObjectStoreError, match=f"is receiving, another build's {new} .*move it aside"):
+        sync.publish(cfg)
+    assert sorted(s.listing(key)) == [f"{key}/.claim", f"{key}/images/partial.jpg"]      # nothing of ours
+    assert new not in sync.remote_versions(s, cfg)
+
+    claim = json.loads(s.read_text(f"{key}/.claim"))                          # that machine died
+    s.write_text(f"{key}/.claim", json.dumps({**claim, "at": time.time() - objectstore.STALE_CLAIM_S - 1}))
+    sync.publish(cfg)
+    assert sync.remote_versions(s, cfg)[-1] == new
+    assert objectstore.read_marker(s, key)["fingerprint"] == "this machine's"
+    assert f"{key}/images/partial.jpg" not in s.listing(key)
+
+    for attempt in range(5):             # the conditional write itself, two machines at the same moment
+        start, won = threading.Barrier(2), []
+
+        def claim(who, k=f"datasets/race/v{attempt}"):
+            start.wait()
+            won.append(who) if objectstore.claim_folder(s, k, who) is None else None
+        threads = [threading.Thread(target=claim, args=(who,)) for who in ("a", "b")]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert len(won) == 1, won
+
+
+def test_a_local_store_claims_a_folder_once(tmp_path):
+    s = objectstore.Store(f"file://{tmp_path}/store", {})
+    assert s.create_exclusive("datasets/x/v1/.claim", "a") and not s.create_exclusive("datasets/x/v1/.claim", "b")
+    assert s.read_text("datasets/x/v1/.claim") == "a"
+    assert objectstore.claim_folder(s, "datasets/x/v2", "one") is None
+    assert objectstore.claim_folder(s, "datasets/x/v2", "one") is None       # the same build again
+    assert objectstore.claim_folder(s, "datasets/x/v2", "two")["fingerprint"] == "one"
+    assert [p.name for p in (tmp_path / "store/datasets/x/v1").iterdir()] == [".claim"]    # no temp left
+
+
 def test_a_takedown_deletes_the_photo_from_the_bucket(published):
     folder, config = published
     cfg = load_config(config)
