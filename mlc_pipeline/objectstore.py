@@ -32,6 +32,7 @@ from mlc_pipeline.secrets import install_log_redaction, redact
 MARKER = "_COMPLETE"
 CLAIM = ".claim"            # <folder>/.claim: the build that publishes the folder (claim_folder)
 STALE_CLAIM_S = 6 * 3600    # a claim this old whose folder has no marker: its machine died mid-upload
+MOVED = "catalog.moved"     # written by `mlc catalog migrate`: the SQLite catalog is no longer the store's
 
 
 class ObjectStoreError(ConfigError):
@@ -220,6 +221,18 @@ def holds_digests(store: Store, rel: str, info: dict, md5: Callable[[], str | No
 def read_marker(store: Store, key: str) -> dict | None:
     text = store.read_text(f"{key}/{MARKER}")
     return json.loads(text) if text is not None else None
+
+
+def refuse_moved_catalog(store: Store) -> None:
+    """A config still on the store's SQLite catalog after `mlc catalog migrate` moved it to PostgreSQL
+    would publish that stale snapshot and delete every object only the new catalog names: refused."""
+    text = store.read_text(MOVED)
+    if text is not None:
+        moved = json.loads(text)
+        raise ObjectStoreError(
+            f"the catalog of {store.url} was moved to {moved.get('to')} by `mlc catalog migrate` ({moved.get('on')}): "
+            f"set catalog.url: {moved.get('to')} in this config (the password in PGPASSWORD or ~/.pgpass); to go "
+            f"back to the SQLite catalog, delete {store.url}/{MOVED}")
 
 
 def folder_files(folder: Path) -> dict[str, Path]:

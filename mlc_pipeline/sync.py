@@ -35,8 +35,8 @@ from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, temp_beside,
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.manifest import versions as local_versions
 from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, claim_folder, folder_files, holds_digests,
-                                      md5_file, pull_folder, push_folder, read_marker, same, same_bytes, store_errors,
-                                      store_of)
+                                      md5_file, pull_folder, push_folder, read_marker, refuse_moved_catalog, same,
+                                      same_bytes, store_errors, store_of)
 from mlc_pipeline import storefiles
 from mlc_pipeline.storefiles import delete_unnamed_files, drop_taken_down, pull_files, push_files
 
@@ -322,6 +322,8 @@ def pull(cfg: Config, command: str, version: str | None = None) -> None:
     parts = PULLS[command]
     with store_errors(store):
         store.check()
+        if uses_local_catalog(cfg):
+            refuse_moved_catalog(store)
         if "catalog" in parts and uses_local_catalog(cfg):
             pull_catalog(store, cfg)
         if has_catalog(cfg):
@@ -345,6 +347,8 @@ def publish(cfg: Config) -> None:
     if store is None:
         return
     with store_errors(store):
+        if uses_local_catalog(cfg):
+            refuse_moved_catalog(store)     # moved while this command ran: publish nothing
         if has_catalog(cfg):
             drop_taken_down(cfg)        # taken down meanwhile (on any machine): never uploaded again
         uploaded = push_files(store, cfg) if has_catalog(cfg) else 0

@@ -579,7 +579,9 @@ def test_migrate_on_an_object_store_root_copies_the_stores_current_catalog(postg
     """data_dir file://STORE with a local cache: the store's catalog is fetched into the cache under
     the command's locks, then copied, from a fresh cache (it used to say there was no SQLite catalog)
     and from one holding an older snapshot (it used to copy that stale one), also where the config
-    already names the PostgreSQL catalog; nothing is published back to the store."""
+    already names the PostgreSQL catalog; nothing is published back to the store but `catalog.moved`,
+    which refuses a machine still on the SQLite catalog (the scale2 audit: its next publish deleted
+    from the store every file only the PostgreSQL catalog named)."""
     from mlc_pipeline import sync
     from mlc_pipeline.sync import publish
     store = tmp_path / "store"
@@ -606,6 +608,14 @@ def test_migrate_on_an_object_store_root_copies_the_stores_current_catalog(postg
                            capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr[-2000:]
     assert json.loads(first.stdout[: first.stdout.rindex("}") + 1])["copied"]["candidates"] == 3
+    before = contents()
+    for step in (lambda: sync.pull(publisher, "curate"), lambda: publish(publisher)):     # a machine left behind
+        with pytest.raises(ConfigError, match=f"was moved to postgresql://.*set catalog.url: .*delete file://{store}"
+                                              "/catalog.moved") as err:
+            step()
+        assert postgres_server.password not in str(err.value)
+    assert contents() == before
+    (store / "catalog.moved").unlink()                  # back to SQLite, as the refusal says
     with Catalog(publisher.catalog_path) as c:          # the other machine goes on: this cache is stale now
         c.upsert_found([found("4"), found("5")], c.start_run("collect"))
     publish(publisher)
@@ -619,7 +629,9 @@ def test_migrate_on_an_object_store_root_copies_the_stores_current_catalog(postg
     assert json.loads(second.stdout[: second.stdout.rindex("}") + 1])["rows"]["candidates"] == 5
     with Catalog(PostgresCatalog(second_db, tmp_path / "cache"), readonly=True) as c:
         assert sorted(r["photo_id"] for r in c.candidates()) == ["1", "2", "3", "4", "5"]
-    assert contents() == published                      # nothing published back
+    after = contents()
+    assert {k: v for k, v in after.items() if k != "catalog.moved"} == published      # nothing else published back
+    assert json.loads(after["catalog.moved"])["to"] == second_db.replace(f":{postgres_server.password}@", "@")
     cache = root_in(tmp_path / "cache")     # and the cache still counts as synced with the store's catalog
     assert sync.local_signature(cache) == sync.read_state(cache)["local"]
 

@@ -48,10 +48,25 @@ def cmd_catalog_migrate(args: argparse.Namespace) -> int:
             result = copy_catalog(source, PostgresCatalog(url, cfg.data_dir))
         except TargetNotEmpty as exc:       # refused before writing: the wrong --to, as a usage error
             raise ConfigError(str(exc)) from None
+    if from_store:
+        mark_moved(cfg, url)
     print(json.dumps(result.__dict__, indent=2))
     if not cfg.catalog.url:
         print(f"set catalog.url: {result.target} in {args.config} to use it")
     return 0
+
+
+def mark_moved(cfg, url: str) -> None:
+    """Tell every machine still configured with the store's SQLite catalog (`objectstore.MOVED`): one
+    publishing it now would delete from the store the files only the PostgreSQL catalog names."""
+    import socket
+    import time
+    from ..objectstore import MOVED, store_errors, store_of
+    from .address import display_url
+    store = store_of(cfg)
+    with store_errors(store):
+        store.write_text(MOVED, json.dumps({"to": display_url(url), "on": time.strftime("%Y-%m-%d %H:%M UTC",
+                                            time.gmtime()), "host": socket.gethostname()}))
 
 
 def require_source(source: Path, where: str) -> None:
