@@ -303,6 +303,29 @@ def test_two_processes_collect_into_one_postgres_catalog(pg_url, tmp_path, monke
     assert again.downloaded == 0 and again.found_new == 0
 
 
+def test_a_connection_lost_under_a_pipelined_write_is_one_line_too(pg_url, tmp_path, caplog):
+    """The scale2 audit (the server stopped mid-collect): a status write, sent in pipeline mode, met
+    the lost connection when the pipeline closed, outside the one-line handler, as psycopg's
+    OperationalError; and a pipeline closed while that error unwound added psycopg's own warning."""
+    import logging
+    import psycopg
+    caplog.set_level(logging.WARNING)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        c = Catalog(PostgresCatalog(pg_url, tmp_path))
+        c.upsert_found([found("1")], c.start_run("collect"))
+        cid = c.get_by_photo("flickr", "1")["id"]
+        admin.execute("SELECT pg_terminate_backend(%s)", (c.db.execute("SELECT pg_backend_pid() AS p").fetchone()["p"],))
+        with pytest.raises(CatalogError, match="lost the connection to the catalog .*rerun"):
+            c.set_status(cid, "failed", "x", None, "download")
+    c = Catalog(PostgresCatalog(pg_url, tmp_path))
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (c.db.execute("SELECT pg_backend_pid() AS p").fetchone()["p"],))
+        with pytest.raises(CatalogError, match="lost the connection"):
+            with c.backend.pipeline(c.db):
+                c.db.execute("SELECT 1").fetchone()
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
+
+
 def test_a_writer_waiting_for_the_lock_holds_no_table_the_holder_may_alter(pg_url, tmp_path):
     """CI caught it (two Dask workers opening one catalog): a writer waiting for the writer lock had
     read `runs` inside its transaction, to say whom it waits for, and kept that table's lock while it

@@ -196,9 +196,23 @@ def begin_atomic(db: PgConnection) -> None:
     db.execute("BEGIN")
 
 
-def pipeline(db: PgConnection):
-    """Statements sent without waiting for each answer (libpq pipeline mode); errors surface at the end."""
-    return db.conn.pipeline()
+@contextlib.contextmanager
+def pipeline(db: PgConnection) -> Iterator[None]:
+    """Statements sent without waiting for each answer (libpq pipeline mode); errors surface at the end,
+    where a lost connection is said in one line as anywhere else (`errors`), not in psycopg's words."""
+    with db.errors(), db.conn.pipeline():
+        yield
+
+
+class PipelineNoise(logging.Filter):
+    """psycopg logs a warning when a pipeline cannot be closed on a connection already lost; the loss
+    itself is said in one line (`PgConnection.errors`), so this second, raw line is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("error ignored terminating")
+
+
+logging.getLogger("psycopg").addFilter(PipelineNoise())
 
 
 def has_table(db: PgConnection, name: str) -> bool:
