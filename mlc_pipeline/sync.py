@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -205,10 +206,12 @@ def push_versions(store: Store, cfg: Config) -> list[str]:
         marker = read_marker(store, key)
         if marker is not None and marker.get("fingerprint") == meta.get("fingerprint"):
             continue
-        if marker is not None or claim_folder(store, key, meta.get("fingerprint")) is not None:
+        other = marker or claim_folder(store, key, meta.get("fingerprint"))
+        if other is not None:
+            by = "" if marker else f", claimed by {other.get('host')} {int(time.time() - other.get('at', 0)) // 60} min ago"
             raise ObjectStoreError(
                 f"{store.url}/{key} holds, or is receiving, another build's {version} (built meanwhile on another "
-                f"machine): this cache's {folder} is not published; move it aside and run `mlc build` again")
+                f"machine{by}): this cache's {folder} is not published; move it aside and run `mlc build` again")
         push_folder(store, folder, key, {"version": version, "fingerprint": meta.get("fingerprint"),
                                          "files_sha256": meta.get("files_sha256")}, prune=True)
         pushed.append(version)

@@ -182,7 +182,7 @@ def test_two_builds_of_one_version_number_never_both_publish(published, s3_serve
     key = f"datasets/default/{new}"
     assert objectstore.claim_folder(s, key, "another machine's") is None        # it is uploading now
     s.write_text(f"{key}/images/partial.jpg", "half an upload")
-    with pytest.raises(objectstore.ObjectStoreError, match=f"is receiving, another build's {new} .*move it aside"):
+    with pytest.raises(objectstore.ObjectStoreError, match=f"is receiving, another build.s {new} .*claimed by .* min ago.*move it aside"):
         sync.publish(cfg)
     assert sorted(s.listing(key)) == [f"{key}/.claim", f"{key}/images/partial.jpg"]      # nothing of ours
     assert new not in sync.remote_versions(s, cfg)
