@@ -87,7 +87,7 @@ def is_retryable(exc: BaseException) -> bool:
     retries waited, a network error). A wrong config, a missing or rejected key, or a request Flickr
     refuses outright fail at once: retrying them only burns the call budget.
     """
-    from mlc_pipeline.catalog import CatalogBusy
+    from mlc_pipeline.catalog import CatalogBusy, CatalogLost
     from mlc_pipeline.config import ConfigError
     from mlc_pipeline.collect.flickr import InvalidKeyError, RetriesExhausted, SourceError
     from mlc_pipeline.collect.hosts import ImageHostDown
@@ -98,8 +98,9 @@ def is_retryable(exc: BaseException) -> bool:
         return False
     if isinstance(exc, SourceError):    # a transient fault outlasted the retries; an image host was down
         return isinstance(exc, (RetriesExhausted, ImageHostDown))
-    # network, disk; RuntimeError e.g. a dead pool; another catalog writer held its lock too long, or won a deadlock
-    return isinstance(exc, (OSError, RuntimeError, CatalogBusy))
+    # network, disk; RuntimeError e.g. a dead pool; another catalog writer held its lock too long, or won
+    # a deadlock; the catalog server's connection lost (restarted, a network fault)
+    return isinstance(exc, (OSError, RuntimeError, CatalogBusy, CatalogLost))
 
 
 def retry_condition(task, task_run, state) -> bool:

@@ -231,8 +231,9 @@ def refuse_moved_catalog(store: Store) -> None:
         moved = json.loads(text)
         raise ObjectStoreError(
             f"the catalog of {store.url} was moved to {moved.get('to')} by `mlc catalog migrate` ({moved.get('on')}): "
-            f"set catalog.url: {moved.get('to')} in this config (the password in PGPASSWORD or ~/.pgpass); to go "
-            f"back to the SQLite catalog, delete {store.url}/{MOVED}")
+            f"set catalog.url: {moved.get('to')} in this config (the password in PGPASSWORD or ~/.pgpass). Only "
+            f"to go back to the SQLite catalog for good, delete {store.url}/{MOVED}: that snapshot knows nothing "
+            f"recorded in PostgreSQL since, and its next publish deletes from the store the files only PostgreSQL names")
 
 
 def folder_files(folder: Path) -> dict[str, Path]:

@@ -61,7 +61,8 @@ def rewritten_by_mine(rel: str) -> bool:
 PULLS = {"collect": ("catalog", "files"), "curate": ("catalog", "files", "versions"),
          "build": ("catalog", "files", "version"), "train": ("catalog", "version"),
          "train-continue": ("catalog", "versions", "model"),     # the model continued and its versions
-         "mine": ("catalog", "files", "model"), "remove": ("catalog",), "inspect": ("catalog", "version"),
+         "mine": ("catalog", "files", "model"), "inspect": ("catalog", "version"),
+         "remove": ("catalog", "files", "versions"),     # its file's corner hashes; the versions it was in
          "run": ("catalog", "files", "versions", "model"),
          "review": ("catalog", "files", "versions", "model")}   # pages, thumbnails, the model's queues
 

@@ -98,8 +98,9 @@ def test_retry_only_what_can_go_away():
     from mlc_pipeline.collect.hosts import HostNotAllowed, ImageHostDown
     assert is_retryable(ImageHostDown("the image host ... answered none of 20 connections"))   # may come back
     assert not is_retryable(HostNotAllowed("... source.allowed_hosts does not list ..."))       # the config's
-    from mlc_pipeline.catalog import CatalogBusy, CatalogError
+    from mlc_pipeline.catalog import CatalogBusy, CatalogError, CatalogLost
     assert is_retryable(CatalogBusy("... rolled this transaction back (deadlock detected) ..."))  # the other is done later
+    assert is_retryable(CatalogLost("... lost the connection to the catalog (...); ... rerun ..."))
     assert not is_retryable(CatalogError("catalog ... cannot connect (...)"))
 
 

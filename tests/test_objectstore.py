@@ -216,15 +216,21 @@ def test_a_local_store_claims_a_folder_once(tmp_path):
     assert [p.name for p in (tmp_path / "store/datasets/x/v1").iterdir()] == [".claim"]    # no temp left
 
 
-def test_a_takedown_deletes_the_photo_from_the_bucket(published):
+def test_a_takedown_deletes_the_photo_from_the_bucket(published, s3_server):
+    """From a machine whose cache is empty too (the verify19 audit: it fetched only the catalog, so it
+    kept no corner hashes of the photo and said no published version held it)."""
     folder, config = published
     cfg = load_config(config)
     with Catalog(cfg.catalog_path, readonly=True) as catalog:
         victim = next(r for r in catalog.candidates("status='accepted'"))
         rel = catalog.stored_path(victim["file_path"])
     assert rel in sync.file_listing(store(cfg))
-    mlc("remove", "--photo-id", victim["photo_id"], "--reason", "owner request", config=config)
+    fresh = bucket_config(folder, s3_server, "mlc-e2e", "cache-remove")
+    said = mlc("remove", "--photo-id", victim["photo_id"], "--reason", "owner request", config=fresh)
     assert rel not in sync.file_listing(store(cfg))
+    assert "published versions that still contain them" in said and "\n  v1: 1 photo(s)" in said, said
+    with Catalog(load_config(fresh).catalog_path, readonly=True) as catalog:
+        assert len(catalog.get(victim["id"])["corner_hashes"].split(",")) == 4
 
 
 def test_a_missing_bucket_or_store_is_one_line_before_the_stage_runs(s3_server, tmp_path):

@@ -11,9 +11,9 @@ the project lives in this package.
 """
 
 from .address import PostgresCatalog, catalog_exists, check_url, display_url
-from .schema import (FILE_STATUSES, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA, SCHEMA_VERSION, CatalogBusy, CatalogError,
+from .schema import (FILE_STATUSES, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA, SCHEMA_VERSION, CatalogBusy, CatalogError, CatalogLost,
                      Found, merge_labels, run_end_status)
 from .store import Catalog
 
-__all__ = ["Catalog", "CatalogBusy", "CatalogError", "FILE_STATUSES", "Found", "PHOTO_FIELDS", "PURPOSE_RANK", "PostgresCatalog",
+__all__ = ["Catalog", "CatalogBusy", "CatalogError", "CatalogLost", "FILE_STATUSES", "Found", "PHOTO_FIELDS", "PURPOSE_RANK", "PostgresCatalog",
            "SCHEMA", "SCHEMA_VERSION", "catalog_exists", "check_url", "display_url", "merge_labels", "run_end_status"]

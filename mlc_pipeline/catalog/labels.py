@@ -122,9 +122,10 @@ def next_state(row: dict, before: dict, action: str, labels: list[str] | None, c
             raise ReviewError(f"{row['purpose']} images enter a version through mining, or with labels saved in review")
         if action == "not-duplicate" and row["status"] != "duplicate":
             raise ReviewError("not marked as a duplicate")
-        if row["status"] == "accepted":
+        if row["status"] in ("accepted", "downloaded") and action == "restore":    # downloaded: curate decides
             if before["include"] != "rejected":
-                raise ReviewError("already in the dataset")
+                raise ReviewError("already in the dataset" if row["status"] == "accepted" else
+                                  "not curated yet: the next curate decides whether it goes in")
             return {**before, "include": None}
         if before["include"] == "accepted":
             raise ReviewError("already put back in review")

@@ -20,7 +20,8 @@ from typing import Iterator
 from ..secrets import redact, remember
 from . import runs
 from .address import PostgresCatalog
-from .schema import ADDED_COLUMNS, LOCK_NOTICE_S, SCHEMA_VERSION, CatalogBusy, CatalogError, postgres_schema
+from .schema import (ADDED_COLUMNS, LOCK_NOTICE_S, SCHEMA_VERSION, CatalogBusy, CatalogError, CatalogLost,
+                     postgres_schema)
 
 log = logging.getLogger(__name__)
 DIALECT = "postgresql"
@@ -76,7 +77,7 @@ class PgConnection:
             if not (lost or self.conn.broken or self.conn.closed):
                 raise
             why = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-            raise CatalogError(redact(f"{self.target}: lost the connection to the catalog ({why}); what was "
+            raise CatalogLost(redact(f"{self.target}: lost the connection to the catalog ({why}); what was "
                                       f"committed is kept: rerun the same command to resume")) from None
 
     @property

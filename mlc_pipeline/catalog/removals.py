@@ -50,17 +50,14 @@ class RemovalQueries:
         return self.db.execute("SELECT 1 FROM candidates WHERE sha256=? AND status<>'removed' LIMIT 1",
                                (sha256,)).fetchone() is not None
 
-    def record_removal(self, row: dict, selector: str, reason: str, run_id: str, files_deleted: list[str],
-                       corner_hashes: str | None = None) -> None:
-        """Mark a candidate removed for good and keep the decision, its reason and what was deleted
-        (and the phashes of its corner windows, read from its file before it went)."""
+    def record_removal(self, row: dict, selector: str, reason: str, run_id: str, files_deleted: list[str]) -> None:
+        """Mark a candidate removed for good and keep the decision, its reason and what was deleted."""
         now = time.time()
         self.db.execute("INSERT INTO removals (candidate_id, source, photo_id, owner, selector, reason, run_id, at, "
                         "files_deleted) VALUES (?,?,?,?,?,?,?,?,?)",
                         (row["id"], row["source"], row["photo_id"], row["owner"], selector, reason, run_id, now,
                          json.dumps(files_deleted)))
-        corners = {"corner_hashes": corner_hashes} if corner_hashes else {}
-        self.set_status(row["id"], "removed", f"takedown:{reason}", run_id, "remove", file_path=None, **corners)
+        self.set_status(row["id"], "removed", f"takedown:{reason}", run_id, "remove", file_path=None)
 
     def removed_digests(self) -> dict[str, dict]:
         """sha256 -> source, photo_id and reason of a photo taken down (the first, when several)."""

@@ -136,6 +136,10 @@ class CatalogBusy(CatalogError):
     """Another writer held the catalog's lock longer than this connection waits for it."""
 
 
+class CatalogLost(CatalogError):
+    """The connection to a catalog server was lost; what was committed is kept (a rerun resumes)."""
+
+
 def run_end_status(exc: BaseException) -> str:
     """How a run that raised `exc` is recorded: Ctrl-C and SIGTERM (a KeyboardInterrupt subclass in
     the CLI) are 'interrupted', anything else 'failed'."""

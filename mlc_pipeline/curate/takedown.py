@@ -66,20 +66,33 @@ def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: 
     catalog's write lock is waited for (then CatalogBusy; the review app waits less). `client`: who
     the review log names for the near copies held (`hold_near_copies`)."""
     selector = takedown_selector(reason, photo_id, owner, query, source)
+    named = dict(photo_id=photo_id, owner=owner, query=query, source=source)
     with files_lock(cfg.data_dir, "remove (takedown)", wait=wait), \
-            Catalog(cfg.catalog_path, lock_timeout_s=lock_timeout_s) as catalog, catalog.transaction():
-        # One transaction from the run's start to its end: a catalog too busy to write in leaves no
-        # run half-recorded ('running' forever), and a failure rolls the whole takedown back.
-        run_id = catalog.start_run("remove")
-        result = _remove(cfg, catalog, RemoveResult(run_id), reason.strip(), selector,
-                         dict(photo_id=photo_id, owner=owner, query=query, source=source))
-        hold_near_copies(catalog, result, reason.strip(), client)
-        catalog.finish_run(run_id, "completed", {
-            "selector": selector, "reason": reason.strip(), "removed": len(result.removed),
-            "already_removed": len(result.already_removed), "files_deleted": len(result.files_deleted),
-            "held": len(result.held),
-            "published_in": {v: len(ids) for v, ids in result.published_in.items()}})
+            Catalog(cfg.catalog_path, lock_timeout_s=lock_timeout_s) as catalog:
+        keep_corner_hashes(cfg, catalog, named)
+        with catalog.transaction():
+            # One transaction from the run's start to its end: a catalog too busy to write in leaves no
+            # run half-recorded ('running' forever), and a failure rolls the whole takedown back.
+            run_id = catalog.start_run("remove")
+            result = _remove(cfg, catalog, RemoveResult(run_id), reason.strip(), selector, named)
+            hold_near_copies(catalog, result, reason.strip(), client)
+            catalog.finish_run(run_id, "completed", {
+                "selector": selector, "reason": reason.strip(), "removed": len(result.removed),
+                "already_removed": len(result.already_removed), "files_deleted": len(result.files_deleted),
+                "held": len(result.held),
+                "published_in": {v: len(ids) for v, ids in result.published_in.items()}})
     return result
+
+
+def keep_corner_hashes(cfg: Config, catalog: Catalog, named: dict) -> None:
+    """The corner windows' phashes of each photo about to be taken down, read from its file and
+    committed before any file is deleted: a takedown killed after deleting files and rerun (its
+    transaction rolled back) still has them (the verify19 audit)."""
+    quarantined = QuarantineIndex(cfg.layout.quarantine())
+    for row in catalog.removal_targets(**named):
+        if row["status"] != "removed" and not row["corner_hashes"] and (where := file_of(row, quarantined)):
+            if corners := corner_phashes(where):
+                catalog.update_fields(row["id"], corner_hashes=corners)
 
 
 def _remove(cfg: Config, catalog: Catalog, result: RemoveResult, reason: str, selector: str,
@@ -91,9 +104,8 @@ def _remove(cfg: Config, catalog: Catalog, result: RemoveResult, reason: str, se
         if row["status"] == "removed":
             result.already_removed.append(row)
             continue
-        corners = corner_phashes(where) if (where := file_of(row, quarantined)) else None   # before it goes
         deleted = delete_file(row, quarantined)
-        catalog.record_removal(row, selector, reason, result.run_id, deleted, corners)
+        catalog.record_removal(row, selector, reason, result.run_id, deleted)
         result.removed.append(row)
         result.files_deleted.extend(deleted)
     result.files_deleted += drop_thumbnails(cfg, catalog, {r["sha256"] for r in result.removed})

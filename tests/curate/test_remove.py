@@ -513,6 +513,26 @@ def test_a_corner_crop_collected_after_the_takedown_is_held_by_the_corner_window
     assert photo_id_for("bees/zz_corner.jpg") not in in_v2 and photo_id_for("bees/zz_unrelated.jpg") in in_v2
 
 
+def test_a_takedown_killed_after_deleting_files_keeps_the_corner_hashes_for_its_rerun(published, monkeypatch):
+    # The verify19 audit: the corner hashes were read and kept in the takedown's transaction; killed
+    # after deleting the file, it rolled back, and its rerun found no file to read them from.
+    from mlc_pipeline.curate import takedown
+    cfg, config, v1, world = published
+    victim, _ = first_ants_photo_and_crop(cfg)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(takedown, "hold_near_copies", killed)
+    with pytest.raises(KeyboardInterrupt):
+        remove_photos(cfg, "owner request", photo_id=victim["photo_id"])
+    assert not Path(victim["file_path"]).exists()
+    monkeypatch.undo()
+    remove_photos(cfg, "owner request", photo_id=victim["photo_id"])            # the rerun
+    with Catalog(cfg.catalog_path) as c:
+        removed = c.get(victim["id"])
+    assert removed["status"] == "removed" and len(removed["corner_hashes"].split(",")) == 4
+
+
 def test_a_copy_rejected_for_a_limit_then_passing_is_compared_with_the_takedowns(published):
     # A re-upload of a photo taken down, too small for min_side, was rejected; with the limit relaxed
     # the next curate accepted it as a file curated before, so it was never compared with the

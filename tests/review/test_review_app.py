@@ -1063,8 +1063,14 @@ def test_a_photo_not_curated_yet_can_be_rejected_and_stays_out_once_curated(root
     with Catalog(cfg.catalog_path) as c:      # as a collect leaves a new photo
         c.set_status(target["id"], "downloaded", None, "r", "download")
     with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
-        res = client.post("/api/action", json={"id": target["id"], "action": "reject"}, headers={"X-MLC-Client": "t"})
+        h = {"X-MLC-Client": "t"}
+        res = client.post("/api/action", json={"id": target["id"], "action": "restore"}, headers=h)
+        assert res.status_code == 409 and res.json()["error"].startswith("not curated yet"), res.text
+        res = client.post("/api/action", json={"id": target["id"], "action": "reject"}, headers=h)
         assert res.status_code == 200 and res.json()["state"]["include"] == "rejected", res.text
+        res = client.post("/api/action", json={"id": target["id"], "action": "restore"}, headers=h)  # verify19
+        assert res.status_code == 200 and res.json()["state"]["include"] is None, res.text
+        assert client.post("/api/action", json={"id": target["id"], "action": "reject"}, headers=h).status_code == 200
     curate(cfg)
     with Catalog(cfg.catalog_path, readonly=True) as c:
         assert c.get(target["id"])["status"] == "accepted"
