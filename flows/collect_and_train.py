@@ -24,7 +24,7 @@ from prefect.exceptions import MissingContextError
 from flows.artifacts import DATASET_SUMMARY_KEY, publish, published_state, write_stopped_summary
 from flows.progress import DownloadProgress, downloads_wanted
 from flows.runtime import flickr_slot, retry_condition, task_runner
-from mlc_pipeline.config import Config, load_config
+from mlc_pipeline.config import Config, ConfigError, load_config
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.model.options import check_train_settings
 from mlc_pipeline.model.variants import alternative_variants
@@ -171,6 +171,13 @@ def flow_run_name() -> str:
         return "?"
 
 
+def fixed_by_hand(exc: BaseException) -> bool:
+    """A failure no rerun gets past: a config or key a user must correct."""
+    from mlc_pipeline.collect.flickr import InvalidKeyError
+    from mlc_pipeline.secrets import MissingCredentials
+    return isinstance(exc, (ConfigError, InvalidKeyError, MissingCredentials))
+
+
 class Run:
     """What a flow run did so far: the stages' results, for the artifacts and the return value."""
 
@@ -205,7 +212,8 @@ class Run:
         self.data.update(state)
         msg = (f"{cause} Published versions are never modified by a failed stage: latest dataset "
                f"{state.get('latest_dataset') or 'none'}, latest model {state.get('latest_model') or 'none'}. "
-               "Rerun to resume: what was collected and curated is kept in the catalog.")
+               + ("Fix that, then rerun (every run, scheduled ones too, fails the same way until then): "
+                  if fixed_by_hand(exc) else "Rerun to resume: ") + "what was collected and curated is kept in the catalog.")
         self.data.update(status="Failed", error=msg, failed_stage=self.stage)
         return StageFailed(msg)
 
@@ -311,6 +319,7 @@ def start(run: Run, config_path: str, overrides: dict | None) -> Config:
     run.data.update(data_dir=str(cfg.data_dir), config_loaded=True)
     logger.info("flow run %s: config %s%s, data root %s", flow_run_name(), config_path,
                 f" with overrides {overrides}" if overrides else "", cfg.data_dir)
+    run.stage = "data root"         # its lock: a data root that cannot be written fails here, not "config"
     run.hold_data_root(cfg)
     return cfg
 

@@ -128,7 +128,12 @@ def files_lock(data_dir: str | Path, command: str, wait: bool = True) -> Iterato
 def _held(data_dir: str | Path, name: str, command: str, wait: bool, what: str, busy: type) -> Iterator[None]:
     root = _root(data_dir)
     info_name, what = name + ".json", what.format(root=root)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError) as exc:        # a file where a folder must be
+        blocker = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), exc.filename)
+        raise ReadOnlyDataRoot(f"data root {root} cannot be made: {blocker} is a file, not a folder; check "
+                               f"data_dir") from None
     lock = _lock(root, name)
     try:
         lock.acquire(blocking=False)

@@ -290,6 +290,14 @@ def test_collect_from_a_missing_folder(tmp_path):
     one_line(mlc("collect", "-c", str(cfg), "--no-progress"), 2, "subfolder 'kites'", "does not exist")
 
 
+def test_a_data_dir_under_a_file_is_one_line_naming_the_file(tmp_path):
+    # The nightly audit: the lock's mkdir raised NotADirectoryError, shown as a bug's traceback.
+    cfg = write_server_config(tmp_path, count=2)
+    (tmp_path / "afile").write_text("not a folder")
+    one_line(mlc("collect", "-c", str(cfg), "--no-progress", "--set", f"data_dir={tmp_path / 'afile' / 'data'}"), 1,
+             f"{tmp_path / 'afile'} is a file, not a folder", "check data_dir")
+
+
 def test_version_and_verbose_anywhere():
     res = mlc("--version")
     assert res.returncode == 0 and res.stdout.strip() == f"mlc {__version__}"

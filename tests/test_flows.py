@@ -228,6 +228,20 @@ def test_failed_stage_keeps_published_versions_and_rerun_resumes(harness, projec
     assert {k: after["versions"][k] for k in before["versions"]} == before["versions"]   # old versions intact
 
 
+def test_a_data_root_that_cannot_be_made_fails_naming_it_and_leaves_its_summary(harness, project, tmp_path):
+    """The nightly audit: a data root under a regular file crashed the failure handler itself
+    (NotADirectoryError looking up the latest model), so the run ended in tracebacks with no summary
+    artifact; and a data root that cannot be written was blamed on the "config" stage."""
+    (tmp_path / "afile").write_text("not a folder")
+    state = collect_and_train(config_path=str(project), overrides={"data_dir": str(tmp_path / "afile" / "data")},
+                              return_state=True)
+    assert state.is_failed()
+    assert "stage 'data root' failed" in state.message and "afile" in state.message, state.message
+    assert "latest dataset none, latest model none" in state.message
+    summary = artifacts_of(state.state_details.flow_run_id)[SUMMARY_KEY][0].data
+    assert "stage 'data root' failed" in summary, summary
+
+
 def test_rebuild_report_flow(harness, project):
     if not (project.parent / "data" / "datasets").exists():    # run alone: something to rebuild from
         assert collect_and_train(config_path=str(project), overrides={"mine": {"rounds": 0}},

@@ -89,8 +89,9 @@ def classify(exc: Exception, rest_url: str | None = None) -> Exception:
     if isinstance(exc, FlickrError):
         if exc.code == 100:
             return InvalidKeyError(
-                f"Flickr rejected the API key ({msg}). Check FLICKR_API_KEY and FLICKR_API_SECRET: "
-                "the key may be mistyped, expired or revoked")
+                f"Flickr rejected the API key ({msg}). Check FLICKR_API_KEY and FLICKR_API_SECRET (or, "
+                "where they are not set in a Prefect deployment, its Secret blocks flickr-api-key and "
+                "flickr-api-secret): the key may be mistyped, expired or revoked")
         if exc.code == 105:
             return Transient(f"Flickr is temporarily unavailable ({msg})")
         status = STATUS_RE.search(msg)

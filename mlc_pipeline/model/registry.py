@@ -53,7 +53,7 @@ def latest_name(models_dir: Path) -> str | None:
         return pointer.resolve().name
     try:
         return (models_dir / POINTER).read_text().strip() or None
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):     # no pointer; no models folder (nor data root) yet
         return None
 
 
