@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mlc_pipeline.catalog import Catalog, catalog_exists, review
+from mlc_pipeline.catalog.labels import next_build
 from mlc_pipeline.config import Config
 from mlc_pipeline.curate.hashing import corner_phashes, hamming_uint64, hex_to_uint64
 from mlc_pipeline.curate.similarity import VIEW_CROPS
@@ -168,6 +169,21 @@ def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[i
                 held.append(rows[i])
                 log.warning("candidate %s (%s:%s) %s", rows[i]["id"], rows[i]["source"], rows[i]["photo_id"], why)
     return held
+
+
+def hold_if_looks_taken_down(catalog: Catalog, cid: int, client: str) -> dict | None:
+    """After a review action or undo that leaves an image in the next build with no review decision in
+    force: the comparison with the photos taken down that curate makes, and skips while a review
+    decides (the verify19 audit: a reject made before an image's first curate, undone after it,
+    published a copy of a photo taken down). Held as curate holds, an undone hold not again; the row."""
+    if not catalog.removed_hashes():
+        return None
+    with catalog.locked_candidate(cid) as row:
+        include = review.override_of(catalog, cid)["include"] if catalog.has_table("review_overrides") else None
+        if row is None or not row["phash"] or include is not None or not next_build(row)[0]:
+            return None
+        held = hold_lookalikes_of_removed(catalog, [row], client=client)
+    return held[0] if held else None
 
 
 def takedown_reason(row: dict) -> str:

@@ -25,15 +25,15 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from mlc_pipeline.catalog import review as cr
-from mlc_pipeline.catalog.labels import effective_labels, next_build
 from mlc_pipeline.catalog import Catalog, CatalogBusy
 from mlc_pipeline.config import Config
 from mlc_pipeline.dataset.build import recorded_fingerprint
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.manifest import read_manifest, versions
+from mlc_pipeline.curate.takedown import hold_if_looks_taken_down
 from mlc_pipeline.curate.verify import check_image
-from mlc_pipeline.review.params import filters_of, fits_sql, known_id, whole_number
-from mlc_pipeline.review.security import CLIENT_HEADER, COOKIE, SESSION_MAX_AGE_S, Guard, session_value
+from mlc_pipeline.review.params import client_of, effective, filters_of, fits_sql, known_id, whole_number
+from mlc_pipeline.review.security import COOKIE, SESSION_MAX_AGE_S, Guard, session_value
 from mlc_pipeline.review.queues import model_review_list, probes_accepted, scores_for
 from mlc_pipeline.review.thumbs import thumbnail
 
@@ -123,22 +123,6 @@ class Review:
         from mlc_pipeline.curate.stage import limits_of
         res = check_image(path, limits_of(self.cfg))
         return None if res.ok or (res.reason or "").startswith(POLICY_REASONS) else res.reason
-
-
-def effective(row: dict) -> dict:
-    """What the next build does with a candidate: its labels and whether it is in (the build's own
-    rules, catalog.labels: what is shown is what is published)."""
-    taken, why = next_build(row)
-    state = ("in" if taken else "out") + (f" ({why})" if why else "")
-    # "changed in review": an override in force on a photo still here (what `mlc build` counts as such)
-    return {"labels": effective_labels(row), "state": state, "reviewed": bool(
-        row.get("review_labels") or row.get("review_include")) and row.get("status") != "removed"}
-
-
-def client_of(request: Request) -> str:
-    """The address and the browser tab's id (review.js makes one per tab): two tabs are two clients."""
-    tab = "".join(ch for ch in (request.headers.get(CLIENT_HEADER) or "-")[:40] if ch.isprintable())
-    return f"{request.client.host if request.client else '?'} tab={tab}"
 
 
 def create_app(cfg: Config, token: str | None = None, host: str | None = None) -> FastAPI:
@@ -326,6 +310,14 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
         except cr.ReviewError as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)
         log.info("review: %s on candidate %s by %s", kind, cid, client)
+        return answer(cid, res, client)
+
+    def answer(cid: int, res: cr.ActionResult, client: str) -> JSONResponse:
+        """An action's answer; an image it leaves in that looks like a photo taken down is held first."""
+        with review.write_lock:
+            if held := hold_if_looks_taken_down(review.writer, cid, client):
+                return JSONResponse({"ok": True, "action_id": res.action_id, "held": held["photo_id"],
+                                     "state": cr.override_of(review.writer, cid)})
         return JSONResponse({"ok": True, "action_id": res.action_id, "state": res.state})
 
     def do_undo(cid: int, body: dict, reason: str, client: str) -> JSONResponse:
@@ -342,7 +334,7 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
             return JSONResponse({"error": str(exc)}, status_code=404)
         except cr.ReviewError as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)
-        return JSONResponse({"ok": True, "action_id": res.action_id, "state": res.state})
+        return answer(cid, res, client)
 
     def do_remove(cid: int, reason: str, client: str) -> JSONResponse:
         """The takedown of `mlc remove --photo-id`: final, so it needs a reason and cannot be undone."""

@@ -1,5 +1,5 @@
-"""What a request asks for: its browse filters, and its numbers (from a URL or a JSON body), checked
-once, at the edge. Past it, the catalog gets only integers SQL can bind: one beyond 64 bits was an
+"""What a request asks for: its browse filters, its numbers (from a URL or a JSON body), checked
+once, at the edge, and its client; and what a page shows of a candidate's next build. Past it, the catalog gets only integers SQL can bind: one beyond 64 bits was an
 OverflowError deep in a query (a 500 with a traceback), and a JSON `true` passed for the id 1."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ import re
 from fastapi import HTTPException, Request
 
 from mlc_pipeline.catalog import review as cr
+from mlc_pipeline.catalog.labels import effective_labels, next_build
+from mlc_pipeline.review.security import CLIENT_HEADER
 
 SQL_INT_MAX = 2**63 - 1       # SQLite's and PostgreSQL's BIGINT
 
@@ -47,3 +49,19 @@ def known_id(cid: int) -> int:
     if not fits_sql(cid):
         raise HTTPException(404, f"no candidate {cid}")
     return cid
+
+
+def effective(row: dict) -> dict:
+    """What the next build does with a candidate: its labels and whether it is in (the build's own
+    rules, catalog.labels: what is shown is what is published)."""
+    taken, why = next_build(row)
+    state = ("in" if taken else "out") + (f" ({why})" if why else "")
+    # "changed in review": an override in force on a photo still here (what `mlc build` counts as such)
+    return {"labels": effective_labels(row), "state": state, "reviewed": bool(
+        row.get("review_labels") or row.get("review_include")) and row.get("status") != "removed"}
+
+
+def client_of(request: Request) -> str:
+    """The address and the browser tab's id (review.js makes one per tab): two tabs are two clients."""
+    tab = "".join(ch for ch in (request.headers.get(CLIENT_HEADER) or "-")[:40] if ch.isprintable())
+    return f"{request.client.host if request.client else '?'} tab={tab}"

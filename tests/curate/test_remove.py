@@ -533,6 +533,35 @@ def test_a_takedown_killed_after_deleting_files_keeps_the_corner_hashes_for_its_
     assert removed["status"] == "removed" and len(removed["corner_hashes"].split(",")) == 4
 
 
+def test_a_copy_rejected_in_review_before_its_curate_is_held_when_the_reject_is_undone(published):
+    # The verify19 audit: a re-crop of a photo taken down was rejected in review while still only
+    # downloaded; curate accepted it but could not hold it (a review decided); the reject undone in
+    # the app, it went into the next version, never compared again. The app now compares it.
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.catalog import review
+    from mlc_pipeline.review.app import create_app
+    cfg, config, v1, world = published
+    victim, cropped = first_ants_photo_and_crop(cfg)
+    assert mlc(config, "remove", "--photo-id", victim["photo_id"], "--reason", "owner request").returncode == 0
+    cropped.save(world / "bees" / "zz_recrop.jpg", quality=80)
+    collect(cfg, progress=False)
+    with Catalog(cfg.catalog_path) as c:
+        copy = c.get_by_photo("local", photo_id_for("bees/zz_recrop.jpg"))
+        assert copy["status"] == "downloaded"
+        review.ensure_schema(c)                                 # as the app does when it starts
+        reject = review.act(c, copy["id"], "reject", "looks odd", "test", list(cfg.classes))
+    assert curate(cfg).held == 0                                # a review decided: nothing to hold now
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        res = client.post("/api/undo", json={"id": copy["id"], "action_id": reject.action_id},
+                          headers={"X-MLC-Client": "t"})
+    assert res.status_code == 200 and res.json()["held"] == copy["photo_id"], res.text
+    assert res.json()["state"]["include"] == "rejected"
+    with Catalog(cfg.catalog_path) as c:
+        held = review.actions(c, copy["id"])[-1]
+    assert held["reason"].startswith(f"held: looks like local:{victim['photo_id']}, taken down"), held
+    assert copy["photo_id"] not in {r["photo_id"] for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
+
+
 def test_a_copy_rejected_for_a_limit_then_passing_is_compared_with_the_takedowns(published):
     # A re-upload of a photo taken down, too small for min_side, was rejected; with the limit relaxed
     # the next curate accepted it as a file curated before, so it was never compared with the
