@@ -310,12 +310,13 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
         except cr.ReviewError as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)
         log.info("review: %s on candidate %s by %s", kind, cid, client)
-        return answer(cid, res, client)
+        return answer(cid, res, client, compare=kind == "restore")
 
-    def answer(cid: int, res: cr.ActionResult, client: str) -> JSONResponse:
-        """An action's answer; an image it leaves in that looks like a photo taken down is held first."""
+    def answer(cid: int, res: cr.ActionResult, client: str, compare: bool = True) -> JSONResponse:
+        """An action's answer; an image an undo or a restore leaves in that looks like a photo taken
+        down is held first."""
         with review.write_lock:
-            if held := hold_if_looks_taken_down(review.writer, cid, client):
+            if compare and (held := hold_if_looks_taken_down(review.writer, cid, client)):
                 return JSONResponse({"ok": True, "action_id": res.action_id, "held": held["photo_id"],
                                      "state": cr.override_of(review.writer, cid)})
         return JSONResponse({"ok": True, "action_id": res.action_id, "state": res.state})

@@ -533,7 +533,8 @@ def test_a_takedown_killed_after_deleting_files_keeps_the_corner_hashes_for_its_
     assert removed["status"] == "removed" and len(removed["corner_hashes"].split(",")) == 4
 
 
-def test_a_copy_rejected_in_review_before_its_curate_is_held_when_the_reject_is_undone(published):
+@pytest.mark.parametrize("how", ["undo", "restore"])
+def test_a_copy_rejected_in_review_before_its_curate_is_held_when_the_reject_is_undone(published, how):
     # The verify19 audit: a re-crop of a photo taken down was rejected in review while still only
     # downloaded; curate accepted it but could not hold it (a review decided); the reject undone in
     # the app, it went into the next version, never compared again. The app now compares it.
@@ -551,15 +552,18 @@ def test_a_copy_rejected_in_review_before_its_curate_is_held_when_the_reject_is_
         review.ensure_schema(c)                                 # as the app does when it starts
         reject = review.act(c, copy["id"], "reject", "looks odd", "test", list(cfg.classes))
     assert curate(cfg).held == 0                                # a review decided: nothing to hold now
+    h = {"X-MLC-Client": "t"}
     with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
-        res = client.post("/api/undo", json={"id": copy["id"], "action_id": reject.action_id},
-                          headers={"X-MLC-Client": "t"})
-    assert res.status_code == 200 and res.json()["held"] == copy["photo_id"], res.text
-    assert res.json()["state"]["include"] == "rejected"
-    with Catalog(cfg.catalog_path) as c:
-        held = review.actions(c, copy["id"])[-1]
-    assert held["reason"].startswith(f"held: looks like local:{victim['photo_id']}, taken down"), held
-    assert copy["photo_id"] not in {r["photo_id"] for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
+        res = (client.post("/api/undo", json={"id": copy["id"], "action_id": reject.action_id}, headers=h)
+               if how == "undo" else client.post("/api/action", json={"id": copy["id"], "action": "restore"}, headers=h))
+        assert res.status_code == 200 and res.json()["held"] == copy["photo_id"], res.text
+        assert res.json()["state"]["include"] == "rejected"
+        with Catalog(cfg.catalog_path) as c:
+            held = review.actions(c, copy["id"])[-1]
+        assert held["reason"].startswith(f"held: looks like local:{victim['photo_id']}, taken down"), held
+        again = client.post("/api/undo", json={"id": copy["id"], "action_id": held["id"]}, headers=h)
+        assert again.status_code == 200 and "held" not in again.json()            # another picture: asked once
+    assert copy["photo_id"] in {r["photo_id"] for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
 
 
 def test_a_copy_rejected_for_a_limit_then_passing_is_compared_with_the_takedowns(published):
