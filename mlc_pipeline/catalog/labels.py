@@ -46,6 +46,8 @@ def next_build(row: dict) -> tuple[bool, str]:
         return True, "a pool image labelled in review"
     if row["purpose"] == "pool" and status == "accepted":
         return False, "in the mining pool: save labels to train on it"
+    if status == "downloaded":
+        return False, "not curated yet: the next curate decides"
     return False, ""
 
 

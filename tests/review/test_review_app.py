@@ -1063,6 +1063,7 @@ def test_a_photo_not_curated_yet_can_be_rejected_and_stays_out_once_curated(root
     with Catalog(cfg.catalog_path) as c:      # as a collect leaves a new photo
         c.set_status(target["id"], "downloaded", None, "r", "download")
     with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        assert "out (not curated yet: the next curate decides)" in client.get(f"/image/{target['id']}").text
         h = {"X-MLC-Client": "t"}
         res = client.post("/api/action", json={"id": target["id"], "action": "restore"}, headers=h)
         assert res.status_code == 409 and res.json()["error"].startswith("not curated yet"), res.text
