@@ -71,7 +71,7 @@ def cmd_build(args) -> int:
     with writing(cfg, args):
         res = build_dataset(cfg, repair=args.repair)
     state = ("published" if res.published else
-             "unchanged (identical to the latest version, its files verified; not published again)")
+             "unchanged (identical to the latest version, its files verified; not built again)")
     print(f"dataset {res.name} {res.version}: {state}\n  {res.path}\n  {res.counts['images']} images")
     if res.skipped:
         # On an object-store root such a file may just not be published yet: the catalog is left alone
