@@ -174,8 +174,9 @@ def flow_run_name() -> str:
 def fixed_by_hand(exc: BaseException) -> bool:
     """A failure no rerun gets past: a config or key a user must correct."""
     from mlc_pipeline.collect.flickr import InvalidKeyError
+    from mlc_pipeline.locking import ReadOnlyDataRoot
     from mlc_pipeline.secrets import MissingCredentials
-    return isinstance(exc, (ConfigError, InvalidKeyError, MissingCredentials))
+    return isinstance(exc, (ConfigError, InvalidKeyError, MissingCredentials, ReadOnlyDataRoot))
 
 
 class Run:

@@ -69,7 +69,7 @@ def lock_is_held(data_dir: str | Path, name: str = LOCK_NAME) -> bool:
     data root or the lock file: a probe of the same flock on a descriptor of its own, let go at once."""
     try:
         fd = os.open(_root(data_dir) / name, os.O_RDONLY)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):     # no lock file; no data root (a file in its path)
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -152,7 +152,13 @@ def _held(data_dir: str | Path, name: str, command: str, wait: bool, what: str, 
                                f"{root / 'catalog.sqlite'}). Read-only commands (`mlc inspect`) work; make the "
                                f"data root writable to run this one") from None
     if lock.lock_counter == 1:       # the outermost holder in this process
-        _write_info(root, info_name, command)
+        try:
+            _write_info(root, info_name, command)
+        except PermissionError as exc:      # a folder made immutable (chattr +i): its lock file opened, no new file
+            lock.release()
+            raise ReadOnlyDataRoot(f"data root {root} is not writable ({exc.strerror}): {command} writes to it. "
+                                   f"Read-only commands (`mlc inspect`) work; make the data root writable to run "
+                                   f"this one") from None
     try:
         yield
     finally:

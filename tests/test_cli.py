@@ -294,8 +294,9 @@ def test_a_data_dir_under_a_file_is_one_line_naming_the_file(tmp_path):
     # The nightly audit: the lock's mkdir raised NotADirectoryError, shown as a bug's traceback.
     cfg = write_server_config(tmp_path, count=2)
     (tmp_path / "afile").write_text("not a folder")
-    one_line(mlc("collect", "-c", str(cfg), "--no-progress", "--set", f"data_dir={tmp_path / 'afile' / 'data'}"), 1,
-             f"{tmp_path / 'afile'} is a file, not a folder", "check data_dir")
+    for command in ("collect", "curate"):       # curate probes the lock first (the verify20 audit)
+        one_line(mlc(command, "-c", str(cfg), "--no-progress", "--set", f"data_dir={tmp_path / 'afile' / 'data'}"),
+                 1 if command == "collect" else 2, f"{tmp_path / 'afile'}", "check data_dir")
 
 
 def test_version_and_verbose_anywhere():

@@ -238,6 +238,7 @@ def test_a_data_root_that_cannot_be_made_fails_naming_it_and_leaves_its_summary(
     assert state.is_failed()
     assert "stage 'data root' failed" in state.message and "afile" in state.message, state.message
     assert "latest dataset none, latest model none" in state.message
+    assert "Fix that, then rerun" in state.message and "Rerun to resume" not in state.message   # verify20
     summary = artifacts_of(state.state_details.flow_run_id)[SUMMARY_KEY][0].data
     assert "stage 'data root' failed" in summary, summary
 

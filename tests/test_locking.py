@@ -152,3 +152,24 @@ def test_lock_is_held_asks_without_creating_anything(tmp_path):
     assert not lock_is_held(tmp_path / "new")
     with data_root_lock(tmp_path / "new", "mlc curate"):
         assert lock_is_held(tmp_path / "new")      # its own descriptor: this process's lock counts too
+
+
+def test_a_data_root_that_takes_no_new_file_is_one_line_and_the_lock_is_let_go(tmp_path, monkeypatch):
+    """The verify20 audit: a folder made immutable (chattr +i) opens its existing lock file but takes
+    no new one; the holder's record (a temp file renamed into place) raised a raw PermissionError."""
+    from mlc_pipeline import locking
+    from mlc_pipeline.locking import ReadOnlyDataRoot, lock_is_held
+
+    def refused(*args):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(locking, "_write_info", refused)
+    with pytest.raises(ReadOnlyDataRoot, match=f"data root {tmp_path} is not writable .*make the data root writable"):
+        with data_root_lock(tmp_path, "mlc curate"):
+            pass
+    assert not lock_is_held(tmp_path)
+
+
+def test_the_lock_probe_on_a_data_root_under_a_file_says_not_held(tmp_path):
+    from mlc_pipeline.locking import lock_is_held
+    (tmp_path / "afile").write_text("not a folder")
+    assert not lock_is_held(tmp_path / "afile" / "data")      # mlc curate then says what is wrong, in one line

@@ -91,9 +91,15 @@ def keep_corner_hashes(cfg: Config, catalog: Catalog, named: dict) -> None:
     transaction rolled back) still has them (the verify19 audit)."""
     quarantined = QuarantineIndex(cfg.layout.quarantine())
     for row in catalog.removal_targets(**named):
-        if row["status"] != "removed" and not row["corner_hashes"] and (where := file_of(row, quarantined)):
-            if corners := corner_phashes(where):
-                catalog.update_fields(row["id"], corner_hashes=corners)
+        if row["status"] != "removed":
+            keep_corners_of(catalog, row, quarantined)
+
+
+def keep_corners_of(catalog: Catalog, row: dict, quarantined: QuarantineIndex) -> None:
+    """Its corner windows' phashes, read from its file, unless kept already (or it has no file)."""
+    if not row["corner_hashes"] and (where := file_of(row, quarantined)):
+        if corners := corner_phashes(where):
+            catalog.update_fields(row["id"], corner_hashes=corners)
 
 
 def _remove(cfg: Config, catalog: Catalog, result: RemoveResult, reason: str, selector: str,
@@ -105,6 +111,7 @@ def _remove(cfg: Config, catalog: Catalog, result: RemoveResult, reason: str, se
         if row["status"] == "removed":
             result.already_removed.append(row)
             continue
+        keep_corners_of(catalog, row, quarantined)    # a file downloaded since keep_corner_hashes
         deleted = delete_file(row, quarantined)
         catalog.record_removal(row, selector, reason, result.run_id, deleted)
         result.removed.append(row)
@@ -134,7 +141,7 @@ LOOKALIKE_BITS = 8     # hashes this close: the same picture (docs/curation.md, 
 
 
 def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[int, int] | None = None,
-                               client: str = "curate") -> list[dict]:
+                               client: str = "curate", removed: list[dict] | None = None) -> list[dict]:
     """In a curate's transaction: each of `rows` (accepted now, not before) whose hashes
     are within LOOKALIKE_BITS of a photo taken down is held out for review (`review.hold`). Its file
     is gone, so a re-encode, resize or small crop of it collected since cannot be confirmed by
@@ -151,7 +158,7 @@ def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[i
             held.append(row)
             log.warning("candidate %s (%s:%s) held: a near copy of candidate %s, held for a takedown", row["id"],
                         row["source"], row["photo_id"], copy)
-    removed, held_ids = catalog.removed_hashes(), {r["id"] for r in held}
+    removed, held_ids = catalog.removed_hashes() if removed is None else removed, {r["id"] for r in held}
     rows = [r for r in rows if r["phash"] and r["id"] not in held_ids]
     if not removed or not rows:
         return held
@@ -175,14 +182,16 @@ def hold_if_looks_taken_down(catalog: Catalog, cid: int, client: str) -> dict | 
     """After a review action or undo that leaves an image in the next build with no review decision in
     force: the comparison with the photos taken down that curate makes, and skips while a review
     decides (the verify19 audit: a reject made before an image's first curate, undone after it,
-    published a copy of a photo taken down). Held as curate holds, an undone hold not again; the row."""
-    if not catalog.removed_hashes():
+    published a copy of a photo taken down). Only with photos taken down before it was first accepted:
+    curate compared it by pixels with those it had then (verify20). Held as curate holds, an undone
+    hold not again; the row."""
+    if not (removed := catalog.removed_hashes(accepted_after=cid)):
         return None
     with catalog.locked_candidate(cid) as row:
         include = review.override_of(catalog, cid)["include"] if catalog.has_table("review_overrides") else None
         if row is None or not row["phash"] or include is not None or not next_build(row)[0]:
             return None
-        held = hold_lookalikes_of_removed(catalog, [row], client=client)
+        held = hold_lookalikes_of_removed(catalog, [row], client=client, removed=removed)
     return held[0] if held else None
 
 

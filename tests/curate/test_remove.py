@@ -566,6 +566,40 @@ def test_a_copy_rejected_in_review_before_its_curate_is_held_when_the_reject_is_
     assert copy["photo_id"] in {r["photo_id"] for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
 
 
+def test_an_image_accepted_before_the_takedown_is_not_held_by_a_review_undo(published):
+    # The verify20 audit: undoing a relabel of an image accepted in v1, 4 bits from a photo taken down
+    # later (curate had kept both: different pictures by pixels), held it out. Only photos taken down
+    # before an image was first accepted are compared with it.
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.catalog import review
+    from mlc_pipeline.review.app import create_app
+    cfg, config, v1, world = published
+    victim, _ = first_ants_photo_and_crop(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        other = [r for r in c.candidates("status='accepted' AND label='bees'")][0]
+        c.update_fields(other["id"], phash=victim["phash"], view_hashes=victim["view_hashes"])   # a lookalike
+    assert mlc(config, "remove", "--photo-id", victim["photo_id"], "--reason", "owner request").returncode == 0
+    h = {"X-MLC-Client": "t"}
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        rejected = client.post("/api/action", json={"id": other["id"], "action": "reject"}, headers=h).json()
+        res = client.post("/api/undo", json={"id": other["id"], "action_id": rejected["action_id"]}, headers=h)
+        assert res.status_code == 200 and "held" not in res.json() and res.json()["state"]["include"] is None, res.text
+    with Catalog(cfg.catalog_path) as c:
+        assert [a["action"] for a in review.actions(c, other["id"])] == ["reject", "undo"]
+
+
+def test_a_takedown_keeps_the_corner_hashes_of_a_file_downloaded_while_it_started(published, monkeypatch):
+    # The verify20 audit: a photo downloaded by a collect after the takedown's first pass read the
+    # corner hashes, but before its transaction, lost its file without them.
+    from mlc_pipeline.curate import takedown
+    cfg, config, v1, world = published
+    victim, _ = first_ants_photo_and_crop(cfg)
+    monkeypatch.setattr(takedown, "keep_corner_hashes", lambda *args: None)     # as if it had no file then
+    remove_photos(cfg, "owner request", photo_id=victim["photo_id"])
+    with Catalog(cfg.catalog_path) as c:
+        assert len(c.get(victim["id"])["corner_hashes"].split(",")) == 4
+
+
 def test_a_copy_rejected_for_a_limit_then_passing_is_compared_with_the_takedowns(published):
     # A re-upload of a photo taken down, too small for min_side, was rejected; with the limit relaxed
     # the next curate accepted it as a file curated before, so it was never compared with the
