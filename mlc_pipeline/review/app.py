@@ -315,11 +315,15 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
     def answer(cid: int, res: cr.ActionResult, client: str, compare: bool = True) -> JSONResponse:
         """An action's answer; an image an undo or a restore leaves in that looks like a photo taken
         down is held first."""
-        with review.write_lock:
-            if compare and (held := hold_if_looks_taken_down(review.writer, cid, client)):
-                return JSONResponse({"ok": True, "action_id": res.action_id, "held": held["photo_id"],
-                                     "state": cr.override_of(review.writer, cid)})
-        return JSONResponse({"ok": True, "action_id": res.action_id, "state": res.state})
+        ok = {"ok": True, "action_id": res.action_id, "state": res.state}
+        try:
+            with review.write_lock:
+                if compare and (held := hold_if_looks_taken_down(review.writer, cid, client)):
+                    return JSONResponse({**ok, "held": held["photo_id"], "state": cr.override_of(review.writer, cid)})
+        except CatalogBusy:     # the action is saved (not the 503's "nothing was changed": verify20)
+            return JSONResponse({**ok, "warning": "saved, but not compared with the photos taken down (the "
+                                                  "catalog was busy): undo and redo it in a moment to compare"})
+        return JSONResponse(ok)
 
     def do_undo(cid: int, body: dict, reason: str, client: str) -> JSONResponse:
         try:

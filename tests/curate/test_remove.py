@@ -588,6 +588,28 @@ def test_an_image_accepted_before_the_takedown_is_not_held_by_a_review_undo(publ
         assert [a["action"] for a in review.actions(c, other["id"])] == ["reject", "undo"]
 
 
+def test_an_undo_whose_comparison_finds_the_catalog_busy_says_it_was_saved(published, monkeypatch):
+    # The verify20 audit (from the code): the comparison after a committed undo meeting a busy catalog
+    # answered the 503 "nothing was changed".
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.catalog import CatalogBusy, review
+    from mlc_pipeline.review import app as review_app
+    cfg, config, v1, world = published
+    with Catalog(cfg.catalog_path) as c:
+        target = c.candidates("status='accepted' AND label='bees'")[0]
+
+    def busy(*args):
+        raise CatalogBusy("still locked by another writer after 2 s")
+    monkeypatch.setattr(review_app, "hold_if_looks_taken_down", busy)
+    h = {"X-MLC-Client": "t"}
+    with TestClient(review_app.create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        rejected = client.post("/api/action", json={"id": target["id"], "action": "reject"}, headers=h).json()
+        res = client.post("/api/undo", json={"id": target["id"], "action_id": rejected["action_id"]}, headers=h)
+    assert res.status_code == 200 and res.json()["warning"].startswith("saved, but not compared"), res.text
+    with Catalog(cfg.catalog_path) as c:
+        assert [a["action"] for a in review.actions(c, target["id"])] == ["reject", "undo"]
+
+
 def test_a_takedown_keeps_the_corner_hashes_of_a_file_downloaded_while_it_started(published, monkeypatch):
     # The verify20 audit: a photo downloaded by a collect after the takedown's first pass read the
     # corner hashes, but before its transaction, lost its file without them.
