@@ -223,9 +223,10 @@ def read_marker(store: Store, key: str) -> dict | None:
     return json.loads(text) if text is not None else None
 
 
-def refuse_moved_catalog(store: Store) -> None:
+def refuse_moved_catalog(store: Store, publishing: bool = False) -> None:
     """A config still on the store's SQLite catalog after `mlc catalog migrate` moved it to PostgreSQL
-    would publish that stale snapshot and delete every object only the new catalog names: refused."""
+    would publish that stale snapshot and delete every object only the new catalog names: refused
+    (`publishing`: after a command, or a review app, changed this cache: that is said too)."""
     text = store.read_text(MOVED)
     if text is not None:
         moved = json.loads(text)
@@ -233,7 +234,8 @@ def refuse_moved_catalog(store: Store) -> None:
             f"the catalog of {store.url} was moved to {moved.get('to')} by `mlc catalog migrate` ({moved.get('on')}): "
             f"set catalog.url: {moved.get('to')} in this config (the password in PGPASSWORD or ~/.pgpass). Only "
             f"to go back to the SQLite catalog for good, delete {store.url}/{MOVED}: that snapshot knows nothing "
-            f"recorded in PostgreSQL since, and its next publish deletes from the store the files only PostgreSQL names")
+            f"recorded in PostgreSQL since, and its next publish deletes from the store the files only PostgreSQL names"
+            + (". What this command (or review) changed stays unpublished, in this machine's cache" if publishing else ""))
 
 
 def folder_files(folder: Path) -> dict[str, Path]:

@@ -352,7 +352,7 @@ def publish(cfg: Config) -> None:
         return
     with store_errors(store):
         if uses_local_catalog(cfg):
-            refuse_moved_catalog(store)     # moved while this command ran: publish nothing
+            refuse_moved_catalog(store, publishing=True)     # moved while this command ran: publish nothing
         if has_catalog(cfg):
             drop_taken_down(cfg)        # taken down meanwhile (on any machine): never uploaded again
         uploaded = push_files(store, cfg) if has_catalog(cfg) else 0

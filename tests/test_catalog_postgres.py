@@ -638,6 +638,8 @@ def test_migrate_on_an_object_store_root_copies_the_stores_current_catalog(postg
                                               "/catalog.moved: that snapshot knows nothing") as err:
             step()
         assert postgres_server.password not in str(err.value)
+    with pytest.raises(ConfigError, match="What this command .or review. changed stays unpublished"):
+        publish(publisher)                  # after a command (or a review app) changed its cache: said so
     assert contents() == before
     (store / "catalog.moved").unlink()                  # back to SQLite, as the refusal says
     with Catalog(publisher.catalog_path) as c:          # the other machine goes on: this cache is stale now
