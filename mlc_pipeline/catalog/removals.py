@@ -67,17 +67,18 @@ class RemovalQueries:
             out.setdefault(r["sha256"], dict(r))
         return out
 
-    def removed_hashes(self, accepted_after: int | None = None) -> list[dict]:
+    def removed_hashes(self) -> list[dict]:
         """Photos taken down with their perceptual hashes (kept when the file goes): id, source,
-        photo_id, reason, phash, view_hashes, corner_hashes. `accepted_after` (a candidate's id): only
-        those taken down before that candidate was first accepted (curate compared it by pixels with
-        the photos it had then)."""
-        since = "" if accepted_after is None else (
-            " AND (SELECT MIN(r.at) FROM removals r WHERE r.candidate_id=candidates.id) < "
-            "(SELECT MIN(e.at) FROM events e WHERE e.candidate_id=? AND e.status='accepted')")
+        photo_id, reason, phash, view_hashes, corner_hashes, and `removed_at` (the first takedown)."""
         return [dict(r) for r in self.db.execute(
-            "SELECT id, source, photo_id, reason, phash, view_hashes, corner_hashes FROM candidates WHERE status='removed' "
-            f"AND phash IS NOT NULL{since} ORDER BY id", () if accepted_after is None else (accepted_after,))]
+            "SELECT id, source, photo_id, reason, phash, view_hashes, corner_hashes, (SELECT MIN(r.at) FROM removals r "
+            "WHERE r.candidate_id=candidates.id) AS removed_at FROM candidates WHERE status='removed' "
+            "AND phash IS NOT NULL ORDER BY id")]
+
+    def first_accepted(self) -> dict[int, float]:
+        """Candidate id -> when curate first accepted it (its first 'accepted' event)."""
+        return {r["candidate_id"]: r["at"] for r in self.db.execute(
+            "SELECT candidate_id, MIN(at) AS at FROM events WHERE status='accepted' GROUP BY candidate_id")}
 
     def takedown_held(self) -> set[int]:
         """Candidates a takedown's hold keeps out now (catalog.review.hold: a reject logged with

@@ -141,13 +141,14 @@ LOOKALIKE_BITS = 8     # hashes this close: the same picture (docs/curation.md, 
 
 
 def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[int, int] | None = None,
-                               client: str = "curate", removed: list[dict] | None = None) -> list[dict]:
+                               client: str = "curate") -> list[dict]:
     """In a curate's transaction: each of `rows` (accepted now, not before) whose hashes
     are within LOOKALIKE_BITS of a photo taken down is held out for review (`review.hold`). Its file
     is gone, so a re-encode, resize or small crop of it collected since cannot be confirmed by
     pixels; the hashes alone decide, and a hold, not a removal, leaves the last word to a user.
-    Rows accepted before a photo was removed were compared with its pixels then; a row a review
-    undid a hold of is not held again (`review.hold`). `keeps`: row id ->
+    A row is compared only with the photos taken down before it was first accepted: curate compared
+    it by pixels with those it had then (verify20). A row a review undid a hold of is not held again
+    (`review.hold`). `keeps`: row id ->
     the held copy this curate dropped in its favour (a copy of a held copy is held too: the verify17
     audit saw a larger re-upload become the kept one of a held group, and published). Returns those held."""
     held, keeps = [], keeps or {}
@@ -158,16 +159,19 @@ def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[i
             held.append(row)
             log.warning("candidate %s (%s:%s) held: a near copy of candidate %s, held for a takedown", row["id"],
                         row["source"], row["photo_id"], copy)
-    removed, held_ids = catalog.removed_hashes() if removed is None else removed, {r["id"] for r in held}
+    removed, held_ids = catalog.removed_hashes(), {r["id"] for r in held}
     rows = [r for r in rows if r["phash"] and r["id"] not in held_ids]
     if not removed or not rows:
         return held
     mine, theirs = hash_matrix(rows), hash_matrix(removed)
+    first = catalog.first_accepted()
+    accepted_at = np.array([first.get(r["id"], np.inf) for r in rows])
     for r, their in zip(removed, theirs):     # every view against every view, as the candidate search
         bits = hamming_uint64(mine[:, :, None], their[None, None, :]).min(axis=(1, 2))
         if r["corner_hashes"]:                # and the whole image against its corner windows
             corners = hex_to_uint64(r["corner_hashes"].split(","))
             bits = np.minimum(bits, hamming_uint64(mine[:, :1], corners[None, :]).min(axis=1))
+        bits[accepted_at < (r["removed_at"] or 0)] = 64     # accepted while it was here: compared by pixels
         for i in np.flatnonzero(bits <= LOOKALIKE_BITS):
             why = (f"held: looks like {r['source']}:{r['photo_id']}, taken down "
                    f"({takedown_reason(r)}): perceptual hashes {int(bits[i])} bits apart "
@@ -182,16 +186,15 @@ def hold_if_looks_taken_down(catalog: Catalog, cid: int, client: str) -> dict | 
     """After a review action or undo that leaves an image in the next build with no review decision in
     force: the comparison with the photos taken down that curate makes, and skips while a review
     decides (the verify19 audit: a reject made before an image's first curate, undone after it,
-    published a copy of a photo taken down). Only with photos taken down before it was first accepted:
-    curate compared it by pixels with those it had then (verify20). Held as curate holds, an undone
-    hold not again; the row."""
-    if not (removed := catalog.removed_hashes(accepted_after=cid)):
+    published a copy of a photo taken down). Held as curate holds (only for photos taken down before
+    it was first accepted), an undone hold not again; the row."""
+    if not catalog.removed_hashes():
         return None
     with catalog.locked_candidate(cid) as row:
         include = review.override_of(catalog, cid)["include"] if catalog.has_table("review_overrides") else None
         if row is None or not row["phash"] or include is not None or not next_build(row)[0]:
             return None
-        held = hold_lookalikes_of_removed(catalog, [row], client=client, removed=removed)
+        held = hold_lookalikes_of_removed(catalog, [row], client=client)
     return held[0] if held else None
 
 

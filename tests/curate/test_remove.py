@@ -586,6 +586,10 @@ def test_an_image_accepted_before_the_takedown_is_not_held_by_a_review_undo(publ
         assert res.status_code == 200 and "held" not in res.json() and res.json()["state"]["include"] is None, res.text
     with Catalog(cfg.catalog_path) as c:
         assert [a["action"] for a in review.actions(c, other["id"])] == ["reject", "undo"]
+        c.set_status(other["id"], "downloaded", None, "r", "download")    # out and back in, as curate sees it
+    assert curate(cfg).held == 0           # curate's rule is the same: accepted before the takedown
+    with Catalog(cfg.catalog_path) as c:
+        assert c.get(other["id"])["status"] == "accepted" and len(review.actions(c, other["id"])) == 2
 
 
 def test_an_undo_whose_comparison_finds_the_catalog_busy_says_it_was_saved(published, monkeypatch):
