@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 HASH_DECODE_SIDE = 64
 # A takedown keeps the phashes of its photo's four corner windows, this share cut off two adjacent
 # edges: a copy cut at a corner (5-10 %) has a whole-image phash near one of them (docs/curation.md,
-# "Near copies collected later"). Every image's hashes would cost curate ~0.1 ms a view.
+# "Near copies collected later"). For every image they would cost curate ~0.1 ms a view (ibid.).
 CORNER_CUT = 0.075
 
 
