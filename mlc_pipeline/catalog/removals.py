@@ -75,10 +75,22 @@ class RemovalQueries:
             "WHERE r.candidate_id=candidates.id) AS removed_at FROM candidates WHERE status='removed' "
             "AND phash IS NOT NULL ORDER BY id")]
 
-    def first_accepted(self) -> dict[int, float]:
-        """Candidate id -> when curate first accepted it (its first 'accepted' event)."""
-        return {r["candidate_id"]: r["at"] for r in self.db.execute(
-            "SELECT candidate_id, MIN(at) AS at FROM events WHERE status='accepted' GROUP BY candidate_id")}
+    def has_removed_hashes(self) -> bool:
+        """Whether any photo taken down kept its hashes: one row read, where `removed_hashes` reads all."""
+        return self.db.execute("SELECT 1 FROM candidates WHERE status='removed' AND phash IS NOT NULL "
+                               "LIMIT 1").fetchone() is not None
+
+    def first_accepted(self, ids: list[int], chunk: int = 500) -> dict[int, float]:
+        """Candidate id -> when curate first accepted it (its first 'accepted' event), for `ids` only:
+        read in chunks, so a curate of a few new images does not group the whole events table."""
+        out: dict[int, float] = {}
+        ids = sorted(set(ids))
+        for i in range(0, len(ids), chunk):
+            part = ids[i:i + chunk]
+            out.update((r["candidate_id"], r["at"]) for r in self.db.execute(
+                "SELECT candidate_id, MIN(at) AS at FROM events WHERE status='accepted' "
+                f"AND candidate_id IN ({','.join('?' * len(part))}) GROUP BY candidate_id", part))
+        return out
 
     def takedown_held(self) -> set[int]:
         """Candidates a takedown's hold keeps out now (catalog.review.hold: a reject logged with

@@ -164,7 +164,7 @@ def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[i
     if not removed or not rows:
         return held
     mine, theirs = hash_matrix(rows), hash_matrix(removed)
-    first = catalog.first_accepted()
+    first = catalog.first_accepted([r["id"] for r in rows])
     accepted_at = np.array([first.get(r["id"], np.inf) for r in rows])
     for r, their in zip(removed, theirs):     # every view against every view, as the candidate search
         bits = hamming_uint64(mine[:, :, None], their[None, None, :]).min(axis=(1, 2))
@@ -188,7 +188,7 @@ def hold_if_looks_taken_down(catalog: Catalog, cid: int, client: str) -> dict | 
     decides (the verify19 audit: a reject made before an image's first curate, undone after it,
     published a copy of a photo taken down). Held as curate holds (only for photos taken down before
     it was first accepted), an undone hold not again; the row."""
-    if not catalog.removed_hashes():
+    if not catalog.has_removed_hashes():      # the usual case, read in one row; the hashes under the lock
         return None
     with catalog.locked_candidate(cid) as row:
         include = review.override_of(catalog, cid)["include"] if catalog.has_table("review_overrides") else None
