@@ -13,7 +13,6 @@ import contextlib
 import functools
 import logging
 import os
-import re
 import time
 from typing import Iterator
 
@@ -21,7 +20,7 @@ from ..secrets import redact, remember
 from . import runs
 from .address import PostgresCatalog
 from .schema import (ADDED_COLUMNS, LOCK_NOTICE_S, SCHEMA_VERSION, CatalogBusy, CatalogError, CatalogLost,
-                     postgres_schema)
+                     creates, postgres_schema)
 
 log = logging.getLogger(__name__)
 DIALECT = "postgresql"
@@ -114,8 +113,9 @@ def connect(target: PostgresCatalog, readonly: bool, lock_timeout_s: float) -> P
     try:
         # Schema statements only where something is missing: even IF NOT EXISTS locks the table
         # (ALTER TABLE exclusively), and would wait on every reader and writer of it.
-        if missing_relations(db, postgres_schema()):
-            conn.execute(postgres_schema())
+        for name, statement in creates(postgres_schema()):
+            if not has_table(db, name):
+                conn.execute(statement)
         for table, column, kind in missing_columns(db, ADDED_COLUMNS):
             conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
         db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING",
@@ -125,12 +125,6 @@ def connect(target: PostgresCatalog, readonly: bool, lock_timeout_s: float) -> P
         raise
     conn.execute("COMMIT")
     return db
-
-
-def missing_relations(db: PgConnection, ddl: str) -> list[str]:
-    """The tables and indexes `ddl` creates (IF NOT EXISTS) that the database lacks."""
-    names = re.findall(r"CREATE\s+(?:TABLE|(?:UNIQUE\s+)?INDEX)\s+IF\s+NOT\s+EXISTS\s+(\w+)", ddl, re.I)
-    return [name for name in names if not has_table(db, name)]
 
 
 def missing_columns(db: PgConnection, columns) -> list[tuple[str, str, str]]:

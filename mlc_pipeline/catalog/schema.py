@@ -93,6 +93,18 @@ def postgres_ddl(ddl: str) -> str:
     return re.sub(r"\b(INTEGER|REAL)\b", lambda m: postgres_type(m.group(1)), ddl)
 
 
+def creates(ddl: str) -> list[tuple[str, str]]:
+    """(name, statement) of each table or index `ddl` creates: every statement of the catalog's DDL is
+    one CREATE TABLE / [UNIQUE] INDEX ... IF NOT EXISTS, so a connection can run only what is missing."""
+    out = []
+    for statement in filter(str.strip, ddl.split(";")):
+        found = re.match(r"\s*CREATE\s+(?:TABLE|(?:UNIQUE\s+)?INDEX)\s+IF\s+NOT\s+EXISTS\s+(\w+)", statement, re.I)
+        if found is None:
+            raise ValueError(f"not a CREATE ... IF NOT EXISTS statement: {statement.strip()[:60]}")
+        out.append((found.group(1), statement))
+    return out
+
+
 def postgres_schema() -> str:
     """SCHEMA for PostgreSQL (`postgres_ddl`)."""
     return postgres_ddl(SCHEMA)

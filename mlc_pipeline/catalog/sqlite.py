@@ -178,4 +178,6 @@ def pipeline(db: sqlite3.Connection):
 
 
 def has_table(db: sqlite3.Connection, name: str) -> bool:
-    return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
+    """A table or an index of that name (one namespace in SQLite, as a relation's in PostgreSQL)."""
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type IN ('table', 'index') AND name=?",
+                      (name,)).fetchone() is not None

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sqlite3
 import time
 import uuid
@@ -38,7 +37,8 @@ from .address import PostgresCatalog
 from .pairs import PairScoreQueries
 from .removals import RemovalQueries
 from .tallies import TallyQueries
-from .schema import MIGRATION_DIRS, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA_VERSION, Found, merge_labels, postgres_ddl
+from .schema import (MIGRATION_DIRS, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA_VERSION, Found, creates, merge_labels,
+                     postgres_ddl)
 
 log = logging.getLogger(__name__)
 
@@ -158,14 +158,14 @@ class Catalog(RemovalQueries, TallyQueries, PairScoreQueries):
         return stored
 
     def has_table(self, name: str) -> bool:
-        """Whether the catalog holds table `name` (tables other modules add, such as the review app's)."""
+        """Whether the catalog holds table (or index) `name` (tables other modules add, such as the review app's)."""
         return self.backend.has_table(self.db, name)
 
     def create_missing(self, ddl: str) -> None:
         """The tables and indexes `ddl` (SQLite's dialect, each CREATE ... IF NOT EXISTS) creates that the
         catalog lacks, in the caller's transaction: on PostgreSQL even IF NOT EXISTS locks the table."""
-        for statement in filter(str.strip, (postgres_ddl(ddl) if self.dialect == "postgresql" else ddl).split(";")):
-            if not self.has_table(re.search(r"IF NOT EXISTS (\w+)", statement).group(1)):
+        for name, statement in creates(postgres_ddl(ddl) if self.dialect == "postgresql" else ddl):
+            if not self.has_table(name):
                 self.db.execute(statement)
 
     def __enter__(self) -> "Catalog":
