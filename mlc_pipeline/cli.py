@@ -146,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail at once (exit code 75) when another command is writing to the data root")
     p.set_defaults(func=commands.cmd_remove)
 
+    p = sub.add_parser("withdraw", help="take a published dataset version out of use for good (its name is kept)")
+    add_config(p)
+    p.add_argument("version", help="the version to withdraw (vN)")
+    p.add_argument("--reason", required=True, help="why (kept in datasets/<name>/WITHDRAWN)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="fail at once (exit code 75) when another command is writing to the data root")
+    p.set_defaults(func=commands.cmd_withdraw)
+
     p = sub.add_parser("serve-flickr", help="run the bundled Flickr-compatible server (offline world)",
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER, help="see `mlc serve-flickr --help`")

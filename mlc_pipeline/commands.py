@@ -246,10 +246,11 @@ def cmd_promote(args) -> int:
 def cmd_export(args) -> int:
     from mlc_pipeline.curate.takedown import taken_down_photos
     from mlc_pipeline.dataset.export import ExportError, export_version, version_folder
+    from mlc_pipeline.sync import pull_for_reading
     cfg = load_config(args.config, parse_overrides(args.set)) if args.config else None
     try:
         if cfg:
-            fetch_for_reading(cfg, requested_version(args.version))
+            pull_for_reading(cfg, requested_version(args.version))
         # a path through the `latest` link names the version it points at (the export's name, its message)
         version_dir = version_folder(args.version, cfg.layout.datasets if cfg else None).resolve()
         out = Path(args.out) if args.out else ((cfg.data_dir / "exports" if cfg else Path.cwd()) /
@@ -341,7 +342,7 @@ def cmd_remove(args) -> int:
         print(f"held {len(res.held)} near duplicate(s) of the photos taken down for review: "
               + ", ".join(f"{r['source']}:{r['photo_id']}" for r in res.held) + " (undo in `mlc review` if not)")
     if res.published_in:
-        print("published versions that still contain them (rebuild with `mlc build`, or withdraw them):")
+        print("published versions that still contain them (rebuild with `mlc build`, or `mlc withdraw` them):")
         for version, ids in res.published_in.items():
             print(f"  {version}: {len(ids)} photo(s): {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}")
     else:
@@ -351,6 +352,16 @@ def cmd_remove(args) -> int:
               f"exports elsewhere (--out) are not tracked):")
         for folder, ids in exports.items():
             print(f"  {folder}: {len(ids)} photo(s): {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}")
+    return 0
+
+
+def cmd_withdraw(args) -> int:
+    from mlc_pipeline.dataset.withdraw import withdraw_version
+    from mlc_pipeline.model.registry import list_bundles
+    cfg = load_config(args.config, parse_overrides(args.set))
+    res = withdraw_version(cfg, args.version, args.reason, wait=not args.no_wait)
+    models = [b.name for b in list_bundles(cfg.layout.models) if b.dataset_version == f"{cfg.build.name}/{res.version}"]
+    print("\n".join(res.lines(cfg, models)))
     return 0
 
 
@@ -365,8 +376,9 @@ def cmd_inspect(args) -> int:
     from mlc_pipeline.dataset.verify import verify_version
     from mlc_pipeline.manifest import latest_version, resolve_version
     from mlc_pipeline.report.inspect import inspect_main
+    from mlc_pipeline.sync import pull_for_reading
     cfg = load_config(args.config, parse_overrides(args.set))
-    fetch_for_reading(cfg, requested_version(args.version))
+    pull_for_reading(cfg, requested_version(args.version))
     require_catalog(cfg, args.config)       # say so, rather than report an empty project
     root = cfg.layout.datasets
     # Named: it must exist (UnknownVersion otherwise); not named: the latest, or none built yet.
@@ -383,17 +395,3 @@ def cmd_inspect(args) -> int:
     if damage:
         raise damage
     return rc
-
-
-def fetch_for_reading(cfg, version: str | None) -> None:
-    """`mlc inspect` on an object-store data root: fetch the catalog and the version into the cache,
-    unless a writer on this machine holds the cache (it publishes when done; the cache is read as is)."""
-    from mlc_pipeline.locking import DataRootBusy, data_root_lock
-    from mlc_pipeline.sync import pull
-    if not cfg.data_url:
-        return
-    try:
-        with data_root_lock(cfg.data_dir, "mlc inspect (fetching)", wait=False):
-            pull(cfg, "inspect", version)
-    except DataRootBusy as exc:
-        log.warning("not fetching from %s: %s", cfg.data_url, exc)

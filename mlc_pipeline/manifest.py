@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import re
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from mlc_pipeline.fsutil import write_text_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,11 +55,39 @@ PUBLISHED = "PUBLISHED"      # datasets/<name>/PUBLISHED: every version ever pub
 def highest_published(root: Path) -> int:
     """The highest version number ever published under `root` (folders and the PUBLISHED ledger): a
     version withdrawn by deleting its folder keeps its number, so no later build reuses its name."""
-    numbers = [int(v[1:]) for v in versions(root)]
+    return max((int(v[1:]) for v in versions(root) + sorted(published_names(root))), default=0)
+
+
+WITHDRAWN = "WITHDRAWN"      # datasets/<name>/WITHDRAWN: `mlc withdraw`'s record, one line a version
+
+
+def withdrawn_versions(root: Path) -> dict[str, dict]:
+    """The versions withdrawn under `root` (`mlc withdraw`; on an object-store root, also withdrawn on
+    another machine and seen by this cache): name -> when, fingerprint and reason."""
+    ledger, out = root / WITHDRAWN, {}
+    for line in ledger.read_text().splitlines() if ledger.is_file() else []:
+        if m := re.match(r"(v\d+) (\S+) (\S+) ?(.*)$", line):
+            out.setdefault(m.group(1), {"at": m.group(2), "fingerprint": m.group(3), "reason": m.group(4)})
+    return out
+
+
+def record_withdrawal(root: Path, version: str, fingerprint: str | None, reason: str, at: str | None = None) -> None:
+    """The version's name in both ledgers (PUBLISHED too: a cache that never held it numbers past it),
+    before its folder goes: killed after this, a rerun finishes the withdrawal."""
+    root.mkdir(parents=True, exist_ok=True)
+    if version not in withdrawn_versions(root):
+        at = at or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with open(root / WITHDRAWN, "a") as ledger:
+            ledger.write(f"{version} {at} {fingerprint or '-'} {' '.join(reason.split())}\n")
+    if version not in published_names(root):
+        with open(root / PUBLISHED, "a") as ledger:
+            ledger.write(f"{version} {fingerprint or '-'} withdrawn\n")
+
+
+def published_names(root: Path) -> set[str]:
     ledger = root / PUBLISHED
-    if ledger.is_file():
-        numbers += [int(m.group(1)) for line in ledger.read_text().splitlines() if (m := re.match(r"v(\d+)\b", line))]
-    return max(numbers, default=0)
+    return {m.group(1) for line in (ledger.read_text().splitlines() if ledger.is_file() else [])
+            if (m := re.match(r"(v\d+)\b", line))}
 
 
 def withdrawn_latest(root: Path) -> str | None:
@@ -86,12 +118,39 @@ def resolve_version(root: Path, spec: str | None) -> str:
     if name in have:
         return name
     listed = ", ".join(have) or "none (run `mlc build`)"
+    if (gone := withdrawn_versions(root).get(spec)) is not None:
+        raise UnknownVersion(f"dataset version {spec} was withdrawn ({gone['at']}: {gone['reason'] or 'no reason given'}); "
+                             f"versions: {listed}")
     if requested_version(spec) is None:
         raise UnknownVersion(f"no dataset version under {root} yet: run `mlc build` first")
     number = re.fullmatch(r"\s*(?:v|version)?\s*(\d+)\s*", spec, re.IGNORECASE)
     meant = f"v{int(number.group(1))}" if number else None
     hint = f" (did you mean {meant}?)" if meant in have else ""
     raise UnknownVersion(f"no dataset version {spec!r} under {root}{hint}; versions: {listed}")
+
+
+def move_aside_real_latest(root: Path) -> Path | None:
+    """`latest` must be a link. A real folder there (`cp -rL` of a data root, a sync tool that
+    follows links) would block every later build; it is moved aside, never deleted: it may hold
+    the only copy of something a user put there."""
+    latest = root / "latest"
+    if latest.is_symlink() or not latest.is_dir():
+        return None
+    aside = root / f"latest.real-folder-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    os.rename(latest, aside)
+    log.warning("%s was a real folder, not a link (copied with cp -L?): moved it to %s (delete it once you "
+                "no longer need it); latest now points at the newest version", latest, aside.name)
+    return aside
+
+
+def point_latest(root: Path, version: str) -> None:
+    move_aside_real_latest(root)
+    link_tmp = root / f".latest.tmp-{os.getpid()}"
+    if link_tmp.is_symlink() or link_tmp.exists():
+        link_tmp.unlink()
+    link_tmp.symlink_to(version, target_is_directory=True)
+    os.replace(link_tmp, root / "latest")
+    write_text_atomic(root / "LATEST", version + "\n")
 
 
 def write_manifest(path: Path, rows: list[dict]) -> None:

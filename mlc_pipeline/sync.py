@@ -16,7 +16,8 @@ version that has one. New files go up before the catalog snapshot that names the
 and quarantine/ that the catalog no longer names (quarantine moves, takedowns) are deleted after it,
 and the store is listed before the catalog is read, so a file another writer uploaded meanwhile
 (after recording it in the catalog) is always named. The image files themselves (fetch, publish,
-deletions, takedowns reaching this cache) are storefiles.py's.
+deletions, takedowns reaching this cache) are storefiles.py's; the dataset versions (publish, fetch,
+withdrawals) storeversions.py's.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,12 +34,12 @@ from mlc_pipeline.catalog import Catalog, catalog_exists
 from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, temp_beside, write_text_atomic
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
-from mlc_pipeline.manifest import versions as local_versions
-from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, claim_folder, folder_files, holds_digests,
+from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, folder_files, holds_digests,
                                       md5_file, pull_folder, push_folder, read_marker, refuse_moved_catalog, same,
                                       same_bytes, store_errors, store_of)
 from mlc_pipeline import storefiles
 from mlc_pipeline.storefiles import delete_unnamed_files, drop_taken_down, pull_files, push_files
+from mlc_pipeline.storeversions import drop_withdrawn, pull_version, push_versions, remote_versions
 
 log = logging.getLogger(__name__)
 # Still reachable from here (tests, benchmarks): the files' half of syncing lives in storefiles.py.
@@ -47,7 +47,6 @@ file_listing, named_files, open_catalog = storefiles.file_listing, storefiles.na
 
 CATALOG_OBJECT = "catalog.sqlite"
 STATE_NAME = ".objectstore.json"       # in the cache: which catalog snapshot it last synced with
-VERSION_RE = re.compile(r"^v\d+$")
 REWRITTEN_BUNDLE_FILES = ("mined.csv", "review.csv")   # what `mlc mine` rewrites in a published bundle
 MINED_ROUND_RECORD = re.compile(r"^mined-r\d+\.csv$")    # and each round's record, rewritten by a rerun
 
@@ -180,76 +179,6 @@ def push_catalog(store: Store, cfg: Config) -> None:
     write_state(cfg, local=local_signature(cfg))
 
 
-def version_key(cfg: Config, version: str) -> str:
-    return f"datasets/{cfg.build.name}/{version}"
-
-
-def remote_versions(store: Store, cfg: Config) -> list[str]:
-    """The versions in the store that have their marker, oldest first (the last is `latest`)."""
-    try:
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in store.fs.ls(store.path(f"datasets/{cfg.build.name}"),
-                                                                        detail=False)]
-    except FileNotFoundError:
-        return []
-    found = [v for v in names if VERSION_RE.match(v) and store.info(f"{version_key(cfg, v)}/{MARKER}")]
-    return sorted(found, key=lambda v: int(v[1:]))
-
-
-def push_versions(store: Store, cfg: Config) -> list[str]:
-    """Publish the cache's complete versions the store lacks. A store version of the same number with
-    other contents (built meanwhile on another machine) is a conflict: one line, nothing overwritten."""
-    pushed = []
-    for version in local_versions(cfg.layout.datasets):
-        folder = cfg.layout.version(version)
-        if not (folder / "dataset.json").exists():
-            continue
-        meta, key = version_meta(folder), version_key(cfg, version)
-        marker = read_marker(store, key)
-        if marker is not None and marker.get("fingerprint") == meta.get("fingerprint"):
-            continue
-        other = marker or claim_folder(store, key, meta.get("fingerprint"))
-        if other is not None:
-            by = "" if marker else f", claimed by {other.get('host')} {int(time.time() - other.get('at', 0)) // 60} min ago"
-            raise ObjectStoreError(
-                f"{store.url}/{key} holds, or is receiving, another build's {version} (built meanwhile on another "
-                f"machine{by}): this cache's {folder} is not published; move it aside and run `mlc build` again")
-        push_folder(store, folder, key, {"version": version, "fingerprint": meta.get("fingerprint"),
-                                         "files_sha256": meta.get("files_sha256")}, prune=True)
-        pushed.append(version)
-        log.info("dataset %s %s published to %s", cfg.build.name, version, store.url)
-    return pushed
-
-
-def version_meta(folder: Path) -> dict:
-    """A cached version's dataset.json; an unreadable one is the version damaged, said in one line."""
-    try:
-        meta = json.loads((folder / "dataset.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ObjectStoreError(f"dataset version {folder} is damaged (dataset.json: {exc}): not published nor "
-                               f"compared; move it aside (or `mlc build --repair` for the latest)") from None
-    if not isinstance(meta, dict):
-        raise ObjectStoreError(f"dataset version {folder} is damaged (dataset.json is not an object)")
-    return meta
-
-
-def pull_version(store: Store, cfg: Config, version: str | None = None) -> str | None:
-    """Fetch a version (default: the store's latest) into the cache unless complete there."""
-    version = version or (remote_versions(store, cfg) or [None])[-1]
-    if version is None:
-        return None
-    key, folder = version_key(cfg, version), cfg.layout.version(version)
-    marker = read_marker(store, key)
-    if marker is None:
-        return version if folder.exists() else None     # not published (yet): the cache's own, if any
-    if (folder / "dataset.json").exists():
-        if version_meta(folder).get("fingerprint") != marker.get("fingerprint"):
-            raise ObjectStoreError(f"the cache's {folder} is not the version {store.url}/{key} holds (built here "
-                                   f"but never published?): move it aside and rerun")
-    if pull_folder(store, key, folder, marker):
-        log.info("dataset %s %s fetched from %s", cfg.build.name, version, store.url)
-    return version
-
-
 def push_models(store: Store, cfg: Config) -> list[str]:
     root = cfg.layout.models
     if not root.is_dir():
@@ -334,6 +263,8 @@ def pull(cfg: Config, command: str, version: str | None = None) -> None:
             drop_taken_down(cfg)        # a takedown made on another machine reaches this cache
         if "files" in parts and has_catalog(cfg):
             pull_files(store, cfg)
+        if {"version", "versions"} & set(parts):
+            drop_withdrawn(store, cfg)      # withdrawn on any machine: gone from this cache too
         if "version" in parts:
             pull_version(store, cfg, version)
         if "versions" in parts:
@@ -359,6 +290,7 @@ def publish(cfg: Config) -> None:
         if uses_local_catalog(cfg):
             push_catalog(store, cfg)
         deleted = delete_unnamed_files(store, cfg) if has_catalog(cfg) else 0
+        drop_withdrawn(store, cfg)          # withdrawn meanwhile: never uploaded again
         push_versions(store, cfg)
         push_models(store, cfg)
         push_reports(store, cfg)
@@ -390,6 +322,19 @@ def served(cfg: Config, command: str) -> Iterator[None]:
         unless_busy(cfg, f"mlc {command} (publishing)", lambda: publish(cfg))
         raise
     unless_busy(cfg, f"mlc {command} (publishing)", lambda: publish(cfg))
+
+
+def pull_for_reading(cfg: Config, version: str | None) -> None:
+    """`mlc inspect` and `mlc export` on an object-store data root: fetch the catalog and the version
+    into the cache, unless a writer on this machine holds the cache (it publishes when done; the cache
+    is read as is)."""
+    if not cfg.data_url:
+        return
+    try:
+        with data_root_lock(cfg.data_dir, "mlc inspect (fetching)", wait=False):
+            pull(cfg, "inspect", version)
+    except DataRootBusy as exc:
+        log.warning("not fetching from %s: %s", cfg.data_url, exc)
 
 
 def unless_busy(cfg: Config, command: str, step) -> None:

@@ -35,9 +35,9 @@ from mlc_pipeline import progress
 from mlc_pipeline.catalog.review import build_candidates, review_changed_photos
 from mlc_pipeline.dataset.card import FLICKR_PHOTO_PAGE, attribution, dataset_card
 from mlc_pipeline.config import RESTRICTED_LICENSES, Config
-from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, write_text_atomic
+from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file
 from mlc_pipeline.locking import files_lock
-from mlc_pipeline.manifest import PUBLISHED, SPLITS, highest_published, latest_version, write_manifest
+from mlc_pipeline.manifest import PUBLISHED, SPLITS, highest_published, latest_version, point_latest, write_manifest
 from mlc_pipeline.curate.verify import DECODE_ERRORS, load_rgb
 # VersionDamaged and verify_version are imported from here too (they lived here until 2026-12-06)
 from mlc_pipeline.dataset.verify import SUMS_NAME, VersionDamaged, recorded_fingerprint, rows_fingerprint, verify_version
@@ -157,30 +157,6 @@ def fingerprint(rows: list[dict], cfg: Config) -> str:
 
 
 _fingerprint = rows_fingerprint     # its name before dataset/verify.py (tests/dataset/test_export.py)
-
-
-def move_aside_real_latest(root: Path) -> Path | None:
-    """`latest` must be a link. A real folder there (`cp -rL` of a data root, a sync tool that
-    follows links) would block every later build; it is moved aside, never deleted: it may hold
-    the only copy of something a user put there."""
-    latest = root / "latest"
-    if latest.is_symlink() or not latest.is_dir():
-        return None
-    aside = root / f"latest.real-folder-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-    os.rename(latest, aside)
-    log.warning("%s was a real folder, not a link (copied with cp -L?): moved it to %s (delete it once you "
-                "no longer need it); latest now points at the newest version", latest, aside.name)
-    return aside
-
-
-def point_latest(root: Path, version: str) -> None:
-    move_aside_real_latest(root)
-    link_tmp = root / f".latest.tmp-{os.getpid()}"
-    if link_tmp.is_symlink() or link_tmp.exists():
-        link_tmp.unlink()
-    link_tmp.symlink_to(version, target_is_directory=True)
-    os.replace(link_tmp, root / "latest")
-    write_text_atomic(root / "LATEST", version + "\n")
 
 
 def count_rows(rows: list[dict]) -> dict:

@@ -35,7 +35,7 @@
       " undo on an image's page if it is another picture)." : "";
     if (!versions.length) return "Taken down. No published version contains this photo." + held;
     return "Taken down. Published versions that still contain this photo: " + versions.join(", ") +
-      ". Rebuild with `mlc build`, or withdraw them (as `mlc remove` says)." + held;
+      ". Rebuild with `mlc build`, or withdraw them with `mlc withdraw vN --reason ...`." + held;
   }
 
   async function post(url, body) {

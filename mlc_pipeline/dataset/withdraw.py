@@ -1,0 +1,89 @@
+"""`mlc withdraw vN`: take a published dataset version out of use for good (it holds a photo taken
+down, or was built from a bad config), on a local data root or an object store.
+
+The folder goes whole and its name stays taken (withdrawal.py: the ledgers, `latest`); on an object
+store the store's copy is withdrawn first (a tombstone, storeversions.py), then this cache's, and
+every other cache drops its copy at its next fetch or publish. What was made from the version is
+not touched, only listed: exports under <data_dir>/exports/ here, model bundles (commands.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+
+from mlc_pipeline.config import Config, ConfigError
+from mlc_pipeline.dataset.export import MARKER as EXPORT_MARKER
+from mlc_pipeline.locking import data_root_lock
+from mlc_pipeline.manifest import resolve_version, versions, withdrawn_versions
+from mlc_pipeline.objectstore import store_errors, store_of
+from mlc_pipeline.storeversions import drop_withdrawn, remote_versions, remote_withdrawn, withdraw_in_store
+from mlc_pipeline.withdrawal import withdraw_folder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WithdrawResult:
+    version: str
+    files_deleted: int                  # from this data root (or cache)
+    store_objects_deleted: int | None   # from the object store; None for a local data root
+    already: bool                       # withdrawn before: this run only finished what was left
+    latest: str | None                  # what `latest` names now
+    reason: str = ""
+    exports: list[str] = field(default_factory=list)    # exports of it under <data_dir>/exports/
+
+    def lines(self, cfg: Config, models: list[str]) -> list[str]:
+        """What `mlc withdraw` prints; `models`: the bundles trained on the version."""
+        store = (f"; {self.store_objects_deleted} object(s) deleted from {cfg.data_url} (other caches drop "
+                 f"their copies at their next fetch)" if self.store_objects_deleted is not None else "")
+        out = [f"dataset {cfg.build.name} {self.version}: {'already withdrawn' if self.already else 'withdrawn'} "
+               f"({self.reason}); {self.files_deleted} file(s) deleted here{store}; its name is never given to "
+               f"another version; latest is now {self.latest or 'none (no version left: run `mlc build`)'}"]
+        for what, found in (("model bundles trained on it (kept: retrain, or delete them)", models),
+                            (f"exports of it under {cfg.data_dir / 'exports'} (kept: delete them)", self.exports)):
+            if found:
+                out.append(f"{what}: {', '.join(found)}")
+        return out
+
+
+def withdraw_version(cfg: Config, version: str, reason: str, wait: bool = True) -> WithdrawResult:
+    reason = " ".join(reason.split())
+    if not reason:
+        raise ConfigError("--reason is empty: say why the version is withdrawn (it is kept in datasets/"
+                          f"{cfg.build.name}/WITHDRAWN)")
+    if not re.fullmatch(r"v\d+", version):
+        raise ConfigError(f"name the version to withdraw as vN (not {version!r}): a withdrawal cannot be undone")
+    root = cfg.layout.datasets
+    with data_root_lock(cfg.data_dir, "mlc withdraw", wait=wait):
+        store, in_store = store_of(cfg), None
+        if store is not None:
+            with store_errors(store):
+                store.check()
+                drop_withdrawn(store, cfg)          # what other machines withdrew, first
+                known = set(remote_versions(store, cfg)) | set(remote_withdrawn(store, cfg))
+                if version in known:
+                    in_store = withdraw_in_store(store, cfg, version, reason)
+        before = withdrawn_versions(root).get(version)
+        if version not in versions(root) and before is None and in_store is None:
+            resolve_version(root, version)          # the one answer to a wrong name: UnknownVersion
+        files = withdraw_folder(root, version, reason)
+        latest = (root / "LATEST").read_text().strip() if (root / "LATEST").is_file() else None
+    return WithdrawResult(version, files, in_store if store is not None else None,
+                          before is not None and files == 0 and not in_store, latest, reason, exports_of(cfg, version))
+
+
+def exports_of(cfg: Config, version: str) -> list[str]:
+    """The exports of `version` under <data_dir>/exports/ (`mlc export`'s default place)."""
+    exports, found = cfg.data_dir / "exports", []
+    for marker in sorted(exports.glob(f"*/{EXPORT_MARKER}")) if exports.is_dir() else []:
+        try:
+            info = json.loads(marker.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("%s: not read (%s); check that export by hand", marker, exc)
+            continue
+        if isinstance(info, dict) and info.get("dataset") == cfg.build.name and info.get("version") == version:
+            found.append(str(marker.parent))
+    return found

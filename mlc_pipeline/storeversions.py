@@ -1,0 +1,163 @@
+"""The dataset versions of an object-store data root: publish a cache's versions, fetch the store's,
+and withdraw one (`mlc withdraw`) so that no cache ever publishes it again.
+
+What the store holds for a version, under datasets/<name>/vN/:
+  ...files...        the version's files, uploaded after the folder is claimed (.claim, a conditional write)
+  _COMPLETE          its marker, written last: the version is published (the highest is `latest`)
+  _WITHDRAWN         a tombstone, written first by a withdrawal, which then deletes the marker and the
+                     files; the tombstone and the claim stay, so that the name is never given again
+
+Every fetch of versions and every publish reads the tombstones: a cache drops its copy of a version
+withdrawn elsewhere (when it is that version: same fingerprint) and keeps the name in its ledgers,
+so a build there numbers past it; a cache's version under a withdrawn name is never published.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import time
+from pathlib import Path
+
+from mlc_pipeline.config import Config
+from mlc_pipeline.manifest import versions as local_versions
+from mlc_pipeline.objectstore import (CLAIM, MARKER, ObjectStoreError, Store, claim_folder, pull_folder, push_folder,
+                                      read_marker)
+from mlc_pipeline.withdrawal import folder_fingerprint, withdraw_folder
+
+log = logging.getLogger(__name__)
+VERSION_RE = re.compile(r"^v\d+$")
+TOMBSTONE = "_WITHDRAWN"
+
+
+def version_key(cfg: Config, version: str) -> str:
+    return f"datasets/{cfg.build.name}/{version}"
+
+
+def remote_versions(store: Store, cfg: Config) -> list[str]:
+    """The versions in the store that have their marker, oldest first (the last is `latest`)."""
+    try:
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in store.fs.ls(store.path(f"datasets/{cfg.build.name}"),
+                                                                        detail=False)]
+    except FileNotFoundError:
+        return []
+    found = [v for v in names if VERSION_RE.match(v) and store.info(f"{version_key(cfg, v)}/{MARKER}")]
+    return sorted(found, key=lambda v: int(v[1:]))
+
+
+def push_versions(store: Store, cfg: Config) -> list[str]:
+    """Publish the cache's complete versions the store lacks. A store version of the same number with
+    other contents (built meanwhile on another machine) is a conflict: one line, nothing overwritten."""
+    pushed = []
+    for version in local_versions(cfg.layout.datasets):
+        folder = cfg.layout.version(version)
+        if not (folder / "dataset.json").exists():
+            continue
+        meta, key = version_meta(folder), version_key(cfg, version)
+        marker = read_marker(store, key)
+        if marker is not None and marker.get("fingerprint") == meta.get("fingerprint"):
+            continue
+        if marker is None and (stone := read_tombstone(store, key)) is not None:
+            raise ObjectStoreError(
+                f"{store.url}/{key} was withdrawn ({stone.get('reason') or 'no reason given'}): this cache's {folder} "
+                f"is another build under that name and is not published; move it aside and run `mlc build` again")
+        other = marker or claim_folder(store, key, meta.get("fingerprint"))
+        if other is not None:
+            by = "" if marker else f", claimed by {other.get('host')} {int(time.time() - other.get('at', 0)) // 60} min ago"
+            raise ObjectStoreError(
+                f"{store.url}/{key} holds, or is receiving, another build's {version} (built meanwhile on another "
+                f"machine{by}): this cache's {folder} is not published; move it aside and run `mlc build` again")
+        push_folder(store, folder, key, {"version": version, "fingerprint": meta.get("fingerprint"),
+                                         "files_sha256": meta.get("files_sha256")}, prune=True)
+        pushed.append(version)
+        log.info("dataset %s %s published to %s", cfg.build.name, version, store.url)
+    return pushed
+
+
+def version_meta(folder: Path) -> dict:
+    """A cached version's dataset.json; an unreadable one is the version damaged, said in one line."""
+    try:
+        meta = json.loads((folder / "dataset.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ObjectStoreError(f"dataset version {folder} is damaged (dataset.json: {exc}): not published nor "
+                               f"compared; move it aside (or `mlc build --repair` for the latest)") from None
+    if not isinstance(meta, dict):
+        raise ObjectStoreError(f"dataset version {folder} is damaged (dataset.json is not an object)")
+    return meta
+
+
+def pull_version(store: Store, cfg: Config, version: str | None = None) -> str | None:
+    """Fetch a version (default: the store's latest) into the cache unless complete there."""
+    version = version or (remote_versions(store, cfg) or [None])[-1]
+    if version is None:
+        return None
+    key, folder = version_key(cfg, version), cfg.layout.version(version)
+    marker = read_marker(store, key)
+    if marker is None:
+        return version if folder.exists() else None     # not published (yet): the cache's own, if any
+    if (folder / "dataset.json").exists():
+        if version_meta(folder).get("fingerprint") != marker.get("fingerprint"):
+            raise ObjectStoreError(f"the cache's {folder} is not the version {store.url}/{key} holds (built here "
+                                   f"but never published?): move it aside and rerun")
+    if pull_folder(store, key, folder, marker):
+        log.info("dataset %s %s fetched from %s", cfg.build.name, version, store.url)
+    return version
+
+
+
+def read_tombstone(store: Store, key: str) -> dict | None:
+    text = store.read_text(f"{key}/{TOMBSTONE}")
+    try:
+        return json.loads(text) if text else None
+    except ValueError:        # written by hand, or cut short: withdrawn all the same
+        return {"reason": "", "fingerprint": None, "at": None}
+
+
+def remote_withdrawn(store: Store, cfg: Config) -> dict[str, dict]:
+    """The versions withdrawn from the store: name -> tombstone (fingerprint, reason, at, host)."""
+    try:
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in store.fs.ls(store.path(f"datasets/{cfg.build.name}"),
+                                                                        detail=False)]
+    except FileNotFoundError:
+        return {}
+    found = {v: read_tombstone(store, version_key(cfg, v)) for v in names if VERSION_RE.match(v)}
+    return {v: stone for v, stone in sorted(found.items(), key=lambda kv: int(kv[0][1:])) if stone is not None}
+
+
+def withdraw_in_store(store: Store, cfg: Config, version: str, reason: str) -> int | None:
+    """Withdraw `version` from the store: the tombstone, then the marker, then its files. The objects
+    deleted; None when the store has no such version (published or withdrawn)."""
+    key = version_key(cfg, version)
+    held = store.listing(key)
+    if not held:
+        return None
+    stone = read_tombstone(store, key)
+    if stone is None:
+        marker = read_marker(store, key) or {}
+        fingerprint = marker.get("fingerprint") or folder_fingerprint(cfg.layout.version(version))
+        stone = {"version": version, "fingerprint": fingerprint, "reason": " ".join(reason.split()),
+                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": socket.gethostname()}
+        store.write_text(f"{key}/{TOMBSTONE}", json.dumps(stone))
+    store.delete([f"{key}/{MARKER}"] if f"{key}/{MARKER}" in held else [])      # no longer listed, fetched
+    kept = {f"{key}/{TOMBSTONE}", f"{key}/{CLAIM}", f"{key}/{MARKER}"}
+    return store.delete(sorted(k for k in held if k not in kept)) + (f"{key}/{MARKER}" in held)
+
+
+def drop_withdrawn(store: Store, cfg: Config) -> list[str]:
+    """This cache's copies of the versions withdrawn from the store (on any machine): deleted, and their
+    names kept in the cache's ledgers. A cache's own different version under such a name is kept
+    (push_versions refuses it). Returns the versions whose copy was deleted."""
+    root, dropped = cfg.layout.datasets, []
+    for version, stone in remote_withdrawn(store, cfg).items():
+        folder = root / version
+        mine = folder_fingerprint(folder) if folder.is_dir() else None
+        if folder.is_dir() and mine is not None and stone.get("fingerprint") not in (None, mine):
+            continue
+        if withdraw_folder(root, version, stone.get("reason") or "withdrawn", stone.get("fingerprint"),
+                           stone.get("at")):
+            dropped.append(version)
+            log.warning("dataset %s %s was withdrawn from %s (%s): this cache's copy deleted", cfg.build.name,
+                        version, store.url, stone.get("reason") or "no reason given")
+    return dropped

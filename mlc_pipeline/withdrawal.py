@@ -1,0 +1,70 @@
+"""Withdrawing a published dataset version (`mlc withdraw`): a version that must no longer be used (it
+holds a photo taken down, or was built from a bad config) is deleted whole, and its name is kept.
+
+Published versions are otherwise immutable, and a name is never given to other contents: the name
+goes into datasets/<name>/WITHDRAWN (when, its fingerprint, why) and PUBLISHED (so the next build
+numbers past it) before the folder is touched; the folder is then renamed aside in one step, so no
+reader ever sees half of it, and deleted; `latest` moves to the newest version left. Killed anywhere,
+a rerun finishes it. On an object-store data root the store's copy is withdrawn first
+(storeversions.withdraw_in_store), and every other cache drops its copy at its next fetch or publish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from mlc_pipeline.fsutil import remove_dead_leftovers
+from mlc_pipeline.manifest import latest_version, point_latest, record_withdrawal, versions
+
+log = logging.getLogger(__name__)
+ASIDE = ".withdrawn-"     # <root>/.withdrawn-<version>-<pid>-<id>: a folder being deleted
+
+
+def folder_fingerprint(folder: Path) -> str | None:
+    """The version's fingerprint from its dataset.json; None when there is none to read (damaged)."""
+    try:
+        meta = json.loads((folder / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("fingerprint") if isinstance(meta, dict) else None
+
+
+def withdraw_folder(root: Path, version: str, reason: str, fingerprint: str | None = None,
+                    at: str | None = None) -> int:
+    """Withdraw `version` under `root` (a data root's datasets/<name>, or a cache's): the files deleted
+    (0 when its folder was already gone)."""
+    folder = root / version
+    record_withdrawal(root, version, fingerprint or folder_fingerprint(folder), reason, at)
+    remove_dead_leftovers([p for p in root.glob(f"{ASIDE}*") if p.is_dir()],
+                          lambda p: p.name[len(ASIDE):].split("-")[1] if p.name.count("-") >= 3 else "")
+    deleted = 0
+    if folder.is_dir() and not folder.is_symlink():
+        aside = root / f"{ASIDE}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.rename(folder, aside)          # gone for every reader at once
+        deleted = sum(1 for p in aside.rglob("*") if p.is_file())
+        shutil.rmtree(aside)
+    repoint_latest(root, version)
+    return deleted
+
+
+def repoint_latest(root: Path, withdrawn: str) -> str | None:
+    """`latest` (and LATEST) moved off a version withdrawn: to the newest version left, or removed when
+    none is left. Left alone when it names another version. Returns what it names now."""
+    link, pointer = root / "latest", root / "LATEST"
+    named = pointer.read_text().strip() if pointer.is_file() else None
+    target = os.readlink(link) if link.is_symlink() else None
+    if withdrawn not in (named, target) and (named is None or named in versions(root)):
+        return named
+    newest = latest_version(root)
+    if newest is None:
+        for path in (link, pointer):
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+        return None
+    point_latest(root, newest)
+    return newest

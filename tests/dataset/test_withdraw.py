@@ -1,0 +1,133 @@
+"""`mlc withdraw vN` (dataset/withdraw.py, withdrawal.py, storeversions.py): on a local data root, and
+on an object store (a real S3-compatible server, moto on loopback) seen from two machines' caches."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import ENV, MLC, free_port, tiny_config
+from mlc_pipeline import objectstore, sync
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.config import load_config
+from mlc_pipeline.manifest import PUBLISHED, latest_version, versions, withdrawn_versions
+
+pytestmark = pytest.mark.slow
+
+
+def mlc(*args: str, config: Path, rc: int = 0) -> subprocess.CompletedProcess:
+    creds = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+             if k in os.environ}
+    res = subprocess.run(MLC + [args[0], "-c", str(config), *args[1:]], env={**ENV, **creds},
+                         text=True, capture_output=True, timeout=600)
+    assert res.returncode == rc, f"mlc {' '.join(args)}:\n{res.stdout}\n{res.stderr[-3000:]}"
+    return res
+
+
+def two_versions(config: Path) -> None:
+    """v1, then a photo taken down and v2 without it."""
+    for command in ("collect", "curate", "build"):
+        mlc(command, "--no-progress" if command == "collect" else "--no-wait", config=config)
+    cfg = load_config(config)
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
+        victim = next(r for r in catalog.candidates("status='accepted'"))
+    mlc("remove", "--photo-id", victim["photo_id"], "--reason", "owner request", config=config)
+    assert "v2: published" in mlc("build", config=config).stdout
+
+
+def test_withdraw_on_a_local_data_root(tmp_path: Path):
+    config = tiny_config(tmp_path, free_port())
+    two_versions(config)
+    cfg = load_config(config)
+    root = cfg.layout.datasets
+    export = cfg.data_dir / "exports" / "default-v2-imagefolder"
+    mlc("export", "v2", "--format", "imagefolder", "--out", str(export), config=config)
+
+    out = mlc("withdraw", "v2", "--reason", "  built  from a bad config ", config=config).stdout
+    assert "dataset default v2: withdrawn (built from a bad config)" in out and "latest is now v1" in out, out
+    assert f"exports of it under {cfg.data_dir / 'exports'} (kept: delete them): {export}" in out
+    assert versions(root) == ["v1"] and latest_version(root) == "v1"
+    assert os.readlink(root / "latest") == "v1" and (root / "LATEST").read_text().strip() == "v1"
+    assert withdrawn_versions(root)["v2"]["reason"] == "built from a bad config"
+    assert "v2" in (root / PUBLISHED).read_text()
+    assert not list(root.glob(".withdrawn-*"))
+
+    again = mlc("withdraw", "v2", "--reason", "again", config=config).stdout       # a rerun: harmless
+    assert "v2: already withdrawn" in again and "0 file(s) deleted" in again
+    gone = mlc("inspect", "--version", "v2", config=config, rc=2).stderr
+    assert "v2 was withdrawn" in gone and "built from a bad config" in gone, gone
+    assert "v3: published" in mlc("build", config=config).stdout       # never v2 again
+    for wrong, said in (("latest", "name the version to withdraw as vN"), ("v9", "no dataset version 'v9'")):
+        assert said in mlc("withdraw", wrong, "--reason", "x", config=config, rc=2).stderr
+    assert "--reason is empty" in mlc("withdraw", "v1", "--reason", " ", config=config, rc=2).stderr
+
+    mlc("withdraw", "v3", "--reason", "x", config=config)
+    out = mlc("withdraw", "v1", "--reason", "x", config=config).stdout
+    assert "latest is now none" in out and versions(root) == []
+    assert not (root / "latest").is_symlink() and not (root / "LATEST").exists()
+    assert "v4: published" in mlc("build", config=config).stdout
+
+
+def bucket_config(folder: Path, endpoint: str, bucket: str, cache: str) -> Path:
+    base = yaml.safe_load((folder / "tiny.yaml").read_text())
+    base.update(data_dir=f"s3://{bucket}/proj", cache_dir=str(folder / cache),
+                storage_options={"endpoint_url": endpoint})
+    path = folder / f"{cache}.yaml"
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+def test_withdraw_on_an_object_store_reaches_every_cache(s3_server, tmp_path: Path):
+    """Deleting a version from a cache was undone by the next fetch, and deleting it from the bucket by
+    hand was undone by any cache that still held it: its publish claimed the name again (the claim
+    was its own build's) and uploaded it. A tombstone now withdraws it everywhere, for good."""
+    import s3fs
+    s3fs.S3FileSystem(endpoint_url=s3_server).mkdir("mlc-withdraw")
+    tiny_config(tmp_path, free_port())
+    config_a = bucket_config(tmp_path, s3_server, "mlc-withdraw", "cache-a")
+    two_versions(config_a)
+    config_b = bucket_config(tmp_path, s3_server, "mlc-withdraw", "cache-b")
+    a, b = load_config(config_a), load_config(config_b)
+    key = "datasets/default/v2"
+
+    def store():        # a fresh one each time: s3fs keeps the listings it made
+        return objectstore.store_of(a)
+    sync.pull(b, "curate")                                   # machine B holds both versions
+    assert versions(b.layout.datasets) == ["v1", "v2"]
+
+    out = mlc("withdraw", "v2", "--reason", "holds a photo taken down", config=config_a).stdout
+    assert "v2: withdrawn" in out and f"object(s) deleted from {a.data_url}" in out and "latest is now v1" in out
+    assert sorted(store().listing(key)) == [f"{key}/.claim", f"{key}/_WITHDRAWN"]
+    assert sync.remote_versions(store(), a) == ["v1"] and versions(a.layout.datasets) == ["v1"]
+
+    sync.publish(b)                 # B's copy is dropped, not published again
+    assert sorted(store().listing(key)) == [f"{key}/.claim", f"{key}/_WITHDRAWN"]
+    assert versions(b.layout.datasets) == ["v1"] and withdrawn_versions(b.layout.datasets)["v2"]["reason"] == \
+        "holds a photo taken down"
+    assert latest_version(b.layout.datasets) == "v1"
+
+    config_c = bucket_config(tmp_path, s3_server, "mlc-withdraw", "cache-c")     # a cache that never saw v2
+    c = load_config(config_c)
+    sync.pull(c, "build")
+    mine = c.layout.version("v2")                           # its own build under the withdrawn name
+    shutil.copytree(c.layout.version("v1"), mine)
+    meta = json.loads((mine / "dataset.json").read_text())
+    (mine / "dataset.json").write_text(json.dumps({**meta, "version": "v2", "fingerprint": "another build"}))
+    claim = json.loads(store().read_text(f"{key}/.claim"))    # even once the claim looks like a dead machine's
+    store().write_text(f"{key}/.claim", json.dumps({**claim, "at": time.time() - objectstore.STALE_CLAIM_S - 1}))
+    with pytest.raises(objectstore.ObjectStoreError, match="v2 was withdrawn .*holds a photo taken down.*move it aside"):
+        sync.publish(c)
+    assert sorted(store().listing(key)) == [f"{key}/.claim", f"{key}/_WITHDRAWN"]
+    shutil.rmtree(mine)
+
+    assert "v3: published" in mlc("build", config=config_b).stdout       # B numbers past the withdrawn name
+    assert sync.remote_versions(store(), a) == ["v1", "v3"]
+    gone = mlc("inspect", "--version", "v2", config=config_c, rc=2).stderr
+    assert "v2 was withdrawn" in gone, gone
