@@ -13,6 +13,13 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 SCHEMES = ("postgresql", "postgres")
+# libpq parameters whose value is a secret: the password, and the passphrase of the client's SSL key
+# (the secrets21 audit: `?sslpassword=` was accepted, printed and written into catalog.moved).
+SECRET_PARAMS = ("password", "sslpassword")
+
+
+def secret_params(query: str) -> list[str]:
+    return [k for k in parse_qs(query, keep_blank_values=True) if k.strip().lower() in SECRET_PARAMS]
 
 
 def check_url(url: str) -> str:
@@ -26,9 +33,13 @@ def check_url(url: str) -> str:
     if parts.scheme not in SCHEMES:
         raise ValueError(f"scheme {parts.scheme or '(none)'!r} is not supported: write "
                          f"postgresql://user@host:5432/dbname (leave catalog.url out for the SQLite catalog)")
-    if parts.password is not None or "password" in parse_qs(parts.query):
+    if parts.password is not None or "password" in secret_params(parts.query):
         raise ValueError("the URL holds a password: remove it, and give it in PGPASSWORD or a ~/.pgpass file "
                          "(configs are copied into logs and artifacts)")
+    if secret_params(parts.query):
+        raise ValueError("the URL holds the SSL key's passphrase (sslpassword): remove it, and give it in a libpq "
+                         "service file readable by you only (?service=NAME, PGSERVICEFILE): configs are copied into "
+                         "logs and artifacts")
     if not parts.path.strip("/") or "/" in parts.path.strip("/"):
         raise ValueError("the URL must name one database: postgresql://user@host:5432/dbname")
     if port == 0:
@@ -47,8 +58,12 @@ def check_url(url: str) -> str:
 def display_url(url: str) -> str:
     """The URL as messages show it: never a password, even one that got past check_url."""
     parts = urlsplit(url)
+    if secret_params(parts.query):
+        query = "&".join(f"{piece.split('=', 1)[0]}=***" if piece.split("=", 1)[0].strip().lower() in SECRET_PARAMS
+                         else piece for piece in parts.query.split("&"))
+        parts = parts._replace(query=query)
     if parts.password is None:
-        return url
+        return parts.geturl()
     user = f"{parts.username}:***@" if parts.username else ":***@"
     return parts._replace(netloc=user + parts.netloc.rsplit("@", 1)[1]).geturl()
 
