@@ -159,6 +159,29 @@ def _redact_traceback(record: logging.LogRecord) -> None:
         record.stack_info = redact(record.stack_info)
 
 
+def _redact_args(record: logging.LogRecord) -> bool:
+    """Mask a secret inside the record's arguments, keeping their shape: some formatters read the
+    arguments themselves (uvicorn's access log unpacks five; the secrets21 audit saw a token in a
+    request path turn every access line into a "Logging error" traceback when they were dropped).
+    True when the masked arguments leave no secret in the message."""
+    if isinstance(record.args, tuple):
+        args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+    elif isinstance(record.args, dict):
+        args = {k: redact(v) if isinstance(v, str) else v for k, v in record.args.items()}
+    else:
+        return False
+    saved = record.msg, record.args
+    record.msg, record.args = redact(str(record.msg)) if isinstance(record.msg, str) else record.msg, args
+    try:
+        message = record.getMessage()
+    except (TypeError, ValueError):
+        message = None
+    if message is not None and redact(message) == message:
+        return True
+    record.msg, record.args = saved
+    return False
+
+
 def install_log_redaction() -> None:
     """Mask known secrets in every log record, whichever logger or handler (Prefect's too) emits it.
 
@@ -180,7 +203,7 @@ def install_log_redaction() -> None:
                 message = f"{record.msg} (arguments that do not fit: {record.args!r})"
                 record.msg, record.args = message, None
             clean = redact(message)
-            if clean != message:
+            if clean != message and not _redact_args(record):
                 record.msg, record.args = clean, None
             _redact_traceback(record)
         return record

@@ -83,3 +83,24 @@ def test_stand_in_store_credentials_are_not_masked_as_words(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "minioadmin")
     install_log_redaction()
     assert redact("/data/latest/testing/minioadmin.jpg") == "/data/latest/testing/minioadmin.jpg"
+
+
+def test_a_secret_in_an_access_log_line_keeps_the_arguments_uvicorn_reads(capsys):
+    """uvicorn's access formatter unpacks the record's five arguments itself. Masking dropped them
+    (args = None), so a review token in a request path (`/?token=...`) turned every access line into
+    a "Logging error" traceback on stderr (the secrets21 audit): the arguments are masked in place."""
+    from uvicorn.logging import AccessFormatter
+    secret = f"TOKEN{uuid.uuid4().hex}"
+    remember(secret)
+    install_log_redaction()
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False))
+    log = logging.getLogger(f"test-access-{uuid.uuid4().hex}")
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", f"/?token={secret}", "1.1", 200)
+    text, err = out.getvalue(), capsys.readouterr().err
+    assert "Logging error" not in err and secret not in text + err
+    assert f'"GET /?token={MASK} HTTP/1.1" 200' in text, text
