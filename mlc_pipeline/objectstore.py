@@ -59,7 +59,7 @@ class Store:
         except OSError as exc:          # a store that connects at once (ftp, sftp): nothing listening there
             raise ObjectStoreError(f"data_dir {url}: cannot reach the object store at {urlsplit(url).netloc} "
                                    f"({why(exc)})") from None
-        self.base = self.base.rstrip("/")
+        self.base, self.option_names = self.base.rstrip("/"), sorted(options)
         self.fs.invalidate_cache()      # fsspec reuses instances: never trust another command's listings
 
     def check(self) -> None:
@@ -74,6 +74,10 @@ class Store:
         except FileNotFoundError:
             raise ObjectStoreError(f"data_dir {self.url}: bucket {bucket!r} does not exist (or these credentials "
                                    f"cannot see it): create it first") from None
+        except (TypeError, ValueError) as exc:     # the client built from storage_options: a misspelt key, a wrong type
+            raise ObjectStoreError(f"data_dir {self.url}: the store does not take storage_options "
+                                   f"{self.option_names} ({redact(str(exc))}); check each key's name and type "
+                                   f"(s3: endpoint_url, client_kwargs: {{region_name: ...}}; docs/orchestration.md)") from None
         except Unreachable as exc:      # refused credentials and the like pass on: store_errors says them
             endpoint = getattr(self.fs, "endpoint_url", None) or "the AWS endpoint"
             raise ObjectStoreError(f"data_dir {self.url}: cannot reach the object store at {endpoint} "

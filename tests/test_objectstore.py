@@ -241,6 +241,21 @@ def test_a_missing_bucket_or_store_is_one_line_before_the_stage_runs(s3_server, 
         sync.pull(cfg, "collect")
 
 
+@pytest.mark.parametrize("options, named", [({"endpoint": "http://127.0.0.1:1"}, "['endpoint']"),
+                                            ({"endpoint_url": 1}, "['endpoint_url']"),
+                                            ({"client_kwargs": {"regoin": "x"}}, "['client_kwargs']")])
+def test_a_misspelt_or_mistyped_storage_option_is_one_line(s3_server, tmp_path, options, named):
+    """The secrets21 audit: `endpoint` for `endpoint_url` (or a number for it) was a 28-51 line
+    traceback from deep in aiobotocore, where the docs promise one line naming the key."""
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": "s3://b/p", "cache_dir": str(tmp_path / "cache"),
+                                      "storage_options": options, "classes": {"a": {"queries": ["a"], "count": 1}},
+                                      "other": {"queries": ["o"], "count": 1}}))
+    res = run_mlc("collect", config=config)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert res.stderr.count("\n") == 1 and f"the store does not take storage_options {named}" in res.stderr, res.stderr
+
+
 def run_mlc(*args: str, config: Path, **env: str) -> subprocess.CompletedProcess:
     """`mlc` as a user runs it, whatever its exit code; `env` over the store's credentials (s3_server's)."""
     creds = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
