@@ -236,9 +236,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlc: {redact(str(exc))}", file=sys.stderr)
         return 1
     except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        if exc.errno in (errno.EACCES, errno.EPERM):     # a folder or file this user may not use: no bug
+            print(f"mlc: permission denied:{where or ' ' + str(exc)}; check who owns it and its permissions (or "
+                  f"name another place), then rerun the same command", file=sys.stderr)
+            return 1
         if exc.errno not in DISK_ERRNOS:
             return last_line_of_defence(exc)
-        where = f" {exc.filename}" if exc.filename else ""
         print(f"mlc: cannot write{where}: {exc.strerror} ({errno.errorcode[exc.errno]}); free space or fix the "
               f"disk, then rerun the same command", file=sys.stderr)
         return 1

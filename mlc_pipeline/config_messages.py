@@ -41,6 +41,9 @@ def user_file(what: str, path: Path, kind: str) -> Iterator[None]:
         raise ConfigError(f"{what}: file not found: {path}") from None
     except IsADirectoryError:
         raise ConfigError(f"{what}: {path} is a folder, not a {kind} file") from None
+    except PermissionError:
+        raise ConfigError(f"{what}: {path} cannot be read (permission denied): check who owns it and its "
+                          f"permissions") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{what}: {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
                           f"at offset {exc.start}); save it as UTF-8") from None

@@ -348,3 +348,27 @@ def test_an_unknown_or_unreachable_data_dir_url_is_one_line(tmp_path):
     port = free_port()
     one_line(mlc("inspect", "-c", str(cfg), "--set", f"data_dir=ftp://127.0.0.1:{port}/proj"), 2,
              "cannot reach the object store", f"127.0.0.1:{port}", "connection refused")
+
+
+AS_A_USER = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is needed to drop root's override")
+def test_a_file_or_folder_this_user_may_not_use_is_one_line(built, tmp_path):
+    """The secrets21 audit: an unreadable config, or an --html / --out into a folder the user cannot
+    write, printed a 14-23 line traceback. Run as a user is (root without its permission override:
+    the tests run as root here; as a user they are that user)."""
+    unreadable = tmp_path / "unreadable.yaml"
+    shutil.copy(built, unreadable)
+    unreadable.chmod(0)
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    closed.chmod(0o555)
+
+    def as_user(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*AS_A_USER, *MLC, *args], env=ENV, capture_output=True, text=True, timeout=120)
+    one_line(as_user("inspect", "-c", str(unreadable)), 2, f"config: {unreadable} cannot be read (permission denied)")
+    one_line(as_user("inspect", "-c", str(built), "--html", str(closed / "report.html")), 1,
+             "permission denied:", str(closed))
+    one_line(as_user("export", "v1", "--format", "imagefolder", "-c", str(built), "--out", str(closed / "out")), 1,
+             "permission denied:", str(closed))
