@@ -205,7 +205,6 @@ def main(argv: list[str] | None = None) -> int:
                          "mining scores the whole pool")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("flickrapi").setLevel(logging.WARNING)   # it logs every call's parameters
     if not os.environ.get("MLC_LIBRARY_DEBUG"):     # -v is for our own debug lines
         for name in WIRE_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -101,8 +101,20 @@ class SourceSettings(Strict):
     @field_validator("rest_url")
     @classmethod
     def http_url(cls, url: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", url):
-            raise ValueError(f"must be an http(s) URL, got {url!r}")
+        """Checked here, not at the first call: a URL requests cannot use was retried as "an
+        unparseable API response" (the secrets21 audit), and one holding a credential would be logged."""
+        from urllib.parse import parse_qs, urlsplit
+        try:
+            parts = urlsplit(url)
+            parts.port                      # ValueError: not a number in 0-65535
+        except ValueError as exc:
+            raise ValueError(f"must be an http(s) URL such as {FLICKR_REST_URL} ({exc})") from None
+        if parts.password is not None or {k.lower() for k in parse_qs(parts.query)} & {"api_key", "api_secret",
+                                                                                         "oauth_token", "secret"}:
+            raise ValueError("holds a credential: remove it; the key and secret come from FLICKR_API_KEY / "
+                             "FLICKR_API_SECRET (configs are copied into logs and artifacts)")
+        if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", url.strip()):
+            raise ValueError(f"must be an http(s) URL such as {FLICKR_REST_URL}, got {url!r}")
         return url
 
 

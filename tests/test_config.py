@@ -51,6 +51,12 @@ def test_shipped_configs_load():
     (GOOD.replace("url_c,", "url_huge,"), "source.sizes"),
     (GOOD.replace("grizzly:", "Grizzly Bears:"), "classes"),
     (GOOD.replace("rest_url: https", "rest_url: ftp"), "source.rest_url"),
+    # the secrets21 audit: these passed, then were retried as "an unparseable API response"
+    (GOOD.replace("https://api.flickr.com/", "http://127.0.0.1:99999/"), "source.rest_url: must be an http(s) URL"),
+    (GOOD.replace("https://api.flickr.com/", "http://[::1/"), "source.rest_url: must be an http(s) URL"),
+    (GOOD.replace("https://api.flickr.com/", "http://api.flickr .com/"), "source.rest_url: must be an http(s) URL"),
+    (GOOD.replace("https://api.flickr.com/", "https://me:hunter2@api.flickr.com/"), "source.rest_url: holds a credential"),
+    (GOOD.replace("rest/\n", "rest/?api_key=hunter2\n"), "source.rest_url: holds a credential"),
     (GOOD + "api_key: abc\n", "api_key: unknown key"),
     # a misspelt required key: named with the key it was meant to be (it said only "missing")
     (GOOD.replace("classes:", "clases:"),
@@ -62,7 +68,7 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, text, key):
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, text))
     msg = str(err.value)
-    assert key in msg and "\n" not in msg
+    assert key in msg and "\n" not in msg and "hunter2" not in msg
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

@@ -24,6 +24,10 @@ from mlc_pipeline.collect.retry import RateLimiter, Transient, with_retries
 from mlc_pipeline.secrets import Credentials, redact
 
 log = logging.getLogger(__name__)
+# flickrapi logs every call's parameters (INFO/DEBUG) and, at ERROR, a failed reply's whole body line
+# by line, at every attempt (60 lines for six tries at a proxy's 502 page: the secrets21 audit);
+# classify() reports each failure in one line of ours.
+logging.getLogger("flickrapi").setLevel(logging.CRITICAL)
 
 FLICKR_EPOCH = 1072915200          # 2004-01-01: no upload is older
 DAY = 86400
@@ -111,6 +115,9 @@ def classify(exc: Exception, rest_url: str | None = None) -> Exception:
                 if cause == "connection refused" else
                 " (check source.rest_url and the network)" if isinstance(exc, requests.ConnectionError) else "")
         return Transient(redact(f"{type(exc).__name__} talking to the API{where}: {cause}{hint}"))
+    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                        requests.exceptions.InvalidSchema)):    # ValueErrors too, but no reply to parse
+        return SourceError(f"source.rest_url cannot be called ({type(exc).__name__}): check it")
     if isinstance(exc, ValueError):   # JSON that does not parse: a proxy's error page, say
         return Transient(f"unparseable API response ({type(exc).__name__})")
     return exc

@@ -1,0 +1,55 @@
+"""collect/flickr.py: what a failing Flickr API call leaves in the log, and how it is classified."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from mlc_pipeline.collect.flickr import FlickrSource, SourceError, Transient, classify
+from mlc_pipeline.config import SourceSettings
+from mlc_pipeline.secrets import Credentials
+
+PAGE = "<html><body><h1>502 Bad Gateway</h1><p>upstream-said-no-line</p></body></html>"
+
+
+class BadGateway(BaseHTTPRequestHandler):
+    def do_POST(self):      # flickrapi posts its calls
+        self.send_response(502)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(PAGE.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def gateway():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BadGateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/services/rest/"
+    server.shutdown()
+
+
+def test_a_proxys_error_page_is_one_line_of_ours_not_its_body(gateway, caplog):
+    """flickrapi logged a failed reply's whole body at ERROR, line by line, at every attempt (60
+    lines for six tries at a proxy's 502 page: the secrets21 audit)."""
+    source = FlickrSource(SourceSettings(kind="flickr", rest_url=gateway), Credentials("k" * 32, "s" * 16), "flickr")
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(Exception) as err:
+        source.api.photos.search(text="kite", per_page=10)
+    assert isinstance(classify(err.value, gateway), Transient)       # a 502: tried again later
+    assert "upstream-said-no-line" not in caplog.text
+    assert not [r for r in caplog.records if r.name.startswith("flickrapi")]
+
+
+def test_a_url_requests_cannot_call_is_the_configs_fault_not_a_reply():
+    """InvalidURL is a ValueError, which classify took for JSON that does not parse (retried)."""
+    for exc in (requests.exceptions.InvalidURL("bad"), requests.exceptions.MissingSchema("none")):
+        got = classify(exc, "http://x/")
+        assert isinstance(got, SourceError) and not isinstance(got, Transient)
+        assert "source.rest_url cannot be called" in str(got)
