@@ -9,9 +9,8 @@ review`) are kept consistent by the catalog's transactions, on both backends (ca
 from __future__ import annotations
 
 import contextlib
-import csv
+from html import escape
 import logging
-import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,32 +22,28 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from mlc_pipeline.catalog import review as cr
-from mlc_pipeline.catalog import Catalog, CatalogBusy
+from mlc_pipeline.catalog import CatalogBusy, CatalogError, CatalogLost
 from mlc_pipeline.config import Config
-from mlc_pipeline.dataset.build import recorded_fingerprint
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
-from mlc_pipeline.manifest import read_manifest, versions
 from mlc_pipeline.curate.takedown import hold_if_looks_taken_down
-from mlc_pipeline.curate.verify import check_image
 from mlc_pipeline.review.params import client_of, effective, filters_of, fits_sql, known_id, whole_number
 from mlc_pipeline.review.security import COOKIE, SESSION_MAX_AGE_S, Guard, session_value
 from mlc_pipeline.review.queues import model_review_list, probes_accepted, scores_for
+from mlc_pipeline.review.state import Review
 from mlc_pipeline.review.thumbs import thumbnail
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 PAGE_SIZE = 60
 MAX_PAGE = 10**9
-FACETS_TTL_S = 30.0
 # An action waits this long for a writer (collect, curate) to release the catalog, then says so (503)
 # instead of holding the reviewer for the batch commands' minute and answering 500.
 ACTION_LOCK_WAIT_S = 10.0
 # A page indexes a newly published version only if the catalog is free about at once (else on a later page).
 PAGE_WRITE_WAIT_S = 1.0
-# Verification reasons of policy, not of a broken file: a reviewer may put such an image back.
-POLICY_REASONS = ("too-small", "extreme-aspect")
 # The queues a reviewer works through, each a browse filter sorted by what to see first.
 QUEUES = {
     "quarantined and rejected files, with their reasons": {"status": "rejected"},
@@ -69,65 +64,9 @@ PLACEHOLDER = ('<svg xmlns="http://www.w3.org/2000/svg" width="160" height="160"
                'fill="#eee"/><text x="80" y="85" font-size="13" text-anchor="middle" fill="#888">{}</text></svg>')
 
 
-class Review:
-    """The app's state: the config, the pages' catalog connection and the actions' (each with its
-    lock), cached filter menus."""
-
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-        self.catalog, self.lock = Catalog(cfg.catalog_path), threading.Lock()          # the pages' reads
-        self.writer, self.write_lock = Catalog(cfg.catalog_path), threading.Lock()     # the actions
-        with self.write_lock:
-            cr.ensure_schema(self.writer)         # at startup the batch commands' wait, then the app's
-        self.writer.set_lock_timeout(ACTION_LOCK_WAIT_S)
-        self.catalog.set_lock_timeout(PAGE_WRITE_WAIT_S)
-        self.classes = list(cfg.classes)
-        self.dataset = cfg.build.name
-        self.root = cfg.layout.datasets
-        self._facets: tuple[float, dict | None] = (0.0, None)
-        self.unreadable: set[str] = set()        # versions whose manifest could not be indexed (warned once)
-
-    def close(self) -> None:
-        self.catalog.close()
-        self.writer.close()
-
-    def refresh_versions(self) -> list[str]:
-        """Index any version published since (manifests are immutable: each is read once)."""
-        published = [v for v in versions(self.root) if (self.root / v / "dataset.json").is_file()]
-        known = cr.indexed_versions(self.catalog, self.dataset)
-        for v in published:
-            fp = recorded_fingerprint(self.root / v)
-            if (v not in known or known[v] != fp) and v not in self.unreadable:
-                try:
-                    rows = read_manifest(self.root / v / "manifest.csv")
-                    cr.index_version(self.catalog, self.dataset, v, fp, rows)
-                except CatalogBusy:         # a writer at work: indexed on a later page, not an error page now
-                    log.info("dataset %s %s: not indexed yet, the catalog is busy", self.dataset, v)
-                except (OSError, ValueError, KeyError, TypeError, csv.Error) as exc:
-                    # a damaged version (`mlc inspect` says what): the pages work without its labels
-                    log.warning("dataset %s %s: manifest not readable (%s); its labels are not shown", self.dataset,
-                                v, exc)
-                    self.unreadable.add(v)
-        return published
-
-    def facets(self) -> dict:
-        at, cached = self._facets
-        if cached is None or time.monotonic() - at > FACETS_TTL_S:
-            cached = cr.facets(self.catalog)
-            self._facets = (time.monotonic(), cached)
-        return cached
-
-    def check_file(self, path: str | None) -> str | None:
-        if not path or not Path(path).is_file():
-            return "the file is gone"
-        from mlc_pipeline.curate.stage import limits_of
-        res = check_image(path, limits_of(self.cfg))
-        return None if res.ok or (res.reason or "").startswith(POLICY_REASONS) else res.reason
-
-
 def create_app(cfg: Config, token: str | None = None, host: str | None = None) -> FastAPI:
     """The app; `host`: the address it is bound to (a loopback one is then an accepted Host)."""
-    review = Review(cfg)
+    review = Review(cfg, ACTION_LOCK_WAIT_S, PAGE_WRITE_WAIT_S)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -153,6 +92,23 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
                              f"{loc[-1]} must be a whole number"}, status_code=404 if loc[0] == "path" else 400)
     app.add_exception_handler(RequestValidationError, refused)
     app.add_exception_handler(StarletteHTTPException, refused)
+
+    async def lost(request: Request, exc: CatalogLost) -> Response:
+        """The catalog's connection lost under a request: opened again, and the request answered 503
+        in words (an action may or may not have been saved: the server may have committed it)."""
+        try:
+            await run_in_threadpool(review.reconnect)
+            now = "reconnected: reload the page"
+        except CatalogError as again:
+            now = f"the catalog cannot be reached yet ({again}): try again in a moment"
+        what = ("this action may not have been saved; reload the image's page to see whether it was, then "
+                if request.url.path.startswith("/api/") else "")
+        text = f"the connection to the catalog was lost ({str(exc).split('; ')[0]}); {what}{now}"
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": text}, status_code=503, headers={"Retry-After": "5"})
+        return HTMLResponse(f"<!doctype html><title>mlc review</title><p>{escape(text)}</p>", status_code=503,
+                            headers={"Retry-After": "5"})
+    app.add_exception_handler(CatalogLost, lost)
 
     def page(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
         return templates.TemplateResponse(request, name, context, status_code=status_code)
@@ -266,7 +222,6 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
 
     async def in_thread(request: Request, fn):
         """Parse the common fields, then run `fn` in the thread pool (it takes the actions' lock)."""
-        from starlette.concurrency import run_in_threadpool
         try:
             body = await request.json()
         except ValueError:

@@ -450,6 +450,40 @@ def test_image_pages_step_and_go_back_in_the_lists_order(root, monkeypatch):
             assert f'href="/?set=train&amp;sort=score&page_no={at // 2 + 1}" id="back"' in page
 
 
+@pytest.mark.parametrize("root", ["postgresql"], indirect=True)
+def test_the_app_reconnects_after_the_catalogs_server_drops_its_connections(root, postgres_server):
+    """The secrets21 audit: after a PostgreSQL restart every page and action answered a bare 500,
+    with a 35-line traceback each, until the app itself was restarted. The server drops the app's
+    connections here (as a restart does): the request that finds one lost is a 503 in words, the app
+    opens new ones, and the next request works."""
+    import psycopg
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review import app as review_app
+    config, cfg = root
+    target = first_accepted(cfg, "ants")
+    h = {"X-MLC-Client": "tab1"}
+    database = cfg.catalog.url.rsplit("/", 1)[1]
+
+    def drop_connections():
+        with psycopg.connect(postgres_server.url(), password=postgres_server.password, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND "
+                          "pid <> pg_backend_pid()", (database,))
+
+    with TestClient(review_app.create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        assert client.get("/").status_code == 200
+        drop_connections()
+        page = client.get("/")
+        assert page.status_code == 503 and "the connection to the catalog was lost" in page.text, page.text
+        assert "reconnected: reload the page" in page.text and "Traceback" not in page.text
+        assert client.get(f"/image/{target['id']}").status_code == 200
+        drop_connections()
+        lost = client.post("/api/action", json={"id": target["id"], "action": "reject", "reason": "r"}, headers=h)
+        assert lost.status_code == 503 and "may not have been saved" in lost.json()["error"], lost.text
+        done = client.post("/api/action", json={"id": target["id"], "action": "reject", "reason": "r"}, headers=h)
+        assert done.status_code == 200, done.text
+        assert postgres_server.password not in page.text + lost.text
+
+
 @pytest.mark.parametrize("root", ["sqlite", "postgresql"], indirect=True)
 def test_an_action_while_another_command_writes_is_answered_503_not_held(root, monkeypatch):
     """Another writer holding the image (SQLite: the catalog's write lock, as a collect's transaction
