@@ -257,7 +257,8 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray | No
 
     Returned keys:
       per_class[c]: precision, recall, f1, support (over labelled + "other" rows, probes excluded)
-      macro_f1: mean F1 over real classes
+      macro_f1: mean F1 over real classes; a class with no test image that nothing was taken for has
+        F1 None and is left out of it (listed in classes_unscored)
       accuracy: exact match (predicted set == true set) over images with at least one label
       unknown_accepted: fraction of "other" rows (no label, not probe) that got any real class
       probe_accepted: the same fraction over probe rows
@@ -284,13 +285,17 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray | No
         tp, fp, fn = int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum())
         precision = tp / (tp + fp) if tp + fp else 0.0
         recall = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        # No test image of the class and none taken for it: nothing to score (None), and left out of
+        # the macro mean rather than counted 0 (a small dataset's missing class sank macro F1).
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
         per_class[classes[ci]] = {"precision": precision, "recall": recall, "f1": f1, "support": int(t.sum())}
+    scored_f1 = [m["f1"] for m in per_class.values() if m["f1"] is not None]
 
     score = probs[:, real].max(axis=1) if real else np.zeros(n)
     return {
         "per_class": per_class,
-        "macro_f1": float(np.mean([m["f1"] for m in per_class.values()])) if per_class else 0.0,
+        "macro_f1": float(np.mean(scored_f1)) if scored_f1 else 0.0,
+        "classes_unscored": [c for c, m in per_class.items() if m["f1"] is None],
         "accuracy": _rate((pred == truth).all(axis=1), labelled),
         "unknown_accepted": _rate(accepted, unknown),
         "probe_accepted": _rate(accepted, probe),

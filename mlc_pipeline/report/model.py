@@ -164,7 +164,8 @@ def operating_curves(result, metrics_by_bundle: dict[str, dict]) -> dict[str, li
 def per_class_markdown(metrics: dict) -> str:
     lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for c, m in metrics["per_class"].items():
-        lines.append(f"| {c} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |")
+        f1 = "n/a (no test image)" if m["f1"] is None else f"{m['f1']:.3f}"
+        lines.append(f"| {c} | {m['precision']:.3f} | {m['recall']:.3f} | {f1} | {m['support']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -112,6 +112,20 @@ def test_evaluate_softmax_uses_argmax_and_other_rejects():
     assert m["accuracy"] == 1.0 and m["unknown_accepted"] == 0.5 and m["probe_accepted"] == 0.0
 
 
+def test_a_class_with_no_test_image_and_none_taken_for_it_is_not_counted_zero():
+    """Its F1 was 0, which sank macro F1 for what the test set cannot measure (a small dataset whose
+    split left a class out of test). A class with no image but taken for one is still scored 0."""
+    classes = ["a", "b", "c", "other"]
+    probs = np.array([[0.9, 0.1, 0.1, 0.1],      # a -> a
+                      [0.1, 0.1, 0.1, 0.1],      # other -> nothing
+                      [0.1, 0.1, 0.8, 0.1]])     # other -> c (a false positive of c)
+    targets = targets_from_labels([["a"], [], []], classes)
+    m = evaluate(probs, targets, np.full(4, 0.5), classes)
+    assert m["per_class"]["b"]["f1"] is None and m["per_class"]["b"]["support"] == 0
+    assert m["per_class"]["c"]["f1"] == 0.0
+    assert m["macro_f1"] == pytest.approx(0.5) and m["classes_unscored"] == ["b"]
+
+
 def test_other_column_is_never_a_claimed_label():
     classes = ["a", "other"]
     pred = predict_matrix(np.array([[0.1, 0.9], [0.8, 0.9]]), np.array([0.5, 0.5]), classes)
