@@ -3,8 +3,8 @@ of different pictures: the measurement behind `curate.takedown.LOOKALIKE_BITS`.
 
 A removed photo's file is gone, so a copy collected later is judged by hashes alone (every view's
 phash against every view's, as `hold_lookalikes_of_removed` and curate's candidate search do, and
-the copy's whole-image phash against the removed photo's four corner windows, which the takedown
-keeps; `--no-corners`: without those). Not a
+the copy's whole-image phash against the removed photo's four corner windows and its mirror image's
+views, which the takedown keeps; `--no-mirror`: the corner windows only; `--no-corners`: neither). Not a
 benchmark against a baseline: it prints the share of edited copies within T bits of their original
 (recall) and the number of pairs of different pictures within T bits (false holds).
 
@@ -25,10 +25,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mlc_pipeline.curate.hashing import corner_greys, hamming_uint64, hex_to_uint64, view_greys, view_phashes  # noqa: E402
+from mlc_pipeline.curate.hashing import (corner_greys, hamming_uint64, hex_to_uint64, takedown_greys,  # noqa: E402
+                                         view_greys, view_phashes)
 from mlc_pipeline.curate.phash import phash_many  # noqa: E402
 from mlc_pipeline.curate.takedown import hash_matrix  # noqa: E402
 
@@ -46,7 +47,11 @@ EDITS = {
     "corner crop 10 %": lambda im: im.crop((0, 0, im.width * 9 // 10, im.height * 9 // 10)),
     "one side 8 %": lambda im: im.crop((im.width * 8 // 100, 0, im.width, im.height)),
     "brightness +15 %": lambda im: ImageEnhance.Brightness(im).enhance(1.15),
+    "mirrored": ImageOps.mirror,
+    "mirrored, centre crop 5 % per side": lambda im: ImageOps.mirror(im).crop(
+        (im.width // 20, im.height // 20, im.width - im.width // 20, im.height - im.height // 20)),
 }
+MIRROR = True       # --no-mirror: the corner windows only (before 2026-12-06)
 
 
 def rows_of(hashes: list[list[str]]) -> list[dict]:
@@ -54,8 +59,10 @@ def rows_of(hashes: list[list[str]]) -> list[dict]:
 
 
 def corners_of(im: Image.Image) -> np.ndarray:
-    "The removed photo's four corner-window phashes (hashing.corner_phashes, from an image in memory)."
-    return hex_to_uint64(phash_many(corner_greys(view_greys(im)[0])))
+    """What a takedown keeps of the removed photo (hashing.corner_phashes, from an image in memory): its
+    four corner windows' phashes, then its mirror image's views' (not with --no-mirror)."""
+    grey = view_greys(im)[0]
+    return hex_to_uint64(phash_many(takedown_greys(grey) if MIRROR else corner_greys(grey)))
 
 
 def rule_bits(a: np.ndarray, b: np.ndarray, b_corners: np.ndarray | None) -> np.ndarray:
@@ -80,8 +87,11 @@ def pairs_within(m: np.ndarray, corners: np.ndarray | None) -> dict[int, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--catalog", type=Path, help="a SQLite catalog whose accepted images are all different")
-    ap.add_argument("--no-corners", action="store_true", help="the rule without the corner windows (before)")
+    ap.add_argument("--no-corners", action="store_true", help="the rule without the corner windows nor the mirror")
+    ap.add_argument("--no-mirror", action="store_true", help="the corner windows without the mirror image's views")
     args = ap.parse_args()
+    global MIRROR
+    MIRROR = not args.no_mirror
     files = sorted(FIXTURES.rglob("*.jpg"))
     originals, corners = [], []
     for f in files:

@@ -230,7 +230,7 @@ def test_a_takedown_deletes_the_photo_from_the_bucket(published, s3_server):
     assert rel not in sync.file_listing(store(cfg))
     assert "published versions that still contain them" in said and "\n  v1: 1 photo(s)" in said, said
     with Catalog(load_config(fresh).catalog_path, readonly=True) as catalog:
-        assert len(catalog.get(victim["id"])["corner_hashes"].split(",")) == 4
+        assert len(catalog.get(victim["id"])["corner_hashes"].split(",")) == 7     # corners, then the mirror's views
 
 
 def test_a_missing_bucket_or_store_is_one_line_before_the_stage_runs(s3_server, tmp_path):

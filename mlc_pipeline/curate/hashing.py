@@ -127,7 +127,11 @@ def view_phashes(im: Image.Image, orientation: int = 1) -> list[str]:
 
 def view_greys(im: Image.Image, orientation: int = 1) -> list[np.ndarray]:
     "The greyscale arrays `view_phashes` hashes: the full image, then each centre crop."
-    grey = np.asarray(_hash_grey(im, orientation))
+    return views_of(np.asarray(_hash_grey(im, orientation)))
+
+
+def views_of(grey: np.ndarray) -> list[np.ndarray]:
+    "A greyscale array, then each of its centre crops in `similarity.VIEW_CROPS`."
     h, w = grey.shape
     views = []
     for fraction in (0.0, *VIEW_CROPS):
@@ -137,10 +141,18 @@ def view_greys(im: Image.Image, orientation: int = 1) -> list[np.ndarray]:
 
 
 def corner_phashes(path: str | os.PathLike) -> str | None:
-    """phashes of the four windows of a file with CORNER_CUT cut off two adjacent edges, decoded as
-    for its own hashes, comma-separated; None when it cannot be read or decoded."""
+    """What a takedown keeps of a photo beyond its own views, for copies collected once its file is
+    gone (`curate.takedown`: a copy's whole-image phash is compared with each): the phashes of the four
+    windows with CORNER_CUT cut off two adjacent edges, then of its mirror image's views (a flipped
+    re-upload: phash is not mirror-invariant), decoded as for its own hashes, comma-separated; None
+    when it cannot be read or decoded."""
     record, views = decode_for_hashing(os.fspath(path), VerifyLimits())
-    return ",".join(phash_many(corner_greys(views[0]))) if record.ok and views else None
+    return ",".join(phash_many(takedown_greys(views[0]))) if record.ok and views else None
+
+
+def takedown_greys(grey: np.ndarray) -> list[np.ndarray]:
+    "`corner_phashes`' arrays: the four corner windows, then the mirror image and its centre crops."
+    return corner_greys(grey) + views_of(np.ascontiguousarray(grey[:, ::-1]))
 
 
 def corner_greys(grey: np.ndarray) -> list[np.ndarray]:

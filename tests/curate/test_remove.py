@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from PIL import Image
+from PIL import Image, ImageOps
 
 from helpers import FIXTURES, holding, queued, release
 
@@ -489,21 +489,27 @@ def test_a_near_copy_collected_after_the_takedown_is_held_out_for_review(publish
     assert photo_id_for("bees/zz_crop8.jpg") not in {r["photo_id"] for r in read_manifest(v3.path / "manifest.csv")}
 
 
-@pytest.mark.parametrize("published", ["sqlite", "postgresql"], indirect=True)
-def test_a_corner_crop_collected_after_the_takedown_is_held_by_the_corner_windows_kept(published):
+TAKEDOWN_HASHES = 7     # hashing.corner_phashes: four corner windows, then the mirror image and its two centre crops
+
+
+@pytest.mark.parametrize("published, edit", [("sqlite", "corner"), ("postgresql", "corner"), ("sqlite", "mirror")],
+                         indirect=["published"])
+def test_a_corner_crop_or_mirror_collected_after_the_takedown_is_held_by_the_hashes_kept(published, edit):
     # A copy cut 10 % off two adjacent edges is 10+ bits from every centred view of the photo (1 %
-    # of such copies within 8 bits, bench/takedown_lookalikes.py). The takedown keeps the phashes of
-    # the photo's four corner windows, read from its file before deleting it; the copy's whole image
-    # matches one of them. An unrelated photo stays in.
+    # of such copies within 8 bits, bench/takedown_lookalikes.py), and a mirrored one far from all
+    # (phash is not mirror-invariant: 0 % within 12 bits). The takedown keeps the phashes of the
+    # photo's four corner windows and of its mirror image's views, read from its file before deleting
+    # it; the copy's whole image matches one of them. An unrelated photo stays in.
     cfg, config, v1, world = published
     victim, _ = first_ants_photo_and_crop(cfg)
     with Image.open(victim["file_path"]) as im:
         w, h = im.size
-        corner = im.convert("RGB").crop((0, 0, w * 9 // 10, h * 9 // 10))
+        corner = (im.convert("RGB").crop((0, 0, w * 9 // 10, h * 9 // 10)) if edit == "corner" else
+                  ImageOps.mirror(im.convert("RGB")).crop((w // 20, h // 20, w - w // 20, h - h // 20)))
     assert mlc(config, "remove", "--photo-id", victim["photo_id"], "--reason", "owner request").returncode == 0
     with Catalog(cfg.catalog_path) as c:
         removed = c.get(victim["id"])
-    assert removed["file_path"] is None and len(removed["corner_hashes"].split(",")) == 4
+    assert removed["file_path"] is None and len(removed["corner_hashes"].split(",")) == TAKEDOWN_HASHES
     corner.save(world / "bees" / "zz_corner.jpg", quality=85)
     shutil.copy(sorted((FIXTURES / "bees").glob("*.jpg"))[41], world / "bees" / "zz_unrelated.jpg")
     collect(cfg, progress=False)
@@ -530,7 +536,7 @@ def test_a_takedown_killed_after_deleting_files_keeps_the_corner_hashes_for_its_
     remove_photos(cfg, "owner request", photo_id=victim["photo_id"])            # the rerun
     with Catalog(cfg.catalog_path) as c:
         removed = c.get(victim["id"])
-    assert removed["status"] == "removed" and len(removed["corner_hashes"].split(",")) == 4
+    assert removed["status"] == "removed" and len(removed["corner_hashes"].split(",")) == TAKEDOWN_HASHES
 
 
 @pytest.mark.parametrize("how", ["undo", "restore"])
@@ -623,7 +629,7 @@ def test_a_takedown_keeps_the_corner_hashes_of_a_file_downloaded_while_it_starte
     monkeypatch.setattr(takedown, "keep_corner_hashes", lambda *args: None)     # as if it had no file then
     remove_photos(cfg, "owner request", photo_id=victim["photo_id"])
     with Catalog(cfg.catalog_path) as c:
-        assert len(c.get(victim["id"])["corner_hashes"].split(",")) == 4
+        assert len(c.get(victim["id"])["corner_hashes"].split(",")) == TAKEDOWN_HASHES
 
 
 def test_a_copy_rejected_for_a_limit_then_passing_is_compared_with_the_takedowns(published):
