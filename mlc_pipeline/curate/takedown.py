@@ -86,9 +86,9 @@ def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: 
 
 
 def keep_corner_hashes(cfg: Config, catalog: Catalog, named: dict) -> None:
-    """The corner windows' phashes of each photo about to be taken down, read from its file and
-    committed before any file is deleted: a takedown killed after deleting files and rerun (its
-    transaction rolled back) still has them (the verify19 audit)."""
+    """The corner windows' and mirror views' phashes (hashing.corner_phashes) of each photo about to be
+    taken down, read from its file and committed before any file is deleted: a takedown killed after
+    deleting files and rerun (its transaction rolled back) still has them (the verify19 audit)."""
     quarantined = QuarantineIndex(cfg.layout.quarantine())
     for row in catalog.removal_targets(**named):
         if row["status"] != "removed":
@@ -96,7 +96,8 @@ def keep_corner_hashes(cfg: Config, catalog: Catalog, named: dict) -> None:
 
 
 def keep_corners_of(catalog: Catalog, row: dict, quarantined: QuarantineIndex) -> None:
-    """Its corner windows' phashes, read from its file, unless kept already (or it has no file)."""
+    """Its corner windows' and mirror views' phashes, read from its file, unless kept already (or it
+    has no file)."""
     if not row["corner_hashes"] and (where := file_of(row, quarantined)):
         if corners := corner_phashes(where):
             catalog.update_fields(row["id"], corner_hashes=corners)
@@ -168,7 +169,7 @@ def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[i
     accepted_at = np.array([first.get(r["id"], np.inf) for r in rows])
     for r, their in zip(removed, theirs):     # every view against every view, as the candidate search
         bits = hamming_uint64(mine[:, :, None], their[None, None, :]).min(axis=(1, 2))
-        if r["corner_hashes"]:                # and the whole image against its corner windows
+        if r["corner_hashes"]:                # and the whole image against its corner windows and mirror views
             corners = hex_to_uint64(r["corner_hashes"].split(","))
             bits = np.minimum(bits, hamming_uint64(mine[:, :1], corners[None, :]).min(axis=1))
         bits[accepted_at < (r["removed_at"] or 0)] = 64     # accepted while it was here: compared by pixels
