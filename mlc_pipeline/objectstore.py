@@ -312,4 +312,6 @@ def store_errors(store: Store) -> Iterator[None]:
     except Exception as exc:        # botocore's errors are no OSError; all of them end up here
         if not (isinstance(exc, (OSError, ValueError)) or type(exc).__module__.split(".")[0] in ("botocore", "aiohttp")):
             raise
-        raise ObjectStoreError(f"object store {store.url}: {type(exc).__name__}: {exc}") from exc
+        hint = ("; check the credentials in the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or your "
+                "store's) and what they may do in that bucket" if isinstance(exc, PermissionError) else "")
+        raise ObjectStoreError(f"object store {store.url}: {type(exc).__name__}: {exc}{hint}") from exc

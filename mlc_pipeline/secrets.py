@@ -36,7 +36,10 @@ class Credentials:
 
 # data_dir: s3://bucket/prefix (any fsspec URL); `s3:/bucket` matches too, to be refused as a typo
 URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*:/+")
-SECRET_OPTION_RE = re.compile(r"key$|token|secret|passw|pwd|access_key|credential|connection_string", re.I)
+# Option names that hold credentials (nested ones too). passphrase, auth and Authorization (in `headers`)
+# were let through (the secrets21 audit, by reading: sftp's passphrase, HTTP stores' auth and headers).
+SECRET_OPTION_RE = re.compile(r"key$|token|secret|passw|passphrase|pwd|access_key|credential|connection_string|"
+                              r"^auth$|authoriz|cookie", re.I)
 
 _known_secrets: set[str] = set()
 KEY_BLOCK, SECRET_BLOCK = "flickr-api-key", "flickr-api-secret"

@@ -176,13 +176,16 @@ def test_store_credentials_of_any_fsspec_backend_are_refused_in_the_config(tmp_p
     """Azure's account_key / sas_token / connection_string passed as no credentials; given as flow
     overrides they reached the flow log and the run artifact."""
     classes = {"classes": {"a": {"queries": ["a"], "count": 1}}, "other": {"queries": ["o"], "count": 1}}
-    for name in ("account_key", "sas_token", "connection_string", "client_secret", "private_key", "token"):
+    # passphrase (sftp's key), auth (HTTP basic), Authorization in headers: the secrets21 audit, by reading
+    for name in ("account_key", "sas_token", "connection_string", "client_secret", "private_key", "token",
+                 "passphrase", "auth"):
         with pytest.raises(ConfigError, match=f"storage_options.*{name}.*credentials"):
             parse_config({"data_dir": "abfs://c/p", "storage_options": {name: "x"}, **classes}, tmp_path)
     # a password under another name, or inside a URL, is one all the same; the line never repeats it
     for options, name in (({"passwd": "S3PwLEAK"}, "passwd"),
                           ({"endpoint_url": "http://u:S3PwLEAK@h:9000"}, "endpoint_url"),
-                          ({"client_kwargs": {"endpoint_url": "https://u:S3PwLEAK@h"}}, "endpoint_url")):
+                          ({"client_kwargs": {"endpoint_url": "https://u:S3PwLEAK@h"}}, "endpoint_url"),
+                          ({"headers": {"Authorization": "Bearer S3PwLEAK"}}, "Authorization")):
         with pytest.raises(ConfigError, match=f"storage_options.*{name}.*credentials") as err:
             parse_config({"data_dir": "s3://b/p", "storage_options": options, **classes}, tmp_path)
         assert "S3PwLEAK" not in str(err.value)

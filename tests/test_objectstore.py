@@ -206,6 +206,17 @@ def test_two_builds_of_one_version_number_never_both_publish(published, s3_serve
         assert len(won) == 1, won
 
 
+def test_refused_credentials_say_where_to_look(tmp_path):
+    """s3fs raises a 403 as PermissionError("Forbidden"): said as one line with no hint before (the
+    secrets21 audit); it now names where the credentials come from. (moto accepts any credentials,
+    so the error is raised here as s3fs raises it.)"""
+    s = objectstore.Store(f"file://{tmp_path}/store", {})
+    with pytest.raises(objectstore.ObjectStoreError, match="PermissionError: Forbidden; check the credentials in "
+                                                           "the environment .AWS_ACCESS_KEY_ID"):
+        with objectstore.store_errors(s):
+            raise PermissionError("Forbidden")
+
+
 def test_a_local_store_claims_a_folder_once(tmp_path):
     s = objectstore.Store(f"file://{tmp_path}/store", {})
     assert s.create_exclusive("datasets/x/v1/.claim", "a") and not s.create_exclusive("datasets/x/v1/.claim", "b")
