@@ -326,8 +326,11 @@ def cmd_remove(args) -> int:
             require_catalog(cfg, args.config)
             res = remove()      # the files lock only: a run's training (hours) is not waited for
         else:                   # an object-store root: fetched, and the taken-down objects deleted there too
+            from mlc_pipeline.sync import pull_for_takedown, versions_holding
             with writing(cfg, args):
-                res = remove()
+                pull_for_takedown(cfg, dict(photo_id=args.photo_id, owner=args.owner, query=args.query,
+                                            source=args.source))
+                res = remove(versions_holding=partial(versions_holding, cfg))
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     if not res.removed and not res.already_removed:

@@ -45,11 +45,12 @@ def file_listing(store: Store) -> dict[str, dict]:
     return {k: v for d in FILE_DIRS for k, v in store.listing(d).items()}
 
 
-def pull_files(store: Store, cfg: Config) -> int:
-    """Fetch the catalog's files the cache lacks (a fresh cache, or one another machine added to).
+def pull_files(store: Store, cfg: Config, only: set[str] | None = None) -> int:
+    """Fetch the catalog's files the cache lacks (a fresh cache, or one another machine added to);
+    `only`: of those, these paths (relative to the data root) alone.
     An object that vanishes between the listing and its download (another machine publishing at the
     same time) is skipped after listing again; curate judges the files that are in neither place."""
-    want = sorted(p for p in named_files(cfg) if not (cfg.data_dir / p).exists())
+    want = sorted(p for p in named_files(cfg) if not (cfg.data_dir / p).exists() and (only is None or p in only))
     if not want:
         return 0
     held = file_listing(store)

@@ -14,6 +14,8 @@ so a build there numbers past it; a cache's version under a withdrawn name is ne
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import re
@@ -105,6 +107,18 @@ def pull_version(store: Store, cfg: Config, version: str | None = None) -> str |
         log.info("dataset %s %s fetched from %s", cfg.build.name, version, store.url)
     return version
 
+
+
+def remote_versions_with(store: Store, cfg: Config, photos: set[tuple[str, str]]) -> dict[str, list[str]]:
+    """version -> photo ids of `photos` (source, photo_id) that the store's published version lists, read
+    from each manifest in the store: a takedown names them without fetching every version whole."""
+    out = {}
+    for version in remote_versions(store, cfg):
+        text = store.read_text(f"{version_key(cfg, version)}/manifest.csv") or ""
+        held = sorted(r["photo_id"] for r in csv.DictReader(io.StringIO(text)) if (r["source"], r["photo_id"]) in photos)
+        if held:
+            out[version] = held
+    return out
 
 
 def read_tombstone(store: Store, key: str) -> dict | None:

@@ -39,7 +39,8 @@ from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, folder_fi
                                       same_bytes, store_errors, store_of)
 from mlc_pipeline import storefiles
 from mlc_pipeline.storefiles import delete_unnamed_files, drop_taken_down, pull_files, push_files
-from mlc_pipeline.storeversions import drop_withdrawn, pull_version, push_versions, remote_versions
+from mlc_pipeline.storeversions import (drop_withdrawn, pull_version, push_versions, remote_versions,
+                                        remote_versions_with)
 
 log = logging.getLogger(__name__)
 # Still reachable from here (tests, benchmarks): the files' half of syncing lives in storefiles.py.
@@ -61,7 +62,7 @@ PULLS = {"collect": ("catalog", "files"), "curate": ("catalog", "files", "versio
          "build": ("catalog", "files", "version"), "train": ("catalog", "version"),
          "train-continue": ("catalog", "versions", "model"),     # the model continued and its versions
          "mine": ("catalog", "files", "model"), "inspect": ("catalog", "version"),
-         "remove": ("catalog", "files", "versions"),     # its file's corner hashes; the versions it was in
+         "remove": ("catalog",),     # then its photos' files alone (pull_for_takedown); versions read in the store
          "run": ("catalog", "files", "versions", "model"),
          "review": ("catalog", "files", "versions", "model")}   # pages, thumbnails, the model's queues
 
@@ -322,6 +323,25 @@ def served(cfg: Config, command: str) -> Iterator[None]:
         unless_busy(cfg, f"mlc {command} (publishing)", lambda: publish(cfg))
         raise
     unless_busy(cfg, f"mlc {command} (publishing)", lambda: publish(cfg))
+
+
+def pull_for_takedown(cfg: Config, named: dict) -> None:
+    """`mlc remove` on an object-store root, after its catalog fetch: the files of the photos it names
+    (their corner and mirror hashes are read from them), not every file and version (the verify20
+    audit: a takedown from a fresh cache fetched the whole store); `versions_holding` reads the store's
+    manifests for the versions that list them."""
+    store = store_of(cfg)
+    with store_errors(store), open_catalog(cfg) as catalog:
+        rels = {catalog.stored_path(r["file_path"]) for r in catalog.removal_targets(**named) if r["file_path"]}
+    with store_errors(store):
+        pull_files(store, cfg, only=rels)
+
+
+def versions_holding(cfg: Config, photos: set[tuple[str, str]]) -> dict[str, list[str]]:
+    "The store's published versions that list some of `photos`: version -> their photo ids."
+    store = store_of(cfg)
+    with store_errors(store):
+        return remote_versions_with(store, cfg, photos)
 
 
 def pull_for_reading(cfg: Config, version: str | None) -> None:

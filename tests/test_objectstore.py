@@ -242,6 +242,9 @@ def test_a_takedown_deletes_the_photo_from_the_bucket(published, s3_server):
     assert "published versions that still contain them" in said and "\n  v1: 1 photo(s)" in said, said
     with Catalog(load_config(fresh).catalog_path, readonly=True) as catalog:
         assert len(catalog.get(victim["id"])["corner_hashes"].split(",")) == 7     # corners, then the mirror's views
+    # and it fetched the photo's file alone, not every file and version (the verify20 audit)
+    cache = load_config(fresh).data_dir
+    assert not [p for p in (cache / "raw").rglob("*") if p.is_file()] and not (cache / "datasets").exists()
 
 
 def test_a_missing_bucket_or_store_is_one_line_before_the_stage_runs(s3_server, tmp_path):

@@ -16,6 +16,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -58,24 +59,30 @@ def takedown_selector(reason: str, photo_id: str | None, owner: str | None, quer
 
 def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: str | None = None,
                   query: str | None = None, source: str | None = None, wait: bool = True,
-                  lock_timeout_s: float = 60.0, client: str = "mlc remove") -> RemoveResult:
+                  lock_timeout_s: float = 60.0, client: str = "mlc remove",
+                  versions_holding: Callable[[set[tuple[str, str]]], dict[str, list[str]]] | None = None
+                  ) -> RemoveResult:
     """Remove every candidate named by exactly one of photo_id / owner / query, for `reason`
     (`source`: only that source's photo id). The rows are read inside the transaction that removes
     them, so the file deleted is where the catalog says it is now, not where it was a moment ago.
     Holds the data root's files lock (locking.files_lock): a curate or a build in progress is waited
     for (`wait=False`: FilesBusy), a run's training or mining is not. `lock_timeout_s`: how long the
     catalog's write lock is waited for (then CatalogBusy; the review app waits less). `client`: who
-    the review log names for the near copies held (`hold_near_copies`)."""
+    the review log names for the near copies held (`hold_near_copies`). `versions_holding`: the
+    published versions that list some of these photos beyond this data root's own folders (an object
+    store's, read there rather than fetched whole: sync.versions_holding)."""
     selector = takedown_selector(reason, photo_id, owner, query, source)
     named = dict(photo_id=photo_id, owner=owner, query=query, source=source)
     with files_lock(cfg.data_dir, "remove (takedown)", wait=wait), \
             Catalog(cfg.catalog_path, lock_timeout_s=lock_timeout_s) as catalog:
         keep_corner_hashes(cfg, catalog, named)
+        elsewhere = versions_holding({(r["source"], r["photo_id"]) for r in catalog.removal_targets(**named)}) \
+            if versions_holding else {}
         with catalog.transaction():
             # One transaction from the run's start to its end: a catalog too busy to write in leaves no
             # run half-recorded ('running' forever), and a failure rolls the whole takedown back.
             run_id = catalog.start_run("remove")
-            result = _remove(cfg, catalog, RemoveResult(run_id), reason.strip(), selector, named)
+            result = _remove(cfg, catalog, RemoveResult(run_id), reason.strip(), selector, named, elsewhere)
             hold_near_copies(catalog, result, reason.strip(), client)
             catalog.finish_run(run_id, "completed", {
                 "selector": selector, "reason": reason.strip(), "removed": len(result.removed),
@@ -104,7 +111,7 @@ def keep_corners_of(catalog: Catalog, row: dict, quarantined: QuarantineIndex) -
 
 
 def _remove(cfg: Config, catalog: Catalog, result: RemoveResult, reason: str, selector: str,
-            named: dict) -> RemoveResult:
+            named: dict, elsewhere: dict[str, list[str]]) -> RemoveResult:
     """Inside the caller's transaction: the rows are read where they are now, then removed."""
     quarantined = QuarantineIndex(cfg.layout.quarantine())
     targets = catalog.removal_targets(**named)
@@ -118,7 +125,9 @@ def _remove(cfg: Config, catalog: Catalog, result: RemoveResult, reason: str, se
         result.removed.append(row)
         result.files_deleted.extend(deleted)
     result.files_deleted += drop_thumbnails(cfg, catalog, {r["sha256"] for r in result.removed})
-    result.published_in = published_versions_with(cfg, {(r["source"], r["photo_id"]) for r in targets})
+    here = published_versions_with(cfg, {(r["source"], r["photo_id"]) for r in targets})
+    result.published_in = {v: sorted(set(here.get(v, [])) | set(elsewhere.get(v, [])))
+                           for v in sorted(set(here) | set(elsewhere), key=lambda v: int(v[1:]))}
     return result
 
 
