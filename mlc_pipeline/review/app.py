@@ -136,7 +136,7 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
     def image(request: Request, cid: int):
         filters = filters_of(request)
         with review.lock:
-            review.refresh_versions()
+            published = review.refresh_versions()
             row = review.catalog.get(known_id(cid))
             if row is None:
                 raise HTTPException(404, f"no candidate {cid}")
@@ -144,7 +144,8 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
             events = review.catalog.events(cid)
             acts = cr.actions(review.catalog, cid)
             latest = cr.latest_undoable(review.catalog, cid)
-            per_version = cr.labels_per_version(review.catalog, review.dataset, cid)
+            per_version = [r for r in cr.labels_per_version(review.catalog, review.dataset, cid)
+                           if r["version"] in published]        # not a version withdrawn since it was indexed
             prev_id, next_id, before = cr.neighbours(review.catalog, filters, review.dataset, cid,
                                                      order=filters.get("sort", "id"))
             kept = review.catalog.get(row["duplicate_of"]) if row["duplicate_of"] else None

@@ -49,6 +49,12 @@ def test_withdraw_on_a_local_data_root(tmp_path: Path):
     root = cfg.layout.datasets
     export = cfg.data_dir / "exports" / "default-v2-imagefolder"
     mlc("export", "v2", "--format", "imagefolder", "--out", str(export), config=config)
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
+        kept = next(r for r in catalog.candidates("status='accepted'"))      # in v1 and v2
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:      # indexes v1 and v2
+        assert "<td>v2</td>" in client.get(f"/image/{kept['id']}").text
 
     out = mlc("withdraw", "v2", "--reason", "  built  from a bad config ", config=config).stdout
     assert "dataset default v2: withdrawn (built from a bad config)" in out and "latest is now v1" in out, out
@@ -58,6 +64,9 @@ def test_withdraw_on_a_local_data_root(tmp_path: Path):
     assert withdrawn_versions(root)["v2"]["reason"] == "built from a bad config"
     assert "v2" in (root / PUBLISHED).read_text()
     assert not list(root.glob(".withdrawn-*"))
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        shown = client.get(f"/image/{kept['id']}").text
+    assert "<td>v1</td>" in shown and "<td>v2</td>" not in shown        # its index of v2 is not shown
 
     again = mlc("withdraw", "v2", "--reason", "again", config=config).stdout       # a rerun: harmless
     assert "v2: already withdrawn" in again and "0 file(s) deleted" in again
