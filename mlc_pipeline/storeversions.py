@@ -62,6 +62,10 @@ def push_versions(store: Store, cfg: Config) -> list[str]:
         if marker is not None and marker.get("fingerprint") == meta.get("fingerprint"):
             continue
         if marker is None and (stone := read_tombstone(store, key)) is not None:
+            if stone.get("fingerprint") in (None, meta.get("fingerprint")):     # withdrawn since drop_withdrawn ran
+                withdraw_folder(cfg.layout.datasets, version, stone.get("reason") or "withdrawn",
+                                stone.get("fingerprint"), stone.get("at"))
+                continue
             raise ObjectStoreError(
                 f"{store.url}/{key} was withdrawn ({stone.get('reason') or 'no reason given'}): this cache's {folder} "
                 f"is another build under that name and is not published; move it aside and run `mlc build` again")
@@ -106,7 +110,6 @@ def pull_version(store: Store, cfg: Config, version: str | None = None) -> str |
     if pull_folder(store, key, folder, marker):
         log.info("dataset %s %s fetched from %s", cfg.build.name, version, store.url)
     return version
-
 
 
 def remote_versions_with(store: Store, cfg: Config, photos: set[tuple[str, str]]) -> dict[str, list[str]]:
