@@ -116,7 +116,9 @@ def test_withdraw_on_an_object_store_reaches_every_cache(s3_server, tmp_path: Pa
     assert sorted(store().listing(key)) == [f"{key}/.claim", f"{key}/_WITHDRAWN"]
     assert sync.remote_versions(store(), a) == ["v1"] and versions(a.layout.datasets) == ["v1"]
 
-    sync.publish(b)                 # B's copy is dropped, not published again
+    sync.push_versions(store(), b)  # withdrawn after B's publish dropped what it knew of: dropped there too
+    assert versions(b.layout.datasets) == ["v1"]
+    sync.publish(b)                 # B's copy is gone, not published again
     assert sorted(store().listing(key)) == [f"{key}/.claim", f"{key}/_WITHDRAWN"]
     assert versions(b.layout.datasets) == ["v1"] and withdrawn_versions(b.layout.datasets)["v2"]["reason"] == \
         "holds a photo taken down"
