@@ -39,14 +39,22 @@ def version_key(cfg: Config, version: str) -> str:
 
 
 def remote_versions(store: Store, cfg: Config) -> list[str]:
-    """The versions in the store that have their marker, oldest first (the last is `latest`)."""
+    """The versions in the store that have their marker and no tombstone, oldest first (the last is
+    `latest`): a withdrawal killed between its tombstone and the marker's deletion is withdrawn all the
+    same (the verify21 audit: other caches fetched it again, and trained on it)."""
+    found = [v for v in store_version_names(store, cfg) if store.info(f"{version_key(cfg, v)}/{MARKER}")
+             and not store.info(f"{version_key(cfg, v)}/{TOMBSTONE}")]
+    return sorted(found, key=lambda v: int(v[1:]))
+
+
+def store_version_names(store: Store, cfg: Config) -> list[str]:
+    "The vN folders under datasets/<name>/ in the store, whatever they hold."
     try:
         names = [p.rstrip("/").rsplit("/", 1)[-1] for p in store.fs.ls(store.path(f"datasets/{cfg.build.name}"),
                                                                         detail=False)]
     except FileNotFoundError:
         return []
-    found = [v for v in names if VERSION_RE.match(v) and store.info(f"{version_key(cfg, v)}/{MARKER}")]
-    return sorted(found, key=lambda v: int(v[1:]))
+    return [v for v in names if VERSION_RE.match(v)]
 
 
 def push_versions(store: Store, cfg: Config) -> list[str]:
@@ -58,10 +66,7 @@ def push_versions(store: Store, cfg: Config) -> list[str]:
         if not (folder / "dataset.json").exists():
             continue
         meta, key = version_meta(folder), version_key(cfg, version)
-        marker = read_marker(store, key)
-        if marker is not None and marker.get("fingerprint") == meta.get("fingerprint"):
-            continue
-        if marker is None and (stone := read_tombstone(store, key)) is not None:
+        if (stone := read_tombstone(store, key)) is not None:       # even with its marker left (a killed withdrawal)
             if stone.get("fingerprint") in (None, meta.get("fingerprint")):     # withdrawn since drop_withdrawn ran
                 withdraw_folder(cfg.layout.datasets, version, stone.get("reason") or "withdrawn",
                                 stone.get("fingerprint"), stone.get("at"))
@@ -69,6 +74,9 @@ def push_versions(store: Store, cfg: Config) -> list[str]:
             raise ObjectStoreError(
                 f"{store.url}/{key} was withdrawn ({stone.get('reason') or 'no reason given'}): this cache's {folder} "
                 f"is another build under that name and is not published; move it aside and run `mlc build` again")
+        marker = read_marker(store, key)
+        if marker is not None and marker.get("fingerprint") == meta.get("fingerprint"):
+            continue
         other = marker or claim_folder(store, key, meta.get("fingerprint"))
         if other is not None:
             by = "" if marker else f", claimed by {other.get('host')} {int(time.time() - other.get('at', 0)) // 60} min ago"
@@ -100,7 +108,7 @@ def pull_version(store: Store, cfg: Config, version: str | None = None) -> str |
     if version is None:
         return None
     key, folder = version_key(cfg, version), cfg.layout.version(version)
-    marker = read_marker(store, key)
+    marker = None if store.info(f"{key}/{TOMBSTONE}") else read_marker(store, key)     # withdrawn: not fetched
     if marker is None:
         return version if folder.exists() else None     # not published (yet): the cache's own, if any
     if (folder / "dataset.json").exists():
@@ -134,12 +142,7 @@ def read_tombstone(store: Store, key: str) -> dict | None:
 
 def remote_withdrawn(store: Store, cfg: Config) -> dict[str, dict]:
     """The versions withdrawn from the store: name -> tombstone (fingerprint, reason, at, host)."""
-    try:
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in store.fs.ls(store.path(f"datasets/{cfg.build.name}"),
-                                                                        detail=False)]
-    except FileNotFoundError:
-        return {}
-    found = {v: read_tombstone(store, version_key(cfg, v)) for v in names if VERSION_RE.match(v)}
+    found = {v: read_tombstone(store, version_key(cfg, v)) for v in store_version_names(store, cfg)}
     return {v: stone for v, stone in sorted(found.items(), key=lambda kv: int(kv[0][1:])) if stone is not None}
 
 

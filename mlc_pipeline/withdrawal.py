@@ -18,7 +18,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from mlc_pipeline.fsutil import remove_dead_leftovers
+from mlc_pipeline.fsutil import pid_alive, remove_dead_leftovers
 from mlc_pipeline.manifest import latest_version, point_latest, record_withdrawal, versions
 
 log = logging.getLogger(__name__)
@@ -40,16 +40,38 @@ def withdraw_folder(root: Path, version: str, reason: str, fingerprint: str | No
     (0 when its folder was already gone)."""
     folder = root / version
     record_withdrawal(root, version, fingerprint or folder_fingerprint(folder), reason, at)
-    remove_dead_leftovers([p for p in root.glob(f"{ASIDE}*") if p.is_dir()],
-                          lambda p: p.name[len(ASIDE):].split("-")[1] if p.name.count("-") >= 3 else "")
-    deleted = 0
-    if folder.is_dir() and not folder.is_symlink():
-        aside = root / f"{ASIDE}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        os.rename(folder, aside)          # gone for every reader at once
-        deleted = sum(1 for p in aside.rglob("*") if p.is_file())
-        shutil.rmtree(aside)
+    # What a killed withdrawal left aside, and a fetch of this version that was cut short (objectstore's
+    # `.fetch-vN-<pid>-<id>`: only a later fetch of the version would clean it, and none comes).
+    leftovers = [p for p in root.glob(f"{ASIDE}*") if p.is_dir()]
+    deleted = sum(1 for p in leftovers if p.name.startswith(f"{ASIDE}{version}-") and not pid_alive_in(p)
+                  for f in p.rglob("*") if f.is_file())
+    remove_dead_leftovers(leftovers, lambda p: p.name[len(ASIDE):].split("-")[1] if p.name.count("-") >= 3 else "")
+    remove_dead_leftovers([p for p in root.glob(f".fetch-{version}-*") if p.is_dir()],
+                          lambda p: p.name.rsplit("-", 2)[1])
+    if folder.is_symlink():           # the version moved elsewhere (another disk) and linked here
+        target = folder.resolve()
+        os.rename(folder, link := root / f"{ASIDE}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}.link")
+        link.unlink()                 # gone for every reader at once; then what it pointed at, if a version
+        if target.is_dir() and (target / "dataset.json").is_file():
+            deleted += delete_aside(target, target.parent / f"{ASIDE}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    elif folder.is_dir():
+        deleted += delete_aside(folder, root / f"{ASIDE}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     repoint_latest(root, version)
     return deleted
+
+
+def delete_aside(folder: Path, aside: Path) -> int:
+    "Rename `folder` to `aside` (gone for every reader at once), delete it; the files it held."
+    os.rename(folder, aside)
+    deleted = sum(1 for p in aside.rglob("*") if p.is_file())
+    shutil.rmtree(aside)
+    return deleted
+
+
+def pid_alive_in(aside: Path) -> bool:
+    "Whether the process that put `aside` there (.withdrawn-<version>-<pid>-<id>) is still running."
+    pid = aside.name[len(ASIDE):].split("-")[1] if aside.name.count("-") >= 3 else ""
+    return pid.isdigit() and pid_alive(int(pid))
 
 
 def repoint_latest(root: Path, withdrawn: str) -> str | None:

@@ -77,7 +77,14 @@ def test_withdraw_on_a_local_data_root(tmp_path: Path):
         assert said in mlc("withdraw", wrong, "--reason", "x", config=config, rc=2).stderr
     assert "--reason is empty" in mlc("withdraw", "v1", "--reason", " ", config=config, rc=2).stderr
 
-    mlc("withdraw", "v3", "--reason", "x", config=config)
+    # v3 moved to another disk and linked back (verify21: the link was skipped, v3 stayed in use)
+    elsewhere = tmp_path / "other-disk" / "v3"
+    elsewhere.parent.mkdir()
+    shutil.move(root / "v3", elsewhere)
+    (root / "v3").symlink_to(elsewhere, target_is_directory=True)
+    out = mlc("withdraw", "v3", "--reason", "x", config=config).stdout
+    assert "0 file(s)" not in out and not (root / "v3").exists() and not (root / "v3").is_symlink()
+    assert not elsewhere.exists() and not list(elsewhere.parent.iterdir()) and versions(root) == ["v1"]
     out = mlc("withdraw", "v1", "--reason", "x", config=config).stdout
     assert "latest is now none" in out and versions(root) == []
     assert not (root / "latest").is_symlink() and not (root / "LATEST").exists()
@@ -140,5 +147,16 @@ def test_withdraw_on_an_object_store_reaches_every_cache(s3_server, tmp_path: Pa
 
     assert "v3: published" in mlc("build", config=config_b).stdout       # B numbers past the withdrawn name
     assert sync.remote_versions(store(), a) == ["v1", "v3"]
+    # a withdrawal of v3 killed after its tombstone, the marker still there (verify21: other caches
+    # fetched it again): withdrawn all the same for every cache
+    store().write_text("datasets/default/v3/_WITHDRAWN", json.dumps({"version": "v3", "reason": "killed",
+                                                                    "fingerprint": None, "at": "2026-12-06"}))
+    assert "datasets/default/v3/_COMPLETE" in store().listing("datasets/default/v3")
+    assert sync.remote_versions(store(), a) == ["v1"]
+    d = load_config(bucket_config(tmp_path, s3_server, "mlc-withdraw", "cache-d"))
+    sync.pull(d, "curate")
+    assert versions(d.layout.datasets) == ["v1"] and sync.pull_version(store(), d, "v3") is None
+    sync.publish(b)
+    assert versions(b.layout.datasets) == ["v1"]
     gone = mlc("inspect", "--version", "v2", config=config_c, rc=2).stderr
     assert "v2 was withdrawn" in gone, gone
