@@ -75,6 +75,20 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
 
     app = FastAPI(title="mlc review", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.review = review
+    @app.middleware("http")     # added before the guard, which therefore runs first
+    async def connected(request: Request, call_next):
+        """A request after a reconnect that failed (the server was still down) reconnects first, so
+        the first one after the server is back works, and none runs on a closed connection."""
+        if review.broken and not request.url.path.startswith("/static/"):
+            try:
+                await run_in_threadpool(review.ensure_connected)
+            except CatalogError as exc:
+                text = f"the catalog cannot be reached yet ({exc}); nothing was done: try again in a moment"
+                if request.url.path.startswith("/api/"):
+                    return JSONResponse({"error": text}, status_code=503, headers={"Retry-After": "5"})
+                return HTMLResponse(f"<!doctype html><title>mlc review</title><p>{escape(text)}</p>",
+                                    status_code=503, headers={"Retry-After": "5"})
+        return await call_next(request)
     app.middleware("http")(Guard(token, bound=host))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")
@@ -109,6 +123,7 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
         return HTMLResponse(f"<!doctype html><title>mlc review</title><p>{escape(text)}</p>", status_code=503,
                             headers={"Retry-After": "5"})
     app.add_exception_handler(CatalogLost, lost)
+
 
     def page(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
         return templates.TemplateResponse(request, name, context, status_code=status_code)

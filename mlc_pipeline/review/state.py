@@ -38,6 +38,7 @@ class Review:
         self.dataset = cfg.build.name
         self.root = cfg.layout.datasets
         self._facets: tuple[float, dict | None] = (0.0, None)
+        self.broken = False                      # the connections were lost and not opened again yet
         self.unreadable: set[str] = set()        # versions whose manifest could not be indexed (warned once)
 
     def close(self) -> None:
@@ -47,18 +48,26 @@ class Review:
     def reconnect(self) -> None:
         """After CatalogLost (PostgreSQL restarted, the network dropped): both connections opened afresh,
         so the app recovers by itself (the secrets21 audit: every page answered 500 until the app was
-        restarted). A server still down raises CatalogError here; the next request tries again."""
+        restarted). A server still down raises CatalogError here and leaves `broken` set: the next
+        request reconnects before it runs (`ensure_connected`), rather than finding a closed one."""
         with self.lock, self.write_lock:
             for lost in (self.catalog, self.writer):
                 try:
                     lost.close()
                 except Exception as exc:        # psycopg on a dead socket: nothing left to close
                     log.info("review: closing the lost catalog connection: %s", exc)
+            self.broken = True
             self.catalog = Catalog(self.cfg.catalog_path)
             self.catalog.set_lock_timeout(self.page_wait_s)
             self.writer = Catalog(self.cfg.catalog_path)
             self.writer.set_lock_timeout(self.action_wait_s)
+            self.broken = False
         log.warning("review: the catalog's connection was lost; reconnected to %s", self.catalog.where)
+
+    def ensure_connected(self) -> None:
+        "Before a request: reconnect if the last try failed (CatalogError while the server is still down)."
+        if self.broken:
+            self.reconnect()
 
     def refresh_versions(self) -> list[str]:
         """Index any version published since (manifests are immutable: each is read once)."""

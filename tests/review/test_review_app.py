@@ -483,6 +483,18 @@ def test_the_app_reconnects_after_the_catalogs_server_drops_its_connections(root
         assert done.status_code == 200, done.text
         assert postgres_server.password not in page.text + lost.text
 
+        # still down when the app reconnects (the database refuses connections), then back (verify21:
+        # the first request after that found the closed connections, a 503 again)
+        with psycopg.connect(postgres_server.url(), password=postgres_server.password, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            drop_connections()
+            down = client.get("/")
+            assert down.status_code == 503 and "cannot be reached yet" in down.text, down.text
+            waiting = client.post("/api/action", json={"id": target["id"], "action": "undo", "reason": "r"}, headers=h)
+            assert waiting.status_code == 503 and "nothing was done" in waiting.json()["error"], waiting.text
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        assert client.get(f"/image/{target['id']}").status_code == 200
+
 
 @pytest.mark.parametrize("root", ["sqlite", "postgresql"], indirect=True)
 def test_an_action_while_another_command_writes_is_answered_503_not_held(root, monkeypatch):
