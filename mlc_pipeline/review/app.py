@@ -124,7 +124,6 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
                             headers={"Retry-After": "5"})
     app.add_exception_handler(CatalogLost, lost)
 
-
     def page(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
         return templates.TemplateResponse(request, name, context, status_code=status_code)
 
@@ -137,6 +136,8 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
             published = review.refresh_versions()
             rows, total = cr.browse(review.catalog, filters, review.dataset, PAGE_SIZE, (page_no - 1) * PAGE_SIZE,
                                     order=filters.get("sort", "id"))
+            if filters.get("version") and filters["version"] not in published:    # withdrawn since it was indexed
+                rows, total = [], 0
             facets = review.facets()
         for r in rows:
             r["eff"] = effective(r)

@@ -67,6 +67,9 @@ def test_withdraw_on_a_local_data_root(tmp_path: Path):
     with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
         shown = client.get(f"/image/{kept['id']}").text
     assert "<td>v1</td>" in shown and "<td>v2</td>" not in shown        # its index of v2 is not shown
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        listed = client.get("/?version=v2").text
+    assert '<span id="total">0</span>' in listed and "v2 is not a published version here" in listed
 
     again = mlc("withdraw", "v2", "--reason", "again", config=config).stdout       # a rerun: harmless
     assert "v2: already withdrawn" in again and "0 file(s) deleted" in again
