@@ -320,16 +320,15 @@ def cmd_remove(args) -> int:
     cfg = load_config(args.config, parse_overrides(args.set))
     try:
         takedown_selector(args.reason, args.photo_id, args.owner, args.query, args.source)   # before the lock
-        remove = partial(remove_photos, cfg, args.reason, photo_id=args.photo_id, owner=args.owner,
-                         query=args.query, source=args.source, wait=not args.no_wait)
+        named = dict(photo_id=args.photo_id, owner=args.owner, query=args.query, source=args.source)
+        remove = partial(remove_photos, cfg, args.reason, **named, wait=not args.no_wait)
         if cfg.data_url is None:
             require_catalog(cfg, args.config)
             res = remove()      # the files lock only: a run's training (hours) is not waited for
         else:                   # an object-store root: fetched, and the taken-down objects deleted there too
             from mlc_pipeline.sync import pull_for_takedown, versions_holding
             with writing(cfg, args):
-                pull_for_takedown(cfg, dict(photo_id=args.photo_id, owner=args.owner, query=args.query,
-                                            source=args.source))
+                pull_for_takedown(cfg, named)
                 res = remove(versions_holding=partial(versions_holding, cfg))
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
@@ -361,10 +360,11 @@ def cmd_remove(args) -> int:
 def cmd_withdraw(args) -> int:
     from mlc_pipeline.dataset.withdraw import withdraw_version
     from mlc_pipeline.model.registry import list_bundles
+    from mlc_pipeline.sync import bundles_trained_on
     cfg = load_config(args.config, parse_overrides(args.set))
     res = withdraw_version(cfg, args.version, args.reason, wait=not args.no_wait)
-    models = [b.name for b in list_bundles(cfg.layout.models) if b.dataset_version == f"{cfg.build.name}/{res.version}"]
-    print("\n".join(res.lines(cfg, models)))
+    here = [b.name for b in list_bundles(cfg.layout.models) if b.dataset_version == f"{cfg.build.name}/{res.version}"]
+    print("\n".join(res.lines(cfg, bundles_trained_on(cfg, f"{cfg.build.name}/{res.version}", here))))
     return 0
 
 

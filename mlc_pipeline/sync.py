@@ -243,6 +243,21 @@ def pull_model(store: Store, cfg: Config) -> str | None:
     return name
 
 
+def bundles_trained_on(cfg: Config, dataset_version: str, here: list[str]) -> list[str]:
+    """`here` (this data root's bundles trained on `dataset_version`, "name/vN") and, on an object-store
+    root, those published in the store whose bundle.json names it, the store's LATEST marked: what
+    `mlc withdraw` lists (verify21: it named only the cache's)."""
+    store = store_of(cfg)
+    if store is None:
+        return sorted(here)
+    with store_errors(store):
+        latest = (store.read_text("models/LATEST") or "").strip()
+        names = sorted({k.split("/")[1] for k in store.listing("models") if k.endswith(f"/{MARKER}")})
+        found = [n for n in names if json.loads(store.read_text(f"models/{n}/bundle.json") or "{}")
+                 .get("dataset_version") == dataset_version]
+    return [n + (" (the store's LATEST)" if n == latest else "") for n in sorted(set(found) | set(here))]
+
+
 def push_reports(store: Store, cfg: Config) -> int:
     files = folder_files(cfg.layout.reports) if cfg.layout.reports.is_dir() else {}
     return push_rewritten(store, cfg, {f"reports/{r}": p for r, p in files.items()}, store.listing("reports"))

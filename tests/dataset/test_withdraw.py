@@ -121,8 +121,14 @@ def test_withdraw_on_an_object_store_reaches_every_cache(s3_server, tmp_path: Pa
     sync.pull(b, "curate")                                   # machine B holds both versions
     assert versions(b.layout.datasets) == ["v1", "v2"]
 
+    # a bundle another machine trained on v2 and published, the store's LATEST (the files a bundle's
+    # publish leaves that this listing reads: bundle.json and the marker)
+    store().write_text("models/m-on-v2/bundle.json", json.dumps({"dataset_version": "default/v2"}))
+    store().write_text("models/m-on-v2/_COMPLETE", json.dumps({"bundle": "m-on-v2", "files": {}}))
+    store().write_text("models/LATEST", "m-on-v2\n")
     out = mlc("withdraw", "v2", "--reason", "holds a photo taken down", config=config_a).stdout
     assert "v2: withdrawn" in out and f"object(s) deleted from {a.data_url}" in out and "latest is now v1" in out
+    assert "model bundles trained on it (kept: retrain, or delete them): m-on-v2 (the store's LATEST)" in out, out
     assert sorted(store().listing(key)) == [f"{key}/.claim", f"{key}/_WITHDRAWN"]
     assert sync.remote_versions(store(), a) == ["v1"] and versions(a.layout.datasets) == ["v1"]
 
