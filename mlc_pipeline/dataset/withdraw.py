@@ -71,8 +71,9 @@ def withdraw_version(cfg: Config, version: str, reason: str, wait: bool = True) 
             resolve_version(root, version)          # the one answer to a wrong name: UnknownVersion
         files = withdraw_folder(root, version, reason)
         latest = (root / "LATEST").read_text().strip() if (root / "LATEST").is_file() else None
+        recorded = withdrawn_versions(root)[version]["reason"]      # a rerun's own reason is not the record's
     return WithdrawResult(version, files, in_store if store is not None else None,
-                          before is not None and files == 0 and not in_store, latest, reason, exports_of(cfg, version))
+                          before is not None and files == 0 and not in_store, latest, recorded, exports_of(cfg, version))
 
 
 def exports_of(cfg: Config, version: str) -> list[str]:

@@ -72,7 +72,7 @@ def test_withdraw_on_a_local_data_root(tmp_path: Path):
     assert '<span id="total">0</span>' in listed and "v2 is not a published version here" in listed
 
     again = mlc("withdraw", "v2", "--reason", "again", config=config).stdout       # a rerun: harmless
-    assert "v2: already withdrawn" in again and "0 file(s) deleted" in again
+    assert "v2: already withdrawn (built from a bad config)" in again and "0 file(s) deleted" in again
     gone = mlc("inspect", "--version", "v2", config=config, rc=2).stderr
     assert "v2 was withdrawn" in gone and "built from a bad config" in gone, gone
     assert "v3: published" in mlc("build", config=config).stdout       # never v2 again
@@ -90,6 +90,12 @@ def test_withdraw_on_a_local_data_root(tmp_path: Path):
     assert not elsewhere.exists() and not list(elsewhere.parent.iterdir()) and versions(root) == ["v1"]
     out = mlc("withdraw", "v1", "--reason", "x", config=config).stdout
     assert "latest is now none" in out and versions(root) == []
+    left = root / ".withdrawn-v1-999999999-deadbeef"        # what a withdrawal killed mid-delete leaves
+    (left / "images").mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg"):
+        (left / "images" / name).write_bytes(b"x")
+    rerun = mlc("withdraw", "v1", "--reason", "another reason", config=config).stdout
+    assert "v1: withdrawn (x); 2 file(s) deleted here" in rerun and not left.exists(), rerun
     assert not (root / "latest").is_symlink() and not (root / "LATEST").exists()
     assert "v4: published" in mlc("build", config=config).stdout
 
