@@ -32,6 +32,7 @@ from mlc_pipeline.secrets import install_log_redaction, redact
 MARKER = "_COMPLETE"
 CLAIM = ".claim"            # <folder>/.claim: the build that publishes the folder (claim_folder)
 STALE_CLAIM_S = 6 * 3600    # a claim this old whose folder has no marker: its machine died mid-upload
+LOCAL_OPTIONS = {"auto_mkdir", "skip_instance_cache", "use_listings_cache", "listings_expiry_time", "max_paths"}
 MOVED = "catalog.moved"     # written by `mlc catalog migrate`: the SQLite catalog is no longer the store's
 
 
@@ -60,6 +61,11 @@ class Store:
             raise ObjectStoreError(f"data_dir {url}: cannot reach the object store at {urlsplit(url).netloc} "
                                    f"({why(exc)})") from None
         self.base, self.option_names = self.base.rstrip("/"), sorted(options)
+        if "file" in self.fs.protocol and (unknown := sorted(set(options) - LOCAL_OPTIONS)):
+            # fsspec's local file system takes any keyword and ignores it (verify21: `auto_mkdirs`, then a
+            # bare FileNotFoundError when publishing)
+            raise ObjectStoreError(f"data_dir {url}: a file:// store does not take storage_options {unknown}; it "
+                                   f"takes {sorted(LOCAL_OPTIONS)} (auto_mkdir: true creates parent folders)")
         self.fs.invalidate_cache()      # fsspec reuses instances: never trust another command's listings
 
     def check(self) -> None:
@@ -74,7 +80,8 @@ class Store:
         except FileNotFoundError:
             raise ObjectStoreError(f"data_dir {self.url}: bucket {bucket!r} does not exist (or these credentials "
                                    f"cannot see it): create it first") from None
-        except (TypeError, ValueError) as exc:     # the client built from storage_options: a misspelt key, a wrong type
+        except (TypeError, ValueError, AttributeError) as exc:     # the client built from storage_options: a
+            # misspelt key, a wrong type (`client_kwargs: x` is an AttributeError deep in aiobotocore: verify21)
             raise ObjectStoreError(f"data_dir {self.url}: the store does not take storage_options "
                                    f"{self.option_names} ({redact(str(exc))}); check each key's name and type "
                                    f"(s3: endpoint_url, client_kwargs: {{region_name: ...}}; docs/orchestration.md)") from None

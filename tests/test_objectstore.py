@@ -206,6 +206,14 @@ def test_two_builds_of_one_version_number_never_both_publish(published, s3_serve
         assert len(won) == 1, won
 
 
+def test_a_file_store_refuses_options_it_would_ignore(tmp_path):
+    """fsspec's local file system takes any keyword and ignores it: `auto_mkdirs` ran the stage, then
+    publishing failed with a bare FileNotFoundError (the verify21 audit)."""
+    with pytest.raises(objectstore.ObjectStoreError, match=r"does not take storage_options \['auto_mkdirs'\].*auto_mkdir"):
+        objectstore.Store(f"file://{tmp_path}/store", {"auto_mkdirs": True})
+    assert objectstore.Store(f"file://{tmp_path}/store", {"auto_mkdir": True}).fs.auto_mkdir
+
+
 def test_refused_credentials_say_where_to_look(tmp_path):
     """s3fs raises a 403 as PermissionError("Forbidden"): said as one line with no hint before (the
     secrets21 audit); it now names where the credentials come from. (moto accepts any credentials,
@@ -257,7 +265,8 @@ def test_a_missing_bucket_or_store_is_one_line_before_the_stage_runs(s3_server, 
 
 @pytest.mark.parametrize("options, named", [({"endpoint": "http://127.0.0.1:1"}, "['endpoint']"),
                                             ({"endpoint_url": 1}, "['endpoint_url']"),
-                                            ({"client_kwargs": {"regoin": "x"}}, "['client_kwargs']")])
+                                            ({"client_kwargs": {"regoin": "x"}}, "['client_kwargs']"),
+                                            ({"client_kwargs": "x"}, "['client_kwargs']")])   # verify21
 def test_a_misspelt_or_mistyped_storage_option_is_one_line(s3_server, tmp_path, options, named):
     """The secrets21 audit: `endpoint` for `endpoint_url` (or a number for it) was a 28-51 line
     traceback from deep in aiobotocore, where the docs promise one line naming the key."""
