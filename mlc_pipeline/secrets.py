@@ -59,8 +59,12 @@ def prefect_secret_blocks() -> tuple[str, str]:
 
 
 def remember(*values: str) -> None:
-    """Register values that must be masked wherever they appear."""
-    _known_secrets.update(v for v in values if v and len(v) >= 4)
+    """Register values that must be masked wherever they appear, also as a URL writes them (a token
+    with `+`, `/` or a space, in a request path of an access log: the verify21 audit)."""
+    from urllib.parse import quote, quote_plus
+    for v in values:
+        if v and len(v) >= 4:
+            _known_secrets.update({v, quote(v, safe=""), quote_plus(v), quote(v)})
 
 
 def data_url_problem(value: object) -> str | None:

@@ -104,3 +104,13 @@ def test_a_secret_in_an_access_log_line_keeps_the_arguments_uvicorn_reads(capsys
     text, err = out.getvalue(), capsys.readouterr().err
     assert "Logging error" not in err and secret not in text + err
     assert f'"GET /?token={MASK} HTTP/1.1" 200' in text, text
+
+
+def test_a_secret_is_masked_as_a_url_writes_it_too():
+    """A review token with characters a URL encodes appeared percent-encoded in access lines, unmasked
+    (the verify21 audit)."""
+    secret = f"to ken/{uuid.uuid4().hex}+x#y"
+    remember(secret)
+    from urllib.parse import quote, quote_plus
+    for form in (secret, quote(secret, safe=""), quote_plus(secret), quote(secret)):
+        assert redact(f"GET /?token={form} HTTP/1.1") == f"GET /?token={MASK} HTTP/1.1"
