@@ -23,7 +23,8 @@ from mlc_pipeline.secrets import MissingCredentials, install_log_redaction, reda
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)   # an OSError with one of these: one line, no traceback
 # The object store's libraries: at DEBUG they log every request's headers (X-Amz-Security-Token, the key
 # id); at INFO, which credentials they found. Warnings only, unless MLC_LIBRARY_DEBUG is set.
-WIRE_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "fsspec", "urllib3", "aiohttp")
+WIRE_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "fsspec", "urllib3", "aiohttp",
+                "oauthlib", "requests_oauthlib")    # Flickr's signing: every request's oauth_* values (verify21)
 
 
 class Terminated(KeyboardInterrupt):

@@ -109,8 +109,8 @@ class SourceSettings(Strict):
             parts.port                      # ValueError: not a number in 0-65535
         except ValueError as exc:
             raise ValueError(f"must be an http(s) URL such as {FLICKR_REST_URL} ({exc})") from None
-        if parts.password is not None or {k.lower() for k in parse_qs(parts.query)} & {"api_key", "api_secret",
-                                                                                         "oauth_token", "secret"}:
+        if parts.password is not None or any(re.search(r"key|token|secret|sig|pass|auth", k, re.I)
+                                             for k in parse_qs(parts.query, keep_blank_values=True)):
             raise ValueError("holds a credential: remove it; the key and secret come from FLICKR_API_KEY / "
                              "FLICKR_API_SECRET (configs are copied into logs and artifacts)")
         if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", url.strip()):

@@ -372,3 +372,14 @@ def test_a_file_or_folder_this_user_may_not_use_is_one_line(built, tmp_path):
              "permission denied:", str(closed))
     one_line(as_user("export", "v1", "--format", "imagefolder", "-c", str(built), "--out", str(closed / "out")), 1,
              "permission denied:", str(closed))
+
+
+def test_verbose_leaves_the_flickr_signing_library_quiet(tmp_path, monkeypatch):
+    """`mlc -v` turned oauthlib's DEBUG on with the pipeline's: every Flickr request's oauth_* values
+    (the verify21 audit). It stays at warnings unless MLC_LIBRARY_DEBUG is set, as the store's do."""
+    import logging
+    from mlc_pipeline.cli import main
+    monkeypatch.delenv("MLC_LIBRARY_DEBUG", raising=False)
+    assert main(["-v", "inspect", "-c", str(tmp_path / "none.yaml")]) == 2
+    assert logging.getLogger("oauthlib").level == logging.WARNING
+    assert logging.getLogger("requests_oauthlib").level == logging.WARNING

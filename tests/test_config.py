@@ -57,6 +57,8 @@ def test_shipped_configs_load():
     (GOOD.replace("https://api.flickr.com/", "http://api.flickr .com/"), "source.rest_url: must be an http(s) URL"),
     (GOOD.replace("https://api.flickr.com/", "https://me:hunter2@api.flickr.com/"), "source.rest_url: holds a credential"),
     (GOOD.replace("rest/\n", "rest/?api_key=hunter2\n"), "source.rest_url: holds a credential"),
+    (GOOD.replace("rest/\n", "rest/?oauth_token_secret=hunter2\n"), "source.rest_url: holds a credential"),
+    (GOOD.replace("rest/\n", "rest/?auth_token=hunter2\n"), "source.rest_url: holds a credential"),
     (GOOD + "api_key: abc\n", "api_key: unknown key"),
     # a misspelt required key: named with the key it was meant to be (it said only "missing")
     (GOOD.replace("classes:", "clases:"),
