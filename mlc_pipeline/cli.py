@@ -8,9 +8,11 @@ import argparse
 import errno
 import logging
 import os
+import re
 import signal
 import sys
 import traceback
+from pathlib import Path
 
 from mlc_pipeline import __version__, commands, progress
 from mlc_pipeline.config import ConfigError
@@ -237,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
+        if re.match(r"\..*\.tmp-\d+-", Path(str(exc.filename or "")).name):     # our temp file: the folder is the user's
+            where = f" {Path(exc.filename).parent} (writing {Path(exc.filename).name.split('.tmp-')[0][1:]} there)"
         if exc.errno in (errno.EACCES, errno.EPERM):     # a folder or file this user may not use: no bug
             print(f"mlc: permission denied:{where or ' ' + str(exc)}; check who owns it and its permissions (or "
                   f"name another place), then rerun the same command", file=sys.stderr)

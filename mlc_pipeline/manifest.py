@@ -118,13 +118,13 @@ def resolve_version(root: Path, spec: str | None) -> str:
     if name in have:
         return name
     listed = ", ".join(have) or "none (run `mlc build`)"
-    if (gone := withdrawn_versions(root).get(spec)) is not None:
-        raise UnknownVersion(f"dataset version {spec} was withdrawn ({gone['at']}: {gone['reason'] or 'no reason given'}); "
-                             f"versions: {listed}")
     if requested_version(spec) is None:
         raise UnknownVersion(f"no dataset version under {root} yet: run `mlc build` first")
     number = re.fullmatch(r"\s*(?:v|version)?\s*(\d+)\s*", spec, re.IGNORECASE)
     meant = f"v{int(number.group(1))}" if number else None
+    if (gone := withdrawn_versions(root).get(meant)) is not None:        # "v2", and "2" or "V2" meaning it
+        raise UnknownVersion(f"dataset version {meant} was withdrawn ({gone['at']}: {gone['reason'] or 'no reason given'}"
+                             f"); versions: {listed}")
     hint = f" (did you mean {meant}?)" if meant in have else ""
     raise UnknownVersion(f"no dataset version {spec!r} under {root}{hint}; versions: {listed}")
 

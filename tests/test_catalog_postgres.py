@@ -153,6 +153,7 @@ def test_readonly_open_of_a_catalog_not_created_yet_reads_empty(catalog_settings
     ("postgresql://u@h/db?password=hunter2-secret", "holds a password"),
     ("postgresql://u@h/db?sslmode=require&sslpassword=hunter2-secret", "holds the SSL key's passphrase"),
     ("postgresql://u@h/db?SSLPassword=hunter2-secret", "holds the SSL key's passphrase"),
+    ("postgresql://u@h/db?PASSWORD=hunter2-secret", "holds a password"),
     ("postgresql://u@h:70000/db", "not a valid URL"),
     ("postgresql://u@h/", "must name one database"),
     ("postgresql://u@h/db?nosuchparam=1", "libpq rejects the URL"),

@@ -368,8 +368,9 @@ def test_a_file_or_folder_this_user_may_not_use_is_one_line(built, tmp_path):
     def as_user(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([*AS_A_USER, *MLC, *args], env=ENV, capture_output=True, text=True, timeout=120)
     one_line(as_user("inspect", "-c", str(unreadable)), 2, f"config: {unreadable} cannot be read (permission denied)")
-    one_line(as_user("inspect", "-c", str(built), "--html", str(closed / "report.html")), 1,
-             "permission denied:", str(closed))
+    line = one_line(as_user("inspect", "-c", str(built), "--html", str(closed / "report.html")), 1,
+                    "permission denied:", str(closed))
+    assert f"{closed} (writing report.html there)" in line and ".tmp-" not in line      # not our temp file (verify21)
     one_line(as_user("export", "v1", "--format", "imagefolder", "-c", str(built), "--out", str(closed / "out")), 1,
              "permission denied:", str(closed))
 

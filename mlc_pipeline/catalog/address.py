@@ -33,7 +33,7 @@ def check_url(url: str) -> str:
     if parts.scheme not in SCHEMES:
         raise ValueError(f"scheme {parts.scheme or '(none)'!r} is not supported: write "
                          f"postgresql://user@host:5432/dbname (leave catalog.url out for the SQLite catalog)")
-    if parts.password is not None or "password" in secret_params(parts.query):
+    if parts.password is not None or "password" in [k.strip().lower() for k in secret_params(parts.query)]:
         raise ValueError("the URL holds a password: remove it, and give it in PGPASSWORD or a ~/.pgpass file "
                          "(configs are copied into logs and artifacts)")
     if secret_params(parts.query):
