@@ -37,7 +37,8 @@ from mlc_pipeline.dataset.card import FLICKR_PHOTO_PAGE, attribution, dataset_ca
 from mlc_pipeline.config import RESTRICTED_LICENSES, Config
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file
 from mlc_pipeline.locking import files_lock
-from mlc_pipeline.manifest import PUBLISHED, SPLITS, highest_published, latest_version, point_latest, write_manifest
+from mlc_pipeline.manifest import (PUBLISHED, SPLITS, highest_published, latest_version, point_latest, withdrawn_versions,
+                                   write_manifest)
 from mlc_pipeline.curate.verify import DECODE_ERRORS, load_rgb
 # VersionDamaged and verify_version are imported from here too (they lived here until 2026-12-06)
 from mlc_pipeline.dataset.verify import SUMS_NAME, VersionDamaged, recorded_fingerprint, rows_fingerprint, verify_version
@@ -237,6 +238,7 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
             if same_as_published(root, previous, fp, repair):
                 return summarised(BuildResult(name, previous, root / previous, False, counts, fp, skipped,
                                               dict(left_out)))
+        warn_if_withdrawn(root, fp)
         write_manifest(tmp / "manifest.csv", rows)
         files_sha256 = write_sums(tmp, rows)
         version = f"v{highest_published(root) + 1}"     # never the name of a version withdrawn (deleted)
@@ -264,6 +266,17 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
         ledger.write(f"{version} {fp} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
     point_latest(root, version)
     return summarised(BuildResult(name, version, root / version, True, counts, fp, skipped, dict(left_out)))
+
+
+def warn_if_withdrawn(root: Path, fp: str) -> None:
+    """A build holding exactly what a withdrawn version held (the verify21 audit: rebuilt with the config
+    that caused the withdrawal, it was published again in silence): said, not refused (a withdrawal
+    made by mistake is undone this way)."""
+    for version, record in withdrawn_versions(root).items():
+        if record["fingerprint"] == fp:
+            log.warning("this build holds exactly what %s held, withdrawn on %s (%s): it is published as a new "
+                        "version all the same; if %s was withdrawn for its contents, fix what made them first",
+                        version, record["at"], record["reason"] or "no reason given", version)
 
 
 def same_as_published(root: Path, previous: str | None, fp: str, repair: bool) -> bool:

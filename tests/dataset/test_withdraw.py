@@ -76,7 +76,9 @@ def test_withdraw_on_a_local_data_root(tmp_path: Path):
     for spelt in ("v2", "2", "V2"):
         gone = mlc("inspect", "--version", spelt, config=config, rc=2).stderr
         assert "v2 was withdrawn" in gone and "built from a bad config" in gone, gone
-    assert "v3: published" in mlc("build", config=config).stdout       # never v2 again
+    built = mlc("build", config=config)
+    assert "v3: published" in built.stdout       # never v2 again
+    assert "this build holds exactly what v2 held, withdrawn on" in built.stderr     # the same rows: said (verify21)
     for wrong, said in (("latest", "name the version to withdraw as vN"), ("v9", "no dataset version 'v9'")):
         assert said in mlc("withdraw", wrong, "--reason", "x", config=config, rc=2).stderr
     assert "--reason is empty" in mlc("withdraw", "v1", "--reason", " ", config=config, rc=2).stderr
