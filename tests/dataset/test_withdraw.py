@@ -141,7 +141,10 @@ def test_withdraw_on_an_object_store_reaches_every_cache(s3_server, tmp_path: Pa
     assert sorted(store().listing(key)) == [f"{key}/.claim", f"{key}/_WITHDRAWN"]
     assert sync.remote_versions(store(), a) == ["v1"] and versions(a.layout.datasets) == ["v1"]
 
+    cut_short = b.layout.datasets / ".fetch-v2-999999999-abcd1234"     # a fetch of v2 killed on B (verify21)
+    (cut_short / "images").mkdir(parents=True)
     sync.push_versions(store(), b)  # withdrawn after B's publish dropped what it knew of: dropped there too
+    assert not cut_short.exists()
     assert versions(b.layout.datasets) == ["v1"]
     sync.publish(b)                 # B's copy is gone, not published again
     assert sorted(store().listing(key)) == [f"{key}/.claim", f"{key}/_WITHDRAWN"]
