@@ -127,13 +127,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle_image(self, path: str) -> None:
         app = self.app
-        app.stats.image_started()
+        span = app.stats.image_started()
         try:
             if app.faults.spec.image_latency_ms > 0:
                 time.sleep(app.faults.spec.image_latency_ms / 1000)
             self._serve_image(path)
         finally:
-            app.stats.image_finished()
+            app.stats.image_finished(span)
 
     def _serve_image(self, path: str) -> None:
         app = self.app
@@ -304,6 +304,10 @@ class FlickrServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+    def max_overlapping_images(self, min_overlap_s: float = 0.05) -> int:
+        "The most image requests at once, a handoff between two requests not counted (ServerStats.max_overlapping)."
+        return self._app.stats.max_overlapping(min_overlap_s)
 
     def stats(self) -> dict:
         stats = self._app.stats

@@ -547,3 +547,15 @@ def test_distractors_include_multicolour_toys():
     for ops in drawn:
         for op in ops:
             assert op[0] in ("poly", "line") and all(0 < x < 1000 and 0 < y < 800 for x, y in op[1])
+
+
+def test_a_handoff_between_requests_is_not_counted_as_overlapping():
+    """max_overlapping counts requests that overlapped by at least the grace: a request ending 10 ms
+    after the next one arrived (a handler thread late to return) is a handoff; 3 requests overlapping
+    for 100 ms are 3, whatever comes and goes around them."""
+    from mlc_pipeline.flickr_server.stats import ServerStats
+    stats = ServerStats()
+    stats.image_spans = [[0.0, 0.16], [0.15, 0.31], [0.30, 0.46],          # one after another, each late 10 ms
+                         [1.0, 1.2], [1.05, 1.25], [1.1, 1.3], [1.19, 1.4]]  # three at once, a fourth at the end
+    assert stats.max_overlapping(0.05) == 3
+    assert stats.max_overlapping(0.0) == 4
