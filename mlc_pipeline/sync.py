@@ -253,9 +253,19 @@ def bundles_trained_on(cfg: Config, dataset_version: str, here: list[str]) -> li
     with store_errors(store):
         latest = (store.read_text("models/LATEST") or "").strip()
         names = sorted({k.split("/")[1] for k in store.listing("models") if k.endswith(f"/{MARKER}")})
-        found = [n for n in names if json.loads(store.read_text(f"models/{n}/bundle.json") or "{}")
-                 .get("dataset_version") == dataset_version]
+        found = [n for n in names if bundle_dataset(store, n) == dataset_version]
     return [n + (" (the store's LATEST)" if n == latest else "") for n in sorted(set(found) | set(here))]
+
+
+def bundle_dataset(store: Store, name: str) -> str | None:
+    "The dataset version a store bundle's bundle.json names; None (with a warning) when it cannot be read."
+    try:
+        meta = json.loads(store.read_text(f"models/{name}/bundle.json") or "{}")
+    except ValueError as exc:
+        log.warning("%s/models/%s/bundle.json is not JSON (%s): not checked for the version withdrawn", store.url,
+                    name, exc)
+        return None
+    return meta.get("dataset_version") if isinstance(meta, dict) else None
 
 
 def push_reports(store: Store, cfg: Config) -> int:

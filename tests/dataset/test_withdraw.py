@@ -135,6 +135,8 @@ def test_withdraw_on_an_object_store_reaches_every_cache(s3_server, tmp_path: Pa
     store().write_text("models/m-on-v2/bundle.json", json.dumps({"dataset_version": "default/v2"}))
     store().write_text("models/m-on-v2/_COMPLETE", json.dumps({"bundle": "m-on-v2", "files": {}}))
     store().write_text("models/LATEST", "m-on-v2\n")
+    store().write_text("models/broken/bundle.json", "{not json")          # skipped with a warning, not an error
+    store().write_text("models/broken/_COMPLETE", json.dumps({"bundle": "broken", "files": {}}))
     out = mlc("withdraw", "v2", "--reason", "holds a photo taken down", config=config_a).stdout
     assert "v2: withdrawn" in out and f"object(s) deleted from {a.data_url}" in out and "latest is now v1" in out
     assert "model bundles trained on it (kept: retrain, or delete them): m-on-v2 (the store's LATEST)" in out, out
