@@ -9,6 +9,7 @@ imports nothing of the stages.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import re
@@ -50,6 +51,14 @@ def latest_version(root: Path) -> str | None:
 
 
 PUBLISHED = "PUBLISHED"      # datasets/<name>/PUBLISHED: every version ever published, one line each
+
+
+def recorded_fingerprint(folder: Path) -> str | None:
+    """The fingerprint a version's dataset.json records; None when there is none to read (damaged)."""
+    try:
+        return json.loads((folder / "dataset.json").read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def highest_published(root: Path) -> int:

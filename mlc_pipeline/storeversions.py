@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 from mlc_pipeline.config import Config
-from mlc_pipeline.manifest import versions as local_versions
+from mlc_pipeline.manifest import recorded_fingerprint, versions as local_versions
 from mlc_pipeline.objectstore import (CLAIM, MARKER, ObjectStoreError, Store, claim_folder, pull_folder, push_folder,
                                       read_marker)
-from mlc_pipeline.withdrawal import folder_fingerprint, withdraw_folder
+from mlc_pipeline.withdrawal import withdraw_folder
 
 log = logging.getLogger(__name__)
 VERSION_RE = re.compile(r"^v\d+$")
@@ -156,7 +156,7 @@ def withdraw_in_store(store: Store, cfg: Config, version: str, reason: str) -> i
     stone = read_tombstone(store, key)
     if stone is None:
         marker = read_marker(store, key) or {}
-        fingerprint = marker.get("fingerprint") or folder_fingerprint(cfg.layout.version(version))
+        fingerprint = marker.get("fingerprint") or recorded_fingerprint(cfg.layout.version(version))
         stone = {"version": version, "fingerprint": fingerprint, "reason": " ".join(reason.split()),
                  "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": socket.gethostname()}
         store.write_text(f"{key}/{TOMBSTONE}", json.dumps(stone))
@@ -172,7 +172,7 @@ def drop_withdrawn(store: Store, cfg: Config) -> list[str]:
     root, dropped = cfg.layout.datasets, []
     for version, stone in remote_withdrawn(store, cfg).items():
         folder = root / version
-        mine = folder_fingerprint(folder) if folder.is_dir() else None
+        mine = recorded_fingerprint(folder) if folder.is_dir() else None
         if folder.is_dir() and mine is not None and stone.get("fingerprint") not in (None, mine):
             continue
         if withdraw_folder(root, version, stone.get("reason") or "withdrawn", stone.get("fingerprint"),

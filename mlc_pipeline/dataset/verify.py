@@ -148,10 +148,3 @@ def what_helps(damaged: Path) -> str:
         return f"the latest, {latest}, is damaged too: {REPAIR_HINT}"
     return (f"the latest, {latest}, is intact: use it (a published version is never rebuilt; "
             f"`mlc build --repair` republishes only a damaged latest version)")
-
-
-def recorded_fingerprint(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / "dataset.json").read_text()).get("fingerprint")
-    except (OSError, ValueError, AttributeError):
-        return None

@@ -13,8 +13,7 @@ from mlc_pipeline.catalog import review as cr
 from mlc_pipeline.catalog import Catalog, CatalogBusy
 from mlc_pipeline.config import Config
 from mlc_pipeline.curate.verify import check_image
-from mlc_pipeline.dataset.build import recorded_fingerprint
-from mlc_pipeline.manifest import read_manifest, versions
+from mlc_pipeline.manifest import read_manifest, recorded_fingerprint, versions
 
 log = logging.getLogger(__name__)
 FACETS_TTL_S = 30.0
