@@ -293,11 +293,16 @@ def complete_copy(folder: Path, marker: dict) -> bool:
                                    for r, size in marker["files"].items())
 
 
+def remove_dead_fetches(parent: Path, name: str) -> list[Path]:
+    "What fetches of `name` into `parent` left when killed midway (.fetch-<name>-<pid>-<id>), their process gone."
+    return remove_dead_leftovers(parent.glob(f".fetch-{name}-*"), lambda p: p.name.rsplit("-", 2)[1])
+
+
 def pull_folder(store: Store, key: str, folder: Path, marker: dict) -> bool:
     """Fetch a marked folder into the cache unless complete there; built beside it, renamed into place."""
     if complete_copy(folder, marker):
         return False
-    remove_dead_leftovers(folder.parent.glob(f".fetch-{folder.name}-*"), lambda p: p.name.rsplit("-", 2)[1])
+    remove_dead_fetches(folder.parent, folder.name)
     tmp = folder.parent / f".fetch-{folder.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     if folder.exists():
         os.rename(folder, tmp)          # an incomplete copy: keep what it has

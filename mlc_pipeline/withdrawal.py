@@ -11,7 +11,6 @@ a rerun finishes it. On an object-store data root the store's copy is withdrawn 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -19,19 +18,11 @@ import uuid
 from pathlib import Path
 
 from mlc_pipeline.fsutil import pid_alive, remove_dead_leftovers
-from mlc_pipeline.manifest import latest_version, point_latest, record_withdrawal, versions
+from mlc_pipeline.manifest import latest_version, point_latest, record_withdrawal, recorded_fingerprint, versions
+from mlc_pipeline.objectstore import remove_dead_fetches
 
 log = logging.getLogger(__name__)
 ASIDE = ".withdrawn-"     # <root>/.withdrawn-<version>-<pid>-<id>: a folder being deleted
-
-
-def folder_fingerprint(folder: Path) -> str | None:
-    """The version's fingerprint from its dataset.json; None when there is none to read (damaged)."""
-    try:
-        meta = json.loads((folder / "dataset.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return meta.get("fingerprint") if isinstance(meta, dict) else None
 
 
 def withdraw_folder(root: Path, version: str, reason: str, fingerprint: str | None = None,
@@ -39,23 +30,22 @@ def withdraw_folder(root: Path, version: str, reason: str, fingerprint: str | No
     """Withdraw `version` under `root` (a data root's datasets/<name>, or a cache's): the files deleted
     (0 when its folder was already gone)."""
     folder = root / version
-    record_withdrawal(root, version, fingerprint or folder_fingerprint(folder), reason, at)
+    record_withdrawal(root, version, fingerprint or recorded_fingerprint(folder), reason, at)
     # What a killed withdrawal left aside, and a fetch of this version that was cut short (objectstore's
     # `.fetch-vN-<pid>-<id>`: only a later fetch of the version would clean it, and none comes).
     leftovers = [p for p in root.glob(f"{ASIDE}*") if p.is_dir()]
     deleted = sum(1 for p in leftovers if p.name.startswith(f"{ASIDE}{version}-") and not pid_alive_in(p)
                   for f in p.rglob("*") if f.is_file())
-    remove_dead_leftovers(leftovers, lambda p: p.name[len(ASIDE):].split("-")[1] if p.name.count("-") >= 3 else "")
-    remove_dead_leftovers([p for p in root.glob(f".fetch-{version}-*") if p.is_dir()],
-                          lambda p: p.name.rsplit("-", 2)[1])
+    remove_dead_leftovers(leftovers, aside_pid)
+    remove_dead_fetches(root, version)
     if folder.is_symlink():           # the version moved elsewhere (another disk) and linked here
         target = folder.resolve()
-        os.rename(folder, link := root / f"{ASIDE}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}.link")
+        os.rename(folder, link := root / f"{aside_name(version)}.link")
         link.unlink()                 # gone for every reader at once; then what it pointed at, if a version
         if target.is_dir() and (target / "dataset.json").is_file():
-            deleted += delete_aside(target, target.parent / f"{ASIDE}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            deleted += delete_aside(target, target.parent / aside_name(version))
     elif folder.is_dir():
-        deleted += delete_aside(folder, root / f"{ASIDE}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        deleted += delete_aside(folder, root / aside_name(version))
     repoint_latest(root, version)
     return deleted
 
@@ -68,10 +58,19 @@ def delete_aside(folder: Path, aside: Path) -> int:
     return deleted
 
 
+def aside_name(version: str) -> str:
+    "This process's name for a folder (or link) of `version` being deleted: .withdrawn-<version>-<pid>-<id>."
+    return f"{ASIDE}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def aside_pid(aside: Path) -> str:
+    "The pid in an `aside_name` ('' when the name holds none)."
+    return aside.name[len(ASIDE):].split("-")[1] if aside.name.count("-") >= 3 else ""
+
+
 def pid_alive_in(aside: Path) -> bool:
-    "Whether the process that put `aside` there (.withdrawn-<version>-<pid>-<id>) is still running."
-    pid = aside.name[len(ASIDE):].split("-")[1] if aside.name.count("-") >= 3 else ""
-    return pid.isdigit() and pid_alive(int(pid))
+    "Whether the process that put `aside` there is still running."
+    return (pid := aside_pid(aside)).isdigit() and pid_alive(int(pid))
 
 
 def repoint_latest(root: Path, withdrawn: str) -> str | None:
