@@ -64,6 +64,14 @@ PLACEHOLDER = ('<svg xmlns="http://www.w3.org/2000/svg" width="160" height="160"
                'fill="#eee"/><text x="80" y="85" font-size="13" text-anchor="middle" fill="#888">{}</text></svg>')
 
 
+def unavailable(request: Request, text: str) -> Response:
+    """A 503 in words: `{"error": ...}` for an action, as the actions answer; a one-line page for a page."""
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": text}, status_code=503, headers={"Retry-After": "5"})
+    return HTMLResponse(f"<!doctype html><title>mlc review</title><p>{escape(text)}</p>", status_code=503,
+                        headers={"Retry-After": "5"})
+
+
 def create_app(cfg: Config, token: str | None = None, host: str | None = None) -> FastAPI:
     """The app; `host`: the address it is bound to (a loopback one is then an accepted Host)."""
     review = Review(cfg, ACTION_LOCK_WAIT_S, PAGE_WRITE_WAIT_S)
@@ -83,11 +91,8 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
             try:
                 await run_in_threadpool(review.ensure_connected)
             except CatalogError as exc:
-                text = f"the catalog cannot be reached yet ({exc}); nothing was done: try again in a moment"
-                if request.url.path.startswith("/api/"):
-                    return JSONResponse({"error": text}, status_code=503, headers={"Retry-After": "5"})
-                return HTMLResponse(f"<!doctype html><title>mlc review</title><p>{escape(text)}</p>",
-                                    status_code=503, headers={"Retry-After": "5"})
+                return unavailable(request, f"the catalog cannot be reached yet ({exc}); nothing was done: try "
+                                            f"again in a moment")
         return await call_next(request)
     app.middleware("http")(Guard(token, bound=host))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
@@ -117,11 +122,7 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
             now = f"the catalog cannot be reached yet ({again}): try again in a moment"
         what = ("this action may not have been saved; reload the image's page to see whether it was, then "
                 if request.url.path.startswith("/api/") else "")
-        text = f"the connection to the catalog was lost ({str(exc).split('; ')[0]}); {what}{now}"
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"error": text}, status_code=503, headers={"Retry-After": "5"})
-        return HTMLResponse(f"<!doctype html><title>mlc review</title><p>{escape(text)}</p>", status_code=503,
-                            headers={"Retry-After": "5"})
+        return unavailable(request, f"the connection to the catalog was lost ({str(exc).split('; ')[0]}); {what}{now}")
     app.add_exception_handler(CatalogLost, lost)
 
     def page(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
