@@ -8,7 +8,6 @@ import argparse
 import errno
 import logging
 import os
-import re
 import signal
 import sys
 import traceback
@@ -18,6 +17,7 @@ from mlc_pipeline import __version__, commands, progress
 from mlc_pipeline.config import ConfigError
 from mlc_pipeline.dataset.verify import VersionDamaged
 from mlc_pipeline.executor import ClusterLost
+from mlc_pipeline.fsutil import temp_target
 from mlc_pipeline.locking import DataRootBusy, ReadOnlyDataRoot
 from mlc_pipeline.manifest import UnknownVersion
 from mlc_pipeline.secrets import MissingCredentials, install_log_redaction, redact
@@ -239,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
-        if re.match(r"\..*\.tmp-\d+-", Path(str(exc.filename or "")).name):     # our temp file: the folder is the user's
-            where = f" {Path(exc.filename).parent} (writing {Path(exc.filename).name.split('.tmp-')[0][1:]} there)"
+        if target := temp_target(Path(str(exc.filename or ""))):      # our temp file: name what the user asked for
+            where = f" {target.parent} (writing {target.name} there)"
         if exc.errno in (errno.EACCES, errno.EPERM):     # a folder or file this user may not use: no bug
             print(f"mlc: permission denied:{where or ' ' + str(exc)}; check who owns it and its permissions (or "
                   f"name another place), then rerun the same command", file=sys.stderr)

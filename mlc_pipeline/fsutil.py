@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 import shutil
 import uuid
 from contextlib import contextmanager
@@ -39,6 +40,12 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def temp_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def temp_target(path: Path) -> Path | None:
+    "The path a `temp_beside` name is written for; None when `path` is not such a name."
+    found = re.fullmatch(r"\.(.+)\.tmp-\d+-[0-9a-f]{8}", path.name)
+    return path.with_name(found.group(1)) if found else None
 
 
 @contextmanager
