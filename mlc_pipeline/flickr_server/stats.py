@@ -55,9 +55,8 @@ class ServerStats:
         request beyond a client's bound by most of a request. Intervals overlap by >= g exactly when
         they still meet with g cut off their ends, and meeting intervals share a point (1-D Helly)."""
         with self.lock:
-            events = sorted([(a, 1) for a, b in self.image_spans if b - min_overlap_s >= a] +
-                            [(b - min_overlap_s, -1) for a, b in self.image_spans if b - min_overlap_s >= a],
-                            key=lambda e: (e[0], -e[1]))
+            shrunk = [(a, b - min_overlap_s) for a, b in self.image_spans if b - min_overlap_s >= a]
+        events = sorted([(a, 1) for a, _ in shrunk] + [(b, -1) for _, b in shrunk], key=lambda e: (e[0], -e[1]))
         peak = level = 0
         for _, step in events:
             level += step
