@@ -341,9 +341,7 @@ def check_undo(catalog: Catalog, round_no: int, photo_ids: list[str] | None) -> 
     Photos that round's undo put back already are no mistake: a rerun changes nothing, and says so."""
     in_round = {r["photo_id"] for r in catalog.mined_in_round(round_no)}
     put_back = {r["photo_id"] for r in catalog.candidates("reason=?", (f"{NOT_A_NEGATIVE}round={round_no}",))}
-    if not in_round and put_back and not set(photo_ids or []) - put_back:
-        return
-    if not in_round:
+    if not in_round and not put_back:
         rounds = catalog.mined_rounds()
         raise ConfigError(f"mine --undo: round {round_no} has no mined or held images to put back (" + (
             f"rounds with mined or held images: {', '.join(map(str, rounds))})" if rounds else
@@ -352,8 +350,8 @@ def check_undo(catalog: Catalog, round_no: int, photo_ids: list[str] | None) -> 
     if missing:
         raise ConfigError(f"mine --undo: photo id{'s' * (len(missing) > 1)} {', '.join(missing)} "
                           f"{'are' if len(missing) > 1 else 'is'} not among round {round_no}'s {len(in_round)} "
-                          "mined or held images (never in it, or put back already; the round's bundle lists its "
-                          "decisions in mined.csv): nothing was put back")
+                          f"mined or held images ({len(put_back)} put back already; the round's bundle lists "
+                          "its decisions in mined.csv): nothing was put back")
 
 
 def review_class_images(bundle, cfg: Config, class_rows: list[dict], decided: dict[int, dict]) -> list[dict]:

@@ -164,6 +164,11 @@ def test_an_undo_that_would_change_nothing_is_an_error_naming_what_there_is(tmp_
         m1 = catalog.get(ids["m1"])
     assert m1["reason"] == "not-a-negative:round=1" and m1["purpose"] == "pool"
     assert "photo id m1 is not among" in mlc("--round", "2", "--photo-id", "m1")      # still: not round 2's
+    # round 1 is wholly put back now: a mistyped id is still named (it said "round 1 has no mined or
+    # held images to put back", as if the round were the mistake)
+    assert mlc("--round", "1", "--photo-id", "999").startswith(
+        "mlc: mine --undo: photo id 999 is not among round 1's 0 mined or held images (1 put back already"), \
+        mlc("--round", "1", "--photo-id", "999")
 
 
 def _mine_cli(cfg, *args):
