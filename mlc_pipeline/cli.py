@@ -52,7 +52,7 @@ def add_writer(p: argparse.ArgumentParser) -> None:
 
 def add_no_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true",
-                   help="no progress bars or summaries (they are shown only when stdout is a terminal anyway)")
+                   help="no progress bars or summaries (they are shown only when stdout and stderr are both a terminal anyway)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -230,6 +230,8 @@ def test_actions_undo_filters_and_build_on_both_backends(root):
         assert listed(client, "version=v1&reviewed=1")[1] == sorted([target["id"], other["id"]])   # v1 rows
         assert listed(client, "version=v1")[0] == v1_rows
         assert sum(listed(client, f"version=v1&split={s}")[0] for s in ("train", "valid", "test")) == v1_rows
+        unversioned = client.get("/?split=train").text       # a split alone filters nothing, and says why
+        assert "split needs a version" in unversioned and "split needs a version" not in client.get("/").text
         page = client.get(f"/image/{target['id']}?reviewed=1").text
         after = [i for i in reviewed if i > target["id"]]
         assert (f'id="next" href="/image/{after[0]}?' in page) if after else ('id="next"' not in page)
