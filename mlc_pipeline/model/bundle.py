@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import types
 import uuid
@@ -138,6 +139,21 @@ legacy_pickle.load = lambda f, **kw: _LegacyUnpickler(f, **kw).load()
 
 
 # ---------------------------------------------------------------- writing a bundle into place
+
+# The two names a training gives a folder that is not a bundle (yet, or any more): `<name>.tmp-<pid>-<hex>`
+# while it is written, `<name>.old-<pid>-<hex>` while its replacement takes the name.
+LEFTOVER_RE = re.compile(r".+\.(tmp|old)-\d+-\w+")
+
+
+def leftover_why(path: Path) -> str | None:
+    """Why a folder under models/ is no bundle to name (being written, or being replaced), or None."""
+    found = LEFTOVER_RE.fullmatch(path.name)
+    if found is None:
+        return None
+    return ("a bundle still being written, or left half-written by a training that did not finish (the next "
+            "training deletes it)" if found.group(1) == "tmp" else
+            "a bundle being replaced by a newer one of its name (the next training deletes it or puts it back)")
+
 
 def remove_stale_tmp_dirs(parent: Path) -> list[Path]:
     """Delete half-written bundles (`*.tmp-<pid>-*`) whose writer is gone (killed, e.g. kill -9)."""

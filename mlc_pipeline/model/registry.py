@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mlc_pipeline.config import ConfigError
 from mlc_pipeline.fsutil import sha256_file, write_text_atomic
-from mlc_pipeline.model.bundle import REQUIRED_KEYS
+from mlc_pipeline.model.bundle import REQUIRED_KEYS, leftover_why
 
 POINTER = "LATEST"
 
@@ -80,10 +80,11 @@ def resolve_bundle(spec: str, models_dir: Path) -> Path:
             raise RegistryError(f"no {models_dir / POINTER}: no model trained or promoted there yet "
                                 f"(train one, or pass -c CONFIG for another data root)")
         raise RegistryError(f"{models_dir / POINTER} names {name!r}, which is not a folder under {models_dir}")
-    if Path(spec).is_dir():
-        return Path(spec)
-    if "/" not in spec and (models_dir / spec).is_dir():
-        return models_dir / spec
+    path = Path(spec) if Path(spec).is_dir() else models_dir / spec if "/" not in spec else None
+    if path is not None and path.is_dir():
+        if (why := leftover_why(path)) is not None:      # complete-looking after a kill during its test scoring
+            raise RegistryError(f"{path} is not a bundle: it is {why}; `mlc models -c CONFIG` lists the bundles")
+        return path
     raise RegistryError(f"no model bundle {spec!r}: not a folder, nor a bundle under {models_dir} "
                         f"(`mlc models -c CONFIG` lists them)")
 
@@ -116,7 +117,7 @@ def list_bundles(models_dir: Path) -> list[BundleInfo]:
         return []
     latest = latest_name(models_dir)
     folders = [p for p in models_dir.iterdir()
-               if p.is_dir() and p.name != POINTER and ".tmp-" not in p.name and ".old-" not in p.name
+               if p.is_dir() and p.name != POINTER and leftover_why(p) is None
                and (p / "bundle.json").exists()]
     infos = [read_info(p, latest) for p in folders]
     return sorted(infos, key=lambda i: (i.created_at, i.name))

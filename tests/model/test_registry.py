@@ -101,6 +101,24 @@ def test_promote_moves_latest_only_to_a_complete_unaltered_bundle(root, tmp_path
     assert (models / "LATEST").read_text() == SOFTMAX + "\n"      # every refusal left it alone
 
 
+def test_promote_and_compare_refuse_a_bundle_still_being_written_or_replaced(root):
+    """A training killed while it scored the test split leaves `<name>.tmp-<pid>-<hex>` holding a
+    complete-looking bundle. `mlc promote` made it LATEST, mine wrote its records into it, and the next
+    training deleted it with them (audit realphoto22 #1). Such folders are named as what they are."""
+    cfg, models = root
+    for leftover, said in ((f"{SOFTMAX}.tmp-4242-0123abcd", "still being written"),
+                           (f"{SOFTMAX}.old-4242-0123abcd", "being replaced")):
+        shutil.copytree(models / SOFTMAX, models / leftover)
+        for spec in (leftover, str(models / leftover)):
+            r = mlc("promote", spec, "-c", str(cfg))
+            assert r.returncode == 2 and f"is not a bundle: it is a bundle {said}" in r.stderr, r.stderr
+            assert r.stderr.count("\n") == 1
+        r = mlc("models", "-c", str(cfg), "--compare", "latest", leftover)     # mine --model, predict: the same
+        assert r.returncode == 2 and "is not a bundle" in r.stderr, r.stderr
+    assert (models / "LATEST").read_text() == SIGMOID + "\n"
+    assert leftover not in mlc("models", "-c", str(cfg)).stdout
+
+
 def test_models_and_promote_agree_on_what_a_usable_bundle_is(root):
     """`mlc promote` made LATEST a bundle without metrics.json that `mlc models` then listed as
     UNUSABLE, while predict works with it. Usable is what loading it for predict and mining needs
