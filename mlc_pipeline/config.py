@@ -12,7 +12,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -45,6 +45,21 @@ def query_key(query: str) -> str:
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def no_yes_no_for_a_number(cls, value: Any, info) -> Any:
+        # YAML reads yes/no/on/off/true/false as booleans and pydantic takes True for 1:
+        # `max_unknown_accepted: yes` was a cap of 1, none at all, and `epochs: true` one epoch
+        if isinstance(value, bool) and not takes_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"{str(value).lower()} is a yes/no value, and this setting is not one (YAML reads "
+                             "yes, no, on, off, true and false as yes/no values)")
+        return value
+
+
+def takes_bool(annotation: Any) -> bool:
+    """Whether a field's type admits a yes/no value (bool itself, Any, or a union holding one)."""
+    return annotation is bool or annotation is Any or any(takes_bool(a) for a in get_args(annotation))
 
 
 class RetrySettings(Strict):

@@ -193,3 +193,18 @@ def test_store_credentials_of_any_fsspec_backend_are_refused_in_the_config(tmp_p
         assert "S3PwLEAK" not in str(err.value)
     kept = {"endpoint_url": "http://127.0.0.1:1", "s3_additional_kwargs": {"SSEKMSKeyId": "alias/x"}, "anon": False}
     assert parse_config({"data_dir": "s3://b/p", "storage_options": kept, **classes}, tmp_path).storage_options == kept
+
+
+@pytest.mark.parametrize("text, key", [
+    ("train: {max_unknown_accepted: yes}", "train.max_unknown_accepted"),   # was a cap of 1: none at all
+    ("train: {max_unknown_accepted: off}", "train.max_unknown_accepted"),   # was a cap of 0
+    ("train: {epochs: true}", "train.epochs"),                              # was one epoch
+    ("source: {per_host_concurrency: on}", "source.per_host_concurrency"),
+])
+def test_a_yes_no_value_for_a_number_is_refused_not_read_as_one_or_zero(tmp_path, text, key):
+    """YAML reads yes/no/on/off/true/false as booleans, and pydantic took True for 1 and False for 0."""
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, GOOD + "\n" + text + "\n"))
+    said = str(err.value)
+    assert key in said and "is a yes/no value" in said and "\n" not in said, said
+    assert load_config(write(tmp_path, GOOD + "\ntrain: {tta: yes, compare_baselines: off}\n")).train.tta is True
