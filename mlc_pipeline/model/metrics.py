@@ -95,26 +95,30 @@ def allowed_other(max_accepted: float, n_other: int, tolerance: float = CAP_TOLE
 def pick_capped(path: list[tuple[int, int, np.ndarray]], max_accepted: float,
                 tolerance: float = CAP_TOLERANCE) -> np.ndarray:
     """The first point of a `capping_path` that accepts at most `allowed_other` of its "other" rows.
-    With no "other" row there is nothing to cap: the path's start is returned, with a warning."""
+    With no "other" row there is nothing to cap: the path's start is returned (cap_warning says so)."""
     if not 0 <= max_accepted <= 1:
         raise ValueError(f"max_accepted must be in [0, 1], got {max_accepted}")
     n_other = path[0][1]
-    if not n_other:
-        log.warning("no 'other' image in the validation split: cannot cap unknown acceptance")
+    if not n_other:             # cap_warning says so, in the bundle's warnings
         return path[0][2]
     allowed = allowed_other(max_accepted, n_other, tolerance)
     return next(thr for n_acc, _, thr in path if n_acc <= allowed)
 
 
-def cap_cost_warning(probs: np.ndarray, targets: np.ndarray, classes: list[str], start: np.ndarray,
-                     chosen: np.ndarray, max_accepted: float) -> str | None:
-    """A sentence for the bundle's warnings when meeting the cap costs more than CAP_COST_WARNING of
-    validation macro F1 against the path's start (the calibrated point: the F1 point by default);
-    None otherwise. On real photos
-    from scratch a 5% cap can cost a model most of its F1 (docs/training.md): the user should
+def cap_warning(probs: np.ndarray, targets: np.ndarray, classes: list[str], start: np.ndarray,
+                chosen: np.ndarray, max_accepted: float) -> str | None:
+    """A sentence for the bundle's warnings when the cap could not be applied (no "other" image in
+    the validation split), or when meeting it costs more than CAP_COST_WARNING of validation macro F1
+    against the path's start (the calibrated point: the F1 point by default); None otherwise. On real
+    photos from scratch a 5% cap can cost a model most of its F1 (docs/training.md): the user should
     learn that from the run, not from a test score."""
     probs, targets = _as_2d(probs, targets)
     real = real_class_indices(classes)
+    if targets[:, real].astype(bool).any(axis=1).all():
+        return (f"train.max_unknown_accepted {max_accepted:g} was not applied: the validation split holds no "
+                "'other' image to measure it on, so the thresholds are the F1 point's and nothing bounded what "
+                "this model accepts of unknown images; collect more 'other' images (other.count) so that the "
+                "build puts some in validation")
     before = _macro_f1(probs[:, real], targets[:, real], np.asarray(start)[real])
     after = _macro_f1(probs[:, real], targets[:, real], np.asarray(chosen)[real])
     if before - after <= CAP_COST_WARNING:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mlc_pipeline.model.metrics import (
-    allowed_other, calibrate_capped, calibrate_thresholds, cap_cost_warning, capping_path, evaluate, fpr_at_tpr95,
+    allowed_other, calibrate_capped, calibrate_thresholds, cap_warning, capping_path, evaluate, fpr_at_tpr95,
     operating_curve, pick_capped, predict_matrix, probe_by_query, targets_from_labels,
 )
 from mlc_pipeline.report.tables import compare_table
@@ -230,10 +230,21 @@ def test_a_cap_that_costs_a_class_is_a_warning():
     targets = np.array([[1, 0], [1, 0], [0, 1], [0, 1], [0, 0], [0, 0]])
     path = capping_path(probs, targets, CLASSES)
     start = path[0][2]
-    text = cap_cost_warning(probs, targets, CLASSES, start, pick_capped(path, 0.0), 0.0)
+    text = cap_warning(probs, targets, CLASSES, start, pick_capped(path, 0.0), 0.0)
     assert text and "max_unknown_accepted 0 costs 0.40 of validation macro F1 (0.90 without the cap, 0.50 under" in text
     # half of the two "other" images allowed: the F1 point itself, no cost, no warning
-    assert cap_cost_warning(probs, targets, CLASSES, start, pick_capped(path, 0.5), 0.5) is None
+    assert cap_warning(probs, targets, CLASSES, start, pick_capped(path, 0.5), 0.5) is None
+
+
+def test_a_cap_with_no_other_image_to_measure_it_on_is_a_warning():
+    """It was a log line only: metrics.json, the report and `mlc models` showed a cap of 0.05 for a
+    model that nothing had capped (audit realphoto22 #3)."""
+    probs = np.array([[0.6, 0.1], [0.5, 0.1], [0.1, 0.8], [0.1, 0.7]])
+    targets = np.array([[1, 0], [1, 0], [0, 1], [0, 1]])
+    path = capping_path(probs, targets, CLASSES)
+    text = cap_warning(probs, targets, CLASSES, path[0][2], pick_capped(path, 0.05), 0.05)
+    assert text and text.startswith("train.max_unknown_accepted 0.05 was not applied: the validation split "
+                                    "holds no 'other' image"), text
 
 
 def test_capping_a_saturated_score_terminates():
@@ -242,11 +253,11 @@ def test_capping_a_saturated_score_terminates():
     assert t[0] > 1.0
 
 
-def test_without_other_rows_the_cap_changes_nothing(caplog):
+def test_without_other_rows_the_cap_changes_nothing():
     start = np.array([0.4, 0.25])
     t = calibrate_capped(CAP_PROBS[:4], CAP_TARGETS[:4], CLASSES, 0.0, start=start)
     np.testing.assert_allclose(t, start)
-    assert "cannot cap" in caplog.text
+    assert "was not applied" in cap_warning(CAP_PROBS[:4], CAP_TARGETS[:4], CLASSES, start, t, 0.0)
 
 
 def test_operating_curve_scores_each_point_and_marks_the_chosen_one():
