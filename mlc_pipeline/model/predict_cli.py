@@ -104,9 +104,12 @@ def missed_text(c: str, prob: float, threshold: float) -> str:
 
 
 def as_json(p, bundle) -> dict:
+    from mlc_pipeline.model.metrics import OTHER
     row = {**p.__dict__}
     if bundle.thresholds is not None and not p.error:
-        thresholds = dict(zip(bundle.vocab, (float(t) for t in bundle.thresholds)))
+        # the classes only: an "other" output is never claimed (it vetoes inside each class's score), so a
+        # threshold and a margin for it would read as a claim the model does not make
+        thresholds = {c: float(t) for c, t in zip(bundle.vocab, bundle.thresholds) if c != OTHER}
         row["thresholds"] = thresholds
         row["margins"] = {c: round(p.probs[c] - t, 6) for c, t in thresholds.items()}   # >= 0: claimed
     return row

@@ -43,8 +43,11 @@ def test_folders_globs_and_lists_expand_in_order(tree, monkeypatch):
     assert len(got) == 7
 
 
-def test_predict_shows_thresholds_and_margins(tmp_path, capsys):
-    manifest, bundle = trained_bundle()
+@pytest.mark.parametrize("other_mode", ["negative", "class"])
+def test_predict_shows_thresholds_and_margins(tmp_path, capsys, other_mode):
+    """Thresholds and margins are the classes' only: the "other" output of an other_mode 'class' bundle
+    had both, and a margin >= 0 on "none of these" images (audit realphoto22 #4)."""
+    manifest, bundle = trained_bundle("sigmoid", other_mode)
     images = manifest.parent / "images"
     folder = tmp_path / "in"
     folder.mkdir()
