@@ -117,8 +117,9 @@ def per_class_rows(s: Scored) -> list[list]:
     for j in s.real:
         t, p = s.truth[scored, j].astype(bool), s.pred[scored, j]
         _, _, ap = pr_curve(s.probs[scored, j], t)
-        prec = (p & t).sum() / p.sum() if p.any() else float("nan")
-        rec = (p & t).sum() / t.sum() if t.any() else float("nan")
+        # as metrics.json's per_class (metrics.evaluate): 0 when nothing was taken, or nothing to find
+        prec = (p & t).sum() / p.sum() if p.any() else 0.0
+        rec = (p & t).sum() / t.sum() if t.any() else 0.0
         out.append([s.vocab[j], "argmax (softmax)" if thresholds is None else f"{thresholds[j]:.3f}",
                     "n/a" if typical[j] is None else f"{typical[j]:.3f}", f"{ap:.3f}", f"{prec:.3f}", f"{rec:.3f}"])
     return out
@@ -151,7 +152,10 @@ def plot_pr(s: Scored) -> bytes:
 
 
 def caption(s: Scored, i: int, extra: str = "") -> str:
-    said = ", ".join(f"{s.vocab[j]} {s.probs[i, j]:.2f}" for j in s.real if s.pred[i, j]) or NONE
+    from mlc_pipeline.model.predict_cli import decimals     # as `mlc predict` prints it: 0.004 for a 0.003 threshold, not 0.00
+    thresholds = s.meta.get("thresholds")
+    shown = lambda j: f"{s.probs[i, j]:.{2 if thresholds is None else decimals(s.probs[i, j], thresholds[j])}f}"  # noqa: E731
+    said = ", ".join(f"{s.vocab[j]} {shown(j)}" for j in s.real if s.pred[i, j]) or NONE
     true = s.rows[i].get("query", "") if s.probe[i] else (s.rows[i]["labels"] or NONE)
     return f"{'probe ' if s.probe[i] else ''}{true} → {said}{extra}"
 

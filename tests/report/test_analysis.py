@@ -44,11 +44,35 @@ def test_precision_and_recall_at_the_thresholds_match_the_recorded_metrics(train
     recorded = json.loads((bundle / "metrics.json").read_text())["test"]["per_class"]
     for cls, threshold, _, ap, precision, recall in per_class_rows(s):
         m = recorded[cls]
-        assert float(precision) == pytest.approx(m["precision"], abs=1e-3) or (precision == "nan" and m["precision"] == 0)
+        assert float(precision) == pytest.approx(m["precision"], abs=1e-3)
         assert float(recall) == pytest.approx(m["recall"], abs=1e-3)
         assert float(threshold) == pytest.approx(json.loads((bundle / "bundle.json").read_text())["thresholds"][
             s.vocab.index(cls)], abs=1e-3)
         assert 0 < float(ap) <= 1
+
+
+def test_a_class_that_claims_nothing_has_precision_0_as_in_metrics_json(trained_shapes_bundle):
+    """The thresholds table printed `nan` where metrics.json and the per-class table say 0 (audit
+    realphoto22 #5): a class whose threshold no test image reaches."""
+    import dataclasses
+    s = load_scored(trained_shapes_bundle[1])
+    j = s.real[0]
+    pred = s.pred.copy()
+    pred[:, j] = False
+    row = per_class_rows(dataclasses.replace(s, pred=pred))[0]
+    assert row[0] == s.vocab[j] and row[4:] == ["0.000", "0.000"], row
+
+
+def test_a_caption_shows_a_score_near_its_threshold_as_predict_does(trained_shapes_bundle):
+    """'probe bees -> dog 0.00' for a threshold of 0.003: two decimals hid why it was claimed."""
+    import dataclasses
+    from mlc_pipeline.report.analysis import caption
+    s = load_scored(trained_shapes_bundle[1])
+    j = s.real[0]
+    probs, pred = s.probs.copy(), np.zeros_like(s.pred)
+    probs[0, j], pred[0, j] = 0.004, True
+    meta = {**s.meta, "thresholds": [0.003 if k == j else t for k, t in enumerate(s.meta["thresholds"])]}
+    assert caption(dataclasses.replace(s, probs=probs, pred=pred, meta=meta), 0).endswith(f"→ {s.vocab[j]} 0.004")
 
 
 def test_confusion_matrix_has_none_and_probe_rows_and_counts_every_image(trained_shapes_bundle):
