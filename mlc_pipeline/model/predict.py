@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,12 +49,22 @@ def _decode(path, max_pixels: int = MAX_PIXELS) -> object:
     from fastai.vision.core import PILImage
     from PIL import Image
 
-    with Image.open(path) as im:         # reads the header only
-        width, height = im.size
-    if width * height > max_pixels:
-        raise TooLarge(f"too large to score: {width}x{height} pixels ({width * height / 1e6:.0f} MP), over the "
-                       f"{max_pixels / 1e6:.0f} MP limit")
-    return PILImage.create(load_rgb(path))  # fully decoded RGB; create() only marks it a PILImage, no copy
+    # Pillow's own bomb check (a warning over 89 MP, an error over 179 MP) runs in Image.open: its raw
+    # text ("could be decompression bomb DOS attack") is not the product's, nor is its limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as im:         # reads the header only
+                width, height = im.size
+        except Image.DecompressionBombError as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            width, height = (int(found.group(1)), 1) if found else (max_pixels + 1, 1)
+            size = f"{width / 1e6:.0f} MP"
+        else:
+            size = f"{width}x{height} pixels ({width * height / 1e6:.0f} MP)"
+        if width * height > max_pixels:
+            raise TooLarge(f"too large to score: {size}, over the {max_pixels / 1e6:.0f} MP limit")
+        return PILImage.create(load_rgb(path))  # fully decoded RGB; create() only marks it a PILImage, no copy
 
 
 def score_with_errors(bundle: Bundle, paths: list, batch_size: int = 64, max_pixels: int = MAX_PIXELS,
