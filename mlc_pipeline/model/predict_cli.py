@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -46,14 +47,32 @@ def expand_inputs(items: list[str]) -> list[tuple[str, str | None]]:
     return unique
 
 
+def not_a_file(path: str) -> str | None:
+    """Why `path` cannot be read as a file (a dangling link, a FIFO, a socket, a device), or None.
+    Opening a FIFO blocks until something writes to it: a glob matching one hung predict."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"a link to nothing ({os.readlink(path)})" if os.path.islink(path) else "no such file or folder"
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a folder" if stat.S_ISDIR(mode) else "special")
+    return f"not a regular file ({kind}): not read"
+
+
 def expand_one(item: str) -> list[tuple[str, str | None]]:
     if os.path.isdir(item):
+        # every image-named entry but folders is a row: a link dangling (an unmounted drive) or a FIFO
+        # inside the folder is named with its reason, never silently left out
         found = sorted(str(p) for p in Path(item).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                       and p.is_file() and not any(part.startswith(".") for part in p.relative_to(item).parts))
-        return [(p, None) for p in found] or [(item, f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) "
-                                                     f"in the folder")]
-    if os.path.exists(item):
-        return [(item, None)]     # a file: the scorer says if it is not an image
+                       and not p.is_dir() and not any(part.startswith(".") for part in p.relative_to(item).parts))
+        return [(p, not_a_file(p)) for p in found] or [
+            (item, f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in the folder")]
+    if os.path.lexists(item):
+        return [(item, not_a_file(item))]     # a file: the scorer says if it is not an image
     if glob.has_magic(item):
         matches = sorted(glob.glob(item, recursive=True))
         return [e for m in matches for e in expand_one(m)] or [(item, "no file matches this pattern")]
@@ -144,6 +163,6 @@ def run_predict(bundle_spec: str, inputs: list[str], models_dir: Path, as_json_o
         print(f"mlc: none of the {len(preds)} inputs could be scored (listed above)", file=sys.stderr)
         return 1
     if failed:
-        print(f"mlc: {failed} of {len(preds)} images could not be scored (listed above)", file=sys.stderr)
+        print(f"mlc: {failed} of {len(preds)} inputs could not be scored (listed above)", file=sys.stderr)
         return 1
     return 0

@@ -43,6 +43,22 @@ def test_folders_globs_and_lists_expand_in_order(tree, monkeypatch):
     assert len(got) == 7
 
 
+def test_a_fifo_or_a_dangling_link_is_a_row_with_its_reason_never_opened_or_dropped(tmp_path, monkeypatch):
+    """A glob matching a FIFO hung predict until killed (opening one blocks); a link dangling inside a
+    folder (an unmounted drive) was silently left out (audit realphoto22 #7)."""
+    import os
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weird").mkdir()
+    os.mkfifo(tmp_path / "weird" / "fifo.jpg")
+    (tmp_path / "weird" / "broken.jpg").symlink_to("/nonexistent/x.jpg")
+    (tmp_path / "weird" / "ok.jpg").write_bytes(b"x")
+    want = [("weird/broken.jpg", "a link to nothing (/nonexistent/x.jpg)"),
+            ("weird/fifo.jpg", "not a regular file (a FIFO): not read"), ("weird/ok.jpg", None)]
+    assert expand_inputs(["weird"]) == want
+    assert expand_inputs(["weird/*.jpg"]) == want
+    assert expand_inputs(["weird/fifo.jpg", "weird/broken.jpg"]) == [want[1], want[0]]
+
+
 @pytest.mark.parametrize("other_mode", ["negative", "class"])
 def test_predict_shows_thresholds_and_margins(tmp_path, capsys, other_mode):
     """Thresholds and margins are the classes' only: the "other" output of an other_mode 'class' bundle

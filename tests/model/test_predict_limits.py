@@ -68,7 +68,7 @@ def test_six_bombs_are_refused_from_their_headers_and_the_rest_scored(bundle_and
     assert "error: too large to score: 196 MP, over the 64 MP limit" in lines[6], lines[6]
     assert "Decompression" not in res.stderr, "Pillow's own bomb text, warning or error, is not shown"
     assert "error" not in lines[0] and "error" not in lines[7], "the good images around them were scored"
-    assert stderr[-1] == "mlc: 6 of 8 images could not be scored (listed above)"
+    assert stderr[-1] == "mlc: 6 of 8 inputs could not be scored (listed above)"
     # torch + fastai + the model (~0.9-1.1 GB); the six bombs decoded together would add 3 GB.
     assert peak_mb < 2000, f"peak {peak_mb:.0f} MB"
 
