@@ -44,7 +44,7 @@ def query_key(query: str) -> str:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # nan: "should be a finite number", not "<= 1"
 
     @field_validator("*", mode="before")
     @classmethod

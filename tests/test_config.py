@@ -208,3 +208,11 @@ def test_a_yes_no_value_for_a_number_is_refused_not_read_as_one_or_zero(tmp_path
     said = str(err.value)
     assert key in said and "is a yes/no value" in said and "\n" not in said, said
     assert load_config(write(tmp_path, GOOD + "\ntrain: {tta: yes, compare_baselines: off}\n")).train.tta is True
+
+
+@pytest.mark.parametrize("text, key", [("train: {max_unknown_accepted: .nan}", "train.max_unknown_accepted"),
+                                       ("train: {lr: .inf}", "train.lr")])
+def test_nan_or_infinity_is_refused_as_not_finite(tmp_path, text, key):
+    """A nan cap was refused as 'should be less than or equal to 1', which did not say what was wrong."""
+    with pytest.raises(ConfigError, match=f"{key}: Input should be a finite number"):
+        load_config(write(tmp_path, GOOD + "\n" + text + "\n"))

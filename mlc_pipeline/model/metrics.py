@@ -35,8 +35,9 @@ CAP_COST_WARNING = 0.1       # a cap costing more validation macro F1 than this 
 
 def calibrate_thresholds(probs: np.ndarray, targets: np.ndarray, mode: str = "per-class-f1",
                          target_precision: float | None = None,
-                         f1_tolerance: float = DEFAULT_F1_TOLERANCE) -> np.ndarray:
-    """One decision threshold per column, chosen on held-out (valid) predictions.
+                         f1_tolerance: float = DEFAULT_F1_TOLERANCE, classes: list[str] | None = None) -> np.ndarray:
+    """One decision threshold per column, chosen on held-out (valid) predictions (`classes` names the
+    columns in warnings).
 
     - 'per-class-f1': each class gets the highest threshold whose F1 is within `f1_tolerance` of
       the best F1 it can reach (0: the F1 maximum itself).
@@ -64,13 +65,15 @@ def calibrate_thresholds(probs: np.ndarray, targets: np.ndarray, mode: str = "pe
     for c in range(n_classes):
         n_pos = int(targets[:, c].sum())
         if n_pos == 0 or n_pos == len(targets):
-            log.warning("class column %d has %d positives out of %d validation images: "
-                        "keeping threshold %.2f", c, n_pos, len(targets), DEFAULT_THRESHOLD)
+            log.warning("%s has %d positives out of %d validation images: keeping threshold %.2f",
+                        f"class {classes[c]!r}" if classes else f"class column {c}", n_pos, len(targets),
+                        DEFAULT_THRESHOLD)
             continue
         if mode == "per-class-f1":
             thresholds[c] = _best_f1_threshold(probs[:, c], targets[:, c], f1_tolerance)
         else:
-            thresholds[c] = _precision_threshold(probs[:, c], targets[:, c], target_precision, c)
+            thresholds[c] = _precision_threshold(probs[:, c], targets[:, c], target_precision,
+                                                 f"class {classes[c]!r}" if classes else f"class column {c}")
     return thresholds
 
 
@@ -208,14 +211,14 @@ def _best_f1_threshold(scores: np.ndarray, truth: np.ndarray, tolerance: float =
     return _cut_threshold(s[k], next_lower[k])
 
 
-def _precision_threshold(scores: np.ndarray, truth: np.ndarray, target: float, column: int) -> float:
+def _precision_threshold(scores: np.ndarray, truth: np.ndarray, target: float, column: str) -> float:
     s, tp, n_accepted, next_lower, valid_cut = _ranked(scores, truth)
     precision = tp / n_accepted
     ok = valid_cut & (precision >= target)
     if not ok.any():
         # Unreachable: accept nothing rather than pretend. Above the top score no image passes.
-        log.warning("class column %d never reaches precision %.2f on validation: it will accept "
-                    "(almost) nothing", column, target)
+        log.warning("%s never reaches precision %.2f on validation: it will accept (almost) nothing",
+                    column, target)
         # Not clamped to 1.0: float32 sigmoids saturate at exactly 1.0, and decisions are `>=`.
         return float(s[0]) + 1e-6
     k = int(np.nonzero(ok)[0].max())  # the largest accepted set that still meets the target

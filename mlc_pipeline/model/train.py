@@ -225,7 +225,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     thresholds, curve_path = None, []
     if cfg.head == "sigmoid":
         thresholds = calibrate_thresholds(valid_probs, valid_targets, cfg.threshold_mode, cfg.target_precision,
-                                          cfg.f1_tolerance)
+                                          cfg.f1_tolerance, classes=vocab)
         # Every point from these thresholds to "accept no held-out other image": the report's curve,
         # and the operating point when the user caps unknown acceptance.
         curve_path = capping_path(valid_probs, valid_targets, vocab, start=thresholds)

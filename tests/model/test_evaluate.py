@@ -60,7 +60,11 @@ def test_unreachable_precision_accepts_nothing():
 
 def test_uncalibratable_class_keeps_default(caplog):
     t = calibrate_thresholds(np.array([[0.9, 0.2], [0.1, 0.3]]), np.array([[1, 0], [0, 0]]), "per-class-f1")
-    assert t[1] == 0.5 and "keeping threshold" in caplog.text
+    assert t[1] == 0.5 and "class column 1 has 0 positives" in caplog.text
+    caplog.clear()          # named when the caller says what the columns are ("class column 2" was "other")
+    calibrate_thresholds(np.array([[0.9, 0.2], [0.1, 0.3]]), np.array([[1, 0], [0, 0]]), "per-class-f1",
+                         classes=["bees", "other"])
+    assert "class 'other' has 0 positives out of 2 validation images: keeping threshold 0.50" in caplog.text
 
 
 def test_bad_arguments_are_errors():
