@@ -39,6 +39,12 @@ class RemovalQueries:
         return [self._row(r) for r in self.db.execute(f"SELECT * FROM candidates WHERE {where} ORDER BY id{lock}",
                                                       params)]
 
+    def removal_files(self) -> list[tuple[str, str | None]]:
+        """(path, sha256 of the photo) of every file the takedowns recorded (`removals.files_deleted`)."""
+        return [(path, r["sha256"]) for r in self.db.execute(
+            "SELECT r.files_deleted, c.sha256 FROM removals r JOIN candidates c ON c.id = r.candidate_id "
+            "WHERE r.files_deleted <> '[]'") for path in json.loads(r["files_deleted"])]
+
     def dropped_for(self, ids: list[int]) -> list[dict]:
         """Candidates dropped as near duplicates of these (`duplicate_of`), as curate confirmed them."""
         marks = ",".join("?" * len(ids))

@@ -284,8 +284,7 @@ def _curate(cfg: Config) -> CurateSummary:
             gone = {r["id"] for r in missing + waiting}
             rows = [r for r in rows if r["id"] not in gone]
             verify_and_hash(cfg, catalog, rows, run_id, summary)
-            with catalog.transaction():      # the very bytes of a photo taken down: taken down too
-                copies = keep_out_copies_of_removed(cfg, catalog, rows, run_id)
+            copies = keep_out_copies_of_removed(cfg, catalog, rows, run_id)    # the very bytes of a photo taken down
             summary.taken_down = len(copies)
             ok = [r for r in rows if r["status"] != "rejected" and r["id"] not in copies]
             with progress.bar("deduplicate", total=len(ok), unit="images") as bar:   # one step: no partial counts

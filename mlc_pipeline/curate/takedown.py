@@ -75,6 +75,9 @@ def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: 
     named = dict(photo_id=photo_id, owner=owner, query=query, source=source)
     with files_lock(cfg.data_dir, "remove (takedown)", wait=wait), \
             Catalog(cfg.catalog_path, lock_timeout_s=lock_timeout_s) as catalog:
+        if left := delete_recorded_files(catalog):
+            log.warning("deleted %d file(s) of photos taken down earlier: that takedown was stopped after it "
+                        "was recorded and before its files were deleted", len(left))
         keep_corner_hashes(cfg, catalog, named)
         elsewhere = versions_holding({(r["source"], r["photo_id"]) for r in catalog.removal_targets(**named)}) \
             if versions_holding else {}
@@ -89,6 +92,7 @@ def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: 
                 "already_removed": len(result.already_removed), "files_deleted": len(result.files_deleted),
                 "held": len(result.held),
                 "published_in": {v: len(ids) for v, ids in result.published_in.items()}})
+        delete_recorded_files(catalog)      # after the commit: see delete_recorded_files
     return result
 
 
@@ -120,7 +124,7 @@ def _remove(cfg: Config, catalog: Catalog, result: RemoveResult, reason: str, se
             result.already_removed.append(row)
             continue
         keep_corners_of(catalog, row, quarantined)    # a file downloaded since keep_corner_hashes
-        deleted = delete_file(row, quarantined)
+        deleted = [where] if (where := file_of(row, quarantined)) else []     # once this is committed
         catalog.record_removal(row, selector, reason, result.run_id, deleted)
         result.removed.append(row)
         result.files_deleted.extend(deleted)
@@ -235,7 +239,7 @@ def drop_thumbnails(cfg: Config, catalog: Catalog, digests: set[str | None]) -> 
 
 
 def keep_out_copies_of_removed(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str) -> set[int]:
-    """In a curate (files lock held, inside its transaction): a file with the very bytes of a photo
+    """In a curate (files lock held; its own transaction, then the deletions): a file with the very bytes of a photo
     taken down (a re-upload under another id, a copy in another folder) is taken down too, with a
     `removals` record naming the photo it copies, and its file deleted as `mlc remove` deletes one.
     A takedown names photos; their pictures must not come back under another name. Only byte copies
@@ -244,13 +248,15 @@ def keep_out_copies_of_removed(cfg: Config, catalog: Catalog, rows: list[dict], 
     removed = catalog.removed_digests()
     copies = [r for r in rows if r["sha256"] in removed]
     quarantined = QuarantineIndex(cfg.layout.quarantine())
-    for row in copies:
-        of = removed[row["sha256"]]
-        deleted = delete_file(row, quarantined)
-        reason = f"a copy of {of['source']}:{of['photo_id']}, taken down ({takedown_reason(of)})"
-        catalog.record_removal(row, f"copy-of:{of['source']}:{of['photo_id']}", reason, run_id, deleted)
-        log.warning("candidate %s (%s:%s) taken down: %s", row["id"], row["source"], row["photo_id"], reason)
-    drop_thumbnails(cfg, catalog, {r["sha256"] for r in copies})
+    with catalog.transaction():
+        for row in copies:
+            of = removed[row["sha256"]]
+            reason = f"a copy of {of['source']}:{of['photo_id']}, taken down ({takedown_reason(of)})"
+            catalog.record_removal(row, f"copy-of:{of['source']}:{of['photo_id']}", reason, run_id,
+                                   [where] if (where := file_of(row, quarantined)) else [])
+            log.warning("candidate %s (%s:%s) taken down: %s", row["id"], row["source"], row["photo_id"], reason)
+        drop_thumbnails(cfg, catalog, {r["sha256"] for r in copies})
+    delete_recorded_files(catalog)
     return {r["id"] for r in copies}
 
 
@@ -277,31 +283,28 @@ class QuarantineIndex:
 
 
 def file_of(row: dict, quarantine: QuarantineIndex) -> str | None:
-    """Where a candidate's file is: where the row says, else moved to the quarantine (`delete_file`)."""
+    """Where a candidate's file is: where the row says, else moved to the quarantine (a curate stopped
+    after moving it there may not have recorded the move), only if its bytes are the candidate's there
+    (names are not unique across sources)."""
     if not row["file_path"] or os.path.exists(row["file_path"]):
         return row["file_path"]
     moved = quarantine.copy_of(row["file_path"], row["sha256"])
     return str(moved) if moved else None
 
 
-def delete_file(row: dict, quarantine: QuarantineIndex) -> list[str]:
-    """Delete a candidate's file; the paths actually deleted. Where the row says it is, else in the
-    quarantine: a curate stopped (killed) after moving it there may not have recorded the move. A
-    quarantined file is deleted only if its bytes are the candidate's (names are not unique across
-    sources)."""
-    path = row["file_path"]
-    if not path:
-        return []
-    try:
-        os.remove(path)
-        return [path]
-    except FileNotFoundError:
-        pass
-    moved = quarantine.copy_of(path, row["sha256"])
-    if moved is None:
-        return []
-    moved.unlink(missing_ok=True)
-    return [str(moved)]
+def delete_recorded_files(catalog: Catalog) -> list[str]:
+    """Delete every file a committed takedown recorded that is still there: a takedown commits its rows
+    `removed` first and deletes their files after. Deleted inside the transaction, a takedown killed
+    before its commit lost the files and kept the rows, which curate then marked for re-download and
+    collect fetched again: the takedown undone (the interrupt22 audit). Killed between, only files are
+    left, and the next remove or curate deletes them here. A file with other bytes than the photo's is
+    left alone."""
+    deleted = []
+    for path, sha256 in catalog.removal_files():
+        if os.path.isfile(path) and (sha256 is None or sha256_file(path) == sha256):
+            Path(path).unlink(missing_ok=True)
+            deleted.append(path)
+    return deleted
 
 
 def published_versions_with(cfg: Config, photos: set[tuple[str, str]]) -> dict[str, list[str]]:

@@ -519,9 +519,10 @@ def test_a_corner_crop_or_mirror_collected_after_the_takedown_is_held_by_the_has
     assert photo_id_for("bees/zz_corner.jpg") not in in_v2 and photo_id_for("bees/zz_unrelated.jpg") in in_v2
 
 
-def test_a_takedown_killed_after_deleting_files_keeps_the_corner_hashes_for_its_rerun(published, monkeypatch):
-    # The verify19 audit: the corner hashes were read and kept in the takedown's transaction; killed
-    # after deleting the file, it rolled back, and its rerun found no file to read them from.
+def test_a_takedown_killed_before_its_commit_deletes_no_file_and_its_rerun_keeps_the_corner_hashes(published, monkeypatch):
+    # The interrupt22 audit: files were deleted inside the takedown's transaction; killed before its
+    # commit, the rows stayed accepted without files, curate marked them for re-download and collect
+    # fetched the photos again: the takedown undone. (verify19: the rerun still keeps the corner hashes.)
     from mlc_pipeline.curate import takedown
     cfg, config, v1, world = published
     victim, _ = first_ants_photo_and_crop(cfg)
@@ -531,12 +532,44 @@ def test_a_takedown_killed_after_deleting_files_keeps_the_corner_hashes_for_its_
     monkeypatch.setattr(takedown, "hold_near_copies", killed)
     with pytest.raises(KeyboardInterrupt):
         remove_photos(cfg, "owner request", photo_id=victim["photo_id"])
-    assert not Path(victim["file_path"]).exists()
+    assert Path(victim["file_path"]).exists()                                   # rolled back, and whole
+    with Catalog(cfg.catalog_path) as c:
+        assert c.get(victim["id"])["status"] == victim["status"] and not c.removals()
     monkeypatch.undo()
     remove_photos(cfg, "owner request", photo_id=victim["photo_id"])            # the rerun
     with Catalog(cfg.catalog_path) as c:
         removed = c.get(victim["id"])
     assert removed["status"] == "removed" and len(removed["corner_hashes"].split(",")) == TAKEDOWN_HASHES
+    assert not Path(victim["file_path"]).exists()
+
+
+def test_a_takedown_killed_after_its_commit_leaves_files_that_the_next_curate_deletes(published, monkeypatch):
+    """Committed, then killed before its files went: the photo is out of every build at once, its file
+    is deleted by the next curate (or remove), and collect never fetches it again."""
+    from mlc_pipeline.curate import takedown
+    cfg, config, v1, world = published
+    victim, _ = first_ants_photo_and_crop(cfg)
+    real, calls = takedown.delete_recorded_files, []
+
+    def killed_after_commit(catalog):
+        calls.append(1)
+        if len(calls) == 2:             # the first call finishes earlier takedowns; the second is this one's
+            raise KeyboardInterrupt
+        return real(catalog)
+    monkeypatch.setattr(takedown, "delete_recorded_files", killed_after_commit)
+    with pytest.raises(KeyboardInterrupt):
+        remove_photos(cfg, "owner request", photo_id=victim["photo_id"])
+    monkeypatch.undo()
+    assert Path(victim["file_path"]).exists()
+    with Catalog(cfg.catalog_path) as c:
+        assert c.get(victim["id"])["status"] == "removed"
+    v2 = build_dataset(cfg)
+    assert victim["photo_id"] not in {r["photo_id"] for r in read_manifest(v2.path / "manifest.csv")}
+    curate(cfg)
+    assert not Path(victim["file_path"]).exists()
+    collect(cfg, progress=False)
+    with Catalog(cfg.catalog_path) as c:
+        assert c.get(victim["id"])["status"] == "removed" and not Path(victim["file_path"]).exists()
 
 
 @pytest.mark.parametrize("how", ["undo", "restore"])
