@@ -55,6 +55,19 @@ def add_no_progress(p: argparse.ArgumentParser) -> None:
                    help="no progress bars or summaries (they are shown only when stdout and stderr are both a terminal anyway)")
 
 
+# Commands whose rerun picks up what the stopped one finished (downloads, hashes, a run's stages, the
+# files a takedown or withdrawal recorded); the others keep nothing half-done and start again.
+RESUMED = {"collect", "curate", "run", "remove", "withdraw"}
+
+
+def rerun_hint(command: str) -> str:
+    if command == "run":
+        return "rerun the same command to resume (finished stages are kept; a training starts again)"
+    if command in RESUMED:
+        return "rerun the same command to resume"
+    return "nothing half-done was kept; rerun the same command to start again"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlc", description="Collect, curate, version and train: see README.md.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -227,10 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlc: {exc}", file=sys.stderr)
         return 3
     except Terminated:
-        print("mlc: terminated (SIGTERM); rerun the same command to resume", file=sys.stderr)
+        print(f"mlc: terminated (SIGTERM); {rerun_hint(args.command)}", file=sys.stderr)
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print("mlc: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(f"mlc: interrupted; {rerun_hint(args.command)}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return quiet_broken_pipe()

@@ -66,6 +66,7 @@ def test_signal_cancels_the_queue_and_records_every_finished_download(tmp_path, 
     assert took < 30, f"exit took {took:.1f} s after the signal"
     assert res.returncode == code, res.stderr[-2000:]
     assert res.stderr.strip().splitlines()[-1].startswith(f"mlc: {word}"), res.stderr[-2000:]
+    assert res.stderr.strip().endswith("rerun the same command to resume")
     assert "Traceback" not in res.stderr
     recorded, runs = catalog_state(tmp_path / "data")
     on_disk = image_files(tmp_path / "data")
@@ -252,3 +253,13 @@ def test_sigterm_marks_curate_interrupted(tmp_path):
     statuses = dict(con.execute("SELECT command, status FROM runs WHERE command='curate'"))
     con.close()
     assert statuses == {"curate": "interrupted"}
+
+
+def test_the_stop_line_promises_a_resume_only_where_a_rerun_resumes():
+    """`mlc train` stopped said 'rerun the same command to resume', and its rerun trained from epoch 1
+    (audit interrupt22 #3)."""
+    from mlc_pipeline.cli import rerun_hint
+    assert rerun_hint("collect") == rerun_hint("remove") == "rerun the same command to resume"
+    assert rerun_hint("train") == rerun_hint("export") == ("nothing half-done was kept; rerun the same command "
+                                                           "to start again")
+    assert "a training starts again" in rerun_hint("run")
