@@ -38,7 +38,7 @@ from .pairs import PairScoreQueries
 from .removals import RemovalQueries
 from .tallies import TallyQueries
 from .schema import (MIGRATION_DIRS, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA_VERSION, Found, creates, merge_labels,
-                     postgres_ddl)
+                     postgres_ddl, run_end_status)
 
 log = logging.getLogger(__name__)
 
@@ -219,9 +219,16 @@ class Catalog(RemovalQueries, TallyQueries, PairScoreQueries):
         run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         RUNS_OF_THIS_PROCESS.add(run_id)
         me = runs.this_process()
-        self.db.execute("INSERT INTO runs (run_id, command, started_at, status, host, pid, process) "
-                        "VALUES (?,?,?,?,?,?,?)", (run_id, command, time.time(), "running", me["host"], me["pid"],
-                                                   me["process"]))
+        try:
+            self.db.execute("INSERT INTO runs (run_id, command, started_at, status, host, pid, process) "
+                            "VALUES (?,?,?,?,?,?,?)", (run_id, command, time.time(), "running", me["host"],
+                                                       me["pid"], me["process"]))
+        except BaseException as exc:
+            # A Ctrl-C arriving while the INSERT runs is raised right after it, before the caller holds the
+            # run id its `except` ends the run with: the run stayed `running`, later `crashed` (the
+            # interrupt22 audit). Ended here (an UPDATE of nothing if the INSERT did not happen).
+            self.finish_run(run_id, run_end_status(exc), {"error": type(exc).__name__})
+            raise
         return run_id
 
     def finish_run(self, run_id: str, status: str, summary: dict | None = None) -> None:

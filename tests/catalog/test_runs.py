@@ -201,3 +201,28 @@ def test_a_run_records_no_raw_machine_or_boot_id(where):
     assert run_id in text
     for raw in (machine_id, boot_id):
         assert not raw or raw not in text
+
+
+def test_a_ctrl_c_raised_right_after_the_run_is_recorded_ends_it_as_interrupted(tmp_path):
+    """Python raises a signal that arrives during a C call (the INSERT) right after it returns, before
+    the caller holds the run id its `except` ends the run with: 1 in ~30 early Ctrl-Cs of `mlc collect`
+    left the run `running`, then `crashed` (the interrupt22 audit). Here the INSERT is followed by the
+    KeyboardInterrupt, as that signal is."""
+    with Catalog(tmp_path / "catalog.sqlite") as catalog:
+        real = catalog.db
+
+        class InterruptedAfterInsert:
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def execute(self, sql, *args):
+                result = real.execute(sql, *args)
+                if sql.startswith("INSERT INTO runs"):
+                    raise KeyboardInterrupt
+                return result
+        catalog.db = InterruptedAfterInsert()
+        with pytest.raises(KeyboardInterrupt):
+            catalog.start_run("collect")
+        catalog.db = real
+        (run,) = catalog.runs()
+    assert run["command"] == "collect" and run["status"] == "interrupted", run
