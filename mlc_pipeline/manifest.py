@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlc_pipeline.fsutil import write_text_atomic
+from mlc_pipeline.fsutil import remove_dead_leftovers, write_text_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -155,8 +155,8 @@ def move_aside_real_latest(root: Path) -> Path | None:
 def point_latest(root: Path, version: str) -> None:
     move_aside_real_latest(root)
     link_tmp = root / f".latest.tmp-{os.getpid()}"
-    if link_tmp.is_symlink() or link_tmp.exists():
-        link_tmp.unlink()
+    # a writer killed between the link and its rename left its link: gone once that process is
+    remove_dead_leftovers(root.glob(".latest.tmp-*"), lambda p: p.name.rpartition("-")[2], spare_own=False)
     link_tmp.symlink_to(version, target_is_directory=True)
     os.replace(link_tmp, root / "latest")
     write_text_atomic(root / "LATEST", version + "\n")

@@ -361,3 +361,19 @@ def test_the_reports_of_a_version_with_a_damaged_image_say_it_is_damaged(two_ver
     said = json.loads(res.stdout[:res.stdout.rindex("}") + 1])["dataset_damaged"]
     assert said and said.startswith("dataset default v2 is damaged: ") and victim.name in said, said
     assert "<p id='damaged'><b>This version is damaged</b>: dataset default v2 is damaged" in report.read_text()
+
+
+def test_a_latest_link_left_by_a_killed_writer_goes_at_the_next_pointing(tmp_path):
+    """point_latest makes `.latest.tmp-<pid>` and renames it onto `latest`: a writer killed between
+    the two left the link for good (the interrupt22 audit). A live writer's link is never touched."""
+    import subprocess
+    from mlc_pipeline.manifest import point_latest
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v2").mkdir()
+    dead = subprocess.Popen(["true"])           # a pid that is no longer alive once waited for
+    dead.wait()
+    (tmp_path / f".latest.tmp-{dead.pid}").symlink_to("v1", target_is_directory=True)
+    (tmp_path / f".latest.tmp-{os.getppid()}").symlink_to("v1", target_is_directory=True)   # alive
+    point_latest(tmp_path, "v2")
+    assert os.readlink(tmp_path / "latest") == "v2"
+    assert sorted(p.name for p in tmp_path.glob(".latest.tmp-*")) == [f".latest.tmp-{os.getppid()}"]
