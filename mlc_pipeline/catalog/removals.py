@@ -5,6 +5,7 @@ object-store data root, which files the catalog names and a consistent snapshot 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -40,10 +41,14 @@ class RemovalQueries:
                                                       params)]
 
     def removal_files(self) -> list[tuple[str, str | None]]:
-        """(path, sha256 of the photo) of every file the takedowns recorded (`removals.files_deleted`)."""
-        return [(path, r["sha256"]) for r in self.db.execute(
+        """(path, sha256 of the photo) of every file the takedowns recorded (`removals.files_deleted`)
+        that lies inside this data root. The records hold absolute paths: a data root renamed, with a
+        new one made at its old path, must never reach into the new one (the verify22 audit)."""
+        found = [(path, r["sha256"]) for r in self.db.execute(
             "SELECT r.files_deleted, c.sha256 FROM removals r JOIN candidates c ON c.id = r.candidate_id "
             "WHERE r.files_deleted <> '[]'") for path in json.loads(r["files_deleted"])]
+        return [(self.usable_path(inside), sha) for path, sha in found
+                if not os.path.isabs(inside := self.stored_path(path))]
 
     def dropped_for(self, ids: list[int]) -> list[dict]:
         """Candidates dropped as near duplicates of these (`duplicate_of`), as curate confirmed them."""

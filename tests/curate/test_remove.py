@@ -572,6 +572,43 @@ def test_a_takedown_killed_after_its_commit_leaves_files_that_the_next_curate_de
         assert c.get(victim["id"])["status"] == "removed" and not Path(victim["file_path"]).exists()
 
 
+def test_the_files_sweep_never_reaches_outside_its_data_root(published, tmp_path):
+    """The takedowns record absolute paths. A data root renamed, and a new one made at its old path,
+    lost the new root's images to the old root's next curate or remove (the verify22 audit)."""
+    cfg, config, v1, world = published
+    victim, _ = first_ants_photo_and_crop(cfg)
+    photo = Path(victim["file_path"]).read_bytes()
+    remove_photos(cfg, "owner request", photo_id=victim["photo_id"])
+    moved = cfg.data_dir.with_name("data-old")
+    cfg.data_dir.rename(moved)
+    Path(victim["file_path"]).parent.mkdir(parents=True)      # a new root at the old path holds those bytes
+    Path(victim["file_path"]).write_bytes(photo)
+    old = cfg.model_copy(update={"data_dir": moved})
+    remove_photos(old, "another request", photo_id="no-such-photo")
+    curate(old)
+    assert Path(victim["file_path"]).exists()
+
+
+def test_a_file_the_takedown_cannot_delete_is_a_warning_not_a_stop_of_every_curate(published, monkeypatch, caplog):
+    """After the commit the deletion's error went up: the takedown printed only 'permission denied',
+    and every later curate and remove failed on that file (the verify22 audit)."""
+    cfg, config, v1, world = published
+    victim, _ = first_ants_photo_and_crop(cfg)
+    stuck, unlink = Path(victim["file_path"]), Path.unlink
+
+    def refused(self, *args, **kwargs):       # as `chattr +i` makes it, even for root
+        if self == stuck:
+            raise PermissionError(1, "Operation not permitted", str(self))
+        return unlink(self, *args, **kwargs)
+    monkeypatch.setattr(Path, "unlink", refused)
+    result = remove_photos(cfg, "owner request", photo_id=victim["photo_id"])
+    assert result.removed and stuck.exists() and "could not delete" in caplog.text
+    curate(cfg)                                    # not stopped by it
+    monkeypatch.undo()
+    curate(cfg)                                    # deletable again: the next curate deletes it
+    assert not stuck.exists()
+
+
 @pytest.mark.parametrize("how", ["undo", "restore"])
 def test_a_copy_rejected_in_review_before_its_curate_is_held_when_the_reject_is_undone(published, how):
     # The verify19 audit: a re-crop of a photo taken down was rejected in review while still only
