@@ -142,7 +142,7 @@ legacy_pickle.load = lambda f, **kw: _LegacyUnpickler(f, **kw).load()
 
 # The two names a training gives a folder that is not a bundle (yet, or any more): `<name>.tmp-<pid>-<hex>`
 # while it is written, `<name>.old-<pid>-<hex>` while its replacement takes the name.
-LEFTOVER_RE = re.compile(r".+\.(tmp|old)-\d+-\w+")
+LEFTOVER_RE = re.compile(r".+\.(tmp|old)-\d+-[0-9a-f]{8}")     # as train.py and move_into_place name them
 
 
 def leftover_why(path: Path) -> str | None:

@@ -41,9 +41,12 @@ def expand_inputs(items: list[str]) -> list[tuple[str, str | None]]:
     seen: set[str] = set()
     unique = []
     for path, error in out:
-        if error or path not in seen:
+        # one row per file however it is spelt (x.jpg, ./x.jpg, its absolute path, through a link:
+        # a `**` glob under a link to a parent folder named each image dozens of times)
+        key = path if error else os.path.realpath(path)
+        if key not in seen:
             unique.append((path, error))
-            seen.add(path)
+            seen.add(key)
     return unique
 
 

@@ -43,6 +43,18 @@ def test_folders_globs_and_lists_expand_in_order(tree, monkeypatch):
     assert len(got) == 7
 
 
+def test_a_file_named_several_ways_is_one_row(tmp_path, monkeypatch):
+    """x.jpg, ./x.jpg, its absolute path and a `**` glob under a link to a parent folder were each a
+    row (3 images came out as 328 inputs): the verify22 audit."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "in" / "x.jpg").write_bytes(b"x")
+    (tmp_path / "in" / "sub" / "loop").symlink_to(tmp_path / "in", target_is_directory=True)
+    got = expand_inputs(["in/x.jpg", "./in/x.jpg", str(tmp_path / "in" / "x.jpg"), "in/**/*.jpg", "gone.jpg",
+                         "gone.jpg"])
+    assert got == [("in/x.jpg", None), ("gone.jpg", "no such file or folder")]
+
+
 def test_a_fifo_or_a_dangling_link_is_a_row_with_its_reason_never_opened_or_dropped(tmp_path, monkeypatch):
     """A glob matching a FIFO hung predict until killed (opening one blocks); a link dangling inside a
     folder (an unmounted drive) was silently left out (audit realphoto22 #7)."""

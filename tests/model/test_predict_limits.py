@@ -137,3 +137,20 @@ def test_a_batch_that_fails_to_score_loses_no_other_result(bundle_and_images, tm
     assert "cannot score image: RuntimeError" in preds[2].error
     got = np.array([[p.probs[c] for c in bundle.vocab] for i, p in enumerate(preds) if i != 2])
     np.testing.assert_allclose(got, reference, atol=1e-5)
+
+
+def test_a_max_pixels_above_pillows_limit_is_the_limit_while_decoding(tmp_path):
+    """A 196 MP image under --max-pixels 250 MP was refused with Pillow's 'decompression bomb DOS
+    attack' (its own limit, 179 MP, applies in the header read and the decode): the verify22 audit.
+    Pillow's limit is raised to the user's for the decode only, and put back."""
+    from PIL import Image
+    from mlc_pipeline.model.predict import pillow_limit_at_least
+    bomb, default = png_bomb(tmp_path / "bomb.png", 14000), Image.MAX_IMAGE_PIXELS
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(bomb)
+    with pillow_limit_at_least(250_000_000):
+        with Image.open(bomb) as im:                 # the header: the decode is load_rgb's, as the default
+            assert im.size == (14000, 14000)
+    assert Image.MAX_IMAGE_PIXELS == default
+    with pillow_limit_at_least(64_000_000):          # the default 64 MP: Pillow's own limit stays
+        assert Image.MAX_IMAGE_PIXELS == default

@@ -28,8 +28,8 @@ def root(tmp_path):
     broken = models / BROKEN
     broken.mkdir()
     shutil.copy(models / SIGMOID / "bundle.json", broken / "bundle.json")
-    (models / f"{SIGMOID}.tmp-999-abc").mkdir()
-    shutil.copy(models / SIGMOID / "bundle.json", models / f"{SIGMOID}.tmp-999-abc" / "bundle.json")
+    (models / f"{SIGMOID}.tmp-999-0abc1234").mkdir()
+    shutil.copy(models / SIGMOID / "bundle.json", models / f"{SIGMOID}.tmp-999-0abc1234" / "bundle.json")
     for name, hour in ((SIGMOID, 10), (SOFTMAX, 11), (broken.name, 12)):   # the listing's order
         meta = json.loads((models / name / "bundle.json").read_text())
         meta["created_at"] = f"2026-12-01T{hour}:00:00+00:00"
@@ -117,6 +117,10 @@ def test_promote_and_compare_refuse_a_bundle_still_being_written_or_replaced(roo
         assert r.returncode == 2 and "is not a bundle" in r.stderr, r.stderr
     assert (models / "LATEST").read_text() == SIGMOID + "\n"
     assert leftover not in mlc("models", "-c", str(cfg)).stdout
+    backup = models.parent / "kite-model.old-2025-12"          # a user's own name: a bundle like any other
+    shutil.copytree(models / SOFTMAX, backup)
+    r = mlc("models", "-c", str(cfg), "--compare", "latest", str(backup))
+    assert r.returncode == 0 and "is not a bundle" not in r.stderr, r.stderr
 
 
 def test_models_and_promote_agree_on_what_a_usable_bundle_is(root):
