@@ -51,8 +51,10 @@ class Strict(BaseModel):
     def no_yes_no_for_a_number(cls, value: Any, info) -> Any:
         # YAML reads yes/no/on/off/true/false as booleans and pydantic takes True for 1:
         # `max_unknown_accepted: yes` was a cap of 1, none at all, and `epochs: true` one epoch
-        if isinstance(value, bool) and not takes_bool(cls.model_fields[info.field_name].annotation):
-            raise ValueError(f"{str(value).lower()} is a yes/no value, and this setting is not one (YAML reads "
+        items = value if isinstance(value, list) else [value]     # (a mapping is a section: checked inside)
+        said = next((v for v in items if isinstance(v, bool)), None)      # `licenses: [4, yes]` too
+        if said is not None and not takes_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"{str(said).lower()} is a yes/no value, and this setting is not one (YAML reads "
                              "yes, no, on, off, true and false as yes/no values)")
         return value
 

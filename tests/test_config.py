@@ -200,6 +200,7 @@ def test_store_credentials_of_any_fsspec_backend_are_refused_in_the_config(tmp_p
     ("train: {max_unknown_accepted: off}", "train.max_unknown_accepted"),   # was a cap of 0
     ("train: {epochs: true}", "train.epochs"),                              # was one epoch
     ("source: {per_host_concurrency: on}", "source.per_host_concurrency"),
+    ("source: {licenses: [4, yes]}", "source.licenses"),                    # was [4, 1]: a restricted licence
 ])
 def test_a_yes_no_value_for_a_number_is_refused_not_read_as_one_or_zero(tmp_path, text, key):
     """YAML reads yes/no/on/off/true/false as booleans, and pydantic took True for 1 and False for 0."""
