@@ -63,17 +63,15 @@ def calibrate_thresholds(probs: np.ndarray, targets: np.ndarray, mode: str = "pe
         return np.full(n_classes, _best_f1_threshold(probs.ravel(), targets.ravel(), f1_tolerance))
     thresholds = np.full(n_classes, DEFAULT_THRESHOLD)
     for c in range(n_classes):
-        n_pos = int(targets[:, c].sum())
+        n_pos, name = int(targets[:, c].sum()), f"class {classes[c]!r}" if classes else f"class column {c}"
         if n_pos == 0 or n_pos == len(targets):
             log.warning("%s has %d positives out of %d validation images: keeping threshold %.2f",
-                        f"class {classes[c]!r}" if classes else f"class column {c}", n_pos, len(targets),
-                        DEFAULT_THRESHOLD)
+                        name, n_pos, len(targets), DEFAULT_THRESHOLD)
             continue
         if mode == "per-class-f1":
             thresholds[c] = _best_f1_threshold(probs[:, c], targets[:, c], f1_tolerance)
         else:
-            thresholds[c] = _precision_threshold(probs[:, c], targets[:, c], target_precision,
-                                                 f"class {classes[c]!r}" if classes else f"class column {c}")
+            thresholds[c] = _precision_threshold(probs[:, c], targets[:, c], target_precision, name)
     return thresholds
 
 

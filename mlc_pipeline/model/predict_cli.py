@@ -62,7 +62,7 @@ def not_a_file(path: str) -> str | None:
     if stat.S_ISREG(mode):
         return None
     kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
-            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a folder" if stat.S_ISDIR(mode) else "special")
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special")    # (folders never come here)
     return f"not a regular file ({kind}): not read"
 
 
