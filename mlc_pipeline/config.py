@@ -6,13 +6,12 @@ secret) never live here: they come from the environment, see `mlc_pipeline.secre
 
 from __future__ import annotations
 
-
 import hashlib
 import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -27,9 +26,8 @@ LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
 RESERVED_LABELS = {"other"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")   # one safe path component: no '/', no '..'
 SPLIT_KEYS = ("train", "valid", "test")
-# Flickr licence ids that do not allow reuse as a dataset freely: all rights reserved, non-commercial
-# (NC) or no derivatives (ND). `source.licenses` including any of them is warned about at collect
-# time and stated on the data card. (flickr.photos.licenses.getInfo; ids are stable.)
+# Flickr licence ids (stable; flickr.photos.licenses.getInfo) not free for a dataset: all rights reserved,
+# non-commercial (NC) or no derivatives (ND). Warned about at collect time and stated on the data card.
 RESTRICTED_LICENSES = {0: "All Rights Reserved", 1: "CC BY-NC-SA 2.0", 2: "CC BY-NC 2.0", 3: "CC BY-NC-ND 2.0",
                        6: "CC BY-ND 2.0", 13: "CC BY-ND 4.0", 14: "CC BY-NC 4.0", 15: "CC BY-NC-SA 4.0",
                        16: "CC BY-NC-ND 4.0"}
@@ -45,12 +43,15 @@ def query_key(query: str) -> str:
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # nan: "should be a finite number", not "<= 1"
+    yes_no_means: ClassVar[dict[str, tuple[str, str]]] = {}   # field: what its no and yes stand for
 
     @field_validator("*", mode="before")
     @classmethod
     def no_yes_no_for_a_number(cls, value: Any, info) -> Any:
         # YAML reads yes/no/on/off/true/false as booleans and pydantic takes True for 1:
         # `max_unknown_accepted: yes` was a cap of 1, none at all, and `epochs: true` one epoch
+        if isinstance(value, bool) and info.field_name in cls.yes_no_means:
+            return cls.yes_no_means[info.field_name][value]
         items = value if isinstance(value, list) else [value]     # (a mapping is a section: checked inside)
         said = next((v for v in items if isinstance(v, bool)), None)      # `licenses: [4, yes]` too
         if said is not None and not takes_bool(cls.model_fields[info.field_name].annotation):
@@ -72,7 +73,6 @@ class RetrySettings(Strict):
 
 class LocalWorld(Strict):
     """The bundled Flickr-compatible server, started in-process on loopback (`source.kind: local`)."""
-
     port: int = Field(8765, ge=0, le=65535)   # fixed, so recorded image URLs stay valid across runs
     seed: int = 0
     scale: float = Field(1.0, gt=0, le=10)
@@ -187,6 +187,7 @@ class BuildSettings(Strict):
 class TrainSettings(Strict):
     arch: str = "auto"                # auto: a fine-tuned ImageNet net if weights are at hand, else weights.RECIPES' scratch
     pretrained: str = "auto"          # auto | imagenet | none | a weights file
+    yes_no_means = {"pretrained": ("none", "imagenet")}   # `pretrained: no` is from scratch
     image_size: int | None = Field(None, ge=16)   # None: the recipe's
     epochs: int | None = Field(None, ge=1)        # None: the recipe's (scratch: 45,000 images seen, 30-120)
     max_minutes: float | None = Field(None, gt=0)  # a fit plans its epochs to end within this (FitToBudget); null: all
@@ -361,8 +362,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> Config:
     except yaml.YAMLError as exc:
         raise ConfigError(f"config: {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"config: {path} must hold a YAML mapping (key: value lines), "
-                          f"not a {type(data).__name__}")
+        raise ConfigError(f"config: {path} must hold a YAML mapping (key: value lines), not a {type(data).__name__}")
     overrides = dict(overrides or {})
     if isinstance(overrides.get("data_dir"), str) and not URL_RE.match(overrides["data_dir"]):   # s3://... stays
         overrides["data_dir"] = str(Path.cwd() / overrides["data_dir"])   # an absolute path stays as it is

@@ -211,6 +211,16 @@ def test_a_yes_no_value_for_a_number_is_refused_not_read_as_one_or_zero(tmp_path
     assert load_config(write(tmp_path, GOOD + "\ntrain: {tta: yes, compare_baselines: off}\n")).train.tta is True
 
 
+@pytest.mark.parametrize("said, means", [("no", "none"), ("off", "none"), ("false", "none"),
+                                         ("yes", "imagenet"), ("true", "imagenet")])
+def test_pretrained_yes_or_no_means_imagenet_or_none(tmp_path, said, means):
+    """`pretrained: no` was refused as "not a yes/no setting" although it plainly says: from scratch."""
+    cfg = load_config(write(tmp_path, GOOD + f"\ntrain: {{pretrained: {said}}}\n"))
+    assert cfg.train.pretrained == means
+    assert load_config(write(tmp_path, GOOD), {"train": {"pretrained": said == "yes"}}).train.pretrained == \
+        ("imagenet" if said == "yes" else "none")          # --set train.pretrained=no reads the same
+
+
 @pytest.mark.parametrize("text, key", [("train: {max_unknown_accepted: .nan}", "train.max_unknown_accepted"),
                                        ("train: {lr: .inf}", "train.lr")])
 def test_nan_or_infinity_is_refused_as_not_finite(tmp_path, text, key):

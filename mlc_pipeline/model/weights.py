@@ -6,7 +6,7 @@
   (`WeightsEnum.get_state_dict` -> `torch.hub.load_state_dict_from_url`, hash-checked). Offline, or
   on any download error, training goes on from scratch after one warning.
 - `imagenet`: the same, but without the weights it is an error.
-- `none`: from scratch; never looks at the cache or the network.
+- `none` (YAML `no`; `yes` is `imagenet`): from scratch; never looks at the cache or the network.
 - a path: a state dict file (a torchvision network's, or an earlier mlcnet's), tensors only.
 
 `train.arch: auto` (default) picks a recipe from that: `RECIPES['pretrained']` (a torchvision
