@@ -453,3 +453,22 @@ def test_cli_serve_flickr_help_and_serving():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("photo_id", ["../../escaped", "a/b", "..", "x" * 65, "id with space", ""])
+def test_a_photo_id_that_is_not_one_safe_name_is_refused_before_anything_is_fetched(tmp_path, photo_id):
+    """Photo ids come from a remote API and name the file: one like `../../x` must never become a path."""
+    from mlc_pipeline.collect.download import Downloader, DownloadJob
+    from mlc_pipeline.config import SourceSettings
+    with FlickrServer(WorldSpec(seed=2, scale=0.05)) as srv:
+        photo = srv.world.photos[0]
+        url = f"http://{srv.static_host}/static/{photo.server}/{photo.id}_{photo.secret}.jpg"
+        results = []
+        Downloader(SourceSettings(), [srv.static_host], tmp_path / "raw").run_into(
+            [DownloadJob(1, photo_id, url), DownloadJob(2, photo.id, url)], results.append)  # same URL, own id
+        served = srv.stats()["image_requests"]
+    refused, kept = sorted(results, key=lambda r: r.cid)
+    assert not refused.ok and refused.reason == "unsafe-photo-id" and refused.path is None
+    assert served == 1, "the unsafe id was fetched"
+    assert kept.ok and kept.path.is_relative_to(tmp_path / "raw")
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [kept.path]
