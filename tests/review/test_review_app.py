@@ -1124,3 +1124,35 @@ def test_a_photo_not_curated_yet_can_be_rejected_and_stays_out_once_curated(root
     with Catalog(cfg.catalog_path, readonly=True) as c:
         assert c.get(target["id"])["status"] == "accepted"
     assert target["photo_id"] not in {r["photo_id"] for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
+
+
+def test_the_original_of_a_bomb_or_a_file_too_large_is_never_served(root):
+    """docs/review.md "Files": `/file/<id>` answers 403 for a file quarantined as a decompression bomb or
+    as too large, so the browser is never handed it; the originals of accepted images are served."""
+    import yaml
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.config import load_config
+    from mlc_pipeline.curate import curate
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        rows = sorted(c.candidates("status='accepted'"), key=lambda r: r["bytes"])
+    bytes_cap = rows[-3]["bytes"]                        # the 2 largest files become too large
+    pixels_cap = sorted(r["img_width"] * r["img_height"] for r in rows[:-2])[-3]    # and 2 more bombs
+    raw = yaml.safe_load(Path(config).read_text())
+    raw["source"]["max_image_bytes"], raw["curate"]["max_pixels"] = bytes_cap, pixels_cap
+    Path(config).write_text(yaml.safe_dump(raw))
+    curate(load_config(config))
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        after = {r["id"]: r for r in c.candidates()}
+    refused = {cid: r["verify_reason"] for cid, r in after.items()
+               if (r["verify_reason"] or "").startswith(("decompression-bomb", "file-too-large"))}
+    assert sorted(set(refused.values())) == ["decompression-bomb", "file-too-large"], refused
+    kept = [cid for cid, r in after.items() if r["status"] == "accepted"]
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        for cid, reason in refused.items():
+            assert Path(after[cid]["file_path"]).is_file(), "the quarantined file is still there: a 404 proves nothing"
+            res = client.get(f"/file/{cid}")
+            assert res.status_code == 403 and reason in res.text, (cid, res.status_code)
+        good = client.get(f"/file/{kept[0]}")
+        assert good.status_code == 200 and good.content == Path(after[kept[0]]["file_path"]).read_bytes()
