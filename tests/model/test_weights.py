@@ -410,3 +410,30 @@ def test_a_cache_folder_that_cannot_be_written_is_named_not_the_download(torch_h
     assert events == []                 # the network was never the problem, and never tried
     assert mlc_main(["weights", "list"]) == 0       # still a listing, that says why it stays missing
     assert f"cannot be made: {afile} is not a folder" in capsys.readouterr().out.splitlines()[0]
+
+
+class RunsCode:
+    """Unpickling this runs a command: what a hostile .pth holds (docs/training.md "Trust model")."""
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_weights_file_that_would_run_code_is_refused_and_never_runs_it(torch_home, tmp_path, caplog):
+    """Weights files, a user's and the cached ImageNet one, are read as tensors only (weights_only):
+    a pickle holding a callable is refused, and what it would run never runs."""
+    marker = tmp_path / "ran"
+    hostile = tmp_path / "r18.pth"
+    torch.save({**fake_imagenet_file(hostile), "fc.bias": RunsCode(marker)}, hostile)
+    with pytest.raises(ValueError, match="not a weights file torch can load"):
+        W.resolve_training(TrainConfig(pretrained=str(hostile)))
+    assert not marker.exists(), "loading the file ran its code"
+    cached = W.cache_path(R18)                                  # the same file as torchvision's cached one
+    cached.parent.mkdir(parents=True)
+    shutil.copy(hostile, cached)
+    manifest = hymenoptera_manifest(tmp_path / "ds")
+    with pytest.raises(ValueError, match="resnet18-f37072fd.pth: not a weights file torch can load"):
+        train_model(manifest, tmp_path / "bundle", TrainConfig(pretrained="auto", **TINY))
+    assert not marker.exists(), "the cached ImageNet file ran its code"
