@@ -1,0 +1,62 @@
+"""What decides that round 0 trains again (shipping.round0_key): the weights a training would get now,
+and the training code. Real files: a weights file in TORCH_HOME, a copy of the package with one file
+changed. (The shipping rules on metrics are in test_pipeline.py.)"""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mlc_pipeline import shipping
+from mlc_pipeline.config import parse_config
+from mlc_pipeline.fsutil import sha256_file
+
+PACKAGE = Path(shipping.__file__).parent
+
+
+def config(**train):
+    return parse_config({"classes": {"a": {"queries": ["a"], "count": 1}}, "other": {"queries": ["o"], "count": 1},
+                         "train": train})
+
+
+def test_the_weights_at_hand_name_what_a_training_would_start_from_now(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    cached = tmp_path / "torch-home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert shipping.weights_at_hand(config()) == "imagenet:resnet18:not cached"
+    assert shipping.weights_at_hand(config(pretrained="imagenet")) == "imagenet:resnet18:not cached"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"weights")                  # read by name only: no torch.load here
+    assert shipping.weights_at_hand(config()) == "imagenet:resnet18:cached"      # weights arrived: train again
+    assert shipping.weights_at_hand(config(arch="resnet34")) == "imagenet:resnet34:not cached"
+    assert shipping.weights_at_hand(config(arch="mlcnet")) == "none"   # no ImageNet weights for it
+    assert shipping.weights_at_hand(config(pretrained="none")) == "none"
+    assert shipping.weights_at_hand(config(pretrained=False)) == "none"
+    mine = tmp_path / "mine.pth"
+    assert shipping.weights_at_hand(config(pretrained=str(mine))) == f"missing:{mine}"
+    mine.write_bytes(b"one")
+    first = shipping.weights_at_hand(config(pretrained=str(mine)))
+    mine.write_bytes(b"two")                        # the same path, other content: train again
+    second = shipping.weights_at_hand(config(pretrained=str(mine)))
+    assert first.startswith("file:") and first != second and second == f"file:{sha256_file(mine)}"
+    keys = {str(shipping.round0_key(config(pretrained=p))) for p in ("auto", "none", str(mine))}
+    assert len(keys) == 3
+
+
+@pytest.mark.parametrize("edit, retrains", [("model/train.py", True), ("model/losses.py", True),
+                                            ("review/app.py", False), ("curate/stage.py", False)])
+def test_a_change_to_the_training_code_and_only_to_it_moves_the_fingerprint(tmp_path, monkeypatch, edit, retrains):
+    """The fingerprint reads the package beside shipping.py: here a copy of it, then the copy edited."""
+    copy = tmp_path / "mlc_pipeline"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(shipping, "__file__", str(copy / "shipping.py"))
+    before = shipping.training_code_fingerprint()
+    assert before == fingerprint_here(), "a copy of the same code must give the same fingerprint"
+    with open(copy / edit, "a") as f:
+        f.write("\n# one more line\n")
+    assert (shipping.training_code_fingerprint() != before) is retrains
+
+
+def fingerprint_here() -> str:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(shipping, "__file__", str(PACKAGE / "shipping.py"))
+        return shipping.training_code_fingerprint()
