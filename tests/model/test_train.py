@@ -759,4 +759,18 @@ def test_test_time_flips_calibrate_on_the_scores_they_are_used_with(tmp_path, mo
                                                       pretrained="none"))
     df = read_manifest_frame(manifest)
     valid = list(df.loc[df["split"] == "valid", "abs_path"])
-    np.testing.assert_allclose(seen["probs"], score_paths(load_bundle(tmp_path / "b"), valid), atol=1e-4)
+    bundle = load_bundle(tmp_path / "b")
+    used = score_paths(bundle, valid)
+    np.testing.assert_allclose(seen["probs"], used, atol=1e-4)
+    # ... and those scores are the mean of the picture's and its mirror image's (the mirrors saved as
+    # lossless files and scored plainly): with test-time flips gone from both sides, this fails
+    from PIL import Image
+    mirrored = []
+    for i, path in enumerate(valid):
+        with Image.open(path) as im:
+            im.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / f"m{i}.png")
+        mirrored.append(tmp_path / f"m{i}.png")
+    bundle.meta["config"]["tta"] = False
+    plain, mirror = score_paths(bundle, valid), score_paths(bundle, mirrored)
+    assert np.abs(plain - mirror).max() > 1e-3, "mirror images score like the pictures: a useless test"
+    np.testing.assert_allclose(used, (plain + mirror) / 2, atol=1e-4)
