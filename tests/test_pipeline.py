@@ -7,6 +7,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from helpers import ENV, MLC
 
 from mlc_pipeline.catalog import Catalog
@@ -429,6 +431,12 @@ def test_a_shipped_model_that_cannot_be_scored_lets_round_0_ship(tmp_path, caplo
     out = run_stages(cfg, Broken([(0.2, 0.4)], [("v2", True)], [0.3], {}))
     assert out.shipped == "default-v2-r0" == (cfg.layout.models / "LATEST").read_text().strip()
     assert "could not be scored on v2 (OSError: bundle damaged): round 0's model ships" in caplog.text
+
+    class Buggy(ShippedModelStages):
+        def assess(self, cfg, bundle_dir, ds):
+            return {}["metrics"]                 # a bug, not a damaged bundle: it is not hidden
+    with pytest.raises(KeyError):
+        run_stages(cfg, Buggy([(0.2, 0.4)], [("v3", True)], [0.3], {}))
 
 
 def test_a_later_runs_mining_rounds_are_numbered_on_from_the_catalog(tmp_path):
