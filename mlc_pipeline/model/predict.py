@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import struct
 import threading
 import warnings
 from contextlib import contextmanager
@@ -34,6 +35,9 @@ BATCH_PIXELS = 100_000_000   # decoded pixels held at once (3 bytes each as RGB)
 
 
 CANNOT_SCORE = "cannot score image"
+# What decoding a bad file raises (Pillow's plugins: OSError, SyntaxError, struct.error, ...);
+# any other type on every input is the code's fault, not the files'
+BAD_FILE = (OSError, ValueError, SyntaxError, EOFError, struct.error, MemoryError, ArithmeticError, IndexError)
 
 
 class ScoringFailed(RuntimeError):
@@ -114,7 +118,7 @@ def _score(bundle: Bundle, paths: list, batch_size: int, max_pixels: int, batch_
     feats = np.full((len(paths), _last_linear(bundle.learn.model).in_features), np.nan, dtype=np.float32) if embed else None
     errors: dict[int, str] = {}
     chunk: list[tuple[int, object]] = []
-    held = 0
+    held = odd = 0                    # odd: decoding failures of a type no bad file raises (a bug's)
     with progress.bar("score images", total=len(paths)) as bar:
         for i, path in enumerate(paths):
             try:
@@ -125,6 +129,7 @@ def _score(bundle: Bundle, paths: list, batch_size: int, max_pixels: int, batch_
                 continue
             except Exception as exc:  # PIL raises many types for a bad file; each becomes a row error
                 errors[i] = f"cannot decode image: {type(exc).__name__}: {exc}"
+                odd += not isinstance(exc, BAD_FILE)
                 bar.advance()
                 continue
             pixels = image.width * image.height
@@ -145,6 +150,9 @@ def _score(bundle: Bundle, paths: list, batch_size: int, max_pixels: int, batch_
         # that adds nothing).
         raise ScoringFailed(f"{bundle.path.name}: none of the {decoded} decoded images could be scored "
                             f"({failed[0]})")
+    if len(paths) >= 2 and odd == len(paths):      # the same for the decoder (the tests23 audit)
+        raise ScoringFailed(f"none of the {len(paths)} images could be decoded, each with an error no bad file "
+                            f"raises ({errors[0]})")
     if errors:
         log.warning("%d of %d images could not be scored (first: %s)", len(errors), len(paths),
                     next(iter(errors.values())))

@@ -89,6 +89,29 @@ def test_a_network_that_fails_on_every_image_is_an_error_not_rows_of_nan(manifes
     assert np.isnan(probs).all() and "cannot score image" in errors[0]    # one image: its row says why
 
 
+def test_a_decoder_that_fails_on_every_image_with_a_bug_is_an_error_not_rows_of_nan(bundle, manifest_df, tmp_path,
+                                                                                      monkeypatch):
+    """The same for the decoding step: every input failing with an error no bad file raises (here an
+    AttributeError) is the code's fault; mining then added nothing and said only a warning."""
+    from mlc_pipeline.model import predict
+    paths = _paths(manifest_df, split="test")[:3]
+    real = predict._decode
+
+    def buggy(path, *args):
+        real(path, *args)
+        return None.width                           # an AttributeError after a good decode
+
+    monkeypatch.setattr(predict, "_decode", buggy)
+    with pytest.raises(predict.ScoringFailed, match=r"none of the 3 images could be decoded.*AttributeError"):
+        predict.score_with_errors(bundle, paths)
+    monkeypatch.undo()
+    bad = [tmp_path / f"bad{i}.jpg" for i in range(3)]         # bad files: rows with reasons, no error
+    for path in bad:
+        path.write_text("not an image")
+    probs, errors = predict.score_with_errors(bundle, bad)
+    assert np.isnan(probs).all() and all("cannot decode image" in e for e in errors.values())
+
+
 def test_features_come_with_the_same_scores_and_say_what_the_network_sees(bundle, manifest_df, tmp_path):
     red = _paths(manifest_df, split="test", labels="red")[:6]
     blue = _paths(manifest_df, split="test", labels="blue")[:6]
