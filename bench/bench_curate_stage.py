@@ -24,8 +24,9 @@ hard links to the files), so every run verifies and hashes every file afresh.
   mode imports the CLI and calls `cli.main`, what `python -m mlc_pipeline.cli` runs). Timed two ways:
   the whole process, and from after its imports of the CLI and the curate stage to the end.
 - baseline: a fresh process runs imagededup `PHash().find_duplicates(image_dir=DIR,
-  max_distance_threshold=10)` (encode + search) and fastai `verify_images` on the same files (a flat
-  folder of links to them). Timed two ways: the whole process, and from after its imports (fastai
+  max_distance_threshold=THRESHOLD)` (encode + search; THRESHOLD is the product's own
+  `curate.hamming_threshold`, set on our side too, so both search the same distance) and fastai
+  `verify_images` on the same files (a flat folder of links to them). Timed two ways: the whole process, and from after its imports (fastai
   imports torch: seconds) to the end, as bench_curate.py times it.
 
 The sides run alternately, `--repeat` times each; the best run of each is reported. CPU time is
@@ -62,10 +63,12 @@ import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from mlc_pipeline.config import CurateSettings  # noqa: E402 -- this checkout's, as the children's PYTHONPATH
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 EDITS = ("exact", "jpeg50", "crop5", "corner5")
 ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("FLICKR_")}, "PYTHONPATH": str(ROOT)}
-THRESHOLD = 10
+THRESHOLD = CurateSettings().hamming_threshold  # both sides' search distance (bits of a 64-bit phash)
 
 
 # ---- the file sets -------------------------------------------------------------------------------
@@ -147,6 +150,7 @@ def config_for(world: Path, out: Path) -> Path:
                    "local": {"port": 0, "folder": str(world), "query_map": {s: s for s in subs}}},
         "classes": {s: {"queries": [s], "count": counts[s]} for s in classes},
         "other": {"queries": [other], "count": counts[other]},
+        "curate": {"hamming_threshold": THRESHOLD},
     }
     path = out / "cfg.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -265,7 +269,20 @@ def pairs_ours(keeper: dict[str, str]) -> set[frozenset]:
 
 
 def pairs_baseline(found: dict[str, list[str]]) -> set[frozenset]:
-    return {frozenset((a, b)) for a, dups in found.items() for b in dups}
+    """Its lists grouped as ours are (connected groups): a copy listed only beside another copy of the
+    same photo counts, as it does for us (a user removing what the lists name drops both)."""
+    root = {f: f for f in found}
+
+    def find(f):
+        while root[f] != f:
+            root[f] = root[root[f]]
+            f = root[f]
+        return f
+    for a, dups in found.items():
+        for b in dups:
+            root.setdefault(b, b)
+            root[find(a)] = find(b)
+    return pairs_ours({f: find(f) for f in root})
 
 
 def quality(pairs: set[frozenset], origin: dict[str, str], copies) -> tuple[dict[str, str], int]:
@@ -310,7 +327,7 @@ def bench_set(name: str, args, tmp: Path) -> dict:
 
 def print_table(results: list[dict], repeat: int) -> None:
     print(f"\nbaseline: imagededup PHash().find_duplicates(image_dir, max_distance_threshold={THRESHOLD}) "
-          f"+ fastai verify_images; ours: `mlc curate` (cli.main). Each run a fresh process; best of {repeat} "
+          f"+ fastai verify_images; ours: `mlc curate` (cli.main), curate.hamming_threshold {THRESHOLD}. Each run a fresh process; best of {repeat} "
           "each. 'whole': the process from start to exit; 'post-import': from after its imports to the end.\n")
     print("| file set | ours: whole / post-import | baseline: whole / post-import | speed-up, whole | "
           "speed-up, post-import |")

@@ -6,9 +6,11 @@ corner crops (5 % and 10 % off the left and top edges), 8 % off the left edge al
 corner). All files go through the production `inspect_files`.
 
 Methods, on the same files in the same run:
-- `phash<=10`: the full-image phash within 10 bits (what curation used alone before issue 13).
-- `ours`: any view (full, 5 % and 10 % centre crops) within 10 bits, confirmed by
+- `phash<=T`: the full-image phash within T bits (what curation used alone before issue 13).
+- `ours`: any view (full, 5 % and 10 % centre crops) within T bits, confirmed by
   `similarity.FileSimilarity` >= CONFIRM (what curation drops now).
+T is `--threshold`, by default the product's `curate.hamming_threshold` (12 since 2026-12-06; the
+figures recorded before that day were taken at 10).
 - imagededup's PHash / DHash / WHash / AHash `find_duplicates` at their default thresholds, when
   imagededup is installed (`pip install -e .[bench]`).
 
@@ -36,12 +38,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mlc_pipeline.config import CurateSettings  # noqa: E402
 from mlc_pipeline.curate.hashing import hamming, hex_to_uint64, inspect_files  # noqa: E402
 from mlc_pipeline.curate.neardup import find_pairs  # noqa: E402
 from mlc_pipeline.curate.similarity import CONFIRM, FileSimilarity  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-THRESHOLD = 10
+THRESHOLD = CurateSettings().hamming_threshold
 EDITS = ("resize50", "jpeg50", "crop5", "crop10", "corner5", "corner10", "left8", "rotate3", "watermark")
 
 
@@ -91,7 +94,7 @@ def pair_set(pairs: np.ndarray, owner: np.ndarray) -> set[tuple[int, int]]:
 
 
 def ours(records, paths) -> tuple[set, set, float]:
-    "(phash<=10 pairs, confirmed pairs, seconds to confirm); indices into records."
+    "(phash<=THRESHOLD pairs, confirmed pairs, seconds to confirm); indices into records."
     full = pair_set(find_pairs(hex_to_uint64([r.phash for r in records]), THRESHOLD), np.arange(len(records)))
     views = [(k, h) for k, r in enumerate(records) for h in [r.phash, *r.view_hashes.split(",")]]
     owner = np.array([k for k, _ in views])

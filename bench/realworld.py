@@ -20,7 +20,11 @@ Worlds (a user's config in miniature; probes are a kind under no query, never tr
 
     .venv/bin/python bench/realworld.py --world insects [--set train.epochs=40 ...] [--no-alternatives]
 
-Prints both sides' macro F1 and unknown-accepted rates, the ratios, and the product's curve.
+Prints both sides' macro F1 and unknown-accepted rates, the ratios, and the product's curve, and
+which weights the product started from: at its default (`pretrained: auto`) a machine with ImageNet
+weights at hand gives a pretrained product against a from-scratch baseline, which the output then
+says is not like for like (`--set train.pretrained=none` makes it so). Every run recorded in
+docs/benchmarks.md was offline: both sides from scratch.
 """
 
 from __future__ import annotations
@@ -241,8 +245,15 @@ def main() -> int:
         print(f"| {name} | {m['macro_f1']:.3f} | {pct(m['unknown_accepted'])} | {pct(m['probe_accepted'])} "
               f"| {m.get('train_seconds', '')} |")
     product = metrics[last.bundle]
+    # The seeds' side always trains from scratch; the product's default (`pretrained: auto`) takes
+    # ImageNet weights when they are at hand: say which, so a pretrained product is never read as a
+    # from-scratch win (add `--set train.pretrained=none` for like against like)
+    weights = json.loads((models / last.bundle / "bundle.json").read_text()).get("pretrained", "none")
+    like_for_like = weights == "none"
     print(f"\nproduct = round {last.round} ({last.bundle}), the model the run ships"
           + (f"; {result.not_shipped}" if result.not_shipped else ""))
+    print(f"product's starting weights: {weights}" + ("" if like_for_like else
+          " -- the seeds' recipe trains from scratch: NOT a like-for-like comparison"))
     verdicts = []
     for name, m in seeds.items():
         f1_ratio = f"x{product['macro_f1'] / m['macro_f1']:.2f}" if m["macro_f1"] else "n/a (baseline 0)"
@@ -265,6 +276,7 @@ def main() -> int:
         Path(args.json).write_text(json.dumps({"world": args.world, "seed": args.seed, "rows": dict(rows),
                                                "product_seconds": product_seconds, "stages": result.seconds,
                                                "both_axes": verdicts, "goal": goal,
+                                               "product_weights": weights, "like_for_like": like_for_like,
                                                "pool_decisions": mined}, indent=2, default=str))
     return 0 if verdicts and all(verdicts) else 1
 
