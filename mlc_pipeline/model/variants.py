@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 VARIANTS = {
     "sigmoid-negatives": {"head": "sigmoid", "other_mode": "negative"},   # the product default until 2026-12-02
     "sigmoid-other-class": {"head": "sigmoid", "other_mode": "class"},    # the product default
-    "softmax-other-class": {"head": "softmax", "other_mode": "class"},    # the seeds' single-label recipe
+    "softmax-other-class": {"head": "softmax", "other_mode": "class"},    # the seeds' single-label head
 }
 
 

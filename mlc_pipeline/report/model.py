@@ -92,7 +92,7 @@ def data_warnings(result, models_dir: Path) -> list[str]:
 
 # Said under the table when a run trained no comparison head (train.compare_baselines is off by default).
 ALTERNATIVES_OFF_TEXT = ("No comparison heads were trained in this run. To see the product against an explicit "
-                         "'other' class and the seeds' softmax on the same data, run with "
+                         "'other' class and a softmax head (the seeds' kind of head) on the same data, run with "
                          "`--set train.compare_baselines=true` (each costs as much as the product model).")
 ALTERNATIVES_OFF = ("<p id='alternatives-off'>" + html.escape(ALTERNATIVES_OFF_TEXT).replace(
     "`--set train.compare_baselines=true`", "<code>--set train.compare_baselines=true</code>") + "</p>")
