@@ -23,7 +23,15 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))   # helpers.py, shapes.py for tests in every sub-folder
-from helpers import free_port, tiny_config  # noqa: E402
+from helpers import FIXTURES, free_port, tiny_config  # noqa: E402
+
+
+def pytest_sessionstart(session):
+    """Under CI the real photos must be there: without them ten modules (the takedown tests among
+    them) skip, as they do on a developer's machine without ../shared, and a skip is easy to miss."""
+    if os.environ.get("CI") and not FIXTURES.is_dir():
+        raise pytest.UsageError(f"CI is set and the fixture photos are missing: {FIXTURES} (../shared beside "
+                                "the checkout)")
 
 
 @pytest.fixture

@@ -121,7 +121,6 @@ def test_a_download_that_finishes_as_the_run_stops_is_recorded(tmp_path, monkeyp
         return res
 
     monkeypatch.setattr(download.Downloader, "fetch", slow_to_unwind)
-    monkeypatch.setattr(download, "STOP_WAIT_S", 0.05, raising=False)    # the bounded wait, where it exists
     recorded = []
 
     def record(res):
