@@ -569,7 +569,19 @@ def test_migrate_refuses_an_outdated_copy_and_rolls_back_a_failed_verification(p
         assert c.candidates() == [] and c.runs() == []
         assert c.db.execute("SELECT COUNT(*) AS n FROM events").fetchone()["n"] == 0
     monkeypatch.undo()
-    assert copy.copy_catalog(source, fresh).copied["candidates"] == 3
+    result = copy.copy_catalog(source, fresh)
+    assert result.copied["candidates"] == 3
+    # the real check on copies that differ (made after the copy, by hand, as a faulty copy would leave them)
+    with Catalog(source) as src, Catalog(fresh) as dst:
+        copy.verify(src, dst, result)                                  # the copy as made: nothing to say
+        with dst.transaction():
+            dst.db.execute("UPDATE candidates SET photo_id='p-other' WHERE id=2")
+        with pytest.raises(CatalogError, match=r"candidate 2 is \('flickr', '2'\) in .* but \('flickr', 'p-other'\)"):
+            copy.verify(src, dst, result)
+        with dst.transaction():
+            dst.db.execute("DELETE FROM events WHERE id=(SELECT MAX(id) FROM events)")
+        with pytest.raises(CatalogError, match=r"row counts differ .*events \d+ in SQLite, \d+ in PostgreSQL"):
+            copy.verify(src, dst, result)
 
 
 def test_a_migrate_killed_mid_copy_leaves_nothing_and_the_rerun_completes(postgres_server, pg_url, tmp_path):
