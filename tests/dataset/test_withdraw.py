@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ENV, MLC, free_port, tiny_config
+from helpers import ENV, MLC, free_port, tiny_config, tree_digest
 from mlc_pipeline import objectstore, sync
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import load_config
@@ -56,7 +56,9 @@ def test_withdraw_on_a_local_data_root(tmp_path: Path):
     with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:      # indexes v1 and v2
         assert "<td>v2</td>" in client.get(f"/image/{kept['id']}").text
 
+    v1_before = tree_digest(root / "v1")
     out = mlc("withdraw", "v2", "--reason", "  built  from a bad config ", config=config).stdout
+    assert tree_digest(root / "v1") == v1_before, "withdrawing v2 touched v1 (files they share included)"
     assert "dataset default v2: withdrawn (built from a bad config)" in out and "latest is now v1" in out, out
     assert f"exports of it under {cfg.data_dir / 'exports'} (kept: delete them): {export}" in out
     assert versions(root) == ["v1"] and latest_version(root) == "v1"
@@ -137,7 +139,11 @@ def test_withdraw_on_an_object_store_reaches_every_cache(s3_server, tmp_path: Pa
     store().write_text("models/LATEST", "m-on-v2\n")
     store().write_text("models/broken/bundle.json", "{not json")          # skipped with a warning, not an error
     store().write_text("models/broken/_COMPLETE", json.dumps({"bundle": "broken", "files": {}}))
+    v1_key = "datasets/default/v1"
+    v1_before = {k: store().sha256(k) for k in store().listing(v1_key)}
+    assert len(v1_before) > 3
     out = mlc("withdraw", "v2", "--reason", "holds a photo taken down", config=config_a).stdout
+    assert {k: store().sha256(k) for k in store().listing(v1_key)} == v1_before, "v1's objects changed"
     assert "v2: withdrawn" in out and f"object(s) deleted from {a.data_url}" in out and "latest is now v1" in out
     assert "model bundles trained on it (kept: retrain, or delete them): m-on-v2 (the store's LATEST)" in out, out
     assert sorted(store().listing(key)) == [f"{key}/.claim", f"{key}/_WITHDRAWN"]
