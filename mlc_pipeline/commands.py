@@ -4,7 +4,6 @@ it did. Parsing, logging and turning errors into one-line messages is cli.py's j
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import sys
@@ -12,7 +11,6 @@ from pathlib import Path
 
 from mlc_pipeline.config import ConfigError, load_config, parse_overrides
 from mlc_pipeline.dataset.verify import VersionDamaged
-from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.manifest import UnknownVersion, requested_version
 
 log = logging.getLogger("mlc")
@@ -287,31 +285,8 @@ def cmd_run(args) -> int:
 
 def cmd_weights(args) -> int:
     """Pre-fetch torchvision's ImageNet weights (for copying to machines without internet), or list the cache."""
-    from mlc_pipeline.model import weights as w
-    if args.action == "list":
-        rows = w.cached_weights([args.arch] if args.arch else None)
-        if not args.all and not args.arch:
-            rows = [r for r in rows if r["cached"] or r["arch"] == w.RECIPES["pretrained"]["arch"]]
-        home = w.hub_checkpoints_dir()
-        there = next((d for d in (home, *home.parents) if d.exists()), home)    # what stands in its place
-        print(f"torch hub cache: {home}" + ("" if there.is_dir() else f" (cannot be made: {there} is not a folder)"))
-        for r in rows:
-            print(f"{r['arch']:<22} {'cached ' if r['cached'] else 'missing'}  {r['weights']:<40} {Path(r['file']).name}")
-        return 0
-    arch = args.arch or w.RECIPES["pretrained"]["arch"]
-    try:
-        weights = w.imagenet_weights(arch)
-        cached = w.cache_path(weights, args.dest)
-        if cached.is_file():
-            path = cached
-        else:  # torch.hub announces the download on stdout; failing, one line on stderr says it all
-            with contextlib.redirect_stdout(io.StringIO()):
-                path = w.download(weights, args.dest, progress=True, timeout=args.timeout)
-    except (ValueError, w.WeightsUnavailable) as exc:
-        print(f"mlc weights fetch: {arch}: {exc}", file=sys.stderr)
-        return 1
-    print(f"{w.weights_name(weights)}\n{path}\nsha256 {sha256_file(path)}")
-    return 0
+    from mlc_pipeline.model.weights_cli import weights_command
+    return weights_command(args)
 
 
 def cmd_remove(args) -> int:

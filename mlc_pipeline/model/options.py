@@ -92,8 +92,6 @@ def check_train_settings(cfg, weights: bool = True) -> None:
     if not weights or choice in ("auto", "none"):
         return
     try:
-        named.resolve_training(options)
-        if choice != "imagenet" and options.arch != "auto":
-            named.load_state(choice)        # resolve_training reads the file itself only for arch: auto
+        named.resolve_training(options)     # reads a weights file, the cached one too (weights.misfit)
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(f"config: train.pretrained: {exc}") from None

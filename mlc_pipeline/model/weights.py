@@ -19,8 +19,10 @@ moving download still finishes) and are off altogether when the environment sets
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
+import io
 import logging
 import os
 import pickle
@@ -87,7 +89,6 @@ class WeightsUnavailable(RuntimeError):
 @dataclass(frozen=True)
 class WeightsChoice:
     """What training starts from, as recorded in bundle.json under "weights"."""
-
     pretrained: str                   # 'none' | 'imagenet' | the weights file path given
     arch: str                         # the network actually trained
     recipe: str                       # 'pretrained' | 'scratch': where unset image_size/epochs/lr/batch_size came from
@@ -162,7 +163,9 @@ def download(weights, model_dir: str | Path | None = None, progress: bool = Fals
         raise WeightsUnavailable(f"cannot write the weights cache {model_dir}: {exc.strerror or exc}{where}; nothing "
                                  f"was downloaded (set TORCH_HOME, or --dest, to a folder you can write)") from None
     try:
-        with _socket_timeout(DOWNLOAD_TIMEOUT_S if timeout is None else timeout):
+        # torch.hub announces each download on stdout, failing ones too: offline, `mlc run` said it downloaded
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S if timeout is None else timeout), \
+                contextlib.redirect_stdout(io.StringIO()):
             # Also torch.load()s the file once: a download that is not a state dict fails here.
             weights.get_state_dict(model_dir=str(model_dir), progress=progress, check_hash=True, weights_only=True)
     except DOWNLOAD_ERRORS as exc:
@@ -179,6 +182,10 @@ def find_or_download(arch: str) -> tuple[object, Path]:
     weights = imagenet_weights(arch)
     cached = cache_path(weights)
     if cached.is_file():
+        # read now: a truncated file, or another network's, crashed a run after it collected (weights23)
+        if problem := misfit(arch, cached):
+            raise WeightsUnavailable(f"{cached} is in the cache but {problem}: delete it, then fetch it again "
+                                     f"(`mlc weights fetch {arch}`)")
         return weights, cached
     if _offline():
         raise WeightsUnavailable(f"not in {cached.parent}, and downloads are off ({OFFLINE_ENV}={os.environ[OFFLINE_ENV]})")
@@ -191,20 +198,6 @@ def find_or_download(arch: str) -> tuple[object, Path]:
     except WeightsUnavailable as exc:
         _failed_downloads[weights.url] = (time.monotonic(), str(exc))
         raise WeightsUnavailable(f"not in {cached.parent}, and {exc}") from None
-
-
-def cached_weights(archs: list[str] | None = None) -> list[dict]:
-    """For `mlc weights list`: each torchvision classification network's default weights, and
-    whether the cache holds their file (all networks when `archs` is None; cached ones first)."""
-    rows = []
-    for arch in archs or torchvision.models.list_models(module=torchvision.models):
-        try:
-            weights = imagenet_weights(arch)
-        except ValueError:
-            continue
-        path = cache_path(weights)
-        rows.append({"arch": arch, "weights": weights_name(weights), "file": str(path), "cached": path.is_file()})
-    return sorted(rows, key=lambda r: (not r["cached"], r["arch"]))
 
 
 # ---------------------------------------------------------------- resolving a training config
@@ -229,12 +222,24 @@ def load_state(path: str | Path) -> dict:
         raise ValueError(f"{path}: not a weights file torch can load ({' '.join(str(exc).split())[:200]})") from None
 
 
-def _fits(arch: str, path: Path) -> bool:
-    """Whether a state dict file is a whole `arch` torchvision network (same keys and shapes)."""
-    state = load_state(path)
-    model = getattr(torchvision.models, arch)(weights=None).state_dict()
-    return (isinstance(state, dict) and state.keys() == model.keys()
-            and all(getattr(state[k], "shape", None) == v.shape for k, v in model.items()))
+def misfit(arch: str, path: Path) -> str | None:
+    """Why a weights file cannot start network `arch` (None: it can): a whole torchvision network's
+    state dict (same keys and shapes), or for mlcnet an earlier mlcnet model's (its body, `0.*`)."""
+    try:
+        state = load_state(path)
+    except ValueError as exc:
+        return str(exc).removeprefix(f"{Path(path).expanduser()}: ")
+    if not isinstance(state, dict):
+        return f"holds a {type(state).__name__}, not a state dict"
+    if nets.is_local_arch(arch):
+        model = {f"0.{k}": v for k, v in nets.mlcnet(2, arch)[0].state_dict().items()}
+        state = {k: v for k, v in state.items() if k.startswith("0.")}
+    else:
+        model = getattr(torchvision.models, arch)(weights=None).state_dict()
+    if state.keys() != model.keys() or any(getattr(state[k], "shape", None) != v.shape for k, v in model.items()):
+        kind = "an earlier mlcnet model's" if nets.is_local_arch(arch) else "a torchvision"
+        return f"is not {kind} {arch} weights (other layers or shapes)"
+    return None
 
 
 def scratch_epochs(n_train: int | None) -> int:
@@ -263,8 +268,12 @@ def resolve_training(cfg, n_train: int | None = None):
         path = Path(choice).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"pretrained weights file not found: {path}")
-        if auto_arch and not _fits(arch, path):
-            arch = RECIPES["scratch"]["arch"]   # taken as an earlier mlcnet's state dict, as before arch: auto
+        if auto_arch and misfit(arch, path) and not misfit(RECIPES["scratch"]["arch"], path):
+            arch = RECIPES["scratch"]["arch"]   # an earlier mlcnet's state dict, as before arch: auto
+        if problem := misfit(arch, path):       # checked before collecting, not first at training
+            raise ValueError(f"{path} {problem}" + (f"; with arch: auto it must be {arch}'s or an earlier "
+                             f"{RECIPES['scratch']['arch']} model's: name its network with train.arch"
+                             if auto_arch else ""))
         pretrained, extra = str(path), {"file": str(path), "sha256": sha256_file(path)}
     elif nets.is_local_arch(arch):
         if choice == "imagenet":

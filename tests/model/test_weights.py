@@ -251,11 +251,12 @@ def test_a_weights_path_picks_the_network_it_fits(tmp_path):
 
 # ---------------------------------------------------------------- (2) no weights: one warning, scratch
 
-def test_failed_download_falls_back_to_scratch_with_one_warning(torch_home, serve_weights, tmp_path, caplog):
+def test_failed_download_falls_back_to_scratch_with_one_warning(torch_home, serve_weights, tmp_path, caplog, capfd):
     server = serve_weights(503)
     manifest = hymenoptera_manifest(tmp_path / "ds")
     result = train_model(manifest, tmp_path / "bundle", TrainConfig(**TINY))
     assert server.requests == ["/models/resnet18-f37072fd.pth"]   # torchvision did try to download
+    assert "Downloading" not in capfd.readouterr().out      # torch.hub's line said it was, and it was not
     warnings = warnings_in(caplog)
     assert len(warnings) == 1, warnings
     assert "training from scratch" in warnings[0] and "503" in warnings[0] and "mlc weights fetch" in warnings[0]
@@ -386,6 +387,19 @@ def test_weights_fetch_and_list_with_a_file_at_hand(torch_home, tmp_path, capsys
     assert any(l.startswith("resnet18") and "cached" in l for l in capsys.readouterr().out.splitlines())
     assert mlc_main(["weights", "fetch", "mlcnet"]) == 1
     assert "not a torchvision.models network" in capsys.readouterr().err
+    assert mlc_main(["weights", "fetch", "auto"]) == 0            # arch auto's network
+    assert capsys.readouterr().out.startswith("ResNet18_Weights.IMAGENET1K_V1\n")
+    assert mlc_main(["weights", "list", "resnet99"]) == 2         # said, not an empty listing
+    assert "'resnet99' is not a torchvision.models network" in capsys.readouterr().err
+    # a cached file that is not resnet18's weights: listed as unusable, and never offered for copying
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(),
+               torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    assert mlc_main(["weights", "list"]) == 0
+    [line] = [l for l in capsys.readouterr().out.splitlines() if l.startswith("resnet18")]
+    assert "unusable" in line and "is not a torchvision resnet18 weights (other layers or shapes): delete it" in line
+    assert mlc_main(["weights", "fetch", "resnet18"]) == 1
+    err = capsys.readouterr().err
+    assert "is there but is not a torchvision resnet18 weights" in err and "delete it, then fetch again" in err
 
 
 def test_a_cache_folder_that_cannot_be_written_is_named_not_the_download(torch_home, tmp_path, capsys, monkeypatch):
@@ -434,6 +448,42 @@ def test_a_weights_file_that_would_run_code_is_refused_and_never_runs_it(torch_h
     cached.parent.mkdir(parents=True)
     shutil.copy(hostile, cached)
     manifest = hymenoptera_manifest(tmp_path / "ds")
-    with pytest.raises(ValueError, match="resnet18-f37072fd.pth: not a weights file torch can load"):
-        train_model(manifest, tmp_path / "bundle", TrainConfig(pretrained="auto", **TINY))
+    result = train_model(manifest, tmp_path / "bundle", TrainConfig(pretrained="auto", **TINY))
+    assert result.pretrained_used == "none"                     # auto: from scratch, after one warning
+    [warning] = warnings_in(caplog)
+    assert "resnet18-f37072fd.pth is in the cache but not a weights file torch can load" in warning, warning
     assert not marker.exists(), "the cached ImageNet file ran its code"
+
+
+def test_weights_that_do_not_fit_the_network_are_refused_before_anything_runs(torch_home, tmp_path, caplog):
+    """Another network's weights (resnet34's under resnet18's cache name, or given as a file for arch
+    resnet18) passed the checks and crashed training after a run had collected and published: now
+    `imagenet` and a file are one line before collecting, and `auto` falls back after one warning."""
+    from mlc_pipeline.config import ConfigError
+    from mlc_pipeline.model.options import check_train_settings
+    other = tmp_path / "r34.pth"
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), other)
+    cached = W.cache_path(R18)
+    cached.parent.mkdir(parents=True)
+    shutil.copy(other, cached)
+    base = "classes: {a: {queries: [a], count: 1}}\nother: {queries: [o], count: 1}\n"
+    (tmp_path / "c.yaml").write_text(base)
+
+    def settings(**train):
+        return load_config(tmp_path / "c.yaml", {"train": train})
+    with pytest.raises(ConfigError, match=r"resnet18-f37072fd.pth is in the cache but is not a torchvision "
+                                          r"resnet18 weights \(other layers or shapes\)") as err:
+        check_train_settings(settings(pretrained="imagenet"))
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"r34.pth is not a torchvision resnet18 weights"):
+        check_train_settings(settings(pretrained=str(other), arch="resnet18"))
+    junk = tmp_path / "junk.pth"
+    torch.save({"layer.weight": torch.zeros(3)}, junk)
+    with pytest.raises(ConfigError, match=r"junk.pth is not a torchvision resnet18 weights.*name its network "
+                                          r"with train.arch"):
+        check_train_settings(settings(pretrained=str(junk)))
+    check_train_settings(settings(pretrained=str(other), arch="resnet34"))          # its own network: fine
+    cfg, choice = W.resolve_training(TrainConfig(pretrained="auto"))
+    assert choice.pretrained == "none" and cfg.arch == W.RECIPES["scratch"]["arch"]
+    assert "is in the cache but is not a torchvision resnet18 weights" in choice.fallback
+    assert len(warnings_in(caplog)) == 1
