@@ -143,6 +143,18 @@ def test_an_unknown_arch_fails_before_collecting(tmp_path):
     check_train_settings(load_config(write(tmp_path, GOOD), {"train": {"arch": "resnet18"}}))
 
 
+@pytest.mark.parametrize("arch, why", [("mobilenet_v2", "no pooling layer to cut the body at"),
+                                       ("vit_b_16", "no pooling layer"), ("maxvit_t", "NotImplementedError")])
+def test_a_torchvision_network_fastai_cannot_build_fails_before_collecting(tmp_path, arch, why):
+    """These names passed the check and failed at training, after the run had collected."""
+    from mlc_pipeline.model.options import check_train_settings
+    cfg = load_config(write(tmp_path, GOOD), {"train": {"arch": arch, "pretrained": "none"}})
+    with pytest.raises(ConfigError, match=f"^config: train.arch: {arch} cannot be trained here .*{why}") as failed:
+        check_train_settings(cfg)
+    assert "\n" not in str(failed.value)
+    check_train_settings(load_config(write(tmp_path, GOOD), {"train": {"arch": "mobilenet_v3_small"}}))
+
+
 def test_relative_data_dir_is_taken_from_the_config_files_folder(tmp_path, monkeypatch):
     (tmp_path / "project").mkdir()
     elsewhere = tmp_path / "elsewhere"

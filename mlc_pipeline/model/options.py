@@ -78,8 +78,9 @@ def check_train_settings(cfg, weights: bool = True) -> None:
     """The training options as train_model will see them (arch, head...) and, with `weights`, the
     weights `pretrained` names (a file torch can read, or 'imagenet': from the cache, or downloaded
     now), checked before a run spends an hour collecting: a ConfigError, one line naming the problem.
-    `pretrained: auto` is not tried here: it falls back with a warning at training. Imports torch,
-    not fastai. A continued training (`mlc train --continue`) takes the bundle's network: weights=False."""
+    `pretrained: auto` is not tried here: it falls back with a warning at training. Imports torch, and
+    fastai only for a torchvision `arch` named explicitly (`check_network`). A continued training
+    (`mlc train --continue`) takes the bundle's network: weights=False."""
     from pydantic import ValidationError
 
     from mlc_pipeline.config import error_line
@@ -88,6 +89,8 @@ def check_train_settings(cfg, weights: bool = True) -> None:
     except ValidationError as exc:
         raise ConfigError(f"config: {error_line(exc, 'train')}") from None
     from mlc_pipeline.model import weights as named
+    if weights:
+        check_network(options)
     choice = named.pretrained_choice(options.pretrained)
     if not weights or choice in ("auto", "none"):
         return
@@ -95,3 +98,27 @@ def check_train_settings(cfg, weights: bool = True) -> None:
         named.resolve_training(options)     # reads a weights file, the cached one too (weights.misfit)
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(f"config: train.pretrained: {exc}") from None
+
+
+def check_network(options: TrainConfig) -> None:
+    """A torchvision `arch` named explicitly is built the way training builds it (fastai's body and
+    head) and run once at each image size training may use: mobilenet_v2, vit_b_16 and others passed
+    the name check and then failed at training, after a run had collected (the weights23 audit)."""
+    if options.arch == "auto" or nets.is_local_arch(options.arch):
+        return
+    import torch
+    from fastai.vision.learner import create_vision_model
+
+    from mlc_pipeline.model.weights import RECIPES, SCRATCH_IMAGE_SIZE_MIXED
+    sizes = {options.image_size} if options.image_size else \
+        {RECIPES["pretrained"]["image_size"], RECIPES["scratch"]["image_size"], SCRATCH_IMAGE_SIZE_MIXED}
+    try:
+        model = create_vision_model(getattr(torchvision.models, options.arch), n_out=2, pretrained=False).eval()
+        with torch.no_grad():
+            for size in sorted(sizes):
+                model(torch.zeros(1, 3, size, size))
+    except Exception as exc:  # noqa: BLE001 -- whatever fails, the run must not start: said in one line
+        raise ConfigError(f"config: train.arch: {options.arch} cannot be trained here (fastai's body and head, at "
+                          f"{'/'.join(map(str, sorted(sizes)))} px): {type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:200] or 'no pooling layer to cut the body at'}; "
+                          f"choose another network, e.g. resnet18 or mobilenet_v3_small") from None
