@@ -239,6 +239,12 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         # fastai's `predict`/decoded preds use the loss's thresh; a per-class tensor broadcasts over
         # the class axis, so `learn.predict` on the exported learner agrees with the bundle.
         learn.loss_func.thresh = torch.tensor(thresholds, dtype=torch.float32)
+    elif cfg.max_unknown_accepted is not None:      # said, not silently dropped (the curve23 audit)
+        said = (f"train.max_unknown_accepted {cfg.max_unknown_accepted:g} was not applied: a softmax head has no "
+                "thresholds to move (the highest of the classes and 'other' decides), so nothing bounded what "
+                "this model accepts of unknown images; the sigmoid head (the default) is calibrated under the cap")
+        log.warning("%s", said)
+        warnings = [*(warnings or []), said]
     valid_metrics = evaluate(valid_probs, valid_targets, thresholds, vocab, head=cfg.head)
     mined = _mined_valid_mask(rows)
     if mined.any():

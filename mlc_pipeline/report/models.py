@@ -26,12 +26,17 @@ def network(info: BundleInfo) -> str:
 
 def cap(meta: dict) -> str:
     """The `train.max_unknown_accepted` a bundle was calibrated at: what tells bundles trained at
-    different operating points apart. 'none' trained without a cap; 'n/a' before the setting."""
+    different operating points apart. 'none' trained without a cap; 'n/a' before the setting; '(not
+    applied)' when training could not apply it (a softmax head; no 'other' image in validation)."""
     config = meta.get("config") or {}
     if "max_unknown_accepted" not in config:
         return "n/a"
     value = config["max_unknown_accepted"]
-    return "none" if value is None else f"{value:g}"
+    if value is None:
+        return "none"
+    unapplied = meta.get("head") == "softmax" or any(
+        w.startswith(f"train.max_unknown_accepted {value:g} was not applied") for w in meta.get("warnings") or [])
+    return f"{value:g} (not applied)" if unapplied else f"{value:g}"
 
 
 def bundles_table(infos: list[BundleInfo]) -> str:

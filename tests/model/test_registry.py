@@ -58,7 +58,7 @@ def test_models_lists_every_bundle_with_its_metrics_and_marks_latest(root):
 def test_models_shows_the_cap_each_bundle_was_calibrated_at(root):
     """Bundles trained at different train.max_unknown_accepted (0.2, none, 0) looked alike in the table."""
     cfg, models = root
-    for name, value in ((SIGMOID, 0.2), (SOFTMAX, None), (BROKEN, 0.0)):
+    for name, value in ((SIGMOID, 0.2), (SOFTMAX, 0.05), (BROKEN, 0.0)):
         meta = json.loads((models / name / "bundle.json").read_text())
         meta["config"]["max_unknown_accepted"] = value
         (models / name / "bundle.json").write_text(json.dumps(meta))
@@ -68,7 +68,14 @@ def test_models_shows_the_cap_each_bundle_was_calibrated_at(root):
     column = [c.strip() for c in header.split("|")].index("max_unknown_accepted")
     rows = {row.split("|")[2].strip(): row.split("|")[column].strip()
             for row in r.stdout.splitlines() if row.startswith("| ") and "default-" in row}
-    assert rows == {SIGMOID: "0.2", SOFTMAX: "none", BROKEN: "0"}
+    # a softmax head has no thresholds: its cap was never applied, and its training said so (curve23)
+    assert rows == {SIGMOID: "0.2", SOFTMAX: "0.05 (not applied)", BROKEN: "0"}
+    assert any(w.startswith("train.max_unknown_accepted 0.05 was not applied: a softmax head")
+               for w in json.loads((models / SOFTMAX / "bundle.json").read_text())["warnings"])
+    from mlc_pipeline.report.models import cap
+    assert cap({"config": {"max_unknown_accepted": None}}) == "none"
+    no_other = "train.max_unknown_accepted 0.05 was not applied: the validation split holds no 'other' image"
+    assert cap({"config": {"max_unknown_accepted": 0.05}, "warnings": [no_other]}) == "0.05 (not applied)"
 
 
 def test_compare_puts_two_bundles_side_by_side_with_what_differs(root):
