@@ -213,6 +213,11 @@ def cmd_predict(args) -> int:
                           "(or the older `mlc predict BUNDLE IMAGE...`)")
     else:
         bundle, inputs = args.inputs[0], args.inputs[1:]
+    ignored = [item for item in args.set or [] if item.partition("=")[0].startswith(("train.", "mine."))]
+    if ignored:          # `--set train.max_unknown_accepted=1` was accepted and changed nothing (curve23)
+        print(f"mlc predict: {', '.join(ignored)} changes nothing here: a trained model decides with its own "
+              "thresholds (bundle.json); another operating point means training again (docs/training.md)",
+              file=sys.stderr)
     return run_predict(bundle, inputs, models_dir_of(args), args.json, args.max_pixels)
 
 

@@ -110,6 +110,18 @@ def test_every_input_failing_is_exit_1(tmp_path, capsys):
     assert "notes.jpg: error: cannot decode image" in out and "*.jpg: error: no file matches this pattern" in out
 
 
+def test_a_training_setting_given_to_predict_is_said_to_change_nothing(capsys):
+    """`--set train.max_unknown_accepted=1` was accepted silently and the thresholds stayed the bundle's."""
+    manifest, bundle = trained_bundle()
+    image = str(manifest.parent / "images" / "red_000.jpg")
+    assert main(["predict", "--model", str(bundle), image]) == 0
+    plain = capsys.readouterr()
+    assert main(["predict", "--set", "train.max_unknown_accepted=1", "--model", str(bundle), image]) == 0
+    out, err = capsys.readouterr()
+    assert out == plain.out                                          # the same decision, as said:
+    assert "mlc predict: train.max_unknown_accepted=1 changes nothing here" in err and "training again" in err
+
+
 def test_predict_prints_no_library_warnings():
     manifest, bundle = trained_bundle()
     res = subprocess.run(MLC + ["predict", "--model", str(bundle), str(manifest.parent / "images" / "red_000.jpg")],
