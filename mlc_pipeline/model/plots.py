@@ -65,7 +65,7 @@ def curve_figure(curves: dict[str, list[dict]], title: str = ""):
             if chosen is not None and chosen[key] is not None:
                 ax.plot(100 * chosen[key], chosen["macro_f1"], "*", color=colour, ms=STAR_SIZE, mec="black")
     ax.set_xlabel("unknown images accepted as a class (%)  —  lower is better")
-    ax.set_ylabel("macro F1 on class images (test)")
+    ax.set_ylabel("macro F1 of the classes (test)")    # over every test image, "other" ones included
     # x never goes below 0, but a star at 0 (no unknown accepted: the point to be at) must show whole
     ax.set_xlim(left=-0.04 * max(ax.get_xlim()[1], 1.0))
     ax.grid(alpha=0.3)

@@ -82,7 +82,7 @@ def other_set_warnings(rows: list[dict]) -> list[str]:
         return ["no 'other' images in the training split: the model never sees an image of none of its "
                 "classes and cannot learn to say 'none of these' (add `other` queries or raise other.count)"]
     if other < mean:
-        return [f"'other' has {other} training images, fewer than the classes' mean of {mean:.0f}: "
+        return [f"'other' has {other} training images, fewer than the classes' mean of {mean:g}: "
                 "the model will accept more unknown images (add `other` queries or raise other.count)"]
     return []
 

@@ -309,7 +309,9 @@ def manifest_rows(n_class: dict[str, int], n_other: int) -> list[dict]:
 def test_other_set_warnings_rules():
     assert other_set_warnings(manifest_rows({"a": 100, "b": 60}, 80)) == []
     [few] = other_set_warnings(manifest_rows({"a": 100, "b": 60}, 79))
-    assert few.startswith("'other' has 79 training images, fewer than the classes' mean of 80")
+    assert few.startswith("'other' has 79 training images, fewer than the classes' mean of 80:")
+    [close] = other_set_warnings(manifest_rows({"a": 132, "b": 133}, 132))    # said "... mean of 132" (curve23)
+    assert close.startswith("'other' has 132 training images, fewer than the classes' mean of 132.5:")
     [none] = other_set_warnings(manifest_rows({"a": 10}, 0))
     assert none.startswith("no 'other' images in the training split")
     assert other_set_warnings([]) == []
