@@ -79,7 +79,16 @@ def calibrate_capped(probs: np.ndarray, targets: np.ndarray, classes: list[str],
                      start: np.ndarray | None = None, f1_tolerance: float = DEFAULT_F1_TOLERANCE) -> np.ndarray:
     """Per-class thresholds that accept at most `max_accepted` of the held-out "other" images (rows
     with no real label), keeping as much macro F1 as that allows: `capping_path` + `pick_capped`."""
-    return pick_capped(capping_path(probs, targets, classes, start, f1_tolerance), max_accepted)
+    path = capping_path(probs, targets, classes, start, f1_tolerance)
+    return pick_capped(path, max_accepted, f1=path_f1(path, probs, targets, classes))
+
+
+def path_f1(path: list[tuple[int, int, np.ndarray]], probs: np.ndarray, targets: np.ndarray,
+            classes: list[str]) -> list[float]:
+    """Each point's validation macro F1 over the real classes (what `capping_path` walks by)."""
+    probs, targets = _as_2d(probs, targets)
+    real = real_class_indices(classes)
+    return [_macro_f1(probs[:, real], targets[:, real], np.asarray(thr)[real]) for _, _, thr in path]
 
 
 def allowed_other(max_accepted: float, n_other: int, tolerance: float = CAP_TOLERANCE) -> int:
@@ -94,16 +103,22 @@ def allowed_other(max_accepted: float, n_other: int, tolerance: float = CAP_TOLE
 
 
 def pick_capped(path: list[tuple[int, int, np.ndarray]], max_accepted: float,
-                tolerance: float = CAP_TOLERANCE) -> np.ndarray:
-    """The first point of a `capping_path` that accepts at most `allowed_other` of its "other" rows.
-    With no "other" row there is nothing to cap: the path's start is returned (cap_warning says so)."""
+                tolerance: float = CAP_TOLERANCE, f1: list[float] | None = None) -> np.ndarray:
+    """The point of a `capping_path` with the highest validation macro F1 (`f1`, from `path_f1`; ties:
+    the one accepting fewer) among those that accept at most `allowed_other` of its "other" rows.
+    Without `f1`, the first such point. F1 usually falls along the path, but a step that drops two
+    "other" rows at once can be followed by a higher F1: the first point then was worse on both axes
+    than a later one under the same cap (the curve23 audit). With no "other" row there is nothing to
+    cap: the path's start is returned (cap_warning says so)."""
     if not 0 <= max_accepted <= 1:
         raise ValueError(f"max_accepted must be in [0, 1], got {max_accepted}")
     n_other = path[0][1]
     if not n_other:             # cap_warning says so, in the bundle's warnings
         return path[0][2]
     allowed = allowed_other(max_accepted, n_other, tolerance)
-    return next(thr for n_acc, _, thr in path if n_acc <= allowed)
+    under = [i for i, (n_acc, _, _) in enumerate(path) if n_acc <= allowed]
+    best = under[0] if f1 is None else max(under, key=lambda i: (f1[i], i))     # later = fewer accepted
+    return path[best][2]
 
 
 def cap_warning(probs: np.ndarray, targets: np.ndarray, classes: list[str], start: np.ndarray,

@@ -5,7 +5,7 @@ import pytest
 
 from mlc_pipeline.model.metrics import (
     allowed_other, calibrate_capped, calibrate_thresholds, cap_warning, capping_path, evaluate, fpr_at_tpr95,
-    operating_curve, pick_capped, predict_matrix, probe_by_query, targets_from_labels,
+    operating_curve, path_f1, pick_capped, predict_matrix, probe_by_query, targets_from_labels,
 )
 from mlc_pipeline.report.tables import compare_table
 
@@ -201,11 +201,15 @@ def test_capping_path_removes_one_other_image_at_a_time_cheapest_first():
     np.testing.assert_allclose(path[3][2], [0.8, 0.775])
 
 
-def test_calibrate_capped_takes_the_first_point_under_the_cap():
+def test_calibrate_capped_takes_the_best_point_under_the_cap():
     start = np.array([0.4, 0.25])
     np.testing.assert_allclose(calibrate_capped(CAP_PROBS, CAP_TARGETS, CLASSES, 0.25, start=start), [0.8, 0.45])
     np.testing.assert_allclose(calibrate_capped(CAP_PROBS, CAP_TARGETS, CLASSES, 0.0, start=start), [0.8, 0.775])
-    np.testing.assert_allclose(calibrate_capped(CAP_PROBS, CAP_TARGETS, CLASSES, 1.0, start=start), start)
+    # F1 along this path: 0.73, 0.83, 0.90, 0.83 (3, 2, 1, 0 accepted): under any cap that allows one
+    # image the 0.90 point wins, the start (3 accepted at 0.73) being worse on both axes
+    np.testing.assert_allclose(calibrate_capped(CAP_PROBS, CAP_TARGETS, CLASSES, 1.0, start=start), [0.8, 0.45])
+    path = capping_path(CAP_PROBS, CAP_TARGETS, CLASSES, start=start)
+    np.testing.assert_allclose(pick_capped(path, 1.0), start)          # without F1s: the first point, as before
     with pytest.raises(ValueError, match="max_accepted"):
         calibrate_capped(CAP_PROBS, CAP_TARGETS, CLASSES, 1.5)
 
@@ -226,6 +230,33 @@ def test_pick_capped_on_39_other_images_takes_the_two_image_point():
     path = [(3, 39, np.array([0.1])), (2, 39, np.array([0.2])), (0, 39, np.array([0.9]))]
     np.testing.assert_allclose(pick_capped(path, 0.05), [0.2])
     np.testing.assert_allclose(pick_capped(path, 0.05, tolerance=0.0), [0.9])   # the old collapse
+
+
+def test_a_looser_cap_never_picks_a_point_worse_on_both_axes_than_a_tighter_one():
+    """The curve23 audit's path: 5/10 "other" accepted at F1 0.639, 4 at 0.602, 2 at 0.556, 1 at
+    0.566, 0 at 0.450. A cap of 0.2 took the first point under it (2/10, 0.556) while 0.1 took 1/10 at
+    0.566: worse on both axes. The best F1 under the cap is taken now (ties: fewer accepted)."""
+    vocab = ["a", "b", "other"]
+    rng = np.random.default_rng(48)
+    lab = np.array([0] * 12 + [1] * 12 + [2] * 10)
+    targets = np.zeros((len(lab), 3), int)
+    targets[np.arange(len(lab)), lab] = 1
+    probs = rng.uniform(0, 1, (len(lab), 3))
+    probs[lab == 0, 0] += 0.3
+    probs[lab == 1, 1] += 0.3
+    probs = np.clip(probs, 0, 1)
+    path = capping_path(probs, targets, vocab)
+    f1 = path_f1(path, probs, targets, vocab)
+    assert [n for n, _, _ in path] == [5, 4, 2, 1, 0] and f1[3] > f1[2], "not the audit's path: a useless test"
+    accepted = lambda thr: int((probs[lab == 2][:, :2] >= thr[:2]).any(1).sum())
+    assert accepted(calibrate_capped(probs, targets, vocab, 0.2)) == 1 == accepted(calibrate_capped(probs, targets,
+                                                                                                   vocab, 0.1))
+    for cap in np.linspace(0, 1, 21):               # over every cap: never dominated by a tighter cap's point
+        loose, tight = pick_capped(path, cap, f1=f1), pick_capped(path, cap / 2, f1=f1)
+        i, j = (next(k for k, p in enumerate(path) if p[2] is t) for t in (loose, tight))
+        assert not (path[j][0] <= path[i][0] and f1[j] > f1[i]), (cap, i, j)
+    tie = [(2, 10, np.array([0.1])), (1, 10, np.array([0.2])), (0, 10, np.array([0.9]))]
+    np.testing.assert_allclose(pick_capped(tie, 0.2, f1=[0.5, 0.6, 0.6]), [0.9])    # a tie: fewer accepted
 
 
 def test_a_cap_that_costs_a_class_is_a_warning():
