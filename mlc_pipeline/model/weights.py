@@ -26,6 +26,7 @@ import io
 import logging
 import os
 import pickle
+import re
 import socket
 import tempfile
 import time
@@ -218,8 +219,15 @@ def load_state(path: str | Path) -> dict:
     path = Path(path).expanduser()
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise ValueError(f"{path}: not a weights file torch can load ({' '.join(str(exc).split())[:200]})") from None
+    except Exception as exc:  # noqa: BLE001 -- a file that is not one: the unpickler raises KeyError too
+        # torch's text is pages long, coloured, and advises loading unsafely: only what was refused
+        why = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:was not an allowed|Check the documentation|$)",
+                        str(exc), re.S)
+        if why and "fastai.learner.Learner" in why.group(1):
+            raise ValueError(f"{path}: a whole fastai model (a bundle's export.pkl), not a weights file; to "
+                             "go on from a bundle's network use `mlc train --continue BUNDLE`") from None
+        text = " ".join((why.group(1) if why else re.sub(r"\x1b\[[0-9;]*m", "", str(exc))).split())
+        raise ValueError(f"{path}: not a weights file torch can load ({text[:200]})") from None
 
 
 def misfit(arch: str, path: Path) -> str | None:

@@ -487,3 +487,18 @@ def test_weights_that_do_not_fit_the_network_are_refused_before_anything_runs(to
     assert choice.pretrained == "none" and cfg.arch == W.RECIPES["scratch"]["arch"]
     assert "is in the cache but is not a torchvision resnet18 weights" in choice.fallback
     assert len(warnings_in(caplog)) == 1
+
+
+def test_a_bundles_export_given_as_weights_points_to_continue_without_torchs_advice(tmp_path):
+    """`pretrained: <bundle>/export.pkl` gave torch's text: colour codes, cut mid-word, and its advice to
+    load the file unsafely (the weights23 audit)."""
+    from shapes import trained_bundle
+    with pytest.raises(ValueError) as err:
+        W.load_state(trained_bundle()[1] / "export.pkl")
+    said = str(err.value)
+    assert "a whole fastai model (a bundle's export.pkl), not a weights file" in said and "--continue" in said
+    assert "\x1b" not in said and "weights_only" not in said and "\n" not in said
+    (tmp_path / "text.pth").write_text("hello")
+    with pytest.raises(ValueError, match=r"text.pth: not a weights file torch can load \(") as err:
+        W.load_state(tmp_path / "text.pth")
+    assert "\x1b" not in str(err.value) and "weights_only" not in str(err.value)
