@@ -53,3 +53,20 @@ def test_a_url_requests_cannot_call_is_the_configs_fault_not_a_reply():
         got = classify(exc, "http://x/")
         assert isinstance(got, SourceError) and not isinstance(got, Transient)
         assert "source.rest_url cannot be called" in str(got)
+
+
+def test_the_configured_call_budget_is_the_one_the_api_calls_obey():
+    """`source.max_calls_per_hour` reaches the client: past the burst (a minute of the budget) each call
+    waits its share of the hour. Real calls to the bundled server; the limiter's sleep is recorded
+    instead of slept (the limiter's own rule is tested in test_retry.py)."""
+    from mlc_pipeline.flickr_server import FlickrServer, WorldSpec
+    with FlickrServer(WorldSpec(seed=2, scale=0.05)) as srv:
+        source = FlickrSource(SourceSettings(kind="flickr", rest_url=srv.rest_url, max_calls_per_hour=120),
+                              Credentials("k" * 32, "s" * 16), "flickr")
+        waits = []
+        source.limiter.sleep = waits.append
+        for _ in range(5):
+            source.call("photos.search", expect="photos", text="kite", per_page=10)
+        assert srv.stats()["api_calls"] == 5
+    assert waits and len(waits) == 5 - 2               # 120 an hour: a burst of 2, then ~30.5 s a call
+    assert all(w == pytest.approx(3600 / 118, rel=0.01) for w in waits[:1])
