@@ -109,6 +109,8 @@ def retry_condition(task, task_run, state) -> bool:
     if exc is None:
         try:
             exc = state.result(raise_on_failure=False)
-        except Exception as err:     # the result could not be read: do not guess, retry
+        except Exception as err:     # the result could not be read: do not guess, retry (and say so)
+            logging.getLogger(__name__).warning("could not read why %s failed (%s: %s): retrying it",
+                                                getattr(task, "name", "the task"), type(err).__name__, err)
             exc = err
     return not isinstance(exc, BaseException) or is_retryable(exc)
