@@ -57,6 +57,16 @@ def test_backoff_is_capped():
     assert all(0 <= backoff_delay(a, 0.5, 4.0) <= 4.0 for a in range(20))
 
 
+def test_backoff_grows_with_each_attempt_up_to_the_cap():
+    """Full jitter: uniform in [0, min(max, base * 2**attempt)]. A delay that stayed 0 passed the cap test."""
+    import random
+    rng = random.Random(0)
+    for attempt, ceiling in ((0, 0.5), (1, 1.0), (2, 2.0), (3, 4.0), (6, 4.0)):
+        draws = [backoff_delay(attempt, 0.5, 4.0, rng) for _ in range(2000)]
+        assert max(draws) <= ceiling and max(draws) > 0.95 * ceiling       # reaches its ceiling
+        assert abs(sum(draws) / len(draws) - ceiling / 2) < 0.05 * ceiling  # uniform: mean at half of it
+
+
 @pytest.mark.parametrize("url, ok", [
     ("https://live.staticflickr.com/1/2_x.jpg", True),
     ("http://live.staticflickr.com:80/1/2_x.jpg", True),
