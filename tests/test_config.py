@@ -231,6 +231,8 @@ def test_pretrained_yes_or_no_means_imagenet_or_none(tmp_path, said, means):
     assert cfg.train.pretrained == means
     assert load_config(write(tmp_path, GOOD), {"train": {"pretrained": said == "yes"}}).train.pretrained == \
         ("imagenet" if said == "yes" else "none")          # --set train.pretrained=no reads the same
+    from mlc_pipeline.model.weights import pretrained_choice
+    assert pretrained_choice(f'"{said}"'.strip('"')) == means     # quoted, a string: the same (weights23)
 
 
 @pytest.mark.parametrize("text, key", [("train: {max_unknown_accepted: .nan}", "train.max_unknown_accepted"),

@@ -207,10 +207,10 @@ def pretrained_choice(pretrained) -> str:
     """'none', 'auto', 'imagenet' or a weights file's path, from any spelling `pretrained` takes."""
     choice = str(pretrained).strip()
     low = choice.lower()
-    if low in ("none", "false", "scratch", ""):
+    if low in ("none", "false", "no", "off", "scratch", ""):     # quoted "no" as YAML's no (a file: ./no)
         return "none"
-    if low in ("auto", "imagenet", "true"):
-        return "imagenet" if low == "true" else low
+    if low in ("auto", "imagenet", "true", "yes", "on"):
+        return low if low in ("auto", "imagenet") else "imagenet"
     return choice  # a path
 
 
