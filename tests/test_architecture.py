@@ -155,5 +155,5 @@ def test_the_checks_see_real_imports(graph):
     assert "mlc_pipeline.model.bundle" in graph["mlc_pipeline.model.predict"]
     assert "mlc_pipeline.manifest" in graph["mlc_pipeline.model.train"]
     assert "mlc_pipeline.curate.stage" in graph["mlc_pipeline.pipeline"]
-    assert "mlc_pipeline.model.weights" in graph["mlc_pipeline.commands"]     # `from mlc_pipeline.model import weights`
+    assert "mlc_pipeline.model.weights" in graph["mlc_pipeline.model.weights_cli"]   # `from ...model import weights`
     assert len(graph) > 40
