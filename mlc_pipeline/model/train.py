@@ -48,7 +48,8 @@ from mlc_pipeline.model.precision import training_precision
 from mlc_pipeline.manifest import read_manifest_frame
 from mlc_pipeline.model.plots import plot_curves, plot_losses
 from mlc_pipeline.fsutil import sha256_file
-from mlc_pipeline.model.weights import load_backbone_weights, resolve_continued, resolve_training
+from mlc_pipeline.model.weights import resolve_continued, resolve_training
+from mlc_pipeline.model.weights_files import load_backbone_weights
 from mlc_pipeline.model.metrics import (
     OTHER, calibrate_thresholds, cap_warning, capping_path, evaluate, path_f1, pick_capped,
 )

@@ -26,7 +26,6 @@ import io
 import logging
 import os
 import pickle
-import re
 import socket
 import tempfile
 import time
@@ -40,6 +39,7 @@ import torch
 import torchvision
 
 from mlc_pipeline.model import nets
+from mlc_pipeline.model.weights_files import load_state, misfit
 from mlc_pipeline.model.precision import training_precision
 from mlc_pipeline.fsutil import sha256_file
 
@@ -214,42 +214,6 @@ def pretrained_choice(pretrained) -> str:
     return choice  # a path
 
 
-def load_state(path: str | Path) -> dict:
-    """A weights file's tensors (no code is unpickled); ValueError, one line, when torch cannot read it."""
-    path = Path(path).expanduser()
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 -- a file that is not one: the unpickler raises KeyError too
-        # torch's text is pages long, coloured, and advises loading unsafely: only what was refused
-        why = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:was not an allowed|Check the documentation|$)",
-                        str(exc), re.S)
-        if why and "fastai.learner.Learner" in why.group(1):
-            raise ValueError(f"{path}: a whole fastai model (a bundle's export.pkl), not a weights file; to "
-                             "go on from a bundle's network use `mlc train --continue BUNDLE`") from None
-        text = " ".join((why.group(1) if why else re.sub(r"\x1b\[[0-9;]*m", "", str(exc))).split())
-        raise ValueError(f"{path}: not a weights file torch can load ({text[:200]})") from None
-
-
-def misfit(arch: str, path: Path) -> str | None:
-    """Why a weights file cannot start network `arch` (None: it can): a whole torchvision network's
-    state dict (same keys and shapes), or for mlcnet an earlier mlcnet model's (its body, `0.*`)."""
-    try:
-        state = load_state(path)
-    except ValueError as exc:
-        return str(exc).removeprefix(f"{Path(path).expanduser()}: ")
-    if not isinstance(state, dict):
-        return f"holds a {type(state).__name__}, not a state dict"
-    if nets.is_local_arch(arch):
-        model = {f"0.{k}": v for k, v in nets.mlcnet(2, arch)[0].state_dict().items()}
-        state = {k: v for k, v in state.items() if k.startswith("0.")}
-    else:
-        model = getattr(torchvision.models, arch)(weights=None).state_dict()
-    if state.keys() != model.keys() or any(getattr(state[k], "shape", None) != v.shape for k, v in model.items()):
-        kind = "an earlier mlcnet model's" if nets.is_local_arch(arch) else "a torchvision"
-        return f"is not {kind} {arch} weights (other layers or shapes)"
-    return None
-
-
 def scratch_epochs(n_train: int | None) -> int:
     """The scratch recipe's epochs for `n_train` training images (None: the recipe's own)."""
     least = RECIPES["scratch"]["epochs"]
@@ -276,6 +240,7 @@ def resolve_training(cfg, n_train: int | None = None):
         path = Path(choice).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"pretrained weights file not found: {path}")
+        load_state(path)                        # unreadable: said as such, before any hint on networks
         if auto_arch and misfit(arch, path) and not misfit(RECIPES["scratch"]["arch"], path):
             arch = RECIPES["scratch"]["arch"]   # an earlier mlcnet's state dict, as before arch: auto
         if problem := misfit(arch, path):       # checked before collecting, not first at training
@@ -375,20 +340,3 @@ def resolve_pretrained(cfg) -> str:
     return resolve_training(cfg)[1].pretrained
 
 
-def load_backbone_weights(learn, arch_name: str, weights_path: str | Path) -> None:
-    """Load a torchvision state dict file into the learner's body (same cut as fastai uses); for an
-    mlcnet, a state dict of the whole model (its body keys, '0.*', are used; the head is new)."""
-    from fastai.vision.all import create_body, model_meta
-
-    state = load_state(weights_path)
-    if nets.is_local_arch(arch_name):
-        body = {k[2:]: v for k, v in state.items() if k.startswith("0.")}
-        if not body:
-            raise ValueError(f"{weights_path}: no body weights ('0.*' keys) for {arch_name}")
-        learn.model[0].load_state_dict(body)
-        return
-    arch = getattr(torchvision.models, arch_name)
-    donor = arch(weights=None)
-    donor.load_state_dict(state)
-    body = create_body(donor, pretrained=True, cut=model_meta.get(arch, {}).get("cut"))
-    learn.model[0].load_state_dict(body.state_dict())

@@ -396,7 +396,8 @@ def test_weights_fetch_and_list_with_a_file_at_hand(torch_home, tmp_path, capsys
                torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
     assert mlc_main(["weights", "list"]) == 0
     [line] = [l for l in capsys.readouterr().out.splitlines() if l.startswith("resnet18")]
-    assert "unusable" in line and "is not a torchvision resnet18 weights (other layers or shapes): delete it" in line
+    assert "unusable" in line and "is not a torchvision resnet18 weights (other layers or shapes: 96 layers it does not have (first: " \
+        "layer1.2.conv1.weight)): delete it" in line
     assert mlc_main(["weights", "fetch", "resnet18"]) == 1
     err = capsys.readouterr().err
     assert "is there but is not a torchvision resnet18 weights" in err and "delete it, then fetch again" in err
@@ -472,7 +473,7 @@ def test_weights_that_do_not_fit_the_network_are_refused_before_anything_runs(to
     def settings(**train):
         return load_config(tmp_path / "c.yaml", {"train": train})
     with pytest.raises(ConfigError, match=r"resnet18-f37072fd.pth is in the cache but is not a torchvision "
-                                          r"resnet18 weights \(other layers or shapes\)") as err:
+                                          r"resnet18 weights \(other layers or shapes: 96 layers it does not have") as err:
         check_train_settings(settings(pretrained="imagenet"))
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match=r"r34.pth is not a torchvision resnet18 weights"):
@@ -502,3 +503,25 @@ def test_a_bundles_export_given_as_weights_points_to_continue_without_torchs_adv
     with pytest.raises(ValueError, match=r"text.pth: not a weights file torch can load \(") as err:
         W.load_state(tmp_path / "text.pth")
     assert "\x1b" not in str(err.value) and "weights_only" not in str(err.value)
+
+
+def test_files_as_torchvision_publishes_them_are_used_not_refused(torch_home, tmp_path):
+    """The check that reads a weights file before training demanded exactly a fresh network's keys, so
+    it refused files torch itself loads: a resnet18 file without BatchNorm's `num_batches_tracked`
+    counters (the older published format) and densenet's published files, whose layer names predate
+    '.'-free module names and are renamed on loading (the verify23 audit)."""
+    r18 = {k: v for k, v in torchvision.models.resnet18(weights=None).state_dict().items()
+           if not k.endswith("num_batches_tracked")}
+    cached = W.cache_path(R18)
+    cached.parent.mkdir(parents=True)
+    torch.save(r18, cached)
+    assert W.misfit("resnet18", cached) is None
+    _, choice = W.resolve_training(TrainConfig(pretrained="imagenet"))
+    assert choice.pretrained == "imagenet" and choice.file == str(cached)
+    dense = torchvision.models.densenet121(weights=None).state_dict()
+    old = {k.replace(".norm1.", ".norm.1.").replace(".conv1.", ".conv.1.").replace(".norm2.", ".norm.2.")
+           .replace(".conv2.", ".conv.2."): v for k, v in dense.items() if not k.endswith("num_batches_tracked")}
+    assert old.keys() != dense.keys(), "no key renamed: a useless test"
+    torch.save(old, tmp_path / "densenet121-a639ec97.pth")
+    assert W.misfit("densenet121", tmp_path / "densenet121-a639ec97.pth") is None
+    assert "is not a torchvision resnet18 weights" in W.misfit("resnet18", tmp_path / "densenet121-a639ec97.pth")
