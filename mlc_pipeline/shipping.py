@@ -137,8 +137,15 @@ def last_shipped_model(cfg: Config, ds: dict, key: dict) -> dict | None:
     rounds = [r for r in last.get("rounds", []) if r.get("bundle") == bundle.name]
     if not rounds or rounds[-1].get("dataset_version") != ds.get("version") or not (bundle / "metrics.json").is_file():
         return None
+    from mlc_pipeline.model.registry import RegistryError, check_bundle
+    try:        # a damaged LATEST crashed mining on every night with nothing new (the verify23 audit)
+        check_bundle(bundle)
+        metrics = json.loads((bundle / "metrics.json").read_text())
+    except (RegistryError, OSError, ValueError) as exc:
+        log.warning("the shipped model cannot be reused (%s): round 0 trains again", exc)
+        return None
     return {"round": 0, "bundle": bundle.name, "bundle_dir": str(bundle), "dataset_version": ds["version"],
-            "metrics": json.loads((bundle / "metrics.json").read_text()), "reused": True}
+            "metrics": metrics, "reused": True}
 
 
 def incumbent_model(cfg: Config, key: dict) -> Path | None:

@@ -294,6 +294,11 @@ class NightlyStages(ScriptedStages):
         bundle = cfg.layout.models / model["bundle"]
         bundle.mkdir(exist_ok=True)
         (bundle / "metrics.json").write_text(json.dumps(model["metrics"]))
+        (bundle / "export.pkl").write_bytes(b"a network" * 100)       # whole, as registry.check_bundle reads it
+        from mlc_pipeline.fsutil import sha256_file
+        (bundle / "bundle.json").write_text(json.dumps({
+            "vocab": [*cfg.classes, "other"], "classes": list(cfg.classes), "head": "sigmoid", "image_size": 64,
+            "thresholds": [0.5] * (len(cfg.classes) + 1), "export_sha256": sha256_file(bundle / "export.pkl")}))
         model["bundle_dir"] = str(bundle)
         if publish:
             from mlc_pipeline.model.variants import publish_latest
@@ -348,7 +353,12 @@ def test_a_run_with_nothing_new_to_learn_mines_from_the_shipped_model_instead_of
     def imagenet_weights_now_at_hand(builds, last):
         monkeypatch.setattr("mlc_pipeline.shipping.weights_at_hand", lambda c: "imagenet:resnet34:cached")
 
-    for change in (new_data, other_settings, promoted_by_hand, other_training_code, imagenet_weights_now_at_hand):
+    def shipped_model_damaged(builds, last):       # mining crashed on it every night (verify23)
+        export = cfg.layout.models / last["shipped"] / "export.pkl"
+        export.write_bytes(export.read_bytes()[:10])
+
+    for change in (new_data, other_settings, promoted_by_hand, other_training_code, imagenet_weights_now_at_hand,
+                   shipped_model_damaged):
         latest = (cfg.layout.models / "LATEST").read_text().strip()
         last = json.loads((cfg.layout.reports / "latest.json").read_text())
         version = last["rounds"][-1]["dataset_version"]
@@ -370,7 +380,8 @@ class ShippedModelStages(NightlyStages):
 
     def train(self, cfg, dataset_dir, round_no, previous=None, publish=True):
         model = super().train(cfg, dataset_dir, round_no, previous, publish)
-        (Path(model["bundle_dir"]) / "bundle.json").write_text(json.dumps({"classes": list(cfg.classes)}))
+        meta = json.loads((Path(model["bundle_dir"]) / "bundle.json").read_text())
+        (Path(model["bundle_dir"]) / "bundle.json").write_text(json.dumps({**meta, "classes": list(cfg.classes)}))
         return model
 
     def assess(self, cfg, bundle_dir, ds):
