@@ -109,8 +109,10 @@ def retry_condition(task, task_run, state) -> bool:
     if exc is None:
         try:
             exc = state.result(raise_on_failure=False)
-        except Exception as err:     # the result could not be read: do not guess, retry (and say so)
-            logging.getLogger(__name__).warning("could not read why %s failed (%s: %s): retrying it",
-                                                getattr(task, "name", "the task"), type(err).__name__, err)
-            exc = err
+        except Exception as err:     # the result could not be read: judged by that error, and said
+            again = is_retryable(err)
+            logging.getLogger(__name__).warning("could not read why %s failed (%s: %s): %s",
+                                                getattr(task, "name", "the task"), type(err).__name__, err,
+                                                "retrying it" if again else "not retrying it")
+            return again
     return not isinstance(exc, BaseException) or is_retryable(exc)
