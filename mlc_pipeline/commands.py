@@ -271,13 +271,13 @@ def cmd_export(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from mlc_pipeline.pipeline import run_pipeline
+    from mlc_pipeline.pipeline import Stages, run_stages
     from mlc_pipeline.report.model import rounds_markdown
     from mlc_pipeline.model.options import check_train_settings
     cfg = load_config(args.config, parse_overrides(args.set))
     check_train_settings(cfg)         # before waiting for the lock, and before collecting
-    with writing(cfg, args, new_root=True):
-        res = run_pipeline(cfg, progress=not args.no_progress)
+    with writing(cfg, args, new_root=True):     # the lock run_pipeline takes, and its check done above:
+        res = run_stages(cfg, Stages(not args.no_progress))    # not twice (it builds a named network)
     print(rounds_markdown(res))
     if res.not_shipped:
         print(f"not shipped: {res.not_shipped}")

@@ -39,7 +39,7 @@ import torch
 import torchvision
 
 from mlc_pipeline.model import nets
-from mlc_pipeline.model.weights_files import load_state, misfit
+from mlc_pipeline.model.weights_files import load_state, misfit, state_misfit
 from mlc_pipeline.model.precision import training_precision
 from mlc_pipeline.fsutil import sha256_file
 
@@ -240,10 +240,11 @@ def resolve_training(cfg, n_train: int | None = None):
         path = Path(choice).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"pretrained weights file not found: {path}")
-        load_state(path)                        # unreadable: said as such, before any hint on networks
-        if auto_arch and misfit(arch, path) and not misfit(RECIPES["scratch"]["arch"], path):
-            arch = RECIPES["scratch"]["arch"]   # an earlier mlcnet's state dict, as before arch: auto
-        if problem := misfit(arch, path):       # checked before collecting, not first at training
+        state = load_state(path)                # unreadable: said as such, before any hint on networks
+        problem = state_misfit(arch, state)     # checked before collecting, not first at training
+        if auto_arch and problem and not state_misfit(RECIPES["scratch"]["arch"], state):
+            arch, problem = RECIPES["scratch"]["arch"], None   # an earlier mlcnet's state dict, as before arch: auto
+        if problem:
             raise ValueError(f"{path} {problem}" + (f"; with arch: auto it must be {arch}'s or an earlier "
                              f"{RECIPES['scratch']['arch']} model's: name its network with train.arch"
                              if auto_arch else ""))

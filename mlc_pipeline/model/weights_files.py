@@ -64,9 +64,18 @@ def loaded_into(arch: str, state) -> object:
 def misfit(arch: str, path: Path) -> str | None:
     """Why a weights file cannot start network `arch` (None: it can), read as `loaded_into` reads it."""
     try:
-        loaded_into(arch, load_state(path))
+        state = load_state(path)
     except ValueError as exc:
         return str(exc).removeprefix(f"{Path(path).expanduser()}: ")
+    return state_misfit(arch, state)
+
+
+def state_misfit(arch: str, state) -> str | None:
+    """`misfit` for a state dict already read (one read of a file, whichever networks it is tried on)."""
+    try:
+        loaded_into(arch, state)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
