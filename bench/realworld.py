@@ -238,7 +238,8 @@ def main() -> int:
     rows += list(seeds.items())
 
     print(f"\nworld {args.world} (seed {args.seed}): {work}")
-    print(f"product job (collect .. retrain, incl. alternatives): {product_seconds:.0f} s; stages {result.seconds}")
+    print(f"product job (collect .. retrain, {'incl.' if alternatives else 'no'} alternatives): {product_seconds:.0f} s; "
+          f"stages {result.seconds}")
     print("| model | macro F1 | test other accepted | probe (unseen kind) accepted | train s |")
     print("|---|---|---|---|---|")
     for name, m in rows:
