@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mlc_pipeline.model.metrics import (  # noqa: E402
-    DEFAULT_F1_TOLERANCE, allowed_other, calibrate_thresholds, capping_path, evaluate, path_f1, pick_capped,
+    DEFAULT_F1_TOLERANCE, allowed_other, calibrate_thresholds, capping_path, evaluate, pick_capped,
     real_class_indices,
 )
 
@@ -122,7 +122,7 @@ def compare_tolerances(npz: Path, cap: float, tolerances: list[float]) -> dict:
     for tol in tolerances:
         start = calibrate_thresholds(valid, t_valid, "per-class-f1", f1_tolerance=tol)
         path = capping_path(valid, t_valid, vocab, start=start)
-        capped = pick_capped(path, cap, f1=path_f1(path, valid, t_valid, vocab))     # as train.py picks
+        capped = pick_capped(path, cap)     # as train.py picks
         out[f"f1@{tol:g}"] = test_point(evaluated, start, vocab)
         out[f"cap@{tol:g}"] = test_point(evaluated, capped, vocab)
     return out

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from mlc_pipeline.config import MineSettings, TrainSettings  # noqa: E402
 from mlc_pipeline.manifest import read_manifest_frame  # noqa: E402
 from mlc_pipeline.model.metrics import (  # noqa: E402
-    calibrate_thresholds, capping_path, evaluate, path_f1, pick_capped, predict_matrix,
+    calibrate_thresholds, capping_path, evaluate, pick_capped, predict_matrix,
     real_class_indices, targets_from_labels,
 )
 from mlc_pipeline.shipping import unknown_rate  # noqa: E402
@@ -78,8 +78,7 @@ def calibrated(job: dict, probs: np.ndarray, caps: list[float | None]) -> dict[f
     va = job["split"] == "valid"
     start = calibrate_thresholds(probs[va], job["targets"][va], "per-class-f1", f1_tolerance=F1_TOLERANCE)
     path = capping_path(probs[va], job["targets"][va], job["vocab"], start=start)
-    f1 = path_f1(path, probs[va], job["targets"][va], job["vocab"])        # as train.py picks
-    return {cap: start if cap is None else pick_capped(path, cap, f1=f1) for cap in caps}
+    return {cap: start if cap is None else pick_capped(path, cap) for cap in caps}       # as train.py picks
 
 
 def test_figures(job: dict, probs: np.ndarray, thresholds: np.ndarray) -> tuple[float, float, float]:

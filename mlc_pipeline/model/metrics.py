@@ -15,6 +15,7 @@ Conventions used throughout:
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 
@@ -79,16 +80,15 @@ def calibrate_capped(probs: np.ndarray, targets: np.ndarray, classes: list[str],
                      start: np.ndarray | None = None, f1_tolerance: float = DEFAULT_F1_TOLERANCE) -> np.ndarray:
     """Per-class thresholds that accept at most `max_accepted` of the held-out "other" images (rows
     with no real label), keeping as much macro F1 as that allows: `capping_path` + `pick_capped`."""
-    path = capping_path(probs, targets, classes, start, f1_tolerance)
-    return pick_capped(path, max_accepted, f1=path_f1(path, probs, targets, classes))
+    return pick_capped(capping_path(probs, targets, classes, start, f1_tolerance), max_accepted)
 
 
-def path_f1(path: list[tuple[int, int, np.ndarray]], probs: np.ndarray, targets: np.ndarray,
-            classes: list[str]) -> list[float]:
-    """Each point's validation macro F1 over the real classes (what `capping_path` walks by)."""
-    probs, targets = _as_2d(probs, targets)
-    real = real_class_indices(classes)
-    return [_macro_f1(probs[:, real], targets[:, real], np.asarray(thr)[real]) for _, _, thr in path]
+class CapPoint(NamedTuple):
+    """One operating point of a `capping_path`."""
+    accepted: int               # held-out "other" rows these thresholds accept
+    n_other: int                # held-out "other" rows in all
+    thresholds: np.ndarray
+    valid_f1: float             # validation macro F1 over the real classes at these thresholds
 
 
 def allowed_other(max_accepted: float, n_other: int, tolerance: float = CAP_TOLERANCE) -> int:
@@ -102,23 +102,20 @@ def allowed_other(max_accepted: float, n_other: int, tolerance: float = CAP_TOLE
     return int(np.floor(max_accepted * n_other * (1 + tolerance) + 1e-9))
 
 
-def pick_capped(path: list[tuple[int, int, np.ndarray]], max_accepted: float,
-                tolerance: float = CAP_TOLERANCE, f1: list[float] | None = None) -> np.ndarray:
-    """The point of a `capping_path` with the highest validation macro F1 (`f1`, from `path_f1`; ties:
-    the one accepting fewer) among those that accept at most `allowed_other` of its "other" rows.
-    Without `f1`, the first such point. F1 usually falls along the path, but a step that drops two
-    "other" rows at once can be followed by a higher F1: the first point then was worse on both axes
-    than a later one under the same cap (the curve23 audit). With no "other" row there is nothing to
-    cap: the path's start is returned (cap_warning says so)."""
+def pick_capped(path: list[CapPoint], max_accepted: float, tolerance: float = CAP_TOLERANCE) -> np.ndarray:
+    """The thresholds of the `capping_path` point with the highest validation macro F1 (ties: the one
+    accepting fewer) among those that accept at most `allowed_other` of its "other" rows. F1 usually
+    falls along the path, but a step that drops two "other" rows at once can be followed by a higher
+    F1: the first point under the cap was then worse on both axes than a later one (the curve23
+    audit). With no "other" row there is nothing to cap: the path's start is returned (cap_warning
+    says so)."""
     if not 0 <= max_accepted <= 1:
         raise ValueError(f"max_accepted must be in [0, 1], got {max_accepted}")
-    n_other = path[0][1]
-    if not n_other:             # cap_warning says so, in the bundle's warnings
-        return path[0][2]
-    allowed = allowed_other(max_accepted, n_other, tolerance)
-    under = [i for i, (n_acc, _, _) in enumerate(path) if n_acc <= allowed]
-    best = under[0] if f1 is None else max(under, key=lambda i: (f1[i], i))     # later = fewer accepted
-    return path[best][2]
+    if not path[0].n_other:     # cap_warning says so, in the bundle's warnings
+        return path[0].thresholds
+    allowed = allowed_other(max_accepted, path[0].n_other, tolerance)
+    under = [i for i, point in enumerate(path) if point.accepted <= allowed]
+    return path[max(under, key=lambda i: (path[i].valid_f1, i))].thresholds     # later = fewer accepted
 
 
 def cap_warning(probs: np.ndarray, targets: np.ndarray, classes: list[str], start: np.ndarray,
@@ -146,9 +143,9 @@ def cap_warning(probs: np.ndarray, targets: np.ndarray, classes: list[str], star
 
 
 def capping_path(probs: np.ndarray, targets: np.ndarray, classes: list[str], start: np.ndarray | None = None,
-                 f1_tolerance: float = DEFAULT_F1_TOLERANCE) -> list[tuple[int, int, np.ndarray]]:
+                 f1_tolerance: float = DEFAULT_F1_TOLERANCE) -> list[CapPoint]:
     """The thresholds from `start` to "accept no held-out other image", one "other" row at a time:
-    [(other rows accepted, other rows, thresholds), ...], acceptance strictly falling.
+    a list of `CapPoint`s, acceptance strictly falling, each with its validation macro F1.
 
     Each step removes the accepted "other" row whose removal costs the least validation macro F1:
     every class that accepts it gets its threshold raised to just above that row's score (halfway to
@@ -164,8 +161,11 @@ def capping_path(probs: np.ndarray, targets: np.ndarray, classes: list[str], sta
     def accepted_rows(thr):
         return [r for r in other_rows if (probs[r, real] >= thr[real]).any()]
 
+    def f1_at(thr):
+        return _macro_f1(probs[:, real], targets[:, real], thr[real])
+
     accepted = accepted_rows(thresholds)
-    path = [(len(accepted), len(other_rows), thresholds)]
+    path = [CapPoint(len(accepted), len(other_rows), thresholds, f1_at(thresholds))]
     while accepted:
         best = None
         for r in accepted:
@@ -174,12 +174,12 @@ def capping_path(probs: np.ndarray, targets: np.ndarray, classes: list[str], sta
                 if probs[r, c] >= trial[c]:
                     higher = probs[:, c][probs[:, c] > probs[r, c]]
                     trial[c] = (probs[r, c] + higher.min()) / 2 if len(higher) else probs[r, c] + 1e-6
-            f1 = _macro_f1(probs[:, real], targets[:, real], trial[real])
+            f1 = f1_at(trial)
             if best is None or f1 > best[0]:
                 best = (f1, trial)
-        thresholds = best[1]
+        f1, thresholds = best
         accepted = accepted_rows(thresholds)
-        path.append((len(accepted), len(other_rows), thresholds))
+        path.append(CapPoint(len(accepted), len(other_rows), thresholds, f1))
     return path
 
 
@@ -365,16 +365,17 @@ def targets_from_labels(label_lists: list[list[str]], classes: list[str]) -> np.
     return out
 
 
-def operating_curve(path: list, probs: np.ndarray, targets: np.ndarray, classes: list[str],
+def operating_curve(path: list[CapPoint], probs: np.ndarray, targets: np.ndarray, classes: list[str],
                     is_probe: np.ndarray, chosen: np.ndarray | None = None) -> list[dict]:
     """Each point of a `capping_path` scored on held-out rows: the share of validation "other"
-    images it accepts (what `max_unknown_accepted` caps), and on these rows the macro F1 and the
-    shares of "other" and probe images accepted. The point equal to `chosen` is marked."""
+    images it accepts (what `max_unknown_accepted` caps) and its validation macro F1 (what the cap
+    picks by), and on these rows the macro F1 and the shares of "other" and probe images accepted.
+    The point equal to `chosen` is marked."""
     points = []
-    for n_acc, n_other, thr in path:
+    for n_acc, n_other, thr, valid_f1 in path:
         m = evaluate(probs, targets, thr, classes, is_unknown_mask=is_probe)
         points.append({"valid_other_accepted": n_acc / n_other if n_other else None,
-                       "macro_f1": m["macro_f1"], "unknown_accepted": m["unknown_accepted"],
+                       "valid_macro_f1": valid_f1, "macro_f1": m["macro_f1"], "unknown_accepted": m["unknown_accepted"],
                        "probe_accepted": m["probe_accepted"],
                        "chosen": chosen is not None and np.allclose(thr, chosen),
                        "thresholds": [round(float(t), 4) for t in thr]})

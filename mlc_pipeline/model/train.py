@@ -51,7 +51,7 @@ from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.model.weights import resolve_continued, resolve_training
 from mlc_pipeline.model.weights_files import load_backbone_weights
 from mlc_pipeline.model.metrics import (
-    OTHER, calibrate_thresholds, cap_warning, capping_path, evaluate, path_f1, pick_capped,
+    OTHER, calibrate_thresholds, cap_warning, capping_path, evaluate, pick_capped,
 )
 from mlc_pipeline.model.assess import SCORES_FILE, evaluate_loaded_bundle
 from mlc_pipeline.model.predict import mirrored_probabilities
@@ -231,9 +231,8 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         # and the operating point when the user caps unknown acceptance.
         curve_path = capping_path(valid_probs, valid_targets, vocab, start=thresholds)
         if cfg.max_unknown_accepted is not None:
-            thresholds = pick_capped(curve_path, cfg.max_unknown_accepted,
-                                     f1=path_f1(curve_path, valid_probs, valid_targets, vocab))
-            said = cap_warning(valid_probs, valid_targets, vocab, curve_path[0][2], thresholds,
+            thresholds = pick_capped(curve_path, cfg.max_unknown_accepted)
+            said = cap_warning(valid_probs, valid_targets, vocab, curve_path[0].thresholds, thresholds,
                                cfg.max_unknown_accepted)
             if said:
                 log.warning("%s", said)

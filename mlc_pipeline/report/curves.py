@@ -21,10 +21,12 @@ def thinned(curve: list[dict], rows: int = 9) -> list[dict]:
 
 
 def curve_markdown(curve: list[dict], rows: int = 9) -> str:
-    lines = ["| cap on valid other | macro F1 (test) | test other accepted | probe accepted | |",
-             "|---|---|---|---|---|"]
+    lines = ["| cap on valid other | macro F1 (valid) | macro F1 (test) | test other accepted | probe accepted | |",
+             "|---|---|---|---|---|---|"]
     for p in thinned(curve, rows):
         mark = "**chosen**" if p.get("chosen") else ""
-        lines.append(f"| {pct(p['valid_other_accepted'])} | {p['macro_f1']:.3f} | {pct(p['unknown_accepted'])} "
-                     f"| {pct(p['probe_accepted'])} | {mark} |")
+        # the validation F1 is what the cap picks by; bundles trained before 2026-12-06 (evening) lack it
+        valid_f1 = f"{p['valid_macro_f1']:.3f}" if p.get("valid_macro_f1") is not None else "-"
+        lines.append(f"| {pct(p['valid_other_accepted'])} | {valid_f1} | {p['macro_f1']:.3f} "
+                     f"| {pct(p['unknown_accepted'])} | {pct(p['probe_accepted'])} | {mark} |")
     return "\n".join(lines) + "\n"

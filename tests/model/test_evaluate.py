@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from mlc_pipeline.model.metrics import (
-    allowed_other, calibrate_capped, calibrate_thresholds, cap_warning, capping_path, evaluate, fpr_at_tpr95,
-    operating_curve, path_f1, pick_capped, predict_matrix, probe_by_query, targets_from_labels,
+    CapPoint, allowed_other, calibrate_capped, calibrate_thresholds, cap_warning, capping_path, evaluate,
+    fpr_at_tpr95, operating_curve, pick_capped, predict_matrix, probe_by_query, targets_from_labels,
 )
 from mlc_pipeline.report.tables import compare_table
 
@@ -191,8 +191,8 @@ def accepted_other(thresholds):
 def test_capping_path_removes_one_other_image_at_a_time_cheapest_first():
     start = np.array([0.4, 0.25])             # accepts rows 4, 5 and 6 among the "other" images
     path = capping_path(CAP_PROBS, CAP_TARGETS, CLASSES, start=start)
-    assert [n for n, _, _ in path] == [3, 2, 1, 0] and all(total == 4 for _, total, _ in path)
-    assert accepted_other(path[0][2]) == 3
+    assert [p.accepted for p in path] == [3, 2, 1, 0] and all(p.n_other == 4 for p in path)
+    assert accepted_other(path[0].thresholds) == 3
     # Rows 4 (0.7 on a, below both positives of a) and 6 (0.3 on b, below both positives of b) cost
     # nothing; row 5 last: b's threshold must pass 0.65, above the 0.6 positive, the one step that
     # costs F1.
@@ -208,8 +208,10 @@ def test_calibrate_capped_takes_the_best_point_under_the_cap():
     # F1 along this path: 0.73, 0.83, 0.90, 0.83 (3, 2, 1, 0 accepted): under any cap that allows one
     # image the 0.90 point wins, the start (3 accepted at 0.73) being worse on both axes
     np.testing.assert_allclose(calibrate_capped(CAP_PROBS, CAP_TARGETS, CLASSES, 1.0, start=start), [0.8, 0.45])
+    # each point carries its validation macro F1, worked out by hand: at the start a = 4/5 (row 4 a
+    # false positive), b = 4/6 (rows 5 and 6); then a = 1; then b = 4/5; then b = 2/3 (row 3 lost)
     path = capping_path(CAP_PROBS, CAP_TARGETS, CLASSES, start=start)
-    np.testing.assert_allclose(pick_capped(path, 1.0), start)          # without F1s: the first point, as before
+    np.testing.assert_allclose([p.valid_f1 for p in path], [11 / 15, 5 / 6, 0.9, 5 / 6])
     with pytest.raises(ValueError, match="max_accepted"):
         calibrate_capped(CAP_PROBS, CAP_TARGETS, CLASSES, 1.5)
 
@@ -227,7 +229,8 @@ def test_the_cap_is_met_to_within_a_tenth_of_itself():
 
 def test_pick_capped_on_39_other_images_takes_the_two_image_point():
     # a path that goes 3 -> 2 -> 0 accepted of 39 (one raise can drop two images, as on real photos)
-    path = [(3, 39, np.array([0.1])), (2, 39, np.array([0.2])), (0, 39, np.array([0.9]))]
+    path = [CapPoint(3, 39, np.array([0.1]), 0.9), CapPoint(2, 39, np.array([0.2]), 0.8),
+            CapPoint(0, 39, np.array([0.9]), 0.5)]
     np.testing.assert_allclose(pick_capped(path, 0.05), [0.2])
     np.testing.assert_allclose(pick_capped(path, 0.05, tolerance=0.0), [0.9])   # the old collapse
 
@@ -246,17 +249,18 @@ def test_a_looser_cap_never_picks_a_point_worse_on_both_axes_than_a_tighter_one(
     probs[lab == 1, 1] += 0.3
     probs = np.clip(probs, 0, 1)
     path = capping_path(probs, targets, vocab)
-    f1 = path_f1(path, probs, targets, vocab)
-    assert [n for n, _, _ in path] == [5, 4, 2, 1, 0] and f1[3] > f1[2], "not the audit's path: a useless test"
+    f1 = [p.valid_f1 for p in path]
+    assert [p.accepted for p in path] == [5, 4, 2, 1, 0] and f1[3] > f1[2], "not the audit's path: a useless test"
     accepted = lambda thr: int((probs[lab == 2][:, :2] >= thr[:2]).any(1).sum())
     assert accepted(calibrate_capped(probs, targets, vocab, 0.2)) == 1 == accepted(calibrate_capped(probs, targets,
                                                                                                    vocab, 0.1))
     for cap in np.linspace(0, 1, 21):               # over every cap: never dominated by a tighter cap's point
-        loose, tight = pick_capped(path, cap, f1=f1), pick_capped(path, cap / 2, f1=f1)
-        i, j = (next(k for k, p in enumerate(path) if p[2] is t) for t in (loose, tight))
-        assert not (path[j][0] <= path[i][0] and f1[j] > f1[i]), (cap, i, j)
-    tie = [(2, 10, np.array([0.1])), (1, 10, np.array([0.2])), (0, 10, np.array([0.9]))]
-    np.testing.assert_allclose(pick_capped(tie, 0.2, f1=[0.5, 0.6, 0.6]), [0.9])    # a tie: fewer accepted
+        loose, tight = pick_capped(path, cap), pick_capped(path, cap / 2)
+        i, j = (next(k for k, p in enumerate(path) if p.thresholds is t) for t in (loose, tight))
+        assert not (path[j].accepted <= path[i].accepted and f1[j] > f1[i]), (cap, i, j)
+    tie = [CapPoint(2, 10, np.array([0.1]), 0.5), CapPoint(1, 10, np.array([0.2]), 0.6),
+           CapPoint(0, 10, np.array([0.9]), 0.6)]
+    np.testing.assert_allclose(pick_capped(tie, 0.2), [0.9])    # a tie: fewer accepted
 
 
 def test_a_cap_that_costs_a_class_is_a_warning():
@@ -264,7 +268,7 @@ def test_a_cap_that_costs_a_class_is_a_warning():
     probs = np.array([[0.6, 0.1], [0.5, 0.1], [0.1, 0.8], [0.1, 0.7], [0.9, 0.1], [0.1, 0.1]])
     targets = np.array([[1, 0], [1, 0], [0, 1], [0, 1], [0, 0], [0, 0]])
     path = capping_path(probs, targets, CLASSES)
-    start = path[0][2]
+    start = path[0].thresholds
     text = cap_warning(probs, targets, CLASSES, start, pick_capped(path, 0.0), 0.0)
     assert text and "max_unknown_accepted 0 costs 0.40 of validation macro F1 (0.90 without the cap, 0.50 under" in text
     # half of the two "other" images allowed: the F1 point itself, no cost, no warning
@@ -277,7 +281,7 @@ def test_a_cap_with_no_other_image_to_measure_it_on_is_a_warning():
     probs = np.array([[0.6, 0.1], [0.5, 0.1], [0.1, 0.8], [0.1, 0.7]])
     targets = np.array([[1, 0], [1, 0], [0, 1], [0, 1]])
     path = capping_path(probs, targets, CLASSES)
-    text = cap_warning(probs, targets, CLASSES, path[0][2], pick_capped(path, 0.05), 0.05)
+    text = cap_warning(probs, targets, CLASSES, path[0].thresholds, pick_capped(path, 0.05), 0.05)
     assert text and text.startswith("train.max_unknown_accepted 0.05 was not applied: the validation split "
                                     "holds no 'other' image"), text
 
@@ -301,8 +305,10 @@ def test_operating_curve_scores_each_point_and_marks_the_chosen_one():
     probe = np.array([False] * 8 + [True, True])
     probs = np.vstack([CAP_PROBS, [[0.5, 0.1], [0.1, 0.1]]])
     targets = np.vstack([CAP_TARGETS, [[0, 0], [0, 0]]])
-    curve = operating_curve(path, probs, targets, CLASSES, probe, chosen=path[2][2])
+    curve = operating_curve(path, probs, targets, CLASSES, probe, chosen=path[2].thresholds)
     assert [p["valid_other_accepted"] for p in curve] == [0.75, 0.5, 0.25, 0.0]
+    # the validation F1 the cap picks by is recorded beside the test figures (here the same rows)
+    assert [p["valid_macro_f1"] for p in curve] == pytest.approx([11 / 15, 5 / 6, 0.9, 5 / 6])
     assert [p["chosen"] for p in curve] == [False, False, True, False]
     assert [p["probe_accepted"] for p in curve] == [0.5, 0.0, 0.0, 0.0]
     # First point: a accepts rows 0, 1, 4 (F1 4/5); b accepts 2, 3, 5, 6 (F1 4/6).

@@ -29,6 +29,17 @@ def test_the_chosen_curve_point_is_bold_in_html_and_in_markdown():
     assert md_to_html_table("| a |\n|---|\n| 2 ** 3 |") == "<table><tr><th>a</th></tr><tr><td>2 ** 3</td></tr></table>"
 
 
+def test_the_curve_table_shows_the_validation_f1_the_cap_picks_by():
+    """The cap picks the best validation F1 under it; the table showed only test F1, so a user could
+    not see why a point was chosen. A curve recorded before the column existed shows '-' there."""
+    points = curve()
+    points[1]["valid_macro_f1"] = 0.8125
+    rows = curve_markdown(points).splitlines()
+    assert rows[0].startswith("| cap on valid other | macro F1 (valid) | macro F1 (test) |")
+    assert rows[3] == "| 5.0% | 0.812 | 0.800 | 5.0% | 21.0% | **chosen** |"
+    assert rows[2].startswith("| 10.0% | - | 0.820 |")
+
+
 def test_a_model_from_mlc_train_is_labelled_as_such_not_round_0(tmp_path, trained_shapes_bundle):
     """The latest model shown alone (no run, or not the last run's) was called 'round 0' in the rounds
     table, the alternatives table and the operating-curve plot."""
