@@ -12,6 +12,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from mlc_pipeline.secrets import shown_settings
 from mlc_pipeline.shipping import shared_valid_f1
 from mlc_pipeline.report.curves import curve_markdown
 from mlc_pipeline.report.tables import pct
@@ -131,7 +132,7 @@ def summary_markdown(run: dict) -> str:
     lines = [f"# {title}: {run['status']}", ""]
     if run.get("error"):
         lines += ["## Failed", "", f"**{md_escape(run['error'])}**", ""]
-    lines += [f"- config: `{run['config_path']}`" + (f" with overrides `{run['overrides']}`" if run.get("overrides") else ""),
+    lines += [f"- config: `{run['config_path']}`" + (f" with overrides `{shown_settings(run['overrides'])}`" if run.get("overrides") else ""),
               f"- data root: `{run.get('data_dir', '?')}`"]
     if run.get("report"):
         lines.append(f"- HTML report: `{run['report']}`")
@@ -307,7 +308,7 @@ def stopped_markdown(title: str, flow_run, state, published: dict | None, why_un
              md_escape(stopped_published_text(published, flow_run.start_time is not None)), "",
              f"- flow run: `{flow_run.name}`",
              f"- config: `{params.get('config_path', '?')}`"
-             + (f" with overrides `{params['overrides']}`" if params.get("overrides") else "")]
+             + (f" with overrides `{shown_settings(params['overrides'])}`" if params.get("overrides") else "")]
     if published is None:
         lines += [f"- published versions: not looked up ({why_unknown})", ""]
     else:

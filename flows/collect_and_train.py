@@ -29,6 +29,7 @@ from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.model.options import check_train_settings
 from mlc_pipeline.model.variants import alternative_variants
 from mlc_pipeline.pipeline import PipelineResult, RoundRecord, Stages, plain, rebuild_stages, run_stages
+from mlc_pipeline.secrets import shown_settings
 
 DEFAULT_CONFIG = "configs/offline.yaml"
 
@@ -297,29 +298,13 @@ def publish_artifacts(run: Run, key: str | None = None) -> None:
         get_run_logger().warning("artifacts not created: %s", exc)
 
 
-def check_override_classes(config_path: str, overrides: dict | None) -> None:
-    """A class named in the overrides that the config does not have, and given no queries, is a typo
-    (`kyte`): say so, rather than the merged config's "classes.kyte.queries: required key is missing"."""
-    from mlc_pipeline.config import ConfigError
-
-    named = (overrides or {}).get("classes")
-    if not isinstance(named, dict) or not named:
-        return
-    known = load_config(config_path).classes        # the file alone (its own errors are reported as they are)
-    for name, value in named.items():
-        if name not in known and not (isinstance(value, dict) and "queries" in value):
-            raise ConfigError(f"overrides: classes.{name}: {config_path} has no class {name!r} (its classes: "
-                              f"{', '.join(known)}); a new class needs its queries and count")
-
-
 def start(run: Run, config_path: str, overrides: dict | None) -> Config:
     logger = get_run_logger()
-    check_override_classes(config_path, overrides)
     cfg = load_config(config_path, overrides)
     run.cfg = cfg
     run.data.update(data_dir=str(cfg.data_dir), config_loaded=True)
     logger.info("flow run %s: config %s%s, data root %s", flow_run_name(), config_path,
-                f" with overrides {overrides}" if overrides else "", cfg.data_dir)
+                f" with overrides {shown_settings(overrides)}" if overrides else "", cfg.data_dir)
     run.stage = "data root"         # its lock: a data root that cannot be written fails here, not "config"
     run.hold_data_root(cfg)
     return cfg

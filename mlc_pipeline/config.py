@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mlc_pipeline.config_messages import ConfigError, error_line, user_file   # re-exported here
+from mlc_pipeline.config_messages import ConfigError, check_override_classes, error_line, user_file  # re-exported
 from mlc_pipeline.layout import DataLayout
 from mlc_pipeline.secrets import URL_RE, check_storage_options, data_url_problem   # URL_RE: data_dir: s3://...
 
@@ -366,8 +366,8 @@ def load_config(path: str | Path, overrides: dict | None = None) -> Config:
     overrides = dict(overrides or {})
     if isinstance(overrides.get("data_dir"), str) and not URL_RE.match(overrides["data_dir"]):   # s3://... stays
         overrides["data_dir"] = str(Path.cwd() / overrides["data_dir"])   # an absolute path stays as it is
-    data = deep_merge(data or {}, overrides)
-    return parse_config(data, path.resolve().parent)
+    check_override_classes(data or {}, overrides, path)
+    return parse_config(deep_merge(data or {}, overrides), path.resolve().parent)
 
 
 def deep_merge(base: dict, extra: dict) -> dict:

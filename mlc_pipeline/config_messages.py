@@ -47,3 +47,16 @@ def user_file(what: str, path: Path, kind: str) -> Iterator[None]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{what}: {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
                           f"at offset {exc.start}); save it as UTF-8") from None
+
+
+def check_override_classes(file_data: dict, overrides: dict, path: Path) -> None:
+    """A class named in the overrides (`--set`, a flow run's parameters) that the config file does
+    not have and that gets no queries is a typo (`kyte`): say so, rather than the merged config's
+    "classes.kyte.queries: required key is missing" (a ConfigError)."""
+    named, known = overrides.get("classes"), file_data.get("classes")
+    if not isinstance(named, dict) or not isinstance(known, dict):
+        return                          # the merged config's own checks say what is wrong
+    for name, value in named.items():
+        if name not in known and not (isinstance(value, dict) and "queries" in value):
+            raise ConfigError(f"config: classes.{name} is set over {path}, which has no class {name!r} (its "
+                              f"classes: {', '.join(map(str, known))}); a new class needs its queries and count")

@@ -120,6 +120,25 @@ def remember_store_credentials() -> None:
                if len(v) >= STORE_SECRET_MIN_LEN))
 
 
+def shown_settings(settings: object) -> str:
+    """Config settings (a run's overrides) as run summaries print them: a value under a credential-like
+    name, and the password of any URL (`user:password@`, `?password=`), masked. Loading a config
+    refuses both, but the summary of a run whose config was refused still printed the overrides as
+    given (the arch24 audit: a catalog.url password in the Prefect run-summary artifact)."""
+    def masked(value, name: str = ""):
+        if isinstance(value, dict):
+            return {k: masked(v, str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [masked(v, name) for v in value]
+        if name and SECRET_OPTION_RE.search(name):
+            return MASK
+        if isinstance(value, str):
+            value = re.sub(r"(://[^/?#@:]*:)[^/?#@]*@", rf"\1{MASK}@", value)
+            return re.sub(r"([?&](?:ssl)?password=)[^&#]*", rf"\1{MASK}", value, flags=re.I)
+        return value
+    return redact(repr(masked(settings)))
+
+
 def redact(text: str) -> str:
     for value in sorted(_known_secrets, key=len, reverse=True):
         text = text.replace(value, MASK)

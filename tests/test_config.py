@@ -85,6 +85,18 @@ def test_overrides_replace_leaves(tmp_path):
     assert cfg.source.per_host_concurrency == 4 and cfg.source.max_calls_per_hour == 3600
 
 
+def test_an_override_of_a_class_the_file_does_not_have_is_named_as_a_typo(tmp_path):
+    """`--set classes.grizly.count=5` said "classes.grizly.queries: required key is missing"; only the
+    Prefect flow named the typo (the arch24 audit). A new class with its queries is still welcome."""
+    path = write(tmp_path, GOOD)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, {"classes": {"grizly": {"count": 5}}})
+    assert str(err.value) == (f"config: classes.grizly is set over {path}, which has no class 'grizly' (its classes: "
+                              "grizzly, black, teddy); a new class needs its queries and count")
+    cfg = load_config(path, {"classes": {"panda": {"queries": ["panda"], "count": 5}, "grizzly": {"count": 5}}})
+    assert cfg.classes["panda"].count == 5 and cfg.classes["grizzly"].count == 5
+
+
 @pytest.mark.parametrize("override, key", [
     ({"build": {"name": "../../../escape"}}, "build.name"),
     ({"build": {"name": "a/b"}}, "build.name"),

@@ -32,6 +32,7 @@ from flows.artifacts import MINED_KEY, PER_CLASS_KEY, REJECTED_KEY, SUMMARY_KEY 
 from flows.collect_and_train import collect_and_train, rebuild_report  # noqa: E402
 from flows.progress import PROGRESS_KEY, DownloadProgress  # noqa: E402
 from flows.runtime import is_retryable, task_runner  # noqa: E402
+from mlc_pipeline.config import ConfigError, load_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -324,6 +325,19 @@ def test_bad_config_fails_with_a_clear_message(harness, project, config_path, ov
     assert "latest dataset" not in state.message and "Rerun to resume" not in state.message
     summary = artifacts_of(state.state_details.flow_run_id)[SUMMARY_KEY][0].data
     assert "not looked up (the config did not load)" in summary and "latest dataset" not in summary, summary
+
+
+def test_the_summary_of_a_refused_config_never_shows_its_password():
+    """The config refuses a catalog.url with a password, and the failed run's summary printed the
+    overrides as given, password and all (the arch24 audit)."""
+    from flows.artifacts import summary_markdown
+
+    overrides = {"catalog": {"url": "postgresql://u:hunter2pw@db.example/mlc"}}
+    with pytest.raises(ConfigError) as err:
+        load_config("configs/offline.yaml", overrides)
+    text = summary_markdown({"status": "Failed", "config_path": "configs/offline.yaml", "overrides": overrides,
+                             "error": str(err.value)})
+    assert "hunter2pw" not in text and "postgresql://u:***@db.example/mlc" in text, text
 
 
 def test_summary_renders_the_shortfall_readably():

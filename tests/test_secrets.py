@@ -6,7 +6,7 @@ import io
 import logging
 import uuid
 
-from mlc_pipeline.secrets import MASK, install_log_redaction, redact, remember
+from mlc_pipeline.secrets import MASK, install_log_redaction, redact, remember, shown_settings
 
 
 def _logger() -> tuple[logging.Logger, io.StringIO]:
@@ -114,3 +114,17 @@ def test_a_secret_is_masked_as_a_url_writes_it_too():
     from urllib.parse import quote, quote_plus
     for form in (secret, quote(secret, safe=""), quote_plus(secret), quote(secret)):
         assert redact(f"GET /?token={form} HTTP/1.1") == f"GET /?token={MASK} HTTP/1.1"
+
+
+def test_settings_printed_in_a_run_summary_never_show_a_password():
+    """A flow run's overrides are printed in its summary artifact, also when the config refused them:
+    a catalog.url password reached the Prefect artifact (the arch24 audit)."""
+    overrides = {"catalog": {"url": "postgresql://mlc:hunter2pw@db.example:5432/mlc?sslpassword=s3cr3tpp&sslmode=require"},
+                 "storage_options": {"client_kwargs": {"aws_secret_access_key": "abcdEFGH1234"}, "anon": False},
+                 "data_dir": "s3://u:pw12345@bucket/x", "train": {"epochs": 2}, "classes": {"kite": {"count": 5}}}
+    shown = shown_settings(overrides)
+    for secret in ("hunter2pw", "s3cr3tpp", "abcdEFGH1234", "pw12345"):
+        assert secret not in shown, shown
+    assert "postgresql://mlc:***@db.example:5432/mlc?sslpassword=***&sslmode=require" in shown
+    assert "'aws_secret_access_key': '***'" in shown and "s3://u:***@bucket/x" in shown
+    assert "'train': {'epochs': 2}" in shown and "'kite': {'count': 5}" in shown and "'anon': False" in shown
