@@ -29,10 +29,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from mlc_pipeline.curate.phash import one_blas_thread, phash_many, phash_of, single_blas_thread_for_life
+from mlc_pipeline.curate.phash import one_blas_thread, phash_many, single_blas_thread_for_life
 from mlc_pipeline.curate.similarity import VIEW_CROPS, crop_box
-from mlc_pipeline.curate.verify import (ORIENTATION_TRANSPOSE, VerifyLimits, decode_checked, exif_orientation,
-                                       load_format_plugins, read_limited, require_strict_decoding, to_rgb)
+from mlc_pipeline.curate.verify import (DECODE_ERRORS, ORIENTATION_TRANSPOSE, VerifyLimits, decode_checked,
+                                       exif_orientation, load_format_plugins, read_limited, require_strict_decoding, to_rgb)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ def decode_for_hashing(path: str, limits: VerifyLimits) -> tuple[FileRecord, lis
         check, frame = decode_checked(data, limits, draft=("L", (side, side)))
         views = view_greys(frame, exif_orientation(frame)) if check.ok else []
     except Exception as e:  # noqa: BLE001 -- last line of defence: one hostile file must not end a batch
+        unexpected(e, path)
         return FileRecord(path=path, ok=False, reason=f"decode-error:{type(e).__name__}",
                           sha256=sha256, phash=None, n_bytes=len(data)), []
     return FileRecord(path=path, ok=check.ok, reason=check.reason, sha256=sha256, phash=None,
@@ -108,13 +109,20 @@ def _with_hashes(record: FileRecord, views: list[np.ndarray], hash_views) -> Fil
     try:
         hashes = hash_views(views)
     except Exception as e:  # noqa: BLE001 -- recorded as this file's reason, like a decode error
+        unexpected(e, record.path, decoding=False)
         return replace(record, ok=False, reason=f"decode-error:{type(e).__name__}")
     return replace(record, phash=hashes[0], view_hashes=",".join(hashes[1:]))
 
 
-def perceptual_hash(im: Image.Image, orientation: int = 1) -> str:
-    "64-bit phash (16 hex digits) of a loaded image, as displayed under EXIF `orientation`."
-    return phash_of(np.asarray(_hash_grey(im, orientation)))[0]
+def unexpected(exc: Exception, path: str, decoding: bool = True) -> None:
+    """Log, with its traceback, an error that bad data is not known to cause: while decoding, one not
+    in Pillow's `DECODE_ERRORS`; while hashing arrays already decoded, any. More likely a fault of our
+    own code than of the file: it is still the file's reason (one file must not end a batch), but a
+    bug that rejected every image left only `decode-error:<Type>` reasons and nothing in the log
+    (the arch24 audit)."""
+    if not (decoding and isinstance(exc, DECODE_ERRORS)):
+        log.error("%s: unexpected %s while %s (recorded as its reason; likely a bug, not a bad file)",
+                  path, type(exc).__name__, "decoding" if decoding else "hashing", exc_info=exc)
 
 
 def view_phashes(im: Image.Image, orientation: int = 1) -> list[str]:

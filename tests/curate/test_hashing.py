@@ -118,6 +118,36 @@ def test_parallel_matches_serial_and_keeps_order(bad, tmp_path):
 
 
 @pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="needs fork to patch workers")
+def test_a_fault_of_our_own_code_is_logged_not_only_recorded(bad, monkeypatch, caplog):
+    """A bug in the view or hash code was recorded as every file's `decode-error:<Type>` and nothing
+    was logged (the arch24 audit). It is still the file's reason, and now an ERROR with its traceback;
+    hostile files, which Pillow's own errors reject, log nothing."""
+    photo = os.fspath(fixture_photos()[0])
+    with caplog.at_level("ERROR", logger="mlc_pipeline.curate.hashing"):
+        for f in bad.values():
+            inspect_file(f.path)
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+    def broken_views(im, orientation=1):
+        raise AttributeError("'NoneType' object has no attribute 'shape'")
+
+    monkeypatch.setattr(hashing, "view_greys", broken_views)
+    with caplog.at_level("ERROR", logger="mlc_pipeline.curate.hashing"):
+        assert inspect_file(photo).reason == "decode-error:AttributeError"
+    assert len(caplog.records) == 1 and photo in caplog.records[0].getMessage()
+    assert "likely a bug" in caplog.records[0].getMessage() and caplog.records[0].exc_info
+    caplog.clear()
+    monkeypatch.undo()
+
+    def broken_hash(views):
+        raise ValueError("operands could not be broadcast together")
+
+    record, views = hashing.decode_for_hashing(photo, hashing.VerifyLimits())
+    with caplog.at_level("ERROR", logger="mlc_pipeline.curate.hashing"):
+        assert hashing._with_hashes(record, views, broken_hash).reason == "decode-error:ValueError"
+    assert len(caplog.records) == 1 and "while hashing" in caplog.records[0].getMessage()
+
+
 def test_a_worker_crash_costs_only_its_file(monkeypatch):
     photos = [os.fspath(p) for p in fixture_photos()[:30]]
     victim = photos[7]
