@@ -1,7 +1,7 @@
 """Prefect 3 orchestration of mlc-pipeline (see docs/orchestration.md).
 
-The flows only wire the library's stage functions (`mlc_pipeline.collect`, `.curate`, `.dataset`,
-`.models`, `.mine`, `.report`); all the logic lives there. Deployments are declared in prefect.yaml:
+The flows only wire the library's stage loop (`mlc_pipeline.pipeline`: `mlc_pipeline.collect`,
+`.curate`, `.dataset`, `.model`, `.report`); all the logic lives there. Deployments are declared in prefect.yaml:
 
 - `collect-and-train/nightly`      flows/collect_and_train.py:collect_and_train
 - `rebuild-report/rebuild-report`  flows/collect_and_train.py:rebuild_report
