@@ -75,7 +75,7 @@ def tiny_config(folder: Path, port: int) -> Path:
         # One epoch at 32 px scores everything alike: the default cap on unknowns would then accept no
         # pool image, and the default hold (a class's typical validation score) would hold every one
         # it accepts, leaving nothing to mine. These tests are about the flow's wiring (mining -> v2);
-        # the cap is tested in test_evaluate and test_train, the hold in model/test_mine.
+        # the cap is tested in model/test_metrics and test_train, the hold in model/test_mine.
         train: {{epochs: 1, image_size: 32, batch_size: 32, pretrained: none,
                  max_unknown_accepted: null}}
         mine:
