@@ -1,4 +1,5 @@
-"""model/metrics.py: calibration, the capping path and metrics, against numbers worked out by hand (pure numpy, milliseconds)."""
+"""model/metrics.py: calibration, the capping path and metrics, against numbers worked out by hand
+(pure numpy, milliseconds)."""
 
 import numpy as np
 import pytest
