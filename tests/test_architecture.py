@@ -4,13 +4,15 @@ imports inside functions count as much as those at the top of a file).
 - no import cycle between modules;
 - each package imports only what sits below it (the table in ARCHITECTURE.md);
 - the bundled Flickr-compatible server imports nothing of the pipeline;
-- only the catalog speaks SQL (imports a database driver);
+- only the catalog speaks SQL (imports a database driver, or holds an SQL statement), in the library
+  and in flows/, which the library never imports;
 - no module of the library is over 400 lines.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,11 @@ NEVER = {
     "flickr_server": {"core", "review"} | STAGES | TOP,
 }
 SQL_DRIVERS = {"sqlite3", "psycopg", "psycopg2", "sqlalchemy"}
+FLOWS = ROOT / "flows"
+# An SQL statement in a string: what a module that talks to the database through another's connection
+# would hold (the driver check alone misses `catalog.db.execute("SELECT ...")`).
+SQL_STATEMENT = re.compile(r"\b(SELECT\s.+?\sFROM\s|INSERT\s+(OR\s+\w+\s+)?INTO\s|UPDATE\s+\w+\s+SET\s|DELETE\s+FROM\s|"
+                           r"CREATE\s+(UNIQUE\s+)?(TABLE|INDEX)\s)", re.S)
 MAX_LINES = 400
 
 
@@ -143,6 +150,31 @@ def test_only_the_catalog_speaks_sql():
     speakers = sorted(module_name(p) for p in PKG.rglob("*.py")
                       if external_imports(p) & SQL_DRIVERS and not module_name(p).startswith("mlc_pipeline.catalog"))
     assert not speakers, f"modules other than the catalog that import a database driver: {speakers}"
+
+
+def sql_strings(path: Path) -> list[int]:
+    return [node.lineno for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL_STATEMENT.search(node.value)]
+
+
+def test_no_sql_statement_outside_the_catalog_nor_in_flows():
+    files = [p for p in [*PKG.rglob("*.py"), *FLOWS.rglob("*.py")] if not module_name(p).startswith("mlc_pipeline.catalog")]
+    found = {str(p.relative_to(ROOT)): lines for p in files if (lines := sql_strings(p))}
+    assert not found, f"SQL statements outside mlc_pipeline/catalog (file: lines): {found}"
+    drivers = sorted(str(p.relative_to(ROOT)) for p in FLOWS.rglob("*.py") if external_imports(p) & SQL_DRIVERS)
+    assert not drivers, f"flows that import a database driver: {drivers}"
+    assert sql_strings(PKG / "catalog" / "store.py"), "the check sees no SQL in the catalog itself: a useless test"
+
+
+def test_the_library_never_imports_the_flows():
+    """flows/ wires the library into Prefect; the library runs without it, and without Prefect loaded
+    (secrets.py reads Prefect Secret blocks inside the function that needs them)."""
+    def top_level(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text())
+        return {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names} | \
+               {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+    wrong = sorted(module_name(p) for p in PKG.rglob("*.py") if "flows" in external_imports(p) or "prefect" in top_level(p))
+    assert not wrong, f"library modules that import flows/, or prefect when imported: {wrong}"
 
 
 def test_no_module_over_400_lines():
