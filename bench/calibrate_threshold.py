@@ -21,7 +21,8 @@ from PIL import Image, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlc_pipeline.curate.hashing import hex_to_uint64, inspect_files, popcount64  # noqa: E402
-from mlc_pipeline.curate.verify import VerifyLimits, load_rgb  # noqa: E402
+from mlc_pipeline.curate.verify import VerifyLimits  # noqa: E402
+from mlc_pipeline.images import load_rgb  # noqa: E402
 
 
 def crop(im: Image.Image, left: float, top: float, right: float, bottom: float) -> Image.Image:

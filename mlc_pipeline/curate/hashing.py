@@ -31,8 +31,9 @@ from PIL import Image
 
 from mlc_pipeline.curate.phash import one_blas_thread, phash_many, single_blas_thread_for_life
 from mlc_pipeline.curate.similarity import VIEW_CROPS, crop_box
-from mlc_pipeline.curate.verify import (DECODE_ERRORS, ORIENTATION_TRANSPOSE, VerifyLimits, decode_checked,
-                                       exif_orientation, load_format_plugins, read_limited, require_strict_decoding, to_rgb)
+from mlc_pipeline.curate.verify import (ORIENTATION_TRANSPOSE, VerifyLimits, decode_checked, exif_orientation,
+                                       load_format_plugins, read_limited, require_strict_decoding)
+from mlc_pipeline.images import DECODE_ERRORS, to_rgb
 
 log = logging.getLogger(__name__)
 

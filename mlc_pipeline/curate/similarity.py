@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 from scipy.ndimage import uniform_filter
 
-from mlc_pipeline.curate.verify import to_rgb
+from mlc_pipeline.images import to_rgb
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,8 @@ Reason codes (stable; other modules and reports key on them):
     unsupported-format:<FMT>, decompression-bomb, too-many-frames, too-small, extreme-aspect,
     unsupported-mode, truncated, decode-error:<Exc>
 
-`load_rgb` opens a file as an RGB image the way a viewer shows it: EXIF orientation applied,
-transparency composited on white, CMYK / 16-bit / palette / grey modes converted, first frame of an
-animation, optionally downscaled (JPEG draft decoding when much larger than needed).
+Loading an accepted file as RGB (`load_rgb`, `to_rgb`) and the errors Pillow raises on bad data
+(`DECODE_ERRORS`) live in the core's images.py, which the later stages use without importing curation.
 """
 
 from __future__ import annotations
@@ -26,10 +25,10 @@ import struct
 import warnings
 from dataclasses import asdict, dataclass
 
-import numpy as np
-from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 from mlc_pipeline.imageformat import image_extension
+from mlc_pipeline.images import DECODE_ERRORS
 
 # Formats we decode. Everything else (EPS runs Ghostscript, PSD, ICO, ...) is refused up front.
 DEFAULT_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG includes MPO
@@ -68,10 +67,6 @@ ORIENTATION_TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 
-# What Pillow raises on hostile data varies by plugin; these are the types seen in practice. The
-# exception's name is kept in the reason code, so nothing is swallowed.
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
-                 struct.error, ZeroDivisionError, MemoryError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -265,42 +260,3 @@ def _decode_reason(e: BaseException) -> str:
     if isinstance(e, OSError) and "truncated" in str(e).lower():
         return "truncated"
     return f"decode-error:{type(e).__name__}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Normalised loading
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    "Convert any supported mode to 8-bit RGB; transparency is composited on white."
-    if im.mode == "RGB":
-        return im
-    if im.mode.startswith("I"):  # 16-bit (or 32-bit int holding 16-bit data): keep the top 8 bits
-        a = np.asarray(im).astype(np.int64)
-        return Image.fromarray((np.clip(a, 0, 65535) >> 8).astype(np.uint8), "L").convert("RGB")
-    if (im.mode == "P" and "transparency" in im.info) or im.mode in ("LA", "PA", "RGBa"):
-        im = im.convert("RGBA")
-    if im.mode == "RGBA":
-        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, im).convert("RGB")
-    return im.convert("RGB")  # 1, L, P, RGBX, CMYK, YCbCr
-
-
-def load_rgb(path: str | os.PathLike, max_side: int | None = None) -> Image.Image:
-    """Open `path` as RGB as a viewer would show it (EXIF orientation, first frame, white background),
-    optionally downscaled so the longer side is at most `max_side`.
-
-    Meant for files that passed `check_image`; Pillow's own decompression-bomb guard still applies.
-    """
-    with Image.open(path) as im:
-        if max_side is not None and im.format == "JPEG":
-            # Draft decoding (1/2, 1/4, 1/8 scale inside libjpeg) is much faster on big photos; ask for
-            # a size whose longer side is still >= max_side so the final resize only shrinks.
-            scale = max_side / max(im.size)
-            if scale < 0.5:
-                im.draft("RGB", (max(1, round(im.width * scale)), max(1, round(im.height * scale))))
-        im.load()
-        out = to_rgb(ImageOps.exif_transpose(im))
-    if max_side is not None and max(out.size) > max_side:
-        out.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return out

@@ -39,7 +39,7 @@ from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file
 from mlc_pipeline.locking import files_lock
 from mlc_pipeline.manifest import (PUBLISHED, SPLITS, highest_published, latest_version, point_latest,
                                    recorded_fingerprint, withdrawn_versions, write_manifest)
-from mlc_pipeline.curate.verify import DECODE_ERRORS, load_rgb
+from mlc_pipeline.images import DECODE_ERRORS, load_rgb
 # VersionDamaged and verify_version are imported from here too (they lived here until 2026-12-06)
 from mlc_pipeline.dataset.verify import SUMS_NAME, VersionDamaged, rows_fingerprint, verify_version
 

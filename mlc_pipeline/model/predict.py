@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 
 from mlc_pipeline import progress
-from mlc_pipeline.curate.verify import load_rgb
+from mlc_pipeline.images import load_rgb
 from mlc_pipeline.model.bundle import Bundle
 from mlc_pipeline.model.metrics import OTHER, predict_matrix
 

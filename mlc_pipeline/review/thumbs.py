@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from mlc_pipeline.curate.verify import load_rgb
+from mlc_pipeline.images import load_rgb
 from mlc_pipeline.layout import DataLayout
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from badfiles import animated_gif, fixture_photos, make_bad_files
-from mlc_pipeline.curate.verify import VerifyLimits, check_image, load_rgb, recorded_reason
+from mlc_pipeline.curate.verify import VerifyLimits, check_image, recorded_reason
+from mlc_pipeline.images import load_rgb
 
 pytestmark = pytest.mark.skipif(not fixture_photos(), reason="fixture photos missing (../shared/fixtures)")
 

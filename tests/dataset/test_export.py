@@ -19,7 +19,7 @@ import pytest
 
 from mlc_pipeline.dataset.build import _fingerprint, count_rows, folder_name, write_sums
 from mlc_pipeline.dataset.export import ExportError, export_version
-from mlc_pipeline.curate.verify import load_rgb
+from mlc_pipeline.images import load_rgb
 from mlc_pipeline.manifest import MANIFEST_COLUMNS, read_manifest, write_manifest
 from storage_world import mlc, write_config
 

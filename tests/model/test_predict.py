@@ -171,7 +171,7 @@ def test_a_file_scores_as_its_dataset_copy_would(bundle, photo_variants, awkward
     transparency on white, 16-bit to its top 8 bits), so predict and mining must see a file the same
     way. Before: fastai's loader saw the 16-bit PNG as pure white (0.23/0.09 against 0.00/0.00), the
     cutout's hidden pixels (0.00 against 0.47 blue) and the photo on its side (0.96 against 0.90)."""
-    from mlc_pipeline.curate.verify import load_rgb
+    from mlc_pipeline.images import load_rgb
     from mlc_pipeline.model.predict import _decode
     a, b = photo_variants / awkward, photo_variants / plain
     assert np.array_equal(np.asarray(_decode(a)), np.asarray(load_rgb(a)))     # the build's decoding
