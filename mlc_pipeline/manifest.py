@@ -1,5 +1,5 @@
 """A published dataset version as its readers see it: the version folders, the manifest's columns
-and splits, and reading a manifest.
+and splits, reading a manifest, and the markers of the exports made of it (`read_export_markers`).
 
 This is the contract between `build` (which writes versions) and everything downstream of it
 (training, mining, the report, takedowns, the cross-version test check), so it sits in the core and
@@ -59,6 +59,27 @@ def recorded_fingerprint(folder: Path) -> str | None:
         return json.loads((folder / "dataset.json").read_text()).get("fingerprint")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+EXPORT_MARKER = "export.json"    # in every export of a version (`mlc export`): which version, what it left out
+
+
+def read_export_markers(exports: Path) -> dict[Path, dict]:
+    """The markers of the exports in `exports` (<data_dir>/exports/, `mlc export`'s default place):
+    export folder -> its export.json. A marker that cannot be read, or holds no JSON object, is left
+    out with a warning naming it: the command listing exports (`mlc remove`, `mlc withdraw`) goes on."""
+    found = {}
+    for marker in sorted(exports.glob(f"*/{EXPORT_MARKER}")) if exports.is_dir() else []:
+        try:
+            info = json.loads(marker.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("%s: not read (%s); check that export by hand", marker, exc)
+            continue
+        if not isinstance(info, dict):
+            log.warning("%s: not read (not a JSON object); check that export by hand", marker)
+            continue
+        found[marker.parent] = info
+    return found
 
 
 def highest_published(root: Path) -> int:

@@ -11,7 +11,6 @@ export made after the takedown leaves the photo out (`taken_down_photos`, read b
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from mlc_pipeline.curate.hashing import corner_phashes, hamming_uint64, hex_to_u
 from mlc_pipeline.curate.similarity import VIEW_CROPS
 from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.locking import files_lock
-from mlc_pipeline.manifest import read_manifest, versions
+from mlc_pipeline.manifest import read_export_markers, read_manifest, versions
 
 log = logging.getLogger(__name__)
 
@@ -337,20 +336,14 @@ def taken_down_photos(cfg: Config) -> set[tuple[str, str]] | None:
 def exports_with(cfg: Config, published_in: dict[str, list[str]]) -> dict[str, list[str]]:
     """The exports under <data_dir>/exports/ (`mlc export`'s default place) of the versions in
     `published_in` that hold its photos: export folder -> photo ids (one made after the takedown
-    left them out: its export.json lists them)."""
+    left them out: its export.json lists them). A damaged marker is skipped, named in a warning."""
     found: dict[str, list[str]] = {}
-    exports = cfg.data_dir / "exports"
     name = cfg.layout.datasets.name
-    for marker in sorted(exports.glob("*/export.json")) if exports.is_dir() else []:
-        try:
-            info = json.loads(marker.read_text())
-        except (OSError, ValueError) as exc:
-            log.warning("%s: not read (%s); check that export by hand", marker, exc)
-            continue
+    for folder, info in read_export_markers(cfg.data_dir / "exports").items():
         if info.get("dataset") != name or info.get("version") not in published_in:
             continue
         left_out = {p.split(":", 1)[-1] for p in info.get("taken_down_left_out", [])}
         held = [p for p in published_in[info["version"]] if p not in left_out]
         if held:
-            found[str(marker.parent)] = held
+            found[str(folder)] = held
     return found

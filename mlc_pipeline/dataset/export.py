@@ -38,12 +38,12 @@ from pathlib import Path
 from mlc_pipeline.dataset.build import verify_version
 from mlc_pipeline.dataset.card import attribution
 from mlc_pipeline.fsutil import pid_alive
-from mlc_pipeline.manifest import resolve_version
+from mlc_pipeline.manifest import EXPORT_MARKER, resolve_version
 
 FORMATS = ("imagefolder", "hf", "webdataset", "fiftyone")
 OTHER_FOLDER = "other"               # images of none of the classes
 HF_SPLITS = {"train": "train", "valid": "validation", "test": "test", "probe": "probe"}
-MARKER = "export.json"               # what makes a folder an export that --force may replace
+MARKER = EXPORT_MARKER               # what makes a folder an export that --force may replace
 SHARD_SIZE = 1000
 
 

@@ -9,20 +9,15 @@ not touched, only listed: exports under <data_dir>/exports/ here, model bundles 
 
 from __future__ import annotations
 
-import json
-import logging
 import re
 from dataclasses import dataclass, field
 
 from mlc_pipeline.config import Config, ConfigError
-from mlc_pipeline.dataset.export import MARKER as EXPORT_MARKER
 from mlc_pipeline.locking import data_root_lock
-from mlc_pipeline.manifest import resolve_version, versions, withdrawn_versions
+from mlc_pipeline.manifest import read_export_markers, resolve_version, versions, withdrawn_versions
 from mlc_pipeline.objectstore import store_errors, store_of
 from mlc_pipeline.storeversions import drop_withdrawn, remote_versions, remote_withdrawn, withdraw_in_store
 from mlc_pipeline.withdrawal import withdraw_folder
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,14 +72,7 @@ def withdraw_version(cfg: Config, version: str, reason: str, wait: bool = True) 
 
 
 def exports_of(cfg: Config, version: str) -> list[str]:
-    """The exports of `version` under <data_dir>/exports/ (`mlc export`'s default place)."""
-    exports, found = cfg.data_dir / "exports", []
-    for marker in sorted(exports.glob(f"*/{EXPORT_MARKER}")) if exports.is_dir() else []:
-        try:
-            info = json.loads(marker.read_text())
-        except (OSError, ValueError) as exc:
-            log.warning("%s: not read (%s); check that export by hand", marker, exc)
-            continue
-        if isinstance(info, dict) and info.get("dataset") == cfg.build.name and info.get("version") == version:
-            found.append(str(marker.parent))
-    return found
+    """The exports of `version` under <data_dir>/exports/ (`mlc export`'s default place); a damaged
+    marker is skipped, named in a warning."""
+    return [str(folder) for folder, info in read_export_markers(cfg.data_dir / "exports").items()
+            if info.get("dataset") == cfg.build.name and info.get("version") == version]

@@ -189,3 +189,24 @@ def test_withdraw_on_an_object_store_reaches_every_cache(s3_server, tmp_path: Pa
     assert versions(b.layout.datasets) == ["v1"]
     gone = mlc("inspect", "--version", "v2", config=config_c, rc=2).stderr
     assert "v2 was withdrawn" in gone, gone
+
+
+def test_the_exports_listed_skip_a_damaged_marker_and_say_so(tmp_path: Path, caplog):
+    """`mlc withdraw` reads the export markers as `mlc remove` does (manifest.read_export_markers): one
+    that is not a JSON object used to be skipped without a word; now it is named, as an unreadable one is."""
+    import logging
+    from mlc_pipeline.config import parse_config
+    from mlc_pipeline.dataset.withdraw import exports_of
+
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), "classes": {"ants": {"queries": ["ants"], "count": 5}},
+                        "other": {"queries": ["scenery"], "count": 5}})
+    exports = cfg.data_dir / "exports"
+    for name, text in (("a-list", "[1, 2]"), ("b-cut", '{"dataset": '),
+                       ("c-v2", json.dumps({"dataset": "default", "version": "v2"})),
+                       ("d-v1", json.dumps({"dataset": "default", "version": "v1"}))):
+        (exports / name).mkdir(parents=True)
+        (exports / name / "export.json").write_text(text)
+    with caplog.at_level(logging.WARNING):
+        assert exports_of(cfg, "v2") == [str(exports / "c-v2")]
+    for name, why in (("a-list", "not a JSON object"), ("b-cut", "Expecting value")):
+        assert any(f"{exports / name / 'export.json'}: not read ({why}" in r.getMessage() for r in caplog.records), caplog.text
