@@ -1,5 +1,6 @@
 """A published dataset version as its readers see it: the version folders, the manifest's columns
-and splits, reading a manifest, and the markers of the exports made of it (`read_export_markers`).
+and splits, reading a manifest and its dataset.json (`read_version_meta`), and the markers of the
+exports made of it (`read_export_markers`).
 
 This is the contract between `build` (which writes versions) and everything downstream of it
 (training, mining, the report, takedowns, the cross-version test check), so it sits in the core and
@@ -53,11 +54,39 @@ def latest_version(root: Path) -> str | None:
 PUBLISHED = "PUBLISHED"      # datasets/<name>/PUBLISHED: every version ever published, one line each
 
 
+VERSION_META = "dataset.json"            # a version's parameters, counts and fingerprint (dataset/build.py)
+
+
+class VersionMetaUnreadable(ValueError):
+    """A version's dataset.json missing, unreadable or not a JSON object: one line naming the file.
+    `problem` says it relative to the version folder, for a caller's own message (VersionDamaged)."""
+
+    def __init__(self, path: Path, problem: str):
+        self.path, self.problem = path, f"{VERSION_META} {problem}"
+        super().__init__(f"{path} {problem}")
+
+
+def read_version_meta(folder: str | Path) -> dict:
+    """A version's dataset.json: every reader of it reads it here. VersionMetaUnreadable when it is
+    missing, cannot be read or parsed, or holds no JSON object; what that means for the reader (a
+    damaged version, a fingerprint unknown) is the reader's to say."""
+    path = Path(folder) / VERSION_META
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise VersionMetaUnreadable(path, "is missing") from None
+    except (OSError, ValueError) as exc:            # ValueError: bad JSON, bytes that are not UTF-8
+        raise VersionMetaUnreadable(path, f"is unreadable ({exc})") from None
+    if not isinstance(meta, dict):
+        raise VersionMetaUnreadable(path, "is not a JSON object")
+    return meta
+
+
 def recorded_fingerprint(folder: Path) -> str | None:
     """The fingerprint a version's dataset.json records; None when there is none to read (damaged)."""
     try:
-        return json.loads((folder / "dataset.json").read_text()).get("fingerprint")
-    except (OSError, ValueError, AttributeError):
+        return read_version_meta(folder).get("fingerprint")
+    except VersionMetaUnreadable:
         return None
 
 

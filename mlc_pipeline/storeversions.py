@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 from mlc_pipeline.config import Config
-from mlc_pipeline.manifest import recorded_fingerprint, versions as local_versions
+from mlc_pipeline.manifest import (VERSION_META, VersionMetaUnreadable, read_version_meta, recorded_fingerprint,
+                                   versions as local_versions)
 from mlc_pipeline.objectstore import (CLAIM, MARKER, ObjectStoreError, Store, claim_folder, pull_folder, push_folder,
                                       read_marker)
 from mlc_pipeline.withdrawal import withdraw_folder
@@ -63,7 +64,7 @@ def push_versions(store: Store, cfg: Config) -> list[str]:
     pushed = []
     for version in local_versions(cfg.layout.datasets):
         folder = cfg.layout.version(version)
-        if not (folder / "dataset.json").exists():
+        if not (folder / VERSION_META).exists():
             continue
         meta, key = version_meta(folder), version_key(cfg, version)
         if (stone := read_tombstone(store, key)) is not None:       # even with its marker left (a killed withdrawal)
@@ -91,15 +92,13 @@ def push_versions(store: Store, cfg: Config) -> list[str]:
 
 
 def version_meta(folder: Path) -> dict:
-    """A cached version's dataset.json; an unreadable one is the version damaged, said in one line."""
+    """A cached version's dataset.json; a missing, unreadable or non-object one is the version damaged,
+    said in one line with the way out."""
     try:
-        meta = json.loads((folder / "dataset.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ObjectStoreError(f"dataset version {folder} is damaged (dataset.json: {exc}): not published nor "
+        return read_version_meta(folder)
+    except VersionMetaUnreadable as exc:
+        raise ObjectStoreError(f"dataset version {folder} is damaged ({exc.problem}): not published nor "
                                f"compared; move it aside (or `mlc build --repair` for the latest)") from None
-    if not isinstance(meta, dict):
-        raise ObjectStoreError(f"dataset version {folder} is damaged (dataset.json is not an object)")
-    return meta
 
 
 def pull_version(store: Store, cfg: Config, version: str | None = None) -> str | None:
@@ -111,7 +110,7 @@ def pull_version(store: Store, cfg: Config, version: str | None = None) -> str |
     marker = None if store.info(f"{key}/{TOMBSTONE}") else read_marker(store, key)     # withdrawn: not fetched
     if marker is None:
         return version if folder.exists() else None     # not published (yet): the cache's own, if any
-    if (folder / "dataset.json").exists():
+    if (folder / VERSION_META).exists():
         if version_meta(folder).get("fingerprint") != marker.get("fingerprint"):
             raise ObjectStoreError(f"the cache's {folder} is not the version {store.url}/{key} holds (built here "
                                    f"but never published?): move it aside and rerun")

@@ -1,5 +1,6 @@
-"""manifest.py, the contract every reader of a published version uses: the markers of its exports
-under <data_dir>/exports/ (`read_export_markers`), read alike by `mlc remove` and `mlc withdraw`."""
+"""manifest.py, the contract every reader of a published version uses: a version's dataset.json read
+in one place (`read_version_meta`), and the markers of its exports under <data_dir>/exports/
+(`read_export_markers`), read alike by `mlc remove` and `mlc withdraw`."""
 
 from __future__ import annotations
 
@@ -7,8 +8,44 @@ import json
 import logging
 from pathlib import Path
 
+import pytest
 
 from mlc_pipeline import manifest
+
+
+def version_with(tmp_path: Path, meta: str | None) -> Path:
+    folder = tmp_path / "datasets" / "default" / "v1"
+    folder.mkdir(parents=True)
+    if meta is not None:
+        (folder / "dataset.json").write_text(meta)
+    return folder
+
+
+def test_read_version_meta_returns_the_object(tmp_path):
+    folder = version_with(tmp_path, json.dumps({"name": "default", "version": "v1", "fingerprint": "ab"}))
+    assert manifest.read_version_meta(folder)["fingerprint"] == "ab"
+    assert manifest.recorded_fingerprint(folder) == "ab"
+
+
+@pytest.mark.parametrize("meta, problem", [
+    (None, "is missing"),
+    ('{"name": ', "is unreadable (Expecting value"),
+    (b"\xff\xfe{}", "is unreadable ("),
+    ("[1, 2]", "is not a JSON object"),
+    ("directory", "is unreadable ("),
+])
+def test_a_damaged_dataset_json_is_one_error_naming_the_file(tmp_path, meta, problem):
+    folder = version_with(tmp_path, None if meta in (None, b"\xff\xfe{}", "directory") else meta)
+    if isinstance(meta, bytes):
+        (folder / "dataset.json").write_bytes(meta)
+    elif meta == "directory":
+        (folder / "dataset.json").mkdir()
+    with pytest.raises(manifest.VersionMetaUnreadable) as caught:
+        manifest.read_version_meta(folder)
+    assert str(caught.value).startswith(f"{folder / 'dataset.json'} {problem}"), str(caught.value)
+    assert caught.value.problem.startswith(f"dataset.json {problem}")
+    assert "\n" not in str(caught.value)
+    assert manifest.recorded_fingerprint(folder) is None       # no fingerprint to read: damaged
 
 
 def export_marker(exports: Path, name: str, text: str) -> Path:

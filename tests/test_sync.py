@@ -328,5 +328,20 @@ def test_a_cached_version_with_an_unreadable_dataset_json_is_reported_not_a_trac
     folder = cfg.layout.version("v1")
     folder.mkdir(parents=True)
     (folder / "dataset.json").write_text('{"name": ')
-    with pytest.raises(ObjectStoreError, match=r"v1 is damaged \(dataset.json: .*\): not published"):
+    with pytest.raises(ObjectStoreError, match=r"v1 is damaged \(dataset.json is unreadable \(.*\)\): not published"):
         sync.push_versions(store_of(cfg), cfg)
+
+
+@pytest.mark.parametrize("meta", ["[1, 2]", None])
+def test_a_cached_version_whose_dataset_json_is_no_object_or_missing_gets_the_same_answer(tmp_path, meta):
+    """The cache's dataset.json is read by manifest.read_version_meta: one that is not an object (it
+    lacked the way out) or missing says what is wrong and what to do, as an unreadable one does."""
+    from mlc_pipeline.storeversions import version_meta
+    folder = tmp_path / "datasets" / "default" / "v1"
+    folder.mkdir(parents=True)
+    if meta is not None:
+        (folder / "dataset.json").write_text(meta)
+    problem = "is not a JSON object" if meta else "is missing"
+    with pytest.raises(ObjectStoreError, match=rf"v1 is damaged \(dataset.json {problem}\): not published nor "
+                                               r"compared; move it aside \(or `mlc build --repair` for the latest\)"):
+        version_meta(folder)

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from glob import escape as glob_escape
 from pathlib import Path
 
-from mlc_pipeline.dataset.build import verify_version
 from mlc_pipeline.dataset.card import attribution
+from mlc_pipeline.dataset.verify import verified_version
 from mlc_pipeline.fsutil import pid_alive
 from mlc_pipeline.manifest import EXPORT_MARKER, resolve_version
 
@@ -121,10 +121,9 @@ def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bo
     shard_size = SHARD_SIZE if shard_size is None else shard_size
     version_dir, out = Path(version_dir), Path(out)
     check_destination(version_dir, out, force)
-    rows = verify_version(version_dir)        # VersionDamaged: one line, nothing written
+    meta, rows = verified_version(version_dir)     # VersionDamaged: one line, nothing written
     left_out = [r for r in rows if (r["source"], r["photo_id"]) in (taken_down or set())]
     rows = [r for r in rows if (r["source"], r["photo_id"]) not in (taken_down or set())]
-    meta = json.loads((version_dir / "dataset.json").read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out)
     tmp = out.parent / f".{out.name}.export-{os.getpid()}-{uuid.uuid4().hex[:8]}"

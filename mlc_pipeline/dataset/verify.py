@@ -17,7 +17,8 @@ import os
 from pathlib import Path
 
 from mlc_pipeline.fsutil import sha256_file
-from mlc_pipeline.manifest import ADDED_COLUMNS, MANIFEST_COLUMNS, latest_version, read_manifest
+from mlc_pipeline.manifest import (ADDED_COLUMNS, MANIFEST_COLUMNS, VersionMetaUnreadable, latest_version, read_manifest,
+                                   read_version_meta)
 
 SUMS_NAME = "SHA256SUMS"
 # What a build writes beside the images (the images: SHA256SUMS)
@@ -61,14 +62,14 @@ def read_version(folder: str | Path) -> tuple[dict, list[dict]]:
     Their contents against the fingerprint and SHA256SUMS: verify_version."""
     folder = Path(folder)
     try:
-        meta = json.loads((folder / "dataset.json").read_text())
+        meta = read_version_meta(folder)
         rows = read_manifest(folder / "manifest.csv")
+    except VersionMetaUnreadable as exc:
+        raise damaged_version(folder, exc.problem) from None
     except FileNotFoundError as exc:
         raise damaged_version(folder, f"{Path(exc.filename).name} is missing") from None
     except (ValueError, csv.Error, UnicodeDecodeError) as exc:
-        raise damaged_version(folder, f"dataset.json or manifest.csv is unreadable ({exc})") from None
-    if not isinstance(meta, dict):
-        raise damaged_version(folder, "dataset.json is unreadable (not a JSON object)")
+        raise damaged_version(folder, f"manifest.csv is unreadable ({exc})") from None
     for n, r in enumerate(rows, start=2):               # line 1 is the header
         if None in r.values() or None in r or set(MANIFEST_COLUMNS) - set(ADDED_COLUMNS) - set(r):
             raise damaged_version(folder, f"manifest.csv line {n} does not have the manifest's columns")
@@ -83,6 +84,11 @@ def verify_version(folder: str | Path) -> list[dict]:
     Raises VersionDamaged, a one-line message naming the version and the first problem found.
     Versions published before SHA256SUMS existed are checked for the manifest and the files' presence.
     """
+    return verified_version(folder)[1]
+
+
+def verified_version(folder: str | Path) -> tuple[dict, list[dict]]:
+    """verify_version, returning the dataset.json it checked the rows against too (read once)."""
     folder = Path(folder)
 
     def damaged(what: str) -> VersionDamaged:
@@ -118,7 +124,7 @@ def verify_version(folder: str | Path) -> list[dict]:
         for r in rows:
             if sha256_file(folder / r["path"]) != recorded[r["path"]]:
                 raise damaged(f"file {r['path']} was changed since publication")
-    return rows
+    return meta, rows
 
 
 # What a file browser leaves in a folder it shows: no image loader reads these (docs/curation.md, 8).

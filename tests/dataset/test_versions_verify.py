@@ -129,7 +129,7 @@ def two_versions(built):
 
 
 @pytest.mark.parametrize("damage, message", [
-    ("dataset.json", "dataset.json or manifest.csv is unreadable"),      # was: mlc: JSONDecodeError, exit 1
+    ("dataset.json", "dataset.json is unreadable (Expecting"),           # was: mlc: JSONDecodeError, exit 1
     ("manifest.csv", "manifest.csv line"),                                # was: mlc: AttributeError, exit 1
     ("counts", "dataset.json lacks its counts"),                          # was: mlc: KeyError, exit 1
 ])
@@ -252,6 +252,16 @@ def test_train_reader_rejects_paths_leaving_the_folder(tmp_path):
         (tmp_path / "manifest.csv").write_text(f"path,labels,split\n{bad},a,train\n")
         with pytest.raises(ValueError, match="outside the dataset folder"):
             read_manifest_frame(tmp_path / "manifest.csv")
+
+
+def test_a_dataset_json_that_cannot_be_read_as_a_file_is_the_version_damaged(tmp_path):
+    """dataset.json is read in one place (manifest.read_version_meta): a folder in its place was an
+    IsADirectoryError out of every reader that verifies (it caught a missing file and bad JSON only)."""
+    v1 = tmp_path / "datasets" / "default" / "v1"
+    (v1 / "dataset.json").mkdir(parents=True)
+    (v1 / "manifest.csv").write_text("path,labels,split\n")
+    with pytest.raises(VersionDamaged, match=r"dataset default v1 is damaged: dataset.json is unreadable \("):
+        verify_version(v1)
 
 
 def test_a_version_without_sha256sums_is_still_checked_for_missing_files(built):
