@@ -2,8 +2,9 @@
 
 A bundle is a folder: `export.pkl` (a fastai Learner, pickled), `bundle.json` (classes, vocab,
 thresholds, the training config, export.pkl's sha256), `metrics.json` and plots. Training writes it
-(`export_learner` + bundle.json, model/train.py); predict, assess and mine only ever read it through
-`load_bundle`.
+(`export_learner` + `write_meta`, model/train.py); predict, assess and mine only ever read it through
+`load_bundle`. This module is the one reader of bundle.json (`read_meta`), the one check of a bundle's
+files before unpickling (`check_files`), and the one writer of models/LATEST (`point_latest`).
 
 Trust model: `export.pkl` is a pickle, and unpickling runs code. A bundle is therefore a trusted file,
 like a script: only load bundles this pipeline wrote. `load_bundle` checks that export.pkl still has
@@ -32,15 +33,66 @@ from pathlib import Path
 
 import numpy as np
 
-from mlc_pipeline.fsutil import pid_alive, remove_dead_leftovers, sha256_file
+from mlc_pipeline.fsutil import pid_alive, remove_dead_leftovers, sha256_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("vocab", "classes", "head", "thresholds", "export_sha256", "image_size")
+META, EXPORT = "bundle.json", "export.pkl"
+POINTER = "LATEST"          # models/LATEST: a text file naming the product model's bundle folder
 
 
 class BundleError(Exception):
     """A model bundle that is missing, unreadable, or not the file that was recorded."""
+
+
+class MetaError(BundleError):
+    """bundle.json missing, unreadable, not JSON, or JSON but not an object. The message names the
+    file; `reason` says what is wrong in a few words (the `mlc models` listing shows it)."""
+
+    def __init__(self, path: Path, reason: str, detail: str = ""):
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: {reason}" + (f": {detail}" if detail else ""))
+
+
+def read_meta(bundle_dir: str | Path) -> dict:
+    """A bundle's bundle.json, the one reader of it: a dict, or MetaError."""
+    path = Path(bundle_dir) / META
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MetaError(path, "missing (not a model bundle folder?)") from None
+    except (OSError, ValueError) as exc:        # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise MetaError(path, f"unreadable or not JSON ({type(exc).__name__})", str(exc)) from None
+    if not isinstance(meta, dict):
+        raise MetaError(path, f"is not a JSON object (a {type(meta).__name__})")
+    return meta
+
+
+def check_files(bundle_dir: Path, meta: dict, hash_export: bool = True) -> str | None:
+    """Why a bundle cannot be loaded, from its bundle.json (`read_meta`), checked before anything is
+    unpickled; None: it can. `hash_export=False` does not compute export.pkl's sha256 (a listing)."""
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        return f"{META} lacks {missing}"
+    export = Path(bundle_dir) / EXPORT
+    if not export.is_file():
+        return f"{EXPORT} missing"
+    if hash_export and (actual := sha256_file(export)) != meta["export_sha256"]:
+        return (f"{EXPORT} is not the file {META} recorded (its sha256 {actual[:12]}... does not match "
+                f"the {str(meta['export_sha256'])[:12]}... recorded)")
+    return None
+
+
+def write_meta(bundle_dir: Path, meta: dict) -> None:
+    """Write a bundle's bundle.json, atomically: a reader sees the old file or the new one."""
+    write_text_atomic(Path(bundle_dir) / META, json.dumps(meta, indent=2))
+
+
+def point_latest(models_dir: Path, name: str) -> None:
+    """Point models/LATEST at the bundle `name` (atomic: readers see the old or the new name). The
+    one writer of the pointer; its callers check the bundle as they need (registry.promote)."""
+    write_text_atomic(Path(models_dir) / POINTER, name + "\n")
 
 
 @dataclass
@@ -58,24 +110,13 @@ class Bundle:
 
 def load_bundle(bundle_dir: str | Path) -> Bundle:
     bundle_dir = Path(bundle_dir)
-    meta_path, export_path = bundle_dir / "bundle.json", bundle_dir / "export.pkl"
     if not bundle_dir.is_dir():
         raise BundleError(f"model bundle not found: {bundle_dir} is not a folder")
-    if not meta_path.is_file():
-        raise BundleError(f"{meta_path}: missing (not a model bundle folder?)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{meta_path}: unreadable or not JSON ({exc})") from None
-    missing = [k for k in REQUIRED_KEYS if not isinstance(meta, dict) or k not in meta]
-    if missing:
-        raise BundleError(f"{meta_path}: missing key(s) {missing}")
-    if not export_path.is_file():
-        raise BundleError(f"{export_path}: missing")
-    actual = sha256_file(export_path)
-    if actual != meta["export_sha256"]:
-        raise BundleError(f"{export_path}: sha256 {actual[:12]}... does not match the {meta['export_sha256'][:12]}... "
-                          f"recorded in {meta_path.name}; refusing to unpickle a changed file")
+    meta = read_meta(bundle_dir)
+    problem = check_files(bundle_dir, meta)
+    if problem:
+        raise BundleError(f"{bundle_dir}: not a usable bundle: {problem}; refusing to unpickle it")
+    meta_path, export_path = bundle_dir / META, bundle_dir / EXPORT
     learn = _unpickle_learner(export_path)
     vocab = [str(v) for v in learn.dls.vocab]
     if vocab != list(meta["vocab"]):

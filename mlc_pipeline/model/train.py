@@ -37,7 +37,7 @@ from mlc_pipeline import __version__
 from mlc_pipeline.model import nets
 from mlc_pipeline.model.losses import CLASS_AND_NOT_OTHER, PLAIN_SIGMOID, ClassAndNotOtherBCE
 from mlc_pipeline.model.options import TrainConfig
-from mlc_pipeline.model.bundle import export_learner, move_into_place, remove_stale_tmp_dirs
+from mlc_pipeline.model.bundle import export_learner, move_into_place, remove_stale_tmp_dirs, write_meta
 from mlc_pipeline import progress
 from mlc_pipeline.model.learner import (
     CPUBFloat16, EpochBar, LossHistory, ProgressiveResize, SmoothTargets, SparseValidation,
@@ -296,7 +296,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             "versions": {"mlc_pipeline": __version__, "torch": torch.__version__,
                          "torchvision": torchvision.__version__, "fastai": _fastai_version()},
         }
-        (tmp_dir / "bundle.json").write_text(json.dumps(meta, indent=2))
+        write_meta(tmp_dir, meta)
         # Score the exported artifact itself, through the same loader users get.
         from mlc_pipeline.model.bundle import load_bundle
         test_metrics = evaluate_loaded_bundle(load_bundle(tmp_dir), manifest_csv, batch_size=max(cfg.batch_size, 64),

@@ -272,7 +272,7 @@ def test_missing_or_broken_files_are_bundle_errors(bundle_copy, tmp_path):
     with pytest.raises(BundleError, match="not JSON"):
         load_bundle(bundle_copy)
     (bundle_copy / "bundle.json").write_text(json.dumps({"vocab": ["a"]}))
-    with pytest.raises(BundleError, match="missing key"):
+    with pytest.raises(BundleError, match="lacks"):
         load_bundle(bundle_copy)
     (bundle_copy / "bundle.json").unlink()
     with pytest.raises(BundleError, match="bundle.json: missing"):
