@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import sha256_file
+from mlc_pipeline.model.bundle import MetaError, read_meta
 from mlc_pipeline.model.variants import latest_model
 
 log = logging.getLogger(__name__)
@@ -155,12 +156,13 @@ def incumbent_model(cfg: Config, key: dict) -> Path | None:
     nothing new for round 0 after a refused mining round trained round 0 again and shipped it over a
     far better LATEST (a user's audit: test F1 0.540 -> 0.275)."""
     shipped = shipped_with(cfg, key)
-    if shipped is None or not (shipped[1] / "bundle.json").is_file():
+    if shipped is None:
         return None
     try:
-        meta = json.loads((shipped[1] / "bundle.json").read_text())
-    except ValueError:
-        return None             # not a whole bundle: round 0 ships as before
+        meta = read_meta(shipped[1])
+    except MetaError as exc:    # not a whole bundle (a non-object bundle.json crashed the run): ships as before
+        log.info("the shipped model is not the one to beat (%s): round 0 ships as before", exc)
+        return None
     return shipped[1] if meta.get("classes") == list(cfg.classes) else None
 
 

@@ -2,6 +2,7 @@
 and the training code. Real files: a weights file in TORCH_HOME, a copy of the package with one file
 changed. (The shipping rules on metrics are in test_pipeline.py.)"""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -14,9 +15,9 @@ from mlc_pipeline.fsutil import sha256_file
 PACKAGE = Path(shipping.__file__).parent
 
 
-def config(**train):
+def config(data_dir=None, **train):
     return parse_config({"classes": {"a": {"queries": ["a"], "count": 1}}, "other": {"queries": ["o"], "count": 1},
-                         "train": train})
+                         "train": train, **({"data_dir": str(data_dir)} if data_dir else {})})
 
 
 def test_the_weights_at_hand_name_what_a_training_would_start_from_now(tmp_path, monkeypatch):
@@ -60,3 +61,22 @@ def fingerprint_here() -> str:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(shipping, "__file__", str(PACKAGE / "shipping.py"))
         return shipping.training_code_fingerprint()
+
+
+@pytest.mark.parametrize("meta_text, incumbent", [
+    (json.dumps({"classes": ["a"]}), True),             # a whole bundle of the config's classes
+    (json.dumps({"classes": ["b"]}), False),            # other classes: not the one to beat
+    ("[]", False), ('"a model"', False), ("null", False),   # JSON, but no object: crashed the run (AttributeError)
+    ("{not json", False), ("", False)])
+def test_the_incumbent_is_a_bundle_whose_bundle_json_names_the_classes(tmp_path, meta_text, incumbent):
+    """The shipped LATEST is the model a new round 0 must beat only when its bundle.json is an object
+    naming the config's classes; any other bundle.json makes round 0 ship as before, with no crash."""
+    cfg = config(tmp_path / "data")
+    bundle = cfg.layout.models / "model-1"
+    bundle.mkdir(parents=True)
+    (bundle / "bundle.json").write_text(meta_text)
+    (cfg.layout.models / "LATEST").write_text("model-1\n")
+    key = shipping.round0_key(cfg)
+    cfg.layout.reports.mkdir(parents=True)
+    (cfg.layout.reports / "latest.json").write_text(json.dumps({"trained_with": key, "shipped": "model-1"}))
+    assert shipping.incumbent_model(cfg, key) == (bundle if incumbent else None)

@@ -17,10 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlc_pipeline.config import ConfigError
-from mlc_pipeline.fsutil import sha256_file, write_text_atomic
-from mlc_pipeline.model.bundle import REQUIRED_KEYS, leftover_why
-
-POINTER = "LATEST"
+from mlc_pipeline.model.bundle import POINTER, MetaError, check_files, leftover_why, point_latest, read_meta
 
 
 class RegistryError(ConfigError):
@@ -92,12 +89,9 @@ def resolve_bundle(spec: str, models_dir: Path) -> Path:
 def read_info(path: Path, latest: str | None = None) -> BundleInfo:
     info = BundleInfo(name=path.name, path=path, latest=path.name == latest)
     try:
-        meta = json.loads((path / "bundle.json").read_text())
-    except (OSError, ValueError) as exc:
-        info.problem = f"bundle.json unreadable ({type(exc).__name__})"
-        return info
-    if not isinstance(meta, dict):
-        info.problem = "bundle.json is not an object"
+        meta = read_meta(path)
+    except MetaError as exc:
+        info.problem = f"bundle.json {exc.reason}"
         return info
     info.dataset_version = str(meta.get("dataset_version", ""))
     info.created_at = str(meta.get("created_at", ""))
@@ -124,7 +118,10 @@ def list_bundles(models_dir: Path) -> list[BundleInfo]:
 
 
 def settings_of(path: Path) -> dict:
-    meta = json.loads((path / "bundle.json").read_text())
+    try:
+        meta = read_meta(path)
+    except MetaError as exc:
+        raise RegistryError(str(exc)) from None
     flat = {k: meta.get(k) for k in ("dataset_version", "arch", "image_size", "pretrained", "head", "other_mode",
                                      "classes", "n_train")}
     flat.update({f"config.{k}": v for k, v in (meta.get("config") or {}).items()})
@@ -134,27 +131,19 @@ def settings_of(path: Path) -> dict:
 
 def unusable_because(path: Path, meta: dict, hash_export: bool = True) -> str | None:
     """Why a bundle cannot be used (None: it can), from its bundle.json: what `load_bundle` checks
-    before unpickling, so what predict and mining need. metrics.json is not needed: it records how
-    the bundle did on its test split (`mlc models`, --compare, the report), and a bundle without it
-    predicts the same. `hash_export=False` (the listing): the export.pkl's sha256 is not computed."""
-    missing = [k for k in REQUIRED_KEYS if k not in meta]
-    if missing:
-        return f"bundle.json lacks {missing}"
-    if not (path / "export.pkl").is_file():
-        return "export.pkl missing"
-    if hash_export and sha256_file(path / "export.pkl") != meta["export_sha256"]:
-        return "export.pkl is not the file bundle.json recorded"
-    return None
+    before unpickling (`bundle.check_files`), so what predict and mining need. metrics.json is not
+    needed: it records how the bundle did on its test split (`mlc models`, --compare, the report), and
+    a bundle without it predicts the same. `hash_export=False` (the listing): the export.pkl's sha256
+    is not computed."""
+    return check_files(path, meta, hash_export)
 
 
 def check_bundle(path: Path) -> None:
     """Complete and unaltered, without unpickling: what `load_bundle` checks first."""
     try:
-        meta = json.loads((path / "bundle.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise RegistryError(f"{path}: not a usable bundle: bundle.json unreadable ({type(exc).__name__})") from None
-    if not isinstance(meta, dict):
-        raise RegistryError(f"{path}: not a usable bundle: bundle.json is not an object")
+        meta = read_meta(path)
+    except MetaError as exc:
+        raise RegistryError(f"{path}: not a usable bundle: bundle.json {exc.reason}") from None
     problem = unusable_because(path, meta)
     if problem:
         raise RegistryError(f"{path}: not a usable bundle: {problem}")
@@ -167,5 +156,5 @@ def promote(spec: str, models_dir: Path) -> tuple[str | None, str]:
         raise RegistryError(f"{path} is not under {models_dir}: LATEST names a bundle there (copy it in first)")
     check_bundle(path)
     previous = latest_name(models_dir)
-    write_text_atomic(models_dir / POINTER, path.name + "\n")
+    point_latest(models_dir, path.name)
     return previous, path.name

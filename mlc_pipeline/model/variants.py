@@ -13,11 +13,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlc_pipeline.fsutil import write_text_atomic
 from mlc_pipeline.catalog import Catalog, catalog_exists
 from mlc_pipeline.config import Config, ConfigError
 from mlc_pipeline.dataset.build import verify_version
 from mlc_pipeline.manifest import read_manifest
+from mlc_pipeline.model.bundle import point_latest
 from mlc_pipeline.model.registry import latest_bundle, variant_name
 from mlc_pipeline.model.train import TrainConfig, train_model
 
@@ -59,7 +59,7 @@ def bundle_name(prefix: str) -> str:
 
 def publish_latest(cfg: Config, bundle_name: str) -> None:
     """Point models/LATEST at a bundle (atomic: readers see the old or the new name)."""
-    write_text_atomic(models_root(cfg) / "LATEST", bundle_name + "\n")
+    point_latest(models_root(cfg), bundle_name)
 
 
 def latest_model(cfg: Config) -> Path | None:

@@ -195,3 +195,22 @@ def test_latest_as_a_link_to_the_folder_is_followed_everywhere(root):
     assert [i.name for i in infos if i.latest] == [SOFTMAX]
     assert promote(SIGMOID, models) == (SOFTMAX, SIGMOID)
     assert (models / "LATEST").read_text() == SIGMOID + "\n" and not (models / "LATEST").is_symlink()
+
+
+@pytest.mark.parametrize("text, problem", [("[]", "bundle.json is not a JSON object (a list)"),
+                                           ("{not json", "bundle.json unreadable or not JSON (JSONDecodeError)")])
+def test_a_damaged_bundle_json_is_listed_unusable_and_refused(tmp_path, text, problem):
+    """Listed as UNUSABLE with why, refused by promote and by --compare's settings, LATEST left alone;
+    the settings of a non-object bundle.json crashed (AttributeError)."""
+    from mlc_pipeline.model.registry import settings_of
+    models = tmp_path / "models"
+    (models / "damaged").mkdir(parents=True)
+    (models / "damaged" / "bundle.json").write_text(text)
+    (models / "LATEST").write_text("elsewhere\n")
+    [info] = list_bundles(models)
+    assert info.name == "damaged" and info.problem == problem, info.problem
+    with pytest.raises(RegistryError, match=f"not a usable bundle: {problem}".replace("(", r"\(").replace(")", r"\)")):
+        promote("damaged", models)
+    with pytest.raises(RegistryError, match=str(models / "damaged" / "bundle.json")):
+        settings_of(models / "damaged")
+    assert (models / "LATEST").read_text() == "elsewhere\n"
