@@ -6,7 +6,6 @@ product model, updated only after its bundle is complete, so a failed training n
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -17,7 +16,7 @@ from mlc_pipeline.catalog import Catalog, catalog_exists
 from mlc_pipeline.config import Config, ConfigError
 from mlc_pipeline.dataset.build import verify_version
 from mlc_pipeline.manifest import read_manifest
-from mlc_pipeline.model.bundle import point_latest
+from mlc_pipeline.model.bundle import MetaError, point_latest, read_meta
 from mlc_pipeline.model.registry import latest_bundle, variant_name
 from mlc_pipeline.model.train import TrainConfig, train_model
 
@@ -167,9 +166,9 @@ def continue_blocker(dataset_dir: Path, previous: Path) -> str | None:
     while bundle is not None and bundle.name not in seen:
         seen.add(bundle.name)
         try:
-            meta = json.loads((bundle / "bundle.json").read_text())
+            meta = read_meta(bundle)
             rows = read_manifest(datasets_root / str(meta["dataset_version"]) / "manifest.csv")
-        except (OSError, ValueError, KeyError) as exc:
+        except (MetaError, OSError, ValueError, KeyError) as exc:
             return f"cannot tell which images {bundle.name} trained on ({type(exc).__name__}: {exc})"
         trained = [r for r in rows if r["split"] == "train"]
         trained_ids |= {r["candidate_id"] for r in trained if r.get("candidate_id")}

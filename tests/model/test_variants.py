@@ -62,6 +62,15 @@ def test_a_retrain_starts_over_when_the_previous_version_is_unreadable(tmp_path)
     assert why.startswith(f"cannot tell which images {bundle.name} trained on (FileNotFoundError")
 
 
+def test_a_retrain_starts_over_when_the_previous_bundle_json_is_damaged(tmp_path):
+    """A bundle.json that is not a JSON object crashed the round (TypeError); it starts over now."""
+    v2, bundle = _world(tmp_path, [("1", "train")])
+    for text in ("[]", "{not json"):
+        (bundle / "bundle.json").write_text(text)
+        why = continue_blocker(v2, bundle)
+        assert why.startswith(f"cannot tell which images {bundle.name} trained on") and "bundle.json" in why, why
+
+
 def test_the_images_a_continued_network_learned_before_count_too(tmp_path):
     """r1 continued r0: an image r0 trained on (and r1's version no longer holds) is still learned;
     so is a re-ingested copy of a trained image under a new catalog id (same content)."""
