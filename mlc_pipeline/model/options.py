@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torchvision
 from pydantic import Field, model_validator
 
@@ -113,7 +115,9 @@ def check_network(options: TrainConfig) -> None:
     sizes = {options.image_size} if options.image_size else \
         {RECIPES["pretrained"]["image_size"], RECIPES["scratch"]["image_size"], SCRATCH_IMAGE_SIZE_MIXED}
     try:
-        model = create_vision_model(getattr(torchvision.models, options.arch), n_out=2, pretrained=False).eval()
+        with warnings.catch_warnings():     # torchvision's "'pretrained' is deprecated": not the user's to act on
+            warnings.simplefilter("ignore")
+            model = create_vision_model(getattr(torchvision.models, options.arch), n_out=2, pretrained=False).eval()
         with torch.no_grad():
             for size in sorted(sizes):
                 model(torch.zeros(1, 3, size, size))

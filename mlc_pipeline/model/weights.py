@@ -185,7 +185,7 @@ def find_or_download(arch: str) -> tuple[object, Path]:
     if cached.is_file():
         # read now: a truncated file, or another network's, crashed a run after it collected (weights23)
         if problem := misfit(arch, cached):
-            raise WeightsUnavailable(f"{cached} is in the cache but {problem}: delete it, then fetch it again "
+            raise WeightsUnavailable(f"{cached} is in the cache, but it {problem}: delete it, then fetch it again "
                                      f"(`mlc weights fetch {arch}`)")
         return weights, cached
     if _offline():
@@ -275,7 +275,8 @@ def resolve_training(cfg, n_train: int | None = None):
         filled["image_size"] = SCRATCH_IMAGE_SIZE_MIXED
     resolved = cfg.model_copy(update={"arch": arch, **filled})
     # one description of what will train, so that the warning and the info line cannot drift apart
-    shape = f"{resolved.image_size} px, {resolved.epochs} epochs, batches of {resolved.batch_size}"
+    epochs = f"{resolved.epochs} epoch{'s' * (resolved.epochs != 1)}"
+    shape = f"{resolved.image_size} px, {epochs}, batches of {resolved.batch_size}"
     if getattr(resolved, "start_size", None) and pretrained == "none":
         shape += f" (the first {resolved.start_epochs} epochs at {resolved.start_size} px)"
     if getattr(resolved, "distinct_eval_size", None):

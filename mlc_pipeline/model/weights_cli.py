@@ -52,7 +52,7 @@ def weights_command(args) -> int:
         for r in rows:
             state = "missing" if not r["cached"] else "unusable" if r["problem"] else "cached "
             print(f"{r['arch']:<22} {state}  {r['weights']:<40} {Path(r['file']).name}"
-                  + (f"  ({r['problem']}: delete it)" if r["problem"] else ""))
+                  + (f"  (it {r['problem']}: delete it)" if r["problem"] else ""))
         return 0
     arch = args.arch or w.RECIPES["pretrained"]["arch"]
     try:
@@ -60,7 +60,7 @@ def weights_command(args) -> int:
         cached = w.cache_path(weights, args.dest)
         if cached.is_file():
             if problem := w.misfit(arch, cached):
-                raise w.WeightsUnavailable(f"{cached} is there but {problem}: delete it, then fetch again")
+                raise w.WeightsUnavailable(f"{cached} is in the cache, but it {problem}: delete it, then fetch again")
             path = cached
         else:  # torch.hub announces the download on stdout; failing, one line on stderr says it all
             with contextlib.redirect_stdout(io.StringIO()):

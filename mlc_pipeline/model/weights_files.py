@@ -5,6 +5,7 @@ which file, if any, a training starts from; this module reads it."""
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ def load_state(path: str | Path) -> dict:
         empty = path.is_file() and path.stat().st_size == 0
         text = "an empty file" if empty else text if re.search(r"[a-z]{3}", text) else \
             f"{type(exc).__name__}: not a file torch saved"        # `()`, `(101)` said nothing (verify23)
-        raise ValueError(f"{path}: not a weights file torch can load ({text[:300]})") from None
+        raise ValueError(f"{path}: not a weights file torch can load ({textwrap.shorten(text, 300, placeholder=' ...')})") from None
 
 
 # published densenet files keep pre-2019 layer names: renamed as torchvision's densenet._load_state_dict does
@@ -44,9 +45,9 @@ def loaded_into(arch: str, state) -> object:
         raise ValueError(f"holds a {type(state).__name__}, not a state dict")
     if nets.is_local_arch(arch):
         model, state = nets.mlcnet(2, arch)[0], {k[2:]: v for k, v in state.items() if k.startswith("0.")}
-        kind = "an earlier mlcnet model's"
+        kind = "an earlier mlcnet model's weights"
     else:
-        model, kind = getattr(torchvision.models, arch)(weights=None), "a torchvision"
+        model, kind = getattr(torchvision.models, arch)(weights=None), f"torchvision {arch} weights"
         state = {(m.group(1) + m.group(2) if (m := _OLD_DENSENET_KEY.match(k)) else k): v for k, v in state.items()}
     try:
         model.load_state_dict(state)
@@ -57,7 +58,7 @@ def loaded_into(arch: str, state) -> object:
         shaped = [k for k in want if k in state and getattr(state[k], "shape", None) != want[k].shape]
         said = [f"{len(ks)} {what} (first: {ks[0]})" for ks, what in
                 ((missing, "layers missing"), (extra, "layers it does not have"), (shaped, "of another shape")) if ks]
-        raise ValueError(f"is not {kind} {arch} weights (other layers or shapes: {'; '.join(said)})") from None
+        raise ValueError(f"is not {kind} (other layers or shapes: {'; '.join(said)})") from None
     return model
 
 
@@ -66,7 +67,7 @@ def misfit(arch: str, path: Path) -> str | None:
     try:
         state = load_state(path)
     except ValueError as exc:
-        return str(exc).removeprefix(f"{Path(path).expanduser()}: ")
+        return "is " + str(exc).removeprefix(f"{Path(path).expanduser()}: ")     # as loaded_into's: "is not ..."
     return state_misfit(arch, state)
 
 

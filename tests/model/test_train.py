@@ -398,10 +398,10 @@ def test_mlcnet_weights_from_an_earlier_model_are_loaded(tmp_path):
     assert torch.allclose(first_conv, donor[0][0][0].weight, atol=1e-4)  # lr ~0: still the donor's
     torch.save({"not": torch.zeros(1)}, tmp_path / "bad.pth")
     # neither network's: refused when the weights are resolved (before collecting), naming what to do
-    with pytest.raises(ValueError, match="bad.pth is not a torchvision resnet18 weights .*name its network"):
+    with pytest.raises(ValueError, match="bad.pth is not torchvision resnet18 weights .*name its network"):
         train_model(manifest, tmp_path / "c", TrainConfig(image_size=32, epochs=1, batch_size=8, threads=1,
                                                           pretrained=str(tmp_path / "bad.pth")))
-    with pytest.raises(ValueError, match="bad.pth is not an earlier mlcnet model's mlcnet weights"):
+    with pytest.raises(ValueError, match="bad.pth is not an earlier mlcnet model's weights"):
         train_model(manifest, tmp_path / "c", TrainConfig(image_size=32, epochs=1, batch_size=8, threads=1,
                                                           arch="mlcnet", pretrained=str(tmp_path / "bad.pth")))
 
@@ -490,7 +490,7 @@ def test_pretrained_auto_falls_back_to_scratch_offline(tmp_path, monkeypatch, ca
     cached.write_bytes(b"")                     # an empty file is no weights: auto falls back, and says so
     caplog.clear()
     assert resolve_pretrained(TrainConfig(pretrained="auto", **r18)) == "none"
-    assert "resnet18-f37072fd.pth is in the cache but not a weights file torch can load" in caplog.text
+    assert "resnet18-f37072fd.pth is in the cache, but it is not a weights file torch can load" in caplog.text
     import torchvision
     torch_state = torchvision.models.resnet18(weights=None).state_dict()
     import torch

@@ -396,11 +396,11 @@ def test_weights_fetch_and_list_with_a_file_at_hand(torch_home, tmp_path, capsys
                torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
     assert mlc_main(["weights", "list"]) == 0
     [line] = [l for l in capsys.readouterr().out.splitlines() if l.startswith("resnet18")]
-    assert "unusable" in line and "is not a torchvision resnet18 weights (other layers or shapes: 96 layers it does not have (first: " \
+    assert "unusable" in line and "is not torchvision resnet18 weights (other layers or shapes: 96 layers it does not have (first: " \
         "layer1.2.conv1.weight)): delete it" in line
     assert mlc_main(["weights", "fetch", "resnet18"]) == 1
     err = capsys.readouterr().err
-    assert "is there but is not a torchvision resnet18 weights" in err and "delete it, then fetch again" in err
+    assert "is in the cache, but it is not torchvision resnet18 weights" in err and "delete it, then fetch again" in err
 
 
 def test_a_cache_folder_that_cannot_be_written_is_named_not_the_download(torch_home, tmp_path, capsys, monkeypatch):
@@ -452,7 +452,7 @@ def test_a_weights_file_that_would_run_code_is_refused_and_never_runs_it(torch_h
     result = train_model(manifest, tmp_path / "bundle", TrainConfig(pretrained="auto", **TINY))
     assert result.pretrained_used == "none"                     # auto: from scratch, after one warning
     [warning] = warnings_in(caplog)
-    assert "resnet18-f37072fd.pth is in the cache but not a weights file torch can load" in warning, warning
+    assert "resnet18-f37072fd.pth is in the cache, but it is not a weights file torch can load" in warning, warning
     assert not marker.exists(), "the cached ImageNet file ran its code"
 
 
@@ -472,21 +472,21 @@ def test_weights_that_do_not_fit_the_network_are_refused_before_anything_runs(to
 
     def settings(**train):
         return load_config(tmp_path / "c.yaml", {"train": train})
-    with pytest.raises(ConfigError, match=r"resnet18-f37072fd.pth is in the cache but is not a torchvision "
+    with pytest.raises(ConfigError, match=r"resnet18-f37072fd.pth is in the cache, but it is not torchvision "
                                           r"resnet18 weights \(other layers or shapes: 96 layers it does not have") as err:
         check_train_settings(settings(pretrained="imagenet"))
     assert "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match=r"r34.pth is not a torchvision resnet18 weights"):
+    with pytest.raises(ConfigError, match=r"r34.pth is not torchvision resnet18 weights"):
         check_train_settings(settings(pretrained=str(other), arch="resnet18"))
     junk = tmp_path / "junk.pth"
     torch.save({"layer.weight": torch.zeros(3)}, junk)
-    with pytest.raises(ConfigError, match=r"junk.pth is not a torchvision resnet18 weights.*name its network "
+    with pytest.raises(ConfigError, match=r"junk.pth is not torchvision resnet18 weights.*name its network "
                                           r"with train.arch"):
         check_train_settings(settings(pretrained=str(junk)))
     check_train_settings(settings(pretrained=str(other), arch="resnet34"))          # its own network: fine
     cfg, choice = W.resolve_training(TrainConfig(pretrained="auto"))
     assert choice.pretrained == "none" and cfg.arch == W.RECIPES["scratch"]["arch"]
-    assert "is in the cache but is not a torchvision resnet18 weights" in choice.fallback
+    assert "is in the cache, but it is not torchvision resnet18 weights" in choice.fallback
     assert len(warnings_in(caplog)) == 1
 
 
@@ -524,4 +524,4 @@ def test_files_as_torchvision_publishes_them_are_used_not_refused(torch_home, tm
     assert old.keys() != dense.keys(), "no key renamed: a useless test"
     torch.save(old, tmp_path / "densenet121-a639ec97.pth")
     assert W.misfit("densenet121", tmp_path / "densenet121-a639ec97.pth") is None
-    assert "is not a torchvision resnet18 weights" in W.misfit("resnet18", tmp_path / "densenet121-a639ec97.pth")
+    assert "is not torchvision resnet18 weights" in W.misfit("resnet18", tmp_path / "densenet121-a639ec97.pth")
