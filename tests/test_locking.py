@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlc_pipeline.dataset.build import remove_stale_builds, verify_version
+from mlc_pipeline.dataset.build import remove_stale_builds
+from mlc_pipeline.dataset.verify import verify_version
 from mlc_pipeline.locking import DataRootBusy, data_root_lock, holder
 from storage_world import curated_root, last_line, mlc, mlc_start
 

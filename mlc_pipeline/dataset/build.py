@@ -40,7 +40,6 @@ from mlc_pipeline.locking import files_lock
 from mlc_pipeline.manifest import (PUBLISHED, SPLITS, highest_published, latest_version, point_latest,
                                    recorded_fingerprint, withdrawn_versions, write_manifest)
 from mlc_pipeline.images import DECODE_ERRORS, load_rgb
-# VersionDamaged and verify_version are imported from here too (they lived here until 2026-12-06)
 from mlc_pipeline.dataset.verify import SUMS_NAME, VersionDamaged, rows_fingerprint, verify_version
 
 log = logging.getLogger(__name__)
@@ -155,9 +154,6 @@ def label_conflicts(rows: list[dict]) -> list[dict]:
 
 def fingerprint(rows: list[dict], cfg: Config) -> str:
     return rows_fingerprint(rows, cfg.build.max_side, cfg.build.jpeg_quality)
-
-
-_fingerprint = rows_fingerprint     # its name before dataset/verify.py (tests/dataset/test_export.py)
 
 
 def count_rows(rows: list[dict]) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mlc_pipeline.catalog import Catalog, catalog_exists
 from mlc_pipeline.config import Config, ConfigError
-from mlc_pipeline.dataset.build import verify_version
+from mlc_pipeline.dataset.verify import verify_version
 from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.model.bundle import MetaError, point_latest, read_meta
 from mlc_pipeline.model.registry import latest_bundle, variant_name

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from mlc_pipeline.dataset.build import _fingerprint, count_rows, folder_name, write_sums
+from mlc_pipeline.dataset.build import count_rows, folder_name, write_sums
+from mlc_pipeline.dataset.verify import rows_fingerprint
 from mlc_pipeline.dataset.export import ExportError, export_version
 from mlc_pipeline.images import load_rgb
 from mlc_pipeline.manifest import MANIFEST_COLUMNS, read_manifest, write_manifest
@@ -52,7 +53,7 @@ def publish(root: Path, name: str = "default", version: str = "v1", first: int =
         rows.append(row)
     rows.sort(key=lambda r: r["path"])
     write_manifest(folder / "manifest.csv", rows)
-    meta = {"name": name, "version": version, "fingerprint": _fingerprint(rows, 96, 90),
+    meta = {"name": name, "version": version, "fingerprint": rows_fingerprint(rows, 96, 90),
             "files_sha256": write_sums(folder, rows), "counts": count_rows(rows), "created_at": time.time(),
             "params": {"build": {"max_side": 96, "jpeg_quality": 90}}}
     (folder / "ATTRIBUTION.md").write_text(f"# Attribution\n\n{OWNER}\n")
@@ -146,7 +147,7 @@ def test_an_hf_export_made_again_loads_as_itself_not_from_the_cache(version, tmp
         r["labels"] = r["labels"].replace("ants", "formica")
     write_manifest(renamed / "manifest.csv", rows)
     meta = json.loads((renamed / "dataset.json").read_text())
-    (renamed / "dataset.json").write_text(json.dumps({**meta, "fingerprint": _fingerprint(rows, 96, 90)}))
+    (renamed / "dataset.json").write_text(json.dumps({**meta, "fingerprint": rows_fingerprint(rows, 96, 90)}))
     third = tmp_path / "third" / "default-v1-hf"
     export_version(renamed, "hf", third)
     labels = {label for r in datasets.load_dataset(str(third), cache_dir=cache)["train"] for label in r["labels"]}
