@@ -15,7 +15,7 @@ import contextlib
 import csv
 import html
 import io
-import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +25,11 @@ import numpy as np
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.catalog.review import overrides
 from mlc_pipeline.model.assess import SCORE_PREFIX, SCORES_FILE
+from mlc_pipeline.model.bundle import MetaError, read_meta
 from mlc_pipeline.model.metrics import predict_matrix, real_class_indices, targets_from_labels
 from mlc_pipeline.report.html import figure, folded, png_img, table, thumbnail_uri
+
+log = logging.getLogger(__name__)
 
 NONE, PROBE = "none", "probe (unknown kinds)"
 TOP_LOSSES = 12
@@ -54,8 +57,13 @@ def load_scored(bundle_dir: str | Path) -> Scored | None:
     path = bundle_dir / SCORES_FILE
     if not path.is_file():
         return None
-    meta = json.loads((bundle_dir / "bundle.json").read_text())
-    vocab = list(meta["vocab"])
+    try:
+        meta = read_meta(bundle_dir)
+        vocab = list(meta["vocab"])
+    except (MetaError, KeyError, TypeError) as exc:      # the report goes on without the analysis
+        log.warning("%s: no error analysis, its bundle.json cannot be read (%s: %s)", bundle_dir.name,
+                    type(exc).__name__, exc)
+        return None
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     probs = np.array([[float(r[SCORE_PREFIX + v]) for v in vocab] for r in rows], dtype=float).reshape(len(rows), len(vocab))

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 from mlc_pipeline.config import Config
 from mlc_pipeline.model import registry
+from mlc_pipeline.model.bundle import MetaError, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,13 @@ def latest_result(cfg: Config) -> SimpleNamespace | None:
                                    not_shipped=saved.get("not_shipped", ""), reused=saved.get("reused", ""))
     if not (bundle / "metrics.json").is_file():
         return None
-    test = json.loads((bundle / "metrics.json").read_text())["test"]
-    meta = json.loads((bundle / "bundle.json").read_text())
+    try:
+        test = json.loads((bundle / "metrics.json").read_text())["test"]
+        meta = read_meta(bundle)
+    except (MetaError, OSError, ValueError, KeyError, TypeError) as exc:    # a report, not a crash of inspect
+        log.warning("%s: the latest model's metrics.json or bundle.json cannot be read (%s: %s): the report "
+                    "shows no model", bundle.name, type(exc).__name__, exc)
+        return None
     only = SimpleNamespace(round=0, label=alone_label(bundle.name), dataset_version=meta.get("dataset_version", "?").split("/")[-1],
                            bundle=bundle.name, macro_f1=test["macro_f1"],
                            unknown_accepted=test.get("unknown_accepted"),

@@ -5,11 +5,14 @@ decision with its score (mined.csv). Cached per file modification time."""
 from __future__ import annotations
 
 import csv
-import json
+import logging
 from pathlib import Path
 
 from mlc_pipeline.config import Config
 from mlc_pipeline.model import registry
+from mlc_pipeline.model.bundle import MetaError, read_meta
+
+log = logging.getLogger(__name__)
 
 _cache: dict[Path, tuple[float, list[dict]]] = {}
 
@@ -56,7 +59,11 @@ def probes_accepted(cfg: Config, catalog) -> tuple[Path | None, list[dict]]:
     bundle = latest_bundle(cfg)
     if bundle is None or not (bundle / "test_scores.csv").is_file() or not (bundle / "bundle.json").is_file():
         return bundle, []
-    meta = json.loads((bundle / "bundle.json").read_text())
+    try:
+        meta = read_meta(bundle)
+    except MetaError as exc:            # the queue is empty, and says why in the log
+        log.warning("no probe queue: %s", exc)
+        return bundle, []
     if meta.get("thresholds") is None:      # a softmax comparison head: no per-class thresholds
         return bundle, []
     classes = [c for c in meta["vocab"] if c in meta["classes"]]

@@ -118,6 +118,18 @@ def test_pr_curve_by_hand():
         assert list(recall) == [0.5, 1.0, 1.0] and ap == pytest.approx(0.5 + 0.5 * 2 / 3)
 
 
+def test_a_bundle_whose_bundle_json_is_damaged_gets_no_analysis_and_no_crash(tmp_path, trained_shapes_bundle, caplog):
+    """load_scored parsed bundle.json itself: a list there was an AttributeError, bad JSON a
+    JSONDecodeError, ending the report (the arch24 audit). Now the analysis is left out, with a warning."""
+    bundle = shutil.copytree(trained_shapes_bundle[1], tmp_path / "b")
+    for damage in ("[1, 2]", "{not json"):
+        (bundle / "bundle.json").write_text(damage)
+        with caplog.at_level("WARNING", logger="mlc_pipeline.report.analysis"):
+            assert load_scored(bundle) is None
+        assert "no error analysis, its bundle.json cannot be read" in caplog.text
+        caplog.clear()
+
+
 def test_a_bundle_without_scores_says_how_to_get_the_analysis(tmp_path):
     old = shutil.copytree(OLD_BUNDLE, tmp_path / "old")
     assert load_scored(old) is None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from mlc_pipeline.config import Config
 from mlc_pipeline.report.curves import curve_markdown
 from mlc_pipeline.report.latest import alone_label, latest_result
@@ -38,6 +40,25 @@ def test_the_curve_table_shows_the_validation_f1_the_cap_picks_by():
     assert rows[0].startswith("| cap on valid other | macro F1 (valid) | macro F1 (test) |")
     assert rows[3] == "| 5.0% | 0.812 | 0.800 | 5.0% | 21.0% | **chosen** |"
     assert rows[2].startswith("| 10.0% | - | 0.820 |")
+
+
+@pytest.mark.parametrize("damage", ["[]", "{not json", None])
+def test_a_latest_model_whose_bundle_json_is_damaged_is_left_out_of_the_report(tmp_path, trained_shapes_bundle,
+                                                                               caplog, damage):
+    """`mlc inspect --html` crashed with a traceback when the latest bundle's bundle.json was not a JSON
+    object (AttributeError), not JSON or gone (the arch24 audit's sixth reader): the report now shows
+    no model and the log says why."""
+    _, trained = trained_shapes_bundle
+    cfg = Config(data_dir=tmp_path / "data", classes={"red": {"queries": ["red"], "count": 1}},
+                 other={"queries": ["noise"], "count": 1})
+    name = "default-v1-sigmoid-negatives-20261206T000956415172-efc3bd"
+    shutil.copytree(trained, cfg.layout.models / name)
+    (cfg.layout.models / "LATEST").write_text(name + "\n")
+    meta = cfg.layout.models / name / "bundle.json"
+    meta.unlink() if damage is None else meta.write_text(damage)
+    with caplog.at_level("WARNING", logger="mlc_pipeline.report.latest"):
+        assert latest_result(cfg) is None
+    assert "bundle.json cannot be read" in caplog.text and "the report shows no model" in caplog.text
 
 
 def test_a_model_from_mlc_train_is_labelled_as_such_not_round_0(tmp_path, trained_shapes_bundle):
