@@ -1,0 +1,275 @@
+"""curate/decide.py: the duplicate decisions of a curate, inside a purpose, across purposes (train,
+then probe, then pool) and against the test images of published versions (docs/curation.md,
+"In curate ..." and "Test images of earlier versions never train").
+
+Most cases give the pair scores the way a curate does after the first one: `FileSimilarity` with the
+catalog's kept scores by sha256 pair (`known`), so each case says exactly which pairs look alike. A
+pair with no kept score is scored from its files; these rows' files do not exist, so such a pair
+cannot be confirmed (as for a file that cannot be re-read). One case scores real photos' pixels."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from badfiles import fixture_photos
+from mlc_pipeline.config import parse_config
+from mlc_pipeline.curate.decide import cross_duplicates, dedup_item, labels_of, purpose_of, resolve
+from mlc_pipeline.curate.dedup import view_distance
+from mlc_pipeline.curate.hashing import inspect_file
+from mlc_pipeline.curate.similarity import CONFIRM, FileSimilarity
+from mlc_pipeline.curate.verify import VerifyLimits
+
+
+def h(bits: int) -> str:
+    "A phash as 16 hex digits."
+    return f"{bits:016x}"
+
+
+A = h(0)                      # and h(0b11) is 2 bits from it; FAR and FAR2 are 32+ bits from A and each other
+FAR = h(2**64 - 1)
+FAR2 = h(0xFFFFFFFF00000000)
+
+
+def cfg_of(tmp_path, threshold: int = 12):
+    return parse_config({"data_dir": str(tmp_path / "data"),
+                         "classes": {"kite": {"queries": ["kite"], "count": 5},
+                                     "balloon": {"queries": ["balloon"], "count": 5}},
+                         "other": {"queries": ["landscape"], "count": 5},
+                         "curate": {"hamming_threshold": threshold, "workers": 1}})
+
+
+def row(tmp_path, rid: int, purpose: str, sha: str, phash: str, label: str = "other", side: int = 100,
+        first_seen: float = 1.0, n_bytes: int = 1000, view_hashes: str | None = None,
+        photo_id: str | None = None) -> dict:
+    """A verified candidate as stage.py hands it to `resolve` (its file does not exist)."""
+    return {"id": rid, "purpose": purpose, "label": label, "sha256": sha, "phash": phash, "img_width": side,
+            "img_height": side, "first_seen_at": first_seen, "bytes": n_bytes, "view_hashes": view_hashes,
+            "file_path": str(tmp_path / f"missing-{rid}.jpg"), "source": "flickr",
+            "photo_id": photo_id or f"p{rid}"}
+
+
+def kept_scores(**pairs: float) -> FileSimilarity:
+    """A FileSimilarity that knows these scores, by sha pair: `s1__s2=0.95` scores sha s1 with s2."""
+    known = {}
+    for key, score in pairs.items():
+        a, b = key.split("__")
+        known[(min(a, b), max(a, b))] = score
+    return FileSimilarity({}, known=known)
+
+
+ACCEPTED_KITE = ("accepted", None, None, "kite")
+ACCEPTED_OTHER = ("accepted", None, None, "other")
+
+
+# ---- the small helpers ---------------------------------------------------------------------------
+
+def test_labels_and_items_of_a_row(tmp_path):
+    assert labels_of({"label": "other"}) == frozenset()
+    assert labels_of({"label": "kite"}) == frozenset({"kite"})
+    assert labels_of({"label": "kite balloon"}) == frozenset({"balloon", "kite"})
+    r = row(tmp_path, 7, "train", "s7", A, label="kite", view_hashes=f"{FAR},{FAR2}", n_bytes=1234)
+    item = dedup_item(r)
+    assert (item.id, item.labels, item.sha256, item.phash) == (7, frozenset({"kite"}), "s7", A)
+    assert (item.pixels, item.first_seen, item.view_hashes, item.n_bytes) == (10_000, 1.0, (FAR, FAR2), 1234)
+    # a row from before sizes, views or byte counts were recorded: no pixels, no views, no bytes
+    bare = dedup_item({**r, "img_width": None, "img_height": None, "view_hashes": "", "bytes": None})
+    assert (bare.pixels, bare.view_hashes, bare.n_bytes) == (0, (), 0)
+    assert dedup_item({k: v for k, v in r.items() if k not in ("view_hashes", "bytes")}).view_hashes == ()
+
+
+def test_purpose_of_names_the_purpose_of_the_row_with_that_id(tmp_path):
+    rows = [row(tmp_path, 1, "train", "s1", A), row(tmp_path, 2, "probe", "s2", FAR)]
+    assert purpose_of(rows, 1) == "train"
+    assert purpose_of(rows, 2) == "probe"
+
+
+# ---- inside one purpose --------------------------------------------------------------------------
+
+def test_nothing_to_decide(tmp_path):
+    cfg = cfg_of(tmp_path)
+    assert resolve(cfg, []) == {}
+    assert resolve(cfg, [], []) == {}
+    assert resolve(cfg, [], None, kept_scores()) == {}
+
+
+def test_distinct_images_are_all_accepted_under_their_sorted_labels(tmp_path):
+    rows = [row(tmp_path, 1, "train", "s1", A, label="kite"), row(tmp_path, 2, "train", "s2", FAR, label="other"),
+            row(tmp_path, 3, "train", "s3", FAR2, label="kite balloon"), row(tmp_path, 4, "probe", "s4", h(0xFF00FF00FF))]
+    assert resolve(cfg_of(tmp_path), rows) == {1: ACCEPTED_KITE, 2: ACCEPTED_OTHER,
+                                               3: ("accepted", None, None, "balloon kite"), 4: ACCEPTED_OTHER}
+
+
+@pytest.mark.parametrize("kept, one, two", [
+    (2, dict(side=100), dict(side=200)),                          # most pixels
+    (1, dict(n_bytes=5000), dict(n_bytes=4000)),                  # then the larger file
+    (2, dict(first_seen=5.0), dict(first_seen=2.0)),              # then seen first
+    (1, dict(), dict()),                                          # then the lowest id
+])
+def test_of_byte_copies_the_best_is_kept(tmp_path, kept, one, two):
+    rows = [row(tmp_path, 1, "train", "same", A, label="kite", **one),
+            row(tmp_path, 2, "train", "same", A, label="kite", **two)]
+    dropped = 3 - kept
+    assert resolve(cfg_of(tmp_path), rows) == {kept: ACCEPTED_KITE,
+                                               dropped: ("duplicate", "exact-duplicate:d=0", kept, None)}
+
+
+def test_a_class_copy_of_an_other_image_keeps_the_class(tmp_path):
+    # the keeper (more pixels) was searched as "other"; its byte copy was found for kite
+    rows = [row(tmp_path, 1, "train", "same", A, label="kite"), row(tmp_path, 2, "train", "same", A, side=300)]
+    assert resolve(cfg_of(tmp_path), rows) == {2: ("accepted", "conflict:class-wins", None, "kite"),
+                                               1: ("duplicate", "exact-duplicate:d=0", 2, None)}
+
+
+def test_near_copies_with_other_labels_merge_only_when_sure(tmp_path):
+    rows = [row(tmp_path, 1, "train", "s1", A, label="kite", side=200),
+            row(tmp_path, 2, "train", "s2", h(0b11), label="balloon")]
+    sure = resolve(cfg_of(tmp_path), rows, None, kept_scores(s1__s2=0.98))
+    assert sure == {1: ("accepted", "conflict:multi-label", None, "balloon kite"),
+                    2: ("duplicate", "near-duplicate:d=2", 1, None)}
+    # confirmed but under SURE (0.97): both stay, each marked for a person to look at
+    unsure = resolve(cfg_of(tmp_path), rows, None, kept_scores(s1__s2=0.95))
+    assert unsure == {1: ("accepted", "review:label-conflict:with=2:d=2:s=0.95", None, "kite"),
+                      2: ("accepted", "review:label-conflict:with=1:d=2:s=0.95", None, "balloon")}
+
+
+@pytest.mark.parametrize("score, duplicate", [(CONFIRM, True), (0.9199, False), (None, False)])
+def test_a_near_copy_is_a_duplicate_from_the_confirm_score_on(tmp_path, score, duplicate):
+    rows = [row(tmp_path, 1, "train", "s1", A, label="kite", side=200),
+            row(tmp_path, 2, "train", "s2", h(0b11), label="kite")]
+    confirm = kept_scores(s1__s2=score) if score is not None else kept_scores()   # None: files unreadable
+    second = ("duplicate", "near-duplicate:d=2", 1, None) if duplicate else ACCEPTED_KITE
+    assert resolve(cfg_of(tmp_path), rows, None, confirm) == {1: ACCEPTED_KITE, 2: second}
+
+
+def test_the_configured_threshold_decides_what_is_a_candidate(tmp_path):
+    rows = [row(tmp_path, 1, "train", "s1", A, label="kite", side=200),
+            row(tmp_path, 2, "train", "s2", h(0b11), label="kite")]
+    assert resolve(cfg_of(tmp_path, threshold=2), rows, None, kept_scores(s1__s2=0.99))[2] == (
+        "duplicate", "near-duplicate:d=2", 1, None)
+    # 2 bits apart is past a threshold of 0: never compared, however alike the pixels
+    assert resolve(cfg_of(tmp_path, threshold=0), rows, None, kept_scores(s1__s2=0.99)) == {
+        1: ACCEPTED_KITE, 2: ACCEPTED_KITE}
+
+
+# ---- across purposes -----------------------------------------------------------------------------
+
+def test_probe_and_pool_copies_of_an_earlier_purpose_are_dropped(tmp_path):
+    rows = [row(tmp_path, 1, "train", "s1", A, label="kite"),
+            row(tmp_path, 2, "probe", "s1", A),                       # the training photo's very bytes
+            row(tmp_path, 3, "pool", "s3", h(0b11)),                  # a near copy of the training photo
+            row(tmp_path, 4, "probe", "s4", FAR),
+            row(tmp_path, 5, "pool", "s5", h(2**64 - 4))]             # a near copy of probe 4 (2 bits)
+    decisions = resolve(cfg_of(tmp_path), rows, None, kept_scores(s1__s3=0.95, s4__s5=0.95))
+    assert decisions == {1: ACCEPTED_KITE,
+                         2: ("duplicate", "exact-duplicate-of-train:d=0", 1, None),
+                         3: ("duplicate", "near-duplicate-of-train:d=2", 1, None),
+                         4: ACCEPTED_OTHER,
+                         5: ("duplicate", "near-duplicate-of-probe:d=2", 4, None)}
+
+
+def test_a_later_purpose_never_drops_an_earlier_one(tmp_path):
+    # the pool copy is the better one (more pixels, seen first): the training image stays all the same
+    rows = [row(tmp_path, 1, "pool", "s1", A, side=400, first_seen=0.0),
+            row(tmp_path, 2, "train", "s1", A, label="kite")]
+    assert resolve(cfg_of(tmp_path), rows) == {2: ACCEPTED_KITE, 1: ("duplicate", "exact-duplicate-of-train:d=0", 2, None)}
+
+
+@pytest.mark.parametrize("near_score, kept, distance", [(0.95, 1, 1), (0.5, 2, 3)])
+def test_across_purposes_the_nearest_confirmed_image_is_the_one_kept_for_it(tmp_path, near_score, kept, distance):
+    # pool 3 is 1 bit from train 1 and 3 bits from train 2 (those two are 4 bits apart, not confirmed)
+    rows = [row(tmp_path, 1, "train", "s1", h(0), label="kite"), row(tmp_path, 2, "train", "s2", h(0b1111), label="kite"),
+            row(tmp_path, 3, "pool", "s3", h(0b1))]
+    decisions = resolve(cfg_of(tmp_path), rows, None, kept_scores(s1__s3=near_score, s2__s3=0.99))
+    assert decisions == {1: ACCEPTED_KITE, 2: ACCEPTED_KITE,
+                         3: ("duplicate", f"near-duplicate-of-train:d={distance}", kept, None)}
+
+
+def test_across_purposes_no_chains_through_a_dropped_copy(tmp_path):
+    # train 2 is a near copy of train 1 (8 bits) and is dropped; pool 3 is a near copy of 2 (8 bits) but
+    # 16 bits from 1: compared only with the kept image 1, it is not its duplicate
+    rows = [row(tmp_path, 1, "train", "s1", h(0), label="kite", side=200),
+            row(tmp_path, 2, "train", "s2", h(0xFF), label="kite"),
+            row(tmp_path, 3, "pool", "s3", h(0xFFFF))]
+    decisions = resolve(cfg_of(tmp_path), rows, None, kept_scores(s1__s2=0.99, s2__s3=0.99, s1__s3=0.99))
+    assert decisions == {1: ACCEPTED_KITE, 2: ("duplicate", "near-duplicate:d=8", 1, None), 3: ACCEPTED_OTHER}
+
+
+def test_a_crop_view_within_the_threshold_makes_a_candidate(tmp_path):
+    # the whole pictures are 32 bits apart, but the probe's first crop view is 2 bits from the training photo
+    rows = [row(tmp_path, 1, "train", "s1", FAR, label="kite"),
+            row(tmp_path, 2, "probe", "s2", FAR2, view_hashes=f"{h(2**64 - 4)},{h(0x0123456789ABCDEF)}")]
+    assert resolve(cfg_of(tmp_path), rows, None, kept_scores(s1__s2=0.95)) == {
+        1: ACCEPTED_KITE, 2: ("duplicate", "near-duplicate-of-train:d=2", 1, None)}
+
+
+def test_cross_duplicates_edges(tmp_path):
+    k1, k2 = row(tmp_path, 1, "train", "s1", h(0b01)), row(tmp_path, 2, "train", "s2", h(0b10))
+    new = row(tmp_path, 3, "probe", "s3", h(0))
+    confirm = kept_scores(s1__s3=0.95, s2__s3=0.95)
+    confirm.digests.update({1: "s1", 2: "s2", 3: "s3"})       # what `resolve` tells it
+    assert cross_duplicates([], [], 12, confirm) == {}
+    assert cross_duplicates([k1], [], 12, confirm) == {}
+    assert cross_duplicates([], [new], 12, confirm) == {}
+    # both kept rows 1 bit away and confirmed: the first kept row wins the tie
+    assert cross_duplicates([k1, k2], [new], 12, confirm) == {3: (1, 1, "near")}
+    assert cross_duplicates([k2, k1], [new], 12, confirm) == {3: (2, 1, "near")}
+    # byte copies of two kept rows: the first
+    same = [row(tmp_path, 5, "train", "x", FAR), row(tmp_path, 6, "train", "x", FAR2)]
+    assert cross_duplicates(same, [row(tmp_path, 7, "pool", "x", A)], 12, confirm) == {7: (5, 0, "exact")}
+
+
+# ---- against published test images --------------------------------------------------------------
+
+def published(tmp_path, k: int, version: str, candidate_id: int, sha: str, phash: str, photo_id: str) -> dict:
+    """A test image of a published version as stage.published_test_images gives it."""
+    return {"version": version, "candidate_id": candidate_id, "source": "flickr", "photo_id": photo_id,
+            "file_path": str(tmp_path / f"published-{k}.jpg"), "sha256": sha, "phash": phash, "view_hashes": "",
+            "img_width": 100, "img_height": 100, "first_seen_at": 0.0, "label": "other"}
+
+
+def test_train_and_pool_copies_of_published_test_images_are_dropped(tmp_path):
+    tests = [published(tmp_path, 0, "v1", 10, "t0", A, "p10"),       # candidate 10's published test copy
+             published(tmp_path, 1, "v2", 99, "t1", FAR, "p99")]     # candidate 99: no longer in this catalog
+    rows = [row(tmp_path, 10, "train", "s10", A, label="kite", photo_id="p10"),   # the test photo itself
+            row(tmp_path, 11, "train", "t0", A, label="kite"),                      # a byte copy, another photo id
+            row(tmp_path, 12, "pool", "s12", h(2**64 - 4))]                        # a near copy of the v2 test image
+    decisions = resolve(cfg_of(tmp_path), rows, tests, kept_scores(s10__t0=0.99, s12__t1=0.95))
+    assert decisions == {10: ACCEPTED_KITE,
+                         11: ("duplicate", "exact-duplicate-of-test:v1:d=0", 10, None),
+                         12: ("duplicate", "near-duplicate-of-test:v2:d=2", None, None)}
+
+
+def test_a_probe_copy_of_a_published_test_image_stays(tmp_path):
+    # probes are never trained on: only train and pool rows are compared with published test images
+    tests = [published(tmp_path, 0, "v1", 99, "t0", A, "p99")]
+    rows = [row(tmp_path, 13, "probe", "t0", A)]
+    assert resolve(cfg_of(tmp_path), rows, tests) == {13: ACCEPTED_OTHER}
+    assert resolve(cfg_of(tmp_path), [{**rows[0], "purpose": "pool"}], tests) == {
+        13: ("duplicate", "exact-duplicate-of-test:v1:d=0", None, None)}
+
+
+# ---- real pixels ---------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not fixture_photos(), reason="fixture photos missing (../shared/fixtures)")
+def test_a_resized_re_encoded_copy_of_a_training_photo_leaves_the_probe_set(tmp_path):
+    photos = fixture_photos()
+    original, unrelated = photos[0], photos[len(photos) // 2]
+    im = Image.open(original).convert("RGB")
+    copy = tmp_path / "copy.jpg"
+    im.resize((im.width * 3 // 4, im.height * 3 // 4)).save(copy, quality=80)
+    limits = VerifyLimits(min_side=1)
+    records = {rid: inspect_file(path, limits) for rid, path in ((1, original), (2, copy), (3, unrelated))}
+    rows = [{**row(tmp_path, rid, purpose, rec.sha256, rec.phash, label="kite" if rid == 1 else "other",
+                   view_hashes=rec.view_hashes), "img_width": rec.width, "img_height": rec.height,
+             "bytes": rec.n_bytes, "file_path": str(rec.path)}
+            for (rid, rec), purpose in zip(records.items(), ("train", "probe", "probe"))]
+    confirm = FileSimilarity({})
+    decisions = resolve(cfg_of(tmp_path), rows, None, confirm)
+    d = view_distance(dedup_item(rows[0]), dedup_item(rows[1]))
+    assert d <= 12
+    assert decisions == {1: ACCEPTED_KITE, 2: ("duplicate", f"near-duplicate-of-train:d={d}", 1, None),
+                         3: ACCEPTED_OTHER}
+    # the pair's score is handed back for the catalog to keep (the next curate need not score it)
+    pair = tuple(sorted((records[1].sha256, records[2].sha256)))
+    assert confirm.scored[pair] >= CONFIRM
