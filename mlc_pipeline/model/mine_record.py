@@ -51,12 +51,13 @@ def overlapping_queries(cfg: Config) -> dict[str, dict[str, list[str]]]:
     to reject its own class. Words are compared as search matches them: punctuation splits them, case
     and a plural ending do not count."""
     def words(text: str) -> set[str]:
-        return {singular(w) for w in re.findall(r"[^\W_]+", text.lower()) if len(w) > 2}
+        return {w for w in re.findall(r"[^\W_]+", text.lower()) if len(w) > 2}
 
     out: dict[str, dict[str, list[str]]] = {}
     for query in (cfg.mine.pool.queries if cfg.mine.pool else []):
         for name, qs in cfg.classes.items():
-            shared = words(query) & (words(name) | set().union(*(words(q) for q in qs.queries)))
+            class_words = words(name).union(*(words(q) for q in qs.queries))
+            shared = {word for a in words(query) for b in class_words if (word := shared_word(a, b))}
             if shared:
                 out.setdefault(query, {})[name] = sorted(shared)
     return out
@@ -70,11 +71,25 @@ def pool_overlaps(cfg: Config) -> list[str]:
             for query, classes in overlapping_queries(cfg).items() for name, shared in classes.items()]
 
 
-def singular(word: str) -> str:
-    """A word with a plural 's' or 'es' folded, as search matches words: 'kites' and 'kite' meet
-    (the bundled server folds an 's'; Flickr's free text also finds plurals)."""
-    if word.endswith("es") and word[:-2].endswith(("ss", "x", "z", "ch", "sh")):
-        return word[:-2]              # boxes, glasses, beaches (houses: the 's' rule, house)
+def word_forms(word: str) -> set[str]:
+    """The word and what it is with a plural 's' or 'es' taken off: 'buses' is read as buses, buse or
+    bus, so that it meets 'bus', as 'kites' meets 'kite', 'glasses' 'glass' and 'tomatoes' 'tomato'
+    (a single folding rule made 'buses' 'buse' and 'lens' 'len', and they never met: the unit-tests
+    helper's finding). Flickr's free text finds plurals; the bundled server folds an 's'."""
+    forms = {word}
     if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
-        return word[:-1]
-    return word
+        forms.add(word[:-1])
+    if word.endswith("es") and word[:-2].endswith(("s", "x", "z", "ch", "sh", "o")):    # English's -es plurals
+        forms.add(word[:-2])            # ('kites' is not 'kit' + es)
+    return forms
+
+
+def shared_word(a: str, b: str) -> str | None:
+    """The word two words share as search reads them (`word_forms`), as one of them writes it when it
+    can ('kite' for kites and kite; 'lens' for lens and lenses), else the longest common form; None
+    when they do not meet."""
+    common = word_forms(a) & word_forms(b)
+    if not common:
+        return None
+    written = common & {a, b}
+    return min(written, key=len) if written else max(common, key=len)
