@@ -45,13 +45,18 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     write_csv_atomic(path, rows, columns)
 
 
+# Words that say nothing about what a photo shows: "the beach" shares nothing with "the kite".
+FILLER_WORDS = frozenset({"the", "and", "for", "with", "from", "into", "onto", "over", "under", "near", "its",
+                          "their", "this", "that", "are", "was", "not", "off", "out", "all", "any", "some"})
+
+
 def overlapping_queries(cfg: Config) -> dict[str, dict[str, list[str]]]:
     """Pool query -> class -> the words they share. A pool query that shares a word with a class (its
     name or a query) may return members of that class; mined as negatives they would teach the model
     to reject its own class. Words are compared as search matches them: punctuation splits them, case
     and a plural ending do not count."""
     def words(text: str) -> set[str]:
-        return {w for w in re.findall(r"[^\W_]+", text.lower()) if len(w) > 2}
+        return {w for w in re.findall(r"[^\W_]+", text.lower()) if len(w) > 2 and w not in FILLER_WORDS}
 
     out: dict[str, dict[str, list[str]]] = {}
     for query in (cfg.mine.pool.queries if cfg.mine.pool else []):

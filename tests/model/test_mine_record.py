@@ -160,6 +160,12 @@ def test_words_of_two_letters_or_fewer_do_not_count(tmp_path):
     assert overlapping_queries(cfg) == {"sky": {"kite": ["sky"]}}
 
 
+def test_filler_words_do_not_count(tmp_path):
+    """'the beach' warned for a class queried 'the kite' (the unit-tests helper's note)."""
+    cfg = config(tmp_path, {"kite": ["the kite with string"]}, ["the beach", "dog with the ball", "the kite"])
+    assert overlapping_queries(cfg) == {"the kite": {"kite": ["kite"]}}
+
+
 def test_the_warning_names_the_query_the_words_and_the_class(tmp_path):
     cfg = config(tmp_path, {"teddy": ["teddy bear"]}, ["bear cubs", "toys"])
     assert pool_overlaps(cfg) == [
