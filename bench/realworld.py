@@ -227,7 +227,7 @@ def main() -> int:
     product_seconds = time.monotonic() - start
     models = cfg.data_dir / "models"
     metrics = {r.bundle: json.loads((models / r.bundle / "metrics.json").read_text())["test"] for r in result.rounds}
-    from mlc_pipeline.report.model import shipped_round
+    from mlc_pipeline.report.rounds import shipped_round
     first, last = result.rounds[0], shipped_round(result)     # last: the model the run ships (models/LATEST)
     manifest = cfg.data_dir / "datasets" / cfg.build.name / first.dataset_version / "manifest.csv"
 

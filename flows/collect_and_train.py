@@ -21,14 +21,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 
-from flows.artifacts import DATASET_SUMMARY_KEY, publish, published_state, write_stopped_summary
+from flows.artifacts import DATASET_SUMMARY_KEY, publish, write_stopped_summary
 from flows.progress import DownloadProgress, downloads_wanted
 from flows.runtime import flickr_slot, retry_condition, task_runner
 from mlc_pipeline.config import Config, ConfigError, load_config
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.model.options import check_train_settings
 from mlc_pipeline.model.variants import alternative_variants
-from mlc_pipeline.pipeline import PipelineResult, RoundRecord, Stages, plain, rebuild_stages, run_stages
+from mlc_pipeline.pipeline import PipelineResult, Stages, plain, rebuild_stages, run_stages
+from mlc_pipeline.report.published import published_state
 from mlc_pipeline.secrets import shown_settings
 
 DEFAULT_CONFIG = "configs/offline.yaml"
@@ -149,7 +150,7 @@ def report_stage(cfg: Config, result: dict) -> str:
     """The self-contained HTML report (data and, when models were trained, the model section)."""
     from mlc_pipeline.pipeline import write_run_report
 
-    path = write_run_report(cfg, PipelineResult(**{**result, "rounds": [RoundRecord(**r) for r in result["rounds"]]}))
+    path = write_run_report(cfg, PipelineResult.from_plain(result))
     get_run_logger().info("report: %s", path)
     return path
 

@@ -272,7 +272,7 @@ def cmd_export(args) -> int:
 
 def cmd_run(args) -> int:
     from mlc_pipeline.pipeline import Stages, run_stages
-    from mlc_pipeline.report.model import rounds_markdown
+    from mlc_pipeline.report.rounds import rounds_markdown
     from mlc_pipeline.model.options import check_train_settings
     cfg = load_config(args.config, parse_overrides(args.set))
     check_train_settings(cfg)         # before waiting for the lock, and before collecting

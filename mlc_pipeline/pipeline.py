@@ -31,8 +31,8 @@ from mlc_pipeline.model.options import check_train_settings
 from mlc_pipeline.model.variants import models_root, publish_latest, train_alternatives, train_version
 from mlc_pipeline.report.inspect import write_html_report
 from mlc_pipeline.report.model import model_section
-from mlc_pipeline.shipping import (RoundRecord, incumbent_model, last_shipped_model, not_shipped_reason, record,
-                                   round0_key, unknown_rate)
+from mlc_pipeline.report.rounds import RoundRecord, record
+from mlc_pipeline.shipping import incumbent_model, last_shipped_model, not_shipped_reason, round0_key, unknown_rate
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,18 @@ class PipelineResult:
     not_shipped: str = ""           # why the last round's model is not the one shipped ("" when it is)
     trained_with: dict = field(default_factory=dict)   # what round 0 depends on besides the data (`round0_key`)
     reused: str = ""                # round 0 was the last run's shipped model, not retrained: why
+    round0_not_shipped: RoundRecord | None = None   # a round 0 trained in this run that did not beat the shipped model
 
     @property
     def stopped_early(self) -> bool:
         return bool(self.stop_reason)
+
+    @classmethod
+    def from_plain(cls, data: dict) -> "PipelineResult":
+        """A result that travelled as `plain(result)` (a Prefect task's argument), whole again."""
+        refused = data.get("round0_not_shipped")
+        return cls(**{**data, "rounds": [RoundRecord(**r) for r in data.get("rounds", [])],
+                      "round0_not_shipped": RoundRecord(**refused) if refused else None})
 
 
 def plain(value: Any) -> Any:
@@ -98,11 +106,12 @@ def shipped_or_new(cfg: Config, stages: "Stages", incumbent: Path, ds: dict, mod
         log.warning("the shipped model %s could not be scored on %s (%s: %s): round 0's model ships",
                     incumbent.name, ds["version"], type(exc).__name__, exc)
         kept = None
+    new = record(0, model["dataset_version"], model["bundle"], model["metrics"])
     if kept is not None and (why := not_shipped_reason(
-            cfg, record(0, ds["version"], incumbent.name, kept["metrics"]),
-            record(0, model["dataset_version"], model["bundle"], model["metrics"]),
+            cfg, record(0, ds["version"], incumbent.name, kept["metrics"]), new,
             f"the shipped model, scored on {ds['version']}")):
         out.not_shipped = f"{why}: not shipped; round 0 is the shipped model {incumbent.name}, which mining goes on from"
+        out.round0_not_shipped = new        # the reports list it apart from round 0
         log.warning("%s", out.not_shipped)
         return stages.reuse(cfg, kept)
     publish_latest(cfg, model["bundle"])

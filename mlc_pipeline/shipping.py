@@ -13,42 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.model.bundle import MetaError, read_meta
 from mlc_pipeline.model.variants import latest_model
+from mlc_pipeline.report.rounds import RoundRecord
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RoundRecord:
-    round: int
-    dataset_version: str
-    bundle: str
-    macro_f1: float
-    unknown_accepted: float | None
-    probe_accepted: float | None
-    negatives_added: int = 0
-    valid_macro_f1: float | None = None     # at the model's own thresholds, without mined negatives (`held_out_f1`)
-
-
-def shared_valid_f1(metrics: dict) -> float | None:
-    """A model's validation macro F1 on the images every round shares: a round's mined negatives
-    join its validation split (mine.calibration_share), so rounds compare without them. Models
-    trained before that setting have only the whole split's figure."""
-    valid = metrics.get("valid") or {}
-    return valid.get("macro_f1_without_mined", valid.get("macro_f1"))
-
-
-def record(round_no: int, version: str, bundle: str, metrics: dict, added: int = 0) -> RoundRecord:
-    """One mining round's line of the report, from a model's metrics."""
-    test = metrics["test"]
-    return RoundRecord(round_no, version, bundle, test["macro_f1"], test.get("unknown_accepted"),
-                       test.get("probe_accepted"), added, shared_valid_f1(metrics))
 
 
 def unknown_rate(test_other: float | None, probe: float | None) -> float | None:

@@ -140,7 +140,7 @@ def test_a_mining_round_that_accepts_more_unknowns_is_not_shipped(tmp_path):
     """The loop exists to lower unknowns accepted: when a retrain raises them (mean of test other and
     probe), models/LATEST goes back to the round before, the run says why, and the loop stops."""
     from mlc_pipeline.pipeline import run_stages
-    from mlc_pipeline.report.model import rounds_markdown, shipped_round
+    from mlc_pipeline.report.rounds import rounds_markdown, shipped_round
     cfg = _loop_config(tmp_path, rounds=3)
     stages = ScriptedStages([(0.00, 0.04), (0.10, 0.09), (0.0, 0.0)])
     out = run_stages(cfg, stages)
@@ -150,10 +150,10 @@ def test_a_mining_round_that_accepts_more_unknowns_is_not_shipped(tmp_path):
     assert (cfg.layout.models / "LATEST").read_text().strip() == "bundle-r0" == out.shipped
     assert shipped_round(out).round == 0
     assert "round 1's model bundle-r1 accepted more unknowns than round 0's (0.020 -> 0.095" in out.not_shipped
-    assert "| 0 (shipped) | v1 |" in rounds_markdown(out) and "| 1 | v2 |" in rounds_markdown(out)
+    assert "| 0 (shipped) | v1 | bundle-r0 |" in rounds_markdown(out) and "| 1 | v2 | bundle-r1 |" in rounds_markdown(out)
     saved = json.loads((cfg.layout.reports / "latest.json").read_text())
     assert saved["shipped"] == "bundle-r0" and saved["not_shipped"] == out.not_shipped
-    from flows.artifacts import summary_markdown
+    from mlc_pipeline.report.summary import summary_markdown
     models = [{"round": r.round, "dataset_version": r.dataset_version, "bundle": r.bundle,
                "metrics": {"test": {"macro_f1": r.macro_f1}}} for r in out.rounds]
     text = summary_markdown({"status": "completed", "config_path": "c.yaml", "models": models,
@@ -186,10 +186,11 @@ def test_a_mining_round_that_buys_fewer_unknowns_with_too_much_f1_is_not_shipped
     assert (cfg.layout.models / "LATEST").read_text().strip() == "bundle-r0" == out.shipped
     assert out.not_shipped == ("round 1's model bundle-r1 lost 0.260 of macro F1 against round 0's (0.700 -> 0.440, "
                                "mean of validation and test; mine.max_f1_loss is 0.05): models/LATEST stays bundle-r0")
-    from mlc_pipeline.report.model import rounds_markdown
+    from mlc_pipeline.report.rounds import rounds_markdown
     report = rounds_markdown(out)       # each F1 column says which split it was measured on
-    assert "| macro F1 (test) | macro F1 (valid, without mined) |" in report and "| 1 | v2 | 0.400 | 0.480 |" in report
-    from flows.artifacts import summary_markdown        # the Prefect run summary shows both columns too
+    assert "| macro F1 (test) | macro F1 (valid, without mined) |" in report
+    assert "| 1 | v2 | bundle-r1 | 0.400 | 0.480 |" in report
+    from mlc_pipeline.report.summary import summary_markdown     # the Prefect run summary shows both columns too
     # the summary reads metrics.json, whose valid F1 counts the round's mined negatives: it shows the
     # figure shipping compared (without them), as the report does; older models have only the whole split's
     models = [{"round": r.round, "dataset_version": r.dataset_version, "bundle": r.bundle,
@@ -197,9 +198,11 @@ def test_a_mining_round_that_buys_fewer_unknowns_with_too_much_f1_is_not_shipped
                            "valid": {"macro_f1": r.valid_macro_f1 - 0.1 * r.round,
                                      **({"macro_f1_without_mined": r.valid_macro_f1} if r.round else {})}}}
               for r in out.rounds]
-    summary = summary_markdown({"status": "completed", "config_path": "c.yaml", "models": models})
+    summary = summary_markdown({"status": "completed", "config_path": "c.yaml", "models": models,
+                                "shipped": out.shipped})
     assert "| macro F1 (test) | macro F1 (valid, without mined) |" in summary
-    assert "| 0 | v1 | bundle-r0 | 0.700 | 0.700 |" in summary and "| 1 | v2 | bundle-r1 | 0.400 | 0.480 |" in summary
+    assert "| 0 (shipped) | v1 | bundle-r0 | 0.700 | 0.700 |" in summary
+    assert "| 1 | v2 | bundle-r1 | 0.400 | 0.480 |" in summary
 
     # within the tolerance: shipped, and the loop goes on
     cfg = _loop_config(tmp_path / "kept", rounds=2)
@@ -242,7 +245,7 @@ class EmptyPoolStages(ScriptedStages):
 def test_the_run_summary_says_why_mining_stopped(tmp_path):
     """The Prefect run summary said "Mining stopped early (nothing left to mine, or no further
     improvement)", a fixed sentence, though the loop knew which; and "early" with mine.rounds 1."""
-    from flows.artifacts import summary_markdown
+    from mlc_pipeline.report.summary import summary_markdown
     from mlc_pipeline.pipeline import run_stages
     cfg = _loop_config(tmp_path / "empty", rounds=1)
     out = run_stages(cfg, EmptyPoolStages([(0.1, 0.2), (0.1, 0.2)]))
@@ -327,7 +330,7 @@ def test_a_run_with_nothing_new_to_learn_mines_from_the_shipped_model_instead_of
     assert json.loads((cfg.layout.reports / "latest.json").read_text())["reused"] == out.reused
     from mlc_pipeline.report.model import run_notes         # the report says so
     assert run_notes(out)[0].startswith("<p id='reused'><b>Round 0:</b> dataset v2 and the training settings")
-    from flows.artifacts import summary_markdown              # and the Prefect run, whose round 0 is listed
+    from mlc_pipeline.report.summary import summary_markdown  # and the Prefect run, whose round 0 is listed
     from flows.collect_and_train import Run, TaskStages
     run = Run("collect-and-train", "c.yaml", None)
     model = {"round": 0, "bundle": "default-v2-r1", "dataset_version": "v2", "metrics": {"test": {"macro_f1": 0.9}}}
@@ -448,6 +451,63 @@ def test_a_shipped_model_that_cannot_be_scored_lets_round_0_ship(tmp_path, caplo
             return {}["metrics"]                 # a bug, not a damaged bundle: it is not hidden
     with pytest.raises(KeyError):
         run_stages(cfg, Buggy([(0.2, 0.4)], [("v3", True)], [0.3], {}))
+
+
+class FlowRecordedStages(ShippedModelStages):
+    """ShippedModelStages whose results also go into a flow run's record (flows/collect_and_train.Run)
+    as TaskStages puts them there; TaskStages' own stage methods submit Prefect tasks, which
+    tests/test_flows.py runs."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        from flows.collect_and_train import Run
+        self.run = Run("collect-and-train", "c.yaml", None)
+
+    def train(self, cfg, dataset_dir, round_no, previous=None, publish=True):
+        model = super().train(cfg, dataset_dir, round_no, previous, publish)
+        self.run.data["models"].append(model)
+        return model
+
+    def reuse(self, cfg, model):
+        from flows.collect_and_train import TaskStages
+        super().reuse(cfg, model)
+        return TaskStages.reuse(self, cfg, model)
+
+    def mine(self, cfg, bundle_dir, round_no):
+        mined = {**super().mine(cfg, bundle_dir, round_no), "round": round_no}     # as mine_round returns it
+        self.run.data["mined"].append(mined)
+        return mined
+
+    def report(self, cfg, result):
+        self.run.data.update(shipped=result.shipped, not_shipped=result.not_shipped, reused=result.reused)
+        return ""
+
+
+def test_the_html_report_and_the_run_summary_print_the_same_rounds_table(tmp_path):
+    """The HTML report (and `mlc run`) and the Prefect run summary had a rounds table each, and they
+    drifted: the summary's had a model column and a row for a round 0 trained but not shipped, the
+    report's marked the shipped model. One table now, the same text in both for the same run."""
+    from mlc_pipeline.pipeline import run_stages
+    from mlc_pipeline.report.latest import latest_result
+    from mlc_pipeline.report.rounds import ROUNDS_HEADER, rounds_markdown
+    from mlc_pipeline.report.summary import summary_markdown
+    cfg = _loop_config(tmp_path, rounds=1)
+    run_stages(cfg, ShippedModelStages([(0.10, 0.30), (0.05, 0.20)], [("v1", True), ("v2", True)], [0.54, 0.54], {}))
+    night2 = FlowRecordedStages([(0.10, 0.30), (0.05, 0.20)], [("v3", True), ("v4", True)], [0.275, 0.52],
+                                {"default-v2-r1": (0.54, 0.05, 0.20)})
+    out = run_stages(cfg, night2)        # round 0 refused (the shipped model kept), round 1 shipped
+    assert out.shipped == "default-v4-r1" and out.rounds[0].bundle == "default-v2-r1"
+
+    summary = summary_markdown({**night2.run.data, "status": "Completed"})
+    table = summary[summary.index(ROUNDS_HEADER):].split("\n\n")[0]
+    assert [row.split(" | ")[:3] for row in table.splitlines()[2:]] == [
+        ["| 0", "v3", "default-v2-r1"], ["| 0, trained, not shipped", "v3", "default-v3-r0"],
+        ["| 1 (shipped)", "v4", "default-v4-r1"]], table
+    # the HTML report's model section (report/model.model_section) and `mlc run` print rounds_markdown
+    # of the result (the written page: tests/test_flows.py::test_flow_completes_with_artifacts)
+    assert rounds_markdown(out) == table + "\n"
+    # and the report written again from latest.json (`mlc inspect --html`) shows it too
+    assert rounds_markdown(latest_result(cfg)) == table + "\n"
 
 
 def test_a_later_runs_mining_rounds_are_numbered_on_from_the_catalog(tmp_path):

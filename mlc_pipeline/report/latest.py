@@ -37,15 +37,18 @@ def latest_result(cfg: Config) -> SimpleNamespace | None:
         try:
             saved = json.loads(run.read_text())
             rounds = [SimpleNamespace(**r) for r in saved.get("rounds", [])]
+            refused = saved.get("round0_not_shipped")       # absent from runs saved before 2026-12-06
+            refused = SimpleNamespace(**refused) if refused else None
         except (ValueError, TypeError) as exc:
             log.warning("%s unreadable (%s): the report shows the latest model alone", run, exc)
-            saved, rounds = {}, []
+            saved, rounds, refused = {}, [], None
         shipped = saved.get("shipped") or (rounds[-1].bundle if rounds else "")
         if rounds and shipped == bundle.name and all(
                 (cfg.layout.models / r.bundle / "metrics.json").is_file() for r in rounds):
             return SimpleNamespace(rounds=rounds, alternatives=saved.get("alternatives", {}),
                                    shortfall=saved.get("shortfall", []), shipped=shipped,
-                                   not_shipped=saved.get("not_shipped", ""), reused=saved.get("reused", ""))
+                                   not_shipped=saved.get("not_shipped", ""), reused=saved.get("reused", ""),
+                                   round0_not_shipped=refused)
     if not (bundle / "metrics.json").is_file():
         return None
     try:

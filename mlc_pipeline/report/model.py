@@ -1,5 +1,6 @@
-"""The model part of the report: rounds of mining, the alternatives side by side, per-class metrics,
-loss curves. Used by the HTML page and by Prefect's markdown artifacts."""
+"""The model part of the HTML report: rounds of mining and the alternatives side by side (the tables
+of report/rounds.py, which the Prefect run summary prints too), per-class metrics, operating and
+loss curves, the error analysis."""
 
 from __future__ import annotations
 
@@ -13,57 +14,8 @@ from mlc_pipeline.report.analysis import analysis_section, mining_section
 from mlc_pipeline.report.curves import curve_markdown
 
 from mlc_pipeline.model.plots import plot_curves
-from mlc_pipeline.model.registry import read_info, variant_name
-from mlc_pipeline.report.tables import compare_table, pct
-
-
-def shipped_of(rounds: list, shipped: str | None, bundle_of=lambda r: r.bundle):
-    """The round whose model a run ships (models/LATEST): the one named `shipped`, else the last.
-    The last round is shipped unless it accepted more unknowns than the round before
-    (pipeline.run_stages names the earlier one then). `bundle_of` reads a round's bundle name: the
-    flow's records are dicts, a PipelineResult's rounds are objects."""
-    return next((r for r in rounds if bundle_of(r) == shipped), rounds[-1])
-
-
-def shipped_round(result):
-    """`shipped_of` a PipelineResult, or of the namespace report/latest.py reads back from
-    reports/latest.json."""
-    return shipped_of(result.rounds, getattr(result, "shipped", ""))
-
-
-def round_label(r) -> str:
-    """What a model is called in the tables and plots: `round N` of a run, or the label latest.py
-    gives the latest model when it is not from the last run (`mlc train`: no round 0 to speak of)."""
-    return getattr(r, "label", "") or f"round {r.round}"
-
-
-def rounds_markdown(result) -> str:
-    # shipping compares the mean of the two macro F1 columns (shipping.held_out_f1); valid leaves
-    # out the round's own mined negatives, so that every round is measured on the same images
-    lines = ["| round | dataset | macro F1 (test) | macro F1 (valid, without mined) | unknown accepted (test other) "
-             "| unknown accepted (probe) | negatives added |", "|---|---|---|---|---|---|---|"]
-    shipped = shipped_round(result).bundle if result.rounds else ""
-    for r in result.rounds:
-        mark = " (shipped)" if r.bundle == shipped and len(result.rounds) > 1 else ""
-        valid = getattr(r, "valid_macro_f1", None)      # absent from runs saved before 2026-12-02
-        lines.append(f"| {getattr(r, 'label', '') or r.round}{mark} | {r.dataset_version} | {r.macro_f1:.3f} "
-                     f"| {'n/a' if valid is None else f'{valid:.3f}'} | {pct(r.unknown_accepted)} "
-                     f"| {pct(r.probe_accepted)} | {r.negatives_added} |")
-    return "\n".join(lines) + "\n"
-
-
-def variants_markdown(result, metrics_by_bundle: dict[str, dict], models_dir: Path) -> str:
-    first = result.rounds[0]
-    # the config may pick any head: name the one round 0 was trained with, from its bundle.json
-    meta = read_info(models_dir / first.bundle).meta
-    head = f" ({variant_name(meta['head'], meta['other_mode'])})" if {"head", "other_mode"} <= meta.keys() else ""
-    rows = [(f"product, {round_label(first)}{head}", metrics_by_bundle[first.bundle])]
-    rows += [(name, m["test"]) for name, m in result.alternatives.items()]
-    if len(result.rounds) > 1:
-        last = result.rounds[-1]
-        shipped = "" if shipped_round(result) is last else ", not shipped"
-        rows.append((f"product after mining (round {last.round}{shipped})", metrics_by_bundle[last.bundle]))
-    return compare_table(rows)
+from mlc_pipeline.report.rounds import round_label, rounds_markdown, shipped_round, variants_markdown
+from mlc_pipeline.report.tables import pct
 
 
 def md_cell_html(cell: str) -> str:

@@ -23,7 +23,7 @@ import yaml
 from PIL import Image
 from rich.console import Console
 
-from helpers import REPO, FIXTURES
+from helpers import FIXTURES
 
 from mlc_pipeline import progress
 from mlc_pipeline.catalog import Catalog
@@ -35,7 +35,7 @@ from mlc_pipeline.flickr_server import FlickrServer, WorldSpec
 from mlc_pipeline.report.model import model_section
 from mlc_pipeline.model.variants import other_set_warnings, train_version
 from mlc_pipeline.pipeline import PipelineResult
-from mlc_pipeline.shipping import record
+from mlc_pipeline.report.rounds import record
 from mlc_pipeline.report.inspect import inspect_main
 
 FIXTURES = FIXTURES / "hymenoptera"
@@ -285,8 +285,7 @@ def test_usable_rate_plans_top_ups_and_lines_name_every_loss():
 
 
 def test_artifact_summary_lists_short_sets_and_training_warnings():
-    sys.path.insert(0, str(REPO))     # flows/ is a top-level folder
-    from flows.artifacts import summary_markdown
+    from mlc_pipeline.report.summary import summary_markdown
 
     line = "other: 151 of 300 usable (queries exhausted; 149 rejected: too-small 149)"
     run = {"status": "Completed", "config_path": "c.yaml",

@@ -300,7 +300,7 @@ def test_a_pool_image_decided_in_review_while_the_pool_is_scored_is_not_moved(tm
         decisions = {r["photo_id"]: r["decision"] for r in csv.DictReader(f)}
     assert decisions.get("pool-red0") == "decided-in-review", decisions      # the model accepts red discs
     # The run summary counts them among the accepted (its sum of the other decisions left them out).
-    from flows.artifacts import mined_numbers
+    from mlc_pipeline.report.summary import mined_numbers
     late = sum(d == "decided-in-review" for d in decisions.values())
     assert result.accepted == len(decisions) and result.decided_in_review == late
     assert f": {len(decisions)} accepted as a class (" in mined_numbers([result.__dict__]), mined_numbers([result.__dict__])

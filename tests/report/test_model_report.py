@@ -10,7 +10,8 @@ import pytest
 from mlc_pipeline.config import Config
 from mlc_pipeline.report.curves import curve_markdown
 from mlc_pipeline.report.latest import alone_label, latest_result
-from mlc_pipeline.report.model import md_to_html_table, model_section, operating_curves, rounds_markdown, variants_markdown
+from mlc_pipeline.report.model import md_to_html_table, model_section, operating_curves
+from mlc_pipeline.report.rounds import rounds_markdown, variants_markdown
 
 
 def curve(chosen: int = 1) -> list[dict]:

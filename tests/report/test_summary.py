@@ -1,0 +1,71 @@
+"""The Prefect run summary as report/summary.py renders it from a run's record (what the flow puts
+in the artifact: tests/test_flows.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlc_pipeline.config import ConfigError, load_config
+from mlc_pipeline.report.summary import summary_markdown
+
+
+def test_the_summary_of_a_refused_config_never_shows_its_password():
+    """The config refuses a catalog.url with a password, and the failed run's summary printed the
+    overrides as given, password and all (the arch24 audit)."""
+    overrides = {"catalog": {"url": "postgresql://u:hunter2pw@db.example/mlc"}}
+    with pytest.raises(ConfigError) as err:
+        load_config("configs/offline.yaml", overrides)
+    text = summary_markdown({"status": "Failed", "config_path": "configs/offline.yaml", "overrides": overrides,
+                             "error": str(err.value)})
+    assert "hunter2pw" not in text and "postgresql://u:***@db.example/mlc" in text, text
+
+
+def test_summary_renders_the_shortfall_readably():
+    collected = {"downloaded": 3, "found_new": 5, "api_calls": 7, "failed": {},
+                 "shortfall": {"train/kite": 3, "pool/other": 1}}
+    text = summary_markdown({"status": "Completed", "config_path": "c.yaml", "collect": collected})
+    assert "shortfall: train/kite 3 images short, pool/other 1 image short" in text, text
+    assert "{" not in text
+    curated = {"accepted": 9, "inspected": 9, "reused": 0, "rejected": {}, "duplicates": {}, "taken_down": 1, "held": 2}
+    text = summary_markdown({"status": "Completed", "config_path": "c.yaml", "curate": curated})
+    assert "taken down as copies of removed photos 1; held for review, looking like removed photos 2" in text
+
+
+def model(bundle: str, version: str, f1: float, round_no: int = 0) -> dict:
+    """A model as the train task records it (only what the summary reads)."""
+    return {"round": round_no, "bundle": bundle, "dataset_version": version,
+            "metrics": {"test": {"macro_f1": f1, "unknown_accepted": 0.02, "probe_accepted": 0.03}}}
+
+
+def test_the_summary_lists_a_kept_shipped_model_as_round_0_and_the_new_one_apart():
+    """A day-2 night whose new round 0 did not beat the shipped model: the summary's rounds table
+    showed the new model as round 0, beside a "Not shipped" line and a round 1 mined from the other.
+    The shipped model is marked, as in the HTML report (they print one table: report/rounds.py)."""
+    run = {"status": "Completed", "config_path": "c.yaml",
+           "models": [model("default-v1-r0", "v2", 0.540), model("default-v3-r1", "v3", 0.52, round_no=1)],
+           "round0_not_shipped": model("default-v2-r0", "v2", 0.275), "shipped": "default-v3-r1",
+           "not_shipped": "lost 0.265 of macro F1 ...", "mined": [{"round": 1, "added": 5}]}
+    rows = [line for line in summary_markdown(run).splitlines() if line.startswith("| 0") or line.startswith("| 1")]
+    assert [r.split(" | ")[:3] for r in rows] == [["| 0", "v2", "default-v1-r0"],
+                                                  ["| 0, trained, not shipped", "v2", "default-v2-r0"],
+                                                  ["| 1 (shipped)", "v3", "default-v3-r1"]], rows
+    assert rows[0].split(" | ")[3] == "0.540" and rows[1].split(" | ")[3] == "0.275"
+    assert rows[0].endswith("| - |") and rows[2].endswith("| 5 |")      # negatives added: mining's, not round 0's
+
+
+def test_the_alternatives_table_is_the_html_reports():
+    """The summary's alternatives table listed the comparison heads alone, in columns of its own; it is
+    report/rounds.py's, as in the HTML report: round 0's product model beside them, and the product
+    after mining."""
+    def metrics(f1):
+        return {"macro_f1": f1, "accuracy": 0.9, "unknown_accepted": 0.1, "probe_accepted": 0.2, "fpr95_probe": 0.3}
+
+    run = {"status": "Completed", "config_path": "c.yaml",
+           "models": [{**model("m0", "v1", 0.5), "metrics": {"test": metrics(0.5)}},
+                      {**model("m1", "v2", 0.6, round_no=1), "metrics": {"test": metrics(0.6)}}],
+           "alternatives": {"softmax-other-class": {"test": metrics(0.4)}}}
+    text = summary_markdown(run)
+    table = text.split("## Alternatives on the same data (round 0)\n\n")[1].splitlines()
+    assert table[0].startswith("| variant | macro F1 | in-domain accuracy |"), table
+    assert [row.split(" | ")[0] for row in table[2:5]] == [
+        "| product, round 0", "| softmax-other-class", "| product after mining (round 1)"], table
