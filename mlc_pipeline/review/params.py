@@ -32,9 +32,13 @@ def fits_sql(n: int) -> bool:
 
 
 def filters_of(request: Request) -> dict:
-    """The browse filters in the query string; 400 for a licence or round that is not a number SQL holds."""
+    """The browse filters in the query string; 400 for a licence or round that is not a number SQL holds,
+    and for a `reviewed` that is not 0 or 1 (any other value listed the reviewed images, as 1 does)."""
     q = request.query_params
     filters = {k: q.get(k, "").strip() for k in cr.FILTERS if q.get(k, "").strip()}
+    if filters.get("reviewed", "0") not in ("0", "1"):
+        raise HTTPException(400, f"the reviewed filter is 0 (no review decision in force) or 1 (one in force), "
+                                 f"not {filters['reviewed'][:40]!r}")
     for name in ("licence", "round"):
         try:
             if name in filters and not fits_sql(whole_number(filters[name], name, from_url=True)):

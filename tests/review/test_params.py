@@ -91,8 +91,19 @@ def test_blank_filters_are_no_filters():
 
 def test_unknown_values_of_text_filters_are_passed_on_as_they_are():
     # only the numbers are checked here: an unknown set or status matches no candidate in the catalog
-    query = {"set": "bogus", "status": "nonsense", "label": "100%_kite", "sort": "random", "reviewed": "maybe"}
+    query = {"set": "bogus", "status": "nonsense", "label": "100%_kite", "sort": "random"}
     assert filters_of(request(query)) == query
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "yes", "true", "01"])
+def test_a_reviewed_filter_other_than_0_or_1_is_400(value):
+    """Any value but 0 listed the reviewed images, as 1 does: ?reviewed=maybe looked like an answer."""
+    with pytest.raises(HTTPException) as refused:
+        filters_of(request({"reviewed": value}))
+    assert refused.value.status_code == 400
+    assert refused.value.detail == ("the reviewed filter is 0 (no review decision in force) or 1 (one in force), "
+                                    f"not {value!r}")
+    assert filters_of(request({"reviewed": " 0 "})) == {"reviewed": "0"}
 
 
 @pytest.mark.parametrize("licence", ["0", "-1", str(BIG - 1), str(-BIG), "0004"])
