@@ -1,14 +1,12 @@
 """The catalog's statements about files leaving the data root: takedowns (`mlc remove`) and, for an
-object-store data root, which files the catalog names and a consistent snapshot of it. A mixin of
-`Catalog` (store.py), whose connection (`self.db`) and helpers they use."""
+object-store data root, which files the catalog names. A mixin of `Catalog` (store.py), whose
+connection (`self.db`) and helpers they use."""
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
-from pathlib import Path
 
 from mlc_pipeline.config import query_key
 
@@ -139,11 +137,3 @@ class RemovalQueries:
     def stored_file_paths(self) -> set[str]:
         """Every file path as recorded (relative to the data root): what an object-store root must hold."""
         return {r["file_path"] for r in self.db.execute("SELECT file_path FROM candidates WHERE file_path IS NOT NULL")}
-
-    def snapshot(self, dest: str | Path) -> None:
-        """A consistent copy of the catalog while it is open (SQLite's online backup), for uploading."""
-        out = sqlite3.connect(dest)
-        try:
-            self.db.backup(out)
-        finally:
-            out.close()

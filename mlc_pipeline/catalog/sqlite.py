@@ -181,3 +181,12 @@ def has_table(db: sqlite3.Connection, name: str) -> bool:
     """A table or an index of that name (one namespace in SQLite, as a relation's in PostgreSQL)."""
     return db.execute("SELECT 1 FROM sqlite_master WHERE type IN ('table', 'index') AND name=?",
                       (name,)).fetchone() is not None
+
+
+def snapshot(db: sqlite3.Connection, dest: str | Path) -> None:
+    """A consistent copy of the open catalog `db` into the file `dest` (SQLite's online backup)."""
+    out = sqlite3.connect(dest)
+    try:
+        db.backup(out)
+    finally:
+        out.close()

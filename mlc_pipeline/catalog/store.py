@@ -82,6 +82,10 @@ class Catalog(RemovalQueries, TallyQueries, PairScoreQueries):
         client waits less than a batch command)."""
         self.backend.set_lock_timeout(self.db, seconds)
 
+    def snapshot(self, dest: str | Path) -> None:
+        """A consistent copy of the catalog while it is open (SQLite's online backup), for uploading."""
+        sqlite.snapshot(self.db, dest)
+
     # --- file paths: relative to the data root ------------------------------------------------
     @property
     def root(self) -> Path:
