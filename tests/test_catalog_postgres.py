@@ -410,20 +410,20 @@ def test_a_review_action_locks_its_image_not_the_catalog(pg_url, tmp_path):
     """On PostgreSQL a review action is one transaction that locks its candidate's row (SELECT ... FOR
     UPDATE): it does not wait for another writer's transaction (curation holding the writer lock), and
     an action on an image another transaction holds waits for it (here: past lock_timeout, one line)."""
-    from mlc_pipeline.catalog import review as cr
+    from mlc_pipeline.catalog import overrides as co
     target = PostgresCatalog(pg_url, tmp_path)
     with Catalog(target, lock_timeout_s=1) as a, Catalog(target, lock_timeout_s=1) as b:
         a.upsert_found([found("1"), found("2")], a.start_run("collect"))
         a.db.execute("UPDATE candidates SET status='accepted', curated_label=label")
-        cr.ensure_schema(a)
+        co.ensure_schema(a)
         one, two = (a.get_by_photo("flickr", p)["id"] for p in ("1", "2"))
         with a.transaction():                                  # the catalog's writer lock, held by a
             a.db.execute("SELECT id FROM candidates WHERE id=? FOR UPDATE", (two,))    # and image two's row
-            assert cr.act(b, one, "reject", "r", "b", ["ants"]).state == {"labels": None, "include": "rejected"}
+            assert co.act(b, one, "reject", "r", "b", ["ants"]).state == {"labels": None, "include": "rejected"}
             with pytest.raises(CatalogError, match="still locked by another writer after 1 s"):
-                cr.act(b, two, "reject", "r", "b", ["ants"])
-        assert cr.act(b, two, "reject", "r", "b", ["ants"]).state["include"] == "rejected"     # free again
-        assert [len(cr.actions(a, cid)) for cid in (one, two)] == [1, 1]      # the refused one left nothing
+                co.act(b, two, "reject", "r", "b", ["ants"])
+        assert co.act(b, two, "reject", "r", "b", ["ants"]).state["include"] == "rejected"     # free again
+        assert [len(co.actions(a, cid)) for cid in (one, two)] == [1, 1]      # the refused one left nothing
 
 
 # --- the copy of a SQLite catalog into PostgreSQL ---------------------------------------------
@@ -681,28 +681,29 @@ def test_migrate_carries_the_review_and_undo_goes_on_in_postgres(pg_url, tmp_pat
     """A SQLite catalog the review app worked on: `mlc catalog migrate` copies its actions, overrides
     and version index with their ids, and the review goes on in PostgreSQL (undo of a copied action,
     new action ids after the copied ones)."""
+    from mlc_pipeline.catalog import overrides as co
     from mlc_pipeline.catalog import review as cr
     from mlc_pipeline.catalog.copy import copy_catalog
     with Catalog(tmp_path / "catalog.sqlite") as c:
         c.upsert_found([found(str(i)) for i in range(1, 4)], c.start_run("collect"))
         c.db.execute("UPDATE candidates SET status='accepted', curated_label=label")
-        cr.ensure_schema(c)
-        cr.act(c, 1, "relabel", "r", "t", ["ants", "bees"], labels=["bees"])
-        reject = cr.act(c, 2, "reject", "r", "t", ["ants"])
+        co.ensure_schema(c)
+        co.act(c, 1, "relabel", "r", "t", ["ants", "bees"], labels=["bees"])
+        reject = co.act(c, 2, "reject", "r", "t", ["ants"])
         cr.index_version(c, "default", "v1", "fp", [{"candidate_id": 1, "split": "train", "labels": "ants"}])
-        before = {cid: (cr.actions(c, cid), cr.override_of(c, cid)) for cid in (1, 2, 3)}
+        before = {cid: (co.actions(c, cid), co.override_of(c, cid)) for cid in (1, 2, 3)}
     copied = copy_catalog(tmp_path / "catalog.sqlite", PostgresCatalog(pg_url, tmp_path))
-    assert {t: copied.copied[t] for t in cr.TABLES} == {"review_actions": 2, "review_overrides": 2,
+    assert {t: copied.copied[t] for t in co.TABLES} == {"review_actions": 2, "review_overrides": 2,
                                                         "review_versions": 1, "review_version_rows": 1}
     again = copy_catalog(tmp_path / "catalog.sqlite", PostgresCatalog(pg_url, tmp_path))
     assert again.copied["review_actions"] == 0 and again.rows["review_actions"] == 2     # rerun: nothing new
     with Catalog(PostgresCatalog(pg_url, tmp_path)) as c:
-        assert {cid: (cr.actions(c, cid), cr.override_of(c, cid)) for cid in (1, 2, 3)} == before
+        assert {cid: (co.actions(c, cid), co.override_of(c, cid)) for cid in (1, 2, 3)} == before
         # what `mlc build` takes: 1 relabelled, 2 rejected in review, 3 as curated
-        assert [(r["id"], r["curated_label"]) for r in cr.build_candidates(c)] == [(1, "bees"), (3, "ants")]
+        assert [(r["id"], r["curated_label"]) for r in co.build_candidates(c)] == [(1, "bees"), (3, "ants")]
         assert cr.browse(c, {"version": "v1"}, "default", 10, 0)[1] == 1
-        assert cr.undo(c, 2, reject.action_id, "r", "t").action_id == 3        # ids go on after the copy
-        assert cr.override_of(c, 2) == {"labels": None, "include": None}
+        assert co.undo(c, 2, reject.action_id, "r", "t").action_id == 3        # ids go on after the copy
+        assert co.override_of(c, 2) == {"labels": None, "include": None}
 
 
 def test_migrate_waits_for_a_takedown_in_progress(pg_url, tmp_path):

@@ -25,14 +25,14 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import postgres, review
+from . import overrides, postgres
 from .address import PostgresCatalog
 from .schema import GENERATED_IDS, TABLES, CatalogError
 from .store import Catalog
 
 log = logging.getLogger(__name__)
 BATCH = 2000
-KEYS = {"meta": "key", "runs": "run_id", "pair_scores": "method, sha_a, sha_b", **review.TABLES}   # others: id
+KEYS = {"meta": "key", "runs": "run_id", "pair_scores": "method, sha_a, sha_b", **overrides.TABLES}   # others: id
 
 
 class TargetNotEmpty(CatalogError):
@@ -62,12 +62,12 @@ def copy_catalog(source: Path, target: PostgresCatalog) -> CopyResult:
     result = CopyResult(str(source), str(target))
     with Catalog(source) as src, Catalog(target) as dst:     # opening them brings both to the current schema
         tables, generated = list(TABLES), list(GENERATED_IDS)
-        if review.has_review_tables(src):                    # the review app's actions and overrides
-            tables += review.TABLES
+        if overrides.has_review_tables(src):                 # the review app's actions and overrides
+            tables += overrides.TABLES
             generated.append("review_actions")
         refuse_other_rows(src, dst, result)                  # before creating the review tables in it
-        if review.has_review_tables(src):
-            review.ensure_schema(dst)
+        if overrides.has_review_tables(src):
+            overrides.ensure_schema(dst)
         with dst.transaction():
             refuse_other_rows(src, dst, result)              # again under the writer lock: nobody wrote since
             before = {t: count(dst, t) for t in tables}
@@ -91,7 +91,7 @@ def refuse_other_rows(src: Catalog, dst: Catalog, result: CopyResult) -> None:
     """TargetNotEmpty unless every row the target holds is the source's row with the same key, every
     column the same (the module's docstring says why that is the rule)."""
     other = {}
-    for table in [*TABLES, *review.TABLES]:
+    for table in [*TABLES, *overrides.TABLES]:
         if not dst.has_table(table) or count(dst, table) == 0:
             continue
         key = [k.strip() for k in KEYS.get(table, "id").split(",")]

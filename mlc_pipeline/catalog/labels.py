@@ -1,6 +1,6 @@
 """What a review decided, as the build applies it to a candidate row: its labels and whether it is in.
 Pure rules on a row (the candidate's columns, plus `review_labels` / `review_include` from the review's
-overrides when they were joined), shared by the build (catalog.review.build_candidates), the review
+overrides when they were joined), shared by the build (catalog.overrides.build_candidates), the review
 app's "next build" line, collect's count of usable images (Catalog.set_tally) and mining; and what a
 review action does to an image's override (`next_state`)."""
 
@@ -30,7 +30,7 @@ def effective_labels(row: dict) -> str:
 
 def next_build(row: dict) -> tuple[bool, str]:
     """Whether the next build takes the candidate, and why (the review app's "next build" line): the
-    one rule for the build (catalog.review.build_candidates) and the app. A put-back image is in only
+    one rule for the build (catalog.overrides.build_candidates) and the app. A put-back image is in only
     while it is still rejected or a duplicate with a file (not taken down, failed or pending since)."""
     include, status = row.get("review_include"), row["status"]
     dataset = row["purpose"] in ("train", "probe")

@@ -102,7 +102,7 @@ class RemovalQueries:
         return out
 
     def takedown_held(self) -> set[int]:
-        """Candidates a takedown's hold keeps out now (catalog.review.hold: a reject logged with
+        """Candidates a takedown's hold keeps out now (catalog.overrides.hold: a reject logged with
         detail `{"held": true}`, still in force): near copies of photos taken down."""
         if not self.has_table("review_overrides"):
             return set()

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from mlc_pipeline.catalog import Catalog, catalog_exists, review
+from mlc_pipeline.catalog import Catalog, catalog_exists, overrides
 from mlc_pipeline.catalog.labels import next_build
 from mlc_pipeline.config import Config
 from mlc_pipeline.curate.hashing import corner_phashes, hamming_uint64, hex_to_uint64
@@ -137,7 +137,7 @@ def _remove(cfg: Config, catalog: Catalog, result: RemoveResult, reason: str, se
 def hold_near_copies(catalog: Catalog, result: RemoveResult, reason: str, client: str) -> None:
     """The images curate dropped as near duplicates of the photos removed (re-encodes, resizes,
     crops) are the same pictures, and with the photos gone the next curate would accept them: they
-    are held out as a review's reject (`review.hold`), which a user undoes if one is another picture.
+    are held out as a review's reject (`overrides.hold`), which a user undoes if one is another picture.
     Held, not removed: a takedown deletes only what it names or byte copies of it (curate's
     `keep_out_copies_of_removed`, which takes those down; they are left to it)."""
     removed = {r["id"]: r for r in result.removed}
@@ -145,7 +145,7 @@ def hold_near_copies(catalog: Catalog, result: RemoveResult, reason: str, client
         of = removed[row["duplicate_of"]]
         why = (f"held: a near duplicate of {of['source']}:{of['photo_id']}, taken down ({reason}); "
                "undo this if it is another picture")
-        if row["sha256"] != of["sha256"] and review.hold(catalog, row["id"], why, client) is not None:
+        if row["sha256"] != of["sha256"] and overrides.hold(catalog, row["id"], why, client) is not None:
             result.held.append(row)
             log.warning("candidate %s (%s:%s) %s", row["id"], row["source"], row["photo_id"], why)
 
@@ -156,17 +156,17 @@ LOOKALIKE_BITS = 8     # hashes this close: the same picture (docs/curation.md, 
 def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[int, int] | None = None,
                                client: str = "curate") -> list[dict]:
     """In a curate's transaction: each of `rows` (accepted now, not before) whose hashes
-    are within LOOKALIKE_BITS of a photo taken down is held out for review (`review.hold`). Its file
+    are within LOOKALIKE_BITS of a photo taken down is held out for review (`overrides.hold`). Its file
     is gone, so a re-encode, resize or small crop of it collected since cannot be confirmed by
     pixels; the hashes alone decide, and a hold, not a removal, leaves the last word to a user.
     A row is compared only with the photos taken down before it was first accepted: curate compared
     it by pixels with those it had then (verify20). A row a review undid a hold of is not held again
-    (`review.hold`). `keeps`: row id ->
+    (`overrides.hold`). `keeps`: row id ->
     the held copy this curate dropped in its favour (a copy of a held copy is held too: the verify17
     audit saw a larger re-upload become the kept one of a held group, and published). Returns those held."""
     held, keeps = [], keeps or {}
     for row in rows:
-        if (copy := keeps.get(row["id"])) is not None and review.hold(
+        if (copy := keeps.get(row["id"])) is not None and overrides.hold(
                 catalog, row["id"], f"held: kept in place of candidate {copy}, held as a near copy of a photo taken "
                 "down; undo this if it is another picture", client) is not None:
             held.append(row)
@@ -189,7 +189,7 @@ def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[i
             why = (f"held: looks like {r['source']}:{r['photo_id']}, taken down "
                    f"({takedown_reason(r)}): perceptual hashes {int(bits[i])} bits apart "
                    "(its file is gone, so no pixel check); undo this if it is another picture")
-            if review.hold(catalog, rows[i]["id"], why, client) is not None:
+            if overrides.hold(catalog, rows[i]["id"], why, client) is not None:
                 held.append(rows[i])
                 log.warning("candidate %s (%s:%s) %s", rows[i]["id"], rows[i]["source"], rows[i]["photo_id"], why)
     return held
@@ -204,7 +204,7 @@ def hold_if_looks_taken_down(catalog: Catalog, cid: int, client: str) -> dict | 
     if not catalog.has_removed_hashes():      # the usual case, read in one row; the hashes under the lock
         return None
     with catalog.locked_candidate(cid) as row:
-        include = review.override_of(catalog, cid)["include"] if catalog.has_table("review_overrides") else None
+        include = overrides.override_of(catalog, cid)["include"] if catalog.has_table("review_overrides") else None
         if row is None or not row["phash"] or include is not None or not next_build(row)[0]:
             return None
         held = hold_lookalikes_of_removed(catalog, [row], client=client)

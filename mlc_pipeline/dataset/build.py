@@ -32,7 +32,7 @@ from pathlib import Path
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline import progress
-from mlc_pipeline.catalog.review import build_candidates, review_changed_photos
+from mlc_pipeline.catalog.overrides import build_candidates, review_changed_photos
 from mlc_pipeline.dataset.card import FLICKR_PHOTO_PAGE, attribution, dataset_card
 from mlc_pipeline.config import RESTRICTED_LICENSES, Config
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file

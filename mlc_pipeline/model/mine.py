@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mlc_pipeline.catalog import Catalog, run_end_status
-from mlc_pipeline.catalog.review import build_candidates, overrides
+from mlc_pipeline.catalog.overrides import build_candidates, overrides
 from mlc_pipeline import progress
 from mlc_pipeline.config import Config, ConfigError
 from mlc_pipeline.executor import cluster_ready, map_chunks

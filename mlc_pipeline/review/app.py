@@ -1,10 +1,11 @@
 """The review app: server-rendered pages over the catalog and the published versions, and a small
 JSON API for the actions (static/review.js calls it). Every read and write goes through
-catalog.review / catalog on two connections, each used by one request at a time (a lock each): FastAPI
-runs plain `def` endpoints in a thread pool, and a catalog connection is not meant for threads at once.
-The pages read on one, the actions write on the other: an action waiting for another command's write
-lock (up to ACTION_LOCK_WAIT_S) keeps no page waiting. Other processes (`mlc build`, a second `mlc
-review`) are kept consistent by the catalog's transactions, on both backends (catalog/review.py)."""
+catalog.overrides (the actions), catalog.review (the lists) and catalog, on two connections, each used
+by one request at a time (a lock each): FastAPI runs plain `def` endpoints in a thread pool, and a
+catalog connection is not meant for threads at once. The pages read on one, the actions write on the
+other: an action waiting for another command's write lock (up to ACTION_LOCK_WAIT_S) keeps no page
+waiting. Other processes (`mlc build`, a second `mlc review`) are kept consistent by the catalog's
+transactions, on both backends (catalog/overrides.py)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
+from mlc_pipeline.catalog import overrides as co
 from mlc_pipeline.catalog import review as cr
 from mlc_pipeline.catalog import CatalogBusy, CatalogError, CatalogLost
 from mlc_pipeline.config import Config
@@ -157,10 +159,10 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
             row = review.catalog.get(known_id(cid))
             if row is None:
                 raise HTTPException(404, f"no candidate {cid}")
-            override = cr.override_of(review.catalog, cid)
+            override = co.override_of(review.catalog, cid)
             events = review.catalog.events(cid)
-            acts = cr.actions(review.catalog, cid)
-            latest = cr.latest_undoable(review.catalog, cid)
+            acts = co.actions(review.catalog, cid)
+            latest = co.latest_undoable(review.catalog, cid)
             per_version = [r for r in cr.labels_per_version(review.catalog, review.dataset, cid)
                            if r["version"] in published]        # not a version withdrawn since it was indexed
             prev_id, next_id, before = cr.neighbours(review.catalog, filters, review.dataset, cid,
@@ -275,24 +277,24 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
             return JSONResponse({"error": "seen_action must be an action id (0: none)"}, status_code=400)
         try:
             with review.write_lock:
-                res = cr.act(review.writer, cid, kind, reason or "(no reason given)", client, review.classes,
+                res = co.act(review.writer, cid, kind, reason or "(no reason given)", client, review.classes,
                              labels=labels, check_file=review.check_file, seen_action=seen)
                 review._facets = (0.0, None)
-        except cr.UnknownCandidate as exc:
+        except co.UnknownCandidate as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
-        except cr.ReviewError as exc:
+        except co.ReviewError as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)
         log.info("review: %s on candidate %s by %s", kind, cid, client)
         return answer(cid, res, client, compare=kind == "restore")
 
-    def answer(cid: int, res: cr.ActionResult, client: str, compare: bool = True) -> JSONResponse:
+    def answer(cid: int, res: co.ActionResult, client: str, compare: bool = True) -> JSONResponse:
         """An action's answer; an image an undo or a restore leaves in that looks like a photo taken
         down is held first."""
         ok = {"ok": True, "action_id": res.action_id, "state": res.state}
         try:
             with review.write_lock:
                 if compare and (held := hold_if_looks_taken_down(review.writer, cid, client)):
-                    return JSONResponse({**ok, "held": held["photo_id"], "state": cr.override_of(review.writer, cid)})
+                    return JSONResponse({**ok, "held": held["photo_id"], "state": co.override_of(review.writer, cid)})
         except CatalogBusy:     # the action is saved (not the 503's "nothing was changed": verify20)
             return JSONResponse({**ok, "warning": "saved, but not compared with the photos taken down (the "
                                                   "catalog was busy): undo and redo it in a moment to compare"})
@@ -307,10 +309,10 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
             return JSONResponse({"error": f"action_id {action_id} is out of range"}, status_code=400)
         try:
             with review.write_lock:
-                res = cr.undo(review.writer, cid, action_id, reason or "(no reason given)", client)
-        except cr.UnknownCandidate as exc:
+                res = co.undo(review.writer, cid, action_id, reason or "(no reason given)", client)
+        except co.UnknownCandidate as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
-        except cr.ReviewError as exc:
+        except co.ReviewError as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)
         return answer(cid, res, client)
 
@@ -341,7 +343,7 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
             review._facets = (0.0, None)
             try:        # the takedown is done (the catalog's removals table keeps it): never "nothing changed"
                 for r in res.removed:
-                    cr.record_removal(review.writer, r["id"], reason, client, len(res.files_deleted))
+                    co.log_removal(review.writer, r["id"], reason, client, len(res.files_deleted))
             except CatalogBusy as exc:
                 log.warning("review: takedown of %s:%s done, but its entry in the review log was not written: %s",
                             row["source"], row["photo_id"], exc)

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+from mlc_pipeline.catalog import overrides as co
 from mlc_pipeline.catalog import review as cr
 from mlc_pipeline.catalog import Catalog, CatalogBusy
 from mlc_pipeline.config import Config
@@ -30,7 +31,7 @@ class Review:
         self.catalog, self.lock = Catalog(cfg.catalog_path), threading.Lock()          # the pages' reads
         self.writer, self.write_lock = Catalog(cfg.catalog_path), threading.Lock()     # the actions
         with self.write_lock:
-            cr.ensure_schema(self.writer)         # at startup the batch commands' wait, then the app's
+            co.ensure_schema(self.writer)         # at startup the batch commands' wait, then the app's
         self.writer.set_lock_timeout(action_wait_s)
         self.catalog.set_lock_timeout(page_wait_s)
         self.classes = list(cfg.classes)

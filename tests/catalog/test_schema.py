@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mlc_pipeline.catalog import Catalog
-from mlc_pipeline.catalog import review
+from mlc_pipeline.catalog import overrides
 from mlc_pipeline.catalog.schema import SCHEMA, creates, postgres_schema
 from mlc_pipeline.config import parse_config
 
@@ -16,7 +16,7 @@ def test_creates_names_every_table_and_index_and_refuses_other_statements():
     names = [name for name, _ in creates(SCHEMA)]
     assert names == [name for name, _ in creates(postgres_schema())]
     assert {"candidates", "events", "events_candidate", "runs", "meta"} <= set(names)
-    assert [name for name, _ in creates(review.SCHEMA)][:2] == ["review_actions", "review_actions_candidate"]
+    assert [name for name, _ in creates(overrides.SCHEMA)][:2] == ["review_actions", "review_actions_candidate"]
     with pytest.raises(ValueError, match="not a CREATE"):
         creates("CREATE TABLE IF NOT EXISTS a (x INTEGER); DROP TABLE b")
 
@@ -34,7 +34,7 @@ def test_an_open_creates_the_tables_and_indexes_a_catalog_lacks(backend, request
                         "other": {"queries": ["scenery"], "count": 1}})
     with Catalog(cfg.catalog_path) as c:
         with c.transaction():
-            review.create_tables(c)
+            overrides.create_tables(c)
         c.db.execute("DROP INDEX events_candidate")
         c.db.execute("DROP INDEX review_actions_candidate")
         c.db.execute("DROP TABLE review_version_rows")
@@ -42,6 +42,6 @@ def test_an_open_creates_the_tables_and_indexes_a_catalog_lacks(backend, request
     with Catalog(cfg.catalog_path) as c:
         assert c.has_table("events_candidate")
         with c.transaction():
-            review.create_tables(c)
+            overrides.create_tables(c)
         assert all(c.has_table(n) for n in ("review_actions_candidate", "review_version_rows",
                                             "review_version_rows_candidate"))

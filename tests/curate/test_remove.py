@@ -432,14 +432,14 @@ def test_near_duplicates_dropped_for_a_photo_taken_down_are_held_out_for_review(
     v2 = build_dataset(cfg)
     assert copy["photo_id"] not in {r["photo_id"] for r in read_manifest(v2.path / "manifest.csv")}
     assert Path(copy["file_path"]).exists()                     # held, not deleted
-    from mlc_pipeline.catalog import review
+    from mlc_pipeline.catalog import overrides
     with Catalog(cfg.catalog_path) as c:
-        (held,) = review.actions(c, copy["id"])
+        (held,) = overrides.actions(c, copy["id"])
         assert c.get(copy["id"])["status"] == "accepted"         # nothing left to prefer it to
         assert held["action"] == "reject" and held["client"] == "mlc remove"
         assert held["reason"] == (f"held: a near duplicate of local:{victim['photo_id']}, taken down (owner request); "
                                   "undo this if it is another picture")
-        review.undo(c, copy["id"], held["id"], "it is another picture", "test")   # the user's call
+        overrides.undo(c, copy["id"], held["id"], "it is another picture", "test")   # the user's call
     v3 = build_dataset(cfg)
     assert copy["photo_id"] in {r["photo_id"] for r in read_manifest(v3.path / "manifest.csv")}
     again = mlc(config, "remove", "--photo-id", victim["photo_id"], "--reason", "again")   # holds once
@@ -458,12 +458,12 @@ def test_a_near_copy_collected_after_the_takedown_is_held_out_for_review(publish
     collect(cfg, progress=False)
     summary = curate(cfg)
     assert summary.held == 1, caplog.text
-    from mlc_pipeline.catalog import review
+    from mlc_pipeline.catalog import overrides
     with Catalog(cfg.catalog_path) as c:
         copy = c.get_by_photo("local", photo_id_for("bees/zz_reupload.jpg"))
         other = c.get_by_photo("local", photo_id_for("bees/zz_unrelated.jpg"))
-        (held,) = review.actions(c, copy["id"])
-        assert review.actions(c, other["id"]) == []
+        (held,) = overrides.actions(c, copy["id"])
+        assert overrides.actions(c, other["id"]) == []
     assert copy["status"] == other["status"] == "accepted"
     assert held["action"] == "reject" and held["client"] == "curate"
     assert held["reason"].startswith(f"held: looks like local:{victim['photo_id']}, taken down (owner request): "
@@ -615,7 +615,7 @@ def test_a_copy_rejected_in_review_before_its_curate_is_held_when_the_reject_is_
     # downloaded; curate accepted it but could not hold it (a review decided); the reject undone in
     # the app, it went into the next version, never compared again. The app now compares it.
     from fastapi.testclient import TestClient
-    from mlc_pipeline.catalog import review
+    from mlc_pipeline.catalog import overrides
     from mlc_pipeline.review.app import create_app
     cfg, config, v1, world = published
     victim, cropped = first_ants_photo_and_crop(cfg)
@@ -625,8 +625,8 @@ def test_a_copy_rejected_in_review_before_its_curate_is_held_when_the_reject_is_
     with Catalog(cfg.catalog_path) as c:
         copy = c.get_by_photo("local", photo_id_for("bees/zz_recrop.jpg"))
         assert copy["status"] == "downloaded"
-        review.ensure_schema(c)                                 # as the app does when it starts
-        reject = review.act(c, copy["id"], "reject", "looks odd", "test", list(cfg.classes))
+        overrides.ensure_schema(c)                                 # as the app does when it starts
+        reject = overrides.act(c, copy["id"], "reject", "looks odd", "test", list(cfg.classes))
     assert curate(cfg).held == 0                                # a review decided: nothing to hold now
     h = {"X-MLC-Client": "t"}
     with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
@@ -635,7 +635,7 @@ def test_a_copy_rejected_in_review_before_its_curate_is_held_when_the_reject_is_
         assert res.status_code == 200 and res.json()["held"] == copy["photo_id"], res.text
         assert res.json()["state"]["include"] == "rejected"
         with Catalog(cfg.catalog_path) as c:
-            held = review.actions(c, copy["id"])[-1]
+            held = overrides.actions(c, copy["id"])[-1]
         assert held["reason"].startswith(f"held: looks like local:{victim['photo_id']}, taken down"), held
         again = client.post("/api/undo", json={"id": copy["id"], "action_id": held["id"]}, headers=h)
         assert again.status_code == 200 and "held" not in again.json()            # another picture: asked once
@@ -647,7 +647,7 @@ def test_an_image_accepted_before_the_takedown_is_not_held_by_a_review_undo(publ
     # later (curate had kept both: different pictures by pixels), held it out. Only photos taken down
     # before an image was first accepted are compared with it.
     from fastapi.testclient import TestClient
-    from mlc_pipeline.catalog import review
+    from mlc_pipeline.catalog import overrides
     from mlc_pipeline.review.app import create_app
     cfg, config, v1, world = published
     victim, _ = first_ants_photo_and_crop(cfg)
@@ -661,18 +661,18 @@ def test_an_image_accepted_before_the_takedown_is_not_held_by_a_review_undo(publ
         res = client.post("/api/undo", json={"id": other["id"], "action_id": rejected["action_id"]}, headers=h)
         assert res.status_code == 200 and "held" not in res.json() and res.json()["state"]["include"] is None, res.text
     with Catalog(cfg.catalog_path) as c:
-        assert [a["action"] for a in review.actions(c, other["id"])] == ["reject", "undo"]
+        assert [a["action"] for a in overrides.actions(c, other["id"])] == ["reject", "undo"]
         c.set_status(other["id"], "downloaded", None, "r", "download")    # out and back in, as curate sees it
     assert curate(cfg).held == 0           # curate's rule is the same: accepted before the takedown
     with Catalog(cfg.catalog_path) as c:
-        assert c.get(other["id"])["status"] == "accepted" and len(review.actions(c, other["id"])) == 2
+        assert c.get(other["id"])["status"] == "accepted" and len(overrides.actions(c, other["id"])) == 2
 
 
 def test_an_undo_whose_comparison_finds_the_catalog_busy_says_it_was_saved(published, monkeypatch):
     # The verify20 audit (from the code): the comparison after a committed undo meeting a busy catalog
     # answered the 503 "nothing was changed".
     from fastapi.testclient import TestClient
-    from mlc_pipeline.catalog import CatalogBusy, review
+    from mlc_pipeline.catalog import CatalogBusy, overrides
     from mlc_pipeline.review import app as review_app
     cfg, config, v1, world = published
     with Catalog(cfg.catalog_path) as c:
@@ -687,7 +687,7 @@ def test_an_undo_whose_comparison_finds_the_catalog_busy_says_it_was_saved(publi
         res = client.post("/api/undo", json={"id": target["id"], "action_id": rejected["action_id"]}, headers=h)
     assert res.status_code == 200 and res.json()["warning"].startswith("saved, but not compared"), res.text
     with Catalog(cfg.catalog_path) as c:
-        assert [a["action"] for a in review.actions(c, target["id"])] == ["reject", "undo"]
+        assert [a["action"] for a in overrides.actions(c, target["id"])] == ["reject", "undo"]
 
 
 def test_a_takedown_keeps_the_corner_hashes_of_a_file_downloaded_while_it_started(published, monkeypatch):
@@ -719,10 +719,10 @@ def test_a_copy_rejected_for_a_limit_then_passing_is_compared_with_the_takedowns
         copy = c.get_by_photo("local", photo_id_for("bees/zz_small.jpg"))
     assert (copy["status"], copy["reason"].split(":")[0]) == ("rejected", "too-small"), copy["reason"]
     assert curate(cfg).held == 1                                 # the default limit: it passes, and is held
-    from mlc_pipeline.catalog import review
+    from mlc_pipeline.catalog import overrides
     with Catalog(cfg.catalog_path) as c:
         assert c.get(copy["id"])["status"] == "accepted"
-        (held,) = review.actions(c, copy["id"])
+        (held,) = overrides.actions(c, copy["id"])
         assert held["reason"].startswith(f"held: looks like local:{victim['photo_id']}, taken down")
     assert copy["photo_id"] not in {r["photo_id"] for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
 
@@ -732,15 +732,15 @@ def test_a_hold_undone_before_the_next_curate_is_not_asked_again(published):
     # curate accepts the copy (nothing left to prefer it to), for the first time: it must not hold it again.
     cfg, config, v1, world = published
     victim, copy = collect_a_recrop_of_the_first_ants_photo(cfg, world)
-    from mlc_pipeline.catalog import review
+    from mlc_pipeline.catalog import overrides
     assert copy["status"] == "duplicate"
     assert mlc(config, "remove", "--photo-id", victim["photo_id"], "--reason", "owner request").returncode == 0
     with Catalog(cfg.catalog_path) as c:
-        (held,) = review.actions(c, copy["id"])
-        review.undo(c, copy["id"], held["id"], "it is another picture", "test")
+        (held,) = overrides.actions(c, copy["id"])
+        overrides.undo(c, copy["id"], held["id"], "it is another picture", "test")
     assert curate(cfg).held == 0
     with Catalog(cfg.catalog_path) as c:
-        assert c.get(copy["id"])["status"] == "accepted" and len(review.actions(c, copy["id"])) == 2
+        assert c.get(copy["id"])["status"] == "accepted" and len(overrides.actions(c, copy["id"])) == 2
     assert copy["photo_id"] in {r["photo_id"] for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
 
 
@@ -798,8 +798,8 @@ def test_a_larger_copy_kept_in_place_of_a_held_copy_is_held_too(published, monke
         bigger = c.get_by_photo("local", photo_id_for("ants/zz_bigger.jpg"))
         small = c.get_by_photo("local", photo_id_for("ants/zz_recrop.jpg"))
         assert small["status"] == "duplicate" and small["duplicate_of"] == bigger["id"], (small, bigger)
-        from mlc_pipeline.catalog import review
-        (hold,) = review.actions(c, bigger["id"])
+        from mlc_pipeline.catalog import overrides
+        (hold,) = overrides.actions(c, bigger["id"])
     assert hold["reason"].startswith(f"held: kept in place of candidate {small['id']}, held as a near copy")
     v2 = build_dataset(cfg)
     assert bigger["photo_id"] not in {r["photo_id"] for r in read_manifest(v2.path / "manifest.csv")}

@@ -242,18 +242,18 @@ def test_mining_works_on_the_training_set_the_review_left(tmp_path):
     labelled or rejected is never scored or moved; a class image rejected in review is no longer a
     class image whose copies must be held; class images whose labels a reviewer set are not listed for
     review again. (Without the review, the first test shows the copy held and the mislabelled listed.)"""
-    from mlc_pipeline.catalog import review as cr
+    from mlc_pipeline.catalog import overrides as co
     cfg, images, items, ids, before = _planted_world(tmp_path, max_per_round=100)
     bundle_dir = _bundle_here(cfg)
     cfg.mine.review_below = 1.01          # above any score: every class image the build trains on is listed
     classes = list(cfg.classes)
     decided = {"pool-red0": ["red"], "pool-red1": ["other"], "pool-noise0": None}
     with Catalog(cfg.catalog_path) as catalog:
-        cr.ensure_schema(catalog)
+        co.ensure_schema(catalog)
         for pid, labels in decided.items():
-            cr.act(catalog, ids[pid], "relabel" if labels else "reject", "r", "test", classes, labels=labels)
-        cr.act(catalog, ids["class-red0"], "reject", "blurred", "test", classes)
-        cr.act(catalog, ids["class-mislabelled0"], "relabel", "a blue square", "test", classes, labels=["blue"])
+            co.act(catalog, ids[pid], "relabel" if labels else "reject", "r", "test", classes, labels=labels)
+        co.act(catalog, ids["class-red0"], "reject", "blurred", "test", classes)
+        co.act(catalog, ids["class-mislabelled0"], "relabel", "a blue square", "test", classes, labels=["blue"])
     mine_round(cfg, bundle_dir, round_no=1)
     with open(bundle_dir / "mined.csv") as f:
         decisions = {r["photo_id"]: r for r in csv.DictReader(f)}
@@ -271,7 +271,7 @@ def test_mining_works_on_the_training_set_the_review_left(tmp_path):
     added = [pid for pid, r in decisions.items() if r["decision"] == "added"]
     assert len(added) >= 2, "too few negatives to undo: a useless test"
     with Catalog(cfg.catalog_path) as catalog:
-        cr.act(catalog, ids[added[0]], "relabel", "a red disc", "test", classes, labels=["red"])
+        co.act(catalog, ids[added[0]], "relabel", "a red disc", "test", classes, labels=["red"])
     held = sum(r["decision"].startswith("held:") for r in decisions.values())      # released too
     assert undo_round(cfg, 1) == len(added) - 1 + held
     with Catalog(cfg.catalog_path) as catalog:
@@ -280,7 +280,7 @@ def test_mining_works_on_the_training_set_the_review_left(tmp_path):
 
 def test_a_pool_image_decided_in_review_while_the_pool_is_scored_is_not_moved(tmp_path, monkeypatch):
     """Scoring a pool of thousands takes hours: a reviewer's decision made meanwhile wins."""
-    from mlc_pipeline.catalog import review as cr
+    from mlc_pipeline.catalog import overrides as co
     from mlc_pipeline.model import mine
     cfg, images, items, ids, before = _planted_world(tmp_path, max_per_round=100, hold_above=1.01)
     bundle_dir = _bundle_here(cfg)
@@ -289,9 +289,9 @@ def test_a_pool_image_decided_in_review_while_the_pool_is_scored_is_not_moved(tm
     def scored_then_decided(*args, **kwargs):
         out = real(*args, **kwargs)
         with Catalog(cfg.catalog_path) as catalog:       # another process: the review app
-            cr.ensure_schema(catalog)
+            co.ensure_schema(catalog)
             for pid in ("pool-noise0", "pool-red0"):
-                cr.act(catalog, ids[pid], "reject", "r", "test", list(cfg.classes))
+                co.act(catalog, ids[pid], "reject", "r", "test", list(cfg.classes))
         return out
 
     monkeypatch.setattr(mine, "score_spread", scored_then_decided)
@@ -399,13 +399,13 @@ def test_undo_needs_its_round_and_photo_id_needs_undo(tmp_path):
         "error: --photo-id only goes with --undo" in res.stderr, res.stderr
     with Catalog(tmp_path / "data" / "catalog.sqlite", readonly=True) as catalog:
         assert catalog.candidates() == before                              # nothing undone, nothing mined
-    from mlc_pipeline.catalog import review as cr
+    from mlc_pipeline.catalog import overrides as co
     with Catalog(tmp_path / "data" / "catalog.sqlite") as catalog:     # decided in review: undo leaves it,
-        cr.ensure_schema(catalog)                                       # so its round is not offered
-        rejected = cr.act(catalog, ids["h2"], "reject", "r", "t", ["red"])
+        co.ensure_schema(catalog)                                       # so its round is not offered
+        rejected = co.act(catalog, ids["h2"], "reject", "r", "t", ["red"])
     assert "rounds with mined or held images: 1)" in mlc("--undo").stderr
     with Catalog(tmp_path / "data" / "catalog.sqlite") as catalog:
-        cr.undo(catalog, ids["h2"], rejected.action_id, "r", "t")
+        co.undo(catalog, ids["h2"], rejected.action_id, "r", "t")
     res = mlc("--undo", "--round", "2")
     assert res.returncode == 0 and res.stdout.startswith("round 2: 1 mined or held"), res.stderr
     assert "rounds with mined or held images: 1)" in mlc("--undo").stderr

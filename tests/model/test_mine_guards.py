@@ -92,6 +92,7 @@ def test_the_score_hold_reads_the_images_highest_score_over_all_classes(tmp_path
 def test_an_undone_negative_is_never_mined_again(tmp_path):
     """`mlc mine --undo` says "this is not a negative": the photos it puts back carry a mark that every
     later round respects (a curate in between keeps it). Before the fix round 2 mined them again."""
+    from mlc_pipeline.catalog import overrides as co
     from mlc_pipeline.catalog import review as cr
     from mlc_pipeline.curate.stage import curate
     cfg, images, items, ids, _ = _planted_world(tmp_path, hold_above=1.01, max_per_round=100)
@@ -111,7 +112,7 @@ def test_an_undone_negative_is_never_mined_again(tmp_path):
             row = catalog.get(ids[pid])
             assert (row["purpose"], row["status"], row["reason"], row["mined_round"]) == \
                    ("pool", "accepted", "not-a-negative:round=1", None)
-        cr.ensure_schema(catalog)          # the review app's queue lists them, as inspect's reasons do
+        co.ensure_schema(catalog)          # the review app's queue lists them, as inspect's reasons do
         listed = {r["photo_id"] for r in cr.browse(catalog, {"reason": "not-a-negative"}, "default", 100, 0)[0]}
         assert listed == set(mined)
         assert {"status": "accepted", "reason": "not-a-negative:round=1", "n": len(mined)} in catalog.reasons()

@@ -19,7 +19,7 @@ from PIL import Image
 from helpers import free_port
 from review_world import ReviewServer, make_data_root
 
-from mlc_pipeline.catalog import review as cr
+from mlc_pipeline.catalog import overrides as co
 from mlc_pipeline.catalog import Catalog, Found
 from mlc_pipeline.dataset.build import build_dataset
 from mlc_pipeline.fsutil import sha256_file
@@ -79,8 +79,8 @@ def test_two_clients_act_on_one_image(root, processes):
     for name in "AB":
         assert [r.status_code for r in answers[name]] == [200] * 20, (answers[name][0].text, outputs)
     with Catalog(cfg.catalog_path) as c:
-        acts = cr.actions(c, target["id"])
-        override = cr.override_of(c, target["id"])
+        acts = co.actions(c, target["id"])
+        override = co.override_of(c, target["id"])
         after = c.candidates()
     assert len(acts) == 40 and sorted({a["reason"] for a in acts}) == ["A", "B"]
     assert sorted(a["action_id"] for r in answers.values() for a in (x.json() for x in r)) == [a["id"] for a in acts]
@@ -210,7 +210,7 @@ def test_actions_undo_filters_and_build_on_both_backends(root):
         assert reject["state"] == {"labels": "ants bees", "include": "rejected"}
         # another writer (a second connection: another tab's server) acts on the image after the reject
         with Catalog(cfg.catalog_path) as second:
-            later = cr.act(second, target["id"], "relabel", "tab2's", "tab2", list(cfg.classes), labels=["bees"])
+            later = co.act(second, target["id"], "relabel", "tab2's", "tab2", list(cfg.classes), labels=["bees"])
         stale = undo(target["id"], reject["action_id"])
         assert stale.status_code == 409 and "a later action (relabel by tab2)" in stale.json()["error"]
         assert undo(target["id"], later.action_id).json()["state"] == {"labels": "ants bees", "include": "rejected"}
@@ -241,8 +241,8 @@ def test_actions_undo_filters_and_build_on_both_backends(root):
         log_page = client.get("/log").text
         assert log_page.count("<tr") - 1 == 8 and "tab2" in log_page       # every action; none refused
     with Catalog(cfg.catalog_path, readonly=True) as c:
-        assert [a["action"] for a in cr.actions(c, target["id"])] == ["relabel", "reject", "relabel", "undo", "undo"]
-        assert cr.review_changed_photos(c) == [f"local:{r['photo_id']}" for r in
+        assert [a["action"] for a in co.actions(c, target["id"])] == ["relabel", "reject", "relabel", "undo", "undo"]
+        assert co.review_changed_photos(c) == [f"local:{r['photo_id']}" for r in
                                                sorted((target, dup, tiny, other), key=lambda r: r["id"])]
     built = build_dataset(cfg)
     rows = {r["candidate_id"]: r for r in read_manifest(built.path / "manifest.csv")}
@@ -279,7 +279,7 @@ def test_changed_in_review_counts_the_decisions_in_force_as_the_build_does(root)
         badged = re.findall(r'class="card [a-z]+ reviewed" href="/image/(\d+)', page)
         assert badged == [str(kept["id"])], badged
     with Catalog(cfg.catalog_path, readonly=True) as c:
-        assert cr.review_changed_photos(c) == [f"local:{kept['photo_id']}"]
+        assert co.review_changed_photos(c) == [f"local:{kept['photo_id']}"]
 
 
 def test_the_label_filter_matches_a_whole_label_wildcards_included(root):
@@ -520,7 +520,7 @@ def test_an_action_while_another_command_writes_is_answered_503_not_held(root, m
         assert "the catalog is busy" in busy.json()["error"] and "nothing was changed" in busy.json()["error"]
         assert client.get(f"/image/{target['id']}").status_code == 200          # pages still read (WAL)
         with Catalog(cfg.catalog_path, readonly=True) as c:
-            assert cr.actions(c, target["id"]) == []
+            assert co.actions(c, target["id"]) == []
         assert client.post("/api/action", json={"id": target["id"], "action": "reject", "reason": "r"},
                            headers=h).status_code == 200
 
@@ -617,10 +617,10 @@ def test_collect_counts_usable_images_as_the_build_will_see_them(root):
     with Catalog(cfg.catalog_path) as c:
         dup = c.candidates("status='duplicate' AND label='ants' AND reason LIKE 'near-%'")[0]
         before = {label: c.set_tally("train", label) for label in ("ants", "bees")}    # no review tables yet
-        cr.ensure_schema(c)
-        cr.act(c, target["id"], "reject", "blurry", "t", list(cfg.classes))
-        cr.act(c, dup["id"], "not-duplicate", "a different photo", "t", list(cfg.classes))
-        cr.act(c, other["id"], "relabel", "both", "t", list(cfg.classes), labels=["ants", "bees"])
+        co.ensure_schema(c)
+        co.act(c, target["id"], "reject", "blurry", "t", list(cfg.classes))
+        co.act(c, dup["id"], "not-duplicate", "a different photo", "t", list(cfg.classes))
+        co.act(c, other["id"], "relabel", "both", "t", list(cfg.classes), labels=["ants", "bees"])
         after = {label: c.set_tally("train", label) for label in ("ants", "bees")}
     assert after["ants"]["accepted"] == before["ants"]["accepted"] - 1 + 1 + 1
     assert after["ants"]["rejected"].get("review") == 1 and after["bees"]["accepted"] == before["bees"]["accepted"]
@@ -843,7 +843,7 @@ def test_out_of_range_numbers_and_unknown_ids_are_400_or_404_never_500(root, cap
             assert undo(f'{{"id": {target["id"]}, "action_id": {aid}}}').status_code == 400, aid
         assert undo('{"id": -1, "action_id": 1}').status_code == 404
     with Catalog(cfg.catalog_path, readonly=True) as c:
-        assert cr.actions(c, 1) == [] and cr.actions(c, target["id"]) == []      # nothing acted on
+        assert co.actions(c, 1) == [] and co.actions(c, target["id"]) == []      # nothing acted on
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
 
 
@@ -1058,9 +1058,9 @@ def test_the_card_and_inspect_count_what_the_version_left_out_after_the_review(r
     with Catalog(cfg.catalog_path) as c:
         tiny = c.candidates("reason='too-small'")[0]
         target = c.candidates("status='accepted' AND purpose='train'")[0]
-        cr.ensure_schema(c)
-        cr.act(c, tiny["id"], "restore", "big enough", "t", list(cfg.classes))
-        cr.act(c, target["id"], "reject", "blurred", "t", list(cfg.classes))
+        co.ensure_schema(c)
+        co.act(c, tiny["id"], "restore", "big enough", "t", list(cfg.classes))
+        co.act(c, target["id"], "reject", "blurred", "t", list(cfg.classes))
     v2 = build_dataset(cfg)
     card = (v2.path / "README.md").read_text()
     left_out = card.split("## What curation and review left out")[1].split("\n\n`labels`")[0]
@@ -1096,8 +1096,8 @@ def test_a_script_must_name_the_labels_and_ids_are_json_integers(root):
         page = client.get(f"/image/{target['id']}").text
         assert re.search(r"taken / uploaded</th><td>[^<]* / (\?|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC)</td>", page), page
     with Catalog(cfg.catalog_path, readonly=True) as c:
-        with pytest.raises(cr.ReviewError, match="a relabel names its labels"):
-            cr.next_state(c.get(target["id"]), dict(cr.EMPTY), "relabel", [], list(cfg.classes))
+        with pytest.raises(co.ReviewError, match="a relabel names its labels"):
+            co.next_state(c.get(target["id"]), dict(co.EMPTY), "relabel", [], list(cfg.classes))
 
 
 def test_a_photo_not_curated_yet_can_be_rejected_and_stays_out_once_curated(root):

@@ -15,7 +15,7 @@ from helpers import free_port
 from review_world import ReviewServer, make_data_root
 
 from mlc_pipeline.catalog import Catalog
-from mlc_pipeline.catalog import review as cr
+from mlc_pipeline.catalog import overrides as co
 from mlc_pipeline.review import app as review_app
 from mlc_pipeline.manifest import read_manifest
 
@@ -200,7 +200,7 @@ def test_saving_with_no_label_checked_asks_before_saving_other(world, browser):
     assert asked and '"other"' in asked[0]
     assert page.inner_text("#msg").startswith("not saved") and page.inner_text("#labels") == "ants"
     with Catalog(cfg.catalog_path, readonly=True) as c:
-        assert cr.actions(c, target["id"]) == []
+        assert co.actions(c, target["id"]) == []
     page.once("dialog", lambda dialog: dialog.accept())
     assert state_after(page, "s") == "in"
     assert page.inner_text("#labels") == "other"
