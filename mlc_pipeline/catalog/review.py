@@ -13,10 +13,7 @@ from __future__ import annotations
 import json
 import time
 
-from mlc_pipeline.catalog.overrides import overrides
 from mlc_pipeline.catalog.store import Catalog
-
-__all__ = ["overrides"]     # report/analysis.py still imports it from here: catalog.overrides has it
 
 
 def recent_actions(catalog: Catalog, limit: int = 50) -> list[dict]:

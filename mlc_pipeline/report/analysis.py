@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mlc_pipeline.catalog import Catalog
-from mlc_pipeline.catalog.review import overrides
+from mlc_pipeline.catalog.overrides import overrides
 from mlc_pipeline.model.assess import SCORE_PREFIX, SCORES_FILE
 from mlc_pipeline.model.bundle import MetaError, read_meta
 from mlc_pipeline.model.metrics import predict_matrix, real_class_indices, targets_from_labels
