@@ -27,7 +27,7 @@ from flows.runtime import flickr_slot, retry_condition, task_runner
 from mlc_pipeline.config import Config, ConfigError, load_config
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.model.options import check_train_settings
-from mlc_pipeline.model.variants import alternative_variants
+from mlc_pipeline.model.stage import alternative_variants
 from mlc_pipeline.pipeline import PipelineResult, Stages, plain, rebuild_stages, run_stages
 from mlc_pipeline.report.published import published_state
 from mlc_pipeline.secrets import shown_settings
@@ -109,7 +109,7 @@ def train_stage(cfg: Config, dataset_dir: str, round_no: int, previous: str | No
     """Train the product model on a dataset version; models/LATEST moves only once the bundle is whole
     (`publish`; a mining round's retrain leaves it to the loop). `previous`: the bundle a mining round's
     retrain may continue (mine.retrain)."""
-    from mlc_pipeline.model.variants import train_version
+    from mlc_pipeline.model.stage import train_version
 
     m = train_version(cfg, dataset_dir, tag=f"r{round_no}", previous=previous, publish=publish)
     test = m.metrics.get("test", {})
@@ -122,7 +122,7 @@ def train_stage(cfg: Config, dataset_dir: str, round_no: int, previous: str | No
 @task(name="train-alternative", **STAGE)
 def train_alternative_stage(cfg: Config, dataset_dir: str, variant: str) -> dict:
     """An alternative head on the same data, for the report's comparison (never published as LATEST)."""
-    from mlc_pipeline.model.variants import train_version
+    from mlc_pipeline.model.stage import train_version
 
     m = train_version(cfg, dataset_dir, tag="r0", variant=variant, publish=False)
     get_run_logger().info("alternative %s: test macro F1 %.3f", variant, m.metrics["test"]["macro_f1"])

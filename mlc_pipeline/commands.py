@@ -140,7 +140,7 @@ def cmd_train(args) -> int:
         # A wrong option or weights file: one line, before training. (It loads torch: after the lock,
         # so that --no-wait answers at once.) A continuation trains the bundle's network, not `pretrained`.
         check_train_settings(cfg, weights=not args.continue_from)
-        from mlc_pipeline.model.variants import train_alternatives, train_version
+        from mlc_pipeline.model.stage import train_alternatives, train_version
         from mlc_pipeline.report.model import bundle_network_line, per_class_markdown
         from mlc_pipeline.report.tables import pct
         res = train_version(cfg, version_dir, previous=previous)
@@ -175,7 +175,7 @@ def cmd_mine(args) -> int:
             print(f"round {args.round}: {changed} mined or held pool images put back into the pool "
                   f"(the next `mlc build` leaves them out)")
             return 0
-        from mlc_pipeline.model.variants import latest_model     # torch and fastai: not for an undo
+        from mlc_pipeline.model.stage import latest_model     # torch and fastai: not for an undo
         bundle = chosen or latest_model(cfg)
         if bundle is None:
             raise ConfigError("no model yet: run `mlc train` first (or pass --model BUNDLE)")
@@ -281,7 +281,7 @@ def cmd_run(args) -> int:
     print(rounds_markdown(res))
     if res.not_shipped:
         print(f"not shipped: {res.not_shipped}")
-    from mlc_pipeline.model.variants import models_root
+    from mlc_pipeline.model.stage import models_root
     from mlc_pipeline.report.model import data_warnings
     print("\n".join(data_warnings(res, models_root(cfg))) or "every set has its count of usable images")
     print(f"stage seconds: {res.seconds}\nreport: {res.report}")

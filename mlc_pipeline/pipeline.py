@@ -28,7 +28,7 @@ from mlc_pipeline.model.mine import mine_round
 from mlc_pipeline.model.mine_record import next_round
 from mlc_pipeline.sync import publish, pull
 from mlc_pipeline.model.options import check_train_settings
-from mlc_pipeline.model.variants import models_root, publish_latest, train_alternatives, train_version
+from mlc_pipeline.model.stage import models_root, publish_latest, train_alternatives, train_version
 from mlc_pipeline.report.inspect import write_html_report
 from mlc_pipeline.report.model import model_section
 from mlc_pipeline.report.rounds import RoundRecord, record

@@ -18,7 +18,7 @@ from pathlib import Path
 from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.model.bundle import MetaError, read_meta
-from mlc_pipeline.model.variants import latest_model
+from mlc_pipeline.model.stage import latest_model
 from mlc_pipeline.report.rounds import RoundRecord
 
 log = logging.getLogger(__name__)

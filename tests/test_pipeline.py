@@ -108,7 +108,7 @@ class ScriptedStages(Stages):
         return {"path": "unused"}
 
     def train(self, cfg, dataset_dir, round_no, previous=None, publish=True):
-        from mlc_pipeline.model.variants import publish_latest
+        from mlc_pipeline.model.stage import publish_latest
         other, probe = self.unknowns[round_no]
         name = f"bundle-r{round_no}"
         self.calls.append((round_no, previous and Path(previous).name, publish))
@@ -304,7 +304,7 @@ class NightlyStages(ScriptedStages):
             "thresholds": [0.5] * (len(cfg.classes) + 1), "export_sha256": sha256_file(bundle / "export.pkl")}))
         model["bundle_dir"] = str(bundle)
         if publish:
-            from mlc_pipeline.model.variants import publish_latest
+            from mlc_pipeline.model.stage import publish_latest
             publish_latest(cfg, model["bundle"])
         return model
 

@@ -2,7 +2,7 @@
 
 `data/models/<bundle>/` holds bundle.json and metrics.json (model/bundle.py, model/train.py);
 `data/models/LATEST` names the product model (a text file, so it survives copies and filesystems
-without links). Training moves it (model/variants.train_version); `promote` moves it by hand, atomically, after checking that the
+without links). Training moves it (model/stage.train_version); `promote` moves it by hand, atomically, after checking that the
 bundle is complete and its export.pkl is the file bundle.json recorded (nothing is unpickled).
 
 A bundle is named on the command line by its folder, its name under the models folder, or `latest`.
@@ -39,7 +39,7 @@ class BundleInfo:
 
 
 def variant_name(head: str, other_mode: str) -> str:
-    """A model's head as bundle names, VARIANTS (model/variants.py) and reports spell it; from
+    """A model's head as bundle names, VARIANTS (model/stage.py) and reports spell it; from
     bundle.json's `head` and `other_mode` (the effective one: a softmax always has an "other" class)."""
     return f"{head}-{'negatives' if other_mode == 'negative' else 'other-class'}"
 

@@ -33,7 +33,7 @@ from mlc_pipeline.config import load_config, parse_config
 from mlc_pipeline.curate.stage import curate
 from mlc_pipeline.flickr_server import FlickrServer, WorldSpec
 from mlc_pipeline.report.model import model_section
-from mlc_pipeline.model.variants import other_set_warnings, train_version
+from mlc_pipeline.model.stage import other_set_warnings, train_version
 from mlc_pipeline.pipeline import PipelineResult
 from mlc_pipeline.report.rounds import record
 from mlc_pipeline.report.inspect import inspect_main
@@ -170,7 +170,7 @@ def test_a_renamed_class_counts_the_photos_its_query_found_before(tmp_path, serv
     # Built before a collect: the old class is left out, and training says where the photos are
     # (it said "the catalog has no photo of it: its queries (ants) found none").
     from mlc_pipeline.config import ConfigError
-    from mlc_pipeline.model.variants import check_every_class_trains
+    from mlc_pipeline.model.stage import check_every_class_trains
     early = build_dataset(renamed)
     assert set(early.left_out) == {"ants"}
     with pytest.raises(ConfigError, match=r"its queries \(ants\) found \d+ photos, filed under ants \(a renamed class\?\)"):
@@ -322,7 +322,7 @@ def test_training_records_a_starved_other_set(tmp_path, caplog, monkeypatch):
 
     # A hand-made manifest, never published by `mlc build`: no dataset.json or SHA256SUMS to verify
     # (tests/test_versions_verify.py covers that check).
-    monkeypatch.setattr("mlc_pipeline.model.variants.verify_version", lambda folder: None)
+    monkeypatch.setattr("mlc_pipeline.model.stage.verify_version", lambda folder: None)
 
     manifest = make_shapes_dataset(tmp_path / "shapes", n_per_kind=20)
     rows = list(csv.DictReader(open(manifest, newline="")))
@@ -342,7 +342,7 @@ def test_training_records_a_starved_other_set(tmp_path, caplog, monkeypatch):
                         "other": {"queries": ["o"], "count": 1},
                         "train": {"epochs": 1, "image_size": 32, "batch_size": 16, "pretrained": "none",
                                   "compare_baselines": False}})
-    with caplog.at_level(logging.WARNING, logger="mlc_pipeline.model.variants"):
+    with caplog.at_level(logging.WARNING, logger="mlc_pipeline.model.stage"):
         model = train_version(cfg, manifest.parent, tag="r0")
     expected = "'other' has 2 training images, fewer than the classes' mean of"
     assert any(expected in r.getMessage() for r in caplog.records)

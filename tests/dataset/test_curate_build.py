@@ -507,7 +507,7 @@ def test_a_class_taken_out_of_the_config_leaves_the_next_version_and_training_sa
     older version holding it in one line."""
     from mlc_pipeline.catalog import Found
     from mlc_pipeline.config import ConfigError
-    from mlc_pipeline.model.variants import check_every_class_trains
+    from mlc_pipeline.model.stage import check_every_class_trains
 
     def cfg_for(classes):
         return parse_config({"data_dir": str(tmp_path / "data"), "other": {"queries": ["x"], "count": 5},

@@ -18,7 +18,7 @@ from mlc_pipeline.config import load_config
 from mlc_pipeline.curate.stage import curate
 from mlc_pipeline.dataset.build import build_dataset
 from mlc_pipeline.dataset.verify import VersionDamaged, verify_version
-from mlc_pipeline.model.variants import bundle_name
+from mlc_pipeline.model.stage import bundle_name
 from mlc_pipeline.manifest import read_manifest_frame
 from storage_world import curated_root, last_line, mlc, write_config
 

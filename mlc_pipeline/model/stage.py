@@ -1,4 +1,5 @@
-"""Train the models of a dataset version: the product model and, for the report, the alternatives.
+"""The training stage: train the models of a dataset version, the product model and, for the report, the
+alternatives (the comparison heads, VARIANTS).
 
 Bundles live in data/models/<bundle>/ (see mlc_pipeline.model.train); data/models/LATEST names the newest
 product model, updated only after its bundle is complete, so a failed training never replaces it.

@@ -1,6 +1,6 @@
-"""How a mining round's retrain starts (variants.retrain_overrides): continue the previous round's
+"""How a mining round's retrain starts (stage.retrain_overrides): continue the previous round's
 network only when it never trained on an image the new version evaluates on. And what no training
-starts from: a version with a class that has no training image (variants.check_every_class_trains)."""
+starts from: a version with a class that has no training image (stage.check_every_class_trains)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from mlc_pipeline.config import Config
-from mlc_pipeline.model.variants import continue_blocker, retrain_overrides
+from mlc_pipeline.model.stage import continue_blocker, retrain_overrides
 
 
 def _manifest(folder: Path, rows: list[tuple[str, str]]) -> None:
@@ -95,7 +95,7 @@ def test_one_name_per_head_for_bundles_variants_and_reports():
     """Bundle names, VARIANTS and the report's "product, round 0 (...)" all spell a head through
     registry.variant_name; a softmax always has an "other" class, whatever other_mode says."""
     from mlc_pipeline.model.registry import variant_name
-    from mlc_pipeline.model.variants import VARIANTS, train_config
+    from mlc_pipeline.model.stage import VARIANTS, train_config
     assert all(variant_name(**spec) == name for name, spec in VARIANTS.items())
     cfg = Config(classes={"a": {"queries": ["a"], "count": 1}}, other={"queries": ["o"], "count": 1},
                  train={"head": "softmax", "other_mode": "negative"})
@@ -105,7 +105,7 @@ def test_one_name_per_head_for_bundles_variants_and_reports():
 def test_the_alternatives_never_train_the_product_again():
     """head softmax with other_mode negative trains a softmax with an "other" class: comparing the
     configured other_mode listed the product itself as an alternative (a second full training)."""
-    from mlc_pipeline.model.variants import alternative_variants
+    from mlc_pipeline.model.stage import alternative_variants
     for head, other_mode, product in (("softmax", "negative", "softmax-other-class"),
                                       ("sigmoid", "negative", "sigmoid-negatives"),
                                       ("sigmoid", "class", "sigmoid-other-class")):
