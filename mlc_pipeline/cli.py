@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=commands.cmd_inspect)
 
-    from mlc_pipeline.catalog.cli import add_catalog_parser
+    from mlc_pipeline.catalog_commands import add_catalog_parser
     add_catalog_parser(sub, add_writer)      # mlc catalog migrate
     for name, p in sub.choices.items():   # `mlc inspect -v` as well as `mlc -v inspect`
         if name != "serve-flickr":        # SUPPRESS: absent after the sub-command, the top level's value stands

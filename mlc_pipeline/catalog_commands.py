@@ -20,10 +20,10 @@ def add_catalog_parser(sub, add_writer) -> None:
 
 
 def cmd_catalog_migrate(args: argparse.Namespace) -> int:
-    from ..config import ConfigError, load_config, parse_overrides
-    from ..locking import data_root_lock, files_lock
-    from .address import PostgresCatalog, check_url
-    from .copy import TargetNotEmpty, copy_catalog
+    from mlc_pipeline.config import ConfigError, load_config, parse_overrides
+    from mlc_pipeline.locking import data_root_lock, files_lock
+    from mlc_pipeline.catalog.address import PostgresCatalog, check_url
+    from mlc_pipeline.catalog.copy import TargetNotEmpty, copy_catalog
     cfg = load_config(args.config, parse_overrides(args.set))
     url = args.to or cfg.catalog.url
     if not url:
@@ -61,8 +61,8 @@ def mark_moved(cfg, url: str) -> None:
     publishing it now would delete from the store the files only the PostgreSQL catalog names."""
     import socket
     import time
-    from ..objectstore import MOVED, store_errors, store_of
-    from .address import display_url
+    from mlc_pipeline.objectstore import MOVED, store_errors, store_of
+    from mlc_pipeline.catalog.address import display_url
     store = store_of(cfg)
     with store_errors(store):
         store.write_text(MOVED, json.dumps({"to": display_url(url), "on": time.strftime("%Y-%m-%d %H:%M UTC",
@@ -70,7 +70,7 @@ def mark_moved(cfg, url: str) -> None:
 
 
 def require_source(source: Path, where: str) -> None:
-    from ..config import ConfigError
+    from mlc_pipeline.config import ConfigError
     if not source.is_file():
         raise ConfigError(f"{source}: no SQLite catalog to copy ({where}; run `mlc collect` with the SQLite "
                           f"catalog first, or check data_dir / --from)")
@@ -81,8 +81,8 @@ def fetch_catalog(cfg) -> None:
     fetches what it reads (sync.py), even where the config already names the PostgreSQL catalog
     (`catalog.url`), for which sync fetches no SQLite. Nothing is published back: the copy does not
     change the SQLite catalog."""
-    from ..objectstore import store_errors, store_of
-    from ..sync import pull_catalog
+    from mlc_pipeline.objectstore import store_errors, store_of
+    from mlc_pipeline.sync import pull_catalog
     store = store_of(cfg)
     sqlite_cfg = cfg.model_copy(update={"catalog": cfg.catalog.model_copy(update={"url": None})})
     with store_errors(store):
