@@ -286,6 +286,10 @@ def last_line_of_defence(exc: Exception) -> int:
             build is not None and isinstance(exc, build.NothingToBuild)):
         print(f"mlc: {redact(str(exc))}", file=sys.stderr)
         return 1
+    bundle = sys.modules.get("mlc_pipeline.model.bundle")
+    if bundle is not None and isinstance(exc, bundle.BundleError):      # a damaged model, as predict says it
+        print(f"mlc: {redact(str(exc))}", file=sys.stderr)
+        return 2
     if not isinstance(exc, SourceError):
         print(redact(traceback.format_exc()), file=sys.stderr)
     print(f"mlc: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)

@@ -175,10 +175,10 @@ def cmd_mine(args) -> int:
             print(f"round {args.round}: {changed} mined or held pool images put back into the pool "
                   f"(the next `mlc build` leaves them out)")
             return 0
-        from mlc_pipeline.model.stage import latest_model     # torch and fastai: not for an undo
-        bundle = chosen or latest_model(cfg)
-        if bundle is None:
+        from mlc_pipeline.model.registry import latest_name, resolve_bundle
+        if chosen is None and latest_name(cfg.layout.models) is None:
             raise ConfigError("no model yet: run `mlc train` first (or pass --model BUNDLE)")
+        bundle = chosen or resolve_bundle("latest", cfg.layout.models)   # a LATEST naming a folder that is gone
         res = mine_round(cfg, bundle, args.round)      # None: the round after the catalog's last
     print(f"round {res.round}: scored {res.scored} pool images, {res.added} hard negatives added "
           f"(next `mlc build` includes them), {len(res.held)} held for review, {res.over_cap} over the round's cap; "

@@ -110,7 +110,8 @@ def shipped_or_new(cfg: Config, stages: "Stages", incumbent: Path, ds: dict, mod
     if kept is not None and (why := not_shipped_reason(
             cfg, record(0, ds["version"], incumbent.name, kept["metrics"]), new,
             f"the shipped model, scored on {ds['version']}")):
-        out.not_shipped = f"{why}: not shipped; round 0 is the shipped model {incumbent.name}, which mining goes on from"
+        # printed as "not shipped: ..." (mlc run) and "Not shipped: ..." (reports): no second "not shipped"
+        out.not_shipped = f"{why}; round 0 is the shipped model {incumbent.name}, which mining goes on from"
         out.round0_not_shipped = new        # the reports list it apart from round 0
         log.warning("%s", out.not_shipped)
         return stages.reuse(cfg, kept)

@@ -90,8 +90,12 @@ def data_url_problem(value: object) -> str | None:
 
 
 def has_userinfo(url: str) -> bool:
-    """Does a URL (data_dir, an endpoint_url) carry `user:password@`?"""
-    return bool(re.match(r"[a-z][a-z0-9+.-]*://[^/?#]*@", url.strip(), re.I))
+    """Does a URL (data_dir, an endpoint_url) carry `user:password@`? Also when the password holds a
+    `/`, `#` or `@` (AWS secret keys often hold a `/`), which a URL parser reads as the path: any
+    `user:...@` after the scheme counts (the verify24 audit; a `host:port/path@x` is refused too)."""
+    url = url.strip()
+    return bool(re.match(r"[a-z][a-z0-9+.-]*://[^/?#]*@", url, re.I)
+                or re.match(r"[a-z][a-z0-9+.-]*://[^/?#@:]*:[^@]*@", url, re.I))
 
 
 def check_storage_options(options: dict) -> dict:
@@ -133,8 +137,9 @@ def shown_settings(settings: object) -> str:
         if name and SECRET_OPTION_RE.search(name):
             return MASK
         if isinstance(value, str):
-            value = re.sub(r"(://[^/?#@:]*:)[^/?#@]*@", rf"\1{MASK}@", value)
-            return re.sub(r"([?&](?:ssl)?password=)[^&#]*", rf"\1{MASK}", value, flags=re.I)
+            # up to the last '@': a password may hold '/', '#' or '@' (the verify24 audit)
+            value = re.sub(r"(://[^/?#@:]*:).*@", rf"\1{MASK}@", value)
+            return re.sub(r"([?&](?:ssl)?password=)[^&]*", rf"\1{MASK}", value, flags=re.I)
         return value
     return redact(repr(masked(settings)))
 

@@ -321,6 +321,10 @@ def test_a_data_dir_url_with_credentials_is_refused_without_repeating_them(tmp_p
     res = mlc("inspect", "-c", str(cfg))
     one_line(res, 2, "data_dir", "holds credentials")
     assert "S3UrlPwLEAK" not in res.stderr + res.stdout
+    # an AWS secret key with '/' in it reads as a path to a URL parser: it was accepted (verify24 audit)
+    res = mlc("inspect", "-c", str(cfg), "--set", "data_dir=s3://AKIDU:wJal/K7MD/S3UrlPwLEAK@mlc-audit/proj")
+    one_line(res, 2, "data_dir", "holds credentials")
+    assert "S3UrlPwLEAK" not in res.stderr + res.stdout and "K7MD" not in res.stderr + res.stdout
 
 
 def test_a_one_slash_data_dir_url_is_a_typo_not_a_local_folder(tmp_path):
@@ -384,3 +388,26 @@ def test_verbose_leaves_the_flickr_signing_library_quiet(tmp_path, monkeypatch):
     assert main(["-v", "inspect", "-c", str(tmp_path / "none.yaml")]) == 2
     assert logging.getLogger("oauthlib").level == logging.WARNING
     assert logging.getLogger("requests_oauthlib").level == logging.WARNING
+
+
+def test_mine_with_a_damaged_or_missing_latest_model_is_one_line(tmp_path, trained_shapes_bundle):
+    """A damaged bundle gave `mlc mine` a traceback (predict said one line), and a models/LATEST naming
+    a folder that is gone was 'no model yet' (the verify24 audit)."""
+    data = tmp_path / "data"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data_dir": str(data), "classes": {"red": {"queries": ["red"], "count": 5}},
+                                   "other": {"queries": ["noise"], "count": 5},
+                                   "mine": {"pool": {"queries": ["toys"], "count": 5}}}))
+    from mlc_pipeline.catalog import Catalog
+    data.mkdir()
+    with Catalog(data / "catalog.sqlite"):      # a data root that has collected (here: nothing)
+        pass
+    models = data / "models"
+    shutil.copytree(trained_shapes_bundle[1], models / "m1")
+    (models / "LATEST").write_text("m1\n")
+    (models / "m1" / "bundle.json").write_text("[]")
+    one_line(mlc("mine", "-c", str(cfg)), 2, "bundle.json", "is not a JSON object")
+    (models / "LATEST").write_text("gone\n")
+    one_line(mlc("mine", "-c", str(cfg)), 2, "LATEST names 'gone', which is not a folder under")
+    (models / "LATEST").unlink()
+    one_line(mlc("mine", "-c", str(cfg)), 2, "no model yet")

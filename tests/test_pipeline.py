@@ -540,3 +540,4 @@ def test_a_refused_round_0_and_a_refused_mining_round_are_both_told(tmp_path):
     assert out.not_shipped.startswith("round 0's model default-v3-r0 accepted more unknowns than the shipped model"), \
         out.not_shipped
     assert "; round 1's model default-v4-r1 accepted more unknowns than round 0's" in out.not_shipped, out.not_shipped
+    assert "not shipped" not in out.not_shipped      # printed after "not shipped: " (it read "...: not shipped; ...")

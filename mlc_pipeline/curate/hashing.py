@@ -92,11 +92,13 @@ def decode_for_hashing(path: str, limits: VerifyLimits) -> tuple[FileRecord, lis
         return FileRecord(path=path, ok=False, reason=reason, sha256=None, phash=None), []
     sha256 = hashlib.sha256(data).hexdigest()
     side = HASH_DECODE_SIDE
+    decoded = False
     try:
         check, frame = decode_checked(data, limits, draft=("L", (side, side)))
+        decoded = True                  # the pixels are loaded: whatever fails now is our view code
         views = view_greys(frame, exif_orientation(frame)) if check.ok else []
     except Exception as e:  # noqa: BLE001 -- last line of defence: one hostile file must not end a batch
-        unexpected(e, path)
+        unexpected(e, path, decoding=not decoded)
         return FileRecord(path=path, ok=False, reason=f"decode-error:{type(e).__name__}",
                           sha256=sha256, phash=None, n_bytes=len(data)), []
     return FileRecord(path=path, ok=check.ok, reason=check.reason, sha256=sha256, phash=None,

@@ -106,13 +106,15 @@ def read_info(path: Path, latest: str | None = None) -> BundleInfo:
 
 
 def list_bundles(models_dir: Path) -> list[BundleInfo]:
-    """Every bundle folder (a folder with bundle.json, not one still being written), oldest first."""
+    """Every bundle folder (a folder with bundle.json, not one still being written), oldest first; and
+    the folder models/LATEST names even without one, listed UNUSABLE (it vanished from the listing,
+    while predict and mining refused it: the verify24 audit)."""
     if not models_dir.is_dir():
         return []
     latest = latest_name(models_dir)
     folders = [p for p in models_dir.iterdir()
                if p.is_dir() and p.name != POINTER and leftover_why(p) is None
-               and (p / "bundle.json").exists()]
+               and ((p / "bundle.json").exists() or p.name == latest)]
     infos = [read_info(p, latest) for p in folders]
     return sorted(infos, key=lambda i: (i.created_at, i.name))
 

@@ -44,17 +44,19 @@ def latest_result(cfg: Config) -> SimpleNamespace | None:
             saved, rounds, refused = {}, [], None
         shipped = saved.get("shipped") or (rounds[-1].bundle if rounds else "")
         if rounds and shipped == bundle.name and all(
-                (cfg.layout.models / r.bundle / "metrics.json").is_file() for r in rounds):
+                test_metrics(cfg.layout.models / r.bundle) is not None for r in rounds):
             return SimpleNamespace(rounds=rounds, alternatives=saved.get("alternatives", {}),
                                    shortfall=saved.get("shortfall", []), shipped=shipped,
                                    not_shipped=saved.get("not_shipped", ""), reused=saved.get("reused", ""),
                                    round0_not_shipped=refused)
     if not (bundle / "metrics.json").is_file():
         return None
+    test = test_metrics(bundle)
     try:
-        test = json.loads((bundle / "metrics.json").read_text())["test"]
+        if test is None:
+            raise ValueError(f"{bundle / 'metrics.json'} holds no test metrics")
         meta = read_meta(bundle)
-    except (MetaError, OSError, ValueError, KeyError, TypeError) as exc:    # a report, not a crash of inspect
+    except (MetaError, ValueError) as exc:    # a report, not a crash of inspect
         log.warning("%s: the latest model's metrics.json or bundle.json cannot be read (%s: %s): the report "
                     "shows no model", bundle.name, type(exc).__name__, exc)
         return None
@@ -63,6 +65,16 @@ def latest_result(cfg: Config) -> SimpleNamespace | None:
                            unknown_accepted=test.get("unknown_accepted"),
                            probe_accepted=test.get("probe_accepted"), negatives_added=0)
     return SimpleNamespace(rounds=[only], alternatives={}, shortfall=[])
+
+
+def test_metrics(bundle: Path) -> dict | None:
+    """A bundle's test metrics (metrics.json's "test"), or None when the file is missing, not JSON or
+    holds none: a damaged metrics.json of any round crashed `mlc inspect --html` (the verify24 audit)."""
+    try:
+        test = json.loads((bundle / "metrics.json").read_text())["test"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return test if isinstance(test, dict) and "macro_f1" in test else None
 
 
 def alone_label(bundle_name: str) -> str:

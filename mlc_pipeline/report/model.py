@@ -13,6 +13,7 @@ from pathlib import Path
 from mlc_pipeline.report.analysis import analysis_section, mining_section
 from mlc_pipeline.report.curves import curve_markdown
 
+from mlc_pipeline.model.bundle import MetaError, read_meta
 from mlc_pipeline.model.plots import plot_curves
 from mlc_pipeline.report.rounds import round_label, rounds_markdown, shipped_round, variants_markdown
 from mlc_pipeline.report.tables import pct
@@ -143,12 +144,16 @@ def probe_markdown(result, metrics_by_bundle: dict[str, dict]) -> str:
 
 
 def bundle_network_line(bundle_dir: str | Path) -> str:
-    """network_line() of a bundle folder, or why it cannot be read."""
-    path = Path(bundle_dir) / "bundle.json"
+    """network_line() of a bundle folder, or why it cannot be read (read_meta: a bundle.json that is
+    not an object crashed the report and the run summary, the verify24 audit)."""
     try:
-        return network_line(json.loads(path.read_text()))
-    except (OSError, ValueError) as exc:
-        return f"unknown ({path}: {exc})"
+        return network_line(read_meta(bundle_dir))
+    except MetaError as exc:
+        return f"unknown ({exc})"
+
+
+def _epochs(n) -> str:
+    return f"{n} epoch{'' if n == 1 else 's'}"
 
 
 def _fitted(meta: dict) -> str:
@@ -169,7 +174,7 @@ def network_line(meta: dict) -> str:
         first = {"imagenet": f"ImageNet weights {w.get('name')}", "none": "from scratch"}.get(
             w.get("pretrained", "none"), f"weights from {w.get('pretrained')}")
         line = (f"{meta.get('arch', '?')}, {meta.get('image_size', '?')} px{scored}, continued from {w['continued_from']} "
-                f"for {config.get('epochs', '?')} epochs{_fitted(meta)} (that network started {first})")
+                f"for {_epochs(config.get('epochs', '?'))}{_fitted(meta)} (that network started {first})")
         return line + (f"; arch auto: the {w.get('recipe')} recipe"
                        if (w.get("requested") or {}).get("arch") == "auto" else "")
     if w.get("pretrained") == "imagenet":
@@ -178,7 +183,7 @@ def network_line(meta: dict) -> str:
         start = f"weights from {w['pretrained']}, fine-tuned"
     else:
         start = "trained from scratch"
-    line = f"{meta.get('arch', '?')}, {start}, {meta.get('image_size', '?')} px, {config.get('epochs', '?')} epochs"
+    line = f"{meta.get('arch', '?')}, {start}, {meta.get('image_size', '?')} px, {_epochs(config.get('epochs', '?'))}"
     line += _fitted(meta)
     if config.get("start_size") and start == "trained from scratch" and isinstance(config.get("epochs"), int):
         line += f" (the first {round(config['epochs'] * config.get('start_share', 0.5))} at {config['start_size']} px)"

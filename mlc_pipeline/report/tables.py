@@ -15,6 +15,7 @@ def compare_table(rows: list[tuple[str, dict]] | dict[str, dict]) -> str:
              "| unknown accepted (probe) | FPR@95%TPR (probe) |",
              "|---|---|---|---|---|---|"]
     for name, m in items:
-        lines.append(f"| {name} | {m['macro_f1']:.3f} | {pct(m['accuracy'])} | {pct(m['unknown_accepted'])} "
-                     f"| {pct(m['probe_accepted'])} | {pct(m.get('fpr95_probe'))} |")
+        # n/a for a figure a model's record lacks (an assessed or older model's), never a crash
+        lines.append(f"| {name} | {m['macro_f1']:.3f} | {pct(m.get('accuracy'))} | {pct(m.get('unknown_accepted'))} "
+                     f"| {pct(m.get('probe_accepted'))} | {pct(m.get('fpr95_probe'))} |")
     return "\n".join(lines) + "\n"

@@ -214,3 +214,16 @@ def test_a_damaged_bundle_json_is_listed_unusable_and_refused(tmp_path, text, pr
     with pytest.raises(RegistryError, match=str(models / "damaged" / "bundle.json")):
         settings_of(models / "damaged")
     assert (models / "LATEST").read_text() == "elsewhere\n"
+
+
+def test_the_latest_bundle_without_bundle_json_is_listed_unusable_not_dropped(tmp_path):
+    """A folder without bundle.json is no bundle and is not listed, but the one models/LATEST names
+    vanished from `mlc models` while predict and mine refused it (the verify24 audit)."""
+    models = tmp_path / "models"
+    (models / "shipped").mkdir(parents=True)
+    (models / "shipped" / "export.pkl").write_bytes(b"x")
+    (models / "not-a-bundle").mkdir()
+    (models / "LATEST").write_text("shipped\n")
+    [info] = list_bundles(models)
+    assert (info.name, info.latest) == ("shipped", True)
+    assert info.problem == "bundle.json missing (not a model bundle folder?)", info.problem

@@ -95,3 +95,35 @@ def test_a_latest_model_without_metrics_is_named_not_reported_missing(tmp_path, 
     [section] = latest_model_sections(cfg)
     assert "No model yet" not in section, section
     assert "nometrics" in section and "no test metrics" in section and "metrics.json" in section
+
+
+def test_a_bundle_json_that_is_no_object_names_the_network_unknown(tmp_path, trained_shapes_bundle):
+    """The Network line of the report and the run summary crashed on a bundle.json holding a list
+    (AttributeError: the verify24 audit)."""
+    from mlc_pipeline.report.model import bundle_network_line
+    bundle = shutil.copytree(trained_shapes_bundle[1], tmp_path / "b")
+    assert bundle_network_line(bundle).startswith("mlcnet")
+    (bundle / "bundle.json").write_text("[]")
+    line = bundle_network_line(bundle)
+    assert line.startswith("unknown (") and "is not a JSON object (a list)" in line, line
+
+
+def test_a_damaged_metrics_json_of_an_earlier_round_leaves_the_run_out_of_the_report(tmp_path, trained_shapes_bundle,
+                                                                                      caplog):
+    """`mlc inspect --html` read every round's metrics.json of the last run as it found it: one holding a
+    list or bad JSON, even an earlier round's, crashed the report (the verify24 audit). The run's rounds
+    are used only when each is readable; here the latest model alone is shown."""
+    cfg = Config(data_dir=tmp_path / "data", classes={"red": {"queries": ["red"], "count": 1}},
+                 other={"queries": ["noise"], "count": 1})
+    for name in ("default-v1-r0-x", "default-v2-r1-x"):
+        shutil.copytree(trained_shapes_bundle[1], cfg.layout.models / name)
+    (cfg.layout.models / "LATEST").write_text("default-v2-r1-x\n")
+    rounds = [{"round": r, "dataset_version": f"v{r + 1}", "bundle": name, "macro_f1": 0.5, "unknown_accepted": 0.1,
+               "probe_accepted": 0.1, "negatives_added": 0} for r, name in enumerate(("default-v1-r0-x", "default-v2-r1-x"))]
+    cfg.layout.reports.mkdir(parents=True)
+    (cfg.layout.reports / "latest.json").write_text(json.dumps({"rounds": rounds, "shipped": "default-v2-r1-x"}))
+    assert len(latest_result(cfg).rounds) == 2                       # whole: the run's two rounds
+    (cfg.layout.models / "default-v1-r0-x" / "metrics.json").write_text("[]")
+    result = latest_result(cfg)
+    assert [r.bundle for r in result.rounds] == ["default-v2-r1-x"]   # the latest model alone
+    assert "latest model" in model_section(result, cfg.layout.models)

@@ -69,3 +69,21 @@ def test_the_alternatives_table_is_the_html_reports():
     assert table[0].startswith("| variant | macro F1 | in-domain accuracy |"), table
     assert [row.split(" | ")[0] for row in table[2:5]] == [
         "| product, round 0", "| softmax-other-class", "| product after mining (round 1)"], table
+
+
+def test_without_comparison_heads_the_summary_still_shows_the_html_reports_alternatives_table():
+    """With no comparison heads (the default) the summary said only that none were trained, while the
+    HTML report shows its table (round 0's product model and the product after mining) and says so
+    (the verify24 audit)."""
+    def metrics(f1):
+        return {"macro_f1": f1, "accuracy": 0.9, "unknown_accepted": 0.1, "probe_accepted": 0.2, "fpr95_probe": 0.3}
+
+    run = {"status": "Completed", "config_path": "c.yaml",
+           "models": [{**model("m0", "v1", 0.5), "metrics": {"test": metrics(0.5)}},
+                      {**model("m1", "v2", 0.6, round_no=1), "metrics": {"test": metrics(0.6)}}]}
+    text = summary_markdown(run)
+    table = text.split("## Alternatives on the same data (round 0)\n\n")[1].splitlines()
+    assert [row.split(" | ")[0] for row in table[2:4]] == ["| product, round 0", "| product after mining (round 1)"]
+    assert "No comparison heads were trained in this run" in text
+    failed = summary_markdown({**run, "status": "Failed"})
+    assert "Alternatives on the same data" not in failed        # a failed run: no "off" table that looks whole
