@@ -201,3 +201,10 @@ def test_the_checks_see_real_imports(graph):
     assert "mlc_pipeline.curate.stage" in graph["mlc_pipeline.pipeline"]
     assert "mlc_pipeline.model.weights" in graph["mlc_pipeline.model.weights_cli"]   # `from ...model import weights`
     assert len(graph) > 40
+
+
+def test_test_modules_have_unique_basenames():
+    """tests/ has no __init__.py: pytest imports each test module by its basename, and a second
+    test_stage.py (model/ beside curate/) stopped the whole run at collection."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in set(names) if names.count(n) > 1)
