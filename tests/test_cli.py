@@ -218,7 +218,7 @@ def test_train_continues_a_named_model_and_mine_takes_names_as_documented(tmp_pa
     again = mlc("train", "-c", str(cfg_path), "--continue", "latest", *fast[:4], "--set",
                 "train.pretrained=/nope/weights.pth", timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert f"continued from {name} for 1 epochs" in again.stdout
+    assert f"continued from {name} for 1 epoch " in again.stdout
     one_line(mlc("train", "-c", str(cfg_path), "--continue", "nope"), 2, "--continue nope: not a model bundle")
     one_line(mlc("train", "-c", str(cfg_path), "--continue", "/nope"), 2, "--continue /nope: not a model bundle")
     pool = ["--set", "mine.pool={queries: [nothing collected], count: 1}"]

@@ -425,7 +425,7 @@ def test_a_training_continues_a_bundles_network(tmp_path):
     assert meta["image_size"] == 32 and meta["config"]["epochs"] == 1 and len(result.history) == 1
     assert meta["weights"]["continued_from"] == "r0" and meta["weights"]["pretrained"] == "none"
     assert meta["weights"]["sha256"] == parent.meta["export_sha256"]
-    assert "continued from r0 for 1 epochs (that network started from scratch)" in bundle_network_line(tmp_path / "r1")
+    assert "continued from r0 for 1 epoch (that network started from scratch)" in bundle_network_line(tmp_path / "r1")
     # without an explicit epochs: a third of the parent's (6 -> 2) ...
     default = train_model(manifest, tmp_path / "r1b", TrainConfig(image_size=32, init_from=str(tmp_path / "r0"), **base))
     assert len(default.history) == 2
