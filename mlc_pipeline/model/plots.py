@@ -73,9 +73,10 @@ def curve_figure(curves: dict[str, list[dict]], title: str = ""):
     # below the plot: inside, any corner can hold points (a curve runs from the lower left to the upper right)
     # (a bundle's curve.png names it by its long folder name: one column then)
     names = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
-    legend = ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False,
-                       ncol=1 if max(map(len, names), default=0) > 30 else 2)
-    legend.set_in_layout(False)     # the plot keeps its size; savefig's tight box takes the legend in
+    if names:       # none when no point has an "other" or probe measure: matplotlib warned to the user's terminal
+        legend = ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False,
+                           ncol=1 if max(map(len, names)) > 30 else 2)
+        legend.set_in_layout(False)     # the plot keeps its size; savefig's tight box takes the legend in
     fig.tight_layout()
     return fig
 

@@ -127,8 +127,18 @@ def settings_of(path: Path) -> dict:
     flat = {k: meta.get(k) for k in ("dataset_version", "arch", "image_size", "pretrained", "head", "other_mode",
                                      "classes", "n_train")}
     flat.update({f"config.{k}": v for k, v in (meta.get("config") or {}).items()})
-    flat["thresholds"] = [round(t, 3) for t in meta.get("thresholds") or []] or None
+    flat["thresholds"] = [round(t, threshold_places(t)) for t in meta.get("thresholds") or []] or None
     return flat
+
+
+def threshold_places(threshold: float, least: int = 3) -> int:
+    """`least` decimals, or as many more (up to 6) as keep a threshold other than 0 or 1 from reading
+    as 0 or 1: a report's 'threshold 1.000' for 0.9997 said the class could never be claimed (the
+    day24 audit)."""
+    places = least
+    while places < 6 and threshold not in (0, 1) and float(f"{threshold:.{places}f}") in (0, 1):
+        places += 1
+    return places
 
 
 def unusable_because(path: Path, meta: dict, hash_export: bool = True) -> str | None:

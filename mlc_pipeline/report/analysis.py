@@ -27,6 +27,8 @@ from mlc_pipeline.catalog.overrides import overrides
 from mlc_pipeline.model.assess import SCORE_PREFIX, SCORES_FILE
 from mlc_pipeline.model.bundle import MetaError, read_meta
 from mlc_pipeline.model.metrics import predict_matrix, real_class_indices, targets_from_labels
+from mlc_pipeline.model.predict_cli import decimals
+from mlc_pipeline.model.registry import threshold_places
 from mlc_pipeline.report.html import figure, folded, png_img, table, thumbnail_uri
 
 log = logging.getLogger(__name__)
@@ -128,7 +130,8 @@ def per_class_rows(s: Scored) -> list[list]:
         # as metrics.json's per_class (metrics.evaluate): 0 when nothing was taken, or nothing to find
         prec = (p & t).sum() / p.sum() if p.any() else 0.0
         rec = (p & t).sum() / t.sum() if t.any() else 0.0
-        out.append([s.vocab[j], "argmax (softmax)" if thresholds is None else f"{thresholds[j]:.3f}",
+        out.append([s.vocab[j], "argmax (softmax)" if thresholds is None else
+                    f"{thresholds[j]:.{threshold_places(thresholds[j])}f}",
                     "n/a" if typical[j] is None else f"{typical[j]:.3f}", f"{ap:.3f}", f"{prec:.3f}", f"{rec:.3f}"])
     return out
 
@@ -160,7 +163,7 @@ def plot_pr(s: Scored) -> bytes:
 
 
 def caption(s: Scored, i: int, extra: str = "") -> str:
-    from mlc_pipeline.model.predict_cli import decimals     # as `mlc predict` prints it: 0.004 for a 0.003 threshold, not 0.00
+    # decimals: as `mlc predict` prints it, 0.004 for a 0.003 threshold, not 0.00
     thresholds = s.meta.get("thresholds")
     shown = lambda j: f"{s.probs[i, j]:.{2 if thresholds is None else decimals(s.probs[i, j], thresholds[j])}f}"  # noqa: E731
     said = ", ".join(f"{s.vocab[j]} {shown(j)}" for j in s.real if s.pred[i, j]) or NONE

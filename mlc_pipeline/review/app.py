@@ -189,15 +189,16 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
         with review.lock:
             count = lambda f: cr.browse(review.catalog, f, review.dataset, 0, 0)[1]
             counts = {name: count(f) for name, f in QUEUES.items()}
-            _, probes = probes_accepted(cfg, review.catalog)
-        bundle, noisy = model_review_list(cfg)
+            bundle, probes = probes_accepted(cfg, review.catalog)
+        noisy_bundle, noisy = model_review_list(cfg)
         lists = {}
         for name, rows, at in (("noisy", noisy, noisy_page), ("probes", probes, probes_page)):
             pages = max(1, -(-len(rows) // PAGE_SIZE))
             at = min(max(1, at), pages)
             lists[name] = {"rows": rows[(at - 1) * PAGE_SIZE:at * PAGE_SIZE], "total": len(rows), "page": at,
                            "pages": pages}
-        return page(request, "queues.html", counts=counts, queues=QUEUES, bundle=bundle, lists=lists)
+        return page(request, "queues.html", counts=counts, queues=QUEUES, bundle=bundle, noisy_bundle=noisy_bundle,
+                    lists=lists)
 
     @app.get("/log", response_class=HTMLResponse)
     def action_log(request: Request):

@@ -36,16 +36,30 @@ def bundle_csv(bundle: Path | None, name: str) -> list[dict]:
     return hit[1]
 
 
+def mining_bundle(cfg: Config) -> Path | None:
+    """The bundle the latest mining round wrote its review.csv and mined.csv into: the latest bundle
+    when it mined, else the most recently mined one. A run that ships its retrained round ships a
+    bundle that never mined, and the queues page said "lists none" beside a run summary counting the
+    round's class images to review (the day24 audit)."""
+    latest = latest_bundle(cfg)
+    if latest is not None and any((latest / name).is_file() for name in ("review.csv", "mined.csv")):
+        return latest
+    models = cfg.layout.models
+    mined = [p for p in models.iterdir() if p.is_dir() and (p / "mined.csv").is_file()] if models.is_dir() else []
+    return max(mined, key=lambda p: (p / "mined.csv").stat().st_mtime, default=latest)
+
+
 def model_review_list(cfg: Config) -> tuple[Path | None, list[dict]]:
-    """Class images the model rejects, the lowest score (the surest disagreement) first."""
-    bundle = latest_bundle(cfg)
+    """Class images the model rejects (the latest mining round's review.csv), the lowest score (the
+    surest disagreement) first."""
+    bundle = mining_bundle(cfg)
     rows = bundle_csv(bundle, "review.csv")
     return bundle, sorted(rows, key=lambda r: (r["score"] is None, r["score"] or 0.0))
 
 
 def scores_for(cfg: Config, cid: int) -> list[dict]:
-    """Every line of the latest bundle's review.csv and mined.csv about one candidate."""
-    bundle = latest_bundle(cfg)
+    """Every line of the latest mining round's review.csv and mined.csv about one candidate."""
+    bundle = mining_bundle(cfg)
     out = []
     for name in ("review.csv", "mined.csv"):
         out += [{**r, "file": name} for r in bundle_csv(bundle, name) if r.get("candidate_id") == str(cid)]

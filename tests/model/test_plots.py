@@ -46,3 +46,12 @@ def test_a_chosen_point_at_zero_shows_whole_and_the_legend_covers_no_point(tmp_p
         assert image.height >= (ax.bbox.y1 - ax.get_legend().get_window_extent().y0) * 90 / fig.dpi
     import matplotlib.pyplot as plt
     plt.close("all")
+
+
+def test_a_curve_with_nothing_to_plot_warns_nobody(tmp_path, recwarn):
+    """No point measured an "other" or probe rate (a folder world without either): matplotlib's
+    'No artists with labels found to put in legend' reached the user's terminal (the day24 audit)."""
+    curve = [{"macro_f1": 0.5, "unknown_accepted": None, "probe_accepted": None, "chosen": True}]
+    plot_curves({"round 0": curve}, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").is_file()
+    assert not [w for w in recwarn if "legend" in str(w.message)], [str(w.message) for w in recwarn]

@@ -169,3 +169,4 @@ def test_close_calls_print_enough_digits_to_be_true_as_printed(tmp_path, capsys)
     # the audit's threshold: not shown as 1.00 (only a certain picture would pass that)
     assert missed_text("sailboat", 0.99, 0.9954) == "sailboat (0.990, needs 0.995: 0.005 short)"
     assert claimed_text("kite", 0.5, 0.5) == "kite (0.50 >= 0.50)"
+

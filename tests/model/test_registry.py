@@ -227,3 +227,12 @@ def test_the_latest_bundle_without_bundle_json_is_listed_unusable_not_dropped(tm
     [info] = list_bundles(models)
     assert (info.name, info.latest) == ("shipped", True)
     assert info.problem == "bundle.json missing (not a model bundle folder?)", info.problem
+
+
+def test_a_threshold_near_0_or_1_never_prints_as_0_or_1():
+    """The report's threshold table and `mlc models --compare` printed 0.9997 as 1.000 and 1.0, which
+    reads as 'this class can never be claimed' (the day24 audit)."""
+    from mlc_pipeline.model.registry import threshold_places
+    shown = lambda t: f"{t:.{threshold_places(t)}f}"      # noqa: E731
+    assert [shown(t) for t in (0.5, 0.99970, 0.99990, 0.0003, 0.9999996, 1.0, 0.0)] == \
+        ["0.500", "0.9997", "0.9999", "0.0003", "1.000000", "1.000", "0.000"]

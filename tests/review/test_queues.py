@@ -23,3 +23,24 @@ def test_a_damaged_bundle_json_empties_the_probe_queue_and_says_why(tmp_path, tr
     with caplog.at_level("WARNING", logger="mlc_pipeline.review.queues"):
         assert probes_accepted(cfg, None) == (bundle, [])
     assert "no probe queue" in caplog.text and "bundle.json" in caplog.text
+
+
+def test_the_review_list_comes_from_the_latest_mining_round_when_its_retrain_shipped(tmp_path):
+    """The default job ships round 1's retrained bundle, which never mined: the round's review.csv and
+    mined.csv are in round 0's bundle, and the queues page said 'lists none' while the run counted
+    class images to review (the day24 audit)."""
+    from mlc_pipeline.review.queues import mining_bundle, model_review_list, scores_for
+    cfg = Config(data_dir=tmp_path / "data", classes={"red": {"queries": ["red"], "count": 1}},
+                 other={"queries": ["noise"], "count": 1})
+    models = cfg.layout.models
+    for name in ("r0", "r1"):
+        (models / name).mkdir(parents=True)
+    (models / "r0" / "review.csv").write_text("candidate_id,photo_id,label,score\n7,p7,red,0.20\n5,p5,red,0.05\n")
+    (models / "r0" / "mined.csv").write_text("candidate_id,photo_id,decision,score\n9,p9,added,0.91\n")
+    (models / "LATEST").write_text("r1\n")
+    assert mining_bundle(cfg) == models / "r0"
+    bundle, rows = model_review_list(cfg)
+    assert bundle == models / "r0" and [r["candidate_id"] for r in rows] == ["5", "7"]     # lowest score first
+    assert [(r["file"], r["score"]) for r in scores_for(cfg, 9)] == [("mined.csv", 0.91)]
+    (models / "r1" / "mined.csv").write_text("candidate_id,photo_id,decision,score\n")   # the latest mined: its own
+    assert mining_bundle(cfg) == models / "r1" and model_review_list(cfg) == (models / "r1", [])
