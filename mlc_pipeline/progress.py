@@ -88,17 +88,27 @@ def bar(description: str, total: int | None = None, unit: str = "img", show: boo
             _stop()
 
 
+def bar_columns(width: int) -> list:
+    """A bar's columns. The note (an epoch's losses) gets what the counts and times leave of `width`,
+    cut with an ellipsis: unbounded, it made rich squeeze them to '285… batches 0:06… left 0:0…' in an
+    80-column terminal (the day24 audit)."""
+    from rich.progress import (
+        BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+    )
+    from rich.table import Column
+    return [SpinnerColumn(finished_text="[green]✓"), TextColumn("{task.description:<22}"), BarColumn(),
+            MofNCompleteColumn(table_column=Column(no_wrap=True)), TextColumn("{task.fields[unit]}"),
+            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+            TextColumn("{task.fields[note]}", table_column=Column(no_wrap=True, overflow="ellipsis",
+                                                                  max_width=max(6, width - 74)))]
+
+
 def _start() -> None:
     global _live, _open
     if _open == 0:
-        from rich.progress import (
-            BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        _live = Progress(SpinnerColumn(finished_text="[green]✓"), TextColumn("{task.description:<22}"), BarColumn(),
-                         MofNCompleteColumn(), TextColumn("{task.fields[unit]}"), TimeElapsedColumn(),
-                         TextColumn("left"), TimeRemainingColumn(), TextColumn("{task.fields[note]}"),
-                         console=_get_console(), transient=False, redirect_stderr=False, redirect_stdout=False)
+        from rich.progress import Progress
+        _live = Progress(*bar_columns(_get_console().width), console=_get_console(), transient=False,
+                         redirect_stderr=False, redirect_stdout=False)
         _live.start()
         _route_logging()
     _open += 1

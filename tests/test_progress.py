@@ -116,3 +116,18 @@ def test_collect_bars_stay_on_screen_with_the_summary_after_them(recorded, tmp_p
     title = lines.index(f"collect {summary.run_id}")
     assert title > lines.index(bars[-1])                                          # the summary follows them
     assert any(line.split() == ["downloaded", str(summary.downloaded)] for line in lines[title:])
+
+
+@pytest.mark.parametrize("width", [80, 100, 132])
+def test_a_long_epoch_note_never_squeezes_the_count_and_times(width):
+    """In an 80-column terminal the training bar read 'train mlcnet  batches left  epoch 2 train loss
+    ...': rich squeezed the count and the times to make room for the note (the day24 audit)."""
+    from rich.progress import Progress
+    console = Console(width=width, file=io.StringIO(), force_terminal=True, color_system=None)
+    bar = Progress(*progress.bar_columns(width), console=console)
+    task = bar.add_task("train mlcnet", total=2850, unit="batches", note="epoch 2 train loss 0.5394 valid loss 0.7280")
+    bar.update(task, advance=300)
+    console.print(bar.get_renderable())
+    line = console.file.getvalue().splitlines()[0]
+    assert "300/2850 batches 0:00:00 left -:--:-- epoch" in line and len(line) <= width, line
+    assert ("valid loss 0.7280" in line) == (width >= 132), line
