@@ -257,6 +257,9 @@ def test_the_run_summary_says_why_mining_stopped(tmp_path):
                              "stopped_early": out.stopped_early, "stop_reason": out.stop_reason})
     assert "nothing left to mine, or no further improvement" not in text and "early" not in text, text
     assert f"Mining stopped: {out.stop_reason}." in text, text
+    from html import escape
+    from mlc_pipeline.report.model import run_notes         # the HTML report says it too (day24 audit)
+    assert f"<p id='mining-stopped'><b>Mining stopped:</b> {escape(out.stop_reason)}.</p>" in run_notes(out)
     assert ("Round 1 scored 41 pool images: 0 accepted as a class (0 added as hard negatives, 0 held for review, "
             "0 over the round's cap).") in text, text
 
@@ -269,7 +272,8 @@ def test_the_run_summary_says_why_mining_stopped(tmp_path):
     out = run_stages(cfg, ScriptedStages([(0.00, 0.04), (0.10, 0.09), (0.0, 0.0)]))
     assert out.stop_reason == "round 1's model was not shipped: a further round would go on from it"
     cfg = _loop_config(tmp_path / "all", rounds=2)
-    assert run_stages(cfg, ScriptedStages([(0.10, 0.30), (0.05, 0.20), (0.05, 0.10)])).stop_reason == ""
+    out = run_stages(cfg, ScriptedStages([(0.10, 0.30), (0.05, 0.20), (0.05, 0.10)]))
+    assert out.stop_reason == "" and not [n for n in run_notes(out) if "mining-stopped" in n]
 
 
 def mining_stop_text(cfg, round_no: int) -> str:

@@ -48,6 +48,7 @@ def latest_result(cfg: Config) -> SimpleNamespace | None:
             return SimpleNamespace(rounds=rounds, alternatives=saved.get("alternatives", {}),
                                    shortfall=saved.get("shortfall", []), shipped=shipped,
                                    not_shipped=saved.get("not_shipped", ""), reused=saved.get("reused", ""),
+                                   stop_reason=saved.get("stop_reason", ""),
                                    round0_not_shipped=refused)
     if not (bundle / "metrics.json").is_file():
         return None

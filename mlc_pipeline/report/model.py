@@ -58,6 +58,8 @@ def run_notes(result) -> list[str]:
         notes.append(f"<p id='reused'><b>Round 0:</b> {html.escape(result.reused)}.</p>")
     if getattr(result, "not_shipped", ""):
         notes.append(f"<p id='not-shipped'><b>Not shipped:</b> {html.escape(result.not_shipped)}.</p>")
+    if getattr(result, "stop_reason", ""):      # the loop knew why; the page only showed fewer rounds
+        notes.append(f"<p id='mining-stopped'><b>Mining stopped:</b> {html.escape(result.stop_reason)}.</p>")
     return notes
 
 

@@ -127,3 +127,23 @@ def test_a_damaged_metrics_json_of_an_earlier_round_leaves_the_run_out_of_the_re
     result = latest_result(cfg)
     assert [r.bundle for r in result.rounds] == ["default-v2-r1-x"]   # the latest model alone
     assert "latest model" in model_section(result, cfg.layout.models)
+
+
+def test_inspect_html_says_why_the_last_run_stopped_mining(tmp_path, trained_shapes_bundle):
+    """The run's report and its latest.json knew why mining stopped, but `mlc inspect --html` (the page
+    written again from latest.json) showed only fewer rounds (the day24 audit)."""
+    cfg = Config(data_dir=tmp_path / "data", classes={"red": {"queries": ["red"], "count": 1}},
+                 other={"queries": ["noise"], "count": 1})
+    shutil.copytree(trained_shapes_bundle[1], cfg.layout.models / "default-v1-r0-x")
+    (cfg.layout.models / "LATEST").write_text("default-v1-r0-x\n")
+    rounds = [{"round": 0, "dataset_version": "v1", "bundle": "default-v1-r0-x", "macro_f1": 0.5,
+               "unknown_accepted": 0.1, "probe_accepted": 0.1, "negatives_added": 0}]
+    cfg.layout.reports.mkdir(parents=True)
+    why = "round 1: the model accepted no pool image as a class <nothing to mine>"
+    (cfg.layout.reports / "latest.json").write_text(json.dumps({"rounds": rounds, "shipped": "default-v1-r0-x",
+                                                                "stop_reason": why}))
+    page = model_section(latest_result(cfg), cfg.layout.models)
+    assert "<p id='mining-stopped'><b>Mining stopped:</b> round 1: the model accepted no pool image as a class " \
+           "&lt;nothing to mine&gt;.</p>" in page, page
+    (cfg.layout.reports / "latest.json").write_text(json.dumps({"rounds": rounds, "shipped": "default-v1-r0-x"}))
+    assert "mining-stopped" not in model_section(latest_result(cfg), cfg.layout.models)   # a run saved before
