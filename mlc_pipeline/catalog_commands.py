@@ -22,7 +22,7 @@ def add_catalog_parser(sub, add_writer) -> None:
 def cmd_catalog_migrate(args: argparse.Namespace) -> int:
     from mlc_pipeline.config import ConfigError, load_config, parse_overrides
     from mlc_pipeline.locking import data_root_lock, files_lock
-    from mlc_pipeline.catalog.address import PostgresCatalog, check_url
+    from mlc_pipeline.catalog_address import PostgresCatalog, check_url
     from mlc_pipeline.catalog.copy import TargetNotEmpty, copy_catalog
     cfg = load_config(args.config, parse_overrides(args.set))
     url = args.to or cfg.catalog.url
@@ -62,7 +62,7 @@ def mark_moved(cfg, url: str) -> None:
     import socket
     import time
     from mlc_pipeline.objectstore import MOVED, store_errors, store_of
-    from mlc_pipeline.catalog.address import display_url
+    from mlc_pipeline.catalog_address import display_url
     store = store_of(cfg)
     with store_errors(store):
         store.write_text(MOVED, json.dumps({"to": display_url(url), "on": time.strftime("%Y-%m-%d %H:%M UTC",

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mlc_pipeline.catalog_address import PostgresCatalog, check_url
 from mlc_pipeline.config_messages import ConfigError, check_override_classes, error_line, user_file  # re-exported
 from mlc_pipeline.layout import DataLayout
 from mlc_pipeline.secrets import URL_RE, check_storage_options, data_url_problem   # URL_RE: data_dir: s3://...
@@ -232,7 +233,6 @@ class CatalogSettings(Strict):
     @field_validator("url")
     @classmethod
     def postgres_url(cls, url: str | None) -> str | None:
-        from .catalog.address import check_url
         return None if url is None else check_url(url)
 
 
@@ -329,7 +329,6 @@ class Config(Strict):
     def catalog_path(self):
         """What `Catalog()` opens: the SQLite file under data_dir, or the configured PostgreSQL catalog."""
         if self.catalog.url:
-            from .catalog.address import PostgresCatalog
             return PostgresCatalog(self.catalog.url, self.data_dir)
         return self.layout.catalog
 

@@ -5,12 +5,14 @@ the project lives in this package.
   store.py     `Catalog`: the statements both backends share
   sqlite.py    the embedded SQLite file under data_dir (the default)
   postgres.py  a PostgreSQL database (`catalog: {url: postgresql://...}`), several writers at once
-  address.py   where a catalog lives, and its URL checked and shown without a password
   copy.py      `mlc catalog migrate`: a SQLite catalog copied into PostgreSQL
   pairs.py     near-duplicate pair scores kept between curates (a cache)
+
+Where a catalog lives (a SQLite file, or a PostgreSQL URL checked and shown without a password) is
+mlc_pipeline/catalog_address.py, below both this package and the config that names it.
 """
 
-from .address import PostgresCatalog, catalog_exists, check_url, display_url
+from mlc_pipeline.catalog_address import PostgresCatalog, catalog_exists, check_url, display_url
 from .schema import (FILE_STATUSES, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA, SCHEMA_VERSION, CatalogBusy, CatalogError, CatalogLost,
                      Found, merge_labels, run_end_status)
 from .store import Catalog

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import overrides, postgres
-from .address import PostgresCatalog
+from mlc_pipeline.catalog_address import PostgresCatalog
 from .schema import GENERATED_IDS, TABLES, CatalogError
 from .store import Catalog
 

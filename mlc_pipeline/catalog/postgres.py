@@ -18,7 +18,7 @@ from typing import Iterator
 
 from ..secrets import redact, remember
 from . import runs
-from .address import PostgresCatalog
+from mlc_pipeline.catalog_address import PostgresCatalog
 from .schema import (ADDED_COLUMNS, LOCK_NOTICE_S, SCHEMA_VERSION, CatalogBusy, CatalogError, CatalogLost,
                      creates, postgres_schema)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from . import postgres, runs, sqlite
-from .address import PostgresCatalog
+from mlc_pipeline.catalog_address import PostgresCatalog
 from .pairs import PairScoreQueries
 from .removals import RemovalQueries
 from .tallies import TallyQueries
