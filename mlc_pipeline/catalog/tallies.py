@@ -94,6 +94,17 @@ class TallyQueries:
                                "GROUP BY purpose, label, status")
         return sorted((dict(r) for r in rows), key=lambda r: (r["purpose"], r["label"], r["status"]))
 
+    def status_counts(self) -> dict[str, int]:
+        """Candidates per status (pending, downloaded, failed, accepted, ...), as recorded: no review
+        decision applied (`reasons` applies them). A status no candidate has is absent."""
+        rows = self.db.execute("SELECT status, COUNT(*) AS n FROM candidates GROUP BY status")
+        return dict(sorted((r["status"], int(r["n"])) for r in rows))
+
+    def event_counts(self) -> dict[str, int]:
+        """Events per stage (search, download, curate, ...): each a status recorded for a candidate."""
+        rows = self.db.execute("SELECT stage, COUNT(*) AS n FROM events GROUP BY stage")
+        return dict(sorted((r["stage"], int(r["n"])) for r in rows))
+
     def found_since(self, t: float) -> tuple[int, int]:
         """(photos a search found or found again since `t`, of them skipped: no size asked for offered)."""
         row = self.db.execute("SELECT COUNT(*) AS n, SUM(CASE WHEN status='skipped' AND reason='no-allowed-size' "

@@ -82,3 +82,25 @@ def test_labels_found_by_a_query_counts_where_its_photos_are_filed(ordered_setti
         assert c.labels_found_by(["kite"]) == {"kite": 2, "other": 1}
         assert c.labels_found_by(["kite", "sky"]) == {"kite": 2, "other": 2}
         assert c.labels_found_by(["kite"], purpose="pool") == {} and c.labels_found_by([]) == {}
+
+
+def test_status_and_event_counts_say_what_the_catalog_holds(ordered_settings, tmp_path: Path):
+    """Candidates per status and events per stage: what the benches read to check a run (they opened
+    catalog.sqlite with sqlite3 for it, and could not read a PostgreSQL catalog), on every backend."""
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), **ordered_settings,
+                        "classes": {"ants": {"queries": ["ants"], "count": 1}},
+                        "other": {"queries": ["scenery"], "count": 1}})
+    with Catalog(cfg.catalog_path) as c:
+        assert c.status_counts() == {} and c.event_counts() == {}
+        run = c.start_run("collect")
+        c.upsert_found([found(str(i)) for i in range(5)], run)
+        c.upsert_found([found("0")], run)           # found again: no second search event
+        ids = [c.get_by_photo("flickr", str(i))["id"] for i in range(5)]
+        for cid in ids[:3]:
+            c.set_status(cid, "downloaded", None, run, "download")
+        c.set_status(ids[3], "failed", "transient:timeout", run, "download")
+        c.set_status(ids[0], "accepted", None, run, "curate")
+        assert c.status_counts() == {"accepted": 1, "downloaded": 2, "failed": 1, "pending": 1}
+        assert c.event_counts() == {"curate": 1, "download": 4, "search": 5}
+    with Catalog(cfg.catalog_path, readonly=True) as c:          # what a report reads, writing nothing
+        assert c.status_counts()["downloaded"] == 2 and list(c.event_counts()) == ["curate", "download", "search"]
