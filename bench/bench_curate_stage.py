@@ -51,7 +51,6 @@ import json
 import os
 import resource
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -64,7 +63,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from mlc_pipeline.config import CurateSettings  # noqa: E402 -- this checkout's, as the children's PYTHONPATH
+from mlc_pipeline.catalog import Catalog  # noqa: E402 -- this checkout's, as the children's PYTHONPATH
+from mlc_pipeline.config import CurateSettings  # noqa: E402
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 EDITS = ("exact", "jpeg50", "crop5", "corner5")
 ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("FLICKR_")}, "PYTHONPATH": str(ROOT)}
@@ -161,9 +161,8 @@ def collect(cfg: Path, out: Path, n_files: int) -> None:
     res = subprocess.run([sys.executable, "-m", "mlc_pipeline.cli", "collect", "-c", str(cfg), "--no-progress"],
                          env=ENV, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
-    db = sqlite3.connect(out / "pristine" / "catalog.sqlite")
-    n = db.execute("SELECT count(*) FROM candidates WHERE status='downloaded'").fetchone()[0]
-    db.close()
+    with Catalog(out / "pristine" / "catalog.sqlite", readonly=True) as catalog:
+        n = catalog.status_counts().get("downloaded", 0)
     assert n == n_files, f"collected {n} of {n_files} files: {res.stderr[-2000:]}"
 
 
@@ -205,11 +204,10 @@ def run_ours(cfg: Path, out: Path, profile: Path | None = None) -> dict:
     wall, cpu, res = timed([sys.executable, __file__, "--ours-child", str(result), *argv])
     inner = json.loads(result.read_text())
     summary = json.loads(res.stdout)
-    db = sqlite3.connect(run / "catalog.sqlite")
-    rows = db.execute("SELECT id, source_file, status, duplicate_of FROM candidates").fetchall()
-    db.close()
-    name = {i: Path(src).name for i, src, _, _ in rows}
-    keeper = {name[i]: name[dup] if status == "duplicate" else name[i] for i, _, status, dup in rows}
+    with Catalog(run / "catalog.sqlite", readonly=True) as catalog:
+        rows = catalog.candidates()
+    name = {r["id"]: Path(r["source_file"]).name for r in rows}
+    keeper = {name[r["id"]]: name[r["duplicate_of"]] if r["status"] == "duplicate" else name[r["id"]] for r in rows}
     return dict(wall=wall, cpu=cpu, inner_wall=inner["seconds"], inner_cpu=inner["cpu"],
                 inspected=summary["inspected"], keeper=keeper,
                 rejected=summary["rejected"], duplicates=summary["duplicates"])

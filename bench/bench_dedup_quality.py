@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sqlite3
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mlc_pipeline.catalog import Catalog  # noqa: E402
 from mlc_pipeline.config import CurateSettings  # noqa: E402
 from mlc_pipeline.curate.hashing import hamming, hex_to_uint64, inspect_files  # noqa: E402
 from mlc_pipeline.curate.neardup import find_pairs  # noqa: E402
@@ -135,12 +135,11 @@ def report(name, found, n_orig, copies, origin):
 
 
 def catalog_pairs(path: Path, passes: int = 1) -> None:
-    db = sqlite3.connect(path)
-    rows = db.execute("SELECT id, file_path FROM candidates WHERE phash IS NOT NULL "
-                      "AND file_path IS NOT NULL ORDER BY id").fetchall()
-    # Paths are relative to the data root (the catalog's folder); hashed again with today's code, so
-    # a catalog from an older version measures the current pipeline.
-    paths = [str(path.parent / r[1]) for r in rows]
+    with Catalog(path, readonly=True) as catalog:
+        rows = [r for r in catalog.candidates() if r["phash"] is not None and r["file_path"] is not None]
+    # Paths as the catalog gives them (under its data root); hashed again with today's code, so a
+    # catalog from an older version measures the current pipeline.
+    paths = [r["file_path"] for r in rows]
     records = inspect_files(paths)
     full, confirmed, candidates, seconds = ours(records, paths)
     again = [ours(records, paths)[3] for _ in range(passes - 1)]    # later curates in one process

@@ -71,7 +71,7 @@ def concurrent(where, n: int) -> dict:
     assert all(p.exitcode == 0 for p in procs)
     with Catalog(where, readonly=True) as c:
         rows = len(c.candidates())
-        searched = c.db.execute("SELECT COUNT(*) AS n FROM events WHERE stage='search'").fetchone()["n"]
+        searched = c.event_counts().get("search", 0)
     return {"wall_s": wall, "rows": rows, "search_events": searched, "per_process": [q.get(), q.get()]}
 
 

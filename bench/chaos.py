@@ -26,7 +26,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from common import FAST_RETRIES, source_yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import tree_digest  # noqa: E402  (the tests' digest of a published folder)
 
+from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
 from mlc_pipeline.fsutil import sha256_file
 
@@ -69,13 +69,20 @@ def mlc(stage: str, cfg: Path, timeout: float = 900) -> subprocess.CompletedProc
                           env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
+SNAPSHOT = ("photo_id", "purpose", "label", "status", "reason", "sha256", "phash", "curated_label")
+
+
+def catalog_rows(db: Path) -> list[dict]:
+    with Catalog(db, readonly=True) as catalog:
+        return catalog.candidates()
+
+
 def catalog_snapshot(db: Path) -> list[tuple]:
-    con = sqlite3.connect(db)
-    pid = dict(con.execute("SELECT id, photo_id FROM candidates"))
-    rows = con.execute("SELECT photo_id, purpose, label, status, reason, sha256, phash, curated_label, duplicate_of "
-                       "FROM candidates").fetchall()
-    con.close()
-    return sorted(r[:-1] + (pid.get(r[-1]),) for r in rows)
+    """What two data roots must agree on: each candidate's decision, its duplicate_of as a photo id
+    (row ids differ between two roots)."""
+    rows = catalog_rows(db)
+    pid = {r["id"]: r["photo_id"] for r in rows}
+    return sorted(tuple(r[k] for k in SNAPSHOT) + (pid.get(r["duplicate_of"]),) for r in rows)
 
 
 def dataset_snapshot(root: Path) -> tuple[str, str]:
@@ -101,9 +108,7 @@ def phase_faults(srv: FlickrServer, work: Path) -> dict:
     cfg = write_config(work / "faults.yaml", work / "faults", srv)
     codes = {s: mlc(s, cfg).returncode for s in STAGES + ["train"]}   # train: the model side of the flow too
     db = work / "faults" / "catalog.sqlite"
-    con = sqlite3.connect(db)
-    rows = con.execute("SELECT photo_id, status, reason, duplicate_of, id FROM candidates").fetchall()
-    con.close()
+    rows = [(r["photo_id"], r["status"], r["reason"], r["duplicate_of"], r["id"]) for r in catalog_rows(db)]
     status = Counter(r[1] for r in rows)
     reasons = Counter(f"{r[1]}: {(r[2] or '').split(':')[0]}" for r in rows if r[2])
     unexplained = [r[0] for r in rows if r[1] in ("failed", "rejected", "duplicate", "skipped") and not r[2]]

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -145,10 +144,9 @@ def main() -> int:
         files = [p for _, _, p in planted.values()]
         report["commands"]["predict"] = run_measured(["predict", str(bundle), *files, "--json"], args.timeout)
 
-        con = sqlite3.connect(data / "catalog.sqlite")
-        fate = {pid: (status, reason) for pid, status, reason in
-                con.execute("SELECT photo_id, status, reason FROM candidates WHERE photo_id LIKE 'hostile%'")}
-        con.close()
+        with Catalog(data / "catalog.sqlite", readonly=True) as catalog:
+            fate = {r["photo_id"]: (r["status"], r["reason"]) for r in catalog.candidates()
+                    if r["photo_id"].startswith("hostile")}
         wrong = []
         for pid, (case, expected, _) in planted.items():
             status, reason = fate.get(pid, ("missing", None))

@@ -15,7 +15,6 @@ import argparse
 import json
 import shutil
 import signal
-import sqlite3
 import struct
 import subprocess
 import sys
@@ -28,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from helpers import ENV, MLC, write_config  # noqa: E402  (the config and `mlc` the tests use)
 from shapes import FAST, make_shapes_dataset  # noqa: E402
+
+from mlc_pipeline.catalog import Catalog  # noqa: E402
 # `mlc` that prints its own peak memory (ru_maxrss, KB) as the last line of stderr.
 MEASURED = [sys.executable, "-c", "import resource, sys\nfrom mlc_pipeline.cli import main\nrc = main(sys.argv[1:])\n"
             "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)"]
@@ -54,12 +55,20 @@ def namespace(mounts: str) -> list[str] | None:
     return None if probe.returncode else ["unshare", "-rm", "sh", "-c", f"set -e; {mounts}; exec \"$@\"", "sh"]
 
 
-def catalog_rows(data: Path, sql: str) -> list[tuple]:
-    con = sqlite3.connect(f"file:{data / 'catalog.sqlite'}?mode=ro", uri=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
+def catalog(data: Path) -> Catalog:
+    """The data root's catalog as `mlc inspect` reads it: never writes, never waits for a writer."""
+    return Catalog(data / "catalog.sqlite", readonly=True)
+
+
+def with_status(data: Path, status: str) -> list[dict]:
+    with catalog(data) as c:
+        return [r for r in c.candidates() if r["status"] == status]
+
+
+def runs_of(data: Path, command: str | None = None) -> list[dict]:
+    """The data root's runs, latest first (one whose process is gone reads `crashed`, as `mlc inspect` shows it)."""
+    with catalog(data) as c:
+        return [r for r in c.runs(limit=1000) if command in (None, r["command"])]
 
 
 def images_on_disk(data: Path) -> set[str]:
@@ -88,10 +97,9 @@ def signal_collect(work: Path, sig: int, name: str) -> tuple[str, bool]:
     _, err = proc.communicate(timeout=120)
     took = time.monotonic() - t_sig
     after = len(images_on_disk(work / name)) - at_signal
-    recorded = {str(work / name / r[0])     # catalog paths are relative to the data root
-                for r in catalog_rows(work / name, "SELECT file_path FROM candidates WHERE status='downloaded'")}
+    recorded = {r["file_path"] for r in with_status(work / name, "downloaded")}   # paths under the data root
     on_disk = images_on_disk(work / name)
-    status = catalog_rows(work / name, "SELECT status FROM runs ORDER BY started_at DESC LIMIT 1")[0][0]
+    status = runs_of(work / name)[0]["status"]
     unknown = len(on_disk - recorded)
     line = err.strip().splitlines()[-1] if err.strip() else ""
     # At most the 4 downloads in flight (and 4 more racing our count) may still land.
@@ -108,7 +116,8 @@ def trickle(work: Path) -> tuple[str, bool]:
     except subprocess.TimeoutExpired:
         return "collect still running after 300 s: killed", False
     took = time.monotonic() - t0
-    reasons = catalog_rows(work / "trickle", "SELECT reason, COUNT(*) FROM candidates WHERE status='failed' GROUP BY reason")
+    with catalog(work / "trickle") as c:
+        reasons = [(r["reason"], r["n"]) for r in c.reasons() if r["status"] == "failed"]
     ok = res.returncode == 0 and took < 120 and reasons and all(r.startswith("transient:deadline-exceeded") for r, _ in reasons)
     return f"exit {res.returncode} after {took:.0f} s; failed: {dict(reasons)}", ok
 
@@ -123,8 +132,9 @@ def disk_fault(work: Path, name: str, mounts: str, expect: str) -> tuple[str, bo
     t0 = time.monotonic()
     res = mlc("collect", "-c", str(cfg), "--no-progress", prefix=prefix)
     took = time.monotonic() - t0
-    failed = catalog_rows(work / name, "SELECT COUNT(*) FROM candidates WHERE status='failed'")[0][0]
-    stored = len(catalog_rows(work / name, "SELECT id FROM candidates WHERE status='downloaded'"))
+    with catalog(work / name) as c:
+        counts = c.status_counts()
+    failed, stored = counts.get("failed", 0), counts.get("downloaded", 0)
     ok = res.returncode == 1 and clean(res) and expect in last(res) and failed == 0
     return (f"exit {res.returncode} after {took:.1f} s; {stored} stored, {failed} candidates failed; "
             f"\"{last(res)[:150]}\""), ok
@@ -140,7 +150,8 @@ def cross_device(work: Path) -> tuple[str, bool]:
         (work / "xdev").mkdir()
         (work / "xdev" / "raw").symlink_to(elsewhere)
         res = mlc("collect", "-c", str(cfg), "--no-progress")
-        stored = len(catalog_rows(work / "xdev", "SELECT id FROM candidates WHERE status='downloaded'"))
+        with catalog(work / "xdev") as c:
+            stored = c.status_counts().get("downloaded", 0)
     finally:
         shutil.rmtree(elsewhere)
     return f"exit {res.returncode}; {stored} images stored on the other file system", res.returncode == 0 and stored >= 100
@@ -188,6 +199,7 @@ def read_only_root(work: Path) -> tuple[str, bool]:
 def locked_catalog(work: Path) -> tuple[str, bool]:
     cfg = collected(work, "locked", count=5)
     db = work / "locked" / "catalog.sqlite"
+    # Raw SQL on purpose: the holder is another program (a DB browser, the sqlite3 shell), not mlc.
     holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys, time\n"
                                "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
                                "db.execute('BEGIN IMMEDIATE'); print('held', flush=True); time.sleep(600)",
@@ -214,14 +226,13 @@ def sigterm_curate(work: Path) -> tuple[str, bool]:
     cfg = collected(work, "curate-term", count=40)
     proc = subprocess.Popen(MLC + ["curate", "-c", str(cfg)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    sql = "SELECT COUNT(*) FROM runs WHERE command='curate'"
-    while not catalog_rows(work / "curate-term", sql)[0][0]:     # curate has started its run
+    while not runs_of(work / "curate-term", "curate"):     # curate has started its run
         if proc.poll() is not None:
             return f"curate ended before its run began: {proc.communicate()[1][-200:]}", False
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
-    status = catalog_rows(work / "curate-term", "SELECT status FROM runs WHERE command='curate'")[0][0]
+    status = runs_of(work / "curate-term", "curate")[0]["status"]
     if proc.returncode == 0 and status == "completed":      # it won the race: nothing was interrupted
         return "curate finished before the signal landed: not exercised (tests/test_interrupts.py is)", True
     return f"exit {proc.returncode}; run `{status}`", proc.returncode == 143 and status == "interrupted"
@@ -252,15 +263,15 @@ def latest_folder(work: Path) -> tuple[str, bool]:
 def two_curates(work: Path) -> tuple[str, bool]:
     cfg = collected(work, "two-curates", count=40)
     data = work / "two-curates"
-    for (path,) in catalog_rows(data, "SELECT file_path FROM candidates WHERE status='downloaded' LIMIT 15"):
-        p = data / path                                              # catalog paths are relative to the data root
+    for row in with_status(data, "downloaded")[:15]:
+        p = Path(row["file_path"])                                   # under the data root
         p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])      # truncated: to be quarantined
     procs = [subprocess.Popen(MLC + ["curate", "-c", str(cfg)], env=ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     codes = [p.wait(timeout=600) for p in procs]
     errors = [p.stderr.read().strip().splitlines()[-1:] for p in procs]
-    rejected = catalog_rows(data, "SELECT file_path FROM candidates WHERE status='rejected'")
-    in_place = sum((data / r[0]).is_file() for r in rejected)
+    rejected = with_status(data, "rejected")
+    in_place = sum(Path(r["file_path"]).is_file() for r in rejected)
     ok = codes == [0, 0] and len(rejected) == 15 and in_place == 15
     return f"exit codes {codes}; {in_place} of {len(rejected)} rejected files in quarantine; {errors if not ok else ''}", ok
 

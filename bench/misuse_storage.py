@@ -19,7 +19,6 @@ import csv
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from common import source_yaml
 
+from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.flickr_server import FlickrServer, WorldSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,9 +178,8 @@ def move_root(b: Bench) -> dict:
     shutil.move(data, moved)
     cfg = write_config(b.work / "moved.yaml", moved, b.srv)
     res = b.mlc("curate", "-c", str(cfg))
-    con = sqlite3.connect(moved / "catalog.sqlite")
-    gone = con.execute("SELECT COUNT(*) FROM candidates WHERE reason='transient:file-missing'").fetchone()[0]
-    con.close()
+    with Catalog(moved / "catalog.sqlite", readonly=True) as catalog:
+        gone = sum(r["n"] for r in catalog.reasons() if r["reason"] == "transient:file-missing")
     lost = f"yes: {gone} images marked gone (collect downloads them again)" if gone else "no"
     return outcome("3b. move the data root, then curate", lost, [res.returncode],
                    last_line(res.stderr) if res.returncode else "curate completed")

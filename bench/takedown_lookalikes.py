@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mlc_pipeline.catalog import Catalog  # noqa: E402
 from mlc_pipeline.curate.hashing import (corner_greys, hamming_uint64, hex_to_uint64, takedown_greys,  # noqa: E402
                                          view_greys, view_phashes)
 from mlc_pipeline.curate.phash import phash_many  # noqa: E402
@@ -113,15 +113,13 @@ def main() -> None:
             bits.append(int(rule_bits(copy, m[i:i + 1], None if corners is None else corners[i:i + 1])[0, 0]))
         print(f"{name} ({len(bits)} copies):", {t: round(float(np.mean(np.array(bits) <= t)), 3) for t in BITS})
     if args.catalog:
-        db = sqlite3.connect(f"file:{args.catalog}?mode=ro", uri=True)
-        db.row_factory = sqlite3.Row
-        rows = [dict(r) for r in db.execute("SELECT phash, view_hashes, file_path FROM candidates WHERE "
-                                            "status='accepted' AND phash IS NOT NULL")]
+        with Catalog(args.catalog, readonly=True) as catalog:
+            rows = [r for r in catalog.candidates() if r["status"] == "accepted" and r["phash"] is not None]
         gen_corners = None
         if not args.no_corners:         # from the files (a catalog keeps corner windows only for takedowns)
             gen_corners = []
             for r in rows:
-                with Image.open(args.catalog.parent / r["file_path"]) as im:
+                with Image.open(r["file_path"]) as im:      # under the catalog's data root
                     gen_corners.append(corners_of(im.convert("RGB")))
             gen_corners = np.stack(gen_corners)
         print(f"different generated pictures ({len(rows) * (len(rows) - 1) // 2:,} pairs):",
