@@ -5,7 +5,8 @@ imports inside functions count as much as those at the top of a file).
 - each package imports only what sits below it (the table in ARCHITECTURE.md);
 - the bundled Flickr-compatible server imports nothing of the pipeline;
 - only the catalog speaks SQL (imports a database driver, or holds an SQL statement), in the library
-  and in flows/, which the library never imports;
+  and in flows/, which the library never imports; in bench/ only the scripts of an explicit list,
+  each with its reason;
 - no module of the library is over 400 lines.
 """
 
@@ -185,6 +186,37 @@ def test_no_sql_statement_outside_the_catalog_nor_in_flows():
     drivers = sorted(str(p.relative_to(ROOT)) for p in FLOWS.rglob("*.py") if external_imports(p) & SQL_DRIVERS)
     assert not drivers, f"flows that import a database driver: {drivers}"
     assert sql_strings(PKG / "catalog" / "store.py"), "the check sees no SQL in the catalog itself: a useless test"
+
+
+BENCH = ROOT / "bench"
+# Code a bench script runs in a child process (`python -c "import sqlite3 ..."`) speaks SQL too.
+DRIVER_IN_STRING = re.compile(r"\b(import\s+(sqlite3|psycopg2?|sqlalchemy)\b|(sqlite3|psycopg2?)\.connect\()")
+# The bench scripts that speak SQL themselves, and why (each says so where it does). Every other
+# one reads the catalog through mlc_pipeline.catalog, as the library does: what a bench asks of
+# the catalog, a user or a test may ask too (the benches used to open catalog.sqlite themselves).
+BENCH_SPEAKS_SQL = {
+    "bench/misuse_runtime.py": "the locked-catalog case: another program (not mlc) holds the SQLite "
+                               "write lock with BEGIN IMMEDIATE, as a DB browser or the sqlite3 shell would",
+}
+
+
+def bench_speaks_sql(path: Path) -> bool:
+    strings = [node.value for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+    return bool(external_imports(path) & SQL_DRIVERS or sql_strings(path)
+                or any(DRIVER_IN_STRING.search(s) for s in strings))
+
+
+def test_bench_scripts_speak_sql_only_where_listed():
+    """The catalog is the single source of truth and the only code that speaks SQL: a bench that
+    reads catalog.sqlite itself measures a schema of its own (and breaks on a PostgreSQL catalog).
+    Only the scripts in BENCH_SPEAKS_SQL may, and each of them still must (a stale entry fails)."""
+    speakers = {str(p.relative_to(ROOT)) for p in BENCH.rglob("*.py") if bench_speaks_sql(p)}
+    assert not speakers - set(BENCH_SPEAKS_SQL), (
+        f"bench scripts that speak SQL (read the catalog with mlc_pipeline.catalog; a read it lacks "
+        f"belongs there, with a test): {sorted(speakers - set(BENCH_SPEAKS_SQL))}")
+    assert not set(BENCH_SPEAKS_SQL) - speakers, f"listed but no longer speaking SQL: {sorted(set(BENCH_SPEAKS_SQL) - speakers)}"
+    assert bench_speaks_sql(PKG / "catalog" / "sqlite.py"), "the bench check sees no SQL where there is: a useless test"
 
 
 def test_the_library_never_imports_the_flows():
