@@ -7,6 +7,7 @@ waits for it (busy_timeout). Readers never wait (WAL).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
@@ -29,6 +30,33 @@ def check_openable(path: Path) -> None:
                            f"is then downloaded again)")
 
 
+def create_whole(path: Path) -> None:
+    """Make a new catalog appear at `path` whole: its schema is written to a file beside it, then
+    hard-linked into place. sqlite3.connect makes the file empty first and writes later, and a second
+    process starting at that moment took the 0-byte file for a truncated catalog (check_openable). A
+    process that loses the race uses the winner's file; a filesystem without hard links keeps the old
+    way (connect creates the file)."""
+    new = path.with_name(f".{path.name}.new-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        db = sqlite3.connect(new, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")       # kept in the file's header
+            db.executescript(SCHEMA)
+            add_columns(db)
+        finally:
+            db.close()
+        os.link(new, path)
+    except FileExistsError:
+        pass                                # another process created it first: that is the catalog
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise CatalogError(f"{path}: cannot create the catalog ({exc.strerror or exc})") from None
+        log.debug("%s: no hard links here (%s): the catalog is created in place", path.parent, exc.strerror)
+    finally:
+        for leftover in (new, new.with_name(new.name + "-wal"), new.with_name(new.name + "-shm")):
+            leftover.unlink(missing_ok=True)
+
+
 def open_writable(path: Path, lock_timeout_s: float) -> sqlite3.Connection:
     check_openable(path)
     folder = path.parent
@@ -40,6 +68,8 @@ def open_writable(path: Path, lock_timeout_s: float) -> sqlite3.Connection:
         raise CatalogError(f"{path}: the catalog (or its folder) is read-only; this command writes to it. "
                            f"Read-only commands (`mlc inspect`) work; make {folder} writable to run this one")
     try:
+        if not path.exists():
+            create_whole(path)
         db = sqlite3.connect(path, timeout=LOCK_NOTICE_S, isolation_level=None, check_same_thread=False)
         db.row_factory = sqlite3.Row
         check_readable(db)
@@ -48,14 +78,27 @@ def open_writable(path: Path, lock_timeout_s: float) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")   # WAL + NORMAL: durable at checkpoints, never corrupt
         db.executescript(SCHEMA)
-        for table, column, kind in ADDED_COLUMNS:   # columns added since a catalog was created
-            if column not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING",
-                   (str(SCHEMA_VERSION),))
+        add_columns(db)
     except sqlite3.DatabaseError as exc:
         raise unusable(path, exc) from None
     return db
+
+
+def add_columns(db: sqlite3.Connection) -> None:
+    """The columns added since a catalog was created, and its schema version if it has none, in one
+    write transaction: two processes opening an older catalog at once both added a column, and the
+    second failed ("duplicate column")."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for table, column, kind in ADDED_COLUMNS:
+            if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING",
+                   (str(SCHEMA_VERSION),))
+        db.execute("COMMIT")
+    finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
 
 
 def open_empty() -> sqlite3.Connection:
