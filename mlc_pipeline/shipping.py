@@ -18,7 +18,7 @@ from pathlib import Path
 from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.model.bundle import MetaError, read_meta
-from mlc_pipeline.model.stage import latest_model
+from mlc_pipeline.model.registry import latest_bundle
 from mlc_pipeline.report.rounds import RoundRecord
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def incumbent_model(cfg: Config, key: dict) -> Path | None:
 def shipped_with(cfg: Config, key: dict) -> tuple[dict, Path] | None:
     """(reports/latest.json, the LATEST bundle) when the last run shipped the model models/LATEST
     names (not promoted by hand since), trained with `round0_key` `key`; else None."""
-    report, bundle = cfg.layout.reports / "latest.json", latest_model(cfg)
+    report, bundle = cfg.layout.reports / "latest.json", latest_bundle(cfg.layout.models)
     if bundle is None or not report.is_file():
         return None
     try:

@@ -13,7 +13,10 @@ imports inside functions count as much as those at the top of a file).
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -245,6 +248,21 @@ def test_the_catalog_imports_nothing_above_it(graph):
     back = sorted(f"{m} -> {t}" for m, targets in graph.items() if m.split(".")[-1] in CATALOG_MAY_IMPORT
                   and m.count(".") == 1 for t in targets if in_catalog(t))
     assert not back, "the core below the catalog imports it:\n" + "\n".join(back)
+
+
+# Readers of models/LATEST that never train: they ask model/registry (torch-free), not model/stage.
+# shipping asked model/stage.latest_model, one of three wrappers of registry.latest_bundle, and
+# loaded torch and fastai with it (the mends25 reread).
+TORCH_FREE = ["mlc_pipeline.model.registry", "mlc_pipeline.shipping", "mlc_pipeline.report.latest",
+              "mlc_pipeline.report.published", "mlc_pipeline.review.queues"]
+
+
+@pytest.mark.parametrize("module", TORCH_FREE)
+def test_readers_of_the_latest_model_load_no_torch(module):
+    code = f"import sys, {module}; print(sorted(m for m in ('torch', 'fastai') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.strip()
+    assert out == "[]", f"importing {module} loads {out}"
 
 
 def test_no_module_over_400_lines():

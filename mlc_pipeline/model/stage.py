@@ -18,7 +18,7 @@ from mlc_pipeline.config import Config, ConfigError
 from mlc_pipeline.dataset.verify import verify_version
 from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.model.bundle import MetaError, point_latest, read_meta
-from mlc_pipeline.model.registry import latest_bundle, variant_name
+from mlc_pipeline.model.registry import variant_name
 from mlc_pipeline.model.train import TrainConfig, train_model
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,6 @@ def bundle_name(prefix: str) -> str:
 def publish_latest(cfg: Config, bundle_name: str) -> None:
     """Point models/LATEST at a bundle (atomic: readers see the old or the new name)."""
     point_latest(models_root(cfg), bundle_name)
-
-
-def latest_model(cfg: Config) -> Path | None:
-    return latest_bundle(models_root(cfg))
 
 
 def other_set_warnings(rows: list[dict]) -> list[str]:

@@ -22,14 +22,10 @@ from mlc_pipeline.model.bundle import MetaError, read_meta
 log = logging.getLogger(__name__)
 
 
-def latest_bundle(cfg: Config) -> Path | None:
-    return registry.latest_bundle(cfg.layout.models)     # model/registry: no training (torch) imported
-
-
 def latest_result(cfg: Config) -> SimpleNamespace | None:
     """A PipelineResult-shaped record (rounds, alternatives, shortfall) of the latest models, or None
     without a model."""
-    bundle = latest_bundle(cfg)
+    bundle = registry.latest_bundle(cfg.layout.models)
     if bundle is None:
         return None
     run = cfg.layout.reports / "latest.json"
@@ -89,7 +85,7 @@ def latest_model_sections(cfg: Config) -> list[str]:
     """The model section for the latest models, or a line saying there is none yet."""
     from mlc_pipeline.report.model import model_section   # matplotlib: only when a page is written
     result = latest_result(cfg)
-    bundle = latest_bundle(cfg)
+    bundle = registry.latest_bundle(cfg.layout.models)
     if result is None and bundle is not None:     # promoted by hand: usable, but nothing to show of it
         return [f"<h2 id='model'>Model</h2><p>The latest model, <code>{escape(bundle.name)}</code>, has no test "
                 f"metrics (no <code>metrics.json</code> in its folder): predict and mine use it, but there is "

@@ -17,10 +17,6 @@ log = logging.getLogger(__name__)
 _cache: dict[Path, tuple[float, list[dict]]] = {}
 
 
-def latest_bundle(cfg: Config) -> Path | None:
-    return registry.latest_bundle(cfg.layout.models)
-
-
 def bundle_csv(bundle: Path | None, name: str) -> list[dict]:
     if bundle is None or not (bundle / name).is_file():
         return []
@@ -41,7 +37,7 @@ def mining_bundle(cfg: Config) -> Path | None:
     when it mined, else the most recently mined one. A run that ships its retrained round ships a
     bundle that never mined, and the queues page said "lists none" beside a run summary counting the
     round's class images to review (the day24 audit)."""
-    latest = latest_bundle(cfg)
+    latest = registry.latest_bundle(cfg.layout.models)
     if latest is not None and any((latest / name).is_file() for name in ("review.csv", "mined.csv")):
         return latest
     models = cfg.layout.models
@@ -70,7 +66,7 @@ def probes_accepted(cfg: Config, catalog) -> tuple[Path | None, list[dict]]:
     """Unknown-kind (probe) images the latest model still accepts as a class, from its test_scores.csv
     (written since 0.2) and its thresholds: the surest wrong acceptance (score furthest above its
     class's threshold) first. Each row: candidate_id, photo_id, class, score, threshold."""
-    bundle = latest_bundle(cfg)
+    bundle = registry.latest_bundle(cfg.layout.models)
     if bundle is None or not (bundle / "test_scores.csv").is_file() or not (bundle / "bundle.json").is_file():
         return bundle, []
     try:
