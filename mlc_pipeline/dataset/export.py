@@ -43,7 +43,6 @@ from mlc_pipeline.manifest import EXPORT_MARKER, resolve_version
 FORMATS = ("imagefolder", "hf", "webdataset", "fiftyone")
 OTHER_FOLDER = "other"               # images of none of the classes
 HF_SPLITS = {"train": "train", "valid": "validation", "test": "test", "probe": "probe"}
-MARKER = EXPORT_MARKER               # what makes a folder an export that --force may replace
 SHARD_SIZE = 1000
 
 
@@ -142,7 +141,7 @@ def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bo
                     f"{len(left_out)} photo(s) taken down since the version was built are left out "
                     f"(`export.json`, `taken_down_left_out`).\n\n")
             (tmp / "README.md").write_text(head + sep + ("\n" if sep else "") + note + body.lstrip("\n"))
-        (tmp / MARKER).write_text(json.dumps({
+        (tmp / EXPORT_MARKER).write_text(json.dumps({
             "format": fmt, "dataset": meta.get("name"), "version": meta.get("version"),
             "fingerprint": meta.get("fingerprint"), "images": len(rows), "files": files,
             "taken_down_left_out": [photo_name(r) for r in left_out],
@@ -175,8 +174,8 @@ def check_destination(version_dir: Path, out: Path, force: bool) -> None:
         return
     if not force:
         raise ExportError(f"{out} already exists; pass --force to replace it")
-    if not (out / MARKER).is_file() and any(out.iterdir()):
-        raise ExportError(f"{out} is not an earlier export (no {MARKER}) and not empty; --force replaces only "
+    if not (out / EXPORT_MARKER).is_file() and any(out.iterdir()):
+        raise ExportError(f"{out} is not an earlier export (no {EXPORT_MARKER}) and not empty; --force replaces only "
                           f"exports: remove it yourself or choose another folder")
 
 
