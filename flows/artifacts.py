@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.runtime import DEFAULT_CONFIG
 from mlc_pipeline.report.published import published_since, stopped_markdown
 from mlc_pipeline.report.summary import (DATASET_SUMMARY_KEY, MINED_KEY, PER_CLASS_KEY, REJECTED_KEY, SUMMARY_KEY,
                                          mined_rows, per_class_rows, rejected_rows, summary_markdown)
-
-DEFAULT_CONFIG = "configs/offline.yaml"
 
 
 def publish(run: dict, summary_key: str = SUMMARY_KEY) -> None:

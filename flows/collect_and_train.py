@@ -23,7 +23,7 @@ from prefect.exceptions import MissingContextError
 
 from flows.artifacts import DATASET_SUMMARY_KEY, publish, write_stopped_summary
 from flows.progress import DownloadProgress, downloads_wanted
-from flows.runtime import flickr_slot, retry_condition, task_runner
+from flows.runtime import DEFAULT_CONFIG, flickr_slot, retry_condition, task_runner
 from mlc_pipeline.config import Config, ConfigError, load_config
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.model.options import check_train_settings
@@ -31,8 +31,6 @@ from mlc_pipeline.model.stage import alternative_variants
 from mlc_pipeline.pipeline import PipelineResult, Stages, plain, rebuild_stages, run_stages
 from mlc_pipeline.report.published import published_state
 from mlc_pipeline.secrets import shown_settings
-
-DEFAULT_CONFIG = "configs/offline.yaml"
 
 # Every stage reads and writes the data root: its output is not a function of its inputs, so Prefect
 # result caching (INPUTS-keyed) would be wrong here. The pure, expensive part of curate (decode,

@@ -1,4 +1,5 @@
-"""Run-time settings of the flows: the task runner, the Flickr concurrency limit, retry rules."""
+"""Run-time settings of the flows: the default config, the task runner, the Flickr concurrency limit,
+retry rules."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from prefect.concurrency.sync import concurrency
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from mlc_pipeline.executor import ADDRESS_ENV
+
+# The flows' `config_path` when a run names none (prefect.yaml passes it too); also what a stopped
+# run's summary reads (flows/artifacts.py)
+DEFAULT_CONFIG = "configs/offline.yaml"
 
 # e.g. tcp://scheduler:8786 -> DaskTaskRunner(address=...); the stages read it too and map their work
 # (downloads, verify + hash, mining's scoring) in chunks over the same cluster (mlc_pipeline/executor.py)
