@@ -21,6 +21,8 @@ import stat
 import sys
 from pathlib import Path
 
+from mlc_pipeline.model.registry import threshold_places
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -105,12 +107,11 @@ def decision_text(p, bundle) -> str:
 def decimals(prob: float, threshold: float) -> int:
     """Two decimals, or as many more (up to 6) as it takes for a probability and a different
     threshold to print differently, their gap as non-zero, and a threshold other than 0 or 1 not as
-    0 or 1: near 0 or 1 two decimals showed a threshold of 0.9954 as 'needs 1.00: 0.00 short' and
-    '1.00 >= 1.00'."""
-    for places in range(2, 6):
-        apart = prob == threshold or (f"{prob:.{places}f}" != f"{threshold:.{places}f}"
-                                      and float(f"{abs(threshold - prob):.{places}f}") > 0)
-        if apart and (threshold in (0, 1) or float(f"{threshold:.{places}f}") not in (0, 1)):
+    0 or 1 (the registry's rule for a threshold alone, from 2 decimals): near 0 or 1 two decimals
+    showed a threshold of 0.9954 as 'needs 1.00: 0.00 short' and '1.00 >= 1.00'."""
+    for places in range(threshold_places(threshold, least=2), 6):
+        if prob == threshold or (f"{prob:.{places}f}" != f"{threshold:.{places}f}"
+                                 and float(f"{abs(threshold - prob):.{places}f}") > 0):
             return places
     return 6
 
