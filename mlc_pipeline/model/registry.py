@@ -97,12 +97,23 @@ def read_info(path: Path, latest: str | None = None) -> BundleInfo:
     info.created_at = str(meta.get("created_at", ""))
     info.head = f"{meta.get('head', '?')}/{meta.get('other_mode', '?')}"
     info.meta = meta
-    try:
-        info.test = json.loads((path / "metrics.json").read_text()).get("test", {})
-    except (OSError, ValueError, AttributeError) as exc:
-        info.metrics_problem = f"metrics.json unreadable ({type(exc).__name__})"
+    info.test, info.metrics_problem = read_test_metrics(path)
     info.problem = unusable_because(path, meta, hash_export=False)
     return info
+
+
+def read_test_metrics(path: Path) -> tuple[dict, str | None]:
+    """A bundle's test metrics (metrics.json's "test"; {} when it holds none), and why they are
+    unknown (None: read): the file missing, not JSON, or not an object where one belongs. The one
+    reader of them: `mlc models`, `--compare`, promote's note and the HTML report (report/latest.py).
+    A "test" that was a list or null crashed `mlc models` (the mends25 reread)."""
+    try:
+        test = json.loads((path / "metrics.json").read_text()).get("test", {})
+    except (OSError, ValueError, AttributeError) as exc:
+        return {}, f"metrics.json unreadable ({type(exc).__name__})"
+    if not isinstance(test, dict):
+        return {}, f"metrics.json unreadable (its test is {type(test).__name__}, not an object)"
+    return test, None
 
 
 def list_bundles(models_dir: Path) -> list[BundleInfo]:

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 def latest_result(cfg: Config) -> SimpleNamespace | None:
     """A PipelineResult-shaped record (rounds, alternatives, shortfall) of the latest models, or None
     without a model."""
-    bundle = registry.latest_bundle(cfg.layout.models)
+    models = cfg.layout.models
+    bundle = registry.latest_bundle(models)
     if bundle is None:
         return None
     run = cfg.layout.reports / "latest.json"
@@ -39,8 +40,7 @@ def latest_result(cfg: Config) -> SimpleNamespace | None:
             log.warning("%s unreadable (%s): the report shows the latest model alone", run, exc)
             saved, rounds, refused = {}, [], None
         shipped = saved.get("shipped") or (rounds[-1].bundle if rounds else "")
-        if rounds and shipped == bundle.name and all(
-                test_metrics(cfg.layout.models / r.bundle) is not None for r in rounds):
+        if rounds and shipped == bundle.name and all(test_metrics(models / r.bundle) is not None for r in rounds):
             return SimpleNamespace(rounds=rounds, alternatives=saved.get("alternatives", {}),
                                    shortfall=saved.get("shortfall", []), shipped=shipped,
                                    not_shipped=saved.get("not_shipped", ""), reused=saved.get("reused", ""),
@@ -49,14 +49,12 @@ def latest_result(cfg: Config) -> SimpleNamespace | None:
     if not (bundle / "metrics.json").is_file():
         return None
     test = test_metrics(bundle)
+    if test is None:                # a report, not a crash of inspect
+        return no_model(bundle, f"{bundle / 'metrics.json'} holds no test metrics")
     try:
-        if test is None:
-            raise ValueError(f"{bundle / 'metrics.json'} holds no test metrics")
         meta = read_meta(bundle)
-    except (MetaError, ValueError) as exc:    # a report, not a crash of inspect
-        log.warning("%s: the latest model's metrics.json or bundle.json cannot be read (%s: %s): the report "
-                    "shows no model", bundle.name, type(exc).__name__, exc)
-        return None
+    except MetaError as exc:
+        return no_model(bundle, f"MetaError: {exc}")
     only = SimpleNamespace(round=0, label=alone_label(bundle.name), dataset_version=meta.get("dataset_version", "?").split("/")[-1],
                            bundle=bundle.name, macro_f1=test["macro_f1"],
                            unknown_accepted=test.get("unknown_accepted"),
@@ -65,13 +63,16 @@ def latest_result(cfg: Config) -> SimpleNamespace | None:
 
 
 def test_metrics(bundle: Path) -> dict | None:
-    """A bundle's test metrics (metrics.json's "test"), or None when the file is missing, not JSON or
-    holds none: a damaged metrics.json of any round crashed `mlc inspect --html` (the verify24 audit)."""
-    try:
-        test = json.loads((bundle / "metrics.json").read_text())["test"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return test if isinstance(test, dict) and "macro_f1" in test else None
+    """A bundle's test metrics as the report needs them (a macro F1 at least), or None when
+    metrics.json is missing, not JSON or holds none: a damaged metrics.json of any round crashed `mlc
+    inspect --html` (the verify24 audit). Read by model/registry, as `mlc models` reads them."""
+    test, _ = registry.read_test_metrics(bundle)
+    return test if "macro_f1" in test else None
+
+
+def no_model(bundle: Path, why: str) -> None:
+    log.warning("%s: the latest model's metrics.json or bundle.json cannot be read (%s): the report shows no "
+                "model", bundle.name, why)
 
 
 def alone_label(bundle_name: str) -> str:

@@ -236,3 +236,20 @@ def test_a_threshold_near_0_or_1_never_prints_as_0_or_1():
     shown = lambda t: f"{t:.{threshold_places(t)}f}"      # noqa: E731
     assert [shown(t) for t in (0.5, 0.99970, 0.99990, 0.0003, 0.9999996, 1.0, 0.0)] == \
         ["0.500", "0.9997", "0.9999", "0.0003", "1.000000", "1.000", "0.000"]
+
+
+@pytest.mark.parametrize("test", [[0.5], None, "macro_f1"])
+def test_a_metrics_json_whose_test_is_no_object_is_listed_without_test_metrics(root, test):
+    """`mlc models` crashed (AttributeError in the table) on a metrics.json whose "test" was a list or
+    null; the report's reader already treated it as no test metrics. One reader serves both now
+    (registry.read_test_metrics): the bundle is listed usable, its metrics n/a, and says why."""
+    from mlc_pipeline.report.latest import test_metrics
+    from mlc_pipeline.report.models import bundles_table
+    _, models = root
+    (models / SOFTMAX / "metrics.json").write_text(json.dumps({"test": test}))
+    info = next(i for i in list_bundles(models) if i.name == SOFTMAX)
+    assert info.test == {} and info.problem is None
+    assert info.metrics_problem == f"metrics.json unreadable (its test is {type(test).__name__}, not an object)"
+    [row] = [r for r in bundles_table(list_bundles(models)).splitlines() if SOFTMAX in r]
+    assert "| n/a | n/a | n/a |" in row and f"(no test metrics: {info.metrics_problem})" in row, row
+    assert test_metrics(models / SOFTMAX) is None and test_metrics(models / SIGMOID)["macro_f1"] >= 0

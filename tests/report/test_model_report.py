@@ -62,6 +62,24 @@ def test_a_latest_model_whose_bundle_json_is_damaged_is_left_out_of_the_report(t
     assert "bundle.json cannot be read" in caplog.text and "the report shows no model" in caplog.text
 
 
+@pytest.mark.parametrize("damage", ["[]", "{not json", '{"test": []}', '{"test": {}}', '{"valid": {}}'])
+def test_a_latest_model_whose_metrics_json_is_damaged_is_left_out_of_the_report(tmp_path, trained_shapes_bundle,
+                                                                                 caplog, damage):
+    """A metrics.json that is not JSON, not an object, or holds no test macro F1: the report shows no
+    model and the log says why, as for a damaged bundle.json (one early return each since mends25)."""
+    cfg = Config(data_dir=tmp_path / "data", classes={"red": {"queries": ["red"], "count": 1}},
+                 other={"queries": ["noise"], "count": 1})
+    shutil.copytree(trained_shapes_bundle[1], cfg.layout.models / "default-v1-x")
+    (cfg.layout.models / "LATEST").write_text("default-v1-x\n")
+    assert latest_result(cfg).rounds[0].bundle == "default-v1-x"
+    (cfg.layout.models / "default-v1-x" / "metrics.json").write_text(damage)
+    with caplog.at_level("WARNING", logger="mlc_pipeline.report.latest"):
+        assert latest_result(cfg) is None
+    assert ("default-v1-x: the latest model's metrics.json or bundle.json cannot be read "
+            f"({cfg.layout.models / 'default-v1-x' / 'metrics.json'} holds no test metrics): the report shows no model"
+            in caplog.text), caplog.text
+
+
 def test_a_model_from_mlc_train_is_labelled_as_such_not_round_0(tmp_path, trained_shapes_bundle):
     """The latest model shown alone (no run, or not the last run's) was called 'round 0' in the rounds
     table, the alternatives table and the operating-curve plot."""
