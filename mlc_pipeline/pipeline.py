@@ -31,7 +31,7 @@ from mlc_pipeline.model.options import check_train_settings
 from mlc_pipeline.model.stage import models_root, publish_latest, train_alternatives, train_version
 from mlc_pipeline.report.inspect import write_html_report
 from mlc_pipeline.report.model import model_section
-from mlc_pipeline.report.rounds import RoundRecord, record
+from mlc_pipeline.rounds import RoundRecord, record
 from mlc_pipeline.shipping import incumbent_model, last_shipped_model, not_shipped_reason, round0_key, unknown_rate
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.model.bundle import MetaError, read_meta
 from mlc_pipeline.model.registry import latest_bundle
-from mlc_pipeline.report.rounds import RoundRecord
+from mlc_pipeline.rounds import RoundRecord
 
 log = logging.getLogger(__name__)
 

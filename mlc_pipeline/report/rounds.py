@@ -1,41 +1,14 @@
-"""A run's models as every report shows them: one record per mining round (`RoundRecord`), the one
-rounds table and the one alternatives table. The HTML report and `mlc run` (report/model.py) and
-the Prefect run summary (report/summary.py) all print these, so that they cannot drift apart."""
+"""A run's models as every report shows them: the one rounds table (a row per `RoundRecord`,
+mlc_pipeline/rounds.py) and the one alternatives table. The HTML report and `mlc run`
+(report/model.py) and the Prefect run summary (report/summary.py) all print these, so that they
+cannot drift apart."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from mlc_pipeline.model.registry import read_info, variant_name
 from mlc_pipeline.report.tables import compare_table, pct
-
-
-@dataclass
-class RoundRecord:
-    round: int
-    dataset_version: str
-    bundle: str
-    macro_f1: float
-    unknown_accepted: float | None
-    probe_accepted: float | None
-    negatives_added: int = 0
-    valid_macro_f1: float | None = None     # at the model's own thresholds, without mined negatives (`held_out_f1`)
-
-
-def shared_valid_f1(metrics: dict) -> float | None:
-    """A model's validation macro F1 on the images every round shares: a round's mined negatives
-    join its validation split (mine.calibration_share), so rounds compare without them. Models
-    trained before that setting have only the whole split's figure."""
-    valid = metrics.get("valid") or {}
-    return valid.get("macro_f1_without_mined", valid.get("macro_f1"))
-
-
-def record(round_no: int, version: str, bundle: str, metrics: dict, added: int = 0) -> RoundRecord:
-    """One mining round's line of the report, from a model's metrics."""
-    test = metrics["test"]
-    return RoundRecord(round_no, version, bundle, test["macro_f1"], test.get("unknown_accepted"),
-                       test.get("probe_accepted"), added, shared_valid_f1(metrics))
 
 
 def shipped_of(rounds: list, shipped: str | None, bundle_of=lambda r: r.bundle):

@@ -15,7 +15,8 @@ from typing import Any
 
 from mlc_pipeline.report.curves import curve_markdown
 from mlc_pipeline.report.model import ALTERNATIVES_OFF_TEXT, bundle_network_line
-from mlc_pipeline.report.rounds import record, rounds_markdown, shipped_of, variants_markdown
+from mlc_pipeline.report.rounds import rounds_markdown, shipped_of, variants_markdown
+from mlc_pipeline.rounds import record
 from mlc_pipeline.secrets import shown_settings
 
 SUMMARY_KEY = "mlc-run-summary"

@@ -35,7 +35,7 @@ from mlc_pipeline.flickr_server import FlickrServer, WorldSpec
 from mlc_pipeline.report.model import model_section
 from mlc_pipeline.model.stage import other_set_warnings, train_version
 from mlc_pipeline.pipeline import PipelineResult
-from mlc_pipeline.report.rounds import record
+from mlc_pipeline.rounds import record
 from mlc_pipeline.report.inspect import inspect_main
 
 FIXTURES = FIXTURES / "hymenoptera"

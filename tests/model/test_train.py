@@ -162,7 +162,7 @@ def test_validation_f1_without_mined_negatives_is_recorded_beside_the_whole_spli
     valid = json.loads((tmp_path / "m" / "metrics.json").read_text())["valid"]
     assert valid["n_mined"] == len(reds) > 0
     assert valid["macro_f1_without_mined"] > valid["macro_f1"]
-    from mlc_pipeline.report.rounds import record
+    from mlc_pipeline.rounds import record
     assert record(1, "v2", "m", {"test": {"macro_f1": 0.5}, "valid": valid}).valid_macro_f1 == \
         valid["macro_f1_without_mined"]
 

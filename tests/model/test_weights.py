@@ -147,7 +147,7 @@ def test_cached_imagenet_file_is_used_by_auto(torch_home, tmp_path, monkeypatch,
     # ... and the HTML report and the Prefect run summary say so
     from mlc_pipeline.report.model import model_section
     from mlc_pipeline.pipeline import PipelineResult
-    from mlc_pipeline.report.rounds import RoundRecord
+    from mlc_pipeline.rounds import RoundRecord
     metrics = json.loads((tmp_path / "bundle" / "metrics.json").read_text())
     html_part = model_section(PipelineResult(rounds=[RoundRecord(0, "v1", "bundle", 0.5, None, None)]), tmp_path)
     assert line in html_part
