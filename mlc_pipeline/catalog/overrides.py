@@ -90,7 +90,7 @@ class StaleAction(ReviewError):
 
 @dataclass
 class ActionResult:
-    action_id: int
+    action_id: int | None       # None: nothing changed, nothing logged (a relabel to the labels in force)
     state: dict
 
 
@@ -141,7 +141,8 @@ def act(catalog: Catalog, cid: int, action: str, reason: str, client: str, class
         labels: list[str] | None = None, check_file=None, seen_action: int | None = None) -> ActionResult:
     """Apply one review action atomically. `seen_action`: the image's latest undoable action (0: none)
     on the acting page; one since refuses this (StaleAction; None, a script's: the last write wins).
-    `check_file(path)`: why a file to be put back is not usable (None: it is)."""
+    `check_file(path)`: why a file to be put back is not usable (None: it is). A relabel to the labels
+    the image already has changes nothing: not logged (no undo to offer), action_id None."""
     with catalog.locked_candidate(cid) as row:
         if row is None:
             raise UnknownCandidate(f"no candidate {cid}")
@@ -151,9 +152,17 @@ def act(catalog: Catalog, cid: int, action: str, reason: str, client: str, class
             raise StaleAction(f"this image changed since the page was loaded{who}: reload to see it, then act")
         before = override_of(catalog, cid)
         if row["duplicate_of"] is not None:     # a byte copy of the image kept in its place is no other picture
-            kept = catalog.db.execute("SELECT sha256 FROM candidates WHERE id=?", (row["duplicate_of"],)).fetchone()
+            kept = catalog.db.execute("SELECT sha256, status, source, photo_id FROM candidates WHERE id=?",
+                                      (row["duplicate_of"],)).fetchone()
             row = {**row, "duplicate_of_sha256": kept["sha256"] if kept else None}
+            if (kept and kept["status"] == "removed" and action in ("restore", "not-duplicate") and row["status"] ==
+                    "duplicate" and ((row["reason"] or "").startswith("exact-") or row["sha256"] == kept["sha256"])):
+                raise ReviewError(f"the same bytes as candidate {row['duplicate_of']} ({kept['source']}:"
+                                  f"{kept['photo_id']}), a photo taken down: a copy of it stays out of every "
+                                  f"version, as the photo does")
         after = next_state(row, before, action, labels, classes)
+        if action == "relabel" and after == before:
+            return ActionResult(None, before)
         if after["include"] == "accepted" and check_file is not None:
             bad = check_file(row["file_path"])
             if bad:

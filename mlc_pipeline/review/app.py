@@ -31,6 +31,7 @@ from mlc_pipeline.catalog import CatalogBusy, CatalogError, CatalogLost
 from mlc_pipeline.config import Config
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.curate.takedown import hold_if_looks_taken_down
+from mlc_pipeline.dataset.build import photo_page
 from mlc_pipeline.review.params import client_of, effective, filters_of, fits_sql, known_id, whole_number
 from mlc_pipeline.review.security import COOKIE, SESSION_MAX_AGE_S, Guard, session_value
 from mlc_pipeline.review.queues import model_review_list, probes_accepted, scores_for
@@ -57,6 +58,8 @@ QUEUES = {
     "probe images (unknown kinds) in the evaluation set": {"set": "probe", "status": "accepted"},
     "changed in review": {"reviewed": "1"},
 }
+# What /api/action does (`remove`: the takedown; the others: catalog.overrides.act).
+ACTIONS = ("relabel", "reject", "restore", "not-duplicate", "remove")
 # The browser asks every page for one: without it, a 404 in the console on each page.
 FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
            'fill="#2a6"/><text x="8" y="12" font-size="10" text-anchor="middle" fill="#fff">r</text></svg>')
@@ -168,11 +171,19 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
             prev_id, next_id, before = cr.neighbours(review.catalog, filters, review.dataset, cid,
                                                      order=filters.get("sort", "id"))
             kept = review.catalog.get(row["duplicate_of"]) if row["duplicate_of"] else None
+            copies = review.catalog.candidates("duplicate_of=? AND status='duplicate'", (cid,))   # dropped for it
         eff = effective({**row, "review_labels": override["labels"], "review_include": override["include"]})
         return page(request, "image.html", row=row, eff=eff, override=override, events=events, actions=acts,
-                    scores=scores_for(cfg, cid),
+                    scores=scores_for(cfg, cid), copies=copies, source_file=source_file_of(row),
+                    photo_page=photo_page(row, flickr_pages=True),     # Flickr's only for a photo from Flickr
                     latest=latest, per_version=per_version, prev_id=prev_id, next_id=next_id, kept=kept,
                     query=urlencode(filters), list_page=before // PAGE_SIZE + 1)
+
+    def source_file_of(row: dict) -> str | None:
+        """Folder mode: the file a photo was served from (where to fix or delete it at its source)."""
+        if row["source"] != "local" or not row["source_file"]:
+            return None
+        return str(Path(cfg.source.local.folder) / row["source_file"]) if cfg.source.local.folder else row["source_file"]
 
     @app.get("/duplicates", response_class=HTMLResponse)
     def duplicates(request: Request, page_no: int = 1):
@@ -247,6 +258,8 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
             body = await request.json()
         except ValueError:
             return JSONResponse({"error": "the body must be JSON"}, status_code=400)
+        except RecursionError:      # json's decoder on a body nested thousands deep (it was a 500 and a traceback)
+            return JSONResponse({"error": "the body must be JSON nested at most a few levels deep"}, status_code=400)
         if not isinstance(body, dict):
             return JSONResponse({"error": "the body must be a JSON object"}, status_code=400)
         try:
@@ -265,7 +278,10 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
                                 status_code=503, headers={"Retry-After": "5"})
 
     def do_action(cid: int, body: dict, reason: str, client: str) -> JSONResponse:
-        kind = str(body.get("action") or "")
+        kind = body.get("action")
+        if kind not in ACTIONS:     # a malformed request (400), not a conflict with the image's state (409)
+            return JSONResponse({"error": f"{'the action is missing' if kind is None else f'unknown action {kind!r}'}"
+                                          f": one of {', '.join(ACTIONS)}"}, status_code=400)
         labels = body.get("labels")
         if (labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels))
                 or kind == "relabel" and not labels):   # a mistyped key must not turn a class image into "other"
@@ -274,7 +290,7 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
         if kind == "remove":
             return do_remove(cid, reason, client)
         seen = body.get("seen_action")      # review.js sends the page's latest action: a stale tab is refused
-        if seen is not None and (isinstance(seen, bool) or not isinstance(seen, int)):
+        if seen is not None and (isinstance(seen, bool) or not isinstance(seen, int) or seen < 0):
             return JSONResponse({"error": "seen_action must be an action id (0: none)"}, status_code=400)
         try:
             with review.write_lock:
@@ -285,13 +301,16 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
             return JSONResponse({"error": str(exc)}, status_code=404)
         except co.ReviewError as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)
+        if res.action_id is None:       # the labels it already has: nothing logged, nothing to undo
+            return JSONResponse({"ok": True, "changed": False, "action_id": None, "state": res.state,
+                                 "message": "nothing changed: the image already has these labels"})
         log.info("review: %s on candidate %s by %s", kind, cid, client)
         return answer(cid, res, client, compare=kind == "restore")
 
     def answer(cid: int, res: co.ActionResult, client: str, compare: bool = True) -> JSONResponse:
         """An action's answer; an image an undo or a restore leaves in that looks like a photo taken
         down is held first."""
-        ok = {"ok": True, "action_id": res.action_id, "state": res.state}
+        ok = {"ok": True, "changed": True, "action_id": res.action_id, "state": res.state}
         try:
             with review.write_lock:
                 if compare and (held := hold_if_looks_taken_down(review.writer, cid, client)):

@@ -78,3 +78,21 @@ def test_a_takedown_hold_and_the_review_apps_removal_log(catalog_settings, tmp_p
         assert c.get(ids["2"])["status"] == "accepted"          # the log line is no takedown: Catalog.record_removal is
     for name in ("record_removal", "log_removal", "act", "undo", "hold", "build_candidates", "ensure_schema", "SCHEMA"):
         assert not hasattr(review, name), name
+
+
+def test_a_relabel_to_the_labels_in_force_changes_and_logs_nothing(catalog_settings, tmp_path: Path):
+    """A user's audit (review25): saving the labels an image already has logged a `relabel` that
+    changed nothing (before and after the same), then offered as "undo relabel"."""
+    path, ids = accepted_catalog(tmp_path, catalog_settings)
+    with Catalog(path) as c:
+        overrides.ensure_schema(c)
+        same = overrides.act(c, ids["1"], "relabel", "r", "t", CLASSES, labels=["ants", "ants"])    # its curated one
+        assert same == overrides.ActionResult(None, overrides.EMPTY) and overrides.actions(c, ids["1"]) == []
+        both = overrides.act(c, ids["1"], "relabel", "r", "t", CLASSES, labels=["ants", "bees"])
+        assert overrides.act(c, ids["1"], "relabel", "r", "t", CLASSES, labels=["bees", "ants"], seen_action=both.action_id
+                             ) == overrides.ActionResult(None, {"labels": "ants bees", "include": None})
+        pool = overrides.act(c, ids["5"], "relabel", "r", "t", CLASSES, labels=["other"])       # a pool image: decided
+        assert pool.action_id is not None and pool.state == {"labels": "other", "include": FROM_POOL}
+        assert overrides.act(c, ids["5"], "relabel", "r", "t", CLASSES, labels=["other"]).action_id is None
+        assert [a["id"] for a in overrides.actions(c, ids["1"])] == [both.action_id]
+        assert overrides.latest_undoable(c, ids["1"])["id"] == both.action_id

@@ -755,8 +755,8 @@ def test_bad_requests_get_one_line_answers(root):
         assert client.post("/api/action", content=b"{not json", headers=h).status_code == 400
         assert client.post("/api/action", json=[1], headers=h).status_code == 400
         assert client.post("/api/action", json={"id": "x", "action": "reject"}, headers=h).status_code == 400
-        assert client.post("/api/action", json={"id": 1, "action": "explode"}, headers=h).json()["error"] == \
-            "unknown action 'explode'"
+        explode = client.post("/api/action", json={"id": 1, "action": "explode"}, headers=h)
+        assert explode.status_code == 400 and explode.json()["error"].startswith("unknown action 'explode': one of")
         assert client.post("/api/undo", json={"id": 1, "action_id": "last"}, headers=h).status_code == 400
         assert client.post("/api/undo", json={"id": 1, "action_id": 99}, headers=h).status_code == 409
         assert client.get("/image/999999").status_code == 404
@@ -1156,3 +1156,121 @@ def test_the_original_of_a_bomb_or_a_file_too_large_is_never_served(root):
             assert res.status_code == 403 and reason in res.text, (cid, res.status_code)
         good = client.get(f"/file/{kept[0]}")
         assert good.status_code == 200 and good.content == Path(after[kept[0]]["file_path"]).read_bytes()
+
+
+def test_a_deeply_nested_body_is_a_one_line_400_not_a_500_and_a_traceback(root):
+    """A user's audit (review25): a JSON object nested 5,000 levels deep (20 KB) got a bare 500 on
+    /api/action and /api/undo, and a 90-line RecursionError traceback in the server's log each time
+    (json raises RecursionError, not the ValueError the app caught). It is refused as a body that is
+    not JSON is: 400 and one line, nothing acted on, nothing in the log but the access line."""
+    config, cfg = root
+    target = first_accepted(cfg, "ants")
+    deep = '{"id": %d, "action": "reject", "action_id": 1, "x": %s%s}' % (target["id"], "[" * 5000, "]" * 5000)
+    h = {"X-MLC-Client": "t", "Content-Type": "application/json"}
+    server = ReviewServer(config, free_port())
+    try:
+        for path in ("/api/action", "/api/undo"):
+            for _ in range(2):
+                res = requests.post(server.url + path, data=deep, headers=h, timeout=60)
+                assert res.status_code == 400, (path, res.status_code, res.text)
+                assert res.json() == {"error": "the body must be JSON nested at most a few levels deep"}, res.text
+        assert post(requests, server.url + "/api/action", {"id": target["id"], "action": "reject"}).status_code == 200
+    finally:
+        out = server.stop()
+    assert "Traceback" not in out and "RecursionError" not in out and "500" not in out, out
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        assert [a["action"] for a in co.actions(c, target["id"])] == ["reject"]
+
+
+def test_a_malformed_action_is_400_and_saving_the_same_labels_changes_nothing(root):
+    """A user's audit (review25): an unknown or missing action and a negative `seen_action` got 409
+    (Conflict), where a malformed request is a 400; saving the labels an image already has answered
+    200 and logged a `relabel` that changed nothing (then offered as "undo relabel")."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    target = first_accepted(cfg, "ants")
+    h = {"X-MLC-Client": "t"}
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        act = lambda **body: client.post("/api/action", json={"id": target["id"], **body}, headers=h)
+        for body, said in (({"action": "frobnicate"}, "unknown action 'frobnicate'"), ({}, "the action is missing"),
+                           ({"action": None}, "the action is missing"), ({"action": 7}, "unknown action 7")):
+            res = act(**body)
+            assert res.status_code == 400 and res.json()["error"].startswith(said), (body, res.text)
+            assert "relabel, reject, restore, not-duplicate, remove" in res.json()["error"]
+        for seen in (-7, -1):
+            res = act(action="reject", seen_action=seen)
+            assert res.status_code == 400 and res.json()["error"] == "seen_action must be an action id (0: none)"
+        assert act(action="reject", seen_action=1).status_code == 409          # a real stale page stays a 409
+        with Catalog(cfg.catalog_path, readonly=True) as c:
+            assert co.actions(c, target["id"]) == []
+        same = act(action="relabel", labels=["ants", "ants"])         # its curated labels
+        assert same.status_code == 200, same.text
+        assert same.json() == {"ok": True, "changed": False, "action_id": None, "state": co.EMPTY,
+                               "message": "nothing changed: the image already has these labels"}
+        both = act(action="relabel", labels=["ants", "bees"], seen_action=0).json()
+        assert both["changed"] is True and both["state"]["labels"] == "ants bees"
+        again = act(action="relabel", labels=["bees", "ants"], seen_action=both["action_id"]).json()
+        assert again["changed"] is False and again["state"]["labels"] == "ants bees"
+        page = client.get(f"/image/{target['id']}").text
+        assert f'data-undo="{both["action_id"]}"' in page and "undo relabel" in page
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        assert [a["id"] for a in co.actions(c, target["id"])] == [both["action_id"]]
+
+
+def test_a_byte_copy_of_a_photo_taken_down_says_so_and_the_kept_page_lists_its_copies(root):
+    """A user's audit (review25): restoring the byte copy of a photo taken down was refused as "a
+    copy in the version would be in it twice", though the photo is gone from every future version;
+    and the kept image's page never named the copies curate dropped in its favour (rejecting it
+    takes them out too: the reviewer had to search /duplicates by eye for one to put back)."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        exact = c.candidates("reason LIKE 'exact-duplicate:%'")[0]
+        near = c.candidates("status='duplicate' AND reason LIKE 'near-%'")[0]
+        kept = c.get(exact["duplicate_of"])
+    h = {"X-MLC-Client": "t"}
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        page = client.get(f"/image/{kept['id']}").text
+        listed_copies = page.split('id="copies"')[1].split("</p>")[0]
+        assert f'href="/image/{exact["id"]}"' in listed_copies and "exact-duplicate" in listed_copies, listed_copies
+        near_page = client.get(f"/image/{near['duplicate_of']}").text
+        assert f'href="/image/{near["id"]}"' in near_page.split('id="copies"')[1].split("</p>")[0]
+        assert 'id="copies"' not in client.get(f"/image/{exact['id']}").text        # a copy has none of its own
+        gone = client.post("/api/action", json={"id": kept["id"], "action": "remove", "reason": "owner asked"},
+                           headers=h)
+        assert gone.status_code == 200, gone.text
+        for action in ("restore", "not-duplicate"):
+            res = client.post("/api/action", json={"id": exact["id"], "action": action, "reason": "r"}, headers=h)
+            assert res.status_code == 409 and res.json()["error"] == (
+                f"the same bytes as candidate {kept['id']} ({kept['source']}:{kept['photo_id']}), a photo taken "
+                f"down: a copy of it stays out of every version, as the photo does"), res.text
+
+
+def test_the_image_page_links_flickr_only_for_flickr_photos_and_shows_a_folders_file(root):
+    """A user's audit (review25): the "photo page" of every image with an owner linked to flickr.com,
+    also for the bundled server's photos (folder mode, the generated world), whose owner and id are
+    made up: a Flickr 404, or a stranger's photo. Only a Flickr photo links there now (as
+    ATTRIBUTION.md does); a folder-mode photo shows the file it was served from, which was shown
+    nowhere (the catalog's `source_file`)."""
+    from html import escape
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    local = first_accepted(cfg, "ants")
+    assert local["source"] == "local" and local["owner"] and local["source_file"].startswith("ants/")
+    with Catalog(cfg.catalog_path) as c:
+        c.upsert_found([Found("flickr", "53012345678", "train", "ants", "ants", "https://live.staticflickr.com/1/x.jpg",
+                              "url_m", 8, 8, 4, "CC BY", "12345@N01", "Owner", "t", None, None, "")], "r")
+        flickr = c.get_by_photo("flickr", "53012345678")
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        page = client.get(f"/image/{local['id']}").text
+        assert "flickr.com" not in page, re.findall(r".{60}flickr\.com.{60}", page)
+        record = page.split('class="record"')[1].split("</table>")[0]
+        path = str(Path(cfg.source.local.folder) / local["source_file"])
+        assert f"<tr><th>file</th><td><code>{escape(path)}</code></td></tr>" in record, record
+        assert "<tr><th>photo page</th><td>none: not a Flickr photo" in record, record
+        page = client.get(f"/image/{flickr['id']}").text
+        assert 'href="https://www.flickr.com/photos/12345@N01/53012345678"' in page
+        assert "<tr><th>file</th>" not in page
