@@ -205,3 +205,51 @@ def test_saving_with_no_label_checked_asks_before_saving_other(world, browser):
     assert state_after(page, "s") == "in"
     assert page.inner_text("#labels") == "other"
     assert not errors, errors
+
+
+def test_a_held_pool_image_is_saved_as_other_by_the_documented_keys_or_its_button(world, browser):
+    """A user's audit (review25): docs/review.md says `o`, `s` save a held pool image as "other", but
+    its "other" box is drawn checked and `o` toggled it off: `s` then asked "No label is checked"
+    and, cancelled, saved nothing. `o` now checks "other" (and unchecks the classes), never unchecks
+    it; `s` alone saves the label shown; and the page of an undecided pool image has a button "save
+    as other". Saving the labels an image already has says nothing changed, and logs nothing."""
+    config, cfg, server = world
+    with Catalog(cfg.catalog_path) as c:
+        held = c.candidates("status='accepted' AND purpose='train' AND curated_label='bees'")[:3]
+        for i, r in enumerate(held):
+            c.update_fields(r["id"], purpose="pool", curated_label="other", reason="held:like-class:bees:round=1",
+                            mined_score=0.8 - i / 10)
+        target = c.candidates("status='accepted' AND purpose='train' AND curated_label='ants'")[0]
+    page = browser.new_page()
+    errors, asked = [], []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    checked = lambda: page.eval_on_selector_all("input[name=label]:checked", "boxes => boxes.map(b => b.value)")
+    by_keys, by_button, by_s = (r["id"] for r in held)
+    page.goto(f"{server.url}/image/{by_keys}")
+    assert checked() == ["other"]
+    page.keyboard.press("o")
+    assert checked() == ["other"]                # still checked: `o` sets "other"
+    page.keyboard.press("1")
+    assert checked() == ["ants"]
+    page.keyboard.press("o")
+    assert checked() == ["other"]
+    assert state_after(page, "s") == "in (a pool image labelled in review)" and page.inner_text("#labels") == "other"
+    page.goto(f"{server.url}/image/{by_button}")
+    with page.expect_navigation():
+        page.click("button[data-action=relabel-other]")
+    assert page.inner_text("#state") == "in (a pool image labelled in review)" and page.inner_text("#labels") == "other"
+    assert page.locator("button[data-action=relabel-other]").count() == 0       # decided: no second offer
+    page.goto(f"{server.url}/image/{by_s}")
+    assert "s saves it as" in page.inner_text("#held-hint")
+    assert state_after(page, "s") == "in (a pool image labelled in review)"
+    page.goto(f"{server.url}/image/{target['id']}")
+    assert page.locator("button[data-action=relabel-other]").count() == 0       # not a pool image
+    page.keyboard.press("s")                     # the labels it has: nothing changed, no reload
+    page.wait_for_function("document.getElementById('msg').textContent.length > 0")
+    assert page.inner_text("#msg") == "nothing changed: the image already has these labels"
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        for cid in (by_keys, by_button, by_s):
+            assert [(a["action"], a["detail"]) for a in co.actions(c, cid)] == [("relabel", {"labels": "other"})]
+        assert co.actions(c, target["id"]) == []
+    assert not asked and not errors, (asked, errors)

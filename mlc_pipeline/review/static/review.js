@@ -66,11 +66,14 @@
         const data = await post("/api/action", {id: id, action: "remove", reason: reason});
         noteForReload(id, takedownNote(data));
       } else {
+        // "save as other" (an undecided pool image's button): the relabel to "other", whatever is checked
+        const labels = kind === "relabel-other" ? ["other"] : null;
+        if (labels) kind = "relabel";
         // The image's latest action as this page saw it: if another tab acted since, the server refuses
         // (409) rather than let this page's stale choice silently replace that work.
         const body = {id: id, action: kind, reason: reason, seen_action: Number(pageEl.dataset.undo || 0)};
         if (kind === "relabel") {
-          body.labels = Array.from(document.querySelectorAll("input[name=label]:checked")).map(x => x.value);
+          body.labels = labels || Array.from(document.querySelectorAll("input[name=label]:checked")).map(x => x.value);
           // No box checked means "other" (none of the classes): asked, never done silently.
           if (!body.labels.length) {
             if (!window.confirm('No label is checked: save this image as "other" (none of the classes)?')) {
@@ -80,7 +83,8 @@
             body.labels = ["other"];
           }
         }
-        await post("/api/action", body);
+        const data = await post("/api/action", body);
+        if (data.changed === false) { say(data.message || "nothing changed", false); return; }   // nothing to reload
       }
       window.location.reload();
     } catch (err) {
@@ -90,10 +94,13 @@
 
   document.querySelectorAll("button[data-action]").forEach(b => b.addEventListener("click", () => act(b.dataset.action)));
 
+  // A class box toggles; "other" (`o`) is set, never toggled off: it is "none of the classes", and
+  // unchecked it left no box checked (a held pool image's "other" is drawn checked: `o`, `s` asked
+  // "No label is checked" instead of saving it).
   function toggle(value) {
     const box = document.querySelector(`input[name=label][value="${value}"]`);
     if (!box) return;
-    box.checked = !box.checked;
+    box.checked = value === "other" ? true : !box.checked;
     if (value === "other" && box.checked) {
       document.querySelectorAll("input[name=label]").forEach(b => { if (b.value !== "other") b.checked = false; });
     } else if (value !== "other" && box.checked) {
