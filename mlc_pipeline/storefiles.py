@@ -117,7 +117,7 @@ def drop_taken_down(cfg: Config) -> list[str]:
     can bring the file back. The paths deleted."""
     deleted: list[str] = []
     with open_catalog(cfg) as catalog:
-        for row in catalog.candidates("status='removed'"):
+        for row in catalog.candidates(status="removed"):
             for path in photo_files(cfg, row["source"], row["photo_id"]):
                 path.unlink(missing_ok=True)
                 deleted.append(str(path))

@@ -36,6 +36,7 @@ from . import postgres, runs, sqlite
 from mlc_pipeline.catalog_address import PostgresCatalog
 from .pairs import PairScoreQueries
 from .removals import RemovalQueries
+from .rows import RowQueries
 from .tallies import TallyQueries
 from .schema import (MIGRATION_DIRS, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA_VERSION, Found, creates, merge_labels,
                      postgres_ddl, run_end_status)
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 # about to publish is never this process's own (curate/unpublished.py).
 RUNS_OF_THIS_PROCESS: set[str] = set()
 
-class Catalog(RemovalQueries, TallyQueries, PairScoreQueries):
+class Catalog(RowQueries, RemovalQueries, TallyQueries, PairScoreQueries):
     """`where` is the SQLite file (a path) or a `PostgresCatalog` (config's `catalog_path` gives the
     right one). `readonly=True` (inspect, reports) never writes, never waits for a writer and works
     on a read-only data root; a missing catalog then reads as an empty one. Writers wait up to
@@ -382,17 +383,3 @@ class Catalog(RemovalQueries, TallyQueries, PairScoreQueries):
         cur = self.db.execute("UPDATE candidates SET verify_limits=? WHERE verify_limits IS NULL "
                               "AND hashed_sha256 IS NOT NULL", (key,))
         return max(cur.rowcount, 0)
-
-    def candidates(self, where: str = "1=1", params: tuple = ()) -> list[dict]:
-        return [self._row(r) for r in self.db.execute(f"SELECT * FROM candidates WHERE {where} ORDER BY id", params)]
-
-    def get(self, cid: int) -> dict | None:
-        row = self.db.execute("SELECT * FROM candidates WHERE id=?", (cid,)).fetchone()
-        return self._row(row) if row else None
-
-    def get_by_photo(self, source: str, photo_id: str) -> dict | None:
-        row = self.db.execute("SELECT * FROM candidates WHERE source=? AND photo_id=?", (source, photo_id)).fetchone()
-        return self._row(row) if row else None
-
-    def events(self, cid: int) -> list[dict]:
-        return [dict(r) for r in self.db.execute("SELECT * FROM events WHERE candidate_id=? ORDER BY id", (cid,))]

@@ -124,8 +124,7 @@ class Collector:
         self.exhausted: set[str] = set()                 # set keys whose queries ran dry
 
     def pending(self, target: Target, limit: int) -> list[dict]:
-        rows = self.catalog.candidates("source=? AND purpose=? AND status='pending'",
-                                       (self.source.name, target.purpose))
+        rows = self.catalog.candidates(source=self.source.name, purpose=target.purpose, status="pending")
         return [r for r in rows if target.label in r["label"].split()][:limit]
 
     def search_more(self, results: Iterator[Found], wanted: int, run_id: str) -> tuple[int, bool]:
@@ -223,17 +222,16 @@ class Collector:
         """Make resumable what a previous run left: transient failures and files gone from disk."""
         keep_out_removed_owners(self.catalog, run_id)     # what an earlier collect took of a removed owner
         n = 0
-        for r in self.catalog.candidates("source=? AND status='failed' AND reason LIKE 'transient:%'",
-                                         (self.source.name,)):
+        for r in self.catalog.candidates(source=self.source.name, status="failed", reason_prefix="transient:"):
             self.catalog.set_status(r["id"], "pending", None, run_id, "resume")
             n += 1
         # host-not-allowed is the config's verdict, not the photo's: asked again once its host is allowed
-        for r in self.catalog.candidates("source=? AND status='failed' AND reason LIKE 'host-not-allowed:%'",
-                                         (self.source.name,)):
+        for r in self.catalog.candidates(source=self.source.name, status="failed",
+                                         reason_prefix="host-not-allowed:"):
             if host_allowed(refused_url(r["reason"]) or self.source.current_url(r["url"]), self.downloader.allowed):
                 self.catalog.set_status(r["id"], "pending", None, run_id, "resume")
                 n += 1
-        for r in self.catalog.candidates("source=? AND status='downloaded'", (self.source.name,)):
+        for r in self.catalog.candidates(source=self.source.name, status="downloaded"):
             if not r["file_path"] or not Path(r["file_path"]).exists():
                 self.catalog.set_status(r["id"], "pending", "file-missing", run_id, "resume")
                 n += 1

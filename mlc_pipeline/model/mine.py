@@ -112,7 +112,7 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int | None = None)
         run_id = catalog.start_run(f"mine-{round_no}")
         try:
             decided = overrides(catalog)            # a pool image a reviewer labelled or rejected is theirs
-            pool = [r for r in catalog.candidates("status='accepted' AND purpose='pool'")
+            pool = [r for r in catalog.candidates(status="accepted", purpose="pool")
                     if not (r["reason"] or "").startswith((HELD, NOT_A_NEGATIVE)) and r["id"] not in decided]
             probs, errors = score_spread(cfg, bundle, bundle_dir, [r["file_path"] for r in pool])
             result.scored, result.errors = len(pool) - len(errors), len(errors)
@@ -340,7 +340,7 @@ def check_undo(catalog: Catalog, round_no: int, photo_ids: list[str] | None) -> 
     """Refuse (ConfigError) an undo of a round with no mined or held image, or of photos not in it.
     Photos that round's undo put back already are no mistake: a rerun changes nothing, and says so."""
     in_round = {r["photo_id"] for r in catalog.mined_in_round(round_no)}
-    put_back = {r["photo_id"] for r in catalog.candidates("reason=?", (f"{NOT_A_NEGATIVE}round={round_no}",))}
+    put_back = {r["photo_id"] for r in catalog.candidates(reason=f"{NOT_A_NEGATIVE}round={round_no}")}
     if not in_round and not put_back:
         rounds = catalog.mined_rounds()
         raise ConfigError(f"mine --undo: round {round_no} has no mined or held images to put back (" + (

@@ -171,7 +171,7 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
             prev_id, next_id, before = cr.neighbours(review.catalog, filters, review.dataset, cid,
                                                      order=filters.get("sort", "id"))
             kept = review.catalog.get(row["duplicate_of"]) if row["duplicate_of"] else None
-            copies = review.catalog.candidates("duplicate_of=? AND status='duplicate'", (cid,))   # dropped for it
+            copies = review.catalog.candidates(duplicate_of=cid, status="duplicate")   # dropped for it
         eff = effective({**row, "review_labels": override["labels"], "review_include": override["include"]})
         return page(request, "image.html", row=row, eff=eff, override=override, events=events, actions=acts,
                     scores=scores_for(cfg, cid), copies=copies, source_file=source_file_of(row),

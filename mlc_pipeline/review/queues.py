@@ -85,7 +85,7 @@ def probes_accepted(cfg: Config, catalog) -> tuple[Path | None, list[dict]]:
         margin, label = max((float(r[f"score:{c}"]) - threshold[c], c) for c in classes)
         if margin < 0:
             continue
-        found = catalog.candidates("photo_id=? AND purpose='probe'", (r.get("photo_id", ""),))
+        found = catalog.candidates(photo_id=r.get("photo_id", ""), purpose="probe")
         if found:
             out.append({"candidate_id": found[0]["id"], "photo_id": r["photo_id"], "label": label,
                         "score": float(r[f"score:{label}"]), "threshold": threshold[label], "margin": margin})
