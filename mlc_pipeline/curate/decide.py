@@ -12,11 +12,11 @@ from functools import partial
 import numpy as np
 
 from mlc_pipeline.config import Config
-from mlc_pipeline.curate.dedup import DedupItem, resolve_duplicates, view_distance
+from mlc_pipeline.curate.dedup import DedupItem, resolve_duplicates, settle_labels, view_distance
 from mlc_pipeline.curate.hashing import hex_to_uint64
 from mlc_pipeline.curate.neardup import find_pairs
 from mlc_pipeline.curate.pair_pool import prefetch_scores
-from mlc_pipeline.curate.similarity import CONFIRM, FileSimilarity
+from mlc_pipeline.curate.similarity import CONFIRM, SURE, FileSimilarity
 
 PURPOSE_PRIORITY = ("train", "probe", "pool")   # a duplicate across purposes stays in the first
 
@@ -46,6 +46,7 @@ def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = 
     confirm.digests.update({r["id"]: r["sha256"] for r in rows})
     ids = {r["id"] for r in rows}
     decisions: dict[int, tuple] = {}
+    test_copies: list[tuple[dict, int]] = []     # (a row dropped as a copy of a test image, that image's candidate)
     if published_tests:
         confirm.paths.update({("test", k): t["file_path"] for k, t in enumerate(published_tests)})
         confirm.digests.update({("test", k): t["sha256"] for k, t in enumerate(published_tests)})
@@ -54,15 +55,26 @@ def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = 
         test_photos = {(t["source"], t["photo_id"]) for t in tests}
         exposed = [r for r in rows if r["purpose"] in ("train", "pool")     # pool feeds hard-negative mining
                    and (r["source"], r["photo_id"]) not in test_photos]
-        for rid, (tid, dist, kind) in cross_duplicates(tests, exposed, threshold, confirm).items():
+        by_id = {r["id"]: r for r in rows}
+        # A byte copy of a test photo's own file is `exact` (the published file is a re-encode of it).
+        own_bytes: dict[str, int] = {}
+        for k, t in enumerate(tests):
+            if t["candidate_id"] in ids:
+                own_bytes.setdefault(by_id[t["candidate_id"]]["sha256"], k)     # the first version
+        found = {r["id"]: (tests[own_bytes[r["sha256"]]]["id"], 0, "exact") for r in exposed if r["sha256"] in own_bytes}
+        found.update(cross_duplicates(tests, [r for r in exposed if r["id"] not in found], threshold, confirm))
+        for rid, (tid, dist, kind) in found.items():
             t = tests[tid[1]]
             keeper = t["candidate_id"] if t["candidate_id"] in ids else None   # None: no longer in this catalog
+            if keeper is not None:
+                test_copies.append((by_id[rid], keeper))
             decisions[rid] = ("duplicate", f"{kind}-duplicate-of-test:{t['version']}:d={dist}", keeper, None)
         rows = [r for r in rows if r["id"] not in decisions]
     by_purpose: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_purpose[r["purpose"]].append(r)
     kept_higher: list[dict] = []     # kept rows of purposes earlier in PURPOSE_PRIORITY
+    groups: dict[int, list[int]] = {}  # keeper id -> the ids of its group, keeper first
     for purpose in PURPOSE_PRIORITY:
         group = by_purpose.get(purpose, [])
         if not group:
@@ -75,6 +87,7 @@ def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = 
             group = [r for r in group if r["id"] not in dup_of]
         result = resolve_duplicates([dedup_item(r) for r in group], threshold, confirm=confirm,
                                     prefetch=partial(prefetch_scores, confirm, workers=cfg.curate.workers))
+        groups.update((g[0], g) for g in result.groups)
         conflicts = {i: f"conflict:{res}" for ids, _, res in result.conflicts for i in ids}
         for (a, b), _, dist, score in result.reviews:   # kept, but a person should look at them
             for me, other in ((a, b), (b, a)):
@@ -89,7 +102,36 @@ def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = 
                 label = " ".join(sorted(labels)) if labels else "other"
                 decisions[rid] = ("accepted", conflicts.get(rid), None, label)
                 kept_higher.append(r)
+    rows_by_id = {r["id"]: r for r in rows}
+    merge_into_test_keepers(decisions, test_copies, rows_by_id, groups, threshold, confirm)
     return decisions
+
+
+def merge_into_test_keepers(decisions: dict, test_copies: list[tuple[dict, int]], rows_by_id: dict[int, dict],
+                            groups: dict[int, list[int]], threshold: int, confirm) -> None:
+    """Labels merge into a published test image from its copies dropped for it, as they would if the
+    copies were still compared with it here: a copy of the same purpose that is a byte copy, or a
+    candidate (within `threshold`) scoring >= SURE. Dropping the copies first relabelled the test image
+    in the next version with no change of input (a byte copy under another class made it multi-label,
+    and the curate after the build took that label away)."""
+    merged: dict[int, list[dict]] = defaultdict(list)
+    for copy, keeper in test_copies:
+        k = rows_by_id.get(keeper)
+        if k is None or decisions[keeper][0] != "accepted" or k["purpose"] != copy["purpose"]:
+            continue
+        if copy["sha256"] != k["sha256"]:
+            if view_distance(dedup_item(k), dedup_item(copy)) > threshold:
+                continue
+            score = confirm(keeper, copy["id"])
+            if score is None or score < SURE:
+                continue
+        merged[keeper].append(copy)
+    for keeper, copies in merged.items():
+        group = [dedup_item(rows_by_id[i]) for i in groups.get(keeper, [keeper])]
+        labels, resolution = settle_labels(group + [dedup_item(c) for c in copies], group[0])
+        status, reason, dup_of, _ = decisions[keeper]
+        decisions[keeper] = (status, f"conflict:{resolution}" if resolution else reason, dup_of,
+                             " ".join(sorted(labels)) if labels else "other")
 
 
 def purpose_of(rows: list[dict], rid: int) -> str:

@@ -108,7 +108,7 @@ def resolve_duplicates(items: list[DedupItem], threshold: int = DEFAULT_THRESHOL
     result = DedupResult()
     units = _exact_units(items)                       # best item -> its byte-identical copies
     reps = sorted(units, key=_rank)
-    unit_labels = {r.id: _settle_labels(units[r], r, class_conflict)[0] for r in reps}
+    unit_labels = {r.id: settle_labels(units[r], r, class_conflict)[0] for r in reps}
     neighbours = _near_candidates(reps, threshold)
     if prefetch is not None and confirm is not None:
         prefetch(_pairs_if_all_confirmed(reps, neighbours))
@@ -134,7 +134,7 @@ def resolve_duplicates(items: list[DedupItem], threshold: int = DEFAULT_THRESHOL
             members[rep.id].extend(units[other])
     for keeper_id, group in members.items():
         best = group[0]
-        labels, conflict = _settle_labels(group, best, class_conflict)
+        labels, conflict = settle_labels(group, best, class_conflict)
         result.kept[keeper_id] = labels
         if len(group) == 1:
             continue
@@ -209,8 +209,8 @@ def _rank(item: DedupItem) -> tuple:
     return (-item.pixels, -item.n_bytes, item.first_seen, item.id)
 
 
-def _settle_labels(members: list[DedupItem], best: DedupItem, class_conflict: ClassConflict
-                   ) -> tuple[frozenset[str], str | None]:
+def settle_labels(members: list[DedupItem], best: DedupItem, class_conflict: ClassConflict = "multi-label"
+                  ) -> tuple[frozenset[str], str | None]:
     "Final labels of the kept item and the conflict resolution applied (None when none was needed)."
     class_sets = {m.labels for m in members if m.labels}
     has_other = any(not m.labels for m in members)

@@ -9,11 +9,18 @@ cannot be confirmed (as for a file that cannot be re-read). One case scores real
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from PIL import Image
 
 from badfiles import fixture_photos
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import parse_config
+from mlc_pipeline.curate.stage import curate
+from mlc_pipeline.dataset.build import build_dataset
+from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.curate.decide import cross_duplicates, dedup_item, labels_of, purpose_of, resolve
 from mlc_pipeline.curate.dedup import view_distance
 from mlc_pipeline.curate.hashing import inspect_file
@@ -249,6 +256,29 @@ def test_a_probe_copy_of_a_published_test_image_stays(tmp_path):
         13: ("duplicate", "exact-duplicate-of-test:v1:d=0", None, None)}
 
 
+def test_copies_dropped_for_a_published_test_image_merge_their_labels_into_it_as_before(tmp_path):
+    # The rule of a curate before the build: labels merge across byte copies and near copies scoring
+    # >= SURE of the same purpose. A near copy under CONFIRM..SURE, or a pool copy, merges nothing.
+    tests = [published(tmp_path, 0, "v1", 10, "t0", A, "p10")]
+    test_photo = row(tmp_path, 10, "train", "s10", A, label="kite", photo_id="p10")
+    copies = [row(tmp_path, 11, "train", "s11", h(0b11), label="balloon"),     # sure near copy
+              row(tmp_path, 12, "train", "s12", h(0b1100), label="other")]     # a near copy, not sure
+    scores = kept_scores(s10__s11=0.99, s11__t0=0.98, s10__s12=0.95, s12__t0=0.95)
+    decisions = resolve(cfg_of(tmp_path), [test_photo, *copies], tests, scores)
+    assert decisions == {10: ("accepted", "conflict:multi-label", None, "balloon kite"),
+                         11: ("duplicate", "near-duplicate-of-test:v1:d=2", 10, None),
+                         12: ("duplicate", "near-duplicate-of-test:v1:d=2", 10, None)}
+    # the same decision as before v1 put the photo in test (then the copies were compared with it here)
+    before = resolve(cfg_of(tmp_path), [test_photo, *copies], None, scores)
+    assert before[10] == decisions[10]
+    # a byte copy of the test photo's own file in "other": the class wins; in the pool: no merge
+    byte_copy = row(tmp_path, 13, "train", "s10", A, label="other")
+    assert resolve(cfg_of(tmp_path), [test_photo, byte_copy], tests)[10] == ("accepted", "conflict:class-wins", None, "kite")
+    pooled = {**row(tmp_path, 13, "pool", "s10", A, label="other")}
+    assert resolve(cfg_of(tmp_path), [test_photo, pooled], tests) == {
+        10: ACCEPTED_KITE, 13: ("duplicate", "exact-duplicate-of-test:v1:d=0", 10, None)}
+
+
 # ---- real pixels ---------------------------------------------------------------------------------
 
 @pytest.mark.skipif(not fixture_photos(), reason="fixture photos missing (../shared/fixtures)")
@@ -273,3 +303,55 @@ def test_a_resized_re_encoded_copy_of_a_training_photo_leaves_the_probe_set(tmp_
     # the pair's score is handed back for the catalog to keep (the next curate need not score it)
     pair = tuple(sorted((records[1].sha256, records[2].sha256)))
     assert confirm.scored[pair] >= CONFIRM
+
+
+# ---- end to end: collect, curate, build twice (bundled server, folder mode) ----------------------
+
+def hymenoptera_world(tmp_path, ants: int, bees: int, extra: dict[str, Image.Image] | None = None):
+    """A folder-mode world of the first fixture ants and bees (classes "ants", "bees") and a few
+    scenery photos ("other"), with `extra` images saved into it by relative path; (cfg, world)."""
+    from helpers import FIXTURES
+    hymenoptera = FIXTURES / "hymenoptera"
+    world = tmp_path / "world"
+    for name, files in (("ants", sorted((hymenoptera / "ants").glob("*.jpg"))[:ants]),
+                        ("bees", sorted((hymenoptera / "bees").glob("*.jpg"))[:bees]),
+                        ("scenery", sorted((hymenoptera / "ants").glob("*.jpg"))[100:103])):
+        (world / name).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, world / name / f.name)
+    for rel, im in (extra or {}).items():
+        im.save(world / rel)
+    return parse_config({
+        "data_dir": str(tmp_path / "data"),
+        "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s"],
+                   "local": {"port": 0, "folder": str(world),
+                             "query_map": {"ants": "ants", "bees": "bees", "scenery": "scenery"}}},
+        "classes": {"ants": {"queries": ["ants"], "count": 100}, "bees": {"queries": ["bees"], "count": 100}},
+        "other": {"queries": ["scenery"], "count": 3}, "build": {"max_side": 96}}), world
+
+
+@pytest.mark.skipif(not fixture_photos(), reason="fixture photos missing (../shared/fixtures)")
+def test_labels_merged_from_byte_copies_stay_once_the_keeper_is_a_published_test_image(tmp_path):
+    # 20 ant photos also filed, byte for byte, under bees/: each is one image labelled "ants bees".
+    # Until 2026-12-07 the next curate dropped the bee copies of the photos v1 put in test *before*
+    # their labels merged, and v2 relabelled those test images "ants" with no change of input.
+    cfg, world = hymenoptera_world(tmp_path, ants=40, bees=20)
+    for f in sorted((world / "ants").glob("*.jpg"))[:20]:
+        shutil.copy(f, world / "bees" / f"also_{f.name}")
+    collect(cfg, progress=False)
+    curate(cfg)
+    v1 = build_dataset(cfg)
+    shared = {f"ants/{p.name[len('also_'):]}" for p in (world / "bees").glob("also_*.jpg")}
+    labels1 = {r["source_file"]: (r["labels"], r["split"]) for r in read_manifest(v1.path / "manifest.csv")}
+    tested = [f for f in shared if labels1[f][1] == "test"]
+    assert tested, "the split put none of the shared photos in test; pick another world"
+    assert {labels1[f][0] for f in shared} == {"ants bees"}
+    curate(cfg)
+    v2 = build_dataset(cfg)
+    assert v2.version == v1.version       # nothing changed: the same rows, not a version that relabels
+    with Catalog(cfg.catalog_path) as c:
+        copies = [r for r in c.candidates("source_file LIKE 'bees/also_%'")
+                  if f"ants/{r['source_file'][len('bees/also_'):]}" in tested]
+    assert copies and all(r["status"] == "duplicate" for r in copies)
+    # byte copies of the test photo's own file: `exact`, though the published test file is a re-encode
+    assert {r["reason"] for r in copies} == {f"exact-duplicate-of-test:{v1.version}:d=0"}
