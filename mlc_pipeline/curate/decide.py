@@ -6,19 +6,61 @@ catalog, inspects the files and records the decisions.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections import defaultdict
 from functools import partial
 
 import numpy as np
+from PIL import Image
 
 from mlc_pipeline.config import Config
-from mlc_pipeline.curate.dedup import DedupItem, resolve_duplicates, settle_labels, view_distance
+from mlc_pipeline.curate.dedup import DedupItem, Look, resolve_duplicates, settle_labels, view_distance
 from mlc_pipeline.curate.hashing import hex_to_uint64
 from mlc_pipeline.curate.neardup import find_pairs
 from mlc_pipeline.curate.pair_pool import prefetch_scores
-from mlc_pipeline.curate.similarity import CONFIRM, SURE, FileSimilarity
+from mlc_pipeline.curate.similarity import CONFIRM, SURE, FileSimilarity, PairScores
+from mlc_pipeline.images import load_rgb
 
 PURPOSE_PRIORITY = ("train", "probe", "pool")   # a duplicate across purposes stays in the first
+# Mean spread between a pixel's largest and smallest channel (0-255) under which a picture is grey:
+# grey copies (L, 16-bit, or grey saved as RGB JPEG) measure 0.0, the fixture photos from 2.4 up
+# (four grey fixtures 0.0-0.03).
+GREY_SPREAD = 1.0
+LOOKS = PairScores(100_000)       # file identity (path, size, mtime) -> Look, for the process
+
+log = logging.getLogger(__name__)
+
+
+def look_of(path: str) -> Look | None:
+    """Colour and encoding of an image file (a draft decode at <= 64 px); None when it cannot be read."""
+    try:
+        st = os.stat(path)
+        key = (os.fspath(path), st.st_size, st.st_mtime_ns)
+        if (known := LOOKS.get(key)) is not None:
+            return known
+        with Image.open(path) as im:
+            encoding = f"{im.format}/{im.mode}"
+            palette = im.mode in ("P", "PA")
+        rgb = np.asarray(load_rgb(path, max_side=64), dtype=np.int16)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        log.warning("cannot read %s to compare it with its copies (ranked by size alone): %s", path, exc)
+        return None
+    spread = float((rgb.max(axis=2) - rgb.min(axis=2)).mean())
+    look = Look(2 if spread < GREY_SPREAD else 1 if palette else 0, encoding)
+    LOOKS.put(key, look)
+    return look
+
+
+class FileLooks:
+    "`describe` for `resolve_duplicates`: the Look of each item's file (`paths`: id -> path)."
+
+    def __init__(self, paths: dict):
+        self.paths = paths
+
+    def __call__(self, items: list[DedupItem]) -> dict[int, Look]:
+        looks = {it.id: look_of(self.paths[it.id]) for it in items if self.paths.get(it.id)}
+        return {i: look for i, look in looks.items() if look is not None}
 
 
 def labels_of(row: dict) -> frozenset[str]:
@@ -86,7 +128,8 @@ def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = 
                 decisions[rid] = ("duplicate", f"{kind}-duplicate-of-{purpose_of(kept_higher, kid)}:d={dist}", kid, None)
             group = [r for r in group if r["id"] not in dup_of]
         result = resolve_duplicates([dedup_item(r) for r in group], threshold, confirm=confirm,
-                                    prefetch=partial(prefetch_scores, confirm, workers=cfg.curate.workers))
+                                    prefetch=partial(prefetch_scores, confirm, workers=cfg.curate.workers),
+                                    describe=FileLooks({r["id"]: r["file_path"] for r in group}))
         groups.update((g[0], g) for g in result.groups)
         conflicts = {i: f"conflict:{res}" for ids, _, res in result.conflicts for i in ids}
         for (a, b), _, dist, score in result.reviews:   # kept, but a person should look at them

@@ -9,8 +9,10 @@ Rules (docs/curation.md explains them and the measurements behind them):
 3. No chains: items are visited best first; an item not yet taken becomes a keeper and takes its
    *own* confirmed candidates. Every dropped item is therefore within the threshold of, and
    confirmed against, the very item kept for it (A~B and B~C never put A and C together).
-4. The best copy: most pixels, then the larger file (a re-encode at a lower quality is smaller),
-   then earliest `first_seen`, then lowest id.
+4. The best copy (`_rank`): colour before a palette before grey (`Look.colour`, read from the files
+   of the items that have a candidate by `describe`), then most pixels, then by encoding (lossless,
+   then JPEG, then other formats; CMYK after RGB), then, within one encoding only, the larger file
+   (a re-encode at a lower quality is smaller), then earliest `first_seen`, then lowest id.
 5. Labels are merged only across sure duplicates: exact copies, or near ones scoring >= `sure_at`.
    A class item merged with an "other" item keeps the class (`class-wins`); different class sets
    give the union (`multi-label`, default) or the best class item's labels (`keep-best`). A
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -40,6 +42,18 @@ DEFAULT_THRESHOLD = 12
 
 ClassConflict = Literal["multi-label", "keep-best"]
 
+# Formats that lose nothing: a PNG of a JPEG holds what the JPEG decodes to, a JPEG of a PNG has lost some.
+LOSSLESS = ("PNG", "BMP", "TIFF")
+
+
+class Look(NamedTuple):
+    "What a copy's file says of its quality beyond its size (`decide.FileLooks` reads it)."
+    colour: int     # 0: colour, 1: a palette (at most 256 colours), 2: grey (no colour in its pixels)
+    encoding: str   # "<format>/<mode>", e.g. "JPEG/RGB": bytes say which copy is better only within one
+
+
+NO_LOOK = Look(0, "")      # not read: ranked by pixels and bytes alone (as before looks existed)
+
 
 @dataclass(frozen=True)
 class DedupItem:
@@ -50,7 +64,8 @@ class DedupItem:
     pixels: int              # width * height
     first_seen: str          # sortable, e.g. an ISO timestamp
     view_hashes: tuple[str, ...] = ()   # phashes of centre crops (hashing.view_phashes), if known
-    n_bytes: int = 0         # file size: of two copies with as many pixels, the larger is kept
+    n_bytes: int = 0         # file size: of two copies with as many pixels and one encoding, the larger is kept
+    look: Look | None = None  # colour and encoding; `resolve_duplicates(describe=...)` fills it in
 
 
 class Duplicate(NamedTuple):
@@ -93,13 +108,16 @@ class DedupResult:
 def resolve_duplicates(items: list[DedupItem], threshold: int = DEFAULT_THRESHOLD,
                        class_conflict: ClassConflict = "multi-label", confirm: Confirm | None = None,
                        confirm_at: float = CONFIRM, sure_at: float = SURE,
-                       prefetch: Callable[[list[tuple]], object] | None = None) -> DedupResult:
+                       prefetch: Callable[[list[tuple]], object] | None = None,
+                       describe: Callable[[list[DedupItem]], dict[int, Look]] | None = None) -> DedupResult:
     """Drop exact and confirmed near duplicates, keep the best item of each, settle its labels.
 
     `confirm(id_a, id_b)` returns a similarity score (or None when it cannot tell). Without it no
     near duplicate is confirmed, and only exact copies are dropped. `prefetch(pairs)`, if given, is
     told, before any is confirmed, the pairs (ids) the keepers will confirm if every candidate is
     confirmed (to score them in parallel; others are confirmed one by one as they come).
+    `describe(items)`, if given, returns the `Look` of the items that have a near candidate (the
+    only ones whose rank decides anything): which copy is kept then sees colour and encoding.
     """
     if class_conflict not in ("multi-label", "keep-best"):
         raise ValueError(f"unknown class_conflict rule {class_conflict!r}")
@@ -107,9 +125,16 @@ def resolve_duplicates(items: list[DedupItem], threshold: int = DEFAULT_THRESHOL
         raise ValueError("DedupItem ids must be unique")
     result = DedupResult()
     units = _exact_units(items)                       # best item -> its byte-identical copies
+    near = _near_candidates(list(units), threshold)   # id -> [(other id, distance)]
+    if describe is not None and near:
+        looks = describe([r for r in units if r.id in near])
+        by_sha = {r.sha256: looks[r.id] for r in units if r.id in looks}     # same bytes, same look
+        units = _exact_units([replace(it, look=by_sha[it.sha256]) if it.sha256 in by_sha else it for it in items])
     reps = sorted(units, key=_rank)
     unit_labels = {r.id: settle_labels(units[r], r, class_conflict)[0] for r in reps}
-    neighbours = _near_candidates(reps, threshold)
+    by_id = {r.id: r for r in reps}
+    neighbours = {i: sorted(((by_id[o], d) for o, d in lst), key=lambda x: (x[1], _rank(x[0])))
+                  for i, lst in near.items()}
     if prefetch is not None and confirm is not None:
         prefetch(_pairs_if_all_confirmed(reps, neighbours))
     members: dict[int, list[DedupItem]] = {}          # keeper id -> every item it stands for
@@ -183,9 +208,9 @@ def view_distance(a: DedupItem, b: DedupItem) -> int:
     return min(hamming(x, y) for x in _views(a) for y in _views(b))
 
 
-def _near_candidates(reps: list[DedupItem], threshold: int) -> dict[int, list[tuple[DedupItem, int]]]:
-    """id -> [(other item, distance)] for every pair with some view pair within `threshold`,
-    nearest first (then best first). One multi-index search over all views of all items."""
+def _near_candidates(reps: list[DedupItem], threshold: int) -> dict[int, list[tuple[int, int]]]:
+    """id -> [(other id, distance)] for every pair with some view pair within `threshold`. One
+    multi-index search over all views of all items."""
     views = [(k, h) for k, it in enumerate(reps) for h in _views(it)]
     if len(reps) < 2:
         return {}
@@ -194,19 +219,23 @@ def _near_candidates(reps: list[DedupItem], threshold: int) -> dict[int, list[tu
     a, b = owner[pairs[:, 0]], owner[pairs[:, 1]]
     keep = a != b
     found = {(min(i, j), max(i, j)) for i, j in zip(a[keep].tolist(), b[keep].tolist())}
-    out: dict[int, list[tuple[DedupItem, int]]] = defaultdict(list)
+    out: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for i, j in found:
         d = view_distance(reps[i], reps[j])
-        out[reps[i].id].append((reps[j], d))
-        out[reps[j].id].append((reps[i], d))
-    for lst in out.values():
-        lst.sort(key=lambda x: (x[1], _rank(x[0])))
+        out[reps[i].id].append((reps[j].id, d))
+        out[reps[j].id].append((reps[i].id, d))
     return out
 
 
 def _rank(item: DedupItem) -> tuple:
-    "Sort key of the best copy: most pixels, then most bytes, then seen first, then lowest id."
-    return (-item.pixels, -item.n_bytes, item.first_seen, item.id)
+    """Sort key of the best copy: colour before a palette before grey, then most pixels, then the
+    encoding (lossless, JPEG, others; RGB before CMYK), then most bytes (so bytes are compared only
+    within one encoding: a PNG is larger than the JPEG it came from, a q92 grey JPEG than a q85
+    colour one), then seen first, then lowest id."""
+    look = item.look or NO_LOOK
+    fmt, _, mode = look.encoding.partition("/")
+    encoding = (0 if fmt in LOSSLESS else 1 if fmt in ("JPEG", "MPO", "") else 2, mode in ("CMYK", "YCbCr"), look.encoding)
+    return (look.colour, -item.pixels, encoding, -item.n_bytes, item.first_seen, item.id)
 
 
 def settle_labels(members: list[DedupItem], best: DedupItem, class_conflict: ClassConflict = "multi-label"

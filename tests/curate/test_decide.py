@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from badfiles import fixture_photos
 from mlc_pipeline.catalog import Catalog
@@ -355,3 +356,37 @@ def test_labels_merged_from_byte_copies_stay_once_the_keeper_is_a_published_test
     assert copies and all(r["status"] == "duplicate" for r in copies)
     # byte copies of the test photo's own file: `exact`, though the published test file is a re-encode
     assert {r["reason"] for r in copies} == {f"exact-duplicate-of-test:{v1.version}:d=0"}
+
+
+@pytest.mark.skipif(not fixture_photos(), reason="fixture photos missing (../shared/fixtures)")
+def test_the_copy_kept_is_the_colour_original_not_a_bigger_grey_or_palette_file(tmp_path):
+    # Copies of colour JPEG originals, each a larger file than its original: a greyscale JPEG at q92,
+    # a 256-colour palette PNG, a 16-bit greyscale PNG, and a greyscale copy upscaled 1.5x. Until
+    # 2026-12-07 the most pixels, then the most bytes won, and each of them replaced its original.
+    # A lower-quality re-encode still loses to its original, and a colour copy with more pixels wins.
+    from helpers import FIXTURES
+    ants = sorted((FIXTURES / "hymenoptera" / "ants").glob("*.jpg"))
+    original = {k: Image.open(ants[k]).convert("RGB") for k in range(6)}
+    grey16 = Image.fromarray(np.asarray(original[2].convert("L")).astype(np.uint16) * 257)
+    big = original[3].resize((original[3].width * 3 // 2, original[3].height * 3 // 2), Image.Resampling.LANCZOS)
+    copies = {"ants/copy_grey.jpg": (0, ImageOps.grayscale(original[0])),
+              "ants/copy_palette.png": (1, original[1].convert("P", palette=Image.Palette.ADAPTIVE, colors=256)),
+              "ants/copy_grey16.png": (2, grey16),
+              "ants/copy_grey_big.png": (3, ImageOps.grayscale(big)),
+              "ants/copy_q20.jpg": (4, original[4]),
+              "ants/copy_big.jpg": (5, original[5].resize((original[5].width * 3 // 2, original[5].height * 3 // 2),
+                                                          Image.Resampling.LANCZOS))}
+    cfg, world = hymenoptera_world(tmp_path, ants=12, bees=4)
+    for rel, (_, im) in copies.items():
+        im.save(world / rel, **({"quality": 20} if rel.endswith("q20.jpg") else {"quality": 92} if rel.endswith(".jpg") else {}))
+    for rel, (k, _) in copies.items():
+        if not rel.endswith("q20.jpg"):
+            assert (world / rel).stat().st_size > ants[k].stat().st_size, rel      # bytes alone would keep the copy
+    collect(cfg, progress=False)
+    curate(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        rows = {r["source_file"]: r for r in c.candidates()}
+    for rel, (k, _) in copies.items():
+        kept, dropped = (rel, f"ants/{ants[k].name}") if rel == "ants/copy_big.jpg" else (f"ants/{ants[k].name}", rel)
+        assert rows[kept]["status"] == "accepted", (rel, rows[kept]["status"], rows[kept]["reason"])
+        assert rows[dropped]["status"] == "duplicate" and rows[dropped]["duplicate_of"] == rows[kept]["id"], rel

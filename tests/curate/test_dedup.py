@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from badfiles import fixture_photos
-from mlc_pipeline.curate.dedup import (DEFAULT_THRESHOLD, Candidate, Conflict, DedupItem, Duplicate, Review,
+from mlc_pipeline.curate.dedup import (DEFAULT_THRESHOLD, Candidate, Conflict, DedupItem, Duplicate, Look, Review,
                                 resolve_duplicates)
 from mlc_pipeline.curate.hashing import inspect_files
 from mlc_pipeline.curate.similarity import CONFIRM, SURE, FileSimilarity
@@ -180,3 +180,30 @@ def test_prefetch_is_told_the_pairs_the_keepers_will_confirm_not_every_candidate
     assert sorted(told) == [(1, 2), (1, 3), (1, 4)]
     assert result.kept == {1: frozenset(), 5: frozenset()}
     assert resolve_duplicates(items, prefetch=told.extend).kept and len(told) == 3   # no confirm: nothing to score
+
+
+def test_colour_then_pixels_then_bytes_within_one_encoding_decide_the_copy_kept():
+    # describe() tells each copy's look; bytes compare only copies of one encoding.
+    looks = {1: Look(0, "JPEG/RGB"), 2: Look(2, "JPEG/L"), 3: Look(1, "PNG/P"), 4: Look(0, "JPEG/RGB"),
+             5: Look(0, "PNG/RGB"), 6: Look(2, "PNG/I;16")}
+
+    def kept(*specs):     # (id, pixels, bytes) -> the id kept
+        items = [DedupItem(i, frozenset(), f"s{i}", "0000000000000000", px, f"2024-01-0{i}", n_bytes=n)
+                 for i, px, n in specs]
+        told = []
+        result = resolve_duplicates(items, confirm=sure, describe=lambda its: told.extend(its) or {
+            it.id: looks[it.id] for it in its})
+        assert sorted(it.id for it in told) == sorted(i for i, _, _ in specs)
+        return list(result.kept)
+
+    assert kept((1, 100, 1000), (2, 100, 5000)) == [1]          # a bigger grey JPEG loses to colour
+    assert kept((1, 100, 1000), (2, 150, 5000)) == [1]          # even with more pixels
+    assert kept((1, 100, 1000), (3, 100, 9000), (6, 100, 9999)) == [1]    # palette and 16-bit grey lose
+    assert kept((3, 100, 9000), (6, 100, 9999)) == [3]          # a palette keeps colour; grey has none
+    assert kept((1, 100, 1000), (4, 100, 2000)) == [4]          # one encoding: the larger file (less compressed)
+    assert kept((1, 100, 1000), (4, 150, 500)) == [4]           # colour alike: most pixels
+    assert kept((5, 100, 10), (1, 100, 1000)) == [5]            # a lossless copy holds what the JPEG decodes to
+    # without describe (the library call without files): pixels, then bytes, as before
+    items = [DedupItem(1, frozenset(), "a", "0000000000000000", 100, "1", n_bytes=1),
+             DedupItem(2, frozenset(), "b", "0000000000000000", 100, "2", n_bytes=2)]
+    assert list(resolve_duplicates(items, confirm=sure).kept) == [2]
