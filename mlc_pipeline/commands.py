@@ -296,7 +296,7 @@ def cmd_weights(args) -> int:
 
 def cmd_remove(args) -> int:
     from functools import partial
-    from mlc_pipeline.curate.takedown import exports_with, remove_photos, takedown_selector
+    from mlc_pipeline.curate.takedown import exports_with, merged, remove_photos, takedown_selector
     cfg = load_config(args.config, parse_overrides(args.set))
     try:
         takedown_selector(args.reason, args.photo_id, args.owner, args.query, args.source)   # before the lock
@@ -327,9 +327,14 @@ def cmd_remove(args) -> int:
         print("published versions that still contain them (rebuild with `mlc build`, or `mlc withdraw` them):")
         for version, ids in res.published_in.items():
             print(f"  {version}: {len(ids)} photo(s): {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}")
-    else:
+    if res.held_in:
+        print("published versions that hold the copies held (the same pictures; rebuild with `mlc build`, "
+              "or `mlc withdraw` them):")
+        for version, ids in res.held_in.items():
+            print(f"  {version}: {len(ids)} photo(s): {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}")
+    if not res.published_in and not res.held_in:
         print("no published version contains them")
-    if exports := exports_with(cfg, res.published_in):
+    if exports := exports_with(cfg, merged(res.published_in, res.held_in)):
         print(f"exports under {cfg.data_dir / 'exports'} that hold them (export the version again, or delete them; "
               f"exports elsewhere (--out) are not tracked):")
         for folder, ids in exports.items():

@@ -54,6 +54,22 @@ class RemovalQueries:
         return [self._row(r) for r in self.db.execute(
             f"SELECT * FROM candidates WHERE status='duplicate' AND duplicate_of IN ({marks}) ORDER BY id", ids)] if ids else []
 
+    def status_before_removal(self, row: dict) -> str:
+        "A candidate's status before its takedown (from its events); as it is now when not taken down."
+        if row["status"] != "removed":
+            return row["status"]
+        found = self.db.execute("SELECT status FROM events WHERE candidate_id=? AND id < (SELECT MIN(id) FROM events "
+                                "WHERE candidate_id=? AND status='removed') ORDER BY id DESC LIMIT 1",
+                                (row["id"], row["id"])).fetchone()
+        return found["status"] if found else "removed"
+
+    def accepted_hashes(self) -> list[dict]:
+        """Accepted candidates with their perceptual hashes (id, source, photo_id, phash, view_hashes):
+        what a takedown compares with the photos it removes."""
+        return [dict(r) for r in self.db.execute(
+            "SELECT id, source, photo_id, phash, view_hashes FROM candidates WHERE status='accepted' "
+            "AND phash IS NOT NULL ORDER BY id")]
+
     def holds_sha256(self, sha256: str) -> bool:
         """Whether a candidate not taken down has these bytes (a copy under another id, another source)."""
         return self.db.execute("SELECT 1 FROM candidates WHERE sha256=? AND status<>'removed' LIMIT 1",

@@ -39,6 +39,7 @@ class RemoveResult:
     files_deleted: list[str] = field(default_factory=list)
     held: list[dict] = field(default_factory=list)             # near copies held out for review
     published_in: dict[str, list[str]] = field(default_factory=dict)   # version -> photo ids it holds
+    held_in: dict[str, list[str]] = field(default_factory=dict)        # version -> ids of the held it holds
 
 
 def takedown_selector(reason: str, photo_id: str | None, owner: str | None, query: str | None,
@@ -67,9 +68,9 @@ def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: 
     Holds the data root's files lock (locking.files_lock): a curate or a build in progress is waited
     for (`wait=False`: FilesBusy), a run's training or mining is not. `lock_timeout_s`: how long the
     catalog's write lock is waited for (then CatalogBusy; the review app waits less). `client`: who
-    the review log names for the near copies held (`hold_near_copies`). `versions_holding`: the
-    published versions that list some of these photos beyond this data root's own folders (an object
-    store's, read there rather than fetched whole: sync.versions_holding)."""
+    the review log names for the near copies held (`hold_near_copies`, `hold_mirrors`). `versions_holding`:
+    the published versions that list some of these photos, or of the copies held, beyond this data
+    root's own folders (an object store's, read there rather than fetched whole: sync.versions_holding)."""
     selector = takedown_selector(reason, photo_id, owner, query, source)
     named = dict(photo_id=photo_id, owner=owner, query=query, source=source)
     with files_lock(cfg.data_dir, "remove (takedown)", wait=wait), \
@@ -86,12 +87,15 @@ def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: 
             run_id = catalog.start_run("remove")
             result = _remove(cfg, catalog, RemoveResult(run_id), reason.strip(), selector, named, elsewhere)
             hold_near_copies(catalog, result, reason.strip(), client)
+            hold_mirrors(catalog, result, client)
             catalog.finish_run(run_id, "completed", {
                 "selector": selector, "reason": reason.strip(), "removed": len(result.removed),
                 "already_removed": len(result.already_removed), "files_deleted": len(result.files_deleted),
                 "held": len(result.held),
                 "published_in": {v: len(ids) for v, ids in result.published_in.items()}})
         delete_recorded_files(catalog)      # after the commit: see delete_recorded_files
+    if held := {(r["source"], r["photo_id"]) for r in result.held}:    # the same pictures, still published
+        result.held_in = merged(published_versions_with(cfg, held), versions_holding(held) if versions_holding else {})
     return result
 
 
@@ -128,42 +132,64 @@ def _remove(cfg: Config, catalog: Catalog, result: RemoveResult, reason: str, se
         result.removed.append(row)
         result.files_deleted.extend(deleted)
     result.files_deleted += drop_thumbnails(cfg, catalog, {r["sha256"] for r in result.removed})
-    here = published_versions_with(cfg, {(r["source"], r["photo_id"]) for r in targets})
-    result.published_in = {v: sorted(set(here.get(v, [])) | set(elsewhere.get(v, [])))
-                           for v in sorted(set(here) | set(elsewhere), key=lambda v: int(v[1:]))}
+    result.published_in = merged(published_versions_with(cfg, {(r["source"], r["photo_id"]) for r in targets}),
+                                elsewhere)
     return result
+
+
+def merged(here: dict[str, list[str]], elsewhere: dict[str, list[str]]) -> dict[str, list[str]]:
+    "Two maps version -> photo ids as one, the versions in order."
+    return {v: sorted(set(here.get(v, [])) | set(elsewhere.get(v, [])))
+            for v in sorted(set(here) | set(elsewhere), key=lambda v: int(v[1:]))}
 
 
 def hold_near_copies(catalog: Catalog, result: RemoveResult, reason: str, client: str) -> None:
     """The images curate dropped as near duplicates of the photos removed (re-encodes, resizes,
     crops) are the same pictures, and with the photos gone the next curate would accept them: they
     are held out as a review's reject (`overrides.hold`), which a user undoes if one is another picture.
-    Held, not removed: a takedown deletes only what it names or byte copies of it (curate's
-    `keep_out_copies_of_removed`, which takes those down; they are left to it)."""
-    removed = {r["id"]: r for r in result.removed}
-    for row in catalog.dropped_for(sorted(removed)):
-        of = removed[row["duplicate_of"]]
-        why = (f"held: a near duplicate of {of['source']}:{of['photo_id']}, taken down ({reason}); "
-               "undo this if it is another picture")
+    So is the image a photo removed was itself dropped for (its `duplicate_of`: a larger re-upload
+    kept in its place, published; the curate25 audit). Held, not removed: a takedown deletes only
+    what it names or byte copies of it (curate's `keep_out_copies_of_removed`, which takes those
+    down; they are left to it). The photos already removed count too: a rerun holds what a takedown
+    from before a rule did not (a copy a review decided stays as decided)."""
+    removed = {r["id"]: r for r in result.removed + result.already_removed}
+    found = [(row, removed[row["duplicate_of"]], "a near duplicate of") for row in catalog.dropped_for(sorted(removed))]
+    found += [(keeper, of, "kept in place of its near duplicate") for of in removed.values()
+              if of["duplicate_of"] not in {None, *removed} and catalog.status_before_removal(of) == "duplicate"
+              and (keeper := catalog.get(of["duplicate_of"])) is not None and keeper["status"] != "removed"]
+    for row, of, how in found:
+        why = (f"held: {how} {of['source']}:{of['photo_id']}, taken down "
+               f"({takedown_reason(of) if of['status'] == 'removed' else reason}); undo this if it is another picture")
         if row["sha256"] != of["sha256"] and overrides.hold(catalog, row["id"], why, client) is not None:
             result.held.append(row)
             log.warning("candidate %s (%s:%s) %s", row["id"], row["source"], row["photo_id"], why)
 
 
+def hold_mirrors(catalog: Catalog, result: RemoveResult, client: str) -> None:
+    """Every accepted image is compared with the photos of this takedown (as curate compares the new
+    ones, `hold_lookalikes_of_removed`): one accepted before it was compared with the photo by pixels,
+    never flipped, so its mirror image's views decide (the curate25 audit: a mirrored copy collected
+    before a takedown stayed published, and later mirrored re-uploads became its duplicates)."""
+    ids = {r["id"] for r in result.removed + result.already_removed}
+    result.held += hold_lookalikes_of_removed(catalog, catalog.accepted_hashes(), client=client, of=ids)
+
+
 LOOKALIKE_BITS = 8     # hashes this close: the same picture (docs/curation.md, "Near copies collected later")
+CORNER_WINDOWS = 4     # hashing.corner_phashes: the four corner windows, then the mirror image's views
 
 
 def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[int, int] | None = None,
-                               client: str = "curate") -> list[dict]:
-    """In a curate's transaction: each of `rows` (accepted now, not before) whose hashes
+                               client: str = "curate", of: set[int] | None = None) -> list[dict]:
+    """In a curate's (or a takedown's) transaction: each of `rows` (accepted) whose hashes
     are within LOOKALIKE_BITS of a photo taken down is held out for review (`overrides.hold`). Its file
     is gone, so a re-encode, resize or small crop of it collected since cannot be confirmed by
     pixels; the hashes alone decide, and a hold, not a removal, leaves the last word to a user.
-    A row is compared only with the photos taken down before it was first accepted: curate compared
-    it by pixels with those it had then (verify20). A row a review undid a hold of is not held again
-    (`overrides.hold`). `keeps`: row id ->
-    the held copy this curate dropped in its favour (a copy of a held copy is held too: the verify17
-    audit saw a larger re-upload become the kept one of a held group, and published). Returns those held."""
+    A row first accepted before a photo's takedown is compared with its mirror image's views alone:
+    curate compared it by pixels with the photo while it had it (verify20), never flipped. A row a
+    review undid a hold of is not held again (`overrides.hold`). `keeps`: row id -> the held copy
+    this curate dropped in its favour (a copy of a held copy is held too: the verify17 audit saw a
+    larger re-upload become the kept one of a held group, and published). `of`: only these photos
+    taken down (ids). Returns those held."""
     held, keeps = [], keeps or {}
     for row in rows:
         if (copy := keeps.get(row["id"])) is not None and overrides.hold(
@@ -173,34 +199,53 @@ def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[i
             log.warning("candidate %s (%s:%s) held: a near copy of candidate %s, held for a takedown", row["id"],
                         row["source"], row["photo_id"], copy)
     removed, held_ids = catalog.removed_hashes(), {r["id"] for r in held}
+    removed = [r for r in removed if of is None or r["id"] in of]
     rows = [r for r in rows if r["phash"] and r["id"] not in held_ids]
     if not removed or not rows:
         return held
-    mine, theirs = hash_matrix(rows), hash_matrix(removed)
-    first = catalog.first_accepted([r["id"] for r in rows])
-    accepted_at = np.array([first.get(r["id"], np.inf) for r in rows])
-    for r, their in zip(removed, theirs):     # every view against every view, as the candidate search
-        bits = hamming_uint64(mine[:, :, None], their[None, None, :]).min(axis=(1, 2))
-        if r["corner_hashes"]:                # and the whole image against its corner windows and mirror views
-            corners = hex_to_uint64(r["corner_hashes"].split(","))
-            bits = np.minimum(bits, hamming_uint64(mine[:, :1], corners[None, :]).min(axis=1))
-        bits[accepted_at < (r["removed_at"] or 0)] = 64     # accepted while it was here: compared by pixels
-        for i in np.flatnonzero(bits <= LOOKALIKE_BITS):
-            why = (f"held: looks like {r['source']}:{r['photo_id']}, taken down "
-                   f"({takedown_reason(r)}): perceptual hashes {int(bits[i])} bits apart "
-                   "(its file is gone, so no pixel check); undo this if it is another picture")
+    views, flipped = lookalike_bits(rows, removed)
+    near = np.flatnonzero((np.minimum(views, flipped) <= LOOKALIKE_BITS).any(axis=1))
+    first = catalog.first_accepted([rows[i]["id"] for i in near])     # only those it may concern
+    for i in near:
+        for j, r in enumerate(removed):
+            before = first.get(rows[i]["id"], np.inf) < (r["removed_at"] or 0)   # compared by pixels, unflipped
+            bits = int(flipped[i, j] if before else min(views[i, j], flipped[i, j]))
+            if bits > LOOKALIKE_BITS:
+                continue
+            why = (f"held: looks like {'a mirror image of ' if before else ''}{r['source']}:{r['photo_id']}, taken "
+                   f"down ({takedown_reason(r)}): perceptual hashes {bits} bits apart ("
+                   + ("curate's pixel check never compares flips" if before else "its file is gone, so no pixel check")
+                   + "); undo this if it is another picture")
             if overrides.hold(catalog, rows[i]["id"], why, client) is not None:
                 held.append(rows[i])
                 log.warning("candidate %s (%s:%s) %s", rows[i]["id"], rows[i]["source"], rows[i]["photo_id"], why)
+            break
     return held
+
+
+def lookalike_bits(rows: list[dict], removed: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """rows x photos taken down, the least bits apart: (views) every view against every view, as the
+    candidate search, and the whole image against the photo's corner windows; (flipped) the whole
+    image against the photo's mirror image's views (64 where the photo has none kept)."""
+    mine = hash_matrix(rows)
+    views = np.full((len(rows), len(removed)), 64, dtype=np.int64)
+    flipped = views.copy()
+    for j, (r, their) in enumerate(zip(removed, hash_matrix(removed))):
+        views[:, j] = hamming_uint64(mine[:, :, None], their[None, None, :]).min(axis=(1, 2))
+        if r["corner_hashes"]:
+            kept = hamming_uint64(mine[:, :1], hex_to_uint64(r["corner_hashes"].split(","))[None, :])
+            views[:, j] = np.minimum(views[:, j], kept[:, :CORNER_WINDOWS].min(axis=1))
+            if kept.shape[1] > CORNER_WINDOWS:
+                flipped[:, j] = kept[:, CORNER_WINDOWS:].min(axis=1)
+    return views, flipped
 
 
 def hold_if_looks_taken_down(catalog: Catalog, cid: int, client: str) -> dict | None:
     """After a review action or undo that leaves an image in the next build with no review decision in
     force: the comparison with the photos taken down that curate makes, and skips while a review
     decides (the verify19 audit: a reject made before an image's first curate, undone after it,
-    published a copy of a photo taken down). Held as curate holds (only for photos taken down before
-    it was first accepted), an undone hold not again; the row."""
+    published a copy of a photo taken down). Held as curate holds (by the mirror image's views alone
+    for a photo taken down after it was first accepted), an undone hold not again; the row."""
     if not catalog.has_removed_hashes():      # the usual case, read in one row; the hashes under the lock
         return None
     with catalog.locked_candidate(cid) as row:

@@ -368,7 +368,8 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
                 log.warning("review: takedown of %s:%s done, but its entry in the review log was not written: %s",
                             row["source"], row["photo_id"], exc)
         log.info("review: takedown of photo %s:%s by %s", row["source"], row["photo_id"], client)
-        return JSONResponse({"ok": True, "removed": len(res.removed), "held": len(res.held), "published_in": res.published_in})
+        return JSONResponse({"ok": True, "removed": len(res.removed), "held": len(res.held), "published_in": res.published_in,
+                             "held_in": res.held_in})
 
     @app.get("/login", response_class=HTMLResponse)
     def login_form(request: Request):

@@ -1,14 +1,32 @@
-"""curate/takedown.py on its own (the whole `mlc remove` through the CLI: test_remove.py): the
-exports under <data_dir>/exports/ that still hold a photo taken down."""
+"""curate/takedown.py (the whole `mlc remove` through the CLI: test_remove.py too): the exports
+under <data_dir>/exports/ that still hold a photo taken down, and the same picture already in the
+catalog under another id (the curate25 audit), through the real CLI on real photos served by the
+bundled server."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+import yaml
+from PIL import Image, ImageOps
+
+from helpers import FIXTURES
+
+from mlc_pipeline.catalog import Catalog, overrides
+from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import parse_config
+from mlc_pipeline.curate.stage import curate
 from mlc_pipeline.curate.takedown import exports_with
+from mlc_pipeline.dataset.build import build_dataset
+from mlc_pipeline.flickr_server.folder import photo_id_for
+from mlc_pipeline.manifest import read_manifest
 
 
 def test_exports_with_skips_a_marker_that_is_not_an_object_and_says_so(tmp_path: Path, caplog):
@@ -30,3 +48,138 @@ def test_exports_with_skips_a_marker_that_is_not_an_object_and_says_so(tmp_path:
     assert found == {str(exports / "b-v1"): ["p1"]}
     assert any(f"{exports / 'a-list' / 'export.json'}: not read (not a JSON object)" in r.getMessage()
                for r in caplog.records), caplog.text
+
+
+ANTS, BEES = FIXTURES / "hymenoptera" / "ants", FIXTURES / "hymenoptera" / "bees"
+OWNERS = "ants/1099452230_d1949d3250.jpg"      # the owner's photo, among the first ten ants (the audit's)
+
+
+def world_with(tmp_path: Path, extra) -> tuple:
+    """Ten ants, ten bees, four scenery photos and what `extra(world)` adds; collected, curated and
+    published as v1. (cfg, config path, world)."""
+    if not ANTS.is_dir():
+        pytest.skip("fixture photos missing (../shared/fixtures)")
+    world = tmp_path / "world"
+    for name, files in (("ants", sorted(ANTS.glob("*.jpg"))[:10]), ("bees", sorted(BEES.glob("*.jpg"))[:10]),
+                        ("scenery", sorted(ANTS.glob("*.jpg"))[100:104])):
+        (world / name).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, world / name / f.name)
+    extra(world)
+    raw = {"data_dir": str(tmp_path / "data"),
+           "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s"],
+                      "local": {"port": 0, "folder": str(world),
+                                "query_map": {"ants": "ants", "bees": "bees", "scenery": "scenery"}}},
+           "classes": {"ants": {"queries": ["ants"], "count": 50}, "bees": {"queries": ["bees"], "count": 50}},
+           "other": {"queries": ["scenery"], "count": 50}, "build": {"max_side": 96}}
+    cfg = parse_config(raw)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    collect(cfg, progress=False)
+    curate(cfg)
+    assert build_dataset(cfg).version == "v1"
+    return cfg, config, world
+
+
+def mlc_remove(config: Path, photo_id: str, reason: str = "owner request") -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "mlc_pipeline.cli", "remove", "--photo-id", photo_id, "--reason",
+                           reason, "-c", str(config)], capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def rebuilt(cfg) -> set[str]:
+    "Collect, curate and build again: the photo ids of the version published."
+    collect(cfg, progress=False)
+    curate(cfg)
+    return {r["photo_id"] for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
+
+
+def row_of(cfg, file: str) -> dict:
+    with Catalog(cfg.catalog_path) as c:
+        return c.get_by_photo("local", photo_id_for(file))
+
+
+def test_the_image_a_photo_taken_down_was_dropped_for_is_held(tmp_path):
+    # The audit's case (a): someone's re-upload of the owner's photo, upscaled 1.5x, has more pixels,
+    # so curate kept it and dropped the owner's photo as its near duplicate. The takedown held only the
+    # images dropped for the photo, never the one it had been dropped for: the picture stayed in every
+    # later version, and `mlc remove` said "no published version contains them" while v1 held it.
+    def reupload(world: Path) -> None:
+        with Image.open(world / OWNERS) as im:
+            im.resize((im.width * 3 // 2, im.height * 3 // 2), Image.LANCZOS).save(world / "ants" / "zz_big.jpg",
+                                                                                   quality=90)
+    cfg, config, world = world_with(tmp_path, reupload)
+    owners, big = row_of(cfg, OWNERS), row_of(cfg, "ants/zz_big.jpg")
+    assert owners["status"] == "duplicate" and owners["duplicate_of"] == big["id"], owners
+    done = mlc_remove(config, owners["photo_id"])
+    assert f"held 1 near duplicate(s) of the photos taken down for review: local:{big['photo_id']}" in done.stdout
+    assert f"published versions that hold the copies held (the same pictures; rebuild with `mlc build`, or " \
+           f"`mlc withdraw` them):\n  v1: 1 photo(s): {big['photo_id']}\n" in done.stdout, done.stdout
+    assert "no published version contains them" not in done.stdout
+    assert big["photo_id"] not in rebuilt(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        (hold,) = overrides.actions(c, big["id"])
+        assert hold["action"] == "reject" and hold["client"] == "mlc remove"
+        assert hold["reason"] == (f"held: kept in place of its near duplicate local:{owners['photo_id']}, taken down "
+                                  "(owner request); undo this if it is another picture")
+        overrides.undo(c, big["id"], hold["id"], "it is another picture", "test")     # the user's call
+    assert big["photo_id"] in rebuilt(cfg)
+
+
+def test_a_mirror_collected_before_the_takedown_is_held_and_takes_no_later_mirror_in(tmp_path):
+    # The audit's case (b): a mirrored copy of the photo, collected before its takedown, was kept beside
+    # it (curate's pixel check never compares flips) and exempt from the takedown's hash rule (accepted
+    # while the photo was here), so it stayed published, and a mirrored re-upload collected later was
+    # dropped as its duplicate rather than held. An unrelated photo stays in.
+    def mirror(world: Path) -> None:
+        with Image.open(world / OWNERS) as im:
+            ImageOps.mirror(im.convert("RGB")).save(world / "ants" / "zz_mirror_before.jpg", quality=90)
+    cfg, config, world = world_with(tmp_path, mirror)
+    owners, before = row_of(cfg, OWNERS), row_of(cfg, "ants/zz_mirror_before.jpg")
+    assert owners["status"] == before["status"] == "accepted"
+    done = mlc_remove(config, owners["photo_id"])
+    assert f"held 1 near duplicate(s) of the photos taken down for review: local:{before['photo_id']}" in done.stdout
+    assert f"  v1: 1 photo(s): {before['photo_id']}\n" in done.stdout, done.stdout
+    with Image.open(world / "ants" / "zz_mirror_before.jpg") as im:
+        im.save(world / "ants" / "zz_mirror_after.jpg", quality=85)
+    in_v2 = rebuilt(cfg)
+    after = row_of(cfg, "ants/zz_mirror_after.jpg")
+    assert not {before["photo_id"], after["photo_id"]} & in_v2, in_v2
+    assert photo_id_for(sorted(ANTS.glob("*.jpg"))[0].relative_to(ANTS.parent).as_posix()) in in_v2
+    with Catalog(cfg.catalog_path) as c:
+        (hold,) = overrides.actions(c, before["id"])
+        assert hold["client"] == "mlc remove" and hold["reason"].startswith(
+            f"held: looks like a mirror image of local:{owners['photo_id']}, taken down (owner request): "
+            "perceptual hashes "), hold["reason"]
+        overrides.undo(c, before["id"], hold["id"], "it is another picture", "test")   # undoable as any hold
+    assert before["photo_id"] in rebuilt(cfg)
+
+
+def test_a_rerun_of_a_takedown_from_before_these_holds_makes_them(tmp_path, monkeypatch):
+    # A takedown made before these rules held neither the image its photo was dropped for nor a mirror
+    # accepted before it; the same `mlc remove` again holds both (the photo's status before its
+    # takedown is read from its events).
+    from mlc_pipeline.curate import takedown
+
+    def copies(world: Path) -> None:
+        with Image.open(world / OWNERS) as im:
+            im.resize((im.width * 3 // 2, im.height * 3 // 2), Image.LANCZOS).save(world / "ants" / "zz_big.jpg",
+                                                                                   quality=90)
+            ImageOps.mirror(im.convert("RGB")).save(world / "bees" / "zz_mirror.jpg", quality=90)
+    cfg, config, world = world_with(tmp_path, copies)
+    owners, big, mirrored = (row_of(cfg, f) for f in (OWNERS, "ants/zz_big.jpg", "bees/zz_mirror.jpg"))
+    assert owners["duplicate_of"] == big["id"] and mirrored["status"] == "accepted"
+    with monkeypatch.context() as m:        # the takedown as it was made before these holds
+        m.setattr(takedown, "hold_near_copies", lambda *args: None)
+        m.setattr(takedown, "hold_mirrors", lambda *args: None, raising=False)    # none before this fix
+        assert takedown.remove_photos(cfg, "owner request", photo_id=owners["photo_id"]).held == []
+    done = mlc_remove(config, owners["photo_id"], "owner request, again")
+    assert "removed 0 photo(s)" in done.stdout and "1 already removed" in done.stdout
+    assert f"held 2 near duplicate(s) of the photos taken down for review: local:{big['photo_id']}, " \
+           f"local:{mirrored['photo_id']}" in done.stdout, done.stdout
+    with Catalog(cfg.catalog_path) as c:
+        assert overrides.actions(c, big["id"])[0]["reason"].endswith("taken down (owner request); undo this if it "
+                                                                     "is another picture")
+    assert not {big["photo_id"], mirrored["photo_id"]} & rebuilt(cfg)
+    assert "held" not in mlc_remove(config, owners["photo_id"]).stdout         # once

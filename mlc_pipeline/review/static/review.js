@@ -31,8 +31,10 @@
 
   function takedownNote(data) {
     const versions = Object.keys(data.published_in || {}).sort((a, b) => Number(a.slice(1)) - Number(b.slice(1)));
-    const held = data.held ? " " + data.held + " near duplicate(s) of it held out for review (queue \"changed in review\";" +
-      " undo on an image's page if it is another picture)." : "";
+    const heldIn = Object.keys(data.held_in || {}).sort((a, b) => Number(a.slice(1)) - Number(b.slice(1)));
+    const held = (data.held ? " " + data.held + " near duplicate(s) of it held out for review (queue \"changed in review\";" +
+      " undo on an image's page if it is another picture)." : "") + (heldIn.length ? " Published versions that hold" +
+      " the copies held (the same picture): " + heldIn.join(", ") + "; rebuild or withdraw them as well." : "");
     if (!versions.length) return "Taken down. No published version contains this photo." + held;
     return "Taken down. Published versions that still contain this photo: " + versions.join(", ") +
       ". Rebuild with `mlc build`, or withdraw them with `mlc withdraw vN --reason ...`." + held;
