@@ -54,9 +54,10 @@ ANTS, BEES = FIXTURES / "hymenoptera" / "ants", FIXTURES / "hymenoptera" / "bees
 OWNERS = "ants/1099452230_d1949d3250.jpg"      # the owner's photo, among the first ten ants (the audit's)
 
 
-def world_with(tmp_path: Path, extra) -> tuple:
+def world_with(tmp_path: Path, extra, catalog: dict | None = None) -> tuple:
     """Ten ants, ten bees, four scenery photos and what `extra(world)` adds; collected, curated and
-    published as v1. (cfg, config path, world)."""
+    published as v1 (`catalog`: the catalog's config keys, as conftest's catalog_settings). (cfg,
+    config path, world)."""
     if not ANTS.is_dir():
         pytest.skip("fixture photos missing (../shared/fixtures)")
     world = tmp_path / "world"
@@ -71,7 +72,7 @@ def world_with(tmp_path: Path, extra) -> tuple:
                       "local": {"port": 0, "folder": str(world),
                                 "query_map": {"ants": "ants", "bees": "bees", "scenery": "scenery"}}},
            "classes": {"ants": {"queries": ["ants"], "count": 50}, "bees": {"queries": ["bees"], "count": 50}},
-           "other": {"queries": ["scenery"], "count": 50}, "build": {"max_side": 96}}
+           "other": {"queries": ["scenery"], "count": 50}, "build": {"max_side": 96}, **(catalog or {})}
     cfg = parse_config(raw)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(raw))
@@ -156,7 +157,7 @@ def test_a_mirror_collected_before_the_takedown_is_held_and_takes_no_later_mirro
     assert before["photo_id"] in rebuilt(cfg)
 
 
-def test_a_rerun_of_a_takedown_from_before_these_holds_makes_them(tmp_path, monkeypatch):
+def test_a_rerun_of_a_takedown_from_before_these_holds_makes_them(tmp_path, monkeypatch, catalog_settings):
     # A takedown made before these rules held neither the image its photo was dropped for nor a mirror
     # accepted before it; the same `mlc remove` again holds both (the photo's status before its
     # takedown is read from its events).
@@ -167,7 +168,7 @@ def test_a_rerun_of_a_takedown_from_before_these_holds_makes_them(tmp_path, monk
             im.resize((im.width * 3 // 2, im.height * 3 // 2), Image.LANCZOS).save(world / "ants" / "zz_big.jpg",
                                                                                    quality=90)
             ImageOps.mirror(im.convert("RGB")).save(world / "bees" / "zz_mirror.jpg", quality=90)
-    cfg, config, world = world_with(tmp_path, copies)
+    cfg, config, world = world_with(tmp_path, copies, catalog_settings)
     owners, big, mirrored = (row_of(cfg, f) for f in (OWNERS, "ants/zz_big.jpg", "bees/zz_mirror.jpg"))
     assert owners["duplicate_of"] == big["id"] and mirrored["status"] == "accepted"
     with monkeypatch.context() as m:        # the takedown as it was made before these holds
