@@ -50,6 +50,7 @@ class CurateSummary:
     unpublished: int = 0       # files another machine may not have published yet: left as they are
     taken_down: int = 0        # byte copies of photos taken down (`mlc remove`), taken down too
     held: int = 0              # new images that look like photos taken down: held out for review
+    damaged: int = 0           # files changed and broken since their download: set aside, downloaded again
 
 
 def limits_of(cfg: Config) -> VerifyLimits:
@@ -102,6 +103,10 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
     back = Counter()       # rejected for a limit, passing now (one line, not one per image)
     with catalog.transaction():
         for row, rec in zip(todo, records):
+            if damaged_since_download(row, rec):
+                set_aside_damaged(cfg, catalog, row, rec, run_id)
+                summary.damaged += 1
+                continue
             fields = dict(phash=rec.phash, view_hashes=rec.view_hashes, img_width=rec.width, img_height=rec.height,
                           img_frames=rec.frames, verify_reason=rec.reason, verify_limits=key)
             if rec.n_bytes is not None:
@@ -126,6 +131,34 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
     if back:
         log.info("%d rejected image(s) pass under the limits now and are judged again (were: %s)",
                  sum(back.values()), ", ".join(f"{why} {n}" for why, n in sorted(back.items())))
+
+
+def damaged_since_download(row: dict, rec: FileRecord) -> bool:
+    """The file is not the bytes downloaded (its sha256 differs from the one recorded at download) and
+    what it holds now fails verification: a disk hiccup or a stray write, not the photo's content.
+    (A changed file that verifies is judged by what it holds: the bytes on disk are the truth.) An
+    emptied or grown file is not hashed (`read_limited`): its size, not the recorded one, tells."""
+    if not rec.reason or not row["sha256"]:
+        return False
+    if rec.sha256:
+        return rec.sha256 != row["sha256"]
+    return rec.reason in ("empty-file", "file-too-large") and size_changed(row)
+
+
+def set_aside_damaged(cfg: Config, catalog: Catalog, row: dict, rec: FileRecord, run_id: str) -> None:
+    """A file damaged since its download: the damaged copy goes to the quarantine (under the reason its
+    bytes fail for, for a person to look at) and the row is marked for re-download, as the build marks
+    a file it finds damaged (`transient:`), keeping the download's sha256; its verdict and hashes are
+    dropped, so the copy the next collect downloads is inspected afresh. Recording the damaged file's
+    verdict instead lost a good photo for good (`truncated` is final) for a local fault."""
+    log.warning("candidate %s: file %s changed since download (sha256 %s..., was %s...) and fails "
+                "verification (%s): set aside in the quarantine, marked for re-download", row["id"],
+                row["file_path"], (rec.sha256 or "not read")[:12], row["sha256"][:12], rec.reason)
+    moved = quarantine(Path(row["file_path"]), cfg.data_dir, rec.reason)
+    reason = f"transient:file-changed:{rec.reason}"
+    catalog.set_status(row["id"], "failed", reason, run_id, "curate", file_path=str(moved),
+                       hashed_sha256=None, verify_reason=None, verify_limits=None)
+    row.update(status="failed", reason=reason, file_path=str(moved), hashed_sha256=None, verify_reason=None)
 
 
 def size_changed(row: dict) -> bool:
@@ -284,6 +317,7 @@ def _curate(cfg: Config) -> CurateSummary:
             gone = {r["id"] for r in missing + waiting}
             rows = [r for r in rows if r["id"] not in gone]
             verify_and_hash(cfg, catalog, rows, run_id, summary)
+            rows = [r for r in rows if r["status"] != "failed"]      # damaged since download: set aside
             copies = keep_out_copies_of_removed(cfg, catalog, rows, run_id)    # the very bytes of a photo taken down
             summary.taken_down = len(copies)
             ok = [r for r in rows if r["status"] != "rejected" and r["id"] not in copies]
@@ -326,5 +360,6 @@ def _curate(cfg: Config) -> CurateSummary:
         ("rejected", summary.rejected), ("duplicates", summary.duplicates), ("accepted with a note", summary.conflicts),
         ("not yet published (left for the next curate)", summary.unpublished or None),
         ("taken down (byte copies of removed photos)", summary.taken_down or None),
-        ("held for review (look like removed photos)", summary.held or None)])
+        ("held for review (look like removed photos)", summary.held or None),
+        ("damaged since download (set aside; the next collect downloads them again)", summary.damaged or None)])
     return summary

@@ -30,8 +30,12 @@ def curate_cli(config: Path) -> dict:
 
 def test_curate_notices_files_damaged_after_curation(tmp_path):
     # One accepted file truncated to half, another emptied, after curate accepted them: the next
-    # curate sees their sizes differ from the catalog's, inspects them again and rejects them
-    # (it used to reuse the cached verdicts: "inspected": 0, both still accepted).
+    # curate sees their sizes differ from the catalog's and inspects them again (it used to reuse the
+    # cached verdicts: "inspected": 0, both still accepted). Their bytes are not the ones downloaded
+    # and fail verification: a local fault, not the photos' content. They are set aside in the
+    # quarantine and downloaded again by the next collect, as the build does with a file it finds
+    # damaged; curate used to record `truncated` / `empty-file`, final verdicts, and overwrite the
+    # download's sha256 with the damaged file's: two good photos lost for good.
     world = tmp_path / "world"
     for name, files in (("ants", sorted((FIXTURES / "ants").glob("*.jpg"))[:6]),
                         ("bees", sorted((FIXTURES / "bees").glob("*.jpg"))[:6]),
@@ -52,15 +56,29 @@ def test_curate_notices_files_damaged_after_curation(tmp_path):
     assert first["inspected"] == first["accepted"] == 14
     with Catalog(cfg.catalog_path) as c:
         truncated, emptied = sorted(c.candidates("status='accepted'"), key=lambda r: r["id"])[:2]
-    data = Path(truncated["file_path"]).read_bytes()
-    Path(truncated["file_path"]).write_bytes(data[:len(data) // 2])
+    good = {r["id"]: Path(r["file_path"]).read_bytes() for r in (truncated, emptied)}
+    Path(truncated["file_path"]).write_bytes(good[truncated["id"]][:len(good[truncated["id"]]) // 2])
     Path(emptied["file_path"]).write_bytes(b"")
 
     again = curate_cli(config)
     assert again["inspected"] == 2 and again["reused"] == 12 and again["accepted"] == 12
-    assert again["rejected"] == {"truncated": 1, "empty-file": 1}
+    assert again["damaged"] == 2 and again["rejected"] == {}
     with Catalog(cfg.catalog_path) as c:
-        assert c.get(truncated["id"])["status"] == c.get(emptied["id"])["status"] == "rejected"
+        for before, why in ((truncated, "truncated"), (emptied, "empty-file")):
+            row = c.get(before["id"])
+            assert (row["status"], row["reason"]) == ("failed", f"transient:file-changed:{why}")
+            assert row["sha256"] == before["sha256"]            # the download's digest, not the damaged file's
+            assert Path(row["file_path"]).is_relative_to(cfg.layout.quarantine(why))    # kept to look at
+            assert len(Path(row["file_path"]).read_bytes()) < len(good[before["id"]])
+
+    assert collect(cfg, progress=False).downloaded == 2           # fetched again, as after a build's check
+    third = curate_cli(config)
+    assert third["inspected"] == 2 and third["accepted"] == 14 and third["rejected"] == {}
+    with Catalog(cfg.catalog_path) as c:
+        for before in (truncated, emptied):
+            row = c.get(before["id"])
+            assert row["status"] == "accepted" and Path(row["file_path"]).read_bytes() == good[before["id"]]
+            assert row["file_path"] == before["file_path"]
     assert curate_cli(config)["inspected"] == 0          # and unchanged files are not read again
 
 
