@@ -1,6 +1,6 @@
 """Checks a collect run makes on its settings and on what it found, said loudly rather than
-discovered later: licences that restrict use, folder-mode queries that map to no folder, and
-photos that no configured size can fetch."""
+discovered later: licences that restrict use, folder-mode queries that map to no folder, files of
+the folder that are no image, and photos that no configured size can fetch."""
 
 from __future__ import annotations
 
@@ -45,6 +45,28 @@ def warn_before_collecting(cfg: Config) -> None:
         log.warning("folder mode: %d %s no subfolder in source.local.query_map and will find nothing: %s",
                     len(unmapped), "query has" if len(unmapped) == 1 else "queries have",
                     ", ".join(repr(q) for q in unmapped))
+
+
+UNREADABLE_NAMED = 20     # files named in a collect's record (`mlc inspect` shows them); its summary names 3
+
+
+def unreadable_named(unreadable: dict[str, str]) -> dict:
+    """Folder mode, the files of the folder that are no readable image (the bundled server skips them),
+    as a collect records them: {} for none, else {"count": n, "files": the first UNREADABLE_NAMED as
+    "path (why)"}."""
+    if not unreadable:
+        return {}
+    return {"count": len(unreadable),
+            "files": [f"{path} ({why})" for path, why in sorted(unreadable.items())[:UNREADABLE_NAMED]]}
+
+
+def unreadable_line(unreadable: dict, shown: int = 3) -> str | None:
+    """"2: ants/empty.jpg (empty file), ants/page.jpg (not an image)", or None when there are none."""
+    if not unreadable:
+        return None
+    named = unreadable["files"][:shown]
+    more = unreadable["count"] - len(named)
+    return f"{unreadable['count']}: {', '.join(named)}" + (f", and {more} more" if more > 0 else "")
 
 
 def check_sizes(cfg: Config, catalog: Catalog, since: float) -> None:

@@ -151,6 +151,7 @@ class FlickrSource:
         self.license_names: dict[int, str] = {}
         self.static_host = static_host
         self.skipped: Counter[str] = Counter()      # search results left out, by reason
+        self.unreadable: dict[str, str] = {}        # folder mode: files not served (no image), path -> why
 
     def current_url(self, url: str) -> str:
         """The bundled server may run on another port than when a URL was recorded (port 0, or a

@@ -1,8 +1,9 @@
 """Opening the configured source: Flickr, the bundled server (kind local), or a URL list (kind urls).
 
 Each gives the Collector (stage.py) an object with `name`, `search(query, target)`, `licenses()`,
-`current_url(url)`, `api_calls` and `skipped` (search results left out, by reason), plus the image
-hosts its downloads may come from."""
+`current_url(url)`, `api_calls`, `skipped` (search results left out, by reason) and `unreadable`
+(folder mode: files in the folder that are no readable image, path -> why), plus the image hosts
+its downloads may come from."""
 
 from __future__ import annotations
 
@@ -46,4 +47,5 @@ def open_source(cfg: Config) -> Iterator[tuple[FlickrSource | UrlListSource, lis
     with server as srv:
         source = FlickrSource(s, flickr_credentials(local=True), "local", rest_url=srv.rest_url,
                               result_cap=s.local.result_cap, static_host=srv.static_host)
+        source.unreadable = dict(srv.world.unreadable)
         yield source, [srv.static_host, *s.allowed_hosts]

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 from mlc_pipeline.catalog import Catalog, Found, merge_labels, run_end_status
 from mlc_pipeline import progress as bars   # `progress` is the show-bars flag here
 from mlc_pipeline.config import Config
-from mlc_pipeline.collect.checks import check_sizes, warn_before_collecting
+from mlc_pipeline.collect.checks import check_sizes, unreadable_line, unreadable_named, warn_before_collecting
 from mlc_pipeline.collect.cluster import download_on_cluster
 from mlc_pipeline.collect.download import Downloader, DownloadJob
 from mlc_pipeline.collect.hosts import host_allowed, refused_url
@@ -52,6 +52,7 @@ class CollectSummary:
     short: list[str] = field(default_factory=list)            # one line per set in `shortfall`, for people
     seconds: dict[str, float] = field(default_factory=dict)   # collect / curate time (collect_in_rounds)
     search_skipped: dict[str, int] = field(default_factory=dict)  # malformed search results left out, by reason
+    unreadable: dict[str, Any] = field(default_factory=dict)  # folder mode: files there that are no image (checks.py)
 
 
 def targets(cfg: Config) -> list[tuple[Target, list[str], int]]:
@@ -75,8 +76,7 @@ def set_name(target: Target) -> str:
     return {"probe": "probe", "pool": "mine pool"}.get(target.purpose, target.label)
 
 
-MIN_USABLE_RATE = 0.2     # plan at most 5 downloads per missing usable image in one round (a small
-#                           first sample can make a set look worse than it is; later rounds correct)
+MIN_USABLE_RATE = 0.2     # at most 5 downloads per missing usable image a round (a small first sample can look worse)
 
 
 def usable_rate(tally: dict) -> float:
@@ -324,6 +324,7 @@ def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int
             yield catalog, collector, summary
             summary.api_calls = source.api_calls
             summary.search_skipped = dict(source.skipped)
+            summary.unreadable = unreadable_named(source.unreadable)
             summary.max_connections_per_host = dict(collector.downloader.max_in_flight)
         except BaseException as exc:
             catalog.finish_run(run_id, run_end_status(exc), {"error": type(exc).__name__, **summary.__dict__})
@@ -332,6 +333,7 @@ def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int
     bars.summary(f"collect {summary.run_id}", show=progress, rows=[
         ("API calls", summary.api_calls), ("new candidates", summary.found_new), ("downloaded", summary.downloaded),
         ("failed", summary.failed), ("search results skipped (malformed)", summary.search_skipped or None),
+        ("unreadable in the folder (not collected)", unreadable_line(summary.unreadable)),
         ("collect/curate rounds", summary.rounds if summary.rounds > 1 else None),
         ("queries exhausted", ", ".join(summary.exhausted)), ("short sets", "\n".join(summary.short))])
 

@@ -134,6 +134,7 @@ class UrlListSource:
     name = SOURCE_NAME
     api_calls = 0                 # nothing is searched over the network
     skipped: dict[str, int] = {}  # search results left out: none (bad rows are refused when the list is read)
+    unreadable: dict[str, str] = {}   # files of a folder not served: folder mode only
 
     def __init__(self, rows: list[UrlRow]):
         self.rows = rows

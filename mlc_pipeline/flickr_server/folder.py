@@ -22,14 +22,20 @@ class FolderModeError(ValueError):
     """The folder or a mapped subfolder cannot be served; one line naming it."""
 
 
-def folder_photos(folder: str | Path, query_map: dict[str, str], seed: int) -> list[Photo]:
+def folder_photos(folder: str | Path, query_map: dict[str, str], seed: int,
+                  unreadable: dict[str, str] | None = None) -> list[Photo]:
     """One photo per image file under each mapped subfolder, tagged with the query's words.
 
     A file reached by several queries is one photo carrying all their words. Titles are neutral
     ('IMG_1234') so that free-text search finds exactly the mapped files. Symbolic links to folders
     and files are followed (a folder tree assembled from links is a common way to pick images);
-    each photo records its path relative to `folder` as `source_file`.
+    each photo records its path relative to `folder` as `source_file`. A file with an image name
+    that is no readable image (empty, an HTML page named .jpg, a link to nothing) is not served: it
+    is logged, and added to `unreadable` (path relative to `folder` -> why), which collect's summary
+    counts and `mlc inspect` shows. Not served rather than failed at download: the day the user
+    replaces it with an image, the next collect finds it as a new photo.
     """
+    unreadable = {} if unreadable is None else unreadable
     root = Path(folder)
     if not root.exists():
         raise FolderModeError(f"folder mode: {root} does not exist")
@@ -50,8 +56,12 @@ def folder_photos(folder: str | Path, query_map: dict[str, str], seed: int) -> l
             if relative in by_path:
                 by_path[relative].tags = list(dict.fromkeys(by_path[relative].tags + words))
                 continue
+            if relative in unreadable:
+                continue
             photo = _photo_for_file(path, relative, subfolder, words, seed, used_ids)
-            if photo is not None:
+            if isinstance(photo, str):
+                unreadable[relative] = photo
+            else:
                 by_path[relative] = photo
     return list(by_path.values())
 
@@ -81,11 +91,7 @@ def image_files(base: Path) -> list[Path]:
             continue
         seen.add(real)
         dirnames.sort()
-        for name in sorted(f for f in filenames if Path(f).suffix.lower() in IMAGE_SUFFIXES):
-            if Path(dirpath, name).is_file():
-                out.append(Path(dirpath, name))
-            else:
-                log.warning("folder mode: skipping %s, a link to nothing", Path(dirpath, name))
+        out += [Path(dirpath, name) for name in sorted(f for f in filenames if Path(f).suffix.lower() in IMAGE_SUFFIXES)]
     return out
 
 
@@ -95,13 +101,20 @@ def photo_id_for(relative_path: str) -> str:
     return str(10_000_000_000 + number % 89_999_999_999)
 
 
-def _photo_for_file(path: Path, relative: str, kind: str, words: list[str], seed: int, used_ids: set[str]) -> Photo | None:
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError) as error:
-        log.warning("folder mode: skipping %s, not a readable image (%s)", path, error)
-        return None
+def _photo_for_file(path: Path, relative: str, kind: str, words: list[str], seed: int, used_ids: set[str]) -> Photo | str:
+    """The file's photo, or why it is none (logged)."""
+    why = unreadable_why(path)
+    if why is None:
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except UnidentifiedImageError:
+            why = "not an image"
+        except OSError as error:
+            why = f"unreadable ({type(error).__name__})"
+    if why is not None:
+        log.warning("folder mode: skipping %s, %s", path, why)
+        return why
     photo_id = photo_id_for(relative)
     while photo_id in used_ids:  # a hash collision: move to the next free number, deterministically
         photo_id = str(int(photo_id) + 1)
@@ -117,6 +130,13 @@ def _photo_for_file(path: Path, relative: str, kind: str, words: list[str], seed
         kind=kind, sizes=fitting_sizes(width, height), o_width=width, o_height=height,
         source_path=str(path), source_file=relative,
     )
+
+
+def unreadable_why(path: Path) -> str | None:
+    "Why a file listed is no image, from a stat: a link to nothing, an empty file; None otherwise."
+    if not path.is_file():
+        return "a link to nothing" if path.is_symlink() else "not a file"
+    return "empty file" if path.stat().st_size == 0 else None
 
 
 def fitting_sizes(width: int, height: int) -> dict[str, tuple[int, int]]:

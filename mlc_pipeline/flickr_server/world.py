@@ -47,9 +47,11 @@ class ByteLRU:
 
 
 class World:
-    def __init__(self, spec: WorldSpec, photos: list[Photo], cache_bytes: int = 256 * 1024 * 1024):
+    def __init__(self, spec: WorldSpec, photos: list[Photo], cache_bytes: int = 256 * 1024 * 1024,
+                 unreadable: dict[str, str] | None = None):
         self.spec = spec
         self.photos = photos
+        self.unreadable = unreadable or {}     # folder mode: files not served, path in the folder -> why
         self.by_id = {photo.id: photo for photo in photos}
         self.index = SearchIndex(photos)
         self._cache = ByteLRU(cache_bytes)
@@ -99,17 +101,18 @@ class World:
 
 def build_world(spec: WorldSpec, faults: FaultSpec | None = None) -> World:
     """Build the world a spec describes; duplicate faults add twin photos under new ids."""
+    unreadable: dict[str, str] = {}
     if spec.kind == "default":
         photos = default_photos(spec.seed, spec.scale)
     elif spec.kind == "folder":
         if not spec.folder:
             raise FolderModeError("folder mode needs a folder (source.local.folder, or serve-flickr --folder)")
-        photos = folder_photos(spec.folder, spec.query_map, spec.seed)
+        photos = folder_photos(spec.folder, spec.query_map, spec.seed, unreadable)
     else:
         raise ValueError(f"unknown world kind {spec.kind!r} (expected 'default' or 'folder')")
     if faults is not None and (faults.dup_exact > 0 or faults.dup_near > 0):
         photos = photos + make_duplicates(photos, faults)
-    return World(spec, photos)
+    return World(spec, photos, unreadable=unreadable)
 
 
 def make_duplicates(photos: list[Photo], faults: FaultSpec) -> list[Photo]:

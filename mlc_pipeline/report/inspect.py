@@ -37,7 +37,32 @@ def catalog_summary(catalog: Catalog) -> dict:
         "by_label": {k: dict(v) for k, v in by_label.items()},
         "reasons": [dict(r) for r in catalog.reasons()],
         "runs": catalog.runs(10),
+        "unreadable_in_folder": unreadable_in_folder(catalog),
     }
+
+
+def unreadable_in_folder(catalog: Catalog) -> dict:
+    """Folder mode: the files of the folder that are no readable image, as the latest completed collect
+    found them (`CollectSummary.unreadable`: {"count", "files"}; {} for none). The bundled server does
+    not serve them, so no catalog row names them: the collect's record is where they last."""
+    for run in catalog.runs(100):
+        if run["command"] == "collect" and run["status"] == "completed":
+            found = json.loads(run["summary"] or "{}").get("unreadable")
+            return found if isinstance(found, dict) and found.get("count") else {}
+    return {}
+
+
+def unreadable_lines(found: dict) -> list[str]:
+    if not found:
+        return []
+    more = found["count"] - len(found["files"])
+    return ([f"Not collected: {found['count']} file(s) in the folder are no readable image (latest collect)"]
+            + [f"  {f}" for f in found["files"]] + ([f"  ... and {more} more (collect's log names each)"] if more > 0 else []))
+
+
+def shown_name(row: dict) -> str:
+    """How a report names a catalog row: its file in the folder (folder mode), else its photo id."""
+    return row.get("source_file") or row["photo_id"]
 
 
 def short_sets(cfg: Config, catalog: Catalog) -> list:
@@ -63,6 +88,8 @@ def format_catalog_summary(summary: dict) -> str:
     if summary["reasons"]:
         lines += ["", "Why (status: reason = count)"]
         lines += [f"  {r['status']}: {r['reason']} = {r['n']}" for r in summary["reasons"]]
+    if summary.get("unreadable_in_folder"):
+        lines += [""] + unreadable_lines(summary["unreadable_in_folder"])
     if summary["runs"]:
         lines += ["", "Recent runs"]
         lines += [f"  {r['run_id']} {r['command']:<8} {r['status']}{where(r) if r['status'] == 'running' else ''}"
@@ -172,7 +199,7 @@ def format_dataset_summary(s: dict) -> str:
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}h2{border-bottom:1px solid #ccc}
 table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:6px}
-figure{margin:0;width:116px;font-size:11px;overflow:hidden}figure img{width:112px;height:112px;object-fit:cover}
+figure{margin:0;width:116px;font-size:11px;overflow:hidden;overflow-wrap:anywhere}figure img{width:112px;height:112px;object-fit:cover}
 .broken{width:112px;height:112px;background:#fdd;display:flex;align-items:center;justify-content:center}
 .group{display:flex;gap:6px;margin:8px 0;padding:6px;border:1px solid #eee}small{color:#777}
 td.clip{max-width:18em;text-align:left;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
@@ -232,12 +259,16 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
         by_kept[d["duplicate_of"]].append(d)
     for kept_id, members in list(by_kept.items())[:GROUP_LIMIT]:
         kept = by_id.get(kept_id)
-        cells = [figure(thumbnail_uri(kept["file_path"]), f"kept {kept['photo_id']} ({kept['curated_label']})")] if kept else []
-        cells += [figure(thumbnail_uri(d["file_path"]), f"{d['photo_id']}: {d['reason']}") for d in members]
+        cells = [figure(thumbnail_uri(kept["file_path"]), f"kept {shown_name(kept)} ({kept['curated_label']})")] if kept else []
+        cells += [figure(thumbnail_uri(d["file_path"]), f"{shown_name(d)}: {d['reason']}") for d in members]
         parts.append("<div class='group'>" + "".join(cells) + "</div>")
     parts.append(f"<h2 id='quarantine'>Quarantined <small>{len(quarantined)}</small></h2><div class='grid'>")
-    parts += [figure(thumbnail_uri(q["file_path"]), f"{q['photo_id']}: {q['reason']}") for q in quarantined[:QUARANTINE_LIMIT]]
+    parts += [figure(thumbnail_uri(q["file_path"]), f"{shown_name(q)}: {q['reason']}") for q in quarantined[:QUARANTINE_LIMIT]]
     parts.append("</div>")
+    if cat["unreadable_in_folder"]:
+        title, *files = unreadable_lines(cat["unreadable_in_folder"])
+        parts += [f"<h3 id='unreadable'>{html.escape(title)}</h3><ul>"]
+        parts += [f"<li>{html.escape(f.strip())}</li>" for f in files] + ["</ul>"]
     parts += ["<h2 id='rejections'>Rejections and failures by reason</h2>",
               table(["status", "reason", "count"], [[r["status"], r["reason"], r["n"]] for r in cat["reasons"]
                                                     if r["status"] != "accepted"])]

@@ -71,3 +71,20 @@ def test_a_query_with_punctuation_finds_its_subfolder(tmp_path):
         world = build_world(WorldSpec(kind="folder", folder=str(root), query_map={query: "ants"}))
         total, _ = world.search({"text": query})
         assert total == len(jpgs(ANTS)), query
+
+
+def test_files_that_are_no_image_are_listed_with_why(tmp_path, caplog):
+    """A user's audit: a zero-byte file and an HTML page named .jpg were skipped with a log line only,
+    counted nowhere. The world lists them (path in the folder -> why), for collect's summary."""
+    root = tmp_path / "photos"
+    (root / "ants").mkdir(parents=True)
+    os.symlink(ANTS / jpgs(ANTS)[0], root / "ants" / "real.jpg")
+    (root / "ants" / "empty.jpg").write_bytes(b"")
+    (root / "ants" / "page.jpg").write_text("<html>404</html>")
+    os.symlink(tmp_path / "deleted.jpg", root / "ants" / "gone.jpg")
+    (root / "ants" / "notes.txt").write_text("not an image name: not listed")
+    world = build_world(WorldSpec(kind="folder", folder=str(root), query_map={"ants": "ants", "also": "ants"}))
+    assert [p.source_file for p in world.photos] == ["ants/real.jpg"]
+    assert world.unreadable == {"ants/empty.jpg": "empty file", "ants/page.jpg": "not an image",
+                                "ants/gone.jpg": "a link to nothing"}
+    assert "page.jpg, not an image" in caplog.text and caplog.text.count("empty.jpg, empty file") == 1
