@@ -10,6 +10,17 @@ from collections import Counter
 from .labels import FROM_POOL, decided_in_review, effective_labels, reviewed_status
 from .schema import FILE_STATUSES
 
+HELD = '{"held": true}'      # overrides.HELD (overrides imports the store, which imports this mixin)
+# 1 where the review decision in force is a takedown's hold (`overrides.hold`), given HELD as parameter.
+HELD_SQL = "CASE WHEN a.action = 'reject' AND a.detail = ? THEN 1 ELSE 0 END"
+
+
+def as_built(row: dict) -> tuple[str, str | None]:
+    """`reviewed_status`, except that an image a takedown holds out (`held`: its reject is a hold) is
+    ('rejected', 'held-for-takedown'), not ('rejected', 'review'), which reads as a reviewer's decision."""
+    status, reason = reviewed_status(row)
+    return (status, "held-for-takedown") if (status, reason) == ("rejected", "review") and row.get("held") else (status, reason)
+
 
 class TallyQueries:
     def count_downloaded(self, purpose: str, label: str) -> int:
@@ -29,18 +40,18 @@ class TallyQueries:
         out: dict = {"accepted": 0, "downloaded": 0, "pending": 0,
                      "rejected": {}, "duplicate": {}, "failed": {}, "skipped": {}}
         reviewed = self.has_table("review_overrides")
-        review = ("o.labels AS review_labels, o.include AS review_include FROM candidates c "
-                  "LEFT JOIN review_overrides o ON o.candidate_id = c.id" if reviewed
-                  else "NULL AS review_labels, NULL AS review_include FROM candidates c")
+        review = (f"o.labels AS review_labels, o.include AS review_include, {HELD_SQL} AS held FROM candidates c "
+                  "LEFT JOIN review_overrides o ON o.candidate_id = c.id LEFT JOIN review_actions a ON a.id = o.action_id"
+                  if reviewed else "NULL AS review_labels, NULL AS review_include FROM candidates c")
         from_pool = reviewed and purpose == "train"
         where, params = ("c.purpose=? OR (c.purpose='pool' AND o.include=?)", (purpose, FROM_POOL)) if from_pool \
             else ("c.purpose=?", (purpose,))
         rows = self.db.execute("SELECT c.status, c.reason, c.label, c.curated_label, c.purpose, c.file_path, "
-                               f"{review} WHERE {where}", params)
+                               f"{review} WHERE {where}", ((HELD,) if reviewed else ()) + params)
         for r in map(dict, rows):
             if r["purpose"] == "pool" and decided_in_review(r) == (purpose == "pool"):
                 continue        # a pool image counts in the pool, or in training once labelled in review
-            status, r["reason"] = reviewed_status(r)
+            status, r["reason"] = as_built(r)
             labels = effective_labels(r) if status == "accepted" else r["label"]
             if label not in labels.split():
                 continue
@@ -116,19 +127,21 @@ class TallyQueries:
         (code points): PostgreSQL returned ties in its own order, and a locale collation may sort "_"
         or capitals apart from SQLite's, so `mlc inspect --json` differed between the two."""
         # As the build sees them (`reviewed_status`): an image the review put back is no longer counted
-        # as removed, and one it rejected is ('rejected', 'review').
+        # as removed, and one it rejected is ('rejected', 'review'); one a takedown holds (its reject is
+        # a hold: overrides.HELD) is ('rejected', 'held-for-takedown'), not a reviewer's decision.
         if self.has_table("review_overrides"):
             rows = self.db.execute(
                 "SELECT c.status, c.reason, o.include AS review_include, CASE WHEN c.file_path IS NULL THEN 0 ELSE 1 "
-                "END AS file_path, COUNT(*) AS n FROM candidates c LEFT JOIN review_overrides o ON o.candidate_id = c.id "
+                f"END AS file_path, {HELD_SQL} AS held, COUNT(*) AS n FROM candidates c "
+                "LEFT JOIN review_overrides o ON o.candidate_id = c.id LEFT JOIN review_actions a ON a.id = o.action_id "
                 "WHERE c.reason IS NOT NULL OR o.include IS NOT NULL GROUP BY c.status, c.reason, o.include, "
-                "CASE WHEN c.file_path IS NULL THEN 0 ELSE 1 END")
+                "CASE WHEN c.file_path IS NULL THEN 0 ELSE 1 END, a.action, a.detail", (HELD,))
         else:
             rows = self.db.execute("SELECT status, reason, COUNT(*) AS n FROM candidates WHERE reason IS NOT NULL "
                                    "GROUP BY status, reason")
         out: Counter = Counter()
         for r in map(dict, rows):
-            status, reason = reviewed_status(r)
+            status, reason = as_built(r)
             if reason is not None:
                 out[(status, reason)] += r["n"]
         return sorted(({"status": k[0], "reason": k[1], "n": n} for k, n in out.items()),

@@ -20,3 +20,67 @@ def test_probe_images_are_their_own_group_not_other_negatives():
     # A probe image that becomes a negative (it moved to "other") is a change of group too.
     assert version_diff([row("p", "", "probe")], [row("p", "", "train")]) == {"other": {"relabelled": 1}}
     assert version_diff(new, new) == {}
+
+
+def test_folder_mode_report_names_the_files_left_out_and_the_holds_of_a_takedown(tmp_path):
+    """A user's audit of folder mode: a zero-byte file and an HTML page named .jpg were skipped with a
+    log line only (no count anywhere); the report captioned quarantined and duplicate images with
+    generated photo ids, not the user's file names; and a near copy held for a takedown was counted as
+    `rejected: review`, which reads as a reviewer's decision."""
+    import json
+    import shutil
+    import subprocess
+
+    import yaml
+    from PIL import Image
+
+    from helpers import ENV, FIXTURES, MLC
+    from mlc_pipeline.collect.stage import collect
+    from mlc_pipeline.config import parse_config
+    from mlc_pipeline.curate.stage import curate
+    from mlc_pipeline.curate.takedown import remove_photos
+    from mlc_pipeline.flickr_server.folder import photo_id_for
+
+    ants = sorted((FIXTURES / "hymenoptera" / "ants").glob("*.jpg"))
+    world = tmp_path / "photos"
+    (world / "ants").mkdir(parents=True)
+    (world / "scenery").mkdir()
+    for f in ants[:6]:
+        shutil.copy(f, world / "ants" / f.name)
+    for f in ants[100:102]:
+        shutil.copy(f, world / "scenery" / f.name)
+    (world / "ants" / "empty.jpg").write_bytes(b"")
+    (world / "ants" / "page.jpg").write_text("<html>404</html>")
+    Image.open(ants[0]).resize((50, 40)).save(world / "ants" / "tiny.jpg")
+    with Image.open(ants[1]) as im:                  # a re-upload: a 5 % crop, re-encoded
+        w, h = im.size
+        im.convert("RGB").crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(world / "ants" / "zz_recrop.jpg", quality=80)
+    raw = {"data_dir": str(tmp_path / "data"),
+           "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s", "url_q", "url_t", "url_sq"],
+                      "local": {"port": 0, "folder": str(world), "query_map": {"ants": "ants", "scenery": "scenery"}}},
+           "classes": {"ants": {"queries": ["ants"], "count": 10}}, "other": {"queries": ["scenery"], "count": 2}}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    cfg = parse_config(raw)
+    summary = collect(cfg, progress=False)
+    assert summary.unreadable == {"count": 2, "files": ["ants/empty.jpg (empty file)", "ants/page.jpg (not an image)"]}
+    curate(cfg)
+    # The photo whose copy curate dropped is taken down: its near copy is held for review.
+    removed = remove_photos(cfg, "owner request", photo_id=photo_id_for(f"ants/{ants[1].name}"))
+    assert len(removed.removed) == 1 and len(removed.held) == 1
+    curate(cfg)
+
+    shown = subprocess.run(MLC + ["inspect", "-c", str(config), "--html", str(tmp_path / "r.html")],
+                           env=ENV, text=True, capture_output=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout
+    assert "rejected: held-for-takedown = 1" in text and "rejected: review" not in text, text
+    assert "rejected: held-for-takedown 1, too-small 1" in text               # the short set's line too
+    assert "Not collected: 2 file(s) in the folder are no readable image" in text, text
+    assert "ants/empty.jpg (empty file)" in text and "ants/page.jpg (not an image)" in text
+    page = (tmp_path / "r.html").read_text()
+    assert "<figcaption>ants/tiny.jpg: too-small</figcaption>" in page
+    assert "<li>ants/page.jpg (not an image)</li>" in page
+    as_json = json.loads(subprocess.run(MLC + ["inspect", "-c", str(config), "--json"], env=ENV, text=True,
+                                        capture_output=True, timeout=300).stdout)
+    assert as_json["catalog"]["unreadable_in_folder"]["count"] == 2
