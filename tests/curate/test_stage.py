@@ -175,3 +175,27 @@ def test_a_score_of_a_file_rewritten_in_place_is_not_kept_under_its_old_digest(t
     with Catalog(cfg.catalog_path) as c:
         reupload = next(r for r in c.candidates() if (r["source_file"] or "").endswith("reupload.jpg"))
     assert (reupload["status"], reupload["duplicate_of"]) == ("duplicate", kept["id"]), reupload
+
+
+def test_a_byte_copy_of_a_published_test_photo_is_an_exact_duplicate_of_it(tmp_path):
+    # A user's audit: curate compares new photos with the *published* test files, which the build
+    # re-encoded, so a byte copy of a test photo's source was called `near-duplicate-of-test:v1:d=0`
+    # (docs: a byte copy is `exact-...`). The catalog knows the source's sha256: the copy is exact.
+    from mlc_pipeline.curate.stage import curate
+    from mlc_pipeline.dataset.build import build_dataset
+    from mlc_pipeline.flickr_server.folder import photo_id_for
+    from mlc_pipeline.manifest import read_manifest
+    cfg, world = folder_world(tmp_path, sorted((FIXTURES / "ants").glob("*.jpg"))[:16], 17, 1)
+    collect(cfg, progress=False)
+    curate(cfg)
+    v1 = build_dataset(cfg)
+    tests = [r for r in read_manifest(v1.path / "manifest.csv") if r["split"] == "test"]
+    assert tests, "the split hash put no image in test; pick another world"
+    test = tests[0]
+    shutil.copy(world / test["source_file"], world / "ants" / "zz_copy.jpg")         # the very bytes
+    collect(cfg, progress=False)
+    assert curate(cfg).duplicates.get("exact-duplicate-of-test") == 1
+    with Catalog(cfg.catalog_path) as c:
+        copy = c.get_by_photo("local", photo_id_for("ants/zz_copy.jpg"))
+    assert (copy["status"], copy["reason"]) == ("duplicate", f"exact-duplicate-of-test:{v1.version}:d=0")
+    assert copy["duplicate_of"] == int(test["candidate_id"])
