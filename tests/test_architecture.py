@@ -222,6 +222,24 @@ def test_bench_scripts_speak_sql_only_where_listed():
     assert bench_speaks_sql(PKG / "catalog" / "sqlite.py"), "the bench check sees no SQL where there is: a useless test"
 
 
+def sql_conditions_passed(path: Path) -> list[int]:
+    """Lines where `path` hands the catalog an SQL condition: `catalog.candidates("status='accepted'")`
+    (a string, or any positional or `where=` argument), which the keyword filters replace."""
+    return [node.lineno for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "candidates"
+            and (node.args or any(k.arg in ("where", "params") for k in node.keywords))]
+
+
+def test_the_library_asks_the_catalog_for_rows_by_keywords_not_sql():
+    """Eight modules outside the catalog passed `catalog.candidates` SQL conditions of their own
+    (`"source=? AND status='failed' AND reason LIKE 'transient:%'"`), which the statement check above
+    cannot see: they ask by keywords (catalog/rows.py) since 2026-12-07."""
+    files = [p for p in [*PKG.rglob("*.py"), *FLOWS.rglob("*.py")] if not in_catalog(module_name(p))]
+    found = {str(p.relative_to(ROOT)): lines for p in files if (lines := sql_conditions_passed(p))}
+    assert not found, f"SQL conditions handed to the catalog (file: lines): {found}"
+    assert sql_conditions_passed(ROOT / "tests" / "catalog" / "test_rows.py"), "the check sees nothing: a useless test"
+
+
 def test_the_library_never_imports_the_flows():
     """flows/ wires the library into Prefect; the library runs without it, and without Prefect loaded
     (secrets.py reads Prefect Secret blocks inside the function that needs them)."""

@@ -293,7 +293,7 @@ def _curate(cfg: Config) -> CurateSummary:
         run_id = catalog.start_run("curate")
         summary = CurateSummary(run_id)
         try:
-            rows = catalog.candidates(f"status IN ({','.join('?' * len(FILE_STATUSES))})", FILE_STATUSES)
+            rows = catalog.candidates(status=FILE_STATUSES)
             # Not accepted before this curate (new, or rejected for a limit since relaxed, or a duplicate
             # whose keeper is gone): compared with takedowns' hashes when accepted now.
             newly = {r["id"] for r in rows if r["status"] != "accepted"}
@@ -349,7 +349,7 @@ def _curate(cfg: Config) -> CurateSummary:
             raise
         counts = Counter(d[0] for d in decisions.values())
         summary.accepted = counts["accepted"]
-        summary.rejected = dict(Counter(r["reason"].split(":")[0] for r in catalog.candidates("status='rejected'")))
+        summary.rejected = dict(Counter(r["reason"].split(":")[0] for r in catalog.candidates(status="rejected")))
         summary.duplicates = dict(Counter(d[1].split(":")[0] for d in decisions.values() if d[0] == "duplicate"))
         summary.conflicts = dict(Counter(d[1].split(":with=")[0] for d in decisions.values()
                                          if d[0] == "accepted" and d[1]))

@@ -172,7 +172,7 @@ def conflict_rows(cfg: Config, candidate_ids: set[str] | None = None) -> list[di
     with Catalog(cfg.catalog_path, readonly=True) as catalog:
         return [{"candidate_id": r["id"], "source": r["source"], "photo_id": r["photo_id"], "label": r["label"],
                  "curated_label": r["curated_label"], "resolution": r["reason"]}
-                for r in catalog.candidates("status='accepted' AND reason LIKE 'conflict:%'")
+                for r in catalog.candidates(status="accepted", reason_prefix="conflict:")
                 if candidate_ids is None or str(r["id"]) in candidate_ids]
 
 
@@ -211,9 +211,9 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
     ds = dataset_summary(cfg, version)
     with Catalog(cfg.catalog_path, readonly=True) as catalog:
         cat = catalog_summary(catalog)
-        quarantined = catalog.candidates("status='rejected'")
-        dups = catalog.candidates("status='duplicate'")
-        by_id = {r["id"]: r for r in catalog.candidates("status='accepted'")}
+        quarantined = catalog.candidates(status="rejected")
+        dups = catalog.candidates(status="duplicate")
+        by_id = {r["id"]: r for r in catalog.candidates(status="accepted")}
         short = short_sets(cfg, catalog)
         taken_down = catalog.taken_down_photos()
     if ds:      # a photo taken down since the version was built: neither its pixels nor its row here
