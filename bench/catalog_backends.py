@@ -44,7 +44,7 @@ def record(where, n: int, start: int = 0) -> dict:
         for i in range(0, n, 100):
             c.upsert_found(batch[i:i + 100], run)
         out["upsert_per_s"] = n / (time.perf_counter() - t)
-        ids = [r["id"] for r in c.candidates("source='flickr'")][:n]
+        ids = [r["id"] for r in c.candidates(source="flickr")][:n]
         t = time.perf_counter()
         for cid in ids:
             c.set_status(cid, "downloaded", None, run, "download", bytes=1000, sha256="ab" * 32)

@@ -234,7 +234,7 @@ def test_the_library_asks_the_catalog_for_rows_by_keywords_not_sql():
     """Eight modules outside the catalog passed `catalog.candidates` SQL conditions of their own
     (`"source=? AND status='failed' AND reason LIKE 'transient:%'"`), which the statement check above
     cannot see: they ask by keywords (catalog/rows.py) since 2026-12-07."""
-    files = [p for p in [*PKG.rglob("*.py"), *FLOWS.rglob("*.py")] if not in_catalog(module_name(p))]
+    files = [p for p in [*PKG.rglob("*.py"), *FLOWS.rglob("*.py"), *BENCH.rglob("*.py")] if not in_catalog(module_name(p))]
     found = {str(p.relative_to(ROOT)): lines for p in files if (lines := sql_conditions_passed(p))}
     assert not found, f"SQL conditions handed to the catalog (file: lines): {found}"
     assert sql_conditions_passed(ROOT / "tests" / "catalog" / "test_rows.py"), "the check sees nothing: a useless test"
