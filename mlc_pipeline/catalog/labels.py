@@ -56,7 +56,7 @@ def copy_refused(row: dict, action: str) -> None:
     another picture, and twice in a version they can land in train and valid), or, by "restore", a
     near copy of a published test image (trained on, the next test score would be inflated)."""
     reason, of = row["reason"] or "", row["duplicate_of"]
-    to_test = "-duplicate-of-test:" in reason     # a near one may have the test photo's source bytes
+    to_test = "-duplicate-of-test:" in reason     # a near one of a curate before 2026-12-07 may hold its source bytes
     if reason.startswith("exact-") or row["sha256"] and row["sha256"] == row.get("duplicate_of_sha256"):
         what = "a published test image" if to_test else f"candidate {of}" if of else "another image"
         raise ReviewError(f"the same bytes as {what}: it is not another picture, and a copy in the version "
