@@ -44,6 +44,8 @@ def test_the_weights_at_hand_name_what_a_training_would_start_from_now(tmp_path,
 
 
 @pytest.mark.parametrize("edit, retrains", [("model/train.py", True), ("model/losses.py", True),
+                                            ("model/stage.py", True), ("model/mine.py", False),
+                                            ("model/predict_cli.py", False), ("model/registry.py", False),
                                             ("review/app.py", False), ("curate/stage.py", False)])
 def test_a_change_to_the_training_code_and_only_to_it_moves_the_fingerprint(tmp_path, monkeypatch, edit, retrains):
     """The fingerprint reads the package beside shipping.py: here a copy of it, then the copy edited."""
@@ -80,3 +82,28 @@ def test_the_incumbent_is_a_bundle_whose_bundle_json_names_the_classes(tmp_path,
     cfg.layout.reports.mkdir(parents=True)
     (cfg.layout.reports / "latest.json").write_text(json.dumps({"trained_with": key, "shipped": "model-1"}))
     assert shipping.incumbent_model(cfg, key) == (bundle if incumbent else None)
+
+
+def test_the_modules_left_out_of_the_fingerprint_are_not_imported_by_training():
+    """model/mine.py and the CLI's modules are left out of the training-code fingerprint: a change to
+    them must not be able to change a trained model, so the training's own modules never import them
+    (model/stage.py may name a bundle through the registry; naming trains nothing)."""
+    import ast
+    model = PACKAGE / "model"
+
+    def imported(name: str) -> set[str]:
+        tree = ast.parse((model / name).read_text())
+        found = {a.name.split(".")[-1] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        found |= {n.module.split(".")[-1] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        found |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+                  and n.module.endswith("model") for a in n.names}
+        return {f"{m}.py" for m in found if (model / f"{m}.py").is_file()}
+
+    seen, todo = set(), ["train.py"]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += sorted(imported(name))
+    assert "learner.py" in seen and "weights.py" in seen, "the import walk sees nothing: a useless test"
+    assert not seen & set(shipping.NOT_TRAINING_CODE), sorted(seen & set(shipping.NOT_TRAINING_CODE))
