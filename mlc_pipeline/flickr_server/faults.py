@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, fields
 
 # malformed: a reply that says "ok" but lacks its payload (no "photos", no "licenses").
-API_FAULTS = ("http500", "code105", "slow", "malformed")
+# api429: the request opens a rate-limit window of retry_after_s seconds in which every API call is
+# answered HTTP 429 with Retry-After (the seconds left); api429_bare: the same window, no Retry-After.
+API_FAULTS = ("http500", "code105", "slow", "malformed", "api429", "api429_bare")
+RATE_LIMIT_FAULTS = ("api429", "api429_bare")
 # Persistent image faults: a photo that has one keeps it on every attempt.
 # octet: a whole, valid image served as application/octet-stream (mirrors and object stores do).
 PHOTO_FAULTS = ("truncated", "empty", "html", "redirect_offsite", "oversize", "trickle", "octet")
@@ -19,8 +23,9 @@ ENTRY_FAULTS = ("entry_no_id",)
 # dropped: the connection closes after 60% of a body whose full Content-Length was announced).
 TRANSIENT_IMAGE_FAULTS = ("img429", "dropped")
 # Search paging faults: a page after the first answers the page before's entries (its first
-# fault_repeats attempts); a reply's "pages" says 1 whatever "total" says.
-PAGE_FAULTS = ("repeat_page", "pages_low")
+# fault_repeats attempts); a reply's "pages" says 1 whatever "total" says; license_ignored: the
+# search ignores its `license` filter (a mirror that does: results under any licence come back).
+PAGE_FAULTS = ("repeat_page", "pages_low", "license_ignored")
 RATE_FIELDS = API_FAULTS + TRANSIENT_IMAGE_FAULTS + PHOTO_FAULTS + DUPLICATE_FAULTS + ENTRY_FAULTS + PAGE_FAULTS
 
 
@@ -32,6 +37,8 @@ class FaultSpec:
     code105: float = 0.0
     slow: float = 0.0
     malformed: float = 0.0
+    api429: float = 0.0  # a rate-limit window: every API call answers 429 + Retry-After for retry_after_s
+    api429_bare: float = 0.0  # the same window without a Retry-After header
     img429: float = 0.0
     dropped: float = 0.0  # the connection drops mid-body (a short read against Content-Length), then it works
     truncated: float = 0.0  # the file itself is cut: every attempt gets the same 60%, announced as complete
@@ -46,6 +53,7 @@ class FaultSpec:
     entry_no_id: float = 0.0
     repeat_page: float = 0.0
     pages_low: float = 0.0
+    license_ignored: float = 0.0  # share of searches answered as if no `license` filter was given
     seed: int = 0
     slow_ms: int = 1500
     retry_after_s: int = 1
@@ -110,6 +118,7 @@ class FaultPlan:
         self._lock = threading.Lock()
         self._attempts: Counter[tuple[str, str]] = Counter()
         self._injected: Counter[str] = Counter()
+        self._limited: tuple[str, float] | None = None   # an open rate-limit window: (fault, monotonic end)
 
     def _next_attempt(self, scope: str, key: str) -> int:
         with self._lock:
@@ -118,17 +127,33 @@ class FaultPlan:
         return attempt
 
     def api_fault(self, request_key: str) -> str | None:
-        """The fault to inject into this API request ('http500' | 'code105' | 'slow' | 'malformed'), or None.
+        """The fault to inject into this API request (one of API_FAULTS), or None.
 
         request_key identifies the request without nonces or keys, so a retry is the same request:
-        it fails for its first fault_repeats attempts and then succeeds.
+        it fails for its first fault_repeats attempts and then succeeds. While a rate-limit window
+        (api429, api429_bare) is open, every request gets that fault, whatever its own draw.
         """
+        if self.rate_limit_left() > 0:
+            self.count(self._limited[0])
+            return self._limited[0]
         rates = [(name, getattr(self.spec, name)) for name in API_FAULTS]
         fault = pick_by_rates(unit_hash(self.spec.seed, "api", request_key), rates)
         if fault is None or self._next_attempt("api", request_key) >= self.spec.fault_repeats:
             return None
         self.count(fault)
+        if fault in RATE_LIMIT_FAULTS:
+            with self._lock:
+                self._limited = (fault, time.monotonic() + self.spec.retry_after_s)
         return fault
+
+    def rate_limit_left(self) -> float:
+        """Seconds left of the open rate-limit window (0 when none is open)."""
+        with self._lock:
+            return max(0.0, self._limited[1] - time.monotonic()) if self._limited else 0.0
+
+    def ignores_license(self, request_key: str) -> bool:
+        """Whether this search is answered as if it had no `license` filter (counted when it had one)."""
+        return unit_hash(self.spec.seed, "license", request_key) < self.spec.license_ignored
 
     def image_429(self, url_path: str) -> bool:
         """Whether this image URL answers 429 now (its first fault_repeats attempts do)."""

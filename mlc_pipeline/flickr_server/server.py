@@ -6,6 +6,7 @@ import argparse
 import errno
 import json
 import logging
+import math
 import re
 import sys
 import threading
@@ -110,6 +111,10 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "malformed":
             self._send(200, *encode_response({"stat": "ok"}, params))
             return
+        if fault in ("api429", "api429_bare"):
+            left = {"Retry-After": str(max(1, math.ceil(app.faults.rate_limit_left())))} if fault == "api429" else {}
+            self._send(429, "text/plain; charset=utf-8", b"Too Many Requests\n", left)
+            return
         if fault == "slow":
             time.sleep(app.faults.spec.slow_ms / 1000)
         key = api_key_of(params, self.headers.get("Authorization"))
@@ -117,6 +122,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not key or (wanted is not None and key != wanted):
             response = fail(100, "Invalid API Key (Key has invalid format)")
         else:
+            if params.get("method") == "flickr.photos.search" and params.get("license") \
+                    and app.faults.ignores_license(request_key(params)):
+                app.faults.count("license_ignored")
+                params = {k: v for k, v in params.items() if k != "license"}
             paged = params.get("method") == "flickr.photos.search" and (app.faults.spec.repeat_page or
                                                                          app.faults.spec.pages_low)
             response = app.faults.damage_entries(app.faults.damage_pages(params, request_key(params), app.api.call)

@@ -275,6 +275,33 @@ def test_api_faults_fail_then_let_the_same_request_through(fault):
         assert srv.stats()["api_calls_by_method"] == {"flickr.photos.search": 3}
 
 
+def test_api429_opens_a_rate_limit_window_with_retry_after():
+    """`api429`: the request that draws it opens a window of retry_after_s in which every API call is
+    answered 429 with Retry-After (the seconds left); `api429_bare` sends none. After it, calls pass."""
+    for fault, header in (("api429", True), ("api429_bare", False)):
+        with FlickrServer(SMALL, FaultSpec(**{fault: 1.0}, retry_after_s=2)) as srv:
+            first = rest_get(srv, method="flickr.photos.search", text="kite")
+            other = rest_get(srv, method="flickr.photos.licenses.getInfo")     # another request, same window
+            assert first.status_code == other.status_code == 429
+            assert (first.headers.get("Retry-After"), other.headers.get("Retry-After")) == (
+                ("2", "2") if header else (None, None))
+            time.sleep(2.05)
+            assert rest_get(srv, method="flickr.photos.search", text="kite").json()["stat"] == "ok"
+            assert srv.stats()["faults_injected"] == {fault: 2}
+
+
+def test_license_ignored_answers_a_search_as_if_it_had_no_licence_filter():
+    with FlickrServer(SMALL, FaultSpec(license_ignored=1.0)) as srv:
+        got = rest_get(srv, method="flickr.photos.search", text="kite", license="4", extras="license",
+                       per_page=100).json()["photos"]["photo"]
+        assert {p["license"] for p in got} - {"4"}
+        assert srv.stats()["faults_injected"] == {"license_ignored": 1}
+    with FlickrServer(SMALL) as srv:
+        got = rest_get(srv, method="flickr.photos.search", text="kite", license="4", extras="license",
+                       per_page=100).json()["photos"]["photo"]
+        assert got and {p["license"] for p in got} == {"4"}
+
+
 def test_malformed_and_id_less_entry_faults():
     """`malformed`: an "ok" reply without its payload, then the same request goes through;
     `entry_no_id`: a photo's search entry lacks its id, in every reply (persistent, counted)."""
