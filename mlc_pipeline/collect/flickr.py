@@ -7,7 +7,10 @@ flickrapi 2.4.0 gives us the signed HTTP call and JSON parsing, nothing more: pa
 from __future__ import annotations
 
 import logging
+import math
+import random
 import re
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -20,7 +23,7 @@ from flickrapi.exceptions import FlickrError
 
 from mlc_pipeline.catalog import Found
 from mlc_pipeline.config import SourceSettings
-from mlc_pipeline.collect.retry import RateLimiter, Transient, with_retries
+from mlc_pipeline.collect.retry import RateLimiter, Transient, retry_after_seconds, with_retries
 from mlc_pipeline.secrets import Credentials, redact
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ FLICKR_EPOCH = 1072915200          # 2004-01-01: no upload is older
 DAY = 86400
 REPEATED_PAGES = 3                 # answers in a row with nothing new inside the reachable range: the end
 STATUS_RE = re.compile(r"Status code (\d{3})")
+RATE_LIMITED_S = 1.0               # a 429 without Retry-After waits 1 s, 2 s, 4 s, ... (capped by max_retry_after_s)
 
 
 class SourceError(RuntimeError):
@@ -147,6 +151,12 @@ class FlickrSource:
         self.api = flickrapi.FlickrAPI(credentials.key, credentials.secret, format="parsed-json",
                                        store_token=False, timeout=settings.timeout_s)
         self.api.REST_URL = rest_url or settings.rest_url   # instance attribute: redirects every call
+        # flickrapi keeps only "Status code 429 received" of a failed reply: our own session (its
+        # class-wide one is shared by every instance) keeps the last response, for its Retry-After.
+        self.replies = threading.local()
+        session = requests.Session()
+        session.hooks["response"].append(self._keep_reply)
+        self.api.flickr_oauth.session = session
         self.limiter = RateLimiter(settings.max_calls_per_hour)
         self.license_names: dict[int, str] = {}
         self.static_host = static_host
@@ -162,15 +172,41 @@ class FlickrSource:
         return urlunsplit((parts.scheme, self.static_host, parts.path, parts.query, ""))
 
     # --- one API call, retried ---------------------------------------------------------------
+    def _keep_reply(self, response: requests.Response, *args, **kwargs) -> None:
+        self.replies.last = response
+
+    def rate_limited(self, exc: Exception, tries: int) -> Exception:
+        """`exc` as classified, or, for an HTTP 429, a Transient that waits what the server's
+        Retry-After asks (seconds or an HTTP date), as image downloads do: capped by
+        source.max_retry_after_s; without one, 1 s, 2 s, 4 s, ... (the same cap). Either way the
+        limiter's burst is spent: the calls after the wait go at the steady rate."""
+        reply = getattr(self.replies, "last", None)
+        if not isinstance(exc, Transient) or reply is None or reply.status_code != 429:
+            return exc
+        self.limiter.drain()
+        cap = self.settings.max_retry_after_s
+        asked = retry_after_seconds(reply.headers.get("Retry-After"))
+        if asked is None:
+            wait = RATE_LIMITED_S * 2 ** (tries - 1) * random.uniform(1.0, 1.25)
+            return Transient("HTTP 429 from the API (no Retry-After: backing off)", min(wait, cap))
+        capped = f"; source.max_retry_after_s caps a wait at {cap:g} s" if asked > cap else ""
+        return Transient(f"HTTP 429 from the API (it asked to wait {math.ceil(asked)} s{capped})", min(asked, cap))
+
     def call(self, method: str, expect: str | None = None, **params) -> dict:
         """`method` with retries. `expect`: the part of the reply the caller reads ("photos"); a reply
-        without it (a "stat: ok" with no payload) is a transient fault, retried like a 5xx."""
+        without it (a "stat: ok" with no payload) is a transient fault, retried like a 5xx; an HTTP
+        429 waits what the server asks (`rate_limited`). Every try is one call of the budget."""
+        tries = 0
+
         def once() -> dict:
+            nonlocal tries
+            tries += 1
             self.limiter.acquire()
+            self.replies.last = None
             try:
                 reply = getattr(self.api, method)(**params)
             except (FlickrError, requests.RequestException, ValueError) as exc:
-                raise classify(exc, self.api.REST_URL) from None
+                raise self.rate_limited(classify(exc, self.api.REST_URL), tries) from None
             if expect is not None and not (isinstance(reply, dict) and isinstance(reply.get(expect), dict)):
                 raise Transient(f"a malformed reply: no {expect!r} in it ({outline(reply)})")
             return reply

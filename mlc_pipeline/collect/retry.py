@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import random
 import threading
@@ -18,6 +19,20 @@ class Transient(Exception):
     def __init__(self, message: str, wait_s: float | None = None):
         super().__init__(message)
         self.wait_s = wait_s
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After is either delta-seconds or an HTTP date (None: absent or unreadable)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random = random) -> float:
@@ -69,3 +84,9 @@ class RateLimiter:
         if wait > 0:
             self.sleep(wait)
         return wait
+
+    def drain(self) -> None:
+        """The server said "too many requests" (HTTP 429): spend the burst, so the calls after the
+        wait go at the steady rate instead of bursting into the limit again."""
+        with self.lock:
+            self.tokens = min(self.tokens, 0.0)

@@ -126,6 +126,18 @@ def test_api_faults_are_retried_and_images_429_honoured(tmp_path, creds):
     assert elapsed >= 1.0, "Retry-After: 1 was honoured"
 
 
+def test_a_rate_limit_window_on_the_api_is_waited_out_and_the_run_finishes(tmp_path, creds):
+    """The API answering 429 for a while (every call, Retry-After: the seconds left) failed the run
+    after six quick tries (audit collect25 D1); now each window is waited out and the run completes."""
+    faults = FaultSpec.parse("api429=0.3,retry_after_s=1,seed=6")
+    with FlickrServer(WorldSpec(seed=3, scale=0.1), faults) as srv:
+        cfg = make_cfg(tmp_path, rest_url=srv.rest_url, allowed_hosts=[srv.static_host], per_page=20)
+        summary = collect(cfg, progress=False)
+        injected, calls = srv.stats()["faults_injected"], srv.stats()["api_calls"]
+    assert injected.get("api429", 0) >= 2
+    assert summary.shortfall == {} and summary.api_calls == calls
+
+
 def test_malformed_replies_are_retried_and_entries_without_an_id_skipped(tmp_path, creds):
     """A reply that says "ok" but has no "photos" (or "licenses") is retried like a 5xx; a search
     entry without a photo id is skipped, logged and counted in the run's summary, and the search goes on."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import time
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -10,7 +12,7 @@ import pytest
 import requests
 
 from mlc_pipeline.collect.flickr import FlickrSource, SourceError, Transient, classify
-from mlc_pipeline.config import SourceSettings
+from mlc_pipeline.config import RetrySettings, SourceSettings
 from mlc_pipeline.secrets import Credentials
 
 PAGE = "<html><body><h1>502 Bad Gateway</h1><p>upstream-said-no-line</p></body></html>"
@@ -70,3 +72,44 @@ def test_the_configured_call_budget_is_the_one_the_api_calls_obey():
         assert srv.stats()["api_calls"] == 5
     assert waits and len(waits) == 5 - 2               # 120 an hour: a burst of 2, then ~30.5 s a call
     assert all(w == pytest.approx(3600 / 118, rel=0.01) for w in waits[:1])
+
+
+def limited_source(srv, **settings):
+    """A FlickrSource on the bundled server with quick backoff: only a honoured Retry-After waits long."""
+    return FlickrSource(SourceSettings(kind="flickr", rest_url=srv.rest_url, retry=RetrySettings(
+        attempts=3, base_delay_s=0.01, max_delay_s=0.02), **settings), Credentials("k" * 32, "s" * 16), "flickr")
+
+
+def test_an_api_429_waits_what_retry_after_asks_and_then_goes_on(caplog):
+    """A 429 from the API was retried like a 5xx, at once (audit collect25 D1: six tries in 8 s, then
+    the run failed though the limit lifted after 40 s). Retry-After is waited now, and said."""
+    from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
+    caplog.set_level(logging.WARNING)
+    with FlickrServer(WorldSpec(seed=2, scale=0.05), FaultSpec(api429=1.0, retry_after_s=2)) as srv:
+        source = limited_source(srv)
+        started = time.monotonic()
+        assert "photos" in source.call("photos.search", expect="photos", text="kite", per_page=10)
+        assert time.monotonic() - started >= 2.0
+        assert srv.stats()["api_calls"] == 2 and source.api_calls == 2
+    assert "HTTP 429 from the API (it asked to wait 2 s); retry 1/2 in 2.0s" in caplog.text
+
+
+def test_an_api_429_without_retry_after_backs_off_long_enough_for_a_window_to_close():
+    from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
+    with FlickrServer(WorldSpec(seed=2, scale=0.05), FaultSpec(api429_bare=1.0, retry_after_s=1)) as srv:
+        source = limited_source(srv)
+        assert "photos" in source.call("photos.search", expect="photos", text="kite", per_page=10)
+        assert srv.stats()["faults_injected"] == {"api429_bare": 1}
+
+
+def test_a_retry_after_past_the_cap_waits_the_cap_and_the_message_says_what_was_asked():
+    from mlc_pipeline.collect.flickr import RetriesExhausted
+    from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
+    with FlickrServer(WorldSpec(seed=2, scale=0.05), FaultSpec(api429=1.0, retry_after_s=30)) as srv:
+        source = limited_source(srv, max_retry_after_s=0.5)
+        started = time.monotonic()
+        with pytest.raises(RetriesExhausted) as err:
+            source.call("photos.search", expect="photos", text="kite", per_page=10)
+        assert 1.0 <= time.monotonic() - started < 5
+    assert re.fullmatch(r"flickr.photos.search still failing after 3 attempts: HTTP 429 from the API \(it asked "
+                        r"to wait 2\d s; source.max_retry_after_s caps a wait at 0.5 s\)", str(err.value)), str(err.value)

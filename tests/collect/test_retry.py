@@ -1,7 +1,9 @@
+import email.utils
+import time
+
 import pytest
 
-from mlc_pipeline.collect.retry import RateLimiter, Transient, backoff_delay, with_retries
-from mlc_pipeline.collect.download import retry_after_seconds
+from mlc_pipeline.collect.retry import RateLimiter, Transient, backoff_delay, retry_after_seconds, with_retries
 from mlc_pipeline.collect.hosts import host_allowed
 from mlc_pipeline.imageformat import image_extension
 
@@ -89,7 +91,9 @@ def test_host_with_port_must_match_exactly():
 def test_retry_after_and_magic():
     assert retry_after_seconds("3") == 3.0
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
-    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+    ahead = email.utils.formatdate(time.time() + 40, usegmt=True)         # an HTTP date 40 s from now
+    assert 38 <= retry_after_seconds(ahead) <= 40
     assert image_extension(b"\xff\xd8\xff\xe0" + b"\0" * 12) == "jpg"
     assert image_extension(b"RIFF\0\0\0\0WEBPVP8 ") == "webp"
     assert image_extension(b"<!DOCTYPE html>") is None
@@ -110,3 +114,13 @@ def test_host_health_learns_what_a_dask_workers_downloads_found():
     for _ in range(REFUSED_HOST_LIMIT):
         refused.learn("host-not-allowed:c.example")
     assert isinstance(refused.stop_error(), HostNotAllowed) and "c.example (10 images refused)" in str(refused.stop_error())
+
+
+def test_drain_spends_the_burst_after_a_429():
+    """After the server's "too many requests" the calls go at the steady rate, not a new burst."""
+    clock, slept = FakeClock(), []
+    limiter = RateLimiter(3600, burst=10, clock=clock, sleep=slept.append)
+    limiter.acquire()
+    limiter.drain()
+    limiter.acquire()
+    assert slept == [pytest.approx(1 / ((3600 - 10) / 3600))]
