@@ -1,13 +1,13 @@
 """collect: search a source (Flickr or the bundled server) and download what the catalog still
 lacks, with licence filtering, attribution, retries, a call budget and resume.
 
-Modules: stage (the collect run, shortfalls), flickr (the API client), download (validated, atomic
+Modules: stage (the collect run), sets (the sets to fill, how short each is), flickr (the API client), download (validated, atomic
 downloads, per-host limits), retry (backoff and rate limiting).
 """
 
 from mlc_pipeline import lazy_exports
 
-_EXPORTS = {"collect": "stage", "collect_in_rounds": "stage", "shortfalls": "stage", "CollectSummary": "stage",
+_EXPORTS = {"collect": "stage", "collect_in_rounds": "stage", "shortfalls": "sets", "CollectSummary": "stage",
             "FlickrSource": "flickr", "Downloader": "download"}
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

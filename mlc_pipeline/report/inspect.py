@@ -67,7 +67,7 @@ def shown_name(row: dict) -> str:
 
 def short_sets(cfg: Config, catalog: Catalog) -> list:
     """The sets with fewer usable images than their `count` (collect.Shortfall, one line each)."""
-    from mlc_pipeline.collect.stage import last_exhausted, shortfalls
+    from mlc_pipeline.collect.sets import last_exhausted, shortfalls
     return shortfalls(cfg, catalog, last_exhausted(catalog))
 
 

@@ -27,7 +27,8 @@ from helpers import FIXTURES
 
 from mlc_pipeline import progress
 from mlc_pipeline.catalog import Catalog
-from mlc_pipeline.collect.stage import Shortfall, collect, shortfalls, usable_needed, usable_rate
+from mlc_pipeline.collect.sets import Shortfall, shortfalls, usable_needed, usable_rate
+from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.pipeline import collect_and_curate
 from mlc_pipeline.config import load_config, parse_config
 from mlc_pipeline.curate.stage import curate
