@@ -32,7 +32,7 @@ from mlc_pipeline.collect.rawfiles import clean_stale_temp, keep_out_removed_own
 from mlc_pipeline.collect.flickr import FlickrSource, Target
 from mlc_pipeline.collect.sets import set_key, shortfalls, targets, usable_needed, usable_rate
 from mlc_pipeline.collect.sources import open_source
-from mlc_pipeline.secrets import install_log_redaction
+from mlc_pipeline.secrets import install_log_redaction, redact
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,12 @@ class Collector:
 TOPUP_ROUNDS = 5          # collect -> curate rounds of `collect_in_rounds` at most
 
 
+def error_line(exc: BaseException) -> str:
+    """What stopped a run, for its record: the class and the message's first line, secrets masked."""
+    lines = str(exc).strip().splitlines()
+    return redact(f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__)
+
+
 @contextmanager
 def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int], None] | None
                     ) -> Iterator[tuple[Catalog, Collector, CollectSummary]]:
@@ -230,8 +236,9 @@ def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int
             summary.search_skipped = dict(source.skipped)
             summary.unreadable = unreadable_named(source.unreadable)
             summary.max_connections_per_host = dict(collector.downloader.max_in_flight)
-        except BaseException as exc:
-            catalog.finish_run(run_id, run_end_status(exc), {"error": type(exc).__name__, **summary.__dict__})
+        except BaseException as exc:     # the record says why, as the run's last line did, and what it cost
+            summary.api_calls = source.api_calls
+            catalog.finish_run(run_id, run_end_status(exc), {**summary.__dict__, "error": error_line(exc)})
             raise
         catalog.finish_run(run_id, "completed", summary.__dict__)
     bars.summary(f"collect {summary.run_id}", show=progress, rows=[

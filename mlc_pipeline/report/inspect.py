@@ -77,6 +77,18 @@ def format_short_sets(short: list) -> str:
     return "\n".join(["Short sets: fewer usable images than their count"] + [f"  {s.line()}" for s in short])
 
 
+def run_error(run: dict) -> str:
+    """': <why>' for a run that failed, was interrupted or crashed, as its record says (collect
+    records the one line it stopped with); '' otherwise."""
+    if run["status"] in ("completed", "running"):
+        return ""
+    try:
+        error = json.loads(run["summary"] or "{}").get("error")
+    except (ValueError, AttributeError):      # a record written by hand or by an older version
+        return ""
+    return f": {error}" if error else ""
+
+
 def format_catalog_summary(summary: dict) -> str:
     statuses = sorted({s for v in summary["by_label"].values() for s in v})
     width = max([len(k) for k in summary["by_label"]] + [12])
@@ -93,7 +105,7 @@ def format_catalog_summary(summary: dict) -> str:
     if summary["runs"]:
         lines += ["", "Recent runs"]
         lines += [f"  {r['run_id']} {r['command']:<8} {r['status']}{where(r) if r['status'] == 'running' else ''}"
-                  for r in summary["runs"]]
+                  f"{run_error(r)}" for r in summary["runs"]]
     return "\n".join(lines)
 
 

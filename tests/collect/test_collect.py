@@ -138,6 +138,33 @@ def test_a_rate_limit_window_on_the_api_is_waited_out_and_the_run_finishes(tmp_p
     assert summary.shortfall == {} and summary.api_calls == calls
 
 
+def test_a_failed_run_records_its_calls_and_its_line_with_secrets_masked(tmp_path, creds):
+    """A failed collect's record said `api_calls: 0` and `error: RetriesExhausted`, no more (audit
+    collect25 D5): it now holds the calls made and the line the run stopped with, key masked."""
+    from mlc_pipeline.collect.flickr import RetriesExhausted
+    from mlc_pipeline.collect.stage import collect_session
+    with FlickrServer(WorldSpec(seed=3, scale=0.05), FaultSpec.parse("malformed=1,fault_repeats=100")) as srv:
+        cfg = make_cfg(tmp_path, rest_url=srv.rest_url, allowed_hosts=[srv.static_host])
+        with pytest.raises(RetriesExhausted):
+            collect(cfg, progress=False)
+        calls = srv.stats()["api_calls"]
+    with FlickrServer(WorldSpec(seed=3, scale=0.05)) as srv:
+        cfg2 = make_cfg(tmp_path / "2", rest_url=srv.rest_url, allowed_hosts=[srv.static_host])
+        with pytest.raises(RuntimeError), collect_session(cfg2, False, None) as (_, collector, _):
+            collector.source.call("photos.search", expect="photos", text="kite")
+            raise RuntimeError("the server said test-key-0123456789 is busy\nsecond line")
+    with Catalog(cfg.catalog_path) as c:
+        run = c.runs(1)[0]
+    with Catalog(cfg2.catalog_path) as c:
+        run2 = c.runs(1)[0]
+    recorded, recorded2 = json.loads(run["summary"]), json.loads(run2["summary"])
+    assert run["status"] == "failed" and recorded["api_calls"] == calls == 6
+    assert recorded["error"] == ("RetriesExhausted: flickr.photos.licenses.getInfo still failing after 6 attempts: "
+                                 "a malformed reply: no 'licenses' in it (keys: stat)")
+    assert recorded2["api_calls"] == 2 and "test-key-0123456789" not in run2["summary"]
+    assert recorded2["error"].startswith("RuntimeError: the server said ") and recorded2["error"].endswith(" is busy")
+
+
 def test_malformed_replies_are_retried_and_entries_without_an_id_skipped(tmp_path, creds):
     """A reply that says "ok" but has no "photos" (or "licenses") is retried like a 5xx; a search
     entry without a photo id is skipped, logged and counted in the run's summary, and the search goes on."""

@@ -5,6 +5,7 @@ read-only bind mount) in a user+mount namespace (`unshare -rm`), so nothing need
 is mocked; those tests are skipped where the kernel does not allow unprivileged namespaces.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -73,6 +74,9 @@ def test_signal_cancels_the_queue_and_records_every_finished_download(tmp_path, 
     assert on_disk, "the run was signalled after images had landed"
     assert on_disk == recorded, f"in raw/ but not in the catalog: {sorted(on_disk - recorded)[:5]}"
     assert runs[0]["command"] == "collect" and runs[0]["status"] == "interrupted"
+    recorded = json.loads(runs[0]["summary"])          # it said api_calls 0 (audit collect25 D5)
+    assert recorded["api_calls"] >= 2 and recorded["error"] == ("Terminated" if sig == signal.SIGTERM
+                                                                else "KeyboardInterrupt")
     assert not list((tmp_path / "data").rglob("*.part")), "no partial file left"
 
 

@@ -84,3 +84,17 @@ def test_folder_mode_report_names_the_files_left_out_and_the_holds_of_a_takedown
     as_json = json.loads(subprocess.run(MLC + ["inspect", "-c", str(config), "--json"], env=ENV, text=True,
                                         capture_output=True, timeout=300).stdout)
     assert as_json["catalog"]["unreadable_in_folder"]["count"] == 2
+
+
+def test_recent_runs_say_why_a_run_failed(tmp_path):
+    """`mlc inspect` printed "collect  failed" and nothing more (audit collect25 D5)."""
+    from mlc_pipeline.catalog import Catalog
+    from mlc_pipeline.report.inspect import catalog_summary, format_catalog_summary
+    with Catalog(tmp_path / "catalog.sqlite") as catalog:
+        ok, bad = catalog.start_run("collect"), catalog.start_run("collect")
+        catalog.finish_run(ok, "completed", {"api_calls": 3})
+        catalog.finish_run(bad, "failed", {"api_calls": 8, "error": "RetriesExhausted: flickr.photos.search still "
+                                                                     "failing after 6 attempts: HTTP 429 from the API"})
+        text = format_catalog_summary(catalog_summary(catalog))
+    assert f"{bad} collect  failed: RetriesExhausted: flickr.photos.search still failing after 6 attempts" in text
+    assert f"{ok} collect  completed\n" in text + "\n"
