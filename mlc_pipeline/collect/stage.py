@@ -95,14 +95,18 @@ class Collector:
     def search_more(self, results: Iterator[Found], wanted: int, run_id: str) -> tuple[int, bool]:
         """Pull search results until `wanted` more candidates hold the target's label.
         Returns (gained, exhausted)."""
-        gained, batch = 0, []
+        gained, batch, held = 0, [], set()
         for found in results:
+            if (found.source, found.photo_id) in held:     # found again within the batch (by another query of
+                self.catalog.upsert_found(batch, run_id)   # the set): recorded first, so it is not new twice
+                batch, held = [], set()
             known = self.catalog.get_by_photo(found.source, found.photo_id)
             batch.append(found)           # known photos are recorded too: their query and labels merge
+            held.add((found.source, found.photo_id))
             gained += gains_label(known, found)
             if len(batch) >= 100:
                 self.catalog.upsert_found(batch, run_id)
-                batch = []
+                batch, held = [], set()
             if gained >= wanted:
                 break
         else:

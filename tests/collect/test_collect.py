@@ -83,6 +83,18 @@ def test_same_photo_from_two_queries_is_one_candidate(tmp_path, creds, catalog_s
     assert multi, "photos showing a balloon and a kite are found by both queries: one candidate, two labels"
 
 
+def test_a_photo_two_queries_of_a_set_find_is_one_new_candidate(tmp_path, creds):
+    """`found_new` ("new candidates") counted a photo found by two queries of one set twice when both
+    sightings fell in one batch of search results (audit collect25 D6: 197 for 180 rows)."""
+    with FlickrServer(WorldSpec(seed=2, scale=0.1)) as srv:
+        cfg = make_cfg(tmp_path, rest_url=srv.rest_url, allowed_hosts=[srv.static_host])
+        cfg.classes["balloon"].queries = ["balloon", "balloon"]   # every photo found twice, in turn
+        summary = collect(cfg, progress=False)
+    got = rows(cfg)
+    # each row counted once, plus once per label it gained later (a balloon photo the kite query finds)
+    assert summary.found_new == sum(len(r["label"].split()) for r in got), (summary.found_new, len(got))
+
+
 def test_a_photo_taken_down_while_it_downloads_leaves_no_file(tmp_path, creds, monkeypatch):
     """A takedown does not wait for collect (locking.files_lock): one that lands while a photo is
     downloading marks its row removed first, and collect, finding the row taken down when it records
