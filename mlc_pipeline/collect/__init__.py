@@ -1,7 +1,8 @@
 """collect: search a source (Flickr or the bundled server) and download what the catalog still
 lacks, with licence filtering, attribution, retries, a call budget and resume.
 
-Modules: stage (the collect run), sets (the sets to fill, how short each is), flickr (the API client), download (validated, atomic
+Modules: stage (the collect run), sets (the sets to fill, how short each is), licences (source.licenses
+when a run resumes), flickr (the API client), download (validated, atomic
 downloads, per-host limits), retry (backoff and rate limiting).
 """
 

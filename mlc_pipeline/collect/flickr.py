@@ -307,7 +307,8 @@ class FlickrSource:
         return usable, skipped
 
     def search(self, query: str, target: Target) -> Iterator[Found]:
-        """Every photo a query reaches, as `Found` records, lazily (one API call per page)."""
+        """Every photo a query reaches, as `Found` records, lazily (one API call per page); those under
+        a licence not allowed too, for the Collector to note (collect/licences.py)."""
         first = self._search_page(query, 1, None)
         total = as_int(first.get("total")) or 0
         if not total and not first.get("photo"):        # said here: a set's "queries exhausted" names none
@@ -320,16 +321,16 @@ class FlickrSource:
             windows = self._windows(query, FLICKR_EPOCH, int(time.time()) + DAY)
         for window, page1 in windows:
             for photo in self._pages(query, window, page1):
-                found = self.to_found(photo, query, target)
-                if found is not None:
-                    yield found
+                yield self.to_found(photo, query, target)
 
-    def to_found(self, photo: dict, query: str, target: Target) -> Found | None:
+    def license_allowed(self, license_id: int | None) -> bool:
+        """Does `source.licenses` allow this licence id? (The search asks for those only, but a mirror
+        may ignore the filter, and a pending candidate's licence may have changed: collect/licences.py.)"""
+        return self.settings.licenses == "any" or license_id in self.settings.licenses
+
+    def to_found(self, photo: dict, query: str, target: Target) -> Found:
+        """A search entry as a `Found` record, whatever its licence (the Collector checks that)."""
         license_id = as_int(photo.get("license"))
-        allowed = self.settings.licenses
-        if allowed != "any" and license_id not in allowed:
-            log.debug("photo %s: licence %s not allowed (a server ignored the filter)", photo.get("id"), license_id)
-            return None
         url = size_key = None
         width = height = None
         for key in self.settings.sizes:        # preferred first, fall back in order

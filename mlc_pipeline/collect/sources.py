@@ -1,6 +1,7 @@
 """Opening the configured source: Flickr, the bundled server (kind local), or a URL list (kind urls).
 
 Each gives the Collector (stage.py) an object with `name`, `search(query, target)`, `licenses()`,
+`license_allowed(license_id)` (may a candidate under it be downloaded: licences.py),
 `current_url(url)`, `api_calls`, `skipped` (search results left out, by reason) and `unreadable`
 (folder mode: files in the folder that are no readable image, path -> why), plus the image hosts
 its downloads may come from."""

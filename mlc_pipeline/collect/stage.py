@@ -27,6 +27,7 @@ from mlc_pipeline.collect.checks import check_sizes, unreadable_line, unreadable
 from mlc_pipeline.collect.cluster import download_on_cluster
 from mlc_pipeline.collect.download import Downloader, DownloadJob
 from mlc_pipeline.collect.hosts import host_allowed, refused_url
+from mlc_pipeline.collect.licences import note_disallowed, recheck_pending
 from mlc_pipeline.executor import cluster_ready
 from mlc_pipeline.collect.rawfiles import clean_stale_temp, keep_out_removed_owners
 from mlc_pipeline.collect.flickr import FlickrSource, Target
@@ -97,6 +98,9 @@ class Collector:
         Returns (gained, exhausted)."""
         gained, batch, held = 0, [], set()
         for found in results:
+            if not self.source.license_allowed(found.license_id):    # not a candidate; a known row learns it
+                note_disallowed(self.catalog, found, run_id)
+                continue
             if (found.source, found.photo_id) in held:     # found again within the batch (by another query of
                 self.catalog.upsert_found(batch, run_id)   # the set): recorded first, so it is not new twice
                 batch, held = [], set()
@@ -188,7 +192,8 @@ class Collector:
         summary.exhausted = sorted(self.exhausted)
 
     def requeue(self, run_id: str) -> int:
-        """Make resumable what a previous run left: transient failures and files gone from disk."""
+        """Make resumable what a previous run left: transient failures and files gone from disk; rows
+        left pending are checked against source.licenses as it is now (licences.py)."""
         keep_out_removed_owners(self.catalog, run_id)     # what an earlier collect took of a removed owner
         n = 0
         for r in self.catalog.candidates(source=self.source.name, status="failed", reason_prefix="transient:"):
@@ -204,7 +209,8 @@ class Collector:
             if not r["file_path"] or not Path(r["file_path"]).exists():
                 self.catalog.set_status(r["id"], "pending", "file-missing", run_id, "resume")
                 n += 1
-        return n
+        _, reopened = recheck_pending(self.catalog, self.source, run_id)   # source.licenses as it is now
+        return n + reopened
 
 
 TOPUP_ROUNDS = 5          # collect -> curate rounds of `collect_in_rounds` at most

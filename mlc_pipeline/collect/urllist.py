@@ -147,6 +147,9 @@ class UrlListSource:
     def licenses(self) -> dict[int, tuple[str, str]]:
         return {}                 # a row's licence is its own text (license_name), not a Flickr id
 
+    def license_allowed(self, license_id: int | None) -> bool:
+        return True               # source.licenses filters Flickr licence ids: it does not apply to a list
+
     def current_url(self, url: str) -> str:
         return url
 

@@ -1,0 +1,82 @@
+"""collect/licences.py: a candidate left pending is downloaded only under a licence `source.licenses`
+allows now (audit collect25 D2). Real collects against the bundled server; the first run is stopped
+as Ctrl-C stops it, from the progress callback, with downloads still pending."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.collect.stage import collect
+from mlc_pipeline.config import parse_config
+from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
+
+OPEN = [4, 5, 9, 10, 11]
+
+
+@pytest.fixture(autouse=True)
+def creds(monkeypatch):
+    monkeypatch.setenv("FLICKR_API_KEY", "test-key-0123456789")
+    monkeypatch.setenv("FLICKR_API_SECRET", "test-secret-9876543210")
+
+
+def make_cfg(tmp_path, srv, licenses, count=30):
+    return parse_config({
+        "data_dir": str(tmp_path / "data"),
+        "source": {"kind": "flickr", "rest_url": srv.rest_url, "allowed_hosts": [srv.static_host], "per_page": 50,
+                   "licenses": licenses, "per_host_concurrency": 2,
+                   "retry": {"attempts": 3, "base_delay_s": 0.01, "max_delay_s": 0.05}},
+        "classes": {"balloon": {"queries": ["balloon"], "count": count}, "kite": {"queries": ["kite"], "count": count}},
+        "other": {"queries": ["landscape", "sky"], "count": count},
+    })
+
+
+def stopped_after(n: int):
+    def on_progress(done: int, total: int) -> None:
+        if done >= n:
+            raise KeyboardInterrupt        # as Ctrl-C: what finished is recorded, the rest stays pending
+    return on_progress
+
+
+def by_photo(cfg) -> dict[str, dict]:
+    with Catalog(cfg.catalog_path) as c:
+        return {r["photo_id"]: r for r in c.candidates(source="flickr")}
+
+
+def test_pending_rows_a_narrowed_setting_no_longer_allows_are_skipped_and_come_back_when_widened(tmp_path):
+    with FlickrServer(WorldSpec(seed=1, scale=0.1)) as srv:
+        with pytest.raises(KeyboardInterrupt):
+            collect(make_cfg(tmp_path, srv, OPEN), progress=False, on_progress=stopped_after(5))
+        before = by_photo(make_cfg(tmp_path, srv, OPEN))
+        left = {p for p, r in before.items() if r["status"] == "pending" and r["license_id"] == 5}
+        assert left, "no CC BY-SA photo left pending: a useless test"
+        narrowed = make_cfg(tmp_path, srv, [4, 9, 10, 11])
+        collect(narrowed, progress=False)
+        after = by_photo(narrowed)
+        assert {(after[p]["status"], after[p]["reason"]) for p in left} == {("skipped", "license-not-allowed")}
+        assert not [r for r in after.values() if r["license_id"] == 5 and r["status"] == "downloaded"
+                    and before[r["photo_id"]]["status"] != "downloaded"], "downloaded under a licence not allowed"
+        widened = make_cfg(tmp_path, srv, OPEN, count=60)     # allowed again: they are candidates again
+        collect(widened, progress=False)
+        again = by_photo(widened)
+    assert {again[p]["status"] for p in left} <= {"pending", "downloaded"}
+    assert any(again[p]["status"] == "downloaded" for p in left)
+
+
+def test_a_photo_whose_licence_changed_is_recorded_so_and_not_downloaded(tmp_path):
+    """The owner moved photos left pending to All Rights Reserved; the rerun's search (a mirror that
+    ignores the licence filter) reports licence 0: the rows learn it and are not downloaded."""
+    with FlickrServer(WorldSpec(seed=1, scale=0.1), FaultSpec(license_ignored=1.0)) as srv:
+        with pytest.raises(KeyboardInterrupt):
+            collect(make_cfg(tmp_path, srv, OPEN), progress=False, on_progress=stopped_after(5))
+        pending = sorted(p for p, r in by_photo(make_cfg(tmp_path, srv, OPEN)).items() if r["status"] == "pending")
+        changed = pending[::2]
+        assert changed, "nothing left pending: a useless test"
+        for photo_id in changed:
+            srv.world.by_id[photo_id].license = 0
+        cfg = make_cfg(tmp_path, srv, OPEN, count=40)          # more wanted: it searches before downloading
+        collect(cfg, progress=False)
+        after = by_photo(cfg)
+    assert {(after[p]["status"], after[p]["reason"], after[p]["license_id"], after[p]["license_name"])
+            for p in changed} == {("skipped", "license-not-allowed", 0, "All Rights Reserved")}
+    assert all(r["license_id"] in OPEN for r in after.values() if r["status"] == "downloaded")
