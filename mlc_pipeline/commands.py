@@ -76,6 +76,9 @@ def cmd_build(args) -> int:
         then = "the next collect downloads them again" if cfg.data_url is None else "not in this cache (yet)"
         print(f"  left out (file gone or unreadable; {then}): " +
               ", ".join(f"{reason} {n}" for reason, n in sorted(res.skipped.items())))
+    if res.not_allowed:     # narrowed since they were collected: widening the setting brings them back
+        print("  left out (licence not in source.licenses; the catalog keeps them): " +
+              ", ".join(f"{licence} {n}" for licence, n in sorted(res.not_allowed.items())))
     if res.published:
         from mlc_pipeline.report.inspect import dataset_summary
         diff = dataset_summary(cfg, res.version)["diff"]

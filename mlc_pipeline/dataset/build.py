@@ -12,7 +12,9 @@
 A version is built aside and renamed into place, so a killed build leaves nothing half-published;
 earlier versions are never touched; a build identical to the latest version is not published. An
 accepted image whose file is gone or unreadable is left out, and on a local data root recorded in the
-catalog (`write_images`).
+catalog (`write_images`). An accepted image whose licence `source.licenses` no longer allows (narrowed
+since it was collected) is left out too, and counted by licence: the catalog keeps it, so widening the
+setting again brings it back (`licence_allowed`).
 
 A published version is verified before it is used (dataset/verify.py: build, train, inspect, export).
 """
@@ -33,7 +35,7 @@ from pathlib import Path
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline import progress
 from mlc_pipeline.catalog.overrides import build_candidates, review_changed_photos
-from mlc_pipeline.dataset.card import FLICKR_PHOTO_PAGE, attribution, dataset_card
+from mlc_pipeline.dataset.card import FLICKR_PHOTO_PAGE, attribution, dataset_card, licence_setting
 from mlc_pipeline.config import RESTRICTED_LICENSES, Config
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file
 from mlc_pipeline.locking import files_lock
@@ -55,6 +57,7 @@ class BuildResult:
     fingerprint: str = ""
     skipped: dict = field(default_factory=dict)     # accepted images left out, by reason (file gone or unreadable)
     left_out: dict = field(default_factory=dict)    # accepted images of classes no longer in the config, by labels
+    not_allowed: dict = field(default_factory=dict)  # accepted images whose licence source.licenses no longer allows
 
 
 def split_of(source: str, photo_id: str, fractions: dict[str, float]) -> str:
@@ -93,13 +96,34 @@ class NothingToBuild(RuntimeError):
     """No image to publish: the data's state, not a bug (one line from the CLI, no traceback)."""
 
 
-def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None) -> list[dict]:
+def licence_allowed(cfg: Config, c: dict) -> bool:
+    """Whether `source.licenses` allows a catalog row's recorded licence now: `any` allows every one;
+    a list, the Flickr licence ids it names (a photo with no recorded id is allowed by `any` alone, as
+    collect takes it). A URL list's rows carry their own licence text and no id: the setting does not
+    apply to them (docs/collection.md)."""
+    allowed = cfg.source.licenses
+    return allowed == "any" or c["source"] == "urls" or c["license_id"] in allowed
+
+
+def licence_label(c: dict) -> str:
+    """A licence as the build's counts name it: its name from the catalog, else its id's, else "unknown"."""
+    if c["license_name"]:
+        return c["license_name"]
+    if c["license_id"] is None:
+        return "unknown"
+    return RESTRICTED_LICENSES.get(int(c["license_id"]), f"licence id {c['license_id']}")
+
+
+def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None,
+                 not_allowed: Counter | None = None) -> list[dict]:
     """Everything accepted for training or probing, with its split; pool images (mined negatives, or
     labelled in review) never test: test and probe stay the images every round compares on.
 
     Labels of classes no longer in the config are dropped: a photo left with none of the config's
     classes is left out (counted in `left_out` by its former labels), not made a negative: the user
-    took the class out of the project, not into "other"."""
+    took the class out of the project, not into "other". A photo whose licence `source.licenses` no
+    longer allows is left out (counted in `not_allowed` by licence): the catalog keeps it, and
+    widening the setting brings it back."""
     rows = []
     removed_owners = catalog.removed_owners()       # `mlc remove --owner`: later photos stay out too
     license_urls = catalog.license_urls()
@@ -107,6 +131,10 @@ def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None)
     photo_pages = cfg.source.kind == "flickr" and cfg.source.rest_url.startswith("https://api.flickr.com/")
     for c in build_candidates(catalog):             # accepted, with the review app's decisions applied
         if c["owner"] in removed_owners:
+            continue
+        if not licence_allowed(cfg, c):
+            if not_allowed is not None:
+                not_allowed[licence_label(c)] += 1
             continue
         found = [] if c["curated_label"] in (None, "other") else c["curated_label"].split()
         labels = " ".join(label for label in found if label in cfg.classes)
@@ -206,21 +234,31 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
     root.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(root)
     left_out: Counter = Counter()
+    not_allowed: Counter = Counter()
     with Catalog(cfg.catalog_path) as catalog:
-        rows = dataset_rows(cfg, catalog, left_out)
+        rows = dataset_rows(cfg, catalog, left_out, not_allowed)
         curation = curation_counts(catalog)
         reviewed = review_changed_photos(catalog)   # the version diff says which changes came from review
     if left_out:
         log.warning("%d accepted image(s) left out: their classes are no longer in the config (%s); add a "
                     "class back to include its images again", sum(left_out.values()),
                     ", ".join(f"{k} {n}" for k, n in sorted(left_out.items())))
+    if not_allowed:
+        log.warning("%d accepted image(s) left out: source.licenses (%s) does not allow their licence (collected "
+                    "under an earlier setting: %s); the catalog keeps them: widen source.licenses to include them "
+                    "again", sum(not_allowed.values()), licence_setting(cfg),
+                    ", ".join(f"{k} {n}" for k, n in sorted(not_allowed.items())))
     if not rows:
+        if not_allowed:
+            raise NothingToBuild(f"nothing to build: every accepted image's licence is one source.licenses "
+                                 f"({licence_setting(cfg)}) does not allow ({dict(sorted(not_allowed.items()))})")
         raise NothingToBuild("nothing to build: no accepted images in the catalog (run collect and curate first)")
     fp = fingerprint(rows, cfg)
     previous = latest_version(root)
     counts = count_rows(rows)
     if same_as_published(root, previous, fp, repair):
-        return summarised(BuildResult(name, previous, root / previous, False, counts, fp, left_out=dict(left_out)))
+        return summarised(BuildResult(name, previous, root / previous, False, counts, fp, left_out=dict(left_out),
+                                      not_allowed=dict(not_allowed)))
     tmp = root / f".build-{previous or 'v0'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -233,7 +271,7 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
             fp, counts = fingerprint(rows, cfg), count_rows(rows)
             if same_as_published(root, previous, fp, repair):
                 return summarised(BuildResult(name, previous, root / previous, False, counts, fp, skipped,
-                                              dict(left_out)))
+                                              dict(left_out), dict(not_allowed)))
         warn_if_withdrawn(root, fp)
         write_manifest(tmp / "manifest.csv", rows)
         files_sha256 = write_sums(tmp, rows)
@@ -242,11 +280,16 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
             while (root / version).exists():            # never overwrite, whatever LATEST says
                 version = f"v{int(version[1:]) + 1}"
             (tmp / "ATTRIBUTION.md").write_text(attribution(rows, version))
-            (tmp / "README.md").write_text(dataset_card(name, version, cfg, counts, curation, previous))
+            (tmp / "README.md").write_text(dataset_card(name, version, cfg, counts, curation, previous,
+                                                        dict(not_allowed)))
             meta = {"name": name, "version": version, "previous": previous, "fingerprint": fp,
                     "files_sha256": files_sha256, "counts": counts, "curation": curation,
                     "review_changed": reviewed, "conflicts": label_conflicts(rows), "created_at": time.time(),
-                    "params": {"build": cfg.build.model_dump(), "curate": cfg.curate.model_dump()}}
+                    "left_out": {"licence-not-allowed": dict(sorted(not_allowed.items())),
+                                 "class-not-in-config": dict(sorted(left_out.items())),
+                                 "file-unusable": skipped},
+                    "params": {"build": cfg.build.model_dump(), "curate": cfg.curate.model_dump(),
+                               "source": {"licenses": cfg.source.licenses}}}
             (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, default=str))
             try:
                 os.rename(tmp, root / version)         # the publish: atomic on one filesystem
@@ -261,7 +304,8 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
     with open(root / PUBLISHED, "a") as ledger:     # appended after the publish: the folder is the truth
         ledger.write(f"{version} {fp} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
     point_latest(root, version)
-    return summarised(BuildResult(name, version, root / version, True, counts, fp, skipped, dict(left_out)))
+    return summarised(BuildResult(name, version, root / version, True, counts, fp, skipped, dict(left_out),
+                                  dict(not_allowed)))
 
 
 def warn_if_withdrawn(root: Path, fp: str) -> None:
@@ -328,6 +372,7 @@ def summarised(res: BuildResult) -> BuildResult:
     progress.summary(f"build {res.name} {res.version}: {'published' if res.published else 'unchanged'}", [
         ("folder", res.path), ("images", res.counts["images"]),
         ("skipped (file gone or unreadable here)", res.skipped),
-        ("left out (classes no longer in the config)", res.left_out)] + [
+        ("left out (classes no longer in the config)", res.left_out),
+        ("left out (licence not in source.licenses)", res.not_allowed)] + [
         (label, " ".join(f"{s} {c.get(s, 0)}" for s in splits)) for label, c in res.counts["per_label_split"].items()])
     return res

@@ -44,7 +44,10 @@ def table_cell(value) -> str:
             .replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
 
 
-def dataset_card(name: str, version: str, cfg: Config, counts: dict, curation: dict, previous: str | None) -> str:
+def dataset_card(name: str, version: str, cfg: Config, counts: dict, curation: dict, previous: str | None,
+                 not_allowed: dict | None = None) -> str:
+    """The card. `not_allowed`: the accepted images left out because `source.licenses` does not allow
+    their licence now (by licence), said in the card's licence section."""
     lines = [f"# Dataset {name} {version}", "",
              f"Built {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} by mlc-pipeline from the catalog.",
              f"Previous version: {previous or 'none'}.", "",
@@ -57,23 +60,47 @@ def dataset_card(name: str, version: str, cfg: Config, counts: dict, curation: d
               "## Parameters", "", f"- max side {cfg.build.max_side} px, JPEG quality {cfg.build.jpeg_quality}",
               f"- split fractions {cfg.build.split} (by a hash of source and photo id: stable across versions)",
               f"- near-duplicate Hamming threshold {cfg.curate.hamming_threshold}, min side {cfg.curate.min_side}, "
-              f"max aspect {cfg.curate.max_aspect}", "", *licence_notice(cfg, counts), "## What curation and review left out", ""]
+              f"max aspect {cfg.curate.max_aspect}", f"- {licence_parameter(cfg)}", "",
+              *licence_notice(cfg, counts, not_allowed or {}), "## What curation and review left out", ""]
     lines += [f"- {k}: {v}" for k, v in sorted(curation.items())] or ["- nothing"]
     lines += ["", "`labels` empty = an \"other\" image (a negative for every class). Split `probe` = kinds under",
               "no training query, used only to measure how often the unknown is accepted.", ""]
     return "\n".join(lines)
 
 
-def licence_notice(cfg: Config, counts: dict) -> list[str]:
+def licence_setting(cfg: Config) -> str:
+    """`source.licenses` as a user writes it: `any`, or its ids."""
+    return "any" if cfg.source.licenses == "any" else ", ".join(map(str, cfg.source.licenses))
+
+
+def licence_parameter(cfg: Config) -> str:
+    """The card's line on the licence setting the version was built with."""
+    allows = ("every licence" if cfg.source.licenses == "any" else
+              "only these Flickr licence ids: an accepted image under another is left out")
+    if cfg.source.kind == "urls":
+        allows += "; a URL list's rows carry their own licence text, which it does not filter"
+    return f"licences allowed: `source.licenses: {licence_setting(cfg)}` ({allows})"
+
+
+def licence_notice(cfg: Config, counts: dict, not_allowed: dict) -> list[str]:
     """The card's warning when `source.licenses` lets in licences that restrict use (all rights
-    reserved, NC, ND): the setting, and how many published images carry each such licence."""
+    reserved, NC, ND): the setting, and how many published images carry each such licence; and, when
+    the setting no longer allows images the catalog holds, how many it left out, by licence."""
     restricted = counts.get("restricted_licenses") or {}
-    if not cfg.source.restricted_licenses and not restricted:
-        return []
-    setting = cfg.source.licenses if cfg.source.licenses == "any" else ", ".join(map(str, cfg.source.licenses))
-    found = ", ".join(f"{name} ({n})" for name, n in sorted(restricted.items())) or "none in this version"
-    return ["## Licences that restrict use", "",
-            f"**Warning:** collected with `source.licenses: {setting}`, which lets in licences that do not allow",
-            f"free reuse (all rights reserved, non-commercial, no derivatives). Images under them: {found}.",
-            "Check each image's licence (manifest.csv `license`, ATTRIBUTION.md) before using, sharing or",
-            "training on this version.", ""]
+    setting = licence_setting(cfg)
+    lines = []
+    if cfg.source.restricted_licenses:      # (the build leaves out any licence the setting does not allow)
+        found = ", ".join(f"{name} ({n})" for name, n in sorted(restricted.items())) or "none in this version"
+        lines += ["## Licences that restrict use", "",
+                  f"**Warning:** built with `source.licenses: {setting}`, which lets in licences that do not allow",
+                  f"free reuse (all rights reserved, non-commercial, no derivatives). Images under them: {found}.",
+                  "Check each image's licence (manifest.csv `license`, ATTRIBUTION.md) before using, sharing or",
+                  "training on this version.", ""]
+    if not_allowed:
+        left = ", ".join(f"{name} ({n})" for name, n in sorted(not_allowed.items()))
+        lines += ["## Licences left out", "",
+                  f"{sum(not_allowed.values())} accepted image(s) in the catalog, collected under an earlier setting, "
+                  f"carry a licence `source.licenses: {setting}` does not allow: {left}.",
+                  "They are not in this version; the catalog keeps them, and widening `source.licenses` again",
+                  "brings them back.", ""]
+    return lines

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mlc_pipeline.dataset.card import attribution
+from mlc_pipeline.config import parse_config
+from mlc_pipeline.dataset.card import attribution, dataset_card
 
 
 def test_a_hostile_title_stays_in_its_own_cell_and_hides_nothing():
@@ -32,3 +33,43 @@ def test_the_licence_links_to_its_deed_and_the_source_to_the_photos_page():
     assert table[0].endswith("| [CC BY 2.0](https://creativecommons.org/licenses/by/2.0/) | "
                              "[https://www.flickr.com/photos/12@N01/1](https://www.flickr.com/photos/12@N01/1) |")
     assert table[1].endswith("| CC0 | http://127.0.0.1:9/x(1).jpg |")
+
+
+def card_for(licenses, restricted: dict, not_allowed: dict | None = None, kind: str = "local") -> str:
+    cfg = parse_config({"data_dir": "/nonexistent", "source": {"kind": kind, "licenses": licenses,
+                                                               **({"csv": "l.csv"} if kind == "urls" else {})},
+                        "classes": {"cat": {"queries": ["cat"], "count": 1}}, "other": {"queries": ["x"], "count": 1}})
+    counts = {"images": 3, "per_label_split": {"cat": {"train": 3}},
+              "licenses": {"CC BY 2.0": 3 - sum(restricted.values()), **restricted}, "restricted_licenses": restricted}
+    return dataset_card("default", "v2", cfg, counts, {}, "v1", not_allowed)
+
+
+def test_a_narrowed_setting_is_stated_as_it_is_with_the_licences_it_left_out():
+    """The collect25 audit: after `source.licenses` went from `any` to open licences, the card said
+    "collected with `source.licenses: 4, 5, 9, 10, 11`, which lets in licences that do not allow free
+    reuse", false for that setting. It names the setting, and what it left out, truthfully."""
+    card = card_for([4, 5, 9, 10, 11], {}, {"All Rights Reserved": 8, "CC BY-NC 2.0": 37})
+    assert "lets in licences" not in card and "Licences that restrict use" not in card
+    assert ("- licences allowed: `source.licenses: 4, 5, 9, 10, 11` (only these Flickr licence ids: an accepted "
+            "image under another is left out)") in card
+    assert ("## Licences left out\n\n45 accepted image(s) in the catalog, collected under an earlier setting, carry "
+            "a licence `source.licenses: 4, 5, 9, 10, 11` does not allow: All Rights Reserved (8), CC BY-NC 2.0 (37).\n"
+            "They are not in this version; the catalog keeps them, and widening `source.licenses` again\n"
+            "brings them back.") in card
+    assert "Images: 3. Licences: CC BY 2.0 (3)" in card
+
+
+def test_a_setting_that_lets_in_restricted_licences_is_warned_about_with_the_images_under_them():
+    card = card_for("any", {"All Rights Reserved": 1})
+    assert ("**Warning:** built with `source.licenses: any`, which lets in licences that do not allow\nfree reuse "
+            "(all rights reserved, non-commercial, no derivatives). Images under them: All Rights Reserved (1).") in card
+    assert "- licences allowed: `source.licenses: any` (every licence)" in card and "Licences left out" not in card
+    assert "Images under them: none in this version." in card_for([4, 0], {})
+
+
+def test_the_open_default_has_no_licence_section_and_a_url_list_is_said_to_carry_its_own_licences():
+    card = card_for([4, 5, 9, 10, 11], {})
+    assert "## Licences" not in card and "URL list" not in card
+    assert ("`source.licenses: 4, 5, 9, 10, 11` (only these Flickr licence ids: an accepted image under another is "
+            "left out; a URL list's rows carry their own licence text, which it does not filter)") in card_for(
+                [4, 5, 9, 10, 11], {}, kind="urls")
