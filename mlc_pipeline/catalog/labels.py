@@ -137,3 +137,12 @@ def next_state(row: dict, before: dict, action: str, labels: list[str] | None, c
             copy_refused(row, action)
         return {**before, "include": "accepted"}
     raise ReviewError(f"unknown action {action!r}")
+
+
+def licence_allowed(row: dict, licences) -> bool:
+    """Whether `source.licenses` (`licences`: "any" or Flickr licence ids) allows a row's recorded licence
+    now: `any` allows every one; a list, the ids it names (a photo with no recorded id is allowed by
+    `any` alone, as collect takes it). A URL list's rows carry their own licence text and no id: the
+    setting does not apply to them (docs/collection.md). The build publishes, and collect counts as
+    usable, only what this allows."""
+    return licences == "any" or row["source"] == "urls" or row["license_id"] in licences

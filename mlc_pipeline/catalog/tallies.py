@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from .labels import FROM_POOL, decided_in_review, effective_labels, reviewed_status
+from .labels import FROM_POOL, decided_in_review, effective_labels, licence_allowed, reviewed_status
 from .schema import FILE_STATUSES
 
 HELD = '{"held": true}'      # overrides.HELD (overrides imports the store, which imports this mixin)
@@ -30,13 +30,15 @@ class TallyQueries:
             (purpose, *FILE_STATUSES))
         return sum(1 for r in rows if label in r["label"].split())
 
-    def set_tally(self, purpose: str, label: str) -> dict:
+    def set_tally(self, purpose: str, label: str, licences="any") -> dict:
         """Where the candidates of one set (a purpose and a class, or 'other') stand, for top-ups and
         shortfall reports, as the build will see them (`count` means usable: an image the review
         rejected needs a top-up): accepted counts by the labels the build publishes; the other
         statuses by the label the search gave, with their reasons cut before the first ':' or '='.
         A pool image labelled in review is trained on under its labels: it counts there (a class, or
-        'other' as a mined negative does), no longer in the pool."""
+        'other' as a mined negative does), no longer in the pool. `licences` (`source.licenses`): an
+        accepted image whose licence it does not allow is left out of the build, so it counts as
+        skipped `license-not-allowed`, and collect tops the set up."""
         out: dict = {"accepted": 0, "downloaded": 0, "pending": 0,
                      "rejected": {}, "duplicate": {}, "failed": {}, "skipped": {}}
         reviewed = self.has_table("review_overrides")
@@ -47,11 +49,14 @@ class TallyQueries:
         where, params = ("c.purpose=? OR (c.purpose='pool' AND o.include=?)", (purpose, FROM_POOL)) if from_pool \
             else ("c.purpose=?", (purpose,))
         rows = self.db.execute("SELECT c.status, c.reason, c.label, c.curated_label, c.purpose, c.file_path, "
+                               "c.source, c.license_id, "
                                f"{review} WHERE {where}", ((HELD,) if reviewed else ()) + params)
         for r in map(dict, rows):
             if r["purpose"] == "pool" and decided_in_review(r) == (purpose == "pool"):
                 continue        # a pool image counts in the pool, or in training once labelled in review
             status, r["reason"] = as_built(r)
+            if status == "accepted" and not licence_allowed(r, licences):
+                status, r["reason"] = "skipped", "license-not-allowed"     # the build leaves it out
             labels = effective_labels(r) if status == "accepted" else r["label"]
             if label not in labels.split():
                 continue

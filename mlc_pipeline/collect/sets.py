@@ -80,7 +80,7 @@ def shortfalls(cfg: Config, catalog: Catalog, exhausted: list[str] | set[str] = 
     dry; `unfinished` says why the others are short."""
     out = []
     for target, _, count in targets(cfg):
-        tally = catalog.set_tally(target.purpose, target.label)
+        tally = catalog.set_tally(target.purpose, target.label, cfg.source.licenses)
         if tally["accepted"] >= count:
             continue
         key = set_key(target)

@@ -130,7 +130,7 @@ class Collector:
         results = self.streams[key]
         summary.shortfall.pop(key, None)
         while True:
-            tally = self.catalog.set_tally(target.purpose, target.label)
+            tally = self.catalog.set_tally(target.purpose, target.label, self.cfg.source.licenses)
             need = usable_needed(tally, count)
             if need <= 0:
                 return

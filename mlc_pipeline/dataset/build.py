@@ -14,7 +14,7 @@ earlier versions are never touched; a build identical to the latest version is n
 accepted image whose file is gone or unreadable is left out, and on a local data root recorded in the
 catalog (`write_images`). An accepted image whose licence `source.licenses` no longer allows (narrowed
 since it was collected) is left out too, and counted by licence: the catalog keeps it, so widening the
-setting again brings it back (`licence_allowed`).
+setting again brings it back (`catalog.labels.licence_allowed`).
 
 A published version is verified before it is used (dataset/verify.py: build, train, inspect, export).
 """
@@ -34,6 +34,7 @@ from pathlib import Path
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline import progress
+from mlc_pipeline.catalog.labels import licence_allowed
 from mlc_pipeline.catalog.overrides import build_candidates, review_changed_photos
 from mlc_pipeline.dataset.card import FLICKR_PHOTO_PAGE, attribution, dataset_card, licence_setting
 from mlc_pipeline.config import RESTRICTED_LICENSES, Config
@@ -96,15 +97,6 @@ class NothingToBuild(RuntimeError):
     """No image to publish: the data's state, not a bug (one line from the CLI, no traceback)."""
 
 
-def licence_allowed(cfg: Config, c: dict) -> bool:
-    """Whether `source.licenses` allows a catalog row's recorded licence now: `any` allows every one;
-    a list, the Flickr licence ids it names (a photo with no recorded id is allowed by `any` alone, as
-    collect takes it). A URL list's rows carry their own licence text and no id: the setting does not
-    apply to them (docs/collection.md)."""
-    allowed = cfg.source.licenses
-    return allowed == "any" or c["source"] == "urls" or c["license_id"] in allowed
-
-
 def licence_label(c: dict) -> str:
     """A licence as the build's counts name it: its name from the catalog, else its id's, else "unknown"."""
     if c["license_name"]:
@@ -132,7 +124,7 @@ def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None,
     for c in build_candidates(catalog):             # accepted, with the review app's decisions applied
         if c["owner"] in removed_owners:
             continue
-        if not licence_allowed(cfg, c):
+        if not licence_allowed(c, cfg.source.licenses):
             if not_allowed is not None:
                 not_allowed[licence_label(c)] += 1
             continue

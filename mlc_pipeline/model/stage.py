@@ -100,7 +100,7 @@ def check_every_class_trains(cfg: Config, version: str, rows: list[dict]) -> Non
     tallies, filed = {}, {}
     if catalog_exists(cfg.catalog_path):
         with Catalog(cfg.catalog_path, readonly=True) as catalog:
-            tallies = {c: catalog.set_tally("train", c) for c in empty}
+            tallies = {c: catalog.set_tally("train", c, cfg.source.licenses) for c in empty}
             filed = {c: catalog.labels_found_by(cfg.classes[c].queries) for c in empty}
     whys = []
     for c in empty:

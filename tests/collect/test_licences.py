@@ -80,3 +80,23 @@ def test_a_photo_whose_licence_changed_is_recorded_so_and_not_downloaded(tmp_pat
     assert {(after[p]["status"], after[p]["reason"], after[p]["license_id"], after[p]["license_name"])
             for p in changed} == {("skipped", "license-not-allowed", 0, "All Rights Reserved")}
     assert all(r["license_id"] in OPEN for r in after.values() if r["status"] == "downloaded")
+
+
+def test_after_narrowing_collect_tops_up_the_images_the_build_would_leave_out(tmp_path):
+    """A narrowed `source.licenses` leaves images of the old licences out of the build (dataset/build.py),
+    but collect still counted them as usable, so it fetched nothing and the next version was short (the
+    licbuild25 fix's leftover). They count as skipped `license-not-allowed` now, and collect tops up."""
+    from mlc_pipeline.curate.stage import curate
+    with FlickrServer(WorldSpec(seed=1, scale=0.1)) as srv:
+        wide = make_cfg(tmp_path, srv, "any", count=12)
+        collect(wide, progress=False)
+        curate(wide)
+        narrowed = make_cfg(tmp_path, srv, OPEN, count=12)
+        with Catalog(narrowed.catalog_path) as c:
+            everything, allowed = c.set_tally("train", "balloon"), c.set_tally("train", "balloon", OPEN)
+        assert allowed["accepted"] < 12 <= everything["accepted"], (allowed, everything)   # short once narrowed
+        assert allowed["skipped"]["license-not-allowed"] == everything["accepted"] - allowed["accepted"]
+        collect(narrowed, progress=False)
+        curate(narrowed)
+        with Catalog(narrowed.catalog_path) as c:
+            assert c.set_tally("train", "balloon", OPEN)["accepted"] >= 12
