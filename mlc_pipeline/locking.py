@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,23 +110,38 @@ class ReadOnlyDataRoot(OSError):
     """A writer pointed at a data root it cannot write to (one line, naming it)."""
 
 
+def stop_hint(how_to_stop: str | None = None) -> str:
+    """What the waiting line says about stopping: the caller's words (a flow run: cancel it), else
+    Ctrl-C where there is a terminal to press it in, else nothing."""
+    if how_to_stop is None:
+        stdin = sys.stdin
+        how_to_stop = "Ctrl-C to stop" if stdin is not None and stdin.isatty() else ""
+    return f" ({how_to_stop})" if how_to_stop else ""
+
+
 @contextmanager
-def data_root_lock(data_dir: str | Path, command: str, wait: bool = True) -> Iterator[None]:
-    """Hold the data root's write lock for the duration of the block (re-entrant in a process)."""
-    with _held(data_dir, LOCK_NAME, command, wait, "data root {root} is", DataRootBusy):
+def data_root_lock(data_dir: str | Path, command: str, wait: bool = True,
+                   how_to_stop: str | None = None) -> Iterator[None]:
+    """Hold the data root's write lock for the duration of the block (re-entrant in a process).
+    A wait is logged once (WARNING, naming the holder and `how_to_stop`: see stop_hint), and its end
+    once (INFO, with how long it waited)."""
+    with _held(data_dir, LOCK_NAME, command, wait, "data root {root} is", DataRootBusy, how_to_stop):
         yield
 
 
 @contextmanager
-def files_lock(data_dir: str | Path, command: str, wait: bool = True) -> Iterator[None]:
+def files_lock(data_dir: str | Path, command: str, wait: bool = True,
+               how_to_stop: str | None = None) -> Iterator[None]:
     """Hold the lock on the data root's image files (moved or copied by curate and build, deleted by a
     takedown) for the duration of the block (re-entrant in a process)."""
-    with _held(data_dir, FILES_LOCK_NAME, command, wait, "the files of data root {root} are", FilesBusy):
+    with _held(data_dir, FILES_LOCK_NAME, command, wait, "the files of data root {root} are", FilesBusy,
+               how_to_stop):
         yield
 
 
 @contextmanager
-def _held(data_dir: str | Path, name: str, command: str, wait: bool, what: str, busy: type) -> Iterator[None]:
+def _held(data_dir: str | Path, name: str, command: str, wait: bool, what: str, busy: type,
+          how_to_stop: str | None = None) -> Iterator[None]:
     root = _root(data_dir)
     info_name, what = name + ".json", what.format(root=root)
     try:
@@ -142,9 +158,10 @@ def _held(data_dir: str | Path, name: str, command: str, wait: bool, what: str, 
         if not wait:
             raise busy(f"{what} in use by {who}; wait for it to finish, or rerun without --no-wait to queue"
                        ) from None
-        log.warning("%s in use by %s; waiting for it to finish (Ctrl-C to stop)", what, who)
+        log.warning("%s in use by %s; waiting for it to finish%s", what, who, stop_hint(how_to_stop))
+        waited = time.monotonic()
         lock.acquire()
-        log.info("%s free now: %s goes ahead", what, command)
+        log.info("%s free now: %s goes ahead (after waiting %.0f s)", what, command, time.monotonic() - waited)
     except OSError as exc:          # after Timeout, which is an OSError too
         if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise

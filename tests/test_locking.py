@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import threading
@@ -14,7 +16,7 @@ import yaml
 from mlc_pipeline.dataset.build import remove_stale_builds
 from mlc_pipeline.dataset.verify import verify_version
 from mlc_pipeline.locking import DataRootBusy, data_root_lock, holder
-from storage_world import curated_root, last_line, mlc, mlc_start
+from storage_world import MLC, curated_root, last_line, mlc, mlc_start
 
 HOLD = """
 import sys
@@ -74,6 +76,39 @@ def test_a_second_writer_waits_then_goes_ahead(root, held):
     assert waiting.returncode == 0, err
     assert f"in use by pid {held.pid}" in err and "waiting" in err
     assert "dataset default v" in out
+
+
+def waits_once(root: Path, held: subprocess.Popen, stdin) -> str:
+    """`mlc build` beside the holder, with the given stdin; its stderr once it went ahead."""
+    waiting = subprocess.Popen(MLC + ["build", "-c", str(root)], stdin=stdin, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    time.sleep(3)
+    assert waiting.poll() is None                    # still waiting for the holder
+    release(held)
+    out, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0, err
+    assert err.count("in use by") == 1 and err.count("free now") == 1, err      # one line each
+    assert re.search(r"free now: mlc build goes ahead \(after waiting \d+ s\)", err), err
+    return err
+
+
+def test_the_wait_offers_ctrl_c_only_in_a_terminal(root, held):
+    """The nightly25 audit: a worker's flow run was told "(Ctrl-C to stop)", which it cannot press."""
+    err = waits_once(root, held, subprocess.DEVNULL)
+    assert "waiting for it to finish" in err and "Ctrl-C" not in err, err
+
+
+def test_the_wait_offers_ctrl_c_in_a_terminal(root, held):
+    import pty
+
+    main, terminal = pty.openpty()
+    try:
+        err = waits_once(root, held, terminal)
+    finally:
+        os.close(main)
+        os.close(terminal)
+    assert "waiting for it to finish (Ctrl-C to stop)" in err, err
 
 
 def test_read_only_commands_never_take_the_lock(root, held):
