@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.progress import end_progress
 from flows.runtime import DEFAULT_CONFIG
 from mlc_pipeline.report.published import published_since, stopped_markdown
 from mlc_pipeline.report.summary import (DATASET_SUMMARY_KEY, MINED_KEY, PER_CLASS_KEY, REJECTED_KEY, SUMMARY_KEY,
@@ -40,6 +41,7 @@ def write_stopped_summary(client, flow_name: str, flow_run, state) -> None:
     status = "Cancelled" if state.is_cancelling() else state.name     # on_cancellation sees Cancelling
     key = DATASET_SUMMARY_KEY if flow_name == "rebuild-report" else SUMMARY_KEY
     client.create_artifact(ArtifactCreate(
-        key=key, type="markdown", flow_run_id=flow_run.id, description=f"{flow_name} summary ({state.name})",
+        key=key, type="markdown", flow_run_id=flow_run.id, description=f"{flow_name} summary ({status})",
         data=stopped_markdown(flow_name, status, state.message or state.name, flow_run.name,
                               flow_run.start_time is not None, params, published, why)))
+    end_progress(client, flow_run.id, status.lower())

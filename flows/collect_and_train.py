@@ -22,10 +22,11 @@ from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 
 from flows.artifacts import DATASET_SUMMARY_KEY, publish, write_stopped_summary
-from flows.progress import DownloadProgress, downloads_wanted
-from flows.runtime import DEFAULT_CONFIG, flickr_slot, retry_condition, task_runner
+from flows.progress import DownloadProgress, downloads_wanted, end_progress
+from flows.runtime import (CANCEL_TO_STOP, DEFAULT_CONFIG, flickr_slot, library_logs_in_run, retry_condition,
+                           task_runner)
 from mlc_pipeline.config import Config, ConfigError, load_config
-from mlc_pipeline.locking import DataRootBusy, data_root_lock
+from mlc_pipeline.locking import data_root_lock
 from mlc_pipeline.model.options import check_train_settings
 from mlc_pipeline.model.stage import alternative_variants
 from mlc_pipeline.pipeline import PipelineResult, Stages, plain, rebuild_stages, run_stages
@@ -194,11 +195,9 @@ class Run:
         """The data root's write lock, for the whole run: a manual `mlc` command or another flow run
         on the same data root waits (the tasks run in this process's threads and need no lock)."""
         command = f"prefect flow {self.data['title']} ({flow_run_name()})"
-        try:
-            self.held.enter_context(data_root_lock(cfg.data_dir, command, wait=False))
-        except DataRootBusy as exc:
-            get_run_logger().warning("%s; waiting", str(exc).split(";")[0])
-            self.held.enter_context(data_root_lock(cfg.data_dir, command))
+        # One warning while it waits (a worker's run has no Ctrl-C: cancelling the run stops it) and one
+        # INFO line once it has the lock, both the library's (library_logs_in_run puts them in the run's logs)
+        self.held.enter_context(data_root_lock(cfg.data_dir, command, how_to_stop=CANCEL_TO_STOP))
 
     def fail(self, exc: BaseException) -> StageFailed:
         from mlc_pipeline.secrets import redact
@@ -297,9 +296,34 @@ def publish_artifacts(run: Run, key: str | None = None) -> None:
         get_run_logger().warning("artifacts not created: %s", exc)
 
 
-def start(run: Run, config_path: str, overrides: dict | None) -> Config:
+def failed(run: Run, exc: BaseException, key: str | None = None) -> StageFailed:
+    """A failed run: its message logged, its artifacts (the download progress says the run ended)."""
+    failure = run.fail(exc)
+    get_run_logger().error(str(failure))
+    publish_artifacts(run, key)
+    try:
+        with get_client(sync_client=True) as client:
+            end_progress(client, get_run_context().flow_run.id, "failed")
+    except Exception as err:   # artifacts are a report; never mask the run's real outcome
+        get_run_logger().warning("download progress artifact not closed: %s", err)
+    return failure
+
+
+def start(run: Run, config_path: str, overrides: dict | None, train: bool = False) -> Config:
+    """Load the config (and, for a flow that trains, check its training settings: a wrong arch fails
+    before collecting, not at the train stage), then take the data root's lock. A ConfigError from
+    either is stage 'config' (nothing ran, nothing published is looked up); a failure taking the lock
+    is stage 'data root'."""
     logger = get_run_logger()
     cfg = load_config(config_path, overrides)
+    if train:
+        try:
+            check_train_settings(cfg)   # a bad train.arch or train.pretrained: the config's (nightly25 #1)
+        except ConfigError:
+            raise
+        except Exception:               # not the config's (e.g. weights not downloadable): what is published is said
+            run.cfg = cfg
+            raise
     run.cfg = cfg
     run.data.update(data_dir=str(cfg.data_dir), config_loaded=True)
     logger.info("flow run %s: config %s%s, data root %s", flow_run_name(), config_path,
@@ -319,21 +343,18 @@ def collect_and_train(config_path: str = DEFAULT_CONFIG, overrides: dict | None 
     merged into it (e.g. {"train": {"epochs": 2}})."""
     logger = get_run_logger()
     run = Run("collect-and-train", config_path, overrides)
-    try:
-        cfg = start(run, config_path, overrides)
-        check_train_settings(cfg)     # a wrong arch fails before collecting, not at the train stage
-        result = run_stages(cfg, TaskStages(run))
-        run.data.update(stopped_early=result.stopped_early, stop_reason=result.stop_reason, shipped=result.shipped,
-                        not_shipped=result.not_shipped)
-    except Exception as exc:
-        failure = run.fail(exc)
-        logger.error(str(failure))
+    with library_logs_in_run():
+        try:
+            cfg = start(run, config_path, overrides, train=True)
+            result = run_stages(cfg, TaskStages(run))
+            run.data.update(stopped_early=result.stopped_early, stop_reason=result.stop_reason,
+                            shipped=result.shipped, not_shipped=result.not_shipped)
+        except Exception as exc:
+            raise failed(run, exc) from exc
+        finally:
+            run.held.close()
+        result = run.finish()
         publish_artifacts(run)
-        raise failure from exc
-    finally:
-        run.held.close()
-    result = run.finish()
-    publish_artifacts(run)
     logger.info("done: dataset %s, model %s, report %s", result.get("latest_dataset"), result.get("latest_model"),
                 result.get("report"))
     return result
@@ -343,19 +364,16 @@ def collect_and_train(config_path: str = DEFAULT_CONFIG, overrides: dict | None 
       description="Curate what is in the catalog, build a dataset version if it changed, write the report. "
                   "No downloads, no training.")
 def rebuild_report(config_path: str = DEFAULT_CONFIG, overrides: dict | None = None) -> dict:
-    logger = get_run_logger()
     run = Run("rebuild-report", config_path, overrides)
-    try:
-        cfg = start(run, config_path, overrides)
-        rebuild_stages(cfg, TaskStages(run))
-    except Exception as exc:
-        failure = run.fail(exc)
-        logger.error(str(failure))
+    with library_logs_in_run():
+        try:
+            cfg = start(run, config_path, overrides)
+            rebuild_stages(cfg, TaskStages(run))
+        except Exception as exc:
+            raise failed(run, exc, DATASET_SUMMARY_KEY) from exc
+        finally:
+            run.held.close()
+        result = run.finish()
         publish_artifacts(run, DATASET_SUMMARY_KEY)
-        raise failure from exc
-    finally:
-        run.held.close()
-    result = run.finish()
-    publish_artifacts(run, DATASET_SUMMARY_KEY)
     return result
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -71,3 +72,32 @@ class DownloadProgress:
         except Exception as exc:   # a progress bar must never fail a download
             if self.logger:
                 self.logger.warning("progress artifact not updated: %s", exc)
+
+
+def end_progress(client, flow_run_id, how: str) -> str | None:
+    """A run that ended (`how`: "cancelled", "crashed", "failed") with its download progress part-way:
+    its last progress artifact says so, "collect cancelled at 102 of ~390 downloads", instead of
+    reading as work in flight (the nightly25 audit). The new description, or None when there was
+    nothing to close (no collect, or it finished)."""
+    from prefect.client.schemas.actions import ArtifactUpdate
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    found = client.read_artifacts(
+        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+                                       key=ArtifactFilterKey(any_=[PROGRESS_KEY])),
+        sort=ArtifactSort.CREATED_DESC, limit=1)
+    if not found or float(found[0].data or 0) >= 100.0:
+        return None
+    art = found[0]
+    said = art.description or ""
+    if m := re.search(r"(\d+) downloads of ~(\d+)", said):
+        done, wanted = m.groups()
+    elif m := re.search(r"downloading (\d+) missing", said):
+        done, wanted = "0", m.group(1)
+    else:
+        done = wanted = None
+    where = f"at {done} of ~{wanted} downloads" if done is not None else f"at {float(art.data or 0):g}%"
+    description = f"collect {how} {where} (run {how.capitalize()})"
+    client.update_artifact(art.id, ArtifactUpdate(data=float(art.data or 0), description=description))
+    return description

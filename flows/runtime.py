@@ -64,6 +64,41 @@ def flickr_slot(logger) -> Iterator[None]:
         yield
 
 
+# How a flow run waiting for the data root's lock is stopped (the lock's warning says so; not Ctrl-C)
+CANCEL_TO_STOP = "cancel the flow run to stop waiting"
+LIBRARY_LOGGER = "mlc_pipeline"
+
+
+@contextmanager
+def library_logs_in_run(level: int = logging.INFO) -> Iterator[None]:
+    """The library's own log lines at INFO and above (a stage's progress: epochs, mining rounds, the
+    data root's lock) in the flow run's logs while the block runs; DEBUG lines (per request) stay out.
+
+    PREFECT_LOGGING_EXTRA_LOGGERS=mlc_pipeline (prefect.yaml) gives the `mlc_pipeline` logger Prefect's
+    API handler but no level, so it inherited the root logger's WARNING (prefect/logging/logging.yml)
+    and only warnings reached the run's logs (the nightly25 audit). Here the logger gets INFO unless
+    something set a level of its own (a logging config: that stands), and the handler that setting
+    attaches, when it is not set (a flow called in-process); both are put back afterwards, so no
+    library line outside a run goes to the API. Known secrets are masked in every record
+    (secrets.install_log_redaction, a record factory), these included."""
+    from mlc_pipeline.secrets import install_log_redaction
+
+    install_log_redaction()
+    lib = logging.getLogger(LIBRARY_LOGGER)
+    added = [h for h in logging.getLogger("prefect.extra").handlers if h not in lib.handlers]
+    own_level = lib.level
+    for handler in added:
+        lib.addHandler(handler)
+    if own_level == logging.NOTSET:
+        lib.setLevel(level)
+    try:
+        yield
+    finally:
+        lib.setLevel(own_level)
+        for handler in added:
+            lib.removeHandler(handler)
+
+
 def task_runner(address: str | None = None):
     """Threads by default; a Dask cluster when an address is given (argument or $MLC_DASK_ADDRESS).
 

@@ -159,6 +159,15 @@ def test_nightly_deployment_runs_on_a_worker_and_is_scheduled(stack, tmp_path):
     assert "Completed" in by_key["mlc-run-summary"]["data"]
     assert float(by_key["mlc-download-progress"]["data"]) == 100.0
     assert (tmp_path / "data" / "reports" / "latest.html").is_file()
+    # The library's INFO lines reach the run's logs on a worker, as docs/orchestration.md says (the
+    # nightly25 audit: only its warnings did, the `mlc_pipeline` logger inheriting the root's WARNING)
+    logs: list[dict] = []
+    while page := stack.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [done[0]["id"]]}},
+                                              "limit": 200, "offset": len(logs)}):
+        logs += page
+    library = [(r["level"], r["name"], r["message"]) for r in logs if r["name"].startswith("mlc_pipeline")]
+    assert [m for level, _, m in library if level == 20 and m.startswith("epoch 1: train loss")], library
+    assert min(level for level, _, _ in library) == 20, library
 
     # The cron schedule: the scheduler service fills in the next runs, each at 02:00 UTC.
     deadline = time.monotonic() + 60

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -54,6 +55,16 @@ def artifacts_of(flow_run_id) -> dict[str, list]:
     for a in found:
         out.setdefault(a.key or f"(no key: {a.type})", []).append(a)
     return out
+
+
+def logs_of(flow_run_id) -> list:
+    """The run's log records as the API holds them (what the UI and `prefect flow-run logs` show)."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()         # the records still queued in this process are sent first
+    with get_client(sync_client=True) as client:
+        return client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
 
 
 def downloaded_files(cfg_path: Path) -> int:
@@ -171,6 +182,12 @@ def test_flow_completes_with_artifacts(harness, project, monkeypatch):
                for r in mined)
     assert json.loads(arts[REJECTED_KEY][0].data)
     assert float(arts[PROGRESS_KEY][0].data) == 100.0
+    # The library's own INFO lines are in the run's logs (the nightly25 audit: only its warnings were,
+    # so a night's training showed nothing between the train task's start and end); no DEBUG ones.
+    library = [r for r in logs_of(state.state_details.flow_run_id) if r.name.startswith("mlc_pipeline")]
+    assert [r for r in library if r.level == 20 and r.message.startswith("epoch 1: train loss")], \
+        [r.message for r in library]
+    assert min(r.level for r in library) == 20 and len(library) < 200, len(library)
     assert_no_secret_in_run(state.state_details.flow_run_id, data)
 
 
@@ -214,6 +231,9 @@ def test_failed_stage_keeps_published_versions_and_rerun_resumes(harness, projec
     assert published(data) == before                      # nothing published, nothing touched
     arts = artifacts_of(state.state_details.flow_run_id)
     assert "Failed" in arts[SUMMARY_KEY][0].data and "stage 'collect' failed" in arts[SUMMARY_KEY][0].data
+    [progress] = arts[PROGRESS_KEY]          # not left reading as a collect in flight (nightly25 audit)
+    assert re.fullmatch(r"collect failed at \d+ of ~\d+ downloads \(run Failed\)", progress.description), \
+        progress.description
 
     # The rerun (the pool fixed; no mining round, to keep the test short) only downloads what is missing.
     fixed = {**bigger, "mine": {"rounds": 0, "pool": {"count": 30}}}
@@ -292,27 +312,58 @@ def test_rebuild_report_flow_fetches_and_publishes_an_object_store_root(harness,
 
 def test_flow_waits_for_another_writer_on_its_data_root(harness, project):
     """A manual `mlc` command holding the data root: the flow starts no stage until it is done."""
-    import subprocess
+    import logging
+    import threading
+    import time
 
+    from helpers import holding, release
     from mlc_pipeline.catalog import Catalog
     from mlc_pipeline.config import load_config
 
     if not (project.parent / "data" / "datasets").exists():    # run alone: something to rebuild from
         assert collect_and_train(config_path=str(project), overrides={"mine": {"rounds": 0}},
                                  return_state=True).is_completed()
-    hold = ("import sys, time\nfrom mlc_pipeline.locking import data_root_lock\n"
-            "with data_root_lock(sys.argv[1], 'mlc curate'):\n    print('held', flush=True)\n    time.sleep(4)\n"
-            "print(time.time(), flush=True)\n")
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(project.parent / "data")], stdout=subprocess.PIPE,
-                              text=True)
-    assert holder.stdout.readline().strip() == "held"
-    state = rebuild_report(config_path=str(project), return_state=True)
-    released = float(holder.stdout.readline())
-    holder.wait(timeout=30)
+    holder = holding("data_root_lock", project.parent / "data", "mlc curate")
+    waits = threading.Event()
+
+    class Waits(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "in use by" in record.getMessage():
+                waits.set()
+
+    released: list[float] = []
+
+    def let_go() -> None:        # once the flow says it waits: no timing assumption on a loaded machine
+        waits.wait(300)
+        time.sleep(1)
+        released.append(release(holder))
+
+    seen = Waits()
+    logging.getLogger("mlc_pipeline.locking").addHandler(seen)
+    releaser = threading.Thread(target=let_go)
+    releaser.start()
+    try:
+        state = rebuild_report(config_path=str(project), return_state=True)
+    finally:
+        waits.set()
+        releaser.join(timeout=60)
+        logging.getLogger("mlc_pipeline.locking").removeHandler(seen)
+    [released] = released
     assert state.is_completed(), state.message
     with Catalog(load_config(project).catalog_path) as catalog:
         curate_started = max(r["started_at"] for r in catalog.runs() if r["command"] == "curate")
     assert curate_started >= released          # the flow's first stage waited for the holder
+    # One warning while it waits, saying how a flow run is stopped (no Ctrl-C for a worker's run), and
+    # one INFO line once it has the lock (the nightly25 audit: two warnings, the second "(Ctrl-C to
+    # stop)", and nothing when it went ahead).
+    lines = [(r.level, r.message) for r in logs_of(state.state_details.flow_run_id)]
+    waiting = [m for level, m in lines if "in use by" in m]
+    assert len(waiting) == 1 and "(mlc curate, started" in waiting[0], lines
+    assert waiting[0].endswith("waiting for it to finish (cancel the flow run to stop waiting)"), waiting
+    assert not [m for _, m in lines if "Ctrl-C" in m], lines
+    went = [(level, m) for level, m in lines if "free now" in m]
+    assert len(went) == 1 and went[0][0] == 20 and "prefect flow rebuild-report" in went[0][1], lines
+    assert re.search(r"goes ahead \(after waiting \d+ s\)$", went[0][1]), went
 
 
 @pytest.mark.parametrize("config_path, overrides, says", [
@@ -320,6 +371,9 @@ def test_flow_waits_for_another_writer_on_its_data_root(harness, project):
     (None, {"classes": {"kite": {"count": -5}}}, "classes.kite.count"),
     ("configs/nope.yaml", {}, "nope.yaml"),
     (None, {"classes": {"kyte": {"count": 5}}}, "has no class 'kyte' (its classes: balloon, kite)"),
+    # the nightly25 audit: these two failed as "stage 'data root' failed", sending users to the data root
+    (None, {"train": {"arch": "resnet999"}}, "arch 'resnet999' is neither one of"),
+    (None, {"train": {"pretrained": "/nonexistent/w.pth"}}, "train.pretrained: pretrained weights file not found"),
 ])
 def test_bad_config_fails_with_a_clear_message(harness, project, config_path, overrides, says):
     """A config that does not load: the message says so and what to do, and claims nothing about what
@@ -421,6 +475,74 @@ def test_a_crashed_run_summary_names_what_it_published_before_it_stopped(harness
         run = client.create_flow_run(stand_in, parameters={"config_path": str(config_path)})
         write_stopped_summary(client, "collect-and-train", client.read_flow_run(run.id), Crashed(message="orphan"))
     assert "never started running, so it published nothing" in artifacts_of(run.id)[SUMMARY_KEY][0].data
+
+
+def test_a_cancelled_run_is_said_cancelled_and_its_download_progress_ended(harness, tmp_path):
+    """The nightly25 audit: the on_cancellation hook sees the state Cancelling, and the summary's
+    description said "(Cancelling)" on the Artifacts page; the download progress of a run cancelled
+    mid-collect stayed at "collect: 102 downloads of ~390 missing images", as if still in flight."""
+    from prefect.client.schemas.actions import ArtifactCreate
+    from prefect.states import Cancelling, Running
+
+    from flows.artifacts import write_stopped_summary
+
+    config_path = tiny_config(tmp_path, free_port())
+
+    @flow_decorator(name="collect-and-train")
+    def stand_in(config_path: str):
+        return config_path
+
+    def cancelled(progress: tuple[float, str] | None) -> dict[str, list]:
+        with get_client(sync_client=True) as client:
+            run = client.create_flow_run(stand_in, parameters={"config_path": str(config_path)})
+            client.set_flow_run_state(run.id, Running())
+            if progress:
+                client.create_artifact(ArtifactCreate(key=PROGRESS_KEY, type="progress", data=progress[0],
+                                                      description=progress[1], flow_run_id=run.id))
+            write_stopped_summary(client, "collect-and-train", client.read_flow_run(run.id),
+                                  Cancelling(message="cancelled by a user"))
+        return artifacts_of(run.id)
+
+    arts = cancelled((26.2, "collect: 102 downloads of ~390 missing images"))
+    [summary] = arts[SUMMARY_KEY]
+    assert summary.description == "collect-and-train summary (Cancelled)", summary.description
+    assert "collect-and-train: Cancelled" in summary.data
+    [progress] = arts[PROGRESS_KEY]
+    assert progress.description == "collect cancelled at 102 of ~390 downloads (run Cancelled)", progress.description
+    assert float(progress.data) == 26.2
+    arts = cancelled((0.0, "collect: downloading 2 missing images"))      # cancelled before a download ended
+    assert arts[PROGRESS_KEY][0].description == "collect cancelled at 0 of ~2 downloads (run Cancelled)"
+    arts = cancelled((100.0, "collect: done, 12 images downloaded in this run"))   # cancelled in train: as it was
+    assert arts[PROGRESS_KEY][0].description == "collect: done, 12 images downloaded in this run"
+    assert PROGRESS_KEY not in cancelled(None)                           # no collect, nothing made up
+
+
+def test_the_librarys_info_lines_reach_the_run_logs_with_secrets_masked(harness):
+    """The library's INFO lines in the flow run's logs (not only its warnings), through the project's
+    redaction like any record; its DEBUG lines stay out; outside the run the logger is as it was."""
+    import logging
+
+    from prefect.context import get_run_context
+
+    from flows.runtime import library_logs_in_run
+    from mlc_pipeline.secrets import remember
+
+    secret = "libsecret-7f3a9c2e41"
+    remember(secret)
+    lib = logging.getLogger("mlc_pipeline.collect.stage")
+
+    @flow_decorator(name="library-logs")
+    def logs_a_line():
+        with library_logs_in_run():
+            lib.info("resuming with key %s", secret)
+            lib.debug("GET /static/1.jpg (a per-request line)")
+        return get_run_context().flow_run.id
+
+    level = logging.getLogger("mlc_pipeline").level
+    run_id = logs_a_line()
+    assert logging.getLogger("mlc_pipeline").level == level
+    records = [r for r in logs_of(run_id) if r.name.startswith("mlc_pipeline")]
+    assert [(r.level, r.message) for r in records] == [(20, "resuming with key ***")], records
 
 
 def test_collect_says_when_it_waits_for_the_flickr_slot(harness, caplog):
