@@ -10,6 +10,7 @@ import pytest
 from helpers import ENV, MLC, needs_namespaces, write_config
 
 from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.fsutil import sha256_file
 
 
 def mlc(*args, timeout=300) -> subprocess.CompletedProcess:
@@ -62,19 +63,21 @@ def test_two_curates_at_once_both_finish_and_lose_no_file(built, tmp_path):
         for r in c.candidates():   # the copy's catalog must point into the copy
             if r["file_path"]:
                 c.update_fields(r["id"], file_path=r["file_path"].replace(str(built.parent / "data"), str(data)))
-        # 12 files as a new collect would leave them (never inspected), truncated: both curates
-        # inspect them and both try to quarantine them.
-        for r in c.candidates("status='accepted'")[:12]:
+        # 12 files as a new collect would leave them (never inspected), truncated when downloaded (the
+        # download's sha256 is the truncated bytes': a file damaged on disk since would be set aside
+        # for a re-download instead): both curates inspect them and both try to quarantine them.
+        for r in c.candidates(status="accepted")[:12]:
             f = Path(r["file_path"])
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
-            c.set_status(r["id"], "downloaded", None, None, "test", hashed_sha256=None)
+            c.set_status(r["id"], "downloaded", None, None, "test", hashed_sha256=None, sha256=sha256_file(f),
+                         bytes=f.stat().st_size)
     procs = [subprocess.Popen(MLC + ["curate", "-c", str(cfg)], env=ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     for code, err in results:
         assert code == 0, err[-2000:]
     with Catalog(data / "catalog.sqlite", readonly=True) as c:
-        rejected = c.candidates("status='rejected'")
+        rejected = c.candidates(status="rejected")
     assert len(rejected) == 12
     assert all(Path(r["file_path"]).is_file() and "/quarantine/" in r["file_path"] for r in rejected)
 
