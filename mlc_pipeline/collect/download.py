@@ -7,6 +7,10 @@ final. Every job has a total deadline (`source.download_deadline_s`, all attempt
 that trickles bytes is cut by a watchdog that shuts the socket down. A write error (disk full,
 read-only, permissions) is not a per-image failure: it stops the whole run (`StorageError`), as Ctrl-C
 does; either way the queue is cancelled and every download that finished is still handed back.
+
+A batch stops the same way whatever it was doing when told to (Ctrl-C while its workers start
+included): no job starts any more, the connections of those in flight are shut (waiting for headers
+or reading a body), and the call returns once none is running, so no file lands after it.
 """
 
 from __future__ import annotations
@@ -16,19 +20,17 @@ import hashlib
 import logging
 import os
 import re
-import socket
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urljoin
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from mlc_pipeline.config import SourceSettings
+from mlc_pipeline.collect.connections import Live, WatchedAdapter, watch
 from mlc_pipeline.collect.hosts import HostHealth, host_allowed, host_of
 from mlc_pipeline.collect.rawfiles import StorageError, disk_errors, final_path, shard_dir, temp_path
 from mlc_pipeline.collect.retry import Transient, backoff_delay
@@ -86,16 +88,16 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def cut_connection(resp: requests.Response) -> None:
-    """Shut the socket of a response another thread is reading: its blocked read returns at once."""
-    conn = getattr(resp.raw, "connection", None)
-    sock = getattr(conn, "sock", None)
-    if sock is None:
-        return                         # already released: the reader finished on its own
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError as exc:             # closed between our look and the shutdown: nothing left to cut
-        log.debug("cutting a download: %s", exc)
+@dataclass
+class Batch:
+    """One run_into's jobs, taken by the workers one at a time, and what each ended as, in completion
+    order (a result, or the exception its fetch raised). `done` only grows: the caller's count of
+    results handed over says exactly which are not yet."""
+    todo: list[DownloadJob]
+    done: list[tuple[DownloadJob, object]] = field(default_factory=list)
+    active: int = 0                    # jobs a worker has taken and not ended
+    closed: bool = False               # the run stops: no job is taken any more
+    cond: threading.Condition = field(default_factory=threading.Condition)
 
 
 class Downloader:
@@ -112,7 +114,7 @@ class Downloader:
         self.slots_lock = threading.Lock()
         self.in_flight: dict[str, int] = {}
         self.max_in_flight: dict[str, int] = {}   # measured, so tests can prove the per-host bound
-        self.watched: dict[int, tuple[float, requests.Response]] = {}   # thread -> (deadline, response)
+        self.watched: dict[int, tuple[float, Live]] = {}               # thread -> (deadline, connection)
         self.was_cut: set[int] = set()                                  # threads whose response was cut
         self.hosts = HostHealth()                   # hosts down, or refused, this run
 
@@ -120,7 +122,8 @@ class Downloader:
     def session(self) -> requests.Session:
         if not hasattr(self.local, "session"):
             sess = requests.Session()
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.s.per_host_concurrency, max_retries=0)
+            adapter = WatchedAdapter(pool_connections=4, pool_maxsize=self.s.per_host_concurrency,
+                                     max_retries=0)
             sess.mount("http://", adapter)
             sess.mount("https://", adapter)
             sess.headers["User-Agent"] = "mlc-pipeline/0.1 (+image dataset collector)"
@@ -195,21 +198,20 @@ class Downloader:
         left = self.local.deadline - time.monotonic()
         if left <= 0:
             raise Rejected(f"transient:{self._deadline_reason()}")
-        me = threading.get_ident()
+        me, live = threading.get_ident(), Live()
+        with self.slots_lock:
+            self.watched[me] = (self.local.deadline, live)
+            self.was_cut.discard(me)
+        watch(live)
         try:
             # The read timeout also bounds waiting for the headers by what is left of the deadline;
-            # the watchdog bounds the body (a byte every few seconds never trips a read timeout).
+            # the watchdog bounds the body (a byte every few seconds never trips a read timeout), and
+            # cuts either once the run stops.
             timeout = (self.s.timeout_s, min(self.s.timeout_s, left))
             with self.session().get(url, stream=True, timeout=timeout, allow_redirects=False) as resp:
+                live.conn = getattr(resp.raw, "connection", None) or live.conn    # through a proxy too
                 self.hosts.answered_by(host_of(url))
-                with self.slots_lock:
-                    self.watched[me] = (self.local.deadline, resp)
-                    self.was_cut.discard(me)
-                try:
-                    return self._read(resp, url, job, attempt)
-                finally:
-                    with self.slots_lock:
-                        self.watched.pop(me, None)
+                return self._read(resp, url, job, attempt)
         except (Rejected, Transient, StorageError, Cancelled):
             raise
         except Exception as exc:
@@ -221,6 +223,10 @@ class Downloader:
             if isinstance(exc, requests.exceptions.ChunkedEncodingError):
                 raise Transient("connection-broken") from None
             raise
+        finally:
+            watch(None)
+            with self.slots_lock:
+                self.watched.pop(me, None)
 
     def _take_cut(self) -> bool:
         """Whether the watchdog cut this thread's response (and forget it)."""
@@ -296,67 +302,96 @@ class Downloader:
         """Download `jobs`, handing each result to `record` in the calling thread as it completes.
         Workers = per-host bound x distinct hosts (capped).
 
-        On Ctrl-C (or SIGTERM turned into one), a write error, or any exception from `record`: the
-        queue is cancelled, downloads in flight are cut, every download that finished is still
-        handed to `record` (no file in raw/ the catalog does not know), and the exception goes on."""
+        On Ctrl-C (or SIGTERM turned into one), a write error, or any exception from `record`, at any
+        point (the workers still starting included): the queue is cancelled, downloads in flight are
+        cut, every download that finished is still handed to `record` (no file in raw/ the catalog does
+        not know; one interrupted inside `record` is handed again), and the exception goes on once no
+        download runs."""
         hosts = {host_of(j.url) for j in jobs} or {""}
         workers = min(64, self.s.per_host_concurrency * len(hosts), max(1, len(jobs)))
         self.stopping.clear()
+        batch, handed = Batch(list(reversed(jobs))), 0
         watchdog_done = threading.Event()
-        watchdog = threading.Thread(target=self._watchdog, args=(watchdog_done,), name="download-deadline",
-                                    daemon=True)
-        watchdog.start()
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="download")
-        futures = {pool.submit(self.fetch, job): job for job in jobs}
-        recorded: set[Future] = set()
-        try:
-            for fut in as_completed(futures):
-                res = self._outcome(fut, futures[fut])
-                record(res)
-                recorded.add(fut)
+        try:        # everything from here: a signal while a thread starts must stop the batch too
+            threading.Thread(target=self._watchdog, args=(watchdog_done, batch), name="download-deadline",
+                             daemon=True).start()
+            for i in range(workers):
+                threading.Thread(target=self._work, args=(batch,), name=f"download_{i}").start()
+            while handed < len(jobs):
+                with batch.cond:
+                    while len(batch.done) <= handed:
+                        batch.cond.wait()
+                    job, outcome = batch.done[handed]
+                res = self._outcome(job, outcome)
+                if res is not None:
+                    record(res)
+                handed += 1
         except BaseException:
-            self.stopping.set()             # workers stop taking jobs; the watchdog cuts live sockets
-            for fut in futures:
-                fut.cancel()
-            # Every download in flight ends (cut, or finished) before the results are handed over: one
-            # that finished after a bounded wait wrote its file unrecorded (seen under CI load), and the
-            # pool's shutdown below waited for it anyway.
-            pool.shutdown(wait=True, cancel_futures=True)
-            for fut, job in futures.items():
-                if fut in recorded or fut.cancelled():
-                    continue
+            self._stop(batch)
+            for job, outcome in batch.done[handed:]:
                 try:
-                    res = self._outcome(fut, job)
+                    res = self._outcome(job, outcome)
                 except StorageError:
                     continue                # nothing was written: the candidate stays pending
                 if res is not None:
                     record(res)
             raise
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
             watchdog_done.set()
-            watchdog.join()
 
-    def _outcome(self, fut: Future, job: DownloadJob) -> DownloadResult | None:
+    def _work(self, batch: Batch) -> None:
+        """A worker: takes jobs until none is left or the run stops; each outcome goes to batch.done."""
+        while True:
+            with batch.cond:
+                if batch.closed or not batch.todo:
+                    return
+                job = batch.todo.pop()
+                batch.active += 1
+            try:
+                outcome: object = self.fetch(job)
+            except BaseException as exc:    # not swallowed: the calling thread decides (see _outcome)
+                outcome = exc
+            with batch.cond:
+                batch.done.append((job, outcome))
+                batch.active -= 1
+                batch.cond.notify_all()
+
+    def _stop(self, batch: Batch) -> None:
+        """No job starts any more and those in flight are cut (again each tick: one may get its
+        connection after a cut); returns once none is running, so none writes a file after."""
+        with batch.cond:
+            batch.closed = True
+        self.stopping.set()             # retry waits end; a job waiting for a host's slot gives up
+        while True:
+            self._cut_due()
+            with batch.cond:
+                if not batch.active:
+                    return
+                batch.cond.wait(WATCHDOG_TICK_S)
+
+    def _outcome(self, job: DownloadJob, outcome: object) -> DownloadResult | None:
         """A finished job's result; None for a cancelled one; StorageError goes on (the run stops)."""
-        try:
-            return fut.result()
-        except StorageError:
-            raise
-        except Cancelled:
-            return None
-        except Exception as exc:  # a bug: record it, never lose the other jobs
-            log.error("download of photo %s failed unexpectedly: %s", job.photo_id, redact(repr(exc)))
-            return DownloadResult(job.cid, False, reason=f"transient:error:{type(exc).__name__}")
+        if isinstance(outcome, (DownloadResult, Cancelled)):
+            return outcome if isinstance(outcome, DownloadResult) else None
+        if isinstance(outcome, StorageError) or not isinstance(outcome, Exception):
+            raise outcome                   # type: ignore[misc]
+        # a bug: record it, never lose the other jobs
+        log.error("download of photo %s failed unexpectedly: %s", job.photo_id, redact(repr(outcome)))
+        return DownloadResult(job.cid, False, reason=f"transient:error:{type(outcome).__name__}")
 
-    def _watchdog(self, done: threading.Event) -> None:
-        """Cut responses past their deadline, and all of them once the run stops."""
+    def _watchdog(self, done: threading.Event, batch: Batch) -> None:
+        """Ends with the batch, even where a signal skipped the caller's `done.set()`."""
         while not done.wait(WATCHDOG_TICK_S):
-            now, stopping = time.monotonic(), self.stopping.is_set()
-            with self.slots_lock:
-                due = [(t, r) for t, (deadline, r) in self.watched.items() if stopping or now >= deadline]
-                for t, _ in due:
+            with batch.cond:
+                if (batch.closed or not batch.todo) and not batch.active:
+                    return
+            self._cut_due()
+
+    def _cut_due(self) -> None:
+        """Cut the downloads past their deadline, and all of them once the run stops."""
+        now, stopping = time.monotonic(), self.stopping.is_set()
+        with self.slots_lock:           # held while cutting: the thread cannot move on to another request
+            for t, (deadline, live) in list(self.watched.items()):
+                if (stopping or now >= deadline) and live.cut():
                     del self.watched[t]
                     self.was_cut.add(t)
-            for _, resp in due:
-                cut_connection(resp)

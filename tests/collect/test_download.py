@@ -1,0 +1,200 @@
+"""The downloader stopped at any moment of a batch: real downloads from the bundled server, a real signal.
+
+A Ctrl-C or SIGTERM that landed while a batch started (its worker threads starting, its jobs being
+handed out) escaped before the cancel path: queued jobs ran on, in-flight downloads were waited for,
+and their files landed in raw/ after the run had ended, unknown to the catalog (audit collect25 D4).
+Here the signal is sent at chosen points of the main thread's work (a trace hook counts the lines it
+runs), so every point of a batch's start is hit on purpose, not by a timing lottery.
+"""
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import ENV, write_config
+
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.collect.download import Downloader, DownloadJob
+from mlc_pipeline.config import SourceSettings
+from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
+
+SLOW_S = 3.0          # the slow host's latency: a download in flight then is still waiting for its headers
+
+
+def images(raw: Path) -> set[str]:
+    return {str(p) for p in raw.rglob("*") if p.is_file() and not p.name.startswith(".")}
+
+
+def interrupt_at(n: int, run) -> tuple[bool, float | None, bool]:
+    """`run()` (a call of Downloader.run_into) with a real SIGINT sent to this process, as `kill -INT`
+    would, once the main thread ran its n-th line in run_into. A thread of its own sends it, so the
+    handler runs where CPython runs a handler, a few lines later. Returns whether run() was interrupted,
+    when the signal left, and whether the main thread had waited a while before (the batch had started)."""
+    go, seen, when, inside = threading.Event(), [0], [], [True]
+    last, waited, depth = [time.monotonic()], [False], [0]
+
+    def trace(frame, event, arg):
+        if frame.f_code.co_name == "run_into" and event in ("call", "return"):
+            depth[0] += 1 if event == "call" else -1
+        if event != "line" or not depth[0]:
+            return trace
+        now = time.monotonic()
+        waited[0] = waited[0] or now - last[0] > SLOW_S / 4
+        seen[0], last[0] = seen[0] + 1, now
+        if seen[0] == n:
+            sys.settrace(None)
+            when.append(now)
+            go.set()
+        return trace
+
+    def send():
+        if go.wait(60) and inside[0]:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def handler(signum, frame):
+        if inside[0]:               # a signal that came too late does not hit the test itself
+            raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGINT, handler)
+    sender = threading.Thread(target=send, name="sigint-sender")
+    sender.start()
+    interrupted = False
+    try:
+        sys.settrace(trace)
+        run()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        inside[0] = False
+        sys.settrace(None)
+        go.set()
+        sender.join()
+        signal.signal(signal.SIGINT, old)
+    return interrupted, when[0] if when else None, waited[0]
+
+
+def running() -> list[threading.Thread]:
+    """The downloader's threads still running (one whose start was interrupted never runs)."""
+    return [t for t in threading.enumerate() if t.name.startswith("download") and t.is_alive()]
+
+
+@pytest.fixture
+def two_hosts():
+    """A fast host and a slow one (every image waits SLOW_S before its headers)."""
+    world, slow_faults = WorldSpec(seed=2, scale=0.05), FaultSpec.parse(f"image_latency_ms={SLOW_S * 1000:g}")
+    with FlickrServer(world) as fast, FlickrServer(world, slow_faults) as slow:
+        yield fast, slow
+
+
+def batch(fast: FlickrServer, slow: FlickrServer) -> list[DownloadJob]:
+    """Fast and slow jobs in turn: when a start is interrupted some files have landed, some are in flight."""
+    jobs = []
+    for i, p in enumerate(fast.world.photos[:12]):
+        srv = fast if i % 2 else slow
+        jobs.append(DownloadJob(i, p.id, f"http://{srv.static_host}/static/{p.server}/{p.id}_{p.secret}.jpg"))
+    return jobs
+
+
+def test_an_interrupt_anywhere_in_a_batch_start_cuts_it_and_records_every_file(tmp_path, two_hosts):
+    fast, slow = two_hosts
+    jobs = batch(fast, slow)
+    settings = SourceSettings(per_host_concurrency=3, timeout_s=10)
+
+    def run_into(raw: Path, recorded: list) -> None:
+        Downloader(settings, [fast.static_host, slow.static_host], raw).run_into(jobs, recorded.append)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)             # the sender's signal leaves soon after its line
+    try:
+        # Every 20th line the main thread runs in run_into, until a signal came after it had waited for
+        # the slow host: the batch had started by then.
+        points = [1, 2, 3, 5, 8, 13, *range(20, 100_000, 20)]
+        for i, n in enumerate(points):
+            raw, recorded = tmp_path / f"raw{n}", []
+            gc.collect()                    # a finalizer run by the collector would swallow the signal
+            interrupted, when, waited = interrupt_at(n, lambda: run_into(raw, recorded))
+            if when is None:
+                break                       # the batch ended first
+            assert interrupted, f"signal at line {n}: the batch was not stopped"
+            took = time.monotonic() - when
+            # Nothing of the batch runs on (a thread may take a moment to return): a download that
+            # went on would land its file after the run ended.
+            while (still := running()) and time.monotonic() < when + SLOW_S / 4:
+                time.sleep(0.01)
+            for t in still:
+                t.join(SLOW_S + 5)
+            landed = images(raw)
+            assert not still, f"signal at line {n}: {[t.name for t in still]} still running after the interrupt"
+            assert landed == {str(r.path) for r in recorded if r.ok}, f"signal at line {n}: a file not recorded"
+            assert not list(raw.rglob("*.part")), f"signal at line {n}: a partial file left"
+            # The slow host's downloads in flight wait for their headers: they are cut, not waited for.
+            assert took < SLOW_S / 2, f"signal at line {n}: the interrupt took {took:.1f} s to stop the batch"
+            if waited:
+                break
+    finally:
+        sys.setswitchinterval(switch)
+    assert i > 20, f"the batch started after {n} lines: the interrupts hit too few points of its start"
+
+
+# `mlc collect` with SIGTERM sent (by a thread of its own, as `kill` would) once the main thread ran the
+# n-th line of its first download batch; the time the signal left is written to a file.
+SIGTERM_AT = """
+import os, signal, sys, threading, time
+from mlc_pipeline.collect import download
+n, stamp = int(sys.argv[1]), sys.argv[2]
+real = download.Downloader.run_into
+
+def run_into(self, jobs, record):
+    seen, go = [0], threading.Event()
+
+    def trace(frame, event, arg):
+        if event == "line":
+            seen[0] += 1
+            if seen[0] == n:
+                sys.settrace(None)
+                go.set()
+        return trace
+
+    def send():
+        go.wait()
+        with open(stamp, "w") as f:
+            f.write(repr(time.time()))
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=send, daemon=True).start()
+    sys.settrace(trace)
+    try:
+        return real(self, jobs, record)
+    finally:
+        sys.settrace(None)
+
+download.Downloader.run_into = run_into
+from mlc_pipeline.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("n", [400, 900, 1500, 2000])
+def test_sigterm_as_a_collect_starts_downloading_leaves_nothing_unrecorded(tmp_path, n):
+    """The audit's case end to end: files in raw/ the catalog did not know, and an exit that waited for
+    the downloads in flight (here 4 s each, before their headers)."""
+    cfg = write_config(tmp_path, faults="image_latency_ms=4000", count=40)
+    stamp = tmp_path / "signalled"
+    res = subprocess.run([sys.executable, "-c", SIGTERM_AT, str(n), str(stamp), "collect", "-c", str(cfg),
+                          "--no-progress"], env=ENV, capture_output=True, text=True, timeout=120)
+    exited = time.time()
+    assert res.returncode == 143, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1].startswith("mlc: terminated"), res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert exited - float(stamp.read_text()) < 2, "the exit waited for the downloads in flight"
+    data = tmp_path / "data"
+    with Catalog(data / "catalog.sqlite", readonly=True) as c:
+        recorded = {r["file_path"] for r in c.candidates("status='downloaded'")}
+        assert c.runs()[0]["status"] == "interrupted"
+    assert images(data / "raw") == recorded, "a file in raw/ the catalog does not know"
+    assert not list(data.rglob("*.part"))
