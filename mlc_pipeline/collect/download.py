@@ -15,7 +15,6 @@ or reading a body), and the call returns once none is running, so no file lands 
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import logging
 import os
@@ -33,7 +32,7 @@ from mlc_pipeline.config import SourceSettings
 from mlc_pipeline.collect.connections import Live, WatchedAdapter, watch
 from mlc_pipeline.collect.hosts import HostHealth, host_allowed, host_of
 from mlc_pipeline.collect.rawfiles import StorageError, disk_errors, final_path, shard_dir, temp_path
-from mlc_pipeline.collect.retry import Transient, backoff_delay
+from mlc_pipeline.collect.retry import Transient, backoff_delay, retry_after_seconds
 from mlc_pipeline.imageformat import image_extension
 from mlc_pipeline.secrets import redact
 
@@ -72,20 +71,6 @@ class Rejected(Exception):
 
 class Cancelled(Exception):
     """The run is stopping (Ctrl-C or a write error): this job did not finish and stays pending."""
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After is either delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 @dataclass
