@@ -231,7 +231,7 @@ def sql_conditions_passed(path: Path) -> list[int]:
 
 
 def test_the_library_asks_the_catalog_for_rows_by_keywords_not_sql():
-    """Eight modules outside the catalog passed `catalog.candidates` SQL conditions of their own
+    """Seven modules outside the catalog passed `catalog.candidates` SQL conditions of their own
     (`"source=? AND status='failed' AND reason LIKE 'transient:%'"`), which the statement check above
     cannot see: they ask by keywords (catalog/rows.py) since 2026-12-07."""
     files = [p for p in [*PKG.rglob("*.py"), *FLOWS.rglob("*.py"), *BENCH.rglob("*.py")] if not in_catalog(module_name(p))]

@@ -15,7 +15,7 @@ def found(photo_id: str, purpose: str = "train", label: str = "ants") -> Found:
 
 def test_keyword_filters_select_what_the_sql_conditions_did(catalog_settings, tmp_path: Path):
     """The library asked for rows with SQL conditions of its own (`"source=? AND status='failed' AND
-    reason LIKE 'transient:%'"`) from eight modules outside the catalog; it asks by keywords now, and
+    reason LIKE 'transient:%'"`) from seven modules outside the catalog; it asks by keywords now, and
     each keyword query returns what its SQL condition returns."""
     cfg = parse_config({"data_dir": str(tmp_path / "data"), **catalog_settings,
                         "classes": {"ants": {"queries": ["ants"], "count": 1}},
