@@ -160,8 +160,27 @@ def dataset_summary(cfg: Config, version: str | None = None) -> dict | None:
     recorded = isinstance(meta.get("conflicts"), list)
     conflicts = meta["conflicts"] if recorded else conflict_rows(cfg, {r["candidate_id"] for r in rows})
     return {"name": cfg.build.name, "version": version, "path": str(folder), "counts": counts,
-            "curation": curation, "previous": previous, "diff": diff_since(root, previous, rows, meta),
+            "curation": curation, "left_out": built_without(meta), "previous": previous,
+            "diff": diff_since(root, previous, rows, meta),
             "conflicts": conflicts, "conflicts_from": "version" if recorded else "catalog", "rows": rows}
+
+
+# What the build left out of a version although the catalog accepted it (dataset.json's `left_out`,
+# builds since 2026-12-07), as `mlc inspect` names each reason.
+BUILD_LEFT_OUT = {"licence-not-allowed": "licence not in source.licenses",
+                  "class-not-in-config": "class no longer in the config", "file-unusable": "file gone or unreadable"}
+
+
+def built_without(meta: dict) -> dict[str, dict]:
+    """reason -> {what: count} of the accepted images a version's build left out ({} for none, or a
+    version built before dataset.json recorded them)."""
+    left = meta.get("left_out")
+    return {k: v for k, v in left.items() if isinstance(v, dict) and v} if isinstance(left, dict) else {}
+
+
+def left_out_lines(s: dict) -> list[str]:
+    return [f"{BUILD_LEFT_OUT.get(k, k)}: " + ", ".join(f"{what} {n}" for what, n in v.items())
+            for k, v in s.get("left_out", {}).items()]
 
 
 def diff_since(root: Path, previous: str | None, rows: list[dict], meta: dict) -> dict | None:
@@ -197,6 +216,9 @@ def format_dataset_summary(s: dict) -> str:
     lines += ["", "Licences: " + ", ".join(f"{k or 'unknown'} {v}" for k, v in sorted(s["counts"]["licenses"].items()))]
     lines += ["", "Left out by curation and review (status: reason = count)"]
     lines += [f"  {k} = {v}" for k, v in sorted(s["curation"].items())] or ["  nothing"]
+    if built := left_out_lines(s):
+        lines += ["", "Left out by the build (the catalog keeps them: back when the setting allows them)"]
+        lines += [f"  {line}" for line in built]
     where = (f"in {s['version']}" if s.get("conflicts_from", "version") == "version" else
              f"(the catalog's now: {s['version']} was built before versions recorded them)")
     lines += ["", f"Label conflicts resolved {where}: {len(s['conflicts'])}"]
@@ -243,6 +265,9 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
         parts += [f"<h2 id='dataset'>Dataset {html.escape(ds['version'])}</h2>",
                   table(["label"] + splits, [[k] + [c.get(s, 0) for s in splits]
                                             for k, c in ds["counts"]["per_label_split"].items()])]
+        if built := left_out_lines(ds):
+            parts += ["<h3 id='left-out'>Left out by the build (the catalog keeps them)</h3><ul>"]
+            parts += [f"<li>{html.escape(line)}</li>" for line in built] + ["</ul>"]
         if ds["diff"] is not None:
             parts += [f"<h3>Changes since {html.escape(ds['previous'])}</h3>",
                       table(["label", "added", "removed", "relabelled", "changed in review"],

@@ -5,6 +5,7 @@ brings them back: the catalog is not changed."""
 
 from __future__ import annotations
 
+import html
 import json
 from collections import Counter
 
@@ -68,6 +69,14 @@ def test_a_narrowed_licence_setting_leaves_out_what_it_no_longer_allows_until_wi
     some = RESTRICTED_LICENSES[0]
     if some in expected:
         assert f"{some} ({expected[some]})" in card
+
+    # `mlc inspect` says it too (text and HTML): it read only the curation's counts
+    from mlc_pipeline.report.inspect import dataset_summary, format_dataset_summary, html_report
+    text = format_dataset_summary(dataset_summary(parse_config(settings(data, OPEN)), "v2"))
+    named = ", ".join(f"{k} {v}" for k, v in sorted(expected.items()))
+    assert f"  licence not in source.licenses: {named}" in text.split("Left out by the build")[1], text
+    page = html_report(parse_config(settings(data, OPEN)), "v2")
+    assert "id='left-out'" in page and html.escape(f"licence not in source.licenses: {named}") in page
 
     with Catalog(parse_config(settings(data, OPEN)).catalog_path) as catalog:   # not a catalog change
         assert sorted(r["id"] for r in catalog.candidates(status="accepted")) == sorted(r["id"] for r in accepted)
