@@ -139,10 +139,10 @@ def next_state(row: dict, before: dict, action: str, labels: list[str] | None, c
     raise ReviewError(f"unknown action {action!r}")
 
 
-def licence_allowed(row: dict, licences) -> bool:
-    """Whether `source.licenses` (`licences`: "any" or Flickr licence ids) allows a row's recorded licence
-    now: `any` allows every one; a list, the ids it names (a photo with no recorded id is allowed by
+def licence_allowed(source: str, license_id: int | None, licences) -> bool:
+    """Whether `source.licenses` (`licences`: "any" or Flickr licence ids) allows a photo's licence
+    (`source`: its source's name) now: `any` allows every one; a list, the ids it names (a photo with no recorded id is allowed by
     `any` alone, as collect takes it). A URL list's rows carry their own licence text and no id: the
     setting does not apply to them (docs/collection.md). The build publishes, and collect counts as
-    usable, only what this allows."""
-    return licences == "any" or row["source"] == "urls" or row["license_id"] in licences
+    usable, and collect downloads, only what this allows."""
+    return licences == "any" or source == "urls" or license_id in licences

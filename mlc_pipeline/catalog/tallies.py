@@ -55,7 +55,7 @@ class TallyQueries:
             if r["purpose"] == "pool" and decided_in_review(r) == (purpose == "pool"):
                 continue        # a pool image counts in the pool, or in training once labelled in review
             status, r["reason"] = as_built(r)
-            if status == "accepted" and not licence_allowed(r, licences):
+            if status == "accepted" and not licence_allowed(r["source"], r["license_id"], licences):
                 status, r["reason"] = "skipped", "license-not-allowed"     # the build leaves it out
             labels = effective_labels(r) if status == "accepted" else r["label"]
             if label not in labels.split():

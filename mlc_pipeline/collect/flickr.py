@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 from flickrapi.exceptions import FlickrError
 
 from mlc_pipeline.catalog import Found
+from mlc_pipeline.catalog.labels import licence_allowed
 from mlc_pipeline.config import SourceSettings
 from mlc_pipeline.collect.retry import RateLimiter, Transient, retry_after_seconds, with_retries
 from mlc_pipeline.secrets import Credentials, redact
@@ -326,7 +327,7 @@ class FlickrSource:
     def license_allowed(self, license_id: int | None) -> bool:
         """Does `source.licenses` allow this licence id? (The search asks for those only, but a mirror
         may ignore the filter, and a pending candidate's licence may have changed: collect/licences.py.)"""
-        return self.settings.licenses == "any" or license_id in self.settings.licenses
+        return licence_allowed(self.name, license_id, self.settings.licenses)
 
     def to_found(self, photo: dict, query: str, target: Target) -> Found:
         """A search entry as a `Found` record, whatever its licence (the Collector checks that)."""

@@ -124,7 +124,7 @@ def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None,
     for c in build_candidates(catalog):             # accepted, with the review app's decisions applied
         if c["owner"] in removed_owners:
             continue
-        if not licence_allowed(c, cfg.source.licenses):
+        if not licence_allowed(c["source"], c["license_id"], cfg.source.licenses):
             if not_allowed is not None:
                 not_allowed[licence_label(c)] += 1
             continue
