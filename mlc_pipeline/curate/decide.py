@@ -84,6 +84,7 @@ def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = 
     confirm.paths.update({r["id"]: r["file_path"] for r in rows})
     confirm.digests.update({r["id"]: r["sha256"] for r in rows})
     ids = {r["id"] for r in rows}
+    by_id = {r["id"]: r for r in rows}
     decisions: dict[int, tuple] = {}
     test_copies: list[tuple[dict, int]] = []     # (a row dropped as a copy of a test image, that image's candidate)
     if published_tests:
@@ -94,7 +95,6 @@ def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = 
         test_photos = {(t["source"], t["photo_id"]) for t in tests}
         exposed = [r for r in rows if r["purpose"] in ("train", "pool")     # pool feeds hard-negative mining
                    and (r["source"], r["photo_id"]) not in test_photos]
-        by_id = {r["id"]: r for r in rows}
         # A byte copy of a test photo's own file is `exact` (the published file is a re-encode of it).
         own_bytes: dict[str, int] = {}
         for k, t in enumerate(tests):
@@ -142,8 +142,7 @@ def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = 
                 label = " ".join(sorted(labels)) if labels else "other"
                 decisions[rid] = ("accepted", conflicts.get(rid), None, label)
                 kept_higher.append(r)
-    rows_by_id = {r["id"]: r for r in rows}
-    merge_into_test_keepers(decisions, test_copies, rows_by_id, groups, threshold, confirm)
+    merge_into_test_keepers(decisions, test_copies, by_id, groups, threshold, confirm)
     return decisions
 
 
