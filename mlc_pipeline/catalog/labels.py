@@ -14,6 +14,9 @@ class ReviewError(ValueError):
 # The override's `include` for a pool image a reviewer labelled: kept in the override (a review never
 # edits a candidate's row), it says where the image came from after a later search changes its set.
 FROM_POOL = "from-pool"
+# The detail of a takedown's hold (`overrides.hold`: a review reject made for a takedown), which the
+# tallies, the takedowns' queries and the override store all look for.
+HELD = '{"held": true}'
 
 
 def effective_labels(row: dict) -> str:

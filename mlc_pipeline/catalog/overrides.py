@@ -33,7 +33,8 @@ import json
 import time
 from dataclasses import dataclass
 
-from mlc_pipeline.catalog.labels import FROM_POOL, ReviewError, decided_in_review, effective_labels, next_build, next_state
+from mlc_pipeline.catalog.labels import (FROM_POOL, HELD, ReviewError, decided_in_review, effective_labels, next_build,
+                                         next_state)
 from mlc_pipeline.catalog.store import Catalog
 
 SCHEMA = """
@@ -73,7 +74,6 @@ TABLES = {"review_actions": "id", "review_overrides": "candidate_id", "review_ve
           "review_version_rows": "dataset, version, candidate_id"}
 UNDOABLE = ("relabel", "reject", "restore", "not-duplicate")
 EMPTY = {"labels": None, "include": None}
-HELD = '{"held": true}'     # a hold's detail (`hold`; catalog.takedown_held finds those in force)
 
 
 class UnknownCandidate(ReviewError):

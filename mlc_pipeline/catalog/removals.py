@@ -10,6 +10,8 @@ import time
 
 from mlc_pipeline.config import query_key
 
+from .labels import HELD
+
 
 class RemovalQueries:
     def removal_targets(self, photo_id: str | None = None, owner: str | None = None,
@@ -124,7 +126,7 @@ class RemovalQueries:
             return set()
         return {r["candidate_id"] for r in self.db.execute(
             "SELECT o.candidate_id FROM review_overrides o JOIN review_actions a ON a.id = o.action_id "
-            "WHERE o.include = 'rejected' AND a.action = 'reject' AND a.detail = ?", ('{"held": true}',))}
+            "WHERE o.include = 'rejected' AND a.action = 'reject' AND a.detail = ?", (HELD,))}
 
     def removed_owners(self) -> set[str]:
         "Owners removed as a whole (`mlc remove --owner`): their later photos stay out too."

@@ -7,10 +7,9 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from .labels import FROM_POOL, decided_in_review, effective_labels, licence_allowed, reviewed_status
+from .labels import FROM_POOL, HELD, decided_in_review, effective_labels, licence_allowed, reviewed_status
 from .schema import FILE_STATUSES
 
-HELD = '{"held": true}'      # overrides.HELD (overrides imports the store, which imports this mixin)
 # 1 where the review decision in force is a takedown's hold (`overrides.hold`), given HELD as parameter.
 HELD_SQL = "CASE WHEN a.action = 'reject' AND a.detail = ? THEN 1 ELSE 0 END"
 
@@ -133,7 +132,7 @@ class TallyQueries:
         or capitals apart from SQLite's, so `mlc inspect --json` differed between the two."""
         # As the build sees them (`reviewed_status`): an image the review put back is no longer counted
         # as removed, and one it rejected is ('rejected', 'review'); one a takedown holds (its reject is
-        # a hold: overrides.HELD) is ('rejected', 'held-for-takedown'), not a reviewer's decision.
+        # a hold: labels.HELD) is ('rejected', 'held-for-takedown'), not a reviewer's decision.
         if self.has_table("review_overrides"):
             rows = self.db.execute(
                 "SELECT c.status, c.reason, o.include AS review_include, CASE WHEN c.file_path IS NULL THEN 0 ELSE 1 "
