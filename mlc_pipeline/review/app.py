@@ -323,6 +323,8 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
     def do_undo(cid: int, body: dict, reason: str, client: str) -> JSONResponse:
         try:
             action_id = whole_number(body.get("action_id"), "action_id")
+            if action_id < 1:       # ids start at 1: a malformed request (400), not a conflict (409)
+                raise ValueError(action_id)
         except ValueError:
             return JSONResponse({"error": "action_id must be an action id"}, status_code=400)
         if not fits_sql(action_id):

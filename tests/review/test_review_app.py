@@ -759,6 +759,8 @@ def test_bad_requests_get_one_line_answers(root):
         assert explode.status_code == 400 and explode.json()["error"].startswith("unknown action 'explode': one of")
         assert client.post("/api/undo", json={"id": 1, "action_id": "last"}, headers=h).status_code == 400
         assert client.post("/api/undo", json={"id": 1, "action_id": 99}, headers=h).status_code == 409
+        for no_action in (0, -3):       # no action has such an id: a malformed request, not a conflict
+            assert client.post("/api/undo", json={"id": 1, "action_id": no_action}, headers=h).status_code == 400
         assert client.get("/image/999999").status_code == 404
         assert client.get("/?licence=abc").status_code == 400
         assert client.get("/thumb/999999").status_code == 404
