@@ -13,6 +13,7 @@ from typing import Iterable
 
 from mlc_pipeline.fsutil import write_text_atomic
 from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.catalog.overrides import overrides
 from mlc_pipeline.catalog.runs import where
 from mlc_pipeline.config import Config
 from mlc_pipeline.dataset.verify import VersionDamaged, damaged_version, read_version
@@ -248,6 +249,7 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
         quarantined = catalog.candidates(status="rejected")
         dups = catalog.candidates(status="duplicate")
         by_id = {r["id"]: r for r in catalog.candidates(status="accepted")}
+        review_in = {cid: o["include"] for cid, o in overrides(catalog).items()}
         short = short_sets(cfg, catalog)
         taken_down = catalog.taken_down_photos()
     if ds:      # a photo taken down since the version was built: neither its pixels nor its row here
@@ -296,8 +298,11 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
         by_kept[d["duplicate_of"]].append(d)
     for kept_id, members in list(by_kept.items())[:GROUP_LIMIT]:
         kept = by_id.get(kept_id)
-        cells = [figure(thumbnail_uri(kept["file_path"]), f"kept {shown_name(kept)} ({kept['curated_label']})")] if kept else []
-        cells += [figure(thumbnail_uri(d["file_path"]), f"{shown_name(d)}: {d['reason']}") for d in members]
+        # a review decision outranks curation's: the copy kept may be out, a copy dropped may be back in
+        kept_as = "rejected in review" if review_in.get(kept_id) == "rejected" else "kept"
+        cells = [figure(thumbnail_uri(kept["file_path"]), f"{kept_as} {shown_name(kept)} ({kept['curated_label']})")] if kept else []
+        cells += [figure(thumbnail_uri(d["file_path"]), f"{shown_name(d)}: {d['reason']}"
+                         + (", put back in review" if review_in.get(d["id"]) == "accepted" else "")) for d in members]
         parts.append("<div class='group'>" + "".join(cells) + "</div>")
     parts.append(f"<h2 id='quarantine'>Quarantined <small>{len(quarantined)}</small></h2><div class='grid'>")
     parts += [figure(thumbnail_uri(q["file_path"]), f"{shown_name(q)}: {q['reason']}") for q in quarantined[:QUARANTINE_LIMIT]]

@@ -120,3 +120,40 @@ def test_inspect_html_has_a_model_section_or_says_there_is_none(planted, tmp_pat
     for anchor in ("thresholds", "confusion", "top-losses", "unknowns-accepted"):
         assert f"id='{anchor}'" in model
     assert "shapes-model" in model and "Per-class metrics" in model
+
+
+def test_duplicate_groups_show_the_review_decisions_over_curations(tmp_path):
+    """A reviewer rejected the copy curation kept and put a dropped copy back: the group's captions
+    must say so, not "kept" for an image no version holds (note-stop58)."""
+    from mlc_pipeline.catalog import overrides
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), "classes": {"ants": {"queries": ["ants"], "count": 10}},
+                        "other": {"queries": ["scenery"], "count": 10}, "curate": {"min_side": 96}})
+    cfg.data_dir.mkdir()
+    src = sorted((FIXTURES / "hymenoptera" / "ants").glob("*.jpg"))
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    from PIL import Image
+    Image.open(src[0]).save(tmp_path / "reencoded.jpg", quality=60)
+    plan = [("k", src[0]), ("c1", tmp_path / "reencoded.jpg"), ("c2", src[0]), ("x", src[1])]   # one photo 3 times
+    with Catalog(cfg.catalog_path) as c:
+        run = c.start_run("plant")
+        for pid, f in plan:
+            c.upsert_found([Found("flickr", pid, "train", "ants", "ants", f"http://h/{pid}", "url_m", None, None, 4,
+                                  "CC BY 2.0", "o", "owner", "t", None, None, "ants")], run)
+            shutil.copyfile(f, raw / f"{pid}.jpg")
+            c.set_status(c.get_by_photo("flickr", pid)["id"], "downloaded", None, run, "download",
+                         file_path=str(raw / f"{pid}.jpg"))
+    curate(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        dups = c.candidates(status="duplicate")
+        assert len(dups) == 2
+        kept = c.get(dups[0]["duplicate_of"])
+        before = write_html_report(cfg, tmp_path / "before.html").read_text()
+        assert f"kept {kept['photo_id']} " in section(before, "duplicates")
+        overrides.ensure_schema(c)
+        overrides.act(c, kept["id"], "reject", "blurry", "t", ["ants"])
+        near = next(d for d in dups if d["photo_id"] == "c1")       # a byte copy cannot be put back
+        overrides.act(c, near["id"], "restore", "another angle", "t", ["ants"])
+    groups = section(write_html_report(cfg, tmp_path / "after.html").read_text(), "duplicates")
+    assert f"rejected in review {kept['photo_id']} " in groups and "kept " not in groups
+    assert groups.count(", put back in review</figcaption>") == 1
