@@ -18,7 +18,7 @@ PROGRESS_KEY = "mlc-download-progress"
 def downloads_wanted(cfg: Config) -> int:
     """Images still missing before this collect starts (what a resumed run has left to do)."""
     with Catalog(cfg.catalog_path) as catalog:
-        return sum(max(0, math.ceil(usable_needed(catalog.set_tally(t.purpose, t.label), count)))
+        return sum(max(0, math.ceil(usable_needed(catalog.set_tally(t.purpose, t.label, cfg.source.licenses), count)))
                    for t, _, count in targets(cfg))
 
 

@@ -62,7 +62,7 @@ def test_search_results_merge_and_statuses_keep_their_history(catalog_settings, 
         assert raw == "raw/flickr/1.jpg"
         c.set_status(three["id"], "failed", "transient:timeout", run, "download")
         assert [(e["stage"], e["status"]) for e in c.events(one["id"])] == [("search", "pending"), ("download", "downloaded")]
-        assert c.set_tally("train", "bees")["failed"] == {"transient": 1}
+        assert c.set_tally("train", "bees", "any")["failed"] == {"transient": 1}
         assert c.count_downloaded("train", "ants") == 1
         assert {(r["status"], r["reason"], r["n"]) for r in c.reasons()} == {("failed", "transient:timeout", 1)}
         assert sum(r["n"] for r in c.counts()) == 3

@@ -29,7 +29,7 @@ class TallyQueries:
             (purpose, *FILE_STATUSES))
         return sum(1 for r in rows if label in r["label"].split())
 
-    def set_tally(self, purpose: str, label: str, licences="any") -> dict:
+    def set_tally(self, purpose: str, label: str, licences) -> dict:
         """Where the candidates of one set (a purpose and a class, or 'other') stand, for top-ups and
         shortfall reports, as the build will see them (`count` means usable: an image the review
         rejected needs a top-up): accepted counts by the labels the build publishes; the other
@@ -37,7 +37,8 @@ class TallyQueries:
         A pool image labelled in review is trained on under its labels: it counts there (a class, or
         'other' as a mined negative does), no longer in the pool. `licences` (`source.licenses`): an
         accepted image whose licence it does not allow is left out of the build, so it counts as
-        skipped `license-not-allowed`, and collect tops the set up."""
+        skipped `license-not-allowed`, and collect tops the set up. It has no default: a caller that
+        forgot it counted such images as usable (flows/progress.py did; "any" asks for that)."""
         out: dict = {"accepted": 0, "downloaded": 0, "pending": 0,
                      "rejected": {}, "duplicate": {}, "failed": {}, "skipped": {}}
         reviewed = self.has_table("review_overrides")

@@ -117,8 +117,8 @@ def raw_cfg(tmp_path, srv, ants=40, other=15, pool=10, probe=10, catalog_setting
 
 def accepted(cfg) -> dict[str, int]:
     with Catalog(cfg.catalog_path) as c:
-        return {"ants": c.set_tally("train", "ants")["accepted"], "other": c.set_tally("train", "other")["accepted"],
-                "probe": c.set_tally("probe", "other")["accepted"], "pool": c.set_tally("pool", "other")["accepted"]}
+        return {"ants": c.set_tally("train", "ants", "any")["accepted"], "other": c.set_tally("train", "other", "any")["accepted"],
+                "probe": c.set_tally("probe", "other", "any")["accepted"], "pool": c.set_tally("pool", "other", "any")["accepted"]}
 
 
 def files_fetched(cfg) -> int:
@@ -138,8 +138,8 @@ def test_rounds_top_every_set_up_to_its_usable_count(tmp_path, server, catalog_s
     assert summary.rounds >= 2, "thumbnails were rejected, so a second round had to top up"
     assert curated.rejected.get("too-small", 0) > 0
     with Catalog(cfg.catalog_path) as c:
-        assert sum(c.set_tally("train", "other")["rejected"].values()) > 0
-        assert c.set_tally("train", "ants")["duplicate"].get("exact-duplicate", 0) > 0   # copies, topped up too
+        assert sum(c.set_tally("train", "other", "any")["rejected"].values()) > 0
+        assert c.set_tally("train", "ants", "any")["duplicate"].get("exact-duplicate", 0) > 0   # copies, topped up too
     # Every file was fetched once: no photo in the catalog is downloaded again by a later round.
     assert server.stats()["image_requests"] == files_fetched(cfg)
     # Each round's search went on from where the last one stopped: no result page was asked for
@@ -179,7 +179,7 @@ def test_a_renamed_class_counts_the_photos_its_query_found_before(tmp_path, serv
     summary, _ = collect_and_curate(renamed, progress=False)
     assert summary.downloaded == 0 and server.stats()["image_requests"] == before, summary
     with Catalog(renamed.catalog_path) as c:
-        assert 30 <= c.set_tally("train", "formicidae")["accepted"] <= 33
+        assert 30 <= c.set_tally("train", "formicidae", "any")["accepted"] <= 33
     version = build_dataset(renamed)
     labels = {r["labels"] for r in read_manifest(version.path / "manifest.csv")}
     assert labels == {"formicidae", ""}, labels

@@ -372,7 +372,7 @@ def test_pool_images_held_from_mining_are_decided_in_review(root):
     config, cfg = root
     with Catalog(cfg.catalog_path) as c:
         held = c.candidates("status='accepted' AND purpose='train' AND curated_label='ants'")[:3]
-        tally = lambda c: (c.set_tally("train", "ants")["accepted"], c.set_tally("train", "other")["accepted"])
+        tally = lambda c: (c.set_tally("train", "ants", "any")["accepted"], c.set_tally("train", "other", "any")["accepted"])
         ants, other = tally(c)
         for i, r in enumerate(held):
             c.update_fields(r["id"], purpose="pool", curated_label="other", reason="held:like-class:ants:round=1",
@@ -396,7 +396,7 @@ def test_pool_images_held_from_mining_are_decided_in_review(root):
         assert rejected["state"] == {"labels": None, "include": "rejected"}
         assert listed(client, queue) == (0, [])
         with Catalog(cfg.catalog_path, readonly=True) as c:       # decided: no longer in the pool
-            assert c.set_tally("pool", "other")["accepted"] == 0
+            assert c.set_tally("pool", "other", "any")["accepted"] == 0
             # but in the sets they are trained in: collect tops a class up by what its labels gave it
             assert tally(c) == (ants - 3 + 1, other + 1)
         assert re.search(r"not decided yet, highest score first</a></td><td>0</td>", client.get("/queues").text)
@@ -616,12 +616,12 @@ def test_collect_counts_usable_images_as_the_build_will_see_them(root):
     target, other = first_accepted(cfg, "ants"), first_accepted(cfg, "bees")
     with Catalog(cfg.catalog_path) as c:
         dup = c.candidates("status='duplicate' AND label='ants' AND reason LIKE 'near-%'")[0]
-        before = {label: c.set_tally("train", label) for label in ("ants", "bees")}    # no review tables yet
+        before = {label: c.set_tally("train", label, "any") for label in ("ants", "bees")}    # no review tables yet
         co.ensure_schema(c)
         co.act(c, target["id"], "reject", "blurry", "t", list(cfg.classes))
         co.act(c, dup["id"], "not-duplicate", "a different photo", "t", list(cfg.classes))
         co.act(c, other["id"], "relabel", "both", "t", list(cfg.classes), labels=["ants", "bees"])
-        after = {label: c.set_tally("train", label) for label in ("ants", "bees")}
+        after = {label: c.set_tally("train", label, "any") for label in ("ants", "bees")}
     assert after["ants"]["accepted"] == before["ants"]["accepted"] - 1 + 1 + 1
     assert after["ants"]["rejected"].get("review") == 1 and after["bees"]["accepted"] == before["bees"]["accepted"]
     assert sum(after["ants"]["duplicate"].values()) == sum(before["ants"]["duplicate"].values()) - 1
