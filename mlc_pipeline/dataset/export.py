@@ -13,8 +13,9 @@ Formats (docs/export.md shows how each tool loads them):
 Every export carries the version's dataset card, an ATTRIBUTION.md of the images it holds (named as
 they are named in the export) and, per image, the licence, owner, title and source URL. The version
 is verified (its SHA256SUMS) before anything is read. Photos taken down since the version was
-published (`mlc remove`; the caller reads them from the catalog) are left out, and export.json
-lists them: a published version is immutable, an export of it is a new copy and must not carry them.
+published (`mlc remove`), and the copies a takedown holds as the same pictures, are left out (the
+caller reads them from the catalog: dataset/takedowns.py), and export.json lists them: a published
+version is immutable, an export of it is a new copy and must not carry them.
 An export is built aside and renamed into place; an existing output is replaced only with `force`,
 and only when it is an earlier export (export.json) or an empty folder, never anything else.
 """
@@ -31,11 +32,12 @@ import shutil
 import tarfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from glob import escape as glob_escape
 from pathlib import Path
 
 from mlc_pipeline.dataset.card import attribution
+from mlc_pipeline.dataset.takedowns import Takedowns, held_words
 from mlc_pipeline.dataset.verify import verified_version
 from mlc_pipeline.fsutil import pid_alive
 from mlc_pipeline.manifest import EXPORT_MARKER, resolve_version
@@ -56,14 +58,16 @@ class ExportResult:
     format: str
     images: int
     files: int                       # image files written (a multi-label image counts once per folder)
-    taken_down: list[str]            # "source:photo_id" of the version's photos left out (taken down)
+    taken_down: list[str]            # "source:photo_id" of the version's photos left out (taken down or held)
     takedowns_checked: bool = True   # False: no catalog was read, so none could be left out
+    held: list[str] = field(default_factory=list)    # those of `taken_down` a takedown holds (not removed)
 
     def takedown_note(self) -> str | None:
         "What the export did about takedowns, for the user, when there is anything to say."
         if self.taken_down:
-            return (f"left out {len(self.taken_down)} photo(s) taken down since the version was published "
-                    f"(`mlc remove`; listed in export.json): {', '.join(self.taken_down[:10])}"
+            named = [f"{p} (held)" if p in self.held else p for p in self.taken_down[:10]]
+            return (f"left out {len(self.taken_down)} photo(s) taken down since the version was published"
+                    f"{held_words(self.held)} (`mlc remove`; listed in export.json): {', '.join(named)}"
                     f"{' ...' if len(self.taken_down) > 10 else ''}")
         if not self.takedowns_checked:
             return ("takedowns not checked: without -c CONFIG (or with no catalog there), photos taken down "
@@ -109,10 +113,12 @@ def unique_keys(rows: list[dict]) -> dict[str, dict]:
 
 
 def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bool = False,
-                   shard_size: int | None = None, taken_down: set[tuple[str, str]] | None = None) -> ExportResult:
-    """`taken_down`: (source, photo_id) of the photos the catalog records as removed; the version's
-    rows among them are left out (None: no catalog was read, nothing is left out). `shard_size`:
-    webdataset's images per shard (default SHARD_SIZE); refused for the other formats."""
+                   shard_size: int | None = None,
+                   taken_down: Takedowns | set[tuple[str, str]] | None = None) -> ExportResult:
+    """`taken_down`: what the catalog records as taken down (`takedowns.read_takedowns`: the photos
+    removed and the copies held; a set: (source, photo_id) of photos removed); the version's rows among
+    them are left out (None: no catalog was read, nothing is left out). `shard_size`: webdataset's
+    images per shard (default SHARD_SIZE); refused for the other formats."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
     if shard_size is not None and fmt != "webdataset":
@@ -121,8 +127,11 @@ def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bo
     version_dir, out = Path(version_dir), Path(out)
     check_destination(version_dir, out, force)
     meta, rows = verified_version(version_dir)     # VersionDamaged: one line, nothing written
-    left_out = [r for r in rows if (r["source"], r["photo_id"]) in (taken_down or set())]
-    rows = [r for r in rows if (r["source"], r["photo_id"]) not in (taken_down or set())]
+    gone = Takedowns(frozenset(), frozenset()) if taken_down is None else taken_down if isinstance(
+        taken_down, Takedowns) else Takedowns(frozenset(taken_down), frozenset())
+    left_out = [r for r in rows if (r["source"], r["photo_id"]) in gone]
+    held = [photo_name(r) for r in left_out if (r["source"], r["photo_id"]) in gone.held]
+    rows = [r for r in rows if (r["source"], r["photo_id"]) not in gone]
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out)
     tmp = out.parent / f".{out.name}.export-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -137,14 +146,15 @@ def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bo
         if left_out and (tmp / "README.md").is_file():  # the card counts the version: say what this copy lacks
             card = (tmp / "README.md").read_text()
             head, sep, body = card.partition("\n---\n") if card.startswith("---\n") else ("", "", card)
-            note = (f"> This export holds {len(rows)} images: the version's card below counts {len(rows) + len(left_out)}; "
-                    f"{len(left_out)} photo(s) taken down since the version was built are left out "
-                    f"(`export.json`, `taken_down_left_out`).\n\n")
+            note = (f"> This export holds {len(rows)} images: the version's card below counts "
+                    f"{len(rows) + len(left_out)}; {len(left_out)} photo(s) taken down since the version was "
+                    f"built{held_words(held)}{',' if held else ''} are left out (`export.json`, "
+                    f"`taken_down_left_out`).\n\n")
             (tmp / "README.md").write_text(head + sep + ("\n" if sep else "") + note + body.lstrip("\n"))
         (tmp / EXPORT_MARKER).write_text(json.dumps({
             "format": fmt, "dataset": meta.get("name"), "version": meta.get("version"),
             "fingerprint": meta.get("fingerprint"), "images": len(rows), "files": files,
-            "taken_down_left_out": [photo_name(r) for r in left_out],
+            "taken_down_left_out": [photo_name(r) for r in left_out], "held_left_out": held,
             "takedowns_checked": taken_down is not None,
             "source": str(version_dir.resolve()), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "licenses": meta.get("counts", {}).get("licenses", {})}, indent=2))
@@ -153,7 +163,7 @@ def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bo
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return ExportResult(out, fmt, len(rows), files, [photo_name(r) for r in left_out], taken_down is not None)
+    return ExportResult(out, fmt, len(rows), files, [photo_name(r) for r in left_out], taken_down is not None, held)
 
 
 def photo_name(row: dict) -> str:

@@ -16,6 +16,7 @@ from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.catalog.overrides import overrides
 from mlc_pipeline.catalog.runs import where
 from mlc_pipeline.config import Config
+from mlc_pipeline.dataset.takedowns import held_words, takedowns_of
 from mlc_pipeline.dataset.verify import VersionDamaged, damaged_version, read_version
 from mlc_pipeline.manifest import UnknownVersion, latest_version, versions
 from mlc_pipeline.report.html import figure, folded, table, thumbnail_uri  # noqa: F401 (thumbnail_uri: public here since 0.1)
@@ -251,8 +252,8 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
         by_id = {r["id"]: r for r in catalog.candidates(status="accepted")}
         review_in = {cid: o["include"] for cid, o in overrides(catalog).items()}
         short = short_sets(cfg, catalog)
-        taken_down = catalog.taken_down_photos()
-    if ds:      # a photo taken down since the version was built: neither its pixels nor its row here
+        taken_down = takedowns_of(catalog)      # the photos removed and the copies a takedown holds
+    if ds:      # a photo taken down since the version was built, or held: neither its pixels nor its row here
         gone = [r for r in ds["rows"] if (r["source"], r["photo_id"]) in taken_down]
         ds = {**ds, "rows": [r for r in ds["rows"] if (r["source"], r["photo_id"]) not in taken_down]}
     parts = [f"<h1>mlc-pipeline report{' — ' + html.escape(ds['name'] + ' ' + ds['version']) if ds else ''}</h1>"]
@@ -281,9 +282,12 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
             groups[(r["labels"] or "other") + (" (probe)" if r["split"] == "probe" else "")].append(r)
         parts.append("<h2 id='thumbnails'>Images per label</h2>")
         if gone:
+            held = [r["source"] + ":" + r["photo_id"] for r in gone if (r["source"], r["photo_id"]) in taken_down.held]
+            names = [r["source"] + ":" + r["photo_id"] for r in gone]
+            names = [n + " (held)" if n in held else n for n in names]
             parts.append(f"<p id='taken-down'>{len(gone)} photo(s) of {html.escape(ds['version'])} taken down since "
-                         f"it was built (<code>mlc remove</code>) are not shown: "
-                         f"{html.escape(', '.join(r['source'] + ':' + r['photo_id'] for r in gone))}.</p>")
+                         f"it was built (<code>mlc remove</code>){held_words(held)}{',' if held else ''} are not shown: "
+                         f"{html.escape(', '.join(names))}.</p>")
         for label, rows in sorted(groups.items()):
             figs = [figure(thumbnail_uri(folder / r["path"], *(THUMB if k < GRID_LIMIT else FOLDED_THUMB)),
                            f"{r['split']} · {r['photo_id']}") for k, r in enumerate(rows)]

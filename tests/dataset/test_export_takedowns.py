@@ -1,0 +1,119 @@
+"""An export (`mlc export -c`) and the HTML report (`mlc inspect --html --version`) of a version published
+before a takedown: the photos taken down and the copies the takedown holds (the same pictures, held for
+review) are both left out and named (the export26 audit). Real `mlc` processes on real photos served
+by the bundled server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image, ImageOps
+
+from helpers import FIXTURES
+
+from mlc_pipeline.catalog import Catalog, overrides
+from mlc_pipeline.collect.stage import collect
+from mlc_pipeline.config import parse_config
+from mlc_pipeline.curate.stage import curate
+from mlc_pipeline.dataset.build import build_dataset
+from mlc_pipeline.flickr_server.folder import photo_id_for
+from mlc_pipeline.manifest import read_manifest
+
+ANTS, BEES = FIXTURES / "hymenoptera" / "ants", FIXTURES / "hymenoptera" / "bees"
+OWNERS = "ants/1099452230_d1949d3250.jpg"      # the owner's photo, among the first ten ants
+MIRROR = "ants/zz_mirror.jpg"                  # its mirror image, collected before the takedown
+
+
+def mlc(config: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mlc_pipeline.cli", *args, "-c", str(config)],
+                          capture_output=True, text=True, timeout=180, env=dict(os.environ))
+
+
+@pytest.fixture
+def taken_down(tmp_path):
+    """v1 of ten ants, ten bees, four scenery photos and a mirror image of one ant photo, licences
+    alternating between two ids; then `mlc remove` of the ant photo, which holds the mirror.
+    (config path, v1 folder, the photo's id, the mirror's id)."""
+    if not ANTS.is_dir():
+        pytest.skip("fixture photos missing (../shared/fixtures)")
+    world = tmp_path / "world"
+    for name, files in (("ants", sorted(ANTS.glob("*.jpg"))[:10]), ("bees", sorted(BEES.glob("*.jpg"))[:10]),
+                        ("scenery", sorted(ANTS.glob("*.jpg"))[100:104])):
+        (world / name).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, world / name / f.name)
+    with Image.open(world / OWNERS) as im:
+        ImageOps.mirror(im.convert("RGB")).save(world / MIRROR, quality=90)
+    raw = {"data_dir": str(tmp_path / "data"),
+           "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s"],
+                      "local": {"port": 0, "folder": str(world),
+                                "query_map": {"ants": "ants", "bees": "bees", "scenery": "scenery"}}},
+           "classes": {"ants": {"queries": ["ants"], "count": 50}, "bees": {"queries": ["bees"], "count": 50}},
+           "other": {"queries": ["scenery"], "count": 50}, "build": {"max_side": 96}}
+    cfg = parse_config(raw)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    collect(cfg, progress=False)
+    curate(cfg)
+    v1 = build_dataset(cfg)
+    photo, mirror = photo_id_for(OWNERS), photo_id_for(MIRROR)
+    assert {photo, mirror} <= {r["photo_id"] for r in read_manifest(v1.path / "manifest.csv")}
+    done = mlc(config, "remove", "--photo-id", photo, "--reason", "owner request")
+    assert done.returncode == 0, done.stderr
+    assert f"held 1 near duplicate(s) of the photos taken down for review: local:{mirror}" in done.stdout, done.stdout
+    return config, v1.path, photo, mirror
+
+
+def test_an_export_after_a_takedown_leaves_out_the_copies_it_holds_and_names_them(taken_down, tmp_path):
+    config, v1, photo, mirror = taken_down
+    rows = read_manifest(v1 / "manifest.csv")
+    out = tmp_path / "exp"
+    r = mlc(config, "export", "v1", "--format", "imagefolder", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert f"{len(rows) - 2} images" in r.stdout, r.stdout
+    assert not list(out.rglob(f"*{mirror}*")) and not list(out.rglob(f"*{photo}*"))
+    info = json.loads((out / "export.json").read_text())
+    assert sorted(info["taken_down_left_out"]) == sorted([f"local:{photo}", f"local:{mirror}"])
+    assert info["held_left_out"] == [f"local:{mirror}"] and info["images"] == len(rows) - 2
+    note = [line for line in r.stderr.splitlines() if line.startswith("left out")]
+    assert len(note) == 1 and note[0].startswith("left out 2 photo(s) taken down since the version was published"), \
+        r.stderr
+    assert f"local:{mirror} (held)" in note[0] and f"local:{photo}," in note[0] + ",", note
+    readme = (out / "README.md").read_text()
+    assert (f"> This export holds {len(rows) - 2} images: the version's card below counts {len(rows)}; 2 photo(s) "
+            "taken down since the version was built, or held as copies of them (1), are left out") in readme, readme
+    attribution = (out / "ATTRIBUTION.md").read_text()
+    assert mirror not in attribution and photo not in attribution
+
+    # a hold the user undoes (another picture, they said) no longer keeps the image out of an export
+    with Catalog(parse_config(yaml.safe_load(config.read_text())).catalog_path) as c:
+        held = c.get_by_photo("local", mirror)
+        (hold,) = overrides.actions(c, held["id"])
+        overrides.undo(c, held["id"], hold["id"], "it is another picture", "test")
+    r = mlc(config, "export", "v1", "--format", "imagefolder", "--out", str(out), "--force")
+    assert r.returncode == 0, r.stderr
+    assert list(out.rglob(f"*{mirror}*")) and json.loads((out / "export.json").read_text())["held_left_out"] == []
+
+
+def test_the_html_report_of_an_older_version_shows_no_copy_a_takedown_holds(taken_down, tmp_path):
+    config, v1, photo, mirror = taken_down
+    page_path = tmp_path / "report.html"
+    r = mlc(config, "inspect", "--version", "v1", "--html", str(page_path))
+    assert r.returncode == 0, r.stderr
+    page = page_path.read_text()
+    note = re.search(r"<p id='taken-down'>(.*?)</p>", page)
+    assert note and note.group(1).startswith("2 photo(s) of v1 taken down since it was built (<code>mlc remove</code>), "
+                                             "or held as copies of them (1), are not shown"), note and note.group(1)
+    assert f"local:{mirror} (held)" in note.group(1) and f"local:{photo}" in note.group(1)
+    for pid in (photo, mirror):
+        assert f"· {pid}</figcaption>" not in page            # no thumbnail
+        assert f"local-{pid}.jpg" not in page                 # no attribution row
+
