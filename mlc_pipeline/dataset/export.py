@@ -15,7 +15,8 @@ they are named in the export) and, per image, the licence, owner, title and sour
 is verified (its SHA256SUMS) before anything is read. Photos taken down since the version was
 published (`mlc remove`), and the copies a takedown holds as the same pictures, are left out (the
 caller reads them from the catalog: dataset/takedowns.py), and export.json lists them: a published
-version is immutable, an export of it is a new copy and must not carry them.
+version is immutable, an export of it is a new copy and must not carry them. export.json's licences
+count the images exported, not the version's.
 An export is built aside and renamed into place; an existing output is replaced only with `force`,
 and only when it is an earlier export (export.json) or an empty folder, never anything else.
 """
@@ -32,6 +33,7 @@ import shutil
 import tarfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from glob import escape as glob_escape
 from pathlib import Path
@@ -157,7 +159,7 @@ def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bo
             "taken_down_left_out": [photo_name(r) for r in left_out], "held_left_out": held,
             "takedowns_checked": taken_down is not None,
             "source": str(version_dir.resolve()), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "licenses": meta.get("counts", {}).get("licenses", {})}, indent=2))
+            "licenses": licence_counts(rows)}, indent=2))
         check_destination(version_dir, out, force)   # again: another export may have written `out` meanwhile
         replace_dir(tmp, out)
     finally:
@@ -168,6 +170,12 @@ def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bo
 
 def photo_name(row: dict) -> str:
     return f"{row['source']}:{row['photo_id']}"
+
+
+def licence_counts(rows: list[dict]) -> dict[str, int]:
+    """Images per licence of the rows exported (the version's dataset.json counts the version's: a
+    takedown leaves some out of an export)."""
+    return dict(sorted(Counter(r["license"] for r in rows).items()))
 
 
 def check_destination(version_dir: Path, out: Path, force: bool) -> None:
@@ -272,13 +280,14 @@ def hf_card(version_dir: Path, meta: dict, per_split: dict[str, list[dict]], siz
     "other" images only would otherwise give `labels` no type), and each split's size and the
     images' bytes (`size`). `datasets` caches a folder with a `configs` block under a key made of this
     header and the folder's name only: without the sizes, an export made again after a takedown, or
-    another project's export of the same name, loaded an earlier export's rows (a user's audit)."""
+    another project's export of the same name, loaded an earlier export's rows (a user's audit).
+    The licences named are those of the rows exported."""
     columns = list(dict.fromkeys(k for items in per_split.values() for item in items for k in item))
     features = ["  - name: image\n    dtype: image", "  - name: labels\n    sequence: string"]
     features += [f"  - name: {c}\n    dtype: string" for c in columns if c not in ("file_name", "labels")]
     order = [s for s in HF_SPLITS.values() if s in per_split] + sorted(set(per_split) - set(HF_SPLITS.values()))
     splits = "\n".join(f"  - split: {s}\n    path: {s}/*" for s in order)
-    licences = sorted(meta.get("counts", {}).get("licenses", {}))
+    licences = sorted({item["license"] or "unknown" for items in per_split.values() for item in items})
     # what the rows are: the version's fingerprint and this export's images (a takedown leaves some out)
     identity = (f"mlc-pipeline {meta.get('name')} {meta.get('version')}, fingerprint {meta.get('fingerprint')}, rows "
                 + hashlib.sha256(json.dumps(per_split, sort_keys=True).encode()).hexdigest()[:16])

@@ -281,3 +281,25 @@ def test_attribution_names_the_images_as_the_export_does_and_a_folder_export_say
     attribution = (out / "ATTRIBUTION.md").read_text()
     assert "flickr-1000_5 |" in attribution and "images/" not in attribution     # the key in the shards, not the path
     assert json.loads((out / "export.json").read_text())["takedowns_checked"] is False
+
+
+def test_an_export_counts_and_names_the_licences_of_its_own_rows(version, tmp_path):
+    """The export26 audit: export.json's `licenses` and the hf card's list of licences were copied from
+    the version's dataset.json, so after a takedown they counted the images left out, and named a
+    licence only they carried."""
+    rows = read_manifest(version / "manifest.csv")
+    for r in rows:
+        if r["photo_id"] == "1006":         # the only image under a non-commercial licence
+            r["license_id"], r["license"] = "2", "CC BY-NC 2.0"
+    write_manifest(version / "manifest.csv", rows)
+    meta = json.loads((version / "dataset.json").read_text())
+    (version / "dataset.json").write_text(json.dumps({**meta, "fingerprint": rows_fingerprint(rows, 96, 90),
+                                                      "counts": count_rows(rows)}))
+    out = tmp_path / "hf"
+    export_version(version, "hf", out, taken_down={("flickr", "1006")})
+    assert json.loads((out / "export.json").read_text())["licenses"] == {"CC BY 2.0": 11}
+    licences = next(line for line in (out / "README.md").read_text().splitlines() if line.startswith("Licences differ"))
+    assert licences.endswith("ATTRIBUTION.md (CC BY 2.0).") and "NC" not in licences, licences
+    export_version(version, "webdataset", tmp_path / "wds")          # nothing left out: the version's counts
+    assert json.loads((tmp_path / "wds" / "export.json").read_text())["licenses"] == {"CC BY 2.0": 11,
+                                                                                    "CC BY-NC 2.0": 1}

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,15 @@ def test_the_html_report_of_an_older_version_shows_no_copy_a_takedown_holds(take
         assert f"· {pid}</figcaption>" not in page            # no thumbnail
         assert f"local-{pid}.jpg" not in page                 # no attribution row
 
+
+def test_export_json_and_the_hf_card_count_the_licences_of_the_rows_exported(taken_down, tmp_path):
+    config, v1, photo, mirror = taken_down
+    rows = read_manifest(v1 / "manifest.csv")
+    out = tmp_path / "hf"
+    r = mlc(config, "export", "v1", "--format", "hf", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    info = json.loads((out / "export.json").read_text())
+    kept = [row for row in rows if row["photo_id"] not in (photo, mirror)]
+    assert info["licenses"] == dict(sorted(Counter(row["license"] for row in kept).items()))
+    assert sum(info["licenses"].values()) == info["images"] == len(kept)
+    assert info["licenses"] != json.loads((v1 / "dataset.json").read_text())["counts"]["licenses"]
