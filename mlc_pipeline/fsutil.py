@@ -9,6 +9,7 @@ carries the writer's pid, so a later run can tell a dead writer's leftover from 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import os
 import re
@@ -46,6 +47,30 @@ def temp_target(path: Path) -> Path | None:
     "The path a `temp_beside` name is written for; None when `path` is not such a name."
     found = re.fullmatch(r"\.(.+)\.tmp-\d+-[0-9a-f]{8}", path.name)
     return path.with_name(found.group(1)) if found else None
+
+
+# Errors only a write gives: one that names no file is the destination's (a tar's or an image's write).
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+@contextmanager
+def errors_name(target: Path, aside: Path) -> Iterator[None]:
+    """An OSError raised while the hidden folder `aside` is written for `target` (a build's for the
+    datasets folder, an export's for its --out) names `target`: not the file being copied from
+    (shutil's sendfile copy puts the source in `filename`, the destination in `filename2`), nor
+    nothing (a write to an open file), nor the hidden folder; what the user named, and has to free or
+    fix (the export26 audit). An error about another file only (a source that cannot be read) keeps
+    its name."""
+    try:
+        yield
+    except OSError as exc:
+        named = [Path(os.path.abspath(os.fsdecode(f))) for f in (exc.filename, exc.filename2)
+                 if isinstance(f, (str, bytes, os.PathLike))]
+        whole = Path(os.path.abspath(aside))
+        if exc.errno is None or not (any(p == whole or whole in p.parents for p in named)
+                                     or (not named and exc.errno in WRITE_ERRNOS)):
+            raise
+        raise OSError(exc.errno, exc.strerror, str(target)) from exc
 
 
 @contextmanager

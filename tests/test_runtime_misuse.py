@@ -93,7 +93,44 @@ def test_full_disk_during_build_is_one_line(built, tmp_path):
     assert res.returncode == 1, res.stderr[-2000:]
     lines = res.stderr.strip().splitlines()
     assert "Traceback" not in res.stderr and len(lines) == 1, res.stderr[-3000:]
-    assert lines[0].startswith("mlc: cannot write") and "No space left on device (ENOSPC)" in lines[0]
+    # the datasets folder is named (the export26 audit: the message named nothing, `cannot write: No space ...`)
+    assert lines[0].startswith(f"mlc: cannot write {datasets / 'fresh'}: No space left on device (ENOSPC)"), lines[0]
+
+
+def export_in_namespace(cfg: Path, mount: str, fmt: str, out: Path) -> subprocess.CompletedProcess:
+    """`mlc export` with `mount` made in its own namespace; then what is left beside `out` there is
+    printed (`LEFT: <names>`): the mount is gone once the namespace is."""
+    script = f"{mount} || exit 99; \"$@\"; rc=$?; echo LEFT: $(ls -A {out.parent}); exit $rc"
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", *MLC, "export", "v1", "-c", str(cfg),
+                           "--format", fmt, "--out", str(out)], env=ENV, capture_output=True, text=True, timeout=300)
+
+
+@needs_namespaces
+@pytest.mark.parametrize("fmt", ["imagefolder", "webdataset", "hf", "fiftyone"])
+def test_a_full_disk_during_an_export_names_the_export_not_the_version(built, tmp_path, fmt):
+    # The export26 audit: shutil's copy put the version's image (the source) in the error's file name,
+    # so the message said the published version could not be written; a tar's write named nothing.
+    cfg = copy_root(built, tmp_path)
+    full = tmp_path / "full"
+    full.mkdir()
+    res = export_in_namespace(cfg, f"mount -t tmpfs -o size=48k tmpfs {full}", fmt, full / "v1-out")
+    assert res.returncode == 1, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert lines[0].startswith(f"mlc: cannot write {full / 'v1-out'}: No space left on device (ENOSPC);"), lines[0]
+    assert res.stdout.splitlines()[-1] == "LEFT:", res.stdout          # nothing half-written, no hidden folder
+
+
+@needs_namespaces
+def test_a_read_only_export_target_is_named_not_the_hidden_folder(built, tmp_path):
+    cfg = copy_root(built, tmp_path)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    res = export_in_namespace(cfg, f"mount -t tmpfs -o ro,size=48k tmpfs {ro}", "hf", ro / "v1-hf")
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert res.stderr.strip() == (f"mlc: cannot write {ro / 'v1-hf'}: Read-only file system (EROFS); free space or "
+                                  "fix the disk, then rerun the same command"), res.stderr[-3000:]
+    assert res.stdout.splitlines()[-1] == "LEFT:", res.stdout
 
 
 @needs_namespaces
@@ -115,3 +152,15 @@ def test_full_disk_during_model_export_says_disk_space(tmp_path):
     assert res.returncode == 3, res.stderr[-3000:]
     import errno
     assert res.stdout.startswith(f"ERRNO {errno.ENOSPC} No space left on device for the model bundle"), res.stdout
+
+
+def test_an_error_in_the_hidden_folder_names_the_target_and_one_about_a_source_keeps_its_name(tmp_path):
+    from mlc_pipeline.fsutil import errors_name
+    out, aside = tmp_path / "out", tmp_path / ".out.export-1-0123abcd"
+    aside.mkdir()
+    with pytest.raises(FileExistsError) as raised, errors_name(out, aside):
+        aside.mkdir()
+    assert raised.value.filename == str(out) and raised.value.filename2 is None
+    with pytest.raises(FileNotFoundError) as raised, errors_name(out, aside):
+        shutil.copyfile(tmp_path / "gone.jpg", aside / "x.jpg")      # the source is missing: said so
+    assert raised.value.filename == str(tmp_path / "gone.jpg")

@@ -38,7 +38,7 @@ from mlc_pipeline.catalog.labels import licence_allowed
 from mlc_pipeline.catalog.overrides import build_candidates, review_changed_photos
 from mlc_pipeline.dataset.card import FLICKR_PHOTO_PAGE, attribution, dataset_card, licence_setting
 from mlc_pipeline.config import RESTRICTED_LICENSES, Config
-from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file
+from mlc_pipeline.fsutil import errors_name, remove_dead_leftovers, sha256_file
 from mlc_pipeline.locking import files_lock
 from mlc_pipeline.manifest import (PUBLISHED, SPLITS, highest_published, latest_version, point_latest,
                                    recorded_fingerprint, withdrawn_versions, write_manifest)
@@ -252,44 +252,45 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
         return summarised(BuildResult(name, previous, root / previous, False, counts, fp, left_out=dict(left_out),
                                       not_allowed=dict(not_allowed)))
     tmp = root / f".build-{previous or 'v0'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
-        unusable = write_images(cfg, tmp, rows)
-        skipped = dict(Counter(reason.split(":")[1] for reason in unusable.values()))   # file-missing, ...
-        if unusable:        # left out, recorded in the catalog: the rest is built without them
-            rows = [r for r in rows if r["candidate_id"] not in unusable]
-            if not rows:
-                raise NothingToBuild(f"nothing to build: no accepted image's file could be read ({skipped})")
-            fp, counts = fingerprint(rows, cfg), count_rows(rows)
-            if same_as_published(root, previous, fp, repair):
-                return summarised(BuildResult(name, previous, root / previous, False, counts, fp, skipped,
-                                              dict(left_out), dict(not_allowed)))
-        warn_if_withdrawn(root, fp)
-        write_manifest(tmp / "manifest.csv", rows)
-        files_sha256 = write_sums(tmp, rows)
-        version = f"v{highest_published(root) + 1}"     # never the name of a version withdrawn (deleted)
-        while True:
-            while (root / version).exists():            # never overwrite, whatever LATEST says
-                version = f"v{int(version[1:]) + 1}"
-            (tmp / "ATTRIBUTION.md").write_text(attribution(rows, version))
-            (tmp / "README.md").write_text(dataset_card(name, version, cfg, counts, curation, previous,
-                                                        dict(not_allowed)))
-            meta = {"name": name, "version": version, "previous": previous, "fingerprint": fp,
-                    "files_sha256": files_sha256, "counts": counts, "curation": curation,
-                    "review_changed": reviewed, "conflicts": label_conflicts(rows), "created_at": time.time(),
-                    "left_out": {"licence-not-allowed": dict(sorted(not_allowed.items())),
-                                 "class-not-in-config": dict(sorted(left_out.items())),
-                                 "file-unusable": skipped},
-                    "params": {"build": cfg.build.model_dump(), "curate": cfg.curate.model_dump(),
-                               "source": {"licenses": cfg.source.licenses}}}
-            (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, default=str))
-            try:
-                os.rename(tmp, root / version)         # the publish: atomic on one filesystem
-                break
-            except OSError:
-                if not (root / version).exists():       # not a name taken meanwhile: a real error
-                    raise
-                log.info("version %s was published meanwhile by another build; taking the next number", version)
+        with errors_name(root, tmp):     # ENOSPC, read-only: name the datasets folder
+            tmp.mkdir()
+            unusable = write_images(cfg, tmp, rows)
+            skipped = dict(Counter(reason.split(":")[1] for reason in unusable.values()))   # file-missing, ...
+            if unusable:        # left out, recorded in the catalog: the rest is built without them
+                rows = [r for r in rows if r["candidate_id"] not in unusable]
+                if not rows:
+                    raise NothingToBuild(f"nothing to build: no accepted image's file could be read ({skipped})")
+                fp, counts = fingerprint(rows, cfg), count_rows(rows)
+                if same_as_published(root, previous, fp, repair):
+                    return summarised(BuildResult(name, previous, root / previous, False, counts, fp, skipped,
+                                                  dict(left_out), dict(not_allowed)))
+            warn_if_withdrawn(root, fp)
+            write_manifest(tmp / "manifest.csv", rows)
+            files_sha256 = write_sums(tmp, rows)
+            version = f"v{highest_published(root) + 1}"     # never the name of a version withdrawn (deleted)
+            while True:
+                while (root / version).exists():            # never overwrite, whatever LATEST says
+                    version = f"v{int(version[1:]) + 1}"
+                (tmp / "ATTRIBUTION.md").write_text(attribution(rows, version))
+                (tmp / "README.md").write_text(dataset_card(name, version, cfg, counts, curation, previous,
+                                                            dict(not_allowed)))
+                meta = {"name": name, "version": version, "previous": previous, "fingerprint": fp,
+                        "files_sha256": files_sha256, "counts": counts, "curation": curation,
+                        "review_changed": reviewed, "conflicts": label_conflicts(rows), "created_at": time.time(),
+                        "left_out": {"licence-not-allowed": dict(sorted(not_allowed.items())),
+                                     "class-not-in-config": dict(sorted(left_out.items())),
+                                     "file-unusable": skipped},
+                        "params": {"build": cfg.build.model_dump(), "curate": cfg.curate.model_dump(),
+                                   "source": {"licenses": cfg.source.licenses}}}
+                (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, default=str))
+                try:
+                    os.rename(tmp, root / version)         # the publish: atomic on one filesystem
+                    break
+                except OSError:
+                    if not (root / version).exists():       # not a name taken meanwhile: a real error
+                        raise
+                    log.info("version %s was published meanwhile by another build; taking the next number", version)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -41,7 +41,7 @@ from pathlib import Path
 from mlc_pipeline.dataset.card import attribution
 from mlc_pipeline.dataset.takedowns import Takedowns, held_words
 from mlc_pipeline.dataset.verify import verified_version
-from mlc_pipeline.fsutil import pid_alive
+from mlc_pipeline.fsutil import errors_name, pid_alive
 from mlc_pipeline.manifest import EXPORT_MARKER, resolve_version
 
 FORMATS = ("imagefolder", "hf", "webdataset", "fiftyone")
@@ -137,31 +137,32 @@ def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bo
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out)
     tmp = out.parent / f".{out.name}.export-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
-        files = WRITERS[fmt](version_dir, rows, tmp, meta, shard_size)
-        # the images as this export names them (every format keeps the sample key in its file names)
-        (tmp / "ATTRIBUTION.md").write_text(attribution([{**r, "path": k} for k, r in unique_keys(rows).items()],
-                                                        f"{meta.get('name')} {meta.get('version')}, exported as {fmt}"))
-        if (version_dir / "README.md").is_file() and not (tmp / "README.md").exists():
-            shutil.copyfile(version_dir / "README.md", tmp / "README.md")
-        if left_out and (tmp / "README.md").is_file():  # the card counts the version: say what this copy lacks
-            card = (tmp / "README.md").read_text()
-            head, sep, body = card.partition("\n---\n") if card.startswith("---\n") else ("", "", card)
-            note = (f"> This export holds {len(rows)} images: the version's card below counts "
-                    f"{len(rows) + len(left_out)}; {len(left_out)} photo(s) taken down since the version was "
-                    f"built{held_words(held)}{',' if held else ''} are left out (`export.json`, "
-                    f"`taken_down_left_out`).\n\n")
-            (tmp / "README.md").write_text(head + sep + ("\n" if sep else "") + note + body.lstrip("\n"))
-        (tmp / EXPORT_MARKER).write_text(json.dumps({
-            "format": fmt, "dataset": meta.get("name"), "version": meta.get("version"),
-            "fingerprint": meta.get("fingerprint"), "images": len(rows), "files": files,
-            "taken_down_left_out": [photo_name(r) for r in left_out], "held_left_out": held,
-            "takedowns_checked": taken_down is not None,
-            "source": str(version_dir.resolve()), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "licenses": licence_counts(rows)}, indent=2))
-        check_destination(version_dir, out, force)   # again: another export may have written `out` meanwhile
-        replace_dir(tmp, out)
+        with errors_name(out, tmp):      # ENOSPC, read-only: --out is named, not a file or tmp
+            tmp.mkdir()
+            files = WRITERS[fmt](version_dir, rows, tmp, meta, shard_size)
+            # the images as this export names them (every format keeps the sample key in its file names)
+            (tmp / "ATTRIBUTION.md").write_text(attribution([{**r, "path": k} for k, r in unique_keys(rows).items()],
+                                                            f"{meta.get('name')} {meta.get('version')}, exported as {fmt}"))
+            if (version_dir / "README.md").is_file() and not (tmp / "README.md").exists():
+                shutil.copyfile(version_dir / "README.md", tmp / "README.md")
+            if left_out and (tmp / "README.md").is_file():  # the card counts the version: say what this copy lacks
+                card = (tmp / "README.md").read_text()
+                head, sep, body = card.partition("\n---\n") if card.startswith("---\n") else ("", "", card)
+                note = (f"> This export holds {len(rows)} images: the version's card below counts "
+                        f"{len(rows) + len(left_out)}; {len(left_out)} photo(s) taken down since the version was "
+                        f"built{held_words(held)}{',' if held else ''} are left out (`export.json`, "
+                        f"`taken_down_left_out`).\n\n")
+                (tmp / "README.md").write_text(head + sep + ("\n" if sep else "") + note + body.lstrip("\n"))
+            (tmp / EXPORT_MARKER).write_text(json.dumps({
+                "format": fmt, "dataset": meta.get("name"), "version": meta.get("version"),
+                "fingerprint": meta.get("fingerprint"), "images": len(rows), "files": files,
+                "taken_down_left_out": [photo_name(r) for r in left_out], "held_left_out": held,
+                "takedowns_checked": taken_down is not None,
+                "source": str(version_dir.resolve()), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "licenses": licence_counts(rows)}, indent=2))
+            check_destination(version_dir, out, force)   # again: another export may have written `out` meanwhile
+            replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
