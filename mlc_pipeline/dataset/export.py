@@ -255,8 +255,9 @@ def write_hf(version_dir: Path, rows: list[dict], out: Path, meta: dict, shard_s
         per_split.setdefault(split, []).append({"file_name": f"{key}.jpg", **metadata_of(r)})
     for split, items in per_split.items():
         write_parquet(out / split / "metadata.parquet", items)
-    size = sum((out / split / item["file_name"]).stat().st_size for split, items in per_split.items() for item in items)
-    (out / "README.md").write_text(hf_card(version_dir, meta, per_split, size))
+    sizes = {split: sum((out / split / item["file_name"]).stat().st_size for item in items)
+             for split, items in per_split.items()}
+    (out / "README.md").write_text(hf_card(version_dir, meta, per_split, sizes))
     return len(rows)
 
 
@@ -275,13 +276,14 @@ def write_parquet(path: Path, items: list[dict]) -> None:
     pq.write_table(table, path)
 
 
-def hf_card(version_dir: Path, meta: dict, per_split: dict[str, list[dict]], size: int) -> str:
+def hf_card(version_dir: Path, meta: dict, per_split: dict[str, list[dict]], sizes: dict[str, int]) -> str:
     """The dataset card with the YAML header the Hub and `load_dataset(folder)` read: which folder is
     which split (probe is not one of the names `datasets` guesses), the column types (a split of
-    "other" images only would otherwise give `labels` no type), and each split's size and the
-    images' bytes (`size`). `datasets` caches a folder with a `configs` block under a key made of this
-    header and the folder's name only: without the sizes, an export made again after a takedown, or
-    another project's export of the same name, loaded an earlier export's rows (a user's audit).
+    "other" images only would otherwise give `labels` no type), and each split's size and its images'
+    bytes (`sizes`), as `datasets` reads a split (name, num_bytes, num_examples: without num_bytes it
+    warned and ignored them all). `datasets` caches a folder with a `configs` block under a key made of
+    this header and the folder's name only: without the sizes, an export made again after a takedown,
+    or another project's export of the same name, loaded an earlier export's rows (a user's audit).
     The licences named are those of the rows exported."""
     columns = list(dict.fromkeys(k for items in per_split.values() for item in items for k in item))
     features = ["  - name: image\n    dtype: image", "  - name: labels\n    sequence: string"]
@@ -296,8 +298,8 @@ def hf_card(version_dir: Path, meta: dict, per_split: dict[str, list[dict]], siz
     return (f"---\nlicense: other\ntask_categories:\n- image-classification\n"
             f"configs:\n- config_name: default\n  description: {json.dumps(identity)}\n  data_files:\n{splits}\n"
             f"dataset_info:\n  features:\n" + "\n".join(features) + "\n  splits:\n" +
-            "\n".join(f"  - name: {s}\n    num_examples: {len(per_split[s])}" for s in order) +
-            f"\n  download_size: {size}\n  dataset_size: {size}\n---\n\n" +
+            "\n".join(f"  - name: {s}\n    num_bytes: {sizes[s]}\n    num_examples: {len(per_split[s])}" for s in order) +
+            f"\n  download_size: {sum(sizes.values())}\n  dataset_size: {sum(sizes.values())}\n---\n\n" +
             f"Licences differ per image: see each row's `license`, `owner` and `url`, and ATTRIBUTION.md "
             f"({'; '.join(licences) or 'none recorded'}).\n\n" + card)
 

@@ -303,3 +303,30 @@ def test_an_export_counts_and_names_the_licences_of_its_own_rows(version, tmp_pa
     export_version(version, "webdataset", tmp_path / "wds")          # nothing left out: the version's counts
     assert json.loads((tmp_path / "wds" / "export.json").read_text())["licenses"] == {"CC BY 2.0": 11,
                                                                                     "CC BY-NC 2.0": 1}
+
+
+def test_datasets_reads_the_hf_cards_split_sizes_without_a_warning(version, tmp_path, monkeypatch):
+    """The export26 audit: every load warned `Ignoring part of dataset_info from the dataset card: The
+    'splits' field in YAML is malformed or missing the name/num_examples/num_bytes fields` (datasets
+    5.x), and ignored the split sizes. Each split now has its images' bytes too, and `datasets` checks
+    the rows it reads against the sizes."""
+    import logging
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "hf"
+    export_version(version, "hf", out)
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logger = logging.getLogger("datasets")          # the library's root logger: it does not propagate to ours
+    logger.addHandler(handler)
+    try:
+        splits = datasets.load_dataset_builder(str(out), cache_dir=str(tmp_path / "cache")).info.splits
+        ds = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in said if "dataset_info" in m], said
+    assert {name: s.num_examples for name, s in splits.items()} == {k: len(v) for k, v in ds.items()} == \
+        {"train": 4, "validation": 2, "test": 4, "probe": 2}
+    assert splits["probe"].num_bytes == sum(p.stat().st_size for p in (out / "probe").glob("*.jpg"))
