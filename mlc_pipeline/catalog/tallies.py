@@ -127,10 +127,13 @@ class TallyQueries:
                               "THEN 1 ELSE 0 END) AS skipped FROM candidates WHERE updated_at >= ?", (t,)).fetchone()
         return int(row["n"]), int(row["skipped"] or 0)
 
-    def reasons(self) -> list[dict]:
+    def reasons(self, dataset_only: bool = False) -> list[dict]:
         """Counts per status and reason, most first; equal counts by status, then reason, compared here
         (code points): PostgreSQL returned ties in its own order, and a locale collation may sort "_"
-        or capitals apart from SQLite's, so `mlc inspect --json` differed between the two."""
+        or capitals apart from SQLite's, so `mlc inspect --json` differed between the two.
+        `dataset_only`: of the dataset's candidates (training and probe sets), not the mining pool's:
+        what a version's card counts as left out (the export26 audit: a pool copy was counted)."""
+        only = " AND c.purpose IN ('train', 'probe')" if dataset_only else ""
         # As the build sees them (`reviewed_status`): an image the review put back is no longer counted
         # as removed, and one it rejected is ('rejected', 'review'); one a takedown holds (its reject is
         # a hold: labels.HELD) is ('rejected', 'held-for-takedown'), not a reviewer's decision.
@@ -139,11 +142,12 @@ class TallyQueries:
                 "SELECT c.status, c.reason, o.include AS review_include, CASE WHEN c.file_path IS NULL THEN 0 ELSE 1 "
                 f"END AS file_path, {HELD_SQL} AS held, COUNT(*) AS n FROM candidates c "
                 "LEFT JOIN review_overrides o ON o.candidate_id = c.id LEFT JOIN review_actions a ON a.id = o.action_id "
-                "WHERE c.reason IS NOT NULL OR o.include IS NOT NULL GROUP BY c.status, c.reason, o.include, "
+                f"WHERE (c.reason IS NOT NULL OR o.include IS NOT NULL){only} "
+                "GROUP BY c.status, c.reason, o.include, "
                 "CASE WHEN c.file_path IS NULL THEN 0 ELSE 1 END, a.action, a.detail", (HELD,))
         else:
-            rows = self.db.execute("SELECT status, reason, COUNT(*) AS n FROM candidates WHERE reason IS NOT NULL "
-                                   "GROUP BY status, reason")
+            rows = self.db.execute("SELECT c.status, c.reason, COUNT(*) AS n FROM candidates c WHERE c.reason IS NOT NULL"
+                                   f"{only} GROUP BY c.status, c.reason")
         out: Counter = Counter()
         for r in map(dict, rows):
             status, reason = as_built(r)

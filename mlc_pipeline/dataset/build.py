@@ -190,7 +190,7 @@ def count_rows(rows: list[dict]) -> dict:
 
 def curation_counts(catalog: Catalog) -> dict:
     out: Counter = Counter()
-    for r in catalog.reasons():
+    for r in catalog.reasons(dataset_only=True):     # not the mining pool's: never dataset candidates
         if r["status"] in ("rejected", "duplicate", "failed", "skipped"):
             out[f"{r['status']}: {r['reason'].split(':')[0]}"] += r["n"]
     return dict(out)

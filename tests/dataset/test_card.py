@@ -1,8 +1,12 @@
-"""A version's ATTRIBUTION.md (dataset/card.py) with hostile Flickr text."""
+"""A version's ATTRIBUTION.md and README.md, the card (dataset/card.py): hostile Flickr text, licences, the
+classes taken out of the config, and what curation left out."""
 
 from __future__ import annotations
 
+import shutil
+
 from mlc_pipeline.config import parse_config
+from mlc_pipeline.dataset.build import build_dataset
 from mlc_pipeline.dataset.card import attribution, dataset_card
 
 
@@ -73,3 +77,54 @@ def test_the_open_default_has_no_licence_section_and_a_url_list_is_said_to_carry
     assert ("`source.licenses: 4, 5, 9, 10, 11` (only these Flickr licence ids: an accepted image under another is "
             "left out; a URL list's rows carry their own licence text, which it does not filter)") in card_for(
                 [4, 5, 9, 10, 11], {}, kind="urls")
+
+
+
+def planted(tmp_path):
+    """A catalog of real photos, curated: twelve ants, six bees, an ant photo also found as a bee, and
+    three byte copies of ant photos (one in the training set, two in the mining pool). (config with
+    both classes, config with ants only, the training set's candidates curate left out)."""
+    from helpers import FIXTURES
+    from mlc_pipeline.catalog import Catalog, Found
+    from mlc_pipeline.curate.stage import curate
+
+    def cfg_for(classes):
+        return parse_config({"data_dir": str(tmp_path / "data"), "other": {"queries": ["x"], "count": 5},
+                             "classes": {c: {"queries": [c], "count": 20} for c in classes}, "curate": {"workers": 1},
+                             "mine": {"pool": {"queries": ["pool"], "count": 5}}})
+
+    both, ants_only = cfg_for(["ants", "bees"]), cfg_for(["ants"])
+    photos = sorted(FIXTURES.glob("hymenoptera/ants/*.jpg"))[:12] + sorted(FIXTURES.glob("hymenoptera/bees/*.jpg"))[:6]
+    plan = [("train", "ants")] * 12 + [("train", "bees")] * 6
+    photos += [photos[1], photos[2], photos[3]]                 # byte copies: one in the training set, two in the pool
+    plan += [("train", "ants"), ("pool", "other"), ("pool", "other")]
+    with Catalog(both.catalog_path) as c:
+        run = c.start_run("plant")
+        found = [Found("flickr", f"p{i}", purpose, label, label, f"http://h/{i}", "url_m", None, None, 4,
+                       "CC BY 2.0", "o", "o", "t", None, None, "") for i, (purpose, label) in enumerate(plan)]
+        found.append(Found("flickr", "p0", "train", "bees", "bees", "http://h/0", "url_m", None, None, 4,
+                           "CC BY 2.0", "o", "o", "t", None, None, ""))     # p0: found by both classes
+        c.upsert_found(found, run)
+        for i, photo in enumerate(photos):
+            dest = both.layout.raw("flickr") / f"p{i}.jpg"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(photo, dest)
+            c.set_status(c.get_by_photo("flickr", f"p{i}")["id"], "downloaded", None, run, "download", file_path=str(dest))
+    curate(both)
+    with Catalog(both.catalog_path) as c:
+        pool_out = [r for r in c.candidates(purpose="pool") if r["status"] != "accepted"]
+        train_out = [r for r in c.candidates(purpose="train") if r["status"] != "accepted"]
+    assert len(pool_out) == 2 and len(train_out) == 1, (pool_out, train_out)
+    return both, ants_only, train_out
+
+
+def test_what_curation_left_out_counts_no_mining_pool_image(tmp_path):
+    """The export26 audit: the card's "What curation and review left out" counted the mining pool's
+    copies (`duplicate: exact-duplicate...`), never candidates of the dataset."""
+    both, _, train_out = planted(tmp_path)
+    card = (build_dataset(both).path / "README.md").read_text()
+    section = card.split("## What curation and review left out\n\n", 1)[1].split("\n\n", 1)[0]
+    counted = sum(int(line.rsplit(": ", 1)[1]) for line in section.splitlines())
+    assert counted == len(train_out), section                   # the pool's two copies are not counted
+    assert "## Classes no longer in the config" not in card
+
