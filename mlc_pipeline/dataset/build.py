@@ -107,13 +107,14 @@ def licence_label(c: dict) -> str:
 
 
 def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None,
-                 not_allowed: Counter | None = None) -> list[dict]:
+                 not_allowed: Counter | None = None, dropped: Counter | None = None) -> list[dict]:
     """Everything accepted for training or probing, with its split; pool images (mined negatives, or
     labelled in review) never test: test and probe stay the images every round compares on.
 
     Labels of classes no longer in the config are dropped: a photo left with none of the config's
     classes is left out (counted in `left_out` by its former labels), not made a negative: the user
-    took the class out of the project, not into "other". A photo whose licence `source.licenses` no
+    took the class out of the project, not into "other"; a photo that keeps another class counts its
+    dropped labels in `dropped` (by label). A photo whose licence `source.licenses` no
     longer allows is left out (counted in `not_allowed` by licence): the catalog keeps it, and
     widening the setting brings it back."""
     rows = []
@@ -134,6 +135,8 @@ def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None,
             if left_out is not None:
                 left_out[" ".join(found)] += 1
             continue
+        if dropped is not None and len(labels.split()) < len(found):
+            dropped.update(label for label in found if label not in cfg.classes)
         if c["mined_round"] is not None or c["from_pool"]:     # mined, or a pool image labelled in review
             split = mined_split(c["source"], c["photo_id"], cfg.mine.calibration_share)
         elif c["purpose"] == "probe":
@@ -225,10 +228,9 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
     root = cfg.layout.datasets
     root.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(root)
-    left_out: Counter = Counter()
-    not_allowed: Counter = Counter()
+    left_out, not_allowed, dropped = Counter(), Counter(), Counter()
     with Catalog(cfg.catalog_path) as catalog:
-        rows = dataset_rows(cfg, catalog, left_out, not_allowed)
+        rows = dataset_rows(cfg, catalog, left_out, not_allowed, dropped)
         curation = curation_counts(catalog)
         reviewed = review_changed_photos(catalog)   # the version diff says which changes came from review
     if left_out:
@@ -274,12 +276,13 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
                     version = f"v{int(version[1:]) + 1}"
                 (tmp / "ATTRIBUTION.md").write_text(attribution(rows, version))
                 (tmp / "README.md").write_text(dataset_card(name, version, cfg, counts, curation, previous,
-                                                            dict(not_allowed)))
+                                                            dict(not_allowed), dict(left_out), dict(dropped)))
                 meta = {"name": name, "version": version, "previous": previous, "fingerprint": fp,
                         "files_sha256": files_sha256, "counts": counts, "curation": curation,
                         "review_changed": reviewed, "conflicts": label_conflicts(rows), "created_at": time.time(),
                         "left_out": {"licence-not-allowed": dict(sorted(not_allowed.items())),
                                      "class-not-in-config": dict(sorted(left_out.items())),
+                                     "label-not-in-config": dict(sorted(dropped.items())),
                                      "file-unusable": skipped},
                         "params": {"build": cfg.build.model_dump(), "curate": cfg.curate.model_dump(),
                                    "source": {"licenses": cfg.source.licenses}}}

@@ -45,9 +45,14 @@ def table_cell(value) -> str:
 
 
 def dataset_card(name: str, version: str, cfg: Config, counts: dict, curation: dict, previous: str | None,
-                 not_allowed: dict | None = None) -> str:
+                 not_allowed: dict | None = None, class_left_out: dict | None = None,
+                 labels_dropped: dict | None = None) -> str:
     """The card. `not_allowed`: the accepted images left out because `source.licenses` does not allow
-    their licence now (by licence), said in the card's licence section."""
+    their licence now (by licence), said in the card's licence section. `class_left_out`: the accepted
+    images left out because none of their classes is in the config now (by their labels), and
+    `labels_dropped`: the labels of such classes dropped from images published under their others (by
+    label), said in a section of their own. `curation`: what curation and review left out of the
+    dataset's candidates (the mining pool's are none of them)."""
     lines = [f"# Dataset {name} {version}", "",
              f"Built {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} by mlc-pipeline from the catalog.",
              f"Previous version: {previous or 'none'}.", "",
@@ -61,7 +66,8 @@ def dataset_card(name: str, version: str, cfg: Config, counts: dict, curation: d
               f"- split fractions {cfg.build.split} (by a hash of source and photo id: stable across versions)",
               f"- near-duplicate Hamming threshold {cfg.curate.hamming_threshold}, min side {cfg.curate.min_side}, "
               f"max aspect {cfg.curate.max_aspect}", f"- {licence_parameter(cfg)}", "",
-              *licence_notice(cfg, counts, not_allowed or {}), "## What curation and review left out", ""]
+              *licence_notice(cfg, counts, not_allowed or {}), *class_notice(class_left_out or {}, labels_dropped or {}),
+              "## What curation and review left out", ""]
     lines += [f"- {k}: {v}" for k, v in sorted(curation.items())] or ["- nothing"]
     lines += ["", "`labels` empty = an \"other\" image (a negative for every class). Split `probe` = kinds under",
               "no training query, used only to measure how often the unknown is accepted.", ""]
@@ -103,4 +109,23 @@ def licence_notice(cfg: Config, counts: dict, not_allowed: dict) -> list[str]:
                   f"carry a licence `source.licenses: {setting}` does not allow: {left}.",
                   "They are not in this version; the catalog keeps them, and widening `source.licenses` again",
                   "brings them back.", ""]
+    return lines
+
+
+def class_notice(class_left_out: dict, labels_dropped: dict) -> list[str]:
+    """The card's section on classes taken out of the config while the catalog holds their images (the
+    build keeps them out; dataset.json's `left_out`): the images left out, and the labels dropped
+    from images of several classes, published under their other labels."""
+    if not class_left_out and not labels_dropped:
+        return []
+    lines = ["## Classes no longer in the config", ""]
+    if class_left_out:
+        left = ", ".join(f"{labels} ({n})" for labels, n in sorted(class_left_out.items()))
+        lines += [f"{sum(class_left_out.values())} accepted image(s) in the catalog are not in this version: none of "
+                  f"their classes is in the config now: {left}.",
+                  "They are not made \"other\" images; the catalog keeps them, and adding the class back brings them back.", ""]
+    if labels_dropped:
+        dropped = "; ".join(f"{label} dropped from {n} image(s)" for label, n in sorted(labels_dropped.items()))
+        lines += ["Images of several classes lost the labels of classes no longer in the config, and are in this",
+                  f"version under their other labels: {dropped}.", ""]
     return lines

@@ -170,7 +170,8 @@ def dataset_summary(cfg: Config, version: str | None = None) -> dict | None:
 # What the build left out of a version although the catalog accepted it (dataset.json's `left_out`,
 # builds since 2026-12-07), as `mlc inspect` names each reason.
 BUILD_LEFT_OUT = {"licence-not-allowed": "licence not in source.licenses",
-                  "class-not-in-config": "class no longer in the config", "file-unusable": "file gone or unreadable"}
+                  "class-not-in-config": "class no longer in the config", "file-unusable": "file gone or unreadable",
+                  "label-not-in-config": "label of a class no longer in the config (the image is in under its others)"}
 
 
 def built_without(meta: dict) -> dict[str, dict]:

@@ -3,11 +3,13 @@ classes taken out of the config, and what curation left out."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 from mlc_pipeline.config import parse_config
 from mlc_pipeline.dataset.build import build_dataset
 from mlc_pipeline.dataset.card import attribution, dataset_card
+from mlc_pipeline.report.inspect import dataset_summary, format_dataset_summary
 
 
 def test_a_hostile_title_stays_in_its_own_cell_and_hides_nothing():
@@ -128,3 +130,19 @@ def test_what_curation_left_out_counts_no_mining_pool_image(tmp_path):
     assert counted == len(train_out), section                   # the pool's two copies are not counted
     assert "## Classes no longer in the config" not in card
 
+
+def test_the_card_says_which_classes_left_the_config_and_which_labels_were_dropped(tmp_path):
+    """The export26 audit: with a class taken out of the config, dataset.json recorded the images left
+    out and `mlc inspect` showed them, but the card, which travels with every export, said nothing, nor
+    that an image of two classes lost a label."""
+    _, ants_only, _ = planted(tmp_path)
+    v1 = build_dataset(ants_only)
+    card = (v1.path / "README.md").read_text()
+    assert ("## Classes no longer in the config\n\n6 accepted image(s) in the catalog are not in this version: none of "
+            "their classes is in the config now: bees (6).\n") in card, card
+    assert ("Images of several classes lost the labels of classes no longer in the config, and are in this\n"
+            "version under their other labels: bees dropped from 1 image(s).") in card, card
+    meta = json.loads((v1.path / "dataset.json").read_text())
+    assert meta["left_out"]["class-not-in-config"] == {"bees": 6} and meta["left_out"]["label-not-in-config"] == {"bees": 1}
+    assert "label of a class no longer in the config (the image is in under its others): bees 1" in \
+        format_dataset_summary(dataset_summary(ants_only, v1.version))
