@@ -160,7 +160,8 @@ def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bo
                 "taken_down_left_out": [photo_name(r) for r in left_out], "held_left_out": held,
                 "takedowns_checked": taken_down is not None,
                 "source": str(version_dir.resolve()), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "licenses": licence_counts(rows)}, indent=2))
+                "licenses": licence_counts(rows),
+                **({"class_folders": class_folders(rows)} if fmt == "imagefolder" else {})}, indent=2))
             check_destination(version_dir, out, force)   # again: another export may have written `out` meanwhile
             replace_dir(tmp, out)
     finally:
@@ -171,6 +172,14 @@ def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bo
 
 def photo_name(row: dict) -> str:
     return f"{row['source']}:{row['photo_id']}"
+
+
+def class_folders(rows: list[dict]) -> list[str]:
+    """An imagefolder export's label folders over all its splits, sorted as torchvision's ImageFolder
+    sorts them: the classes to load every split with (docs/export.md). ImageFolder on one split
+    numbers only the folders that split has, so a split lacking a class (probe holds "other" only)
+    gets other indices than train's (the export26 audit)."""
+    return sorted({label for r in rows for label in labels_of(r) or [OTHER_FOLDER]})
 
 
 def licence_counts(rows: list[dict]) -> dict[str, int]:

@@ -330,3 +330,32 @@ def test_datasets_reads_the_hf_cards_split_sizes_without_a_warning(version, tmp_
     assert {name: s.num_examples for name, s in splits.items()} == {k: len(v) for k, v in ds.items()} == \
         {"train": 4, "validation": 2, "test": 4, "probe": 2}
     assert splits["probe"].num_bytes == sum(p.stat().st_size for p in (out / "probe").glob("*.jpg"))
+
+
+def test_every_imagefolder_split_loads_with_the_same_class_indices_as_docs_say(version, tmp_path):
+    """The export26 audit: `ImageFolder("out/probe")` numbered only the folders probe has ({'other': 0}),
+    while 0 is `ants` in train; a split lacking a class shifts every class after it. export.json names
+    the label folders of all the splits, and docs/export.md loads each split with them (this code)."""
+    from torchvision.datasets import ImageFolder
+    out = tmp_path / "if"
+    export_version(version, "imagefolder", out)
+    assert ImageFolder(str(out / "probe")).class_to_idx == {"other": 0}           # the trap: not train's
+    # --- as docs/export.md shows it
+    classes = json.loads((out / "export.json").read_text())["class_folders"]
+
+    class SplitFolder(ImageFolder):
+        def find_classes(self, directory):
+            return classes, {c: i for i, c in enumerate(classes)}
+
+    splits = {s: SplitFolder(str(out / s), allow_empty=True) for s in ("train", "valid", "test", "probe")}
+    # ---
+    assert classes == ImageFolder(str(out / "train")).classes == ["ants", "bees", "other"]
+    assert {s: d.class_to_idx for s, d in splits.items()} == {s: {"ants": 0, "bees": 1, "other": 2} for s in splits}
+    assert {target for _, target in splits["probe"].samples} == {2}
+    with open(out / "metadata.csv", newline="") as f:
+        listed = {row["file"]: row["labels"] or "other" for row in csv.DictReader(f)}
+    for name, data in splits.items():          # each file's index names a label metadata.csv gives it
+        for path, target in data.samples:
+            rel = Path(path).relative_to(out).as_posix()
+            first = next((k for k in listed if Path(k).name == Path(rel).name), None)
+            assert classes[target] in listed[first].split(), (rel, classes[target], listed[first])
