@@ -1,4 +1,5 @@
-"""A small curated data root of real photos, for the storage tests (locking, versions, paths).
+"""A small curated data root of real photos, for the storage tests (locking, versions, paths), and
+the same photos planted in a catalog as downloads (`plant_downloads`).
 
 Collect and curate run in-process against the bundled server in folder mode; the tests then drive
 `mlc` subprocesses (real processes, as a user would) against the config file written here.
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import yaml
 
+from mlc_pipeline.catalog import Catalog, Found
 from mlc_pipeline.collect.stage import collect
-from mlc_pipeline.config import load_config
+from mlc_pipeline.config import Config, load_config
 from mlc_pipeline.curate.stage import curate
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "hymenoptera"
@@ -78,3 +80,23 @@ def mlc_start(*args: str) -> subprocess.Popen:
 def last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def plant_downloads(cfg: Config, plan: list[tuple[str, str, Path]], also: list[tuple[int, str]] = ()) -> None:
+    """Candidates `p<i>` of `plan` (purpose, label, photo) recorded as found and downloaded (the photo
+    copied into raw/), as a collect leaves them, then curated; `also`: (i, label) another search found
+    `p<i>` under."""
+    def found(i: int, purpose: str, label: str) -> Found:
+        return Found("flickr", f"p{i}", purpose, label, label, f"http://h/{i}", "url_m", None, None, 4,
+                     "CC BY 2.0", "o", "o", "t", None, None, "")
+
+    with Catalog(cfg.catalog_path) as c:
+        run = c.start_run("plant")
+        c.upsert_found([found(i, purpose, label) for i, (purpose, label, _) in enumerate(plan)]
+                       + [found(i, plan[i][0], label) for i, label in also], run)
+        for i, (_, _, photo) in enumerate(plan):
+            dest = cfg.layout.raw("flickr") / f"p{i}.jpg"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(photo, dest)
+            c.set_status(c.get_by_photo("flickr", f"p{i}")["id"], "downloaded", None, run, "download", file_path=str(dest))
+    curate(cfg)

@@ -4,8 +4,12 @@ classes taken out of the config, and what curation left out."""
 from __future__ import annotations
 
 import json
-import shutil
 
+import pytest
+
+from storage_world import FIXTURES, plant_downloads
+
+from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import parse_config
 from mlc_pipeline.dataset.build import build_dataset
 from mlc_pipeline.dataset.card import attribution, dataset_card
@@ -86,33 +90,18 @@ def planted(tmp_path):
     """A catalog of real photos, curated: twelve ants, six bees, an ant photo also found as a bee, and
     three byte copies of ant photos (one in the training set, two in the mining pool). (config with
     both classes, config with ants only, the training set's candidates curate left out)."""
-    from helpers import FIXTURES
-    from mlc_pipeline.catalog import Catalog, Found
-    from mlc_pipeline.curate.stage import curate
-
+    if not FIXTURES.is_dir():
+        pytest.skip("fixture photos missing (../shared/fixtures)")
     def cfg_for(classes):
         return parse_config({"data_dir": str(tmp_path / "data"), "other": {"queries": ["x"], "count": 5},
                              "classes": {c: {"queries": [c], "count": 20} for c in classes}, "curate": {"workers": 1},
                              "mine": {"pool": {"queries": ["pool"], "count": 5}}})
 
     both, ants_only = cfg_for(["ants", "bees"]), cfg_for(["ants"])
-    photos = sorted(FIXTURES.glob("hymenoptera/ants/*.jpg"))[:12] + sorted(FIXTURES.glob("hymenoptera/bees/*.jpg"))[:6]
-    plan = [("train", "ants")] * 12 + [("train", "bees")] * 6
-    photos += [photos[1], photos[2], photos[3]]                 # byte copies: one in the training set, two in the pool
-    plan += [("train", "ants"), ("pool", "other"), ("pool", "other")]
-    with Catalog(both.catalog_path) as c:
-        run = c.start_run("plant")
-        found = [Found("flickr", f"p{i}", purpose, label, label, f"http://h/{i}", "url_m", None, None, 4,
-                       "CC BY 2.0", "o", "o", "t", None, None, "") for i, (purpose, label) in enumerate(plan)]
-        found.append(Found("flickr", "p0", "train", "bees", "bees", "http://h/0", "url_m", None, None, 4,
-                           "CC BY 2.0", "o", "o", "t", None, None, ""))     # p0: found by both classes
-        c.upsert_found(found, run)
-        for i, photo in enumerate(photos):
-            dest = both.layout.raw("flickr") / f"p{i}.jpg"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(photo, dest)
-            c.set_status(c.get_by_photo("flickr", f"p{i}")["id"], "downloaded", None, run, "download", file_path=str(dest))
-    curate(both)
+    ants, bees = sorted((FIXTURES / "ants").glob("*.jpg"))[:12], sorted((FIXTURES / "bees").glob("*.jpg"))[:6]
+    plan = ([("train", "ants", f) for f in ants] + [("train", "bees", f) for f in bees]
+            + [("train", "ants", ants[1]), ("pool", "other", ants[2]), ("pool", "other", ants[3])])   # byte copies
+    plant_downloads(both, plan, also=[(0, "bees")])             # p0: found by both classes
     with Catalog(both.catalog_path) as c:
         pool_out = [r for r in c.candidates(purpose="pool") if r["status"] != "accepted"]
         train_out = [r for r in c.candidates(purpose="train") if r["status"] != "accepted"]

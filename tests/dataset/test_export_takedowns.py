@@ -8,80 +8,70 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
 from PIL import Image, ImageOps
 
-from helpers import FIXTURES
+from storage_world import FIXTURES, make_world, write_config
 
 from mlc_pipeline.catalog import Catalog, overrides
 from mlc_pipeline.collect.stage import collect
-from mlc_pipeline.config import parse_config
+from mlc_pipeline.config import load_config
 from mlc_pipeline.curate.stage import curate
 from mlc_pipeline.dataset.build import build_dataset
 from mlc_pipeline.flickr_server.folder import photo_id_for
 from mlc_pipeline.manifest import read_manifest
 
-ANTS, BEES = FIXTURES / "hymenoptera" / "ants", FIXTURES / "hymenoptera" / "bees"
 OWNERS = "ants/1099452230_d1949d3250.jpg"      # the owner's photo, among the first ten ants
 MIRROR = "ants/zz_mirror.jpg"                  # its mirror image, collected before the takedown
 
 
 def mlc(config: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mlc_pipeline.cli", *args, "-c", str(config)],
+    done = subprocess.run([sys.executable, "-m", "mlc_pipeline.cli", *args, "-c", str(config)],
                           capture_output=True, text=True, timeout=180, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    return done
 
 
 @pytest.fixture
 def taken_down(tmp_path):
-    """v1 of ten ants, ten bees, four scenery photos and a mirror image of one ant photo, licences
-    alternating between two ids; then `mlc remove` of the ant photo, which holds the mirror.
-    (config path, v1 folder, the photo's id, the mirror's id)."""
-    if not ANTS.is_dir():
+    """v1 of ten ants, ten bees, eight scenery photos (storage_world.py) and a mirror image of one ant
+    photo; then `mlc remove` of that photo, which holds the mirror. (config path, v1 folder, the
+    photo's id, the mirror's id)."""
+    if not FIXTURES.is_dir():
         pytest.skip("fixture photos missing (../shared/fixtures)")
-    world = tmp_path / "world"
-    for name, files in (("ants", sorted(ANTS.glob("*.jpg"))[:10]), ("bees", sorted(BEES.glob("*.jpg"))[:10]),
-                        ("scenery", sorted(ANTS.glob("*.jpg"))[100:104])):
-        (world / name).mkdir(parents=True)
-        for f in files:
-            shutil.copy(f, world / name / f.name)
+    world = make_world(tmp_path / "world", per_class=10)
     with Image.open(world / OWNERS) as im:
         ImageOps.mirror(im.convert("RGB")).save(world / MIRROR, quality=90)
-    raw = {"data_dir": str(tmp_path / "data"),
-           "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s"],
-                      "local": {"port": 0, "folder": str(world),
-                                "query_map": {"ants": "ants", "bees": "bees", "scenery": "scenery"}}},
-           "classes": {"ants": {"queries": ["ants"], "count": 50}, "bees": {"queries": ["bees"], "count": 50}},
-           "other": {"queries": ["scenery"], "count": 50}, "build": {"max_side": 96}}
-    cfg = parse_config(raw)
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config = write_config(tmp_path / "config.yaml", tmp_path / "data", world)
+    cfg = load_config(config)
     collect(cfg, progress=False)
     curate(cfg)
     v1 = build_dataset(cfg)
     photo, mirror = photo_id_for(OWNERS), photo_id_for(MIRROR)
     assert {photo, mirror} <= {r["photo_id"] for r in read_manifest(v1.path / "manifest.csv")}
     done = mlc(config, "remove", "--photo-id", photo, "--reason", "owner request")
-    assert done.returncode == 0, done.stderr
     assert f"held 1 near duplicate(s) of the photos taken down for review: local:{mirror}" in done.stdout, done.stdout
     return config, v1.path, photo, mirror
+
+
+def exported(config: Path, fmt: str, out: Path, *more: str) -> tuple[subprocess.CompletedProcess, dict]:
+    "`mlc export v1` (it must succeed): the process and the export's export.json."
+    done = mlc(config, "export", "v1", "--format", fmt, "--out", str(out), *more)
+    return done, json.loads((out / "export.json").read_text())
 
 
 def test_an_export_after_a_takedown_leaves_out_the_copies_it_holds_and_names_them(taken_down, tmp_path):
     config, v1, photo, mirror = taken_down
     rows = read_manifest(v1 / "manifest.csv")
     out = tmp_path / "exp"
-    r = mlc(config, "export", "v1", "--format", "imagefolder", "--out", str(out))
-    assert r.returncode == 0, r.stderr
+    r, info = exported(config, "imagefolder", out)
     assert f"{len(rows) - 2} images" in r.stdout, r.stdout
     assert not list(out.rglob(f"*{mirror}*")) and not list(out.rglob(f"*{photo}*"))
-    info = json.loads((out / "export.json").read_text())
     assert sorted(info["taken_down_left_out"]) == sorted([f"local:{photo}", f"local:{mirror}"])
     assert info["held_left_out"] == [f"local:{mirror}"] and info["images"] == len(rows) - 2
     note = [line for line in r.stderr.splitlines() if line.startswith("left out")]
@@ -95,20 +85,18 @@ def test_an_export_after_a_takedown_leaves_out_the_copies_it_holds_and_names_the
     assert mirror not in attribution and photo not in attribution
 
     # a hold the user undoes (another picture, they said) no longer keeps the image out of an export
-    with Catalog(parse_config(yaml.safe_load(config.read_text())).catalog_path) as c:
+    with Catalog(load_config(config).catalog_path) as c:
         held = c.get_by_photo("local", mirror)
         (hold,) = overrides.actions(c, held["id"])
         overrides.undo(c, held["id"], hold["id"], "it is another picture", "test")
-    r = mlc(config, "export", "v1", "--format", "imagefolder", "--out", str(out), "--force")
-    assert r.returncode == 0, r.stderr
-    assert list(out.rglob(f"*{mirror}*")) and json.loads((out / "export.json").read_text())["held_left_out"] == []
+    _, info = exported(config, "imagefolder", out, "--force")
+    assert list(out.rglob(f"*{mirror}*")) and info["held_left_out"] == []
 
 
 def test_the_html_report_of_an_older_version_shows_no_copy_a_takedown_holds(taken_down, tmp_path):
     config, v1, photo, mirror = taken_down
     page_path = tmp_path / "report.html"
-    r = mlc(config, "inspect", "--version", "v1", "--html", str(page_path))
-    assert r.returncode == 0, r.stderr
+    mlc(config, "inspect", "--version", "v1", "--html", str(page_path))
     page = page_path.read_text()
     note = re.search(r"<p id='taken-down'>(.*?)</p>", page)
     assert note and note.group(1).startswith("2 photo(s) of v1 taken down since it was built (<code>mlc remove</code>), "
@@ -122,10 +110,7 @@ def test_the_html_report_of_an_older_version_shows_no_copy_a_takedown_holds(take
 def test_export_json_and_the_hf_card_count_the_licences_of_the_rows_exported(taken_down, tmp_path):
     config, v1, photo, mirror = taken_down
     rows = read_manifest(v1 / "manifest.csv")
-    out = tmp_path / "hf"
-    r = mlc(config, "export", "v1", "--format", "hf", "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    info = json.loads((out / "export.json").read_text())
+    _, info = exported(config, "hf", tmp_path / "hf")
     kept = [row for row in rows if row["photo_id"] not in (photo, mirror)]
     assert info["licenses"] == dict(sorted(Counter(row["license"] for row in kept).items()))
     assert sum(info["licenses"].values()) == info["images"] == len(kept)
