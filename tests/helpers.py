@@ -36,6 +36,12 @@ def free_port() -> int:
 # ---- the `mlc` command as a user runs it: a subprocess, with no Flickr key in its environment
 MLC = [sys.executable, "-m", "mlc_pipeline.cli"]
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("FLICKR_")}
+# `mlc` that prints its own peak memory (VmHWM, KB) as the last line of stderr: `PEAK_KB <n>`.
+# VmHWM, not ru_maxrss: ru_maxrss survives fork + exec, so late in the suite it reported the pytest
+# parent's ~2 GB instead of this process's peak (measured: a 2.4 GB parent, a child reading 2397 MB).
+MEASURED = [sys.executable, "-c", "import sys\nfrom mlc_pipeline.cli import main\nrc = main(sys.argv[1:])\n"
+            "hwm = next(line for line in open('/proc/self/status') if line.startswith('VmHWM:'))\n"
+            "print('PEAK_KB', hwm.split()[1], file=sys.stderr)\nsys.exit(rc)"]
 
 
 def write_config(tmp_path: Path, faults: str = "", count: int = 40, data: str = "data", **source) -> Path:

@@ -51,9 +51,9 @@ UNREADABLE_NAMED = 20     # files named in a collect's record (`mlc inspect` sho
 
 
 def unreadable_named(unreadable: dict[str, str]) -> dict:
-    """Folder mode, the files of the folder that are no readable image (the bundled server skips them),
-    as a collect records them: {} for none, else {"count": n, "files": the first UNREADABLE_NAMED as
-    "path (why)"}."""
+    """Folder mode, the files of the folder that are no readable image or too large (the bundled
+    server skips them), as a collect records them: {} for none, else {"count": n, "files": the first
+    UNREADABLE_NAMED as "path (why)"}."""
     if not unreadable:
         return {}
     return {"count": len(unreadable),

@@ -3,8 +3,8 @@
 Each gives the Collector (stage.py) an object with `name`, `search(query, target)`, `licenses()`,
 `license_allowed(license_id)` (may a candidate under it be downloaded: licences.py),
 `current_url(url)`, `api_calls`, `skipped` (search results left out, by reason) and `unreadable`
-(folder mode: files in the folder that are no readable image, path -> why), plus the image hosts
-its downloads may come from."""
+(folder mode: files in the folder that are no readable image, or over `source.max_image_bytes`,
+path -> why), plus the image hosts its downloads may come from."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def open_source(cfg: Config) -> Iterator[tuple[FlickrSource | UrlListSource, lis
     from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
     from mlc_pipeline.flickr_server.folder import FolderModeError
     world = WorldSpec(kind="folder" if s.local.folder else "default", seed=s.local.seed, scale=s.local.scale,
-                      folder=s.local.folder, query_map=dict(s.local.query_map), result_cap=s.local.result_cap)
+                      folder=s.local.folder, query_map=dict(s.local.query_map), result_cap=s.local.result_cap,
+                      max_file_bytes=s.max_image_bytes)
     try:
         server = FlickrServer(world, FaultSpec.parse(s.local.faults), host="127.0.0.1", port=s.local.port)
     except FolderModeError as exc:

@@ -23,17 +23,18 @@ class FolderModeError(ValueError):
 
 
 def folder_photos(folder: str | Path, query_map: dict[str, str], seed: int,
-                  unreadable: dict[str, str] | None = None) -> list[Photo]:
+                  unreadable: dict[str, str] | None = None, max_bytes: int | None = None) -> list[Photo]:
     """One photo per image file under each mapped subfolder, tagged with the query's words.
 
     A file reached by several queries is one photo carrying all their words. Titles are neutral
     ('IMG_1234') so that free-text search finds exactly the mapped files. Symbolic links to folders
     and files are followed (a folder tree assembled from links is a common way to pick images);
     each photo records its path relative to `folder` as `source_file`. A file with an image name
-    that is no readable image (empty, an HTML page named .jpg, a link to nothing) is not served: it
-    is logged, and added to `unreadable` (path relative to `folder` -> why), which collect's summary
-    counts and `mlc inspect` shows. Not served rather than failed at download: the day the user
-    replaces it with an image, the next collect finds it as a new photo.
+    that is no readable image (empty, an HTML page named .jpg, a link to nothing), or is larger than
+    `max_bytes` (the downloader would refuse it: never read), is not served: it is logged, and added
+    to `unreadable` (path relative to `folder` -> why), which collect's summary counts and `mlc
+    inspect` shows. Not served rather than failed at download: the day the user replaces it with an
+    image, the next collect finds it as a new photo.
     """
     unreadable = {} if unreadable is None else unreadable
     root = Path(folder)
@@ -58,7 +59,7 @@ def folder_photos(folder: str | Path, query_map: dict[str, str], seed: int,
                 continue
             if relative in unreadable:
                 continue
-            photo = _photo_for_file(path, relative, subfolder, words, seed, used_ids)
+            photo = _photo_for_file(path, relative, subfolder, words, seed, used_ids, max_bytes)
             if isinstance(photo, str):
                 unreadable[relative] = photo
             else:
@@ -101,9 +102,10 @@ def photo_id_for(relative_path: str) -> str:
     return str(10_000_000_000 + number % 89_999_999_999)
 
 
-def _photo_for_file(path: Path, relative: str, kind: str, words: list[str], seed: int, used_ids: set[str]) -> Photo | str:
+def _photo_for_file(path: Path, relative: str, kind: str, words: list[str], seed: int, used_ids: set[str],
+                    max_bytes: int | None) -> Photo | str:
     """The file's photo, or why it is none (logged)."""
-    why = unreadable_why(path)
+    why = unreadable_why(path, max_bytes)
     if why is None:
         try:
             with Image.open(path) as image:
@@ -132,11 +134,17 @@ def _photo_for_file(path: Path, relative: str, kind: str, words: list[str], seed
     )
 
 
-def unreadable_why(path: Path) -> str | None:
-    "Why a file listed is no image, from a stat: a link to nothing, an empty file; None otherwise."
+def unreadable_why(path: Path, max_bytes: int | None = None) -> str | None:
+    """Why a file listed is not served, from a stat: a link to nothing, an empty file, one over
+    `max_bytes`; None otherwise."""
     if not path.is_file():
         return "a link to nothing" if path.is_symlink() else "not a file"
-    return "empty file" if path.stat().st_size == 0 else None
+    size = path.stat().st_size
+    if size == 0:
+        return "empty file"
+    if max_bytes is not None and size > max_bytes:
+        return f"too large: {size} bytes, over source.max_image_bytes {max_bytes}"
+    return None
 
 
 def fitting_sizes(width: int, height: int) -> dict[str, tuple[int, int]]:

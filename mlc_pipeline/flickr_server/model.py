@@ -55,6 +55,9 @@ class WorldSpec:
     query_map: dict[str, str] = field(default_factory=dict)  # folder mode: query text -> subfolder
     result_cap: int = 4000  # Flickr returns at most this many results per query
     api_key: str | None = None  # if set, only this key is accepted; otherwise any non-empty key
+    # folder mode: a larger file is not served but listed as unreadable, with its size (collect sets
+    # source.max_image_bytes: the downloader would refuse it anyway); None: any size is served
+    max_file_bytes: int | None = None
 
 
 @dataclass

@@ -14,6 +14,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .bodies import BodySender
 from .faults import FaultPlan, FaultSpec
 from .model import SUFFIX_TO_SIZE, WorldSpec
 from .rest import RestApi, encode_response, fail
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 REST_PATHS = ("/services/rest/", "/services/rest")
 IMAGE_PATH = re.compile(r"^/static/(?P<server>\d+)/(?P<id>\d+)_(?P<secret>[0-9a-f]+)(?P<suffix>_[a-z])?\.jpg$")
 OAUTH_PARAM = re.compile(r'(\w+)="([^"]*)"')
-OVERSIZE_BYTES = 25 * 1024 * 1024
 HTML_ERROR_PAGE = (b"<!DOCTYPE html>\n<html><head><title>Flickr: Something went wrong</title></head>\n"
                    b"<body><h1>Oops! Something went wrong.</h1><p>Please try again later.</p></body></html>\n")
 
@@ -60,7 +60,7 @@ def request_key(params: dict[str, str]) -> str:
     return json.dumps(stable, ensure_ascii=False)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BodySender, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so clients' connection pools are exercised
     server_version = "FakeFlickr/1.0"
     timeout = 60  # an idle keep-alive connection gives its thread back after this long
@@ -172,64 +172,19 @@ class _Handler(BaseHTTPRequestHandler):
             lie = app.faults.html_lies_about_type(photo.id)
             self._send(200, "image/jpeg" if lie else "text/html; charset=utf-8", HTML_ERROR_PAGE)
             return
-        data = app.world.image_bytes(photo.id, size)
+        body = app.world.image_body(photo.id, size)
         if fault == "truncated":
-            self._send(200, "image/jpeg", data[: int(len(data) * 0.6)])
+            self._send_body("image/jpeg", body, int(body.size * 0.6))
         elif fault == "oversize":
-            self._stream_oversize(data)
+            self._stream_oversize(body)
         elif fault == "trickle":
-            self._trickle(data)
+            self._trickle(body.image_type, body)
         elif fault == "octet":
-            self._send(200, "application/octet-stream", data)
+            self._send_body("application/octet-stream", body)
         elif app.faults.image_dropped(path):
-            self._drop_mid_body(data)
+            self._drop_mid_body(body)
         else:
-            self._send(200, _content_type(data), data)
-
-    def _drop_mid_body(self, data: bytes) -> None:
-        """The whole length announced, 60% sent, the connection closed: what a reset looks like."""
-        self.close_connection = True
-        self.send_response(200)
-        self.send_header("Content-Type", _content_type(data))
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data[: int(len(data) * 0.6)])
-        self.wfile.flush()
-
-    def _stream_oversize(self, data: bytes) -> None:
-        """25 MB with no Content-Length: the body ends when the connection closes."""
-        self.close_connection = True
-        self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        chunk = b"\0" * 65536
-        try:
-            self.wfile.write(data)
-            sent = len(data)
-            while sent < OVERSIZE_BYTES:
-                piece = chunk[: OVERSIZE_BYTES - sent]
-                self.wfile.write(piece)
-                sent += len(piece)
-        except (BrokenPipeError, ConnectionResetError) as error:
-            log.debug("client stopped reading an oversize body (expected for a careful client): %s", error)
-
-    def _trickle(self, data: bytes) -> None:
-        """The right length announced, then one byte every trickle_ms: each read gets a byte long
-        before any read timeout, so only a total deadline ends the download."""
-        self.close_connection = True
-        self.send_response(200)
-        self.send_header("Content-Type", _content_type(data))
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        pause = self.app.faults.spec.trickle_ms / 1000
-        try:
-            for i in range(len(data)):
-                self.wfile.write(data[i:i + 1])
-                self.wfile.flush()
-                time.sleep(pause)
-        except (BrokenPipeError, ConnectionResetError) as error:
-            log.debug("client gave up on a trickled body (expected for a client with a deadline): %s", error)
+            self._send_body(body.image_type, body)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -244,14 +199,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's signature
         log.debug("%s - %s", self.address_string(), format % args)
-
-
-def _content_type(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return "image/png"
-    if data[:3] == b"GIF":
-        return "image/gif"
-    return "image/jpeg"
 
 
 class _HTTPServer(ThreadingHTTPServer):

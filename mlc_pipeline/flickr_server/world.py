@@ -8,6 +8,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Mapping
 
+from .bodies import Body
 from .catalog import YEAR_2026, assign_ids, default_photos
 from .faults import FaultSpec, unit_hash
 from .folder import FolderModeError, folder_photos
@@ -66,9 +67,21 @@ class World:
         page, _pages = page_of(matches, query, self.spec.result_cap)
         return len(matches), page
 
+    def image_body(self, photo_id: str, size_key: str) -> Body:
+        """What the server sends for a photo at one of its sizes: a folder-mode file (or an exact
+        twin of one) is read from disk as it is sent, never held whole in memory, whatever its size;
+        any other picture is `image_bytes`. KeyError as `image_bytes`."""
+        photo = self.by_id[photo_id]
+        original = self.by_id[photo.dup_of] if photo.dup_kind == "exact" else photo
+        if original.source_path is not None and original.dup_kind is None \
+                and normalize_size_key(size_key) in photo.sizes:
+            return Body(path=original.source_path)
+        return Body(self.image_bytes(photo_id, size_key))
+
     def image_bytes(self, photo_id: str, size_key: str) -> bytes:
-        """The JPEG (or, in folder mode, the original file) of a photo at one of its sizes.
-        Same bytes on every call. KeyError for an unknown photo or a size the photo lacks."""
+        """The JPEG (or, in folder mode, the original file, read whole: the server sends `image_body`)
+        of a photo at one of its sizes. Same bytes on every call. KeyError for an unknown photo or a
+        size the photo lacks."""
         photo = self.by_id[photo_id]
         size = normalize_size_key(size_key)
         if size not in photo.sizes:
@@ -107,7 +120,7 @@ def build_world(spec: WorldSpec, faults: FaultSpec | None = None) -> World:
     elif spec.kind == "folder":
         if not spec.folder:
             raise FolderModeError("folder mode needs a folder (source.local.folder, or serve-flickr --folder)")
-        photos = folder_photos(spec.folder, spec.query_map, spec.seed, unreadable)
+        photos = folder_photos(spec.folder, spec.query_map, spec.seed, unreadable, spec.max_file_bytes)
     else:
         raise ValueError(f"unknown world kind {spec.kind!r} (expected 'default' or 'folder')")
     if faults is not None and (faults.dup_exact > 0 or faults.dup_near > 0):

@@ -44,9 +44,10 @@ def catalog_summary(catalog: Catalog) -> dict:
 
 
 def unreadable_in_folder(catalog: Catalog) -> dict:
-    """Folder mode: the files of the folder that are no readable image, as the latest completed collect
-    found them (`CollectSummary.unreadable`: {"count", "files"}; {} for none). The bundled server does
-    not serve them, so no catalog row names them: the collect's record is where they last."""
+    """Folder mode: the files of the folder that are no readable image or too large, as the latest
+    completed collect found them (`CollectSummary.unreadable`: {"count", "files"}; {} for none). The
+    bundled server does not serve them, so no catalog row names them: the collect's record is where
+    they last."""
     for run in catalog.runs(100):
         if run["command"] == "collect" and run["status"] == "completed":
             found = json.loads(run["summary"] or "{}").get("unreadable")
@@ -58,7 +59,8 @@ def unreadable_lines(found: dict) -> list[str]:
     if not found:
         return []
     more = found["count"] - len(found["files"])
-    return ([f"Not collected: {found['count']} file(s) in the folder are no readable image (latest collect)"]
+    return ([f"Not collected: {found['count']} file(s) in the folder are no readable image or too large "
+             "(latest collect)"]
             + [f"  {f}" for f in found["files"]] + ([f"  ... and {more} more (collect's log names each)"] if more > 0 else []))
 
 

@@ -5,6 +5,7 @@ that fits none of the photos fails loudly (issue 17). Real photos, real HTTP, re
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from helpers import ENV, MLC
+from helpers import ENV, MEASURED, MLC
 from storage_world import make_world, write_config
 
 from mlc_pipeline.collect.stage import collect
@@ -115,3 +116,25 @@ def test_unmapped_queries_are_warned_about(published, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "folder mode: 1 query has no subfolder in source.local.query_map and will find nothing: 'wasps'" \
         in res.stderr
+
+
+def test_a_file_over_max_image_bytes_is_named_and_never_read_whole(tmp_path):
+    """The security26 audit: the bundled server read each file whole to serve it, so a 2 GB `.jpg`
+    (a real JPEG's header, then sparse zeros) made folder-mode collect peak at 2.1 GB of memory before
+    the download failed `too-large`. Such a file is now named when the folder is scanned, with why,
+    as a file that is no image is, and never read."""
+    world = make_world(tmp_path / "world", per_class=3)
+    huge = world / "bees" / "huge.jpg"
+    shutil.copy(sorted((world / "bees").glob("*.jpg"))[0], huge)
+    os.truncate(huge, 2 * 1024**3)                   # sparse: no disk used, 2 GiB to read
+    cfg_path = write_config(tmp_path / "cfg.yaml", tmp_path / "data", world)
+    res = subprocess.run(MEASURED + ["collect", "-c", str(cfg_path), "--no-progress"], env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    peak_mb = int(res.stderr.split("PEAK_KB")[-1]) / 1024
+    assert peak_mb < 400, f"collect peaked at {peak_mb:.0f} MB serving a 2 GiB file"
+    why = "too large: 2147483648 bytes, over source.max_image_bytes 20000000"
+    assert f"skipping {huge}, {why}" in res.stderr
+    assert json.loads(res.stdout)["unreadable"] == {"count": 1, "files": [f"bees/huge.jpg ({why})"]}
+    shown = mlc("inspect", "-c", str(cfg_path))
+    assert shown.returncode == 0 and f"  bees/huge.jpg ({why})" in shown.stdout, shown.stdout[-2000:]

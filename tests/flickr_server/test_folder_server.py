@@ -4,14 +4,18 @@ original file name (source_file), over real HTTP with the fixture photos."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
 
-from helpers import FIXTURES
+from helpers import ENV, FIXTURES, MLC
 
-from mlc_pipeline.flickr_server import FlickrServer, WorldSpec, build_world
+from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec, build_world
 from mlc_pipeline.flickr_server.folder import FolderModeError
 
 ANTS = FIXTURES / "hymenoptera" / "ants"
@@ -88,3 +92,82 @@ def test_files_that_are_no_image_are_listed_with_why(tmp_path, caplog):
     assert world.unreadable == {"ants/empty.jpg": "empty file", "ants/page.jpg": "not an image",
                                 "ants/gone.jpg": "a link to nothing"}
     assert "page.jpg, not an image" in caplog.text and caplog.text.count("empty.jpg, empty file") == 1
+
+
+def search_urls(rest_url: str, text: str) -> dict[str, str]:
+    """source_file -> url_t of each photo a search finds."""
+    reply = requests.get(rest_url, timeout=10, params={
+        "method": "flickr.photos.search", "api_key": "k", "format": "json", "nojsoncallback": 1,
+        "text": text, "per_page": 500, "extras": "url_t,source_file"}).json()["photos"]["photo"]
+    return {p["source_file"]: p["url_t"] for p in reply}
+
+
+def padded_photo(path: Path) -> Path:
+    """A real photo with 300 KB of noise after its end: still an image, and several chunks long."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes((ANTS / jpgs(ANTS)[0]).read_bytes() + os.urandom(300_000))
+    return path
+
+
+def test_a_big_file_is_sent_in_chunks_never_read_whole(tmp_path):
+    """The security26 audit: the server read a file whole to serve it (2 GB of memory for a 2 GB
+    file, and a copy per download at once). `mlc serve-flickr`, which sets no size limit, now sends
+    a 512 MiB file to three clients at once without holding it."""
+    root = tmp_path / "photos"
+    big = root / "ants" / "big.jpg"
+    padded = padded_photo(root / "ants" / "padded.jpg")
+    shutil.copy(ANTS / jpgs(ANTS)[0], big)
+    os.truncate(big, 512 * 1024**2)                         # a JPEG's header, then sparse zeros
+    server = subprocess.Popen([*MLC, "serve-flickr", "--port", "0", "--folder", str(root), "--map", "ants=ants"],
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [server.stdout.readline() for _ in range(2)]
+        rest_url = lines[1].split(":", 1)[1].strip()
+        urls = search_urls(rest_url, "ants")
+
+        def first_megabyte(url: str) -> tuple[str, bytes]:
+            with requests.get(url, timeout=60, stream=True) as reply:
+                return reply.headers["Content-Length"], next(reply.iter_content(1 << 20))
+
+        with ThreadPoolExecutor(3) as pool:
+            starts = list(pool.map(first_megabyte, [urls["ants/big.jpg"]] * 3))
+        with open(big, "rb") as f:
+            head = f.read(len(starts[0][1]))
+        assert starts == [(str(512 * 1024**2), head)] * 3
+        assert requests.get(urls["ants/padded.jpg"], timeout=10).content == padded.read_bytes()
+        status = Path(f"/proc/{server.pid}/status").read_text()
+        peak_mb = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+        assert peak_mb < 300, f"the server peaked at {peak_mb:.0f} MB sending a 512 MiB file thrice"
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
+
+
+@pytest.mark.parametrize("fault", ["truncated", "dropped", "oversize", "trickle", "octet"])
+def test_image_faults_apply_to_a_file_sent_in_chunks(tmp_path, fault):
+    """Each image fault on a folder-mode file, which is read from disk as it is sent (several chunks)."""
+    padded = padded_photo(tmp_path / "photos" / "ants" / "padded.jpg")
+    original = padded.read_bytes()
+    spec = WorldSpec(kind="folder", folder=str(tmp_path / "photos"), query_map={"ants": "ants"})
+    with FlickrServer(spec, FaultSpec(**{fault: 1.0}, trickle_ms=50)) as srv:
+        url = search_urls(srv.rest_url, "ants")["ants/padded.jpg"]
+        if fault == "trickle":
+            started = time.monotonic()
+            with requests.get(url, timeout=10, stream=True) as reply:
+                assert reply.headers["Content-Length"] == str(len(original))
+                assert reply.raw.read(3) == original[:3] and time.monotonic() - started >= 0.1
+        elif fault == "dropped":
+            with pytest.raises(requests.exceptions.ChunkedEncodingError):
+                requests.get(url, timeout=10).content
+            assert requests.get(url, timeout=10).content == original       # then it is served
+        else:
+            reply = requests.get(url, timeout=10)
+            body, ctype = reply.content, reply.headers["Content-Type"]
+            if fault == "truncated":
+                assert (body, ctype) == (original[: int(len(original) * 0.6)], "image/jpeg")
+            elif fault == "oversize":
+                assert "Content-Length" not in reply.headers and len(body) == 25 * 1024 * 1024
+                assert body.startswith(original) and not body[len(original):].strip(b"\0")
+            else:
+                assert (body, ctype) == (original, "application/octet-stream")
+        assert srv.stats()["faults_injected"][fault] >= 1

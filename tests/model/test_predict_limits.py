@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import struct
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import MEASURED, MLC
 from shapes import trained_bundle  # noqa: E402  (one tiny training shared with test_predict)
 
 from mlc_pipeline.model.predict import predict_paths, score_with_errors  # noqa: E402
 
 from mlc_pipeline.model.bundle import load_bundle
 from mlc_pipeline.manifest import read_manifest_frame  # noqa: E402
-
-MLC = [sys.executable, "-m", "mlc_pipeline.cli"]
-# `mlc` that prints its own peak memory (ru_maxrss, KB) as the last line of stderr.
-# VmHWM, not ru_maxrss: ru_maxrss survives fork + exec, so late in the suite it reported the pytest
-# parent's ~2 GB instead of this process's peak (measured: a 2.4 GB parent, a child reading 2397 MB).
-MEASURED = [sys.executable, "-c", "import sys\nfrom mlc_pipeline.cli import main\nrc = main(sys.argv[1:])\n"
-            "hwm = next(line for line in open('/proc/self/status') if line.startswith('VmHWM:'))\n"
-            "print('PEAK_KB', hwm.split()[1], file=sys.stderr)\nsys.exit(rc)"]
-
 
 def png_bomb(path: Path, side: int = 13000) -> Path:
     """A side x side greyscale PNG of ~170 KB (zeros compress 1000:1), written row by row so making
