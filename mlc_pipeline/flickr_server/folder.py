@@ -30,11 +30,11 @@ def folder_photos(folder: str | Path, query_map: dict[str, str], seed: int,
     ('IMG_1234') so that free-text search finds exactly the mapped files. Symbolic links to folders
     and files are followed (a folder tree assembled from links is a common way to pick images);
     each photo records its path relative to `folder` as `source_file`. A file with an image name
-    that is no readable image (empty, an HTML page named .jpg, a link to nothing), or is larger than
-    `max_bytes` (the downloader would refuse it: never read), is not served: it is logged, and added
-    to `unreadable` (path relative to `folder` -> why), which collect's summary counts and `mlc
-    inspect` shows. Not served rather than failed at download: the day the user replaces it with an
-    image, the next collect finds it as a new photo.
+    that is no readable image (empty, an HTML page named .jpg, a link to nothing or to a device), or
+    is larger than `max_bytes` (the downloader would refuse it: never read), is not served: it is
+    logged, and added to `unreadable` (path relative to `folder` -> why), which collect's summary
+    counts and `mlc inspect` shows. Not served rather than failed at download: the day the user
+    replaces it with an image, the next collect finds it as a new photo.
     """
     unreadable = {} if unreadable is None else unreadable
     root = Path(folder)
@@ -135,10 +135,12 @@ def _photo_for_file(path: Path, relative: str, kind: str, words: list[str], seed
 
 
 def unreadable_why(path: Path, max_bytes: int | None = None) -> str | None:
-    """Why a file listed is not served, from a stat: a link to nothing, an empty file, one over
-    `max_bytes`; None otherwise."""
+    """Why a file listed is not served, from a stat: a link to nothing or to something that is no
+    file (a device such as /dev/zero, a FIFO), an empty file, one over `max_bytes`; None otherwise."""
     if not path.is_file():
-        return "a link to nothing" if path.is_symlink() else "not a file"
+        if not path.is_symlink():
+            return "not a file"
+        return "a link to something that is not a regular file" if path.exists() else "a link to nothing"
     size = path.stat().st_size
     if size == 0:
         return "empty file"

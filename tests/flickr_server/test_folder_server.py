@@ -86,11 +86,16 @@ def test_files_that_are_no_image_are_listed_with_why(tmp_path, caplog):
     (root / "ants" / "empty.jpg").write_bytes(b"")
     (root / "ants" / "page.jpg").write_text("<html>404</html>")
     os.symlink(tmp_path / "deleted.jpg", root / "ants" / "gone.jpg")
+    os.symlink("/dev/zero", root / "ants" / "zero.jpg")     # the security26 audit: called "a link to nothing"
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink(tmp_path / "fifo", root / "ants" / "fifo.jpg")
     (root / "ants" / "notes.txt").write_text("not an image name: not listed")
     world = build_world(WorldSpec(kind="folder", folder=str(root), query_map={"ants": "ants", "also": "ants"}))
     assert [p.source_file for p in world.photos] == ["ants/real.jpg"]
     assert world.unreadable == {"ants/empty.jpg": "empty file", "ants/page.jpg": "not an image",
-                                "ants/gone.jpg": "a link to nothing"}
+                                "ants/gone.jpg": "a link to nothing",
+                                "ants/zero.jpg": "a link to something that is not a regular file",
+                                "ants/fifo.jpg": "a link to something that is not a regular file"}
     assert "page.jpg, not an image" in caplog.text and caplog.text.count("empty.jpg, empty file") == 1
 
 
