@@ -11,7 +11,8 @@ from dataclasses import dataclass, fields
 # malformed: a reply that says "ok" but lacks its payload (no "photos", no "licenses").
 # api429: the request opens a rate-limit window of retry_after_s seconds in which every API call is
 # answered HTTP 429 with Retry-After (the seconds left); api429_bare: the same window, no Retry-After.
-API_FAULTS = ("http500", "code105", "slow", "malformed", "api429", "api429_bare")
+# api_trickle: the real reply, its whole length announced, sent one byte every trickle_ms.
+API_FAULTS = ("http500", "code105", "slow", "malformed", "api429", "api429_bare", "api_trickle")
 RATE_LIMIT_FAULTS = ("api429", "api429_bare")
 # Persistent image faults: a photo that has one keeps it on every attempt.
 # octet: a whole, valid image served as application/octet-stream (mirrors and object stores do).
@@ -39,6 +40,7 @@ class FaultSpec:
     malformed: float = 0.0
     api429: float = 0.0  # a rate-limit window: every API call answers 429 + Retry-After for retry_after_s
     api429_bare: float = 0.0  # the same window without a Retry-After header
+    api_trickle: float = 0.0  # the reply arrives one byte every trickle_ms (an API no read timeout cuts)
     img429: float = 0.0
     dropped: float = 0.0  # the connection drops mid-body (a short read against Content-Length), then it works
     truncated: float = 0.0  # the file itself is cut: every attempt gets the same 60%, announced as complete
@@ -57,7 +59,7 @@ class FaultSpec:
     seed: int = 0
     slow_ms: int = 1500
     retry_after_s: int = 1
-    trickle_ms: int = 5000
+    trickle_ms: int = 5000  # trickle and api_trickle
     image_latency_ms: int = 0  # added to every image response (benchmarks)
     fault_repeats: int = 1  # consecutive failing attempts of one request before it succeeds
 

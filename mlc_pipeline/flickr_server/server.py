@@ -14,7 +14,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .bodies import BodySender
+from .bodies import Body, BodySender
 from .faults import FaultPlan, FaultSpec
 from .model import SUFFIX_TO_SIZE, WorldSpec
 from .rest import RestApi, encode_response, fail
@@ -130,7 +130,11 @@ class _Handler(BodySender, BaseHTTPRequestHandler):
                                                                          app.faults.spec.pages_low)
             response = app.faults.damage_entries(app.faults.damage_pages(params, request_key(params), app.api.call)
                                                  if paged else app.api.call(params))
-        self._send(200, *encode_response(response, params))
+        content_type, data = encode_response(response, params)
+        if fault == "api_trickle":
+            self._trickle(content_type, Body(data))
+        else:
+            self._send(200, content_type, data)
 
     # ------------------------------------------------------------------ images
 

@@ -290,6 +290,22 @@ def test_api429_opens_a_rate_limit_window_with_retry_after():
             assert srv.stats()["faults_injected"] == {fault: 2}
 
 
+def test_api_trickle_sends_the_reply_a_byte_at_a_time_then_lets_the_same_request_through():
+    """`api_trickle`: the real reply, its whole length announced, one byte every trickle_ms (each read
+    gets a byte long before a read timeout); the same request's next attempt is answered at once."""
+    params = {"api_key": "test-key", "format": "json", "nojsoncallback": 1, "method": "flickr.photos.search",
+              "text": "kite"}
+    with FlickrServer(SMALL, FaultSpec(api_trickle=1.0, trickle_ms=100)) as srv:
+        started = time.monotonic()
+        with requests.get(srv.rest_url, params=params, timeout=5, stream=True) as slow:
+            length = int(slow.headers["Content-Length"])
+            assert slow.raw.read(3) == b'{"p' and time.monotonic() - started >= 0.2
+        started = time.monotonic()
+        fast = requests.get(srv.rest_url, params=params, timeout=5)
+        assert fast.json()["stat"] == "ok" and len(fast.content) == length and time.monotonic() - started < 1
+        assert srv.stats()["faults_injected"] == {"api_trickle": 1}
+
+
 def test_license_ignored_answers_a_search_as_if_it_had_no_licence_filter():
     with FlickrServer(SMALL, FaultSpec(license_ignored=1.0)) as srv:
         got = rest_get(srv, method="flickr.photos.search", text="kite", license="4", extras="license",
