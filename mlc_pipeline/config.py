@@ -96,6 +96,7 @@ class SourceSettings(Strict):
     result_cap: int = Field(4000, ge=1)   # Flickr's per-query limit; deeper needs date windows
     timeout_s: float = Field(20.0, gt=0)             # per read: a silent connection is cut after this
     download_deadline_s: float = Field(120.0, gt=0)  # per image, all attempts: a trickling host is cut
+    api_deadline_s: float = Field(60.0, gt=0)        # per API call, each try: a trickling API is cut
     max_image_bytes: int = Field(20_000_000, ge=1024)
     max_retry_after_s: float = Field(120.0, ge=0)
     retry: RetrySettings = RetrySettings()

@@ -1,7 +1,8 @@
 """The connection a download uses, reachable from another thread from before its request is sent, so
 the download can be cut (its socket shut) while it waits for the headers as well as while it reads the
 body: requests hands over the response only once the headers arrived, and a host that is slow to
-answer then held a stopping run until it did.
+answer then held a stopping run until it did. `Deadline` cuts an API call so (flickr.py): its client
+reads the whole reply in one call, which a per-read timeout never ends while bytes trickle in.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Live:
 
 
 _current = threading.local()           # .live: the Live of the request this thread is making
+TICK_S = 0.1
 
 
 def watch(live: Live | None) -> None:
@@ -59,7 +61,52 @@ class WatchedHTTPSPool(WatchedHTTPPool, HTTPSConnectionPool):
     pass
 
 
+WATCHED_POOLS = {"http": WatchedHTTPPool, "https": WatchedHTTPSPool}
+
+
 class WatchedAdapter(HTTPAdapter):
+    """Connections handed to the thread's Live, direct or through an HTTP(S) proxy (HTTP_PROXY,
+    HTTPS_PROXY). A SOCKS proxy keeps urllib3's own pools, whose connections are not handed over."""
+
     def init_poolmanager(self, *args, **kwargs) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": WatchedHTTPPool, "https": WatchedHTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = WATCHED_POOLS
+        return manager
+
+
+class Deadline:
+    """`with Deadline(seconds) as d:` a watchdog shuts the connection of the requests this thread makes
+    in the block once `seconds` have passed (a blocked read of the headers or of the body returns at
+    once; one still connecting is cut as soon as it has a socket). After the block, `d.passed` says
+    whether it did: the error the cut caused is the deadline's."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.live, self.passed = seconds, Live(), False
+        self._done, self._lock = threading.Event(), threading.Lock()
+
+    def __enter__(self) -> "Deadline":
+        watch(self.live)
+        threading.Thread(target=self._watch, name="api-deadline", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        with self._lock:               # a cut under way finishes first: `passed` is final after this
+            self._done.set()
+        watch(None)
+
+    def _watch(self) -> None:
+        if self._done.wait(self.seconds):
+            return
+        while True:
+            with self._lock:
+                if self._done.is_set():
+                    return
+                if self.live.cut():
+                    self.passed = True
+                    return
+            self._done.wait(TICK_S)     # no socket yet: connecting (bounded by the connect timeout)

@@ -24,6 +24,7 @@ from flickrapi.exceptions import FlickrError
 from mlc_pipeline.catalog import Found
 from mlc_pipeline.catalog.labels import licence_allowed
 from mlc_pipeline.config import SourceSettings
+from mlc_pipeline.collect.connections import Deadline, WatchedAdapter
 from mlc_pipeline.collect.retry import RateLimiter, Transient, retry_after_seconds, with_retries
 from mlc_pipeline.secrets import Credentials, redact
 
@@ -157,6 +158,8 @@ class FlickrSource:
         self.replies = threading.local()
         session = requests.Session()
         session.hooks["response"].append(self._keep_reply)
+        for scheme in ("http://", "https://"):      # each try has a deadline (`call`), a watchdog cuts
+            session.mount(scheme, WatchedAdapter())
         self.api.flickr_oauth.session = session
         self.limiter = RateLimiter(settings.max_calls_per_hour)
         self.license_names: dict[int, str] = {}
@@ -196,7 +199,10 @@ class FlickrSource:
     def call(self, method: str, expect: str | None = None, **params) -> dict:
         """`method` with retries. `expect`: the part of the reply the caller reads ("photos"); a reply
         without it (a "stat: ok" with no payload) is a transient fault, retried like a 5xx; an HTTP
-        429 waits what the server asks (`rate_limited`). Every try is one call of the budget."""
+        429 waits what the server asks (`rate_limited`). Every try is one call of the budget, and has
+        `source.api_deadline_s` for its whole reply: a reply trickled a byte at a time (which the
+        per-read `timeout_s` never cuts) is cut then, a timeout like any other (the security26 audit:
+        such an API hung collect for ever)."""
         tries = 0
 
         def once() -> dict:
@@ -204,9 +210,14 @@ class FlickrSource:
             tries += 1
             self.limiter.acquire()
             self.replies.last = None
+            deadline = Deadline(self.settings.api_deadline_s)
             try:
-                reply = getattr(self.api, method)(**params)
+                with deadline:
+                    reply = getattr(self.api, method)(**params)
             except (FlickrError, requests.RequestException, ValueError) as exc:
+                if deadline.passed:
+                    raise Transient(f"no complete reply from the API at {api_address(self.api.REST_URL)} within "
+                                    f"source.api_deadline_s ({deadline.seconds:g} s)") from None
                 raise self.rate_limited(classify(exc, self.api.REST_URL), tries) from None
             if expect is not None and not (isinstance(reply, dict) and isinstance(reply.get(expect), dict)):
                 raise Transient(f"a malformed reply: no {expect!r} in it ({outline(reply)})")

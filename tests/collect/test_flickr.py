@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
 import time
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
+
+from helpers import ENV, MLC, write_config
 
 from mlc_pipeline.collect.flickr import FlickrSource, SourceError, Transient, classify
 from mlc_pipeline.config import RetrySettings, SourceSettings
@@ -113,3 +116,53 @@ def test_a_retry_after_past_the_cap_waits_the_cap_and_the_message_says_what_was_
         assert 1.0 <= time.monotonic() - started < 5
     assert re.fullmatch(r"flickr.photos.search still failing after 3 attempts: HTTP 429 from the API \(it asked "
                         r"to wait 2\d s; source.max_retry_after_s caps a wait at 0.5 s\)", str(err.value)), str(err.value)
+
+
+def trickled_call(rest_url: str, srv) -> float:
+    """Seconds a licences call takes when its first try's reply trickles (api_trickle, 10 ms a byte:
+    ~20 s whole) and source.api_deadline_s is 0.5 s; the second try is answered at once."""
+    source = FlickrSource(SourceSettings(kind="flickr", rest_url=rest_url, api_deadline_s=0.5, timeout_s=5,
+                                         retry=RetrySettings(attempts=3, base_delay_s=0.01, max_delay_s=0.02)),
+                          Credentials("k" * 32, "s" * 16), "flickr")
+    started = time.monotonic()
+    assert source.call("photos.licenses.getInfo", expect="licenses")["licenses"]["license"]
+    assert srv.stats()["faults_injected"] == {"api_trickle": 1} and source.api_calls == 2
+    return time.monotonic() - started
+
+
+def test_an_api_that_trickles_its_reply_is_cut_at_the_deadline_and_tried_again(caplog):
+    """The security26 audit: API calls had a per-read timeout only, and a reply trickled a byte every
+    2 s hung collect for ever. Each try now has source.api_deadline_s; the cut try is retried."""
+    from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
+    caplog.set_level(logging.WARNING)
+    with FlickrServer(WorldSpec(seed=2, scale=0.05), FaultSpec(api_trickle=1.0, trickle_ms=10)) as srv:
+        assert 0.5 <= trickled_call(srv.rest_url, srv) < 3
+    assert (f"flickr.photos.licenses.getInfo: no complete reply from the API at 127.0.0.1:{srv.port} within "
+            "source.api_deadline_s (0.5 s); retry 1/2 in") in caplog.text
+
+
+def test_the_api_deadline_holds_through_a_proxy(monkeypatch):
+    """Through HTTP_PROXY the connection comes from the proxy's pool, which the watchdog must see too.
+    The bundled server stands in for the proxy: it answers the absolute URL a proxy is sent."""
+    from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
+    with FlickrServer(WorldSpec(seed=2, scale=0.05), FaultSpec(api_trickle=1.0, trickle_ms=10)) as srv:
+        monkeypatch.setenv("HTTP_PROXY", f"http://{srv.static_host}")
+        for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        assert 0.5 <= trickled_call("http://api.flickr.invalid/services/rest/", srv) < 3
+
+
+def test_collect_against_an_api_that_always_trickles_fails_in_one_line_within_its_deadlines(tmp_path):
+    """Every try of every call trickled (a hostile or broken mirror): `mlc collect` ends after its
+    retries, each cut at source.api_deadline_s, with the one line docs/collection.md "Faults" gives."""
+    cfg = write_config(tmp_path, faults="api_trickle=1,fault_repeats=99,trickle_ms=200", api_deadline_s=1)
+    started = time.monotonic()
+    res = subprocess.run([*MLC, "collect", "-c", str(cfg), "--no-progress"], env=ENV, capture_output=True,
+                         text=True, timeout=120)
+    took = time.monotonic() - started
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert re.fullmatch(r"mlc: RetriesExhausted: flickr.photos.licenses.getInfo still failing after 3 attempts: "
+                        r"no complete reply from the API at 127.0.0.1:\d+ within source.api_deadline_s \(1 s\)",
+                        last), last
+    assert took < 30, f"collect took {took:.0f} s for 3 tries of 1 s"
