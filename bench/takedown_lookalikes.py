@@ -1,5 +1,5 @@
 """How close the perceptual hashes of a photo taken down and a later copy of it are, against those
-of different pictures: the measurement behind `curate.takedown.LOOKALIKE_BITS`.
+of different pictures: the measurement behind `curate.lookalikes.LOOKALIKE_BITS`.
 
 A removed photo's file is gone, so a copy collected later is judged by hashes alone (every view's
 phash against every view's, as `hold_lookalikes_of_removed` and curate's candidate search do, and
@@ -33,7 +33,7 @@ from mlc_pipeline.catalog import Catalog  # noqa: E402
 from mlc_pipeline.curate.hashing import (corner_greys, hamming_uint64, hex_to_uint64, takedown_greys,  # noqa: E402
                                          view_greys, view_phashes)
 from mlc_pipeline.curate.phash import phash_many  # noqa: E402
-from mlc_pipeline.curate.takedown import CORNER_WINDOWS, hash_matrix  # noqa: E402
+from mlc_pipeline.curate.lookalikes import CORNER_WINDOWS, hash_matrix  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 BITS = (2, 4, 6, 8, 10, 12)

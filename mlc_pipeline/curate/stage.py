@@ -30,7 +30,8 @@ from mlc_pipeline.curate.decide import resolve
 from mlc_pipeline.curate.hashing import FileRecord, inspect_files
 from mlc_pipeline.executor import cluster_ready, map_chunks
 from mlc_pipeline.curate.similarity import METHOD, FileSimilarity
-from mlc_pipeline.curate.takedown import QuarantineIndex, hold_lookalikes_of_removed, keep_out_copies_of_removed
+from mlc_pipeline.curate.lookalikes import hold_lookalikes_of_removed
+from mlc_pipeline.curate.takedown import QuarantineIndex, keep_out_copies_of_removed
 from mlc_pipeline.curate.unpublished import awaiting_publish
 from mlc_pipeline.curate.verify import LIMIT_REASONS, VerifyLimits, limits_key, recorded_reason
 

@@ -2,8 +2,8 @@
 
 The named photos become `removed` in the catalog (final: collect, curate and mine never bring them
 back), the decision and its reason are kept in the `removals` table, and their files leave raw/ and
-the quarantine. The next `mlc build` no longer includes them, so its manifest and ATTRIBUTION.md are
-regenerated without them (an owner removed with --owner also keeps any later photo of theirs out).
+the quarantine; near copies are held for review (curate/lookalikes.py). The next `mlc build` no
+longer includes them, so its manifest and ATTRIBUTION.md are regenerated without them (an owner removed with --owner also keeps any later photo of theirs out).
 Published versions are immutable: the command lists those that still contain a removed photo, so
 they can be rebuilt or withdrawn, and the exports of them under the data root that hold it. An
 export made after the takedown leaves the photo out (`taken_down_photos`, read by `mlc export`).
@@ -17,13 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from mlc_pipeline.catalog import Catalog, catalog_exists, overrides
-from mlc_pipeline.catalog.labels import next_build
 from mlc_pipeline.config import Config
-from mlc_pipeline.curate.hashing import corner_phashes, hamming_uint64, hex_to_uint64
-from mlc_pipeline.curate.similarity import VIEW_CROPS
+from mlc_pipeline.curate.hashing import corner_phashes
+from mlc_pipeline.curate.lookalikes import hold_lookalikes_of_removed, takedown_reason
 from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.locking import files_lock
 from mlc_pipeline.manifest import read_export_markers, read_manifest, versions
@@ -172,103 +169,6 @@ def hold_mirrors(catalog: Catalog, result: RemoveResult, client: str) -> None:
     before a takedown stayed published, and later mirrored re-uploads became its duplicates)."""
     ids = {r["id"] for r in result.removed + result.already_removed}
     result.held += hold_lookalikes_of_removed(catalog, catalog.accepted_hashes(), client=client, of=ids)
-
-
-LOOKALIKE_BITS = 8     # hashes this close: the same picture (docs/curation.md, "Near copies collected later")
-CORNER_WINDOWS = 4     # hashing.corner_phashes: the four corner windows, then the mirror image's views
-
-
-def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[int, int] | None = None,
-                               client: str = "curate", of: set[int] | None = None) -> list[dict]:
-    """In a curate's (or a takedown's) transaction: each of `rows` (accepted) whose hashes
-    are within LOOKALIKE_BITS of a photo taken down is held out for review (`overrides.hold`). Its file
-    is gone, so a re-encode, resize or small crop of it collected since cannot be confirmed by
-    pixels; the hashes alone decide, and a hold, not a removal, leaves the last word to a user.
-    A row first accepted before a photo's takedown is compared with its mirror image's views alone:
-    curate compared it by pixels with the photo while it had it (verify20), never flipped. A row a
-    review undid a hold of is not held again (`overrides.hold`). `keeps`: row id -> the held copy
-    this curate dropped in its favour (a copy of a held copy is held too: the verify17 audit saw a
-    larger re-upload become the kept one of a held group, and published). `of`: only these photos
-    taken down (ids). Returns those held."""
-    held, keeps = [], keeps or {}
-    for row in rows:
-        if (copy := keeps.get(row["id"])) is not None and overrides.hold(
-                catalog, row["id"], f"held: kept in place of candidate {copy}, held as a near copy of a photo taken "
-                "down; undo this if it is another picture", client) is not None:
-            held.append(row)
-            log.warning("candidate %s (%s:%s) held: a near copy of candidate %s, held for a takedown", row["id"],
-                        row["source"], row["photo_id"], copy)
-    removed, held_ids = catalog.removed_hashes(), {r["id"] for r in held}
-    removed = [r for r in removed if of is None or r["id"] in of]
-    rows = [r for r in rows if r["phash"] and r["id"] not in held_ids]
-    if not removed or not rows:
-        return held
-    views, flipped = lookalike_bits(rows, removed)
-    near = np.flatnonzero((np.minimum(views, flipped) <= LOOKALIKE_BITS).any(axis=1))
-    first = catalog.first_accepted([rows[i]["id"] for i in near])     # only those it may concern
-    for i in near:
-        for j, r in enumerate(removed):
-            before = first.get(rows[i]["id"], np.inf) < (r["removed_at"] or 0)   # compared by pixels, unflipped
-            bits = int(flipped[i, j] if before else min(views[i, j], flipped[i, j]))
-            if bits > LOOKALIKE_BITS:
-                continue
-            why = (f"held: looks like {'a mirror image of ' if before else ''}{r['source']}:{r['photo_id']}, taken "
-                   f"down ({takedown_reason(r)}): perceptual hashes {bits} bits apart ("
-                   + ("curate's pixel check never compares flips" if before else "its file is gone, so no pixel check")
-                   + "); undo this if it is another picture")
-            if overrides.hold(catalog, rows[i]["id"], why, client) is not None:
-                held.append(rows[i])
-                log.warning("candidate %s (%s:%s) %s", rows[i]["id"], rows[i]["source"], rows[i]["photo_id"], why)
-            break
-    return held
-
-
-def lookalike_bits(rows: list[dict], removed: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """rows x photos taken down, the least bits apart: (views) every view against every view, as the
-    candidate search, and the whole image against the photo's corner windows; (flipped) the whole
-    image against the photo's mirror image's views (64 where the photo has none kept)."""
-    mine = hash_matrix(rows)
-    views = np.full((len(rows), len(removed)), 64, dtype=np.int64)
-    flipped = views.copy()
-    for j, (r, their) in enumerate(zip(removed, hash_matrix(removed))):
-        views[:, j] = hamming_uint64(mine[:, :, None], their[None, None, :]).min(axis=(1, 2))
-        if r["corner_hashes"]:
-            kept = hamming_uint64(mine[:, :1], hex_to_uint64(r["corner_hashes"].split(","))[None, :])
-            views[:, j] = np.minimum(views[:, j], kept[:, :CORNER_WINDOWS].min(axis=1))
-            if kept.shape[1] > CORNER_WINDOWS:
-                flipped[:, j] = kept[:, CORNER_WINDOWS:].min(axis=1)
-    return views, flipped
-
-
-def hold_if_looks_taken_down(catalog: Catalog, cid: int, client: str) -> dict | None:
-    """After a review action or undo that leaves an image in the next build with no review decision in
-    force: the comparison with the photos taken down that curate makes, and skips while a review
-    decides (the verify19 audit: a reject made before an image's first curate, undone after it,
-    published a copy of a photo taken down). Held as curate holds (by the mirror image's views alone
-    for a photo taken down after it was first accepted), an undone hold not again; the row."""
-    if not catalog.has_removed_hashes():      # the usual case, read in one row; the hashes under the lock
-        return None
-    with catalog.locked_candidate(cid) as row:
-        include = overrides.override_of(catalog, cid)["include"] if catalog.has_table("review_overrides") else None
-        if row is None or not row["phash"] or include is not None or not next_build(row)[0]:
-            return None
-        held = hold_lookalikes_of_removed(catalog, [row], client=client)
-    return held[0] if held else None
-
-
-def takedown_reason(row: dict) -> str:
-    """The reason a removed candidate was taken down, as `mlc remove` was given it."""
-    return (row["reason"] or "").removeprefix("takedown:")
-
-
-def hash_matrix(rows: list[dict]) -> np.ndarray:
-    """Each row's phash, then its centre-crop views' (hashing.view_phashes), padded with the phash."""
-    width = 1 + len(VIEW_CROPS)
-    hashes = []
-    for r in rows:
-        own = [r["phash"], *filter(None, (r["view_hashes"] or "").split(","))][:width]
-        hashes += own + own[:1] * (width - len(own))
-    return hex_to_uint64(hashes).reshape(len(rows), width)
 
 
 def drop_thumbnails(cfg: Config, catalog: Catalog, digests: set[str | None]) -> list[str]:

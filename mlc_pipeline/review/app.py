@@ -30,7 +30,7 @@ from mlc_pipeline.catalog import review as cr
 from mlc_pipeline.catalog import CatalogBusy, CatalogError, CatalogLost
 from mlc_pipeline.config import Config
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
-from mlc_pipeline.curate.takedown import hold_if_looks_taken_down
+from mlc_pipeline.curate.lookalikes import hold_if_looks_taken_down
 from mlc_pipeline.dataset.build import photo_page
 from mlc_pipeline.review.params import client_of, effective, filters_of, fits_sql, known_id, whole_number
 from mlc_pipeline.review.security import COOKIE, SESSION_MAX_AGE_S, Guard, session_value

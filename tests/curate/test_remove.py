@@ -782,14 +782,14 @@ def test_a_larger_copy_kept_in_place_of_a_held_copy_is_held_too(published, monke
     """The verify17 audit: a re-upload with more pixels, confirmed by pixels as a near copy of
     copies a takedown held, became the kept image of that group and was published (the hold stays
     on an image, not on a picture). Here the hash rule is switched off, so only that link holds it."""
-    import mlc_pipeline.curate.takedown as takedown
+    import mlc_pipeline.curate.lookalikes as lookalikes
     cfg, config, v1, world = published
     victim, held_copy = first_ants_photo_and_crop(cfg)
     held_copy.save(world / "ants" / "zz_recrop.jpg", quality=80)
     collect(cfg, progress=False)
     curate(cfg)
     assert mlc(config, "remove", "--photo-id", victim["photo_id"], "--reason", "owner request").returncode == 0
-    monkeypatch.setattr(takedown, "LOOKALIKE_BITS", -1)
+    monkeypatch.setattr(lookalikes, "LOOKALIKE_BITS", -1)
     held_copy.resize((held_copy.width * 3 // 2, held_copy.height * 3 // 2)).save(world / "ants" / "zz_bigger.jpg",
                                                                                   quality=90)
     collect(cfg, progress=False)
