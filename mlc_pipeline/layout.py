@@ -3,6 +3,7 @@ a data root's layout is readable in one place (docs/reliability.md describes wha
 
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,27 @@ class DataLayout:
         """Every quarantined file with this name, under any reason (and either layout: the bare name
         of data roots quarantined before 2026-12-05, or the path under raw/)."""
         return sorted(self.quarantine().rglob(name)) if self.quarantine().is_dir() else []
+
+    def photo_files(self, source: str, photo_id: str) -> list[Path]:
+        """A photo's files: raw/<source>/<shard>/<photo_id>.* and the same under any quarantine reason
+        (where collect writes it, and where curate sets a file aside, damaged or rejected). No other
+        photo's file is ever there; a file of the bare-name quarantine layout (before 2026-12-05) is not
+        looked for."""
+        name, shard = f"{glob.escape(photo_id)}.*", photo_shard(photo_id)
+        folders = [self.raw(source) / shard]
+        if self.quarantine().is_dir():
+            folders += [reason / source / shard for reason in sorted(self.quarantine().iterdir()) if reason.is_dir()]
+        return [p for folder in folders if folder.is_dir() for p in sorted(folder.glob(name)) if p.is_file()]
+
+    def is_photo_file(self, path: str | os.PathLike, source: str, photo_id: str) -> bool:
+        """Whether `path` is one of the places `photo_files` looks in for this photo."""
+        try:
+            parts = Path(os.path.abspath(path)).relative_to(os.path.abspath(self.root)).parts
+        except ValueError:
+            return False
+        place = (parts[1:3] if parts[:1] == ("raw",) and len(parts) == 4 else
+                 parts[2:4] if parts[:1] == ("quarantine",) and len(parts) == 5 else None)
+        return place == (source, photo_shard(photo_id)) and parts[-1].startswith(f"{photo_id}.")
 
     @property
     def thumbnails(self) -> Path:

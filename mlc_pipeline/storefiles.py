@@ -13,14 +13,11 @@ not at all, and curate judges a file that is in neither the cache nor the store 
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
-from pathlib import Path
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import Config
-from mlc_pipeline.layout import photo_shard
 from mlc_pipeline.objectstore import ObjectStoreError, Store, same
 
 log = logging.getLogger(__name__)
@@ -99,18 +96,6 @@ def delete_unnamed_files(store: Store, cfg: Config) -> int:
     return store.delete(stale)
 
 
-def photo_files(cfg: Config, source: str, photo_id: str) -> list[Path]:
-    """A photo's files in this cache: raw/<source>/<shard>/<photo_id>.* and the same under any
-    quarantine reason (the layout collect/rawfiles.py writes and curate's quarantine keeps)."""
-    shard = photo_shard(photo_id)
-    name = f"{glob.escape(photo_id)}.*"
-    folders = [cfg.layout.raw(source) / shard]
-    quarantine = cfg.layout.quarantine()
-    if quarantine.is_dir():
-        folders += [reason / source / shard for reason in quarantine.iterdir() if reason.is_dir()]
-    return [p for folder in folders if folder.is_dir() for p in folder.glob(name) if p.is_file()]
-
-
 def drop_taken_down(cfg: Config) -> list[str]:
     """Delete this cache's files (and review thumbnails) of the photos the catalog records as taken
     down: a takedown on one machine reaches every cache at its next fetch, and no publish from here
@@ -118,7 +103,7 @@ def drop_taken_down(cfg: Config) -> list[str]:
     deleted: list[str] = []
     with open_catalog(cfg) as catalog:
         for row in catalog.candidates(status="removed"):
-            for path in photo_files(cfg, row["source"], row["photo_id"]):
+            for path in cfg.layout.photo_files(row["source"], row["photo_id"]):
                 path.unlink(missing_ok=True)
                 deleted.append(str(path))
             thumbs = cfg.layout.thumbnails_of(row["sha256"])

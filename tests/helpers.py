@@ -152,3 +152,17 @@ needs_namespaces = pytest.mark.skipif(not namespaces_work(), reason="unprivilege
 
 REPO = Path(__file__).resolve().parents[1]               # the project's root
 FIXTURES = REPO.parent / "shared" / "fixtures"           # real photos, beside the checkout (never copied in)
+
+
+def kill_after_its_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next takedown (curate.takedown.remove_photos) raises KeyboardInterrupt right after its
+    commit, before it deletes the files it recorded (undo with `monkeypatch.undo()`)."""
+    from mlc_pipeline.curate import takedown
+    real, calls = takedown.delete_recorded_files, []
+
+    def killed_after_commit(catalog):
+        calls.append(1)
+        if len(calls) == 2:             # the first call finishes earlier takedowns; the second is this one's
+            raise KeyboardInterrupt
+        return real(catalog)
+    monkeypatch.setattr(takedown, "delete_recorded_files", killed_after_commit)

@@ -40,15 +40,15 @@ class RemovalQueries:
         return [self._row(r) for r in self.db.execute(f"SELECT * FROM candidates WHERE {where} ORDER BY id{lock}",
                                                       params)]
 
-    def removal_files(self) -> list[tuple[str, str | None]]:
-        """(path, sha256 of the photo) of every file the takedowns recorded (`removals.files_deleted`)
-        that lies inside this data root. The records hold absolute paths: a data root renamed, with a
-        new one made at its old path, must never reach into the new one (the verify22 audit)."""
-        found = [(path, r["sha256"]) for r in self.db.execute(
-            "SELECT r.files_deleted, c.sha256 FROM removals r JOIN candidates c ON c.id = r.candidate_id "
-            "WHERE r.files_deleted <> '[]'") for path in json.loads(r["files_deleted"])]
-        return [(self.usable_path(inside), sha) for path, sha in found
-                if not os.path.isabs(inside := self.stored_path(path))]
+    def removal_files(self) -> list[dict]:
+        """Every file the takedowns recorded (`removals.files_deleted`) that lies inside this data root:
+        path, and the photo's sha256, source and photo_id. The records hold absolute paths: a data root
+        renamed, with a new one made at its old path, must never reach into the new one (verify22)."""
+        found = [dict(r, path=path) for r in self.db.execute(
+            "SELECT r.files_deleted, c.sha256, c.source, c.photo_id FROM removals r JOIN candidates c "
+            "ON c.id = r.candidate_id WHERE r.files_deleted <> '[]'") for path in json.loads(r["files_deleted"])]
+        return [dict(r, path=self.usable_path(inside)) for r in found
+                if not os.path.isabs(inside := self.stored_path(r["path"]))]
 
     def dropped_for(self, ids: list[int]) -> list[dict]:
         """Candidates dropped as near duplicates of these (`duplicate_of`), as curate confirmed them."""

@@ -22,6 +22,7 @@ from mlc_pipeline.config import Config
 from mlc_pipeline.curate.hashing import corner_phashes
 from mlc_pipeline.curate.lookalikes import hold_lookalikes_of_removed, takedown_reason
 from mlc_pipeline.fsutil import sha256_file
+from mlc_pipeline.layout import DataLayout
 from mlc_pipeline.locking import files_lock
 from mlc_pipeline.manifest import read_export_markers, read_manifest, versions
 
@@ -91,6 +92,7 @@ def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: 
                 "held": len(result.held),
                 "published_in": {v: len(ids) for v, ids in result.published_in.items()}})
         delete_recorded_files(catalog)      # after the commit: see delete_recorded_files
+        result.files_deleted += delete_left_files(cfg, result.already_removed)
     if held := {(r["source"], r["photo_id"]) for r in result.held}:    # the same pictures, still published
         result.held_in = merged(published_versions_with(cfg, held), versions_holding(held) if versions_holding else {})
     return result
@@ -124,7 +126,7 @@ def _remove(cfg: Config, catalog: Catalog, result: RemoveResult, reason: str, se
             result.already_removed.append(row)
             continue
         keep_corners_of(catalog, row, quarantined)    # a file downloaded since keep_corner_hashes
-        deleted = [where] if (where := file_of(row, quarantined)) else []     # once this is committed
+        deleted = files_of(cfg.layout, row, quarantined)     # once this is committed
         catalog.record_removal(row, selector, reason, result.run_id, deleted)
         result.removed.append(row)
         result.files_deleted.extend(deleted)
@@ -197,7 +199,7 @@ def keep_out_copies_of_removed(cfg: Config, catalog: Catalog, rows: list[dict], 
             of = removed[row["sha256"]]
             reason = f"a copy of {of['source']}:{of['photo_id']}, taken down ({takedown_reason(of)})"
             catalog.record_removal(row, f"copy-of:{of['source']}:{of['photo_id']}", reason, run_id,
-                                   [where] if (where := file_of(row, quarantined)) else [])
+                                   files_of(cfg.layout, row, quarantined))
             log.warning("candidate %s (%s:%s) taken down: %s", row["id"], row["source"], row["photo_id"], reason)
         drop_thumbnails(cfg, catalog, {r["sha256"] for r in copies})
     delete_recorded_files(catalog)
@@ -210,14 +212,20 @@ class QuarantineIndex:
     write transaction, held the review app up."""
 
     def __init__(self, root: Path):
-        self.root, self._by_name = root, None
+        self.root, self._by_name, self._by_stem = root, None, {}
 
     def named(self, name: str) -> list[Path]:
         if self._by_name is None:
-            self._by_name = {}
+            self._by_name, self._by_stem = {}, {}
             for path in sorted(self.root.rglob("*")) if self.root.is_dir() else []:
                 self._by_name.setdefault(path.name, []).append(path)
+                self._by_stem.setdefault(path.name.split(".")[0], []).append(path)
         return self._by_name.get(name, [])
+
+    def of_photo(self, layout: DataLayout, source: str, photo_id: str) -> list[Path]:
+        """The photo's files in the quarantine, whatever their bytes (`DataLayout.is_photo_file`)."""
+        self.named("")
+        return [p for p in self._by_stem.get(photo_id, []) if p.is_file() and layout.is_photo_file(p, source, photo_id)]
 
     def copy_of(self, path: str, sha256: str | None) -> Path | None:
         """The quarantined file with `path`'s name and these bytes (names are not unique across
@@ -236,23 +244,50 @@ def file_of(row: dict, quarantine: QuarantineIndex) -> str | None:
     return str(moved) if moved else None
 
 
+def files_of(layout: DataLayout, row: dict, quarantine: QuarantineIndex) -> list[str]:
+    """Every file of a candidate's photo in this data root: its own (`file_of`), and any copy curate
+    set aside in the quarantine (a file damaged since its download, moved there before the photo was
+    downloaded again: `stage.set_aside_damaged`; no row names it, and its bytes are not the photo's,
+    the export26 audit)."""
+    own = [where] if (where := file_of(row, quarantine)) else []
+    mine = {os.path.abspath(p) for p in own}
+    return own + [str(p) for p in quarantine.of_photo(layout, row["source"], row["photo_id"])
+                  if os.path.abspath(p) not in mine]
+
+
+def delete_left_files(cfg: Config, rows: list[dict]) -> list[str]:
+    """After the commit: the files still at the places of photos taken down before this run (a copy
+    set aside in the quarantine that a takedown from before 2026-12-07 did not know of). The paths."""
+    return [str(path) for row in rows for path in cfg.layout.photo_files(row["source"], row["photo_id"])
+            if unlinked(path)]
+
+
 def delete_recorded_files(catalog: Catalog) -> list[str]:
     """Delete every file a committed takedown recorded that is still there: a takedown commits its rows
     `removed` first and deletes their files after. Deleted inside the transaction, a takedown killed
     before its commit lost the files and kept the rows, which curate then marked for re-download and
     collect fetched again: the takedown undone (the interrupt22 audit). Killed between, only files are
     left, and the next remove or curate deletes them here. A file with other bytes than the photo's is
-    left alone."""
-    deleted = []
-    for path, sha256 in catalog.removal_files():
-        try:
-            if os.path.isfile(path) and (sha256 is None or sha256_file(path) == sha256):
-                Path(path).unlink(missing_ok=True)
-                deleted.append(path)
-        except OSError as exc:      # the takedown stands (committed); one file must not stop every curate
-            log.warning("could not delete %s, a file of a photo taken down (%s): it is out of every build; "
-                        "delete it by hand (the next curate or remove tries again)", path, exc.strerror or exc)
-    return deleted
+    left alone unless it lies at one of the photo's places (`DataLayout.is_photo_file`: a copy set
+    aside damaged has other bytes; no other photo's file is ever there)."""
+    layout = DataLayout(catalog.root)
+    return [r["path"] for r in catalog.removal_files() if os.path.isfile(r["path"]) and unlinked(
+        r["path"], lambda r=r: r["sha256"] is None or layout.is_photo_file(r["path"], r["source"], r["photo_id"])
+        or sha256_file(r["path"]) == r["sha256"])]
+
+
+def unlinked(path: str | Path, check: Callable[[], bool] = lambda: True) -> bool:
+    """Delete a file of a photo taken down if `check()` says it is one; whether it was deleted. One
+    that cannot be read or deleted is a warning: the takedown stands (committed), and one file must
+    not stop every curate."""
+    try:
+        if check():
+            Path(path).unlink(missing_ok=True)
+            return True
+    except OSError as exc:
+        log.warning("could not delete %s, a file of a photo taken down (%s): it is out of every build; "
+                    "delete it by hand (the next curate or remove tries again)", path, exc.strerror or exc)
+    return False
 
 
 def published_versions_with(cfg: Config, photos: set[tuple[str, str]]) -> dict[str, list[str]]:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image, ImageOps
 
-from helpers import FIXTURES, holding, queued, release
+from helpers import FIXTURES, holding, kill_after_its_commit, queued, release
 
 from mlc_pipeline.catalog import Catalog, Found
 from mlc_pipeline.collect.stage import collect
@@ -546,17 +546,9 @@ def test_a_takedown_killed_before_its_commit_deletes_no_file_and_its_rerun_keeps
 def test_a_takedown_killed_after_its_commit_leaves_files_that_the_next_curate_deletes(published, monkeypatch):
     """Committed, then killed before its files went: the photo is out of every build at once, its file
     is deleted by the next curate (or remove), and collect never fetches it again."""
-    from mlc_pipeline.curate import takedown
     cfg, config, v1, world = published
     victim, _ = first_ants_photo_and_crop(cfg)
-    real, calls = takedown.delete_recorded_files, []
-
-    def killed_after_commit(catalog):
-        calls.append(1)
-        if len(calls) == 2:             # the first call finishes earlier takedowns; the second is this one's
-            raise KeyboardInterrupt
-        return real(catalog)
-    monkeypatch.setattr(takedown, "delete_recorded_files", killed_after_commit)
+    kill_after_its_commit(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         remove_photos(cfg, "owner request", photo_id=victim["photo_id"])
     monkeypatch.undo()

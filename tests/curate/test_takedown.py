@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image, ImageOps
 
-from helpers import FIXTURES
+from helpers import FIXTURES, kill_after_its_commit
 
 from mlc_pipeline.catalog import Catalog, overrides
 from mlc_pipeline.collect.stage import collect
@@ -184,3 +184,42 @@ def test_a_rerun_of_a_takedown_from_before_these_holds_makes_them(tmp_path, monk
                                                                      "is another picture")
     assert not {big["photo_id"], mirrored["photo_id"]} & rebuilt(cfg)
     assert "held" not in mlc_remove(config, owners["photo_id"]).stdout         # once
+
+
+@pytest.mark.parametrize("how", ["remove", "killed after its commit", "a takedown from before"])
+def test_a_copy_set_aside_damaged_then_downloaded_again_goes_with_the_takedown(tmp_path, monkeypatch, how):
+    # The export26 audit (C): curate set the photo's file, damaged on disk, aside in the quarantine and
+    # collect downloaded the photo again; the takedown deleted the file the row names, and the damaged
+    # copy (most of the picture) stayed for good: its bytes are not the photo's, so it was not found.
+    # Killed after its commit, the next curate deletes it; a rerun deletes what an earlier one left.
+    from mlc_pipeline.curate import takedown
+    cfg, config, world = world_with(tmp_path, lambda world: None)
+    owners = row_of(cfg, OWNERS)
+    raw = Path(owners["file_path"])
+    raw.write_bytes(raw.read_bytes()[:raw.stat().st_size // 2])
+    curate(cfg)
+    collect(cfg, progress=False)
+    curate(cfg)
+    (set_aside,) = cfg.layout.quarantine().rglob(f"{owners['photo_id']}.*")
+    assert row_of(cfg, OWNERS)["status"] == "accepted" and raw.is_file(), row_of(cfg, OWNERS)
+    assert set_aside.relative_to(cfg.layout.quarantine()).parts[0] == "truncated", set_aside
+    if how == "remove":
+        assert "2 file(s) deleted from raw/ and the quarantine" in mlc_remove(config, owners["photo_id"]).stdout
+    elif how == "killed after its commit":
+        kill_after_its_commit(monkeypatch)
+        with pytest.raises(KeyboardInterrupt):
+            takedown.remove_photos(cfg, "owner request", photo_id=owners["photo_id"])
+        monkeypatch.undo()
+        assert raw.exists() and set_aside.exists()
+        curate(cfg)
+    else:
+        monkeypatch.setattr(takedown, "files_of", lambda layout, row, q: [takedown.file_of(row, q)],   # as it was
+                            raising=False)
+        takedown.remove_photos(cfg, "owner request", photo_id=owners["photo_id"])
+        monkeypatch.undo()
+        assert set_aside.exists() and not raw.exists()
+        curate(cfg)
+        assert set_aside.exists()           # not recorded: the next curate cannot know it
+        assert "1 file(s) deleted from raw/ and the quarantine; 1 already removed" in mlc_remove(
+            config, owners["photo_id"]).stdout
+    assert not raw.exists() and not list(cfg.layout.quarantine().rglob(f"{owners['photo_id']}.*"))
