@@ -5,8 +5,9 @@ A removed photo's file is gone, so a copy collected later is judged by hashes al
 phash against every view's, as `hold_lookalikes_of_removed` and curate's candidate search do, and
 the copy's whole-image phash against the removed photo's four corner windows and its mirror image's
 views, which the takedown keeps; `--no-mirror`: the corner windows only; `--no-corners`: neither;
-`--mirror-only`: the rule for an image accepted before the takedown, its whole-image phash against
-the mirror image's views alone, which curate's pixel check never compared). Not a
+`--before`: the rule for an image accepted before the takedown, its whole-image phash against the
+corner windows and the mirror image's views alone, which curate's search and pixel check never
+compared (`--mirror-only`: the mirror's views alone, that rule until 2026-12-07's export26 fix)). Not a
 benchmark against a baseline: it prints the share of edited copies within T bits of their original
 (recall) and the number of pairs of different pictures within T bits (false holds).
 
@@ -54,7 +55,7 @@ EDITS = {
         (im.width // 20, im.height // 20, im.width - im.width // 20, im.height - im.height // 20)),
 }
 MIRROR = True       # --no-mirror: the corner windows only (before 2026-12-06)
-MIRROR_ONLY = False     # --mirror-only: an image accepted before the takedown (since 2026-12-07)
+KEPT_ONLY: slice | None = None   # --before / --mirror-only: the kept hashes alone (an image accepted before)
 
 
 def rows_of(hashes: list[list[str]]) -> list[dict]:
@@ -74,8 +75,8 @@ def rule_bits(a: np.ndarray, b: np.ndarray, b_corners: np.ndarray | None) -> np.
     candidate search, and of `a`'s whole image against `b`'s corner windows (len(b) x 4)."""
     out = np.full((len(a), len(b)), 64, dtype=np.int64)
     for j in range(len(b)):
-        if MIRROR_ONLY:
-            out[:, j] = hamming_uint64(a[:, :1], b_corners[None, j, CORNER_WINDOWS:]).min(axis=1)
+        if KEPT_ONLY is not None:
+            out[:, j] = hamming_uint64(a[:, :1], b_corners[None, j, KEPT_ONLY]).min(axis=1)
             continue
         out[:, j] = hamming_uint64(a[:, :, None], b[None, j, None, :]).min(axis=(1, 2))
         if b_corners is not None:
@@ -95,13 +96,16 @@ def main() -> None:
     ap.add_argument("--catalog", type=Path, help="a SQLite catalog whose accepted images are all different")
     ap.add_argument("--no-corners", action="store_true", help="the rule without the corner windows nor the mirror")
     ap.add_argument("--no-mirror", action="store_true", help="the corner windows without the mirror image's views")
+    ap.add_argument("--before", action="store_true", help="an image accepted before the takedown: its whole "
+                    "image against the corner windows and the mirror's views alone")
     ap.add_argument("--mirror-only", action="store_true",
-                    help="an image accepted before the takedown: its whole image against the mirror's views alone")
+                    help="--before until 2026-12-07: its whole image against the mirror's views alone")
     args = ap.parse_args()
-    global MIRROR, MIRROR_ONLY
-    MIRROR, MIRROR_ONLY = not args.no_mirror, args.mirror_only
-    if MIRROR_ONLY and (args.no_mirror or args.no_corners):
-        ap.error("--mirror-only needs the mirror's views (not with --no-mirror or --no-corners)")
+    global MIRROR, KEPT_ONLY
+    MIRROR = not args.no_mirror
+    KEPT_ONLY = slice(None) if args.before else slice(CORNER_WINDOWS, None) if args.mirror_only else None
+    if KEPT_ONLY is not None and (args.no_mirror or args.no_corners or args.before == args.mirror_only):
+        ap.error("--before or --mirror-only (one) needs the mirror's views (not with --no-mirror or --no-corners)")
     files = sorted(FIXTURES.rglob("*.jpg"))
     originals, corners = [], []
     for f in files:
@@ -110,7 +114,7 @@ def main() -> None:
             corners.append(corners_of(im.convert("RGB")))
     m, corners = hash_matrix(rows_of(originals)), None if args.no_corners else np.stack(corners)
     print(f"{len(files)} fixture photos; pairs of different pictures within T bits, then recall of copies"
-          f"{' (no corner windows)' if args.no_corners else ''}{' (mirror views only)' if MIRROR_ONLY else ''}")
+          f"{' (no corner windows)' if args.no_corners else ''}{' (mirror views only)' if args.mirror_only else ''}{' (kept hashes only)' if args.before else ''}")
     print("T:", BITS)
     print(f"different real pictures ({len(m) * (len(m) - 1) // 2:,} pairs):", pairs_within(m, corners))
     for name, edit in EDITS.items():

@@ -28,8 +28,10 @@ def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[i
     are within LOOKALIKE_BITS of a photo taken down is held out for review (`overrides.hold`). Its file
     is gone, so a re-encode, resize or small crop of it collected since cannot be confirmed by
     pixels; the hashes alone decide, and a hold, not a removal, leaves the last word to a user.
-    A row first accepted before a photo's takedown is compared with its mirror image's views alone:
-    curate compared it by pixels with the photo while it had it (verify20), never flipped. A row a
+    A row first accepted before a photo's takedown is compared with its corner windows and its mirror
+    image's views alone: curate compared it by pixels with the photo while it had it (verify20) when
+    its search found the pair, which it does by centred views only, never flipped or a corner
+    (the export26 audit: a corner crop 2 bits from a corner window stayed published). A row a
     review undid a hold of is not held again (`overrides.hold`). `keeps`: row id -> the held copy
     this curate dropped in its favour (a copy of a held copy is held too: the verify17 audit saw a
     larger re-upload become the kept one of a held group, and published). `of`: only these photos
@@ -47,19 +49,21 @@ def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[i
     rows = [r for r in rows if r["phash"] and r["id"] not in held_ids]
     if not removed or not rows:
         return held
-    views, flipped = lookalike_bits(rows, removed)
-    near = np.flatnonzero((np.minimum(views, flipped) <= LOOKALIKE_BITS).any(axis=1))
+    views, corners, flipped = lookalike_bits(rows, removed)
+    near = np.flatnonzero((np.minimum(np.minimum(views, corners), flipped) <= LOOKALIKE_BITS).any(axis=1))
     first = catalog.first_accepted([rows[i]["id"] for i in near])     # only those it may concern
     for i in near:
         for j, r in enumerate(removed):
-            before = first.get(rows[i]["id"], np.inf) < (r["removed_at"] or 0)   # compared by pixels, unflipped
-            bits = int(flipped[i, j] if before else min(views[i, j], flipped[i, j]))
+            before = first.get(rows[i]["id"], np.inf) < (r["removed_at"] or 0)   # compared by pixels, if found
+            bits = int(min(corners[i, j], flipped[i, j]) if before else min(views[i, j], corners[i, j], flipped[i, j]))
             if bits > LOOKALIKE_BITS:
                 continue
-            why = (f"held: looks like {'a mirror image of ' if before else ''}{r['source']}:{r['photo_id']}, taken "
-                   f"down ({takedown_reason(r)}): perceptual hashes {bits} bits apart ("
-                   + ("curate's pixel check never compares flips" if before else "its file is gone, so no pixel check")
-                   + "); undo this if it is another picture")
+            what, why_not = (("", "its file is gone, so no pixel check") if not before else
+                             ("a mirror image of ", "curate's pixel check never compares flips")
+                             if flipped[i, j] <= corners[i, j] else
+                             ("a corner crop of ", "curate's search never compares a corner window"))
+            why = (f"held: looks like {what}{r['source']}:{r['photo_id']}, taken down ({takedown_reason(r)}): "
+                   f"perceptual hashes {bits} bits apart ({why_not}); undo this if it is another picture")
             if overrides.hold(catalog, rows[i]["id"], why, client) is not None:
                 held.append(rows[i])
                 log.warning("candidate %s (%s:%s) %s", rows[i]["id"], rows[i]["source"], rows[i]["photo_id"], why)
@@ -67,29 +71,30 @@ def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[i
     return held
 
 
-def lookalike_bits(rows: list[dict], removed: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+def lookalike_bits(rows: list[dict], removed: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """rows x photos taken down, the least bits apart: (views) every view against every view, as the
-    candidate search, and the whole image against the photo's corner windows; (flipped) the whole
-    image against the photo's mirror image's views (64 where the photo has none kept)."""
+    candidate search; (corners) the whole image against the photo's corner windows; (flipped) the
+    whole image against the photo's mirror image's views (64 where the photo has none kept)."""
     mine = hash_matrix(rows)
     views = np.full((len(rows), len(removed)), 64, dtype=np.int64)
-    flipped = views.copy()
+    corners, flipped = views.copy(), views.copy()
     for j, (r, their) in enumerate(zip(removed, hash_matrix(removed))):
         views[:, j] = hamming_uint64(mine[:, :, None], their[None, None, :]).min(axis=(1, 2))
         if r["corner_hashes"]:
             kept = hamming_uint64(mine[:, :1], hex_to_uint64(r["corner_hashes"].split(","))[None, :])
-            views[:, j] = np.minimum(views[:, j], kept[:, :CORNER_WINDOWS].min(axis=1))
+            corners[:, j] = kept[:, :CORNER_WINDOWS].min(axis=1)
             if kept.shape[1] > CORNER_WINDOWS:
                 flipped[:, j] = kept[:, CORNER_WINDOWS:].min(axis=1)
-    return views, flipped
+    return views, corners, flipped
 
 
 def hold_if_looks_taken_down(catalog: Catalog, cid: int, client: str) -> dict | None:
     """After a review action or undo that leaves an image in the next build with no review decision in
     force: the comparison with the photos taken down that curate makes, and skips while a review
     decides (the verify19 audit: a reject made before an image's first curate, undone after it,
-    published a copy of a photo taken down). Held as curate holds (by the mirror image's views alone
-    for a photo taken down after it was first accepted), an undone hold not again; the row."""
+    published a copy of a photo taken down). Held as curate holds (by the corner windows and the
+    mirror image's views alone for a photo taken down after it was first accepted), an undone hold
+    not again; the row."""
     if not catalog.has_removed_hashes():      # the usual case, read in one row; the hashes under the lock
         return None
     with catalog.locked_candidate(cid) as row:

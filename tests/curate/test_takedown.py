@@ -186,6 +186,35 @@ def test_a_rerun_of_a_takedown_from_before_these_holds_makes_them(tmp_path, monk
     assert "held" not in mlc_remove(config, owners["photo_id"]).stdout         # once
 
 
+CROPPED = "ants/10308379_1b6c72e180.jpg"    # 7.5 % off its left and top: 16 bits from every view, 2 from a corner
+
+
+def test_a_corner_crop_collected_before_the_takedown_is_held_by_the_corner_windows(tmp_path):
+    # The export26 audit (D): a corner crop curate's search never paired with the photo (its centred
+    # views are 16 bits apart) was accepted beside it; the takedown compared images accepted before it
+    # with the photo's mirror views alone, so the crop, 2 bits from a corner window, stayed published,
+    # while a crop collected after the takedown was held. An unrelated photo stays in.
+    def crop(world: Path) -> None:
+        with Image.open(world / CROPPED) as im:
+            w, h = im.size
+            im.convert("RGB").crop((w * 75 // 1000, h * 75 // 1000, w, h)).save(world / "ants" / "zz_corner.jpg",
+                                                                                 quality=90)
+    cfg, config, world = world_with(tmp_path, crop)
+    photo, corner = row_of(cfg, CROPPED), row_of(cfg, "ants/zz_corner.jpg")
+    assert photo["status"] == corner["status"] == "accepted", (photo, corner)
+    done = mlc_remove(config, photo["photo_id"]).stdout
+    assert f"held 1 near duplicate(s) of the photos taken down for review: local:{corner['photo_id']} " in done, done
+    with Catalog(cfg.catalog_path) as c:
+        (hold,) = overrides.actions(c, corner["id"])
+    assert hold["client"] == "mlc remove" and hold["reason"].startswith(
+        f"held: looks like a corner crop of local:{photo['photo_id']}, taken down (owner request): perceptual "
+        "hashes "), hold["reason"]
+    assert hold["reason"].endswith("bits apart (curate's search never compares a corner window); undo this if it is "
+                                   "another picture")
+    in_v2 = rebuilt(cfg)
+    assert corner["photo_id"] not in in_v2 and row_of(cfg, OWNERS)["photo_id"] in in_v2
+
+
 @pytest.mark.parametrize("how", ["remove", "killed after its commit", "a takedown from before"])
 def test_a_copy_set_aside_damaged_then_downloaded_again_goes_with_the_takedown(tmp_path, monkeypatch, how):
     # The export26 audit (C): curate set the photo's file, damaged on disk, aside in the quarantine and
