@@ -323,26 +323,33 @@ def cmd_remove(args) -> int:
           (f"; {len(res.already_removed)} already removed" if res.already_removed else ""))
     for r in res.removed:
         print(f"  {r['source']}:{r['photo_id']}  owner {r['owner_name'] or r['owner'] or '?'}  was {r['status']}")
-    if res.held:
-        print(f"held {len(res.held)} near duplicate(s) of the photos taken down for review: "
-              + ", ".join(f"{r['source']}:{r['photo_id']}" for r in res.held) + " (undo in `mlc review` if not)")
-    if res.published_in:
-        print("published versions that still contain them (rebuild with `mlc build`, or `mlc withdraw` them):")
-        for version, ids in res.published_in.items():
-            print(f"  {version}: {len(ids)} photo(s): {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}")
-    if res.held_in:
-        print("published versions that hold the copies held (the same pictures; rebuild with `mlc build`, "
-              "or `mlc withdraw` them):")
-        for version, ids in res.held_in.items():
-            print(f"  {version}: {len(ids)} photo(s): {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}")
-    if not res.published_in and not res.held_in:
+    if res.copies:
+        print("byte copies of them (the same file under another id), taken down too: " + ", ".join(
+            f"{r['source']}:{r['photo_id']} ({'earlier' if r['status'] == 'removed' else 'was ' + r['status']})"
+            for r in res.copies))
+    earlier = [r for r in res.holds if r["id"] not in {h["id"] for h in res.held}]
+    for rows, what in ((res.held, f"held {len(res.held)} near duplicate(s) of the photos taken down for review"),
+                       (earlier, f"still held for them (held earlier, {len(earlier)})")):
+        if rows:
+            print(f"{what}: " + ", ".join(f"{r['source']}:{r['photo_id']}" for r in rows) + " (undo in `mlc review` if not)")
+    rebuild = "rebuild with `mlc build`, or `mlc withdraw` them"
+    for found, what in ((res.published_in, f"still contain them ({rebuild})"),
+                        (res.copies_in, f"hold their byte copies (taken down, the same file; {rebuild})"),
+                        (res.held_in, f"hold the copies held (the same pictures; {rebuild})")):
+        if found:
+            print(f"published versions that {what}:", *(f"  {v}: {listed(ids)}" for v, ids in found.items()), sep="\n")
+    if not (res.published_in or res.copies_in or res.held_in):
         print("no published version contains them")
-    if exports := exports_with(cfg, merged(res.published_in, res.held_in)):
+    if exports := exports_with(cfg, merged(merged(res.published_in, res.copies_in), res.held_in)):
         print(f"exports under {cfg.data_dir / 'exports'} that hold them (export the version again, or delete them; "
               f"exports elsewhere (--out) are not tracked):")
-        for folder, ids in exports.items():
-            print(f"  {folder}: {len(ids)} photo(s): {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}")
+        print(*(f"  {folder}: {listed(ids)}" for folder, ids in exports.items()), sep="\n")
     return 0
+
+
+def listed(ids: list[str]) -> str:
+    "Photo ids as `mlc remove` lists them: a count, then the first ten."
+    return f"{len(ids)} photo(s): {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}"
 
 
 def cmd_withdraw(args) -> int:

@@ -122,10 +122,14 @@ class RemovalQueries:
     def takedown_held(self) -> set[int]:
         """Candidates a takedown's hold keeps out now (catalog.overrides.hold: a reject logged with
         detail `{"held": true}`, still in force): near copies of photos taken down."""
+        return set(self.takedown_holds())
+
+    def takedown_holds(self) -> dict[int, str]:
+        """`takedown_held`, each with the reason its hold was logged with (it names the photo taken down)."""
         if not self.has_table("review_overrides"):
-            return set()
-        return {r["candidate_id"] for r in self.db.execute(
-            "SELECT o.candidate_id FROM review_overrides o JOIN review_actions a ON a.id = o.action_id "
+            return {}
+        return {r["candidate_id"]: r["reason"] or "" for r in self.db.execute(
+            "SELECT o.candidate_id, a.reason FROM review_overrides o JOIN review_actions a ON a.id = o.action_id "
             "WHERE o.include = 'rejected' AND a.action = 'reject' AND a.detail = ?", (HELD,))}
 
     def removed_owners(self) -> set[str]:

@@ -2,12 +2,14 @@
 hashes alone: the photo's file is gone, so no pixel check can confirm a copy of it. The removed row
 keeps its views' phashes, its four corner windows' and its mirror image's views'
 (hashing.corner_phashes); an accepted image within LOOKALIKE_BITS of them is held out for review
-(`overrides.hold`). docs/curation.md §7.
+(`overrides.hold`), and the hold's reason names the photo (`taken_down_name`), which is how `mlc
+remove` finds every hold in force for a photo again (`holds_for`). docs/curation.md §7.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 
@@ -20,6 +22,27 @@ log = logging.getLogger(__name__)
 
 LOOKALIKE_BITS = 8     # hashes this close: the same picture (docs/curation.md, "Near copies collected later")
 CORNER_WINDOWS = 4     # hashing.corner_phashes: the four corner windows, then the mirror image's views
+KEPT_FOR = re.compile(r"held: kept in place of candidate (\d+), ")     # `hold_lookalikes_of_removed`'s keeps
+
+
+def taken_down_name(row: dict) -> str:
+    """How every hold's reason names the photo taken down it was made for (`holds_for` reads it)."""
+    return f"{row['source']}:{row['photo_id']}, taken down"
+
+
+def holds_for(catalog: Catalog, photos: list[dict]) -> list[dict]:
+    """Every takedown hold in force (review decisions, `Catalog.takedown_holds`) made for these photos
+    (rows, taken down): those whose reason names one of them, and the copies held as kept in place
+    of one of those (a curate's keeps), whichever run made them. Their rows, in id order."""
+    holds = catalog.takedown_holds()
+    if not photos or not holds:
+        return []
+    named = re.compile("|".join(f" {re.escape(taken_down_name(r))} " for r in photos))
+    found = {cid for cid, why in holds.items() if named.search(why)}
+    while more := {cid for cid, why in holds.items() if cid not in found and (kept := KEPT_FOR.match(why))
+                   and int(kept[1]) in found}:
+        found |= more
+    return [catalog.get(cid) for cid in sorted(found)]
 
 
 def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[int, int] | None = None,
@@ -62,8 +85,8 @@ def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[i
                              ("a mirror image of ", "curate's pixel check never compares flips")
                              if flipped[i, j] <= corners[i, j] else
                              ("a corner crop of ", "curate's search never compares a corner window"))
-            why = (f"held: looks like {what}{r['source']}:{r['photo_id']}, taken down ({takedown_reason(r)}): "
-                   f"perceptual hashes {bits} bits apart ({why_not}); undo this if it is another picture")
+            why = (f"held: looks like {what}{taken_down_name(r)} ({takedown_reason(r)}): perceptual hashes {bits} "
+                   f"bits apart ({why_not}); undo this if it is another picture")
             if overrides.hold(catalog, rows[i]["id"], why, client) is not None:
                 held.append(rows[i])
                 log.warning("candidate %s (%s:%s) %s", rows[i]["id"], rows[i]["source"], rows[i]["photo_id"], why)

@@ -1,11 +1,13 @@
 """Takedown: `mlc remove` honours an owner's removal request or a licence change.
 
 The named photos become `removed` in the catalog (final: collect, curate and mine never bring them
-back), the decision and its reason are kept in the `removals` table, and their files leave raw/ and
-the quarantine; near copies are held for review (curate/lookalikes.py). The next `mlc build` no
-longer includes them, so its manifest and ATTRIBUTION.md are regenerated without them (an owner removed with --owner also keeps any later photo of theirs out).
-Published versions are immutable: the command lists those that still contain a removed photo, so
-they can be rebuilt or withdrawn, and the exports of them under the data root that hold it. An
+back), and so do their byte copies under other ids; the decision and its reason are kept in the
+`removals` table, and their files leave raw/ and the quarantine. Near copies are held for review
+(curate/lookalikes.py). The next `mlc build` no longer includes them, so its manifest and ATTRIBUTION.md are
+regenerated without them (an owner removed with --owner also keeps any later photo of theirs out).
+Published versions are immutable: the command lists those that still contain a removed photo or a
+copy of it (byte copies taken down, near copies held), so they can be rebuilt or withdrawn, and the
+exports of them under the data root that hold them. An
 export made after the takedown leaves the photo out (`taken_down_photos`, read by `mlc export`).
 """
 
@@ -20,7 +22,7 @@ from typing import Callable
 from mlc_pipeline.catalog import Catalog, catalog_exists, overrides
 from mlc_pipeline.config import Config
 from mlc_pipeline.curate.hashing import corner_phashes
-from mlc_pipeline.curate.lookalikes import hold_lookalikes_of_removed, takedown_reason
+from mlc_pipeline.curate.lookalikes import hold_lookalikes_of_removed, holds_for, taken_down_name, takedown_reason
 from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.layout import DataLayout
 from mlc_pipeline.locking import files_lock
@@ -35,9 +37,17 @@ class RemoveResult:
     removed: list[dict] = field(default_factory=list)          # catalog rows, as they were before
     already_removed: list[dict] = field(default_factory=list)
     files_deleted: list[str] = field(default_factory=list)
-    held: list[dict] = field(default_factory=list)             # near copies held out for review
+    copies: list[dict] = field(default_factory=list)           # byte copies (rows as they were): taken down
+    held: list[dict] = field(default_factory=list)             # near copies held out for review by this run
+    holds: list[dict] = field(default_factory=list)            # every hold in force for these photos
     published_in: dict[str, list[str]] = field(default_factory=dict)   # version -> photo ids it holds
-    held_in: dict[str, list[str]] = field(default_factory=dict)        # version -> ids of the held it holds
+    held_in: dict[str, list[str]] = field(default_factory=dict)        # version -> ids of `holds` it holds
+    copies_in: dict[str, list[str]] = field(default_factory=dict)      # version -> ids of `copies` it holds
+
+    @property
+    def photos(self) -> list[dict]:
+        "The photos taken down by this takedown, now or before, and their byte copies."
+        return self.removed + self.already_removed + self.copies
 
 
 def takedown_selector(reason: str, photo_id: str | None, owner: str | None, query: str | None,
@@ -84,17 +94,22 @@ def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: 
             # run half-recorded ('running' forever), and a failure rolls the whole takedown back.
             run_id = catalog.start_run("remove")
             result = _remove(cfg, catalog, RemoveResult(run_id), reason.strip(), selector, named, elsewhere)
+            take_down_byte_copies(cfg, catalog, result, reason.strip())
+            result.files_deleted += drop_thumbnails(cfg, catalog, {r["sha256"] for r in result.removed + result.copies})
             hold_near_copies(catalog, result, reason.strip(), client)
             hold_mirrors(catalog, result, client)
+            result.holds = holds_for(catalog, result.photos)     # this run's and every earlier one's
             catalog.finish_run(run_id, "completed", {
                 "selector": selector, "reason": reason.strip(), "removed": len(result.removed),
                 "already_removed": len(result.already_removed), "files_deleted": len(result.files_deleted),
-                "held": len(result.held),
+                "copies": len(result.copies), "held": len(result.held), "holds": len(result.holds),
                 "published_in": {v: len(ids) for v, ids in result.published_in.items()}})
         delete_recorded_files(catalog)      # after the commit: see delete_recorded_files
-        result.files_deleted += delete_left_files(cfg, result.already_removed)
-    if held := {(r["source"], r["photo_id"]) for r in result.held}:    # the same pictures, still published
-        result.held_in = merged(published_versions_with(cfg, held), versions_holding(held) if versions_holding else {})
+        result.files_deleted += delete_left_files(cfg, [r for r in result.photos if r["status"] == "removed"])
+    for rows, attr in ((result.holds, "held_in"), (result.copies, "copies_in")):    # the same pictures, published
+        if photos := {(r["source"], r["photo_id"]) for r in rows}:
+            setattr(result, attr, merged(published_versions_with(cfg, photos),
+                                         versions_holding(photos) if versions_holding else {}))
     return result
 
 
@@ -130,10 +145,39 @@ def _remove(cfg: Config, catalog: Catalog, result: RemoveResult, reason: str, se
         catalog.record_removal(row, selector, reason, result.run_id, deleted)
         result.removed.append(row)
         result.files_deleted.extend(deleted)
-    result.files_deleted += drop_thumbnails(cfg, catalog, {r["sha256"] for r in result.removed})
     result.published_in = merged(published_versions_with(cfg, {(r["source"], r["photo_id"]) for r in targets}),
                                 elsewhere)
     return result
+
+
+def take_down_byte_copies(cfg: Config, catalog: Catalog, result: RemoveResult, reason: str) -> None:
+    """Inside the takedown's transaction: the very bytes of a photo taken down under another id (a
+    re-upload, or the image curate kept of an exact-duplicate group while the owner's photo was the
+    duplicate) are taken down with it now, as the next curate would (`keep_out_copies_of_removed`):
+    until then every export carried them, and `mlc remove` said no published version held the photo
+    while every one held its bytes (the export26 audit). Copies taken down earlier are listed too (a
+    rerun names them). Their corner hashes are kept, their files deleted once this is committed."""
+    quarantined = QuarantineIndex(cfg.layout.quarantine())
+    photos = {r["id"]: r for r in result.removed + result.already_removed}
+    digests = {r["sha256"]: r for r in reversed(photos.values()) if r["sha256"]}      # the first photo's, by id
+    for row in catalog.candidates(sha256=set(digests)) if digests else []:
+        if row["id"] in photos:
+            continue
+        result.copies.append(row)
+        if row["status"] != "removed":
+            of = digests[row["sha256"]]
+            keep_corners_of(catalog, row, quarantined)
+            files = files_of(cfg.layout, row, quarantined)
+            record_copy_removal(catalog, row, of, reason if of["status"] != "removed" else takedown_reason(of),
+                                result.run_id, files)
+            result.files_deleted += files
+
+
+def record_copy_removal(catalog: Catalog, row: dict, of: dict, reason: str, run_id: str, files: list[str]) -> None:
+    "`row` taken down as a byte copy of the photo `of`, taken down for `reason`."
+    why = f"a copy of {taken_down_name(of)} ({reason})"
+    catalog.record_removal(row, f"copy-of:{of['source']}:{of['photo_id']}", why, run_id, files)
+    log.warning("candidate %s (%s:%s) taken down: %s", row["id"], row["source"], row["photo_id"], why)
 
 
 def merged(here: dict[str, list[str]], elsewhere: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -151,14 +195,14 @@ def hold_near_copies(catalog: Catalog, result: RemoveResult, reason: str, client
     what it names or byte copies of it (curate's `keep_out_copies_of_removed`, which takes those
     down; they are left to it). The photos already removed count too: a rerun holds what a takedown
     from before a rule did not (a copy a review decided stays as decided)."""
-    removed = {r["id"]: r for r in result.removed + result.already_removed}
+    removed = {r["id"]: r for r in result.photos}
     found = [(row, removed[row["duplicate_of"]], "a near duplicate of") for row in catalog.dropped_for(sorted(removed))]
     found += [(keeper, of, "kept in place of its near duplicate") for of in removed.values()
               if of["duplicate_of"] not in {None, *removed} and catalog.status_before_removal(of) == "duplicate"
               and (keeper := catalog.get(of["duplicate_of"])) is not None and keeper["status"] != "removed"]
     for row, of, how in found:
-        why = (f"held: {how} {of['source']}:{of['photo_id']}, taken down "
-               f"({takedown_reason(of) if of['status'] == 'removed' else reason}); undo this if it is another picture")
+        why = (f"held: {how} {taken_down_name(of)} ({takedown_reason(of) if of['status'] == 'removed' else reason}); "
+               "undo this if it is another picture")
         if row["sha256"] != of["sha256"] and overrides.hold(catalog, row["id"], why, client) is not None:
             result.held.append(row)
             log.warning("candidate %s (%s:%s) %s", row["id"], row["source"], row["photo_id"], why)
@@ -169,7 +213,7 @@ def hold_mirrors(catalog: Catalog, result: RemoveResult, client: str) -> None:
     ones, `hold_lookalikes_of_removed`): one accepted before it was compared with the photo by pixels,
     never flipped, so its mirror image's views decide (the curate25 audit: a mirrored copy collected
     before a takedown stayed published, and later mirrored re-uploads became its duplicates)."""
-    ids = {r["id"] for r in result.removed + result.already_removed}
+    ids = {r["id"] for r in result.photos}
     result.held += hold_lookalikes_of_removed(catalog, catalog.accepted_hashes(), client=client, of=ids)
 
 
@@ -197,10 +241,7 @@ def keep_out_copies_of_removed(cfg: Config, catalog: Catalog, rows: list[dict], 
     with catalog.transaction():
         for row in copies:
             of = removed[row["sha256"]]
-            reason = f"a copy of {of['source']}:{of['photo_id']}, taken down ({takedown_reason(of)})"
-            catalog.record_removal(row, f"copy-of:{of['source']}:{of['photo_id']}", reason, run_id,
-                                   files_of(cfg.layout, row, quarantined))
-            log.warning("candidate %s (%s:%s) taken down: %s", row["id"], row["source"], row["photo_id"], reason)
+            record_copy_removal(catalog, row, of, takedown_reason(of), run_id, files_of(cfg.layout, row, quarantined))
         drop_thumbnails(cfg, catalog, {r["sha256"] for r in copies})
     delete_recorded_files(catalog)
     return {r["id"] for r in copies}

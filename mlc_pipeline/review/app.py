@@ -371,7 +371,7 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
                             row["source"], row["photo_id"], exc)
         log.info("review: takedown of photo %s:%s by %s", row["source"], row["photo_id"], client)
         return JSONResponse({"ok": True, "removed": len(res.removed), "held": len(res.held), "published_in": res.published_in,
-                             "held_in": res.held_in})
+                             "held_in": res.held_in, "copies": len(res.copies), "copies_in": res.copies_in})
 
     @app.get("/login", response_class=HTMLResponse)
     def login_form(request: Request):

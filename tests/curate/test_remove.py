@@ -277,21 +277,25 @@ def test_a_file_moved_but_not_yet_recorded_is_found_in_the_quarantine(tmp_path):
         assert c.get_by_photo("local", "101")["status"] == "downloaded"     # the other source's photo stays
 
 
-def test_a_takedown_deletes_the_review_apps_thumbnail_unless_another_photo_has_those_bytes(tmp_path):
-    """The review app caches a thumbnail per content hash; a takedown left it: a copy of the photo."""
+def test_a_takedown_deletes_the_review_apps_thumbnail_with_the_byte_copies_of_the_photo(tmp_path):
+    """The review app caches a thumbnail per content hash; a takedown left it: a copy of the photo. A
+    candidate with the same bytes under another id is taken down with the photo (the export26 audit:
+    until then it stayed, and kept the thumbnail); another picture's thumbnail stays."""
     from mlc_pipeline.review.thumbs import thumbnail
     cfg, cid, img = one_downloaded_photo(tmp_path, {})
     _, twin_cid, twin = one_downloaded_photo(tmp_path, {}, photo_id="202")
+    _, other_cid, other = one_downloaded_photo(tmp_path, {}, photo_id="303")
     twin.write_bytes(img.read_bytes())                                  # the same bytes under another id
+    Image.new("RGB", (8, 8), (0, 200, 0)).save(other)                   # another picture
     with Catalog(cfg.catalog_path) as c:
         c.update_fields(twin_cid, sha256=sha256_file(twin))
-        sha = c.get(cid)["sha256"]
-    thumb = thumbnail(cfg.data_dir, sha, str(img))
-    assert thumb is not None and thumb.is_file() and cfg.layout.thumbnails_of(sha) == [thumb]
+        c.update_fields(other_cid, sha256=sha256_file(other))
+        sha, other_sha = c.get(cid)["sha256"], c.get(other_cid)["sha256"]
+    thumb, other_thumb = thumbnail(cfg.data_dir, sha, str(img)), thumbnail(cfg.data_dir, other_sha, str(other))
+    assert thumb.is_file() and other_thumb.is_file() and cfg.layout.thumbnails_of(sha) == [thumb]
     first = remove_photos(cfg, "owner asked", photo_id="101")
-    assert thumb.is_file() and str(thumb) not in first.files_deleted      # photo 202 still shows it
-    second = remove_photos(cfg, "owner asked", photo_id="202")
-    assert not thumb.exists() and str(thumb) in second.files_deleted
+    assert [r["id"] for r in first.copies] == [twin_cid] and not twin.exists()
+    assert not thumb.exists() and str(thumb) in first.files_deleted and other_thumb.is_file()
 
 
 def test_mlc_remove_source_takes_down_one_sources_photo_only(tmp_path):

@@ -128,15 +128,18 @@ def test_the_image_a_photo_taken_down_was_dropped_for_is_held(tmp_path):
     assert big["photo_id"] in rebuilt(cfg)
 
 
+def mirror_of_owners(world: Path) -> None:
+    "The owner's photo mirrored, in the world as ants/zz_mirror_before.jpg."
+    with Image.open(world / OWNERS) as im:
+        ImageOps.mirror(im.convert("RGB")).save(world / "ants" / "zz_mirror_before.jpg", quality=90)
+
+
 def test_a_mirror_collected_before_the_takedown_is_held_and_takes_no_later_mirror_in(tmp_path):
     # The audit's case (b): a mirrored copy of the photo, collected before its takedown, was kept beside
     # it (curate's pixel check never compares flips) and exempt from the takedown's hash rule (accepted
     # while the photo was here), so it stayed published, and a mirrored re-upload collected later was
     # dropped as its duplicate rather than held. An unrelated photo stays in.
-    def mirror(world: Path) -> None:
-        with Image.open(world / OWNERS) as im:
-            ImageOps.mirror(im.convert("RGB")).save(world / "ants" / "zz_mirror_before.jpg", quality=90)
-    cfg, config, world = world_with(tmp_path, mirror)
+    cfg, config, world = world_with(tmp_path, mirror_of_owners)
     owners, before = row_of(cfg, OWNERS), row_of(cfg, "ants/zz_mirror_before.jpg")
     assert owners["status"] == before["status"] == "accepted"
     done = mlc_remove(config, owners["photo_id"])
@@ -183,7 +186,51 @@ def test_a_rerun_of_a_takedown_from_before_these_holds_makes_them(tmp_path, monk
         assert overrides.actions(c, big["id"])[0]["reason"].endswith("taken down (owner request); undo this if it "
                                                                      "is another picture")
     assert not {big["photo_id"], mirrored["photo_id"]} & rebuilt(cfg)
-    assert "held" not in mlc_remove(config, owners["photo_id"]).stdout         # once
+    again = mlc_remove(config, owners["photo_id"]).stdout                       # held once, listed again
+    assert "near duplicate(s)" not in again and "still held for them (held earlier, 2)" in again, again
+
+
+def mlc_export(config: Path, version: str, *args: str) -> Path:
+    "`mlc export` as imagefolder to its default place under <data_dir>/exports/; that folder."
+    done = subprocess.run([sys.executable, "-m", "mlc_pipeline.cli", "export", version, "--format", "imagefolder",
+                           "-c", str(config), *args], capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    return Path(done.stdout.split(" in ")[-1].split()[0])
+
+
+def exported_ids(folder: Path) -> set[str]:
+    return {p.stem.split("-", 1)[1] for p in folder.rglob("*.jpg")}
+
+
+def test_a_takedown_takes_the_photos_byte_copy_kept_in_its_place_down_and_names_the_versions(tmp_path):
+    # The export26 audit (B): the owner's photo was collected after a byte-identical copy under another
+    # id, so curate kept the copy (published in v1) and dropped the owner's photo as its duplicate. `mlc
+    # remove` of the owner's photo said "no published version contains them", an export made before
+    # the next curate carried the bytes, and a rerun after that curate (which took the copy down)
+    # still said so: no command told the user that v1 publishes the very bytes taken down.
+    cfg, config, world = world_with(tmp_path, lambda world: None)
+    shutil.copy(world / OWNERS, world / "ants" / "zz_owners_original.jpg")
+    collect(cfg, progress=False)
+    curate(cfg)
+    kept, owners = row_of(cfg, OWNERS), row_of(cfg, "ants/zz_owners_original.jpg")
+    assert owners["status"] == "duplicate" and owners["duplicate_of"] == kept["id"] and kept["status"] == "accepted"
+    before = mlc_export(config, "v1")
+    assert kept["photo_id"] in exported_ids(before)
+    done = mlc_remove(config, owners["photo_id"]).stdout
+    assert "no published version contains them" not in done, done
+    assert f"byte copies of them (the same file under another id), taken down too: local:{kept['photo_id']} " \
+           "(was accepted)" in done, done
+    listing = (f"published versions that hold their byte copies (taken down, the same file; rebuild with `mlc "
+               f"build`, or `mlc withdraw` them):\n  v1: 1 photo(s): {kept['photo_id']}\n")
+    assert listing in done and f"  {before}: 1 photo(s): {kept['photo_id']}\n" in done, done
+    assert row_of(cfg, OWNERS)["status"] == "removed" and not Path(kept["file_path"]).exists()
+    after = mlc_export(config, "v1", "--force")         # before any curate: the bytes are out
+    assert after == before and kept["photo_id"] not in exported_ids(after)
+    assert json.loads((after / "export.json").read_text())["taken_down_left_out"] == [f"local:{kept['photo_id']}"]
+    curate(cfg)
+    again = mlc_remove(config, owners["photo_id"]).stdout
+    assert f"taken down too: local:{kept['photo_id']} (earlier)" in again and listing in again, again
+    assert kept["photo_id"] not in rebuilt(cfg)
 
 
 CROPPED = "ants/10308379_1b6c72e180.jpg"    # 7.5 % off its left and top: 16 bits from every view, 2 from a corner
@@ -213,6 +260,30 @@ def test_a_corner_crop_collected_before_the_takedown_is_held_by_the_corner_windo
                                    "another picture")
     in_v2 = rebuilt(cfg)
     assert corner["photo_id"] not in in_v2 and row_of(cfg, OWNERS)["photo_id"] in in_v2
+
+
+def test_a_rerun_of_mlc_remove_lists_every_hold_in_force_with_its_versions_and_exports(tmp_path):
+    # The export26 audit (G): the first `mlc remove` listed the versions and exports holding the mirror
+    # it held; the same command again ("a rerun is harmless") listed only the photo's own, so once the
+    # first output had scrolled away nothing said that v1 and its export still hold the mirror.
+    cfg, config, world = world_with(tmp_path, mirror_of_owners)
+    owners, mirrored = row_of(cfg, OWNERS), row_of(cfg, "ants/zz_mirror_before.jpg")
+    export = mlc_export(config, "v1")
+    first = mlc_remove(config, owners["photo_id"]).stdout
+    assert f"held 1 near duplicate(s) of the photos taken down for review: local:{mirrored['photo_id']}" in first
+    held_in = (f"published versions that hold the copies held (the same pictures; rebuild with `mlc build`, or "
+               f"`mlc withdraw` them):\n  v1: 1 photo(s): {mirrored['photo_id']}\n")
+    exported = f"  {export}: 2 photo(s): {', '.join(sorted([owners['photo_id'], mirrored['photo_id']]))}\n"
+    assert held_in in first and exported in first, first
+    again = mlc_remove(config, owners["photo_id"]).stdout
+    assert "near duplicate(s)" not in again                                     # nothing held anew
+    assert f"still held for them (held earlier, 1): local:{mirrored['photo_id']} (undo" in again, again
+    assert held_in in again and exported in again, again
+    with Catalog(cfg.catalog_path) as c:
+        (hold,) = overrides.actions(c, mirrored["id"])
+        overrides.undo(c, mirrored["id"], hold["id"], "it is another picture", "test")
+    undone = mlc_remove(config, owners["photo_id"]).stdout                      # a hold undone is not in force
+    assert "held" not in undone and f"  {export}: 1 photo(s): {owners['photo_id']}\n" in undone, undone
 
 
 @pytest.mark.parametrize("how", ["remove", "killed after its commit", "a takedown from before"])

@@ -32,7 +32,11 @@
   function takedownNote(data) {
     const versions = Object.keys(data.published_in || {}).sort((a, b) => Number(a.slice(1)) - Number(b.slice(1)));
     const heldIn = Object.keys(data.held_in || {}).sort((a, b) => Number(a.slice(1)) - Number(b.slice(1)));
-    const held = (data.held ? " " + data.held + " near duplicate(s) of it held out for review (queue \"changed in review\";" +
+    const copiesIn = Object.keys(data.copies_in || {}).sort((a, b) => Number(a.slice(1)) - Number(b.slice(1)));
+    const held = (data.copies ? " " + data.copies + " byte copy(ies) of it under another id taken down too." : "") +
+      (copiesIn.length ? " Published versions that hold them (the same file): " + copiesIn.join(", ") +
+      "; rebuild or withdraw them as well." : "") +
+      (data.held ? " " + data.held + " near duplicate(s) of it held out for review (queue \"changed in review\";" +
       " undo on an image's page if it is another picture)." : "") + (heldIn.length ? " Published versions that hold" +
       " the copies held (the same picture): " + heldIn.join(", ") + "; rebuild or withdraw them as well." : "");
     if (!versions.length) return "Taken down. No published version contains this photo." + held;
