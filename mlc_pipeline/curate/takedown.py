@@ -3,12 +3,12 @@
 The named photos become `removed` in the catalog (final: collect, curate and mine never bring them
 back), and so do their byte copies under other ids; the decision and its reason are kept in the
 `removals` table, and their files leave raw/ and the quarantine. Near copies are held for review
-(curate/lookalikes.py). The next `mlc build` no longer includes them, so its manifest and ATTRIBUTION.md are
-regenerated without them (an owner removed with --owner also keeps any later photo of theirs out).
-Published versions are immutable: the command lists those that still contain a removed photo or a
-copy of it (byte copies taken down, near copies held), so they can be rebuilt or withdrawn, and the
-exports of them under the data root that hold them. An
-export made after the takedown leaves the photo out (`taken_down_photos`, read by `mlc export`).
+(curate/lookalikes.py). The next `mlc build` no longer includes them, so its manifest and
+ATTRIBUTION.md are regenerated without them (an owner removed with --owner also keeps any later
+photo of theirs out). Published versions are immutable: the command lists those that still contain
+a removed photo or a copy of it (byte copies taken down, near copies held), so they can be rebuilt
+or withdrawn, and the exports of them under the data root that hold them. An export made after the
+takedown leaves them out (dataset/takedowns.py, read by `mlc export`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mlc_pipeline.catalog import Catalog, catalog_exists, overrides
+from mlc_pipeline.catalog import Catalog, overrides
 from mlc_pipeline.config import Config
 from mlc_pipeline.curate.hashing import corner_phashes
 from mlc_pipeline.curate.lookalikes import hold_lookalikes_of_removed, holds_for, taken_down_name, takedown_reason
@@ -343,15 +343,6 @@ def published_versions_with(cfg: Config, photos: set[tuple[str, str]]) -> dict[s
         if held:
             out[version] = held
     return out
-
-
-def taken_down_photos(cfg: Config) -> set[tuple[str, str]] | None:
-    """(source, photo_id) of the photos the catalog records as taken down; None when the data root
-    has no catalog to ask (an export of a version folder alone cannot be checked)."""
-    if not catalog_exists(cfg.catalog_path):
-        return None
-    with Catalog(cfg.catalog_path, readonly=True) as catalog:
-        return catalog.taken_down_photos()
 
 
 def exports_with(cfg: Config, published_in: dict[str, list[str]]) -> dict[str, list[str]]:
