@@ -5,6 +5,7 @@ With MLC_REVIEW_WORLD=generated the same world is made of drawn shapes instead (
 blue squares as "bees", noise and stripes as "scenery"): that is what the screenshots in docs/ show,
 so that no fixture photo is copied into the project."""
 
+import io
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import requests
 import yaml
 from PIL import Image
 
+from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect import collect
 from mlc_pipeline.config import load_config
 from mlc_pipeline.curate import curate
@@ -111,3 +113,29 @@ class ReviewServer:
             self.proc.kill()
             out, _ = self.proc.communicate()
         return out
+
+
+# What a hostile image host sent (the security26 audit): a valid GIF with HTML after it, whose script
+# acts on the catalog through the app's own API, as `image/gif, text/html` (a browser takes the last type).
+POLYGLOT_SCRIPT = (b"<html><body><h1>polyglot</h1><script>alert('script ran in ' + location.host);"
+                   b"fetch('/api/action', {method: 'POST', headers: {'X-MLC-Client': 'pwned-by-image', "
+                   b"'Content-Type': 'application/json'}, body: JSON.stringify({id: %d, action: 'reject', "
+                   b"reason: 'rejected by script in a downloaded file'})})</script></body></html>")
+HOSTILE_TYPE = "image/gif, text/html"
+
+
+def polyglot_gif(victim: int) -> bytes:
+    """A 120x100 GIF, then HTML whose script rejects candidate `victim`."""
+    out = io.BytesIO()
+    Image.new("RGB", (120, 100), (200, 30, 30)).save(out, "GIF")
+    return out.getvalue() + POLYGLOT_SCRIPT % victim
+
+
+def plant_polyglot(cfg) -> tuple[int, int]:
+    """An accepted image's file replaced by polyglot_gif, its catalog row holding the type such a host
+    sent (as collected before 2026-12-07); its script aims at another accepted image. (planted, victim)."""
+    with Catalog(cfg.catalog_path) as c:
+        planted, victim = c.candidates("status='accepted' AND purpose='train'")[:2]
+        Path(planted["file_path"]).write_bytes(polyglot_gif(victim["id"]))
+        c.update_fields(planted["id"], content_type=HOSTILE_TYPE)
+    return planted["id"], victim["id"]

@@ -33,7 +33,7 @@ from mlc_pipeline.collect.connections import Live, WatchedAdapter, watch
 from mlc_pipeline.collect.hosts import HostHealth, host_allowed, host_of
 from mlc_pipeline.collect.rawfiles import StorageError, disk_errors, final_path, shard_dir, temp_path
 from mlc_pipeline.collect.retry import Transient, backoff_delay, retry_after_seconds
-from mlc_pipeline.imageformat import image_extension
+from mlc_pipeline.imageformat import declared_type, image_extension
 from mlc_pipeline.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -236,9 +236,9 @@ class Downloader:
             raise Transient(f"http-{code}")
         if code != 200:
             raise Rejected(f"http-{code}")
-        ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if not ctype.startswith("image/") and ctype not in UNTYPED:      # an HTML error page, JSON, ...
-            raise Rejected(f"not-an-image:content-type={ctype}")
+        ctype, bad = declared_type(resp.headers.get("Content-Type", ""))     # one type: "image/gif, text/html" is HTML
+        if bad or not ctype.startswith("image/") and ctype not in UNTYPED:    # an HTML error page, JSON, ...
+            raise Rejected(f"not-an-image:content-type={bad or ctype}")
         declared = resp.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > self.s.max_image_bytes:
             raise Rejected("too-large")

@@ -33,7 +33,8 @@ from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.curate.lookalikes import hold_if_looks_taken_down
 from mlc_pipeline.dataset.build import photo_page
 from mlc_pipeline.review.params import client_of, effective, filters_of, fits_sql, known_id, whole_number
-from mlc_pipeline.review.security import COOKIE, SESSION_MAX_AGE_S, Guard, session_value
+from mlc_pipeline.imageformat import file_media_type
+from mlc_pipeline.review.security import COOKIE, FILE_HEADERS, SESSION_MAX_AGE_S, Guard, session_value
 from mlc_pipeline.review.queues import model_review_list, probes_accepted, scores_for
 from mlc_pipeline.review.state import Review
 from mlc_pipeline.review.thumbs import thumbnail
@@ -231,8 +232,8 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
         if path is None:
             truncated = (row["verify_reason"] or "").startswith("truncated")
             return Response(PLACEHOLDER.format("truncated file" if truncated else "no image"),
-                            media_type="image/svg+xml")
-        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+                            media_type="image/svg+xml", headers=FILE_HEADERS)
+        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400", **FILE_HEADERS})
 
     @app.get("/file/{cid}")
     def original(cid: int):
@@ -242,7 +243,10 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
             raise HTTPException(404, "no file for this candidate")
         if (row["verify_reason"] or "").startswith(("decompression-bomb", "file-too-large", "not-an-image")):
             raise HTTPException(403, f"not served: {row['verify_reason']}")
-        return FileResponse(row["file_path"], media_type=row["content_type"] or "application/octet-stream")
+        # The type its bytes show, never the stored remote header ("image/gif, text/html" ran as HTML)
+        if (media_type := file_media_type(row["file_path"])) is None:
+            raise HTTPException(403, "not served: not a JPEG, PNG, GIF, WebP, BMP or TIFF file")
+        return FileResponse(row["file_path"], media_type=media_type, headers=FILE_HEADERS)
 
     @app.post("/api/action")
     async def action(request: Request):

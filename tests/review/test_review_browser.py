@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import free_port
-from review_world import ReviewServer, make_data_root
+from review_world import ReviewServer, make_data_root, plant_polyglot
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.catalog import overrides as co
@@ -253,3 +253,29 @@ def test_a_held_pool_image_is_saved_as_other_by_the_documented_keys_or_its_butto
             assert [(a["action"], a["detail"]) for a in co.actions(c, cid)] == [("relabel", {"labels": "other"})]
         assert co.actions(c, target["id"]) == []
     assert not asked and not errors, (asked, errors)
+
+
+def test_a_collected_file_opened_on_its_own_runs_no_script(world, browser):
+    """The security26 audit: a valid GIF with HTML after it, collected from a host that sent it as
+    `image/gif, text/html` (a catalog of before 2026-12-07 still holds that type), was served with that
+    type; opened on its own ("Open image in new tab", or another site's link to /file/N) Chromium took
+    the last type, ran its script in the app's origin, and the script rejected an image through
+    /api/action. It is served as the GIF its bytes are, sandboxed: nothing runs, nothing is acted on,
+    and the image page still shows it."""
+    config, cfg, server = world
+    planted, victim = plant_polyglot(cfg)
+    page = browser.new_page()
+    dialogs, errors = [], []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{server.url}/file/{planted}")
+    page.wait_for_timeout(1500)                  # the script's alert, then its fetch, came at once
+    assert not dialogs, dialogs
+    assert page.evaluate("document.contentType") == "image/gif"
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        assert co.actions(c, victim) == [] and c.get(victim)["status"] == "accepted"
+    page.goto(f"{server.url}/image/{planted}")
+    all_images_loaded(page)
+    assert page.eval_on_selector("img.full", "i => [i.naturalWidth, i.naturalHeight]") == [120, 100]
+    assert not dialogs and not errors, (dialogs, errors)
+
