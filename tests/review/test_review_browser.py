@@ -279,3 +279,23 @@ def test_a_collected_file_opened_on_its_own_runs_no_script(world, browser):
     assert page.eval_on_selector("img.full", "i => [i.naturalWidth, i.naturalHeight]") == [120, 100]
     assert not dialogs and not errors, (dialogs, errors)
 
+
+def test_a_huge_title_or_owner_keeps_the_take_down_button_on_screen(world, browser):
+    """The security26 audit: a 100,000-character title made the image page 2,167,586 px wide and put
+    the "take down…" button off the screen; a 50,000-character owner made pages 412,318 px wide. They
+    are clipped (the whole text in the element's title), and the page is no wider than the window."""
+    config, cfg, server = world
+    title, owner = "A" * 100_000, "B" * 50_000
+    with Catalog(cfg.catalog_path) as c:
+        target = c.candidates("status='accepted' AND purpose='train'")[0]
+        c.update_fields(target["id"], title=title, owner_name=owner, owner=owner, url="http://x/" + "u" * 50_000,
+                        license_name="L" * 50_000, date_taken="D" * 50_000)
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    for url in (f"{server.url}/image/{target['id']}", f"{server.url}/"):
+        page.goto(url)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280, url
+    page.goto(f"{server.url}/image/{target['id']}")
+    box = page.locator("button[data-action=remove]").bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 1280 and box["y"] >= 0 and box["y"] + box["height"] <= 860, box
+    assert page.get_attribute("#title", "title") == title        # all of it, on hover
+    assert page.evaluate("document.documentElement.scrollHeight") < 5000
