@@ -26,8 +26,24 @@ REJECTED_KEY = "mlc-rejected-by-reason"
 MINED_KEY = "mlc-mined-negatives"
 
 
+# Text from outside (a failed download's reason holds a result URL's host, an error line a reply's keys)
+# must render as text: Prefect's UI renders HTML in markdown (the security26 audit saw an attacker's <img>
+# drawn, which loads its address for whoever views the run) and links and images in Markdown.
+MD_ESCAPES = str.maketrans({**{c: "\\" + c for c in "\\`*[]|"}, "&": "&amp;", "<": "&lt;", "\n": " ", "\r": " "})
+
+
 def md_escape(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """`text` as plain text on one line of markdown, a table cell's too: no HTML, link, image, code or
+    `*` emphasis (a masked secret's `***` inside the bold error line broke it; an `_` inside a word,
+    as in ResNet18_Weights, emphasises nothing, and only outside text could put one elsewhere)."""
+    return str(text).translate(MD_ESCAPES)
+
+
+def counts_text(counts: dict | None) -> str:
+    """{'http-404': 2, 'too-large': 1} -> 'http-404 2, too-large 1' (escaped), most first; 'none'."""
+    if not counts:
+        return "none"
+    return ", ".join(f"{md_escape(k)} {n}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))))
 
 
 # --------------------------------------------------------------------------------------- tables
@@ -148,7 +164,7 @@ def summary_markdown(run: dict) -> str:
     if c:
         lines += ["## Collect", "",
                   f"{c['downloaded']} downloaded, {c['found_new']} new candidates, {c['api_calls']} API calls; "
-                  f"failed: {c.get('failed') or 'none'}; shortfall: {shortfall_text(c.get('shortfall'))}", ""]
+                  f"failed: {counts_text(c.get('failed'))}; shortfall: {shortfall_text(c.get('shortfall'))}", ""]
         lines += short_sets_markdown(c)
     k = run.get("curate")
     if k:

@@ -3,6 +3,8 @@ in the artifact: tests/test_flows.py)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from mlc_pipeline.config import ConfigError, load_config
@@ -87,3 +89,26 @@ def test_without_comparison_heads_the_summary_still_shows_the_html_reports_alter
     assert "No comparison heads were trained in this run" in text
     failed = summary_markdown({**run, "status": "Failed"})
     assert "Alternatives on the same data" not in failed        # a failed run: no "off" table that looks whole
+
+
+def test_text_from_outside_renders_as_text_never_as_html_a_link_or_an_image():
+    """The security26 audit: a failed download's reason (`host-not-allowed:<a result URL's host>`) and
+    a failed run's error (a reply's keys) went into the Prefect run summary as they came, and Prefect's
+    UI drew an attacker's <img> (its address loads for whoever views the run). Rendered by a CommonMark
+    renderer, every such text is plain text: no element, link or image, and all of it readable."""
+    from html import unescape
+    from markdown_it import MarkdownIt
+    tag = "<img src=http://evil.example/pixel.png onerror=alert(1)>"
+    image, link = "![px](http://evil.example/track.png)", "[click](javascript:alert(1))"
+    error = (f"stage 'collect' failed: RetriesExhausted: a malformed reply: no 'licenses' in it (keys: {tag}, "
+             f"***, stat) {image} `code` \\[x] &lt;b&gt;")
+    collected = {"downloaded": 1, "found_new": 2, "api_calls": 3, "shortfall": {"train/kite": 1},
+                 "failed": {f"host-not-allowed:{tag}": 2, f"not-an-image:{image}": 1, "too-large": 1},
+                 "short": [f"kite: 0 of 9 usable ({link} | x)"]}
+    text = summary_markdown({"status": "Failed", "config_path": "c.yaml", "error": error, "collect": collected})
+    html = MarkdownIt("commonmark").enable("table").render(text.split("- config:")[0] + text.split("## Collect")[1])
+    assert not re.search(r"<(img|a|code|b|em|script)\b", html) and html.count("<strong>") == 2, html
+    shown = unescape(re.sub(r"<[^>]+>", "", html))
+    for part in (error, tag, image, f"{link} | x"):
+        assert part in shown, (part, shown)
+    assert f"failed: host-not-allowed:{tag} 2, not-an-image:{image} 1, too-large 1;" in shown, shown
