@@ -22,7 +22,7 @@ from mlc_pipeline.executor import ClusterLost
 from mlc_pipeline.fsutil import temp_target
 from mlc_pipeline.locking import DataRootBusy, ReadOnlyDataRoot
 from mlc_pipeline.manifest import UnknownVersion
-from mlc_pipeline.secrets import MissingCredentials, install_log_redaction, redact
+from mlc_pipeline.secrets import LINES, MissingCredentials, install_log_redaction, printable, redact
 
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)   # an OSError with one of these: one line, no traceback
 # The object store's libraries: at DEBUG they log every request's headers (X-Amz-Security-Token, the key
@@ -233,13 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, MissingCredentials, UnknownVersion) as exc:
-        print(f"mlc: {redact(str(exc))}", file=sys.stderr)
+        print(f"mlc: {shown(exc)}", file=sys.stderr)
         return 2
     except (DataRootBusy, CatalogBusy) as exc:
-        print(f"mlc: {redact(str(exc))}", file=sys.stderr)
+        print(f"mlc: {shown(exc)}", file=sys.stderr)
         return 75                               # EX_TEMPFAIL: try again later
     except VersionDamaged as exc:
-        print(f"mlc: {exc}", file=sys.stderr)
+        print(f"mlc: {shown(exc)}", file=sys.stderr)
         return 3
     except Terminated:
         print(f"mlc: terminated (SIGTERM); {rerun_hint(args.command)}", file=sys.stderr)
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return quiet_broken_pipe()
     except (CatalogError, ReadOnlyDataRoot, ClusterLost) as exc:
-        print(f"mlc: {redact(str(exc))}", file=sys.stderr)
+        print(f"mlc: {shown(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
@@ -267,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as exc:
         return last_line_of_defence(exc)
+
+
+def shown(exc: BaseException) -> str:
+    """An error's text for the `mlc:` line: secrets masked, control characters escaped (it may quote a
+    remote reply: the security26 audit saw one retitle and clear the terminal)."""
+    return printable(redact(str(exc)), LINES)
 
 
 def quiet_broken_pipe() -> int:
@@ -286,15 +292,15 @@ def last_line_of_defence(exc: Exception) -> int:
     train, build = sys.modules.get("mlc_pipeline.model.train"), sys.modules.get("mlc_pipeline.dataset.build")
     if isinstance(exc, StorageError) or (train is not None and isinstance(exc, train.TrainingDiverged)) or (
             build is not None and isinstance(exc, build.NothingToBuild)):
-        print(f"mlc: {redact(str(exc))}", file=sys.stderr)
+        print(f"mlc: {shown(exc)}", file=sys.stderr)
         return 1
     bundle = sys.modules.get("mlc_pipeline.model.bundle")
     if bundle is not None and isinstance(exc, bundle.BundleError):      # a damaged model, as predict says it
-        print(f"mlc: {redact(str(exc))}", file=sys.stderr)
+        print(f"mlc: {shown(exc)}", file=sys.stderr)
         return 2
     if not isinstance(exc, SourceError):
-        print(redact(traceback.format_exc()), file=sys.stderr)
-    print(f"mlc: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
+        print(printable(redact(traceback.format_exc()), LINES), file=sys.stderr)
+    print(f"mlc: {type(exc).__name__}: {shown(exc)}", file=sys.stderr)
     return 1
 
 

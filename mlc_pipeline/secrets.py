@@ -150,6 +150,48 @@ def redact(text: str) -> str:
     return text
 
 
+# What a terminal acts on rather than shows: C0 and C1 control characters (ESC starts the sequences that
+# retitle, clear or recolour it), DEL, the Unicode line separators and the bidirectional overrides.
+UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+LINES = "\n\t"       # what a message of ours may hold: `keep` for a whole message (a log line, the `mlc:` line)
+
+
+def printable(text: str, keep: str = "") -> str:
+    """`text` with each character UNSHOWN matches, but those in `keep`, written as a Python string literal
+    writes it (`\\x1b`, `\\n`, `\\u202e`): text from a remote reply (an API's error, a reply's keys, a host
+    name) printed to a terminal or a log cannot drive it (the security26 audit: a reply's key retitled and
+    cleared the terminal and wrote fake text in red)."""
+    return UNSHOWN.sub(lambda m: m.group() if m.group() in keep else m.group().encode("unicode_escape").decode(), text)
+
+
+def _escape_controls(record: logging.LogRecord) -> None:
+    """A record whose message holds control characters (but a newline or a tab) gets them escaped: in its
+    arguments all of them (remote text: a newline there would forge a line of its own), in its format
+    string all but LINES. The arguments keep their shape, numbers as numbers (uvicorn's access formatter
+    reads them, as _redact_args says); a record that still holds one carries its escaped message."""
+    try:
+        message = record.getMessage()
+    except (TypeError, ValueError):     # logging reports such a call itself
+        return
+    if printable(message, LINES) == message:
+        return
+
+    def shown(value):
+        return value if value is None or isinstance(value, (int, float)) else printable(str(value))
+
+    if isinstance(record.args, tuple):
+        record.args = tuple(shown(a) for a in record.args)
+    elif isinstance(record.args, dict):
+        record.args = {k: shown(v) for k, v in record.args.items()}
+    record.msg = printable(record.msg, LINES) if isinstance(record.msg, str) else shown(record.msg)
+    try:
+        again = record.getMessage()
+    except (TypeError, ValueError):
+        again = None
+    if again is None or printable(again, LINES) != again:
+        record.msg, record.args = printable(message, LINES), None
+
+
 def flickr_credentials(local: bool) -> Credentials:
     """The key and secret from FLICKR_API_KEY / FLICKR_API_SECRET.
 
@@ -214,7 +256,8 @@ def _redact_args(record: logging.LogRecord) -> bool:
 
 
 def install_log_redaction() -> None:
-    """Mask known secrets in every log record, whichever logger or handler (Prefect's too) emits it.
+    """Mask known secrets in every log record, whichever logger or handler (Prefect's too) emits it,
+    and escape the control characters in it (`printable`: remote text a message quotes).
 
     A record factory sees each record as it is made, so no handler can be missed.
     """
@@ -237,6 +280,7 @@ def install_log_redaction() -> None:
             if clean != message and not _redact_args(record):
                 record.msg, record.args = clean, None
             _redact_traceback(record)
+        _escape_controls(record)
         return record
 
     logging.setLogRecordFactory(make_record)

@@ -9,10 +9,16 @@ import uuid
 from mlc_pipeline.secrets import MASK, install_log_redaction, redact, remember, shown_settings
 
 
-def _logger() -> tuple[logging.Logger, io.StringIO]:
+def access_formatter() -> logging.Formatter:
+    """uvicorn's access-line formatter, which reads a record's arguments itself."""
+    from uvicorn.logging import AccessFormatter
+    return AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False)
+
+
+def _logger(formatter: logging.Formatter | None = None) -> tuple[logging.Logger, io.StringIO]:
     out = io.StringIO()
     handler = logging.StreamHandler(out)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.setFormatter(formatter or logging.Formatter("%(levelname)s %(message)s"))
     log = logging.getLogger(f"test-secrets-{uuid.uuid4().hex}")
     log.addHandler(handler)
     log.propagate = False
@@ -89,17 +95,10 @@ def test_a_secret_in_an_access_log_line_keeps_the_arguments_uvicorn_reads(capsys
     """uvicorn's access formatter unpacks the record's five arguments itself. Masking dropped them
     (args = None), so a review token in a request path (`/?token=...`) turned every access line into
     a "Logging error" traceback on stderr (the secrets21 audit): the arguments are masked in place."""
-    from uvicorn.logging import AccessFormatter
     secret = f"TOKEN{uuid.uuid4().hex}"
     remember(secret)
     install_log_redaction()
-    out = io.StringIO()
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False))
-    log = logging.getLogger(f"test-access-{uuid.uuid4().hex}")
-    log.addHandler(handler)
-    log.propagate = False
-    log.setLevel(logging.INFO)
+    log, out = _logger(access_formatter())
     log.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", f"/?token={secret}", "1.1", 200)
     text, err = out.getvalue(), capsys.readouterr().err
     assert "Logging error" not in err and secret not in text + err
@@ -134,3 +133,26 @@ def test_settings_printed_in_a_run_summary_never_show_a_password():
         shown = shown_settings({"x": url})
         assert not any(part in shown for part in ("K7MD", "bPxRfiCY", "ter2", "ss@db", "pa#ss")), shown
         assert "***" in shown and ("@bucket/x" in shown or "@db/mlc" in shown)
+
+
+def test_control_characters_in_a_log_line_are_escaped_and_the_arguments_keep_their_shape(capsys):
+    """The security26 audit: text from a hostile reply (a host name, a reply's keys, an error) reached
+    the terminal as raw escape sequences, which retitled and cleared it and wrote fake text in red.
+    Every log record's control characters are escaped as Python writes them (a newline or a tab of a
+    message of ours stays); a string argument is escaped in place (uvicorn's access formatter reads the
+    arguments), an exception argument through the whole message."""
+    install_log_redaction()
+    evil = "\x1b]0;TITLE-PWNED\x07\x1b[2J\x1b[31mfake: all good\r\n\u202eevil\x85"
+    escaped = "\\x1b]0;TITLE-PWNED\\x07\\x1b[2J\\x1b[31mfake: all good\\r\\n\\u202eevil\\x85"
+    log, out = _logger()
+    log.warning("image host %s answers again\n\tafter %d errors", evil, 3)
+    log.warning("retry: %s", ValueError(evil))
+    log.warning({"not": evil})          # a message that is no string: its text, escaped
+    lines = out.getvalue().splitlines()
+    assert lines == [f"WARNING image host {escaped} answers again", "\tafter 3 errors", f"WARNING retry: {escaped}",
+                     "WARNING {'not': '\\x1b]0;TITLE-PWNED\\x07\\x1b[2J\\x1b[31mfake: all good\\r\\n\\u202eevil\\x85'}"
+                     ], lines
+    access, out = _logger(access_formatter())
+    access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", f"/{evil}", "1.1", 200)
+    assert out.getvalue().startswith(f'127.0.0.1:5000 - "GET /{escaped} HTTP/1.1" 200'), out.getvalue()
+    assert "Logging error" not in capsys.readouterr().err

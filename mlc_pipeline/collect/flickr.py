@@ -26,7 +26,7 @@ from mlc_pipeline.catalog.labels import licence_allowed
 from mlc_pipeline.config import SourceSettings
 from mlc_pipeline.collect.connections import Deadline, WatchedAdapter
 from mlc_pipeline.collect.retry import RateLimiter, Transient, retry_after_seconds, with_retries
-from mlc_pipeline.secrets import Credentials, redact
+from mlc_pipeline.secrets import Credentials, printable, redact
 
 log = logging.getLogger(__name__)
 # flickrapi logs every call's parameters (INFO/DEBUG) and, at ERROR, a failed reply's whole body line
@@ -38,6 +38,7 @@ FLICKR_EPOCH = 1072915200          # 2004-01-01: no upload is older
 DAY = 86400
 REPEATED_PAGES = 3                 # answers in a row with nothing new inside the reachable range: the end
 STATUS_RE = re.compile(r"Status code (\d{3})")
+KEY_SHOWN = 60                     # characters of a malformed reply's key a message shows
 RATE_LIMITED_S = 1.0               # a 429 without Retry-After waits 1 s, 2 s, 4 s, ... (capped by max_retry_after_s)
 
 
@@ -95,7 +96,7 @@ def network_cause(exc: BaseException) -> str:
 def classify(exc: Exception, rest_url: str | None = None) -> Exception:
     """Map a client error to Transient (retry) or SourceError (stop), with secrets masked.
     `rest_url`: the API URL called, named (host:port only) when it cannot be reached."""
-    msg = redact(str(exc))
+    msg = printable(redact(str(exc)))      # a reply's message: no control character reaches a terminal
     if isinstance(exc, FlickrError):
         if exc.code == 100:
             return InvalidKeyError(
@@ -130,9 +131,12 @@ def classify(exc: Exception, rest_url: str | None = None) -> Exception:
 
 
 def outline(value) -> str:
-    """What a malformed reply or entry held, for a message: its keys, never its values (no secrets)."""
+    """What a malformed reply or entry held, for a message: its keys, never its values (no secrets), each
+    at most KEY_SHOWN characters, control characters escaped (a hostile reply's key retitled and cleared
+    the terminal: the security26 audit)."""
     if isinstance(value, dict):
-        return "keys: " + (", ".join(sorted(map(str, value))[:8]) or "none")
+        keys = (printable(k if len(k) <= KEY_SHOWN else k[:KEY_SHOWN] + "...") for k in sorted(map(str, value))[:8])
+        return "keys: " + (", ".join(keys) or "none")
     return f"a {type(value).__name__}"
 
 

@@ -9,6 +9,8 @@ import threading
 import time
 from typing import Callable, TypeVar
 
+from mlc_pipeline.secrets import printable
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ def with_retries(call: Callable[[], T], attempts: int, base_s: float, max_s: flo
             if attempt == attempts - 1:
                 raise
             delay = exc.wait_s if exc.wait_s is not None else backoff_delay(attempt, base_s, max_s)
-            log.warning("%s: %s; retry %d/%d in %.1fs", what, exc, attempt + 1, attempts - 1, delay)
+            log.warning("%s: %s; retry %d/%d in %.1fs", what, printable(str(exc)), attempt + 1, attempts - 1, delay)
             sleep(delay)
     raise AssertionError("unreachable")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import subprocess
@@ -166,3 +167,60 @@ def test_collect_against_an_api_that_always_trickles_fails_in_one_line_within_it
                         r"no complete reply from the API at 127.0.0.1:\d+ within source.api_deadline_s \(1 s\)",
                         last), last
     assert took < 30, f"collect took {took:.0f} s for 3 tries of 1 s"
+
+
+EVIL = "\x1b]0;TITLE-PWNED\x07\x1b[2J\x1b[31mfake: all good\nmlc: done\u202e"
+
+
+class EvilReplies(BaseHTTPRequestHandler):
+    """An API whose replies carry terminal escape sequences: a key (a malformed reply), or a message."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.server.mode == "keys":
+            body = {"stat": "ok", EVIL: 1, "x" * 5000: 2}
+        else:
+            body = {"stat": "fail", "code": 3, "message": f"refused {EVIL}"}
+        out = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("mode", ["keys", "message"])
+def test_escape_sequences_in_a_reply_never_reach_the_terminal(tmp_path, mode):
+    """The security26 audit: a reply's key `ESC]0;TITLE BEL ESC[2J ESC[31m fake: all good` reached
+    stderr raw, in the retry warnings and the final `mlc:` line, so a hostile mirror could retitle and
+    clear the terminal and colour fake text. Every control character is escaped, a newline too (it
+    forged a line of its own), and a huge key is cut."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EvilReplies)
+    server.mode = mode
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = tmp_path / "evil.yaml"
+        config.write_text(
+            f"data_dir: {tmp_path / 'data'}\n"
+            f"source: {{kind: flickr, rest_url: 'http://127.0.0.1:{server.server_address[1]}/services/rest/', "
+            "retry: {attempts: 2, base_delay_s: 0.01, max_delay_s: 0.02}}\n"
+            "classes:\n  kite: {queries: [kite], count: 5}\nother: {queries: [sky], count: 5}\n")
+        env = {**ENV, "FLICKR_API_KEY": "k0123456789abcdef", "FLICKR_API_SECRET": "s0123456789"}
+        res = subprocess.run([*MLC, "collect", "-c", str(config), "--no-progress"], env=env, capture_output=True,
+                             text=True, timeout=120)
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = res.stderr
+    assert res.returncode == 1 and "Traceback" not in err, err
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202e]", err), repr(err)
+    escaped = "\\x1b]0;TITLE-PWNED\\x07\\x1b[2J\\x1b[31mfake: all good\\nmlc: done\\u202e"
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("mlc: ") and escaped in last, repr(last)
+    assert not any(line.startswith("mlc: done") for line in err.splitlines()), err
+    if mode == "keys":
+        assert "retry 1/1" in err and err.count(escaped) == 2, err       # the warning, then the last line
+        assert "x" * 61 not in err and "x" * 60 + "..." in err
