@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+import unicodedata
 
 from mlc_pipeline.config import Config
 from mlc_pipeline.manifest import SPLITS
@@ -28,20 +30,36 @@ def attribution(rows: list[dict], version: str) -> str:
 
 
 def link(text, url: str | None) -> str:
-    """`[text](url)` for a plain http(s) URL (nothing in it that ends a Markdown link), else the text."""
+    """`[text](url)` for a plain http(s) URL (nothing in it that ends a Markdown link, no space, control
+    or bidi character: the link goes where its text says), else the text, and never a `javascript:`."""
     shown = table_cell("" if text is None else text)
-    if not url or not url.startswith(("https://", "http://")) or any(c in url for c in " \t\n()<>|[]\\\"'`"):
+    if (not url or not url.startswith(("https://", "http://")) or any(c in url for c in " \t\n()<>|[]\\\"'`")
+            or any(unicodedata.category(c)[0] in "CZ" for c in url)):
         return shown
     return f"[{shown}]({url})"
 
 
+# Bidi embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069): `Ann\u202eevil` showed as
+# "Annlive". Dropped. The C0 and C1 controls, NUL among them (grep and GitHub took the file for binary),
+# become U+FFFD, as CommonMark does with NUL; those that are white space are line breaks or spaces.
+UNSEEN = {**{c: "\ufffd" for c in [*range(0x20), *range(0x7f, 0xa0)] if not chr(c).isspace()},
+          **dict.fromkeys([*range(0x202a, 0x202f), *range(0x2066, 0x206a)])}
+# What makes Markdown of text: links and images (`[`, `]`, `!` before `[`), code spans, emphasis and
+# strikethrough, escapes and table pipes. Backslash-escaped, each shows as itself. A `_` between two
+# letters or digits is left as it is (it cannot start or end emphasis: `flickr-1000_5` stays greppable).
+MARKDOWN_SYNTAX = re.compile(r"[\\`*~|\[\]]|!(?=\[)|(?<![^\W_])_|_(?![^\W_])")
+
+
 def table_cell(value) -> str:
-    """Untrusted text (a Flickr title, an owner's name) as one Markdown table cell: on one line (every
-    line break, \\r and U+2028 included), its pipes and backslashes escaped, and no HTML (a `<!--` in
-    a title hid every row after it when the file was rendered)."""
-    text = " ".join(str(value).split())
-    return (text.replace("\\", "\\\\").replace("|", "\\|")
-            .replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+    """Outside text (a Flickr title, an owner's name, a licence's name) as Markdown that shows it as
+    it is, in a table cell or anywhere in a line: on one line (every line break, \\r and U+2028
+    included: a newline in a licence name started a heading of the card), no HTML (a `<!--` hid every
+    row after it), no Markdown (a `[x](http://...)` was a live link, a `![](...)` an image loaded
+    from anywhere: the security26 audit), and no control or bidi character. Accents, CJK and emoji
+    are kept."""
+    text = " ".join(str(value).translate(UNSEEN).split())
+    text = MARKDOWN_SYNTAX.sub(lambda m: "\\" + m.group(), text)
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def dataset_card(name: str, version: str, cfg: Config, counts: dict, curation: dict, previous: str | None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from markdown_it import MarkdownIt
 
 from storage_world import FIXTURES, plant_downloads
 
@@ -43,6 +44,54 @@ def test_the_licence_links_to_its_deed_and_the_source_to_the_photos_page():
     assert table[0].endswith("| [CC BY 2.0](https://creativecommons.org/licenses/by/2.0/) | "
                              "[https://www.flickr.com/photos/12@N01/1](https://www.flickr.com/photos/12@N01/1) |")
     assert table[1].endswith("| CC0 | http://127.0.0.1:9/x(1).jpg |")
+
+
+def rendered(text: str) -> list:
+    """What a CommonMark renderer with GitHub's tables and strikethrough makes of `text`: its block
+    tokens, each followed by its inline children."""
+    tokens = MarkdownIt("commonmark").enable(["table", "strikethrough"]).parse(text)
+    return [t for token in tokens for t in [token, *(token.children or [])]]
+
+
+MARKUP = {"html_block", "html_inline", "image", "link_open", "code_inline", "em_open", "strong_open", "s_open"}
+
+
+def cell_texts(text: str) -> list[list[str]]:
+    """The text of each cell of the body of the Markdown table in `text`, as rendered."""
+    rows, body = [], False
+    for token in rendered(text):
+        body = body or token.type == "tbody_open"
+        if body and token.type == "tr_open":
+            rows.append([])
+        elif body and token.type == "inline":
+            rows[-1].append("".join(c.content for c in token.children if c.type == "text"))
+    return rows
+
+
+def test_markdown_in_a_title_owner_or_licence_is_shown_as_text_not_a_link_or_an_image():
+    """The security26 audit: ATTRIBUTION.md's cells escaped HTML but not Markdown: an owner
+    `[owner](http://evil.example)` was a link, a title `![px](http://.../track.png)` an image loaded by
+    whoever read the file; a NUL made it "binary" to grep and GitHub, and U+202E showed `Ann\u202eevil` as
+    "Annlive". Each is now text, shown as the source gave it; a URL with a bidi or control character
+    is no link; accents, CJK and emoji are kept."""
+    title = "![px](http://127.0.0.1:9/track.png?title) `c` *b* _i_ ~~s~~ a_b"
+    rows = [{"path": "images/cat/flickr-1000_5.jpg", "title": title, "owner": "[owner](http://evil.example)",
+             "license": "CC BY](http://evil.example) [x", "license_id": "4",
+             "license_url": "https://creativecommons.org/licenses/by/2.0/", "url": "https://live.staticflickr.com/1/1.jpg",
+             "page": "https://www.flickr.com/photos/12@N01/1"},
+            {"path": "images/cat/2.jpg", "title": "Ann\u202eevil\u2066 x\x00y\x07", "owner": "Zoë 猫 🐱‍👤", "license": "CC0",
+             "license_url": "https://creativecommons.org/publicdomain/zero/1.0/\u202e", "url": "https://h/2.jpg",
+             "page": "https://www.flickr.com/photos/x/2\x00"}]
+    text = attribution(rows, "v1")
+    tokens = rendered(text)
+    assert not [t.type for t in tokens if t.type in MARKUP - {"link_open"}]
+    assert [t.attrs["href"] for t in tokens if t.type == "link_open"] == [
+        "https://creativecommons.org/licenses/by/2.0/", "https://www.flickr.com/photos/12@N01/1"]
+    assert cell_texts(text) == [
+        ["images/cat/flickr-1000_5.jpg", title, "[owner](http://evil.example)", "CC BY](http://evil.example) [x",
+         "https://www.flickr.com/photos/12@N01/1"],
+        ["images/cat/2.jpg", "Annevil x\ufffdy\ufffd", "Zoë 猫 🐱‍👤", "CC0", "https://www.flickr.com/photos/x/2\ufffd"]]
+    assert not set(text) & {"\x00", "\x07", "\u202e", "\u2066"} and "flickr-1000_5.jpg" in text   # greppable
 
 
 def card_for(licenses, restricted: dict, not_allowed: dict | None = None, kind: str = "local") -> str:
@@ -135,3 +184,4 @@ def test_the_card_says_which_classes_left_the_config_and_which_labels_were_dropp
     assert meta["left_out"]["class-not-in-config"] == {"bees": 6} and meta["left_out"]["label-not-in-config"] == {"bees": 1}
     assert "label of a class no longer in the config (the image is in under its others): bees 1" in \
         format_dataset_summary(dataset_summary(ants_only, v1.version))
+
