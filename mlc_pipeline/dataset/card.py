@@ -78,8 +78,7 @@ def dataset_card(name: str, version: str, cfg: Config, counts: dict, curation: d
              "|---|" + "---|" * (len(SPLITS) + 1)]
     for label, splits in counts["per_label_split"].items():
         lines.append(f"| {label} | " + " | ".join(str(splits.get(s, 0)) for s in SPLITS + ("probe",)) + " |")
-    lines += ["", f"Images: {counts['images']}. Licences: " +
-              ", ".join(f"{k or 'unknown'} ({v})" for k, v in sorted(counts["licenses"].items())), "",
+    lines += ["", f"Images: {counts['images']}. Licences: {counted(counts['licenses'])}", "",
               "## Parameters", "", f"- max side {cfg.build.max_side} px, JPEG quality {cfg.build.jpeg_quality}",
               f"- split fractions {cfg.build.split} (by a hash of source and photo id: stable across versions)",
               f"- near-duplicate Hamming threshold {cfg.curate.hamming_threshold}, min side {cfg.curate.min_side}, "
@@ -90,6 +89,13 @@ def dataset_card(name: str, version: str, cfg: Config, counts: dict, curation: d
     lines += ["", "`labels` empty = an \"other\" image (a negative for every class). Split `probe` = kinds under",
               "no training query, used only to measure how often the unknown is accepted.", ""]
     return "\n".join(lines)
+
+
+def counted(counts: dict) -> str:
+    """`name (n), ...` of a count by licence or by labels: the names are outside text (a licence's
+    name comes from the source, a URL list's row or Flickr's licence list; labels from the catalog,
+    not the config now), shown as text, never as Markdown or HTML (table_cell)."""
+    return ", ".join(f"{table_cell(name or 'unknown')} ({n})" for name, n in sorted(counts.items()))
 
 
 def licence_setting(cfg: Config) -> str:
@@ -114,14 +120,14 @@ def licence_notice(cfg: Config, counts: dict, not_allowed: dict) -> list[str]:
     setting = licence_setting(cfg)
     lines = []
     if cfg.source.restricted_licenses:      # (the build leaves out any licence the setting does not allow)
-        found = ", ".join(f"{name} ({n})" for name, n in sorted(restricted.items())) or "none in this version"
+        found = counted(restricted) or "none in this version"
         lines += ["## Licences that restrict use", "",
                   f"**Warning:** built with `source.licenses: {setting}`, which lets in licences that do not allow",
                   f"free reuse (all rights reserved, non-commercial, no derivatives). Images under them: {found}.",
                   "Check each image's licence (manifest.csv `license`, ATTRIBUTION.md) before using, sharing or",
                   "training on this version.", ""]
     if not_allowed:
-        left = ", ".join(f"{name} ({n})" for name, n in sorted(not_allowed.items()))
+        left = counted(not_allowed)
         lines += ["## Licences left out", "",
                   f"{sum(not_allowed.values())} accepted image(s) in the catalog, collected under an earlier setting, "
                   f"carry a licence `source.licenses: {setting}` does not allow: {left}.",
@@ -138,12 +144,12 @@ def class_notice(class_left_out: dict, labels_dropped: dict) -> list[str]:
         return []
     lines = ["## Classes no longer in the config", ""]
     if class_left_out:
-        left = ", ".join(f"{labels} ({n})" for labels, n in sorted(class_left_out.items()))
+        left = counted(class_left_out)
         lines += [f"{sum(class_left_out.values())} accepted image(s) in the catalog are not in this version: none of "
                   f"their classes is in the config now: {left}.",
                   "They are not made \"other\" images; the catalog keeps them, and adding the class back brings them back.", ""]
     if labels_dropped:
-        dropped = "; ".join(f"{label} dropped from {n} image(s)" for label, n in sorted(labels_dropped.items()))
+        dropped = "; ".join(f"{table_cell(label)} dropped from {n} image(s)" for label, n in sorted(labels_dropped.items()))
         lines += ["Images of several classes lost the labels of classes no longer in the config, and are in this",
                   f"version under their other labels: {dropped}.", ""]
     return lines

@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from glob import escape as glob_escape
 from pathlib import Path
 
-from mlc_pipeline.dataset.card import attribution
+import yaml
+
+from mlc_pipeline.dataset.card import attribution, table_cell
 from mlc_pipeline.dataset.takedowns import Takedowns, held_words
 from mlc_pipeline.dataset.verify import verified_version
 from mlc_pipeline.fsutil import errors_name, pid_alive
@@ -295,22 +297,26 @@ def hf_card(version_dir: Path, meta: dict, per_split: dict[str, list[dict]], siz
     or another project's export of the same name, loaded an earlier export's rows (a user's audit).
     The licences named are those of the rows exported."""
     columns = list(dict.fromkeys(k for items in per_split.values() for item in items for k in item))
-    features = ["  - name: image\n    dtype: image", "  - name: labels\n    sequence: string"]
-    features += [f"  - name: {c}\n    dtype: string" for c in columns if c not in ("file_name", "labels")]
+    features = [{"name": "image", "dtype": "image"}, {"name": "labels", "sequence": "string"}]
+    features += [{"name": c, "dtype": "string"} for c in columns if c not in ("file_name", "labels")]
     order = [s for s in HF_SPLITS.values() if s in per_split] + sorted(set(per_split) - set(HF_SPLITS.values()))
-    splits = "\n".join(f"  - split: {s}\n    path: {s}/*" for s in order)
     licences = sorted({item["license"] or "unknown" for items in per_split.values() for item in items})
     # what the rows are: the version's fingerprint and this export's images (a takedown leaves some out)
     identity = (f"mlc-pipeline {meta.get('name')} {meta.get('version')}, fingerprint {meta.get('fingerprint')}, rows "
                 + hashlib.sha256(json.dumps(per_split, sort_keys=True).encode()).hexdigest()[:16])
+    header = {"license": "other", "task_categories": ["image-classification"],
+              "configs": [{"config_name": "default", "description": identity,
+                           "data_files": [{"split": s, "path": f"{s}/*"} for s in order]}],
+              "dataset_info": {"features": features,
+                               "splits": [{"name": s, "num_bytes": sizes[s], "num_examples": len(per_split[s])}
+                                          for s in order],
+                               "download_size": sum(sizes.values()), "dataset_size": sum(sizes.values())}}
     card = (version_dir / "README.md").read_text() if (version_dir / "README.md").is_file() else ""
-    return (f"---\nlicense: other\ntask_categories:\n- image-classification\n"
-            f"configs:\n- config_name: default\n  description: {json.dumps(identity)}\n  data_files:\n{splits}\n"
-            f"dataset_info:\n  features:\n" + "\n".join(features) + "\n  splits:\n" +
-            "\n".join(f"  - name: {s}\n    num_bytes: {sizes[s]}\n    num_examples: {len(per_split[s])}" for s in order) +
-            f"\n  download_size: {sum(sizes.values())}\n  dataset_size: {sum(sizes.values())}\n---\n\n" +
+    # safe_dump quotes what needs it (dataset.json's name is text to YAML): no line of the header is
+    # `---`, which would end it (a value's later lines are indented)
+    return ("---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=float("inf")) + "---\n\n"
             f"Licences differ per image: see each row's `license`, `owner` and `url`, and ATTRIBUTION.md "
-            f"({'; '.join(licences) or 'none recorded'}).\n\n" + card)
+            f"({'; '.join(map(table_cell, licences)) or 'none recorded'}).\n\n" + card)
 
 
 def write_webdataset(version_dir: Path, rows: list[dict], out: Path, meta: dict, shard_size: int) -> int:

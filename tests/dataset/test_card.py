@@ -103,6 +103,41 @@ def card_for(licenses, restricted: dict, not_allowed: dict | None = None, kind: 
     return dataset_card("default", "v2", cfg, counts, {}, "v1", not_allowed)
 
 
+HOSTILE = ["CC BY\n<!-- everything below is hidden", "x\n## Heading injected", "<script>alert(1)</script>",
+           "[click](http://evil.example)", "![px](http://127.0.0.1:9/track.png)", "`c` *b* _i_ ~~s~~", "Ann\u202eevil"]
+
+
+def test_outside_text_in_the_card_is_text_and_hides_not_its_licence_warning():
+    """The security26 audit: licence names (a URL list's free text, a licence list's names) went into
+    the card as Markdown: a newline made a heading of the rest, and after "CC BY\n<!--" everything
+    below, the "Licences that restrict use" warning included, was an HTML comment nobody sees. Each
+    name, and each label of a class the catalog holds and the config no longer has, is one line of
+    text now."""
+    cfg = parse_config({"data_dir": "/nonexistent", "source": {"licenses": "any"},
+                        "classes": {"cat": {"queries": ["cat"], "count": 1}}, "other": {"queries": ["x"], "count": 1}})
+
+    def card(names: list[str]) -> str:
+        named = {name: n for n, name in enumerate(names, start=1)}
+        counts = {"images": 28, "per_label_split": {"cat": {"train": 28}}, "licenses": named, "restricted_licenses": named}
+        return dataset_card("default", "v2", cfg, counts, {"too-small": 1}, "v1", named, named, named)
+
+    hostile = {name: n for n, name in enumerate(HOSTILE, start=1)}
+    tokens = rendered(card(HOSTILE))
+    headings = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open"]
+    assert headings == ["Dataset default v2", "Contents (images per label and split)", "Parameters",
+                        "Licences that restrict use", "Licences left out", "Classes no longer in the config",
+                        "What curation and review left out"]
+    # the same Markdown as a card of plain names: no heading, HTML, link, image, code or emphasis more
+    assert [t.type for t in tokens] == [t.type for t in rendered(card([f"name {n}" for n in range(len(HOSTILE))]))]
+    shown = "\n".join("".join(c.content if c.type == "text" else "\n" for c in t.children) for t in tokens
+                      if t.type == "inline")
+    for name in HOSTILE:       # as the source gave it, on one line, bidi controls left out
+        one_line = " ".join(name.replace("\u202e", "").split())
+        assert f"{one_line} ({hostile[name]})" in shown and f"{one_line} dropped from" in shown, (one_line, shown)
+    warning = shown.split("Warning:", 1)[1].split("Check each image", 1)[0]
+    assert all(" ".join(name.replace("\u202e", "").split()) in warning for name in HOSTILE)
+
+
 def test_a_narrowed_setting_is_stated_as_it_is_with_the_licences_it_left_out():
     """The collect25 audit: after `source.licenses` went from `any` to open licences, the card said
     "collected with `source.licenses: 4, 5, 9, 10, 11`, which lets in licences that do not allow free

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mlc_pipeline.dataset.build import count_rows, folder_name, write_sums
 from mlc_pipeline.dataset.verify import rows_fingerprint
@@ -359,3 +360,42 @@ def test_every_imagefolder_split_loads_with_the_same_class_indices_as_docs_say(v
             rel = Path(path).relative_to(out).as_posix()
             first = next((k for k in listed if Path(k).name == Path(rel).name), None)
             assert classes[target] in listed[first].split(), (rel, classes[target], listed[first])
+
+
+def rewrite_rows(version: Path, change: dict[str, dict]) -> list[dict]:
+    """The version's manifest with the rows of the photo ids in `change` updated (text columns only:
+    the fingerprint and SHA256SUMS still verify)."""
+    rows = read_manifest(version / "manifest.csv")
+    for r in rows:
+        r.update(change.get(r["photo_id"], {}))
+    write_manifest(version / "manifest.csv", rows)
+    return rows
+
+
+def test_the_hf_cards_header_and_licence_line_carry_outside_text_as_text(version, tmp_path, monkeypatch):
+    """The security26 audit: the hf README's first line joined the licence names as Markdown (a
+    newline and `<!--` in one hid the whole card below it), and its YAML header was formatted by hand.
+    The header is YAML's own (safe_dump), the line text."""
+    from markdown_it import MarkdownIt
+    rewrite_rows(version, {"1000.5": {"license": "CC BY\n<!-- the card below is hidden"},
+                           "1003": {"license": "x\n## Heading injected [a](http://evil.example)"}})
+    meta = json.loads((version / "dataset.json").read_text())
+    name = 'd\n---\nlicense: mit "😀"'            # dataset.json's name is text to the header
+    (version / "dataset.json").write_text(json.dumps({**meta, "name": name}))
+    out = tmp_path / "hf"
+    export_version(version, "hf", out)
+    readme = (out / "README.md").read_text()
+    header, body = readme.removeprefix("---\n").split("\n---\n", 1)
+    parsed = yaml.safe_load(header)
+    assert parsed["license"] == "other" and parsed["configs"][0]["description"].startswith(f"mlc-pipeline {name} v1")
+    assert [s["split"] for s in parsed["configs"][0]["data_files"]] == ["train", "validation", "test", "probe"]
+    tokens = [t for token in MarkdownIt("commonmark").parse(body) for t in [token, *(token.children or [])]]
+    assert [t.type for t in tokens if t.type in ("heading_open", "html_block", "html_inline", "link_open")] == \
+        ["heading_open"], body                   # the version's card's title, not hidden, and no other
+    assert "CC BY &lt;!-- the card below is hidden; CC BY 2.0; x ## Heading injected \\[a\\](http://evil.example)" in body
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    train = by_photo(datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))["train"])
+    assert train["1000.5"]["license"] == "CC BY\n<!-- the card below is hidden"      # the data as it was
+
