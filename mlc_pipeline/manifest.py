@@ -212,17 +212,47 @@ def point_latest(root: Path, version: str) -> None:
     write_text_atomic(root / "LATEST", version + "\n")
 
 
+# The columns of outside text, what a photo's source says of it: a spreadsheet opening the CSV takes
+# such a cell starting with = + - @, a tab or a carriage return for a formula (`=HYPERLINK(...)`,
+# `=cmd|...`: the security26 audit), so it is written with a `'` before it (OWASP's CSV injection
+# advice), and read back without (`unguarded`). Only these: the others are data that programs read
+# (paths, ids, labels, split, sha256, numbers, http(s) URLs, the config's queries), which a `'` would change.
+TEXT_COLUMNS = ("license", "owner", "title", "date_taken")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(row: dict) -> dict:
+    """The row as a CSV of ours writes it (manifest.csv, an imagefolder export's metadata.csv): a text
+    cell a spreadsheet would take for a formula gets a `'` before it, and so does one that already
+    starts with `'`s before such a character (`'=x` is written `''=x`), so reading it back is exact."""
+    return {k: "'" + v if k in TEXT_COLUMNS and looks_like_formula(v) else v for k, v in row.items()}
+
+
+def unguarded(row: dict) -> dict:
+    """The row as its source gave it: spreadsheet_safe's `'` taken off again."""
+    return {k: unguarded_text(v) if k in TEXT_COLUMNS else v for k, v in row.items()}
+
+
+def unguarded_text(text):
+    return text[1:] if isinstance(text, str) and text.startswith("'") and looks_like_formula(text[1:]) else text
+
+
+def looks_like_formula(text) -> bool:
+    return isinstance(text, str) and text.lstrip("'").startswith(FORMULA_START)
+
+
 def write_manifest(path: Path, rows: list[dict]) -> None:
     """Plain write: a manifest is written inside a version folder that is published whole by a rename."""
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, MANIFEST_COLUMNS, extrasaction="ignore")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(map(spreadsheet_safe, rows))
 
 
 def read_manifest(path: Path) -> list[dict]:
+    """The rows as build wrote them, their text as the source gave it (`unguarded`)."""
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        return [unguarded(r) for r in csv.DictReader(f)]
 
 
 def read_manifest_frame(manifest_csv: str | Path) -> "pd.DataFrame":
@@ -236,6 +266,8 @@ def read_manifest_frame(manifest_csv: str | Path) -> "pd.DataFrame":
     if not manifest_csv.is_file():
         raise FileNotFoundError(f"manifest not found: {manifest_csv}")
     df = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
+    for column in set(TEXT_COLUMNS) & set(df.columns):
+        df[column] = df[column].map(unguarded_text)
     missing = {"path", "labels", "split"} - set(df.columns)
     if missing:
         raise ValueError(f"{manifest_csv}: missing column(s) {sorted(missing)}")

