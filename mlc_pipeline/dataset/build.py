@@ -119,7 +119,8 @@ def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None,
     widening the setting brings it back."""
     rows = []
     removed_owners = catalog.removed_owners()       # `mlc remove --owner`: later photos stay out too
-    license_urls = catalog.license_urls()
+    # a deed is a web page: what else a source lists (`javascript:`, text, a formula) is no URL of one
+    license_urls = {k: url for k, url in catalog.license_urls().items() if url.startswith(("https://", "http://"))}
     # a photo's page exists at the real Flickr only (the bundled server's ids name no photo there)
     photo_pages = cfg.source.kind == "flickr" and cfg.source.rest_url.startswith("https://api.flickr.com/")
     for c in build_candidates(catalog):             # accepted, with the review app's decisions applied

@@ -14,6 +14,7 @@ from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import parse_config
 from mlc_pipeline.dataset.build import build_dataset
 from mlc_pipeline.dataset.card import attribution, dataset_card
+from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.report.inspect import dataset_summary, format_dataset_summary
 
 
@@ -220,3 +221,15 @@ def test_the_card_says_which_classes_left_the_config_and_which_labels_were_dropp
     assert "label of a class no longer in the config (the image is in under its others): bees 1" in \
         format_dataset_summary(dataset_summary(ants_only, v1.version))
 
+
+def test_a_licence_url_that_is_no_web_page_is_not_published(tmp_path):
+    """The security26 audit: a licence list's `url` was published as the deed whatever it held
+    (`javascript:...`, text, a spreadsheet formula), in manifest.csv's `license_url`, a column of URLs
+    that is written as it is. Only an http(s) URL is a deed."""
+    both, _, _ = planted(tmp_path)
+    with Catalog(both.catalog_path) as c:
+        c.save_licenses({4: ("CC BY 2.0", '=HYPERLINK("http://evil.example/","x")')})
+    v1 = build_dataset(both).path
+    rows = read_manifest(v1 / "manifest.csv")
+    assert rows and {r["license_url"] for r in rows} == {""}     # (an http(s) deed: test_curate_build)
+    assert "HYPERLINK" not in (v1 / "manifest.csv").read_text() + (v1 / "ATTRIBUTION.md").read_text()
