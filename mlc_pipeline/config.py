@@ -11,12 +11,13 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mlc_pipeline.catalog_address import PostgresCatalog, check_url
+from mlc_pipeline.config_checks import Strict, deep_merge
 from mlc_pipeline.config_messages import ConfigError, check_override_classes, error_line, user_file  # re-exported
 from mlc_pipeline.layout import DataLayout
 from mlc_pipeline.secrets import URL_RE, check_storage_options, data_url_problem   # URL_RE: data_dir: s3://...
@@ -40,30 +41,6 @@ def query_key(query: str) -> str:
     """How two queries are compared wherever they are (shared queries, a takedown's --query): case and
     spacing aside, as a search engine reads them ("Kite  surfing" is "kite surfing")."""
     return " ".join(query.lower().split())
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # nan: "should be a finite number", not "<= 1"
-    yes_no_means: ClassVar[dict[str, tuple[str, str]]] = {}   # field: what its no and yes stand for
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def no_yes_no_for_a_number(cls, value: Any, info) -> Any:
-        # YAML reads yes/no/on/off/true/false as booleans and pydantic takes True for 1:
-        # `max_unknown_accepted: yes` was a cap of 1, none at all, and `epochs: true` one epoch
-        if isinstance(value, bool) and info.field_name in cls.yes_no_means:
-            return cls.yes_no_means[info.field_name][value]
-        items = value if isinstance(value, list) else [value]     # (a mapping is a section: checked inside)
-        said = next((v for v in items if isinstance(v, bool)), None)      # `licenses: [4, yes]` too
-        if said is not None and not takes_bool(cls.model_fields[info.field_name].annotation):
-            raise ValueError(f"{str(said).lower()} is a yes/no value, and this setting is not one (YAML reads "
-                             "yes, no, on, off, true and false as yes/no values)")
-        return value
-
-
-def takes_bool(annotation: Any) -> bool:
-    """Whether a field's type admits a yes/no value (bool itself, Any, or a union holding one)."""
-    return annotation is bool or annotation is Any or any(takes_bool(a) for a in get_args(annotation))
 
 
 class RetrySettings(Strict):
@@ -368,17 +345,6 @@ def load_config(path: str | Path, overrides: dict | None = None) -> Config:
         overrides["data_dir"] = str(Path.cwd() / overrides["data_dir"])   # an absolute path stays as it is
     check_override_classes(data or {}, overrides, path)
     return parse_config(deep_merge(data or {}, overrides), path.resolve().parent)
-
-
-def deep_merge(base: dict, extra: dict) -> dict:
-    """Overrides like {"train": {"epochs": 2}} replace leaves only."""
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def parse_overrides(items: list[str] | None) -> dict:
