@@ -17,7 +17,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mlc_pipeline.catalog_address import PostgresCatalog, check_url
-from mlc_pipeline.config_checks import Strict, deep_merge
+from mlc_pipeline.config_checks import Strict, deep_merge, resolve_paths, yaml_problem
 from mlc_pipeline.config_messages import ConfigError, check_override_classes, error_line, user_file  # re-exported
 from mlc_pipeline.layout import DataLayout
 from mlc_pipeline.secrets import URL_RE, check_storage_options, data_url_problem   # URL_RE: data_dir: s3://...
@@ -25,7 +25,7 @@ from mlc_pipeline.secrets import URL_RE, check_storage_options, data_url_problem
 FLICKR_REST_URL = "https://api.flickr.com/services/rest/"
 SIZE_KEYS = ("url_sq", "url_q", "url_t", "url_s", "url_n", "url_m", "url_z", "url_c", "url_l", "url_o")
 LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
-RESERVED_LABELS = {"other"}
+RESERVED_LABELS = {"other", "none"}   # other: the negatives' label; none: "none of the classes" in reports/predict
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")   # one safe path component: no '/', no '..'
 SPLIT_KEYS = ("train", "valid", "test")
 # Flickr licence ids (stable; flickr.photos.licenses.getInfo) not free for a dataset: all rights reserved,
@@ -33,6 +33,8 @@ SPLIT_KEYS = ("train", "valid", "test")
 RESTRICTED_LICENSES = {0: "All Rights Reserved", 1: "CC BY-NC-SA 2.0", 2: "CC BY-NC 2.0", 3: "CC BY-NC-ND 2.0",
                        6: "CC BY-ND 2.0", 13: "CC BY-ND 4.0", 14: "CC BY-NC 4.0", 15: "CC BY-NC-SA 4.0",
                        16: "CC BY-NC-ND 4.0"}
+OPEN_LICENSES = {4: "CC BY 2.0", 5: "CC BY-SA 2.0", 7: "No known copyright restrictions", 8: "United States Government Work",
+                 9: "CC0 1.0", 10: "Public Domain Mark 1.0", 11: "CC BY 4.0", 12: "CC BY-SA 4.0"}   # the rest of 0-16
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,20 @@ class SourceSettings(Strict):
         if unknown or not sizes:
             raise ValueError(f"unknown size {unknown or '(none given)'}; choose from {', '.join(SIZE_KEYS)}")
         return sizes
+
+    @field_validator("licenses", mode="before")
+    @classmethod
+    def licence_ids(cls, licenses: Any) -> Any:
+        """Flickr licence ids or `any`, said with the ids (`all`, `[CC BY 2.0]` got pydantic's two union
+        errors); `[]` lets no photo in, so collect found photos and kept none, without a word."""
+        if licenses == "any" or (isinstance(licenses, list) and licenses and
+                                 all(isinstance(i, int) for i in licenses)):   # yes: Strict's
+            return licenses
+        table = "; ".join(f"{i} {name}" for i, name in sorted({**RESTRICTED_LICENSES, **OPEN_LICENSES}.items()))
+        forms = "a list of Flickr licence ids, e.g. [4, 5, 9, 10, 11], or any (every licence)"
+        said = f"an empty list lets no photo in: give {forms}" if licenses == [] else \
+            f"takes {forms}, not {licenses!r}"
+        raise ValueError(f"{said}. The ids: {table}")
 
     @property
     def restricted_licenses(self) -> list[int]:
@@ -269,7 +285,8 @@ class Config(Strict):
     def label_names(cls, classes: dict[str, QuerySet]) -> dict[str, QuerySet]:
         for name in classes:
             if not LABEL_RE.match(name) or name in RESERVED_LABELS:
-                raise ValueError(f"class name {name!r} must be lowercase letters, digits, '-' or '_' and not 'other'")
+                raise ValueError(f"class name {name!r} must be lowercase letters, digits, '-' or '_' and not 'other' "
+                                 "or 'none' (the reports' words for the negatives and for no class)")
         return classes
 
     @model_validator(mode="after")
@@ -312,37 +329,35 @@ class Config(Strict):
 
 
 def parse_config(data: dict, base_dir: Path | None = None) -> Config:
-    """Validate a config mapping; `data_dir` is resolved relative to `base_dir` when relative."""
+    """Validate a config mapping; its relative paths (PATH_SETTINGS) are taken from `base_dir` when given."""
     if not isinstance(data, dict):
         raise ConfigError("config: the file must hold a YAML mapping")
     if problem := data_url_problem(data.get("data_dir")):      # said here: the validator makes a cache path of it
         raise ConfigError(f"config: data_dir: {problem}")
+    if base_dir is not None:
+        data = resolve_paths(data, base_dir)
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"config: {error_line(exc)}") from None
-    if base_dir is not None and not cfg.data_dir.is_absolute():
-        cfg.data_dir = (base_dir / cfg.data_dir).resolve()
-    if base_dir is not None and cfg.source.csv and not Path(cfg.source.csv).is_absolute():
-        cfg.source.csv = str((base_dir / cfg.source.csv).resolve())
+        raise ConfigError(f"config: {error_line(exc, model=Config)}") from None
     return cfg
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> Config:
-    """Load and validate a YAML config. A relative `data_dir` in the file is taken from the config
-    file's folder (so a command gives the same data root from any directory); one given with
-    `--set data_dir=...` from the current directory, as any path typed on a command line."""
+    """Load and validate a YAML config. A relative path in the file (`data_dir`, `source.local.folder`:
+    PATH_SETTINGS) is taken from the config file's folder (so a command does the same from any
+    directory); one given with `--set data_dir=...` from the current directory, as any path typed on a
+    command line."""
     path = Path(path)
     try:
         with user_file("config", path, "YAML"):
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config: {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"config: {path} is not valid YAML: {yaml_problem(exc)}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"config: {path} must hold a YAML mapping (key: value lines), not a {type(data).__name__}")
     overrides = dict(overrides or {})
-    if isinstance(overrides.get("data_dir"), str) and not URL_RE.match(overrides["data_dir"]):   # s3://... stays
-        overrides["data_dir"] = str(Path.cwd() / overrides["data_dir"])   # an absolute path stays as it is
+    overrides = resolve_paths(overrides, Path.cwd())
     check_override_classes(data or {}, overrides, path)
     return parse_config(deep_merge(data or {}, overrides), path.resolve().parent)
 
@@ -361,6 +376,6 @@ def parse_overrides(items: list[str] | None) -> dict:
         try:
             node[leaf] = yaml.safe_load(value)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]}); "
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({yaml_problem(exc)}); "
                               f"quote it to pass a string, e.g. --set '{key}=\"{value}\"'") from None
     return out

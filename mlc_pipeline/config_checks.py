@@ -1,12 +1,24 @@
 """Checks below config.py's models: the strict base model every section derives from (`Strict`: no
-unknown key, no yes/no for a number) and merging overrides over the file (`deep_merge`). Split out
-of config.py, which had reached the 400-line limit; config.py imports them."""
+unknown key, no yes/no for a number), merging overrides over the file (`deep_merge`), where a relative
+path is taken from (`resolve_paths`) and what a YAML error says (`yaml_problem`). Split out of
+config.py, which had reached the 400-line limit; config.py imports them."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, get_args
 
+import yaml
+
 from pydantic import BaseModel, ConfigDict, field_validator
+
+from mlc_pipeline.secrets import URL_RE
+
+# Settings that name a file or folder. Relative in a config file: from that file's folder, as data_dir
+# always was (source.local.folder was from the current directory: the dayone26 audit); typed with --set:
+# from the current directory. PRETRAINED_WORDS: train.pretrained's choices that are no file (weights.py).
+PATH_SETTINGS = (("data_dir",), ("cache_dir",), ("source", "csv"), ("source", "local", "folder"), ("train", "pretrained"))
+PRETRAINED_WORDS = {"none", "false", "no", "off", "scratch", "", "auto", "imagenet", "true", "yes", "on"}
 
 
 class Strict(BaseModel):
@@ -41,4 +53,34 @@ def deep_merge(base: dict, extra: dict) -> dict:
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
+    return out
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What PyYAML found wrong, and where: `line 3, column 1: expected ',' or '}', but got '<stream end>'
+    (while parsing a flow mapping)`. The first line of str(exc) was only the context, without either."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if not problem:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context = getattr(exc, "context", None)
+    return where + problem + (f" ({context})" if context else "")
+
+
+def resolve_paths(data: dict, base: Path) -> dict:
+    """`data` with each relative path of PATH_SETTINGS taken from `base` (not a URL, a `~/` path or a
+    `train.pretrained` keyword); `data` itself is not changed."""
+    out = dict(data)
+    for keys in PATH_SETTINGS:
+        node = out
+        for key in keys[:-1]:
+            if not isinstance(node.get(key), dict):
+                break
+            node[key] = node = dict(node[key])
+        else:
+            value = node.get(keys[-1])
+            if isinstance(value, (str, Path)) and not (URL_RE.match(str(value)) or str(value).startswith("~") or
+                                                       Path(value).is_absolute() or keys[-1] == "pretrained"
+                                                       and str(value).strip().lower() in PRETRAINED_WORDS):
+                node[keys[-1]] = str((base / value).resolve())
     return out
