@@ -23,6 +23,24 @@ def licence_warning(cfg: Config) -> str | None:
             f"(the data card lists the images under each). For open licences only: licenses: [4, 5, 9, 10, 11]")
 
 
+def check_licence_ids(cfg: Config, known: dict[int, tuple[str, str]], source: str) -> None:
+    """`source.licenses` ids that the source's own licence list (licenses.getInfo) does not have: a
+    typo (`[4, 99]`) narrowed the search without a word (the dayone26 audit). Some: one warning naming
+    them; all of them: a ConfigError, as nothing could be collected. (Not for a URL list: the setting
+    filters Flickr licence ids, and a list's rows carry their own.)"""
+    if cfg.source.kind == "urls" or cfg.source.licenses == "any" or not known:
+        return
+    unknown = [i for i in cfg.source.licenses if i not in known]
+    if not unknown:
+        return
+    listed = "; ".join(f"{i} {name}" for i, (name, _) in sorted(known.items()))
+    said = (f"source.licenses: {', '.join(map(str, unknown))} {'is' if len(unknown) == 1 else 'are'} no licence "
+            f"id of the source, {source} (its licences: {listed})")
+    if len(unknown) == len(cfg.source.licenses):
+        raise ConfigError(f"{said}; no photo could be collected")
+    log.warning("%s; searching under the others only", said)
+
+
 def all_queries(cfg: Config) -> list[str]:
     sets = [*cfg.classes.values(), cfg.other, cfg.probe, cfg.mine.pool]
     return list(dict.fromkeys(q for qs in sets if qs is not None for q in qs.queries))

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 from mlc_pipeline.catalog import Catalog, Found, merge_labels, run_end_status
 from mlc_pipeline import progress as bars   # `progress` is the show-bars flag here
 from mlc_pipeline.config import Config
-from mlc_pipeline.collect.checks import check_sizes, unreadable_line, unreadable_named, warn_before_collecting
+from mlc_pipeline.collect.checks import check_licence_ids, check_sizes, unreadable_line, unreadable_named, warn_before_collecting
 from mlc_pipeline.collect.cluster import download_on_cluster
 from mlc_pipeline.collect.download import Downloader, DownloadJob
 from mlc_pipeline.collect.hosts import host_allowed, refused_url
@@ -236,7 +236,9 @@ def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int
         run_id = catalog.start_run("collect")
         summary = CollectSummary(run_id)
         try:
-            catalog.save_licenses(source.licenses())
+            licences = source.licenses()
+            catalog.save_licenses(licences)
+            check_licence_ids(cfg, licences, source.name)
             collector = Collector(cfg, catalog, source, hosts, progress, on_progress)
             requeued = collector.requeue(run_id)
             if requeued:

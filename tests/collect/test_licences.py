@@ -102,3 +102,18 @@ def test_after_narrowing_collect_tops_up_the_images_the_build_would_leave_out(tm
         curate(narrowed)
         with Catalog(narrowed.catalog_path) as c:
             assert c.set_tally("train", "balloon", OPEN)["accepted"] >= 12
+
+
+def test_licence_ids_the_source_does_not_list_are_named(tmp_path, caplog):
+    """`licenses: [4, 99]` narrowed the search to 4 without a word; `[98, 99]` collected nothing, exit 0
+    (the dayone26 audit, D4). The ids are checked against the source's licenses.getInfo."""
+    from mlc_pipeline.config import ConfigError
+    with FlickrServer(WorldSpec(seed=1, scale=0.1)) as srv:
+        caplog.set_level("WARNING")
+        summary = collect(make_cfg(tmp_path, srv, [4, 99], count=5), progress=False)
+        said = [r.getMessage() for r in caplog.records if "source.licenses: 99 is no licence id" in r.getMessage()]
+        assert len(said) == 1 and "4 CC BY 2.0" in said[0] and "searching under the others" in said[0], \
+            [r.getMessage() for r in caplog.records]
+        assert summary.downloaded > 0
+        with pytest.raises(ConfigError, match="source.licenses: 98, 99 are no licence id .*no photo could be collected"):
+            collect(make_cfg(tmp_path, srv, [98, 99], count=5), progress=False)
