@@ -262,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if exc.errno not in DISK_ERRNOS:
             return last_line_of_defence(exc)
+        if exc.errno == errno.EROFS:                     # no space to free: the mount is read-only
+            print(f"mlc: cannot write{where}: {exc.strerror} (EROFS); make it writable or name a place on a "
+                  f"writable disk, then rerun the same command", file=sys.stderr)
+            return 1
         print(f"mlc: cannot write{where}: {exc.strerror} ({errno.errorcode[exc.errno]}); free space or fix the "
               f"disk, then rerun the same command", file=sys.stderr)
         return 1

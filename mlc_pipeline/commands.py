@@ -26,6 +26,9 @@ def writing(cfg, args, version: str | None = None, sync_as: str | None = None, n
     from mlc_pipeline.sync import synced
     if not new_root and cfg.data_url is None and not lock_is_held(cfg.data_dir):
         require_catalog(cfg, args.config)     # before the lock, which would create the data root
+    if new_root and not cfg.data_dir.exists():     # and what would stop the collect at its start
+        from mlc_pipeline.collect.sources import check_before_writing
+        check_before_writing(cfg)
     with data_root_lock(cfg.data_dir, f"mlc {args.command}", wait=not args.no_wait), \
             synced(cfg, sync_as or args.command, version):
         if not new_root:     # what the holder we waited for left (a first collect creates the catalog),

@@ -150,6 +150,12 @@ def _held(data_dir: str | Path, name: str, command: str, wait: bool, what: str, 
         blocker = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), exc.filename)
         raise ReadOnlyDataRoot(f"data root {root} cannot be made: {blocker} is a file, not a folder; check "
                                f"data_dir") from None
+    except OSError as exc:          # a new data root on a read-only mount: not "free space or fix the disk"
+        if exc.errno != errno.EROFS:
+            raise
+        raise ReadOnlyDataRoot(f"data root {root} cannot be made: it is on a read-only file system "
+                               f"({exc.strerror}): {command} writes to it; name a data_dir on a writable disk, "
+                               f"or make this one writable") from None
     lock = _lock(root, name)
     try:
         lock.acquire(blocking=False)

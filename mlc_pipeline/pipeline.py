@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mlc_pipeline.collect.stage import TOPUP_ROUNDS, collect_in_rounds
+from mlc_pipeline.collect.sources import check_before_writing
 from mlc_pipeline.config import Config
 from mlc_pipeline.curate.stage import curate
 from mlc_pipeline.dataset.build import build_dataset
@@ -284,5 +285,7 @@ def run_pipeline(cfg: Config, progress: bool = True, train_alternative_models: b
     """`mlc run`: the whole job in this process, holding the data root's write lock (waits for
     another writer to finish)."""
     check_train_settings(cfg)       # a wrong arch fails now, not after collecting for an hour
+    if not cfg.data_dir.exists():   # a missing key or photo folder: before the lock creates the data root
+        check_before_writing(cfg)
     with data_root_lock(cfg.data_dir, "mlc run"):
         return run_stages(cfg, Stages(progress), train_alternative_models)

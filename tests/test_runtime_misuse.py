@@ -128,8 +128,9 @@ def test_a_read_only_export_target_is_named_not_the_hidden_folder(built, tmp_pat
     ro.mkdir()
     res = export_in_namespace(cfg, f"mount -t tmpfs -o ro,size=48k tmpfs {ro}", "hf", ro / "v1-hf")
     assert res.returncode == 1, res.stderr[-2000:]
-    assert res.stderr.strip() == (f"mlc: cannot write {ro / 'v1-hf'}: Read-only file system (EROFS); free space or "
-                                  "fix the disk, then rerun the same command"), res.stderr[-3000:]
+    assert res.stderr.strip() == (f"mlc: cannot write {ro / 'v1-hf'}: Read-only file system (EROFS); make it "
+                                  "writable or name a place on a writable disk, then rerun the same command"), \
+        res.stderr[-3000:]
     assert res.stdout.splitlines()[-1] == "LEFT:", res.stdout
 
 

@@ -18,6 +18,21 @@ from mlc_pipeline.collect.urllist import UrlListSource, url_list_source
 from mlc_pipeline.secrets import flickr_credentials
 
 
+def check_before_writing(cfg: Config) -> None:
+    """What stops a collect as its source opens, checked before the data root is created (a first
+    command that failed there left an empty data root behind, which `mlc inspect` then showed as an
+    empty project: the dayone26 audit): the Flickr key, and folder mode's folder and subfolders."""
+    s = cfg.source
+    if s.kind == "flickr":
+        flickr_credentials(local=False)
+    elif s.kind == "local" and s.local.folder:
+        from mlc_pipeline.flickr_server.folder import FolderModeError, check_folder
+        try:
+            check_folder(s.local.folder, s.local.query_map)
+        except FolderModeError as exc:
+            raise ConfigError(f"source.local: {exc}") from None
+
+
 @contextmanager
 def open_source(cfg: Config) -> Iterator[tuple[FlickrSource | UrlListSource, list[str]]]:
     """The configured source and the image hosts it may download from.

@@ -37,14 +37,7 @@ def folder_photos(folder: str | Path, query_map: dict[str, str], seed: int,
     replaces it with an image, the next collect finds it as a new photo.
     """
     unreadable = {} if unreadable is None else unreadable
-    root = Path(folder)
-    if not root.exists():
-        raise FolderModeError(f"folder mode: {root} does not exist")
-    if not root.is_dir():
-        raise FolderModeError(f"folder mode: {root} is not a folder")
-    if not query_map:
-        raise FolderModeError("folder mode needs at least one query mapped to a subfolder "
-                              "(source.local.query_map, or serve-flickr --map QUERY=SUBFOLDER)")
+    root = check_folder(folder, query_map)
     by_path: dict[str, Photo] = {}
     used_ids: set[str] = set()
     for query, subfolder in query_map.items():
@@ -65,6 +58,22 @@ def folder_photos(folder: str | Path, query_map: dict[str, str], seed: int,
             else:
                 by_path[relative] = photo
     return list(by_path.values())
+
+
+def check_folder(folder: str | Path, query_map: dict[str, str]) -> Path:
+    """The folder, after checking that it and each mapped subfolder exist (FolderModeError if not),
+    without reading a file: collect checks this before it creates a data root."""
+    root = Path(folder)
+    if not root.exists():
+        raise FolderModeError(f"folder mode: {root} does not exist")
+    if not root.is_dir():
+        raise FolderModeError(f"folder mode: {root} is not a folder")
+    if not query_map:
+        raise FolderModeError("folder mode needs at least one query mapped to a subfolder "
+                              "(source.local.query_map, or serve-flickr --map QUERY=SUBFOLDER)")
+    for query, subfolder in query_map.items():
+        mapped_subfolder(root, subfolder, query)
+    return root
 
 
 def mapped_subfolder(root: Path, subfolder: str, query: str) -> Path:
