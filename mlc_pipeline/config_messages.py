@@ -1,5 +1,5 @@
-"""How a configuration problem is told: one line (`ConfigError`) that names the key, from a pydantic
-error (`error_line`) or a file a user named (`user_file`). Beside config.py, which re-exports them."""
+"""How a configuration problem is told: a line (`ConfigError`) that names the key, from a pydantic
+error (`error_line`: further problems each on a line below it) or a file a user named (`user_file`). Beside config.py, which re-exports them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pydantic import BaseModel, ValidationError
 
 
 class ConfigError(ValueError):
-    """A configuration problem, phrased as one line that names the offending key."""
+    """A configuration problem, phrased as one line that names the offending key (several problems of
+    one config: one line each, the first line saying how many follow)."""
 
 
 def error_line(exc: ValidationError, section: str = "", model: type[BaseModel] | None = None) -> str:
