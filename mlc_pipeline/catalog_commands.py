@@ -11,7 +11,8 @@ def add_catalog_parser(sub, add_writer) -> None:
     p = sub.add_parser("catalog", help="the catalog itself: copy a SQLite catalog into PostgreSQL")
     actions = p.add_subparsers(dest="action", required=True)
     m = actions.add_parser("migrate", help="copy the SQLite catalog into a PostgreSQL one (idempotent; "
-                                           "row counts verified)")
+                                           "row counts verified), then mark the SQLite one moved (catalog.moved): "
+                                           "a config still naming it is refused")
     add_writer(m)
     m.add_argument("--to", help="postgresql://user@host:5432/db (default: the config's catalog.url); the "
                                 "password comes from PGPASSWORD or ~/.pgpass")
@@ -48,6 +49,8 @@ def cmd_catalog_migrate(args: argparse.Namespace) -> int:
             result = copy_catalog(source, PostgresCatalog(url, cfg.data_dir))
         except TargetNotEmpty as exc:       # refused before writing: the wrong --to, as a usage error
             raise ConfigError(str(exc)) from None
+        if not from_store:                  # under the locks: no command of the old config starts meanwhile
+            mark_moved_here(source, url)
     if from_store:
         mark_moved(cfg, url)
     print(json.dumps(result.__dict__, indent=2))
@@ -56,17 +59,31 @@ def cmd_catalog_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def moved_record(url: str) -> str:
+    """What a `catalog.moved` marker says: where the catalog went (no password), when, from which host."""
+    import socket
+    import time
+    from mlc_pipeline.catalog_address import display_url
+    return json.dumps({"to": display_url(url), "on": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                       "host": socket.gethostname()})
+
+
 def mark_moved(cfg, url: str) -> None:
     """Tell every machine still configured with the store's SQLite catalog (`objectstore.MOVED`): one
     publishing it now would delete from the store the files only the PostgreSQL catalog names."""
-    import socket
-    import time
     from mlc_pipeline.objectstore import MOVED, store_errors, store_of
-    from mlc_pipeline.catalog_address import display_url
     store = store_of(cfg)
     with store_errors(store):
-        store.write_text(MOVED, json.dumps({"to": display_url(url), "on": time.strftime("%Y-%m-%d %H:%M UTC",
-                                            time.gmtime()), "host": socket.gethostname()}))
+        store.write_text(MOVED, moved_record(url))
+
+
+def mark_moved_here(source: Path, url: str) -> None:
+    """A local or shared-filesystem catalog: the marker beside the SQLite file (`catalog.moved`), written
+    whole (a rerun rewrites it), which every open of that file for a command refuses (sqlite.refuse_moved):
+    a takedown recorded there, on a machine left on the old config, was undone by the next collect."""
+    from mlc_pipeline.catalog.sqlite import moved_marker
+    from mlc_pipeline.fsutil import write_text_atomic
+    write_text_atomic(moved_marker(source), moved_record(url))
 
 
 def require_source(source: Path, where: str) -> None:

@@ -450,6 +450,9 @@ def test_migrate_copies_a_sqlite_catalog_idempotently_and_verifies(postgres_serv
             c.save_pair_scores("a method", {(one, two): 0.95})         # kept near-duplicate scores go too
         config = tmp_path / "config.yaml"
         config.write_text(yaml.safe_dump(raw))
+        # read before the migrate: after it, the SQLite config is refused (test_after_migrate_...)
+        sqlite_shown = subprocess.run([*MLC, "inspect", "-c", str(config), "--json"], capture_output=True,
+                                      text=True, timeout=120, env=env)
         first = subprocess.run([*MLC, "catalog", "migrate", "-c", str(config), "--to", pg_url],
                                capture_output=True, text=True, timeout=120, env=env)
         assert first.returncode == 0, first.stderr
@@ -473,8 +476,6 @@ def test_migrate_copies_a_sqlite_catalog_idempotently_and_verifies(postgres_serv
         pg_config.write_text(yaml.safe_dump({**raw, "catalog": {"url": pg_url}}))
         shown = subprocess.run([*MLC, "inspect", "-c", str(pg_config), "--json"], capture_output=True, text=True,
                                timeout=120, env=env)
-        sqlite_shown = subprocess.run([*MLC, "inspect", "-c", str(config), "--json"], capture_output=True,
-                                      text=True, timeout=120, env=env)
         assert shown.returncode == 0 == sqlite_shown.returncode, shown.stderr
         assert json.loads(shown.stdout) == json.loads(sqlite_shown.stdout)   # inspect reads PostgreSQL alike
         # the pipeline goes on in PostgreSQL: new ids continue after the copied ones
@@ -733,6 +734,63 @@ def test_migrate_waits_for_a_takedown_in_progress(pg_url, tmp_path):
     out, err = waiting.communicate(timeout=120)
     assert waiting.returncode == 0, err
     assert json.loads(out[: out.rindex("}") + 1])["copied"]["candidates"] == 3
+
+
+def test_after_migrate_a_config_still_on_the_local_sqlite_catalog_is_refused(postgres_server, pg_url, tmp_path,
+                                                                            monkeypatch):
+    """The scale26 audit (finding 1): a local data root moved to PostgreSQL; a machine left on the old
+    config took a photo down in the old SQLite catalog (its file deleted), and the next collect on
+    PostgreSQL downloaded it again. `mlc catalog migrate` now marks the SQLite catalog moved
+    (`catalog.moved` beside it), and every command on it is refused in one line (exit 2) naming the
+    catalog.url to set, before it changes anything; the migrate itself still reruns."""
+    with FlickrServer(WorldSpec(seed=3, scale=0.1)) as srv:
+        data = tmp_path / "data"
+        raw = {"data_dir": str(data),
+               "source": {"kind": "flickr", "rest_url": srv.rest_url, "allowed_hosts": [srv.static_host],
+                          "retry": FAST_RETRY, "per_page": 20},
+               "classes": {"balloon": {"queries": ["balloon"], "count": 5}},
+               "other": {"queries": ["landscape"], "count": 5}}
+        env = {**os.environ, "FLICKR_API_KEY": "test-key-0123456789", "FLICKR_API_SECRET": "test-secret-98765"}
+        for k in ("FLICKR_API_KEY", "FLICKR_API_SECRET"):
+            monkeypatch.setenv(k, env[k])
+        collect(parse_config(raw), progress=False)
+        old, new = tmp_path / "old.yaml", tmp_path / "pg.yaml"
+        old.write_text(yaml.safe_dump(raw))
+        new.write_text(yaml.safe_dump({**raw, "catalog": {"url": pg_url}}))
+
+        def mlc(*args: str, config: Path) -> subprocess.CompletedProcess:
+            at = 2 if args[0] == "catalog" else 1           # `-c` after the (sub-)command
+            return subprocess.run([*MLC, *args[:at], "-c", str(config), *args[at:]], capture_output=True, text=True,
+                                  timeout=180, env=env)
+
+        for _ in range(2):                  # the rerun opens the catalog marked moved, and copies nothing new
+            res = mlc("catalog", "migrate", "--to", pg_url, config=old)
+            assert res.returncode == 0, res.stderr[-2000:]
+        assert set(json.loads(res.stdout[: res.stdout.rindex("}") + 1])["copied"].values()) == {0}
+        marker = data / "catalog.moved"
+        assert json.loads(marker.read_text())["to"] == pg_url
+        with Catalog(PostgresCatalog(pg_url, data), readonly=True) as c:
+            victim = c.candidates("status='downloaded'")[0]
+        photo, source, image = victim["photo_id"], victim["source"], Path(victim["file_path"])
+        sqlite_bytes = (data / "catalog.sqlite").read_bytes()
+        takedown = ("remove", "--photo-id", photo, "--reason", "takedown", "--source", source)
+        for args in (takedown, ("build",), ("collect", "--no-progress"), ("curate",), ("inspect",)):
+            refused(mlc(*args, config=old), f"the catalog {data / 'catalog.sqlite'} was moved to {pg_url} by "
+                    "`mlc catalog migrate`", f"set catalog.url: {pg_url} in this config", f"delete {marker}")
+        assert image.is_file() and (data / "catalog.sqlite").read_bytes() == sqlite_bytes
+        assert not list(data.glob("datasets/*/v*"))       # no version built from the stale catalog
+        with pytest.raises(ConfigError, match="was moved to"):
+            Catalog(data / "catalog.sqlite", readonly=True)
+        # on the PostgreSQL config the takedown holds: the next collect does not bring the photo back
+        res = mlc(*takedown, config=new)
+        assert res.returncode == 0 and "removed 1 photo(s)" in res.stdout, res.stderr[-2000:]
+        assert not image.exists()
+        collect(parse_config({**raw, "catalog": {"url": pg_url}}), progress=False)
+        assert not image.exists()
+        with Catalog(PostgresCatalog(pg_url, data), readonly=True) as c:
+            assert c.get_by_photo(source, photo)["status"] == "removed"
+        marker.unlink()                     # back to SQLite for good, as the refusal says: it opens again
+        assert mlc("inspect", config=old).returncode == 0
 
 
 def test_a_collect_killed_mid_run_resumes_from_postgres(pg_url, tmp_path):

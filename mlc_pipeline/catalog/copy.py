@@ -60,7 +60,8 @@ def copy_catalog(source: Path, target: PostgresCatalog) -> CopyResult:
         raise CatalogError(f"{source}: no SQLite catalog to copy (run `mlc collect` with the SQLite catalog "
                            f"first, or check data_dir / --from)")
     result = CopyResult(str(source), str(target))
-    with Catalog(source) as src, Catalog(target) as dst:     # opening them brings both to the current schema
+    # Opening them brings both to the current schema; the source even when marked moved (a rerun).
+    with Catalog(source, moved_ok=True) as src, Catalog(target) as dst:
         tables, generated = list(TABLES), list(GENERATED_IDS)
         if overrides.has_review_tables(src):                 # the review app's actions and overrides
             tables += overrides.TABLES

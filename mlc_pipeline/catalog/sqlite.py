@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import sqlite3
@@ -15,12 +16,48 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+from mlc_pipeline.config_messages import ConfigError
 from . import runs
 from .schema import ADDED_COLUMNS, LOCK_NOTICE_S, SCHEMA, SCHEMA_VERSION, CatalogBusy, CatalogError
 
 log = logging.getLogger(__name__)
 DIALECT = "sqlite"
 FOR_UPDATE = ""                # the write lock of BEGIN IMMEDIATE covers every row
+
+
+class CatalogMoved(ConfigError):
+    """The SQLite catalog was moved to PostgreSQL by `mlc catalog migrate`: a config still naming it is
+    refused (one line, exit 2), since every write there would be lost and every read stale."""
+
+
+def moved_marker(path: Path) -> Path:
+    """Where `mlc catalog migrate` records that the SQLite catalog `path` moved to PostgreSQL: beside it,
+    `catalog.sqlite` -> `catalog.moved` (the name the marker has in an object store's data root)."""
+    return path.with_suffix(".moved")
+
+
+def refuse_moved(path: Path) -> None:
+    """CatalogMoved when the catalog at `path` was moved (scale26 audit: on a local data root, a takedown
+    recorded in the old SQLite catalog was undone by the next collect on PostgreSQL)."""
+    marker = moved_marker(path)
+    try:
+        text = marker.read_text()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise CatalogError(f"{marker}: cannot read it ({exc.strerror}): it says whether {path} was moved to "
+                           f"PostgreSQL; check its permissions") from None
+    try:
+        moved = json.loads(text)
+    except ValueError:
+        moved = {}
+    moved = moved if isinstance(moved, dict) else {}
+    to = moved.get("to") or "a PostgreSQL catalog"
+    raise CatalogMoved(
+        f"the catalog {path} was moved to {to} by `mlc catalog migrate` ({moved.get('on', 'date unknown')}): set "
+        f"catalog.url: {to} in this config (the password in PGPASSWORD or ~/.pgpass). Only to go back to the SQLite "
+        f"catalog for good, delete {marker}: that file knows nothing recorded in PostgreSQL since (a takedown "
+        f"recorded there would be undone)")
 
 
 def check_openable(path: Path) -> None:

@@ -53,9 +53,11 @@ class Catalog(RowQueries, RemovalQueries, TallyQueries, PairScoreQueries):
     """`where` is the SQLite file (a path) or a `PostgresCatalog` (config's `catalog_path` gives the
     right one). `readonly=True` (inspect, reports) never writes, never waits for a writer and works
     on a read-only data root; a missing catalog then reads as an empty one. Writers wait up to
-    `lock_timeout_s` for another writer, saying so after a couple of seconds."""
+    `lock_timeout_s` for another writer, saying so after a couple of seconds. A SQLite catalog that
+    `mlc catalog migrate` moved to PostgreSQL is refused (sqlite.CatalogMoved) unless `moved_ok` (the copy)."""
 
-    def __init__(self, where: str | Path | PostgresCatalog, readonly: bool = False, lock_timeout_s: float = 60.0):
+    def __init__(self, where: str | Path | PostgresCatalog, readonly: bool = False, lock_timeout_s: float = 60.0,
+                 moved_ok: bool = False):
         if isinstance(where, PostgresCatalog):
             self.path, self._root, self.where = None, Path(os.path.abspath(where.root)), str(where)
             self.backend = postgres
@@ -65,6 +67,8 @@ class Catalog(RowQueries, RemovalQueries, TallyQueries, PairScoreQueries):
                 self.db, self.backend = sqlite.open_empty(), sqlite
         else:
             self.path = Path(where)
+            if not moved_ok:
+                sqlite.refuse_moved(self.path)
             self._root, self.where, self.backend = Path(os.path.abspath(self.path.parent)), str(self.path), sqlite
             self.db = sqlite.open_readonly(self.path) if readonly else sqlite.open_writable(self.path, lock_timeout_s)
         if not readonly:
