@@ -31,6 +31,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 CRASHED = "crashed"
 COLUMNS = "run_id, command, started_at, host, pid, process"     # a running run's process, for `gone`
+# Runs started in this process (a collect with curates inside it): what another machine may still be
+# about to publish is never this process's own (curate/unpublished.py), nor is the PostgreSQL writer it
+# waits for (postgres.running_runs).
+RUNS_OF_THIS_PROCESS: set[str] = set()
 
 
 def read(path: str) -> str:
@@ -107,9 +111,10 @@ def where(run: dict) -> str:
     return f" (pid {run['pid']})" if run.get("pid") else ""      # recorded before runs named their process
 
 
-def describe(rows, idle: str) -> str:
-    """The runs recorded as running, for a lock-wait line: those whose process is known gone apart."""
-    rows = [dict(r) for r in rows]
+def describe(rows, idle: str, leave_out: set[str] | frozenset[str] = frozenset()) -> str:
+    """The runs recorded as running, for a lock-wait line: those whose process is known gone apart, and
+    `leave_out` left out (PostgreSQL's line: the waiting process's own runs, RUNS_OF_THIS_PROCESS)."""
+    rows = [dict(r) for r in rows if r["run_id"] not in leave_out]
     ended = [gone(r) for r in rows]
     over = [r for r, end in zip(rows, ended) if end]
     live = [r for r, end in zip(rows, ended) if not end]

@@ -45,9 +45,7 @@ log = logging.getLogger(__name__)
 
 
 
-# Runs started in this process (a collect with curates inside it): what another machine may still be
-# about to publish is never this process's own (curate/unpublished.py).
-RUNS_OF_THIS_PROCESS: set[str] = set()
+RUNS_OF_THIS_PROCESS = runs.RUNS_OF_THIS_PROCESS     # the runs this process started (curate/unpublished.py)
 
 class Catalog(RowQueries, RemovalQueries, TallyQueries, PairScoreQueries):
     """`where` is the SQLite file (a path) or a `PostgresCatalog` (config's `catalog_path` gives the

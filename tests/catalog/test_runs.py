@@ -132,6 +132,32 @@ def test_postgres_a_run_whose_connection_was_lost_ends_as_crashed(pg_url, tmp_pa
     assert recorded(where, run_id)["status"] == "crashed"
 
 
+def test_postgres_the_lock_wait_line_never_names_the_waiters_own_run(pg_url, tmp_path, caplog):
+    """The scale26 audit (finding 5): two curates at once on one PostgreSQL catalog, and the waiting
+    one's line named as "another writer" only its own run. Its own runs are left out; another live
+    process's run is named."""
+    import psycopg
+    where = PostgresCatalog(pg_url, tmp_path)
+    with Catalog(where, lock_timeout_s=30) as waiter:
+        own_run = waiter.start_run("curate")
+        other, other_run, _ = start_run(where)
+        try:
+            with psycopg.connect(pg_url, autocommit=True) as admin:
+                admin.execute("BEGIN")          # another writer holds the catalog's writer lock for a while
+                admin.execute("SELECT pg_advisory_xact_lock(%s)", (0x6D6C632D636174,))
+                timer = threading.Timer(3, admin.execute, ("ROLLBACK",))
+                timer.start()
+                with caplog.at_level(logging.WARNING, logger="mlc_pipeline.catalog"):
+                    waiter.save_licenses({1: ("CC BY", "https://creativecommons.org/licenses/by/2.0/")})
+                timer.join()
+        finally:
+            other.kill()
+            other.wait(timeout=30)
+    line, = [r.getMessage() for r in caplog.records if "another writer is in a transaction" in r.getMessage()]
+    assert own_run not in line, line
+    assert f"runs recorded as running: collect {other_run} (pid {other.pid})" in line, line
+
+
 def insert_run(where, run_id: str, host: str, pid: int, process: str) -> None:
     with Catalog(where) as c:
         c.db.execute("INSERT INTO runs (run_id, command, started_at, status, host, pid, process) "
