@@ -31,9 +31,11 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from mlc_pipeline.config import ClusterSettings, ConfigError
+from mlc_pipeline.fsutil import remove_dead_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -165,16 +167,25 @@ def check_workers_see(client, address: str, data_dir: str) -> None:
 
 def probe_for(address: str, data_dir: str) -> tuple[str, str]:
     """This process's probe file under `data_dir` for the cluster at `address`: (path, content),
-    written once, removed when the process exits."""
+    written once, removed when the process exits; those a killed process of this host left are removed
+    first (the scale26 audit: a kill -9 left one for good)."""
     if address not in _probes or os.path.dirname(_probes[address][0]) != data_dir:
         token = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
         path = os.path.join(data_dir, PROBE_PREFIX + token)
         os.makedirs(data_dir, exist_ok=True)
+        remove_dead_leftovers(Path(data_dir).glob(PROBE_PREFIX + "*"), probe_writer)
         with open(path, "w") as f:
             f.write(token)
         atexit.register(_remove_probe, path)
         _probes[address] = (path, token)
     return _probes[address]
+
+
+def probe_writer(path: Path) -> str:
+    """The pid of the process that wrote a probe file (<host>-<pid>-<id>), where it is this host's:
+    another host's process, on a shared filesystem, cannot be checked from here ('' keeps its file)."""
+    host, _, rest = path.name[len(PROBE_PREFIX):].rpartition("-")[0].rpartition("-")
+    return rest if host == socket.gethostname() else ""
 
 
 def _remove_probe(path: str) -> None:

@@ -63,6 +63,39 @@ def test_address_comes_from_the_environment_first(tmp_path, monkeypatch):
     assert cluster_address(cfg) == "tcp://127.0.0.1:1"
 
 
+def test_a_probe_file_left_by_a_killed_process_is_removed_by_the_next_one(tmp_path):
+    """The scale26 audit (finding 8): kill -9 of a collect on a cluster left `.mlc.cluster-probe.<host>-<pid>-*`
+    in the data root for good (the docs: "removed at exit"). The next process that probes that data root
+    removes a dead process's probe of this host; a live process's, or another host's (the data root is
+    a shared filesystem: its process cannot be checked from here), is kept."""
+    import socket
+    import subprocess
+    import textwrap
+    from mlc_pipeline.executor import PROBE_PREFIX, probe_for
+    data = tmp_path / "data"
+    writes_a_probe = textwrap.dedent(f"""
+        import sys, time
+        from mlc_pipeline.executor import probe_for
+        print(probe_for("tcp://127.0.0.1:1", {str(data)!r})[0], flush=True)
+        time.sleep(600)
+    """)
+    killed = subprocess.Popen([sys.executable, "-c", writes_a_probe], stdout=subprocess.PIPE, text=True)
+    live = subprocess.Popen([sys.executable, "-c", writes_a_probe], stdout=subprocess.PIPE, text=True)
+    try:
+        left, kept = Path(killed.stdout.readline().strip()), Path(live.stdout.readline().strip())
+        assert left.is_file() and kept.is_file()
+        killed.kill()                   # kill -9: no atexit
+        killed.wait(timeout=30)
+        assert left.is_file()
+        elsewhere = data / f"{PROBE_PREFIX}not-{socket.gethostname()}-{killed.pid}-0123abcd"
+        elsewhere.write_text("another machine's")
+        mine, _ = probe_for("tcp://127.0.0.1:2", str(data))
+        assert not left.exists() and kept.is_file() and elsewhere.is_file() and Path(mine).is_file()
+    finally:
+        live.kill()
+        live.wait(timeout=30)
+
+
 def test_chunks_run_on_both_workers_and_come_back_in_order(cluster):
     seen = []
     out = map_chunks(tag_with_pid, list(range(40)), 3, address=cluster, on_chunk=lambda xs, rs: seen.append(xs))
