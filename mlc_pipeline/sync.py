@@ -38,6 +38,7 @@ from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, folder_fi
                                       md5_file, pull_folder, push_folder, read_marker, refuse_moved_catalog, same,
                                       same_bytes, store_errors, store_of)
 from mlc_pipeline import storefiles
+from mlc_pipeline.publishing import failed_publish_recorded
 from mlc_pipeline.storefiles import delete_unnamed_files, drop_taken_down, pull_files, push_files
 from mlc_pipeline.storeversions import (drop_withdrawn, pull_version, push_versions, remote_versions,
                                         remote_versions_with)
@@ -307,7 +308,7 @@ def publish(cfg: Config) -> None:
     store = store_of(cfg)
     if store is None:
         return
-    with store_errors(store):
+    with failed_publish_recorded(cfg), store_errors(store):     # runs recorded failed; what is kept, said
         if uses_local_catalog(cfg):
             refuse_moved_catalog(store, publishing=True)     # moved while this command ran: publish nothing
         if has_catalog(cfg):

@@ -319,3 +319,96 @@ def test_an_unreachable_store_is_not_called_a_missing_bucket(s3_server, tmp_path
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1, res.stderr[-3000:]
     assert "bucket 'no-such-bucket' does not exist" in lines[0], lines[0]
+
+
+class FailingPuts:
+    """A TCP proxy on loopback in front of the S3 server: passes every request, or (`fail_puts`) answers
+    each upload (a request starting `PUT `) with 503 ServiceUnavailable, as a store shedding load does
+    (the scale26 audit's proxy). Reads and listings pass, so a command fetches, then fails to publish."""
+
+    BODY = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code>'
+            b'<Message>Please reduce your request rate.</Message></Error>')
+
+    def __init__(self, target: str):
+        import socket
+        import threading
+        self.target = target.rsplit(":", 1)
+        self.fail_puts = False
+        self.refused = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        import socket
+        import threading
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:         # closed: the test is over
+                return
+            server = socket.create_connection((self.target[0].split("//")[1], int(self.target[1])))
+            threading.Thread(target=self.pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self.pump, args=(server, client, False), daemon=True).start()
+
+    def pump(self, src, dst, upstream: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if upstream and self.fail_puts and data.startswith(b"PUT "):
+                    self.refused += 1
+                    src.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n"
+                                b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(self.BODY) + self.BODY)
+                    break
+                dst.sendall(data)
+        except OSError:             # the other side closed: this connection is over
+            pass
+        finally:
+            for s in (src, dst):
+                s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_failed_publish_says_what_is_kept_and_the_run_is_recorded_failed(s3_server, tmp_path):
+    """The scale26 audit (finding 6): the store answered 503 to the uploads after a collect's downloads.
+    The one-line error said only the store's words, and the collect was recorded `completed` with its
+    files in no store. Now the line says the downloads are kept in the cache and the catalog and that a
+    rerun publishes them, the run is recorded failed with the reason, and the rerun publishes all of
+    them without downloading any again."""
+    import s3fs
+    s3fs.S3FileSystem(endpoint_url=s3_server).mkdir("mlc-pubfail")
+    proxy = FailingPuts(s3_server)
+    config = tmp_path / "pubfail.yaml"
+    config.write_text(yaml.safe_dump({
+        "data_dir": "s3://mlc-pubfail/proj", "cache_dir": str(tmp_path / "cache"),
+        "storage_options": {"endpoint_url": proxy.endpoint, "config_kwargs": {"retries": {"max_attempts": 2}}},
+        "source": {"kind": "local", "local": {"seed": 0, "scale": 0.1, "port": free_port()},
+                   "retry": {"attempts": 2, "base_delay_s": 0.05, "max_delay_s": 0.2}},
+        "classes": {"balloon": {"queries": ["balloon"], "count": 4}},
+        "other": {"queries": ["landscape"], "count": 4}}))
+    try:
+        proxy.fail_puts = True
+        res = run_mlc("collect", "--no-progress", config=config)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and proxy.refused, res.stderr[-3000:]
+        assert "Please reduce your request rate" in lines[0], lines[0]
+        assert f"kept in this machine's cache {tmp_path / 'cache'} and in the catalog" in lines[0], lines[0]
+        assert "rerun the same command to publish it (run collect " in lines[0], lines[0]
+        cfg = load_config(config)
+        with Catalog(cfg.catalog_path, readonly=True) as c:
+            (run,) = c.runs()
+            downloaded = {r["file_path"] for r in c.candidates("status='downloaded'")}
+        assert run["command"] == "collect" and run["status"] == "failed", run
+        assert "not published to s3://mlc-pubfail/proj" in json.loads(run["summary"])["error"], run["summary"]
+        assert json.loads(run["summary"])["downloaded"] == len(downloaded) > 0     # what it did is kept
+        proxy.fail_puts = False
+        rerun = json.loads(mlc("collect", "--no-progress", config=config))
+        assert rerun["downloaded"] == 0
+        with Catalog(cfg.catalog_path, readonly=True) as c:
+            statuses = {r["run_id"]: r["status"] for r in c.runs()}
+        assert statuses == {run["run_id"]: "failed", rerun["run_id"]: "completed"}
+        listed = sync.file_listing(store(cfg))
+        assert {Path(p).relative_to(cfg.data_dir).as_posix() for p in downloaded} <= set(listed)
+    finally:
+        proxy.close()

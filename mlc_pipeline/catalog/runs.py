@@ -142,3 +142,23 @@ def end_crashed(db) -> list[str]:
         log.info("run %s %s (pid %s) ended without recording it (killed, out of memory, or its catalog "
                  "connection lost): recorded as %s", r["command"], r["run_id"], r["pid"], CRASHED)
     return [r["run_id"] for r in over]
+
+
+def fail_completed(db, run_ids: list[str], error: str) -> list[str]:
+    """Record the runs of `run_ids` recorded `completed` as `failed`, `error` added to their summary (their
+    work could not be published: sync's publish); the runs so recorded."""
+    failed = []
+    for run_id in run_ids:
+        row = db.execute("SELECT command, summary FROM runs WHERE run_id=? AND status='completed'",
+                         (run_id,)).fetchone()
+        if row is None:
+            continue
+        try:
+            summary = json.loads(row["summary"] or "{}")
+        except ValueError:      # not JSON (written by hand): kept under its own key
+            summary = {"summary": row["summary"]}
+        summary = {**(summary if isinstance(summary, dict) else {"summary": summary}), "error": error}
+        db.execute("UPDATE runs SET status='failed', summary=? WHERE run_id=? AND status='completed'",
+                   (json.dumps(summary, sort_keys=True), run_id))
+        failed.append(f"{row['command']} {run_id}")
+    return failed

@@ -242,6 +242,10 @@ class Catalog(RowQueries, RemovalQueries, TallyQueries, PairScoreQueries):
         self.db.execute("UPDATE runs SET finished_at=?, status=?, summary=? WHERE run_id=?",
                         (time.time(), status, json.dumps(summary or {}, sort_keys=True), run_id))
 
+    def fail_completed_runs(self, run_ids: list[str], error: str) -> list[str]:
+        """Runs recorded completed whose work could not be published: recorded failed (runs.fail_completed)."""
+        return runs.fail_completed(self.db, run_ids, error)
+
     def runs_in_flight(self, started_since: float, ended_since: float) -> list[dict]:
         """Runs recorded as running that started after `started_since`, and runs that ended after
         `ended_since`: their writers may not have published their files yet (curate/unpublished.py)."""
