@@ -428,16 +428,23 @@ def test_a_review_action_locks_its_image_not_the_catalog(pg_url, tmp_path):
 
 # --- the copy of a SQLite catalog into PostgreSQL ---------------------------------------------
 
+def flickr_project(srv: FlickrServer, data: Path, count: int, monkeypatch) -> tuple[dict, dict]:
+    """A config collecting `count` images a set from the bundled server's Flickr API into `data`, and
+    the environment with the API's keys (set in this process too)."""
+    raw = {"data_dir": str(data),
+           "source": {"kind": "flickr", "rest_url": srv.rest_url, "allowed_hosts": [srv.static_host],
+                      "retry": FAST_RETRY, "per_page": 20},
+           "classes": {"balloon": {"queries": ["balloon"], "count": count}},
+           "other": {"queries": ["landscape"], "count": count}}
+    env = {**os.environ, "FLICKR_API_KEY": "test-key-0123456789", "FLICKR_API_SECRET": "test-secret-98765"}
+    for k in ("FLICKR_API_KEY", "FLICKR_API_SECRET"):
+        monkeypatch.setenv(k, env[k])
+    return raw, env
+
+
 def test_migrate_copies_a_sqlite_catalog_idempotently_and_verifies(postgres_server, pg_url, tmp_path, monkeypatch):
     with FlickrServer(WorldSpec(seed=3, scale=0.1)) as srv:
-        raw = {"data_dir": str(tmp_path / "data"),
-               "source": {"kind": "flickr", "rest_url": srv.rest_url, "allowed_hosts": [srv.static_host],
-                          "retry": FAST_RETRY, "per_page": 20},
-               "classes": {"balloon": {"queries": ["balloon"], "count": 10}},
-               "other": {"queries": ["landscape"], "count": 10}}
-        env = {**os.environ, "FLICKR_API_KEY": "test-key-0123456789", "FLICKR_API_SECRET": "test-secret-98765"}
-        for k in ("FLICKR_API_KEY", "FLICKR_API_SECRET"):
-            monkeypatch.setenv(k, env[k])
+        raw, env = flickr_project(srv, tmp_path / "data", 10, monkeypatch)
         cfg = parse_config(raw)
         collect(cfg, progress=False)
         with Catalog(cfg.catalog_path) as c:
@@ -745,14 +752,7 @@ def test_after_migrate_a_config_still_on_the_local_sqlite_catalog_is_refused(pos
     catalog.url to set, before it changes anything; the migrate itself still reruns."""
     with FlickrServer(WorldSpec(seed=3, scale=0.1)) as srv:
         data = tmp_path / "data"
-        raw = {"data_dir": str(data),
-               "source": {"kind": "flickr", "rest_url": srv.rest_url, "allowed_hosts": [srv.static_host],
-                          "retry": FAST_RETRY, "per_page": 20},
-               "classes": {"balloon": {"queries": ["balloon"], "count": 5}},
-               "other": {"queries": ["landscape"], "count": 5}}
-        env = {**os.environ, "FLICKR_API_KEY": "test-key-0123456789", "FLICKR_API_SECRET": "test-secret-98765"}
-        for k in ("FLICKR_API_KEY", "FLICKR_API_SECRET"):
-            monkeypatch.setenv(k, env[k])
+        raw, env = flickr_project(srv, data, 5, monkeypatch)
         collect(parse_config(raw), progress=False)
         old, new = tmp_path / "old.yaml", tmp_path / "pg.yaml"
         old.write_text(yaml.safe_dump(raw))
