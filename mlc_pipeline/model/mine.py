@@ -24,7 +24,8 @@ from mlc_pipeline.model.metrics import predict_matrix
 from mlc_pipeline.model.predict import score_with_errors
 from mlc_pipeline.model.bundle import load_bundle
 from mlc_pipeline.model.likeness import pool_likeness
-from mlc_pipeline.model.mine_record import next_round, overlapping_queries, pool_overlaps, record_round, write_csv
+from mlc_pipeline.model.mine_record import (next_round, overlapping_queries, pool_overlaps, publish_record, record_round,
+                                            settle_record, settle_records, write_csv)
 
 log = logging.getLogger(__name__)
 # A pool image this close to a class image (PHash bits) is a copy of it: resized and re-encoded real
@@ -108,7 +109,9 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int | None = None)
     model = Path(bundle_dir).name
     result = MineResult(round_no, model)
     settings = cfg.mine
+    pending = None
     with Catalog(cfg.catalog_path) as catalog:
+        settle_records(catalog, Path(bundle_dir))      # a record a stopped round left: published or removed
         run_id = catalog.start_run(f"mine-{round_no}")
         try:
             decided = overrides(catalog)            # a pool image a reviewer labelled or rejected is theirs
@@ -145,9 +148,10 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int | None = None)
                     if e["candidate_id"] in late:
                         e["decision"] = "decided-in-review"
                 # The record first: stopped after the moves, a rerun could not rebuild it (the images moved).
+                # Pending until the commit: one the catalog rolled back never shows (mine_record.settle_record).
                 # mined-r<N>.csv: this round's own record (a bundle can mine several rounds: the report
                 # shows each); mined.csv: this bundle's latest mining, where readers looked before
-                record_round(Path(bundle_dir), round_no, candidates, MINED_COLUMNS)
+                pending = record_round(Path(bundle_dir), round_no, candidates, MINED_COLUMNS, run_id)
                 for e in candidates:
                     if e["decision"] == "added":
                         catalog.set_status(e["candidate_id"], "accepted", f"hard-negative:round={round_no}", run_id, "mine",
@@ -156,6 +160,7 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int | None = None)
                     elif e["decision"].startswith(HELD):
                         catalog.set_status(e["candidate_id"], "accepted", f"{e['decision']}:round={round_no}", run_id,
                                            "mine", mined_score=e["score"], mined_model=model)
+            publish_record(pending)
             result.negatives = [{k: e[k] for k in ("photo_id", "score", "accepted_as", "likeness")} for e in candidates
                                 if e["decision"] == "added"]
             result.held = [e for e in candidates if e["decision"].startswith(HELD)]
@@ -168,6 +173,8 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int | None = None)
                                                      "held": len(result.held), "over_cap": result.over_cap})
         except BaseException as exc:   # Ctrl-C and SIGTERM too: the run is never left 'running'
             catalog.finish_run(run_id, run_end_status(exc), {"error": type(exc).__name__})
+            if pending is not None:      # rolled back: removed; stopped after the commit: published
+                settle_record(catalog, pending)
             raise
     write_csv(Path(bundle_dir) / "review.csv", result.review, REVIEW_COLUMNS)
     progress.summary(f"mine round {round_no}: {model}", [

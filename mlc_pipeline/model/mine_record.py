@@ -11,12 +11,17 @@ to its record (`record_round`) and to its cap's count, never replacing either.""
 from __future__ import annotations
 
 import csv
+import logging
+import os
 import re
+import shutil
 from pathlib import Path
 
 from mlc_pipeline.catalog import Catalog, catalog_exists
 from mlc_pipeline.config import Config
-from mlc_pipeline.fsutil import write_csv_atomic
+from mlc_pipeline.fsutil import atomic_path, write_csv_atomic
+
+log = logging.getLogger(__name__)
 
 
 def next_round(cfg: Config) -> int:
@@ -27,18 +32,63 @@ def next_round(cfg: Config) -> int:
         return catalog.last_mined_round() + 1
 
 
-def record_round(folder: Path, round_no: int, decisions: list[dict], columns: list[str]) -> None:
-    """`mined-r<N>.csv`: every decision of round N by this bundle, an earlier call's kept (an image
-    decided again takes its new decision), and `mined.csv` the same (the bundle's latest round)."""
+def record_round(folder: Path, round_no: int, decisions: list[dict], columns: list[str], run_id: str) -> Path:
+    """Round N's record as it will be once the catalog commits it: every decision of round N by this
+    bundle, an earlier call's kept (an image decided again takes its new decision), written to a
+    hidden pending file named for the mining run (`.mined-r<N>.csv.<run>.pending`, which no reader
+    reads). Written before the catalog's moves, so that one stopped after them can still be recorded;
+    `publish_record` makes it `mined-r<N>.csv` (and `mined.csv`) once they are committed, and
+    `settle_record` publishes or removes one a stopped round left. Returns the pending file."""
     path = folder / f"mined-r{round_no}.csv"
     now = {str(d["candidate_id"]) for d in decisions}
     earlier = []
     if path.is_file():
         with open(path, newline="") as f:
             earlier = [r for r in csv.DictReader(f) if r.get("candidate_id") not in now]
-    rows = earlier + decisions
-    write_csv_atomic(path, rows, columns)
-    write_csv_atomic(folder / "mined.csv", rows, columns)
+    pending = folder / f".{path.name}.{run_id}.pending"
+    write_csv_atomic(pending, earlier + decisions, columns)
+    return pending
+
+
+PENDING = re.compile(r"\.mined-r(?P<round>\d+)\.csv\.(?P<run>[^.]+)\.pending")
+
+
+def publish_record(pending: Path) -> None:
+    """After the commit: the pending record becomes `mined-r<N>.csv`, and `mined.csv` (the bundle's
+    latest round) a copy of it."""
+    found = PENDING.fullmatch(pending.name)
+    final = pending.with_name(f"mined-r{found['round']}.csv")
+    os.replace(pending, final)
+    with atomic_path(pending.with_name("mined.csv")) as tmp:
+        shutil.copyfile(final, tmp)
+
+
+def settle_record(catalog: Catalog, pending: Path) -> None:
+    """A pending record a stopped round left (an error, Ctrl-C or kill after it was written):
+    published when the catalog committed that round's moves (one of its added or held images has an
+    event of its run: the transaction is all or nothing), else removed, so that no record lists
+    decisions the catalog never applied (the mining26 audit: a round that failed in its commit left
+    103 "added" negatives in mined.csv, and the report called them undone). Nothing without the file."""
+    found = PENDING.fullmatch(pending.name)
+    if found is None or not pending.is_file():
+        return
+    with open(pending, newline="") as f:
+        moved = [int(r["candidate_id"]) for r in csv.DictReader(f)
+                 if r.get("decision") == "added" or (r.get("decision") or "").startswith("held:")]
+    if any(e["run_id"] == found["run"] for cid in moved for e in catalog.events(cid)):
+        publish_record(pending)
+        log.info("%s: round %s's record published (its moves are in the catalog)", pending.parent.name, found["round"])
+    else:
+        pending.unlink()
+        log.info("%s: round %s's record removed (the catalog never committed its moves)", pending.parent.name,
+                 found["round"])
+
+
+def settle_records(catalog: Catalog, folder: Path) -> None:
+    """`settle_record` for every pending record in a bundle: before a round mines with it (under the
+    data root's write lock, so no other mining is writing one)."""
+    for pending in sorted(folder.glob(".mined-r*.csv.*.pending")):
+        settle_record(catalog, pending)
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:

@@ -234,18 +234,38 @@ def mined_records(bundle_dir: Path, round_before: int) -> list[tuple[int, Path]]
     return [(round_before, legacy)] if legacy.is_file() else []
 
 
-def since_mined(catalog: Catalog | None, decided: dict, round_no: int, candidate_id: str) -> str:
-    """What became of a negative round `round_no` added, by the catalog (the source of truth, that the
-    next build reads): '' while it is still one of that round's, else 'undone' (`mlc mine --undo`),
-    'removed' or 'decided in review'. Always '' without a catalog to ask."""
+NEVER = "never recorded in the catalog"
+
+
+def since_mined(catalog: Catalog | None, decided: dict, round_no: int, row: dict) -> str:
+    """What became of an image round `round_no`'s record says it added or held, by the catalog (the
+    source of truth, that the next build reads): '' while it still is that round's (a negative of
+    it, or held by it), else 'undone' (a negative put back by `mlc mine --undo`), 'released' (a hold
+    the undo released: scored again by a later round, which may hold it again), 'removed' or
+    'decided in review'; NEVER when the catalog has no event of that round's decision for it (a
+    round stopped before its commit, whose record mining before 2026-12-07 kept: nobody undid
+    anything). Always '' without a catalog to ask."""
     if catalog is None:
         return ""
-    row = catalog.get(int(candidate_id))
-    if row is None or row["status"] != "accepted":
+    cid = int(row["candidate_id"])
+    now = catalog.get(cid)
+    added = row["decision"] == "added"
+    reason = f"hard-negative:round={round_no}" if added else f"{row['decision']}:round={round_no}"
+    if now is None:
         return "removed"
-    if row["mined_round"] != round_no:
-        return "undone"
-    return "decided in review" if int(candidate_id) in decided else ""
+    if not any(e["reason"] == reason for e in catalog.events(cid)):
+        return NEVER
+    if now["status"] != "accepted":
+        return "removed"
+    if (now["mined_round"] == round_no) if added else (now["reason"] == reason):
+        return "decided in review" if cid in decided else ""
+    return "undone" if added else "released"
+
+
+def fates(counts: collections.Counter) -> str:
+    """'2 undone since, 1 removed since; 3 never recorded in the catalog' for counted `since_mined`s."""
+    later = ", ".join(f"{n} {what}" for what, n in sorted(counts.items()) if what != NEVER)
+    return "; ".join(filter(None, [f"{later} since" if later else "", f"{counts[NEVER]} {NEVER}" if counts[NEVER] else ""]))
 
 
 def mining_section(rounds: list[tuple[int, Path]], catalog_path=None) -> str:
@@ -268,18 +288,20 @@ def mining_round_html(catalog, decided: dict, records: list, round_no: int, bund
     review = bundle_dir / "review.csv"
     latest = round_no == max(r for r, b, _ in records if b == bundle_dir)   # review.csv is its latest mining's
     rows = read_csv(mined)
-    added = [{**r, "since": since_mined(catalog, decided, round_no, r["candidate_id"])}
-             for r in rows if r["decision"] == "added"]
+    added = [{**r, "since": since_mined(catalog, decided, round_no, r)} for r in rows if r["decision"] == "added"]
     kept = [r for r in added if not r["since"]]
     since = collections.Counter(r["since"] for r in added if r["since"])
     links = [f"<a href='{f.as_uri()}'>{f.name}</a> ({html.escape(what)})"
              for f, what in ((mined, "every decision, with its score"), (review, "class images to review"))
              if f.is_file() and (f == mined or latest)]
     to_review = f", {len(read_csv(review))} class images to review" if latest and review.is_file() else ""
-    gone = f" (of {len(added)}: {', '.join(f'{n} {what}' for what, n in sorted(since.items()))} since)" if since else ""
+    gone = f" (of {len(added)}: {fates(since)})" if since else ""
     parts = [f"<h3 id='mined-{round_no}'>Mining round {round_no}: {len(kept)} hard negatives added{gone}, "
              f"{len(rows) - len(added)} held or over the cap{to_review}</h3>",
              f"<p>Mined by {html.escape(bundle_dir.name)}: " + "; ".join(links) + "</p>"]
+    if never := since[NEVER]:
+        parts.append(f"<p>{never} of this record's decisions were {NEVER}: the round stopped before the catalog "
+                     "committed them, so the next build does not learn from them.</p>")
     if added:
         parts.append(gallery([(thumbnail_uri(r["file"]), f"{r['photo_id']}: taken for {r['accepted_as']} "
                                f"({float(r['score']):.2f})" + (f" · {r['since']}" if r["since"] else ""))

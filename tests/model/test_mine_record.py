@@ -9,7 +9,8 @@ import pytest
 
 from mlc_pipeline.catalog import Catalog, Found
 from mlc_pipeline.config import parse_config
-from mlc_pipeline.model.mine_record import next_round, overlapping_queries, pool_overlaps, record_round, shared_word
+from mlc_pipeline.model.mine_record import (next_round, overlapping_queries, pool_overlaps, publish_record, record_round,
+                                            shared_word)
 
 
 def config(tmp_path, classes: dict[str, list[str]] | None = None, pool: list[str] | None = None, **extra):
@@ -78,41 +79,45 @@ def decision(cid: int, what: str, score: str = "0.9") -> dict:
     return {"candidate_id": cid, "photo_id": f"p{cid}", "score": score, "decision": what}
 
 
+def recorded(folder, round_no: int, decisions: list[dict]) -> None:
+    """A round's record as a mining round that committed leaves it: pending, then published."""
+    publish_record(record_round(folder, round_no, decisions, COLUMNS, "20261207T000000-abcdef"))
+
+
 def as_read(*rows: dict) -> list[dict]:
     return [{k: str(v) for k, v in r.items()} for r in rows]
 
 
 def test_a_round_record_and_mined_csv_hold_the_decisions(tmp_path):
     first = [decision(1, "added"), decision(2, "held:like-class:kite"), decision(3, "over-cap")]
-    record_round(tmp_path, 1, first, COLUMNS)
+    recorded(tmp_path, 1, first)
     assert read(tmp_path / "mined-r1.csv") == as_read(*first)
     assert (tmp_path / "mined.csv").read_bytes() == (tmp_path / "mined-r1.csv").read_bytes()
     assert (tmp_path / "mined-r1.csv").read_text().splitlines()[0] == ",".join(COLUMNS)
 
 
 def test_a_round_mined_again_adds_to_its_record_and_a_redecided_image_takes_its_new_decision(tmp_path):
-    record_round(tmp_path, 1, [decision(1, "added"), decision(2, "over-cap"), decision(3, "held:like-class:kite")],
-                 COLUMNS)
-    record_round(tmp_path, 1, [decision(2, "added", "0.8"), decision(4, "added")], COLUMNS)
+    recorded(tmp_path, 1, [decision(1, "added"), decision(2, "over-cap"), decision(3, "held:like-class:kite")])
+    recorded(tmp_path, 1, [decision(2, "added", "0.8"), decision(4, "added")])
     expected = as_read(decision(1, "added"), decision(3, "held:like-class:kite"),
                        decision(2, "added", "0.8"), decision(4, "added"))
     assert read(tmp_path / "mined-r1.csv") == expected
     assert read(tmp_path / "mined.csv") == expected
     # mined again with nothing to decide: the record stays
-    record_round(tmp_path, 1, [], COLUMNS)
+    recorded(tmp_path, 1, [])
     assert read(tmp_path / "mined-r1.csv") == expected
 
 
 def test_each_round_has_its_own_record_and_mined_csv_is_the_latest(tmp_path):
-    record_round(tmp_path, 1, [decision(1, "added")], COLUMNS)
-    record_round(tmp_path, 2, [decision(1, "added"), decision(5, "over-cap")], COLUMNS)
+    recorded(tmp_path, 1, [decision(1, "added")])
+    recorded(tmp_path, 2, [decision(1, "added"), decision(5, "over-cap")])
     assert read(tmp_path / "mined-r1.csv") == as_read(decision(1, "added"))
     assert read(tmp_path / "mined-r2.csv") == as_read(decision(1, "added"), decision(5, "over-cap"))
     assert read(tmp_path / "mined.csv") == read(tmp_path / "mined-r2.csv")
 
 
 def test_a_round_that_decided_nothing_leaves_an_empty_record(tmp_path):
-    record_round(tmp_path, 3, [], COLUMNS)
+    recorded(tmp_path, 3, [])
     assert (tmp_path / "mined-r3.csv").read_text().splitlines() == [",".join(COLUMNS)]
     assert read(tmp_path / "mined.csv") == []
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 from test_mine import _bundle_here, _planted_world
 
-from mlc_pipeline.model.mine import mine_round, undo_round
+from mlc_pipeline.catalog import Catalog, CatalogError
+from mlc_pipeline.model.mine import MINED_COLUMNS, mine_round, undo_round
+from mlc_pipeline.model.mine_record import write_csv
 from mlc_pipeline.report.analysis import mining_section
 
 
@@ -71,3 +74,99 @@ def test_a_round_mined_again_keeps_its_record_and_its_cap_and_new_rounds_are_num
     assert later.round == 2 and later.added == 2
     assert {p for p, d in _decisions(bundle_dir / "mined-r2.csv").items() if d == "added"} == {
         n["photo_id"] for n in later.negatives}
+
+
+def _failing_commit(monkeypatch):
+    """Fault injection: the catalog fails in the round's commit, at its first move (after the whole
+    pool was scored). Nothing real fails there on demand: a round number past SQL's integers did
+    (the mining26 audit), and `check_round` now refuses that before anything is scored."""
+    original = Catalog.set_status
+
+    def failing(self, cid, status, reason, run_id, stage, **fields):
+        if stage == "mine":
+            raise CatalogError("disk I/O error (injected)")
+        return original(self, cid, status, reason, run_id, stage, **fields)
+
+    monkeypatch.setattr(Catalog, "set_status", failing)
+
+
+def _moved(cfg, round_no: int) -> set[int]:
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
+        return {r["id"] for r in catalog.mined_in_round(round_no)}
+
+
+def test_a_round_whose_commit_fails_leaves_no_record_and_no_phantom_round_in_the_report(tmp_path, monkeypatch):
+    """The mining26 audit: the record was written before the catalog's moves, so a round that failed
+    in its commit left mined-r<N>.csv and mined.csv listing 103 "added" negatives the catalog never
+    moved, and the report said "0 hard negatives added (of 103: 103 undone since)"."""
+    cfg, *_ = _planted_world(tmp_path, max_per_round=100)
+    bundle_dir = _bundle_here(cfg)
+    _failing_commit(monkeypatch)
+    with pytest.raises(CatalogError, match="injected"):
+        mine_round(cfg, bundle_dir, round_no=1)
+    assert sorted(p.name for p in bundle_dir.glob("*mined*")) == [], "a record of a round the catalog never committed"
+    assert _moved(cfg, 1) == set()
+    assert mining_section([(1, bundle_dir)], cfg.catalog_path) == ""
+    monkeypatch.undo()
+    again = mine_round(cfg, bundle_dir, round_no=1)          # the rerun records what it commits
+    assert again.added and _recorded_moves(bundle_dir / "mined-r1.csv") == _moved(cfg, 1)
+
+
+def _ids(path) -> dict[str, str]:
+    with open(path, newline="") as f:
+        return {r["candidate_id"]: r["decision"] for r in csv.DictReader(f)}
+
+
+def _recorded_moves(path) -> set[int]:
+    "The images a record says its round added or held."
+    return {int(c) for c, d in _ids(path).items() if d == "added" or d.startswith("held:")}
+
+
+def test_a_record_a_killed_round_left_is_published_only_when_the_catalog_committed_the_round(tmp_path, monkeypatch):
+    """Killed (no `except` runs) between the commit and the record's rename, the pending record is the
+    only account of the moves: the next round with the bundle publishes it. Killed before the commit,
+    it lists moves that never happened: the next round removes it."""
+    import mlc_pipeline.model.mine as mine
+    cfg, *_ = _planted_world(tmp_path, max_per_round=3, hold_above=1.01)
+    bundle_dir = _bundle_here(cfg)
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:            # killed right after the commit
+        m.setattr(mine, "publish_record", killed)
+        m.setattr(mine, "settle_record", lambda *args: None)
+        with pytest.raises(KeyboardInterrupt):
+            mine_round(cfg, bundle_dir, round_no=1)
+    assert _moved(cfg, 1) and not (bundle_dir / "mined-r1.csv").exists()
+    assert mining_section([(1, bundle_dir)], cfg.catalog_path) == ""     # a pending record is read by no one
+    with monkeypatch.context() as m:            # the next round starts (round 1's record is published), and
+        _failing_commit(m)                      # is killed in its commit
+        m.setattr(mine, "settle_record", lambda *args: None)
+        with pytest.raises(CatalogError):
+            mine_round(cfg, bundle_dir, round_no=2)
+    assert _recorded_moves(bundle_dir / "mined-r1.csv") == _moved(cfg, 1)
+    assert _ids(bundle_dir / "mined.csv") == _ids(bundle_dir / "mined-r1.csv")
+    assert _moved(cfg, 2) == set() and [p.name[:14] for p in bundle_dir.glob(".mined-r*")] == [".mined-r2.csv."]
+    third = mine_round(cfg, bundle_dir, round_no=3)      # round 2's record is removed, never published
+    assert third.added and not list(bundle_dir.glob(".mined-r*")) and not (bundle_dir / "mined-r2.csv").exists()
+    assert _ids(bundle_dir / "mined.csv") == _ids(bundle_dir / "mined-r3.csv")
+    assert "Mining round 2" not in mining_section([(1, bundle_dir)], cfg.catalog_path)
+
+
+def test_the_report_does_not_call_a_record_the_catalog_never_committed_undone(tmp_path):
+    """A record mining left before 2026-12-07 for a round whose commit failed: its pool images were
+    never moved, so they were not undone either."""
+    cfg, images, items, ids, _ = _planted_world(tmp_path)
+    bundle_dir = tmp_path / "bundle"
+    bundle_dir.mkdir()
+    pool = [pid for pid, purpose, *_ in items if purpose == "pool"][:3]
+    rows = [{"candidate_id": ids[pid], "photo_id": pid, "score": 0.9, "accepted_as": "red", "likeness": "",
+             "decision": "added" if k < 2 else "held:like-class:red", "file": images / f"{pid}.jpg"}
+            for k, pid in enumerate(pool)]
+    write_csv(bundle_dir / "mined-r9.csv", rows, MINED_COLUMNS)
+    page = mining_section([(9, bundle_dir)], cfg.catalog_path)
+    assert "undone" not in page and "released" not in page
+    assert "Mining round 9: 0 hard negatives added (of 2: 2 never recorded in the catalog), 1 held" in page, page
+    assert "2 of this record's decisions were never recorded in the catalog" in page
+
