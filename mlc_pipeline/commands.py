@@ -163,6 +163,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_mine(args) -> int:
+    from mlc_pipeline.model.mine_record import check_round
+    check_round(args.round, undo=args.undo)     # before the config, the lock and torch: one line, exit 2
     cfg = load_config(args.config, parse_overrides(args.set))
     check_bundle_path(cfg, "--model", args.model)     # before the lock and torch
     if not args.undo and cfg.mine.pool is None:    # nothing to score: leave the bundle's files alone

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 SCHEMA_VERSION = 2            # 2: file_path relative to the data root
 MIGRATION_DIRS = ("raw", "quarantine")   # where file_path points inside a data root
+SQL_INT_MAX = 2**63 - 1       # SQLite's INTEGER and PostgreSQL's BIGINT: the largest id or round a query binds
 LOCK_NOTICE_S = 2.0        # a catalog locked this long gets a line saying what we wait for
 
 SCHEMA = """

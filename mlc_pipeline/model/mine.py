@@ -24,8 +24,8 @@ from mlc_pipeline.model.metrics import predict_matrix
 from mlc_pipeline.model.predict import score_with_errors
 from mlc_pipeline.model.bundle import load_bundle
 from mlc_pipeline.model.likeness import pool_likeness
-from mlc_pipeline.model.mine_record import (next_round, overlapping_queries, pool_overlaps, publish_record, record_round,
-                                            settle_record, settle_records, write_csv)
+from mlc_pipeline.model.mine_record import (check_round, next_round, overlapping_queries, pool_overlaps, publish_record,
+                                            record_round, settle_record, settle_records, write_csv)
 
 log = logging.getLogger(__name__)
 # A pool image this close to a class image (PHash bits) is a copy of it: resized and re-encoded real
@@ -100,6 +100,7 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int | None = None)
     A bundle outside this data root's models folder, or trained on other classes, is refused first.
     `round_no`: None, the round after the catalog's last (mine_record.next_round)."""
     round_no = next_round(cfg) if round_no is None else round_no
+    check_round(round_no)
     check_bundle_home(cfg, bundle_dir)
     bundle = load_bundle(bundle_dir)
     check_bundle_classes(cfg, bundle)
@@ -320,6 +321,7 @@ def undo_round(cfg: Config, round_no: int, photo_ids: list[str] | None = None) -
     the reviewer has them (undone in the review app, or rejected there). Returns how many changed.
     A round with no such image, or a photo id that is not one of them, is a ConfigError naming what
     there is: an undo that changes nothing must not read as done."""
+    check_round(round_no, undo=True)
     changed, kept = 0, 0
     with Catalog(cfg.catalog_path) as catalog:
         check_undo(catalog, round_no, photo_ids)

@@ -17,8 +17,8 @@ import re
 import shutil
 from pathlib import Path
 
-from mlc_pipeline.catalog import Catalog, catalog_exists
-from mlc_pipeline.config import Config
+from mlc_pipeline.catalog import SQL_INT_MAX, Catalog, catalog_exists
+from mlc_pipeline.config import Config, ConfigError
 from mlc_pipeline.fsutil import atomic_path, write_csv_atomic
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,18 @@ def next_round(cfg: Config) -> int:
         return 1
     with Catalog(cfg.catalog_path, readonly=True) as catalog:
         return catalog.last_mined_round() + 1
+
+
+def check_round(round_no: int | None, undo: bool = False) -> None:
+    """Refuse (ConfigError) a round number other than 1..SQL_INT_MAX (None: none given, the default
+    round), before anything is scored or changed: round 0 is a run's model before any mining (`default-v5-r0-...`, "0 (shipped)"), a
+    negative one is a round no reader counts (`last_mined_round` reads digits), and one past SQL's
+    integers crashed in the commit, after the whole pool was scored (the mining26 audit)."""
+    if round_no is not None and not 1 <= round_no <= SQL_INT_MAX:
+        shown = str(round_no) if len(str(round_no)) <= 24 else f"{str(round_no)[:20]}..."
+        raise ConfigError(f"mine{' --undo' if undo else ''} --round: a mining round is a whole number from 1 to "
+                          f"{SQL_INT_MAX}, not {shown} (round 0 is a run's first model, before any mining); "
+                          f"nothing was {'put back' if undo else 'mined'}")
 
 
 def record_round(folder: Path, round_no: int, decisions: list[dict], columns: list[str], run_id: str) -> Path:

@@ -8,11 +8,9 @@ import re
 
 from fastapi import HTTPException, Request
 
-from mlc_pipeline.catalog import review as cr
+from mlc_pipeline.catalog import SQL_INT_MAX, review as cr
 from mlc_pipeline.catalog.labels import effective_labels, next_build
 from mlc_pipeline.review.security import CLIENT_HEADER
-
-SQL_INT_MAX = 2**63 - 1       # SQLite's and PostgreSQL's BIGINT
 
 
 def whole_number(value, what: str, from_url: bool = False) -> int:
