@@ -54,6 +54,12 @@ class MineResult:
     over_cap: int = 0                  # accepted, not held, but beyond this round's cap (scored again next round)
     accepted: int = 0                  # pool images the model accepted as a class: all of the above, and
     decided_in_review: int = 0         # ... those a person decided in review while the pool was scored
+    undoable: bool = False             # the round has mined or held images `mlc mine --undo` puts back
+
+    @property
+    def undo_hint(self) -> str:
+        "How to put the round back; '' for a round whose undo would be refused (nothing to put back)."
+        return f" (undo: `mlc mine --undo --round {self.round}`)" if self.undoable else ""
 
 
 def accepted_classes(bundle, probs: np.ndarray) -> np.ndarray:
@@ -169,6 +175,7 @@ def mine_round(cfg: Config, bundle_dir: str | Path, round_no: int | None = None)
             result.added = len(result.negatives)
             result.accepted = len(candidates)
             result.decided_in_review = sum(e["decision"] == "decided-in-review" for e in candidates)
+            result.undoable = bool(catalog.mined_in_round(round_no))     # this call's or an earlier one's
             result.review = review_class_images(bundle, cfg, class_rows, decided)
             catalog.finish_run(run_id, "completed", {"scored": result.scored, "added": result.added,
                                                      "held": len(result.held), "over_cap": result.over_cap})

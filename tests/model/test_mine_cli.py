@@ -1,5 +1,5 @@
-"""`mlc mine` as a user types it: a round number it refuses before anything is scored (the mining26
-audit, D2)."""
+"""`mlc mine` as a user types it: a round number it refuses before anything is scored, and the undo
+hint it prints only for a round an undo would accept (the mining26 audit, D2 and D5)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from test_mine import _bundle_here, _planted_world
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.cli import main
+from mlc_pipeline.model.mine import mine_round
 
 
 def _project(tmp_path):
@@ -56,3 +57,15 @@ def test_a_round_number_outside_1_to_what_sql_holds_is_one_line_and_exit_2_befor
         assert catalog.candidates() == before and not [r for r in catalog.runs() if r["command"].startswith("mine")]
     assert not list(bundle.glob("*mined*"))
 
+
+def test_a_round_that_added_and_held_nothing_prints_no_undo_that_would_be_refused(tmp_path, mlc):
+    config, cfg, bundle = _project(tmp_path)
+    first = mine_round(cfg, bundle, round_no=1)          # takes every pool image the model accepts
+    assert first.added, "round 1 mined nothing: a useless test"
+    res = mlc(config)                                   # round 2: nothing left to add or hold
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("round 2: scored ") and " 0 hard negatives added " in res.stdout, res.stdout
+    assert " 0 held for review" in res.stdout and "--undo" not in res.stdout, res.stdout
+    assert mlc(config, "--undo", "--round", "2").returncode == 2          # what the hint would have said
+    res = mlc(config, "--round", "1")                   # round 1 again adds nothing, but has images to put back
+    assert res.returncode == 0 and "(undo: `mlc mine --undo --round 1`)" in res.stdout, res.stdout
