@@ -289,6 +289,8 @@ def mining_round_html(catalog, decided: dict, records: list, round_no: int, bund
     latest = round_no == max(r for r, b, _ in records if b == bundle_dir)   # review.csv is its latest mining's
     rows = read_csv(mined)
     added = [{**r, "since": since_mined(catalog, decided, round_no, r)} for r in rows if r["decision"] == "added"]
+    held = collections.Counter(since_mined(catalog, decided, round_no, r) for r in rows
+                               if r["decision"].startswith("held:"))
     kept = [r for r in added if not r["since"]]
     since = collections.Counter(r["since"] for r in added if r["since"])
     links = [f"<a href='{f.as_uri()}'>{f.name}</a> ({html.escape(what)})"
@@ -296,10 +298,13 @@ def mining_round_html(catalog, decided: dict, records: list, round_no: int, bund
              if f.is_file() and (f == mined or latest)]
     to_review = f", {len(read_csv(review))} class images to review" if latest and review.is_file() else ""
     gone = f" (of {len(added)}: {fates(since)})" if since else ""
+    held_gone = collections.Counter({what: n for what, n in held.items() if what})
+    # holds the catalog no longer has from this round (released by an undo, say) are not counted as held
+    held_text = f" (of the {held.total()} it held: {fates(held_gone)})" if held_gone else ""
     parts = [f"<h3 id='mined-{round_no}'>Mining round {round_no}: {len(kept)} hard negatives added{gone}, "
-             f"{len(rows) - len(added)} held or over the cap{to_review}</h3>",
+             f"{len(rows) - len(added) - held_gone.total()} held or over the cap{held_text}{to_review}</h3>",
              f"<p>Mined by {html.escape(bundle_dir.name)}: " + "; ".join(links) + "</p>"]
-    if never := since[NEVER]:
+    if never := since[NEVER] + held[NEVER]:
         parts.append(f"<p>{never} of this record's decisions were {NEVER}: the round stopped before the catalog "
                      "committed them, so the next build does not learn from them.</p>")
     if added:

@@ -167,6 +167,23 @@ def test_the_report_does_not_call_a_record_the_catalog_never_committed_undone(tm
     write_csv(bundle_dir / "mined-r9.csv", rows, MINED_COLUMNS)
     page = mining_section([(9, bundle_dir)], cfg.catalog_path)
     assert "undone" not in page and "released" not in page
-    assert "Mining round 9: 0 hard negatives added (of 2: 2 never recorded in the catalog), 1 held" in page, page
-    assert "2 of this record's decisions were never recorded in the catalog" in page
+    assert ("Mining round 9: 0 hard negatives added (of 2: 2 never recorded in the catalog), 0 held or over the cap "
+            "(of the 1 it held: 1 never recorded in the catalog)") in page, page
+    assert "3 of this record's decisions were never recorded in the catalog" in page
 
+
+def test_holds_an_undo_released_are_not_counted_as_held_by_the_round(tmp_path):
+    """The mining26 audit: after `mlc mine --undo --round 2` released its 19 held images (and round 4
+    held them again), the report still counted them as held by round 2 as well as by round 4."""
+    cfg, *_ = _planted_world(tmp_path, max_per_round=100)
+    bundle_dir = _bundle_here(cfg)
+    first = mine_round(cfg, bundle_dir, round_no=1)
+    assert first.added and first.held, "round 1 mined or held nothing: a useless test"
+    rest = first.accepted - first.added - len(first.held)       # over the cap, decided in review
+    undo_round(cfg, 1)
+    second = mine_round(cfg, bundle_dir, round_no=2)            # scores the released images again
+    page = mining_section([(1, bundle_dir)], cfg.catalog_path)
+    held = len(first.held)
+    assert (f"Mining round 1: 0 hard negatives added (of {first.added}: {first.added} undone since), {rest} held "
+            f"or over the cap (of the {held} it held: {held} released since)") in page, page
+    assert f"Mining round 2: {second.added} hard negatives added, {len(second.held) + second.over_cap} held" in page
