@@ -64,7 +64,8 @@ RESUMED = {"collect", "curate", "run", "remove", "withdraw"}
 
 def rerun_hint(command: str) -> str:
     if command == "run":
-        return "rerun the same command to resume (finished stages are kept; a training starts again)"
+        return ("rerun the same command to resume (finished stages are kept, a shipped model too; an interrupted "
+                "training starts again)")
     if command in RESUMED:
         return "rerun the same command to resume"
     return "nothing half-done was kept; rerun the same command to start again"

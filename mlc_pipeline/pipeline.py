@@ -33,7 +33,8 @@ from mlc_pipeline.model.stage import models_root, publish_latest, train_alternat
 from mlc_pipeline.report.inspect import write_html_report
 from mlc_pipeline.report.model import model_section
 from mlc_pipeline.rounds import RoundRecord, record
-from mlc_pipeline.shipping import incumbent_model, last_shipped_model, not_shipped_reason, round0_key, unknown_rate
+from mlc_pipeline.shipping import (incumbent_model, last_shipped_model, not_shipped_reason, record_shipped, round0_key,
+                                   unknown_rate)
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,7 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
             if incumbent is not None:
                 model = shipped_or_new(cfg, stages, incumbent, ds, model, out)
     out.trained_with = round0_key(cfg)      # after training: weights it downloaded are at hand now
+    record_shipped(cfg, model, out.trained_with)     # LATEST names it now: stopped later, a rerun reuses it
     publish(cfg)
     out.rounds.append(record(0, model["dataset_version"], model["bundle"], model["metrics"]))
     if cfg.train.compare_baselines if alternatives is None else alternatives:
@@ -249,6 +251,7 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
                 out.stop_reason = f"round {r}'s model was not shipped: a further round would go on from it"
             break
         publish_latest(cfg, model["bundle"])
+        record_shipped(cfg, model, out.trained_with)
         publish(cfg)                    # the mined labels (catalog), the new version and model, LATEST
         before, after = (unknown_rate(x.unknown_accepted, x.probe_accepted) for x in out.rounds[-2:])
         if why := mining_stop(cfg, r, mined["added"], before, after):

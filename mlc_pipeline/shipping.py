@@ -5,7 +5,8 @@ round 0 of a run is (the last run's shipped model reused, a new model, or the sh
 accepts no more unknowns and loses at most `mine.max_f1_loss` of macro F1 (`not_shipped_reason`);
 round 0 is not trained again when nothing it learns from changed (`last_shipped_model`, keyed by
 `round0_key`), and a new round 0 replaces the shipped model only by the same rule, both scored on
-the new version (`incumbent_model`).
+the new version (`incumbent_model`). What a run shipped is recorded as it moves LATEST
+(`record_shipped`), so that the rerun of a stopped run knows it too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 from pathlib import Path
 
 from mlc_pipeline.config import Config
-from mlc_pipeline.fsutil import sha256_file
+from mlc_pipeline.fsutil import sha256_file, write_text_atomic
 from mlc_pipeline.model.bundle import MetaError, read_meta
 from mlc_pipeline.model.registry import latest_bundle
 from mlc_pipeline.rounds import RoundRecord
@@ -110,14 +111,14 @@ def last_shipped_model(cfg: Config, ds: dict, key: dict) -> dict | None:
     learn the same thing again: the build published nothing new (the same version), that model was
     trained on this version, with the same `round0_key`, and models/LATEST still names it (a model
     promoted by hand since is the user's choice: round 0 then trains). A nightly run with no new
-    images then mines from the shipped model instead of spending a training on its own data again;
-    anything unknown (an older latest.json, a missing metrics.json) trains, as before."""
+    images then mines from the shipped model instead of spending a training on its own data again,
+    and so does the rerun of a run stopped after round 0 shipped (`record_shipped`); anything unknown
+    (an older latest.json, a missing metrics.json) trains, as before."""
     shipped = None if ds.get("published", True) else shipped_with(cfg, key)
     if shipped is None:
         return None
-    last, bundle = shipped
-    rounds = [r for r in last.get("rounds", []) if r.get("bundle") == bundle.name]
-    if not rounds or rounds[-1].get("dataset_version") != ds.get("version") or not (bundle / "metrics.json").is_file():
+    version, bundle = shipped
+    if version is None or version != ds.get("version") or not (bundle / "metrics.json").is_file():
         return None
     from mlc_pipeline.model.registry import RegistryError, check_bundle
     try:        # a damaged LATEST crashed mining on every night with nothing new (the verify23 audit)
@@ -131,11 +132,12 @@ def last_shipped_model(cfg: Config, ds: dict, key: dict) -> dict | None:
 
 
 def incumbent_model(cfg: Config, key: dict) -> Path | None:
-    """models/LATEST when a new round 0 must do at least as well to replace it: the last run shipped
-    it, trained with the same `round0_key` (other settings or code: the user wants the new model; a
-    model promoted by hand: theirs to replace), a whole bundle of the config's classes. A night with
-    nothing new for round 0 after a refused mining round trained round 0 again and shipped it over a
-    far better LATEST (a user's audit: test F1 0.540 -> 0.275)."""
+    """models/LATEST when a new round 0 must do at least as well to replace it: a run shipped it
+    (`shipped_with`: the last run, or a run stopped after it moved LATEST), trained with the same
+    `round0_key` (other settings or code: the user wants the new model; a model promoted by hand:
+    theirs to replace), a whole bundle of the config's classes. A night with nothing new for round 0
+    after a refused mining round trained round 0 again and shipped it over a far better LATEST (a
+    user's audit: test F1 0.540 -> 0.275)."""
     shipped = shipped_with(cfg, key)
     if shipped is None:
         return None
@@ -147,15 +149,37 @@ def incumbent_model(cfg: Config, key: dict) -> Path | None:
     return shipped[1] if meta.get("classes") == list(cfg.classes) else None
 
 
-def shipped_with(cfg: Config, key: dict) -> tuple[dict, Path] | None:
-    """(reports/latest.json, the LATEST bundle) when the last run shipped the model models/LATEST
-    names (not promoted by hand since), trained with `round0_key` `key`; else None."""
-    report, bundle = cfg.layout.reports / "latest.json", latest_bundle(cfg.layout.models)
-    if bundle is None or not report.is_file():
+SHIPPED_RECORD = "shipped.json"     # in the reports folder, beside latest.json
+
+
+def record_shipped(cfg: Config, model: dict, key: dict) -> None:
+    """reports/shipped.json: the model a run has just made (or kept as) models/LATEST, the dataset
+    version it counts for (`model["dataset_version"]`, as latest.json's rounds give it) and the
+    run's `round0_key`. Written when LATEST moves, not at the run's end as latest.json is: a run
+    stopped during mining, after round 0 shipped, left LATEST looking promoted by hand, so its rerun
+    trained round 0 again and published it with no comparison (the mining26 audit)."""
+    cfg.layout.reports.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(cfg.layout.reports / SHIPPED_RECORD, json.dumps(
+        {"shipped": model["bundle"], "dataset_version": model["dataset_version"], "trained_with": key}, indent=2))
+
+
+def shipped_with(cfg: Config, key: dict) -> tuple[str | None, Path] | None:
+    """(the dataset version it counts for, the LATEST bundle) when a run shipped the model
+    models/LATEST names (not promoted by hand since), trained with `round0_key` `key`; else None.
+    What a run shipped is `record_shipped`'s record; in a data root no run has written one in yet,
+    reports/latest.json (its rounds give the version)."""
+    bundle = latest_bundle(cfg.layout.models)
+    report = next((p for p in (cfg.layout.reports / n for n in (SHIPPED_RECORD, "latest.json")) if p.is_file()), None)
+    if bundle is None or report is None:
         return None
     try:
         last = json.loads(report.read_text())
     except ValueError as exc:
         log.warning("%s unreadable (%s): round 0 trains and ships as before", report, exc)
         return None
-    return (last, bundle) if last.get("trained_with") == key and last.get("shipped") == bundle.name else None
+    if not isinstance(last, dict) or last.get("trained_with") != key or last.get("shipped") != bundle.name:
+        return None
+    if "dataset_version" in last:
+        return last["dataset_version"], bundle
+    rounds = [r for r in last.get("rounds", []) if isinstance(r, dict) and r.get("bundle") == bundle.name]
+    return (rounds[-1].get("dataset_version") if rounds else None), bundle

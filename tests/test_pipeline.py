@@ -545,3 +545,60 @@ def test_a_refused_round_0_and_a_refused_mining_round_are_both_told(tmp_path):
         out.not_shipped
     assert "; round 1's model default-v4-r1 accepted more unknowns than round 0's" in out.not_shipped, out.not_shipped
     assert "not shipped" not in out.not_shipped      # printed after "not shipped: " (it read "...: not shipped; ...")
+
+
+class StoppedWhileMining(ShippedModelStages):
+    """Ctrl-C once mining has started: round 0 trained, compared and shipped, reports/latest.json not
+    written (the CLI turns SIGTERM into the same KeyboardInterrupt)."""
+
+    def mine(self, cfg, bundle_dir, round_no):
+        raise KeyboardInterrupt
+
+
+def _stopped_after_shipping_round_0(cfg):
+    """A run that completed (LATEST default-v2-r1), then one that trained round 0 on new images (v3),
+    found it better than the shipped model, shipped it and was stopped in mining."""
+    from mlc_pipeline.pipeline import run_stages
+    run_stages(cfg, ShippedModelStages([(0.10, 0.30), (0.05, 0.20)], [("v1", True), ("v2", True)], [0.6, 0.6], {}))
+    stopped = StoppedWhileMining([(0.05, 0.20)], [("v3", True)], [0.62], {"default-v2-r1": (0.6, 0.05, 0.20)})
+    with pytest.raises(KeyboardInterrupt):
+        run_stages(cfg, stopped)
+    assert stopped.assessed == [("default-v2-r1", "v3")] and _latest(cfg) == "default-v3-r0"
+
+
+def _latest(cfg) -> str:
+    return (cfg.layout.models / "LATEST").read_text().strip()
+
+
+def test_the_rerun_of_a_run_stopped_while_mining_goes_on_from_the_round_0_it_shipped(tmp_path):
+    """The mining26 audit: the rerun trained round 0 from scratch again (an identical model, 2.7 of its
+    8 minutes), though `mlc run` said "finished stages are kept": only reports/latest.json, which the
+    stopped run never wrote, said what a run had shipped."""
+    from mlc_pipeline.pipeline import run_stages
+    cfg = _loop_config(tmp_path, rounds=1)
+    _stopped_after_shipping_round_0(cfg)
+    again = StoppedWhileMining([(0.05, 0.20)], [("v3", False)], [0.62], {})      # nothing new: v3 again
+    with pytest.raises(KeyboardInterrupt):
+        run_stages(cfg, again)
+    assert again.calls == [] and again.reused == ["default-v3-r0"] and again.assessed == []
+    done = ShippedModelStages([(0.05, 0.20), (0.04, 0.10)], [("v3", False), ("v4", True)], [0.62, 0.62], {})
+    out = run_stages(cfg, done)           # completes: mining went on from the stopped run's round 0
+    assert done.calls == [(1, "default-v3-r0", False)] and "round 0 is that model, not trained again" in out.reused
+    assert out.shipped == "default-v4-r1" == _latest(cfg)
+    shipped = json.loads((cfg.layout.reports / "shipped.json").read_text())
+    assert (shipped["shipped"], shipped["dataset_version"]) == ("default-v4-r1", "v4")
+    assert shipped["trained_with"] == json.loads((cfg.layout.reports / "latest.json").read_text())["trained_with"]
+
+
+def test_after_a_run_stopped_while_mining_a_new_round_0_must_beat_the_round_0_it_shipped(tmp_path):
+    """By the code (the audit could not see it): LATEST, the stopped run's round 0, looked promoted by
+    hand, so the next round 0 was published with no comparison, however much worse it was."""
+    from mlc_pipeline.pipeline import run_stages
+    cfg = _loop_config(tmp_path, rounds=1)
+    _stopped_after_shipping_round_0(cfg)
+    worse = ShippedModelStages([(0.30, 0.40), (0.05, 0.20)], [("v4", True), ("v5", True)], [0.30, 0.62],
+                               {"default-v3-r0": (0.62, 0.05, 0.20)})
+    out = run_stages(cfg, worse)          # new images: round 0 trains on v4, and is worse
+    assert worse.assessed == [("default-v3-r0", "v4")] and worse.reused == ["default-v3-r0"]
+    assert "round 0 is the shipped model default-v3-r0" in out.not_shipped
+    assert worse.calls[1] == (1, "default-v3-r0", False) and out.rounds[0].bundle == "default-v3-r0"

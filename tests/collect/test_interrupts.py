@@ -265,4 +265,4 @@ def test_the_stop_line_promises_a_resume_only_where_a_rerun_resumes():
     assert rerun_hint("collect") == rerun_hint("remove") == "rerun the same command to resume"
     assert rerun_hint("train") == rerun_hint("export") == ("nothing half-done was kept; rerun the same command "
                                                            "to start again")
-    assert "a training starts again" in rerun_hint("run")
+    assert "a shipped model too; an interrupted training starts again" in rerun_hint("run")   # test_pipeline.py
