@@ -15,7 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
-from mlc_pipeline import __version__, commands, progress
+from mlc_pipeline import __version__, commands, interrupts, progress
 from mlc_pipeline.config import ConfigError
 from mlc_pipeline.dataset.verify import VersionDamaged
 from mlc_pipeline.executor import ClusterLost
@@ -231,8 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     progress.configure(False if getattr(args, "no_progress", False) else None)   # None: on in a terminal
     from mlc_pipeline.catalog import CatalogBusy, CatalogError
     signal.signal(signal.SIGTERM, raise_terminated)
+    interrupts.install()            # a Ctrl-C swallowed by a finalizer is raised again (interrupts.py)
     try:
-        return args.func(args)
+        code = args.func(args)
+        interrupts.check()          # the last safe point: swallowed at the very end, still exit 130
+        return code
     except (ConfigError, MissingCredentials, UnknownVersion) as exc:
         print(f"mlc: {shown(exc)}", file=sys.stderr)
         return 2

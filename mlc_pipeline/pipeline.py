@@ -23,6 +23,7 @@ from mlc_pipeline.collect.sources import check_before_writing
 from mlc_pipeline.config import Config
 from mlc_pipeline.curate.stage import curate
 from mlc_pipeline.dataset.build import build_dataset
+from mlc_pipeline import interrupts
 from mlc_pipeline.fsutil import write_text_atomic
 from mlc_pipeline.locking import data_root_lock
 from mlc_pipeline.model.mine import mine_round
@@ -145,8 +146,10 @@ class Stages:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         started = time.monotonic()
+        interrupts.check()          # a Ctrl-C a finalizer swallowed stops the run here (interrupts.py)
         try:
             yield
+            interrupts.check()
         finally:
             self.seconds[name] = round(self.seconds.get(name, 0) + time.monotonic() - started, 1)
 

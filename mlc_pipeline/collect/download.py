@@ -29,7 +29,7 @@ from urllib.parse import urljoin
 import requests
 
 from mlc_pipeline.config import SourceSettings
-from mlc_pipeline.collect.connections import Live, WatchedAdapter, watch
+from mlc_pipeline.collect.connections import Live, WatchedAdapter, close_session, watch
 from mlc_pipeline.collect.hosts import HostHealth, host_allowed, host_of
 from mlc_pipeline.collect.rawfiles import StorageError, disk_errors, final_path, shard_dir, temp_path
 from mlc_pipeline.collect.retry import Transient, backoff_delay, retry_after_seconds
@@ -102,6 +102,7 @@ class Downloader:
         self.watched: dict[int, tuple[float, Live]] = {}               # thread -> (deadline, connection)
         self.was_cut: set[int] = set()                                  # threads whose response was cut
         self.hosts = HostHealth()                   # hosts down, or refused, this run
+        self.sessions: list[requests.Session] = []  # every thread's, for close()
 
     # --- plumbing ----------------------------------------------------------------------------
     def session(self) -> requests.Session:
@@ -113,7 +114,19 @@ class Downloader:
             sess.mount("https://", adapter)
             sess.headers["User-Agent"] = "mlc-pipeline/0.1 (+image dataset collector)"
             self.local.session = sess
+            with self.slots_lock:
+                self.sessions.append(sess)
         return self.local.session
+
+    def close(self, this_thread_only: bool = False) -> None:
+        """Close the sessions' pools now: left to the garbage collector, their finalizers ran later in
+        whatever the process did then (training), and a Ctrl-C that landed in one was lost."""
+        with self.slots_lock:
+            closing = [getattr(self.local, "session", None)] if this_thread_only else list(self.sessions)
+            self.sessions = [sess for sess in self.sessions if sess not in closing]
+        for sess in filter(None, closing):
+            close_session(sess)
+        self.local.__dict__.pop("session", None)
 
     def slot(self, host: str) -> threading.BoundedSemaphore:
         with self.slots_lock:
@@ -326,20 +339,23 @@ class Downloader:
 
     def _work(self, batch: Batch) -> None:
         """A worker: takes jobs until none is left or the run stops; each outcome goes to batch.done."""
-        while True:
-            with batch.cond:
-                if batch.closed or not batch.todo:
-                    return
-                job = batch.todo.pop()
-                batch.active += 1
-            try:
-                outcome: object = self.fetch(job)
-            except BaseException as exc:    # not swallowed: the calling thread decides (see _outcome)
-                outcome = exc
-            with batch.cond:
-                batch.done.append((job, outcome))
-                batch.active -= 1
-                batch.cond.notify_all()
+        try:
+            while True:
+                with batch.cond:
+                    if batch.closed or not batch.todo:
+                        return
+                    job = batch.todo.pop()
+                    batch.active += 1
+                try:
+                    outcome: object = self.fetch(job)
+                except BaseException as exc:    # not swallowed: the calling thread decides (see _outcome)
+                    outcome = exc
+                with batch.cond:
+                    batch.done.append((job, outcome))
+                    batch.active -= 1
+                    batch.cond.notify_all()
+        finally:
+            self.close(this_thread_only=True)
 
     def _stop(self, batch: Batch) -> None:
         """No job starts any more and those in flight are cut (again each tick: one may get its

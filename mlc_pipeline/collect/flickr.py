@@ -24,7 +24,7 @@ from flickrapi.exceptions import FlickrError
 from mlc_pipeline.catalog import Found
 from mlc_pipeline.catalog.labels import licence_allowed
 from mlc_pipeline.config import SourceSettings
-from mlc_pipeline.collect.connections import Deadline, WatchedAdapter
+from mlc_pipeline.collect.connections import Deadline, WatchedAdapter, close_session
 from mlc_pipeline.collect.retry import RateLimiter, Transient, retry_after_seconds, with_retries
 from mlc_pipeline.secrets import Credentials, printable, redact
 
@@ -170,6 +170,10 @@ class FlickrSource:
         self.static_host = static_host
         self.skipped: Counter[str] = Counter()      # search results left out, by reason
         self.unreadable: dict[str, str] = {}        # folder mode: files not served (no image), path -> why
+
+    def close(self) -> None:
+        """Close the API session's connection pools now, not in a finalizer run later (Downloader.close)."""
+        close_session(self.api.flickr_oauth.session)
 
     def current_url(self, url: str) -> str:
         """The bundled server may run on another port than when a URL was recorded (port 0, or a

@@ -9,7 +9,7 @@ path -> why), plus the image hosts its downloads may come from."""
 from __future__ import annotations
 
 import errno
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import Iterator
 
 from mlc_pipeline.config import Config, ConfigError
@@ -44,7 +44,8 @@ def open_source(cfg: Config) -> Iterator[tuple[FlickrSource | UrlListSource, lis
         yield url_list_source(cfg)
         return
     if s.kind == "flickr":
-        yield FlickrSource(s, flickr_credentials(local=False), "flickr", result_cap=s.result_cap), s.allowed_hosts
+        with closing(FlickrSource(s, flickr_credentials(local=False), "flickr", result_cap=s.result_cap)) as source:
+            yield source, s.allowed_hosts       # closed: its pools are not left to a finalizer (download.py)
         return
     from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
     from mlc_pipeline.flickr_server.folder import FolderModeError
@@ -61,8 +62,7 @@ def open_source(cfg: Config) -> Iterator[tuple[FlickrSource | UrlListSource, lis
         raise ConfigError(f"source.local.port {s.local.port} is already in use on 127.0.0.1: another `mlc` run "
                           f"(or `mlc serve-flickr`) may hold it; wait for it to finish, or give this project its "
                           f"own port (source.local.port)") from None
-    with server as srv:
-        source = FlickrSource(s, flickr_credentials(local=True), "local", rest_url=srv.rest_url,
-                              result_cap=s.local.result_cap, static_host=srv.static_host)
+    with server as srv, closing(FlickrSource(s, flickr_credentials(local=True), "local", rest_url=srv.rest_url,
+                                             result_cap=s.local.result_cap, static_host=srv.static_host)) as source:
         source.unreadable = dict(srv.world.unreadable)
         yield source, [srv.static_host, *s.allowed_hosts]

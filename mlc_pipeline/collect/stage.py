@@ -234,7 +234,7 @@ def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int
     clean_stale_temp(cfg.layout.legacy_downloads)      # where versions before 2026-12 wrote them
     with Catalog(cfg.catalog_path) as catalog, open_source(cfg) as (source, hosts):
         run_id = catalog.start_run("collect")
-        summary = CollectSummary(run_id)
+        summary, collector = CollectSummary(run_id), None
         try:
             licences = source.licenses()
             catalog.save_licenses(licences)
@@ -252,6 +252,9 @@ def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int
             summary.api_calls = source.api_calls
             catalog.finish_run(run_id, run_end_status(exc), {**summary.__dict__, "error": error_line(exc)})
             raise
+        finally:        # the downloads' pools closed now, not by a finalizer in the next stage (download.py)
+            if collector is not None:
+                collector.downloader.close()
         catalog.finish_run(run_id, "completed", summary.__dict__)
     bars.summary(f"collect {summary.run_id}", show=progress, rows=[
         ("API calls", summary.api_calls), ("new candidates", summary.found_new), ("downloaded", summary.downloaded),

@@ -10,9 +10,21 @@ import time
 import numpy as np
 from fastai.vision.all import CancelFitException, Callback
 
+from mlc_pipeline import interrupts
 from mlc_pipeline.model.learner import LossHistory
 
 log = logging.getLogger(__name__)
+
+
+class Interruptible(Callback):
+    """A Ctrl-C that a finalizer swallowed (the garbage collector runs them as training allocates)
+    stops the fit at the next batch, as a Ctrl-C anywhere else would (interrupts.py)."""
+
+    def after_batch(self):
+        interrupts.check()
+
+    def after_epoch(self):
+        interrupts.check()
 
 
 class TimeBudget(Callback):

@@ -43,7 +43,7 @@ from mlc_pipeline.model.learner import (
     CPUBFloat16, EpochBar, LossHistory, ProgressiveResize, SmoothTargets, SparseValidation,
     build_dataloaders, format_loss, macro_f1_metric, training_frame,
 )
-from mlc_pipeline.model.budget import FitToBudget, TimeBudget
+from mlc_pipeline.model.budget import FitToBudget, Interruptible, TimeBudget
 from mlc_pipeline.model.precision import training_precision
 from mlc_pipeline.manifest import read_manifest_frame
 from mlc_pipeline.model.plots import plot_curves, plot_losses
@@ -167,7 +167,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         learn.model.to(memory_format=torch.channels_last)
 
     history, budget = LossHistory(), TimeBudget(cfg.max_train_seconds or float("inf"))
-    fit_cbs = [history, budget, SparseValidation()] + ([MixUp(cfg.mixup)] if cfg.mixup > 0 else [])
+    fit_cbs = [history, budget, Interruptible(), SparseValidation()] + ([MixUp(cfg.mixup)] if cfg.mixup > 0 else [])
     fit_cbs += [CutMix(cfg.cutmix)] if cfg.cutmix > 0 else []
     fit_cbs += [SmoothTargets(cfg.label_smoothing)] if cfg.label_smoothing > 0 else []
     fit_cbs += [CPUBFloat16()] if precision == "bfloat16" else []    # a fit's callback: not in the bundle
