@@ -185,7 +185,7 @@ class TrainSettings(Strict):
     yes_no_means = {"pretrained": ("none", "imagenet")}   # `pretrained: no` is from scratch
     image_size: int | None = Field(None, ge=16)   # None: the recipe's
     epochs: int | None = Field(None, ge=1)        # None: the recipe's (scratch: 45,000 images seen, 30-120)
-    max_minutes: float | None = Field(None, gt=0)  # a fit plans its epochs to end within this (FitToBudget); null: all
+    max_minutes: float | None = Field(None, gt=0)  # a bound: a fit plans its epochs to end within this (FitToBudget); null: all
     batch_size: int | None = Field(None, ge=1)    # None: the recipe's (scratch: 16, pretrained: 32; docs/training.md)
     lr: float | None = Field(None, gt=0)
     other_mode: Literal["negative", "class"] = "class"    # class: an "other" output vetoing the classes (losses.py)

@@ -59,27 +59,35 @@ class TimeBudget(Callback):
 
 
 class FitToBudget(Callback):
-    """Plans a fit to end within `seconds`: from the second epoch on (the first also decodes every
-    picture into the cache), the median epoch's time says how many epochs fit in what is left, and when
-    fewer than planned do, the fit is shortened (and lengthened again, up to the plan, if later
-    epochs show that the early ones were slow). fastai re-reads `n_epoch` at each epoch's start
-    (the one-cycle schedule's position is epoch / n_epoch), so a shortened fit still warms up and
-    anneals to its end: a shorter schedule, not a cut-off one (TimeBudget). `planned` and `epochs`
-    say what it did; across fine_tune's two fits the clock runs from the first."""
+    """Plans a fit to end within `seconds`, a bound: after every epoch (from the first on, which also
+    decodes every picture into the cache) the median epoch's time says how many more epochs end
+    within what is left, and the fit is planned to that many: shortened, or lengthened again up to
+    the plan when later epochs show an early one was slow. When not one more fits, the fit ends there.
+    fastai re-reads `n_epoch` at each epoch's start (the one-cycle schedule's position is
+    epoch / n_epoch), so a shortened fit still anneals to its end within the budget: a shorter
+    schedule, not a cut-off one (TimeBudget). Across fine_tune's two fits the clock runs from the first,
+    and the second is planned at its start from the first's epochs. Only an epoch slower than the
+    ones before (or the very first) can end past the budget: `over_seconds` says by how much, and
+    `last_epoch_seconds` what that epoch took. `planned` and `epochs` say what the fit asked for and
+    trained."""
 
     order = LossHistory.order + 2   # after the epoch is logged and shown: its end may end the fit
-    MEASURE_FROM = 2        # epochs done before an epoch's time is trusted
 
     def __init__(self, seconds: float, bar=None):
         self.seconds, self.bar = seconds, bar
         self.start = self.epoch_start = None
-        self.planned = self.epochs = None       # this fit's epochs: asked for, and trained
+        self.planned = self.epochs = self.runs = None     # this fit's epochs: asked for, trained, at most
         self.epoch_seconds, self.measured, self.batches = None, [], 0   # batches: across fits (the bar's count)
+        self.last_epoch_seconds, self.over_seconds = None, 0.0
 
     def before_fit(self):
+        now = time.monotonic()
         if self.start is None:
-            self.start = time.monotonic()
-        self.planned = self.epochs = self.n_epoch
+            self.start = now
+        self.planned, self.epochs, self.runs = self.n_epoch, 0, None
+        if self.measured:       # fine_tune's second fit: planned from the first's epochs
+            self._plan(0, now)
+        self.runs = self.n_epoch    # fastai's loop runs over the epochs planned at the fit's start
 
     def before_epoch(self):
         self.epoch_start = time.monotonic()
@@ -89,26 +97,43 @@ class FitToBudget(Callback):
 
     def after_epoch(self):
         done, now = self.epoch + 1, time.monotonic()
-        if self.MEASURE_FROM <= done < self.planned:
-            # the median epoch: one epoch slowed by another process must not decide the fit. The plan
-            # may grow back (up to the planned epochs) when later epochs show an early one was slow.
-            self.measured.append(now - self.epoch_start)
-            self.epoch_seconds = float(np.median(self.measured))
-            fits = done + int(max(0.0, self.seconds - (now - self.start)) // self.epoch_seconds)
-            # a fit cut mid-schedule gets one more epoch, to anneal; one planned to end here may end
-            target = min(self.planned, max(fits, done + 1 if done < self.n_epoch else done))
-            if target != self.n_epoch:
-                log.info("the %d planned epochs would take %.0f min at %.0f s each: training %d, to end within %g min "
-                         "(train.max_minutes)", self.planned,
-                         (now - self.start + (self.planned - done) * self.epoch_seconds) / 60, self.epoch_seconds,
-                         target, self.seconds / 60)
-                self.learn.n_epoch = target
-                if self.bar is not None:    # the terminal's time left
-                    self.bar.total(self.batches + (target - done) * self.n_iter)
-        self.epochs = self.n_epoch
-        if done >= self.n_epoch and done < self.planned:
+        self.epochs = done
+        # the median epoch: one epoch slowed by another process must not decide the fit
+        self.last_epoch_seconds = now - self.epoch_start
+        self.measured.append(self.last_epoch_seconds)
+        self.epoch_seconds = float(np.median(self.measured))
+        if done < min(self.planned, self.runs):
+            self._plan(done, now)
+
+    def after_fit(self):
+        self.over_seconds = max(0.0, time.monotonic() - self.start - self.seconds)
+
+    def _plan(self, done: int, now: float) -> None:
+        """Plan this fit to the epochs that end within the budget; end it when no more does."""
+        fits = done + int(max(0.0, self.seconds - (now - self.start)) // self.epoch_seconds)
+        target = min(self.planned, self.runs or self.planned, fits)
+        if target != self.n_epoch:
+            log.info("the %d planned epochs would take %.0f min at %.0f s each: training %d, to end within %g min "
+                     "(train.max_minutes)", self.planned,
+                     (now - self.start + (self.planned - done) * self.epoch_seconds) / 60, self.epoch_seconds,
+                     target, self.seconds / 60)
+            self.learn.n_epoch = target
+            if self.bar is not None:    # the terminal's time left
+                self.bar.total(self.batches + (target - done) * self.n_iter)
+        if done >= target:
             raise CancelFitException()
 
     @property
     def shortened(self) -> bool:
         return self.epochs is not None and self.epochs < self.planned
+
+
+def budget_line(fitted: FitToBudget, max_minutes: float) -> str:
+    """What the budget did, for the log, bundle.json's warnings and the report (which puts "training: "
+    before it): fitted to it, or over it, by an epoch that took longer than the budget left."""
+    if fitted.over_seconds:
+        return (f"over train.max_minutes ({max_minutes:g}): one epoch took {fitted.last_epoch_seconds / 60:.1f} min; "
+                f"{fitted.epochs} of {fitted.planned} epochs trained in {max_minutes + fitted.over_seconds / 60:.1f} "
+                f"min on this machine; raise it, or set it to null, to train them all")
+    return (f"fitted to train.max_minutes ({max_minutes:g}): {fitted.epochs} of {fitted.planned} epochs, at "
+            f"{fitted.epoch_seconds:.0f} s an epoch on this machine; raise it, or set it to null, to train them all")

@@ -43,7 +43,7 @@ from mlc_pipeline.model.learner import (
     CPUBFloat16, EpochBar, LossHistory, ProgressiveResize, SmoothTargets, SparseValidation,
     build_dataloaders, format_loss, macro_f1_metric, training_frame,
 )
-from mlc_pipeline.model.budget import FitToBudget, Interruptible, TimeBudget
+from mlc_pipeline.model.budget import FitToBudget, Interruptible, TimeBudget, budget_line
 from mlc_pipeline.model.precision import training_precision
 from mlc_pipeline.manifest import read_manifest_frame
 from mlc_pipeline.model.plots import plot_curves, plot_losses
@@ -198,10 +198,8 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             learn.fine_tune(cfg.epochs, lr, cbs=fit_cbs)
     train_seconds = time.monotonic() - start
     images_seen = len(history.batch_losses) * cfg.batch_size
-    if fitted is not None and fitted.shortened:
-        short = (f"training fitted to train.max_minutes ({cfg.max_minutes:g}): {fitted.epochs} of "
-                 f"{fitted.planned} epochs, at {fitted.epoch_seconds:.0f} s an epoch on this machine; "
-                 f"raise it, or set it to null, to train them all")
+    if fitted is not None and (fitted.shortened or fitted.over_seconds):
+        short = budget_line(fitted, cfg.max_minutes)
         log.warning("%s", short)
         warnings = [*(warnings or []), short]
         cfg = cfg.model_copy(update={"epochs": fitted.epochs})   # what trained: a continuation takes a third of it
@@ -291,7 +289,8 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             "stopped_early": budget.stopped,
             "time_budget": None if fitted is None else {
                 "max_minutes": cfg.max_minutes, "epochs_planned": fitted.planned, "epochs_trained": fitted.epochs,
-                "epoch_seconds": None if fitted.epoch_seconds is None else round(fitted.epoch_seconds, 2)},
+                "epoch_seconds": None if fitted.epoch_seconds is None else round(fitted.epoch_seconds, 2),
+                "over_seconds": round(fitted.over_seconds, 1)},
             "warnings": list(warnings or []),     # the data's (models.other_set_warnings) and the cap's
             "versions": {"mlc_pipeline": __version__, "torch": torch.__version__,
                          "torchvision": torchvision.__version__, "fastai": _fastai_version()},
@@ -318,7 +317,8 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             f"{e['epoch']}: {format_loss(e['train_loss'], 3)}/{format_loss(e['valid_loss'], 3)}"
             for e in history.epochs[-4:])
          + " (train/valid loss)" + (", stopped by the time budget" if budget.stopped else "")
-         + (f", {fitted.planned} planned: fitted to train.max_minutes" if fitted and fitted.shortened else "")),
+         + (f", {fitted.planned} planned: {budget_line(fitted, cfg.max_minutes).split(':')[0]}"
+            if fitted and (fitted.shortened or fitted.over_seconds) else "")),
         ("seconds", f"{train_seconds:.0f} ({meta['images_per_second']} img/s)"),
         ("macro F1 (test)", f"{test['macro_f1']:.3f}"),
         ("unknown accepted", f"test other {_pct(test['unknown_accepted'])}, probe {_pct(test['probe_accepted'])}")])

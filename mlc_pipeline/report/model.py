@@ -159,8 +159,12 @@ def _epochs(n) -> str:
 
 
 def _fitted(meta: dict) -> str:
-    """' of 38 planned (fitted to train.max_minutes 5)' when that budget shortened the fit (FitToBudget)."""
+    """' of 38 planned (fitted to train.max_minutes 5)' when that budget shortened the fit (FitToBudget),
+    ' of 38 planned (over train.max_minutes 5 by 2.6 min)' when an epoch ended past it."""
     budget = meta.get("time_budget") or {}
+    if budget.get("over_seconds"):
+        return (f" of {budget['epochs_planned']} planned (over train.max_minutes {budget['max_minutes']:g} by "
+                f"{budget['over_seconds'] / 60:.1f} min)")
     if budget.get("epochs_trained", 0) < budget.get("epochs_planned", 0):
         return f" of {budget['epochs_planned']} planned (fitted to train.max_minutes {budget['max_minutes']:g})"
     return ""

@@ -290,61 +290,87 @@ def test_time_budget_stops_early_but_still_writes_a_bundle(tmp_path, caplog):
     assert (tmp_path / "b" / "export.pkl").is_file() and "time budget" in caplog.text
 
 
-def test_a_fit_over_its_budget_is_shortened_and_still_anneals():
-    """FitToBudget: past the second epoch, a fit whose remaining epochs do not fit the budget ends
-    early *on a shorter schedule*, its learning rate annealed to the one-cycle's end; one that fits
-    is left alone."""
-    from fastai.test_utils import synth_learner
+class Clock:
+    """The budget's clock: each epoch takes what `Tick` says, whatever the box is doing."""
+    now = 0.0
+
+    @classmethod
+    def monotonic(cls):
+        return cls.now
+
+
+def ticking(seconds):
+    """A callback that lets `seconds(epoch)` pass in each epoch, before the plan reads the time."""
+    from fastai.callback.core import Callback
     from mlc_pipeline.model.budget import FitToBudget
-    learn = synth_learner(n_trn=20)      # batches an epoch
-    short = FitToBudget(1e-6)
-    learn.fit_one_cycle(6, 1e-2, cbs=[short])
+
+    class Tick(Callback):
+        order = FitToBudget.order - 1
+
+        def after_epoch(self):
+            Clock.now += seconds(self.epoch)
+    return Tick()
+
+
+def budget_fit(monkeypatch, budget: float, seconds, fits=(10,), batches: int = 2):
+    """Fits of a synthetic learner (several: fine_tune's frozen one, then the rest) under one FitToBudget."""
+    from fastai.test_utils import synth_learner
+    from mlc_pipeline.model import budget as budget_module
+    monkeypatch.setattr(budget_module, "time", Clock)
+    Clock.now, learn, plan = 0.0, synth_learner(n_trn=batches), budget_module.FitToBudget(budget)
+    for n in fits:
+        learn.fit_one_cycle(n, 1e-2, cbs=[ticking(seconds), plan])
+    return plan, learn
+
+
+def test_the_time_budget_is_a_bound_and_the_shortened_fit_still_anneals(monkeypatch):
+    """FitToBudget (audit dayone26 D3: a 6-minute budget trained 22.8 minutes, at least 3 epochs
+    whatever they cost): planned from the first epoch on, a fit ends within its budget, on a shorter
+    schedule whose learning rate still anneals to the one-cycle's end; one that fits is left alone."""
+    plan, learn = budget_fit(monkeypatch, 25, lambda epoch: 10.0, batches=20)
+    assert (plan.planned, plan.epochs, plan.shortened, plan.over_seconds) == (10, 2, True, 0.0)
+    assert Clock.now == 20 <= 25                         # not 30: no third epoch "to anneal" past the budget
     n_iter = len(learn.dls.train)
-    assert (short.planned, short.epochs, short.shortened) == (6, 3, True)
-    assert len(learn.recorder.lrs) == 3 * n_iter         # 2 measured epochs, then one more to anneal
-    assert learn.recorder.lrs[-1] < 1e-2 / 100 < max(learn.recorder.lrs)
-    learn = synth_learner(n_trn=20)
-    roomy = FitToBudget(600)
-    learn.fit_one_cycle(4, 1e-2, cbs=[roomy])
-    assert (roomy.epochs, roomy.shortened) == (4, False) and len(learn.recorder.lrs) == 4 * n_iter
+    assert len(learn.recorder.lrs) == 2 * n_iter
+    assert learn.recorder.lrs[-1] < 1e-2 / 50 < max(learn.recorder.lrs)     # annealed within the 2 epochs
+    from mlc_pipeline.model.budget import budget_line
+    assert budget_line(plan, 25 / 60).startswith("fitted to train.max_minutes (0.416667): 2 of 10 epochs, at 10 s")
+    plan, learn = budget_fit(monkeypatch, 600, lambda epoch: 10.0, fits=(4,), batches=20)
+    assert (plan.epochs, plan.shortened, plan.over_seconds) == (4, False, 0.0) and len(learn.recorder.lrs) == 4 * n_iter
+
+
+def test_an_epoch_longer_than_the_budget_is_the_only_overrun_and_is_said(monkeypatch):
+    """The first epoch cannot be known before it ran: when it alone takes more than the budget, the
+    fit ends after it (not two more), and what the budget did is said as an overrun, not "fitted"."""
+    from mlc_pipeline.model.budget import budget_line
+    plan, _ = budget_fit(monkeypatch, 6 * 60, lambda epoch: 457.0, fits=(38,))
+    assert (plan.epochs, plan.planned, Clock.now) == (1, 38, 457.0)
+    assert round(plan.over_seconds) == 97 and plan.last_epoch_seconds == 457.0
+    line = budget_line(plan, 6)
+    assert line.startswith("over train.max_minutes (6): one epoch took 7.6 min; 1 of 38 epochs trained in 7.6 min")
+    assert "fitted" not in line
+
+
+def test_fine_tunes_second_fit_is_planned_from_the_first(monkeypatch):
+    """fine_tune: one frozen epoch, then the unfrozen fit, planned at its start from the first's
+    time, so it anneals within the budget; and not started when no epoch of it fits."""
+    plan, learn = budget_fit(monkeypatch, 45, lambda epoch: 10.0, fits=(1, 10), batches=20)
+    assert (plan.planned, plan.epochs, Clock.now, plan.over_seconds) == (10, 3, 40, 0.0)
+    assert learn.recorder.lrs[-1] < 1e-2 / 50
+    plan, _ = budget_fit(monkeypatch, 15, lambda epoch: 10.0, fits=(1, 10))
+    assert (plan.planned, plan.epochs, Clock.now, plan.over_seconds) == (10, 0, 10, 0.0)
 
 
 def test_one_slow_epoch_does_not_shorten_a_fit_that_fits(monkeypatch):
     """The plan reads the median epoch: a 100 s epoch among 10 s ones (another process on the box)
     leaves a fit that still fits alone; the same epoch read alone would have cut it to 6 of 10. A
-    slow second epoch, the first one measured, shortens the fit until the next epochs show it was
-    the exception, and the fit grows back to its plan."""
-    from fastai.callback.core import Callback
-    from fastai.test_utils import synth_learner
-    from mlc_pipeline.model import budget as budget_module
-
-    class Clock:
-        now = 0.0
-
-        @classmethod
-        def monotonic(cls):
-            return cls.now
-
-    class Tick(Callback):
-        order = budget_module.FitToBudget.order - 1       # the epoch's time passes before the plan reads it
-
-        def __init__(self, slow_epoch: int):
-            self.slow_epoch = slow_epoch
-
-        def after_epoch(self):
-            Clock.now += 100.0 if self.epoch == self.slow_epoch else 10.0
-
-    def fit(budget: float, slow_epoch: int):
-        Clock.now, learn, plan = 0.0, synth_learner(n_trn=2), budget_module.FitToBudget(budget)
-        learn.fit_one_cycle(10, 1e-2, cbs=[Tick(slow_epoch), plan])
-        return plan, learn
-
-    monkeypatch.setattr(budget_module, "time", Clock)
-    plan, _ = fit(250, slow_epoch=4)
+    slow second epoch shortens the fit until the next epochs show it was the exception, and the fit
+    grows back to its plan."""
+    plan, _ = budget_fit(monkeypatch, 250, lambda epoch: 100.0 if epoch == 4 else 10.0)
     assert (plan.epochs, plan.shortened, plan.epoch_seconds) == (10, False, 10.0)
-    plan, _ = fit(150, slow_epoch=4)
+    plan, _ = budget_fit(monkeypatch, 150, lambda epoch: 100.0 if epoch == 4 else 10.0)
     assert plan.shortened and plan.epochs == 6     # 140 s at epoch 5: one 10 s epoch left in 150
-    plan, learn = fit(250, slow_epoch=1)
+    plan, learn = budget_fit(monkeypatch, 250, lambda epoch: 100.0 if epoch == 1 else 10.0)
     assert (plan.epochs, plan.shortened) == (10, False) and Clock.now == 190
     assert learn.recorder.lrs[-1] < 1e-2 / 50      # annealed (two batches an epoch: the last at 95%)
 
@@ -355,12 +381,15 @@ def test_the_time_budget_fits_a_training_says_so_and_its_continuation_takes_a_th
     base = dict(image_size=32, batch_size=8, threads=1, pretrained="none", arch="mlcnet")
     result = train_model(manifest, tmp_path / "r0", TrainConfig(epochs=9, max_minutes=1e-8, **base))
     meta = json.loads((tmp_path / "r0" / "bundle.json").read_text())
-    assert len(result.history) == 3 and not result.stopped_early
-    assert meta["time_budget"]["epochs_planned"] == 9 and meta["time_budget"]["epochs_trained"] == 3
-    assert meta["config"]["epochs"] == 3          # what trained: a continuation's third is of it
-    assert any("3 of 9 epochs" in w for w in meta["warnings"]) and "the 9 planned epochs would take" in caplog.text
+    assert len(result.history) == 1 and not result.stopped_early    # the first epoch alone overran it
+    assert meta["time_budget"]["epochs_planned"] == 9 and meta["time_budget"]["epochs_trained"] == 1
+    assert meta["time_budget"]["over_seconds"] > 0
+    assert meta["config"]["epochs"] == 1          # what trained: a continuation's third is of it
+    said = [w for w in meta["warnings"] if "max_minutes" in w]
+    assert len(said) == 1 and said[0].startswith("over train.max_minutes (1e-08): one epoch took "), said
+    assert "1 of 9 epochs" in said[0] and "the 9 planned epochs would take" in caplog.text
     from mlc_pipeline.report.model import bundle_network_line
-    assert "3 epochs of 9 planned (fitted to train.max_minutes 1e-08)" in bundle_network_line(tmp_path / "r0")
+    assert "1 epoch of 9 planned (over train.max_minutes 1e-08 by 0.0 min)" in bundle_network_line(tmp_path / "r0")
     child = train_model(manifest, tmp_path / "r1", TrainConfig(init_from=str(tmp_path / "r0"), **base))
     assert len(child.history) == 1
     unbounded = train_model(manifest, tmp_path / "r2", TrainConfig(epochs=4, max_minutes=None, **base))
