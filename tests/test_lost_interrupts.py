@@ -120,7 +120,7 @@ def test_ctrl_c_swallowed_by_a_finalizer_at_training_start_still_stops_the_run(t
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("delay", [0.3])    # one delay: each run is a whole collect (~40-70 s); the test above is the proof
 def test_ctrl_c_as_a_fresh_run_starts_training_exits_130_in_one_line(tmp_path, delay):
     """The audit's case: a real Ctrl-C from outside, `delay` s after a fresh `mlc run` (collect in the
     same process) says it is training."""
