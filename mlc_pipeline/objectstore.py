@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -29,6 +30,7 @@ from mlc_pipeline.config import Config, ConfigError
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, temp_beside
 from mlc_pipeline.secrets import install_log_redaction, redact
 
+log = logging.getLogger(__name__)
 MARKER = "_COMPLETE"
 CLAIM = ".claim"            # <folder>/.claim: the build that publishes the folder (claim_folder)
 STALE_CLAIM_S = 6 * 3600    # a claim this old whose folder has no marker: its machine died mid-upload
@@ -67,6 +69,7 @@ class Store:
             raise ObjectStoreError(f"data_dir {url}: a file:// store does not take storage_options {unknown}; it "
                                    f"takes {sorted(LOCAL_OPTIONS)} (auto_mkdir: true creates parent folders)")
         self.fs.invalidate_cache()      # fsspec reuses instances: never trust another command's listings
+        collect_abandoned_requests(getattr(self.fs, "loop", None))
 
     def check(self) -> None:
         """A missing bucket, or a store that does not answer, is said before a stage runs, not after it
@@ -178,6 +181,33 @@ class Store:
         if rels:
             self.fs.rm([self.path(r) for r in rels])
         return len(rels)
+
+
+ABANDONED = "Task exception was never retrieved"
+
+
+def collect_abandoned_requests(loop) -> None:
+    """When the store's endpoint resets connections mid-upload, aiohttp leaves the writer task of
+    every request then in flight with its ConnectionResetError, which nothing awaits; each was logged
+    as an asyncio ERROR with a traceback when collected (~2,000 before the one-line error: the scale26
+    audit). fsspec cancels and awaits its own pending requests; these tasks are aiohttp's, so their
+    connection errors are collected here, on fsspec's event loop, as one DEBUG line each. Any other
+    unretrieved exception still goes to asyncio's default handler."""
+    if loop is None or getattr(loop.get_exception_handler(), "mlc_abandoned", False):
+        return
+    try:
+        from aiohttp import ClientConnectionError
+    except ImportError:                 # a store without aiohttp (file://, sftp): nothing of its to collect
+        ClientConnectionError = OSError
+
+    def handler(loop, context: dict) -> None:
+        exc = context.get("exception")
+        if context.get("message") == ABANDONED and isinstance(exc, (ConnectionError, ClientConnectionError)):
+            log.debug("a store request abandoned after a connection error: %s: %s", type(exc).__name__, exc)
+            return
+        loop.default_exception_handler(context)
+    handler.mlc_abandoned = True
+    loop.set_exception_handler(handler)
 
 
 def why(exc: BaseException) -> str:
