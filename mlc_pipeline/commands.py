@@ -205,11 +205,11 @@ def refuse_undo_without_round(cfg) -> None:
         "no round has mined or held images: nothing to undo)"))
 
 
-def models_dir_of(args) -> Path:
-    """The models folder of -c CONFIG's data root, or ./data/models without one."""
-    if getattr(args, "config", None):
-        return load_config(args.config, parse_overrides(args.set)).layout.models
-    return Path("data") / "models"
+def models_dir_of(args, fetch: list[str] | None = ()) -> Path:
+    """-c CONFIG's models folder (an object store's bundles `fetch` names fetched first), or ./data/models."""
+    from mlc_pipeline.sync import registry_of
+    cfg = load_config(args.config, parse_overrides(args.set)) if getattr(args, "config", None) else None
+    return registry_of(cfg, f"mlc {args.command}", fetch)
 
 
 def cmd_predict(args) -> int:
@@ -226,13 +226,13 @@ def cmd_predict(args) -> int:
         print(f"mlc predict: {', '.join(ignored)} changes nothing here: a trained model decides with its own "
               "thresholds (bundle.json); another operating point means training again (docs/training.md)",
               file=sys.stderr)
-    return run_predict(bundle, inputs, models_dir_of(args), args.json, args.max_pixels)
+    return run_predict(bundle, inputs, models_dir_of(args, [bundle]), args.json, args.max_pixels)
 
 
 def cmd_models(args) -> int:
     from mlc_pipeline.model.registry import list_bundles, resolve_bundle
     from mlc_pipeline.report.models import bundles_table, compare
-    models_dir = models_dir_of(args)
+    models_dir = models_dir_of(args, list(args.compare) if args.compare else None)
     if args.compare:                  # RegistryError is a ConfigError: one line
         a, b = (resolve_bundle(spec, models_dir) for spec in args.compare)
         print(compare(a, b), end="")
@@ -243,13 +243,13 @@ def cmd_models(args) -> int:
 
 
 def cmd_promote(args) -> int:
-    from mlc_pipeline.model.registry import POINTER, promote, read_info
-    models_dir = models_dir_of(args)
-    previous, new = promote(args.bundle, models_dir)
-    print(f"{models_dir / POINTER}: {previous or '(none)'} -> {new}")
-    why = read_info(models_dir / new).metrics_problem
+    from mlc_pipeline.model.registry import promote_in, read_info
+    cfg = load_config(args.config, parse_overrides(args.set)) if args.config else None
+    where, previous, new = promote_in(cfg, args.bundle)     # an object-store root: the store's LATEST first
+    print(f"{where}: {previous or '(none)'} -> {new.name}")
+    why = read_info(new).metrics_problem
     if why:         # usable (predict, mine), but nothing says how good it is
-        print(f"note: {new} has no test metrics ({why}): predict and mine use it; `mlc models` shows n/a "
+        print(f"note: {new.name} has no test metrics ({why}): predict and mine use it; `mlc models` shows n/a "
               f"for it, `--compare` and the report's model section cannot show it")
     return 0
 
@@ -360,7 +360,7 @@ def listed(ids: list[str]) -> str:
 def cmd_withdraw(args) -> int:
     from mlc_pipeline.dataset.withdraw import withdraw_version
     from mlc_pipeline.model.registry import list_bundles
-    from mlc_pipeline.sync import bundles_trained_on
+    from mlc_pipeline.storemodels import bundles_trained_on
     cfg = load_config(args.config, parse_overrides(args.set))
     res = withdraw_version(cfg, args.version, args.reason, wait=not args.no_wait)
     here = [b.name for b in list_bundles(cfg.layout.models) if b.dataset_version == f"{cfg.build.name}/{res.version}"]

@@ -127,6 +127,36 @@ class Store:
     def write_text(self, rel: str, text: str) -> None:
         self.fs.pipe_file(self.path(rel), text.encode())
 
+    def pointer_tag(self, rel: str) -> str | None:
+        """What tells one write of a small object (models/LATEST) from another: its ETag, else its text;
+        None when there is no such object."""
+        info = self.info(rel)
+        if info is None:
+            return None
+        etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+        return f"etag:{etag}" if etag else f"text:{self.read_text(rel)}"
+
+    def replace_text(self, rel: str, text: str, tag: str | None) -> str | None:
+        """Write `text` at `rel` if the object is still the one `pointer_tag` called `tag` (None: no
+        object): its new tag, or None when another writer changed it (nothing written). Atomic on S3
+        (a conditional write: If-Match, If-None-Match); elsewhere a check just before the write."""
+        if "s3" in self.fs.protocol and (tag is None or tag.startswith("etag:")):
+            condition = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": tag[len("etag:"):]}
+            try:
+                out = self.fs.pipe_file(self.path(rel), text.encode(), **condition)
+            except (FileExistsError, FileNotFoundError):    # If-None-Match failed; If-Match on a deleted object
+                return None
+            except OSError as exc:
+                if getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code") == "PreconditionFailed":
+                    return None         # s3fs's name for a failed If-Match: EINVAL
+                raise
+            etag = str((out or {}).get("ETag") or "").strip('"')
+            return f"etag:{etag}" if etag else self.pointer_tag(rel)
+        if self.pointer_tag(rel) != tag:
+            return None
+        self.write_text(rel, text)
+        return self.pointer_tag(rel)
+
     def create_exclusive(self, rel: str, text: str) -> bool:
         """Write `text` at `rel` unless an object is there; True when this call wrote it. Atomic on S3
         (a conditional write, If-None-Match) and on a local store (a hard link); elsewhere a check then

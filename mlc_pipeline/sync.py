@@ -34,11 +34,11 @@ from mlc_pipeline.catalog import Catalog, catalog_exists
 from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, temp_beside, write_text_atomic
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
-from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, folder_files, holds_digests,
-                                      md5_file, pull_folder, push_folder, read_marker, refuse_moved_catalog, same,
-                                      same_bytes, store_errors, store_of)
+from mlc_pipeline.objectstore import (ObjectStoreError, Store, folder_files, holds_digests, md5_file,
+                                      refuse_moved_catalog, same, same_bytes, store_errors, store_of)
 from mlc_pipeline import storefiles
 from mlc_pipeline.publishing import failed_publish_recorded
+from mlc_pipeline.storemodels import POINTER_KEY, pull_model, pull_registry, push_bundle, store_pointer
 from mlc_pipeline.storefiles import delete_unnamed_files, drop_taken_down, pull_files, push_files
 from mlc_pipeline.storeversions import (drop_withdrawn, pull_version, push_versions, remote_versions,
                                         remote_versions_with)
@@ -49,6 +49,7 @@ file_listing, named_files, open_catalog = storefiles.file_listing, storefiles.na
 
 CATALOG_OBJECT = "catalog.sqlite"
 STATE_NAME = ".objectstore.json"       # in the cache: which catalog snapshot it last synced with
+LATEST_SEEN = "models_latest"           # ... and the store's models/LATEST when this command fetched (its tag)
 REWRITTEN_BUNDLE_FILES = ("mined.csv", "review.csv")   # what `mlc mine` rewrites in a published bundle
 MINED_ROUND_RECORD = re.compile(r"^mined-r\d+\.csv$")    # and each round's record, rewritten by a rerun
 
@@ -192,8 +193,7 @@ def push_models(store: Store, cfg: Config) -> list[str]:
         key = f"models/{bundle.name}"
         if not (bundle / "bundle.json").exists():
             continue                    # not a bundle (train publishes one whole, by a rename)
-        if f"{key}/{MARKER}" not in held:
-            push_folder(store, bundle, key, {"bundle": bundle.name})
+        if push_bundle(store, bundle, held):
             pushed.append(bundle.name)
         else:                           # published: only what `mlc mine` adds (mined*.csv, review.csv)
             files = folder_files(bundle)
@@ -202,16 +202,28 @@ def push_models(store: Store, cfg: Config) -> list[str]:
             push_rewritten(store, cfg, {f"{key}/{r}": p for r, p in files.items() if rewritten_by_mine(r)},
                            held)
     # The shared pointer moves only with a model published now, after its marker: a cache that still
-    # points at an older model never moves it back.
+    # points at an older model never moves it back (`mlc promote` moves it by hand: storemodels.promoting).
     pointer = root / "LATEST"
     latest = pointer.resolve().name if pointer.is_dir() else pointer.read_text().strip() if pointer.exists() else None
     if latest in pushed:
-        write_text_atomic(root / ".LATEST.publish", latest + "\n")   # a link LATEST is uploaded as its name
-        try:
-            store.upload([(root / ".LATEST.publish", "models/LATEST")])
-        finally:
-            (root / ".LATEST.publish").unlink(missing_ok=True)
+        move_pointer(store, cfg, latest)
     return pushed
+
+
+def move_pointer(store: Store, cfg: Config, name: str) -> None:
+    """The store's models/LATEST moved to `name`, from what it was when this command fetched (the
+    state's LATEST_SEEN; a compare-and-swap). Moved meanwhile by another machine (two trainings at
+    once): kept, said in a warning naming the model it names, and this cache's LATEST follows it."""
+    state = read_state(cfg)
+    seen = state[LATEST_SEEN] if LATEST_SEEN in state else store.pointer_tag(POINTER_KEY)
+    tag = store.replace_text(POINTER_KEY, name + "\n", seen)
+    if tag is not None:
+        write_state(cfg, **{LATEST_SEEN: tag})
+        return
+    log.warning("%s/%s was moved to %s by another machine while this command ran: %s is published but is not "
+                "the LATEST model (`mlc promote %s -c CONFIG` makes it so); this cache's models/LATEST follows the "
+                "store's", store.url, POINTER_KEY, store_pointer(store), name, name)
+    pull_model(store, cfg)
 
 
 def push_rewritten(store: Store, cfg: Config, files: dict[str, Path], held: dict) -> int:
@@ -233,42 +245,6 @@ def push_rewritten(store: Store, cfg: Config, files: dict[str, Path], held: dict
     return uploaded
 
 
-def pull_model(store: Store, cfg: Config) -> str | None:
-    """Fetch the store's latest product model into the cache, and point the cache's LATEST at it."""
-    name = (store.read_text("models/LATEST") or "").strip()
-    marker = read_marker(store, f"models/{name}") if name else None
-    if marker is None:
-        return None
-    pull_folder(store, f"models/{name}", cfg.layout.models / name, marker)
-    write_text_atomic(cfg.layout.models / "LATEST", name + "\n")
-    return name
-
-
-def bundles_trained_on(cfg: Config, dataset_version: str, here: list[str]) -> list[str]:
-    """`here` (this data root's bundles trained on `dataset_version`, "name/vN") and, on an object-store
-    root, those published in the store whose bundle.json names it, the store's LATEST marked: what
-    `mlc withdraw` lists (verify21: it named only the cache's)."""
-    store = store_of(cfg)
-    if store is None:
-        return sorted(here)
-    with store_errors(store):
-        latest = (store.read_text("models/LATEST") or "").strip()
-        names = sorted({k.split("/")[1] for k in store.listing("models") if k.endswith(f"/{MARKER}")})
-        found = [n for n in names if bundle_dataset(store, n) == dataset_version]
-    return [n + (" (the store's LATEST)" if n == latest else "") for n in sorted(set(found) | set(here))]
-
-
-def bundle_dataset(store: Store, name: str) -> str | None:
-    "The dataset version a store bundle's bundle.json names; None (with a warning) when it cannot be read."
-    try:
-        meta = json.loads(store.read_text(f"models/{name}/bundle.json") or "{}")
-    except ValueError as exc:
-        log.warning("%s/models/%s/bundle.json is not JSON (%s): not checked for the version withdrawn", store.url,
-                    name, exc)
-        return None
-    return meta.get("dataset_version") if isinstance(meta, dict) else None
-
-
 def push_reports(store: Store, cfg: Config) -> int:
     files = folder_files(cfg.layout.reports) if cfg.layout.reports.is_dir() else {}
     return push_rewritten(store, cfg, {f"reports/{r}": p for r, p in files.items()}, store.listing("reports"))
@@ -282,6 +258,7 @@ def pull(cfg: Config, command: str, version: str | None = None) -> None:
     parts = PULLS[command]
     with store_errors(store):
         store.check()
+        write_state(cfg, **{LATEST_SEEN: store.pointer_tag(POINTER_KEY)})   # what a training moves it from
         if uses_local_catalog(cfg):
             refuse_moved_catalog(store)
         if "catalog" in parts and uses_local_catalog(cfg):
@@ -374,11 +351,30 @@ def pull_for_reading(cfg: Config, version: str | None) -> None:
     """`mlc inspect` and `mlc export` on an object-store data root: fetch the catalog and the version
     into the cache, unless a writer on this machine holds the cache (it publishes when done; the cache
     is read as is)."""
-    if not cfg.data_url:
-        return
+    if cfg.data_url:
+        fetch_unless_busy(cfg, "mlc inspect", lambda: pull(cfg, "inspect", version))
+
+
+def registry_of(cfg: Config | None, command: str, wanted: list[str] | None) -> Path:
+    """The models folder of `mlc models` and `mlc predict` (-c CONFIG's, else ./data/models); on an
+    object-store data root the store's LATEST and the bundles `wanted` names (None: every published
+    one) fetched into it first, as `pull_for_reading` does (storemodels.pull_registry)."""
+    if cfg is None:
+        return Path("data") / "models"
+    store = store_of(cfg)
+    if store is not None:
+        def step() -> None:
+            with store_errors(store):
+                store.check()
+                pull_registry(store, cfg, wanted)
+        fetch_unless_busy(cfg, command, step)
+    return cfg.layout.models
+
+
+def fetch_unless_busy(cfg: Config, command: str, step) -> None:
     try:
-        with data_root_lock(cfg.data_dir, "mlc inspect (fetching)", wait=False):
-            pull(cfg, "inspect", version)
+        with data_root_lock(cfg.data_dir, f"{command} (fetching)", wait=False):
+            step()
     except DataRootBusy as exc:
         log.warning("not fetching from %s: %s", cfg.data_url, exc)
 

@@ -85,6 +85,20 @@ def s3_server():
                 os.environ[k] = v
 
 
+@pytest.fixture(params=["file", "s3"])
+def store_url(request, tmp_path) -> tuple[str, dict]:
+    """(data_dir URL, storage_options) of an empty store: a `file://` folder (no ETag at all), then a
+    bucket on the S3-compatible server (`s3_server`)."""
+    if request.param == "file":
+        (tmp_path / "store").mkdir()
+        return f"file://{tmp_path}/store", {"auto_mkdir": True}     # fsspec's local store makes no folders else
+    endpoint = request.getfixturevalue("s3_server")
+    import s3fs
+    bucket = f"sync-{tmp_path.name.lower().replace('_', '-')[-40:]}"
+    s3fs.S3FileSystem(endpoint_url=endpoint).mkdir(bucket)
+    return f"s3://{bucket}/proj", {"endpoint_url": endpoint}
+
+
 # --- a real PostgreSQL server for the catalog's PostgreSQL backend (tests/pgserver.py) ----------
 import uuid  # noqa: E402
 

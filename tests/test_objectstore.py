@@ -111,7 +111,7 @@ def test_an_empty_cache_sees_the_same_latest_and_builds_and_trains_from_it(publi
     # the shipped model: round 1's, unless it accepted more unknowns (then round 0's, in the store too)
     assert summary["shipped"] in {r["bundle"] for r in rounds}
     assert s.read_text("models/LATEST").strip() == summary["shipped"] == (cfg.layout.models / "LATEST").read_text().strip()
-    assert f"models/{rounds[1]['bundle']}/{sync.MARKER}" in s.listing("models")     # published all the same
+    assert f"models/{rounds[1]['bundle']}/{objectstore.MARKER}" in s.listing("models")     # published all the same
     assert {"reports/latest.html", "reports/latest.json"} <= set(s.listing("reports"))
     assert f"models/{rounds[0]['bundle']}/mined.csv" in s.listing("models")     # written after its marker
 

@@ -27,18 +27,6 @@ def found(photo_id: str) -> Found:
                  None, None, "")
 
 
-@pytest.fixture(params=["file", "s3"])
-def store_url(request, tmp_path) -> tuple[str, dict]:
-    if request.param == "file":
-        (tmp_path / "store").mkdir()
-        return f"file://{tmp_path}/store", {"auto_mkdir": True}     # fsspec's local store makes no folders else
-    endpoint = request.getfixturevalue("s3_server")
-    import s3fs
-    bucket = f"sync-{tmp_path.name.lower().replace('_', '-')[-40:]}"
-    s3fs.S3FileSystem(endpoint_url=endpoint).mkdir(bucket)
-    return f"s3://{bucket}/proj", {"endpoint_url": endpoint}
-
-
 def machine(tmp_path: Path, store_url: tuple[str, dict], name: str):
     url, options = store_url
     return parse_config({"data_dir": url, "cache_dir": str(tmp_path / name), "storage_options": options, **CLASSES})

@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from mlc_pipeline.config import ConfigError
 from mlc_pipeline.model.bundle import POINTER, MetaError, check_files, leftover_why, point_latest, read_meta
+from mlc_pipeline.storemodels import POINTER_KEY, promoting
 
 
 class RegistryError(ConfigError):
@@ -172,12 +174,24 @@ def check_bundle(path: Path) -> None:
         raise RegistryError(f"{path}: not a usable bundle: {problem}")
 
 
-def promote(spec: str, models_dir: Path) -> tuple[str | None, str]:
-    """Point LATEST at a bundle under `models_dir`; returns (previous, new) names."""
+def promote(spec: str, models_dir: Path, publish: Callable[[Path], str | None] | None = None) -> tuple[str | None, str]:
+    """Point LATEST at a bundle under `models_dir`; returns (previous, new) names. `publish` (an
+    object-store data root: storemodels.promoting) moves the store's LATEST first, once the bundle is
+    checked, and returns the name it named: refused there, nothing moves here."""
     path = resolve_bundle(spec, models_dir)
     if path.resolve().parent != models_dir.resolve():
         raise RegistryError(f"{path} is not under {models_dir}: LATEST names a bundle there (copy it in first)")
     check_bundle(path)
-    previous = latest_name(models_dir)
+    previous = latest_name(models_dir) if publish is None else publish(path)
     point_latest(models_dir, path.name)
     return previous, path.name
+
+
+def promote_in(cfg, spec: str) -> tuple[str, str | None, Path]:
+    """`mlc promote`: `promote` in -c CONFIG's models folder (None: ./data/models); on an object-store
+    data root the store's LATEST is moved first (storemodels.promoting). (the pointer moved, as a path
+    or URL; the name it held; the bundle)."""
+    models_dir = cfg.layout.models if cfg is not None else Path("data") / "models"
+    with promoting(cfg, spec) as publish:
+        previous, new = promote(spec, models_dir, publish)
+    return (f"{cfg.data_url}/{POINTER_KEY}" if publish else str(models_dir / POINTER)), previous, models_dir / new
