@@ -92,6 +92,11 @@ class DataLayout:
     def version(self, name: str) -> Path:
         return self.dataset_version(self.dataset_name, name)
 
+    def version_listing(self, name: str) -> Path:
+        """A version's manifest.csv and dataset.json alone, in a cache of an object-store data root that
+        does not hold the version: what `mlc inspect` counts the next version's changes against."""
+        return self.datasets / ".listings" / name
+
     def dataset_version(self, dataset: str, version: str) -> Path:
         """A version of any dataset under this root (a model's bundle names the one it trained on)."""
         return self.root / "datasets" / dataset / version

@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import re
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -119,6 +120,30 @@ def pull_version(store: Store, cfg: Config, version: str | None = None) -> str |
     return version
 
 
+LISTING_FILES = ("manifest.csv", VERSION_META)
+
+
+def pull_previous_listing(store: Store, cfg: Config, version: str) -> str | None:
+    """`mlc inspect` of `version` from a cache that lacks the version before it: that version's
+    manifest.csv and dataset.json (all its changes are counted from) fetched beside the versions
+    (layout.version_listing), not its images; the previous version's name, None when there is none
+    to count from (the first version, a withdrawn one, or one the cache holds whole)."""
+    try:
+        previous = read_version_meta(cfg.layout.version(version)).get("previous")
+    except VersionMetaUnreadable:
+        return None                 # inspect says what is wrong with the version itself
+    if not isinstance(previous, str) or not VERSION_RE.match(previous) or cfg.layout.version(previous).is_dir():
+        return None
+    key, listing = version_key(cfg, previous), cfg.layout.version_listing(previous)
+    marker = None if store.info(f"{key}/{TOMBSTONE}") else read_marker(store, key)
+    if marker is None or not all(name in marker["files"] for name in LISTING_FILES):
+        return None
+    todo = [(f"{key}/{name}", listing / name) for name in LISTING_FILES
+            if not ((listing / name).is_file() and (listing / name).stat().st_size == marker["files"][name])]
+    store.download(todo)
+    return previous
+
+
 def remote_versions_with(store: Store, cfg: Config, photos: set[tuple[str, str]]) -> dict[str, list[str]]:
     """version -> photo ids of `photos` (source, photo_id) that the store's published version lists, read
     from each manifest in the store: a takedown names them without fetching every version whole."""
@@ -170,7 +195,9 @@ def drop_withdrawn(store: Store, cfg: Config) -> list[str]:
     (push_versions refuses it). Returns the versions whose copy was deleted."""
     root, dropped = cfg.layout.datasets, []
     for version, stone in remote_withdrawn(store, cfg).items():
-        folder = root / version
+        folder, listing = root / version, cfg.layout.version_listing(version)
+        if listing.is_dir():            # what an inspect of the next version fetched: no longer counted from
+            shutil.rmtree(listing)
         mine = recorded_fingerprint(folder) if folder.is_dir() else None
         if folder.is_dir() and mine is not None and stone.get("fingerprint") not in (None, mine):
             continue

@@ -40,8 +40,8 @@ from mlc_pipeline import storefiles
 from mlc_pipeline.publishing import failed_publish_recorded
 from mlc_pipeline.storemodels import POINTER_KEY, pull_model, pull_registry, push_bundle, store_pointer
 from mlc_pipeline.storefiles import delete_unnamed_files, drop_taken_down, pull_files, push_files
-from mlc_pipeline.storeversions import (drop_withdrawn, pull_version, push_versions, remote_versions,
-                                        remote_versions_with)
+from mlc_pipeline.storeversions import (drop_withdrawn, pull_previous_listing, pull_version, push_versions,
+                                        remote_versions, remote_versions_with)
 
 log = logging.getLogger(__name__)
 # Still reachable from here (tests, benchmarks): the files' half of syncing lives in storefiles.py.
@@ -63,7 +63,7 @@ def rewritten_by_mine(rel: str) -> bool:
 PULLS = {"collect": ("catalog", "files"), "curate": ("catalog", "files", "versions"),
          "build": ("catalog", "files", "version"), "train": ("catalog", "version"),
          "train-continue": ("catalog", "versions", "model"),     # the model continued and its versions
-         "mine": ("catalog", "files", "model"), "inspect": ("catalog", "version"),
+         "mine": ("catalog", "files", "model"), "inspect": ("catalog", "version", "previous"),
          "remove": ("catalog",),     # then its photos' files alone (pull_for_takedown); versions read in the store
          "run": ("catalog", "files", "versions", "model"),
          "review": ("catalog", "files", "versions", "model")}   # pages, thumbnails, the model's queues
@@ -269,8 +269,8 @@ def pull(cfg: Config, command: str, version: str | None = None) -> None:
             pull_files(store, cfg)
         if {"version", "versions"} & set(parts):
             drop_withdrawn(store, cfg)      # withdrawn on any machine: gone from this cache too
-        if "version" in parts:
-            pull_version(store, cfg, version)
+        if "version" in parts and (shown := pull_version(store, cfg, version)) and "previous" in parts:
+            pull_previous_listing(store, cfg, shown)    # what `mlc inspect` counts its changes against
         if "versions" in parts:
             for v in remote_versions(store, cfg):
                 pull_version(store, cfg, v)

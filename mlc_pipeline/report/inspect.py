@@ -165,7 +165,7 @@ def dataset_summary(cfg: Config, version: str | None = None) -> dict | None:
     conflicts = meta["conflicts"] if recorded else conflict_rows(cfg, {r["candidate_id"] for r in rows})
     return {"name": cfg.build.name, "version": version, "path": str(folder), "counts": counts,
             "curation": curation, "left_out": built_without(meta), "previous": previous,
-            "diff": diff_since(root, previous, rows, meta),
+            "diff": diff_since(root, previous, rows, meta, cfg.layout.version_listing(previous) if previous else None),
             "conflicts": conflicts, "conflicts_from": "version" if recorded else "catalog", "rows": rows}
 
 
@@ -188,13 +188,18 @@ def left_out_lines(s: dict) -> list[str]:
             for k, v in s.get("left_out", {}).items()]
 
 
-def diff_since(root: Path, previous: str | None, rows: list[dict], meta: dict) -> dict | None:
+def diff_since(root: Path, previous: str | None, rows: list[dict], meta: dict,
+               listing: Path | None = None) -> dict | None:
     """The changes since the previous version; None when there is none, or it cannot be read (a damaged
-    previous version is said in a warning: it is not the one shown)."""
-    if not previous or not (root / previous).is_dir():
+    previous version is said in a warning: it is not the one shown). `listing`: that version's manifest
+    and dataset.json alone, where the folder is not here (a cache of an object store fetches them)."""
+    folder = root / previous if previous else None
+    if folder is not None and not folder.is_dir() and listing is not None and listing.is_dir():
+        folder = listing
+    if folder is None or not folder.is_dir():
         return None
     try:
-        _, old = read_version(root / previous)
+        _, old = read_version(folder)
     except VersionDamaged as exc:
         log.warning("changes since %s not shown: %s", previous, exc)
         return None

@@ -1,0 +1,86 @@
+"""A local data root moved to an object store, and what a fresh cache of the store shows (the scale26
+audit, finding 4), on a real S3-compatible server (moto on loopback): a fresh cache's `mlc inspect`
+shows the changes since the previous version, as the local root's does (only the previous version's
+manifest and dataset.json are fetched for it). The store is filled by the local root made the cache
+of a store config, then one `mlc build`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import ENV, MLC
+from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.config import load_config
+from storage_world import curated_root
+
+pytestmark = pytest.mark.slow
+BUCKET = "mlc-moved"
+
+
+def run_mlc(*args: str) -> subprocess.CompletedProcess:
+    creds = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    return subprocess.run(MLC + list(args), env={**ENV, **creds}, text=True, capture_output=True, timeout=300)
+
+
+def ok(*args: str) -> str:
+    res = run_mlc(*args)
+    assert res.returncode == 0, f"mlc {' '.join(args)}:\n{res.stdout}\n{res.stderr[-3000:]}"
+    return res.stdout
+
+
+def store_config(local: Path, endpoint: str, prefix: str, cache: Path) -> Path:
+    "The local root's config with its data root in the bucket under `prefix`, cached in `cache`."
+    data = yaml.safe_load(local.read_text())
+    data.update(data_dir=f"s3://{BUCKET}/{prefix}", cache_dir=str(cache), storage_options={"endpoint_url": endpoint})
+    path = local.parent / f"{prefix}-{cache.name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_root(tmp_path_factory, trained_shapes_bundle):
+    """A local data root with v1, then v2 without a photo taken down, and a model: its config."""
+    config = curated_root(tmp_path_factory.mktemp("local"), per_class=6)
+    ok("build", "-c", str(config))
+    cfg = load_config(config)
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
+        victim = next(r for r in catalog.candidates("status='accepted'"))
+    ok("remove", "-c", str(config), "--photo-id", victim["photo_id"], "--source", victim["source"], "--reason", "owner")
+    ok("build", "-c", str(config))
+    shutil.copytree(trained_shapes_bundle[1], cfg.layout.models / "m1")
+    (cfg.layout.models / "LATEST").write_text("m1\n")
+    return config
+
+
+@pytest.fixture(scope="module")
+def moved(local_root, s3_server, tmp_path_factory):
+    """The documented move: a copy of the local root as the cache of a store config, then `mlc build`."""
+    import s3fs
+    s3fs.S3FileSystem(endpoint_url=s3_server).mkdir(BUCKET)
+    cache = tmp_path_factory.mktemp("moving") / "cache"
+    shutil.copytree(load_config(local_root).data_dir, cache, symlinks=True)
+    config = store_config(local_root, s3_server, "moved", cache)
+    assert "unchanged" in ok("build", "-c", str(config))
+    return config
+
+
+def test_a_fresh_cache_shows_the_changes_since_the_previous_version(local_root, moved, s3_server, tmp_path):
+    """Only the latest version was fetched: "Changes since v1" vanished and JSON's dataset.diff was
+    null, as if there were no previous version."""
+    here = json.loads(ok("inspect", "--json", "-c", str(local_root)))["dataset"]
+    assert here["version"] == "v2" and here["previous"] == "v1" and here["diff"], here["diff"]
+    fresh = store_config(local_root, s3_server, "moved", tmp_path / "fresh")
+    there = json.loads(ok("inspect", "--json", "-c", str(fresh)))["dataset"]
+    assert there["diff"] == here["diff"]
+    assert "Changes since v1" in ok("inspect", "-c", str(fresh))
+    cfg = load_config(fresh)     # the previous version's listing alone, not its images
+    assert not cfg.layout.version("v1").exists()
+    assert sorted(p.name for p in cfg.layout.version_listing("v1").iterdir()) == ["dataset.json", "manifest.csv"]
