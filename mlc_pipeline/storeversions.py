@@ -79,6 +79,8 @@ def push_versions(store: Store, cfg: Config) -> list[str]:
         marker = read_marker(store, key)
         if marker is not None and marker.get("fingerprint") == meta.get("fingerprint"):
             continue
+        if marker is None:
+            refuse_foreign_folder(store, key, folder)
         other = marker or claim_folder(store, key, meta.get("fingerprint"))
         if other is not None:
             by = "" if marker else f", claimed by {other.get('host')} {int(time.time() - other.get('at', 0)) // 60} min ago"
@@ -90,6 +92,20 @@ def push_versions(store: Store, cfg: Config) -> list[str]:
         pushed.append(version)
         log.info("dataset %s %s published to %s", cfg.build.name, version, store.url)
     return pushed
+
+
+def refuse_foreign_folder(store: Store, key: str, folder: Path) -> None:
+    """A version folder in the store with objects but neither a marker nor a claim was not published
+    by mlc (a local data root copied in by hand, `aws s3 sync`): publishing over it replaced a copied
+    v1 with other contents (the scale26 audit). Refused in one line; docs/orchestration.md says how to
+    move a local data root to a store."""
+    held = store.listing(key)
+    if held and f"{key}/{CLAIM}" not in held:
+        raise ObjectStoreError(
+            f"{store.url}/{key} holds {len(held)} object(s) but no {MARKER} marker and no claim: not a version "
+            f"mlc published (a data root copied in by hand?). This cache's {folder} is not published over it. "
+            f"To move a local data root to a store, see docs/orchestration.md (\"Moving a local data root to "
+            f"an object store\"); debris of an old upload: delete those objects, then rerun")
 
 
 def version_meta(folder: Path) -> dict:

@@ -1,8 +1,13 @@
 """A local data root moved to an object store, and what a fresh cache of the store shows (the scale26
-audit, finding 4), on a real S3-compatible server (moto on loopback): a fresh cache's `mlc inspect`
-shows the changes since the previous version, as the local root's does (only the previous version's
-manifest and dataset.json are fetched for it). The store is filled by the local root made the cache
-of a store config, then one `mlc build`.
+audit, findings 4 and 7), on a real S3-compatible server (moto on loopback):
+
+- the documented move (docs/orchestration.md, "Moving a local data root to an object store"): the
+  local root made the cache of a store config, then one `mlc build`, publishes every version and
+  model with its marker, and a fresh cache sees them;
+- a fresh cache's `mlc inspect` shows the changes since the previous version, as the local root's does
+  (only the previous version's manifest and dataset.json are fetched for it);
+- a root copied into the store by hand (no markers) is not published over: `mlc build` refuses in
+  one line, where it replaced the copied v1 with other contents.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ import yaml
 from helpers import ENV, MLC
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import load_config
+from mlc_pipeline.objectstore import read_marker, store_of
+from mlc_pipeline.storefiles import file_listing, named_files
+from mlc_pipeline.storemodels import store_pointer
+from mlc_pipeline.storeversions import remote_versions
 from storage_world import curated_root
 
 pytestmark = pytest.mark.slow
@@ -72,6 +81,20 @@ def moved(local_root, s3_server, tmp_path_factory):
     return config
 
 
+def test_the_documented_move_publishes_every_version_and_model(local_root, moved, s3_server, tmp_path):
+    local, cfg = load_config(local_root), load_config(moved)
+    store = store_of(cfg)
+    assert remote_versions(store, cfg) == ["v1", "v2"]
+    for version in ("v1", "v2"):
+        meta = json.loads((local.layout.version(version) / "dataset.json").read_text())
+        assert read_marker(store, f"datasets/default/{version}")["fingerprint"] == meta["fingerprint"]
+    assert store_pointer(store) == "m1"
+    assert set(file_listing(store)) == named_files(cfg) and named_files(cfg)      # raw/ and quarantine/
+    fresh = store_config(local_root, s3_server, "moved", tmp_path / "fresh")
+    assert "| LATEST | m1 |" in ok("models", "-c", str(fresh))
+    assert json.loads(ok("inspect", "--json", "-c", str(fresh)))["dataset"]["version"] == "v2"
+
+
 def test_a_fresh_cache_shows_the_changes_since_the_previous_version(local_root, moved, s3_server, tmp_path):
     """Only the latest version was fetched: "Changes since v1" vanished and JSON's dataset.diff was
     null, as if there were no previous version."""
@@ -84,3 +107,20 @@ def test_a_fresh_cache_shows_the_changes_since_the_previous_version(local_root, 
     cfg = load_config(fresh)     # the previous version's listing alone, not its images
     assert not cfg.layout.version("v1").exists()
     assert sorted(p.name for p in cfg.layout.version_listing("v1").iterdir()) == ["dataset.json", "manifest.csv"]
+
+
+def test_a_root_copied_by_hand_is_not_published_over(local_root, moved, s3_server, tmp_path):
+    """`aws s3 sync` of a local root: no markers, so no version for any reader; `mlc build` then
+    published its own "v1" over the copied one (other images under the same name)."""
+    import s3fs
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server)
+    root = load_config(local_root).data_dir
+    files = [p for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+    fs.put([str(p) for p in files], [f"{BUCKET}/copied/{p.relative_to(root).as_posix()}" for p in files])
+    store = store_of(load_config(store_config(local_root, s3_server, "copied", tmp_path / "c")))
+    before = {k: v.get("ETag") for k, v in store.listing("datasets").items()}
+    res = run_mlc("build", "-c", str(store_config(local_root, s3_server, "copied", tmp_path / "fresh")))
+    assert res.returncode == 2, res.stdout + res.stderr[-3000:]
+    assert "no _COMPLETE marker and no claim" in res.stderr.strip().splitlines()[-1], res.stderr[-3000:]
+    assert "Moving a local data root to an object store" in res.stderr
+    assert {k: v.get("ETag") for k, v in store.listing("datasets").items()} == before
