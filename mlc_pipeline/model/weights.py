@@ -322,8 +322,8 @@ def resolve_continued(cfg, parent_meta: dict, parent_dir: str | Path):
     # batches as the bundle trained (a config without them: its recipe's, like the epochs below)
     update["batch_size"] = cfg.batch_size or parent_cfg.get("batch_size") or RECIPES[parent_recipe]["batch_size"]
     # a continued parent's epochs were already a continuation's: round 2 continues as long as round 1
-    update["epochs"] = cfg.epochs or (parent_cfg.get("epochs") if parent_w.get("continued_from")
-                                      else continue_epochs(parent_cfg.get("epochs")))
+    update["epochs"] = cfg.epochs or (max(1, parent_cfg.get("epochs") or 1) if parent_w.get("continued_from")
+                                      else continue_epochs(parent_cfg.get("epochs"), parent_recipe))
     choice = WeightsChoice(
         pretrained=parent_w.get("pretrained", "none"), arch=update["arch"], recipe=parent_recipe,
         requested={"arch": cfg.arch, "pretrained": str(cfg.pretrained)}, name=parent_w.get("name"),
@@ -332,9 +332,14 @@ def resolve_continued(cfg, parent_meta: dict, parent_dir: str | Path):
     return cfg.model_copy(update=update), choice
 
 
-def continue_epochs(parent_epochs: int | None) -> int:
-    """Epochs of a continued training: a third of the network's first training (30 -> 10)."""
-    return max(1, round((parent_epochs or RECIPES["scratch"]["epochs"]) / 3))
+def continue_epochs(parent_epochs: int | None, recipe: str = "scratch") -> int:
+    """Epochs of a continued training: a third of the epochs the network's first training trained
+    (30 -> 10; fine_tune's unfrozen ones), at least one. A training `train.max_minutes` cut records
+    what it trained, 0 when no unfrozen epoch fitted: that is 1 here, not the recipe's default, which
+    only a bundle that recorded no epochs at all (None) continues a third of."""
+    if parent_epochs is None:
+        parent_epochs = RECIPES.get(recipe, RECIPES["scratch"])["epochs"]
+    return max(1, round(parent_epochs / 3))
 
 
 def resolve_pretrained(cfg) -> str:

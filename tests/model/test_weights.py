@@ -525,3 +525,23 @@ def test_files_as_torchvision_publishes_them_are_used_not_refused(torch_home, tm
     torch.save(old, tmp_path / "densenet121-a639ec97.pth")
     assert W.misfit("densenet121", tmp_path / "densenet121-a639ec97.pth") is None
     assert "is not torchvision resnet18 weights" in W.misfit("resnet18", tmp_path / "densenet121-a639ec97.pth")
+
+
+def test_a_continuation_takes_a_third_of_what_its_parent_trained_and_never_the_recipes_default(tmp_path):
+    """mine.retrain's length (resolve_continued) from bundle.json: a third of the epochs the parent
+    trained, at least 1. A fine-tune train.max_minutes cut before its unfrozen stage records 0 of
+    them: that is 1, not the scratch recipe's 10 (the 0 read as "no record"); a bundle with no epochs
+    recorded at all takes a third of its own recipe's (the pretrained recipe's 3: 1)."""
+    def continued(config: dict, recipe: str = "pretrained", continued_from: str | None = None) -> int:
+        meta = {"arch": "resnet18", "image_size": 32, "head": "sigmoid", "other_mode": "class",
+                "config": {"arch": "resnet18", "image_size": 32, "crop": "random", "min_scale": 0.35, **config},
+                "weights": {"pretrained": "imagenet", "recipe": recipe, "continued_from": continued_from}}
+        cfg, choice = W.resolve_continued(TrainConfig(), meta, tmp_path / "r0")
+        assert choice.continued_from == "r0"
+        return cfg.epochs
+    assert continued({"epochs": 0}) == 1                    # the budget left no unfrozen epoch
+    assert continued({"epochs": 0}, recipe="scratch") == 1
+    assert continued({"epochs": 10}, recipe="scratch") == 3 and continued({"epochs": 3}) == 1
+    assert continued({}) == 1 and continued({}, recipe="scratch") == 10      # no record: the recipe's third
+    assert continued({"epochs": 4}, continued_from="x") == 4                # a continuation's: as long
+    assert continued({"epochs": 0}, continued_from="x") == 1                # never a fit of 0 epochs
