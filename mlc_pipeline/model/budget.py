@@ -68,13 +68,15 @@ class FitToBudget(Callback):
     schedule, not a cut-off one (TimeBudget). Across fine_tune's two fits the clock runs from the first,
     and the second is planned at its start from the first's epochs. Only an epoch slower than the
     ones before (or the very first) can end past the budget: `over_seconds` says by how much, and
-    `last_epoch_seconds` what that epoch took. `planned` and `epochs` say what the fit asked for and
-    trained."""
+    `last_epoch_seconds` what that epoch took. `planned` and `epochs` say what the last fit asked for
+    and trained (the epochs `train.epochs` counts: fine_tune's unfrozen stage); `stages`, what each
+    fit did, named by `names` (fine_tune: "frozen", "unfrozen"), as bundle.json's `time_budget` keeps
+    them (`record`)."""
 
     order = LossHistory.order + 2   # after the epoch is logged and shown: its end may end the fit
 
-    def __init__(self, seconds: float, bar=None):
-        self.seconds, self.bar = seconds, bar
+    def __init__(self, seconds: float, bar=None, names: tuple[str, ...] = ("one-cycle",)):
+        self.seconds, self.bar, self.names, self.stages = seconds, bar, names, []
         self.start = self.epoch_start = None
         self.planned = self.epochs = self.runs = None     # this fit's epochs: asked for, trained, at most
         self.epoch_seconds, self.measured, self.batches = None, [], 0   # batches: across fits (the bar's count)
@@ -85,6 +87,8 @@ class FitToBudget(Callback):
         if self.start is None:
             self.start = now
         self.planned, self.epochs, self.runs = self.n_epoch, 0, None
+        name = self.names[len(self.stages)] if len(self.stages) < len(self.names) else f"fit {len(self.stages) + 1}"
+        self.stages.append({"stage": name, "epochs_planned": self.n_epoch, "epochs_trained": 0})
         if self.measured:       # fine_tune's second fit: planned from the first's epochs
             self._plan(0, now)
         self.runs = self.n_epoch    # fastai's loop runs over the epochs planned at the fit's start
@@ -97,7 +101,7 @@ class FitToBudget(Callback):
 
     def after_epoch(self):
         done, now = self.epoch + 1, time.monotonic()
-        self.epochs = done
+        self.epochs = self.stages[-1]["epochs_trained"] = done
         # the median epoch: one epoch slowed by another process must not decide the fit
         self.last_epoch_seconds = now - self.epoch_start
         self.measured.append(self.last_epoch_seconds)
@@ -127,13 +131,36 @@ class FitToBudget(Callback):
     def shortened(self) -> bool:
         return self.epochs is not None and self.epochs < self.planned
 
+    def record(self, max_minutes: float) -> dict:
+        """bundle.json's `time_budget`: the budget, the last fit's planned and trained epochs (those
+        `train.epochs` counts, as the bundle's config does), each fit's, the median epoch, the overrun."""
+        return {"max_minutes": max_minutes, "epochs_planned": self.planned, "epochs_trained": self.epochs,
+                "stages": [dict(s) for s in self.stages],
+                "epoch_seconds": None if self.epoch_seconds is None else round(self.epoch_seconds, 2),
+                "over_seconds": round(self.over_seconds, 1)}
+
+    def trained(self) -> str:
+        """'10 of 38 epochs'; after fine_tune's frozen fit, '1 frozen epoch, then 2 of 6 unfrozen epochs'."""
+        *before, last = self.stages
+        done = [f"{s['epochs_trained']} {s['stage']} epoch{'s' * (s['epochs_trained'] != 1)}" for s in before]
+        return ", then ".join(done + [f"{last['epochs_trained']} of {last['epochs_planned']} "
+                                      f"{last['stage'] + ' ' if before else ''}epochs"])
+
+    def unrun(self) -> str:
+        """What it means that the budget left no time for the last fit (fine_tune's unfrozen stage), or ''."""
+        last = self.stages[-1]
+        if len(self.stages) < 2 or last["epochs_trained"]:
+            return ""
+        kept = ": only the head (and the BatchNorm layers) trained" if last["stage"] == "unfrozen" else ""
+        return f"; no time was left for the {last['stage']} stage{kept}"
+
 
 def budget_line(fitted: FitToBudget, max_minutes: float) -> str:
     """What the budget did, for the log, bundle.json's warnings and the report (which puts "training: "
     before it): fitted to it, or over it, by an epoch that took longer than the budget left."""
     if fitted.over_seconds:
         return (f"over train.max_minutes ({max_minutes:g}): one epoch took {fitted.last_epoch_seconds / 60:.1f} min; "
-                f"{fitted.epochs} of {fitted.planned} epochs trained in {max_minutes + fitted.over_seconds / 60:.1f} "
-                f"min on this machine; raise it, or set it to null, to train them all")
-    return (f"fitted to train.max_minutes ({max_minutes:g}): {fitted.epochs} of {fitted.planned} epochs, at "
-            f"{fitted.epoch_seconds:.0f} s an epoch on this machine; raise it, or set it to null, to train them all")
+                f"{fitted.trained()} trained in {max_minutes + fitted.over_seconds / 60:.1f} min on this machine"
+                f"{fitted.unrun()}; raise it, or set it to null, to train them all")
+    return (f"fitted to train.max_minutes ({max_minutes:g}): {fitted.trained()}, at {fitted.epoch_seconds:.0f} s an "
+            f"epoch on this machine{fitted.unrun()}; raise it, or set it to null, to train them all")

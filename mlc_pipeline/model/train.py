@@ -187,7 +187,9 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     with learn.no_bar(), learn.no_logging(), progress.bar(f"train {cfg.arch}", total=n_epochs * len(dls.train),
                                                           unit="batches") as bar:
         fit_cbs.append(EpochBar(bar))
-        fitted = FitToBudget(cfg.max_minutes * 60, bar) if cfg.max_minutes else None
+        # each fit's name in bundle.json's time_budget: fine_tune's two, or one
+        names = ("one-cycle",) if pretrained == "none" else ("unfrozen",) if continuing else ("frozen", "unfrozen")
+        fitted = FitToBudget(cfg.max_minutes * 60, bar, names) if cfg.max_minutes else None
         fit_cbs += [fitted] if fitted else []
         if continuing and pretrained != "none":
             # fine_tune's unfrozen stage again: lower rates for the early ImageNet layers
@@ -287,10 +289,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             "train_seconds": round(train_seconds, 2),
             "images_per_second": round(images_seen / max(history.train_phase_seconds, 1e-9), 2),
             "stopped_early": budget.stopped,
-            "time_budget": None if fitted is None else {
-                "max_minutes": cfg.max_minutes, "epochs_planned": fitted.planned, "epochs_trained": fitted.epochs,
-                "epoch_seconds": None if fitted.epoch_seconds is None else round(fitted.epoch_seconds, 2),
-                "over_seconds": round(fitted.over_seconds, 1)},
+            "time_budget": None if fitted is None else fitted.record(cfg.max_minutes),   # each fit's epochs
             "warnings": list(warnings or []),     # the data's (models.other_set_warnings) and the cap's
             "versions": {"mlc_pipeline": __version__, "torch": torch.__version__,
                          "torchvision": torchvision.__version__, "fastai": _fastai_version()},
@@ -317,7 +316,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             f"{e['epoch']}: {format_loss(e['train_loss'], 3)}/{format_loss(e['valid_loss'], 3)}"
             for e in history.epochs[-4:])
          + " (train/valid loss)" + (", stopped by the time budget" if budget.stopped else "")
-         + (f", {fitted.planned} planned: {budget_line(fitted, cfg.max_minutes).split(':')[0]}"
+         + (f": {fitted.trained()}, {budget_line(fitted, cfg.max_minutes).split(':')[0]}"
             if fitted and (fitted.shortened or fitted.over_seconds) else "")),
         ("seconds", f"{train_seconds:.0f} ({meta['images_per_second']} img/s)"),
         ("macro F1 (test)", f"{test['macro_f1']:.3f}"),

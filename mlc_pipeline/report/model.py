@@ -160,13 +160,16 @@ def _epochs(n) -> str:
 
 def _fitted(meta: dict) -> str:
     """' of 38 planned (fitted to train.max_minutes 5)' when that budget shortened the fit (FitToBudget),
-    ' of 38 planned (over train.max_minutes 5 by 2.6 min)' when an epoch ended past it."""
+    ' of 38 planned (over train.max_minutes 5 by 2.6 min)' when an epoch ended past it; after fine_tune's
+    frozen fit, ' of 6 planned after 1 frozen epoch (...)' (the config's epochs count the unfrozen ones)."""
     budget = meta.get("time_budget") or {}
+    before = "".join(f" after {s['epochs_trained']} {s['stage']} epoch{'s' * (s['epochs_trained'] != 1)}"
+                     for s in (budget.get("stages") or [])[:-1])
     if budget.get("over_seconds"):
-        return (f" of {budget['epochs_planned']} planned (over train.max_minutes {budget['max_minutes']:g} by "
-                f"{budget['over_seconds'] / 60:.1f} min)")
+        return (f" of {budget['epochs_planned']} planned{before} (over train.max_minutes {budget['max_minutes']:g} "
+                f"by {budget['over_seconds'] / 60:.1f} min)")
     if budget.get("epochs_trained", 0) < budget.get("epochs_planned", 0):
-        return f" of {budget['epochs_planned']} planned (fitted to train.max_minutes {budget['max_minutes']:g})"
+        return f" of {budget['epochs_planned']} planned{before} (fitted to train.max_minutes {budget['max_minutes']:g})"
     return ""
 
 

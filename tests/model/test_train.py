@@ -312,12 +312,12 @@ def ticking(seconds):
     return Tick()
 
 
-def budget_fit(monkeypatch, budget: float, seconds, fits=(10,), batches: int = 2):
+def budget_fit(monkeypatch, budget: float, seconds, fits=(10,), batches: int = 2, names=("one-cycle",)):
     """Fits of a synthetic learner (several: fine_tune's frozen one, then the rest) under one FitToBudget."""
     from fastai.test_utils import synth_learner
     from mlc_pipeline.model import budget as budget_module
     monkeypatch.setattr(budget_module, "time", Clock)
-    Clock.now, learn, plan = 0.0, synth_learner(n_trn=batches), budget_module.FitToBudget(budget)
+    Clock.now, learn, plan = 0.0, synth_learner(n_trn=batches), budget_module.FitToBudget(budget, names=names)
     for n in fits:
         learn.fit_one_cycle(n, 1e-2, cbs=[ticking(seconds), plan])
     return plan, learn
@@ -361,6 +361,27 @@ def test_fine_tunes_second_fit_is_planned_from_the_first(monkeypatch):
     assert (plan.planned, plan.epochs, Clock.now, plan.over_seconds) == (10, 0, 10, 0.0)
 
 
+def test_a_budget_that_leaves_no_time_for_fine_tunes_unfrozen_stage_says_what_each_stage_trained(monkeypatch):
+    """The frozen epoch trained, the unfrozen stage did not: "0 of 10 epochs" said nothing trained
+    (audit of train.max_minutes, 2026-12-07); each fit is kept, and the line says what trained."""
+    from mlc_pipeline.model.budget import budget_line
+    fine_tune = dict(fits=(1, 10), names=("frozen", "unfrozen"))
+    plan, _ = budget_fit(monkeypatch, 15, lambda epoch: 10.0, **fine_tune)
+    assert plan.stages == [{"stage": "frozen", "epochs_planned": 1, "epochs_trained": 1},
+                           {"stage": "unfrozen", "epochs_planned": 10, "epochs_trained": 0}]
+    record = plan.record(0.25)
+    assert (record["epochs_planned"], record["epochs_trained"], record["stages"]) == (10, 0, plan.stages)
+    line = budget_line(plan, 0.25)
+    assert line.startswith("fitted to train.max_minutes (0.25): 1 frozen epoch, then 0 of 10 unfrozen epochs, "
+                           "at 10 s an epoch on this machine; no time was left for the unfrozen stage: only the head")
+    plan, _ = budget_fit(monkeypatch, 45, lambda epoch: 10.0, **fine_tune)   # 3 of the 10 fit after the frozen one
+    assert budget_line(plan, 0.75).startswith("fitted to train.max_minutes (0.75): 1 frozen epoch, then 3 of 10 "
+                                              "unfrozen epochs, at 10 s an epoch on this machine; raise it")
+    plan, _ = budget_fit(monkeypatch, 25, lambda epoch: 10.0)       # one fit: said as before
+    assert plan.stages == [{"stage": "one-cycle", "epochs_planned": 10, "epochs_trained": 2}]
+    assert budget_line(plan, 25 / 60).startswith("fitted to train.max_minutes (0.416667): 2 of 10 epochs, at 10 s")
+
+
 def test_one_slow_epoch_does_not_shorten_a_fit_that_fits(monkeypatch):
     """The plan reads the median epoch: a 100 s epoch among 10 s ones (another process on the box)
     leaves a fit that still fits alone; the same epoch read alone would have cut it to 6 of 10. A
@@ -395,6 +416,37 @@ def test_the_time_budget_fits_a_training_says_so_and_its_continuation_takes_a_th
     unbounded = train_model(manifest, tmp_path / "r2", TrainConfig(epochs=4, max_minutes=None, **base))
     assert len(unbounded.history) == 4
     assert json.loads((tmp_path / "r2" / "bundle.json").read_text())["time_budget"] is None
+
+
+def test_a_budget_that_leaves_no_unfrozen_epoch_still_ships_says_so_and_the_continuation_takes_one(tmp_path):
+    """fine_tune under train.max_minutes, when the frozen epoch leaves no time for the unfrozen stage:
+    the bundle is still calibrated and scored; bundle.json keeps each stage (1 frozen epoch trained,
+    0 of 6 unfrozen) and the config the 0 unfrozen epochs it trained; the warning (the report's
+    "training:" line) and the network line say it. A mining round continues it under the same budget
+    for a third of what trained, at least 1: not the scratch recipe's 10, which the 0 fell back to."""
+    import math
+    import torch
+    from mlc_pipeline.model.nets import mlcnet
+    from mlc_pipeline.report.model import bundle_network_line
+    torch.manual_seed(0)
+    torch.save(mlcnet(5).state_dict(), tmp_path / "donor.pth")      # weights: fine_tune, as ImageNet's are
+    manifest = _small_dataset(tmp_path)
+    base = dict(image_size=32, batch_size=8, threads=1, arch="mlcnet", max_minutes=1e-8)
+    result = train_model(manifest, tmp_path / "r0", TrainConfig(epochs=6, pretrained=str(tmp_path / "donor.pth"), **base))
+    meta = json.loads((tmp_path / "r0" / "bundle.json").read_text())
+    assert len(result.history) == 1 and meta["config"]["epochs"] == 0
+    assert meta["time_budget"]["stages"] == [{"stage": "frozen", "epochs_planned": 1, "epochs_trained": 1},
+                                             {"stage": "unfrozen", "epochs_planned": 6, "epochs_trained": 0}]
+    assert all(math.isfinite(t) and 0 < t <= 1 for t in meta["thresholds"])      # calibrated all the same
+    assert math.isfinite(result.metrics["test"]["macro_f1"])                   # scored through load_bundle
+    [said] = [w for w in result.metrics["warnings"] if "max_minutes" in w]     # what the model report shows
+    assert "1 frozen epoch, then 0 of 6 unfrozen epochs trained in" in said
+    assert "no time was left for the unfrozen stage" in said
+    assert "0 epochs of 6 planned after 1 frozen epoch (over train.max_minutes 1e-08" in bundle_network_line(tmp_path / "r0")
+    child = train_model(manifest, tmp_path / "r1", TrainConfig(init_from=str(tmp_path / "r0"), **base))
+    budget = json.loads((tmp_path / "r1" / "bundle.json").read_text())["time_budget"]
+    assert len(child.history) == 1
+    assert budget["stages"] == [{"stage": "unfrozen", "epochs_planned": 1, "epochs_trained": 1}]
 
 
 def test_weights_file_is_loaded_and_fine_tuned(tmp_path):
