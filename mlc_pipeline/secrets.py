@@ -150,9 +150,33 @@ def redact(text: str) -> str:
     return text
 
 
-# What a terminal acts on rather than shows: C0 and C1 control characters (ESC starts the sequences that
-# retitle, clear or recolour it), DEL, the Unicode line separators and the bidirectional overrides.
-UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Characters of outside text that a screen acts on or hides rather than shows, in one table for every
+# place that shows such text, each saying what it makes of them: `printable` below (a terminal, a log:
+# escapes) and the dataset card's Markdown (dataset/card.py: U+FFFD, or left out). Ranges of code
+# points, first and last.
+#
+# C0, DEL and C1: ESC starts the sequences that retitle, clear or recolour a terminal; NUL makes a file
+# "binary" to grep and GitHub.
+CONTROLS = ((0x00, 0x1F), (0x7F, 0x9F))
+# Bidi embeddings, overrides and isolates (`Ann\u202eevil` showed as "Annlive"), and the bidi marks.
+BIDI_CONTROLS = ((0x202A, 0x202E), (0x2066, 0x2069))
+BIDI_MARKS = ((0x200E, 0x200F),)
+LINE_SEPARATORS = ((0x2028, 0x2029),)        # Unicode's line and paragraph separators
+
+
+def code_points(*tables: tuple[tuple[int, int], ...]) -> list[int]:
+    """Every code point of the ranges in `tables` (the tables above)."""
+    return [c for table in tables for first, last in table for c in range(first, last + 1)]
+
+
+def characters(*tables: tuple[tuple[int, int], ...]) -> re.Pattern:
+    """A pattern matching one character of the ranges in `tables`."""
+    return re.compile("[" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for t in tables for a, b in t) + "]")
+
+
+# What a terminal acts on rather than shows: C0 and C1 control characters, DEL, the Unicode line
+# separators and the bidirectional marks and overrides.
+UNSHOWN = characters(CONTROLS, LINE_SEPARATORS, BIDI_MARKS, BIDI_CONTROLS)
 LINES = "\n\t"       # what a message of ours may hold: `keep` for a whole message (a log line, the `mlc:` line)
 
 

@@ -156,3 +156,20 @@ def test_control_characters_in_a_log_line_are_escaped_and_the_arguments_keep_the
     access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", f"/{evil}", "1.1", 200)
     assert out.getvalue().startswith(f'127.0.0.1:5000 - "GET /{escaped} HTTP/1.1" 200'), out.getvalue()
     assert "Logging error" not in capsys.readouterr().err
+
+
+def test_the_terminal_and_the_card_read_one_table_of_unshown_characters():
+    """secrets.UNSHOWN (`printable`: a terminal, a log) and the card's UNSEEN (Markdown) named the same
+    control and bidi ranges in two tables, free to drift. One table now (secrets.CONTROLS,
+    BIDI_CONTROLS, ...), each keeping what it makes of them: every character of it escaped by
+    `printable`, gone from the card's text (U+FFFD, a space or nothing)."""
+    from mlc_pipeline.dataset.card import UNSEEN, table_cell
+    from mlc_pipeline.secrets import (BIDI_CONTROLS, BIDI_MARKS, CONTROLS, LINE_SEPARATORS, UNSHOWN, code_points,
+                                      printable)
+    unshown = {chr(c) for c in range(0x110000) if UNSHOWN.match(chr(c))}
+    assert unshown == set(map(chr, code_points(CONTROLS, LINE_SEPARATORS, BIDI_MARKS, BIDI_CONTROLS)))
+    assert set(UNSEEN) == {c for c in code_points(CONTROLS, BIDI_CONTROLS) if not chr(c).isspace()}
+    for c in map(chr, code_points(CONTROLS, BIDI_CONTROLS)):
+        text = f"a{c}b"
+        assert c not in printable(text) and c not in table_cell(text), repr(c)
+        assert table_cell(text) in ("a\ufffdb", "a b", "ab"), repr(c)

@@ -9,6 +9,7 @@ import unicodedata
 
 from mlc_pipeline.config import Config
 from mlc_pipeline.manifest import SPLITS
+from mlc_pipeline.secrets import BIDI_CONTROLS, CONTROLS, code_points
 
 
 FLICKR_PHOTO_PAGE = "https://www.flickr.com/photos/{owner}/{photo_id}"
@@ -39,11 +40,11 @@ def link(text, url: str | None) -> str:
     return f"[{shown}]({url})"
 
 
-# Bidi embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069): `Ann\u202eevil` showed as
-# "Annlive". Dropped. The C0 and C1 controls, NUL among them (grep and GitHub took the file for binary),
-# become U+FFFD, as CommonMark does with NUL; those that are white space are line breaks or spaces.
-UNSEEN = {**{c: "\ufffd" for c in [*range(0x20), *range(0x7f, 0xa0)] if not chr(c).isspace()},
-          **dict.fromkeys([*range(0x202a, 0x202f), *range(0x2066, 0x206a)])}
+# The bidi embeddings, overrides and isolates (secrets.BIDI_CONTROLS) are dropped. The C0 and C1
+# controls (secrets.CONTROLS), NUL among them, become U+FFFD, as CommonMark does with NUL; those that
+# are white space are line breaks or spaces.
+UNSEEN = {**{c: "\ufffd" for c in code_points(CONTROLS) if not chr(c).isspace()},
+          **dict.fromkeys(code_points(BIDI_CONTROLS))}
 # What makes Markdown of text: links and images (`[`, `]`, `!` before `[`), code spans, emphasis and
 # strikethrough, escapes and table pipes. Backslash-escaped, each shows as itself. A `_` between two
 # letters or digits is left as it is (it cannot start or end emphasis: `flickr-1000_5` stays greppable).
