@@ -49,18 +49,23 @@ UNSEEN = {**{c: "\ufffd" for c in code_points(CONTROLS) if not chr(c).isspace()}
 # strikethrough, escapes and table pipes. Backslash-escaped, each shows as itself. A `_` between two
 # letters or digits is left as it is (it cannot start or end emphasis: `flickr-1000_5` stays greppable).
 MARKDOWN_SYNTAX = re.compile(r"[\\`*~|\[\]]|!(?=\[)|(?<![^\W_])_|_(?![^\W_])")
+# And at the start of a line (where a backslash goes): a heading (`# `), a quote (`>`), a list item
+# (`- `, `+ `, `1. `, `1) `), a rule (`---`).
+LINE_START_SYNTAX = re.compile(r"^(?=#{1,6}(?:\s|$)|>|[-+](?:[\s-]|$))|^\d{1,9}(?=[.)](?:\s|$))")
 
 
 def table_cell(value) -> str:
-    """Outside text (a Flickr title, an owner's name, a licence's name) as Markdown that shows it as
-    it is, in a table cell or anywhere in a line: on one line (every line break, \\r and U+2028
-    included: a newline in a licence name started a heading of the card), no HTML (a `<!--` hid every
-    row after it), no Markdown (a `[x](http://...)` was a live link, a `![](...)` an image loaded
-    from anywhere: the security26 audit), and no control or bidi character. Accents, CJK and emoji
-    are kept."""
+    """Outside text (a Flickr title, an owner's name, a licence's name, a reply's words in a run
+    summary) as Markdown that shows it as it is, in a table cell or anywhere in a line, its start
+    included: on one line (every line break, \\r and U+2028 included: a newline in a licence name
+    started a heading of the card), no HTML (a `<!--` hid every row after it), no Markdown (a
+    `[x](http://...)` was a live link, a `![](...)` an image loaded from anywhere: the security26
+    audit), and no control or bidi character. Accents, CJK and emoji are kept. The one Markdown
+    escaper of outside text: the run summary's (report/summary.py) is this one."""
     text = " ".join(str(value).translate(UNSEEN).split())
     text = MARKDOWN_SYNTAX.sub(lambda m: "\\" + m.group(), text)
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = text.replace("&", "&amp;").replace("<", "&lt;")       # `>` closes no tag: `a -> b` stays readable
+    return LINE_START_SYNTAX.sub(lambda m: m.group() + "\\", text, count=1)
 
 
 def dataset_card(name: str, version: str, cfg: Config, counts: dict, curation: dict, previous: str | None,

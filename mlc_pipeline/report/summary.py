@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
+from mlc_pipeline.dataset.card import table_cell
 from mlc_pipeline.report.curves import curve_markdown
 from mlc_pipeline.report.model import ALTERNATIVES_OFF_TEXT, bundle_network_line
 from mlc_pipeline.report.rounds import rounds_markdown, shipped_of, variants_markdown
@@ -25,18 +25,11 @@ PER_CLASS_KEY = "mlc-per-class-metrics"
 REJECTED_KEY = "mlc-rejected-by-reason"
 MINED_KEY = "mlc-mined-negatives"
 
-
 # Text from outside (a failed download's reason holds a result URL's host, an error line a reply's keys)
 # must render as text: Prefect's UI renders HTML in markdown (the security26 audit saw an attacker's <img>
-# drawn, which loads its address for whoever views the run) and links and images in Markdown.
-MD_ESCAPES = str.maketrans({**{c: "\\" + c for c in "\\`*[]|"}, "&": "&amp;", "<": "&lt;", "\n": " ", "\r": " "})
-
-
-def md_escape(text: Any) -> str:
-    """`text` as plain text on one line of markdown, a table cell's too: no HTML, link, image, code or
-    `*` emphasis (a masked secret's `***` inside the bold error line broke it; an `_` inside a word,
-    as in ResNet18_Weights, emphasises nothing, and only outside text could put one elsewhere)."""
-    return str(text).translate(MD_ESCAPES)
+# drawn, which loads its address for whoever views the run) and links, images, emphasis and strikethrough
+# in Markdown. One escaper for all such text, the dataset card's (report/published.py's uses this name).
+md_escape = table_cell
 
 
 def counts_text(counts: dict | None) -> str:

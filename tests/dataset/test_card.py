@@ -13,7 +13,7 @@ from storage_world import FIXTURES, plant_downloads
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import parse_config
 from mlc_pipeline.dataset.build import build_dataset
-from mlc_pipeline.dataset.card import attribution, dataset_card
+from mlc_pipeline.dataset.card import attribution, dataset_card, table_cell
 from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.report.inspect import dataset_summary, format_dataset_summary
 
@@ -28,7 +28,8 @@ def test_a_hostile_title_stays_in_its_own_cell_and_hides_nothing():
     assert len(table) == 2 and len(text.splitlines()) == 6 + 2       # title, blank, note, blank, header, rule
     for line in table:                # five cells: no pipe left unescaped inside a cell
         assert len(line.replace("\\\\", "").replace("\\|", "").split("|")) == 7, line
-    assert "<" not in text.split("\n", 1)[1] and "&lt;!-- hide" in table[0] and "&lt;script&gt;" in table[1]
+    assert "<" not in text.split("\n", 1)[1] and "&lt;!-- hide" in table[0]
+    assert "&lt;script>alert(1)&lt;/script>" in table[1]        # a `>` with no `<` before it opens no tag
     assert "a\\|b c &lt;!-- hide" in table[0] and "x\\\\\\|y z &amp; co" in table[0]
 
 
@@ -93,6 +94,26 @@ def test_markdown_in_a_title_owner_or_licence_is_shown_as_text_not_a_link_or_an_
          "https://www.flickr.com/photos/12@N01/1"],
         ["images/cat/2.jpg", "Annevil x\ufffdy\ufffd", "Zoë 猫 🐱‍👤", "CC0", "https://www.flickr.com/photos/x/2\ufffd"]]
     assert not set(text) & {"\x00", "\x07", "\u202e", "\u2066"} and "flickr-1000_5.jpg" in text   # greppable
+
+
+LINE_STARTS = ["# heading", "###### six", "> quote", "- item", "+ item", "* item", "1. item", "12) item", "---",
+               "- - -", "___", "```", "~~~", "    indented", "<div>", "| a | b |", "[x]: http://evil.example"]
+
+
+@pytest.mark.parametrize("where", ["{}", "- {}", "| {} |"])
+def test_outside_text_at_the_start_of_a_line_is_text_too(where):
+    """The run summary puts outside text at the start of a line (a list item, a paragraph of its own:
+    report/summary.py, report/published.py), where `# `, `> `, `- `, `1. ` or `---` make a heading, a
+    quote, a list or a rule of it. Escaped there too, it renders as the text it is, wherever it stands."""
+    lines = [where.format(table_cell(text)) for text in LINE_STARTS]
+    table = where.startswith("|")
+    tokens = rendered("\n".join(["| text |", "|---|", *lines]) if table else "\n\n".join(lines))
+    markup = {"heading_open", "blockquote_open", "ordered_list_open", "hr", "code_block", "fence", "html_block",
+              "html_inline", "link_open"} | MARKUP
+    assert not [t.type for t in tokens if t.type in markup], [t.type for t in tokens if t.type in markup]
+    shown = ["".join(c.content for c in t.children if c.type == "text") for t in tokens if t.type == "inline"]
+    assert shown[table:] == [" ".join(text.split()) for text in LINE_STARTS], shown
+    assert table_cell("a -> b, #1, 1.5 m, -1, +3") == "a -> b, #1, 1.5 m, -1, +3"      # left as they are mid-line
 
 
 def card_for(licenses, restricted: dict, not_allowed: dict | None = None, kind: str = "local") -> str:

@@ -112,3 +112,37 @@ def test_text_from_outside_renders_as_text_never_as_html_a_link_or_an_image():
     for part in (error, tag, image, f"{link} | x"):
         assert part in shown, (part, shown)
     assert f"failed: host-not-allowed:{tag} 2, not-an-image:{image} 1, too-large 1;" in shown, shown
+
+
+def test_the_summary_escapes_outside_text_as_the_dataset_card_does():
+    """The summary had an escaper of its own (MD_ESCAPES), a part of the card's: `_emphasis_` and
+    `~~strikethrough~~` (which Prefect's UI draws, as GitHub does) were markup, a NUL, an ESC and
+    U+202E went in as they came (`Ann\\u202eevil` showed as "Annlive"), and a short set's line
+    starting with `# ` or `1. ` was a heading or a list in its list item. It is the card's escaper
+    now (dataset/card.py, table_cell): all of it text, on the line it came on."""
+    from html import unescape
+    from markdown_it import MarkdownIt
+    from mlc_pipeline.dataset.card import table_cell
+    from mlc_pipeline.report.summary import md_escape
+    assert md_escape is table_cell
+    hostile = "_em_ ~~struck~~ ![x](http://evil.example/p.png) Ann\u202eevil\x00\x1b[2J"
+    collected = {"downloaded": 1, "found_new": 2, "api_calls": 3, "shortfall": {f"train/{hostile}": 1},
+                 "failed": {f"host-not-allowed:{hostile}": 2}, "short": [f"# {hostile}", "1. listed"]}
+    run = {"status": "Failed", "config_path": "c.yaml", "error": f"RetriesExhausted: {hostile}", "collect": collected,
+           "models": [{"round": 0, "dataset_version": "v1", "bundle": "b",
+                       "metrics": {"test": {"macro_f1": 0.5}, "warnings": [f"> {hostile}"]}}],
+           "not_shipped": hostile, "stop_reason": hostile, "reused": hostile}
+    text = summary_markdown(run)
+    tokens = [t for token in MarkdownIt("commonmark").enable(["table", "strikethrough"]).parse(text)
+              for t in [token, *(token.children or [])]]
+    markup = {"em_open", "s_open", "image", "link_open", "html_inline", "html_block", "blockquote_open",
+              "ordered_list_open"}
+    assert not [t.type for t in tokens if t.type in markup], [t.type for t in tokens if t.type in markup]
+    headings = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open"]
+    assert headings == ["collect-and-train: Failed", "Failed", "Collect", "Model: before and after mining (test split)"]
+    assert not set(text) & {"\x00", "\x1b", "\u202e"}
+    shown = unescape("".join(c.content for t in tokens if t.type == "inline" for c in t.children if c.type == "text"))
+    seen = "_em_ ~~struck~~ ![x](http://evil.example/p.png) Annevil\ufffd\ufffd[2J"
+    for line in (f"RetriesExhausted: {seen}", f"host-not-allowed:{seen} 2", f"train/{seen} 1 image short",
+                 f"# {seen}", "1. listed", f"> {seen}", f"Not shipped: {seen}", f"Mining stopped: {seen}."):
+        assert line in shown, (line, shown)
