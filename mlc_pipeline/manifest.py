@@ -212,12 +212,13 @@ def point_latest(root: Path, version: str) -> None:
     write_text_atomic(root / "LATEST", version + "\n")
 
 
-# The columns of outside text, what a photo's source says of it: a spreadsheet opening the CSV takes
-# such a cell starting with = + - @, a tab or a carriage return for a formula (`=HYPERLINK(...)`,
-# `=cmd|...`: the security26 audit), so it is written with a `'` before it (OWASP's CSV injection
-# advice), and read back without (`unguarded`). Only these: the others are data that programs read
-# (paths, ids, labels, split, sha256, numbers, http(s) URLs, the config's queries), which a `'` would change.
-TEXT_COLUMNS = ("license", "owner", "title", "date_taken")
+# The columns of outside text, what a photo's source says of it (`source_file`: a folder's file name, a
+# URL list's `photo_page`): a spreadsheet opening the CSV takes such a cell starting with = + - @, a tab
+# or a carriage return for a formula (`=HYPERLINK(...)`, `=cmd|...`: the security26 audit), so it is
+# written with a `'` before it (OWASP's CSV injection advice), and read back without (`unguarded`). Only
+# these: the others are data that programs read (paths, ids, labels, split, sha256, numbers, http(s)
+# URLs, the config's queries), which a `'` would change.
+TEXT_COLUMNS = ("license", "owner", "title", "date_taken", "source_file")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 

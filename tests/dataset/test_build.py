@@ -5,18 +5,24 @@ brings them back: the catalog is not changed."""
 
 from __future__ import annotations
 
+import csv
+import functools
 import html
+import http.server
 import json
+import threading
 from collections import Counter
 
 import pytest
+
+from helpers import FIXTURES
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import RESTRICTED_LICENSES, parse_config
 from mlc_pipeline.curate.stage import curate
 from mlc_pipeline.dataset.build import build_dataset
-from mlc_pipeline.manifest import read_manifest
+from mlc_pipeline.manifest import read_manifest, read_manifest_frame
 
 OPEN = [4, 5, 9, 10, 11]
 
@@ -90,3 +96,72 @@ def test_a_setting_that_allows_none_of_the_accepted_images_is_nothing_to_build(c
     data, _ = collected_under_any
     with pytest.raises(NothingToBuild, match=r"every accepted image's licence is one source.licenses \(17\) does"):
         build_dataset(parse_config(settings(data, [17])))      # an id no photo carries (Flickr's list ends at 16)
+
+
+# ------------------------------------------------------------------ outside text in manifest.csv
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+# A URL list's rows as a source may give them: its `photo_page` is the manifest's `source_file`.
+HOSTILE_ROWS = [
+    {"title": "a\x00b", "owner": "\x1b]0;pwned\x07\x1b[2J", "photo_page": '=HYPERLINK("http://evil.example/","x")'},
+    {"title": "two\tcolumns\nand lines\r\nkept", "owner": "o\x7fp\x85q", "photo_page": "+cmd|' /C calc'!A0"},
+    {"title": "\x00=1+1", "owner": "@SUM(1)", "photo_page": "-2+3"},
+    {"title": "plain", "owner": "someone", "photo_page": "https://example.org/photos/3"},
+]
+
+
+@pytest.fixture(scope="module")
+def hostile_list(tmp_path_factory):
+    """A URL list of real photos served on loopback, its attribution as HOSTILE_ROWS, collected,
+    curated and built; returns (the config, the version folder)."""
+    tmp = tmp_path_factory.mktemp("hostile")
+    cats = sorted((FIXTURES / "pets" / "cat").glob("*.jpg"))[:len(HOSTILE_ROWS)]
+    dogs = sorted((FIXTURES / "pets" / "dog").glob("*.jpg"))[:2]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(QuietHandler, directory=str(FIXTURES / "pets")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with (tmp / "list.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, ["url", "label", "license", "title", "owner", "photo_page"])
+            w.writeheader()
+            w.writerows([{"url": f"{host}/cat/{p.name}", "label": "cat", "license": "CC BY 2.0", **row}
+                         for p, row in zip(cats, HOSTILE_ROWS)])
+            w.writerows([{"url": f"{host}/dog/{p.name}", "label": "other"} for p in dogs])
+        cfg = parse_config({"data_dir": str(tmp / "data"), "source": {"kind": "urls", "csv": str(tmp / "list.csv")},
+                            "classes": {"cat": {"queries": ["cat"], "count": len(cats)}},
+                            "other": {"queries": ["other"], "count": len(dogs)}})
+        collect(cfg, progress=False)
+        curate(cfg)
+        version = build_dataset(cfg).path
+    finally:
+        server.shutdown()
+        server.server_close()
+    return cfg, version
+
+
+def manifest_cells(version) -> dict[str, dict]:
+    """manifest.csv's cells as a spreadsheet or any CSV reader sees them, by image URL."""
+    with open(version / "manifest.csv", newline="") as f:
+        return {r["url"]: r for r in csv.DictReader(f)}
+
+
+def test_a_source_file_a_spreadsheet_would_take_for_a_formula_is_written_as_text(hostile_list):
+    """`source_file` (a folder's file name, a URL list's `photo_page`) went into manifest.csv as it
+    came, while the other text columns had a `'` before a cell starting with = + - @: a URL list's
+    `=HYPERLINK(...)` or `+cmd|...` was a live formula in Excel or LibreOffice. Guarded now, and read
+    back as the source gave it."""
+    cfg, version = hostile_list
+    pages = {r["photo_page"] for r in HOSTILE_ROWS}
+    cells = manifest_cells(version).values()
+    assert {r["source_file"] for r in cells if r["labels"] == "cat"} == {"'" + p if p[0] in "=+-@" else p for p in pages}
+    assert not [(k, v) for r in cells for k, v in r.items() if v.startswith(("=", "+", "-", "@"))]
+    rows = read_manifest(version / "manifest.csv")
+    assert {r["source_file"] for r in rows if r["labels"] == "cat"} == pages
+    frame = read_manifest_frame(version / "manifest.csv")
+    assert set(frame[frame["labels"] == "cat"]["source_file"]) == pages
+    assert [r["page"] for r in rows if r["page"]] == ["https://example.org/photos/3"]   # only an http(s) one
