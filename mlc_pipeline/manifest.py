@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlc_pipeline.fsutil import remove_dead_leftovers, write_text_atomic
+from mlc_pipeline.secrets import CONTROLS, code_points
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -220,12 +221,19 @@ def point_latest(root: Path, version: str) -> None:
 # URLs, the config's queries), which a `'` would change.
 TEXT_COLUMNS = ("license", "owner", "title", "date_taken", "source_file")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# No cell of a CSV of ours holds a control character but a tab or a line break (which CSV quotes): a
+# NUL stops or cuts short readers of manifest.csv (Python's csv before 3.11 refuses the line, pandas' C
+# parser has dropped the rest of the cell: pandas#19886), and an ESC drives the terminal that `cat`s it.
+# Each becomes U+FFFD, as in the card (dataset/card.py); whatever else the row holds reads back exactly.
+CSV_UNSAFE = {c: "\ufffd" for c in code_points(CONTROLS) if chr(c) not in "\t\n\r"}
 
 
 def spreadsheet_safe(row: dict) -> dict:
-    """The row as a CSV of ours writes it (manifest.csv, an imagefolder export's metadata.csv): a text
-    cell a spreadsheet would take for a formula gets a `'` before it, and so does one that already
-    starts with `'`s before such a character (`'=x` is written `''=x`), so reading it back is exact."""
+    """The row as a CSV of ours writes it (manifest.csv, an imagefolder export's metadata.csv): each
+    control character but a tab or line break U+FFFD (CSV_UNSAFE), and a text cell a spreadsheet would
+    take for a formula with a `'` before it, as is one that already starts with `'`s before such a
+    character (`'=x` is written `''=x`), so reading it back is exact."""
+    row = {k: v.translate(CSV_UNSAFE) if isinstance(v, str) else v for k, v in row.items()}
     return {k: "'" + v if k in TEXT_COLUMNS and looks_like_formula(v) else v for k, v in row.items()}
 
 

@@ -152,11 +152,11 @@ def redact(text: str) -> str:
 
 # Characters of outside text that a screen acts on or hides rather than shows, in one table for every
 # place that shows such text, each saying what it makes of them: `printable` below (a terminal, a log:
-# escapes) and the dataset card's Markdown (dataset/card.py: U+FFFD, or left out). Ranges of code
-# points, first and last.
+# escapes), the dataset card's Markdown (dataset/card.py: U+FFFD, or left out) and our CSV files
+# (manifest.py: U+FFFD). Ranges of code points, first and last.
 #
 # C0, DEL and C1: ESC starts the sequences that retitle, clear or recolour a terminal; NUL makes a file
-# "binary" to grep and GitHub.
+# "binary" to grep and GitHub, and some CSV readers stop at it.
 CONTROLS = ((0x00, 0x1F), (0x7F, 0x9F))
 # Bidi embeddings, overrides and isolates (`Ann\u202eevil` showed as "Annlive"), and the bidi marks.
 BIDI_CONTROLS = ((0x202A, 0x202E), (0x2066, 0x2069))

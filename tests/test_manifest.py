@@ -67,3 +67,21 @@ def test_export_markers_skip_a_damaged_marker_with_a_warning_naming_it(tmp_path,
     assert f"{listed / manifest.EXPORT_MARKER}: not read (not a JSON object); check that export by hand" in warned
     assert f"{cut / manifest.EXPORT_MARKER}: not read (" in warned
     assert manifest.read_export_markers(tmp_path / "none-here") == {}
+
+
+def test_a_manifest_written_before_the_csv_rules_still_reads(tmp_path):
+    """Versions published before 2026-12-07 hold `source_file` unguarded and a NUL or an ESC as the
+    source gave it (and the oldest no `source_file` column at all): read as they were written."""
+    old = ("path,labels,split,candidate_id,source,photo_id,url,license_id,license,owner,title,date_taken,sha256,"
+           "phash,purpose,mined_round,query,source_file\r\n"
+           "images/cat/a.jpg,cat,train,1,local,1,http://h/1,4,CC BY 2.0,\x1b[31mo,a\x00b,'=x,s1,p1,train,,cat,"
+           '"=HYPERLINK(""x"").jpg"\r\n')
+    (tmp_path / "manifest.csv").write_text(old, newline="")
+    [row] = manifest.read_manifest(tmp_path / "manifest.csv")
+    assert (row["owner"], row["title"], row["date_taken"], row["source_file"]) == \
+        ("\x1b[31mo", "a\x00b", "=x", '=HYPERLINK("x").jpg')
+    frame = manifest.read_manifest_frame(tmp_path / "manifest.csv")
+    assert frame[list(row)].to_dict("records") == [row]
+    oldest = "\r\n".join(",".join(line.split(",")[:-1]) for line in old.splitlines()) + "\r\n"   # no source_file
+    (tmp_path / "manifest.csv").write_text(oldest, newline="")
+    assert manifest.read_manifest(tmp_path / "manifest.csv") == [{k: v for k, v in row.items() if k != "source_file"}]

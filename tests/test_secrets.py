@@ -158,18 +158,23 @@ def test_control_characters_in_a_log_line_are_escaped_and_the_arguments_keep_the
     assert "Logging error" not in capsys.readouterr().err
 
 
-def test_the_terminal_and_the_card_read_one_table_of_unshown_characters():
+def test_the_terminal_the_card_and_the_csv_files_read_one_table_of_unshown_characters():
     """secrets.UNSHOWN (`printable`: a terminal, a log) and the card's UNSEEN (Markdown) named the same
-    control and bidi ranges in two tables, free to drift. One table now (secrets.CONTROLS,
-    BIDI_CONTROLS, ...), each keeping what it makes of them: every character of it escaped by
-    `printable`, gone from the card's text (U+FFFD, a space or nothing)."""
+    control and bidi ranges in two tables, free to drift; the CSV files of ours had none. One table now
+    (secrets.CONTROLS, BIDI_CONTROLS, ...), each keeping what it makes of them: every character of it
+    escaped by `printable`, gone from the card's text (U+FFFD, a space or nothing) and, the controls
+    but a tab or line break, U+FFFD in a CSV cell."""
     from mlc_pipeline.dataset.card import UNSEEN, table_cell
+    from mlc_pipeline.manifest import CSV_UNSAFE, spreadsheet_safe
     from mlc_pipeline.secrets import (BIDI_CONTROLS, BIDI_MARKS, CONTROLS, LINE_SEPARATORS, UNSHOWN, code_points,
                                       printable)
     unshown = {chr(c) for c in range(0x110000) if UNSHOWN.match(chr(c))}
     assert unshown == set(map(chr, code_points(CONTROLS, LINE_SEPARATORS, BIDI_MARKS, BIDI_CONTROLS)))
     assert set(UNSEEN) == {c for c in code_points(CONTROLS, BIDI_CONTROLS) if not chr(c).isspace()}
+    assert set(CSV_UNSAFE) == {c for c in code_points(CONTROLS) if chr(c) not in "\t\n\r"}
     for c in map(chr, code_points(CONTROLS, BIDI_CONTROLS)):
         text = f"a{c}b"
         assert c not in printable(text) and c not in table_cell(text), repr(c)
         assert table_cell(text) in ("a\ufffdb", "a b", "ab"), repr(c)
+    assert {c for c in map(chr, code_points(CONTROLS)) if c in spreadsheet_safe({"title": f"a{c}b"})["title"]} == \
+        set("\t\n\r")

@@ -22,7 +22,7 @@ from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import RESTRICTED_LICENSES, parse_config
 from mlc_pipeline.curate.stage import curate
 from mlc_pipeline.dataset.build import build_dataset
-from mlc_pipeline.manifest import read_manifest, read_manifest_frame
+from mlc_pipeline.manifest import MANIFEST_COLUMNS, read_manifest, read_manifest_frame
 
 OPEN = [4, 5, 9, 10, 11]
 
@@ -165,3 +165,28 @@ def test_a_source_file_a_spreadsheet_would_take_for_a_formula_is_written_as_text
     frame = read_manifest_frame(version / "manifest.csv")
     assert set(frame[frame["labels"] == "cat"]["source_file"]) == pages
     assert [r["page"] for r in rows if r["page"]] == ["https://example.org/photos/3"]   # only an http(s) one
+
+
+def test_control_characters_in_outside_text_are_u_fffd_in_the_manifest_and_the_rest_reads_back(hostile_list):
+    """A NUL in a title (or an ESC in an owner's name) went into manifest.csv as it came: Python's csv
+    before 3.11 refused the line and pandas' C parser has cut the cell at it; an ESC drove the terminal
+    that showed the file. Each control character but a tab or a line break is U+FFFD now, as in the
+    card; every other field reads back exactly as the catalog has it."""
+    cfg, version = hostile_list
+    text = (version / "manifest.csv").read_text()
+    assert not {c for c in text if (ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0) and c not in "\t\n\r"}, repr(text)
+    rows = {r["url"]: r for r in read_manifest(version / "manifest.csv")}
+    by_page = {r["source_file"]: r for r in rows.values()}
+    shown = [(by_page[r["photo_page"]]["title"], by_page[r["photo_page"]]["owner"]) for r in HOSTILE_ROWS]
+    assert shown == [("a\ufffdb", "\ufffd]0;pwned\ufffd\ufffd[2J"), ("two\tcolumns\nand lines\r\nkept", "o\ufffdp\ufffdq"),
+                     ("\ufffd=1+1", "@SUM(1)"), ("plain", "someone")], shown
+    assert manifest_cells(version)[by_page["-2+3"]["url"]]["title"] == "\ufffd=1+1"      # no formula: no `'`
+    with Catalog(cfg.catalog_path) as catalog:
+        accepted = {r["url"]: r for r in catalog.candidates(status="accepted")}
+    assert len(rows) == len(accepted) == len(HOSTILE_ROWS) + 2
+    for url, r in rows.items():
+        c = accepted[url]
+        assert (r["photo_id"], r["sha256"], r["license"], r["source_file"] or None) == \
+            (c["photo_id"], c["sha256"], c["license_name"] or "", c["source_file"]), r
+    frame = read_manifest_frame(version / "manifest.csv")
+    assert frame[MANIFEST_COLUMNS].to_dict("records") == list(rows.values())
