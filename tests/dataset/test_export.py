@@ -416,7 +416,7 @@ def test_text_a_spreadsheet_would_take_for_a_formula_is_written_as_text_and_read
     assert {c: written["1000.5"][c] for c in FORMULAS} == {c: "'" + v for c, v in FORMULAS.items()}
     assert [written["1001"][c] for c in ("title", "owner", "license")] == ["'-1", "''=quoted", "'\tx"]
     assert [written["1002"][c] for c in ("title", "owner", "license")] == ["'tis", "'\r=y", "'''+z"]
-    data = [c for c in MANIFEST_COLUMNS if c not in FORMULAS]          # the text columns are FORMULAS' four
+    data = [c for c in MANIFEST_COLUMNS if c not in FORMULAS]          # FORMULAS' four text columns; source_file is '' here
     assert [{c: w[c] for c in data} for w in written.values()] == [{c: r[c] for c in data} for r in rows]
     assert read_manifest(version / "manifest.csv") == rows                      # as the source gave it
     assert read_manifest_frame(version / "manifest.csv")[MANIFEST_COLUMNS].to_dict("records") == rows
