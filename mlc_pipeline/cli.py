@@ -205,10 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     from mlc_pipeline.catalog_commands import add_catalog_parser
     add_catalog_parser(sub, add_writer)      # mlc catalog migrate
-    for name, p in sub.choices.items():   # `mlc inspect -v` as well as `mlc -v inspect`
-        if name != "serve-flickr":        # SUPPRESS: absent after the sub-command, the top level's value stands
-            p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    add_verbose(sub)
     return parser
+
+
+def add_verbose(sub: argparse._SubParsersAction) -> None:
+    """`mlc inspect -v` as well as `mlc -v inspect`, on every level: `mlc catalog migrate -c X -v` too
+    (only first-level commands had it, and a nested one refused -v with exit 2: the docs27 audit).
+    SUPPRESS: absent after a sub-command, the value of the level above stands."""
+    for name, p in sub.choices.items():
+        if name == "serve-flickr":        # its own parser takes -v (main hands it the arguments)
+            continue
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                add_verbose(action)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -432,3 +432,43 @@ def test_an_interrupted_command_exits_even_when_the_exit_clean_up_hangs(code):
     script = script.replace("atexit.register(held.acquire)\n", "").replace(str(code), "0")   # nothing waits
     res = subprocess.run([sys.executable, "-c", script], env=ENV, text=True, capture_output=True, timeout=60)
     assert res.returncode == 0 and "clean-up" not in res.stderr, res.stderr
+
+
+def command_parsers(sub, path=()):
+    """(command path, parser) of every command of the `mlc` parser tree, nested ones included."""
+    import argparse
+    for name, p in sub.choices.items():
+        yield (*path, name), p
+        for nested in (a for a in p._actions if isinstance(a, argparse._SubParsersAction)):
+            yield from command_parsers(nested, (*path, name))
+
+
+@pytest.mark.parametrize("argv", [["catalog", "migrate", "-c", "x.yaml", "-v"],
+                                  ["catalog", "migrate", "-v", "-c", "x.yaml"],
+                                  ["catalog", "-v", "migrate", "-c", "x.yaml"],
+                                  ["-v", "catalog", "migrate", "-c", "x.yaml"]])
+def test_verbose_before_or_after_a_nested_sub_command(argv):
+    """README: -v goes before or after the sub-command. `mlc catalog migrate -c X -v` was a usage error
+    (exit 2): only the first-level commands took -v (the docs27 audit)."""
+    args = build_parser().parse_args(argv)
+    assert (args.command, args.action, args.verbose) == ("catalog", "migrate", True)
+    assert build_parser().parse_args(["catalog", "migrate", "-c", "x.yaml"]).verbose is False
+
+
+def test_every_command_takes_verbose_after_it():
+    """Each command parser on every level (nested ones included) has its own -v; serve-flickr's own
+    parser takes it (test_serve_flickr_takes_verbose_before_or_after)."""
+    import argparse
+    [sub] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    commands = dict(command_parsers(sub))
+    assert ("catalog", "migrate") in commands and len(commands) > 15
+    lacking = [c for c, p in commands.items()
+               if c != ("serve-flickr",) and not any("-v" in a.option_strings for a in p._actions)]
+    assert lacking == []
+
+
+def test_catalog_migrate_with_verbose_at_the_end_runs(tmp_path):
+    """As a user types it: the command runs (here: to its missing config), no usage error."""
+    res = mlc("catalog", "migrate", "-c", str(tmp_path / "none.yaml"), "-v")
+    assert "unrecognized arguments" not in res.stderr
+    one_line(res, 2, "config: file not found", "none.yaml")
