@@ -22,45 +22,66 @@ DEFAULT_CONFIG = "configs/offline.yaml"
 # (downloads, verify + hash, mining's scoring) in chunks over the same cluster (mlc_pipeline/executor.py)
 DASK_ADDRESS_ENV = ADDRESS_ENV
 TASK_WORKERS_ENV = "MLC_TASK_WORKERS"       # threads of the default ThreadPoolTaskRunner
-# A global concurrency limit (`prefect gcl create mlc-flickr --limit 1`): one collect at a time across
-# every run and deployment on the server. Missing limit = no limit (strict=False), so a bare
-# `prefect_test_harness` or a fresh server still runs.
-FLICKR_LIMIT = os.environ.get("MLC_FLICKR_CONCURRENCY_LIMIT", "mlc-flickr")
+# A global concurrency limit of 1: one collect at a time across every run and deployment on the
+# server. Its name: $MLC_FLICKR_CONCURRENCY_LIMIT in the flow run's environment, read when the collect
+# starts; a collect that finds no limit of that name creates it (limit 1), so a renamed limit nobody
+# created still serialises collects (it was skipped: strict=False, one log line; the docs27 audit).
+FLICKR_LIMIT_ENV = "MLC_FLICKR_CONCURRENCY_LIMIT"
+FLICKR_LIMIT = "mlc-flickr"          # the name when the variable is unset or empty
 # The slot's lease. Prefect renews a held lease every 3/4 of it (prefect/concurrency/_leases.py), so a
 # collect of hours keeps its slot; a run that dies mid-collect frees it when the lease expires. 60 s
 # is the server's minimum (Prefect's default, 300 s, made the next collect wait ~5 minutes after a crash).
 FLICKR_LEASE_S = 60
 
 
-def flickr_slot_busy() -> bool:
-    """Whether every slot of the Flickr limit is held now (False when the limit does not exist)."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
+def flickr_limit() -> str:
+    """The Flickr limit's name now: $MLC_FLICKR_CONCURRENCY_LIMIT, else `mlc-flickr`."""
+    return os.environ.get(FLICKR_LIMIT_ENV) or FLICKR_LIMIT
 
+
+def flickr_slot_busy(logger=None) -> bool:
+    """Whether every slot of the Flickr limit is held now. A limit of that name that does not exist is
+    created first (limit 1; a collect creating it at the same moment is no error), and said. A limit
+    made inactive on purpose stays as it is."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    log = logger or logging.getLogger(__name__)
+    name = flickr_limit()
     try:
         with get_client(sync_client=True) as client:
-            limit = client.read_global_concurrency_limit_by_name(FLICKR_LIMIT)
-    except ObjectNotFound:
-        return False
-    except Exception as exc:    # the look is only for the log line: the slot itself is taken below, as before
-        logging.getLogger(__name__).warning("could not read the %r limit (%s: %s); taking its slot anyway",
-                                            FLICKR_LIMIT, type(exc).__name__, exc)
+            try:
+                limit = client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                try:
+                    client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+                    log.info("collect: created the global concurrency limit %r (limit 1): one collect at a "
+                             "time on this server", name)
+                except ObjectAlreadyExists:     # another collect created it first
+                    pass
+                limit = client.read_global_concurrency_limit_by_name(name)
+    except Exception as exc:    # the slot itself is taken below, as before; without the limit it is skipped
+        log.warning("could not read the %r limit (%s: %s); taking its slot anyway (if the limit does not "
+                    "exist, collects are not serialised)", name, type(exc).__name__, exc)
         return False
     return limit.active and limit.active_slots >= limit.limit
 
 
 @contextmanager
 def flickr_slot(logger) -> Iterator[None]:
-    """Hold the Flickr limit's slot; say so when it has to wait for it, and for how long it waited."""
-    busy = flickr_slot_busy()
+    """Hold the Flickr limit's slot (the limit created if missing); say so when it has to wait for it,
+    and for how long it waited."""
+    name = flickr_limit()
+    busy = flickr_slot_busy(logger)
     if busy:
         logger.warning("collect: waiting for the %r concurrency slot: another collect holds it, or a run that "
-                       "stopped mid-collect does until its lease expires (within %d s)", FLICKR_LIMIT, FLICKR_LEASE_S)
+                       "stopped mid-collect does until its lease expires (within %d s)", name, FLICKR_LEASE_S)
     waited = time.monotonic()
-    with concurrency(FLICKR_LIMIT, occupy=1, strict=False, lease_duration=FLICKR_LEASE_S,
+    with concurrency(name, occupy=1, strict=False, lease_duration=FLICKR_LEASE_S,
                      raise_on_lease_renewal_failure=False):
         if busy:
-            logger.info("collect: got the %r slot after %.0f s", FLICKR_LIMIT, time.monotonic() - waited)
+            logger.info("collect: got the %r slot after %.0f s", name, time.monotonic() - waited)
         yield
 
 

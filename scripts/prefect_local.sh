@@ -2,7 +2,8 @@
 # Bring mlc-pipeline's orchestration up on this machine, after `bash scripts/setup.sh`:
 #   1. a Prefect server on 127.0.0.1:$MLC_PREFECT_PORT (default 4200), its SQLite database in
 #      $PREFECT_HOME (default .prefect/ in the project, git-ignored),
-#   2. the process work pool `mlc-local` and the global concurrency limit `mlc-flickr` (1 collect at a time),
+#   2. the process work pool `mlc-local` and the global concurrency limit `mlc-flickr` (1 collect at a time;
+#      $MLC_FLICKR_CONCURRENCY_LIMIT renames it, here and in the worker's flow runs),
 #   3. the deployments of prefect.yaml (`prefect --no-prompt deploy --all`),
 #   4. a worker on the pool,
 #   5. a first run of collect-and-train/nightly, watched until it ends;
@@ -17,7 +18,7 @@
 #   --params JSON  parameters of the first run, e.g. '{"config_path": "configs/offline.yaml",
 #                  "overrides": {"train": {"epochs": 2}}}' (default: the deployment's)
 # Environment: MLC_PREFECT_PORT, PREFECT_HOME, MLC_PREFECT_UI=0 (no UI), MLC_WATCH_TIMEOUT (s, 21600),
-#              MLC_STOP_WAIT (s, 60).
+#              MLC_STOP_WAIT (s, 60), MLC_FLICKR_CONCURRENCY_LIMIT (mlc-flickr).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
     --once) ONCE=1 ;;
     --no-run) RUN=0 ;;
     --params) PARAMS=${2:?--params needs a JSON mapping}; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
     *) echo "prefect_local: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -40,7 +41,8 @@ PY=$ROOT/.venv/bin/python
 
 PORT=${MLC_PREFECT_PORT:-4200}
 POOL=mlc-local
-FLICKR_LIMIT=mlc-flickr
+FLICKR_LIMIT=${MLC_FLICKR_CONCURRENCY_LIMIT:-mlc-flickr}
+export MLC_FLICKR_CONCURRENCY_LIMIT=$FLICKR_LIMIT    # the worker's flow runs take this one
 export PREFECT_HOME=${PREFECT_HOME:-$ROOT/.prefect}
 # Always set: without it every CLI call and flow starts its own temporary server.
 export PREFECT_API_URL=http://127.0.0.1:$PORT/api

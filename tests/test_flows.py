@@ -556,9 +556,14 @@ def test_collect_says_when_it_waits_for_the_flickr_slot(harness, caplog):
 
     from flows.runtime import FLICKR_LEASE_S, FLICKR_LIMIT, flickr_slot
 
+    from prefect.exceptions import ObjectAlreadyExists
+
     assert FLICKR_LEASE_S == 60
     with get_client(sync_client=True) as client:
-        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=FLICKR_LIMIT, limit=1))
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=FLICKR_LIMIT, limit=1))
+        except ObjectAlreadyExists:     # a flow run of an earlier test created it (its collect does)
+            pass
     held, release = threading.Event(), threading.Event()
 
     def other_collect():
@@ -580,8 +585,50 @@ def test_collect_says_when_it_waits_for_the_flickr_slot(harness, caplog):
     finally:
         release.set()
         other.join(timeout=30)
-        with get_client(sync_client=True) as client:      # the other tests run without the limit
+        with get_client(sync_client=True) as client:      # the next collect creates it again
             client.delete_global_concurrency_limit_by_name(FLICKR_LIMIT)
+
+
+def test_a_renamed_flickr_limit_that_nobody_created_still_serialises_collects(harness, monkeypatch, caplog):
+    """MLC_FLICKR_CONCURRENCY_LIMIT renames the limit; prefect_local.sh created only `mlc-flickr`, and a
+    limit that does not exist was skipped (strict=False), so two collects ran at once (the docs27
+    audit). Now the first collect creates it (limit 1), the second waits for the first."""
+    import logging
+    import threading
+    import time
+    import uuid
+
+    from flows.runtime import flickr_slot
+
+    name = f"flickr-renamed-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("MLC_FLICKR_CONCURRENCY_LIMIT", name)
+    spans: list[tuple[float, float]] = []
+    logger = logging.getLogger("test-flickr-renamed")
+
+    def collect():
+        with flickr_slot(logger):
+            start = time.monotonic()
+            time.sleep(1.5)
+            spans.append((start, time.monotonic()))
+
+    try:
+        with caplog.at_level(logging.INFO, logger="test-flickr-renamed"):
+            collects = [threading.Thread(target=collect) for _ in range(2)]
+            for c in collects:
+                c.start()
+            for c in collects:
+                c.join(timeout=90)
+        assert len(spans) == 2, caplog.text
+        (_, first_end), (second_start, _) = sorted(spans)
+        assert second_start >= first_end, spans          # one after the other, never together
+        assert f"created the global concurrency limit '{name}' (limit 1)" in caplog.text
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        assert (limit.limit, limit.active) == (1, True)
+    finally:
+        with get_client(sync_client=True) as client:      # when created (not before the fix)
+            if name in {gcl.name for gcl in client.read_global_concurrency_limits(limit=200)}:
+                client.delete_global_concurrency_limit_by_name(name)
 
 
 def test_credentials_from_prefect_secret_blocks(harness, monkeypatch):
