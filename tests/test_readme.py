@@ -6,7 +6,7 @@ options; each config file it names exists and validates; each script it names ex
 bash; a file a command copies is then treated as there.
 
 Not run here, on purpose: the commands that take minutes. `mlc run -c configs/offline.yaml` is the
-whole job on ~2,400 images (about 9 minutes on 2 cores, docs/training.md), too slow for the suite;
+whole job on ~2,300 images (about 9 minutes on 2 cores, docs/training.md), too slow for the suite;
 the same command on the tiny project config (tests/helpers.py tiny_config) runs end to end in
 tests/test_pipeline.py, and `mlc inspect --html` in the report tests. `scripts/setup.sh` installs
 the environment the tests already run in, and `scripts/test.sh` is the suite itself.
