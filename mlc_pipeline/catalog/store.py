@@ -259,6 +259,11 @@ class Catalog(RowQueries, RemovalQueries, TallyQueries, PairScoreQueries):
         rows = self.db.execute("SELECT * FROM runs ORDER BY started_at DESC LIMIT ?", (limit,))
         return [runs.shown(dict(r)) for r in rows]
 
+    def run(self, run_id: str) -> dict | None:
+        """One run as `runs` shows it; None when the catalog has none of that id."""
+        row = self.db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        return runs.shown(dict(row)) if row else None
+
     # --- licences -------------------------------------------------------------------------
     def save_licenses(self, licenses: dict[int, tuple[str, str]]) -> None:
         with self.transaction():

@@ -24,8 +24,9 @@ from mlc_pipeline.model.metrics import predict_matrix
 from mlc_pipeline.model.predict import score_with_errors
 from mlc_pipeline.model.bundle import load_bundle
 from mlc_pipeline.model.likeness import pool_likeness
-from mlc_pipeline.model.mine_record import (check_round, next_round, overlapping_queries, pool_overlaps, publish_record,
-                                            record_round, settle_record, settle_records, write_csv)
+from mlc_pipeline.model.mine_record import (bundle_folders, check_round, next_round, overlapping_queries, pool_overlaps,
+                                            publish_record, record_round, settle_record, settle_records,
+                                            settle_stopped, write_csv)
 
 log = logging.getLogger(__name__)
 # A pool image this close to a class image (PHash bits) is a copy of it: resized and re-encoded real
@@ -331,6 +332,7 @@ def undo_round(cfg: Config, round_no: int, photo_ids: list[str] | None = None) -
     check_round(round_no, undo=True)
     changed, kept = 0, 0
     with Catalog(cfg.catalog_path) as catalog:
+        settle_stopped(catalog, bundle_folders(cfg.layout.models))     # a round killed mid-record: as committed
         check_undo(catalog, round_no, photo_ids)
         run_id = catalog.start_run(f"mine-undo-{round_no}")
         with catalog.transaction():

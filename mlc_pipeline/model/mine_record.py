@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Iterable
 
 from mlc_pipeline.catalog import SQL_INT_MAX, Catalog, catalog_exists
 from mlc_pipeline.config import Config, ConfigError
@@ -67,10 +68,14 @@ PENDING = re.compile(r"\.mined-r(?P<round>\d+)\.csv\.(?P<run>[^.]+)\.pending")
 
 def publish_record(pending: Path) -> None:
     """After the commit: the pending record becomes `mined-r<N>.csv`, and `mined.csv` (the bundle's
-    latest round) a copy of it."""
+    latest round) a copy of it. A pending record gone already was settled by another process (a
+    reader, `settle_stopped`): nothing left to do."""
     found = PENDING.fullmatch(pending.name)
     final = pending.with_name(f"mined-r{found['round']}.csv")
-    os.replace(pending, final)
+    try:
+        os.replace(pending, final)
+    except FileNotFoundError:
+        return
     with atomic_path(pending.with_name("mined.csv")) as tmp:
         shutil.copyfile(final, tmp)
 
@@ -82,25 +87,61 @@ def settle_record(catalog: Catalog, pending: Path) -> None:
     decisions the catalog never applied (the mining26 audit: a round that failed in its commit left
     103 "added" negatives in mined.csv, and the report called them undone). Nothing without the file."""
     found = PENDING.fullmatch(pending.name)
-    if found is None or not pending.is_file():
+    if found is None:
         return
-    with open(pending, newline="") as f:
-        moved = [int(r["candidate_id"]) for r in csv.DictReader(f)
-                 if r.get("decision") == "added" or (r.get("decision") or "").startswith("held:")]
+    try:
+        with open(pending, newline="") as f:
+            moved = [int(r["candidate_id"]) for r in csv.DictReader(f)
+                     if r.get("decision") == "added" or (r.get("decision") or "").startswith("held:")]
+    except FileNotFoundError:       # settled meanwhile by another process: the same answer, given once
+        return
     if any(e["run_id"] == found["run"] for cid in moved for e in catalog.events(cid)):
         publish_record(pending)
         log.info("%s: round %s's record published (its moves are in the catalog)", pending.parent.name, found["round"])
     else:
-        pending.unlink()
+        pending.unlink(missing_ok=True)
         log.info("%s: round %s's record removed (the catalog never committed its moves)", pending.parent.name,
                  found["round"])
+
+
+PENDING_FILES = ".mined-r*.csv.*.pending"
 
 
 def settle_records(catalog: Catalog, folder: Path) -> None:
     """`settle_record` for every pending record in a bundle: before a round mines with it (under the
     data root's write lock, so no other mining is writing one)."""
-    for pending in sorted(folder.glob(".mined-r*.csv.*.pending")):
+    for pending in sorted(folder.glob(PENDING_FILES)):
         settle_record(catalog, pending)
+
+
+def settle_stopped(catalog: Catalog, folders: Iterable[Path]) -> None:
+    """What every reader of mining records does first (the report's mining rounds, `mlc inspect
+    --html`, the review app's mined.csv, `mlc mine --undo`): `settle_record` each pending record in
+    these bundles whose mining run is over (ended, or its process known gone: killed with -9 between
+    the record and its publishing), so that a reader never shows a round the catalog never committed
+    nor misses one it did, without waiting for the bundle's next mining (the mining26 leftovers). A
+    run still mining is left alone: it publishes its own record once it commits (a reader never
+    reads a pending one). Idempotent: two readers settling one record give the same answer once."""
+    for folder in folders:
+        for pending in sorted(Path(folder).glob(PENDING_FILES)):
+            found = PENDING.fullmatch(pending.name)
+            run = catalog.run(found["run"]) if found else None
+            if found and (run is None or run["status"] != "running"):
+                settle_record(catalog, pending)
+
+
+def bundle_folders(models: Path) -> list[Path]:
+    "The folders under a models folder: the bundles a mining round may have written a record into."
+    return [p for p in models.iterdir() if p.is_dir()] if models.is_dir() else []
+
+
+def settle_in(catalog_path, folders: Iterable[Path]) -> None:
+    """`settle_stopped` for a reader with no catalog open: the catalog opened (read-only) only when one
+    of the bundles holds a pending record."""
+    folders = [f for f in folders if next(Path(f).glob(PENDING_FILES), None) is not None]
+    if folders and catalog_exists(catalog_path):
+        with Catalog(catalog_path, readonly=True) as catalog:
+            settle_stopped(catalog, folders)
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:

@@ -27,6 +27,7 @@ from mlc_pipeline.catalog.overrides import overrides
 from mlc_pipeline.model.assess import SCORE_PREFIX, SCORES_FILE
 from mlc_pipeline.model.bundle import MetaError, read_meta
 from mlc_pipeline.model.metrics import predict_matrix, real_class_indices, targets_from_labels
+from mlc_pipeline.model.mine_record import settle_in
 from mlc_pipeline.model.predict_cli import decimals
 from mlc_pipeline.model.registry import threshold_places
 from mlc_pipeline.report.html import figure, folded, png_img, table, thumbnail_uri
@@ -273,7 +274,10 @@ def mining_section(rounds: list[tuple[int, Path]], catalog_path=None) -> str:
     of the hard negatives the round added and links to its record (every decision) and to the
     bundle's review.csv (class images to check, from its latest mining). With `catalog_path`, a
     negative the catalog no longer holds as that round's (undone, removed, decided in review) is
-    counted apart and marked, so that the page says what the next build learns from."""
+    counted apart and marked, so that the page says what the next build learns from. A record a
+    stopped round left pending is settled against that catalog first (mine_record.settle_in)."""
+    if catalog_path is not None:
+        settle_in(catalog_path, {bundle_dir for _, bundle_dir in rounds})
     records = sorted({(r, path.parent, path) for round_no, bundle_dir in rounds
                       for r, path in mined_records(bundle_dir, round_no)})
     if not records:

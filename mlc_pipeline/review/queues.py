@@ -11,6 +11,7 @@ from pathlib import Path
 from mlc_pipeline.config import Config
 from mlc_pipeline.model import registry
 from mlc_pipeline.model.bundle import MetaError, read_meta
+from mlc_pipeline.model.mine_record import bundle_folders, settle_in
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,14 @@ def mining_bundle(cfg: Config) -> Path | None:
     """The bundle the latest mining round wrote its review.csv and mined.csv into: the latest bundle
     when it mined, else the most recently mined one. A run that ships its retrained round ships a
     bundle that never mined, and the queues page said "lists none" beside a run summary counting the
-    round's class images to review (the day24 audit)."""
+    round's class images to review (the day24 audit). A record a stopped round left pending is
+    settled against the catalog first (mine_record.settle_in): a round killed after its commit shows."""
+    models = cfg.layout.models
+    settle_in(cfg.catalog_path, bundle_folders(models))
     latest = registry.latest_bundle(cfg.layout.models)
     if latest is not None and any((latest / name).is_file() for name in ("review.csv", "mined.csv")):
         return latest
-    models = cfg.layout.models
-    mined = [p for p in models.iterdir() if p.is_dir() and (p / "mined.csv").is_file()] if models.is_dir() else []
+    mined = [p for p in bundle_folders(models) if (p / "mined.csv").is_file()]
     return max(mined, key=lambda p: (p / "mined.csv").stat().st_mtime, default=latest)
 
 
