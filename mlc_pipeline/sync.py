@@ -40,6 +40,7 @@ from mlc_pipeline import storefiles
 from mlc_pipeline.publishing import failed_publish_recorded
 from mlc_pipeline.storemodels import POINTER_KEY, pull_model, pull_registry, push_bundle, store_pointer
 from mlc_pipeline.storefiles import delete_unnamed_files, drop_taken_down, pull_files, push_files
+from mlc_pipeline.storereports import pull_run_records
 from mlc_pipeline.storeversions import (drop_withdrawn, pull_previous_listing, pull_version, push_versions,
                                         remote_versions, remote_versions_with)
 
@@ -65,7 +66,7 @@ PULLS = {"collect": ("catalog", "files"), "curate": ("catalog", "files", "versio
          "train-continue": ("catalog", "versions", "model"),     # the model continued and its versions
          "mine": ("catalog", "files", "model"), "inspect": ("catalog", "version", "previous"),
          "remove": ("catalog",),     # then its photos' files alone (pull_for_takedown); versions read in the store
-         "run": ("catalog", "files", "versions", "model"),
+         "run": ("catalog", "files", "versions", "model", "reports"),    # reports: storereports.RUN_RECORDS
          "review": ("catalog", "files", "versions", "model")}   # pages, thumbnails, the model's queues
 
 
@@ -276,6 +277,9 @@ def pull(cfg: Config, command: str, version: str | None = None) -> None:
                 pull_version(store, cfg, v)
         if "model" in parts:
             pull_model(store, cfg)
+        if "reports" in parts:      # what the last run shipped (after LATEST: shipping compares the two)
+            fetched = pull_run_records(store, cfg, read_state(cfg).get("published", {}))
+            write_state(cfg, published={**read_state(cfg).get("published", {}), **fetched})
 
 
 def publish(cfg: Config) -> None:

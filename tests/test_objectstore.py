@@ -116,6 +116,22 @@ def test_an_empty_cache_sees_the_same_latest_and_builds_and_trains_from_it(publi
     assert f"models/{rounds[0]['bundle']}/mined.csv" in s.listing("models")     # written after its marker
 
 
+
+def test_a_rerun_from_another_cache_reuses_the_round_0_the_last_run_shipped(published, s3_server):
+    """reports/shipped.json (what a run shipped) travels with the store (storereports.py): from a fresh
+    cache, a run with nothing new trained round 0 again, and published it with no comparison."""
+    folder, _ = published
+    first = bucket_config(folder, s3_server, "mlc-e2e", "cache-ship")
+    mlc("run", "--no-progress", "--set", "mine.rounds=0", config=first)
+    shipped = json.loads((load_config(first).layout.reports / "shipped.json").read_text())["shipped"]
+    rerun = bucket_config(folder, s3_server, "mlc-e2e", "cache-rerun")
+    mlc("run", "--no-progress", "--set", "mine.rounds=0", config=rerun)
+    cfg = load_config(rerun)
+    summary = json.loads((cfg.layout.reports / "latest.json").read_text())
+    assert summary["reused"] and [r["bundle"] for r in summary["rounds"]] == [shipped] == [summary["shipped"]]
+    assert [p.name for p in cfg.layout.models.iterdir() if p.is_dir()] == [shipped]      # nothing trained
+    assert store(cfg).read_text("models/LATEST").strip() == shipped
+
 def test_the_marker_is_written_last_and_a_version_without_it_is_ignored(published, s3_server, monkeypatch):
     folder, config = published
     cfg = load_config(config)
