@@ -280,13 +280,13 @@ def cmd_export(args) -> int:
 
 def cmd_run(args) -> int:
     from mlc_pipeline.pipeline import Stages, run_stages
-    from mlc_pipeline.report.rounds import rounds_markdown
+    from mlc_pipeline.report.rounds import mining_text, rounds_markdown
     from mlc_pipeline.model.options import check_train_settings
     cfg = load_config(args.config, parse_overrides(args.set))
     check_train_settings(cfg)         # before waiting for the lock, and before collecting
     with writing(cfg, args, new_root=True):     # the lock run_pipeline takes, and its check done above:
         res = run_stages(cfg, Stages(not args.no_progress))    # not twice (it builds a named network)
-    print(rounds_markdown(res))
+    print(rounds_markdown(res) + mining_text(res))      # the table's negatives added, and the held
     if res.not_shipped:
         print(f"not shipped: {res.not_shipped}")
     from mlc_pipeline.model.stage import models_root

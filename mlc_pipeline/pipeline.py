@@ -33,7 +33,7 @@ from mlc_pipeline.model.options import check_train_settings
 from mlc_pipeline.model.stage import models_root, publish_latest, train_alternatives, train_version
 from mlc_pipeline.report.inspect import write_html_report
 from mlc_pipeline.report.model import model_section
-from mlc_pipeline.rounds import RoundRecord, record
+from mlc_pipeline.rounds import RoundRecord, mining_counts, record
 from mlc_pipeline.shipping import (incumbent_model, last_shipped_model, not_shipped_reason, record_shipped, round0_key,
                                    unknown_rate)
 
@@ -53,6 +53,7 @@ class PipelineResult:
     trained_with: dict = field(default_factory=dict)   # what round 0 depends on besides the data (`round0_key`)
     reused: str = ""                # round 0 was the last run's shipped model, not retrained: why
     round0_not_shipped: RoundRecord | None = None   # a round 0 trained in this run that did not beat the shipped model
+    mined: list[dict] = field(default_factory=list)    # each mining round's numbers (rounds.mining_counts)
 
     @property
     def stopped_early(self) -> bool:
@@ -231,6 +232,7 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
         last = r == first + cfg.mine.rounds - 1
         with stages.stage("mine"):
             mined = stages.mine(cfg, model["bundle_dir"], r)
+        out.mined.append(mining_counts(r, mined))     # held for review too: `mlc run` says both
         if why := mining_stop(cfg, r, mined["added"]):
             log.info("%s; stopping", why)
             out.stop_reason = why

@@ -34,3 +34,12 @@ def record(round_no: int, version: str, bundle: str, metrics: dict, added: int =
     test = metrics["test"]
     return RoundRecord(round_no, version, bundle, test["macro_f1"], test.get("unknown_accepted"),
                        test.get("probe_accepted"), added, shared_valid_f1(metrics))
+
+
+def mining_counts(round_no: int, mined: dict) -> dict:
+    """What a mining round did with the pool, in numbers (a mine result as `Stages.mine` returns one:
+    its held images listed; counts a result lacks are left out): kept in the run's result, so that
+    `mlc run` can say how many it held for review beside how many it added."""
+    counts = {"round": round_no, "added": mined.get("added", 0), "held": len(mined.get("held") or [])}
+    counts.update({k: mined[k] for k in ("scored", "accepted", "over_cap", "decided_in_review") if k in mined})
+    return counts

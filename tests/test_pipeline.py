@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -59,6 +60,14 @@ def test_mlc_run_collects_trains_mines_retrains_and_reports(tiny_project):
     assert len(mined) == rounds[1]["negatives_added"]
     assert all(r["labels"] == "" and r["split"] in ("train", "valid", "test") for r in v2 if r["photo_id"] in mined)
     assert not mined & {r["photo_id"] for r in v1}
+
+    # Below the rounds table, what round 1 did with the pool: the images it held for review too
+    with Catalog(cfg.catalog_path, readonly=True) as catalog:
+        held = [r for r in catalog.candidates(reason_prefix="held:") if r["reason"].endswith(":round=1")]
+    assert re.search(rf"^mining round 1: \d+ pool images scored, \d+ accepted as a class: "
+                     rf"{rounds[1]['negatives_added']} hard negatives added, {len(held)} held for review \(`mlc "
+                     rf"review`\), \d+ over the round's cap$", res.stdout, re.M), res.stdout
+    assert summary["mined"][0]["held"] == len(held) and summary["mined"][0]["round"] == 1
 
     # Every class has its count of usable images, or the run said why not.
     with Catalog(cfg.catalog_path, readonly=True) as catalog:
@@ -311,6 +320,36 @@ class NightlyStages(ScriptedStages):
             from mlc_pipeline.model.stage import publish_latest
             publish_latest(cfg, model["bundle"])
         return model
+
+
+class HoldingStages(ScriptedStages):
+    """Mining as mine_round returns it (plain): of 41 pool images scored, 9 accepted as a class: 5
+    added, 3 held for review, 1 over the round's cap."""
+
+    def mine(self, cfg, bundle_dir, round_no):
+        held = [{"photo_id": f"h{i}", "decision": "held:like-class:a"} for i in range(3)]
+        return {"round": round_no, "model": Path(bundle_dir).name, "scored": 41, "accepted": 9, "added": 5,
+                "errors": 0, "review": [], "negatives": [{"photo_id": f"n{i}"} for i in range(5)], "held": held,
+                "over_cap": 1, "decided_in_review": 0}
+
+
+def test_mlc_run_says_how_many_images_each_mining_round_held_for_review(tmp_path):
+    """`mlc run` printed the rounds table (negatives added) and nothing of the images a round held,
+    which wait for a reviewer (`mlc mine` says both)."""
+    from mlc_pipeline.pipeline import run_stages
+    from mlc_pipeline.report.rounds import mining_text
+    cfg = _loop_config(tmp_path, rounds=2)
+    out = run_stages(cfg, HoldingStages([(0.10, 0.30), (0.05, 0.20), (0.02, 0.10)]))
+    assert [r.round for r in out.rounds] == [0, 1, 2]
+    assert mining_text(out) == "".join(
+        f"mining round {r}: 41 pool images scored, 9 accepted as a class: 5 hard negatives added, 3 held for "
+        "review (`mlc review`), 1 over the round's cap\n" for r in (1, 2))
+    saved = json.loads((cfg.layout.reports / "latest.json").read_text())["mined"]
+    assert saved == [{"round": r, "added": 5, "held": 3, "scored": 41, "accepted": 9, "over_cap": 1,
+                      "decided_in_review": 0} for r in (1, 2)]
+    assert mining_text(run_stages(_loop_config(tmp_path / "scripted", rounds=1),
+                                  ScriptedStages([(0.1, 0.3), (0.05, 0.2)]))) == (
+        "mining round 1: 5 hard negatives added, 0 held for review (`mlc review`)\n")
 
 
 def test_a_run_with_nothing_new_to_learn_mines_from_the_shipped_model_instead_of_training_it_again(tmp_path, monkeypatch):

@@ -59,6 +59,21 @@ def rounds_markdown(result) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mining_text(result) -> str:
+    """What each mining round of a run did with the pool, a line each (a run's `mined`,
+    rounds.mining_counts): the rounds table counts the negatives a round added, these lines the
+    images it held for review as well (`mlc review` decides them), which `mlc run` did not say."""
+    lines = []
+    for m in getattr(result, "mined", None) or []:
+        scored = f"{m['scored']} pool images scored, " if "scored" in m else ""
+        accepted = f"{m['accepted']} accepted as a class: " if "accepted" in m else ""
+        over = f", {m['over_cap']} over the round's cap" if "over_cap" in m else ""
+        late = f", {m['decided_in_review']} decided in review meanwhile" if m.get("decided_in_review") else ""
+        lines.append(f"mining round {m['round']}: {scored}{accepted}{m['added']} hard negatives added, "
+                     f"{m['held']} held for review (`mlc review`){over}{late}")
+    return "".join(line + "\n" for line in lines)
+
+
 def variants_markdown(result, metrics_by_bundle: dict[str, dict], models_dir: Path | None) -> str:
     """The product model of round 0 beside the comparison heads trained on the same data, and the
     product after mining. `models_dir`: where round 0's bundle.json says which head it has (None:
