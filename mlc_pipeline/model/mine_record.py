@@ -127,7 +127,11 @@ def settle_stopped(catalog: Catalog, folders: Iterable[Path]) -> None:
             found = PENDING.fullmatch(pending.name)
             run = catalog.run(found["run"]) if found else None
             if found and (run is None or run["status"] != "running"):
-                settle_record(catalog, pending)
+                try:
+                    settle_record(catalog, pending)
+                except OSError as exc:      # a read-only models folder, say: the reader reads on
+                    log.warning("%s: a stopped round's record %s could not be settled (%s): shown as the "
+                                "published records say, until a mining with it settles it", folder, pending.name, exc)
 
 
 def bundle_folders(models: Path) -> list[Path]:

@@ -168,3 +168,17 @@ def test_a_reader_leaves_the_pending_record_of_a_round_still_mining_alone(tmp_pa
     pending = record_round(bundle_dir, 1, rows, MINED_COLUMNS, run_id)
     assert mining_section([(1, bundle_dir)], cfg.catalog_path) == "" and scores_for(cfg, pool[0]["id"]) == []
     assert pending.is_file()
+
+
+def test_a_record_that_cannot_be_settled_is_said_and_the_reader_reads_on(committed, caplog):
+    """`mlc inspect --html` wrote nothing into a bundle before: a record it cannot settle (a models
+    folder it may not write into; here, as root, a pending name that is a folder) must not crash the
+    report."""
+    crashed, tmp = committed
+    cfg = _copy(crashed, tmp, "unsettled")
+    bundle_dir = cfg.layout.models / "bundle"
+    pending = next(bundle_dir.glob(".mined-r*"))
+    pending.unlink()
+    pending.mkdir()
+    assert mining_section([(1, bundle_dir)], cfg.catalog_path) == ""
+    assert "could not be settled" in caplog.text and not _no_pending(cfg)
