@@ -190,7 +190,7 @@ def cmd_mine(args) -> int:
         res = mine_round(cfg, bundle, args.round)      # None: the round after the catalog's last
     print(f"round {res.round}: scored {res.scored} pool images, {res.added} hard negatives added "
           f"(next `mlc build` includes them), {len(res.held)} held for review, {res.over_cap} over the round's cap; "
-          f"every decision with its score in {bundle}/mined.csv{res.undo_hint}; "
+          f"every decision with its score in {bundle}/mined.csv{res.undo_hint(args.config, args.set)}; "
           f"{len(res.review)} class images listed for review in {bundle}/review.csv")
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
@@ -57,10 +58,13 @@ class MineResult:
     decided_in_review: int = 0         # ... those a person decided in review while the pool was scored
     undoable: bool = False             # the round has mined or held images `mlc mine --undo` puts back
 
-    @property
-    def undo_hint(self) -> str:
-        "How to put the round back; '' for a round whose undo would be refused (nothing to put back)."
-        return f" (undo: `mlc mine --undo --round {self.round}`)" if self.undoable else ""
+    def undo_hint(self, config: str, overrides: list[str] | None = None) -> str:
+        """How to put the round back, as a command to copy (the config and --set overrides the mine ran
+        with: without -c the command is a usage error); '' for a round whose undo would be refused."""
+        if not self.undoable:
+            return ""
+        words = ["mlc", "mine", "-c", config, *(w for o in overrides or [] for w in ("--set", o))]
+        return f" (undo: `{shlex.join([*words, '--undo', '--round', str(self.round)])}`)"
 
 
 def accepted_classes(bundle, probs: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@ hint it prints only for a round an undo would accept (the mining26 audit, D2 and
 
 from __future__ import annotations
 
+import shlex
 from types import SimpleNamespace
 
 import pytest
@@ -67,5 +68,20 @@ def test_a_round_that_added_and_held_nothing_prints_no_undo_that_would_be_refuse
     assert res.stdout.startswith("round 2: scored ") and " 0 hard negatives added " in res.stdout, res.stdout
     assert " 0 held for review" in res.stdout and "--undo" not in res.stdout, res.stdout
     assert mlc(config, "--undo", "--round", "2").returncode == 2          # what the hint would have said
-    res = mlc(config, "--round", "1")                   # round 1 again adds nothing, but has images to put back
-    assert res.returncode == 0 and "(undo: `mlc mine --undo --round 1`)" in res.stdout, res.stdout
+    res = mlc(config, "--round", "1", "--set", "mine.max_per_round=100")   # adds nothing, has images to put back
+    hint = f"(undo: `mlc mine -c {config} --set mine.max_per_round=100 --undo --round 1`)"
+    assert res.returncode == 0 and hint in res.stdout, res.stdout
+
+
+def test_the_undo_hint_is_a_command_that_runs_as_copied(tmp_path, capsys):
+    """The hint said `mlc mine --undo --round 1`: copied, a usage error (-c is required: the docs27 audit)."""
+    config, cfg, bundle = _project(tmp_path)
+    assert main(["mine", "-c", str(config), "--no-progress", "--round", "1"]) == 0
+    out = capsys.readouterr().out
+    hint = out.split("(undo: `", 1)[1].split("`)", 1)[0]
+    words = shlex.split(hint)
+    assert words[:2] == ["mlc", "mine"], hint
+    assert main(words[1:]) == 0, capsys.readouterr().err
+    put_back = capsys.readouterr().out
+    assert put_back.startswith("round 1: ") and " mined or held pool images put back into the pool" in put_back
+    assert int(put_back.split()[2]) > 0, put_back
