@@ -283,6 +283,13 @@ def test_the_run_summary_says_why_mining_stopped(tmp_path):
     cfg = _loop_config(tmp_path / "all", rounds=2)
     out = run_stages(cfg, ScriptedStages([(0.10, 0.30), (0.05, 0.20), (0.05, 0.10)]))
     assert out.stop_reason == "" and not [n for n in run_notes(out) if "mining-stopped" in n]
+    mined = [{"round": r, "model": "b", "scored": 41, "added": 5 - r, "held": [{"photo_id": "7"}] * r,
+              "over_cap": 0} for r in (1, 2)]
+    text = summary_markdown({"status": "Completed", "config_path": "c.yaml", "models": models, "mined": mined,
+                             "stop_reason": ""})       # every round ran: the summary still says what each held
+    assert ("Mining: Round 1 scored 41 pool images: 5 accepted as a class (4 added as hard negatives, 1 held "
+            "for review, 0 over the round's cap). Round 2 scored 41 pool images: 5 accepted as a class (3 added "
+            "as hard negatives, 2 held for review, 0 over the round's cap).") in text, text
 
 
 def mining_stop_text(cfg, round_no: int) -> str:

@@ -188,8 +188,13 @@ def summary_markdown(run: dict) -> str:
             lines += [f"**Round 0:** {md_escape(run['reused'])}.", ""]
         if run.get("not_shipped"):
             lines += [f"**Not shipped:** {md_escape(run['not_shipped'])}.", ""]
+        # every round's numbers, held for review included, whether or not mining stopped before its last
+        # round (a run that mined every round said nothing of what it held: the mining26 leftovers)
+        rounds_mined = "".join(mined_numbers([m]) for m in run.get("mined") or [])
         if run.get("stop_reason"):
-            lines += [f"Mining stopped: {md_escape(run['stop_reason'])}." + mined_numbers(run.get("mined") or []), ""]
+            lines += [f"Mining stopped: {md_escape(run['stop_reason'])}." + rounds_mined, ""]
+        elif rounds_mined:
+            lines += ["Mining:" + rounds_mined, ""]
         warnings = shipped["metrics"].get("warnings") or []
         if warnings:
             lines += ["**Training warnings** (latest model: its data, its cap, its time budget):", ""]
