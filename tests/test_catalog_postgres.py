@@ -129,9 +129,11 @@ def test_pair_scores_are_kept_by_digests_overwritten_and_pruned(catalog_settings
             c.save_pair_scores("m1", {(b, a): 0.3})                  # the smaller digest first
         others: list = []
         assert c.pair_scores("m1", [a, b, c_], others) == {(a, b): 0.25, (b, c_): 0.93} and others == [(a, gone)]
-        assert c.prune_pair_scores("m1", others) == 2                  # m0's, and the one with a file not given
+        c.save_pair_scores("m2", {(a, b): 0.7})                        # a second method a curate keeps
+        assert c.prune_pair_scores({"m1": others, "m2": []}) == 2      # m0's, and the one with a file not given
         assert c.pair_scores("m1", [a, b, c_, gone]) == {(a, b): 0.25, (b, c_): 0.93}
-        assert c.pair_scores("m0", [a, c_]) == {}
+        assert c.pair_scores("m0", [a, c_]) == {} and c.pair_scores("m2", [a, b]) == {(a, b): 0.7}
+        assert c.prune_pair_scores({"m1": []}) == 1 and c.pair_scores("m2", [a, b]) == {}
 
 
 def test_readonly_open_of_a_catalog_not_created_yet_reads_empty(catalog_settings, tmp_path):
@@ -455,6 +457,7 @@ def test_migrate_copies_a_sqlite_catalog_idempotently_and_verifies(postgres_serv
             before["events"] = [dict(e) for e in before["events"]]
             one, two = sorted(r["sha256"] for r in c.candidates("status='downloaded'"))[:2]
             c.save_pair_scores("a method", {(one, two): 0.95})         # kept near-duplicate scores go too
+            c.keep_corner_hashes("a method", {one: "0123456789abcdef"}, published=[one])    # and corner hashes
         config = tmp_path / "config.yaml"
         config.write_text(yaml.safe_dump(raw))
         # read before the migrate: after it, the SQLite config is refused (test_after_migrate_...)
@@ -479,6 +482,7 @@ def test_migrate_copies_a_sqlite_catalog_idempotently_and_verifies(postgres_serv
             assert [dict(e) for e in c.db.execute("SELECT * FROM events ORDER BY id")] == before["events"]
             assert c.removed_owners() == set() and len(c.removals()) == 1
             assert c.pair_scores("a method", [one, two]) == {(one, two): 0.95}
+            assert c.kept_corner_hashes("a method") == {one: "0123456789abcdef"}
         pg_config = tmp_path / "pg.yaml"
         pg_config.write_text(yaml.safe_dump({**raw, "catalog": {"url": pg_url}}))
         shown = subprocess.run([*MLC, "inspect", "-c", str(pg_config), "--json"], capture_output=True, text=True,

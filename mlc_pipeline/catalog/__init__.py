@@ -7,6 +7,7 @@ the project lives in this package.
   postgres.py  a PostgreSQL database (`catalog: {url: postgresql://...}`), several writers at once
   copy.py      `mlc catalog migrate`: a SQLite catalog copied into PostgreSQL
   pairs.py     near-duplicate pair scores kept between curates (a cache)
+  corners.py   the corner hashes of published test files kept between curates (a cache)
 
 Where a catalog lives (a SQLite file, or a PostgreSQL URL checked and shown without a password) is
 mlc_pipeline/catalog_address.py, below both this package and the config that names it.

@@ -32,7 +32,8 @@ from .store import Catalog
 
 log = logging.getLogger(__name__)
 BATCH = 2000
-KEYS = {"meta": "key", "runs": "run_id", "pair_scores": "method, sha_a, sha_b", **overrides.TABLES}   # others: id
+KEYS = {"meta": "key", "runs": "run_id", "pair_scores": "method, sha_a, sha_b", "kept_corners": "method, sha256",
+        **overrides.TABLES}   # others: id
 
 
 class TargetNotEmpty(CatalogError):

@@ -4,8 +4,10 @@ connection (`self.db`) and helpers it uses; statements in SQLite's dialect as st
 A score (curate/similarity.py) is a pure function of the two files' bytes and of the scoring
 method, so it is kept by the two sha256 digests (the smaller first) and the method's name; a
 nightly curate decides every image again, and without these it scored the same candidate pairs
-every night. `mlc catalog migrate` copies them with the rest; `prune_pair_scores` drops those of
-another method, or of a pair no longer between the files a curate decides.
+every night. A curate keeps two methods: the images' own scores and those of one image's mirror image
+against the other (curate/decide.py, `MirroredSimilarity`). `mlc catalog migrate` copies them with the
+rest; `prune_pair_scores` drops those of another method, or of a pair no longer between the files a
+curate decides.
 """
 
 from __future__ import annotations
@@ -42,16 +44,17 @@ class PairScoreQueries:
                                     "ON CONFLICT (method, sha_a, sha_b) DO UPDATE SET score=excluded.score",
                                     rows[k:k + BATCH])
 
-    def prune_pair_scores(self, method: str, pairs: Iterable[tuple[str, str]]) -> int:
-        """Drop the scores of another method, and of `method`'s `pairs` (those `pair_scores` left in
-        `others`: not between the files a curate decides; a file taken down, changed or rejected
-        since has no use for its scores); how many went. Deleted by key: `NOT IN (SELECT ... FROM
-        candidates)` becomes a scan of candidates per row in PostgreSQL once the digests outgrow its
-        work_mem, and candidates has no index on sha256."""
-        stale = [(method, a, b) for a, b in pairs]
+    def prune_pair_scores(self, stale: Mapping[str, Iterable[tuple[str, str]]]) -> int:
+        """Drop the scores of every method not in `stale`, and of each method's pairs there (those
+        `pair_scores` left in `others`: not between the files a curate decides; a file taken down,
+        changed or rejected since has no use for its scores); how many went. Deleted by key: `NOT IN
+        (SELECT ... FROM candidates)` becomes a scan of candidates per row in PostgreSQL once the
+        digests outgrow its work_mem, and candidates has no index on sha256."""
+        rows = [(method, a, b) for method, pairs in stale.items() for a, b in pairs]
+        methods = sorted(stale)
         with self._atomic():
-            other = max(self.db.execute("DELETE FROM pair_scores WHERE method<>?", (method,)).rowcount, 0)
-            for k in range(0, len(stale), BATCH):
-                self.db.executemany("DELETE FROM pair_scores WHERE method=? AND sha_a=? AND sha_b=?",
-                                    stale[k:k + BATCH])
-        return other + len(stale)
+            other = max(self.db.execute(f"DELETE FROM pair_scores WHERE method NOT IN ({','.join('?' * len(methods))})",
+                                        methods).rowcount, 0) if methods else 0
+            for k in range(0, len(rows), BATCH):
+                self.db.executemany("DELETE FROM pair_scores WHERE method=? AND sha_a=? AND sha_b=?", rows[k:k + BATCH])
+        return other + len(rows)

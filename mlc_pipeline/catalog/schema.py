@@ -63,6 +63,10 @@ CREATE TABLE IF NOT EXISTS pair_scores (   -- a cache of near-duplicate scores (
   sha_a TEXT NOT NULL, sha_b TEXT NOT NULL, method TEXT NOT NULL, score REAL NOT NULL,
   PRIMARY KEY (method, sha_a, sha_b)
 );
+CREATE TABLE IF NOT EXISTS kept_corners (  -- a cache of published test files' corner hashes (corners.py)
+  sha256 TEXT NOT NULL, method TEXT NOT NULL, hashes TEXT NOT NULL,
+  PRIMARY KEY (method, sha256)
+);
 """
 # Columns added after a catalog may have been created: (table, column, type), added when missing.
 ADDED_COLUMNS = (("candidates", "view_hashes", "TEXT"), ("candidates", "source_file", "TEXT"),
@@ -70,7 +74,7 @@ ADDED_COLUMNS = (("candidates", "view_hashes", "TEXT"), ("candidates", "source_f
                  ("runs", "host", "TEXT"), ("runs", "pid", "INTEGER"), ("runs", "process", "TEXT"),
                  ("candidates", "corner_hashes", "TEXT"))     # a photo taken down: hashing.corner_phashes
 # Tables in the order a copy fills them; those whose ids a database assigns (identity columns).
-TABLES = ("meta", "runs", "licenses", "candidates", "events", "removals", "pair_scores")
+TABLES = ("meta", "runs", "licenses", "candidates", "events", "removals", "pair_scores", "kept_corners")
 GENERATED_IDS = ("candidates", "events", "removals")
 
 # Candidate fields that describe the photo (as the source reported it); updated on every sighting.

@@ -34,6 +34,7 @@ from typing import Iterable, Iterator
 
 from . import postgres, runs, sqlite
 from mlc_pipeline.catalog_address import PostgresCatalog
+from .corners import KeptCornerQueries
 from .pairs import PairScoreQueries
 from .removals import RemovalQueries
 from .rows import RowQueries
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 
 RUNS_OF_THIS_PROCESS = runs.RUNS_OF_THIS_PROCESS     # the runs this process started (curate/unpublished.py)
 
-class Catalog(RowQueries, RemovalQueries, TallyQueries, PairScoreQueries):
+class Catalog(RowQueries, RemovalQueries, TallyQueries, PairScoreQueries, KeptCornerQueries):
     """`where` is the SQLite file (a path) or a `PostgresCatalog` (config's `catalog_path` gives the
     right one). `readonly=True` (inspect, reports) never writes, never waits for a writer and works
     on a read-only data root; a missing catalog then reads as an empty one. Writers wait up to

@@ -331,7 +331,7 @@ def _curate(cfg: Config) -> CurateSummary:
                 bar.advance(len(ok))
             with catalog.transaction():
                 catalog.save_pair_scores(METHOD, confirm.scored)      # the next curate needs not score them
-                catalog.prune_pair_scores(METHOD, others)
+                catalog.prune_pair_scores({METHOD: others})
                 for rid in confirm.changed & {r["id"] for r in ok}:   # rewritten in place, at the same size
                     catalog.update_fields(rid, hashed_sha256=None)     # the next curate inspects it again
                 for r in ok:
