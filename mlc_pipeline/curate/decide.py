@@ -12,14 +12,15 @@ from collections import defaultdict
 from functools import partial
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from mlc_pipeline.config import Config
 from mlc_pipeline.curate.dedup import DedupItem, Look, resolve_duplicates, settle_labels, view_distance
 from mlc_pipeline.curate.hashing import hex_to_uint64
+from mlc_pipeline.curate.lookalikes import LOOKALIKE_BITS, window_bits
 from mlc_pipeline.curate.neardup import find_pairs
 from mlc_pipeline.curate.pair_pool import prefetch_scores
-from mlc_pipeline.curate.similarity import CONFIRM, SURE, FileSimilarity, PairScores
+from mlc_pipeline.curate.similarity import CONFIRM, METHOD, SURE, FileSimilarity, PairScores, Signature, similarity
 
 PURPOSE_PRIORITY = ("train", "probe", "pool")   # a duplicate across purposes stays in the first
 # Image modes whose pixels hold no colour (Pillow's names, read from the file's header): 1-bit, 8-bit
@@ -72,15 +73,19 @@ def dedup_item(r: dict) -> DedupItem:
 
 
 def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = None,
-            confirm: FileSimilarity | None = None) -> dict[int, tuple[str, str | None, int | None, str | None]]:
+            confirm: FileSimilarity | None = None, mirrored: MirroredSimilarity | None = None,
+            ) -> dict[int, tuple[str, str | None, int | None, str | None]]:
     """Decide every verified row: id -> (status, reason, duplicate_of, curated_label).
 
     `published_tests`: test images of published dataset versions (`published_test_images`); a
-    train or pool row that duplicates one of them is dropped as `*-duplicate-of-test`. `confirm`:
-    scores pairs (given, it holds the scores kept from earlier curates, and gets this one's).
+    train or pool row that duplicates one of them, or is a corner crop or mirror image of one
+    (`window_copies`), is dropped as `*-duplicate-of-test`. `confirm`: scores pairs (given, it holds
+    the scores kept from earlier curates, and gets this one's); `mirrored`, a row's mirror image
+    against a test image, likewise (on `confirm`'s files).
     """
     threshold = cfg.curate.hamming_threshold
     confirm = confirm if confirm is not None else FileSimilarity({})
+    mirrored = mirrored if mirrored is not None else MirroredSimilarity(confirm.paths, confirm.digests)
     confirm.paths.update({r["id"]: r["file_path"] for r in rows})
     confirm.digests.update({r["id"]: r["sha256"] for r in rows})
     ids = {r["id"] for r in rows}
@@ -102,6 +107,7 @@ def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = 
                 own_bytes.setdefault(by_id[t["candidate_id"]]["sha256"], k)     # the first version
         found = {r["id"]: (tests[own_bytes[r["sha256"]]]["id"], 0, "exact") for r in exposed if r["sha256"] in own_bytes}
         found.update(cross_duplicates(tests, [r for r in exposed if r["id"] not in found], threshold, confirm))
+        found.update(window_copies(tests, [r for r in exposed if r["id"] not in found], confirm, mirrored))
         for rid, (tid, dist, kind) in found.items():
             t = tests[tid[1]]
             keeper = t["candidate_id"] if t["candidate_id"] in ids else None   # None: no longer in this catalog
@@ -204,5 +210,47 @@ def cross_duplicates(kept: list[dict], new: list[dict], threshold: int, confirm)
             score = confirm(items[k].id, nid)
             if score is not None and score >= CONFIRM:
                 out[nid] = (items[k].id, dist, "near")
+                break
+    return out
+
+
+MIRROR_METHOD = f"mirror:{METHOD}"    # MirroredSimilarity's scores in the catalog (pair_scores)
+
+
+class MirroredSimilarity(FileSimilarity):
+    """`FileSimilarity` of the first image's mirror image with the second (`similarity` never compares
+    flips), its scores kept apart from the images' own: under MIRROR_METHOD in the catalog, and in its
+    own memo for the process. `window_copies` asks it for a row against a published test image."""
+
+    def __init__(self, paths: dict, digests: dict | None = None, known: dict | None = None):
+        super().__init__(paths, digests, known, memo=MIRRORED)
+
+    def compare(self, a: Signature, b: Signature) -> float:
+        return similarity(Signature(ImageOps.mirror(a.image)), b)
+
+
+MIRRORED = PairScores(100_000)        # (file mirrored, other file) -> score, for the process
+
+
+def window_copies(tests: list[dict], new: list[dict], confirm: FileSimilarity,
+                  mirrored: MirroredSimilarity) -> dict[int, tuple[tuple, int, str]]:
+    """new row id -> (test image id, bits, 'corner' | 'mirror') for the new rows that are a corner crop
+    or a mirror image of a published test image: whole image within LOOKALIKE_BITS of one of its corner
+    windows or mirror views (`lookalikes.window_bits`, the takedown's rule; `corner_hashes`), and
+    confirmed by pixels as every near copy is, at CONFIRM: a corner window by `confirm` (its anchored
+    search finds a crop at a corner), a mirror view by `mirrored`. The search compares centred views
+    only, so these were never its candidates (the export26 audit: a 7.5 % corner crop of a v1 test
+    photo trained in v2); by hashes alone, different drawings of the generated world come as close
+    (docs/curation.md, "Test images of earlier versions never train"). Nearest first."""
+    near: dict[int, list[tuple[int, int, str]]] = defaultdict(list)
+    for (i, j), (corner, mirror) in window_bits(new, tests, LOOKALIKE_BITS).items():
+        near[i] += [(bits, j, kind) for bits, kind in ((corner, "corner"), (mirror, "mirror")) if bits <= LOOKALIKE_BITS]
+    out: dict[int, tuple[tuple, int, str]] = {}
+    for i, found in near.items():
+        for bits, j, kind in sorted(found):
+            t, rid = tests[j]["id"], new[i]["id"]
+            score = confirm(t, rid) if kind == "corner" else mirrored(rid, t)
+            if score is not None and score >= CONFIRM:
+                out[rid] = (t, bits, kind)
                 break
     return out

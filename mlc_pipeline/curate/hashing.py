@@ -45,8 +45,10 @@ log = logging.getLogger(__name__)
 HASH_DECODE_SIDE = 64
 # A takedown keeps the phashes of its photo's four corner windows, this share cut off two adjacent
 # edges: a copy cut at a corner (5-10 %) has a whole-image phash near one of them (docs/curation.md,
-# "Near copies collected later"). For every image they would cost curate ~0.1 ms a view (ibid.).
+# "Near copies collected later"). For every image they would cost curate ~0.1 ms a view (ibid.); they
+# are kept for photos taken down and for published test images (the catalog's kept_corners, by digest).
 CORNER_CUT = 0.075
+CORNER_METHOD = f"corners-v1:{CORNER_CUT}:{HASH_DECODE_SIDE}:{VIEW_CROPS}"    # what kept corner hashes were made by
 
 
 @dataclass(frozen=True)
@@ -151,13 +153,14 @@ def views_of(grey: np.ndarray) -> list[np.ndarray]:
     return views
 
 
-def corner_phashes(path: str | os.PathLike) -> str | None:
+def corner_phashes(path: str | os.PathLike, limits: VerifyLimits = VerifyLimits()) -> str | None:
     """What a takedown keeps of a photo beyond its own views, for copies collected once its file is
-    gone (`curate.takedown`: a copy's whole-image phash is compared with each): the phashes of the four
-    windows with CORNER_CUT cut off two adjacent edges, then of its mirror image's views (a flipped
-    re-upload: phash is not mirror-invariant), decoded as for its own hashes, comma-separated; None
-    when it cannot be read or decoded."""
-    record, views = decode_for_hashing(os.fspath(path), VerifyLimits())
+    gone (`curate.takedown`: a copy's whole-image phash is compared with each), and curate of a published
+    test image (`curate.decide`): the phashes of the four windows with CORNER_CUT cut off two adjacent
+    edges, then of its mirror image's views (a flipped re-upload: phash is not mirror-invariant),
+    decoded as for its own hashes, comma-separated; None when it cannot be read or decoded (under
+    `limits`: a published copy is checked as `stage.published_test_images` checks it)."""
+    record, views = decode_for_hashing(os.fspath(path), limits)
     return ",".join(phash_many(takedown_greys(views[0]))) if record.ok and views else None
 
 

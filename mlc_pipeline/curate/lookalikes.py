@@ -4,6 +4,10 @@ keeps its views' phashes, its four corner windows' and its mirror image's views'
 (hashing.corner_phashes); an accepted image within LOOKALIKE_BITS of them is held out for review
 (`overrides.hold`), and the hold's reason names the photo (`taken_down_name`), which is how `mlc
 remove` finds every hold in force for a photo again (`holds_for`). docs/curation.md §7.
+
+`window_bits`, the comparison of an image with a photo's corner windows and mirror views, also finds
+the corner crops and mirror images of published test images for curate (`decide.window_copies`),
+where pixels confirm them: those files are still there.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 from mlc_pipeline.catalog import Catalog, overrides
 from mlc_pipeline.catalog.labels import next_build
 from mlc_pipeline.curate.hashing import hamming_uint64, hex_to_uint64
+from mlc_pipeline.curate.neardup import find_pairs
 from mlc_pipeline.curate.similarity import VIEW_CROPS
 
 log = logging.getLogger(__name__)
@@ -97,18 +102,40 @@ def hold_lookalikes_of_removed(catalog: Catalog, rows: list[dict], keeps: dict[i
 def lookalike_bits(rows: list[dict], removed: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """rows x photos taken down, the least bits apart: (views) every view against every view, as the
     candidate search; (corners) the whole image against the photo's corner windows; (flipped) the
-    whole image against the photo's mirror image's views (64 where the photo has none kept)."""
+    whole image against the photo's mirror image's views (`window_bits`: 64 where more than
+    LOOKALIKE_BITS apart, or where the photo has none kept)."""
     mine = hash_matrix(rows)
     views = np.full((len(rows), len(removed)), 64, dtype=np.int64)
     corners, flipped = views.copy(), views.copy()
-    for j, (r, their) in enumerate(zip(removed, hash_matrix(removed))):
+    for j, their in enumerate(hash_matrix(removed)):
         views[:, j] = hamming_uint64(mine[:, :, None], their[None, None, :]).min(axis=(1, 2))
-        if r["corner_hashes"]:
-            kept = hamming_uint64(mine[:, :1], hex_to_uint64(r["corner_hashes"].split(","))[None, :])
-            corners[:, j] = kept[:, :CORNER_WINDOWS].min(axis=1)
-            if kept.shape[1] > CORNER_WINDOWS:
-                flipped[:, j] = kept[:, CORNER_WINDOWS:].min(axis=1)
+    for (i, j), (corner, mirror) in window_bits(rows, removed, LOOKALIKE_BITS).items():
+        corners[i, j], flipped[i, j] = corner, mirror
     return views, corners, flipped
+
+
+def window_bits(rows: list[dict], photos: list[dict], bits: int) -> dict[tuple[int, int], tuple[int, int]]:
+    """(row index, photo index) -> the least bits between the row's whole image's phash and the photo's
+    corner windows, and its mirror image's views (its `corner_hashes`, hashing.corner_phashes), each 64
+    when more than `bits` apart; for the pairs within `bits` by one or the other. The one comparison of
+    whole images with corner windows: of images with photos taken down (`lookalike_bits`) and with
+    published test images (`decide.window_copies`). Searched as the candidate search searches
+    (`neardup.find_pairs`), not as a rows x photos matrix: a curate compares every training image with
+    every published test image."""
+    kept = [(j, k, h) for j, p in enumerate(photos) for k, h in enumerate((p.get("corner_hashes") or "").split(",")) if h]
+    if not rows or not kept or bits < 0:
+        return {}
+    mine, theirs = hex_to_uint64([r["phash"] for r in rows]), hex_to_uint64([h for _, _, h in kept])
+    pairs = find_pairs(np.concatenate([mine, theirs]), bits)
+    n = len(rows)
+    pairs = pairs[(pairs[:, 0] < n) & (pairs[:, 1] >= n)]       # (i, j), i < j: an image, then a window
+    apart = hamming_uint64(mine[pairs[:, 0]], theirs[pairs[:, 1] - n])
+    out: dict[tuple[int, int], tuple[int, int]] = {}
+    for i, w, d in zip(pairs[:, 0].tolist(), (pairs[:, 1] - n).tolist(), apart.tolist()):
+        j, k, _ = kept[w]
+        corner, mirror = out.get((i, j), (64, 64))
+        out[(i, j)] = (min(corner, d), mirror) if k < CORNER_WINDOWS else (corner, min(mirror, d))
+    return out
 
 
 def hold_if_looks_taken_down(catalog: Catalog, cid: int, client: str) -> dict | None:

@@ -215,8 +215,9 @@ class FileSimilarity:
     """
 
     def __init__(self, paths: dict[Hashable, str | os.PathLike], digests: dict[Hashable, str] | None = None,
-                 known: dict[tuple[str, str], float] | None = None):
+                 known: dict[tuple[str, str], float] | None = None, memo: PairScores | None = None):
         self.paths = paths
+        self.memo = PAIR_SCORES if memo is None else memo     # the process's scores of `compare`
         self.digests = {} if digests is None else digests
         self.known = dict(known or {})
         self.scored: dict[tuple[str, str], float] = {}
@@ -234,7 +235,7 @@ class FileSimilarity:
         if (digests := self.digest_pair(a, b)) is not None and (score := self.known.get(digests)) is not None:
             return score
         fa, fb = self.file_of(a), self.file_of(b)
-        return PAIR_SCORES.get(tuple(sorted((fa, fb)))) if fa and fb else None
+        return self.memo.get(tuple(sorted((fa, fb)))) if fa and fb else None
 
     def signature(self, key: Hashable) -> Signature | None:
         if key not in self._signatures:
@@ -267,17 +268,21 @@ class FileSimilarity:
             return kept
         fa, fb = self.file_of(a), self.file_of(b)
         pair = tuple(sorted((fa, fb))) if fa and fb else None
-        score = PAIR_SCORES.get(pair) if pair is not None else None
+        score = self.memo.get(pair) if pair is not None else None
         if score is None:
             sa, sb = self.signature(a), self.signature(b)
             if sa is None or sb is None:
                 return None
-            score = similarity(sa, sb)
+            score = self.compare(sa, sb)
             if pair is not None:
-                PAIR_SCORES.put(pair, score)
+                self.memo.put(pair, score)
         if digests is not None and self._as_recorded(a, fa) and self._as_recorded(b, fb):
             self.known[digests] = self.scored[digests] = score
         return score
+
+    def compare(self, a: Signature, b: Signature) -> float:
+        "What a pair's score is (`similarity`); `decide.MirroredSimilarity` compares a's mirror image."
+        return similarity(a, b)
 
     def _as_recorded(self, key: Hashable, file: tuple | None) -> bool:
         "Whether the file's bytes, as read to score it, are its recorded digest (else: `changed`)."

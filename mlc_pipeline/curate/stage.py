@@ -26,8 +26,8 @@ from mlc_pipeline.config import Config
 from mlc_pipeline.layout import DataLayout
 from mlc_pipeline.locking import files_lock
 from mlc_pipeline.manifest import read_manifest, versions
-from mlc_pipeline.curate.decide import resolve
-from mlc_pipeline.curate.hashing import FileRecord, inspect_files
+from mlc_pipeline.curate.decide import MIRROR_METHOD, MirroredSimilarity, resolve
+from mlc_pipeline.curate.hashing import CORNER_METHOD, FileRecord, corner_phashes, inspect_files
 from mlc_pipeline.executor import cluster_ready, map_chunks
 from mlc_pipeline.curate.similarity import METHOD, FileSimilarity
 from mlc_pipeline.curate.lookalikes import hold_lookalikes_of_removed
@@ -254,9 +254,10 @@ def inspect_lost(paths: list[str], limits: VerifyLimits) -> list[FileRecord]:
     return inspect_files(paths, limits, workers=2)
 
 
-def published_test_images(cfg: Config) -> list[dict]:
+def published_test_images(cfg: Config, catalog: Catalog) -> list[dict]:
     """The test images of every published version of the dataset, hashed from their published files:
-    dicts with version, candidate_id, source, photo_id, file_path, sha256, phash, view_hashes."""
+    dicts with version, candidate_id, source, photo_id, file_path, sha256, phash, view_hashes, and
+    corner_hashes (hashing.corner_phashes: hashed once per file, then kept in the catalog by digest)."""
     root = cfg.layout.datasets
     found = []
     for version in versions(root):
@@ -281,7 +282,12 @@ def published_test_images(cfg: Config) -> list[dict]:
             continue
         out.append(dict(t, sha256=rec.sha256, phash=rec.phash, view_hashes=rec.view_hashes,
                         img_width=rec.width, img_height=rec.height, first_seen_at=0.0, label="other"))
-    return out
+    digests = {t["sha256"]: t["file_path"] for t in out}
+    kept = catalog.kept_corner_hashes(CORNER_METHOD)
+    new = {sha: corners for sha, path in digests.items() if sha not in kept and (corners := corner_phashes(path, limits))}
+    if new or kept.keys() - digests.keys():      # files hashed now; files no longer published
+        catalog.keep_corner_hashes(CORNER_METHOD, new, published=digests)
+    return [dict(t, corner_hashes=kept.get(t["sha256"]) or new.get(t["sha256"])) for t in out]
 
 
 def curate(cfg: Config) -> CurateSummary:
@@ -323,16 +329,19 @@ def _curate(cfg: Config) -> CurateSummary:
             summary.taken_down = len(copies)
             ok = [r for r in rows if r["status"] != "rejected" and r["id"] not in copies]
             with progress.bar("deduplicate", total=len(ok), unit="images") as bar:   # one step: no partial counts
-                tests = published_test_images(cfg)
+                tests = published_test_images(cfg, catalog)
                 digests = {r["sha256"] for r in ok + tests}
-                others: list[tuple[str, str]] = []         # kept pairs not between these files
-                confirm = FileSimilarity({}, known=catalog.pair_scores(METHOD, digests, others))
-                decisions = resolve(cfg, ok, tests, confirm)
+                others: dict[str, list] = {METHOD: [], MIRROR_METHOD: []}     # kept pairs not between these files
+                confirm = FileSimilarity({}, known=catalog.pair_scores(METHOD, digests, others[METHOD]))
+                mirrored = MirroredSimilarity(confirm.paths, confirm.digests,
+                                              known=catalog.pair_scores(MIRROR_METHOD, digests, others[MIRROR_METHOD]))
+                decisions = resolve(cfg, ok, tests, confirm, mirrored)
                 bar.advance(len(ok))
             with catalog.transaction():
                 catalog.save_pair_scores(METHOD, confirm.scored)      # the next curate needs not score them
-                catalog.prune_pair_scores({METHOD: others})
-                for rid in confirm.changed & {r["id"] for r in ok}:   # rewritten in place, at the same size
+                catalog.save_pair_scores(MIRROR_METHOD, mirrored.scored)
+                catalog.prune_pair_scores(others)
+                for rid in (confirm.changed | mirrored.changed) & {r["id"] for r in ok}:   # rewritten in place, at the same size
                     catalog.update_fields(rid, hashed_sha256=None)     # the next curate inspects it again
                 for r in ok:
                     status, reason, dup_of, label = decisions[r["id"]]

@@ -20,12 +20,14 @@ from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import parse_config
 from mlc_pipeline.curate.stage import curate
-from mlc_pipeline.dataset.build import build_dataset
+from mlc_pipeline.dataset.build import build_dataset, split_of
+from mlc_pipeline.flickr_server.folder import photo_id_for
 from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.curate.decide import cross_duplicates, dedup_item, labels_of, purpose_of, resolve
 from mlc_pipeline.curate.dedup import view_distance
-from mlc_pipeline.curate.hashing import inspect_file
-from mlc_pipeline.curate.similarity import CONFIRM, FileSimilarity
+from mlc_pipeline.curate.hashing import corner_phashes, inspect_file
+from mlc_pipeline.curate.lookalikes import LOOKALIKE_BITS, lookalike_bits
+from mlc_pipeline.curate.similarity import CONFIRM, FileSimilarity, PairScores
 from mlc_pipeline.curate.verify import VerifyLimits
 
 
@@ -280,6 +282,24 @@ def test_copies_dropped_for_a_published_test_image_merge_their_labels_into_it_as
         10: ACCEPTED_KITE, 13: ("duplicate", "exact-duplicate-of-test:v1:d=0", 10, None)}
 
 
+def test_a_corner_crop_or_mirror_image_of_a_published_test_image_is_dropped_once_pixels_confirm_it(tmp_path):
+    # Far from every view of the test image (no candidate of the search), within LOOKALIKE_BITS of a
+    # corner window (rows 11, 12) or a mirror view (13): each still needs its pixels to confirm it.
+    corner, mirror = h(2**40 - 1), FAR2            # 40 and 32 bits from A, 56 from each other, 24 and 32 from FAR
+    tests = [{**published(tmp_path, 0, "v1", 10, "t0", A, "p10"),
+              "corner_hashes": ",".join([FAR, FAR, corner, FAR, FAR, mirror, FAR])}]   # 4 corners, 3 mirror views
+    rows = [row(tmp_path, 10, "train", "s10", A, label="kite", photo_id="p10"),    # the test photo itself
+            row(tmp_path, 11, "train", "s11", h((2**40 - 1) ^ 0b11)),                # a corner crop of it
+            row(tmp_path, 12, "train", "s12", h((2**40 - 1) ^ 0b1100)),              # another picture, as close
+            row(tmp_path, 13, "pool", "s13", h(0xFFFFFFFF00000000 ^ 0b1))]          # no pixels to confirm it
+    decisions = resolve(cfg_of(tmp_path), rows, tests, kept_scores(s11__t0=0.95, s12__t0=0.90))
+    assert decisions == {10: ACCEPTED_KITE, 11: ("duplicate", "corner-duplicate-of-test:v1:d=2", 10, None),
+                         12: ACCEPTED_OTHER, 13: ACCEPTED_OTHER}
+    # a test image published before its corner windows were kept (none): compared by its views alone
+    assert resolve(cfg_of(tmp_path), rows, [{**tests[0], "corner_hashes": None}],
+                   kept_scores(s11__t0=0.95))[11] == ACCEPTED_OTHER
+
+
 # ---- real pixels ---------------------------------------------------------------------------------
 
 @pytest.mark.skipif(not fixture_photos(), reason="fixture photos missing (../shared/fixtures)")
@@ -390,3 +410,85 @@ def test_the_copy_kept_is_the_colour_original_not_a_bigger_grey_or_palette_file(
         kept, dropped = (rel, f"ants/{ants[k].name}") if rel == "ants/copy_big.jpg" else (f"ants/{ants[k].name}", rel)
         assert rows[kept]["status"] == "accepted", (rel, rows[kept]["status"], rows[kept]["reason"])
         assert rows[dropped]["status"] == "duplicate" and rows[dropped]["duplicate_of"] == rows[kept]["id"], rel
+
+
+# ---- corner crops and mirror images of a published test photo ----------------------------------
+
+CORNERED = "ants/10308379_1b6c72e180.jpg"      # cut 7.5 % off its left and top: 16 bits from every view of it
+GRAVEL = ("bees/485743562_d8cc6b8f73.jpg",     # two different photos, each dark in the middle of grey gravel:
+          "ants/196757565_326437f5fe.jpg")     # the ant's whole image is 8 bits from a corner window of the bee
+
+
+def named_for_test(cfg, folder: str, stem: str) -> str:
+    "A path in the world whose photo id the build puts in the test split (`split_of`)."
+    return next(rel for k in range(1000)
+                if split_of("local", photo_id_for(rel := f"{folder}/{stem}_{k}.jpg"), cfg.build.split) == "test")
+
+
+def published_hashes(path) -> dict:
+    "A published file's hashes as a takedown keeps them: its views' and its corner windows' and mirror views'."
+    rec = inspect_file(path, VerifyLimits(min_side=1))
+    return {"phash": rec.phash, "view_hashes": rec.view_hashes, "corner_hashes": corner_phashes(path)}
+
+
+@pytest.mark.skipif(not fixture_photos(), reason="fixture photos missing (../shared/fixtures)")
+def test_a_corner_crop_or_mirror_image_of_a_published_test_photo_never_trains(tmp_path, monkeypatch):
+    # The export26 audit (D): a 7.5 % corner crop of a v1 test photo, collected later, was no candidate
+    # of the search (it compares centred views) and trained in v2, inflating its test score; a mirror
+    # image, the same. Both are now found by the test photo's corner windows and mirror views (as a
+    # takedown finds them) and confirmed by pixels, so a different photo whose hash comes as close stays.
+    from helpers import FIXTURES
+    from mlc_pipeline.curate import decide, stage
+    from mlc_pipeline.manifest import read_version_meta
+    from mlc_pipeline.report.inspect import catalog_summary, format_catalog_summary
+    hymenoptera = FIXTURES / "hymenoptera"
+    cfg, world = hymenoptera_world(tmp_path, ants=12, bees=12)
+    cfg = cfg.model_copy(update={"build": cfg.build.model_copy(update={"max_side": 256})})
+    for rel in (CORNERED, *GRAVEL):
+        (world / rel).unlink(missing_ok=True)     # each photo once, under the name given below
+    photo, bee = named_for_test(cfg, "ants", "photo"), named_for_test(cfg, "bees", "gravel")
+    shutil.copy(hymenoptera / CORNERED, world / photo)
+    shutil.copy(hymenoptera / GRAVEL[0], world / bee)
+    collect(cfg, progress=False)
+    curate(cfg)
+    v1 = build_dataset(cfg)
+    tests = {r["source_file"]: r for r in read_manifest(v1.path / "manifest.csv") if r["split"] == "test"}
+    assert {photo, bee} <= tests.keys()
+    with Image.open(hymenoptera / CORNERED) as im:
+        im = im.convert("RGB")
+    w, h = im.size
+    im.crop((w * 75 // 1000, h * 75 // 1000, w, h)).save(world / "ants" / "zz_corner.jpg", quality=85)
+    ImageOps.mirror(im).save(world / "bees" / "zz_mirror.jpg", quality=85)     # filed under another class
+    shutil.copy(hymenoptera / GRAVEL[1], world / "ants" / "zz_gravel.jpg")
+    collect(cfg, progress=False)
+    summary = curate(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        rows = {r["source_file"]: r for r in c.candidates()}
+        why = format_catalog_summary(catalog_summary(c))
+    corner, mirror, gravel = (rows[f"{d}/zz_{k}.jpg"] for d, k in (("ants", "corner"), ("bees", "mirror"), ("ants", "gravel")))
+    # What makes each case: none is near the test photo by the centred views curate's search compares;
+    # by the takedown's rule (lookalikes.LOOKALIKE_BITS), each is near a corner window or mirror view.
+    views, corners, flipped = lookalike_bits([corner, mirror, gravel], [
+        published_hashes(v1.path / tests[photo]["path"]), published_hashes(v1.path / tests[bee]["path"])])
+    assert min(views[0, 0], views[1, 0], views[2, 1]) > cfg.curate.hamming_threshold
+    assert max(corners[0, 0], flipped[1, 0], corners[2, 1]) <= LOOKALIKE_BITS
+    test_photo = rows[photo]["id"]
+    assert corner["status"] == "duplicate" and corner["duplicate_of"] == test_photo, corner
+    assert corner["reason"] == f"corner-duplicate-of-test:{v1.version}:d={corners[0, 0]}"
+    assert mirror["status"] == "duplicate" and mirror["duplicate_of"] == test_photo, mirror
+    assert mirror["reason"] == f"mirror-duplicate-of-test:{v1.version}:d={flipped[1, 0]}"
+    assert gravel["status"] == "accepted", gravel      # its pixels are another picture's
+    assert summary.duplicates == {"corner-duplicate-of-test": 1, "mirror-duplicate-of-test": 1}
+    assert f"duplicate: {corner['reason']} = 1" in why and f"duplicate: {mirror['reason']} = 1" in why   # mlc inspect
+    # The corner windows of the published test files are hashed once, then read from the catalog, and
+    # so are the mirror images' scores (a new process, here a new memo, reads them there).
+    with monkeypatch.context() as m:
+        m.setattr(stage, "corner_phashes", lambda *a, **k: pytest.fail("hashed again"), raising=False)
+        m.setattr(decide, "MIRRORED", PairScores(10))
+        m.setattr(decide.MirroredSimilarity, "compare", lambda *a: pytest.fail("scored again"))
+        assert curate(cfg).duplicates == summary.duplicates
+    v2 = build_dataset(cfg)
+    in_v2 = {r["candidate_id"] for r in read_manifest(v2.path / "manifest.csv")}
+    assert str(gravel["id"]) in in_v2 and not {str(corner["id"]), str(mirror["id"])} & in_v2
+    assert {k: n for k, n in read_version_meta(v2.path)["curation"].items() if "-of-test" in k} == {
+        "duplicate: corner-duplicate-of-test": 1, "duplicate: mirror-duplicate-of-test": 1}
