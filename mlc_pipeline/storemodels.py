@@ -10,6 +10,17 @@ follows it at every fetch of the model (`pull_model`, `pull_registry`). It moves
   line when another machine moved it in between.
 Both are a compare-and-swap on S3 (a conditional write, If-Match / If-None-Match), a check just
 before the write elsewhere (`Store.replace_text`).
+
+A training's move is owed before it starts: before the bundle the cache's LATEST names is published,
+the move is recorded in the cache's sync state (`owe_pointer_move`: that bundle, and the pointer it
+moves from). Killed or failed anywhere after that (the marker written, the pointer not moved: the
+rerun saw the bundle published and never moved the pointer), the next command that publishes from this
+cache finishes it before it fetches anything (`finish_pointer_move`): the bundle published if its
+marker is missing, then the pointer moved from the one recorded. Only ever to the bundle the cache's
+LATEST named (what the shipping rule, or `mlc train`, made it: a round refused is published, never
+pointed at), and never over a move made since (another machine's training or promote: the compare-
+and-swap fails, a warning says so); a `mlc promote` from this cache since drops it.
+
 `mlc models`, `mlc predict` and `mlc promote` with -c CONFIG fetch the bundles they name and the
 pointer (`pull_registry`), so a fresh cache sees every published model.
 """
@@ -18,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -27,9 +39,11 @@ from mlc_pipeline.fsutil import write_text_atomic
 from mlc_pipeline.locking import data_root_lock
 from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, complete_copy, pull_folder, push_folder,
                                       read_marker, store_errors, store_of)
+from mlc_pipeline.storestate import LATEST_SEEN, read_state, write_state
 
 log = logging.getLogger(__name__)
 POINTER_KEY = "models/LATEST"
+POINTER_MOVE = "pointer_move"   # in the sync state: {"bundle": name, "from": the pointer's tag} a publish owes
 
 
 def store_pointer(store: Store) -> str | None:
@@ -37,9 +51,10 @@ def store_pointer(store: Store) -> str | None:
     return (store.read_text(POINTER_KEY) or "").strip() or None
 
 
-def published_bundles(store: Store) -> list[str]:
-    "The bundles the store holds with their marker."
-    return sorted({k.split("/")[1] for k in store.listing("models") if k.endswith(f"/{MARKER}") and k.count("/") == 2})
+def published_bundles(store: Store, held: dict | None = None) -> list[str]:
+    "The bundles the store holds with their marker (`held`: the listing of models/, when read already)."
+    held = store.listing("models") if held is None else held
+    return sorted({k.split("/")[1] for k in held if k.endswith(f"/{MARKER}") and k.count("/") == 2})
 
 
 def pull_bundle(store: Store, cfg: Config, name: str) -> bool:
@@ -66,14 +81,104 @@ def pull_registry(store: Store, cfg: Config, wanted: list[str] | None) -> None:
     """The registry commands' fetch: the bundles `wanted` names (bundle names, or `latest`; a folder
     given as a path is not the store's) and, None, every published bundle; then the cache's LATEST
     pointed where the store's is, when the cache holds that bundle."""
+    owe_pointer_move(store, cfg)        # a training here the store lacks: its move kept before LATEST follows
     latest = store_pointer(store)
     names = published_bundles(store) if wanted is None else [
         latest if spec == "latest" else spec for spec in wanted if spec and not Path(spec).is_dir()]
     for name in dict.fromkeys(n for n in names if n):
         pull_bundle(store, cfg, name)
+    follow_pointer(store, cfg, latest)
+
+
+def follow_pointer(store: Store, cfg: Config, latest: str | None) -> None:
+    "The cache's LATEST pointed at `latest` (the store's pointer) when the cache holds that bundle whole."
     marker = read_marker(store, f"models/{latest}") if latest else None
     if marker is not None and complete_copy(cfg.layout.models / latest, marker):
         write_text_atomic(cfg.layout.models / "LATEST", latest + "\n")
+
+
+def cached_pointer(cfg: Config) -> str | None:
+    "The bundle the cache's models/LATEST names (a link to a bundle's folder: its name), or None."
+    pointer = cfg.layout.models / "LATEST"
+    if pointer.is_dir():
+        return pointer.resolve().name
+    return (pointer.read_text().strip() or None) if pointer.exists() else None
+
+
+def owe_pointer_move(store: Store, cfg: Config, held: dict | None = None) -> None:
+    """Before a publish uploads anything of it: the bundle the cache's LATEST names, when the store lacks
+    it (this cache trained it, and nothing published it yet), recorded as the store's pointer to be
+    moved to it from the pointer this cache last fetched (LATEST_SEEN; the store's now, never fetched).
+    A move already owed to that bundle keeps the pointer it was recorded from."""
+    name, state = cached_pointer(cfg), read_state(cfg)
+    if not name or not (cfg.layout.models / name / "bundle.json").is_file() or (
+            state.get(POINTER_MOVE) or {}).get("bundle") == name:
+        return
+    key = f"models/{name}/{MARKER}"
+    if (key in held) if held is not None else (store.info(key) is not None):
+        return
+    seen = state[LATEST_SEEN] if LATEST_SEEN in state else store.pointer_tag(POINTER_KEY)
+    write_state(cfg, **{POINTER_MOVE: {"bundle": name, "from": seen}})
+
+
+def finish_pointer_move(store: Store, cfg: Config, fetching: bool = False) -> None:
+    """The move of the store's pointer this cache owes (`owe_pointer_move`), done: its bundle published
+    if its marker is missing (a publish killed before it), then the pointer moved from the one recorded
+    (`move_pointer`); the debt dropped either way. A bundle gone from the cache and never published is
+    said in a warning. `fetching` (before a command, sync.pull): a bundle whose dataset version the
+    store lacks is left to the command's publish, which publishes the version first."""
+    move = read_state(cfg).get(POINTER_MOVE)
+    if not move:
+        return
+    name = move["bundle"]
+    bundle = cfg.layout.models / name
+    if read_marker(store, f"models/{name}") is None:
+        if fetching and (bundle / "bundle.json").is_file() and not version_published(store, bundle):
+            return
+        if not (bundle / "bundle.json").is_file():
+            log.warning("the model %s this cache was to make %s/%s is gone from the cache (%s) and was never "
+                        "published: the store's LATEST stays %s", name, store.url, POINTER_KEY, cfg.layout.models,
+                        store_pointer(store))
+            write_state(cfg, **{POINTER_MOVE: None})
+            return
+        push_bundle(store, bundle)
+    if move_pointer(store, cfg, name, move["from"]):
+        if (bundle / "bundle.json").is_file():
+            write_text_atomic(cfg.layout.models / "LATEST", name + "\n")     # a fetch since pointed it back
+        else:
+            pull_model(store, cfg)
+    write_state(cfg, **{POINTER_MOVE: None})
+
+
+def version_published(store: Store, bundle: Path) -> bool:
+    "Has the store the dataset version a cache's bundle was trained on (bundle.json's, `name/vN`)?"
+    try:
+        version = json.loads((bundle / "bundle.json").read_text()).get("dataset_version")
+    except (OSError, ValueError, AttributeError):
+        return True                     # not told: published as any bundle is
+    if not isinstance(version, str) or not re.fullmatch(r"[^/]+/v\d+", version):
+        return True
+    return store.info(f"datasets/{version}/{MARKER}") is not None
+
+
+def move_pointer(store: Store, cfg: Config, name: str, seen: str | None) -> bool:
+    """The store's models/LATEST moved to `name` from the pointer `seen` (a compare-and-swap); True when
+    it names `name` now. Moved meanwhile by another machine (two trainings at once, a promote): kept,
+    said in a warning naming the model it names, and this cache's LATEST follows it."""
+    before = store_pointer(store)
+    tag = store.replace_text(POINTER_KEY, name + "\n", seen)
+    if tag is None and before == name:      # a move already made (killed before its record was dropped)
+        tag = store.pointer_tag(POINTER_KEY)
+    if tag is not None:
+        write_state(cfg, **{LATEST_SEEN: tag})
+        if before != name:
+            log.info("%s/%s: %s -> %s", store.url, POINTER_KEY, before or "(none)", name)
+        return True
+    log.warning("%s/%s was moved to %s by another machine since this cache's publish of %s began: %s is published "
+                "but is not the LATEST model (`mlc promote %s -c CONFIG` makes it so); this cache's models/LATEST "
+                "follows the store's", store.url, POINTER_KEY, store_pointer(store), name, name, name)
+    pull_model(store, cfg)
+    return False
 
 
 def push_bundle(store: Store, bundle: Path, held: dict | None = None) -> bool:
@@ -107,6 +212,7 @@ def promoting(cfg: Config | None, spec: str) -> Iterator[Callable[[Path], str | 
                     f"{store.url}/{POINTER_KEY} was moved to {store_pointer(store)} by another machine while "
                     f"promoting: {bundle.name} is not promoted (nothing changed here); see `mlc models -c CONFIG` "
                     f"and promote again")
+            write_state(cfg, **{POINTER_MOVE: None})    # a move an interrupted publish owed: the user chose since
             return previous
         yield publish
 

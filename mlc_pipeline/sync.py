@@ -22,7 +22,6 @@ withdrawals) storeversions.py's.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import uuid
@@ -32,13 +31,15 @@ from typing import Iterator
 
 from mlc_pipeline.catalog import Catalog, catalog_exists
 from mlc_pipeline.config import Config
-from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, temp_beside, write_text_atomic
+from mlc_pipeline.fsutil import remove_dead_leftovers, sha256_file, temp_beside
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.objectstore import (ObjectStoreError, Store, folder_files, holds_digests, md5_file,
                                       refuse_moved_catalog, same, same_bytes, store_errors, store_of)
 from mlc_pipeline import storefiles
 from mlc_pipeline.publishing import failed_publish_recorded
-from mlc_pipeline.storemodels import POINTER_KEY, pull_model, pull_registry, push_bundle, store_pointer
+from mlc_pipeline.storemodels import (POINTER_KEY, finish_pointer_move, owe_pointer_move, pull_model, pull_registry,
+                                     push_bundle)
+from mlc_pipeline.storestate import LATEST_SEEN, read_state, write_state
 from mlc_pipeline.storefiles import delete_unnamed_files, drop_taken_down, pull_files, push_files
 from mlc_pipeline.storereports import pull_run_records
 from mlc_pipeline.storeversions import (drop_withdrawn, pull_previous_listing, pull_version, push_versions,
@@ -49,8 +50,6 @@ log = logging.getLogger(__name__)
 file_listing, named_files, open_catalog = storefiles.file_listing, storefiles.named_files, storefiles.open_catalog
 
 CATALOG_OBJECT = "catalog.sqlite"
-STATE_NAME = ".objectstore.json"       # in the cache: which catalog snapshot it last synced with
-LATEST_SEEN = "models_latest"           # ... and the store's models/LATEST when this command fetched (its tag)
 REWRITTEN_BUNDLE_FILES = ("mined.csv", "review.csv")   # what `mlc mine` rewrites in a published bundle
 MINED_ROUND_RECORD = re.compile(r"^mined-r\d+\.csv$")    # and each round's record, rewritten by a rerun
 
@@ -70,6 +69,9 @@ PULLS = {"collect": ("catalog", "files"), "curate": ("catalog", "files", "versio
          "review": ("catalog", "files", "versions", "model")}   # pages, thumbnails, the model's queues
 
 
+READ_ONLY = {"inspect"}      # `mlc inspect` and `mlc export` fetch, and never publish
+
+
 def uses_local_catalog(cfg: Config) -> bool:
     """SQLite in the cache, snapshotted to the store; a server catalog (`catalog.url`) is shared as is."""
     url = getattr(getattr(cfg, "catalog", None), "url", None)
@@ -78,18 +80,6 @@ def uses_local_catalog(cfg: Config) -> bool:
 
 def has_catalog(cfg: Config) -> bool:
     return catalog_exists(cfg.catalog_path)
-
-
-def read_state(cfg: Config) -> dict:
-    try:
-        return json.loads((cfg.data_dir / STATE_NAME).read_text())
-    except (OSError, ValueError):     # a fresh cache: nothing synced yet
-        return {}
-
-
-def write_state(cfg: Config, **changes) -> None:
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(cfg.data_dir / STATE_NAME, json.dumps({**read_state(cfg), **changes}))
 
 
 def local_signature(cfg: Config) -> list:
@@ -188,6 +178,7 @@ def push_models(store: Store, cfg: Config) -> list[str]:
     if not root.is_dir():
         return []
     held = store.listing("models")
+    owe_pointer_move(store, cfg, held)      # before any marker: killed after it, the next command moves it
     pushed = []
     for bundle in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
                          and p.name != "LATEST"):       # LATEST made a link to a bundle: the pointer
@@ -202,29 +193,10 @@ def push_models(store: Store, cfg: Config) -> list[str]:
             store.upload([(p, f"{key}/{r}") for r, p in fixed.items() if not same(p, held.get(f"{key}/{r}"))])
             push_rewritten(store, cfg, {f"{key}/{r}": p for r, p in files.items() if rewritten_by_mine(r)},
                            held)
-    # The shared pointer moves only with a model published now, after its marker: a cache that still
-    # points at an older model never moves it back (`mlc promote` moves it by hand: storemodels.promoting).
-    pointer = root / "LATEST"
-    latest = pointer.resolve().name if pointer.is_dir() else pointer.read_text().strip() if pointer.exists() else None
-    if latest in pushed:
-        move_pointer(store, cfg, latest)
+    # The shared pointer moves only to the model owed above, after its marker: a cache that still points
+    # at an older model never moves it back (`mlc promote` moves it by hand: storemodels.promoting).
+    finish_pointer_move(store, cfg)
     return pushed
-
-
-def move_pointer(store: Store, cfg: Config, name: str) -> None:
-    """The store's models/LATEST moved to `name`, from what it was when this command fetched (the
-    state's LATEST_SEEN; a compare-and-swap). Moved meanwhile by another machine (two trainings at
-    once): kept, said in a warning naming the model it names, and this cache's LATEST follows it."""
-    state = read_state(cfg)
-    seen = state[LATEST_SEEN] if LATEST_SEEN in state else store.pointer_tag(POINTER_KEY)
-    tag = store.replace_text(POINTER_KEY, name + "\n", seen)
-    if tag is not None:
-        write_state(cfg, **{LATEST_SEEN: tag})
-        return
-    log.warning("%s/%s was moved to %s by another machine while this command ran: %s is published but is not "
-                "the LATEST model (`mlc promote %s -c CONFIG` makes it so); this cache's models/LATEST follows the "
-                "store's", store.url, POINTER_KEY, store_pointer(store), name, name)
-    pull_model(store, cfg)
 
 
 def push_rewritten(store: Store, cfg: Config, files: dict[str, Path], held: dict) -> int:
@@ -259,9 +231,12 @@ def pull(cfg: Config, command: str, version: str | None = None) -> None:
     parts = PULLS[command]
     with store_errors(store):
         store.check()
+        owe_pointer_move(store, cfg)    # a training here whose publish never began: from the pointer it saw
         write_state(cfg, **{LATEST_SEEN: store.pointer_tag(POINTER_KEY)})   # what a training moves it from
         if uses_local_catalog(cfg):
             refuse_moved_catalog(store)
+        if command not in READ_ONLY:
+            finish_pointer_move(store, cfg, fetching=True)      # an interrupted publish's, before the model
         if "catalog" in parts and uses_local_catalog(cfg):
             pull_catalog(store, cfg)
         if has_catalog(cfg):

@@ -10,7 +10,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ import yaml
 from helpers import ENV, MLC
 from mlc_pipeline import sync
 from mlc_pipeline.config import load_config
-from mlc_pipeline.objectstore import store_of
+from mlc_pipeline.objectstore import read_marker, store_of
 from mlc_pipeline.storemodels import POINTER_KEY, store_pointer
 
 CLASSES = {"classes": {"cat": {"queries": ["cat"], "count": 1}}, "other": {"queries": ["x"], "count": 1}}
@@ -148,3 +150,124 @@ def test_a_promote_whose_pointer_moved_meanwhile_is_refused(tmp_path, store_url,
             store_of(cfg).write_text(POINTER_KEY, "m0\n")          # the other machine's promote
             promote("m1", cfg.layout.models, publish)
     assert store_pointer(store_of(cfg)) == "m0" and not (cfg.layout.models / "LATEST").exists()
+
+
+# A publish killed at an exact point: a real process, killed (SIGKILL) as it is about to write the
+# bundle's marker or to move the store's pointer; nothing of the store is faked.
+KILLED_PUBLISH = """
+import os, shutil, signal, sys
+from mlc_pipeline import sync
+from mlc_pipeline.config import load_config
+from mlc_pipeline.objectstore import MARKER, Store
+config, point, bundle = sys.argv[1:]
+write_text, replace_text = Store.write_text, Store.replace_text
+def killed_at(name):
+    if name == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+def marker_written(self, rel, text):
+    if rel == "models/m3/" + MARKER:
+        killed_at("marker")             # every file of the bundle is up, its marker is not
+    return write_text(self, rel, text)
+def pointer_moved(self, rel, text, tag):
+    if rel == "models/LATEST":
+        killed_at("pointer")            # the bundle is published (its marker), the pointer not moved
+    return replace_text(self, rel, text, tag)
+Store.write_text, Store.replace_text = marker_written, pointer_moved
+cfg = load_config(config)
+sync.pull(cfg, "train")
+shutil.copytree(bundle, cfg.layout.models / "m3")          # `mlc train`: a new bundle, made LATEST
+(cfg.layout.models / "LATEST").write_text("m3\\n")
+sync.publish(cfg)
+"""
+
+
+def killed_publishing_m3(config: Path, bundle: Path, point: str) -> None:
+    creds = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+             if k in os.environ}
+    killed = subprocess.run([sys.executable, "-c", KILLED_PUBLISH, str(config), point, str(bundle)],
+                            env={**ENV, **creds}, text=True, capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+
+
+@pytest.mark.parametrize("point,then", [("pointer", "mine"), ("pointer", "collect"), ("marker", "mine")])
+def test_a_publish_killed_before_the_pointer_moved_is_finished_by_the_next_command(
+        tmp_path, store_url, published, trained_shapes_bundle, point, then, caplog):
+    """kill -9 after m3's marker and before models/LATEST moved: the rerun saw m3 published and never
+    moved the pointer, and `mlc mine`'s fetch put the cache's LATEST back to m2 (mining then scored
+    with the model the training had replaced; a `mlc run` trained round 0 again with no comparison).
+    The publish records the move it owes first; the next command that publishes finishes it."""
+    cfg = load_config(published)
+    killed_publishing_m3(published, trained_shapes_bundle[1], point)
+    store = store_of(cfg)
+    assert store_pointer(store) == "m2" and cached_latest(cfg) == "m3"
+    assert (read_marker(store, "models/m3") is not None) == (point == "pointer")
+    with caplog.at_level(logging.INFO, logger="mlc_pipeline"):
+        sync.pull(cfg, then)                # `mlc mine` fetches the model; `mlc collect` does not
+        assert store_pointer(store) == "m3" and cached_latest(cfg) == "m3", caplog.text    # before it runs
+        sync.publish(cfg)
+    assert store_pointer(store) == "m3" and cached_latest(cfg) == "m3", caplog.text
+    assert read_marker(store, "models/m3")["files"].keys() >= {"bundle.json", "export.pkl"}
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    other = load_config(cache_config(tmp_path, store_url, "cache-b"))
+    sync.pull(other, "mine")                # and another machine mines with it
+    assert cached_latest(other) == "m3" and (other.layout.models / "m3" / "export.pkl").is_file()
+
+
+def test_a_move_made_since_the_killed_publish_is_never_undone(tmp_path, store_url, published, trained_shapes_bundle,
+                                                              caplog):
+    """What the killed publish owed is a compare-and-swap from the pointer it began with: another machine
+    that promoted m1 meanwhile keeps it; m3 stays published, not LATEST, said in a warning."""
+    cfg = load_config(published)
+    killed_publishing_m3(published, trained_shapes_bundle[1], "pointer")
+    assert run_mlc("promote", "m1", "-c", str(cache_config(tmp_path, store_url, "cache-b"))).returncode == 0
+    with caplog.at_level(logging.WARNING, logger="mlc_pipeline"):
+        sync.pull(cfg, "mine")
+        sync.publish(cfg)
+    assert store_pointer(store_of(cfg)) == "m1" and cached_latest(cfg) == "m1"
+    assert "moved to m1 by another machine" in caplog.text and "m3 is published" in caplog.text, caplog.text
+
+
+def test_a_promote_here_after_the_killed_publish_is_the_choice_kept(tmp_path, store_url, published,
+                                                                    trained_shapes_bundle):
+    """`mlc promote m1` on the same cache after the kill: the user chose m1 after the training; the next
+    command does not move the pointer to m3."""
+    cfg = load_config(published)
+    killed_publishing_m3(published, trained_shapes_bundle[1], "pointer")
+    res = run_mlc("promote", "m1", "-c", str(published))
+    assert res.returncode == 0, res.stderr[-2000:]
+    sync.pull(cfg, "mine")
+    sync.publish(cfg)
+    assert store_pointer(store_of(cfg)) == "m1" and cached_latest(cfg) == "m1"
+
+
+def test_a_bundle_the_cache_did_not_make_latest_never_becomes_the_stores(tmp_path, store_url, published,
+                                                                         trained_shapes_bundle):
+    """A mining round the shipping rule refused: its bundle is published (for `mlc models` and `mlc
+    promote`) and the cache's LATEST stays; nothing ever moves the store's pointer to it."""
+    cfg = load_config(published)
+    sync.pull(cfg, "run")
+    shutil.copytree(trained_shapes_bundle[1], cfg.layout.models / "m3-refused")
+    sync.publish(cfg)
+    sync.pull(cfg, "mine")
+    sync.publish(cfg)
+    assert read_marker(store_of(cfg), "models/m3-refused") is not None
+    assert store_pointer(store_of(cfg)) == "m2" and cached_latest(cfg) == "m2"
+
+
+def test_a_bundle_whose_version_the_store_lacks_waits_for_the_publish(tmp_path, store_url, published,
+                                                                     trained_shapes_bundle):
+    """Killed before the marker of a bundle trained on a version never published (its build's publish
+    failed too): the next command's fetch does not publish the bundle ahead of its version (markers go
+    up in order: versions, then models); the move stays owed until that version is in the store."""
+    bundle = tmp_path / "m3-on-v7"
+    shutil.copytree(trained_shapes_bundle[1], bundle)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    (bundle / "bundle.json").write_text(json.dumps({**meta, "dataset_version": "default/v7"}))
+    cfg = load_config(published)
+    killed_publishing_m3(published, bundle, "marker")
+    store = store_of(cfg)
+    sync.pull(cfg, "collect")
+    assert read_marker(store, "models/m3") is None and store_pointer(store) == "m2"
+    store.write_text("datasets/default/v7/_COMPLETE", json.dumps({"version": "v7", "files": {}}))  # v7 published
+    sync.pull(cfg, "collect")
+    assert read_marker(store, "models/m3") is not None and store_pointer(store) == "m3" and cached_latest(cfg) == "m3"
