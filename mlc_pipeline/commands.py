@@ -237,7 +237,7 @@ def cmd_models(args) -> int:
         a, b = (resolve_bundle(spec, models_dir) for spec in args.compare)
         print(compare(a, b), end="")
         return 0
-    infos = list_bundles(models_dir)
+    infos = list_bundles(models_dir, stored=True)      # on a store: those listed from their metadata too
     print(bundles_table(infos) if infos else f"no model bundles under {models_dir}\n", end="")
     return 0
 

@@ -21,8 +21,10 @@ LATEST named (what the shipping rule, or `mlc train`, made it: a round refused i
 pointed at), and never over a move made since (another machine's training or promote: the compare-
 and-swap fails, a warning says so); a `mlc promote` from this cache since drops it.
 
-`mlc models`, `mlc predict` and `mlc promote` with -c CONFIG fetch the bundles they name and the
-pointer (`pull_registry`), so a fresh cache sees every published model.
+`mlc predict` and `mlc promote` with -c CONFIG fetch the bundles they name and the pointer
+(`pull_registry`); `mlc models` fetches each published bundle's bundle.json and metrics.json alone,
+with its marker, into models/.listings/<bundle>/, and the store's pointer into models/.listings/LATEST
+(`pull_listing`): a fresh cache lists every published model without downloading its weights.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -44,6 +47,8 @@ from mlc_pipeline.storestate import LATEST_SEEN, read_state, write_state
 log = logging.getLogger(__name__)
 POINTER_KEY = "models/LATEST"
 POINTER_MOVE = "pointer_move"   # in the sync state: {"bundle": name, "from": the pointer's tag} a publish owes
+LISTINGS = ".listings"          # models/.listings/<bundle>/: a store bundle's metadata alone (`mlc models`)
+LISTED_FILES = ("bundle.json", "metrics.json")
 
 
 def store_pointer(store: Store) -> str | None:
@@ -77,14 +82,13 @@ def pull_model(store: Store, cfg: Config) -> str | None:
     return name
 
 
-def pull_registry(store: Store, cfg: Config, wanted: list[str] | None) -> None:
-    """The registry commands' fetch: the bundles `wanted` names (bundle names, or `latest`; a folder
-    given as a path is not the store's) and, None, every published bundle; then the cache's LATEST
-    pointed where the store's is, when the cache holds that bundle."""
+def pull_registry(store: Store, cfg: Config, wanted: list[str]) -> None:
+    """The fetch of `mlc predict` and `mlc promote`: the bundles `wanted` names (bundle names, or
+    `latest`; a folder given as a path is not the store's), whole; then the cache's LATEST pointed
+    where the store's is, when the cache holds that bundle."""
     owe_pointer_move(store, cfg)        # a training here the store lacks: its move kept before LATEST follows
     latest = store_pointer(store)
-    names = published_bundles(store) if wanted is None else [
-        latest if spec == "latest" else spec for spec in wanted if spec and not Path(spec).is_dir()]
+    names = [latest if spec == "latest" else spec for spec in wanted if spec and not Path(spec).is_dir()]
     for name in dict.fromkeys(n for n in names if n):
         pull_bundle(store, cfg, name)
     follow_pointer(store, cfg, latest)
@@ -95,6 +99,41 @@ def follow_pointer(store: Store, cfg: Config, latest: str | None) -> None:
     marker = read_marker(store, f"models/{latest}") if latest else None
     if marker is not None and complete_copy(cfg.layout.models / latest, marker):
         write_text_atomic(cfg.layout.models / "LATEST", latest + "\n")
+
+
+def pull_listing(store: Store, cfg: Config) -> None:
+    """`mlc models` on an object-store data root: every published bundle the cache lacks whole listed
+    from its bundle.json and metrics.json alone, fetched with its marker (the files it lists, so the
+    listing knows export.pkl is there) into models/.listings/<bundle>/; the store's pointer into
+    models/.listings/LATEST (what the table marks LATEST); the cache's LATEST pointed where the store's
+    is, when the cache holds that bundle. The first listing of a fresh cache downloaded every bundle
+    whole, weights included (the scale26 audit's leftover)."""
+    owe_pointer_move(store, cfg)        # a training here the store lacks: its move kept before LATEST follows
+    root, latest = cfg.layout.models / LISTINGS, store_pointer(store)
+    held = store.listing("models")
+    listed = set()
+    for name in published_bundles(store, held):
+        folder, key = root / name, f"models/{name}"
+        kept = folder / MARKER
+        if not (kept.is_file() and kept.stat().st_size == held.get(f"{key}/{MARKER}", {}).get("size")):
+            marker = read_marker(store, key)        # a marker is written once: the copy kept is it
+            if marker is None:
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(kept, json.dumps(marker))
+        marker = json.loads(kept.read_text())
+        if complete_copy(cfg.layout.models / name, marker):
+            continue                    # listed from the cache's own copy
+        listed.add(name)
+        store.download([(f"{key}/{f}", folder / f) for f in LISTED_FILES if f in marker["files"] and not (
+            (folder / f).is_file() and (folder / f).stat().st_size == marker["files"][f])])
+    for stale in (p for p in root.iterdir() if p.is_dir() and p.name not in listed) if root.is_dir() else ():
+        shutil.rmtree(stale)            # withdrawn from the store, or whole in the cache now
+    if latest:
+        write_text_atomic(root / "LATEST", latest + "\n")
+    elif (root / "LATEST").exists():
+        (root / "LATEST").unlink()
+    follow_pointer(store, cfg, latest)
 
 
 def cached_pointer(cfg: Config) -> str | None:

@@ -254,6 +254,31 @@ def test_a_bundle_the_cache_did_not_make_latest_never_becomes_the_stores(tmp_pat
     assert store_pointer(store_of(cfg)) == "m2" and cached_latest(cfg) == "m2"
 
 
+def test_listing_from_a_fresh_cache_fetches_the_bundles_metadata_alone(tmp_path, store_url, published,
+                                                                     trained_shapes_bundle):
+    """The first `mlc models` of a fresh cache downloaded every bundle whole, weights included, to list
+    them. It reads each bundle's bundle.json and metrics.json (and its marker) alone; the table is the
+    one a warm cache prints, and a bundle named afterwards (`predict`, `promote`) is fetched whole."""
+    warm = run_mlc("models", "-c", str(published))
+    fresh = cache_config(tmp_path, store_url, "cache-f")
+    listing = run_mlc("models", "-c", str(fresh))
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    assert listing.stdout == warm.stdout and "| LATEST | m2 |" in listing.stdout and "UNUSABLE" not in listing.stdout
+    cache = load_config(fresh).data_dir
+    fetched = {p.relative_to(cache).as_posix(): p.stat().st_size for p in cache.rglob("*") if p.is_file()}
+    weights = (trained_shapes_bundle[1] / "export.pkl").stat().st_size
+    assert not [p for p in fetched if p.endswith("export.pkl")], sorted(fetched)
+    assert sum(fetched.values()) < weights / 4, fetched
+    assert {p.rsplit("/", 1)[-1] for p in fetched if p.startswith("models/")} <= {
+        "bundle.json", "metrics.json", "_COMPLETE", "LATEST"}, sorted(fetched)
+    promoted = run_mlc("promote", "m1", "-c", str(fresh))
+    assert promoted.returncode == 0, promoted.stderr[-2000:]
+    assert (load_config(fresh).layout.models / "m1" / "export.pkl").is_file()
+    again = run_mlc("models", "-c", str(fresh))       # m1 whole in the cache now, m2 still listed from the store
+    rows = {line.split("|")[2].strip(): line.split("|")[1].strip() for line in again.stdout.splitlines()[2:]}
+    assert rows == {"m1": "LATEST", "m2": ""} and "UNUSABLE" not in again.stdout, again.stdout
+
+
 def test_a_bundle_whose_version_the_store_lacks_waits_for_the_publish(tmp_path, store_url, published,
                                                                      trained_shapes_bundle):
     """Killed before the marker of a bundle trained on a version never published (its build's publish

@@ -69,16 +69,18 @@ def read_meta(bundle_dir: str | Path) -> dict:
     return meta
 
 
-def check_files(bundle_dir: Path, meta: dict, hash_export: bool = True) -> str | None:
+def check_files(bundle_dir: Path, meta: dict, hash_export: bool = True, stored: dict | None = None) -> str | None:
     """Why a bundle cannot be loaded, from its bundle.json (`read_meta`), checked before anything is
-    unpickled; None: it can. `hash_export=False` does not compute export.pkl's sha256 (a listing)."""
+    unpickled; None: it can. `hash_export=False` does not compute export.pkl's sha256 (a listing).
+    `stored`: the files an object store's marker lists for a bundle listed from its bundle.json alone
+    (`mlc models` on a store: storemodels.pull_listing); export.pkl is looked for there, never hashed."""
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         return f"{META} lacks {missing}"
     export = Path(bundle_dir) / EXPORT
-    if not export.is_file():
+    if not (export.is_file() if stored is None else EXPORT in stored):
         return f"{EXPORT} missing"
-    if hash_export and (actual := sha256_file(export)) != meta["export_sha256"]:
+    if stored is None and hash_export and (actual := sha256_file(export)) != meta["export_sha256"]:
         return (f"{EXPORT} is not the file {META} recorded (its sha256 {actual[:12]}... does not match "
                 f"the {str(meta['export_sha256'])[:12]}... recorded)")
     return None

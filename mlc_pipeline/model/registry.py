@@ -19,7 +19,8 @@ from typing import Callable
 
 from mlc_pipeline.config import ConfigError
 from mlc_pipeline.model.bundle import POINTER, MetaError, check_files, leftover_why, point_latest, read_meta
-from mlc_pipeline.storemodels import POINTER_KEY, promoting
+from mlc_pipeline.objectstore import MARKER
+from mlc_pipeline.storemodels import LISTINGS, POINTER_KEY, promoting
 
 
 class RegistryError(ConfigError):
@@ -88,7 +89,9 @@ def resolve_bundle(spec: str, models_dir: Path) -> Path:
                         f"(`mlc models -c CONFIG` lists them)")
 
 
-def read_info(path: Path, latest: str | None = None) -> BundleInfo:
+def read_info(path: Path, latest: str | None = None, stored: dict | None = None) -> BundleInfo:
+    """A bundle as `mlc models` lists it; `stored`: the files its store marker lists, for a bundle of an
+    object store listed from its bundle.json and metrics.json alone (`list_bundles(..., stored=True)`)."""
     info = BundleInfo(name=path.name, path=path, latest=path.name == latest)
     try:
         meta = read_meta(path)
@@ -100,7 +103,7 @@ def read_info(path: Path, latest: str | None = None) -> BundleInfo:
     info.head = f"{meta.get('head', '?')}/{meta.get('other_mode', '?')}"
     info.meta = meta
     info.test, info.metrics_problem = read_test_metrics(path)
-    info.problem = unusable_because(path, meta, hash_export=False)
+    info.problem = unusable_because(path, meta, hash_export=False, stored=stored)
     return info
 
 
@@ -118,17 +121,24 @@ def read_test_metrics(path: Path) -> tuple[dict, str | None]:
     return test, None
 
 
-def list_bundles(models_dir: Path) -> list[BundleInfo]:
+def list_bundles(models_dir: Path, stored: bool = False) -> list[BundleInfo]:
     """Every bundle folder (a folder with bundle.json, not one still being written), oldest first; and
     the folder models/LATEST names even without one, listed UNUSABLE (it vanished from the listing,
-    while predict and mining refused it: the verify24 audit)."""
+    while predict and mining refused it: the verify24 audit). `stored` (`mlc models`): also the bundles
+    of an object store this cache lacks whole, from what `mlc models` fetched of them into
+    models/.listings/ (storemodels.pull_listing), with the store's LATEST marked."""
     if not models_dir.is_dir():
         return []
-    latest = latest_name(models_dir)
+    listings = models_dir / LISTINGS
+    latest = latest_name(listings) if stored and (listings / POINTER).is_file() else latest_name(models_dir)
     folders = [p for p in models_dir.iterdir()
                if p.is_dir() and p.name != POINTER and leftover_why(p) is None
                and ((p / "bundle.json").exists() or p.name == latest)]
     infos = [read_info(p, latest) for p in folders]
+    here = {i.name for i in infos}
+    for p in sorted(listings.iterdir()) if stored and listings.is_dir() else []:
+        if p.is_dir() and p.name not in here and (p / MARKER).is_file():
+            infos.append(read_info(p, latest, json.loads((p / MARKER).read_text()).get("files", {})))
     return sorted(infos, key=lambda i: (i.created_at, i.name))
 
 
@@ -154,13 +164,13 @@ def threshold_places(threshold: float, least: int = 3) -> int:
     return places
 
 
-def unusable_because(path: Path, meta: dict, hash_export: bool = True) -> str | None:
+def unusable_because(path: Path, meta: dict, hash_export: bool = True, stored: dict | None = None) -> str | None:
     """Why a bundle cannot be used (None: it can), from its bundle.json: what `load_bundle` checks
     before unpickling (`bundle.check_files`), so what predict and mining need. metrics.json is not
     needed: it records how the bundle did on its test split (`mlc models`, --compare, the report), and
     a bundle without it predicts the same. `hash_export=False` (the listing): the export.pkl's sha256
-    is not computed."""
-    return check_files(path, meta, hash_export)
+    is not computed; `stored`: the files a store's marker lists (`read_info`)."""
+    return check_files(path, meta, hash_export, stored)
 
 
 def check_bundle(path: Path) -> None:
