@@ -6,6 +6,7 @@ Its keys:
   published                                   the digests of files rewritten in place (sync.push_rewritten)
   models_latest                               the store's models/LATEST when the command fetched (LATEST_SEEN)
   pointer_move                                a move of models/LATEST a publish owes (storemodels.POINTER_MOVE)
+  versions_synced                             versions known to be the store's, file for file (storeversions)
 A fresh cache has none of them.
 """
 

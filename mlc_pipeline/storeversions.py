@@ -10,6 +10,13 @@ What the store holds for a version, under datasets/<name>/vN/:
 Every fetch of versions and every publish reads the tombstones: a cache drops its copy of a version
 withdrawn elsewhere (when it is that version: same fingerprint) and keeps the name in its ledgers,
 so a build there numbers past it; a cache's version under a withdrawn name is never published.
+
+A version reads the same from every cache: the store's files are the version's. Two machines that
+built the same version at once (the same images: one fingerprint, one claim, one marker) each wrote
+their own dataset.json (`created_at`) and README.md (its "Built" line); the one that finds the version
+in the store when it publishes, or fetches it over its own copy, takes the store's top-level files
+where their bytes differ (`adopt_store_files`; the images are the fingerprint's). A version this cache
+published, fetched or adopted is recorded in the sync state (`versions_synced`) and not compared again.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ from mlc_pipeline.config import Config
 from mlc_pipeline.manifest import (VERSION_META, VersionMetaUnreadable, read_version_meta, recorded_fingerprint,
                                    versions as local_versions)
 from mlc_pipeline.objectstore import (CLAIM, MARKER, ObjectStoreError, Store, claim_folder, pull_folder, push_folder,
-                                      read_marker)
+                                      read_marker, same_bytes)
+from mlc_pipeline.storestate import read_state, write_state
 from mlc_pipeline.withdrawal import withdraw_folder
 
 log = logging.getLogger(__name__)
@@ -78,6 +86,7 @@ def push_versions(store: Store, cfg: Config) -> list[str]:
                 f"is another build under that name and is not published; move it aside and run `mlc build` again")
         marker = read_marker(store, key)
         if marker is not None and marker.get("fingerprint") == meta.get("fingerprint"):
+            adopt_store_files(store, cfg, version)      # built here too: the store's copy is the version
             continue
         if marker is None:
             refuse_foreign_folder(store, key, folder)
@@ -89,6 +98,7 @@ def push_versions(store: Store, cfg: Config) -> list[str]:
                 f"machine{by}): this cache's {folder} is not published; move it aside and run `mlc build` again")
         push_folder(store, folder, key, {"version": version, "fingerprint": meta.get("fingerprint"),
                                          "files_sha256": meta.get("files_sha256")}, prune=True)
+        synced(cfg, version, meta.get("fingerprint"))
         pushed.append(version)
         log.info("dataset %s %s published to %s", cfg.build.name, version, store.url)
     return pushed
@@ -127,13 +137,48 @@ def pull_version(store: Store, cfg: Config, version: str | None = None) -> str |
     marker = None if store.info(f"{key}/{TOMBSTONE}") else read_marker(store, key)     # withdrawn: not fetched
     if marker is None:
         return version if folder.exists() else None     # not published (yet): the cache's own, if any
-    if (folder / VERSION_META).exists():
-        if version_meta(folder).get("fingerprint") != marker.get("fingerprint"):
-            raise ObjectStoreError(f"the cache's {folder} is not the version {store.url}/{key} holds (built here "
-                                   f"but never published?): move it aside and rerun")
+    had = (folder / VERSION_META).exists()
+    if had and version_meta(folder).get("fingerprint") != marker.get("fingerprint"):
+        raise ObjectStoreError(f"the cache's {folder} is not the version {store.url}/{key} holds (built here "
+                               f"but never published?): move it aside and rerun")
     if pull_folder(store, key, folder, marker):
         log.info("dataset %s %s fetched from %s", cfg.build.name, version, store.url)
+    if had:
+        adopt_store_files(store, cfg, version)      # a copy built here (its publish refused, or from before)
+    else:
+        synced(cfg, version, marker.get("fingerprint"))
     return version
+
+
+def synced(cfg: Config, version: str, fingerprint: str | None) -> None:
+    "The cache's `version` recorded as the store's, file for file (published, fetched or adopted from here)."
+    known = read_state(cfg).get("versions_synced", {})
+    if known.get(version) != fingerprint:
+        write_state(cfg, versions_synced={**known, version: fingerprint})
+
+
+def adopt_store_files(store: Store, cfg: Config, version: str) -> list[str]:
+    """The cache's copy of a version the store holds, built here too (the same fingerprint): its
+    top-level files whose bytes are not the store's (dataset.json, README.md) replaced by the store's,
+    so that every cache shows the version's own created_at and card. Once per version (the sync state);
+    the names of the files replaced."""
+    folder, key = cfg.layout.version(version), version_key(cfg, version)
+    fingerprint = recorded_fingerprint(folder)
+    if read_state(cfg).get("versions_synced", {}).get(version) == fingerprint:
+        return []
+    try:
+        top = {p["name"].rstrip("/").rsplit("/", 1)[-1]: p for p in store.fs.ls(store.path(key), detail=True)
+               if p.get("type") == "file"}
+    except FileNotFoundError:
+        return []
+    own = {p.name: p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name in top}
+    differ = sorted(rel for rel, p in own.items() if not same_bytes(store, p, f"{key}/{rel}", top[rel]))
+    store.download([(f"{key}/{rel}", folder / rel) for rel in differ])
+    if differ:
+        log.info("dataset %s %s: this cache built the version %s holds; its %s replaced by the store's",
+                 cfg.build.name, version, store.url, ", ".join(differ))
+    synced(cfg, version, fingerprint)
+    return differ
 
 
 LISTING_FILES = ("manifest.csv", VERSION_META)

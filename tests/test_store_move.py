@@ -124,3 +124,37 @@ def test_a_root_copied_by_hand_is_not_published_over(local_root, moved, s3_serve
     assert "no _COMPLETE marker and no claim" in res.stderr.strip().splitlines()[-1], res.stderr[-3000:]
     assert "Moving a local data root to an object store" in res.stderr
     assert {k: v.get("ETag") for k, v in store.listing("datasets").items()} == before
+
+
+def test_a_version_built_on_two_machines_reads_the_same_from_every_cache(local_root, moved, s3_server, tmp_path):
+    """Two machines built v1 at once from one catalog (the same images, so one claim and one marker): the
+    store kept one build's dataset.json and README.md and the other cache its own, so v1's created_at
+    (and the card's "Built" line) differed between caches of one store version (scale26, finding 9).
+    The cache that finds its version in the store takes the store's files; so does a cache whose
+    publish was refused (the SQLite catalog) at its next fetch of that version."""
+    from mlc_pipeline.dataset import build_dataset
+    from mlc_pipeline.storeversions import pull_version, push_versions
+
+    def fresh_cache(name: str):
+        "A fresh cache holding the catalog and its files (fetched), no version yet."
+        cache = tmp_path / name
+        shutil.copytree(load_config(local_root).data_dir, cache, symlinks=True,
+                        ignore=shutil.ignore_patterns("datasets", "models", "reports", ".*"))
+        return load_config(store_config(local_root, s3_server, "twice", cache))
+
+    a, b, c = fresh_cache("a"), fresh_cache("b"), fresh_cache("c")
+    for cfg in (a, b, c):
+        assert build_dataset(cfg).published            # each machine builds v1 before any publishes
+    store = store_of(a)
+    assert push_versions(store, a) == ["v1"]
+    assert push_versions(store, b) == []               # the same build (fingerprint): not published again
+    assert pull_version(store, c, "v1") == "v1"        # C's publish was refused: its next fetch
+    stored = {name: store.read_text(f"datasets/default/v1/{name}") for name in ("dataset.json", "README.md")}
+    for cfg in (a, b, c):
+        here = {name: (cfg.layout.version("v1") / name).read_text() for name in stored}
+        assert here == stored, cfg.data_dir
+    created = {json.loads((cfg.layout.version("v1") / "dataset.json").read_text())["created_at"] for cfg in (a, b, c)}
+    assert created == {json.loads(stored["dataset.json"])["created_at"]}
+    fresh = load_config(store_config(local_root, s3_server, "twice", tmp_path / "d"))
+    assert pull_version(store, fresh) == "v1"
+    assert (fresh.layout.version("v1") / "dataset.json").read_text() == stored["dataset.json"]
