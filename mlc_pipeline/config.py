@@ -28,6 +28,7 @@ LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
 RESERVED_LABELS = {"other", "none"}   # other: the negatives' label; none: "none of the classes" in reports/predict
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")   # one safe path component: no '/', no '..'
 SPLIT_KEYS = ("train", "valid", "test")
+DEFAULT_SUBSAMPLING = "4:2:0"     # build.jpeg_subsampling's default: counted in no version's fingerprint
 # Flickr licence ids (stable; flickr.photos.licenses.getInfo) not free for a dataset: all rights reserved,
 # non-commercial (NC) or no derivatives (ND). Warned about at collect time and stated on the data card.
 RESTRICTED_LICENSES = {0: "All Rights Reserved", 1: "CC BY-NC-SA 2.0", 2: "CC BY-NC 2.0", 3: "CC BY-NC-ND 2.0",
@@ -154,7 +155,16 @@ class BuildSettings(Strict):
     name: str = "default"
     max_side: int = Field(256, ge=32)
     jpeg_quality: int = Field(90, ge=50, le=100)
+    # the copies' chroma: 4:2:0 (half resolution, Pillow's default) or 4:4:4 (full: docs/export.md, "The copy's colour")
+    jpeg_subsampling: Literal["4:2:0", "4:2:2", "4:4:4"] = DEFAULT_SUBSAMPLING
     split: dict[str, float] = {"train": 0.7, "valid": 0.15, "test": 0.15}
+
+    @field_validator("jpeg_subsampling", mode="before")
+    @classmethod
+    def as_written(cls, value: Any) -> Any:
+        "YAML 1.1 reads an unquoted 4:4:4 as a base-60 number (14644): taken back as it was written."
+        sexagesimal = {4 * 3600 + 2 * 60: "4:2:0", 4 * 3600 + 2 * 60 + 2: "4:2:2", 4 * 3600 + 4 * 60 + 4: "4:4:4"}
+        return sexagesimal.get(value, value) if type(value) is int else value
 
     @field_validator("name")
     @classmethod

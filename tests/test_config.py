@@ -255,3 +255,17 @@ def test_nan_or_infinity_is_refused_as_not_finite(tmp_path, text, key):
     """A nan cap was refused as 'should be less than or equal to 1', which did not say what was wrong."""
     with pytest.raises(ConfigError, match=f"{key}: Input should be a finite number"):
         load_config(write(tmp_path, GOOD + "\n" + text + "\n"))
+
+
+def test_jpeg_subsampling_is_read_as_written_quoted_or_not(tmp_path):
+    # Unquoted, YAML 1.1 reads 4:4:4 as a base-60 number (14644): in the file and in --set alike.
+    assert load_config(write(tmp_path, GOOD)).build.jpeg_subsampling == "4:2:0"
+    for written in ("4:4:4", '"4:4:4"', "'4:2:2'", "4:2:2", "4:2:0"):
+        cfg = load_config(write(tmp_path, GOOD + f"build: {{jpeg_subsampling: {written}}}\n"))
+        assert cfg.build.jpeg_subsampling == written.strip("'\"")
+    assert load_config(write(tmp_path, GOOD), parse_overrides(["build.jpeg_subsampling=4:4:4"])).build.jpeg_subsampling \
+        == "4:4:4"
+    for wrong in ("4:1:1", "444", "full"):
+        with pytest.raises(ConfigError) as err:
+            load_config(write(tmp_path, GOOD + f"build: {{jpeg_subsampling: {wrong}}}\n"))
+        assert str(err.value) == "config: build.jpeg_subsampling: Input should be '4:2:0', '4:2:2' or '4:4:4'"

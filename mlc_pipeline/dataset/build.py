@@ -177,7 +177,7 @@ def label_conflicts(rows: list[dict]) -> list[dict]:
 
 
 def fingerprint(rows: list[dict], cfg: Config) -> str:
-    return rows_fingerprint(rows, cfg.build.max_side, cfg.build.jpeg_quality)
+    return rows_fingerprint(rows, cfg.build.max_side, cfg.build.jpeg_quality, cfg.build.jpeg_subsampling)
 
 
 def count_rows(rows: list[dict]) -> dict:
@@ -348,7 +348,8 @@ def write_images(cfg: Config, folder: Path, rows: list[dict]) -> dict[int, str]:
                 unusable[r["candidate_id"]] = f"transient:file-unreadable:{type(exc).__name__}"
             else:
                 (folder / r["path"]).parent.mkdir(parents=True, exist_ok=True)
-                image.save(folder / r["path"], "JPEG", quality=cfg.build.jpeg_quality)
+                image.save(folder / r["path"], "JPEG", quality=cfg.build.jpeg_quality,
+                           subsampling=cfg.build.jpeg_subsampling)     # its colours in sRGB: no profile needed
             bar.advance()
     for r in (r for r in rows if r["candidate_id"] in unusable):
         log.warning("candidate %s: %s: %s; left out of this version", r["candidate_id"], r["_file"],

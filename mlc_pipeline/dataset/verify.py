@@ -16,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+from mlc_pipeline.config import DEFAULT_SUBSAMPLING
 from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.manifest import (ADDED_COLUMNS, MANIFEST_COLUMNS, VersionMetaUnreadable, latest_version, read_manifest,
                                    read_version_meta)
@@ -30,8 +31,12 @@ class VersionDamaged(RuntimeError):
     """A published dataset version whose files no longer match what was published (one line)."""
 
 
-def rows_fingerprint(rows: list[dict], max_side: int, jpeg_quality: int) -> str:
-    h = hashlib.sha256(json.dumps([max_side, jpeg_quality], sort_keys=True).encode())
+def rows_fingerprint(rows: list[dict], max_side: int, jpeg_quality: int, jpeg_subsampling: str | None = None) -> str:
+    """What a version holds: its rows and the build settings its copies were made with. The chroma
+    subsampling counts only when it is not the default, so versions built before the setting existed
+    (all 4:2:0) keep their fingerprint, and an unchanged config rebuilds nothing."""
+    params = [max_side, jpeg_quality] + ([jpeg_subsampling] if jpeg_subsampling not in (None, DEFAULT_SUBSAMPLING) else [])
+    h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
     for r in rows:
         h.update(f"{r['path']}|{r['labels']}|{r['split']}|{r['sha256']}|{r['license_id']}\n".encode())
     return h.hexdigest()
@@ -99,7 +104,8 @@ def verified_version(folder: str | Path) -> tuple[dict, list[dict]]:
     build = params.get("build", {}) if isinstance(params, dict) else {}
     # The CSV writes a missing licence id as '', the fingerprint was computed on None.
     as_built = [{**r, "license_id": r["license_id"] or None} for r in rows]
-    if rows_fingerprint(as_built, build.get("max_side"), build.get("jpeg_quality")) != meta.get("fingerprint"):
+    if rows_fingerprint(as_built, build.get("max_side"), build.get("jpeg_quality"),
+                        build.get("jpeg_subsampling")) != meta.get("fingerprint"):
         raise damaged("manifest.csv was changed since publication (its fingerprint does not match dataset.json)")
     for r in rows:
         if not (folder / r["path"]).is_file():

@@ -1,21 +1,25 @@
-"""What the build writes of a photo's colours (the realfiles27 audit, finding 1).
+"""What the build writes of a photo's colours (the realfiles27 audit, findings 1 and 3).
 
 - A photo with an embedded Adobe RGB or Display P3 profile is published in sRGB (the copy holds no
   profile, so every reader takes its numbers as sRGB): its copy matches the sRGB photo's copy, where
   it held the raw wide-gamut numbers, a washed-out picture. An sRGB photo and its Adobe RGB twin are
   near duplicates; the one kept (the Adobe RGB file: more bytes, `dedup._rank` rule 4) is now the
   same picture. A profile that cannot be applied leaves the photo in, read as before, and says why.
+- `build.jpeg_subsampling` reaches the files; its default (4:2:0) counts in no fingerprint, so a
+  version built before it existed is not rebuilt.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import shutil
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, JpegImagePlugin
 
 import iccprofiles as icc
 from helpers import FIXTURES
@@ -24,10 +28,12 @@ from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import parse_config
 from mlc_pipeline.curate.stage import curate
 from mlc_pipeline.dataset.build import build_dataset
+from mlc_pipeline.dataset.verify import verify_version
 from mlc_pipeline.images import load_rgb
 from mlc_pipeline.manifest import read_manifest
 
 pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="fixture photos missing (../shared/fixtures)")
+SAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}      # JpegImagePlugin.get_sampling's numbers
 
 
 def in_profile(src, dest, profile: bytes) -> None:
@@ -102,3 +108,28 @@ def test_a_wide_gamut_photo_is_published_in_srgb(world, caplog):
     warned = [r.getMessage() for r in caplog.records if "colour profile" in r.getMessage()]
     assert warned == [f"{file_path}: its embedded colour profile is not applied: unreadable profile (cannot open "
                       "profile from string); its numbers are read as sRGB"]
+
+
+def test_the_chroma_subsampling_reaches_the_files_and_counts_only_when_not_the_default(world):
+    raw, _ = world
+    default, rows = built(raw, name="chroma")
+    assert default.published and default.version == "v1"
+    files = [default.path / r["path"] for r in rows.values()]
+    assert {JpegImagePlugin.get_sampling(Image.open(f)) for f in files} == {SAMPLING["4:2:0"]}
+    # The fingerprint of a version built before the setting existed: max side, quality, the rows.
+    meta = json.loads((default.path / "dataset.json").read_text())
+    h = hashlib.sha256(json.dumps([256, 90]).encode())
+    for r in read_manifest(default.path / "manifest.csv"):
+        h.update(f"{r['path']}|{r['labels']}|{r['split']}|{r['sha256']}|{r['license_id'] or None}\n".encode())
+    assert meta["fingerprint"] == default.fingerprint == h.hexdigest()
+    assert not built(raw, name="chroma", jpeg_subsampling="4:2:0")[0].published      # nothing rebuilt
+
+    full, rows = built(raw, name="chroma", jpeg_subsampling="4:4:4")
+    assert full.published and full.version == "v2" and full.fingerprint != default.fingerprint
+    assert {JpegImagePlugin.get_sampling(Image.open(full.path / r["path"])) for r in rows.values()} == {SAMPLING["4:4:4"]}
+    assert sum(f.stat().st_size for f in full.path.rglob("*.jpg")) > sum(f.stat().st_size for f in files)
+    verify_version(full.path)                       # its fingerprint, recomputed from dataset.json's params
+    assert not built(raw, name="chroma", jpeg_subsampling="4:4:4")[0].published
+    half, rows = built(raw, name="chroma", jpeg_subsampling="4:2:2")
+    assert half.version == "v3"
+    assert {JpegImagePlugin.get_sampling(Image.open(half.path / r["path"])) for r in rows.values()} == {SAMPLING["4:2:2"]}
