@@ -30,7 +30,7 @@ from mlc_pipeline.model.metrics import predict_matrix, real_class_indices, targe
 from mlc_pipeline.model.mine_record import settle_in
 from mlc_pipeline.model.predict_cli import decimals
 from mlc_pipeline.model.registry import threshold_places
-from mlc_pipeline.report.html import figure, folded, png_img, table, thumbnail_uri
+from mlc_pipeline.report.html import folded, image_figure, png_img, table
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +172,10 @@ def caption(s: Scored, i: int, extra: str = "") -> str:
     return f"{'probe ' if s.probe[i] else ''}{true} → {said}{extra}"
 
 
-def gallery(items: list[tuple[str | None, str]], what: str) -> str:
-    """Thumbnails: the first SHOWN on the page, the rest in a folded section."""
-    figs = [figure(src, cap) for src, cap in items]
+def gallery(items: list[tuple[str | Path, str]], what: str) -> str:
+    """Thumbnails of (file, caption): the first SHOWN on the page, the rest in a folded section; a
+    file is shown as the pipeline reads it (report/html.thumbnail)."""
+    figs = [image_figure(path, cap) for path, cap in items]
     out = "<div class='grid'>" + "".join(figs[:SHOWN]) + "</div>"
     if len(figs) > SHOWN:
         out += folded(f"{len(figs) - SHOWN} more {what}", "<div class='grid'>" + "".join(figs[SHOWN:]) + "</div>")
@@ -205,12 +206,12 @@ def analysis_section(bundle_dir: str | Path) -> str:
     worst = test[np.argsort(-losses(s)[test], kind="stable")][:TOP_LOSSES]
     parts += [f"<h3 id='top-losses'>Top losses: the {len(worst)} test images it gets most wrong</h3>",
               "<p>Caption: true labels → what the model claimed (score), and the image's loss.</p>",
-              gallery([(thumbnail_uri(s.images / s.rows[i]["path"]), caption(s, i, f" · loss {losses(s)[i]:.2f}"))
+              gallery([(s.images / s.rows[i]["path"], caption(s, i, f" · loss {losses(s)[i]:.2f}"))
                        for i in worst], "images")]
     accepted = [i for i in np.flatnonzero(s.probe) if s.pred[i, s.real].any()]
     parts += [f"<h3 id='unknowns-accepted'>Unknown (probe) images still accepted <small>{len(accepted)} of "
               f"{int(s.probe.sum())}</small></h3>",
-              gallery([(thumbnail_uri(s.images / s.rows[i]["path"]), caption(s, i)) for i in accepted], "images")
+              gallery([(s.images / s.rows[i]["path"], caption(s, i)) for i in accepted], "images")
               if accepted else "<p>None: every probe image was answered with none of the classes.</p>"]
     return "\n".join(parts)
 
@@ -312,7 +313,8 @@ def mining_round_html(catalog, decided: dict, records: list, round_no: int, bund
         parts.append(f"<p>{never} of this record's decisions were {NEVER}: the round stopped before the catalog "
                      "committed them, so the next build does not learn from them.</p>")
     if added:
-        parts.append(gallery([(thumbnail_uri(r["file"]), f"{r['photo_id']}: taken for {r['accepted_as']} "
+        # the pool file as downloaded: upright and on white, as the model scored it
+        parts.append(gallery([(r["file"], f"{r['photo_id']}: taken for {r['accepted_as']} "
                                f"({float(r['score']):.2f})" + (f" · {r['since']}" if r["since"] else ""))
                               for r in added], "hard negatives"))
     return "\n".join(parts)

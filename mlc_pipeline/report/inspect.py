@@ -19,9 +19,11 @@ from mlc_pipeline.config import Config
 from mlc_pipeline.dataset.takedowns import held_words, takedowns_of
 from mlc_pipeline.dataset.verify import VersionDamaged, damaged_version, read_version
 from mlc_pipeline.manifest import UnknownVersion, latest_version, versions
-from mlc_pipeline.report.html import figure, folded, table, thumbnail_uri  # noqa: F401 (thumbnail_uri: public here since 0.1)
+from mlc_pipeline.report import html as blocks
+from mlc_pipeline.report.html import folded, image_figure, table
 
 log = logging.getLogger(__name__)
+thumbnail_uri = blocks.thumbnail_uri      # public here since 0.1
 GRID_LIMIT = 48        # thumbnails per label shown open; the label's others are in a folded section
 GROUP_LIMIT = 40       # duplicate groups shown
 QUARANTINE_LIMIT = 80
@@ -244,7 +246,7 @@ CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}h2{border-b
 table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:6px}
 figure{margin:0;width:116px;font-size:11px;overflow:hidden;overflow-wrap:anywhere}figure img{width:112px;height:112px;object-fit:cover}
-.broken{width:112px;height:112px;background:#fdd;display:flex;align-items:center;justify-content:center}
+.broken{width:112px;height:112px;background:#fdd;display:flex;align-items:center;justify-content:center;text-align:center}
 .group{display:flex;gap:6px;margin:8px 0;padding:6px;border:1px solid #eee}small{color:#777}
 td.clip{max-width:18em;text-align:left;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 td{overflow-wrap:anywhere}summary{cursor:pointer;color:#036;margin:6px 0}
@@ -297,8 +299,8 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
                          f"it was built (<code>mlc remove</code>){held_words(held)}{',' if held else ''} are not shown: "
                          f"{html.escape(', '.join(names))}.</p>")
         for label, rows in sorted(groups.items()):
-            figs = [figure(thumbnail_uri(folder / r["path"], *(THUMB if k < GRID_LIMIT else FOLDED_THUMB)),
-                           f"{r['split']} · {r['photo_id']}") for k, r in enumerate(rows)]
+            figs = [image_figure(folder / r["path"], f"{r['split']} · {r['photo_id']}",
+                                 *(THUMB if k < GRID_LIMIT else FOLDED_THUMB)) for k, r in enumerate(rows)]
             parts.append(f"<h3>{html.escape(label)} <small>{len(rows)} images</small></h3>"
                          f"<div class='grid'>{''.join(figs[:GRID_LIMIT])}</div>")
             if len(figs) > GRID_LIMIT:
@@ -312,12 +314,15 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
         kept = by_id.get(kept_id)
         # a review decision outranks curation's: the copy kept may be out, a copy dropped may be back in
         kept_as = "rejected in review" if review_in.get(kept_id) == "rejected" else "kept"
-        cells = [figure(thumbnail_uri(kept["file_path"]), f"{kept_as} {shown_name(kept)} ({kept['curated_label']})")] if kept else []
-        cells += [figure(thumbnail_uri(d["file_path"]), f"{shown_name(d)}: {d['reason']}"
-                         + (", put back in review" if review_in.get(d["id"]) == "accepted" else "")) for d in members]
+        # the original files, as the pipeline reads them (upright, on white)
+        cells = [image_figure(kept["file_path"], f"{kept_as} {shown_name(kept)} ({kept['curated_label']})")] if kept else []
+        cells += [image_figure(d["file_path"], f"{shown_name(d)}: {d['reason']}"
+                               + (", put back in review" if review_in.get(d["id"]) == "accepted" else ""))
+                  for d in members]
         parts.append("<div class='group'>" + "".join(cells) + "</div>")
     parts.append(f"<h2 id='quarantine'>Quarantined <small>{len(quarantined)}</small></h2><div class='grid'>")
-    parts += [figure(thumbnail_uri(q["file_path"]), f"{shown_name(q)}: {q['reason']}") for q in quarantined[:QUARANTINE_LIMIT]]
+    parts += [image_figure(q["file_path"], f"{shown_name(q)}: {q['reason']}")
+              for q in quarantined[:QUARANTINE_LIMIT]]
     parts.append("</div>")
     if cat["unreadable_in_folder"]:
         title, *files = unreadable_lines(cat["unreadable_in_folder"])
