@@ -46,6 +46,22 @@ def png_header_only(width: int, height: int) -> bytes:
             + chunk(b"IEND", b""))
 
 
+def png_bomb(path: Path, side: int = 13000, height: int | None = None) -> Path:
+    """A side x side (or side x height) greyscale PNG of ~170 KB at 13000 (zeros compress 1000:1),
+    written row by row so making it never holds the picture in memory; decoded it is side*side*3
+    bytes as RGB (507 MB at 13000)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    height = side if height is None else height
+    z, row, body = zlib.compressobj(9), b"\0" * (side + 1), []
+    for _ in range(height):
+        body.append(z.compress(row))
+    body.append(z.flush())
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", b"".join(body)) + chunk(b"IEND", b""))
+    return path
+
+
 def halves(size: tuple[int, int], left: tuple, right: tuple, mode: str = "RGB") -> Image.Image:
     "Left half one colour, right half another: makes orientation and colour easy to assert."
     im = Image.new(mode, size, left)

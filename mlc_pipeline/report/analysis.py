@@ -173,8 +173,9 @@ def caption(s: Scored, i: int, extra: str = "") -> str:
 
 
 def gallery(items: list[tuple[str | Path, str]], what: str) -> str:
-    """Thumbnails of (file, caption): the first SHOWN on the page, the rest in a folded section; a
-    file is shown as the pipeline reads it (report/html.thumbnail)."""
+    """Thumbnails of (file, caption): the first SHOWN on the page, the rest in a folded section. A
+    file is shown as the pipeline reads it; one over curation's default limits is not decoded
+    (report/html.thumbnail)."""
     figs = [image_figure(path, cap) for path, cap in items]
     out = "<div class='grid'>" + "".join(figs[:SHOWN]) + "</div>"
     if len(figs) > SHOWN:

@@ -254,6 +254,8 @@ td{overflow-wrap:anywhere}summary{cursor:pointer;color:#036;margin:6px 0}
 
 
 def html_report(cfg: Config, version: str | None = None, extra_sections: list[str] | None = None) -> str:
+    from mlc_pipeline.curate.stage import limits_of     # scipy: only when a page is written
+    limits = limits_of(cfg)         # a file over curation's limits is not decoded for its thumbnail
     ds = dataset_summary(cfg, version)
     with Catalog(cfg.catalog_path, readonly=True) as catalog:
         cat = catalog_summary(catalog)
@@ -300,7 +302,7 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
                          f"{html.escape(', '.join(names))}.</p>")
         for label, rows in sorted(groups.items()):
             figs = [image_figure(folder / r["path"], f"{r['split']} · {r['photo_id']}",
-                                 *(THUMB if k < GRID_LIMIT else FOLDED_THUMB)) for k, r in enumerate(rows)]
+                                 *(THUMB if k < GRID_LIMIT else FOLDED_THUMB), limits=limits) for k, r in enumerate(rows)]
             parts.append(f"<h3>{html.escape(label)} <small>{len(rows)} images</small></h3>"
                          f"<div class='grid'>{''.join(figs[:GRID_LIMIT])}</div>")
             if len(figs) > GRID_LIMIT:
@@ -314,14 +316,16 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
         kept = by_id.get(kept_id)
         # a review decision outranks curation's: the copy kept may be out, a copy dropped may be back in
         kept_as = "rejected in review" if review_in.get(kept_id) == "rejected" else "kept"
-        # the original files, as the pipeline reads them (upright, on white)
-        cells = [image_figure(kept["file_path"], f"{kept_as} {shown_name(kept)} ({kept['curated_label']})")] if kept else []
+        # the original files, as the pipeline reads them (upright, on white), within curation's limits
+        cells = [image_figure(kept["file_path"], f"{kept_as} {shown_name(kept)} ({kept['curated_label']})",
+                              limits=limits)] if kept else []
         cells += [image_figure(d["file_path"], f"{shown_name(d)}: {d['reason']}"
-                               + (", put back in review" if review_in.get(d["id"]) == "accepted" else ""))
+                               + (", put back in review" if review_in.get(d["id"]) == "accepted" else ""), limits=limits)
                   for d in members]
         parts.append("<div class='group'>" + "".join(cells) + "</div>")
     parts.append(f"<h2 id='quarantine'>Quarantined <small>{len(quarantined)}</small></h2><div class='grid'>")
-    parts += [image_figure(q["file_path"], f"{shown_name(q)}: {q['reason']}")
+    # a file refused as too large (or one that crashed a decoder) gets a placeholder: never decoded here
+    parts += [image_figure(q["file_path"], f"{shown_name(q)}: {q['reason']}", limits=limits, reason=q["reason"])
               for q in quarantined[:QUARANTINE_LIMIT]]
     parts.append("</div>")
     if cat["unreadable_in_folder"]:

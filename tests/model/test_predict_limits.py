@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import struct
 import subprocess
-import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from badfiles import png_bomb
 from helpers import MEASURED, MLC
 from shapes import trained_bundle  # noqa: E402  (one tiny training shared with test_predict)
 
@@ -17,19 +15,6 @@ from mlc_pipeline.model.predict import predict_paths, score_with_errors  # noqa:
 
 from mlc_pipeline.model.bundle import load_bundle
 from mlc_pipeline.manifest import read_manifest_frame  # noqa: E402
-
-def png_bomb(path: Path, side: int = 13000) -> Path:
-    """A side x side greyscale PNG of ~170 KB (zeros compress 1000:1), written row by row so making
-    it never holds the picture in memory; decoded it is side*side*3 bytes as RGB (507 MB at 13000)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    z, row, body = zlib.compressobj(9), b"\0" * (side + 1), []
-    for _ in range(side):
-        body.append(z.compress(row))
-    body.append(z.flush())
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", b"".join(body)) + chunk(b"IEND", b""))
-    return path
 
 
 @pytest.fixture(scope="module")
