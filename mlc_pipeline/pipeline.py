@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 from mlc_pipeline.collect.stage import TOPUP_ROUNDS, collect_in_rounds
 from mlc_pipeline.collect.sources import check_before_writing
 from mlc_pipeline.config import Config
-from mlc_pipeline.curate.stage import curate
+from mlc_pipeline.curate.stage import curate, limits_of
 from mlc_pipeline.dataset.build import build_dataset
 from mlc_pipeline import interrupts
 from mlc_pipeline.fsutil import write_text_atomic
@@ -132,7 +132,8 @@ def collect_and_curate(cfg: Config, progress: bool = True, on_progress: Callable
 def write_run_report(cfg: Config, result: PipelineResult) -> str:
     """The HTML report: the data, and the model section when models were trained."""
     name = "latest.html" if result.rounds else "latest-dataset.html"
-    extra = [model_section(result, models_root(cfg), cfg.catalog_path)] if result.rounds else []
+    # the mining gallery decodes within curation's limits (a raised curate.max_pixels shows what it let in)
+    extra = [model_section(result, models_root(cfg), cfg.catalog_path, limits_of(cfg))] if result.rounds else []
     return str(write_html_report(cfg, cfg.layout.reports / name, extra_sections=extra))
 
 

@@ -172,11 +172,11 @@ def caption(s: Scored, i: int, extra: str = "") -> str:
     return f"{'probe ' if s.probe[i] else ''}{true} → {said}{extra}"
 
 
-def gallery(items: list[tuple[str | Path, str]], what: str) -> str:
+def gallery(items: list[tuple[str | Path, str]], what: str, limits=None) -> str:
     """Thumbnails of (file, caption): the first SHOWN on the page, the rest in a folded section. A
-    file is shown as the pipeline reads it; one over curation's default limits is not decoded
-    (report/html.thumbnail)."""
-    figs = [image_figure(path, cap) for path, cap in items]
+    file is shown as the pipeline reads it; one over curation's limits (`limits`, the config's
+    VerifyLimits; its defaults when None) is not decoded (report/html.thumbnail)."""
+    figs = [image_figure(path, cap, limits=limits) for path, cap in items]
     out = "<div class='grid'>" + "".join(figs[:SHOWN]) + "</div>"
     if len(figs) > SHOWN:
         out += folded(f"{len(figs) - SHOWN} more {what}", "<div class='grid'>" + "".join(figs[SHOWN:]) + "</div>")
@@ -271,7 +271,7 @@ def fates(counts: collections.Counter) -> str:
     return "; ".join(filter(None, [f"{later} since" if later else "", f"{counts[NEVER]} {NEVER}" if counts[NEVER] else ""]))
 
 
-def mining_section(rounds: list[tuple[int, Path]], catalog_path=None) -> str:
+def mining_section(rounds: list[tuple[int, Path]], catalog_path=None, limits=None) -> str:
     """For each (round, bundle that mined it) and every other round those bundles mined: thumbnails
     of the hard negatives the round added and links to its record (every decision) and to the
     bundle's review.csv (class images to check, from its latest mining). With `catalog_path`, a
@@ -287,10 +287,11 @@ def mining_section(rounds: list[tuple[int, Path]], catalog_path=None) -> str:
     with contextlib.ExitStack() as stack:
         catalog = None if catalog_path is None else stack.enter_context(Catalog(catalog_path, readonly=True))
         decided = {} if catalog is None else overrides(catalog)
-        return "\n".join(mining_round_html(catalog, decided, records, *record) for record in records)
+        return "\n".join(mining_round_html(catalog, decided, records, *record, limits=limits) for record in records)
 
 
-def mining_round_html(catalog, decided: dict, records: list, round_no: int, bundle_dir: Path, mined: Path) -> str:
+def mining_round_html(catalog, decided: dict, records: list, round_no: int, bundle_dir: Path, mined: Path,
+                      limits=None) -> str:
     review = bundle_dir / "review.csv"
     latest = round_no == max(r for r, b, _ in records if b == bundle_dir)   # review.csv is its latest mining's
     rows = read_csv(mined)
@@ -317,5 +318,5 @@ def mining_round_html(catalog, decided: dict, records: list, round_no: int, bund
         # the pool file as downloaded: upright and on white, as the model scored it
         parts.append(gallery([(r["file"], f"{r['photo_id']}: taken for {r['accepted_as']} "
                                f"({float(r['score']):.2f})" + (f" · {r['since']}" if r["since"] else ""))
-                              for r in added], "hard negatives"))
+                              for r in added], "hard negatives", limits))
     return "\n".join(parts)

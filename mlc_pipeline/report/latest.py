@@ -93,4 +93,5 @@ def latest_model_sections(cfg: Config) -> list[str]:
                 f"nothing to report of it.</p>"]
     if result is None:
         return ["<h2 id='model'>Model</h2><p>No model yet: run <code>mlc train</code> or <code>mlc run</code>.</p>"]
-    return [model_section(result, cfg.layout.models, cfg.catalog_path)]
+    from mlc_pipeline.curate.stage import limits_of     # the mining gallery decodes within curation's limits
+    return [model_section(result, cfg.layout.models, cfg.catalog_path, limits_of(cfg))]

@@ -63,7 +63,7 @@ def run_notes(result) -> list[str]:
     return notes
 
 
-def model_section(result, models_dir: Path, catalog_path=None) -> str:
+def model_section(result, models_dir: Path, catalog_path=None, limits=None) -> str:
     """HTML for a PipelineResult whose bundles live in `models_dir`; the catalog at `catalog_path`
     says which mined negatives were undone since (report/analysis.mining_section)."""
     if not result.rounds:
@@ -106,7 +106,7 @@ def model_section(result, models_dir: Path, catalog_path=None) -> str:
     # round r was mined by the model of round r-1 (mined-r<r>.csv); other rounds a bundle mined show too
     parts.append(mining_section([(r.round, models_dir / prev.bundle) for prev, r in zip(result.rounds, result.rounds[1:])]
                                 + [(result.rounds[-1].round + 1, models_dir / result.rounds[-1].bundle)],
-                                catalog_path))
+                                catalog_path, limits))
     return "\n".join(parts)
 
 

@@ -239,3 +239,14 @@ def test_a_file_over_the_configured_byte_limit_or_that_crashed_a_decoder_is_not_
     src, why = thumbnail(photo, reason="too-small")
     assert why is None
     assert_upright(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"), landscape(0))
+
+
+def test_the_mining_gallery_decodes_within_the_configs_limits_not_curations_defaults(tmp_path):
+    """The gallery took curation's default limits whatever the config said (fix-reportthumbs left it):
+    a config that tightens them (or raises curate.max_pixels) must be the one the page obeys."""
+    files = {"p0": shutil.copyfile(landscape(0), tmp_path / "p0.jpg")}
+    tight = limits_of(parse_config({"data_dir": str(tmp_path), "classes": {"ants": {"queries": ["ants"], "count": 1}},
+                                    "other": {"queries": ["scenery"], "count": 1}, "source": {"max_image_bytes": 1024}}))
+    bundle = mined_bundle(tmp_path, files)
+    assert placeholder(mining_section([(1, bundle)], limits=tight), "p0: taken for ants") == "not decoded: file-too-large"
+    assert_upright(shown(mining_section([(1, bundle)]), "p0: taken for ants"), landscape(0))
