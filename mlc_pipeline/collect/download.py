@@ -33,7 +33,7 @@ from mlc_pipeline.collect.connections import Live, WatchedAdapter, close_session
 from mlc_pipeline.collect.hosts import HostHealth, host_allowed, host_of
 from mlc_pipeline.collect.rawfiles import StorageError, disk_errors, final_path, shard_dir, temp_path
 from mlc_pipeline.collect.retry import Transient, backoff_delay, retry_after_seconds
-from mlc_pipeline.imageformat import declared_type, image_extension
+from mlc_pipeline.imageformat import HEAD_BYTES, declared_type, image_extension, unsupported_format
 from mlc_pipeline.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -271,15 +271,16 @@ class Downloader:
                         size += len(chunk)
                         if size > self.s.max_image_bytes:
                             raise Rejected("too-large")
-                        if len(head) < 16:
-                            head += chunk[:16]
+                        if len(head) < HEAD_BYTES:
+                            head += chunk[:HEAD_BYTES - len(head)]
                         digest.update(chunk)
                         out.write(chunk)
                 if size == 0:
                     raise Rejected("empty-body")
                 ext = image_extension(head)
-                if ext is None:
-                    raise Rejected("not-an-image:bad-magic")
+                if ext is None:     # a photo in a format not decoded here (HEIC) is not "not an image"
+                    named = unsupported_format(head)
+                    raise Rejected(f"unsupported-format:{named.lower()}" if named else "not-an-image:bad-magic")
                 if self._take_cut():     # a body without Content-Length ends cleanly when cut
                     raise self._cut_error()
                 path = final_path(self.raw_dir, job.photo_id, ext)

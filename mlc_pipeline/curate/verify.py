@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass
 
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
-from mlc_pipeline.imageformat import image_extension
+from mlc_pipeline.imageformat import DECODED_FORMATS, image_extension, size_reason
 from mlc_pipeline.images import DECODE_ERRORS
 
 # Formats we decode. Everything else (EPS runs Ghostscript, PSD, ICO, ...) is refused up front.
-DEFAULT_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG includes MPO
+DEFAULT_FORMATS = DECODED_FORMATS  # JPEG includes MPO (imageformat.py: `mlc predict` refuses what curation does)
 _PLUGINS = {"JPEG": "JpegImagePlugin", "PNG": "PngImagePlugin", "GIF": "GifImagePlugin",
             "WEBP": "WebPImagePlugin", "BMP": "BmpImagePlugin", "TIFF": "TiffImagePlugin"}
 
@@ -218,17 +218,6 @@ def _header_reason(im: Image.Image, limits: VerifyLimits) -> str | None:
     if reason is None and im.mode not in SUPPORTED_MODES:
         return "unsupported-mode"
     return reason
-
-
-def size_reason(width: int, height: int, limits: VerifyLimits) -> str | None:
-    "The rules on an image's size (orientation-free: width and height may come either way round)."
-    if width * height > limits.max_pixels:
-        return "decompression-bomb"
-    if min(width, height) < limits.min_side:
-        return "too-small"
-    if max(width, height) > limits.max_aspect * min(width, height):
-        return "extreme-aspect"
-    return None
 
 
 # The reasons that depend on VerifyLimits: a file rejected for another one stays rejected whatever

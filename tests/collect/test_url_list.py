@@ -15,6 +15,7 @@ from collections import Counter
 
 import pytest
 
+from camera_files import AVIF, camera_folder
 from helpers import ENV, FIXTURES, MLC
 
 from mlc_pipeline.catalog import Catalog
@@ -275,3 +276,37 @@ def test_an_image_host_that_answers_nothing_ends_the_collect_at_once_with_its_na
     with Catalog(load_config(tmp_path / "project.yaml").catalog_path) as c:
         reasons = Counter(r["reason"].split(":")[1] for r in c.candidates("status='failed'"))
     assert reasons["host-down"] > 0 and set(reasons) <= {"connectionerror", "host-down"}, reasons
+
+
+def test_a_heic_or_avif_photo_is_said_to_be_one_never_not_an_image(tmp_path):
+    """The realfiles27 audit (#7): an AVIF photo of a URL list (`Content-Type: image/avif`) was failed
+    for good as `not-an-image:bad-magic`, and so was a HEIC one. AVIF, which this Pillow decodes, is
+    downloaded as .avif and judged by curation (a format it does not train on: `unsupported-format:AVIF`);
+    HEIC, which it does not, fails `unsupported-format:heic`. An HTML page named .jpg is still not an image."""
+    site = tmp_path / "site"
+    camera_folder(site)
+    (site / "ants" / "page.jpg").write_text("<html><body>404</body></html>")
+    files = {"photo.jpg": "cat", "IMG_0002.HEIC": "cat", "page.jpg": "cat", **({"phone.avif": "cat"} if AVIF else {})}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(site)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host = f"http://127.0.0.1:{server.server_address[1]}"
+        (tmp_path / "list.csv").write_text("url,label\n" + "".join(f"{host}/ants/{n},{label}\n" for n, label in files.items()))
+        (tmp_path / "p.yaml").write_text(
+            "data_dir: data\nsource: {kind: urls, csv: list.csv}\nclasses: {cat: {queries: [cat], count: 4}}\n"
+            "other: {queries: [other], count: 1}\n")
+        collected = mlc("collect", "-c", str(tmp_path / "p.yaml"))
+        assert collected.returncode == 0, collected.stderr[-3000:]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert json.loads(collected.stdout)["failed"] == {"unsupported-format:heic": 1, "not-an-image:bad-magic": 1}
+    curated = mlc("curate", "-c", str(tmp_path / "p.yaml"))
+    assert curated.returncode == 0, curated.stderr[-3000:]
+    with Catalog(load_config(tmp_path / "p.yaml").catalog_path, readonly=True) as catalog:
+        fate = {r["url"].rsplit("/", 1)[1]: (r["status"], r["reason"], r["verify_reason"]) for r in catalog.candidates()}
+    assert fate["IMG_0002.HEIC"] == ("failed", "unsupported-format:heic", None)
+    assert fate["page.jpg"] == ("failed", "not-an-image:bad-magic", None)
+    assert fate["photo.jpg"][0] == "accepted"
+    if AVIF:
+        assert fate["phone.avif"][0] == "rejected" and fate["phone.avif"][2] == "unsupported-format:AVIF", fate
