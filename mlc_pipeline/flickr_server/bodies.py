@@ -46,10 +46,20 @@ class Body:
 
     @property
     def image_type(self) -> str:
-        if self.head.startswith(b"\x89PNG"):
+        """The media type the bytes show (a folder's WebP was sent as image/jpeg, and recorded so)."""
+        head = self.head
+        if head.startswith(b"\x89PNG"):
             return "image/png"
-        if self.head[:3] == b"GIF":
+        if head[:3] == b"GIF":
             return "image/gif"
+        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            return "image/webp"
+        if head[:2] == b"BM":
+            return "image/bmp"
+        if head[:4] in (b"II*\x00", b"MM\x00*"):
+            return "image/tiff"
+        if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"):
+            return "image/avif"
         return "image/jpeg"
 
 

@@ -6,6 +6,9 @@ import hashlib
 import logging
 import os
 import random
+import re
+import warnings
+from collections import Counter
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -15,7 +18,28 @@ from .model import SIZE_TABLE, Photo
 from .search import words_of
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp"}
+
+
+def _avif_decodes() -> bool:
+    try:
+        from PIL import AvifImagePlugin       # Pillow 11.2 and later; SUPPORTED: built with libavif
+    except ImportError:
+        return False
+    return bool(getattr(AvifImagePlugin, "SUPPORTED", False))
+
+
+# Served: the formats of these names that this Pillow decodes (AVIF where it is built with libavif)
+SERVED_SUFFIXES = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".gif": "GIF",
+                   ".bmp": "BMP", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
+                   **({".avif": "AVIF"} if _avif_decodes() else {})}
+SERVED_FORMATS = tuple(dict.fromkeys(SERVED_SUFFIXES.values()))
+IMAGE_SUFFIXES = set(SERVED_SUFFIXES)
+# Photo formats left out, named and counted (never silently): a file of one of these names is opened
+# first if it may be one served under another name (an AVIF named .heic), by a file name otherwise.
+NOT_SERVED = {".heic": "HEIC", ".heif": "HEIF", ".hif": "HEIF", ".avif": "AVIF", ".jxl": "JPEG XL", ".svg": "SVG",
+              ".svgz": "SVG", ".psd": "PSD", ".jp2": "JPEG 2000", ".dng": "camera raw (DNG)",
+              **{s: f"camera raw ({s[1:].upper()})" for s in (".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf")}}
+SNIFFED = {"", ".heic", ".heif", ".hif", ".avif"}
 
 
 class FolderModeError(ValueError):
@@ -31,10 +55,13 @@ def folder_photos(folder: str | Path, query_map: dict[str, str], seed: int,
     and files are followed (a folder tree assembled from links is a common way to pick images);
     each photo records its path relative to `folder` as `source_file`. A file with an image name
     that is no readable image (empty, an HTML page named .jpg, a link to nothing or to a device), or
-    is larger than `max_bytes` (the downloader would refuse it: never read), is not served: it is
-    logged, and added to `unreadable` (path relative to `folder` -> why), which collect's summary
-    counts and `mlc inspect` shows. Not served rather than failed at download: the day the user
-    replaces it with an image, the next collect finds it as a new photo.
+    is larger than `max_bytes` (the downloader would refuse it: never read), or larger than Pillow
+    opens (a decompression bomb), is not served: it is logged, and added to `unreadable` (path
+    relative to `folder` -> why), which collect's summary counts and `mlc inspect` shows. Not served
+    rather than failed at download: the day the user replaces it with an image, the next collect
+    finds it as a new photo. So is a photo in a format not served here (HEIC, SVG, camera raw; AVIF
+    where Pillow cannot decode it; a file without an extension that is no image served): one warning
+    counts them by format, and `-v` names each. Other files (notes.txt) are not images: not listed.
     """
     unreadable = {} if unreadable is None else unreadable
     root = check_folder(folder, query_map)
@@ -45,7 +72,7 @@ def folder_photos(folder: str | Path, query_map: dict[str, str], seed: int,
         # Tagged with the words search splits a query into: "hot-air" as one tag ("hotair") was
         # never found by a search for "hot-air balloon" (words "hot", "air", "balloon").
         words = words_of(query)
-        for path in image_files(base):
+        for path in image_files(base, with_unserved=True):
             relative = Path(os.path.relpath(path, root)).as_posix()
             if relative in by_path:
                 by_path[relative].tags = list(dict.fromkeys(by_path[relative].tags + words))
@@ -57,7 +84,19 @@ def folder_photos(folder: str | Path, query_map: dict[str, str], seed: int,
                 unreadable[relative] = photo
             else:
                 by_path[relative] = photo
+    _warn_unserved(unreadable)
     return list(by_path.values())
+
+
+def _warn_unserved(unreadable: dict[str, str]) -> None:
+    """One warning counting the files left out for their format, by format, naming three."""
+    left = sorted(path for path, why in unreadable.items() if why.startswith(UNSERVED))
+    if not left:
+        return
+    formats = Counter(re.sub(r"^.*?\((.*?)\).*$", r"\1", unreadable[path]) for path in left)
+    log.warning("folder mode: %d file(s) left out, in a format not served here (%s): %s%s", len(left),
+                ", ".join(f"{name} {n}" for name, n in formats.most_common()), ", ".join(left[:3]),
+                f", and {len(left) - 3} more (-v names each)" if len(left) > 3 else "")
 
 
 def check_folder(folder: str | Path, query_map: dict[str, str]) -> Path:
@@ -90,8 +129,11 @@ def mapped_subfolder(root: Path, subfolder: str, query: str) -> Path:
     return base
 
 
-def image_files(base: Path) -> list[Path]:
-    """Image files under `base`, following links to folders; a link loop is walked once."""
+def image_files(base: Path, with_unserved: bool = False) -> list[Path]:
+    """Image files under `base` (by their names), following links to folders; a link loop is walked
+    once. `with_unserved`: photo files of a format not served too (HEIC, ...), and files without an
+    extension (hidden ones never: .DS_Store)."""
+    wanted = IMAGE_SUFFIXES | (set(NOT_SERVED) | SNIFFED if with_unserved else set())
     seen: set[str] = set()
     out = []
     for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
@@ -101,7 +143,8 @@ def image_files(base: Path) -> list[Path]:
             continue
         seen.add(real)
         dirnames.sort()
-        out += [Path(dirpath, name) for name in sorted(f for f in filenames if Path(f).suffix.lower() in IMAGE_SUFFIXES)]
+        out += [Path(dirpath, name) for name in sorted(filenames)
+                if Path(name).suffix.lower() in wanted and not name.startswith(".")]
     return out
 
 
@@ -113,19 +156,16 @@ def photo_id_for(relative_path: str) -> str:
 
 def _photo_for_file(path: Path, relative: str, kind: str, words: list[str], seed: int, used_ids: set[str],
                     max_bytes: int | None) -> Photo | str:
-    """The file's photo, or why it is none (logged)."""
+    """The file's photo, or why it is none (logged: at -v only for a format not served, which
+    `_warn_unserved` counts)."""
     why = unreadable_why(path, max_bytes)
     if why is None:
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-        except UnidentifiedImageError:
-            why = "not an image"
-        except OSError as error:
-            why = f"unreadable ({type(error).__name__})"
+        why, size = _image_size(path)
     if why is not None:
-        log.warning("folder mode: skipping %s, %s", path, why)
+        log.log(logging.DEBUG if why.startswith(UNSERVED) else logging.WARNING, "folder mode: skipping %s, %s",
+                path, why)
         return why
+    width, height = size
     photo_id = photo_id_for(relative)
     while photo_id in used_ids:  # a hash collision: move to the next free number, deterministically
         photo_id = str(int(photo_id) + 1)
@@ -141,6 +181,49 @@ def _photo_for_file(path: Path, relative: str, kind: str, words: list[str], seed
         kind=kind, sizes=fitting_sizes(width, height), o_width=width, o_height=height,
         source_path=str(path), source_file=relative,
     )
+
+
+UNSERVED = "unsupported format"
+
+
+def _image_size(path: Path) -> tuple[str | None, tuple[int, int]]:
+    """(None, the image's size), or (why it is not served, (0, 0)), from its header. A file named as a
+    format not served is opened only if it may be one served under another name (an AVIF named .heic).
+    Pillow's own warning on a large image (over 89 MP) is not printed: our line says curation judges it."""
+    suffix = path.suffix.lower()
+    if suffix in NOT_SERVED and suffix not in SNIFFED:
+        return f"{UNSERVED} ({NOT_SERVED[suffix]}): not served", (0, 0)
+    served = None if suffix in SERVED_SUFFIXES else SERVED_FORMATS     # by its name, or by its bytes alone
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=served) as image:
+                width, height = image.size
+    except Image.DecompressionBombError as error:     # over twice Pillow's limit: it refuses the header
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        mp = f"{int(pixels.group(1)) / 1e6:.0f} MP" if pixels else "too many pixels"
+        return (f"too large to open (decompression-bomb): {mp} in {path.stat().st_size} bytes, over the "
+                f"{2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} MP Pillow opens"), (0, 0)
+    except UnidentifiedImageError:
+        named = NOT_SERVED.get(suffix) if served else None
+        named = named or _heif_brand(path)       # an iPhone photo named .jpg, or with no extension
+        if named:
+            return f"{UNSERVED} ({named}): not served", (0, 0)
+        return ("not an image" if served is None else
+                f"{UNSERVED} (no extension): not a {', '.join(served)} image"), (0, 0)
+    except OSError as error:
+        return f"unreadable ({type(error).__name__})", (0, 0)
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        log.info("folder mode: %s has %.0f MP (%dx%d): served; curation refuses an image over curate.max_pixels "
+                 "(decompression-bomb)", path, width * height / 1e6, width, height)
+    return None, (width, height)
+
+
+def _heif_brand(path: Path) -> str | None:
+    """'HEIF, brand heic' for a file that starts as an ISO media file (HEIC, AVIF), else None."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    return f"HEIF, brand {head[8:12].decode('ascii', 'replace')}" if head[4:8] == b"ftyp" else None
 
 
 def unreadable_why(path: Path, max_bytes: int | None = None) -> str | None:

@@ -14,9 +14,11 @@ import pytest
 import yaml
 from PIL import Image
 
+from camera_files import camera_folder
 from helpers import ENV, MEASURED, MLC
 from storage_world import make_world, write_config
 
+from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import RESTRICTED_LICENSES, load_config
 from mlc_pipeline.curate.stage import curate
@@ -138,3 +140,30 @@ def test_a_file_over_max_image_bytes_is_named_and_never_read_whole(tmp_path):
     assert json.loads(res.stdout)["unreadable"] == {"count": 1, "files": [f"bees/huge.jpg ({why})"]}
     shown = mlc("inspect", "-c", str(cfg_path))
     assert shown.returncode == 0 and f"  bees/huge.jpg ({why})" in shown.stdout, shown.stdout[-2000:]
+
+
+def test_camera_files_are_collected_or_named_and_a_bomb_never_stops_the_run(tmp_path):
+    """The realfiles27 audit: one 196 MP PNG (25 KB) in the folder stopped `mlc collect` with Pillow's
+    traceback naming no file, and nothing was collected (#2); TIFF, JFIF and files without an extension
+    were left out without a word, HEIC too (#6); a WebP was recorded as image/jpeg (#10). Now the bomb
+    and the HEIC/SVG files are named in the summary with why, and the rest is collected as its type."""
+    world = make_world(tmp_path / "world", per_class=3)
+    served = camera_folder(tmp_path / "camera")
+    for path in (tmp_path / "camera" / "ants").iterdir():
+        shutil.copy(path, world / "ants" / path.name)
+    cfg_path = write_config(tmp_path / "cfg.yaml", tmp_path / "data", world,
+                            source={"sizes": ["url_m", "url_n", "url_s", "url_q", "url_t", "url_sq"]})
+    res = mlc("collect", "-c", str(cfg_path), "--no-progress")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "DecompressionBombWarning" not in res.stderr and "DOS attack" not in res.stderr, res.stderr[-3000:]
+    unreadable = json.loads(res.stdout)["unreadable"]
+    size = (world / "ants" / "pano.png").stat().st_size
+    assert unreadable == {"count": 4, "files": [
+        "ants/IMG_0002.HEIC (unsupported format (HEIC): not served)",
+        "ants/IMG_0003.jpg (unsupported format (HEIF, brand heic): not served)",
+        "ants/drawing.svg (unsupported format (SVG): not served)",
+        f"ants/pano.png (too large to open (decompression-bomb): 196 MP in {size} bytes, over the 179 MP Pillow opens)"]}
+    assert "folder mode: 3 file(s) left out, in a format not served here (HEIC 1, HEIF, brand heic 1, SVG 1)" in res.stderr
+    with Catalog(load_config(cfg_path).catalog_path, readonly=True) as catalog:
+        got = {r["source_file"]: r["content_type"] for r in catalog.candidates() if r["status"] == "downloaded"}
+    assert {f: t for f, t in got.items() if f in served} == served

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 
+from camera_files import camera_folder
 from helpers import ENV, FIXTURES, MLC
 
 from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec, build_world
@@ -176,3 +178,48 @@ def test_image_faults_apply_to_a_file_sent_in_chunks(tmp_path, fault):
             else:
                 assert (body, ctype) == (original, "application/octet-stream")
         assert srv.stats()["faults_injected"][fault] >= 1
+
+
+def test_camera_and_web_formats_are_served_as_their_type_and_the_rest_counted(tmp_path, caplog):
+    """The realfiles27 audit: a 196 MP PNG (25 KB) stopped the listing with Pillow's traceback, naming
+    no file (#2); .tif/.tiff/.jfif and files without an extension were left out without a word, and
+    HEIC too (#6); a WebP, BMP or TIFF was sent as image/jpeg, and recorded so (#10)."""
+    import logging
+    import warnings
+    caplog.set_level(logging.INFO)
+    served = camera_folder(tmp_path / "photos")
+    spec = WorldSpec(kind="folder", folder=str(tmp_path / "photos"), query_map={"ants": "ants"})
+    with warnings.catch_warnings(record=True) as raised, FlickrServer(spec) as srv:
+        warnings.simplefilter("always")
+        urls = search_urls(srv.rest_url, "ants")
+        assert set(urls) == set(served)
+        for name, url in urls.items():
+            reply = requests.get(url, timeout=10)
+            assert (reply.headers["Content-Type"], reply.content) == (served[name], (tmp_path / "photos" / name).read_bytes())
+        unreadable = srv.world.unreadable
+    assert not [w for w in raised if issubclass(w.category, Image.DecompressionBombWarning)]
+    size = (tmp_path / "photos" / "ants" / "pano.png").stat().st_size
+    assert unreadable == {
+        "ants/pano.png": f"too large to open (decompression-bomb): 196 MP in {size} bytes, over the 179 MP Pillow opens",
+        "ants/IMG_0002.HEIC": "unsupported format (HEIC): not served",
+        "ants/IMG_0003.jpg": "unsupported format (HEIF, brand heic): not served",
+        "ants/drawing.svg": "unsupported format (SVG): not served"}
+    assert f"skipping {tmp_path / 'photos' / 'ants' / 'pano.png'}, too large to open" in caplog.text
+    assert ("folder mode: 3 file(s) left out, in a format not served here (HEIC 1, HEIF, brand heic 1, SVG 1): "
+            "ants/IMG_0002.HEIC, ants/IMG_0003.jpg, ants/drawing.svg") in caplog.text
+    assert "big.png has 100 MP (10000x10000): served; curation refuses" in caplog.text
+
+
+def test_serve_flickr_names_a_decompression_bomb_and_serves_the_rest(tmp_path):
+    """`mlc serve-flickr --folder` ended with a traceback on a 196 MP PNG (the realfiles27 audit, #2)."""
+    served = camera_folder(tmp_path / "photos")
+    server = subprocess.Popen([*MLC, "serve-flickr", "--port", "0", "--folder", str(tmp_path / "photos"),
+                               "--map", "ants=ants"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = server.stdout.readline()
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    assert first == f"Offline Flickr serving {len(served)} photos\n", err[-2000:]
+    assert "Traceback" not in err and "DOS attack" not in err, err[-2000:]
+    assert "pano.png, too large to open (decompression-bomb): 196 MP" in err
