@@ -324,7 +324,7 @@ def predict_bombs(work: Path, bundle: Path, good: list[str]) -> tuple[str, bool]
                          text=True, timeout=600)
     peak_mb = int(res.stderr.strip().splitlines()[-1].split()[1]) / 1024
     errors = sum("error: too large" in line for line in res.stdout.splitlines())
-    scored = sum("error" not in line for line in res.stdout.splitlines())
+    scored = sum("error" not in line for line in res.stdout.splitlines() if not line.startswith("# model "))
     ok = res.returncode == 1 and errors == 6 and scored == 2 and peak_mb < 2000
     return (f"exit {res.returncode}; {errors} refused from their headers, {scored} scored; peak RSS "
             f"{peak_mb:.0f} MB", ok)

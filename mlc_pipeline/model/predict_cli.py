@@ -10,18 +10,23 @@ Output: each claimed class with its probability and threshold; for "none of", ev
 far it fell short of its threshold, closest first (a softmax bundle has no thresholds: it shows the
 "other" probability against the best class). Two decimals, more where a probability and its
 threshold would otherwise print the same (`decimals`). Exit 0 when every input was scored, 1 when any failed.
+Every output names the model that scored (`model_line`, a `bundle` field per JSON row): LATEST moves
+with each `mlc train`, and a saved result must say which model it came from.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import stat
 import sys
 from pathlib import Path
 
 from mlc_pipeline.model.registry import threshold_places
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -84,6 +89,19 @@ def expand_one(item: str) -> list[tuple[str, str | None]]:
     return [(item, "no such file or folder")]
 
 
+def model_of(bundle) -> dict:
+    """Which model scored: its name, when it was trained, its export.pkl's sha256 (bundle.json)."""
+    return {"name": bundle.path.name, "created_at": bundle.meta.get("created_at"),
+            "export_sha256": bundle.meta.get("export_sha256")}
+
+
+def model_line(bundle) -> str:
+    """The first line of predict's text output: '# model NAME (created ..., export.pkl sha256 ...)'."""
+    said = model_of(bundle)
+    return (f"# model {said['name']} (created {said['created_at'] or 'at an unknown time'}, export.pkl sha256 "
+            f"{str(said['export_sha256'])[:12]})")
+
+
 def decision_text(p, bundle) -> str:
     """One line: claimed classes with probability and threshold, then the near misses."""
     if p.error:
@@ -128,7 +146,7 @@ def missed_text(c: str, prob: float, threshold: float) -> str:
 
 def as_json(p, bundle) -> dict:
     from mlc_pipeline.model.metrics import OTHER
-    row = {**p.__dict__}
+    row = {**p.__dict__, "bundle": model_of(bundle)}
     if bundle.thresholds is not None and not p.error:
         # the classes only: an "other" output is never claimed (it vetoes inside each class's score), so a
         # threshold and a margin for it would read as a claim the model does not make
@@ -150,6 +168,8 @@ def run_predict(bundle_spec: str, inputs: list[str], models_dir: Path, as_json_o
         return 2
     expanded = expand_inputs(inputs)
     to_score = [path for path, error in expanded if error is None]
+    log.info("scoring %d file(s) with %s (created %s)", len(to_score), bundle.path.name,
+             bundle.meta.get("created_at") or "at an unknown time")
     try:
         scored = iter(predict_paths(bundle, to_score, max_pixels=max_pixels) if to_score else [])
     except ScoringFailed as exc:
@@ -161,6 +181,7 @@ def run_predict(bundle_spec: str, inputs: list[str], models_dir: Path, as_json_o
     if as_json_output:
         print(json.dumps([as_json(p, bundle) for p in preds], indent=2, default=str))
     else:
+        print(model_line(bundle))
         for p in preds:
             print(decision_text(p, bundle))
     if failed == len(preds):

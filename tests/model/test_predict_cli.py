@@ -128,7 +128,8 @@ def test_predict_prints_no_library_warnings():
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "Warning" not in res.stderr, res.stderr
-    assert res.stdout.startswith(str(manifest.parent / "images" / "red_000.jpg") + ": red (")
+    model, line = res.stdout.splitlines()
+    assert model.startswith("# model bundle (created ") and line.startswith(str(manifest.parent / "images" / "red_000.jpg") + ": red (")
 
 
 def test_close_calls_print_enough_digits_to_be_true_as_printed(tmp_path, capsys):
@@ -169,4 +170,24 @@ def test_close_calls_print_enough_digits_to_be_true_as_printed(tmp_path, capsys)
     # the audit's threshold: not shown as 1.00 (only a certain picture would pass that)
     assert missed_text("sailboat", 0.99, 0.9954) == "sailboat (0.990, needs 0.995: 0.005 short)"
     assert claimed_text("kite", 0.5, 0.5) == "kite (0.50 >= 0.50)"
+
+def test_every_output_names_the_model_that_scored(tmp_path):
+    """The realfiles27 audit (#8): the bundle was named only at a terminal; a saved `predict > out.txt`
+    or `--json` result could not be traced to a model, and LATEST moves with every `mlc train`."""
+    manifest, trained = trained_bundle()
+    bundle = tmp_path / "default-v1-sigmoid-20261207T084407121851-b3bd18"
+    shutil.copytree(trained, bundle)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    image = str(manifest.parent / "images" / "red_000.jpg")
+    text = subprocess.run(MLC + ["predict", "--model", str(bundle), image], capture_output=True, text=True, timeout=300)
+    assert text.returncode == 0, text.stderr[-2000:]
+    assert text.stdout.splitlines()[0] == (f"# model {bundle.name} (created {meta['created_at']}, export.pkl sha256 "
+                                           f"{meta['export_sha256'][:12]})")
+    assert f"scoring 1 file(s) with {bundle.name} (created {meta['created_at']})" in text.stderr
+    said = subprocess.run(MLC + ["predict", "--json", "--model", str(bundle), image], capture_output=True, text=True,
+                          timeout=300)
+    assert said.returncode == 0, said.stderr[-2000:]
+    (row,) = json.loads(said.stdout)
+    assert row["bundle"] == {"name": bundle.name, "created_at": meta["created_at"],
+                             "export_sha256": meta["export_sha256"]}
 
