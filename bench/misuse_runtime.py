@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from helpers import ENV, MLC, write_config  # noqa: E402  (the config and `mlc` the tests use)
-from shapes import FAST, make_shapes_dataset  # noqa: E402
+from shapes import FAST, make_shapes_dataset, record_curation  # noqa: E402
 
 from mlc_pipeline.catalog import Catalog  # noqa: E402
 # `mlc` that prints its own peak memory (ru_maxrss, KB) as the last line of stderr.
@@ -335,6 +335,7 @@ def tiny_bundle(work: Path) -> tuple[Path, list[str]]:
 
     from mlc_pipeline.manifest import read_manifest_frame
     manifest = make_shapes_dataset(work / "shapes")
+    record_curation(manifest.parent)          # the 40 px shapes: predict refuses what curation would
     train_model(manifest, work / "bundle", TrainConfig(**FAST), dataset_version="misuse")
     df = read_manifest_frame(manifest)
     return work / "bundle", list(df[df["split"] == "test"]["abs_path"])

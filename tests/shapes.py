@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import csv
 import functools
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -90,6 +91,12 @@ def make_shapes_dataset(root: Path, n_per_kind: int = 48, seed: int = 0) -> Path
     return manifest
 
 
+def record_curation(folder: Path, min_side: int = 16) -> None:
+    """The curate settings beside the manifest, as a build records them in dataset.json (`mlc predict`
+    refuses what they would: the drawn shapes are 40 px, under curation's default 64 px side)."""
+    (folder / "dataset.json").write_text(json.dumps({"params": {"curate": {"min_side": min_side, "max_aspect": 4.0}}}))
+
+
 # One thread: the same numbers on any machine (results depend on the thread count), and a 32 px
 # model gains little from a second thread, while a busy machine makes two threads crawl.
 # squish: these drawn shapes sit anywhere, up to the border; a random crop would cut them out.
@@ -102,6 +109,7 @@ def trained_bundle(head: str = "sigmoid", other_mode: str = "negative") -> tuple
     root = Path(tempfile.mkdtemp(prefix="mlc-train-test-"))
     atexit.register(shutil.rmtree, root)
     manifest = make_shapes_dataset(root / "dataset")
+    record_curation(manifest.parent)
     from mlc_pipeline.model.train import TrainConfig, train_model   # torch/fastai only when a model is wanted
 
     cfg = TrainConfig(head=head, other_mode=other_mode, **FAST)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import struct
 import threading
@@ -14,6 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from mlc_pipeline import progress
+from mlc_pipeline.imageformat import DECODED_FORMATS, HEAD_BYTES, size_reason, unsupported_format
 from mlc_pipeline.images import load_rgb
 from mlc_pipeline.model.bundle import Bundle
 from mlc_pipeline.model.metrics import OTHER, predict_matrix
@@ -28,6 +30,17 @@ class Prediction:
     none_of: bool                      # no class claimed: an unknown/"other" image (or an error)
     error: str | None = None           # why the image could not be scored
     probs: dict[str, float] = field(default_factory=dict)
+    note: str | None = None            # scored, but unlike every image the model was trained on (why)
+
+
+@dataclass(frozen=True)
+class TrainedOn:
+    """Curation's rules on the images a model was trained on (`imageformat.size_reason`'s, without its
+    pixel limit: `max_pixels` is predict's own), and where they come from, as a row says it."""
+    min_side: int
+    max_aspect: float
+    source: str                        # "curate settings of default/v1", "curation's defaults"
+    max_pixels: float = float("inf")
 
 
 MAX_PIXELS = 64_000_000      # per image, as curation's default: above 50 MP camera output
@@ -46,6 +59,11 @@ class ScoringFailed(RuntimeError):
 
 class TooLarge(Exception):
     """An image over the pixel limit: refused from its header, before anything is decoded."""
+
+
+class NotScored(Exception):
+    """An input curation would refuse before training on it (empty, no image, a format it does not
+    take, too small): refused from its header, with curation's reason code."""
 
 
 _PILLOW_LIMIT = threading.Lock()
@@ -94,14 +112,65 @@ def _decode(path, max_pixels: int = MAX_PIXELS) -> object:
         return PILImage.create(load_rgb(path))  # fully decoded RGB; create() only marks it a PILImage, no copy
 
 
+def _screen(path, rules: TrainedOn) -> str | None:
+    """What curation would say of the file before training on it, from its header (before `_decode`):
+    NotScored for an empty file, no image, a format or a size curation refuses (the model saw no such
+    image: `mlc predict` scored a 1x1 PNG and an AVIF file as if it knew them); a note for an aspect
+    it refuses (the picture is scored, squeezed as no training image was); None otherwise. Too many
+    pixels are `_decode`'s to refuse, against predict's own limit."""
+    from PIL import Image, UnidentifiedImageError
+
+    if os.stat(path).st_size == 0:
+        raise NotScored("not scored: an empty file (curation: empty-file)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:     # the header only, as curation opens it: its formats alone (JPEG's plugin takes MPO too)
+            with Image.open(path, formats=DECODED_FORMATS) as im:
+                width, height = im.size
+        except Image.DecompressionBombError:
+            return None
+        except UnidentifiedImageError:
+            raise NotScored(_unidentified(path)) from None
+    reason = size_reason(width, height, rules)
+    if reason == "too-small":
+        raise NotScored(f"not scored: {width}x{height} pixels, under the {rules.min_side} px side every training "
+                        f"image had (curation: too-small, by {rules.source})")
+    if reason == "extreme-aspect":
+        return (f"{width}x{height} pixels, longer than {rules.max_aspect:g}:1 as no training image was "
+                f"(curation: extreme-aspect, by {rules.source})")
+    return None
+
+
+def _unidentified(path) -> str:
+    """Why a file curation's formats do not open is not scored: another format Pillow names from the
+    header (AVIF, PSD, EPS: never decoded), a photo format not decoded here (HEIC), or no image."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                other = im.format
+    except (UnidentifiedImageError, Image.DecompressionBombError, *BAD_FILE):
+        with open(path, "rb") as f:
+            other = unsupported_format(f.read(HEAD_BYTES))
+        if other is None:
+            return "not scored: not an image (curation: not-an-image)"
+        return f"not scored: {other}, a format not decoded here (curation: unsupported-format)"
+    return (f"not scored: {other}, a format curation does not take (only {', '.join(DECODED_FORMATS)}): the model "
+            f"was trained on none (curation: unsupported-format:{other})")
+
+
 def score_with_errors(bundle: Bundle, paths: list, batch_size: int = 64, max_pixels: int = MAX_PIXELS,
-                      batch_pixels: int = BATCH_PIXELS) -> tuple[np.ndarray, dict[int, str]]:
+                      batch_pixels: int = BATCH_PIXELS, rules: TrainedOn | None = None,
+                      notes: dict[int, str] | None = None) -> tuple[np.ndarray, dict[int, str]]:
     """Probabilities (N, len(vocab)); rows of images that failed are NaN and listed in the errors
     dict (index -> message). Images are decoded here and scored in chunks of at most `batch_size`
     images and `batch_pixels` decoded pixels, so memory stays bounded however big the inputs; an
     image over `max_pixels` is refused from its header. One bad file costs one row, never the batch:
-    a chunk that fails to score is scored again image by image."""
-    probs, _, errors = _score(bundle, paths, batch_size, max_pixels, batch_pixels, embed=False)
+    a chunk that fails to score is scored again image by image. With `rules`, each file is first
+    screened as curation would (`_screen`): refused ones are errors, and `notes` gets the others' notes."""
+    probs, _, errors = _score(bundle, paths, batch_size, max_pixels, batch_pixels, embed=False, rules=rules,
+                              notes=notes)
     return probs, errors
 
 
@@ -112,8 +181,9 @@ def score_and_embed(bundle: Bundle, paths: list, batch_size: int = 64) -> tuple[
     return _score(bundle, paths, batch_size, MAX_PIXELS, BATCH_PIXELS, embed=True)
 
 
-def _score(bundle: Bundle, paths: list, batch_size: int, max_pixels: int, batch_pixels: int,
-           embed: bool) -> tuple[np.ndarray, np.ndarray | None, dict[int, str]]:
+def _score(bundle: Bundle, paths: list, batch_size: int, max_pixels: int, batch_pixels: int, embed: bool,
+           rules: TrainedOn | None = None, notes: dict[int, str] | None = None
+           ) -> tuple[np.ndarray, np.ndarray | None, dict[int, str]]:
     probs = np.full((len(paths), len(bundle.vocab)), np.nan, dtype=np.float32)
     feats = np.full((len(paths), _last_linear(bundle.learn.model).in_features), np.nan, dtype=np.float32) if embed else None
     errors: dict[int, str] = {}
@@ -122,8 +192,9 @@ def _score(bundle: Bundle, paths: list, batch_size: int, max_pixels: int, batch_
     with progress.bar("score images", total=len(paths)) as bar:
         for i, path in enumerate(paths):
             try:
+                note = None if rules is None else _screen(path, rules)
                 image = _decode(path, max_pixels)
-            except TooLarge as exc:
+            except (TooLarge, NotScored) as exc:
                 errors[i] = str(exc)
                 bar.advance()
                 continue
@@ -132,6 +203,8 @@ def _score(bundle: Bundle, paths: list, batch_size: int, max_pixels: int, batch_
                 odd += not isinstance(exc, BAD_FILE)
                 bar.advance()
                 continue
+            if note is not None and notes is not None:
+                notes[i] = note
             pixels = image.width * image.height
             if chunk and (len(chunk) >= batch_size or held + pixels > batch_pixels):
                 _score_and_release(bundle, chunk, batch_size, probs, errors, feats)
@@ -243,8 +316,12 @@ def score_paths(bundle: Bundle, paths: list, batch_size: int = 64) -> np.ndarray
     return score_with_errors(bundle, paths, batch_size)[0]
 
 
-def predict_paths(bundle: Bundle, paths: list, batch_size: int = 64, max_pixels: int = MAX_PIXELS) -> list[Prediction]:
-    probs, errors = score_with_errors(bundle, paths, batch_size, max_pixels)
+def predict_paths(bundle: Bundle, paths: list, batch_size: int = 64, max_pixels: int = MAX_PIXELS,
+                  rules: TrainedOn | None = None) -> list[Prediction]:
+    """One Prediction per path. With `rules` (`mlc predict`: the curation its model's images went
+    through), what curation would refuse is an error row and what it would call odd a note."""
+    notes: dict[int, str] = {}
+    probs, errors = score_with_errors(bundle, paths, batch_size, max_pixels, rules=rules, notes=notes)
     ok = ~np.isnan(probs).any(axis=1)
     decisions = np.zeros(probs.shape, dtype=bool)
     if ok.any():
@@ -257,7 +334,7 @@ def predict_paths(bundle: Bundle, paths: list, batch_size: int = 64, max_pixels:
         row = {c: float(p) for c, p in zip(bundle.vocab, probs[i])}
         labels = sorted(((c, row[c]) for c, hit in zip(bundle.vocab, decisions[i]) if hit and c != OTHER),
                         key=lambda cp: -cp[1])
-        out.append(Prediction(path=str(path), labels=labels, none_of=not labels, probs=row))
+        out.append(Prediction(path=str(path), labels=labels, none_of=not labels, probs=row, note=notes.get(i)))
     progress.summary(f"predict: {bundle.path.name}", [
         ("images", len(out)), ("with a class", sum(bool(p.labels) for p in out)),
         ("none of the classes", sum(p.none_of and not p.error for p in out)), ("failed", len(errors))])

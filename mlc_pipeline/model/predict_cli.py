@@ -11,7 +11,9 @@ far it fell short of its threshold, closest first (a softmax bundle has no thres
 "other" probability against the best class). Two decimals, more where a probability and its
 threshold would otherwise print the same (`decimals`). Exit 0 when every input was scored, 1 when any failed.
 Every output names the model that scored (`model_line`, a `bundle` field per JSON row): LATEST moves
-with each `mlc train`, and a saved result must say which model it came from.
+with each `mlc train`, and a saved result must say which model it came from. A file curation would
+refuse (empty, no image, HEIC, AVIF, too small) is not scored: a row says why, with curation's reason
+code, under the rules of the model's dataset version (`trained_on`); one it calls odd gets a note.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from pathlib import Path
 from mlc_pipeline.model.registry import threshold_places
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+# Photo files a folder holds: HEIC and AVIF too, each a row saying why it is not scored
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif",
+                  ".avif"}
 
 
 def expand_inputs(items: list[str]) -> list[tuple[str, str | None]]:
@@ -89,6 +92,33 @@ def expand_one(item: str) -> list[tuple[str, str | None]]:
     return [(item, "no such file or folder")]
 
 
+def trained_on(bundle):
+    """Curation's rules on the images the bundle was trained on: those its dataset version was built
+    with (its dataset.json, beside the manifest the bundle recorded or in the data root holding the
+    bundle), else curation's defaults, said as such."""
+    from mlc_pipeline.config import CurateSettings
+    from mlc_pipeline.layout import DataLayout
+    from mlc_pipeline.manifest import VersionMetaUnreadable, read_version_meta
+    from mlc_pipeline.model.predict import TrainedOn
+    version = str(bundle.meta.get("dataset_version") or "")
+    places = [Path(str(bundle.meta["manifest"])).parent] if bundle.meta.get("manifest") else []
+    if version.count("/") == 1:
+        places.append(DataLayout(bundle.path.parent.parent).dataset_version(*version.split("/")))
+    defaults = CurateSettings()
+    for folder in places:
+        try:
+            params = read_version_meta(folder).get("params")
+            curate = params.get("curate") if isinstance(params, dict) else None
+            if isinstance(curate, dict):
+                return TrainedOn(int(curate.get("min_side", defaults.min_side)),
+                                 float(curate.get("max_aspect", defaults.max_aspect)),
+                                 f"the curate settings {version or folder.name} was built with")
+        except (VersionMetaUnreadable, TypeError, ValueError):     # a damaged record: the next place, the defaults
+            continue
+    return TrainedOn(defaults.min_side, defaults.max_aspect,
+                     f"curation's defaults: the settings {version or 'its dataset'} was built with are not here")
+
+
 def model_of(bundle) -> dict:
     """Which model scored: its name, when it was trained, its export.pkl's sha256 (bundle.json)."""
     return {"name": bundle.path.name, "created_at": bundle.meta.get("created_at"),
@@ -103,9 +133,14 @@ def model_line(bundle) -> str:
 
 
 def decision_text(p, bundle) -> str:
-    """One line: claimed classes with probability and threshold, then the near misses."""
+    """One line: claimed classes with probability and threshold, then the near misses; a note after."""
     if p.error:
         return f"{p.path}: error: {p.error}"
+    line = _decision(p, bundle)
+    return f"{line}; note: {p.note}" if p.note else line
+
+
+def _decision(p, bundle) -> str:
     if bundle.thresholds is None:                       # softmax: argmax over classes and "other"
         best = max(bundle.classes, key=lambda c: p.probs.get(c, 0.0))
         if p.none_of:
@@ -171,7 +206,8 @@ def run_predict(bundle_spec: str, inputs: list[str], models_dir: Path, as_json_o
     log.info("scoring %d file(s) with %s (created %s)", len(to_score), bundle.path.name,
              bundle.meta.get("created_at") or "at an unknown time")
     try:
-        scored = iter(predict_paths(bundle, to_score, max_pixels=max_pixels) if to_score else [])
+        scored = iter(predict_paths(bundle, to_score, max_pixels=max_pixels, rules=trained_on(bundle))
+                      if to_score else [])
     except ScoringFailed as exc:
         print(f"mlc: {exc}", file=sys.stderr)
         return 1

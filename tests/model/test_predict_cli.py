@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from camera_files import ANTS, AVIF, HEIC_HEAD
 from shapes import trained_bundle  # noqa: E402
 
 from mlc_pipeline.cli import main  # noqa: E402
@@ -107,7 +109,8 @@ def test_every_input_failing_is_exit_1(tmp_path, capsys):
     rc = main(["predict", "--model", str(bundle), str(tmp_path / "notes.jpg"), str(tmp_path / "nothing" / "*.jpg")])
     out, err = capsys.readouterr()
     assert rc == 1 and "none of the 2 inputs could be scored" in err
-    assert "notes.jpg: error: cannot decode image" in out and "*.jpg: error: no file matches this pattern" in out
+    assert "notes.jpg: error: not scored: not an image (curation: not-an-image)" in out
+    assert "*.jpg: error: no file matches this pattern" in out
 
 
 def test_a_training_setting_given_to_predict_is_said_to_change_nothing(capsys):
@@ -171,6 +174,8 @@ def test_close_calls_print_enough_digits_to_be_true_as_printed(tmp_path, capsys)
     assert missed_text("sailboat", 0.99, 0.9954) == "sailboat (0.990, needs 0.995: 0.005 short)"
     assert claimed_text("kite", 0.5, 0.5) == "kite (0.50 >= 0.50)"
 
+
+
 def test_every_output_names_the_model_that_scored(tmp_path):
     """The realfiles27 audit (#8): the bundle was named only at a terminal; a saved `predict > out.txt`
     or `--json` result could not be traced to a model, and LATEST moves with every `mlc train`."""
@@ -191,3 +196,58 @@ def test_every_output_names_the_model_that_scored(tmp_path):
     assert row["bundle"] == {"name": bundle.name, "created_at": meta["created_at"],
                              "export_sha256": meta["export_sha256"]}
 
+
+def test_what_curation_refuses_is_not_scored_and_each_row_says_why(tmp_path, capsys):
+    """The realfiles27 audit (#9): predict scored a 1x1 PNG and an AVIF file as if the model knew such
+    images ('none of: ...', no note), said 'cannot decode image: UnidentifiedImageError' both for an
+    empty file and a HEIC photo, and skipped HEIC and AVIF files in a folder without a row. Curation's
+    own rules (its formats and sizes, under the curate settings the model's dataset was built with)
+    now decide, and each row says why, with curation's reason code."""
+    manifest, bundle = trained_bundle()            # its dataset.json: curate.min_side 16 (40 px shapes)
+    photo = Image.open(ANTS / sorted(p.name for p in ANTS.glob("*.jpg"))[0]).convert("RGB")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    photo.save(inputs / "photo.jpg")
+    photo.save(inputs / "camera.jpg", "MPO", save_all=True, append_images=[photo.rotate(3)])   # a camera's MPO: a JPEG
+    photo.resize((1, 1)).save(inputs / "tiny.png")
+    photo.resize((400, 80)).save(inputs / "pano.jpg")                      # 5:1, over curation's 4:1
+    (inputs / "empty.jpg").write_bytes(b"")
+    (inputs / "IMG_0002.HEIC").write_bytes(HEIC_HEAD + (inputs / "photo.jpg").read_bytes())
+    if AVIF:
+        photo.save(inputs / "phone.avif", "AVIF")
+    assert main(["predict", "--model", str(bundle), str(inputs)]) == 1
+    out, err = capsys.readouterr()
+    rows = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in out.splitlines()[1:]}
+    said = "the curate settings test-v1 was built with"
+    assert rows[str(inputs / "tiny.png")] == (f"error: not scored: 1x1 pixels, under the 16 px side every training image "
+                                             f"had (curation: too-small, by {said})")
+    assert rows[str(inputs / "empty.jpg")] == "error: not scored: an empty file (curation: empty-file)"
+    assert rows[str(inputs / "IMG_0002.HEIC")] == \
+        "error: not scored: HEIC, a format not decoded here (curation: unsupported-format)"
+    assert rows[str(inputs / "pano.jpg")].endswith(
+        f"; note: 400x80 pixels, longer than 4:1 as no training image was (curation: extreme-aspect, by {said})")
+    for scored in ("photo.jpg", "camera.jpg"):
+        assert "error" not in rows[str(inputs / scored)] and "note" not in rows[str(inputs / scored)], rows
+    if AVIF:
+        assert rows[str(inputs / "phone.avif")] == (
+            "error: not scored: AVIF, a format curation does not take (only JPEG, PNG, GIF, WEBP, BMP, TIFF): "
+            "the model was trained on none (curation: unsupported-format:AVIF)")
+    assert len(rows) == 6 + AVIF and f"mlc: {3 + AVIF} of {6 + AVIF} inputs could not be scored" in err
+    assert main(["predict", "--json", "--model", str(bundle), str(inputs / "pano.jpg")]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["note"].startswith("400x80 pixels, longer than 4:1") and row["error"] is None and row["probs"]
+
+
+def test_a_model_whose_dataset_is_not_here_is_held_to_curations_defaults(tmp_path, capsys):
+    """A bundle copied away from its data root: curation's default rules, and the row says so."""
+    manifest, trained = trained_bundle()
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained, bundle)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["manifest"] = str(tmp_path / "elsewhere" / "manifest.csv")
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    shape = manifest.parent / "images" / "red_000.jpg"              # 40 px: curation's default side is 64
+    assert main(["predict", "--model", str(bundle), str(shape)]) == 1
+    assert capsys.readouterr().out.splitlines()[1] == (
+        f"{shape}: error: not scored: 40x40 pixels, under the 64 px side every training image had (curation: "
+        "too-small, by curation's defaults: the settings test-v1 was built with are not here)")
