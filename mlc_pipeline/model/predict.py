@@ -114,9 +114,10 @@ def _decode(path, max_pixels: int = MAX_PIXELS) -> object:
 
 def _screen(path, rules: TrainedOn) -> str | None:
     """What curation would say of the file before training on it, from its header (before `_decode`):
-    NotScored for an empty file, no image, a format or a size curation refuses (the model saw no such
-    image: `mlc predict` scored a 1x1 PNG and an AVIF file as if it knew them); a note for an aspect
-    it refuses (the picture is scored, squeezed as no training image was); None otherwise. Too many
+    NotScored for an empty file, no image, a format curation refuses (the model saw no such image:
+    `mlc predict` scored an AVIF file as if it knew it); a note for a side or an aspect it refuses (the
+    picture is scored, upscaled or squeezed as no training image was: a small photo still gets an
+    answer, and the note says how far it is from what the model knows); None otherwise. Too many
     pixels are `_decode`'s to refuse, against predict's own limit."""
     from PIL import Image, UnidentifiedImageError
 
@@ -132,9 +133,9 @@ def _screen(path, rules: TrainedOn) -> str | None:
         except UnidentifiedImageError:
             raise NotScored(_unidentified(path)) from None
     reason = size_reason(width, height, rules)
-    if reason == "too-small":
-        raise NotScored(f"not scored: {width}x{height} pixels, under the {rules.min_side} px side every training "
-                        f"image had (curation: too-small, by {rules.source})")
+    if reason == "too-small":       # scored all the same: a user asking about a small picture wants an answer
+        return (f"{width}x{height} pixels, under the {rules.min_side} px side every training image had, upscaled "
+                f"as no training image was (curation: too-small, by {rules.source})")
     if reason == "extreme-aspect":
         return (f"{width}x{height} pixels, longer than {rules.max_aspect:g}:1 as no training image was "
                 f"(curation: extreme-aspect, by {rules.source})")
