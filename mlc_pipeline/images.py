@@ -31,7 +31,10 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyErro
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
-    "Convert any supported mode to 8-bit RGB; transparency is composited on white."
+    """Convert any supported mode to 8-bit RGB; transparency is composited on white, a PNG's colour key
+    (tRNS on an RGB or grey image: one colour that means "transparent") too, as a viewer shows it."""
+    if im.mode in ("RGB", "L") and "transparency" in im.info:
+        im = im.convert("RGBA")
     if im.mode == "RGB":
         return im
     if im.mode.startswith("I"):  # 16-bit (or 32-bit int holding 16-bit data): keep the top 8 bits

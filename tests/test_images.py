@@ -151,3 +151,17 @@ def test_every_stage_that_shows_or_scores_an_original_reads_its_colours(photo, t
     from mlc_pipeline.model.predict import _decode
 
     assert diff(_decode(adobe), photo) < 0.6
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_png_colour_key_is_transparent_on_white(photo, mode, tmp_path):
+    """A PNG's tRNS colour key on an RGB or grey image (one colour that means "transparent", as old
+    cutout tools and logos write them) came out in its own colour, black here (the realfiles27 audit,
+    #10): it goes on white, as viewers and every other kind of transparency here do."""
+    im = photo.convert(mode)
+    key = (0, 0, 0) if mode == "RGB" else 0
+    im.paste(key, (0, 0, 60, 60))
+    path = save(im, tmp_path / "keyed.png", None, transparency=key)
+    shown = np.asarray(load_rgb(path))
+    assert np.all(shown[:60, :60] == 255)
+    assert diff(Image.fromarray(shown[60:, 60:]), photo.convert(mode).convert("RGB").crop((60, 60, *photo.size))) < 0.6
