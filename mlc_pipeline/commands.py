@@ -381,7 +381,7 @@ def cmd_inspect(args) -> int:
     from mlc_pipeline.report.inspect import inspect_main
     from mlc_pipeline.sync import pull_for_reading
     cfg = load_config(args.config, parse_overrides(args.set))
-    pull_for_reading(cfg, requested_version(args.version))
+    pull_for_reading(cfg, requested_version(args.version), html=bool(args.html))
     require_catalog(cfg, args.config)       # say so, rather than report an empty project
     root = cfg.layout.datasets
     # Named: it must exist (UnknownVersion otherwise); not named: the latest, or none built yet.

@@ -10,6 +10,7 @@ comparison (the mining26 leftovers).
 
 from __future__ import annotations
 
+import json
 import logging
 
 from mlc_pipeline.config import Config
@@ -42,3 +43,16 @@ def pull_run_records(store: Store, cfg: Config, published: dict[str, str]) -> di
         write_text_atomic(local, text)
         fetched[key] = sha256_file(local)
     return fetched
+
+
+def last_run_bundles(cfg: Config) -> list[str]:
+    """The bundles of the last run's rounds (reports/latest.json, as fetched): what `mlc inspect
+    --html` shows beside the latest model (report/latest.py); [] without a readable record."""
+    path = cfg.layout.reports / "latest.json"
+    try:
+        rounds = (json.loads(path.read_text()).get("rounds") or []) if path.is_file() else []
+        names = [r.get("bundle") for r in rounds if isinstance(r, dict)]
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("%s unreadable (%s): its rounds' bundles are not fetched", path, exc)
+        return []
+    return [n for n in dict.fromkeys(names) if isinstance(n, str) and n and "/" not in n]

@@ -38,10 +38,10 @@ from mlc_pipeline.objectstore import (ObjectStoreError, Store, folder_files, hol
 from mlc_pipeline import storefiles
 from mlc_pipeline.publishing import failed_publish_recorded
 from mlc_pipeline.storemodels import (POINTER_KEY, finish_pointer_move, owe_pointer_move, pull_listing, pull_model,
-                                     pull_registry, push_bundle)
+                                     pull_bundle, pull_registry, push_bundle)
 from mlc_pipeline.storestate import LATEST_SEEN, read_state, write_state
 from mlc_pipeline.storefiles import delete_unnamed_files, drop_taken_down, pull_files, push_files
-from mlc_pipeline.storereports import pull_run_records
+from mlc_pipeline.storereports import last_run_bundles, pull_run_records
 from mlc_pipeline.storeversions import (drop_withdrawn, pull_previous_listing, pull_version, push_versions,
                                         remote_versions, remote_versions_with)
 
@@ -64,12 +64,13 @@ PULLS = {"collect": ("catalog", "files"), "curate": ("catalog", "files", "versio
          "build": ("catalog", "files", "version"), "train": ("catalog", "version"),
          "train-continue": ("catalog", "versions", "model"),     # the model continued and its versions
          "mine": ("catalog", "files", "model"), "inspect": ("catalog", "version", "previous"),
+         "inspect-html": ("catalog", "version", "previous", "model", "reports", "rounds"),   # + the model section
          "remove": ("catalog",),     # then its photos' files alone (pull_for_takedown); versions read in the store
          "run": ("catalog", "files", "versions", "model", "reports"),    # reports: storereports.RUN_RECORDS
          "review": ("catalog", "files", "versions", "model")}   # pages, thumbnails, the model's queues
 
 
-READ_ONLY = {"inspect"}      # `mlc inspect` and `mlc export` fetch, and never publish
+READ_ONLY = {"inspect", "inspect-html"}      # `mlc inspect` and `mlc export` fetch, and never publish
 
 
 def uses_local_catalog(cfg: Config) -> bool:
@@ -255,6 +256,9 @@ def pull(cfg: Config, command: str, version: str | None = None) -> None:
         if "reports" in parts:      # what the last run shipped (after LATEST: shipping compares the two)
             fetched = pull_run_records(store, cfg, read_state(cfg).get("published", {}))
             write_state(cfg, published={**read_state(cfg).get("published", {}), **fetched})
+        if "rounds" in parts:       # the last run's other rounds, which its report shows beside LATEST
+            for name in last_run_bundles(cfg):
+                pull_bundle(store, cfg, name)
 
 
 def publish(cfg: Config) -> None:
@@ -326,12 +330,14 @@ def versions_holding(cfg: Config, photos: set[tuple[str, str]]) -> dict[str, lis
         return remote_versions_with(store, cfg, photos)
 
 
-def pull_for_reading(cfg: Config, version: str | None) -> None:
+def pull_for_reading(cfg: Config, version: str | None, html: bool = False) -> None:
     """`mlc inspect` and `mlc export` on an object-store data root: fetch the catalog and the version
     into the cache, unless a writer on this machine holds the cache (it publishes when done; the cache
-    is read as is)."""
+    is read as is). `html` (`mlc inspect --html`): also the latest model, the last run's records and
+    its rounds' bundles, which the page's model section shows (a fresh cache's page said "No model
+    yet" of a store holding several)."""
     if cfg.data_url:
-        fetch_unless_busy(cfg, "mlc inspect", lambda: pull(cfg, "inspect", version))
+        fetch_unless_busy(cfg, "mlc inspect", lambda: pull(cfg, "inspect-html" if html else "inspect", version))
 
 
 def registry_of(cfg: Config | None, command: str, wanted: list[str] | None) -> Path:

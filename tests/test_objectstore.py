@@ -114,6 +114,13 @@ def test_an_empty_cache_sees_the_same_latest_and_builds_and_trains_from_it(publi
     assert f"models/{rounds[1]['bundle']}/{objectstore.MARKER}" in s.listing("models")     # published all the same
     assert {"reports/latest.html", "reports/latest.json"} <= set(s.listing("reports"))
     assert f"models/{rounds[0]['bundle']}/mined.csv" in s.listing("models")     # written after its marker
+    # a third machine's `mlc inspect --html` shows that run's model section, every round of it: a fresh
+    # cache fetched neither the last run's record nor a model, and its page said "No model yet"
+    seen = bucket_config(folder, s3_server, "mlc-e2e", "cache-html")
+    mlc("inspect", "--html", str(folder / "seen.html"), config=seen)
+    page = (folder / "seen.html").read_text()
+    assert "No model yet" not in page and "<h2 id='model'>Model</h2>" in page
+    assert all(r["bundle"] in page for r in rounds), [r["bundle"] for r in rounds]
 
 
 
