@@ -18,16 +18,41 @@ RATE_LIMIT_FAULTS = ("api429", "api429_bare")
 # octet: a whole, valid image served as application/octet-stream (mirrors and object stores do).
 PHOTO_FAULTS = ("truncated", "empty", "html", "redirect_offsite", "oversize", "trickle", "octet")
 DUPLICATE_FAULTS = ("dup_exact", "dup_near")
-# Persistent search-result faults: the photo's entry in every search reply lacks its "id".
-ENTRY_FAULTS = ("entry_no_id",)
+# Persistent search-result faults: the photo's entry in every search reply lacks its "id"; or its
+# "license" (entry_no_license: a mirror that drops the field, or sends it empty: half of such photos each).
+ENTRY_FAULTS = ("entry_no_id", "entry_no_license")
 # Transient image faults: the URL's first fault_repeats attempts fail, then it is served (img429;
-# dropped: the connection closes after 60% of a body whose full Content-Length was announced).
-TRANSIENT_IMAGE_FAULTS = ("img429", "dropped")
+# img5xx: HTTP img5xx_code, an overloaded CDN's error page; dropped: the connection closes after 60%
+# of a body whose full Content-Length was announced).
+TRANSIENT_IMAGE_FAULTS = ("img429", "img5xx", "dropped")
 # Search paging faults: a page after the first answers the page before's entries (its first
 # fault_repeats attempts); a reply's "pages" says 1 whatever "total" says; license_ignored: the
 # search ignores its `license` filter (a mirror that does: results under any licence come back).
 PAGE_FAULTS = ("repeat_page", "pages_low", "license_ignored")
 RATE_FIELDS = API_FAULTS + TRANSIENT_IMAGE_FAULTS + PHOTO_FAULTS + DUPLICATE_FAULTS + ENTRY_FAULTS + PAGE_FAULTS
+
+# `mlc serve-flickr --help`'s list of the faults (every FaultSpec field is named: tests/flickr_server).
+FAULTS_HELP = """\
+faults: --faults "NAME=RATE,..." (RATE 0..1: the share of requests, URLs or photos hit; "all" turns
+several on at once), plus the knobs that shape them (NAME=NUMBER):
+  API calls:  http500 (HTTP 500), code105 (Flickr's "service unavailable"), slow (slow_ms late),
+              malformed (an "ok" without its payload), api429 / api429_bare (a rate-limit window of
+              retry_after_s seconds, with / without Retry-After), api_trickle (a byte every trickle_ms)
+              -- each request's first fault_repeats attempts, then it goes through
+  search:     entry_no_id / entry_no_license (a photo's entries lack their id / their licence: the
+              field left out or empty), repeat_page (a page answers the page before's entries),
+              pages_low ("pages": 1), license_ignored (the search ignores its licence filter)
+  images, then served (a URL's first fault_repeats attempts): img429 (HTTP 429, Retry-After:
+              retry_after_s), img5xx (HTTP img5xx_code, default 503: an overloaded CDN), dropped (the
+              connection closes after 60% of the announced body)
+  images, every attempt: truncated, empty, html (an error page, half of them typed image/jpeg),
+              redirect_offsite, oversize (25 MB, no length), trickle (a byte every trickle_ms), octet
+              (a valid image typed application/octet-stream)
+  the world:  dup_exact, dup_near (copies of photos under other ids)
+  knobs:      seed, slow_ms, retry_after_s, img5xx_code, trickle_ms, image_latency_ms (every image
+              that much later), fault_repeats
+e.g. "http500=0.1,img429=0.2,img5xx=0.1,img5xx_code=500,seed=3"
+"""
 
 
 @dataclass
@@ -42,6 +67,7 @@ class FaultSpec:
     api429_bare: float = 0.0  # the same window without a Retry-After header
     api_trickle: float = 0.0  # the reply arrives one byte every trickle_ms (an API no read timeout cuts)
     img429: float = 0.0
+    img5xx: float = 0.0  # the image host answers HTTP img5xx_code (its first fault_repeats attempts), then serves it
     dropped: float = 0.0  # the connection drops mid-body (a short read against Content-Length), then it works
     truncated: float = 0.0  # the file itself is cut: every attempt gets the same 60%, announced as complete
     empty: float = 0.0
@@ -53,12 +79,14 @@ class FaultSpec:
     trickle: float = 0.0  # the image arrives one byte every trickle_ms (a host that never times out a read)
     octet: float = 0.0
     entry_no_id: float = 0.0
+    entry_no_license: float = 0.0  # a photo's search entries carry no licence id: the field missing, or ""
     repeat_page: float = 0.0
     pages_low: float = 0.0
     license_ignored: float = 0.0  # share of searches answered as if no `license` filter was given
     seed: int = 0
     slow_ms: int = 1500
     retry_after_s: int = 1
+    img5xx_code: int = 503  # the status img5xx answers (500, 502, 503, 504: what a CDN or mirror sends)
     trickle_ms: int = 5000  # trickle and api_trickle
     image_latency_ms: int = 0  # added to every image response (benchmarks)
     fault_repeats: int = 1  # consecutive failing attempts of one request before it succeeds
@@ -83,6 +111,8 @@ class FaultSpec:
                 raise ValueError(f"bad value in fault setting {item!r}") from error
             if name in RATE_FIELDS and not 0.0 <= number <= 1.0:
                 raise ValueError(f"fault rate {name}={value} is not within 0..1")
+            if name == "img5xx_code" and not 500 <= number <= 599:
+                raise ValueError(f"img5xx_code={value} is no HTTP 5xx status (500..599)")
             setattr(spec, name, number)
         return spec
 
@@ -161,6 +191,10 @@ class FaultPlan:
         """Whether this image URL answers 429 now (its first fault_repeats attempts do)."""
         return self._transient_image_fault("img429", url_path)
 
+    def image_5xx(self, url_path: str) -> bool:
+        """Whether this image URL answers HTTP img5xx_code now (its first fault_repeats attempts do)."""
+        return self._transient_image_fault("img5xx", url_path)
+
     def image_dropped(self, url_path: str) -> bool:
         """Whether this image URL's connection drops mid-body now (its first fault_repeats attempts do)."""
         return self._transient_image_fault("dropped", url_path)
@@ -186,13 +220,30 @@ class FaultPlan:
         self.count("entry_no_id")
         return True
 
+    def entry_without_license(self, photo_id: str) -> bool:
+        """Whether this photo's search-result entry loses its "license" (in every reply); counted."""
+        if unit_hash(self.spec.seed, "entry-license", photo_id) >= self.spec.entry_no_license:
+            return False
+        self.count("entry_no_license")
+        return True
+
     def damage_entries(self, response: dict) -> dict:
-        """A search reply with the entries of photos that have the entry_no_id fault stripped of their id."""
+        """A search reply with the entries of photos that have the entry_no_id fault stripped of their id,
+        and those with entry_no_license of their licence (the field left out, or sent empty: by photo)."""
         photos = response.get("photos")
-        if self.spec.entry_no_id and isinstance(photos, dict):
-            photos["photo"] = [{k: v for k, v in entry.items() if k != "id"} if self.entry_without_id(entry["id"])
-                               else entry for entry in photos["photo"]]
+        if (self.spec.entry_no_id or self.spec.entry_no_license) and isinstance(photos, dict):
+            photos["photo"] = [self._damaged(entry) for entry in photos["photo"]]
         return response
+
+    def _damaged(self, entry: dict) -> dict:
+        photo_id = entry["id"]
+        if self.spec.entry_no_license and "license" in entry and self.entry_without_license(photo_id):
+            entry = {k: v for k, v in entry.items() if k != "license"}
+            if unit_hash(self.spec.seed, "license-empty", photo_id) < 0.5:
+                entry["license"] = ""
+        if self.spec.entry_no_id and self.entry_without_id(photo_id):
+            entry = {k: v for k, v in entry.items() if k != "id"}
+        return entry
 
     def damage_pages(self, params: dict, key: str, call) -> dict:
         """photos.search's reply (`call(params)`) with the paging faults: `repeat_page`, the page

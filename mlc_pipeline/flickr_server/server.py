@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .bodies import Body, BodySender
-from .faults import FaultPlan, FaultSpec
+from .faults import FAULTS_HELP, FaultPlan, FaultSpec
 from .model import SUFFIX_TO_SIZE, WorldSpec
 from .rest import RestApi, encode_response, fail
 from .stats import ServerStats
@@ -140,7 +140,7 @@ class _Handler(BodySender, BaseHTTPRequestHandler):
 
     def _handle_image(self, path: str) -> None:
         app = self.app
-        span = app.stats.image_started()
+        span = app.stats.image_started(path)
         try:
             if app.faults.spec.image_latency_ms > 0:
                 time.sleep(app.faults.spec.image_latency_ms / 1000)
@@ -160,6 +160,9 @@ class _Handler(BodySender, BaseHTTPRequestHandler):
         if app.faults.image_429(path):
             self._send(429, "text/plain; charset=utf-8", b"Too Many Requests\n",
                        {"Retry-After": str(app.faults.spec.retry_after_s)})
+            return
+        if app.faults.image_5xx(path):
+            self._send(app.faults.spec.img5xx_code, "text/html; charset=utf-8", HTML_ERROR_PAGE)
             return
         # The redirect target (the other host name) serves the real image: it is the same server.
         arrived_via_alias = self.headers.get("Host", "") == app.redirect_host
@@ -277,6 +280,8 @@ class FlickrServer:
                 "api_calls_by_method": dict(stats.api_calls_by_method),
                 "api_call_times": list(stats.api_call_times),
                 "image_requests": stats.image_requests,
+                "image_requests_by_path": dict(stats.image_paths),
+                "image_spans": [tuple(span) for span in stats.image_spans],
                 "max_concurrent_image_connections": stats.max_concurrent_image_connections,
                 "connections_opened": stats.connections_opened,
                 "faults_injected": self._app.faults.injected(),
@@ -291,7 +296,8 @@ def _fail(message: str) -> int:
 
 def serve_main(argv: list[str]) -> int:
     """`mlc serve-flickr`: run the offline Flickr until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog="mlc serve-flickr", description="Serve an offline, Flickr-compatible API.")
+    parser = argparse.ArgumentParser(prog="mlc serve-flickr", description="Serve an offline, Flickr-compatible API.",
+                                     epilog=FAULTS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--seed", type=int, default=0)
@@ -299,7 +305,7 @@ def serve_main(argv: list[str]) -> int:
     parser.add_argument("--folder", help="serve the image files of this folder instead of drawn pictures")
     parser.add_argument("--map", action="append", default=[], metavar="QUERY=SUBFOLDER",
                         help="folder mode: a search for QUERY returns the files under SUBFOLDER (repeatable)")
-    parser.add_argument("--faults", default="", help='e.g. "http500=0.1,img429=0.2,seed=3" or "all"')
+    parser.add_argument("--faults", default="", help='e.g. "http500=0.1,img429=0.2,seed=3" or "all": see below')
     parser.add_argument("--result-cap", type=int, default=4000)
     parser.add_argument("--api-key", default=None, help="accept only this key (default: any non-empty key)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -17,9 +17,10 @@ class ServerStats:
         self.api_calls_by_method: Counter[str] = Counter()
         self.api_call_times: list[float] = []  # time.monotonic() of each call: the rate a client really kept
         self.image_requests = 0
+        self.image_paths: Counter[str] = Counter()   # requests per image URL path: what a client fetched again
         self.images_in_flight = 0
         self.max_concurrent_image_connections = 0
-        self.image_spans: list[list[float]] = []     # [arrival, end] of each image request (monotonic)
+        self.image_spans: list[list[float]] = []     # [arrival, end] of each image request (monotonic; inf: not ended)
         self.connections_opened = 0  # TCP connections accepted: shows whether clients keep them alive
         self.offered: set[str] = set()
 
@@ -33,9 +34,10 @@ class ServerStats:
             self.api_calls_by_method[method] += 1
             self.api_call_times.append(time.monotonic())
 
-    def image_started(self) -> list[float]:
+    def image_started(self, path: str = "") -> list[float]:
         with self.lock:
             self.image_requests += 1
+            self.image_paths[path] += 1
             self.images_in_flight += 1
             self.max_concurrent_image_connections = max(self.max_concurrent_image_connections, self.images_in_flight)
             span = [time.monotonic(), float("inf")]

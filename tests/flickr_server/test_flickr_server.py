@@ -365,6 +365,47 @@ def test_img429_then_success():
         assert srv.stats()["faults_injected"] == {"img429": 1}
 
 
+@pytest.mark.parametrize("code", [500, 503])
+def test_img5xx_answers_its_status_then_the_image(code):
+    """An overloaded CDN or mirror: the URL's first fault_repeats attempts answer HTTP img5xx_code with an
+    error page, then the image is served; each URL is drawn at the rate, and every request is counted."""
+    with FlickrServer(SMALL, FaultSpec(img5xx=1.0, img5xx_code=code, fault_repeats=2)) as srv:
+        photo = srv.world.photos[0]
+        path = f"/static/{photo.server}/{photo.id}_{photo.secret}_t.jpg"
+        answers = [requests.get(f"http://{srv.static_host}{path}", timeout=10) for _ in range(3)]
+        assert [a.status_code for a in answers] == [code, code, 200]
+        assert answers[0].headers["Content-Type"].startswith("text/html")
+        assert answers[2].content == srv.world.image_bytes(photo.id, "t")
+        stats = srv.stats()
+        assert stats["faults_injected"] == {"img5xx": 2} and stats["image_requests_by_path"] == {path: 3}
+    with pytest.raises(ValueError, match="no HTTP 5xx status"):
+        FaultSpec.parse("img5xx=0.1,img5xx_code=404")
+
+
+def test_entry_no_license_drops_or_empties_a_photos_licence_in_every_reply():
+    """A mirror that filters by licence but leaves the field out of some entries (or sends it empty)."""
+    with FlickrServer(SMALL, FaultSpec(entry_no_license=0.4)) as srv:
+        def entries():
+            return rest_get(srv, method="flickr.photos.search", text="kite", license="4,5", extras="license",
+                            per_page=100).json()["photos"]["photo"]
+        first, again = entries(), entries()
+        bare = {e["id"]: e.get("license", "missing") for e in first if e.get("license") in (None, "")}
+        assert bare and len(bare) < len(first) and set(bare.values()) == {"", "missing"}, bare
+        assert {e["id"]: e.get("license", "missing") for e in again if e.get("license") in (None, "")} == bare
+        assert {e["license"] for e in first if e["id"] not in bare} <= {"4", "5"}
+        assert srv.stats()["faults_injected"] == {"entry_no_license": 2 * len(bare)}
+
+
+def test_serve_flickr_help_names_every_fault_and_knob():
+    from dataclasses import fields
+    from mlc_pipeline.flickr_server.faults import FAULTS_HELP
+    res = subprocess.run([sys.executable, "-m", "mlc_pipeline.cli", "serve-flickr", "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0 and FAULTS_HELP.splitlines()[0] in res.stdout
+    unnamed = [f.name for f in fields(FaultSpec) if not re.search(rf"\b{f.name}\b", FAULTS_HELP)]
+    assert not unnamed, f"mlc serve-flickr --help does not name {unnamed}"
+
+
 def _classify(srv: FlickrServer, photo) -> tuple[str, requests.Response]:
     url = f"http://{srv.static_host}/static/{photo.server}/{photo.id}_{photo.secret}_t.jpg"
     response = requests.get(url, timeout=10, stream=True, allow_redirects=False)
