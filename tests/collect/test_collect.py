@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from helpers import REPO, free_port
@@ -261,6 +262,35 @@ def test_a_connection_dropped_mid_body_is_retried_and_never_saved_short(tmp_path
         with Image.open(r["file_path"]) as image:
             image.load()
     assert not list((cfg.data_dir / "tmp").rglob("*.part")), "no partial file left behind"
+
+
+def test_an_image_5xx_that_outlasts_a_run_is_retried_by_the_next_collect_which_gets_it(tmp_path, creds):
+    """docs/collection.md, Faults: an image HTTP 5xx is retried with backoff; one still failing after
+    source.retry.attempts is `failed: transient:http-NNN`, and the next collect downloads it (the
+    mutation27 audit: a 500 made final, `failed: http-500`, never asked again, passed every test)."""
+    attempts = 3
+    faults = FaultSpec(img5xx=0.3, img5xx_code=500, fault_repeats=attempts)   # a hit URL fails one whole run
+    with FlickrServer(WorldSpec(seed=2, scale=0.05), faults) as srv:
+        cfg = parse_config({
+            "data_dir": str(tmp_path / "data"),
+            "source": {"kind": "flickr", "rest_url": srv.rest_url, "allowed_hosts": [srv.static_host],
+                       "sizes": ["url_n", "url_m"], "retry": {**FAST_RETRY, "attempts": attempts}},
+            # more than the queries find: every photo is wanted, so the failed ones too
+            "classes": {"balloon": {"queries": ["balloon"], "count": 30}},
+            "other": {"queries": ["sky"], "count": 20}})
+        first = collect(cfg, progress=False)
+        failed = {r["id"]: r for r in rows(cfg) if r["status"] == "failed"}
+        assert failed and first.failed == {"transient": len(failed)}, first.failed
+        assert {(r["reason"], r["attempts"]) for r in failed.values()} == {("transient:http-500", attempts)}
+        second = collect(cfg, progress=False)
+        after = {r["id"]: r for r in rows(cfg)}
+        served = srv.stats()["image_requests_by_path"]
+    assert second.failed == {} and second.downloaded >= len(failed)
+    assert {(after[i]["status"], after[i]["attempts"]) for i in failed} == {("downloaded", 1)}
+    assert {served[urlsplit(r["url"]).path] for r in failed.values()} == {attempts + 1}
+    for i in failed:
+        with Image.open(after[i]["file_path"]) as im:
+            im.load()
 
 
 def test_bad_bodies_are_recorded_with_reasons(tmp_path, creds):

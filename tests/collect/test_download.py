@@ -1,6 +1,7 @@
-"""The downloader stopped at any moment of a batch: real downloads from the bundled server, a real signal.
+"""collect/download.py over real HTTP against the bundled server: image HTTP 5xx retried (within the run,
+then by the next run), and a batch stopped at any moment by a real signal.
 
-A Ctrl-C or SIGTERM that landed while a batch started (its worker threads starting, its jobs being
+The stopped batch: a Ctrl-C or SIGTERM that landed while a batch started (its worker threads starting, its jobs being
 handed out) escaped before the cancel path: queued jobs ran on, in-flight downloads were waited for,
 and their files landed in raw/ after the run had ended, unknown to the catalog (audit collect25 D4).
 Here the signal is sent at chosen points of the main thread's work (a trace hook counts the lines it
@@ -18,13 +19,57 @@ from pathlib import Path
 
 import pytest
 from helpers import ENV, write_config
+from PIL import Image
 
 from mlc_pipeline.catalog import Catalog
-from mlc_pipeline.collect.download import Downloader, DownloadJob
-from mlc_pipeline.config import SourceSettings
+from mlc_pipeline.collect.download import Downloader, DownloadJob, DownloadResult
+from mlc_pipeline.config import RetrySettings, SourceSettings
 from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
 
 SLOW_S = 3.0          # the slow host's latency: a download in flight then is still waiting for its headers
+
+
+FAST_RETRY = RetrySettings(attempts=3, base_delay_s=0.01, max_delay_s=0.05)
+
+
+def photo_jobs(srv: FlickrServer, n: int, first_cid: int = 0, suffix: str = "_n") -> list[DownloadJob]:
+    """Jobs for `n` photos of `srv`'s world that have the size `suffix` names (url_n by default)."""
+    photos = [p for p in srv.world.photos if suffix.strip("_") in p.sizes][:n]
+    assert len(photos) == n, "the world has too few photos of that size"
+    return [DownloadJob(first_cid + i, f"{p.id}x{srv.port}",
+                        f"http://{srv.static_host}/static/{p.server}/{p.id}_{p.secret}{suffix}.jpg")
+            for i, p in enumerate(photos)]
+
+
+# --- image HTTP 5xx (docs/collection.md, Faults: backoff and retry; if still failing, `failed:
+# transient:...`, retried by the next run). The mutation27 audit: a 5xx made final passed every test.
+
+@pytest.mark.parametrize("code", [500, 503])
+def test_an_image_5xx_is_retried_within_the_run(tmp_path, code):
+    with FlickrServer(WorldSpec(seed=2, scale=0.05), FaultSpec(img5xx=1.0, img5xx_code=code, fault_repeats=2)) as srv:
+        jobs = photo_jobs(srv, 4)
+        results = Downloader(SourceSettings(retry=FAST_RETRY), [srv.static_host], tmp_path / "raw").run(jobs)
+        stats = srv.stats()
+    assert stats["faults_injected"] == {"img5xx": 2 * len(jobs)}
+    assert sorted((r.ok, r.reason, r.attempts) for r in results) == [(True, None, 3)] * len(jobs)
+    for r in results:
+        with Image.open(r.path) as im:
+            im.load()                                     # the image, not the error page
+
+
+def test_an_image_5xx_that_outlasts_the_retries_is_transient_and_the_next_run_gets_it(tmp_path):
+    attempts = FAST_RETRY.attempts
+    with FlickrServer(WorldSpec(seed=2, scale=0.05),
+                      FaultSpec(img5xx=1.0, img5xx_code=500, fault_repeats=attempts)) as srv:
+        jobs = photo_jobs(srv, 3)
+        settings = SourceSettings(retry=FAST_RETRY)
+        first: list[DownloadResult] = Downloader(settings, [srv.static_host], tmp_path / "raw").run(jobs)
+        assert sorted((r.ok, r.reason, r.attempts) for r in first) == [(False, "transient:http-500", attempts)] * 3
+        assert not images(tmp_path / "raw"), "an error page was saved"
+        again = Downloader(settings, [srv.static_host], tmp_path / "raw").run(jobs)     # the next run
+        served = srv.stats()["image_requests_by_path"]
+    assert sorted((r.ok, r.attempts) for r in again) == [(True, 1)] * 3
+    assert sorted(served.values()) == [attempts + 1] * 3
 
 
 def images(raw: Path) -> set[str]:
