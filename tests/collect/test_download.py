@@ -1,5 +1,6 @@
 """collect/download.py over real HTTP against the bundled server: image HTTP 5xx retried (within the run,
-then by the next run), and a batch stopped at any moment by a real signal.
+then by the next run), the per-host connection bound held on each of several hosts, and a batch stopped
+at any moment by a real signal.
 
 The stopped batch: a Ctrl-C or SIGTERM that landed while a batch started (its worker threads starting, its jobs being
 handed out) escaped before the cancel path: queued jobs ran on, in-flight downloads were waited for,
@@ -70,6 +71,27 @@ def test_an_image_5xx_that_outlasts_the_retries_is_transient_and_the_next_run_ge
         served = srv.stats()["image_requests_by_path"]
     assert sorted((r.ok, r.attempts) for r in again) == [(True, 1)] * 3
     assert sorted(served.values()) == [attempts + 1] * 3
+
+
+# --- the per-host bound (source.per_host_concurrency) with several hosts: one host's test passed with the
+# bound broken, because the worker count (bound x hosts) then equals the bound (the mutation27 audit).
+
+def test_each_of_two_hosts_gets_at_most_the_per_host_bound_while_both_are_used(tmp_path):
+    bound = 2
+    slow = FaultSpec(image_latency_ms=200)         # long enough for requests to pile up on a host
+    with FlickrServer(WorldSpec(seed=0, scale=0.1), slow) as a, \
+            FlickrServer(WorldSpec(seed=0, scale=0.1), slow, host="127.0.0.2") as b:
+        # Host a's jobs first: the workers (bound x 2 hosts) all start on a, more than its bound
+        jobs = photo_jobs(a, 12) + photo_jobs(b, 12, first_cid=12)
+        d = Downloader(SourceSettings(per_host_concurrency=bound), [a.static_host, b.static_host], tmp_path / "raw")
+        results = d.run(jobs)
+        seen = {srv.static_host: srv.max_overlapping_images(0.05) for srv in (a, b)}
+        spans = {srv.static_host: srv.stats()["image_spans"] for srv in (a, b)}
+    assert all(r.ok for r in results) and len(results) == 24
+    assert d.max_in_flight == {a.static_host: bound, b.static_host: bound}, d.max_in_flight
+    assert seen == {a.static_host: bound, b.static_host: bound}, seen
+    overlap = max(min(ea, eb) - max(sa, sb) for sa, ea in spans[a.static_host] for sb, eb in spans[b.static_host])
+    assert overlap > 0.1, "the two hosts were never downloaded from at once: a useless test"
 
 
 def images(raw: Path) -> set[str]:
