@@ -169,6 +169,7 @@ class FlickrSource:
         self.license_names: dict[int, str] = {}
         self.static_host = static_host
         self.skipped: Counter[str] = Counter()      # search results left out, by reason
+        self.unlicensed_said: set[str] = set()      # queries whose results without a licence id were said
         self.unreadable: dict[str, str] = {}        # folder mode: files not served (no image), path -> why
 
     def close(self) -> None:
@@ -341,7 +342,22 @@ class FlickrSource:
             windows = self._windows(query, FLICKR_EPOCH, int(time.time()) + DAY)
         for window, page1 in windows:
             for photo in self._pages(query, window, page1):
-                yield self.to_found(photo, query, target)
+                found = self.to_found(photo, query, target)
+                if found.license_id is None and self.settings.licenses != "any":
+                    self.without_licence(query, found.photo_id)
+                yield found
+
+    def without_licence(self, query: str, photo_id: str) -> None:
+        """A result with no licence id (the field missing, empty or no number: a mirror that drops it)
+        under a licence list: an unknown licence is none of those listed, so it is no candidate
+        (`licence_allowed`). Counted in `skipped` (the run's record) and said once per query: a mirror
+        that drops every licence must not look like queries that found nothing."""
+        self.skipped["entry-without-licence"] += 1
+        if query not in self.unlicensed_said:
+            self.unlicensed_said.add(query)
+            log.warning("query %r: a result without a licence id (photo %s) left out: source.licenses lists the "
+                        "licences allowed, and an unknown one is none of them (the run's summary counts them all)",
+                        query, photo_id)
 
     def license_allowed(self, license_id: int | None) -> bool:
         """Does `source.licenses` allow this licence id? (The search asks for those only, but a mirror

@@ -5,7 +5,8 @@ The same rules run end to end in the review app's and the build's tests; here ea
 import pytest
 
 from mlc_pipeline.catalog.labels import (
-    FROM_POOL, ReviewError, decided_in_review, effective_labels, next_build, next_state, reviewed_status,
+    FROM_POOL, ReviewError, decided_in_review, effective_labels, licence_allowed, next_build, next_state,
+    reviewed_status,
 )
 
 CLASSES = ["ants", "bees"]
@@ -97,3 +98,17 @@ def test_reject_restore_and_not_duplicate():
         next_state(row(status="failed"), NONE, "restore", None, CLASSES)
     with pytest.raises(ReviewError, match="unknown action 'promote'"):
         next_state(row(status="rejected"), NONE, "promote", None, CLASSES)
+
+
+@pytest.mark.parametrize("source, license_id, licences, allowed", [
+    ("flickr", 4, [4, 5], True),
+    ("flickr", 0, [4, 5], False),
+    ("flickr", None, [4, 5], False),        # no licence id recorded: unknown is none of those listed
+    ("local", None, [4, 5, 9, 10, 11], False),
+    ("flickr", None, "any", True),          # `any` alone allows it
+    ("flickr", 0, "any", True),
+    ("urls", None, [4, 5], True),           # a URL list's rows carry licence text, no id: not filtered
+])
+def test_which_licences_a_setting_allows(source, license_id, licences, allowed):
+    """collect, collect's counts and the build share this rule (docs/collection.md, Licences)."""
+    assert licence_allowed(source, license_id, licences) is allowed

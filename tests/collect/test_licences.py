@@ -4,7 +4,10 @@ as Ctrl-C stops it, from the progress callback, with downloads still pending."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import requests
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.stage import collect
@@ -102,6 +105,65 @@ def test_after_narrowing_collect_tops_up_the_images_the_build_would_leave_out(tm
         curate(narrowed)
         with Catalog(narrowed.catalog_path) as c:
             assert c.set_tally("train", "balloon", OPEN)["accepted"] >= 12
+
+
+def without_licence(srv, queries, licenses: str = "") -> set[str]:
+    """The photos whose search entries carry no licence id (`license` missing or empty), as the server
+    answers those queries: asked over HTTP as collect asks, one page of 500 (the world is small)."""
+    bare = set()
+    for query in queries:
+        reply = requests.get(srv.rest_url, timeout=30, params={
+            "method": "flickr.photos.search", "api_key": "k", "text": query, "license": licenses,
+            "extras": "license", "per_page": 500, "format": "json", "nojsoncallback": 1}).json()["photos"]
+        assert int(reply["total"]) <= 500
+        bare |= {p["id"] for p in reply["photo"] if p.get("license") in (None, "")}
+    return bare
+
+
+def test_a_result_without_a_licence_id_is_never_collected_or_published_under_a_licence_list(tmp_path, caplog):
+    """shared/notes/flickr.md: `license` is an extra each search entry carries ("4"). A mirror that drops
+    it, or sends it empty, gives a photo of unknown licence, which a licence list does not allow
+    (catalog.labels.licence_allowed; the mutation27 audit: allowing None passed every test). Under the
+    list it is no candidate, and the run's record counts it; under `any` it is collected, and a build
+    under the list leaves it out, counted as "unknown"."""
+    from mlc_pipeline.curate.stage import curate
+    from mlc_pipeline.dataset.build import build_dataset
+    from mlc_pipeline.manifest import read_manifest, read_version_meta
+    queries = ["balloon", "kite", "landscape", "sky"]
+    with FlickrServer(WorldSpec(seed=1, scale=0.1), FaultSpec(entry_no_license=0.25)) as srv:
+        bare = without_licence(srv, queries, ",".join(map(str, OPEN)))
+        assert bare, "no photo without a licence: a useless test"
+        caplog.set_level("WARNING")
+        listed = make_cfg(tmp_path, srv, OPEN, count=60)           # more than found: every result is looked at
+        summary = collect(listed, progress=False)
+        rows = by_photo(listed)
+        with Catalog(listed.catalog_path) as c:
+            recorded = json.loads(c.runs()[0]["summary"])
+        # collected under `any` into another data root, then built under the list
+        wide = parse_config({**listed.model_dump(mode="json"), "data_dir": str(tmp_path / "wide"),
+                             "source": {**listed.source.model_dump(mode="json"), "licenses": "any"}})
+        collect(wide, progress=False)
+        anyhow = {p for p, r in by_photo(wide).items() if r["license_id"] is None}
+        assert anyhow and anyhow <= without_licence(srv, queries)
+    assert not bare & set(rows), "a photo of unknown licence became a candidate under a licence list"
+    assert rows and all(r["license_id"] in OPEN for r in rows.values())
+    assert summary.search_skipped["entry-without-licence"] >= len(bare)
+    assert recorded["search_skipped"] == summary.search_skipped
+    said = [r.getMessage() for r in caplog.records if "without a licence id" in r.getMessage()]
+    assert said and len(said) <= len(queries), said
+    curate(wide)
+    narrowed = parse_config({**wide.model_dump(mode="json"), "source": {**listed.source.model_dump(mode="json")}})
+    with Catalog(narrowed.catalog_path) as c:
+        kept = c.candidates(source="flickr", status="accepted")
+        tally = c.set_tally("train", "balloon", OPEN)       # collect's count of what is usable under the list
+    accepted = {r["photo_id"] for r in kept} & anyhow
+    balloons = [r for r in kept if r["purpose"] == "train" and "balloon" in r["label"].split()]
+    assert accepted and any(r["license_id"] is None for r in balloons), "nothing of unknown licence: a useless test"
+    assert tally["skipped"]["license-not-allowed"] == sum(r["license_id"] not in OPEN for r in balloons)
+    version = build_dataset(narrowed).path
+    published = {r["photo_id"] for r in read_manifest(version / "manifest.csv")}
+    assert not published & anyhow, "a photo of unknown licence was published under a licence list"
+    assert read_version_meta(version)["left_out"]["licence-not-allowed"]["unknown"] == len(accepted)
 
 
 def test_licence_ids_the_source_does_not_list_are_named(tmp_path, caplog):
