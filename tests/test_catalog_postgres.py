@@ -205,6 +205,53 @@ def test_a_lost_connection_or_a_held_lock_is_one_line(postgres_server, pg_url, t
         c.close()
 
 
+def test_pgpassword_is_masked_once_a_catalog_connects_even_when_it_cannot(tmp_path, monkeypatch, caplog):
+    """The password in PGPASSWORD is registered for masking as a PostgreSQL catalog opens, a refused
+    connection included: no message shows it, and one that ever carries it (a driver's error quoting its
+    connection string, a debug line) shows *** instead (the mutation27 audit: with the registration
+    removed, no test failed: none had a message carrying the password). No server: a closed port."""
+    import logging
+    from helpers import free_port
+    from mlc_pipeline.secrets import MASK, install_log_redaction, redact
+    password = "pg-" + uuid.uuid4().hex
+    monkeypatch.setenv("PGPASSWORD", password)
+    closed = free_port()
+    for url in (f"postgresql://mlc@127.0.0.1:{closed}/catalog",
+                f"postgresql://mlc:{password}@127.0.0.1:{closed}/catalog"):   # a library caller's URL with it
+        with pytest.raises(CatalogError, match=f"cannot connect .*127.0.0.1.*{closed}") as err:
+            Catalog(PostgresCatalog(url, tmp_path))
+        assert password not in str(err.value) and password not in repr(err.value)
+    install_log_redaction()
+    logging.getLogger("psycopg").warning("connection string: host=127.0.0.1 password=%s", password)
+    logging.getLogger("mlc_pipeline.catalog").error(f"connect failed (password={password})")
+    said = [r.getMessage() for r in caplog.records if "password=" in r.getMessage()]
+    assert said == [f"connection string: host=127.0.0.1 password={MASK}", f"connect failed (password={MASK})"]
+    assert redact(f"raised with {password} in it") == f"raised with {MASK} in it"
+
+
+def test_a_run_that_fails_with_the_password_in_its_error_records_it_masked(postgres_server, pg_url, tmp_path,
+                                                                             monkeypatch):
+    """The run record a failed collect leaves in a PostgreSQL catalog: its error line is masked, should a
+    driver's error quote the password (the error is raised where the licences are saved)."""
+    password = postgres_server.password
+    with FlickrServer(WorldSpec(seed=3, scale=0.05)) as srv:
+        raw, _ = flickr_project(srv, tmp_path / "data", 5, monkeypatch)
+        cfg = parse_config({**raw, "catalog": {"url": pg_url}})
+
+        def quoting_driver(self, licences):
+            raise RuntimeError(f"connection string 'host=127.0.0.1 password={password}' rejected")
+
+        monkeypatch.setattr(Catalog, "save_licenses", quoting_driver)
+        with pytest.raises(RuntimeError):
+            collect(cfg, progress=False)
+        monkeypatch.undo()
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        [run] = c.runs()
+    record = json.dumps(run)
+    assert run["status"] == "failed" and "RuntimeError: connection string" in record and "***" in record
+    assert password not in record
+
+
 # --- end to end: the same run on both backends gives the same dataset ---------------------------
 
 def small_world(root: Path) -> Path:
