@@ -1,14 +1,25 @@
-"""The review app's session cookie: issued by the token, good for SESSION_MAX_AGE_S, checked by the app
-(a copied or edited cookie does not outlive its age). The login over HTTP is in test_review_app.py.
-The token file: made private, kept, refused when others can read it."""
+"""review/security.py on its own: the session cookie (issued by the token, good for SESSION_MAX_AGE_S,
+checked by the app: a copied or edited cookie does not outlive its age); the token file (made private,
+kept, refused when others can read it) and the token masked in every log line; the Guard every request
+passes (a loopback Host, the client header and a same-origin Origin on every action, the token elsewhere),
+here in front of a bare app. The review app itself, guarded so over real HTTP, is in test_review_app.py."""
 
+import io
+import logging
 import os
 import stat
 import time
+import uuid
 
 import pytest
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+from fastapi.testclient import TestClient
 
-from mlc_pipeline.review.security import SESSION_MAX_AGE_S, resolve_token, session_ok, session_value, token_file
+from mlc_pipeline.review.security import (
+    CLIENT_HEADER, COOKIE, SESSION_MAX_AGE_S, TOKEN_ENV, Guard, resolve_token, session_ok, session_value, token_file,
+)
+from mlc_pipeline.secrets import MASK, redact
 
 TOKEN = "t" * 32
 
@@ -48,3 +59,87 @@ def test_the_token_file_is_made_private_kept_and_refused_once_others_can_read_it
     with pytest.raises(ValueError, match="holds no usable token: delete it"):
         resolve_token(tmp_path)
     assert path.read_text() == "short\n", "a file the user made is never overwritten"
+
+
+@pytest.mark.parametrize("from_env", [True, False])
+def test_the_token_is_masked_in_every_log_line_wherever_it_came_from(tmp_path, monkeypatch, from_env):
+    """It is never printed, and a line that would carry it (a request's query, a traceback) shows ***."""
+    if from_env:
+        monkeypatch.setenv(TOKEN_ENV, f"env-token-{uuid.uuid4().hex}")
+    else:
+        monkeypatch.delenv(TOKEN_ENV, raising=False)
+    token, _ = resolve_token(tmp_path)
+    out = io.StringIO()
+    log = logging.getLogger(f"test-review-token-{uuid.uuid4().hex}")
+    log.addHandler(logging.StreamHandler(out))
+    log.propagate = False
+    log.warning('"GET /?token=%s HTTP/1.1" 401', token)
+    log.warning(f"login failed for Bearer {token}")
+    assert out.getvalue() == f'"GET /?token={MASK} HTTP/1.1" 401\nlogin failed for Bearer {MASK}\n'
+    assert redact(f"oops {token}") == f"oops {MASK}"
+
+
+def guarded(token: str | None = None, bound: str | None = None) -> TestClient:
+    """A bare app behind the Guard, as review/app.py puts it: GET / and POST /api/action answer "ok"."""
+    app = FastAPI()
+    app.middleware("http")(Guard(token, bound=bound))
+    app.get("/")(lambda: PlainTextResponse("ok"))
+    app.get("/login")(lambda: PlainTextResponse("login"))
+    app.post("/api/action")(lambda: PlainTextResponse("ok"))
+    return TestClient(app, base_url="http://127.0.0.1:8777", follow_redirects=False)
+
+
+ACTION = {CLIENT_HEADER: "tab-1"}
+
+
+def test_loopback_needs_a_loopback_host_any_port():
+    """DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 sends its own Host."""
+    client = guarded()
+    for host in ("127.0.0.1:8777", "localhost:9000", "[::1]:8777", "127.0.0.1", "localhost"):
+        assert client.get("/", headers={"Host": host}).status_code == 200, host
+    for host in ("evil.example", "evil.example:8777", "127.0.0.1.evil.example", "127.0.0.2:8777", "[::2]:8777"):
+        res = client.get("/", headers={"Host": host})
+        assert res.status_code == 400 and "unexpected Host" in res.text, host
+    bound = guarded(bound="127.0.0.2")              # an app bound to another loopback address answers there
+    assert bound.get("/", headers={"Host": "127.0.0.2:8777"}).status_code == 200
+    assert bound.get("/", headers={"Host": "127.0.0.3:8777"}).status_code == 400
+
+
+def test_an_action_needs_the_client_header_and_no_other_origin():
+    """A form on another site cannot send the header; a cross-origin fetch with it needs a preflight the
+    app never grants, and a browser names its page's Origin on every POST."""
+    client = guarded()
+    res = client.post("/api/action")
+    assert res.status_code == 403 and CLIENT_HEADER in res.text
+    for origin in ("http://evil.example", "http://127.0.0.1:9999", "http://localhost:8777", "null"):
+        res = client.post("/api/action", headers={**ACTION, "Origin": origin})
+        assert res.status_code == 403 and "cross-origin" in res.text, origin
+    assert client.post("/api/action", headers={**ACTION, "Origin": "http://127.0.0.1:8777"}).text == "ok"
+    assert client.post("/api/action", headers=ACTION).text == "ok"      # a script: no Origin at all
+    assert client.get("/").text == "ok"                                  # pages need neither
+
+
+def test_with_a_token_every_page_and_action_needs_it_and_actions_still_the_header():
+    token = "k" * 32
+    client = guarded(token, bound="0.0.0.0")
+    client.headers["Host"] = "review.lan:8777"          # any Host: the token guards it
+    page = client.get("/")
+    assert page.status_code == 303 and page.headers["location"] == "/login"
+    assert client.get("/login").text == "login"
+    assert client.post("/api/action", headers=ACTION).status_code == 401
+    assert client.post("/api/action", headers={**ACTION, "Authorization": "Bearer " + "x" * 32}).status_code == 401
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert client.get("/", headers=bearer).text == "ok"
+    assert client.post("/api/action", headers={**ACTION, **bearer}).text == "ok"
+    assert client.post("/api/action", headers=bearer).status_code == 403          # the header, token or not
+    client.cookies.set(COOKIE, session_value(token))
+    assert client.post("/api/action", headers=ACTION).text == "ok"
+    client.cookies.set(COOKIE, session_value(token, int(time.time()) - SESSION_MAX_AGE_S - 1))
+    assert client.post("/api/action", headers=ACTION).status_code == 401
+
+
+def test_every_answer_forbids_framing_and_sniffing():
+    client = guarded()
+    for res in (client.get("/"), client.get("/", headers={"Host": "evil.example"}), client.post("/api/action")):
+        assert res.headers["X-Frame-Options"] == "DENY" and res.headers["X-Content-Type-Options"] == "nosniff"
+        assert "frame-ancestors 'none'" in res.headers["Content-Security-Policy"]
