@@ -79,17 +79,64 @@ def test_operating_curve_runs_from_the_chosen_point_to_no_unknown_accepted():
     assert (np.diff(steps, axis=0) >= -1e-9).all()
 
 
+def _with_other_copies_of_red_valid_images(tmp_path, mined_round: str | None = None) -> tuple[Path, list[dict]]:
+    """A small shapes dataset whose validation split also holds byte copies of its red images
+    labelled "other" (from mining round `mined_round`, if given): the network scores them exactly as
+    the red images, so its F1 point must accept some held-out "other" images, and only thresholds
+    raised past red images can refuse them. Returns the manifest and the red images copied."""
+    import csv
+    import shutil
+    manifest = make_shapes_dataset(tmp_path / "ds", n_per_kind=24)
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    reds = [r for r in rows if r["labels"] == "red" and r["split"] == "valid"]
+    mined = {} if mined_round is None else {"mined_round": mined_round}
+    for r in rows if mined else ():
+        r["mined_round"] = ""
+    for i, r in enumerate(reds):
+        rel = f"images/copy_{i:03d}.jpg"
+        shutil.copy(tmp_path / "ds" / r["path"], tmp_path / "ds" / rel)
+        rows.append({**r, "path": rel, "labels": "", "photo_id": f"copy{i}", **mined})
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest, reds
+
+
 def test_a_cap_on_unknowns_accepted_is_met_on_validation(tmp_path):
-    manifest, _ = trained_bundle()
+    """train.max_unknown_accepted (on by default) moves the thresholds the bundle ships from the F1
+    point to the best point of the capping path under the cap. Here the F1 point accepts twice the
+    cap of the held-out "other" images, so a training that computed the capped point and shipped the
+    F1 point's thresholds fails (the mutation27 audit: the test before trained a world where the F1
+    point already accepted none, and passed either way)."""
     from mlc_pipeline.model.assess import evaluate_loaded_bundle
     from mlc_pipeline.model.bundle import load_bundle
-    result = train_model(manifest, tmp_path / "capped", TrainConfig(max_unknown_accepted=0.0, **FAST))
+    from mlc_pipeline.model.metrics import (allowed_other, calibrate_thresholds, capping_path, pick_capped,
+                                            targets_from_labels)
+    from mlc_pipeline.model.predict import score_paths
+    (manifest, _), cap = _with_other_copies_of_red_valid_images(tmp_path), 0.25
+    result = train_model(manifest, tmp_path / "capped", TrainConfig(max_unknown_accepted=cap, **FAST))
     meta = json.loads((tmp_path / "capped" / "bundle.json").read_text())
-    assert meta["config"]["max_unknown_accepted"] == 0.0
-    valid = evaluate_loaded_bundle(load_bundle(tmp_path / "capped"), manifest, splits=("valid",))
-    assert valid["unknown_accepted"] == 0.0     # no held-out "other" image of the calibration split
-    [chosen] = [p for p in result.metrics["test"]["curve"] if p["chosen"]]
-    assert chosen["valid_other_accepted"] == 0.0
+    assert meta["config"]["max_unknown_accepted"] == cap
+    curve = result.metrics["test"]["curve"]
+    f1_point, [chosen] = curve[0], [p for p in curve if p["chosen"]]
+    assert f1_point["valid_other_accepted"] >= 2 * cap, "the F1 point meets the cap already: a useless test"
+    bundle = load_bundle(tmp_path / "capped")
+    valid = evaluate_loaded_bundle(bundle, manifest, splits=("valid",))
+    n_other = valid["n_unknown"]
+    assert valid["unknown_accepted"] <= allowed_other(cap, n_other) / n_other       # what the bundle ships
+    assert chosen["valid_other_accepted"] <= allowed_other(cap, n_other) / n_other
+    assert np.allclose(chosen["thresholds"], meta["thresholds"], atol=1e-4)
+    assert not np.allclose(f1_point["thresholds"], meta["thresholds"], atol=1e-4)
+    # the shipped thresholds are the product's own calibration of the bundle's validation scores
+    frame = read_manifest_frame(manifest)
+    rows = frame[frame["split"] == "valid"]
+    probs = score_paths(bundle, list(rows["abs_path"]))
+    targets = targets_from_labels(list(rows["label_list"]), bundle.vocab)
+    start = calibrate_thresholds(probs, targets, classes=bundle.vocab)
+    expected = pick_capped(capping_path(probs, targets, bundle.vocab, start=start), cap)
+    np.testing.assert_allclose(meta["thresholds"], expected, atol=1e-4)
 
 
 @pytest.mark.parametrize("head,other_mode", [("softmax", "negative"), ("sigmoid", "class")])
@@ -141,22 +188,7 @@ def test_validation_f1_without_mined_negatives_is_recorded_beside_the_whole_spli
     that rounds are compared on leaves them out. Here the "mined" images are copies of red valid
     images labelled "other", so the model must accept some of them: the whole split's F1 falls and
     the shared images' F1 does not."""
-    import csv
-    import shutil
-    manifest = make_shapes_dataset(tmp_path / "ds", n_per_kind=24)
-    with open(manifest, newline="") as f:
-        rows = list(csv.DictReader(f))
-    reds = [r for r in rows if r["labels"] == "red" and r["split"] == "valid"]
-    for r in rows:
-        r["mined_round"] = ""
-    for i, r in enumerate(reds):
-        rel = f"images/mined_{i:03d}.jpg"
-        shutil.copy(tmp_path / "ds" / r["path"], tmp_path / "ds" / rel)
-        rows.append({**r, "path": rel, "labels": "", "photo_id": f"mined{i}", "mined_round": "1"})
-    with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    manifest, reds = _with_other_copies_of_red_valid_images(tmp_path, mined_round="1")
     # at the F1 point (no cap): the cap would reject red altogether, and every F1 would be equal
     train_model(manifest, tmp_path / "m", TrainConfig(**FAST, max_unknown_accepted=None))
     valid = json.loads((tmp_path / "m" / "metrics.json").read_text())["valid"]
