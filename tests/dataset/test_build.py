@@ -21,7 +21,7 @@ from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import RESTRICTED_LICENSES, parse_config
 from mlc_pipeline.curate.stage import curate
-from mlc_pipeline.dataset.build import build_dataset
+from mlc_pipeline.dataset.build import build_dataset, mined_split, split_of
 from mlc_pipeline.manifest import MANIFEST_COLUMNS, read_manifest, read_manifest_frame
 
 OPEN = [4, 5, 9, 10, 11]
@@ -190,3 +190,56 @@ def test_control_characters_in_outside_text_are_u_fffd_in_the_manifest_and_the_r
             (c["photo_id"], c["sha256"], c["license_name"] or "", c["source_file"]), r
     frame = read_manifest_frame(version / "manifest.csv")
     assert frame[MANIFEST_COLUMNS].to_dict("records") == list(rows.values())
+
+
+# ------------------------------------------------------------------ splits
+
+def planted_world(tmp_path, pool_in_test: int):
+    """A flickr catalog with noise pictures downloaded for class "cat", for "other", and for the mining
+    pool, curated for real; the pool's photo ids are ones `split_of` puts in test. Returns the config."""
+    from PIL import Image
+    from mlc_pipeline.catalog import Found
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), "classes": {"cat": {"queries": ["cat"], "count": 20}},
+                        "other": {"queries": ["o"], "count": 8}, "mine": {"pool": {"queries": ["p"], "count": 8}},
+                        "curate": {"workers": 1}})
+    in_test = (f"pool{k}" for k in range(10_000) if split_of("flickr", f"pool{k}", cfg.build.split) == "test")
+    photos = ([(f"cat{k}", "train", "cat") for k in range(20)] + [(f"o{k}", "train", "other") for k in range(8)]
+              + [(next(in_test), "pool", "other") for _ in range(pool_in_test)])
+    with Catalog(cfg.catalog_path) as c:
+        run = c.start_run("plant")
+        c.upsert_found([Found("flickr", pid, purpose, label, label, f"http://h/{pid}", "url_m", None, None, 4,
+                              "CC BY 2.0", "o", "o", "t", None, None, label) for pid, purpose, label in photos], run)
+        for pid, _, _ in photos:
+            dest = cfg.layout.raw("flickr") / f"{pid}.jpg"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            Image.effect_noise((96, 96), 60).convert("RGB").save(dest)
+            c.set_status(c.get_by_photo("flickr", pid)["id"], "downloaded", None, run, "download", file_path=str(dest))
+    curate(cfg)
+    return cfg
+
+
+def test_pool_images_labelled_in_review_never_enter_test_and_the_test_set_stays(tmp_path):
+    """docs/review.md: a pool image labelled in review trains "with the split mined negatives take
+    (training, or the share that calibrates; never test)". Every pool photo here is one `split_of`
+    would put in test: built as a dataset image, the next version's test set would change and rounds
+    would be compared on other test images (the mutation27 audit: the one test checked two images whose
+    two splits agreed). Every image of v1 keeps its split in v2."""
+    from mlc_pipeline.catalog.overrides import act, ensure_schema
+    cfg = planted_world(tmp_path, pool_in_test=6)
+    v1 = build_dataset(cfg)
+    before = {r["photo_id"]: r["split"] for r in read_manifest(v1.path / "manifest.csv")}
+    assert "test" in before.values(), "the split put no image in test: a useless test"
+    with Catalog(cfg.catalog_path) as c:
+        ensure_schema(c)
+        pool = c.candidates(purpose="pool", status="accepted")
+        assert len(pool) == 6 and not {r["photo_id"] for r in pool} & before.keys()
+        for k, r in enumerate(pool):
+            act(c, r["id"], "relabel", "seen", "test", list(cfg.classes), labels=["cat" if k % 2 else "other"])
+    v2 = build_dataset(cfg)
+    after = {r["photo_id"]: r for r in read_manifest(v2.path / "manifest.csv")}
+    for r in pool:
+        row = after[r["photo_id"]]
+        assert row["purpose"] == "pool" and row["split"] != "test", row
+        assert row["split"] == mined_split("flickr", r["photo_id"], cfg.mine.calibration_share)
+    assert {pid: r["split"] for pid, r in after.items() if pid in before} == before
+    assert {pid for pid, r in after.items() if r["split"] == "test"} == {pid for pid, s in before.items() if s == "test"}
