@@ -177,13 +177,10 @@ def test_a_score_of_a_file_rewritten_in_place_is_not_kept_under_its_old_digest(t
     assert (reupload["status"], reupload["duplicate_of"]) == ("duplicate", kept["id"]), reupload
 
 
-def test_a_byte_copy_of_a_published_test_photo_is_an_exact_duplicate_of_it(tmp_path):
-    # A user's audit: curate compares new photos with the *published* test files, which the build
-    # re-encoded, so a byte copy of a test photo's source was called `near-duplicate-of-test:v1:d=0`
-    # (docs: a byte copy is `exact-...`). The catalog knows the source's sha256: the copy is exact.
+def published_test_photo(tmp_path):
+    """A folder world of 16 ants collected, curated and built: (cfg, world folder, v1, a v1 test row)."""
     from mlc_pipeline.curate.stage import curate
     from mlc_pipeline.dataset.build import build_dataset
-    from mlc_pipeline.flickr_server.folder import photo_id_for
     from mlc_pipeline.manifest import read_manifest
     cfg, world = folder_world(tmp_path, sorted((FIXTURES / "ants").glob("*.jpg"))[:16], 17, 1)
     collect(cfg, progress=False)
@@ -192,6 +189,16 @@ def test_a_byte_copy_of_a_published_test_photo_is_an_exact_duplicate_of_it(tmp_p
     tests = [r for r in read_manifest(v1.path / "manifest.csv") if r["split"] == "test"]
     assert tests, "the split hash put no image in test; pick another world"
     test = tests[0]
+    return cfg, world, v1, test
+
+
+def test_a_byte_copy_of_a_published_test_photo_is_an_exact_duplicate_of_it(tmp_path):
+    # A user's audit: curate compares new photos with the *published* test files, which the build
+    # re-encoded, so a byte copy of a test photo's source was called `near-duplicate-of-test:v1:d=0`
+    # (docs: a byte copy is `exact-...`). The catalog knows the source's sha256: the copy is exact.
+    from mlc_pipeline.curate.stage import curate
+    from mlc_pipeline.flickr_server.folder import photo_id_for
+    cfg, world, v1, test = published_test_photo(tmp_path)
     shutil.copy(world / test["source_file"], world / "ants" / "zz_copy.jpg")         # the very bytes
     collect(cfg, progress=False)
     assert curate(cfg).duplicates.get("exact-duplicate-of-test") == 1
@@ -199,3 +206,35 @@ def test_a_byte_copy_of_a_published_test_photo_is_an_exact_duplicate_of_it(tmp_p
         copy = c.get_by_photo("local", photo_id_for("ants/zz_copy.jpg"))
     assert (copy["status"], copy["reason"]) == ("duplicate", f"exact-duplicate-of-test:{v1.version}:d=0")
     assert copy["duplicate_of"] == int(test["candidate_id"])
+
+
+def test_a_copy_of_a_test_photo_of_an_earlier_version_never_trains(tmp_path):
+    # docs/curation.md: curate "reads the manifests of every published version". A v1 test photo
+    # rejected in review is in no later version; a larger re-encode of it, collected after v2, must
+    # still be held as a copy of v1's test photo, or it trains in v3 (kept over the smaller original)
+    # and inflates every score measured on v1. (The mutation27 audit: checking the latest version only
+    # passed every test.)
+    from PIL import Image
+    from mlc_pipeline.catalog.overrides import act, ensure_schema
+    from mlc_pipeline.curate.stage import curate
+    from mlc_pipeline.dataset.build import build_dataset
+    from mlc_pipeline.flickr_server.folder import photo_id_for
+    from mlc_pipeline.manifest import read_manifest
+    cfg, world, v1, test = published_test_photo(tmp_path)
+    with Catalog(cfg.catalog_path) as c:
+        ensure_schema(c)
+        act(c, int(test["candidate_id"]), "reject", "not an ant", "test", list(cfg.classes))
+    v2 = build_dataset(cfg)
+    assert v2.version != v1.version
+    assert test["candidate_id"] not in {r["candidate_id"] for r in read_manifest(v2.path / "manifest.csv")}
+    with Image.open(world / test["source_file"]) as im:
+        im.convert("RGB").resize((im.width * 3 // 2, im.height * 3 // 2), Image.Resampling.LANCZOS).save(
+            world / "ants" / "zz_bigger.jpg", quality=90)
+    collect(cfg, progress=False)
+    curate(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        copy = c.get_by_photo("local", photo_id_for("ants/zz_bigger.jpg"))
+    assert copy["status"] == "duplicate" and copy["reason"].startswith(f"near-duplicate-of-test:{v1.version}:"), copy
+    assert copy["duplicate_of"] == int(test["candidate_id"])
+    v3 = build_dataset(cfg)
+    assert str(copy["id"]) not in {r["candidate_id"] for r in read_manifest(v3.path / "manifest.csv")}
