@@ -412,3 +412,59 @@ def test_undo_needs_its_round_and_photo_id_needs_undo(tmp_path):
     undo_round(load_config(config), 1)
     assert "no round has mined or held images: nothing to undo" in mlc("--undo").stderr
     assert "the round to put back (required)" in " ".join(mlc("--help").stdout.split())
+
+
+def test_a_class_image_exactly_the_near_copy_distance_away_is_held_and_one_bit_more_is_not():
+    """mine.nearest_class_image at its boundary, on hand-made hashes: NEAR_COPY_BITS bits from a class
+    image is a copy of it, one more is not (the mutation27 audit: only a distance of 0 was tested, and
+    a `<` in place of `<=` passed)."""
+    from mlc_pipeline.model.mine import NEAR_COPY_BITS, nearest_class_image
+    cls = {"id": 7, "phash": "00000000ffffffff"}
+    far = {"id": 8, "phash": "ffffffff00000000"}       # 64 bits from cls: never the nearest here
+    at = f"{(1 << NEAR_COPY_BITS) - 1:016x}"            # NEAR_COPY_BITS low bits of cls flipped
+    beyond = f"{(1 << (NEAR_COPY_BITS + 1)) - 1:016x}"
+    at, beyond = (f"{int(h, 16) ^ int(cls['phash'], 16):016x}" for h in (at, beyond))
+    assert nearest_class_image([at, beyond, None], [far, cls], NEAR_COPY_BITS) == [cls, None, None]
+
+
+def _planted_phash(im: Image.Image) -> imagehash.ImageHash:
+    "The phash `_plant` records for `im` (saved at JPEG quality 90, then hashed)."
+    import io
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90)
+    return imagehash.phash(Image.open(buf))
+
+
+def test_a_re_encoded_class_photo_at_the_near_copy_distance_is_held_in_a_mining_round(tmp_path):
+    """Real re-encodes of a class image in the pool: the one 4 bits from it ("resized and re-encoded
+    real photos stay within ~4 bits", mine.py) is held as its near duplicate (a class member, not a
+    negative), the one a step further is mined as any pool image is (phash distances of real pictures
+    come in steps of two)."""
+    import io
+    from PIL import ImageFilter
+    at, beyond = 4, 6
+    rng = np.random.default_rng(7)
+    classes = [(f"class-red{i}", "train", "red", _red_disc_image(rng)) for i in range(6)]
+    original = classes[0][3]
+    copies = {}
+    for quality in (95, 60, 40, 25, 15, 10, 5):
+        for blur in (0, 0.5, 1.0):
+            buf = io.BytesIO()
+            (original.filter(ImageFilter.GaussianBlur(blur)) if blur else original).save(buf, "JPEG", quality=quality)
+            copy = Image.open(buf).convert("RGB")
+            copies.setdefault(_planted_phash(copy) - _planted_phash(original), copy)
+    assert {at, beyond} <= copies.keys(), sorted(copies)
+    cfg = Config(data_dir=tmp_path / "data", classes={"red": {"queries": ["red"], "count": 1},
+                                                      "blue": {"queries": ["blue"], "count": 1}},
+                 other={"queries": ["noise"], "count": 1}, mine={"hold_above": 1.01, "max_per_round": 100})
+    cfg.data_dir.mkdir()
+    (tmp_path / "files").mkdir()
+    items = classes + [("pool-at", "pool", "other", copies[at]), ("pool-beyond", "pool", "other", copies[beyond])]
+    with Catalog(cfg.catalog_path) as catalog:
+        ids = _plant(catalog, catalog.start_run("plant"), tmp_path / "files", items)
+    bundle_dir = _bundle_here(cfg)
+    mine_round(cfg, bundle_dir, round_no=1)
+    with open(bundle_dir / "mined.csv") as f:
+        decisions = {r["photo_id"]: r["decision"] for r in csv.DictReader(f)}
+    assert decisions.keys() == {"pool-at", "pool-beyond"}, "the model rejects a copy of its class image: a useless test"
+    assert decisions == {"pool-at": f"held:near-duplicate-of:{ids['class-red0']}", "pool-beyond": "added"}
