@@ -1,6 +1,8 @@
 """What decides that round 0 trains again (shipping.round0_key): the weights a training would get now,
 and the training code. Real files: a weights file in TORCH_HOME, a copy of the package with one file
-changed. (The shipping rules on metrics are in test_pipeline.py.)"""
+changed. And the rule a mining round's model must meet to replace the one before (`not_shipped_reason`),
+on hand-made round records and through the stage loop with scripted stages (test_pipeline.py runs
+the loop end to end)."""
 
 import json
 import shutil
@@ -11,13 +13,15 @@ import pytest
 from mlc_pipeline import shipping
 from mlc_pipeline.config import parse_config
 from mlc_pipeline.fsutil import sha256_file
+from mlc_pipeline.rounds import RoundRecord
+from test_pipeline import ScriptedStages, _loop_config
 
 PACKAGE = Path(shipping.__file__).parent
 
 
-def config(data_dir=None, **train):
+def config(data_dir=None, mine=None, **train):
     return parse_config({"classes": {"a": {"queries": ["a"], "count": 1}}, "other": {"queries": ["o"], "count": 1},
-                         "train": train, **({"data_dir": str(data_dir)} if data_dir else {})})
+                         "train": train, "mine": mine or {}, **({"data_dir": str(data_dir)} if data_dir else {})})
 
 
 def test_the_weights_at_hand_name_what_a_training_would_start_from_now(tmp_path, monkeypatch):
@@ -107,3 +111,64 @@ def test_the_modules_left_out_of_the_fingerprint_are_not_imported_by_training():
             todo += sorted(imported(name))
     assert "learner.py" in seen and "weights.py" in seen, "the import walk sees nothing: a useless test"
     assert not seen & set(shipping.NOT_TRAINING_CODE), sorted(seen & set(shipping.NOT_TRAINING_CODE))
+
+
+def round_of(n: int, test_f1: float = 0.8, valid_f1: float | None = 0.8, other: float | None = 0.1,
+             probe: float | None = 0.1) -> RoundRecord:
+    return RoundRecord(n, f"v{n + 1}", f"bundle-r{n}", test_f1, other, probe, 5 if n else 0, valid_f1)
+
+
+@pytest.mark.parametrize("max_f1_loss", [0.05, 0.1])
+def test_a_round_may_lose_up_to_max_f1_loss_and_no_more(max_f1_loss):
+    """mine.max_f1_loss: a loss of exactly the setting ships (float noise in the last bit included),
+    a hundredth more is refused with the figures; a gain always ships."""
+    cfg = config(mine={"max_f1_loss": max_f1_loss})
+    before = round_of(0, 0.7, 0.7)
+    at = 0.7 - max_f1_loss
+    assert shipping.not_shipped_reason(cfg, before, round_of(1, at, at)) is None
+    assert shipping.not_shipped_reason(cfg, before, round_of(1, 0.95, 0.95)) is None        # better: ships
+    over = at - 0.01
+    assert shipping.not_shipped_reason(cfg, before, round_of(1, over, over)) == (
+        f"round 1's model bundle-r1 lost {max_f1_loss + 0.01:.3f} of macro F1 against round 0's "
+        f"(0.700 -> {over:.3f}, mean of validation and test; mine.max_f1_loss is {max_f1_loss:g})")
+
+
+def test_the_f1_compared_is_the_mean_of_validation_and_test():
+    """Either split alone is ~100 images: the loss is measured on their mean (`held_out_f1`), so a
+    round that keeps its test F1 and loses 0.2 on validation lost 0.1, and one that trades 0.08 of
+    test for 0.08 of validation lost nothing."""
+    cfg = config()
+    assert shipping.held_out_f1(round_of(0, 0.8, 0.6)) == pytest.approx(0.7)
+    assert shipping.held_out_f1(round_of(0, 0.8, None)) == 0.8          # models from before valid F1 was kept
+    before = round_of(0, 0.8, 0.8)
+    assert "lost 0.100 of macro F1" in shipping.not_shipped_reason(cfg, before, round_of(1, 0.8, 0.6))
+    assert shipping.not_shipped_reason(cfg, before, round_of(1, 0.72, 0.88)) is None
+
+
+def test_a_round_accepting_as_many_unknowns_ships_and_one_accepting_more_does_not():
+    """The unknowns compared are the mean of test "other" and probe acceptance (either alone when the
+    other is not measured); equal is not worse."""
+    cfg = config()
+    assert shipping.unknown_rate(0.1, 0.3) == pytest.approx(0.2) and shipping.unknown_rate(None, 0.3) == 0.3
+    before = round_of(0, other=0.10, probe=0.30)
+    assert shipping.not_shipped_reason(cfg, before, round_of(1, other=0.30, probe=0.10)) is None   # the same mean
+    assert shipping.not_shipped_reason(cfg, before, round_of(1, other=0.10, probe=0.31)) == (
+        "round 1's model bundle-r1 accepted more unknowns than round 0's (0.200 -> 0.205, mean of test other and probe)")
+    assert "than the shipped model, scored on v2 (" in shipping.not_shipped_reason(
+        cfg, before, round_of(1, other=0.2, probe=0.3), "the shipped model, scored on v2")
+
+
+@pytest.mark.parametrize("loss, shipped", [(0.05, "bundle-r1"), (0.06, "bundle-r0")])
+def test_a_refused_round_leaves_latest_on_the_round_before(tmp_path, loss, shipped):
+    """Through the stage loop: a round within mine.max_f1_loss becomes models/LATEST; one beyond it is
+    not shipped, LATEST stays the round before's, and the run says why."""
+    from mlc_pipeline.pipeline import run_stages
+    cfg = _loop_config(tmp_path, rounds=1)
+    out = run_stages(cfg, ScriptedStages([(0.10, 0.30), (0.05, 0.20)], valid_f1=[0.8, 0.8 - loss],
+                                         test_f1=[0.8, 0.8 - loss]))
+    assert (cfg.layout.models / "LATEST").read_text().strip() == shipped == out.shipped
+    assert [r.bundle for r in out.rounds] == ["bundle-r0", "bundle-r1"]
+    if shipped == "bundle-r0":
+        assert out.not_shipped.endswith(": models/LATEST stays bundle-r0") and "lost 0.060" in out.not_shipped
+    else:
+        assert out.not_shipped == ""
