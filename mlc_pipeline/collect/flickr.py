@@ -25,6 +25,7 @@ from mlc_pipeline.catalog import Found
 from mlc_pipeline.catalog.labels import licence_allowed
 from mlc_pipeline.config import SourceSettings
 from mlc_pipeline.collect.connections import Deadline, WatchedAdapter, close_session
+from mlc_pipeline.collect.windows import DAY, as_int, date_windows
 from mlc_pipeline.collect.retry import RateLimiter, Transient, retry_after_seconds, with_retries
 from mlc_pipeline.secrets import Credentials, printable, redact
 
@@ -35,8 +36,8 @@ log = logging.getLogger(__name__)
 logging.getLogger("flickrapi").setLevel(logging.CRITICAL)
 
 FLICKR_EPOCH = 1072915200          # 2004-01-01: no upload is older
-DAY = 86400
 REPEATED_PAGES = 3                 # answers in a row with nothing new inside the reachable range: the end
+STALE_CALLS = 30                   # a query's API calls in a row that bring no photo new to it: the end
 STATUS_RE = re.compile(r"Status code (\d{3})")
 KEY_SHOWN = 60                     # characters of a malformed reply's key a message shows
 RATE_LIMITED_S = 1.0               # a 429 without Retry-After waits 1 s, 2 s, 4 s, ... (capped by max_retry_after_s)
@@ -52,14 +53,6 @@ class InvalidKeyError(SourceError):
 
 class RetriesExhausted(SourceError):
     """A transient fault (105, 5xx, timeouts) outlasted every retry: worth another try later."""
-
-
-def as_int(value) -> int | None:
-    """Flickr mixes strings and ints for numbers ("total": "234", "height_c": 600)."""
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def api_address(rest_url: str) -> str:
@@ -170,6 +163,8 @@ class FlickrSource:
         self.static_host = static_host
         self.skipped: Counter[str] = Counter()      # search results left out, by reason
         self.unlicensed_said: set[str] = set()      # queries whose results without a licence id were said
+        self.undated: set[str] = set()              # queries whose windows the API does not narrow
+        self.query_calls: Counter[str] = Counter()  # search calls, by query
         self.unreadable: dict[str, str] = {}        # folder mode: files not served (no image), path -> why
 
     def close(self) -> None:
@@ -265,23 +260,8 @@ class FlickrSource:
             params["license"] = ",".join(str(i) for i in s.licenses)
         if window:
             params["min_upload_date"], params["max_upload_date"] = window
+        self.query_calls[query] += 1
         return self.call("photos.search", expect="photos", **params)["photos"]
-
-    def _windows(self, query: str, lo: int, hi: int) -> Iterator[tuple[tuple[int, int], dict]]:
-        """Upload-date windows, newest first, each holding at most `result_cap` results.
-
-        Yields (window, first page) so the probing call is not wasted."""
-        first = self._search_page(query, 1, (lo, hi))
-        total = as_int(first.get("total")) or 0
-        if total <= self.result_cap or hi - lo <= DAY:
-            if total > self.result_cap:
-                log.warning("query %r: %d results within one day; only the first %d are reachable",
-                            query, total, self.result_cap)
-            yield (lo, hi), first
-            return
-        mid = (lo + hi) // 2
-        yield from self._windows(query, mid + 1, hi)
-        yield from self._windows(query, lo, mid)
 
     def _pages(self, query: str, window, first: dict) -> Iterator[dict]:
         """Photos of one window, page by page, to the last page `pages` or `total` names (the larger:
@@ -339,13 +319,23 @@ class FlickrSource:
             windows = iter([(None, first)])
         else:
             log.info("query %r has %d results (> %d cap): splitting by upload date", query, total, self.result_cap)
-            windows = self._windows(query, FLICKR_EPOCH, int(time.time()) + DAY)
+            windows = date_windows(self, query, FLICKR_EPOCH, int(time.time()) + DAY, total)
+        seen: set[str] = set()
+        fresh_at = self.query_calls[query]
         for window, page1 in windows:
             for photo in self._pages(query, window, page1):
+                if str(photo["id"]) in seen:       # windows that overlap (a mirror's): nothing new
+                    continue
+                seen.add(str(photo["id"]))
+                fresh_at = self.query_calls[query]
                 found = self.to_found(photo, query, target)
                 if found.license_id is None and self.settings.licenses != "any":
                     self.without_licence(query, found.photo_id)
                 yield found
+            if self.query_calls[query] - fresh_at >= STALE_CALLS:
+                log.warning("query %r: %d search calls in a row found no photo new to it: the query ends here",
+                            query, STALE_CALLS)
+                return
 
     def without_licence(self, query: str, photo_id: str) -> None:
         """A result with no licence id (the field missing, empty or no number: a mirror that drops it)

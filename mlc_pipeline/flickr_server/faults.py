@@ -27,8 +27,9 @@ ENTRY_FAULTS = ("entry_no_id", "entry_no_license")
 TRANSIENT_IMAGE_FAULTS = ("img429", "img5xx", "dropped")
 # Search paging faults: a page after the first answers the page before's entries (its first
 # fault_repeats attempts); a reply's "pages" says 1 whatever "total" says; license_ignored: the
-# search ignores its `license` filter (a mirror that does: results under any licence come back).
-PAGE_FAULTS = ("repeat_page", "pages_low", "license_ignored")
+# search ignores its `license` filter (a mirror that does: results under any licence come back);
+# dates_ignored: the same for min/max_upload_date (a mirror that does: every window holds every result).
+PAGE_FAULTS = ("repeat_page", "pages_low", "license_ignored", "dates_ignored")
 RATE_FIELDS = API_FAULTS + TRANSIENT_IMAGE_FAULTS + PHOTO_FAULTS + DUPLICATE_FAULTS + ENTRY_FAULTS + PAGE_FAULTS
 
 # `mlc serve-flickr --help`'s list of the faults (every FaultSpec field is named: tests/flickr_server).
@@ -41,7 +42,8 @@ several on at once), plus the knobs that shape them (NAME=NUMBER):
               -- each request's first fault_repeats attempts, then it goes through
   search:     entry_no_id / entry_no_license (a photo's entries lack their id / their licence: the
               field left out or empty), repeat_page (a page answers the page before's entries),
-              pages_low ("pages": 1), license_ignored (the search ignores its licence filter)
+              pages_low ("pages": 1), license_ignored / dates_ignored (the search ignores its licence
+              filter / its min/max_upload_date)
   images, then served (a URL's first fault_repeats attempts): img429 (HTTP 429, Retry-After:
               retry_after_s), img5xx (HTTP img5xx_code, default 503: an overloaded CDN), dropped (the
               connection closes after 60% of the announced body)
@@ -83,6 +85,7 @@ class FaultSpec:
     repeat_page: float = 0.0
     pages_low: float = 0.0
     license_ignored: float = 0.0  # share of searches answered as if no `license` filter was given
+    dates_ignored: float = 0.0  # share of searches answered as if no min/max_upload_date was given
     seed: int = 0
     slow_ms: int = 1500
     retry_after_s: int = 1
@@ -186,6 +189,10 @@ class FaultPlan:
     def ignores_license(self, request_key: str) -> bool:
         """Whether this search is answered as if it had no `license` filter (counted when it had one)."""
         return unit_hash(self.spec.seed, "license", request_key) < self.spec.license_ignored
+
+    def ignores_dates(self, request_key: str) -> bool:
+        """Whether this search is answered as if it had no upload-date bounds."""
+        return unit_hash(self.spec.seed, "dates", request_key) < self.spec.dates_ignored
 
     def image_429(self, url_path: str) -> bool:
         """Whether this image URL answers 429 now (its first fault_repeats attempts do)."""

@@ -126,6 +126,11 @@ class _Handler(BodySender, BaseHTTPRequestHandler):
                     and app.faults.ignores_license(request_key(params)):
                 app.faults.count("license_ignored")
                 params = {k: v for k, v in params.items() if k != "license"}
+            dated = ("min_upload_date", "max_upload_date")
+            if params.get("method") == "flickr.photos.search" and any(params.get(k) for k in dated) \
+                    and app.faults.ignores_dates(request_key(params)):
+                app.faults.count("dates_ignored")
+                params = {k: v for k, v in params.items() if k not in dated}
             paged = params.get("method") == "flickr.photos.search" and (app.faults.spec.repeat_page or
                                                                          app.faults.spec.pages_low)
             response = app.faults.damage_entries(app.faults.damage_pages(params, request_key(params), app.api.call)

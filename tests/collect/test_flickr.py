@@ -181,15 +181,19 @@ class EvilReplies(BaseHTTPRequestHandler):
             body = {"stat": "ok", EVIL: 1, "x" * 5000: 2}
         else:
             body = {"stat": "fail", "code": 3, "message": f"refused {EVIL}"}
-        out = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
+        send_json(self, body)
 
     def log_message(self, *args):
         pass
+
+
+def send_json(handler: BaseHTTPRequestHandler, body: dict) -> None:
+    out = json.dumps(body).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(out)))
+    handler.end_headers()
+    handler.wfile.write(out)
 
 
 @pytest.mark.parametrize("mode", ["keys", "message"])
@@ -224,3 +228,75 @@ def test_escape_sequences_in_a_reply_never_reach_the_terminal(tmp_path, mode):
     if mode == "keys":
         assert "retry 1/1" in err and err.count(escaped) == 2, err       # the warning, then the last line
         assert "x" * 61 not in err and "x" * 60 + "..." in err
+
+
+def test_an_api_that_ignores_upload_dates_is_not_split_into_endless_windows(caplog):
+    """Audit collect27 D5: against a mirror that ignores min/max_upload_date, every window held every
+    result, and a query over the cap was split down to ~8,400 one-day windows (119 API calls and no
+    download in 60 s; ~9 h). A window holding all its parent's results, some uploaded outside it, stops
+    the split: the reachable results are paged once, and it is said once."""
+    from mlc_pipeline.collect.flickr import Target
+    from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
+    caplog.set_level(logging.WARNING)
+    with FlickrServer(WorldSpec(seed=6, scale=0.5, result_cap=40), FaultSpec(dates_ignored=1.0)) as srv:
+        source = FlickrSource(SourceSettings(kind="flickr", rest_url=srv.rest_url, per_page=20,
+                                             max_calls_per_hour=360000), Credentials("k" * 32, "s" * 16),
+                              "flickr", result_cap=40)
+        found = []
+        for f in source.search("sky", Target("train", "sky")):
+            found.append(f.photo_id)
+            assert source.api_calls <= 40, "still splitting"
+        total = int(source._search_page("sky", 1, None)["total"])
+        assert srv.stats()["faults_injected"].get("dates_ignored", 0) > 0
+    assert total > 40 and len(found) == len(set(found)) == 40
+    assert source.api_calls <= 12
+    assert caplog.text.count("the API ignores min/max_upload_date") == 1
+
+
+def test_honest_windows_still_reach_past_the_cap():
+    """The check above must not stop a split on an API that honours the dates (every result reached)."""
+    from mlc_pipeline.collect.flickr import Target
+    from mlc_pipeline.flickr_server import FlickrServer, WorldSpec
+    with FlickrServer(WorldSpec(seed=6, scale=0.5, result_cap=40)) as srv:
+        source = FlickrSource(SourceSettings(kind="flickr", rest_url=srv.rest_url, per_page=20,
+                                             max_calls_per_hour=360000), Credentials("k" * 32, "s" * 16),
+                              "flickr", result_cap=40)
+        found = [f.photo_id for f in source.search("sky", Target("train", "sky"))]
+        total = int(source._search_page("sky", 1, None)["total"])
+    assert total > 40 and len(found) == len(set(found)) == total and not source.undated
+
+
+class SameResults(BaseHTTPRequestHandler):
+    """A mirror that answers every search with the same ten photos, no upload dates, 500 "total"."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        photos = [{"id": str(1000 + i), "license": "4", "owner": "o", "title": "t"} for i in range(10)]
+        send_json(self, {"stat": "ok", "photos": {"page": 1, "pages": 50, "perpage": 10, "total": 500,
+                                                  "photo": photos}})
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_query_whose_calls_bring_nothing_new_ends_within_a_bounded_number_of_calls(caplog):
+    """Audit collect27 D5: where the windows cannot be seen to be ignored (no upload dates in the replies),
+    the split went on for thousands of calls that brought no new photo, and nothing was downloaded
+    meanwhile. A query ends after STALE_CALLS calls in a row with no photo new to it, and says so."""
+    from mlc_pipeline.collect.flickr import STALE_CALLS, Target
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SameResults)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    caplog.set_level(logging.WARNING)
+    try:
+        source = FlickrSource(SourceSettings(kind="flickr", rest_url=f"http://127.0.0.1:{server.server_address[1]}"
+                                             "/services/rest/", per_page=10, max_calls_per_hour=360000),
+                              Credentials("k" * 32, "s" * 16), "flickr", result_cap=40)
+        found = []
+        for f in source.search("sky", Target("train", "sky")):
+            found.append(f.photo_id)
+            assert source.api_calls <= 200, "still searching"
+    finally:
+        server.shutdown()
+    assert sorted(found) == [str(1000 + i) for i in range(10)]
+    assert source.api_calls < 2 * STALE_CALLS       # the first new photos come after the split's probes
+    assert f"query 'sky': {STALE_CALLS} search calls in a row found no photo new to it" in caplog.text
