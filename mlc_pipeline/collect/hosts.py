@@ -131,7 +131,7 @@ class HostHealth:
             self.refused_one(reason.split(":", 1)[1])
 
     def stop_error(self) -> SourceError | None:
-        """The error a collect ends with when an image host was down (its photos stay pending), or
+        """The error a collect ends with when an image host was down (its photos failed, retried next run), or
         many results were on a host allowed_hosts does not list (asked again once it does)."""
         if many := {h: n for h, n in self.refused.items() if n >= REFUSED_HOST_LIMIT}:
             return HostNotAllowed(redact(
@@ -144,4 +144,4 @@ class HostHealth:
         return ImageHostDown(redact(
             f"the image host {hosts} answered none of {HOST_DOWN_AFTER} connections in a row this run: nothing "
             "more was asked of it. Check the network (or the proxy HTTP_PROXY/HTTPS_PROXY names), then run "
-            "again: its photos stay pending and are downloaded then"))
+            "again: its photos, recorded failed (transient:host-down), are tried again then"))

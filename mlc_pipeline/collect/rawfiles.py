@@ -31,11 +31,18 @@ WRITE_PROBLEMS = {
     errno.EXDEV: "a rename across file systems", errno.EIO: "an I/O error of the disk",
 }
 
+# What to do about each (a read-only disk was told to "free space": audit collect27 D9).
+REMEDIES = {errno.ENOSPC: "free space", errno.EDQUOT: "free space", errno.EIO: "check the disk",
+            errno.EFBIG: "raise the file size limit (ulimit -f)",
+            errno.EROFS: "make it writable or name a data_dir on a writable disk",
+            errno.EACCES: "fix the folder's permissions", errno.EPERM: "fix the folder's permissions"}
+
 
 def storage_error(exc: OSError, folder: Path) -> StorageError:
     what = WRITE_PROBLEMS.get(exc.errno, exc.strerror or type(exc).__name__)
     code = errno.errorcode.get(exc.errno, "?") if exc.errno else type(exc).__name__
-    return StorageError(f"cannot write images to {folder}: {what} ({code}); free space or fix the folder, "
+    remedy = REMEDIES.get(exc.errno, "fix the folder")
+    return StorageError(f"cannot write images to {folder}: {what} ({code}); {remedy}, "
                         f"then rerun the same command (downloads that finished are recorded)")
 
 

@@ -187,7 +187,7 @@ def test_full_disk_stops_collect_with_one_line(tmp_path):
     raw = tmp_path / "data" / "raw"
     raw.mkdir(parents=True)
     res = collect_in_namespace(cfg, f"mount -t tmpfs -o size=100k tmpfs {raw}")   # a few images fit
-    assert_stopped_on_write_error(res, tmp_path, "the disk is full (ENOSPC)")
+    assert_stopped_on_write_error(res, tmp_path, "the disk is full (ENOSPC); free space, then rerun")
 
 
 @needs_namespaces
@@ -196,7 +196,10 @@ def test_read_only_image_folder_stops_collect_with_one_line(tmp_path):
     raw = tmp_path / "data" / "raw"
     raw.mkdir(parents=True)
     res = collect_in_namespace(cfg, f"mount --bind {raw} {raw}; mount -o remount,bind,ro {raw}")
-    assert_stopped_on_write_error(res, tmp_path, "read-only (EROFS)")
+    # not "free space" (audit collect27 D9): space is not what a read-only disk lacks
+    assert_stopped_on_write_error(res, tmp_path, "read-only (EROFS); make it writable or name a data_dir on a "
+                                                 "writable disk, then rerun")
+    assert "free space" not in res.stderr
 
 
 def test_images_on_another_file_system_than_tmp(tmp_path):

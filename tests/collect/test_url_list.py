@@ -253,7 +253,7 @@ def test_an_image_host_that_answers_nothing_ends_the_collect_at_once_with_its_na
     """A user's audit: an image host refusing every connection cost each photo its retries (3
     minutes, the first message after 100 s), then "queries exhausted" and exit 0. After
     HOST_DOWN_AFTER connection errors in a row from a host that never answered, its other photos fail
-    at once, the run exits 1 naming the host and the cause, and they stay pending for the next run."""
+    at once, the run exits 1 naming the host and the cause, and they are tried again by the next run."""
     from helpers import free_port
     from mlc_pipeline.catalog import Catalog
     from mlc_pipeline.config import load_config
@@ -272,7 +272,9 @@ def test_an_image_host_that_answers_nothing_ends_the_collect_at_once_with_its_na
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert f"mlc: ImageHostDown: the image host {dead[7:]} (ConnectionError: connection refused) answered none " \
            "of 20 connections in a row" in res.stderr, res.stderr[-2000:]
-    assert "its photos stay pending" in res.stderr and took < 60, took
+    # they are recorded failed (below), not pending: the message says so (audit collect27 D9)
+    assert "its photos, recorded failed (transient:host-down), are tried again then" in res.stderr and took < 60, took
+    assert "stay pending" not in res.stderr
     with Catalog(load_config(tmp_path / "project.yaml").catalog_path) as c:
         reasons = Counter(r["reason"].split(":")[1] for r in c.candidates("status='failed'"))
     assert reasons["host-down"] > 0 and set(reasons) <= {"connectionerror", "host-down"}, reasons
