@@ -31,6 +31,7 @@ import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline import progress
@@ -121,8 +122,6 @@ def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None,
     removed_owners = catalog.removed_owners()       # `mlc remove --owner`: later photos stay out too
     # a deed is a web page: what else a source lists (`javascript:`, text, a formula) is no URL of one
     license_urls = {k: url for k, url in catalog.license_urls().items() if url.startswith(("https://", "http://"))}
-    # a photo's page exists at the real Flickr only (the bundled server's ids name no photo there)
-    photo_pages = cfg.source.kind == "flickr" and cfg.source.rest_url.startswith("https://api.flickr.com/")
     for c in build_candidates(catalog):             # accepted, with the review app's decisions applied
         if c["owner"] in removed_owners:
             continue
@@ -154,18 +153,27 @@ def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None,
             "mined_round": "" if c["mined_round"] is None else c["mined_round"],
             "query": first_query(c["queries"]), "source_file": c["source_file"] or "", "_file": c["file_path"],
             "license_url": license_urls.get(c["license_id"], "") if c["license_id"] is not None else "",
-            "page": photo_page(c, photo_pages),
+            "page": photo_page(c),
             "_conflict": c["label"] if (c["reason"] or "").startswith("conflict:") else None, "_reason": c["reason"]})
     return sorted(rows, key=lambda r: r["path"])
 
 
-def photo_page(c: dict, flickr_pages: bool) -> str:
+def photo_page(c: dict, flickr_pages: bool = True) -> str:
     """Where a person sees the photo and its owner: its page at the real Flickr, or the `photo_page` a
-    URL list gave (kept as `source_file`); "" when none is known (a folder, the bundled server)."""
-    if flickr_pages and c["source"] == "flickr" and c["owner"]:
+    URL list gave (kept as `source_file`); "" when none is known (a folder, the bundled server: neither
+    has photo pages). A photo is the real Flickr's when its image is on Flickr's servers: a mirror's or
+    the bundled server's ids name no photo there. (Until 2026-12-07 the build's rest_url decided: with
+    www.flickr.com's endpoint, or a proxy's, no photo had a page: audit collect27 D7.)"""
+    if flickr_pages and c["source"] == "flickr" and c["owner"] and on_flickr(c["url"]):
         return FLICKR_PHOTO_PAGE.format(owner=c["owner"], photo_id=c["photo_id"])
     given = c["source_file"] or ""
     return given if c["source"] == "urls" and given.startswith(("https://", "http://")) else ""
+
+
+def on_flickr(url: str | None) -> bool:
+    parts = urlsplit(url or "")
+    host = (parts.hostname or "").lower()
+    return parts.scheme == "https" and (host == "staticflickr.com" or host.endswith(".staticflickr.com"))
 
 
 def label_conflicts(rows: list[dict]) -> list[dict]:
@@ -251,7 +259,7 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
     fp = fingerprint(rows, cfg)
     previous = latest_version(root)
     counts = count_rows(rows)
-    if same_as_published(root, previous, fp, repair):
+    if same_as_published(root, previous, fp, repair, rows):
         return summarised(BuildResult(name, previous, root / previous, False, counts, fp, left_out=dict(left_out),
                                       not_allowed=dict(not_allowed)))
     tmp = root / f".build-{previous or 'v0'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -265,7 +273,7 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
                 if not rows:
                     raise NothingToBuild(f"nothing to build: no accepted image's file could be read ({skipped})")
                 fp, counts = fingerprint(rows, cfg), count_rows(rows)
-                if same_as_published(root, previous, fp, repair):
+                if same_as_published(root, previous, fp, repair, rows):
                     return summarised(BuildResult(name, previous, root / previous, False, counts, fp, skipped,
                                                   dict(left_out), dict(not_allowed)))
             warn_if_withdrawn(root, fp)
@@ -316,9 +324,11 @@ def warn_if_withdrawn(root: Path, fp: str) -> None:
                         version, record["at"], record["reason"] or "no reason given", version)
 
 
-def same_as_published(root: Path, previous: str | None, fp: str, repair: bool) -> bool:
+def same_as_published(root: Path, previous: str | None, fp: str, repair: bool, rows: list[dict]) -> bool:
     """Whether the latest version, verified, already holds these rows (then `latest` points at it).
-    A damaged one is VersionDamaged, or with `repair` a reason to publish a fresh version."""
+    A damaged one is VersionDamaged, or with `repair` a reason to publish a fresh version. Attribution
+    is no part of the fingerprint: a changed one (a photo page found, an owner renamed) publishes a
+    version with the same images (a rebuild said "unchanged" and kept the old: audit collect27 D7)."""
     if not previous or recorded_fingerprint(root / previous) not in (fp, None):    # None: verify says why
         return False
     try:
@@ -327,6 +337,11 @@ def same_as_published(root: Path, previous: str | None, fp: str, repair: bool) -
         if not repair:
             raise
         log.warning("%s: publishing a fresh version from the catalog", exc)
+        return False
+    held = root / previous / "ATTRIBUTION.md"
+    if held.is_file() and held.read_text() != attribution(rows, previous):
+        log.info("%s holds these images, but their attribution (title, author, licence, source) has changed: "
+                 "publishing a new version", previous)
         return False
     point_latest(root, previous)
     return True

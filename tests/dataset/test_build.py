@@ -197,7 +197,6 @@ def test_control_characters_in_outside_text_are_u_fffd_in_the_manifest_and_the_r
 def planted_world(tmp_path, pool_in_test: int):
     """A flickr catalog with noise pictures downloaded for class "cat", for "other", and for the mining
     pool, curated for real; the pool's photo ids are ones `split_of` puts in test. Returns the config."""
-    from PIL import Image
     from mlc_pipeline.catalog import Found
     cfg = parse_config({"data_dir": str(tmp_path / "data"), "classes": {"cat": {"queries": ["cat"], "count": 20}},
                         "other": {"queries": ["o"], "count": 8}, "mine": {"pool": {"queries": ["p"], "count": 8}},
@@ -205,17 +204,24 @@ def planted_world(tmp_path, pool_in_test: int):
     in_test = (f"pool{k}" for k in range(10_000) if split_of("flickr", f"pool{k}", cfg.build.split) == "test")
     photos = ([(f"cat{k}", "train", "cat") for k in range(20)] + [(f"o{k}", "train", "other") for k in range(8)]
               + [(next(in_test), "pool", "other") for _ in range(pool_in_test)])
+    plant(cfg, [Found("flickr", pid, purpose, label, label, f"http://h/{pid}", "url_m", None, None, 4,
+                      "CC BY 2.0", "o", "o", "t", None, None, label) for pid, purpose, label in photos])
+    return cfg
+
+
+def plant(cfg, found: list) -> None:
+    """`found` in the catalog, each downloaded as a noise picture, then curated for real."""
+    from PIL import Image
     with Catalog(cfg.catalog_path) as c:
         run = c.start_run("plant")
-        c.upsert_found([Found("flickr", pid, purpose, label, label, f"http://h/{pid}", "url_m", None, None, 4,
-                              "CC BY 2.0", "o", "o", "t", None, None, label) for pid, purpose, label in photos], run)
-        for pid, _, _ in photos:
-            dest = cfg.layout.raw("flickr") / f"{pid}.jpg"
+        c.upsert_found(found, run)
+        for f in found:
+            dest = cfg.layout.raw("flickr") / f"{f.photo_id}.jpg"
             dest.parent.mkdir(parents=True, exist_ok=True)
             Image.effect_noise((96, 96), 60).convert("RGB").save(dest)
-            c.set_status(c.get_by_photo("flickr", pid)["id"], "downloaded", None, run, "download", file_path=str(dest))
+            c.set_status(c.get_by_photo("flickr", f.photo_id)["id"], "downloaded", None, run, "download",
+                         file_path=str(dest))
     curate(cfg)
-    return cfg
 
 
 def test_pool_images_labelled_in_review_never_enter_test_and_the_test_set_stays(tmp_path):
@@ -277,3 +283,56 @@ def test_an_images_split_is_a_function_of_its_photo_alone_in_every_process():
               "50000000003": "valid", "50000000002": "train"}
     assert {pid: split_of("flickr", pid, fractions) for pid in pinned} == pinned
     assert [mined_split("flickr", f"5000000000{k}", 1 / 3) for k in range(4)] == ["train", "valid", "train", "valid"]
+
+
+def paged_world(tmp_path, rest_url: str):
+    """A flickr catalog curated for real: "cat" photos whose images are on Flickr's servers, "other"
+    photos from a server of its own (the bundled one, as `kind: flickr`: ids that name no Flickr photo)."""
+    from mlc_pipeline.catalog import Found
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), "classes": {"cat": {"queries": ["cat"], "count": 8}},
+                        "other": {"queries": ["o"], "count": 8}, "curate": {"workers": 1},
+                        "source": {"kind": "flickr", "rest_url": rest_url}})
+    photos = [(f"5301{k}", "cat", f"https://live.staticflickr.com/65535/5301{k}_ab12_n.jpg") for k in range(8)] + \
+             [(f"5302{k}", "other", f"http://127.0.0.1:31900/static/1/5302{k}_ab12.jpg") for k in range(8)]
+    plant(cfg, [Found("flickr", pid, "train", label, label, url, "url_n", None, None, 4, "CC BY 2.0",
+                      "12@N01", "Owner", "t", None, None, label) for pid, label, url in photos])
+    return cfg, photos
+
+
+def test_a_photo_page_is_known_by_where_the_image_is_not_by_the_builds_rest_url(tmp_path):
+    """Audit collect27 D7: the photo-page link existed only if the build's rest_url started with
+    https://api.flickr.com/: with www.flickr.com's endpoint (Flickr's too) or a proxy, every row had
+    no page, and ATTRIBUTION.md linked the image's CDN URL. A photo whose image is on Flickr's servers
+    has its Flickr page whatever the endpoint; one from a server of its own has none."""
+    cfg, photos = paged_world(tmp_path, "https://www.flickr.com/services/rest/")
+    res = build_dataset(cfg)
+    pages = {r["photo_id"]: r["page"] for r in read_manifest(res.path / "manifest.csv")}
+    assert pages, "nothing built: a useless test"
+    for pid, label, _ in photos:
+        if pid in pages:
+            assert pages[pid] == (f"https://www.flickr.com/photos/12@N01/{pid}" if label == "cat" else ""), pid
+    assert {"cat", "other"} <= {label for pid, label, _ in photos if pid in pages}
+    text = (res.path / "ATTRIBUTION.md").read_text()
+    assert "](https://www.flickr.com/photos/12@N01/5301" in text and "live.staticflickr.com" not in text
+
+
+def test_a_changed_attribution_publishes_a_version_where_a_rebuild_said_unchanged(tmp_path):
+    """Audit collect27 D7: attribution is no part of the fingerprint, so a rebuild after it changed
+    (an owner renamed, a photo page now known) said "unchanged" and kept the old ATTRIBUTION.md. It
+    publishes a version with the same images and the fingerprint rules of existing versions hold."""
+    from mlc_pipeline.catalog import Found
+    from mlc_pipeline.dataset.verify import verify_version
+    cfg, photos = paged_world(tmp_path, "https://api.flickr.com/services/rest/")
+    first = build_dataset(cfg)
+    assert build_dataset(cfg).published is False        # nothing changed: nothing published
+    with Catalog(cfg.catalog_path) as c:                # found again: its owner has a new name
+        pid, label, url = photos[0]
+        c.upsert_found([Found("flickr", pid, "train", label, label, url, "url_n", None, None, 4, "CC BY 2.0",
+                              "12@N01", "Renamed Owner", "t", None, None, label)], c.start_run("again"))
+    again = build_dataset(cfg)
+    assert again.published and again.version == "v2" and again.fingerprint == first.fingerprint
+    assert "Renamed Owner" in (again.path / "ATTRIBUTION.md").read_text()
+    assert "Renamed Owner" not in (first.path / "ATTRIBUTION.md").read_text()     # v1 stays as published
+    verify_version(first.path)
+    verify_version(again.path)
+    assert build_dataset(cfg).published is False
