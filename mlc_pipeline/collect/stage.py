@@ -29,7 +29,7 @@ from mlc_pipeline.collect.download import Downloader, DownloadJob
 from mlc_pipeline.collect.hosts import host_allowed, refused_url
 from mlc_pipeline.collect.licences import note_disallowed, recheck_pending
 from mlc_pipeline.executor import cluster_ready
-from mlc_pipeline.collect.rawfiles import clean_stale_temp, keep_out_removed_owners
+from mlc_pipeline.collect.rawfiles import clean_stale_temp, keep_out_removed_owners, reconcile_raw
 from mlc_pipeline.collect.flickr import FlickrSource, Target
 from mlc_pipeline.collect.sets import set_key, shortfalls, targets, usable_needed, usable_rate
 from mlc_pipeline.collect.sources import open_source
@@ -193,7 +193,8 @@ class Collector:
 
     def requeue(self, run_id: str) -> int:
         """Make resumable what a previous run left: transient failures and files gone from disk; rows
-        left pending are checked against source.licenses as it is now (licences.py)."""
+        left pending are checked against source.licenses as it is now (licences.py); files in raw/ no
+        row names are adopted or deleted (rawfiles.reconcile_raw)."""
         keep_out_removed_owners(self.catalog, run_id)     # what an earlier collect took of a removed owner
         n = 0
         for r in self.catalog.candidates(source=self.source.name, status="failed", reason_prefix="transient:"):
@@ -210,6 +211,8 @@ class Collector:
                 self.catalog.set_status(r["id"], "pending", "file-missing", run_id, "resume")
                 n += 1
         _, reopened = recheck_pending(self.catalog, self.source, run_id)   # source.licenses as it is now
+        # finished downloads a killed run did not record: adopted by their pending rows, else deleted
+        reconcile_raw(self.catalog, self.downloader.raw_dir, self.source.name, self.cfg.source.max_image_bytes, run_id)
         return n + reopened
 
 

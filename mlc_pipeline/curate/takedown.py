@@ -13,6 +13,7 @@ takedown leaves them out (dataset/takedowns.py, read by `mlc export`).
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from mlc_pipeline.config import Config
 from mlc_pipeline.curate.hashing import corner_phashes
 from mlc_pipeline.curate.lookalikes import hold_lookalikes_of_removed, holds_for, taken_down_name, takedown_reason
 from mlc_pipeline.fsutil import sha256_file
-from mlc_pipeline.layout import DataLayout
+from mlc_pipeline.layout import DataLayout, photo_shard
 from mlc_pipeline.locking import files_lock
 from mlc_pipeline.manifest import read_export_markers, read_manifest, versions
 
@@ -289,16 +290,23 @@ def files_of(layout: DataLayout, row: dict, quarantine: QuarantineIndex) -> list
     """Every file of a candidate's photo in this data root: its own (`file_of`), and any copy curate
     set aside in the quarantine (a file damaged since its download, moved there before the photo was
     downloaded again: `stage.set_aside_damaged`; no row names it, and its bytes are not the photo's,
-    the export26 audit)."""
+    the export26 audit), and any file at its place in raw/ that no row names (a finished download a
+    collect killed before recording it left there: the collect27 audit)."""
     own = [where] if (where := file_of(row, quarantine)) else []
-    mine = {os.path.abspath(p) for p in own}
-    return own + [str(p) for p in quarantine.of_photo(layout, row["source"], row["photo_id"])
-                  if os.path.abspath(p) not in mine]
+    shard = layout.raw(row["source"]) / photo_shard(row["photo_id"])
+    out, seen = [], set()
+    for path in own + [str(p) for p in quarantine.of_photo(layout, row["source"], row["photo_id"])] + \
+            [str(p) for p in sorted(shard.glob(f"{glob.escape(row['photo_id'])}.*")) if p.is_file()]:
+        if os.path.abspath(path) not in seen:
+            seen.add(os.path.abspath(path))
+            out.append(path)
+    return out
 
 
 def delete_left_files(cfg: Config, rows: list[dict]) -> list[str]:
     """After the commit: the files still at the places of photos taken down before this run (a copy
-    set aside in the quarantine that a takedown from before 2026-12-07 did not know of). The paths."""
+    set aside in the quarantine, or a finished download a killed collect never recorded in raw/, that
+    a takedown from before 2026-12-07 did not know of). The paths."""
     return [str(path) for row in rows for path in cfg.layout.photo_files(row["source"], row["photo_id"])
             if unlinked(path)]
 
