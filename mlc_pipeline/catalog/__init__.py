@@ -15,8 +15,8 @@ mlc_pipeline/catalog_address.py, below both this package and the config that nam
 
 from mlc_pipeline.catalog_address import PostgresCatalog, catalog_exists, check_url, display_url
 from .schema import (FILE_STATUSES, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA, SCHEMA_VERSION, SQL_INT_MAX, CatalogBusy, CatalogError,
-                     CatalogLost, Found, merge_labels, run_end_status)
+                     CatalogFull, CatalogLost, Found, merge_labels, run_end_status)
 from .store import Catalog
 
-__all__ = ["Catalog", "CatalogBusy", "CatalogError", "CatalogLost", "FILE_STATUSES", "Found", "PHOTO_FIELDS", "PURPOSE_RANK", "PostgresCatalog",
+__all__ = ["Catalog", "CatalogBusy", "CatalogError", "CatalogFull", "CatalogLost", "FILE_STATUSES", "Found", "PHOTO_FIELDS", "PURPOSE_RANK", "PostgresCatalog",
            "SCHEMA", "SCHEMA_VERSION", "SQL_INT_MAX", "catalog_exists", "check_url", "display_url", "merge_labels", "run_end_status"]

@@ -153,6 +153,10 @@ class CatalogBusy(CatalogError):
     """Another writer held the catalog's lock longer than this connection waits for it."""
 
 
+class CatalogFull(CatalogError):
+    """The disk under the catalog is full: no write can be recorded until space is freed."""
+
+
 class CatalogLost(CatalogError):
     """The connection to a catalog server was lost; what was committed is kept (a rerun resumes)."""
 

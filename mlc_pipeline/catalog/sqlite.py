@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from mlc_pipeline.config_messages import ConfigError
 from . import runs
-from .schema import ADDED_COLUMNS, LOCK_NOTICE_S, SCHEMA, SCHEMA_VERSION, CatalogBusy, CatalogError
+from .schema import ADDED_COLUMNS, LOCK_NOTICE_S, SCHEMA, SCHEMA_VERSION, CatalogBusy, CatalogError, CatalogFull
 
 log = logging.getLogger(__name__)
 DIALECT = "sqlite"
@@ -28,6 +28,44 @@ FOR_UPDATE = ""                # the write lock of BEGIN IMMEDIATE covers every 
 class CatalogMoved(ConfigError):
     """The SQLite catalog was moved to PostgreSQL by `mlc catalog migrate`: a config still naming it is
     refused (one line, exit 2), since every write there would be lost and every read stale."""
+
+
+class Connection(sqlite3.Connection):
+    """A writable catalog's connection: a write that finds the disk full (SQLITE_FULL) is one line naming
+    the catalog and its disk (`CatalogFull`, a CatalogError), not sqlite3's "database or disk is full"
+    after a traceback (the collect27 audit). `path` is set by `open_writable`."""
+    path: Path
+
+    def execute(self, *args):
+        return self.full_disk(super().execute, args)
+
+    def executemany(self, *args):
+        return self.full_disk(super().executemany, args)
+
+    def executescript(self, *args):
+        return self.full_disk(super().executescript, args)
+
+    def full_disk(self, call, args):
+        try:
+            return call(*args)
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                raise
+            raise CatalogFull(f"cannot write to the catalog {self.path}: {disk_of(self.path)} is full (SQLITE_FULL); "
+                              f"free space there, then rerun the same command (what was recorded is kept; a "
+                              f"collect adopts the images it finished but could not record)") from None
+
+
+def disk_of(path: Path) -> str:
+    """The disk a file is on, for a message: its mount point and the space left there."""
+    mount = Path(os.path.abspath(path.parent))
+    try:
+        while mount.parent != mount and os.stat(mount.parent).st_dev == os.stat(mount).st_dev:
+            mount = mount.parent
+        free = os.statvfs(mount)
+        return f"the disk mounted at {mount} ({free.f_bavail * free.f_frsize // 1024} KiB free)"
+    except OSError:
+        return f"the disk of {path.parent}"
 
 
 def moved_marker(path: Path) -> Path:
@@ -107,7 +145,9 @@ def open_writable(path: Path, lock_timeout_s: float) -> sqlite3.Connection:
     try:
         if not path.exists():
             create_whole(path)
-        db = sqlite3.connect(path, timeout=LOCK_NOTICE_S, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(path, timeout=LOCK_NOTICE_S, isolation_level=None, check_same_thread=False,
+                             factory=Connection)
+        db.path = path
         db.row_factory = sqlite3.Row
         check_readable(db)
         wait_for_writer(db, path, lock_timeout_s)

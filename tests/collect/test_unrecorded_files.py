@@ -3,7 +3,8 @@
 A download worker renames a finished file into raw/ and the main thread records it a moment later:
 a collect killed in between (kill -9) or whose catalog write failed (a full disk) leaves complete
 images no row names. The next collect adopts them (their candidate pending) or deletes them, and a
-takedown deletes a photo's file whether or not a row names it. Real `mlc` processes, a real SIGKILL.
+takedown deletes a photo's file whether or not a row names it. Real `mlc` processes, a real SIGKILL,
+a real full tmpfs in a user+mount namespace (`unshare -rm`).
 """
 
 import hashlib
@@ -13,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import ENV, MLC, write_config
+from helpers import ENV, MLC, needs_namespaces, write_config
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.layout import photo_shard
@@ -118,3 +119,36 @@ def test_the_next_collect_adopts_the_files_a_killed_one_did_not_record(tmp_path)
     again = collect_again(cfg)
     assert "adopted" not in again.stderr, again.stderr[-2000:]
     assert image_files(data) == after and recorded(data).keys() == rows.keys()
+
+
+@needs_namespaces
+def test_a_full_disk_under_the_catalog_is_one_line_and_loses_nothing(tmp_path):
+    """The catalog's disk fills up: one line naming the catalog and its disk, exit 1 (a traceback and
+    `mlc: OperationalError: database or disk is full` before); the images finished but not recorded
+    are adopted by the rerun. raw/ has its own tmpfs here, so that the catalog's write is the one that
+    fails (on one disk, which write finds it full first is a race; the image's is tested in
+    test_interrupts.py)."""
+    cfg = write_config(tmp_path, count=40)
+    data, kept = tmp_path / "data", tmp_path / "kept"
+    data.mkdir()
+    script = (f"set -e; mount -t tmpfs -o size=400k tmpfs {data}; mkdir {data}/raw; "
+              f"mount -t tmpfs -o size=20m tmpfs {data}/raw; rc=0; \"$@\" 2> {tmp_path}/err || rc=$?; "
+              f"cp -a {data} {kept}; exit $rc")
+    res = subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", *MLC, "collect", "-c", str(cfg), "--no-progress"],
+                         env=ENV, capture_output=True, text=True, timeout=120)
+    err = (tmp_path / "err").read_text()
+    assert res.returncode == 1, err[-2000:]
+    assert "Traceback" not in err and "OperationalError" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"mlc: cannot write to the catalog {data / 'catalog.sqlite'}: the disk mounted at "
+                           f"{data} (") and "is full (SQLITE_FULL); free space there" in last, last
+    before = image_files(kept)
+    rows = recorded(kept)
+    assert set(before) - set(rows), "no finished image was left unrecorded: the test proves nothing"
+    rerun = subprocess.run(MLC + ["collect", "-c", str(cfg), "--no-progress", "--set", f"data_dir={kept}"],
+                           env=ENV, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    after = recorded(kept)
+    assert set(image_files(kept)) == set(after)
+    for path, sha in before.items():         # every image finished before the stop is kept, recorded
+        assert path in after and after[path]["sha256"] == sha, (path, path in rows)
