@@ -72,7 +72,12 @@ def test_a_photo_whose_licence_changed_is_recorded_so_and_not_downloaded(tmp_pat
     with FlickrServer(WorldSpec(seed=1, scale=0.1), FaultSpec(license_ignored=1.0)) as srv:
         with pytest.raises(KeyboardInterrupt):
             collect(make_cfg(tmp_path, srv, OPEN), progress=False, on_progress=stopped_after(5))
-        pending = sorted(p for p, r in by_photo(make_cfg(tmp_path, srv, OPEN)).items() if r["status"] == "pending")
+        first = make_cfg(tmp_path, srv, OPEN)
+        # a pending row whose file arrived before the stop was downloaded under its old licence: the next
+        # collect adopts that file (rawfiles.reconcile_raw), as it keeps every finished download, and
+        # nothing here re-asks the licence of a download (how often depends on timing: left out)
+        arrived = {f.stem for f in first.layout.raw().rglob("*") if f.is_file() and not f.name.startswith(".")}
+        pending = sorted(p for p, r in by_photo(first).items() if r["status"] == "pending" and p not in arrived)
         changed = pending[::2]
         assert changed, "nothing left pending: a useless test"
         for photo_id in changed:
