@@ -21,7 +21,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urljoin
@@ -29,6 +29,7 @@ from urllib.parse import urljoin
 import requests
 
 from mlc_pipeline.config import SourceSettings
+from mlc_pipeline.collect.batch import Batch, Deferred
 from mlc_pipeline.collect.connections import Live, WatchedAdapter, close_session, watch
 from mlc_pipeline.collect.hosts import HostHealth, host_allowed, host_of
 from mlc_pipeline.collect.rawfiles import StorageError, disk_errors, final_path, shard_dir, temp_path
@@ -71,18 +72,6 @@ class Rejected(Exception):
 
 class Cancelled(Exception):
     """The run is stopping (Ctrl-C or a write error): this job did not finish and stays pending."""
-
-
-@dataclass
-class Batch:
-    """One run_into's jobs, taken by the workers one at a time, and what each ended as, in completion
-    order (a result, or the exception its fetch raised). `done` only grows: the caller's count of
-    results handed over says exactly which are not yet."""
-    todo: list[DownloadJob]
-    done: list[tuple[DownloadJob, object]] = field(default_factory=list)
-    active: int = 0                    # jobs a worker has taken and not ended
-    closed: bool = False               # the run stops: no job is taken any more
-    cond: threading.Condition = field(default_factory=threading.Condition)
 
 
 class Downloader:
@@ -141,12 +130,13 @@ class Downloader:
             self.max_in_flight[host] = max(self.max_in_flight[host], self.in_flight[host])
 
     # --- one job -----------------------------------------------------------------------------
-    def fetch(self, job: DownloadJob) -> DownloadResult:
+    def fetch(self, job: DownloadJob, first: int = 0, deadline: float | None = None) -> DownloadResult:
+        """One photo, from its attempt `first` on (a deferred photo goes on where it was, within its deadline)."""
         if not SAFE_ID.match(job.photo_id):
             return DownloadResult(job.cid, False, reason="unsafe-photo-id")
-        self.local.deadline = time.monotonic() + self.s.download_deadline_s
+        self.local.deadline = deadline or time.monotonic() + self.s.download_deadline_s
         attempts = self.s.retry.attempts
-        for attempt in range(attempts):
+        for attempt in range(first, attempts):
             if self.stopping.is_set():
                 raise Cancelled()
             if host_of(job.url) in self.hosts.down:
@@ -164,6 +154,8 @@ class Downloader:
                 if time.monotonic() + wait >= self.local.deadline:
                     return DownloadResult(job.cid, False, reason=f"transient:{self._deadline_reason()}:after-{exc}",
                                           attempts=attempt + 1)
+                if exc.wait_s is not None:      # the host's Retry-After: the worker takes another photo meanwhile
+                    raise Deferred(time.monotonic() + wait, attempt + 1, self.local.deadline)
                 self.sleep(wait)
         raise AssertionError("unreachable")
 
@@ -309,7 +301,7 @@ class Downloader:
         hosts = {host_of(j.url) for j in jobs} or {""}
         workers = min(64, self.s.per_host_concurrency * len(hosts), max(1, len(jobs)))
         self.stopping.clear()
-        batch, handed = Batch(list(reversed(jobs))), 0
+        batch, handed = Batch.of(jobs), 0
         watchdog_done = threading.Event()
         try:        # everything from here: a signal while a thread starts must stop the batch too
             threading.Thread(target=self._watchdog, args=(watchdog_done, batch), name="download-deadline",
@@ -341,20 +333,13 @@ class Downloader:
     def _work(self, batch: Batch) -> None:
         """A worker: takes jobs until none is left or the run stops; each outcome goes to batch.done."""
         try:
-            while True:
-                with batch.cond:
-                    if batch.closed or not batch.todo:
-                        return
-                    job = batch.todo.pop()
-                    batch.active += 1
+            while (taken := batch.take()) is not None:
+                job, resume = taken
                 try:
-                    outcome: object = self.fetch(job)
-                except BaseException as exc:    # not swallowed: the calling thread decides (see _outcome)
-                    outcome = exc
-                with batch.cond:
-                    batch.done.append((job, outcome))
-                    batch.active -= 1
-                    batch.cond.notify_all()
+                    outcome: object = self.fetch(job, *resume)
+                except BaseException as exc:    # not swallowed: the calling thread decides (see _outcome); Deferred
+                    outcome = exc               # goes back into the batch
+                batch.finish(job, outcome)
         finally:
             self.close(this_thread_only=True)
 
@@ -363,6 +348,7 @@ class Downloader:
         connection after a cut); returns once none is running, so none writes a file after."""
         with batch.cond:
             batch.closed = True
+            batch.cond.notify_all()     # workers waiting for a deferred photo's time
         self.stopping.set()             # retry waits end; a job waiting for a host's slot gives up
         while True:
             self._cut_due()
@@ -384,9 +370,8 @@ class Downloader:
     def _watchdog(self, done: threading.Event, batch: Batch) -> None:
         """Ends with the batch, even where a signal skipped the caller's `done.set()`."""
         while not done.wait(WATCHDOG_TICK_S):
-            with batch.cond:
-                if (batch.closed or not batch.todo) and not batch.active:
-                    return
+            if batch.idle():
+                return
             self._cut_due()
 
     def _cut_due(self) -> None:
