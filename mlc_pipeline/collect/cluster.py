@@ -68,6 +68,8 @@ def download_chunk(settings: SourceSettings, allowed_hosts: list[str], raw_dir: 
     downloader = ClusterDownloader(settings, allowed_hosts, Path(raw_dir), worker=get_worker())
     results: dict[int, DownloadResult] = {}
     downloader.run_into(jobs, lambda res: results.__setitem__(res.cid, res))
+    for cid, _, reason in downloader.hosts.take_back():      # a host down for everyone: not the photos' fault
+        results[cid].reason = reason
     return [results.get(job.cid) for job in jobs]
 
 

@@ -135,17 +135,22 @@ class Downloader:
         if not SAFE_ID.match(job.photo_id):
             return DownloadResult(job.cid, False, reason="unsafe-photo-id")
         self.local.deadline = deadline or time.monotonic() + self.s.download_deadline_s
-        attempts = self.s.retry.attempts
+        attempts, host = self.s.retry.attempts, host_of(job.url)
         for attempt in range(first, attempts):
             if self.stopping.is_set():
                 raise Cancelled()
-            if host_of(job.url) in self.hosts.down:
-                return DownloadResult(job.cid, False, reason=f"transient:host-down:{host_of(job.url)}", attempts=attempt)
+            if host in self.hosts.down:
+                return DownloadResult(job.cid, False, reason=f"transient:host-down:{host}", attempts=attempt)
             try:
-                return self._fetch_once(job, attempt + 1)
-            except Rejected as exc:
-                return DownloadResult(job.cid, False, reason=str(exc), attempts=attempt + 1)
+                done = self._fetch_once(job, attempt + 1)
+                self.hosts.served(host)          # its failures so far were the photos', not the host's
+                return done
+            except Rejected as exc:     # the photo's verdict, unless its host fails for everyone (hosts.py)
+                self.hosts.failed(host, job.cid, str(exc))
+                return DownloadResult(job.cid, False, reason=self.hosts.final_or_transient(host, job.cid, str(exc)),
+                                      attempts=attempt + 1)
             except Transient as exc:
+                self.hosts.failed(host, job.cid, f"transient:{exc}")
                 if attempt == attempts - 1:
                     return DownloadResult(job.cid, False, reason=f"transient:{exc}", attempts=attempt + 1)
                 wait = exc.wait_s if exc.wait_s is not None else backoff_delay(

@@ -5,12 +5,21 @@ otherwise cost each photo its retries and end in "queries exhausted" with exit 0
 minutes of silence; 279 refusals and no hint). `HostHealth` counts both and names the error a
 collect stops with; the photos stay pending (down) or are asked again once allowed.
 
-A host that answered this run and then stops answering (it died mid-collect) is never taken as
-down: its downloads go on being retried. It is not silent either (the nightly25 audit: 8 minutes
+A host that answered this run and then stops answering (it died mid-collect) is taken as down by
+the rule below (until 2026-12-07 never: audit collect27 D4). It is not silent either (the nightly25 audit: 8 minutes
 with nothing logged while 113 downloads failed): after `HOST_DOWN_AFTER` connection errors in a
 row, or as soon as every connection of `HOST_SILENT_WARN_S` seconds has failed, a WARNING names
 it, the count and since when; while it goes on, the warning is repeated every `HOST_SILENT_REPEAT_S`
-seconds; once it answers again, an INFO line says so."""
+seconds; once it answers again, an INFO line says so.
+
+A host that fails for everyone is down too, whether or not it answered (audit collect27 D1, D4: a
+403 or an HTML error page for every photo marked all 602 search results failed for good, exit 0,
+"queries exhausted"; 5xx to everything cost 3,612 requests and 391 s): `HOST_FAULT_AFTER` different
+photos in a row failing the same way (`fault_kind`: an HTTP 4xx status, not an image, an empty body,
+a redirect loop, a 5xx, no answer), with no image served in between, take it as down. Its remaining
+downloads stop at once, the streak's photos are recorded `transient:host-down:<host>` (not their
+final verdicts: the next collect asks again) and the collect ends with `ImageHostDown`. One photo's
+403 among served images stays that photo's final verdict."""
 
 from __future__ import annotations
 
@@ -36,6 +45,22 @@ HOST_SILENT_REPEAT_S = 300.0
 # Search results whose first URL is on a host source.allowed_hosts does not list: this many from one
 # host end the collect with the setting to change.
 REFUSED_HOST_LIMIT = 10
+# Different photos in a row failing the same way on one host, no image served between: the host is down.
+HOST_FAULT_AFTER = 20
+
+
+def fault_kind(reason: str) -> str | None:
+    """The kind of a download failure that can be the host's rather than the photo's (None: the
+    photo's own: too large, a deadline, a refused host...)."""
+    reason = reason.removeprefix("transient:")
+    if reason.startswith("not-an-image"):
+        return "not-an-image"
+    if reason in ("empty-body", "too-many-redirects", "connection-broken", "connectionerror", "timeout",
+                  "readtimeout", "connecttimeout"):
+        return "no answer" if reason.endswith(("error", "timeout", "broken")) else reason
+    if reason.startswith("http-") and reason[5:8].isdigit() and reason[5:8] != "429":    # 429: asked to wait
+        return "http-5xx" if reason[5] == "5" else reason[:8]
+    return None
 
 
 class ImageHostDown(SourceError):
@@ -79,6 +104,41 @@ class HostHealth:
         self.refused: dict[str, int] = {}           # host -> results refused: not in allowed_hosts
         # a host in `answered` failing every connection now: host -> [errors in a row, since, warned at]
         self.silent: dict[str, list] = {}
+        # host -> (the kind of failure, {photo: its reason}) of the photos failing in a row, none served
+        self.streak: dict[str, tuple[str, dict[int, str]]] = {}
+        self.taken_back: dict[int, tuple[str, str]] = {}   # photo -> (its final reason, host): the host was down
+
+    def served(self, host: str) -> None:
+        """An image was saved from `host`: its failures so far were the photos'."""
+        with self.lock:
+            self.streak.pop(host, None)
+
+    def failed(self, host: str, cid: int, reason: str) -> None:
+        """A photo's attempt on `host` failed with `reason` (`transient:` for a retried one)."""
+        kind = fault_kind(reason)
+        if kind is None:
+            return
+        with self.lock:
+            if kind == "no answer" and host not in self.answered:
+                return                  # never answered: HOST_DOWN_AFTER connections decide (unanswered)
+            was, photos = self.streak.get(host, (kind, {}))
+            photos = photos if was == kind else {}
+            photos[cid] = reason
+            self.streak[host] = (kind, photos)
+            if len(photos) >= HOST_FAULT_AFTER and host not in self.down:
+                self.down[host] = f"{kind} for {len(photos)} different photos in a row, no image served"
+                self.taken_back.update((c, (r, host)) for c, r in photos.items() if not r.startswith("transient:"))
+                log.warning("image host %s failed %d different photos in a row (%s), none served between: "
+                            "taken as down for this run; its photos stay for the next collect",
+                            host, len(photos), kind)
+
+    def final_or_transient(self, host: str, cid: int, reason: str) -> str:
+        """A photo's final verdict, or `transient:host-down:<host>` where its host was down for everyone."""
+        with self.lock:
+            if host in self.down and fault_kind(reason) is not None:
+                self.taken_back.pop(cid, None)
+                return f"transient:host-down:{host}"
+        return reason
 
     def answered_by(self, host: str) -> None:
         with self.lock:
@@ -88,6 +148,14 @@ class HostHealth:
                 if warned is not None:
                     log.info("image host %s answers again, after %d connection errors in a row over %.0f s",
                              host, errors, self.clock() - since)
+
+    def take_back(self) -> list[tuple[int, str, str]]:
+        """The photos given a final verdict before their host was taken as down for everyone: (photo,
+        that verdict, the transient reason to record instead)."""
+        with self.lock:
+            out = [(c, r, f"transient:host-down:{h}") for c, (r, h) in self.taken_back.items()]
+            self.taken_back.clear()
+        return out
 
     def refused_one(self, host: str) -> None:
         with self.lock:
@@ -117,9 +185,10 @@ class HostHealth:
             return
         streak[2] = now
         log.warning("image host %s %s answering: %d connection errors in a row since %s (last: %s: %s); it "
-                    "answered earlier this run, so its downloads go on being retried (failed ones stay pending "
-                    "for the next run)", host, "stopped" if warned is None else "still not", errors,
-                    time.strftime("%H:%M:%S", time.localtime(since)), type(exc).__name__, network_cause(exc))
+                    "answered earlier this run: taken as down once %d different photos in a row failed (failed "
+                    "ones stay pending for the next run)", host, "stopped" if warned is None else "still not", errors,
+                    time.strftime("%H:%M:%S", time.localtime(since)), type(exc).__name__, network_cause(exc),
+                    HOST_FAULT_AFTER)
 
     def learn(self, reason: str | None) -> None:
         """What a Dask worker's downloader found, told by a result's reason (each chunk has its own
@@ -141,7 +210,9 @@ class HostHealth:
         if not self.down:
             return None
         hosts = "; ".join(f"{h} ({why})" for h, why in sorted(self.down.items()))
+        what = "answered none of %d connections in a row" % HOST_DOWN_AFTER if all(
+            "photos in a row" not in why for why in self.down.values()) else "was down for everyone"
         return ImageHostDown(redact(
-            f"the image host {hosts} answered none of {HOST_DOWN_AFTER} connections in a row this run: nothing "
-            "more was asked of it. Check the network (or the proxy HTTP_PROXY/HTTPS_PROXY names), then run "
-            "again: its photos, recorded failed (transient:host-down), are tried again then"))
+            f"the image host {hosts} {what} this run: nothing more was asked of it. Check the host (or "
+            "the network, or the proxy HTTP_PROXY/HTTPS_PROXY names), then run again: its photos, recorded "
+            "failed (transient:host-down), are tried again then"))

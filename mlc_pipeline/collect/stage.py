@@ -183,6 +183,11 @@ class Collector:
                 download_on_cluster(self.cfg, self.downloader, jobs, record, address)
             else:
                 self.downloader.run_into(jobs, record)
+        for cid, final, reason in self.downloader.hosts.take_back():     # its host failed for everyone
+            self.catalog.set_status(cid, "failed", reason, run_id, "download")
+            key = final.split("=")[0]
+            summary.failed[key] -= 1
+            summary.failed = {k: n for k, n in summary.failed.items() if n} | {"transient": summary.failed.get("transient", 0) + 1}
         if (stop := self.downloader.hosts.stop_error()) is not None:     # a host down, or not allowed
             raise stop
 

@@ -11,14 +11,38 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from test_download import photo_jobs
 
+from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.download import Downloader
-from mlc_pipeline.config import RetrySettings, SourceSettings
+from mlc_pipeline.collect.hosts import HOST_FAULT_AFTER, ImageHostDown
+from mlc_pipeline.collect.stage import collect
+from mlc_pipeline.config import RetrySettings, SourceSettings, parse_config
 from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
 
 WORLD = WorldSpec(seed=2, scale=0.05)
 RETRY = {"attempts": 4, "base_delay_s": 0.01, "max_delay_s": 0.05}
+
+
+@pytest.fixture
+def creds(monkeypatch):
+    monkeypatch.setenv("FLICKR_API_KEY", "test-key-0123456789")
+    monkeypatch.setenv("FLICKR_API_SECRET", "test-secret-9876543210")
+
+
+def config(tmp_path, srv: FlickrServer):
+    return parse_config({
+        "data_dir": str(tmp_path / "data"),
+        "source": {"kind": "flickr", "rest_url": srv.rest_url, "allowed_hosts": [srv.static_host],
+                   "sizes": ["url_n", "url_m"], "retry": RETRY, "per_host_concurrency": 4},
+        "classes": {"balloon": {"queries": ["balloon"], "count": 30}},
+        "other": {"queries": ["sky"], "count": 20}})
+
+
+def statuses(cfg) -> dict[int, tuple[str, str | None]]:
+    with Catalog(cfg.catalog_path) as c:
+        return {r["id"]: (r["status"], r["reason"]) for r in c.candidates()}
 
 
 def timed_batch(tmp_path, srv: FlickrServer, n: int, bound: int):
@@ -28,6 +52,50 @@ def timed_batch(tmp_path, srv: FlickrServer, n: int, bound: int):
     started = time.monotonic()
     results = downloader.run(photo_jobs(srv, n))
     return downloader, results, time.monotonic() - started, srv.stats()
+
+
+def test_an_image_host_serving_error_pages_to_everyone_is_down_and_its_photos_come_back(tmp_path, creds):
+    """Every image an HTML error page: the collect stops with ImageHostDown after about HOST_FAULT_AFTER
+    photos, records none of them failed for good, and once the host serves images again a plain rerun
+    downloads them."""
+    with FlickrServer(WORLD, FaultSpec(html=1.0)) as srv:
+        cfg, port = config(tmp_path, srv), srv.port
+        with pytest.raises(ImageHostDown, match=f"image host {srv.static_host} \\(not-an-image for "
+                                                f"{HOST_FAULT_AFTER} different photos in a row"):
+            collect(cfg, progress=False)
+        asked = srv.stats()["image_requests"]
+    failed = {i: reason for i, (status, reason) in statuses(cfg).items() if status == "failed"}
+    assert failed and set(failed.values()) == {f"transient:host-down:{srv.static_host}"}, set(failed.values())
+    assert asked <= HOST_FAULT_AFTER + 2 * 4, asked      # stopped sending: not the whole frontier
+    with FlickrServer(WORLD, port=port) as healthy:       # the host recovered (same URLs)
+        again = collect(cfg, progress=False)
+        assert healthy.stats()["image_requests"] >= len(failed)
+    after = statuses(cfg)
+    assert again.failed == {} and {after[i][0] for i in failed} == {"downloaded"}
+
+
+def test_a_few_error_pages_among_served_images_stay_each_photos_final_verdict(tmp_path):
+    """One photo's HTML page among good answers is that photo's fault: final, and the host is not down."""
+    with FlickrServer(WORLD, FaultSpec(html=0.2, seed=3)) as srv:
+        jobs = photo_jobs(srv, 60)
+        downloader = Downloader(SourceSettings(retry=RetrySettings(**RETRY)), [srv.static_host], tmp_path / "raw")
+        results = downloader.run(jobs)
+    bad = [r.reason for r in results if not r.ok]
+    assert bad and all(r.startswith("not-an-image") for r in bad), bad
+    assert not downloader.hosts.down and downloader.hosts.stop_error() is None
+
+
+def test_an_image_host_answering_5xx_to_everything_is_down_within_a_bounded_number_of_requests(tmp_path):
+    attempts = RETRY["attempts"]
+    with FlickrServer(WORLD, FaultSpec(img5xx=1.0, img5xx_code=500, fault_repeats=1000)) as srv:
+        downloader, results, took, stats = timed_batch(tmp_path, srv, 100, bound=4)
+    asked = stats["image_requests"]
+    host = srv.static_host
+    assert {r.reason for r in results} <= {"transient:http-500", f"transient:host-down:{host}"}
+    assert sum(r.reason == f"transient:host-down:{host}" for r in results) >= 60
+    assert asked <= (HOST_FAULT_AFTER + 4) * attempts, asked        # it was 100 x attempts
+    assert took < 10, took
+    assert isinstance(downloader.hosts.stop_error(), ImageHostDown)
 
 
 def test_a_retry_after_defers_the_photo_instead_of_holding_a_worker(tmp_path):
