@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("collect", help="search the source and download images into the catalog")
     add_writer(p)
+    p.add_argument("--retry-failed", action="store_true",
+                   help="download again the photos an earlier collect recorded failed for good (HTTP 403, not an "
+                        "image, ...): after an image host that failed for everyone recovered")
     p.set_defaults(func=commands.cmd_collect)
 
     p = sub.add_parser("curate", help="verify, hash, quarantine and deduplicate what was collected")

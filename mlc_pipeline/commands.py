@@ -52,7 +52,7 @@ def cmd_collect(args) -> int:
     from mlc_pipeline.collect.stage import collect
     cfg = load_config(args.config, parse_overrides(args.set))
     with writing(cfg, args, new_root=True):
-        summary = collect(cfg, progress=not args.no_progress)
+        summary = collect(cfg, progress=not args.no_progress, retry_failed=args.retry_failed)
     print(json.dumps(summary.__dict__, indent=2, default=str))
     return 0
 

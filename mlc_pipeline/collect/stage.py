@@ -196,13 +196,17 @@ class Collector:
             self.collect_target(target, queries, count, summary.run_id, summary)
         summary.exhausted = sorted(self.exhausted)
 
-    def requeue(self, run_id: str) -> int:
-        """Make resumable what a previous run left: transient failures and files gone from disk; rows
-        left pending are checked against source.licenses as it is now (licences.py); files in raw/ no
-        row names are adopted or deleted (rawfiles.reconcile_raw)."""
+    def requeue(self, run_id: str, retry_failed: bool = False) -> int:
+        """Make resumable what a previous run left: transient failures and files gone from disk (with
+        `retry_failed`, `mlc collect --retry-failed`: every failed download); rows left pending are
+        checked against source.licenses as it is now (licences.py); files in raw/ no row names are
+        adopted or deleted (rawfiles.reconcile_raw)."""
         keep_out_removed_owners(self.catalog, run_id)     # what an earlier collect took of a removed owner
         n = 0
-        for r in self.catalog.candidates(source=self.source.name, status="failed", reason_prefix="transient:"):
+        for r in self.catalog.candidates(source=self.source.name, status="failed",
+                                         **({} if retry_failed else {"reason_prefix": "transient:"})):
+            if r["reason"].startswith("host-not-allowed:") or r["reason"] == "unsafe-photo-id":
+                continue                # asked again once its host is allowed (below); never a safe name
             self.catalog.set_status(r["id"], "pending", None, run_id, "resume")
             n += 1
         # host-not-allowed is the config's verdict, not the photo's: asked again once its host is allowed
@@ -231,8 +235,8 @@ def error_line(exc: BaseException) -> str:
 
 
 @contextmanager
-def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int], None] | None
-                    ) -> Iterator[tuple[Catalog, Collector, CollectSummary]]:
+def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int], None] | None,
+                    retry_failed: bool = False) -> Iterator[tuple[Catalog, Collector, CollectSummary]]:
     """The catalog, a collector on the configured source and the run's summary, recorded as one
     collect run (completed with the summary as it stands when the block ends)."""
     install_log_redaction()
@@ -248,7 +252,7 @@ def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int
             catalog.save_licenses(licences)
             check_licence_ids(cfg, licences, source.name)
             collector = Collector(cfg, catalog, source, hosts, progress, on_progress)
-            requeued = collector.requeue(run_id)
+            requeued = collector.requeue(run_id, retry_failed)
             if requeued:
                 log.info("resuming: %d candidates to retry from earlier runs", requeued)
             yield catalog, collector, summary
@@ -272,12 +276,12 @@ def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int
         ("queries exhausted", ", ".join(summary.exhausted)), ("short sets", "\n".join(summary.short))])
 
 
-def collect(cfg: Config, progress: bool = True, on_progress: Callable[[int, int], None] | None = None
-            ) -> CollectSummary:
+def collect(cfg: Config, progress: bool = True, on_progress: Callable[[int, int], None] | None = None,
+            retry_failed: bool = False) -> CollectSummary:
     """One pass over every set. Images curation rejected or removed do not count; downloads not
     curated yet count at the rate curation accepted the set's earlier ones, so rerunning
     collect + curate converges on `count` usable images per set."""
-    with collect_session(cfg, progress, on_progress) as (catalog, collector, summary):
+    with collect_session(cfg, progress, on_progress, retry_failed) as (catalog, collector, summary):
         started = time.time()
         collector.collect_all(summary)
         check_sizes(cfg, catalog, started)

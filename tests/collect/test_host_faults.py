@@ -110,3 +110,23 @@ def test_a_retry_after_defers_the_photo_instead_of_holding_a_worker(tmp_path):
     assert set(served.values()) == {2}
     assert 1.0 <= took < 6, took
     assert downloader.max_in_flight[srv.static_host] <= 2
+
+
+def test_retry_failed_downloads_again_the_photos_recorded_failed_for_good(tmp_path, creds):
+    """`mlc collect --retry-failed`: a photo's own final verdict (an error page among served images) is
+    not asked again by a plain rerun, and is by one with the flag, once the host serves it."""
+    from mlc_pipeline.cli import build_parser
+    args = build_parser().parse_args(["collect", "-c", "x.yaml", "--retry-failed"])
+    assert args.retry_failed is True
+    with FlickrServer(WORLD, FaultSpec(html=0.2, seed=3)) as srv:
+        cfg, port = config(tmp_path, srv), srv.port
+        collect(cfg, progress=False)
+    final = {i for i, (status, reason) in statuses(cfg).items()
+             if status == "failed" and reason.startswith("not-an-image")}
+    assert final
+    with FlickrServer(WORLD, port=port) as healthy:
+        collect(cfg, progress=False)                       # a plain rerun: final stays final
+        assert {statuses(cfg)[i][0] for i in final} == {"failed"}
+        assert healthy.stats()["image_requests"] == 0
+        again = collect(cfg, progress=False, retry_failed=True)
+    assert again.failed == {} and {statuses(cfg)[i][0] for i in final} == {"downloaded"}
