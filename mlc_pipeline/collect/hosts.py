@@ -15,7 +15,7 @@ seconds; once it answers again, an INFO line says so.
 A host that fails for everyone is down too, whether or not it answered (audit collect27 D1, D4: a
 403 or an HTML error page for every photo marked all 602 search results failed for good, exit 0,
 "queries exhausted"; 5xx to everything cost 3,612 requests and 391 s): `HOST_FAULT_AFTER` different
-photos in a row failing the same way (`fault_kind`: an HTTP 4xx status, not an image, an empty body,
+photos in a row failing the same way (`fault_kind`: an HTTP 4xx status but 404/410, not an image, an empty body,
 a redirect loop, a 5xx, no answer), with no image served in between, take it as down. Its remaining
 downloads stop at once, the streak's photos are recorded `transient:host-down:<host>` (not their
 final verdicts: the next collect asks again) and the collect ends with `ImageHostDown`. One photo's
@@ -58,7 +58,8 @@ def fault_kind(reason: str) -> str | None:
     if reason in ("empty-body", "too-many-redirects", "connection-broken", "connectionerror", "timeout",
                   "readtimeout", "connecttimeout"):
         return "no answer" if reason.endswith(("error", "timeout", "broken")) else reason
-    if reason.startswith("http-") and reason[5:8].isdigit() and reason[5:8] != "429":    # 429: asked to wait
+    # 429: asked to wait; 404, 410: the photo is gone (a URL list's dead links are many, and each its own)
+    if reason.startswith("http-") and reason[5:8].isdigit() and reason[5:8] not in ("429", "404", "410"):
         return "http-5xx" if reason[5] == "5" else reason[:8]
     return None
 

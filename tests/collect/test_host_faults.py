@@ -16,7 +16,7 @@ from test_download import photo_jobs
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.download import Downloader
-from mlc_pipeline.collect.hosts import HOST_FAULT_AFTER, ImageHostDown
+from mlc_pipeline.collect.hosts import HOST_FAULT_AFTER, HostHealth, ImageHostDown
 from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import RetrySettings, SourceSettings, parse_config
 from mlc_pipeline.flickr_server import FaultSpec, FlickrServer, WorldSpec
@@ -130,3 +130,15 @@ def test_retry_failed_downloads_again_the_photos_recorded_failed_for_good(tmp_pa
         assert healthy.stats()["image_requests"] == 0
         again = collect(cfg, progress=False, retry_failed=True)
     assert again.failed == {} and {statuses(cfg)[i][0] for i in final} == {"downloaded"}
+
+
+def test_dead_links_and_rate_limits_never_take_a_host_down():
+    """404/410 say the photo is gone (a URL list's dead links come many in a row), 429 asks to wait:
+    none is the host failing for everyone. A 403 is, after HOST_FAULT_AFTER photos."""
+    health = HostHealth()
+    for cid in range(3 * HOST_FAULT_AFTER):
+        health.failed("img.example", cid, ("http-404", "http-410", "transient:http-429")[cid % 3])
+    assert not health.down
+    for cid in range(HOST_FAULT_AFTER):
+        health.failed("img.example", cid, "http-403")
+    assert "img.example" in health.down
