@@ -254,8 +254,8 @@ def pull(cfg: Config, command: str, version: str | None = None) -> None:
         if "model" in parts:
             pull_model(store, cfg)
         if "reports" in parts:      # what the last run shipped (after LATEST: shipping compares the two)
-            fetched = pull_run_records(store, cfg, read_state(cfg).get("published", {}))
-            write_state(cfg, published={**read_state(cfg).get("published", {}), **fetched})
+            published = read_state(cfg).get("published", {})
+            write_state(cfg, published={**published, **pull_run_records(store, cfg, published)})
         if "rounds" in parts:       # the last run's other rounds, which its report shows beside LATEST
             for name in last_run_bundles(cfg):
                 pull_bundle(store, cfg, name)

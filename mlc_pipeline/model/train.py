@@ -200,8 +200,8 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             learn.fine_tune(cfg.epochs, lr, cbs=fit_cbs)
     train_seconds = time.monotonic() - start
     images_seen = len(history.batch_losses) * cfg.batch_size
-    if fitted is not None and (fitted.shortened or fitted.over_seconds):
-        short = budget_line(fitted, cfg.max_minutes)
+    short = budget_line(fitted, cfg.max_minutes) if fitted and (fitted.shortened or fitted.over_seconds) else None
+    if short:
         log.warning("%s", short)
         warnings = [*(warnings or []), short]
         cfg = cfg.model_copy(update={"epochs": fitted.epochs})   # what trained: a continuation takes a third of it
@@ -316,8 +316,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             f"{e['epoch']}: {format_loss(e['train_loss'], 3)}/{format_loss(e['valid_loss'], 3)}"
             for e in history.epochs[-4:])
          + " (train/valid loss)" + (", stopped by the time budget" if budget.stopped else "")
-         + (f": {fitted.trained()}, {budget_line(fitted, cfg.max_minutes).split(':')[0]}"
-            if fitted and (fitted.shortened or fitted.over_seconds) else "")),
+         + (f": {fitted.trained()}, {short.split(':')[0]}" if short else "")),
         ("seconds", f"{train_seconds:.0f} ({meta['images_per_second']} img/s)"),
         ("macro F1 (test)", f"{test['macro_f1']:.3f}"),
         ("unknown accepted", f"test other {_pct(test['unknown_accepted'])}, probe {_pct(test['probe_accepted'])}")])
