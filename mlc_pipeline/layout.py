@@ -57,10 +57,16 @@ class DataLayout:
         photo's file is ever there; a file of the bare-name quarantine layout (before 2026-12-05) is not
         looked for."""
         name, shard = f"{glob.escape(photo_id)}.*", photo_shard(photo_id)
-        folders = [self.raw(source) / shard]
+        folders = []
         if self.quarantine().is_dir():
             folders += [reason / source / shard for reason in sorted(self.quarantine().iterdir()) if reason.is_dir()]
-        return [p for folder in folders if folder.is_dir() for p in sorted(folder.glob(name)) if p.is_file()]
+        return self.raw_files(source, photo_id) + [p for folder in folders if folder.is_dir()
+                                                   for p in sorted(folder.glob(name)) if p.is_file()]
+
+    def raw_files(self, source: str, photo_id: str) -> list[Path]:
+        "A photo's files at its place under raw/<source>/: raw/<source>/<shard>/<photo_id>.*, sorted."
+        shard = self.raw(source) / photo_shard(photo_id)
+        return sorted(p for p in shard.glob(f"{glob.escape(photo_id)}.*") if p.is_file())
 
     def is_photo_file(self, path: str | os.PathLike, source: str, photo_id: str) -> bool:
         """Whether `path` is one of the places `photo_files` looks in for this photo."""

@@ -329,7 +329,7 @@ class FlickrSource:
                 seen.add(str(photo["id"]))
                 fresh_at = self.query_calls[query]
                 found = self.to_found(photo, query, target)
-                if found.license_id is None and self.settings.licenses != "any":
+                if found.license_id is None and not self.license_allowed(None):
                     self.without_licence(query, found.photo_id)
                 yield found
             if self.query_calls[query] - fresh_at >= STALE_CALLS:

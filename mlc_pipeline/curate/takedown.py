@@ -13,7 +13,6 @@ takedown leaves them out (dataset/takedowns.py, read by `mlc export`).
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from mlc_pipeline.config import Config
 from mlc_pipeline.curate.hashing import corner_phashes
 from mlc_pipeline.curate.lookalikes import hold_lookalikes_of_removed, holds_for, taken_down_name, takedown_reason
 from mlc_pipeline.fsutil import sha256_file
-from mlc_pipeline.layout import DataLayout, photo_shard
+from mlc_pipeline.layout import DataLayout
 from mlc_pipeline.locking import files_lock
 from mlc_pipeline.manifest import read_export_markers, read_manifest, versions
 
@@ -293,10 +292,9 @@ def files_of(layout: DataLayout, row: dict, quarantine: QuarantineIndex) -> list
     the export26 audit), and any file at its place in raw/ that no row names (a finished download a
     collect killed before recording it left there: the collect27 audit)."""
     own = [where] if (where := file_of(row, quarantine)) else []
-    shard = layout.raw(row["source"]) / photo_shard(row["photo_id"])
     out, seen = [], set()
     for path in own + [str(p) for p in quarantine.of_photo(layout, row["source"], row["photo_id"])] + \
-            [str(p) for p in sorted(shard.glob(f"{glob.escape(row['photo_id'])}.*")) if p.is_file()]:
+            [str(p) for p in layout.raw_files(row["source"], row["photo_id"])]:
         if os.path.abspath(path) not in seen:
             seen.add(os.path.abspath(path))
             out.append(path)

@@ -40,11 +40,12 @@ def mining_bundle(cfg: Config) -> Path | None:
     round's class images to review (the day24 audit). A record a stopped round left pending is
     settled against the catalog first (mine_record.settle_in): a round killed after its commit shows."""
     models = cfg.layout.models
-    settle_in(cfg.catalog_path, bundle_folders(models))
-    latest = registry.latest_bundle(cfg.layout.models)
+    folders = bundle_folders(models)        # settling writes inside bundles, never a folder: listed once
+    settle_in(cfg.catalog_path, folders)
+    latest = registry.latest_bundle(models)
     if latest is not None and any((latest / name).is_file() for name in ("review.csv", "mined.csv")):
         return latest
-    mined = [p for p in bundle_folders(models) if (p / "mined.csv").is_file()]
+    mined = [p for p in folders if (p / "mined.csv").is_file()]
     return max(mined, key=lambda p: (p / "mined.csv").stat().st_mtime, default=latest)
 
 
