@@ -210,7 +210,9 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
     with stages.stage("train"):
         shipped = last_shipped_model(cfg, ds, round0_key(cfg))
         if shipped is not None:         # nothing round 0 learns from changed: mining goes on from it
-            out.reused = (f"dataset {ds['version']} and the training settings are those of the last run's shipped "
+            same = (ds["version"] if shipped["dataset_version"] == ds["version"] else
+                    f"{ds['version']} (the images, labels and splits of {shipped['dataset_version']})")
+            out.reused = (f"dataset {same} and the training settings are those of the last run's shipped "
                           f"model {shipped['bundle']}: round 0 is that model, not trained again")
             log.info("%s", out.reused)
             model = stages.reuse(cfg, shipped)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import sha256_file, write_text_atomic
+from mlc_pipeline.manifest import recorded_fingerprint
 from mlc_pipeline.model.bundle import MetaError, read_meta
 from mlc_pipeline.model.registry import latest_bundle
 from mlc_pipeline.rounds import RoundRecord
@@ -108,18 +109,24 @@ def training_code_fingerprint() -> str:
 
 def last_shipped_model(cfg: Config, ds: dict, key: dict) -> dict | None:
     """The model the last run shipped, as `Stages.train` returns one, when this run's round 0 would
-    learn the same thing again: the build published nothing new (the same version), that model was
-    trained on this version, with the same `round0_key`, and models/LATEST still names it (a model
+    learn the same thing again: the build published nothing new (the same version) or a version with
+    the same fingerprint (rows, labels, splits, files; only its attribution differs), that model was
+    trained on it, with the same `round0_key`, and models/LATEST still names it (a model
     promoted by hand since is the user's choice: round 0 then trains). A nightly run with no new
     images then mines from the shipped model instead of spending a training on its own data again,
     and so does the rerun of a run stopped after round 0 shipped (`record_shipped`); anything unknown
     (an older latest.json, a missing metrics.json) trains, as before."""
-    shipped = None if ds.get("published", True) else shipped_with(cfg, key)
+    shipped = shipped_with(cfg, key)
     if shipped is None:
         return None
     version, bundle = shipped
-    if version is None or version != ds.get("version") or not (bundle / "metrics.json").is_file():
+    if version is None or not (bundle / "metrics.json").is_file():
         return None
+    if ds.get("published", True) or version != ds.get("version"):
+        # A new version holding the same rows (its ATTRIBUTION.md alone changed: a photo page found,
+        # an owner renamed) teaches round 0 nothing new: it retrained once on the same images.
+        if not ds.get("fingerprint") or recorded_fingerprint(cfg.layout.datasets / version) != ds["fingerprint"]:
+            return None
     from mlc_pipeline.model.registry import RegistryError, check_bundle
     try:        # a damaged LATEST crashed mining on every night with nothing new (the verify23 audit)
         check_bundle(bundle)
@@ -127,7 +134,7 @@ def last_shipped_model(cfg: Config, ds: dict, key: dict) -> dict | None:
     except (RegistryError, OSError, ValueError) as exc:
         log.warning("the shipped model cannot be reused (%s): round 0 trains again", exc)
         return None
-    return {"round": 0, "bundle": bundle.name, "bundle_dir": str(bundle), "dataset_version": ds["version"],
+    return {"round": 0, "bundle": bundle.name, "bundle_dir": str(bundle), "dataset_version": version,
             "metrics": metrics, "reused": True}
 
 

@@ -307,8 +307,13 @@ class NightlyStages(ScriptedStages):
         self.builds, self.version = list(builds), None
 
     def build(self, cfg):
-        self.version, published = self.builds.pop(0)
-        return {"path": "unused", "version": self.version, "published": published}
+        self.version, published, *fingerprint = self.builds.pop(0)
+        if not fingerprint:
+            return {"path": "unused", "version": self.version, "published": published}
+        folder = cfg.layout.datasets / self.version      # what shipping reads of a version: its fingerprint
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "dataset.json").write_text(json.dumps({"version": self.version, "fingerprint": fingerprint[0]}))
+        return {"path": "unused", "version": self.version, "published": published, "fingerprint": fingerprint[0]}
 
     def train(self, cfg, dataset_dir, round_no, previous=None, publish=True):
         model = super().train(cfg, dataset_dir, round_no, previous, False)
@@ -420,6 +425,26 @@ def test_a_run_with_nothing_new_to_learn_mines_from_the_shipped_model_instead_of
         again = NightlyStages([(0.05, 0.20), (0.04, 0.10)], builds)
         out = run_stages(cfg, again)
         assert not out.reused and again.calls[0][0] == 0, (change.__name__, latest, again.calls)
+
+
+def test_a_new_version_whose_attribution_alone_changed_does_not_train_round_0_again(tmp_path):
+    """A changed ATTRIBUTION.md (a photo page found, an owner renamed) publishes a new version with the
+    same rows (build.same_as_published): round 0 retrained once on the same images, because reuse was
+    keyed on the version's name. Same fingerprint: the shipped model is round 0; another: it trains."""
+    from mlc_pipeline.pipeline import run_stages
+    cfg = _loop_config(tmp_path, rounds=1)
+    run_stages(cfg, NightlyStages([(0.10, 0.30), (0.05, 0.20)], [("v1", True, "fp-a"), ("v2", True, "fp-b")]))
+    assert (cfg.layout.models / "LATEST").read_text().strip() == "default-v2-r1"
+
+    night = NightlyStages([(0.05, 0.20), (0.04, 0.10)], [("v3", True, "fp-b"), ("v4", True, "fp-c")])
+    out = run_stages(cfg, night)
+    assert night.calls == [(1, "default-v2-r1", False)]       # no round 0 training
+    assert (out.rounds[0].bundle, out.rounds[0].dataset_version) == ("default-v2-r1", "v2")
+    assert "dataset v3 (the images, labels and splits of v2)" in out.reused
+
+    other = NightlyStages([(0.05, 0.20), (0.04, 0.10)], [("v5", True, "fp-d"), ("v6", True, "fp-e")])
+    out = run_stages(cfg, other)
+    assert other.calls[0][0] == 0 and not out.reused
 
 
 class ShippedModelStages(NightlyStages):
