@@ -322,6 +322,8 @@ class Catalog(RowQueries, RemovalQueries, TallyQueries, PairScoreQueries, KeptCo
                 # The URL only changes for a candidate that has not been downloaded yet.
                 keep_url = row["status"] not in ("pending", "skipped")
                 sets = {k: v for k, v in photo.items() if not (keep_url and k in ("url", "size_key", "width", "height"))}
+                if f.license_id is None and not f.license_name:   # an entry that lost its licence (a mirror's):
+                    del sets["license_id"], sets["license_name"]   # the known one stays (collect28)
                 if row["curated_label"] is not None and label != row["label"]:
                     # An accepted image found under another class is usable for it now, as the next
                     # curate will say (a keeper's labels hold its own): counted so before then, the set

@@ -7,8 +7,10 @@ setting again (or let a search report an allowed licence) and the row is pending
 result that reports a licence the setting does not allow (a mirror that ignores the filter, or a
 photo its owner moved to another licence) is not a candidate, but a row the catalog already holds
 for that photo learns the new licence, so a photo once found is not downloaded under its old one
-(audit collect25 D2). Rows with a file keep the licence they were downloaded under: a CC licence
-cannot be revoked for a copy already made.
+(audit collect25 D2). A result with no licence id at all is no news: a row keeps the licence it is
+known under (collect28: until then the missing id erased it, and the photo was skipped). Rows with a
+file keep the licence they were downloaded under: a CC licence cannot be revoked for a copy already
+made.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def note_disallowed(catalog: Catalog, found: Found, run_id: str) -> bool:
     """A search result under a licence the setting does not allow: not a candidate, but the row the
     catalog holds for the photo (if any, and without a file) takes the licence reported, and one
     waiting to be downloaded is skipped. True when a row learnt something."""
+    if found.license_id is None:      # no licence reported is no news: a known licence stays (collect28)
+        return False
     row = catalog.get_by_photo(found.source, found.photo_id)
     if row is None or row["status"] in FILE_STATUSES or row["status"] == "removed":
         log.debug("photo %s: licence %s not allowed (a mirror ignored the filter)", found.photo_id, found.license_id)

@@ -184,3 +184,28 @@ def test_licence_ids_the_source_does_not_list_are_named(tmp_path, caplog):
         assert summary.downloaded > 0
         with pytest.raises(ConfigError, match="source.licenses: 98, 99 are no licence id .*no photo could be collected"):
             collect(make_cfg(tmp_path, srv, [98, 99], count=5), progress=False)
+
+
+@pytest.mark.parametrize("licenses", [OPEN, "any"])
+def test_a_later_result_without_a_licence_id_never_erases_a_known_licence(tmp_path, licenses):
+    """A photo found under its licence, left pending, then found again by a search whose entries carry no
+    licence id (a mirror that drops the field): the row keeps the licence it is known under, is not skipped
+    as unlicensed, and is downloaded under it (collect28; until then the entry's None overwrote the
+    licence, and under a list the photo was `skipped: license-not-allowed`)."""
+    world = WorldSpec(seed=1, scale=0.1)
+    with FlickrServer(world) as srv:
+        port = srv.port
+        with pytest.raises(KeyboardInterrupt):
+            collect(make_cfg(tmp_path, srv, OPEN), progress=False, on_progress=stopped_after(5))
+        before = by_photo(make_cfg(tmp_path, srv, OPEN))
+    pending = {p: r["license_id"] for p, r in before.items() if r["status"] == "pending"}
+    assert pending and all(lic in OPEN for lic in pending.values()), "nothing left pending: a useless test"
+    with FlickrServer(world, FaultSpec(entry_no_license=1.0), port=port) as bare:
+        cfg = make_cfg(tmp_path, bare, licenses, count=40)        # more wanted: it searches before downloading
+        collect(cfg, progress=False)
+        assert bare.stats()["faults_injected"].get("entry_no_license"), "no entry lost its licence: a useless test"
+        after = by_photo(cfg)
+    assert {p: after[p]["license_id"] for p in before} == {p: r["license_id"] for p, r in before.items()}
+    assert all(after[p]["license_name"] == r["license_name"] for p, r in before.items())
+    assert not [p for p in pending if after[p]["status"] == "skipped"], "a known licence was taken as unknown"
+    assert any(after[p]["status"] == "downloaded" for p in pending)
