@@ -19,13 +19,17 @@ from typing import Iterator
 from ..secrets import redact, remember
 from . import runs
 from mlc_pipeline.catalog_address import PostgresCatalog
-from .schema import (ADDED_COLUMNS, LOCK_NOTICE_S, SCHEMA_VERSION, CatalogBusy, CatalogError, CatalogLost,
-                     creates, postgres_schema)
+from .schema import (ADDED_COLUMNS, FULL_ADVICE, LOCK_NOTICE_S, SCHEMA_VERSION, CatalogBusy, CatalogError,
+                     CatalogFull, CatalogLost, creates, postgres_schema)
 
 log = logging.getLogger(__name__)
 DIALECT = "postgresql"
 FOR_UPDATE = " FOR UPDATE"     # a row lock until the transaction ends
 LOST_SQLSTATES = ("57P01", "57P02", "57P03")   # admin_shutdown, crash_shutdown, cannot_connect_now
+# Class 53, insufficient resources, as the server reports it during a command: what it lacks, and what
+# to do, in one line (53300, no connection slot, only comes at connect: `connect` says it in one line).
+SHORT_OF = {"53100": ("the PostgreSQL server's disk is full", "free space on the server's disk"),
+            "53200": ("the PostgreSQL server is out of memory", "give the server memory or wait for other work")}
 WRITER_LOCK = 0x6D6C632D636174     # pg_advisory_xact_lock key of the catalog's writer lock ("mlc-cat")
 
 
@@ -70,6 +74,8 @@ class PgConnection:
                                      f"another writer's go on; what was committed is kept: rerun the same "
                                      f"command to resume")) from None
         except psycopg.OperationalError as exc:
+            if exc.sqlstate in SHORT_OF:
+                raise short_of(self.target, exc) from None
             # The server may say so (class 08, or 57P01-03: terminated, crashed, shutting down) before
             # the client has noticed the socket is gone (conn.broken).
             lost = (exc.sqlstate or "").startswith("08") or exc.sqlstate in LOST_SQLSTATES
@@ -86,6 +92,16 @@ class PgConnection:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def short_of(target: PostgresCatalog, exc) -> CatalogError:
+    """The server's disk full (SQLSTATE 53100; `CatalogFull`) or its memory used up (53200): one line, as
+    SQLite's full disk, with the server's own words (they name the file)."""
+    why = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    what, remedy = SHORT_OF[exc.sqlstate]
+    kind = CatalogFull if exc.sqlstate == "53100" else CatalogError
+    return kind(redact(f"cannot write to the catalog {target}: {what} (SQLSTATE {exc.sqlstate}: {why}); {remedy}, "
+                       f"{FULL_ADVICE}"))
 
 
 def connect(target: PostgresCatalog, readonly: bool, lock_timeout_s: float) -> PgConnection:
@@ -196,9 +212,19 @@ def begin_atomic(db: PgConnection) -> None:
 @contextlib.contextmanager
 def pipeline(db: PgConnection) -> Iterator[None]:
     """Statements sent without waiting for each answer (libpq pipeline mode); errors surface at the end,
-    where a lost connection is said in one line as anywhere else (`errors`), not in psycopg's words."""
-    with db.errors(), db.conn.pipeline():
-        yield
+    where a lost connection is said in one line as anywhere else (`errors`), not in psycopg's words.
+    A statement that failed there skips the rest, the COMMIT queued with them too: the transaction it
+    left aborted is rolled back, or every later statement would fail with InFailedSqlTransaction, the
+    run's end record included (collect28: a full disk said so instead of its own line)."""
+    from psycopg.pq import TransactionStatus
+    with db.errors():
+        try:
+            with db.conn.pipeline():
+                yield
+        except BaseException:
+            if not db.conn.closed and db.conn.info.transaction_status == TransactionStatus.INERROR:
+                db.conn.execute("ROLLBACK")
+            raise
 
 
 class PipelineNoise(logging.Filter):

@@ -157,6 +157,11 @@ class CatalogFull(CatalogError):
     """The disk under the catalog is full: no write can be recorded until space is freed."""
 
 
+# What a full catalog's one line tells to do, on SQLite and PostgreSQL alike.
+FULL_ADVICE = ("then rerun the same command (what was recorded is kept; a collect adopts the images it finished "
+               "but could not record)")
+
+
 class CatalogLost(CatalogError):
     """The connection to a catalog server was lost; what was committed is kept (a rerun resumes)."""
 

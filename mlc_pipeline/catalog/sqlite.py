@@ -18,7 +18,8 @@ from urllib.parse import quote
 
 from mlc_pipeline.config_messages import ConfigError
 from . import runs
-from .schema import ADDED_COLUMNS, LOCK_NOTICE_S, SCHEMA, SCHEMA_VERSION, CatalogBusy, CatalogError, CatalogFull
+from .schema import (ADDED_COLUMNS, FULL_ADVICE, LOCK_NOTICE_S, SCHEMA, SCHEMA_VERSION, CatalogBusy, CatalogError,
+                     CatalogFull)
 
 log = logging.getLogger(__name__)
 DIALECT = "sqlite"
@@ -52,8 +53,7 @@ class Connection(sqlite3.Connection):
             if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
                 raise
             raise CatalogFull(f"cannot write to the catalog {self.path}: {disk_of(self.path)} is full (SQLITE_FULL); "
-                              f"free space there, then rerun the same command (what was recorded is kept; a "
-                              f"collect adopts the images it finished but could not record)") from None
+                              f"free space there, {FULL_ADVICE}") from None
 
 
 def disk_of(path: Path) -> str:
