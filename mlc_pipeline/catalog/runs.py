@@ -130,18 +130,70 @@ def shown(run: dict) -> dict:
     return {**run, "status": CRASHED} if gone(run) else run
 
 
-def end_crashed(db) -> list[str]:
-    """Record as `crashed` the runs recorded as running on this host whose process is known gone."""
+def end_crashed(db, ends: Path | None = None) -> list[str]:
+    """Record as `crashed` the runs recorded as running on this host whose process is known gone; one
+    that left its end in `ends` (its catalog's disk was full: `finish`) as it ended."""
     rows = db.execute(f"SELECT {COLUMNS} FROM runs WHERE status='running' AND host=?",
                       (socket.gethostname(),)).fetchall()
     over = [dict(r) for r in rows if gone(dict(r))]
     for r in over:
+        status, summary = left_end(ends, r["run_id"]) or (CRASHED, json.dumps(
+            {"error": "its process ended without recording it (killed)", "pid": r["pid"]}))
         db.execute("UPDATE runs SET status=?, finished_at=?, summary=? WHERE run_id=? AND status='running'",
-                   (CRASHED, time.time(), json.dumps({"error": "its process ended without recording it (killed)",
-                                                      "pid": r["pid"]}), r["run_id"]))
-        log.info("run %s %s (pid %s) ended without recording it (killed, out of memory, or its catalog "
-                 "connection lost): recorded as %s", r["command"], r["run_id"], r["pid"], CRASHED)
+                   (status, time.time(), summary, r["run_id"]))
+        if ends is not None:
+            (ends / f"{r['run_id']}.end").unlink(missing_ok=True)
+        log.info("run %s %s (pid %s) ended without recording it (%s): recorded as %s", r["command"], r["run_id"],
+                 r["pid"], "its catalog's disk was full" if status != CRASHED else
+                 "killed, out of memory, or its catalog connection lost", status)
     return [r["run_id"] for r in over]
+
+
+# A run's end where the catalog's disk is full (collect28). Writing `failed` into the catalog needs room
+# there, and the next command then recorded the run `crashed`. So a SQLite catalog's run gets a file of
+# END_BYTES in `<catalog's folder>/runs/` as it starts, while there is room; an end the catalog cannot
+# take is written over it in place (no block to allocate on tmpfs or ext4; a copy-on-write file system
+# may still refuse it, and the run is then `crashed` as before), and the next writer records it.
+END_BYTES = 2048
+
+
+def reserve_end(ends: Path | None, run_id: str) -> None:
+    if ends is None:        # PostgreSQL: the server's disk is not this one
+        return
+    ends.mkdir(exist_ok=True)
+    (ends / f"{run_id}.end").write_bytes(b" " * END_BYTES)
+
+
+def finish(db, ends: Path | None, run_id: str, status: str, summary: dict | None) -> None:
+    """Record how a run ended; when the catalog's disk is full, in its reserved file (`reserve_end`)."""
+    from .schema import CatalogFull
+    text = json.dumps(summary or {}, sort_keys=True)
+    try:
+        db.execute("UPDATE runs SET finished_at=?, status=?, summary=? WHERE run_id=?",
+                   (time.time(), status, text, run_id))
+    except CatalogFull:
+        end = json.dumps([status, text]).encode()
+        if len(end) > END_BYTES:        # a long summary: its error line is what matters
+            end = json.dumps([status, json.dumps({"error": (summary or {}).get("error", "")[:1500]})]).encode()
+        if ends is not None and (ends / f"{run_id}.end").exists():
+            with open(ends / f"{run_id}.end", "r+b") as f:
+                f.write(end.ljust(END_BYTES))
+        raise
+    if ends is not None:
+        (ends / f"{run_id}.end").unlink(missing_ok=True)
+
+
+def left_end(ends: Path | None, run_id: str) -> tuple[str, str] | None:
+    """(status, summary) a run left in its reserved file, or None (none, or still blank)."""
+    try:
+        text = (ends / f"{run_id}.end").read_text().strip() if ends is not None else ""
+    except FileNotFoundError:
+        return None
+    try:
+        return tuple(json.loads(text)) if text else None
+    except ValueError:      # not what `finish` writes: the run is `crashed`, and the file said so
+        log.warning("%s: not a run's end record (%r...): run %s recorded as %s", ends, text[:40], run_id, CRASHED)
+        return None
 
 
 def fail_completed(db, run_ids: list[str], error: str) -> list[str]:

@@ -58,7 +58,7 @@ class Catalog(RowQueries, RemovalQueries, TallyQueries, PairScoreQueries, KeptCo
     def __init__(self, where: str | Path | PostgresCatalog, readonly: bool = False, lock_timeout_s: float = 60.0,
                  moved_ok: bool = False):
         if isinstance(where, PostgresCatalog):
-            self.path, self._root, self.where = None, Path(os.path.abspath(where.root)), str(where)
+            self.path, self._root, self.where, self.ends = None, Path(os.path.abspath(where.root)), str(where), None
             self.backend = postgres
             self.db = postgres.connect(where, readonly, lock_timeout_s)
             if readonly and not postgres.has_schema(self.db):   # nothing collected yet: read as empty
@@ -69,10 +69,11 @@ class Catalog(RowQueries, RemovalQueries, TallyQueries, PairScoreQueries, KeptCo
             if not moved_ok:
                 sqlite.refuse_moved(self.path)
             self._root, self.where, self.backend = Path(os.path.abspath(self.path.parent)), str(self.path), sqlite
+            self.ends = self._root / "runs"     # room for its runs' end records (runs.reserve_end)
             self.db = sqlite.open_readonly(self.path) if readonly else sqlite.open_writable(self.path, lock_timeout_s)
         if not readonly:
             self._migrate()
-            runs.end_crashed(self.db)       # runs whose process is known gone (kill -9) end as 'crashed'
+            runs.end_crashed(self.db, self.ends)    # runs whose process is known gone (kill -9) end as 'crashed'
 
     @property
     def dialect(self) -> str:
@@ -231,6 +232,7 @@ class Catalog(RowQueries, RemovalQueries, TallyQueries, PairScoreQueries, KeptCo
             self.db.execute("INSERT INTO runs (run_id, command, started_at, status, host, pid, process) "
                             "VALUES (?,?,?,?,?,?,?)", (run_id, command, time.time(), "running", me["host"],
                                                        me["pid"], me["process"]))
+            runs.reserve_end(self.ends, run_id)
         except BaseException as exc:
             # A Ctrl-C arriving while the INSERT runs is raised right after it, before the caller holds the
             # run id its `except` ends the run with: the run stayed `running`, later `crashed` (the
@@ -240,8 +242,7 @@ class Catalog(RowQueries, RemovalQueries, TallyQueries, PairScoreQueries, KeptCo
         return run_id
 
     def finish_run(self, run_id: str, status: str, summary: dict | None = None) -> None:
-        self.db.execute("UPDATE runs SET finished_at=?, status=?, summary=? WHERE run_id=?",
-                        (time.time(), status, json.dumps(summary or {}, sort_keys=True), run_id))
+        runs.finish(self.db, self.ends, run_id, status, summary)
 
     def fail_completed_runs(self, run_ids: list[str], error: str) -> list[str]:
         """Runs recorded completed whose work could not be published: recorded failed (runs.fail_completed)."""

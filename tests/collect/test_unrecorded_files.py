@@ -8,6 +8,7 @@ a real full tmpfs in a user+mount namespace (`unshare -rm`).
 """
 
 import hashlib
+import json
 import shutil
 import signal
 import subprocess
@@ -152,3 +153,10 @@ def test_a_full_disk_under_the_catalog_is_one_line_and_loses_nothing(tmp_path):
     assert set(image_files(kept)) == set(after)
     for path, sha in before.items():         # every image finished before the stop is kept, recorded
         assert path in after and after[path]["sha256"] == sha, (path, path in rows)
+    # The stopped run could not record its end (that needs the disk too): the rerun records it failed
+    # with the line, from the room the run kept for it (catalog/runs.py; `crashed` until collect28).
+    with Catalog(kept / "catalog.sqlite", readonly=True) as c:
+        ended = {r["status"]: json.loads(r["summary"]) for r in c.runs()}
+    assert set(ended) == {"failed", "completed"}, ended
+    assert "is full (SQLITE_FULL)" in ended["failed"]["error"], ended["failed"]
+    assert not list((kept / "runs").iterdir())
