@@ -141,8 +141,7 @@ def end_crashed(db, ends: Path | None = None) -> list[str]:
             {"error": "its process ended without recording it (killed)", "pid": r["pid"]}))
         db.execute("UPDATE runs SET status=?, finished_at=?, summary=? WHERE run_id=? AND status='running'",
                    (status, time.time(), summary, r["run_id"]))
-        if ends is not None:
-            (ends / f"{r['run_id']}.end").unlink(missing_ok=True)
+        forget_end(ends, r["run_id"])
         log.info("run %s %s (pid %s) ended without recording it (%s): recorded as %s", r["command"], r["run_id"],
                  r["pid"], "its catalog's disk was full" if status != CRASHED else
                  "killed, out of memory, or its catalog connection lost", status)
@@ -160,8 +159,13 @@ END_BYTES = 2048
 def reserve_end(ends: Path | None, run_id: str) -> None:
     if ends is None:        # PostgreSQL: the server's disk is not this one
         return
-    ends.mkdir(exist_ok=True)
-    (ends / f"{run_id}.end").write_bytes(b" " * END_BYTES)
+    try:
+        ends.mkdir(exist_ok=True)
+        (ends / f"{run_id}.end").write_bytes(b" " * END_BYTES)
+    except OSError as exc:  # no room even for this: the run goes on; a full catalog ends it `crashed`, as before
+        forget_end(ends, run_id)
+        log.warning("no room kept for run %s's end record in %s (%s): if the catalog's disk fills, the next "
+                    "command records the run as crashed", run_id, ends, exc)
 
 
 def finish(db, ends: Path | None, run_id: str, status: str, summary: dict | None) -> None:
@@ -179,7 +183,12 @@ def finish(db, ends: Path | None, run_id: str, status: str, summary: dict | None
             with open(ends / f"{run_id}.end", "r+b") as f:
                 f.write(end.ljust(END_BYTES))
         raise
-    if ends is not None:
+    forget_end(ends, run_id)
+
+
+def forget_end(ends: Path | None, run_id: str) -> None:
+    """The run's reserved file gone (a `runs` that is not a folder never held one)."""
+    if ends is not None and ends.is_dir():
         (ends / f"{run_id}.end").unlink(missing_ok=True)
 
 
@@ -187,7 +196,7 @@ def left_end(ends: Path | None, run_id: str) -> tuple[str, str] | None:
     """(status, summary) a run left in its reserved file, or None (none, or still blank)."""
     try:
         text = (ends / f"{run_id}.end").read_text().strip() if ends is not None else ""
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     try:
         return tuple(json.loads(text)) if text else None

@@ -252,3 +252,16 @@ def test_a_ctrl_c_raised_right_after_the_run_is_recorded_ends_it_as_interrupted(
         catalog.db = real
         (run,) = catalog.runs()
     assert run["command"] == "collect" and run["status"] == "interrupted", run
+
+
+def test_a_run_starts_when_no_room_can_be_kept_for_its_end_record(tmp_path, caplog):
+    """runs.reserve_end keeps 2 KiB beside a SQLite catalog for a run's end when the disk fills; a
+    folder that cannot take it (here `runs` is a file) must not stop the command: said, and the run
+    is recorded as ever."""
+    (tmp_path / "runs").write_text("not a folder")
+    with Catalog(tmp_path / "catalog.sqlite") as c:
+        run_id = c.start_run("collect")
+        c.finish_run(run_id, "completed", {"downloaded": 1})
+        assert c.runs()[0]["status"] == "completed"
+    assert "no room kept for run" in caplog.text and (tmp_path / "runs").read_text() == "not a folder"
+    assert runs.left_end(tmp_path / "runs", run_id) is None     # a killed run's next writer: no end left
