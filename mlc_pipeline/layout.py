@@ -1,5 +1,8 @@
 """Where everything lives under a data root. Every path the stages read or write is named here, so
-a data root's layout is readable in one place (docs/reliability.md describes what each holds)."""
+a data root's layout is readable in one place (docs/reliability.md describes what each holds).
+The pointer models/LATEST is read and written here (`latest_name`, `point_latest`): below both the
+model registry (model/registry.py, model/bundle.py) and the store's (storemodels.py), which import
+neither each other's module nor numpy for it."""
 
 from __future__ import annotations
 
@@ -7,6 +10,10 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from mlc_pipeline.fsutil import write_text_atomic
+
+MODEL_POINTER = "LATEST"    # models/LATEST: a text file naming the product model's bundle folder
 
 
 def photo_shard(photo_id: str) -> str:
@@ -114,3 +121,21 @@ class DataLayout:
     @property
     def reports(self) -> Path:
         return self.root / "reports"
+
+
+def latest_name(models_dir: Path) -> str | None:
+    """The bundle models/LATEST names (a link to a bundle's folder, made by hand: its folder's name), or
+    None: no pointer, an empty one, no models folder (nor data root) yet. Its one reader."""
+    pointer = models_dir / MODEL_POINTER
+    if pointer.is_dir():
+        return pointer.resolve().name
+    try:
+        return pointer.read_text().strip() or None
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def point_latest(models_dir: Path, name: str) -> None:
+    """Point models/LATEST at the bundle `name` (atomic: readers see the old or the new name). The
+    one writer of the pointer; its callers check the bundle as they need (registry.promote)."""
+    write_text_atomic(Path(models_dir) / MODEL_POINTER, name + "\n")

@@ -39,6 +39,7 @@ from typing import Callable, Iterator
 
 from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import write_text_atomic
+from mlc_pipeline.layout import MODEL_POINTER, latest_name, point_latest
 from mlc_pipeline.locking import data_root_lock
 from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, complete_copy, pull_folder, push_folder,
                                       read_marker, store_errors, store_of)
@@ -78,7 +79,7 @@ def pull_model(store: Store, cfg: Config) -> str | None:
     name = store_pointer(store)
     if name is None or not pull_bundle(store, cfg, name):
         return None
-    write_text_atomic(cfg.layout.models / "LATEST", name + "\n")
+    point_latest(cfg.layout.models, name)
     return name
 
 
@@ -98,7 +99,7 @@ def follow_pointer(store: Store, cfg: Config, latest: str | None) -> None:
     "The cache's LATEST pointed at `latest` (the store's pointer) when the cache holds that bundle whole."
     marker = read_marker(store, f"models/{latest}") if latest else None
     if marker is not None and complete_copy(cfg.layout.models / latest, marker):
-        write_text_atomic(cfg.layout.models / "LATEST", latest + "\n")
+        point_latest(cfg.layout.models, latest)
 
 
 def pull_listing(store: Store, cfg: Config) -> None:
@@ -130,18 +131,10 @@ def pull_listing(store: Store, cfg: Config) -> None:
     for stale in (p for p in root.iterdir() if p.is_dir() and p.name not in listed) if root.is_dir() else ():
         shutil.rmtree(stale)            # withdrawn from the store, or whole in the cache now
     if latest:
-        write_text_atomic(root / "LATEST", latest + "\n")
-    elif (root / "LATEST").exists():
-        (root / "LATEST").unlink()
+        point_latest(root, latest)
+    elif (root / MODEL_POINTER).exists():
+        (root / MODEL_POINTER).unlink()
     follow_pointer(store, cfg, latest)
-
-
-def cached_pointer(cfg: Config) -> str | None:
-    "The bundle the cache's models/LATEST names (a link to a bundle's folder: its name), or None."
-    pointer = cfg.layout.models / "LATEST"
-    if pointer.is_dir():
-        return pointer.resolve().name
-    return (pointer.read_text().strip() or None) if pointer.exists() else None
 
 
 def owe_pointer_move(store: Store, cfg: Config, held: dict | None = None) -> None:
@@ -149,7 +142,7 @@ def owe_pointer_move(store: Store, cfg: Config, held: dict | None = None) -> Non
     it (this cache trained it, and nothing published it yet), recorded as the store's pointer to be
     moved to it from the pointer this cache last fetched (LATEST_SEEN; the store's now, never fetched).
     A move already owed to that bundle keeps the pointer it was recorded from."""
-    name, state = cached_pointer(cfg), read_state(cfg)
+    name, state = latest_name(cfg.layout.models), read_state(cfg)
     if not name or not (cfg.layout.models / name / "bundle.json").is_file() or (
             state.get(POINTER_MOVE) or {}).get("bundle") == name:
         return
@@ -183,7 +176,7 @@ def finish_pointer_move(store: Store, cfg: Config, fetching: bool = False) -> No
         push_bundle(store, bundle)
     if move_pointer(store, cfg, name, move["from"]):
         if (bundle / "bundle.json").is_file():
-            write_text_atomic(cfg.layout.models / "LATEST", name + "\n")     # a fetch since pointed it back
+            point_latest(cfg.layout.models, name)      # a fetch since pointed it back
         else:
             pull_model(store, cfg)
     write_state(cfg, **{POINTER_MOVE: None})

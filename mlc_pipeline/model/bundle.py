@@ -4,7 +4,8 @@ A bundle is a folder: `export.pkl` (a fastai Learner, pickled), `bundle.json` (c
 thresholds, the training config, export.pkl's sha256), `metrics.json` and plots. Training writes it
 (`export_learner` + `write_meta`, model/train.py); predict, assess and mine only ever read it through
 `load_bundle`. This module is the one reader of bundle.json (`read_meta`), the one check of a bundle's
-files before unpickling (`check_files`), and the one writer of models/LATEST (`point_latest`).
+files before unpickling (`check_files`); `point_latest`, the one writer of models/LATEST, is layout.py's
+(the store's registry, storemodels.py, writes the pointer too and imports no numpy).
 
 Trust model: `export.pkl` is a pickle, and unpickling runs code. A bundle is therefore a trusted file,
 like a script: only load bundles this pipeline wrote. `load_bundle` checks that export.pkl still has
@@ -33,13 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mlc_pipeline import layout
 from mlc_pipeline.fsutil import pid_alive, remove_dead_leftovers, sha256_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("vocab", "classes", "head", "thresholds", "export_sha256", "image_size")
 META, EXPORT = "bundle.json", "export.pkl"
-POINTER = "LATEST"          # models/LATEST: a text file naming the product model's bundle folder
 
 
 class BundleError(Exception):
@@ -91,10 +92,7 @@ def write_meta(bundle_dir: Path, meta: dict) -> None:
     write_text_atomic(Path(bundle_dir) / META, json.dumps(meta, indent=2))
 
 
-def point_latest(models_dir: Path, name: str) -> None:
-    """Point models/LATEST at the bundle `name` (atomic: readers see the old or the new name). The
-    one writer of the pointer; its callers check the bundle as they need (registry.promote)."""
-    write_text_atomic(Path(models_dir) / POINTER, name + "\n")
+point_latest = layout.point_latest     # models/LATEST's one writer, kept under its name here
 
 
 @dataclass

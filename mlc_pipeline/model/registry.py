@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from mlc_pipeline.config import ConfigError
-from mlc_pipeline.model.bundle import POINTER, MetaError, check_files, leftover_why, point_latest, read_meta
+from mlc_pipeline.layout import MODEL_POINTER as POINTER, latest_name, point_latest
+from mlc_pipeline.model.bundle import MetaError, check_files, leftover_why, read_meta
 from mlc_pipeline.objectstore import MARKER
 from mlc_pipeline.storemodels import LISTINGS, POINTER_KEY, promoting
 
@@ -45,16 +46,6 @@ def variant_name(head: str, other_mode: str) -> str:
     """A model's head as bundle names, VARIANTS (model/stage.py) and reports spell it; from
     bundle.json's `head` and `other_mode` (the effective one: a softmax always has an "other" class)."""
     return f"{head}-{'negatives' if other_mode == 'negative' else 'other-class'}"
-
-
-def latest_name(models_dir: Path) -> str | None:
-    pointer = models_dir / POINTER
-    if pointer.is_dir():        # a link to the bundle's folder, made by hand: its folder's name
-        return pointer.resolve().name
-    try:
-        return (models_dir / POINTER).read_text().strip() or None
-    except (FileNotFoundError, NotADirectoryError):     # no pointer; no models folder (nor data root) yet
-        return None
 
 
 def latest_bundle(models_dir: Path) -> Path | None:

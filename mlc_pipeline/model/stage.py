@@ -17,7 +17,8 @@ from mlc_pipeline.catalog import Catalog, catalog_exists
 from mlc_pipeline.config import Config, ConfigError
 from mlc_pipeline.dataset.verify import verify_version
 from mlc_pipeline.manifest import read_manifest
-from mlc_pipeline.model.bundle import MetaError, point_latest, read_meta
+from mlc_pipeline.layout import point_latest
+from mlc_pipeline.model.bundle import MetaError, read_meta
 from mlc_pipeline.model.registry import variant_name
 from mlc_pipeline.model.train import TrainConfig, train_model
 
