@@ -348,9 +348,15 @@ def push_folder(store: Store, folder: Path, key: str, marker: dict, prune: bool 
     return n
 
 
+def missing_files(key: str, folder: Path, files: dict[str, int]) -> list[tuple[str, Path]]:
+    """(store key, local file) for each of `files` (relative path -> size: a marker's, or some of them)
+    whose copy in `folder` is missing or not that size: what `Store.download` fetches, in one batch."""
+    return [(f"{key}/{r}", folder / r) for r, size in files.items()
+            if not ((folder / r).is_file() and (folder / r).stat().st_size == size)]
+
+
 def complete_copy(folder: Path, marker: dict) -> bool:
-    return folder.is_dir() and all((folder / r).is_file() and (folder / r).stat().st_size == size
-                                   for r, size in marker["files"].items())
+    return folder.is_dir() and not missing_files("", folder, marker["files"])
 
 
 def remove_dead_fetches(parent: Path, name: str) -> list[Path]:
@@ -367,9 +373,7 @@ def pull_folder(store: Store, key: str, folder: Path, marker: dict) -> bool:
     if folder.exists():
         os.rename(folder, tmp)          # an incomplete copy: keep what it has
     tmp.mkdir(parents=True, exist_ok=True)
-    todo = [r for r, size in marker["files"].items()
-            if not ((tmp / r).is_file() and (tmp / r).stat().st_size == size)]
-    store.download([(f"{key}/{r}", tmp / r) for r in todo])
+    store.download(missing_files(key, tmp, marker["files"]))
     os.rename(tmp, folder)
     return True
 

@@ -41,8 +41,8 @@ from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import write_text_atomic
 from mlc_pipeline.layout import MODEL_POINTER, latest_name, point_latest
 from mlc_pipeline.locking import data_root_lock
-from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, complete_copy, pull_folder, push_folder,
-                                      read_marker, store_errors, store_of)
+from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, complete_copy, missing_files, pull_folder,
+                                      push_folder, read_marker, store_errors, store_of)
 from mlc_pipeline.storestate import LATEST_SEEN, read_state, write_state
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def pull_listing(store: Store, cfg: Config) -> None:
     owe_pointer_move(store, cfg)        # a training here the store lacks: its move kept before LATEST follows
     root, latest = cfg.layout.models / LISTINGS, store_pointer(store)
     held = store.listing("models")
-    listed = set()
+    listed, todo = set(), []
     for name in published_bundles(store, held):
         folder, key = root / name, f"models/{name}"
         kept = folder / MARKER
@@ -126,8 +126,8 @@ def pull_listing(store: Store, cfg: Config) -> None:
         if complete_copy(cfg.layout.models / name, marker):
             continue                    # listed from the cache's own copy
         listed.add(name)
-        store.download([(f"{key}/{f}", folder / f) for f in LISTED_FILES if f in marker["files"] and not (
-            (folder / f).is_file() and (folder / f).stat().st_size == marker["files"][f])])
+        todo += missing_files(key, folder, {f: marker["files"][f] for f in LISTED_FILES if f in marker["files"]})
+    store.download(todo)                # every bundle's in one batch
     for stale in (p for p in root.iterdir() if p.is_dir() and p.name not in listed) if root.is_dir() else ():
         shutil.rmtree(stale)            # withdrawn from the store, or whole in the cache now
     if latest:

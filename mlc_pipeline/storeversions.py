@@ -34,8 +34,8 @@ from pathlib import Path
 from mlc_pipeline.config import Config
 from mlc_pipeline.manifest import (VERSION_META, VersionMetaUnreadable, read_version_meta, recorded_fingerprint,
                                    versions as local_versions)
-from mlc_pipeline.objectstore import (CLAIM, MARKER, ObjectStoreError, Store, claim_folder, pull_folder, push_folder,
-                                      read_marker, same_bytes)
+from mlc_pipeline.objectstore import (CLAIM, MARKER, ObjectStoreError, Store, claim_folder, missing_files, pull_folder,
+                                      push_folder, read_marker, same_bytes)
 from mlc_pipeline.storestate import read_state, write_state
 from mlc_pipeline.withdrawal import withdraw_folder
 
@@ -199,9 +199,7 @@ def pull_previous_listing(store: Store, cfg: Config, version: str) -> str | None
     marker = None if store.info(f"{key}/{TOMBSTONE}") else read_marker(store, key)
     if marker is None or not all(name in marker["files"] for name in LISTING_FILES):
         return None
-    todo = [(f"{key}/{name}", listing / name) for name in LISTING_FILES
-            if not ((listing / name).is_file() and (listing / name).stat().st_size == marker["files"][name])]
-    store.download(todo)
+    store.download(missing_files(key, listing, {name: marker["files"][name] for name in LISTING_FILES}))
     return previous
 
 
