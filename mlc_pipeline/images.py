@@ -1,4 +1,5 @@
-"""Opening an image as a viewer shows it, and what Pillow raises on a bad file.
+"""Opening an image as a viewer shows it, and what Pillow raises on a bad file; the other format a
+file curation's formats do not open is in (`other_format`: curation's reason and `mlc predict`'s).
 
 `load_rgb` is how every stage reads pixels after curation accepted a file: the build's checks, the
 review app's thumbnails, training's and prediction's inputs. It sits below the stage packages so
@@ -18,9 +19,10 @@ import io
 import logging
 import os
 import struct
+import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,19 @@ log = logging.getLogger(__name__)
 # exception's name is kept in the reason code, so nothing is swallowed.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
                  struct.error, ZeroDivisionError, MemoryError, Image.DecompressionBombError)
+
+
+def other_format(fp) -> str | None:
+    """The format Pillow names from the header of a file (a path, or a binary file) that curation's
+    formats do not open: AVIF, PSD, EPS, ... (read, never decoded); None when no plugin takes it as an
+    image. Curation's reason (`unsupported-format:<FMT>`) and `mlc predict`'s line, each in its words."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(fp) as im:
+                return im.format
+        except (UnidentifiedImageError, *DECODE_ERRORS, ArithmeticError):
+            return None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

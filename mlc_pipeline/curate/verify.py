@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 from mlc_pipeline.imageformat import DECODED_FORMATS, image_extension, size_reason
-from mlc_pipeline.images import DECODE_ERRORS
+from mlc_pipeline.images import DECODE_ERRORS, other_format
 
 # Formats we decode. Everything else (EPS runs Ghostscript, PSD, ICO, ...) is refused up front.
 DEFAULT_FORMATS = DECODED_FORMATS  # JPEG includes MPO (imageformat.py: `mlc predict` refuses what curation does)
@@ -192,14 +192,9 @@ def _unidentified_reason(data: bytes) -> str:
     "Name what an unopenable file is: another image format, a broken header, or not an image."
     if _riff_truncated(data):
         return "truncated"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:  # header only: tells e.g. an EPS or PSD apart from random bytes, never decodes it
-            other_format = Image.open(io.BytesIO(data)).format
-        except (UnidentifiedImageError, *DECODE_ERRORS):
-            other_format = None  # no plugin at all takes these bytes as an image
-    if other_format is not None:
-        return f"unsupported-format:{other_format}"
+    other = other_format(io.BytesIO(data))     # header only: an EPS or PSD told apart from random bytes
+    if other is not None:
+        return f"unsupported-format:{other}"
     if image_extension(data) is not None:     # starts like an image but cannot be parsed
         return "corrupt-header"
     return "not-an-image"

@@ -16,7 +16,7 @@ import numpy as np
 
 from mlc_pipeline import progress
 from mlc_pipeline.imageformat import DECODED_FORMATS, HEAD_BYTES, size_reason, unsupported_format
-from mlc_pipeline.images import load_rgb
+from mlc_pipeline.images import load_rgb, other_format
 from mlc_pipeline.model.bundle import Bundle
 from mlc_pipeline.model.metrics import OTHER, predict_matrix
 
@@ -145,13 +145,8 @@ def _screen(path, rules: TrainedOn) -> str | None:
 def _unidentified(path) -> str:
     """Why a file curation's formats do not open is not scored: another format Pillow names from the
     header (AVIF, PSD, EPS: never decoded), a photo format not decoded here (HEIC), or no image."""
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                other = im.format
-    except (UnidentifiedImageError, Image.DecompressionBombError, *BAD_FILE):
+    other = other_format(path)
+    if other is None:
         with open(path, "rb") as f:
             other = unsupported_format(f.read(HEAD_BYTES))
         if other is None:
