@@ -109,11 +109,15 @@ class Downloader:
 
     def close(self, this_thread_only: bool = False) -> None:
         """Close the sessions' pools now: left to the garbage collector, their finalizers ran later in
-        whatever the process did then (training), and a Ctrl-C that landed in one was lost."""
+        whatever the process did then (training), and a Ctrl-C that landed in one was lost. `sessions`
+        owns them: a session is closed by whoever takes it off that list, a worker as it ends (its own)
+        or the collect as it ends (every one left). run_into returns before its workers end, so the
+        collect's close took a worker's session too, and the worker closed it again."""
         with self.slots_lock:
-            closing = [getattr(self.local, "session", None)] if this_thread_only else list(self.sessions)
+            mine = getattr(self.local, "session", None)
+            closing = [sess for sess in self.sessions if not this_thread_only or sess is mine]
             self.sessions = [sess for sess in self.sessions if sess not in closing]
-        for sess in filter(None, closing):
+        for sess in closing:
             close_session(sess)
         self.local.__dict__.pop("session", None)
 

@@ -266,3 +266,33 @@ def test_sigterm_as_a_collect_starts_downloading_leaves_nothing_unrecorded(tmp_p
         assert c.runs()[0]["status"] == "interrupted"
     assert images(data / "raw") == recorded, "a file in raw/ the catalog does not know"
     assert not list(data.rglob("*.part"))
+
+
+def test_a_download_session_is_closed_once_though_the_collect_ends_before_its_worker(tmp_path, monkeypatch):
+    """run_into returns once every result is handed, before its workers end; collect's close()
+    (collect/stage.py) then closed a worker's session, and the worker closed it again as it ended
+    (`_work`'s last line). The session list owns them: whoever takes a session off it closes it."""
+    from mlc_pipeline.collect import download
+    closed, real_close = [], download.close_session
+    monkeypatch.setattr(download, "close_session", lambda sess: (closed.append(sess), real_close(sess)))
+    fetched, collect_closed = threading.Event(), threading.Event()
+    with FlickrServer(WorldSpec(seed=2, scale=0.05)) as srv:
+        downloader = Downloader(SourceSettings(), [srv.static_host], tmp_path / "raw")
+        (job,) = photo_jobs(srv, 1)
+        sessions = []
+
+        def worker():               # `_work`: its last job done, then its close as it ends
+            assert downloader.fetch(job).ok
+            sessions.append(downloader.session())
+            fetched.set()
+            collect_closed.wait(10)
+            downloader.close(this_thread_only=True)
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        assert fetched.wait(10)
+        downloader.close()          # the collect's, in its finally
+        collect_closed.set()
+        thread.join(10)
+    assert sessions and closed == sessions, f"{len(closed)} closes of {len(sessions)} session"
+    assert downloader.sessions == []
