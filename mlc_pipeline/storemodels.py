@@ -146,8 +146,7 @@ def owe_pointer_move(store: Store, cfg: Config, held: dict | None = None) -> Non
     if not name or not (cfg.layout.models / name / "bundle.json").is_file() or (
             state.get(POINTER_MOVE) or {}).get("bundle") == name:
         return
-    key = f"models/{name}/{MARKER}"
-    if (key in held) if held is not None else (store.info(key) is not None):
+    if has_marker(store, f"models/{name}", held):
         return
     seen = state[LATEST_SEEN] if LATEST_SEEN in state else store.pointer_tag(POINTER_KEY)
     write_state(cfg, **{POINTER_MOVE: {"bundle": name, "from": seen}})
@@ -213,10 +212,15 @@ def move_pointer(store: Store, cfg: Config, name: str, seen: str | None) -> bool
     return False
 
 
+def has_marker(store: Store, key: str, held: dict | None = None) -> bool:
+    "Is `key` published (its marker in `held`, a listing read already; else asked of the store, that key alone)?"
+    return f"{key}/{MARKER}" in held if held is not None else store.info(f"{key}/{MARKER}") is not None
+
+
 def push_bundle(store: Store, bundle: Path, held: dict | None = None) -> bool:
     """Publish a cache's bundle the store lacks (its files, then its marker); False when published already."""
     key = f"models/{bundle.name}"
-    if f"{key}/{MARKER}" in (store.listing(key) if held is None else held):
+    if has_marker(store, key, held):
         return False
     push_folder(store, bundle, key, {"bundle": bundle.name})
     return True
