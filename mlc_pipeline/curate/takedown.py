@@ -86,9 +86,9 @@ def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: 
         if left := delete_recorded_files(catalog):
             log.warning("deleted %d file(s) of photos taken down earlier: that takedown was stopped after it "
                         "was recorded and before its files were deleted", len(left))
-        keep_corner_hashes(cfg, catalog, named)
-        elsewhere = versions_holding({(r["source"], r["photo_id"]) for r in catalog.removal_targets(**named)}) \
-            if versions_holding else {}
+        targets = catalog.removal_targets(**named)      # read again inside the transaction, by _remove
+        keep_corner_hashes(cfg, catalog, targets)
+        elsewhere = versions_holding({(r["source"], r["photo_id"]) for r in targets}) if versions_holding else {}
         with catalog.transaction():
             # One transaction from the run's start to its end: a catalog too busy to write in leaves no
             # run half-recorded ('running' forever), and a failure rolls the whole takedown back.
@@ -113,12 +113,13 @@ def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: 
     return result
 
 
-def keep_corner_hashes(cfg: Config, catalog: Catalog, named: dict) -> None:
+def keep_corner_hashes(cfg: Config, catalog: Catalog, targets: list[dict]) -> None:
     """The corner windows' and mirror views' phashes (hashing.corner_phashes) of each photo about to be
-    taken down, read from its file and committed before any file is deleted: a takedown killed after
-    deleting files and rerun (its transaction rolled back) still has them (the verify19 audit)."""
+    taken down (`targets`: the takedown's rows, catalog.removal_targets), read from its file and committed
+    before any file is deleted: a takedown killed after deleting files and rerun (its transaction rolled
+    back) still has them (the verify19 audit)."""
     quarantined = QuarantineIndex(cfg.layout.quarantine())
-    for row in catalog.removal_targets(**named):
+    for row in targets:
         if row["status"] != "removed":
             keep_corners_of(catalog, row, quarantined)
 
