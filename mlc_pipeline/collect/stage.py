@@ -55,6 +55,14 @@ class CollectSummary:
     search_skipped: dict[str, int] = field(default_factory=dict)  # malformed search results left out, by reason
     unreadable: dict[str, Any] = field(default_factory=dict)  # folder mode: files there that are no image (checks.py)
 
+    def count_failure(self, reason: str, n: int = 1) -> None:
+        """`failed` by kind: every transient reason as `transient`, a final one up to its '=' (`http=404`:
+        `http`); a count back to none drops its kind (a verdict taken back when its host went down)."""
+        key = reason.split(":")[0] if reason.startswith("transient") else reason.split("=")[0]
+        self.failed[key] = self.failed.get(key, 0) + n
+        if not self.failed[key]:
+            del self.failed[key]
+
 
 def interleave(streams: list[Iterator[Found]]) -> Iterator[Found]:
     """Round-robin over streams, one item at a time, until all are exhausted."""
@@ -169,8 +177,7 @@ class Collector:
                     Path(res.path).unlink(missing_ok=True)
             else:
                 self.catalog.set_status(res.cid, "failed", res.reason, run_id, "download", attempts=res.attempts)
-                key = res.reason.split(":")[0] if res.reason.startswith("transient") else res.reason.split("=")[0]
-                summary.failed[key] = summary.failed.get(key, 0) + 1
+                summary.count_failure(res.reason)
             done += 1
             bar.advance()
             if self.on_progress:
@@ -185,9 +192,8 @@ class Collector:
                 self.downloader.run_into(jobs, record)
         for cid, final, reason in self.downloader.hosts.take_back():     # its host failed for everyone
             self.catalog.set_status(cid, "failed", reason, run_id, "download")
-            key = final.split("=")[0]
-            summary.failed[key] -= 1
-            summary.failed = {k: n for k, n in summary.failed.items() if n} | {"transient": summary.failed.get("transient", 0) + 1}
+            summary.count_failure(final, -1)
+            summary.count_failure(reason)
         if (stop := self.downloader.hosts.stop_error()) is not None:     # a host down, or not allowed
             raise stop
 

@@ -9,6 +9,7 @@ D6: 30% of images answering 429 once made a collect 4.3x slower: the Retry-After
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -142,3 +143,17 @@ def test_dead_links_and_rate_limits_never_take_a_host_down():
     for cid in range(HOST_FAULT_AFTER):
         health.failed("img.example", cid, "http-403")
     assert "img.example" in health.down
+
+
+def test_verdicts_taken_back_when_the_host_went_down_are_counted_transient_in_the_runs_record(tmp_path, creds):
+    """The photos failed for good before their host was taken as down are recorded transient again
+    (HostHealth.take_back); the run's record counts them so, under `transient`, and keeps no count of
+    the verdicts taken back (`not-an-image: 0`)."""
+    with FlickrServer(WORLD, FaultSpec(html=1.0)) as srv:
+        cfg = config(tmp_path, srv)
+        with pytest.raises(ImageHostDown):
+            collect(cfg, progress=False)
+    failed = [reason for status, reason in statuses(cfg).values() if status == "failed"]
+    with Catalog(cfg.catalog_path) as c:
+        (run,) = [r for r in c.runs() if r["command"] == "collect"]
+    assert json.loads(run["summary"])["failed"] == {"transient": len(failed)} and len(failed) >= HOST_FAULT_AFTER, run
