@@ -72,7 +72,7 @@ def folder_photos(folder: str | Path, query_map: dict[str, str], seed: int,
         # Tagged with the words search splits a query into: "hot-air" as one tag ("hotair") was
         # never found by a search for "hot-air balloon" (words "hot", "air", "balloon").
         words = words_of(query)
-        for path in image_files(base, with_unserved=True):
+        for path in image_files(base):
             relative = Path(os.path.relpath(path, root)).as_posix()
             if relative in by_path:
                 by_path[relative].tags = list(dict.fromkeys(by_path[relative].tags + words))
@@ -129,11 +129,11 @@ def mapped_subfolder(root: Path, subfolder: str, query: str) -> Path:
     return base
 
 
-def image_files(base: Path, with_unserved: bool = False) -> list[Path]:
+def image_files(base: Path) -> list[Path]:
     """Image files under `base` (by their names), following links to folders; a link loop is walked
-    once. `with_unserved`: photo files of a format not served too (HEIC, ...), and files without an
-    extension (hidden ones never: .DS_Store)."""
-    wanted = IMAGE_SUFFIXES | (set(NOT_SERVED) | SNIFFED if with_unserved else set())
+    once: those served, photo files of a format not served (HEIC, ...), and files without an extension
+    (hidden ones never: .DS_Store)."""
+    wanted = IMAGE_SUFFIXES | set(NOT_SERVED) | SNIFFED
     seen: set[str] = set()
     out = []
     for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
