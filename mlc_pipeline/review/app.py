@@ -37,7 +37,7 @@ from mlc_pipeline.imageformat import file_media_type
 from mlc_pipeline.review.security import COOKIE, FILE_HEADERS, SESSION_MAX_AGE_S, Guard, session_value
 from mlc_pipeline.review.queues import model_review_list, probes_accepted, scores_for
 from mlc_pipeline.review.state import Review
-from mlc_pipeline.review.thumbs import thumbnail
+from mlc_pipeline.review.thumbs import FAVICON, PLACEHOLDER, thumbnail
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -61,15 +61,6 @@ QUEUES = {
 }
 # What /api/action does (`remove`: the takedown; the others: catalog.overrides.act).
 ACTIONS = ("relabel", "reject", "restore", "not-duplicate", "remove")
-# The browser asks every page for one: without it, a 404 in the console on each page.
-FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
-           'fill="#2a6"/><text x="8" y="12" font-size="10" text-anchor="middle" fill="#fff">r</text></svg>')
-# The card of a file with no thumbnail. A truncated one says so: its page shows what the browser decodes of
-# it, while the thumbnailer refuses it (Pillow's LOAD_TRUNCATED_IMAGES is process-wide: the verifier's too).
-PLACEHOLDER = ('<svg xmlns="http://www.w3.org/2000/svg" width="160" height="160"><rect width="160" height="160" '
-               'fill="#eee"/><text x="80" y="85" font-size="13" text-anchor="middle" fill="#888">{}</text></svg>')
-
-
 def unavailable(request: Request, text: str) -> Response:
     """A 503 in words: `{"error": ...}` for an action, as the actions answer; a one-line page for a page."""
     if request.url.path.startswith("/api/"):

@@ -18,6 +18,13 @@ from mlc_pipeline.layout import DataLayout
 
 log = logging.getLogger(__name__)
 SIDE = 160
+# The browser asks every page for one: without it, a 404 in the console on each page.
+FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
+           'fill="#2a6"/><text x="8" y="12" font-size="10" text-anchor="middle" fill="#fff">r</text></svg>')
+# The card of a file with no thumbnail. A truncated one says so: its page shows what the browser decodes of
+# it, while the thumbnailer refuses it (Pillow's LOAD_TRUNCATED_IMAGES is process-wide: the verifier's too).
+PLACEHOLDER = ('<svg xmlns="http://www.w3.org/2000/svg" width="160" height="160"><rect width="160" height="160" '
+               'fill="#eee"/><text x="80" y="85" font-size="13" text-anchor="middle" fill="#888">{}</text></svg>')
 QUALITY = 80
 # Files verification refused for their size or format are never decoded for a thumbnail either.
 # Nor is one that killed a decoder process during curation: here it would take the app down with it.
