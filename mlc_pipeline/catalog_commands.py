@@ -45,12 +45,13 @@ def cmd_catalog_migrate(args: argparse.Namespace) -> int:
         if from_store:
             fetch_catalog(cfg)
             require_source(source, f"data_dir {cfg.data_url}, cached in {cfg.data_dir}")
+        # Under the locks, no command of the old config starts meanwhile; and the marker is written while the
+        # copy still holds the SQLite catalog's write lock, which a running review app's actions wait for.
+        mark = None if from_store else lambda: mark_moved_here(source, url)
         try:
-            result = copy_catalog(source, PostgresCatalog(url, cfg.data_dir))
+            result = copy_catalog(source, PostgresCatalog(url, cfg.data_dir), mark_moved=mark)
         except TargetNotEmpty as exc:       # refused before writing: the wrong --to, as a usage error
             raise ConfigError(str(exc)) from None
-        if not from_store:                  # under the locks: no command of the old config starts meanwhile
-            mark_moved_here(source, url)
     if from_store:
         mark_moved(cfg, url)
     print(json.dumps(result.__dict__, indent=2))

@@ -15,7 +15,9 @@ never share a run_id (a timestamp and a random suffix) or a candidate's every co
 
 The check, the copy and the verification are one transaction under the catalog's writer lock: no
 writer changes the target between them, and a failed or killed copy leaves the target as it was (a
-rerun then starts from nothing). The verification: the same number of rows in each table, and the
+rerun then starts from nothing). The SQLite catalog's write lock is held from before the copy until
+the caller's `mark_moved` has written `catalog.moved`: every later write transaction on that file,
+also on a connection opened before (a running review app), is refused (the concurrency28 audit). The verification: the same number of rows in each table, and the
 same (id, source, photo_id) for every candidate, or a CatalogError says what differs.
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from . import overrides, postgres
 from mlc_pipeline.catalog_address import PostgresCatalog
@@ -56,7 +59,8 @@ def columns(catalog: Catalog, table: str) -> list[str]:
     return [r["name"] for r in catalog.db.execute(f"PRAGMA table_info({table})")]
 
 
-def copy_catalog(source: Path, target: PostgresCatalog) -> CopyResult:
+def copy_catalog(source: Path, target: PostgresCatalog, mark_moved: Callable[[], None] | None = None) -> CopyResult:
+    """`mark_moved`: called once the copy is committed, while the SQLite catalog's write lock is still held."""
     if not source.is_file():
         raise CatalogError(f"{source}: no SQLite catalog to copy (run `mlc collect` with the SQLite catalog "
                            f"first, or check data_dir / --from)")
@@ -70,23 +74,34 @@ def copy_catalog(source: Path, target: PostgresCatalog) -> CopyResult:
         refuse_other_rows(src, dst, result)                  # before creating the review tables in it
         if overrides.has_review_tables(src):
             overrides.ensure_schema(dst)
-        with dst.transaction():
-            refuse_other_rows(src, dst, result)              # again under the writer lock: nobody wrote since
-            before = {t: count(dst, t) for t in tables}
-            for table in tables:
-                cols = columns(src, table)
-                insert = (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-                          f"ON CONFLICT DO NOTHING")       # the target's rows are the source's, unchanged
-                rows = src.db.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY {KEYS.get(table, 'id')}")
-                while batch := rows.fetchmany(BATCH):
-                    dst.db.executemany(insert, [tuple(r) for r in batch])
-            postgres.reset_identities(dst.db, generated)
-            for table in tables:
-                result.rows[table] = count(src, table)
-                result.copied[table] = count(dst, table) - before[table]
-            verify(src, dst, result)                         # inside: a mismatch rolls the copy back
+        # SQLite's write lock from before the copy until the marker is written: a writer on a connection
+        # opened before (a running `mlc review`) either commits before the copy, so it is copied, or
+        # begins after the marker, which refuses it (sqlite.begin); none writes to the file unseen.
+        with src.transaction():
+            with dst.transaction():
+                refuse_other_rows(src, dst, result)          # again under the writer lock: nobody wrote since
+                copy_rows(src, dst, tables, generated, result)
+            if mark_moved is not None:                       # the copy is committed in PostgreSQL
+                mark_moved()
     log.info("catalog %s copied into %s: %s", source, target, result.copied)
     return result
+
+
+def copy_rows(src: Catalog, dst: Catalog, tables: list[str], generated: list[str], result: CopyResult) -> None:
+    """Every row of `tables`, in the callers' transactions, then verified (a mismatch rolls the copy back)."""
+    before = {t: count(dst, t) for t in tables}
+    for table in tables:
+        cols = columns(src, table)
+        insert = (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                  f"ON CONFLICT DO NOTHING")       # the target's rows are the source's, unchanged
+        rows = src.db.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY {KEYS.get(table, 'id')}")
+        while batch := rows.fetchmany(BATCH):
+            dst.db.executemany(insert, [tuple(r) for r in batch])
+    postgres.reset_identities(dst.db, generated)
+    for table in tables:
+        result.rows[table] = count(src, table)
+        result.copied[table] = count(dst, table) - before[table]
+    verify(src, dst, result)
 
 
 def refuse_other_rows(src: Catalog, dst: Catalog, result: CopyResult) -> None:

@@ -34,8 +34,9 @@ class CatalogMoved(ConfigError):
 class Connection(sqlite3.Connection):
     """A writable catalog's connection: a write that finds the disk full (SQLITE_FULL) is one line naming
     the catalog and its disk (`CatalogFull`, a CatalogError), not sqlite3's "database or disk is full"
-    after a traceback (the collect27 audit). `path` is set by `open_writable`."""
+    after a traceback (the collect27 audit). `path` and `moved_ok` are set by `open_writable`."""
     path: Path
+    moved_ok: bool = False
 
     def execute(self, *args):
         return self.full_disk(super().execute, args)
@@ -132,7 +133,7 @@ def create_whole(path: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def open_writable(path: Path, lock_timeout_s: float) -> sqlite3.Connection:
+def open_writable(path: Path, lock_timeout_s: float, moved_ok: bool = False) -> sqlite3.Connection:
     check_openable(path)
     folder = path.parent
     try:
@@ -147,7 +148,7 @@ def open_writable(path: Path, lock_timeout_s: float) -> sqlite3.Connection:
             create_whole(path)
         db = sqlite3.connect(path, timeout=LOCK_NOTICE_S, isolation_level=None, check_same_thread=False,
                              factory=Connection)
-        db.path = path
+        db.path, db.moved_ok = path, moved_ok
         db.row_factory = sqlite3.Row
         check_readable(db)
         wait_for_writer(db, path, lock_timeout_s)
@@ -279,6 +280,11 @@ def begin(db: sqlite3.Connection) -> None:
         waited = db.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
         raise CatalogBusy(f"still locked by another writer after {waited:g} s ({running_runs(db)}): wait for "
                           f"it to finish or stop it, then rerun") from None
+    # Under the write lock, so also on a connection opened before the move (a running `mlc review`): the
+    # migration writes the marker before it lets go of this lock, so a write after its copy is refused
+    # here (the caller rolls back), never committed to a file that PostgreSQL no longer follows.
+    if isinstance(db, Connection) and not db.moved_ok:
+        refuse_moved(db.path)
 
 
 def set_lock_timeout(db: sqlite3.Connection, seconds: float) -> None:

@@ -44,8 +44,6 @@ from .schema import (MIGRATION_DIRS, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA_VERSION,
 
 log = logging.getLogger(__name__)
 
-
-
 RUNS_OF_THIS_PROCESS = runs.RUNS_OF_THIS_PROCESS     # the runs this process started (curate/unpublished.py)
 
 class Catalog(RowQueries, RemovalQueries, TallyQueries, PairScoreQueries, KeptCornerQueries):
@@ -53,7 +51,8 @@ class Catalog(RowQueries, RemovalQueries, TallyQueries, PairScoreQueries, KeptCo
     right one). `readonly=True` (inspect, reports) never writes, never waits for a writer and works
     on a read-only data root; a missing catalog then reads as an empty one. Writers wait up to
     `lock_timeout_s` for another writer, saying so after a couple of seconds. A SQLite catalog that
-    `mlc catalog migrate` moved to PostgreSQL is refused (sqlite.CatalogMoved) unless `moved_ok` (the copy)."""
+    `mlc catalog migrate` moved to PostgreSQL is refused (sqlite.CatalogMoved) unless `moved_ok` (the copy),
+    when opened and by every write transaction begun on a connection opened before the move."""
 
     def __init__(self, where: str | Path | PostgresCatalog, readonly: bool = False, lock_timeout_s: float = 60.0,
                  moved_ok: bool = False):
@@ -70,7 +69,8 @@ class Catalog(RowQueries, RemovalQueries, TallyQueries, PairScoreQueries, KeptCo
                 sqlite.refuse_moved(self.path)
             self._root, self.where, self.backend = Path(os.path.abspath(self.path.parent)), str(self.path), sqlite
             self.ends = self._root / "runs"     # room for its runs' end records (runs.reserve_end)
-            self.db = sqlite.open_readonly(self.path) if readonly else sqlite.open_writable(self.path, lock_timeout_s)
+            self.db = (sqlite.open_readonly(self.path) if readonly else
+                       sqlite.open_writable(self.path, lock_timeout_s, moved_ok))   # moved_ok: refused in `begin`
         if not readonly:
             self._migrate()
             runs.end_crashed(self.db, self.ends)    # runs whose process is known gone (kill -9) end as 'crashed'

@@ -10,7 +10,6 @@ transactions, on both backends (catalog/overrides.py)."""
 from __future__ import annotations
 
 import contextlib
-from html import escape
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -28,10 +27,12 @@ from starlette.concurrency import run_in_threadpool
 from mlc_pipeline.catalog import overrides as co
 from mlc_pipeline.catalog import review as cr
 from mlc_pipeline.catalog import CatalogBusy, CatalogError, CatalogLost
+from mlc_pipeline.catalog.sqlite import CatalogMoved
 from mlc_pipeline.config import Config
 from mlc_pipeline.locking import DataRootBusy, data_root_lock
 from mlc_pipeline.curate.lookalikes import hold_if_looks_taken_down
 from mlc_pipeline.dataset.build import photo_page
+from mlc_pipeline.review.answers import moved, unavailable
 from mlc_pipeline.review.params import client_of, effective, filters_of, fits_sql, known_id, whole_number
 from mlc_pipeline.imageformat import file_media_type
 from mlc_pipeline.review.security import COOKIE, FILE_HEADERS, SESSION_MAX_AGE_S, Guard, session_value
@@ -61,12 +62,6 @@ QUEUES = {
 }
 # What /api/action does (`remove`: the takedown; the others: catalog.overrides.act).
 ACTIONS = ("relabel", "reject", "restore", "not-duplicate", "remove")
-def unavailable(request: Request, text: str) -> Response:
-    """A 503 in words: `{"error": ...}` for an action, as the actions answer; a one-line page for a page."""
-    if request.url.path.startswith("/api/"):
-        return JSONResponse({"error": text}, status_code=503, headers={"Retry-After": "5"})
-    return HTMLResponse(f"<!doctype html><title>mlc review</title><p>{escape(text)}</p>", status_code=503,
-                        headers={"Retry-After": "5"})
 
 
 def create_app(cfg: Config, token: str | None = None, host: str | None = None) -> FastAPI:
@@ -83,7 +78,13 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
     @app.middleware("http")     # added before the guard, which therefore runs first
     async def connected(request: Request, call_next):
         """A request after a reconnect that failed (the server was still down) reconnects first, so
-        the first one after the server is back works, and none runs on a closed connection."""
+        the first one after the server is back works, and none runs on a closed connection. Once the
+        SQLite catalog is moved (catalog.moved), every request is refused: pages would read a stale file."""
+        if not request.url.path.startswith("/static/"):
+            try:
+                review.refuse_moved()
+            except CatalogMoved as exc:
+                return moved(request, exc)
         if review.broken and not request.url.path.startswith("/static/"):
             try:
                 await run_in_threadpool(review.ensure_connected)
@@ -121,6 +122,7 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
                 if request.url.path.startswith("/api/") else "")
         return unavailable(request, f"the connection to the catalog was lost ({str(exc).split('; ')[0]}); {what}{now}")
     app.add_exception_handler(CatalogLost, lost)
+    app.add_exception_handler(CatalogMoved, moved)     # moved after the request's check: its write refused
 
     def page(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
         return templates.TemplateResponse(request, name, context, status_code=status_code)

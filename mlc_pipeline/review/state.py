@@ -11,7 +11,8 @@ from pathlib import Path
 
 from mlc_pipeline.catalog import overrides as co
 from mlc_pipeline.catalog import review as cr
-from mlc_pipeline.catalog import Catalog, CatalogBusy
+from mlc_pipeline.catalog import Catalog, CatalogBusy, PostgresCatalog
+from mlc_pipeline.catalog.sqlite import refuse_moved
 from mlc_pipeline.config import Config
 from mlc_pipeline.curate.verify import check_image
 from mlc_pipeline.manifest import read_manifest, recorded_fingerprint, versions
@@ -63,6 +64,12 @@ class Review:
             self.writer.set_lock_timeout(self.action_wait_s)
             self.broken = False
         log.warning("review: the catalog's connection was lost; reconnected to %s", self.catalog.where)
+
+    def refuse_moved(self) -> None:
+        """CatalogMoved once `mlc catalog migrate` moved this app's SQLite catalog: asked before each request,
+        as its connections were opened before (their write transactions check it too: sqlite.begin)."""
+        if not isinstance(self.cfg.catalog_path, PostgresCatalog):
+            refuse_moved(Path(self.cfg.catalog_path))
 
     def ensure_connected(self) -> None:
         "Before a request: reconnect if the last try failed (CatalogError while the server is still down)."
