@@ -44,7 +44,7 @@ from mlc_pipeline.dataset.card import attribution, table_cell
 from mlc_pipeline.dataset.takedowns import Takedowns, held_words
 from mlc_pipeline.dataset.verify import verified_version
 from mlc_pipeline.fsutil import errors_name, pid_alive
-from mlc_pipeline.manifest import EXPORT_MARKER, resolve_version, spreadsheet_safe
+from mlc_pipeline.manifest import EXPORT_MARKER, resolve_version, spreadsheet_safe, withdrawn_versions
 
 FORMATS = ("imagefolder", "hf", "webdataset", "fiftyone")
 OTHER_FOLDER = "other"               # images of none of the classes
@@ -165,11 +165,27 @@ def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bo
                 "licenses": licence_counts(rows),
                 **({"class_folders": class_folders(rows)} if fmt == "imagefolder" else {})}, indent=2))
             check_destination(version_dir, out, force)   # again: another export may have written `out` meanwhile
+            refuse_withdrawn(version_dir, out)          # a withdrawal meanwhile wins: no export of it appears
             replace_dir(tmp, out)
+    except OSError:
+        refuse_withdrawn(version_dir, out)      # a file of the version gone: a withdrawal at work, in one line
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return ExportResult(out, fmt, len(rows), files, [photo_name(r) for r in left_out], taken_down is not None, held)
+
+
+def refuse_withdrawn(version_dir: Path, out: Path) -> None:
+    """ExportError when the version was withdrawn (its ledger names it: `mlc withdraw` writes that before it
+    deletes the folder) or its folder is gone, while it was being exported: `mlc withdraw` waits for no
+    export, and wins (the concurrency28 audit: a FileNotFoundError traceback mid-copy)."""
+    withdrawn = withdrawn_versions(version_dir.parent).get(version_dir.name)
+    if withdrawn is None and (version_dir / "dataset.json").is_file():
+        return
+    what = f"withdrawn ({withdrawn['reason']})" if withdrawn else "deleted"
+    raise ExportError(f"{version_dir.parent.name} {version_dir.name} was {what} while it was being exported; "
+                      f"nothing was written to {out}")
 
 
 def photo_name(row: dict) -> str:

