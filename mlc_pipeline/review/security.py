@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import ipaddress
@@ -28,6 +29,7 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.responses import PlainTextResponse, RedirectResponse
 
+from mlc_pipeline.fsutil import temp_beside
 from mlc_pipeline.secrets import install_log_redaction, remember
 
 TOKEN_ENV = "MLC_REVIEW_TOKEN"
@@ -65,13 +67,8 @@ def resolve_token(data_dir: Path) -> tuple[str, str]:
     else:
         path = token_file(data_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(pysecrets.token_urlsafe(32) + "\n")
-        except FileExistsError:
-            if path.stat().st_mode & 0o077:
-                raise ValueError(f"{path} is readable by other users: chmod 600 it (or delete it for a new token)")
+        if not create_token_file(path) and path.stat().st_mode & 0o077:
+            raise ValueError(f"{path} is readable by other users: chmod 600 it (or delete it for a new token)")
         token = path.read_text().strip()
         if len(token) < 16:
             raise ValueError(f"{path} holds no usable token: delete it and a new one is made")
@@ -79,6 +76,37 @@ def resolve_token(data_dir: Path) -> tuple[str, str]:
     remember(token)
     install_log_redaction()
     return token, where
+
+
+def create_token_file(path: Path) -> bool:
+    """A new token at `path` (mode 0600) unless a file is there; True when this call made it. It appears
+    whole: written beside it, then hard-linked into place, which fails if the file exists, so two apps
+    starting at once both read the one that won. Created empty then written, the second read it empty
+    and refused to start, saying to delete the first one's token (the concurrency28 audit). Where the
+    file system has no hard links, it is created in place (that window open)."""
+    tmp = temp_beside(path)
+    try:
+        write_private(tmp, pysecrets.token_urlsafe(32) + "\n")
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        try:
+            write_private(path, pysecrets.token_urlsafe(32) + "\n")
+            return True
+        except FileExistsError:
+            return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_private(path: Path, text: str) -> None:
+    """`text` in a new file that only its owner can read (FileExistsError if there is one)."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(text)
 
 
 def session_value(token: str, issued: int | None = None) -> str:

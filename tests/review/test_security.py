@@ -61,6 +61,38 @@ def test_the_token_file_is_made_private_kept_and_refused_once_others_can_read_it
     assert path.read_text() == "short\n", "a file the user made is never overwritten"
 
 
+def start_two_at_once(data_dir, barrier, answers):
+    barrier.wait()
+    try:
+        answers.put(("ok", resolve_token(data_dir)[0]))
+    except ValueError as exc:
+        answers.put(("refused", str(exc)))
+
+
+def test_two_apps_starting_at_once_both_read_the_one_token_made(tmp_path, monkeypatch):
+    """Two processes make the token of a data root without one at the same moment (two `mlc review
+    --host` started together: the concurrency28 audit). The file used to be created empty and then
+    written, and the second read it in between: in 50 of 100 trials it refused to start, saying to
+    delete the first one's token. Both must start, with the same token, the one in the file."""
+    import multiprocessing
+    monkeypatch.delenv("MLC_REVIEW_TOKEN", raising=False)
+    fork = multiprocessing.get_context("fork")
+    outcomes = []
+    for trial in range(60):
+        data_dir = tmp_path / str(trial)
+        barrier, answers = fork.Barrier(2), fork.Queue()
+        procs = [fork.Process(target=start_two_at_once, args=(data_dir, barrier, answers)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        got = [answers.get(timeout=30) for _ in procs]
+        for p in procs:
+            p.join(timeout=30)
+        outcomes.append((got, token_file(data_dir).read_text().strip()))
+        assert not [p.name for p in data_dir.joinpath("review").iterdir() if p.name != "token"]
+    wrong = [(trial, got) for trial, (got, kept) in enumerate(outcomes) if got != [("ok", kept)] * 2]
+    assert not wrong, f"{len(wrong)} of {len(outcomes)} trials: {wrong[:3]}"
+
+
 @pytest.mark.parametrize("from_env", [True, False])
 def test_the_token_is_masked_in_every_log_line_wherever_it_came_from(tmp_path, monkeypatch, from_env):
     """It is never printed, and a line that would carry it (a request's query, a traceback) shows ***."""
