@@ -11,9 +11,10 @@ from pathlib import Path
 
 from mlc_pipeline.config import ConfigError, load_config, parse_overrides
 from mlc_pipeline.dataset.verify import VersionDamaged
-from mlc_pipeline.manifest import UnknownVersion, requested_version
+from mlc_pipeline.manifest import UnknownVersion, requested_version, resolve_version
 
 log = logging.getLogger("mlc")
+NEW_ROOT_HINT = "; an `mlc run` started on it a moment ago makes it once its checks pass: rerun this then"
 
 
 @contextlib.contextmanager
@@ -44,8 +45,10 @@ def require_catalog(cfg, config: str) -> None:
     if catalog_exists(cfg.catalog_path):
         return
     where = f"{cfg.data_url} (cached in {cfg.data_dir})" if cfg.data_url else f"data_dir {cfg.data_dir}"
+    # No folder: a typo, or a new root whose `mlc run` still checks its settings (torch) before its lock
+    starting = "" if cfg.data_url or cfg.data_dir.exists() else NEW_ROOT_HINT      # (the concurrency28 audit)
     raise ConfigError(f"no catalog at {cfg.layout.catalog}: nothing was collected into {where} yet "
-                      f"(check data_dir in {config}, or run `mlc collect`)")
+                      f"(check data_dir in {config}, or run `mlc collect`{starting})")
 
 
 def cmd_collect(args) -> int:
@@ -97,12 +100,6 @@ def cmd_review(args) -> int:
     return serve(cfg, host=args.host, port=args.port)
 
 
-def dataset_dir(cfg, version: str | None) -> Path:
-    """The folder of the version named on the command line (None: the latest); UnknownVersion if none."""
-    from mlc_pipeline.manifest import resolve_version
-    return cfg.layout.datasets / resolve_version(cfg.layout.datasets, version)
-
-
 def check_bundle_path(cfg, option: str, spec: str | None) -> None:
     """Before the lock and torch: a bundle given as a path must be a bundle folder. Names and `latest`
     are resolved by bundle_option once the lock is held and an object-store root is pulled."""
@@ -140,7 +137,7 @@ def cmd_train(args) -> int:
                  sync_as="train-continue" if args.continue_from else None):
         previous = bundle_option(cfg, "--continue", args.continue_from)
         from mlc_pipeline.dataset.verify import verify_version
-        version_dir = dataset_dir(cfg, args.version)       # a wrong name or a damaged version: one line,
+        version_dir = cfg.layout.datasets / resolve_version(cfg.layout.datasets, args.version)  # wrong name, damaged: one line,
         verify_version(version_dir)                        # before torch loads
         from mlc_pipeline.model.options import check_train_settings
         # A wrong option or weights file: one line, before training. (It loads torch: after the lock,

@@ -108,10 +108,14 @@ POOL = ["--set", "mine.pool={queries: [insects], count: 1}"]
 @pytest.mark.parametrize("command", [["curate"], ["build"], ["train"], ["mine", *POOL], ["mine", "--undo", "--round", "1"],
                                      ["remove", "--photo-id", "1", "--reason", "owner asked"]])
 def test_write_commands_refuse_a_data_root_with_no_catalog_and_create_nothing(tmp_path, built, command):
-    """A mistyped data_dir: one line, as inspect says it, not a fresh catalog reported on as empty."""
+    """A mistyped data_dir: one line, as inspect says it, not a fresh catalog reported on as empty. No
+    folder there may also be a new root whose `mlc run` has not taken the lock yet (it checks its training
+    settings first): the line says so too (the concurrency28 audit: a build then sent the user to check
+    a data_dir that was right)."""
     config = typo_config(built, tmp_path, str(tmp_path / "typo"))
     one_line(mlc(command[0], "-c", str(config), *command[1:]), 2, "no catalog at", str(tmp_path / "typo"),
-             f"check data_dir in {config}")
+             f"check data_dir in {config}", "an `mlc run` started on it a moment ago makes it "
+             "once its checks pass: rerun this then")
     assert not (tmp_path / "typo").exists()
 
 
