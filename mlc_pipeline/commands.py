@@ -240,10 +240,12 @@ def cmd_models(args) -> int:
 
 
 def cmd_promote(args) -> int:
-    from mlc_pipeline.model.registry import promote_in, read_info
+    from mlc_pipeline.model.registry import promote_in, promoted_under_a_writer, read_info
     cfg = load_config(args.config, parse_overrides(args.set)) if args.config else None
     where, previous, new = promote_in(cfg, args.bundle)     # an object-store root: the store's LATEST first
     print(f"{where}: {previous or '(none)'} -> {new.name}")
+    if note := promoted_under_a_writer(cfg):
+        print(note)
     why = read_info(new).metrics_problem
     if why:         # usable (predict, mine), but nothing says how good it is
         print(f"note: {new.name} has no test metrics ({why}): predict and mine use it; `mlc models` shows n/a "

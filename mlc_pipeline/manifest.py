@@ -131,6 +131,17 @@ def withdrawn_versions(root: Path) -> dict[str, dict]:
     return out
 
 
+def withdrawn_meanwhile(root: Path, version: str) -> str | None:
+    """What to say of a version a reader found gone or half-deleted, when `mlc withdraw` took it (its
+    name is in the ledger before its folder goes): None when it was not withdrawn."""
+    gone = withdrawn_versions(root).get(version)
+    if gone is None:
+        return None
+    return (f"dataset version {version} was withdrawn ({gone['at']}: {gone['reason'] or 'no reason given'}) "
+            f"while this command read it: rerun it for the versions left (no withdrawal running: `mlc withdraw "
+            f"{version}` again finishes that one)")
+
+
 def record_withdrawal(root: Path, version: str, fingerprint: str | None, reason: str, at: str | None = None) -> None:
     """The version's name in both ledgers (PUBLISHED too: a cache that never held it numbers past it),
     before its folder goes: killed after this, a rerun finishes the withdrawal."""

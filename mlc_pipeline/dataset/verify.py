@@ -19,7 +19,7 @@ from pathlib import Path
 from mlc_pipeline.config import DEFAULT_SUBSAMPLING
 from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.manifest import (ADDED_COLUMNS, MANIFEST_COLUMNS, VersionMetaUnreadable, latest_version, read_manifest,
-                                   read_version_meta)
+                                   read_version_meta, withdrawn_meanwhile)
 
 SUMS_NAME = "SHA256SUMS"
 # What a build writes beside the images (the images: SHA256SUMS)
@@ -56,7 +56,10 @@ def safe_member(folder: Path, rel: str) -> Path | None:
 
 
 def damaged_version(folder: Path, what: str) -> VersionDamaged:
-    """The one-line error for a damaged version: which one, what is wrong, and what helps."""
+    """The one-line error for a damaged version: which one, what is wrong, and what helps; or that it
+    was withdrawn while it was read (its files going one by one looked damaged: the concurrency28 audit)."""
+    if gone := withdrawn_meanwhile(folder.parent, folder.name):
+        return VersionDamaged(gone)
     return VersionDamaged(f"dataset {folder.parent.name} {folder.name} is damaged: {what}; {what_helps(folder)}")
 
 

@@ -196,3 +196,13 @@ def promote_in(cfg, spec: str) -> tuple[str, str | None, Path]:
     with promoting(cfg, spec) as publish:
         previous, new = promote(spec, models_dir, publish)
     return (f"{cfg.data_url}/{POINTER_KEY}" if publish else str(models_dir / POINTER)), previous, models_dir / new
+
+
+def promoted_under_a_writer(cfg) -> str | None:
+    """What `mlc promote` adds when a command holds the data root's lock (a run or a training ends by
+    moving models/LATEST to its own model, over this promotion: the concurrency28 audit); else None."""
+    from mlc_pipeline.locking import describe, holder, lock_is_held
+    if cfg is None or not lock_is_held(cfg.data_dir):
+        return None
+    return (f"note: {describe(holder(cfg.data_dir))} holds this data root: a run or training that ends after "
+            f"this moves models/LATEST to the model it trained; check `mlc models` then, and promote again")

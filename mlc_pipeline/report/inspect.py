@@ -18,7 +18,7 @@ from mlc_pipeline.catalog.runs import where
 from mlc_pipeline.config import Config
 from mlc_pipeline.dataset.takedowns import held_words, takedowns_of
 from mlc_pipeline.dataset.verify import VersionDamaged, damaged_version, read_version
-from mlc_pipeline.manifest import UnknownVersion, latest_version, versions
+from mlc_pipeline.manifest import UnknownVersion, latest_version, versions, withdrawn_meanwhile
 from mlc_pipeline.report import html as blocks
 from mlc_pipeline.report.html import folded, image_figure, table
 
@@ -154,7 +154,8 @@ def dataset_summary(cfg: Config, version: str | None = None) -> dict | None:
         return None
     folder = root / version
     if not folder.is_dir():
-        raise UnknownVersion(f"no dataset version {version} under {root} (have: {', '.join(versions(root)) or 'none'})")
+        raise UnknownVersion(withdrawn_meanwhile(root, version) or
+                             f"no dataset version {version} under {root} (have: {', '.join(versions(root)) or 'none'})")
     meta, rows = read_version(folder)           # a damaged version: VersionDamaged, one line (exit 3)
     counts, curation = meta.get("counts"), meta.get("curation")
     if not (isinstance(counts, dict) and isinstance(counts.get("per_label_split"), dict)

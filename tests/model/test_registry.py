@@ -253,3 +253,19 @@ def test_a_metrics_json_whose_test_is_no_object_is_listed_without_test_metrics(r
     [row] = [r for r in bundles_table(list_bundles(models)).splitlines() if SOFTMAX in r]
     assert "| n/a | n/a | n/a |" in row and f"(no test metrics: {info.metrics_problem})" in row, row
     assert test_metrics(models / SOFTMAX) is None and test_metrics(models / SIGMOID)["macro_f1"] >= 0
+
+
+def test_promote_while_a_command_holds_the_data_root_says_the_promotion_may_be_overtaken(root, capsys):
+    """`mlc promote` during a training said only "LATEST -> B"; the training then moved LATEST to its
+    own model (the concurrency28 audit). It now names the holder and what to check."""
+    from mlc_pipeline.cli import main
+    from mlc_pipeline.config import load_config
+    from mlc_pipeline.locking import data_root_lock
+    cfg, models = root
+    assert main(["promote", SOFTMAX, "-c", str(cfg)]) == 0
+    assert "holds this data root" not in capsys.readouterr().out
+    with data_root_lock(load_config(cfg).data_dir, "mlc train"):
+        assert main(["promote", SIGMOID, "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert f"-> {SIGMOID}" in out and "note: pid " in out and "(mlc train, started" in out
+    assert "moves models/LATEST to the model it trained" in out

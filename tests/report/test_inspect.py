@@ -1,5 +1,7 @@
 """report/inspect.py: the version diff `mlc inspect` and the build's summary show."""
 
+import pytest
+
 from mlc_pipeline.report.inspect import PROBE_GROUP, version_diff
 
 
@@ -98,3 +100,27 @@ def test_recent_runs_say_why_a_run_failed(tmp_path):
         text = format_catalog_summary(catalog_summary(catalog))
     assert f"{bad} collect  failed: RetriesExhausted: flickr.photos.search still failing after 6 attempts" in text
     assert f"{ok} collect  completed\n" in text + "\n"
+
+
+def test_a_version_withdrawn_while_inspect_reads_it_is_said_so(tmp_path):
+    """`mlc inspect` during `mlc withdraw v1` said "no dataset version v1" (the user had named none), or
+    called v1 damaged as its files went (the concurrency28 audit): the withdrawal is what it says."""
+    from mlc_pipeline.config import Config
+    from mlc_pipeline.dataset.verify import VersionDamaged, read_version
+    from mlc_pipeline.manifest import UnknownVersion, record_withdrawal
+    from mlc_pipeline.report.inspect import dataset_summary
+    cfg = Config(data_dir=tmp_path / "data", classes={"a": {"queries": ["a"], "count": 1}},
+                 other={"queries": ["o"], "count": 1})
+    root = cfg.layout.datasets
+    (root / "v1").mkdir(parents=True)
+    (root / "v1" / "dataset.json").write_text("{}")         # its manifest already deleted
+    with pytest.raises(VersionDamaged, match="manifest.csv is missing"):
+        read_version(root / "v1")
+    record_withdrawal(root, "v1", "ab12", "built from a bad config")
+    with pytest.raises(VersionDamaged, match=r"^dataset version v1 was withdrawn \(.*: built from a bad config\) "
+                                             r"while this command read it"):
+        read_version(root / "v1")
+    (root / "v1" / "dataset.json").unlink()
+    (root / "v1").rmdir()
+    with pytest.raises(UnknownVersion, match="v1 was withdrawn .* while this command read it"):
+        dataset_summary(cfg, "v1")
