@@ -18,13 +18,14 @@ from typing import Any, Iterator
 
 from prefect import flow, get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.context import get_run_context
+from prefect.context import FlowRunContext, get_run_context
 from prefect.exceptions import MissingContextError
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.artifacts import DATASET_SUMMARY_KEY, publish, write_stopped_summary
 from flows.progress import DownloadProgress, downloads_wanted, end_progress
-from flows.runtime import (CANCEL_TO_STOP, DEFAULT_CONFIG, flickr_slot, library_logs_in_run, retry_condition,
-                           task_runner)
+from flows.runtime import (CANCEL_TO_STOP, DEFAULT_CONFIG, flickr_slot, let_go, library_logs_in_run,
+                           retry_condition, task_runner)
 from mlc_pipeline.config import Config, ConfigError, load_config
 from mlc_pipeline.locking import data_root_lock
 from mlc_pipeline.model.options import check_train_settings
@@ -190,6 +191,7 @@ class Run:
         self.cfg: Config | None = None
         self.stage = "config"
         self.held = ExitStack()
+        self.futures: list = []         # the tasks submitted to the task runner (see release)
 
     def hold_data_root(self, cfg: Config) -> None:
         """The data root's write lock, for the whole run: a manual `mlc` command or another flow run
@@ -198,6 +200,10 @@ class Run:
         # One warning while it waits (a worker's run has no Ctrl-C: cancelling the run stops it) and one
         # INFO line once it has the lock, both the library's (library_logs_in_run puts them in the run's logs)
         self.held.enter_context(data_root_lock(cfg.data_dir, command, how_to_stop=CANCEL_TO_STOP))
+
+    def release(self) -> None:
+        """The data root's lock let go once nothing this run started can write there (runtime.let_go)."""
+        let_go(self.held, self.futures, get_run_logger())
 
     def fail(self, exc: BaseException) -> StageFailed:
         from mlc_pipeline.secrets import redact
@@ -237,24 +243,39 @@ class TaskStages(Stages):
         with super().stage(name):
             yield
 
+    def call(self, stage_task, *args):
+        """A stage task's result. With the thread runner it runs in the flow's own thread: a cancel's
+        SIGTERM (Prefect raises it in this thread) then stops the stage where it is, as Ctrl-C or SIGTERM
+        stops `mlc` (downloads in flight cut, the catalog run recorded interrupted), before the lock is
+        let go. A runner thread would go on writing until SIGKILL (the prefect28 audit). On a Dask
+        cluster it is submitted and waited for."""
+        if isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner):
+            return stage_task(*args)
+        return self.submit(stage_task, *args).result()
+
+    def submit(self, stage_task, *args):
+        future = stage_task.submit(*args)
+        self.run.futures.append(future)         # waited for before the lock is let go (Run.release)
+        return future
+
     def collect(self, cfg: Config) -> dict:
-        out = collect_stage.submit(cfg).result()
+        out = self.call(collect_stage, cfg)
         self.run.data.update(collect=out, curate=out["curate"])
         return out
 
     def curate(self, cfg: Config) -> dict:
-        out = curate_stage.submit(cfg).result()
+        out = self.call(curate_stage, cfg)
         self.run.data["curate"] = out
         return out
 
     def build(self, cfg: Config) -> dict:
-        out = build_stage.submit(cfg).result()
+        out = self.call(build_stage, cfg)
         self.run.data["builds"].append(out)
         return out
 
     def train(self, cfg: Config, dataset_dir: str, round_no: int, previous: str | None = None,
               publish: bool = True) -> dict:
-        out = train_stage.submit(cfg, dataset_dir, round_no, previous, publish).result()
+        out = self.call(train_stage, cfg, dataset_dir, round_no, previous, publish)
         self.run.data["models"].append(out)
         return out
 
@@ -266,23 +287,23 @@ class TaskStages(Stages):
         return model
 
     def assess(self, cfg: Config, bundle_dir: str, ds: dict) -> dict:
-        return assess_stage.submit(cfg, bundle_dir, ds).result()
+        return self.call(assess_stage, cfg, bundle_dir, ds)
 
     def alternatives(self, cfg: Config, dataset_dir: str) -> dict[str, dict]:
         names = alternative_variants(cfg)           # trained side by side, as the task runner allows
-        futures = [train_alternative_stage.submit(cfg, dataset_dir, n) for n in names]
+        futures = [self.submit(train_alternative_stage, cfg, dataset_dir, n) for n in names]
         self.run.data["alternatives"] = {n: f.result() for n, f in zip(names, futures)}
         return self.run.data["alternatives"]
 
     def mine(self, cfg: Config, bundle_dir: str, round_no: int) -> dict:
-        out = mine_stage.submit(cfg, bundle_dir, round_no).result()
+        out = self.call(mine_stage, cfg, bundle_dir, round_no)
         self.run.data["mined"].append(out)
         return out
 
     def report(self, cfg: Config, result: PipelineResult) -> str:
         # known now: the artifacts of a run that fails in the report stage still name the shipped model
         self.run.data.update(shipped=result.shipped, not_shipped=result.not_shipped, reused=result.reused)
-        self.run.data["report"] = report_stage.submit(cfg, plain(result)).result()
+        self.run.data["report"] = self.call(report_stage, cfg, plain(result))
         return self.run.data["report"]
 
 
@@ -352,7 +373,7 @@ def collect_and_train(config_path: str = DEFAULT_CONFIG, overrides: dict | None 
         except Exception as exc:
             raise failed(run, exc) from exc
         finally:
-            run.held.close()
+            run.release()
         result = run.finish()
         publish_artifacts(run)
     logger.info("done: dataset %s, model %s, report %s", result.get("latest_dataset"), result.get("latest_model"),
@@ -372,7 +393,7 @@ def rebuild_report(config_path: str = DEFAULT_CONFIG, overrides: dict | None = N
         except Exception as exc:
             raise failed(run, exc, DATASET_SUMMARY_KEY) from exc
         finally:
-            run.held.close()
+            run.release()
         result = run.finish()
         publish_artifacts(run, DATASET_SUMMARY_KEY)
     return result

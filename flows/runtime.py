@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 from prefect.concurrency.sync import concurrency
@@ -118,6 +118,32 @@ def library_logs_in_run(level: int = logging.INFO) -> Iterator[None]:
         lib.setLevel(own_level)
         for handler in added:
             lib.removeHandler(handler)
+
+
+# How long a stopping run waits for a task it submitted (an alternative's training, a stage on a Dask
+# worker) to end before it lets the data root's lock go; below Prefect's 30 s grace before its SIGKILL.
+TASK_END_WAIT_S = 20.0
+
+
+def let_go(held: ExitStack, futures: list, logger) -> None:
+    """Let the data root's lock (`held`) go once nothing the run started can write there any more.
+
+    Stage tasks run in the flow's own thread (collect_and_train.TaskStages.call), so they have ended by
+    now. A task submitted to the runner (`futures`: the alternatives; every stage on a Dask cluster) is a
+    thread or a worker a cancel's SIGTERM does not stop: one not started yet is cancelled, one running is
+    waited for (TASK_END_WAIT_S). One still running then keeps the lock until this process ends (the
+    kernel drops it then, even after SIGKILL): never a second writer while it writes (the prefect28 audit)."""
+    deadline = time.monotonic() + TASK_END_WAIT_S
+    for future in futures:
+        future.wrapped_future.cancel()          # no effect on one that runs or ended
+    while (running := sum(not f.wrapped_future.done() for f in futures)) and time.monotonic() < deadline:
+        time.sleep(0.2)             # threads' and Dask's futures alike; their outcome is their task runs'
+    if running:
+        logger.error("%d task(s) of this run still running after %.0f s: the data root's lock stays held "
+                     "until this process ends", running, TASK_END_WAIT_S)
+        held.pop_all()              # never closed: the lock goes with the process
+        return
+    held.close()
 
 
 def task_runner(address: str | None = None):

@@ -288,3 +288,50 @@ def test_runs_of_a_stopped_or_dead_worker_do_not_block_the_deployment(stack, tmp
         assert "now Crashed" in out, out
         assert run_state(stack, run_id)["type"] == "CRASHED" and slot_free()
         assert "Crashed" in summary_of(run_id)
+
+
+def test_a_cancelled_collect_stops_before_the_data_root_is_let_go(stack, tmp_path):
+    """`prefect flow-run cancel` mid-collect (the prefect28 audit, D1 and D2): the flow let the data root's
+    lock go at once while its collect, in a task-runner thread the SIGTERM did not stop, downloaded for
+    30 s more (until Prefect's SIGKILL), so another writer got the lock beside it; and the collect was
+    recorded `crashed`. Now the collect stops at the cancel, as `mlc collect` does at SIGTERM, is recorded
+    interrupted, and nothing is written into the data root once its lock is free."""
+    from mlc_pipeline.catalog import Catalog
+    from mlc_pipeline.config import load_config
+    from mlc_pipeline.locking import lock_is_held
+
+    config, project_file = serve_the_tiny_project(stack, tmp_path)
+    stack.cli("work-pool", "create", POOL, "--type", "process")
+    stack.cli("--no-prompt", "deploy", "--all", "--prefect-file", str(project_file), cwd=ROOT, timeout=180)
+    stack.start("worker", "worker", "start", "--pool", POOL)
+    data, raw = tmp_path / "data", tmp_path / "data" / "raw"
+    slow = {"source": {"per_host_concurrency": 1, "local": {"faults": "image_latency_ms=400"}}}
+    out = stack.cli("deployment", "run", "collect-and-train/nightly", "--param", f"overrides={json.dumps(slow)}")
+    [run_id] = [w for w in out.stdout.split() if len(w) == 36 and w.count("-") == 4]
+
+    def files() -> set[str]:
+        return {p.name for p in raw.rglob("*") if p.is_file() and not p.name.startswith(".")}
+
+    deadline = time.monotonic() + 240
+    while len(files()) < 5:                 # mid-collect: downloading, ~2.5 images a second
+        assert time.monotonic() < deadline, f"no downloads:\n{tail(stack.logs['worker'], 6000)}"
+        assert run_state(stack, run_id)["type"] in ("SCHEDULED", "PENDING", "RUNNING"), run_state(stack, run_id)
+        time.sleep(0.5)
+    assert lock_is_held(data)
+    cancelled = time.monotonic()
+    stack.cli("flow-run", "cancel", run_id)
+    while lock_is_held(data):               # what another writer (`mlc curate --no-wait`) would see
+        assert time.monotonic() - cancelled < 90, f"lock still held:\n{tail(stack.logs['worker'], 6000)}"
+        time.sleep(0.1)
+    freed, at_free = time.monotonic() - cancelled, files()
+    with Catalog(load_config(config).catalog_path, readonly=True) as catalog:
+        rows_at_free = catalog.counts()
+    state = wait_for_state(stack, run_id, {"CANCELLED", "CRASHED", "COMPLETED", "FAILED"}, 120)
+    time.sleep(3)
+    assert state["type"] == "CANCELLED", state
+    assert files() == at_free, f"{len(files() - at_free)} files written after the lock was let go"
+    with Catalog(load_config(config).catalog_path, readonly=True) as catalog:
+        assert catalog.counts() == rows_at_free
+        [collect] = [r for r in catalog.runs() if r["command"] == "collect"]
+    assert collect["status"] == "interrupted", collect
+    assert freed < 20, f"the collect went on {freed:.0f} s after the cancel"

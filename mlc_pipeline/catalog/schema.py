@@ -167,6 +167,7 @@ class CatalogLost(CatalogError):
 
 
 def run_end_status(exc: BaseException) -> str:
-    """How a run that raised `exc` is recorded: Ctrl-C and SIGTERM (a KeyboardInterrupt subclass in
-    the CLI) are 'interrupted', anything else 'failed'."""
-    return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    """How a run that raised `exc` is recorded: a stop from outside is 'interrupted' (Ctrl-C, SIGTERM:
+    a KeyboardInterrupt subclass in the CLI; a Prefect run's cancel, its TerminationSignal: like every
+    such signal a BaseException that is no Exception), anything else 'failed'."""
+    return "failed" if isinstance(exc, Exception) else "interrupted"
