@@ -10,6 +10,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 from prefect.concurrency.sync import concurrency
+from prefect.logging.handlers import APILogHandler
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from mlc_pipeline.executor import ADDRESS_ENV
@@ -102,6 +103,8 @@ def library_logs_in_run(level: int = logging.INFO) -> Iterator[None]:
     attaches, when it is not set (a flow called in-process); both are put back afterwards, so no
     library line outside a run goes to the API. Known secrets are masked in every record
     (secrets.install_log_redaction, a record factory), these included."""
+    from prefect.context import get_run_context
+
     from mlc_pipeline.secrets import install_log_redaction
 
     install_log_redaction()
@@ -112,12 +115,37 @@ def library_logs_in_run(level: int = logging.INFO) -> Iterator[None]:
         lib.addHandler(handler)
     if own_level == logging.NOTSET:
         lib.setLevel(level)
+    in_run = OfThisRun(get_run_context().flow_run.id)
+    api = [h for h in lib.handlers if isinstance(h, APILogHandler)]
+    for handler in api:
+        handler.addFilter(in_run)
     try:
         yield
     finally:
         lib.setLevel(own_level)
+        for handler in api:
+            handler.removeFilter(in_run)
         for handler in added:
             lib.removeHandler(handler)
+
+
+class OfThisRun(logging.Filter):
+    """Names the flow run on a record logged by a thread of the library (a download worker, the
+    downloads' watchdog) that has no Prefect run context: Prefect's API handler dropped such records
+    ("attempted to send logs to the API without a flow run id"), so an image host that stopped
+    answering was said only on the worker's stdout (the prefect28 audit). A record logged in a run's
+    context (a task's thread) keeps it."""
+
+    def __init__(self, flow_run_id) -> None:
+        super().__init__()
+        self.flow_run_id = flow_run_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        if not getattr(record, "flow_run_id", None) and FlowRunContext.get() is None and TaskRunContext.get() is None:
+            record.flow_run_id = self.flow_run_id
+        return True
 
 
 # How long a stopping run waits for a task it submitted (an alternative's training, a stage on a Dask

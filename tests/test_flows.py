@@ -665,3 +665,56 @@ def test_a_failed_look_at_the_flickr_limit_does_not_fail_the_collect(monkeypatch
     with caplog.at_level(logging.WARNING):
         assert flickr_slot_busy() is False
     assert "could not read the 'mlc-flickr' limit (TimeoutError: the API did not answer)" in caplog.text
+
+
+def test_an_image_host_that_stops_answering_is_said_in_the_run_logs(harness, tmp_path):
+    """The download threads have no Prefect run context: Prefect's API handler dropped their records
+    ("attempted to send logs to the API without a flow run id"), so the warning that an image host
+    stopped answering, which docs/orchestration.md promises in the run's logs, was only on the worker's
+    stdout (the prefect28 audit, D3). Real downloads from the bundled server, killed mid-batch."""
+    import subprocess
+
+    from helpers import ENV, MLC
+    from prefect.context import get_run_context
+
+    from flows.runtime import library_logs_in_run
+    from mlc_pipeline.collect.download import Downloader, DownloadJob
+    from mlc_pipeline.collect.hosts import HOST_FAULT_AFTER
+    from mlc_pipeline.config import RetrySettings, SourceSettings
+    from mlc_pipeline.flickr_server import WorldSpec, build_world
+    from mlc_pipeline.flickr_server.rest import image_url
+
+    port = free_port()
+    server = subprocess.Popen([*MLC, "serve-flickr", "--port", str(port), "--scale", "0.1",
+                               "--faults", "image_latency_ms=20"], stdout=subprocess.PIPE, text=True, env=ENV)
+    host = f"127.0.0.1:{port}"
+
+    @flow_decorator(name="host-stops-answering")
+    def downloads():
+        photos = build_world(WorldSpec(seed=0, scale=0.1)).photos[:80]       # the server's world
+        jobs = [DownloadJob(i, str(p.id), image_url(host, p, "n")) for i, p in enumerate(photos)]
+        settings = SourceSettings(kind="local", per_host_concurrency=2,
+                                  retry=RetrySettings(attempts=2, base_delay_s=0.01, max_delay_s=0.05))
+        downloader = Downloader(settings, [host], tmp_path / "raw")
+        ok = []
+
+        def record(res) -> None:
+            ok.append(res.ok)
+            if sum(ok) == 10:
+                server.kill()                   # the image host dies mid-collect
+        with library_logs_in_run():
+            downloader.run_into(jobs, record)
+        downloader.close()
+        return get_run_context().flow_run.id, sum(ok)
+
+    try:
+        while "Static images:" not in (line := server.stdout.readline()):
+            assert line, "serve-flickr exited"
+        run_id, ok = downloads()
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+    assert ok >= 10
+    said = [r.message for r in logs_of(run_id) if r.name == "mlc_pipeline.collect.hosts" and r.level == 30]
+    assert any(m.startswith(f"image host {host} failed {HOST_FAULT_AFTER} different photos in a row")
+               for m in said), said
