@@ -199,8 +199,9 @@ def is_retryable(exc: BaseException) -> bool:
 
     The library already retries every API call and download with backoff; a collect that still fails
     is retried by Prefect only when the cause can go away (the API down for longer than the in-library
-    retries waited, a network error). A wrong config, a missing or rejected key, or a request Flickr
-    refuses outright fail at once: retrying them only burns the call budget.
+    retries waited, a network error). A wrong config (an API URL where nothing listens too), a missing
+    or rejected key, or a request Flickr refuses outright fail at once: retrying them only burns the
+    call budget, and holds the deployment's one slot.
     """
     from mlc_pipeline.catalog import CatalogBusy, CatalogLost
     from mlc_pipeline.config import ConfigError
@@ -212,7 +213,8 @@ def is_retryable(exc: BaseException) -> bool:
                         KeyError, AttributeError)):
         return False
     if isinstance(exc, SourceError):    # a transient fault outlasted the retries; an image host was down
-        return isinstance(exc, (RetriesExhausted, ImageHostDown))
+        # not an API nothing listens at (every connection refused, no reply ever): source.rest_url's
+        return isinstance(exc, (RetriesExhausted, ImageHostDown)) and not getattr(exc, "unreachable", False)
     # network, disk; RuntimeError e.g. a dead pool; another catalog writer held its lock too long, or won
     # a deadlock; the catalog server's connection lost (restarted, a network fault)
     return isinstance(exc, (OSError, RuntimeError, CatalogBusy, CatalogLost))

@@ -113,6 +113,11 @@ def test_retry_only_what_can_go_away():
     assert is_retryable(CatalogBusy("... rolled this transaction back (deadlock detected) ..."))  # the other is done later
     assert is_retryable(CatalogLost("... lost the connection to the catalog (...); ... rerun ..."))
     assert not is_retryable(CatalogError("catalog ... cannot connect (...)"))
+    refused = RetriesExhausted("flickr.photos.licenses.getInfo still failing after 6 attempts: ConnectionError "
+                               "... connection refused (nothing listens there: check source.rest_url, ...)")
+    assert is_retryable(refused)            # a server that answered earlier in the run: it may come back
+    refused.unreachable = True              # one that never answered: source.rest_url's (the prefect28 audit)
+    assert not is_retryable(refused)
 
 
 def test_progress_is_throttled(harness):
@@ -718,3 +723,27 @@ def test_an_image_host_that_stops_answering_is_said_in_the_run_logs(harness, tmp
     said = [r.message for r in logs_of(run_id) if r.name == "mlc_pipeline.collect.hosts" and r.level == 30]
     assert any(m.startswith(f"image host {host} failed {HOST_FAULT_AFTER} different photos in a row")
                for m in said), said
+
+
+def test_an_api_url_where_nothing_listens_fails_at_once(harness, project, monkeypatch):
+    """A source.rest_url where nothing listens (a config error: the message says "check
+    source.rest_url") was retried by Prefect after 60 s and 300 s, holding the deployment's one slot
+    for ~5 minutes (the prefect28 audit, D4). Now it fails on its first attempt; a transient fault that
+    outlasted the library's retries is still retried (test_retry_only_what_can_go_away)."""
+    import time
+
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    monkeypatch.setenv("FLICKR_API_KEY", FLOW_KEY)
+    monkeypatch.setenv("FLICKR_API_SECRET", FLOW_SECRET)
+    wrong = {"source": {"kind": "flickr", "rest_url": f"http://127.0.0.1:{free_port()}/services/rest/"}}
+    started = time.monotonic()
+    state = collect_and_train(config_path=str(project), overrides=wrong, return_state=True)
+    assert state.is_failed() and "stage 'collect' failed" in state.message, state.message
+    assert "connection refused" in state.message and "check source.rest_url" in state.message, state.message
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    [collect] = [t for t in runs if t.task_key.startswith("collect")] or [t for t in runs if "collect" in t.name]
+    assert collect.run_count == 1 and collect.state.is_failed(), (collect.run_count, collect.state)
+    assert time.monotonic() - started < 55           # the first retry waits 60 s (±30 %)

@@ -52,7 +52,10 @@ class InvalidKeyError(SourceError):
 
 
 class RetriesExhausted(SourceError):
-    """A transient fault (105, 5xx, timeouts) outlasted every retry: worth another try later."""
+    """A transient fault (105, 5xx, timeouts) outlasted every retry: worth another try later. Unless
+    `unreachable`: every try's connection to an API that never answered this run was refused, a
+    source.rest_url nothing listens at (a later try finds the same: the prefect28 audit)."""
+    unreachable = False
 
 
 def api_address(rest_url: str) -> str:
@@ -159,6 +162,7 @@ class FlickrSource:
             session.mount(scheme, WatchedAdapter())
         self.api.flickr_oauth.session = session
         self.limiter = RateLimiter(settings.max_calls_per_hour)
+        self.answered = False           # whether the API sent any reply (RetriesExhausted.unreachable)
         self.license_names: dict[int, str] = {}
         self.static_host = static_host
         self.skipped: Counter[str] = Counter()      # search results left out, by reason
@@ -182,6 +186,7 @@ class FlickrSource:
     # --- one API call, retried ---------------------------------------------------------------
     def _keep_reply(self, response: requests.Response, *args, **kwargs) -> None:
         self.replies.last = response
+        self.answered = True
 
     def rate_limited(self, exc: Exception, tries: int) -> Exception:
         """`exc` as classified, or, for an HTTP 429, a Transient that waits what the server's
@@ -207,10 +212,10 @@ class FlickrSource:
         `source.api_deadline_s` for its whole reply: a reply trickled a byte at a time (which the
         per-read `timeout_s` never cuts) is cut then, a timeout like any other (the security26 audit:
         such an API hung collect for ever)."""
-        tries = 0
+        tries, refused = 0, True
 
         def once() -> dict:
-            nonlocal tries
+            nonlocal tries, refused
             tries += 1
             self.limiter.acquire()
             self.replies.last = None
@@ -219,6 +224,8 @@ class FlickrSource:
                 with deadline:
                     reply = getattr(self.api, method)(**params)
             except (FlickrError, requests.RequestException, ValueError) as exc:
+                refused = refused and not deadline.passed and isinstance(exc, requests.ConnectionError) and \
+                    network_cause(exc) == "connection refused"
                 if deadline.passed:
                     raise Transient(f"no complete reply from the API at {api_address(self.api.REST_URL)} within "
                                     f"source.api_deadline_s ({deadline.seconds:g} s)") from None
@@ -231,7 +238,9 @@ class FlickrSource:
         try:
             return with_retries(once, r.attempts, r.base_delay_s, r.max_delay_s, what=f"flickr.{method}")
         except Transient as exc:
-            raise RetriesExhausted(f"flickr.{method} still failing after {r.attempts} attempts: {exc}") from None
+            failed = RetriesExhausted(f"flickr.{method} still failing after {r.attempts} attempts: {exc}")
+            failed.unreachable = refused and not self.answered
+            raise failed from None
 
     @property
     def api_calls(self) -> int:
