@@ -57,7 +57,7 @@ def collect_stage(cfg: Config) -> dict:
     logger = get_run_logger()
     wanted = downloads_wanted(cfg)
     logger.info("collect: %d images missing from the catalog; data root %s", wanted, cfg.data_dir)
-    progress = DownloadProgress(wanted, logger=logger)
+    progress = DownloadProgress(wanted, logger=logger, task_run_id=get_run_context().task_run.id)
     # One collect at a time across all runs on this server (global concurrency limit, if created);
     # within the run, the library's token bucket keeps calls under source.max_calls_per_hour.
     with flickr_slot(logger):

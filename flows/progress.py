@@ -32,8 +32,13 @@ class DownloadProgress:
     most every `min_interval_s` seconds (each update is an API call).
     """
 
+    # The artifact of each task run: a retried collect's next attempt goes on in it. An artifact per
+    # attempt left the earlier ones at "downloading N missing images" for good, and end_progress closes
+    # the newest alone (the prefect28 audit).
+    of_task_run: dict = {}
+
     def __init__(self, wanted: int, min_interval_s: float = 2.0, logger=None,
-                 clock=time.monotonic, key: str | None = PROGRESS_KEY):
+                 clock=time.monotonic, key: str | None = PROGRESS_KEY, task_run_id=None):
         self.wanted = wanted
         self.done = 0
         self.min_interval_s = min_interval_s
@@ -42,8 +47,14 @@ class DownloadProgress:
         self.shown = 0.0
         self.last = clock()
         self.updates = 0
-        self.artifact_id = create_progress_artifact(
-            0.0, key=key, description=f"collect: downloading {wanted} missing images")
+        description = f"collect: downloading {wanted} missing images"
+        self.artifact_id = self.of_task_run.get(task_run_id) if task_run_id else None
+        if self.artifact_id is None:
+            self.artifact_id = create_progress_artifact(0.0, key=key, description=description)
+            if task_run_id:
+                self.of_task_run[task_run_id] = self.artifact_id
+        else:                   # a retry: its own start, where the attempt before left off
+            self._show(0.0, description, force=True)
 
     def percent(self) -> float:
         if self.wanted <= 0:
@@ -62,8 +73,8 @@ class DownloadProgress:
     def finish(self, downloaded: int) -> None:
         self._show(100.0, f"collect: done, {downloaded} images downloaded in this run")
 
-    def _show(self, pct: float, description: str) -> None:
-        if pct == self.shown and pct != 100.0:
+    def _show(self, pct: float, description: str, force: bool = False) -> None:
+        if pct == self.shown and pct != 100.0 and not force:
             return
         try:
             update_progress_artifact(self.artifact_id, pct, description=description)

@@ -747,3 +747,22 @@ def test_an_api_url_where_nothing_listens_fails_at_once(harness, project, monkey
     [collect] = [t for t in runs if t.task_key.startswith("collect")] or [t for t in runs if "collect" in t.name]
     assert collect.run_count == 1 and collect.state.is_failed(), (collect.run_count, collect.state)
     assert time.monotonic() - started < 55           # the first retry waits 60 s (±30 %)
+
+
+def test_a_retried_collect_leaves_one_download_progress_closed(harness, project, monkeypatch):
+    """Each attempt of a retried collect made a progress artifact of its own, and only the newest was
+    closed: the others read "collect: downloading 0 missing images" for good, as if in flight (the
+    prefect28 audit, D5). The bundled server answers the first call malformed every time: a transient
+    fault that outlasts the library's retries, which Prefect retries (at once here)."""
+    import flows.collect_and_train as module
+
+    monkeypatch.setattr(module, "collect_stage", module.collect_stage.with_options(retry_delay_seconds=0))
+    broken = {"source": {"local": {"faults": "malformed=1,fault_repeats=100"},
+                         "retry": {"attempts": 2, "base_delay_s": 0.01, "max_delay_s": 0.02}}}
+    state = collect_and_train(config_path=str(project), overrides=broken, return_state=True)
+    assert state.is_failed() and "RetriesExhausted" in state.message, state.message
+    logs = [r.message for r in logs_of(state.state_details.flow_run_id)]
+    assert sum("Retry 2/2" in m for m in logs) == 1, logs           # three attempts were made
+    [progress] = artifacts_of(state.state_details.flow_run_id)[PROGRESS_KEY]
+    assert re.fullmatch(r"collect failed at 0 of ~\d+ downloads \(run Failed\)", progress.description), \
+        progress.description
