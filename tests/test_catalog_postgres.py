@@ -205,6 +205,42 @@ def test_a_lost_connection_or_a_held_lock_is_one_line(postgres_server, pg_url, t
         c.close()
 
 
+def test_a_short_wait_for_the_writer_lock_is_not_said_and_a_long_one_once(pg_url, tmp_path, caplog):
+    """The beyond28 audit (finding 3): two machines on one catalog, and every transaction that found
+    the writer lock taken logged "another writer is in a transaction ... waiting up to 60 s", 10-15
+    identical WARNINGs a command for waits of milliseconds. Said once a wait lasts LOCK_NOTICE_S."""
+    import logging
+    import psycopg
+    from mlc_pipeline.catalog.postgres import WRITER_LOCK
+    target = PostgresCatalog(pg_url, tmp_path)
+    with Catalog(target, lock_timeout_s=30) as c, psycopg.connect(pg_url, autocommit=True) as other:
+        run = c.start_run("collect")
+
+        def held_for(seconds: float) -> threading.Timer:        # the other machine's transaction
+            other.execute("BEGIN")
+            other.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+            timer = threading.Timer(seconds, other.execute, ("ROLLBACK",))
+            timer.start()
+            return timer
+
+        with caplog.at_level(logging.WARNING, logger="mlc_pipeline.catalog"):
+            for i in range(5):
+                timer, start = held_for(0.3), time.monotonic()
+                c.upsert_found([found(str(i))], run)
+                waited = time.monotonic() - start
+                timer.join()
+                assert waited >= 0.25, f"waited {waited:.2f} s: the writer lock was not held"
+            said = [r.getMessage() for r in caplog.records if r.name.startswith("mlc_pipeline.catalog")]
+            assert said == [], said
+            timer = held_for(3)
+            c.upsert_found([found("long")], run)
+            timer.join()
+        said = [r.getMessage() for r in caplog.records if r.name.startswith("mlc_pipeline.catalog")]
+        assert len(said) == 2 and "another writer is in a transaction" in said[0], said
+        assert "the other writer is done; going on" in said[1], said
+        assert len(c.candidates()) == 6
+
+
 def test_pgpassword_is_masked_once_a_catalog_connects_even_when_it_cannot(tmp_path, monkeypatch, caplog):
     """The password in PGPASSWORD is registered for masking as a PostgreSQL catalog opens, a refused
     connection included: no message shows it, and one that ever carries it (a driver's error quoting its

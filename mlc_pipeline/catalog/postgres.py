@@ -13,7 +13,6 @@ import contextlib
 import functools
 import logging
 import os
-import time
 from typing import Iterator
 
 from ..secrets import redact, remember
@@ -155,24 +154,39 @@ def has_schema(db: PgConnection) -> bool:
 
 
 def begin(db: PgConnection) -> None:
-    """BEGIN, then the catalog's writer lock: wait for another writer's transaction, saying whom for."""
+    """BEGIN, then the catalog's writer lock: wait for another writer's transaction, said (whom for)
+    once the wait lasts LOCK_NOTICE_S, as SQLite's is. Two machines on one catalog wait for each other
+    often and for milliseconds: a line for each wait was 10-15 identical WARNINGs a command (beyond28)."""
     db.execute("BEGIN")
     if db.execute("SELECT pg_try_advisory_xact_lock(?) AS got", (WRITER_LOCK,)).fetchone()["got"]:
         return
+    notice = min(LOCK_NOTICE_S, db.lock_timeout_s)
+    try:
+        wait_for_lock(db, notice)       # this transaction holds nothing yet: a silent wait, and done
+        return
+    except CatalogBusy:
+        db.execute("ROLLBACK")
+        if notice >= db.lock_timeout_s:
+            raise
     # Whom we wait for is read outside the transaction: a table read in it stays locked while we wait,
     # and a holder changing that table's schema would wait on us (a deadlock the server breaks by failing one).
-    db.execute("ROLLBACK")
-    started = time.monotonic()
     log.warning("%s: another writer is in a transaction (%s); waiting up to %g s", db.target,
                 running_runs(db), db.lock_timeout_s)
     db.execute("BEGIN")
     try:
-        db.execute("SELECT pg_advisory_xact_lock(?)", (WRITER_LOCK,))    # bounded by lock_timeout
+        wait_for_lock(db, db.lock_timeout_s - notice)
     except CatalogError:
         db.execute("ROLLBACK")
         raise
-    if time.monotonic() - started > LOCK_NOTICE_S:
-        log.warning("%s: the other writer is done; going on", db.target)
+    log.warning("%s: the other writer is done; going on", db.target)
+
+
+def wait_for_lock(db: PgConnection, seconds: float) -> None:
+    """The writer lock in this transaction, waited for `seconds` at most (then CatalogBusy, which names
+    lock_timeout_s); the transaction's later statements wait lock_timeout_s again."""
+    db.execute(f"SET LOCAL lock_timeout = '{max(1, int(seconds * 1000))}ms'")
+    db.execute("SELECT pg_advisory_xact_lock(?)", (WRITER_LOCK,))
+    db.execute(f"SET LOCAL lock_timeout = '{int(db.lock_timeout_s * 1000)}ms'")
 
 
 def running_runs(db: PgConnection) -> str:
