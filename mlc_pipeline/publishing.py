@@ -5,7 +5,8 @@ fails, those runs of this process are recorded `failed`, the reason in their sum
 failure is (the scale26 audit: `mlc inspect` showed a completed collect whose 433 files were in no
 store). Where the store failed under the publish (unreachable, 503, reset: an error `store_errors`
 turned into one line), that line also says what is kept and what to do: nothing is lost, the cache and
-the catalog hold it, and the next command that publishes from this cache uploads it. A publish refused
+the catalog hold it, and the next command that publishes from this cache uploads it (`mlc build`
+cheaply, where a rerun of `mlc train` would train another model). A publish refused
 on purpose (the catalog moved, another machine's catalog newer) keeps its own line, which says so.
 """
 
@@ -23,6 +24,9 @@ from mlc_pipeline.secrets import redact
 
 log = logging.getLogger(__name__)
 PUBLISHED_RUNS: set[str] = set()    # runs of this process whose work a publish has uploaded
+# What publishes a cache (sync.synced, pipeline's publish, review's sync.served): a rerun of the failed
+# command would redo its work (a train trained a second model: the beyond28 audit), `mlc build` publishes
+PUBLISHERS = "collect, curate, build, train, mine, remove, run, review"
 
 
 @contextmanager
@@ -40,7 +44,9 @@ def failed_publish_recorded(cfg: Config) -> Iterator[None]:
         raise ObjectStoreError(
             f"{str(exc).rstrip('.')}. Not published, nothing lost: what this command wrote is kept in this "
             f"machine's cache {cfg.data_dir} and in the catalog, and the next command that publishes from this "
-            f"cache uploads it: rerun the same command to publish it{runs}") from exc.__cause__
+            f"cache uploads it ({PUBLISHERS}): `mlc build -c CONFIG` does it without collecting or training "
+            f"again (with nothing new in the catalog since the latest version it answers \"unchanged\" and only "
+            f"publishes){runs}") from exc.__cause__
     PUBLISHED_RUNS.update(unpublished)
 
 

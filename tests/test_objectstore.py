@@ -418,7 +418,7 @@ def test_a_failed_publish_says_what_is_kept_and_the_run_is_recorded_failed(s3_se
         assert res.returncode == 2 and len(lines) == 1 and proxy.refused, res.stderr[-3000:]
         assert "Please reduce your request rate" in lines[0], lines[0]
         assert f"kept in this machine's cache {tmp_path / 'cache'} and in the catalog" in lines[0], lines[0]
-        assert "rerun the same command to publish it (run collect " in lines[0], lines[0]
+        assert "only publishes) (run collect " in lines[0], lines[0]
         cfg = load_config(config)
         with Catalog(cfg.catalog_path, readonly=True) as c:
             (run,) = c.runs()
@@ -434,5 +434,37 @@ def test_a_failed_publish_says_what_is_kept_and_the_run_is_recorded_failed(s3_se
         assert statuses == {run["run_id"]: "failed", rerun["run_id"]: "completed"}
         listed = sync.file_listing(store(cfg))
         assert {Path(p).relative_to(cfg.data_dir).as_posix() for p in downloaded} <= set(listed)
+    finally:
+        proxy.close()
+
+
+def test_a_failed_model_upload_names_a_command_that_publishes_it_without_training(s3_server, tmp_path):
+    """The beyond28 audit (finding 2): the store failed under `mlc train`'s publish and the line said
+    "rerun the same command to publish it": that trained a second model. `mlc build` (answering
+    "unchanged") publishes the bundle and moves the store's LATEST to it, without training."""
+    import s3fs
+    from mlc_pipeline.layout import latest_name
+    s3fs.S3FileSystem(endpoint_url=s3_server).mkdir("mlc-trainfail")
+    proxy = FailingPuts(s3_server)
+    tiny_config(tmp_path, free_port())
+    config = bucket_config(tmp_path, proxy.endpoint, "mlc-trainfail", "cache")
+    try:
+        for command in ("collect", "curate", "build"):
+            mlc(command, "--no-progress" if command == "collect" else "--no-wait", config=config)
+        proxy.fail_puts = True
+        res = run_mlc("train", "--no-wait", config=config)       # training's INFO lines, then the one line
+        line = res.stderr.strip().splitlines()[-1]
+        assert res.returncode == 2 and proxy.refused and "Traceback" not in res.stderr, res.stderr[-3000:]
+        assert line.startswith("mlc: object store s3://mlc-trainfail/proj: ") and "Not published" in line, line
+        assert "rerun the same command" not in line, line
+        assert "`mlc build -c CONFIG` does it without collecting or training again" in line, line
+        cfg = load_config(config)
+        name = latest_name(cfg.layout.models)
+        s3 = store(cfg)
+        assert name and objectstore.read_marker(s3, f"models/{name}") is None     # not published
+        proxy.fail_puts = False
+        assert "unchanged" in mlc("build", "--no-wait", config=config)
+        assert objectstore.read_marker(s3, f"models/{name}") is not None and s3.read_text("models/LATEST") == f"{name}\n"
+        assert len([p for p in cfg.layout.models.iterdir() if (p / "bundle.json").is_file()]) == 1    # no training
     finally:
         proxy.close()
