@@ -254,7 +254,7 @@ def cmd_promote(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from mlc_pipeline.dataset.export import ExportError, export_version, version_folder
+    from mlc_pipeline.dataset.export import ExportError, export_version, store_source, version_folder
     from mlc_pipeline.dataset.takedowns import read_takedowns
     from mlc_pipeline.sync import pull_for_reading
     cfg = load_config(args.config, parse_overrides(args.set)) if args.config else None
@@ -265,8 +265,8 @@ def cmd_export(args) -> int:
         version_dir = version_folder(args.version, cfg.layout.datasets if cfg else None).resolve()
         out = Path(args.out) if args.out else ((cfg.data_dir / "exports" if cfg else Path.cwd()) /
                                               f"{version_dir.parent.name}-{version_dir.name}-{args.format}")
-        taken_down = read_takedowns(cfg) if cfg else None   # the catalog says what was taken down, or held
-        res = export_version(version_dir, args.format, out, args.force, args.shard_size, taken_down)
+        res = export_version(version_dir, args.format, out, args.force, args.shard_size,
+                             read_takedowns(cfg) if cfg else None, store_source(cfg, version_dir))
     except (ExportError, UnknownVersion) as exc:
         print(f"mlc export: {exc}", file=sys.stderr)
         return 2

@@ -124,6 +124,16 @@ def test_an_empty_cache_sees_the_same_latest_and_builds_and_trains_from_it(publi
 
 
 
+def test_an_export_names_the_version_as_the_store_does_not_the_cache(published, s3_server, tmp_path):
+    """The beyond28 audit (finding 4): export.json's "source" was the exporting machine's cache folder,
+    which means nothing to whoever receives the export."""
+    folder, _ = published
+    config = bucket_config(folder, s3_server, "mlc-e2e", "cache-export")
+    mlc("export", "v1", "--format", "hf", "--out", str(tmp_path / "out"), config=config)
+    meta = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert meta["source"] == f"s3://mlc-e2e/proj/datasets/{load_config(config).build.name}/v1", meta["source"]
+
+
 def test_a_rerun_from_another_cache_reuses_the_round_0_the_last_run_shipped(published, s3_server):
     """reports/shipped.json (what a run shipped) travels with the store (storereports.py): from a fresh
     cache, a run with nothing new trained round 0 again, and published it with no comparison."""

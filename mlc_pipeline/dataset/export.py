@@ -118,11 +118,13 @@ def unique_keys(rows: list[dict]) -> dict[str, dict]:
 
 def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bool = False,
                    shard_size: int | None = None,
-                   taken_down: Takedowns | set[tuple[str, str]] | None = None) -> ExportResult:
+                   taken_down: Takedowns | set[tuple[str, str]] | None = None,
+                   source: str | None = None) -> ExportResult:
     """`taken_down`: what the catalog records as taken down (`takedowns.read_takedowns`: the photos
     removed and the copies held; a set: (source, photo_id) of photos removed); the version's rows among
     them are left out (None: no catalog was read, nothing is left out). `shard_size`: webdataset's
-    images per shard (default SHARD_SIZE); refused for the other formats."""
+    images per shard (default SHARD_SIZE); refused for the other formats. `source`: the version as
+    export.json names it (`store_source`: an object-store data root's URL of it; None: the folder)."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
     if shard_size is not None and fmt != "webdataset":
@@ -161,7 +163,7 @@ def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bo
                 "fingerprint": meta.get("fingerprint"), "images": len(rows), "files": files,
                 "taken_down_left_out": [photo_name(r) for r in left_out], "held_left_out": held,
                 "takedowns_checked": taken_down is not None,
-                "source": str(version_dir.resolve()), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "source": source or str(version_dir.resolve()), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "licenses": licence_counts(rows),
                 **({"class_folders": class_folders(rows)} if fmt == "imagefolder" else {})}, indent=2))
             check_destination(version_dir, out, force)   # again: another export may have written `out` meanwhile
@@ -186,6 +188,16 @@ def refuse_withdrawn(version_dir: Path, out: Path) -> None:
     what = f"withdrawn ({withdrawn['reason']})" if withdrawn else "deleted"
     raise ExportError(f"{version_dir.parent.name} {version_dir.name} was {what} while it was being exported; "
                       f"nothing was written to {out}")
+
+
+def store_source(cfg, version_dir: Path) -> str | None:
+    """A version of an object-store data root as the store names it, its URL (the config refuses one
+    with credentials), for export.json's "source"; None for a local data root or a folder outside the
+    cache, named as it is (the beyond28 audit: exports named the exporting machine's cache folder)."""
+    cache = cfg.data_dir.resolve() if cfg is not None and cfg.data_url else None
+    if cache is None or cache not in version_dir.resolve().parents:
+        return None
+    return f"{cfg.data_url.rstrip('/')}/{version_dir.resolve().relative_to(cache).as_posix()}"
 
 
 def photo_name(row: dict) -> str:

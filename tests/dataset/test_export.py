@@ -243,6 +243,8 @@ def test_cli_exports_latest_by_config_and_reports_mistakes_in_one_line(version, 
     assert r.returncode == 0, r.stderr
     out = tmp_path / "data" / "exports" / "default-v1-hf"
     assert out.is_dir() and "12 images" in r.stdout
+    assert json.loads((out / "export.json").read_text())["source"] == str((tmp_path / "data" / "datasets" / "default"
+                                                                           / "v1").resolve())    # a local root's folder
     r = mlc("export", "latest", "-c", str(cfg), "--format", "hf")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--force" in r.stderr
     r = mlc("export", "v7", "-c", str(cfg), "--format", "hf")
