@@ -301,7 +301,7 @@ def full_disk_export(work: Path, bundle: Path) -> tuple[str, bool]:
             "def run(args):\n"
             f"    bundle.export_learner(learn, Path({str(out)!r}) / 'export.pkl')\n"
             "    return 0\n"
-            "import mlc_pipeline.commands as commands\ncommands.cmd_predict = run\n"   # the cli's error handling around the export
+            "import mlc_pipeline.model_commands as model_commands\nmodel_commands.cmd_predict = run\n"   # the cli's error handling around the export
             f"sys.exit(main(['predict', {str(bundle)!r}, 'x']))\n")
     res = subprocess.run(prefix + [sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=300)
     ok = res.returncode == 1 and clean(res) and "No space left on device for the model bundle" in last(res)

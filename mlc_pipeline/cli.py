@@ -1,4 +1,4 @@
-"""The `mlc` command: one sub-command per stage (commands.py), each a thin shell over a library
+"""The `mlc` command: one sub-command per stage (commands.py; model_commands.py for the models'), each a thin shell over a library
 function. Here: the parser, logging, and the rule that an ordinary failure is one line on stderr
 with an exit code, never a traceback (a traceback only for a bug)."""
 
@@ -15,7 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
-from mlc_pipeline import __version__, commands, interrupts, progress
+from mlc_pipeline import __version__, commands, interrupts, model_commands, progress
 from mlc_pipeline.config import ConfigError
 from mlc_pipeline.dataset.verify import VersionDamaged
 from mlc_pipeline.executor import ClusterLost
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--continue", dest="continue_from", metavar="BUNDLE",
                    help="continue this model's network (folder, name or latest) for mine.retrain_epochs "
                         "(not train.epochs), as a mining round's retrain does")
-    p.set_defaults(func=commands.cmd_train)
+    p.set_defaults(func=model_commands.cmd_train)
 
     p = sub.add_parser("mine", help="move pool images the model wrongly accepts into the negatives")
     add_writer(p)
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--undo", action="store_true", help="put round N's mined negatives (and the images it held) "
                                                        "back into the pool")
     p.add_argument("--photo-id", action="append", help="with --undo: only these photos (repeatable)")
-    p.set_defaults(func=commands.cmd_mine, usage_error=p.error)
+    p.set_defaults(func=model_commands.cmd_mine, usage_error=p.error)
 
     p = sub.add_parser("predict", help="which classes an image shows, or none of them")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -127,19 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_no_progress(p)
     p.add_argument("--max-pixels", type=int, default=64_000_000,
                    help="refuse larger images from their header, before decoding (default: 64 MP)")
-    p.set_defaults(func=commands.cmd_predict)
+    p.set_defaults(func=model_commands.cmd_predict)
 
     p = sub.add_parser("models", help="list model bundles with their metrics, or compare two")
     p.add_argument("-c", "--config", help="pipeline YAML config (default: ./data/models)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two bundles (folder, name or latest)")
-    p.set_defaults(func=commands.cmd_models)
+    p.set_defaults(func=model_commands.cmd_models)
 
     p = sub.add_parser("promote", help="make a bundle the LATEST model (what predict/mine use by default)")
     p.add_argument("bundle", help="bundle name or folder under the models folder")
     p.add_argument("-c", "--config", help="pipeline YAML config (default: ./data/models)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
-    p.set_defaults(func=commands.cmd_promote)
+    p.set_defaults(func=model_commands.cmd_promote)
 
     p = sub.add_parser("export", help="write a published dataset version as imagefolder, hf, webdataset or fiftyone")
     p.add_argument("version", help="a version folder, or with -c: vN or latest")
@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", help="fetch: folder to save into (default: the torch hub cache)")
     p.add_argument("--timeout", type=float, default=30.0, help="fetch: seconds without progress before giving up")
     p.add_argument("--all", action="store_true", help="list: every torchvision network, cached or not")
-    p.set_defaults(func=commands.cmd_weights)
+    p.set_defaults(func=model_commands.cmd_weights)
 
     p = sub.add_parser("review", help="browse and correct the catalog in a local web app (docs/review.md)")
     add_config(p)
