@@ -25,6 +25,7 @@ import csv
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import socket
@@ -37,7 +38,7 @@ from mlc_pipeline.manifest import (VERSION_META, VersionMetaUnreadable, read_ver
 from mlc_pipeline.objectstore import (CLAIM, MARKER, ObjectStoreError, Store, claim_folder, missing_files, pull_folder,
                                       push_folder, read_marker, same_bytes)
 from mlc_pipeline.storestate import read_state, write_state
-from mlc_pipeline.withdrawal import withdraw_folder
+from mlc_pipeline.withdrawal import repoint_latest, withdraw_folder
 
 log = logging.getLogger(__name__)
 VERSION_RE = re.compile(r"^v\d+$")
@@ -82,8 +83,8 @@ def push_versions(store: Store, cfg: Config) -> list[str]:
                                 stone.get("fingerprint"), stone.get("at"))
                 continue
             raise ObjectStoreError(
-                f"{store.url}/{key} was withdrawn ({stone.get('reason') or 'no reason given'}): this cache's {folder} "
-                f"is another build under that name and is not published; move it aside and run `mlc build` again")
+                f"{store.url}/{key} was withdrawn ({stone.get('reason') or 'no reason given'}): this cache's "
+                f"{version} is another build under that name and is not published; {set_aside(cfg, version)}: {REBUILD}")
         marker = read_marker(store, key)
         if marker is not None and marker.get("fingerprint") == meta.get("fingerprint"):
             adopt_store_files(store, cfg, version)      # built here too: the store's copy is the version
@@ -95,13 +96,31 @@ def push_versions(store: Store, cfg: Config) -> list[str]:
             by = "" if marker else f", claimed by {other.get('host')} {int(time.time() - other.get('at', 0)) // 60} min ago"
             raise ObjectStoreError(
                 f"{store.url}/{key} holds, or is receiving, another build's {version} (built meanwhile on another "
-                f"machine{by}): this cache's {folder} is not published; move it aside and run `mlc build` again")
+                f"machine{by}): this cache's {version} is not published; {set_aside(cfg, version)}: {REBUILD}")
         push_folder(store, folder, key, {"version": version, "fingerprint": meta.get("fingerprint"),
                                          "files_sha256": meta.get("files_sha256")}, prune=True)
         synced(cfg, version, meta.get("fingerprint"))
         pushed.append(version)
         log.info("dataset %s %s published to %s", cfg.build.name, version, store.url)
     return pushed
+
+
+UNPUBLISHED = ".unpublished-"    # datasets/<name>/.unpublished-vN-<time>: a cache's vN the store refused
+
+
+REBUILD = "run `mlc build` again, which builds the next version from the catalog"
+
+
+def set_aside(cfg: Config, version: str) -> str:
+    """The cache's own `version`, which the store will not take (another build holds that name there),
+    renamed out of the versions and kept: "it is kept aside as <folder> ...". Left in place, every rerun
+    met it again until the user moved it by hand (the beyond28 audit); the next build numbers past it,
+    from the catalog, and the next fetch brings the store's version of that name."""
+    root = cfg.layout.datasets
+    aside = root / f"{UNPUBLISHED}{version}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    os.rename(cfg.layout.version(version), aside)
+    repoint_latest(root, version)
+    return f"it is kept aside as {aside} (delete it when you no longer need it)"
 
 
 def refuse_foreign_folder(store: Store, key: str, folder: Path) -> None:
@@ -139,8 +158,9 @@ def pull_version(store: Store, cfg: Config, version: str | None = None) -> str |
         return version if folder.exists() else None     # not published (yet): the cache's own, if any
     had = (folder / VERSION_META).exists()
     if had and version_meta(folder).get("fingerprint") != marker.get("fingerprint"):
-        raise ObjectStoreError(f"the cache's {folder} is not the version {store.url}/{key} holds (built here "
-                               f"but never published?): move it aside and rerun")
+        log.warning("the cache's %s is not the version %s/%s holds (built here but never published?): %s; the "
+                    "store's is fetched", version, store.url, key, set_aside(cfg, version))
+        had = False
     if pull_folder(store, key, folder, marker):
         log.info("dataset %s %s fetched from %s", cfg.build.name, version, store.url)
     if had:

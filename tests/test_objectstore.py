@@ -215,10 +215,18 @@ def test_two_builds_of_one_version_number_never_both_publish(published, s3_serve
     key = f"datasets/default/{new}"
     assert objectstore.claim_folder(s, key, "another machine's") is None        # it is uploading now
     s.write_text(f"{key}/images/partial.jpg", "half an upload")
-    with pytest.raises(objectstore.ObjectStoreError, match=f"is receiving, another build.s {new} .*claimed by .* min ago.*move it aside"):
+    with pytest.raises(objectstore.ObjectStoreError, match=f"is receiving, another build.s {new} .*claimed by .* min ago.*"
+                                                           f"kept aside as .*unpublished-{new}-.*run `mlc build` again"):
         sync.publish(cfg)
     assert sorted(s.listing(key)) == [f"{key}/.claim", f"{key}/images/partial.jpg"]      # nothing of ours
     assert new not in sync.remote_versions(s, cfg)
+    # kept, out of the versions: a rerun does not meet it again (the user moved it by hand: beyond28)
+    aside, = cfg.layout.datasets.glob(f".unpublished-{new}-*")
+    assert not mine.exists() and json.loads((aside / "dataset.json").read_text())["fingerprint"] == "this machine's"
+    assert latest_version(cfg.layout.datasets) != new and new not in versions(cfg.layout.datasets)
+    sync.publish(cfg)                       # nothing of it is published now
+    assert sorted(s.listing(key)) == [f"{key}/.claim", f"{key}/images/partial.jpg"]
+    aside.rename(mine)                      # the user puts it back: published once the claim is stale
 
     claim = json.loads(s.read_text(f"{key}/.claim"))                          # that machine died
     s.write_text(f"{key}/.claim", json.dumps({**claim, "at": time.time() - objectstore.STALE_CLAIM_S - 1}))
@@ -226,6 +234,17 @@ def test_two_builds_of_one_version_number_never_both_publish(published, s3_serve
     assert sync.remote_versions(s, cfg)[-1] == new
     assert objectstore.read_marker(s, key)["fingerprint"] == "this machine's"
     assert f"{key}/images/partial.jpg" not in s.listing(key)
+
+    # A cache holding another build under a published name is set aside at the fetch, and the store's
+    # version fetched (it was refused with "move it aside and rerun", every time until moved by hand).
+    other = load_config(bucket_config(folder, s3_server, "mlc-e2e", "cache-x"))
+    theirs = other.layout.version(new)
+    shutil.copytree(mine, theirs)
+    (theirs / "dataset.json").write_text(json.dumps({**meta, "version": new, "fingerprint": "a third build"}))
+    assert sync.pull_version(store(other), other, new) == new
+    assert json.loads((theirs / "dataset.json").read_text())["fingerprint"] == "this machine's"
+    aside, = other.layout.datasets.glob(f".unpublished-{new}-*")
+    assert json.loads((aside / "dataset.json").read_text())["fingerprint"] == "a third build"
 
     for attempt in range(5):             # the conditional write itself, two machines at the same moment
         start, won = threading.Barrier(2), []
