@@ -34,8 +34,8 @@ from mlc_pipeline.model.stage import models_root, publish_latest, train_alternat
 from mlc_pipeline.report.inspect import write_html_report
 from mlc_pipeline.report.model import model_section
 from mlc_pipeline.rounds import RoundRecord, mining_counts, record
-from mlc_pipeline.shipping import (incumbent_model, last_shipped_model, not_shipped_reason, record_shipped, round0_key,
-                                   unknown_rate)
+from mlc_pipeline.shipping import (incumbent_model, last_shipped_model, not_shipped_reason, record_shipped,
+                                   replaced_without_comparison, round0_key, unknown_rate)
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +218,8 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
             model = stages.reuse(cfg, shipped)
         else:
             incumbent = incumbent_model(cfg, round0_key(cfg))
+            if incumbent is None and (why := replaced_without_comparison(cfg, round0_key(cfg))):
+                log.warning("%s", why)
             model = stages.train(cfg, ds["path"], 0, publish=incumbent is None)
             if incumbent is not None:
                 model = shipped_or_new(cfg, stages, incumbent, ds, model, out)

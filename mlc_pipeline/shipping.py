@@ -190,3 +190,27 @@ def shipped_with(cfg: Config, key: dict) -> tuple[str | None, Path] | None:
         return last["dataset_version"], bundle
     rounds = [r for r in last.get("rounds", []) if isinstance(r, dict) and r.get("bundle") == bundle.name]
     return (rounds[-1].get("dataset_version") if rounds else None), bundle
+
+
+def replaced_without_comparison(cfg: Config, key: dict) -> str | None:
+    """What to say when round 0 will replace models/LATEST with no comparison: a run shipped it, but
+    trained with another `round0_key` (other settings, weights or code: the user's new choice, so not
+    compared). A one-epoch look on the main job's data root silently replaced a far better model (the
+    dayone28 audit); the line names what differs and the way back. None otherwise."""
+    bundle = latest_bundle(cfg.layout.models)
+    record = cfg.layout.reports / SHIPPED_RECORD
+    if bundle is None or not record.is_file():
+        return None
+    try:
+        last = json.loads(record.read_text())
+    except ValueError:
+        return None         # shipped_with says it, when it reads the record
+    before = last.get("trained_with") if isinstance(last, dict) and last.get("shipped") == bundle.name else None
+    if not isinstance(before, dict) or before == key:
+        return None
+    changed = sorted(f"train.{k}" for k in set(key["train"]) | set(before.get("train") or {})
+                     if key["train"].get(k) != (before.get("train") or {}).get(k))
+    changed += [k for k in ("weights", "mlc_pipeline", "training_code") if key.get(k) != before.get(k)]
+    return (f"round 0 is trained with other settings than the shipped model {bundle.name} "
+            f"({', '.join(changed)} differ): it replaces models/LATEST without a comparison; "
+            f"`mlc promote {bundle.name}` puts it back")

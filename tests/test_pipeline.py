@@ -673,3 +673,21 @@ def test_after_a_run_stopped_while_mining_a_new_round_0_must_beat_the_round_0_it
     assert worse.assessed == [("default-v3-r0", "v4")] and worse.reused == ["default-v3-r0"]
     assert "round 0 is the shipped model default-v3-r0" in out.not_shipped
     assert worse.calls[1] == (1, "default-v3-r0", False) and out.rounds[0].bundle == "default-v3-r0"
+
+
+def test_a_round_0_with_other_settings_says_it_replaces_the_shipped_model_without_a_comparison(tmp_path, caplog):
+    """A one-epoch look on the main job's data root (other train settings) replaced the shipped model
+    with no comparison and nothing said (the dayone28 audit): by design (other settings are the user's
+    new choice), but now said, with what differs and the way back. Same settings: not said."""
+    from mlc_pipeline.pipeline import run_stages
+    cfg = _loop_config(tmp_path, rounds=1)
+    run_stages(cfg, NightlyStages([(0.10, 0.30), (0.05, 0.20)], [("v1", True), ("v2", True)]))
+    shipped = (cfg.layout.models / "LATEST").read_text().strip()
+    caplog.clear()
+    run_stages(cfg, NightlyStages([(0.05, 0.20), (0.04, 0.10)], [("v3", True), ("v4", True)]))
+    assert "without a comparison" not in caplog.text        # same settings: compared (ShippedModelStages' tests)
+    shipped = (cfg.layout.models / "LATEST").read_text().strip()
+    cfg.train.epochs = 1
+    run_stages(cfg, NightlyStages([(0.05, 0.20), (0.04, 0.10)], [("v5", True), ("v6", True)]))
+    assert (f"round 0 is trained with other settings than the shipped model {shipped} (train.epochs differ): it "
+            f"replaces models/LATEST without a comparison; `mlc promote {shipped}` puts it back") in caplog.text
