@@ -81,16 +81,21 @@ def load_scored(bundle_dir: str | Path) -> Scored | None:
 
 def confusion(s: Scored) -> tuple[list[str], list[str], np.ndarray]:
     """Rows: true class, "none" (an "other" image), or a probe image; columns: predicted class or
-    "none". A multi-label image counts once for every (true, predicted) pair, so a row can sum to
-    more than its images."""
+    "none". Off the diagonal only wrong answers: a class claimed that the image does not show (in the
+    row of each of its true labels), or a true class missed while nothing wrong was claimed (in the
+    "none" column). A multi-label image answered right adds to the diagonal alone, once per label."""
     row_names, col_names = s.classes + [NONE, PROBE], s.classes + [NONE]
     m = np.zeros((len(row_names), len(col_names)), dtype=int)
     for i in range(len(s.rows)):
-        true = [PROBE] if s.probe[i] else [s.vocab[j] for j in s.real if s.truth[i, j]] or [NONE]
-        said = [s.vocab[j] for j in s.real if s.pred[i, j]] or [NONE]
-        for t in true:
-            for p in said:
-                m[row_names.index(t), col_names.index(p)] += 1
+        true = set() if s.probe[i] else {s.vocab[j] for j in s.real if s.truth[i, j]}
+        said = {s.vocab[j] for j in s.real if s.pred[i, j]}
+        rows = [PROBE] if s.probe[i] else sorted(true) or [NONE]
+        wrong = sorted(said - true)
+        cells = [(t, t) for t in sorted(true & said)] + [(r, p) for r in rows for p in wrong]
+        if not wrong:       # the true classes it missed, or an "other"/probe image answered with none
+            cells += [(r, NONE) for r in rows if r not in said]
+        for t, p in cells:
+            m[row_names.index(t), col_names.index(p)] += 1
     return row_names, col_names, m
 
 
@@ -201,7 +206,10 @@ def analysis_section(bundle_dir: str | Path) -> str:
     rows, cols, m = confusion(s)
     parts += [f"<h3 id='confusion'>Confusion matrix ({name})</h3>",
               "<p>Rows: what the image is (none: an 'other' image of the test split; probe: kinds under no "
-              "query). Columns: what the model said. A multi-label image counts once per pair.</p>",
+              "query). Columns: what the model said, at the thresholds in use. Off the diagonal only wrong "
+              "answers: a class claimed that the image does not show (counted in the row of each of its "
+              "labels), or a class of the image missed while nothing wrong was claimed (column none). A "
+              "multi-label image answered right counts on the diagonal alone, once per label.</p>",
               table(["true \\ predicted"] + cols, [[r] + list(m[k]) for k, r in enumerate(rows)])]
     test = np.flatnonzero(~s.probe)
     worst = test[np.argsort(-losses(s)[test], kind="stable")][:TOP_LOSSES]

@@ -93,6 +93,29 @@ def test_confusion_matrix_has_none_and_probe_rows_and_counts_every_image(trained
         assert m[rows.index(c), cols.index(c)] == tp
 
 
+def test_a_multi_label_image_answered_right_is_no_confusion(trained_shapes_bundle):
+    """Every blue+red image answered blue and red counted (blue, red) and (red, blue): 18
+    "confusions" on a model of precision 1.000 (dayone28 D3). Off the diagonal only wrong answers."""
+    import dataclasses
+    s = load_scored(trained_shapes_bundle[1])
+    real = s.truth[:, s.real].astype(bool)
+    multi_right = ~s.probe & (real.sum(axis=1) > 1) & (s.pred[:, s.real] == real).all(axis=1)
+    assert multi_right.any()            # the shapes world has two-class images the model gets right
+    rows, cols, m = confusion(s)
+    wrong_claims = sum(int(real[i].sum() or 1) * int((s.pred[i, s.real] & ~real[i]).sum()) for i in range(len(s.rows)))
+    assert sum(m[r, c] for r in range(len(s.classes)) for c in range(len(s.classes)) if r != c) + \
+        m[rows.index(NONE), :len(s.classes)].sum() + m[rows.index(PROBE), :len(s.classes)].sum() == wrong_claims
+    # by hand: blue+red -> blue+red (right); blue+red -> blue (red missed); blue -> blue+red (red wrongly claimed)
+    b, r = (s.vocab.index(c) for c in s.classes)
+    truth, pred = np.zeros((3, len(s.vocab))), np.zeros((3, len(s.vocab)), dtype=bool)
+    truth[:, b], truth[:2, r], pred[:, b], pred[0, r], pred[2, r] = 1, 1, True, True, True
+    rows, cols, m = confusion(dataclasses.replace(s, rows=s.rows[:3], truth=truth, pred=pred, probe=np.zeros(3, bool)))
+    want = np.zeros_like(m)
+    for t, p in [(b, b), (r, r), (b, b), (r, NONE), (b, b), (b, r)]:
+        want[rows.index(s.vocab[t] if t != NONE else t), cols.index(s.vocab[p] if p != NONE else p)] += 1
+    assert np.array_equal(m, want), m
+
+
 def test_top_losses_are_the_images_furthest_from_their_labels(trained_shapes_bundle):
     _, bundle = trained_shapes_bundle
     s = load_scored(bundle)
