@@ -1,5 +1,5 @@
 """Error analysis of a model bundle, for the HTML report: the thresholds in use, a confusion matrix
-with "none", the test images it gets most wrong (top losses, with thumbnails), per-class
+with "none", the test images it answers wrong at its thresholds, most wrong first (with thumbnails), per-class
 precision-recall curves with the operating point, the unknown (probe) images it still accepts, and
 what each mining round did with the pool (mined-r<N>.csv, review.csv).
 
@@ -99,13 +99,34 @@ def confusion(s: Scored) -> tuple[list[str], list[str], np.ndarray]:
     return row_names, col_names, m
 
 
-def losses(s: Scored) -> np.ndarray:
-    """Per image, the loss the model was trained with: mean binary cross-entropy over its outputs
-    (sigmoid head) or the cross-entropy of the true column (softmax head)."""
-    p = np.clip(s.probs, 1e-6, 1 - 1e-6)
-    if s.meta.get("head") == "softmax":
-        return -np.log(np.clip((p * s.truth).sum(axis=1), 1e-6, 1))
-    return -(s.truth * np.log(p) + (1 - s.truth) * np.log(1 - p)).mean(axis=1)
+def wrong_answers(s: Scored) -> list[tuple[int, int, float]]:
+    """The test images answered wrong at the decisions the model makes (s.pred: the product's own,
+    model.metrics.predict_matrix, with the bundle's thresholds): a class of the image it does not
+    claim, or a class it claims that the image does not show. As (row, column, margin) of each image's
+    worst column, most wrong first: the margin is how far the score is on the wrong side of where the
+    decision flips (the column's threshold; for softmax, the best score of the other columns)."""
+    real = np.asarray(s.real)
+    probs, wrong = s.probs[:, real], (s.pred[:, real] != s.truth[:, real].astype(bool)) & ~s.probe[:, None]
+    thresholds = s.meta.get("thresholds")
+    if s.meta.get("head") == "softmax" or thresholds is None:
+        top2 = np.sort(s.probs, axis=1)[:, -2:]
+        flip = np.where(probs >= top2[:, 1:], top2[:, :1], top2[:, 1:])
+    else:
+        flip = np.broadcast_to(np.asarray(thresholds, dtype=float)[real], probs.shape)
+    margin = np.where(wrong, np.abs(probs - flip), -np.inf)
+    out = [(int(i), int(real[margin[i].argmax()]), float(margin[i].max())) for i in np.flatnonzero(wrong.any(axis=1))]
+    return sorted(out, key=lambda w: -w[2])
+
+
+def wrong_note(s: Scored, i: int, j: int, margin: float) -> str:
+    """' · missed kite: 0.97 < threshold 0.9996' for an image's worst column (wrong_answers)."""
+    thresholds = s.meta.get("thresholds")
+    places = 2 if thresholds is None else decimals(s.probs[i, j], thresholds[j])
+    what = f"claimed {s.vocab[j]} wrongly" if s.pred[i, j] else f"missed {s.vocab[j]}"
+    if s.meta.get("head") == "softmax" or thresholds is None:
+        return f" · {what}, by {margin:.{places}f}"
+    return (f" · {what}: {s.probs[i, j]:.{places}f} {'≥' if s.pred[i, j] else '<'} threshold "
+            f"{thresholds[j]:.{threshold_places(thresholds[j])}f}")
 
 
 def pr_curve(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -189,14 +210,14 @@ def gallery(items: list[tuple[str | Path, str]], what: str, limits=None) -> str:
 
 
 def analysis_section(bundle_dir: str | Path) -> str:
-    """HTML: thresholds, confusion matrix, PR curves, top losses and accepted unknowns of one bundle."""
+    """HTML: thresholds, confusion matrix, PR curves, wrong answers and accepted unknowns of one bundle."""
     bundle_dir = Path(bundle_dir)
     s = load_scored(bundle_dir)
     name = html.escape(bundle_dir.name)
     if s is None:
         return (f"<h3 id='errors'>Error analysis ({name})</h3><p>This bundle has no per-image scores "
                 f"(<code>{SCORES_FILE}</code>, written by training since 0.2): retrain it to see the "
-                f"confusion matrix, top losses and precision-recall curves.</p>")
+                f"confusion matrix, wrong answers and precision-recall curves.</p>")
     parts = [f"<h3 id='thresholds'>Thresholds and per-class precision-recall ({name}, test split)</h3>",
              "<p>A class is claimed when its score reaches its threshold (calibrated on the validation split); "
              "the typical positive score is the median score of the class's validation images.</p>",
@@ -211,12 +232,17 @@ def analysis_section(bundle_dir: str | Path) -> str:
               "labels), or a class of the image missed while nothing wrong was claimed (column none). A "
               "multi-label image answered right counts on the diagonal alone, once per label.</p>",
               table(["true \\ predicted"] + cols, [[r] + list(m[k]) for k, r in enumerate(rows)])]
-    test = np.flatnonzero(~s.probe)
-    worst = test[np.argsort(-losses(s)[test], kind="stable")][:TOP_LOSSES]
-    parts += [f"<h3 id='top-losses'>Top losses: the {len(worst)} test images it gets most wrong</h3>",
-              "<p>Caption: true labels → what the model claimed (score), and the image's loss.</p>",
-              gallery([(s.images / s.rows[i]["path"], caption(s, i, f" · loss {losses(s)[i]:.2f}"))
-                       for i in worst], "images")]
+    wrong = wrong_answers(s)
+    shown = wrong[:TOP_LOSSES]
+    heading = (f"the {len(shown)} of its {len(wrong)} wrong answers furthest from right" if len(wrong) > TOP_LOSSES
+               else f"all {len(wrong)} test images it answers wrong" + (f" (fewer than {TOP_LOSSES})" if len(wrong) < TOP_LOSSES else ""))
+    parts += [f"<h3 id='top-losses'>Wrong answers: {heading}</h3>",
+              "<p>Wrong: at the thresholds in use (the bundle's, as <code>mlc predict</code> decides), a class "
+              "of the image not claimed, or a class claimed that the image does not show. Most wrong first: "
+              "by how far the score is on the wrong side of its threshold (softmax: of the best other score). "
+              "Caption: true labels → what the model claimed (score) · its column furthest from right.</p>",
+              gallery([(s.images / s.rows[i]["path"], caption(s, i, wrong_note(s, i, j, d))) for i, j, d in shown],
+                      "images") if shown else "<p>None: every test image is answered right at the thresholds in use.</p>"]
     accepted = [i for i in np.flatnonzero(s.probe) if s.pred[i, s.real].any()]
     parts += [f"<h3 id='unknowns-accepted'>Unknown (probe) images still accepted <small>{len(accepted)} of "
               f"{int(s.probe.sum())}</small></h3>",
