@@ -3,6 +3,7 @@ retry rules."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import time
@@ -151,6 +152,7 @@ class OfThisRun(logging.Filter):
 # How long a stopping run waits for a task it submitted (an alternative's training, a stage on a Dask
 # worker) to end before it lets the data root's lock go; below Prefect's 30 s grace before its SIGKILL.
 TASK_END_WAIT_S = 20.0
+HELD_UNTIL_EXIT: list[ExitStack] = []      # locks a stopping run could not let go (let_go)
 
 
 def let_go(held: ExitStack, futures: list, logger) -> None:
@@ -163,13 +165,18 @@ def let_go(held: ExitStack, futures: list, logger) -> None:
     kernel drops it then, even after SIGKILL): never a second writer while it writes (the prefect28 audit)."""
     deadline = time.monotonic() + TASK_END_WAIT_S
     for future in futures:
-        future.wrapped_future.cancel()          # no effect on one that runs or ended
+        # A thread's future: cancel() only drops one not started. A Dask future reads done once
+        # cancelled while its worker goes on running the stage: waited for, never cancelled.
+        if isinstance(future.wrapped_future, concurrent.futures.Future):
+            future.wrapped_future.cancel()
     while (running := sum(not f.wrapped_future.done() for f in futures)) and time.monotonic() < deadline:
-        time.sleep(0.2)             # threads' and Dask's futures alike; their outcome is their task runs'
+        time.sleep(0.2)             # their outcome is their task runs'
     if running:
         logger.error("%d task(s) of this run still running after %.0f s: the data root's lock stays held "
                      "until this process ends", running, TASK_END_WAIT_S)
-        held.pop_all()              # never closed: the lock goes with the process
+        # Kept, never closed: the lock goes with the process. A stack dropped here would be collected and
+        # its lock's finally run at once (the review of 2026-12-07: pop_all() alone released it).
+        HELD_UNTIL_EXIT.append(held.pop_all())
         return
     held.close()
 

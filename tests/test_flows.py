@@ -766,3 +766,34 @@ def test_a_retried_collect_leaves_one_download_progress_closed(harness, project,
     [progress] = artifacts_of(state.state_details.flow_run_id)[PROGRESS_KEY]
     assert re.fullmatch(r"collect failed at 0 of ~\d+ downloads \(run Failed\)", progress.description), \
         progress.description
+
+
+def test_a_stopping_run_keeps_the_lock_while_a_submitted_task_still_runs(tmp_path, monkeypatch):
+    """runtime.let_go: a task still running after the wait keeps the data root's lock until the process
+    ends. The first version dropped the popped stack, and collecting it released the lock at once (the
+    review of 2026-12-07); a task that ended lets it go."""
+    import gc
+    import logging
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from contextlib import ExitStack
+    from types import SimpleNamespace
+    from flows import runtime
+    from mlc_pipeline.locking import data_root_lock, lock_is_held
+    monkeypatch.setattr(runtime, "TASK_END_WAIT_S", 0.5)
+    release, pool = threading.Event(), ThreadPoolExecutor(2)
+    try:
+        for ends in (False, True):
+            root = tmp_path / f"data-{ends}"
+            held = ExitStack()
+            held.enter_context(data_root_lock(root, "collect-and-train"))
+            running = SimpleNamespace(wrapped_future=pool.submit(release.wait if not ends else lambda: None))
+            runtime.let_go(held, [running], logging.getLogger("test"))
+            gc.collect()
+            assert lock_is_held(root) is not ends, ends
+        release.set()
+    finally:
+        release.set()
+        pool.shutdown()
+        while runtime.HELD_UNTIL_EXIT:
+            runtime.HELD_UNTIL_EXIT.pop().close()
