@@ -177,11 +177,15 @@ def finish(db, ends: Path | None, run_id: str, status: str, summary: dict | None
                    (time.time(), status, text, run_id))
     except CatalogFull:
         end = json.dumps([status, text]).encode()
-        if len(end) > END_BYTES:        # a long summary: its error line is what matters
-            end = json.dumps([status, json.dumps({"error": (summary or {}).get("error", "")[:1500]})]).encode()
-        if ends is not None and (ends / f"{run_id}.end").exists():
-            with open(ends / f"{run_id}.end", "r+b") as f:
-                f.write(end.ljust(END_BYTES))
+        if len(end) > END_BYTES:        # a long summary: its error line is what matters (escaped, it can grow)
+            end = json.dumps([status, json.dumps({"error": str((summary or {}).get("error", ""))[:500]})]).encode()
+        if ends is not None and (ends / f"{run_id}.end").exists() and len(end) <= END_BYTES:
+            try:
+                with open(ends / f"{run_id}.end", "r+b") as f:
+                    f.write(end.ljust(END_BYTES))
+            except OSError as exc:      # a copy-on-write disk may refuse even this: the full catalog's line stays
+                log.warning("run %s's end record could not be kept in %s (%s): the next command records it "
+                            "as crashed", run_id, ends, exc)
         raise
     forget_end(ends, run_id)
 
@@ -199,10 +203,14 @@ def left_end(ends: Path | None, run_id: str) -> tuple[str, str] | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     try:
-        return tuple(json.loads(text)) if text else None
-    except ValueError:      # not what `finish` writes: the run is `crashed`, and the file said so
-        log.warning("%s: not a run's end record (%r...): run %s recorded as %s", ends, text[:40], run_id, CRASHED)
-        return None
+        end = json.loads(text) if text else None
+    except ValueError:
+        end = text
+    if end is None or (isinstance(end, list) and len(end) == 2 and all(isinstance(x, str) for x in end)):
+        return tuple(end) if end else None
+    # not what `finish` writes: the run is `crashed`, and the file said so
+    log.warning("%s: not a run's end record (%r...): run %s recorded as %s", ends, text[:40], run_id, CRASHED)
+    return None
 
 
 def fail_completed(db, run_ids: list[str], error: str) -> list[str]:

@@ -265,3 +265,16 @@ def test_a_run_starts_when_no_room_can_be_kept_for_its_end_record(tmp_path, capl
         assert c.runs()[0]["status"] == "completed"
     assert "no room kept for run" in caplog.text and (tmp_path / "runs").read_text() == "not a folder"
     assert runs.left_end(tmp_path / "runs", run_id) is None     # a killed run's next writer: no end left
+
+
+def test_an_end_record_of_another_shape_is_no_end_and_breaks_no_command(tmp_path, caplog):
+    """runs.left_end: JSON that is not [status, summary] (a file edited by hand, another tool's) made
+    every writer's catalog open fail (the review of 2026-12-07); it is said and the run is crashed."""
+    ends = tmp_path / "runs"
+    ends.mkdir()
+    for text in ("{}", "[]", '["failed"]', "[1, 2]", "not json"):
+        (ends / "r.end").write_text(text)
+        assert runs.left_end(ends, "r") is None, text
+    assert caplog.text.count("not a run's end record") == 5
+    (ends / "r.end").write_text('["failed", "{\\"error\\": \\"disk full\\"}"]' + " " * 100)
+    assert runs.left_end(ends, "r") == ("failed", '{"error": "disk full"}')
