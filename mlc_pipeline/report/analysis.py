@@ -235,6 +235,7 @@ def analysis_section(bundle_dir: str | Path) -> str:
     wrong = wrong_answers(s)
     shown = wrong[:TOP_LOSSES]
     heading = (f"the {len(shown)} of its {len(wrong)} wrong answers furthest from right" if len(wrong) > TOP_LOSSES
+               else "none: every test image is answered right" if not wrong
                else f"all {len(wrong)} test images it answers wrong" + (f" (fewer than {TOP_LOSSES})" if len(wrong) < TOP_LOSSES else ""))
     parts += [f"<h3 id='top-losses'>Wrong answers: {heading}</h3>",
               "<p>Wrong: at the thresholds in use (the bundle's, as <code>mlc predict</code> decides), a class "
