@@ -111,15 +111,21 @@ UNPUBLISHED = ".unpublished-"    # datasets/<name>/.unpublished-vN-<time>: a cac
 REBUILD = "run `mlc build` again, which builds the next version from the catalog"
 
 
-def set_aside(cfg: Config, version: str) -> str:
+def set_aside(cfg: Config, version: str, repoint: bool = True) -> str:
     """The cache's own `version`, which the store will not take (another build holds that name there),
     renamed out of the versions and kept: "it is kept aside as <folder> ...". Left in place, every rerun
     met it again until the user moved it by hand (the beyond28 audit); the next build numbers past it,
-    from the catalog, and the next fetch brings the store's version of that name."""
-    root = cfg.layout.datasets
+    from the catalog, and the next fetch brings the store's version of that name (`repoint`: False where
+    that fetch follows at once, so `latest` stays on the name). A rename that fails is its own line."""
+    root, folder = cfg.layout.datasets, cfg.layout.version(version)
     aside = root / f"{UNPUBLISHED}{version}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-    os.rename(cfg.layout.version(version), aside)
-    repoint_latest(root, version)
+    try:
+        os.rename(folder, aside)
+    except OSError as exc:
+        raise ObjectStoreError(f"this cache's {version} is not the store's and is not published; it could not be "
+                               f"set aside ({exc}): move {folder} aside by hand, then rerun") from None
+    if repoint:
+        repoint_latest(root, version)
     return f"it is kept aside as {aside} (delete it when you no longer need it)"
 
 
@@ -159,7 +165,7 @@ def pull_version(store: Store, cfg: Config, version: str | None = None) -> str |
     had = (folder / VERSION_META).exists()
     if had and version_meta(folder).get("fingerprint") != marker.get("fingerprint"):
         log.warning("the cache's %s is not the version %s/%s holds (built here but never published?): %s; the "
-                    "store's is fetched", version, store.url, key, set_aside(cfg, version))
+                    "store's is fetched", version, store.url, key, set_aside(cfg, version, repoint=False))
         had = False
     if pull_folder(store, key, folder, marker):
         log.info("dataset %s %s fetched from %s", cfg.build.name, version, store.url)

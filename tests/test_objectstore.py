@@ -241,7 +241,9 @@ def test_two_builds_of_one_version_number_never_both_publish(published, s3_serve
     theirs = other.layout.version(new)
     shutil.copytree(mine, theirs)
     (theirs / "dataset.json").write_text(json.dumps({**meta, "version": new, "fingerprint": "a third build"}))
+    (other.layout.datasets / "LATEST").write_text(f"{new}\n")
     assert sync.pull_version(store(other), other, new) == new
+    assert (other.layout.datasets / "LATEST").read_text().strip() == new      # the store's, fetched at once
     assert json.loads((theirs / "dataset.json").read_text())["fingerprint"] == "this machine's"
     aside, = other.layout.datasets.glob(f".unpublished-{new}-*")
     assert json.loads((aside / "dataset.json").read_text())["fingerprint"] == "a third build"
