@@ -137,7 +137,7 @@ class FitToBudget(Callback):
         return {"max_minutes": max_minutes, "epochs_planned": self.planned, "epochs_trained": self.epochs,
                 "stages": [dict(s) for s in self.stages],
                 "epoch_seconds": None if self.epoch_seconds is None else round(self.epoch_seconds, 2),
-                "over_seconds": round(self.over_seconds, 1)}
+                "over_seconds": round(self.over_seconds, 2)}
 
     def trained(self) -> str:
         """'10 of 38 epochs'; after fine_tune's frozen fit, '1 frozen epoch, then 2 of 6 unfrozen epochs'."""
