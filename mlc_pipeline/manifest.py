@@ -131,10 +131,16 @@ def withdrawn_versions(root: Path) -> dict[str, dict]:
     return out
 
 
+def withdrawal(root: Path, version: str | None) -> dict | None:
+    """`mlc withdraw`'s record of `version` under `root` (when, fingerprint, reason), None when it was not
+    withdrawn: each command that finds a version withdrawn words it its own way from this one record."""
+    return withdrawn_versions(root).get(version) if version else None
+
+
 def withdrawn_meanwhile(root: Path, version: str) -> str | None:
     """What to say of a version a reader found gone or half-deleted, when `mlc withdraw` took it (its
     name is in the ledger before its folder goes): None when it was not withdrawn."""
-    gone = withdrawn_versions(root).get(version)
+    gone = withdrawal(root, version)
     if gone is None:
         return None
     return (f"dataset version {version} was withdrawn ({gone['at']}: {gone['reason'] or 'no reason given'}) "
@@ -193,7 +199,7 @@ def resolve_version(root: Path, spec: str | None) -> str:
         raise UnknownVersion(f"no dataset version under {root} yet: run `mlc build` first")
     number = re.fullmatch(r"\s*(?:v|version)?\s*(\d+)\s*", spec, re.IGNORECASE)
     meant = f"v{int(number.group(1))}" if number else None
-    if (gone := withdrawn_versions(root).get(meant)) is not None:        # "v2", and "2" or "V2" meaning it
+    if (gone := withdrawal(root, meant)) is not None:        # "v2", and "2" or "V2" meaning it
         raise UnknownVersion(f"dataset version {meant} was withdrawn ({gone['at']}: {gone['reason'] or 'no reason given'}"
                              f"); versions: {listed}")
     hint = f" (did you mean {meant}?)" if meant in have else ""

@@ -44,7 +44,7 @@ from mlc_pipeline.dataset.card import attribution, table_cell
 from mlc_pipeline.dataset.takedowns import Takedowns, held_words
 from mlc_pipeline.dataset.verify import verified_version
 from mlc_pipeline.fsutil import errors_name, pid_alive
-from mlc_pipeline.manifest import EXPORT_MARKER, resolve_version, spreadsheet_safe, withdrawn_versions
+from mlc_pipeline.manifest import EXPORT_MARKER, resolve_version, spreadsheet_safe, withdrawal
 
 FORMATS = ("imagefolder", "hf", "webdataset", "fiftyone")
 OTHER_FOLDER = "other"               # images of none of the classes
@@ -182,7 +182,7 @@ def refuse_withdrawn(version_dir: Path, out: Path) -> None:
     """ExportError when the version was withdrawn (its ledger names it: `mlc withdraw` writes that before it
     deletes the folder) or its folder is gone, while it was being exported: `mlc withdraw` waits for no
     export, and wins (the concurrency28 audit: a FileNotFoundError traceback mid-copy)."""
-    withdrawn = withdrawn_versions(version_dir.parent).get(version_dir.name)
+    withdrawn = withdrawal(version_dir.parent, version_dir.name)
     if withdrawn is None and (version_dir / "dataset.json").is_file():
         return
     what = f"withdrawn ({withdrawn['reason']})" if withdrawn else "deleted"
