@@ -170,22 +170,35 @@ def record_shipped(cfg: Config, model: dict, key: dict) -> None:
         {"shipped": model["bundle"], "dataset_version": model["dataset_version"], "trained_with": key}, indent=2))
 
 
-def shipped_with(cfg: Config, key: dict) -> tuple[str | None, Path] | None:
-    """(the dataset version it counts for, the LATEST bundle) when a run shipped the model
-    models/LATEST names (not promoted by hand since), trained with `round0_key` `key`; else None.
-    What a run shipped is `record_shipped`'s record; in a data root no run has written one in yet,
-    reports/latest.json (its rounds give the version)."""
+def shipped_record(cfg: Config, *, older: bool = False, say: bool = True) -> tuple[dict, Path] | None:
+    """(what a run recorded it shipped, the LATEST bundle) when the record is an object whose "shipped"
+    is the bundle models/LATEST names (not promoted by hand since); else None. The record is
+    `record_shipped`'s; with `older`, in a data root no run has written one in yet, reports/latest.json.
+    An unreadable record is None too, said as a warning unless `say` is False (a caller after another
+    that said it). The one reader of these records: `shipped_with` and `replaced_without_comparison`."""
     bundle = latest_bundle(cfg.layout.models)
-    report = next((p for p in (cfg.layout.reports / n for n in (SHIPPED_RECORD, "latest.json")) if p.is_file()), None)
+    names = (SHIPPED_RECORD, "latest.json") if older else (SHIPPED_RECORD,)
+    report = next((p for p in (cfg.layout.reports / n for n in names) if p.is_file()), None)
     if bundle is None or report is None:
         return None
     try:
         last = json.loads(report.read_text())
     except ValueError as exc:
-        log.warning("%s unreadable (%s): round 0 trains and ships as before", report, exc)
+        if say:
+            log.warning("%s unreadable (%s): round 0 trains and ships as before", report, exc)
         return None
-    if not isinstance(last, dict) or last.get("trained_with") != key or last.get("shipped") != bundle.name:
+    return (last, bundle) if isinstance(last, dict) and last.get("shipped") == bundle.name else None
+
+
+def shipped_with(cfg: Config, key: dict) -> tuple[str | None, Path] | None:
+    """(the dataset version it counts for, the LATEST bundle) when a run shipped the model
+    models/LATEST names (not promoted by hand since), trained with `round0_key` `key`; else None.
+    What a run shipped is `record_shipped`'s record; in a data root no run has written one in yet,
+    reports/latest.json (its rounds give the version)."""
+    shipped = shipped_record(cfg, older=True)
+    if shipped is None or shipped[0].get("trained_with") != key:
         return None
+    last, bundle = shipped
     if "dataset_version" in last:
         return last["dataset_version"], bundle
     rounds = [r for r in last.get("rounds", []) if isinstance(r, dict) and r.get("bundle") == bundle.name]
@@ -197,15 +210,10 @@ def replaced_without_comparison(cfg: Config, key: dict) -> str | None:
     trained with another `round0_key` (other settings, weights or code: the user's new choice, so not
     compared). A one-epoch look on the main job's data root silently replaced a far better model (the
     dayone28 audit); the line names what differs and the way back. None otherwise."""
-    bundle = latest_bundle(cfg.layout.models)
-    record = cfg.layout.reports / SHIPPED_RECORD
-    if bundle is None or not record.is_file():
+    shipped = shipped_record(cfg, say=False)        # unreadable: shipped_with said so before this
+    if shipped is None:
         return None
-    try:
-        last = json.loads(record.read_text())
-    except ValueError:
-        return None         # shipped_with says it, when it reads the record
-    before = last.get("trained_with") if isinstance(last, dict) and last.get("shipped") == bundle.name else None
+    before, bundle = shipped[0].get("trained_with"), shipped[1]
     if not isinstance(before, dict) or before == key:
         return None
     changed = sorted(f"train.{k}" for k in set(key["train"]) | set(before.get("train") or {})

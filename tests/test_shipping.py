@@ -69,6 +69,17 @@ def fingerprint_here() -> str:
         return shipping.training_code_fingerprint()
 
 
+def latest_is_model_1(tmp_path):
+    """A data root whose models/LATEST names the bundle model-1, with a reports folder: (the config,
+    the bundle, its round0_key)."""
+    cfg = config(tmp_path / "data")
+    bundle = cfg.layout.models / "model-1"
+    bundle.mkdir(parents=True)
+    (cfg.layout.models / "LATEST").write_text("model-1\n")
+    cfg.layout.reports.mkdir(parents=True)
+    return cfg, bundle, shipping.round0_key(cfg)
+
+
 @pytest.mark.parametrize("meta_text, incumbent", [
     (json.dumps({"classes": ["a"]}), True),             # a whole bundle of the config's classes
     (json.dumps({"classes": ["b"]}), False),            # other classes: not the one to beat
@@ -77,15 +88,52 @@ def fingerprint_here() -> str:
 def test_the_incumbent_is_a_bundle_whose_bundle_json_names_the_classes(tmp_path, meta_text, incumbent):
     """The shipped LATEST is the model a new round 0 must beat only when its bundle.json is an object
     naming the config's classes; any other bundle.json makes round 0 ship as before, with no crash."""
-    cfg = config(tmp_path / "data")
-    bundle = cfg.layout.models / "model-1"
-    bundle.mkdir(parents=True)
+    cfg, bundle, key = latest_is_model_1(tmp_path)
     (bundle / "bundle.json").write_text(meta_text)
-    (cfg.layout.models / "LATEST").write_text("model-1\n")
-    key = shipping.round0_key(cfg)
-    cfg.layout.reports.mkdir(parents=True)
     (cfg.layout.reports / "latest.json").write_text(json.dumps({"trained_with": key, "shipped": "model-1"}))
     assert shipping.incumbent_model(cfg, key) == (bundle if incumbent else None)
+
+
+OTHER_EPOCHS = {"epochs": -1}       # trained_with another round0_key: train.epochs differs
+
+
+@pytest.mark.parametrize("record, reused, replaced", [
+    ({"shipped": "model-1", "dataset_version": "v1"}, True, False),   # shipped with this key: reused, compared
+    ({"shipped": "model-1", "dataset_version": "v1", "other": OTHER_EPOCHS}, False, True),  # other settings
+    ({"shipped": "model-0", "dataset_version": "v1", "other": OTHER_EPOCHS}, False, False),  # LATEST by hand
+    ({"shipped": "model-1", "dataset_version": "v1", "trained_with": "k"}, False, False),  # no key of a run
+    ("[]", False, False), ("null", False, False), ('"model-1"', False, False),  # JSON, but no object
+    ("{not json", False, False), ("", False, False)])
+def test_one_reader_of_the_shipped_record_for_reuse_and_for_the_replaced_line(tmp_path, caplog, record, reused,
+                                                                                  replaced):
+    """reports/shipped.json is read once, by `shipped_record`, for both `shipped_with` (round 0 reused or
+    compared) and `replaced_without_comparison` (round 0 replaces LATEST unsaid): the same record, the
+    same shape checks, and an unreadable record said once, by `shipped_with`."""
+    cfg, bundle, key = latest_is_model_1(tmp_path)
+    if isinstance(record, dict):
+        other = record.get("other")
+        record = json.dumps({"trained_with": {**key, "train": {**key["train"], **other}} if other else key,
+                             **{k: v for k, v in record.items() if k != "other"}})
+    (cfg.layout.reports / shipping.SHIPPED_RECORD).write_text(record)
+    assert shipping.shipped_with(cfg, key) == (("v1", bundle) if reused else None)
+    said = shipping.replaced_without_comparison(cfg, key)
+    assert (said == "round 0 is trained with other settings than the shipped model model-1 (train.epochs differ): "
+            "it replaces models/LATEST without a comparison; `mlc promote model-1` puts it back") if replaced else \
+        said is None
+    assert caplog.text.count("unreadable") == (record in ("{not json", ""))
+
+
+def test_the_replaced_line_reads_the_shipped_record_alone_and_reuse_falls_back_to_latest_json(tmp_path):
+    """In a data root no run has written shipped.json in yet, reports/latest.json says what was shipped
+    for reuse (`shipped_with`, its rounds give the version); the replaced line is said from shipped.json
+    alone, as before the one reader."""
+    cfg, bundle, key = latest_is_model_1(tmp_path)
+    rounds = [{"bundle": "model-1", "dataset_version": "v3"}]
+    (cfg.layout.reports / "latest.json").write_text(json.dumps({"trained_with": key, "shipped": "model-1",
+                                                                "rounds": rounds}))
+    assert shipping.shipped_with(cfg, key) == ("v3", bundle)
+    other = {**key, "train": {**key["train"], **OTHER_EPOCHS}}
+    assert shipping.shipped_with(cfg, other) is None and shipping.replaced_without_comparison(cfg, other) is None
 
 
 def test_the_modules_left_out_of_the_fingerprint_are_not_imported_by_training():
