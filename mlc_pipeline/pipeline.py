@@ -208,7 +208,8 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
         ds = stages.build(cfg)
     publish(cfg)
     with stages.stage("train"):
-        shipped = last_shipped_model(cfg, ds, round0_key(cfg))
+        key = round0_key(cfg)           # hashes model/*.py: once for the three questions before training
+        shipped = last_shipped_model(cfg, ds, key)
         if shipped is not None:         # nothing round 0 learns from changed: mining goes on from it
             same = (ds["version"] if shipped["dataset_version"] == ds["version"] else
                     f"{ds['version']} (the images, labels and splits of {shipped['dataset_version']})")
@@ -217,13 +218,15 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
             log.info("%s", out.reused)
             model = stages.reuse(cfg, shipped)
         else:
-            incumbent = incumbent_model(cfg, round0_key(cfg))
-            if incumbent is None and (why := replaced_without_comparison(cfg, round0_key(cfg))):
+            incumbent = incumbent_model(cfg, key)
+            if incumbent is None and (why := replaced_without_comparison(cfg, key)):
                 log.warning("%s", why)
             model = stages.train(cfg, ds["path"], 0, publish=incumbent is None)
             if incumbent is not None:
                 model = shipped_or_new(cfg, stages, incumbent, ds, model, out)
-    out.trained_with = round0_key(cfg)      # after training: weights it downloaded are at hand now
+    # Computed again on purpose, not `key`: a training may have downloaded ImageNet weights meanwhile,
+    # and the record must say they are at hand now (else the next run trains round 0 again for them).
+    out.trained_with = round0_key(cfg)
     record_shipped(cfg, model, out.trained_with)     # LATEST names it now: stopped later, a rerun reuses it
     publish(cfg)
     out.rounds.append(record(0, model["dataset_version"], model["bundle"], model["metrics"]))
