@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from mlc_pipeline.config import Config, ConfigError
 from mlc_pipeline.locking import data_root_lock
-from mlc_pipeline.manifest import read_export_markers, resolve_version, versions, withdrawn_versions
+from mlc_pipeline.manifest import read_export_markers, resolve_version, versions, withdrawal, withdrawn_versions
 from mlc_pipeline.objectstore import store_errors, store_of
 from mlc_pipeline.storeversions import drop_withdrawn, remote_versions, remote_withdrawn, withdraw_in_store
 from mlc_pipeline.withdrawal import withdraw_folder
@@ -61,7 +61,7 @@ def withdraw_version(cfg: Config, version: str, reason: str, wait: bool = True) 
                 known = set(remote_versions(store, cfg)) | set(remote_withdrawn(store, cfg))
                 if version in known:
                     in_store = withdraw_in_store(store, cfg, version, reason)
-        before = withdrawn_versions(root).get(version)
+        before = withdrawal(root, version)
         if version not in versions(root) and before is None and in_store is None:
             resolve_version(root, version)          # the one answer to a wrong name: UnknownVersion
         files = withdraw_folder(root, version, reason)
