@@ -1,7 +1,9 @@
 """The model report's error analysis (report/analysis.py): computed from the per-image scores a
 trained bundle carries, checked against the metrics training recorded and against hand counts."""
 
+import csv
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -127,13 +129,18 @@ def with_thresholds(bundle: Path, tmp_path: Path, change) -> Path:
     return copy
 
 
+def by_hand_logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
 def wrong_at(s, thresholds):
-    """By hand: {test row: its largest distance to the threshold of a column decided wrongly}."""
+    """By hand: {test row: its largest distance in logits to the threshold of a column decided wrongly}."""
     out = {}
     for i in np.flatnonzero(~s.probe):
         for j in s.real:
             if (s.probs[i, j] >= thresholds[j]) != bool(s.truth[i, j]):
-                out[i] = max(out.get(i, 0.0), abs(s.probs[i, j] - thresholds[j]))
+                out[i] = max(out.get(i, 0.0), abs(by_hand_logit(s.probs[i, j]) - by_hand_logit(thresholds[j])))
     return out
 
 
@@ -166,6 +173,59 @@ def test_top_losses_are_the_images_answered_wrong_at_the_bundles_thresholds(trai
     assert (f"the {TOP_LOSSES} of its {len(expected)} wrong answers" if len(expected) > TOP_LOSSES
             else f"all {len(expected)} test images it answers wrong") in section
     assert "Wrong: at the thresholds in use" in section
+
+
+def test_wrong_answers_rank_by_logits_so_a_miss_near_saturation_is_not_last(trained_shapes_bundle, tmp_path):
+    """Ranked by the raw score's distance from the threshold, a blue image missed at 0.9721 under a
+    threshold of 0.9996 (0.0275 short) came after a red one missed at 0.30 under 0.5 (0.20 short),
+    though it is the worse confusion: 4.27 logits from right, that one 0.85."""
+    _, bundle = trained_shapes_bundle
+    s = load_scored(bundle)
+    b, r = s.real
+    copy = with_thresholds(bundle, tmp_path, lambda t, _: [0.9996 if k == b else 0.5 for k in range(len(t))])
+    with open(copy / SCORES_FILE, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:        # every image answered right, near saturation ...
+        labels = set() if row["split"] == "probe" else set(row["labels"].split())
+        row.update({SCORE_PREFIX + v: "0.99999" if v in labels else "0.00001" for v in s.vocab})
+    alone = lambda j: next(k for k, row in enumerate(rows) if row["split"] == "test" and row["labels"] == s.vocab[j])  # noqa: E731
+    blue, red = alone(b), alone(r)
+    rows[blue][SCORE_PREFIX + s.vocab[b]], rows[red][SCORE_PREFIX + s.vocab[r]] = "0.9721", "0.3"   # ... but two
+    with open(copy / SCORES_FILE, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    got = wrong_answers(load_scored(copy))
+    assert [(i, j) for i, j, _ in got] == [(blue, b), (red, r)]
+    assert [d for *_, d in got] == pytest.approx([4.2728, 0.8473], abs=1e-4)
+    page = analysis_section(copy)
+    section = page[page.index("id='top-losses'"):page.index("id='unknowns-accepted'")]
+    assert re.findall(r"<figcaption>(.*?)</figcaption>", section) == [
+        f"{s.vocab[b]} → none · missed {s.vocab[b]}: 0.9721 &lt; threshold 0.9996, 4.27 logits off",
+        f"{s.vocab[r]} → none · missed {s.vocab[r]}: 0.30 &lt; threshold 0.500, 0.85 logits off"]
+
+
+def test_a_softmax_models_wrong_answers_rank_by_the_log_ratio_to_the_best_other_score(trained_shapes_bundle):
+    """Softmax flips where another column scores higher: a red image scored red 0.10 against blue
+    0.46 (0.36 short, log(0.46/0.10) = 1.53 in the network's outputs) is further from right than a
+    blue image scored 0.25 against red 0.70 (0.45 short, but log(0.70/0.25) = 1.03)."""
+    import dataclasses
+    from mlc_pipeline.model.metrics import predict_matrix
+    from mlc_pipeline.report.analysis import wrong_note
+    s = load_scored(trained_shapes_bundle[1])
+    b, r = s.real
+    vocab = s.vocab + ["other"] if "other" not in s.vocab else s.vocab   # two columns alone rank alike
+    o = vocab.index("other")
+    probs, truth = np.zeros((2, len(vocab))), np.zeros((2, len(vocab)))
+    probs[0, [b, r, o]], probs[1, [b, r, o]], truth[0, b], truth[1, r] = (0.25, 0.70, 0.05), (0.46, 0.10, 0.44), 1, 1
+    meta = {**s.meta, "head": "softmax", "thresholds": None, "vocab": vocab}
+    soft = dataclasses.replace(s, rows=s.rows[:2], probs=probs, truth=truth, probe=np.zeros(2, bool), meta=meta,
+                               vocab=vocab, pred=predict_matrix(probs, None, vocab, "softmax"))
+    got = wrong_answers(soft)
+    assert [i for i, _, _ in got] == [1, 0]
+    assert [d for *_, d in got] == pytest.approx([math.log(0.46 / 0.10), math.log(0.70 / 0.25)])
+    assert wrong_note(soft, *got[0]) == f" · missed {s.vocab[r]}, by 0.36 (1.53 logits)"
+    assert wrong_note(soft, *got[1]) == f" · missed {s.vocab[b]}, by 0.45 (1.03 logits)"
 
 
 def test_the_analysis_section_has_its_parts(trained_shapes_bundle):
