@@ -36,10 +36,6 @@ CLAIM = ".claim"            # <folder>/.claim: the build that publishes the fold
 STALE_CLAIM_S = 6 * 3600    # a claim this old whose folder has no marker: its machine died mid-upload
 LOCAL_OPTIONS = {"auto_mkdir", "skip_instance_cache", "use_listings_cache", "listings_expiry_time", "max_paths"}
 MOVED = "catalog.moved"     # written by `mlc catalog migrate`: the SQLite catalog is no longer the store's
-# An S3 client's bounds, each replaced by the key of storage_options.config_kwargs: read_timeout waits for the
-# server once a request (a part's whole body) is sent; S3FS_TRIES x 2 tries of 20 s, not 5 x 5 of 15 s (beyond28)
-S3_CLIENT = {"connect_timeout": 10, "read_timeout": 20, "retries": {"total_max_attempts": 2, "mode": "standard"}}
-S3FS_TRIES = 2
 
 
 class ObjectStoreError(ConfigError):
@@ -52,11 +48,13 @@ class Store:
     def __init__(self, url: str, options: dict):
         import fsspec
         install_log_redaction()         # the store's credentials (AWS_*) masked in this process's logs
-        self.url = url
-        scheme, given = url.split(":", 1)[0], options.get("config_kwargs", {})
-        client = {"config_kwargs": {**S3_CLIENT, **given}} if scheme in ("s3", "s3a") and isinstance(given, dict) else {}
+        self.url, scheme = url, url.split(":", 1)[0]
         try:
-            self.fs, self.base = fsspec.core.url_to_fs(url, **{**options, **client})
+            if scheme in ("s3", "s3a"):     # the client's bounds, on an instance of this project's own
+                from mlc_pipeline.s3client import open_s3
+                self.fs, self.base = open_s3(url, options)
+            else:
+                self.fs, self.base = fsspec.core.url_to_fs(url, **options)
         except ImportError as exc:
             raise ObjectStoreError(f"data_dir {url}: {exc} (install the extra: pip install 'mlc-pipeline[s3]')") from None
         except ValueError as exc:       # fsspec: "Protocol not known: s4"
@@ -74,8 +72,6 @@ class Store:
             raise ObjectStoreError(f"data_dir {url}: a file:// store does not take storage_options {unknown}; it "
                                    f"takes {sorted(LOCAL_OPTIONS)} (auto_mkdir: true creates parent folders)")
         self.fs.invalidate_cache()      # fsspec reuses instances: never trust another command's listings
-        if client:
-            self.fs.retries = S3FS_TRIES
         collect_abandoned_requests(getattr(self.fs, "loop", None))
 
     def check(self) -> None:
@@ -97,8 +93,9 @@ class Store:
                                    f"(s3: endpoint_url, client_kwargs: {{region_name: ...}}; docs/orchestration.md)") from None
         except ReadTimeoutError:        # a stalled gateway: it connects, then says nothing (beyond28)
             raise ObjectStoreError(f"data_dir {self.url}: the object store at {endpoint} accepted the connection but did not "
-                                   f"answer in {self.fs.s3.meta.config.read_timeout} s, tried again too (storage_options."
-                                   f"config_kwargs sets read_timeout and retries: docs/orchestration.md)") from None
+                                   f"answer in {self.fs.s3.meta.config.read_timeout} s, tried again too (storage_options: "
+                                   f"config_kwargs sets read_timeout and retries, s3fs_retries s3fs's tries: "
+                                   f"docs/orchestration.md)") from None
         except Unreachable as exc:      # refused credentials and the like pass on: store_errors says them
             raise ObjectStoreError(f"data_dir {self.url}: cannot reach the object store at {endpoint} "
                                    f"({why(exc)})") from None

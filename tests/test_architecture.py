@@ -24,7 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "mlc_pipeline"
 CORE = {"config", "config_checks", "config_messages", "catalog_address", "layout", "fsutil", "manifest", "imageformat", "images", "locking", "secrets", "catalog",
-        "executor", "objectstore", "sync", "publishing", "storefiles", "storemodels", "storereports", "storestate",
+        "executor", "objectstore", "s3client", "sync", "publishing", "storefiles", "storemodels", "storereports", "storestate",
         "storeversions", "withdrawal", "progress", "rounds", "interrupts"}
 STAGES = {"collect", "curate", "dataset", "model", "report"}
 TOP = {"pipeline", "shipping", "cli", "commands", "model_commands", "catalog_commands"}

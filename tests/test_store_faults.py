@@ -12,6 +12,8 @@ import struct
 import subprocess
 import threading
 import time
+from types import SimpleNamespace
+from typing import Callable
 
 import pytest
 import yaml
@@ -136,7 +138,7 @@ def test_a_store_that_accepts_and_never_answers_ends_in_one_line_soon(s3_server,
     """With only read_timeout set by the user (1 s), mlc's bounded retries apply: ~4 tries, not s3fs's 5
     times botocore's 5 (over a minute at 1 s; ~7 minutes at the 15 s default). And a user who sets
     nothing gets bounded defaults on the client itself."""
-    from mlc_pipeline import objectstore
+    from mlc_pipeline import objectstore, s3client
     silent = SilentServer()
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump({
@@ -158,8 +160,114 @@ def test_a_store_that_accepts_and_never_answers_ends_in_one_line_soon(s3_server,
     assert "config_kwargs" in lines[0], lines[0]
     assert took < 25, f"{took:.0f} s before the line"
     # the defaults a user gets with no config_kwargs, and what a user's key replaces: on the client itself
-    for given, read_timeout in (({}, objectstore.S3_CLIENT["read_timeout"]), ({"read_timeout": 300}, 300)):
+    for given, read_timeout in (({}, s3client.S3_CLIENT["read_timeout"]), ({"read_timeout": 300}, 300)):
         fs = objectstore.Store("s3://mlc-stalled/p", {"endpoint_url": s3_server, "config_kwargs": given}).fs
         config_ = fs.connect().meta.config
-        assert (config_.read_timeout, config_.connect_timeout) == (read_timeout, objectstore.S3_CLIENT["connect_timeout"])
-        assert config_.retries == objectstore.S3_CLIENT["retries"] and fs.retries == objectstore.S3FS_TRIES
+        assert (config_.read_timeout, config_.connect_timeout) == (read_timeout, s3client.S3_CLIENT["connect_timeout"])
+        assert config_.retries == s3client.S3_CLIENT["retries"] and fs.retries == s3client.S3FS_TRIES
+
+
+SLOW_DOWN = b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+SLOW_DOWN_BODY = b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+
+
+def pipe(src: socket.socket, dst: socket.socket, seen: Callable[[bytes], None] = lambda data: None) -> None:
+    """Bytes from `src` to `dst` (each chunk shown to `seen` first) until either side closes; then both closed."""
+    try:
+        while data := src.recv(65536):
+            seen(data)
+            dst.sendall(data)
+    except OSError:                 # the other direction closed both
+        pass
+    for s in (src, dst):
+        s.close()
+
+
+class Front:
+    """Loopback front to the S3 server on `port`, with a connection to it for each of its own; each chunk
+    of a request and of an answer is shown to `request` and `answer` (with the connection's namespace)
+    before it passes. One that raises an OSError closes the connection."""
+
+    def __init__(self, port: int):
+        self.port, self.lock = port, threading.Lock()
+        self.server = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.address = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:         # closed
+                return
+            conn = SimpleNamespace(client=client, upstream=socket.create_connection(("127.0.0.1", self.port)))
+            threading.Thread(target=pipe, args=(client, conn.upstream, lambda data, c=conn: self.request(c, data)),
+                             daemon=True).start()
+            threading.Thread(target=pipe, args=(conn.upstream, client, lambda data, c=conn: self.answer(c, data)),
+                             daemon=True).start()
+
+    def request(self, conn: SimpleNamespace, data: bytes) -> None:
+        pass
+
+    def answer(self, conn: SimpleNamespace, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        self.server.close()
+
+
+class ThrottlingGateway(Front):
+    """Its first `throttled` GET requests are answered 503 SlowDown (S3's answer to a client over its
+    request rate), and their connection closed; the others pass to the server. (A client sends a
+    request only once the last answer is read, so nothing of the server's is in flight then.)"""
+
+    def __init__(self, port: int, throttled: int):
+        self.left, self.throttled, self.passed = throttled, 0, 0
+        super().__init__(port)
+
+    def request(self, conn: SimpleNamespace, data: bytes) -> None:
+        if not data.startswith(b"GET "):
+            return
+        with self.lock:
+            throttle = self.left > 0
+            self.left, self.throttled, self.passed = self.left - throttle, self.throttled + throttle, self.passed + (not throttle)
+        if throttle:
+            conn.client.sendall(SLOW_DOWN % (len(SLOW_DOWN_BODY), SLOW_DOWN_BODY))
+            raise ConnectionAbortedError("throttled")
+
+
+def test_s3fs_tries_are_the_users_to_set_and_each_store_keeps_its_own(s3_server):
+    """s3fs tries each call around botocore's tries, 2 times by mlc's choice; a gateway that throttles
+    (SlowDown) longer than that needs more, and until 2026-12-07 no option could give them (review28 #7).
+    They were also set on fsspec's cached S3FileSystem, which every S3 user in the process shares."""
+    import s3fs
+
+    from mlc_pipeline import objectstore, s3client
+    direct = s3fs.S3FileSystem(endpoint_url=s3_server)
+    direct.mkdir("mlc-throttled")
+    direct.pipe("mlc-throttled/p/x", b"hello")
+    port, url = int(s3_server.rsplit(":", 1)[1]), "s3://mlc-throttled/p"
+    no_botocore_retry = {"retries": {"total_max_attempts": 1}}     # s3fs's tries alone
+    gateway = ThrottlingGateway(port, throttled=2)
+    mlcs = objectstore.Store(url, {"endpoint_url": gateway.address, "config_kwargs": no_botocore_retry})
+    try:
+        with pytest.raises(OSError, match="reduce your request rate"):
+            mlcs.read_text("x")
+    finally:
+        gateway.close()
+    assert (gateway.throttled, gateway.passed, mlcs.fs.retries) == (2, 0, s3client.S3FS_TRIES)
+    # on the project's own instance: fsspec's shared S3FileSystem instances keep s3fs's default
+    assert all(fs.retries == s3fs.S3FileSystem.retries for fs in s3fs.S3FileSystem._cache.values())
+
+    gateway = ThrottlingGateway(port, throttled=2)
+    users = objectstore.Store(url, {"endpoint_url": gateway.address, "config_kwargs": no_botocore_retry,
+                                    "s3fs_retries": 3})
+    try:
+        assert users.read_text("x") == "hello"
+    finally:
+        gateway.close()
+    assert (gateway.throttled, gateway.passed) == (2, 1)
+    assert (mlcs.fs.retries, users.fs.retries) == (s3client.S3FS_TRIES, 3)     # each store keeps its own
+    with pytest.raises(objectstore.ObjectStoreError, match="s3fs_retries must be a whole number, 1 or more, not 'x'"):
+        objectstore.Store("s3://mlc-throttled/p", {"endpoint_url": s3_server, "s3fs_retries": "x"})
+
