@@ -7,6 +7,7 @@ once a given number of bytes went through it. An endpoint that accepts connectio
 from __future__ import annotations
 
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -271,3 +272,49 @@ def test_s3fs_tries_are_the_users_to_set_and_each_store_keeps_its_own(s3_server)
     with pytest.raises(objectstore.ObjectStoreError, match="s3fs_retries must be a whole number, 1 or more, not 'x'"):
         objectstore.Store("s3://mlc-throttled/p", {"endpoint_url": s3_server, "s3fs_retries": "x"})
 
+
+class SlowCompletion(Front):
+    """Holds each CompleteMultipartUpload's answer `delay` s (a gateway that joins the parts before it says
+    anything, and keeps nothing alive meanwhile)."""
+
+    def __init__(self, port: int, delay: float):
+        self.delay, self.held = delay, 0
+        super().__init__(port)
+
+    def request(self, conn: SimpleNamespace, data: bytes) -> None:
+        if re.match(rb"POST [^ ]*uploadId=", data):        # not UploadPart (PUT), not Abort (DELETE)
+            conn.completing = True
+
+    def answer(self, conn: SimpleNamespace, data: bytes) -> None:
+        if getattr(conn, "completing", False):
+            conn.completing = False
+            self.held += 1
+            time.sleep(self.delay)
+
+
+def test_a_slow_multipart_completion_is_waited_for_not_cut_by_read_timeout(s3_server, tmp_path):
+    """A large upload ends with CompleteMultipartUpload, whose answer can take minutes; a gateway that
+    sends nothing meanwhile had it cut by read_timeout (20 s), and the tries after it found the upload
+    completed and gone: `The specified upload does not exist` (review28 #7). It gets its own read timeout,
+    storage_options.complete_read_timeout (300 s). Here read_timeout is 1 s and the answer takes 3 s."""
+    import s3fs
+
+    from mlc_pipeline import objectstore
+    s3fs.S3FileSystem(endpoint_url=s3_server).mkdir("mlc-completing")
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(11 << 20))       # 3 parts of 5 MiB at most (S3's least, but for the last)
+    for complete_read_timeout in (None, 1):
+        gateway = SlowCompletion(int(s3_server.rsplit(":", 1)[1]), delay=3)
+        options = {"endpoint_url": gateway.address, "config_kwargs": {"read_timeout": 1}}
+        store = objectstore.Store("s3://mlc-completing/p", {**options, **(
+            {"complete_read_timeout": complete_read_timeout} if complete_read_timeout else {})})
+        try:
+            if complete_read_timeout is None:
+                store.fs.put_file(str(big), store.path("big.bin"), chunksize=5 << 20)
+                assert store.info("big.bin")["size"] == big.stat().st_size
+            else:       # the setting is what waits: at 1 s the answer is cut, and the tries after it fail
+                with pytest.raises(FileNotFoundError, match="upload does not exist"):
+                    store.fs.put_file(str(big), store.path("again.bin"), chunksize=5 << 20)
+        finally:
+            gateway.close()
+        assert gateway.held >= 1, "no completion went through the gateway: the test tests nothing"
