@@ -24,8 +24,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.artifacts import DATASET_SUMMARY_KEY, publish, write_stopped_summary
 from flows.progress import DownloadProgress, downloads_wanted, end_progress
-from flows.runtime import (CANCEL_TO_STOP, DEFAULT_CONFIG, flickr_slot, let_go, library_logs_in_run,
-                           retry_condition, task_runner)
+from flows.runtime import (CANCEL_TO_STOP, DEFAULT_CONFIG, fixed_by_hand, flickr_slot, let_go,
+                           library_logs_in_run, retry_condition, task_runner)
 from mlc_pipeline.config import Config, ConfigError, load_config
 from mlc_pipeline.locking import data_root_lock
 from mlc_pipeline.model.options import check_train_settings
@@ -173,14 +173,6 @@ def flow_run_name() -> str:
         return "?"
 
 
-def fixed_by_hand(exc: BaseException) -> bool:
-    """A failure no rerun gets past: a config or key a user must correct."""
-    from mlc_pipeline.collect.flickr import InvalidKeyError
-    from mlc_pipeline.locking import ReadOnlyDataRoot
-    from mlc_pipeline.secrets import MissingCredentials
-    return isinstance(exc, (ConfigError, InvalidKeyError, MissingCredentials, ReadOnlyDataRoot))
-
-
 class Run:
     """What a flow run did so far: the stages' results, for the artifacts and the return value."""
 
@@ -191,7 +183,7 @@ class Run:
         self.cfg: Config | None = None
         self.stage = "config"
         self.held = ExitStack()
-        self.futures: list = []         # the tasks submitted to the task runner (see release)
+        self.futures: list = []         # (task, future) of each task submitted to the runner (see release)
 
     def hold_data_root(self, cfg: Config) -> None:
         """The data root's write lock, for the whole run: a manual `mlc` command or another flow run
@@ -203,7 +195,8 @@ class Run:
 
     def release(self) -> None:
         """The data root's lock let go once nothing this run started can write there (runtime.let_go)."""
-        let_go(self.held, self.futures, get_run_logger())
+        why = f"stage '{self.stage}' failed" if self.data["status"] == "Failed" else "the flow run was stopped"
+        let_go(self.held, self.futures, get_run_logger(), why)
 
     def fail(self, exc: BaseException) -> StageFailed:
         from mlc_pipeline.secrets import redact
@@ -255,7 +248,7 @@ class TaskStages(Stages):
 
     def submit(self, stage_task, *args):
         future = stage_task.submit(*args)
-        self.run.futures.append(future)         # waited for before the lock is let go (Run.release)
+        self.run.futures.append((stage_task, future))   # waited for before the lock is let go (Run.release)
         return future
 
     def collect(self, cfg: Config) -> dict:

@@ -155,20 +155,23 @@ TASK_END_WAIT_S = 20.0
 HELD_UNTIL_EXIT: list[ExitStack] = []      # locks a stopping run could not let go (let_go)
 
 
-def let_go(held: ExitStack, futures: list, logger) -> None:
+def let_go(held: ExitStack, submitted: list, logger, why: str = "the flow run stopped") -> None:
     """Let the data root's lock (`held`) go once nothing the run started can write there any more.
 
     Stage tasks run in the flow's own thread (collect_and_train.TaskStages.call), so they have ended by
-    now. A task submitted to the runner (`futures`: the alternatives; every stage on a Dask cluster) is a
-    thread or a worker a cancel's SIGTERM does not stop: one not started yet is cancelled, one running is
-    waited for (TASK_END_WAIT_S). One still running then keeps the lock until this process ends (the
-    kernel drops it then, even after SIGKILL): never a second writer while it writes (the prefect28 audit)."""
+    now. A task submitted to the runner (`submitted`: (task, future) pairs; the alternatives, every stage
+    on a Dask cluster) is a thread or a worker a cancel's SIGTERM does not stop: one not started yet is
+    cancelled (its task run recorded Cancelled, saying `why`: not_started), one running is waited for
+    (TASK_END_WAIT_S). One still running then keeps the lock until this process ends (the kernel drops
+    it then, even after SIGKILL): never a second writer while it writes (the prefect28 audit)."""
     deadline = time.monotonic() + TASK_END_WAIT_S
-    for future in futures:
-        # A thread's future: cancel() only drops one not started. A Dask future reads done once
-        # cancelled while its worker goes on running the stage: waited for, never cancelled.
-        if isinstance(future.wrapped_future, concurrent.futures.Future):
-            future.wrapped_future.cancel()
+    futures = [future for _, future in submitted]
+    # A thread's future: cancel() only drops one not started. A Dask future reads done once
+    # cancelled while its worker goes on running the stage: waited for, never cancelled.
+    dropped = [(task, future) for task, future in submitted
+               if isinstance(future.wrapped_future, concurrent.futures.Future) and future.wrapped_future.cancel()]
+    if dropped:
+        not_started(dropped, why, logger)
     while (running := sum(not f.wrapped_future.done() for f in futures)) and time.monotonic() < deadline:
         time.sleep(0.2)             # their outcome is their task runs'
     if running:
@@ -179,6 +182,35 @@ def let_go(held: ExitStack, futures: list, logger) -> None:
         HELD_UNTIL_EXIT.append(held.pop_all())
         return
     held.close()
+
+
+def not_started(dropped: list, why: str, logger) -> None:
+    """Tasks cancelled before they started, recorded Cancelled ("not started: <why>") under their
+    futures' task run ids, and named in the run's log. Prefect's engine never ran for them, so the
+    server had no task run of theirs at all: the UI listed the tasks that ran and nothing said an
+    alternative was never trained (the review of 2026-12-07). A failure to record them is a warning:
+    the lock is let go all the same."""
+    from uuid import uuid4
+
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+    from prefect.states import Cancelled
+
+    context = FlowRunContext.get()
+    flow_run_id = context.flow_run.id if context and context.flow_run else None
+    message = f"not started: {why}"
+    names = []
+    try:
+        with get_client(sync_client=True) as client:
+            for task, future in dropped:
+                key = str(uuid4())              # as the engine's for a run it creates (dynamic_key_for_task_run)
+                names.append(client.create_task_run(task, flow_run_id, key, id=future.task_run_id,
+                                                    name=f"{task.name}-{key[:3]}",
+                                                    state=Cancelled(message=message)).name)
+    except Exception as exc:
+        logger.warning("could not record the task runs not started as Cancelled (%s: %s)", type(exc).__name__, exc)
+    logger.warning("%d task(s) of this run cancelled before they started (%s): %s", len(dropped), why,
+                   ", ".join(names) or ", ".join(task.name for task, _ in dropped))
 
 
 def task_runner(address: str | None = None):
@@ -225,6 +257,15 @@ def is_retryable(exc: BaseException) -> bool:
     # network, disk; RuntimeError e.g. a dead pool; another catalog writer held its lock too long, or won
     # a deadlock; the catalog server's connection lost (restarted, a network fault)
     return isinstance(exc, (OSError, RuntimeError, CatalogBusy, CatalogLost))
+
+
+def fixed_by_hand(exc: BaseException) -> bool:
+    """A failure no rerun gets past: a config or key a user must correct (a failed run's message says so)."""
+    from mlc_pipeline.collect.flickr import InvalidKeyError
+    from mlc_pipeline.config import ConfigError
+    from mlc_pipeline.locking import ReadOnlyDataRoot
+    from mlc_pipeline.secrets import MissingCredentials
+    return isinstance(exc, (ConfigError, InvalidKeyError, MissingCredentials, ReadOnlyDataRoot))
 
 
 def retry_condition(task, task_run, state) -> bool:

@@ -788,7 +788,7 @@ def test_a_stopping_run_keeps_the_lock_while_a_submitted_task_still_runs(tmp_pat
             held = ExitStack()
             held.enter_context(data_root_lock(root, "collect-and-train"))
             running = SimpleNamespace(wrapped_future=pool.submit(release.wait if not ends else lambda: None))
-            runtime.let_go(held, [running], logging.getLogger("test"))
+            runtime.let_go(held, [(None, running)], logging.getLogger("test"))
             gc.collect()
             assert lock_is_held(root) is not ends, ends
         release.set()
@@ -797,3 +797,55 @@ def test_a_stopping_run_keeps_the_lock_while_a_submitted_task_still_runs(tmp_pat
         pool.shutdown()
         while runtime.HELD_UNTIL_EXIT:
             runtime.HELD_UNTIL_EXIT.pop().close()
+
+
+def test_a_task_cancelled_before_it_started_is_recorded_cancelled(harness, monkeypatch):
+    """runtime.let_go cancels a submitted task not started yet (an alternative queued behind another on
+    the one-thread runner, when the run stops). Prefect's engine never ran for it, so the server had no
+    task run of it at all: nothing in the UI said it was never trained (the review of 2026-12-07). Now
+    it is recorded Cancelled under its future's id, saying why; the one that ran keeps its own state."""
+    import threading
+
+    from prefect import task
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
+    from prefect.context import get_run_context
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows import runtime
+    from flows.collect_and_train import Run, TaskStages
+
+    monkeypatch.setattr(runtime, "TASK_END_WAIT_S", 0.5)
+    go_on = threading.Event()
+
+    @task(name="holds-the-thread")
+    def holds() -> None:
+        go_on.wait(60)
+
+    @task(name="queued-behind")
+    def queued() -> None:
+        pass
+
+    @flow_decorator(task_runner=ThreadPoolTaskRunner(max_workers=1))
+    def stopping():
+        run = Run("stopping", "no-config.yaml", None)
+        stages = TaskStages(run)
+        running, waiting = stages.submit(holds), stages.submit(queued)
+        run.data["status"], run.stage = "Failed", "alternatives"       # as Run.fail leaves it
+        run.release()
+        go_on.set()
+        running.wait()
+        return get_run_context().flow_run.id, running.task_run_id, waiting.task_run_id
+
+    run_id, ran, not_started = stopping()
+    with get_client(sync_client=True) as client:
+        found = {t.id: t for t in client.read_task_runs(task_run_filter=TaskRunFilter(
+            id=TaskRunFilterId(any_=[ran, not_started])))}
+    assert not_started in found, "the task cancelled before it started has no task run on the server"
+    assert found[ran].state.is_completed(), found[ran].state
+    dropped = found[not_started]
+    assert dropped.state.is_cancelled(), dropped.state
+    assert dropped.state.message == "not started: stage 'alternatives' failed", dropped.state.message
+    assert dropped.name.startswith("queued-behind-"), dropped.name
+    said = [r.message for r in logs_of(run_id) if r.level == 30]
+    assert f"1 task(s) of this run cancelled before they started (stage 'alternatives' failed): {dropped.name}" \
+        in said, said
