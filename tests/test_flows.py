@@ -849,3 +849,48 @@ def test_a_task_cancelled_before_it_started_is_recorded_cancelled(harness, monke
     said = [r.message for r in logs_of(run_id) if r.level == 30]
     assert f"1 task(s) of this run cancelled before they started (stage 'alternatives' failed): {dropped.name}" \
         in said, said
+
+
+def test_a_stopping_run_on_dask_waits_for_its_task_and_never_cancels_it(harness, tmp_path, monkeypatch):
+    """runtime.let_go on a Dask cluster (a real in-process LocalCluster, one worker): a submitted stage
+    still running is waited for, never cancelled. Cancelled, a Dask future reads done at once while its
+    worker goes on writing the data root, so the lock went at once (the review of 2026-12-07, bug 2)."""
+    import time
+
+    import distributed
+    from prefect import task
+    from prefect_dask import DaskTaskRunner
+
+    from flows import runtime
+    from flows.collect_and_train import Run, TaskStages
+    from mlc_pipeline.locking import data_root_lock, lock_is_held
+
+    monkeypatch.setattr(runtime, "TASK_END_WAIT_S", 60.0)
+    root = tmp_path / "data"
+    started = tmp_path / "started"
+
+    @task(name="writes-after-a-while")
+    def writes(root: str, started: str) -> bool:
+        Path(started).touch()
+        time.sleep(2.0)
+        held = lock_is_held(Path(root))           # the run still holds it while this writes
+        (Path(root) / "written").write_text("the stage's output")
+        return held
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        @flow_decorator(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
+        def stopping():
+            run = Run("stopping", "no-config.yaml", None)
+            run.held.enter_context(data_root_lock(root, "prefect flow stopping"))
+            future = TaskStages(run).submit(writes, str(root), str(started))
+            while not started.exists():             # running on the worker, not queued
+                time.sleep(0.05)
+            run.release()
+            status, written, still_held = future.wrapped_future.status, (root / "written").exists(), lock_is_held(root)
+            return status, written, still_held, future.result() if status == "finished" else None
+
+        status, written, still_held, held_while_writing = stopping()
+    assert status == "finished", status
+    assert written, "the lock was let go before the stage on the worker ended"
+    assert held_while_writing is True and still_held is False
