@@ -23,7 +23,7 @@ from prefect.exceptions import MissingContextError
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.artifacts import DATASET_SUMMARY_KEY, publish, write_stopped_summary
-from flows.progress import DownloadProgress, downloads_wanted, end_progress
+from flows.progress import DownloadProgress, downloads_wanted, end_progress, forget_progress
 from flows.runtime import (CANCEL_TO_STOP, DEFAULT_CONFIG, fixed_by_hand, flickr_slot, let_go,
                            library_logs_in_run, retry_condition, task_runner)
 from mlc_pipeline.config import Config, ConfigError, load_config
@@ -48,7 +48,8 @@ class StageFailed(RuntimeError):
 # ------------------------------------------------------------------------------------------ tasks
 
 @task(name="collect", retries=2, retry_delay_seconds=[60, 300], retry_jitter_factor=0.3,
-      retry_condition_fn=retry_condition, tags=["flickr"], **STAGE)
+      retry_condition_fn=retry_condition, tags=["flickr"], on_completion=[forget_progress],
+      on_failure=[forget_progress], **STAGE)
 def collect_stage(cfg: Config) -> dict:
     """Search, download and curate in rounds until every set has its count of usable images (or its
     queries run dry); resumes from the catalog."""

@@ -34,7 +34,7 @@ class DownloadProgress:
 
     # The artifact of each task run: a retried collect's next attempt goes on in it. An artifact per
     # attempt left the earlier ones at "downloading N missing images" for good, and end_progress closes
-    # the newest alone (the prefect28 audit).
+    # the newest alone (the prefect28 audit). Dropped when the task run ends (forget_progress).
     of_task_run: dict = {}
 
     def __init__(self, wanted: int, min_interval_s: float = 2.0, logger=None,
@@ -83,6 +83,14 @@ class DownloadProgress:
         except Exception as exc:   # a progress bar must never fail a download
             if self.logger:
                 self.logger.warning("progress artifact not updated: %s", exc)
+
+
+def forget_progress(task, task_run, state) -> None:
+    """The collect task's on_completion / on_failure hook: its task run ended (an attempt Prefect retries
+    enters AwaitingRetry, neither), so no attempt goes on in its artifact any more. Kept, the entries of
+    every collect stayed for the life of the process: a long-lived worker only grew (the review of
+    2026-12-07)."""
+    DownloadProgress.of_task_run.pop(task_run.id, None)
 
 
 def end_progress(client, flow_run_id, how: str) -> str | None:

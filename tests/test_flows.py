@@ -894,3 +894,36 @@ def test_a_stopping_run_on_dask_waits_for_its_task_and_never_cancels_it(harness,
     assert status == "finished", status
     assert written, "the lock was let go before the stage on the worker ended"
     assert held_while_writing is True and still_held is False
+
+
+def test_the_download_progress_of_an_ended_collect_task_run_is_forgotten(harness, tmp_path):
+    """DownloadProgress.of_task_run (a retried collect's next attempt goes on in its artifact) kept
+    every collect task run's entry for the life of the process: a long-lived worker serving run after
+    run only grew (the review of 2026-12-07). The entry goes when the task run ends, failed after its
+    retries or completed; the retries still go on in one artifact."""
+    from prefect.states import State
+
+    import flows.collect_and_train as module
+    from mlc_pipeline.config import load_config
+
+    project = tiny_config(tmp_path, free_port())
+    collect = module.collect_stage.with_options(retry_delay_seconds=0)
+    broken = {"source": {"local": {"faults": "malformed=1,fault_repeats=100"},
+                         "retry": {"attempts": 2, "base_delay_s": 0.01, "max_delay_s": 0.02}}}
+
+    @flow_decorator(name="collects")
+    def collects() -> tuple[State, State]:
+        return (collect(load_config(project, broken), return_state=True),
+                collect(load_config(project), return_state=True))
+
+    failed, completed = collects()
+    assert failed.is_failed() and completed.is_completed(), (failed, completed)
+    ended = {failed.state_details.task_run_id, completed.state_details.task_run_id}
+    assert not ended & set(DownloadProgress.of_task_run), DownloadProgress.of_task_run
+    for state in (failed, completed):
+        logs = [r.message for r in logs_of(state.state_details.flow_run_id)
+                if r.task_run_id == state.state_details.task_run_id]
+        assert sum(m.startswith("collect: ") and "images missing from the catalog" in m for m in logs) \
+            == (3 if state is failed else 1), logs
+    progress = artifacts_of(failed.state_details.flow_run_id)[PROGRESS_KEY]
+    assert len([a for a in progress if a.task_run_id == failed.state_details.task_run_id]) == 1, progress
