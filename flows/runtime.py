@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+import threading
 import time
 from contextlib import ExitStack, contextmanager
 from typing import Iterator
@@ -101,14 +102,31 @@ def library_logs_in_run(level: int = logging.INFO) -> Iterator[None]:
     API handler but no level, so it inherited the root logger's WARNING (prefect/logging/logging.yml)
     and only warnings reached the run's logs (the nightly25 audit). Here the logger gets INFO unless
     something set a level of its own (a logging config: that stands), and the handler that setting
-    attaches, when it is not set (a flow called in-process); both are put back afterwards, so no
-    library line outside a run goes to the API. Known secrets are masked in every record
-    (secrets.install_log_redaction, a record factory), these included."""
+    attaches, when it is not set (a flow called in-process); both are put back when the last run of
+    this process in such a block leaves it (two runs in one process: the first to end took the handler
+    and the level from the other), so no library line outside a run goes to the API. Known secrets are
+    masked in every record (secrets.install_log_redaction, a record factory), these included."""
     from prefect.context import get_run_context
 
     from mlc_pipeline.secrets import install_log_redaction
 
     install_log_redaction()
+    run_id = get_run_context().flow_run.id
+    with OfThisRun.lock:
+        if not OfThisRun.runs:
+            OfThisRun.put_back = library_logs_to_api(level)
+        OfThisRun.runs.append(run_id)
+    try:
+        yield
+    finally:
+        with OfThisRun.lock:
+            OfThisRun.runs.remove(run_id)
+            if not OfThisRun.runs:
+                OfThisRun.put_back()
+
+
+def library_logs_to_api(level: int):
+    """Give the library's logger the API handler, `level` and the OfThisRun filter; what puts them back."""
     lib = logging.getLogger(LIBRARY_LOGGER)
     added = [h for h in logging.getLogger("prefect.extra").handlers if h not in lib.handlers]
     own_level = lib.level
@@ -116,36 +134,41 @@ def library_logs_in_run(level: int = logging.INFO) -> Iterator[None]:
         lib.addHandler(handler)
     if own_level == logging.NOTSET:
         lib.setLevel(level)
-    in_run = OfThisRun(get_run_context().flow_run.id)
+    in_run = OfThisRun()
     api = [h for h in lib.handlers if isinstance(h, APILogHandler)]
     for handler in api:
         handler.addFilter(in_run)
-    try:
-        yield
-    finally:
+
+    def put_back() -> None:
         lib.setLevel(own_level)
         for handler in api:
             handler.removeFilter(in_run)
         for handler in added:
             lib.removeHandler(handler)
+    return put_back
 
 
 class OfThisRun(logging.Filter):
-    """Names the flow run on a record logged by a thread of the library (a download worker, the
-    downloads' watchdog) that has no Prefect run context: Prefect's API handler dropped such records
-    ("attempted to send logs to the API without a flow run id"), so an image host that stopped
-    answering was said only on the worker's stdout (the prefect28 audit). A record logged in a run's
-    context (a task's thread) keeps it."""
+    """Names the flow run on a library record that has no Prefect run context, while one run of this
+    process sends the library's lines (library_logs_in_run): Prefect's API handler dropped such records
+    ("attempted to send logs to the API without a flow run id"; the prefect28 audit). The library's own
+    threads (a download worker, the downloads' watchdog) run in their starter's context
+    (collect/connections.start_thread), so their records name their run themselves; this covers a
+    thread started otherwise. With two runs in the process it cannot tell whose such a record is, and
+    leaves it (Prefect drops it, with its warning) rather than credit the wrong run: one filter per run
+    credited every such record to the run whose filter came first (the review of 2026-12-07)."""
 
-    def __init__(self, flow_run_id) -> None:
-        super().__init__()
-        self.flow_run_id = flow_run_id
+    lock = threading.Lock()
+    runs: list = []                 # the flow runs of this process in library_logs_in_run, oldest first
+    put_back = None                 # undoes library_logs_to_api once the last of them ends
 
     def filter(self, record: logging.LogRecord) -> bool:
         from prefect.context import FlowRunContext, TaskRunContext
 
-        if not getattr(record, "flow_run_id", None) and FlowRunContext.get() is None and TaskRunContext.get() is None:
-            record.flow_run_id = self.flow_run_id
+        runs = list(self.runs)
+        if (len(runs) == 1 and not getattr(record, "flow_run_id", None) and FlowRunContext.get() is None
+                and TaskRunContext.get() is None):
+            record.flow_run_id = runs[0]
         return True
 
 

@@ -927,3 +927,78 @@ def test_the_download_progress_of_an_ended_collect_task_run_is_forgotten(harness
             == (3 if state is failed else 1), logs
     progress = artifacts_of(failed.state_details.flow_run_id)[PROGRESS_KEY]
     assert len([a for a in progress if a.task_run_id == failed.state_details.task_run_id]) == 1, progress
+
+
+def test_two_runs_in_one_process_each_get_their_own_library_threads_lines(harness, tmp_path):
+    """Two flow runs in one process (two flows called from two threads): a line logged by a download
+    worker of one run went to whichever run's OfThisRun filter came first on the shared API handler
+    (the review of 2026-12-07). The library's threads run in their starter's context now, so each
+    line goes to the run that started the download. Real downloads, from two ports nothing listens on:
+    each run's worker says its own host is taken as down."""
+    import logging
+    import threading
+
+    from prefect.context import get_run_context
+
+    from flows.runtime import library_logs_in_run
+    from mlc_pipeline.collect.download import Downloader, DownloadJob
+    from mlc_pipeline.collect.hosts import HOST_DOWN_AFTER
+    from mlc_pipeline.config import RetrySettings, SourceSettings
+
+    both_in, both_done = threading.Barrier(2, timeout=120), threading.Barrier(2, timeout=120)
+    hosts = {"a": f"127.0.0.1:{free_port()}", "b": f"127.0.0.1:{free_port()}"}
+    ran: dict = {}
+
+    @flow_decorator(name="downloads-beside-another")
+    def downloads(which: str):
+        host = hosts[which]
+        jobs = [DownloadJob(i, str(1000 + i), f"http://{host}/{i}.jpg") for i in range(HOST_DOWN_AFTER + 10)]
+        settings = SourceSettings(kind="local", per_host_concurrency=2,
+                                  retry=RetrySettings(attempts=1, base_delay_s=0.01, max_delay_s=0.02))
+        downloader = Downloader(settings, [host], tmp_path / which / "raw")
+        with library_logs_in_run():
+            both_in.wait()                  # both runs' lines go to the API from here on
+            downloader.run_into(jobs, lambda res: None)
+            plain = threading.Thread(target=logging.getLogger("mlc_pipeline.test").warning,
+                                     args=(f"a line of run {which} from a thread without its context",))
+            plain.start()                   # whose it is cannot be told: in neither run, not the other's
+            plain.join()
+            both_done.wait()
+        downloader.close()
+        return get_run_context().flow_run.id
+
+    threads = [threading.Thread(target=lambda w=w: ran.update({w: downloads(w)})) for w in hosts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert set(ran) == {"a", "b"}, ran
+    for which, other in (("a", "b"), ("b", "a")):
+        said = [r.message for r in logs_of(ran[which]) if r.name == "mlc_pipeline.collect.hosts"]
+        assert any(m.startswith(f"image host {hosts[which]} answered none of") for m in said), (which, said)
+        assert not any(hosts[other] in m for m in said), (which, said)
+        assert not any("without its context" in r.message for r in logs_of(ran[which])), which
+
+
+def test_a_line_from_a_thread_without_a_run_context_goes_to_the_one_run_of_the_process(harness):
+    """OfThisRun: a library thread started without its starter's context (not through
+    collect/connections.start_thread) has its line credited to the flow run while it is the only run
+    of the process in library_logs_in_run."""
+    import logging
+    import threading
+
+    from prefect.context import get_run_context
+
+    from flows.runtime import library_logs_in_run
+
+    @flow_decorator(name="alone-in-its-process")
+    def alone():
+        with library_logs_in_run():
+            plain = threading.Thread(target=logging.getLogger("mlc_pipeline.test").warning,
+                                     args=("a line from a thread without a run context",))
+            plain.start()
+            plain.join()
+        return get_run_context().flow_run.id
+
+    said = [r.message for r in logs_of(alone())]
+    assert "a line from a thread without a run context" in said, said

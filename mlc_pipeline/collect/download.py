@@ -30,7 +30,7 @@ import requests
 
 from mlc_pipeline.config import SourceSettings
 from mlc_pipeline.collect.batch import Batch, Deferred
-from mlc_pipeline.collect.connections import Live, WatchedAdapter, close_session, watch
+from mlc_pipeline.collect.connections import Live, WatchedAdapter, close_session, start_thread, watch
 from mlc_pipeline.collect.hosts import HostHealth, host_allowed, host_of
 from mlc_pipeline.collect.rawfiles import StorageError, disk_errors, final_path, shard_dir, temp_path
 from mlc_pipeline.collect.retry import Transient, backoff_delay, retry_after_seconds
@@ -313,10 +313,9 @@ class Downloader:
         batch, handed = Batch.of(jobs), 0
         watchdog_done = threading.Event()
         try:        # everything from here: a signal while a thread starts must stop the batch too
-            threading.Thread(target=self._watchdog, args=(watchdog_done, batch), name="download-deadline",
-                             daemon=True).start()
+            start_thread(self._watchdog, watchdog_done, batch, name="download-deadline", daemon=True)
             for i in range(workers):
-                threading.Thread(target=self._work, args=(batch,), name=f"download_{i}").start()
+                start_thread(self._work, batch, name=f"download_{i}")
             while handed < len(jobs):
                 with batch.cond:
                     while len(batch.done) <= handed:
