@@ -8,16 +8,46 @@ every night. A curate keeps two methods: the images' own scores and those of one
 against the other (curate/decide.py, `MirroredSimilarity`). `mlc catalog migrate` copies them with the
 rest; `prune_pair_scores` drops those of another method, or of a pair no longer between the files a
 curate decides.
+
+A review pair (`review_partners`) is two images a curate confirmed as the same picture (score >= 0.92)
+and kept both of, their labels differing: each row's reason names the other
+(`review:label-conflict:with=<id>:d=<bits>:s=<score>`, curate/decide.py).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 BATCH = 1000
+REVIEW_PAIR = "review:label-conflict:with="        # curate/decide.py's reason for a member of a review pair
+REVIEW_NOTE = re.compile(r"review:label-conflict:with=(\d+):d=(\d+):s=([0-9.]+)")
+
+
+def review_partner(reason: str | None) -> tuple[int, int, float] | None:
+    "(the other member's id, phash bits, score) of a review pair's reason; None for any other reason."
+    found = REVIEW_NOTE.fullmatch(reason or "")
+    return (int(found[1]), int(found[2]), float(found[3])) if found else None
 
 
 class PairScoreQueries:
+    def review_partners(self, ids: Iterable[int]) -> dict[int, dict[int, float]]:
+        """id -> {the other member's id: score} of the review pairs each of `ids` is in, or was in: as the
+        rows' reasons say now, and as their events recorded them (a photo taken down has lost its reason,
+        and the next curate drops the note of its partner; a row names one pair, the first its curate
+        found, so both sides are read)."""
+        wanted, out = set(ids), {}
+        rows = self.db.execute("SELECT id AS cid, reason FROM candidates WHERE reason LIKE ? UNION "
+                               "SELECT candidate_id AS cid, reason FROM events WHERE reason LIKE ?",
+                               (REVIEW_PAIR + "%", REVIEW_PAIR + "%"))
+        for r in rows.fetchall():
+            if (pair := review_partner(r["reason"])) is None:
+                continue
+            for me, other in ((r["cid"], pair[0]), (pair[0], r["cid"])):
+                if me in wanted and other != me:
+                    out.setdefault(me, {})[other] = max(pair[2], out.get(me, {}).get(other, 0.0))
+        return out
+
     def pair_scores(self, method: str, digests: Iterable[str],
                     others: list[tuple[str, str]] | None = None) -> dict[tuple[str, str], float]:
         """(smaller sha256, larger sha256) -> score, for the pairs of `method` between `digests`; the

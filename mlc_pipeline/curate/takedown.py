@@ -194,13 +194,18 @@ def hold_near_copies(catalog: Catalog, result: RemoveResult, reason: str, client
     So is the image a photo removed was itself dropped for (its `duplicate_of`: a larger re-upload
     kept in its place, published; the curate25 audit). Held, not removed: a takedown deletes only
     what it names or byte copies of it (curate's `keep_out_copies_of_removed`, which takes those
-    down; they are left to it). The photos already removed count too: a rerun holds what a takedown
-    from before a rule did not (a copy a review decided stays as decided)."""
+    down; they are left to it). So is the other member of a review pair (`Catalog.review_partners`):
+    curate confirmed it as the same picture and kept both only because their labels differ (the
+    curation29 audit: published in the next version, as "other"). The photos already removed count
+    too: a rerun holds what a takedown from before a rule did not (a copy a review decided stays as decided)."""
     removed = {r["id"]: r for r in result.photos}
     found = [(row, removed[row["duplicate_of"]], "a near duplicate of") for row in catalog.dropped_for(sorted(removed))]
     found += [(keeper, of, "kept in place of its near duplicate") for of in removed.values()
               if of["duplicate_of"] not in {None, *removed} and catalog.status_before_removal(of) == "duplicate"
               and (keeper := catalog.get(of["duplicate_of"])) is not None and keeper["status"] != "removed"]
+    found += [(row, removed[pid], f"a near copy under another label (curate's review pair, s={score:.2f}) of")
+              for pid, partners in catalog.review_partners(removed).items() for cid, score in sorted(partners.items())
+              if cid not in removed and (row := catalog.get(cid)) is not None and row["status"] != "removed"]
     for row, of, how in found:
         why = (f"held: {how} {taken_down_name(of)} ({takedown_reason(of) if of['status'] == 'removed' else reason}); "
                "undo this if it is another picture")

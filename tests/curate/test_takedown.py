@@ -323,3 +323,48 @@ def test_a_copy_set_aside_damaged_then_downloaded_again_goes_with_the_takedown(t
         assert "1 file(s) deleted from raw/ and the quarantine; 1 already removed" in mlc_remove(
             config, owners["photo_id"]).stdout
     assert not raw.exists() and not list(cfg.layout.quarantine().rglob(f"{owners['photo_id']}.*"))
+
+
+REVIEWED = "ants/1030023514_aad5c608f9.jpg"     # its 10 %/side crop under scenery: a review pair at s = 0.95
+
+
+def crop_under_scenery(world: Path) -> None:
+    "A 10 %/side centre crop of REVIEWED filed under scenery: curate confirms it, but the labels differ."
+    with Image.open(world / REVIEWED) as im:
+        w, h = im.size
+        im.convert("RGB").crop((w // 10, h // 10, w - w // 10, h - h // 10)).save(
+            world / "scenery" / "crop_of_an_ant.jpg", quality=85)
+
+
+@pytest.mark.parametrize("when", ["at the takedown", "a rerun after a curate"])
+def test_the_other_member_of_a_review_pair_is_held(tmp_path, monkeypatch, catalog_settings, when):
+    # The curation29 audit, finding 1: curate confirmed the crop as the same picture as the ant
+    # (score >= 0.92) and kept both only because their labels differ (`review:label-conflict`). The
+    # takedown of the ant followed `duplicate_of` alone, so the crop was published in the next version
+    # as "other": the picture taken down, back. A rerun finds the pair in the events once the next
+    # curate has dropped the crop's note (the photo's own reason is its takedown's by then).
+    from mlc_pipeline.curate import takedown
+    cfg, config, world = world_with(tmp_path, crop_under_scenery, catalog_settings)
+    photo, crop = row_of(cfg, REVIEWED), row_of(cfg, "scenery/crop_of_an_ant.jpg")
+    assert photo["reason"].startswith(f"review:label-conflict:with={crop['id']}:"), photo
+    assert crop["status"] == "accepted" and crop["reason"].startswith(f"review:label-conflict:with={photo['id']}:")
+    if when == "a rerun after a curate":
+        with monkeypatch.context() as m:        # the takedown as it was made before this fix
+            m.setattr(takedown, "hold_near_copies", lambda *args: None)
+            assert takedown.remove_photos(cfg, "owner request", photo_id=photo["photo_id"]).held == []
+        assert crop["photo_id"] in rebuilt(cfg)      # published again: v2 (the audit's finding)
+        assert row_of(cfg, "scenery/crop_of_an_ant.jpg")["reason"] is None      # the note is gone
+    done = mlc_remove(config, photo["photo_id"])
+    assert f"held 1 near duplicate(s) of the photos taken down for review: local:{crop['photo_id']}" in done.stdout, \
+        done.stdout
+    assert f"published versions that hold the copies held (the same pictures; rebuild with `mlc build`, or " \
+           f"`mlc withdraw` them):\n  v1: 1 photo(s): {crop['photo_id']}\n" in done.stdout, done.stdout
+    assert crop["photo_id"] not in rebuilt(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        (hold,) = overrides.actions(c, crop["id"])
+        assert hold["action"] == "reject" and hold["client"] == "mlc remove"
+        assert hold["reason"] == (f"held: a near copy under another label (curate's review pair, s=0.95) of "
+                                  f"local:{photo['photo_id']}, taken down (owner request); undo this if it is "
+                                  "another picture"), hold["reason"]
+        overrides.undo(c, crop["id"], hold["id"], "it is another picture", "test")      # the user's call
+    assert crop["photo_id"] in rebuilt(cfg)
