@@ -20,6 +20,7 @@ from mlc_pipeline.dataset.takedowns import held_words, takedowns_of
 from mlc_pipeline.dataset.verify import VersionDamaged, damaged_version, read_version
 from mlc_pipeline.manifest import UnknownVersion, latest_version, versions, withdrawn_meanwhile
 from mlc_pipeline.report import html as blocks
+from mlc_pipeline.report.copies import DuplicateView, duplicate_groups, review_pairs, review_words, shown_name
 from mlc_pipeline.report.html import folded, image_figure, table
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def catalog_summary(catalog: Catalog) -> dict:
     return {
         "by_label": {k: dict(v) for k, v in by_label.items()},
         "reasons": [dict(r) for r in catalog.reasons()],
+        "review_pairs": review_pairs(catalog),      # the files of each review note (it names an id)
         "runs": catalog.runs(10),
         "unreadable_in_folder": unreadable_in_folder(catalog),
     }
@@ -64,11 +66,6 @@ def unreadable_lines(found: dict) -> list[str]:
     return ([f"Not collected: {found['count']} file(s) in the folder are no readable image or too large "
              "(latest collect)"]
             + [f"  {f}" for f in found["files"]] + ([f"  ... and {more} more (collect's log names each)"] if more > 0 else []))
-
-
-def shown_name(row: dict) -> str:
-    """How a report names a catalog row: its file in the folder (folder mode), else its photo id."""
-    return row.get("source_file") or row["photo_id"]
 
 
 def short_sets(cfg: Config, catalog: Catalog) -> list:
@@ -104,8 +101,10 @@ def format_catalog_summary(summary: dict) -> str:
         lines.append(f"{key:<{width}} " + " ".join(f"{counts.get(s, 0):>10}" for s in statuses)
                      + f" {sum(counts.values()):>8}")
     if summary["reasons"]:
+        pairs = review_words(summary.get("review_pairs", []))
         lines += ["", "Why (status: reason = count)"]
-        lines += [f"  {r['status']}: {r['reason']} = {r['n']}" for r in summary["reasons"]]
+        lines += [f"  {r['status']}: {r['reason']} = {r['n']}" + (f": {pairs[r['reason']]}" if r["reason"] in pairs else "")
+                  for r in summary["reasons"]]
     if summary.get("unreadable_in_folder"):
         lines += [""] + unreadable_lines(summary["unreadable_in_folder"])
     if summary["runs"]:
@@ -261,9 +260,7 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
     with Catalog(cfg.catalog_path, readonly=True) as catalog:
         cat = catalog_summary(catalog)
         quarantined = catalog.candidates(status="rejected")
-        dups = catalog.candidates(status="duplicate")
-        by_id = {r["id"]: r for r in catalog.candidates(status="accepted")}
-        review_in = {cid: o["include"] for cid, o in overrides(catalog).items()}
+        copies = DuplicateView.read(catalog, {cid: o["include"] for cid, o in overrides(catalog).items()})
         short = short_sets(cfg, catalog)
         taken_down = takedowns_of(catalog)      # the photos removed and the copies a takedown holds
     if ds:      # a photo taken down since the version was built, or held: neither its pixels nor its row here
@@ -309,21 +306,9 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
             if len(figs) > GRID_LIMIT:
                 parts.append(folded(f"the other {len(figs) - GRID_LIMIT} images of {html.escape(label)}",
                                     f"<div class='grid small'>{''.join(figs[GRID_LIMIT:])}</div>"))
-    parts.append(f"<h2 id='duplicates'>Duplicates removed <small>{len(dups)}</small></h2>")
-    by_kept: dict[int, list[dict]] = defaultdict(list)
-    for d in dups:
-        by_kept[d["duplicate_of"]].append(d)
-    for kept_id, members in list(by_kept.items())[:GROUP_LIMIT]:
-        kept = by_id.get(kept_id)
-        # a review decision outranks curation's: the copy kept may be out, a copy dropped may be back in
-        kept_as = "rejected in review" if review_in.get(kept_id) == "rejected" else "kept"
-        # the original files, as the pipeline reads them (upright, on white), within curation's limits
-        cells = [image_figure(kept["file_path"], f"{kept_as} {shown_name(kept)} ({kept['curated_label']})",
-                              limits=limits)] if kept else []
-        cells += [image_figure(d["file_path"], f"{shown_name(d)}: {d['reason']}"
-                               + (", put back in review" if review_in.get(d["id"]) == "accepted" else ""), limits=limits)
-                  for d in members]
-        parts.append("<div class='group'>" + "".join(cells) + "</div>")
+    parts.append(f"<h2 id='duplicates'>Duplicates removed <small>{len(copies.dups)}</small></h2>")
+    # the original files, as the pipeline reads them (upright, on white), within curation's limits
+    parts += duplicate_groups(copies, GROUP_LIMIT, limits)
     parts.append(f"<h2 id='quarantine'>Quarantined <small>{len(quarantined)}</small></h2><div class='grid'>")
     # a file refused as too large (or one that crashed a decoder) gets a placeholder: never decoded here
     parts += [image_figure(q["file_path"], f"{shown_name(q)}: {q['reason']}", limits=limits, reason=q["reason"])
@@ -336,9 +321,10 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
     parts += ["<h2 id='rejections'>Rejections and failures by reason</h2>",
               table(["status", "reason", "count"], [[r["status"], r["reason"], r["n"]] for r in cat["reasons"]
                                                     if r["status"] != "accepted"])]
-    noted = [[r["reason"], r["n"]] for r in cat["reasons"] if r["status"] == "accepted"]
-    if noted:   # kept images with a note (label conflicts resolved, mined negatives, held for review)
-        parts += ["<h3 id='accepted-notes'>Accepted, with a note</h3>", table(["reason", "count"], noted)]
+    pairs = review_words(cat["review_pairs"])
+    noted = [[r["reason"], r["n"], pairs.get(r["reason"], "")] for r in cat["reasons"] if r["status"] == "accepted"]
+    if noted:   # kept images with a note (label conflicts resolved, review pairs, mined negatives, held for review)
+        parts += ["<h3 id='accepted-notes'>Accepted, with a note</h3>", table(["reason", "count", "images"], noted)]
     parts += extra_sections or []
     if ds:
         parts += ["<h2 id='attribution'>Attribution</h2>",

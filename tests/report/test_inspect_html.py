@@ -157,3 +157,91 @@ def test_duplicate_groups_show_the_review_decisions_over_curations(tmp_path):
     groups = section(write_html_report(cfg, tmp_path / "after.html").read_text(), "duplicates")
     assert f"rejected in review {kept['photo_id']} " in groups and "kept " not in groups
     assert groups.count(", put back in review</figcaption>") == 1
+
+
+@pytest.fixture(scope="module")
+def pair_and_held_copy(tmp_path_factory):
+    """A folder-mode world published as v1: twenty ants, four bees, scenery, and a 10 %/side crop of an ant
+    filed under scenery (curate keeps both: a review pair, their labels differ). Then a mirror image of
+    a v1 test ant is collected (dropped as its copy), and that ant is taken down: the mirror is held.
+    (cfg, config path, the ant of the pair, its crop, the test ant, its mirror), rows as after curate."""
+    import yaml
+    from PIL import Image, ImageOps
+
+    from mlc_pipeline.collect.stage import collect
+    from mlc_pipeline.flickr_server.folder import photo_id_for
+    from mlc_pipeline.manifest import read_manifest
+    tmp = tmp_path_factory.mktemp("pairs")
+    ants = sorted((FIXTURES / "hymenoptera" / "ants").glob("*.jpg"))
+    world = tmp / "photos"
+    for name, files in (("ants", ants[:20]), ("bees", sorted((FIXTURES / "hymenoptera" / "bees").glob("*.jpg"))[:4]),
+                        ("scenery", ants[100:104])):
+        (world / name).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, world / name / f.name)
+    pair = "ants/1030023514_aad5c608f9.jpg"       # its crop scores 0.95: confirmed, but kept (labels differ)
+    with Image.open(world / pair) as im:
+        w, h = im.size
+        im.convert("RGB").crop((w // 10, h // 10, w - w // 10, h - h // 10)).save(world / "scenery" / "crop.jpg",
+                                                                                quality=85)
+    raw = {"data_dir": str(tmp / "data"),
+           "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s"],
+                      "local": {"port": 0, "folder": str(world),
+                                "query_map": {"ants": "ants", "bees": "bees", "scenery": "scenery"}}},
+           "classes": {"ants": {"queries": ["ants"], "count": 50}, "bees": {"queries": ["bees"], "count": 50}},
+           "other": {"queries": ["scenery"], "count": 50}, "build": {"max_side": 96}}
+    (tmp / "config.yaml").write_text(yaml.safe_dump(raw))
+    cfg = parse_config(raw)
+    collect(cfg, progress=False)
+    curate(cfg)
+    manifest = read_manifest(build_dataset(cfg).path / "manifest.csv")
+    by_id = {photo_id_for(f"ants/{f.name}"): f"ants/{f.name}" for f in ants[:20]}
+    test_ant = next(by_id[r["photo_id"]] for r in manifest if r["split"] == "test" and r["photo_id"] in by_id
+                    and by_id[r["photo_id"]] != pair)
+    with Image.open(world / test_ant) as im:
+        ImageOps.mirror(im.convert("RGB")).save(world / "ants" / "zz_mirror.jpg", quality=90)
+    collect(cfg, progress=False)
+    curate(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        rows = [c.get_by_photo("local", photo_id_for(f)) for f in (pair, "scenery/crop.jpg", test_ant, "ants/zz_mirror.jpg")]
+    return (cfg, tmp / "config.yaml", *rows)
+
+
+def test_a_review_pair_names_both_files_and_classes(pair_and_held_copy, tmp_path):
+    # The curation29 audit (finding 7): the note read `review:label-conflict:with=133:d=2:s=0.96 = 1`,
+    # a candidate id that nothing but SQL maps to a file.
+    cfg, config, ant, crop, _, _ = pair_and_held_copy
+    assert ant["status"] == crop["status"] == "accepted"
+    assert ant["reason"].startswith(f"review:label-conflict:with={crop['id']}:d=") and crop["reason"].startswith(
+        f"review:label-conflict:with={ant['id']}:d="), (ant, crop)
+    text = subprocess.run(MLC + ["inspect", "-c", str(config)], env=ENV, text=True, capture_output=True,
+                          timeout=300).stdout
+    for me, other in ((ant, crop), (crop, ant)):
+        note = f"accepted: {me['reason']} = 1: {me['source_file']} ({me['curated_label']}) with " \
+               f"{other['source_file']} ({other['curated_label']})"
+        assert note in text, text
+    assert "ants/1030023514_aad5c608f9.jpg (ants) with scenery/crop.jpg (other)" in text
+    notes = section(write_html_report(cfg, tmp_path / "r.html").read_text(), "rejections")
+    assert "<td>scenery/crop.jpg (other) with ants/1030023514_aad5c608f9.jpg (ants)</td>" in notes, notes
+
+
+def test_a_copy_whose_kept_image_was_taken_down_says_so_and_that_it_is_held(pair_and_held_copy, tmp_path):
+    # The curation29 audit (finding 7): a mirror of a published test image, dropped as its copy, whose
+    # kept image was then taken down, showed as a group with no kept image, and nothing said that the
+    # mirror is held for that takedown.
+    from mlc_pipeline.curate.takedown import remove_photos
+    cfg, _, _, _, test_ant, mirrored = pair_and_held_copy
+    assert mirrored["status"] == "duplicate" and mirrored["duplicate_of"] == test_ant["id"], mirrored
+    assert mirrored["reason"].startswith("mirror-duplicate-of-test:v1:"), mirrored
+    assert mirrored in remove_photos(cfg, "owner request", photo_id=test_ant["photo_id"]).held
+    taken = f"local:{test_ant['photo_id']}"
+    held = f"<figcaption>ants/zz_mirror.jpg: {mirrored['reason']}, held for the takedown of {taken}</figcaption>"
+    groups = section(write_html_report(cfg, tmp_path / "now.html").read_text(), "duplicates")
+    assert held in groups, groups
+    assert f"<figcaption>kept {taken} ({test_ant['source_file']}), taken down since: owner request</figcaption>" \
+           in groups, groups
+    curate(cfg)             # the kept image is no longer in the catalog's decisions: no duplicate_of
+    with Catalog(cfg.catalog_path) as c:
+        assert c.get(mirrored["id"])["duplicate_of"] is None and c.get(mirrored["id"])["status"] == "duplicate"
+    groups = section(write_html_report(cfg, tmp_path / "after.html").read_text(), "duplicates")
+    assert held in groups and "<figcaption>kept: a test image of v1, no longer in the catalog" in groups, groups
