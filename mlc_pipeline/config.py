@@ -17,7 +17,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mlc_pipeline.catalog_address import PostgresCatalog, check_url
-from mlc_pipeline.config_checks import Strict, deep_merge, resolve_paths, yaml_problem
+from mlc_pipeline.config_checks import Strict, check_cwd_data_root, deep_merge, resolve_paths, yaml_problem
 from mlc_pipeline.config_messages import ConfigError, check_override_classes, error_line, user_file  # re-exported
 from mlc_pipeline.layout import DataLayout
 from mlc_pipeline.secrets import URL_RE, check_storage_options, data_url_problem   # URL_RE: data_dir: s3://...
@@ -369,6 +369,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> Config:
     overrides = dict(overrides or {})
     overrides = resolve_paths(overrides, Path.cwd())
     check_override_classes(data or {}, overrides, path)
+    check_cwd_data_root(data or {}, overrides, path)     # a 0.1.0 user's data/ (upgrade29 audit)
     return parse_config(deep_merge(data or {}, overrides), path.resolve().parent)
 
 

@@ -1,7 +1,8 @@
 """Checks below config.py's models: the strict base model every section derives from (`Strict`: no
 unknown key, no yes/no for a number), merging overrides over the file (`deep_merge`), where a relative
-path is taken from (`resolve_paths`) and what a YAML error says (`yaml_problem`). Split out of
-config.py, which had reached the 400-line limit; config.py imports them."""
+path is taken from (`resolve_paths`; `check_cwd_data_root`: a 0.1.0 data root it no longer names) and
+what a YAML error says (`yaml_problem`). Split out of config.py, which had reached the 400-line limit;
+config.py imports them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import yaml
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from mlc_pipeline.config_messages import ConfigError
+from mlc_pipeline.layout import DataLayout
 from mlc_pipeline.secrets import URL_RE
 
 # Settings that name a file or folder. Relative in a config file: from that file's folder, as data_dir
@@ -84,3 +87,27 @@ def resolve_paths(data: dict, base: Path) -> dict:
                                                        and str(value).strip().lower() in PRETRAINED_WORDS):
                 node[keys[-1]] = str((base / value).resolve())
     return out
+
+
+def check_cwd_data_root(file_data: dict, overrides: dict, path: Path) -> None:
+    """Refuse a relative `data_dir` of the config file that names, from the file's folder, no data root
+    yet, when from the current directory it names a data root written by mlc-pipeline before
+    2026-12-01 (0.1.0): that code took `data_dir` from the current directory, so it is the user's data,
+    and going on would start an empty root beside it (collect downloads everything again) and never
+    say so again (the upgrade29 audit). Such a root holds catalog.sqlite and tmp/downloads, where
+    that code wrote partial downloads (no later version writes it); a root of later code is no sign:
+    the repository's own data/ is configs/offline.yaml's, not that of a config elsewhere."""
+    written = file_data.get("data_dir")
+    if "data_dir" in overrides or not isinstance(written, str):
+        return
+    here = Path(resolve_paths({"data_dir": written}, path.resolve().parent)["data_dir"])
+    cwd = Path(resolve_paths({"data_dir": written}, Path.cwd())["data_dir"])
+    new, old = DataLayout(here), DataLayout(cwd)
+    if here == cwd or new.catalog.exists() or new.raw().exists() or new.models.exists():
+        return
+    if old.catalog.is_file() and old.legacy_downloads.is_dir():
+        raise ConfigError(
+            f"config: data_dir: {written} is taken from the config file's folder since 2026-12-01 ({here}, "
+            f"no data root yet), no longer from the current directory ({cwd}, the data root of an older "
+            f"mlc-pipeline); to go on with that one write data_dir: {cwd} in {path} (or add --set "
+            f"data_dir={cwd}), to start a new one there write data_dir: {here}")
