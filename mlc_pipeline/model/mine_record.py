@@ -6,7 +6,9 @@ Rounds are numbered across runs and commands by the catalog (`next_round`): a la
 its undo (a user's audit: three runs put three caps' worth of negatives under round 1, and each
 rewrote the bundle's mined-r1.csv with only its own decisions, so the report said "0 hard negatives
 added" while the catalog trained on 56). A round mined again by number (`mlc mine --round N`) adds
-to its record (`record_round`) and to its cap's count, never replacing either."""
+to its record (`record_round`) and to its cap's count, never replacing either. A bundle's mined.csv
+from before the per-round records is kept as its round's record before a new round replaces it
+(`keep_legacy_record`)."""
 
 from __future__ import annotations
 
@@ -80,6 +82,51 @@ def publish_record(pending: Path) -> None:
         shutil.copyfile(final, tmp)
 
 
+ROUND_RECORD = re.compile(r"mined-r\d+\.csv")       # report/analysis.py reads these, one per round
+LEGACY_RECORD = "mined-legacy.csv"                  # a legacy mined.csv whose round nobody can tell
+
+
+def keep_legacy_record(catalog: Catalog, folder: Path) -> Path | None:
+    """A bundle mined before the per-round records (2026-12-06) holds its round's decisions (every added,
+    held and over-cap image, with score and likeness) in mined.csv alone, which the next round's
+    `publish_record` replaces (the upgrade29 audit: round 1's record gone). Kept first, atomically, as
+    mined-r<its round>.csv (`legacy_round`), where the report and review read it, or, where the catalog
+    cannot tell its round, as mined-legacy.csv, said in a warning. Nothing once the bundle has a
+    per-round record. Returns the file kept, or None."""
+    legacy = folder / "mined.csv"
+    if not legacy.is_file() or any(ROUND_RECORD.fullmatch(p.name) for p in folder.glob("mined-r*.csv")):
+        return None
+    round_no = legacy_round(catalog, legacy)
+    kept = folder / (f"mined-r{round_no}.csv" if round_no else LEGACY_RECORD)
+    with atomic_path(kept) as tmp:
+        shutil.copyfile(legacy, tmp)
+    if round_no:
+        log.info("%s: mined.csv, written before per-round records, kept as %s", folder.name, kept.name)
+    else:
+        log.warning("%s: mined.csv, written before per-round records, kept as %s: the catalog does not tell "
+                    "which round it records (none of its added or held images has one round's mining event), "
+                    "so the report does not show it", folder.name, kept.name)
+    return kept
+
+
+def legacy_round(catalog: Catalog, record: Path) -> int | None:
+    """The round a record without a number recorded: the one round in which the catalog's events show
+    every image it added (`hard-negative:round=N`) or held (`<its decision>:round=N`) decided so.
+    Events, not `mined_round`: an undo clears that, never the events. An image with no such event
+    (taken down since) tells nothing; None when no image tells, or they tell different rounds."""
+    with open(record, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("decision") == "added" or
+                (r.get("decision") or "").startswith("held:")]
+    common: set[int] | None = None
+    for r in rows:
+        mark = "hard-negative" if r["decision"] == "added" else r["decision"]
+        rounds = {int(m[1]) for e in catalog.events(int(r["candidate_id"])) if e["stage"] == "mine"
+                  and (m := re.fullmatch(re.escape(mark) + r":round=(\d+)", e["reason"] or ""))}
+        if rounds:
+            common = rounds if common is None else common & rounds
+    return next(iter(common)) if common and len(common) == 1 else None
+
+
 def settle_record(catalog: Catalog, pending: Path) -> None:
     """A pending record a stopped round left (an error, Ctrl-C or kill after it was written):
     published when the catalog committed that round's moves (one of its added or held images has an
@@ -96,6 +143,7 @@ def settle_record(catalog: Catalog, pending: Path) -> None:
     except FileNotFoundError:       # settled meanwhile by another process: the same answer, given once
         return
     if any(e["run_id"] == found["run"] for cid in moved for e in catalog.events(cid)):
+        keep_legacy_record(catalog, pending.parent)     # before publishing replaces mined.csv
         publish_record(pending)
         log.info("%s: round %s's record published (its moves are in the catalog)", pending.parent.name, found["round"])
     else:
@@ -109,7 +157,9 @@ PENDING_FILES = ".mined-r*.csv.*.pending"
 
 def settle_records(catalog: Catalog, folder: Path) -> None:
     """`settle_record` for every pending record in a bundle: before a round mines with it (under the
-    data root's write lock, so no other mining is writing one)."""
+    data root's write lock, so no other mining is writing one). A legacy mined.csv is kept first
+    (`keep_legacy_record`): the round about to mine replaces it."""
+    keep_legacy_record(catalog, folder)
     for pending in sorted(folder.glob(PENDING_FILES)):
         settle_record(catalog, pending)
 
