@@ -38,10 +38,11 @@ from mlc_pipeline import progress
 from mlc_pipeline.catalog.labels import licence_allowed
 from mlc_pipeline.catalog.overrides import build_candidates, review_changed_photos
 from mlc_pipeline.dataset.card import FLICKR_PHOTO_PAGE, attribution, dataset_card, licence_setting
+from mlc_pipeline.dataset.splits import own_split, published_splits, settle_splits
 from mlc_pipeline.config import RESTRICTED_LICENSES, Config
 from mlc_pipeline.fsutil import errors_name, remove_dead_leftovers, sha256_file
 from mlc_pipeline.locking import files_lock
-from mlc_pipeline.manifest import (PUBLISHED, SPLITS, highest_published, latest_version, point_latest,
+from mlc_pipeline.manifest import (PUBLISHED, highest_published, latest_version, point_latest,
                                    recorded_fingerprint, withdrawn_versions, write_manifest)
 from mlc_pipeline.images import DECODE_ERRORS, load_rgb
 from mlc_pipeline.dataset.verify import SUMS_NAME, VersionDamaged, rows_fingerprint, verify_version
@@ -60,27 +61,6 @@ class BuildResult:
     skipped: dict = field(default_factory=dict)     # accepted images left out, by reason (file gone or unreadable)
     left_out: dict = field(default_factory=dict)    # accepted images of classes no longer in the config, by labels
     not_allowed: dict = field(default_factory=dict)  # accepted images whose licence source.licenses no longer allows
-
-
-def split_of(source: str, photo_id: str, fractions: dict[str, float]) -> str:
-    """Deterministic by photo, so an image never changes split between versions."""
-    h = int.from_bytes(hashlib.sha256(f"{source}:{photo_id}".encode()).digest()[:8], "big") / 2 ** 64
-    total = sum(fractions.get(s, 0) for s in SPLITS)
-    edge = 0.0
-    for s in SPLITS:
-        edge += fractions.get(s, 0) / total
-        if h < edge:
-            return s
-    return SPLITS[-1]
-
-
-def mined_split(source: str, photo_id: str, calibration_share: float) -> str:
-    """A mined negative trains, except a stable share that joins validation: the cap on unknowns is
-    calibrated there, so it then sees images like the pool's and not only the "other" set's
-    (docs/training.md, "Mining"). Test and probe stay fixed, so rounds compare on the same images."""
-    if calibration_share <= 0:
-        return "train"
-    return split_of(source, photo_id, {"train": 1 - calibration_share, "valid": calibration_share})
 
 
 def first_query(queries_json: str | None) -> str:
@@ -109,8 +89,9 @@ def licence_label(c: dict) -> str:
 
 def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None,
                  not_allowed: Counter | None = None, dropped: Counter | None = None) -> list[dict]:
-    """Everything accepted for training or probing, with its split; pool images (mined negatives, or
-    labelled in review) never test: test and probe stay the images every round compares on.
+    """Everything accepted for training or probing, with its split (dataset/splits.py: by photo id, or
+    the split its picture was published in); pool images (mined negatives, or labelled in review)
+    never test: test and probe stay the images every round compares on.
 
     Labels of classes no longer in the config are dropped: a photo left with none of the config's
     classes is left out (counted in `left_out` by its former labels), not made a negative: the user
@@ -137,12 +118,7 @@ def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None,
             continue
         if dropped is not None and len(labels.split()) < len(found):
             dropped.update(label for label in found if label not in cfg.classes)
-        if c["mined_round"] is not None or c["from_pool"]:     # mined, or a pool image labelled in review
-            split = mined_split(c["source"], c["photo_id"], cfg.mine.calibration_share)
-        elif c["purpose"] == "probe":
-            split = "probe"
-        else:
-            split = split_of(c["source"], c["photo_id"], cfg.build.split)
+        split, keeps = own_split(c, cfg.build.split, cfg.mine.calibration_share)
         rows.append({
             "path": f"images/{folder_name(labels) if split != 'probe' else 'probe'}/{c['source']}-{c['photo_id']}.jpg",
             "labels": labels, "split": split, "candidate_id": c["id"], "source": c["source"],
@@ -154,7 +130,15 @@ def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None,
             "query": first_query(c["queries"]), "source_file": c["source_file"] or "", "_file": c["file_path"],
             "license_url": license_urls.get(c["license_id"], "") if c["license_id"] is not None else "",
             "page": photo_page(c),
-            "_conflict": c["label"] if (c["reason"] or "").startswith("conflict:") else None, "_reason": c["reason"]})
+            "_conflict": c["label"] if (c["reason"] or "").startswith("conflict:") else None, "_reason": c["reason"],
+            "_splits": keeps})
+    in_rows = {r["candidate_id"] for r in rows}
+    dropped_for: dict[int, list[tuple[str, str]]] = defaultdict(list)   # a put-back copy is an image of its own
+    for d in catalog.candidates(status="duplicate"):
+        if d["duplicate_of"] is not None and d["id"] not in in_rows:
+            dropped_for[d["duplicate_of"]].append((d["source"], d["photo_id"]))
+    if moved := settle_splits(rows, published_splits(cfg.layout.datasets), dropped_for):
+        log.info("%d image(s) keep the split their picture was published in, not their own photo id's", moved)
     return sorted(rows, key=lambda r: r["path"])
 
 

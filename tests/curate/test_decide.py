@@ -20,7 +20,8 @@ from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import parse_config
 from mlc_pipeline.curate.stage import curate
-from mlc_pipeline.dataset.build import build_dataset, split_of
+from mlc_pipeline.dataset.build import build_dataset
+from mlc_pipeline.dataset.splits import split_of
 from mlc_pipeline.flickr_server.folder import photo_id_for
 from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.curate.decide import cross_duplicates, dedup_item, labels_of, purpose_of, resolve

@@ -21,7 +21,8 @@ from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import RESTRICTED_LICENSES, parse_config
 from mlc_pipeline.curate.stage import curate
-from mlc_pipeline.dataset.build import build_dataset, mined_split, split_of
+from mlc_pipeline.dataset.build import build_dataset
+from mlc_pipeline.dataset.splits import mined_split, split_of
 from mlc_pipeline.manifest import MANIFEST_COLUMNS, read_manifest, read_manifest_frame
 
 OPEN = [4, 5, 9, 10, 11]
@@ -253,7 +254,7 @@ def test_pool_images_labelled_in_review_never_enter_test_and_the_test_set_stays(
 
 SPLIT_SCRIPT = """
 import json, sys
-from mlc_pipeline.dataset.build import mined_split, split_of
+from mlc_pipeline.dataset.splits import mined_split, split_of
 ids = [(s, f"{s}-{k}") for s in ("flickr", "local", "urls") for k in range(400)]
 print(json.dumps([[split_of(s, p, {"train": 0.7, "valid": 0.15, "test": 0.15}), mined_split(s, p, 1 / 3)]
                   for s, p in ids]))

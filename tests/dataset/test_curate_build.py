@@ -12,6 +12,7 @@ from PIL import Image
 from helpers import FIXTURES, tree_digest
 
 from mlc_pipeline.dataset import build as dataset_mod
+from mlc_pipeline.dataset.splits import mined_split
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import parse_config
@@ -293,14 +294,14 @@ def test_curate_judges_the_bytes_on_disk_not_the_recorded_hash(tmp_path):
 def test_a_stable_share_of_mined_negatives_calibrates_and_the_rest_trains():
     """mine.calibration_share: by photo, so an image keeps its split in every later version."""
     ids = [f"p{i}" for i in range(3000)]
-    splits = [dataset_mod.mined_split("flickr", pid, 1 / 3) for pid in ids]
+    splits = [mined_split("flickr", pid, 1 / 3) for pid in ids]
     assert set(splits) == {"train", "valid"}
     assert 0.30 < splits.count("valid") / len(ids) < 0.37
-    assert splits == [dataset_mod.mined_split("flickr", pid, 1 / 3) for pid in ids]
+    assert splits == [mined_split("flickr", pid, 1 / 3) for pid in ids]
     # a larger share only moves images from train to valid: none that calibrated starts training
-    larger = [dataset_mod.mined_split("flickr", pid, 0.5) for pid in ids]
+    larger = [mined_split("flickr", pid, 0.5) for pid in ids]
     assert all(b == "valid" for a, b in zip(splits, larger) if a == "valid")
-    assert {dataset_mod.mined_split("flickr", pid, 0) for pid in ids} == {"train"}
+    assert {mined_split("flickr", pid, 0) for pid in ids} == {"train"}
 
 
 def downloaded_noise(cfg, sizes: dict[str, tuple[int, int]]) -> None:

@@ -16,7 +16,8 @@ from shapes import background, disc, draw, trained_bundle
 
 from mlc_pipeline.catalog import Catalog, Found
 from mlc_pipeline.config import Config
-from mlc_pipeline.dataset.build import dataset_rows, mined_split
+from mlc_pipeline.dataset.build import dataset_rows
+from mlc_pipeline.dataset.splits import mined_split
 from mlc_pipeline.model.mine import bundle_manifest, mine_round, pool_overlaps, undo_round
 from mlc_pipeline.model.predict import predict_paths, score_paths
 from mlc_pipeline.model.bundle import load_bundle

@@ -367,7 +367,7 @@ def test_pool_images_held_from_mining_are_decided_in_review(root):
     decided, and undo puts one back in it. (Three class images made held pool images here: mining them
     for real needs a trained model; tests/model/test_mine.py checks that mining leaves them alone.)"""
     from fastapi.testclient import TestClient
-    from mlc_pipeline.dataset.build import mined_split
+    from mlc_pipeline.dataset.splits import mined_split
     from mlc_pipeline.review.app import create_app
     config, cfg = root
     with Catalog(cfg.catalog_path) as c:

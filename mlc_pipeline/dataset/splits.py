@@ -1,0 +1,97 @@
+"""Which split each image of a new version goes in (docs/curation.md, "Splits: a picture keeps the
+split it was published in").
+
+An image never published is split by its photo id (`split_of`; a mined negative or a pool image
+labelled in review by `mined_split`, never test; a probe is "probe"). A picture already published
+keeps its split, whichever copy of it the version holds (`settle_splits`): a kept image takes the
+split its own photo, or a copy curate dropped for it (`duplicate_of`), was published in. So a better
+copy of a training photo collected later (a lossless file, more pixels) replaces it in train, where
+by its own photo id it could land in test: a picture the previous version trained on (audit
+curation29, finding 4).
+
+Of several published splits, test comes first (a picture once tested never trains: the rule curate
+keeps for copies of test images), then the earliest version. A published split is kept only where
+the image could get it now: not a split `build.split` gives no share, not valid for a mined image
+when `mine.calibration_share` is 0, never test for one; then its own split.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+from mlc_pipeline.manifest import SPLITS, read_manifest, versions
+
+log = logging.getLogger(__name__)
+
+
+def split_of(source: str, photo_id: str, fractions: dict[str, float]) -> str:
+    """By photo id alone (a hash, the same in every process): the split of an image never published."""
+    h = int.from_bytes(hashlib.sha256(f"{source}:{photo_id}".encode()).digest()[:8], "big") / 2 ** 64
+    total = sum(fractions.get(s, 0) for s in SPLITS)
+    edge = 0.0
+    for s in SPLITS:
+        edge += fractions.get(s, 0) / total
+        if h < edge:
+            return s
+    return SPLITS[-1]
+
+
+def mined_split(source: str, photo_id: str, calibration_share: float) -> str:
+    """A mined negative trains, except a stable share that joins validation: the cap on unknowns is
+    calibrated there, so it then sees images like the pool's and not only the "other" set's
+    (docs/training.md, "Mining"). Test and probe stay fixed, so rounds compare on the same images."""
+    if calibration_share <= 0:
+        return "train"
+    return split_of(source, photo_id, {"train": 1 - calibration_share, "valid": calibration_share})
+
+
+def own_split(c: dict, fractions: dict[str, float], calibration_share: float) -> tuple[str, tuple[str, ...]]:
+    """(the split of a build candidate by its photo id, the splits it may keep from a publication)."""
+    if c["mined_round"] is not None or c["from_pool"]:     # mined, or a pool image labelled in review
+        return (mined_split(c["source"], c["photo_id"], calibration_share),
+                ("train", "valid") if calibration_share > 0 else ("train",))
+    if c["purpose"] == "probe":
+        return "probe", ()
+    return split_of(c["source"], c["photo_id"], fractions), tuple(s for s in SPLITS if fractions.get(s, 0) > 0)
+
+
+def published_splits(root: Path) -> dict[tuple[str, str], dict[str, int]]:
+    """(source, photo_id) -> {split: the first version number that published the photo in it}, over
+    the versions in `root` (train, valid and test: a probe keeps no split). A manifest that cannot be
+    read is passed over, with a warning: its photos are split as if it had not published them."""
+    first: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    for version in versions(root):
+        manifest = root / version / "manifest.csv"
+        if not manifest.is_file():
+            continue
+        try:
+            rows = read_manifest(manifest)
+            records = [((r["source"], r["photo_id"]), r["split"]) for r in rows]
+        except (OSError, ValueError, KeyError, csv.Error) as exc:
+            log.warning("%s cannot be read (%s): its images keep no split in this build", manifest, exc)
+            continue
+        for photo, split in records:
+            if split in SPLITS:
+                first[photo].setdefault(split, int(version[1:]))
+    return first
+
+
+def settle_splits(rows: list[dict], published: dict[tuple[str, str], dict[str, int]],
+                  dropped_for: dict[int, list[tuple[str, str]]]) -> int:
+    """Give each row (its `split` by its photo id, `_splits` the splits it may keep) the split its
+    picture was published in (the module doc). `dropped_for`: candidate id -> the photos (source,
+    photo_id) of the copies curate dropped for it. Returns how many rows left the split of their own
+    photo id."""
+    moved = 0
+    for r in rows:
+        photos = [(r["source"], r["photo_id"]), *dropped_for.get(r["candidate_id"], ())]
+        records = sorted((split != "test", version, split) for photo in photos
+                         for split, version in published.get(photo, {}).items() if split in r["_splits"])
+        if records:
+            moved += r["split"] != records[0][2]
+            r["split"] = records[0][2]
+    return moved
