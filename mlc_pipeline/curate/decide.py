@@ -14,6 +14,7 @@ from functools import partial
 import numpy as np
 from PIL import Image, ImageOps
 
+from mlc_pipeline.catalog.pairs import review_partner
 from mlc_pipeline.config import Config
 from mlc_pipeline.curate.dedup import DedupItem, Look, resolve_duplicates, settle_labels, view_distance
 from mlc_pipeline.curate.hashing import hex_to_uint64
@@ -108,9 +109,12 @@ def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = 
         found = {r["id"]: (tests[own_bytes[r["sha256"]]]["id"], 0, "exact") for r in exposed if r["sha256"] in own_bytes}
         found.update(cross_duplicates(tests, [r for r in exposed if r["id"] not in found], threshold, confirm))
         found.update(window_copies(tests, [r for r in exposed if r["id"] not in found], confirm, mirrored))
+        partners = review_partners(rows)
         for rid, (tid, dist, kind) in found.items():
             t = tests[tid[1]]
             keeper = t["candidate_id"] if t["candidate_id"] in ids else None   # None: no longer in this catalog
+            if frozenset((rid, keeper)) in partners:
+                continue    # a review pair, published apart before pairs shared a split: decided below, as before
             if keeper is not None:
                 test_copies.append((by_id[rid], keeper))
             decisions[rid] = ("duplicate", f"{kind}-duplicate-of-test:{t['version']}:d={dist}", keeper, None)
@@ -150,6 +154,19 @@ def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = 
                 kept_higher.append(r)
     merge_into_test_keepers(decisions, test_copies, by_id, groups, threshold, confirm)
     return decisions
+
+
+def review_partners(rows: list[dict]) -> set[frozenset]:
+    """The review pairs the catalog records (`review:label-conflict:with=<id>`, either image's note):
+    a near copy under other labels that a person is to decide on. Its images share a split in every
+    version built since 2026-12-07 (dataset/splits.py); one published apart, in train and in test, is
+    not dropped as a copy of its own partner's test image (audit curation29, finding 3: the class photo
+    went, the mislabelled copy stayed in test, and the note for the person was gone)."""
+    pairs = set()
+    for r in rows:
+        if (partner := review_partner(r.get("reason"))) is not None:
+            pairs.add(frozenset((r["id"], partner[0])))
+    return pairs
 
 
 def merge_into_test_keepers(decisions: dict, test_copies: list[tuple[dict, int]], rows_by_id: dict[int, dict],

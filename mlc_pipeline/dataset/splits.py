@@ -2,12 +2,17 @@
 split it was published in").
 
 An image never published is split by its photo id (`split_of`; a mined negative or a pool image
-labelled in review by `mined_split`, never test; a probe is "probe"). A picture already published
-keeps its split, whichever copy of it the version holds (`settle_splits`): a kept image takes the
-split its own photo, or a copy curate dropped for it (`duplicate_of`), was published in. So a better
-copy of a training photo collected later (a lossless file, more pixels) replaces it in train, where
-by its own photo id it could land in test: a picture the previous version trained on (audit
-curation29, finding 4).
+labelled in review by `mined_split`, never test; a probe is "probe"). Then (`settle_splits`):
+
+- a picture already published keeps its split, whichever copy of it the version holds: a kept image
+  takes the split its own photo, or a copy curate dropped for it (`duplicate_of`), was published in.
+  So a better copy of a training photo collected later (a lossless file, more pixels) replaces it in
+  train, where by its own photo id it could land in test: a picture the previous version trained on
+  (audit curation29, finding 4);
+- the images of a review pair (`review:label-conflict:with=<id>`: a near copy under other labels,
+  both kept until a person decides) share one split, so one picture is never trained on under one
+  label and tested under the other (finding 3): the split of the pair's first published member, or,
+  none published, of its first photo (by source, then photo id).
 
 Of several published splits, test comes first (a picture once tested never trains: the rule curate
 keeps for copies of test images), then the earliest version. A published split is kept only where
@@ -23,6 +28,7 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
+from mlc_pipeline.catalog.pairs import review_partner
 from mlc_pipeline.manifest import SPLITS, read_manifest, versions
 
 log = logging.getLogger(__name__)
@@ -82,16 +88,43 @@ def published_splits(root: Path) -> dict[tuple[str, str], dict[str, int]]:
 
 def settle_splits(rows: list[dict], published: dict[tuple[str, str], dict[str, int]],
                   dropped_for: dict[int, list[tuple[str, str]]]) -> int:
-    """Give each row (its `split` by its photo id, `_splits` the splits it may keep) the split its
-    picture was published in (the module doc). `dropped_for`: candidate id -> the photos (source,
-    photo_id) of the copies curate dropped for it. Returns how many rows left the split of their own
-    photo id."""
+    """Give each row (its `split` by its photo id, `_splits` the splits it may keep, `_reason` curate's
+    note) the split its picture was published in, and each review pair one split (the module doc).
+    `dropped_for`: candidate id -> the photos (source, photo_id) of the copies curate dropped for it.
+    Returns how many rows left the split of their own photo id."""
     moved = 0
-    for r in rows:
-        photos = [(r["source"], r["photo_id"]), *dropped_for.get(r["candidate_id"], ())]
+    for group in review_groups(rows):
+        allowed = set.intersection(*(set(r["_splits"]) for r in group))
+        photos = [p for r in group for p in [(r["source"], r["photo_id"]), *dropped_for.get(r["candidate_id"], ())]]
         records = sorted((split != "test", version, split) for photo in photos
-                         for split, version in published.get(photo, {}).items() if split in r["_splits"])
-        if records:
-            moved += r["split"] != records[0][2]
-            r["split"] = records[0][2]
+                         for split, version in published.get(photo, {}).items() if split in allowed)
+        chosen = records[0][2] if records else min(group, key=lambda r: (r["source"], r["photo_id"]))["split"]
+        if chosen not in allowed:
+            continue
+        for r in group:
+            moved += r["split"] != chosen
+            r["split"] = chosen
     return moved
+
+
+def review_groups(rows: list[dict]) -> list[list[dict]]:
+    """The rows as groups that share a split: the images of each review pair (or chain of pairs)
+    together, every other row alone. A pair's note names the other image (either note will do: an
+    image in two pairs keeps one note, and the other image's names it)."""
+    by_id = {r["candidate_id"]: r for r in rows}
+    parent = {cid: cid for cid in by_id}
+
+    def root(cid: int) -> int:
+        while parent[cid] != cid:
+            parent[cid] = parent[parent[cid]]
+            cid = parent[cid]
+        return cid
+
+    for r in rows:
+        partner = review_partner(r["_reason"])
+        if partner is not None and partner[0] in by_id:
+            parent[root(r["candidate_id"])] = root(partner[0])
+    groups: dict[int, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[root(r["candidate_id"])].append(r)
+    return list(groups.values())

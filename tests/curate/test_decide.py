@@ -283,6 +283,24 @@ def test_copies_dropped_for_a_published_test_image_merge_their_labels_into_it_as
         10: ACCEPTED_KITE, 13: ("duplicate", "exact-duplicate-of-test:v1:d=0", 10, None)}
 
 
+def test_a_review_pair_published_apart_is_not_dropped_for_its_own_partner(tmp_path):
+    # Audit curation29, finding 3: a review pair (a near copy under another label, 0.92-0.97, both kept
+    # for a person to decide) published before its images shared a split: the "other" crop in v1's
+    # test split, the kite in train. The next curate dropped the kite as a copy of its own partner's
+    # test image, the mislabelled crop stayed in test, and both notes were gone. Now the pair is
+    # decided as before the build; a copy of a test image that was in no pair is dropped as before.
+    tests = [published(tmp_path, 0, "v1", 11, "t11", A, "p11")]
+    kite = {**row(tmp_path, 10, "train", "s10", h(0b11), label="kite", side=200),
+            "reason": "review:label-conflict:with=11:d=2:s=0.95"}
+    crop = {**row(tmp_path, 11, "train", "s11", A, photo_id="p11"), "reason": "review:label-conflict:with=10:d=2:s=0.95"}
+    later = row(tmp_path, 12, "train", "s12", h(0b1100), label="balloon")
+    scores = kept_scores(s10__t11=0.95, s10__s11=0.95, s12__t11=0.95, s11__s12=0.95, s10__s12=0.5)
+    assert resolve(cfg_of(tmp_path), [kite, crop, later], tests, scores) == {
+        10: ("accepted", "review:label-conflict:with=11:d=2:s=0.95", None, "kite"),
+        11: ("accepted", "review:label-conflict:with=10:d=2:s=0.95", None, "other"),
+        12: ("duplicate", "near-duplicate-of-test:v1:d=2", 11, None)}
+
+
 def test_a_corner_crop_or_mirror_image_of_a_published_test_image_is_dropped_once_pixels_confirm_it(tmp_path):
     # Far from every view of the test image (no candidate of the search), within LOOKALIKE_BITS of a
     # corner window (rows 11, 12) or a mirror view (13): each still needs its pixels to confirm it.
