@@ -34,21 +34,30 @@ log = logging.getLogger(__name__)
 
 
 def look_of(path: str) -> Look | None:
-    """Colour and encoding of an image file, from its header alone (no pixel is decoded: a draft decode
-    of every copy added ~15 % to a curate of thumbnails); None when it cannot be read."""
+    """Colour, encoding and JPEG quantisation of an image file, from its header alone (no pixel is
+    decoded: a draft decode of every copy added ~15 % to a curate of thumbnails); None when it cannot
+    be read."""
     try:
         st = os.stat(path)
         key = (os.fspath(path), st.st_size, st.st_mtime_ns)
         if (known := LOOKS.get(key)) is not None:
             return known
         with Image.open(path) as im:
-            mode, encoding = im.mode, f"{im.format}/{im.mode}"
+            mode, encoding, quant = im.mode, f"{im.format}/{im.mode}", quant_sum(im)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         log.warning("cannot read %s to compare it with its copies (ranked by size alone): %s", path, exc)
         return None
-    look = Look(2 if mode in GREY_MODES else 1 if mode in PALETTE_MODES else 0, encoding)
+    look = Look(2 if mode in GREY_MODES else 1 if mode in PALETTE_MODES else 0, encoding, quant)
     LOOKS.put(key, look)
     return look
+
+
+def quant_sum(im: Image.Image) -> int:
+    """A JPEG's quantisation, from its header (Pillow reads the tables on open): the sum of the
+    luminance and first chrominance tables, lower for a higher quality (a third table, where an
+    encoder writes one, repeats the second). 0 for other formats."""
+    tables = getattr(im, "quantization", None) or {}
+    return sum(sum(tables.get(k, ())) for k in (0, 1))
 
 
 class FileLooks:

@@ -11,8 +11,10 @@ Rules (docs/curation.md explains them and the measurements behind them):
    confirmed against, the very item kept for it (A~B and B~C never put A and C together).
 4. The best copy (`_rank`): colour before a palette before grey (`Look.colour`, read from the files
    of the items that have a candidate by `describe`), then most pixels, then by encoding (lossless,
-   then JPEG, then other formats; CMYK after RGB), then, within one encoding only, the larger file
-   (a re-encode at a lower quality is smaller), then earliest `first_seen`, then lowest id.
+   then JPEG, then other formats; CMYK after RGB), then, within one encoding only: for JPEGs the finer
+   quantisation (`Look.quant`: a re-encode at a lower quality has coarser tables; bytes also grow with
+   noise and sharpening, so they do not count), for other encodings the larger file; then earliest
+   `first_seen`, then lowest id.
 5. Labels are merged only across sure duplicates: exact copies, or near ones scoring >= `sure_at`.
    A class item merged with an "other" item keeps the class (`class-wins`); different class sets
    give the union (`multi-label`, default) or the best class item's labels (`keep-best`). A
@@ -49,7 +51,9 @@ LOSSLESS = ("PNG", "BMP", "TIFF")
 class Look(NamedTuple):
     "What a copy's file says of its quality beyond its size (`decide.FileLooks` reads it)."
     colour: int     # 0: colour, 1: a palette (at most 256 colours), 2: grey (no colour in its pixels)
-    encoding: str   # "<format>/<mode>", e.g. "JPEG/RGB": bytes say which copy is better only within one
+    encoding: str   # "<format>/<mode>", e.g. "JPEG/RGB": quality is compared only within one
+    quant: int = 0  # a JPEG's luminance + first chrominance quantisation tables, summed (lower: finer,
+    #                 a higher quality); 0 for other formats (and unread): then bytes decide
 
 
 NO_LOOK = Look(0, "")      # not read: ranked by pixels and bytes alone (as before looks existed)
@@ -229,13 +233,16 @@ def _near_candidates(reps: list[DedupItem], threshold: int) -> dict[int, list[tu
 
 def _rank(item: DedupItem) -> tuple:
     """Sort key of the best copy: colour before a palette before grey, then most pixels, then the
-    encoding (lossless, JPEG, others; RGB before CMYK), then most bytes (so bytes are compared only
-    within one encoding: a PNG is larger than the JPEG it came from, a q92 grey JPEG than a q85
-    colour one), then seen first, then lowest id."""
+    encoding (lossless, JPEG, others; RGB before CMYK), then within one encoding (a PNG is larger
+    than the JPEG it came from, a q92 grey JPEG than a q85 colour one): a JPEG's finer quantisation
+    tables, or, for other encodings and files not read, most bytes; then seen first, then lowest id.
+    Of two JPEGs at one quality the first seen stays, however many bytes noise or sharpening added to
+    the other (audit curation29, finding 6: such edits replaced their originals)."""
     look = item.look or NO_LOOK
     fmt, _, mode = look.encoding.partition("/")
     encoding = (0 if fmt in LOSSLESS else 1 if fmt in ("JPEG", "MPO", "") else 2, mode in ("CMYK", "YCbCr"), look.encoding)
-    return (look.colour, -item.pixels, encoding, -item.n_bytes, item.first_seen, item.id)
+    quality = (look.quant, 0) if look.quant else (0, -item.n_bytes)
+    return (look.colour, -item.pixels, encoding, *quality, item.first_seen, item.id)
 
 
 def settle_labels(members: list[DedupItem], best: DedupItem, class_conflict: ClassConflict = "multi-label"

@@ -345,6 +345,43 @@ def test_a_resized_re_encoded_copy_of_a_training_photo_leaves_the_probe_set(tmp_
     assert confirm.scored[pair] >= CONFIRM
 
 
+@pytest.mark.skipif(not fixture_photos(), reason="fixture photos missing (../shared/fixtures)")
+def test_an_edit_at_the_originals_jpeg_quality_never_replaces_it_and_a_lower_quality_re_encode_loses(tmp_path):
+    # Audit curation29, finding 6: a copy with noise, or sharpened with its colours boosted, saved with
+    # the original's quantisation tables, is a larger file of as many pixels: the larger file was kept
+    # and the original dropped. Now the finer quantisation, then the first seen, is kept (the files'
+    # own headers, read as a curate reads them); a re-encode at quality 50 still loses.
+    from PIL import ImageEnhance, ImageFilter, JpegImagePlugin
+    rng = np.random.default_rng(0)
+    originals = [p for p in fixture_photos() if p.suffix == ".jpg"][:3]
+    paths, expected = {}, {}
+    for k, original in enumerate(originals):
+        with Image.open(original) as src:
+            same = {"qtables": src.quantization, "subsampling": JpegImagePlugin.get_sampling(src)}
+            im = src.convert("RGB")
+        noisy = np.clip(np.asarray(im, np.float32) + rng.normal(0, 12, (im.height, im.width, 3)), 0, 255)
+        edits = {"noise": (Image.fromarray(noisy.astype(np.uint8)), same),
+                 "sharpen": (ImageEnhance.Color(im).enhance(1.8).filter(ImageFilter.SHARPEN), same),
+                 "q50": (im, {"quality": 50})}
+        paths[10 * k] = original
+        for j, (name, (edited, options)) in enumerate(edits.items(), start=1):
+            paths[10 * k + j] = tmp_path / f"{k}_{name}.jpg"
+            edited.save(paths[10 * k + j], **options)
+            grew = paths[10 * k + j].stat().st_size > original.stat().st_size
+            assert grew == (name != "q50"), (name, original)    # bytes alone would keep the edits
+            expected[10 * k + j] = 10 * k
+    limits = VerifyLimits(min_side=1)
+    rows = []
+    for rid, path in paths.items():
+        rec = inspect_file(path, limits)
+        rows.append({**row(tmp_path, rid, "train", rec.sha256, rec.phash, label="kite", first_seen=float(rid),
+                           view_hashes=rec.view_hashes), "img_width": rec.width, "img_height": rec.height,
+                     "bytes": rec.n_bytes, "file_path": str(path)})
+    decisions = resolve(cfg_of(tmp_path), rows, None, FileSimilarity({}))
+    assert {rid: d[2] for rid, d in decisions.items() if d[0] == "duplicate"} == expected
+    assert all(decisions[rid][0] == "accepted" for rid in range(0, 30, 10))
+
+
 # ---- end to end: collect, curate, build twice (bundled server, folder mode) ----------------------
 
 def hymenoptera_world(tmp_path, ants: int, bees: int, extra: dict[str, Image.Image] | None = None):

@@ -207,3 +207,24 @@ def test_colour_then_pixels_then_bytes_within_one_encoding_decide_the_copy_kept(
     items = [DedupItem(1, frozenset(), "a", "0000000000000000", 100, "1", n_bytes=1),
              DedupItem(2, frozenset(), "b", "0000000000000000", 100, "2", n_bytes=2)]
     assert list(resolve_duplicates(items, confirm=sure).kept) == [2]
+
+
+def test_of_jpegs_as_large_the_finer_quantisation_then_the_first_seen_is_kept_not_the_bigger_file():
+    # Audit curation29, finding 6: noise and sharpening add bytes, so within one encoding the edited
+    # copy was kept over its original. Of JPEGs, the quantisation tables (Look.quant: lower, finer)
+    # tell a lower quality; at one quality the first seen stays. Other encodings: bytes, as before.
+    looks = {1: Look(0, "JPEG/RGB", 1500), 2: Look(0, "JPEG/RGB", 1500), 3: Look(0, "JPEG/RGB", 3000),
+             4: Look(0, "JPEG/RGB", 900), 5: Look(0, "PNG/RGB"), 6: Look(0, "PNG/RGB")}
+
+    def kept(*specs):     # (id, pixels, bytes), seen in id order -> the id kept
+        items = [DedupItem(i, frozenset(), f"s{i}", "0000000000000000", px, f"2024-01-0{i}", n_bytes=n)
+                 for i, px, n in specs]
+        return list(resolve_duplicates(items, confirm=sure, describe=lambda its: {it.id: looks[it.id] for it in its}).kept)
+
+    assert kept((1, 100, 1000), (2, 100, 5000)) == [1]      # one quality: seen first, though the other is bigger
+    assert kept((2, 100, 5000), (1, 100, 1000)) == [1]      # (whatever order they are given in)
+    assert kept((1, 100, 1000), (3, 100, 500)) == [1]       # coarser tables: a lower quality
+    assert kept((1, 100, 5000), (4, 100, 1000)) == [4]      # finer tables win, smaller and seen later
+    assert kept((4, 100, 1000), (3, 200, 500)) == [3]       # more pixels still come first
+    assert kept((5, 100, 10), (6, 100, 20)) == [6]          # not a JPEG: the larger file, as before
+    assert kept((5, 100, 10), (1, 100, 5000)) == [5]        # lossless before JPEG, as before
