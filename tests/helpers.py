@@ -154,6 +154,29 @@ REPO = Path(__file__).resolve().parents[1]               # the project's root
 FIXTURES = REPO.parent / "shared" / "fixtures"           # real photos, beside the checkout (never copied in)
 
 
+def hymenoptera_world(tmp_path: Path, ants: int, bees: int, extra: dict | None = None):
+    """A folder-mode world of the first fixture ants and bees (classes "ants", "bees") and a few
+    scenery photos ("other"), with `extra` images saved into it by relative path; (cfg, world)."""
+    from mlc_pipeline.config import parse_config
+    hymenoptera = FIXTURES / "hymenoptera"
+    world = tmp_path / "world"
+    for name, files in (("ants", sorted((hymenoptera / "ants").glob("*.jpg"))[:ants]),
+                        ("bees", sorted((hymenoptera / "bees").glob("*.jpg"))[:bees]),
+                        ("scenery", sorted((hymenoptera / "ants").glob("*.jpg"))[100:103])):
+        (world / name).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, world / name / f.name)
+    for rel, im in (extra or {}).items():
+        im.save(world / rel)
+    return parse_config({
+        "data_dir": str(tmp_path / "data"),
+        "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s"],
+                   "local": {"port": 0, "folder": str(world),
+                             "query_map": {"ants": "ants", "bees": "bees", "scenery": "scenery"}}},
+        "classes": {"ants": {"queries": ["ants"], "count": 100}, "bees": {"queries": ["bees"], "count": 100}},
+        "other": {"queries": ["scenery"], "count": 3}, "build": {"max_side": 96}}), world
+
+
 def kill_after_its_commit(monkeypatch: pytest.MonkeyPatch) -> None:
     """The next takedown (curate.takedown.remove_photos) raises KeyboardInterrupt right after its
     commit, before it deletes the files it recorded (undo with `monkeypatch.undo()`)."""

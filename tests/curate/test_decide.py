@@ -16,6 +16,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from badfiles import fixture_photos
+from helpers import hymenoptera_world
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import parse_config
@@ -383,29 +384,6 @@ def test_an_edit_at_the_originals_jpeg_quality_never_replaces_it_and_a_lower_qua
 
 
 # ---- end to end: collect, curate, build twice (bundled server, folder mode) ----------------------
-
-def hymenoptera_world(tmp_path, ants: int, bees: int, extra: dict[str, Image.Image] | None = None):
-    """A folder-mode world of the first fixture ants and bees (classes "ants", "bees") and a few
-    scenery photos ("other"), with `extra` images saved into it by relative path; (cfg, world)."""
-    from helpers import FIXTURES
-    hymenoptera = FIXTURES / "hymenoptera"
-    world = tmp_path / "world"
-    for name, files in (("ants", sorted((hymenoptera / "ants").glob("*.jpg"))[:ants]),
-                        ("bees", sorted((hymenoptera / "bees").glob("*.jpg"))[:bees]),
-                        ("scenery", sorted((hymenoptera / "ants").glob("*.jpg"))[100:103])):
-        (world / name).mkdir(parents=True)
-        for f in files:
-            shutil.copy(f, world / name / f.name)
-    for rel, im in (extra or {}).items():
-        im.save(world / rel)
-    return parse_config({
-        "data_dir": str(tmp_path / "data"),
-        "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s"],
-                   "local": {"port": 0, "folder": str(world),
-                             "query_map": {"ants": "ants", "bees": "bees", "scenery": "scenery"}}},
-        "classes": {"ants": {"queries": ["ants"], "count": 100}, "bees": {"queries": ["bees"], "count": 100}},
-        "other": {"queries": ["scenery"], "count": 3}, "build": {"max_side": 96}}), world
-
 
 @pytest.mark.skipif(not fixture_photos(), reason="fixture photos missing (../shared/fixtures)")
 def test_labels_merged_from_byte_copies_stay_once_the_keeper_is_a_published_test_image(tmp_path):

@@ -4,16 +4,13 @@ keeps the split it was published in")."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 from PIL import Image
 
-from helpers import FIXTURES
+from helpers import FIXTURES, hymenoptera_world
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.catalog.pairs import review_partner
 from mlc_pipeline.collect.stage import collect
-from mlc_pipeline.config import parse_config
 from mlc_pipeline.curate.stage import curate
 from mlc_pipeline.dataset.build import build_dataset
 from mlc_pipeline.dataset.splits import settle_splits, split_of
@@ -21,25 +18,6 @@ from mlc_pipeline.flickr_server.folder import photo_id_for
 from mlc_pipeline.manifest import read_manifest
 
 HYMENOPTERA = FIXTURES / "hymenoptera"
-
-
-def folder_world(tmp_path, ants: int, bees: int):
-    """A folder-mode world of the first fixture ants and bees and three scenery photos ("other");
-    (cfg, world folder)."""
-    world = tmp_path / "world"
-    for name, files in (("ants", sorted((HYMENOPTERA / "ants").glob("*.jpg"))[:ants]),
-                        ("bees", sorted((HYMENOPTERA / "bees").glob("*.jpg"))[:bees]),
-                        ("scenery", sorted((HYMENOPTERA / "ants").glob("*.jpg"))[100:103])):
-        (world / name).mkdir(parents=True)
-        for f in files:
-            shutil.copy(f, world / name / f.name)
-    return parse_config({
-        "data_dir": str(tmp_path / "data"),
-        "source": {"kind": "local", "licenses": "any", "sizes": ["url_m", "url_n", "url_s"],
-                   "local": {"port": 0, "folder": str(world),
-                             "query_map": {"ants": "ants", "bees": "bees", "scenery": "scenery"}}},
-        "classes": {"ants": {"queries": ["ants"], "count": 100}, "bees": {"queries": ["bees"], "count": 100}},
-        "other": {"queries": ["scenery"], "count": 3}, "build": {"max_side": 96}}), world
 
 
 def named_for(cfg, stem: str, suffix: str, split: str) -> str:
@@ -57,7 +35,7 @@ def test_a_better_copy_of_a_published_training_photo_takes_its_split_not_its_own
     # Audit curation29, finding 4: a lossless copy of a v1 training photo and a 1.5x upscale of another,
     # collected later under photo ids the hash puts in test, each became the keeper (the better copy)
     # and took the split of its own photo id: v2 tested on two pictures v1 trained on.
-    cfg, world = folder_world(tmp_path, ants=16, bees=6)
+    cfg, world = hymenoptera_world(tmp_path, ants=16, bees=6)
     collect(cfg, progress=False)
     curate(cfg)
     v1 = build_dataset(cfg)
@@ -118,7 +96,7 @@ def test_the_images_of_a_review_pair_share_a_split_and_keep_their_notes(tmp_path
     # both images stay for a person to decide. Each was published in the split of its own photo id, so
     # v1 trained on the ant and tested the same picture as "other"; the next curate then dropped the ant
     # as a copy of a test image, and the mislabelled crop stayed in test with no note left.
-    cfg, world = folder_world(tmp_path, ants=20, bees=4)
+    cfg, world = hymenoptera_world(tmp_path, ants=20, bees=4)
     crops = []
     for f in sorted((world / "ants").glob("*.jpg")):
         if split_of("local", photo_id_for(f"ants/{f.name}"), cfg.build.split) != "train" or len(crops) == 6:
