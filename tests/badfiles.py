@@ -105,6 +105,11 @@ def make_bad_files(out_dir: Path, photo: Path | None = None) -> dict[str, BadFil
         "truncated-progressive": ("truncated-progressive.jpg",
                                   encode(src, "JPEG", quality=90, progressive=True)[:9000], "truncated",
                                   "progressive JPEG cut off"),
+        # libjpeg only warns about these two and fills grey; Pillow raised nothing (curation29 audit, finding 5).
+        "truncated-jpeg-eoi": ("truncated-eoi.jpg", jpeg[: len(jpeg) * 6 // 10] + b"\xff\xd9", "truncated",
+                               "first 60% of a JPEG, then an EOI marker"),
+        "corrupt-jpeg-scan": ("corrupt-scan.jpg", _flip_bytes(jpeg, len(jpeg) // 2, 8), "decode-error:CorruptJPEG",
+                              "JPEG with 8 bytes of its scan damaged"),
         "truncated-png": ("truncated.png", encode(src, "PNG")[:30000], "truncated", "PNG cut in IDAT"),
         "truncated-gif": ("truncated.gif", encode(src, "GIF")[:20000], "truncated", "GIF cut off"),
         "truncated-webp": ("truncated.webp", encode(src, "WEBP", quality=80)[:3000], "truncated",
@@ -138,6 +143,9 @@ def make_bad_files(out_dir: Path, photo: Path | None = None) -> dict[str, BadFil
                          encode(halves((160, 80), (255, 0, 0), (0, 0, 255)), "JPEG", quality=95, exif=exif),
                          None, "160x80 red | blue stored, orientation 6 -> 80x160 red on top"),
         "png-as-jpg": ("png-named.jpg", encode(src, "PNG"), None, "PNG bytes with a .jpg name"),
+        "grey-jpeg": ("grey.jpg", encode(src.convert("L"), "JPEG", quality=90), None, "greyscale JPEG"),
+        "progressive-jpeg": ("progressive.jpg", encode(src, "JPEG", quality=90, progressive=True), None,
+                             "progressive JPEG"),
     }
     files = {}
     for name, (file_name, data, reason, note) in cases.items():

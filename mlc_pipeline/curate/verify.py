@@ -3,13 +3,13 @@
 `check_image` decides whether a file is a usable training image and, if not, gives a short stable
 reason code. It is stricter than fastai's `verify_images` (open + draft + load, any exception =
 failed): it also rejects empty files, decompression bombs (from the header, before decoding), files
-whose *whole* stream does not decode, tiny images, extreme aspect ratios and colour modes we cannot
-turn into RGB faithfully.
+whose *whole* stream does not decode, JPEGs libjpeg only warns about (cut short, corrupt entropy data:
+jpegcheck.py), tiny images, extreme aspect ratios and colour modes we cannot turn into RGB faithfully.
 
 Reason codes (stable; other modules and reports key on them):
     empty-file, file-too-large, read-error:<Exc>, not-an-image, corrupt-header,
     unsupported-format:<FMT>, decompression-bomb, too-many-frames, too-small, extreme-aspect,
-    unsupported-mode, truncated, decode-error:<Exc>
+    unsupported-mode, truncated, decode-error:<Exc> (decode-error:CorruptJPEG: libjpeg's "Corrupt JPEG data")
 
 Loading an accepted file as RGB (`load_rgb`, `to_rgb`) and the errors Pillow raises on bad data
 (`DECODE_ERRORS`) live in the core's images.py, which the later stages use without importing curation.
@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
+from mlc_pipeline.curate import jpegcheck
 from mlc_pipeline.imageformat import DECODED_FORMATS, image_extension, size_reason
 from mlc_pipeline.images import DECODE_ERRORS, other_format
 
@@ -126,7 +127,8 @@ def decode_checked(data: bytes, limits: VerifyLimits, draft: tuple[str, tuple[in
     """Check and fully decode `data`; return the check and, when ok, the loaded first frame.
 
     `draft=(mode, (w, h))` lets JPEG decode at a reduced scale (libjpeg still entropy-decodes the
-    whole stream, so truncation is still caught). EXIF orientation is *not* applied to the returned
+    whole stream, so truncation is still caught; a greyscale draft comes from jpegcheck's strict
+    decode, the same pixels as Pillow's). EXIF orientation is *not* applied to the returned
     frame; `check.width/height` are oriented when the file decodes (the header's otherwise), and
     `exif_orientation(frame)` gives the tag.
     """
@@ -144,16 +146,22 @@ def decode_checked(data: bytes, limits: VerifyLimits, draft: tuple[str, tuple[in
         if n_frames > limits.max_frames or n_frames * im.width * im.height > (
                 limits.max_frame_pixels_factor * limits.max_pixels):
             return ImageCheck(ok=False, reason="too-many-frames", **fields), None
-        if draft is not None and im.format == "JPEG" and n_frames == 1:
-            im.draft(*draft)
-        im.load()
-        first = im.copy() if n_frames > 1 else im
-        for k in range(1, n_frames):  # the whole file must decode, not just what we keep
-            im.seek(k)
+        # A JPEG is decoded strictly first (jpegcheck.py: libjpeg's warnings of a cut or corrupt stream
+        # reject it); for the hash's greyscale draft that decode is the one kept, else Pillow's follows.
+        first = jpegcheck.decode_strict(data, im, draft) if im.format in jpegcheck.FORMATS else None
+        if first is None:
+            if draft is not None and im.format == "JPEG" and n_frames == 1:
+                im.draft(*draft)
             im.load()
+            first = im.copy() if n_frames > 1 else im
+            for k in range(1, n_frames):  # the whole file must decode, not just what we keep
+                im.seek(k)
+                im.load()
         # Only now: PNG keeps EXIF after the pixel data, so reading it earlier would decode the image.
         if exif_orientation(first) in (5, 6, 7, 8):
             fields.update(width=fields["height"], height=fields["width"])
+    except jpegcheck.DamagedJpeg as e:
+        return ImageCheck(ok=False, reason=e.reason, **fields), None
     except DECODE_ERRORS as e:
         return ImageCheck(ok=False, reason=_decode_reason(e), **fields), None
     return ImageCheck(ok=True, **fields), first
