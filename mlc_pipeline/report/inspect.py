@@ -125,8 +125,11 @@ def diff_group(row: dict) -> str:
 
 
 def version_diff(old: list[dict], new: list[dict], reviewed: Iterable[str] = ()) -> dict:
-    """Added / removed images per label (by source and photo id) between two manifests; of those,
-    "changed in review" counts the photos ('source:photo_id' in `reviewed`) the review app changed."""
+    """Added / removed / relabelled images per label (by source and photo id) between two manifests,
+    and those that kept their label but moved between splits ("moved train->valid": a mined negative
+    re-split by `mine.calibration_share`, say; a version may differ from the previous one by just
+    that); of those, "changed in review" counts the photos ('source:photo_id' in `reviewed`) the
+    review app changed."""
     key = lambda r: (r["source"], r["photo_id"])
     reviewed = {tuple(k.split(":", 1)) for k in reviewed}
     old_by, new_by = {key(r): r for r in old}, {key(r): r for r in new}
@@ -140,10 +143,26 @@ def version_diff(old: list[dict], new: list[dict], reviewed: Iterable[str] = ())
             out[label]["removed"] += 1
             out[label]["changed in review"] += k in reviewed
     for k in new_by.keys() & old_by.keys():
-        if diff_group(new_by[k]) != diff_group(old_by[k]):
-            out[diff_group(new_by[k])]["relabelled"] += 1
-            out[diff_group(new_by[k])]["changed in review"] += k in reviewed
-    return {label: {k: n for k, n in c.items() if n} for label, c in sorted(out.items())}
+        was, now = old_by[k], new_by[k]
+        if diff_group(now) != diff_group(was):      # its split too, maybe (a probe that trains): one change
+            out[diff_group(now)]["relabelled"] += 1
+            out[diff_group(now)]["changed in review"] += k in reviewed
+        elif was["split"] != now["split"]:
+            for label in diff_group(now).split():
+                out[label][f"moved {was['split']}->{now['split']}"] += 1
+                out[label]["changed in review"] += k in reviewed
+    return {label: {k: n for k, n in sorted(c.items(), key=lambda kn: diff_order(kn[0])) if n}
+            for label, c in sorted(out.items())}
+
+
+def diff_order(what: str) -> tuple:
+    """added, removed, relabelled, the moves (by split pair), then "changed in review"."""
+    return ({"added": 0, "removed": 1, "relabelled": 2}.get(what, 4 if what == "changed in review" else 3), what)
+
+
+def moves_of(counts: dict) -> str:
+    """A label's split moves in a version diff, for a table cell: "train->valid 27" ('' for none)."""
+    return ", ".join(f"{k.removeprefix('moved ')} {n}" for k, n in counts.items() if k.startswith("moved "))
 
 
 def dataset_summary(cfg: Config, version: str | None = None) -> dict | None:
@@ -283,8 +302,8 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
             parts += [f"<li>{html.escape(line)}</li>" for line in built] + ["</ul>"]
         if ds["diff"] is not None:
             parts += [f"<h3>Changes since {html.escape(ds['previous'])}</h3>",
-                      table(["label", "added", "removed", "relabelled", "changed in review"],
-                            [[k, c.get("added", 0), c.get("removed", 0), c.get("relabelled", 0),
+                      table(["label", "added", "removed", "relabelled", "moved between splits", "changed in review"],
+                            [[k, c.get("added", 0), c.get("removed", 0), c.get("relabelled", 0), moves_of(c),
                               c.get("changed in review", 0)] for k, c in ds["diff"].items()])]
         folder = Path(ds["path"])
         groups: dict[str, list[dict]] = defaultdict(list)

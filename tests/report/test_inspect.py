@@ -124,3 +124,75 @@ def test_a_version_withdrawn_while_inspect_reads_it_is_said_so(tmp_path):
     (root / "v1").rmdir()
     with pytest.raises(UnknownVersion, match="v1 was withdrawn .* while this command read it"):
         dataset_summary(cfg, "v1")
+
+
+def test_a_build_that_only_moves_images_between_splits_says_so(tmp_path):
+    """The upgrade29 audit: the first build after an upgrade put a third of the mined negatives in
+    valid (`mine.calibration_share`, older code trained on them all); a new version was published and
+    `mlc build` said "changes since the previous version: none", `mlc inspect` the same. Since the
+    move is what the new version changed (a `train --continue` of the old bundle refuses it), each
+    output names it, per label and split pair."""
+    import json
+    import subprocess
+
+    import yaml
+    from PIL import Image
+
+    from helpers import ENV, MLC
+    from mlc_pipeline.catalog import Catalog, Found
+    from mlc_pipeline.config import parse_config
+    from mlc_pipeline.curate.stage import curate
+    from mlc_pipeline.dataset.build import build_dataset, mined_split
+
+    settings = {"data_dir": str(tmp_path / "data"), "classes": {"cat": {"queries": ["cat"], "count": 8}},
+                "other": {"queries": ["o"], "count": 4}, "mine": {"pool": {"queries": ["p"], "count": 6}},
+                "curate": {"workers": 1}}
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    cfg = parse_config(settings)
+    share = cfg.mine.calibration_share         # three mined negatives that now validate, three that train
+    ids = [f"pool{k}" for k in range(100)]
+    pool = ([p for p in ids if mined_split("flickr", p, share) == "valid"][:3]
+            + [p for p in ids if mined_split("flickr", p, share) == "train"][:3])
+    photos = [(f"cat{k}", "train", "cat") for k in range(8)] + [(f"o{k}", "train", "other") for k in range(4)]
+    with Catalog(cfg.catalog_path) as c:
+        run = c.start_run("plant")
+        c.upsert_found([Found("flickr", pid, purpose, label, label, f"http://h/{pid}", "url_m", None, None, 4,
+                              "CC BY 2.0", "o", "o", "t", None, None, label)
+                        for pid, purpose, label in photos + [(p, "pool", "other") for p in pool]], run)
+        for pid, *_ in photos + [(p, "", "") for p in pool]:
+            dest = cfg.layout.raw("flickr") / f"{pid}.jpg"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            Image.effect_noise((96, 96), 60).convert("RGB").save(dest)
+            c.set_status(c.get_by_photo("flickr", pid)["id"], "downloaded", None, run, "download", file_path=str(dest))
+    curate(cfg)
+    with Catalog(cfg.catalog_path) as c:        # mined in round 1, as `mlc mine` records them
+        run = c.start_run("mine")
+        for pid in pool:
+            assert c.get_by_photo("flickr", pid)["status"] == "accepted"
+            c.set_status(c.get_by_photo("flickr", pid)["id"], "accepted", "hard-negative:round=1", run, "mine",
+                         purpose="train", curated_label="other", mined_round=1)
+    # v1 as the code before 2026-12-04 built it: every mined negative trains
+    assert build_dataset(parse_config({**settings, "mine": {**settings["mine"], "calibration_share": 0}})).version == "v1"
+    moved = 3
+
+    def mlc(*args):
+        res = subprocess.run([*MLC, *args, "-c", str(config)], env=ENV, text=True, capture_output=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return res.stdout
+    built = mlc("build", "--no-progress")
+    assert "dataset default v2: published" in built, built
+    assert f"  changes since the previous version: other moved train->valid {moved}\n" in built, built
+    assert f"Changes since v1\n  other: moved train->valid {moved}\n" in mlc("inspect") + "\n"
+    assert json.loads(mlc("inspect", "--json"))["dataset"]["diff"] == {"other": {"moved train->valid": moved}}
+    mlc("inspect", "--html", str(tmp_path / "r.html"))
+    assert (f"<tr><td>other</td><td>0</td><td>0</td><td>0</td><td>train-&gt;valid {moved}</td><td>0</td></tr>"
+            in (tmp_path / "r.html").read_text())
+
+
+def test_a_move_between_splits_is_counted_per_label_and_once_for_a_relabelled_photo():
+    old = [row("m1", "", "train"), row("m2", "", "train"), row("c1", "ants bees", "valid"), row("p", "", "probe")]
+    new = [row("m1", "", "valid"), row("m2", "", "train"), row("c1", "ants bees", "train"), row("p", "ants", "train")]
+    assert version_diff(old, new, ["local:c1"]) == {
+        "ants": {"relabelled": 1, "moved valid->train": 1, "changed in review": 1},
+        "bees": {"moved valid->train": 1, "changed in review": 1}, "other": {"moved train->valid": 1}}
