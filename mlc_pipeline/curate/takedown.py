@@ -36,7 +36,8 @@ class RemoveResult:
     run_id: str
     removed: list[dict] = field(default_factory=list)          # catalog rows, as they were before
     already_removed: list[dict] = field(default_factory=list)
-    files_deleted: list[str] = field(default_factory=list)
+    files_deleted: list[str] = field(default_factory=list)    # deleted from this data root (once it returns)
+    left_outside: list[str] = field(default_factory=list)     # their files outside it: never deleted by it
     copies: list[dict] = field(default_factory=list)           # byte copies (rows as they were): taken down
     held: list[dict] = field(default_factory=list)             # near copies held out for review by this run
     holds: list[dict] = field(default_factory=list)            # every hold in force for these photos
@@ -95,17 +96,22 @@ def remove_photos(cfg: Config, reason: str, photo_id: str | None = None, owner: 
             run_id = catalog.start_run("remove")
             result = _remove(cfg, catalog, RemoveResult(run_id), reason.strip(), selector, named, elsewhere)
             take_down_byte_copies(cfg, catalog, result, reason.strip())
-            result.files_deleted += drop_thumbnails(cfg, catalog, {r["sha256"] for r in result.removed + result.copies})
+            thumbs = drop_thumbnails(cfg, catalog, {r["sha256"] for r in result.removed + result.copies})
+            result.files_deleted += thumbs
             hold_near_copies(catalog, result, reason.strip(), client)
             hold_mirrors(catalog, result, client)
             result.holds = holds_for(catalog, result.photos)     # this run's and every earlier one's
-            catalog.finish_run(run_id, "completed", {
+            catalog.finish_run(run_id, "completed", {     # files_deleted: those to delete once committed
                 "selector": selector, "reason": reason.strip(), "removed": len(result.removed),
                 "already_removed": len(result.already_removed), "files_deleted": len(result.files_deleted),
+                "left_outside": result.left_outside,
                 "copies": len(result.copies), "held": len(result.held), "holds": len(result.holds),
                 "published_in": {v: len(ids) for v, ids in result.published_in.items()}})
-        delete_recorded_files(catalog)      # after the commit: see delete_recorded_files
+        here = lambda path: catalog.usable_path(catalog.stored_path(path))
+        deleted = {here(p) for p in delete_recorded_files(catalog)}     # after the commit: see there
+        result.files_deleted = [p for p in result.files_deleted if p in thumbs or here(p) in deleted]
         result.files_deleted += delete_left_files(cfg, [r for r in result.photos if r["status"] == "removed"])
+        warn_left_outside(catalog, result.left_outside)
     for rows, attr in ((result.holds, "held_in"), (result.copies, "copies_in")):    # the same pictures, published
         if photos := {(r["source"], r["photo_id"]) for r in rows}:
             setattr(result, attr, merged(published_versions_with(cfg, photos),
@@ -142,7 +148,7 @@ def _remove(cfg: Config, catalog: Catalog, result: RemoveResult, reason: str, se
             result.already_removed.append(row)
             continue
         keep_corners_of(catalog, row, quarantined)    # a file downloaded since keep_corner_hashes
-        deleted = files_of(cfg.layout, row, quarantined)     # once this is committed
+        deleted = files_here(catalog, cfg.layout, row, quarantined, result.left_outside)    # once this is committed
         catalog.record_removal(row, selector, reason, result.run_id, deleted)
         result.removed.append(row)
         result.files_deleted.extend(deleted)
@@ -168,7 +174,7 @@ def take_down_byte_copies(cfg: Config, catalog: Catalog, result: RemoveResult, r
         if row["status"] != "removed":
             of = digests[row["sha256"]]
             keep_corners_of(catalog, row, quarantined)
-            files = files_of(cfg.layout, row, quarantined)
+            files = files_here(catalog, cfg.layout, row, quarantined, result.left_outside)
             record_copy_removal(catalog, row, of, reason if of["status"] != "removed" else takedown_reason(of),
                                 result.run_id, files)
             result.files_deleted += files
@@ -243,13 +249,15 @@ def keep_out_copies_of_removed(cfg: Config, catalog: Catalog, rows: list[dict], 
     `hold_lookalikes_of_removed` holds those by their hashes instead. Returns the ids."""
     removed = catalog.removed_digests()
     copies = [r for r in rows if r["sha256"] in removed]
-    quarantined = QuarantineIndex(cfg.layout.quarantine())
+    quarantined, outside = QuarantineIndex(cfg.layout.quarantine()), []
     with catalog.transaction():
         for row in copies:
             of = removed[row["sha256"]]
-            record_copy_removal(catalog, row, of, takedown_reason(of), run_id, files_of(cfg.layout, row, quarantined))
+            record_copy_removal(catalog, row, of, takedown_reason(of), run_id,
+                                files_here(catalog, cfg.layout, row, quarantined, outside))
         drop_thumbnails(cfg, catalog, {r["sha256"] for r in copies})
     delete_recorded_files(catalog)
+    warn_left_outside(catalog, outside)
     return {r["id"] for r in copies}
 
 
@@ -305,6 +313,23 @@ def files_of(layout: DataLayout, row: dict, quarantine: QuarantineIndex) -> list
             seen.add(os.path.abspath(path))
             out.append(path)
     return out
+
+
+def files_here(catalog: Catalog, layout: DataLayout, row: dict, quarantine: QuarantineIndex,
+               outside: list[str]) -> list[str]:
+    """`files_of` inside this data root: the files a takedown records and deletes. One outside it (a
+    catalog of schema 1 records absolute paths: an old root copied without raw/ names the original's
+    files) is never deleted from here (`Catalog.removal_files`): it goes to `outside`, not into the
+    record, and is not counted as deleted (the upgrade29 audit: "1 file(s) deleted", none was)."""
+    files = files_of(layout, row, quarantine)
+    outside += [p for p in files if os.path.isabs(catalog.stored_path(p)) and p not in outside]
+    return [p for p in files if not os.path.isabs(catalog.stored_path(p))]
+
+
+def warn_left_outside(catalog: Catalog, outside: list[str]) -> None:
+    if outside:
+        log.warning("left %d file(s) of the photos taken down that lie outside this data root (%s), which a "
+                    "takedown never deletes: %s", len(outside), catalog.root, ", ".join(outside))
 
 
 def delete_left_files(cfg: Config, rows: list[dict]) -> list[str]:

@@ -585,6 +585,35 @@ def test_the_files_sweep_never_reaches_outside_its_data_root(published, tmp_path
     assert Path(victim["file_path"]).exists()
 
 
+def test_a_copied_schema_1_root_deletes_no_file_outside_it_and_says_which_it_left(published, tmp_path):
+    """The upgrade29 audit: a 0.1.0 catalog records absolute paths; in a copy of its root made without
+    raw/ the migration leaves them so, naming the original root's files. `mlc remove` there printed
+    "1 file(s) deleted" and recorded the original's path in removals.files_deleted, but (rightly)
+    deleted nothing outside its own root. Now it counts and records only what it deletes, and names
+    the file it left."""
+    import sqlite3
+    cfg, config, v1, world = published
+    victim, _ = first_ants_photo_and_crop(cfg)
+    copy = tmp_path / "copy"
+    shutil.copytree(cfg.data_dir, copy, ignore=lambda folder, names: ["raw"] if Path(folder) == cfg.data_dir else [])
+    with sqlite3.connect(copy / "catalog.sqlite") as db:       # as 0.1.0 wrote it: schema 1, absolute paths
+        db.execute("UPDATE candidates SET file_path = ? || '/' || file_path WHERE file_path NOT LIKE '/%'",
+                   (str(cfg.data_dir),))
+        db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    db.close()
+    copied = tmp_path / "copy.yaml"
+    copied.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "data_dir": str(copy)}))
+    done = mlc(copied, "remove", "--photo-id", victim["photo_id"], "--reason", "owner request")
+    assert done.returncode == 0, done.stderr
+    assert "removed 1 photo(s) (reason: owner request); 0 file(s) deleted" in done.stdout, done.stdout
+    assert (f"left 1 file(s) of the photos taken down that lie outside this data root ({copy}), which a takedown "
+            f"never deletes: {victim['file_path']}\n") in done.stderr, done.stderr
+    assert Path(victim["file_path"]).is_file()
+    with sqlite3.connect(copy / "catalog.sqlite") as db:
+        assert db.execute("SELECT files_deleted FROM removals").fetchall() == [("[]",)]
+    db.close()
+
+
 def test_a_file_the_takedown_cannot_delete_is_a_warning_not_a_stop_of_every_curate(published, monkeypatch, caplog):
     """After the commit the deletion's error went up: the takedown printed only 'permission denied',
     and every later curate and remove failed on that file (the verify22 audit)."""
@@ -599,6 +628,7 @@ def test_a_file_the_takedown_cannot_delete_is_a_warning_not_a_stop_of_every_cura
     monkeypatch.setattr(Path, "unlink", refused)
     result = remove_photos(cfg, "owner request", photo_id=victim["photo_id"])
     assert result.removed and stuck.exists() and "could not delete" in caplog.text
+    assert str(stuck) not in result.files_deleted        # counted as deleted only once it is (the upgrade29 audit)
     curate(cfg)                                    # not stopped by it
     monkeypatch.undo()
     curate(cfg)                                    # deletable again: the next curate deletes it
