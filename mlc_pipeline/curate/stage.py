@@ -33,7 +33,8 @@ from mlc_pipeline.curate.similarity import METHOD, FileSimilarity
 from mlc_pipeline.curate.lookalikes import hold_lookalikes_of_removed
 from mlc_pipeline.curate.takedown import QuarantineIndex, keep_out_copies_of_removed
 from mlc_pipeline.curate.unpublished import awaiting_publish
-from mlc_pipeline.curate.verify import LIMIT_REASONS, VerifyLimits, limits_key, recorded_reason
+from mlc_pipeline.curate.verify import (LIMIT_REASONS, VerifyLimits, limits_key, looks_jpeg, recorded_reason,
+                                        strict_jpeg_verdict)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,13 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
             or (r["verify_reason"] is None and r["view_hashes"] is None) or passing_fault(r["verify_reason"])]
     in_todo = {r["id"] for r in todo}
     stale = [r for r in rows if r["id"] not in in_todo and r["verify_limits"] != key]
+    # JPEGs that passed before libjpeg's warnings rejected (cut short, corrupt scans did): decoded once again.
+    again = [r for r in stale if r["verify_reason"] is None and not strict_jpeg_verdict(r["verify_limits"])
+             and looks_jpeg(r["file_path"])]
+    if again:
+        log.info("%d JPEG(s) that passed before JPEGs were decoded strictly are inspected again, once", len(again))
+        todo += again
+        stale = [r for r in stale if r not in again]
     on_record = [r for r in stale if judged_on_record(r, limits)]
     todo += [r for r in stale if not judged_on_record(r, limits)]
     summary.reused = len(rows) - len(todo)
@@ -215,9 +223,10 @@ def found_in_quarantine(cfg: Config, catalog: Catalog, rows: list[dict]) -> list
     return still
 
 
-def limit_rejected(row: dict, key: str) -> bool:
-    """A file rejected at verification for a limit other than the current ones: it may pass now."""
-    return for_a_limit(row["verify_reason"]) and row["verify_limits"] != key
+def limit_rejected(row: dict, keys: tuple[str, ...]) -> bool:
+    """A file rejected at verification for a limit other than the current ones (`keys`: today's, with
+    and without the strict JPEG mark, which a limit's verdict does not depend on): it may pass now."""
+    return for_a_limit(row["verify_reason"]) and row["verify_limits"] not in keys
 
 
 def for_a_limit(reason: str | None) -> bool:
@@ -306,13 +315,14 @@ def _curate(cfg: Config) -> CurateSummary:
             newly = {r["id"] for r in rows if r["status"] != "accepted"}
             key = limits_key(limits_of(cfg))     # a rejection for a file's content is final; for a limit, not
             # Verdicts recorded before their limits were (catalogs from before 2026-12-05) count as reached
-            # under today's, as they were treated then: the first curate after an upgrade re-judges nothing.
+            # under today's, as they were treated then (no re-judging), but not with JPEGs decoded strictly.
+            before = limits_key(limits_of(cfg), strict_jpeg=False)
             with catalog.transaction():
-                if catalog.stamp_verify_limits(key):
-                    rows = [{**r, "verify_limits": key} if r["verify_limits"] is None and r["hashed_sha256"]
+                if catalog.stamp_verify_limits(before):
+                    rows = [{**r, "verify_limits": before} if r["verify_limits"] is None and r["hashed_sha256"]
                             else r for r in rows]
             rows = [r for r in rows if r["status"] != "rejected" or r["verify_reason"] is None
-                    or limit_rejected(r, key) or passing_fault(r["verify_reason"])]
+                    or limit_rejected(r, (key, before)) or passing_fault(r["verify_reason"])]
             missing = found_in_quarantine(cfg, catalog, [r for r in rows if not Path(r["file_path"]).exists()])
             waiting = awaiting_publish(cfg, catalog, missing, run_id)      # another machine's, not lost
             summary.unpublished, held = len(waiting), {r["id"] for r in waiting}

@@ -228,9 +228,28 @@ def _header_reason(im: Image.Image, limits: VerifyLimits) -> str | None:
 LIMIT_REASONS = ("file-too-large", "decompression-bomb", "too-many-frames", "too-small", "extreme-aspect")
 
 
-def limits_key(limits: VerifyLimits) -> str:
-    "The limits a verdict was reached under, as recorded with it in the catalog (JSON)."
-    return json.dumps(asdict(limits), sort_keys=True)
+def limits_key(limits: VerifyLimits, strict_jpeg: bool = True) -> str:
+    """The limits a verdict was reached under, as recorded with it in the catalog (JSON), and that
+    JPEGs were decoded strictly (libjpeg's warnings reject, since 2026-12-07): a verdict recorded
+    without it let a JPEG cut short or with a corrupt scan pass, so such a JPEG is inspected again."""
+    return json.dumps({**asdict(limits), **({"jpeg": "strict"} if strict_jpeg else {})}, sort_keys=True)
+
+
+def strict_jpeg_verdict(key: str | None) -> bool:
+    "Whether a verdict recorded under `key` (`limits_key`) decoded JPEGs strictly."
+    try:
+        return json.loads(key).get("jpeg") == "strict"
+    except (TypeError, ValueError, AttributeError):     # NULL, not JSON, or not an object: from before
+        return False
+
+
+def looks_jpeg(path: str) -> bool:
+    "A JPEG by its first bytes (its name may lie); a file that cannot be read counts, inspecting it says why."
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"\xff\xd8"
+    except OSError:
+        return True
 
 
 def recorded_reason(width: int, height: int, n_bytes: int, frames: int, limits: VerifyLimits) -> str | None:

@@ -374,12 +374,51 @@ def test_verdicts_from_before_limits_were_kept_are_not_judged_again(tmp_path):
     with Catalog(cfg.catalog_path) as c:                  # what a catalog from before the upgrade holds
         for r in c.candidates():
             c.update_fields(r["id"], verify_limits=None, img_frames=None)
-    after = curate(cfg)
-    assert (after.inspected, after.rejudged) == (0, 0)
+    after = curate(cfg)      # the one JPEG that passed is decoded once more, strictly (next test): no more
+    assert (after.inspected, after.rejudged) == (1, 0)
     with Catalog(cfg.catalog_path, readonly=True) as c:
         assert {r["photo_id"]: (r["status"], r["reason"]) for r in c.candidates()} == {
             "camera": ("accepted", None), "small": ("rejected", "too-small")}
         assert all(r["verify_limits"] for r in c.candidates())
+    again = curate(cfg)
+    assert (again.inspected, again.rejudged) == (0, 0)
+
+
+def test_a_jpeg_that_passed_before_strict_decoding_is_inspected_again_once(tmp_path, monkeypatch, caplog):
+    """Until 2026-12-07 a JPEG cut short with an end marker appended passed (libjpeg only warns and
+    fills grey; Pillow raised nothing). A catalog curated then holds it accepted: the first curate
+    after the upgrade decodes the JPEGs that passed once more, strictly, and quarantines the damaged;
+    a PNG is judged on its record, nothing is decoded a second time after that."""
+    from mlc_pipeline.curate import jpegcheck
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), "classes": {"cat": {"queries": ["cat"], "count": 5}},
+                        "other": {"queries": ["x"], "count": 5}, "curate": {"workers": 1}})
+    downloaded_noise(cfg, {"cut": (300, 300), "whole": (300, 300), "png": (300, 300)})
+    raw = cfg.layout.raw("flickr")
+    good = (FIXTURES / "ants").glob("*.jpg")
+    data = [p.read_bytes() for p in sorted(good)[:3]]
+    (raw / "cut.jpg").write_bytes(data[0][: len(data[0]) * 6 // 10] + b"\xff\xd9")
+    (raw / "whole.jpg").write_bytes(data[1])
+    (raw / "png.jpg").write_bytes(data[2])
+    Image.open(raw / "png.jpg").save(raw / "png.jpg", format="PNG")        # a PNG under a .jpg name
+    with monkeypatch.context() as m:         # the decoding before 2026-12-07: Pillow alone decides
+        m.setattr(jpegcheck, "decode_strict", lambda data, im, draft: None)
+        assert curate(cfg).inspected == 3
+    with Catalog(cfg.catalog_path) as c:     # as that code recorded them: limits without the strict mark
+        old = c.candidates()[0]["verify_limits"].replace(', "jpeg": "strict"', "")
+        assert '"jpeg"' not in old
+        for r in c.candidates():
+            assert r["verify_reason"] is None, r
+            c.update_fields(r["id"], verify_limits=old)
+    caplog.set_level("INFO", logger="mlc_pipeline.curate.stage")
+    after = curate(cfg)
+    assert (after.inspected, after.rejudged) == (2, 1)
+    assert "2 JPEG(s) that passed before JPEGs were decoded strictly are inspected again, once" in caplog.text
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        got = {r["photo_id"]: (r["status"], r["reason"]) for r in c.candidates()}
+        assert got["cut"] == ("rejected", "truncated") and got["whole"] == got["png"] == ("accepted", None), got
+        [cut] = c.candidates(status=["rejected"])
+        assert Path(cut["file_path"]).is_relative_to(cfg.layout.quarantine("truncated")), cut["file_path"]
+    assert (curate(cfg).inspected, curate(cfg).rejudged) == (0, 0)
 
 
 def test_a_file_the_os_would_not_read_is_inspected_again_and_comes_back(tmp_path):
