@@ -31,10 +31,22 @@ def effective_labels(row: dict) -> str:
     return reviewed or row.get("curated_label") or row.get("label") or "other"
 
 
-def next_build(row: dict) -> tuple[bool, str]:
+def next_build(row: dict, licences=None) -> tuple[bool, str]:
     """Whether the next build takes the candidate, and why (the review app's "next build" line): the
     one rule for the build (catalog.overrides.build_candidates) and the app. A put-back image is in only
-    while it is still rejected or a duplicate with a file (not taken down, failed or pending since)."""
+    while it is still rejected or a duplicate with a file (not taken down, failed or pending since).
+    `licences` (the config's `source.licenses`; None: not asked): an image it would take is out when the
+    setting no longer allows its licence, as the build leaves it out (`licence_allowed`, after
+    build_candidates): the app said "in" for those (the review29 audit)."""
+    taken, why = _review_rule(row)
+    if taken and licences is not None and not licence_allowed(row["source"], row.get("license_id"), licences):
+        what = "a photo with no licence id" if row.get("license_id") is None else f"its licence {row['license_id']}"
+        return False, f"source.licenses ({', '.join(map(str, licences))}) does not allow {what}: widen it to publish " \
+                      "the image again"
+    return taken, why
+
+
+def _review_rule(row: dict) -> tuple[bool, str]:
     include, status = row.get("review_include"), row["status"]
     dataset = row["purpose"] in ("train", "probe")
     if status == "removed":

@@ -140,7 +140,7 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
                 rows, total = [], 0
             facets = review.facets()
         for r in rows:
-            r["eff"] = effective(r)
+            r["eff"] = effective(r, cfg.source.licenses)
         pages = max(1, -(-total // PAGE_SIZE))
         if page_no > pages:         # past the end (an old link, a list that shrank): its last page
             return RedirectResponse(f"/?{urlencode({**filters, 'page_no': pages})}", status_code=303)
@@ -166,7 +166,8 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
                                                      order=filters.get("sort", "id"))
             kept = review.catalog.get(row["duplicate_of"]) if row["duplicate_of"] else None
             copies = review.catalog.candidates(duplicate_of=cid, status="duplicate")   # dropped for it
-        eff = effective({**row, "review_labels": override["labels"], "review_include": override["include"]})
+        eff = effective({**row, "review_labels": override["labels"], "review_include": override["include"]},
+                        cfg.source.licenses)
         return page(request, "image.html", row=row, eff=eff, override=override, events=events, actions=acts,
                     scores=scores_for(cfg, cid), copies=copies, source_file=source_file_of(row),
                     photo_page=photo_page(row, flickr_pages=True),     # Flickr's only for a photo from Flickr

@@ -53,10 +53,11 @@ def known_id(cid: int) -> int:
     return cid
 
 
-def effective(row: dict) -> dict:
+def effective(row: dict, licences=None) -> dict:
     """What the next build does with a candidate: its labels and whether it is in (the build's own
-    rules, catalog.labels: what is shown is what is published)."""
-    taken, why = next_build(row)
+    rules, catalog.labels: what is shown is what is published); `licences`: the config's
+    `source.licenses`, which the build applies too."""
+    taken, why = next_build(row, licences)
     state = ("in" if taken else "out") + (f" ({why})" if why else "")
     # "changed in review": an override in force on a photo still here (what `mlc build` counts as such)
     return {"labels": effective_labels(row), "state": state, "reviewed": bool(

@@ -16,7 +16,7 @@ NONE = {"labels": None, "include": None}
 def row(**kw) -> dict:
     base = {"purpose": "train", "status": "accepted", "label": "ants", "curated_label": None, "reason": None,
             "file_path": "raw/x.jpg", "sha256": "a" * 64, "duplicate_of": None, "duplicate_of_sha256": None,
-            "review_labels": None, "review_include": None}
+            "review_labels": None, "review_include": None, "source": "flickr", "license_id": 4}
     return {**base, **kw}
 
 
@@ -44,6 +44,20 @@ def test_the_labels_published_are_the_reviews_then_the_curated_then_the_searched
 ])
 def test_what_the_next_build_takes_and_why(kw, taken, why):
     assert next_build(row(**kw)) == (taken, why)
+
+
+def test_the_next_build_leaves_out_a_licence_the_setting_no_longer_allows():
+    """The app's "next build" line said "in" for images whose licence `source.licenses` was narrowed to
+    exclude since they were collected, which the build leaves out (the review29 audit)."""
+    why = "source.licenses (4, 5) does not allow its licence 9: widen it to publish the image again"
+    assert next_build(row(license_id=9), [4, 5]) == (False, why)
+    assert next_build(row(status="duplicate", review_include="accepted", license_id=9), [4, 5]) == (False, why)
+    assert next_build(row(license_id=None), [4, 5])[1].startswith("source.licenses (4, 5) does not allow a photo with no licence id")
+    assert next_build(row(license_id=9), "any") == (True, "")
+    assert next_build(row(license_id=4), [4, 5]) == (True, "")
+    assert next_build(row(source="urls", license_id=None), [4, 5]) == (True, "")      # its own licence text
+    assert next_build(row(license_id=9, review_include="rejected"), [4, 5]) == (False, "rejected in review")
+    assert next_build(row(license_id=9)) == (True, "")      # not asked (the build checks it after)
 
 
 def test_the_status_the_build_sees_after_a_review():

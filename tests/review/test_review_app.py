@@ -421,6 +421,39 @@ def test_pool_images_held_from_mining_are_decided_in_review(root):
                                                           cfg.mine.calibration_share)
 
 
+def test_the_next_build_line_leaves_out_a_licence_source_licenses_no_longer_allows(root):
+    """`source.licenses` narrowed since collect: the build leaves out the images whose licence it no
+    longer allows, and the image page and the browse badge said "in" for them (the review29 audit).
+    Every candidate's page must say what the real build then does."""
+    import yaml
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.config import load_config
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    with Catalog(cfg.catalog_path) as c:
+        everyone = c.candidates()
+        narrowed = first_accepted(cfg, "bees")
+        c.update_fields(narrowed["id"], license_id=99)
+        relabelled = first_accepted(cfg, "ants")
+        c.update_fields(relabelled["id"], license_id=99)
+    raw = yaml.safe_load(config.read_text())
+    raw["source"]["licenses"] = sorted({r["license_id"] for r in everyone if r["license_id"] not in (None, 99)})
+    config.write_text(yaml.safe_dump(raw))
+    cfg = load_config(config)
+    h = {"X-MLC-Client": "tab1"}
+    state = lambda client, cid: re.search(r'<b id="state">([^<]*)</b>', client.get(f"/image/{cid}").text).group(1)
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        assert client.post("/api/action", json={"id": relabelled["id"], "action": "relabel", "labels": ["bees"],
+                                                "reason": "r"}, headers=h).status_code == 200
+        shown = {r["id"]: state(client, r["id"]) for r in everyone}
+        badge = client.get("/?reviewed=1").text
+    rows = {int(r["candidate_id"]) for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
+    why = f"out (source.licenses ({', '.join(map(str, raw['source']['licenses']))}) does not allow its licence 99"
+    assert shown[narrowed["id"]].startswith(why) and shown[relabelled["id"]].startswith(why)
+    assert why in badge             # the browse card's badge of the image changed in review
+    assert {cid for cid, s in shown.items() if s == "in" or s.startswith("in (")} == rows
+
+
 @pytest.mark.parametrize("root", ["sqlite", "postgresql"], indirect=True)
 def test_image_pages_step_and_go_back_in_the_lists_order(root, monkeypatch):
     """j/k on an image page follow the list's order (by mining score, highest first, then the images
