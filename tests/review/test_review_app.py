@@ -11,6 +11,7 @@ import stat
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 import requests
@@ -452,6 +453,29 @@ def test_the_next_build_line_leaves_out_a_licence_source_licenses_no_longer_allo
     assert shown[narrowed["id"]].startswith(why) and shown[relabelled["id"]].startswith(why)
     assert why in badge             # the browse card's badge of the image changed in review
     assert {cid for cid, s in shown.items() if s == "in" or s.startswith("in (")} == rows
+
+
+def test_the_mining_queues_show_each_cards_score_and_round(root):
+    """The hard-negative and held-pool queues are sorted by score, and their cards showed neither the
+    score nor the mining round (the review29 audit): the reviewer opened each image to see them."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import QUEUES, create_app
+    config, cfg = root
+    with Catalog(cfg.catalog_path) as c:
+        rows = c.candidates("status='accepted' AND purpose='train'")[:4]
+        for r, score, round_no in zip(rows, (0.2, 0.9526, 0.5), (1, 2, 1)):
+            c.update_fields(r["id"], curated_label="other", reason=f"hard-negative:round={round_no}", mined_score=score,
+                            mined_round=round_no)
+        c.update_fields(rows[3]["id"], purpose="pool", curated_label="other", reason="held:like-class:bees:round=3",
+                        mined_score=0.8)           # mining records no round on an image it holds: its reason does
+    cards = lambda text: re.findall(r'href="/image/(\d+)\?[^"]*".*?class="meta mined">([^<]*)<', text, re.S)
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        negatives = cards(client.get("/?" + urlencode(QUEUES["mined hard negatives, highest score first"])).text)
+        held = cards(client.get("/?" + urlencode(next(f for f in QUEUES.values() if f.get("reason") == "held"))).text)
+    assert negatives == [(str(rows[1]["id"]), "score 0.953 · mining round 2"),
+                         (str(rows[2]["id"]), "score 0.500 · mining round 1"),
+                         (str(rows[0]["id"]), "score 0.200 · mining round 1")]
+    assert held == [(str(rows[3]["id"]), "score 0.800 · mining round 3, held for review")]
 
 
 @pytest.mark.parametrize("root", ["sqlite", "postgresql"], indirect=True)
