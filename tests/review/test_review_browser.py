@@ -299,3 +299,55 @@ def test_a_huge_title_or_owner_keeps_the_take_down_button_on_screen(world, brows
     assert box["x"] >= 0 and box["x"] + box["width"] <= 1280 and box["y"] >= 0 and box["y"] + box["height"] <= 860, box
     assert page.get_attribute("#title", "title") == title        # all of it, on hover
     assert page.evaluate("document.documentElement.scrollHeight") < 5000
+
+
+def test_classes_past_the_ninth_show_no_key_they_cannot_have_and_long_names_stay_in_their_cards(world, browser):
+    """The review29 audit: with 12 classes the boxes showed keys 10, 11, 12, which cannot be typed
+    (typing 1 then 2 toggles classes 1 and 2, and `s` saved the wrong labels); 41-character class
+    names spilled out of the browse cards and made the page wider than the window. A class past the
+    ninth has no key hint and is set by a click on its box; a card clips its labels, the whole in
+    its title."""
+    import yaml
+    config, cfg, server = world
+    raw = yaml.safe_load(config.read_text())
+    names = [f"c{i:02d}" + "x" * 38 for i in range(10)]       # 41 characters (LABEL_RE's most), no hyphen to break at
+    raw["classes"].update({name: {"queries": [f"q{i}"], "count": 1} for i, name in enumerate(names)})
+    many = config.with_name("many.yaml")
+    many.write_text(yaml.safe_dump(raw))
+    app = ReviewServer(many, free_port())
+    try:
+        with Catalog(cfg.catalog_path, readonly=True) as c:
+            target = c.candidates("status='accepted' AND purpose='train' AND curated_label='ants'")[0]
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{app.url}/image/{target['id']}")
+        boxes = page.locator("#label-boxes label")
+        assert boxes.count() == 13                   # ants, bees, ten more, other
+        assert page.locator("#label-boxes kbd").all_inner_texts() == [str(i) for i in range(1, 10)] + ["o"]
+        assert boxes.nth(11).locator("kbd").count() == 0 and boxes.nth(11).inner_text().strip() == names[-1]
+        assert "click its box" in page.inner_text(".keys")
+        last = names[-1]
+        boxes.nth(11).click()                        # the twelfth class, by its box
+        checked = lambda: page.eval_on_selector_all("input[name=label]:checked", "b => b.map(x => x.value)")
+        assert checked() == ["ants", last]
+        page.keyboard.press("2")                     # a digit still toggles one of the first nine
+        assert checked() == ["ants", "bees", last]
+        page.keyboard.press("2")
+        assert state_after(page, "s") == "in" and page.inner_text("#labels") == f"ants {last}"
+        with Catalog(cfg.catalog_path, readonly=True) as c:
+            assert co.override_of(c, target["id"])["labels"] == f"ants {last}"
+        with Catalog(cfg.catalog_path) as c:      # two rows of cards, the last column's included
+            for r in c.candidates("status='accepted' AND purpose='train' AND id <> ?", (target["id"],))[:13]:
+                co.act(c, r["id"], "relabel", "long", "test", list(raw["classes"]), labels=[names[0]])
+        page.goto(f"{app.url}/?set=train")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280      # it was 1,365 px wide
+        card = page.locator(f".card[data-id='{target['id']}']")
+        labels = card.locator(".labels")
+        inner, outer = labels.bounding_box(), card.bounding_box()
+        assert inner["x"] + inner["width"] <= outer["x"] + outer["width"], (inner, outer)
+        assert labels.evaluate("e => e.scrollWidth > e.clientWidth")       # clipped, with an ellipsis
+        assert labels.get_attribute("title") == f"ants {last}"
+        assert not errors, errors
+    finally:
+        app.stop()
