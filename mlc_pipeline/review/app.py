@@ -36,7 +36,8 @@ from mlc_pipeline.review.answers import moved, unavailable
 from mlc_pipeline.review.params import client_of, effective, filters_of, fits_sql, known_id, whole_number
 from mlc_pipeline.imageformat import file_media_type
 from mlc_pipeline.review.security import COOKIE, FILE_HEADERS, SESSION_MAX_AGE_S, Guard, session_value
-from mlc_pipeline.review.queues import model_review_list, probes_accepted, scores_for
+from mlc_pipeline.review.lists import model_lists, paged
+from mlc_pipeline.review.queues import scores_for
 from mlc_pipeline.review.state import Review
 from mlc_pipeline.review.thumbs import FAVICON, PLACEHOLDER, thumbnail
 
@@ -169,7 +170,7 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
         eff = effective({**row, "review_labels": override["labels"], "review_include": override["include"]},
                         cfg.source.licenses)
         return page(request, "image.html", row=row, eff=eff, override=override, events=events, actions=acts,
-                    scores=scores_for(cfg, cid), copies=copies, source_file=source_file_of(row),
+                    scores=scores_for(cfg, cid, row["photo_id"]), copies=copies, source_file=source_file_of(row),
                     photo_page=photo_page(row, flickr_pages=True),     # Flickr's only for a photo from Flickr
                     latest=latest, per_version=per_version, prev_id=prev_id, next_id=next_id, kept=kept,
                     query=urlencode(filters), list_page=before // PAGE_SIZE + 1)
@@ -191,20 +192,15 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
         return page(request, "duplicates.html", rows=rows, total=total, page_no=page_no, pages=pages)
 
     @app.get("/queues", response_class=HTMLResponse)
-    def queues(request: Request, noisy_page: int = 1, probes_page: int = 1):
+    def queues(request: Request, noisy_page: int = 1, wrong_page: int = 1, probes_page: int = 1):
         with review.lock:
             count = lambda f: cr.browse(review.catalog, f, review.dataset, 0, 0)[1]
             counts = {name: count(f) for name, f in QUEUES.items()}
-            bundle, probes = probes_accepted(cfg, review.catalog)
-        noisy_bundle, noisy = model_review_list(cfg)
-        lists = {}
-        for name, rows, at in (("noisy", noisy, noisy_page), ("probes", probes, probes_page)):
-            pages = max(1, -(-len(rows) // PAGE_SIZE))
-            at = min(max(1, at), pages)
-            lists[name] = {"rows": rows[(at - 1) * PAGE_SIZE:at * PAGE_SIZE], "total": len(rows), "page": at,
-                           "pages": pages}
-        return page(request, "queues.html", counts=counts, queues=QUEUES, bundle=bundle, noisy_bundle=noisy_bundle,
-                    lists=lists)
+            found = model_lists(cfg, review.catalog)
+        at = {"noisy": noisy_page, "wrong": wrong_page, "probes": probes_page}
+        lists = {name: paged(rows, at[name], PAGE_SIZE) for name, (_, rows) in found.items()}
+        return page(request, "queues.html", counts=counts, queues=QUEUES, bundle=found["probes"][0],
+                    noisy_bundle=found["noisy"][0], lists=lists)
 
     @app.get("/log", response_class=HTMLResponse)
     def action_log(request: Request):

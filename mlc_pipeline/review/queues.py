@@ -1,6 +1,8 @@
 """What the latest model bundle says about images, read from its CSV files (no torch import): the
-class images it scores low on their own label (review.csv: possible label noise) and every mining
-decision with its score (mined.csv). Cached per file modification time."""
+class images it scores low on their own label (review.csv: possible label noise), every mining
+decision with its score (mined.csv), and its scores on the test and probe images (test_scores.csv):
+the test images it answers wrong, by the HTML report's rule and in its order (report/analysis.py),
+and the unknown kinds it accepts. Cached per file modification time."""
 
 from __future__ import annotations
 
@@ -11,11 +13,14 @@ from pathlib import Path
 from mlc_pipeline.config import Config
 from mlc_pipeline.model import registry
 from mlc_pipeline.model.bundle import MetaError, read_meta
+from mlc_pipeline.model.assess import SCORES_FILE
 from mlc_pipeline.model.mine_record import bundle_folders, settle_in
+from mlc_pipeline.report import analysis
 
 log = logging.getLogger(__name__)
 
 _cache: dict[Path, tuple[float, list[dict]]] = {}
+_scored: dict[Path, tuple[tuple, analysis.Scored | None]] = {}
 
 
 def bundle_csv(bundle: Path | None, name: str) -> list[dict]:
@@ -57,13 +62,14 @@ def model_review_list(cfg: Config) -> tuple[Path | None, list[dict]]:
     return bundle, sorted(rows, key=lambda r: (r["score"] is None, r["score"] or 0.0))
 
 
-def scores_for(cfg: Config, cid: int) -> list[dict]:
-    """Every line of the latest mining round's review.csv and mined.csv about one candidate."""
+def scores_for(cfg: Config, cid: int, photo_id: str | None = None) -> list[dict]:
+    """Every line of the latest mining round's review.csv and mined.csv about one candidate; with its
+    `photo_id`, also the latest bundle's scores of it as a test or probe image (scores_on_test)."""
     bundle = mining_bundle(cfg)
     out = []
     for name in ("review.csv", "mined.csv"):
         out += [{**r, "file": name} for r in bundle_csv(bundle, name) if r.get("candidate_id") == str(cid)]
-    return out
+    return out + (scores_on_test(cfg, photo_id) if photo_id is not None else [])
 
 
 def probes_accepted(cfg: Config, catalog) -> tuple[Path | None, list[dict]]:
@@ -94,3 +100,68 @@ def probes_accepted(cfg: Config, catalog) -> tuple[Path | None, list[dict]]:
             out.append({"candidate_id": found[0]["id"], "photo_id": r["photo_id"], "label": label,
                         "score": float(r[f"score:{label}"]), "threshold": threshold[label], "margin": margin})
     return bundle, sorted(out, key=lambda r: -r["margin"])
+
+
+def scored(bundle: Path | None) -> analysis.Scored | None:
+    """The bundle's test and probe scores with its decisions (analysis.load_scored: the HTML report's
+    reading), cached while its test_scores.csv and bundle.json are unchanged; None without them."""
+    if bundle is None or not (bundle / SCORES_FILE).is_file() or not (bundle / "bundle.json").is_file():
+        return None
+    key = tuple((bundle / name).stat().st_mtime for name in (SCORES_FILE, "bundle.json"))
+    hit = _scored.get(bundle)
+    if hit is None or hit[0] != key:
+        try:
+            hit = _scored[bundle] = (key, analysis.load_scored(bundle))
+        except (KeyError, ValueError) as exc:      # a column missing, a score not a number: the lists say none
+            log.warning("no wrong answers or test scores: %s/%s cannot be read (%s: %s)", bundle.name, SCORES_FILE,
+                        type(exc).__name__, exc)
+            hit = _scored[bundle] = (key, None)
+    return hit[1]
+
+
+def candidate_ids(catalog, photo_ids: list[str], purpose: str) -> dict[str, int]:
+    """The catalog's candidate id of each photo id (a scores file names photos, not candidates)."""
+    out: dict[str, int] = {}
+    for at in range(0, len(photo_ids), 500):          # bound the statement's parameters
+        for c in catalog.candidates(photo_id=photo_ids[at:at + 500], purpose=purpose):
+            out.setdefault(c["photo_id"], c["id"])
+    return out
+
+
+def wrong_answers(cfg: Config, catalog) -> tuple[Path | None, list[dict]]:
+    """The latest bundle's test images it answers wrong at its thresholds: the HTML report's "Wrong
+    answers" (analysis.wrong_answers: its rule, most wrong first), each with the candidate that is the
+    photo. Each row: candidate_id, photo_id, caption (true labels → what it claimed), note (its column
+    furthest from right), label and score of that column. A reviewer could not find them in the app
+    (the review29 audit)."""
+    bundle = registry.latest_bundle(cfg.layout.models)
+    s = scored(bundle)
+    if s is None:
+        return bundle, []
+    wrong = analysis.wrong_answers(s)
+    ids = candidate_ids(catalog, sorted({s.rows[i].get("photo_id") or "" for i, _, _ in wrong}), "train")
+    return bundle, [{"candidate_id": ids[s.rows[i]["photo_id"]], "photo_id": s.rows[i]["photo_id"],
+                     "caption": analysis.caption(s, i), "note": analysis.wrong_note(s, i, j, margin).lstrip(" ·"),
+                     "label": s.vocab[j], "score": float(s.probs[i, j])}
+                    for i, j, margin in wrong if s.rows[i].get("photo_id") in ids]
+
+
+def scores_on_test(cfg: Config, photo_id: str) -> list[dict]:
+    """The latest bundle's scores of a test or probe photo (its image page's table): each class it has
+    or claims (an image answered with none: its best class), right or wrong at the threshold."""
+    s = scored(registry.latest_bundle(cfg.layout.models))
+    if s is None:
+        return []
+    out = []
+    for i in (i for i, r in enumerate(s.rows) if r.get("photo_id") == photo_id):
+        best = max(s.real, key=lambda j: s.probs[i, j])
+        for j in (j for j in s.real if s.truth[i, j] or s.pred[i, j] or j == best):
+            thresholds = s.meta.get("thresholds")
+            at = "" if thresholds is None else (f" {'≥' if s.pred[i, j] else '<'} threshold "
+                                                f"{thresholds[j]:.{registry.threshold_places(thresholds[j])}f}")
+            said = ("claimed" if s.pred[i, j] else "not claimed") + at
+            right = bool(s.pred[i, j]) == bool(s.truth[i, j])
+            why = "right" if right else "wrong: not a label of the image" if s.pred[i, j] else "wrong: a label of it, missed"
+            out.append({"file": f"{SCORES_FILE} ({s.rows[i]['split']})", "label": s.vocab[j],
+                        "score": float(s.probs[i, j]), "wrong": not right, "decision": f"{said}: {why}"})
+    return out

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from mlc_pipeline.config import Config
-from mlc_pipeline.review.queues import probes_accepted
+from mlc_pipeline.review.queues import probes_accepted, scores_on_test, wrong_answers
 
 
 @pytest.mark.parametrize("damage", ["[]", "{not json"])
@@ -23,6 +23,19 @@ def test_a_damaged_bundle_json_empties_the_probe_queue_and_says_why(tmp_path, tr
     with caplog.at_level("WARNING", logger="mlc_pipeline.review.queues"):
         assert probes_accepted(cfg, None) == (bundle, [])
     assert "no probe queue" in caplog.text and "bundle.json" in caplog.text
+    assert wrong_answers(cfg, None) == (bundle, []) and scores_on_test(cfg, "any") == []    # the report's reading
+
+
+def test_a_damaged_scores_file_empties_the_wrong_answers_and_says_why(tmp_path, trained_shapes_bundle, caplog):
+    cfg = Config(data_dir=tmp_path / "data", classes={"red": {"queries": ["red"], "count": 1}},
+                 other={"queries": ["noise"], "count": 1})
+    bundle = shutil.copytree(trained_shapes_bundle[1], cfg.layout.models / "m1")
+    (cfg.layout.models / "LATEST").write_text("m1\n")
+    text = (bundle / "test_scores.csv").read_text().splitlines()
+    (bundle / "test_scores.csv").write_text("\n".join([text[0].replace("score:", "s:", 1)] + text[1:]) + "\n")
+    with caplog.at_level("WARNING", logger="mlc_pipeline.review.queues"):
+        assert wrong_answers(cfg, None) == (bundle, []) and scores_on_test(cfg, "any") == []
+    assert "test_scores.csv cannot be read (KeyError" in caplog.text
 
 
 def test_the_review_list_comes_from_the_latest_mining_round_when_its_retrain_shipped(tmp_path):

@@ -803,6 +803,48 @@ def test_probe_images_the_latest_model_accepts_are_queued_surest_first(root):
     assert "as ants" in grid and "0.900 &ge; 0.500" in grid
 
 
+def test_the_test_images_the_model_answers_wrong_are_listed_and_their_pages_show_the_scores(root):
+    """The review29 audit: the model's wrong answers on the test split (the HTML report's "Wrong
+    answers") could not be found in the app: not in review.csv, no score on their pages, no id in
+    the report. The queues page lists them by the report's rule and in its order (furthest from
+    right in logits first), each linking to its page, which shows the scores that made it wrong."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    with Catalog(cfg.catalog_path) as c:
+        ants, bees = (c.candidates("status='accepted' AND purpose='train' AND curated_label=?", (x,))[:2]
+                      for x in ("ants", "bees"))
+        probe = c.candidates("status='accepted' AND purpose='train' AND curated_label='other'")[0]
+        c.update_fields(probe["id"], purpose="probe")
+    bundle = cfg.data_dir / "models" / "m-3"
+    bundle.mkdir(parents=True)
+    (cfg.data_dir / "models" / "LATEST").write_text("m-3\n")
+    (bundle / "bundle.json").write_text(json.dumps({"vocab": ["ants", "bees", "other"], "classes": ["ants", "bees"],
+                                                    "thresholds": [0.5, 0.7, 0.5], "head": "sigmoid"}))
+    rows = [(ants[0], "test", "ants", 0.9, 0.1),        # right
+            (ants[1], "test", "ants", 0.3, 0.1),        # ants missed: 0.85 logits off
+            (bees[0], "test", "bees", 0.2, 0.6),        # bees missed: 0.44 logits off
+            (bees[1], "test", "bees", 0.99, 0.9),       # ants claimed wrongly: 4.60 logits off
+            (probe, "probe", "", 0.95, 0.1)]            # an unknown kind: the other list's
+    (bundle / "test_scores.csv").write_text("path,split,labels,query,photo_id,score:ants,score:bees,score:other\n" +
+                                            "".join(f"p{i}.jpg,{split},{labels},q,{r['photo_id']},{a},{b},0.1\n"
+                                                    for i, (r, split, labels, a, b) in enumerate(rows)))
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        page = client.get("/queues").text
+        grid = page.split('id="wrong"')[1].split("</div>")[0]
+        shown = re.findall(r'href="/image/(\d+)"', grid)
+        wrongly = client.get(f"/image/{bees[1]['id']}").text
+        right = client.get(f"/image/{ants[0]['id']}").text
+    assert "3 test images answered wrong" in page
+    assert shown == [str(bees[1]["id"]), str(ants[1]["id"]), str(bees[0]["id"])]
+    assert "bees → ants 0.99" in grid and "claimed ants wrongly: 0.99 ≥ threshold 0.500, 4.60 logits off" in grid
+    scores = wrongly.split('id="scores"')[1].split("</table>")[0]
+    assert re.search(r'<tr class="wrong"><td>test_scores.csv \(test\)</td><td>ants</td><td>0.990</td>'
+                     r'<td>claimed ≥ threshold 0.500: wrong: not a label of the image</td>', scores), scores
+    assert re.search(r"<td>bees</td><td>0.900</td><td>claimed ≥ threshold 0.700: right</td>", scores), scores
+    assert "<td>ants</td><td>0.900</td><td>claimed ≥ threshold 0.500: right</td>" in right
+
+
 def test_bad_requests_get_one_line_answers(root):
     from fastapi.testclient import TestClient
     from mlc_pipeline.review.app import create_app
