@@ -213,6 +213,12 @@ def caption(s: Scored, i: int, extra: str = "") -> str:
     return f"{'probe ' if s.probe[i] else ''}{true} → {said}{extra}"
 
 
+def photo_of(s: Scored, i: int) -> str:
+    """' · photo 12524991925': a caption's way to the image in `mlc review`, whose queues page lists the
+    same wrong answers, each linking to the page that relabels it (the caption named no image)."""
+    return f" · photo {s.rows[i]['photo_id']}" if s.rows[i].get("photo_id") else ""
+
+
 def gallery(items: list[tuple[str | Path, str]], what: str, limits=None) -> str:
     """Thumbnails of (file, caption): the first SHOWN on the page, the rest in a folded section. A
     file is shown as the pipeline reads it; one over curation's limits (`limits`, the config's
@@ -258,13 +264,15 @@ def analysis_section(bundle_dir: str | Path) -> str:
               "by how far the score is on the wrong side of its threshold (softmax: of the best other score), "
               "in logits, the network's own units, so that a 0.9721 under a threshold of 0.9996 (4.27 logits) "
               "ranks above a 0.30 under 0.5 (0.85). "
-              "Caption: true labels → what the model claimed (score) · its column furthest from right.</p>",
-              gallery([(s.images / s.rows[i]["path"], caption(s, i, wrong_note(s, i, j, d))) for i, j, d in shown],
+              "Caption: true labels → what the model claimed (score) · its column furthest from right · the "
+              "photo id (<code>mlc review</code> lists the same images on its queues page).</p>",
+              gallery([(s.images / s.rows[i]["path"], caption(s, i, wrong_note(s, i, j, d) + photo_of(s, i)))
+                       for i, j, d in shown],
                       "images") if shown else "<p>None: every test image is answered right at the thresholds in use.</p>"]
     accepted = [i for i in np.flatnonzero(s.probe) if s.pred[i, s.real].any()]
     parts += [f"<h3 id='unknowns-accepted'>Unknown (probe) images still accepted <small>{len(accepted)} of "
               f"{int(s.probe.sum())}</small></h3>",
-              gallery([(s.images / s.rows[i]["path"], caption(s, i)) for i in accepted], "images")
+              gallery([(s.images / s.rows[i]["path"], caption(s, i, photo_of(s, i))) for i in accepted], "images")
               if accepted else "<p>None: every probe image was answered with none of the classes.</p>"]
     return "\n".join(parts)
 

@@ -200,9 +200,12 @@ def test_wrong_answers_rank_by_logits_so_a_miss_near_saturation_is_not_last(trai
     assert [d for *_, d in got] == pytest.approx([4.2728, 0.8473], abs=1e-4)
     page = analysis_section(copy)
     section = page[page.index("id='top-losses'"):page.index("id='unknowns-accepted'")]
-    assert re.findall(r"<figcaption>(.*?)</figcaption>", section) == [
-        f"{s.vocab[b]} → none · missed {s.vocab[b]}: 0.9721 &lt; threshold 0.9996, 4.27 logits off",
-        f"{s.vocab[r]} → none · missed {s.vocab[r]}: 0.30 &lt; threshold 0.500, 0.85 logits off"]
+    assert re.findall(r"<figcaption>(.*?)</figcaption>", section) == [     # the photo id: to find it in mlc review
+        f"{s.vocab[b]} → none · missed {s.vocab[b]}: 0.9721 &lt; threshold 0.9996, 4.27 logits off · photo "
+        f"{rows[blue]['photo_id']}",
+        f"{s.vocab[r]} → none · missed {s.vocab[r]}: 0.30 &lt; threshold 0.500, 0.85 logits off · photo "
+        f"{rows[red]['photo_id']}"]
+    assert rows[blue]["photo_id"] and rows[red]["photo_id"] != rows[blue]["photo_id"]
 
 
 def test_a_softmax_models_wrong_answers_rank_by_the_log_ratio_to_the_best_other_score(trained_shapes_bundle):
