@@ -83,6 +83,18 @@ def make_data_root(tmp: Path, settings: dict | None = None) -> tuple[Path, objec
     return path, cfg
 
 
+def plant_review_list(cfg, rows: list[dict], scores: list[float], label: str = "ants") -> Path:
+    """A latest model bundle whose review.csv (written with mine's own writer and columns: training a
+    model would take minutes) lists the candidates `rows` as `label` with `scores`."""
+    from mlc_pipeline.model.mine import REVIEW_COLUMNS, write_csv
+    bundle = cfg.data_dir / "models" / "m-1"
+    bundle.mkdir(parents=True)
+    (cfg.data_dir / "models" / "LATEST").write_text("m-1\n")
+    write_csv(bundle / "review.csv", [{"candidate_id": r["id"], "photo_id": r["photo_id"], "label": label, "score": score,
+                                       "file": r["file_path"]} for r, score in zip(rows, scores)], REVIEW_COLUMNS)
+    return bundle
+
+
 class ReviewServer:
     """`mlc review` as a real process on a free port."""
 

@@ -36,7 +36,7 @@ from mlc_pipeline.review.answers import moved, unavailable
 from mlc_pipeline.review.params import client_of, effective, filters_of, fits_sql, known_id, whole_number
 from mlc_pipeline.imageformat import file_media_type
 from mlc_pipeline.review.security import COOKIE, FILE_HEADERS, SESSION_MAX_AGE_S, Guard, session_value
-from mlc_pipeline.review.lists import model_lists, paged
+from mlc_pipeline.review.lists import in_list, model_lists, paged
 from mlc_pipeline.review.queues import scores_for
 from mlc_pipeline.review.state import Review
 from mlc_pipeline.review.thumbs import FAVICON, PLACEHOLDER, thumbnail
@@ -165,6 +165,10 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
                            if r["version"] in published]        # not a version withdrawn since it was indexed
             prev_id, next_id, before = cr.neighbours(review.catalog, filters, review.dataset, cid,
                                                      order=filters.get("sort", "id"))
+            steps = {"prev_id": prev_id, "next_id": next_id, "query": urlencode(filters),
+                     "back": f"/?{urlencode({**filters, 'page_no': before // PAGE_SIZE + 1})}"}
+            # opened from one of the model's lists on the queues page: j/k/Esc in that list
+            steps = in_list(cfg, review.catalog, request.query_params.get("list"), cid, PAGE_SIZE) or steps
             kept = review.catalog.get(row["duplicate_of"]) if row["duplicate_of"] else None
             copies = review.catalog.candidates(duplicate_of=cid, status="duplicate")   # dropped for it
         eff = effective({**row, "review_labels": override["labels"], "review_include": override["include"]},
@@ -172,8 +176,7 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
         return page(request, "image.html", row=row, eff=eff, override=override, events=events, actions=acts,
                     scores=scores_for(cfg, cid, row["photo_id"]), copies=copies, source_file=source_file_of(row),
                     photo_page=photo_page(row, flickr_pages=True),     # Flickr's only for a photo from Flickr
-                    latest=latest, per_version=per_version, prev_id=prev_id, next_id=next_id, kept=kept,
-                    query=urlencode(filters), list_page=before // PAGE_SIZE + 1)
+                    latest=latest, per_version=per_version, kept=kept, **steps)
 
     def source_file_of(row: dict) -> str | None:
         """Folder mode: the file a photo was served from (where to fix or delete it at its source)."""
@@ -197,8 +200,8 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
             count = lambda f: cr.browse(review.catalog, f, review.dataset, 0, 0)[1]
             counts = {name: count(f) for name, f in QUEUES.items()}
             found = model_lists(cfg, review.catalog)
-        at = {"noisy": noisy_page, "wrong": wrong_page, "probes": probes_page}
-        lists = {name: paged(rows, at[name], PAGE_SIZE) for name, (_, rows) in found.items()}
+            at = {"noisy": noisy_page, "wrong": wrong_page, "probes": probes_page}
+            lists = {name: paged(rows, at[name], PAGE_SIZE, review.catalog) for name, (_, rows) in found.items()}
         return page(request, "queues.html", counts=counts, queues=QUEUES, bundle=found["probes"][0],
                     noisy_bundle=found["noisy"][0], lists=lists)
 

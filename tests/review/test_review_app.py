@@ -3,6 +3,7 @@ page's time on a generated catalog of 100,000 candidates. Every server is a real
 (or the app in-process, through FastAPI's TestClient). The actions, filters, concurrency and `mlc build`
 run on both catalog backends: SQLite and a real PostgreSQL server (conftest's `postgres_server`)."""
 
+import html
 import json
 import os
 import re
@@ -18,7 +19,7 @@ import requests
 from PIL import Image
 
 from helpers import free_port
-from review_world import ReviewServer, make_data_root
+from review_world import ReviewServer, make_data_root, plant_review_list
 
 from mlc_pipeline.catalog import overrides as co
 from mlc_pipeline.catalog import Catalog, Found
@@ -478,6 +479,18 @@ def test_the_mining_queues_show_each_cards_score_and_round(root):
     assert held == [(str(rows[3]["id"]), "score 0.800 · mining round 3, held for review")]
 
 
+def steps_in_order(client, order: list[int], query: str, back) -> None:
+    """Each image of `order`, its page opened with `query`, steps (j/k) to its neighbours in `order`
+    with the same query, and "← list" (Esc) goes to `back(its place in order)`."""
+    for at, cid in enumerate(order):
+        page = client.get(f"/image/{cid}?{query}").text
+        prev = re.search(rf'id="prev" href="/image/(\d+)\?{re.escape(html.escape(query))}"', page)
+        nxt = re.search(rf'id="next" href="/image/(\d+)\?{re.escape(html.escape(query))}"', page)
+        assert (int(prev.group(1)) if prev else None) == (order[at - 1] if at else None)
+        assert (int(nxt.group(1)) if nxt else None) == (order[at + 1] if at + 1 < len(order) else None)
+        assert f'href="{back(at)}" id="back"' in page
+
+
 @pytest.mark.parametrize("root", ["sqlite", "postgresql"], indirect=True)
 def test_image_pages_step_and_go_back_in_the_lists_order(root, monkeypatch):
     """j/k on an image page follow the list's order (by mining score, highest first, then the images
@@ -500,13 +513,7 @@ def test_image_pages_step_and_go_back_in_the_lists_order(root, monkeypatch):
                 break
             order += shown
         assert order[:4] == [ids[1], ids[2], ids[0], ids[3]] and len(order) == len(ids)
-        for at, cid in enumerate(order):
-            page = client.get(f"/image/{cid}?{query}").text
-            prev = re.search(r'id="prev" href="/image/(\d+)\?', page)
-            nxt = re.search(r'id="next" href="/image/(\d+)\?', page)
-            assert (int(prev.group(1)) if prev else None) == (order[at - 1] if at else None)
-            assert (int(nxt.group(1)) if nxt else None) == (order[at + 1] if at + 1 < len(order) else None)
-            assert f'href="/?set=train&amp;sort=score&page_no={at // 2 + 1}" id="back"' in page
+        steps_in_order(client, order, query, lambda at: f"/?set=train&amp;sort=score&amp;page_no={at // 2 + 1}")
 
 
 @pytest.mark.parametrize("root", ["postgresql"], indirect=True)
@@ -617,31 +624,55 @@ def test_the_queues_lists_page_through_every_image(root, monkeypatch):
     """The model's review list and the accepted probes list show a page at a time, with links to the
     rest (only the first page was reachable)."""
     from fastapi.testclient import TestClient
-    from mlc_pipeline.model.mine import REVIEW_COLUMNS, write_csv
     from mlc_pipeline.review import app as review_app
     config, cfg = root
     monkeypatch.setattr(review_app, "PAGE_SIZE", 2)
     with Catalog(cfg.catalog_path, readonly=True) as c:
         first_accepted_rows = c.candidates("status='accepted' AND purpose='train'")[:5]
-    bundle = cfg.data_dir / "models" / "m-1"
-    bundle.mkdir(parents=True)
-    (cfg.data_dir / "models" / "LATEST").write_text("m-1\n")
-    rows = [{"candidate_id": r["id"], "photo_id": r["photo_id"], "label": "ants", "score": i / 100,
-             "file": r["file_path"]} for i, r in enumerate(first_accepted_rows)]
-    write_csv(bundle / "review.csv", rows, REVIEW_COLUMNS)
+    plant_review_list(cfg, first_accepted_rows, [i / 100 for i in range(5)])
     seen = []
     with TestClient(review_app.create_app(cfg), base_url="http://127.0.0.1:8777") as client:
         url = "/queues"
         while url:
             page = client.get(url).text
             grid = page.split('id="noisy"')[1].split("</div>")[0]
-            seen += [int(x) for x in re.findall(r'href="/image/(\d+)"', grid)]
+            seen += [int(x) for x in re.findall(r'href="/image/(\d+)\?list=noisy"', grid)]
             more = re.search(r'class="noisy-pager" href="([^"]+)">next', page)
             url = more.group(1).replace("&amp;", "&") if more else None
         assert "page 3 of 3" in page
         last = client.get("/queues?noisy_page=99").text                         # past the end: the last page
-        assert "page 3 of 3" in last and f'href="/image/{first_accepted_rows[-1]["id"]}"' in last
+        assert "page 3 of 3" in last and f'href="/image/{first_accepted_rows[-1]["id"]}?list=noisy"' in last
     assert seen == [r["id"] for r in first_accepted_rows]                  # lowest score first, each once
+
+
+def test_an_image_opened_from_a_models_list_steps_through_that_list_and_its_cards_show_the_work_done(root, monkeypatch):
+    """The review29 audit: the model's lists on the queues page linked `/image/<id>` without the list,
+    so j stepped by id over every candidate and Esc went to the unfiltered browse page; and a card of
+    an image already rejected or relabelled looked as before. An image page opened from a list steps
+    in the list's order and goes back to the list's page that holds it; a card says what the review
+    decided."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review import app as review_app
+    config, cfg = root
+    monkeypatch.setattr(review_app, "PAGE_SIZE", 2)
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        listed = c.candidates("status='accepted' AND purpose='train' AND curated_label='ants'")[:5]
+    plant_review_list(cfg, listed, [0.5 - i / 10 for i in range(5)])
+    order = [r["id"] for r in reversed(listed)]              # lowest score first: against the ids
+    h = {"X-MLC-Client": "tab1"}
+    with TestClient(review_app.create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        steps_in_order(client, order, "list=noisy", lambda at: f"/queues?noisy_page={at // 2 + 1}#noisy")
+        assert re.search(r'href="/\?page_no=\d+" id="back"', client.get(f"/image/{order[0]}?list=nope").text)  # no list
+        for cid, body in ((order[0], {"action": "reject"}), (order[3], {"action": "relabel", "labels": ["bees"]})):
+            assert client.post("/api/action", json={"id": cid, "reason": "r", **body}, headers=h).status_code == 200
+        cards = {}
+        for page_no in (1, 2, 3):
+            grid = client.get(f"/queues?noisy_page={page_no}").text.split('id="noisy"')[1].split("</div>")[0]
+            cards.update({int(cid): (css, badge) for css, cid, badge in re.findall(
+                r'<a class="([^"]*)" href="/image/(\d+)\?list=noisy">.*?</span>(?:<span class="badge">([^<]*)</span>)?</a>',
+                grid, re.S)})
+    assert cards == {order[0]: ("card reviewed", "rejected in review"), order[1]: ("card", ""), order[2]: ("card", ""),
+                     order[3]: ("card reviewed", "relabelled: bees"), order[4]: ("card", "")}
 
 
 def test_a_stale_tab_cannot_silently_replace_another_tabs_work(root):
@@ -770,7 +801,7 @@ def test_model_scores_and_queues_from_the_latest_bundle(root):
                                            "score": 0.0123, "file": target["file_path"]}], REVIEW_COLUMNS)
         write_csv(bundle / "mined.csv", [], MINED_COLUMNS)
         queues = client.get("/queues").text
-        assert f'href="/image/{target["id"]}"' in queues and "score 0.012" in queues
+        assert f'href="/image/{target["id"]}?list=noisy"' in queues and "score 0.012" in queues
         page = client.get(f"/image/{target['id']}").text
         assert "The latest model's scores" in page and "0.012" in page
         assert "rejected files" in queues and '<td>1</td>' in queues      # the planted too-small image
@@ -798,8 +829,8 @@ def test_probe_images_the_latest_model_accepts_are_queued_surest_first(root):
         page = client.get("/queues").text
     grid = page.split('id="probes"')[1]
     assert "2 probe images accepted" in page
-    assert grid.index(f'/image/{probes[0]["id"]}"') < grid.index(f'/image/{probes[2]["id"]}"')   # surest first
-    assert f'/image/{probes[1]["id"]}"' not in grid
+    assert grid.index(f'/image/{probes[0]["id"]}?') < grid.index(f'/image/{probes[2]["id"]}?')   # surest first
+    assert f'/image/{probes[1]["id"]}?' not in grid
     assert "as ants" in grid and "0.900 &ge; 0.500" in grid
 
 
@@ -832,7 +863,7 @@ def test_the_test_images_the_model_answers_wrong_are_listed_and_their_pages_show
     with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
         page = client.get("/queues").text
         grid = page.split('id="wrong"')[1].split("</div>")[0]
-        shown = re.findall(r'href="/image/(\d+)"', grid)
+        shown = re.findall(r'href="/image/(\d+)\?list=wrong"', grid)
         wrongly = client.get(f"/image/{bees[1]['id']}").text
         right = client.get(f"/image/{ants[0]['id']}").text
     assert "3 test images answered wrong" in page

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import free_port
-from review_world import ReviewServer, make_data_root, plant_polyglot
+from review_world import ReviewServer, make_data_root, plant_polyglot, plant_review_list
 
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.catalog import overrides as co
@@ -351,3 +351,42 @@ def test_classes_past_the_ninth_show_no_key_they_cannot_have_and_long_names_stay
         assert not errors, errors
     finally:
         app.stop()
+
+
+def test_a_models_list_tracks_the_work_done_from_it(world, browser):
+    """The review29 audit, in the browser: rejected from "Class images the model rejects", the image's
+    card looked as before; j from a list's image went to the next id (`/image/401` -> `/image/402`
+    where the list went 401 -> 2) and Esc to the unfiltered browse page. Now j steps through the list,
+    Esc returns to the queues page, and the card says "rejected in review"."""
+    config, cfg, server = world
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        listed = c.candidates("status='accepted' AND purpose='train' AND curated_label='ants'")[:3]
+    plant_review_list(cfg, listed, [0.3, 0.2, 0.1])
+    order = [r["id"] for r in reversed(listed)]              # lowest score first: the ids backwards
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{server.url}/queues")
+    with page.expect_navigation():
+        page.locator("#noisy .card").first.click()
+    assert page.get_attribute("#image-page", "data-id") == str(order[0])
+    assert state_after(page, "r") == "out (rejected in review)"
+    with page.expect_navigation():
+        page.keyboard.press("j")
+    assert page.get_attribute("#image-page", "data-id") == str(order[1])        # the list's next, not the next id
+    with page.expect_navigation():
+        page.keyboard.press("j")
+    assert page.get_attribute("#image-page", "data-id") == str(order[2])
+    assert page.locator("#next").count() == 0                                   # the list's end
+    with page.expect_navigation():
+        page.keyboard.press("k")
+    assert page.get_attribute("#image-page", "data-id") == str(order[1])
+    with page.expect_navigation():
+        page.keyboard.press("Escape")
+    assert page.url.endswith("/queues?noisy_page=1#noisy")
+    cards = page.locator("#noisy .card")
+    assert [cards.nth(i).get_attribute("href") for i in range(3)] == [f"/image/{cid}?list=noisy" for cid in order]
+    assert "reviewed" in cards.first.get_attribute("class").split()
+    assert cards.first.locator(".badge").inner_text() == "rejected in review"
+    assert cards.nth(1).locator(".badge").count() == 0
+    assert not errors, errors
