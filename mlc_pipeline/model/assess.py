@@ -1,5 +1,7 @@
 """Assess a model bundle on a published dataset version: score its rows, then measure them with
-model/metrics.py (F1, unknowns accepted, the operating curve, probe acceptance per query)."""
+model/metrics.py (F1, unknowns accepted, the operating curve, probe acceptance per query); and the
+validation scores a training calibrates on (`valid_predictions`, `mined_valid_mask`,
+`typical_positive_scores`: model/train.py)."""
 
 from __future__ import annotations
 
@@ -85,3 +87,38 @@ def write_scores(path: str | Path, rows, probs: np.ndarray, vocab: list[str]) ->
         # next to its threshold could be decided otherwise by the report than by metrics.json.
         out[SCORE_PREFIX + name] = probs[:, j].astype(float)
     write_text_atomic(Path(path), out.to_csv(index=False))
+
+
+# ---------------------------------------------------------------- validation, as training scores it
+
+def valid_predictions(learn, head: str) -> tuple[np.ndarray, np.ndarray]:
+    """The validation scores and targets of a trained Learner, as calibration reads them."""
+    with learn.no_bar(), learn.no_logging():
+        probs, targs = learn.get_preds(ds_idx=1)  # activation applied: sigmoid or softmax
+    probs = probs.float().numpy()
+    if head == "softmax":
+        targets = np.zeros_like(probs, dtype=np.int8)
+        targets[np.arange(len(targs)), targs.long().numpy()] = 1
+    else:
+        targets = targs.numpy().astype(np.int8)
+    return probs, targets
+
+
+def mined_valid_mask(rows) -> np.ndarray:
+    """Which validation images (in the loaders' order: `training_frame`'s rows) came from the mining
+    pool: mined negatives, and pool images labelled in review (purpose 'pool')."""
+    valid = rows[rows["is_valid"]]
+    if "mined_round" not in valid.columns:     # manifests written before mining existed
+        return np.zeros(len(valid), dtype=bool)
+    mined = valid["mined_round"] != ""          # read as strings, no NaN (read_manifest_frame)
+    if "purpose" in valid.columns:
+        mined |= valid["purpose"] == "pool"
+    return mined.to_numpy()
+
+
+def typical_positive_scores(probs: np.ndarray, targets: np.ndarray) -> list[float | None]:
+    """Per column, the median score of its validation positives (None without any): how sure the
+    model is of a typical image of the class. Mining holds pool images it is surer of than that when
+    it has no dataset to compare their features with (mine.hold_for_review); the report shows it."""
+    return [float(np.median(probs[targets[:, c] == 1, c])) if (targets[:, c] == 1).any() else None
+            for c in range(probs.shape[1])]

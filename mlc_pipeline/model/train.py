@@ -53,7 +53,9 @@ from mlc_pipeline.model.weights_files import load_backbone_weights
 from mlc_pipeline.model.metrics import (
     OTHER, calibrate_thresholds, cap_warning, capping_path, evaluate, pick_capped,
 )
-from mlc_pipeline.model.assess import SCORES_FILE, evaluate_loaded_bundle
+from mlc_pipeline.model.assess import (
+    SCORES_FILE, evaluate_loaded_bundle, mined_valid_mask, typical_positive_scores, valid_predictions,
+)
 from mlc_pipeline.model.predict import mirrored_probabilities
 
 log = logging.getLogger(__name__)
@@ -209,7 +211,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         learn.to_fp32()  # the bundle must load on a CPU-only machine
 
     # Calibrate on valid: these images were not trained on, the test split stays untouched.
-    valid_probs, valid_targets = _valid_predictions(learn, cfg, vocab)
+    valid_probs, valid_targets = valid_predictions(learn, cfg.head)
     if cfg.tta:
         # Every scorer of the bundle averages in the mirror image (predict.py): so must calibration.
         valid_probs = (valid_probs + mirrored_probabilities(learn, list(rows.loc[rows["is_valid"], "abs_path"]),
@@ -247,7 +249,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         log.warning("%s", said)
         warnings = [*(warnings or []), said]
     valid_metrics = evaluate(valid_probs, valid_targets, thresholds, vocab, head=cfg.head)
-    mined = _mined_valid_mask(rows)
+    mined = mined_valid_mask(rows)
     if mined.any():
         # Mining adds negatives to validation each round; the F1 that rounds are compared on
         # (shipping.held_out_f1) must be measured on the validation images they all share.
@@ -331,14 +333,6 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def typical_positive_scores(probs: np.ndarray, targets: np.ndarray) -> list[float | None]:
-    """Per column, the median score of its validation positives (None without any): how sure the
-    model is of a typical image of the class. Mining holds pool images it is surer of than that when
-    it has no dataset to compare their features with (mine.hold_for_review); the report shows it."""
-    return [float(np.median(probs[targets[:, c] == 1, c])) if (targets[:, c] == 1).any() else None
-            for c in range(probs.shape[1])]
-
-
 def default_lr(arch: str, pretrained: str, continuing: bool = False) -> float:
     """Measured on the offline world (docs/training.md); no lr_find, which costs an epoch's time."""
     if pretrained != "none":
@@ -355,30 +349,6 @@ def _diverged_message(history, lr) -> str:
     when = "" if bad is None else f"the loss first became {history.batch_losses[bad]} at training batch {bad + 1}, "
     return (f"training diverged ({when}learning rate {lr:g}): the network scores validation images as NaN, "
             f"so no bundle was written. Lower train.lr, or use train.precision: float32")
-
-
-def _valid_predictions(learn, cfg: TrainConfig, vocab: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    with learn.no_bar(), learn.no_logging():
-        probs, targs = learn.get_preds(ds_idx=1)  # activation applied: sigmoid or softmax
-    probs = probs.float().numpy()
-    if cfg.head == "softmax":
-        targets = np.zeros_like(probs, dtype=np.int8)
-        targets[np.arange(len(targs)), targs.long().numpy()] = 1
-    else:
-        targets = targs.numpy().astype(np.int8)
-    return probs, targets
-
-
-def _mined_valid_mask(rows) -> np.ndarray:
-    """Which validation images (in the loaders' order: `training_frame`'s rows) came from the mining
-    pool: mined negatives, and pool images labelled in review (purpose 'pool')."""
-    valid = rows[rows["is_valid"]]
-    if "mined_round" not in valid.columns:     # manifests written before mining existed
-        return np.zeros(len(valid), dtype=bool)
-    mined = valid["mined_round"] != ""          # read as strings, no NaN (read_manifest_frame)
-    if "purpose" in valid.columns:
-        mined |= valid["purpose"] == "pool"
-    return mined.to_numpy()
 
 
 def available_cores() -> int:

@@ -203,11 +203,11 @@ def test_pool_images_labelled_in_review_are_left_out_of_the_shared_validation_f1
     """A pool image a reviewer labelled takes the splits mined images take (manifest purpose 'pool',
     no mining round): like a mined negative, it is not among the validation images every round shares."""
     import pandas as pd
-    from mlc_pipeline.model.train import _mined_valid_mask
+    from mlc_pipeline.model.assess import mined_valid_mask
     rows = pd.DataFrame({"is_valid": [True, True, True, False], "mined_round": ["", "1", "", ""],
                          "purpose": ["train", "train", "pool", "pool"]})
-    assert _mined_valid_mask(rows).tolist() == [False, True, True]
-    assert _mined_valid_mask(rows.drop(columns="purpose")).tolist() == [False, True, False]    # older manifests
+    assert mined_valid_mask(rows).tolist() == [False, True, True]
+    assert mined_valid_mask(rows.drop(columns="purpose")).tolist() == [False, True, False]    # older manifests
 
 
 def test_weight_decay_reaches_the_learner(tmp_path):
