@@ -41,7 +41,7 @@ from pathlib import Path
 import yaml
 
 from mlc_pipeline.dataset.card import attribution, table_cell
-from mlc_pipeline.dataset.takedowns import Takedowns, held_words
+from mlc_pipeline.dataset.takedowns import Takedowns, held_words, photo_name
 from mlc_pipeline.dataset.verify import verified_version
 from mlc_pipeline.fsutil import errors_name, pid_alive
 from mlc_pipeline.manifest import EXPORT_MARKER, resolve_version, spreadsheet_safe, withdrawal
@@ -135,9 +135,8 @@ def export_version(version_dir: str | Path, fmt: str, out: str | Path, force: bo
     meta, rows = verified_version(version_dir)     # VersionDamaged: one line, nothing written
     gone = Takedowns(frozenset(), frozenset()) if taken_down is None else taken_down if isinstance(
         taken_down, Takedowns) else Takedowns(frozenset(taken_down), frozenset())
-    left_out = [r for r in rows if (r["source"], r["photo_id"]) in gone]
-    held = [photo_name(r) for r in left_out if (r["source"], r["photo_id"]) in gone.held]
-    rows = [r for r in rows if (r["source"], r["photo_id"]) not in gone]
+    rows, left_out = gone.left_out_of(rows)
+    held = gone.held_names(left_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out)
     tmp = out.parent / f".{out.name}.export-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -198,10 +197,6 @@ def store_source(cfg, version_dir: Path) -> str | None:
     if cache is None or cache not in version_dir.resolve().parents:
         return None
     return f"{cfg.data_url.rstrip('/')}/{version_dir.resolve().relative_to(cache).as_posix()}"
-
-
-def photo_name(row: dict) -> str:
-    return f"{row['source']}:{row['photo_id']}"
 
 
 def class_folders(rows: list[dict]) -> list[str]:

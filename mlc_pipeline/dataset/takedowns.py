@@ -1,6 +1,7 @@
 """What a copy made now of a published version leaves out since a takedown (`mlc remove`): an export
-(`mlc export -c`) and the HTML report of a version (`mlc inspect --html --version`) ask the catalog
-here. A published version is immutable, so it can still hold a photo taken down since, or a copy the
+(`mlc export -c`), the HTML report of a version (`mlc inspect --html --version`) and a training on it
+(`mlc train --version`, model/stage.py; and whether a model trained before may stay shipped,
+model/learned.py) ask the catalog here. A published version is immutable, so it can still hold a photo taken down since, or a copy the
 takedown holds as the same picture (a re-encode, a mirror, the image kept in place of the photo:
 `catalog.overrides.hold`, counted `held-for-takedown`); a copy made now must carry neither."""
 
@@ -19,6 +20,24 @@ class Takedowns:
 
     def __contains__(self, photo: object) -> bool:
         return photo in self.removed or photo in self.held
+
+    def __bool__(self) -> bool:
+        return bool(self.removed or self.held)
+
+    def left_out_of(self, rows: list[dict]) -> tuple[list[dict], list[dict]]:
+        """(the rows kept, the rows left out) of a version's manifest rows: a photo taken down, or a
+        copy held for a takedown, is left out of whatever is made of the version now."""
+        gone = [r for r in rows if (r.get("source"), r.get("photo_id")) in self]
+        return [r for r in rows if (r.get("source"), r.get("photo_id")) not in self], gone
+
+    def held_names(self, rows: list[dict]) -> list[str]:
+        "`photo_name` of the rows a takedown holds (not removed)."
+        return [photo_name(r) for r in rows if (r.get("source"), r.get("photo_id")) in self.held]
+
+
+def photo_name(row: dict) -> str:
+    "A manifest row's photo as takedowns name it: 'source:photo_id'."
+    return f"{row['source']}:{row['photo_id']}"
 
 
 def takedowns_of(catalog: Catalog) -> Takedowns:

@@ -26,12 +26,12 @@ def evaluate_bundle(bundle_dir: str | Path, manifest_csv: str | Path, batch_size
 
 def evaluate_loaded_bundle(bundle, manifest_csv: str | Path, batch_size: int = 64,
                            splits: tuple[str, ...] = ("test",), curve_path: list | None = None,
-                           scores_csv: str | Path | None = None) -> dict:
+                           scores_csv: str | Path | None = None, left_out: list[str] | None = None) -> dict:
     """Score a loaded bundle on `splits` + probe rows. With a `capping_path` (from calibration),
     `result["curve"]` holds every operating point of that path scored on these rows. With
     `scores_csv`, every scored row's probabilities are written there (SCORES_FILE of a bundle: the
-    report's error analysis reads it)."""
-    df = read_manifest_frame(manifest_csv)
+    report's error analysis reads it). `left_out`: photos ("source:photo_id") not scored (`without_photos`)."""
+    df = without_photos(read_manifest_frame(manifest_csv), left_out)
     rows = df[df["split"].isin(list(splits) + ["probe"])].reset_index(drop=True)
     probs = score_paths(bundle, list(rows["abs_path"]), batch_size=batch_size)
     readable = ~np.isnan(probs).any(axis=1)
@@ -52,6 +52,14 @@ def evaluate_loaded_bundle(bundle, manifest_csv: str | Path, batch_size: int = 6
         result["probe_by_query"] = probe_by_query(probs[is_probe], rows["query"][is_probe].tolist(),
                                                   bundle.thresholds, bundle.vocab, bundle.head)
     return result
+
+
+def without_photos(df, left_out: list[str] | None):
+    """A manifest frame less the photos named "source:photo_id" (a training leaves out the photos taken
+    down since its version was published: model/stage.without_takedowns)."""
+    if not left_out:
+        return df
+    return df[~(df["source"] + ":" + df["photo_id"]).isin(set(left_out))].reset_index(drop=True)
 
 
 def assess_on_version(bundle_dir: str | Path, manifest_csv: str | Path, batch_size: int = 64) -> dict:

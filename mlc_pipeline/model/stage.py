@@ -15,10 +15,11 @@ from pathlib import Path
 
 from mlc_pipeline.catalog import Catalog, catalog_exists
 from mlc_pipeline.config import Config, ConfigError
+from mlc_pipeline.dataset.takedowns import held_words, photo_name, read_takedowns
 from mlc_pipeline.dataset.verify import verify_version
 from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.layout import point_latest
-from mlc_pipeline.model.bundle import MetaError, read_meta
+from mlc_pipeline.model.learned import UnknownLearning, learned_rows, taken_down_learned
 from mlc_pipeline.model.registry import variant_name
 from mlc_pipeline.model.train import TrainConfig, train_model
 
@@ -84,7 +85,25 @@ def other_set_warnings(rows: list[dict]) -> list[str]:
     return []
 
 
-def check_every_class_trains(cfg: Config, version: str, rows: list[dict]) -> None:
+def without_takedowns(cfg: Config, version: str, rows: list[dict]) -> tuple[list[dict], dict, str]:
+    """A version's manifest rows less the photos taken down since it was published (`mlc remove`) and
+    the copies a takedown holds, as an export leaves them out (dataset/takedowns.py); bundle.json's
+    record of it ("checked": False when there was no catalog to ask; "left_out", and "held" among them,
+    as "source:photo_id"); and what is left out, in words ('' for nothing). ConfigError when no
+    training or validation image is left."""
+    gone = read_takedowns(cfg)
+    rows, left_out = gone.left_out_of(rows) if gone else (rows, [])
+    held = gone.held_names(left_out) if gone else []
+    what = f"{len(left_out)} photo(s) taken down since {version} was published{held_words(held)}" if left_out else ""
+    for split in ("train", "valid"):
+        if left_out and not any(r["split"] == split for r in rows):
+            raise ConfigError(f"dataset {version} has no {split} image left once the {what} are left out (`mlc "
+                              f"remove`): build a version without them (`mlc build`) and train that; nothing was "
+                              f"trained, models/LATEST is unchanged")
+    return rows, {"checked": gone is not None, "left_out": [photo_name(r) for r in left_out], "held": held}, what
+
+
+def check_every_class_trains(cfg: Config, version: str, rows: list[dict], left_out: str = "") -> None:
     """Refuse (ConfigError) to train when a class of the config has no image in the version's training
     split: such a model can never claim the class (macro F1 0.000 on it), and `mlc run` used to ship it
     as LATEST with exit 0 (the 2026-12-06 audit: photos too small for every size in source.sizes).
@@ -111,7 +130,7 @@ def check_every_class_trains(cfg: Config, version: str, rows: list[dict]) -> Non
         whys.append(f"{c}: " + ("; ".join(why) or f"no image in {version}"))
     raise ConfigError(f"dataset {version} has no training image of {', '.join(empty)}: a model cannot learn a class "
                       f"it never sees, nor ever claim it; nothing was trained, models/LATEST is unchanged "
-                      f"({' | '.join(whys)})")
+                      f"({' | '.join(whys)}{f'; {left_out} left out' if left_out else ''})")
 
 
 def empty_class_why(cfg: Config, name: str, tally: dict, filed: dict[str, int] | None = None) -> str:
@@ -141,10 +160,11 @@ def empty_class_why(cfg: Config, name: str, tally: dict, filed: dict[str, int] |
 def retrain_overrides(cfg: Config, dataset_dir: Path, previous: str | Path | None) -> tuple[dict, list[str]]:
     """How a mining round's retrain starts: (TrainConfig overrides, warnings). With `mine.retrain:
     continue` it continues the previous round's network for `mine.retrain_epochs`, unless that network
-    trained on an image the new version evaluates on; then it starts over, and says why."""
+    trained on an image the new version evaluates on, or on a photo taken down since (`mlc remove`);
+    then it starts over, and says why."""
     if previous is None or cfg.mine.retrain != "continue":
         return {}, []
-    why = continue_blocker(dataset_dir, Path(previous))
+    why = continue_blocker(dataset_dir, Path(previous)) or taken_down_learned(cfg, Path(previous))
     if why:
         return {}, [f"retrained from scratch, not continued from {Path(previous).name}: {why}"]
     return {"init_from": str(previous), "epochs": cfg.mine.retrain_epochs}, []
@@ -157,22 +177,12 @@ def continue_blocker(dataset_dir: Path, previous: Path) -> str | None:
     of them validate, always the same ones), so within a run this never happens; a catalog changed
     between runs, or a changed split setting, could put a trained-on image under evaluation. Images
     are matched by catalog id and by content (sha256)."""
-    datasets_root = dataset_dir.parent.parent           # datasets/<name>/<version>
-    trained_ids: set[str] = set()
-    trained_sha: set[str] = set()
-    bundle, seen = previous, set()
-    while bundle is not None and bundle.name not in seen:
-        seen.add(bundle.name)
-        try:
-            meta = read_meta(bundle)
-            rows = read_manifest(datasets_root / str(meta["dataset_version"]) / "manifest.csv")
-        except (MetaError, OSError, ValueError, KeyError) as exc:
-            return f"cannot tell which images {bundle.name} trained on ({type(exc).__name__}: {exc})"
-        trained = [r for r in rows if r["split"] == "train"]
-        trained_ids |= {r["candidate_id"] for r in trained if r.get("candidate_id")}
-        trained_sha |= {r["sha256"] for r in trained if r.get("sha256")}
-        parent = (meta.get("weights") or {}).get("continued_from")
-        bundle = previous.parent / parent if parent else None
+    try:                                                 # datasets/<name>/<version>
+        trained = learned_rows(previous, dataset_dir.parent.parent, ("train",))
+    except UnknownLearning as exc:
+        return str(exc)
+    trained_ids = {r["candidate_id"] for r in trained if r.get("candidate_id")}
+    trained_sha = {r["sha256"] for r in trained if r.get("sha256")}
     leaked = [r for r in read_manifest(dataset_dir / "manifest.csv") if r["split"] != "train"
               and (r.get("candidate_id") in trained_ids or r.get("sha256") in trained_sha)]
     if leaked:
@@ -190,11 +200,15 @@ def train_version(cfg: Config, dataset_dir: str | Path, tag: str = "", variant: 
     overrides = VARIANTS[variant] if variant else {}
     name = variant or variant_name(cfg.train.head, train_config(cfg).effective_other_mode)
     verify_version(dataset_dir)     # a missing, changed or escaping file stops here, with one line
-    rows = read_manifest(dataset_dir / "manifest.csv")
-    check_every_class_trains(cfg, version, rows)      # before a bundle or LATEST is touched
+    rows, takedowns, left_out = without_takedowns(cfg, version, read_manifest(dataset_dir / "manifest.csv"))
+    check_every_class_trains(cfg, version, rows, left_out)      # before a bundle or LATEST is touched
     bundle = models_root(cfg) / bundle_name(f"{cfg.build.name}-{version}{'-' + tag if tag else ''}-{name}")
     models_root(cfg).mkdir(parents=True, exist_ok=True)
     warnings = other_set_warnings(rows)
+    if left_out:        # the one line an export says too, and bundle.json's record of what it trained on
+        named = [f"{p} (held)" if p in takedowns["held"] else p for p in takedowns["left_out"]]
+        warnings.insert(0, f"left out {left_out} (`mlc remove`; listed in bundle.json): {', '.join(named[:10])}"
+                           f"{' ...' if len(named) > 10 else ''}")
     if variant is None:
         retrain, retrain_warnings = retrain_overrides(cfg, dataset_dir, previous)
         overrides, warnings = {**overrides, **retrain}, warnings + retrain_warnings
@@ -202,7 +216,7 @@ def train_version(cfg: Config, dataset_dir: str | Path, tag: str = "", variant: 
         log.warning("dataset %s: %s", version, w)
     result = train_model(dataset_dir / "manifest.csv", bundle, train_config(cfg, **overrides),
                          dataset_version=f"{cfg.build.name}/{version}", classes=list(cfg.classes),
-                         warnings=warnings)
+                         warnings=warnings, takedowns=takedowns)
     if publish:
         publish_latest(cfg, bundle.name)
     return ModelResult(bundle, version, name, result.metrics, result.train_seconds)

@@ -54,7 +54,7 @@ from mlc_pipeline.model.metrics import (
     OTHER, calibrate_thresholds, cap_warning, capping_path, evaluate, pick_capped,
 )
 from mlc_pipeline.model.assess import (
-    SCORES_FILE, evaluate_loaded_bundle, mined_valid_mask, typical_positive_scores, valid_predictions,
+    SCORES_FILE, evaluate_loaded_bundle, mined_valid_mask, typical_positive_scores, valid_predictions, without_photos,
 )
 from mlc_pipeline.model.predict import mirrored_probabilities
 
@@ -104,8 +104,10 @@ def classes_in(df: pd.DataFrame, classes: list[str] | None = None) -> list[str]:
 
 def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig | None = None,
                 dataset_version: str = "", classes: list[str] | None = None,
-                overwrite: bool = False, warnings: list[str] | None = None) -> TrainResult:
+                overwrite: bool = False, warnings: list[str] | None = None, takedowns: dict | None = None) -> TrainResult:
     """Train on the train split, calibrate on valid, evaluate on test + probe, write the bundle.
+    `takedowns`: what the version's rows lose to takedowns (model/stage.without_takedowns), left out
+    of every split here and recorded in bundle.json.
 
     The bundle folder is built next to `out_dir` and renamed into place, so a crash never leaves a
     half-written bundle that looks complete.
@@ -114,7 +116,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists (pass overwrite=True to replace it)")
-    df = read_manifest_frame(manifest_csv)
+    df = without_photos(read_manifest_frame(manifest_csv), (takedowns or {}).get("left_out"))
     classes = classes_in(df, classes)
     rows = training_frame(df, cfg)
 
@@ -281,6 +283,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             "weights": weights.record(),
             "dataset_version": dataset_version,
             "manifest": str(Path(manifest_csv).resolve()),
+            "takedowns": takedowns,           # the photos taken down since the version was published: left out
             "export_sha256": sha256_file(tmp_dir / "export.pkl"),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": cfg.model_dump(),
@@ -300,7 +303,8 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         # Score the exported artifact itself, through the same loader users get.
         from mlc_pipeline.model.bundle import load_bundle
         test_metrics = evaluate_loaded_bundle(load_bundle(tmp_dir), manifest_csv, batch_size=max(cfg.batch_size, 64),
-                                              curve_path=curve_path, scores_csv=tmp_dir / SCORES_FILE)
+                                              curve_path=curve_path, scores_csv=tmp_dir / SCORES_FILE,
+                                              left_out=(takedowns or {}).get("left_out"))
         metrics = {"valid": valid_metrics, "test": test_metrics, "warnings": meta["warnings"]}
         (tmp_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         plot_losses(history, tmp_dir / "loss.png", title=f"{cfg.arch} {cfg.head}/{cfg.effective_other_mode}")

@@ -1,0 +1,107 @@
+"""A takedown (`mlc remove`) reaches the models (the curation29 audit, finding 2): a training of a version
+published before it leaves out the photos taken down and the copies held for them, as an export does, says
+so and records it in bundle.json; a version with nothing left to train on is refused; a network that
+learned from a photo taken down is not continued. Real photos served by the bundled server, a
+real catalog, real `mlc` processes and small real trainings (32 px, one epoch, from scratch)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageOps
+
+from storage_world import FIXTURES, make_world, mlc, write_config
+
+from mlc_pipeline.collect.stage import collect
+from mlc_pipeline.config import load_config
+from mlc_pipeline.curate.stage import curate
+from mlc_pipeline.dataset.build import build_dataset
+from mlc_pipeline.flickr_server.folder import photo_id_for
+from mlc_pipeline.manifest import read_manifest
+from mlc_pipeline.model.bundle import read_meta
+from mlc_pipeline.model.stage import retrain_overrides, train_version
+
+OWNERS = "ants/1099452230_d1949d3250.jpg"      # the owner's photo: in v1's train split
+MIRROR = "ants/zz_mirror.jpg"                  # its mirror image, in v1's test split: held by the takedown
+
+
+def ok(*args: str):
+    done = mlc(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture
+def taken_down(tmp_path):
+    """v1 of ten ants, ten bees, eight scenery photos and the mirror image of one ant photo; a model
+    trained on v1 (models/LATEST); then `mlc remove` of that photo, which holds the mirror.
+    (config, cfg, v1 folder, the photo, the mirror, the model trained before, `mlc remove`'s output)."""
+    if not FIXTURES.is_dir():
+        pytest.skip("fixture photos missing (../shared/fixtures)")
+    world = make_world(tmp_path / "world", per_class=10)
+    with Image.open(world / OWNERS) as im:
+        ImageOps.mirror(im.convert("RGB")).save(world / MIRROR, quality=90)
+    config = write_config(tmp_path / "config.yaml", tmp_path / "data", world)
+    cfg = load_config(config)
+    collect(cfg, progress=False)
+    curate(cfg)
+    v1 = build_dataset(cfg).path
+    photo, mirror = f"local:{photo_id_for(OWNERS)}", f"local:{photo_id_for(MIRROR)}"
+    splits = {f"{r['source']}:{r['photo_id']}": r["split"] for r in read_manifest(v1 / "manifest.csv")}
+    assert (splits.get(photo), splits.get(mirror)) == ("train", "test"), splits
+    before = train_version(cfg, v1).bundle_dir
+    removed = ok("remove", "-c", str(config), "--photo-id", photo.split(":")[1], "--reason", "owner request")
+    assert f"held 1 near duplicate(s) of the photos taken down for review: {mirror}" in removed.stdout, removed.stdout
+    return config, cfg, v1, photo, mirror, before, removed.stdout
+
+
+def test_training_a_version_published_before_a_takedown_leaves_the_photos_out_says_so_and_records_it(taken_down):
+    """`mlc train --version v1` after `mlc remove` trained on the photo taken down, with no word: an export
+    of v1 leaves it out. Now the training leaves out the photo and the copy held for it, from every split,
+    says so in one line, and bundle.json records it; the model trained before is not continued."""
+    config, cfg, v1, photo, mirror, before, _ = taken_down
+    rows = read_manifest(v1 / "manifest.csv")
+    done = ok("train", "-c", str(config), "--version", "v1")
+    said = [line for line in done.stderr.splitlines() if "left out" in line]
+    assert len(said) == 1 and said[0].endswith(
+        f"dataset v1: left out 2 photo(s) taken down since v1 was published, or held as copies of them (1) "
+        f"(`mlc remove`; listed in bundle.json): {photo}, {mirror} (held)"), done.stderr
+    bundle = Path(done.stdout.split("model bundle: ")[1].splitlines()[0])
+    meta = read_meta(bundle)
+    assert meta["takedowns"] == {"checked": True, "left_out": [photo, mirror], "held": [mirror]}
+    assert meta["warnings"][0] == said[0].split("dataset v1: ", 1)[1]     # the model's record says it too
+    learned = [r for r in rows if r["split"] in ("train", "valid")]
+    assert meta["n_train"] + meta["n_valid"] == len(learned) - 1        # the photo: train; the mirror: test
+    with open(bundle / "test_scores.csv", newline="") as f:
+        scored = {r["photo_id"] for r in csv.DictReader(f)}
+    assert scored and not scored & {photo.split(":")[1], mirror.split(":")[1]}
+    assert (cfg.layout.models / "LATEST").read_text().strip() == bundle.name
+
+    continuing = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"retrain": "continue"})})
+    overrides, warnings = retrain_overrides(continuing, v1, before)
+    assert overrides == {} and warnings == [f"retrained from scratch, not continued from {before.name}: it learned "
+                                            f"from 1 photo(s) taken down (`mlc remove`): {photo}"]
+    assert retrain_overrides(continuing, v1, bundle)[0]["init_from"] == str(bundle)     # it left them out
+
+
+def test_a_version_whose_training_images_were_all_taken_down_trains_nothing_and_says_why(tmp_path):
+    """Every photo taken down: `mlc train --version v1` stops before training, with one line, exit 2,
+    no bundle."""
+    if not FIXTURES.is_dir():
+        pytest.skip("fixture photos missing (../shared/fixtures)")
+    config = write_config(tmp_path / "config.yaml", tmp_path / "data", make_world(tmp_path / "world", per_class=6))
+    cfg = load_config(config)
+    collect(cfg, progress=False)
+    curate(cfg)
+    n = len(read_manifest(build_dataset(cfg).path / "manifest.csv"))
+    for query in ("ants", "bees", "scenery"):
+        ok("remove", "-c", str(config), "--query", query, "--reason", "owner request")
+    done = mlc("train", "-c", str(config), "--version", "v1")
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
+        f"mlc: dataset v1 has no train image left once the {n} photo(s) taken down since v1 was published are "
+        f"left out (`mlc remove`): build a version without them (`mlc build`) and train that; nothing was "
+        f"trained, models/LATEST is unchanged"), done.stderr[-3000:]
+    assert not cfg.layout.models.exists() or not list(cfg.layout.models.iterdir())
+
