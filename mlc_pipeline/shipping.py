@@ -5,7 +5,8 @@ round 0 of a run is (the last run's shipped model reused, a new model, or the sh
 accepts no more unknowns and loses at most `mine.max_f1_loss` of macro F1 (`not_shipped_reason`);
 round 0 is not trained again when nothing it learns from changed (`last_shipped_model`, keyed by
 `round0_key`), and a new round 0 replaces the shipped model only by the same rule, both scored on
-the new version (`incumbent_model`). What a run shipped is recorded as it moves LATEST
+the new version (`incumbent_model`); a shipped model that learned from a photo taken down since
+(`mlc remove`) is neither reused nor kept. What a run shipped is recorded as it moves LATEST
 (`record_shipped`), so that the rerun of a stopped run knows it too.
 """
 
@@ -20,6 +21,7 @@ from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import sha256_file, write_text_atomic
 from mlc_pipeline.manifest import recorded_fingerprint
 from mlc_pipeline.model.bundle import MetaError, read_meta
+from mlc_pipeline.model.learned import taken_down_learned
 from mlc_pipeline.model.registry import latest_bundle
 from mlc_pipeline.rounds import RoundRecord
 
@@ -134,6 +136,8 @@ def last_shipped_model(cfg: Config, ds: dict, key: dict) -> dict | None:
     except (RegistryError, OSError, ValueError) as exc:
         log.warning("the shipped model cannot be reused (%s): round 0 trains again", exc)
         return None
+    if taken_down_learned(cfg, bundle):     # round 0 trains; `incumbent_model` says why it is not kept
+        return None
     return {"round": 0, "bundle": bundle.name, "bundle_dir": str(bundle), "dataset_version": version,
             "metrics": metrics, "reused": True}
 
@@ -142,9 +146,11 @@ def incumbent_model(cfg: Config, key: dict) -> Path | None:
     """models/LATEST when a new round 0 must do at least as well to replace it: a run shipped it
     (`shipped_with`: the last run, or a run stopped after it moved LATEST), trained with the same
     `round0_key` (other settings or code: the user wants the new model; a model promoted by hand:
-    theirs to replace), a whole bundle of the config's classes. A night with nothing new for round 0
-    after a refused mining round trained round 0 again and shipped it over a far better LATEST (a
-    user's audit: test F1 0.540 -> 0.275)."""
+    theirs to replace), a whole bundle of the config's classes, that learned from no photo taken
+    down since (`mlc remove`; model/learned.py). A night with nothing new for round 0 after a refused
+    mining round trained round 0 again and shipped it over a far better LATEST (a user's audit: test
+    F1 0.540 -> 0.275); and a model trained on photos taken down was kept over the new round 0 that
+    no longer held them, when that one scored lower (the curation29 audit)."""
     shipped = shipped_with(cfg, key)
     if shipped is None:
         return None
@@ -153,7 +159,13 @@ def incumbent_model(cfg: Config, key: dict) -> Path | None:
     except MetaError as exc:    # not a whole bundle (a non-object bundle.json crashed the run): ships as before
         log.info("the shipped model is not the one to beat (%s): round 0 ships as before", exc)
         return None
-    return shipped[1] if meta.get("classes") == list(cfg.classes) else None
+    if meta.get("classes") != list(cfg.classes):
+        return None
+    if why := taken_down_learned(cfg, shipped[1]):
+        log.warning("the shipped model %s is not kept: %s; round 0's model ships without a comparison",
+                    shipped[1].name, why)
+        return None
+    return shipped[1]
 
 
 SHIPPED_RECORD = "shipped.json"     # in the reports folder, beside latest.json

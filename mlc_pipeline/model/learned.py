@@ -5,7 +5,8 @@ out as taken down (bundle.json's `takedowns`, written by model/stage.py). Torch-
 Two questions are asked here. A mining round's retrain may continue the previous network only when
 that network never learned an image the new version evaluates on (stage.continue_blocker). And a
 takedown (`mlc remove`) reaches the models: a network that learned from a photo taken down since, or
-from a copy a takedown holds, is not continued (stage.retrain_overrides). Learned means the train split, and the valid
+from a copy a takedown holds, is not continued (stage.retrain_overrides), nor kept as the shipped model
+(shipping.incumbent_model). Learned means the train split, and the valid
 split, which set the model's thresholds (LEARNED_SPLITS); test and probe are only scored.
 """
 

@@ -1,12 +1,15 @@
 """A takedown (`mlc remove`) reaches the models (the curation29 audit, finding 2): a training of a version
 published before it leaves out the photos taken down and the copies held for them, as an export does, says
 so and records it in bundle.json; a version with nothing left to train on is refused; a network that
-learned from a photo taken down is not continued. Real photos served by the bundled server, a
+learned from a photo taken down is not continued; and `mlc run` no longer keeps a shipped model that
+learned from a photo taken down since. Real photos served by the bundled server, a
 real catalog, real `mlc` processes and small real trainings (32 px, one epoch, from scratch)."""
 
 from __future__ import annotations
 
 import csv
+import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from PIL import Image, ImageOps
 
 from storage_world import FIXTURES, make_world, mlc, write_config
 
+from mlc_pipeline import shipping
 from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import load_config
 from mlc_pipeline.curate.stage import curate
@@ -105,3 +109,34 @@ def test_a_version_whose_training_images_were_all_taken_down_trains_nothing_and_
         f"trained, models/LATEST is unchanged"), done.stderr[-3000:]
     assert not cfg.layout.models.exists() or not list(cfg.layout.models.iterdir())
 
+
+def test_mlc_run_does_not_keep_a_shipped_model_that_learned_from_a_photo_taken_down_since(tmp_path, caplog):
+    """`mlc run` keeps the shipped model when a new round 0 does worse on the new version: after a
+    takedown it kept the model trained on the photos taken down (the audit: LATEST stayed the v1 model,
+    mining went on from it). A photo it only scored (test) changes nothing; one it learned from makes the
+    next run ship its new round 0, with a line that says why."""
+    if not FIXTURES.is_dir():
+        pytest.skip("fixture photos missing (../shared/fixtures)")
+    config = write_config(tmp_path / "config.yaml", tmp_path / "data", make_world(tmp_path / "world", per_class=10),
+                          mine={"rounds": 0})
+    ok("run", "-c", str(config), "--no-progress")
+    cfg, key = load_config(config), None
+    shipped = cfg.layout.models / (cfg.layout.models / "LATEST").read_text().strip()
+    key = shipping.round0_key(cfg)
+    assert shipping.incumbent_model(cfg, key) == shipped        # the model a new round 0 must beat
+    rows = read_manifest(cfg.layout.datasets / "v1" / "manifest.csv")
+    tested = next(r["photo_id"] for r in rows if r["split"] == "test")
+    trained = next(r["photo_id"] for r in rows if r["split"] == "train")
+    ok("remove", "-c", str(config), "--photo-id", tested, "--reason", "owner request")
+    assert shipping.incumbent_model(cfg, key) == shipped        # only scored on it: still the one to beat
+    ok("remove", "-c", str(config), "--photo-id", trained, "--reason", "owner request")
+    with caplog.at_level(logging.WARNING, logger="mlc_pipeline.shipping"):
+        assert shipping.incumbent_model(cfg, key) is None
+    why = (f"the shipped model {shipped.name} is not kept: it learned from 1 photo(s) taken down (`mlc remove`): "
+           f"local:{trained}; round 0's model ships without a comparison")
+    assert why in caplog.text, caplog.text
+
+    done = ok("run", "-c", str(config), "--no-progress")
+    latest = (cfg.layout.models / "LATEST").read_text().strip()
+    assert latest.startswith("default-v2-r0-") and why in done.stderr, done.stderr[-3000:]
+    assert json.loads((cfg.layout.reports / shipping.SHIPPED_RECORD).read_text())["shipped"] == latest
