@@ -189,7 +189,34 @@ def cmd_remove(args) -> int:
         print(f"exports under {cfg.data_dir / 'exports'} that hold them (export the version again, or delete them; "
               f"exports elsewhere (--out) are not tracked):")
         print(*(f"  {folder}: {listed(ids)}" for folder, ids in exports.items()), sep="\n")
+    if models := models_with(cfg, args.config, res):
+        print(*models, sep="\n")
     return 0
+
+
+def models_with(cfg, config: str, res) -> list[str]:
+    """`mlc remove`'s lines on the model bundles that learned from the photos taken down or held
+    (model/learned.py: a model's training, and those it continued, less what it left out), and on
+    an object-store root the store's bundles trained on the versions that hold them, as `mlc withdraw`
+    lists them; models/LATEST said, with the command that trains a model without them."""
+    from mlc_pipeline.model.learned import bundles_that_learned
+    from mlc_pipeline.model.registry import latest_bundle
+    from mlc_pipeline.storemodels import bundles_trained_on
+    found, unknown = bundles_that_learned(cfg, {(r["source"], r["photo_id"]) for r in res.photos + res.holds})
+    versions = set(res.published_in) | set(res.copies_in) | set(res.held_in)
+    stored = {n for v in sorted(versions) for n in bundles_trained_on(cfg, f"{cfg.build.name}/{v}", [])}
+    latest = getattr(latest_bundle(cfg.layout.models), "name", None)
+    retrain = f"`mlc build -c {config}`, then `mlc train -c {config}`"
+    stored = [n for n in sorted(stored) if not (cfg.layout.models / n.split(" (")[0]).is_dir()]  # here: checked
+    out = [f"  {n}{' (models/LATEST)' if n == latest else ''}: {listed(ids)}" for n, ids in found.items()]
+    out += [f"  {n}: in the store, trained on a version that holds them" for n in stored]
+    out[:0] = [f"model bundles that learned from them (kept; a model without them: {retrain}; or delete them):"] * bool(out)
+    if unknown:
+        out.append(f"model bundles not checked ({len(unknown)}): {'; '.join(unknown[:3])}{' ...' * (len(unknown) > 3)}")
+    if latest in found or any(n.endswith("(the store's LATEST)") for n in stored):
+        out.append("models/LATEST is one of them: `mlc predict` and `mlc mine` use it until a model trained without "
+                   "them replaces it (the commands above, or `mlc run`)")
+    return out
 
 
 def listed(ids: list[str]) -> str:

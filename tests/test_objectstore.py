@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -302,6 +303,9 @@ def test_a_takedown_deletes_the_photo_from_the_bucket(published, s3_server):
     said = mlc("remove", "--photo-id", victim["photo_id"], "--reason", "owner request", config=fresh)
     assert rel not in sync.file_listing(store(cfg))
     assert "published versions that still contain them" in said and "\n  v1: 1 photo(s)" in said, said
+    # the model trained on v1, the store's LATEST, though this cache has no model (curation29 finding 2c)
+    assert re.search(r"\n  default-v1-\S+ \(the store's LATEST\): in the store, trained on a version that holds them\n",
+                     said) and "\nmodels/LATEST is one of them: " in said, said
     with Catalog(load_config(fresh).catalog_path, readonly=True) as catalog:
         assert len(catalog.get(victim["id"])["corner_hashes"].split(",")) == 7     # corners, then the mirror's views
     # and it fetched the photo's file alone, not every file and version (the verify20 audit)

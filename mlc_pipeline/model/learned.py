@@ -1,13 +1,15 @@
 """What a model bundle learned from: the manifest rows its training read, in its own training and in
 each training it continued (bundle.json's `weights.continued_from`), less the photos its training left
-out as taken down (bundle.json's `takedowns`, written by model/stage.py). Torch-free.
+out as taken down (bundle.json's `takedowns`, written by model/stage.py). Torch-free: `mlc remove`
+and the shipping rule read it.
 
 Two questions are asked here. A mining round's retrain may continue the previous network only when
 that network never learned an image the new version evaluates on (stage.continue_blocker). And a
 takedown (`mlc remove`) reaches the models: a network that learned from a photo taken down since, or
-from a copy a takedown holds, is not continued (stage.retrain_overrides), nor kept as the shipped model
-(shipping.incumbent_model). Learned means the train split, and the valid
-split, which set the model's thresholds (LEARNED_SPLITS); test and probe are only scored.
+from a copy a takedown holds, is not continued (stage.retrain_overrides), nor kept as the shipped
+model (shipping.incumbent_model), and `mlc remove` lists it (`bundles_that_learned`). Learned means
+the train split, and the valid split, which set the model's thresholds (LEARNED_SPLITS); test and
+probe are only scored.
 """
 
 from __future__ import annotations
@@ -80,3 +82,18 @@ def taken_down_learned(cfg: Config, bundle: Path, gone: Takedowns | None = None)
             f"{f' (or held as copies of them: {len(held)})' if held else ''} (`mlc remove`): "
             f"{', '.join(hit[:10])}{' ...' if len(hit) > 10 else ''}")
 
+def bundles_that_learned(cfg: Config, photos: set[tuple[str, str]]) -> tuple[dict[str, list[str]], list[str]]:
+    """This data root's bundles that learned from any of `photos` ((source, photo_id)): (bundle name ->
+    the photos, as "source:photo_id"; the bundles whose learning cannot be read, each with why). The
+    newest first: models/LATEST is most often among them."""
+    from mlc_pipeline.model.registry import list_bundles
+    found, unknown, manifests = {}, [], {}
+    for info in reversed(list_bundles(cfg.layout.models)):
+        try:
+            hit = learned_photos(info.path, cfg.layout.datasets.parent, manifests) & photos
+        except UnknownLearning as exc:
+            unknown.append(str(exc))
+            continue
+        if hit:
+            found[info.name] = sorted(f"{s}:{p}" for s, p in hit)
+    return found, unknown

@@ -1,9 +1,10 @@
 """A takedown (`mlc remove`) reaches the models (the curation29 audit, finding 2): a training of a version
 published before it leaves out the photos taken down and the copies held for them, as an export does, says
 so and records it in bundle.json; a version with nothing left to train on is refused; a network that
-learned from a photo taken down is not continued; and `mlc run` no longer keeps a shipped model that
-learned from a photo taken down since. Real photos served by the bundled server, a
-real catalog, real `mlc` processes and small real trainings (32 px, one epoch, from scratch)."""
+learned from a photo taken down is not continued; `mlc remove` names the bundles that learned from the
+photos, models/LATEST among them; and `mlc run` no longer keeps a shipped model that learned from a
+photo taken down since. Real photos served by the bundled server, a real catalog, real `mlc`
+processes and small real trainings (32 px, one epoch, from scratch)."""
 
 from __future__ import annotations
 
@@ -61,10 +62,23 @@ def taken_down(tmp_path):
     return config, cfg, v1, photo, mirror, before, removed.stdout
 
 
+def test_mlc_remove_names_the_model_bundles_that_learned_from_the_photos_latest_among_them(taken_down):
+    """`mlc remove` listed the versions and exports that hold the photos, and no model bundle: the model
+    trained on v1, models/LATEST, went on serving predictions and mining unsaid. Only what it learned from
+    counts: the owner's photo (train), not the mirror held (test: only scored)."""
+    config, cfg, v1, photo, mirror, before, said = taken_down
+    lines = said.splitlines()
+    at = lines.index(f"model bundles that learned from them (kept; a model without them: `mlc build -c {config}`, "
+                     f"then `mlc train -c {config}`; or delete them):")
+    assert lines[at + 1] == f"  {before.name} (models/LATEST): 1 photo(s): {photo}", said
+    assert lines[at + 2].startswith("models/LATEST is one of them: `mlc predict` and `mlc mine` use it"), said
+
+
 def test_training_a_version_published_before_a_takedown_leaves_the_photos_out_says_so_and_records_it(taken_down):
     """`mlc train --version v1` after `mlc remove` trained on the photo taken down, with no word: an export
     of v1 leaves it out. Now the training leaves out the photo and the copy held for it, from every split,
-    says so in one line, and bundle.json records it; the model trained before is not continued."""
+    says so in one line, and bundle.json records it; the model trained before is not continued, and a
+    takedown named again lists the model trained before, not the one that left the photo out."""
     config, cfg, v1, photo, mirror, before, _ = taken_down
     rows = read_manifest(v1 / "manifest.csv")
     done = ok("train", "-c", str(config), "--version", "v1")
@@ -88,6 +102,10 @@ def test_training_a_version_published_before_a_takedown_leaves_the_photos_out_sa
     assert overrides == {} and warnings == [f"retrained from scratch, not continued from {before.name}: it learned "
                                             f"from 1 photo(s) taken down (`mlc remove`): {photo}"]
     assert retrain_overrides(continuing, v1, bundle)[0]["init_from"] == str(bundle)     # it left them out
+
+    again = ok("remove", "-c", str(config), "--photo-id", photo.split(":")[1], "--reason", "owner request").stdout
+    assert f"  {before.name}: 1 photo(s): {photo}" in again.splitlines() and bundle.name not in again, again
+    assert "models/LATEST is one of them" not in again
 
 
 def test_a_version_whose_training_images_were_all_taken_down_trains_nothing_and_says_why(tmp_path):
