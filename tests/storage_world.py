@@ -57,6 +57,26 @@ def write_config(path: Path, data_dir: Path, world: Path, **extra) -> Path:
     return path
 
 
+OWNERS = "ants/1099452230_d1949d3250.jpg"      # the photo a takedown test takes down: in v1's train split
+MIRROR = "ants/zz_mirror.jpg"                  # its mirror image, collected before the takedown: v1's test split
+
+
+def mirrored_v1(tmp: Path) -> tuple[Path, Config, Path]:
+    """The takedown tests' world: make_world's ten ants, ten bees and eight scenery photos, and the mirror
+    image of OWNERS saved as MIRROR (a takedown of OWNERS holds it), collected, curated and built
+    in-process. (config file, config, v1 folder)."""
+    from PIL import Image, ImageOps
+    from mlc_pipeline.dataset.build import build_dataset
+    world = make_world(tmp / "world", per_class=10)
+    with Image.open(world / OWNERS) as im:
+        ImageOps.mirror(im.convert("RGB")).save(world / MIRROR, quality=90)
+    config = write_config(tmp / "config.yaml", tmp / "data", world)
+    cfg = load_config(config)
+    collect(cfg, progress=False)
+    curate(cfg)
+    return config, cfg, build_dataset(cfg).path
+
+
 def curated_root(tmp: Path, per_class: int = 12) -> Path:
     """A collected and curated data root under tmp/data; returns its config file."""
     world = make_world(tmp / "world", per_class)

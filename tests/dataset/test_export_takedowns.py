@@ -14,20 +14,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageOps
 
-from storage_world import FIXTURES, make_world, write_config
+from storage_world import FIXTURES, MIRROR, OWNERS, mirrored_v1
 
 from mlc_pipeline.catalog import Catalog, overrides
-from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import load_config
-from mlc_pipeline.curate.stage import curate
-from mlc_pipeline.dataset.build import build_dataset
 from mlc_pipeline.flickr_server.folder import photo_id_for
 from mlc_pipeline.manifest import read_manifest
-
-OWNERS = "ants/1099452230_d1949d3250.jpg"      # the owner's photo, among the first ten ants
-MIRROR = "ants/zz_mirror.jpg"                  # its mirror image, collected before the takedown
 
 
 def mlc(config: Path, *args: str) -> subprocess.CompletedProcess:
@@ -44,19 +37,12 @@ def taken_down(tmp_path):
     photo's id, the mirror's id)."""
     if not FIXTURES.is_dir():
         pytest.skip("fixture photos missing (../shared/fixtures)")
-    world = make_world(tmp_path / "world", per_class=10)
-    with Image.open(world / OWNERS) as im:
-        ImageOps.mirror(im.convert("RGB")).save(world / MIRROR, quality=90)
-    config = write_config(tmp_path / "config.yaml", tmp_path / "data", world)
-    cfg = load_config(config)
-    collect(cfg, progress=False)
-    curate(cfg)
-    v1 = build_dataset(cfg)
+    config, _, v1 = mirrored_v1(tmp_path)
     photo, mirror = photo_id_for(OWNERS), photo_id_for(MIRROR)
-    assert {photo, mirror} <= {r["photo_id"] for r in read_manifest(v1.path / "manifest.csv")}
+    assert {photo, mirror} <= {r["photo_id"] for r in read_manifest(v1 / "manifest.csv")}
     done = mlc(config, "remove", "--photo-id", photo, "--reason", "owner request")
     assert f"held 1 near duplicate(s) of the photos taken down for review: local:{mirror}" in done.stdout, done.stdout
-    return config, v1.path, photo, mirror
+    return config, v1, photo, mirror
 
 
 def exported(config: Path, fmt: str, out: Path, *more: str) -> tuple[subprocess.CompletedProcess, dict]:

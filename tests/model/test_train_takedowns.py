@@ -14,9 +14,8 @@ import logging
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageOps
 
-from storage_world import FIXTURES, make_world, mlc, write_config
+from storage_world import FIXTURES, MIRROR, OWNERS, make_world, mirrored_v1, mlc, write_config
 
 from mlc_pipeline import shipping
 from mlc_pipeline.collect.stage import collect
@@ -27,9 +26,6 @@ from mlc_pipeline.flickr_server.folder import photo_id_for
 from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.model.bundle import read_meta
 from mlc_pipeline.model.stage import retrain_overrides, train_version
-
-OWNERS = "ants/1099452230_d1949d3250.jpg"      # the owner's photo: in v1's train split
-MIRROR = "ants/zz_mirror.jpg"                  # its mirror image, in v1's test split: held by the takedown
 
 
 def ok(*args: str):
@@ -45,14 +41,7 @@ def taken_down(tmp_path):
     (config, cfg, v1 folder, the photo, the mirror, the model trained before, `mlc remove`'s output)."""
     if not FIXTURES.is_dir():
         pytest.skip("fixture photos missing (../shared/fixtures)")
-    world = make_world(tmp_path / "world", per_class=10)
-    with Image.open(world / OWNERS) as im:
-        ImageOps.mirror(im.convert("RGB")).save(world / MIRROR, quality=90)
-    config = write_config(tmp_path / "config.yaml", tmp_path / "data", world)
-    cfg = load_config(config)
-    collect(cfg, progress=False)
-    curate(cfg)
-    v1 = build_dataset(cfg).path
+    config, cfg, v1 = mirrored_v1(tmp_path)
     photo, mirror = f"local:{photo_id_for(OWNERS)}", f"local:{photo_id_for(MIRROR)}"
     splits = {f"{r['source']}:{r['photo_id']}": r["split"] for r in read_manifest(v1 / "manifest.csv")}
     assert (splits.get(photo), splits.get(mirror)) == ("train", "test"), splits
