@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlc_pipeline.config import Config
-from mlc_pipeline.dataset.takedowns import Takedowns, read_takedowns
+from mlc_pipeline.dataset.takedowns import read_takedowns
 from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.model.bundle import MetaError, read_meta
 
@@ -63,24 +63,25 @@ def learned_photos(bundle: Path, datasets_root: Path, manifests: dict | None = N
     return {(r.get("source"), r.get("photo_id")) for r in learned_rows(bundle, datasets_root, manifests=manifests)}
 
 
-def taken_down_learned(cfg: Config, bundle: Path, gone: Takedowns | None = None) -> str | None:
+def taken_down_learned(cfg: Config, bundle: Path) -> str | None:
     """Why `bundle` must not go on as a model: it learned from photos taken down since (`mlc remove`), or
     from copies a takedown holds, as the catalog says now; or it cannot be told (its bundle.json, or a
     version it learned from, unreadable: a version withdrawn for a takedown, say) while the catalog
     records takedowns. None when it learned from none, or nothing was ever taken down."""
-    gone = read_takedowns(cfg) if gone is None else gone
+    gone = read_takedowns(cfg)
     if not gone:
         return None
     try:
         hit = sorted(f"{s}:{p}" for s, p in learned_photos(bundle, cfg.layout.datasets.parent) & (gone.removed | gone.held))
     except UnknownLearning as exc:
-        return f"{exc}, and photos were taken down since it may have learned from (`mlc remove`)"
+        return f"{exc}, and the catalog records takedowns (`mlc remove`): it may have learned from one"
     if not hit:
         return None
     held = [p for p in hit if tuple(p.split(":", 1)) in gone.held]
     return (f"it learned from {len(hit)} photo(s) taken down"
             f"{f' (or held as copies of them: {len(held)})' if held else ''} (`mlc remove`): "
             f"{', '.join(hit[:10])}{' ...' if len(hit) > 10 else ''}")
+
 
 def bundles_that_learned(cfg: Config, photos: set[tuple[str, str]]) -> tuple[dict[str, list[str]], list[str]]:
     """This data root's bundles that learned from any of `photos` ((source, photo_id)): (bundle name ->

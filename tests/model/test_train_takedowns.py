@@ -25,6 +25,7 @@ from mlc_pipeline.dataset.build import build_dataset
 from mlc_pipeline.flickr_server.folder import photo_id_for
 from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.model.bundle import read_meta
+from mlc_pipeline.model.learned import taken_down_learned
 from mlc_pipeline.model.stage import retrain_overrides, train_version
 
 
@@ -54,13 +55,23 @@ def taken_down(tmp_path):
 def test_mlc_remove_names_the_model_bundles_that_learned_from_the_photos_latest_among_them(taken_down):
     """`mlc remove` listed the versions and exports that hold the photos, and no model bundle: the model
     trained on v1, models/LATEST, went on serving predictions and mining unsaid. Only what it learned from
-    counts: the owner's photo (train), not the mirror held (test: only scored)."""
+    counts: the owner's photo (train), not the mirror held (test: only scored); a model whose version was
+    withdrawn since cannot be checked, and says so."""
     config, cfg, v1, photo, mirror, before, said = taken_down
     lines = said.splitlines()
     at = lines.index(f"model bundles that learned from them (kept; a model without them: `mlc build -c {config}`, "
                      f"then `mlc train -c {config}`; or delete them):")
     assert lines[at + 1] == f"  {before.name} (models/LATEST): 1 photo(s): {photo}", said
     assert lines[at + 2].startswith("models/LATEST is one of them: `mlc predict` and `mlc mine` use it"), said
+
+    # v1 withdrawn: what the model learned from cannot be read any more; it is named as not checked, and
+    # no longer counts as a model to keep
+    ok("withdraw", "-c", str(config), "v1", "--reason", "holds a photo taken down")
+    again = ok("remove", "-c", str(config), "--photo-id", photo.split(":")[1], "--reason", "owner request").stdout
+    assert f"model bundles not checked (1): cannot tell which images {before.name} trained on (FileNotFoundError" \
+        in again and "models/LATEST is one of them" not in again, again
+    assert taken_down_learned(cfg, before).endswith(
+        ", and the catalog records takedowns (`mlc remove`): it may have learned from one")
 
 
 def test_training_a_version_published_before_a_takedown_leaves_the_photos_out_says_so_and_records_it(taken_down):
