@@ -16,7 +16,7 @@ from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.catalog.overrides import overrides
 from mlc_pipeline.catalog.runs import where
 from mlc_pipeline.config import Config
-from mlc_pipeline.dataset.takedowns import held_words, takedowns_of
+from mlc_pipeline.dataset.takedowns import held_words, photo_name, takedowns_of
 from mlc_pipeline.dataset.verify import VersionDamaged, damaged_version, read_version
 from mlc_pipeline.manifest import UnknownVersion, latest_version, versions, withdrawn_meanwhile
 from mlc_pipeline.report import html as blocks
@@ -283,8 +283,8 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
         short = short_sets(cfg, catalog)
         taken_down = takedowns_of(catalog)      # the photos removed and the copies a takedown holds
     if ds:      # a photo taken down since the version was built, or held: neither its pixels nor its row here
-        gone = [r for r in ds["rows"] if (r["source"], r["photo_id"]) in taken_down]
-        ds = {**ds, "rows": [r for r in ds["rows"] if (r["source"], r["photo_id"]) not in taken_down]}
+        kept, gone = taken_down.left_out_of(ds["rows"])
+        ds = {**ds, "rows": kept}
     parts = [f"<h1>mlc-pipeline report{' — ' + html.escape(ds['name'] + ' ' + ds['version']) if ds else ''}</h1>"]
     statuses = sorted({s for v in cat["by_label"].values() for s in v})
     parts += ["<h2>Catalog</h2>", table(["set"] + statuses, [[k] + [v.get(s, 0) for s in statuses]
@@ -311,8 +311,8 @@ def html_report(cfg: Config, version: str | None = None, extra_sections: list[st
             groups[(r["labels"] or "other") + (" (probe)" if r["split"] == "probe" else "")].append(r)
         parts.append("<h2 id='thumbnails'>Images per label</h2>")
         if gone:
-            held = [r["source"] + ":" + r["photo_id"] for r in gone if (r["source"], r["photo_id"]) in taken_down.held]
-            names = [r["source"] + ":" + r["photo_id"] for r in gone]
+            held = taken_down.held_names(gone)
+            names = [photo_name(r) for r in gone]
             names = [n + " (held)" if n in held else n for n in names]
             parts.append(f"<p id='taken-down'>{len(gone)} photo(s) of {html.escape(ds['version'])} taken down since "
                          f"it was built (<code>mlc remove</code>){held_words(held)}{',' if held else ''} are not shown: "
