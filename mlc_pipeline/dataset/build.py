@@ -37,6 +37,7 @@ from mlc_pipeline.catalog import Catalog
 from mlc_pipeline import progress
 from mlc_pipeline.catalog.labels import licence_allowed
 from mlc_pipeline.catalog.overrides import build_candidates, review_changed_photos
+from mlc_pipeline.catalog.putback import put_back_pairs
 from mlc_pipeline.dataset.card import FLICKR_PHOTO_PAGE, attribution, dataset_card, licence_setting
 from mlc_pipeline.dataset.splits import own_split, published_splits, settle_splits
 from mlc_pipeline.config import RESTRICTED_LICENSES, Config
@@ -133,11 +134,15 @@ def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None,
             "_conflict": c["label"] if (c["reason"] or "").startswith("conflict:") else None, "_reason": c["reason"],
             "_splits": keeps})
     in_rows = {r["candidate_id"] for r in rows}
-    dropped_for: dict[int, list[tuple[str, str]]] = defaultdict(list)   # a put-back copy is an image of its own
+    dropped_for: dict[int, list[tuple[str, str]]] = defaultdict(list)
     for d in catalog.candidates(status="duplicate"):
         if d["duplicate_of"] is not None and d["id"] not in in_rows:
             dropped_for[d["duplicate_of"]].append((d["source"], d["photo_id"]))
-    if moved := settle_splits(rows, published_splits(cfg.layout.datasets), dropped_for):
+    put_back = [p for p in put_back_pairs(catalog) if p["copy"] in in_rows]    # each takes its twin's split
+    for p in put_back:
+        dropped_for[p["copy"]].append((p["source"], p["photo_id"]))
+    if moved := settle_splits(rows, published_splits(cfg.layout.datasets), dropped_for,
+                              [(p["copy"], p["twin"]) for p in put_back]):
         log.info("%d image(s) keep the split their picture was published in, not their own photo id's", moved)
     return sorted(rows, key=lambda r: r["path"])
 

@@ -12,7 +12,11 @@ labelled in review by `mined_split`, never test; a probe is "probe"). Then (`set
 - the images of a review pair (`review:label-conflict:with=<id>`: a near copy under other labels,
   both kept until a person decides) share one split, so one picture is never trained on under one
   label and tested under the other (finding 3): the split of the pair's first published member, or,
-  none published, of its first photo (by source, then photo id).
+  none published, of its first photo (by source, then photo id);
+- a copy put back in review ("not a duplicate", "restore") goes with the image curate kept in its
+  place, its twin (catalog.putback), in the twin's split, the one the twin was published in even
+  when the twin is out: whether the person was right or not, no picture is in train and test at once,
+  and the next curate finds no test copy to drop the twin for (audit review29, finding 1).
 
 Of several published splits, test comes first (a picture once tested never trains: the rule curate
 keeps for copies of test images), then the earliest version. A published split is kept only where
@@ -87,18 +91,21 @@ def published_splits(root: Path) -> dict[tuple[str, str], dict[str, int]]:
 
 
 def settle_splits(rows: list[dict], published: dict[tuple[str, str], dict[str, int]],
-                  dropped_for: dict[int, list[tuple[str, str]]]) -> int:
+                  dropped_for: dict[int, list[tuple[str, str]]], put_back: list[tuple[int, int]] = ()) -> int:
     """Give each row (its `split` by its photo id, `_splits` the splits it may keep, `_reason` curate's
     note) the split its picture was published in, and each review pair one split (the module doc).
-    `dropped_for`: candidate id -> the photos (source, photo_id) of the copies curate dropped for it.
-    Returns how many rows left the split of their own photo id."""
-    moved = 0
-    for group in review_groups(rows):
+    `dropped_for`: candidate id -> the photos (source, photo_id) whose published splits pass to it: the
+    copies curate dropped for it, and a put-back copy's twin. `put_back`: (a copy put back in review, its
+    twin) (catalog.putback): the two share a split, the twin's. Returns how many rows left the split
+    of their own photo id."""
+    moved, copies = 0, {copy for copy, _ in put_back}
+    for group in review_groups(rows, put_back):
         allowed = set.intersection(*(set(r["_splits"]) for r in group))
         photos = [p for r in group for p in [(r["source"], r["photo_id"]), *dropped_for.get(r["candidate_id"], ())]]
         records = sorted((split != "test", version, split) for photo in photos
                          for split, version in published.get(photo, {}).items() if split in allowed)
-        chosen = records[0][2] if records else min(group, key=lambda r: (r["source"], r["photo_id"]))["split"]
+        first = min(group, key=lambda r: (r["candidate_id"] in copies, r["source"], r["photo_id"]))
+        chosen = records[0][2] if records else first["split"]
         if chosen not in allowed:
             continue
         for r in group:
@@ -107,10 +114,11 @@ def settle_splits(rows: list[dict], published: dict[tuple[str, str], dict[str, i
     return moved
 
 
-def review_groups(rows: list[dict]) -> list[list[dict]]:
-    """The rows as groups that share a split: the images of each review pair (or chain of pairs)
-    together, every other row alone. A pair's note names the other image (either note will do: an
-    image in two pairs keeps one note, and the other image's names it)."""
+def review_groups(rows: list[dict], put_back: list[tuple[int, int]] = ()) -> list[list[dict]]:
+    """The rows as groups that share a split: the images of each review pair (or chain of pairs), and
+    each copy put back in review with its twin, together; every other row alone. A pair's note names
+    the other image (either note will do: an image in two pairs keeps one note, and the other image's
+    names it)."""
     by_id = {r["candidate_id"]: r for r in rows}
     parent = {cid: cid for cid in by_id}
 
@@ -124,6 +132,9 @@ def review_groups(rows: list[dict]) -> list[list[dict]]:
         partner = review_partner(r["_reason"])
         if partner is not None and partner[0] in by_id:
             parent[root(r["candidate_id"])] = root(partner[0])
+    for copy, twin in put_back:
+        if copy in by_id and twin in by_id:
+            parent[root(copy)] = root(twin)
     groups: dict[int, list[dict]] = defaultdict(list)
     for r in rows:
         groups[root(r["candidate_id"])].append(r)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from helpers import FIXTURES, hymenoptera_world
-from mlc_pipeline.catalog import Catalog
+from mlc_pipeline.catalog import Catalog, overrides
 from mlc_pipeline.catalog.pairs import review_partner
 from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.curate.stage import curate
@@ -138,3 +138,61 @@ def test_a_review_pair_or_chain_takes_its_first_published_split_else_its_first_p
     for r, split in zip(rows, ["train", "valid", "test", "train", "test", "train"]):
         r["split"] = split
     assert settle_splits(rows, published, {}) == 3 and [r["split"] for r in rows[3:5]] == ["test", "test"]
+
+
+@pytest.mark.skipif(not HYMENOPTERA.is_dir(), reason="fixture photos missing (../shared/fixtures)")
+def test_a_copy_put_back_as_not_a_duplicate_joins_its_twins_split_and_the_undo_restores_the_version(tmp_path):
+    # Audit review29, finding 1: a smaller re-encode of a training ant, at a path whose photo id the
+    # hash puts in test, is dropped for the ant (near-duplicate:d=0). "Not a duplicate" on it put it in
+    # test by its own photo id; the next curate then dropped the ant, published in train, as a copy
+    # of a test image (near-duplicate-of-test), and undoing "not a duplicate" left the ant out.
+    cfg, world = hymenoptera_world(tmp_path, ants=16, bees=6)
+    ant = next(f for f in sorted((world / "ants").glob("*.jpg"))
+               if split_of("local", photo_id_for(f"ants/{f.name}"), cfg.build.split) == "train")
+    copy = named_for(cfg, "copy", ".jpg", "test")
+    im = Image.open(ant).convert("RGB")
+    im.resize((im.width * 3 // 4, im.height * 3 // 4), Image.Resampling.LANCZOS).save(world / copy, quality=85)
+    original = f"ants/{ant.name}"
+    collect(cfg, progress=False)
+    curate(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        rows = {r["source_file"]: r for r in c.candidates()}
+    assert rows[copy]["status"] == "duplicate" and rows[copy]["duplicate_of"] == rows[original]["id"], rows[copy]
+    v1 = build_dataset(cfg)
+    assert manifest_of(v1)[original]["split"] == "train" and copy not in manifest_of(v1)
+    with Catalog(cfg.catalog_path) as c:    # what the review app's "not a duplicate" (key d) calls
+        overrides.ensure_schema(c)
+        done = overrides.act(c, rows[copy]["id"], "not-duplicate", "another picture", "test", list(cfg.classes))
+    v2 = build_dataset(cfg)
+    published = manifest_of(v2)
+    assert (published[original]["split"], published[copy]["split"]) == ("train", "train")
+    for _ in range(2):      # the next curates keep both, and the builds after them publish nothing new
+        curate(cfg)
+        with Catalog(cfg.catalog_path) as c:
+            now = {r["source_file"]: r for r in c.candidates()}
+        assert (now[original]["status"], now[original]["reason"]) == ("accepted", None), now[original]
+        assert build_dataset(cfg).version == v2.version
+    with Catalog(cfg.catalog_path) as c:
+        overrides.undo(c, rows[copy]["id"], done.action_id, "my mistake", "test")
+    curate(cfg)
+    v3 = build_dataset(cfg)
+    assert {f: (r["split"], r["labels"]) for f, r in manifest_of(v3).items()} == {
+        f: (r["split"], r["labels"]) for f, r in manifest_of(v1).items()}
+    # docs/review.md: the kept ant rejected, the copy put back in its place: in the ant's split
+    with Catalog(cfg.catalog_path) as c:
+        overrides.act(c, rows[original]["id"], "reject", "blurry", "test", list(cfg.classes))
+        overrides.act(c, rows[copy]["id"], "not-duplicate", "the sharper one", "test", list(cfg.classes))
+    curate(cfg)
+    published = manifest_of(build_dataset(cfg))
+    assert original not in published and published[copy]["split"] == "train"
+
+
+def test_a_copy_put_back_in_review_takes_its_twins_split():
+    published = {("flickr", "t4"): {"train": 1}, ("flickr", "c5"): {"test": 3}, ("flickr", "t6"): {"train": 1}}
+    rows = [row(1, "c1", "test"), row(2, "t2", "train"),      # neither published: the twin's own split
+            row(3, "c3", "test"),                              # its twin (t4, published in train) is out
+            row(5, "c5", "test"), row(6, "t6", "train"),       # published apart (before 2026-12-07): test first
+            row(7, "c7", "probe", keeps=()), row(8, "t8", "train")]   # a probe put back: a probe still
+    put_back = [(1, 2), (3, 4), (5, 6), (7, 8)]
+    assert settle_splits(rows, published, {3: [("flickr", "t4")]}, put_back) == 3
+    assert [r["split"] for r in rows] == ["train", "train", "train", "test", "test", "probe", "train"]
