@@ -177,6 +177,39 @@ def hymenoptera_world(tmp_path: Path, ants: int, bees: int, extra: dict | None =
         "other": {"queries": ["scenery"], "count": 3}, "build": {"max_side": 96}}), world
 
 
+def named_for(cfg, stem: str, suffix: str, split: str) -> str:
+    "A path under ants/ whose photo id `split_of` puts in `split`."
+    from mlc_pipeline.dataset.splits import split_of
+    from mlc_pipeline.flickr_server.folder import photo_id_for
+    return next(rel for k in range(1000)
+                if split_of("local", photo_id_for(rel := f"ants/{stem}_{k}{suffix}"), cfg.build.split) == split)
+
+
+def copy_of_a_training_ant(tmp_path: Path):
+    """A hymenoptera world (16 ants, 6 bees) with a 3/4-size re-encode of an ant that its photo id puts
+    in train, at a path whose photo id is test's; collected and curated, so the copy is a duplicate of
+    the ant. (cfg, the ant's source_file, the copy's, {source_file: candidate id})."""
+    from PIL import Image
+    from mlc_pipeline.catalog import Catalog
+    from mlc_pipeline.collect.stage import collect
+    from mlc_pipeline.curate.stage import curate
+    from mlc_pipeline.dataset.splits import split_of
+    from mlc_pipeline.flickr_server.folder import photo_id_for
+    cfg, world = hymenoptera_world(tmp_path, ants=16, bees=6)
+    ant = next(f for f in sorted((world / "ants").glob("*.jpg"))
+               if split_of("local", photo_id_for(f"ants/{f.name}"), cfg.build.split) == "train")
+    copy = named_for(cfg, "copy", ".jpg", "test")
+    im = Image.open(ant).convert("RGB")
+    im.resize((im.width * 3 // 4, im.height * 3 // 4), Image.Resampling.LANCZOS).save(world / copy, quality=85)
+    original = f"ants/{ant.name}"
+    collect(cfg, progress=False)
+    curate(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        rows = {r["source_file"]: r for r in c.candidates()}
+    assert rows[copy]["status"] == "duplicate" and rows[copy]["duplicate_of"] == rows[original]["id"], rows[copy]
+    return cfg, original, copy, {f: r["id"] for f, r in rows.items()}
+
+
 def kill_after_its_commit(monkeypatch: pytest.MonkeyPatch) -> None:
     """The next takedown (curate.takedown.remove_photos) raises KeyboardInterrupt right after its
     commit, before it deletes the files it recorded (undo with `monkeypatch.undo()`)."""

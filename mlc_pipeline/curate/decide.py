@@ -84,14 +84,16 @@ def dedup_item(r: dict) -> DedupItem:
 
 def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = None,
             confirm: FileSimilarity | None = None, mirrored: MirroredSimilarity | None = None,
-            ) -> dict[int, tuple[str, str | None, int | None, str | None]]:
+            put_back: set[tuple[int, int]] = frozenset()) -> dict[int, tuple[str, str | None, int | None, str | None]]:
     """Decide every verified row: id -> (status, reason, duplicate_of, curated_label).
 
     `published_tests`: test images of published dataset versions (`published_test_images`); a
     train or pool row that duplicates one of them, or is a corner crop or mirror image of one
     (`window_copies`), is dropped as `*-duplicate-of-test`. `confirm`: scores pairs (given, it holds
     the scores kept from earlier curates, and gets this one's); `mirrored`, a row's mirror image
-    against a test image, likewise (on `confirm`'s files).
+    against a test image, likewise (on `confirm`'s files). `put_back`: (a copy put back in review, the
+    image curate kept in its place) (catalog.putback): that image is never dropped as a copy of the
+    put-back one published in test (below).
     """
     threshold = cfg.curate.hamming_threshold
     confirm = confirm if confirm is not None else FileSimilarity({})
@@ -122,8 +124,10 @@ def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = 
         for rid, (tid, dist, kind) in found.items():
             t = tests[tid[1]]
             keeper = t["candidate_id"] if t["candidate_id"] in ids else None   # None: no longer in this catalog
-            if frozenset((rid, keeper)) in partners:
-                continue    # a review pair, published apart before pairs shared a split: decided below, as before
+            if frozenset((rid, keeper)) in partners or (keeper, rid) in put_back:
+                # a review pair, or a copy put back in review and the image kept in its place, published
+                # apart before they shared a split: decided below, as before (the review keeps the copy in)
+                continue
             if keeper is not None:
                 test_copies.append((by_id[rid], keeper))
             decisions[rid] = ("duplicate", f"{kind}-duplicate-of-test:{t['version']}:d={dist}", keeper, None)

@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 
 from mlc_pipeline.catalog import FILE_STATUSES, Catalog, run_end_status
+from mlc_pipeline.catalog.putback import put_back_pairs
 from mlc_pipeline import progress
 from mlc_pipeline.config import Config
 from mlc_pipeline.layout import DataLayout
@@ -345,7 +346,8 @@ def _curate(cfg: Config) -> CurateSummary:
                 confirm = FileSimilarity({}, known=catalog.pair_scores(METHOD, digests, others[METHOD]))
                 mirrored = MirroredSimilarity(confirm.paths, confirm.digests,
                                               known=catalog.pair_scores(MIRROR_METHOD, digests, others[MIRROR_METHOD]))
-                decisions = resolve(cfg, ok, tests, confirm, mirrored)
+                put_back = {(p["copy"], p["twin"]) for p in put_back_pairs(catalog)}
+                decisions = resolve(cfg, ok, tests, confirm, mirrored, put_back)
                 bar.advance(len(ok))
             with catalog.transaction():
                 catalog.save_pair_scores(METHOD, confirm.scored)      # the next curate needs not score them

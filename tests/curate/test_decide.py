@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from badfiles import fixture_photos
-from helpers import hymenoptera_world
+from helpers import copy_of_a_training_ant, hymenoptera_world
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import parse_config
@@ -302,6 +302,30 @@ def test_a_review_pair_published_apart_is_not_dropped_for_its_own_partner(tmp_pa
         12: ("duplicate", "near-duplicate-of-test:v1:d=2", 11, None)}
 
 
+def test_a_pair_a_review_separated_is_not_linked_again_as_a_copy_of_a_test_image(tmp_path):
+    # Audit review29, finding 1: "not a duplicate" on a copy curate had dropped for a training kite put
+    # the copy in v3's test split (its own photo id's); the next curate dropped the kite, the image
+    # curate had kept, as a near copy of that test image. A pair a review separated (catalog.putback)
+    # is decided as if the test image were not published: the copy is a duplicate of the kite again,
+    # and the review's override keeps it in. A copy of the test image in no such pair is dropped.
+    tests = [published(tmp_path, 0, "v3", 11, "t11", A, "p11")]
+    kite = row(tmp_path, 10, "train", "s10", h(0b11), label="kite", side=200)
+    copy = row(tmp_path, 11, "train", "s11", A, label="kite", photo_id="p11")
+    later = row(tmp_path, 12, "train", "s12", h(0b1100), label="kite")
+    scores = kept_scores(s10__t11=0.99, s10__s11=0.99, s12__t11=0.99, s11__s12=0.99, s10__s12=0.5)
+    assert resolve(cfg_of(tmp_path), [kite, copy, later], tests, scores, put_back={(11, 10)}) == {
+        10: ACCEPTED_KITE, 11: ("duplicate", "near-duplicate:d=2", 10, None),
+        12: ("duplicate", "near-duplicate-of-test:v3:d=2", 11, None)}
+    assert resolve(cfg_of(tmp_path), [kite, copy, later], tests, scores)[10] == (
+        "duplicate", "near-duplicate-of-test:v3:d=2", 11, None)      # what it did before
+    # the other way round, the kept kite in test: the copy stays a copy of a test image (the review's
+    # override keeps it in, and the build puts it in its twin's split, test; an undo takes it out)
+    tests = [published(tmp_path, 0, "v1", 10, "t10", h(0b11), "p10")]
+    assert resolve(cfg_of(tmp_path), [{**kite, "photo_id": "p10"}, {**copy, "photo_id": "p11"}], tests,
+                   kept_scores(s10__s11=0.99, s11__t10=0.99), put_back={(11, 10)}) == {
+        10: ACCEPTED_KITE, 11: ("duplicate", "near-duplicate-of-test:v1:d=2", 10, None)}
+
+
 def test_a_corner_crop_or_mirror_image_of_a_published_test_image_is_dropped_once_pixels_confirm_it(tmp_path):
     # Far from every view of the test image (no candidate of the search), within LOOKALIKE_BITS of a
     # corner window (rows 11, 12) or a mirror view (13): each still needs its pixels to confirm it.
@@ -526,3 +550,35 @@ def test_a_corner_crop_or_mirror_image_of_a_published_test_photo_never_trains(tm
     assert str(gravel["id"]) in in_v2 and not {str(corner["id"]), str(mirror["id"])} & in_v2
     assert {k: n for k, n in read_version_meta(v2.path)["curation"].items() if "-of-test" in k} == {
         "duplicate: corner-duplicate-of-test": 1, "duplicate: mirror-duplicate-of-test": 1}
+
+
+@pytest.mark.skipif(not fixture_photos(), reason="fixture photos missing (../shared/fixtures)")
+def test_a_put_back_copy_published_in_test_by_an_older_build_no_longer_drops_its_twin(tmp_path, monkeypatch):
+    # Audit review29, finding 1, on a data root a build before 2026-12-07 left: "not a duplicate" on a
+    # smaller copy of a training ant published the copy in test (its own photo id's split). The next
+    # curate dropped the ant as a copy of that test image, and the undo of "not a duplicate" left it
+    # out. Now the curate keeps the ant, the next build puts both in test (test first), and the undo
+    # takes the copy out and leaves the ant in.
+    from mlc_pipeline.catalog import overrides
+    from mlc_pipeline.dataset import build
+    cfg, original, copy, ids = copy_of_a_training_ant(tmp_path)
+    build_dataset(cfg)
+    with Catalog(cfg.catalog_path) as c:     # what the review app's "not a duplicate" (key d) calls
+        overrides.ensure_schema(c)
+        done = overrides.act(c, ids[copy], "not-duplicate", "another picture", "test", list(cfg.classes))
+    with monkeypatch.context() as m:         # the build before 2026-12-07: a put-back copy's own split
+        m.setattr(build, "put_back_pairs", lambda catalog: [])
+        old = {r["source_file"]: r["split"] for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
+    assert (old[original], old[copy]) == ("train", "test")
+    curate(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        assert (c.get(ids[original])["status"], c.get(ids[copy])["duplicate_of"]) == ("accepted", ids[original])
+    splits = {r["source_file"]: r["split"] for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
+    assert (splits[original], splits[copy]) == ("test", "test")
+    with Catalog(cfg.catalog_path) as c:
+        overrides.undo(c, ids[copy], done.action_id, "my mistake", "test")
+    curate(cfg)
+    splits = {r["source_file"]: r["split"] for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
+    assert splits[original] == "test" and copy not in splits
+    with Catalog(cfg.catalog_path) as c:
+        assert c.get(ids[original])["status"] == "accepted"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from helpers import FIXTURES, hymenoptera_world
+from helpers import FIXTURES, copy_of_a_training_ant, hymenoptera_world, named_for
 from mlc_pipeline.catalog import Catalog, overrides
 from mlc_pipeline.catalog.pairs import review_partner
 from mlc_pipeline.collect.stage import collect
@@ -18,12 +18,6 @@ from mlc_pipeline.flickr_server.folder import photo_id_for
 from mlc_pipeline.manifest import read_manifest
 
 HYMENOPTERA = FIXTURES / "hymenoptera"
-
-
-def named_for(cfg, stem: str, suffix: str, split: str) -> str:
-    "A path under ants/ whose photo id `split_of` puts in `split`."
-    return next(rel for k in range(1000)
-                if split_of("local", photo_id_for(rel := f"ants/{stem}_{k}{suffix}"), cfg.build.split) == split)
 
 
 def manifest_of(version) -> dict[str, dict]:
@@ -146,23 +140,12 @@ def test_a_copy_put_back_as_not_a_duplicate_joins_its_twins_split_and_the_undo_r
     # hash puts in test, is dropped for the ant (near-duplicate:d=0). "Not a duplicate" on it put it in
     # test by its own photo id; the next curate then dropped the ant, published in train, as a copy
     # of a test image (near-duplicate-of-test), and undoing "not a duplicate" left the ant out.
-    cfg, world = hymenoptera_world(tmp_path, ants=16, bees=6)
-    ant = next(f for f in sorted((world / "ants").glob("*.jpg"))
-               if split_of("local", photo_id_for(f"ants/{f.name}"), cfg.build.split) == "train")
-    copy = named_for(cfg, "copy", ".jpg", "test")
-    im = Image.open(ant).convert("RGB")
-    im.resize((im.width * 3 // 4, im.height * 3 // 4), Image.Resampling.LANCZOS).save(world / copy, quality=85)
-    original = f"ants/{ant.name}"
-    collect(cfg, progress=False)
-    curate(cfg)
-    with Catalog(cfg.catalog_path) as c:
-        rows = {r["source_file"]: r for r in c.candidates()}
-    assert rows[copy]["status"] == "duplicate" and rows[copy]["duplicate_of"] == rows[original]["id"], rows[copy]
+    cfg, original, copy, ids = copy_of_a_training_ant(tmp_path)
     v1 = build_dataset(cfg)
     assert manifest_of(v1)[original]["split"] == "train" and copy not in manifest_of(v1)
     with Catalog(cfg.catalog_path) as c:    # what the review app's "not a duplicate" (key d) calls
         overrides.ensure_schema(c)
-        done = overrides.act(c, rows[copy]["id"], "not-duplicate", "another picture", "test", list(cfg.classes))
+        done = overrides.act(c, ids[copy], "not-duplicate", "another picture", "test", list(cfg.classes))
     v2 = build_dataset(cfg)
     published = manifest_of(v2)
     assert (published[original]["split"], published[copy]["split"]) == ("train", "train")
@@ -173,15 +156,15 @@ def test_a_copy_put_back_as_not_a_duplicate_joins_its_twins_split_and_the_undo_r
         assert (now[original]["status"], now[original]["reason"]) == ("accepted", None), now[original]
         assert build_dataset(cfg).version == v2.version
     with Catalog(cfg.catalog_path) as c:
-        overrides.undo(c, rows[copy]["id"], done.action_id, "my mistake", "test")
+        overrides.undo(c, ids[copy], done.action_id, "my mistake", "test")
     curate(cfg)
     v3 = build_dataset(cfg)
     assert {f: (r["split"], r["labels"]) for f, r in manifest_of(v3).items()} == {
         f: (r["split"], r["labels"]) for f, r in manifest_of(v1).items()}
     # docs/review.md: the kept ant rejected, the copy put back in its place: in the ant's split
     with Catalog(cfg.catalog_path) as c:
-        overrides.act(c, rows[original]["id"], "reject", "blurry", "test", list(cfg.classes))
-        overrides.act(c, rows[copy]["id"], "not-duplicate", "the sharper one", "test", list(cfg.classes))
+        overrides.act(c, ids[original], "reject", "blurry", "test", list(cfg.classes))
+        overrides.act(c, ids[copy], "not-duplicate", "the sharper one", "test", list(cfg.classes))
     curate(cfg)
     published = manifest_of(build_dataset(cfg))
     assert original not in published and published[copy]["split"] == "train"
