@@ -185,9 +185,11 @@ def record_shipped(cfg: Config, model: dict, key: dict) -> None:
 def shipped_record(cfg: Config, *, older: bool = False, say: bool = True) -> tuple[dict, Path] | None:
     """(what a run recorded it shipped, the LATEST bundle) when the record is an object whose "shipped"
     is the bundle models/LATEST names (not promoted by hand since); else None. The record is
-    `record_shipped`'s; with `older`, in a data root no run has written one in yet, reports/latest.json.
-    An unreadable record is None too, said as a warning unless `say` is False (a caller after another
-    that said it). The one reader of these records: `shipped_with` and `replaced_without_comparison`."""
+    `record_shipped`'s; with `older`, in a data root no run has written one in yet, reports/latest.json
+    (written before 2026-12-02 it names no "shipped": every round was published as LATEST then, so
+    the run shipped its last round's bundle). An unreadable record is None too, said as a warning
+    unless `say` is False (a caller after another that said it). The one reader of these records:
+    `shipped_with` and `replaced_without_comparison`."""
     bundle = latest_bundle(cfg.layout.models)
     names = (SHIPPED_RECORD, "latest.json") if older else (SHIPPED_RECORD,)
     report = next((p for p in (cfg.layout.reports / n for n in names) if p.is_file()), None)
@@ -199,7 +201,13 @@ def shipped_record(cfg: Config, *, older: bool = False, say: bool = True) -> tup
         if say:
             log.warning("%s unreadable (%s): round 0 trains and ships as before", report, exc)
         return None
-    return (last, bundle) if isinstance(last, dict) and last.get("shipped") == bundle.name else None
+    if not isinstance(last, dict):
+        return None
+    if report.name != SHIPPED_RECORD and "shipped" not in last:
+        rounds = last.get("rounds")
+        rounds = [r for r in rounds if isinstance(r, dict)] if isinstance(rounds, list) else []
+        last = {**last, "shipped": rounds[-1].get("bundle") if rounds else None}
+    return (last, bundle) if last.get("shipped") == bundle.name else None
 
 
 def shipped_with(cfg: Config, key: dict) -> tuple[str | None, Path] | None:
@@ -218,19 +226,26 @@ def shipped_with(cfg: Config, key: dict) -> tuple[str | None, Path] | None:
 
 
 def replaced_without_comparison(cfg: Config, key: dict) -> str | None:
-    """What to say when round 0 will replace models/LATEST with no comparison: a run shipped it, but
+    """What to say when round 0 will replace models/LATEST with no comparison: a run shipped it
+    (`shipped_record`, reports/latest.json in a data root no run has written shipped.json in yet), but
     trained with another `round0_key` (other settings, weights or code: the user's new choice, so not
-    compared). A one-epoch look on the main job's data root silently replaced a far better model (the
-    dayone28 audit); the line names what differs and the way back. None otherwise."""
-    shipped = shipped_record(cfg, say=False)        # unreadable: shipped_with said so before this
+    compared), or its record names no settings at all (trained by code from before 2026-12-06, whose
+    settings cannot be compared). A one-epoch look on the main job's data root silently replaced a far
+    better model (the dayone28 audit), and so did the first run after an upgrade (the upgrade29 audit:
+    test F1 0.400 -> 0.182); the line names what differs and the way back. None otherwise."""
+    shipped = shipped_record(cfg, older=True, say=False)    # unreadable: shipped_with said so before this
     if shipped is None:
         return None
-    before, bundle = shipped[0].get("trained_with"), shipped[1]
-    if not isinstance(before, dict) or before == key:
+    before, name = shipped[0].get("trained_with"), shipped[1].name
+    if not isinstance(before, dict):
+        return (f"the shipped model {name} has no training settings on record (trained by an older "
+                f"mlc-pipeline): round 0 replaces models/LATEST without a comparison; `mlc promote {name}` "
+                f"puts it back")
+    if before == key:
         return None
     changed = sorted(f"train.{k}" for k in set(key["train"]) | set(before.get("train") or {})
                      if key["train"].get(k) != (before.get("train") or {}).get(k))
     changed += [k for k in ("weights", "mlc_pipeline", "training_code") if key.get(k) != before.get(k)]
-    return (f"round 0 is trained with other settings than the shipped model {bundle.name} "
+    return (f"round 0 is trained with other settings than the shipped model {name} "
             f"({', '.join(changed)} differ): it replaces models/LATEST without a comparison; "
-            f"`mlc promote {bundle.name}` puts it back")
+            f"`mlc promote {name}` puts it back")

@@ -14,7 +14,7 @@ from mlc_pipeline import shipping
 from mlc_pipeline.config import parse_config
 from mlc_pipeline.fsutil import sha256_file
 from mlc_pipeline.rounds import RoundRecord
-from test_pipeline import ScriptedStages, _loop_config
+from test_pipeline import NightlyStages, ScriptedStages, _loop_config
 
 PACKAGE = Path(shipping.__file__).parent
 
@@ -97,13 +97,19 @@ def test_the_incumbent_is_a_bundle_whose_bundle_json_names_the_classes(tmp_path,
 OTHER_EPOCHS = {"epochs": -1}       # trained_with another round0_key: train.epochs differs
 
 
+OTHER_SETTINGS = ("round 0 is trained with other settings than the shipped model model-1 (train.epochs differ): "
+                  "it replaces models/LATEST without a comparison; `mlc promote model-1` puts it back")
+NO_SETTINGS = ("the shipped model model-1 has no training settings on record (trained by an older mlc-pipeline): "
+               "round 0 replaces models/LATEST without a comparison; `mlc promote model-1` puts it back")
+
+
 @pytest.mark.parametrize("record, reused, replaced", [
-    ({"shipped": "model-1", "dataset_version": "v1"}, True, False),   # shipped with this key: reused, compared
-    ({"shipped": "model-1", "dataset_version": "v1", "other": OTHER_EPOCHS}, False, True),  # other settings
-    ({"shipped": "model-0", "dataset_version": "v1", "other": OTHER_EPOCHS}, False, False),  # LATEST by hand
-    ({"shipped": "model-1", "dataset_version": "v1", "trained_with": "k"}, False, False),  # no key of a run
-    ("[]", False, False), ("null", False, False), ('"model-1"', False, False),  # JSON, but no object
-    ("{not json", False, False), ("", False, False)])
+    ({"shipped": "model-1", "dataset_version": "v1"}, True, None),   # shipped with this key: reused, compared
+    ({"shipped": "model-1", "dataset_version": "v1", "other": OTHER_EPOCHS}, False, OTHER_SETTINGS),
+    ({"shipped": "model-0", "dataset_version": "v1", "other": OTHER_EPOCHS}, False, None),  # LATEST by hand
+    ({"shipped": "model-1", "dataset_version": "v1", "trained_with": "k"}, False, NO_SETTINGS),  # no key of a run
+    ("[]", False, None), ("null", False, None), ('"model-1"', False, None),  # JSON, but no object
+    ("{not json", False, None), ("", False, None)])
 def test_one_reader_of_the_shipped_record_for_reuse_and_for_the_replaced_line(tmp_path, caplog, record, reused,
                                                                                   replaced):
     """reports/shipped.json is read once, by `shipped_record`, for both `shipped_with` (round 0 reused or
@@ -116,24 +122,58 @@ def test_one_reader_of_the_shipped_record_for_reuse_and_for_the_replaced_line(tm
                              **{k: v for k, v in record.items() if k != "other"}})
     (cfg.layout.reports / shipping.SHIPPED_RECORD).write_text(record)
     assert shipping.shipped_with(cfg, key) == (("v1", bundle) if reused else None)
-    said = shipping.replaced_without_comparison(cfg, key)
-    assert (said == "round 0 is trained with other settings than the shipped model model-1 (train.epochs differ): "
-            "it replaces models/LATEST without a comparison; `mlc promote model-1` puts it back") if replaced else \
-        said is None
+    assert shipping.replaced_without_comparison(cfg, key) == replaced
     assert caplog.text.count("unreadable") == (record in ("{not json", ""))
 
 
-def test_the_replaced_line_reads_the_shipped_record_alone_and_reuse_falls_back_to_latest_json(tmp_path):
-    """In a data root no run has written shipped.json in yet, reports/latest.json says what was shipped
-    for reuse (`shipped_with`, its rounds give the version); the replaced line is said from shipped.json
-    alone, as before the one reader."""
+def test_in_a_root_no_run_wrote_shipped_json_in_latest_json_says_what_was_shipped(tmp_path):
+    """In a data root no run has written shipped.json in yet (every root made before 2026-12-07),
+    reports/latest.json says what was shipped, for reuse (`shipped_with`, its rounds give the version)
+    and for the replaced line alike: the first run after an upgrade replaced LATEST unsaid (the
+    upgrade29 audit: test F1 0.400 -> 0.182)."""
     cfg, bundle, key = latest_is_model_1(tmp_path)
     rounds = [{"bundle": "model-1", "dataset_version": "v3"}]
     (cfg.layout.reports / "latest.json").write_text(json.dumps({"trained_with": key, "shipped": "model-1",
                                                                 "rounds": rounds}))
     assert shipping.shipped_with(cfg, key) == ("v3", bundle)
+    assert shipping.replaced_without_comparison(cfg, key) is None       # compared: nothing to say
     other = {**key, "train": {**key["train"], **OTHER_EPOCHS}}
-    assert shipping.shipped_with(cfg, other) is None and shipping.replaced_without_comparison(cfg, other) is None
+    assert shipping.shipped_with(cfg, other) is None
+    assert shipping.replaced_without_comparison(cfg, other) == OTHER_SETTINGS
+
+
+@pytest.mark.parametrize("latest, said", [
+    ({"shipped": "model-1", "rounds": [{"bundle": "model-1"}]}, True),      # 2026-12-02 to 12-05: no trained_with
+    ({"rounds": [{"bundle": "model-0"}, {"bundle": "model-1"}]}, True),     # 0.1.0: every round was LATEST
+    ({"rounds": [{"bundle": "model-1"}, {"bundle": "model-2"}]}, False),    # 0.1.0, promoted by hand since
+    ({"shipped": "model-0", "rounds": [{"bundle": "model-1"}]}, False),     # promoted by hand since
+    ({"rounds": "model-1"}, False), ({}, False)])                          # no round to read
+def test_a_shipped_model_trained_by_older_code_is_said_to_be_replaced_without_a_comparison(tmp_path, latest, said):
+    """Older code recorded no training settings (`trained_with`) and, before 2026-12-02, not what it
+    shipped: its last round was. Round 0 then replaces the model it shipped without a comparison, and
+    the run says so, naming it and the way back, as the docs promise."""
+    cfg, bundle, key = latest_is_model_1(tmp_path)
+    (cfg.layout.reports / "latest.json").write_text(json.dumps(latest))
+    assert shipping.shipped_with(cfg, key) is None and shipping.incumbent_model(cfg, key) is None
+    assert shipping.replaced_without_comparison(cfg, key) == (NO_SETTINGS if said else None)
+
+
+def test_the_first_run_after_an_upgrade_says_it_replaces_the_model_an_older_run_shipped(tmp_path, caplog):
+    """Through the stage loop: a root whose last run was by older code (no shipped.json; a latest.json
+    with no `trained_with`) gets the line before round 0 trains, and LATEST moves to the new round 0."""
+    from mlc_pipeline.pipeline import run_stages
+    cfg = _loop_config(tmp_path, rounds=0)
+    run_stages(cfg, NightlyStages([(0.10, 0.30)], [("v1", True)]))
+    shipped = (cfg.layout.models / "LATEST").read_text().strip()
+    (cfg.layout.reports / shipping.SHIPPED_RECORD).unlink()             # as older code left the root
+    latest = json.loads((cfg.layout.reports / "latest.json").read_text())
+    del latest["trained_with"]
+    (cfg.layout.reports / "latest.json").write_text(json.dumps(latest))
+    caplog.clear()
+    run_stages(cfg, NightlyStages([(0.05, 0.20)], [("v2", True)]))
+    assert (f"the shipped model {shipped} has no training settings on record (trained by an older mlc-pipeline): "
+            f"round 0 replaces models/LATEST without a comparison; `mlc promote {shipped}` puts it back") in caplog.text
+    assert (cfg.layout.models / "LATEST").read_text().strip() == "default-v2-r0" != shipped
 
 
 def test_the_modules_left_out_of_the_fingerprint_are_not_imported_by_training():
