@@ -834,6 +834,28 @@ def test_probe_images_the_latest_model_accepts_are_queued_surest_first(root):
     assert "as ants" in grid and "0.900 &ge; 0.500" in grid
 
 
+def test_a_bundle_with_no_per_image_scores_is_said_to_have_none_not_to_accept_none(root):
+    """The upgrade29 audit: with a 0.1.0 bundle as LATEST (it accepted 90% of its probes), the queues
+    page said it "accepts none of its probe images": it kept no test_scores.csv (trained before 0.2),
+    so neither list can be read. Both lists say that, and to retrain; none says "none" or "right"."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    bundle = cfg.data_dir / "models" / "m-01"
+    bundle.mkdir(parents=True)
+    (cfg.data_dir / "models" / "LATEST").write_text("m-01\n")
+    (bundle / "bundle.json").write_text(json.dumps({"vocab": ["ants", "bees", "other"], "classes": ["ants", "bees"],
+                                                    "thresholds": [0.5, 0.5, 0.5], "head": "sigmoid"}))
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        page = client.get("/queues")
+    assert page.status_code == 200
+    text = html.unescape(page.text)
+    said = ("The latest bundle (m-01) has no per-image scores (no test_scores.csv: trained before 0.2), so this "
+            "list cannot be read: retrain it (mlc train, or the next mlc run) to see it.")
+    assert re.sub(r"</?code>", "", text).count(said) == 2, text      # the wrong answers and the probes
+    assert "accepts none" not in text and "answers every test image right" not in text
+
+
 def test_the_test_images_the_model_answers_wrong_are_listed_and_their_pages_show_the_scores(root):
     """The review29 audit: the model's wrong answers on the test split (the HTML report's "Wrong
     answers") could not be found in the app: not in review.csv, no score on their pages, no id in
