@@ -37,7 +37,9 @@ def next_build(row: dict, licences=None) -> tuple[bool, str]:
     while it is still rejected or a duplicate with a file (not taken down, failed or pending since).
     `licences` (the config's `source.licenses`; None: not asked): an image it would take is out when the
     setting no longer allows its licence, as the build leaves it out (`licence_allowed`, after
-    build_candidates): the app said "in" for those (the review29 audit)."""
+    build_candidates): the app said "in" for those (the review29 audit). With `duplicate_of_status`
+    (the status of the image it is a duplicate of, which the review app's page joins), a copy of a
+    photo taken down says why it is out (`copy_of_removed`)."""
     taken, why = _review_rule(row)
     if taken and licences is not None and not licence_allowed(row["source"], row.get("license_id"), licences):
         what = "a photo with no licence id" if row.get("license_id") is None else f"its licence {row['license_id']}"
@@ -63,7 +65,22 @@ def _review_rule(row: dict) -> tuple[bool, str]:
         return False, "in the mining pool: save labels to train on it"
     if status == "downloaded":
         return False, "not curated yet: the next curate decides"
+    if dataset and status == "duplicate" and row.get("duplicate_of_status") == "removed":
+        return False, copy_of_removed(row)
     return False, ""
+
+
+def copy_of_removed(row: dict) -> str:
+    """Why a copy curate dropped for a photo taken down since is out, with no review decision in force
+    (a takedown's hold undone, say): it is still a duplicate until the next curate, which decides it
+    again with the photo gone; "restore" puts it in the next build now, where it may (`copy_refused`).
+    The page said "out" with no reason, and the docs that an undo puts it back (the review29 audit)."""
+    why = "a copy of a photo taken down: the next `mlc curate` decides it again"
+    try:
+        copy_refused(row, "restore")
+    except ReviewError:
+        return why
+    return f"{why}, or restore it now with `a`" if row.get("file_path") else why
 
 
 def copy_refused(row: dict, action: str) -> None:

@@ -53,10 +53,13 @@ def known_id(cid: int) -> int:
     return cid
 
 
-def effective(row: dict, licences=None) -> dict:
+def effective(row: dict, licences=None, kept: dict | None = None) -> dict:
     """What the next build does with a candidate: its labels and whether it is in (the build's own
     rules, catalog.labels: what is shown is what is published); `licences`: the config's
-    `source.licenses`, which the build applies too."""
+    `source.licenses`, which the build applies too; `kept`: the row of the image it is a duplicate of
+    (a copy of a photo taken down says why it is out)."""
+    if kept is not None:
+        row = {**row, "duplicate_of_status": kept["status"], "duplicate_of_sha256": kept["sha256"]}
     taken, why = next_build(row, licences)
     state = ("in" if taken else "out") + (f" ({why})" if why else "")
     # "changed in review": an override in force on a photo still here (what `mlc build` counts as such)

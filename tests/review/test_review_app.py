@@ -361,6 +361,44 @@ def test_the_next_build_line_says_what_the_build_does_after_a_takedown(root):
     assert str(tiny["id"]) not in rows and str(kept["id"]) in rows
 
 
+def test_a_held_copy_whose_hold_is_undone_says_why_it_is_out_until_the_next_curate(root):
+    """The review29 audit: a takedown holds the near copy curate dropped for the photo; the hold undone,
+    the page said "out" with no reason, and the next build still left it out (a duplicate of a photo
+    taken down) while the docs said undo puts it back. The page says what happens: the next curate
+    decides it again (and takes it, the photo gone), or restore puts it in the next build now."""
+    from fastapi.testclient import TestClient
+    from mlc_pipeline.curate import curate
+    from mlc_pipeline.review.app import create_app
+    config, cfg = root
+    with Catalog(cfg.catalog_path, readonly=True) as c:
+        near = c.candidates("status='duplicate' AND reason LIKE 'near-%'")[0]
+    h = {"X-MLC-Client": "tab1"}
+    state = lambda client, cid: re.search(r'<b id="state">([^<]*)</b>', client.get(f"/image/{cid}").text).group(1)
+    undo = lambda client, cid, action_id: client.post("/api/undo", json={"id": cid, "action_id": action_id},
+                                                      headers=h).json()
+    why = "out (a copy of a photo taken down: the next `mlc curate` decides it again, or restore it now with `a`)"
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        taken = client.post("/api/action", json={"id": near["duplicate_of"], "action": "remove", "reason": "owner"},
+                            headers=h).json()
+        assert taken["held"] == 1, taken
+        assert state(client, near["id"]) == "out (rejected in review)"
+        with Catalog(cfg.catalog_path, readonly=True) as c:
+            hold = co.latest_undoable(c, near["id"])
+        assert json.loads(hold["detail"]) == {"held": True}
+        assert undo(client, near["id"], hold["id"])["state"] == {"labels": None, "include": None}
+        assert html.unescape(state(client, near["id"])) == why
+        restored = client.post("/api/action", json={"id": near["id"], "action": "restore", "reason": "r"},
+                               headers=h).json()
+        assert state(client, near["id"]) == "in (put back in review)"
+        assert undo(client, near["id"], restored["action_id"])["state"] == {"labels": None, "include": None}
+        assert html.unescape(state(client, near["id"])) == why
+    assert str(near["id"]) not in {r["candidate_id"] for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
+    curate(cfg)                                         # decides it again: with the photo gone, it is in
+    assert str(near["id"]) in {r["candidate_id"] for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
+    with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
+        assert state(client, near["id"]) == "in"
+
+
 @pytest.mark.parametrize("root", ["sqlite", "postgresql"], indirect=True)
 def test_pool_images_held_from_mining_are_decided_in_review(root):
     """A pool image mining held back (maybe a class member a pool query found) is the reviewer's: labels
