@@ -26,6 +26,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
+# Files verification refused for their size or format are never decoded for a thumbnail (the review
+# app's, the HTML report's) either. Nor is one that killed a decoder process during curation: a
+# viewer would go down with it.
+NOT_DECODED = ("decompression-bomb", "too-many-frames", "file-too-large", "unsupported-format", "not-an-image",
+               "corrupt-header", "empty-file", "decode-error:WorkerCrashed")
+
 # What Pillow raises on hostile data varies by plugin; these are the types seen in practice. The
 # exception's name is kept in the reason code, so nothing is swallowed.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,

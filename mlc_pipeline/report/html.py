@@ -4,7 +4,7 @@ attached to a CI run.
 
 A thumbnail shows a file as the pipeline reads it (`images.load_rgb`: EXIF orientation, transparency
 on white, 16-bit scaled, the first frame), and the report decodes no file curation would refuse to
-decode: one whose verification reason says so (`review.thumbs.NOT_DECODED`, as the review app), or
+decode: one whose verification reason says so (`images.NOT_DECODED`, as the review app), or
 whose header is over curation's limits (`curate.verify`), gets a placeholder naming why."""
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from mlc_pipeline.curate.verify import VerifyLimits, load_format_plugins, recorded_reason
-from mlc_pipeline.images import DECODE_ERRORS, load_rgb
-from mlc_pipeline.review.thumbs import NOT_DECODED
+from mlc_pipeline.images import DECODE_ERRORS, NOT_DECODED, load_rgb
 
 log = logging.getLogger(__name__)
 # curation's reasons for a file too large to decode (a size decided from the header and the byte count)

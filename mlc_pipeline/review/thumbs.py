@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from mlc_pipeline.images import load_rgb
+from mlc_pipeline.images import NOT_DECODED, load_rgb
 from mlc_pipeline.layout import DataLayout
 
 log = logging.getLogger(__name__)
@@ -26,10 +26,6 @@ FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect wi
 PLACEHOLDER = ('<svg xmlns="http://www.w3.org/2000/svg" width="160" height="160"><rect width="160" height="160" '
                'fill="#eee"/><text x="80" y="85" font-size="13" text-anchor="middle" fill="#888">{}</text></svg>')
 QUALITY = 80
-# Files verification refused for their size or format are never decoded for a thumbnail either.
-# Nor is one that killed a decoder process during curation: here it would take the app down with it.
-NOT_DECODED = ("decompression-bomb", "too-many-frames", "file-too-large", "unsupported-format", "not-an-image",
-               "corrupt-header", "empty-file", "decode-error:WorkerCrashed")
 
 
 def cache_dir(data_dir: Path) -> Path:
