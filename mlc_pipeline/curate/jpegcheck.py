@@ -55,7 +55,7 @@ def damage_reason(message: str) -> str | None:
 def draft_size(size: tuple[int, int], requested: tuple[int, int]) -> tuple[int, int]:
     "The size Pillow's JPEG `draft` decodes to: the largest of 1/8, 1/4, 1/2, 1 still >= `requested`."
     ratio = min(size[0] // requested[0], size[1] // requested[1])
-    scale = next(s for s in (8, 4, 2, 1) if ratio >= s)
+    scale = next((s for s in (8, 4, 2, 1) if ratio >= s), 1)     # a side under the request: whole size, as Pillow
     return -(-size[0] // scale), -(-size[1] // scale)
 
 

@@ -174,3 +174,18 @@ def test_libjpeg_messages_map_to_reasons():
     for message in ("Corrupt JPEG data: bad ICC marker", "Unsupported color conversion request",
                     "Unsupported JPEG data precision 12"):
         assert jpegcheck.damage_reason(message) is None, message
+
+
+def test_a_valid_jpeg_with_a_side_under_the_hash_draft_passes_when_min_side_allows_it(tmp_path):
+    """curate.min_side may be set below the hash's 64 px draft request: a whole 120x48 JPEG (a fixture
+    photo, shrunk) is decoded at full size then, as Pillow's draft does, not rejected for good as
+    `decode-error:StopIteration` (the draft's scale search found no scale)."""
+    from mlc_pipeline.curate.verify import VerifyLimits
+    path = tmp_path / "small.jpg"
+    with Image.open(fixture_photos()[0]) as im:
+        im.convert("RGB").resize((120, 48)).save(path, quality=90)
+    limits = VerifyLimits(min_side=32)
+    assert jpegcheck.draft_size((120, 48), (HASH_DECODE_SIDE, HASH_DECODE_SIDE)) == (120, 48)
+    record = inspect_file(path, limits)
+    assert (record.reason, check_image(path, limits).reason) == (None, None), record.reason
+    assert record.phash is not None
