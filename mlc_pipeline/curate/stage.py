@@ -101,7 +101,8 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
     if again:
         log.info("%d JPEG(s) that passed before JPEGs were decoded strictly are inspected again, once", len(again))
         todo += again
-        stale = [r for r in stale if r not in again]
+        in_again = {r["id"] for r in again}         # ids: a list's `in` over a million rows is quadratic
+        stale = [r for r in stale if r["id"] not in in_again]
     on_record = [r for r in stale if judged_on_record(r, limits)]
     todo += [r for r in stale if not judged_on_record(r, limits)]
     summary.reused = len(rows) - len(todo)
