@@ -127,11 +127,12 @@ def test_a_version_withdrawn_while_inspect_reads_it_is_said_so(tmp_path):
 
 
 def test_a_build_that_only_moves_images_between_splits_says_so(tmp_path):
-    """The upgrade29 audit: the first build after an upgrade put a third of the mined negatives in
-    valid (`mine.calibration_share`, older code trained on them all); a new version was published and
-    `mlc build` said "changes since the previous version: none", `mlc inspect` the same. Since the
-    move is what the new version changed (a `train --continue` of the old bundle refuses it), each
-    output names it, per label and split pair."""
+    """The upgrade29 audit: a build that only moved mined negatives between train and valid (then: the
+    first build after an upgrade, `mine.calibration_share`) published a new version and `mlc build`
+    said "changes since the previous version: none", `mlc inspect` the same. A published negative now
+    keeps its split (dataset/splits.py), so the move left is the one a user asks for: the share set to
+    0 trains every mined negative, the validating third included. Each output names it, per label and
+    split pair."""
     import json
     import subprocess
 
@@ -142,7 +143,8 @@ def test_a_build_that_only_moves_images_between_splits_says_so(tmp_path):
     from mlc_pipeline.catalog import Catalog, Found
     from mlc_pipeline.config import parse_config
     from mlc_pipeline.curate.stage import curate
-    from mlc_pipeline.dataset.build import build_dataset, mined_split
+    from mlc_pipeline.dataset.build import build_dataset
+    from mlc_pipeline.dataset.splits import mined_split
 
     settings = {"data_dir": str(tmp_path / "data"), "classes": {"cat": {"queries": ["cat"], "count": 8}},
                 "other": {"queries": ["o"], "count": 4}, "mine": {"pool": {"queries": ["p"], "count": 6}},
@@ -172,8 +174,8 @@ def test_a_build_that_only_moves_images_between_splits_says_so(tmp_path):
             assert c.get_by_photo("flickr", pid)["status"] == "accepted"
             c.set_status(c.get_by_photo("flickr", pid)["id"], "accepted", "hard-negative:round=1", run, "mine",
                          purpose="train", curated_label="other", mined_round=1)
-    # v1 as the code before 2026-12-04 built it: every mined negative trains
-    assert build_dataset(parse_config({**settings, "mine": {**settings["mine"], "calibration_share": 0}})).version == "v1"
+    assert build_dataset(cfg).version == "v1"     # a third of the mined negatives validate
+    config.write_text(yaml.safe_dump({**settings, "mine": {**settings["mine"], "calibration_share": 0}}))
     moved = 3
 
     def mlc(*args):
@@ -182,11 +184,11 @@ def test_a_build_that_only_moves_images_between_splits_says_so(tmp_path):
         return res.stdout
     built = mlc("build", "--no-progress")
     assert "dataset default v2: published" in built, built
-    assert f"  changes since the previous version: other moved train->valid {moved}\n" in built, built
-    assert f"Changes since v1\n  other: moved train->valid {moved}\n" in mlc("inspect") + "\n"
-    assert json.loads(mlc("inspect", "--json"))["dataset"]["diff"] == {"other": {"moved train->valid": moved}}
+    assert f"  changes since the previous version: other moved valid->train {moved}\n" in built, built
+    assert f"Changes since v1\n  other: moved valid->train {moved}\n" in mlc("inspect") + "\n"
+    assert json.loads(mlc("inspect", "--json"))["dataset"]["diff"] == {"other": {"moved valid->train": moved}}
     mlc("inspect", "--html", str(tmp_path / "r.html"))
-    assert (f"<tr><td>other</td><td>0</td><td>0</td><td>0</td><td>train-&gt;valid {moved}</td><td>0</td></tr>"
+    assert (f"<tr><td>other</td><td>0</td><td>0</td><td>0</td><td>valid-&gt;train {moved}</td><td>0</td></tr>"
             in (tmp_path / "r.html").read_text())
 
 
