@@ -1,7 +1,7 @@
 """What a model bundle learned from: the manifest rows its training read, in its own training and in
-each training it continued (bundle.json's `weights.continued_from`), less the photos its training left
-out as taken down (bundle.json's `takedowns`, written by model/stage.py). Torch-free: `mlc remove`
-and the shipping rule read it.
+each training it continued, less the photos each training left out as taken down, as bundle.json's
+`learned_from` records them (model/lineage.py; a bundle trained before the record: walked through
+`weights.continued_from` and `takedowns`). Torch-free: `mlc remove` and the shipping rule read it.
 
 Two questions are asked here. A mining round's retrain may continue the previous network only when
 that network never learned an image the new version evaluates on (stage.continue_blocker). And a
@@ -14,53 +14,68 @@ probe are only scored.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from mlc_pipeline.config import Config
 from mlc_pipeline.dataset.takedowns import read_takedowns
 from mlc_pipeline.manifest import read_manifest
-from mlc_pipeline.model.bundle import MetaError, read_meta
+from mlc_pipeline.model.lineage import UnknownLearning, learned_from
 
 LEARNED_SPLITS = ("train", "valid")
 
 
-class UnknownLearning(Exception):
-    """What a bundle learned from cannot be read: its bundle.json, or the manifest of a version it (or a
-    bundle it continued) trained on (a version withdrawn since, say)."""
-
-    def __init__(self, bundle: Path, exc: Exception):
-        self.bundle = bundle
-        super().__init__(f"cannot tell which images {bundle.name} trained on ({type(exc).__name__}: {exc})")
-
-
-def learned_rows(bundle: Path, datasets_root: Path, splits: tuple[str, ...] = LEARNED_SPLITS,
-                 manifests: dict[str, list[dict]] | None = None) -> list[dict]:
-    """The manifest rows of `splits` that `bundle` learned from, its own training's and those of the
-    bundles it continued (found beside it), less those each training left out for a takedown.
-    `datasets_root`: the data root's datasets/ (bundle.json names "dataset/vN"); `manifests`: versions
-    read before, kept for the next call. UnknownLearning when something cannot be read."""
-    manifests = {} if manifests is None else manifests
-    rows, seen, at = [], set(), bundle
-    while at is not None and at.name not in seen:
-        seen.add(at.name)
+def learned_rows(bundle: Path, datasets_root: Path, splits: tuple[str, ...] = LEARNED_SPLITS) -> list[dict]:
+    """The manifest rows of `splits` that `bundle` learned from, in each training `learned_from` names,
+    less those each training left out for a takedown. `datasets_root`: the data root's datasets/
+    (bundle.json names "dataset/vN"). UnknownLearning when something cannot be read."""
+    rows, manifests = [], {}
+    for entry in learned_from(bundle):
+        version, left_out = entry["dataset_version"], set(entry["left_out"])
         try:
-            meta = read_meta(at)
-            version = str(meta["dataset_version"])
             if version not in manifests:
                 manifests[version] = read_manifest(datasets_root / version / "manifest.csv")
-        except (MetaError, OSError, ValueError, KeyError) as exc:
-            raise UnknownLearning(at, exc) from exc
-        left_out = set((meta.get("takedowns") or {}).get("left_out") or [])
+        except (OSError, ValueError) as exc:
+            raise UnknownLearning(bundle, exc) from exc
         rows += [r for r in manifests[version] if r["split"] in splits
                  and f"{r.get('source')}:{r.get('photo_id')}" not in left_out]
-        parent = (meta.get("weights") or {}).get("continued_from")
-        at = bundle.parent / parent if parent else None
     return rows
 
 
-def learned_photos(bundle: Path, datasets_root: Path, manifests: dict | None = None) -> set[tuple[str, str]]:
-    "(source, photo_id) of every photo `bundle` learned from (`learned_rows`); UnknownLearning."
-    return {(r.get("source"), r.get("photo_id")) for r in learned_rows(bundle, datasets_root, manifests=manifests)}
+class LearnedAmong:
+    """Which of `photos` ((source, photo_id)) bundles learned from, each version read once and row by
+    row: what is kept of it is only those of `photos` in its train and valid rows (a takedown's few),
+    not its rows. `mlc remove` asks it of every bundle of a data root, whose chains of trainings
+    (`learned_from`) share their versions."""
+
+    def __init__(self, photos: set[tuple[str, str]], datasets_root: Path):
+        self.photos, self.root, self.versions = photos, datasets_root, {}
+
+    def of(self, bundle: Path) -> set[tuple[str, str]]:
+        "Those of the photos `bundle` learned from, less what each of its trainings left out; UnknownLearning."
+        hit = set()
+        for entry in learned_from(bundle):
+            try:
+                among = self.version(entry["dataset_version"])
+            except (OSError, ValueError, IndexError) as exc:
+                raise UnknownLearning(bundle, exc) from exc
+            left_out = set(entry["left_out"])
+            hit |= {p for p in among if f"{p[0]}:{p[1]}" not in left_out}
+        return hit
+
+    def version(self, version: str) -> set[tuple[str, str]]:
+        if version not in self.versions:
+            with open(self.root / version / "manifest.csv", newline="") as f:
+                rows = csv.reader(f)
+                at = {name: i for i, name in enumerate(next(rows, []))}
+                if "split" not in at:
+                    raise ValueError(f"{version}'s manifest has no split column")
+                split, source, photo_id = at["split"], at.get("source"), at.get("photo_id")
+                self.versions[version] = {
+                    photo for r in rows if r[split] in LEARNED_SPLITS
+                    and (photo := (None if source is None else r[source],
+                                   None if photo_id is None else r[photo_id])) in self.photos}
+        return self.versions[version]
 
 
 def taken_down_learned(cfg: Config, bundle: Path) -> str | None:
@@ -72,7 +87,7 @@ def taken_down_learned(cfg: Config, bundle: Path) -> str | None:
     if not gone:
         return None
     try:
-        hit = sorted(f"{s}:{p}" for s, p in learned_photos(bundle, cfg.layout.datasets.parent) & (gone.removed | gone.held))
+        hit = sorted(f"{s}:{p}" for s, p in LearnedAmong(gone.removed | gone.held, cfg.layout.datasets.parent).of(bundle))
     except UnknownLearning as exc:
         return f"{exc}, and the catalog records takedowns (`mlc remove`): it may have learned from one"
     if not hit:
@@ -88,10 +103,10 @@ def bundles_that_learned(cfg: Config, photos: set[tuple[str, str]]) -> tuple[dic
     the photos, as "source:photo_id"; the bundles whose learning cannot be read, each with why). The
     newest first: models/LATEST is most often among them."""
     from mlc_pipeline.model.registry import list_bundles
-    found, unknown, manifests = {}, [], {}
+    found, unknown, learned = {}, [], LearnedAmong(photos, cfg.layout.datasets.parent)
     for info in reversed(list_bundles(cfg.layout.models)):
         try:
-            hit = learned_photos(info.path, cfg.layout.datasets.parent, manifests) & photos
+            hit = learned.of(info.path)
         except UnknownLearning as exc:
             unknown.append(str(exc))
             continue

@@ -38,6 +38,7 @@ from mlc_pipeline.model import nets
 from mlc_pipeline.model.losses import CLASS_AND_NOT_OTHER, PLAIN_SIGMOID, ClassAndNotOtherBCE
 from mlc_pipeline.model.options import TrainConfig
 from mlc_pipeline.model.bundle import export_learner, move_into_place, remove_stale_tmp_dirs, write_meta
+from mlc_pipeline.model.lineage import learning_record
 from mlc_pipeline import progress
 from mlc_pipeline.model.learner import (
     CPUBFloat16, EpochBar, LossHistory, ProgressiveResize, SmoothTargets, SparseValidation,
@@ -284,6 +285,8 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
             "dataset_version": dataset_version,
             "manifest": str(Path(manifest_csv).resolve()),
             "takedowns": takedowns,           # the photos taken down since the version was published: left out
+            # every training this network learned in: the continued bundle's record plus this one (model/lineage.py)
+            "learned_from": learning_record(cfg.init_from, dataset_version, takedowns),
             "export_sha256": sha256_file(tmp_dir / "export.pkl"),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": cfg.model_dump(),

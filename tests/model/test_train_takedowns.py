@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from mlc_pipeline.dataset.build import build_dataset
 from mlc_pipeline.flickr_server.folder import photo_id_for
 from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.model.bundle import read_meta
-from mlc_pipeline.model.learned import taken_down_learned
+from mlc_pipeline.model.learned import learned_rows, taken_down_learned
 from mlc_pipeline.model.stage import retrain_overrides, train_version
 
 
@@ -158,3 +159,37 @@ def test_mlc_run_does_not_keep_a_shipped_model_that_learned_from_a_photo_taken_d
     latest = (cfg.layout.models / "LATEST").read_text().strip()
     assert latest.startswith("default-v2-r0-") and why in done.stderr, done.stderr[-3000:]
     assert json.loads((cfg.layout.reports / shipping.SHIPPED_RECORD).read_text())["shipped"] == latest
+
+
+def test_a_continued_model_whose_parent_bundle_is_not_at_hand_still_says_what_it_learned_and_is_kept(tmp_path):
+    """On an object-store data root `mlc run` pulls models/LATEST alone, not the bundles it continued
+    (review29 finding 5): what a mining round's model learned could not be read, so once the catalog
+    recorded any takedown the shipped model was neither reused nor kept, and round 0 replaced it every
+    night with no comparison. bundle.json now records the whole chain a network learned from (the
+    parent's record plus its own): with the parent's folder gone, the model still says what it learned,
+    is kept when a takedown touches none of it, and is not when one touches what its parent learned."""
+    if not FIXTURES.is_dir():
+        pytest.skip("fixture photos missing (../shared/fixtures)")
+    config, cfg, v1 = mirrored_v1(tmp_path)
+    first = train_version(cfg, v1).bundle_dir
+    continuing = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"retrain": "continue"})})
+    second = train_version(continuing, v1, tag="r1", previous=first).bundle_dir
+    meta = read_meta(second)
+    assert meta["weights"]["continued_from"] == first.name
+    assert meta["learned_from"] == [{"dataset_version": "default/v1", "left_out": []}] * 2
+    key = shipping.round0_key(cfg)
+    shipping.record_shipped(cfg, {"bundle": second.name, "dataset_version": "v1"}, key)
+    rows = read_manifest(v1 / "manifest.csv")
+    learned = sorted(r["path"] for r in rows if r["split"] in ("train", "valid")) * 2
+    shutil.rmtree(first)            # the parent is not at hand: a fresh cache pulled LATEST alone
+
+    assert sorted(r["path"] for r in learned_rows(second, cfg.layout.datasets.parent)) == sorted(learned)
+    tested = next(f"{r['source']}:{r['photo_id']}" for r in rows if r["split"] == "test"
+                  and r["photo_id"] not in (photo_id_for(OWNERS), photo_id_for(MIRROR)))
+    ok("remove", "-c", str(config), "--photo-id", tested.split(":")[1], "--reason", "owner request")
+    assert taken_down_learned(cfg, second) is None
+    assert shipping.incumbent_model(cfg, key) == second     # only scored on it: still the model to beat
+    photo = f"local:{photo_id_for(OWNERS)}"                 # learned by the parent (train), and so by it
+    said = ok("remove", "-c", str(config), "--photo-id", photo.split(":")[1], "--reason", "owner request").stdout
+    assert f"  {second.name} (models/LATEST): 1 photo(s): {photo}" in said.splitlines(), said
+    assert shipping.incumbent_model(cfg, key) is None
