@@ -89,7 +89,8 @@ def licence_label(c: dict) -> str:
 
 
 def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None,
-                 not_allowed: Counter | None = None, dropped: Counter | None = None) -> list[dict]:
+                 not_allowed: Counter | None = None, dropped: Counter | None = None,
+                 apart: Counter | None = None) -> list[dict]:
     """Everything accepted for training or probing, with its split (dataset/splits.py: by photo id, or
     the split its picture was published in); pool images (mined negatives, or labelled in review)
     never test: test and probe stay the images every round compares on.
@@ -99,7 +100,8 @@ def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None,
     took the class out of the project, not into "other"; a photo that keeps another class counts its
     dropped labels in `dropped` (by label). A photo whose licence `source.licenses` no
     longer allows is left out (counted in `not_allowed` by licence): the catalog keeps it, and
-    widening the setting brings it back."""
+    widening the setting brings it back. A pool image put back beside a picture published in test,
+    which it can never join, is left out (counted in `apart` by labels: dataset/splits.py)."""
     rows = []
     removed_owners = catalog.removed_owners()       # `mlc remove --owner`: later photos stay out too
     # a deed is a web page: what else a source lists (`javascript:`, text, a formula) is no URL of one
@@ -141,9 +143,16 @@ def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None,
     put_back = [p for p in put_back_pairs(catalog) if p["copy"] in in_rows]    # each takes its twin's split
     for p in put_back:
         dropped_for[p["copy"]].append((p["source"], p["photo_id"]))
+    gone: list[dict] = []
     if moved := settle_splits(rows, published_splits(cfg.layout.datasets), dropped_for,
-                              [(p["copy"], p["twin"]) for p in put_back]):
+                              [(p["copy"], p["twin"]) for p in put_back], gone):
         log.info("%d image(s) keep the split their picture was published in, not their own photo id's", moved)
+    if gone:
+        log.warning("%d image(s) left out: put back in review as another picture than one published in test, "
+                    "they can never be tested, and one picture is never in train and test (candidates %s)",
+                    len(gone), ", ".join(str(r["candidate_id"]) for r in gone[:10]))
+        if apart is not None:
+            apart.update(r["labels"] or "other" for r in gone)
     return sorted(rows, key=lambda r: r["path"])
 
 
@@ -226,9 +235,9 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
     root = cfg.layout.datasets
     root.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(root)
-    left_out, not_allowed, dropped = Counter(), Counter(), Counter()
+    left_out, not_allowed, dropped, apart = Counter(), Counter(), Counter(), Counter()
     with Catalog(cfg.catalog_path) as catalog:
-        rows = dataset_rows(cfg, catalog, left_out, not_allowed, dropped)
+        rows = dataset_rows(cfg, catalog, left_out, not_allowed, dropped, apart)
         curation = curation_counts(catalog)
         reviewed = review_changed_photos(catalog)   # the version diff says which changes came from review
     if left_out:
@@ -281,6 +290,7 @@ def _build_dataset(cfg: Config, repair: bool) -> BuildResult:
                         "left_out": {"licence-not-allowed": dict(sorted(not_allowed.items())),
                                      "class-not-in-config": dict(sorted(left_out.items())),
                                      "label-not-in-config": dict(sorted(dropped.items())),
+                                     "copy-of-a-test-picture": dict(sorted(apart.items())),
                                      "file-unusable": skipped},
                         "params": {"build": cfg.build.model_dump(), "curate": cfg.curate.model_dump(),
                                    "source": {"licenses": cfg.source.licenses}}}

@@ -18,6 +18,12 @@ labelled in review by `mined_split`, never test; a probe is "probe"). Then (`set
   when the twin is out: whether the person was right or not, no picture is in train and test at once,
   and the next curate finds no test copy to drop the twin for (audit review29, finding 1).
 
+A group's split is one its members may all keep: when the first published split is test and a member
+can never be tested (a pool image put back as "not a duplicate" of a twin published in test), that
+member is left out of the version (`_left_out`: "copy-of-a-test-picture"); otherwise a split all may
+keep, the published one first, then the first member's own (review29 finding 7: the group stayed
+split, the twin in test and its copy in train).
+
 Of several published splits, test comes first (a picture once tested never trains: the rule curate
 keeps for copies of test images), then the earliest version. A published split is kept only where
 the image could get it now: not a split `build.split` gives no share, not valid for a mined image
@@ -91,26 +97,42 @@ def published_splits(root: Path) -> dict[tuple[str, str], dict[str, int]]:
 
 
 def settle_splits(rows: list[dict], published: dict[tuple[str, str], dict[str, int]],
-                  dropped_for: dict[int, list[tuple[str, str]]], put_back: list[tuple[int, int]] = ()) -> int:
+                  dropped_for: dict[int, list[tuple[str, str]]], put_back: list[tuple[int, int]] = (),
+                  left_out: list[dict] | None = None) -> int:
     """Give each row (its `split` by its photo id, `_splits` the splits it may keep, `_reason` curate's
     note) the split its picture was published in, and each review pair one split (the module doc).
     `dropped_for`: candidate id -> the photos (source, photo_id) whose published splits pass to it: the
     copies curate dropped for it, and a put-back copy's twin. `put_back`: (a copy put back in review, its
-    twin) (catalog.putback): the two share a split, the twin's. Returns how many rows left the split
-    of their own photo id."""
-    moved, copies = 0, {copy for copy, _ in put_back}
+    twin) (catalog.putback): the two share a split, the twin's. A member of a group that cannot go in
+    the group's split (a pool image, never tested, with a twin published in test) is taken out of
+    `rows` and added to `left_out` (`_left_out` says why): a group is never split. Returns how many
+    rows left the split of their own photo id."""
+    moved, copies, out = 0, {copy for copy, _ in put_back}, []
     for group in review_groups(rows, put_back):
         allowed = set.intersection(*(set(r["_splits"]) for r in group))
-        photos = [p for r in group for p in [(r["source"], r["photo_id"]), *dropped_for.get(r["candidate_id"], ())]]
-        records = sorted((split != "test", version, split) for photo in photos
-                         for split, version in published.get(photo, {}).items() if split in allowed)
-        first = min(group, key=lambda r: (r["candidate_id"] in copies, r["source"], r["photo_id"]))
-        chosen = records[0][2] if records else first["split"]
-        if chosen not in allowed:
+        if not allowed:         # a probe among them: it stays a probe (no split a picture keeps)
             continue
+        group.sort(key=lambda r: (r["candidate_id"] in copies, r["source"], r["photo_id"]))    # the first first
+        records = sorted((split != "test", version, split) for r in group
+                         for photo in [(r["source"], r["photo_id"]), *dropped_for.get(r["candidate_id"], ())]
+                         for split, version in published.get(photo, {}).items() if split in r["_splits"])
+        if records and records[0][2] == "test" and "test" not in allowed:
+            chosen = "test"     # a picture once tested never trains: who can never be tested leaves
+            gone = [r for r in group if chosen not in r["_splits"]]
+            for r in gone:
+                r["_left_out"] = "copy-of-a-test-picture"
+            out += gone
+            group = [r for r in group if chosen in r["_splits"]]
+        else:
+            chosen = next((s for _, _, s in records if s in allowed), None) or next(
+                (r["split"] for r in group if r["split"] in allowed), None) or next(s for s in SPLITS if s in allowed)
         for r in group:
             moved += r["split"] != chosen
             r["split"] = chosen
+    if out:
+        rows[:] = [r for r in rows if "_left_out" not in r]
+        if left_out is not None:
+            left_out += out
     return moved
 
 

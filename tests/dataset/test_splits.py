@@ -179,3 +179,23 @@ def test_a_copy_put_back_in_review_takes_its_twins_split():
     put_back = [(1, 2), (3, 4), (5, 6), (7, 8)]
     assert settle_splits(rows, published, {3: [("flickr", "t4")]}, put_back) == 3
     assert [r["split"] for r in rows] == ["train", "train", "train", "test", "test", "probe", "train"]
+
+
+def test_a_group_whose_members_may_keep_different_splits_is_never_split_across_train_and_test():
+    # Audit review29, finding 7: a pool image (never tested) put back as "not a duplicate" of a twin
+    # published in test stayed in train, its twin in test; a review pair of an image the hash puts in
+    # test and a mined one (train only) stayed apart too. Now the group shares a split all may keep,
+    # and a member that can never join a twin published in test is left out, with the reason.
+    pool = ("train", "valid")
+    rows = [row(1, "t1", "train"), row(2, "c2", "train", keeps=pool),    # twin published in test
+            row(3, "t3", "test"), row(4, "c4", "valid", keeps=pool)]     # nothing published: c4's split
+    published = {("flickr", "t1"): {"test": 1}}
+    left_out: list[dict] = []
+    assert settle_splits(rows, published, {2: [("flickr", "t1")], 4: [("flickr", "t3")]}, [(2, 1), (4, 3)],
+                         left_out) == 2
+    assert [(r["candidate_id"], r["split"]) for r in rows] == [(1, "test"), (3, "valid"), (4, "valid")]
+    assert [(r["candidate_id"], r["_left_out"]) for r in left_out] == [(2, "copy-of-a-test-picture")]
+    note = "review:label-conflict:with={}:d=2:s=0.95"
+    pair = [dict(row(5, "p1", "test"), _reason=note.format(6)), dict(row(6, "p2", "train", keeps=("train",)),
+                                                                     _reason=note.format(5))]
+    assert settle_splits(pair, {}, {}) == 1 and [r["split"] for r in pair] == ["train", "train"]
