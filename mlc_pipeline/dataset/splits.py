@@ -39,7 +39,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from mlc_pipeline.catalog.pairs import review_partner
-from mlc_pipeline.manifest import SPLITS, read_manifest, versions
+from mlc_pipeline.manifest import SPLITS, versions
 
 log = logging.getLogger(__name__)
 
@@ -75,25 +75,54 @@ def own_split(c: dict, fractions: dict[str, float], calibration_share: float) ->
     return split_of(c["source"], c["photo_id"], fractions), tuple(s for s in SPLITS if fractions.get(s, 0) > 0)
 
 
-def published_splits(root: Path) -> dict[tuple[str, str], dict[str, int]]:
+# root -> (the manifests read, as (path, size, mtime), and what they gave): a published version never
+# changes, so a later build in the same process (a mining round's) reads only the versions new since.
+_read: dict[Path, tuple[list[tuple[str, int, int]], dict]] = {}
+
+
+def published_splits(root: Path, listings: Path | None = None) -> dict[tuple[str, str], dict[str, int]]:
     """(source, photo_id) -> {split: the first version number that published the photo in it}, over
-    the versions in `root` (train, valid and test: a probe keeps no split). A manifest that cannot be
-    read is passed over, with a warning: its photos are split as if it had not published them."""
-    first: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
-    for version in versions(root):
-        manifest = root / version / "manifest.csv"
-        if not manifest.is_file():
-            continue
+    the versions in `root` (train, valid and test: a probe keeps no split), and the versions whose
+    manifest alone is in `listings` (a cache of an object-store root: storeversions.pull_listings). A
+    manifest that cannot be read is passed over, with a warning: its photos are split as if it had not
+    published them. Three columns are read, row by row; the result is kept for this process."""
+    found = {v: listings / v / "manifest.csv" for v in (versions(listings) if listings and listings.is_dir() else [])}
+    found.update({v: root / v / "manifest.csv" for v in versions(root)})    # a version held whole: its own
+    seen = []
+    for version in sorted(found, key=lambda v: int(v[1:])):
         try:
-            rows = read_manifest(manifest)
-            records = [((r["source"], r["photo_id"]), r["split"]) for r in rows]
-        except (OSError, ValueError, KeyError, csv.Error) as exc:
-            log.warning("%s cannot be read (%s): its images keep no split in this build", manifest, exc)
+            st = found[version].stat()
+        except OSError:
             continue
-        for photo, split in records:
-            if split in SPLITS:
-                first[photo].setdefault(split, int(version[1:]))
+        seen.append((str(found[version]), st.st_size, st.st_mtime_ns))
+    done, first = _read.get(root, ([], None))
+    if first is None or seen[:len(done)] != done:
+        done, first = [], defaultdict(dict)
+    for path, _, _ in seen[len(done):]:
+        version = int(Path(path).parent.name[1:])
+        try:
+            for photo, split in manifest_splits(Path(path)):
+                if split in SPLITS:
+                    first[photo].setdefault(split, version)
+        except (OSError, ValueError, IndexError, csv.Error) as exc:
+            log.warning("%s cannot be read to its end (%s): its images after the rows read keep no split in "
+                        "this build", path, exc)
+    _read[root] = (seen, first)
     return first
+
+
+def manifest_splits(path: Path):
+    """((source, photo_id), split) of each row of a manifest, streamed: no row is kept whole."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        if not {"source", "photo_id", "split"} <= set(header):
+            raise ValueError(f"no source, photo_id and split columns in {header[:5]}")
+        at = [header.index(name) for name in ("source", "photo_id", "split")]
+        splits = {s: s for s in SPLITS}
+        for cells in reader:
+            source, photo_id, split = (cells[i] for i in at)
+            yield (source, photo_id), splits.get(split, split)
 
 
 def settle_splits(rows: list[dict], published: dict[tuple[str, str], dict[str, int]],

@@ -4,6 +4,8 @@ keeps the split it was published in")."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from PIL import Image
 
@@ -199,3 +201,33 @@ def test_a_group_whose_members_may_keep_different_splits_is_never_split_across_t
     pair = [dict(row(5, "p1", "test"), _reason=note.format(6)), dict(row(6, "p2", "train", keeps=("train",)),
                                                                      _reason=note.format(5))]
     assert settle_splits(pair, {}, {}) == 1 and [r["split"] for r in pair] == ["train", "train"]
+
+
+def test_published_splits_reads_the_versions_and_their_listings_once_per_process(tmp_path, caplog):
+    # Review29, finding 4: every build read every version's whole manifest as dicts, again at every
+    # call. Three columns are streamed now, each version once per process; a version held whole is
+    # read from its folder, one fetched as a listing alone (an object store's) from the listing.
+    from mlc_pipeline.dataset.splits import published_splits
+    from mlc_pipeline.manifest import write_manifest
+    root, listings = tmp_path / "default", tmp_path / "default" / ".listings"
+
+    def publish(folder, *rows):
+        folder.mkdir(parents=True)
+        write_manifest(folder / "manifest.csv", [{"path": f"images/x/{p}.jpg", "split": s, "source": "flickr",
+                                                  "photo_id": p, "title": "=a formula"} for p, s in rows])
+    publish(listings / "v1", ("a", "train"), ("b", "test"))
+    publish(listings / "v2", ("a", "test"))                 # the cache holds v2 whole: its folder is read
+    publish(root / "v2", ("a", "valid"), ("p", "probe"))
+    assert published_splits(root, listings) == {("flickr", "a"): {"train": 1, "valid": 2}, ("flickr", "b"): {"test": 1}}
+    assert published_splits(root) == {("flickr", "a"): {"valid": 2}}    # without the listings
+    assert published_splits(root) is published_splits(root)             # nothing read again
+    publish(root / "v3", ("b", "train"), ("c", "valid"))
+    (root / "v4").mkdir()
+    (root / "v4" / "manifest.csv").write_text("path,split\nimages/x/d.jpg,train\n")     # no photo columns
+    with caplog.at_level("WARNING"):
+        assert published_splits(root, listings) == {("flickr", "a"): {"train": 1, "valid": 2},
+                                                    ("flickr", "b"): {"test": 1, "train": 3}, ("flickr", "c"): {"valid": 3}}
+    assert "v4/manifest.csv cannot be read" in caplog.text
+    shutil.rmtree(listings / "v1")          # withdrawn: read again without it
+    assert published_splits(root, listings) == {("flickr", "a"): {"valid": 2}, ("flickr", "b"): {"train": 3},
+                                                ("flickr", "c"): {"valid": 3}}
