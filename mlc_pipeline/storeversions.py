@@ -221,12 +221,29 @@ def pull_previous_listing(store: Store, cfg: Config, version: str) -> str | None
         return None                 # inspect says what is wrong with the version itself
     if not isinstance(previous, str) or not VERSION_RE.match(previous) or cfg.layout.version(previous).is_dir():
         return None
-    key, listing = version_key(cfg, previous), cfg.layout.version_listing(previous)
+    return previous if pull_listing(store, cfg, previous) is not None else None
+
+
+def pull_listing(store: Store, cfg: Config, version: str) -> bool | None:
+    """A version's manifest.csv and dataset.json alone, into layout.version_listing(version), unless
+    there: True when fetched, False when there already, None when the store publishes no such version
+    (withdrawn, unmarked, or a marker from before it named its files)."""
+    key, listing = version_key(cfg, version), cfg.layout.version_listing(version)
     marker = None if store.info(f"{key}/{TOMBSTONE}") else read_marker(store, key)
     if marker is None or not all(name in marker["files"] for name in LISTING_FILES):
         return None
-    store.download(missing_files(key, listing, {name: marker["files"][name] for name in LISTING_FILES}))
-    return previous
+    todo = missing_files(key, listing, {name: marker["files"][name] for name in LISTING_FILES})
+    store.download(todo)
+    return bool(todo)
+
+
+def pull_listings(store: Store, cfg: Config) -> list[str]:
+    """`mlc build`: the listing of every published version the cache does not hold whole, so that a
+    picture keeps the split any version published it in (dataset/splits.py) whatever the cache holds
+    (review29 finding 6: a build from a fresh cache split by the latest version alone). The manifests
+    only, never the images; each fetched once. The versions whose listing was fetched."""
+    return [v for v in remote_versions(store, cfg)
+            if not cfg.layout.version(v).is_dir() and pull_listing(store, cfg, v)]
 
 
 def remote_versions_with(store: Store, cfg: Config, photos: set[tuple[str, str]]) -> dict[str, list[str]]:

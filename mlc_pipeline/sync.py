@@ -42,8 +42,8 @@ from mlc_pipeline.storemodels import (POINTER_KEY, finish_pointer_move, owe_poin
 from mlc_pipeline.storestate import LATEST_SEEN, read_state, write_state
 from mlc_pipeline.storefiles import delete_unnamed_files, drop_taken_down, pull_files, push_files
 from mlc_pipeline.storereports import last_run_bundles, pull_run_records
-from mlc_pipeline.storeversions import (drop_withdrawn, pull_previous_listing, pull_version, push_versions,
-                                        remote_versions, remote_versions_with)
+from mlc_pipeline.storeversions import (drop_withdrawn, pull_listings, pull_previous_listing, pull_version,
+                                        push_versions, remote_versions, remote_versions_with)
 
 log = logging.getLogger(__name__)
 # Still reachable from here (tests, benchmarks): the files' half of syncing lives in storefiles.py.
@@ -60,8 +60,9 @@ def rewritten_by_mine(rel: str) -> bool:
 
 # What each command reads from the data root, fetched into the cache before it runs.
 # curate checks new images against the test images of every published version: it needs them all.
+# build keeps each picture in the split a version published it in: every version's manifest (listings).
 PULLS = {"collect": ("catalog", "files"), "curate": ("catalog", "files", "versions"),
-         "build": ("catalog", "files", "version"), "train": ("catalog", "version"),
+         "build": ("catalog", "files", "version", "listings"), "train": ("catalog", "version"),
          "train-continue": ("catalog", "versions", "model"),     # the model continued and its versions
          "mine": ("catalog", "files", "model"), "inspect": ("catalog", "version", "previous"),
          "inspect-html": ("catalog", "version", "previous", "model", "reports", "rounds"),   # + the model section
@@ -248,6 +249,8 @@ def pull(cfg: Config, command: str, version: str | None = None) -> None:
             drop_withdrawn(store, cfg)      # withdrawn on any machine: gone from this cache too
         if "version" in parts and (shown := pull_version(store, cfg, version)) and "previous" in parts:
             pull_previous_listing(store, cfg, shown)    # what `mlc inspect` counts its changes against
+        if "listings" in parts:
+            pull_listings(store, cfg)       # after the latest: a version held whole needs no listing
         if "versions" in parts:
             for v in remote_versions(store, cfg):
                 pull_version(store, cfg, v)

@@ -333,3 +333,26 @@ def test_a_cached_version_whose_dataset_json_is_no_object_or_missing_gets_the_sa
     with pytest.raises(ObjectStoreError, match=rf"v1 is damaged \(dataset.json {problem}\): not published nor "
                                                r"compared; move it aside \(or `mlc build --repair` for the latest\)"):
         version_meta(folder)
+
+
+def test_a_build_from_a_fresh_cache_reads_every_published_versions_manifest_not_only_the_latests(tmp_path, store_url):
+    # Review29, finding 6: `mlc build` pulled the latest version alone, so a picture absent from it kept
+    # no split from an earlier version in a fresh cache, and two machines split one catalog differently.
+    # Now it fetches every version's listing (manifest.csv, dataset.json), never its images.
+    from mlc_pipeline.dataset.splits import published_splits
+    from mlc_pipeline.manifest import write_manifest
+    a, b = machine(tmp_path, store_url, "cache-a"), machine(tmp_path, store_url, "cache-b")
+    for n, photo in ((1, "old"), (2, "new")):
+        folder = a.layout.version(f"v{n}")
+        (folder / "images" / "cat").mkdir(parents=True)
+        (folder / "images" / "cat" / f"flickr-{photo}.jpg").write_bytes(b"jpeg")
+        write_manifest(folder / "manifest.csv", [{"path": f"images/cat/flickr-{photo}.jpg", "labels": "cat",
+                                                  "split": "test", "source": "flickr", "photo_id": photo}])
+        (folder / "dataset.json").write_text(json.dumps({"name": "default", "version": f"v{n}", "fingerprint": photo}))
+    assert sync.push_versions(store_of(a), a) == ["v1", "v2"]
+    sync.pull(b, "build")
+    listing = b.layout.version_listing("v1")
+    assert b.layout.version("v2").is_dir() and not b.layout.version("v1").exists()
+    assert sorted(p.name for p in listing.iterdir()) == ["dataset.json", "manifest.csv"]
+    assert published_splits(b.layout.datasets, listing.parent) == {("flickr", "old"): {"test": 1},
+                                                                   ("flickr", "new"): {"test": 2}}

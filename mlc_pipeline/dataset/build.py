@@ -144,7 +144,8 @@ def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None,
     for p in put_back:
         dropped_for[p["copy"]].append((p["source"], p["photo_id"]))
     gone: list[dict] = []
-    if moved := settle_splits(rows, published_splits(cfg.layout.datasets), dropped_for,
+    listings = cfg.layout.version_listing("v0").parent     # the manifests alone of an object store's versions
+    if moved := settle_splits(rows, published_splits(cfg.layout.datasets, listings), dropped_for,
                               [(p["copy"], p["twin"]) for p in put_back], gone):
         log.info("%d image(s) keep the split their picture was published in, not their own photo id's", moved)
     if gone:
