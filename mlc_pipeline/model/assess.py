@@ -86,9 +86,10 @@ SCORE_PREFIX = "score:"
 
 
 def write_scores(path: str | Path, rows, probs: np.ndarray, vocab: list[str]) -> None:
-    """One row per scored image: manifest path, split, labels, query, photo id, then a score column
-    per vocab entry (`score:<class>`)."""
-    keep = [c for c in ("path", "split", "labels", "query", "photo_id") if c in rows.columns]
+    """One row per scored image: manifest path, split, labels, query, photo id, source (since
+    2026-12-07: a photo id is unique only within its source), then a score column per vocab entry
+    (`score:<class>`)."""
+    keep = [c for c in ("path", "split", "labels", "query", "photo_id", "source") if c in rows.columns]
     out = rows[keep].copy()
     for j, name in enumerate(vocab):
         # Exact (a float32 is exact as a float64, whose repr reads back the same): rounded, a score

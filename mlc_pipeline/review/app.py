@@ -174,7 +174,7 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
         eff = effective({**row, "review_labels": override["labels"], "review_include": override["include"]},
                         cfg.source.licenses, kept)
         return page(request, "image.html", row=row, eff=eff, override=override, events=events, actions=acts,
-                    scores=scores_for(cfg, cid, row["photo_id"]), copies=copies, source_file=source_file_of(row),
+                    scores=scores_for(cfg, cid, row["photo_id"], row["source"]), copies=copies, source_file=source_file_of(row),
                     photo_page=photo_page(row, flickr_pages=True),     # Flickr's only for a photo from Flickr
                     latest=latest, per_version=per_version, kept=kept, **steps)
 

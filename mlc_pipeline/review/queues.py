@@ -62,14 +62,14 @@ def model_review_list(cfg: Config) -> tuple[Path | None, list[dict]]:
     return bundle, sorted(rows, key=lambda r: (r["score"] is None, r["score"] or 0.0))
 
 
-def scores_for(cfg: Config, cid: int, photo_id: str | None = None) -> list[dict]:
+def scores_for(cfg: Config, cid: int, photo_id: str | None = None, source: str | None = None) -> list[dict]:
     """Every line of the latest mining round's review.csv and mined.csv about one candidate; with its
-    `photo_id`, also the latest bundle's scores of it as a test or probe image (scores_on_test)."""
+    `photo_id` (and `source`), also the latest bundle's scores of it as a test or probe image (scores_on_test)."""
     bundle = mining_bundle(cfg)
     out = []
     for name in ("review.csv", "mined.csv"):
         out += [{**r, "file": name} for r in bundle_csv(bundle, name) if r.get("candidate_id") == str(cid)]
-    return out + (scores_on_test(cfg, photo_id) if photo_id is not None else [])
+    return out + (scores_on_test(cfg, photo_id, source) if photo_id is not None else [])
 
 
 def probes_accepted(cfg: Config, catalog) -> tuple[Path | None, list[dict]]:
@@ -95,7 +95,8 @@ def probes_accepted(cfg: Config, catalog) -> tuple[Path | None, list[dict]]:
         margin, label = max((float(r[f"score:{c}"]) - threshold[c], c) for c in classes)
         if margin < 0:
             continue
-        found = catalog.candidates(photo_id=r.get("photo_id", ""), purpose="probe")
+        found = catalog.candidates(photo_id=r.get("photo_id", ""), purpose="probe",
+                                   **({"source": r["source"]} if r.get("source") else {}))
         if found:
             out.append({"candidate_id": found[0]["id"], "photo_id": r["photo_id"], "label": label,
                         "score": float(r[f"score:{label}"]), "threshold": threshold[label], "margin": margin})
@@ -119,13 +120,26 @@ def scored(bundle: Path | None) -> analysis.Scored | None:
     return hit[1]
 
 
-def candidate_ids(catalog, photo_ids: list[str], purpose: str) -> dict[str, int]:
-    """The catalog's candidate id of each photo id (a scores file names photos, not candidates)."""
-    out: dict[str, int] = {}
+def same_photo(row: dict, source: str | None, photo_id: str) -> bool:
+    """Whether a scores file's row is the photo (source, photo_id): a photo id is unique only within its
+    source; a file written before 2026-12-07 has no source column, and its photo id alone decides."""
+    return row.get("photo_id") == photo_id and (not row.get("source") or source is None or row["source"] == source)
+
+
+def candidate_ids(catalog, rows: list[dict], purpose: str) -> dict[tuple[str, str], int]:
+    """(source, photo_id) of each scores-file row (source '' in a file without the column) -> the
+    catalog's candidate id of that photo (a scores file names photos, not candidates)."""
+    photo_ids = sorted({r.get("photo_id") or "" for r in rows})
+    out: dict[tuple[str, str], int] = {}
     for at in range(0, len(photo_ids), 500):          # bound the statement's parameters
         for c in catalog.candidates(photo_id=photo_ids[at:at + 500], purpose=purpose):
-            out.setdefault(c["photo_id"], c["id"])
+            out.setdefault((c["source"], c["photo_id"]), c["id"])
+            out.setdefault(("", c["photo_id"]), c["id"])
     return out
+
+
+def row_key(row: dict) -> tuple[str, str]:
+    return row.get("source") or "", row.get("photo_id") or ""
 
 
 def wrong_answers(cfg: Config, catalog) -> tuple[Path | None, list[dict]]:
@@ -139,21 +153,21 @@ def wrong_answers(cfg: Config, catalog) -> tuple[Path | None, list[dict]]:
     if s is None:
         return bundle, []
     wrong = analysis.wrong_answers(s)
-    ids = candidate_ids(catalog, sorted({s.rows[i].get("photo_id") or "" for i, _, _ in wrong}), "train")
-    return bundle, [{"candidate_id": ids[s.rows[i]["photo_id"]], "photo_id": s.rows[i]["photo_id"],
+    ids = candidate_ids(catalog, [s.rows[i] for i, _, _ in wrong], "train")
+    return bundle, [{"candidate_id": ids[row_key(s.rows[i])], "photo_id": s.rows[i]["photo_id"],
                      "caption": analysis.caption(s, i), "note": analysis.wrong_note(s, i, j, margin).lstrip(" ·"),
                      "label": s.vocab[j], "score": float(s.probs[i, j])}
-                    for i, j, margin in wrong if s.rows[i].get("photo_id") in ids]
+                    for i, j, margin in wrong if row_key(s.rows[i]) in ids]
 
 
-def scores_on_test(cfg: Config, photo_id: str) -> list[dict]:
+def scores_on_test(cfg: Config, photo_id: str, source: str | None = None) -> list[dict]:
     """The latest bundle's scores of a test or probe photo (its image page's table): each class it has
     or claims (an image answered with none: its best class), right or wrong at the threshold."""
     s = scored(registry.latest_bundle(cfg.layout.models))
     if s is None:
         return []
     out = []
-    for i in (i for i, r in enumerate(s.rows) if r.get("photo_id") == photo_id):
+    for i in (i for i, r in enumerate(s.rows) if same_photo(r, source, photo_id)):
         best = max(s.real, key=lambda j: s.probs[i, j])
         for j in (j for j in s.real if s.truth[i, j] or s.pred[i, j] or j == best):
             thresholds = s.meta.get("thresholds")

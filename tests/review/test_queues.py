@@ -57,3 +57,38 @@ def test_the_review_list_comes_from_the_latest_mining_round_when_its_retrain_shi
     assert [(r["file"], r["score"]) for r in scores_for(cfg, 9)] == [("mined.csv", 0.91)]
     (models / "r1" / "mined.csv").write_text("candidate_id,photo_id,decision,score\n")   # the latest mined: its own
     assert mining_bundle(cfg) == models / "r1" and model_review_list(cfg) == (models / "r1", [])
+
+
+def test_a_photo_id_two_sources_share_leads_to_the_scored_photo_not_the_other(tmp_path, trained_shapes_bundle):
+    """A photo id is unique only within its source (a Flickr id, a folder's, a URL list's): the queues
+    matched test_scores.csv rows by photo id alone, so a wrong-answer card could link to another
+    source's image, and that image's page showed the scored photo's scores (the review29 code review).
+    test_scores.csv names the source since; the lists and the image page match on both."""
+    import csv
+
+    from mlc_pipeline.catalog import Catalog, Found
+    from mlc_pipeline.report import analysis
+    cfg = Config(data_dir=tmp_path / "data", classes={"red": {"queries": ["red"], "count": 1}},
+                 other={"queries": ["noise"], "count": 1})
+    bundle = shutil.copytree(trained_shapes_bundle[1], cfg.layout.models / "m1")
+    (cfg.layout.models / "LATEST").write_text("m1\n")
+    with open(bundle / "test_scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert "source" in rows[0]
+    s = analysis.load_scored(bundle)
+    i = next(i for i, r in enumerate(rows) if r["split"] == "test" and s.pred[i, s.real].any())
+    rows[i]["labels"] = ""          # an image of none of the classes the model claims one for: a wrong answer
+    with open(bundle / "test_scores.csv", "w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=list(rows[0]))
+        out.writeheader()
+        out.writerows(rows)
+    scored = rows[i]
+    with Catalog(cfg.catalog_path) as c:      # the same photo id in another source, recorded first
+        run = c.start_run("plant")
+        c.upsert_found([Found(src, scored["photo_id"], "train", "red", "red", None, None, None, None, 4, "CC BY 2.0",
+                              "o", "o", "t", None, None, "red") for src in ("elsewhere", scored["source"])], run)
+        ours = c.get_by_photo(scored["source"], scored["photo_id"])["id"]
+        _, wrong = wrong_answers(cfg, c)
+    assert [w["candidate_id"] for w in wrong if w["photo_id"] == scored["photo_id"]] == [ours]
+    assert scores_on_test(cfg, scored["photo_id"], scored["source"])
+    assert scores_on_test(cfg, scored["photo_id"], "elsewhere") == []
