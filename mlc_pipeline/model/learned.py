@@ -14,10 +14,10 @@ probe are only scored.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from mlc_pipeline.config import Config
+from mlc_pipeline.dataset.splits import manifest_splits
 from mlc_pipeline.dataset.takedowns import read_takedowns
 from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.model.lineage import UnknownLearning, learned_from
@@ -64,17 +64,9 @@ class LearnedAmong:
         return hit
 
     def version(self, version: str) -> set[tuple[str, str]]:
-        if version not in self.versions:
-            with open(self.root / version / "manifest.csv", newline="") as f:
-                rows = csv.reader(f)
-                at = {name: i for i, name in enumerate(next(rows, []))}
-                if "split" not in at:
-                    raise ValueError(f"{version}'s manifest has no split column")
-                split, source, photo_id = at["split"], at.get("source"), at.get("photo_id")
-                self.versions[version] = {
-                    photo for r in rows if r[split] in LEARNED_SPLITS
-                    and (photo := (None if source is None else r[source],
-                                   None if photo_id is None else r[photo_id])) in self.photos}
+        if version not in self.versions:     # streamed as the build reads published splits
+            self.versions[version] = {photo for photo, split in manifest_splits(self.root / version / "manifest.csv")
+                                      if split in LEARNED_SPLITS and photo in self.photos}
         return self.versions[version]
 
 
