@@ -11,7 +11,7 @@ curate decides.
 
 A review pair (`review_partners`) is two images a curate confirmed as the same picture (score >= 0.92)
 and kept both of, their labels differing: each row's reason names the other
-(`review:label-conflict:with=<id>:d=<bits>:s=<score>`, curate/decide.py).
+(`review_note`: `review:label-conflict:with=<id>:d=<bits>:s=<score>`, written by curate/decide.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,12 @@ from collections.abc import Iterable, Mapping
 
 BATCH = 1000
 REVIEW_PAIR = "review:label-conflict:with="        # curate/decide.py's reason for a member of a review pair
-REVIEW_NOTE = re.compile(r"review:label-conflict:with=(\d+):d=(\d+):s=([0-9.]+)")
+REVIEW_NOTE = re.compile(re.escape(REVIEW_PAIR) + r"(\d+):d=(\d+):s=([0-9.]+)")
+
+
+def review_note(other: int, bits: int, score: float) -> str:
+    "The reason curate gives an image of a review pair: the other image's id, their phash bits and score."
+    return f"{REVIEW_PAIR}{other}:d={bits}:s={score:.2f}"
 
 
 def review_partner(reason: str | None) -> tuple[int, int, float] | None:

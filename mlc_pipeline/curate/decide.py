@@ -14,7 +14,7 @@ from functools import partial
 import numpy as np
 from PIL import Image, ImageOps
 
-from mlc_pipeline.catalog.pairs import review_partner
+from mlc_pipeline.catalog.pairs import review_note, review_partner
 from mlc_pipeline.config import Config
 from mlc_pipeline.curate.dedup import DedupItem, Look, resolve_duplicates, settle_labels, view_distance
 from mlc_pipeline.curate.hashing import hex_to_uint64
@@ -154,7 +154,7 @@ def resolve(cfg: Config, rows: list[dict], published_tests: list[dict] | None = 
         conflicts = {i: f"conflict:{res}" for ids, _, res in result.conflicts for i in ids}
         for (a, b), _, dist, score in result.reviews:   # kept, but a person should look at them
             for me, other in ((a, b), (b, a)):
-                conflicts.setdefault(me, f"review:label-conflict:with={other}:d={dist}:s={score:.2f}")
+                conflicts.setdefault(me, review_note(other, dist, score))
         for r in group:
             rid = r["id"]
             if rid in result.duplicates:
