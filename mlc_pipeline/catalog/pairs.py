@@ -19,8 +19,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
+from .schema import REVIEW_NOTED_ID, REVIEW_NOTES, REVIEW_PAIR
+
 BATCH = 1000
-REVIEW_PAIR = "review:label-conflict:with="        # curate/decide.py's reason for a member of a review pair
 REVIEW_NOTE = re.compile(re.escape(REVIEW_PAIR) + r"(\d+):d=(\d+):s=([0-9.]+)")
 
 
@@ -41,11 +42,21 @@ class PairScoreQueries:
         rows' reasons say now, and as their events recorded them (a photo taken down has lost its reason,
         and the next curate drops the note of its partner; a row names one pair, the first its curate
         found, so both sides are read)."""
-        wanted, out = set(ids), {}
-        rows = self.db.execute("SELECT id AS cid, reason FROM candidates WHERE reason LIKE ? UNION "
-                               "SELECT candidate_id AS cid, reason FROM events WHERE reason LIKE ?",
-                               (REVIEW_PAIR + "%", REVIEW_PAIR + "%"))
-        for r in rows.fetchall():
+        wanted, out, rows = set(ids), {}, []
+        ordered = sorted(wanted)
+        for k in range(0, len(ordered), BATCH // 2):
+            part = ordered[k:k + BATCH // 2]
+            marks = ",".join("?" * len(part))
+            # Each row read is a note of one of `ids` (by id, the events' candidate_id index) or one naming
+            # it (the partial indexes on REVIEW_NOTED_ID, catalog/schema.py): no scan of the events, which
+            # grow with every run (review29 #10: this read them all on each `mlc remove`).
+            rows += self.db.execute(
+                f"SELECT id AS cid, reason FROM candidates WHERE id IN ({marks}) AND {REVIEW_NOTES} UNION ALL "
+                f"SELECT candidate_id AS cid, reason FROM events WHERE candidate_id IN ({marks}) AND {REVIEW_NOTES} "
+                f"UNION ALL SELECT id AS cid, reason FROM candidates WHERE {REVIEW_NOTES} AND {REVIEW_NOTED_ID} "
+                f"IN ({marks}) UNION ALL SELECT candidate_id AS cid, reason FROM events WHERE {REVIEW_NOTES} "
+                f"AND {REVIEW_NOTED_ID} IN ({marks})", (*part, *part, *map(str, part), *map(str, part))).fetchall()
+        for r in rows:
             if (pair := review_partner(r["reason"])) is None:
                 continue
             for me, other in ((r["cid"], pair[0]), (pair[0], r["cid"])):

@@ -14,6 +14,15 @@ MIGRATION_DIRS = ("raw", "quarantine")   # where file_path points inside a data 
 SQL_INT_MAX = 2**63 - 1       # SQLite's INTEGER and PostgreSQL's BIGINT: the largest id or round a query binds
 LOCK_NOTICE_S = 2.0        # a catalog locked this long gets a line saying what we wait for
 
+# curate's note on each image of a review pair, `review:label-conflict:with=<id>:d=<bits>:s=<score>`
+# (catalog/pairs.py); REVIEW_NOTES picks those rows, REVIEW_NOTED_ID is the <id> a note names, in
+# functions SQLite and PostgreSQL share (substr, ltrim, length), so that one expression is indexed
+# (partial indexes: only the notes) and queried on both (`pairs.review_partners`).
+REVIEW_PAIR = "review:label-conflict:with="
+REVIEW_NOTES = f"reason LIKE '{REVIEW_PAIR}%'"
+REVIEW_NOTED_ID = (f"substr(reason, {len(REVIEW_PAIR) + 1}, length(reason) - {len(REVIEW_PAIR)} "
+                   f"- length(ltrim(substr(reason, {len(REVIEW_PAIR) + 1}), '0123456789')))")
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -48,11 +57,13 @@ CREATE TABLE IF NOT EXISTS candidates (
 );
 CREATE INDEX IF NOT EXISTS candidates_status ON candidates (status);
 CREATE INDEX IF NOT EXISTS candidates_label ON candidates (purpose, label);
+CREATE INDEX IF NOT EXISTS candidates_review_partner ON candidates (@NOTED@) WHERE @NOTES@;
 CREATE TABLE IF NOT EXISTS events (
   id INTEGER PRIMARY KEY, candidate_id INTEGER NOT NULL, run_id TEXT, at REAL NOT NULL,
   stage TEXT NOT NULL, status TEXT NOT NULL, reason TEXT
 );
 CREATE INDEX IF NOT EXISTS events_candidate ON events (candidate_id);
+CREATE INDEX IF NOT EXISTS events_review_partner ON events (@NOTED@) WHERE @NOTES@;
 CREATE TABLE IF NOT EXISTS licenses (id INTEGER PRIMARY KEY, name TEXT NOT NULL, url TEXT);
 CREATE TABLE IF NOT EXISTS removals (
   id INTEGER PRIMARY KEY, candidate_id INTEGER NOT NULL, source TEXT NOT NULL, photo_id TEXT NOT NULL,
@@ -67,7 +78,7 @@ CREATE TABLE IF NOT EXISTS kept_corners (  -- a cache of published test files' c
   sha256 TEXT NOT NULL, method TEXT NOT NULL, hashes TEXT NOT NULL,
   PRIMARY KEY (method, sha256)
 );
-"""
+""".replace("@NOTED@", REVIEW_NOTED_ID).replace("@NOTES@", REVIEW_NOTES)
 # Columns added after a catalog may have been created: (table, column, type), added when missing.
 ADDED_COLUMNS = (("candidates", "view_hashes", "TEXT"), ("candidates", "source_file", "TEXT"),
                  ("candidates", "verify_limits", "TEXT"), ("candidates", "img_frames", "INTEGER"),
