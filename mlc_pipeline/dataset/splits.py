@@ -19,15 +19,18 @@ labelled in review by `mined_split`, never test; a probe is "probe"). Then (`set
   and the next curate finds no test copy to drop the twin for (audit review29, finding 1).
 
 A group's split is one its members may all keep: when the first published split is test and a member
-can never be tested (a pool image put back as "not a duplicate" of a twin published in test), that
+can never be tested (a mined image put back as "not a duplicate" of a twin published in test), that
 member is left out of the version (`_left_out`: "copy-of-a-test-picture"); otherwise a split all may
 keep, the published one first, then the first member's own (review29 finding 7: the group stayed
-split, the twin in test and its copy in train).
+split, the twin in test and its copy in train). A test publication counts through every member, also
+one that can never take test: a copy put back whose twin is out of the version (rejected in review)
+carries the twin's test split alone, and it trained (note-stop62).
 
 Of several published splits, test comes first (a picture once tested never trains: the rule curate
 keeps for copies of test images), then the earliest version. A published split is kept only where
 the image could get it now: not a split `build.split` gives no share, not valid for a mined image
-when `mine.calibration_share` is 0, never test for one; then its own split.
+when `mine.calibration_share` is 0; a mined image whose picture was published in test is left out
+(above), unless `build.split` gives test no share; otherwise its own split.
 """
 
 from __future__ import annotations
@@ -137,14 +140,18 @@ def settle_splits(rows: list[dict], published: dict[tuple[str, str], dict[str, i
     `rows` and added to `left_out` (`_left_out` says why): a group is never split. Returns how many
     rows left the split of their own photo id."""
     moved, copies, out = 0, {copy for copy, _ in put_back}, []
+    testing = any("test" in r["_splits"] for r in rows)    # build.split gives test a share
     for group in review_groups(rows, put_back):
         allowed = set.intersection(*(set(r["_splits"]) for r in group))
         if not allowed:         # a probe among them: it stays a probe (no split a picture keeps)
             continue
         group.sort(key=lambda r: (r["candidate_id"] in copies, r["source"], r["photo_id"]))    # the first first
+        # A published test split counts whoever it passes through: a copy put back whose twin is out (rejected
+        # in review) carries the twin's, and mined, it may never take it, so it must leave (not train).
         records = sorted((split != "test", version, split) for r in group
                          for photo in [(r["source"], r["photo_id"]), *dropped_for.get(r["candidate_id"], ())]
-                         for split, version in published.get(photo, {}).items() if split in r["_splits"])
+                         for split, version in published.get(photo, {}).items()
+                         if split in r["_splits"] or split == "test" and testing)
         if records and records[0][2] == "test" and "test" not in allowed:
             chosen = "test"     # a picture once tested never trains: who can never be tested leaves
             gone = [r for r in group if chosen not in r["_splits"]]

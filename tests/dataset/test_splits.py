@@ -4,6 +4,7 @@ keeps the split it was published in")."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -13,6 +14,7 @@ from helpers import FIXTURES, copy_of_a_training_ant, hymenoptera_world, named_f
 from mlc_pipeline.catalog import Catalog, overrides
 from mlc_pipeline.catalog.pairs import review_partner
 from mlc_pipeline.collect.stage import collect
+from mlc_pipeline.config import parse_config
 from mlc_pipeline.curate.stage import curate
 from mlc_pipeline.dataset.build import build_dataset
 from mlc_pipeline.dataset.splits import settle_splits, split_of
@@ -77,12 +79,18 @@ def test_a_published_split_is_kept_test_first_then_the_earliest_and_only_where_a
             row(4, "d", "train"),                      # its own photo published in train, then test
             row(5, "new5", "valid"),                   # nothing of it published: its own split
             row(6, "b", "train", keeps=("train", "test")),    # build.split gives valid no share now
-            row(7, "new7", "train", keeps=("train", "valid")),  # mined: never test
+            row(7, "new7", "train", keeps=("train", "valid")),  # mined, a copy of c (v3 test): out
+            row(9, "new9", "valid", keeps=("train", "valid")),  # mined, a copy of a (v1 train)
             row(8, "e", "probe", keeps=())]            # a probe
     dropped_for = {1: [("flickr", "a")], 2: [("flickr", "b"), ("flickr", "a")], 3: [("flickr", "a"), ("flickr", "c")],
-                   7: [("flickr", "c")]}
-    assert settle_splits(rows, published, dropped_for) == 4
+                   7: [("flickr", "c")], 9: [("flickr", "a")]}
+    left_out: list[dict] = []
+    assert settle_splits(rows, published, dropped_for, left_out=left_out) == 5
     assert [r["split"] for r in rows] == ["train", "train", "test", "test", "valid", "train", "train", "probe"]
+    assert [(r["candidate_id"], r["_left_out"]) for r in left_out] == [(7, "copy-of-a-test-picture")]
+    rows = [row(6, "new6", "train", keeps=("train", "valid")), row(7, "new7", "train", keeps=("train", "valid"))]
+    assert settle_splits(rows, published, dropped_for) == 0     # build.split gives test no share: none is left out
+    assert [r["split"] for r in rows] == ["train", "train"]
 
 
 @pytest.mark.skipif(not HYMENOPTERA.is_dir(), reason="fixture photos missing (../shared/fixtures)")
@@ -231,3 +239,46 @@ def test_published_splits_reads_the_versions_and_their_listings_once_per_process
     shutil.rmtree(listings / "v1")          # withdrawn: read again without it
     assert published_splits(root, listings) == {("flickr", "a"): {"valid": 2}, ("flickr", "b"): {"train": 3},
                                                 ("flickr", "c"): {"valid": 3}}
+
+
+@pytest.mark.skipif(not HYMENOPTERA.is_dir(), reason="fixture photos missing (../shared/fixtures)")
+def test_a_mined_copy_put_back_while_its_twin_published_in_test_is_rejected_never_trains(tmp_path):
+    # A mining-pool image (a 3/4-size re-encode of an ant) is mined as a hard negative; the ant itself,
+    # collected later at a path its photo id puts in test, is kept in its place (more pixels) and v1
+    # tests it. The person rejects the ant and puts the copy back ("not a duplicate"). The twin out of
+    # the version, nothing in the copy's group could take test (a mined image never is), so the ant's
+    # published test split was passed over and the copy trained in v2: the picture v1 tested.
+    cfg, world = hymenoptera_world(tmp_path, ants=16, bees=6)
+    settings = cfg.model_dump(mode="json")
+    settings["source"]["local"]["query_map"]["pool"] = "pool"
+    cfg = parse_config({**settings, "mine": {**settings["mine"], "pool": {"queries": ["pool"], "count": 1}}})
+    ant = sorted((HYMENOPTERA / "ants").glob("*.jpg"))[40]
+    im = Image.open(ant).convert("RGB")
+    (world / "pool").mkdir()
+    im.resize((im.width * 3 // 4, im.height * 3 // 4), Image.Resampling.LANCZOS).save(world / "pool/copy.jpg",
+                                                                                      quality=85)
+    collect(cfg, progress=False)
+    curate(cfg)
+    with Catalog(cfg.catalog_path) as c:       # what `mlc mine` records for a negative it adds (model/mine.py)
+        copy = next(r for r in c.candidates(purpose="pool") if r["source_file"] == "pool/copy.jpg")
+        assert copy["status"] == "accepted", copy
+        c.set_status(copy["id"], "accepted", "hard-negative:round=1", c.start_run("mine"), "mine", purpose="train",
+                     curated_label="other", mined_round=1, mined_score=0.9, mined_model="m")
+    twin = named_for(cfg, "found", ".jpg", "test")
+    shutil.copy(ant, world / twin)
+    collect(cfg, progress=False)
+    curate(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        rows = {r["source_file"]: r for r in c.candidates()}
+    assert rows["pool/copy.jpg"]["status"] == "duplicate" and rows["pool/copy.jpg"]["duplicate_of"] == rows[twin]["id"]
+    v1 = build_dataset(cfg)
+    assert manifest_of(v1)[twin]["split"] == "test" and "pool/copy.jpg" not in manifest_of(v1)
+    with Catalog(cfg.catalog_path) as c:
+        overrides.ensure_schema(c)
+        overrides.act(c, rows[twin]["id"], "reject", "blurry", "test", list(cfg.classes))
+        overrides.act(c, rows["pool/copy.jpg"]["id"], "not-duplicate", "another picture", "test", list(cfg.classes))
+    for _ in range(2):          # at once, and after the next curate
+        v2 = build_dataset(cfg)
+        assert twin not in manifest_of(v2) and "pool/copy.jpg" not in manifest_of(v2), manifest_of(v2).get("pool/copy.jpg")
+        assert json.loads((v2.path / "dataset.json").read_text())["left_out"]["copy-of-a-test-picture"] == {"other": 1}
+        curate(cfg)
