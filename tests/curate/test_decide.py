@@ -582,3 +582,30 @@ def test_a_put_back_copy_published_in_test_by_an_older_build_no_longer_drops_its
     assert splits[original] == "test" and copy not in splits
     with Catalog(cfg.catalog_path) as c:
         assert c.get(ids[original])["status"] == "accepted"
+
+
+@pytest.mark.skipif(not fixture_photos(), reason="fixture photos missing (../shared/fixtures)")
+def test_copies_collected_together_are_ranked_by_quality_and_only_a_full_tie_falls_to_the_lower_id(tmp_path):
+    # Copies one collect records together share first_seen (one time per batch of search results), so
+    # the lower id (the order the source listed them) decides, but only once the colour, the pixels,
+    # the encoding and the JPEG tables all tie: the better copy listed later is kept (docs/curation.md §4).
+    original = next(p for p in fixture_photos() if p.suffix == ".jpg")
+    with Image.open(original) as src:
+        im = src.convert("RGB")
+    copies = {1: (im.resize((im.width * 3 // 4, im.height * 3 // 4), Image.Resampling.LANCZOS), {"quality": 90}),
+              2: (im, {"quality": 90}),                     # more pixels than 1, listed later
+              3: (im, {"quality": 60}), 4: (im, {"quality": 95}),     # the same pixels: the finer tables win
+              5: (im, {"quality": 95, "comment": b"scanned " * 400})}   # all alike but a comment: the id
+    rows = []
+    for rid, (picture, options) in copies.items():
+        path = tmp_path / f"{rid}.jpg"
+        picture.save(path, **options)
+        rec = inspect_file(path, VerifyLimits(min_side=1))
+        rows.append({**row(tmp_path, rid, "train", rec.sha256, rec.phash, label="kite", first_seen=7.0,
+                           view_hashes=rec.view_hashes), "img_width": rec.width, "img_height": rec.height,
+                     "bytes": rec.n_bytes, "file_path": str(path)})
+    decisions = resolve(cfg_of(tmp_path), rows, None, FileSimilarity({}))
+    assert {rid: d[2] for rid, d in decisions.items()} == {1: 4, 2: 4, 3: 4, 4: None, 5: 4}
+    decisions = resolve(cfg_of(tmp_path), [r for r in rows if r["id"] != 4], None, FileSimilarity({}))
+    assert {rid: d[2] for rid, d in decisions.items()} == {1: 5, 2: 5, 3: 5, 5: None}
+    assert max(rows, key=lambda r: r["bytes"])["id"] == 5     # more bytes than 4, which was kept above
