@@ -100,8 +100,9 @@ def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None,
     took the class out of the project, not into "other"; a photo that keeps another class counts its
     dropped labels in `dropped` (by label). A photo whose licence `source.licenses` no
     longer allows is left out (counted in `not_allowed` by licence): the catalog keeps it, and
-    widening the setting brings it back. A pool image put back beside a picture published in test,
-    which it can never join, is left out (counted in `apart` by labels: dataset/splits.py)."""
+    widening the setting brings it back. An image that may never be tested (mined, or labelled in review)
+    whose picture was published in test (put back as "not a duplicate" of its twin, or its twin rejected
+    since) is left out (counted in `apart` by labels: dataset/splits.py)."""
     rows = []
     removed_owners = catalog.removed_owners()       # `mlc remove --owner`: later photos stay out too
     # a deed is a web page: what else a source lists (`javascript:`, text, a formula) is no URL of one
@@ -149,8 +150,9 @@ def dataset_rows(cfg: Config, catalog: Catalog, left_out: Counter | None = None,
                               [(p["copy"], p["twin"]) for p in put_back], gone):
         log.info("%d image(s) keep the split their picture was published in, not their own photo id's", moved)
     if gone:
-        log.warning("%d image(s) left out: put back in review as another picture than one published in test, "
-                    "they can never be tested, and one picture is never in train and test (candidates %s)",
+        log.warning("%d image(s) left out: a copy of a picture published in test (put back in review as "
+                    "another picture, or its twin rejected since); they can never be tested, and one picture is "
+                    "never in train and test (candidates %s)",
                     len(gone), ", ".join(str(r["candidate_id"]) for r in gone[:10]))
         if apart is not None:
             apart.update(r["labels"] or "other" for r in gone)

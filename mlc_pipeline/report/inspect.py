@@ -195,8 +195,8 @@ def dataset_summary(cfg: Config, version: str | None = None) -> dict | None:
 BUILD_LEFT_OUT = {"licence-not-allowed": "licence not in source.licenses",
                   "class-not-in-config": "class no longer in the config", "file-unusable": "file gone or unreadable",
                   "label-not-in-config": "label of a class no longer in the config (the image is in under its others)",
-                  "copy-of-a-test-picture": "a copy put back in review whose twin stays in test, and which may never "
-                                            "be tested (it would train on a test picture)"}
+                  "copy-of-a-test-picture": "a copy of a picture published in test (put back in review, or its twin "
+                                            "rejected since) that may never be tested: it would train on a test picture"}
 
 
 def built_without(meta: dict) -> dict[str, dict]:
