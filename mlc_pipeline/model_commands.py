@@ -58,7 +58,9 @@ def cmd_train(args) -> int:
         from mlc_pipeline.model.stage import train_alternatives, train_version
         from mlc_pipeline.report.model import bundle_network_line, per_class_markdown
         from mlc_pipeline.report.tables import pct
-        res = train_version(cfg, version_dir, previous=previous)
+        from mlc_pipeline.model.learned import taken_down_learned
+        taken_down = taken_down_learned(cfg, Path(previous)) if previous else None     # asked once, here
+        res = train_version(cfg, version_dir, previous=previous, previous_taken_down=taken_down)
         test = res.metrics["test"]
         print(f"model bundle: {res.bundle_dir}\nnetwork: {bundle_network_line(res.bundle_dir)}\n" +
               per_class_markdown(test) +

@@ -35,7 +35,7 @@ from mlc_pipeline.report.inspect import write_html_report
 from mlc_pipeline.report.model import model_section
 from mlc_pipeline.rounds import RoundRecord, mining_counts, record
 from mlc_pipeline.shipping import (incumbent_model, last_shipped_model, not_shipped_reason, record_shipped,
-                                   replaced_without_comparison, round0_key, unknown_rate)
+                                   replaced_without_comparison, round0_key, shipped_model, unknown_rate)
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,8 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
     publish(cfg)
     with stages.stage("train"):
         key = round0_key(cfg)           # hashes model/*.py: once for the three questions before training
-        shipped = last_shipped_model(cfg, ds, key)
+        latest = shipped_model(cfg, key)    # and its takedown verdict, asked once for the run
+        shipped = last_shipped_model(cfg, ds, latest)
         if shipped is not None:         # nothing round 0 learns from changed: mining goes on from it
             same = (ds["version"] if shipped["dataset_version"] == ds["version"] else
                     f"{ds['version']} (the images, labels and splits of {shipped['dataset_version']})")
@@ -218,7 +219,7 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
             log.info("%s", out.reused)
             model = stages.reuse(cfg, shipped)
         else:
-            incumbent = incumbent_model(cfg, key)
+            incumbent = incumbent_model(cfg, latest)
             if incumbent is None and (why := replaced_without_comparison(cfg, key)):
                 log.warning("%s", why)
             model = stages.train(cfg, ds["path"], 0, publish=incumbent is None)

@@ -6,8 +6,10 @@ accepts no more unknowns and loses at most `mine.max_f1_loss` of macro F1 (`not_
 round 0 is not trained again when nothing it learns from changed (`last_shipped_model`, keyed by
 `round0_key`), and a new round 0 replaces the shipped model only by the same rule, both scored on
 the new version (`incumbent_model`); a shipped model that learned from a photo taken down since
-(`mlc remove`) is neither reused nor kept. What a run shipped is recorded as it moves LATEST
-(`record_shipped`), so that the rerun of a stopped run knows it too.
+(`mlc remove`), or of which that cannot be told, is neither reused nor kept: the run asks it once
+(`shipped_model`: one verdict, which both read, and which lets mining continue round 0's network). What
+a run shipped is recorded as it moves LATEST (`record_shipped`), so that the rerun of a stopped run
+knows it too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from mlc_pipeline.config import Config
@@ -109,19 +113,44 @@ def training_code_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def last_shipped_model(cfg: Config, ds: dict, key: dict) -> dict | None:
-    """The model the last run shipped, as `Stages.train` returns one, when this run's round 0 would
-    learn the same thing again: the build published nothing new (the same version) or a version with
-    the same fingerprint (rows, labels, splits, files; only its attribution differs), that model was
-    trained on it, with the same `round0_key`, and models/LATEST still names it (a model
-    promoted by hand since is the user's choice: round 0 then trains). A nightly run with no new
-    images then mines from the shipped model instead of spending a training on its own data again,
-    and so does the rerun of a run stopped after round 0 shipped (`record_shipped`); anything unknown
-    (an older latest.json, a missing metrics.json) trains, as before."""
+@dataclass(frozen=True)
+class Shipped:
+    """models/LATEST as a run shipped it (`shipped_with`): the dataset version it counts for and its
+    bundle; and the run's one verdict on it for takedowns (`taken_down`)."""
+    version: str | None
+    bundle: Path
+    cfg: Config = field(repr=False, compare=False)
+
+    @cached_property
+    def taken_down(self) -> str | None:
+        """Why it must not go on as a model (learned.taken_down_learned: it learned from a photo taken
+        down since, or that cannot be told while the catalog records takedowns); None: it may. Asked
+        once, when first read: reuse (`last_shipped_model`), keeping (`incumbent_model`) and, through
+        them, mining's continuing of round 0 (a mining round continues only a model its run vouched
+        for) all follow this one answer, and never read its manifests again."""
+        return taken_down_learned(self.cfg, self.bundle)
+
+
+def shipped_model(cfg: Config, key: dict) -> Shipped | None:
+    """What a run's round 0 weighs: the model a run shipped, trained with `round0_key` `key`
+    (`shipped_with`), with its takedown verdict asked at most once; None when there is none."""
     shipped = shipped_with(cfg, key)
+    return Shipped(shipped[0], shipped[1], cfg) if shipped is not None else None
+
+
+def last_shipped_model(cfg: Config, ds: dict, shipped: Shipped | None) -> dict | None:
+    """The model the last run shipped (`shipped`, `shipped_model`'s), as `Stages.train` returns one,
+    when this run's round 0 would learn the same thing again: the build published nothing new (the
+    same version) or a version with the same fingerprint (rows, labels, splits, files; only its
+    attribution differs), that model was trained on it, with the same `round0_key`, and models/LATEST
+    still names it (a model promoted by hand since is the user's choice: round 0 then trains). A
+    nightly run with no new images then mines from the shipped model instead of spending a training
+    on its own data again, and so does the rerun of a run stopped after round 0 shipped
+    (`record_shipped`); anything unknown (an older latest.json, a missing metrics.json) trains, as
+    before."""
     if shipped is None:
         return None
-    version, bundle = shipped
+    version, bundle = shipped.version, shipped.bundle
     if version is None or not (bundle / "metrics.json").is_file():
         return None
     if ds.get("published", True) or version != ds.get("version"):
@@ -136,36 +165,35 @@ def last_shipped_model(cfg: Config, ds: dict, key: dict) -> dict | None:
     except (RegistryError, OSError, ValueError) as exc:
         log.warning("the shipped model cannot be reused (%s): round 0 trains again", exc)
         return None
-    if taken_down_learned(cfg, bundle):     # round 0 trains; `incumbent_model` says why it is not kept
+    if shipped.taken_down:      # round 0 trains; `incumbent_model` says why it is not kept
         return None
     return {"round": 0, "bundle": bundle.name, "bundle_dir": str(bundle), "dataset_version": version,
             "metrics": metrics, "reused": True}
 
 
-def incumbent_model(cfg: Config, key: dict) -> Path | None:
+def incumbent_model(cfg: Config, shipped: Shipped | None) -> Path | None:
     """models/LATEST when a new round 0 must do at least as well to replace it: a run shipped it
-    (`shipped_with`: the last run, or a run stopped after it moved LATEST), trained with the same
-    `round0_key` (other settings or code: the user wants the new model; a model promoted by hand:
-    theirs to replace), a whole bundle of the config's classes, that learned from no photo taken
-    down since (`mlc remove`; model/learned.py). A night with nothing new for round 0 after a refused
-    mining round trained round 0 again and shipped it over a far better LATEST (a user's audit: test
-    F1 0.540 -> 0.275); and a model trained on photos taken down was kept over the new round 0 that
-    no longer held them, when that one scored lower (the curation29 audit)."""
-    shipped = shipped_with(cfg, key)
+    (`shipped`, `shipped_model`'s: the last run, or a run stopped after it moved LATEST), trained with
+    the same `round0_key` (other settings or code: the user wants the new model; a model promoted by
+    hand: theirs to replace), a whole bundle of the config's classes, that learned from no photo taken
+    down since (`mlc remove`; model/learned.py), as far as can be told. A night with nothing new for
+    round 0 after a refused mining round trained round 0 again and shipped it over a far better LATEST
+    (a user's audit: test F1 0.540 -> 0.275); and a model trained on photos taken down was kept over
+    the new round 0 that no longer held them, when that one scored lower (the curation29 audit)."""
     if shipped is None:
         return None
     try:
-        meta = read_meta(shipped[1])
+        meta = read_meta(shipped.bundle)
     except MetaError as exc:    # not a whole bundle (a non-object bundle.json crashed the run): ships as before
         log.info("the shipped model is not the one to beat (%s): round 0 ships as before", exc)
         return None
     if meta.get("classes") != list(cfg.classes):
         return None
-    if why := taken_down_learned(cfg, shipped[1]):
+    if why := shipped.taken_down:
         log.warning("the shipped model %s is not kept: %s; round 0's model ships without a comparison",
-                    shipped[1].name, why)
+                    shipped.bundle.name, why)
         return None
-    return shipped[1]
+    return shipped.bundle
 
 
 SHIPPED_RECORD = "shipped.json"     # in the reports folder, beside latest.json

@@ -13,7 +13,8 @@ from test_store_registry import cache_config, cached_latest, trained
 from mlc_pipeline import sync
 from mlc_pipeline.config import load_config
 from mlc_pipeline.objectstore import store_of
-from mlc_pipeline.shipping import SHIPPED_RECORD, last_shipped_model, record_shipped, round0_key, shipped_with
+from mlc_pipeline.shipping import (SHIPPED_RECORD, last_shipped_model, record_shipped, round0_key, shipped_model,
+                                   shipped_with)
 
 BUNDLE = "default-v1-r0-20261207T000000"
 
@@ -38,7 +39,7 @@ def test_a_fresh_cache_knows_the_model_the_last_run_shipped(tmp_path, store_url,
         assert (b.layout.reports / name).read_text() == (a.layout.reports / name).read_text()
     key = round0_key(b)
     assert shipped_with(b, key) == ("v1", b.layout.models / BUNDLE)          # a new round 0 must beat it
-    reused = last_shipped_model(b, {"published": False, "version": "v1"}, key)   # nothing new: round 0 is it
+    reused = last_shipped_model(b, {"published": False, "version": "v1"}, shipped_model(b, key))   # nothing new
     assert reused is not None and reused["bundle"] == BUNDLE and reused["reused"]
     sync.publish(b)                             # what it fetched is recorded as the store's, not its own
     assert sync.read_state(b)["published"][f"reports/{SHIPPED_RECORD}"] == sync.read_state(a)["published"][
@@ -62,3 +63,4 @@ def test_a_record_this_cache_never_published_is_kept_and_a_published_one_follows
     sync.publish(a)
     sync.pull(b, "run")
     assert own.read_text() == '{"shipped": "from-a"}'
+

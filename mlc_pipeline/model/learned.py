@@ -6,8 +6,9 @@ each training it continued, less the photos each training left out as taken down
 Two questions are asked here. A mining round's retrain may continue the previous network only when
 that network never learned an image the new version evaluates on (stage.continue_blocker). And a
 takedown (`mlc remove`) reaches the models: a network that learned from a photo taken down since, or
-from a copy a takedown holds, is not continued (stage.retrain_overrides), nor kept as the shipped
-model (shipping.incumbent_model), and `mlc remove` lists it (`bundles_that_learned`). Learned means
+from a copy a takedown holds, or of which that cannot be told, is not continued
+(stage.retrain_overrides), reused nor kept as the shipped model (shipping: `mlc run` asks
+`taken_down_learned` once, `shipped_model`), and `mlc remove` lists it (`bundles_that_learned`). Learned means
 the train split, and the valid split, which set the model's thresholds (LEARNED_SPLITS); test and
 probe are only scored.
 """

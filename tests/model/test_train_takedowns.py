@@ -30,6 +30,11 @@ from mlc_pipeline.model.learned import learned_rows, taken_down_learned
 from mlc_pipeline.model.stage import retrain_overrides, train_version
 
 
+def incumbent(cfg, key):
+    "The model a new round 0 must beat (`shipping.incumbent_model`), as `mlc run` asks it."
+    return shipping.incumbent_model(cfg, shipping.shipped_model(cfg, key))
+
+
 def ok(*args: str):
     done = mlc(*args)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -99,7 +104,7 @@ def test_training_a_version_published_before_a_takedown_leaves_the_photos_out_sa
     assert (cfg.layout.models / "LATEST").read_text().strip() == bundle.name
 
     continuing = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"retrain": "continue"})})
-    overrides, warnings = retrain_overrides(continuing, v1, before)
+    overrides, warnings = retrain_overrides(continuing, v1, before, taken_down_learned(cfg, before))
     assert overrides == {} and warnings == [f"retrained from scratch, not continued from {before.name}: it learned "
                                             f"from 1 photo(s) taken down (`mlc remove`): {photo}"]
     assert retrain_overrides(continuing, v1, bundle)[0]["init_from"] == str(bundle)     # it left them out
@@ -107,6 +112,9 @@ def test_training_a_version_published_before_a_takedown_leaves_the_photos_out_sa
     again = ok("remove", "-c", str(config), "--photo-id", photo.split(":")[1], "--reason", "owner request").stdout
     assert f"  {before.name}: 1 photo(s): {photo}" in again.splitlines() and bundle.name not in again, again
     assert "models/LATEST is one of them" not in again
+    continued = ok("train", "-c", str(config), "--version", "v1", "--continue", before.name).stderr  # asked there
+    assert f"retrained from scratch, not continued from {before.name}: it learned from 1 photo(s) taken down" \
+        in continued, continued
 
 
 def test_a_version_whose_training_images_were_all_taken_down_trains_nothing_and_says_why(tmp_path):
@@ -142,15 +150,15 @@ def test_mlc_run_does_not_keep_a_shipped_model_that_learned_from_a_photo_taken_d
     cfg, key = load_config(config), None
     shipped = cfg.layout.models / (cfg.layout.models / "LATEST").read_text().strip()
     key = shipping.round0_key(cfg)
-    assert shipping.incumbent_model(cfg, key) == shipped        # the model a new round 0 must beat
+    assert incumbent(cfg, key) == shipped        # the model a new round 0 must beat
     rows = read_manifest(cfg.layout.datasets / "v1" / "manifest.csv")
     tested = next(r["photo_id"] for r in rows if r["split"] == "test")
     trained = next(r["photo_id"] for r in rows if r["split"] == "train")
     ok("remove", "-c", str(config), "--photo-id", tested, "--reason", "owner request")
-    assert shipping.incumbent_model(cfg, key) == shipped        # only scored on it: still the one to beat
+    assert incumbent(cfg, key) == shipped        # only scored on it: still the one to beat
     ok("remove", "-c", str(config), "--photo-id", trained, "--reason", "owner request")
     with caplog.at_level(logging.WARNING, logger="mlc_pipeline.shipping"):
-        assert shipping.incumbent_model(cfg, key) is None
+        assert incumbent(cfg, key) is None
     why = (f"the shipped model {shipped.name} is not kept: it learned from 1 photo(s) taken down (`mlc remove`): "
            f"local:{trained}; round 0's model ships without a comparison")
     assert why in caplog.text, caplog.text
@@ -188,8 +196,50 @@ def test_a_continued_model_whose_parent_bundle_is_not_at_hand_still_says_what_it
                   and r["photo_id"] not in (photo_id_for(OWNERS), photo_id_for(MIRROR)))
     ok("remove", "-c", str(config), "--photo-id", tested.split(":")[1], "--reason", "owner request")
     assert taken_down_learned(cfg, second) is None
-    assert shipping.incumbent_model(cfg, key) == second     # only scored on it: still the model to beat
+    assert incumbent(cfg, key) == second     # only scored on it: still the model to beat
     photo = f"local:{photo_id_for(OWNERS)}"                 # learned by the parent (train), and so by it
     said = ok("remove", "-c", str(config), "--photo-id", photo.split(":")[1], "--reason", "owner request").stdout
     assert f"  {second.name} (models/LATEST): 1 photo(s): {photo}" in said.splitlines(), said
-    assert shipping.incumbent_model(cfg, key) is None
+    assert incumbent(cfg, key) is None
+
+
+def test_mlc_run_asks_once_whether_the_shipped_model_learned_from_a_photo_taken_down(tmp_path, monkeypatch):
+    """Whether models/LATEST learned from a photo taken down since was asked three times a run (review29
+    finding 8): to reuse it as round 0 (`last_shipped_model`), to keep it (`incumbent_model`), and again
+    when the first mining round continued it (`retrain_overrides`), each reading its versions' manifests,
+    and a takedown in between could make them disagree. The run asks it once (`shipping.shipped_model`);
+    round 0 reused on that answer is continued by mining on the same answer. Real photos, a real
+    takedown and real trainings; mining and the builds scripted (the same version, nothing new)."""
+    if not FIXTURES.is_dir():
+        pytest.skip("fixture photos missing (../shared/fixtures)")
+    from mlc_pipeline.model.learned import LearnedAmong
+    from mlc_pipeline.pipeline import Stages, run_stages
+    config, cfg, v1 = mirrored_v1(tmp_path)
+    cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"rounds": 1, "retrain": "continue"})})
+    shipped = train_version(cfg, v1).bundle_dir
+    shipping.record_shipped(cfg, {"bundle": shipped.name, "dataset_version": "v1"}, shipping.round0_key(cfg))
+    tested = next(r["photo_id"] for r in read_manifest(v1 / "manifest.csv") if r["split"] == "test"
+                  and r["photo_id"] not in (photo_id_for(OWNERS), photo_id_for(MIRROR)))
+    ok("remove", "-c", str(config), "--photo-id", tested, "--reason", "owner request")    # only scored on it
+
+    asked, real = [], LearnedAmong.of
+    monkeypatch.setattr(LearnedAmong, "of", lambda self, bundle: asked.append(Path(bundle).name) or real(self, bundle))
+
+    class NothingNew(Stages):
+        def collect(self, cfg):
+            return {}
+
+        def build(self, cfg):
+            return {"path": str(v1), "version": "v1", "published": False}
+
+        def mine(self, cfg, bundle_dir, round_no):
+            return {"added": 5}
+
+        def report(self, cfg, result):
+            return ""
+    out = run_stages(cfg, NothingNew(progress=False))
+    assert out.reused and out.rounds[0].bundle == shipped.name, out
+    continued = read_meta(cfg.layout.models / out.rounds[1].bundle)["weights"]["continued_from"]
+    assert continued == shipped.name            # mining went on from it, on the run's one answer
+    assert asked == [shipped.name], asked
+
