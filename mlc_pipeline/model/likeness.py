@@ -11,7 +11,9 @@ the "other" ones. The likeness of an image to class c is
 
 and a pool image is held for review when its margin to any class reaches that of a typical
 validation image of that class (the median): images the model has never trained on, like the
-pool's. Any class, not only the one it was accepted as: a balloon photo a "party" pool query found
+pool's. The version's photos taken down since (`mlc remove`) and the copies a takedown holds are
+no reference, as they are no training image any more (model/stage.without_takedowns). Any class,
+not only the one it was accepted as: a balloon photo a "party" pool query found
 may well be taken for a kite, and mined as a kite negative it still teaches the model to reject
 balloons (audit, 2026-12-06).
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlc_pipeline.dataset.takedowns import Takedowns
 from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.model.predict import score_and_embed
 
@@ -56,11 +59,17 @@ def knn_similarity(queries: np.ndarray, reference: np.ndarray, k: int = K) -> np
     return np.sort(sims, axis=1)[:, -k:].mean(axis=1)
 
 
-def reference_rows(manifest_csv: Path, classes: list[str], seed: int = 0) -> tuple[dict[str, list[Path]], list[Path],
-                                                                                    list[tuple[Path, str]]]:
+def reference_rows(manifest_csv: Path, classes: list[str], seed: int = 0, takedowns: Takedowns | None = None
+                   ) -> tuple[dict[str, list[Path]], list[Path], list[tuple[Path, str]]]:
     """From the dataset version the model trained on: training images per class, training "other"
-    images (each at most MAX_REFERENCE, a seeded sample), and the validation class images."""
+    images (each at most MAX_REFERENCE, a seeded sample), and the validation class images; none of
+    `takedowns` (the catalog's now: a photo taken down since, or a copy a takedown holds)."""
     rows = read_manifest(manifest_csv)
+    if takedowns:
+        rows, gone = takedowns.left_out_of(rows)
+        if gone:
+            log.info("likeness: %d image(s) of %s taken down since left out of the references", len(gone),
+                     Path(manifest_csv).parent.name)
     root = Path(manifest_csv).parent
     train_class: dict[str, list[Path]] = {c: [] for c in classes}
     train_other: list[Path] = []
@@ -82,14 +91,15 @@ def reference_rows(manifest_csv: Path, classes: list[str], seed: int = 0) -> tup
     return {c: sample(p) for c, p in train_class.items()}, sample(train_other), valid
 
 
-def pool_likeness(bundle, manifest_csv: Path, pool_paths: list[str]) -> Likeness | None:
+def pool_likeness(bundle, manifest_csv: Path, pool_paths: list[str],
+                  takedowns: Takedowns | None = None) -> Likeness | None:
     """The margin of each accepted pool image against every class, and each class's typical
-    margin; None (logged) when the dataset has no training "other" image to compare with or the
-    manifest is gone."""
+    margin, the version's images less `takedowns` (`reference_rows`); None (logged) when the
+    dataset has no training "other" image to compare with or the manifest is gone."""
     if not Path(manifest_csv).is_file():
         log.warning("likeness hold skipped: the model's dataset manifest %s is not here", manifest_csv)
         return None
-    train_class, train_other, valid = reference_rows(manifest_csv, bundle.classes)
+    train_class, train_other, valid = reference_rows(manifest_csv, bundle.classes, takedowns=takedowns)
     if not train_other:
         log.warning("likeness hold skipped: the model's dataset has no training 'other' image to compare with")
         return None

@@ -20,6 +20,7 @@ from mlc_pipeline.catalog import Catalog, run_end_status
 from mlc_pipeline.catalog.overrides import build_candidates, overrides
 from mlc_pipeline import progress
 from mlc_pipeline.config import Config, ConfigError
+from mlc_pipeline.dataset.takedowns import read_takedowns
 from mlc_pipeline.executor import cluster_ready, map_chunks
 from mlc_pipeline.model.metrics import predict_matrix
 from mlc_pipeline.model.predict import score_with_errors
@@ -269,7 +270,8 @@ def hold_for_review(cfg: Config, bundle, entries: list[dict], scores: np.ndarray
         return
     likeness = None
     if cfg.mine.hold_above is None:
-        likeness = pool_likeness(bundle, bundle_manifest(cfg, bundle), [e["file"] for e in entries])
+        likeness = pool_likeness(bundle, bundle_manifest(cfg, bundle), [e["file"] for e in entries],
+                                 read_takedowns(cfg))       # the photos taken down since: no reference
     if likeness is None:
         hold_at = np.array(hold_scores(bundle, cfg.mine.hold_above))
         columns = [bundle.vocab.index(c) for c in bundle.classes]      # never the "other" output

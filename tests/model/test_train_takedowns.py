@@ -243,3 +243,37 @@ def test_mlc_run_asks_once_whether_the_shipped_model_learned_from_a_photo_taken_
     assert continued == shipped.name            # mining went on from it, on the run's one answer
     assert asked == [shipped.name], asked
 
+
+def test_mining_compares_pool_images_with_the_class_images_less_the_photos_taken_down(taken_down, tmp_path):
+    """Mining holds back a pool image that looks like a class as much as the class's own images do
+    (model/likeness.py), and those references were the version's images, the photo taken down and the
+    copy held for it among them, which the training itself now leaves out. A pool image that is that
+    photo (a copy a pool query found) looked like its class by itself (similarity 1 to one of its five
+    nearest): mining now weighs it, and every pool image, against the version less them, as a version
+    built without them would."""
+    from mlc_pipeline.dataset.takedowns import read_takedowns
+    from mlc_pipeline.manifest import write_manifest
+    from mlc_pipeline.model.bundle import load_bundle
+    from mlc_pipeline.model.likeness import pool_likeness, reference_rows
+    from mlc_pipeline.model.mine import hold_for_review
+    import numpy as np
+    config, cfg, v1, photo, mirror, before, _ = taken_down
+    rows = read_manifest(v1 / "manifest.csv")
+    row = next(r for r in rows if f"{r['source']}:{r['photo_id']}" == photo)
+    bundle = load_bundle(before)
+    without = tmp_path / "without" / "manifest.csv"     # v1 less the photo and the copy held for it
+    without.parent.mkdir()
+    write_manifest(without, [{**r, "path": str(v1 / r["path"])} for r in rows
+                             if f"{r['source']}:{r['photo_id']}" not in (photo, mirror)])
+    pool = [str(v1 / row["path"])] + [str(v1 / r["path"]) for r in rows if r["split"] == "test"][:3]
+    expected = pool_likeness(bundle, without, pool)
+    entries = [{"file": p, "accepted_as": row["labels"].split()[0], "likeness": ""} for p in pool]
+    hold_for_review(cfg, bundle, entries, np.zeros((len(pool), len(bundle.vocab))))
+    for i, e in enumerate(entries):
+        like, margin = expected.looks_like(i)
+        if like is None:
+            like, margin = None, expected.margins[i, expected.classes.index(e["accepted_as"])]
+        assert (e["decision"], e["likeness"]) == (f"held:like-class:{like}" if like else "added",
+                                                  round(float(margin), 4)), (i, e, expected.margins[i])
+    classes, _, _ = reference_rows(v1 / "manifest.csv", bundle.classes, takedowns=read_takedowns(cfg))
+    assert v1 / row["path"] not in {p for paths in classes.values() for p in paths}
