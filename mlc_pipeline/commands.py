@@ -212,7 +212,11 @@ def models_with(cfg, config: str, res) -> list[str]:
     out += [f"  {n}: in the store, trained on a version that holds them" for n in stored]
     out[:0] = [f"model bundles that learned from them (kept; a model without them: {retrain}; or delete them):"] * bool(out)
     if unknown:
-        out.append(f"model bundles not checked ({len(unknown)}): {'; '.join(unknown[:3])}{' ...' * (len(unknown) > 3)}")
+        whys = list(unknown.values())
+        out.append(f"model bundles not checked ({len(unknown)}): {'; '.join(whys[:3])}{' ...' * (len(whys) > 3)}")
+    if latest in unknown:       # counted as having learned them: neither reused nor kept by `mlc run`
+        out.append(f"models/LATEST ({latest}) cannot tell whether it learned from them, and counts as if it did: "
+                   f"`mlc run` trains round 0 anew and ships it over it without a comparison")
     if latest in found or any(n.endswith("(the store's LATEST)") for n in stored):
         out.append("models/LATEST is one of them: `mlc predict` and `mlc mine` use it until a model trained without "
                    "them replaces it (the commands above, or `mlc run`)")

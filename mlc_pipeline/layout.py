@@ -14,6 +14,7 @@ from pathlib import Path
 from mlc_pipeline.fsutil import write_text_atomic
 
 MODEL_POINTER = "LATEST"    # models/LATEST: a text file naming the product model's bundle folder
+MODEL_LISTINGS = ".listings"     # models/.listings/<bundle>/: a store bundle's bundle.json alone (storemodels)
 
 
 def photo_shard(photo_id: str) -> str:

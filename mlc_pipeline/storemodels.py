@@ -39,7 +39,7 @@ from typing import Callable, Iterator
 
 from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import write_text_atomic
-from mlc_pipeline.layout import MODEL_POINTER, latest_name, point_latest
+from mlc_pipeline.layout import MODEL_LISTINGS, MODEL_POINTER, latest_name, point_latest
 from mlc_pipeline.locking import data_root_lock
 from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, complete_copy, missing_files, pull_folder,
                                       push_folder, read_marker, store_errors, store_of)
@@ -48,7 +48,7 @@ from mlc_pipeline.storestate import LATEST_SEEN, read_state, write_state
 log = logging.getLogger(__name__)
 POINTER_KEY = "models/LATEST"
 POINTER_MOVE = "pointer_move"   # in the sync state: {"bundle": name, "from": the pointer's tag} a publish owes
-LISTINGS = ".listings"          # models/.listings/<bundle>/: a store bundle's metadata alone (`mlc models`)
+LISTINGS = MODEL_LISTINGS       # models/.listings/<bundle>/: a store bundle's metadata alone (`mlc models`)
 LISTED_FILES = ("bundle.json", "metrics.json")
 
 
@@ -75,12 +75,44 @@ def pull_bundle(store: Store, cfg: Config, name: str) -> bool:
 
 
 def pull_model(store: Store, cfg: Config) -> str | None:
-    """Fetch the store's latest product model into the cache, and point the cache's LATEST at it."""
+    """Fetch the store's latest product model into the cache, with the record of what it learned
+    (`pull_lineage`), and point the cache's LATEST at it."""
     name = store_pointer(store)
     if name is None or not pull_bundle(store, cfg, name):
         return None
+    pull_lineage(store, cfg, name)
     point_latest(cfg.layout.models, name)
     return name
+
+
+def pull_lineage(store: Store, cfg: Config, name: str) -> list[str]:
+    """What the cache needs to tell what bundle `name`'s network learned (model/lineage.py), fetched:
+    a bundle trained before bundle.json recorded it (`learned_from`) names only the bundle it continued
+    (`weights.continued_from`), and a cache that fetched LATEST alone could not tell, so once the catalog
+    recorded a takedown the shipped model was neither reused nor kept, and round 0 replaced it each
+    night with no comparison (review29 finding 5). Each such ancestor the cache lacks: its bundle.json
+    and metrics.json alone, with its marker, into models/.listings/<ancestor>/, as `mlc models` lists
+    it (a small file a bundle, never the weights), until a bundle that records the chain. An ancestor
+    the store lacks (deleted) is left: the model then cannot be told (learned.taken_down_learned).
+    The ancestors fetched."""
+    models, fetched, seen, at = cfg.layout.models, [], {name}, cfg.layout.models / name
+    while True:
+        try:
+            meta = json.loads((at / "bundle.json").read_text())
+            parent = None if meta.get("learned_from") is not None else (meta.get("weights") or {}).get("continued_from")
+        except (OSError, ValueError, AttributeError):
+            return fetched              # unreadable: learned.py says it cannot be told
+        if not isinstance(parent, str) or not parent or "/" in parent or parent in seen:
+            return fetched
+        seen.add(parent)
+        at = models / parent if (models / parent / "bundle.json").is_file() else models / LISTINGS / parent
+        if not (at / "bundle.json").is_file():
+            marker = read_marker(store, f"models/{parent}")
+            if marker is None:
+                return fetched
+            listed_copy(at, marker)
+            store.download(listed_files(f"models/{parent}", at, marker))
+            fetched.append(parent)
 
 
 def pull_registry(store: Store, cfg: Config, wanted: list[str]) -> None:
@@ -120,13 +152,12 @@ def pull_listing(store: Store, cfg: Config) -> None:
             marker = read_marker(store, key)        # a marker is written once: the copy kept is it
             if marker is None:
                 continue
-            folder.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(kept, json.dumps(marker))
+            listed_copy(folder, marker)
         marker = json.loads(kept.read_text())
         if complete_copy(cfg.layout.models / name, marker):
             continue                    # listed from the cache's own copy
         listed.add(name)
-        todo += missing_files(key, folder, {f: marker["files"][f] for f in LISTED_FILES if f in marker["files"]})
+        todo += listed_files(key, folder, marker)
     store.download(todo)                # every bundle's in one batch
     for stale in (p for p in root.iterdir() if p.is_dir() and p.name not in listed) if root.is_dir() else ():
         shutil.rmtree(stale)            # withdrawn from the store, or whole in the cache now
@@ -135,6 +166,17 @@ def pull_listing(store: Store, cfg: Config) -> None:
     elif (root / MODEL_POINTER).exists():
         (root / MODEL_POINTER).unlink()
     follow_pointer(store, cfg, latest)
+
+
+def listed_copy(folder: Path, marker: dict) -> None:
+    "models/.listings/<bundle>/ begun: a store bundle's marker, the files it lists to follow (`listed_files`)."
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / MARKER, json.dumps(marker))
+
+
+def listed_files(key: str, folder: Path, marker: dict) -> list[tuple[str, Path]]:
+    "What a listing of a store bundle (`key`) lacks in `folder` of its bundle.json and metrics.json."
+    return missing_files(key, folder, {f: marker["files"][f] for f in LISTED_FILES if f in marker["files"]})
 
 
 def owe_pointer_move(store: Store, cfg: Config, held: dict | None = None) -> None:

@@ -91,17 +91,19 @@ def taken_down_learned(cfg: Config, bundle: Path) -> str | None:
             f"{', '.join(hit[:10])}{' ...' if len(hit) > 10 else ''}")
 
 
-def bundles_that_learned(cfg: Config, photos: set[tuple[str, str]]) -> tuple[dict[str, list[str]], list[str]]:
+def bundles_that_learned(cfg: Config, photos: set[tuple[str, str]]) -> tuple[dict[str, list[str]], dict[str, str]]:
     """This data root's bundles that learned from any of `photos` ((source, photo_id)): (bundle name ->
-    the photos, as "source:photo_id"; the bundles whose learning cannot be read, each with why). The
-    newest first: models/LATEST is most often among them."""
+    the photos, as "source:photo_id"; bundle name -> why what it learned cannot be read: a version
+    withdrawn, a bundle it continued that is not at hand and not in the store). The newest first:
+    models/LATEST is most often among them. One that cannot be told counts as having learned them
+    for the shipping rule (`taken_down_learned`); `mlc remove` says so."""
     from mlc_pipeline.model.registry import list_bundles
-    found, unknown, learned = {}, [], LearnedAmong(photos, cfg.layout.datasets.parent)
+    found, unknown, learned = {}, {}, LearnedAmong(photos, cfg.layout.datasets.parent)
     for info in reversed(list_bundles(cfg.layout.models)):
         try:
             hit = learned.of(info.path)
         except UnknownLearning as exc:
-            unknown.append(str(exc))
+            unknown[info.name] = str(exc)
             continue
         if hit:
             found[info.name] = sorted(f"{s}:{p}" for s, p in hit)

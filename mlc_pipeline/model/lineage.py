@@ -8,16 +8,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlc_pipeline.layout import MODEL_LISTINGS
 from mlc_pipeline.model.bundle import MetaError, read_meta
 
 
+class UnreadAncestor(Exception):
+    "Why a bundle's learning cannot be read: a bundle it continued cannot be."
+
+    def __init__(self, at: Path, exc: Exception):
+        super().__init__(f"the bundle it continued, {at.name}, unread: {type(exc).__name__}: {exc}")
+
+
 class UnknownLearning(Exception):
-    """What a bundle learned from cannot be read: its bundle.json, or the manifest of a version it (or a
-    bundle it continued) trained on (a version withdrawn since, say)."""
+    """What a bundle learned from cannot be read: its bundle.json, a bundle it continued (`UnreadAncestor`),
+    or the manifest of a version it (or a bundle it continued) trained on (a version withdrawn since, say)."""
 
     def __init__(self, bundle: Path, exc: Exception):
         self.bundle = bundle
-        super().__init__(f"cannot tell which images {bundle.name} trained on ({type(exc).__name__}: {exc})")
+        why = str(exc) if isinstance(exc, UnreadAncestor) else f"{type(exc).__name__}: {exc}"
+        super().__init__(f"cannot tell which images {bundle.name} trained on ({why})")
 
 
 def learned_from(bundle: Path) -> list[dict]:
@@ -25,8 +34,9 @@ def learned_from(bundle: Path) -> list[dict]:
     "left_out": ["source:photo_id", ...]}], one a training (its own last, the bundles it continued
     before), as bundle.json records it (`learned_from`, written at training: the parent's record plus
     its own), so no ancestor bundle need be at hand (`mlc run` on an object-store root pulls LATEST
-    alone). A bundle trained before the record: walked through `weights.continued_from`, beside it,
-    until a bundle with the record. UnknownLearning when something cannot be read."""
+    alone). A bundle trained before the record: walked through `weights.continued_from`, beside it
+    (or only its bundle.json, in models/.listings/: storemodels.pull_lineage), until a bundle with the
+    record. UnknownLearning when something cannot be read: the bundle asked, and why (the ancestor)."""
     chain, seen, at = [], set(), bundle
     while at is not None and at.name not in seen:
         seen.add(at.name)
@@ -37,10 +47,19 @@ def learned_from(bundle: Path) -> list[dict]:
             chain.insert(0, checked_entry({"dataset_version": meta["dataset_version"],
                                            "left_out": (meta.get("takedowns") or {}).get("left_out") or []}))
         except (MetaError, OSError, ValueError, KeyError, TypeError) as exc:
-            raise UnknownLearning(at, exc) from exc
+            raise UnknownLearning(bundle, exc if at == bundle else UnreadAncestor(at, exc)) from exc
         parent = (meta.get("weights") or {}).get("continued_from")
-        at = bundle.parent / parent if parent else None
+        at = ancestor(bundle, parent) if parent else None
     return chain
+
+
+def ancestor(bundle: Path, name: str) -> Path:
+    """The folder of the bundle `name` that `bundle` continued: beside it, or its bundle.json alone in
+    the models folder's .listings/ (a cache of an object-store root: storemodels.pull_lineage)."""
+    models = bundle.parent.parent if bundle.parent.name == MODEL_LISTINGS else bundle.parent
+    whole = models / name
+    listed = models / MODEL_LISTINGS / name
+    return listed if not (whole / "bundle.json").is_file() and (listed / "bundle.json").is_file() else whole
 
 
 def checked_entry(entry: dict) -> dict:

@@ -76,6 +76,8 @@ def test_mlc_remove_names_the_model_bundles_that_learned_from_the_photos_latest_
     again = ok("remove", "-c", str(config), "--photo-id", photo.split(":")[1], "--reason", "owner request").stdout
     assert f"model bundles not checked (1): cannot tell which images {before.name} trained on (FileNotFoundError" \
         in again and "models/LATEST is one of them" not in again, again
+    assert f"models/LATEST ({before.name}) cannot tell whether it learned from them, and counts as if it did: " \
+        f"`mlc run` trains round 0 anew and ships it over it without a comparison" in again.splitlines(), again
     assert taken_down_learned(cfg, before).endswith(
         ", and the catalog records takedowns (`mlc remove`): it may have learned from one")
 
