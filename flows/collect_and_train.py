@@ -29,7 +29,7 @@ from flows.runtime import (CANCEL_TO_STOP, DEFAULT_CONFIG, fixed_by_hand, flickr
 from mlc_pipeline.config import Config, ConfigError, load_config
 from mlc_pipeline.locking import data_root_lock
 from mlc_pipeline.model.options import check_train_settings
-from mlc_pipeline.model.stage import alternative_variants
+from mlc_pipeline.model.stage import ASK, alternative_variants
 from mlc_pipeline.pipeline import PipelineResult, Stages, plain, rebuild_stages, run_stages
 from mlc_pipeline.report.published import published_state
 from mlc_pipeline.secrets import shown_settings
@@ -106,13 +106,14 @@ def assess_stage(cfg: Config, bundle_dir: str, ds: dict) -> dict:
 
 @task(name="train", **STAGE)
 def train_stage(cfg: Config, dataset_dir: str, round_no: int, previous: str | None = None,
-                publish: bool = True) -> dict:
+                publish: bool = True, previous_taken_down: str | None = ASK) -> dict:
     """Train the product model on a dataset version; models/LATEST moves only once the bundle is whole
     (`publish`; a mining round's retrain leaves it to the loop). `previous`: the bundle a mining round's
-    retrain may continue (mine.retrain)."""
+    retrain may continue (mine.retrain); `previous_taken_down`: the run's answer for it (stage.ASK: none)."""
     from mlc_pipeline.model.stage import train_version
 
-    m = train_version(cfg, dataset_dir, tag=f"r{round_no}", previous=previous, publish=publish)
+    m = train_version(cfg, dataset_dir, tag=f"r{round_no}", previous=previous, publish=publish,
+                      previous_taken_down=previous_taken_down)
     test = m.metrics.get("test", {})
     get_run_logger().info("train (round %d): %s on %s in %.0f s; test macro F1 %.3f, unknown accepted %s, "
                           "probe accepted %s", round_no, m.bundle_dir.name, m.dataset_version, m.train_seconds,
@@ -268,8 +269,8 @@ class TaskStages(Stages):
         return out
 
     def train(self, cfg: Config, dataset_dir: str, round_no: int, previous: str | None = None,
-              publish: bool = True) -> dict:
-        out = self.call(train_stage, cfg, dataset_dir, round_no, previous, publish)
+              publish: bool = True, previous_taken_down: str | None = ASK) -> dict:
+        out = self.call(train_stage, cfg, dataset_dir, round_no, previous, publish, previous_taken_down)
         self.run.data["models"].append(out)
         return out
 

@@ -30,7 +30,7 @@ from mlc_pipeline.model.mine import mine_round
 from mlc_pipeline.model.mine_record import next_round
 from mlc_pipeline.sync import publish, pull
 from mlc_pipeline.model.options import check_train_settings
-from mlc_pipeline.model.stage import models_root, publish_latest, train_alternatives, train_version
+from mlc_pipeline.model.stage import ASK, models_root, publish_latest, train_alternatives, train_version
 from mlc_pipeline.report.inspect import write_html_report
 from mlc_pipeline.report.model import model_section
 from mlc_pipeline.rounds import RoundRecord, mining_counts, record
@@ -166,8 +166,9 @@ class Stages:
         return plain(build_dataset(cfg))
 
     def train(self, cfg: Config, dataset_dir: str, round_no: int, previous: str | None = None,
-              publish: bool = True) -> dict:
-        model = train_version(cfg, dataset_dir, tag=f"r{round_no}", previous=previous, publish=publish)
+              publish: bool = True, previous_taken_down: str | None = ASK) -> dict:
+        model = train_version(cfg, dataset_dir, tag=f"r{round_no}", previous=previous, publish=publish,
+                              previous_taken_down=previous_taken_down)
         return {"round": round_no, "bundle": model.bundle_dir.name, **plain(model)}
 
     def assess(self, cfg: Config, bundle_dir: str, ds: dict) -> dict:
@@ -248,8 +249,12 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
             break
         with stages.stage("build"):
             ds = stages.build(cfg)      # mined images were curated already
+        # The run's one answer for the shipped model when it goes on; a model this run trained is asked
+        # (a photo taken down since it trained must not go on in a continued network).
+        answered = latest.taken_down if latest is not None and model["bundle"] == latest.bundle.name else ASK
         with stages.stage("train"):      # continues round r-1's network (mine.retrain); LATEST: below
-            model = stages.train(cfg, ds["path"], r, previous=model["bundle_dir"], publish=False)
+            model = stages.train(cfg, ds["path"], r, previous=model["bundle_dir"], publish=False,
+                                 previous_taken_down=answered)
         out.rounds.append(record(r, model["dataset_version"], model["bundle"], model["metrics"], mined["added"]))
         if why := not_shipped_reason(cfg, *out.rounds[-2:]):
             # Worse at saying "none of these", or bought with too much accuracy: not shipped. Its

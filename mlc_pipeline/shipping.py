@@ -126,8 +126,8 @@ class Shipped:
         """Why it must not go on as a model (learned.taken_down_learned: it learned from a photo taken
         down since, or that cannot be told while the catalog records takedowns); None: it may. Asked
         once, when first read: reuse (`last_shipped_model`), keeping (`incumbent_model`) and, through
-        them, mining's continuing of round 0 (a mining round continues only a model its run vouched
-        for) all follow this one answer, and never read its manifests again."""
+        them, the first mining round's continuing of it (pipeline.run_stages passes it on) all follow
+        this one answer, and never read its manifests again."""
         return taken_down_learned(self.cfg, self.bundle)
 
 

@@ -116,7 +116,7 @@ class ScriptedStages(Stages):
     def build(self, cfg):
         return {"path": "unused"}
 
-    def train(self, cfg, dataset_dir, round_no, previous=None, publish=True):
+    def train(self, cfg, dataset_dir, round_no, previous=None, publish=True, **answered):
         from mlc_pipeline.model.stage import publish_latest
         other, probe = self.unknowns[round_no]
         name = f"bundle-r{round_no}"
@@ -315,8 +315,8 @@ class NightlyStages(ScriptedStages):
         (folder / "dataset.json").write_text(json.dumps({"version": self.version, "fingerprint": fingerprint[0]}))
         return {"path": "unused", "version": self.version, "published": published, "fingerprint": fingerprint[0]}
 
-    def train(self, cfg, dataset_dir, round_no, previous=None, publish=True):
-        model = super().train(cfg, dataset_dir, round_no, previous, False)
+    def train(self, cfg, dataset_dir, round_no, previous=None, publish=True, **answered):
+        model = super().train(cfg, dataset_dir, round_no, previous, False, **answered)
         model["bundle"] = f"{cfg.build.name}-{self.version}-r{round_no}"
         model["dataset_version"] = self.version
         bundle = cfg.layout.models / model["bundle"]
@@ -456,8 +456,8 @@ class ShippedModelStages(NightlyStages):
         super().__init__(unknowns, builds)
         self.test_f1, self.valid_f1, self.scored, self.assessed, self.reused = test_f1, test_f1, scored, [], []
 
-    def train(self, cfg, dataset_dir, round_no, previous=None, publish=True):
-        model = super().train(cfg, dataset_dir, round_no, previous, publish)
+    def train(self, cfg, dataset_dir, round_no, previous=None, publish=True, **answered):
+        model = super().train(cfg, dataset_dir, round_no, previous, publish, **answered)
         meta = json.loads((Path(model["bundle_dir"]) / "bundle.json").read_text())
         (Path(model["bundle_dir"]) / "bundle.json").write_text(json.dumps({**meta, "classes": list(cfg.classes)}))
         return model
@@ -538,8 +538,8 @@ class FlowRecordedStages(ShippedModelStages):
         from flows.collect_and_train import Run
         self.run = Run("collect-and-train", "c.yaml", None)
 
-    def train(self, cfg, dataset_dir, round_no, previous=None, publish=True):
-        model = super().train(cfg, dataset_dir, round_no, previous, publish)
+    def train(self, cfg, dataset_dir, round_no, previous=None, publish=True, **answered):
+        model = super().train(cfg, dataset_dir, round_no, previous, publish, **answered)
         self.run.data["models"].append(model)
         return model
 

@@ -19,7 +19,7 @@ from mlc_pipeline.dataset.takedowns import held_words, photo_name, read_takedown
 from mlc_pipeline.dataset.verify import verify_version
 from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.layout import point_latest
-from mlc_pipeline.model.learned import UnknownLearning, learned_rows
+from mlc_pipeline.model.learned import UnknownLearning, learned_rows, taken_down_learned
 from mlc_pipeline.model.registry import variant_name
 from mlc_pipeline.model.train import TrainConfig, train_model
 
@@ -157,17 +157,21 @@ def empty_class_why(cfg: Config, name: str, tally: dict, filed: dict[str, int] |
     return f"of its {found} photos found, " + ", ".join(parts)
 
 
+ASK = "ask the bundle"     # retrain_overrides' default: no caller has asked the takedown question yet
+
+
 def retrain_overrides(cfg: Config, dataset_dir: Path, previous: str | Path | None,
-                      taken_down: str | None = None) -> tuple[dict, list[str]]:
+                      taken_down: str | None = ASK) -> tuple[dict, list[str]]:
     """How a mining round's retrain starts: (TrainConfig overrides, warnings). With `mine.retrain:
     continue` it continues the previous round's network for `mine.retrain_epochs`, unless that network
-    trained on an image the new version evaluates on, or `taken_down` says why it must not go on (it
-    learned from a photo taken down since: learned.taken_down_learned, asked by the caller, never
-    here: `mlc run` asks it once of the shipped model, which its round 0 is only when it may go on,
-    and a mining round continues only a model of its own run; `mlc train --continue` asks it of the
-    bundle named); then it starts over, and says why."""
+    trained on an image the new version evaluates on, or learned from a photo taken down since
+    (`taken_down`: learned.taken_down_learned, asked here unless the caller asked it already, as `mlc
+    train --continue` does; a mining round asks it of the round before, so a photo taken down while
+    `mlc run` trains never goes on in a continued network); then it starts over, and says why."""
     if previous is None or cfg.mine.retrain != "continue":
         return {}, []
+    if taken_down is ASK:
+        taken_down = taken_down_learned(cfg, Path(previous))
     why = continue_blocker(dataset_dir, Path(previous)) or taken_down
     if why:
         return {}, [f"retrained from scratch, not continued from {Path(previous).name}: {why}"]
@@ -197,10 +201,10 @@ def continue_blocker(dataset_dir: Path, previous: Path) -> str | None:
 
 def train_version(cfg: Config, dataset_dir: str | Path, tag: str = "", variant: str | None = None,
                   publish: bool = True, previous: str | Path | None = None,
-                  previous_taken_down: str | None = None) -> ModelResult:
+                  previous_taken_down: str | None = ASK) -> ModelResult:
     """Train one model on a dataset version. `variant` picks one of VARIANTS; None = the config's.
     `previous`: the bundle of the mining round before, which the retrain may continue (mine.retrain);
-    `previous_taken_down`: why it must not, for a takedown, as the caller asked it (`retrain_overrides`)."""
+    `previous_taken_down`: why it must not, for a takedown, when the caller asked it (`retrain_overrides`)."""
     dataset_dir = Path(dataset_dir)
     version = dataset_dir.name
     overrides = VARIANTS[variant] if variant else {}

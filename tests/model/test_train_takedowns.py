@@ -246,6 +246,39 @@ def test_mlc_run_asks_once_whether_the_shipped_model_learned_from_a_photo_taken_
     assert asked == [shipped.name], asked
 
 
+def test_a_photo_taken_down_while_mlc_run_trains_never_goes_on_in_a_continued_network(tmp_path):
+    """The run's one answer covers the shipped model only. A model the run trained itself is asked again
+    when a mining round would continue it: a photo it learned, taken down after it trained (`mlc remove`
+    does not wait for a run), must make the retrain start over, not go on in round 1 and ship. Real
+    photos, a real takedown and real trainings; mining and the builds scripted (the same version)."""
+    if not FIXTURES.is_dir():
+        pytest.skip("fixture photos missing (../shared/fixtures)")
+    from mlc_pipeline.pipeline import Stages, run_stages
+    config, cfg, v1 = mirrored_v1(tmp_path)
+    cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"rounds": 1, "retrain": "continue"})})
+    learned = next(r["photo_id"] for r in read_manifest(v1 / "manifest.csv") if r["split"] == "train"
+                   and r["photo_id"] not in (photo_id_for(OWNERS), photo_id_for(MIRROR)))
+
+    class TakenDownMeanwhile(Stages):
+        def collect(self, cfg):
+            return {}
+
+        def build(self, cfg):
+            return {"path": str(v1), "version": "v1", "published": False}
+
+        def mine(self, cfg, bundle_dir, round_no):
+            ok("remove", "-c", str(config), "--photo-id", learned, "--reason", "owner request")
+            return {"added": 5}
+
+        def report(self, cfg, result):
+            return ""
+    out = run_stages(cfg, TakenDownMeanwhile(progress=False))
+    assert not out.reused, out
+    meta = read_meta(cfg.layout.models / out.rounds[1].bundle)
+    assert not meta["weights"].get("continued_from"), meta["weights"]
+    assert any("retrained from scratch" in w and "taken down" in w for w in meta["warnings"]), meta["warnings"]
+
+
 def test_mining_compares_pool_images_with_the_class_images_less_the_photos_taken_down(taken_down, tmp_path):
     """Mining holds back a pool image that looks like a class as much as the class's own images do
     (model/likeness.py), and those references were the version's images, the photo taken down and the
