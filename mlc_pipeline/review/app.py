@@ -36,7 +36,7 @@ from mlc_pipeline.review.answers import moved, unavailable
 from mlc_pipeline.review.params import client_of, effective, filters_of, fits_sql, known_id, whole_number
 from mlc_pipeline.imageformat import file_media_type
 from mlc_pipeline.review.security import COOKIE, FILE_HEADERS, SESSION_MAX_AGE_S, Guard, session_value
-from mlc_pipeline.review.lists import in_list, model_lists, paged
+from mlc_pipeline.review.lists import came_from, hide_handled, in_list, model_lists
 from mlc_pipeline.review.queues import scores_for
 from mlc_pipeline.review.state import Review
 from mlc_pipeline.review.thumbs import FAVICON, PLACEHOLDER, thumbnail
@@ -167,8 +167,10 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
                                                      order=filters.get("sort", "id"))
             steps = {"prev_id": prev_id, "next_id": next_id, "query": urlencode(filters),
                      "back": f"/?{urlencode({**filters, 'page_no': before // PAGE_SIZE + 1})}"}
-            # opened from one of the model's lists on the queues page: j/k/Esc in that list
-            steps = in_list(cfg, review.catalog, request.query_params.get("list"), cid, PAGE_SIZE) or steps
+            # opened from one of the model's lists on the queues page: j/k/Esc in that list; from another
+            # page (the duplicates, the log, an image's "kept" link): Esc back to it
+            steps = (in_list(cfg, review.catalog, request.query_params.get("list"), cid, PAGE_SIZE,
+                             hide_handled(request.query_params)) or came_from(request.query_params, steps))
             kept = review.catalog.get(row["duplicate_of"]) if row["duplicate_of"] else None
             copies = review.catalog.candidates(duplicate_of=cid, status="duplicate")   # dropped for it
         eff = effective({**row, "review_labels": override["labels"], "review_include": override["include"]},
@@ -199,11 +201,11 @@ def create_app(cfg: Config, token: str | None = None, host: str | None = None) -
         with review.lock:
             count = lambda f: cr.browse(review.catalog, f, review.dataset, 0, 0)[1]
             counts = {name: count(f) for name, f in QUEUES.items()}
-            found = model_lists(cfg, review.catalog)
-            at = {"noisy": noisy_page, "wrong": wrong_page, "probes": probes_page}
-            lists = {name: paged(rows, at[name], PAGE_SIZE, review.catalog) for name, (_, rows) in found.items()}
-        return page(request, "queues.html", counts=counts, queues=QUEUES, bundle=found["probes"][0],
-                    noisy_bundle=found["noisy"][0], lists=lists)
+            hide = hide_handled(request.query_params)
+            lists = model_lists(cfg, review.catalog, {"noisy": noisy_page, "wrong": wrong_page, "probes": probes_page},
+                                PAGE_SIZE, hide)
+        return page(request, "queues.html", counts=counts, queues=QUEUES, lists=lists, hide=hide,
+                    keep={"handled": "hide"} if hide else {})
 
     @app.get("/log", response_class=HTMLResponse)
     def action_log(request: Request):

@@ -20,7 +20,8 @@ from mlc_pipeline.report import analysis
 log = logging.getLogger(__name__)
 
 _cache: dict[Path, tuple[float, list[dict]]] = {}
-_scored: dict[Path, tuple[tuple, analysis.Scored | None]] = {}
+_scored: dict[Path, tuple[tuple, analysis.Scored | None, str | None]] = {}
+_lists: dict[tuple[Path, str], tuple[tuple, list[dict]]] = {}
 
 
 def bundle_csv(bundle: Path | None, name: str) -> list[dict]:
@@ -74,50 +75,90 @@ def scores_for(cfg: Config, cid: int, photo_id: str | None = None, source: str |
 
 def probes_accepted(cfg: Config, catalog) -> tuple[Path | None, list[dict]]:
     """Unknown-kind (probe) images the latest model still accepts as a class, from its test_scores.csv
-    (written since 0.2) and its thresholds: the surest wrong acceptance (score furthest above its
-    class's threshold) first. Each row: candidate_id, photo_id, class, score, threshold."""
+    (written since 0.2) and its thresholds: the decisions `scored` holds (the HTML report's reading),
+    the surest wrong acceptance (score furthest above its class's threshold) first, each matched to its
+    candidate in one query (`candidate_ids`). Each row: candidate_id, photo_id, label, score, threshold.
+    Empty when the scores cannot be read or the head is softmax: `unread` says why. It read the file and
+    the thresholds itself and asked the catalog once per probe row (the review29 code review)."""
     bundle = registry.latest_bundle(cfg.layout.models)
-    if bundle is None or not (bundle / "test_scores.csv").is_file() or not (bundle / "bundle.json").is_file():
+    s = scored(bundle)
+    if s is None or s.meta.get("head") == "softmax":
         return bundle, []
-    try:
-        meta = read_meta(bundle)
-    except MetaError as exc:            # the queue is empty, and says why in the log
-        log.warning("no probe queue: %s", exc)
-        return bundle, []
-    if meta.get("thresholds") is None:      # a softmax comparison head: no per-class thresholds
-        return bundle, []
-    classes = [c for c in meta["vocab"] if c in meta["classes"]]
-    threshold = dict(zip(meta["vocab"], meta["thresholds"]))
-    with open(bundle / "test_scores.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("split") == "probe"]
+    return bundle, resolved(bundle, "probes", lambda: accepted_probes(s, catalog))
+
+
+def accepted_probes(s: analysis.Scored, catalog) -> tuple[list[dict], bool]:
+    """probes_accepted's rows, and whether each accepted probe was found in the catalog."""
+    thresholds = s.meta["thresholds"]
+    accepted = [i for i in map(int, (s.probe & s.pred[:, s.real].any(axis=1)).nonzero()[0])]
+    ids = candidate_ids(catalog, [s.rows[i] for i in accepted], "probe")
     out = []
-    for r in rows:
-        margin, label = max((float(r[f"score:{c}"]) - threshold[c], c) for c in classes)
-        if margin < 0:
-            continue
-        found = catalog.candidates(photo_id=r.get("photo_id", ""), purpose="probe",
-                                   **({"source": r["source"]} if r.get("source") else {}))
-        if found:
-            out.append({"candidate_id": found[0]["id"], "photo_id": r["photo_id"], "label": label,
-                        "score": float(r[f"score:{label}"]), "threshold": threshold[label], "margin": margin})
-    return bundle, sorted(out, key=lambda r: -r["margin"])
+    for i in accepted:
+        margin, j = max((float(s.probs[i, j]) - thresholds[j], j) for j in s.real)
+        if row_key(s.rows[i]) in ids:
+            out.append({"candidate_id": ids[row_key(s.rows[i])], "photo_id": s.rows[i]["photo_id"],
+                        "label": s.vocab[j], "score": float(s.probs[i, j]), "threshold": thresholds[j],
+                        "margin": margin})
+    return sorted(out, key=lambda r: -r["margin"]), len(out) == len(accepted)
+
+
+def resolved(bundle: Path, name: str, build) -> list[dict]:
+    """List `name` of the bundle's scores, matched to candidates by `build()` ((rows, all found)), kept
+    while its test_scores.csv and bundle.json are unchanged: an image page opened from the list read
+    the list again, a query per probe row (the review29 code review). A list with a photo the catalog
+    lacks is matched again next time (a candidate is never deleted, so a whole match stays right)."""
+    key = scores_key(bundle)
+    hit = _lists.get((bundle, name))
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    rows, whole = build()
+    if whole:
+        _lists[(bundle, name)] = (key, rows)
+    return rows
+
+
+def scores_key(bundle: Path) -> tuple:
+    return tuple((bundle / name).stat().st_mtime_ns for name in (SCORES_FILE, "bundle.json"))
 
 
 def scored(bundle: Path | None) -> analysis.Scored | None:
     """The bundle's test and probe scores with its decisions (analysis.load_scored: the HTML report's
-    reading), cached while its test_scores.csv and bundle.json are unchanged; None without them."""
+    reading), cached while its test_scores.csv and bundle.json are unchanged; None without them, or
+    when either cannot be read (`unread` says why)."""
     if bundle is None or not (bundle / SCORES_FILE).is_file() or not (bundle / "bundle.json").is_file():
         return None
-    key = tuple((bundle / name).stat().st_mtime for name in (SCORES_FILE, "bundle.json"))
+    key = scores_key(bundle)
     hit = _scored.get(bundle)
     if hit is None or hit[0] != key:
+        s, why = None, None
         try:
-            hit = _scored[bundle] = (key, analysis.load_scored(bundle))
-        except (KeyError, ValueError) as exc:      # a column missing, a score not a number: the lists say none
-            log.warning("no wrong answers or test scores: %s/%s cannot be read (%s: %s)", bundle.name, SCORES_FILE,
-                        type(exc).__name__, exc)
-            hit = _scored[bundle] = (key, None)
+            read_meta(bundle)
+            s = analysis.load_scored(bundle)
+        except MetaError as exc:
+            why = f"bundle.json cannot be read ({str(exc).split(': ', 1)[-1]})"
+        except (KeyError, ValueError, TypeError) as exc:   # a column missing, a score not a number, no thresholds
+            why = f"{SCORES_FILE} cannot be read ({type(exc).__name__}: {exc})"
+        if s is None:
+            why = why or "bundle.json cannot be read (no vocab)"
+            log.warning("no wrong answers, accepted probes or test scores: %s/%s", bundle.name, why)
+        hit = _scored[bundle] = (key, s, why)
     return hit[1]
+
+
+def unread(bundle: Path | None, name: str) -> str | None:
+    """Why list `name` ("wrong" or "probes") of the bundle's scores cannot be drawn, in words: no
+    test_scores.csv ("missing": trained before 0.2), a file that cannot be read, or (the probes) a
+    softmax head, which has no per-class threshold to accept an image over. None: it can. The page said
+    "accepts none of its probe images" in each of these cases."""
+    if bundle is None:
+        return None
+    if not (bundle / SCORES_FILE).is_file():
+        return "missing"
+    s = scored(bundle)
+    if s is None:
+        hit = _scored.get(bundle) if (bundle / "bundle.json").is_file() else None
+        return f"unreadable: {hit[2] if hit else 'bundle.json cannot be read (missing)'}"
+    return "softmax" if name == "probes" and s.meta.get("head") == "softmax" else None
 
 
 def same_photo(row: dict, source: str | None, photo_id: str) -> bool:
@@ -152,12 +193,17 @@ def wrong_answers(cfg: Config, catalog) -> tuple[Path | None, list[dict]]:
     s = scored(bundle)
     if s is None:
         return bundle, []
+    return bundle, resolved(bundle, "wrong", lambda: answered_wrong(s, catalog))
+
+
+def answered_wrong(s: analysis.Scored, catalog) -> tuple[list[dict], bool]:
+    """wrong_answers' rows, and whether each was found in the catalog."""
     wrong = analysis.wrong_answers(s)
     ids = candidate_ids(catalog, [s.rows[i] for i, _, _ in wrong], "train")
-    return bundle, [{"candidate_id": ids[row_key(s.rows[i])], "photo_id": s.rows[i]["photo_id"],
-                     "caption": analysis.caption(s, i), "note": analysis.wrong_note(s, i, j, margin).lstrip(" ·"),
-                     "label": s.vocab[j], "score": float(s.probs[i, j])}
-                    for i, j, margin in wrong if row_key(s.rows[i]) in ids]
+    return [{"candidate_id": ids[row_key(s.rows[i])], "photo_id": s.rows[i]["photo_id"],
+             "caption": analysis.caption(s, i), "note": analysis.wrong_note(s, i, j, margin).lstrip(" ·"),
+             "label": s.vocab[j], "score": float(s.probs[i, j])}
+            for i, j, margin in wrong if row_key(s.rows[i]) in ids], all(row_key(s.rows[i]) in ids for i, _, _ in wrong)
 
 
 def scores_on_test(cfg: Config, photo_id: str, source: str | None = None) -> list[dict]:

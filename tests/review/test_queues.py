@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from mlc_pipeline.config import Config
-from mlc_pipeline.review.queues import probes_accepted, scores_on_test, wrong_answers
+from mlc_pipeline.review.queues import probes_accepted, scores_on_test, unread, wrong_answers
 
 
 @pytest.mark.parametrize("damage", ["[]", "{not json"])
@@ -22,8 +22,10 @@ def test_a_damaged_bundle_json_empties_the_probe_queue_and_says_why(tmp_path, tr
     (bundle / "bundle.json").write_text(damage)
     with caplog.at_level("WARNING", logger="mlc_pipeline.review.queues"):
         assert probes_accepted(cfg, None) == (bundle, [])
-    assert "no probe queue" in caplog.text and "bundle.json" in caplog.text
+    assert "m1/bundle.json cannot be read" in caplog.text
     assert wrong_answers(cfg, None) == (bundle, []) and scores_on_test(cfg, "any") == []    # the report's reading
+    for name in ("wrong", "probes"):        # the queues page says why, never "none" (unread)
+        assert unread(bundle, name).startswith("unreadable: bundle.json cannot be read ("), unread(bundle, name)
 
 
 def test_a_damaged_scores_file_empties_the_wrong_answers_and_says_why(tmp_path, trained_shapes_bundle, caplog):
@@ -36,6 +38,7 @@ def test_a_damaged_scores_file_empties_the_wrong_answers_and_says_why(tmp_path, 
     with caplog.at_level("WARNING", logger="mlc_pipeline.review.queues"):
         assert wrong_answers(cfg, None) == (bundle, []) and scores_on_test(cfg, "any") == []
     assert "test_scores.csv cannot be read (KeyError" in caplog.text
+    assert unread(bundle, "probes").startswith("unreadable: test_scores.csv cannot be read (KeyError")
 
 
 def test_the_review_list_comes_from_the_latest_mining_round_when_its_retrain_shipped(tmp_path):

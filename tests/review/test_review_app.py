@@ -1430,13 +1430,13 @@ def test_a_byte_copy_of_a_photo_taken_down_says_so_and_the_kept_page_lists_its_c
     with TestClient(create_app(cfg), base_url="http://127.0.0.1:8777") as client:
         page = client.get(f"/image/{kept['id']}").text
         listed_copies = page.split('id="copies"')[1].split("</p>")[0]
-        assert f'href="/image/{exact["id"]}"' in listed_copies and "exact-duplicate" in listed_copies, listed_copies
+        assert f'href="/image/{exact["id"]}?from=image:{kept["id"]}"' in listed_copies and "exact-duplicate" in listed_copies, listed_copies
         # "not a duplicate" is refused on a byte copy: the page says so, and offers it only for near ones (verify25)
         assert "a byte copy (exact-...) stays out" in listed_copies, listed_copies
         assert ("puts it back" in listed_copies) == ("near-duplicate" in listed_copies), listed_copies
         near_page = client.get(f"/image/{near['duplicate_of']}").text
         near_copies = near_page.split('id="copies"')[1].split("</p>")[0]
-        assert f'href="/image/{near["id"]}"' in near_copies and "puts it back" in near_copies, near_copies
+        assert f'href="/image/{near["id"]}?from=image:{near["duplicate_of"]}"' in near_copies and "puts it back" in near_copies, near_copies
         assert 'id="copies"' not in client.get(f"/image/{exact['id']}").text        # a copy has none of its own
         gone = client.post("/api/action", json={"id": kept["id"], "action": "remove", "reason": "owner asked"},
                            headers=h)

@@ -122,7 +122,6 @@ def test_filter_open_relabel_reject_undo_then_build(world, browser):
     shoot(page, "log")
     page.goto(server.url + "/queues")
     assert page.locator("#queues tr").count() == len(review_app.QUEUES) + 1     # a header row, a row each
-    shoot(page, "queues")
 
     # A pool image mining held back (made one here: mining needs a trained model), decided from its
     # queue: saved as "other", the label it shows, it becomes a hard negative and leaves the queue
@@ -353,6 +352,18 @@ def test_classes_past_the_ninth_show_no_key_they_cannot_have_and_long_names_stay
         app.stop()
 
 
+def first_card_of(browser, server, name: str):
+    """A new page (and the JavaScript errors it raises) on the image of the first card of the queues
+    page's list `name`."""
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{server.url}/queues")
+    with page.expect_navigation():
+        page.locator(f"#{name} .card").first.click()
+    return page, errors
+
+
 def test_a_models_list_tracks_the_work_done_from_it(world, browser):
     """The review29 audit, in the browser: rejected from "Class images the model rejects", the image's
     card looked as before; j from a list's image went to the next id (`/image/401` -> `/image/402`
@@ -363,12 +374,7 @@ def test_a_models_list_tracks_the_work_done_from_it(world, browser):
         listed = c.candidates("status='accepted' AND purpose='train' AND curated_label='ants'")[:3]
     plant_review_list(cfg, listed, [0.3, 0.2, 0.1])
     order = [r["id"] for r in reversed(listed)]              # lowest score first: the ids backwards
-    page = browser.new_page(viewport={"width": 1280, "height": 860})
-    errors = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{server.url}/queues")
-    with page.expect_navigation():
-        page.locator("#noisy .card").first.click()
+    page, errors = first_card_of(browser, server, "noisy")
     assert page.get_attribute("#image-page", "data-id") == str(order[0])
     assert state_after(page, "r") == "out (rejected in review)"
     with page.expect_navigation():
@@ -389,4 +395,108 @@ def test_a_models_list_tracks_the_work_done_from_it(world, browser):
     assert "reviewed" in cards.first.get_attribute("class").split()
     assert cards.first.locator(".badge").inner_text() == "rejected in review"
     assert cards.nth(1).locator(".badge").count() == 0
+    assert not errors, errors
+
+
+def press(page, key: str) -> str:
+    """Press a key that leaves the page; the URL it lands on (its path and query)."""
+    with page.expect_navigation():
+        page.keyboard.press(key)
+    return page.url.split("://", 1)[1].split("/", 1)[1]
+
+
+def test_esc_returns_to_the_page_an_image_was_opened_from(world, browser):
+    """Esc ("← list") on an image opened from the duplicates page, the action log or another image's
+    "kept" link went to the browse page of every candidate; it goes back to that page, after j/k too."""
+    config, cfg, server = world
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{server.url}/duplicates")
+    dropped = page.locator(".pair a").first.get_attribute("href").split("?")[0]
+    with page.expect_navigation():
+        page.locator(".pair a").first.click()
+    assert press(page, "Escape") == "duplicates?page_no=1"
+    with page.expect_navigation():
+        page.locator(".pair a").first.click()
+    press(page, "j" if page.locator("#next").count() else "k")   # another image: Esc still goes back there
+    assert press(page, "Escape") == "duplicates?page_no=1"
+    page.goto(f"{server.url}{dropped}")                         # a copy's page: its kept image, and back
+    with page.expect_navigation():
+        page.click("text=Duplicate of >> a")
+    kept = page.get_attribute("#image-page", "data-id")
+    assert state_after(page, "r") == "out (rejected in review)"   # the page reloaded: Esc still goes back
+    assert press(page, "Escape") == dropped[1:]
+    page.goto(f"{server.url}/log")
+    with page.expect_navigation():
+        page.locator("table a").first.click()
+    assert page.url.endswith(f"/image/{kept}?from=log")
+    assert press(page, "Escape") == "log"
+    assert not errors, errors
+
+
+def test_the_queues_page_says_why_a_models_list_cannot_be_drawn(world, browser):
+    """With a softmax head, or a test_scores.csv that cannot be read, the queues page said the latest
+    bundle "accepts none of its probe images" (and, unreadable, "answers every test image right"): it
+    says why it cannot tell."""
+    from test_list_costs import plant_scores
+    config, cfg, server = world
+    with Catalog(cfg.catalog_path) as c:
+        ants = c.candidates("status='accepted' AND purpose='train' AND curated_label='ants'")
+        c.update_fields(ants[0]["id"], purpose="probe")
+    bundle = plant_scores(cfg, [ants[0]], ants[1:3], name="m-soft", head="softmax")
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    page.goto(f"{server.url}/queues")
+    said = page.inner_text("main")
+    assert "accepts none of its probe images" not in said
+    assert ("The latest bundle (m-soft) has a softmax head (train.head: softmax): it answers each image with its "
+            "best class and has no per-class threshold to accept an image over, so this list cannot tell which "
+            "probe images it accepts (not that it accepts none).") in said
+    assert page.locator("#wrong .card").count() == 2                     # its wrong answers it can tell
+    text = (bundle / "test_scores.csv").read_text().replace("score:bees", "bees?", 1)
+    (bundle / "test_scores.csv").write_text(text)
+    page.reload()
+    said = page.inner_text("main")
+    assert "accepts none of its probe images" not in said and "answers every test image right" not in said
+    assert said.count("The latest bundle (m-soft) has per-image scores, but its test_scores.csv cannot be read "
+                      "(KeyError: 'score:bees'), so this list cannot be drawn (not that it is empty)") == 2, said
+
+
+def test_the_images_handled_in_review_can_be_hidden_from_the_models_lists(world, browser):
+    """The model's lists keep the images handled in review, marked (the bundle's files do not change);
+    "hide them" leaves them out, j/k then skip them (an image just handled steps on to the next one
+    still to do), and Esc returns to the list as it was shown."""
+    from test_list_costs import plant_scores
+    config, cfg, server = world
+    with Catalog(cfg.catalog_path) as c:
+        ants = c.candidates("status='accepted' AND purpose='train' AND curated_label='ants'")
+        for r in ants[7:9]:
+            c.update_fields(r["id"], purpose="probe")
+        probes = [c.get(r["id"]) for r in ants[7:9]]
+    plant_review_list(cfg, ants[:4], [0.4, 0.3, 0.2, 0.1])
+    plant_scores(cfg, probes, ants[4:7], name="m-1")
+    order = [r["id"] for r in reversed(ants[:4])]             # lowest score first
+    page, errors = first_card_of(browser, server, "noisy")
+    assert state_after(page, "r") == "out (rejected in review)"
+    assert press(page, "Escape") == "queues?noisy_page=1#noisy"
+    cards = page.locator("#noisy .card")
+    assert cards.count() == 4 and cards.first.locator(".badge").inner_text() == "rejected in review"
+    assert page.inner_text("#noisy-head").endswith(": 4 images; 1 handled in review (marked).")
+    shoot(page, "queues", full=True)
+    with page.expect_navigation():
+        page.click("#handled-toggle a")                          # hide them
+    assert page.inner_text("#noisy-head").endswith(": 3 images; 1 handled in review, hidden.")
+    assert [cards.nth(i).get_attribute("href") for i in range(cards.count())] == [
+        f"/image/{cid}?list=noisy&handled=hide" for cid in order[1:]]
+    with page.expect_navigation():
+        cards.first.click()                                      # order[1]: nothing before it left to do
+    assert page.locator("#prev").count() == 0
+    assert state_after(page, "r") == "out (rejected in review)"
+    assert press(page, "j") == f"image/{order[2]}?list=noisy&handled=hide"
+    assert page.locator("#prev").count() == 0                   # order[0] and order[1] handled: skipped
+    assert press(page, "Escape") == "queues?noisy_page=1&handled=hide#noisy"
+    assert cards.count() == 2
+    with page.expect_navigation():
+        page.click("#handled-toggle a")                          # show them again, marked
+    assert cards.count() == 4 and page.locator("#noisy .badge").count() == 2
     assert not errors, errors
