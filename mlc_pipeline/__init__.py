@@ -1,6 +1,6 @@
 """mlc-pipeline: collect, curate and version image datasets; train a classifier that knows what it does not know."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def lazy_exports(package: str, exports: dict[str, str]):

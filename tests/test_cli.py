@@ -307,6 +307,11 @@ def test_a_data_dir_under_a_file_is_one_line_naming_the_file(tmp_path):
 def test_version_and_verbose_anywhere():
     res = mlc("--version")
     assert res.returncode == 0 and res.stdout.strip() == f"mlc {__version__}"
+    # one version, in the package and its metadata; not 0.2.0's, which code of 2026-12-01 to 12-07 all said
+    # while bundles, catalog tables and dataset folders changed (the upgrade29 audit, finding 7)
+    import tomllib
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["version"] == __version__ == "0.3.0"
     parser = build_parser()
     assert parser.parse_args(["inspect", "-c", "x.yaml", "-v"]).verbose is True
     assert parser.parse_args(["-v", "inspect", "-c", "x.yaml"]).verbose is True
