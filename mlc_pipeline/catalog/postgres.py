@@ -19,7 +19,7 @@ from ..secrets import redact, remember
 from . import runs
 from mlc_pipeline.catalog_address import PostgresCatalog
 from .schema import (ADDED_COLUMNS, FULL_ADVICE, LOCK_NOTICE_S, SCHEMA_VERSION, CatalogBusy, CatalogError,
-                     CatalogFull, CatalogLost, creates, postgres_schema)
+                     CatalogFull, CatalogLost, creates, postgres_schema, refuse_newer)
 
 log = logging.getLogger(__name__)
 DIALECT = "postgresql"
@@ -126,6 +126,7 @@ def connect(target: PostgresCatalog, readonly: bool, lock_timeout_s: float) -> P
     conn.execute(f"SET lock_timeout = '{int(lock_timeout_s * 1000)}ms'")
     begin(db)                     # two first opens at once: one creates the tables, the other waits
     try:
+        refuse_newer(db, str(target), has_table(db, "meta"))     # a newer catalog: refused before any write
         # Schema statements only where something is missing: even IF NOT EXISTS locks the table
         # (ALTER TABLE exclusively), and would wait on every reader and writer of it.
         for name, statement in creates(postgres_schema()):
@@ -135,8 +136,10 @@ def connect(target: PostgresCatalog, readonly: bool, lock_timeout_s: float) -> P
             conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
         db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING",
                    (str(SCHEMA_VERSION),))
-    except BaseException:
+    except BaseException as exc:
         conn.execute("ROLLBACK")
+        if isinstance(exc, CatalogError):       # refused (a newer catalog): nothing more on this connection
+            conn.close()
         raise
     conn.execute("COMMIT")
     return db

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 2            # 2: file_path relative to the data root
+SCHEMA_VERSION = 3            # what each version changed: migrate.py
 MIGRATION_DIRS = ("raw", "quarantine")   # where file_path points inside a data root
 SQL_INT_MAX = 2**63 - 1       # SQLite's INTEGER and PostgreSQL's BIGINT: the largest id or round a query binds
 LOCK_NOTICE_S = 2.0        # a catalog locked this long gets a line saying what we wait for
@@ -158,6 +158,22 @@ def merge_labels(current: str, new: str) -> str:
 
 class CatalogError(Exception):
     """A catalog that cannot be opened as it is; the message names it and says what to do."""
+
+
+class CatalogTooNew(CatalogError):
+    """A catalog of a newer schema than this code knows: a newer mlc-pipeline wrote it (refused, one line)."""
+
+
+def refuse_newer(db, where: str, has_meta: bool) -> int | None:
+    """The catalog's schema version (None: it records none yet); CatalogTooNew when this code is older
+    than the schema. Read before anything is written: a newer catalog is never altered by older code."""
+    row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() if has_meta else None
+    version = int(row["value"]) if row is not None else None
+    if version is not None and version > SCHEMA_VERSION:
+        raise CatalogTooNew(f"catalog {where} has schema version {version}, written by a newer mlc-pipeline; this "
+                            f"one reads schema versions up to {SCHEMA_VERSION}: upgrade mlc-pipeline here (to the "
+                            f"version that wrote it, or later) before using this catalog")
+    return version
 
 
 class CatalogBusy(CatalogError):

@@ -19,7 +19,7 @@ from urllib.parse import quote
 from mlc_pipeline.config_messages import ConfigError
 from . import runs
 from .schema import (ADDED_COLUMNS, FULL_ADVICE, LOCK_NOTICE_S, SCHEMA, SCHEMA_VERSION, CatalogBusy, CatalogError,
-                     CatalogFull)
+                     CatalogFull, refuse_newer)
 
 log = logging.getLogger(__name__)
 DIALECT = "sqlite"
@@ -155,6 +155,11 @@ def open_writable(path: Path, lock_timeout_s: float, moved_ok: bool = False) -> 
         db.execute(f"PRAGMA busy_timeout={int(lock_timeout_s * 1000)}")   # later writes wait as long
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")   # WAL + NORMAL: durable at checkpoints, never corrupt
+        try:
+            refuse_newer(db, str(path), has_table(db, "meta"))     # a newer catalog: refused before any write
+        except CatalogError:
+            db.close()
+            raise
         db.executescript(SCHEMA)
         add_columns(db)
     except sqlite3.DatabaseError as exc:

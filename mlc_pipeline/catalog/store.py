@@ -16,8 +16,9 @@ Status lifecycle of a candidate:
 File paths are stored relative to the data root (the catalog's folder, or for PostgreSQL the
 configured data_dir), so a data root can be moved or copied as a whole; `candidates()`/`get()`
 return them as usable paths under the catalog's own root. A file outside the data root keeps its
-absolute path. Schema 1 catalogs stored absolute paths: `_migrate` rewrites them on open (see
-docs/reliability.md, "Relative paths").
+absolute path. Schema 1 catalogs stored absolute paths: a writable open migrates them (migrate.py,
+which holds every schema version's story; docs/reliability.md, "Relative paths"). A catalog of a newer
+schema than this code knows is refused, read-only too (schema.refuse_newer).
 """
 
 from __future__ import annotations
@@ -25,22 +26,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from . import postgres, runs, sqlite
+from . import migrate, postgres, runs, sqlite
 from mlc_pipeline.catalog_address import PostgresCatalog
 from .corners import KeptCornerQueries
 from .pairs import PairScoreQueries
 from .removals import RemovalQueries
 from .rows import RowQueries
 from .tallies import TallyQueries
-from .schema import (MIGRATION_DIRS, PHOTO_FIELDS, PURPOSE_RANK, SCHEMA_VERSION, Found, creates, merge_labels,
-                     postgres_ddl, run_end_status)
+from .schema import PHOTO_FIELDS, PURPOSE_RANK, Found, creates, merge_labels, postgres_ddl, refuse_newer, run_end_status
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,9 @@ class Catalog(RowQueries, RemovalQueries, TallyQueries, PairScoreQueries, KeptCo
             self.ends = self._root / "runs"     # room for its runs' end records (runs.reserve_end)
             self.db = (sqlite.open_readonly(self.path) if readonly else
                        sqlite.open_writable(self.path, lock_timeout_s, moved_ok))   # moved_ok: refused in `begin`
-        if not readonly:
+        if readonly:
+            refuse_newer(self.db, self.where, self.has_table("meta"))
+        else:
             self._migrate()
             runs.end_crashed(self.db, self.ends)    # runs whose process is known gone (kill -9) end as 'crashed'
 
@@ -120,51 +121,8 @@ class Catalog(RowQueries, RemovalQueries, TallyQueries, PairScoreQueries, KeptCo
         return out
 
     def _migrate(self) -> None:
-        """Schema 1 -> 2: absolute file paths inside the data root become relative. A path under an
-        old location of the data root (it was moved or copied) is rewritten when the same file is
-        present under this root; the copy must never work on the original's files."""
-        version = int(self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()["value"])
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(f"catalog {self.where} has schema version {version}; this mlc-pipeline reads "
-                               f"up to {SCHEMA_VERSION}: upgrade mlc-pipeline")
-        if version == SCHEMA_VERSION:
-            return
-        try:
-            with self.transaction():
-                rows = self.db.execute("SELECT id, file_path FROM candidates WHERE file_path IS NOT NULL").fetchall()
-                moved = kept = 0
-                for r in rows:
-                    new = self._migrated_path(r["file_path"])
-                    if new != r["file_path"]:
-                        self.db.execute("UPDATE candidates SET file_path=? WHERE id=?", (new, r["id"]))
-                        moved += 1
-                    elif os.path.isabs(new):
-                        kept += 1
-                self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
-                self.db.execute("INSERT INTO meta VALUES ('migrated_to_2', ?) ON CONFLICT (key) DO UPDATE "
-                                "SET value=excluded.value",
-                                (json.dumps({"at": time.time(), "root": str(self.root), "relative": moved,
-                                             "left_absolute": kept}),))
-        except sqlite3.OperationalError as exc:
-            if "readonly" not in str(exc):
-                raise
-            log.warning("catalog %s is read-only: its schema %d paths are used as recorded until a "
-                        "writable open migrates them", self.where, version)
-            return
-        log.info("catalog %s migrated to schema %d: %d file paths made relative to the data root, "
-                 "%d outside it left absolute", self.where, SCHEMA_VERSION, moved, kept)
-
-    def _migrated_path(self, stored: str) -> str:
-        if not os.path.isabs(stored):
-            return stored
-        rel = self.stored_path(stored)
-        if not os.path.isabs(rel):
-            return rel
-        parts = Path(stored).parts
-        for i in range(len(parts) - 1, 0, -1):       # .../<old root>/raw/<...>: the same file here?
-            if parts[i] in MIGRATION_DIRS and (self.root.joinpath(*parts[i:])).is_file():
-                return Path(*parts[i:]).as_posix()
-        return stored
+        """An older schema brought up to this code's (migrate.py); a newer one refused (CatalogTooNew)."""
+        migrate.migrate(self)
 
     def has_table(self, name: str) -> bool:
         """Whether the catalog holds table (or index) `name` (tables other modules add, such as the review app's)."""

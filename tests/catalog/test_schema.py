@@ -1,6 +1,7 @@
 """catalog/schema.py's DDL, and a connection creating only what a catalog lacks, on both backends
 (SQLite, and a real PostgreSQL server: tests/pgserver.py)."""
 
+import json
 import uuid
 from pathlib import Path
 
@@ -45,3 +46,82 @@ def test_an_open_creates_the_tables_and_indexes_a_catalog_lacks(backend, request
             overrides.create_tables(c)
         assert all(c.has_table(n) for n in ("review_actions_candidate", "review_version_rows",
                                             "review_version_rows_candidate"))
+
+
+# --- schema versions (catalog/migrate.py) -------------------------------------------------------
+
+def catalog_of(backend: str, request, tmp_path: Path):
+    settings = {}
+    if backend == "postgresql":
+        settings = {"catalog": {"url": request.getfixturevalue("pg_url")}}
+    return parse_config({"data_dir": str(tmp_path / "data"), **settings,
+                         "classes": {"ants": {"queries": ["ants"], "count": 1}},
+                         "other": {"queries": ["scenery"], "count": 1}})
+
+
+def meta_of(c: Catalog) -> dict:
+    return {r["key"]: r["value"] for r in c.db.execute("SELECT key, value FROM meta")}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_catalog_of_0_2_0_is_migrated_to_schema_3_once_and_the_migration_recorded(backend, request, tmp_path):
+    """Columns and tables were added after 0.2.0 with schema_version left at 2, so code could not tell
+    a catalog 0.3.0 writes from one 0.2.0 wrote, and 0.2.0 opened it without a word (the upgrade29
+    audit, finding 7). Schema 3 now, the migration recorded beside migrated_to_2 and said once."""
+    from mlc_pipeline.catalog import SCHEMA_VERSION, untold_migrations
+    cfg = catalog_of(backend, request, tmp_path)
+    with Catalog(cfg.catalog_path) as c:
+        assert meta_of(c) == {"schema_version": "3"} and SCHEMA_VERSION == 3    # a new catalog: no migration
+        c.db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")   # as 0.2.0 left it
+        where = c.where
+    assert untold_migrations(where) == []
+    with Catalog(cfg.catalog_path) as c:
+        meta = meta_of(c)
+    assert meta["schema_version"] == "3" and "migrated_to_2" not in meta
+    record = json.loads(meta["migrated_to_3"])
+    assert record["from"] == 2 and record["at"] > 0
+    said = untold_migrations(where)
+    assert said == ["catalog migrated from schema 2 to 3 (the columns and tables added since mlc-pipeline 0.2.0 are "
+                    "part of the schema; mlc-pipeline older than 0.3.0 refuses this catalog from now on (upgrade "
+                    "every machine that uses it))"], said
+    assert untold_migrations(where) == []           # handed to one summary only
+    with Catalog(cfg.catalog_path) as c:            # once: the next open changes nothing
+        assert meta_of(c) == meta
+    assert untold_migrations(where) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_catalog_of_a_newer_schema_is_refused_before_anything_is_written_read_only_too(backend, request, tmp_path):
+    """A newer mlc-pipeline's catalog: this code must not read it as its own, nor alter it. 0.2.0 raised
+    a RuntimeError (a traceback) after adding its columns, and read-only commands read it without a word."""
+    from mlc_pipeline.catalog import SCHEMA_VERSION, CatalogError
+    cfg = catalog_of(backend, request, tmp_path)
+    with Catalog(cfg.catalog_path) as c:
+        c.db.execute("DROP TABLE kept_corners")          # what a newer schema may have dropped
+        c.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+        where = c.where
+    says = (f"catalog {where} has schema version {SCHEMA_VERSION + 1}, written by a newer mlc-pipeline; this one "
+            f"reads schema versions up to {SCHEMA_VERSION}: upgrade mlc-pipeline here (to the version that wrote "
+            f"it, or later) before using this catalog")
+    for readonly in (False, True):
+        with pytest.raises(CatalogError) as caught:
+            Catalog(cfg.catalog_path, readonly=readonly)
+        assert str(caught.value) == says
+    if backend == "postgresql":
+        import psycopg
+        with psycopg.connect(cfg.catalog_path.url) as db:
+            assert db.execute("SELECT to_regclass('kept_corners')").fetchone() == (None,)      # not re-created
+    else:
+        import sqlite3
+        db = sqlite3.connect(cfg.catalog_path)
+        assert not db.execute("SELECT 1 FROM sqlite_master WHERE name='kept_corners'").fetchone()   # not re-created
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(SCHEMA_VERSION + 1),)
+        db.close()
+        import subprocess
+        from helpers import ENV, MLC
+        config = tmp_path / "c.yaml"
+        config.write_text(f"data_dir: {tmp_path / 'data'}\nclasses: {{ants: {{queries: [ants], count: 1}}}}\n"
+                          f"other: {{queries: [scenery], count: 1}}\n")
+        for command in (["inspect"], ["curate"]):
+            res = subprocess.run([*MLC, *command, "-c", str(config)], capture_output=True, text=True, env=ENV)
+            assert (res.returncode, res.stderr) == (1, f"mlc: {says}\n"), (command, res.stderr)
