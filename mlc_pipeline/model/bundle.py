@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("vocab", "classes", "head", "thresholds", "export_sha256", "image_size")
 META, EXPORT = "bundle.json", "export.pkl"
+# bundle.json's `format`: 1 was written by mlc-pipeline 0.1.0 and 0.2.0 alike (0.1.0's pickles name the
+# flat modules: LEGACY_MODULES); 2 since 0.3.0 (2026-12-07): the package layout, and the keys 0.2.0 did
+# not write (takedowns, learned_from, time_budget, class_score, precision, weights...), which readers
+# look up with a default. A bundle of a newer format than this is refused (`check_files`), not misread.
+BUNDLE_FORMAT = 2
 
 
 class BundleError(Exception):
@@ -75,6 +80,12 @@ def check_files(bundle_dir: Path, meta: dict, hash_export: bool = True, stored: 
     unpickled; None: it can. `hash_export=False` does not compute export.pkl's sha256 (a listing).
     `stored`: the files an object store's marker lists for a bundle listed from its bundle.json alone
     (`mlc models` on a store: storemodels.pull_listing); export.pkl is looked for there, never hashed."""
+    fmt = meta.get("format", 1)
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+        return f"{META} has no format number this mlc-pipeline knows (format {fmt!r})"
+    if fmt > BUNDLE_FORMAT:
+        return (f"{META} is of format {fmt}, written by a newer mlc-pipeline; this one reads bundle formats up to "
+                f"{BUNDLE_FORMAT}: upgrade mlc-pipeline to use it")
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         return f"{META} lacks {missing}"

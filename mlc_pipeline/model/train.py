@@ -37,7 +37,7 @@ from mlc_pipeline import __version__
 from mlc_pipeline.model import nets
 from mlc_pipeline.model.losses import CLASS_AND_NOT_OTHER, PLAIN_SIGMOID, ClassAndNotOtherBCE
 from mlc_pipeline.model.options import TrainConfig
-from mlc_pipeline.model.bundle import export_learner, move_into_place, remove_stale_tmp_dirs, write_meta
+from mlc_pipeline.model.bundle import BUNDLE_FORMAT, export_learner, move_into_place, remove_stale_tmp_dirs, write_meta
 from mlc_pipeline.model.lineage import learning_record
 from mlc_pipeline import progress
 from mlc_pipeline.model.learner import (
@@ -60,8 +60,6 @@ from mlc_pipeline.model.assess import (
 from mlc_pipeline.model.predict import mirrored_probabilities
 
 log = logging.getLogger(__name__)
-
-BUNDLE_FORMAT = 1
 
 # fastai knows how to cut and split resnets, squeezenets, densenets...; it has no entry for the
 # MobileNets, and without one it would call the removed `arch(pretrained=...)` API. torchvision's

@@ -63,3 +63,27 @@ def test_bundle_json_and_latest_are_written_whole(tmp_path):
     assert (tmp_path / "LATEST").read_text() == "c\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", "b"]      # written aside, renamed
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["bundle.json", "export.pkl"]
+
+
+def test_a_bundle_of_a_newer_format_is_refused_before_unpickling_and_an_older_one_is_not(tmp_path):
+    """bundle.json's `format` was 1 from 0.1.0 on, while keys were added and the pickle's module layout
+    changed (the upgrade29 audit, finding 7): nothing could tell, and no reader checked it. It moves now
+    (2 since 0.3.0), and a bundle of a format newer than this code knows is one line, not misread."""
+    from mlc_pipeline.model.bundle import BUNDLE_FORMAT
+    from mlc_pipeline.model.registry import read_info
+    assert BUNDLE_FORMAT == 2
+    meta = whole_bundle(tmp_path / "b")
+    for fmt in (None, 1, BUNDLE_FORMAT):        # no format (a hand-made bundle), 0.1.0's and 0.2.0's, ours
+        older = {k: v for k, v in meta.items() if k != "format"} | ({} if fmt is None else {"format": fmt})
+        assert check_files(tmp_path / "b", older) is None, fmt
+    newer = meta | {"format": BUNDLE_FORMAT + 1}
+    says = (f"bundle.json is of format {BUNDLE_FORMAT + 1}, written by a newer mlc-pipeline; this one reads bundle "
+            f"formats up to {BUNDLE_FORMAT}: upgrade mlc-pipeline to use it")
+    assert check_files(tmp_path / "b", newer) == says
+    assert check_files(tmp_path / "b", meta | {"format": "2"}) == \
+        "bundle.json has no format number this mlc-pipeline knows (format '2')"
+    write_meta(tmp_path / "b", newer)
+    with pytest.raises(BundleError) as caught:  # export.pkl is no pickle: refused before unpickling it
+        load_bundle(tmp_path / "b")
+    assert str(caught.value) == f"{tmp_path / 'b'}: not a usable bundle: {says}; refusing to unpickle it"
+    assert read_info(tmp_path / "b").problem == says        # `mlc models` lists it UNUSABLE, saying why

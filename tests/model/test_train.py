@@ -35,6 +35,8 @@ def test_bundle_is_complete_and_consistent():
     assert [e["epoch"] for e in meta["history"]] == list(range(1, FAST["epochs"] + 1))
     assert all(e["train_loss"] > 0 and e["valid_loss"] > 0 for e in meta["history"])
     assert meta["images_per_second"] > 0
+    from mlc_pipeline import __version__       # what made it: a format that moves, the package's version
+    assert (meta["format"], meta["versions"]["mlc_pipeline"]) == (2, __version__)
 
 
 def test_thresholds_are_calibrated_and_used_for_decoding():
