@@ -133,10 +133,11 @@ def cmd_run(args) -> int:
     with writing(cfg, args, new_root=True):     # the lock run_pipeline takes, and its check done above:
         res = run_stages(cfg, Stages(not args.no_progress))    # not twice (it builds a named network)
     print(rounds_markdown(res) + mining_text(res))      # the table's negatives added, and the held
+    from mlc_pipeline.report.model import data_warnings, upgrade_lines
+    print("".join(line + "\n" for line in upgrade_lines(res)), end="")     # a migration, JPEGs inspected again
     if res.not_shipped:
         print(f"not shipped: {res.not_shipped}")
     from mlc_pipeline.model.stage import models_root
-    from mlc_pipeline.report.model import data_warnings
     print("\n".join(data_warnings(res, models_root(cfg))) or "every set has its count of usable images")
     print(f"stage seconds: {res.seconds}\nreport: {res.report}")
     return 0

@@ -48,6 +48,7 @@ class PipelineResult:
     seconds: dict[str, float] = field(default_factory=dict)
     stop_reason: str = ""           # why mining stopped before retraining every round ("" when it did not)
     shortfall: list[str] = field(default_factory=list)   # one line per set short of usable images
+    upgrade: list[str] = field(default_factory=list)     # once after an upgrade: curate.stage.CurateSummary.upgrade
     shipped: str = ""               # the bundle models/LATEST names after the run
     not_shipped: str = ""           # why the last round's model is not the one shipped ("" when it is)
     trained_with: dict = field(default_factory=dict)   # what round 0 depends on besides the data (`round0_key`)
@@ -205,6 +206,7 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
     stages.seconds["curate"] = round(stages.seconds.get("curate", 0) + curating, 1)
     stages.seconds["collect"] = round(stages.seconds["collect"] - curating, 1)
     out.shortfall = collected.get("short", [])
+    out.upgrade = (collected.get("curate") or {}).get("upgrade", [])
     with stages.stage("build"):
         ds = stages.build(cfg)
     publish(cfg)

@@ -691,3 +691,33 @@ def test_a_round_0_with_other_settings_says_it_replaces_the_shipped_model_withou
     run_stages(cfg, NightlyStages([(0.05, 0.20), (0.04, 0.10)], [("v5", True), ("v6", True)]))
     assert (f"round 0 is trained with other settings than the shipped model {shipped} (train.epochs differ): it "
             f"replaces models/LATEST without a comparison; `mlc promote {shipped}` puts it back") in caplog.text
+
+
+def test_what_an_upgrade_made_the_run_do_once_is_in_its_summary_not_only_in_the_log(tmp_path):
+    """The first curate after an upgrade migrates the catalog and inspects JPEGs again (curate's
+    `upgrade`, tests/dataset/test_curate_build.py): `mlc run` printed it as a log line only, which
+    scrolled past. The run's result, its printed summary, the HTML report, latest.json and the
+    Prefect run summary say it now."""
+    from html import escape
+    from mlc_pipeline.pipeline import run_stages
+    from mlc_pipeline.report.model import run_notes, upgrade_lines
+    from mlc_pipeline.report.summary import summary_markdown
+    said = ["catalog migrated from schema 2 to 3 (...)", "2 JPEG(s) curated before JPEGs were decoded strictly "
+            "(mlc-pipeline before 0.3.0) inspected again, once: 1 rejected now as damaged"]
+
+    class Upgraded(ScriptedStages):
+        def collect(self, cfg):
+            return {"short": [], "curate": {"accepted": 3, "inspected": 2, "reused": 1, "upgrade": said}}
+
+    cfg = _loop_config(tmp_path, rounds=1)
+    out = run_stages(cfg, Upgraded([(0.1, 0.3), (0.05, 0.2)]))
+    assert out.upgrade == said
+    assert upgrade_lines(out) == [f"once after an upgrade: {line}" for line in said]        # what `mlc run` prints
+    assert [n for n in run_notes(out) if "upgrade" in n] == [
+        f"<p class='upgrade'><b>Once after an upgrade:</b> {escape(line)}</p>" for line in said]
+    assert json.loads((cfg.layout.reports / "latest.json").read_text())["upgrade"] == said
+    text = summary_markdown({"status": "Completed", "config_path": "c.yaml",
+                             "curate": {"accepted": 3, "inspected": 2, "reused": 1, "upgrade": said}})
+    assert "**Once after an upgrade:**\n\n- catalog migrated from schema 2 to 3 (...)\n- 2 JPEG(s) curated" in text, text
+    nothing = run_stages(_loop_config(tmp_path / "fresh", rounds=1), ScriptedStages([(0.1, 0.3), (0.05, 0.2)]))
+    assert nothing.upgrade == [] and upgrade_lines(nothing) == []

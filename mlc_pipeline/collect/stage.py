@@ -311,7 +311,7 @@ def collect_in_rounds(cfg: Config, curate: Callable[[Config], Any], progress: bo
     curated = None
     seconds = {"collect": 0.0, "curate": 0.0}
     with collect_session(cfg, progress, on_progress) as (catalog, collector, summary):
-        inspected = 0
+        inspected, upgrade = 0, []     # over every round (a JPEG inspected again after an upgrade: round 1)
         for round_no in range(1, max_rounds + 1):
             summary.rounds = round_no
             before, started, searched_from = summary.downloaded, time.monotonic(), time.time()
@@ -324,6 +324,7 @@ def collect_in_rounds(cfg: Config, curate: Callable[[Config], Any], progress: bo
             curated = curate(cfg)
             seconds["curate"] += time.monotonic() - started
             inspected += curated.inspected
+            upgrade += curated.upgrade
             short = shortfalls(cfg, catalog, collector.exhausted, unfinished="topping up")
             if not short:
                 break
@@ -331,7 +332,7 @@ def collect_in_rounds(cfg: Config, curate: Callable[[Config], Any], progress: bo
                 break
             log.info("round %d: %d sets short of usable images; topping up: %s", round_no, len(short),
                      "; ".join(s.line() for s in short))
-        curated.inspected = inspected
+        curated.inspected, curated.upgrade = inspected, upgrade
         final = shortfalls(cfg, catalog, collector.exhausted,
                            unfinished=f"still short after {summary.rounds} collect/curate rounds: rerun to top up")
         summary.shortfall = {s.key: s.count - s.usable for s in final}

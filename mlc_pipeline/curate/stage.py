@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
-from mlc_pipeline.catalog import FILE_STATUSES, Catalog, run_end_status
+from mlc_pipeline.catalog import FILE_STATUSES, Catalog, run_end_status, untold_migrations
 from mlc_pipeline.catalog.putback import put_back_pairs
 from mlc_pipeline import progress
 from mlc_pipeline.config import Config
@@ -54,6 +54,7 @@ class CurateSummary:
     taken_down: int = 0        # byte copies of photos taken down (`mlc remove`), taken down too
     held: int = 0              # new images that look like photos taken down: held out for review
     damaged: int = 0           # files changed and broken since their download: set aside, downloaded again
+    upgrade: list[str] = field(default_factory=list)   # once after an upgrade: a migration, files inspected again
 
 
 def limits_of(cfg: Config) -> VerifyLimits:
@@ -99,7 +100,7 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
     again = [r for r in stale if r["verify_reason"] is None and not strict_jpeg_verdict(r["verify_limits"])
              and looks_jpeg(r["file_path"])]
     if again:
-        log.info("%d JPEG(s) that passed before JPEGs were decoded strictly are inspected again, once", len(again))
+        log.warning("%d JPEG(s) that passed before JPEGs were decoded strictly are inspected again, once", len(again))
         todo += again
         in_again = {r["id"] for r in again}         # ids: a list's `in` over a million rows is quadratic
         stale = [r for r in stale if r["id"] not in in_again]
@@ -138,6 +139,11 @@ def verify_and_hash(cfg: Config, catalog: Catalog, rows: list[dict], run_id: str
             catalog.update_fields(row["id"], verify_reason=reason, verify_limits=key)
             row.update(verify_reason=reason, verify_limits=key)
             back[record_verdict(cfg, catalog, row, reason, run_id)] += 1
+    if again:       # the run's summary says it too: the log line scrolls past above the progress bars
+        failed = sum(r["verify_reason"] is not None for r in again)
+        summary.upgrade.append(f"{len(again)} JPEG(s) curated before JPEGs were decoded strictly (mlc-pipeline "
+                               f"before 0.3.0) inspected again, once: {failed or 'none'} rejected now as damaged"
+                               + (" (quarantined: the next build leaves them out)" if failed else ""))
     back.pop(None, None)        # the images that did not come back
     if back:
         log.info("%d rejected image(s) pass under the limits now and are judged again (were: %s)",
@@ -376,6 +382,7 @@ def _curate(cfg: Config) -> CurateSummary:
         summary.duplicates = dict(Counter(d[1].split(":")[0] for d in decisions.values() if d[0] == "duplicate"))
         summary.conflicts = dict(Counter(d[1].split(":with=")[0] for d in decisions.values()
                                          if d[0] == "accepted" and d[1]))
+        summary.upgrade[:0] = untold_migrations(catalog.where)     # this process's: collect's open, or this one
         catalog.finish_run(run_id, "completed", summary.__dict__)
     progress.summary(f"curate {run_id}", [
         ("inspected", summary.inspected), ("reused (unchanged files)", summary.reused),
@@ -384,5 +391,6 @@ def _curate(cfg: Config) -> CurateSummary:
         ("not yet published (left for the next curate)", summary.unpublished or None),
         ("taken down (byte copies of removed photos)", summary.taken_down or None),
         ("held for review (look like removed photos)", summary.held or None),
-        ("damaged since download (set aside; the next collect downloads them again)", summary.damaged or None)])
+        ("damaged since download (set aside; the next collect downloads them again)", summary.damaged or None),
+        ("once after an upgrade", "; ".join(summary.upgrade))])
     return summary

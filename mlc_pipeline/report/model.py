@@ -34,6 +34,12 @@ def md_to_html_table(md: str) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def upgrade_lines(result) -> list[str]:
+    """What a run did once because the data root was made by older code (a catalog migrated, JPEGs inspected
+    again): `mlc run` prints it after the rounds; the log line alone scrolled past above the progress."""
+    return [f"once after an upgrade: {line}" for line in getattr(result, "upgrade", None) or []]
+
+
 def data_warnings(result, models_dir: Path) -> list[str]:
     """The run's short sets, then the warnings the last model recorded about its training data."""
     lines = [f"short set after collection: {line}" for line in getattr(result, "shortfall", None) or []]
@@ -60,6 +66,8 @@ def run_notes(result) -> list[str]:
         notes.append(f"<p id='not-shipped'><b>Not shipped:</b> {html.escape(result.not_shipped)}.</p>")
     if getattr(result, "stop_reason", ""):      # the loop knew why; the page only showed fewer rounds
         notes.append(f"<p id='mining-stopped'><b>Mining stopped:</b> {html.escape(result.stop_reason)}.</p>")
+    for line in getattr(result, "upgrade", None) or []:     # absent from runs saved before 0.3.0
+        notes.append(f"<p class='upgrade'><b>Once after an upgrade:</b> {html.escape(line)}</p>")
     return notes
 
 

@@ -167,6 +167,8 @@ def summary_markdown(run: dict) -> str:
                   f"duplicates {sum(k.get('duplicates', {}).values())} (table `{REJECTED_KEY}`)"
                   + (f"; taken down as copies of removed photos {k['taken_down']}" if k.get("taken_down") else "")
                   + (f"; held for review, looking like removed photos {k['held']}" if k.get("held") else ""), ""]
+        if k.get("upgrade"):        # a migration, files inspected again: the log line scrolled past
+            lines += ["**Once after an upgrade:**", ""] + [f"- {md_escape(line)}" for line in k["upgrade"]] + [""]
     builds = run.get("builds") or []
     if builds:
         b = builds[-1]

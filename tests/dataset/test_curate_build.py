@@ -409,16 +409,26 @@ def test_a_jpeg_that_passed_before_strict_decoding_is_inspected_again_once(tmp_p
         for r in c.candidates():
             assert r["verify_reason"] is None, r
             c.update_fields(r["id"], verify_limits=old)
+        c.db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")     # and its schema: 0.2.0's
+        from mlc_pipeline.catalog import untold_migrations
+        untold_migrations(c.where)              # (none: this process's other tests migrate other catalogs)
     caplog.set_level("INFO", logger="mlc_pipeline.curate.stage")
     after = curate(cfg)
     assert (after.inspected, after.rejudged) == (2, 1)
     assert "2 JPEG(s) that passed before JPEGs were decoded strictly are inspected again, once" in caplog.text
+    # ... and the summary says both, as `mlc curate` prints it and `mlc run` after its rounds (the log
+    # line was all: it scrolled past above the progress bars, and a Prefect run's summary lacked it)
+    assert after.upgrade == [
+        "catalog migrated from schema 2 to 3 (the columns and tables added since mlc-pipeline 0.2.0 are part of the "
+        "schema; mlc-pipeline older than 0.3.0 refuses this catalog from now on (upgrade every machine that uses it))",
+        "2 JPEG(s) curated before JPEGs were decoded strictly (mlc-pipeline before 0.3.0) inspected again, once: 1 "
+        "rejected now as damaged (quarantined: the next build leaves them out)"], after.upgrade
     with Catalog(cfg.catalog_path, readonly=True) as c:
         got = {r["photo_id"]: (r["status"], r["reason"]) for r in c.candidates()}
         assert got["cut"] == ("rejected", "truncated") and got["whole"] == got["png"] == ("accepted", None), got
         [cut] = c.candidates(status=["rejected"])
         assert Path(cut["file_path"]).is_relative_to(cfg.layout.quarantine("truncated")), cut["file_path"]
-    assert (curate(cfg).inspected, curate(cfg).rejudged) == (0, 0)
+    assert (curate(cfg).inspected, curate(cfg).rejudged, curate(cfg).upgrade) == (0, 0, [])
 
 
 def test_a_file_the_os_would_not_read_is_inspected_again_and_comes_back(tmp_path):
