@@ -14,7 +14,8 @@
 
 Each migration is recorded in meta as `migrated_to_N` (JSON: when, from which version, what it did),
 in the transaction that moves `schema_version`, and said in a warning: it happens once, on the first
-writable open by the newer code (`mlc run` and `mlc curate` repeat it in their summary: `untold`). A read-only open migrates nothing and reads an older catalog as it is.
+writable open by the newer code (`mlc run` and `mlc curate` repeat it in their summary: `untold`). A
+read-only open migrates nothing and reads an older catalog as it is.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .schema import MIGRATION_DIRS, SCHEMA_VERSION, refuse_newer
 
 log = logging.getLogger(__name__)
 
-# What a catalog migrated to each version can no longer be opened by, and what the migration did to it.
+# What each version changed, as the line saying a migration to it tells (the log, a command's summary).
 CHANGED = {2: "file paths are recorded relative to the data root",
            3: "the columns and tables added since mlc-pipeline 0.2.0 are part of the schema; mlc-pipeline "
               "older than 0.3.0 refuses this catalog from now on (upgrade every machine that uses it)"}
