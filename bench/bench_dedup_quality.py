@@ -3,7 +3,9 @@
 Originals: the fixture photos (hymenoptera, 398, <= 400 px; pets, 1,200, 180 px). Edited copies of
 every `--every`-th photo: resized to 50 %, JPEG quality 50, centre crops of 5 % and 10 % per side,
 corner crops (5 % and 10 % off the left and top edges), 8 % off the left edge alone, rotated 3 degrees, and a watermark (a 60 %-opaque white label with text in the bottom-right
-corner). All files go through the production `inspect_files`.
+corner); and the larger crops: 15 % and 20 % per side, centred (crop15, crop20), at a corner (off the
+left and top, corner15, corner20) and off one edge (left15, left20). `--edits` picks some of them.
+All files go through the production `inspect_files`.
 
 Methods, on the same files in the same run:
 - `phash<=T`: the full-image phash within T bits (what curation used alone before issue 13).
@@ -45,7 +47,8 @@ from mlc_pipeline.curate.similarity import CONFIRM, FileSimilarity  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 THRESHOLD = CurateSettings().hamming_threshold
-EDITS = ("resize50", "jpeg50", "crop5", "crop10", "corner5", "corner10", "left8", "rotate3", "watermark")
+EDITS = ("resize50", "jpeg50", "crop5", "crop10", "corner5", "corner10", "left8", "rotate3", "watermark",
+         "crop15", "crop20", "corner15", "corner20", "left15", "left20")
 
 
 def edit(im: Image.Image, name: str) -> tuple[Image.Image, int]:
@@ -154,7 +157,7 @@ def catalog_pairs(path: Path, passes: int = 1) -> None:
 
 
 def main() -> None:
-    global THRESHOLD
+    global THRESHOLD, EDITS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--every", type=int, default=4, help="edit every n-th original")
     parser.add_argument("--catalog", type=Path, help="also count pairs among a catalog's images")
@@ -163,8 +166,9 @@ def main() -> None:
     parser.add_argument("--threshold", type=int, default=THRESHOLD, help="phash bits a candidate may differ by "
                         "(curate.hamming_threshold; default %(default)s)")
     parser.add_argument("--no-imagededup", action="store_true", help="only our methods")
+    parser.add_argument("--edits", nargs="+", choices=EDITS, default=EDITS, help="the edits to make (default: all)")
     args = parser.parse_args()
-    THRESHOLD = args.threshold
+    THRESHOLD, EDITS = args.threshold, tuple(args.edits)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         originals, copies = make_set(out, args.every)
@@ -189,7 +193,8 @@ def main() -> None:
         for e in EDITS:
             v = [scores.get((k, len(originals) + c)) for c, (k, e2, _) in enumerate(copies) if e2 == e]
             v = np.array([x for x in v if x is not None])
-            print(f"similarity of {e} copies found as candidates: n {len(v)}, min {v.min():.3f}, p5 {np.percentile(v, 5):.3f}")
+            print(f"similarity of {e} copies found as candidates: n {len(v)}" +
+                  (f", min {v.min():.3f}, p5 {np.percentile(v, 5):.3f}" if len(v) else ""))
         false = np.array([s for (i, j), s in scores.items() if origin[i] != origin[j] and s is not None])
         if len(false):
             print(f"similarity of cross-photo candidates: n {len(false)}, max {false.max():.3f}, "
