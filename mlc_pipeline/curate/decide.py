@@ -264,22 +264,24 @@ MIRRORED = PairScores(100_000)        # (file mirrored, other file) -> score, fo
 
 def window_copies(tests: list[dict], new: list[dict], confirm: FileSimilarity,
                   mirrored: MirroredSimilarity) -> dict[int, tuple[tuple, int, str]]:
-    """new row id -> (test image id, bits, 'corner' | 'mirror') for the new rows that are a corner crop
-    or a mirror image of a published test image: whole image within LOOKALIKE_BITS of one of its corner
-    windows or mirror views (`lookalikes.window_bits`, the takedown's rule; `corner_hashes`), and
-    confirmed by pixels as every near copy is, at CONFIRM: a corner window by `confirm` (its anchored
-    search finds a crop at a corner), a mirror view by `mirrored`. The search compares centred views
-    only, so these were never its candidates (the export26 audit: a 7.5 % corner crop of a v1 test
-    photo trained in v2); by hashes alone, different drawings of the generated world come as close
-    (docs/curation.md, "Test images of earlier versions never train"). Nearest first."""
+    """new row id -> (test image id, bits, 'corner' | 'mirror' | 'crop') for the new rows that are a
+    corner crop, a mirror image or a 15-20 % crop of a published test image: whole image within
+    LOOKALIKE_BITS of one of its corner windows, mirror views or crop windows (`lookalikes.window_bits`,
+    the takedown's rule; `corner_hashes`), and confirmed by pixels as every near copy is, at CONFIRM: a
+    corner or crop window by `confirm` (its centred alignments and anchored search find a crop of up to
+    20 % per side), a mirror view by `mirrored`. The search compares centred views only, so these were
+    never its candidates (the export26 audit: a 7.5 % corner crop of a v1 test photo trained in v2); by
+    hashes alone, different drawings of the generated world come as close (docs/curation.md, "Test
+    images of earlier versions never train"). Nearest first."""
     near: dict[int, list[tuple[int, int, str]]] = defaultdict(list)
-    for (i, j), (corner, mirror) in window_bits(new, tests, LOOKALIKE_BITS).items():
-        near[i] += [(bits, j, kind) for bits, kind in ((corner, "corner"), (mirror, "mirror")) if bits <= LOOKALIKE_BITS]
+    for (i, j), (corner, mirror, crop) in window_bits(new, tests, LOOKALIKE_BITS).items():
+        near[i] += [(bits, j, kind) for bits, kind in ((corner, "corner"), (mirror, "mirror"), (crop, "crop"))
+                    if bits <= LOOKALIKE_BITS]
     out: dict[int, tuple[tuple, int, str]] = {}
     for i, found in near.items():
         for bits, j, kind in sorted(found):
             t, rid = tests[j]["id"], new[i]["id"]
-            score = confirm(t, rid) if kind == "corner" else mirrored(rid, t)
+            score = mirrored(rid, t) if kind == "mirror" else confirm(t, rid)
             if score is not None and score >= CONFIRM:
                 out[rid] = (t, bits, kind)
                 break

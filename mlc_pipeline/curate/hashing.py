@@ -48,7 +48,12 @@ HASH_DECODE_SIDE = 64
 # "Near copies collected later"). For every image they would cost curate ~0.1 ms a view (ibid.); they
 # are kept for photos taken down and for published test images (the catalog's kept_corners, by digest).
 CORNER_CUT = 0.075
-CORNER_METHOD = f"corners-v1:{CORNER_CUT}:{HASH_DECODE_SIDE}:{VIEW_CROPS}"    # what kept corner hashes were made by
+# A published test image keeps more windows (since 2026-12-07): with each of these cut off every side
+# (centred), two adjacent edges (a corner) or one edge, for larger crops of it collected later (15-20 %
+# per side: 26-30 bits from every view, docs/curation.md, "Test images of earlier versions never train").
+CROP_WINDOW_CUTS = (0.15, 0.20)
+# what kept corner hashes of published test images were made by (the catalog's kept_corners)
+CORNER_METHOD = f"corners-v2:{CORNER_CUT}:{HASH_DECODE_SIDE}:{VIEW_CROPS}:{CROP_WINDOW_CUTS}"
 
 
 @dataclass(frozen=True)
@@ -153,15 +158,19 @@ def views_of(grey: np.ndarray) -> list[np.ndarray]:
     return views
 
 
-def corner_phashes(path: str | os.PathLike, limits: VerifyLimits = VerifyLimits()) -> str | None:
+def corner_phashes(path: str | os.PathLike, limits: VerifyLimits = VerifyLimits(),
+                   crop_windows: bool = False) -> str | None:
     """What a takedown keeps of a photo beyond its own views, for copies collected once its file is
     gone (`curate.takedown`: a copy's whole-image phash is compared with each), and curate of a published
     test image (`curate.decide`): the phashes of the four windows with CORNER_CUT cut off two adjacent
-    edges, then of its mirror image's views (a flipped re-upload: phash is not mirror-invariant),
+    edges, then of its mirror image's views (a flipped re-upload: phash is not mirror-invariant), then
+    with `crop_windows` (a published test image, whose pixels confirm a copy) `crop_window_greys`',
     decoded as for its own hashes, comma-separated; None when it cannot be read or decoded (under
     `limits`: a published copy is checked as `stage.published_test_images` checks it)."""
     record, views = decode_for_hashing(os.fspath(path), limits)
-    return ",".join(phash_many(takedown_greys(views[0]))) if record.ok and views else None
+    if not record.ok or not views:
+        return None
+    return ",".join(phash_many(takedown_greys(views[0]) + (crop_window_greys(views[0]) if crop_windows else [])))
 
 
 def takedown_greys(grey: np.ndarray) -> list[np.ndarray]:
@@ -174,6 +183,18 @@ def corner_greys(grey: np.ndarray) -> list[np.ndarray]:
     h, w = grey.shape
     dx, dy = round(w * CORNER_CUT), round(h * CORNER_CUT)
     return [grey[dy:, dx:], grey[dy:, :w - dx], grey[:h - dy, dx:], grey[:h - dy, :w - dx]]
+
+
+def crop_window_greys(grey: np.ndarray) -> list[np.ndarray]:
+    """For each cut in CROP_WINDOW_CUTS: the window with it cut off every side, then off two adjacent
+    edges (four corners), then off one edge (left, right, top, bottom)."""
+    h, w = grey.shape
+    windows = []
+    for cut in CROP_WINDOW_CUTS:
+        dx, dy = round(w * cut), round(h * cut)
+        windows += [grey[dy:h - dy, dx:w - dx], grey[dy:, dx:], grey[dy:, :w - dx], grey[:h - dy, dx:],
+                    grey[:h - dy, :w - dx], grey[:, dx:], grey[:, :w - dx], grey[dy:, :], grey[:h - dy, :]]
+    return windows
 
 
 def _hash_grey(im: Image.Image, orientation: int) -> Image.Image:

@@ -26,7 +26,8 @@ from mlc_pipeline.curate.similarity import VIEW_CROPS
 log = logging.getLogger(__name__)
 
 LOOKALIKE_BITS = 8     # hashes this close: the same picture (docs/curation.md, "Near copies collected later")
-CORNER_WINDOWS = 4     # hashing.corner_phashes: the four corner windows, then the mirror image's views
+CORNER_WINDOWS = 4     # hashing.corner_phashes: the four corner windows, then the mirror image's views,
+MIRROR_VIEWS = 1 + len(VIEW_CROPS)      # then (a published test image's) its crop windows
 KEPT_FOR = re.compile(r"held: kept in place of candidate (\d+), ")     # `hold_lookalikes_of_removed`'s keeps
 
 
@@ -109,15 +110,16 @@ def lookalike_bits(rows: list[dict], removed: list[dict]) -> tuple[np.ndarray, n
     corners, flipped = views.copy(), views.copy()
     for j, their in enumerate(hash_matrix(removed)):
         views[:, j] = hamming_uint64(mine[:, :, None], their[None, None, :]).min(axis=(1, 2))
-    for (i, j), (corner, mirror) in window_bits(rows, removed, LOOKALIKE_BITS).items():
-        corners[i, j], flipped[i, j] = corner, mirror
+    for (i, j), (corner, mirror, crop) in window_bits(rows, removed, LOOKALIKE_BITS).items():
+        corners[i, j], flipped[i, j] = min(corner, crop), mirror     # a takedown keeps no crop windows
     return views, corners, flipped
 
 
-def window_bits(rows: list[dict], photos: list[dict], bits: int) -> dict[tuple[int, int], tuple[int, int]]:
+def window_bits(rows: list[dict], photos: list[dict], bits: int) -> dict[tuple[int, int], tuple[int, int, int]]:
     """(row index, photo index) -> the least bits between the row's whole image's phash and the photo's
-    corner windows, and its mirror image's views (its `corner_hashes`, hashing.corner_phashes), each 64
-    when more than `bits` apart; for the pairs within `bits` by one or the other. The one comparison of
+    corner windows, its mirror image's views, and its crop windows (a published test image's: 15-20 %
+    off every side, a corner or one edge) (its `corner_hashes`, hashing.corner_phashes), each 64 when
+    more than `bits` apart; for the pairs within `bits` by one or another. The one comparison of
     whole images with corner windows: of images with photos taken down (`lookalike_bits`) and with
     published test images (`decide.window_copies`). Searched as the candidate search searches
     (`neardup.find_pairs`), not as a rows x photos matrix: a curate compares every training image with
@@ -130,11 +132,13 @@ def window_bits(rows: list[dict], photos: list[dict], bits: int) -> dict[tuple[i
     n = len(rows)
     pairs = pairs[(pairs[:, 0] < n) & (pairs[:, 1] >= n)]       # (i, j), i < j: an image, then a window
     apart = hamming_uint64(mine[pairs[:, 0]], theirs[pairs[:, 1] - n])
-    out: dict[tuple[int, int], tuple[int, int]] = {}
+    out: dict[tuple[int, int], tuple[int, int, int]] = {}
     for i, w, d in zip(pairs[:, 0].tolist(), (pairs[:, 1] - n).tolist(), apart.tolist()):
         j, k, _ = kept[w]
-        corner, mirror = out.get((i, j), (64, 64))
-        out[(i, j)] = (min(corner, d), mirror) if k < CORNER_WINDOWS else (corner, min(mirror, d))
+        least = list(out.get((i, j), (64, 64, 64)))
+        kind = 0 if k < CORNER_WINDOWS else 1 if k < CORNER_WINDOWS + MIRROR_VIEWS else 2
+        least[kind] = min(least[kind], d)
+        out[(i, j)] = tuple(least)
     return out
 
 

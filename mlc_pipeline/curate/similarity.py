@@ -8,9 +8,9 @@ correlation. Sky gradients and plain backgrounds vanish from the residual; edges
 remain, and two different drawings on the same background correlate weakly.
 
 Crops and small rotations would misalign the residuals, so the score is the best over a few
-alignments: centre crops of 0 to 10 % per side (2.5 % steps) on either image, and rotations of 0 and
-+-3 degrees. A pair those leave under CONFIRM is searched once more for a crop at a corner or along
-one side (`anchored_search`). Measured in docs/curation.md ("Second signal"): the 1,230 phash
+alignments: centre crops of 0 to 20 % per side (2.5 % steps) on either image, and rotations of 0 and
++-3 degrees (with crops of 5 to 10 %). A pair those leave under CONFIRM is searched once more for a
+crop at a corner or along one side (`anchored_search`). Measured in docs/curation.md ("Second signal"): the 1,230 phash
 candidate pairs of the default generated world (all distinct pictures) score at most 0.873; 95 % of
 resized, re-encoded, 5/10 %-cropped and 3-degree-rotated fixture photos score >= 0.957.
 """
@@ -37,11 +37,12 @@ log = logging.getLogger(__name__)
 # Centre crops (fraction cut off each side) hashed beside the full view, so a copy cropped by up to
 # ~12 % per side still has a view within the phash threshold of one of the original's views.
 VIEW_CROPS = (0.05, 0.10)
-# One image may be cropped relative to the other by 0..10 % per side (in 2.5 % steps); a rotated copy has
-# filled corners, so rotations are compared from 5 % crops upwards.
-CROPS = (0.0, 0.025, 0.05, 0.075, 0.10)
+# One image may be cropped relative to the other by 0..20 % per side (in 2.5 % steps; 0..10 % until
+# 2026-12-07); a rotated copy has filled corners, so rotations are compared with 5-10 % crops.
+CROPS = (0.0, 0.025, 0.05, 0.075, 0.10, 0.125, 0.15, 0.175, 0.20)
 ROTATIONS = (0, -3, 3)
 ROTATED_FLOOR = 0.05
+ROTATED_CROPS = tuple(c for c in CROPS if ROTATED_FLOOR <= c <= 0.10)
 THUMB_SIDE = 48
 CONFIRM = 0.92      # a phash candidate at or above this score is a duplicate
 SURE = 0.97         # ... and at or above this, it may merge labels (beyond doubt)
@@ -85,13 +86,13 @@ def _residual(im: Image.Image, box: tuple[float, float, float, float] | None = N
 
 def _alignments() -> tuple[list[tuple[int, float]], list[tuple[int, int]]]:
     "The (rotation, crop) views of an image, and the (view of a, view of b) pairs that are compared."
-    views = [(0, c) for c in CROPS] + [(r, c) for r in ROTATIONS if r for c in CROPS if c >= ROTATED_FLOOR]
+    views = [(0, c) for c in CROPS] + [(r, c) for r in ROTATIONS if r for c in ROTATED_CROPS]
     pairs = []
     for ia, (ra, ca) in enumerate(views):
         for ib, (rb, cb) in enumerate(views):
             if ra == 0 and rb == 0 and min(ca, cb) == 0:                       # one side cropped
                 pairs.append((ia, ib))
-            elif ra == 0 and rb != 0 and min(ca, cb) == ROTATED_FLOOR:           # b rotated
+            elif ra == 0 and rb != 0 and min(ca, cb) == ROTATED_FLOOR and ca in ROTATED_CROPS:   # b rotated
                 pairs.append((ia, ib))
     return views, pairs
 
@@ -123,7 +124,7 @@ def rotated_residuals(im: Image.Image) -> np.ndarray:
 
 
 def _shrunk(im: Image.Image) -> Image.Image:
-    "At most 3 * THUMB_SIDE on the long side: enough for the views of 10 % crops; rotating is cheaper."
+    "At most 3 * THUMB_SIDE on the long side: enough for the views of 20 % crops; rotating is cheaper."
     return im.resize(_fit(im.size, 3 * THUMB_SIDE), Image.Resampling.BOX) if max(im.size) > 3 * THUMB_SIDE else im
 
 
@@ -330,7 +331,7 @@ Confirm = Callable[[Hashable, Hashable], "float | None"]
 # (cover_w / cover_h = the copy's aspect / the original's): for each corner, the only unknown is one
 # cover in COVER_MIN..1. Windows anywhere inside the original (free position) were tried and rejected:
 # on the generated world's flat drawings, sliding a smooth horizon over another one reached 0.926.
-COVER_MIN = 0.80          # the copy keeps at least 80 % of each side of the original
+COVER_MIN = 0.75          # the copy keeps at least 75 % of each side of the original (80 % until 2026-12-07)
 COVER_STEP = 0.025
 CORNERS = ((0, 0), (1, 0), (0, 1), (1, 1))   # which corner the window touches: (right?, bottom?)
 

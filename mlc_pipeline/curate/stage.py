@@ -301,7 +301,8 @@ def published_test_images(cfg: Config, catalog: Catalog) -> list[dict]:
                         img_width=rec.width, img_height=rec.height, first_seen_at=0.0, label="other"))
     digests = {t["sha256"]: t["file_path"] for t in out}
     kept = catalog.kept_corner_hashes(CORNER_METHOD)
-    new = {sha: corners for sha, path in digests.items() if sha not in kept and (corners := corner_phashes(path, limits))}
+    new = {sha: corners for sha, path in digests.items()
+           if sha not in kept and (corners := corner_phashes(path, limits, crop_windows=True))}
     if new or kept.keys() - digests.keys():      # files hashed now; files no longer published
         catalog.keep_corner_hashes(CORNER_METHOD, new, published=digests)
     return [dict(t, corner_hashes=kept.get(t["sha256"]) or new.get(t["sha256"])) for t in out]

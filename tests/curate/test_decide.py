@@ -9,6 +9,7 @@ cannot be confirmed (as for a file that cannot be re-read). One case scores real
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from badfiles import fixture_photos
-from helpers import copy_of_a_training_ant, hymenoptera_world
+from helpers import FIXTURES, copy_of_a_training_ant, hymenoptera_world
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.collect.stage import collect
 from mlc_pipeline.config import parse_config
@@ -442,7 +443,6 @@ def test_the_copy_kept_is_the_colour_original_not_a_bigger_grey_or_palette_file(
     # a 256-colour palette PNG, a 16-bit greyscale PNG, and a greyscale copy upscaled 1.5x. Until
     # 2026-12-07 the most pixels, then the most bytes won, and each of them replaced its original.
     # A lower-quality re-encode still loses to its original, and a colour copy with more pixels wins.
-    from helpers import FIXTURES
     ants = sorted((FIXTURES / "hymenoptera" / "ants").glob("*.jpg"))
     original = {k: Image.open(ants[k]).convert("RGB") for k in range(6)}
     grey16 = Image.fromarray(np.asarray(original[2].convert("L")).astype(np.uint16) * 257)
@@ -495,7 +495,6 @@ def test_a_corner_crop_or_mirror_image_of_a_published_test_photo_never_trains(tm
     # of the search (it compares centred views) and trained in v2, inflating its test score; a mirror
     # image, the same. Both are now found by the test photo's corner windows and mirror views (as a
     # takedown finds them) and confirmed by pixels, so a different photo whose hash comes as close stays.
-    from helpers import FIXTURES
     from mlc_pipeline.curate import decide, stage
     from mlc_pipeline.manifest import read_version_meta
     from mlc_pipeline.report.inspect import catalog_summary, format_catalog_summary
@@ -550,6 +549,42 @@ def test_a_corner_crop_or_mirror_image_of_a_published_test_photo_never_trains(tm
     assert str(gravel["id"]) in in_v2 and not {str(corner["id"]), str(mirror["id"])} & in_v2
     assert {k: n for k, n in read_version_meta(v2.path)["curation"].items() if "-of-test" in k} == {
         "duplicate: corner-duplicate-of-test": 1, "duplicate: mirror-duplicate-of-test": 1}
+
+
+@pytest.mark.skipif(not fixture_photos(), reason="fixture photos missing (../shared/fixtures)")
+def test_a_15_or_20_percent_crop_of_a_published_test_photo_never_trains(tmp_path):
+    # Crops of 15-20 % per side, centred or at a corner, are 20-30 bits from every view of the photo
+    # and its 7.5 % corner windows, and the pixel check aligned crops of at most 10 %: the four were
+    # curated as new photos (three kept, one dropped as a copy of another crop) and trained in v2. Now
+    # a test image keeps crop windows (15 and 20 % off every side, a corner or an edge), and the
+    # pixels align crops of up to 20 %, so each is dropped as a copy of the test photo.
+    cfg, world = hymenoptera_world(tmp_path, ants=12, bees=12)
+    cfg = cfg.model_copy(update={"build": cfg.build.model_copy(update={"max_side": 256})})
+    (world / CORNERED).unlink(missing_ok=True)          # the photo once, under the name given below
+    photo = named_for_test(cfg, "ants", "photo")
+    shutil.copy(FIXTURES / "hymenoptera" / CORNERED, world / photo)
+    collect(cfg, progress=False)
+    curate(cfg)
+    v1 = build_dataset(cfg)
+    assert photo in {r["source_file"] for r in read_manifest(v1.path / "manifest.csv") if r["split"] == "test"}
+    with Image.open(FIXTURES / "hymenoptera" / CORNERED) as im:
+        im = im.convert("RGB")
+    w, h = im.size
+    for cut in (15, 20):
+        dx, dy = w * cut // 100, h * cut // 100
+        im.crop((dx, dy, w - dx, h - dy)).save(world / "ants" / f"zz_centre{cut}.jpg", quality=85)
+        im.crop((0, dy, w - dx, h)).save(world / "bees" / f"zz_corner{cut}.jpg", quality=85)  # off right and top
+    collect(cfg, progress=False)
+    curate(cfg)
+    with Catalog(cfg.catalog_path) as c:
+        rows = {r["source_file"]: r for r in c.candidates()}
+    crops = [rows[f"{d}/zz_{k}.jpg"] for d, k in (("ants", "centre15"), ("ants", "centre20"),
+                                                 ("bees", "corner15"), ("bees", "corner20"))]
+    test_photo = rows[photo]["id"]
+    assert [(r["status"], r["duplicate_of"]) for r in crops] == [("duplicate", test_photo)] * 4, crops
+    assert all(re.fullmatch(rf"(near|crop)-duplicate-of-test:{v1.version}:d=\d+", r["reason"]) for r in crops), crops
+    in_v2 = {r["candidate_id"] for r in read_manifest(build_dataset(cfg).path / "manifest.csv")}
+    assert not {str(r["id"]) for r in crops} & in_v2
 
 
 @pytest.mark.skipif(not fixture_photos(), reason="fixture photos missing (../shared/fixtures)")
