@@ -11,8 +11,10 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -135,6 +137,74 @@ def queued(argv: list[str], timeout: float = 60) -> subprocess.Popen:
             raise AssertionError(f"{why} without waiting for the lock: {said.decode(errors='replace')[-2000:]}")
         said += chunk
     return proc
+
+
+# --- TCP servers on loopback in front of a real one (the object-store fault tests) --------------
+
+class Listener:
+    """A TCP server on a free loopback port (`address`, as an http URL) that hands each connection to
+    `connected`, in its accept thread, until `close()`."""
+
+    def __init__(self, backlog: int = 64):
+        self.server = socket.create_server(("127.0.0.1", 0), backlog=backlog)
+        self.address = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:         # closed: the test is over
+                return
+            self.connected(client)
+
+    def connected(self, client: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.server.close()
+
+
+class Gateway(Listener):
+    """A front to the server on loopback `port`, with a connection to it for each of its own (unless
+    `admit` says no). Each chunk of a request and of an answer is shown to `request` and `answer`, with
+    the connection's namespace (`client`, `upstream`), before it passes; one that raises an OSError ends
+    the connection. An ended connection's two sockets are `hang_up`'s (closed). Subclasses set their
+    own fields before calling __init__: the accept thread starts in it."""
+
+    def __init__(self, port: int, backlog: int = 64):
+        self.port, self.lock = port, threading.Lock()
+        super().__init__(backlog)
+
+    def connected(self, client: socket.socket) -> None:
+        if not self.admit(client):
+            return
+        conn = SimpleNamespace(client=client, upstream=socket.create_connection(("127.0.0.1", self.port)))
+        for src, dst, seen in ((client, conn.upstream, self.request), (conn.upstream, client, self.answer)):
+            threading.Thread(target=self._pipe, args=(conn, src, dst, seen), daemon=True).start()
+
+    def _pipe(self, conn: SimpleNamespace, src: socket.socket, dst: socket.socket, seen) -> None:
+        try:
+            while data := src.recv(65536):
+                seen(conn, data)
+                dst.sendall(data)
+        except OSError:             # refused by a hook, or the other direction ended both
+            pass
+        self.hang_up(src, dst)
+
+    def admit(self, client: socket.socket) -> bool:
+        return True
+
+    def request(self, conn: SimpleNamespace, data: bytes) -> None:
+        pass
+
+    def answer(self, conn: SimpleNamespace, data: bytes) -> None:
+        pass
+
+    @staticmethod
+    def hang_up(*socks: socket.socket) -> None:
+        for s in socks:
+            s.close()
 
 
 # --- disk faults, in a user + mount namespace ---------------------------------------------------

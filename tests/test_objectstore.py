@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ENV, MLC, free_port, tiny_config
+from helpers import ENV, MLC, Gateway, free_port, tiny_config
 from mlc_pipeline import objectstore, sync
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import ConfigError, load_config, parse_config
@@ -380,53 +380,25 @@ def test_an_unreachable_store_is_not_called_a_missing_bucket(s3_server, tmp_path
     assert "bucket 'no-such-bucket' does not exist" in lines[0], lines[0]
 
 
-class FailingPuts:
-    """A TCP proxy on loopback in front of the S3 server: passes every request, or (`fail_puts`) answers
-    each upload (a request starting `PUT `) with 503 ServiceUnavailable, as a store shedding load does
-    (the scale26 audit's proxy). Reads and listings pass, so a command fetches, then fails to publish."""
+class FailingPuts(Gateway):
+    """A TCP proxy on loopback in front of the S3 server at `target` (its URL): passes every request, or
+    (`fail_puts`) answers each upload (a request starting `PUT `) with 503 ServiceUnavailable, as a store
+    shedding load does (the scale26 audit's proxy). Reads and listings pass, so a command fetches, then
+    fails to publish."""
 
     BODY = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code>'
             b'<Message>Please reduce your request rate.</Message></Error>')
 
     def __init__(self, target: str):
-        import socket
-        import threading
-        self.target = target.rsplit(":", 1)
-        self.fail_puts = False
-        self.refused = 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self.accept, daemon=True).start()
+        self.fail_puts, self.refused = False, 0
+        super().__init__(int(target.rsplit(":", 1)[1]))
 
-    def accept(self) -> None:
-        import socket
-        import threading
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:         # closed: the test is over
-                return
-            server = socket.create_connection((self.target[0].split("//")[1], int(self.target[1])))
-            threading.Thread(target=self.pump, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self.pump, args=(server, client, False), daemon=True).start()
-
-    def pump(self, src, dst, upstream: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if upstream and self.fail_puts and data.startswith(b"PUT "):
-                    self.refused += 1
-                    src.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n"
+    def request(self, conn, data: bytes) -> None:
+        if self.fail_puts and data.startswith(b"PUT "):
+            self.refused += 1
+            conn.client.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n"
                                 b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(self.BODY) + self.BODY)
-                    break
-                dst.sendall(data)
-        except OSError:             # the other side closed: this connection is over
-            pass
-        finally:
-            for s in (src, dst):
-                s.close()
-
-    def close(self) -> None:
-        self.listener.close()
+            raise ConnectionAbortedError("an upload refused")
 
 
 def test_a_failed_publish_says_what_is_kept_and_the_run_is_recorded_failed(s3_server, tmp_path):
@@ -441,7 +413,7 @@ def test_a_failed_publish_says_what_is_kept_and_the_run_is_recorded_failed(s3_se
     config = tmp_path / "pubfail.yaml"
     config.write_text(yaml.safe_dump({
         "data_dir": "s3://mlc-pubfail/proj", "cache_dir": str(tmp_path / "cache"),
-        "storage_options": {"endpoint_url": proxy.endpoint, "config_kwargs": {"retries": {"max_attempts": 2}}},
+        "storage_options": {"endpoint_url": proxy.address, "config_kwargs": {"retries": {"max_attempts": 2}}},
         "source": {"kind": "local", "local": {"seed": 0, "scale": 0.1, "port": free_port()},
                    "retry": {"attempts": 2, "base_delay_s": 0.05, "max_delay_s": 0.2}},
         "classes": {"balloon": {"queries": ["balloon"], "count": 4}},
@@ -482,7 +454,7 @@ def test_a_failed_model_upload_names_a_command_that_publishes_it_without_trainin
     s3fs.S3FileSystem(endpoint_url=s3_server).mkdir("mlc-trainfail")
     proxy = FailingPuts(s3_server)
     tiny_config(tmp_path, free_port())
-    config = bucket_config(tmp_path, proxy.endpoint, "mlc-trainfail", "cache")
+    config = bucket_config(tmp_path, proxy.address, "mlc-trainfail", "cache")
     try:
         for command in ("collect", "curate", "build"):
             mlc(command, "--no-progress" if command == "collect" else "--no-wait", config=config)

@@ -11,30 +11,26 @@ import re
 import socket
 import struct
 import subprocess
-import threading
 import time
 from types import SimpleNamespace
-from typing import Callable
 
 import pytest
 import yaml
 
-from helpers import ENV, MLC
+from helpers import ENV, MLC, Gateway, Listener
 from mlc_pipeline.catalog import Catalog, Found
 from mlc_pipeline.config import load_config
 
 pytestmark = pytest.mark.slow
 
 
-class ResettingProxy:
+class ResettingProxy(Gateway):
     """Loopback TCP proxy to `port`: passes bytes both ways until `limit` bytes went upstream in all,
     then resets (RST) every connection, open or new."""
 
     def __init__(self, port: int, limit: int):
-        self.port, self.limit, self.sent, self.lock = port, limit, 0, threading.Lock()
-        self.server = socket.create_server(("127.0.0.1", 0), backlog=256)
-        self.address = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-        threading.Thread(target=self.accept, daemon=True).start()
+        self.limit, self.sent = limit, 0
+        super().__init__(port, backlog=256)
 
     def tripped(self, sent: int = 0) -> bool:
         with self.lock:
@@ -42,7 +38,8 @@ class ResettingProxy:
             return self.sent >= self.limit
 
     @staticmethod
-    def reset(*socks: socket.socket) -> None:
+    def hang_up(*socks: socket.socket) -> None:
+        """A reset (RST), not a close."""
         for s in socks:
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -50,29 +47,19 @@ class ResettingProxy:
             except OSError:         # closed by the other direction's thread already
                 pass
 
-    def accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:         # the proxy was closed
-                return
-            if self.tripped():
-                self.reset(client)
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.port))
-            for a, b, counted in ((client, upstream, True), (upstream, client, False)):
-                threading.Thread(target=self.pipe, args=(a, b, counted), daemon=True).start()
+    def admit(self, client: socket.socket) -> bool:
+        if not self.tripped():
+            return True
+        self.hang_up(client)
+        return False
 
-    def pipe(self, src: socket.socket, dst: socket.socket, counted: bool) -> None:
-        try:
-            while (data := src.recv(65536)) and not self.tripped(len(data) if counted else 0):
-                dst.sendall(data)
-        except OSError:             # the other direction reset both
-            pass
-        self.reset(src, dst)
+    def request(self, conn: SimpleNamespace, data: bytes) -> None:
+        if self.tripped(len(data)):
+            raise ConnectionResetError("over the limit")
 
-    def close(self) -> None:
-        self.server.close()
+    def answer(self, conn: SimpleNamespace, data: bytes) -> None:
+        if self.tripped():
+            raise ConnectionResetError("over the limit")
 
 
 def found(photo_id: str) -> Found:
@@ -112,25 +99,18 @@ def test_connections_reset_mid_upload_give_the_one_line_only(s3_server, tmp_path
     assert lines[-1].startswith("mlc: object store s3://mlc-resets/p: ") and len(lines) <= 3, res.stderr[-3000:]
 
 
-class SilentServer:
+class SilentServer(Listener):
     """Loopback TCP server that accepts every connection and never sends a byte (a stalled gateway)."""
 
     def __init__(self):
-        self.server = socket.create_server(("127.0.0.1", 0), backlog=64)
-        self.address = f"http://127.0.0.1:{self.server.getsockname()[1]}"
         self.held: list[socket.socket] = []
-        threading.Thread(target=self.accept, daemon=True).start()
+        super().__init__()
 
-    def accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:         # closed
-                return
-            self.held.append(conn)
+    def connected(self, client: socket.socket) -> None:
+        self.held.append(client)
 
     def close(self) -> None:
-        self.server.close()
+        super().close()
         for conn in self.held:
             conn.close()
 
@@ -172,52 +152,7 @@ SLOW_DOWN = b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent
 SLOW_DOWN_BODY = b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
 
 
-def pipe(src: socket.socket, dst: socket.socket, seen: Callable[[bytes], None] = lambda data: None) -> None:
-    """Bytes from `src` to `dst` (each chunk shown to `seen` first) until either side closes; then both closed."""
-    try:
-        while data := src.recv(65536):
-            seen(data)
-            dst.sendall(data)
-    except OSError:                 # the other direction closed both
-        pass
-    for s in (src, dst):
-        s.close()
-
-
-class Front:
-    """Loopback front to the S3 server on `port`, with a connection to it for each of its own; each chunk
-    of a request and of an answer is shown to `request` and `answer` (with the connection's namespace)
-    before it passes. One that raises an OSError closes the connection."""
-
-    def __init__(self, port: int):
-        self.port, self.lock = port, threading.Lock()
-        self.server = socket.create_server(("127.0.0.1", 0), backlog=64)
-        self.address = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:         # closed
-                return
-            conn = SimpleNamespace(client=client, upstream=socket.create_connection(("127.0.0.1", self.port)))
-            threading.Thread(target=pipe, args=(client, conn.upstream, lambda data, c=conn: self.request(c, data)),
-                             daemon=True).start()
-            threading.Thread(target=pipe, args=(conn.upstream, client, lambda data, c=conn: self.answer(c, data)),
-                             daemon=True).start()
-
-    def request(self, conn: SimpleNamespace, data: bytes) -> None:
-        pass
-
-    def answer(self, conn: SimpleNamespace, data: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        self.server.close()
-
-
-class ThrottlingGateway(Front):
+class ThrottlingGateway(Gateway):
     """Its first `throttled` GET requests are answered 503 SlowDown (S3's answer to a client over its
     request rate), and their connection closed; the others pass to the server. (A client sends a
     request only once the last answer is read, so nothing of the server's is in flight then.)"""
@@ -273,7 +208,7 @@ def test_s3fs_tries_are_the_users_to_set_and_each_store_keeps_its_own(s3_server)
         objectstore.Store("s3://mlc-throttled/p", {"endpoint_url": s3_server, "s3fs_retries": "x"})
 
 
-class SlowCompletion(Front):
+class SlowCompletion(Gateway):
     """Holds each CompleteMultipartUpload's answer `delay` s (a gateway that joins the parts before it says
     anything, and keeps nothing alive meanwhile)."""
 
