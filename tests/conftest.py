@@ -15,6 +15,7 @@ _torch_home = tempfile.mkdtemp(prefix="mlc-test-torch-home-")
 atexit.register(shutil.rmtree, _torch_home, ignore_errors=True)
 os.environ["TORCH_HOME"] = _torch_home
 os.environ["MLC_OFFLINE"] = "1"
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")     # before prefect is imported
 
 # ---- shared fixtures (the helpers behind them live in helpers.py and shapes.py)
 import sys  # noqa: E402
@@ -23,6 +24,9 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))   # helpers.py, shapes.py for tests in every sub-folder
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:      # flows/ is a top-level folder, not part of the installed package
+    sys.path.insert(0, str(ROOT))
 from helpers import FIXTURES, free_port, tiny_config  # noqa: E402
 
 
@@ -52,6 +56,15 @@ def offline_server():
     from mlc_pipeline.flickr_server import FlickrServer, WorldSpec
     with FlickrServer(WorldSpec(seed=0, scale=0.1)) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def harness():
+    """A real Prefect API on a temporary SQLite file for the flows run in-process (tests/test_flow*.py):
+    one per session, 14-22 s to start."""
+    from prefect.testing.utilities import prefect_test_harness
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -207,6 +207,32 @@ class Gateway(Listener):
             s.close()
 
 
+# --- what a flow run left on the Prefect API (the in-process flow tests, tests/test_flow*.py) ------
+
+def artifacts_of(flow_run_id) -> dict[str, list]:
+    """The run's artifacts by key."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    out: dict[str, list] = {}
+    for a in found:
+        out.setdefault(a.key or f"(no key: {a.type})", []).append(a)
+    return out
+
+
+def logs_of(flow_run_id) -> list:
+    """The run's log records as the API holds them (what the UI and `prefect flow-run logs` show)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()         # the records still queued in this process are sent first
+    with get_client(sync_client=True) as client:
+        return client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+
+
 # --- disk faults, in a user + mount namespace ---------------------------------------------------
 
 def namespaces_work() -> bool:
