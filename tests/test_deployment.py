@@ -3,6 +3,11 @@ loopback port with its own PREFECT_HOME, a process work pool, `prefect --no-prom
 this project's prefect.yaml (parameters pointed at a tiny config), a worker, and
 `prefect deployment run collect-and-train/nightly --watch`. Also: the nightly cron schedule creates
 scheduled runs. Every process started here is stopped (worker before server), even on failure.
+
+The server, the pool and the deployment are the module's (`server`), made once: each test starts its own
+worker, and the runs of the tests after the first name their own config (`--param config_path=`, their
+own data root). After each test its workers are stopped and taken off the pool, and any run it left
+unfinished is cancelled, so the next test finds the pool as the deploy left it (`stack`).
 """
 
 from __future__ import annotations
@@ -46,12 +51,18 @@ class Stack:
                         PREFECT_LOGGING_EXTRA_LOGGERS="mlc_pipeline")
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.logs: dict[str, Path] = {}
+        self.started = 0
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
-        log = self.tmp / f"{name}.log"
+        self.started += 1
+        log = self.tmp / f"{self.started}-{name}.log"         # each test's worker a log of its own
         self.logs[name] = log
+        # SIGINT restored to its default, as prefect_local.sh does: pytest run in the background (CI) hands
+        # its children SIGINT ignored, and Prefect turns the SIGTERM that stops a worker into a SIGINT,
+        # which then did nothing: each worker stopped only at the SIGKILL 30 s later (two 31 s teardowns).
         proc = subprocess.Popen([PREFECT, *args], cwd=self.tmp, env=self.env, stdout=open(log, "wb"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.procs.append((name, proc))
         return proc
 
@@ -84,52 +95,82 @@ class Stack:
         r.raise_for_status()
         return r.json()
 
-    def stop(self) -> None:
-        for name, proc in reversed(self.procs):          # the worker (started last) first
+    def stop(self, since: int = 0) -> list[str]:
+        """Stop the processes started since the `since`-th, the last started first (a worker before the
+        server); the names of those that SIGTERM did not stop within 30 s (killed)."""
+        killed = []
+        for name, proc in reversed(self.procs[since:]):
             if proc.poll() is None:
                 proc.terminate()
                 try:
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
+                    killed.append(name)
                     proc.kill()
                     proc.wait(timeout=10)
             try:                                          # anything it left in its own session
                 os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        del self.procs[since:]
+        return killed
+
+    def end_the_tests_leftovers(self) -> None:
+        """The pool as the deploy left it: no worker on record (a stopped one would count as alive for
+        `crash-orphans` for 90 s), no run of a test's left unfinished for the next test's worker (the
+        cron schedule's own future runs stay)."""
+        for worker in self.post(f"/work_pools/{POOL}/workers/filter", {}):
+            httpx.delete(f"{self.api}/work_pools/{POOL}/workers/{worker['name']}", timeout=30).raise_for_status()
+        left = self.post("/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": [
+            "SCHEDULED", "PENDING", "RUNNING", "CANCELLING", "PAUSED"]}}}})
+        for run in left:
+            if not run["auto_scheduled"]:
+                self.post(f"/flow_runs/{run['id']}/set_state",
+                          {"state": {"type": "CANCELLED", "message": "left by a failed test"}, "force": True})
 
 
-@pytest.fixture
-def stack(tmp_path):
-    s = Stack(tmp_path)
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A Prefect server up, the pool and the `mlc-flickr` limit made, and prefect.yaml as shipped, its
+    parameters pointed at a tiny config (`Stack.config`), deployed from this checkout."""
+    tmp = tmp_path_factory.mktemp("prefect")
+    s = Stack(tmp)
     try:
+        s.config = tiny_config(tmp, free_port())
+        s.start("server", "server", "start", "--host", "127.0.0.1", "--port", str(s.port), "--no-ui")
+        s.wait_healthy()
+        spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+        for d in spec["deployments"]:
+            d["parameters"] = {"config_path": str(s.config), "overrides": {}}
+        (tmp / "prefect.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        s.cli("work-pool", "create", POOL, "--type", "process")
+        s.cli("gcl", "create", "mlc-flickr", "--limit", "1")
+        s.cli("--no-prompt", "deploy", "--all", "--prefect-file", str(tmp / "prefect.yaml"), cwd=ROOT, timeout=180)
         yield s
     finally:
         s.stop()
 
 
-def serve_the_tiny_project(stack: Stack, tmp_path: Path) -> tuple[Path, Path]:
-    """A Prefect server up, and prefect.yaml as shipped with its parameters pointed at a tiny config:
-    (the config, that prefect.yaml)."""
-    config = tiny_config(tmp_path, free_port())
-    stack.start("server", "server", "start", "--host", "127.0.0.1", "--port", str(stack.port), "--no-ui")
-    stack.wait_healthy()
-    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    for d in spec["deployments"]:
-        d["parameters"] = {"config_path": str(config), "overrides": {}}
-    project_file = tmp_path / "prefect.yaml"
-    project_file.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return config, project_file
+@pytest.fixture
+def stack(server):
+    """The module's server for one test: the workers it starts are stopped after it, by SIGTERM (one
+    only SIGKILL stops fails the test), and what it left on the server is ended (Stack.end_the_tests_leftovers)."""
+    started = len(server.procs)
+    yield server
+    killed = server.stop(since=started)
+    server.end_the_tests_leftovers()
+    assert not killed, f"{killed} did not stop at SIGTERM within 30 s"
+
+
+def run_id_in(cli_output: str) -> str:
+    """The flow run id that `prefect deployment run` printed (`└── UUID: <id>`)."""
+    words = cli_output.split()
+    return words[words.index("UUID:") + 1]
 
 
 def test_nightly_deployment_runs_on_a_worker_and_is_scheduled(stack, tmp_path):
+    """The deployment's own parameters (the module's tiny config), as the schedule would run it."""
     t0 = time.monotonic()
-    config, project_file = serve_the_tiny_project(stack, tmp_path)
-
-    stack.cli("work-pool", "create", POOL, "--type", "process")
-    stack.cli("gcl", "create", "mlc-flickr", "--limit", "1")
-    stack.cli("--no-prompt", "deploy", "--all", "--prefect-file", str(project_file), cwd=ROOT, timeout=180)
-
     nightly = stack.get("/deployments/name/collect-and-train/nightly")
     assert stack.get("/deployments/name/rebuild-report/rebuild-report")["work_pool_name"] == POOL
     assert nightly["work_pool_name"] == POOL
@@ -148,17 +189,15 @@ def test_nightly_deployment_runs_on_a_worker_and_is_scheduled(stack, tmp_path):
                                  f"{tail(stack.logs['worker'], 8000)}")
     assert "Completed" in run.stdout
 
-    done = stack.post("/flow_runs/filter", {
-        "deployments": {"id": {"any_": [nightly["id"]]}},
-        "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}})
-    assert len(done) == 1
+    done = [stack.get(f"/flow_runs/{run_id_in(run.stdout)}")]
+    assert done[0]["deployment_id"] == nightly["id"] and done[0]["state"]["type"] == "COMPLETED", done[0]
     arts = stack.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [done[0]["id"]]}}})
     by_key = {a["key"]: a for a in arts}
     assert {"mlc-run-summary", "mlc-per-class-metrics", "mlc-rejected-by-reason", "mlc-mined-negatives",
             "mlc-download-progress"} <= set(by_key), sorted(by_key)
     assert "Completed" in by_key["mlc-run-summary"]["data"]
     assert float(by_key["mlc-download-progress"]["data"]) == 100.0
-    assert (tmp_path / "data" / "reports" / "latest.html").is_file()
+    assert (stack.config.parent / "data" / "reports" / "latest.html").is_file()
     # The library's INFO lines reach the run's logs on a worker, as docs/orchestration.md says (the
     # nightly25 audit: only its warnings did, the `mlc_pipeline` logger inheriting the root's WARNING)
     logs: list[dict] = []
@@ -211,7 +250,7 @@ def wait_for_state(stack: Stack, flow_run_id: str, types: set[str], timeout: flo
         state = run_state(stack, flow_run_id)
         if state["type"] in types:
             return state
-        time.sleep(1)
+        time.sleep(0.5)
     raise AssertionError(f"run {flow_run_id} still {run_state(stack, flow_run_id)} after {timeout}s:\n"
                          f"{tail(stack.logs['worker'], 6000)}")
 
@@ -230,10 +269,7 @@ def test_runs_of_a_stopped_or_dead_worker_do_not_block_the_deployment(stack, tmp
     The runs are held mid-flow by the data root's lock (held here), as a long stage would hold them."""
     from mlc_pipeline.locking import data_root_lock
 
-    config, project_file = serve_the_tiny_project(stack, tmp_path)
-    stack.cli("work-pool", "create", POOL, "--type", "process")
-    stack.cli("--no-prompt", "deploy", "--all", "--prefect-file", str(tmp_path / "prefect.yaml"), cwd=ROOT,
-              timeout=180)
+    config = tiny_config(tmp_path, free_port())
     nightly = stack.get("/deployments/name/collect-and-train/nightly")
 
     # Pausing the nightly schedule as docs/orchestration.md says (`pause <deployment> --all` is refused)
@@ -245,10 +281,14 @@ def test_runs_of_a_stopped_or_dead_worker_do_not_block_the_deployment(stack, tmp
     assert [s["active"] for s in stack.get(f"/deployments/{nightly['id']}")["schedules"]] == [True]
 
     def start_held_run() -> str:
-        out = stack.cli("deployment", "run", "collect-and-train/nightly")
-        [run_id] = [w for w in out.stdout.split() if len(w) == 36 and w.count("-") == 4]
+        run_id = run_id_in(stack.cli("deployment", "run", "collect-and-train/nightly", "--param",
+                                     f"config_path={config}").stdout)
         wait_for_state(stack, run_id, {"RUNNING"}, 180)
-        time.sleep(3)                       # into the flow body, waiting for the data root
+        deadline = time.monotonic() + 120   # into the flow body, waiting for the data root
+        while not [r for r in stack.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}})
+                   if "in use by" in r["message"] and "waiting for it to finish" in r["message"]]:
+            assert time.monotonic() < deadline, f"no wait for the data root:\n{tail(stack.logs['worker'], 6000)}"
+            time.sleep(0.5)
         return run_id
 
     def slot_free() -> bool:
@@ -300,14 +340,12 @@ def test_a_cancelled_collect_stops_before_the_data_root_is_let_go(stack, tmp_pat
     from mlc_pipeline.config import load_config
     from mlc_pipeline.locking import lock_is_held
 
-    config, project_file = serve_the_tiny_project(stack, tmp_path)
-    stack.cli("work-pool", "create", POOL, "--type", "process")
-    stack.cli("--no-prompt", "deploy", "--all", "--prefect-file", str(project_file), cwd=ROOT, timeout=180)
+    config = tiny_config(tmp_path, free_port())
     stack.start("worker", "worker", "start", "--pool", POOL)
     data, raw = tmp_path / "data", tmp_path / "data" / "raw"
     slow = {"source": {"per_host_concurrency": 1, "local": {"faults": "image_latency_ms=400"}}}
-    out = stack.cli("deployment", "run", "collect-and-train/nightly", "--param", f"overrides={json.dumps(slow)}")
-    [run_id] = [w for w in out.stdout.split() if len(w) == 36 and w.count("-") == 4]
+    run_id = run_id_in(stack.cli("deployment", "run", "collect-and-train/nightly", "--param", f"config_path={config}",
+                                 "--param", f"overrides={json.dumps(slow)}").stdout)
 
     def files() -> set[str]:
         return {p.name for p in raw.rglob("*") if p.is_file() and not p.name.startswith(".")}
