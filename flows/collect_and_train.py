@@ -29,7 +29,8 @@ from flows.runtime import (CANCEL_TO_STOP, DEFAULT_CONFIG, fixed_by_hand, flickr
 from mlc_pipeline.config import Config, ConfigError, load_config
 from mlc_pipeline.locking import data_root_lock
 from mlc_pipeline.model.options import check_train_settings
-from mlc_pipeline.model.stage import ASK, alternative_variants
+from mlc_pipeline.model.learned import ASK
+from mlc_pipeline.model.stage import alternative_variants
 from mlc_pipeline.pipeline import PipelineResult, Stages, plain, rebuild_stages, run_stages
 from mlc_pipeline.report.published import published_state
 from mlc_pipeline.secrets import shown_settings
@@ -109,7 +110,7 @@ def train_stage(cfg: Config, dataset_dir: str, round_no: int, previous: str | No
                 publish: bool = True, previous_taken_down: str | None = ASK) -> dict:
     """Train the product model on a dataset version; models/LATEST moves only once the bundle is whole
     (`publish`; a mining round's retrain leaves it to the loop). `previous`: the bundle a mining round's
-    retrain may continue (mine.retrain); `previous_taken_down`: the run's answer for it (stage.ASK: none)."""
+    retrain may continue (mine.retrain); `previous_taken_down`: the run's answer for it (learned.ASK: none)."""
     from mlc_pipeline.model.stage import train_version
 
     m = train_version(cfg, dataset_dir, tag=f"r{round_no}", previous=previous, publish=publish,

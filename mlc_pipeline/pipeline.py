@@ -30,7 +30,8 @@ from mlc_pipeline.model.mine import mine_round
 from mlc_pipeline.model.mine_record import next_round
 from mlc_pipeline.sync import publish, pull
 from mlc_pipeline.model.options import check_train_settings
-from mlc_pipeline.model.stage import ASK, models_root, publish_latest, train_alternatives, train_version
+from mlc_pipeline.model.learned import ASK
+from mlc_pipeline.model.stage import models_root, publish_latest, train_alternatives, train_version
 from mlc_pipeline.report.inspect import write_html_report
 from mlc_pipeline.report.model import model_section
 from mlc_pipeline.rounds import RoundRecord, mining_counts, record
@@ -251,9 +252,9 @@ def run_stages(cfg: Config, stages: Stages, alternatives: bool | None = None) ->
             break
         with stages.stage("build"):
             ds = stages.build(cfg)      # mined images were curated already
-        # The run's one answer for the shipped model when it goes on; a model this run trained is asked
-        # (a photo taken down since it trained must not go on in a continued network).
-        answered = latest.taken_down if latest is not None and model["bundle"] == latest.bundle.name else ASK
+        # The run's one answer for the shipped model when it goes on and nothing was taken down since;
+        # else the retrain asks (a photo taken down since a network trained must not go on in it).
+        answered = latest.answer_for(model["bundle"]) if latest is not None else ASK
         with stages.stage("train"):      # continues round r-1's network (mine.retrain); LATEST: below
             model = stages.train(cfg, ds["path"], r, previous=model["bundle_dir"], publish=False,
                                  previous_taken_down=answered)

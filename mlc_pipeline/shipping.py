@@ -25,7 +25,8 @@ from mlc_pipeline.config import Config
 from mlc_pipeline.fsutil import sha256_file, write_text_atomic
 from mlc_pipeline.manifest import recorded_fingerprint
 from mlc_pipeline.model.bundle import MetaError, read_meta
-from mlc_pipeline.model.learned import taken_down_learned
+from mlc_pipeline.dataset.takedowns import Takedowns, read_takedowns
+from mlc_pipeline.model.learned import ASK, taken_down_learned
 from mlc_pipeline.model.registry import latest_bundle
 from mlc_pipeline.rounds import RoundRecord
 
@@ -122,13 +123,27 @@ class Shipped:
     cfg: Config = field(repr=False, compare=False)
 
     @cached_property
+    def verdict(self) -> tuple[Takedowns | None, str | None]:
+        """(the catalog's takedowns, read first, and the answer on them): asked once, when first read."""
+        gone = read_takedowns(self.cfg)
+        return gone, taken_down_learned(self.cfg, self.bundle, gone)
+
+    @property
     def taken_down(self) -> str | None:
         """Why it must not go on as a model (learned.taken_down_learned: it learned from a photo taken
-        down since, or that cannot be told while the catalog records takedowns); None: it may. Asked
-        once, when first read: reuse (`last_shipped_model`), keeping (`incumbent_model`) and, through
-        them, the first mining round's continuing of it (pipeline.run_stages passes it on) all follow
-        this one answer, and never read its manifests again."""
-        return taken_down_learned(self.cfg, self.bundle)
+        down since, or that cannot be told while the catalog records takedowns); None: it may. Reuse
+        (`last_shipped_model`) and keeping (`incumbent_model`) follow this one answer, and never read
+        its manifests again."""
+        return self.verdict[1]
+
+    def answer_for(self, bundle: str) -> str | None:
+        """The answer a mining round continuing `bundle` may take over (`train_version`'s
+        `previous_taken_down`): this one when `bundle` is this model and no photo was taken down since
+        it was asked (the takedowns alone are read again, not the manifests); else learned.ASK: a
+        photo taken down while round 0 trained must not go on in round 1 (review30)."""
+        if bundle != self.bundle.name or read_takedowns(self.cfg) != self.verdict[0]:
+            return ASK
+        return self.taken_down
 
 
 def shipped_model(cfg: Config, key: dict) -> Shipped | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mlc_pipeline.config import Config
 from mlc_pipeline.dataset.splits import manifest_splits
-from mlc_pipeline.dataset.takedowns import read_takedowns
+from mlc_pipeline.dataset.takedowns import Takedowns, read_takedowns
 from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.model.lineage import UnknownLearning, learned_from
 
@@ -71,12 +71,18 @@ class LearnedAmong:
         return self.versions[version]
 
 
-def taken_down_learned(cfg: Config, bundle: Path) -> str | None:
+# A takedown answer nobody has asked yet (stage.retrain_overrides, pipeline): compared with ==, never `is`,
+# for it crosses processes pickled (a Dask task runner), where an identity check fails.
+ASK = "not asked yet: ask the bundle"
+
+
+def taken_down_learned(cfg: Config, bundle: Path, gone: Takedowns | None = None) -> str | None:
     """Why `bundle` must not go on as a model: it learned from photos taken down since (`mlc remove`), or
     from copies a takedown holds, as the catalog says now; or it cannot be told (its bundle.json, or a
     version it learned from, unreadable: a version withdrawn for a takedown, say) while the catalog
-    records takedowns. None when it learned from none, or nothing was ever taken down."""
-    gone = read_takedowns(cfg)
+    records takedowns. None when it learned from none, or nothing was ever taken down. `gone`: the
+    catalog's takedowns, when the caller read them already."""
+    gone = gone if gone is not None else read_takedowns(cfg)
     if not gone:
         return None
     try:

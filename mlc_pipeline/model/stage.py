@@ -19,7 +19,7 @@ from mlc_pipeline.dataset.takedowns import held_words, photo_name, read_takedown
 from mlc_pipeline.dataset.verify import verify_version
 from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.layout import point_latest
-from mlc_pipeline.model.learned import UnknownLearning, learned_rows, taken_down_learned
+from mlc_pipeline.model.learned import ASK, UnknownLearning, learned_rows, taken_down_learned
 from mlc_pipeline.model.registry import variant_name
 from mlc_pipeline.model.train import TrainConfig, train_model
 
@@ -157,9 +157,6 @@ def empty_class_why(cfg: Config, name: str, tally: dict, filed: dict[str, int] |
     return f"of its {found} photos found, " + ", ".join(parts)
 
 
-ASK = "ask the bundle"     # retrain_overrides' default: no caller has asked the takedown question yet
-
-
 def retrain_overrides(cfg: Config, dataset_dir: Path, previous: str | Path | None,
                       taken_down: str | None = ASK) -> tuple[dict, list[str]]:
     """How a mining round's retrain starts: (TrainConfig overrides, warnings). With `mine.retrain:
@@ -170,7 +167,7 @@ def retrain_overrides(cfg: Config, dataset_dir: Path, previous: str | Path | Non
     `mlc run` trains never goes on in a continued network); then it starts over, and says why."""
     if previous is None or cfg.mine.retrain != "continue":
         return {}, []
-    if taken_down is ASK:
+    if taken_down == ASK:
         taken_down = taken_down_learned(cfg, Path(previous))
     why = continue_blocker(dataset_dir, Path(previous)) or taken_down
     if why:
