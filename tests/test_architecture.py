@@ -273,16 +273,38 @@ def test_the_catalog_imports_nothing_above_it(graph):
 # shipping asked model/stage.latest_model, one of three wrappers of registry.latest_bundle, and
 # loaded torch and fastai with it (the mends25 reread). model/learned (what a bundle learned from) is
 # read by shipping and `mlc remove`.
+# And what a process imports before it knows whether it will train: a Prefect flow run (the flow's
+# module, the stage loop), `mlc`'s parser. torch, torchvision and fastai took ~21 s of a flow run's
+# ~28 s start on the 2-core box, for runs cancelled or stopped before training too (the lazy30 audit):
+# model/stage.py imports model/train where it trains, model/options.py torchvision for an arch not ours.
 TORCH_FREE = ["mlc_pipeline.model.registry", "mlc_pipeline.model.learned", "mlc_pipeline.shipping",
-              "mlc_pipeline.report.latest", "mlc_pipeline.report.published", "mlc_pipeline.review.queues"]
+              "mlc_pipeline.report.latest", "mlc_pipeline.report.published", "mlc_pipeline.review.queues",
+              "flows.collect_and_train", "mlc_pipeline.pipeline", "mlc_pipeline.model.stage", "mlc_pipeline.cli"]
+HEAVY = "('torch', 'torchvision', 'fastai')"
+
+
+def loaded_by(code: str) -> str:
+    """The heavy packages in sys.modules after `code` ran in a fresh interpreter."""
+    code += f"; import sys; print(sorted(m for m in {HEAVY} if m in sys.modules))"
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("module", TORCH_FREE)
 def test_readers_of_the_latest_model_load_no_torch(module):
-    code = f"import sys, {module}; print(sorted(m for m in ('torch', 'fastai') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.strip()
+    out = loaded_by(f"import {module}")
     assert out == "[]", f"importing {module} loads {out}"
+
+
+def test_a_flow_run_checks_the_default_training_settings_without_torch():
+    """A collect-and-train run checks `train:` before collecting (options.check_train_settings): with
+    `arch: auto` and `pretrained: auto` there is no network to build and no weights to read, so no torch;
+    a torchvision arch is still built and run, with torch and fastai, before collecting."""
+    check = ("from mlc_pipeline.config import load_config; from mlc_pipeline.model.options import "
+             "check_train_settings; import flows.collect_and_train; "
+             "check_train_settings(load_config('configs/offline.yaml', {}))")
+    assert loaded_by(check) == "[]"
+    assert loaded_by(check.replace("{}", "{'train': {'arch': 'resnet18'}}")) == "['fastai', 'torch', 'torchvision']"
 
 
 def test_no_module_over_400_lines():

@@ -14,7 +14,7 @@ from mlc_pipeline import lazy_exports
 # not ours to fix, and it printed two lines on every `mlc train`, `mine` and `predict`.
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
 
-_EXPORTS = {"train_model": "train", "TrainConfig": "train", "train_version": "stage",
+_EXPORTS = {"train_model": "train", "TrainConfig": "options", "train_version": "stage",
             "train_alternatives": "stage", "load_bundle": "bundle", "Bundle": "bundle",
             "BundleError": "bundle", "predict_paths": "predict", "evaluate_bundle": "assess",
             "mine_round": "mine", "undo_round": "mine"}

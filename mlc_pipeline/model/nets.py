@@ -13,13 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# name -> channels per stage; each stage is two 3x3 conv + BN + ReLU, then a 2x2 max-pool.
-# Measured on the offline world, 64 px, 2 cores (docs/training.md): "mlcnet" ~3x resnet18's speed.
-WIDTHS = {
-    "mlcnet": (16, 32, 64, 128),
-    "mlcnet_wide": (32, 64, 128, 256),
-    "mlcnet5": (16, 32, 64, 128, 256),      # a fifth stage: 128 px pictures end at 4x4, not 8x8
-}
+from mlc_pipeline.model.choices import WIDTHS
 
 
 def conv_bn(ni: int, nf: int) -> nn.Sequential:
@@ -71,10 +65,6 @@ def mlcnet(n_out: int, name: str = "mlcnet", dropout: float = 0.25, cosine_scale
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
     return model
-
-
-def is_local_arch(name: str) -> bool:
-    return name in WIDTHS
 
 
 def body_head_splitter(model: nn.Sequential) -> list:

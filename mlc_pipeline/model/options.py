@@ -1,14 +1,16 @@
-"""One training run's options (`TrainConfig`): what model/learner.py and model/train.py read."""
+"""One training run's options (`TrainConfig`): what model/learner.py and model/train.py read.
+
+Imports no torch: the stage loop and the Prefect flows import it (and check a config with it) in
+processes that may never train; torchvision is imported only to check an `arch` that is not ours."""
 
 from __future__ import annotations
 
 import warnings
 
-import torchvision
 from pydantic import Field, model_validator
 
 from mlc_pipeline.config import ConfigError, TrainSettings
-from mlc_pipeline.model import nets
+from mlc_pipeline.model.choices import WIDTHS, is_local_arch, pretrained_choice
 
 
 class TrainConfig(TrainSettings):
@@ -37,11 +39,13 @@ class TrainConfig(TrainSettings):
 
     @model_validator(mode="after")
     def _known_arch(self):
-        if self.arch != "auto" and not nets.is_local_arch(self.arch) and not callable(getattr(torchvision.models, self.arch, None)):
-            raise ValueError(f"arch {self.arch!r} is neither one of {sorted(nets.WIDTHS)} "
-                             f"nor a torchvision.models function (e.g. resnet18)")
-        if self.cosine_head > 0 and self.arch != "auto" and not nets.is_local_arch(self.arch):
-            raise ValueError(f"cosine_head is an option of {sorted(nets.WIDTHS)}, not of arch {self.arch!r}")
+        if self.arch != "auto" and not is_local_arch(self.arch):
+            import torchvision      # here, not at the top: a flow or `mlc run` imports this without training
+            if not callable(getattr(torchvision.models, self.arch, None)):
+                raise ValueError(f"arch {self.arch!r} is neither one of {sorted(WIDTHS)} "
+                                 f"nor a torchvision.models function (e.g. resnet18)")
+        if self.cosine_head > 0 and self.arch != "auto" and not is_local_arch(self.arch):
+            raise ValueError(f"cosine_head is an option of {sorted(WIDTHS)}, not of arch {self.arch!r}")
         return self
 
     @model_validator(mode="after")
@@ -80,8 +84,9 @@ def check_train_settings(cfg, weights: bool = True) -> None:
     """The training options as train_model will see them (arch, head...) and, with `weights`, the
     weights `pretrained` names (a file torch can read, or 'imagenet': from the cache, or downloaded
     now), checked before a run spends an hour collecting: a ConfigError, one line naming the problem.
-    `pretrained: auto` is not tried here: it falls back with a warning at training. Imports torch, and
-    fastai only for a torchvision `arch` named explicitly (`check_network`). A continued training
+    `pretrained: auto` is not tried here: it falls back with a warning at training. Imports torch only
+    for weights to read (a file, or 'imagenet'), and torchvision and fastai only for a torchvision `arch`
+    (`check_network`): `auto`/`none` with one of our networks checks without them. A continued training
     (`mlc train --continue`) takes the bundle's network: weights=False."""
     from pydantic import ValidationError
 
@@ -90,12 +95,11 @@ def check_train_settings(cfg, weights: bool = True) -> None:
         options = TrainConfig.from_settings(cfg.train)
     except ValidationError as exc:
         raise ConfigError(f"config: {error_line(exc, 'train')}") from None
-    from mlc_pipeline.model import weights as named
     if weights:
         check_network(options)
-    choice = named.pretrained_choice(options.pretrained)
-    if not weights or choice in ("auto", "none"):
+    if not weights or pretrained_choice(options.pretrained) in ("auto", "none"):
         return
+    from mlc_pipeline.model import weights as named     # torch: only for weights to read or fetch
     try:
         named.resolve_training(options)     # reads a weights file, the cached one too (weights.misfit)
     except (ValueError, FileNotFoundError) as exc:
@@ -106,9 +110,10 @@ def check_network(options: TrainConfig) -> None:
     """A torchvision `arch` named explicitly is built the way training builds it (fastai's body and
     head) and run once at each image size training may use: mobilenet_v2, vit_b_16 and others passed
     the name check and then failed at training, after a run had collected (the weights23 audit)."""
-    if options.arch == "auto" or nets.is_local_arch(options.arch):
+    if options.arch == "auto" or is_local_arch(options.arch):
         return
     import torch
+    import torchvision
     from fastai.vision.learner import create_vision_model
 
     from mlc_pipeline.model.weights import RECIPES, SCRATCH_IMAGE_SIZE_MIXED

@@ -21,7 +21,7 @@ from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.layout import point_latest
 from mlc_pipeline.model.learned import ASK, UnknownLearning, learned_rows, taken_down_learned
 from mlc_pipeline.model.registry import variant_name
-from mlc_pipeline.model.train import TrainConfig, train_model
+from mlc_pipeline.model.options import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,7 @@ def train_version(cfg: Config, dataset_dir: str | Path, tag: str = "", variant: 
         overrides, warnings = {**overrides, **retrain}, warnings + retrain_warnings
     for w in warnings:
         log.warning("dataset %s: %s", version, w)
+    from mlc_pipeline.model.train import train_model     # fastai and torch: only where a model trains
     result = train_model(dataset_dir / "manifest.csv", bundle, train_config(cfg, **overrides),
                          dataset_version=f"{cfg.build.name}/{version}", classes=list(cfg.classes),
                          warnings=warnings, takedowns=takedowns)

@@ -35,6 +35,7 @@ from fastai.vision.all import (
 from mlc_pipeline import __version__
 
 from mlc_pipeline.model import nets
+from mlc_pipeline.model.choices import WIDTHS, is_local_arch
 from mlc_pipeline.model.losses import CLASS_AND_NOT_OTHER, PLAIN_SIGMOID, ClassAndNotOtherBCE
 from mlc_pipeline.model.options import TrainConfig
 from mlc_pipeline.model.bundle import BUNDLE_FORMAT, export_learner, move_into_place, remove_stale_tmp_dirs, write_meta
@@ -143,12 +144,12 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         class_score = CLASS_AND_NOT_OTHER
     else:
         loss_func, metrics, class_score = BCEWithLogitsLossFlat(thresh=0.5), [macro_f1_metric()], PLAIN_SIGMOID
-    if nets.is_local_arch(cfg.arch):
+    if is_local_arch(cfg.arch):
         learn = Learner(dls, nets.mlcnet(len(vocab), cfg.arch, cosine_scale=cfg.cosine_head),
                         loss_func=loss_func, metrics=metrics,
                         splitter=nets.body_head_splitter, wd=cfg.wd)
     elif cfg.cosine_head > 0:
-        raise ValueError(f"cosine_head is an option of {sorted(nets.WIDTHS)}; arch resolved to {cfg.arch!r}")
+        raise ValueError(f"cosine_head is an option of {sorted(WIDTHS)}; arch resolved to {cfg.arch!r}")
     else:
         learn = vision_learner(dls, getattr(torchvision.models, cfg.arch), pretrained=False,  # weights: below
                                normalize=False, loss_func=loss_func, metrics=metrics, wd=cfg.wd)
@@ -342,7 +343,7 @@ def default_lr(arch: str, pretrained: str, continuing: bool = False) -> float:
     """Measured on the offline world (docs/training.md); no lr_find, which costs an epoch's time."""
     if pretrained != "none":
         return 1e-3 if continuing else 2e-3    # continuing: fine_tune's unfrozen stage, base_lr / 2
-    return 5e-3 if nets.is_local_arch(arch) else 3e-3
+    return 5e-3 if is_local_arch(arch) else 3e-3
 
 
 class TrainingDiverged(RuntimeError):

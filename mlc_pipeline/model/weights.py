@@ -38,7 +38,7 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 
-from mlc_pipeline.model import nets
+from mlc_pipeline.model.choices import is_local_arch, pretrained_choice
 from mlc_pipeline.model.weights_files import load_state, misfit, state_misfit
 from mlc_pipeline.model.precision import training_precision
 from mlc_pipeline.fsutil import sha256_file
@@ -110,7 +110,7 @@ class WeightsChoice:
 def imagenet_weights(arch: str):
     """torchvision's default ImageNet weights enum member for a torchvision.models function name."""
     builder = getattr(torchvision.models, arch, None)
-    if nets.is_local_arch(arch) or not callable(builder):
+    if is_local_arch(arch) or not callable(builder):
         raise ValueError(f"{arch!r} is not a torchvision.models network with published weights (e.g. resnet18)")
     try:
         return torchvision.models.get_model_weights(builder).DEFAULT
@@ -203,17 +203,6 @@ def find_or_download(arch: str) -> tuple[object, Path]:
 
 # ---------------------------------------------------------------- resolving a training config
 
-def pretrained_choice(pretrained) -> str:
-    """'none', 'auto', 'imagenet' or a weights file's path, from any spelling `pretrained` takes."""
-    choice = str(pretrained).strip()
-    low = choice.lower()
-    if low in ("none", "false", "no", "off", "scratch", ""):     # quoted "no" as YAML's no (a file: ./no)
-        return "none"
-    if low in ("auto", "imagenet", "true", "yes", "on"):
-        return low if low in ("auto", "imagenet") else "imagenet"
-    return choice  # a path
-
-
 def scratch_epochs(n_train: int | None) -> int:
     """The scratch recipe's epochs for `n_train` training images (None: the recipe's own)."""
     least = RECIPES["scratch"]["epochs"]
@@ -249,7 +238,7 @@ def resolve_training(cfg, n_train: int | None = None):
                              f"{RECIPES['scratch']['arch']} model's: name its network with train.arch"
                              if auto_arch else ""))
         pretrained, extra = str(path), {"file": str(path), "sha256": sha256_file(path)}
-    elif nets.is_local_arch(arch):
+    elif is_local_arch(arch):
         if choice == "imagenet":
             raise ValueError(f"pretrained='imagenet': there are no ImageNet weights for {arch} "
                              "(use 'auto', 'none' or a weights file of this architecture)")
@@ -267,7 +256,7 @@ def resolve_training(cfg, n_train: int | None = None):
             pretrained, extra = "none", {"fallback": f"no ImageNet weights for {arch}: {exc}"}
             if auto_arch:
                 arch = RECIPES["scratch"]["arch"]
-    recipe = "pretrained" if pretrained != "none" and not nets.is_local_arch(arch) else "scratch"
+    recipe = "pretrained" if pretrained != "none" and not is_local_arch(arch) else "scratch"
     filled = {k: RECIPES[recipe][k] for k in RECIPE_FIELDS if getattr(cfg, k) is None}
     if recipe == "scratch" and "epochs" in filled:
         filled["epochs"] = scratch_epochs(n_train)

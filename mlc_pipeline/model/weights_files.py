@@ -12,6 +12,7 @@ import torch
 import torchvision
 
 from mlc_pipeline.model import nets
+from mlc_pipeline.model.choices import is_local_arch
 
 
 def load_state(path: str | Path) -> dict:
@@ -43,7 +44,7 @@ def loaded_into(arch: str, state) -> object:
     model's state dict (`0.*` keys). Raises ValueError naming what does not fit."""
     if not isinstance(state, dict):
         raise ValueError(f"holds a {type(state).__name__}, not a state dict")
-    if nets.is_local_arch(arch):
+    if is_local_arch(arch):
         model, state = nets.mlcnet(2, arch)[0], {k[2:]: v for k, v in state.items() if k.startswith("0.")}
         kind = "an earlier mlcnet model's weights"
     else:
@@ -89,7 +90,7 @@ def load_backbone_weights(learn, arch_name: str, weights_path: str | Path) -> No
         donor = loaded_into(arch_name, load_state(weights_path))
     except ValueError as exc:
         raise ValueError(f"{weights_path}: {str(exc).removeprefix(f'{weights_path}: ')}") from None
-    if nets.is_local_arch(arch_name):
+    if is_local_arch(arch_name):
         learn.model[0].load_state_dict(donor.state_dict())
         return
     arch = getattr(torchvision.models, arch_name)
