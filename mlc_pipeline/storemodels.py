@@ -9,7 +9,8 @@ follows it at every fetch of the model (`pull_model`, `pull_registry`). It moves
 - `mlc promote` moves it (`promoting`), from the pointer it read a moment before: refused in one
   line when another machine moved it in between.
 Both are a compare-and-swap on S3 (a conditional write, If-Match / If-None-Match), a check just
-before the write elsewhere (`Store.replace_text`).
+before the write elsewhere (`Store.replace_text`); every write is its own (`pointer_text`: the name on
+its first line, then a token), so a pointer promoted back to the model it named is still a move.
 
 A training's move is owed before it starts: before the bundle the cache's LATEST names is published,
 the move is recorded in the cache's sync state (`owe_pointer_move`: that bundle, and the pointer it
@@ -33,6 +34,9 @@ import json
 import logging
 import re
 import shutil
+import socket
+import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -53,8 +57,17 @@ LISTED_FILES = ("bundle.json", "metrics.json")
 
 
 def store_pointer(store: Store) -> str | None:
-    "The bundle the store's models/LATEST names, or None (no pointer, or an empty one)."
-    return (store.read_text(POINTER_KEY) or "").strip() or None
+    "The bundle the store's models/LATEST names (its first line), or None (no pointer, or an empty one)."
+    return ((store.read_text(POINTER_KEY) or "").strip().splitlines() or [""])[0].strip() or None
+
+
+def pointer_text(name: str) -> str:
+    """models/LATEST naming `name`: the name, then a line no other write of it holds. The compare-and-
+    swap tells writes apart by their ETag (S3: the MD5 of the bytes) or text, and the name alone made a
+    pointer promoted back to the model it named (m2, m1, m2) the write a stale move began from: a
+    training, or a publish killed and finished days later, then replaced the user's choice unwarned."""
+    return f"{name}\n# written {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} by {socket.gethostname()} " \
+           f"({uuid.uuid4().hex[:12]}); the first line names the LATEST model\n"
 
 
 def published_bundles(store: Store, held: dict | None = None) -> list[str]:
@@ -239,7 +252,7 @@ def move_pointer(store: Store, cfg: Config, name: str, seen: str | None) -> bool
     it names `name` now. Moved meanwhile by another machine (two trainings at once, a promote): kept,
     said in a warning naming the model it names, and this cache's LATEST follows it."""
     before = store_pointer(store)
-    tag = store.replace_text(POINTER_KEY, name + "\n", seen)
+    tag = store.replace_text(POINTER_KEY, pointer_text(name), seen)
     if tag is None and before == name:      # a move already made (killed before its record was dropped)
         tag = store.pointer_tag(POINTER_KEY)
     if tag is not None:
@@ -285,7 +298,7 @@ def promoting(cfg: Config | None, spec: str) -> Iterator[Callable[[Path], str | 
 
         def publish(bundle: Path) -> str | None:
             push_bundle(store, bundle)
-            if store.replace_text(POINTER_KEY, bundle.name + "\n", seen) is None:
+            if store.replace_text(POINTER_KEY, pointer_text(bundle.name), seen) is None:
                 raise ObjectStoreError(
                     f"{store.url}/{POINTER_KEY} was moved to {store_pointer(store)} by another machine while "
                     f"promoting: {bundle.name} is not promoted (nothing changed here); see `mlc models -c CONFIG` "
