@@ -116,11 +116,12 @@ def refuse_undo_without_round(cfg) -> None:
         "no round has mined or held images: nothing to undo)"))
 
 
-def models_dir_of(args, fetch: list[str] | None = ()) -> Path:
-    """-c CONFIG's models folder (an object store's bundles `fetch` names fetched first), or ./data/models."""
+def models_dir_of(args, fetch: list[str] | None = (), compared: bool = False) -> Path:
+    """-c CONFIG's models folder (an object store's bundles `fetch` names fetched first; `compared`:
+    what `--compare` reads of them alone), or ./data/models."""
     from mlc_pipeline.sync import registry_of
     cfg = load_config(args.config, parse_overrides(args.set)) if getattr(args, "config", None) else None
-    return registry_of(cfg, f"mlc {args.command}", fetch)
+    return registry_of(cfg, f"mlc {args.command}", fetch, compared)
 
 
 def cmd_predict(args) -> int:
@@ -141,16 +142,33 @@ def cmd_predict(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from mlc_pipeline.model.registry import list_bundles, resolve_bundle
+    from mlc_pipeline.model.registry import list_bundles
     from mlc_pipeline.report.models import bundles_table, compare
-    models_dir = models_dir_of(args, list(args.compare) if args.compare else None)
+    models_dir = models_dir_of(args, list(args.compare) if args.compare else None, compared=bool(args.compare))
     if args.compare:                  # RegistryError is a ConfigError: one line
-        a, b = (resolve_bundle(spec, models_dir) for spec in args.compare)
+        a, b = (compared_bundle(spec, models_dir) for spec in args.compare)
         print(compare(a, b), end="")
         return 0
     infos = list_bundles(models_dir, stored=True)      # on a store: those listed from their metadata too
     print(bundles_table(infos) if infos else f"no model bundles under {models_dir}\n", end="")
     return 0
+
+
+def compared_bundle(spec: str, models_dir: Path) -> Path:
+    """A bundle `mlc models --compare` names: the cache's, else (an object-store data root) the store's,
+    from what the comparison reads of it (models/.listings/<bundle>/: storemodels.pull_compared);
+    `latest` is the store's pointer there (models/.listings/LATEST), else the cache's."""
+    from mlc_pipeline.layout import latest_name
+    from mlc_pipeline.model.registry import RegistryError, resolve_bundle
+    from mlc_pipeline.storemodels import LISTINGS
+    listings = models_dir / LISTINGS
+    name = latest_name(listings) if spec == "latest" else spec
+    try:
+        return resolve_bundle(spec if name is None else name, models_dir)
+    except RegistryError:
+        if name is None or "/" in name or not (listings / name / "bundle.json").is_file():
+            raise
+        return listings / name
 
 
 def cmd_promote(args) -> int:

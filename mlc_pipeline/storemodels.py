@@ -25,7 +25,8 @@ and-swap fails, a warning says so); a `mlc promote` from this cache since drops 
 `mlc predict` and `mlc promote` with -c CONFIG fetch the bundles they name and the pointer
 (`pull_registry`); `mlc models` fetches each published bundle's bundle.json and metrics.json alone,
 with its marker, into models/.listings/<bundle>/, and the store's pointer into models/.listings/LATEST
-(`pull_listing`): a fresh cache lists every published model without downloading its weights.
+(`pull_listing`): a fresh cache lists every published model without downloading its weights;
+`mlc models --compare A B` fetches those files of A and B alone (`pull_compared`).
 """
 
 from __future__ import annotations
@@ -174,7 +175,32 @@ def pull_listing(store: Store, cfg: Config) -> None:
     store.download(todo)                # every bundle's in one batch
     for stale in (p for p in root.iterdir() if p.is_dir() and p.name not in listed) if root.is_dir() else ():
         shutil.rmtree(stale)            # withdrawn from the store, or whole in the cache now
+    list_pointer(store, cfg, latest)
+
+
+def pull_compared(store: Store, cfg: Config, specs: list[str]) -> None:
+    """`mlc models --compare A B` on an object-store data root: what the comparison reads of each bundle
+    `specs` names (a name, or `latest`: the store's pointer) that the cache lacks whole, its bundle.json
+    and metrics.json with its marker, into models/.listings/<bundle>/ as `pull_listing` fetches them;
+    the store's pointer into models/.listings/LATEST. It fetched both bundles whole, weights included."""
+    owe_pointer_move(store, cfg)        # a training here the store lacks: its move kept before LATEST follows
+    root, latest = cfg.layout.models / LISTINGS, store_pointer(store)
+    todo = []
+    for name in dict.fromkeys(latest if spec == "latest" else spec for spec in specs if not Path(spec).is_dir()):
+        marker = read_marker(store, f"models/{name}") if name and "/" not in name else None
+        if marker is not None and not complete_copy(cfg.layout.models / name, marker):
+            listed_copy(root / name, marker)
+            todo += listed_files(f"models/{name}", root / name, marker)
+    store.download(todo)
+    list_pointer(store, cfg, latest)
+
+
+def list_pointer(store: Store, cfg: Config, latest: str | None) -> None:
+    """After a listing: the store's pointer `latest` in models/.listings/LATEST (what the table marks
+    LATEST, what `--compare latest` names), and the cache's LATEST pointed at it when the cache holds it whole."""
+    root = cfg.layout.models / LISTINGS
     if latest:
+        root.mkdir(parents=True, exist_ok=True)
         point_latest(root, latest)
     elif (root / MODEL_POINTER).exists():
         (root / MODEL_POINTER).unlink()

@@ -37,8 +37,8 @@ from mlc_pipeline.objectstore import (ObjectStoreError, Store, folder_files, hol
                                       refuse_moved_catalog, same, same_bytes, store_errors, store_of)
 from mlc_pipeline import storefiles
 from mlc_pipeline.publishing import failed_publish_recorded
-from mlc_pipeline.storemodels import (POINTER_KEY, finish_pointer_move, owe_pointer_move, pull_listing, pull_model,
-                                     pull_bundle, pull_registry, push_bundle)
+from mlc_pipeline.storemodels import (POINTER_KEY, finish_pointer_move, owe_pointer_move, pull_compared, pull_listing,
+                                     pull_model, pull_bundle, pull_registry, push_bundle)
 from mlc_pipeline.storestate import LATEST_SEEN, read_state, write_state
 from mlc_pipeline.storefiles import delete_unnamed_files, drop_taken_down, pull_files, push_files
 from mlc_pipeline.storereports import last_run_bundles, pull_run_records
@@ -343,11 +343,12 @@ def pull_for_reading(cfg: Config, version: str | None, html: bool = False) -> No
         fetch_unless_busy(cfg, "mlc inspect", lambda: pull(cfg, "inspect-html" if html else "inspect", version))
 
 
-def registry_of(cfg: Config | None, command: str, wanted: list[str] | None) -> Path:
+def registry_of(cfg: Config | None, command: str, wanted: list[str] | None, compared: bool = False) -> Path:
     """The models folder of `mlc models` and `mlc predict` (-c CONFIG's, else ./data/models); on an
     object-store data root the store's LATEST and the bundles `wanted` names fetched into it first, as
     `pull_for_reading` does (storemodels.pull_registry); None (the listing): every published bundle's
-    bundle.json and metrics.json alone (storemodels.pull_listing)."""
+    bundle.json and metrics.json alone (storemodels.pull_listing); `compared` (`--compare`): those of
+    the bundles `wanted` names alone (storemodels.pull_compared)."""
     if cfg is None:
         return Path("data") / "models"
     store = store_of(cfg)
@@ -357,6 +358,8 @@ def registry_of(cfg: Config | None, command: str, wanted: list[str] | None) -> P
                 store.check()
                 if wanted is None:
                     pull_listing(store, cfg)
+                elif compared:
+                    pull_compared(store, cfg, wanted)
                 else:
                     pull_registry(store, cfg, wanted)
         fetch_unless_busy(cfg, command, step)

@@ -82,8 +82,11 @@ def resolve_bundle(spec: str, models_dir: Path) -> Path:
 
 def read_info(path: Path, latest: str | None = None, stored: dict | None = None) -> BundleInfo:
     """A bundle as `mlc models` lists it; `stored`: the files its store marker lists, for a bundle of an
-    object store listed from its bundle.json and metrics.json alone (`list_bundles(..., stored=True)`)."""
+    object store listed from its bundle.json and metrics.json alone (`list_bundles(..., stored=True)`),
+    read from the marker kept beside them when not given (`--compare`)."""
     info = BundleInfo(name=path.name, path=path, latest=path.name == latest)
+    if stored is None and path.parent.name == LISTINGS and (path / MARKER).is_file():
+        stored = json.loads((path / MARKER).read_text()).get("files", {})
     try:
         meta = read_meta(path)
     except MetaError as exc:
@@ -129,7 +132,7 @@ def list_bundles(models_dir: Path, stored: bool = False) -> list[BundleInfo]:
     here = {i.name for i in infos}
     for p in sorted(listings.iterdir()) if stored and listings.is_dir() else []:
         if p.is_dir() and p.name not in here and (p / MARKER).is_file():
-            infos.append(read_info(p, latest, json.loads((p / MARKER).read_text()).get("files", {})))
+            infos.append(read_info(p, latest))          # its files: those its marker lists
     return sorted(infos, key=lambda i: (i.created_at, i.name))
 
 
