@@ -19,6 +19,7 @@ from mlc_pipeline import objectstore, sync
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import ConfigError, load_config, parse_config
 from mlc_pipeline.manifest import latest_version, versions
+from mlc_pipeline.storemodels import store_pointer
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +90,7 @@ def test_collect_curate_build_train_publish_into_the_bucket(published):
     assert marker["files"] == {r: p.stat().st_size for r, p in local.items()}
     assert marker["files_sha256"] == json.loads((cfg.layout.version("v1") / "dataset.json").read_text())["files_sha256"]
     bundle = (cfg.layout.models / "LATEST").read_text().strip()
-    assert s.read_text("models/LATEST").strip() == bundle
+    assert store_pointer(s) == bundle
     assert objectstore.read_marker(s, f"models/{bundle}")["files"].keys() >= {"bundle.json", "export.pkl"}
     assert s.info(sync.CATALOG_OBJECT)["size"] > 0
 
@@ -111,7 +112,7 @@ def test_an_empty_cache_sees_the_same_latest_and_builds_and_trains_from_it(publi
     assert sync.remote_versions(s, cfg) == ["v1", "v2"]
     # the shipped model: round 1's, unless it accepted more unknowns (then round 0's, in the store too)
     assert summary["shipped"] in {r["bundle"] for r in rounds}
-    assert s.read_text("models/LATEST").strip() == summary["shipped"] == (cfg.layout.models / "LATEST").read_text().strip()
+    assert store_pointer(s) == summary["shipped"] == (cfg.layout.models / "LATEST").read_text().strip()
     assert f"models/{rounds[1]['bundle']}/{objectstore.MARKER}" in s.listing("models")     # published all the same
     assert {"reports/latest.html", "reports/latest.json"} <= set(s.listing("reports"))
     assert f"models/{rounds[0]['bundle']}/mined.csv" in s.listing("models")     # written after its marker
@@ -148,7 +149,7 @@ def test_a_rerun_from_another_cache_reuses_the_round_0_the_last_run_shipped(publ
     summary = json.loads((cfg.layout.reports / "latest.json").read_text())
     assert summary["reused"] and [r["bundle"] for r in summary["rounds"]] == [shipped] == [summary["shipped"]]
     assert [p.name for p in cfg.layout.models.iterdir() if p.is_dir()] == [shipped]      # nothing trained
-    assert store(cfg).read_text("models/LATEST").strip() == shipped
+    assert store_pointer(store(cfg)) == shipped
 
 def test_the_marker_is_written_last_and_a_version_without_it_is_ignored(published, s3_server, monkeypatch):
     folder, config = published
@@ -471,7 +472,7 @@ def test_a_failed_model_upload_names_a_command_that_publishes_it_without_trainin
         assert name and objectstore.read_marker(s3, f"models/{name}") is None     # not published
         proxy.fail_puts = False
         assert "unchanged" in mlc("build", "--no-wait", config=config)
-        assert objectstore.read_marker(s3, f"models/{name}") is not None and s3.read_text("models/LATEST") == f"{name}\n"
+        assert objectstore.read_marker(s3, f"models/{name}") is not None and store_pointer(s3) == name
         assert len([p for p in cfg.layout.models.iterdir() if (p / "bundle.json").is_file()]) == 1    # no training
     finally:
         proxy.close()
