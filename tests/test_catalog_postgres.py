@@ -679,6 +679,58 @@ def test_migrate_refuses_an_outdated_copy_and_rolls_back_a_failed_verification(p
             copy.verify(src, dst, result)
 
 
+def as_0_2_0_left_it(where) -> None:
+    """A catalog at schema 2, as 0.2.0 created or copied it (no migration record): the next writable
+    open by this code migrates it, recording its own `migrated_to_3`."""
+    with Catalog(where) as c:
+        c.db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+        c.db.execute("DELETE FROM meta WHERE key LIKE 'migrated_to_%'")
+
+
+def migration_records(where) -> dict:
+    with Catalog(where, readonly=True) as c:
+        return {r["key"]: json.loads(r["value"]) for r in c.db.execute("SELECT key, value FROM meta")
+                if r["key"].startswith("migrated_to_")}
+
+
+def test_migrate_after_the_upgrade_copies_into_an_older_empty_catalog_and_into_an_earlier_copy(
+        postgres_server, pg_url, tmp_path):
+    """The review30 audit, finding 3: the copy opens both catalogs writable, so each migrated on its own
+    and recorded its own `migrated_to_3` (its own time): the copy was refused as 'not empty' (a) into an
+    empty PostgreSQL catalog 0.2.0 had created, (b) on the rerun into a copy 0.2.0 had made. A catalog's
+    record of its own migrations is not data of the other: neither refused, nor counted, and each keeps
+    its own record."""
+    from mlc_pipeline.catalog import copy
+    source, target = tmp_path / "catalog.sqlite", PostgresCatalog(pg_url, tmp_path)
+    with Catalog(source) as c:
+        c.upsert_found([found(str(i)) for i in range(1, 4)], c.start_run("collect"))
+    Catalog(target).close()
+    as_0_2_0_left_it(target)                         # (a) 0.2.0 opened the database once: tables, no rows
+    result = copy.copy_catalog(source, target)
+    assert result.copied["candidates"] == 3 and result.copied["runs"] == 1
+    assert migration_records(target)["migrated_to_3"]["from"] == 2 and migration_records(source) == {}
+    with Catalog(source) as src, Catalog(target) as dst:
+        copy.verify(src, dst, result)                # the target's own record: no count that differs
+
+    earlier = PostgresCatalog(postgres_server.create_database("t_" + uuid.uuid4().hex[:12]), tmp_path)
+    assert copy.copy_catalog(source, earlier).copied["candidates"] == 3      # (b) the copy 0.2.0 made ...
+    as_0_2_0_left_it(source)
+    as_0_2_0_left_it(earlier)
+    held = table_rows(earlier.url, tmp_path)
+    again = copy.copy_catalog(source, earlier)       # ... and the documented rerun after the upgrade
+    assert set(again.copied.values()) == {0}, again.copied
+    ours, theirs = migration_records(source)["migrated_to_3"], migration_records(earlier)["migrated_to_3"]
+    assert ours["from"] == theirs["from"] == 2 and ours["at"] != theirs["at"]     # each its own migration
+    after = table_rows(earlier.url, tmp_path)
+    assert {t: rows for t, rows in after.items() if t != "meta"} == {t: rows for t, rows in held.items() if t != "meta"}
+    assert copy.copy_catalog(source, earlier).copied == again.copied       # and again: nothing to copy
+    # a row of other data in meta is still refused
+    with Catalog(earlier) as c:
+        c.db.execute("INSERT INTO meta VALUES ('something_else', 'x')")
+    with pytest.raises(copy.TargetNotEmpty, match=r"1 meta row\(s\) \(first: key something_else\)"):
+        copy.copy_catalog(source, earlier)
+
+
 def test_a_migrate_killed_mid_copy_leaves_nothing_and_the_rerun_completes(postgres_server, pg_url, tmp_path):
     """kill -9 while the copy inserts events, after the candidates (seen in pg_stat_activity): the
     target holds no row of the catalog, and the rerun, which then finds an empty database, copies all
