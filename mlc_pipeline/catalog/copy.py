@@ -34,6 +34,7 @@ from typing import Callable
 
 from . import overrides, postgres
 from mlc_pipeline.catalog_address import PostgresCatalog
+from .migrate import RECORDS
 from .schema import GENERATED_IDS, TABLES, CatalogError
 from .store import Catalog
 
@@ -56,7 +57,7 @@ class CopyResult:
 
 
 # The rows of a table the copy compares and counts: all but each catalog's own migration records.
-COMPARED = {"meta": " WHERE key NOT LIKE 'migrated!_to!_%' ESCAPE '!'"}
+COMPARED = {"meta": f" WHERE NOT ({RECORDS})"}
 
 
 def count(catalog: Catalog, table: str) -> int:

@@ -12,9 +12,12 @@
      yet, stops instead of writing rows without what 0.3.0 records), and 0.3.0 refuses one above 3
      (`schema.refuse_newer`, one line).
 
-Each migration is recorded in meta as `migrated_to_N` (JSON: when, from which version, what it did),
-in the transaction that moves `schema_version`, and said in a warning: it happens once, on the first
-writable open by the newer code (`mlc run` and `mlc curate` repeat it in their summary: `untold`). A
+Each migration is recorded in meta as `migrated_to_N` (JSON: when, from which version, what it did,
+`told`: false), in the transaction that moves `schema_version`, and said in a warning: it happens once,
+on the first writable open by the newer code, whichever command that is. The next summary of `mlc
+curate` (and so of `mlc run`) says it once more (`untold`), in whatever process or machine it runs, and
+marks the record told. (Until 2026-12-07 a per-process list held that line: after `mlc collect` had
+migrated, `mlc curate` said nothing, and the review app's list only grew: the review30 audit.) A
 read-only open migrates nothing and reads an older catalog as it is.
 """
 
@@ -35,7 +38,7 @@ log = logging.getLogger(__name__)
 CHANGED = {2: "file paths are recorded relative to the data root",
            3: "the columns and tables added since mlc-pipeline 0.2.0 are part of the schema; mlc-pipeline "
               "older than 0.3.0 refuses this catalog from now on (upgrade every machine that uses it)"}
-UNTOLD: list[tuple[str, str]] = []     # (catalog, line) of this process's migrations, until a summary takes them
+RECORDS = "key LIKE 'migrated!_to!_%' ESCAPE '!'"     # meta's migration records
 
 
 def migrate(catalog) -> None:
@@ -56,7 +59,8 @@ def migrate(catalog) -> None:
                 done[to] = {}
             for to, what in done.items():
                 catalog.db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
-                                   (f"migrated_to_{to}", json.dumps({"at": now, "from": version, **what})))
+                                   (f"migrated_to_{to}", json.dumps({"at": now, "from": version, **what,
+                                                                     "told": False})))
             catalog.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
     except sqlite3.OperationalError as exc:
         if "readonly" not in str(exc):
@@ -66,7 +70,6 @@ def migrate(catalog) -> None:
         return
     for line in said(done):
         log.warning("%s: %s", catalog.where, line)
-        UNTOLD.append((catalog.where, line))
 
 
 def said(done: dict[int, dict]) -> list[str]:
@@ -79,11 +82,21 @@ def said(done: dict[int, dict]) -> list[str]:
     return lines
 
 
-def untold(where: str) -> list[str]:
-    """The migrations this process made of catalog `where` (a Catalog's `where`) that no summary has said
-    yet, as `said` tells them; each is handed out once (`mlc curate`'s and `mlc run`'s summary)."""
-    out = [line for at, line in UNTOLD if at == where]
-    UNTOLD[:] = [(at, line) for at, line in UNTOLD if at != where]
+def untold(catalog) -> list[str]:
+    """The migrations of a writable `catalog` that no summary has said yet, as `said` tells them, each
+    marked told as it is handed out: one summary says it (`mlc curate`'s, so `mlc run`'s), whichever
+    process or machine makes it. Records without `told` (0.2.0's, or made before it was recorded) count
+    as told."""
+    out = []
+    for row in sorted(catalog.db.execute(f"SELECT key, value FROM meta WHERE {RECORDS}").fetchall(),
+                      key=lambda r: int(r["key"].rsplit("_", 1)[1])):
+        what = json.loads(row["value"])
+        if what.get("told", True):
+            continue
+        marked = catalog.db.execute("UPDATE meta SET value=? WHERE key=? AND value=?",
+                                    (json.dumps({**what, "told": True}), row["key"], row["value"]))
+        if marked.rowcount == 1:        # 0: another summary took it meanwhile, and says it
+            out += said({int(row["key"].rsplit("_", 1)[1]): what})
     return out
 
 

@@ -383,7 +383,7 @@ def _curate(cfg: Config) -> CurateSummary:
         summary.duplicates = dict(Counter(d[1].split(":")[0] for d in decisions.values() if d[0] == "duplicate"))
         summary.conflicts = dict(Counter(d[1].split(":with=")[0] for d in decisions.values()
                                          if d[0] == "accepted" and d[1]))
-        summary.upgrade[:0] = untold_migrations(catalog.where)     # this process's: collect's open, or this one
+        summary.upgrade[:0] = untold_migrations(catalog)     # this open's, or another command's (mlc collect's)
         catalog.finish_run(run_id, "completed", summary.__dict__)
     progress.summary(f"curate {run_id}", [
         ("inspected", summary.inspected), ("reused (unchanged files)", summary.reused),

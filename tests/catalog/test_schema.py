@@ -2,6 +2,7 @@
 (SQLite, and a real PostgreSQL server: tests/pgserver.py)."""
 
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -63,6 +64,11 @@ def meta_of(c: Catalog) -> dict:
     return {r["key"]: r["value"] for r in c.db.execute("SELECT key, value FROM meta")}
 
 
+SAID_3 = ("catalog migrated from schema 2 to 3 (the columns and tables added since mlc-pipeline 0.2.0 are part of "
+          "the schema; mlc-pipeline older than 0.3.0 refuses this catalog from now on (upgrade every machine that "
+          "uses it))")
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_catalog_of_0_2_0_is_migrated_to_schema_3_once_and_the_migration_recorded(backend, request, tmp_path):
     """Columns and tables were added after 0.2.0 with schema_version left at 2, so code could not tell
@@ -72,22 +78,49 @@ def test_a_catalog_of_0_2_0_is_migrated_to_schema_3_once_and_the_migration_recor
     cfg = catalog_of(backend, request, tmp_path)
     with Catalog(cfg.catalog_path) as c:
         assert meta_of(c) == {"schema_version": "3"} and SCHEMA_VERSION == 3    # a new catalog: no migration
+        assert untold_migrations(c) == []
         c.db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")   # as 0.2.0 left it
-        where = c.where
-    assert untold_migrations(where) == []
     with Catalog(cfg.catalog_path) as c:
         meta = meta_of(c)
-    assert meta["schema_version"] == "3" and "migrated_to_2" not in meta
-    record = json.loads(meta["migrated_to_3"])
-    assert record["from"] == 2 and record["at"] > 0
-    said = untold_migrations(where)
-    assert said == ["catalog migrated from schema 2 to 3 (the columns and tables added since mlc-pipeline 0.2.0 are "
-                    "part of the schema; mlc-pipeline older than 0.3.0 refuses this catalog from now on (upgrade "
-                    "every machine that uses it))"], said
-    assert untold_migrations(where) == []           # handed to one summary only
+        assert meta["schema_version"] == "3" and "migrated_to_2" not in meta
+        record = json.loads(meta["migrated_to_3"])
+        assert record["from"] == 2 and record["at"] > 0 and record["told"] is False
+        said = untold_migrations(c)
+        assert said == [SAID_3], said
+        assert untold_migrations(c) == []           # handed to one summary only
+        assert json.loads(meta_of(c)["migrated_to_3"]) == {**record, "told": True}
     with Catalog(cfg.catalog_path) as c:            # once: the next open changes nothing
-        assert meta_of(c) == meta
-    assert untold_migrations(where) == []
+        assert meta_of(c) == {**meta, "migrated_to_3": json.dumps({**record, "told": True})}
+        assert untold_migrations(c) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_next_curate_says_a_migration_another_command_made_once(backend, request, tmp_path):
+    """The review30 audit, finding 4: the line a summary says was kept per process, so after `mlc
+    collect` (or review, remove, build, train) had migrated the catalog, `mlc curate`, a new process,
+    said `"upgrade": []`; and in the review app, a long-lived process, the list only grew. The catalog
+    records it untold now: whichever summary comes next, in any process or on any machine, says it, once."""
+    import subprocess
+    import yaml
+    from helpers import ENV, MLC
+    from mlc_pipeline.catalog import migrate
+    cfg = catalog_of(backend, request, tmp_path)
+    with Catalog(cfg.catalog_path) as c:
+        c.db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")   # as 0.2.0 left it
+    Catalog(cfg.catalog_path).close()          # another command's writable open (mlc collect's) migrates it
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"),
+                                      **({"catalog": {"url": cfg.catalog_path.url}} if backend == "postgresql" else {}),
+                                      "classes": {"ants": {"queries": ["ants"], "count": 1}},
+                                      "other": {"queries": ["scenery"], "count": 1}}))
+    upgrades = []
+    for _ in range(2):
+        res = subprocess.run([*MLC, "curate", "-c", str(config), "--no-progress"], capture_output=True, text=True,
+                             env={**ENV, "PGPASSWORD": os.environ.get("PGPASSWORD", "")}, timeout=120)
+        assert res.returncode == 0, res.stderr[-2000:]
+        upgrades.append(json.loads(res.stdout)["upgrade"])
+    assert upgrades == [[SAID_3], []]
+    assert not hasattr(migrate, "UNTOLD")      # no list in this process (the review app's): nothing to grow
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -410,8 +410,6 @@ def test_a_jpeg_that_passed_before_strict_decoding_is_inspected_again_once(tmp_p
             assert r["verify_reason"] is None, r
             c.update_fields(r["id"], verify_limits=old)
         c.db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")     # and its schema: 0.2.0's
-        from mlc_pipeline.catalog import untold_migrations
-        untold_migrations(c.where)              # (none: this process's other tests migrate other catalogs)
     caplog.set_level("INFO", logger="mlc_pipeline.curate.stage")
     after = curate(cfg)
     assert (after.inspected, after.rejudged) == (2, 1)
