@@ -8,9 +8,10 @@
      kept_corners. Every open adds what is missing (schema.ADDED_COLUMNS, CREATE ... IF NOT EXISTS),
      and older rows keep NULL there, which this code reads as "recorded before" (verify_limits: the
      limits of the first curate that sees them). The version moves so that code can tell: 0.2.0 code
-     refuses a catalog of a schema above 2 (a second machine on one PostgreSQL catalog, not upgraded
-     yet, stops instead of writing rows without what 0.3.0 records), and 0.3.0 refuses one above 3
-     (`schema.refuse_newer`, one line).
+     refuses to open a catalog of a schema above 2 for writing (a RuntimeError traceback; a second
+     machine on one PostgreSQL catalog, not upgraded yet, stops instead of writing rows without what
+     0.3.0 records), but its read-only opens (`mlc inspect`, reports) read it without a word; 0.3.0
+     refuses one above 3, read-only opens too (`schema.refuse_newer`, one line).
 
 Each migration is recorded in meta as `migrated_to_N` (JSON: when, from which version, what it did,
 `told`: false), in the transaction that moves `schema_version`, and said in a warning: it happens once,
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 # What each version changed, as the line saying a migration to it tells (the log, a command's summary).
 CHANGED = {2: "file paths are recorded relative to the data root",
            3: "the columns and tables added since mlc-pipeline 0.2.0 are part of the schema; mlc-pipeline "
-              "older than 0.3.0 refuses this catalog from now on (upgrade every machine that uses it)"}
+              "older than 0.3.0 refuses to write to this catalog from now on (upgrade every machine that uses it)"}
 RECORDS = "key LIKE 'migrated!_to!_%' ESCAPE '!'"     # meta's migration records
 
 

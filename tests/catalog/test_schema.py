@@ -65,8 +65,8 @@ def meta_of(c: Catalog) -> dict:
 
 
 SAID_3 = ("catalog migrated from schema 2 to 3 (the columns and tables added since mlc-pipeline 0.2.0 are part of "
-          "the schema; mlc-pipeline older than 0.3.0 refuses this catalog from now on (upgrade every machine that "
-          "uses it))")
+          "the schema; mlc-pipeline older than 0.3.0 refuses to write to this catalog from now on (upgrade every "
+          "machine that uses it))")
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -418,7 +418,8 @@ def test_a_jpeg_that_passed_before_strict_decoding_is_inspected_again_once(tmp_p
     # line was all: it scrolled past above the progress bars, and a Prefect run's summary lacked it)
     assert after.upgrade == [
         "catalog migrated from schema 2 to 3 (the columns and tables added since mlc-pipeline 0.2.0 are part of the "
-        "schema; mlc-pipeline older than 0.3.0 refuses this catalog from now on (upgrade every machine that uses it))",
+        "schema; mlc-pipeline older than 0.3.0 refuses to write to this catalog from now on (upgrade every machine "
+        "that uses it))",
         "2 JPEG(s) curated before JPEGs were decoded strictly (mlc-pipeline before 0.3.0) inspected again, once: 1 "
         "rejected now as damaged (quarantined: the next build leaves them out)"], after.upgrade
     with Catalog(cfg.catalog_path, readonly=True) as c:
