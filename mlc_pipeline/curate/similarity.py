@@ -41,9 +41,12 @@ VIEW_CROPS = (0.05, 0.10)
 # 2026-12-07); a rotated copy has filled corners, so rotations are compared with 5-10 % crops.
 CROPS = (0.0, 0.025, 0.05, 0.075, 0.10, 0.125, 0.15, 0.175, 0.20)
 ROTATIONS = (0, -3, 3)
-ROTATED_FLOOR = 0.05
-ROTATED_CROPS = tuple(c for c in CROPS if ROTATED_FLOOR <= c <= 0.10)
+ROTATED_FLOOR, ROTATED_CEILING = 0.05, 0.10
+ROTATED_CROPS = tuple(c for c in CROPS if ROTATED_FLOOR <= c <= ROTATED_CEILING)
 THUMB_SIDE = 48
+BLUR = THUMB_SIDE // 8     # the box blur's radius: the residual is the thumbnail minus its blur
+GREY_SIDE = 128     # decoded at least this size (`load_grey`) ...
+SEARCH_SIDE = 3 * THUMB_SIDE     # ... and shrunk to at most this long side (`_shrunk`)
 CONFIRM = 0.92      # a phash candidate at or above this score is a duplicate
 SURE = 0.97         # ... and at or above this, it may merge labels (beyond doubt)
 
@@ -61,7 +64,7 @@ def crop_box(width: int, height: int, fraction: float) -> tuple[int, int, int, i
     return dx, dy, width - dx, height - dy
 
 
-def load_grey(path: str | os.PathLike | io.BytesIO, side: int = 128) -> Image.Image:
+def load_grey(path: str | os.PathLike | io.BytesIO, side: int = GREY_SIDE) -> Image.Image:
     "A small greyscale copy of an image file (or its bytes) as a viewer shows it (draft decode for JPEGs)."
     with Image.open(path) as im:
         im.draft("L", (side, side))
@@ -77,7 +80,7 @@ def load_grey(path: str | os.PathLike | io.BytesIO, side: int = 128) -> Image.Im
 def _residual(im: Image.Image, box: tuple[float, float, float, float] | None = None) -> np.ndarray:
     "Unit-norm high-pass residual of a THUMB_SIDE x THUMB_SIDE thumbnail (of `box`, if given)."
     thumb = im.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX, box=box)
-    blurred = thumb.filter(ImageFilter.BoxBlur(THUMB_SIDE // 8))
+    blurred = thumb.filter(ImageFilter.BoxBlur(BLUR))
     r = np.asarray(thumb, np.float32).ravel() - np.asarray(blurred, np.float32).ravel()
     r -= r.mean()
     norm = float(np.linalg.norm(r))
@@ -124,8 +127,8 @@ def rotated_residuals(im: Image.Image) -> np.ndarray:
 
 
 def _shrunk(im: Image.Image) -> Image.Image:
-    "At most 3 * THUMB_SIDE on the long side: enough for the views of 20 % crops; rotating is cheaper."
-    return im.resize(_fit(im.size, 3 * THUMB_SIDE), Image.Resampling.BOX) if max(im.size) > 3 * THUMB_SIDE else im
+    "At most SEARCH_SIDE on the long side: enough for the views of 20 % crops; rotating is cheaper."
+    return im.resize(_fit(im.size, SEARCH_SIDE), Image.Resampling.BOX) if max(im.size) > SEARCH_SIDE else im
 
 
 def _fit(size: tuple[int, int], side: int) -> tuple[int, int]:
@@ -138,7 +141,7 @@ class Signature:
     asked for: most true copies are settled by the full view alone), and the image itself."""
 
     def __init__(self, im: Image.Image):
-        self.image = _shrunk(im)     # greyscale, long side <= 3 * THUMB_SIDE: where a crop is searched
+        self.image = _shrunk(im)     # greyscale, long side <= SEARCH_SIDE: where a crop is searched
         self._full: np.ndarray | None = None
         self._plain: np.ndarray | None = None
         self._residuals: np.ndarray | None = None
@@ -334,10 +337,14 @@ Confirm = Callable[[Hashable, Hashable], "float | None"]
 COVER_MIN = 0.75          # the copy keeps at least 75 % of each side of the original (80 % until 2026-12-07)
 COVER_STEP = 0.025
 CORNERS = ((0, 0), (1, 0), (0, 1), (1, 1))   # which corner the window touches: (right?, bottom?)
+REFINE = (-3, -2, -1, 1, 2, 3)      # the best window refined in quarter COVER_STEPs around it
 
-# What a kept score was computed by (catalog/pairs.py): scores of another method are not used. The
-# parameters are in it; "v1" is raised by hand when the code computes a score differently.
-METHOD = f"residual-v1:{THUMB_SIDE}:{CROPS}:{ROTATIONS}:{ROTATED_FLOOR}:{COVER_MIN}:{COVER_STEP}"
+# What a kept score was computed by (catalog/pairs.py): scores of another method are not used. Every
+# parameter a score depends on is in it (the search stops at SURE / CONFIRM: they bound the score as
+# well; ROTATED_CEILING was not, until the review30 audit); "v1" is raised by hand when the code
+# computes a score differently.
+METHOD = (f"residual-v1:{THUMB_SIDE}:{CROPS}:{ROTATIONS}:{ROTATED_FLOOR}:{COVER_MIN}:{COVER_STEP}:"
+          f"{ROTATED_CEILING}:{BLUR}:{GREY_SIDE}:{SEARCH_SIDE}:{SURE}:{CONFIRM}:{CORNERS}:{REFINE}")
 
 
 def anchored_search(big: Image.Image, small: Signature) -> float:
@@ -356,7 +363,7 @@ def anchored_search(big: Image.Image, small: Signature) -> float:
     if score >= SURE:              # beyond doubt already: refining can only raise it
         return float(score)
     # Refine the best window's cover between its grid neighbours, in quarter steps (one batch).
-    tries = [(corner, cover + k * COVER_STEP / 4) for k in (-3, -2, -1, 1, 2, 3)]
+    tries = [(corner, cover + k * COVER_STEP / 4) for k in REFINE]
     tries = [(k, c) for k, c in tries if COVER_MIN - 1e-9 <= c <= top + 1e-9 and c * ratio >= COVER_MIN - 1e-9]
     return float(max([score, *_corner_scores(big, template, ratio, tries)]))
 
@@ -379,7 +386,7 @@ def _corner_scores(big: Image.Image, template: np.ndarray, ratio: float,
 def _residuals_of(thumbs: np.ndarray) -> np.ndarray:
     """Unit-norm high-pass residuals of a stack of thumbnails, one row each: `_residual`'s box blur
     (radius THUMB_SIDE // 8, edges extended), for many windows at once."""
-    r = THUMB_SIDE // 8
+    r = BLUR
     blurred = uniform_filter(thumbs, size=(1, 2 * r + 1, 2 * r + 1), mode="nearest")
     res = (thumbs - blurred).reshape(len(thumbs), -1)
     res -= res.mean(axis=1, keepdims=True)

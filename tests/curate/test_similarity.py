@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
@@ -177,3 +179,35 @@ def test_a_centred_crop_is_settled_without_rotating_either_picture(tmp_path, mon
     monkeypatch.setattr(similarity, "rotated_residuals", no_rotation)
     monkeypatch.setattr(similarity, "anchored_search", no_rotation)
     assert FileSimilarity({0: photo, 1: copy})(0, 1) >= similarity.SURE
+
+
+def variant(**values) -> dict:
+    """similarity.py's module namespace with the parameters `values` (name -> value) assigned instead."""
+    import re
+    from mlc_pipeline.curate import similarity
+    source = Path(similarity.__file__).read_text()
+    for name, value in values.items():
+        source, n = re.subn(rf"^{name} = .*$", f"{name} = {value!r}", source, count=1, flags=re.M)
+        assert n == 1, f"no `{name} = ...` line in similarity.py"
+    namespace = {"__name__": "similarity_variant"}
+    exec(compile(source, "similarity_variant", "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("changed", [
+    {"ROTATED_FLOOR, ROTATED_CEILING": (0.05, 0.125)},     # the review30 audit: not in METHOD
+    {"ROTATED_FLOOR, ROTATED_CEILING": (0.025, 0.10)}, {"THUMB_SIDE": 64}, {"GREY_SIDE": 96},
+    {"SEARCH_SIDE": 192}, {"COVER_MIN": 0.8}, {"COVER_STEP": 0.05}, {"REFINE": (-2, -1, 1, 2)},
+    {"CONFIRM": 0.9}, {"SURE": 0.98}, {"CROPS": (0.0, 0.05, 0.10)}, {"ROTATIONS": (0, -2, 2)}])
+def test_every_parameter_a_kept_score_depends_on_changes_its_method(changed):
+    """Kept pair scores (the catalog's pair_scores) are used only under the METHOD they were computed
+    by: a parameter left out of it (the rotated crops' upper bound was a literal 0.10) would have its
+    change reuse scores computed under the old alignments. (SURE and CONFIRM end the staged search:
+    the score returned depends on them too.)"""
+    from mlc_pipeline.curate import similarity
+    today = variant()
+    assert today["METHOD"] == similarity.METHOD and today["VIEW_PAIRS"] == similarity.VIEW_PAIRS
+    other = variant(**changed)
+    assert other["METHOD"] != similarity.METHOD
+    if "ROTATED_FLOOR, ROTATED_CEILING" in changed:
+        assert other["ROTATED_CROPS"] != similarity.ROTATED_CROPS and other["VIEW_PAIRS"] != similarity.VIEW_PAIRS
