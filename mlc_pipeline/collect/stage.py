@@ -28,6 +28,7 @@ from mlc_pipeline.collect.cluster import download_on_cluster
 from mlc_pipeline.collect.download import Downloader, DownloadJob
 from mlc_pipeline.collect.hosts import host_allowed, refused_url
 from mlc_pipeline.collect.licences import note_disallowed, recheck_pending
+from mlc_pipeline.collect.precheck import expected_usable, usable_on_arrival
 from mlc_pipeline.executor import cluster_ready
 from mlc_pipeline.collect.rawfiles import clean_stale_temp, keep_out_removed_owners, reconcile_raw
 from mlc_pipeline.collect.flickr import FlickrSource, Target
@@ -96,10 +97,23 @@ class Collector:
         self.on_progress = on_progress
         self.streams: dict[str, Iterator[Found]] = {}   # set key -> its search, where it stopped
         self.exhausted: set[str] = set()                 # set keys whose queries ran dry
+        self.verdicts: dict[int, bool] = {}              # this round's downloads: usable on arrival? (precheck.py)
 
     def pending(self, target: Target, limit: int) -> list[dict]:
         rows = self.catalog.candidates(source=self.source.name, purpose=target.purpose, status="pending")
         return [r for r in rows if target.label in r["label"].split()][:limit]
+
+    def needed(self, target: Target, count: int) -> float:
+        """Usable images the set still lacks. Downloads not curated yet count as
+        precheck.py judged them on arrival; those it did not see (an earlier run's) at the rate."""
+        tally = self.catalog.set_tally(target.purpose, target.label, self.cfg.source.licenses)
+        rate, need = usable_rate(tally), usable_needed(tally, count)
+        if self.verdicts:
+            waiting = [r for r in self.catalog.candidates(source=self.source.name, purpose=target.purpose,
+                                                          status="downloaded")
+                       if target.label in r["label"].split()]
+            need += rate * len(waiting) - expected_usable(waiting, self.verdicts, rate)
+        return need
 
     def search_more(self, results: Iterator[Found], wanted: int, run_id: str) -> tuple[int, bool]:
         """Pull search results until `wanted` more candidates hold the target's label.
@@ -138,12 +152,14 @@ class Collector:
         results = self.streams[key]
         summary.shortfall.pop(key, None)
         while True:
-            tally = self.catalog.set_tally(target.purpose, target.label, self.cfg.source.licenses)
-            need = usable_needed(tally, count)
+            need = self.needed(target, count)
             if need <= 0:
                 return
-            # Plan enough downloads for `need` usable images at the rate curation accepted this set.
-            want = math.ceil(need / usable_rate(tally))
+            # Downloads for the shortfall only: each is judged as it lands (precheck.py) and the next
+            # batch tops up what the judged ones left missing, so the set is not planned past `count`
+            # (audit collect27 D8: planned at once at the first sample's usable rate, 49 and 54 of 40).
+            # A download not judged here counts at `rate`: the batches then add up to need / rate.
+            want = math.ceil(need)
             jobs = self.pending(target, want)
             if len(jobs) < want and key not in self.exhausted:
                 added, exhausted = self.search_more(results, want - len(jobs), run_id)
@@ -173,6 +189,8 @@ class Collector:
                                            file_path=str(res.path), bytes=res.bytes, sha256=res.sha256,
                                            content_type=res.content_type):
                     summary.downloaded += 1
+                    if (usable := usable_on_arrival(str(res.path), self.cfg.curate)) is not None:
+                        self.verdicts[res.cid] = usable
                 else:       # taken down while it downloaded (a takedown does not wait for collect)
                     Path(res.path).unlink(missing_ok=True)
             else:
@@ -198,6 +216,7 @@ class Collector:
             raise stop
 
     def collect_all(self, summary: CollectSummary) -> None:
+        self.verdicts.clear()        # curated since (collect_in_rounds): curation's verdicts count now
         for target, queries, count in targets(self.cfg):
             self.collect_target(target, queries, count, summary.run_id, summary)
         summary.exhausted = sorted(self.exhausted)

@@ -220,10 +220,14 @@ def test_collect_alone_counts_known_rejections_and_converges(tmp_path, server, c
     """`mlc collect` then `mlc curate`, repeated: each collect asks only for what is still missing."""
     cfg = make_cfg(tmp_path, server, catalog_settings=catalog_settings)
     first = collect(cfg, progress=False)
-    assert first.downloaded == 40 + 15 + 10 + 10      # nothing curated yet: every download may be usable
+    # Nothing curated yet, but each download is looked at as it lands (collect/precheck.py): the
+    # thumbnails, too small for curation, are topped up within the pass; the ants' exact copies look
+    # usable until curation removes them. (Until 2026-12-07 it downloaded 40 + 15 + 10 + 10.)
+    assert first.downloaded > 40 + 15 + 10 + 10
     curate(cfg)
     short_after_one = accepted(cfg)
-    assert short_after_one["other"] < 15 and short_after_one["ants"] <= 40
+    assert short_after_one["other"] == 15 and short_after_one["pool"] == 10, short_after_one
+    assert short_after_one["ants"] < 40, "the copies were removed: the next collect tops them up"
     with Catalog(cfg.catalog_path) as c:
         assert "queries exhausted" not in " ".join(s.why for s in shortfalls(cfg, c))
     for _ in range(4):
