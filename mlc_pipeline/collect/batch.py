@@ -1,9 +1,11 @@
 """One `Downloader.run_into`'s jobs as its workers take them, deferred ones included.
 
-A photo answered HTTP 429 with a Retry-After is deferred, not slept on: it goes back into the batch
-with the time it may be asked again, and the worker takes the next photo meanwhile (audit collect27
-D6: the wait held a worker, so 30% of photos answering 429 once made a collect 4.3x slower). The
-per-host bound (`source.per_host_concurrency`) still caps the connections to each host."""
+A photo answered HTTP 429 is deferred, not slept on: it goes back into the batch with the time it
+may be asked again, and the worker takes the next photo meanwhile (audit collect27 D6: the wait held a
+worker, so 30% of photos answering 429 once made a collect 4.3x slower). The 429 pauses its host
+(`HostHealth.pause`): the host's other photos a worker takes meanwhile are deferred to the same time
+without being asked (collect30). The per-host bound (`source.per_host_concurrency`) still caps the
+connections to each host."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any
 
 
 class Deferred(Exception):
-    """The host asked this photo to wait (429 Retry-After): ask again at `at` (time.monotonic()), from
+    """The host asked us to wait (a 429, its own or another photo's): ask again at `at` (time.monotonic()), from
     its attempt `attempt` on, within its own deadline `deadline`."""
 
     def __init__(self, at: float, attempt: int, deadline: float):

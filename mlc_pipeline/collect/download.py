@@ -145,6 +145,8 @@ class Downloader:
                 raise Cancelled()
             if host in self.hosts.down:
                 return DownloadResult(job.cid, False, reason=f"transient:host-down:{host}", attempts=attempt)
+            if (until := self.hosts.paused_until(host)) is not None:    # its host asked every worker to wait
+                raise Deferred(until, attempt, self.local.deadline)   # (a 429): no attempt is spent
             try:
                 done = self._fetch_once(job, attempt + 1)
                 self.hosts.served(host)          # its failures so far were the photos', not the host's
@@ -163,8 +165,9 @@ class Downloader:
                 if time.monotonic() + wait >= self.local.deadline:
                     return DownloadResult(job.cid, False, reason=f"transient:{self._deadline_reason()}:after-{exc}",
                                           attempts=attempt + 1)
-                if exc.wait_s is not None:      # the host's Retry-After: the worker takes another photo meanwhile
-                    raise Deferred(time.monotonic() + wait, attempt + 1, self.local.deadline)
+                if exc.limited_by:        # a 429 pauses its host for every worker (hosts.py); the worker
+                    raise Deferred(self.hosts.pause(exc.limited_by, time.monotonic() + wait), attempt + 1,
+                                   self.local.deadline)          # takes another host's photo meanwhile
                 self.sleep(wait)
         raise AssertionError("unreachable")
 
@@ -183,6 +186,8 @@ class Downloader:
             with self.slot(host):
                 if self.stopping.is_set():     # queued behind the host's slots while the run stopped
                     raise Cancelled()
+                if (until := self.hosts.paused_until(host)) is not None:    # a 429 came while it queued:
+                    raise Deferred(until, attempt - 1, self.local.deadline)  # not asked, no attempt spent
                 self._track(host, +1)
                 try:
                     result = self._get(url, job, attempt)
@@ -245,7 +250,7 @@ class Downloader:
                 raise Rejected(f"http-{code}-without-location")
             return urljoin(url, location)
         if code == 429:
-            raise Transient("http-429", retry_after_seconds(resp.headers.get("Retry-After")))
+            raise Transient("http-429", retry_after_seconds(resp.headers.get("Retry-After")), host_of(url))
         if code >= 500:
             raise Transient(f"http-{code}")
         if code != 200:

@@ -108,6 +108,21 @@ class HostHealth:
         # host -> (the kind of failure, {photo: its reason}) of the photos failing in a row, none served
         self.streak: dict[str, tuple[str, dict[int, str]]] = {}
         self.taken_back: dict[int, tuple[str, str]] = {}   # photo -> (its final reason, host): the host was down
+        self.paused: dict[str, float] = {}          # host -> until when (time.monotonic()) it asked us to wait
+
+    def pause(self, host: str, until: float) -> float:
+        """`host` answered 429: no request goes to it until `until` (a later end wins). A rate limit is
+        the host's, per client or key, not one photo's (shared/notes/flickr.md): asking its other
+        photos meanwhile only meets more 429s. Returns when the host may be asked again."""
+        with self.lock:
+            self.paused[host] = max(until, self.paused.get(host, 0.0))
+            return self.paused[host]
+
+    def paused_until(self, host: str) -> float | None:
+        """When `host` may be asked again, if it asked us to wait and that time has not come."""
+        with self.lock:
+            until = self.paused.get(host)
+        return until if until is not None and until > time.monotonic() else None
 
     def served(self, host: str) -> None:
         """An image was saved from `host`: its failures so far were the photos'."""

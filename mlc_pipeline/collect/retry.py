@@ -16,11 +16,12 @@ log = logging.getLogger(__name__)
 
 
 class Transient(Exception):
-    """A failure worth retrying; `wait_s` (if set) is what the server asked us to wait."""
+    """A failure worth retrying; `wait_s` (if set) is what the server asked us to wait; `limited_by`:
+    the host that answered HTTP 429 (its rate limit, not the photo's fault)."""
 
-    def __init__(self, message: str, wait_s: float | None = None):
+    def __init__(self, message: str, wait_s: float | None = None, limited_by: str | None = None):
         super().__init__(message)
-        self.wait_s = wait_s
+        self.wait_s, self.limited_by = wait_s, limited_by
 
 
 def retry_after_seconds(value: str | None) -> float | None:
