@@ -311,8 +311,11 @@ def test_bad_bodies_are_recorded_with_reasons(tmp_path, creds):
     assert "too-large" in reasons
     # truncated files download fine (the server sends a matching length): curation rejects them
     assert injected.get("truncated", 0) > 0
-    # failures were topped up from later results: every set still has its count
-    assert summary.shortfall == {}
+    # failures were topped up from later results: a set is short only where its queries ran dry (since
+    # collect/precheck.py a truncated file counts for nothing, as curation will reject it, so the world's
+    # "other" queries can run out; before, collect counted them and the shortfall showed only at curate)
+    assert set(summary.shortfall) <= set(summary.exhausted), (summary.shortfall, summary.exhausted)
+    assert sum(summary.shortfall.values()) <= 5, summary.shortfall
     assert not list((cfg.data_dir / "tmp").rglob("*.part")), "no partial file left behind"
 
 
