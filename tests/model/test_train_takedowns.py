@@ -41,6 +41,26 @@ def ok(*args: str):
     return done
 
 
+def same_version_stages(v1: Path):
+    """`mlc run`'s stages with collect, builds and mining scripted: nothing new (the same version v1),
+    five images mined each round; training is real."""
+    from mlc_pipeline.pipeline import Stages
+
+    class SameVersion(Stages):
+        def collect(self, cfg):
+            return {}
+
+        def build(self, cfg):
+            return {"path": str(v1), "version": "v1", "published": False}
+
+        def mine(self, cfg, bundle_dir, round_no):
+            return {"added": 5}
+
+        def report(self, cfg, result):
+            return ""
+    return SameVersion
+
+
 @pytest.fixture
 def taken_down(tmp_path):
     """v1 of ten ants, ten bees, eight scenery photos and the mirror image of one ant photo; a model
@@ -215,7 +235,7 @@ def test_mlc_run_asks_once_whether_the_shipped_model_learned_from_a_photo_taken_
     if not FIXTURES.is_dir():
         pytest.skip("fixture photos missing (../shared/fixtures)")
     from mlc_pipeline.model.learned import LearnedAmong
-    from mlc_pipeline.pipeline import Stages, run_stages
+    from mlc_pipeline.pipeline import run_stages
     config, cfg, v1 = mirrored_v1(tmp_path)
     cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"rounds": 1, "retrain": "continue"})})
     shipped = train_version(cfg, v1).bundle_dir
@@ -227,19 +247,7 @@ def test_mlc_run_asks_once_whether_the_shipped_model_learned_from_a_photo_taken_
     asked, real = [], LearnedAmong.of
     monkeypatch.setattr(LearnedAmong, "of", lambda self, bundle: asked.append(Path(bundle).name) or real(self, bundle))
 
-    class NothingNew(Stages):
-        def collect(self, cfg):
-            return {}
-
-        def build(self, cfg):
-            return {"path": str(v1), "version": "v1", "published": False}
-
-        def mine(self, cfg, bundle_dir, round_no):
-            return {"added": 5}
-
-        def report(self, cfg, result):
-            return ""
-    out = run_stages(cfg, NothingNew(progress=False))
+    out = run_stages(cfg, same_version_stages(v1)(progress=False))
     assert out.reused and out.rounds[0].bundle == shipped.name, out
     continued = read_meta(cfg.layout.models / out.rounds[1].bundle)["weights"]["continued_from"]
     assert continued == shipped.name            # mining went on from it, on the run's one answer
@@ -255,7 +263,7 @@ def test_a_photo_taken_down_while_mlc_run_trains_never_goes_on_in_a_continued_ne
     mining and the builds scripted (the same version)."""
     if not FIXTURES.is_dir():
         pytest.skip("fixture photos missing (../shared/fixtures)")
-    from mlc_pipeline.pipeline import Stages, run_stages
+    from mlc_pipeline.pipeline import run_stages
     config, cfg, v1 = mirrored_v1(tmp_path)
     cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"rounds": 1, "retrain": "continue"})})
     if shipped_first:
@@ -264,19 +272,10 @@ def test_a_photo_taken_down_while_mlc_run_trains_never_goes_on_in_a_continued_ne
     learned = next(r["photo_id"] for r in read_manifest(v1 / "manifest.csv") if r["split"] == "train"
                    and r["photo_id"] not in (photo_id_for(OWNERS), photo_id_for(MIRROR)))
 
-    class TakenDownMeanwhile(Stages):
-        def collect(self, cfg):
-            return {}
-
-        def build(self, cfg):
-            return {"path": str(v1), "version": "v1", "published": False}
-
+    class TakenDownMeanwhile(same_version_stages(v1)):
         def mine(self, cfg, bundle_dir, round_no):
             ok("remove", "-c", str(config), "--photo-id", learned, "--reason", "owner request")
-            return {"added": 5}
-
-        def report(self, cfg, result):
-            return ""
+            return super().mine(cfg, bundle_dir, round_no)
     out = run_stages(cfg, TakenDownMeanwhile(progress=False))
     assert bool(out.reused) == shipped_first, out
     meta = read_meta(cfg.layout.models / out.rounds[1].bundle)
