@@ -21,6 +21,10 @@ DUPLICATE_FAULTS = ("dup_exact", "dup_near")
 # Persistent search-result faults: the photo's entry in every search reply lacks its "id"; or its
 # "license" (entry_no_license: a mirror that drops the field, or sends it empty: half of such photos each).
 ENTRY_FAULTS = ("entry_no_id", "entry_no_license")
+# Per-search-text faults: reply_no_license, every entry of the replies to a search text (each page,
+# each retry) lacks its licence, as entry_no_license drops it, for that share of texts (a mirror whose
+# index lost the field for some searches: a photo another text finds with its licence comes back bare).
+REPLY_FAULTS = ("reply_no_license",)
 # Transient image faults: the URL's first fault_repeats attempts fail, then it is served (img429;
 # img5xx: HTTP img5xx_code, an overloaded CDN's error page; dropped: the connection closes after 60%
 # of a body whose full Content-Length was announced).
@@ -30,7 +34,7 @@ TRANSIENT_IMAGE_FAULTS = ("img429", "img5xx", "dropped")
 # search ignores its `license` filter (a mirror that does: results under any licence come back);
 # dates_ignored: the same for min/max_upload_date (a mirror that does: every window holds every result).
 PAGE_FAULTS = ("repeat_page", "pages_low", "license_ignored", "dates_ignored")
-RATE_FIELDS = API_FAULTS + TRANSIENT_IMAGE_FAULTS + PHOTO_FAULTS + DUPLICATE_FAULTS + ENTRY_FAULTS + PAGE_FAULTS
+RATE_FIELDS = API_FAULTS + TRANSIENT_IMAGE_FAULTS + PHOTO_FAULTS + DUPLICATE_FAULTS + ENTRY_FAULTS + REPLY_FAULTS + PAGE_FAULTS
 
 # `mlc serve-flickr --help`'s list of the faults (every FaultSpec field is named: tests/flickr_server).
 FAULTS_HELP = """\
@@ -41,7 +45,8 @@ several on at once), plus the knobs that shape them (NAME=NUMBER):
               retry_after_s seconds, with / without Retry-After), api_trickle (a byte every trickle_ms)
               -- each request's first fault_repeats attempts, then it goes through
   search:     entry_no_id / entry_no_license (a photo's entries lack their id / their licence: the
-              field left out or empty), repeat_page (a page answers the page before's entries),
+              field left out or empty), reply_no_license (every entry of the replies to that share of
+              search texts lacks its licence), repeat_page (a page answers the page before's entries),
               pages_low ("pages": 1), license_ignored / dates_ignored (the search ignores its licence
               filter / its min/max_upload_date)
   images, then served (a URL's first fault_repeats attempts): img429 (HTTP 429, Retry-After:
@@ -82,6 +87,7 @@ class FaultSpec:
     octet: float = 0.0
     entry_no_id: float = 0.0
     entry_no_license: float = 0.0  # a photo's search entries carry no licence id: the field missing, or ""
+    reply_no_license: float = 0.0  # share of search texts whose replies' entries all carry no licence id
     repeat_page: float = 0.0
     pages_low: float = 0.0
     license_ignored: float = 0.0  # share of searches answered as if no `license` filter was given
@@ -234,17 +240,25 @@ class FaultPlan:
         self.count("entry_no_license")
         return True
 
-    def damage_entries(self, response: dict) -> dict:
-        """A search reply with the entries of photos that have the entry_no_id fault stripped of their id,
-        and those with entry_no_license of their licence (the field left out, or sent empty: by photo)."""
+    def reply_without_license(self, text: str) -> bool:
+        """Whether every entry of the replies to searches for this text loses its "license"."""
+        return bool(text) and unit_hash(self.spec.seed, "reply-license", text) < self.spec.reply_no_license
+
+    def damage_entries(self, response: dict, text: str = "") -> dict:
+        """A search reply (for `text`) with the entries of photos that have the entry_no_id fault stripped
+        of their id, and those with entry_no_license, or all of them where the text has reply_no_license,
+        of their licence (the field left out, or sent empty: by photo). Each licence dropped is counted."""
         photos = response.get("photos")
-        if (self.spec.entry_no_id or self.spec.entry_no_license) and isinstance(photos, dict):
-            photos["photo"] = [self._damaged(entry) for entry in photos["photo"]]
+        bare = self.reply_without_license(text)
+        if (self.spec.entry_no_id or self.spec.entry_no_license or bare) and isinstance(photos, dict):
+            photos["photo"] = [self._damaged(entry, bare) for entry in photos["photo"]]
         return response
 
-    def _damaged(self, entry: dict) -> dict:
+    def _damaged(self, entry: dict, bare: bool = False) -> dict:
         photo_id = entry["id"]
-        if self.spec.entry_no_license and "license" in entry and self.entry_without_license(photo_id):
+        if "license" in entry and bare:
+            self.count("reply_no_license")
+        if "license" in entry and (bare or self.spec.entry_no_license and self.entry_without_license(photo_id)):
             entry = {k: v for k, v in entry.items() if k != "license"}
             if unit_hash(self.spec.seed, "license-empty", photo_id) < 0.5:
                 entry["license"] = ""

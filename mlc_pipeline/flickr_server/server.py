@@ -133,8 +133,9 @@ class _Handler(BodySender, BaseHTTPRequestHandler):
                 params = {k: v for k, v in params.items() if k not in dated}
             paged = params.get("method") == "flickr.photos.search" and (app.faults.spec.repeat_page or
                                                                          app.faults.spec.pages_low)
+            searched = params.get("text") or params.get("tags") or ""    # what reply_no_license is drawn by
             response = app.faults.damage_entries(app.faults.damage_pages(params, request_key(params), app.api.call)
-                                                 if paged else app.api.call(params))
+                                                 if paged else app.api.call(params), searched)
         content_type, data = encode_response(response, params)
         if fault == "api_trickle":
             self._trickle(content_type, Body(data))
