@@ -337,10 +337,7 @@ class FlickrSource:
                     continue
                 seen.add(str(photo["id"]))
                 fresh_at = self.query_calls[query]
-                found = self.to_found(photo, query, target)
-                if found.license_id is None and not self.license_allowed(None):
-                    self.without_licence(query, found.photo_id)
-                yield found
+                yield self.to_found(photo, query, target)
             if self.query_calls[query] - fresh_at >= STALE_CALLS:
                 log.warning("query %r: %d search calls in a row found no photo new to it: the query ends here",
                             query, STALE_CALLS)
@@ -348,9 +345,10 @@ class FlickrSource:
 
     def without_licence(self, query: str, photo_id: str) -> None:
         """A result with no licence id (the field missing, empty or no number: a mirror that drops it)
-        under a licence list: an unknown licence is none of those listed, so it is no candidate
-        (`licence_allowed`). Counted in `skipped` (the run's record) and said once per query: a mirror
-        that drops every licence must not look like queries that found nothing."""
+        under a licence list, of a photo the catalog does not know under an allowed licence (the
+        Collector asks, collect/licences.py): an unknown licence is none of those listed, so it is no
+        candidate (`licence_allowed`). Counted in `skipped` (the run's record) and said once per query:
+        a mirror that drops every licence must not look like queries that found nothing."""
         self.skipped["entry-without-licence"] += 1
         if query not in self.unlicensed_said:
             self.unlicensed_said.add(query)

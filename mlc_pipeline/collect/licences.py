@@ -8,7 +8,10 @@ result that reports a licence the setting does not allow (a mirror that ignores 
 photo its owner moved to another licence) is not a candidate, but a row the catalog already holds
 for that photo learns the new licence, so a photo once found is not downloaded under its old one
 (audit collect25 D2). A result with no licence id at all is no news: a row keeps the licence it is
-known under (collect28: until then the missing id erased it, and the photo was skipped). Rows with a
+known under (collect28: until then the missing id erased it, and the photo was skipped), and a photo
+known under an allowed licence is judged under it: found by another class's query it takes that label
+as any re-find does (labels31: until then it was no candidate, and the photo lost the label). A photo
+never seen, or known under no licence, stays refused under a licence list. Rows with a
 file keep the licence they were downloaded under: a CC licence cannot be revoked for a copy already
 made.
 """
@@ -43,6 +46,12 @@ def recheck_pending(catalog: Catalog, source, run_id: str) -> tuple[int, int]:
         log.info("%d candidates skipped for their licence are allowed by source.licenses now: pending again",
                  reopened)
     return skipped, reopened
+
+
+def judged_licence(found: Found, known: dict | None) -> int | None:
+    """The licence a search result is allowed or refused under: the one it reports; where it reports
+    none (a mirror's), the one the catalog's row `known` holds for the photo (None: never seen)."""
+    return known["license_id"] if found.license_id is None and known is not None else found.license_id
 
 
 def note_disallowed(catalog: Catalog, found: Found, run_id: str) -> bool:

@@ -2,6 +2,8 @@
 
 Each gives the Collector (stage.py) an object with `name`, `search(query, target)`, `licenses()`,
 `license_allowed(license_id)` (may a candidate under it be downloaded: licences.py),
+`without_licence(query, photo_id)` (a result refused for its unknown licence: counted and said; a
+URL list, which refuses no licence, has none),
 `current_url(url)`, `api_calls`, `skipped` (search results left out, by reason) and `unreadable`
 (folder mode: files in the folder that are no readable image, or over `source.max_image_bytes`,
 path -> why), plus the image hosts its downloads may come from."""

@@ -27,7 +27,7 @@ from mlc_pipeline.collect.checks import check_licence_ids, check_sizes, unreadab
 from mlc_pipeline.collect.cluster import download_on_cluster
 from mlc_pipeline.collect.download import Downloader, DownloadJob
 from mlc_pipeline.collect.hosts import host_allowed, refused_url
-from mlc_pipeline.collect.licences import note_disallowed, recheck_pending
+from mlc_pipeline.collect.licences import judged_licence, note_disallowed, recheck_pending
 from mlc_pipeline.collect.precheck import expected_usable, usable_on_arrival
 from mlc_pipeline.executor import cluster_ready
 from mlc_pipeline.collect.rawfiles import clean_stale_temp, keep_out_removed_owners, reconcile_raw
@@ -120,13 +120,16 @@ class Collector:
         Returns (gained, exhausted)."""
         gained, batch, held = 0, [], set()
         for found in results:
-            if not self.source.license_allowed(found.license_id):    # not a candidate; a known row learns it
-                note_disallowed(self.catalog, found, run_id)
-                continue
             if (found.source, found.photo_id) in held:     # found again within the batch (by another query of
                 self.catalog.upsert_found(batch, run_id)   # the set): recorded first, so it is not new twice
                 batch, held = [], set()
             known = self.catalog.get_by_photo(found.source, found.photo_id)
+            if not self.source.license_allowed(judged_licence(found, known)):   # not a candidate
+                if found.license_id is None:               # unknown, and not known under an allowed one
+                    self.source.without_licence(found.query, found.photo_id)
+                else:                                      # a known row learns it
+                    note_disallowed(self.catalog, found, run_id)
+                continue
             batch.append(found)           # known photos are recorded too: their query and labels merge
             held.add((found.source, found.photo_id))
             gained += gains_label(known, found)

@@ -209,3 +209,46 @@ def test_a_later_result_without_a_licence_id_never_erases_a_known_licence(tmp_pa
     assert all(after[p]["license_name"] == r["license_name"] for p, r in before.items())
     assert not [p for p in pending if after[p]["status"] == "skipped"], "a known licence was taken as unknown"
     assert any(after[p]["status"] == "downloaded" for p in pending)
+
+
+def bare_replies_for(query: str, others: list[str]) -> FaultSpec:
+    """A FaultSpec whose `reply_no_license` takes the licence out of every entry of `query`'s replies and
+    of no reply to `others` (the fault is drawn per search text, by its seed)."""
+    from mlc_pipeline.flickr_server.faults import FaultPlan
+    for seed in range(200):
+        spec = FaultSpec(reply_no_license=0.5, seed=seed)
+        plan = FaultPlan(spec)
+        if plan.reply_without_license(query) and not any(plan.reply_without_license(q) for q in others):
+            return spec
+    raise AssertionError(f"no seed leaves only {query!r} bare")
+
+
+def found_by(srv, query: str) -> set[str]:
+    """The photos a search for `query` under the open licences returns (one page of 500, over HTTP)."""
+    reply = requests.get(srv.rest_url, timeout=30, params={
+        "method": "flickr.photos.search", "api_key": "k", "text": query, "license": ",".join(map(str, OPEN)),
+        "extras": "license", "per_page": 500, "format": "json", "nojsoncallback": 1}).json()["photos"]
+    assert int(reply["total"]) <= 500
+    return {p["id"] for p in reply["photo"]}
+
+
+def test_a_photo_known_under_an_allowed_licence_takes_the_label_of_a_later_query_whose_entries_lack_one(tmp_path):
+    """A photo of a balloon and a kite, found by the balloon query under an open licence, found again in
+    the same run by the kite query on a mirror whose replies to that query carry no licence id (fault
+    `reply_no_license`): its licence is known and allowed, so it is a re-find like any other and takes
+    the label kite (labels31: until then the missing id made it no candidate for kite, and the photo lost
+    its second label). A kite photo the catalog never saw has an unknown licence and stays refused."""
+    queries = ["balloon", "kite", "landscape", "sky"]
+    with FlickrServer(WorldSpec(seed=1, scale=0.1), bare_replies_for("kite", ["balloon", "landscape", "sky"])) as srv:
+        kites, balloons = found_by(srv, "kite"), found_by(srv, "balloon")
+        assert without_licence(srv, queries, ",".join(map(str, OPEN))) == kites, "the kite replies kept licences"
+        cfg = make_cfg(tmp_path, srv, OPEN, count=60)      # more than found: every result is looked at
+        summary = collect(cfg, progress=False)
+        rows = by_photo(cfg)
+    both = kites & balloons & set(rows)
+    assert both, "no photo of a balloon and a kite found by the balloon query: a useless test"
+    assert {p: rows[p]["label"] for p in both} == {p: "balloon kite" for p in both}
+    assert all("kite" in json.loads(rows[p]["queries"]) for p in both)
+    assert all(rows[p]["license_id"] in OPEN for p in both)
+    assert not (kites - balloons) & set(rows), "a photo of unknown licence never seen became a candidate"
+    assert summary.search_skipped["entry-without-licence"] == len(kites - balloons)
