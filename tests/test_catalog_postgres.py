@@ -731,6 +731,24 @@ def test_migrate_after_the_upgrade_copies_into_an_older_empty_catalog_and_into_a
         copy.copy_catalog(source, earlier)
 
 
+def test_a_copied_catalog_does_not_repeat_the_source_s_migration_notice(pg_url, tmp_path):
+    """review31, finding 4: a source migrated by its copy's own open (0.2.0's SQLite catalog, its
+    migration not told yet) handed its untold record to the target, whose next summary then said a
+    migration that happened to another catalog. The record arrives told; the source's stays untold."""
+    from mlc_pipeline.catalog import copy
+    from mlc_pipeline.catalog.migrate import untold
+    source, target = tmp_path / "catalog.sqlite", PostgresCatalog(pg_url, tmp_path)
+    with Catalog(source) as c:
+        c.upsert_found([found(str(i)) for i in range(1, 3)], c.start_run("collect"))
+    as_0_2_0_left_it(source)
+    copy.copy_catalog(source, target)
+    assert migration_records(target)["migrated_to_3"]["told"] is True, migration_records(target)
+    with Catalog(target) as dst:
+        assert untold(dst) == []
+    with Catalog(source) as src:
+        assert [line.startswith("catalog migrated from schema 2 to 3") for line in untold(src)] == [True]
+
+
 def test_a_migrate_killed_mid_copy_leaves_nothing_and_the_rerun_completes(postgres_server, pg_url, tmp_path):
     """kill -9 while the copy inserts events, after the candidates (seen in pg_stat_activity): the
     target holds no row of the catalog, and the rerun, which then finds an empty database, copies all

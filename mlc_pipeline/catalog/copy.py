@@ -15,7 +15,8 @@ never share a run_id (a timestamp and a random suffix) or a candidate's every co
 test and of the row counts: meta's `migrated_to_N`, each catalog's record of its own migrations. Both
 are opened writable, so each is migrated on its own, at its own time (the review30 audit: an empty
 catalog 0.2.0 created, and the rerun into a copy 0.2.0 made, were refused for them); the target keeps
-its own record and gets the source's only where it has none.
+its own record and gets the source's only where it has none, marked told (a migration of another
+catalog is no news for the target's summary: review31).
 
 The check, the copy and the verification are one transaction under the catalog's writer lock: no
 writer changes the target between them, and a failed or killed copy leaves the target as it was (a
@@ -27,6 +28,7 @@ same (id, source, photo_id) for every candidate, or a CatalogError says what dif
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,12 +107,24 @@ def copy_rows(src: Catalog, dst: Catalog, tables: list[str], generated: list[str
                   f"ON CONFLICT DO NOTHING")       # the target's rows are the source's, unchanged
         rows = src.db.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY {KEYS.get(table, 'id')}")
         while batch := rows.fetchmany(BATCH):
-            dst.db.executemany(insert, [tuple(r) for r in batch])
+            dst.db.executemany(insert, [told_copy(table, tuple(r)) for r in batch])
     postgres.reset_identities(dst.db, generated)
     for table in tables:
         result.rows[table] = count(src, table)
         result.copied[table] = count(dst, table) - before[table]
     verify(src, dst, result)
+
+
+def told_copy(table: str, row: tuple) -> tuple:
+    """A row as the target gets it: a migration record of the source's arrives told (review31: the
+    target's next summary said the source's migration as its own, though it happened elsewhere)."""
+    if table != "meta" or not str(row[0]).startswith("migrated_to_"):
+        return row
+    try:
+        record = json.loads(row[1])
+    except ValueError:          # not a record this code wrote: copied as it is, as every other row
+        return row
+    return (row[0], json.dumps({**record, "told": True}), *row[2:]) if isinstance(record, dict) else row
 
 
 def refuse_other_rows(src: Catalog, dst: Catalog, result: CopyResult) -> None:
