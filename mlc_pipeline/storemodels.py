@@ -188,6 +188,8 @@ def pull_compared(store: Store, cfg: Config, specs: list[str]) -> None:
     todo = []
     for name in dict.fromkeys(latest if spec == "latest" else spec for spec in specs if not Path(spec).is_dir()):
         marker = read_marker(store, f"models/{name}") if name and "/" not in name else None
+        if marker is None and name and "/" not in name and (root / name).is_dir():
+            shutil.rmtree(root / name)      # gone from the store: no old listing compared unsaid (review31)
         if marker is not None and not complete_copy(cfg.layout.models / name, marker):
             listed_copy(root / name, marker)
             todo += listed_files(f"models/{name}", root / name, marker)

@@ -54,6 +54,23 @@ def test_compare_from_a_fresh_cache_fetches_what_it_reads_alone(tmp_path, store_
     assert cache_files(fresh) == fetched                    # nothing more the second time
 
 
+def test_compare_of_a_bundle_deleted_from_the_store_since_it_was_listed_is_refused(tmp_path, store_url, published,
+                                                                                trained_shapes_bundle):
+    """review31, finding 5: a listing fetched for one comparison stayed in models/.listings/, and once the
+    bundle was deleted from the store the next `--compare` compared that old listing without a word."""
+    cfg = load_config(published)
+    shutil.copytree(trained_shapes_bundle[1], cfg.layout.models / "m9")      # LATEST stays m2
+    sync.publish(cfg)
+    fresh = cache_config(tmp_path, store_url, "cache-f")
+    first = run_mlc("models", "--compare", "m1", "m9", "-c", str(fresh))
+    assert first.returncode == 0, first.stderr[-2000:]
+    store = store_of(cfg)
+    store.delete([k for k in store.listing("models") if k.startswith("models/m9/")])
+    again = run_mlc("models", "--compare", "m1", "m9", "-c", str(fresh))
+    assert again.returncode != 0 and "m9" in again.stderr, (again.stdout, again.stderr[-2000:])
+    assert not (load_config(fresh).layout.models / ".listings" / "m9").exists()
+
+
 def test_compare_of_a_store_bundle_without_metrics_says_why_as_a_warm_cache(tmp_path, store_url, published,
                                                                            trained_shapes_bundle):
     "Listed from its metadata, a bundle is not called short of its export.pkl (its marker lists it)."
