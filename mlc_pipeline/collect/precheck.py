@@ -6,10 +6,14 @@ with half the files truncated: audit collect27 D8), because the first sample's r
 rest's. So each new download is looked at once, cheaply, for the faults that curation rejects for
 sure: a file that does not decode to its end (truncated, corrupt), or whose size curation's
 `curate.min_side` / `max_pixels` / `max_aspect` refuse (`imageformat.size_reason`, the same rule).
-A file that passes may still be refused by curation (a duplicate, a strict JPEG check, the review):
-the set is then short, and the next round tops up only what is missing. A file that fails is
-refused by curation too, so it never counts and the set is topped up at once. The verdict is only
-for planning: nothing is recorded, curation still inspects every file.
+The file is opened as curation opens it (`formats=DECODED_FORMATS`: an AVIF Pillow decodes fails
+here as curation refuses it). A file that passes may still be refused by curation (a duplicate, an
+unsupported colour mode, the strict JPEG check, the review), so it counts at `passed_rate`: the share
+curation accepted of the set's curated files that would have passed here (1.0 before any, never below
+MIN_USABLE_RATE); under 95% exact copies counting it as 1 took the 5 rounds allowed where planning at
+the rate took 3 (review31 #2). A file that fails is refused by curation too, so it never counts and
+the set is topped up at once. The verdict is only for planning: nothing is recorded, curation still
+inspects every file.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import warnings
 
 from PIL import Image, ImageFile
 
-from mlc_pipeline.imageformat import size_reason
+from mlc_pipeline.collect.sets import MIN_USABLE_RATE
+from mlc_pipeline.imageformat import DECODED_FORMATS, size_reason
 
 CHECK_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
                 Image.DecompressionBombWarning)
@@ -33,7 +38,7 @@ def usable_on_arrival(path: str, limits) -> bool | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(path, formats=DECODED_FORMATS) as im:
                 if size_reason(im.width, im.height, limits) is not None:
                     return False
                 if im.format == "JPEG":
@@ -46,8 +51,28 @@ def usable_on_arrival(path: str, limits) -> bool | None:
         return False
 
 
-def expected_usable(rows: list[dict], verdicts: dict[int, bool], rate: float) -> float:
-    """Usable images a set's downloads not curated yet (`rows`) are expected to give: one for each
-    that passed `usable_on_arrival`, none for one that failed it, `rate` for each not looked at (an
-    earlier run's)."""
-    return sum(float(verdicts[r["id"]]) if r["id"] in verdicts else rate for r in rows)
+# Curation's reasons (curate/verify.py) that `usable_on_arrival` catches too: a file it passed is never
+# refused for one of them (the strict JPEG check's decode-error:CorruptJPEG it does not catch).
+CAUGHT = ("truncated", "too-small", "extreme-aspect", "decompression-bomb", "corrupt-header", "not-an-image",
+          "empty-file", "unsupported-format:", "decode-error:")
+
+
+def caught(reason: str) -> bool:
+    "Whether `usable_on_arrival` fails every file curation refuses for `reason`."
+    return reason.startswith(CAUGHT) and reason != "decode-error:CorruptJPEG"
+
+
+def passed_rate(tally: dict) -> float:
+    """The share curation accepted of a set's curated files that would have passed `usable_on_arrival`:
+    accepted / (accepted + duplicates + rejected for reasons it does not catch); 1.0 before any such
+    curation, never below MIN_USABLE_RATE."""
+    seen = (tally["accepted"] + sum(tally["duplicate"].values())
+            + sum(n for reason, n in tally["rejected"].items() if not caught(reason)))
+    return max(MIN_USABLE_RATE, tally["accepted"] / seen) if seen else 1.0
+
+
+def expected_usable(rows: list[dict], verdicts: dict[int, bool], rate: float, passed: float) -> float:
+    """Usable images a set's downloads not curated yet (`rows`) are expected to give: `passed`
+    (`passed_rate`) for each that passed `usable_on_arrival`, none for one that failed it, `rate` for
+    each not looked at (an earlier run's)."""
+    return sum((passed if verdicts[r["id"]] else 0.0) if r["id"] in verdicts else rate for r in rows)

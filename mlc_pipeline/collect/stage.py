@@ -28,11 +28,11 @@ from mlc_pipeline.collect.cluster import download_on_cluster
 from mlc_pipeline.collect.download import Downloader, DownloadJob
 from mlc_pipeline.collect.hosts import host_allowed, refused_url
 from mlc_pipeline.collect.licences import judged_licence, note_disallowed, recheck_pending
-from mlc_pipeline.collect.precheck import expected_usable, usable_on_arrival
+from mlc_pipeline.collect.precheck import expected_usable, passed_rate, usable_on_arrival
 from mlc_pipeline.executor import cluster_ready
 from mlc_pipeline.collect.rawfiles import clean_stale_temp, keep_out_removed_owners, reconcile_raw
 from mlc_pipeline.collect.flickr import FlickrSource, Target
-from mlc_pipeline.collect.sets import set_key, shortfalls, targets, usable_needed, usable_rate
+from mlc_pipeline.collect.sets import MIN_USABLE_RATE, set_key, shortfalls, targets, usable_needed, usable_rate
 from mlc_pipeline.collect.sources import open_source
 from mlc_pipeline.secrets import install_log_redaction, redact
 
@@ -50,6 +50,7 @@ class CollectSummary:
     #                                                           lone collect: downloads not curated yet count at the usable rate)
     max_connections_per_host: dict[str, int] = field(default_factory=dict)
     exhausted: list[str] = field(default_factory=list)        # sets whose queries ran dry
+    ceiling: list[str] = field(default_factory=list)          # sets a round stopped at its download ceiling
     rounds: int = 1                                           # collect -> curate rounds (collect_in_rounds)
     short: list[str] = field(default_factory=list)            # one line per set in `shortfall`, for people
     seconds: dict[str, float] = field(default_factory=dict)   # collect / curate time (collect_in_rounds)
@@ -104,15 +105,15 @@ class Collector:
         return [r for r in rows if target.label in r["label"].split()][:limit]
 
     def needed(self, target: Target, count: int) -> float:
-        """Usable images the set still lacks. Downloads not curated yet count as
-        precheck.py judged them on arrival; those it did not see (an earlier run's) at the rate."""
+        """Usable images the set still lacks. Downloads not curated yet count as precheck.py judged
+        them on arrival (one that passed at `passed_rate`); those it did not see (an earlier run's) at the rate."""
         tally = self.catalog.set_tally(target.purpose, target.label, self.cfg.source.licenses)
         rate, need = usable_rate(tally), usable_needed(tally, count)
         if self.verdicts:
             waiting = [r for r in self.catalog.candidates(source=self.source.name, purpose=target.purpose,
                                                           status="downloaded")
                        if target.label in r["label"].split()]
-            need += rate * len(waiting) - expected_usable(waiting, self.verdicts, rate)
+            need += rate * len(waiting) - expected_usable(waiting, self.verdicts, rate, passed_rate(tally))
         return need
 
     def search_more(self, results: Iterator[Found], wanted: int, run_id: str) -> tuple[int, bool]:
@@ -154,15 +155,26 @@ class Collector:
             self.streams[key] = interleave([self.source.search(q, target) for q in queries])
         results = self.streams[key]
         summary.shortfall.pop(key, None)
+        # A round's ceiling, the bound planning at the usable rate had: a file precheck fails counts for
+        # nothing, so without it a set whose every file fails (cut bodies, curate.min_side above what the
+        # source serves) downloads all its queries find in one round (review31 #1: 482 for count 5).
+        ceiling, planned = math.ceil(self.needed(target, count) / MIN_USABLE_RATE), 0
         while True:
-            need = self.needed(target, count)
-            if need <= 0:
+            need = self.needed(target, count)     # again after a search too: it can find photos curated
+            if need <= 0:                          # under another class (a renamed one)
                 return
             # Downloads for the shortfall only: each is judged as it lands (precheck.py) and the next
             # batch tops up what the judged ones left missing, so the set is not planned past `count`
             # (audit collect27 D8: planned at once at the first sample's usable rate, 49 and 54 of 40).
             # A download not judged here counts at `rate`: the batches then add up to need / rate.
-            want = math.ceil(need)
+            want = min(math.ceil(need), ceiling - planned)
+            if want <= 0:
+                summary.shortfall[key] = math.ceil(need)
+                if key not in summary.ceiling:
+                    summary.ceiling.append(key)
+                log.warning("%s: stopped at this round's download ceiling (%d downloads, %d usable images "
+                            "expected of %d): the next collect goes on", key, planned, count - math.ceil(need), count)
+                return
             jobs = self.pending(target, want)
             if len(jobs) < want and key not in self.exhausted:
                 added, exhausted = self.search_more(results, want - len(jobs), run_id)
@@ -175,6 +187,7 @@ class Collector:
                 log.warning("%s: queries exhausted with %d usable images expected of %d", key,
                             count - math.ceil(need), count)
                 return
+            planned += len(jobs)
             self.download(jobs, run_id, summary, key)
 
     def download(self, rows: list[dict], run_id: str, summary: CollectSummary, what: str) -> None:
@@ -301,7 +314,8 @@ def collect_session(cfg: Config, progress: bool, on_progress: Callable[[int, int
         ("failed", summary.failed), ("search results skipped (malformed)", summary.search_skipped or None),
         ("unreadable in the folder (not collected)", unreadable_line(summary.unreadable)),
         ("collect/curate rounds", summary.rounds if summary.rounds > 1 else None),
-        ("queries exhausted", ", ".join(summary.exhausted)), ("short sets", "\n".join(summary.short))])
+        ("queries exhausted", ", ".join(summary.exhausted)),
+        ("stopped at a round's download ceiling", ", ".join(summary.ceiling)), ("short sets", "\n".join(summary.short))])
 
 
 def collect(cfg: Config, progress: bool = True, on_progress: Callable[[int, int], None] | None = None,
