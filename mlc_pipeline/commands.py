@@ -147,6 +147,7 @@ def cmd_remove(args) -> int:
     from functools import partial
     from mlc_pipeline.curate.takedown import exports_with, merged, remove_photos, takedown_selector
     cfg = load_config(args.config, parse_overrides(args.set))
+    unread = None
     try:
         takedown_selector(args.reason, args.photo_id, args.owner, args.query, args.source)   # before the lock
         named = dict(photo_id=args.photo_id, owner=args.owner, query=args.query, source=args.source)
@@ -155,10 +156,14 @@ def cmd_remove(args) -> int:
             require_catalog(cfg, args.config)
             res = remove()      # the files lock only: a run's training (hours) is not waited for
         else:                   # an object-store root: fetched, and the taken-down objects deleted there too
+            from mlc_pipeline.locking import data_root_lock
             from mlc_pipeline.sync import pull_for_takedown, versions_holding
-            with writing(cfg, args):
-                pull_for_takedown(cfg, named)
-                res = remove(versions_holding=partial(versions_holding, cfg))
+            with data_root_lock(cfg.data_dir, "mlc remove", wait=not args.no_wait):
+                with writing(cfg, args):
+                    pull_for_takedown(cfg, named)
+                    res = remove(versions_holding=partial(versions_holding, cfg))
+                if res.removed or res.already_removed:      # published: what the store's models learned
+                    unread = store_models_read(cfg)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     if not res.removed and not res.already_removed:
@@ -190,35 +195,56 @@ def cmd_remove(args) -> int:
         print(f"exports under {cfg.data_dir / 'exports'} that hold them (export the version again, or delete them; "
               f"exports elsewhere (--out) are not tracked):")
         print(*(f"  {folder}: {listed(ids)}" for folder, ids in exports.items()), sep="\n")
-    if models := models_with(cfg, args.config, res):
+    if models := models_with(cfg, args.config, res, unread):
         print(*models, sep="\n")
     return 0
 
 
-def models_with(cfg, config: str, res) -> list[str]:
+def store_models_read(cfg) -> str | None:
+    """On an object-store root, after the takedown's publish (under the write lock still): what tells
+    which of the store's bundles learned the photos, fetched (storemodels.pull_learning: their bundle.json
+    and the versions' manifests, never their weights); None, else why the store could not be read (the
+    takedown stands, published; `models_with` says the check is incomplete)."""
+    from mlc_pipeline.objectstore import ObjectStoreError
+    from mlc_pipeline.secrets import redact
+    from mlc_pipeline.storemodels import pull_learning
+    try:
+        pull_learning(cfg)
+    except ObjectStoreError as exc:
+        log.warning("the store's model bundles could not all be read: %s", exc)
+        return redact(str(exc))
+    return None
+
+
+def models_with(cfg, config: str, res, unread: str | None = None) -> list[str]:
     """`mlc remove`'s lines on the model bundles that learned from the photos taken down or held
-    (model/learned.py: a model's training, and those it continued, less what it left out), and on
-    an object-store root the store's bundles trained on the versions that hold them, as `mlc withdraw`
-    lists them; models/LATEST said, with the command that trains a model without them."""
+    (model/learned.py: a model's training, and those it continued, less what it left out): on an
+    object-store root every bundle the store publishes too, from its bundle.json and the manifests
+    (`store_models_read`; `unread`: why they could not be read, said as a check incomplete); LATEST
+    said, with the command that trains a model without them."""
     from mlc_pipeline.model.learned import bundles_that_learned
-    from mlc_pipeline.model.registry import latest_bundle
-    from mlc_pipeline.storemodels import bundles_trained_on
-    found, unknown = bundles_that_learned(cfg, {(r["source"], r["photo_id"]) for r in res.photos + res.holds})
-    versions = set(res.published_in) | set(res.copies_in) | set(res.held_in)
-    stored = {n for v in sorted(versions) for n in bundles_trained_on(cfg, f"{cfg.build.name}/{v}", [])}
-    latest = getattr(latest_bundle(cfg.layout.models), "name", None)
+    from mlc_pipeline.layout import MODEL_LISTINGS
+    from mlc_pipeline.model.registry import list_bundles
+    stored = cfg.data_url is not None
+    bundles = list_bundles(cfg.layout.models, stored=stored)
+    found, unknown = bundles_that_learned(cfg, {(r["source"], r["photo_id"]) for r in res.photos + res.holds}, bundles)
+    latest = next((b.name for b in bundles if b.latest), None)
+    in_store = {b.name for b in bundles if b.path.parent.name == MODEL_LISTINGS}
+    pointer = "the store's LATEST" if stored else "models/LATEST"
     retrain = f"`mlc build -c {config}`, then `mlc train -c {config}`"
-    stored = [n for n in sorted(stored) if not (cfg.layout.models / n.split(" (")[0]).is_dir()]  # here: checked
-    out = [f"  {n}{' (models/LATEST)' if n == latest else ''}: {listed(ids)}" for n, ids in found.items()]
-    out += [f"  {n}: in the store, trained on a version that holds them" for n in stored]
+    tags = {n: ", ".join(["in the store"] * (n in in_store) + [pointer] * (n == latest)) for n in found}
+    out = [f"  {n}{f' ({tags[n]})' if tags[n] else ''}: {listed(ids)}" for n, ids in found.items()]
     out[:0] = [f"model bundles that learned from them (kept; a model without them: {retrain}; or delete them):"] * bool(out)
     if unknown:
         whys = list(unknown.values())
         out.append(f"model bundles not checked ({len(unknown)}): {'; '.join(whys[:3])}{' ...' * (len(whys) > 3)}")
+    if unread:
+        out.append(f"the store's model bundles were NOT all checked, the check is incomplete ({unread}): the takedown "
+                   f"itself is done and published; run the same `mlc remove` again to check them")
     if latest in unknown:       # counted as having learned them: neither reused nor kept by `mlc run`
         out.append(f"models/LATEST ({latest}) cannot tell whether it learned from them, and counts as if it did: "
                    f"`mlc run` trains round 0 anew and ships it over it without a comparison")
-    if latest in found or any(n.endswith("(the store's LATEST)") for n in stored):
+    if latest in found:
         out.append("models/LATEST is one of them: `mlc predict` and `mlc mine` use it until a model trained without "
                    "them replaces it (the commands above, or `mlc run`)")
     return out

@@ -15,6 +15,7 @@ from mlc_pipeline.fsutil import write_text_atomic
 
 MODEL_POINTER = "LATEST"    # models/LATEST: a text file naming the product model's bundle folder
 MODEL_LISTINGS = ".listings"     # models/.listings/<bundle>/: a store bundle's bundle.json alone (storemodels)
+VERSION_LISTINGS = ".listings"   # datasets/<name>/.listings/vN/: a store version's manifest alone (storeversions)
 
 
 def photo_shard(photo_id: str) -> str:
@@ -108,8 +109,9 @@ class DataLayout:
 
     def version_listing(self, name: str) -> Path:
         """A version's manifest.csv and dataset.json alone, in a cache of an object-store data root that
-        does not hold the version: what `mlc inspect` counts the next version's changes against."""
-        return self.datasets / ".listings" / name
+        does not hold the version: what `mlc inspect` counts the next version's changes against, what
+        `mlc build` keeps splits by, what `mlc remove` reads the models' learning from."""
+        return self.datasets / VERSION_LISTINGS / name
 
     def dataset_version(self, dataset: str, version: str) -> Path:
         """A version of any dataset under this root (a model's bundle names the one it trained on)."""

@@ -47,6 +47,7 @@ from mlc_pipeline.locking import data_root_lock
 from mlc_pipeline.objectstore import (MARKER, ObjectStoreError, Store, complete_copy, missing_files, pull_folder,
                                       push_folder, read_marker, store_errors, store_of)
 from mlc_pipeline.storestate import LATEST_SEEN, read_state, write_state
+from mlc_pipeline.storeversions import pull_listings
 
 log = logging.getLogger(__name__)
 POINTER_KEY = "models/LATEST"
@@ -334,6 +335,20 @@ def promoting(cfg: Config | None, spec: str) -> Iterator[Callable[[Path], str | 
             write_state(cfg, **{POINTER_MOVE: None})    # a move an interrupted publish owed: the user chose since
             return previous
         yield publish
+
+
+def pull_learning(cfg: Config) -> None:
+    """`mlc remove` on an object-store root: what tells which of the store's bundles learned the photos
+    taken down (model/learned.py), not their weights: every published bundle's bundle.json and
+    metrics.json the cache lacks whole, into models/.listings/ (`pull_listing`, as `mlc models` lists
+    them), and every published version's manifest.csv the cache lacks whole, into datasets/<name>/
+    .listings/ (storeversions.pull_listings, as `mlc build` fetches them). Until 2026-12-07 it read the
+    store's bundles trained on a version that holds a photo alone: one that continued such a network on
+    a later version, never fetched here, went unnamed. ObjectStoreError when the store cannot be read."""
+    store = store_of(cfg)
+    with store_errors(store):
+        pull_listing(store, cfg)
+        pull_listings(store, cfg)
 
 
 def bundles_trained_on(cfg: Config, dataset_version: str, here: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ from helpers import ENV, MLC, Gateway, free_port, tiny_config
 from mlc_pipeline import objectstore, sync
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import ConfigError, load_config, parse_config
-from mlc_pipeline.manifest import latest_version, versions
+from mlc_pipeline.manifest import latest_version, read_manifest, versions
 from mlc_pipeline.storemodels import store_pointer
 
 pytestmark = pytest.mark.slow
@@ -296,22 +296,27 @@ def test_a_takedown_deletes_the_photo_from_the_bucket(published, s3_server):
     kept no corner hashes of the photo and said no published version held it)."""
     folder, config = published
     cfg = load_config(config)
+    trained = next(r for r in read_manifest(cfg.layout.version("v1") / "manifest.csv") if r["split"] == "train")
     with Catalog(cfg.catalog_path, readonly=True) as catalog:
-        victim = next(r for r in catalog.candidates("status='accepted'"))
+        victim = catalog.get_by_photo(trained["source"], trained["photo_id"])
         rel = catalog.stored_path(victim["file_path"])
     assert rel in sync.file_listing(store(cfg))
     fresh = bucket_config(folder, s3_server, "mlc-e2e", "cache-remove")
     said = mlc("remove", "--photo-id", victim["photo_id"], "--reason", "owner request", config=fresh)
     assert rel not in sync.file_listing(store(cfg))
     assert "published versions that still contain them" in said and "\n  v1: 1 photo(s)" in said, said
-    # the model trained on v1, the store's LATEST, though this cache has no model (curation29 finding 2c)
-    assert re.search(r"\n  default-v1-\S+ \(the store's LATEST\): in the store, trained on a version that holds them\n",
-                     said) and "\nmodels/LATEST is one of them: " in said, said
+    # the model trained on v1, the store's LATEST, though this cache has no model (curation29 finding 2c),
+    # read from its bundle.json and v1's manifest in the store
+    assert re.search(rf"\n  default-v1-\S+ \(in the store, the store's LATEST\): 1 photo\(s\): {victim['source']}:"
+                     rf"{victim['photo_id']}\n", said) and "\nmodels/LATEST is one of them: " in said, said
     with Catalog(load_config(fresh).catalog_path, readonly=True) as catalog:
         assert len(catalog.get(victim["id"])["corner_hashes"].split(",")) == 7     # corners, then the mirror's views
-    # and it fetched the photo's file alone, not every file and version (the verify20 audit)
+    # and it fetched the photo's file alone, not every file and version (the verify20 audit): of the versions
+    # their manifests, of the models their bundle.json and metrics.json, never the weights
     cache = load_config(fresh).data_dir
-    assert not [p for p in (cache / "raw").rglob("*") if p.is_file()] and not (cache / "datasets").exists()
+    assert not [p for p in (cache / "raw").rglob("*") if p.is_file()]
+    assert not [p for p in (cache / "datasets").rglob("*") if p.is_file() and ".listings" not in p.parts]
+    assert not [p for p in (cache / "models").rglob("*") if p.is_file() and ".listings" not in p.parts]
 
 
 def test_a_missing_bucket_or_store_is_one_line_before_the_stage_runs(s3_server, tmp_path):

@@ -20,6 +20,7 @@ from pathlib import Path
 from mlc_pipeline.config import Config
 from mlc_pipeline.dataset.splits import manifest_splits
 from mlc_pipeline.dataset.takedowns import Takedowns, read_takedowns
+from mlc_pipeline.layout import VERSION_LISTINGS
 from mlc_pipeline.manifest import read_manifest
 from mlc_pipeline.model.lineage import UnknownLearning, learned_from
 
@@ -66,9 +67,18 @@ class LearnedAmong:
 
     def version(self, version: str) -> set[tuple[str, str]]:
         if version not in self.versions:     # streamed as the build reads published splits
-            self.versions[version] = {photo for photo, split in manifest_splits(self.root / version / "manifest.csv")
+            self.versions[version] = {photo for photo, split in manifest_splits(self.manifest(version))
                                       if split in LEARNED_SPLITS and photo in self.photos}
         return self.versions[version]
+
+    def manifest(self, version: str) -> Path:
+        """A version's manifest.csv ("name/vN"): the version's own, else, in a cache of an object-store
+        root that lacks it whole, its listing (datasets/<name>/.listings/vN/: the manifest alone, fetched
+        by storeversions.pull_listing)."""
+        whole = self.root / version / "manifest.csv"
+        name, _, number = version.rpartition("/")
+        listed = self.root / name / VERSION_LISTINGS / number / "manifest.csv"
+        return listed if name and not whole.is_file() and listed.is_file() else whole
 
 
 # A takedown answer nobody has asked yet (stage.retrain_overrides, pipeline): compared with ==, never `is`,
@@ -97,15 +107,17 @@ def taken_down_learned(cfg: Config, bundle: Path, gone: Takedowns | None = None)
             f"{', '.join(hit[:10])}{' ...' if len(hit) > 10 else ''}")
 
 
-def bundles_that_learned(cfg: Config, photos: set[tuple[str, str]]) -> tuple[dict[str, list[str]], dict[str, str]]:
+def bundles_that_learned(cfg: Config, photos: set[tuple[str, str]], bundles: list | None = None
+                         ) -> tuple[dict[str, list[str]], dict[str, str]]:
     """This data root's bundles that learned from any of `photos` ((source, photo_id)): (bundle name ->
     the photos, as "source:photo_id"; bundle name -> why what it learned cannot be read: a version
     withdrawn, a bundle it continued that is not at hand and not in the store). The newest first:
     models/LATEST is most often among them. One that cannot be told counts as having learned them
-    for the shipping rule (`taken_down_learned`); `mlc remove` says so."""
+    for the shipping rule (`taken_down_learned`); `mlc remove` says so. `bundles`: registry.list_bundles'
+    (with stored=True on an object-store root: the store's bundles too, from their bundle.json alone)."""
     from mlc_pipeline.model.registry import list_bundles
     found, unknown, learned = {}, {}, LearnedAmong(photos, cfg.layout.datasets.parent)
-    for info in reversed(list_bundles(cfg.layout.models)):
+    for info in reversed(list_bundles(cfg.layout.models) if bundles is None else bundles):
         try:
             hit = learned.of(info.path)
         except UnknownLearning as exc:
