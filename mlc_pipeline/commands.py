@@ -200,16 +200,17 @@ def cmd_remove(args) -> int:
     return 0
 
 
-def store_models_read(cfg) -> str | None:
-    """On an object-store root, after the takedown's publish (under the write lock still): what tells
-    which of the store's bundles learned the photos, fetched (storemodels.pull_learning: their bundle.json
-    and the versions' manifests, never their weights); None, else why the store could not be read (the
-    takedown stands, published; `models_with` says the check is incomplete)."""
+def store_models_read(cfg, manifests: bool = True) -> str | None:
+    """On an object-store root, after the takedown's publish or the withdrawal (under the write lock
+    still): what tells which of the store's bundles learned the photos or the version, fetched
+    (storemodels.pull_learning: their bundle.json, and the versions' manifests unless `manifests` is
+    False, never their weights); None, else why the store could not be read (the takedown or withdrawal
+    stands; `learned_lines` says the check is incomplete)."""
     from mlc_pipeline.objectstore import ObjectStoreError
     from mlc_pipeline.secrets import redact
     from mlc_pipeline.storemodels import pull_learning
     try:
-        pull_learning(cfg)
+        pull_learning(cfg, manifests)
     except ObjectStoreError as exc:
         log.warning("the store's model bundles could not all be read: %s", exc)
         return redact(str(exc))
@@ -223,24 +224,14 @@ def models_with(cfg, config: str, res, unread: str | None = None) -> list[str]:
     (`store_models_read`; `unread`: why they could not be read, said as a check incomplete); LATEST
     said, with the command that trains a model without them."""
     from mlc_pipeline.model.learned import bundles_that_learned
-    from mlc_pipeline.layout import MODEL_LISTINGS
     from mlc_pipeline.model.registry import list_bundles
-    stored = cfg.data_url is not None
-    bundles = list_bundles(cfg.layout.models, stored=stored)
+    bundles = list_bundles(cfg.layout.models, stored=cfg.data_url is not None)
     found, unknown = bundles_that_learned(cfg, {(r["source"], r["photo_id"]) for r in res.photos + res.holds}, bundles)
-    latest = next((b.name for b in bundles if b.latest), None)
-    in_store = {b.name for b in bundles if b.path.parent.name == MODEL_LISTINGS}
-    pointer = "the store's LATEST" if stored else "models/LATEST"
+    named, gaps, latest = learned_lines(cfg, bundles, {n: listed(ids) for n, ids in found.items()}, unknown, unread,
+                                        "the takedown itself is done and published", "remove")
     retrain = f"`mlc build -c {config}`, then `mlc train -c {config}`"
-    tags = {n: ", ".join(["in the store"] * (n in in_store) + [pointer] * (n == latest)) for n in found}
-    out = [f"  {n}{f' ({tags[n]})' if tags[n] else ''}: {listed(ids)}" for n, ids in found.items()]
-    out[:0] = [f"model bundles that learned from them (kept; a model without them: {retrain}; or delete them):"] * bool(out)
-    if unknown:
-        whys = list(unknown.values())
-        out.append(f"model bundles not checked ({len(unknown)}): {'; '.join(whys[:3])}{' ...' * (len(whys) > 3)}")
-    if unread:
-        out.append(f"the store's model bundles were NOT all checked, the check is incomplete ({unread}): the takedown "
-                   f"itself is done and published; run the same `mlc remove` again to check them")
+    out = [f"model bundles that learned from them (kept; a model without them: {retrain}; or delete them):"] * bool(named)
+    out += named + gaps
     if latest in unknown:       # counted as having learned them: neither reused nor kept by `mlc run`
         out.append(f"models/LATEST ({latest}) cannot tell whether it learned from them, and counts as if it did: "
                    f"`mlc run` trains round 0 anew and ships it over it without a comparison")
@@ -250,20 +241,62 @@ def models_with(cfg, config: str, res, unread: str | None = None) -> list[str]:
     return out
 
 
+def learned_lines(cfg, bundles, found: dict[str, str], unknown: dict[str, str], unread: str | None, done: str,
+                  command: str) -> tuple[list[str], list[str], str | None]:
+    """What `mlc remove` and `mlc withdraw` say of the model bundles that learned from what they took out
+    of use: (a line a bundle of `found` (name -> what it learned), "  NAME (in the store, the store's
+    LATEST): ..."; the lines on what was not checked: `unknown`'s bundles, the store unread (`unread`,
+    `done`: what stands all the same, `command`: the command to run again); the name LATEST names)."""
+    from mlc_pipeline.layout import MODEL_LISTINGS
+    latest = next((b.name for b in bundles if b.latest), None)
+    in_store = {b.name for b in bundles if b.path.parent.name == MODEL_LISTINGS}
+    pointer = "the store's LATEST" if cfg.data_url is not None else "models/LATEST"
+    tags = {n: ", ".join(["in the store"] * (n in in_store) + [pointer] * (n == latest)) for n in found}
+    named = [f"  {n}{f' ({tags[n]})' if tags[n] else ''}: {what}" for n, what in found.items()]
+    gaps = []
+    if unknown:
+        whys = list(unknown.values())
+        gaps.append(f"model bundles not checked ({len(unknown)}): {'; '.join(whys[:3])}{' ...' * (len(whys) > 3)}")
+    if unread:
+        gaps.append(f"the store's model bundles were NOT all checked, the check is incomplete ({unread}): {done}; "
+                    f"run the same `mlc {command}` again to check them")
+    return named, gaps, latest
+
+
 def listed(ids: list[str]) -> str:
     "Photo ids as `mlc remove` lists them: a count, then the first ten."
     return f"{len(ids)} photo(s): {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}"
 
 
 def cmd_withdraw(args) -> int:
+    """On an object-store root the store's bundles are read after the withdrawal, under its write lock
+    still (their bundle.json into the cache's models/.listings/); a store that cannot be read then is
+    said as a check incomplete, the withdrawal done."""
     from mlc_pipeline.dataset.withdraw import withdraw_version
-    from mlc_pipeline.model.registry import list_bundles
-    from mlc_pipeline.storemodels import bundles_trained_on
+    from mlc_pipeline.locking import data_root_lock
     cfg = load_config(args.config, parse_overrides(args.set))
-    res = withdraw_version(cfg, args.version, args.reason, wait=not args.no_wait)
-    here = [b.name for b in list_bundles(cfg.layout.models) if b.dataset_version == f"{cfg.build.name}/{res.version}"]
-    print("\n".join(res.lines(cfg, bundles_trained_on(cfg, f"{cfg.build.name}/{res.version}", here))))
+    stored = cfg.data_url is not None
+    with data_root_lock(cfg.data_dir, "mlc withdraw", wait=not args.no_wait) if stored else contextlib.nullcontext():
+        res = withdraw_version(cfg, args.version, args.reason, wait=not args.no_wait)
+        unread = store_models_read(cfg, manifests=False) if stored else None
+    print("\n".join(res.lines(cfg) + models_of_version(cfg, f"{cfg.build.name}/{res.version}", unread)))
     return 0
+
+
+def models_of_version(cfg, dataset_version: str, unread: str | None) -> list[str]:
+    """`mlc withdraw`'s lines on the model bundles whose network learned from the version withdrawn
+    (model/learned.py: trained on it, or continued, directly or through its ancestors, a network trained
+    on it): on an object-store root every bundle the store publishes too (`store_models_read`; `unread`:
+    why they could not be read); LATEST said."""
+    from mlc_pipeline.model.learned import bundles_that_learned_version
+    from mlc_pipeline.model.registry import list_bundles
+    bundles = list_bundles(cfg.layout.models, stored=cfg.data_url is not None)
+    found, unknown = bundles_that_learned_version(cfg, dataset_version, bundles)
+    named, gaps, latest = learned_lines(cfg, bundles, found, unknown, unread, "the withdrawal itself is done", "withdraw")
+    out = ["model bundles that learned from it (kept: retrain, or delete them):"] * bool(named) + named + gaps
+    if latest in found:
+        out.append("models/LATEST is one of them: `mlc predict` and `mlc mine` use it until another model replaces it")
+    return out
 
 
 def cmd_serve_flickr(args) -> int:

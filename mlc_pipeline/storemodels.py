@@ -337,39 +337,18 @@ def promoting(cfg: Config | None, spec: str) -> Iterator[Callable[[Path], str | 
         yield publish
 
 
-def pull_learning(cfg: Config) -> None:
-    """`mlc remove` on an object-store root: what tells which of the store's bundles learned the photos
-    taken down (model/learned.py), not their weights: every published bundle's bundle.json and
-    metrics.json the cache lacks whole, into models/.listings/ (`pull_listing`, as `mlc models` lists
-    them), and every published version's manifest.csv the cache lacks whole, into datasets/<name>/
-    .listings/ (storeversions.pull_listings, as `mlc build` fetches them). Until 2026-12-07 it read the
-    store's bundles trained on a version that holds a photo alone: one that continued such a network on
-    a later version, never fetched here, went unnamed. ObjectStoreError when the store cannot be read."""
+def pull_learning(cfg: Config, manifests: bool = True) -> None:
+    """`mlc remove` and `mlc withdraw` on an object-store root: what tells which of the store's bundles
+    learned the photos taken down, or the version withdrawn (model/learned.py), not their weights: every
+    published bundle's bundle.json and metrics.json the cache lacks whole, into models/.listings/
+    (`pull_listing`, as `mlc models` lists them), and (`manifests`: a takedown's question, not a
+    withdrawal's) every published version's manifest.csv the cache lacks whole, into datasets/<name>/
+    .listings/ (storeversions.pull_listings, as `mlc build` fetches them). Until 2026-12-07 they read
+    the store's bundles trained on a version that holds a photo, or on the version withdrawn, alone: one
+    that continued such a network on a later version, never fetched here, went unnamed.
+    ObjectStoreError when the store cannot be read."""
     store = store_of(cfg)
     with store_errors(store):
         pull_listing(store, cfg)
-        pull_listings(store, cfg)
-
-
-def bundles_trained_on(cfg: Config, dataset_version: str, here: list[str]) -> list[str]:
-    """`here` (this data root's bundles trained on `dataset_version`, "name/vN") and, on an object-store
-    root, those published in the store whose bundle.json names it, the store's LATEST marked: what
-    `mlc withdraw` lists (verify21: it named only the cache's)."""
-    store = store_of(cfg)
-    if store is None:
-        return sorted(here)
-    with store_errors(store):
-        latest = store_pointer(store)
-        found = [n for n in published_bundles(store) if bundle_dataset(store, n) == dataset_version]
-    return [n + (" (the store's LATEST)" if n == latest else "") for n in sorted(set(found) | set(here))]
-
-
-def bundle_dataset(store: Store, name: str) -> str | None:
-    "The dataset version a store bundle's bundle.json names; None (with a warning) when it cannot be read."
-    try:
-        meta = json.loads(store.read_text(f"models/{name}/bundle.json") or "{}")
-    except ValueError as exc:
-        log.warning("%s/models/%s/bundle.json is not JSON (%s): not checked for the version withdrawn", store.url,
-                    name, exc)
-        return None
-    return meta.get("dataset_version") if isinstance(meta, dict) else None
+        if manifests:
+            pull_listings(store, cfg)

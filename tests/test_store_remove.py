@@ -13,6 +13,7 @@ import re
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import pytest
 import yaml
@@ -128,26 +129,34 @@ class ModelsUnreachable(Gateway):
             raise ConnectionResetError("the store is out of reach")
 
 
-def test_a_store_out_of_reach_makes_the_check_incomplete_said_and_the_takedown_stands(world):
-    """The check failing is one line saying so, after the takedown's lines, with no credentials in it
-    (it was a one-line error, exit 2, the takedown's lines lost); the same command again checks them."""
-    proxy = ModelsUnreachable(int(world.endpoint.rsplit(":", 1)[1]))
-    config = bucket_config(world.folder, proxy.address, "cache-q")
+def out_of_reach(endpoint: str, config: Callable[[str], Path], *args: str) -> tuple[str, str, str]:
+    """`mlc ARGS` with the store's model bundles out of reach (`ModelsUnreachable` in front of the S3
+    server at `endpoint`; `config`: the config that points at a given address), under credentials of
+    its own that it must never say: (its stdout, all it said, the data root's URL)."""
+    proxy = ModelsUnreachable(int(endpoint.rsplit(":", 1)[1]))
+    at = config(proxy.address)
     secrets = {"AWS_ACCESS_KEY_ID": "AKIAREMOVETEST7Q2X", "AWS_SECRET_ACCESS_KEY": "rm-secret-5d0c81e2f7"}
-    cfg = load_config(config)
-    with Catalog(world.cfg.catalog_path, readonly=True) as catalog:
-        rel = catalog.stored_path(catalog.get_by_photo(world.q["source"], world.q["photo_id"])["file_path"])
-    assert rel in sync.file_listing(objectstore.store_of(world.cfg))
     try:
-        res = mlc("remove", "--photo-id", world.q["photo_id"], "--reason", "owner request", config=config, env=secrets)
+        res = mlc(*args, config=at, env=secrets)
     finally:
         proxy.close()
     assert proxy.refused, "the proxy refused nothing: the test tests nothing"
     said = res.stdout + res.stderr
-    assert "removed 1 photo(s)" in res.stdout, said
-    assert "the store's model bundles were NOT all checked, the check is incomplete (object store " \
-           f"{cfg.data_url}: " in res.stdout and "run the same `mlc remove` again to check them" in res.stdout, said
     assert not [s for s in secrets.values() if s in said], said
+    return res.stdout, said, load_config(at).data_url
+
+
+def test_a_store_out_of_reach_makes_the_check_incomplete_said_and_the_takedown_stands(world):
+    """The check failing is one line saying so, after the takedown's lines, with no credentials in it
+    (it was a one-line error, exit 2, the takedown's lines lost); the same command again checks them."""
+    with Catalog(world.cfg.catalog_path, readonly=True) as catalog:
+        rel = catalog.stored_path(catalog.get_by_photo(world.q["source"], world.q["photo_id"])["file_path"])
+    assert rel in sync.file_listing(objectstore.store_of(world.cfg))
+    out, said, url = out_of_reach(world.endpoint, lambda at: bucket_config(world.folder, at, "cache-q"),
+                                  "remove", "--photo-id", world.q["photo_id"], "--reason", "owner request")
+    assert "removed 1 photo(s)" in out, said
+    assert f"the store's model bundles were NOT all checked, the check is incomplete (object store {url}: " in out \
+        and "run the same `mlc remove` again to check them" in out, said
     assert rel not in sync.file_listing(objectstore.store_of(world.cfg)), "the takedown was not published"
     again = mlc("remove", "--photo-id", world.q["photo_id"], "--reason", "owner request",
                 config=bucket_config(world.folder, world.endpoint, "cache-q")).stdout

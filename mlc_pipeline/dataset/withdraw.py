@@ -4,7 +4,8 @@ down, or was built from a bad config), on a local data root or an object store.
 The folder goes whole and its name stays taken (withdrawal.py: the ledgers, `latest`); on an object
 store the store's copy is withdrawn first (a tombstone, storeversions.py), then this cache's, and
 every other cache drops its copy at its next fetch or publish. What was made from the version is
-not touched, only listed: exports under <data_dir>/exports/ here, model bundles (commands.py).
+not touched, only listed: exports under <data_dir>/exports/ here, and every model bundle that learned
+from it, here and in the store (commands.models_of_version, model/learned.py).
 """
 
 from __future__ import annotations
@@ -30,17 +31,16 @@ class WithdrawResult:
     reason: str = ""
     exports: list[str] = field(default_factory=list)    # exports of it under <data_dir>/exports/
 
-    def lines(self, cfg: Config, models: list[str]) -> list[str]:
-        """What `mlc withdraw` prints; `models`: the bundles trained on the version."""
+    def lines(self, cfg: Config) -> list[str]:
+        """What `mlc withdraw` prints of the version and its exports (the model bundles that learned from
+        it: commands.models_of_version)."""
         store = (f"; {self.store_objects_deleted} object(s) deleted from {cfg.data_url} (other caches drop "
                  f"their copies at their next fetch)" if self.store_objects_deleted is not None else "")
         out = [f"dataset {cfg.build.name} {self.version}: {'already withdrawn' if self.already else 'withdrawn'} "
                f"({self.reason}); {self.files_deleted} file(s) deleted here{store}; its name is never given to "
                f"another version; latest is now {self.latest or 'none (no version left: run `mlc build`)'}"]
-        for what, found in (("model bundles trained on it (kept: retrain, or delete them)", models),
-                            (f"exports of it under {cfg.data_dir / 'exports'} (kept: delete them)", self.exports)):
-            if found:
-                out.append(f"{what}: {', '.join(found)}")
+        if self.exports:
+            out.append(f"exports of it under {cfg.data_dir / 'exports'} (kept: delete them): {', '.join(self.exports)}")
         return out
 
 

@@ -8,9 +8,10 @@ that network never learned an image the new version evaluates on (stage.continue
 takedown (`mlc remove`) reaches the models: a network that learned from a photo taken down since, or
 from a copy a takedown holds, or of which that cannot be told, is not continued
 (stage.retrain_overrides), reused nor kept as the shipped model (shipping: `mlc run` asks
-`taken_down_learned` once, `shipped_model`), and `mlc remove` lists it (`bundles_that_learned`). Learned means
-the train split, and the valid split, which set the model's thresholds (LEARNED_SPLITS); test and
-probe are only scored.
+`taken_down_learned` once, `shipped_model`), and `mlc remove` lists it (`bundles_that_learned`), as
+`mlc withdraw` lists those that learned from the version withdrawn (`bundles_that_learned_version`).
+Learned means the train split, and the valid split, which set the model's thresholds (LEARNED_SPLITS);
+test and probe are only scored.
 """
 
 from __future__ import annotations
@@ -115,14 +116,37 @@ def bundles_that_learned(cfg: Config, photos: set[tuple[str, str]], bundles: lis
     models/LATEST is most often among them. One that cannot be told counts as having learned them
     for the shipping rule (`taken_down_learned`); `mlc remove` says so. `bundles`: registry.list_bundles'
     (with stored=True on an object-store root: the store's bundles too, from their bundle.json alone)."""
+    learned = LearnedAmong(photos, cfg.layout.datasets.parent)
+    return asked_of_bundles(cfg, bundles, lambda path: sorted(f"{s}:{p}" for s, p in learned.of(path)))
+
+
+def bundles_that_learned_version(cfg: Config, dataset_version: str, bundles: list | None = None
+                                 ) -> tuple[dict[str, str], dict[str, str]]:
+    """This data root's bundles whose network learned from `dataset_version` ("name/vN"), in its own
+    training or in one it continued, directly or through its ancestors (`learned_from`: bundle.json's
+    record, or the chain of bundles continued): (bundle name -> "trained on it" or "continued a network
+    trained on it"; bundle name -> why it cannot be told), as `bundles_that_learned`. bundle.json
+    alone is read, no manifest: `mlc withdraw` asks it of a version it has just deleted."""
+    def how(path: Path) -> str | None:
+        trainings = [entry["dataset_version"] for entry in learned_from(path)]
+        if trainings[-1:] == [dataset_version]:
+            return "trained on it"
+        return "continued a network trained on it" if dataset_version in trainings else None
+    return asked_of_bundles(cfg, bundles, how)
+
+
+def asked_of_bundles(cfg: Config, bundles: list | None, question) -> tuple[dict, dict[str, str]]:
+    """`question` (a bundle's folder -> an answer, falsy for none; UnknownLearning) asked of `bundles`
+    (registry.list_bundles'; None: this data root's), the newest first: (name -> answer; name -> why
+    it cannot be told)."""
     from mlc_pipeline.model.registry import list_bundles
-    found, unknown, learned = {}, {}, LearnedAmong(photos, cfg.layout.datasets.parent)
+    found, unknown = {}, {}
     for info in reversed(list_bundles(cfg.layout.models) if bundles is None else bundles):
         try:
-            hit = learned.of(info.path)
+            hit = question(info.path)
         except UnknownLearning as exc:
             unknown[info.name] = str(exc)
             continue
         if hit:
-            found[info.name] = sorted(f"{s}:{p}" for s, p in hit)
+            found[info.name] = hit
     return found, unknown

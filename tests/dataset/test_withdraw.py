@@ -1,10 +1,12 @@
 """`mlc withdraw vN` (dataset/withdraw.py, withdrawal.py, storeversions.py): on a local data root, and
-on an object store (a real S3-compatible server, moto on loopback) seen from two machines' caches."""
+on an object store (a real S3-compatible server, moto on loopback) seen from two machines' caches; and
+the model bundles it names, every one whose network learned from the version (model/learned.py)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -13,10 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+import test_store_remove
 from helpers import ENV, MLC, free_port, tiny_config, tree_digest
 from mlc_pipeline import objectstore, sync
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import load_config
+from mlc_pipeline.layout import point_latest
 from mlc_pipeline.manifest import PUBLISHED, latest_version, versions, withdrawn_versions
 
 pytestmark = pytest.mark.slow
@@ -132,20 +136,22 @@ def test_withdraw_on_an_object_store_reaches_every_cache(s3_server, tmp_path: Pa
     sync.pull(b, "curate")                                   # machine B holds both versions
     assert versions(b.layout.datasets) == ["v1", "v2"]
 
-    # a bundle another machine trained on v2 and published, the store's LATEST (the files a bundle's
-    # publish leaves that this listing reads: bundle.json and the marker)
-    store().write_text("models/m-on-v2/bundle.json", json.dumps({"dataset_version": "default/v2"}))
-    store().write_text("models/m-on-v2/_COMPLETE", json.dumps({"bundle": "m-on-v2", "files": {}}))
+    # a bundle another machine trained on v2 and published, the store's LATEST; and one whose bundle.json
+    # is damaged: named as not checked, not an error
+    test_store_remove.publish_bundle(store(), tmp_path / "bundles", "m-on-v2", {"dataset_version": "default/v2"})
     store().write_text("models/LATEST", "m-on-v2\n")
-    store().write_text("models/broken/bundle.json", "{not json")          # skipped with a warning, not an error
-    store().write_text("models/broken/_COMPLETE", json.dumps({"bundle": "broken", "files": {}}))
+    (tmp_path / "bundles" / "broken").mkdir()
+    (tmp_path / "bundles" / "broken" / "bundle.json").write_text("{not json")
+    objectstore.push_folder(store(), tmp_path / "bundles" / "broken", "models/broken", {"bundle": "broken"})
     v1_key = "datasets/default/v1"
     v1_before = {k: store().sha256(k) for k in store().listing(v1_key)}
     assert len(v1_before) > 3
     out = mlc("withdraw", "v2", "--reason", "holds a photo taken down", config=config_a).stdout
     assert {k: store().sha256(k) for k in store().listing(v1_key)} == v1_before, "v1's objects changed"
     assert "v2: withdrawn" in out and f"object(s) deleted from {a.data_url}" in out and "latest is now v1" in out
-    assert "model bundles trained on it (kept: retrain, or delete them): m-on-v2 (the store's LATEST)" in out, out
+    assert "model bundles that learned from it (kept: retrain, or delete them):\n  m-on-v2 (in the store, the " \
+           "store's LATEST): trained on it\nmodel bundles not checked (1): cannot tell which images broken trained " \
+           "on (" in out, out
     assert sorted(store().listing(key)) == [f"{key}/.claim", f"{key}/_WITHDRAWN"]
     assert sync.remote_versions(store(), a) == ["v1"] and versions(a.layout.datasets) == ["v1"]
 
@@ -210,3 +216,99 @@ def test_the_exports_listed_skip_a_damaged_marker_and_say_so(tmp_path: Path, cap
         assert exports_of(cfg, "v2") == [str(exports / "c-v2")]
     for name, why in (("a-list", "not a JSON object"), ("b-cut", "Expecting value")):
         assert any(f"{exports / name / 'export.json'}: not read ({why}" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def lineage(name: str) -> dict[str, dict]:
+    """Four bundles over v1 and v2, as trainings write their bundle.json: m1 trained on v1; m2 continued
+    m1's network on v2 (a mining round's retrain: `learned_from` records both trainings); m3, from
+    before bundle.json recorded them, continued m1 on v2 too (its chain walked through m1's
+    bundle.json); m4 trained on v2 from scratch."""
+    v1, v2 = {"dataset_version": f"{name}/v1", "left_out": []}, {"dataset_version": f"{name}/v2", "left_out": []}
+    return {"m1": {"dataset_version": f"{name}/v1", "learned_from": [v1], "created_at": "2026-12-01T00:00:00"},
+            "m2": {"dataset_version": f"{name}/v2", "learned_from": [v1, v2], "weights": {"continued_from": "m1"},
+                   "created_at": "2026-12-02T00:00:00"},
+            "m3": {"dataset_version": f"{name}/v2", "weights": {"continued_from": "m1"},
+                   "created_at": "2026-12-03T00:00:00"},
+            "m4": {"dataset_version": f"{name}/v2", "learned_from": [v2], "created_at": "2026-12-04T00:00:00"}}
+
+
+CONTINUED = "continued a network trained on it"
+
+
+def bundle_lines(out: str) -> dict[str, str]:
+    "`mlc withdraw`'s lines of `lineage`'s bundles: name -> what follows it."
+    return dict(re.findall(r"^  (m\d)(.*)$", out, re.M))
+
+
+def test_withdraw_names_the_bundles_that_continued_a_network_trained_on_it(tmp_path: Path):
+    """A network continued on a later version learned the withdrawn one as much as the network it
+    continued: `mlc withdraw` named only the bundles whose own version it was (m1), not m2 (LATEST)
+    nor m3."""
+    config = tiny_config(tmp_path, free_port())
+    two_versions(config)
+    cfg = load_config(config)
+    for name, meta in lineage(cfg.build.name).items():
+        (cfg.layout.models / name).mkdir(parents=True)
+        (cfg.layout.models / name / "bundle.json").write_text(json.dumps({"format": 1, "arch": "resnet18", **meta}))
+    point_latest(cfg.layout.models, "m2")
+    out = mlc("withdraw", "v1", "--reason", "holds photos that must not be used", config=config).stdout
+    assert "dataset default v1: withdrawn" in out, out
+    assert "model bundles that learned from it (kept: retrain, or delete them):" in out, out
+    assert bundle_lines(out) == {"m1": ": trained on it", "m2": f" (models/LATEST): {CONTINUED}",
+                                 "m3": f": {CONTINUED}"}, out
+    assert "\nmodels/LATEST is one of them: " in out and "not checked" not in out, out
+    again = mlc("withdraw", "v1", "--reason", "again", config=config).stdout    # a rerun lists them again
+    assert "v1: already withdrawn" in again and set(bundle_lines(again)) == {"m1", "m2", "m3"}, again
+
+
+@pytest.fixture(scope="module")
+def store_world(s3_server, tmp_path_factory):
+    """v1 and v2 built into a bucket by machine A, and `lineage`'s four bundles published there by
+    other machines (their bundle.json, metrics.json and weights, then the marker), m2 the store's
+    LATEST: no cache that withdraws has ever fetched one."""
+    import s3fs
+    s3fs.S3FileSystem(endpoint_url=s3_server).mkdir("mlc-withdraw-models")
+    folder = tmp_path_factory.mktemp("withdraw-models")
+    tiny_config(folder, free_port())
+    config = bucket_config(folder, s3_server, "mlc-withdraw-models", "cache-a")
+    two_versions(config)
+    store = objectstore.store_of(load_config(config))
+    for name, meta in lineage(load_config(config).build.name).items():
+        test_store_remove.publish_bundle(store, folder / "bundles", name, meta)
+    store.write_text("models/LATEST", "m2\n")
+    return folder, s3_server
+
+
+def test_withdraw_on_an_object_store_names_every_store_bundle_that_learned_from_it(store_world):
+    """A fresh cache named, of the store's bundles, those whose bundle.json names the version (m1):
+    not m2, the store's LATEST, nor m3, which continued m1's network. It reads their bundle.json and
+    metrics.json (`mlc models`' listing), never their weights."""
+    folder, endpoint = store_world
+    config = bucket_config(folder, endpoint, "mlc-withdraw-models", "cache-w1")
+    out = mlc("withdraw", "v1", "--reason", "holds photos that must not be used", config=config).stdout
+    assert "dataset default v1: withdrawn" in out, out
+    assert bundle_lines(out) == {"m1": " (in the store): trained on it",
+                                 "m2": f" (in the store, the store's LATEST): {CONTINUED}",
+                                 "m3": f" (in the store): {CONTINUED}"}, out
+    assert "\nmodels/LATEST is one of them: " in out and "not checked" not in out, out
+    assert not list(load_config(config).layout.models.rglob("export.pkl")), "a withdrawal fetched a bundle's weights"
+
+
+def test_withdraw_with_the_store_models_out_of_reach_says_the_check_is_incomplete(store_world):
+    """The store failing as the withdrawal, done, goes on to read its bundles was an error (exit 2) with
+    the withdrawal's lines lost: now it is a line saying the check is incomplete, with no credentials
+    in it, the withdrawal standing; the same command again lists them."""
+    folder, endpoint = store_world
+    out, said, url = test_store_remove.out_of_reach(
+        endpoint, lambda at: bucket_config(folder, at, "mlc-withdraw-models", "cache-w2"),
+        "withdraw", "v2", "--reason", "built from a bad config")
+    assert "dataset default v2: withdrawn (built from a bad config)" in out, said
+    assert f"the store's model bundles were NOT all checked, the check is incomplete (object store {url}: " in out \
+        and "the withdrawal itself is done; run the same `mlc withdraw` again to check them" in out, said
+    direct = bucket_config(folder, endpoint, "mlc-withdraw-models", "cache-w2")     # the same cache
+    key = "datasets/default/v2"
+    assert f"{key}/_WITHDRAWN" in objectstore.store_of(load_config(direct)).listing(key), "not withdrawn in the store"
+    again = mlc("withdraw", "v2", "--reason", "again", config=direct).stdout
+    assert "v2: already withdrawn" in again and "NOT all checked" not in again, again
+    assert bundle_lines(again) == {"m2": " (in the store, the store's LATEST): trained on it",
+                                   "m3": " (in the store): trained on it", "m4": " (in the store): trained on it"}, again
