@@ -27,7 +27,7 @@ class WithdrawResult:
     files_deleted: int                  # from this data root (or cache)
     store_objects_deleted: int | None   # from the object store; None for a local data root
     already: bool                       # withdrawn before: this run only finished what was left
-    latest: str | None                  # what `latest` names now
+    latest: str | None                  # what `latest` names now (on an object store: the store's newest left)
     reason: str = ""
     exports: list[str] = field(default_factory=list)    # exports of it under <data_dir>/exports/
 
@@ -53,12 +53,13 @@ def withdraw_version(cfg: Config, version: str, reason: str, wait: bool = True) 
         raise ConfigError(f"name the version to withdraw as vN (not {version!r}): a withdrawal cannot be undone")
     root = cfg.layout.datasets
     with data_root_lock(cfg.data_dir, "mlc withdraw", wait=wait):
-        store, in_store = store_of(cfg), None
+        store, in_store, published = store_of(cfg), None, None
         if store is not None:
             with store_errors(store):
                 store.check()
                 drop_withdrawn(store, cfg)          # what other machines withdrew, first
-                known = set(remote_versions(store, cfg)) | set(remote_withdrawn(store, cfg))
+                published = remote_versions(store, cfg)
+                known = set(published) | set(remote_withdrawn(store, cfg))
                 if version in known:
                     in_store = withdraw_in_store(store, cfg, version, reason)
         before = withdrawal(root, version)
@@ -66,6 +67,8 @@ def withdraw_version(cfg: Config, version: str, reason: str, wait: bool = True) 
             resolve_version(root, version)          # the one answer to a wrong name: UnknownVersion
         files = withdraw_folder(root, version, reason)
         latest = (root / "LATEST").read_text().strip() if (root / "LATEST").is_file() else None
+        if left := [v for v in published or [] if v != version]:
+            latest = left[-1]       # the store's newest version left, fetched here or not (the cache's LATEST said none)
         recorded = withdrawn_versions(root)[version]["reason"]      # a rerun's own reason is not the record's
     return WithdrawResult(version, files, in_store if store is not None else None,
                           before is not None and files == 0 and not in_store, latest, recorded, exports_of(cfg, version))

@@ -282,11 +282,14 @@ def store_world(s3_server, tmp_path_factory):
 def test_withdraw_on_an_object_store_names_every_store_bundle_that_learned_from_it(store_world):
     """A fresh cache named, of the store's bundles, those whose bundle.json names the version (m1):
     not m2, the store's LATEST, nor m3, which continued m1's network. It reads their bundle.json and
-    metrics.json (`mlc models`' listing), never their weights."""
+    metrics.json (`mlc models`' listing), never their weights. The latest it names is the store's
+    newest version left, v2, which this cache never fetched (it said `none ... run mlc build`: the
+    cache's own LATEST, and the user rebuilt for nothing)."""
     folder, endpoint = store_world
     config = bucket_config(folder, endpoint, "mlc-withdraw-models", "cache-w1")
     out = mlc("withdraw", "v1", "--reason", "holds photos that must not be used", config=config).stdout
-    assert "dataset default v1: withdrawn" in out, out
+    assert "dataset default v1: withdrawn" in out and "latest is now v2\n" in out, out
+    assert sync.remote_versions(objectstore.store_of(load_config(config)), load_config(config)) == ["v2"]
     assert bundle_lines(out) == {"m1": " (in the store): trained on it",
                                  "m2": f" (in the store, the store's LATEST): {CONTINUED}",
                                  "m3": f" (in the store): {CONTINUED}"}, out
