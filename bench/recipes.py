@@ -194,7 +194,8 @@ def parse_recipe(text: str) -> dict:
                 continue
         if value in ("true", "false"):
             value = value == "true"
-        elif value in ("null", "none"):     # e.g. max_minutes=null: every epoch, however long
+        elif value == "null":     # e.g. max_minutes=null: every epoch, however long ("none" stays a
+                                  # word: pretrained=none, as the documented commands write it)
             value = None
         out[key] = value
     return out
