@@ -50,8 +50,21 @@ class CosineLinear(nn.Linear):
         return self.scale * cos + self.bias
 
 
-def mlcnet(n_out: int, name: str = "mlcnet", dropout: float = 0.25, cosine_scale: float = 0.0) -> nn.Sequential:
-    """cosine_scale > 0: the last layer is a CosineLinear with that scale (measured, not adopted)."""
+class WithRotationHead(nn.Sequential):
+    """mlcnet plus a 4-way head that says how far a picture was turned (0, 90, 180, 270 degrees), read
+    from the same pooled features as the classes. The classes' forward pass is unchanged (body, then
+    head); `learner.RotationAux` trains `rot` on the pooled features during training (Hendrycks et al.,
+    NeurIPS 2019: self-supervised rotation prediction as an auxiliary task improves out-of-distribution
+    detection). Measured on real photos, docs/training.md."""
+
+    def forward(self, x):
+        return self[1](self[0](x))
+
+
+def mlcnet(n_out: int, name: str = "mlcnet", dropout: float = 0.25, cosine_scale: float = 0.0,
+           rotation_head: bool = False) -> nn.Sequential:
+    """cosine_scale > 0: the last layer is a CosineLinear with that scale (measured, not adopted);
+    rotation_head: a WithRotationHead, its `rot` layer beside the head."""
     widths = WIDTHS[name]
     layers, ni = [], 3
     for nf in widths:
@@ -60,7 +73,9 @@ def mlcnet(n_out: int, name: str = "mlcnet", dropout: float = 0.25, cosine_scale
     body = nn.Sequential(*layers)
     last = CosineLinear(2 * ni, n_out, cosine_scale) if cosine_scale > 0 else nn.Linear(2 * ni, n_out)
     head = nn.Sequential(ConcatPool(), nn.Dropout(dropout), last)
-    model = nn.Sequential(body, head)
+    model = WithRotationHead(body, head) if rotation_head else nn.Sequential(body, head)
+    if rotation_head:
+        model.add_module("rot", nn.Linear(2 * ni, 4))
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
@@ -68,5 +83,6 @@ def mlcnet(n_out: int, name: str = "mlcnet", dropout: float = 0.25, cosine_scale
 
 
 def body_head_splitter(model: nn.Sequential) -> list:
-    """Two parameter groups, so fastai can freeze the body when fine-tuning from given weights."""
-    return [list(model[0].parameters()), list(model[1].parameters())]
+    """Two parameter groups, so fastai can freeze the body when fine-tuning from given weights; the
+    second holds the head and any layer beside it (WithRotationHead's `rot`)."""
+    return [list(model[0].parameters()), [p for m in list(model.children())[1:] for p in m.parameters()]]

@@ -28,6 +28,8 @@ class TrainConfig(TrainSettings):
                                                         # (learner.SmoothTargets; measured, not adopted)
     cosine_head: float = Field(0.0, ge=0)  # > 0: mlcnet's last layer scores scale x cosine
                                            # (nets.CosineLinear; measured, not adopted)
+    rotation_aux: float = Field(0.0, ge=0)  # > 0: mlcnet also learns to tell how far a picture was turned,
+                                            # this weight on that loss (model/rotation.py; docs/training.md)
     wd: float | None = None           # weight decay; None = fastai's (0.01, decoupled)
     eval_size: int | None = Field(None, ge=16)    # validation, calibration and prediction pictures at this
                                                   # size (FixRes; None: image_size; measured, not adopted)
@@ -46,12 +48,16 @@ class TrainConfig(TrainSettings):
                                  f"nor a torchvision.models function (e.g. resnet18)")
         if self.cosine_head > 0 and self.arch != "auto" and not is_local_arch(self.arch):
             raise ValueError(f"cosine_head is an option of {sorted(WIDTHS)}, not of arch {self.arch!r}")
+        if self.rotation_aux > 0 and self.arch != "auto" and not is_local_arch(self.arch):
+            raise ValueError(f"rotation_aux is an option of {sorted(WIDTHS)}, not of arch {self.arch!r}")
         return self
 
     @model_validator(mode="after")
     def _target_options(self):
         if self.cutmix > 0 and (self.mixup or 0) > 0:
             raise ValueError("mixup and cutmix each replace the training batch: set one of them")
+        if self.rotation_aux > 0 and (self.cutmix > 0 or (self.mixup or 0) > 0):
+            raise ValueError("rotation_aux adds turned pictures to the batch that mixup or cutmix would mix: set one of them")
         if self.label_smoothing > 0 and self.head == "softmax":
             raise ValueError("label_smoothing smooths the sigmoid heads' 0/1 targets; the softmax head has class indices")
         return self

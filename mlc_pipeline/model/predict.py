@@ -230,7 +230,8 @@ def _score(bundle: Bundle, paths: list, batch_size: int, max_pixels: int, batch_
 
 def _last_linear(model):
     import torch.nn as nn
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    beside = getattr(model, "rot", None)     # nets.WithRotationHead: a training-time layer, not the classes'
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m is not beside]
     if not linears:
         raise ValueError("the network has no linear layer to read features from")
     return linears[-1]

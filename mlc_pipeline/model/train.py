@@ -41,6 +41,7 @@ from mlc_pipeline.model.options import TrainConfig
 from mlc_pipeline.model.bundle import BUNDLE_FORMAT, export_learner, move_into_place, remove_stale_tmp_dirs, write_meta
 from mlc_pipeline.model.lineage import learning_record
 from mlc_pipeline import progress
+from mlc_pipeline.model.rotation import RotationAux
 from mlc_pipeline.model.learner import (
     CPUBFloat16, EpochBar, LossHistory, ProgressiveResize, SmoothTargets, SparseValidation,
     build_dataloaders, format_loss, macro_f1_metric, training_frame,
@@ -145,11 +146,12 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     else:
         loss_func, metrics, class_score = BCEWithLogitsLossFlat(thresh=0.5), [macro_f1_metric()], PLAIN_SIGMOID
     if is_local_arch(cfg.arch):
-        learn = Learner(dls, nets.mlcnet(len(vocab), cfg.arch, cosine_scale=cfg.cosine_head),
+        learn = Learner(dls, nets.mlcnet(len(vocab), cfg.arch, cosine_scale=cfg.cosine_head,
+                                         rotation_head=cfg.rotation_aux > 0),
                         loss_func=loss_func, metrics=metrics,
                         splitter=nets.body_head_splitter, wd=cfg.wd)
-    elif cfg.cosine_head > 0:
-        raise ValueError(f"cosine_head is an option of {sorted(WIDTHS)}; arch resolved to {cfg.arch!r}")
+    elif cfg.cosine_head > 0 or cfg.rotation_aux > 0:
+        raise ValueError(f"cosine_head and rotation_aux are options of {sorted(WIDTHS)}; arch resolved to {cfg.arch!r}")
     else:
         learn = vision_learner(dls, getattr(torchvision.models, cfg.arch), pretrained=False,  # weights: below
                                normalize=False, loss_func=loss_func, metrics=metrics, wd=cfg.wd)
@@ -174,6 +176,7 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
     fit_cbs = [history, budget, Interruptible(), SparseValidation()] + ([MixUp(cfg.mixup)] if cfg.mixup > 0 else [])
     fit_cbs += [CutMix(cfg.cutmix)] if cfg.cutmix > 0 else []
     fit_cbs += [SmoothTargets(cfg.label_smoothing)] if cfg.label_smoothing > 0 else []
+    fit_cbs += [RotationAux(cfg.rotation_aux)] if cfg.rotation_aux > 0 else []
     fit_cbs += [CPUBFloat16()] if precision == "bfloat16" else []    # a fit's callback: not in the bundle
     n_train = len(dls.train_ds)
     log.info("training %s (%s, %s, pretrained=%s, %s) on %d images, validating on %d, vocab %s",

@@ -282,10 +282,12 @@ def resolve_training(cfg, n_train: int | None = None):
 # ---------------------------------------------------------------- continuing an earlier model
 
 # What a continued training takes from the bundle it continues: the network and how it sees images.
-CONTINUED_FIELDS = ("arch", "image_size", "crop", "min_scale", "mixup", "eval_size", "cosine_head")
+CONTINUED_FIELDS = ("arch", "image_size", "crop", "min_scale", "mixup", "eval_size", "cosine_head",
+                    "rotation_aux")
 # Bundles older than these options lack them: what their networks were trained without.
-# (cosine_head must travel: a cosine layer's state dict loads into a plain Linear as well.)
-ABSENT_IN_OLDER_BUNDLES = {"mixup": 0.0, "eval_size": None, "cosine_head": 0.0}
+# (cosine_head must travel: a cosine layer's state dict loads into a plain Linear as well; rotation_aux
+# too: its network has the `rot` layer, nets.WithRotationHead.)
+ABSENT_IN_OLDER_BUNDLES = {"mixup": 0.0, "eval_size": None, "cosine_head": 0.0, "rotation_aux": 0.0}
 
 
 def resolve_continued(cfg, parent_meta: dict, parent_dir: str | Path):
