@@ -29,7 +29,7 @@ class TrainConfig(TrainSettings):
     cosine_head: float = Field(0.0, ge=0)  # > 0: mlcnet's last layer scores scale x cosine
                                            # (nets.CosineLinear; measured, not adopted)
     rotation_aux: float = Field(0.0, ge=0)  # > 0: mlcnet also learns to tell how far a picture was turned,
-                                            # this weight on that loss (model/rotation.py; docs/training.md)
+                                            # this weight on that loss (model/rotation.py; measured, not adopted)
     wd: float | None = None           # weight decay; None = fastai's (0.01, decoupled)
     eval_size: int | None = Field(None, ge=16)    # validation, calibration and prediction pictures at this
                                                   # size (FixRes; None: image_size; measured, not adopted)

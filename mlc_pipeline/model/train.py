@@ -127,6 +127,8 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         from mlc_pipeline.model.bundle import load_bundle
         parent = load_bundle(cfg.init_from)
         cfg, weights = resolve_continued(cfg, parent.meta, parent.path)
+        # the bundle's options beside this config's (its rotation_aux beside a cutmix set since): checked again
+        cfg = TrainConfig.model_validate(cfg.model_dump())
     else:
         cfg, weights = resolve_training(cfg, n_train=int((rows["split"] == "train").sum()))
     torch.set_num_threads(cfg.threads or available_cores())

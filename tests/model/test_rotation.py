@@ -67,6 +67,10 @@ def test_the_rotation_layer_is_trained_kept_out_of_features_and_continued(tmp_pa
     assert isinstance(continued.learn.model, WithRotationHead)
     assert continued.meta["config"]["rotation_aux"] == 0.5
     assert not torch.allclose(continued.learn.model.rot.weight, net.rot.weight)    # trained on
+    with pytest.raises(ValueError, match="rotation_aux"):       # the bundle's option beside a cutmix set since
+        train_model(manifest, tmp_path / "e", TrainConfig(**{**base, "epochs": 1}, cutmix=1.0,
+                                                          init_from=str(tmp_path / "b")))
+    assert not (tmp_path / "e").exists()
     with pytest.raises(ValueError, match="rotation_aux"):
         TrainConfig(arch="resnet18", rotation_aux=0.5)
     with pytest.raises(ValueError, match="rotation_aux"):
