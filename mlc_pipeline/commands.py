@@ -229,14 +229,15 @@ def models_with(cfg, config: str, res, unread: str | None = None) -> list[str]:
     found, unknown = bundles_that_learned(cfg, {(r["source"], r["photo_id"]) for r in res.photos + res.holds}, bundles)
     named, gaps, latest = learned_lines(cfg, bundles, {n: listed(ids) for n, ids in found.items()}, unknown, unread,
                                         "the takedown itself is done and published", "remove")
+    pointer = latest_pointer(cfg)
     retrain = f"`mlc build -c {config}`, then `mlc train -c {config}`"
     out = [f"model bundles that learned from them (kept; a model without them: {retrain}; or delete them):"] * bool(named)
     out += named + gaps
     if latest in unknown:       # counted as having learned them: neither reused nor kept by `mlc run`
-        out.append(f"models/LATEST ({latest}) cannot tell whether it learned from them, and counts as if it did: "
+        out.append(f"{pointer} ({latest}) cannot tell whether it learned from them, and counts as if it did: "
                    f"`mlc run` trains round 0 anew and ships it over it without a comparison")
     if latest in found:
-        out.append("models/LATEST is one of them: `mlc predict` and `mlc mine` use it until a model trained without "
+        out.append(f"{pointer} is one of them: `mlc predict` and `mlc mine` use it until a model trained without "
                    "them replaces it (the commands above, or `mlc run`)")
     return out
 
@@ -246,11 +247,12 @@ def learned_lines(cfg, bundles, found: dict[str, str], unknown: dict[str, str], 
     """What `mlc remove` and `mlc withdraw` say of the model bundles that learned from what they took out
     of use: (a line a bundle of `found` (name -> what it learned), "  NAME (in the store, the store's
     LATEST): ..."; the lines on what was not checked: `unknown`'s bundles, the store unread (`unread`,
-    `done`: what stands all the same, `command`: the command to run again); the name LATEST names)."""
+    `done`: what stands all the same, `command`: the command to run again); the name LATEST names, None
+    when the store was unread: the cache's copy of its pointer may be stale, and is not told as the store's)."""
     from mlc_pipeline.layout import MODEL_LISTINGS
-    latest = next((b.name for b in bundles if b.latest), None)
+    latest = None if unread else next((b.name for b in bundles if b.latest), None)
     in_store = {b.name for b in bundles if b.path.parent.name == MODEL_LISTINGS}
-    pointer = "the store's LATEST" if cfg.data_url is not None else "models/LATEST"
+    pointer = latest_pointer(cfg)
     tags = {n: ", ".join(["in the store"] * (n in in_store) + [pointer] * (n == latest)) for n in found}
     named = [f"  {n}{f' ({tags[n]})' if tags[n] else ''}: {what}" for n, what in found.items()]
     gaps = []
@@ -261,6 +263,11 @@ def learned_lines(cfg, bundles, found: dict[str, str], unknown: dict[str, str], 
         gaps.append(f"the store's model bundles were NOT all checked, the check is incomplete ({unread}): {done}; "
                     f"run the same `mlc {command}` again to check them")
     return named, gaps, latest
+
+
+def latest_pointer(cfg) -> str:
+    "What names the product model: the store's pointer on an object-store root, else models/LATEST."
+    return "the store's LATEST" if cfg.data_url is not None else "models/LATEST"
 
 
 def listed(ids: list[str]) -> str:
@@ -295,7 +302,8 @@ def models_of_version(cfg, dataset_version: str, unread: str | None) -> list[str
     named, gaps, latest = learned_lines(cfg, bundles, found, unknown, unread, "the withdrawal itself is done", "withdraw")
     out = ["model bundles that learned from it (kept: retrain, or delete them):"] * bool(named) + named + gaps
     if latest in found:
-        out.append("models/LATEST is one of them: `mlc predict` and `mlc mine` use it until another model replaces it")
+        out.append(f"{latest_pointer(cfg)} is one of them: `mlc predict` and `mlc mine` use it until another model "
+                   "replaces it")
     return out
 
 

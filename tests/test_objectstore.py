@@ -308,7 +308,7 @@ def test_a_takedown_deletes_the_photo_from_the_bucket(published, s3_server):
     # the model trained on v1, the store's LATEST, though this cache has no model (curation29 finding 2c),
     # read from its bundle.json and v1's manifest in the store
     assert re.search(rf"\n  default-v1-\S+ \(in the store, the store's LATEST\): 1 photo\(s\): {victim['source']}:"
-                     rf"{victim['photo_id']}\n", said) and "\nmodels/LATEST is one of them: " in said, said
+                     rf"{victim['photo_id']}\n", said) and "\nthe store's LATEST is one of them: " in said, said
     with Catalog(load_config(fresh).catalog_path, readonly=True) as catalog:
         assert len(catalog.get(victim["id"])["corner_hashes"].split(",")) == 7     # corners, then the mirror's views
     # and it fetched the photo's file alone, not every file and version (the verify20 audit): of the versions

@@ -108,7 +108,7 @@ def test_a_takedown_names_every_store_bundle_that_learned_the_photo(world):
     assert model_lines(out) == {"m1": f"(in the store): 1 photo(s): {photo}",
                                 "m2": f"(in the store, the store's LATEST): 1 photo(s): {photo}",
                                 "m3": f"(in the store): 1 photo(s): {photo}"}, out
-    assert "\nmodels/LATEST is one of them: " in out and "not checked" not in out, out
+    assert "\nthe store's LATEST is one of them: " in out and "not checked" not in out, out
     cache = load_config(fresh).data_dir       # the bundles' metadata and the manifests alone
     assert not list((cache / "models").rglob("export.pkl")), "a takedown fetched a bundle's weights"
     assert not [p for p in (cache / "datasets").rglob("*") if p.is_file() and ".listings" not in p.parts]

@@ -293,7 +293,7 @@ def test_withdraw_on_an_object_store_names_every_store_bundle_that_learned_from_
     assert bundle_lines(out) == {"m1": " (in the store): trained on it",
                                  "m2": f" (in the store, the store's LATEST): {CONTINUED}",
                                  "m3": f" (in the store): {CONTINUED}"}, out
-    assert "\nmodels/LATEST is one of them: " in out and "not checked" not in out, out
+    assert "\nthe store's LATEST is one of them: " in out and "not checked" not in out, out
     assert not list(load_config(config).layout.models.rglob("export.pkl")), "a withdrawal fetched a bundle's weights"
 
 
@@ -302,13 +302,16 @@ def test_withdraw_with_the_store_models_out_of_reach_says_the_check_is_incomplet
     the withdrawal's lines lost: now it is a line saying the check is incomplete, with no credentials
     in it, the withdrawal standing; the same command again lists them."""
     folder, endpoint = store_world
+    direct = bucket_config(folder, endpoint, "mlc-withdraw-models", "cache-w2")     # the cache, whose listing of
+    assert mlc("models", config=direct).returncode == 0         # the store's bundles is stale once the store is unread
     out, said, url = test_store_remove.out_of_reach(
         endpoint, lambda at: bucket_config(folder, at, "mlc-withdraw-models", "cache-w2"),
         "withdraw", "v2", "--reason", "built from a bad config")
     assert "dataset default v2: withdrawn (built from a bad config)" in out, said
+    assert "LATEST" not in out.split("withdrawn (built from a bad config)")[1], said   # not told from a stale copy
     assert f"the store's model bundles were NOT all checked, the check is incomplete (object store {url}: " in out \
         and "the withdrawal itself is done; run the same `mlc withdraw` again to check them" in out, said
-    direct = bucket_config(folder, endpoint, "mlc-withdraw-models", "cache-w2")     # the same cache
+    direct = bucket_config(folder, endpoint, "mlc-withdraw-models", "cache-w2")     # the same cache, direct again
     key = "datasets/default/v2"
     assert f"{key}/_WITHDRAWN" in objectstore.store_of(load_config(direct)).listing(key), "not withdrawn in the store"
     again = mlc("withdraw", "v2", "--reason", "again", config=direct).stdout
