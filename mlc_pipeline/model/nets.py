@@ -53,7 +53,7 @@ class CosineLinear(nn.Linear):
 class WithRotationHead(nn.Sequential):
     """mlcnet plus a 4-way head that says how far a picture was turned (0, 90, 180, 270 degrees), read
     from the same pooled features as the classes. The classes' forward pass is unchanged (body, then
-    head); `learner.RotationAux` trains `rot` on the pooled features during training (Hendrycks et al.,
+    head); `rotation.RotationAux` trains `rot` on the pooled features during training (Hendrycks et al.,
     NeurIPS 2019: self-supervised rotation prediction as an auxiliary task improves out-of-distribution
     detection). Measured on real photos, docs/training.md."""
 

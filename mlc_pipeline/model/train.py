@@ -35,7 +35,7 @@ from fastai.vision.all import (
 from mlc_pipeline import __version__
 
 from mlc_pipeline.model import nets
-from mlc_pipeline.model.choices import WIDTHS, is_local_arch
+from mlc_pipeline.model.choices import is_local_arch
 from mlc_pipeline.model.losses import CLASS_AND_NOT_OTHER, PLAIN_SIGMOID, ClassAndNotOtherBCE
 from mlc_pipeline.model.options import TrainConfig
 from mlc_pipeline.model.bundle import BUNDLE_FORMAT, export_learner, move_into_place, remove_stale_tmp_dirs, write_meta
@@ -127,10 +127,11 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         from mlc_pipeline.model.bundle import load_bundle
         parent = load_bundle(cfg.init_from)
         cfg, weights = resolve_continued(cfg, parent.meta, parent.path)
-        # the bundle's options beside this config's (its rotation_aux beside a cutmix set since): checked again
-        cfg = TrainConfig.model_validate(cfg.model_dump())
     else:
         cfg, weights = resolve_training(cfg, n_train=int((rows["split"] == "train").sum()))
+    # checked again as resolved: `arch: auto` made a torchvision network (cosine_head, rotation_aux are
+    # mlcnet's), or a continued bundle's options met this config's (its rotation_aux beside a cutmix set since)
+    cfg = TrainConfig.model_validate(cfg.model_dump())
     torch.set_num_threads(cfg.threads or available_cores())
     # Seed before building the loaders (their shuffling RNG is drawn from the global one) and the
     # model (its init). On CPU with workers=0 two runs with the same seed give the same weights.
@@ -152,8 +153,6 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
                                          rotation_head=cfg.rotation_aux > 0),
                         loss_func=loss_func, metrics=metrics,
                         splitter=nets.body_head_splitter, wd=cfg.wd)
-    elif cfg.cosine_head > 0 or cfg.rotation_aux > 0:
-        raise ValueError(f"cosine_head and rotation_aux are options of {sorted(WIDTHS)}; arch resolved to {cfg.arch!r}")
     else:
         learn = vision_learner(dls, getattr(torchvision.models, cfg.arch), pretrained=False,  # weights: below
                                normalize=False, loss_func=loss_func, metrics=metrics, wd=cfg.wd)
