@@ -31,9 +31,10 @@ from fastai.vision.all import (
     BCEWithLogitsLossFlat, CrossEntropyLossFlat, CutMix, Learner, MixUp, accuracy, default_split, imagenet_stats,
     model_meta, set_seed, vision_learner,
 )
+from pydantic import ValidationError
 
 from mlc_pipeline import __version__
-
+from mlc_pipeline.config import error_line
 from mlc_pipeline.model import nets
 from mlc_pipeline.model.choices import is_local_arch
 from mlc_pipeline.model.losses import CLASS_AND_NOT_OTHER, PLAIN_SIGMOID, ClassAndNotOtherBCE
@@ -131,7 +132,10 @@ def train_model(manifest_csv: str | Path, out_dir: str | Path, cfg: TrainConfig 
         cfg, weights = resolve_training(cfg, n_train=int((rows["split"] == "train").sum()))
     # checked again as resolved: `arch: auto` made a torchvision network (cosine_head, rotation_aux are
     # mlcnet's), or a continued bundle's options met this config's (its rotation_aux beside a cutmix set since)
-    cfg = TrainConfig.model_validate(cfg.model_dump())
+    try:
+        cfg = TrainConfig.model_validate(cfg.model_dump())
+    except ValidationError as exc:      # one line, as a config file's problem is said (not pydantic's dump)
+        raise ValueError(error_line(exc, "train (as resolved)")) from None
     torch.set_num_threads(cfg.threads or available_cores())
     # Seed before building the loaders (their shuffling RNG is drawn from the global one) and the
     # model (its init). On CPU with workers=0 two runs with the same seed give the same weights.
