@@ -94,6 +94,18 @@ def tiny_config(folder: Path, port: int) -> Path:
     return path
 
 
+def bucket_config(folder: Path, endpoint: str, bucket: str, cache: str) -> Path:
+    """`tiny_config`'s project with its data root in `bucket` (an S3 server at `endpoint`) and its cache
+    in `folder/cache`: the config file `folder/<cache>.yaml`."""
+    import yaml
+    base = yaml.safe_load((folder / "tiny.yaml").read_text())     # one offline world (and port) for all
+    base.update(data_dir=f"s3://{bucket}/proj", cache_dir=str(folder / cache),
+                storage_options={"endpoint_url": endpoint})
+    path = folder / f"{cache}.yaml"
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
 # --- another process holding a data root's lock --------------------------------------------
 
 def holding(lock: str, data_dir: Path, command: str) -> subprocess.Popen:

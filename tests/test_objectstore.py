@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ENV, MLC, Gateway, free_port, tiny_config
+from helpers import ENV, MLC, Gateway, bucket_config, free_port, tiny_config
 from mlc_pipeline import objectstore, sync
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import ConfigError, load_config, parse_config
@@ -31,16 +31,6 @@ def mlc(*args: str, config: Path) -> str:
                          text=True, capture_output=True, timeout=600)
     assert res.returncode == 0, f"mlc {' '.join(args)}:\n{res.stdout}\n{res.stderr[-3000:]}"
     return res.stdout
-
-
-def bucket_config(folder: Path, endpoint: str, bucket: str, cache: str) -> Path:
-    """The tiny project with its data root in the bucket and its cache in `folder/cache`."""
-    base = yaml.safe_load((folder / "tiny.yaml").read_text())     # one offline world (and port) for all
-    base.update(data_dir=f"s3://{bucket}/proj", cache_dir=str(folder / cache),
-                storage_options={"endpoint_url": endpoint})
-    path = folder / f"{cache}.yaml"
-    path.write_text(yaml.safe_dump(base))
-    return path
 
 
 def store(cfg) -> objectstore.Store:

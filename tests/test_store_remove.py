@@ -16,8 +16,8 @@ from types import SimpleNamespace
 from typing import Callable
 
 import pytest
-import yaml
 
+import helpers
 from helpers import ENV, MLC, Gateway, free_port, tiny_config
 from mlc_pipeline import objectstore, sync
 from mlc_pipeline.catalog import Catalog, overrides
@@ -37,11 +37,7 @@ def mlc(*args: str, config: Path, env: dict | None = None) -> subprocess.Complet
 
 
 def bucket_config(folder: Path, endpoint: str, cache: str) -> Path:
-    base = yaml.safe_load((folder / "tiny.yaml").read_text())
-    base.update(data_dir=f"s3://{BUCKET}/proj", cache_dir=str(folder / cache), storage_options={"endpoint_url": endpoint})
-    path = folder / f"{cache}.yaml"
-    path.write_text(yaml.safe_dump(base))
-    return path
+    return helpers.bucket_config(folder, endpoint, BUCKET, cache)
 
 
 def publish_bundle(store: objectstore.Store, folder: Path, name: str, meta: dict) -> None:

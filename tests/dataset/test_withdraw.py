@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 import test_store_remove
-from helpers import ENV, MLC, free_port, tiny_config, tree_digest
+from helpers import ENV, MLC, bucket_config, free_port, tiny_config, tree_digest
 from mlc_pipeline import objectstore, sync
 from mlc_pipeline.catalog import Catalog
 from mlc_pipeline.config import load_config
@@ -107,15 +106,6 @@ def test_withdraw_on_a_local_data_root(tmp_path: Path):
     assert "v1: withdrawn (x); 2 file(s) deleted here" in rerun and not left.exists(), rerun
     assert not (root / "latest").is_symlink() and not (root / "LATEST").exists()
     assert "v4: published" in mlc("build", config=config).stdout
-
-
-def bucket_config(folder: Path, endpoint: str, bucket: str, cache: str) -> Path:
-    base = yaml.safe_load((folder / "tiny.yaml").read_text())
-    base.update(data_dir=f"s3://{bucket}/proj", cache_dir=str(folder / cache),
-                storage_options={"endpoint_url": endpoint})
-    path = folder / f"{cache}.yaml"
-    path.write_text(yaml.safe_dump(base))
-    return path
 
 
 def test_withdraw_on_an_object_store_reaches_every_cache(s3_server, tmp_path: Path):
